@@ -1,0 +1,3 @@
+"""InkMCP: infrastructure that AI agents provision by themselves."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""The BuildPlan: what to build and what to run, independent of where it runs.
+
+Both compute providers consume it: the local provider executes it; the Coolify provider maps it to
+`build_command`/`start_command`/`ports_exposes`. Keeping it pure data keeps that mapping honest.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServiceType(StrEnum):
+    webapp_static = "webapp_static"
+    webapp = "webapp"
+    backend = "backend"
+
+
+class Mode(StrEnum):
+    static = "static"
+    on_demand = "on_demand"
+    persistent = "persistent"
+
+
+class Stack(StrEnum):
+    """Which buildpack-like steps the build needs."""
+
+    python = "python"
+    node = "node"
+    static = "static"
+    none = "none"
+
+
+class ProcessSpec(BaseModel):
+    """One long-running process of a service (Procfile conventions: `web` gets the route)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="process type, e.g. web, worker")
+    command: str = Field(description="shell command run from the app directory")
+    routed: bool = Field(description="true for the process that receives HTTP traffic (Procfile `web`)")
+
+
+class BuildPlan(BaseModel):
+    """Everything needed to turn a checkout into running processes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stack: Stack
+    app_dir: str = Field(default=".", description="path inside the repo where the service lives")
+    build_command: str | None = Field(default=None, description="extra build command after dependency install")
+    processes: tuple[ProcessSpec, ...] = Field(default=(), description="what runs; empty for static sites")
+    release_command: str | None = Field(default=None, description="runs once per deployment before traffic")
+    static_dir: str | None = Field(default=None, description="served directory for static sites")
+    port: int | None = Field(default=None, description="port the routed process listens on, if fixed")
+    django: bool = Field(default=False, description="run collectstatic after install")
+    source: str = Field(description="where the plan came from: call, manifest, procfile, detected")
+
+    @property
+    def routed_process(self) -> ProcessSpec | None:
+        return next((p for p in self.processes if p.routed), None)
+
+
+class RunAs(BaseModel):
+    """The unprivileged Unix identity tenant code runs as (None when InkMCP itself is not root)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str
+    uid: int
+    gid: int
+    home: str

@@ -1,0 +1,1 @@
+"""Compute providers: where services are built and run (local processes, Coolify)."""

@@ -1,0 +1,1 @@
+"""Database providers: Postgres we create ourselves, bring-your-own (Neon later)."""

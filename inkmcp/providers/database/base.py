@@ -1,0 +1,62 @@
+"""The database provider contract.
+
+A provider hands out one database per project with its own login. What core stores is the
+resulting credentials (encrypted); the provider keeps nothing else, so a provider can be swapped
+for Neon without a data migration of ours.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class Tier(StrEnum):
+    free = "free"
+    standard = "standard"
+
+
+class DatabaseCredentials(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: SecretStr
+
+    def url(self) -> SecretStr:
+        """postgresql:// URL, what apps read from DATABASE_URL."""
+        from urllib.parse import quote
+
+        pw = quote(self.password.get_secret_value(), safe="")
+        return SecretStr(f"postgresql://{self.user}:{pw}@{self.host}:{self.port}/{self.database}")
+
+
+class DatabaseHandle(BaseModel):
+    """What a provider returns for a provisioned database."""
+
+    provider: str
+    tier: Tier
+    credentials: DatabaseCredentials
+    external_id: str = Field(description="provider's id for the database, e.g. the database name")
+
+
+@runtime_checkable
+class DatabaseProvider(Protocol):
+    name: str
+
+    async def provision(self, *, owner_slug: str, tier: Tier) -> DatabaseHandle:
+        """Create a database and login for `owner_slug`, idempotent per slug.
+
+        Core calls this only when it holds no credentials for the project. If the database already
+        exists (a crash between creating it and recording it), its login gets a new random password,
+        which is returned: the provider never stores passwords, so that is the only way to recover.
+        """
+
+    async def drop(self, external_id: str) -> None:
+        """Delete the database and its login. Idempotent."""
+
+    async def close(self) -> None: ...
