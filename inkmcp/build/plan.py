@@ -56,6 +56,9 @@ class BuildPlan(BaseModel):
     port: int | None = Field(default=None, description="port the routed process listens on, if fixed")
     django: bool = Field(default=False, description="run collectstatic after install")
     source: str = Field(description="where the plan came from: call, manifest, procfile, detected")
+    mode: Mode | None = Field(
+        default=None, description="mode requested by inkmcp.yaml, if any; the caller's mode argument wins"
+    )
 
     @property
     def routed_process(self) -> ProcessSpec | None:

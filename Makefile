@@ -1,0 +1,40 @@
+# The two commands a new user needs: `make serve` (MCP server on the embedded defaults) and
+# `make test` (the whole suite). Both install what they need from the pinned lock file.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint install system-deps bench clean
+
+serve: $(STAMP)
+	$(VENV)/bin/inkmcp serve
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run_all.py
+
+install: $(STAMP)
+
+# Debian packages tenant builds and tests rely on (git, a venv-capable system Python, Node/npm).
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh
+	@bash scripts/system-deps.sh
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

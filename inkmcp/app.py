@@ -1,0 +1,171 @@
+"""Composition root: settings → store → providers → core services → MCP server and HTTP routes.
+
+Swapping the local compute provider for Coolify is a settings change here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from inkmcp.core.accounts import AccountService
+from inkmcp.core.audit import AuditLog
+from inkmcp.core.databases import DatabaseService
+from inkmcp.core.deployments import DeployService
+from inkmcp.core.envvars import EnvService
+from inkmcp.core.platform import Platform
+from inkmcp.core.projects import ProjectService
+from inkmcp.metrics import Metrics
+from inkmcp.providers.compute.base import ComputeProvider
+from inkmcp.providers.database.byo import BringYourOwnDatabase
+from inkmcp.providers.database.postgres import PostgresDatabaseProvider
+from inkmcp.settings import Settings
+from inkmcp.store.crypto import SecretBox
+from inkmcp.store.db import Store, migrate, open_store
+from inkmcp.store.embedded import EmbeddedPostgres
+
+log = logging.getLogger("inkmcp")
+
+
+def _private_file(path: Path, make: bytes) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(make)
+    return path.read_bytes()
+
+
+def _stable_port(path: Path) -> int:
+    """Tenant DATABASE_URLs embed the port, so it is chosen once and kept."""
+    if path.exists():
+        return int(path.read_text().strip())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path.write_text(str(port))
+    return port
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    platform: Platform
+    metrics: Metrics
+    compute: ComputeProvider
+    _stack: AsyncExitStack = field(repr=False)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def _embedded(stack: AsyncExitStack, server: EmbeddedPostgres) -> None:
+    """Start (or adopt) an embedded server; stop it at exit only if this process started it."""
+    already = server.pid is not None
+    await asyncio.to_thread(server.start)
+    if not already:
+        stack.push_async_callback(asyncio.to_thread, server.stop)
+
+
+async def open_runtime(settings: Settings, *, serve: bool) -> Runtime:
+    """Everything InkMCP needs. `serve=False` (CLI commands) opens the store without starting apps."""
+    stack = AsyncExitStack()
+    try:
+        return await _open(settings, stack, serve=serve)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o711)  # noqa: S103 - tenant users traverse to their own (0700) directories, nothing more
+
+    if settings.database_url is not None:
+        control_url = settings.database_url.get_secret_value()
+    else:
+        control = EmbeddedPostgres(data / "pg" / "control")
+        await _embedded(stack, control)
+        control_url = control.url(database="postgres").get_secret_value()
+    await asyncio.to_thread(migrate, control_url)
+    store = await open_store(control_url)
+    stack.push_async_callback(store.close)
+
+    box = SecretBox.load(data)
+    mac_key = _private_file(data / "secrets" / "mac.key", secrets.token_bytes(32))
+
+    if settings.tenant_database_url is not None:
+        admin = settings.tenant_database_url
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(admin.get_secret_value())
+        public_host, public_port = parts.hostname or settings.tenant_database_public_host, parts.port or 5432
+    else:
+        (data / "pg").mkdir(exist_ok=True)
+        port = _stable_port(data / "pg" / "tenants.port")
+        tenants = EmbeddedPostgres(data / "pg" / "tenants", port=port)
+        await _embedded(stack, tenants)
+        admin = SecretStr(tenants.socket_url(driver=None).get_secret_value())
+        public_host, public_port = settings.tenant_database_public_host, port
+    postgres = PostgresDatabaseProvider(admin, public_host=public_host, public_port=public_port)
+    stack.push_async_callback(postgres.close)
+    byo = BringYourOwnDatabase()
+
+    from inkmcp.providers.compute.local.provider import LocalComputeProvider
+
+    compute = LocalComputeProvider(
+        data / "compute",
+        proxy_host=settings.proxy_host,
+        proxy_port=settings.proxy_port,
+        domain=settings.apps_domain,
+        idle_timeout=settings.idle_timeout,
+        health_timeout=settings.health_timeout,
+        build_timeout=settings.build_timeout,
+        tenant_python=settings.tenant_python,
+    )
+    metrics = Metrics()
+    sessions = store.sessionmaker
+    projects = ProjectService(sessions)
+    envs = EnvService(sessions, box)
+    databases = DatabaseService(sessions, box, postgres, byo)
+    deploys = DeployService(
+        sessions,
+        projects=projects,
+        envs=envs,
+        databases=databases,
+        compute=compute,
+        work_dir=data / "work",
+        allow_local_paths=settings.compute == "local",
+        mac_key=mac_key,
+        metrics=metrics,
+        max_env_bytes=settings.max_env_bytes,
+    )
+    platform = Platform(
+        sessions,
+        accounts=AccountService(sessions),
+        audit=AuditLog(sessions),
+        projects=projects,
+        envs=envs,
+        databases=databases,
+        deploys=deploys,
+        compute=compute,
+        max_env_bytes=settings.max_env_bytes,
+    )
+    if serve:
+        await compute.start()
+        stack.push_async_callback(compute.close)
+        stack.push_async_callback(deploys.close)  # runs first: stop pipelines, then processes
+        restored, resumed = await deploys.restore_all()
+        log.info("restored %d services, resumed %d deployments", restored, resumed)
+    return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute,
+                   _stack=stack)

@@ -1,0 +1,315 @@
+"""Executing a BuildPlan the way a buildpack would: install dependencies, then run the build.
+
+Isolation rules, because the code being built is untrusted tenant code:
+- every subprocess starts from a minimal environment (PATH, HOME, LANG) plus the service's own
+  env; InkMCP's environment (database URLs, API tokens) is never inherited;
+- with `run_as`, every subprocess runs as the tenant's uid/gid with no supplementary groups;
+- Python builds use the system interpreter given by `python`, never InkMCP's own venv, so a
+  build cannot see or modify InkMCP's packages;
+- every subprocess gets its own session, and the whole process group is killed on timeout.
+
+Python virtualenvs are keyed by a hash of the dependency files and reused across builds and
+deployments while the dependencies stay the same: that turns the common redeploy (code changed,
+requirements did not) from a full `pip install` into a directory check. A marker file written
+last makes a half-built venv (crash, timeout) never count as reusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from inkmcp.build.plan import BuildPlan, RunAs, Stack
+from inkmcp.errors import BuildFailed
+
+LogSink = Callable[[str], Awaitable[None]]
+"""Receives each output line of the build (without the newline), as it is produced."""
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_DEP_FILES = (
+    "requirements.txt",
+    "pyproject.toml",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile.lock",
+    "setup.py",
+    "setup.cfg",
+    "constraints.txt",
+)
+_READY_MARKER = ".inkmcp-complete"
+_MAX_LINE = 8192
+
+
+class BuildOutput(BaseModel):
+    """What the runtime needs from the build."""
+
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="env additions for the service's processes (PATH with the venv first, VIRTUAL_ENV)",
+    )
+    reused_venv: bool = Field(default=False, description="true when an existing virtualenv was reused")
+    venv_dir: str | None = Field(default=None, description="virtualenv used by a Python service")
+
+
+class _Runner:
+    """Runs build steps with one environment, identity, log sink and time budget."""
+
+    def __init__(self, app_dir: Path, env: dict[str, str], log: LogSink, run_as: RunAs | None, timeout: float) -> None:
+        self.app_dir = app_dir
+        self.env = env
+        self.log = log
+        self.run_as = run_as
+        self.timeout = timeout
+        self.end = time.monotonic() + timeout
+
+    async def run(self, argv: list[str], *, what: str, argument: str, fix: str, cwd: Path | None = None) -> None:
+        """Run one step, streaming merged stdout/stderr lines to the log; raise BuildFailed on failure."""
+        await self.log(f"$ {' '.join(argv) if argv[:2] != ['/bin/sh', '-c'] else argv[2]}")
+        identity: dict[str, object] = {}
+        if self.run_as is not None:
+            identity = {"user": self.run_as.uid, "group": self.run_as.gid, "extra_groups": []}
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd or self.app_dir),
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            **identity,  # type: ignore[arg-type]
+        )
+        try:
+            await asyncio.wait_for(self._pump(proc), timeout=max(self.end - time.monotonic(), 0.01))
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            await _kill_group(proc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            await self.log(f"!! build timed out after {self.timeout:.0f}s during: {what}")
+            raise BuildFailed(
+                f"{what} did not finish within the build timeout of {self.timeout:.0f}s.",
+                argument=argument,
+                fix="make the build faster (fewer or prebuilt dependencies) or check that it does not "
+                "wait for input or start a server",
+            ) from None
+        if proc.returncode != 0:
+            raise BuildFailed(f"{what} exited with {proc.returncode}.", argument=argument, fix=fix)
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        """Forward output line by line; long lines (progress bars, minified code) are split, not lost."""
+        assert proc.stdout is not None
+        pending = b""
+        while chunk := await proc.stdout.read(65536):
+            pending += chunk
+            *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+            for line in lines:
+                if line:
+                    await self.log(line.decode(errors="replace"))
+            while len(pending) > _MAX_LINE:
+                await self.log(pending[:_MAX_LINE].decode(errors="replace"))
+                pending = pending[_MAX_LINE:]
+        if pending:
+            await self.log(pending.decode(errors="replace"))
+        await proc.wait()
+
+    async def shell(self, command: str, *, what: str, argument: str, fix: str) -> None:
+        await self.run(["/bin/sh", "-c", command], what=what, argument=argument, fix=fix)
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+
+
+def _base_env(env: dict[str, str], home: str, cache_dir: Path | None) -> dict[str, str]:
+    """Minimal environment + the service env; caches go where the (possibly unprivileged) user can write."""
+    base = {
+        "PATH": BASE_PATH,
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+        "PIP_PROGRESS_BAR": "off",
+        "PYTHONUNBUFFERED": "1",
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "npm_config_progress": "false",
+        "CI": "1",
+    }
+    if cache_dir is not None:
+        base["npm_config_cache"] = str(cache_dir / "npm")
+        base["PIP_CACHE_DIR"] = str(cache_dir / "pip")
+    return {**base, **env}
+
+
+def dependency_hash(app_dir: Path, python: str) -> str:
+    """Key of the virtualenv: dependency files + interpreter. Same key, same installed packages."""
+    digest = hashlib.sha256(f"python={python}\n".encode())
+    for name in _DEP_FILES:
+        path = app_dir / name
+        if path.is_file():
+            digest.update(f"{name}\n".encode())
+            digest.update(path.read_bytes())
+    for path in sorted(app_dir.glob("requirements*.txt")):
+        digest.update(f"{path.name}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _pyproject_dependencies(app_dir: Path) -> list[str] | None:
+    """`[project].dependencies` of pyproject.toml, or None when it has no [project] table.
+
+    Installing the dependency list (not the project itself) keeps the venv a pure function of the
+    dependency files, so it can be shared by every commit; the app runs from its directory.
+    """
+    try:
+        data = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    project = data.get("project")
+    if not isinstance(project, dict):
+        return None
+    deps = project.get("dependencies", [])
+    return [d for d in deps if isinstance(d, str)]
+
+
+def _venv_state(venv: Path) -> bool:
+    """True when `venv` is complete; otherwise remove any half-built leftover."""
+    if (venv / _READY_MARKER).is_file() and (venv / "bin" / "python").exists():
+        return True
+    if venv.exists():
+        shutil.rmtree(venv)
+    return False
+
+
+def _write_marker(venv: Path) -> None:
+    (venv / _READY_MARKER).write_text("ok\n")
+
+
+async def _flock(path: Path) -> int:
+    """Exclusive flock without blocking the event loop; returns the fd (close it to release)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            await asyncio.sleep(0.1)
+
+
+async def _python_deps(
+    runner: _Runner, plan: BuildPlan, app_dir: Path, venv_root: Path, python: str
+) -> tuple[Path, bool]:
+    """Create or reuse the venv for this dependency set; returns (venv dir, reused)."""
+    venv = venv_root / dependency_hash(app_dir, python)
+    lock_fd = await _flock(venv_root / f"{venv.name}.lock")
+    try:
+        if _venv_state(venv):
+            await runner.log(f"-> reusing virtualenv {venv.name} (dependencies unchanged)")
+            return venv, True
+        await runner.log(f"-> creating virtualenv {venv.name}")
+        fix_env = "the build server's Python is broken; report this to the operator"
+        await runner.run(
+            [python, "-m", "venv", str(venv)], what="creating the virtualenv", argument="repo_url", fix=fix_env
+        )
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install"]
+        fix_deps = (
+            "fix the dependency list (names, versions, local paths) in the repo, or pass a "
+            "build_command; the log above shows pip's error"
+        )
+        if (app_dir / "requirements.txt").is_file():
+            await runner.run(
+                [*pip, "-r", "requirements.txt"],
+                what="pip install -r requirements.txt",
+                argument="repo_url",
+                fix=fix_deps,
+            )
+        elif (app_dir / "pyproject.toml").is_file() or (app_dir / "setup.py").is_file():
+            deps = _pyproject_dependencies(app_dir) if (app_dir / "pyproject.toml").is_file() else None
+            if deps is None:
+                # No PEP 621 metadata (e.g. Poetry-only): let the build backend resolve it.
+                await runner.run([*pip, "."], what="pip install .", argument="repo_url", fix=fix_deps)
+            elif deps:
+                await runner.run(
+                    [*pip, *deps], what="pip install (pyproject dependencies)", argument="repo_url", fix=fix_deps
+                )
+        await asyncio.to_thread(_write_marker, venv)
+        return venv, False
+    finally:
+        os.close(lock_fd)
+
+
+async def run_build(
+    plan: BuildPlan,
+    app_dir: Path,
+    *,
+    venv_root: Path,
+    env: dict[str, str],
+    log: LogSink,
+    run_as: RunAs | None,
+    timeout: float,
+    python: str = "/usr/bin/python3",
+    cache_dir: Path | None = None,
+) -> BuildOutput:
+    """Install dependencies and run the build command of `plan` inside `app_dir`.
+
+    `app_dir` is the service directory (checkout / plan.app_dir). `venv_root` holds the reusable
+    virtualenvs; give each tenant its own (venvs are built by and writable for the tenant user).
+    `cache_dir`, if given, holds the npm and pip download caches (must be writable by `run_as`).
+    `env` is the service's environment (also visible to the build, like on Heroku).
+    Raises BuildFailed naming the step; the caller attaches the log tail.
+    """
+    home = run_as.home if run_as else (str(cache_dir / "home") if cache_dir else str(app_dir))
+    build_env = _base_env(env, home, cache_dir)
+    runner = _Runner(app_dir, build_env, log, run_as, timeout)
+    output = BuildOutput()
+
+    if plan.stack == Stack.python:
+        venv, reused = await _python_deps(runner, plan, app_dir, venv_root, python)
+        venv_bin = str(venv / "bin")
+        output.env = {"PATH": f"{venv_bin}:{env.get('PATH', BASE_PATH)}", "VIRTUAL_ENV": str(venv)}
+        output.reused_venv = reused
+        output.venv_dir = str(venv)
+        runner.env = {**build_env, **output.env}
+    elif plan.stack == Stack.node:
+        lock = (app_dir / "package-lock.json").is_file()
+        argv = ["npm", "ci"] if lock else ["npm", "install"]
+        await runner.run(
+            argv,
+            what=" ".join(argv),
+            argument="repo_url",
+            fix="fix package.json / package-lock.json (run the same npm command locally to see the "
+            "error), commit and push",
+        )
+        output.env = {"PATH": f"{app_dir / 'node_modules' / '.bin'}:{env.get('PATH', BASE_PATH)}"}
+
+    if plan.build_command:
+        await runner.shell(
+            plan.build_command,
+            what=f"build command {plan.build_command!r}",
+            argument="build_command",
+            fix="fix the build so that it succeeds locally, or pass a different build_command",
+        )
+    if plan.stack == Stack.python and plan.django:
+        await runner.run(
+            ["python", "manage.py", "collectstatic", "--noinput"],
+            what="python manage.py collectstatic --noinput",
+            argument="repo_url",
+            fix="set STATIC_ROOT in the Django settings (collectstatic needs it) and make sure the "
+            "settings import without errors",
+        )
+    return output

@@ -1,0 +1,218 @@
+"""`inkmcp`: the operator's CLI. Every command goes through the same Platform as the MCP tools."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from inkmcp.errors import InkError
+from inkmcp.logsetup import setup_logging
+from inkmcp.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="InkMCP: deploy infrastructure for AI agents.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (one account may hold several).")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="INKMCP_DATA_DIR", help="state directory")]
+Account = Annotated[str, typer.Option("--account", "-a", help="account name")]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        for problem in e.errors():
+            name = "INKMCP_" + "_".join(str(x) for x in problem["loc"]).upper()
+            err.print(f"[red]Invalid configuration[/red] {name}: {problem['msg']}")
+        raise typer.Exit(2) from None
+
+
+def run_with_platform(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from inkmcp.app import open_runtime
+
+    async def main() -> T:
+        rt = await open_runtime(settings, serve=False)
+        try:
+            return await fn(rt.platform)
+        finally:
+            await rt.close()
+
+    setup_logging("WARNING", json_logs=False)
+    try:
+        return asyncio.run(main())
+    except InkError as e:
+        err.print(f"[red]error:[/red] {e.render()}")
+        raise typer.Exit(1) from None
+
+
+def claude_line(settings: Settings, key: str) -> str:
+    host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
+    return (
+        f'claude mcp add --transport http mcpdeploy http://{host}:{settings.port}/mcp '
+        f'--header "Authorization: Bearer {key}"'
+    )
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="MCP listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="MCP port (default 8081)")] = None,
+    proxy_port: Annotated[int | None, typer.Option(help="port where deployed apps are served (default 8080)")] = None,
+    stdio: Annotated[bool, typer.Option("--stdio", help="speak MCP over stdin/stdout instead of HTTP")] = False,
+    account: Annotated[str, typer.Option(help="account used for --stdio")] = "default",
+) -> None:
+    """Run the MCP server (streamable HTTP at /mcp, plus /healthz and /metrics)."""
+    settings = load_settings(data_dir=data_dir, host=host, port=port, proxy_port=proxy_port)
+    setup_logging(settings.log_level, json_logs=settings.log_json)
+    from inkmcp.serve import serve_http, serve_stdio
+
+    try:
+        if stdio:
+            asyncio.run(serve_stdio(settings, account))
+        else:
+            asyncio.run(serve_http(settings, announce=lambda text: err.print(text, highlight=False)))
+    except KeyboardInterrupt:
+        pass
+    except InkError as e:
+        err.print(f"[red]error:[/red] {e.render()}")
+        raise typer.Exit(1) from None
+
+
+@keys_app.command("create")
+def keys_create(account: Account, label: Annotated[str | None, typer.Option()] = None, data_dir: DataDir = None
+                ) -> None:
+    """Create the account if needed and print a new key (shown once)."""
+    settings = load_settings(data_dir=data_dir)
+    issued = run_with_platform(settings, lambda p: p.accounts.create_key(account, label))
+    console.print(f"API key for account [bold]{issued.account}[/bold] (shown once, store it now):")
+    print(issued.key)
+    console.print("\nAdd it to Claude Code:")
+    print(claude_line(settings, issued.key))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key or its prefix")], data_dir: DataDir = None) -> None:
+    """Revoke a key; requests with it get 401 at once."""
+    settings = load_settings(data_dir=data_dir)
+    n = run_with_platform(settings, lambda p: p.accounts.revoke_key(key))
+    console.print(f"revoked {n} key(s)")
+
+
+@keys_app.command("list")
+def keys_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None, data_dir: DataDir = None
+              ) -> None:
+    """Keys by prefix (keys themselves are never stored)."""
+    settings = load_settings(data_dir=data_dir)
+    keys = run_with_platform(settings, lambda p: p.accounts.list_keys(account))
+    table = Table("prefix", "account", "label", "created", "revoked")
+    for k in keys:
+        table.add_row(k.prefix, k.account, k.label or "", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    console.print(table)
+
+
+async def _principal(platform: Any, account: str) -> Any:
+    return await platform.accounts.principal_for(account, "cli")
+
+
+@app.command("projects")
+def projects(account: Account = "default", data_dir: DataDir = None) -> None:
+    """List an account's projects."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(p: Any) -> Any:
+        return await p.list_projects(await _principal(p, account))
+
+    result = run_with_platform(settings, go)
+    table = Table("project", "services", "database", "repo")
+    for pr in result.projects:
+        table.add_row(pr.name, str(pr.services), pr.database or "", pr.repo_url or "")
+    console.print(table)
+
+
+@app.command("services")
+def services(project: str, account: Account = "default", data_dir: DataDir = None) -> None:
+    """List a project's services with URL, mode and last deployment."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(p: Any) -> Any:
+        return await p.list_services(await _principal(p, account), project)
+
+    table = Table("service", "type", "mode", "url", "deployment", "status")
+    for s in run_with_platform(settings, go):
+        table.add_row(s.name, s.type, s.mode, s.url or "", s.deployment_id or "", s.deployment_status or "")
+    console.print(table)
+
+
+@app.command("deployment")
+def deployment(deployment_id: str, account: Account = "default", data_dir: DataDir = None) -> None:
+    """Show a deployment and its status history."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(p: Any) -> Any:
+        return await p.wait_for_deployment(await _principal(p, account), deployment_id, timeout=0)
+
+    v = run_with_platform(settings, go)
+    console.print(f"[bold]{v.project}/{v.service}[/bold] {v.status} {v.url or ''} commit {v.commit or ''}")
+    for line in v.history:
+        console.print(f"  {line}", highlight=False)
+    if v.error:
+        console.print(f"[red]{v.error}[/red]", highlight=False)
+
+
+@app.command("logs")
+def logs(
+    project: str,
+    service: Annotated[str | None, typer.Option("--service", "-s")] = None,
+    scope: Annotated[str, typer.Option(help="build or runtime")] = "runtime",
+    tail: int = 100,
+    account: Account = "default",
+    data_dir: DataDir = None,
+) -> None:
+    """Print the last log lines of a service (secrets redacted)."""
+    from inkmcp.providers.compute.base import LogScope
+
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(p: Any) -> Any:
+        return await p.get_logs(await _principal(p, account), project, scope=LogScope(scope),
+                                service_name=service, tail=tail)
+
+    for line in run_with_platform(settings, go).lines:
+        sys.stdout.write(line + "\n")
+
+
+@app.command("rotate-encryption-key")
+def rotate_encryption_key(data_dir: DataDir = None) -> None:
+    """Add a new primary encryption key and re-encrypt every secret under it."""
+    from inkmcp.store.crypto import KEY_FILE_RELATIVE, SecretBox, add_primary_key, retire_old_keys, rotate_all
+
+    settings = load_settings(data_dir=data_dir)
+    key_file = settings.data_dir / KEY_FILE_RELATIVE
+    add_primary_key(key_file)
+
+    async def go(p: Any) -> int:
+        from inkmcp.store.db import Store
+
+        box = SecretBox.load(settings.data_dir)
+        return await rotate_all(Store(engine=p.sessions.kw["bind"], sessionmaker=p.sessions), box)
+
+    n = run_with_platform(settings, go)
+    retire_old_keys(key_file)
+    console.print(f"re-encrypted {n} secret values; old keys retired. Restart `inkmcp serve` to use the new key.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,123 @@
+"""Accounts and API keys.
+
+Keys are 32 random bytes behind a `dk_live_` prefix, so a leaked key is recognisable by secret
+scanners. Only their SHA-256 is stored: keys have full entropy, so a slow password hash would only
+cost latency on every request without adding safety.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.core.names import check_name
+from inkmcp.core.principal import Principal
+from inkmcp.errors import NotFound
+from inkmcp.store.models import Account, ApiKey
+
+KEY_PREFIX = "dk_live_"
+DISPLAY_CHARS = 14  # "dk_live_" + 6 characters: enough to tell keys apart, useless to an attacker
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class IssuedKey(BaseModel):
+    account: str
+    key: str  # shown once
+    prefix: str
+
+
+class KeyInfo(BaseModel):
+    prefix: str
+    account: str
+    label: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class AccountService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def ensure_account(self, name: str) -> uuid.UUID:
+        check_name(name, "account")
+        async with self._sessions.begin() as s:
+            await s.execute(insert(Account).values(id=uuid.uuid4(), name=name).on_conflict_do_nothing())
+            return (await s.execute(select(Account.id).where(Account.name == name))).scalar_one()
+
+    async def create_key(self, account_name: str, label: str | None = None) -> IssuedKey:
+        account_id = await self.ensure_account(account_name)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        async with self._sessions.begin() as s:
+            s.add(ApiKey(account_id=account_id, prefix=key[:DISPLAY_CHARS], key_hash=hash_key(key), label=label))
+        return IssuedKey(account=account_name, key=key, prefix=key[:DISPLAY_CHARS])
+
+    async def revoke_key(self, key_or_prefix: str) -> int:
+        """Revoke by full key or by displayed prefix; returns how many keys were revoked."""
+        cond = (
+            ApiKey.key_hash == hash_key(key_or_prefix)
+            if len(key_or_prefix) > DISPLAY_CHARS
+            else ApiKey.prefix == key_or_prefix
+        )
+        async with self._sessions.begin() as s:
+            res = await s.execute(
+                update(ApiKey).where(cond, ApiKey.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
+            )
+        if res.rowcount == 0:
+            raise NotFound(
+                f"no active key matches {key_or_prefix[:DISPLAY_CHARS]!r}.",
+                argument="key",
+                fix="pass the full key or its prefix as shown by `inkmcp keys list`",
+            )
+        return res.rowcount
+
+    async def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
+        q = select(ApiKey, Account.name).join(Account).order_by(ApiKey.created_at)
+        if account_name:
+            q = q.where(Account.name == account_name)
+        async with self._sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [
+            KeyInfo(
+                prefix=k.prefix,
+                account=name,
+                label=k.label,
+                created_at=k.created_at,
+                revoked_at=k.revoked_at,
+                last_used_at=k.last_used_at,
+            )
+            for k, name in rows
+        ]
+
+    async def has_any_key(self) -> bool:
+        async with self._sessions() as s:
+            return (await s.execute(select(ApiKey.id).limit(1))).first() is not None
+
+    async def authenticate(self, key: str) -> Principal | None:
+        if not key.startswith(KEY_PREFIX) or len(key) > 128:
+            return None
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(ApiKey.prefix, Account.id, Account.name)
+                    .join(Account)
+                    .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+                )
+            ).first()
+        if row is None:
+            return None
+        return Principal(account_id=row[1], account_name=row[2], actor=row[0])
+
+    async def principal_for(self, account_name: str, actor: str) -> Principal:
+        account_id = await self.ensure_account(account_name)
+        return Principal(account_id=account_id, account_name=account_name, actor=actor)

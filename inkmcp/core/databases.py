@@ -1,0 +1,131 @@
+"""One database per project: provisioned once, credentials stored encrypted, injected as DATABASE_URL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.errors import InvalidArgument
+from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, DatabaseProvider, Tier
+from inkmcp.store.crypto import SecretBox
+from inkmcp.store.models import Database
+
+
+class DatabaseRequest(BaseModel):
+    """What an agent asks for in deploy_app(database=...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["postgres", "byo"] = "postgres"
+    tier: Tier = Tier.free
+    url: SecretStr | None = Field(default=None, description="for type=byo: postgresql:// connection string")
+
+
+class DatabaseInfo(BaseModel):
+    provider: str
+    tier: str
+    host: str
+    port: int
+    database: str
+    user: str
+    password: SecretStr
+    url: SecretStr
+    created: bool = False
+
+
+def owner_slug(project_id: uuid.UUID) -> str:
+    # ids, not names: two accounts may both have a project called "shop"
+    return project_id.hex
+
+
+class DatabaseService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        box: SecretBox,
+        postgres: DatabaseProvider,
+        byo,  # BringYourOwnDatabase: register(url) -> DatabaseHandle
+    ) -> None:
+        self._sessions = sessions
+        self._box = box
+        self._postgres = postgres
+        self._byo = byo
+
+    def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
+        creds = DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
+        return DatabaseInfo(
+            provider=row.provider,
+            tier=row.tier,
+            host=creds.host,
+            port=creds.port,
+            database=creds.database,
+            user=creds.user,
+            password=creds.password,
+            url=creds.url(),
+            created=created,
+        )
+
+    async def get(self, project_id: uuid.UUID) -> DatabaseInfo | None:
+        async with self._sessions() as s:
+            row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
+        return self._info(row) if row else None
+
+    async def ensure(self, project_id: uuid.UUID, req: DatabaseRequest) -> DatabaseInfo:
+        """Idempotent: a project that has a database keeps it (and its password)."""
+        existing = await self.get(project_id)
+        if existing:
+            if req.type == "byo" and existing.provider != "byo":
+                raise InvalidArgument(
+                    f"this project already has a {existing.provider} database.",
+                    argument="database.type",
+                    fix="omit database (the existing one stays wired) or delete the project's database first",
+                )
+            return existing
+        if req.type == "byo" and req.url is None:
+            raise InvalidArgument(
+                "type 'byo' needs a connection string.",
+                argument="database.url",
+                fix="pass database={'type': 'byo', 'url': 'postgresql://user:pass@host:5432/db'}",
+            )
+        async with self._sessions.begin() as s:
+            # Serialise provisioning per project across concurrent calls and processes.
+            await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"db:{project_id}"})
+            row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
+            if row is not None:
+                return self._info(row)
+            handle: DatabaseHandle
+            if req.type == "byo":
+                assert req.url is not None
+                handle = await self._byo.register(req.url)
+            else:
+                handle = await self._postgres.provision(owner_slug=owner_slug(project_id), tier=req.tier)
+            row = Database(
+                project_id=project_id,
+                provider=handle.provider,
+                tier=handle.tier.value,
+                external_id=handle.external_id,
+                credentials_enc=self._box.encrypt(_creds_json(handle.credentials)),
+            )
+            s.add(row)
+            await s.flush()
+            return self._info(row, created=True)
+
+    async def drop(self, project_id: uuid.UUID) -> bool:
+        async with self._sessions.begin() as s:
+            row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
+            if row is None:
+                return False
+            if row.provider != "byo":
+                await self._postgres.drop(row.external_id)
+            await s.delete(row)
+        return True
+
+
+def _creds_json(c: DatabaseCredentials) -> bytes:
+    """Serialise with the password revealed: this is the plaintext that gets encrypted."""
+    return json.dumps({**c.model_dump(exclude={"password"}), "password": c.password.get_secret_value()}).encode()

@@ -1,0 +1,578 @@
+"""The deploy pipeline: one call from a repo to a live URL.
+
+Steps, each recorded before the next starts (deployments.status + deployment_events):
+resolve commit → (no-op if the same commit, settings and env are already live or on their way)
+→ ensure database → store env (encrypted) → check out → BuildPlan → provider release (build →
+release command → start → health check → switch traffic → stop old) → live.
+A failure leaves the previous version serving and the deployment `failed` with a reason an agent
+can act on. Deployments interrupted by a restart are resumed from their record at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.build.detect import derive_plan
+from inkmcp.build.plan import BuildPlan, Mode, ServiceType
+from inkmcp.build.source import resolve_and_checkout, resolve_commit
+from inkmcp.core.databases import DatabaseRequest, DatabaseService
+from inkmcp.core.envvars import EnvService, validate_env_payload
+from inkmcp.core.names import check_name, project_name_from_repo, redact_url
+from inkmcp.core.principal import Principal
+from inkmcp.core.projects import ProjectService
+from inkmcp.core.views import TERMINAL, DeploymentView, ServiceView
+from inkmcp.errors import InkError, InvalidArgument, NotFound
+from inkmcp.metrics import Metrics
+from inkmcp.providers.compute.base import (
+    ComputeProvider,
+    ReleaseFailed,
+    ReleaseRequest,
+    Resources,
+    RuntimeState,
+    ServiceKey,
+    Step,
+)
+from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
+
+log = logging.getLogger("inkmcp.deploy")
+
+ProgressSink = Callable[[str], Awaitable[None]]
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo_url: str
+    project_name: str | None = None
+    service_name: str = "web"
+    mode: Mode | None = None
+    service_type: ServiceType | None = None
+    ref: str | None = None
+    build_command: str | None = None
+    start_command: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    resources: Resources | None = None
+    env_vars: dict[str, str | None] | None = None
+    database: DatabaseRequest | None = None
+
+
+def default_mode(service_type: ServiceType) -> Mode:
+    return Mode.static if service_type == ServiceType.webapp_static else Mode.persistent
+
+
+class DeployService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        projects: ProjectService,
+        envs: EnvService,
+        databases: DatabaseService,
+        compute: ComputeProvider,
+        work_dir: Path,
+        allow_local_paths: bool,
+        mac_key: bytes,
+        metrics: Metrics,
+        max_env_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._projects = projects
+        self._envs = envs
+        self._databases = databases
+        self._compute = compute
+        self._checkouts = work_dir / "checkouts"
+        self._git_cache = work_dir / "git-cache"
+        self._allow_local = allow_local_paths
+        self._mac_key = mac_key
+        self._metrics = metrics
+        self._max_env_bytes = max_env_bytes
+        self._service_locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # ---------------------------------------------------------------- deploy
+    async def deploy(self, p: Principal, req: DeployRequest) -> DeploymentView:
+        project_name = req.project_name or project_name_from_repo(req.repo_url)
+        check_name(project_name, "project_name")
+        check_name(req.service_name, "service_name")
+        if req.env_vars:
+            validate_env_payload(req.env_vars, self._max_env_bytes)
+        if not req.repo_url.strip():
+            raise InvalidArgument("repo_url is empty.", argument="repo_url", fix="pass a git URL or a local path")
+
+        commit = await resolve_commit(
+            req.repo_url, req.ref, cache_dir=self._git_cache, allow_local_paths=self._allow_local
+        )
+        project, _ = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
+        service_id = await self._ensure_service(project.id, req)
+
+        db = await self._databases.ensure(project.id, req.database) if req.database else None
+        if req.env_vars:
+            async with self._sessions.begin() as s:
+                await self._envs.apply(s, project.id, str(service_id), req.env_vars)
+
+        settings = self._settings_of(req)
+        env = await self._effective_env(project.id, service_id)
+        config_hash = self._config_hash(commit, settings, env)
+
+        lock = self._service_locks.setdefault(service_id, asyncio.Lock())
+        async with lock:
+            reusable = await self._reusable(service_id, config_hash)
+            if reusable is not None:
+                return await self.view(p, reusable, reused=True)
+            checkout = self._checkouts / uuid.uuid4().hex
+            try:
+                await resolve_and_checkout(
+                    req.repo_url, commit, checkout, cache_dir=self._git_cache, allow_local_paths=self._allow_local
+                )
+                plan, service_type = derive_plan(
+                    checkout,
+                    service_name=req.service_name,
+                    service_type=req.service_type,
+                    build_command=req.build_command,
+                    start_command=req.start_command,
+                    port=req.port,
+                )
+            except BaseException:
+                shutil.rmtree(checkout, ignore_errors=True)
+                raise
+            mode = req.mode or default_mode(service_type)
+            if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
+                # A static site has nothing to sleep or keep warm; say so rather than ignore it.
+                shutil.rmtree(checkout, ignore_errors=True)
+                raise InvalidArgument(
+                    f"mode {req.mode} does not apply to a static site.",
+                    argument="mode",
+                    fix="omit mode or pass 'static' for webapp_static services",
+                )
+            deployment_id = await self._create_deployment(service_id, commit, config_hash, plan, service_type, mode)
+        log.info(
+            "deployment queued",
+            extra={"deployment": str(deployment_id), "project": project_name, "service": req.service_name,
+                   "repo": redact_url(req.repo_url), "commit": commit[:12], "has_db": db is not None},
+        )
+        self._spawn(self._run(deployment_id, checkout))
+        return await self.view(p, deployment_id)
+
+    def _settings_of(self, req: DeployRequest) -> dict[str, Any]:
+        return {
+            "mode": req.mode.value if req.mode else None,
+            "service_type": req.service_type.value if req.service_type else None,
+            "ref": req.ref,
+            "build_command": req.build_command,
+            "start_command": req.start_command,
+            "port": req.port,
+            "resources": req.resources.model_dump() if req.resources else None,
+        }
+
+    def _config_hash(self, commit: str, settings: dict[str, Any], env: dict[str, SecretStr]) -> str:
+        payload = json.dumps(
+            {"commit": commit, "settings": settings, "env": {k: v.get_secret_value() for k, v in env.items()}},
+            sort_keys=True,
+        )
+        # keyed, so the stored hash reveals nothing about env values
+        return hmac.new(self._mac_key, payload.encode(), hashlib.sha256).hexdigest()
+
+    async def _ensure_service(self, project_id: uuid.UUID, req: DeployRequest) -> uuid.UUID:
+        async with self._sessions.begin() as s:
+            await s.execute(
+                insert(Service)
+                .values(
+                    id=uuid.uuid4(),
+                    project_id=project_id,
+                    name=req.service_name,
+                    service_type=(req.service_type or ServiceType.webapp).value,
+                    mode=(req.mode or Mode.persistent).value,
+                    repo_url=req.repo_url,
+                    ref=req.ref,
+                    settings=self._settings_of(req),
+                )
+                .on_conflict_do_nothing(constraint="uq_services_project_name")
+            )
+            svc = (
+                await s.execute(
+                    select(Service).where(Service.project_id == project_id, Service.name == req.service_name)
+                )
+            ).scalar_one()
+            svc.repo_url = req.repo_url
+            svc.ref = req.ref
+            svc.settings = self._settings_of(req)
+            return svc.id
+
+    async def _effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
+        env: dict[str, SecretStr] = {}
+        db = await self._databases.get(project_id)
+        if db:
+            env["DATABASE_URL"] = db.url
+        env.update(await self._envs.resolve(project_id, service_id))
+        return env
+
+    async def _reusable(self, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(Deployment.id, Deployment.status)
+                    .where(Deployment.service_id == service_id, Deployment.config_hash == config_hash)
+                    .order_by(Deployment.created_at.desc())
+                    .limit(1)
+                )
+            ).first()
+            live = (await s.execute(select(Service.live_deployment_id).where(Service.id == service_id))).scalar()
+        if row is None:
+            return None
+        dep_id, status = row
+        if status == "live" and dep_id == live:
+            return dep_id
+        if status not in TERMINAL:
+            return dep_id  # the same deployment is already on its way
+        return None
+
+    async def _create_deployment(
+        self,
+        service_id: uuid.UUID,
+        commit: str,
+        config_hash: str,
+        plan: BuildPlan,
+        service_type: ServiceType,
+        mode: Mode,
+    ) -> uuid.UUID:
+        dep_id = uuid.uuid4()
+        async with self._sessions.begin() as s:
+            await s.execute(
+                update(Service).where(Service.id == service_id).values(service_type=service_type.value, mode=mode.value)
+            )
+            s.add(
+                Deployment(
+                    id=dep_id,
+                    service_id=service_id,
+                    status=Step.queued.value,
+                    commit=commit,
+                    config_hash=config_hash,
+                    plan=plan.model_dump(mode="json"),
+                )
+            )
+            await s.flush()
+            s.add(DeploymentEvent(deployment_id=dep_id, status=Step.queued.value, detail=f"commit {commit[:12]}"))
+        return dep_id
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -------------------------------------------------------------- pipeline
+    async def _record(self, dep_id: uuid.UUID, status: Step | str, detail: str = "", **values: Any) -> None:
+        status = status.value if isinstance(status, Step) else status
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as s:
+            await s.execute(
+                update(Deployment).where(Deployment.id == dep_id).values(status=status, updated_at=now, **values)
+            )
+            s.add(DeploymentEvent(deployment_id=dep_id, status=status, detail=detail[:4000]))
+
+    async def _load(self, dep_id: uuid.UUID) -> tuple[Deployment, Service, Project]:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(Deployment, Service, Project)
+                    .join(Service, Deployment.service_id == Service.id)
+                    .join(Project, Service.project_id == Project.id)
+                    .where(Deployment.id == dep_id)
+                )
+            ).one()
+        return row[0], row[1], row[2]
+
+    @staticmethod
+    def key_of(svc: Service, project: Project) -> ServiceKey:
+        return ServiceKey(
+            account_id=str(project.account_id),
+            project_id=str(project.id),
+            service_id=str(svc.id),
+            project_name=project.name,
+            service_name=svc.name,
+        )
+
+    async def _release_request(
+        self, dep: Deployment, svc: Service, project: Project, checkout: Path
+    ) -> ReleaseRequest:
+        resources = svc.settings.get("resources") if svc.settings else None
+        return ReleaseRequest(
+            deployment_id=str(dep.id),
+            key=self.key_of(svc, project),
+            service_type=ServiceType(svc.service_type),
+            mode=Mode(svc.mode),
+            plan=BuildPlan.model_validate(dep.plan),
+            checkout_dir=checkout,
+            repo_url=svc.repo_url,
+            commit=dep.commit or "",
+            env=await self._effective_env(project.id, svc.id),
+            resources=Resources.model_validate(resources) if resources else Resources(),
+        )
+
+    async def _run(self, dep_id: uuid.UUID, checkout: Path | None) -> None:
+        started = time.monotonic()
+        dep, svc, project = await self._load(dep_id)
+        lock = self._service_locks.setdefault(svc.id, asyncio.Lock())
+        outcome = "failed"
+        try:
+            async with lock:
+                if checkout is None or not checkout.exists():
+                    checkout = self._checkouts / uuid.uuid4().hex
+                    await resolve_and_checkout(
+                        svc.repo_url, dep.commit, checkout, cache_dir=self._git_cache,
+                        allow_local_paths=self._allow_local,
+                    )
+                request = await self._release_request(dep, svc, project, checkout)
+
+                async def progress(step: Step, detail: str) -> None:
+                    await self._record(dep_id, step, detail)
+
+                result = await self._compute.release(request, progress)
+                now = datetime.now(UTC)
+                async with self._sessions.begin() as s:
+                    await s.execute(
+                        update(Deployment)
+                        .where(Deployment.service_id == svc.id, Deployment.status == "live", Deployment.id != dep_id)
+                        .values(status="superseded", updated_at=now)
+                    )
+                    await s.execute(
+                        update(Deployment)
+                        .where(Deployment.id == dep_id)
+                        .values(status="live", url=result.url, finished_at=now, updated_at=now)
+                    )
+                    detail = result.url or "running (no route)"
+                    s.add(DeploymentEvent(deployment_id=dep_id, status="live", detail=detail))
+                    await s.execute(
+                        update(Service).where(Service.id == svc.id).values(live_deployment_id=dep_id, url=result.url)
+                    )
+                outcome = "live"
+        except ReleaseFailed as e:
+            await self._fail(dep_id, f"{e.step.value}: {e.reason}")
+        except InkError as e:
+            await self._fail(dep_id, e.render())
+        except asyncio.CancelledError:
+            # shutdown: leave the record non-terminal so start-up resumes it
+            outcome = "interrupted"
+            raise
+        except Exception as e:  # a bug or an OS failure: record it, never leave "building" forever
+            log.exception("deployment crashed", extra={"deployment": str(dep_id)})
+            await self._fail(dep_id, f"internal error: {type(e).__name__}")
+        finally:
+            if checkout is not None:
+                shutil.rmtree(checkout, ignore_errors=True)
+            if outcome != "interrupted":
+                self._metrics.deploy_duration.labels(outcome=outcome).observe(time.monotonic() - started)
+
+    async def _fail(self, dep_id: uuid.UUID, reason: str) -> None:
+        now = datetime.now(UTC)
+        await self._record(dep_id, Step.failed, reason, error=reason[:4000], finished_at=now)
+
+    # ------------------------------------------------------- follow & views
+    async def view(self, p: Principal, dep_id: uuid.UUID, *, reused: bool = False) -> DeploymentView:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(Deployment, Service.name, Project.name)
+                    .join(Service, Deployment.service_id == Service.id)
+                    .join(Project, Service.project_id == Project.id)
+                    .where(Deployment.id == dep_id, Project.account_id == p.account_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFound(
+                    f"no deployment {dep_id} in this account.",
+                    argument="deployment_id",
+                    fix="use the deployment_id returned by deploy_app, or list_services to see current ones",
+                )
+            events = (
+                await s.execute(
+                    select(DeploymentEvent.status, DeploymentEvent.detail)
+                    .where(DeploymentEvent.deployment_id == dep_id)
+                    .order_by(DeploymentEvent.id)
+                )
+            ).all()
+        dep, service_name, project_name = row
+        done = dep.status in TERMINAL
+        next_step = None
+        if not done:
+            next_step = f"call wait_for_deployment(deployment_id='{dep.id}') to follow it to the end"
+        elif dep.status == "failed":
+            next_step = (
+                f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='build'), "
+                "fix the cause, then call deploy_app again"
+            )
+        history = [f"{st}: {d}" if d else st for st, d in events][-12:]
+        return DeploymentView(
+            deployment_id=str(dep.id),
+            project=project_name,
+            service=service_name,
+            status=dep.status,
+            url=dep.url,
+            commit=dep.commit,
+            error=dep.error,
+            done=done,
+            reused=reused,
+            history=history,
+            next_step=next_step,
+        )
+
+    async def wait(
+        self, p: Principal, dep_id: uuid.UUID, *, timeout: float, on_progress: ProgressSink | None = None
+    ) -> DeploymentView:
+        """Poll the record (works across restarts and processes), reporting each new step."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            v = await self.view(p, dep_id)
+            if on_progress:
+                for line in v.history[seen:] if len(v.history) >= seen else v.history:
+                    await on_progress(line)
+                seen = len(v.history)
+            if v.done or time.monotonic() >= deadline:
+                return v
+            await asyncio.sleep(0.2)
+
+    async def list_services(self, p: Principal, project_name: str) -> list[ServiceView]:
+        project = await self._projects.get(p, project_name)
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Service, Deployment)
+                    .outerjoin(Deployment, Deployment.id == Service.live_deployment_id)
+                    .where(Service.project_id == project.id)
+                    .order_by(Service.name)
+                )
+            ).all()
+            latest = {
+                sid: (did, st)
+                for sid, did, st in (
+                    await s.execute(
+                        select(Deployment.service_id, Deployment.id, Deployment.status)
+                        .where(Deployment.service_id.in_([r[0].id for r in rows]))
+                        .distinct(Deployment.service_id)
+                        .order_by(Deployment.service_id, Deployment.created_at.desc())
+                    )
+                ).all()
+            }
+        views = []
+        for svc, live in rows:
+            rt = await self._compute.runtime(self.key_of(svc, project)) if live else None
+            state = rt.state.value if rt else "not_deployed"
+            health = "unknown"
+            if rt:
+                health = "ok" if rt.state in (RuntimeState.running, RuntimeState.sleeping) else "failing"
+            last_id, last_status = latest.get(svc.id, (None, None))
+            views.append(
+                ServiceView(
+                    name=svc.name,
+                    type=svc.service_type,
+                    mode=svc.mode,
+                    url=svc.url,
+                    state=state,
+                    health=health,
+                    deployment_id=str(last_id) if last_id else None,
+                    deployment_status=last_status,
+                    commit=live.commit[:12] if live and live.commit else None,
+                    restarts=rt.restarts if rt else 0,
+                )
+            )
+        return views
+
+    async def get_service(self, p: Principal, project_name: str, service_name: str | None) -> tuple[Project, Service]:
+        project = await self._projects.get(p, project_name)
+        async with self._sessions() as s:
+            services = (
+                await s.execute(select(Service).where(Service.project_id == project.id).order_by(Service.name))
+            ).scalars().all()
+        names = [x.name for x in services]
+        if service_name is None:
+            if len(services) == 1:
+                return project, services[0]
+            raise InvalidArgument(
+                f"project {project_name!r} has {len(services)} services.",
+                argument="service_name",
+                fix=f"pass one of: {', '.join(names)}" if names else "deploy a service first with deploy_app",
+            )
+        for svc in services:
+            if svc.name == service_name:
+                return project, svc
+        raise NotFound(
+            f"no service {service_name!r} in project {project_name!r}.",
+            argument="service_name",
+            fix=f"pass one of: {', '.join(names)}" if names else "deploy it first with deploy_app",
+        )
+
+    # ------------------------------------------------------- env & lifecycle
+    async def apply_env(self, project: Project, services: list[Service]) -> list[str]:
+        """Push the effective env to each live service; returns the names that were restarted."""
+        restarted = []
+        for svc in services:
+            if svc.live_deployment_id is None:
+                continue
+            env = await self._effective_env(project.id, svc.id)
+            if await self._compute.update_env(self.key_of(svc, project), env):
+                restarted.append(svc.name)
+        return restarted
+
+    async def remove_service(self, project: Project, svc: Service) -> None:
+        lock = self._service_locks.setdefault(svc.id, asyncio.Lock())
+        async with lock:
+            await self._compute.remove(self.key_of(svc, project))
+            async with self._sessions.begin() as s:
+                await s.execute(delete(Service).where(Service.id == svc.id))
+        self._service_locks.pop(svc.id, None)
+
+    async def restore_all(self) -> tuple[int, int]:
+        """At start-up: bring live services back and resume interrupted deployments."""
+        async with self._sessions() as s:
+            live = (
+                await s.execute(
+                    select(Deployment, Service, Project)
+                    .join(Service, Service.live_deployment_id == Deployment.id)
+                    .join(Project, Service.project_id == Project.id)
+                )
+            ).all()
+            pending = (
+                await s.execute(select(Deployment.id).where(Deployment.status.not_in(list(TERMINAL))))
+            ).scalars().all()
+        restored = 0
+        for dep, svc, project in live:
+            try:
+                req = await self._release_request(dep, svc, project, Path("/nonexistent"))
+                await self._compute.restore(req)
+                restored += 1
+            except Exception:
+                log.exception("could not restore service", extra={"service": str(svc.id)})
+        for dep_id in pending:
+            await self._record(dep_id, Step.queued, "resumed after restart")
+            self._spawn(self._run(dep_id, None))
+        return restored, len(pending)
+
+    async def count_live(self) -> int:
+        async with self._sessions() as s:
+            return (
+                await s.execute(text("SELECT count(*) FROM services WHERE live_deployment_id IS NOT NULL"))
+            ).scalar_one()
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,103 @@
+"""Env vars: stored encrypted, per project ('*') or per service; service values win.
+
+Values are never returned unless asked for, never logged and never written to the audit log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from pydantic import SecretStr
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.core.names import check_env_key
+from inkmcp.errors import InvalidArgument
+from inkmcp.store.crypto import SecretBox
+from inkmcp.store.models import EnvVar
+
+PROJECT_SCOPE = "*"
+MAX_KEYS = 200
+MAX_VALUE_BYTES = 32 * 1024
+
+
+def validate_env_payload(env: Mapping[str, str | None], max_bytes: int) -> None:
+    if len(env) > MAX_KEYS:
+        raise InvalidArgument(
+            f"{len(env)} variables in one call; at most {MAX_KEYS} are accepted.",
+            argument="env_vars",
+            fix="split the update into several calls",
+        )
+    total = 0
+    for k, v in env.items():
+        check_env_key(k)
+        if v is not None and not isinstance(v, str):
+            raise InvalidArgument(
+                f"value of {k} must be a string or null.", argument="env_vars", fix='pass "value" or null to unset'
+            )
+        size = len(k) + (len(v.encode()) if v else 0)
+        if v is not None and len(v.encode()) > MAX_VALUE_BYTES:
+            raise InvalidArgument(
+                f"value of {k} is {len(v.encode())} bytes; at most {MAX_VALUE_BYTES} are accepted.",
+                argument="env_vars",
+                fix="store large data in the database or a file in the repo, not in an env var",
+            )
+        if v is not None and "\x00" in v:
+            raise InvalidArgument(f"value of {k} contains a NUL byte.", argument="env_vars", fix="remove it")
+        total += size
+    if total > max_bytes:
+        raise InvalidArgument(
+            f"env payload is {total} bytes; at most {max_bytes} are accepted per call.",
+            argument="env_vars",
+            fix="send fewer or smaller variables",
+        )
+
+
+def mask(value: str) -> str:
+    return "****" if len(value) < 12 else value[:2] + "****" + f"({len(value)} chars)"
+
+
+class EnvService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
+        self._sessions = sessions
+        self._box = box
+
+    async def apply(
+        self, s: AsyncSession, project_id: uuid.UUID, scope: str, env: Mapping[str, str | None]
+    ) -> tuple[list[str], list[str]]:
+        """Set and unset in the caller's transaction. Returns (set keys, unset keys)."""
+        set_keys, unset_keys = [], []
+        for k, v in sorted(env.items()):
+            if v is None:
+                res = await s.execute(
+                    delete(EnvVar).where(EnvVar.project_id == project_id, EnvVar.scope == scope, EnvVar.key == k)
+                )
+                if res.rowcount:
+                    unset_keys.append(k)
+                continue
+            enc = self._box.encrypt(v.encode())
+            await s.execute(
+                insert(EnvVar)
+                .values(id=uuid.uuid4(), project_id=project_id, scope=scope, key=k, value_enc=enc)
+                .on_conflict_do_update(constraint="uq_env_vars_scope_key", set_={"value_enc": enc})
+            )
+            set_keys.append(k)
+        return set_keys, unset_keys
+
+    async def resolve(self, project_id: uuid.UUID, service_id: uuid.UUID | None) -> dict[str, SecretStr]:
+        scopes = [PROJECT_SCOPE] + ([str(service_id)] if service_id else [])
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(
+                    select(EnvVar.scope, EnvVar.key, EnvVar.value_enc).where(
+                        EnvVar.project_id == project_id, EnvVar.scope.in_(scopes)
+                    )
+                )
+            ).all()
+        out: dict[str, SecretStr] = {}
+        # project-wide first, so service-scoped values overwrite them
+        for _scope, key, enc in sorted(rows, key=lambda r: r[0] != PROJECT_SCOPE):
+            out[key] = SecretStr(self._box.decrypt(enc).decode())
+        return out

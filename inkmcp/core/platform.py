@@ -1,0 +1,334 @@
+"""The operations agents and operators call, one method per tool, each audited when it mutates.
+
+MCP tools and CLI commands are thin adapters over this class, so there is never a second path
+to the same effect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.core.accounts import AccountService
+from inkmcp.core.audit import AuditLog
+from inkmcp.core.databases import DatabaseInfo, DatabaseRequest, DatabaseService
+from inkmcp.core.deployments import DeployRequest, DeployService, ProgressSink
+from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
+from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
+from inkmcp.core.principal import Principal
+from inkmcp.core.projects import ProjectService
+from inkmcp.core.views import DeploymentView, ProjectView, ServiceView
+from inkmcp.errors import InkError, InvalidArgument
+from inkmcp.providers.compute.base import ComputeProvider, LogScope
+from inkmcp.providers.database.base import Tier
+from inkmcp.store.models import Deployment, Service
+
+
+class ProjectResult(BaseModel):
+    project: str
+    created: bool
+
+
+class ProjectList(BaseModel):
+    projects: list[ProjectView]
+    total: int
+    truncated: bool
+
+
+class EnvUpdate(BaseModel):
+    project: str
+    scope: str = Field(description="'project' or the service name")
+    set: list[str]
+    unset: list[str]
+    restarted: list[str] = Field(description="services restarted to pick up the change")
+    note: str
+
+
+class EnvList(BaseModel):
+    project: str
+    scope: str
+    env: dict[str, str] = Field(description="masked unless reveal=true")
+    masked: bool
+
+
+class DatabaseView(BaseModel):
+    project: str
+    provider: str
+    tier: str
+    created: bool
+    env_var: str = "DATABASE_URL"
+    note: str
+
+
+class Credentials(BaseModel):
+    project: str
+    provider: str
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    url: str
+
+
+class Deleted(BaseModel):
+    deleted: str
+    database_deleted: bool = False
+
+
+class Platform:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        accounts: AccountService,
+        audit: AuditLog,
+        projects: ProjectService,
+        envs: EnvService,
+        databases: DatabaseService,
+        deploys: DeployService,
+        compute: ComputeProvider,
+        max_env_bytes: int,
+    ) -> None:
+        self.sessions = sessions
+        self.accounts = accounts
+        self.audit = audit
+        self.projects = projects
+        self.envs = envs
+        self.databases = databases
+        self.deploys = deploys
+        self.compute = compute
+        self._max_env_bytes = max_env_bytes
+
+    @asynccontextmanager
+    async def _audited(
+        self, p: Principal, action: str, target: str | None, arguments: dict[str, Any]
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        except InkError as e:
+            await self.audit.record(p, action, target=target, arguments=arguments, error=e.render())
+            raise
+        except Exception as e:
+            await self.audit.record(p, action, target=target, arguments=arguments, error=type(e).__name__)
+            raise
+        else:
+            await self.audit.record(p, action, target=target, arguments=arguments)
+
+    # ---------------------------------------------------------------- projects
+    async def ensure_project(self, p: Principal, name: str) -> ProjectResult:
+        async with self._audited(p, "ensure_project", name, {"name": name}):
+            project, created = await self.projects.ensure(p, name)
+        return ProjectResult(project=project.name, created=created)
+
+    async def list_projects(self, p: Principal) -> ProjectList:
+        projects, total = await self.projects.list(p)
+        return ProjectList(projects=projects, total=total, truncated=total > len(projects))
+
+    # -------------------------------------------------------------- deployments
+    async def deploy_app(
+        self, p: Principal, req: DeployRequest, *, wait_seconds: float, on_progress: ProgressSink | None = None
+    ) -> DeploymentView:
+        args = req.model_dump(mode="json", exclude_none=True)
+        async with self._audited(p, "deploy_app", f"{req.project_name or req.repo_url}/{req.service_name}", args):
+            view = await self.deploys.deploy(p, req)
+        if view.done or wait_seconds <= 0:
+            return view
+        return await self.deploys.wait(p, uuid.UUID(view.deployment_id), timeout=wait_seconds, on_progress=on_progress)
+
+    async def wait_for_deployment(
+        self, p: Principal, deployment_id: str, *, timeout: float, on_progress: ProgressSink | None = None
+    ) -> DeploymentView:
+        try:
+            dep_id = uuid.UUID(deployment_id)
+        except ValueError:
+            raise InvalidArgument(
+                f"{deployment_id!r} is not a deployment id.",
+                argument="deployment_id",
+                fix="pass the deployment_id returned by deploy_app (a UUID)",
+            ) from None
+        return await self.deploys.wait(p, dep_id, timeout=timeout, on_progress=on_progress)
+
+    async def list_services(self, p: Principal, project_name: str) -> list[ServiceView]:
+        return await self.deploys.list_services(p, project_name)
+
+    async def get_logs(
+        self,
+        p: Principal,
+        project_name: str,
+        *,
+        scope: LogScope,
+        service_name: str | None,
+        tail: int,
+        deployment_id: str | None = None,
+    ) -> LogsView:
+        if not 1 <= tail <= MAX_TAIL:
+            raise InvalidArgument(f"tail={tail} is out of range.", argument="tail", fix=f"pass 1..{MAX_TAIL}")
+        project, svc = await self.deploys.get_service(p, project_name, service_name)
+        if deployment_id is not None:
+            await self.wait_for_deployment(p, deployment_id, timeout=0)  # ownership check
+        elif scope == LogScope.build:
+            async with self.sessions() as s:
+                latest = (
+                    await s.execute(
+                        select(Deployment.id)
+                        .where(Deployment.service_id == svc.id)
+                        .order_by(Deployment.created_at.desc())
+                        .limit(1)
+                    )
+                ).scalar()
+            deployment_id = str(latest) if latest else None
+        raw = await self.compute.logs(
+            self.deploys.key_of(svc, project), scope, deployment_id=deployment_id, tail=tail + 50
+        )
+        secrets = [v.get_secret_value() for v in (await self.deploys._effective_env(project.id, svc.id)).values()]
+        db = await self.databases.get(project.id)
+        if db:
+            secrets += [db.password.get_secret_value(), db.url.get_secret_value()]
+        lines, truncated = bound(redact(raw, secrets), tail)
+        return LogsView(
+            project=project.name,
+            service=svc.name,
+            scope=scope.value,
+            deployment_id=deployment_id,
+            lines=lines,
+            truncated=truncated or len(raw) > tail,
+        )
+
+    # ----------------------------------------------------------------- env vars
+    async def update_env_vars(
+        self, p: Principal, project_name: str, env_vars: dict[str, str | None], service_name: str | None
+    ) -> EnvUpdate:
+        validate_env_payload(env_vars, self._max_env_bytes)
+        args = {"project_name": project_name, "env_vars": env_vars, "service_name": service_name}
+        async with self._audited(p, "update_env_vars", project_name, args):
+            project = await self.projects.get(p, project_name)
+            if service_name is not None:
+                _, svc = await self.deploys.get_service(p, project_name, service_name)
+                scope, targets = str(svc.id), [svc]
+            else:
+                scope = PROJECT_SCOPE
+                async with self.sessions() as s:
+                    targets = list(
+                        (await s.execute(select(Service).where(Service.project_id == project.id))).scalars().all()
+                    )
+            async with self.sessions.begin() as s:
+                set_keys, unset_keys = await self.envs.apply(s, project.id, scope, env_vars)
+            restarted = await self.deploys.apply_env(project, targets) if (set_keys or unset_keys) else []
+        live = [t.name for t in targets if t.live_deployment_id]
+        if restarted:
+            note = f"restarted {', '.join(restarted)} with the new values"
+        elif live:
+            note = "stored; sleeping services pick the values up when they wake"
+        else:
+            note = "stored; applied at the next deploy_app"
+        return EnvUpdate(
+            project=project.name,
+            scope="project" if service_name is None else service_name,
+            set=set_keys,
+            unset=unset_keys,
+            restarted=restarted,
+            note=note,
+        )
+
+    async def list_env_vars(
+        self, p: Principal, project_name: str, service_name: str | None, reveal: bool
+    ) -> EnvList:
+        project = await self.projects.get(p, project_name)
+        svc_id = None
+        if service_name is not None:
+            _, svc = await self.deploys.get_service(p, project_name, service_name)
+            svc_id = svc.id
+        env = await self.envs.resolve(project.id, svc_id)
+        if reveal:
+            await self.audit.record(p, "reveal_env_vars", project_name, {"service_name": service_name})
+        return EnvList(
+            project=project.name,
+            scope=service_name or "project",
+            env={k: (v.get_secret_value() if reveal else mask(v.get_secret_value())) for k, v in env.items()},
+            masked=not reveal,
+        )
+
+    # ---------------------------------------------------------------- databases
+    async def provision_database(self, p: Principal, project_name: str, tier: Tier) -> DatabaseView:
+        async with self._audited(p, "provision_database", project_name, {"tier": tier.value}):
+            project = await self.projects.get(p, project_name)
+            info = await self.databases.ensure(project.id, DatabaseRequest(type="postgres", tier=tier))
+        return DatabaseView(
+            project=project.name,
+            provider=info.provider,
+            tier=info.tier,
+            created=info.created,
+            note="DATABASE_URL is injected into this project's services at their next deploy_app",
+        )
+
+    async def get_database_credentials(self, p: Principal, project_name: str) -> Credentials:
+        project = await self.projects.get(p, project_name)
+        info: DatabaseInfo | None = await self.databases.get(project.id)
+        if info is None:
+            raise InvalidArgument(
+                f"project {project_name!r} has no database.",
+                argument="project_name",
+                fix=f"call provision_database(project_name={project_name!r}) first",
+            )
+        await self.audit.record(p, "get_database_credentials", project_name, {})
+        return Credentials(
+            project=project.name,
+            provider=info.provider,
+            host=info.host,
+            port=info.port,
+            database=info.database,
+            user=info.user,
+            password=info.password.get_secret_value(),
+            url=info.url.get_secret_value(),
+        )
+
+    # --------------------------------------------------------------- deletions
+    async def delete_service(self, p: Principal, project_name: str, service_name: str, confirm: str) -> Deleted:
+        if confirm != service_name:
+            raise InvalidArgument(
+                "confirmation does not match.",
+                argument="confirm",
+                fix=f"pass confirm={service_name!r} (the service name) to delete it",
+            )
+        args = {"project_name": project_name, "service_name": service_name}
+        async with self._audited(p, "delete_service", f"{project_name}/{service_name}", args):
+            project, svc = await self.deploys.get_service(p, project_name, service_name)
+            await self.deploys.remove_service(project, svc)
+        return Deleted(deleted=f"{project_name}/{service_name}")
+
+    async def delete_project(
+        self, p: Principal, project_name: str, confirm: str, delete_database: bool
+    ) -> Deleted:
+        if confirm != project_name:
+            raise InvalidArgument(
+                "confirmation does not match.",
+                argument="confirm",
+                fix=f"pass confirm={project_name!r} (the project name) to delete it",
+            )
+        args = {"project_name": project_name, "delete_database": delete_database}
+        async with self._audited(p, "delete_project", project_name, args):
+            project = await self.projects.get(p, project_name)
+            db = await self.databases.get(project.id)
+            if db and not delete_database:
+                raise InvalidArgument(
+                    "the project has a database, which would be lost with it.",
+                    argument="delete_database",
+                    fix="pass delete_database=true to delete it too, or delete services one by one with delete_service",
+                )
+            async with self.sessions() as s:
+                services = (await s.execute(select(Service).where(Service.project_id == project.id))).scalars().all()
+            for svc in services:
+                await self.deploys.remove_service(project, svc)
+            dropped = await self.databases.drop(project.id) if db else False
+            async with self.sessions.begin() as s:
+                obj = await s.get(type(project), project.id)
+                if obj is not None:
+                    await s.delete(obj)
+        return Deleted(deleted=project_name, database_deleted=dropped)

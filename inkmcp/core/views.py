@@ -1,0 +1,45 @@
+"""Read models returned by core: what agents and operators see. No provider or server details."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class ProjectView(BaseModel):
+    name: str
+    repo_url: str | None = None
+    services: int = 0
+    database: str | None = Field(default=None, description="provider of the project's database, if any")
+    created_at: datetime
+
+
+class ServiceView(BaseModel):
+    name: str
+    type: str
+    mode: str
+    url: str | None
+    state: str = Field(description="running | sleeping | starting | crashed | stopped | not_deployed")
+    health: str = Field(description="ok | failing | unknown")
+    deployment_id: str | None = None
+    deployment_status: str | None = None
+    commit: str | None = None
+    restarts: int = 0
+
+
+class DeploymentView(BaseModel):
+    deployment_id: str
+    project: str
+    service: str
+    status: str
+    url: str | None
+    commit: str | None
+    error: str | None = None
+    done: bool
+    reused: bool = Field(default=False, description="true when an identical deployment was returned (no-op)")
+    history: list[str] = Field(default_factory=list, description="'<status>: <detail>' oldest first")
+    next_step: str | None = None
+
+
+TERMINAL = frozenset({"live", "failed", "superseded"})

@@ -1,0 +1,594 @@
+"""LocalComputeProvider: build and run services as processes on this machine.
+
+One service = one `_Service` holding the live release and its current run. Two locks per service
+keep things simple: `release_lock` serialises whole pipelines (release, update_env, restore), which
+may take minutes to build; `run_lock` serialises the short process-state changes (switch, sleep,
+wake, remove), so a request waking an on_demand service never waits for someone else's build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from inkmcp.build.plan import BuildPlan, Mode, RunAs, ServiceType, Stack
+from inkmcp.errors import BuildFailed, InkError
+from inkmcp.providers.compute.base import (
+    LogScope,
+    ProgressCallback,
+    ReleaseFailed,
+    ReleaseRequest,
+    ReleaseResult,
+    RuntimeState,
+    ServiceKey,
+    ServiceRuntime,
+    Step,
+)
+from inkmcp.providers.compute.local.layout import ServiceLayout, prepare_data_dir
+from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
+from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
+from inkmcp.providers.compute.local.proxy import Proxy, Route, WakeFailed
+from inkmcp.providers.compute.local.release import HealthFailed, ReleaseMeta, ReleaseRun, inside
+from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
+from inkmcp.providers.compute.local.tenant_env import tenant_env
+from inkmcp.providers.compute.local.users import chown_tree, ensure_project_user, project_user_name
+
+ERROR_TAIL = 15
+
+
+@dataclass(eq=False)
+class _Live:
+    """The release serving a service: its metadata, its env (in memory only) and its run, if awake."""
+
+    meta: ReleaseMeta
+    env: dict[str, SecretStr] = field(repr=False)
+    run: ReleaseRun | None = None
+
+
+@dataclass(eq=False)
+class _Service:
+    key: ServiceKey
+    mode: Mode
+    run_as: RunAs | None
+    home: str
+    layout: ServiceLayout
+    log: RotatingLog
+    release_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    run_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    live: _Live | None = None
+    route: Route | None = None
+    wake_task: asyncio.Task[int] | None = None
+    removed: bool = False
+
+    @property
+    def always_on(self) -> bool:
+        return self.mode != Mode.on_demand
+
+
+class LocalComputeProvider:
+    """ComputeProvider running tenant processes on this machine behind one host-routing proxy."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        proxy_host: str = "127.0.0.1",
+        proxy_port: int = 8080,
+        domain: str = "localhost",
+        idle_timeout: float = 300.0,
+        health_timeout: float = 60.0,
+        build_timeout: float = 900.0,
+        tenant_python: str = "/usr/bin/python3",
+        stop_grace: float = 10.0,
+        backoff: Backoff | None = None,
+        port_range: tuple[int, int] = (20000, 30000),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.domain = domain.lower().strip(".")
+        self.idle_timeout = idle_timeout
+        self.health_timeout = health_timeout
+        self.build_timeout = build_timeout
+        self.tenant_python = tenant_python
+        self.stop_grace = stop_grace
+        self.backoff = backoff or Backoff()
+        self.proxy = Proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0)
+        self.ports = PortAllocator(port_range)
+        self._services: dict[str, _Service] = {}
+        self._service_create = asyncio.Lock()
+        self._idle_task: asyncio.Task[None] | None = None
+        self._root = _is_root()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(prepare_data_dir, self.data_dir, root=self._root)
+        await asyncio.to_thread(self._reap_stale)
+        await self.proxy.start()
+        self._idle_task = asyncio.create_task(self._idle_loop(), name="local-idle")
+
+    def _reap_stale(self) -> None:
+        for run_dir in (self.data_dir / "services").glob("*/run"):
+            reap_stale(run_dir)
+
+    async def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_task
+            self._idle_task = None
+        await self.proxy.close()
+        services = list(self._services.values())
+        for svc in services:
+            if svc.wake_task is not None and not svc.wake_task.done():
+                svc.wake_task.cancel()
+        await asyncio.gather(*(self._stop_service(svc) for svc in services), return_exceptions=True)
+        for svc in services:
+            svc.log.close()
+        self._services.clear()
+
+    async def _stop_service(self, svc: _Service) -> None:
+        async with svc.run_lock:
+            run = svc.live.run if svc.live else None
+            if svc.live is not None:
+                svc.live.run = None
+            if svc.route is not None:
+                svc.route.port = None
+        if run is not None:
+            await self._stop_run(run)
+
+    async def _stop_run(self, run: ReleaseRun) -> None:
+        await run.stop(self.stop_grace)
+        self.ports.release(run.port)
+
+    # -- naming --------------------------------------------------------------------------------
+
+    def host_for(self, key: ServiceKey) -> str:
+        return f"{key.service_name}.{key.project_name}.{self.domain}".lower()
+
+    def url_for(self, key: ServiceKey) -> str:
+        port = self.proxy.port
+        suffix = "" if port == 80 else f":{port}"
+        return f"http://{self.host_for(key)}{suffix}"
+
+    # -- service registry ----------------------------------------------------------------------
+
+    async def _service(self, request: ReleaseRequest) -> _Service:
+        key = request.key
+        async with self._service_create:
+            svc = self._services.get(key.service_id)
+            if svc is None:
+                run_as = await ensure_project_user(key.project_id, self.data_dir / "homes")
+                home = run_as.home if run_as else str(self.data_dir / "homes" / project_user_name(key.project_id))
+                if run_as is None:
+                    Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
+                layout = ServiceLayout(self.data_dir, key.service_id)
+                await asyncio.to_thread(layout.prepare, run_as)
+                svc = _Service(key=key, mode=request.mode, run_as=run_as, home=home, layout=layout,
+                               log=RotatingLog(layout.runtime_log))  # fmt: skip
+                self._services[key.service_id] = svc
+        if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
+            self.proxy.remove_route(svc.route.host)  # renamed: move the route on the next switch
+            svc.route.host = self.host_for(key)
+            self.proxy.set_route(svc.route)
+        svc.key = key
+        svc.mode = request.mode
+        return svc
+
+    # -- release -------------------------------------------------------------------------------
+
+    async def release(self, request: ReleaseRequest, progress: ProgressCallback) -> ReleaseResult:
+        svc = await self._service(request)
+        async with svc.release_lock:
+            did = request.deployment_id
+            if svc.live is not None and svc.live.meta.deployment_id == did:
+                raise ReleaseFailed(Step.building, f"deployment {did} is already live")
+            build_log = RotatingLog(svc.layout.build_log(did))
+            try:
+                await progress(Step.building, "building")
+                meta = await self._build(svc, request, build_log)
+                live = _Live(meta=meta, env=dict(request.env))
+                if meta.plan.release_command:
+                    await progress(Step.releasing, "running the release command")
+                    await self._release_command(svc, live, build_log)
+                await self._roll(svc, live, progress)
+            except ReleaseFailed:
+                await asyncio.to_thread(shutil.rmtree, svc.layout.release_dir(did), True)
+                svc.layout.meta(did).unlink(missing_ok=True)
+                raise
+            finally:
+                build_log.close()
+            await progress(Step.live, "live")
+            await asyncio.to_thread(self._prune, svc)
+        url = self.url_for(request.key) if meta.routed else None
+        return ReleaseResult(url=url, detail=f"deployment {did} is live")
+
+    async def _build(self, svc: _Service, request: ReleaseRequest, build_log: RotatingLog) -> ReleaseMeta:
+        """Put the checkout in the release dir and build it there (or reuse an identical build)."""
+        layout, did, plan = svc.layout, request.deployment_id, request.plan
+        release_dir = layout.release_dir(did)
+        await asyncio.to_thread(shutil.rmtree, release_dir, True)
+        await asyncio.to_thread(_mkdir_for, release_dir, svc.run_as)
+        reused = request.reuse_build_of
+        old_meta = ReleaseMeta.read(layout.meta(reused)) if reused else None
+        if reused and old_meta is not None and layout.src(reused).is_dir():
+            build_log.write(f"[inkmcp] reusing the build of deployment {reused}")
+            code = await run_once(
+                self._config("copy", ("/bin/cp", "-a", str(layout.src(reused)), str(layout.src(did))),
+                             layout.releases, svc, {}),
+                build_log.write, timeout=self.build_timeout,
+            )  # fmt: skip
+            if code == 0:
+                meta = old_meta.model_copy(update={"deployment_id": did, "plan": plan, "reused_from": reused})
+                meta.write(layout.meta(did))
+                return meta
+            build_log.write(f"[inkmcp] copying the previous build failed (exit {code}); building from scratch")
+            await asyncio.to_thread(shutil.rmtree, layout.src(did), True)
+        src = layout.src(did)
+        try:
+            await asyncio.to_thread(shutil.move, str(request.checkout_dir), str(src))
+            await asyncio.to_thread(chown_tree, src, svc.run_as)
+            app_dir = inside(src, plan.app_dir)
+        except (OSError, ValueError) as exc:
+            raise ReleaseFailed(Step.building, f"could not prepare the checkout: {exc}") from exc
+        if not app_dir.is_dir():
+            raise ReleaseFailed(Step.building, f"app_dir {plan.app_dir!r} is not a directory in the repository")
+        build_env = await self._run_build(svc, request, app_dir, build_log)
+        meta = ReleaseMeta(deployment_id=did, service_type=request.service_type, plan=plan, build_env=build_env)
+        if meta.is_static:
+            try:
+                static = inside(app_dir, plan.static_dir)
+            except ValueError as exc:
+                raise ReleaseFailed(Step.building, f"static_dir: {exc}") from exc
+            if not static.is_dir():
+                raise ReleaseFailed(Step.building, f"static_dir {plan.static_dir or '.'!r} does not exist after the build")
+        meta.write(layout.meta(did))
+        build_log.write("[inkmcp] build complete")
+        return meta
+
+    async def _run_build(
+        self, svc: _Service, request: ReleaseRequest, app_dir: Path, build_log: RotatingLog
+    ) -> dict[str, str]:
+        try:
+            from inkmcp.build.buildpack import run_build
+        except ImportError:
+            if _needs_build(request.plan):
+                raise ReleaseFailed(Step.building, "the buildpack module is not available on this server") from None
+            build_log.write("[inkmcp] nothing to build")
+            return {}
+        env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=request.env, build_env={}, port=None)
+        try:
+            output = await run_build(
+                request.plan, app_dir, venv_root=svc.layout.venvs, env=env, log=build_log.awrite,
+                run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
+            )  # fmt: skip
+        except BuildFailed as exc:
+            raise ReleaseFailed(Step.building, _with_tail(exc.message, build_log)) from exc
+        except TimeoutError:
+            raise ReleaseFailed(
+                Step.building, _with_tail(f"the build took longer than {self.build_timeout:g}s", build_log)
+            ) from None
+        return dict(output.env)
+
+    async def _release_command(self, svc: _Service, live: _Live, build_log: RotatingLog) -> None:
+        command = live.meta.plan.release_command
+        assert command is not None
+        app_dir = self._app_dir(svc, live.meta)
+        env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=live.env,
+                         build_env=live.meta.build_env, port=None)  # fmt: skip
+        try:
+            code = await run_once(self._config("release", ("/bin/sh", "-c", command), app_dir, svc, env),
+                                  build_log.write, timeout=self.build_timeout)  # fmt: skip
+        except TimeoutError:
+            raise ReleaseFailed(
+                Step.releasing, _with_tail(f"the release command ran longer than {self.build_timeout:g}s", build_log)
+            ) from None
+        except OSError as exc:
+            raise ReleaseFailed(Step.releasing, f"could not run the release command: {exc}") from exc
+        if code != 0:
+            raise ReleaseFailed(
+                Step.releasing,
+                _with_tail(f"the release command exited with code {code}; the previous version keeps serving",
+                           build_log),
+            )  # fmt: skip
+
+    async def _roll(self, svc: _Service, live: _Live, progress: ProgressCallback | None) -> None:
+        """Start `live` next to the current run, health-check it, switch the route, stop the old one."""
+
+        async def report(step: Step, detail: str) -> None:
+            if progress is not None:
+                await progress(step, detail)
+
+        plan = live.meta.plan
+        await report(Step.starting, "starting processes")
+        port: int | None = None
+        if live.meta.routed:
+            if plan.port is not None:
+                port = plan.port
+                await self._free_fixed_port(svc, port)
+            else:
+                port = self.ports.allocate()
+        run = self._make_run(svc, live, port)
+        try:
+            try:
+                await run.start()
+            except OSError as exc:
+                raise ReleaseFailed(Step.starting, f"could not start the processes: {exc}") from exc
+            await report(Step.health_check, f"waiting for port {port}" if port else "checking the worker stays up")
+            try:
+                await run.wait_healthy(self.health_timeout)
+            except HealthFailed as exc:
+                raise ReleaseFailed(Step.health_check, _tail_text(exc.reason, run.recent)) from None
+            await report(Step.switching, "switching traffic")
+            async with svc.run_lock:
+                if svc.removed:
+                    raise ReleaseFailed(Step.switching, "the service was removed during the release")
+                old = svc.live.run if svc.live else None
+                run.go_live()
+                live.run = run
+                svc.live = live
+                self._point_route(svc, live, port)
+        except BaseException:
+            await self._stop_run(run)
+            raise
+        if old is not None:
+            await self._stop_run(old)
+
+    async def _free_fixed_port(self, svc: _Service, port: int) -> None:
+        """A fixed BuildPlan.port cannot run blue/green: stop the old run first (brief downtime)."""
+        old = svc.live.run if svc.live else None
+        if old is not None and old.port == port:
+            async with svc.run_lock:
+                if svc.live is not None:
+                    svc.live.run = None
+                if svc.route is not None:
+                    svc.route.port = None
+            await self._stop_run(old)
+        if not port_is_free(port):
+            raise ReleaseFailed(Step.starting, f"port {port} (BuildPlan.port) is already in use on this machine")
+        self.ports.reserve(port)
+
+    def _point_route(self, svc: _Service, live: _Live, port: int | None) -> None:
+        host = self.host_for(svc.key)
+        if not live.meta.routed:
+            if svc.route is not None:
+                self.proxy.remove_route(svc.route.host)
+                svc.route = None
+            return
+        if svc.route is None:
+            svc.route = Route(host=host, port=port)
+        svc.route.port = port
+        svc.route.wake = None if svc.always_on else (lambda: self._wake(svc))
+        svc.route.touch()
+        self.proxy.set_route(svc.route)
+
+    def _make_run(self, svc: _Service, live: _Live, port: int | None) -> ReleaseRun:
+        return ReleaseRun(
+            live.meta, app_dir=self._app_dir(svc, live.meta), service_env=live.env, run_as=svc.run_as,
+            home=svc.home, port=port, sink=svc.log.write, run_dir=svc.layout.run_dir,
+            tenant_python=self.tenant_python, backoff=self.backoff,
+        )  # fmt: skip
+
+    def _app_dir(self, svc: _Service, meta: ReleaseMeta) -> Path:
+        return inside(svc.layout.src(meta.deployment_id), meta.plan.app_dir)
+
+    def _config(self, name: str, argv: tuple[str, ...], cwd: Path, svc: _Service, env: dict[str, str]) -> ProcessConfig:
+        if not env:
+            env = tenant_env(home=svc.home, run_as=svc.run_as, service_env={}, build_env={}, port=None)
+        return ProcessConfig(name=name, argv=argv, cwd=cwd, env=env, run_as=svc.run_as)
+
+    def _prune(self, svc: _Service, keep: int = 3, keep_logs: int = 20) -> None:
+        """Keep the live release and the newest few others (for reuse_build_of); drop the rest."""
+        live_id = svc.live.meta.deployment_id if svc.live else None
+        releases = sorted(svc.layout.releases.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [p for p in releases if p.name != live_id][keep - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
+            (svc.layout.meta_dir / f"{old.name}.json").unlink(missing_ok=True)
+        logs = sorted(svc.layout.build_logs.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old_log in logs[keep_logs:]:
+            old_log.unlink(missing_ok=True)
+
+    # -- restore -------------------------------------------------------------------------------
+
+    async def restore(self, request: ReleaseRequest) -> None:
+        svc = await self._service(request)
+        async with svc.release_lock:
+            meta = ReleaseMeta.read(svc.layout.meta(request.deployment_id))
+            if meta is None or not svc.layout.src(request.deployment_id).is_dir():
+                raise ReleaseFailed(
+                    Step.starting,
+                    f"the files of deployment {request.deployment_id} are gone from this machine; redeploy",
+                )
+            live = _Live(meta=meta, env=dict(request.env))
+            async with svc.run_lock:
+                old = svc.live.run if svc.live else None
+                svc.live = live
+                if old is not None:
+                    live.run = None
+            if old is not None:
+                await self._stop_run(old)
+            if not svc.always_on and meta.routed:
+                async with svc.run_lock:
+                    self._point_route(svc, live, None)  # asleep until the first request
+                return
+            port = (meta.plan.port or self.ports.allocate()) if meta.routed else None
+            run = self._make_run(svc, live, port)
+            try:
+                await run.start()
+            except OSError as exc:
+                await self._stop_run(run)
+                raise ReleaseFailed(Step.starting, f"could not start the processes: {exc}") from exc
+            run.go_live()  # no health wait: a slow or broken app restarts with backoff, proxy answers 502
+            async with svc.run_lock:
+                live.run = run
+                self._point_route(svc, live, port)
+
+    # -- on_demand -----------------------------------------------------------------------------
+
+    async def _wake(self, svc: _Service) -> int:
+        """Start a sleeping service; concurrent requests share one wake."""
+        task = svc.wake_task
+        if task is None or task.done():
+            task = asyncio.create_task(self._do_wake(svc), name=f"wake-{svc.key.service_id}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            svc.wake_task = task
+        return await asyncio.shield(task)
+
+    async def _do_wake(self, svc: _Service) -> int:
+        async with svc.run_lock:
+            if svc.route is not None and svc.route.port is not None:
+                return svc.route.port
+            live = svc.live
+            if live is None or svc.removed:
+                raise WakeFailed("the service has no live release")
+            port = live.meta.plan.port or self.ports.allocate()
+            run = self._make_run(svc, live, port)
+            svc.log.write(f"{run.supervisors[0].name if run.supervisors else 'web'} | [inkmcp] waking up")
+            try:
+                await run.start()
+                await run.wait_healthy(self.health_timeout)
+            except HealthFailed as exc:
+                await self._stop_run(run)
+                if exc.timed_out:
+                    raise TimeoutError(exc.reason) from None
+                raise WakeFailed(_tail_text(exc.reason, run.recent, lines=3)) from None
+            except BaseException:
+                await self._stop_run(run)
+                raise
+            run.go_live()
+            live.run = run
+            self._point_route(svc, live, port)
+            return port
+
+    async def _idle_loop(self) -> None:
+        interval = max(0.1, min(5.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for svc in list(self._services.values()):
+                route = svc.route
+                if svc.always_on or route is None or route.port is None or route.active:
+                    continue
+                if now - route.last_activity >= self.idle_timeout:
+                    with contextlib.suppress(Exception):
+                        await self._sleep(svc)
+
+    async def _sleep(self, svc: _Service) -> None:
+        async with svc.run_lock:
+            route = svc.route
+            live = svc.live
+            if route is None or live is None or live.run is None or route.active:
+                return
+            if time.monotonic() - route.last_activity < self.idle_timeout:
+                return
+            run = live.run
+            route.port = None  # new requests now go through wake
+            live.run = None
+            svc.log.write(f"{run.supervisors[0].name if run.supervisors else 'web'} | [inkmcp] idle, sleeping")
+        await self._stop_run(run)
+
+    # -- env -----------------------------------------------------------------------------------
+
+    async def update_env(self, key: ServiceKey, env: dict[str, SecretStr]) -> bool:
+        svc = self._services.get(key.service_id)
+        if svc is None or svc.live is None:
+            return False
+        async with svc.release_lock:
+            async with svc.run_lock:
+                live = svc.live
+                assert live is not None
+                if live.run is None:  # sleeping on_demand: the next wake starts with the new env
+                    live.env = dict(env)
+                    return False
+            await self._roll(svc, _Live(meta=live.meta, env=dict(env)), None)
+            return True
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def runtime(self, key: ServiceKey) -> ServiceRuntime:
+        svc = self._services.get(key.service_id)
+        if svc is None or svc.live is None:
+            return ServiceRuntime(state=RuntimeState.stopped, detail="not deployed on this machine")
+        live = svc.live
+        url = self.url_for(key) if live.meta.routed else None
+        detail = f"deployment {live.meta.deployment_id}"
+        run = live.run
+        if run is None:
+            waking = svc.wake_task is not None and not svc.wake_task.done()
+            if waking:
+                return ServiceRuntime(state=RuntimeState.starting, url=url, detail=detail)
+            state = RuntimeState.stopped if svc.always_on else RuntimeState.sleeping
+            return ServiceRuntime(state=state, url=url, detail=detail)
+        states = [s.state for s in run.supervisors]
+        if any(s in (ProcState.backoff, ProcState.exited) for s in states):
+            down = [f"{s.name} exited with code {s.exit_code}" for s in run.supervisors if not s.alive]
+            return ServiceRuntime(state=RuntimeState.crashed, url=url, restarts=run.restarts,
+                                  detail=f"{detail}: {'; '.join(down)}; restarting with backoff")  # fmt: skip
+        return ServiceRuntime(state=RuntimeState.running, url=url, restarts=run.restarts,
+                              detail=f"{detail}, pids {run.pids}")  # fmt: skip
+
+    async def logs(self, key: ServiceKey, scope: LogScope, *, deployment_id: str | None, tail: int) -> list[str]:
+        layout = ServiceLayout(self.data_dir, key.service_id)
+        if scope == LogScope.runtime:
+            return await asyncio.to_thread(tail_lines, layout.runtime_log, tail)
+        if deployment_id is not None:
+            return await asyncio.to_thread(tail_lines, layout.build_log(deployment_id), tail, include_rotated=False)
+
+        def latest() -> list[str]:
+            logs = sorted(layout.build_logs.glob("*.log"), key=lambda p: p.stat().st_mtime)
+            return tail_lines(logs[-1], tail, include_rotated=False) if logs else []
+
+        return await asyncio.to_thread(latest)
+
+    # -- removal -------------------------------------------------------------------------------
+
+    async def remove(self, key: ServiceKey) -> None:
+        svc = self._services.pop(key.service_id, None)
+        if svc is not None:
+            svc.removed = True
+            if svc.wake_task is not None and not svc.wake_task.done():
+                svc.wake_task.cancel()
+            if svc.route is not None:
+                self.proxy.remove_route(svc.route.host)
+            await self._stop_service(svc)
+            svc.live = None
+            svc.log.close()
+        layout = ServiceLayout(self.data_dir, key.service_id)
+        await asyncio.to_thread(shutil.rmtree, layout.root, True)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def _mkdir_for(path: Path, run_as: RunAs | None) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if run_as is not None:
+        import os
+
+        os.chown(path, run_as.uid, run_as.gid)
+
+
+def _needs_build(plan: BuildPlan) -> bool:
+    return plan.stack in (Stack.python, Stack.node) or bool(plan.build_command) or plan.django
+
+
+def _with_tail(message: str, log: RotatingLog, lines: int = ERROR_TAIL) -> str:
+    return _tail_text(message, tail_lines(log.path, lines, include_rotated=False))
+
+
+def _tail_text(message: str, recent: list[str], lines: int = ERROR_TAIL) -> str:
+    tail = recent[-lines:]
+    return message + ("\nlast output:\n" + "\n".join(tail) if tail else "")
+
+
+__all__ = ["InkError", "LocalComputeProvider", "ServiceType"]

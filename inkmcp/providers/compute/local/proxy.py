@@ -1,0 +1,258 @@
+"""The host-routing reverse proxy in front of every local service.
+
+It reads only the first request head of a connection (to learn the Host), connects to the
+service's current port and then splices bytes both ways. Everything after the head — keep-alive
+requests, chunked bodies, WebSocket frames — passes through untouched, which keeps the proxy
+small and fast (one task per direction, no thread, no HTTP re-encoding). The price: a kept-alive
+client connection stays with the upstream it started on; after a release switch it ends when the
+old process stops, and the client's next connection reaches the new one.
+
+Routes carry what idle detection needs (open connections, last byte seen) and, for on_demand
+services, a `wake` callback the proxy awaits when the route has no port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+CHUNK = 256 * 1024
+
+
+class WakeFailed(Exception):
+    """The on_demand service could not be started; `reason` is shown to the client."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(eq=False)
+class Route:
+    """Where one hostname goes. `port` None means asleep: call `wake` to get one."""
+
+    host: str
+    port: int | None
+    wake: Callable[[], Awaitable[int]] | None = None
+    active: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+
+class Proxy:
+    """Asyncio TCP server routing HTTP/1.x connections by Host header."""
+
+    def __init__(self, host: str, port: int, *, wake_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.wake_timeout = wake_timeout
+        self._routes: dict[str, Route] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    # -- routing table -------------------------------------------------------------------------
+
+    def set_route(self, route: Route) -> None:
+        self._routes[route.host.lower()] = route
+
+    def get_route(self, host: str) -> Route | None:
+        return self._routes.get(host.lower())
+
+    def remove_route(self, host: str) -> None:
+        self._routes.pop(host.lower(), None)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, limit=MAX_HEAD_BYTES, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self._handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _nodelay(writer)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except asyncio.LimitOverrunError:
+            await _respond(writer, 431, "Request Header Fields Too Large", "request head exceeds 64 KiB\n")
+            return
+        except asyncio.IncompleteReadError:
+            return
+        host = parse_host(head)
+        if host is None:
+            await _respond(writer, 400, "Bad Request", "missing or invalid Host header\n")
+            return
+        route = self._routes.get(host)
+        if route is None:
+            await _respond(writer, 404, "Not Found", f"no service is deployed at {host}\n")
+            return
+        route.active += 1
+        route.touch()
+        try:
+            upstream = await self._connect(route, writer, host)
+            if upstream is None:
+                return
+            up_reader, up_writer = upstream
+            try:
+                up_writer.write(head)
+                await _splice(reader, writer, up_reader, up_writer, route)
+            finally:
+                up_writer.close()
+        finally:
+            route.active -= 1
+            route.touch()
+
+    async def _connect(
+        self, route: Route, writer: asyncio.StreamWriter, host: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Open the upstream connection, waking the service first if it sleeps."""
+        for attempt in range(2):
+            port = route.port
+            if port is None:
+                if route.wake is None:
+                    await _respond(writer, 502, "Bad Gateway", f"{host} is not running\n")
+                    return None
+                try:
+                    port = await asyncio.wait_for(route.wake(), self.wake_timeout)
+                except TimeoutError:
+                    await _respond(
+                        writer, 504, "Gateway Timeout",
+                        f"{host} did not start within {self.wake_timeout:g}s\n",
+                    )  # fmt: skip
+                    return None
+                except WakeFailed as exc:
+                    await _respond(writer, 502, "Bad Gateway", f"{host} failed to start: {exc.reason}\n")
+                    return None
+            try:
+                up_reader, up_writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port, limit=CHUNK), CONNECT_TIMEOUT
+                )
+            except (TimeoutError, OSError):
+                # The service may have been put to sleep between lookup and connect: retry via wake.
+                if attempt == 0 and route.wake is not None and route.port != port:
+                    continue
+                await _respond(writer, 502, "Bad Gateway", f"{host} is not accepting connections\n")
+                return None
+            _nodelay(up_writer)
+            return up_reader, up_writer
+        return None
+
+
+async def _splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    route: Route,
+) -> None:
+    """Copy both directions until the upstream is done.
+
+    The client may half-close after its request (we pass the EOF on and keep reading the
+    response); once the upstream side ends nothing more can be answered, so everything closes.
+    """
+    upload = asyncio.create_task(_pipe(reader, up_writer, route))
+    try:
+        await _pipe(up_reader, writer, route)
+    finally:
+        upload.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await upload
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, route: Route) -> None:
+    try:
+        while True:
+            data = await src.read(CHUNK)
+            if not data:
+                break
+            route.last_activity = time.monotonic()
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, OSError):
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        if dst.can_write_eof():
+            dst.write_eof()
+
+
+def parse_host(head: bytes) -> str | None:
+    """Hostname (lowercase, without port) from the Host header or an absolute-form target."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    value: str | None = None
+    if len(parts) == 3 and "://" in parts[1]:
+        value = parts[1].split("://", 1)[1].split("/", 1)[0]
+    else:
+        for line in lines[1:]:
+            name, sep, rest = line.partition(":")
+            if sep and name.strip().lower() == "host":
+                value = rest.strip()
+                break
+    if not value:
+        return None
+    host = value.rsplit("@", 1)[-1]
+    if host.startswith("["):
+        host = host.split("]", 1)[0] + "]"
+    else:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".").lower()
+    if not host or len(host) > 253 or not all(c.isalnum() or c in "-.[]:" for c in host):
+        return None
+    return host
+
+
+async def _respond(writer: asyncio.StreamWriter, status: int, reason: str, body: str) -> None:
+    payload = body.encode()
+    writer.write(
+        (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\nServer: inkmcp\r\n\r\n"
+        ).encode()
+        + payload
+    )
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+
+
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,185 @@
+"""A built release and a running instance of it.
+
+`ReleaseMeta` is what survives an InkMCP restart (written once the build succeeded, it doubles as
+the build-complete marker): enough to start the release again without rebuilding. Secrets are not
+in it — the caller passes env again on restore.
+
+`ReleaseRun` is one set of running processes of a release on one port. A release can have several
+runs over its life: the first start, a restart for new env, each wake of an on_demand service.
+Blue/green switching is two runs side by side until the new one is healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+from inkmcp.build.plan import BuildPlan, RunAs, ServiceType, Stack
+from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, Supervisor
+from inkmcp.providers.compute.local.tenant_env import tenant_env
+
+STATIC_PROCESS = "web"
+
+
+class ReleaseMeta(BaseModel):
+    """Persisted per deployment after a successful build (no secrets)."""
+
+    deployment_id: str
+    service_type: ServiceType
+    plan: BuildPlan
+    build_env: dict[str, str] = Field(default_factory=dict)
+    built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    reused_from: str | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return self.plan.stack == Stack.static or self.service_type == ServiceType.webapp_static
+
+    @property
+    def routed(self) -> bool:
+        return self.is_static or self.plan.routed_process is not None
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.model_dump_json(indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> ReleaseMeta | None:
+        try:
+            return cls.model_validate_json(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+class HealthFailed(Exception):
+    def __init__(self, reason: str, *, timed_out: bool) -> None:
+        self.reason = reason
+        self.timed_out = timed_out
+        super().__init__(reason)
+
+
+def inside(base: Path, sub: str | None) -> Path:
+    """`base/sub`, refusing paths that escape `base` (plan paths come from the repo)."""
+    target = (base / (sub or ".")).resolve()
+    if target != base.resolve() and base.resolve() not in target.parents:
+        raise ValueError(f"{sub!r} points outside the repository")
+    return target
+
+
+class ReleaseRun:
+    """The processes of one release on one port; keeps the last lines they printed for errors."""
+
+    def __init__(
+        self,
+        meta: ReleaseMeta,
+        *,
+        app_dir: Path,
+        service_env: dict[str, SecretStr],
+        run_as: RunAs | None,
+        home: str,
+        port: int | None,
+        sink: Callable[[str], None],
+        run_dir: Path,
+        tenant_python: str,
+        backoff: Backoff,
+    ) -> None:
+        self.meta = meta
+        self.port = port
+        self._recent: deque[str] = deque(maxlen=30)
+
+        def capture(line: str) -> None:
+            self._recent.append(line)
+            sink(line)
+
+        self.supervisors: list[Supervisor] = []
+        self.routed: Supervisor | None = None
+        for name, argv, routed in self._commands(app_dir, tenant_python):
+            env = tenant_env(
+                home=home, run_as=run_as, service_env=service_env, build_env=meta.build_env,
+                port=port if routed else None,
+            )  # fmt: skip
+            config = ProcessConfig(
+                name=name, argv=argv, cwd=app_dir, env=env, run_as=run_as,
+                pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}.pid",
+            )  # fmt: skip
+            sup = Supervisor(config, capture, backoff=backoff)
+            self.supervisors.append(sup)
+            if routed:
+                self.routed = sup
+
+    def _commands(self, app_dir: Path, tenant_python: str) -> list[tuple[str, tuple[str, ...], bool]]:
+        if self.meta.is_static:
+            directory = inside(app_dir, self.meta.plan.static_dir)
+            argv = (tenant_python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory),
+                    str(self.port))  # fmt: skip
+            return [(STATIC_PROCESS, argv, True)]
+        return [(p.name, ("/bin/sh", "-c", p.command), p.routed) for p in self.meta.plan.processes]
+
+    @property
+    def recent(self) -> list[str]:
+        return list(self._recent)
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.supervisors if s.pid is not None and s.pid > 0]
+
+    async def start(self) -> None:
+        for sup in self.supervisors:
+            await sup.start()
+
+    def go_live(self) -> None:
+        """From now on crashed processes restart with backoff."""
+        for sup in self.supervisors:
+            sup.enable_restarts()
+
+    async def wait_healthy(self, timeout: float, *, worker_grace: float = 1.0) -> None:
+        """Routed: the port accepts TCP. Workers only: still alive after `worker_grace` seconds.
+
+        Any process exiting meanwhile fails it at once rather than after the whole timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.routed is None:
+            await asyncio.sleep(min(worker_grace, timeout))
+            self._check_alive()
+            return
+        assert self.port is not None
+        while True:
+            self._check_alive()
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1.0)
+            except (TimeoutError, OSError):
+                if loop.time() >= deadline:
+                    raise HealthFailed(
+                        f"the app never listened on $PORT={self.port} within {timeout:g}s; make sure it binds "
+                        "0.0.0.0 or 127.0.0.1 on the PORT env var",
+                        timed_out=True,
+                    ) from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    def _check_alive(self) -> None:
+        for sup in self.supervisors:
+            if not sup.alive:
+                raise HealthFailed(f"process '{sup.name}' exited with code {sup.exit_code}", timed_out=False)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(s.stop(grace) for s in self.supervisors))
+
+    @property
+    def restarts(self) -> int:
+        return sum(s.restarts for s in self.supervisors)

@@ -1,0 +1,296 @@
+"""One supervised tenant process: spawn, capture output, restart with backoff, stop the whole group.
+
+Each process starts in its own session (so its process group id is its pid) as the tenant user,
+with an explicit minimal environment. Stopping signals the process group (SIGTERM, then SIGKILL
+after a grace period) plus any descendants that escaped into other groups, so a shell wrapper or a
+forking server never leaves children holding the port. A pid file records each live process so a
+restarted InkMCP can kill what a crashed one left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import psutil
+
+from inkmcp.build.plan import RunAs
+
+LineSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Restart delays: `initial` doubling up to `maximum`; reset after `reset_after` s of uptime."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    reset_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    name: str
+    argv: tuple[str, ...]
+    cwd: Path
+    env: dict[str, str] = field(repr=False)  # holds unwrapped secrets: never log or persist
+    run_as: RunAs | None
+    pid_file: Path | None = None
+
+
+class ProcState(StrEnum):
+    idle = "idle"  # not spawned yet
+    running = "running"
+    backoff = "backoff"  # crashed, waiting to restart
+    exited = "exited"  # exited and not restarted
+    stopped = "stopped"
+
+
+class Supervisor:
+    """Runs one process; restarts it after a crash only while `keep_alive` is set.
+
+    `keep_alive` starts False so a process that dies during its health check fails the release
+    instead of flapping; the provider turns it on once the release is live.
+    """
+
+    def __init__(self, config: ProcessConfig, sink: LineSink, *, backoff: Backoff | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self._sink = sink
+        self._backoff = backoff or Backoff()
+        self.keep_alive = False
+        self.restarts = 0
+        self.state = ProcState.idle
+        self.exit_code: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._exited = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def wait_exit(self) -> None:
+        """Return when the current process instance exits (used by the health check)."""
+        await self._exited.wait()
+
+    async def start(self) -> None:
+        """Spawn the process and begin watching it. Raises OSError if it cannot be spawned."""
+        await self._spawn()
+        self._watch = asyncio.create_task(self._run(), name=f"supervise-{self.name}")
+
+    def enable_restarts(self) -> None:
+        """Turn on restart-with-backoff; respawns at once if the process already exited."""
+        self.keep_alive = True
+        if self.state == ProcState.exited and not self._stopping:
+            self._watch = asyncio.create_task(self._respawn_and_run(), name=f"supervise-{self.name}")
+
+    async def _respawn_and_run(self) -> None:
+        self.restarts += 1
+        await self._spawn()
+        await self._run()
+
+    async def _spawn(self) -> None:
+        cfg = self.config
+        kwargs: dict[str, object] = {}
+        if cfg.run_as is not None:
+            kwargs = {"user": cfg.run_as.uid, "group": cfg.run_as.gid, "extra_groups": []}
+        self._exited.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            *cfg.argv,
+            cwd=cfg.cwd,
+            env=cfg.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            umask=0o077,
+            close_fds=True,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.state = ProcState.running
+        self.exit_code = None
+        self._record_pid(self._proc.pid)
+        assert self._proc.stdout is not None
+        self._pump = asyncio.create_task(pump_lines(self._proc.stdout, self.name, self._sink))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._backoff.initial
+        while True:
+            proc = self._proc
+            assert proc is not None
+            started = loop.time()
+            code = await proc.wait()
+            self.exit_code = code
+            _kill_group(proc.pid, signal.SIGKILL)  # stragglers of a dead leader would hold the port
+            self._clear_pid()
+            if self._pump is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
+            self._exited.set()
+            if self._stopping:
+                return
+            uptime = loop.time() - started
+            if not self.keep_alive:
+                self.state = ProcState.exited
+                self._sink(f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s")
+                return
+            if uptime >= self._backoff.reset_after:
+                delay = self._backoff.initial
+            self.state = ProcState.backoff
+            self._sink(
+                f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s; restarting in {delay:g}s"
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff.maximum)
+            if self._stopping:
+                return
+            self.restarts += 1
+            try:
+                await self._spawn()
+            except OSError as exc:
+                self._sink(f"{self.name} | [inkmcp] could not restart: {exc}")
+                self._proc = _FailedSpawn()  # type: ignore[assignment]
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the process group, SIGKILL it after `grace` seconds; idempotent."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            escaped = _escaped_descendants(proc.pid)
+            _kill_group(proc.pid, signal.SIGTERM)
+            _signal_all(escaped, signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+            _kill_group(proc.pid, signal.SIGKILL)
+            _signal_all(escaped, signal.SIGKILL)
+            await proc.wait()
+        if self._watch is not None:
+            if self.state == ProcState.backoff:
+                self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._pump, 1.0)
+        self._clear_pid()
+        self.state = ProcState.stopped
+
+    def _record_pid(self, pid: int) -> None:
+        path = self.config.pid_file
+        if path is None:
+            return
+        with contextlib.suppress(psutil.Error, OSError):
+            created = psutil.Process(pid).create_time()
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_text(json.dumps({"pid": pid, "create_time": created}))
+
+    def _clear_pid(self) -> None:
+        if self.config.pid_file is not None:
+            self.config.pid_file.unlink(missing_ok=True)
+
+
+class _FailedSpawn:
+    """Stands in for a process that could not be spawned, so the watch loop keeps backing off."""
+
+    pid = -1
+    returncode = 127
+
+    async def wait(self) -> int:
+        return 127
+
+
+async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink) -> None:
+    """Forward output line by line as `name | line`; chunked reads so huge lines cannot wedge it."""
+    pending = b""
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            sink(f"{name} | {raw.decode(errors='replace').rstrip(chr(13))}")
+        if len(pending) > 65536:
+            sink(f"{name} | {pending.decode(errors='replace')}")
+            pending = b""
+    if pending:
+        sink(f"{name} | {pending.decode(errors='replace')}")
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    if pgid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _escaped_descendants(pid: int) -> list[psutil.Process]:
+    """Descendants that left the process group (setsid/setpgid) and killpg would miss."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    escaped = []
+    for child in children:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) != pid:
+                escaped.append(child)
+    return escaped
+
+
+def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def reap_stale(pid_dir: Path) -> int:
+    """Kill processes recorded by a previous InkMCP that died without stopping them.
+
+    The recorded create time guards against a recycled pid. Returns how many were killed.
+    """
+    killed = 0
+    for path in pid_dir.glob("*.pid"):
+        try:
+            record = json.loads(path.read_text())
+            proc = psutil.Process(int(record["pid"]))
+            if abs(proc.create_time() - float(record["create_time"])) < 0.01:
+                _kill_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+                killed += 1
+        except (psutil.Error, OSError, ValueError, KeyError):
+            pass
+        path.unlink(missing_ok=True)
+    return killed
+
+
+async def run_once(config: ProcessConfig, sink: LineSink, *, timeout: float, grace: float = 5.0) -> int:
+    """Run a one-shot command (the release command) to completion; kill its group on timeout.
+
+    Returns the exit code; raises TimeoutError after killing it if it ran longer than `timeout`.
+    """
+    sup = Supervisor(config, sink)
+    await sup.start()
+    try:
+        await asyncio.wait_for(sup.wait_exit(), timeout)
+    except TimeoutError:
+        await sup.stop(grace)
+        raise TimeoutError(f"{config.name} did not finish within {timeout:g}s") from None
+    await sup.stop(grace)
+    return sup.exit_code if sup.exit_code is not None else -1

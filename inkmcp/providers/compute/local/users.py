@@ -1,0 +1,125 @@
+"""Per-project Unix users: the isolation boundary between tenants on one machine.
+
+When InkMCP runs as root, every project gets its own system user (`ink-<12 hex of project id>`).
+Builds and processes of that project run as it, and its files are owned by it with mode 0700, so
+one project's code cannot read another project's source, venvs or environment. When InkMCP is not
+root there is nobody to switch to: tenant code runs as the current user (RunAs None) and the layout
+still uses 0700 directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import pwd
+import re
+from pathlib import Path
+
+from inkmcp.build.plan import RunAs
+from inkmcp.errors import ProviderError
+
+USER_PREFIX = "ink-"
+_USERADD = "/usr/sbin/useradd"
+_USERDEL = "/usr/sbin/userdel"
+_NOLOGIN = "/usr/sbin/nologin"
+
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def project_user_name(project_id: str) -> str:
+    """`ink-` + the first 12 hex digits of the project id (a hash of it if it has fewer)."""
+    digits = re.sub(r"[^0-9a-f]", "", project_id.lower())
+    if len(digits) < 12:
+        digits = hashlib.sha256(project_id.encode()).hexdigest()
+    return USER_PREFIX + digits[:12]
+
+
+def _lookup(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def _flock(path: Path) -> int:
+    """Blocking exclusive lock across processes (two InkMCP workers creating the same user)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin"}
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+def _ensure_home(home: Path, uid: int, gid: int) -> None:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(home, uid, gid)
+    home.chmod(0o700)
+
+
+async def ensure_project_user(project_id: str, homes_dir: Path) -> RunAs | None:
+    """The identity the project's code runs as; creates the system user on first use.
+
+    Idempotent and safe under concurrency: an in-process lock serialises callers for one name,
+    a file lock serialises InkMCP processes, and useradd's "already exists" (exit 9) counts as done.
+    Returns None when InkMCP is not root (tenant code then runs as the current user).
+    """
+    if not running_as_root():
+        return None
+    name = project_user_name(project_id)
+    home = homes_dir / name
+    lock = _locks.setdefault(name, asyncio.Lock())
+    async with lock:
+        entry = _lookup(name)
+        if entry is None:
+            homes_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+            fd = await asyncio.to_thread(_flock, homes_dir / ".users.lock")
+            try:
+                entry = _lookup(name)
+                if entry is None:
+                    code, out = await _run(
+                        _USERADD, "--system", "--user-group", "--no-create-home",
+                        "--home-dir", str(home), "--shell", _NOLOGIN, name,
+                    )  # fmt: skip
+                    if code not in (0, 9):
+                        raise ProviderError(f"could not create system user {name}: {out or f'exit {code}'}")
+                    entry = _lookup(name)
+            finally:
+                os.close(fd)
+        if entry is None:
+            raise ProviderError(f"system user {name} is missing after useradd")
+        await asyncio.to_thread(_ensure_home, home, entry.pw_uid, entry.pw_gid)
+        return RunAs(user=name, uid=entry.pw_uid, gid=entry.pw_gid, home=str(home))
+
+
+async def delete_project_user(project_id: str) -> None:
+    """Remove the project's system user (call after every service of the project is removed)."""
+    if not running_as_root():
+        return
+    name = project_user_name(project_id)
+    if _lookup(name) is None:
+        return
+    code, out = await _run(_USERDEL, name)
+    if code not in (0, 6):  # 6: user does not exist
+        raise ProviderError(f"could not delete system user {name}: {out or f'exit {code}'}")
+
+
+def chown_tree(root: Path, run_as: RunAs | None) -> None:
+    """Give a tree to the tenant user without following symlinks (blocking; run in a thread)."""
+    if run_as is None:
+        return
+    os.lchown(root, run_as.uid, run_as.gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            os.lchown(os.path.join(dirpath, name), run_as.uid, run_as.gid)

@@ -1,0 +1,186 @@
+"""Databases on a PostgreSQL server we administer (normally the embedded tenant server).
+
+One tenant = one login role + one database owned by it, both named `ink_<slug>`. Isolation:
+
+* `REVOKE ALL ON DATABASE ... FROM PUBLIC` on every tenant database, so only its owner (and the
+  superuser) may CONNECT or create TEMP tables there; the same revoke is applied to the `postgres`
+  and `template1` databases, which PUBLIC can otherwise connect to.
+* Tenant roles are NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT with a per-tier CONNECTION LIMIT.
+* Schema `public`: since PostgreSQL 15 it is owned by `pg_database_owner` and PUBLIC has no CREATE
+  on it, so in a tenant database only the tenant (as database owner) can create objects there;
+  nothing further to revoke (verified in tests/store/test_postgres_provider.py).
+
+Passwords are hashed client-side (libpq's PQencryptPasswordConn, SCRAM-SHA-256) before they are
+sent, so the plaintext never appears in server logs or pg_stat_activity.
+
+Concurrency: every operation on a slug takes a session advisory lock keyed by the database name,
+so two provisions of one slug produce one database (the later one resets the password again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from inkmcp.errors import InvalidArgument, ProviderError
+from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
+
+PREFIX = "ink_"
+_MAX_IDENT = 63
+_CLEAN_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_OUR_IDENT = re.compile(r"^ink_[a-z0-9_]{1,59}$")
+_LOCK_CLASS = 0x1A4C  # advisory lock namespace (first int of the two-int form) for this provider
+
+DEFAULT_CONNECTION_LIMITS: Mapping[Tier, int] = {Tier.free: 10, Tier.standard: 50}
+
+
+def database_name_for(owner_slug: str) -> str:
+    """Map a slug to a role/database identifier: `ink_` + only [a-z0-9_], at most 63 chars.
+
+    Injective by construction, because a mix-up would hand one tenant another tenant's database:
+    DNS-style slugs (`my-app`) map readably to `ink_my_app`; anything else (upper case, `_`, other
+    characters, too long) becomes `ink_<sanitised prefix>__<sha256[:16]>`. Readable names never
+    contain `__`, hashed ones always do, so the two forms cannot collide.
+    """
+    if not owner_slug:
+        raise InvalidArgument("must not be empty", argument="owner_slug", fix="pass the project slug")
+    if _CLEAN_SLUG.fullmatch(owner_slug) and len(PREFIX) + len(owner_slug) <= _MAX_IDENT:
+        return PREFIX + owner_slug.replace("-", "_")
+    digest = hashlib.sha256(owner_slug.encode()).hexdigest()[:16]
+    readable = re.sub(r"_+", "_", re.sub(r"[^a-z0-9]", "_", owner_slug.lower())).strip("_")
+    readable = readable[: _MAX_IDENT - len(PREFIX) - 2 - len(digest)].rstrip("_")
+    return f"{PREFIX}{readable}__{digest}" if readable else f"{PREFIX}_{digest}"
+
+
+def _check_ours(external_id: str) -> str:
+    if not _OUR_IDENT.fullmatch(external_id):
+        raise InvalidArgument(
+            f"{external_id!r} is not a database this provider created",
+            argument="external_id",
+            fix="pass the external_id returned by provision (it starts with 'ink_')",
+        )
+    return external_id
+
+
+def _libpq_url(url: str) -> str:
+    """SQLAlchemy-style `postgresql+psycopg://` → libpq `postgresql://`."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme == "postgres":
+        scheme = "postgresql"
+    return urlunsplit((scheme, *parts[1:]))
+
+
+class PostgresDatabaseProvider:
+    """DatabaseProvider over a server reachable with superuser (or CREATEROLE+CREATEDB) `admin_url`.
+
+    `public_host`/`public_port` are what apps use to reach that server; they go into the returned
+    credentials, which may differ from the admin URL (e.g. admin over a unix socket).
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        admin_url: SecretStr,
+        *,
+        public_host: str,
+        public_port: int,
+        connection_limits: Mapping[Tier, int] | None = None,
+        connect_timeout_s: int = 10,
+    ) -> None:
+        self._admin_url = SecretStr(_libpq_url(admin_url.get_secret_value()))
+        self.public_host = public_host
+        self.public_port = public_port
+        self.connection_limits = dict(connection_limits or DEFAULT_CONNECTION_LIMITS)
+        self.connect_timeout_s = connect_timeout_s
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabaseProvider(public={self.public_host}:{self.public_port})"
+
+    async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self._admin_url.get_secret_value(),
+                autocommit=True,  # CREATE/DROP DATABASE cannot run inside a transaction
+                connect_timeout=self.connect_timeout_s,
+                application_name="inkmcp-provisioner",
+            )
+        except psycopg.OperationalError as e:
+            # libpq messages name host/port/user but never the password.
+            raise ProviderError(f"cannot reach the tenant database server: {e}".strip()) from None
+
+    @staticmethod
+    async def _lock(conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str) -> None:
+        await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, ident))
+
+    async def provision(self, *, owner_slug: str, tier: Tier) -> DatabaseHandle:
+        tier = Tier(tier)
+        ident = database_name_for(owner_slug)
+        password = secrets.token_urlsafe(32)
+        limit = self.connection_limits.get(tier, -1)
+        role = sql.Identifier(ident)
+        conn = await self._connect()
+        try:
+            await self._lock(conn, ident)
+            verifier = conn.pgconn.encrypt_password(password.encode(), ident.encode(), b"scram-sha-256").decode()
+            exists = await (await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ident,))).fetchone()
+            options = sql.SQL(
+                "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS "
+                "CONNECTION LIMIT {} PASSWORD {}"
+            ).format(sql.Literal(limit), sql.Literal(verifier))
+            verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
+            await conn.execute(sql.SQL("{} {} WITH {}").format(verb, role, options))
+            db_exists = await (
+                await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ident,))
+            ).fetchone()
+            if not db_exists:
+                await conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template1").format(role, role)
+                )
+            else:
+                await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(role, role))
+            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(role))
+            for shared in ("postgres", "template1"):
+                await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(shared)))
+        except psycopg.Error as e:
+            raise ProviderError(f"provisioning database {ident} failed: {e.diag.message_primary or e}") from None
+        finally:
+            await conn.close()  # also releases the session advisory lock
+        return DatabaseHandle(
+            provider=self.name,
+            tier=tier,
+            external_id=ident,
+            credentials=DatabaseCredentials(
+                host=self.public_host,
+                port=self.public_port,
+                database=ident,
+                user=ident,
+                password=SecretStr(password),
+            ),
+        )
+
+    async def drop(self, external_id: str) -> None:
+        """Terminate sessions, drop the database and its role. Refuses names it did not create."""
+        ident = _check_ours(external_id)
+        conn = await self._connect()
+        try:
+            await self._lock(conn, ident)
+            # WITH (FORCE) terminates the tenant's connections first (PostgreSQL 13+).
+            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(ident)))
+            await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ident)))
+        except psycopg.Error as e:
+            raise ProviderError(f"dropping database {ident} failed: {e.diag.message_primary or e}") from None
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        """Nothing to release: connections are opened per operation (provisioning is rare)."""

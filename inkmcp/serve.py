@@ -1,0 +1,55 @@
+"""Running the server: HTTP (uvicorn) or stdio, with start-up and graceful shutdown around it.
+
+Shutdown order matters: stop accepting MCP calls, cancel in-flight pipelines (their records stay
+non-terminal and are resumed at the next start), stop tenant processes, close the store, stop the
+embedded Postgres servers this process started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import uvicorn
+
+from inkmcp.app import open_runtime
+from inkmcp.mcp.server import build_http_app, build_mcp
+from inkmcp.settings import Settings
+
+log = logging.getLogger("inkmcp")
+
+
+async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> None:
+    rt = await open_runtime(settings, serve=True)
+    try:
+        if not await rt.platform.accounts.has_any_key():
+            issued = await rt.platform.accounts.create_key("default", "created on first start")
+            from inkmcp.cli import claude_line
+
+            announce(
+                "First start: created account 'default' and an API key (shown once, store it now):\n"
+                f"  {issued.key}\nConnect Claude Code with:\n  {claude_line(settings, issued.key)}"
+            )
+        server = build_mcp(rt.platform, rt.metrics, stdio_principal=None,
+                           deploy_answer_within=settings.deploy_answer_within)
+        app = build_http_app(server, rt.platform, rt.metrics, host=settings.host, port=settings.port,
+                             allowed_hosts=settings.allowed_hosts)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                timeout_graceful_shutdown=10, lifespan="on")
+        log.info("serving", extra={"mcp": f"http://{settings.host}:{settings.port}/mcp",
+                                   "apps": f"http://<service>.<project>.{settings.apps_domain}:{settings.proxy_port}"})
+        await uvicorn.Server(config).serve()
+    finally:
+        await rt.close()
+        log.info("stopped")
+
+
+async def serve_stdio(settings: Settings, account: str) -> None:
+    rt = await open_runtime(settings, serve=True)
+    try:
+        principal = await rt.platform.accounts.principal_for(account, "stdio")
+        server = build_mcp(rt.platform, rt.metrics, stdio_principal=principal,
+                           deploy_answer_within=settings.deploy_answer_within)
+        await server.run_stdio_async()
+    finally:
+        await rt.close()

@@ -1,0 +1,114 @@
+"""Connecting to the control-plane store and migrating it.
+
+Migrations are plain alembic, configured in code (no alembic.ini to ship or locate): `migrate()`
+upgrades to head under a PostgreSQL advisory lock, so several InkMCP processes starting at once
+(server + CLI, or replicas) run the migration exactly once and the others wait and find it done.
+
+Runtime access is async SQLAlchemy over psycopg 3. The pool is deliberately small: PostgreSQL on a
+2-core box does not get faster past a handful of active backends, and MCP tool calls hold a
+connection only for short transactions, so 64 concurrent clients queue briefly on ~10 connections
+rather than thrash 64 backends (see `POOL_SIZE`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+MIGRATION_LOCK_KEY = zlib.crc32(b"inkmcp.store.migrate")
+"""pg_advisory_xact_lock key; any stable bigint works, crc32 keeps it readable in pg_locks."""
+
+POOL_SIZE = 10
+MAX_OVERFLOW = 10
+POOL_TIMEOUT_S = 15.0
+"""Measured with 64 concurrent clients doing short read+write transactions on 2 cores (tests/store):
+throughput is flat from 8 to 40 connections while p99 latency grows with more backends; 10 + 10
+overflow keeps headroom for a slow transaction without letting a burst open 64 backends."""
+
+
+def _normalize(url: str | URL, driver: str = "psycopg") -> URL:
+    """Accept postgres://, postgresql:// or postgresql+<driver>:// and pin the psycopg 3 driver."""
+    u = make_url(url) if isinstance(url, str) else url
+    if u.get_backend_name() not in ("postgresql", "postgres"):
+        raise ValueError(f"store URL must be a PostgreSQL URL, got scheme {u.drivername!r}")
+    return u.set(drivername=f"postgresql+{driver}")
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An alembic Config pointing at our migrations, without any ini file."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    if url is not None:
+        # render_as_string keeps the password; '%' must be escaped for ConfigParser interpolation.
+        cfg.set_main_option(
+            "sqlalchemy.url", _normalize(url).render_as_string(hide_password=False).replace("%", "%%")
+        )
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Upgrade the store at `url` to the newest revision. Idempotent and safe to run concurrently.
+
+    Runs in one transaction that first takes a transaction-level advisory lock: a second caller
+    blocks on the lock, then sees alembic_version already at head and does nothing. A failed
+    migration rolls back completely (PostgreSQL DDL is transactional).
+    """
+    engine = create_sync_engine(_normalize(url), poolclass=None, pool_pre_ping=False)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+async def create_engine(url: str | URL, *, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> AsyncEngine:
+    """Async engine for the store. `pool_pre_ping` costs one round trip per checkout on a local
+    socket (~50 µs) and saves a failed request after the embedded server was restarted."""
+    return _create_async_engine(
+        _normalize(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        connect_args={"application_name": "inkmcp", "connect_timeout": 10},
+    )
+
+
+@dataclass(slots=True)
+class Store:
+    """The engine plus a session factory; `session()` is what request handlers use."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+    def session(self) -> AsyncSession:
+        return self.sessionmaker()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def open_store(url: str, *, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> Store:
+    """Open (not migrate) the store; call `migrate(url)` first, e.g. in a thread at startup.
+
+    `expire_on_commit=False`: objects stay readable after commit, which handlers rely on when they
+    build a response from rows they just wrote.
+    """
+    engine = await create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    return Store(engine=engine, sessionmaker=async_sessionmaker(engine, expire_on_commit=False))

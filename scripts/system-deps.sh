@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages InkMCP's local provider and its tests need, only when missing.
+# Runs as root on CI and fresh machines; as a normal user it only reports what is missing.
+set -euo pipefail
+
+need=()
+command -v git >/dev/null || need+=(git)
+/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v useradd >/dev/null || need+=(passwd)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "Missing system packages: ${need[*]} (install them with apt-get as root)" >&2
+  exit 1
+fi
+echo "Installing system packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" >/dev/null

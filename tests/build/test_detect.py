@@ -1,0 +1,299 @@
+"""Plan derivation: call > inkmcp.yaml > Procfile > detection, and every error case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inkmcp.build.detect import derive_plan
+from inkmcp.build.manifest import load_manifest, parse_manifest
+from inkmcp.build.plan import BuildPlan, Mode, ServiceType, Stack
+from inkmcp.build.procfile import parse_procfile
+from inkmcp.errors import BuildPlanError, InvalidArgument
+
+from .conftest import write_files
+
+
+def plan_for(root: Path, files: dict[str, str], **kw: Any) -> tuple[BuildPlan, ServiceType]:
+    write_files(root, files)
+    args: dict[str, Any] = {
+        "service_name": "web",
+        "service_type": None,
+        "build_command": None,
+        "start_command": None,
+        "port": None,
+    }
+    args.update(kw)
+    return derive_plan(root, **args)
+
+
+MANIFEST = """
+services:
+  web:
+    start: node server.js
+    build: npm run build
+    release: node migrate.js
+    port: 3000
+    mode: persistent
+  site:
+    type: webapp_static
+    path: frontend
+    build: npm run build
+    static_dir: dist
+  jobs:
+    type: backend
+    start: node jobs.js
+"""
+PACKAGE = json.dumps({"name": "x", "scripts": {"start": "node server.js", "build": "echo hi"}})
+
+
+# --- Procfile and manifest parsing -------------------------------------------------------------
+
+
+def test_procfile_conventions() -> None:
+    proc = parse_procfile("# comment\n\nweb: gunicorn app:app\nworker:  python worker.py\nrelease: ./migrate\n")
+    assert proc.processes == {"web": "gunicorn app:app", "worker": "python worker.py"}
+    assert proc.release == "./migrate"
+    specs = proc.specs()
+    assert [(s.name, s.routed) for s in specs] == [("web", True), ("worker", False)]
+    assert proc.specs(only="worker")[0].routed is False
+
+
+@pytest.mark.parametrize("text", ["web gunicorn", "web:", "web: a\nweb: b", "# only comments\n"])
+def test_bad_procfiles(text: str) -> None:
+    with pytest.raises(BuildPlanError) as err:
+        parse_procfile(text)
+    assert "Procfile" in err.value.message
+
+
+def test_manifest_schema_errors_name_field_and_file() -> None:
+    with pytest.raises(BuildPlanError) as err:
+        parse_manifest("services:\n  web:\n    prot: 3000\n    port: 70000\n")
+    assert "inkmcp.yaml" in err.value.message
+    assert "services.web.prot: unknown key" in err.value.message
+    assert "services.web.port" in err.value.message
+    for bad in (
+        "services: {}\n",
+        "services:\n  Bad_Name: {}\n",
+        "[1, 2]",
+        "services: [",
+        "services:\n  w:\n    path: ../x\n",
+    ):
+        with pytest.raises(BuildPlanError):
+            parse_manifest(bad)
+
+
+def test_manifest_symlink_outside_repo_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "inkmcp.yaml").symlink_to("/etc/passwd")
+    with pytest.raises(BuildPlanError) as err:
+        load_manifest(tmp_path)
+    assert "root:" not in str(err.value)
+
+
+# --- precedence --------------------------------------------------------------------------------
+
+
+def test_manifest_entry(tmp_path: Path) -> None:
+    plan, kind = plan_for(tmp_path, {"inkmcp.yaml": MANIFEST, "package.json": PACKAGE, "Procfile": "web: x\n"})
+    assert kind == ServiceType.webapp
+    assert plan.source == "manifest"
+    assert plan.stack == Stack.node
+    assert plan.processes[0].command == "node server.js" and plan.processes[0].routed
+    assert (plan.build_command, plan.release_command, plan.port, plan.mode) == (
+        "npm run build",
+        "node migrate.js",
+        3000,
+        Mode.persistent,
+    )
+
+
+def test_call_arguments_override_manifest(tmp_path: Path) -> None:
+    plan, _ = plan_for(
+        tmp_path,
+        {"inkmcp.yaml": MANIFEST, "package.json": PACKAGE},
+        start_command="node other.js",
+        build_command="make",
+        port=8080,
+    )
+    assert plan.source == "call"
+    assert (plan.processes[0].command, plan.build_command, plan.port) == ("node other.js", "make", 8080)
+    assert plan.release_command == "node migrate.js"  # not overridden by the call, so still from the manifest
+
+
+def test_manifest_static_service_in_subdirectory(tmp_path: Path) -> None:
+    plan, kind = plan_for(
+        tmp_path,
+        {"inkmcp.yaml": MANIFEST, "frontend/package.json": json.dumps({"scripts": {"build": "vite build"}})},
+        service_name="site",
+    )
+    assert kind == ServiceType.webapp_static
+    assert (plan.app_dir, plan.static_dir, plan.stack, plan.processes) == ("frontend", "dist", Stack.node, ())
+
+
+def test_manifest_backend_service(tmp_path: Path) -> None:
+    plan, kind = plan_for(tmp_path, {"inkmcp.yaml": MANIFEST}, service_name="jobs")
+    assert kind == ServiceType.backend
+    assert plan.routed_process is None and plan.processes[0].name == "jobs"
+
+
+def test_manifest_missing_service_lists_services(tmp_path: Path) -> None:
+    with pytest.raises(BuildPlanError) as err:
+        plan_for(tmp_path, {"inkmcp.yaml": MANIFEST}, service_name="api")
+    assert err.value.argument == "service_name"
+    assert "jobs, site, web" in err.value.message
+
+
+def test_procfile_all_processes_for_web(tmp_path: Path) -> None:
+    files = {
+        "requirements.txt": "gunicorn\n",
+        "Procfile": "web: gunicorn app:app\nworker: python w.py\nrelease: python m.py\n",
+    }
+    plan, kind = plan_for(tmp_path, files)
+    assert plan.source == "procfile" and kind == ServiceType.webapp and plan.stack == Stack.python
+    assert [(p.name, p.routed) for p in plan.processes] == [("web", True), ("worker", False)]
+    assert plan.release_command == "python m.py"
+
+
+def test_procfile_single_named_process(tmp_path: Path) -> None:
+    files = {"requirements.txt": "", "Procfile": "web: gunicorn app:app\nworker: python w.py\n"}
+    plan, kind = plan_for(tmp_path, files, service_name="worker")
+    assert kind == ServiceType.backend
+    assert [(p.name, p.command, p.routed) for p in plan.processes] == [("worker", "python w.py", False)]
+
+
+def test_procfile_beats_detection(tmp_path: Path) -> None:
+    plan, _ = plan_for(tmp_path, {"package.json": PACKAGE, "Procfile": "web: node custom.js\n"})
+    assert plan.processes[0].command == "node custom.js"
+
+
+# --- detection ---------------------------------------------------------------------------------
+
+
+def test_detect_node(tmp_path: Path) -> None:
+    plan, kind = plan_for(tmp_path, {"package.json": PACKAGE})
+    assert (plan.stack, plan.processes[0].command, plan.build_command, plan.source) == (
+        Stack.node,
+        "npm start",
+        "npm run build",
+        "detected",
+    )
+    assert kind == ServiceType.webapp
+
+
+def test_detect_node_main_only_when_file_exists(tmp_path: Path) -> None:
+    plan, _ = plan_for(tmp_path, {"package.json": json.dumps({"main": "srv.js"}), "srv.js": ""})
+    assert plan.processes[0].command == "node srv.js"
+    with pytest.raises(BuildPlanError):
+        plan_for(tmp_path / "b", {"package.json": json.dumps({"main": "index.js"})})
+
+
+def test_detect_node_static_build(tmp_path: Path) -> None:
+    plan, kind = plan_for(tmp_path, {"package.json": json.dumps({"scripts": {"build": "vite build"}})})
+    assert kind == ServiceType.webapp_static
+    assert (plan.stack, plan.static_dir, plan.build_command) == (Stack.node, "dist", "npm run build")
+
+
+def test_detect_plain_static(tmp_path: Path) -> None:
+    plan, kind = plan_for(tmp_path, {"index.html": "<h1>hi</h1>"})
+    assert (kind, plan.stack, plan.static_dir, plan.processes) == (ServiceType.webapp_static, Stack.static, ".", ())
+
+
+@pytest.mark.parametrize(
+    ("files", "command", "django"),
+    [
+        ({"requirements.txt": "flask\n", "app.py": "if __name__ == '__main__':\n  pass\n"}, "python app.py", False),
+        (
+            {"requirements.txt": "fastapi\nuvicorn\n", "main.py": "app = FastAPI()\n"},
+            "uvicorn main:app --host 0.0.0.0 --port $PORT",
+            False,
+        ),
+        (
+            {"requirements.txt": "Flask\ngunicorn==22\n", "app.py": "app = Flask(__name__)\n"},
+            "gunicorn app:app --bind 0.0.0.0:$PORT",
+            False,
+        ),
+        (
+            {"pyproject.toml": "[project]\nname='x'\ndependencies=['flask']\n", "server.py": "x=1\n"},
+            "python server.py",
+            False,
+        ),
+        (
+            {
+                "requirements.txt": "Django\ngunicorn\n",
+                "manage.py": "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n",
+            },
+            "gunicorn mysite.wsgi --bind 0.0.0.0:$PORT",
+            True,
+        ),
+        (
+            {"requirements.txt": "Django\n", "manage.py": ""},
+            "python manage.py runserver 0.0.0.0:$PORT --noreload",
+            True,
+        ),
+    ],
+)
+def test_detect_python(tmp_path: Path, files: dict[str, str], command: str, django: bool) -> None:
+    plan, kind = plan_for(tmp_path, files)
+    assert (plan.stack, plan.processes[0].command, plan.django, kind) == (
+        Stack.python,
+        command,
+        django,
+        ServiceType.webapp,
+    )
+
+
+def test_stack_inferred_even_with_start_command(tmp_path: Path) -> None:
+    plan, _ = plan_for(tmp_path, {"requirements.txt": "gunicorn\n"}, start_command="gunicorn app:app")
+    assert plan.stack == Stack.python and plan.source == "call"
+    plan, _ = plan_for(
+        tmp_path / "n", {"package.json": "{}"}, start_command="node x.js", service_type=ServiceType.backend
+    )
+    assert plan.stack == Stack.node and plan.routed_process is None
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_nothing_detected(tmp_path: Path) -> None:
+    with pytest.raises(BuildPlanError) as err:
+        plan_for(tmp_path, {"README.md": "hello"})
+    assert err.value.argument == "start_command"
+    for looked_for in ("inkmcp.yaml", "Procfile", "scripts.start", "app.py", "main.py"):
+        assert looked_for in err.value.message
+    assert "$PORT" in (err.value.fix or "")
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1])
+def test_bad_port(tmp_path: Path, port: int) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan_for(tmp_path, {"app.py": ""}, port=port, start_command="python app.py")
+    assert err.value.argument == "port"
+
+
+def test_static_with_start_command_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan_for(tmp_path, {"index.html": ""}, service_type=ServiceType.webapp_static, start_command="x")
+    assert err.value.argument == "start_command"
+
+
+def test_static_without_files(tmp_path: Path) -> None:
+    with pytest.raises(BuildPlanError) as err:
+        plan_for(tmp_path, {"README.md": ""}, service_type=ServiceType.webapp_static)
+    assert err.value.argument == "static_dir"
+
+
+def test_webapp_without_route(tmp_path: Path) -> None:
+    with pytest.raises(BuildPlanError) as err:
+        plan_for(tmp_path, {"Procfile": "worker: python w.py\n"}, service_type=ServiceType.webapp)
+    assert err.value.argument == "service_type"
+
+
+def test_app_dir_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(BuildPlanError) as err:
+        plan_for(tmp_path, {"app.py": ""}, app_dir="nope", start_command="python app.py")
+    assert err.value.argument == "app_dir"
+    with pytest.raises(InvalidArgument):
+        plan_for(tmp_path, {"app.py": ""}, app_dir="../etc", start_command="python app.py")
