@@ -7,8 +7,10 @@ embedded Postgres servers this process started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -17,6 +19,21 @@ from inkmcp.mcp.server import build_http_app, build_mcp
 from inkmcp.settings import Settings
 
 log = logging.getLogger("inkmcp")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before InkMCP
+    stops tenant processes and Postgres. Handle the signal, and return normally instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> None:
@@ -38,7 +55,7 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
                                 timeout_graceful_shutdown=10, lifespan="on")
         log.info("serving", extra={"mcp": f"http://{settings.host}:{settings.port}/mcp",
                                    "apps": f"http://<service>.<project>.{settings.apps_domain}:{settings.proxy_port}"})
-        await uvicorn.Server(config).serve()
+        await _Server(config).serve()
     finally:
         await rt.close()
         log.info("stopped")

@@ -156,17 +156,27 @@ def _base_env(env: dict[str, str], home: str, cache_dir: Path | None) -> dict[st
     return {**base, **env}
 
 
+def _repo_file(app_dir: Path, name: str) -> Path | None:
+    """`app_dir/name` if it is a regular file inside the app dir.
+
+    InkMCP reads these files as itself (often root); a symlink to /proc/kcore or another tenant's
+    files must not be followed.
+    """
+    path = app_dir / name
+    if not path.is_file() or not path.resolve().is_relative_to(app_dir.resolve()):
+        return None
+    return path
+
+
 def dependency_hash(app_dir: Path, python: str) -> str:
     """Key of the virtualenv: dependency files + interpreter. Same key, same installed packages."""
     digest = hashlib.sha256(f"python={python}\n".encode())
-    for name in _DEP_FILES:
-        path = app_dir / name
-        if path.is_file():
+    names = [*_DEP_FILES, *sorted(p.name for p in app_dir.glob("requirements*.txt"))]
+    for name in dict.fromkeys(names):
+        path = _repo_file(app_dir, name)
+        if path is not None:
             digest.update(f"{name}\n".encode())
             digest.update(path.read_bytes())
-    for path in sorted(app_dir.glob("requirements*.txt")):
-        digest.update(f"{path.name}\n".encode())
-        digest.update(path.read_bytes())
     return digest.hexdigest()[:24]
 
 
@@ -176,8 +186,9 @@ def _pyproject_dependencies(app_dir: Path) -> list[str] | None:
     Installing the dependency list (not the project itself) keeps the venv a pure function of the
     dependency files, so it can be shared by every commit; the app runs from its directory.
     """
+    path = _repo_file(app_dir, "pyproject.toml")
     try:
-        data = tomllib.loads((app_dir / "pyproject.toml").read_text())
+        data = tomllib.loads(path.read_text() if path else "")
     except (OSError, tomllib.TOMLDecodeError):
         return None
     project = data.get("project")
@@ -216,6 +227,7 @@ async def _python_deps(
 ) -> tuple[Path, bool]:
     """Create or reuse the venv for this dependency set; returns (venv dir, reused)."""
     venv = venv_root / dependency_hash(app_dir, python)
+    venv_root.mkdir(parents=True, exist_ok=True)  # normally pre-created (and chowned) by the caller
     lock_fd = await _flock(venv_root / f"{venv.name}.lock")
     try:
         if _venv_state(venv):
@@ -273,7 +285,8 @@ async def run_build(
     `env` is the service's environment (also visible to the build, like on Heroku).
     Raises BuildFailed naming the step; the caller attaches the log tail.
     """
-    home = run_as.home if run_as else (str(cache_dir / "home") if cache_dir else str(app_dir))
+    # HOME receives pip/npm caches when no cache_dir is given: keep them out of the app dir.
+    home = run_as.home if run_as else str(cache_dir / "home" if cache_dir else venv_root)
     build_env = _base_env(env, home, cache_dir)
     runner = _Runner(app_dir, build_env, log, run_as, timeout)
     output = BuildOutput()

@@ -247,7 +247,7 @@ class Platform:
             svc_id = svc.id
         env = await self.envs.resolve(project.id, svc_id)
         if reveal:
-            await self.audit.record(p, "reveal_env_vars", project_name, {"service_name": service_name})
+            await self.audit.record(p, "reveal_env_vars", target=project_name, arguments={"service_name": service_name})
         return EnvList(
             project=project.name,
             scope=service_name or "project",
@@ -277,7 +277,7 @@ class Platform:
                 argument="project_name",
                 fix=f"call provision_database(project_name={project_name!r}) first",
             )
-        await self.audit.record(p, "get_database_credentials", project_name, {})
+        await self.audit.record(p, "get_database_credentials", target=project_name, arguments={})
         return Credentials(
             project=project.name,
             provider=info.provider,

@@ -1,8 +1,10 @@
 """Keeping tools/list small and arguments strict.
 
-Agents pay for every character of tools/list in their context window, so generated JSON schemas
-are compacted (no auto titles, no `anyOf [..., null]` noise for optional arguments). Unknown
-arguments are refused with the list of valid ones instead of being silently ignored.
+Agents pay for every character of tools/list in their context window (the budget is 5,000
+characters for the whole list), so generated JSON schemas are compacted: $refs inlined, no auto
+titles or defaults, no `anyOf [X, null]` for optional arguments. Output schemas are reduced to
+`{"type": "object"}`: the structured result is still returned, and what its fields mean is said once
+in the tool description rather than twice. Unknown arguments are refused with the list of valid ones.
 """
 
 from __future__ import annotations
@@ -11,41 +13,65 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-_DROP = {"title", "default"}
+# Bounds and `additionalProperties: false` are still enforced (arguments are validated server-side,
+# unknown ones refused with an explained error); they are left out of the schema because every tool
+# would pay for them in every agent's context. `env_vars` keeps its value type (string or null).
+_DROP = {"title", "default", "format", "writeOnly", "$defs", "maximum", "minimum", "exclusiveMinimum",
+         "additionalProperties"}
 
 
-def compact(schema: Any, *, keep_descriptions: bool = True) -> Any:
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     if isinstance(schema, list):
-        return [compact(s, keep_descriptions=keep_descriptions) for s in schema]
+        return [_inline(s, defs) for s in schema]
     if not isinstance(schema, dict):
         return schema
+    if "$ref" in schema:
+        target = defs[schema["$ref"].rsplit("/", 1)[-1]]
+        merged = {**{k: v for k, v in target.items() if k != "description"},
+                  **{k: v for k, v in schema.items() if k != "$ref"}}
+        return _inline(merged, defs)
+    return {k: _inline(v, defs) for k, v in schema.items()}
+
+
+def _compact(schema: Any, *, top: bool) -> Any:
+    if isinstance(schema, list):
+        return [_compact(s, top=False) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    any_of = schema.get("anyOf")
+    if isinstance(any_of, list) and {"type": "null"} in any_of:
+        rest = [s for s in any_of if s != {"type": "null"}]
+        if len(rest) == 1:
+            base = {k: v for k, v in schema.items() if k != "anyOf"}
+            inner = dict(rest[0])
+            if not top and isinstance(inner.get("type"), str):
+                inner["type"] = [inner["type"], "null"]  # null means something here (e.g. unset)
+            return _compact({**inner, **base}, top=top)
     out: dict[str, Any] = {}
     for k, v in schema.items():
-        if k in _DROP or (k == "description" and not keep_descriptions):
+        if k == "additionalProperties" and isinstance(v, dict):
+            out[k] = _compact(v, top=False)  # a map's value type, e.g. env_vars: string or null
             continue
-        if k == "anyOf" and isinstance(v, list):
-            non_null = [s for s in v if s != {"type": "null"}]
-            if len(non_null) == 1 and len(non_null) < len(v):
-                out.update(compact(non_null[0], keep_descriptions=keep_descriptions))
-                continue
+        if k in _DROP or (k == "description" and not top):
+            continue
         if k == "properties" and isinstance(v, dict):
-            out[k] = {name: compact(s, keep_descriptions=keep_descriptions) for name, s in v.items()}
-            continue
-        out[k] = compact(v, keep_descriptions=keep_descriptions)
+            out[k] = {name: _compact(s, top=False) for name, s in v.items()}
+        else:
+            out[k] = _compact(v, top=False)
     return out
 
 
 def input_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    s = compact(schema)
-    s["additionalProperties"] = False
-    return s
+    inlined = _inline(schema, schema.get("$defs", {}))
+    props = {name: _compact(s, top=True) for name, s in inlined.get("properties", {}).items()}
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if inlined.get("required"):
+        out["required"] = inlined["required"]
+    return out
 
 
 def output_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    if schema is None:
-        return None
-    # clients validate structured output against it: keep the types, drop the prose
-    return compact(schema, keep_descriptions=False)
+    return None if schema is None else {"type": "object"}
 
 
 def strict_model(model: type[BaseModel]) -> type[BaseModel]:

@@ -37,9 +37,9 @@ def _stop_by_pid(pg: EmbeddedPostgres, pid: int | None) -> None:
     with contextlib.suppress(Exception):
         pg.stop()
     for p in {pid, pg.pid} - {None}:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
             proc = psutil.Process(p)
-            if proc.name() == "postgres":
+            if proc.name() == "postgres" and proc.status() != psutil.STATUS_ZOMBIE:
                 os.kill(p, signal.SIGQUIT)
                 proc.wait(10)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from inkmcp.build.plan import BuildPlan, Mode, RunAs, ServiceType, Stack
-from inkmcp.errors import BuildFailed, InkError
+from inkmcp.build.plan import BuildPlan, Mode, RunAs, Stack
+from inkmcp.errors import BuildFailed
 from inkmcp.providers.compute.base import (
     LogScope,
     ProgressCallback,
@@ -248,7 +249,8 @@ class LocalComputeProvider:
             except ValueError as exc:
                 raise ReleaseFailed(Step.building, f"static_dir: {exc}") from exc
             if not static.is_dir():
-                raise ReleaseFailed(Step.building, f"static_dir {plan.static_dir or '.'!r} does not exist after the build")
+                missing = plan.static_dir or "."
+                raise ReleaseFailed(Step.building, f"static_dir {missing!r} does not exist after the build")
         meta.write(layout.meta(did))
         build_log.write("[inkmcp] build complete")
         return meta
@@ -565,7 +567,6 @@ class LocalComputeProvider:
 
 
 def _is_root() -> bool:
-    import os
 
     return os.geteuid() == 0
 
@@ -590,5 +591,3 @@ def _tail_text(message: str, recent: list[str], lines: int = ERROR_TAIL) -> str:
     tail = recent[-lines:]
     return message + ("\nlast output:\n" + "\n".join(tail) if tail else "")
 
-
-__all__ = ["InkError", "LocalComputeProvider", "ServiceType"]

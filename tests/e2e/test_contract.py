@@ -1,0 +1,144 @@
+"""The agent contract over the real streamable HTTP transport: discovery, auth, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from tests.support import ServerProc, call, call_error, mcp_session
+
+pytestmark = pytest.mark.asyncio
+
+
+async def raw_tools_list(server: ServerProc) -> str:
+    """The tools/list response exactly as the server sends it (the JSON-RPC message from the SSE frame)."""
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {server.keys['alice']}"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    async with httpx.AsyncClient(headers=headers) as c:
+        r = await c.post(server.mcp_url, json=init)
+        assert r.status_code == 200, r.text
+        sid = r.headers.get("mcp-session-id")
+        h = {"mcp-session-id": sid} if sid else {}
+        await c.post(server.mcp_url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+        r = await c.post(server.mcp_url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=h)
+    body = r.text
+    if body.lstrip().startswith("{"):
+        return body
+    return next(line[5:].strip() for line in body.splitlines() if line.startswith("data:") and '"tools"' in line)
+
+
+async def test_tools_list_is_small_annotated_and_strict(server: ServerProc) -> None:
+    message = await raw_tools_list(server)
+    assert len(message) < 5000, f"tools/list is {len(message)} characters of JSON"
+    tools_json = json.loads(message)["result"]["tools"]
+    assert len(json.dumps(tools_json, separators=(",", ":"))) < 5000
+    async with mcp_session(server, server.keys["alice"]) as s:
+        tools = (await s.list_tools()).tools
+    names = {t.name for t in tools}
+    assert {"ensure_project", "list_projects", "deploy_app", "update_env_vars", "get_logs", "provision_database",
+            "get_database_credentials", "wait_for_deployment", "list_services", "delete"} <= names
+    by_name = {t.name: t for t in tools}
+    assert by_name["list_projects"].annotations.read_only_hint is True
+    assert by_name["delete"].annotations.destructive_hint is True
+    assert by_name["ensure_project"].annotations.idempotent_hint is True
+    assert by_name["ensure_project"].annotations.destructive_hint is False
+    assert by_name["update_env_vars"].input_schema["properties"]["env_vars"]["additionalProperties"] == {
+        "type": ["string", "null"]}
+    for t in tools:
+        assert t.output_schema == {"type": "object"}, t.name
+
+
+async def test_missing_invalid_and_revoked_keys_get_401(server: ServerProc) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with httpx.AsyncClient() as c:
+        r = await c.post(server.mcp_url, json=body, headers=headers)
+        assert r.status_code == 401 and "Bearer" in r.json()["message"]
+        r = await c.post(server.mcp_url, json=body, headers={**headers, "Authorization": "Bearer dk_live_nope"})
+        assert r.status_code == 401
+        health = await c.get(f"http://127.0.0.1:{server.port}/healthz")
+        assert health.json()["status"] == "ok"
+    key = server.create_key("carol")
+    async with mcp_session(server, key) as s:
+        assert (await call(s, "list_projects"))["total"] == 0
+    server.cli("keys", "revoke", key)
+    async with httpx.AsyncClient() as c:
+        r = await c.post(server.mcp_url, json=body, headers={**headers, "Authorization": f"Bearer {key}"})
+        assert r.status_code == 401
+
+
+async def test_dns_rebinding_protection_rejects_foreign_host(server: ServerProc) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {server.keys['alice']}",
+               "Host": "evil.example.com"}
+    async with httpx.AsyncClient() as c:
+        r = await c.post(server.mcp_url, json=body, headers=headers)
+    assert r.status_code in (403, 421), r.text
+
+
+async def test_invalid_names_unknown_args_and_unknown_project(server: ServerProc) -> None:
+    async with mcp_session(server, server.keys["alice"]) as s:
+        msg = await call_error(s, "ensure_project", name="My_App")
+        assert "Argument 'project_name'" in msg and "lowercase" in msg and "my-app" in msg
+        msg = await call_error(s, "ensure_project", name="ok-name", colour="blue")
+        assert "colour" in msg and "not accepted" in msg and "name" in msg
+        msg = await call_error(s, "list_services", project_name="does-not-exist")
+        assert "no project named 'does-not-exist'" in msg and "list_projects" in msg
+        msg = await call_error(s, "get_logs", project_name="x", tail=10_000)
+        assert "tail" in msg
+        msg = await call_error(s, "delete", project_name="x", confirm="y")
+        assert "confirm" in msg
+
+
+async def test_concurrent_ensure_project_creates_exactly_one(server: ServerProc) -> None:
+    async with mcp_session(server, server.keys["alice"]) as s:
+        results = await asyncio.gather(*[call(s, "ensure_project", name="race-proj") for _ in range(12)])
+        assert sum(r["created"] for r in results) == 1
+        listed = await call(s, "list_projects")
+        assert [p["name"] for p in listed["projects"]].count("race-proj") == 1
+
+
+async def test_accounts_are_isolated(server: ServerProc) -> None:
+    async with mcp_session(server, server.keys["alice"]) as a, mcp_session(server, server.keys["bob"]) as b:
+        await call(a, "ensure_project", name="alice-secret")
+        await call(a, "update_env_vars", project_name="alice-secret", env_vars={"TOKEN": "alice-token-123"})
+        assert "alice-secret" not in [p["name"] for p in (await call(b, "list_projects"))["projects"]]
+        for tool, args in [
+            ("list_services", {"project_name": "alice-secret"}),
+            ("list_env_vars", {"project_name": "alice-secret", "reveal": True}),
+            ("get_database_credentials", {"project_name": "alice-secret"}),
+            ("update_env_vars", {"project_name": "alice-secret", "env_vars": {"X": "1"}}),
+            ("delete", {"project_name": "alice-secret", "confirm": "alice-secret"}),
+        ]:
+            msg = await call_error(b, tool, **args)
+            assert "no project named 'alice-secret'" in msg, (tool, msg)
+        # bob may have his own project of the same name
+        assert (await call(b, "ensure_project", name="alice-secret"))["created"] is True
+        env = await call(a, "list_env_vars", project_name="alice-secret")
+        assert env["env"]["TOKEN"] != "alice-token-123" and env["masked"] is True
+        env = await call(a, "list_env_vars", project_name="alice-secret", reveal=True)
+        assert env["env"]["TOKEN"] == "alice-token-123"
+
+
+async def test_env_payload_limits(server: ServerProc) -> None:
+    async with mcp_session(server, server.keys["alice"]) as s:
+        await call(s, "ensure_project", name="envlimits")
+        msg = await call_error(s, "update_env_vars", project_name="envlimits", env_vars={"BIG": "x" * 70_000})
+        assert "env_vars" in msg and "bytes" in msg
+        msg = await call_error(s, "update_env_vars", project_name="envlimits", env_vars={"1BAD": "x"})
+        assert "not a valid environment variable name" in msg
+        msg = await call_error(s, "update_env_vars", project_name="envlimits", env_vars={"PORT": "1"})
+        assert "reserved" in msg
+        r = await call(s, "update_env_vars", project_name="envlimits", env_vars={"A": "1", "B": None})
+        assert r["set"] == ["A"] and r["unset"] == [] and r["restarted"] == []
+
+
+async def test_metrics_and_audit(server: ServerProc) -> None:
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{server.port}/metrics")).text
+    assert "inkmcp_tool_calls_total" in text and "inkmcp_running_services" in text

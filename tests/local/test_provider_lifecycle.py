@@ -1,0 +1,257 @@
+"""Lifecycle behaviour with real processes: restarts, sleep/wake, failures, switching, restore, close."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+
+import psutil
+import pytest
+from pydantic import SecretStr
+
+from inkmcp.build.plan import Mode, ProcessSpec
+from inkmcp.providers.compute.base import ReleaseFailed, RuntimeState, Step
+from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for, web_plan
+
+WS_ECHO = r"""
+import asyncio, base64, hashlib, os
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def frame(op, data):
+    n = len(data)
+    if n < 126: head = bytes([0x80 | op, n])
+    elif n < 65536: head = bytes([0x80 | op, 126]) + n.to_bytes(2, "big")
+    else: head = bytes([0x80 | op, 127]) + n.to_bytes(8, "big")
+    return head + data
+async def handle(r, w):
+    head = await r.readuntil(b"\r\n\r\n")
+    key = next(l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:"))
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    while True:
+        b1, b2 = await r.readexactly(2)
+        op, n = b1 & 0x0F, b2 & 0x7F
+        if n == 126: n = int.from_bytes(await r.readexactly(2), "big")
+        elif n == 127: n = int.from_bytes(await r.readexactly(8), "big")
+        mask = await r.readexactly(4) if b2 & 0x80 else bytes(4)
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await r.readexactly(n)))
+        if op == 8:
+            w.write(frame(8, data[:2])); await w.drain(); w.close(); return
+        if op == 9: w.write(frame(10, data))
+        elif op in (1, 2): w.write(frame(op, data))
+        await w.drain()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(os.environ["PORT"]))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def pid_of(runtime_detail: str) -> list[int]:
+    return [int(p) for p in runtime_detail.split("pids ")[1].strip("[]").split(",")]
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+async def test_websocket_passes_through(make_provider, checkouts, project_ids):
+    websockets = pytest.importorskip("websockets.asyncio.client")
+    provider = await make_provider()
+    key = key_for(project_ids(), service="ws")
+    await provider.release(request_for(key, checkouts({"app.py": WS_ECHO}), web_plan()), Events())
+    sock = socket.create_connection(("127.0.0.1", provider.proxy.port))
+    uri = f"ws://{provider.host_for(key)}:{provider.proxy.port}/"
+    async with websockets.connect(uri, sock=sock) as ws:
+        for message in ("hello", "x" * 100_000):
+            await ws.send(message)
+            assert await ws.recv() == message
+
+
+async def test_persistent_restarts_after_kill9(make_provider, checkouts, project_ids):
+    provider = await make_provider()
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan()), Events())
+    first = int((await get(provider, key)).headers["x-pid"])
+    os.kill(first, signal.SIGKILL)
+
+    async def back_up():
+        rt = await provider.runtime(key)
+        return rt if rt.state == RuntimeState.running and rt.restarts >= 1 else None
+
+    rt = await wait_for(back_up)
+    assert rt.restarts == 1
+    resp = await get(provider, key)
+    assert resp.status_code == 200 and int(resp.headers["x-pid"]) != first
+
+
+async def test_on_demand_sleeps_and_wakes(make_provider, checkouts, project_ids):
+    provider = await make_provider(idle_timeout=0.6)
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), mode=Mode.on_demand), Events())
+    pid = int((await get(provider, key)).headers["x-pid"])
+
+    async def asleep():
+        return (await provider.runtime(key)).state == RuntimeState.sleeping
+
+    await wait_for(asleep, timeout=5)
+    assert not psutil.pid_exists(pid)
+
+    # Concurrent requests during a wake share one wake: all answered by the same new process.
+    responses = await asyncio.gather(*(get(provider, key) for _ in range(5)))
+    assert all(r.status_code == 200 for r in responses)
+    assert len({r.headers["x-pid"] for r in responses}) == 1
+    assert (await provider.runtime(key)).state == RuntimeState.running
+
+    # update_env while asleep is applied at the next wake, without a restart.
+    await wait_for(asleep, timeout=5)
+    assert await provider.update_env(key, {"MESSAGE": SecretStr("after sleep")}) is False
+    assert (await get(provider, key)).text == "after sleep\n"
+
+
+async def test_failing_release_command_keeps_old_version(make_provider, checkouts, project_ids):
+    provider = await make_provider()
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events())
+    bad = request_for(
+        key, checkouts({"app.py": WEB_APP}), web_plan(release_command="echo migrating the db; exit 3"),
+        env={"MESSAGE": "v2"},
+    )  # fmt: skip
+    with pytest.raises(ReleaseFailed) as info:
+        await provider.release(bad, Events())
+    assert info.value.step == Step.releasing
+    assert "exited with code 3" in info.value.reason and "migrating the db" in info.value.reason
+    assert (await get(provider, key)).text == "v1\n"
+
+
+async def test_app_that_never_listens_fails_health_check(make_provider, checkouts, project_ids):
+    provider = await make_provider(health_timeout=1.0)
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events())
+    sleeper = "import time\nprint('booting, but on the wrong port', flush=True)\ntime.sleep(60)\n"
+    with pytest.raises(ReleaseFailed) as info:
+        await provider.release(request_for(key, checkouts({"app.py": sleeper}), web_plan()), Events())
+    assert info.value.step == Step.health_check
+    assert "never listened on $PORT=" in info.value.reason and "wrong port" in info.value.reason
+    crasher = "raise SystemExit('boom: missing DATABASE_URL')\n"
+    started = time.monotonic()
+    with pytest.raises(ReleaseFailed) as info:
+        await provider.release(request_for(key, checkouts({"app.py": crasher}), web_plan()), Events())
+    assert time.monotonic() - started < 1.0  # an exit fails at once, not after the timeout
+    assert "exited with code 1" in info.value.reason and "missing DATABASE_URL" in info.value.reason
+    assert (await get(provider, key)).text == "v1\n"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "wrong port" in " ".join(p.info["cmdline"] or [])]
+
+
+async def test_update_env_restarts_with_new_value(make_provider, checkouts, project_ids):
+    provider = await make_provider()
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "old"}), Events())
+    old_pid = int((await get(provider, key)).headers["x-pid"])
+    assert await provider.update_env(key, {"MESSAGE": SecretStr("new")}) is True
+    resp = await get(provider, key)
+    assert resp.text == "new\n" and int(resp.headers["x-pid"]) != old_pid
+    assert not psutil.pid_exists(old_pid)
+
+
+async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
+    provider = await make_provider()
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events())
+    seen: list[tuple[int, str]] = []
+    stop = asyncio.Event()
+
+    async def hammer():
+        while not stop.is_set():
+            resp = await get(provider, key)
+            seen.append((resp.status_code, resp.text))
+
+    task = asyncio.create_task(hammer())
+    slow = request_for(
+        key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2", "START_DELAY": "1.0"}
+    )
+    await provider.release(slow, Events())
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    assert all(code == 200 for code, _ in seen), {code for code, _ in seen}
+    texts = [t for _, t in seen]
+    assert texts[0] == "v1\n" and texts[-1] == "v2\n"
+    assert texts.index("v2\n") > 5  # the old version kept answering while the new one started
+
+
+async def test_close_leaves_no_processes(make_provider, checkouts, project_ids):
+    provider = await make_provider()
+    key = key_for(project_ids())
+    forker = f"exec /bin/sh -c '{PY} -c \"import time; time.sleep(600)\" & exec {PY} app.py'"
+    plan = web_plan(extra=(ProcessSpec(name="worker", command=forker.replace("exec /bin/sh", "/bin/sh"), routed=False),))
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events())
+    pids = pid_of((await provider.runtime(key)).detail)
+    family = {p for pid in pids for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]}
+    assert len(family) >= 3
+    port = provider.proxy.port
+    await provider.close()
+    assert not [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_restore_on_a_new_provider(make_provider, checkouts, project_ids, data_dir):
+    first = await make_provider()
+    key = key_for(project_ids())
+    sleepy = key_for(key.project_id, service="lazy")
+    web_req = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "restored"})
+    lazy_req = request_for(sleepy, checkouts({"app.py": WEB_APP}), web_plan(), mode=Mode.on_demand,
+                           env={"MESSAGE": "lazy"})  # fmt: skip
+    await first.release(web_req, Events())
+    await first.release(lazy_req, Events())
+    await first.close()
+
+    second = await make_provider()
+    await second.restore(web_req)
+    await second.restore(lazy_req)
+    assert (await second.runtime(sleepy)).state == RuntimeState.sleeping
+
+    async def serving():
+        resp = await get(second, key)
+        return resp if resp.status_code == 200 else None
+
+    assert (await wait_for(serving)).text == "restored\n"
+    assert (await get(second, sleepy)).text == "lazy\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-project users need root")
+async def test_per_project_users_isolate_files(make_provider, checkouts, project_ids, data_dir):
+    import pwd
+    import subprocess
+
+    provider = await make_provider()
+    key_a = key_for(project_ids(), project="alpha")
+    key_b = key_for(project_ids(), project="beta")
+    await provider.release(request_for(key_a, checkouts({"app.py": WEB_APP}), web_plan()), Events())
+    await provider.release(request_for(key_b, checkouts({"app.py": WEB_APP}), web_plan()), Events())
+
+    user_a = pwd.getpwnam(f"ink-{key_a.project_id[:12]}")
+    user_b = pwd.getpwnam(f"ink-{key_b.project_id[:12]}")
+    pid_a = int((await get(provider, key_a)).headers["x-pid"])
+    assert psutil.Process(pid_a).uids().real == user_a.pw_uid
+
+    app_a = next((data_dir / "services" / key_a.service_id / "releases").glob("*/src/app.py"))
+    assert app_a.stat().st_uid == user_a.pw_uid
+    as_b = subprocess.run(
+        ["/bin/cat", str(app_a)], user=user_b.pw_uid, group=user_b.pw_gid, extra_groups=[],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert as_b.returncode != 0 and b"Permission denied" in as_b.stderr
+    as_a = subprocess.run(["/bin/cat", str(app_a)], user=user_a.pw_uid, group=user_a.pw_gid, extra_groups=[],
+                          capture_output=True, check=False)  # fmt: skip
+    assert as_a.returncode == 0

@@ -1,0 +1,173 @@
+"""Test support shared by the end-to-end suites: a real `inkmcp serve` process, real MCP clients.
+
+Servers are started as subprocesses and stopped by PID in teardown; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+REPO = Path(__file__).resolve().parent.parent
+INKMCP = str(Path(sys.executable).with_name("inkmcp"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def traversable_tmpdir(prefix: str) -> Path:
+    """A temp dir tenant users can traverse (pytest's own tmp dirs are 0700 under root)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o711)
+    return d
+
+
+@dataclass
+class ServerProc:
+    data_dir: Path
+    port: int
+    proxy_port: int
+    env: dict[str, str]
+    keys: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def mcp_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([INKMCP, *args], env=self.env, capture_output=True, text=True, timeout=120,
+                              check=check)
+
+    def create_key(self, account: str) -> str:
+        out = self.cli("keys", "create", "--account", account).stdout
+        key = re.search(r"dk_live_[A-Za-z0-9_\-]+", out)
+        assert key, out
+        self.keys[account] = key.group(0)
+        return key.group(0)
+
+    def start(self, timeout: float = 60) -> None:
+        assert self.proc is None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([INKMCP, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"inkmcp serve exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"inkmcp serve did not become healthy:\n{self.log()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM our server by PID (graceful shutdown), SIGKILL its group if it hangs."""
+        assert self.proc is not None
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path else ""
+
+
+def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
+    data_dir = traversable_tmpdir(prefix) / "data"
+    port, proxy_port = free_port(), free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("INKMCP_")},
+        "INKMCP_DATA_DIR": str(data_dir),
+        "INKMCP_PORT": str(port),
+        "INKMCP_PROXY_PORT": str(proxy_port),
+        "INKMCP_IDLE_TIMEOUT": "3",
+        "INKMCP_HEALTH_TIMEOUT": "15",
+        **env,
+    }
+    return ServerProc(data_dir=data_dir, port=port, proxy_port=proxy_port, env=full_env)
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(server: ServerProc, key: str) -> AsyncIterator[ClientSession]:
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    async with client, streamable_http_client(server.mcp_url, http_client=client) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+class ToolFailed(AssertionError):
+    pass
+
+
+async def call(session: ClientSession, tool: str, progress: list[str] | None = None, **args: Any) -> dict[str, Any]:
+    """Call a tool; return structured content or raise ToolFailed with the error text."""
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        if progress is not None and message:
+            progress.append(message)
+
+    result = await session.call_tool(tool, args, progress_callback=on_progress if progress is not None else None)
+    if result.is_error:
+        raise ToolFailed(" ".join(getattr(c, "text", "") for c in result.content))
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+async def call_error(session: ClientSession, tool: str, **args: Any) -> str:
+    result = await session.call_tool(tool, args)
+    assert result.is_error, f"{tool} unexpectedly succeeded: {result.structured_content}"
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+def git_repo(path: Path, files: dict[str, str]) -> Path:
+    """A real git repo with one commit, made for a test."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        f = path / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(content)
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-C", str(path)]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    return path
+
+
+def git_commit(path: Path, files: dict[str, str], message: str = "change") -> None:
+    for name, content in files.items():
+        (path / name).write_text(content)
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-C", str(path)]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
