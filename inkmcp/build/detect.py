@@ -197,6 +197,11 @@ def _pick_stack(files: _Files, command: str | None, static_only: bool) -> Stack:
         return Stack.node
     if static_only or files.has_index_html:
         return Stack.static
+    first = (command or "").strip().split(" ", 1)[0].rsplit("/", 1)[-1]
+    if first in _PY_HINTS:
+        # A dependency-free Python app still needs `python` on PATH (Debian ships only python3):
+        # the Python buildpack gives it a virtualenv.
+        return Stack.python
     return Stack.none
 
 

@@ -152,7 +152,7 @@ class DeployService:
             except BaseException:
                 shutil.rmtree(checkout, ignore_errors=True)
                 raise
-            mode = req.mode or default_mode(service_type)
+            mode = req.mode or plan.mode or default_mode(service_type)
             if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
                 # A static site has nothing to sleep or keep warm; say so rather than ignore it.
                 shutil.rmtree(checkout, ignore_errors=True)

@@ -67,14 +67,25 @@ class EnvService:
     async def apply(
         self, s: AsyncSession, project_id: uuid.UUID, scope: str, env: Mapping[str, str | None]
     ) -> tuple[list[str], list[str]]:
-        """Set and unset in the caller's transaction. Returns (set keys, unset keys)."""
+        """Set and unset in the caller's transaction. Returns (set keys, unset keys).
+
+        A project-wide change applies to every service ("omit service_name for all services"), so it
+        also clears service-level values of the same keys that would otherwise keep overriding it.
+        """
         set_keys, unset_keys = [], []
+        if scope == PROJECT_SCOPE and env:
+            res = await s.execute(
+                delete(EnvVar).where(
+                    EnvVar.project_id == project_id, EnvVar.scope != PROJECT_SCOPE, EnvVar.key.in_(list(env))
+                ).returning(EnvVar.key)
+            )
+            unset_keys.extend(k for k in res.scalars() if env[k] is None)
         for k, v in sorted(env.items()):
             if v is None:
                 res = await s.execute(
                     delete(EnvVar).where(EnvVar.project_id == project_id, EnvVar.scope == scope, EnvVar.key == k)
                 )
-                if res.rowcount:
+                if res.rowcount and k not in unset_keys:
                     unset_keys.append(k)
                 continue
             enc = self._box.encrypt(v.encode())
@@ -84,7 +95,7 @@ class EnvService:
                 .on_conflict_do_update(constraint="uq_env_vars_scope_key", set_={"value_enc": enc})
             )
             set_keys.append(k)
-        return set_keys, unset_keys
+        return set_keys, sorted(set(unset_keys))
 
     async def resolve(self, project_id: uuid.UUID, service_id: uuid.UUID | None) -> dict[str, SecretStr]:
         scopes = [PROJECT_SCOPE] + ([str(service_id)] if service_id else [])

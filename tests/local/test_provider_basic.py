@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 
 import psutil
-import pytest
 
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
 from inkmcp.providers.compute.base import LogScope, RuntimeState, Step

@@ -1,0 +1,215 @@
+"""deploy_app end to end: real git repos, real builds, real processes behind the real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+
+from tests.e2e import apps
+from tests.support import ServerProc, call, call_error, git_commit, git_repo, mcp_session, traversable_tmpdir
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+def repos() -> Path:
+    d = traversable_tmpdir("inkmcp-repos-")
+    yield d
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def via_proxy(server: ServerProc, url: str, path: str = "/") -> httpx.Response:
+    """GET a deployed service: connect to the proxy, route by the Host of its URL."""
+    host = urlsplit(url).netloc
+    return httpx.get(f"http://127.0.0.1:{server.proxy_port}{path}", headers={"Host": host}, timeout=30)
+
+
+async def deploy_live(s, progress: list[str] | None = None, **args) -> dict:
+    dep = await call(s, "deploy_app", progress, **args)
+    for _ in range(10):
+        if dep["done"]:
+            break
+        dep = await call(s, "wait_for_deployment", progress, deployment_id=dep["deployment_id"])
+    assert dep["status"] == "live", dep
+    return dep
+
+
+async def test_python_app_with_database_env_and_isolation(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "shop-app", apps.PY_WEB)
+    progress: list[str] = []
+    async with mcp_session(server, server.keys["alice"]) as s:
+        started = time.monotonic()
+        dep = await call(s, "deploy_app", progress, repo_url=str(repo), database={"type": "postgres"},
+                         env_vars={"GREETING": "hello", "API_SECRET": "sup3r-s3cret-value"})
+        assert time.monotonic() - started < 45
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", progress, deployment_id=dep["deployment_id"])
+        assert dep["status"] == "live", dep
+        assert dep["project"] == "shop-app" and dep["service"] == "web"
+        assert any("building" in p for p in progress) and any("live" in p for p in progress)
+        url = dep["url"]
+        assert urlsplit(url).hostname == "web.shop-app.localhost"
+
+        assert via_proxy(server, url, "/db").json()["hits"] == 1
+        assert via_proxy(server, url, "/db").json()["hits"] == 2
+        env = via_proxy(server, url, "/env").json()
+        assert env["GREETING"] == "hello" and env["PORT"]
+        who = via_proxy(server, url, "/whoami").json()
+        assert who["inkmcp_env"] == []  # InkMCP's own environment never reaches tenants
+        if os.geteuid() == 0:
+            assert who["uid"] != 0
+
+        # same commit, same settings: a no-op returning the same deployment
+        again = await call(s, "deploy_app", repo_url=str(repo), database={"type": "postgres"},
+                           env_vars={"GREETING": "hello", "API_SECRET": "sup3r-s3cret-value"})
+        assert again["reused"] is True and again["deployment_id"] == dep["deployment_id"]
+
+        # env change restarts and is served
+        upd = await call(s, "update_env_vars", project_name="shop-app", env_vars={"GREETING": "bye"})
+        assert upd["restarted"] == ["web"]
+        assert via_proxy(server, url, "/env").json()["GREETING"] == "bye"
+        assert via_proxy(server, url, "/db").json()["hits"] == 3  # data survived the restart
+
+        services = (await call(s, "list_services", project_name="shop-app"))["services"]
+        assert services[0]["state"] == "running" and services[0]["health"] == "ok"
+
+        logs = await call(s, "get_logs", project_name="shop-app", scope="runtime", tail=50)
+        text = "\n".join(logs["lines"])
+        assert "booting with secret" in text and "sup3r-s3cret-value" not in text and "[REDACTED]" in text
+        assert logs["untrusted"] is True
+
+        creds = await call(s, "get_database_credentials", project_name="shop-app")
+        with psycopg.connect(creds["url"]) as c:
+            assert c.execute("SELECT count(*) FROM hits").fetchone()[0] == 3
+
+    async with mcp_session(server, server.keys["bob"]) as b:
+        msg = await call_error(b, "get_logs", project_name="shop-app")
+        assert "no project named 'shop-app'" in msg
+        await call(b, "ensure_project", name="bob-db")
+        await call(b, "provision_database", project_name="bob-db")
+        bob = await call(b, "get_database_credentials", project_name="bob-db")
+    # bob's login cannot reach alice's database
+    with pytest.raises(psycopg.OperationalError, match=r"permission denied|not permitted|no pg_hba"):
+        psycopg.connect(host=bob["host"], port=bob["port"], user=bob["user"], password=bob["password"],
+                        dbname=creds["database"], connect_timeout=5).close()
+
+
+async def test_static_site_and_new_commit(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "docs-site", apps.STATIC_SITE)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), service_type="webapp_static")
+        r = via_proxy(server, dep["url"], "/")
+        assert r.status_code == 200 and "hello static" in r.text
+        services = (await call(s, "list_services", project_name="docs-site"))["services"]
+        assert services[0]["mode"] == "static"
+        git_commit(repo, {"index.html": "<h1>v2</h1>\n"})
+        dep2 = await deploy_live(s, repo_url=str(repo), service_type="webapp_static")
+        assert dep2["deployment_id"] != dep["deployment_id"] and dep2["commit"] != dep["commit"]
+        assert "v2" in via_proxy(server, dep["url"], "/").text
+
+
+async def test_websocket_echo_through_proxy(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "ws-game", apps.WS_ECHO)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), mode="persistent", service_type="backend")
+    host = urlsplit(dep["url"]).netloc
+    # the URI carries the service's Host; the socket goes to the proxy on loopback
+    async with ws_connect(f"ws://{host}/", host="127.0.0.1", port=server.proxy_port) as ws:
+        for word in ("ping", "pong", "x" * 10_000):
+            await ws.send(word)
+            assert await ws.recv() == "echo:" + word
+
+
+async def test_worker_runs_without_route(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "jobs", apps.WORKER)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), service_name="worker", env_vars={"WORKER_TOKEN": "tok-abcdef"})
+        assert dep["url"] is None
+        await asyncio.sleep(1.5)
+        logs = await call(s, "get_logs", project_name="jobs", service_name="worker", tail=5)
+        assert len(logs["lines"]) <= 5 and any("tick" in line for line in logs["lines"])
+        assert all("tok-abcdef" not in line for line in logs["lines"])
+        services = (await call(s, "list_services", project_name="jobs"))["services"]
+        assert services[0]["type"] == "backend" and services[0]["state"] == "running"
+
+
+async def test_on_demand_sleeps_and_wakes(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "sleepy", apps.ON_DEMAND)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), mode="on_demand", start_command="python app.py")
+        first = via_proxy(server, dep["url"]).text
+        deadline = time.monotonic() + 20  # INKMCP_IDLE_TIMEOUT=3 in the test server
+        state = None
+        while time.monotonic() < deadline:
+            state = (await call(s, "list_services", project_name="sleepy"))["services"][0]["state"]
+            if state == "sleeping":
+                break
+            await asyncio.sleep(0.5)
+        assert state == "sleeping"
+        woke = time.monotonic()
+        r = via_proxy(server, dep["url"])
+        assert r.status_code == 200 and r.text.startswith("awake since") and r.text != first
+        assert time.monotonic() - woke < 10
+
+
+async def test_failed_build_keeps_old_version_and_shows_logs(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "fragile", {**apps.ON_DEMAND, "requirements.txt": ""})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        good = await deploy_live(s, repo_url=str(repo), start_command="python app.py")
+        before = via_proxy(server, good["url"]).text
+        git_commit(repo, {"requirements.txt": "this-package-does-not-exist-inkmcp==0.0.1\n"})
+        dep = await call(s, "deploy_app", repo_url=str(repo), start_command="python app.py")
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "failed" and "building" in dep["error"]
+        assert "get_logs" in dep["next_step"]
+        logs = await call(s, "get_logs", project_name="fragile", scope="build", tail=40)
+        assert any("this-package-does-not-exist-inkmcp" in line for line in logs["lines"])
+        assert via_proxy(server, good["url"]).text == before  # old version still serving
+
+
+async def test_app_that_never_listens_fails_health_check(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "deaf", {"main.py": "import time\ntime.sleep(600)\n"})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await call(s, "deploy_app", repo_url=str(repo), start_command="python main.py")
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "failed"
+        assert "health_check" in dep["error"] and "PORT" in dep["error"]
+
+
+async def test_bad_repo_and_missing_start_command(server: ServerProc, repos: Path) -> None:
+    empty = git_repo(repos / "nothing-here", {"README.md": "just docs\n"})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        msg = await call_error(s, "deploy_app", repo_url=str(repos / "no-such-repo"))
+        assert "repo_url" in msg
+        msg = await call_error(s, "deploy_app", repo_url="https://127.0.0.1:9/nope.git")
+        assert "repo_url" in msg
+        msg = await call_error(s, "deploy_app", repo_url=str(empty))
+        assert "start_command" in msg and "Procfile" in msg
+        msg = await call_error(s, "deploy_app", repo_url=str(empty), mode="sometimes")
+        assert "mode" in msg and "on_demand" in msg
+        msg = await call_error(s, "deploy_app", repo_url=str(empty), service_name="Bad_Name")
+        assert "service_name" in msg
+
+
+async def test_concurrent_deploys_create_one_project_and_service(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "racer", apps.STATIC_SITE)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        results = await asyncio.gather(*[
+            call(s, "deploy_app", repo_url=str(repo), service_type="webapp_static") for _ in range(5)
+        ])
+        assert len({r["deployment_id"] for r in results}) == 1
+        projects = [p["name"] for p in (await call(s, "list_projects"))["projects"]]
+        assert projects.count("racer") == 1
+        assert len((await call(s, "list_services", project_name="racer"))["services"]) == 1
