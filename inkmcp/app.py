@@ -6,6 +6,7 @@ Swapping the local compute provider for Coolify is a settings change here and no
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ from inkmcp.core.deployments import DeployService
 from inkmcp.core.envvars import EnvService
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
+from inkmcp.errors import InkError
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.byo import BringYourOwnDatabase
@@ -86,10 +88,30 @@ async def open_runtime(settings: Settings, *, serve: bool) -> Runtime:
         raise
 
 
+def _hold_serve_lock(stack: AsyncExitStack, data: Path) -> None:
+    """One serving InkMCP per data dir: two would both supervise (and restart) the same apps."""
+    fd = os.open(data / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode().strip() or "?"
+        os.close(fd)
+        raise InkError(
+            f"another `inkmcp serve` (pid {holder}) is already serving {data}.",
+            argument="INKMCP_DATA_DIR",
+            fix="stop it first, or give this instance its own --data-dir",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    stack.callback(os.close, fd)
+
+
 async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o711)  # noqa: S103 - tenant users traverse to their own (0700) directories, nothing more
+    if serve:
+        _hold_serve_lock(stack, data)
 
     if settings.database_url is not None:
         control_url = settings.database_url.get_secret_value()

@@ -21,7 +21,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="InkMCP: depl
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (one account may hold several).")
 app.add_typer(keys_app, name="keys")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="INKMCP_DATA_DIR", help="state directory")]
