@@ -2,25 +2,32 @@
 
     .venv/bin/python -m tests.local.bench_proxy
 
-Requests are sent from a separate thread with blocking sockets so the client does not compete
-with the proxy for the event loop; overhead = (through proxy) - (direct to the app's port).
+Requests are sent from a separate process with blocking sockets so the client does not compete
+with the proxy for the event loop or the GIL; overhead = (through proxy) - (direct to the app's port).
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import shutil
 import socket
 import statistics
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from inkmcp.build.plan import Mode
 from inkmcp.providers.compute.base import RuntimeState
 from inkmcp.providers.compute.local import LocalComputeProvider
 from tests.local.conftest import WEB_APP, Events, key_for, request_for, web_plan
+
+# http.server writes headers and body separately; without TCP_NODELAY Nagle + delayed ACK add 40 ms.
+BENCH_APP = WEB_APP.replace(
+    'protocol_version = "HTTP/1.1"', 'protocol_version = "HTTP/1.1"\n    disable_nagle_algorithm = True'
+)
 
 
 def _request(sock: socket.socket, host: str) -> None:
@@ -29,7 +36,7 @@ def _request(sock: socket.socket, host: str) -> None:
     while b"\r\n\r\n" not in buf:
         buf += sock.recv(65536)
     head, _, body = buf.partition(b"\r\n\r\n")
-    length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+    length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
     while len(body) < length:
         body += sock.recv(65536)
 
@@ -73,6 +80,8 @@ async def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="inkmcp-bench-", dir="/tmp"))
     data_dir.chmod(0o711)
     checkout_root = Path(tempfile.mkdtemp(prefix="inkmcp-bench-co-", dir="/tmp"))
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    loop = asyncio.get_running_loop()
     provider = LocalComputeProvider(data_dir, proxy_port=0, idle_timeout=0.3, stop_grace=2.0)
     project = uuid.uuid4().hex
     try:
@@ -82,26 +91,29 @@ async def main() -> None:
         for k, mode in ((key, Mode.persistent), (lazy, Mode.on_demand)):
             co = checkout_root / k.service_name
             co.mkdir()
-            (co / "app.py").write_text(WEB_APP)
+            (co / "app.py").write_text(BENCH_APP)
             await provider.release(request_for(k, co, web_plan(), mode=mode), Events())
         route = provider.proxy.get_route(provider.host_for(key))
         assert route is not None and route.port is not None
         host, pport, aport = provider.host_for(key), provider.proxy.port, route.port
         for label, fn, n in (("keep-alive", keepalive_latencies, 3000), ("new connection", fresh_latencies, 1000)):
-            await asyncio.to_thread(fn, aport, host, 200)  # warm up
-            direct = await asyncio.to_thread(fn, aport, host, n)
-            proxied = await asyncio.to_thread(fn, pport, host, n)
+            await loop.run_in_executor(pool, fn, aport, host, 200)  # warm up
+            direct = await loop.run_in_executor(pool, fn, aport, host, n)
+            proxied = await loop.run_in_executor(pool, fn, pport, host, n)
             overhead = statistics.median(proxied) - statistics.median(direct)
-            print(f"{label:15} direct p50 {ms(direct)} p99 {ms(direct, 0.99)} | proxy p50 {ms(proxied)} "
-                  f"p99 {ms(proxied, 0.99)} | overhead p50 {overhead * 1000:.3f} ms")
+            print(
+                f"{label:15} direct p50 {ms(direct)} p99 {ms(direct, 0.99)} | proxy p50 {ms(proxied)} "
+                f"p99 {ms(proxied, 0.99)} | overhead p50 {overhead * 1000:.3f} ms"
+            )
         wakes = []
         lazy_host = provider.host_for(lazy)
         for _ in range(10):
             while (await provider.runtime(lazy)).state != RuntimeState.sleeping:
                 await asyncio.sleep(0.05)
-            wakes.append(await asyncio.to_thread(first_byte, pport, lazy_host))
+            wakes.append(await loop.run_in_executor(pool, first_byte, pport, lazy_host))
         print(f"wake-to-first-byte p50 {ms(wakes)} max {ms(wakes, 1.0)} (n={len(wakes)})")
     finally:
+        pool.shutdown()
         await provider.close()
         await provider.remove(key_for(project))
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import psutil
+import pytest
 
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
-from inkmcp.providers.compute.base import LogScope, RuntimeState, Step
+from inkmcp.providers.compute.base import LogScope, ReleaseFailed, RuntimeState, Step
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for, web_plan
 
 
@@ -72,9 +73,13 @@ async def test_worker_has_no_url_and_logs(make_provider, checkouts, project_ids)
     key = key_for(project_ids(), service="jobs")
     worker = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n"
     plan = BuildPlan(
-        stack=Stack.none, source="call", processes=(ProcessSpec(name="worker", command=f"exec {PY} w.py", routed=False),)
+        stack=Stack.none,
+        source="call",
+        processes=(ProcessSpec(name="worker", command=f"exec {PY} w.py", routed=False),),
     )
-    result = await provider.release(request_for(key, checkouts({"w.py": worker}), plan, service_type=ServiceType.backend), Events())
+    result = await provider.release(
+        request_for(key, checkouts({"w.py": worker}), plan, service_type=ServiceType.backend), Events()
+    )
     assert result.url is None
     runtime = await provider.runtime(key)
     assert runtime.state == RuntimeState.running and runtime.url is None
@@ -101,3 +106,20 @@ async def test_reuse_build_and_remove(make_provider, checkouts, project_ids, dat
     assert (await get(provider, key)).status_code == 404
     assert (await provider.runtime(key)).state == RuntimeState.stopped
 
+
+async def test_build_command_runs_and_failed_build_keeps_old(make_provider, checkouts, project_ids):
+    provider = await make_provider()
+    key = key_for(project_ids())
+    app = WEB_APP.replace('os.environ.get("MESSAGE", "hello")', 'open("built.txt").read().strip()')
+    plan = web_plan().model_copy(update={"build_command": "echo built-by-buildpack > built.txt"})
+    await provider.release(request_for(key, checkouts({"app.py": app}), plan), Events())
+    assert (await get(provider, key)).text == "built-by-buildpack\n"
+
+    broken = web_plan().model_copy(update={"build_command": "echo compiling; echo syntax error >&2; exit 2"})
+    bad = request_for(key, checkouts({"app.py": WEB_APP}), broken)
+    with pytest.raises(ReleaseFailed) as info:
+        await provider.release(bad, Events())
+    assert info.value.step == Step.building and "syntax error" in info.value.reason
+    assert (await get(provider, key)).text == "built-by-buildpack\n"
+    build = await provider.logs(key, LogScope.build, deployment_id=bad.deployment_id, tail=20)
+    assert any("release failed at building" in line for line in build)

@@ -121,7 +121,9 @@ async def test_on_demand_sleeps_and_wakes(make_provider, checkouts, project_ids)
 async def test_failing_release_command_keeps_old_version(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events())
+    await provider.release(
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events()
+    )
     bad = request_for(
         key, checkouts({"app.py": WEB_APP}), web_plan(release_command="echo migrating the db; exit 3"),
         env={"MESSAGE": "v2"},
@@ -136,7 +138,9 @@ async def test_failing_release_command_keeps_old_version(make_provider, checkout
 async def test_app_that_never_listens_fails_health_check(make_provider, checkouts, project_ids):
     provider = await make_provider(health_timeout=1.0)
     key = key_for(project_ids())
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events())
+    await provider.release(
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events()
+    )
     sleeper = "import time\nprint('booting, but on the wrong port', flush=True)\ntime.sleep(60)\n"
     with pytest.raises(ReleaseFailed) as info:
         await provider.release(request_for(key, checkouts({"app.py": sleeper}), web_plan()), Events())
@@ -155,7 +159,9 @@ async def test_app_that_never_listens_fails_health_check(make_provider, checkout
 async def test_update_env_restarts_with_new_value(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "old"}), Events())
+    await provider.release(
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "old"}), Events()
+    )
     old_pid = int((await get(provider, key)).headers["x-pid"])
     assert await provider.update_env(key, {"MESSAGE": SecretStr("new")}) is True
     resp = await get(provider, key)
@@ -166,7 +172,9 @@ async def test_update_env_restarts_with_new_value(make_provider, checkouts, proj
 async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events())
+    await provider.release(
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events()
+    )
     seen: list[tuple[int, str]] = []
     stop = asyncio.Event()
 
@@ -176,9 +184,7 @@ async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
             seen.append((resp.status_code, resp.text))
 
     task = asyncio.create_task(hammer())
-    slow = request_for(
-        key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2", "START_DELAY": "1.0"}
-    )
+    slow = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2", "START_DELAY": "1.0"})
     await provider.release(slow, Events())
     await asyncio.sleep(0.2)
     stop.set()
@@ -193,7 +199,9 @@ async def test_close_leaves_no_processes(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
     forker = f"exec /bin/sh -c '{PY} -c \"import time; time.sleep(600)\" & exec {PY} app.py'"
-    plan = web_plan(extra=(ProcessSpec(name="worker", command=forker.replace("exec /bin/sh", "/bin/sh"), routed=False),))
+    plan = web_plan(
+        extra=(ProcessSpec(name="worker", command=forker.replace("exec /bin/sh", "/bin/sh"), routed=False),)
+    )
     await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events())
     pids = pid_of((await provider.runtime(key)).detail)
     family = {p for pid in pids for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]}

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from inkmcp.build.plan import BuildPlan, Mode, RunAs, Stack
+from inkmcp.build.buildpack import run_build
+from inkmcp.build.plan import Mode, RunAs
 from inkmcp.errors import BuildFailed
 from inkmcp.providers.compute.base import (
     LogScope,
@@ -192,22 +193,34 @@ class LocalComputeProvider:
             if svc.live is not None and svc.live.meta.deployment_id == did:
                 raise ReleaseFailed(Step.building, f"deployment {did} is already live")
             build_log = RotatingLog(svc.layout.build_log(did))
+            current = Step.queued
+
+            async def track(step: Step, detail: str) -> None:
+                nonlocal current
+                current = step
+                build_log.write(f"[inkmcp] {step.value}: {detail}")
+                await progress(step, detail)
+
             try:
-                await progress(Step.building, "building")
+                await track(Step.building, "building")
                 meta = await self._build(svc, request, build_log)
                 live = _Live(meta=meta, env=dict(request.env))
                 if meta.plan.release_command:
-                    await progress(Step.releasing, "running the release command")
+                    await track(Step.releasing, "running the release command")
                     await self._release_command(svc, live, build_log)
-                await self._roll(svc, live, progress)
-            except ReleaseFailed:
+                await self._roll(svc, live, track)
+            except (ReleaseFailed, OSError) as exc:
+                if isinstance(exc, OSError):  # disk full, permissions...: still a failed release, not a crash
+                    exc = ReleaseFailed(current, f"{type(exc).__name__}: {exc}")
+                build_log.write(f"[inkmcp] release failed at {exc.step.value}: {exc.reason}")
                 await asyncio.to_thread(shutil.rmtree, svc.layout.release_dir(did), True)
                 svc.layout.meta(did).unlink(missing_ok=True)
-                raise
+                raise exc from None
             finally:
                 build_log.close()
             await progress(Step.live, "live")
-            await asyncio.to_thread(self._prune, svc)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._prune, svc)
         url = self.url_for(request.key) if meta.routed else None
         return ReleaseResult(url=url, detail=f"deployment {did} is live")
 
@@ -258,21 +271,15 @@ class LocalComputeProvider:
     async def _run_build(
         self, svc: _Service, request: ReleaseRequest, app_dir: Path, build_log: RotatingLog
     ) -> dict[str, str]:
-        try:
-            from inkmcp.build.buildpack import run_build
-        except ImportError:
-            if _needs_build(request.plan):
-                raise ReleaseFailed(Step.building, "the buildpack module is not available on this server") from None
-            build_log.write("[inkmcp] nothing to build")
-            return {}
         env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=request.env, build_env={}, port=None)
         try:
             output = await run_build(
                 request.plan, app_dir, venv_root=svc.layout.venvs, env=env, log=build_log.awrite,
                 run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
+                cache_dir=Path(svc.home) / ".cache",
             )  # fmt: skip
         except BuildFailed as exc:
-            raise ReleaseFailed(Step.building, _with_tail(exc.message, build_log)) from exc
+            raise ReleaseFailed(Step.building, _with_tail(exc.render(), build_log)) from exc
         except TimeoutError:
             raise ReleaseFailed(
                 Step.building, _with_tail(f"the build took longer than {self.build_timeout:g}s", build_log)
@@ -390,7 +397,7 @@ class LocalComputeProvider:
         """Keep the live release and the newest few others (for reuse_build_of); drop the rest."""
         live_id = svc.live.meta.deployment_id if svc.live else None
         releases = sorted(svc.layout.releases.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in [p for p in releases if p.name != live_id][keep - 1:]:
+        for old in [p for p in releases if p.name != live_id][keep - 1 :]:
             shutil.rmtree(old, ignore_errors=True)
             (svc.layout.meta_dir / f"{old.name}.json").unlink(missing_ok=True)
         logs = sorted(svc.layout.build_logs.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -579,10 +586,6 @@ def _mkdir_for(path: Path, run_as: RunAs | None) -> None:
         os.chown(path, run_as.uid, run_as.gid)
 
 
-def _needs_build(plan: BuildPlan) -> bool:
-    return plan.stack in (Stack.python, Stack.node) or bool(plan.build_command) or plan.django
-
-
 def _with_tail(message: str, log: RotatingLog, lines: int = ERROR_TAIL) -> str:
     return _tail_text(message, tail_lines(log.path, lines, include_rotated=False))
 
@@ -590,4 +593,3 @@ def _with_tail(message: str, log: RotatingLog, lines: int = ERROR_TAIL) -> str:
 def _tail_text(message: str, recent: list[str], lines: int = ERROR_TAIL) -> str:
     tail = recent[-lines:]
     return message + ("\nlast output:\n" + "\n".join(tail) if tail else "")
-

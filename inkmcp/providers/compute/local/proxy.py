@@ -98,6 +98,10 @@ class Proxy:
             await self._handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels connections. Ending normally keeps asyncio's server callback from
+            # logging "exception never retrieved" for every connection open at shutdown.
+            pass
         finally:
             self._conns.discard(task)
             writer.close()

@@ -154,6 +154,7 @@ class ReleaseRun:
             self._check_alive()
             return
         assert self.port is not None
+        pause = 0.005  # poll fast at first: on_demand wakes wait on this loop
         while True:
             self._check_alive()
             try:
@@ -165,7 +166,8 @@ class ReleaseRun:
                         "0.0.0.0 or 127.0.0.1 on the PORT env var",
                         timed_out=True,
                     ) from None
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
                 continue
             writer.close()
             with contextlib.suppress(OSError):

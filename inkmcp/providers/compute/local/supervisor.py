@@ -152,9 +152,7 @@ class Supervisor:
             if uptime >= self._backoff.reset_after:
                 delay = self._backoff.initial
             self.state = ProcState.backoff
-            self._sink(
-                f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s; restarting in {delay:g}s"
-            )
+            self._sink(f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s; restarting in {delay:g}s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff.maximum)
             if self._stopping:

@@ -1,0 +1,173 @@
+"""InkMCP benchmarks on this machine: a real `inkmcp serve`, real MCP clients over streamable HTTP.
+
+Prints a markdown table. Every loop is bounded in count and time; all traffic stays on loopback.
+
+    .venv/bin/python benchmarks/run_all.py            # all
+    .venv/bin/python benchmarks/run_all.py deploy wake # some
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import ServerProc, call, git_repo, make_server, mcp_session, traversable_tmpdir
+
+TINY_APP = {
+    "app.py": (
+        "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n"
+        "class H(BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers()\n"
+        "        self.wfile.write(b'ok')\n"
+        "    def log_message(self, *a): pass\n"
+        "HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    ),
+    "Procfile": "web: python app.py\n",
+}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+async def first_200(client: httpx.AsyncClient, server: ServerProc, url: str, deadline: float) -> float:
+    host = urlsplit(url).netloc
+    while time.monotonic() < deadline:
+        try:
+            r = await client.get(f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host})
+            if r.status_code == 200:
+                return time.monotonic()
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.01)
+    raise TimeoutError(url)
+
+
+async def bench_deploy(server: ServerProc, repos: Path, n: int = 9) -> list[tuple[str, str]]:
+    times = []
+    async with mcp_session(server, server.keys["bench"]) as s, httpx.AsyncClient(timeout=10) as c:
+        for i in range(n):
+            repo = git_repo(repos / f"tiny-{i}", TINY_APP)
+            t0 = time.monotonic()
+            dep = await call(s, "deploy_app", repo_url=str(repo))
+            while not dep["done"]:
+                dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"], timeout_seconds=5)
+            assert dep["status"] == "live", dep
+            times.append(await first_200(c, server, dep["url"], t0 + 60) - t0)
+    return [("deploy_app → first 200, tiny app, no build step (new service each)",
+             f"p50 {statistics.median(times):.2f} s, p90 {pct(times, 90):.2f} s, max {max(times):.2f} s (n={n})")]
+
+
+async def bench_wake(server: ServerProc, repos: Path, n: int = 8) -> list[tuple[str, str]]:
+    repo = git_repo(repos / "sleeper", TINY_APP)
+    async with mcp_session(server, server.keys["bench"]) as s, httpx.AsyncClient(timeout=30) as c:
+        dep = await call(s, "deploy_app", repo_url=str(repo), mode="on_demand")
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        host = urlsplit(dep["url"]).netloc
+        times = []
+        for _ in range(n):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                svc = (await call(s, "list_services", project_name="sleeper"))["services"][0]
+                if svc["state"] == "sleeping":
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise TimeoutError("service never slept")
+            t0 = time.monotonic()
+            async with c.stream("GET", f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}) as r:
+                async for _chunk in r.aiter_raw():
+                    times.append(time.monotonic() - t0)
+                    break
+            assert r.status_code == 200
+    return [("on_demand wake → first byte", f"p50 {statistics.median(times) * 1000:.0f} ms, "
+             f"max {max(times) * 1000:.0f} ms (n={n})")]
+
+
+async def bench_list_projects(server: ServerProc) -> list[tuple[str, str]]:
+    rows = []
+    for clients, per_client in ((1, 200), (16, 40), (64, 15)):
+        latencies: list[float] = []
+
+        async def worker(latencies: list[float] = latencies, per_client: int = per_client) -> None:
+            async with mcp_session(server, server.keys["bench"]) as s:
+                for _ in range(per_client):
+                    t0 = time.monotonic()
+                    await call(s, "list_projects")
+                    latencies.append(time.monotonic() - t0)
+
+        t0 = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(clients)]), 300)
+        wall = time.monotonic() - t0
+        rows.append((f"list_projects, {clients} concurrent clients",
+                     f"{len(latencies) / wall:.0f} calls/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
+                     f"p99 {pct(latencies, 99) * 1000:.0f} ms ({len(latencies)} calls)"))
+    return rows
+
+
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith("Vm")}
+    return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+
+
+async def bench_memory(server: ServerProc, repos: Path, n: int = 50) -> list[tuple[str, str]]:
+    repo = git_repo(repos / "many", TINY_APP)
+    async with mcp_session(server, server.keys["bench"]) as s:
+        sem = asyncio.Semaphore(4)
+
+        async def one(i: int) -> None:
+            async with sem:
+                dep = await call(s, "deploy_app", repo_url=str(repo), project_name=f"many-{i}")
+                while not dep["done"]:
+                    dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+                assert dep["status"] == "live", dep
+
+        t0 = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*[one(i) for i in range(n)]), 900)
+        took = time.monotonic() - t0
+        listed = (await call(s, "list_projects"))["total"]
+    assert server.proc is not None
+    rss, hwm = peak_rss_mb(server.proc.pid)
+    return [(f"inkmcp serve memory with {n} services live ({listed} projects)",
+             f"RSS {rss:.0f} MB, peak {hwm:.0f} MB (tenant apps not counted); deployed in {took:.0f} s")]
+
+
+async def main(which: list[str]) -> None:
+    server = make_server("inkmcp-bench-", INKMCP_IDLE_TIMEOUT="1")
+    repos = traversable_tmpdir("inkmcp-bench-repos-")
+    server.create_key("bench")
+    server.start()
+    rows: list[tuple[str, str]] = []
+    try:
+        if "deploy" in which:
+            rows += await bench_deploy(server, repos)
+        if "wake" in which:
+            rows += await bench_wake(server, repos)
+        if "list" in which:
+            rows += await bench_list_projects(server)
+        if "memory" in which:
+            rows += await bench_memory(server, repos)
+    finally:
+        server.stop()
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+        shutil.rmtree(repos, ignore_errors=True)
+    print("\n| benchmark | result |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:] or ["deploy", "wake", "list", "memory"]))
