@@ -195,23 +195,43 @@ def logs(
 
 
 @app.command("rotate-encryption-key")
-def rotate_encryption_key(data_dir: DataDir = None) -> None:
-    """Add a new primary encryption key and re-encrypt every secret under it."""
-    from inkmcp.store.crypto import KEY_FILE_RELATIVE, SecretBox, add_primary_key, retire_old_keys, rotate_all
+def rotate_encryption_key(
+    retire: Annotated[bool, typer.Option("--retire", help="drop every key but the primary")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Add a new primary key and re-encrypt every secret under it; old keys stay until --retire.
+
+    Order: rotate, restart `inkmcp serve` (it loads keys at start), then `--retire`.
+    """
+    import os
+
+    from inkmcp.store.crypto import ENV_VAR, KEY_FILE_RELATIVE, SecretBox, add_primary_key, retire_old_keys, rotate_all
 
     settings = load_settings(data_dir=data_dir)
+    if os.environ.get(ENV_VAR):
+        err.print(f"[red]error:[/red] keys come from {ENV_VAR}; put a new key first in that list, restart, "
+                  "and run this command without the variable's old keys removed")
+        raise typer.Exit(2)
     key_file = settings.data_dir / KEY_FILE_RELATIVE
+    if retire:
+        retire_old_keys(key_file)
+        console.print("old keys retired; only the primary key remains")
+        return
     add_primary_key(key_file)
 
-    async def go(p: Any) -> int:
-        from inkmcp.store.db import Store
+    async def go() -> int:
+        from inkmcp.app import open_runtime
 
-        box = SecretBox.load(settings.data_dir)
-        return await rotate_all(Store(engine=p.sessions.kw["bind"], sessionmaker=p.sessions), box)
+        rt = await open_runtime(settings, serve=False)
+        try:
+            return await rotate_all(rt.store, SecretBox.load(settings.data_dir))
+        finally:
+            await rt.close()
 
-    n = run_with_platform(settings, go)
-    retire_old_keys(key_file)
-    console.print(f"re-encrypted {n} secret values; old keys retired. Restart `inkmcp serve` to use the new key.")
+    setup_logging("WARNING", json_logs=False)
+    n = asyncio.run(go())
+    console.print(f"re-encrypted {n} secret values under the new key. Restart `inkmcp serve`, then run "
+                  "`inkmcp rotate-encryption-key --retire`.")
 
 
 if __name__ == "__main__":

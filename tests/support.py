@@ -112,6 +112,7 @@ def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
         "INKMCP_PROXY_PORT": str(proxy_port),
         "INKMCP_IDLE_TIMEOUT": "3",
         "INKMCP_HEALTH_TIMEOUT": "15",
+        "INKMCP_DEPLOY_ANSWER_WITHIN": "10",
         **env,
     }
     return ServerProc(data_dir=data_dir, port=port, proxy_port=proxy_port, env=full_env)

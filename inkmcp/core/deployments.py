@@ -128,7 +128,7 @@ class DeployService:
                 await self._envs.apply(s, project.id, str(service_id), req.env_vars)
 
         settings = self._settings_of(req)
-        env = await self._effective_env(project.id, service_id)
+        env = await self.effective_env(project.id, service_id)
         config_hash = self._config_hash(commit, settings, env)
 
         lock = self._service_locks.setdefault(service_id, asyncio.Lock())
@@ -215,7 +215,8 @@ class DeployService:
             svc.settings = self._settings_of(req)
             return svc.id
 
-    async def _effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
+    async def effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
+        """What the service's processes get: DATABASE_URL, then project-wide, then service values."""
         env: dict[str, SecretStr] = {}
         db = await self._databases.get(project_id)
         if db:
@@ -321,7 +322,7 @@ class DeployService:
             checkout_dir=checkout,
             repo_url=svc.repo_url,
             commit=dep.commit or "",
-            env=await self._effective_env(project.id, svc.id),
+            env=await self.effective_env(project.id, svc.id),
             resources=Resources.model_validate(resources) if resources else Resources(),
         )
 
@@ -525,7 +526,7 @@ class DeployService:
         for svc in services:
             if svc.live_deployment_id is None:
                 continue
-            env = await self._effective_env(project.id, svc.id)
+            env = await self.effective_env(project.id, svc.id)
             if await self._compute.update_env(self.key_of(svc, project), env):
                 restarted.append(svc.name)
         return restarted

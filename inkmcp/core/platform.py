@@ -187,7 +187,7 @@ class Platform:
         raw = await self.compute.logs(
             self.deploys.key_of(svc, project), scope, deployment_id=deployment_id, tail=tail + 50
         )
-        secrets = [v.get_secret_value() for v in (await self.deploys._effective_env(project.id, svc.id)).values()]
+        secrets = [v.get_secret_value() for v in (await self.deploys.effective_env(project.id, svc.id)).values()]
         db = await self.databases.get(project.id)
         if db:
             secrets += [db.password.get_secret_value(), db.url.get_secret_value()]

@@ -213,3 +213,19 @@ async def test_concurrent_deploys_create_one_project_and_service(server: ServerP
         projects = [p["name"] for p in (await call(s, "list_projects"))["projects"]]
         assert projects.count("racer") == 1
         assert len((await call(s, "list_services", project_name="racer"))["services"]) == 1
+
+
+async def test_deploy_answers_before_a_long_build_ends(server: ServerProc, repos: Path) -> None:
+    """deploy_app returns by INKMCP_DEPLOY_ANSWER_WITHIN (10 s here, 40 s by default) with how to follow."""
+    repo = git_repo(repos / "slow-build", apps.ON_DEMAND)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        t0 = time.monotonic()
+        dep = await call(s, "deploy_app", repo_url=str(repo), start_command="python app.py",
+                         build_command="echo compiling; sleep 14")
+        assert time.monotonic() - t0 < 13
+        assert dep["done"] is False and dep["status"] == "building"
+        assert "wait_for_deployment" in dep["next_step"]
+        progress: list[str] = []
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", progress, deployment_id=dep["deployment_id"])
+        assert dep["status"] == "live" and any("live" in p for p in progress)

@@ -149,3 +149,24 @@ async def test_healthz_and_metrics_reflect_services(own_server: ServerProc) -> N
     assert "# TYPE inkmcp_deploy_duration_seconds histogram" in m
     assert json.loads(httpx.get(f"http://127.0.0.1:{own_server.port}/healthz").text)["status"] == "ok"
     assert os.path.isdir(own_server.data_dir)
+
+
+async def test_encryption_key_rotation(own_server: ServerProc) -> None:
+    async with mcp_session(own_server, own_server.keys["dana"]) as s:
+        await call(s, "ensure_project", name="rotating")
+        await call(s, "update_env_vars", project_name="rotating", env_vars={"KEEP": "value-across-rotation"})
+    before = store_query(own_server, "SELECT value_enc FROM env_vars")
+    out = own_server.cli("rotate-encryption-key").stdout
+    assert "re-encrypted" in out
+    after = store_query(own_server, "SELECT value_enc FROM env_vars")
+    assert before != after
+    own_server.stop()
+    own_server.start()
+    own_server.cli("rotate-encryption-key", "--retire")
+    own_server.stop()
+    own_server.start()  # only the new key is left
+    async with mcp_session(own_server, own_server.keys["dana"]) as s:
+        env = await call(s, "list_env_vars", project_name="rotating", reveal=True)
+        assert env["env"]["KEEP"] == "value-across-rotation"
+        creds = await call(s, "get_database_credentials", project_name="keeper")
+        assert creds["password"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -26,13 +27,16 @@ class DatabaseCredentials(BaseModel):
     database: str
     user: str
     password: SecretStr
+    options: dict[str, str] = Field(
+        default_factory=dict, description="URL query options to keep, e.g. sslmode=require for Neon"
+    )
 
     def url(self) -> SecretStr:
         """postgresql:// URL, what apps read from DATABASE_URL."""
-        from urllib.parse import quote
-
         pw = quote(self.password.get_secret_value(), safe="")
-        return SecretStr(f"postgresql://{self.user}:{pw}@{self.host}:{self.port}/{self.database}")
+        user = quote(self.user, safe="")
+        query = f"?{urlencode(self.options)}" if self.options else ""
+        return SecretStr(f"postgresql://{user}:{pw}@{self.host}:{self.port}/{quote(self.database, safe='')}{query}")
 
 
 class DatabaseHandle(BaseModel):

@@ -51,6 +51,7 @@ def parse_database_url(url: SecretStr) -> DatabaseCredentials:
         database=database,
         user=unquote(parts.username),
         password=SecretStr(unquote(parts.password or "")),
+        options=params,
     )
 
 
