@@ -170,3 +170,26 @@ async def test_encryption_key_rotation(own_server: ServerProc) -> None:
         assert env["env"]["KEEP"] == "value-across-rotation"
         creds = await call(s, "get_database_credentials", project_name="keeper")
         assert creds["password"]
+
+
+async def test_deployment_interrupted_by_restart_is_resumed(own_server: ServerProc) -> None:
+    repos = traversable_tmpdir("inkmcp-resume-")
+    try:
+        repo = git_repo(repos / "resumable", apps.ON_DEMAND)
+        async with mcp_session(own_server, own_server.keys["dana"]) as s:
+            dep = await call(s, "deploy_app", repo_url=str(repo), start_command="python app.py",
+                             build_command="sleep 12")
+            assert dep["status"] == "building"
+        assert own_server.stop() == 0  # graceful: the pipeline is cancelled, its record stays open
+        own_server.start()
+        async with mcp_session(own_server, own_server.keys["dana"]) as s:
+            done = dep
+            for _ in range(6):
+                done = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+                if done["done"]:
+                    break
+            assert done["status"] == "live", done
+            assert any("resumed after restart" in h for h in done["history"])
+        assert get(own_server, done["url"]).status_code == 200
+    finally:
+        shutil.rmtree(repos, ignore_errors=True)
