@@ -87,3 +87,41 @@ class H(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 ''',
 }
+
+# several services from one repo: a Node-built static site, an API with a release phase, a worker
+MONOREPO = {
+    "inkmcp.yaml": """
+services:
+  site:
+    type: webapp_static
+    path: site
+    static_dir: dist
+  api:
+    path: api
+    release: python migrate.py
+    start: python server.py
+  worker:
+    type: backend
+    path: api
+    start: python worker.py
+""",
+    "site/package.json": '{"name": "site", "version": "1.0.0", "private": true, '
+    '"scripts": {"build": "node build.js"}}\n',
+    "site/package-lock.json": '{"name": "site", "version": "1.0.0", "lockfileVersion": 3, "requires": true, '
+    '"packages": {"": {"name": "site", "version": "1.0.0"}}}\n',
+    "site/build.js": "const fs = require('fs'); fs.mkdirSync('dist', {recursive: true});\n"
+    "fs.writeFileSync('dist/index.html', '<h1>built by node ' + process.version + '</h1>');\n",
+    "api/migrate.py": "import os, pathlib\npathlib.Path('migrated.txt').write_text(os.environ.get('RELEASE_MARK', 'x'))\n"
+    "print('migration ran', flush=True)\n",
+    "api/server.py": '''
+import os, pathlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = ("migrated=" + pathlib.Path("migrated.txt").read_text()).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+''',
+    "api/worker.py": "import time\nwhile True:\n    print('working', flush=True)\n    time.sleep(1)\n",
+}

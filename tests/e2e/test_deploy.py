@@ -229,3 +229,27 @@ async def test_deploy_answers_before_a_long_build_ends(server: ServerProc, repos
         while not dep["done"]:
             dep = await call(s, "wait_for_deployment", progress, deployment_id=dep["deployment_id"])
         assert dep["status"] == "live" and any("live" in p for p in progress)
+
+
+async def test_manifest_services_node_build_and_release_phase(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "mono", apps.MONOREPO)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        site = await deploy_live(s, repo_url=str(repo), service_name="site")
+        assert "built by node" in via_proxy(server, site["url"]).text
+        api = await deploy_live(s, repo_url=str(repo), service_name="api", env_vars={"RELEASE_MARK": "r1"})
+        assert via_proxy(server, api["url"]).text == "migrated=r1"
+        worker = await deploy_live(s, repo_url=str(repo), service_name="worker")
+        assert worker["url"] is None
+        services = {x["name"]: x for x in (await call(s, "list_services", project_name="mono"))["services"]}
+        assert set(services) == {"site", "api", "worker"}
+        assert services["site"]["mode"] == "static" and services["worker"]["type"] == "backend"
+        build_logs = await call(s, "get_logs", project_name="mono", service_name="api", scope="build")
+        assert any("migration ran" in line for line in build_logs["lines"]), build_logs
+
+        # a failing release phase fails the deployment; the previous version keeps serving
+        git_commit(repo, {"api/migrate.py": "raise SystemExit('migration broke')\n"})
+        dep = await call(s, "deploy_app", repo_url=str(repo), service_name="api", env_vars={"RELEASE_MARK": "r1"})
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "failed" and "releasing" in dep["error"]
+        assert via_proxy(server, api["url"]).text == "migrated=r1"

@@ -73,6 +73,8 @@ class Supervisor:
         self._watch: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._creating: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
 
     @property
@@ -89,27 +91,31 @@ class Supervisor:
 
     async def start(self) -> None:
         """Spawn the process and begin watching it. Raises OSError if it cannot be spawned."""
-        await self._spawn()
-        self._watch = asyncio.create_task(self._run(), name=f"supervise-{self.name}")
+        if await self._spawn():
+            self._watch = asyncio.create_task(self._run(), name=f"supervise-{self.name}")
 
     def enable_restarts(self) -> None:
         """Turn on restart-with-backoff; respawns at once if the process already exited."""
         self.keep_alive = True
         if self.state == ProcState.exited and not self._stopping:
-            self._watch = asyncio.create_task(self._respawn_and_run(), name=f"supervise-{self.name}")
+            self._watch = asyncio.create_task(self._run(respawn_first=True), name=f"supervise-{self.name}")
 
-    async def _respawn_and_run(self) -> None:
-        self.restarts += 1
-        await self._spawn()
-        await self._run()
+    async def _spawn(self) -> bool:
+        """Start a new instance unless stopping. The fork runs in its own task so that cancelling
+        the caller can never lose track of a process that was already forked: stop() awaits it."""
+        if self._stopping:
+            return False
+        self._exited.clear()
+        self._creating = asyncio.create_task(self._create())
+        await asyncio.shield(self._creating)
+        return True
 
-    async def _spawn(self) -> None:
+    async def _create(self) -> None:
         cfg = self.config
         kwargs: dict[str, object] = {}
         if cfg.run_as is not None:
             kwargs = {"user": cfg.run_as.uid, "group": cfg.run_as.gid, "extra_groups": []}
-        self._exited.clear()
-        self._proc = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             *cfg.argv,
             cwd=cfg.cwd,
             env=cfg.env,
@@ -121,15 +127,28 @@ class Supervisor:
             close_fds=True,
             **kwargs,  # type: ignore[arg-type]
         )
+        self._proc = proc
         self.state = ProcState.running
         self.exit_code = None
-        self._record_pid(self._proc.pid)
-        assert self._proc.stdout is not None
-        self._pump = asyncio.create_task(pump_lines(self._proc.stdout, self.name, self._sink))
+        self._record_pid(proc.pid)
+        assert proc.stdout is not None
+        self._pump = asyncio.create_task(pump_lines(proc.stdout, self.name, self._sink))
 
-    async def _run(self) -> None:
+    async def _respawn(self) -> bool:
+        """Restart after a crash; False when stopping. A spawn error counts as another crash."""
+        self.restarts += 1
+        try:
+            return await self._spawn()
+        except OSError as exc:
+            self._sink(f"{self.name} | [inkmcp] could not restart: {exc}")
+            self._proc = _FailedSpawn()  # type: ignore[assignment]
+            return True
+
+    async def _run(self, *, respawn_first: bool = False) -> None:
         loop = asyncio.get_running_loop()
         delay = self._backoff.initial
+        if respawn_first and not await self._respawn():
+            return
         while True:
             proc = self._proc
             assert proc is not None
@@ -139,7 +158,7 @@ class Supervisor:
             _kill_group(proc.pid, signal.SIGKILL)  # stragglers of a dead leader would hold the port
             self._clear_pid()
             if self._pump is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
             self._exited.set()
             if self._stopping:
@@ -153,37 +172,37 @@ class Supervisor:
                 delay = self._backoff.initial
             self.state = ProcState.backoff
             self._sink(f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s; restarting in {delay:g}s")
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):  # stop() ends the wait early
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
             delay = min(delay * 2, self._backoff.maximum)
-            if self._stopping:
+            if not await self._respawn():
                 return
-            self.restarts += 1
-            try:
-                await self._spawn()
-            except OSError as exc:
-                self._sink(f"{self.name} | [inkmcp] could not restart: {exc}")
-                self._proc = _FailedSpawn()  # type: ignore[assignment]
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM the process group, SIGKILL it after `grace` seconds; idempotent."""
+        """SIGTERM the process group, SIGKILL it after `grace` seconds; idempotent.
+
+        Never cancels the watch task: it is told to stop and finishes on its own, so a restart
+        that is forking right now is awaited and then killed instead of leaking.
+        """
         self._stopping = True
+        self._stop_requested.set()
+        if self._creating is not None:
+            with contextlib.suppress(Exception):
+                await self._creating
         proc = self._proc
         if proc is not None and proc.returncode is None:
             escaped = _escaped_descendants(proc.pid)
             _kill_group(proc.pid, signal.SIGTERM)
             _signal_all(escaped, signal.SIGTERM)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), grace)
             _kill_group(proc.pid, signal.SIGKILL)
             _signal_all(escaped, signal.SIGKILL)
             await proc.wait()
         if self._watch is not None:
-            if self.state == ProcState.backoff:
-                self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await self._watch
         if self._pump is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._pump, 1.0)
         self._clear_pid()
         self.state = ProcState.stopped
