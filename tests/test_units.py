@@ -51,3 +51,20 @@ def test_byo_url_keeps_options_and_quotes_credentials() -> None:
     assert "p/w" not in repr(creds)
     plain = DatabaseCredentials(host="h", port=1, database="d", user="u", password=SecretStr("pw"))
     assert plain.url().get_secret_value() == "postgresql://u:pw@h:1/d"
+
+
+def test_audit_arguments_never_hold_secret_values() -> None:
+    from inkmcp.core.audit import redact_arguments
+
+    out = redact_arguments({
+        "repo_url": "https://ghp_token@github.com/a/b.git",
+        "env_vars": {"API_KEY": "value", "OLD": None},
+        "database": {"type": "byo", "url": "postgresql://u:pw@h/d"},
+        "service_name": "web",
+    })
+    assert out == {
+        "repo_url": "https://***@github.com/a/b.git",
+        "env_vars": {"API_KEY": "<redacted>", "OLD": "<unset>"},
+        "database": {"type": "byo", "url": "<redacted>"},
+        "service_name": "web",
+    }

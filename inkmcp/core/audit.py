@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from inkmcp.core.names import redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.store.models import AuditEntry
 
@@ -20,6 +21,8 @@ def redact_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
             out[k] = {name: ("<unset>" if val is None else "<redacted>") for name, val in v.items()}
         elif k == "database" and isinstance(v, dict):
             out[k] = {dk: ("<redacted>" if dk in SECRET_ARGS else dv) for dk, dv in v.items()}
+        elif k == "repo_url" and isinstance(v, str):
+            out[k] = redact_url(v)  # https://<token>@github.com/... must not land in the audit log
         elif k in SECRET_ARGS:
             out[k] = "<redacted>"
         else:
@@ -46,7 +49,7 @@ class AuditLog:
                     account_id=principal.account_id if principal else None,
                     actor=principal.actor if principal else "anonymous",
                     action=action,
-                    target=target,
+                    target=redact_url(target) if target else None,
                     arguments=redact_arguments(arguments),
                     result="error" if error else "ok",
                     error=error[:2000] if error else None,

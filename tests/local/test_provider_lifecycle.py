@@ -198,10 +198,9 @@ async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
 async def test_close_leaves_no_processes(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
-    forker = f"exec /bin/sh -c '{PY} -c \"import time; time.sleep(600)\" & exec {PY} app.py'"
-    plan = web_plan(
-        extra=(ProcessSpec(name="worker", command=forker.replace("exec /bin/sh", "/bin/sh"), routed=False),)
-    )
+    # The worker leaves a background child in its process group: close() must take it down too.
+    forker = f"{PY} -c 'import time; time.sleep(600)' & exec {PY} -c 'import time; time.sleep(601)'"
+    plan = web_plan(extra=(ProcessSpec(name="worker", command=forker, routed=False),))
     await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events())
     pids = pid_of((await provider.runtime(key)).detail)
     family = {p for pid in pids for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]}
@@ -263,3 +262,24 @@ async def test_per_project_users_isolate_files(make_provider, checkouts, project
     as_a = subprocess.run(["/bin/cat", str(app_a)], user=user_a.pw_uid, group=user_a.pw_gid, extra_groups=[],
                           capture_output=True, check=False)  # fmt: skip
     assert as_a.returncode == 0
+
+
+async def test_crash_with_grandchild_holding_output_restarts(make_provider, checkouts, project_ids):
+    """A crashed leader whose child still holds stdout is detected at once; the child is killed."""
+    provider = await make_provider()
+    key = key_for(project_ids(), service="flaky")
+    command = f"{PY} -c 'import time; time.sleep(600)' & sleep 1.2; echo dying; exit 3"
+    plan = web_plan(extra=(ProcessSpec(name="worker", command=command, routed=False),))
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events())
+    worker = next(s for s in provider._services[key.service_id].live.run.supervisors if s.name == "worker")
+    first_children = psutil.Process(worker.pid).children(recursive=True)
+    assert first_children
+
+    async def restarted():
+        return worker.restarts >= 1 and worker.alive
+
+    await wait_for(restarted, timeout=5)
+    await asyncio.sleep(0.1)
+    assert not [c for c in first_children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    rt = await provider.runtime(key)
+    assert rt.restarts >= 1

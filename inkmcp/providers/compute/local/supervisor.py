@@ -75,6 +75,9 @@ class Supervisor:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._creating: asyncio.Task[None] | None = None
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._leader_exited = asyncio.Event()
+        self._group_live = False
         self._exited = asyncio.Event()
 
     @property
@@ -115,7 +118,10 @@ class Supervisor:
         kwargs: dict[str, object] = {}
         if cfg.run_as is not None:
             kwargs = {"user": cfg.run_as.uid, "group": cfg.run_as.gid, "extra_groups": []}
-        proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        protocol = _ExitAwareProtocol(loop)
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol,
             *cfg.argv,
             cwd=cfg.cwd,
             env=cfg.env,
@@ -127,12 +133,32 @@ class Supervisor:
             close_fds=True,
             **kwargs,  # type: ignore[arg-type]
         )
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
         self._proc = proc
+        self._transport = transport
+        self._leader_exited = protocol.exited
+        self._group_live = True
         self.state = ProcState.running
         self.exit_code = None
         self._record_pid(proc.pid)
         assert proc.stdout is not None
         self._pump = asyncio.create_task(pump_lines(proc.stdout, self.name, self._sink))
+
+    async def _reap(self) -> None:
+        """After the leader exited: kill what is left of its group, drain output, release pipes."""
+        proc = self._proc
+        if proc is None:
+            return
+        if self._group_live:
+            _kill_group(proc.pid, signal.SIGKILL)  # stragglers of a dead leader would hold the port
+            self._group_live = False
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
+        if self._transport is not None:
+            self._transport.close()  # a daemonised grandchild may still hold the pipe: let go of it
+            self._transport = None
+        self._clear_pid()
 
     async def _respawn(self) -> bool:
         """Restart after a crash; False when stopping. A spawn error counts as another crash."""
@@ -142,6 +168,9 @@ class Supervisor:
         except OSError as exc:
             self._sink(f"{self.name} | [inkmcp] could not restart: {exc}")
             self._proc = _FailedSpawn()  # type: ignore[assignment]
+            self._leader_exited = asyncio.Event()
+            self._leader_exited.set()
+            self._group_live = False
             return True
 
     async def _run(self, *, respawn_first: bool = False) -> None:
@@ -153,13 +182,11 @@ class Supervisor:
             proc = self._proc
             assert proc is not None
             started = loop.time()
-            code = await proc.wait()
+            # Not proc.wait(): on 3.11 it also waits for the pipes, which a grandchild can hold forever.
+            await self._leader_exited.wait()
+            code = proc.returncode if proc.returncode is not None else -1
             self.exit_code = code
-            _kill_group(proc.pid, signal.SIGKILL)  # stragglers of a dead leader would hold the port
-            self._clear_pid()
-            if self._pump is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
+            await self._reap()
             self._exited.set()
             if self._stopping:
                 return
@@ -190,15 +217,16 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self._creating
         proc = self._proc
-        if proc is not None and proc.returncode is None:
+        if proc is not None and not self._leader_exited.is_set():
             escaped = _escaped_descendants(proc.pid)
             _kill_group(proc.pid, signal.SIGTERM)
             _signal_all(escaped, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), grace)
+                await asyncio.wait_for(self._leader_exited.wait(), grace)
             _kill_group(proc.pid, signal.SIGKILL)
             _signal_all(escaped, signal.SIGKILL)
-            await proc.wait()
+            await self._leader_exited.wait()
+        await self._reap()
         if self._watch is not None:
             await self._watch
         if self._pump is not None:
@@ -219,6 +247,18 @@ class Supervisor:
     def _clear_pid(self) -> None:
         if self.config.pid_file is not None:
             self.config.pid_file.unlink(missing_ok=True)
+
+
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Signals the moment the process exits, independent of its output pipes closing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=65536, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
 
 
 class _FailedSpawn:
