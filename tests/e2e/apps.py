@@ -111,7 +111,8 @@ services:
     '"packages": {"": {"name": "site", "version": "1.0.0"}}}\n',
     "site/build.js": "const fs = require('fs'); fs.mkdirSync('dist', {recursive: true});\n"
     "fs.writeFileSync('dist/index.html', '<h1>built by node ' + process.version + '</h1>');\n",
-    "api/migrate.py": "import os, pathlib\npathlib.Path('migrated.txt').write_text(os.environ.get('RELEASE_MARK', 'x'))\n"
+    "api/migrate.py": "import os, pathlib\n"
+    "pathlib.Path('migrated.txt').write_text(os.environ.get('RELEASE_MARK', 'x'))\n"
     "print('migration ran', flush=True)\n",
     "api/server.py": '''
 import os, pathlib
