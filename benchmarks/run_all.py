@@ -162,6 +162,7 @@ async def main(which: list[str]) -> None:
             rows += await bench_memory(server, repos)
     finally:
         server.stop()
+        remove_tenant_users(server.data_dir)
         shutil.rmtree(server.data_dir.parent, ignore_errors=True)
         shutil.rmtree(repos, ignore_errors=True)
     print("\n| benchmark | result |\n| --- | --- |")

@@ -102,6 +102,20 @@ class ServerProc:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path else ""
 
 
+def remove_tenant_users(data_dir: Path) -> int:
+    """Delete the per-project Unix users a test server created (their homes live in its data dir).
+
+    The server keeps users while projects exist, as production must; tests clean up after it.
+    """
+    removed = 0
+    for line in Path("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 5 and fields[0].startswith("ink-") and fields[5].startswith(str(data_dir) + "/"):
+            subprocess.run(["userdel", fields[0]], check=False, capture_output=True)
+            removed += 1
+    return removed
+
+
 def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
     data_dir = traversable_tmpdir(prefix) / "data"
     port, proxy_port = free_port(), free_port()

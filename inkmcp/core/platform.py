@@ -326,6 +326,7 @@ class Platform:
                 services = (await s.execute(select(Service).where(Service.project_id == project.id))).scalars().all()
             for svc in services:
                 await self.deploys.remove_service(project, svc)
+            await self.compute.remove_project(str(project.id))
             dropped = await self.databases.drop(project.id) if db else False
             async with self.sessions.begin() as s:
                 obj = await s.get(type(project), project.id)

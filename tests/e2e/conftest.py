@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ServerProc, make_server
+from tests.support import ServerProc, make_server, remove_tenant_users
 
 
 @pytest.fixture(scope="session")
@@ -21,4 +21,5 @@ def server() -> Iterator[ServerProc]:
         if srv.proc is not None:
             code = srv.stop()
             assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
+        remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)

@@ -253,3 +253,63 @@ async def test_manifest_services_node_build_and_release_phase(server: ServerProc
             dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
         assert dep["status"] == "failed" and "releasing" in dep["error"]
         assert via_proxy(server, api["url"]).text == "migrated=r1"
+
+
+HOG = {
+    "app.py": '''
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/hog":
+            b = bytearray(400 * 2**20)
+            b[::4096] = b"x" * len(b[::4096])
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+''',
+}
+
+
+async def test_resource_limits_are_enforced(server: ServerProc, repos: Path) -> None:
+    from inkmcp.providers.compute.local.limits import Cgroups
+
+    if not Cgroups(parent="inkmcp-probe").available:
+        pytest.skip("cgroups are not available on this host")
+    repo = git_repo(repos / "hungry", HOG)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), start_command="python app.py",
+                                resources={"memory_mb": 96, "cpus": 0.5})
+        assert any("limits: 96 MiB memory, 0.5 CPU" in h for h in dep["history"]), dep["history"]
+        assert via_proxy(server, dep["url"]).text == "ok"
+        with pytest.raises(httpx.HTTPError):
+            r = via_proxy(server, dep["url"], "/hog")  # the kernel kills it mid-request
+            r.raise_for_status()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # restarted with backoff, serving again
+            svc = (await call(s, "list_services", project_name="hungry"))["services"][0]
+            if svc["restarts"] >= 1 and svc["state"] == "running":
+                break
+            await asyncio.sleep(0.3)
+        assert svc["restarts"] >= 1
+        assert via_proxy(server, dep["url"]).text == "ok"
+        msg = await call_error(s, "deploy_app", repo_url=str(repo), resources={"memory_mb": 10})
+        assert "memory_mb" in msg
+
+
+async def test_delete_project_with_database_and_its_user(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "doomed", apps.ON_DEMAND)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), start_command="python app.py", database={"type": "postgres"})
+        creds = await call(s, "get_database_credentials", project_name="doomed")
+        msg = await call_error(s, "delete", project_name="doomed", confirm="doomed")
+        assert "delete_database" in msg  # the database would be lost: refused without the flag
+        gone = await call(s, "delete", project_name="doomed", confirm="doomed", delete_database=True)
+        assert gone == {"deleted": "doomed", "database_deleted": True}
+        assert "doomed" not in [p["name"] for p in (await call(s, "list_projects"))["projects"]]
+    assert via_proxy(server, dep["url"]).status_code == 404
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(creds["url"], connect_timeout=5).close()
+    if os.geteuid() == 0:
+        assert not any(line.split(":")[5].startswith(str(server.data_dir) + "/compute/homes/")
+                       and "doomed" in line for line in open("/etc/passwd"))

@@ -25,6 +25,7 @@ from tests.support import (
     git_repo,
     make_server,
     mcp_session,
+    remove_tenant_users,
     traversable_tmpdir,
 )
 
@@ -41,6 +42,7 @@ def own_server() -> Iterator[ServerProc]:
     finally:
         if srv.proc is not None:
             srv.stop()
+        remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
@@ -138,6 +140,7 @@ async def test_stdio_transport() -> None:
             result = await s.call_tool("list_projects", {})
             assert [p["name"] for p in result.structured_content["projects"]] == ["from-stdio"]
     finally:
+        remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 

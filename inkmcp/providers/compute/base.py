@@ -153,3 +153,6 @@ class ComputeProvider(Protocol):
 
     async def remove(self, key: ServiceKey) -> None:
         """Stop and delete the service and its files. Idempotent."""
+
+    async def remove_project(self, project_id: str) -> None:
+        """Release what the provider keeps per project (a Unix user, a Coolify project). Idempotent."""

@@ -33,13 +33,19 @@ from inkmcp.providers.compute.base import (
     Step,
 )
 from inkmcp.providers.compute.local.layout import ServiceLayout, prepare_data_dir
+from inkmcp.providers.compute.local.limits import Cgroups
 from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Proxy, Route, WakeFailed
 from inkmcp.providers.compute.local.release import HealthFailed, ReleaseMeta, ReleaseRun, inside
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
 from inkmcp.providers.compute.local.tenant_env import tenant_env
-from inkmcp.providers.compute.local.users import chown_tree, ensure_project_user, project_user_name
+from inkmcp.providers.compute.local.users import (
+    chown_tree,
+    delete_project_user,
+    ensure_project_user,
+    project_user_name,
+)
 
 ERROR_TAIL = 15
 
@@ -101,6 +107,7 @@ class LocalComputeProvider:
         self.tenant_python = tenant_python
         self.stop_grace = stop_grace
         self.backoff = backoff or Backoff()
+        self.limits = Cgroups()
         self.proxy = Proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0)
         self.ports = PortAllocator(port_range)
         self._services: dict[str, _Service] = {}
@@ -208,7 +215,7 @@ class LocalComputeProvider:
                 if meta.plan.release_command:
                     await track(Step.releasing, "running the release command")
                     await self._release_command(svc, live, build_log)
-                await self._roll(svc, live, track)
+                await self._roll(svc, live, track, note=await self._apply_limits(request))
             except (ReleaseFailed, OSError) as exc:
                 if isinstance(exc, OSError):  # disk full, permissions...: still a failed release, not a crash
                     exc = ReleaseFailed(current, f"{type(exc).__name__}: {exc}")
@@ -308,7 +315,7 @@ class LocalComputeProvider:
                            build_log),
             )  # fmt: skip
 
-    async def _roll(self, svc: _Service, live: _Live, progress: ProgressCallback | None) -> None:
+    async def _roll(self, svc: _Service, live: _Live, progress: ProgressCallback | None, note: str = "") -> None:
         """Start `live` next to the current run, health-check it, switch the route, stop the old one."""
 
         async def report(step: Step, detail: str) -> None:
@@ -316,7 +323,7 @@ class LocalComputeProvider:
                 await progress(step, detail)
 
         plan = live.meta.plan
-        await report(Step.starting, "starting processes")
+        await report(Step.starting, f"starting processes ({note})" if note else "starting processes")
         port: int | None = None
         if live.meta.routed:
             if plan.port is not None:
@@ -383,6 +390,7 @@ class LocalComputeProvider:
             live.meta, app_dir=self._app_dir(svc, live.meta), service_env=live.env, run_as=svc.run_as,
             home=svc.home, port=port, sink=svc.log.write, run_dir=svc.layout.run_dir,
             tenant_python=self.tenant_python, backoff=self.backoff,
+            cgroup_procs=self.limits.procs_files(svc.key.service_id),
         )  # fmt: skip
 
     def _app_dir(self, svc: _Service, meta: ReleaseMeta) -> Path:
@@ -406,7 +414,15 @@ class LocalComputeProvider:
 
     # -- restore -------------------------------------------------------------------------------
 
+    async def _apply_limits(self, request: ReleaseRequest) -> str:
+        res = request.resources
+        if not self.limits.available:
+            return f"resource limits not enforced: {self.limits.reason}"
+        await asyncio.to_thread(self.limits.ensure, request.key.service_id, res)
+        return f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU"
+
     async def restore(self, request: ReleaseRequest) -> None:
+        await self._apply_limits(request)
         svc = await self._service(request)
         async with svc.release_lock:
             meta = ReleaseMeta.read(svc.layout.meta(request.deployment_id))
@@ -419,8 +435,8 @@ class LocalComputeProvider:
             async with svc.run_lock:
                 old = svc.live.run if svc.live else None
                 svc.live = live
-                if old is not None:
-                    live.run = None
+                if svc.route is not None:
+                    svc.route.port = None  # restoring over a running copy: no traffic to it while it stops
             if old is not None:
                 await self._stop_run(old)
             if not svc.always_on and meta.routed:
@@ -571,6 +587,11 @@ class LocalComputeProvider:
             svc.log.close()
         layout = ServiceLayout(self.data_dir, key.service_id)
         await asyncio.to_thread(shutil.rmtree, layout.root, True)
+        await asyncio.to_thread(self.limits.remove, key.service_id)
+
+    async def remove_project(self, project_id: str) -> None:
+        """After a project's last service is gone: delete its Unix user."""
+        await delete_project_user(project_id)
 
 
 def _is_root() -> bool:

@@ -92,6 +92,7 @@ class ReleaseRun:
         run_dir: Path,
         tenant_python: str,
         backoff: Backoff,
+        cgroup_procs: tuple[str, ...] = (),
     ) -> None:
         self.meta = meta
         self.port = port
@@ -110,7 +111,7 @@ class ReleaseRun:
             )  # fmt: skip
             config = ProcessConfig(
                 name=name, argv=argv, cwd=app_dir, env=env, run_as=run_as,
-                pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}.pid",
+                pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}.pid", cgroup_procs=cgroup_procs,
             )  # fmt: skip
             sup = Supervisor(config, capture, backoff=backoff)
             self.supervisors.append(sup)

@@ -43,6 +43,31 @@ class ProcessConfig:
     env: dict[str, str] = field(repr=False)  # holds unwrapped secrets: never log or persist
     run_as: RunAs | None
     pid_file: Path | None = None
+    cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the process joins before it runs tenant code
+
+
+def _join_cgroups_then_drop(procs_files: tuple[str, ...], run_as: RunAs | None) -> Callable[[], None]:
+    """Runs in the forked child: only async-signal-safe-ish os calls, no locks, no logging."""
+
+    def setup() -> None:
+        pid = str(os.getpid()).encode()
+        for path in procs_files:
+            try:
+                fd = os.open(path, os.O_WRONLY)
+            except OSError:
+                continue  # limits are best effort; the process still runs
+            try:
+                os.write(fd, pid)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        if run_as is not None:  # what Popen(user=, group=, extra_groups=[]) would have done
+            os.setgroups([])
+            os.setresgid(run_as.gid, run_as.gid, run_as.gid)
+            os.setresuid(run_as.uid, run_as.uid, run_as.uid)
+
+    return setup
 
 
 class ProcState(StrEnum):
@@ -116,7 +141,11 @@ class Supervisor:
     async def _create(self) -> None:
         cfg = self.config
         kwargs: dict[str, object] = {}
-        if cfg.run_as is not None:
+        if cfg.cgroup_procs:
+            # Join the cgroup in the child, before exec and before dropping root: a process moved
+            # from outside after spawning could already have forked children that escape it.
+            kwargs = {"preexec_fn": _join_cgroups_then_drop(cfg.cgroup_procs, cfg.run_as)}
+        elif cfg.run_as is not None:
             kwargs = {"user": cfg.run_as.uid, "group": cfg.run_as.gid, "extra_groups": []}
         loop = asyncio.get_running_loop()
         protocol = _ExitAwareProtocol(loop)
