@@ -302,6 +302,7 @@ async def test_delete_project_with_database_and_its_user(server: ServerProc, rep
     async with mcp_session(server, server.keys["alice"]) as s:
         dep = await deploy_live(s, repo_url=str(repo), start_command="python app.py", database={"type": "postgres"})
         creds = await call(s, "get_database_credentials", project_name="doomed")
+        users_before = tenant_users(server)
         msg = await call_error(s, "delete", project_name="doomed", confirm="doomed")
         assert "delete_database" in msg  # the database would be lost: refused without the flag
         gone = await call(s, "delete", project_name="doomed", confirm="doomed", delete_database=True)
@@ -311,5 +312,10 @@ async def test_delete_project_with_database_and_its_user(server: ServerProc, rep
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(creds["url"], connect_timeout=5).close()
     if os.geteuid() == 0:
-        assert not any(line.split(":")[5].startswith(str(server.data_dir) + "/compute/homes/")
-                       and "doomed" in line for line in open("/etc/passwd"))
+        assert len(tenant_users(server)) == len(users_before) - 1  # the project's Unix user is gone
+
+
+def tenant_users(server: ServerProc) -> list[str]:
+    homes = f"{server.data_dir}/compute/homes/"
+    return [line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines()
+            if line.split(":")[5].startswith(homes)]
