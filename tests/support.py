@@ -9,13 +9,14 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,23 @@ def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
         **env,
     }
     return ServerProc(data_dir=data_dir, port=port, proxy_port=proxy_port, env=full_env)
+
+
+@contextlib.contextmanager
+def running_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterator[ServerProc]:
+    """A started `inkmcp serve` with a key per account; stopped by PID and cleaned up afterwards."""
+    srv = make_server(prefix, **env)
+    for account in accounts:
+        srv.create_key(account)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None:
+            code = srv.stop()
+            assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
+        remove_tenant_users(srv.data_dir)
+        shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

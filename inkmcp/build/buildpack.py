@@ -17,12 +17,10 @@ last makes a half-built venv (crash, timeout) never count as reusable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
-import signal
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -31,6 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
+from inkmcp.build.process import kill_process_group
 from inkmcp.errors import BuildFailed
 
 LogSink = Callable[[str], Awaitable[None]]
@@ -92,7 +91,7 @@ class _Runner:
         try:
             await asyncio.wait_for(self._pump(proc), timeout=max(self.end - time.monotonic(), 0.01))
         except (TimeoutError, asyncio.CancelledError) as exc:
-            await _kill_group(proc)
+            await kill_process_group(proc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             await self.log(f"!! build timed out after {self.timeout:.0f}s during: {what}")
@@ -125,13 +124,6 @@ class _Runner:
     async def shell(self, command: str, *, what: str, argument: str, fix: str) -> None:
         await self.run(["/bin/sh", "-c", command], what=what, argument=argument, fix=fix)
 
-
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.wait()
 
 
 def _base_env(env: dict[str, str], home: str, cache_dir: Path | None) -> dict[str, str]:

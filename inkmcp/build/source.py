@@ -25,13 +25,13 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from inkmcp.build.process import kill_process_group
 from inkmcp.errors import SourceError
 
 _REMOTE_SCHEMES = ("https", "http", "ssh", "git")
@@ -172,14 +172,6 @@ class _Deadline:
         return self.end - time.monotonic()
 
 
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    """Kill the process and everything it spawned (git-remote-https, ssh): they share its session."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.wait()
-
 
 async def _git(
     args: list[str], source: _Source, deadline: _Deadline, *, git_dir: Path | None = None
@@ -197,7 +189,7 @@ async def _git(
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=max(deadline.left(), 0.01))
     except (TimeoutError, asyncio.CancelledError) as exc:
-        await _kill_group(proc)
+        await kill_process_group(proc)
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise SourceError(
@@ -438,8 +430,8 @@ async def _export(mirror: Path, source: _Source, sha: str, dest: Path, deadline:
             asyncio.gather(git.communicate(), tar.communicate()), timeout=max(deadline.left(), 0.01)
         )
     except (TimeoutError, asyncio.CancelledError) as exc:
-        await _kill_group(git)
-        await _kill_group(tar)
+        await kill_process_group(git)
+        await kill_process_group(tar)
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise SourceError(

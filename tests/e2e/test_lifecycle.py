@@ -26,6 +26,7 @@ from tests.support import (
     make_server,
     mcp_session,
     remove_tenant_users,
+    running_server,
     traversable_tmpdir,
 )
 
@@ -34,16 +35,8 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[ServerProc]:
-    srv = make_server("inkmcp-life-")
-    srv.create_key("dana")
-    srv.start()
-    try:
+    with running_server("inkmcp-life-", ("dana",)) as srv:
         yield srv
-    finally:
-        if srv.proc is not None:
-            srv.stop()
-        remove_tenant_users(srv.data_dir)
-        shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
 def get(server: ServerProc, url: str, path: str = "/") -> httpx.Response:
