@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -116,9 +117,10 @@ def keys_list(account: Annotated[str | None, typer.Option("--account", "-a")] = 
     """Keys by prefix (keys themselves are never stored)."""
     settings = load_settings(data_dir=data_dir)
     keys = run_with_platform(settings, lambda p: p.accounts.list_keys(account))
-    table = Table("prefix", "account", "label", "created", "revoked")
+    table = Table("prefix", "account", "label", "created", "last used", "revoked")
     for k in keys:
         table.add_row(k.prefix, k.account, k.label or "", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     console.print(table)
 
@@ -178,20 +180,59 @@ def logs(
     service: Annotated[str | None, typer.Option("--service", "-s")] = None,
     scope: Annotated[str, typer.Option(help="build or runtime")] = "runtime",
     tail: int = 100,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines (Ctrl-C stops)")] = False,
     account: Account = "default",
     data_dir: DataDir = None,
 ) -> None:
-    """Print the last log lines of a service (secrets redacted)."""
+    """Print the last log lines of a service (secrets redacted); --follow keeps tailing."""
     from inkmcp.providers.compute.base import LogScope
 
     settings = load_settings(data_dir=data_dir)
 
-    async def go(p: Any) -> Any:
-        return await p.get_logs(await _principal(p, account), project, scope=LogScope(scope),
-                                service_name=service, tail=tail)
+    async def go(p: Any) -> None:
+        who = await _principal(p, account)
+        seen: list[str] = []
+        while True:
+            view = await p.get_logs(who, project, scope=LogScope(scope), service_name=service, tail=tail)
+            for line in _new_lines(seen, view.lines):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            seen = view.lines
+            if not follow:
+                return
+            await asyncio.sleep(1)
 
-    for line in run_with_platform(settings, go).lines:
-        sys.stdout.write(line + "\n")
+    with contextlib.suppress(KeyboardInterrupt):
+        run_with_platform(settings, go)
+
+
+def _new_lines(before: list[str], after: list[str]) -> list[str]:
+    """Lines of `after` not already printed: find the longest tail of `before` that starts `after`."""
+    for k in range(min(len(before), len(after)), 0, -1):
+        if before[-k:] == after[:k]:
+            return after[k:]
+    return after
+
+
+@app.command("deployments")
+def deployments(
+    project: str,
+    service: Annotated[str | None, typer.Option("--service", "-s")] = None,
+    limit: int = 20,
+    account: Account = "default",
+    data_dir: DataDir = None,
+) -> None:
+    """A project's recent deployments, newest first."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(p: Any) -> Any:
+        return await p.list_deployments(await _principal(p, account), project, service, limit)
+
+    table = Table("deployment", "service", "status", "commit", "created", "error")
+    for d in run_with_platform(settings, go):
+        table.add_row(d.deployment_id, d.service, d.status, (d.commit or "")[:12], f"{d.created_at:%Y-%m-%d %H:%M:%S}",
+                      (d.error or "")[:60])
+    console.print(table)
 
 
 @app.command("rotate-encryption-key")

@@ -68,3 +68,12 @@ def test_audit_arguments_never_hold_secret_values() -> None:
         "database": {"type": "byo", "url": "<redacted>"},
         "service_name": "web",
     }
+
+
+def test_follow_prints_only_new_lines() -> None:
+    from inkmcp.cli import _new_lines
+
+    assert _new_lines([], ["a", "b"]) == ["a", "b"]
+    assert _new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]
+    assert _new_lines(["a", "b"], ["a", "b"]) == []
+    assert _new_lines(["x"], ["y"]) == ["y"]

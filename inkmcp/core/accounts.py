@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 from sqlalchemy import select, update
@@ -23,6 +23,7 @@ from inkmcp.errors import NotFound
 from inkmcp.store.models import Account, ApiKey
 
 KEY_PREFIX = "dk_live_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 DISPLAY_CHARS = 14  # "dk_live_" + 6 characters: enough to tell keys apart, useless to an attacker
 
 
@@ -104,19 +105,26 @@ class AccountService:
             return (await s.execute(select(ApiKey.id).limit(1))).first() is not None
 
     async def authenticate(self, key: str) -> Principal | None:
+        """Checked on every request, so revocation takes effect at once (no cache to go stale)."""
         if not key.startswith(KEY_PREFIX) or len(key) > 128:
             return None
         async with self._sessions() as s:
             row = (
                 await s.execute(
-                    select(ApiKey.prefix, Account.id, Account.name)
+                    select(ApiKey.id, ApiKey.prefix, ApiKey.last_used_at, Account.id, Account.name)
                     .join(Account)
                     .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
                 )
             ).first()
-        if row is None:
-            return None
-        return Principal(account_id=row[1], account_name=row[2], actor=row[0])
+            if row is None:
+                return None
+            key_id, prefix, last_used, account_id, account_name = row
+            now = datetime.now(UTC)
+            if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+                # at most one write per key per minute: operators see stale keys, requests stay reads
+                await s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+                await s.commit()
+        return Principal(account_id=account_id, account_name=account_name, actor=prefix)
 
     async def principal_for(self, account_name: str, actor: str) -> Principal:
         account_id = await self.ensure_account(account_name)

@@ -36,7 +36,7 @@ from inkmcp.core.envvars import EnvService, validate_env_payload
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
-from inkmcp.core.views import TERMINAL, DeploymentView, ServiceView
+from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
 from inkmcp.errors import InkError, InvalidArgument, NotFound
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import (
@@ -494,6 +494,27 @@ class DeployService:
                 )
             )
         return views
+
+    async def list_deployments(
+        self, p: Principal, project_name: str, service_name: str | None, limit: int
+    ) -> list[DeploymentSummary]:
+        project = await self._projects.get(p, project_name)
+        q = (
+            select(Deployment, Service.name)
+            .join(Service, Deployment.service_id == Service.id)
+            .where(Service.project_id == project.id)
+            .order_by(Deployment.created_at.desc())
+            .limit(max(1, min(limit, 200)))
+        )
+        if service_name is not None:
+            q = q.where(Service.name == service_name)
+        async with self._sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [
+            DeploymentSummary(deployment_id=str(d.id), service=name, status=d.status, commit=d.commit,
+                              created_at=d.created_at, error=d.error)
+            for d, name in rows
+        ]
 
     async def get_service(self, p: Principal, project_name: str, service_name: str | None) -> tuple[Project, Service]:
         project = await self._projects.get(p, project_name)

@@ -23,7 +23,7 @@ from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_pa
 from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
-from inkmcp.core.views import DeploymentView, ProjectView, ServiceView
+from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
 from inkmcp.errors import InkError, InvalidArgument
 from inkmcp.providers.compute.base import ComputeProvider, LogScope
 from inkmcp.providers.database.base import Tier
@@ -157,6 +157,11 @@ class Platform:
 
     async def list_services(self, p: Principal, project_name: str) -> list[ServiceView]:
         return await self.deploys.list_services(p, project_name)
+
+    async def list_deployments(
+        self, p: Principal, project_name: str, service_name: str | None, limit: int = 20
+    ) -> list[DeploymentSummary]:
+        return await self.deploys.list_deployments(p, project_name, service_name, limit)
 
     async def get_logs(
         self,

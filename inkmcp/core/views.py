@@ -42,4 +42,13 @@ class DeploymentView(BaseModel):
     next_step: str | None = None
 
 
+class DeploymentSummary(BaseModel):
+    deployment_id: str
+    service: str
+    status: str
+    commit: str | None
+    created_at: datetime
+    error: str | None = None
+
+
 TERMINAL = frozenset({"live", "failed", "superseded"})

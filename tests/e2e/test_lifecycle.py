@@ -86,6 +86,8 @@ async def test_restart_brings_services_back(own_server: ServerProc) -> None:
         assert get(own_server, dep["url"], "/env").json()["GREETING"] == "persisted"
         assert get(own_server, dep["url"], "/db").json()["hits"] == 2  # same database, same data
         assert "hello static" in get(own_server, static["url"]).text
+        server_log = own_server.log_path.read_text(errors="replace")
+        assert "never-in-the-store" not in server_log and "persisted" not in server_log  # no secrets logged
         async with mcp_session(own_server, own_server.keys["dana"]) as s:
             services = (await call(s, "list_services", project_name="keeper"))["services"]
             assert services[0]["state"] == "running"
@@ -102,6 +104,8 @@ async def test_cli_lists_and_tails(own_server: ServerProc) -> None:
     assert "booting with secret" in logs and "never-in-the-store" not in logs
     keys = own_server.cli("keys", "list").stdout
     assert "dk_live_" in keys and "dana" in keys
+    deps = own_server.cli("deployments", "keeper", "--account", "dana").stdout
+    assert "live" in deps and "web" in deps
     bad = own_server.cli("services", "nope", "--account", "dana", check=False)
     assert bad.returncode == 1 and "no project named 'nope'" in bad.stderr
 
@@ -189,3 +193,23 @@ async def test_deployment_interrupted_by_restart_is_resumed(own_server: ServerPr
         assert get(own_server, done["url"]).status_code == 200
     finally:
         shutil.rmtree(repos, ignore_errors=True)
+
+
+async def test_first_start_prints_a_key_and_the_claude_line() -> None:
+    srv = make_server("inkmcp-first-")
+    srv.start()
+    try:
+        log = srv.log()
+        line = next(x.strip() for x in log.splitlines() if x.strip().startswith("claude mcp add"))
+        assert line.startswith(f"claude mcp add --transport http mcpdeploy http://localhost:{srv.port}/mcp "
+                               '--header "Authorization: Bearer dk_live_')
+        key = line.split("Bearer ")[1].rstrip('"')
+        async with mcp_session(srv, key) as s:
+            assert (await call(s, "list_projects"))["total"] == 0
+        assert srv.stop() == 0
+        srv.start()  # not on the second start
+        assert srv.log().count("claude mcp add") == 1
+    finally:
+        if srv.proc is not None:
+            srv.stop()
+        shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
