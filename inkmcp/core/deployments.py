@@ -53,6 +53,7 @@ from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
 log = logging.getLogger("inkmcp.deploy")
 
 ProgressSink = Callable[[str], Awaitable[None]]
+HISTORY_SHOWN = 12  # results stay small; the full history is in deployment_events
 
 
 class DeployRequest(BaseModel):
@@ -385,7 +386,9 @@ class DeployService:
         await self._record(dep_id, Step.failed, reason, error=reason[:4000], finished_at=now)
 
     # ------------------------------------------------------- follow & views
-    async def view(self, p: Principal, dep_id: uuid.UUID, *, reused: bool = False) -> DeploymentView:
+    async def view(
+        self, p: Principal, dep_id: uuid.UUID, *, reused: bool = False, history_limit: int = HISTORY_SHOWN
+    ) -> DeploymentView:
         async with self._sessions() as s:
             row = (
                 await s.execute(
@@ -418,7 +421,7 @@ class DeployService:
                 f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='build'), "
                 "fix the cause, then call deploy_app again"
             )
-        history = [f"{st}: {d}" if d else st for st, d in events][-12:]
+        history = [f"{st}: {d}" if d else st for st, d in events][-history_limit:]
         return DeploymentView(
             deployment_id=str(dep.id),
             project=project_name,
@@ -440,13 +443,13 @@ class DeployService:
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
-            v = await self.view(p, dep_id)
+            v = await self.view(p, dep_id, history_limit=10_000)
             if on_progress:
-                for line in v.history[seen:] if len(v.history) >= seen else v.history:
+                for line in v.history[seen:]:
                     await on_progress(line)
                 seen = len(v.history)
             if v.done or time.monotonic() >= deadline:
-                return v
+                return v.model_copy(update={"history": v.history[-HISTORY_SHOWN:]})
             await asyncio.sleep(0.2)
 
     async def list_services(self, p: Principal, project_name: str) -> list[ServiceView]:
@@ -541,16 +544,24 @@ class DeployService:
         )
 
     # ------------------------------------------------------- env & lifecycle
-    async def apply_env(self, project: Project, services: list[Service]) -> list[str]:
-        """Push the effective env to each live service; returns the names that were restarted."""
-        restarted = []
+    async def apply_env(self, project: Project, services: list[Service]) -> tuple[list[str], dict[str, str]]:
+        """Push the effective env to each live service.
+
+        Returns (restarted service names, {service: reason} for those whose new processes failed
+        their health check; those keep running with their previous env).
+        """
+        restarted: list[str] = []
+        failed: dict[str, str] = {}
         for svc in services:
             if svc.live_deployment_id is None:
                 continue
             env = await self.effective_env(project.id, svc.id)
-            if await self._compute.update_env(self.key_of(svc, project), env):
-                restarted.append(svc.name)
-        return restarted
+            try:
+                if await self._compute.update_env(self.key_of(svc, project), env):
+                    restarted.append(svc.name)
+            except ReleaseFailed as e:
+                failed[svc.name] = f"{e.step.value}: {e.reason}"
+        return restarted, failed
 
     async def remove_service(self, project: Project, svc: Service) -> None:
         lock = self._service_locks.setdefault(svc.id, asyncio.Lock())

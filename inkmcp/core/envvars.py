@@ -97,6 +97,20 @@ class EnvService:
             set_keys.append(k)
         return set_keys, sorted(set(unset_keys))
 
+    async def snapshot(self, project_id: uuid.UUID) -> list[tuple[str, str, bytes]]:
+        """All of a project's rows, still encrypted: what `restore` puts back if applying fails."""
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(EnvVar.scope, EnvVar.key, EnvVar.value_enc).where(EnvVar.project_id == project_id)
+            )
+            return [(r[0], r[1], r[2]) for r in rows]
+
+    async def restore(self, project_id: uuid.UUID, rows: list[tuple[str, str, bytes]]) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(delete(EnvVar).where(EnvVar.project_id == project_id))
+            for scope, key, enc in rows:
+                s.add(EnvVar(project_id=project_id, scope=scope, key=key, value_enc=enc))
+
     async def resolve(self, project_id: uuid.UUID, service_id: uuid.UUID | None) -> dict[str, SecretStr]:
         scopes = [PROJECT_SCOPE] + ([str(service_id)] if service_id else [])
         async with self._sessions() as s:

@@ -24,7 +24,7 @@ from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
-from inkmcp.errors import InkError, InvalidArgument
+from inkmcp.errors import DeployFailed, InkError, InvalidArgument
 from inkmcp.providers.compute.base import ComputeProvider, LogScope
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
@@ -223,9 +223,24 @@ class Platform:
                     targets = list(
                         (await s.execute(select(Service).where(Service.project_id == project.id))).scalars().all()
                     )
+            before = await self.envs.snapshot(project.id)
             async with self.sessions.begin() as s:
                 set_keys, unset_keys = await self.envs.apply(s, project.id, scope, env_vars)
-            restarted = await self.deploys.apply_env(project, targets) if (set_keys or unset_keys) else []
+            restarted: list[str] = []
+            if set_keys or unset_keys:
+                restarted, failed = await self.deploys.apply_env(project, targets)
+                if failed:
+                    # All or nothing: put the old values back, and the old env on what already restarted.
+                    await self.envs.restore(project.id, before)
+                    await self.deploys.apply_env(project, [t for t in targets if t.name in restarted])
+                    name, reason = next(iter(failed.items()))
+                    raise DeployFailed(
+                        f"service {name!r} did not start with the new values ({reason}); nothing was changed, "
+                        "every service keeps its previous values.",
+                        argument="env_vars",
+                        fix=f"read get_logs(project_name={project_name!r}, service_name={name!r}) and pass "
+                        "values the app accepts",
+                    )
         live = [t.name for t in targets if t.live_deployment_id]
         if restarted:
             note = f"restarted {', '.join(restarted)} with the new values"

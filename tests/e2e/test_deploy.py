@@ -319,3 +319,17 @@ def tenant_users(server: ServerProc) -> list[str]:
     homes = f"{server.data_dir}/compute/homes/"
     return [line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines()
             if line.split(":")[5].startswith(homes)]
+
+
+async def test_env_update_that_breaks_the_app_changes_nothing(server: ServerProc, repos: Path) -> None:
+    app = dict(apps.ON_DEMAND)
+    app["app.py"] = "import os, sys\nif os.environ.get('CRASH'):\n    sys.exit('refusing to start')\n" + app["app.py"]
+    repo = git_repo(repos / "picky", app)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), start_command="python app.py", env_vars={"MODE": "a"})
+        before = via_proxy(server, dep["url"]).text
+        msg = await call_error(s, "update_env_vars", project_name="picky", env_vars={"CRASH": "1", "MODE": "b"})
+        assert "nothing was changed" in msg and "env_vars" in msg and "get_logs" in msg
+        env = await call(s, "list_env_vars", project_name="picky", service_name="web", reveal=True)
+        assert env["env"] == {"MODE": "a"}
+        assert via_proxy(server, dep["url"]).text == before  # the same process still serves
