@@ -185,7 +185,7 @@ def logs(
     data_dir: DataDir = None,
 ) -> None:
     """Print the last log lines of a service (secrets redacted); --follow keeps tailing."""
-    from inkmcp.providers.compute.base import LogScope
+    from inkmcp.core.types import LogScope
 
     settings = load_settings(data_dir=data_dir)
 

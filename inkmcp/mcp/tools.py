@@ -15,7 +15,6 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from inkmcp.build.plan import Mode, ServiceType
 from inkmcp.core.databases import DatabaseRequest
 from inkmcp.core.deployments import DeployRequest
 from inkmcp.core.logs import LogsView
@@ -30,12 +29,11 @@ from inkmcp.core.platform import (
     ProjectResult,
 )
 from inkmcp.core.principal import Principal
+from inkmcp.core.types import LogScope, Mode, Resources, ServiceType, Tier
 from inkmcp.core.views import DeploymentView, ServiceView
 from inkmcp.errors import InkError
 from inkmcp.mcp.auth import PRINCIPAL_KEY
 from inkmcp.metrics import Metrics
-from inkmcp.providers.compute.base import LogScope, Resources
-from inkmcp.providers.database.base import Tier
 
 # Only hints that differ from the spec's defaults (readOnly false, destructive true, idempotent false).
 READ = ToolAnnotations(read_only_hint=True)
