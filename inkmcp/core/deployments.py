@@ -343,7 +343,10 @@ class DeployService:
                 request = await self._release_request(dep, svc, project, checkout)
 
                 async def progress(step: Step, detail: str) -> None:
-                    await self._record(dep_id, step, detail)
+                    # Terminal states are core's to record, together with the URL: a waiter must
+                    # never see `live` before the URL is stored.
+                    if step not in (Step.live, Step.failed):
+                        await self._record(dep_id, step, detail)
 
                 result = await self._compute.release(request, progress)
                 now = datetime.now(UTC)
