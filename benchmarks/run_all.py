@@ -20,7 +20,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import ServerProc, call, git_repo, make_server, mcp_session, traversable_tmpdir
+from tests.support import (
+    ServerProc,
+    call,
+    git_repo,
+    make_server,
+    mcp_session,
+    remove_tenant_users,
+    traversable_tmpdir,
+)
 
 TINY_APP = {
     "app.py": (
