@@ -178,7 +178,7 @@ class ReleaseRun:
     def _check_alive(self) -> None:
         for sup in self.supervisors:
             if not sup.alive:
-                raise HealthFailed(f"process '{sup.name}' exited with code {sup.exit_code}", timed_out=False)
+                raise HealthFailed(f"process '{sup.name}' exited with code {sup.last_exit_code}", timed_out=False)
 
     async def stop(self, grace: float) -> None:
         await asyncio.gather(*(s.stop(grace) for s in self.supervisors))

@@ -110,6 +110,13 @@ class Supervisor:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def last_exit_code(self) -> int | None:
+        """The exit code as soon as the process is gone (the watch loop sets `exit_code` a bit later)."""
+        if self._proc is not None and self._proc.returncode is not None:
+            return self._proc.returncode
+        return self.exit_code
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
