@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs the InkMCP runtime selector (Docker's default runtime on a run server: runc for allow-listed
+# platform containers, runsc for tenants) and its rendered config. Idempotent: a file is rewritten only
+# when its content or mode differs, and a second run prints "unchanged" and changes nothing.
+#
+#   install.sh [--check] RENDERED_CONFIG [ROOT]
+#
+# RENDERED_CONFIG  runtime-selector.json rendered from runtime-selector.json.j2
+# ROOT             install under this directory instead of / (tests, image builds)
+# --check          change nothing; exit 2 and list what differs (drift), 0 when in place
+#
+# It does not edit daemon.json and does not restart Docker: the hardening renderer emits
+#   "default-runtime": "inkmcp", "runtimes": {"inkmcp": {"path": "/usr/local/lib/inkmcp/inkmcp-runtime",
+#   "runtimeArgs": ["--inkmcp-config=/etc/inkmcp/runtime-selector.json"]}}
+# and reloads Docker. Containers already running keep their runtime until they are recreated.
+set -euo pipefail
+
+check=0
+if [ "${1:-}" = "--check" ]; then
+  check=1
+  shift
+fi
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+  echo "usage: $0 [--check] RENDERED_CONFIG [ROOT]" >&2
+  exit 64
+fi
+config_src=$1
+root=${2:-/}
+root=${root%/}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+selector_src=$here/runtime_selector.py
+selector_dst=$root/usr/local/lib/inkmcp/inkmcp-runtime
+config_dst=$root/etc/inkmcp/runtime-selector.json
+
+# The selector is a stdlib-only Python 3 program started as /usr/bin/python3 (its shebang).
+if [ -z "$root" ] && [ ! -x /usr/bin/python3 ]; then
+  if [ "$check" -eq 1 ]; then
+    echo "drift: /usr/bin/python3 missing"
+    exit 2
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-minimal >/dev/null
+fi
+# A config that does not parse would refuse every container on the node: validate before installing.
+python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); assert isinstance(c.get("platform"), list)' \
+  "$config_src" || { echo "invalid selector config: $config_src" >&2; exit 65; }
+
+drift=0
+# place SRC DST MODE: copy when content or mode differ (atomic rename, root-owned).
+place() {
+  local src=$1 dst=$2 mode=$3
+  if [ -f "$dst" ] && cmp -s "$src" "$dst" && [ "$(stat -c %a "$dst")" = "$mode" ] \
+    && [ "$(stat -c %u "$dst")" = 0 ]; then
+    return 0
+  fi
+  drift=1
+  if [ "$check" -eq 1 ]; then
+    echo "drift: $dst"
+    return 0
+  fi
+  install -d -m 755 -o 0 -g 0 "$(dirname "$dst")"
+  install -m "$mode" -o 0 -g 0 "$src" "$dst.new"
+  mv -f "$dst.new" "$dst"
+  echo "changed: $dst"
+}
+
+place "$selector_src" "$selector_dst" 755
+place "$config_src" "$config_dst" 644
+
+# Docker always registers `runc` (and io.containerd.runc.v2) with the bare name "runc", resolved through
+# the PATH of containerd and its shims, where /usr/local/sbin comes first. Shadowing it there means a
+# tenant that asks for `--runtime runc` / compose `runtime: runc` still passes the selector. The selector
+# execs the real runc by the absolute path in its config, so this cannot loop. Relative link: same
+# layout under any ROOT.
+shadow=$root/usr/local/sbin/runc
+if [ "$(readlink "$shadow" 2>/dev/null)" != "../lib/inkmcp/inkmcp-runtime" ]; then
+  drift=1
+  if [ "$check" -eq 1 ]; then
+    echo "drift: $shadow"
+  else
+    install -d -m 755 -o 0 -g 0 "$(dirname "$shadow")"
+    ln -sfn ../lib/inkmcp/inkmcp-runtime "$shadow"
+    echo "changed: $shadow"
+  fi
+fi
+
+if [ "$drift" -eq 0 ]; then
+  echo "unchanged"
+elif [ "$check" -eq 1 ]; then
+  exit 2
+fi

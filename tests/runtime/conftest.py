@@ -1,0 +1,233 @@
+"""One private Docker daemon with the InkMCP runtime selector, inside a test network namespace.
+
+Session-scoped: dockerd (with its own containerd) starts once, with --data-root/--exec-root/--pidfile/-H
+under a temporary directory, inside `nsenter --net=/var/run/netns/<ns>` (so its iptables chains and
+bridges live only there), default runtime = the selector installed by hardening/gvisor/install.sh into
+a throw-away root, and --dns pointing at a DNS stand-in in the same namespace. Images are built locally
+by `docker import` from Debian's busybox-static. Everything is stopped by PID and removed afterwards;
+no system daemon, system config or system network is touched.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GVISOR = REPO / "hardening" / "gvisor"
+HERE = Path(__file__).resolve().parent
+DNS_ADDR = "192.0.2.53"
+PUBLIC_NAME, PUBLIC_ADDR = "public.example.test", "203.0.113.7"
+TENANT_IMAGE, PLATFORM_IMAGE = "inkgv/busybox:local", "inkgv/platform:local"
+RUNTIME_NAME = "inkmcp"
+
+
+def render_config(**params) -> str:
+    env = jinja2.Environment(  # noqa: S701 - renders JSON, every value goes through `tojson`
+        loader=jinja2.FileSystemLoader(GVISOR), undefined=jinja2.StrictUndefined
+    )
+    text = env.get_template("runtime-selector.json.j2").render(**params)
+    json.loads(text)
+    return text
+
+
+def install(config_text: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    cfg = root.parent / f"{root.name}-selector.json"
+    cfg.write_text(config_text)
+    return subprocess.run(
+        ["bash", str(GVISOR / "install.sh"), *extra, str(cfg), str(root)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@dataclass
+class Node:
+    tmp: Path
+    netns: str
+    sock: Path
+    root: Path
+    docker_bin: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def selector(self) -> Path:
+        return self.root / "usr/local/lib/inkmcp/inkmcp-runtime"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "etc/inkmcp/runtime-selector.json"
+
+    def docker(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [self.docker_bin, "-H", f"unix://{self.sock}", *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr}{proc.stdout}")
+        return proc
+
+
+def _pids_under(tmp: Path) -> list[int]:
+    """PIDs of processes whose command line names our temp dir: the daemon's children (shims, sandboxes)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if str(tmp).encode() in (entry / "cmdline").read_bytes():
+                out.append(int(entry.name))
+    return out
+
+
+def _stop(pid: int, wait: float = 15) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _unmount_under(tmp: Path) -> None:
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            point = line.split()[4]
+            if point == str(tmp) or point.startswith(f"{tmp}/"):
+                points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _build_rootfs(tmp: Path, extra: dict[str, Path]) -> Path:
+    rootfs = tmp / f"rootfs-{len(extra)}"
+    (rootfs / "bin").mkdir(parents=True)
+    for d in ("etc", "tmp", "proc", "sys", "dev", "root"):
+        (rootfs / d).mkdir()
+    shutil.copy2("/bin/busybox", rootfs / "bin/busybox")
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        if applet != "busybox":
+            (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\n")
+    for name, src in extra.items():
+        shutil.copy2(src, rootfs / "bin" / name)
+    return rootfs
+
+
+@pytest.fixture(scope="session")
+def node():
+    if os.geteuid() != 0:
+        pytest.skip("real Docker/gVisor tests need root (private dockerd, network namespaces)")
+    deps = subprocess.run(["bash", str(REPO / "scripts/test-docker.sh")], capture_output=True, text=True, check=False)
+    if deps.returncode != 0:
+        pytest.skip(f"docker.io/runsc could not be installed: {deps.stderr.strip()}")
+    runc, runsc = shutil.which("runc"), shutil.which("runsc")
+    docker_bin = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
+    if not (runc and runsc and docker_bin and shutil.which("dockerd")):
+        pytest.skip("runc, runsc, docker or dockerd missing after scripts/test-docker.sh")
+
+    tmp = Path(tempfile.mkdtemp(prefix="inkgv-"))
+    netns = f"inkgv{os.getpid()}"
+    node = Node(tmp=tmp, netns=netns, sock=tmp / "docker.sock", root=tmp / "root", docker_bin=docker_bin)
+    node.params = {
+        "runc_path": runc, "runsc_path": runsc, "runsc_flags": ["--network=host", "--host-uds=none"],
+        "data_root": str(tmp / "data"), "state_dir": str(tmp / "selector-state"),
+        "docker_sockets": [str(node.sock)], "platform": [],
+    }
+    started: list[int] = []
+    log = None
+    try:
+        ip = ["ip", "-n", netns]
+        subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
+        subprocess.run([*ip, "link", "set", "lo", "up"], check=True)
+        # The upstream resolver's address lives on the namespace's loopback: containers reach it through
+        # their bridge gateway like any address of the host (no dummy module needed).
+        subprocess.run([*ip, "addr", "add", f"{DNS_ADDR}/32", "dev", "lo"], check=True)
+        enter = ["nsenter", f"--net=/var/run/netns/{netns}"]
+
+        dns = subprocess.Popen(
+            [*enter, sys.executable, str(HERE / "dnsstub.py"), DNS_ADDR, f"{PUBLIC_NAME}={PUBLIC_ADDR}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        started.append(dns.pid)
+        assert dns.stdout.readline().strip() == "ready"
+
+        result = install(render_config(**node.params), node.root)
+        assert result.returncode == 0, result.stderr
+        daemon_json = {
+            "default-runtime": RUNTIME_NAME,
+            "runtimes": {RUNTIME_NAME: {"path": str(node.selector), "runtimeArgs": [f"--inkmcp-config={node.config}"]}},
+            "dns": [DNS_ADDR],
+            "log-driver": "json-file",
+        }
+        (tmp / "daemon.json").write_text(json.dumps(daemon_json))
+        log = open(tmp / "dockerd.log", "wb")  # closed in the teardown, after the daemon
+        dockerd = subprocess.Popen(
+            [*enter, "dockerd", "--config-file", str(tmp / "daemon.json"), "--data-root", str(tmp / "data"),
+             "--exec-root", str(tmp / "exec"), "--pidfile", str(tmp / "docker.pid"), "-H", f"unix://{node.sock}"],
+            stdout=log, stderr=subprocess.STDOUT,
+            # As on a node, where /usr/local/sbin leads systemd's PATH: the shadowing `runc` comes first.
+            env={**os.environ, "PATH": f"{node.root}/usr/local/sbin:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"},
+        )
+        started.append(dockerd.pid)
+        deadline = time.monotonic() + 60
+        while node.docker("version", timeout=10).returncode != 0:
+            if dockerd.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not start: {(tmp / 'dockerd.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+
+        probe = tmp / "dockerping"
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(probe), str(HERE / "dockerping.c")], check=True)
+        for image, extra in ((TENANT_IMAGE, {}), (PLATFORM_IMAGE, {"dockerping": probe})):
+            rootfs = _build_rootfs(tmp, extra)
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(
+                [docker_bin, "-H", f"unix://{node.sock}", "import", "-c", 'CMD ["sh"]', "-", image],
+                stdin=tar.stdout, check=True, capture_output=True,
+            )
+            tar.wait()
+        platform_id = node.docker("image", "inspect", "-f", "{{.Id}}", PLATFORM_IMAGE, check=True).stdout.strip()
+        # What the muscle stack does after pulling the pinned platform images: list their IDs.
+        node.params["platform"] = [
+            {"name": "coolify-proxy", "image_ids": [platform_id]},
+            {"name": "coolify-sentinel", "image_ids": [platform_id]},
+            {"name": "sablier", "image_ids": [platform_id]},
+        ]
+        result = install(render_config(**node.params), node.root)
+        assert result.returncode == 0 and "changed" in result.stdout, result.stderr
+        node.docker("network", "create", "coolify", check=True)
+        yield node
+    finally:
+        if node.sock.exists():
+            ids = node.docker("ps", "-aq", timeout=30).stdout.split()
+            if ids:
+                node.docker("rm", "-f", *ids, timeout=60)
+        for pid in reversed(started):
+            _stop(pid)
+        for pid in _pids_under(tmp):
+            _stop(pid, wait=5)
+        if log is not None:
+            log.close()
+        _unmount_under(tmp)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)

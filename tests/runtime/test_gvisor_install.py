@@ -1,0 +1,61 @@
+"""The selector's config template and install script: valid output, idempotent, drift reported.
+
+No Docker needed: installs into a throw-away root under tmp_path (install.sh takes ROOT).
+"""
+
+import json
+import os
+
+import pytest
+
+from .conftest import GVISOR, install, render_config
+
+PLATFORM = [{"name": "coolify-proxy", "image_ids": ["sha256:" + "a" * 64]}, {"name": "sablier"}]
+
+
+@pytest.fixture(autouse=True)
+def _root_only():
+    if os.geteuid() != 0:
+        pytest.skip("install.sh installs root-owned files")
+
+
+def test_template_renders_defaults_and_platform_entries():
+    cfg = json.loads(render_config(platform=PLATFORM))
+    assert cfg["runsc_flags"] == ["--network=host", "--host-uds=none"]
+    assert cfg["runc"] == "/usr/bin/runc" and cfg["data_root"] == "/var/lib/docker"
+    assert cfg["platform"] == [
+        {"name": "coolify-proxy", "image_ids": ["sha256:" + "a" * 64]},
+        {"name": "sablier", "image_ids": []},  # no pinned image: admits nothing
+    ]
+    assert json.loads(render_config())["platform"] == []
+
+
+def test_install_twice_changes_nothing_and_check_reports_drift(tmp_path):
+    root = tmp_path / "root"
+    text = render_config(platform=PLATFORM)
+    first = install(text, root)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("changed:") == 3
+    assert os.readlink(root / "usr/local/sbin/runc") == "../lib/inkmcp/inkmcp-runtime"
+    selector = root / "usr/local/lib/inkmcp/inkmcp-runtime"
+    config = root / "etc/inkmcp/runtime-selector.json"
+    assert selector.read_bytes() == (GVISOR / "runtime_selector.py").read_bytes()
+    assert oct(selector.stat().st_mode & 0o777) == "0o755" and oct(config.stat().st_mode & 0o777) == "0o644"
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (selector, config)}
+
+    second = install(text, root)
+    assert (second.returncode, second.stdout.strip()) == (0, "unchanged"), second.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (selector, config)} == before
+    assert install(text, root, "--check").returncode == 0
+
+    config.write_text(config.read_text().replace("--network=host", "--network=sandbox"))
+    drift = install(text, root, "--check")
+    assert drift.returncode == 2 and f"drift: {config}" in drift.stdout
+    assert "--network=sandbox" in config.read_text(), "--check must not change anything"
+    assert "changed:" in install(text, root).stdout
+    assert install(text, root, "--check").returncode == 0
+
+
+def test_install_refuses_a_config_that_does_not_parse(tmp_path):
+    bad = install('{"platform": ', tmp_path / "root")
+    assert bad.returncode == 65 and not (tmp_path / "root").exists()

@@ -1,0 +1,177 @@
+"""A run server's runtime design on a real kernel, real Docker and real gVisor (see runbooks/gvisor-decision.md).
+
+Containers are started the way Coolify starts them: on a user-defined network, named `<uuid>-<timestamp>`
+(apps) or by the database's uuid, with Coolify's labels; platform containers by Coolify's fixed names.
+Whether a container runs under gVisor is read from inside it (kernel release, gVisor's dmesg banner).
+"""
+
+import json
+import os
+import secrets
+import subprocess
+
+import pytest
+
+from .conftest import PLATFORM_IMAGE, PUBLIC_ADDR, PUBLIC_NAME, TENANT_IMAGE
+
+HOST_KERNEL = os.uname().release
+SANDBOX_PROBE = "uname -r; dmesg 2>&1 | head -3"
+
+
+def coolify_app_args(network: str = "coolify") -> list[str]:
+    uuid = secrets.token_hex(12)
+    return [
+        "--network", network, "--name", f"{uuid}-{secrets.randbelow(10**12):012d}",
+        "-l", "coolify.managed=true", "-l", "coolify.type=application", "-l", f"coolify.applicationId={uuid}",
+        "-l", "traefik.enable=true", "-l", "coolify.proxy=true",
+    ]
+
+
+def assert_sandboxed(out: str) -> None:
+    assert out.splitlines()[0] == "4.4.0", out
+    assert "gVisor" in out, out
+
+
+def test_tenant_app_runs_under_gvisor(node):
+    run = node.docker("run", "--rm", *coolify_app_args(), TENANT_IMAGE, "sh", "-c", SANDBOX_PROBE, check=True)
+    assert_sandboxed(run.stdout)
+    assert HOST_KERNEL != "4.4.0"
+
+
+@pytest.mark.parametrize("runtime", ["runc", "io.containerd.runc.v2"])
+def test_tenant_asking_for_runc_by_name_still_passes_the_selector(node, runtime):
+    """Docker always registers these names (path "runc", found through containerd's PATH): the selector
+    shadows that runc, so a compose `runtime: runc` is sandboxed like any tenant."""
+    run = node.docker("run", "--rm", "--runtime", runtime, *coolify_app_args(), TENANT_IMAGE,
+                      "sh", "-c", SANDBOX_PROBE, check=True)
+    assert_sandboxed(run.stdout)
+    refused = node.docker("run", "--rm", "--runtime", runtime, *coolify_app_args(),
+                          "-v", f"{node.sock}:/var/run/docker.sock", TENANT_IMAGE, "true")
+    assert refused.returncode != 0 and "may not mount the Docker socket" in refused.stderr, refused.stderr
+
+
+def test_platform_proxy_runs_runc_and_reaches_docker_api(node):
+    run = node.docker(
+        "run", "--rm", "--name", "coolify-proxy", "--network", "coolify",
+        "-v", f"{node.sock}:/var/run/docker.sock:ro", "-l", "coolify.managed=true", PLATFORM_IMAGE,
+        "sh", "-c", "uname -r; dockerping /var/run/docker.sock", check=True,
+    )
+    lines = run.stdout.splitlines()
+    assert lines[0] == HOST_KERNEL, run.stdout
+    assert "200 OK" in run.stdout and run.stdout.rstrip().endswith("OK"), run.stdout
+
+
+def test_sentinel_style_platform_container_keeps_host_pid(node):
+    run = node.docker(
+        "run", "--rm", "--name", "coolify-sentinel", "--pid", "host", "--network", "coolify",
+        "-v", f"{node.sock}:/var/run/docker.sock", PLATFORM_IMAGE, "sh", "-c", "uname -r; cat /proc/1/comm",
+        check=True,
+    )
+    assert run.stdout.splitlines()[0] == HOST_KERNEL, run.stdout
+    assert run.stdout.splitlines()[1] != "sh", "expected the host's PID 1, saw the container's"
+
+
+@pytest.mark.parametrize(
+    ("name_args", "image"),
+    [
+        pytest.param([], TENANT_IMAGE, id="tenant-image"),
+        pytest.param([], PLATFORM_IMAGE, id="genuine-platform-image-under-tenant-name"),
+        pytest.param(["-l", "coolify.proxy=true", "-l", "com.docker.compose.project=coolify-proxy"],
+                     TENANT_IMAGE, id="copied-platform-labels"),
+    ],
+)
+def test_tenant_mounting_docker_socket_is_refused(node, name_args, image):
+    args = coolify_app_args()
+    run = node.docker("run", "--rm", *args, *name_args, "-v", f"{node.sock}:/var/run/docker.sock", image,
+                      "sh", "-c", "dockerping; echo ran")
+    assert run.returncode != 0
+    assert "ran" not in run.stdout
+    assert "may not mount the Docker socket" in run.stderr, run.stderr
+
+
+def test_platform_name_with_tenant_image_is_still_sandboxed(node):
+    run = node.docker("run", "--rm", "--name", "coolify-proxy", "--network", "coolify", TENANT_IMAGE,
+                      "sh", "-c", SANDBOX_PROBE, check=True)
+    assert_sandboxed(run.stdout)
+
+
+def test_genuine_platform_image_under_tenant_name_is_sandboxed(node):
+    run = node.docker("run", "--rm", *coolify_app_args(), PLATFORM_IMAGE, "sh", "-c", SANDBOX_PROBE, check=True)
+    assert_sandboxed(run.stdout)
+
+
+def test_tenant_host_paths_and_host_network_are_refused(node):
+    host_path = node.docker("run", "--rm", *coolify_app_args(), "-v", "/etc:/host-etc:ro", TENANT_IMAGE, "true")
+    assert host_path.returncode != 0 and "may not bind-mount host path" in host_path.stderr, host_path.stderr
+
+    vol = f"inkgv-bind-{secrets.token_hex(4)}"
+    node.docker("volume", "create", "--opt", "type=none", "--opt", "o=bind", "--opt", "device=/etc", vol,
+                check=True)
+    bind_volume = node.docker("run", "--rm", *coolify_app_args(), "-v", f"{vol}:/data", TENANT_IMAGE, "true")
+    assert bind_volume.returncode != 0 and "is a host mount" in bind_volume.stderr, bind_volume.stderr
+
+    host_net = node.docker("run", "--rm", "--network", "host", "--name", f"inkgv-{secrets.token_hex(6)}",
+                           TENANT_IMAGE, "true")
+    assert host_net.returncode != 0 and "host network namespace" in host_net.stderr, host_net.stderr
+
+    plain = f"inkgv-data-{secrets.token_hex(4)}"
+    ok = node.docker("run", "--rm", *coolify_app_args(), "-v", f"{plain}:/data", TENANT_IMAGE,
+                     "sh", "-c", "echo kept > /data/f && cat /data/f && uname -r", check=True)
+    assert ok.stdout.split() == ["kept", "4.4.0"]
+
+
+def test_gvisor_annotation_is_refused_before_any_runtime_runs(node, tmp_path):
+    """Docker 20.10 cannot pass annotations (API 1.43+ can, and compose `annotations:`), so the bundle
+    a newer dockerd would hand over is given to the installed selector directly."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    spec = {
+        "ociVersion": "1.0.2", "process": {"args": ["sh"], "cwd": "/"}, "root": {"path": "rootfs"},
+        "annotations": {"dev.gvisor.flag.host-uds": "all"},
+        "linux": {"namespaces": [{"type": "network"}, {"type": "pid"}, {"type": "mount"}]},
+        "mounts": [],
+    }
+    (bundle / "config.json").write_text(json.dumps(spec))
+    cid = secrets.token_hex(32)
+    log = tmp_path / "log.json"
+    run = subprocess.run(
+        [str(node.selector), f"--inkmcp-config={node.config}", "--root", str(tmp_path / "state"),
+         "--log", str(log), "--log-format", "json", "create", "--bundle", str(bundle), cid],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert run.returncode == 1
+    assert "dev.gvisor.flag.host-uds" in run.stderr
+    assert "dev.gvisor.flag.host-uds" in json.loads(log.read_text().splitlines()[-1])["msg"]
+    assert not (tmp_path / "state").exists(), "no runtime may have been started"
+
+
+def test_tenant_resolves_database_by_name_and_public_names(node):
+    db_name = secrets.token_hex(12)  # Coolify names a standalone database container by its uuid
+    node.docker(
+        "run", "-d", "--network", "coolify", "--name", db_name, "-l", "coolify.managed=true",
+        "-l", "coolify.type=database", TENANT_IMAGE,
+        "sh", "-c", "mkdir -p /www && echo db-ok > /www/index.html && exec httpd -f -p 5432 -h /www", check=True,
+    )
+    try:
+        # busybox-static's wget resolves through static glibc's NSS, which crashes in an image without
+        # libc; its nslookup has its own resolver. So: resolve with nslookup via Docker's DNS, connect by IP.
+        script = (
+            f"ip=$(nslookup {db_name} 127.0.0.11 | sed -n 's/^Address: *//p' | tail -1); echo db-ip=$ip; "
+            "for i in 1 2 3 4 5 6 7 8 9 10; do "
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ip 5432 | grep db-ok && break; sleep 0.5; done; "
+            f"nslookup {PUBLIC_NAME}; uname -r"
+        )
+        run = node.docker("run", "--rm", *coolify_app_args(), TENANT_IMAGE, "sh", "-c", script, check=True)
+        db_ip = node.docker("inspect", "-f", "{{.NetworkSettings.Networks.coolify.IPAddress}}", db_name,
+                            check=True).stdout.strip()
+        assert f"db-ip={db_ip}" in run.stdout and db_ip, run.stdout
+        assert "db-ok" in run.stdout, run.stdout
+        assert PUBLIC_ADDR in run.stdout, run.stdout
+        assert run.stdout.splitlines()[-1] == "4.4.0"
+
+        # exec, restart and exec again: later runtime calls follow the runtime chosen at create.
+        assert node.docker("exec", db_name, "uname", "-r", check=True).stdout.strip() == "4.4.0"
+        node.docker("restart", "-t", "1", db_name, check=True, timeout=90)
+        assert node.docker("exec", db_name, "uname", "-r", check=True).stdout.strip() == "4.4.0"
+    finally:
+        node.docker("rm", "-f", db_name, timeout=60)
