@@ -12,7 +12,7 @@ serve: $(STAMP)
 	$(VENV)/bin/inkmcp serve
 
 test: $(STAMP)
-	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-docker.sh; fi
+	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-system-deps.sh && bash scripts/test-docker.sh; fi
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 

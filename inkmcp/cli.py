@@ -21,6 +21,15 @@ from inkmcp.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="InkMCP: deploy infrastructure for AI agents.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (one account may hold several).")
 app.add_typer(keys_app, name="keys")
+
+
+def _mount_nodes() -> None:
+    from inkmcp.nodes.cli import nodes_app
+
+    app.add_typer(nodes_app, name="nodes", help="Harden and check machines over SSH (hardening/).")
+
+
+_mount_nodes()
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")

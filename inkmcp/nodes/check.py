@@ -1,0 +1,174 @@
+"""Drift check: compare a host (or a throw-away root) with the rendered hardening, changing nothing.
+
+Reports per file (missing, content or mode differs), per daemon.json key (e.g. an address pool
+rewritten by Coolify's installer), and for the live DOCKER-USER chain (rules missing or extra).
+All reads are batched into a few commands: over SSH each round trip costs ~0.2 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import shlex
+from functools import cache
+from types import ModuleType
+from typing import Literal
+
+from fabric import Connection
+from pydantic import BaseModel
+
+from inkmcp.nodes.render import DOCKER_USER_UNIT, SCRIPTS_DIR, HostParams, HostPlan, render_plan
+
+DEFAULT_TIMEOUT = 30.0
+
+DriftKind = Literal["file", "daemon.json", "firewall", "service"]
+
+
+class Drift(BaseModel):
+    """One difference between the host and the rendered hardening."""
+
+    kind: DriftKind
+    target: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.target}: {self.detail}"
+
+
+class NodeError(RuntimeError):
+    """A remote step failed; the message names the step and carries its stderr."""
+
+
+@cache
+def daemon_json_tool() -> ModuleType:
+    """The host-side merge script, imported here so check and the host use the exact same logic."""
+    path = SCRIPTS_DIR / "inkmcp-daemon-json"
+    loader = importlib.machinery.SourceFileLoader("inkmcp_daemon_json", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def sudo_prefix(conn: Connection) -> str:
+    """Non-root users converge through passwordless sudo; -n makes a missing rule fail, not hang."""
+    return "" if conn.user == "root" else "sudo -n "
+
+
+def run(conn: Connection, command: str, what: str, timeout: float, *, sudo: bool = True, check: bool = True) -> str:
+    """Run one remote command with a hard timeout (a hung session must never hang the CLI)."""
+    full = (sudo_prefix(conn) + "sh -c " + shlex.quote(command)) if sudo else command
+    result = conn.run(full, hide=True, warn=True, timeout=timeout, in_stream=False)
+    if check and result.exited != 0:
+        detail = result.stderr.strip() or result.stdout.strip()
+        raise NodeError(f"{what} failed on {conn.host} (exit {result.exited}): {detail}")
+    return str(result.stdout)
+
+
+def remote_file_states(conn: Connection, paths: list[str], timeout: float) -> dict[str, tuple[int, str] | None]:
+    """path -> (mode, sha256) or None when missing, in one round trip."""
+    script = "\n".join(
+        f"if [ -f {shlex.quote(p)} ]; then printf '%s ' \"$(stat -c %a {shlex.quote(p)})\"; "
+        f"sha256sum < {shlex.quote(p)} | cut -d' ' -f1; else echo MISSING; fi"
+        for p in paths
+    )
+    lines = run(conn, script, "reading file states", timeout).splitlines()
+    if len(lines) != len(paths):
+        raise NodeError(f"reading file states on {conn.host}: expected {len(paths)} lines, got {len(lines)}")
+    out: dict[str, tuple[int, str] | None] = {}
+    for path, line in zip(paths, lines, strict=True):
+        if line.strip() == "MISSING":
+            out[path] = None
+        else:
+            mode, digest = line.split()
+            out[path] = (int(mode, 8), digest)
+    return out
+
+
+def file_drift(plan: HostPlan, states: dict[str, tuple[int, str] | None]) -> list[Drift]:
+    drift: list[Drift] = []
+    for path, content in plan.files.items():
+        state = states[path]
+        want_mode = plan.modes[path]
+        if state is None:
+            drift.append(Drift(kind="file", target=path, detail="missing"))
+            continue
+        mode, digest = state
+        if digest != hashlib.sha256(content.encode()).hexdigest():
+            drift.append(Drift(kind="file", target=path, detail="content differs"))
+        if mode != want_mode:
+            drift.append(Drift(kind="file", target=path, detail=f"mode {mode:o} (want {want_mode:o})"))
+    return drift
+
+
+def daemon_json_drift(plan: HostPlan, conn: Connection, timeout: float) -> list[Drift]:
+    target = plan.daemon_json
+    text = run(conn, f"cat {shlex.quote(target)} 2>/dev/null || echo __MISSING__", "reading daemon.json", timeout)
+    if text.strip() == "__MISSING__":
+        return [Drift(kind="daemon.json", target=target, detail="missing")]
+    try:
+        current = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as e:
+        return [Drift(kind="daemon.json", target=target, detail=f"not valid JSON ({e})")]
+    if not isinstance(current, dict):
+        return [Drift(kind="daemon.json", target=target, detail="top level is not a JSON object")]
+    managed = json.loads(plan.files[plan.managed_daemon_json])
+    return [Drift(kind="daemon.json", target=target, detail=d) for d in daemon_json_tool().drift(current, managed)]
+
+
+def expected_chain(plan: HostPlan) -> list[str]:
+    """The `iptables -S DOCKER-USER` lines the rules file produces (it is written in canonical form)."""
+    return [line for line in plan.files[plan.rules_file].splitlines() if line.startswith("-A DOCKER-USER ")]
+
+
+def firewall_drift(plan: HostPlan, conn: Connection, timeout: float) -> list[Drift]:
+    out = run(conn, "iptables -w 5 -S DOCKER-USER 2>/dev/null || echo __NOCHAIN__", "reading DOCKER-USER", timeout)
+    if "__NOCHAIN__" in out:
+        return [Drift(kind="firewall", target="DOCKER-USER", detail="chain missing (Docker not started?)")]
+    live = [line for line in out.splitlines() if line.startswith("-A ")]
+    want = expected_chain(plan)
+    if live == want:
+        return []
+    missing = [r for r in want if r not in live]
+    extra = [r for r in live if r not in want]
+    drift = [Drift(kind="firewall", target="DOCKER-USER", detail=f"rule missing: {r}") for r in missing]
+    drift += [Drift(kind="firewall", target="DOCKER-USER", detail=f"unexpected rule: {r}") for r in extra]
+    if not drift:
+        drift.append(Drift(kind="firewall", target="DOCKER-USER", detail="rules out of order"))
+    return drift
+
+
+def service_drift(plan: HostPlan, conn: Connection, timeout: float) -> list[Drift]:
+    """Live-host state that files alone do not show: unit enabled, sysctl values in force."""
+    drift: list[Drift] = []
+    enabled = run(conn, f"systemctl is-enabled {DOCKER_USER_UNIT} 2>/dev/null || true", "systemctl", timeout).strip()
+    if enabled != "enabled":
+        drift.append(Drift(kind="service", target=DOCKER_USER_UNIT, detail=f"not enabled ({enabled or 'unknown'})"))
+    sysctl_file = next(p for p in plan.files if p.endswith("/60-inkmcp-hardening.conf"))
+    wanted = {}
+    for line in plan.files[sysctl_file].splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, value = (s.strip() for s in line.split("=", 1))
+            wanted[key] = value
+    cmd = "; ".join(f"printf '%s\\n' \"$(sysctl -n {shlex.quote(k)} 2>/dev/null)\"" for k in wanted)
+    values = run(conn, cmd, "reading sysctl", timeout).splitlines()
+    for (key, want), have in zip(wanted.items(), values, strict=False):
+        if have.strip() != want:
+            detail = f"is {have.strip() or 'unset'} (want {want})"
+            drift.append(Drift(kind="service", target=f"sysctl {key}", detail=detail))
+    return drift
+
+
+def check_host(conn: Connection, params: HostParams, timeout: float = DEFAULT_TIMEOUT) -> list[Drift]:
+    """Everything that differs from the rendered hardening; an empty list means the host is converged."""
+    plan = render_plan(params)
+    drift = file_drift(plan, remote_file_states(conn, list(plan.files), timeout))
+    drift += daemon_json_drift(plan, conn, timeout)
+    if params.apply_firewall:
+        drift += firewall_drift(plan, conn, timeout)
+    if params.manage_services:
+        drift += service_drift(plan, conn, timeout)
+    return drift

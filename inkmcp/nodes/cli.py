@@ -1,0 +1,91 @@
+"""`inkmcp nodes`: harden machines outside Pulumi over SSH, or check them for drift.
+
+Mounted by the main CLI as `inkmcp nodes`; uses the same renderer and plan as the muscle stack.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from inkmcp.nodes.apply import apply_host, connect
+from inkmcp.nodes.check import NodeError, check_host
+from inkmcp.nodes.render import HostParams
+
+nodes_app = typer.Typer(no_args_is_help=True, help="Run servers: hardening and drift checks over SSH.")
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+@nodes_app.callback()
+def nodes() -> None:
+    """Run servers: hardening and drift checks over SSH."""
+    # A callback keeps `harden` a named sub-command even while it is the group's only command.
+
+
+def load_params(
+    params_file: Path | None, root: str, user: str, private_cidrs: list[str] | None, allow_users: list[str] | None
+) -> HostParams:
+    """Parameters from an optional YAML/JSON file (same fields as HostParams), then flags on top.
+    The SSH user is always added to AllowUsers so hardening can never lock out the session applying it."""
+    data: dict[str, Any] = {}
+    if params_file is not None:
+        text = params_file.read_text()
+        data = json.loads(text) if params_file.suffix == ".json" else (yaml.safe_load(text) or {})
+        if not isinstance(data, dict):
+            raise typer.BadParameter("the params file must hold a mapping of HostParams fields", param_hint="--params")
+    data["root"] = root
+    if private_cidrs:
+        data["private_cidrs"] = private_cidrs
+    users = list(allow_users or data.get("ssh_allow_users") or [])
+    if user not in users:
+        users.append(user)
+    data["ssh_allow_users"] = users
+    try:
+        return HostParams(**data)
+    except ValidationError as e:
+        for problem in e.errors():
+            err.print(f"[red]invalid parameter[/red] {'.'.join(str(x) for x in problem['loc'])}: {problem['msg']}")
+        raise typer.Exit(2) from None
+
+
+@nodes_app.command("harden")
+def harden(
+    host: Annotated[str, typer.Argument(help="host name or address to harden over SSH")],
+    user: Annotated[str, typer.Option(help="SSH user (root, or one with passwordless sudo)")] = "root",
+    port: Annotated[int, typer.Option(help="SSH port")] = 22,
+    key: Annotated[Path | None, typer.Option(help="private key file (default: agent and ~/.ssh keys)")] = None,
+    root: Annotated[str, typer.Option(help="path prefix on the host; not '/' = stage into a directory only")] = "/",
+    check: Annotated[bool, typer.Option("--check", help="report drift, change nothing; exit 1 on drift")] = False,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML/JSON file with HostParams fields")] = None,
+    private_cidr: Annotated[
+        list[str] | None, typer.Option("--private-cidr", help="platform private network to block (repeat)")
+    ] = None,
+    allow_user: Annotated[list[str] | None, typer.Option("--allow-user", help="sshd AllowUsers entry (repeat)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds per remote command")] = 60.0,
+) -> None:
+    """Apply the run-server hardening to HOST (or, with --check, report how HOST differs from it)."""
+    host_params = load_params(params, root, user, private_cidr, allow_user)
+    conn = connect(host, user=user, port=port, key_filename=key)
+    try:
+        if check:
+            drift = check_host(conn, host_params, timeout=timeout)
+            for item in drift:
+                out.print(f"drift {item}", markup=False)
+            if drift:
+                raise typer.Exit(1)
+            out.print("no drift")
+            return
+        report = apply_host(conn, host_params, timeout=timeout)
+        out.print(report.summary(), markup=False)
+    except NodeError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    finally:
+        conn.close()

@@ -1,0 +1,272 @@
+"""Render the run-server hardening set from typed parameters.
+
+One renderer for both consumers: the muscle Pulumi stack copies the files and runs the commands with
+pulumi-command, `inkmcp nodes harden` does the same over fabric. Keeping a single code path means a
+host hardened either way ends in the same state and `check` judges both the same.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import posixpath
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inkmcp.infra.netcheck import require_disjoint
+
+HARDENING_DIR = Path(__file__).resolve().parents[2] / "hardening"
+TEMPLATES_DIR = HARDENING_DIR / "templates"
+SCRIPTS_DIR = HARDENING_DIR / "scripts"
+
+# Where things live on a real host (before the root prefix is added).
+HOST_HARDENING_DIR = "/etc/inkmcp/hardening"
+HOST_SBIN_DIR = "/usr/local/sbin"
+DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_USER_UNIT = "inkmcp-docker-user.service"
+
+# Hetzner's recursive resolvers (Cloud and Robot): the default DNS we let containers reach.
+HETZNER_RESOLVERS = ["185.12.64.1", "185.12.64.2"]
+
+
+class AddressPool(BaseModel):
+    """One entry of Docker's default-address-pools: networks of /size are cut from base."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: ipaddress.IPv4Network
+    size: int = Field(ge=8, le=30)
+
+    @model_validator(mode="after")
+    def _size_fits(self) -> AddressPool:
+        if self.size < self.base.prefixlen:
+            raise ValueError(f"pool size /{self.size} is larger than its base {self.base}")
+        return self
+
+
+class HostParams(BaseModel):
+    """Everything that varies between run servers. Validated here so a bad value fails before any host
+    is touched; the stacks validate the address plan across servers on top of this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Prefix for every host path. "/" on a real host; a throw-away directory in tests or for staging.
+    root: str = "/"
+    # Kernel-side steps. None = only when root is "/": a staged copy must never change this machine's
+    # firewall or services. Tests set firewall=True inside a network namespace.
+    firewall: bool | None = None
+    services: bool | None = None
+
+    # --- egress (DOCKER-USER) ---
+    dns_resolvers: list[ipaddress.IPv4Address] = Field(
+        default_factory=lambda: [ipaddress.IPv4Address(a) for a in HETZNER_RESOLVERS], min_length=1
+    )
+    private_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=lambda: [ipaddress.IPv4Network("10.0.0.0/8")], min_length=1
+    )
+    metadata_ips: list[ipaddress.IPv4Address] = Field(
+        default_factory=lambda: [ipaddress.IPv4Address("169.254.169.254")], min_length=1
+    )
+    smtp_ports: list[int] = Field(default_factory=lambda: [25, 465, 587], min_length=1)
+    # docker0 = the default bridge; br-+ = every user-defined network (Coolify's), iptables wildcard.
+    container_interfaces: list[str] = Field(default_factory=lambda: ["docker0", "br-+"], min_length=1)
+
+    # --- daemon.json ---
+    address_pools: list[AddressPool] = Field(
+        default_factory=lambda: [AddressPool(base=ipaddress.IPv4Network("172.30.0.0/16"), size=24)], min_length=1
+    )
+    mtu: int = Field(default=1400, ge=1280, le=9000)
+    runtimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    default_runtime: str | None = None
+    log_max_size: str = Field(default="10m", pattern=r"^[1-9][0-9]*[kmg]$")
+    log_max_file: int = Field(default=3, ge=1, le=20)
+
+    # --- sshd ---
+    ssh_allow_users: list[str] = Field(default_factory=lambda: ["root"], min_length=1)
+    ssh_max_auth_tries: int = Field(default=3, ge=1, le=6)
+
+    # --- updates and kernel ---
+    auto_reboot: bool = False
+    auto_reboot_time: str = Field(default="04:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    rp_filter: Literal[1, 2] = 1
+
+    @field_validator("root")
+    @classmethod
+    def _root_absolute(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/"):
+            raise ValueError(f"root must be an absolute path without '..', got {v!r}")
+        return posixpath.normpath(v) if v != "/" else "/"
+
+    @field_validator("container_interfaces")
+    @classmethod
+    def _iface_names(cls, v: list[str]) -> list[str]:
+        import re
+
+        for name in v:
+            # Linux interface names are at most 15 bytes; '+' is iptables' prefix wildcard.
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,14}\+?|[A-Za-z0-9_.-]{15}", name):
+                raise ValueError(f"not an interface name or iptables wildcard: {name!r}")
+        return v
+
+    @field_validator("smtp_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        if any(not 0 < p < 65536 for p in v) or len(v) > 15:
+            raise ValueError("smtp_ports: 1-15 TCP ports in 1..65535 (iptables multiport limit)")
+        return v
+
+    @field_validator("ssh_allow_users")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        import re
+
+        for u in v:
+            if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", u):
+                raise ValueError(f"not a valid user name for AllowUsers: {u!r}")
+        return v
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, spec in v.items():
+            if not name or ("path" not in spec and "runtimeType" not in spec):
+                raise ValueError(f"runtime {name!r} needs a 'path' (or 'runtimeType' for a containerd shim)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HostParams:
+        if self.default_runtime and self.default_runtime not in {*self.runtimes, "runc"}:
+            raise ValueError(f"default_runtime {self.default_runtime!r} is neither 'runc' nor one of the runtimes")
+        # A Docker pool inside a blocked private range would make the reject rules hit container traffic
+        # and the routes clash; the stacks check the full plan, this is the last line of defence.
+        require_disjoint(
+            [(f"address pool {i + 1}", p.base) for i, p in enumerate(self.address_pools)]
+            + [(f"private cidr {i + 1}", c) for i, c in enumerate(self.private_cidrs)]
+        )
+        return self
+
+    # Derived values used by templates and apply/check.
+    @property
+    def live(self) -> bool:
+        return self.root == "/"
+
+    @property
+    def apply_firewall(self) -> bool:
+        return self.live if self.firewall is None else self.firewall
+
+    @property
+    def manage_services(self) -> bool:
+        return self.live if self.services is None else self.services
+
+    @property
+    def hardening_dir(self) -> str:
+        return HOST_HARDENING_DIR
+
+    @property
+    def sbin_dir(self) -> str:
+        return HOST_SBIN_DIR
+
+    def host_path(self, path: str) -> str:
+        """A real-host absolute path moved under the root prefix."""
+        return path if self.root == "/" else self.root + path
+
+    def daemon_address_pools(self) -> list[dict[str, Any]]:
+        return [{"base": str(p.base), "size": p.size} for p in self.address_pools]
+
+
+class HostPlan(BaseModel):
+    """What converging a host means: files with their modes, then idempotent commands in order.
+    Each command prints `changed: WHAT` lines for what it changed and nothing when there was nothing to do."""
+
+    files: dict[str, str]
+    modes: dict[str, int]
+    commands: list[str]
+    daemon_json: str
+    managed_daemon_json: str
+    rules_file: str
+
+
+# (template or script, host path, mode)
+_TEMPLATES: list[tuple[str, str, int]] = [
+    ("docker-user.rules.j2", f"{HOST_HARDENING_DIR}/docker-user.rules", 0o644),
+    ("daemon.managed.json.j2", f"{HOST_HARDENING_DIR}/daemon.managed.json", 0o644),
+    ("inkmcp-docker-user.service.j2", f"/etc/systemd/system/{DOCKER_USER_UNIT}", 0o644),
+    ("sshd-hardening.conf.j2", "/etc/ssh/sshd_config.d/50-inkmcp-hardening.conf", 0o644),
+    ("20auto-upgrades.j2", "/etc/apt/apt.conf.d/20auto-upgrades", 0o644),
+    ("52inkmcp-unattended-upgrades.j2", "/etc/apt/apt.conf.d/52inkmcp-unattended-upgrades", 0o644),
+    ("sysctl-hardening.conf.j2", "/etc/sysctl.d/60-inkmcp-hardening.conf", 0o644),
+]
+_SCRIPTS: list[tuple[str, str, int]] = [
+    ("inkmcp-docker-user-apply", f"{HOST_SBIN_DIR}/inkmcp-docker-user-apply", 0o755),
+    ("inkmcp-daemon-json", f"{HOST_SBIN_DIR}/inkmcp-daemon-json", 0o755),
+]
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,  # a missing parameter is an error, never an empty line in sshd_config
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - config files and shell, not HTML
+    )
+
+
+def render_host_files(params: HostParams) -> dict[str, str]:
+    """Absolute host path (under params.root) -> file content, for every file the hardening owns."""
+    files: dict[str, str] = {}
+    for template, path, _mode in _TEMPLATES:
+        files[params.host_path(path)] = _env().get_template(template).render(p=params)
+    for script, path, _mode in _SCRIPTS:
+        files[params.host_path(path)] = (SCRIPTS_DIR / script).read_text()
+    managed = files[params.host_path(f"{HOST_HARDENING_DIR}/daemon.managed.json")]
+    json.loads(managed)  # fail at render time, never on the host
+    return files
+
+
+def render_plan(params: HostParams) -> HostPlan:
+    """Files, modes and the ordered converge commands for one host."""
+    files = render_host_files(params)
+    modes = {params.host_path(path): mode for _src, path, mode in [*_TEMPLATES, *_SCRIPTS]}
+    q = shlex.quote
+    sbin = params.host_path(HOST_SBIN_DIR)
+    managed = params.host_path(f"{HOST_HARDENING_DIR}/daemon.managed.json")
+    rules = params.host_path(f"{HOST_HARDENING_DIR}/docker-user.rules")
+    daemon_json = params.host_path(DAEMON_JSON)
+    commands = [f"python3 {q(sbin + '/inkmcp-daemon-json')} merge {q(managed)} {q(daemon_json)}"]
+    if params.apply_firewall:
+        commands.append(f"{q(sbin + '/inkmcp-docker-user-apply')} {q(rules)}")
+    if params.manage_services:
+        commands += _service_commands()
+    return HostPlan(
+        files=files,
+        modes=modes,
+        commands=commands,
+        daemon_json=daemon_json,
+        managed_daemon_json=managed,
+        rules_file=rules,
+    )
+
+
+def _service_commands() -> list[str]:
+    """Live-host steps. Each is idempotent and reports only real changes, so a second apply is silent."""
+    return [
+        # The egress rules must come back after every reboot and Docker restart.
+        f"systemctl daemon-reload; systemctl is-enabled --quiet {DOCKER_USER_UNIT}"
+        f" || {{ systemctl enable --quiet {DOCKER_USER_UNIT} && echo 'changed: enabled {DOCKER_USER_UNIT}'; }}",
+        # Kernel settings take effect now, not at the next reboot (-e: a key this kernel lacks is not fatal).
+        "sysctl -e --quiet --load=/etc/sysctl.d/60-inkmcp-hardening.conf >/dev/null",
+        # Never reload sshd with a config it rejects: that is how a server becomes unreachable.
+        "sshd -t && systemctl reload ssh",
+        # Security updates need the package; install it once.
+        "dpkg-query -W -f='${Status}' unattended-upgrades 2>/dev/null | grep -q 'install ok installed'"
+        " || { DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=120 install -y"
+        " unattended-upgrades >/dev/null && echo 'changed: installed unattended-upgrades'; }",
+        # Runtimes, log options and no-new-privileges are reloadable; pools and MTU need a restart
+        # (live-restore keeps containers running), which stays an operator decision.
+        "systemctl is-active --quiet docker && systemctl reload docker || true",
+    ]
