@@ -1,0 +1,132 @@
+"""Pulumi mock runtime helpers shared by the stack tests.
+
+Pulumi's `MockResourceArgs` carries neither `protect`, `depends_on` nor the parent, so `RecordingMonitor`
+records them from the raw RegisterResource request. Mocks are process-global: call `install()` from an
+autouse fixture and build components inside the test (see ../../../shared/TESTING-INFRA.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pmocks
+
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
+
+
+@dataclass
+class Registered:
+    """One RegisterResource call as the engine would have seen it."""
+
+    type: str
+    name: str
+    urn: str
+    inputs: dict[str, Any]
+    custom: bool
+    id: str = ""
+    protect: bool = False
+    read: bool = False
+    parent: str = ""
+    dependencies: list[str] = field(default_factory=list)
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Answers every resource with its inputs plus an id; StackReferences with canned outputs."""
+
+    def __init__(self, stack_outputs: Mapping[str, Mapping[str, Any]] | None = None,
+                 extra_state: Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]] | None = None) -> None:
+        self.stack_outputs = dict(stack_outputs or {})
+        self.extra_state = extra_state
+        self.inputs_by_name: dict[tuple[str, str], dict[str, Any]] = {}
+        self._next_id = 1000
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        self.inputs_by_name[(args.typ, args.name)] = dict(args.inputs)
+        if args.typ == STACK_REFERENCE:
+            ref = args.inputs.get("name") or args.name
+            return f"{args.name}_id", {"name": ref, "outputs": dict(self.stack_outputs.get(ref, {}))}
+        # Hetzner ids are numbers; components convert them with int(), so the mock hands out numeric ids.
+        self._next_id += 1
+        state = dict(args.inputs)
+        state.setdefault("ipv4Address", f"203.0.113.{self._next_id % 250 + 1}")
+        if args.typ == "hcloud:index/storageBox:StorageBox":
+            state.update(username="u1000", server="u1000.your-storagebox.de")
+        if self.extra_state:
+            state.update(self.extra_state(args))
+        return str(self._next_id), state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class RecordingMonitor(pmocks.MockMonitor):
+    """MockMonitor that keeps protect, parent and dependencies of every registration."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            mocks: RecordingMocks = self.mocks  # type: ignore[assignment]
+            self.registered.append(Registered(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                inputs=mocks.inputs_by_name.get((request.type, request.name), {}),
+                custom=bool(request.custom),
+                id=response.id,
+                protect=bool(request.protect),
+                parent=request.parent,
+                dependencies=list(request.dependencies),
+            ))
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        """Reads (StackReference is one) are recorded too, as non-custom-created entries with `read=True`."""
+        response = super().ReadResource(request)
+        mocks: RecordingMocks = self.mocks  # type: ignore[assignment]
+        self.registered.append(Registered(
+            type=request.type, name=request.name, urn=response.urn,
+            inputs=mocks.inputs_by_name.get((request.type, request.name), {}), custom=False, read=True,
+            parent=request.parent, dependencies=list(request.dependencies)))
+        return response
+
+    # Query helpers used by the tests.
+    def of_type(self, type_: str) -> list[Registered]:
+        return [r for r in self.registered if r.type == type_]
+
+    def by_name(self, name: str) -> Registered:
+        found = [r for r in self.registered if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources named {name!r}; have {[r.name for r in self.registered]}")
+        return found[0]
+
+    def types(self) -> list[str]:
+        return [r.type for r in self.registered]
+
+
+def install(stack_outputs: Mapping[str, Mapping[str, Any]] | None = None,
+            extra_state: Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]] | None = None,
+            ) -> RecordingMonitor:
+    """Install fresh mocks (process-global) and return the monitor that records registrations."""
+    mocks = RecordingMocks(stack_outputs, extra_state)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="inkmcp", stack="test", preview=False, monitor=monitor)
+    return monitor
+
+
+def unwrap_secret(value: Any) -> Any:
+    """Inputs marked secret arrive as {<sig key>: <secret sig>, 'value': ...}; return the value either way."""
+    if isinstance(value, dict) and pulumi.runtime.rpc._special_sig_key in value:
+        return value.get("value")
+    return value
+
+
+def is_secret(value: Any) -> bool:
+    rpc = pulumi.runtime.rpc
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
