@@ -1,0 +1,587 @@
+"""The factory plane as Pulumi components: Coolify master, build server, registry, control-plane Postgres.
+
+Shape (each a small ComponentResource with typed args, children parented to it, `register_outputs`):
+
+    FactoryPlane                 inkmcp:factory:Plane      SSH keys, spread placement group, firewalls
+      CoolifyMaster              inkmcp:factory:CoolifyMaster   server + install + API on + S3 backups
+      BuildServer                inkmcp:factory:BuildServer     server + Docker address pools
+      RegistryHost               inkmcp:factory:Registry        server + Volume + registry:2 on it
+      ControlPlanePostgres       inkmcp:factory:Postgres        server + Volume + Storage Box + backups
+
+Why it is built this way:
+- Cross-stack validation gates everything. The network stack's outputs are only known as an Output, so
+  `gated_network()` validates them inside `apply` and every resource here takes `depends_on` on that
+  Output: a bad address plan rejects the Output and no resource is ever sent to the engine.
+- Hosts are configured over SSH with pulumi-command. Secrets go through `stdin` (marked secret) as
+  `KEY=value` lines, never in `create`, because `create` is stored and shown in plain text, and because
+  remote.Command's `environment` needs `AcceptEnv` on the server (pulumi-command's own docs), which
+  Debian's sshd does not set for arbitrary names.
+- Each script is idempotent (checks before it acts), so `pulumi up` after a change or a half-failed run
+  converges instead of reinstalling.
+- Hetzner Cloud Firewalls filter only public interfaces; traffic on the Cloud Network (Coolify -> build
+  server, run servers -> registry, InkMCP -> Postgres) is private and not affected by the rules below.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_hcloud as hcloud
+from pulumi_command import remote
+
+from inkmcp.infra.factory_config import (
+    FactoryConfig,
+    FactorySecrets,
+    HostSpec,
+    NetworkStackOutputs,
+    VolumeHostSpec,
+)
+
+COOLIFY_INSTALL_URL = "https://cdn.coollabs.io/coolify/install.sh"
+ANY_V4, ANY_V6 = "0.0.0.0/0", "::/0"
+
+# --------------------------------------------------------------------------------------------------
+# Helpers shared with the muscle stack
+# --------------------------------------------------------------------------------------------------
+
+READ_SECRETS = 'while IFS="=" read -r k v; do [ -n "$k" ] && export "$k=$v"; done\n'
+"""Shell prelude: read `KEY=value` lines from stdin into the environment (stdin is a secret input)."""
+
+
+def shell(script: str) -> str:
+    """Run `script` under strict bash on the remote side; quoting keeps it one argument whatever it holds."""
+    return "bash -euo pipefail -c " + shlex.quote(script.strip() + "\n")
+
+
+def secret_stdin(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
+    """Secrets as `KEY=value` lines for `READ_SECRETS`. A newline in a value would split it, so refuse it."""
+
+    def render(resolved: list[str]) -> str:
+        lines = []
+        for key, value in zip(values.keys(), resolved, strict=True):
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"secret {key} contains a line break; store it base64-encoded instead")
+            lines.append(f"{key}={value}\n")
+        return "".join(lines)
+
+    return pulumi.Output.secret(pulumi.Output.all(*values.values()).apply(render))
+
+
+def gated_network(raw_outputs: pulumi.Input[Mapping[str, object]],
+                  check: Callable[[NetworkStackOutputs], None] | None = None) -> pulumi.Output[NetworkStackOutputs]:
+    """Validate the network stack's outputs (and `check(net)`, a config's cross-stack checks) in one Output.
+
+    A failure rejects the Output; resources that `depends_on` it are never registered.
+    """
+
+    def parse(raw: Mapping[str, object]) -> NetworkStackOutputs:
+        net = NetworkStackOutputs.parse(dict(raw))
+        if check is not None:
+            check(net)
+        return net
+
+    return pulumi.Output.from_input(raw_outputs).apply(parse)
+
+
+def gate_of(network: pulumi.Output[NetworkStackOutputs]) -> pulumi.Output[list[pulumi.Resource]]:
+    """An empty dependency list that resolves only once `network` validated: the `depends_on` of every child."""
+    return network.apply(lambda _: [])
+
+
+def connection(host: pulumi.Input[str], private_key: pulumi.Input[str], user: str = "root",
+               port: int = 22) -> remote.ConnectionArgs:
+    return remote.ConnectionArgs(host=host, user=user, port=port, private_key=private_key,
+                                 dial_error_limit=30, per_dial_timeout=10)
+
+
+def labels_for(base: Mapping[str, str], **extra: str) -> dict[str, str]:
+    return {**base, "managed-by": "pulumi", **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+# Firewall rules (pure, so tests compare them as data)
+# --------------------------------------------------------------------------------------------------
+
+
+def _rule(port: str, sources: Sequence[str], description: str) -> dict[str, object]:
+    return {"direction": "in", "protocol": "tcp", "port": port, "source_ips": list(sources),
+            "description": description}
+
+
+def master_rules(conf: FactoryConfig) -> list[dict[str, object]]:
+    """Coolify master: SSH from operators; UI/API and realtime from operators and control plane; web public."""
+    admin = list(conf.operator_cidrs) + [c for c in conf.control_plane_cidrs if c not in conf.operator_cidrs]
+    return [
+        _rule("22", conf.operator_cidrs, "ssh: operators only"),
+        _rule("8000", admin, "coolify ui/api: operators and control plane"),
+        _rule("6001", admin, "coolify realtime (websockets): operators and control plane"),
+        _rule("6002", admin, "coolify terminal websockets: operators and control plane"),
+        _rule("80", [ANY_V4, ANY_V6], "http: public (ACME, redirects)"),
+        _rule("443", [ANY_V4, ANY_V6], "https: public"),
+    ]
+
+
+def internal_rules(conf: FactoryConfig) -> list[dict[str, object]]:
+    """Build server, registry, Postgres: nothing public but SSH from operators (their work is private)."""
+    return [_rule("22", conf.operator_cidrs, "ssh: operators only")]
+
+
+def _firewall_rule_args(rules: list[dict[str, object]]) -> list[hcloud.FirewallRuleArgs]:
+    return [hcloud.FirewallRuleArgs(**r) for r in rules]  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scripts (plain text, no secrets: these land in state and logs)
+# --------------------------------------------------------------------------------------------------
+
+
+def docker_pools_script(pools: list[dict[str, object]]) -> str:
+    """Write Docker's address pools into daemon.json before Docker or Coolify arrive, merging other keys.
+
+    Coolify's installer and its remote InstallDocker keep an existing pool (existing keys win), so setting it
+    first stops the 10.0.0.0/8 default from swallowing the Cloud Network.
+    """
+    pools_json = json.dumps(pools, sort_keys=True)
+    return f"""
+mkdir -p /etc/docker
+python3 - <<'PY'
+import json, os
+path = "/etc/docker/daemon.json"
+want = json.loads({pools_json!r})
+cur = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {{}}
+if cur.get("default-address-pools") != want:
+    cur["default-address-pools"] = want
+    tmp = path + ".inkmcp"
+    with open(tmp, "w") as f:
+        json.dump(cur, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    print("daemon.json: address pools set")
+PY
+if systemctl is-active --quiet docker; then
+  docker info --format '{{{{json .}}}}' >/dev/null && echo "docker running; pools apply to new networks"
+fi
+"""
+
+
+def coolify_install_script(conf: FactoryConfig) -> str:
+    """Install Coolify once; later runs see it running and do nothing (upgrades are an operator decision).
+
+    AUTOUPDATE=false: an unattended upgrade may rewrite daemon.json and restart the stack under live apps.
+    DOCKER_ADDRESS_POOL_BASE/SIZE: the installer's own default is 10.0.0.0/8 (NOTES.md §f).
+    """
+    pool = conf.docker_address_pools[0]
+    version = f" {shlex.quote(conf.coolify_version)}" if conf.coolify_version else ""
+    return READ_SECRETS + f"""
+if [ -f /data/coolify/source/.env ] && docker ps --format '{{{{.Names}}}}' | grep -qx coolify; then
+  echo "coolify already installed"; exit 0
+fi
+curl -fsSL {COOLIFY_INSTALL_URL} -o /root/coolify-install.sh
+export AUTOUPDATE=false
+export DOCKER_ADDRESS_POOL_BASE={shlex.quote(pool.base)} DOCKER_ADDRESS_POOL_SIZE={pool.size}
+export ROOT_USERNAME={shlex.quote(conf.coolify_root_username)} ROOT_USER_EMAIL={shlex.quote(conf.coolify_root_email)}
+# ROOT_USER_PASSWORD arrived on stdin (secret)
+bash /root/coolify-install.sh{version}
+"""
+
+
+COOLIFY_ENABLE_API = """
+for _ in $(seq 1 90); do
+  curl -fsS http://127.0.0.1:8000/api/health >/dev/null 2>&1 && break
+  sleep 5
+done
+curl -fsS http://127.0.0.1:8000/api/health >/dev/null
+# New installs have the API off (instance_settings.is_api_enabled, NOTES.md §a). POST /enable would need a
+# token, and tokens exist only after a UI login, so flip the setting in Coolify's own database instead.
+docker exec coolify-db psql -U coolify -d coolify -v ON_ERROR_STOP=1 -tAc \
+  "UPDATE instance_settings SET is_api_enabled = true WHERE is_api_enabled IS DISTINCT FROM true"
+echo "coolify api enabled"
+"""
+
+
+def coolify_s3_script(conf: FactoryConfig) -> str:
+    """Register the S3 bucket in Coolify once (matched by name), through the API with a token from stdin."""
+    assert conf.s3_backup is not None
+    s3 = conf.s3_backup
+    body = {"name": s3.name, "description": "InkMCP: Coolify database backups", "endpoint": s3.endpoint,
+            "bucket": s3.bucket, "region": s3.region}
+    return READ_SECRETS + f"""
+API=http://127.0.0.1:8000/api/v1
+auth() {{ printf 'header = "Authorization: Bearer %s"\\n' "$COOLIFY_API_TOKEN"; }}
+if curl -fsS -K <(auth) "$API/s3-storages" \
+    | jq -e --arg n {shlex.quote(s3.name)} '.[] | select(.name == $n)' >/dev/null; then
+  echo "s3 storage already registered"; exit 0
+fi
+jq -n --argjson b {shlex.quote(json.dumps(body, sort_keys=True))} \
+  '$b + {{key: env.S3_ACCESS_KEY, secret: env.S3_SECRET_KEY}}' \
+  | curl -fsS -K <(auth) -H 'Content-Type: application/json' -X POST --data-binary @- "$API/s3-storages"
+echo
+echo "s3 storage registered; attach it under Settings > Backup (not exposed by the API)"
+"""
+
+
+def volume_mount_script(volume_id: object, mountpoint: str) -> str:
+    """Mount the Hetzner Volume by its stable by-id path (device names move between boots) via fstab."""
+    dev = f"/dev/disk/by-id/scsi-0HC_Volume_{volume_id}"
+    return f"""
+for _ in $(seq 1 60); do [ -e {dev} ] && break; sleep 2; done
+[ -e {dev} ] || {{ echo "volume {volume_id} not attached" >&2; exit 1; }}
+blkid {dev} >/dev/null || mkfs.ext4 -q {dev}
+mkdir -p {mountpoint}
+grep -q '^{dev} ' /etc/fstab || echo '{dev} {mountpoint} ext4 discard,nofail,defaults 0 2' >> /etc/fstab
+mountpoint -q {mountpoint} || mount {mountpoint}
+"""
+
+
+def registry_script(conf: FactoryConfig, private_ip: str) -> str:
+    """registry:2 bound to the private address only; its blobs live on the Volume mounted at /var/lib/registry."""
+    image = shlex.quote(conf.registry_image)
+    return f"""
+command -v docker >/dev/null || {{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq docker.io; }}
+systemctl enable --now docker
+want="{private_ip}|{conf.registry_image}"
+fmt='{{{{(index (index .HostConfig.PortBindings "5000/tcp") 0).HostIp}}}}|{{{{.Config.Image}}}}'
+have=$(docker inspect registry --format "$fmt" 2>/dev/null || true)
+if [ "$have" = "$want" ]; then echo "registry up to date"; exit 0; fi
+docker rm -f registry >/dev/null 2>&1 || true
+docker run -d --name registry --restart always -p {private_ip}:5000:5000 \\
+  -e REGISTRY_STORAGE_DELETE_ENABLED=true -v /var/lib/registry:/var/lib/registry {image}
+"""
+
+
+def postgres_script(conf: FactoryConfig, private_ip: str, network_cidr: str) -> str:
+    """PostgreSQL from Debian on the Volume, listening on localhost and the private address only."""
+    v, db, user = conf.postgres_version, conf.postgres_database, conf.postgres_user
+    return READ_SECRETS + f"""
+if ! command -v pg_lsclusters >/dev/null || ! pg_lsclusters -h | grep -q '^{v} main'; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -yq postgresql-{v} rsync openssh-client
+fi
+CONF=/etc/postgresql/{v}/main
+want_listen="listen_addresses = 'localhost,{private_ip}'"
+grep -qxF "$want_listen" $CONF/conf.d/inkmcp.conf 2>/dev/null || {{
+  echo "$want_listen" > $CONF/conf.d/inkmcp.conf; systemctl restart postgresql@{v}-main; }}
+hba="host {db} {user} {network_cidr} scram-sha-256"
+grep -qxF "$hba" $CONF/pg_hba.conf || {{ echo "$hba" >> $CONF/pg_hba.conf; systemctl reload postgresql@{v}-main; }}
+# The password is read by psql from the environment (\\getenv), never from argv or this script.
+runuser -u postgres -- psql -v ON_ERROR_STOP=1 -q <<'SQL'
+\\getenv pw POSTGRES_PASSWORD
+SELECT format('CREATE ROLE {user} LOGIN PASSWORD %L', :'pw')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') \\gexec
+SELECT format('ALTER ROLE {user} PASSWORD %L', :'pw') \\gexec
+SELECT 'CREATE DATABASE {db} OWNER {user}' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{db}') \\gexec
+SQL
+echo "postgres ready"
+"""
+
+
+def backup_script(conf: FactoryConfig) -> str:
+    """Nightly pg_dump to the Volume, mirrored to the Storage Box with rsync over SSH (port 23).
+
+    Local dumps are kept 7 days and mirrored with --delete; history beyond that comes from the Storage Box's
+    snapshot plan, so a compromised host cannot erase the snapshots.
+    """
+    db = conf.postgres_database
+    return READ_SECRETS + f"""
+install -d -m 700 /root/.ssh /var/lib/postgresql/backups
+chown postgres /var/lib/postgresql/backups
+umask 077
+printf '%s\\n' "$BACKUP_PRIVATE_KEY_B64" | base64 -d > /root/.ssh/inkmcp-storagebox.new
+mv /root/.ssh/inkmcp-storagebox.new /root/.ssh/inkmcp-storagebox
+umask 022
+cat > /usr/local/sbin/inkmcp-pg-backup <<EOF
+#!/bin/bash
+set -euo pipefail
+dir=/var/lib/postgresql/backups
+runuser -u postgres -- pg_dump -Fc -f "\\$dir/{db}-\\$(date -u +%Y%m%dT%H%M%SZ).dump" {db}
+find "\\$dir" -name '*.dump' -mtime +7 -delete
+rsync -a --delete -e "ssh -p 23 -i /root/.ssh/inkmcp-storagebox -o StrictHostKeyChecking=accept-new" \\
+  "\\$dir/" "$STORAGE_BOX_USER@$STORAGE_BOX_HOST:inkmcp-postgres/"
+EOF
+chmod 700 /usr/local/sbin/inkmcp-pg-backup
+cat > /etc/systemd/system/inkmcp-pg-backup.service <<'EOF'
+[Unit]
+Description=InkMCP control-plane Postgres dump to the Storage Box
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/inkmcp-pg-backup
+EOF
+cat > /etc/systemd/system/inkmcp-pg-backup.timer <<'EOF'
+[Unit]
+Description=Nightly InkMCP Postgres backup
+[Timer]
+OnCalendar=*-*-* 02:30:00
+RandomizedDelaySec=15m
+Persistent=true
+[Install]
+WantedBy=timers.target
+EOF
+systemctl daemon-reload
+systemctl enable --now inkmcp-pg-backup.timer
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HostArgs:
+    """What every factory host needs from the plane; built by `FactoryPlane`."""
+
+    name: str
+    spec: HostSpec
+    conf: FactoryConfig
+    secrets: FactorySecrets
+    network: pulumi.Output[NetworkStackOutputs]
+    private_ip: pulumi.Output[str]
+    ssh_key_ids: list[pulumi.Output[str]]
+    placement_group_id: pulumi.Output[int]
+    firewall_ids: list[pulumi.Output[int]]
+    role: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class _Host(pulumi.ComponentResource):
+    """Common part of every factory host: a protected Cloud server on the Cloud Network, Docker pools set."""
+
+    server: hcloud.Server
+    prepare: remote.Command
+
+    def _make_server(self, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]]) -> None:
+        self._args = args
+        self._gate = gate
+        self.private_ip = args.private_ip
+        protect = args.conf.protect
+        self.server = hcloud.Server(
+            args.name,
+            name=args.name,
+            server_type=args.spec.server_type,
+            image=args.spec.image,
+            location=args.conf.location,
+            ssh_keys=args.ssh_key_ids,
+            placement_group_id=args.placement_group_id,
+            firewall_ids=args.firewall_ids,
+            networks=[hcloud.ServerNetworkArgs(
+                network_id=args.network.apply(lambda n: n.network_id), ip=args.private_ip)],
+            public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
+            delete_protection=protect,
+            rebuild_protection=protect,
+            labels=labels_for(args.conf.labels, role=args.role, **args.labels),
+            opts=self._child(protect=protect),
+        )
+        pools = [p.model_dump() for p in args.conf.docker_address_pools]
+        self.prepare = self._command("prepare", shell(docker_pools_script(pools)))
+
+    def _child(self, *, protect: bool = False, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
+        deps: pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]]] = (
+            self._gate.apply(lambda g: [*g, *depends_on]) if depends_on else self._gate
+        )
+        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=deps)
+
+    @property
+    def connection(self) -> remote.ConnectionArgs:
+        return connection(self.server.ipv4_address, self._args.secrets.ssh_private_key)
+
+    def _command(self, step: str, create: pulumi.Input[str], *, stdin: pulumi.Input[str] | None = None,
+                 after: Sequence[pulumi.Resource] = ()) -> remote.Command:
+        """A remote step on this host; it runs after the server exists and after `after`."""
+        return remote.Command(
+            f"{self._args.name}-{step}",
+            connection=self.connection,
+            create=create,
+            stdin=stdin,
+            add_previous_output_in_env=False,
+            opts=self._child(depends_on=[self.server, *after]),
+        )
+
+    def _volume(self, spec: VolumeHostSpec, mountpoint: str) -> remote.Command:
+        protect = self._args.conf.protect
+        self.volume = hcloud.Volume(
+            f"{self._args.name}-data",
+            name=f"{self._args.name}-data",
+            size=spec.volume_size_gb,
+            location=self._args.conf.location,
+            format="ext4",
+            delete_protection=protect,
+            labels=labels_for(self._args.conf.labels, role=self._args.role),
+            opts=self._child(protect=protect),
+        )
+        self.attachment = hcloud.VolumeAttachment(
+            f"{self._args.name}-data",
+            volume_id=self.volume.id.apply(int),
+            server_id=self.server.id.apply(int),
+            automount=False,
+            opts=self._child(depends_on=[self.server, self.volume]),
+        )
+        return self._command("mount", self.volume.id.apply(lambda i: shell(volume_mount_script(i, mountpoint))),
+                             after=[self.attachment, self.prepare])
+
+
+class CoolifyMaster(_Host):
+    """The Coolify master: installed once, API switched on, S3 backups registered when a token is set."""
+
+    def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:factory:CoolifyMaster", name, None, opts)
+        self._make_server(args, gate)
+        s = args.secrets
+        self.install = self._command(
+            "install-coolify", shell(coolify_install_script(args.conf)),
+            stdin=secret_stdin({"ROOT_USER_PASSWORD": s.coolify_root_password}), after=[self.prepare])
+        self.enable_api = self._command("enable-api", shell(COOLIFY_ENABLE_API), after=[self.install])
+        self.s3_backup: remote.Command | None = None
+        if args.conf.s3_backup is not None and s.coolify_api_token is not None:
+            assert s.s3_access_key is not None and s.s3_secret_key is not None
+            self.s3_backup = self._command(
+                "s3-backup", shell(coolify_s3_script(args.conf)),
+                stdin=secret_stdin({"COOLIFY_API_TOKEN": s.coolify_api_token, "S3_ACCESS_KEY": s.s3_access_key,
+                                    "S3_SECRET_KEY": s.s3_secret_key}),
+                after=[self.enable_api])
+        self.url = self.server.ipv4_address.apply(lambda ip: f"http://{ip}:8000")
+        self.register_outputs({"ipv4": self.server.ipv4_address, "private_ip": args.private_ip, "url": self.url})
+
+
+class BuildServer(_Host):
+    """Separate build server so image builds never starve the master or live apps (NOTES.md §e)."""
+
+    def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:factory:BuildServer", name, None, opts)
+        self._make_server(args, gate)
+        self.register_outputs({"ipv4": self.server.ipv4_address, "private_ip": args.private_ip})
+
+
+class RegistryHost(_Host):
+    """Private registry whose blobs live on a Hetzner Volume (block storage): a rebuild keeps the images."""
+
+    def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:factory:Registry", name, None, opts)
+        self._make_server(args, gate)
+        self.mount = self._volume(args.conf.registry, "/var/lib/registry")
+        self.run = self._command("registry", args.private_ip.apply(lambda ip: shell(registry_script(args.conf, ip))),
+                                 after=[self.mount])
+        self.endpoint = args.private_ip.apply(lambda ip: f"{ip}:5000")
+        self.register_outputs({"endpoint": self.endpoint, "volume_id": self.volume.id})
+
+
+class ControlPlanePostgres(_Host):
+    """InkMCP's own Postgres next to Coolify, data on a Volume, nightly dumps to a Hetzner Storage Box."""
+
+    def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:factory:Postgres", name, None, opts)
+        self._make_server(args, gate)
+        conf, s = args.conf, args.secrets
+        self.mount = self._volume(conf.postgres, "/var/lib/postgresql")
+        self.setup = self._command(
+            "postgres",
+            pulumi.Output.all(args.private_ip, args.network).apply(
+                lambda v: shell(postgres_script(conf, v[0], v[1].network_cidr))),
+            stdin=secret_stdin({"POSTGRES_PASSWORD": s.postgres_password}),
+            after=[self.mount])
+        box = conf.storage_box
+        self.storage_box = hcloud.StorageBox(
+            f"{args.name}-backups",
+            name=f"{args.name}-backups",
+            location=box.location,
+            storage_box_type=box.storage_box_type,
+            password=s.storage_box_password,
+            ssh_keys=[box.backup_public_key],
+            access_settings=hcloud.StorageBoxAccessSettingsArgs(
+                ssh_enabled=True, reachable_externally=False, samba_enabled=False, webdav_enabled=False,
+                zfs_enabled=False),
+            snapshot_plan=hcloud.StorageBoxSnapshotPlanArgs(hour=4, minute=0, max_snapshots=box.keep_snapshots),
+            delete_protection=conf.protect,
+            labels=labels_for(conf.labels, role="backups"),
+            opts=self._child(protect=conf.protect),
+        )
+        key_b64 = s.backup_private_key.apply(_b64)
+        self.backups = self._command(
+            "backup-job", shell(backup_script(conf)),
+            stdin=secret_stdin({"BACKUP_PRIVATE_KEY_B64": key_b64,
+                                "STORAGE_BOX_USER": self.storage_box.username,
+                                "STORAGE_BOX_HOST": self.storage_box.server}),
+            after=[self.setup, self.storage_box])
+        self.url = args.private_ip.apply(lambda ip: f"postgresql://{conf.postgres_user}@{ip}:5432/{conf.postgres_database}")
+        self.register_outputs({"url": self.url, "storage_box_host": self.storage_box.server})
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+@dataclass
+class FactoryPlaneArgs:
+    conf: FactoryConfig
+    secrets: FactorySecrets
+    network: pulumi.Output[NetworkStackOutputs]
+    """Validated network outputs, e.g. from `gated_network(ref.outputs, conf.check_against)`."""
+
+
+class FactoryPlane(pulumi.ComponentResource):
+    """The whole factory plane; `stacks/factory/__main__.py` builds exactly one."""
+
+    def __init__(self, name: str, args: FactoryPlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:factory:Plane", name, None, opts)
+        conf, net = args.conf, args.network
+        gate = gate_of(net)
+        prefix = conf.name_prefix
+        child = pulumi.ResourceOptions(parent=self, depends_on=gate)
+
+        self.ssh_keys = [
+            hcloud.SshKey(f"{prefix}-{k.name}", name=f"{prefix}-{k.name}", public_key=k.public_key,
+                          labels=labels_for(conf.labels), opts=child)
+            for k in conf.ssh_keys
+        ]
+        # Spread: master, build, registry and Postgres never share a physical host, so one hardware failure
+        # takes out at most one of them.
+        self.placement_group = hcloud.PlacementGroup(
+            f"{prefix}-factory", name=f"{prefix}-factory", type="spread", labels=labels_for(conf.labels),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=gate, protect=conf.protect))
+        self.master_firewall = hcloud.Firewall(
+            f"{prefix}-master", name=f"{prefix}-master", rules=_firewall_rule_args(master_rules(conf)),
+            labels=labels_for(conf.labels), opts=child)
+        self.internal_firewall = hcloud.Firewall(
+            f"{prefix}-internal", name=f"{prefix}-internal", rules=_firewall_rule_args(internal_rules(conf)),
+            labels=labels_for(conf.labels), opts=child)
+
+        def host_args(host: str, firewall: hcloud.Firewall) -> HostArgs:
+            return HostArgs(
+                name=f"{prefix}-{host}",
+                spec=getattr(conf, host),
+                conf=conf,
+                secrets=args.secrets,
+                network=net,
+                private_ip=net.apply(lambda n, h=host: conf.private_ip(h, n)),
+                ssh_key_ids=[k.id for k in self.ssh_keys],
+                placement_group_id=self.placement_group.id.apply(int),
+                firewall_ids=[firewall.id.apply(int)],
+                role=host,
+            )
+
+        sub = pulumi.ResourceOptions(parent=self)
+        self.master = CoolifyMaster(f"{prefix}-master", host_args("master", self.master_firewall), gate, sub)
+        self.build = BuildServer(f"{prefix}-build", host_args("build", self.internal_firewall), gate, sub)
+        self.registry = RegistryHost(f"{prefix}-registry", host_args("registry", self.internal_firewall), gate, sub)
+        self.postgres = ControlPlanePostgres(
+            f"{prefix}-postgres", host_args("postgres", self.internal_firewall), gate, sub)
+
+        self.outputs: dict[str, pulumi.Input[object]] = {
+            "master_ipv4": self.master.server.ipv4_address,
+            "master_private_ip": self.master.private_ip,
+            "coolify_url": self.master.url,
+            "build_private_ip": self.build.private_ip,
+            "registry_endpoint": self.registry.endpoint,
+            "postgres_url": self.postgres.url,
+            "storage_box_host": self.postgres.storage_box.server,
+            "docker_address_pools": [p.base for p in conf.docker_address_pools],
+        }
+        self.register_outputs(self.outputs)

@@ -1,0 +1,364 @@
+"""Typed configuration of the factory plane (Coolify master, build server, registry, control-plane Postgres).
+
+Everything an operator can get wrong is checked here, before a single resource is registered: a missing
+operator CIDR would lock everyone out of SSH, a Docker address pool inside the Cloud Network would
+blackhole private traffic, an IP offset outside the cloud subnet would fail half-way through `pulumi up`.
+
+Contract with the network stack (`stacks/network`, read through a StackReference). The factory and muscle
+stacks rely on exactly these outputs, and `NetworkStackOutputs` validates them when they arrive:
+
+- ``network_id`` (int): Hetzner Cloud Network id; servers attach to it
+- ``network_cidr`` (str): the Cloud Network's ip_range, e.g. ``10.0.0.0/16``
+- ``cloud_subnet_cidr`` (str): subnet of type ``cloud`` for Cloud servers, e.g. ``10.0.1.0/24``
+- ``vswitch_subnet_cidr`` (str): subnet of type ``vswitch`` bridged to the Robot vSwitch
+- ``vswitch_id`` (int): Robot vSwitch id
+- ``vlan_id`` (int): the vSwitch VLAN, 4000-4091
+- ``vswitch_gateway`` (str, optional): the vSwitch subnet's gateway; default its first host address
+- ``zone_name`` (str or None): the platform's DNS zone, e.g. ``example.com``; the muscle stack needs it
+- ``zone_id`` (str, int or None): the zone's id
+
+Secrets never live in these models: they are read as `pulumi.Output` secrets (see `FactorySecrets`),
+from Pulumi config secrets or, failing that, environment variables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from inkmcp.infra.netcheck import Network, parse_cidr, require_disjoint, require_within
+
+VLAN_MIN, VLAN_MAX = 4000, 4091
+SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+"
+)
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigModel(BaseModel):
+    """camelCase in Pulumi.<stack>.yaml, snake_case in Python; unknown keys are typos, so they fail."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class NetworkStackOutputs(BaseModel):
+    """What the network stack exports (see the module docstring); validated on arrival."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    network_id: int
+    network_cidr: str
+    cloud_subnet_cidr: str
+    vswitch_subnet_cidr: str
+    vswitch_id: int
+    vlan_id: int = Field(ge=VLAN_MIN, le=VLAN_MAX)
+    vswitch_gateway: str | None = None
+    """Gateway of the vSwitch subnet; Hetzner's first host address when the network stack does not say."""
+    zone_name: str | None = None
+    """None when the network stack manages no DNS zone; the factory does not need one, the muscle does."""
+    zone_id: str | None = None
+
+    @field_validator("zone_id", mode="before")
+    @classmethod
+    def _zone_id_as_text(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        # Integers arrive as floats through the engine; 123.0 must become "123", not "123.0".
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+
+    @model_validator(mode="after")
+    def _plan_is_consistent(self) -> NetworkStackOutputs:
+        net = parse_cidr(self.network_cidr, "network_cidr")
+        cloud = parse_cidr(self.cloud_subnet_cidr, "cloud_subnet_cidr")
+        vswitch = parse_cidr(self.vswitch_subnet_cidr, "vswitch_subnet_cidr")
+        require_within(cloud, net, "cloud_subnet_cidr", "network_cidr")
+        require_within(vswitch, net, "vswitch_subnet_cidr", "network_cidr")
+        require_disjoint([("cloud_subnet_cidr", cloud), ("vswitch_subnet_cidr", vswitch)])
+        return self
+
+    @property
+    def network(self) -> Network:
+        return ipaddress.ip_network(self.network_cidr)
+
+    @property
+    def vswitch_gateway_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        if self.vswitch_gateway:
+            return ipaddress.ip_address(self.vswitch_gateway)
+        return self.vswitch_subnet.network_address + 1
+
+    @property
+    def cloud_subnet(self) -> Network:
+        return ipaddress.ip_network(self.cloud_subnet_cidr)
+
+    @property
+    def vswitch_subnet(self) -> Network:
+        return ipaddress.ip_network(self.vswitch_subnet_cidr)
+
+    def platform_networks(self) -> list[tuple[str, Network]]:
+        """Ranges no Docker address pool may touch: traffic to them must leave through the host's NICs."""
+        return [("network_cidr", self.network)]
+
+    @classmethod
+    def parse(cls, raw: Any) -> NetworkStackOutputs:
+        """Validate a StackReference's outputs, naming the network stack in the error so the fix is obvious."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"network stack outputs: expected a mapping, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw)
+        except ValueError as e:
+            raise ValueError(f"network stack outputs break the contract in inkmcp.infra.factory_config: {e}") from e
+
+
+def check_openssh_key(v: str) -> str:
+    v = v.strip()
+    if not SSH_KEY_RE.match(v):
+        raise ValueError("expected an OpenSSH public key line such as 'ssh-ed25519 AAAA... comment'")
+    return v
+
+
+class SshKeySpec(ConfigModel):
+    """An operator's public key; Hetzner installs it for root on every factory host."""
+
+    name: str
+    public_key: str
+
+    @field_validator("public_key")
+    @classmethod
+    def _openssh(cls, v: str) -> str:
+        return check_openssh_key(v)
+
+
+class HostSpec(ConfigModel):
+    """One Cloud server of the plane. `ip_offset` picks its fixed private address inside the cloud subnet,
+    so other planes (run servers pulling from the registry, InkMCP reaching Postgres) can rely on it."""
+
+    server_type: str
+    ip_offset: int = Field(ge=2, description="host number inside the cloud subnet; .1 is Hetzner's gateway")
+    image: str = "debian-12"
+
+
+class VolumeHostSpec(HostSpec):
+    """A host whose data lives on an attached Hetzner Volume (block storage, never a network mount)."""
+
+    volume_size_gb: int = Field(ge=10, le=10240)
+
+
+class DockerPool(ConfigModel):
+    """One entry of Docker's `default-address-pools`."""
+
+    base: str
+    size: int = Field(default=24, ge=16, le=28)
+
+    @field_validator("base")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        parse_cidr(v, "dockerAddressPool.base")
+        return v
+
+    @model_validator(mode="after")
+    def _size_fits(self) -> DockerPool:
+        if self.size < ipaddress.ip_network(self.base).prefixlen:
+            raise ValueError(f"docker pool {self.base}: size /{self.size} is larger than the pool itself")
+        return self
+
+
+def named_pools(pools: list[DockerPool]) -> list[tuple[str, Network]]:
+    return [(f"docker_address_pools[{i}]", parse_cidr(p.base, "docker pool")) for i, p in enumerate(pools)]
+
+
+class S3BackupSpec(ConfigModel):
+    """S3-compatible bucket for Coolify's own database backups (e.g. Hetzner Object Storage).
+    Key and secret are secrets: `s3AccessKey` / `s3SecretKey` in config or INKMCP_S3_* in the environment."""
+
+    name: str = "inkmcp-coolify-backups"
+    endpoint: str
+    bucket: str
+    region: str
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("S3 endpoint must be an https:// URL (credentials travel with every request)")
+        return v
+
+
+class StorageBoxSpec(ConfigModel):
+    """Hetzner Storage Box receiving the control-plane Postgres dumps over SSH (port 23)."""
+
+    storage_box_type: str = "bx11"
+    location: str = "fsn1"
+    backup_public_key: str
+    keep_snapshots: int = Field(default=14, ge=1, le=100)
+
+    @field_validator("backup_public_key")
+    @classmethod
+    def _openssh(cls, v: str) -> str:
+        return check_openssh_key(v)
+
+
+class FactoryConfig(ConfigModel):
+    """The factory plane's whole configuration (`Pulumi.<stack>.yaml`, project `inkmcp-factory`)."""
+
+    network_stack: str = Field(description="fully qualified network stack, e.g. acme/inkmcp-network/prod")
+    name_prefix: str = "inkmcp"
+    location: str = Field(default="fsn1", pattern=r"^(fsn1|nbg1|hel1)$",
+                          description="eu-central only: the one network zone that couples to a vSwitch")
+    operator_cidrs: list[str] = Field(description="who may SSH and reach Coolify's UI; at least one")
+    control_plane_cidrs: list[str] = Field(default_factory=list,
+                                           description="public addresses of InkMCP servers calling Coolify's API")
+    ssh_keys: list[SshKeySpec]
+    master: HostSpec = HostSpec(server_type="cpx31", ip_offset=10)
+    build: HostSpec = HostSpec(server_type="cpx41", ip_offset=11)
+    registry: VolumeHostSpec = VolumeHostSpec(server_type="cpx21", ip_offset=12, volume_size_gb=100)
+    postgres: VolumeHostSpec = VolumeHostSpec(server_type="cpx31", ip_offset=13, volume_size_gb=50)
+    docker_address_pools: list[DockerPool] = [DockerPool(base="172.30.0.0/16", size=24)]
+    coolify_root_username: str = "admin"
+    coolify_root_email: str
+    coolify_version: str | None = Field(default=None, description="pin install.sh to a version; None = latest")
+    registry_image: str = "registry:2"
+    postgres_version: int = Field(default=15, ge=13, le=18)
+    postgres_database: str = Field(default="inkmcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    postgres_user: str = Field(default="inkmcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    storage_box: StorageBoxSpec
+    s3_backup: S3BackupSpec | None = None
+    protect: bool = Field(default=True, description="Pulumi protect + Hetzner delete/rebuild protection")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("name_prefix must be a lowercase DNS label (letters, digits, '-')")
+        return v
+
+    @field_validator("operator_cidrs")
+    @classmethod
+    def _operators(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("operator_cidrs is empty: list at least one operator CIDR, or nobody can SSH in")
+        for c in v:
+            parse_cidr(c, "operator_cidrs")
+        return v
+
+    @field_validator("control_plane_cidrs")
+    @classmethod
+    def _control_plane(cls, v: list[str]) -> list[str]:
+        for c in v:
+            parse_cidr(c, "control_plane_cidrs")
+        return v
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: list[SshKeySpec]) -> list[SshKeySpec]:
+        if not v:
+            raise ValueError("ssh_keys is empty: the servers would have no way in")
+        names = [k.name for k in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ssh_keys: duplicate names in {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _own_plan(self) -> FactoryConfig:
+        offsets = {h: getattr(self, h).ip_offset for h in HOSTS}
+        if len(set(offsets.values())) != len(offsets):
+            raise ValueError(f"hosts share a private ip_offset: {offsets}")
+        pools = named_pools(self.docker_address_pools)
+        require_disjoint(pools)
+        # Operators and control plane reach hosts from outside: if a pool covered them, replies would go
+        # into a Docker bridge instead of out of the NIC.
+        outside = [(f"operator_cidrs[{i}]", parse_cidr(c, "operator_cidrs")) for i, c in enumerate(self.operator_cidrs)]
+        outside += [(f"control_plane_cidrs[{i}]", parse_cidr(c, "cp")) for i, c in enumerate(self.control_plane_cidrs)]
+        for pool in pools:
+            for other in outside:
+                require_disjoint([pool, other])
+        return self
+
+    def check_against(self, net: NetworkStackOutputs) -> None:
+        """Cross-stack checks; raise before anything is created (the component gates every resource on it)."""
+        pools = named_pools(self.docker_address_pools)
+        for pool in pools:
+            for platform in net.platform_networks():
+                require_disjoint([pool, platform])
+        for host in HOSTS:
+            self.private_ip(host, net)
+
+    def private_ip(self, host: str, net: NetworkStackOutputs) -> str:
+        spec: HostSpec = getattr(self, host)
+        subnet = net.cloud_subnet
+        if spec.ip_offset >= subnet.num_addresses - 1:
+            raise ValueError(f"{host}.ip_offset {spec.ip_offset} lies outside cloud_subnet_cidr ({subnet})")
+        return str(subnet.network_address + spec.ip_offset)
+
+
+HOSTS = ("master", "build", "registry", "postgres")
+
+
+@dataclass(frozen=True)
+class FactorySecrets:
+    """Secrets of the factory plane, each a secret Output so it never reaches state or logs in clear."""
+
+    ssh_private_key: pulumi.Output[str]
+    coolify_root_password: pulumi.Output[str]
+    postgres_password: pulumi.Output[str]
+    storage_box_password: pulumi.Output[str]
+    backup_private_key: pulumi.Output[str]
+    coolify_api_token: pulumi.Output[str] | None = None
+    s3_access_key: pulumi.Output[str] | None = None
+    s3_secret_key: pulumi.Output[str] | None = None
+
+
+def read_model(cfg: pulumi.Config, model: type[M]) -> M:
+    """Build `model` from top-level config keys named by its camelCase aliases; pydantic does the rest."""
+    raw: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        # Pulumi stores strings as they are and everything else as JSON: read each the way its type says.
+        value = cfg.get(key) if field.annotation in (str, str | None) else cfg.get_object(key)
+        if value is not None:
+            raw[key] = value
+    return model.model_validate(raw)
+
+
+def secret(cfg: pulumi.Config, key: str, env: str, *, required: bool = True) -> pulumi.Output[str] | None:
+    """A config secret, else the environment variable `env`; either way marked secret."""
+    value = cfg.get_secret(key)
+    if value is not None:
+        return value
+    if env in os.environ:
+        return pulumi.Output.secret(os.environ[env])
+    if required:
+        raise ValueError(f"missing secret: `pulumi config set --secret {key} ...` or export {env}")
+    return None
+
+
+def load_factory(cfg: pulumi.Config) -> tuple[FactoryConfig, FactorySecrets]:
+    conf = read_model(cfg, FactoryConfig)
+
+    def req(key: str, env: str) -> pulumi.Output[str]:
+        out = secret(cfg, key, env)
+        assert out is not None
+        return out
+
+    secrets = FactorySecrets(
+        ssh_private_key=req("sshPrivateKey", "INKMCP_SSH_PRIVATE_KEY"),
+        coolify_root_password=req("coolifyRootPassword", "INKMCP_COOLIFY_ROOT_PASSWORD"),
+        postgres_password=req("postgresPassword", "INKMCP_POSTGRES_PASSWORD"),
+        storage_box_password=req("storageBoxPassword", "INKMCP_STORAGE_BOX_PASSWORD"),
+        backup_private_key=req("backupPrivateKey", "INKMCP_BACKUP_PRIVATE_KEY"),
+        coolify_api_token=secret(cfg, "coolifyApiToken", "INKMCP_COOLIFY_API_TOKEN", required=False),
+        s3_access_key=secret(cfg, "s3AccessKey", "INKMCP_S3_ACCESS_KEY", required=conf.s3_backup is not None),
+        s3_secret_key=secret(cfg, "s3SecretKey", "INKMCP_S3_SECRET_KEY", required=conf.s3_backup is not None),
+    )
+    return conf, secrets

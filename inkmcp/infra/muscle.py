@@ -1,0 +1,336 @@
+"""The muscle plane as Pulumi components: dedicated run servers configured over SSH and registered in Coolify.
+
+    MusclePlane          inkmcp:muscle:Plane       one RunServer per `runServers` entry
+      RunServer          inkmcp:muscle:RunServer   per node, in this order:
+        authorized-key   Coolify's public key for root (Coolify manages servers over SSH)
+        vswitch          netplan VLAN on the vSwitch (MTU 1400) + route to the Cloud Network
+        file-*           hardening/ host files from the renderer (CopyToRemote), then `harden` applies them
+        register         on the Coolify master: POST /servers, wildcard domain, labels (see below)
+        sablier          Sablier server (runc, Docker socket) + the Sablier Traefik plugin flags in the proxy
+        dns              `*.sN.apps.<domain>` A record -> the node's public IP (hcloud ZoneRrset)
+
+Registration in Coolify is a remote.Command run **on the master** with curl against 127.0.0.1:8000:
+- `POST /servers` (name, ip = the node's vSwitch address, `private_key_uuid`, `instant_validate`) when no
+  server with that IP exists; otherwise nothing. Coolify's API (v4.3.x `ServersController`) accepts only
+  name/description/ip/port/user/private_key_uuid/is_build_server/instant_validate: there is no field for a
+  wildcard domain or labels. So the wildcard domain goes into `server_settings.wildcard_domain` through
+  psql in `coolify-db` (what the UI writes), and the labels into the server's description as JSON, which
+  InkMCP's placement can read back from `GET /servers`.
+- delete: `DELETE /servers/{uuid}`. Coolify refuses while the server still hosts resources, so removing a
+  node from config cannot silently orphan tenant apps: the update fails until they are moved.
+- The API token comes on stdin (secret). The delete step runs without stdin, so create leaves the token in
+  a root-only file on the master (root there already owns Coolify's database and keys).
+
+The host files come from the hardening renderer (`inkmcp.nodes.render`, written separately) through the one
+function `host_files()`; tests of the graph mock it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_hcloud as hcloud
+from pulumi_command import remote
+
+from inkmcp.infra.factory import READ_SECRETS, connection, gate_of, secret_stdin, shell
+from inkmcp.infra.factory_config import NetworkStackOutputs
+from inkmcp.infra.muscle_config import VSWITCH_MTU, FactoryStackOutputs, MuscleConfig, MuscleSecrets, RunServer
+
+COOLIFY_TOKEN_FILE = "/root/.inkmcp/coolify-api-token"  # noqa: S105 - a path, not a password
+NETPLAN_PATH = "/etc/netplan/60-inkmcp-vswitch.yaml"
+
+
+# --------------------------------------------------------------------------------------------------
+# The renderer boundary
+# --------------------------------------------------------------------------------------------------
+
+
+def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs,
+                factory: FactoryStackOutputs) -> dict[str, Any]:
+    """Everything the hardening templates need to know about one node (plain data, no secrets)."""
+    return {
+        **conf.hardening,
+        "hostname": node.name,
+        "labels": dict(node.labels),
+        "docker_address_pools": [p.model_dump() for p in conf.docker_address_pools],
+        "docker_mtu": conf.docker_mtu,
+        # Private ranges a tenant must never reach (DOCKER-USER egress rules).
+        "platform_cidrs": [net.network_cidr, net.vswitch_subnet_cidr],
+        "vswitch_interface": f"vlan{net.vlan_id}",
+        "registry": factory.registry_endpoint,
+        "coolify_master_ip": factory.master_private_ip,
+    }
+
+
+def host_files(params: Mapping[str, Any]) -> dict[str, str]:
+    """Rendered host files, `{absolute path on the node: content}`, from `inkmcp.nodes.render`.
+
+    Contract: `inkmcp.nodes.render.render_host_files(params) -> Mapping[str, str]`. Imported lazily so the
+    stack's graph can be built and tested without the renderer; a missing renderer is a clear error.
+    """
+    try:
+        render = importlib.import_module("inkmcp.nodes.render")
+    except ModuleNotFoundError as e:
+        if e.name in ("inkmcp.nodes", "inkmcp.nodes.render"):
+            raise RuntimeError(
+                "inkmcp.nodes.render is missing: the muscle stack needs the hardening renderer "
+                "(hardening/ templates + inkmcp/nodes/render.py) to configure run servers") from e
+        raise
+    fn = getattr(render, "render_host_files", None)
+    if fn is None:
+        raise RuntimeError("inkmcp.nodes.render has no render_host_files(params) -> dict[path, content]")
+    files = dict(fn(dict(params)))
+    for path in files:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"renderer returned {path!r}; host file paths must be absolute and plain")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure renderers for what this module owns
+# --------------------------------------------------------------------------------------------------
+
+
+def netplan_vswitch(node: RunServer, net: NetworkStackOutputs) -> str:
+    """A VLAN interface on the vSwitch, MTU 1400, and the Cloud Network routed via the vSwitch gateway."""
+    subnet = net.vswitch_subnet
+    gateway = net.vswitch_gateway_ip
+    return (
+        "# Managed by the InkMCP muscle stack. The vSwitch carries at most 1400-byte frames (Hetzner).\n"
+        "network:\n"
+        "  version: 2\n"
+        "  vlans:\n"
+        f"    vlan{net.vlan_id}:\n"
+        f"      id: {net.vlan_id}\n"
+        f"      link: {node.interface}\n"
+        f"      mtu: {VSWITCH_MTU}\n"
+        f"      addresses: [\"{node.private_ip}/{subnet.prefixlen}\"]\n"
+        "      routes:\n"
+        f"        - to: \"{net.network_cidr}\"\n"
+        f"          via: \"{gateway}\"\n"
+    )
+
+
+def vswitch_script(content: str) -> str:
+    """Install the netplan file only when it differs, then `netplan generate` (validates) and `apply`."""
+    return f"""
+command -v netplan >/dev/null || {{ echo "netplan not found: run servers must use netplan (Ubuntu)" >&2; exit 1; }}
+tmp=$(mktemp)
+cat > "$tmp" <<'NETPLAN'
+{content}NETPLAN
+if cmp -s "$tmp" {NETPLAN_PATH}; then rm -f "$tmp"; echo "vswitch unchanged"; exit 0; fi
+install -m 600 "$tmp" {NETPLAN_PATH}; rm -f "$tmp"
+netplan generate
+netplan apply
+"""
+
+
+def authorized_key_script(public_key: str) -> str:
+    line = shlex.quote(public_key)
+    return f"""
+install -d -m 700 /root/.ssh
+touch /root/.ssh/authorized_keys; chmod 600 /root/.ssh/authorized_keys
+grep -qxF {line} /root/.ssh/authorized_keys || echo {line} >> /root/.ssh/authorized_keys
+"""
+
+
+def register_script(conf: MuscleConfig, node: RunServer, zone_name: str) -> str:
+    """Idempotent registration on the master (see the module docstring)."""
+    wildcard = f"https://s{node.index}.{conf.apps_subdomain}.{zone_name}"
+    description = "inkmcp:" + json.dumps({"index": node.index, "labels": node.labels}, sort_keys=True)
+    body = {"name": node.name, "description": description, "ip": str(node.private_ip), "port": node.ssh_port,
+            "user": "root", "private_key_uuid": conf.coolify_private_key_uuid, "is_build_server": False,
+            "instant_validate": True}
+    ip = str(node.private_ip)
+    return READ_SECRETS + f"""
+install -d -m 700 /root/.inkmcp
+umask 077; printf '%s' "$COOLIFY_API_TOKEN" > {COOLIFY_TOKEN_FILE}; umask 022
+API=http://127.0.0.1:8000/api/v1
+auth() {{ printf 'header = "Authorization: Bearer %s"\\n' "$(cat {COOLIFY_TOKEN_FILE})"; }}
+uuid=$(curl -fsS -K <(auth) "$API/servers" | jq -r --arg ip {ip} '.[] | select(.ip == $ip) | .uuid' | head -n1)
+if [ -z "$uuid" ]; then
+  uuid=$(printf '%s' {shlex.quote(json.dumps(body, sort_keys=True))} \\
+    | curl -fsS -K <(auth) -H 'Content-Type: application/json' -X POST --data-binary @- "$API/servers" \\
+    | jq -r .uuid)
+else
+  printf '%s' {shlex.quote(json.dumps({"name": node.name, "description": description}, sort_keys=True))} \\
+    | curl -fsS -K <(auth) -H 'Content-Type: application/json' -X PATCH --data-binary @- "$API/servers/$uuid" \\
+    >/dev/null
+fi
+[ -n "$uuid" ] && [ "$uuid" != null ] || {{ echo "registration of {node.name} failed" >&2; exit 1; }}
+# Not in the API: the wildcard domain is a server setting (what Settings > Wildcard Domain writes).
+docker exec coolify-db psql -U coolify -d coolify -v ON_ERROR_STOP=1 -tAc \\
+  "UPDATE server_settings SET wildcard_domain = '{wildcard}'
+   WHERE server_id = (SELECT id FROM servers WHERE uuid = '$uuid')"
+echo "$uuid"
+"""
+
+
+def unregister_script(node: RunServer) -> str:
+    ip = str(node.private_ip)
+    return f"""
+API=http://127.0.0.1:8000/api/v1
+[ -r {COOLIFY_TOKEN_FILE} ] || {{ echo "no token at {COOLIFY_TOKEN_FILE}; remove {node.name} in Coolify" >&2; exit 1; }}
+auth() {{ printf 'header = "Authorization: Bearer %s"\\n' "$(cat {COOLIFY_TOKEN_FILE})"; }}
+uuid=$(curl -fsS -K <(auth) "$API/servers" | jq -r --arg ip {ip} '.[] | select(.ip == $ip) | .uuid' | head -n1)
+[ -z "$uuid" ] && {{ echo "{node.name} not registered"; exit 0; }}
+curl -fsS -K <(auth) -X DELETE "$API/servers/$uuid"
+"""
+
+
+def sablier_script(conf: MuscleConfig) -> str:
+    """Sablier server on the `coolify` network (runc: it needs the Docker socket, which runsc refuses) and the
+    plugin flags in Coolify's proxy compose (custom flags survive Coolify's regeneration, NOTES.md §g)."""
+    image = shlex.quote(conf.sablier_image)
+    v = conf.sablier_plugin_version
+    flags = [
+        "--experimental.plugins.sablier.modulename=github.com/sablierapp/sablier-traefik-plugin",
+        f"--experimental.plugins.sablier.version={v}",
+    ]
+    # Insert each flag after the file-provider watch flag, with that line's indentation and quoting.
+    anchor = r"^\(\s*\)- '\?--providers.file.watch=true'\?$"
+    add_flags = "\n".join(
+        f"grep -qF -- '{f}' \"$compose\" || {{ sed -i \"s|{anchor}|&\\n\\1- '{f}'|\" \"$compose\"; changed=1; }}"
+        for f in flags
+    )
+    return f"""
+# Coolify creates the `coolify` network and its proxy after validating the server; wait for both.
+for _ in $(seq 1 120); do
+  docker network inspect coolify >/dev/null 2>&1 && [ -f /data/coolify/proxy/docker-compose.yml ] && break
+  sleep 5
+done
+docker network inspect coolify >/dev/null
+have=$(docker inspect sablier --format '{{{{.Config.Image}}}}|{{{{.HostConfig.Runtime}}}}' 2>/dev/null || true)
+if [ "$have" != {shlex.quote(conf.sablier_image + "|runc")} ]; then
+  docker rm -f sablier >/dev/null 2>&1 || true
+  docker run -d --name sablier --restart unless-stopped --runtime runc --network coolify \\
+    --label coolify.managed=false -v /var/run/docker.sock:/var/run/docker.sock {image} \\
+    start --provider.name=docker
+fi
+compose=/data/coolify/proxy/docker-compose.yml
+changed=0
+{add_flags}
+grep -qF -- 'sablier.version={v}' "$compose" || {{ echo "could not add the sablier plugin to $compose" >&2; exit 1; }}
+if [ "$changed" = 1 ]; then docker compose -f "$compose" up -d --force-recreate; fi
+"""
+
+
+def _digest(files: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunServerArgs:
+    node: RunServer
+    conf: MuscleConfig
+    secrets: MuscleSecrets
+    network: NetworkStackOutputs
+    factory: FactoryStackOutputs
+    files: Mapping[str, str]
+
+    @property
+    def zone(self) -> str:
+        assert self.network.zone_name, "checked by MuscleConfig.check_against"
+        return self.network.zone_name
+
+
+class RunServerNode(pulumi.ComponentResource):
+    """One dedicated run server: SSH steps in order, Coolify registration, wildcard DNS."""
+
+    def __init__(self, name: str, args: RunServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:muscle:RunServer", name, None, opts)
+        node, conf, s = args.node, args.conf, args.secrets
+        conn = connection(str(node.public_ip), s.ssh_private_key, port=node.ssh_port)
+        master = connection(args.factory.master_ipv4, s.ssh_private_key)
+
+        def cmd(step: str, create: str, *, after: list[pulumi.Resource], on: remote.ConnectionArgs = conn,
+                **kw: Any) -> remote.Command:
+            return remote.Command(f"{name}-{step}", connection=on, create=create, add_previous_output_in_env=False,
+                                  opts=pulumi.ResourceOptions(parent=self, depends_on=after), **kw)
+
+        self.authorized_key = cmd("authorized-key", shell(authorized_key_script(conf.coolify_public_key)), after=[])
+        self.vswitch = cmd("vswitch", shell(vswitch_script(netplan_vswitch(node, args.network))),
+                           after=[self.authorized_key])
+        self.files = [
+            remote.CopyToRemote(
+                f"{name}-file{path.replace('/', '-')}",
+                connection=conn,
+                source=pulumi.StringAsset(content),
+                remote_path=path,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vswitch]),
+            )
+            for path, content in sorted(args.files.items())
+        ]
+        self.harden = cmd("harden", shell(conf.hardening_apply), after=[self.vswitch, *self.files],
+                          triggers=[_digest(args.files)])
+        self.register = cmd(
+            "register", shell(register_script(conf, node, args.zone)),
+            delete=shell(unregister_script(node)),
+            stdin=secret_stdin({"COOLIFY_API_TOKEN": s.coolify_api_token}),
+            on=master, after=[self.harden])
+        self.sablier = cmd("sablier", shell(sablier_script(conf)), after=[self.register])
+        self.dns = hcloud.ZoneRrset(
+            f"{name}-wildcard",
+            zone=args.zone,
+            name=node.wildcard(conf.apps_subdomain),
+            type="A",
+            ttl=conf.dns_ttl,
+            records=[hcloud.ZoneRrsetRecordArgs(value=str(node.public_ip), comment=f"run server {node.name}")],
+            labels={"managed-by": "pulumi", "run-server": node.name},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.fqdn = f"{node.wildcard(conf.apps_subdomain)}.{args.zone}"
+        self.register_outputs({"wildcard": self.fqdn, "public_ip": str(node.public_ip),
+                               "coolify_server": self.register.stdout})
+
+
+@dataclass
+class MusclePlaneArgs:
+    conf: MuscleConfig
+    secrets: MuscleSecrets
+    network: pulumi.Output[NetworkStackOutputs]
+    """Validated, e.g. `gated_network(ref.outputs, conf.check_against)`; gates every resource."""
+    factory: pulumi.Output[FactoryStackOutputs]
+
+
+class MusclePlane(pulumi.ComponentResource):
+    """All run servers. Nodes are created inside one `apply` over the validated stack outputs: their SSH
+    scripts need plain values (addresses, VLAN id), and nothing is registered if validation fails."""
+
+    def __init__(self, name: str, args: MusclePlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inkmcp:muscle:Plane", name, None, opts)
+        conf = args.conf
+        gate = gate_of(args.network)
+
+        def build(values: list[Any]) -> dict[str, str]:
+            net, factory = values[0], values[1]
+            nodes = {}
+            for node in conf.run_servers:
+                files = host_files(host_params(conf, node, net, factory))
+                nodes[node.name] = RunServerNode(
+                    f"run-{node.name}",
+                    RunServerArgs(node=node, conf=conf, secrets=args.secrets, network=net, factory=factory,
+                                  files=files),
+                    pulumi.ResourceOptions(parent=self, depends_on=[]),
+                )
+            self.nodes = nodes
+            return {n: r.fqdn for n, r in nodes.items()}
+
+        self.nodes: dict[str, RunServerNode] = {}
+        self.wildcards = pulumi.Output.all(args.network, args.factory, gate).apply(build)
+        self.register_outputs({"wildcards": self.wildcards})

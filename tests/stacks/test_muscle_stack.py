@@ -1,0 +1,363 @@
+"""The muscle plane under Pulumi's mock runtime: per-node SSH steps, Coolify registration, DNS, bad config.
+
+The hardening renderer (`inkmcp.nodes.render`) is someone else's module: every graph test replaces
+`muscle.host_files` with a fake, so these tests hold whether or not the renderer exists yet.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from inkmcp.infra import muscle
+from inkmcp.infra.factory import gated_network
+from inkmcp.infra.factory_config import DockerPool, NetworkStackOutputs
+from inkmcp.infra.muscle_config import FactoryStackOutputs, MuscleConfig, MuscleSecrets, RunServer
+from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, unwrap_secret
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICoolifyKeyForTestsOnly coolify"
+NETWORK = {
+    "network_id": 4711.0, "network_cidr": "10.0.0.0/16", "cloud_subnet_cidr": "10.0.1.0/24",
+    "vswitch_subnet_cidr": "10.0.2.0/24", "vswitch_id": 99.0, "vlan_id": 4000.0, "zone_name": "example.com",
+    "zone_id": "123",
+}
+FACTORY = {"master_ipv4": "203.0.113.5", "master_private_ip": "10.0.1.10", "registry_endpoint": "10.0.1.12:5000"}
+SSH_KEY, TOKEN = "SENTINEL-ssh-private-key", "SENTINEL-coolify-token"
+FAKE_FILES = {"/etc/docker/daemon.json": '{"mtu": 1400}\n', "/usr/local/lib/inkmcp/harden.sh": "#!/bin/sh\n"}
+REAL_HOST_FILES = muscle.host_files  # kept before the autouse fixture replaces it
+COMMAND, COPY, RRSET = "command:remote:Command", "command:remote:CopyToRemote", "hcloud:index/zoneRrset:ZoneRrset"
+
+
+def node(n: int, **over: Any) -> RunServer:
+    base: dict[str, Any] = {"name": f"run{n}", "public_ip": f"198.51.100.{20 + n}", "private_ip": f"10.0.2.{20 + n}",
+                            "index": n, "interface": "enp0s31f6", "labels": {"tier": "standard"}}
+    base.update(over)
+    return RunServer(**base)
+
+
+def make_conf(servers: list[RunServer] | None = None, **over: Any) -> MuscleConfig:
+    base: dict[str, Any] = {
+        "network_stack": "acme/inkmcp-network/prod", "factory_stack": "acme/inkmcp-factory/prod",
+        "coolify_private_key_uuid": "key-uuid-1", "coolify_public_key": KEY,
+        "run_servers": [node(1), node(2)] if servers is None else servers,
+    }
+    base.update(over)
+    return MuscleConfig(**base)
+
+
+def run(program: Callable[[], Any]) -> None:
+    @pulumi.runtime.test
+    def _program() -> Any:
+        return program()
+
+    _program()
+
+
+def build(conf: MuscleConfig | None = None, network: dict[str, Any] | None = None) -> muscle.MusclePlane:
+    conf = conf or make_conf()
+    holder: dict[str, muscle.MusclePlane] = {}
+
+    def program() -> Any:
+        args = muscle.MusclePlaneArgs(
+            conf=conf,
+            secrets=MuscleSecrets(pulumi.Output.secret(SSH_KEY), pulumi.Output.secret(TOKEN)),
+            network=gated_network(network or NETWORK, conf.check_against),
+            factory=pulumi.Output.from_input(FACTORY).apply(FactoryStackOutputs.parse),
+        )
+        holder["plane"] = muscle.MusclePlane("muscle", args)
+        return holder["plane"].wildcards
+
+    run(program)
+    return holder["plane"]
+
+
+@pytest.fixture(autouse=True)
+def monitor(monkeypatch: pytest.MonkeyPatch) -> RecordingMonitor:
+    monkeypatch.setattr(muscle, "host_files", lambda params: dict(FAKE_FILES))
+    return install()
+
+
+def short(urn: str) -> str:
+    return urn.split("::")[-1]
+
+
+def deps(r: Any) -> list[str]:
+    return [short(d) for d in r.dependencies]
+
+
+# --- graph ------------------------------------------------------------------------------------------
+
+
+def test_graph_per_run_server(monitor: RecordingMonitor) -> None:
+    build()
+    counts: dict[str, int] = {}
+    for t in monitor.types():
+        counts[t] = counts.get(t, 0) + 1
+    # per node: authorized-key, vswitch, harden, register, sablier; 2 files; 1 DNS record
+    assert counts == {"inkmcp:muscle:Plane": 1, "inkmcp:muscle:RunServer": 2, COMMAND: 10, COPY: 4, RRSET: 2}
+    plane = monitor.by_name("muscle")
+    for n in ("run1", "run2"):
+        comp = monitor.by_name(f"run-{n}")
+        assert comp.parent == plane.urn
+        mine = [r for r in monitor.registered if r.name.startswith(f"run-{n}-")]
+        assert len(mine) == 8 and all(r.parent == comp.urn for r in mine)
+        assert not any(r.protect for r in mine)
+
+
+def test_steps_run_in_order(monitor: RecordingMonitor) -> None:
+    build()
+    d = {r.name: deps(r) for r in monitor.registered}
+    assert "run-run1-authorized-key" in d["run-run1-vswitch"]
+    for f in ("run-run1-file-etc-docker-daemon.json", "run-run1-file-usr-local-lib-inkmcp-harden.sh"):
+        assert "run-run1-vswitch" in d[f]
+        assert f in d["run-run1-harden"]
+    assert "run-run1-harden" in d["run-run1-register"]
+    assert "run-run1-register" in d["run-run1-sablier"]
+    # nodes are independent of each other
+    assert not any(x.startswith("run-run2") for x in d["run-run1-register"] + d["run-run1-sablier"])
+
+
+def test_ssh_targets(monitor: RecordingMonitor) -> None:
+    build()
+    for r in monitor.of_type(COMMAND) + monitor.of_type(COPY):
+        conn = r.inputs["connection"]
+        assert is_secret(conn)
+        host = unwrap_secret(conn)["host"]
+        if r.name.endswith("-register"):
+            assert host == FACTORY["master_ipv4"], r.name  # registration runs on the Coolify master
+        else:
+            assert host == ("198.51.100.21" if r.name.startswith("run-run1") else "198.51.100.22"), r.name
+
+
+def test_host_files_are_uploaded_and_reapplied_on_change(monitor: RecordingMonitor) -> None:
+    build()
+    copies = {r.inputs["remotePath"] for r in monitor.of_type(COPY) if r.name.startswith("run-run1")}
+    assert copies == set(FAKE_FILES)
+    harden = monitor.by_name("run-run1-harden").inputs
+    assert harden["triggers"] == [muscle._digest(FAKE_FILES)]
+    assert "harden.sh apply" in harden["create"]
+
+
+def test_dns_record_per_run_server(monitor: RecordingMonitor) -> None:
+    plane = build()
+    records = {r.inputs["name"]: r.inputs for r in monitor.of_type(RRSET)}
+    assert set(records) == {"*.s1.apps", "*.s2.apps"}
+    for idx in (1, 2):
+        rec = records[f"*.s{idx}.apps"]
+        assert rec["zone"] == "example.com" and rec["type"] == "A" and rec["ttl"] == 300
+        assert [v["value"] for v in rec["records"]] == [f"198.51.100.{20 + idx}"]
+    holder: dict[str, Any] = {}
+    run(lambda: plane.wildcards.apply(lambda w: holder.update(w=w)))
+    assert holder["w"] == {"run1": "*.s1.apps.example.com", "run2": "*.s2.apps.example.com"}
+
+
+def test_registration_carries_wildcard_and_labels(monitor: RecordingMonitor) -> None:
+    build()
+    reg = monitor.by_name("run-run1-register").inputs
+    assert "https://s1.apps.example.com" in reg["create"]
+    assert '\\"labels\\": {\\"tier\\": \\"standard\\"}' in reg["create"] or '"tier": "standard"' in reg["create"]
+    assert '"ip": "10.0.2.21"' in reg["create"] and '"private_key_uuid": "key-uuid-1"' in reg["create"]
+    assert "DELETE" in reg["delete"] and "10.0.2.21" in reg["delete"]
+
+
+def test_no_plaintext_secret_in_logged_commands(monitor: RecordingMonitor) -> None:
+    build()
+    for r in monitor.of_type(COMMAND) + monitor.of_type(COPY):
+        for field in ("create", "update", "delete", "triggers", "source"):
+            text = json.dumps(r.inputs.get(field), default=str)
+            assert TOKEN not in text and SSH_KEY not in text, (r.name, field)
+    stdin = monitor.by_name("run-run1-register").inputs["stdin"]
+    assert is_secret(stdin) and unwrap_secret(stdin) == f"COOLIFY_API_TOKEN={TOKEN}\n"
+
+
+def test_adding_a_node_leaves_the_others_alone(monitor: RecordingMonitor) -> None:
+    build(make_conf([node(1)]))
+    def snapshot(m: RecordingMonitor) -> dict[tuple[str, str], str]:
+        return {(r.type, r.name): json.dumps(r.inputs, sort_keys=True, default=lambda a: getattr(a, "text", str(a)))
+                for r in m.registered if r.name.startswith("run-run1")}
+
+    one = snapshot(monitor)
+    monitor2 = install()
+    build(make_conf([node(1), node(3)]))
+    two = snapshot(monitor2)
+    assert one == two
+    assert {r.inputs["name"] for r in monitor2.of_type(RRSET)} == {"*.s1.apps", "*.s3.apps"}
+
+
+def test_no_run_servers_is_a_valid_plane(monitor: RecordingMonitor) -> None:
+    build(make_conf([]))
+    assert monitor.types() == ["inkmcp:muscle:Plane"]
+
+
+# --- what this module renders ---------------------------------------------------------------------------
+
+
+def test_netplan_vlan_fits_the_vswitch() -> None:
+    net = NetworkStackOutputs.parse(NETWORK)
+    doc = yaml.safe_load(muscle.netplan_vswitch(node(1), net))
+    vlan = doc["network"]["vlans"]["vlan4000"]
+    assert doc["network"]["version"] == 2
+    assert vlan == {"id": 4000, "link": "enp0s31f6", "mtu": 1400, "addresses": ["10.0.2.21/24"],
+                    "routes": [{"to": "10.0.0.0/16", "via": "10.0.2.1"}]}
+
+
+def test_host_params_tell_the_renderer_the_plan() -> None:
+    conf = make_conf()
+    params = muscle.host_params(conf, node(1), NetworkStackOutputs.parse(NETWORK), FactoryStackOutputs.parse(FACTORY))
+    assert params["docker_mtu"] == 1400
+    assert params["docker_address_pools"] == [{"base": "172.30.0.0/16", "size": 24}]
+    assert params["platform_cidrs"] == ["10.0.0.0/16", "10.0.2.0/24"]
+    assert params["registry"] == "10.0.1.12:5000" and params["labels"] == {"tier": "standard"}
+
+
+@pytest.fixture
+def no_renderer(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(sys.modules, "inkmcp.nodes.render", None)  # import raises ModuleNotFoundError
+    yield
+
+
+def test_host_files_without_renderer_is_a_clear_error(no_renderer: None) -> None:
+    with pytest.raises(RuntimeError, match=r"inkmcp\.nodes\.render is missing"):
+        REAL_HOST_FILES({"hostname": "run1"})
+
+
+def test_host_files_uses_the_renderer_and_checks_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("inkmcp.nodes.render")
+    fake.render_host_files = lambda params: {"/etc/ssh/sshd_config.d/inkmcp.conf": f"# {params['hostname']}\n"}
+    monkeypatch.setitem(sys.modules, "inkmcp.nodes.render", fake)
+    assert REAL_HOST_FILES({"hostname": "run1"}) == {"/etc/ssh/sshd_config.d/inkmcp.conf": "# run1\n"}
+    fake.render_host_files = lambda params: {"etc/relative": "x"}
+    with pytest.raises(ValueError, match="must be absolute"):
+        REAL_HOST_FILES({})
+
+
+def test_sablier_script_adds_the_plugin_once(tmp_path: Path) -> None:
+    """Run the proxy-editing part of the script for real against a Coolify-shaped compose file."""
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        "services:\n  traefik:\n    command:\n      - '--providers.file.directory=/traefik/dynamic/'\n"
+        "      - '--providers.file.watch=true'\n"
+        "      - '--certificatesresolvers.letsencrypt.acme.httpchallenge=true'\n")
+    script = muscle.sablier_script(make_conf())
+    part = script[script.index("compose="):script.index('if [ "$changed" = 1 ]')]
+    part = part.replace("compose=/data/coolify/proxy/docker-compose.yml", f"compose={compose}")
+    for _ in range(2):  # idempotent: the second run changes nothing
+        subprocess.run(["bash", "-euo", "pipefail", "-c", part], check=True, timeout=10)
+    doc = yaml.safe_load(compose.read_text())
+    cmd = doc["services"]["traefik"]["command"]
+    assert cmd.count("--experimental.plugins.sablier.version=v1.3.0") == 1
+    assert "--experimental.plugins.sablier.modulename=github.com/sablierapp/sablier-traefik-plugin" in cmd
+    assert cmd.index("--providers.file.watch=true") < cmd.index("--experimental.plugins.sablier.version=v1.3.0")
+    assert "--runtime runc" in script and "-v /var/run/docker.sock:/var/run/docker.sock" in script
+
+
+# --- bad config --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("servers", "message"), [
+    ([node(1), node(1, public_ip="198.51.100.99", private_ip="10.0.2.99", index=9)], "share name run1"),
+    ([node(1), node(2, public_ip="198.51.100.21")], "share public_ip 198.51.100.21"),
+    ([node(1), node(2, private_ip="10.0.2.21")], "share private_ip 10.0.2.21"),
+    ([node(1), node(2, index=1)], "share index 1"),
+])
+def test_run_server_listed_twice(servers: list[RunServer], message: str, monitor: RecordingMonitor) -> None:
+    with pytest.raises(ValidationError, match=f"run server listed twice: run_servers.0. and run_servers.1. {message}"):
+        make_conf(servers)
+    assert monitor.registered == []
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"docker_mtu": 1500}, "less than or equal to 1400"),
+    ({"docker_address_pools": [DockerPool(base="198.51.100.0/24", size=26)]}, "overlaps run1.public_ip"),
+    ({"coolify_public_key": "nope"}, "OpenSSH public key"),
+    ({"apps_subdomain": "Apps_"}, "DNS labels"),
+])
+def test_bad_config_fails_in_the_schema(over: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        make_conf(**over)
+
+
+def test_bad_node_fields() -> None:
+    with pytest.raises(ValidationError, match="lowercase DNS label"):
+        node(1, name="Run_1")
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        node(0)
+    with pytest.raises(ValidationError, match="valid IPv4"):
+        node(1, private_ip="10.0.2.300")
+
+
+@pytest.mark.parametrize(("conf_over", "servers", "message"), [
+    ({}, [node(1, private_ip="10.0.1.50")], "lies outside vswitch_subnet_cidr"),
+    ({}, [node(1, private_ip="10.0.2.1")], "is the vSwitch subnet's gateway"),
+    ({}, [node(1, private_ip="10.0.2.255")], "network/broadcast"),
+    ({"docker_address_pools": [DockerPool(base="10.0.0.0/8")]}, [], "overlaps network_cidr"),
+])
+def test_bad_plan_across_stacks_creates_nothing(conf_over: dict[str, Any], servers: list[RunServer] | None,
+                                                message: str, monitor: RecordingMonitor) -> None:
+    conf = make_conf(servers, **conf_over)
+    with pytest.raises(Exception):  # noqa: B017 - the engine wraps the ValueError; the message is checked below
+        build(conf)
+    assert [r for r in monitor.registered if r.custom] == []
+    with pytest.raises(ValueError, match=message):
+        conf.check_against(NetworkStackOutputs.parse(NETWORK))
+
+
+def test_run_servers_need_the_dns_zone(monitor: RecordingMonitor) -> None:
+    conf, no_zone = make_conf(), {**NETWORK, "zone_name": None, "zone_id": None}
+    with pytest.raises(Exception):  # noqa: B017 - wrapped by the engine
+        build(conf, no_zone)
+    assert [r for r in monitor.registered if r.custom] == []
+    with pytest.raises(ValueError, match="exports no zone_name"):
+        conf.check_against(NetworkStackOutputs.parse(no_zone))
+    make_conf([]).check_against(NetworkStackOutputs.parse(no_zone))  # no nodes, no zone needed
+
+
+def test_factory_outputs_missing_is_named() -> None:
+    with pytest.raises(ValueError, match="factory stack outputs lack"):
+        FactoryStackOutputs.parse({"master_ipv4": "203.0.113.5"})
+
+
+# --- the stack program -----------------------------------------------------------------------------------
+
+
+def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
+    monitor.mocks.stack_outputs.update({  # type: ignore[attr-defined]
+        "acme/inkmcp-network/prod": NETWORK, "acme/inkmcp-factory/prod": FACTORY})
+    values = {
+        "networkStack": "acme/inkmcp-network/prod", "factoryStack": "acme/inkmcp-factory/prod",
+        "coolifyPrivateKeyUuid": "key-uuid-1", "coolifyPublicKey": KEY,
+        "runServers": [{"name": "run1", "publicIp": "198.51.100.21", "privateIp": "10.0.2.21", "index": 1,
+                        "interface": "enp0s31f6", "labels": {"tier": "standard"}}],
+        "sshPrivateKey": SSH_KEY, "coolifyApiToken": TOKEN,
+    }
+    pulumi.runtime.set_all_config(
+        {f"inkmcp:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()},
+        ["inkmcp:sshPrivateKey", "inkmcp:coolifyApiToken"])
+    run(lambda: runpy.run_path(str(ROOT / "stacks/muscle/__main__.py")))
+    assert len([r for r in monitor.registered if r.type == "pulumi:pulumi:StackReference"]) == 2
+    assert [r.inputs["name"] for r in monitor.of_type(RRSET)] == ["*.s1.apps"]
+
+
+def test_every_muscle_script_passes_shellcheck(tmp_path: Path) -> None:
+    from tests.stacks.test_factory_stack import assert_shellcheck_clean
+
+    conf, net = make_conf(), NetworkStackOutputs.parse(NETWORK)
+    assert_shellcheck_clean({
+        "authorized_key": muscle.authorized_key_script(KEY),
+        "vswitch": muscle.vswitch_script(muscle.netplan_vswitch(node(1), net)),
+        "register": muscle.register_script(conf, node(1), "example.com"),
+        "unregister": muscle.unregister_script(node(1)),
+        "sablier": muscle.sablier_script(conf),
+    }, tmp_path)
