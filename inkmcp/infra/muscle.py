@@ -4,7 +4,8 @@
       RunServer          inkmcp:muscle:RunServer   per node, in this order:
         authorized-key   Coolify's public key for root (Coolify manages servers over SSH)
         vswitch          netplan VLAN on the vSwitch (MTU 1400) + route to the Cloud Network
-        file-*           hardening/ host files from the renderer (CopyToRemote), then `harden` applies them
+        file-*           host files of the hardening plan (CopyToRemote), incl. the gVisor runtime selector
+        harden           modes, then the plan's commands in order (selector install, daemon.json, DOCKER-USER, ...)
         register         on the Coolify master: POST /servers, wildcard domain, labels (see below)
         sablier          Sablier server (runc, Docker socket) + the Sablier Traefik plugin flags in the proxy
         dns              `*.sN.apps.<domain>` A record -> the node's public IP (hcloud ZoneRrset)
@@ -21,17 +22,19 @@ Registration in Coolify is a remote.Command run **on the master** with curl agai
 - The API token comes on stdin (secret). The delete step runs without stdin, so create leaves the token in
   a root-only file on the master (root there already owns Coolify's database and keys).
 
-The host files come from the hardening renderer (`inkmcp.nodes.render`, written separately) through the one
-function `host_files()`; tests of the graph mock it.
+Hardening has one source of truth, `inkmcp.nodes.render.render_plan(HostParams)`, the plan `inkmcp nodes harden`
+applies over fabric too: `host_plan()` builds the node's `HostParams` (`muscle_config.host_params`: platform
+CIDRs from the network stack, Docker pools/MTU, the gVisor selector with the `platformContainers` allow-list),
+every file of the plan is uploaded, and `harden_script()` sets the plan's modes and runs the plan's commands,
+each in its own `sh -c` and stopping at the first failure, exactly as the CLI's apply does. Each command prints
+`changed: ...` only when it changed something, so a re-run on a converged node is silent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +44,15 @@ from pulumi_command import remote
 
 from inkmcp.infra.factory import READ_SECRETS, connection, gate_of, secret_stdin, shell
 from inkmcp.infra.factory_config import NetworkStackOutputs
-from inkmcp.infra.muscle_config import VSWITCH_MTU, FactoryStackOutputs, MuscleConfig, MuscleSecrets, RunServer
+from inkmcp.infra.muscle_config import (
+    VSWITCH_MTU,
+    FactoryStackOutputs,
+    MuscleConfig,
+    MuscleSecrets,
+    RunServer,
+    host_params,
+)
+from inkmcp.nodes.render import HostPlan, render_plan
 
 COOLIFY_TOKEN_FILE = "/root/.inkmcp/coolify-api-token"  # noqa: S105 - a path, not a password
 NETPLAN_PATH = "/etc/netplan/60-inkmcp-vswitch.yaml"
@@ -52,45 +63,25 @@ NETPLAN_PATH = "/etc/netplan/60-inkmcp-vswitch.yaml"
 # --------------------------------------------------------------------------------------------------
 
 
-def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs,
-                factory: FactoryStackOutputs) -> dict[str, Any]:
-    """Everything the hardening templates need to know about one node (plain data, no secrets)."""
-    return {
-        **conf.hardening,
-        "hostname": node.name,
-        "labels": dict(node.labels),
-        "docker_address_pools": [p.model_dump() for p in conf.docker_address_pools],
-        "docker_mtu": conf.docker_mtu,
-        # Private ranges a tenant must never reach (DOCKER-USER egress rules).
-        "platform_cidrs": [net.network_cidr, net.vswitch_subnet_cidr],
-        "vswitch_interface": f"vlan{net.vlan_id}",
-        "registry": factory.registry_endpoint,
-        "coolify_master_ip": factory.master_private_ip,
-    }
-
-
-def host_files(params: Mapping[str, Any]) -> dict[str, str]:
-    """Rendered host files, `{absolute path on the node: content}`, from `inkmcp.nodes.render`.
-
-    Contract: `inkmcp.nodes.render.render_host_files(params) -> Mapping[str, str]`. Imported lazily so the
-    stack's graph can be built and tested without the renderer; a missing renderer is a clear error.
-    """
-    try:
-        render = importlib.import_module("inkmcp.nodes.render")
-    except ModuleNotFoundError as e:
-        if e.name in ("inkmcp.nodes", "inkmcp.nodes.render"):
-            raise RuntimeError(
-                "inkmcp.nodes.render is missing: the muscle stack needs the hardening renderer "
-                "(hardening/ templates + inkmcp/nodes/render.py) to configure run servers") from e
-        raise
-    fn = getattr(render, "render_host_files", None)
-    if fn is None:
-        raise RuntimeError("inkmcp.nodes.render has no render_host_files(params) -> dict[path, content]")
-    files = dict(fn(dict(params)))
-    for path in files:
+def host_plan(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs) -> HostPlan:
+    """The node's hardening plan: files (absolute host paths), their modes, and the ordered commands."""
+    plan = render_plan(host_params(conf, node, net))
+    for path in plan.files:
         if not path.startswith("/") or ".." in path.split("/"):
             raise ValueError(f"renderer returned {path!r}; host file paths must be absolute and plain")
-    return files
+    return plan
+
+
+def harden_script(plan: HostPlan) -> str:
+    """Modes (CopyToRemote does not set them) and the plan's commands, in order. Each command runs in its own
+    `sh -c`, as `inkmcp nodes harden` runs it, so `a && b` inside one fails the step exactly as it fails there."""
+    lines = ["set -e", "# Uploaded files: root-owned with the plan's modes (the selector refuses anything else)."]
+    for path in sorted(plan.files):
+        q = shlex.quote(path)
+        lines.append(f"chown 0:0 {q} && chmod {plan.modes[path]:o} {q}")
+    lines.append("# render_plan(params).commands, in order.")
+    lines += [f"sh -c {shlex.quote(command)}" for command in plan.commands]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,10 +213,12 @@ if [ "$changed" = 1 ]; then docker compose -f "$compose" up -d --force-recreate;
 """
 
 
-def _digest(files: Mapping[str, str]) -> str:
+def plan_digest(plan: HostPlan) -> str:
+    """Changes whenever a file, a mode or a command changes: the `harden` step's trigger."""
     h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    for path in sorted(plan.files):
+        h.update(f"{path}\0{plan.modes[path]:o}\0".encode() + plan.files[path].encode() + b"\0")
+    h.update(harden_script(plan).encode())
     return h.hexdigest()
 
 
@@ -241,7 +234,7 @@ class RunServerArgs:
     secrets: MuscleSecrets
     network: NetworkStackOutputs
     factory: FactoryStackOutputs
-    files: Mapping[str, str]
+    plan: HostPlan
 
     @property
     def zone(self) -> str:
@@ -274,10 +267,10 @@ class RunServerNode(pulumi.ComponentResource):
                 remote_path=path,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vswitch]),
             )
-            for path, content in sorted(args.files.items())
+            for path, content in sorted(args.plan.files.items())
         ]
-        self.harden = cmd("harden", shell(conf.hardening_apply), after=[self.vswitch, *self.files],
-                          triggers=[_digest(args.files)])
+        self.harden = cmd("harden", shell(harden_script(args.plan)), after=[self.vswitch, *self.files],
+                          triggers=[plan_digest(args.plan)])
         self.register = cmd(
             "register", shell(register_script(conf, node, args.zone)),
             delete=shell(unregister_script(node)),
@@ -321,11 +314,10 @@ class MusclePlane(pulumi.ComponentResource):
             net, factory = values[0], values[1]
             nodes = {}
             for node in conf.run_servers:
-                files = host_files(host_params(conf, node, net, factory))
                 nodes[node.name] = RunServerNode(
                     f"run-{node.name}",
                     RunServerArgs(node=node, conf=conf, secrets=args.secrets, network=net, factory=factory,
-                                  files=files),
+                                  plan=host_plan(conf, node, net)),
                     pulumi.ResourceOptions(parent=self, depends_on=[]),
                 )
             self.nodes = nodes

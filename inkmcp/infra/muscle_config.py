@@ -9,6 +9,25 @@ route tenant replies into a bridge.
 
 Reads two stacks: the network stack (contract in `inkmcp.infra.factory_config`, `NetworkStackOutputs`) and
 the factory stack (`FactoryStackOutputs` below: what `FactoryPlane` exports).
+
+Host hardening: `host_params()` turns this config plus the network stack's outputs into the renderer's
+`HostParams` (`inkmcp.nodes.render`), the same model `inkmcp nodes harden --params` takes, so the stack and
+the CLI converge a node to the same files and commands.
+
+gVisor allow-list (`platformContainers`): the runtime selector runs a container under runc only when its
+name matches AND its image ID is pinned here; everything else runs under runsc, and a tenant container
+mounting the Docker socket is refused. So every platform container that needs runc (Coolify's proxy, the
+Sablier server this stack starts, Sentinel if enabled) needs its image ID here. How to obtain one: pull the
+exact image Coolify/this stack runs, on any amd64 Docker host, and print its ID (the config digest, which is
+not the `@sha256:` repo digest):
+
+    docker pull traefik:v3.6                                             # the proxy image Coolify pins
+    docker image inspect --format '{{.Id}}' traefik:v3.6                 # -> sha256:<64 hex>
+    docker inspect --format '{{.Image}}' coolify-proxy                   # or: on a node where it already runs
+
+Same for `sablierImage` and `ghcr.io/coollabsio/sentinel:<version>`. After a Coolify upgrade that moves the
+proxy image, add the new ID (keep the old one until every node runs the new image) and `pulumi up` before
+restarting the proxy: an unknown proxy image is refused (it mounts the Docker socket).
 """
 
 from __future__ import annotations
@@ -32,11 +51,60 @@ from inkmcp.infra.factory_config import (
     secret,
 )
 from inkmcp.infra.netcheck import require_disjoint
+from inkmcp.nodes.render import (
+    HETZNER_RESOLVERS,
+    AddressPool,
+    GvisorParams,
+    HostParams,
+    PlatformContainer,
+    check_image_id,
+)
 
 VSWITCH_MTU = 1400
 """Hetzner vSwitch VLANs carry at most 1400-byte packets (ROBOT-VSWITCH.md §3)."""
 
 LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+REQUIRED_PLATFORM = ("coolify-proxy", "sablier")
+"""Containers every run server runs under runc with the Docker socket: without a pinned image ID the
+selector refuses them and the node serves nothing (proxy) or never scales to zero (Sablier)."""
+
+# HostParams fields the stack derives itself; `hardening` may set any other field.
+STACK_OWNED = {
+    "root": "always / on a run server",
+    "firewall": "always applied on a run server",
+    "services": "always managed on a run server",
+    "private_cidrs": "the network stack's networks (network_cidr, vswitch_subnet_cidr)",
+    "address_pools": "dockerAddressPools",
+    "mtu": "dockerMtu",
+    "runtimes": "the gVisor selector (platformContainers, runscFlags)",
+    "default_runtime": "the gVisor selector",
+    "gvisor": "platformContainers, runscFlags",
+    "dns_resolvers": "dnsResolvers",
+    "ssh_allow_users": "sshAllowUsers",
+}
+
+
+class PlatformContainerSpec(ConfigModel):
+    """One gVisor allow-list entry: Docker name (regex, matched in full) + pinned image IDs (see the
+    module docstring for how to obtain them)."""
+
+    name: str = Field(min_length=1)
+    image_ids: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _pinned(self) -> PlatformContainerSpec:
+        if not self.image_ids:
+            raise ValueError(
+                f"platformContainers entry {self.name!r} has no imageIds: the selector would never run it "
+                "under runc (it would be sandboxed or refused); add its image ID, e.g. "
+                "docker image inspect --format '{{.Id}}' IMAGE")
+        for image_id in self.image_ids:
+            check_image_id(image_id, f"platformContainers entry {self.name!r}")
+        return self
+
+    def to_render(self) -> PlatformContainer:
+        return PlatformContainer(name=self.name, image_ids=list(self.image_ids))
 
 
 class RunServer(ConfigModel):
@@ -102,9 +170,38 @@ class MuscleConfig(ConfigModel):
     sablier_image: str = "sablierapp/sablier:1.16.2"
     sablier_plugin_version: str = "v1.3.0"
     dns_ttl: int = Field(default=300, ge=60, le=86400)
-    hardening_apply: str = Field(default="bash /usr/local/lib/inkmcp/harden.sh apply",
-                                 description="command that applies the uploaded hardening/ files on the node")
-    hardening: dict[str, Any] = Field(default_factory=dict, description="extra parameters for the renderer")
+    platform_containers: list[PlatformContainerSpec] = Field(
+        default_factory=list, description="gVisor allow-list: containers run under runc (name + pinned image IDs)")
+    runsc_flags: list[str] = Field(
+        default_factory=lambda: list(GvisorParams().runsc_flags),
+        description="runsc global flags for tenant sandboxes (add --platform=kvm on bare metal with /dev/kvm)")
+    dns_resolvers: list[ipaddress.IPv4Address] = Field(
+        default_factory=lambda: [ipaddress.IPv4Address(a) for a in HETZNER_RESOLVERS], min_length=1,
+        description="resolvers containers may reach on port 53 (DOCKER-USER)")
+    ssh_allow_users: list[str] = Field(default_factory=lambda: ["root"],
+                                       description="sshd AllowUsers; must keep root (Pulumi and Coolify use it)")
+    hardening: dict[str, Any] = Field(
+        default_factory=dict,
+        description="further HostParams fields (inkmcp.nodes.render), e.g. auto_reboot, log_max_size; "
+                    "fields the stack derives are refused")
+
+    @field_validator("hardening")
+    @classmethod
+    def _hardening_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in STACK_OWNED:
+                raise ValueError(f"hardening.{key} is set by the muscle stack from {STACK_OWNED[key]}")
+            if key not in HostParams.model_fields:
+                raise ValueError(f"hardening.{key} is not a HostParams field (inkmcp.nodes.render); "
+                                 f"known: {', '.join(sorted(set(HostParams.model_fields) - set(STACK_OWNED)))}")
+        return v
+
+    @field_validator("ssh_allow_users")
+    @classmethod
+    def _root_stays(cls, v: list[str]) -> list[str]:
+        if "root" not in v:
+            raise ValueError("sshAllowUsers must include root: Pulumi and Coolify reach run servers as root")
+        return v
 
     @field_validator("coolify_public_key")
     @classmethod
@@ -132,6 +229,18 @@ class MuscleConfig(ConfigModel):
         return servers
 
     @model_validator(mode="after")
+    def _platform(self) -> MuscleConfig:
+        if self.run_servers:
+            names = {p.name for p in self.platform_containers}
+            missing = [n for n in REQUIRED_PLATFORM if n not in names]
+            if missing:
+                raise ValueError(
+                    f"platformContainers lacks {', '.join(missing)}: without a pinned image ID the gVisor selector "
+                    "refuses these platform containers (they mount the Docker socket); see the module docstring "
+                    "of inkmcp.infra.muscle_config for how to get the IDs")
+        return self
+
+    @model_validator(mode="after")
     def _pools(self) -> MuscleConfig:
         pools = named_pools(self.docker_address_pools)
         require_disjoint(pools)
@@ -157,6 +266,36 @@ class MuscleConfig(ConfigModel):
                                  f"vswitch_subnet_cidr ({subnet}) or is its network/broadcast address")
             if s.private_ip == gateway:
                 raise ValueError(f"run server {s.name}: private_ip {s.private_ip} is the vSwitch subnet's gateway")
+            try:
+                host_params(self, s, net)
+            except ValueError as e:  # pydantic's ValidationError is one
+                raise ValueError(f"run server {s.name}: hardening parameters rejected: {e}") from e
+
+
+def platform_cidrs(net: NetworkStackOutputs) -> list[ipaddress.IPv4Network]:
+    """What a tenant container must never reach: the Cloud Network and the vSwitch subnet, collapsed (the
+    vSwitch subnet normally lies inside the Cloud Network; overlapping entries would be redundant rules)."""
+    nets = [n for _, n in net.platform_networks()] + [net.vswitch_subnet]
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    return list(ipaddress.collapse_addresses(v4))
+
+
+def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, root: str = "/") -> HostParams:
+    """The renderer's parameters for one run server (validated by HostParams; no secrets). `root` other
+    than / stages the same files under a directory (tests)."""
+    del node  # nothing node-specific yet; kept so per-node parameters need no signature change
+    return HostParams(
+        **conf.hardening,
+        root=root,
+        private_cidrs=platform_cidrs(net),
+        address_pools=[AddressPool(base=ipaddress.IPv4Network(p.base), size=p.size)
+                       for p in conf.docker_address_pools],
+        mtu=conf.docker_mtu,
+        dns_resolvers=list(conf.dns_resolvers),
+        ssh_allow_users=list(conf.ssh_allow_users),
+        gvisor=GvisorParams(platform=[p.to_render() for p in conf.platform_containers],
+                            runsc_flags=list(conf.runsc_flags)),
+    )
 
 
 @dataclass(frozen=True)

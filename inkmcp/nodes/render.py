@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import posixpath
+import re
 import shlex
 from functools import cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from inkmcp.infra.netcheck import require_disjoint
 HARDENING_DIR = Path(__file__).resolve().parents[2] / "hardening"
 TEMPLATES_DIR = HARDENING_DIR / "templates"
 SCRIPTS_DIR = HARDENING_DIR / "scripts"
+GVISOR_DIR = HARDENING_DIR / "gvisor"
 
 # Where things live on a real host (before the root prefix is added).
 HOST_HARDENING_DIR = "/etc/inkmcp/hardening"
@@ -32,6 +34,104 @@ DOCKER_USER_UNIT = "inkmcp-docker-user.service"
 
 # Hetzner's recursive resolvers (Cloud and Robot): the default DNS we let containers reach.
 HETZNER_RESOLVERS = ["185.12.64.1", "185.12.64.2"]
+
+# gVisor runtime selector (hardening/gvisor/, runbooks/gvisor-decision.md): Docker's default runtime.
+SELECTOR_RUNTIME = "inkmcp"
+SELECTOR_PATH = "/usr/local/lib/inkmcp/inkmcp-runtime"
+SELECTOR_CONFIG = "/etc/inkmcp/runtime-selector.json"
+# install.sh and the selector source it copies from (it looks next to itself), shipped to the host.
+GVISOR_INSTALL_DIR = "/usr/local/lib/inkmcp/gvisor"
+IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def selector_runtimes() -> dict[str, dict[str, Any]]:
+    """The only runtime entry daemon.json may carry with gVisor on (a plain `runsc` entry would let a
+    tenant that asks for it skip the selector's checks)."""
+    return {SELECTOR_RUNTIME: {"path": SELECTOR_PATH, "runtimeArgs": [f"--inkmcp-config={SELECTOR_CONFIG}"]}}
+
+
+def check_image_id(value: str, what: str) -> str:
+    """A Docker image ID as the selector compares it: `sha256:` + 64 hex digits (`docker image inspect
+    --format '{{.Id}}' IMAGE`). Not a repo digest (`image@sha256:...`), which is a different hash."""
+    if not IMAGE_ID_RE.fullmatch(value):
+        raise ValueError(
+            f"{what}: {value!r} is not an image ID (sha256:<64 hex>, from docker image inspect "
+            "--format '{{.Id}}' IMAGE)"
+        )
+    if set(value.removeprefix("sha256:")) == {"0"}:
+        raise ValueError(f"{what}: {value} is a placeholder; put the pinned image's real ID")
+    return value
+
+
+class PlatformContainer(BaseModel):
+    """One allow-list entry of the selector: runc only when the Docker name matches `name` (a regex,
+    matched in full) AND the image ID is one of `image_ids`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    image_ids: list[str]
+
+    @field_validator("name")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"platform container name {v!r} is not a valid regex: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _ids(self) -> PlatformContainer:
+        if not self.image_ids:
+            # The template would accept it (an entry without IDs admits nothing), but then the container
+            # is sandboxed or refused: say so now rather than at `docker start` on the node.
+            raise ValueError(
+                f"platform container {self.name!r} has no image ID: it would never be admitted "
+                "to runc; pin its image ID (docker image inspect --format '{{.Id}}' IMAGE)"
+            )
+        for v in self.image_ids:
+            check_image_id(v, f"platform container {self.name!r}")
+        return self
+
+
+class GvisorParams(BaseModel):
+    """Inputs of hardening/gvisor/runtime-selector.json.j2 (its defaults unless given)."""
+
+    model_config = ConfigDict(extra="forbid")
+    platform: list[PlatformContainer] = Field(default_factory=list)
+    runc_path: str = "/usr/bin/runc"
+    runsc_path: str = "/usr/bin/runsc"
+    runsc_flags: list[str] = Field(default_factory=lambda: ["--network=host", "--host-uds=none"])
+
+    @field_validator("runc_path", "runsc_path")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not v.startswith("/") or v in (SELECTOR_PATH, "/usr/local/sbin/runc"):
+            raise ValueError(f"{v!r}: must be the absolute path of the real runtime, not the selector")
+        return v
+
+    @field_validator("runsc_flags")
+    @classmethod
+    def _flags(cls, v: list[str]) -> list[str]:
+        for flag in v:
+            if not re.fullmatch(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:/=-]*)?", flag):
+                raise ValueError(f"not a runsc global flag: {flag!r}")
+        return v
+
+    def render_config(self) -> str:
+        """runtime-selector.json, rendered by the gVisor design's own template."""
+        text = (
+            _gvisor_env()
+            .get_template("runtime-selector.json.j2")
+            .render(
+                runc_path=self.runc_path,
+                runsc_path=self.runsc_path,
+                runsc_flags=self.runsc_flags,
+                platform=[{"name": p.name, "image_ids": p.image_ids} for p in self.platform],
+            )
+        )
+        json.loads(text)  # fail at render time: on the host an unparsable config refuses every container
+        return text
 
 
 class AddressPool(BaseModel):
@@ -94,6 +194,11 @@ class HostParams(BaseModel):
     auto_reboot_time: str = Field(default="04:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     rp_filter: Literal[1, 2] = 1
 
+    # --- gVisor runtime selector (hardening/gvisor/) ---
+    # None = not managed. Set = the selector program, its config and install.sh are part of the plan, and
+    # runtimes/default_runtime must be the selector's (filled in when both are left empty).
+    gvisor: GvisorParams | None = None
+
     @field_validator("root")
     @classmethod
     def _root_absolute(cls, v: str) -> str:
@@ -139,6 +244,14 @@ class HostParams(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> HostParams:
+        if self.gvisor is not None:
+            if not self.runtimes and self.default_runtime is None:
+                self.runtimes, self.default_runtime = selector_runtimes(), SELECTOR_RUNTIME
+            if self.runtimes != selector_runtimes() or self.default_runtime != SELECTOR_RUNTIME:
+                raise ValueError(
+                    f"with gvisor set, runtimes must be exactly {selector_runtimes()} and default_runtime "
+                    f"{SELECTOR_RUNTIME!r}: any other registered runtime (e.g. runsc) lets a tenant skip the selector"
+                )
         if self.default_runtime and self.default_runtime not in {*self.runtimes, "runc"}:
             raise ValueError(f"default_runtime {self.default_runtime!r} is neither 'runc' nor one of the runtimes")
         # A Docker pool inside a blocked private range would make the reject rules hit container traffic
@@ -216,6 +329,28 @@ def _env() -> jinja2.Environment:
     )
 
 
+@cache
+def _gvisor_env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(GVISOR_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - JSON, every value goes through `tojson`
+    )
+
+
+def _gvisor_files(params: HostParams) -> list[tuple[str, str, int]]:
+    """(host path, content, mode) of the selector set; empty when gVisor is not managed."""
+    if params.gvisor is None:
+        return []
+    selector = (GVISOR_DIR / "runtime_selector.py").read_text()
+    return [
+        (SELECTOR_PATH, selector, 0o755),
+        (SELECTOR_CONFIG, params.gvisor.render_config(), 0o644),
+        (f"{GVISOR_INSTALL_DIR}/install.sh", (GVISOR_DIR / "install.sh").read_text(), 0o755),
+        (f"{GVISOR_INSTALL_DIR}/runtime_selector.py", selector, 0o644),
+    ]
+
+
 def render_host_files(params: HostParams) -> dict[str, str]:
     """Absolute host path (under params.root) -> file content, for every file the hardening owns."""
     files: dict[str, str] = {}
@@ -223,6 +358,8 @@ def render_host_files(params: HostParams) -> dict[str, str]:
         files[params.host_path(path)] = _env().get_template(template).render(p=params)
     for script, path, _mode in _SCRIPTS:
         files[params.host_path(path)] = (SCRIPTS_DIR / script).read_text()
+    for path, content, _mode in _gvisor_files(params):
+        files[params.host_path(path)] = content
     managed = files[params.host_path(f"{HOST_HARDENING_DIR}/daemon.managed.json")]
     json.loads(managed)  # fail at render time, never on the host
     return files
@@ -232,12 +369,16 @@ def render_plan(params: HostParams) -> HostPlan:
     """Files, modes and the ordered converge commands for one host."""
     files = render_host_files(params)
     modes = {params.host_path(path): mode for _src, path, mode in [*_TEMPLATES, *_SCRIPTS]}
+    modes.update({params.host_path(path): mode for path, _content, mode in _gvisor_files(params)})
     q = shlex.quote
     sbin = params.host_path(HOST_SBIN_DIR)
     managed = params.host_path(f"{HOST_HARDENING_DIR}/daemon.managed.json")
     rules = params.host_path(f"{HOST_HARDENING_DIR}/docker-user.rules")
     daemon_json = params.host_path(DAEMON_JSON)
     commands = [f"python3 {q(sbin + '/inkmcp-daemon-json')} merge {q(managed)} {q(daemon_json)}"]
+    if params.gvisor is not None:
+        # Selector first (daemon.json is about to name it), foreign runtimes out after the merge.
+        commands = [*_gvisor_commands(params), *commands, _drop_foreign_runtimes(daemon_json)]
     if params.apply_firewall:
         commands.append(f"{q(sbin + '/inkmcp-docker-user-apply')} {q(rules)}")
     if params.manage_services:
@@ -250,6 +391,49 @@ def render_plan(params: HostParams) -> HostPlan:
         managed_daemon_json=managed,
         rules_file=rules,
     )
+
+
+def _gvisor_commands(params: HostParams) -> list[str]:
+    """Install the selector with the gVisor design's own install.sh (root-owned files, python3, the
+    /usr/local/sbin/runc shadow). Its "unchanged" is swallowed so a converged host stays silent."""
+    assert params.gvisor is not None
+    q = shlex.quote
+    install = params.host_path(f"{GVISOR_INSTALL_DIR}/install.sh")
+    run = f"out=$(bash {q(install)} {q(params.host_path(SELECTOR_CONFIG))} {q(params.root)})"
+    commands = [f'{run} && {{ [ "$out" = unchanged ] || printf \'%s\\n\' "$out"; }}']
+    if params.manage_services:
+        # Without runsc every tenant container fails closed at create: stop here, loudly, instead.
+        runsc = params.gvisor.runsc_path
+        commands.insert(
+            0,
+            f"[ -x {q(runsc)} ] || {{ echo 'runsc not found at {runsc}: install gVisor on this"
+            " host first (runbooks/gvisor-decision.md)' >&2; exit 1; }",
+        )
+    return commands
+
+
+# Runtimes in daemon.json other than the selector's (e.g. left by `runsc install`) survive the deep merge;
+# each one would let a tenant that asks for it by name bypass the selector's checks.
+_DROP_RUNTIMES = """\
+import json, os, sys
+path, keep = sys.argv[1], sys.argv[2]
+with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+extra = sorted(set(data.get("runtimes") or {}) - {keep})
+if extra:
+    data["runtimes"] = {k: v for k, v in data["runtimes"].items() if k == keep}
+    with open(path + ".inkmcp-new", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\\n")
+    os.chmod(path + ".inkmcp-new", 0o644)
+    os.replace(path + ".inkmcp-new", path)
+    names = ", ".join(extra)
+    print(f"changed: {path}: removed runtimes {names} (they would bypass the gVisor selector)")
+"""
+
+
+def _drop_foreign_runtimes(daemon_json: str) -> str:
+    return f"python3 -c {shlex.quote(_DROP_RUNTIMES)} {shlex.quote(daemon_json)} {SELECTOR_RUNTIME}"
 
 
 def _service_commands() -> list[str]:

@@ -1,7 +1,8 @@
 """The muscle plane under Pulumi's mock runtime: per-node SSH steps, Coolify registration, DNS, bad config.
 
-The hardening renderer (`inkmcp.nodes.render`) is someone else's module: every graph test replaces
-`muscle.host_files` with a fake, so these tests hold whether or not the renderer exists yet.
+The host files come from the real hardening renderer (`inkmcp.nodes.render.render_plan`); what they must
+contain (daemon.json runtimes, DOCKER-USER rules, gVisor selector) is checked in
+test_muscle_hardening_contract.py.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import json
 import runpy
 import subprocess
-import sys
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,15 @@ import yaml
 from pydantic import ValidationError
 
 from inkmcp.infra import muscle
-from inkmcp.infra.factory import gated_network
+from inkmcp.infra.factory import gated_network, shell
 from inkmcp.infra.factory_config import DockerPool, NetworkStackOutputs
-from inkmcp.infra.muscle_config import FactoryStackOutputs, MuscleConfig, MuscleSecrets, RunServer
+from inkmcp.infra.muscle_config import (
+    FactoryStackOutputs,
+    MuscleConfig,
+    MuscleSecrets,
+    PlatformContainerSpec,
+    RunServer,
+)
 from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, unwrap_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +40,9 @@ NETWORK = {
 }
 FACTORY = {"master_ipv4": "203.0.113.5", "master_private_ip": "10.0.1.10", "registry_endpoint": "10.0.1.12:5000"}
 SSH_KEY, TOKEN = "SENTINEL-ssh-private-key", "SENTINEL-coolify-token"
-FAKE_FILES = {"/etc/docker/daemon.json": '{"mtu": 1400}\n', "/usr/local/lib/inkmcp/harden.sh": "#!/bin/sh\n"}
-REAL_HOST_FILES = muscle.host_files  # kept before the autouse fixture replaces it
+PROXY_ID, SABLIER_ID = "sha256:" + "1a" * 32, "sha256:" + "2b" * 32
+PLATFORM = [PlatformContainerSpec(name="coolify-proxy", image_ids=[PROXY_ID]),
+            PlatformContainerSpec(name="sablier", image_ids=[SABLIER_ID])]
 COMMAND, COPY, RRSET = "command:remote:Command", "command:remote:CopyToRemote", "hcloud:index/zoneRrset:ZoneRrset"
 
 
@@ -52,6 +58,7 @@ def make_conf(servers: list[RunServer] | None = None, **over: Any) -> MuscleConf
         "network_stack": "acme/inkmcp-network/prod", "factory_stack": "acme/inkmcp-factory/prod",
         "coolify_private_key_uuid": "key-uuid-1", "coolify_public_key": KEY,
         "run_servers": [node(1), node(2)] if servers is None else servers,
+        "platform_containers": PLATFORM,
     }
     base.update(over)
     return MuscleConfig(**base)
@@ -84,9 +91,16 @@ def build(conf: MuscleConfig | None = None, network: dict[str, Any] | None = Non
 
 
 @pytest.fixture(autouse=True)
-def monitor(monkeypatch: pytest.MonkeyPatch) -> RecordingMonitor:
-    monkeypatch.setattr(muscle, "host_files", lambda params: dict(FAKE_FILES))
+def monitor() -> RecordingMonitor:
     return install()
+
+
+def plan_of(n: int = 1, conf: MuscleConfig | None = None) -> Any:
+    return muscle.host_plan(conf or make_conf(), node(n), NetworkStackOutputs.parse(NETWORK))
+
+
+def file_resource(n: int, path: str) -> str:
+    return f"run-run{n}-file{path.replace('/', '-')}"
 
 
 def short(urn: str) -> str:
@@ -105,14 +119,17 @@ def test_graph_per_run_server(monitor: RecordingMonitor) -> None:
     counts: dict[str, int] = {}
     for t in monitor.types():
         counts[t] = counts.get(t, 0) + 1
-    # per node: authorized-key, vswitch, harden, register, sablier; 2 files; 1 DNS record
-    assert counts == {"inkmcp:muscle:Plane": 1, "inkmcp:muscle:RunServer": 2, COMMAND: 10, COPY: 4, RRSET: 2}
+    # per node: authorized-key, vswitch, harden, register, sablier; every file of the plan; 1 DNS record
+    files = len(plan_of().files)
+    assert files >= 13  # 9 hardening files + 4 of the gVisor selector
+    assert counts == {"inkmcp:muscle:Plane": 1, "inkmcp:muscle:RunServer": 2, COMMAND: 10, COPY: 2 * files,
+                      RRSET: 2}
     plane = monitor.by_name("muscle")
     for n in ("run1", "run2"):
         comp = monitor.by_name(f"run-{n}")
         assert comp.parent == plane.urn
         mine = [r for r in monitor.registered if r.name.startswith(f"run-{n}-")]
-        assert len(mine) == 8 and all(r.parent == comp.urn for r in mine)
+        assert len(mine) == 6 + files and all(r.parent == comp.urn for r in mine)
         assert not any(r.protect for r in mine)
 
 
@@ -120,7 +137,8 @@ def test_steps_run_in_order(monitor: RecordingMonitor) -> None:
     build()
     d = {r.name: deps(r) for r in monitor.registered}
     assert "run-run1-authorized-key" in d["run-run1-vswitch"]
-    for f in ("run-run1-file-etc-docker-daemon.json", "run-run1-file-usr-local-lib-inkmcp-harden.sh"):
+    for path in plan_of().files:
+        f = file_resource(1, path)
         assert "run-run1-vswitch" in d[f]
         assert f in d["run-run1-harden"]
     assert "run-run1-harden" in d["run-run1-register"]
@@ -143,11 +161,20 @@ def test_ssh_targets(monitor: RecordingMonitor) -> None:
 
 def test_host_files_are_uploaded_and_reapplied_on_change(monitor: RecordingMonitor) -> None:
     build()
-    copies = {r.inputs["remotePath"] for r in monitor.of_type(COPY) if r.name.startswith("run-run1")}
-    assert copies == set(FAKE_FILES)
+    plan = plan_of()
+    mine = [r for r in monitor.of_type(COPY) if r.name.startswith("run-run1")]
+    copies = {r.inputs["remotePath"]: r.inputs["source"] for r in mine}
+    assert set(copies) == set(plan.files)
+    for path, source in copies.items():
+        assert isinstance(source, pulumi.StringAsset) and source.text == plan.files[path], path
     harden = monitor.by_name("run-run1-harden").inputs
-    assert harden["triggers"] == [muscle._digest(FAKE_FILES)]
-    assert "harden.sh apply" in harden["create"]
+    assert harden["create"] == shell(muscle.harden_script(plan))
+    assert harden["triggers"] == [muscle.plan_digest(plan)]
+    assert "harden.sh" not in harden["create"]  # the old, never-shipped entry point is gone
+    # A changed allow-list (new proxy image) changes the uploaded config and re-triggers harden.
+    newer = make_conf(platform_containers=[*PLATFORM, PlatformContainerSpec(name="coolify-sentinel",
+                                                                           image_ids=["sha256:" + "3c" * 32])])
+    assert muscle.plan_digest(plan_of(conf=newer)) != muscle.plan_digest(plan)
 
 
 def test_dns_record_per_run_server(monitor: RecordingMonitor) -> None:
@@ -215,32 +242,22 @@ def test_netplan_vlan_fits_the_vswitch() -> None:
 
 def test_host_params_tell_the_renderer_the_plan() -> None:
     conf = make_conf()
-    params = muscle.host_params(conf, node(1), NetworkStackOutputs.parse(NETWORK), FactoryStackOutputs.parse(FACTORY))
-    assert params["docker_mtu"] == 1400
-    assert params["docker_address_pools"] == [{"base": "172.30.0.0/16", "size": 24}]
-    assert params["platform_cidrs"] == ["10.0.0.0/16", "10.0.2.0/24"]
-    assert params["registry"] == "10.0.1.12:5000" and params["labels"] == {"tier": "standard"}
-
-
-@pytest.fixture
-def no_renderer(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setitem(sys.modules, "inkmcp.nodes.render", None)  # import raises ModuleNotFoundError
-    yield
-
-
-def test_host_files_without_renderer_is_a_clear_error(no_renderer: None) -> None:
-    with pytest.raises(RuntimeError, match=r"inkmcp\.nodes\.render is missing"):
-        REAL_HOST_FILES({"hostname": "run1"})
-
-
-def test_host_files_uses_the_renderer_and_checks_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("inkmcp.nodes.render")
-    fake.render_host_files = lambda params: {"/etc/ssh/sshd_config.d/inkmcp.conf": f"# {params['hostname']}\n"}
-    monkeypatch.setitem(sys.modules, "inkmcp.nodes.render", fake)
-    assert REAL_HOST_FILES({"hostname": "run1"}) == {"/etc/ssh/sshd_config.d/inkmcp.conf": "# run1\n"}
-    fake.render_host_files = lambda params: {"etc/relative": "x"}
-    with pytest.raises(ValueError, match="must be absolute"):
-        REAL_HOST_FILES({})
+    params = muscle.host_params(conf, node(1), NetworkStackOutputs.parse(NETWORK))
+    assert params.root == "/" and params.apply_firewall and params.manage_services
+    assert params.mtu == 1400
+    assert params.daemon_address_pools() == [{"base": "172.30.0.0/16", "size": 24}]
+    # The vSwitch subnet lies inside the Cloud Network: one blocked range, not two overlapping ones.
+    assert [str(c) for c in params.private_cidrs] == ["10.0.0.0/16"]
+    assert [str(a) for a in params.dns_resolvers] == ["185.12.64.1", "185.12.64.2"]
+    assert params.ssh_allow_users == ["root"] and params.default_runtime == "inkmcp"
+    assert params.gvisor is not None
+    assert [(p.name, p.image_ids) for p in params.gvisor.platform] == [("coolify-proxy", [PROXY_ID]),
+                                                                       ("sablier", [SABLIER_ID])]
+    tuned = muscle.host_params(make_conf(hardening={"auto_reboot": True}, ssh_allow_users=["root", "ops"],
+                                         runsc_flags=["--network=host", "--host-uds=none", "--platform=kvm"]),
+                               node(1), NetworkStackOutputs.parse(NETWORK))
+    assert tuned.auto_reboot and tuned.ssh_allow_users == ["root", "ops"]
+    assert tuned.gvisor is not None and tuned.gvisor.runsc_flags[-1] == "--platform=kvm"
 
 
 def test_sablier_script_adds_the_plugin_once(tmp_path: Path) -> None:
@@ -283,6 +300,12 @@ def test_run_server_listed_twice(servers: list[RunServer], message: str, monitor
     ({"docker_address_pools": [DockerPool(base="198.51.100.0/24", size=26)]}, "overlaps run1.public_ip"),
     ({"coolify_public_key": "nope"}, "OpenSSH public key"),
     ({"apps_subdomain": "Apps_"}, "DNS labels"),
+    ({"platform_containers": PLATFORM[:1]}, "platformContainers lacks sablier"),
+    ({"hardening": {"mtu": 1500}}, r"hardening.mtu is set by the muscle stack from dockerMtu"),
+    ({"hardening": {"auto_rebot": True}}, r"hardening.auto_rebot is not a HostParams field"),
+    ({"ssh_allow_users": ["ops"]}, "must include root"),
+    ({"dns_resolvers": ["dns.example"]}, "valid IPv4"),
+    ({"hardening_apply": "bash harden.sh"}, "Extra inputs"),  # the dead entry point is gone
 ])
 def test_bad_config_fails_in_the_schema(over: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -340,6 +363,8 @@ def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
         "coolifyPrivateKeyUuid": "key-uuid-1", "coolifyPublicKey": KEY,
         "runServers": [{"name": "run1", "publicIp": "198.51.100.21", "privateIp": "10.0.2.21", "index": 1,
                         "interface": "enp0s31f6", "labels": {"tier": "standard"}}],
+        "platformContainers": [{"name": "coolify-proxy", "imageIds": [PROXY_ID]},
+                               {"name": "sablier", "imageIds": [SABLIER_ID]}],
         "sshPrivateKey": SSH_KEY, "coolifyApiToken": TOKEN,
     }
     pulumi.runtime.set_all_config(
@@ -348,6 +373,8 @@ def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
     run(lambda: runpy.run_path(str(ROOT / "stacks/muscle/__main__.py")))
     assert len([r for r in monitor.registered if r.type == "pulumi:pulumi:StackReference"]) == 2
     assert [r.inputs["name"] for r in monitor.of_type(RRSET)] == ["*.s1.apps"]
+    assert PROXY_ID in json.dumps(monitor.by_name(file_resource(1, "/etc/inkmcp/runtime-selector.json")).inputs,
+                                  default=lambda a: getattr(a, "text", str(a)))
 
 
 def test_every_muscle_script_passes_shellcheck(tmp_path: Path) -> None:
@@ -360,4 +387,7 @@ def test_every_muscle_script_passes_shellcheck(tmp_path: Path) -> None:
         "register": muscle.register_script(conf, node(1), "example.com"),
         "unregister": muscle.unregister_script(node(1)),
         "sablier": muscle.sablier_script(conf),
+        "harden": muscle.harden_script(plan_of()),
     }, tmp_path)
+    # The plan's commands, which harden_script wraps in `sh -c` strings shellcheck cannot see into.
+    assert_shellcheck_clean({f"cmd{i}": c for i, c in enumerate(plan_of().commands)}, tmp_path)

@@ -1,0 +1,213 @@
+"""Contract between the muscle stack, the hardening renderer and the gVisor selector, with the real renderer.
+
+What a run server receives from `pulumi up` (CopyToRemote files + the `harden` command) must be exactly
+`render_plan(HostParams)`, the plan `inkmcp nodes harden` applies too; daemon.json must make the selector
+Docker's only runtime; DOCKER-USER must reject the platform networks and the metadata service; and the
+`harden` command, run for real against a staged root, must converge it and be silent the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from inkmcp.infra import muscle
+from inkmcp.infra.factory import shell
+from inkmcp.infra.factory_config import DockerPool, NetworkStackOutputs
+from inkmcp.infra.muscle_config import PlatformContainerSpec, host_params
+from inkmcp.nodes.cli import load_params
+from inkmcp.nodes.render import (
+    GVISOR_DIR,
+    SELECTOR_CONFIG,
+    SELECTOR_PATH,
+    GvisorParams,
+    HostParams,
+    PlatformContainer,
+    render_plan,
+    selector_runtimes,
+)
+from tests.stacks.pulumi_mocks import RecordingMonitor, install
+from tests.stacks.test_muscle_stack import COPY, NETWORK, PROXY_ID, SABLIER_ID, build, make_conf, node
+
+MANAGED = "/etc/inkmcp/hardening/daemon.managed.json"
+RULES = "/etc/inkmcp/hardening/docker-user.rules"
+RUNTIMES = {"inkmcp": {"path": "/usr/local/lib/inkmcp/inkmcp-runtime",
+                       "runtimeArgs": ["--inkmcp-config=/etc/inkmcp/runtime-selector.json"]}}
+
+
+@pytest.fixture
+def monitor() -> RecordingMonitor:
+    return install()
+
+
+def net() -> NetworkStackOutputs:
+    return NetworkStackOutputs.parse(NETWORK)
+
+
+def uploaded(monitor: RecordingMonitor, n: int = 1) -> dict[str, str]:
+    """What the stack copies to run server n: remote path -> text."""
+    out = {}
+    for r in monitor.of_type(COPY):
+        if r.name.startswith(f"run-run{n}-"):
+            source = r.inputs["source"]
+            assert isinstance(source, pulumi.StringAsset)
+            out[r.inputs["remotePath"]] = source.text
+    return out
+
+
+def test_uploaded_files_make_the_selector_dockers_only_runtime(monitor: RecordingMonitor) -> None:
+    build()
+    files = uploaded(monitor)
+    assert files == muscle.host_plan(make_conf(), node(1), net()).files
+    managed = json.loads(files[MANAGED])  # merged into /etc/docker/daemon.json by the harden command
+    assert managed["default-runtime"] == "inkmcp"
+    assert managed["runtimes"] == RUNTIMES
+    assert "runsc" not in managed["runtimes"]
+    assert not any(spec["path"].endswith("runsc") for spec in managed["runtimes"].values())
+    assert managed["default-address-pools"] == [{"base": "172.30.0.0/16", "size": 24}] and managed["mtu"] == 1400
+    harden = monitor.by_name("run-run1-harden").inputs["create"]
+    assert f"merge {MANAGED} /etc/docker/daemon.json" in harden
+
+
+def test_docker_user_rules_reject_platform_networks_and_metadata(monitor: RecordingMonitor) -> None:
+    build()
+    rules = [line for line in uploaded(monitor)[RULES].splitlines() if line.startswith("-A DOCKER-USER")]
+    for iface in ("docker0", "br-+"):
+        # 10.0.0.0/16 = the Cloud Network, which holds the vSwitch subnet 10.0.2.0/24 (collapsed into it).
+        for dest in ("10.0.0.0/16", "169.254.169.254/32"):
+            assert f"-A DOCKER-USER -d {dest} -i {iface} -p tcp -j REJECT --reject-with tcp-reset" in rules
+            assert f"-A DOCKER-USER -d {dest} -i {iface} -j REJECT --reject-with icmp-admin-prohibited" in rules
+    assert rules[0].endswith("--ctstate RELATED,ESTABLISHED -j ACCEPT") and rules[-1] == "-A DOCKER-USER -j RETURN"
+
+
+def test_selector_files_carry_the_allow_list(monitor: RecordingMonitor) -> None:
+    build()
+    files = uploaded(monitor)
+    plan = muscle.host_plan(make_conf(), node(1), net())
+    assert files[SELECTOR_PATH] == (GVISOR_DIR / "runtime_selector.py").read_text()
+    assert plan.modes[SELECTOR_PATH] == 0o755 and plan.modes[SELECTOR_CONFIG] == 0o644
+    cfg = json.loads(files[SELECTOR_CONFIG])
+    assert cfg["platform"] == [{"name": "coolify-proxy", "image_ids": [PROXY_ID]},
+                               {"name": "sablier", "image_ids": [SABLIER_ID]}]
+    assert (cfg["runc"], cfg["runsc"]) == ("/usr/bin/runc", "/usr/bin/runsc")
+    assert cfg["runsc_flags"] == ["--network=host", "--host-uds=none"]
+    assert files["/usr/local/lib/inkmcp/gvisor/install.sh"] == (GVISOR_DIR / "install.sh").read_text()
+
+
+def test_harden_runs_the_plan_commands_in_order(monitor: RecordingMonitor) -> None:
+    build()
+    plan = muscle.host_plan(make_conf(), node(1), net())
+    create = monitor.by_name("run-run1-harden").inputs["create"]
+    assert create == shell(muscle.harden_script(plan))
+    script = muscle.harden_script(plan)
+    assert script.startswith("set -e\n")
+    positions = [script.index(f"sh -c {shlex.quote(c)}\n") for c in plan.commands]
+    assert positions == sorted(positions) and len(plan.commands) >= 8
+    # Modes before any command; the selector is installed before daemon.json names it; Docker reload last.
+    assert script.index(f"chmod 755 {SELECTOR_PATH}") < positions[0]
+    order = [next(i for i, c in enumerate(plan.commands) if key in c)
+             for key in ("runsc not found", "gvisor/install.sh", "inkmcp-daemon-json", "reload docker")]
+    assert order == sorted(order)
+
+
+def test_cli_converges_to_the_same_plan(tmp_path: Path) -> None:
+    """`inkmcp nodes harden --params FILE` with the stack's parameters renders the identical plan."""
+    params = host_params(make_conf(), node(1), net())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    from_cli = render_plan(load_params(path, "/", "root", None, None))
+    stack = muscle.host_plan(make_conf(), node(1), net())
+    assert (from_cli.files, from_cli.modes, from_cli.commands) == (stack.files, stack.modes, stack.commands)
+
+
+def run_harden(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_harden_script_converges_a_staged_root(tmp_path: Path) -> None:
+    """The stack's harden command for real, against a root prefix (no kernel or service steps there)."""
+    if os.geteuid() != 0:
+        pytest.skip("the harden command makes files root-owned (chown 0:0), as on a node")
+    root = tmp_path / "node"
+    plan = render_plan(host_params(make_conf(), node(1), net(), root=str(root)))
+    for path, content in plan.files.items():  # what CopyToRemote leaves: right content, no particular mode
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(content)
+        os.chmod(path, 0o600)
+    daemon_json = root / "etc/docker/daemon.json"
+    coolify = {"default-address-pools": [{"base": "10.0.0.0/8", "size": 24}],
+               "runtimes": {"runsc": {"path": "/usr/bin/runsc"}}, "registry-mirrors": ["https://mirror.example"]}
+    daemon_json.parent.mkdir(parents=True)
+    daemon_json.write_text(json.dumps(coolify))
+
+    first = run_harden(muscle.harden_script(plan))
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "removed runtimes runsc" in first.stdout and f"changed: {daemon_json}" in first.stdout
+    merged = json.loads(daemon_json.read_text())
+    assert merged["default-runtime"] == "inkmcp" and merged["runtimes"] == RUNTIMES
+    assert merged["default-address-pools"] == [{"base": "172.30.0.0/16", "size": 24}]
+    assert merged["registry-mirrors"] == ["https://mirror.example"]  # foreign keys stay
+    assert os.readlink(root / "usr/local/sbin/runc") == "../lib/inkmcp/inkmcp-runtime"
+    for path, mode in plan.modes.items():
+        st = os.stat(path)
+        assert (st.st_mode & 0o777, st.st_uid) == (mode, 0), path
+
+    second = run_harden(muscle.harden_script(plan))
+    assert (second.returncode, second.stdout, second.stderr) == (0, "", "")
+    check = subprocess.run(["bash", str(root / "usr/local/lib/inkmcp/gvisor/install.sh"), "--check",
+                            str(root / SELECTOR_CONFIG.lstrip("/")), str(root)], capture_output=True, text=True,
+                           timeout=30, check=False)
+    assert check.returncode == 0, check.stdout
+
+
+# --- bad combinations fail before anything is touched ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"name": "coolify-proxy"}, "'coolify-proxy' has no imageIds"),
+    ({"name": "coolify-proxy", "image_ids": ["sha256:" + "0" * 64]}, "placeholder"),
+    ({"name": "coolify-proxy", "image_ids": ["traefik@sha256:" + "a" * 64]}, "is not an image ID"),
+    ({"name": "coolify-proxy", "image_ids": ["sha256:ABC"]}, "is not an image ID"),
+])
+def test_allow_list_entry_needs_a_real_image_id(entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        PlatformContainerSpec(**entry)
+    with pytest.raises(ValidationError):
+        PlatformContainer(**{"image_ids": [], **entry})
+
+
+def test_renderer_refuses_an_entry_without_ids_and_extra_runtimes() -> None:
+    with pytest.raises(ValidationError, match="has no image ID"):
+        GvisorParams(platform=[{"name": "sablier", "image_ids": []}])
+    with_runsc = {**selector_runtimes(), "runsc": {"path": "/usr/bin/runsc"}}
+    with pytest.raises(ValidationError, match="lets a tenant skip the selector"):
+        HostParams(gvisor=GvisorParams(), runtimes=with_runsc, default_runtime="inkmcp")
+    with pytest.raises(ValidationError, match="lets a tenant skip the selector"):
+        HostParams(gvisor=GvisorParams(), runtimes=selector_runtimes(), default_runtime="runc")
+    with pytest.raises(ValidationError, match="not the selector"):
+        GvisorParams(runc_path="/usr/local/sbin/runc")
+
+
+def test_pools_overlapping_platform_networks_fail_with_both_ranges_named() -> None:
+    conf = make_conf(docker_address_pools=[DockerPool(base="10.0.128.0/20", size=24)])
+    with pytest.raises(ValueError, match=r"docker_address_pools\[0\] \(10.0.128.0/20\) overlaps network_cidr"):
+        conf.check_against(net())
+    # The renderer's own last line of defence says the same for a hand-written HostParams.
+    with pytest.raises(ValidationError, match="overlaps"):
+        HostParams(private_cidrs=["10.0.0.0/16"], address_pools=[{"base": "10.0.128.0/20", "size": 24}])
+
+
+def test_renderer_rejection_names_the_run_server() -> None:
+    conf = make_conf(hardening={"smtp_ports": list(range(1, 20))})
+    with pytest.raises(ValueError, match=r"(?s)run server run1: hardening parameters rejected: .*smtp_ports"):
+        conf.check_against(net())
