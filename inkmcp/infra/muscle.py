@@ -110,13 +110,28 @@ def netplan_vswitch(node: RunServer, net: NetworkStackOutputs) -> str:
 
 
 def vswitch_script(content: str) -> str:
-    """Install the netplan file only when it differs, then `netplan generate` (validates) and `apply`."""
+    """Install the netplan file only when it differs and only after it validated.
+
+    The file is first generated in a staged copy of /etc/netplan (`netplan generate --root-dir`): netplan
+    resolves `link:` only against NICs declared in netplan, so on a node whose NIC is configured elsewhere
+    the file would be rejected, and installing it first would leave /etc/netplan broken for the next boot.
+    """
     return f"""
 command -v netplan >/dev/null || {{ echo "netplan not found: run servers must use netplan (Ubuntu)" >&2; exit 1; }}
 tmp=$(mktemp)
 cat > "$tmp" <<'NETPLAN'
 {content}NETPLAN
 if cmp -s "$tmp" {NETPLAN_PATH}; then rm -f "$tmp"; echo "vswitch unchanged"; exit 0; fi
+stage=$(mktemp -d)
+mkdir -p "$stage/etc/netplan"
+cp -a /etc/netplan/. "$stage/etc/netplan/"
+install -m 600 "$tmp" "$stage{NETPLAN_PATH}"
+if ! netplan generate --root-dir "$stage" 2>"$stage/error"; then
+  echo "vswitch netplan rejected, /etc/netplan left unchanged: $(cat "$stage/error")" >&2
+  echo "declare the vSwitch NIC in the host's own netplan file first" >&2
+  rm -rf "$stage" "$tmp"; exit 1
+fi
+rm -rf "$stage"
 install -m 600 "$tmp" {NETPLAN_PATH}; rm -f "$tmp"
 netplan generate
 netplan apply

@@ -231,3 +231,122 @@ def node():
         _unmount_under(tmp)
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# An uplink for the daemon's namespace, with stand-in hosts behind it (tests/runtime/test_node_egress.py)
+# --------------------------------------------------------------------------------------------------
+#
+#   daemon ns (node.netns)  uplink0 192.0.2.201/30, default route ->  router ns  192.0.2.202
+#   router ns --/30 from 192.0.2.208/28-- meta ns  169.254.169.254          (tcp 80)
+#                                      -- smtp ns  198.51.100.25            (tcp 25, 465, 587, 80)
+#                                      -- peer ns  10.99.0.5                (tcp 5432, 80, 53)
+#                                                  10.99.0.53 platform resolver (dnsstub udp 53, tcp 53)
+#                                      -- web ns   PUBLIC_ADDR 203.0.113.7  (tcp 80, 443)
+# Every probed port has a listener that answers with "<host>:<port>", so an answer names who answered
+# and a refusal is the firewall's, not a closed port. 10.99.0.0/16 exists only inside these namespaces.
+
+PLATFORM_CIDR = "10.99.0.0/16"
+PLATFORM_DNS = "10.99.0.53"
+INTERNAL_NAME, INTERNAL_ADDR = "db.internal.test", "10.99.0.5"  # known only to the platform resolver
+STANDINS: dict[str, tuple[list[str], list[int]]] = {
+    "meta": (["169.254.169.254"], [80]),
+    "smtp": (["198.51.100.25"], [25, 465, 587, 80]),
+    "peer": ([INTERNAL_ADDR, PLATFORM_DNS], [5432, 80, 53]),
+    "web": ([PUBLIC_ADDR], [80, 443]),
+}
+_LISTENER = """
+import socket, sys, threading
+def serve(s, banner):
+    while True:
+        conn, _ = s.accept()
+        try:
+            conn.sendall(banner)
+        except OSError:
+            pass
+        conn.close()
+for spec in sys.argv[2:]:
+    addr, port = spec.rsplit(":", 1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(64)
+    threading.Thread(target=serve, args=(s, f"{sys.argv[1]}:{port}\\n".encode()), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+@dataclass
+class Uplink:
+    node: Node
+    namespaces: dict[str, str]
+
+    def in_node(self, script: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """A shell command inside the daemon's network namespace (where Docker's chains live)."""
+        return subprocess.run(
+            ["nsenter", f"--net=/var/run/netns/{self.node.netns}", "sh", "-c", script],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def uplink(node):
+    for tool in ("ip", "nsenter", "iptables-save", "iptables-restore"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} missing after scripts/test-docker.sh")
+    tag = f"inkeg{os.getpid()}"
+    namespaces = {name: f"{tag}{name}" for name in ("rtr", *STANDINS)}
+    up = Uplink(node=node, namespaces=namespaces)
+    procs: list[subprocess.Popen] = []
+
+    def sh(*args: str) -> None:
+        r = subprocess.run(list(args), capture_output=True, text=True, timeout=15, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+
+    def start(ns: str, *argv: str) -> None:
+        proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready", f"stand-in in {ns} did not start: {argv}"
+
+    try:
+        for ns in namespaces.values():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        rtr, dn = namespaces["rtr"], node.netns
+        sh("nsenter", f"--net=/var/run/netns/{rtr}", "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        # The node's uplink: one interface and a default route, like eth0 on a run server.
+        sh("ip", "-n", dn, "link", "add", "uplink0", "type", "veth", "peer", "name", "down0", "netns", rtr)
+        sh("ip", "-n", dn, "addr", "add", "192.0.2.201/30", "dev", "uplink0")
+        sh("ip", "-n", dn, "link", "set", "uplink0", "up")
+        sh("ip", "-n", rtr, "addr", "add", "192.0.2.202/30", "dev", "down0")
+        sh("ip", "-n", rtr, "link", "set", "down0", "up")
+        sh("ip", "-n", dn, "route", "add", "default", "via", "192.0.2.202")
+        for i, (name, (addrs, _ports)) in enumerate(STANDINS.items()):
+            ns, base = namespaces[name], 208 + 4 * i
+            sh("ip", "-n", rtr, "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", rtr, "addr", "add", f"192.0.2.{base + 1}/30", "dev", f"v{name}")
+            sh("ip", "-n", rtr, "link", "set", f"v{name}", "up")
+            sh("ip", "-n", ns, "addr", "add", f"192.0.2.{base + 2}/30", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", f"192.0.2.{base + 1}")
+            for addr in addrs:
+                sh("ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", "lo")
+                sh("ip", "-n", rtr, "route", "add", f"{addr}/32", "via", f"192.0.2.{base + 2}")
+        for name, (addrs, ports) in STANDINS.items():
+            start(namespaces[name], sys.executable, "-c", _LISTENER, name,
+                  *(f"{a}:{p}" for a in addrs for p in ports))
+        # The platform's own resolver inside the private range: the DNS allow must come before the
+        # private-network reject, and Docker's DNS forwards to it through DOCKER-USER.
+        start(namespaces["peer"], sys.executable, str(HERE / "dnsstub.py"), PLATFORM_DNS,
+              f"{PUBLIC_NAME}={PUBLIC_ADDR}", f"{INTERNAL_NAME}={INTERNAL_ADDR}")
+        yield up
+    finally:
+        for proc in procs:
+            _stop(proc.pid, wait=5)
+        # Leave the shared daemon's namespace as it was: DOCKER-USER back to Docker's default content.
+        up.in_node("iptables -w 5 -F DOCKER-USER && iptables -w 5 -A DOCKER-USER -j RETURN")
+        for ns in namespaces.values():  # deleting a namespace removes its veths, their peers and routes
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
