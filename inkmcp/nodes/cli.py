@@ -14,8 +14,6 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
-from inkmcp.nodes.apply import apply_host, connect
-from inkmcp.nodes.check import NodeError, check_host
 from inkmcp.nodes.render import HostParams
 
 nodes_app = typer.Typer(no_args_is_help=True, help="Run servers: hardening and drift checks over SSH.")
@@ -71,8 +69,16 @@ def harden(
     timeout: Annotated[float, typer.Option(help="seconds per remote command")] = 60.0,
 ) -> None:
     """Apply the run-server hardening to HOST (or, with --check, report how HOST differs from it)."""
+    # fabric/paramiko load lazily: every other `inkmcp` command would pay ~0.3 s for them at start
+    from inkmcp.nodes.apply import apply_host, connect
+    from inkmcp.nodes.check import NodeError, check_host
+
     host_params = load_params(params, root, user, private_cidr, allow_user)
-    conn = connect(host, user=user, port=port, key_filename=key)
+    try:
+        conn = connect(host, user=user, port=port, key_filename=key)
+    except NodeError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     try:
         if check:
             drift = check_host(conn, host_params, timeout=timeout)
