@@ -19,7 +19,7 @@ from typing import Literal
 from fabric import Connection
 from pydantic import BaseModel
 
-from inkmcp.nodes.render import DOCKER_USER_UNIT, SCRIPTS_DIR, HostParams, HostPlan, render_plan
+from inkmcp.nodes.render import DOCKER_USER_UNIT, SCRIPTS_DIR, SELECTOR_PATH, HostParams, HostPlan, render_plan
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -104,7 +104,7 @@ def file_drift(plan: HostPlan, states: dict[str, tuple[int, str] | None]) -> lis
     return drift
 
 
-def daemon_json_drift(plan: HostPlan, conn: Connection, timeout: float) -> list[Drift]:
+def daemon_json_drift(plan: HostPlan, params: HostParams, conn: Connection, timeout: float) -> list[Drift]:
     target = plan.daemon_json
     text = run(conn, f"cat {shlex.quote(target)} 2>/dev/null || echo __MISSING__", "reading daemon.json", timeout)
     if text.strip() == "__MISSING__":
@@ -116,7 +116,25 @@ def daemon_json_drift(plan: HostPlan, conn: Connection, timeout: float) -> list[
     if not isinstance(current, dict):
         return [Drift(kind="daemon.json", target=target, detail="top level is not a JSON object")]
     managed = json.loads(plan.files[plan.managed_daemon_json])
-    return [Drift(kind="daemon.json", target=target, detail=d) for d in daemon_json_tool().drift(current, managed)]
+    drift = [Drift(kind="daemon.json", target=target, detail=d) for d in daemon_json_tool().drift(current, managed)]
+    if params.gvisor is not None:
+        # Any runtime besides the selector lets a tenant ask for it by name and skip the selector's checks.
+        foreign = sorted(set(current.get("runtimes") or {}) - set(managed.get("runtimes") or {}))
+        if foreign:
+            detail = f"extra runtimes {foreign}: a tenant could select them and bypass the gVisor selector"
+            drift.append(Drift(kind="daemon.json", target=target, detail=detail))
+    return drift
+
+
+def runc_shadow_drift(params: HostParams, conn: Connection, timeout: float) -> list[Drift]:
+    """Docker resolves the reserved runtime name `runc` through PATH: /usr/local/sbin/runc must be the selector,
+    or `--runtime runc` runs a tenant on the host kernel (runbooks/gvisor-decision.md)."""
+    link, want = params.host_path("/usr/local/sbin/runc"), params.host_path(SELECTOR_PATH)
+    have = run(conn, f"test -L {shlex.quote(link)} && readlink -f {shlex.quote(link)} || true", "reading the runc link",
+               timeout).strip()
+    if have != want:
+        return [Drift(kind="file", target=link, detail=f"resolves to {have or 'nothing'} (want {want})")]
+    return []
 
 
 def expected_chain(plan: HostPlan) -> list[str]:
@@ -166,7 +184,9 @@ def check_host(conn: Connection, params: HostParams, timeout: float = DEFAULT_TI
     """Everything that differs from the rendered hardening; an empty list means the host is converged."""
     plan = render_plan(params)
     drift = file_drift(plan, remote_file_states(conn, list(plan.files), timeout))
-    drift += daemon_json_drift(plan, conn, timeout)
+    drift += daemon_json_drift(plan, params, conn, timeout)
+    if params.gvisor is not None:
+        drift += runc_shadow_drift(params, conn, timeout)
     if params.apply_firewall:
         drift += firewall_drift(plan, conn, timeout)
     if params.manage_services:

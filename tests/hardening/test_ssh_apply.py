@@ -139,3 +139,32 @@ def test_hardened_sshd_still_admits_our_client(tmp_path: Path) -> None:
             assert transport.remote_cipher in allowed
     finally:
         stop_pid(server.pid)
+
+
+def test_check_reports_gvisor_bypasses(conn: Connection, tmp_path: Path) -> None:
+    """With the gVisor selector, an extra runtime in daemon.json or a runc that is not the selector are drift:
+    either lets a tenant run on the host kernel (runbooks/gvisor-decision.md)."""
+    from inkmcp.nodes.render import GvisorParams, PlatformContainer
+
+    root = tmp_path / "root"
+    gvisor = GvisorParams(platform=[PlatformContainer(name="coolify-proxy", image_ids=["sha256:" + "ab" * 32])])
+    params = HostParams(root=str(root), dns_resolvers=["198.51.100.53"], private_cidrs=["10.20.0.0/16"],
+                        gvisor=gvisor)
+    apply_host(conn, params, timeout=20)
+    assert check_host(conn, params, timeout=10) == []
+
+    daemon_path = root / "etc/docker/daemon.json"
+    daemon = json.loads(daemon_path.read_text())
+    daemon["runtimes"]["runsc"] = {"path": "/usr/bin/runsc"}  # e.g. `runsc install` run by hand
+    daemon_path.write_text(json.dumps(daemon))
+    (root / "usr/local/sbin/runc").unlink()
+    (root / "usr/local/sbin/runc").symlink_to("/usr/bin/runc")
+
+    drift = [str(d) for d in check_host(conn, params, timeout=10)]
+    assert any("extra runtimes ['runsc']" in d for d in drift), drift
+    assert any(d.startswith("file") and d.split(": ")[1].endswith("/usr/local/sbin/runc") and "resolves to" in d
+               for d in drift), drift
+
+    apply_host(conn, params, timeout=20)
+    assert check_host(conn, params, timeout=10) == []
+    assert "runsc" not in json.loads(daemon_path.read_text())["runtimes"]
