@@ -52,14 +52,21 @@ class ServerProc:
     keys: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    inkmcp: str = INKMCP
+    run_as: tuple[int, int] | None = None  # (uid, gid): run the CLI and the server as this user
+
+    def _user_kwargs(self) -> dict[str, Any]:
+        if self.run_as is None:
+            return {}
+        return {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
 
     @property
     def mcp_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([INKMCP, *args], env=self.env, capture_output=True, text=True, timeout=120,
-                              check=check)
+        return subprocess.run([self.inkmcp, *args], env=self.env, capture_output=True, text=True, timeout=120,
+                              check=check, cwd="/tmp", **self._user_kwargs())
 
     def create_key(self, account: str) -> str:
         out = self.cli("keys", "create", "--account", account).stdout
@@ -72,8 +79,8 @@ class ServerProc:
         assert self.proc is None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([INKMCP, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen([self.inkmcp, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd="/tmp", **self._user_kwargs())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
