@@ -54,22 +54,22 @@ class ProjectService:
         return project
 
     async def list(self, p: Principal) -> tuple[list[ProjectView], int]:
+        """One round trip: the page and the total (a window count) together."""
         svc_count = (
             select(Service.project_id, func.count().label("n")).group_by(Service.project_id).subquery()
         )
         q = (
-            select(Project, func.coalesce(svc_count.c.n, 0), Database.provider)
+            select(Project, func.coalesce(svc_count.c.n, 0), Database.provider, func.count().over())
             .outerjoin(svc_count, svc_count.c.project_id == Project.id)
             .outerjoin(Database, Database.project_id == Project.id)
             .where(Project.account_id == p.account_id)
             .order_by(Project.name)
+            .limit(LIST_LIMIT)
         )
         async with self._sessions() as s:
-            total = (
-                await s.execute(select(func.count()).select_from(Project).where(Project.account_id == p.account_id))
-            ).scalar_one()
-            rows = (await s.execute(q.limit(LIST_LIMIT))).all()
+            rows = (await s.execute(q)).all()
+        total = rows[0][3] if rows else 0
         return [
             ProjectView(name=pr.name, repo_url=pr.repo_url, services=n, database=db, created_at=pr.created_at)
-            for pr, n, db in rows
+            for pr, n, db, _ in rows
         ], total

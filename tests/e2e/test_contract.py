@@ -142,3 +142,13 @@ async def test_metrics_and_audit(server: ServerProc) -> None:
     async with httpx.AsyncClient() as c:
         text = (await c.get(f"http://127.0.0.1:{server.port}/metrics")).text
     assert "inkmcp_tool_calls_total" in text and "inkmcp_running_services" in text
+
+
+async def test_list_projects_is_bounded(server: ServerProc) -> None:
+    key = server.create_key("hoarder")
+    async with mcp_session(server, key) as s:
+        for batch in range(0, 205, 41):
+            await asyncio.gather(*[call(s, "ensure_project", name=f"p{i:03d}") for i in range(batch, batch + 41)])
+        listed = await call(s, "list_projects")
+    assert listed["total"] == 205 and listed["truncated"] is True
+    assert [p["name"] for p in listed["projects"]] == [f"p{i:03d}" for i in range(200)]
