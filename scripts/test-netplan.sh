@@ -9,21 +9,7 @@ set -euo pipefail
 if command -v netplan >/dev/null && [ -x /usr/lib/netplan/generate ]; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "netplan.io is not installed and installing it needs root" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-# Belt and braces: a package postinst must not start services on a test machine.
-policy=/usr/sbin/policy-rc.d
-made_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod 755 "$policy"
-  made_policy=1
-fi
-trap 'if [ "$made_policy" -eq 1 ]; then rm -f "$policy"; fi' EXIT
-apt-get install -y -qq --no-install-recommends netplan.io >/dev/null 2>&1 \
-  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends netplan.io >/dev/null 2>&1; } \
-  || { echo "could not install netplan.io with apt-get" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=apt-install-missing.sh
+. "$(dirname "$0")/apt-install-missing.sh"
+apt_install_missing netplan.io
 command -v netplan >/dev/null || { echo "netplan.io installed but no netplan command found" >&2; exit 1; }
