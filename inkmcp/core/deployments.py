@@ -576,6 +576,9 @@ class DeployService:
 
     async def restore_all(self) -> tuple[int, int]:
         """At start-up: bring live services back and resume interrupted deployments."""
+        # Checkouts belong to pipelines of the previous process (a crash skips their cleanup); resumed
+        # deployments check out again, so whatever is left is garbage.
+        await asyncio.to_thread(shutil.rmtree, self._checkouts, True)
         async with self._sessions() as s:
             live = (
                 await s.execute(
