@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, Field
 
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
@@ -64,8 +66,10 @@ class BuildOutput(BaseModel):
 class _Runner:
     """Runs build steps with one environment, identity, log sink and time budget."""
 
-    def __init__(self, app_dir: Path, env: dict[str, str], log: LogSink, run_as: RunAs | None, timeout: float) -> None:
+    def __init__(self, app_dir: Path, env: dict[str, str], log: LogSink, run_as: RunAs | None, timeout: float,
+                 pid_dir: Path | None = None) -> None:
         self.app_dir = app_dir
+        self.pid_dir = pid_dir
         self.env = env
         self.log = log
         self.run_as = run_as
@@ -88,6 +92,7 @@ class _Runner:
             start_new_session=True,
             **identity,  # type: ignore[arg-type]
         )
+        pid_file = self._record(proc.pid)
         try:
             await asyncio.wait_for(self._pump(proc), timeout=max(self.end - time.monotonic(), 0.01))
         except (TimeoutError, asyncio.CancelledError) as exc:
@@ -101,8 +106,25 @@ class _Runner:
                 fix="make the build faster (fewer or prebuilt dependencies) or check that it does not "
                 "wait for input or start a server",
             ) from None
+        finally:
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise BuildFailed(f"{what} exited with {proc.returncode}.", argument=argument, fix=fix)
+
+    def _record(self, pid: int) -> Path | None:
+        """A pid file per running step, in the format the local provider reaps at start-up: a build left
+        running by a crashed InkMCP is killed (by process group) instead of running on unowned."""
+        if self.pid_dir is None:
+            return None
+        try:
+            created = psutil.Process(pid).create_time()
+            self.pid_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.pid_dir / f"build-{pid}.pid"
+            path.write_text(json.dumps({"pid": pid, "create_time": created}))
+            return path
+        except (psutil.Error, OSError):
+            return None
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         """Forward output line by line; long lines (progress bars, minified code) are split, not lost."""
@@ -283,6 +305,7 @@ async def run_build(
     timeout: float,
     python: str = "/usr/bin/python3",
     cache_dir: Path | None = None,
+    pid_dir: Path | None = None,
 ) -> BuildOutput:
     """Install dependencies and run the build command of `plan` inside `app_dir`.
 
@@ -295,7 +318,7 @@ async def run_build(
     # HOME receives pip/npm caches when no cache_dir is given: keep them out of the app dir.
     home = run_as.home if run_as else str(cache_dir / "home" if cache_dir else venv_root)
     build_env = _base_env(env, home, cache_dir)
-    runner = _Runner(app_dir, build_env, log, run_as, timeout)
+    runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir)
     output = BuildOutput()
 
     if plan.stack == Stack.python and not _has_python_deps(app_dir):

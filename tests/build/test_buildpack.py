@@ -234,3 +234,31 @@ async def test_run_as_unprivileged_user(tenant: tuple[RunAs, Path]) -> None:
     denied = BuildPlan(stack=Stack.none, source="call", build_command="touch /etc/inkmcp-should-not-exist")
     with pytest.raises(BuildFailed):
         await build(denied, app, work / "venvs", run_as=run_as)
+
+
+async def test_running_build_steps_leave_pid_files_a_restart_can_reap(tmp_path: Path) -> None:
+    """A build left running by a crashed InkMCP must be findable: each step records its pid while it runs."""
+    import asyncio
+
+    from inkmcp.providers.compute.local.supervisor import reap_stale
+
+    app, venvs, pids = tmp_path / "app", tmp_path / "venvs", tmp_path / "run"
+    app.mkdir()
+    task = asyncio.ensure_future(build(BuildPlan(stack=Stack.none, source="call", build_command="sleep 30"),
+                                       app, venvs, pid_dir=pids))
+    for _ in range(100):
+        files = list(pids.glob("build-*.pid")) if pids.exists() else []
+        if files:
+            break
+        await asyncio.sleep(0.05)
+    assert len(files) == 1
+    pid = json.loads(files[0].read_text())["pid"]
+    assert _alive(pid)
+    # what a restarted InkMCP does with the leftovers of a crashed one
+    assert reap_stale(pids) == 1
+    with pytest.raises(BuildFailed):
+        await task
+    assert not _alive(pid) and not list(pids.glob("*.pid"))
+
+    await build(BuildPlan(stack=Stack.none, source="call", build_command="true"), app, venvs, pid_dir=pids)
+    assert not list(pids.glob("*.pid"))  # removed when a step ends

@@ -283,7 +283,7 @@ class LocalComputeProvider:
             output = await run_build(
                 request.plan, app_dir, venv_root=svc.layout.venvs, env=env, log=build_log.awrite,
                 run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
-                cache_dir=Path(svc.home) / ".cache",
+                cache_dir=Path(svc.home) / ".cache", pid_dir=svc.layout.run_dir,
             )  # fmt: skip
         except BuildFailed as exc:
             raise ReleaseFailed(Step.building, _with_tail(exc.render(), build_log)) from exc
