@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -27,11 +26,10 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import psutil
 from pydantic import BaseModel, Field
 
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
-from inkmcp.build.process import kill_process_group
+from inkmcp.build.process import kill_process_group, write_pid_file
 from inkmcp.errors import BuildFailed
 
 LogSink = Callable[[str], Awaitable[None]]
@@ -117,14 +115,8 @@ class _Runner:
         running by a crashed InkMCP is killed (by process group) instead of running on unowned."""
         if self.pid_dir is None:
             return None
-        try:
-            created = psutil.Process(pid).create_time()
-            self.pid_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = self.pid_dir / f"build-{pid}.pid"
-            path.write_text(json.dumps({"pid": pid, "create_time": created}))
-            return path
-        except (psutil.Error, OSError):
-            return None
+        path = self.pid_dir / f"build-{pid}.pid"
+        return path if write_pid_file(path, pid) else None
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         """Forward output line by line; long lines (progress bars, minified code) are split, not lost."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from inkmcp.build.plan import RunAs
+from inkmcp.build.process import write_pid_file
 
 LineSink = Callable[[str], None]
 
@@ -272,13 +273,8 @@ class Supervisor:
         self.state = ProcState.stopped
 
     def _record_pid(self, pid: int) -> None:
-        path = self.config.pid_file
-        if path is None:
-            return
-        with contextlib.suppress(psutil.Error, OSError):
-            created = psutil.Process(pid).create_time()
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.write_text(json.dumps({"pid": pid, "create_time": created}))
+        if self.config.pid_file is not None:
+            write_pid_file(self.config.pid_file, pid)
 
     def _clear_pid(self) -> None:
         if self.config.pid_file is not None:
