@@ -211,7 +211,8 @@ async def test_close_leaves_no_processes(make_provider, checkouts, project_ids):
     assert len(family) >= 3
     port = provider.proxy.port
     await provider.close()
-    assert not [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    left = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, [(p, psutil.Process(p).cmdline(), psutil.Process(p).status()) for p in left]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 

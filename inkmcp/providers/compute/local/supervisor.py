@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -256,6 +257,7 @@ class Supervisor:
         proc = self._proc
         if proc is not None and not self._leader_exited.is_set():
             escaped = _escaped_descendants(proc.pid)
+            family = _family(proc.pid)
             _kill_group(proc.pid, signal.SIGTERM)
             _signal_all(escaped, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
@@ -263,6 +265,9 @@ class Supervisor:
             _kill_group(proc.pid, signal.SIGKILL)
             _signal_all(escaped, signal.SIGKILL)
             await self._leader_exited.wait()
+            # Children reparented to init die asynchronously after SIGKILL: stop() returns only once
+            # they are gone, so "stopped" really means nothing of the service still runs.
+            await asyncio.to_thread(_wait_gone, family, 2.0)
         await self._reap()
         if self._watch is not None:
             await self._watch
@@ -326,6 +331,30 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _family(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants, as psutil handles (which detect pid reuse)."""
+    try:
+        leader = psutil.Process(pid)
+        return [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Until every process has exited (a zombie counts: only its parent or init can reap it)."""
+    deadline = time.monotonic() + timeout
+    pending = list(procs)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for p in pending:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    still.append(p)
+        pending = still
+        if pending:
+            time.sleep(0.01)
 
 
 def _escaped_descendants(pid: int) -> list[psutil.Process]:
