@@ -29,6 +29,7 @@ from inkmcp.nodes.apply import apply_host, connect
 from inkmcp.nodes.check import check_host
 from inkmcp.nodes.render import SCRIPTS_DIR
 from tests.hardening.conftest import free_port, in_netns, make_keys, need_netadmin, sshd_config, start_sshd, stop_pid
+from tests.netns import link_standin, sh
 
 TARGETS: dict[str, tuple[list[str], list[int]]] = {
     "meta": (["169.254.169.254"], [80]),
@@ -47,13 +48,6 @@ PROBES: list[tuple[str, int, str]] = [
     ("10.20.0.5", 5432, "refused"),  # private peer (a platform database)
     ("10.20.0.5", 80, "refused"),
 ]
-
-
-def sh(*args: str, check: bool = True) -> str:
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=15)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
 
 
 @dataclass
@@ -120,16 +114,7 @@ def topo() -> Iterator[Topology]:
         sh("ip", "-n", ns["ctr"], "route", "add", "default", "via", "172.30.9.1")
         # One routed /30 link per target, addresses from 192.0.2.0/24 (documentation range).
         for i, (name, (addrs, _ports)) in enumerate(TARGETS.items()):
-            tn, base = ns[name], 4 * i
-            sh("ip", "-n", h, "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", tn)
-            sh("ip", "-n", h, "addr", "add", f"192.0.2.{base + 1}/30", "dev", f"v{name}")
-            sh("ip", "-n", h, "link", "set", f"v{name}", "up")
-            sh("ip", "-n", tn, "addr", "add", f"192.0.2.{base + 2}/30", "dev", "eth0")
-            sh("ip", "-n", tn, "link", "set", "eth0", "up")
-            sh("ip", "-n", tn, "route", "add", "default", "via", f"192.0.2.{base + 1}")
-            for addr in addrs:
-                sh("ip", "-n", tn, "addr", "add", f"{addr}/32", "dev", "lo")
-                sh("ip", "-n", h, "route", "add", f"{addr}/32", "via", f"192.0.2.{base + 2}")
+            link_standin(h, ns[name], name, 4 * i, addrs)
         # What Docker does in the host: forwarding on, FORWARD policy DROP, DOCKER-USER first, then its
         # own accepts for traffic leaving a bridge and replies coming back.
         t.in_host("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")

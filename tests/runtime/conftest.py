@@ -23,6 +23,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from tests.netns import link_standin, sh
+
 REPO = Path(__file__).resolve().parents[2]
 GVISOR = REPO / "hardening" / "gvisor"
 HERE = Path(__file__).resolve().parent
@@ -300,11 +302,6 @@ def uplink(node):
     up = Uplink(node=node, namespaces=namespaces)
     procs: list[subprocess.Popen] = []
 
-    def sh(*args: str) -> None:
-        r = subprocess.run(list(args), capture_output=True, text=True, timeout=15, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-
     def start(ns: str, *argv: str) -> None:
         proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", *argv],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -325,16 +322,7 @@ def uplink(node):
         sh("ip", "-n", rtr, "link", "set", "down0", "up")
         sh("ip", "-n", dn, "route", "add", "default", "via", "192.0.2.202")
         for i, (name, (addrs, _ports)) in enumerate(STANDINS.items()):
-            ns, base = namespaces[name], 208 + 4 * i
-            sh("ip", "-n", rtr, "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "-n", rtr, "addr", "add", f"192.0.2.{base + 1}/30", "dev", f"v{name}")
-            sh("ip", "-n", rtr, "link", "set", f"v{name}", "up")
-            sh("ip", "-n", ns, "addr", "add", f"192.0.2.{base + 2}/30", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "route", "add", "default", "via", f"192.0.2.{base + 1}")
-            for addr in addrs:
-                sh("ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", "lo")
-                sh("ip", "-n", rtr, "route", "add", f"{addr}/32", "via", f"192.0.2.{base + 2}")
+            link_standin(rtr, namespaces[name], name, 208 + 4 * i, addrs)
         for name, (addrs, ports) in STANDINS.items():
             start(namespaces[name], sys.executable, "-c", _LISTENER, name,
                   *(f"{a}:{p}" for a in addrs for p in ports))

@@ -130,3 +130,13 @@ def unwrap_secret(value: Any) -> Any:
 def is_secret(value: Any) -> bool:
     rpc = pulumi.runtime.rpc
     return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def run(program: Callable[[], Any]) -> None:
+    """Run a program under the mocks; returns once every registration has finished (or raises)."""
+
+    @pulumi.runtime.test
+    def _program() -> Any:
+        return program()
+
+    _program()

@@ -6,7 +6,6 @@ import json
 import runpy
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from inkmcp.infra.factory_config import (
     StorageBoxSpec,
     load_factory,
 )
-from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, unwrap_secret
+from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyForTestsOnly ops@example.com"
@@ -72,16 +71,6 @@ def make_secrets(with_token: bool = True) -> FactorySecrets:
     if not with_token:
         s["coolify_api_token"] = None  # type: ignore[assignment]
     return FactorySecrets(**s)
-
-
-def run(program: Callable[[], Any]) -> None:
-    """Run a program under the mocks; returns once every registration has finished (or raises)."""
-
-    @pulumi.runtime.test
-    def _program() -> Any:
-        return program()
-
-    _program()
 
 
 def build(conf: FactoryConfig | None = None, network: dict[str, Any] | None = None,

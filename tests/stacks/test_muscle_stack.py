@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import runpy
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from inkmcp.infra.muscle_config import (
     PlatformContainerSpec,
     RunServer,
 )
-from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, unwrap_secret
+from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICoolifyKeyForTestsOnly coolify"
@@ -62,14 +61,6 @@ def make_conf(servers: list[RunServer] | None = None, **over: Any) -> MuscleConf
     }
     base.update(over)
     return MuscleConfig(**base)
-
-
-def run(program: Callable[[], Any]) -> None:
-    @pulumi.runtime.test
-    def _program() -> Any:
-        return program()
-
-    _program()
 
 
 def build(conf: MuscleConfig | None = None, network: dict[str, Any] | None = None) -> muscle.MusclePlane:
