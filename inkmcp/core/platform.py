@@ -171,14 +171,13 @@ class Platform:
         scope: LogScope,
         service_name: str | None,
         tail: int,
-        deployment_id: str | None = None,
     ) -> LogsView:
+        """Build scope shows the service's latest deployment, the one an agent is fixing."""
         if not 1 <= tail <= MAX_TAIL:
             raise InvalidArgument(f"tail={tail} is out of range.", argument="tail", fix=f"pass 1..{MAX_TAIL}")
         project, svc = await self.deploys.get_service(p, project_name, service_name)
-        if deployment_id is not None:
-            await self.wait_for_deployment(p, deployment_id, timeout=0)  # ownership check
-        elif scope == LogScope.build:
+        deployment_id = None
+        if scope == LogScope.build:
             async with self.sessions() as s:
                 latest = (
                     await s.execute(
