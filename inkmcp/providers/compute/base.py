@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from inkmcp.build.plan import BuildPlan, Mode, ServiceType
+from inkmcp.build.source import SourceWorkspace
 
 
 class Resources(BaseModel):
@@ -54,7 +55,10 @@ class ReleaseRequest(BaseModel):
     service_type: ServiceType
     mode: Mode
     plan: BuildPlan
-    checkout_dir: Path = Field(description="repo checked out at `commit`; the provider may copy or move it")
+    checkout_dir: Path = Field(
+        description="repo checked out at `commit`, in a directory only InkMCP can reach; the provider takes "
+        "it over (moves it), so core must not use it afterwards"
+    )
     repo_url: str
     commit: str
     env: dict[str, SecretStr] = Field(default_factory=dict)
@@ -128,6 +132,13 @@ class ComputeProvider(Protocol):
 
     async def close(self) -> None:
         """Stop everything this provider started, leaving records to core."""
+
+    async def source_workspace(self, project_id: str) -> SourceWorkspace:
+        """Where this project's repos are fetched and with whose rights (created on first use).
+
+        On a shared machine that is the project's own user, so fetching a local path or a mirror
+        never reads anything with InkMCP's (root's) rights.
+        """
 
     def url_for(self, key: ServiceKey) -> str:
         """The URL a service will have, known before it is deployed."""

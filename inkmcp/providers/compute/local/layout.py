@@ -1,17 +1,27 @@
 """Where a service's files live under the provider's data_dir, and who owns them.
 
     data_dir/                          0711 when root (tenants traverse, cannot list)
+      bin/                             root 0755: `python`/`python3` shims for apps without a venv
       homes/<ink-user>/                tenant 0700, the project user's HOME
-      services/<service_id>/           InkMCP, 0711 (root) / 0700
-        releases/<deployment_id>/src/  tenant 0700: the checkout, built in place
+      projects/<project_id>/           root 0711
+        mirrors/                       tenant 0700: git mirrors of this project (git runs as the tenant)
+        locks/                         root 0700: flock files for those mirrors
+      services/<service_id>/           root 0711 (root) / 0700
+        releases/                      root 0711: only root creates release dirs
+          <deployment_id>/             tenant 0700 (made by root through an O_NOFOLLOW fd)
+            src/                       the checkout, built in place; renamed in by root through dir fds
         venvs/                         tenant 0700: buildpack venv_root, reused across releases
-        meta/<deployment_id>.json      InkMCP 0700: build-complete marker + build output env
-        logs/runtime.log[.1]           InkMCP 0700: process output, `name | line`
+        tmp/                           tenant 0700: the service's private /tmp and /var/tmp
+        meta/<deployment_id>.json      root 0700: build-complete marker + build output env
+        meta/venv-<hash>.ok            root 0700: "this venv finished installing" markers
+        logs/runtime.log[.1]           root 0700: process output, `name | line`
         logs/builds/<deployment_id>.log
-        run/*.pid                      InkMCP 0700: live pids, to reap after an InkMCP crash
+        run/*.pid, run/*.lock          root 0700: live pids (reaped after an InkMCP crash), venv locks
 
-Everything InkMCP itself writes sits in directories the tenant cannot write, so a tenant cannot
-plant a symlink that makes a root-owned write land somewhere else.
+The rule (docs/trust-boundary.md): every directory root writes into or names an entry of is one
+only root can write. A tenant owns only leaves of this tree (its release dirs, venvs, tmp, mirrors,
+home), and root reaches into those only through `safefs` (no-follow, fd-relative), so a symlink a
+tenant plants can never redirect a root write, chown or rename.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from pathlib import Path
 
 from inkmcp.build.plan import RunAs
 from inkmcp.errors import InvalidArgument
+from inkmcp.safefs import ensure_owned_dir
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -44,6 +55,7 @@ class ServiceLayout:
         self.build_logs = self.logs / "builds"
         self.runtime_log = self.logs / "runtime.log"
         self.run_dir = self.root / "run"
+        self.tmp = self.root / "tmp"
 
     def release_dir(self, deployment_id: str) -> Path:
         return self.releases / safe_id(deployment_id, "deployment_id")
@@ -58,16 +70,33 @@ class ServiceLayout:
         return self.build_logs / f"{safe_id(deployment_id, 'deployment_id')}.log"
 
     def prepare(self, run_as: RunAs | None) -> None:
-        """Create the directories with their owners and modes (blocking; run in a thread)."""
+        """Create the directories with their owners and modes (blocking; run in a thread).
+
+        Also repairs layouts of older versions, where `releases/` belonged to the tenant: it is
+        taken back by root through its fd (its parent is root's, so the entry cannot be swapped).
+        """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root.chmod(0o711 if run_as is not None else 0o700)
         for private in (self.meta_dir, self.logs, self.build_logs, self.run_dir):
             private.mkdir(mode=0o700, exist_ok=True)
-        for tenant_dir in (self.releases, self.venvs):
-            tenant_dir.mkdir(mode=0o700, exist_ok=True)
-            if run_as is not None:
-                os.chown(tenant_dir, run_as.uid, run_as.gid)
-            tenant_dir.chmod(0o700)
+        ensure_owned_dir(self.root, self.releases.name, None, 0o711 if run_as is not None else 0o700)
+        for tenant_dir in (self.venvs, self.tmp):
+            ensure_owned_dir(self.root, tenant_dir.name, run_as, 0o700)
+
+
+class ProjectLayout:
+    """Per-project source cache: the mirrors belong to the project's user, their locks to root."""
+
+    def __init__(self, data_dir: Path, project_id: str) -> None:
+        self.root = data_dir / "projects" / safe_id(project_id, "project_id")
+        self.mirrors = self.root / "mirrors"
+        self.locks = self.root / "locks"
+
+    def prepare(self, run_as: RunAs | None) -> None:
+        (self.root.parent).mkdir(mode=0o711 if run_as is not None else 0o700, exist_ok=True)
+        ensure_owned_dir(self.root.parent, self.root.name, None, 0o711 if run_as is not None else 0o700)
+        ensure_owned_dir(self.root, self.locks.name, None, 0o700)
+        ensure_owned_dir(self.root, self.mirrors.name, run_as, 0o700)
 
 
 def prepare_data_dir(data_dir: Path, *, root: bool) -> None:
@@ -75,9 +104,13 @@ def prepare_data_dir(data_dir: Path, *, root: bool) -> None:
     data_dir.mkdir(mode=0o711 if root else 0o700, parents=True, exist_ok=True)
     (data_dir / "services").mkdir(mode=0o711 if root else 0o700, exist_ok=True)
     (data_dir / "homes").mkdir(mode=0o711 if root else 0o700, exist_ok=True)
+    (data_dir / "projects").mkdir(mode=0o711 if root else 0o700, exist_ok=True)
+    (data_dir / "bin").mkdir(mode=0o755, exist_ok=True)
+    (data_dir / "bin").chmod(0o755)
     if not root:
         return
-    for d in (data_dir, data_dir / "services", data_dir / "homes"):
+    for d in (data_dir, data_dir / "services", data_dir / "homes", data_dir / "projects"):
+        os.chown(d, 0, 0, follow_symlinks=False)
         d.chmod(0o711)
     for parent in data_dir.resolve().parents:
         if not parent.stat().st_mode & 0o001:
