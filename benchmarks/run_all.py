@@ -14,9 +14,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from mcp import ClientSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,18 +32,25 @@ from tests.support import (
     traversable_tmpdir,
 )
 
-TINY_APP = {
-    "app.py": (
-        "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n"
-        "class H(BaseHTTPRequestHandler):\n"
-        "    def do_GET(self):\n"
-        "        self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers()\n"
-        "        self.wfile.write(b'ok')\n"
-        "    def log_message(self, *a): pass\n"
-        "HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
-    ),
-    "Procfile": "web: python app.py\n",
-}
+
+def tiny_app(body: str = "ok") -> dict[str, str]:
+    """A stdlib-only web app (no build step) answering 200 with `body`: a new body makes a new version."""
+    data = body.encode()
+    return {
+        "app.py": (
+            "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n"
+            "class H(BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            f"        self.send_response(200); self.send_header('Content-Length', '{len(data)}'); self.end_headers()\n"
+            f"        self.wfile.write({data!r})\n"
+            "    def log_message(self, *a): pass\n"
+            "HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+        ),
+        "Procfile": "web: python app.py\n",
+    }
+
+
+TINY_APP = tiny_app()
 
 
 def pct(values: list[float], p: float) -> float:
@@ -49,17 +58,50 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def first_200(client: httpx.AsyncClient, server: ServerProc, url: str, deadline: float) -> float:
+async def first_200(client: httpx.AsyncClient, server: ServerProc, url: str, deadline: float,
+                    body: bytes | None = None) -> float:
+    """Poll the proxy until `url` answers 200 (with `body`, if given: the new version, not the old one)."""
     host = urlsplit(url).netloc
     while time.monotonic() < deadline:
         try:
             r = await client.get(f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host})
-            if r.status_code == 200:
+            if r.status_code == 200 and (body is None or r.content == body):
                 return time.monotonic()
         except httpx.HTTPError:
             pass
         await asyncio.sleep(0.01)
     raise TimeoutError(url)
+
+
+async def until_done(s: ClientSession, dep: dict[str, Any]) -> dict[str, Any]:
+    """Follow a deploy_app answer until the deployment is done; it must be live."""
+    while not dep["done"]:
+        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"], timeout_seconds=5)
+    assert dep["status"] == "live", dep
+    return dep
+
+
+async def until_sleeping(s: ClientSession, project_name: str, timeout: float = 30, poll: float = 0.2) -> None:
+    """Poll list_services until the project's (only) service reports `sleeping`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        svc = (await call(s, "list_services", project_name=project_name))["services"][0]
+        if svc["state"] == "sleeping":
+            return
+        await asyncio.sleep(poll)
+    raise TimeoutError(f"{project_name} never slept")
+
+
+async def first_byte(client: httpx.AsyncClient, server: ServerProc, host: str) -> float:
+    """Seconds from sending a request through the proxy to its first response byte; the answer must be 200."""
+    t0 = time.monotonic()
+    took = None
+    async with client.stream("GET", f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}) as r:
+        async for _chunk in r.aiter_raw():
+            took = time.monotonic() - t0
+            break
+    assert r.status_code == 200 and took is not None, r
+    return took
 
 
 async def bench_deploy(server: ServerProc, repos: Path, n: int = 9) -> list[tuple[str, str]]:
@@ -68,10 +110,7 @@ async def bench_deploy(server: ServerProc, repos: Path, n: int = 9) -> list[tupl
         for i in range(n):
             repo = git_repo(repos / f"tiny-{i}", TINY_APP)
             t0 = time.monotonic()
-            dep = await call(s, "deploy_app", repo_url=str(repo))
-            while not dep["done"]:
-                dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"], timeout_seconds=5)
-            assert dep["status"] == "live", dep
+            dep = await until_done(s, await call(s, "deploy_app", repo_url=str(repo)))
             times.append(await first_200(c, server, dep["url"], t0 + 60) - t0)
     return [("deploy_app → first 200, tiny app, no build step (new service each)",
              f"p50 {statistics.median(times):.2f} s, p90 {pct(times, 90):.2f} s, max {max(times):.2f} s (n={n})")]
@@ -80,26 +119,12 @@ async def bench_deploy(server: ServerProc, repos: Path, n: int = 9) -> list[tupl
 async def bench_wake(server: ServerProc, repos: Path, n: int = 8) -> list[tuple[str, str]]:
     repo = git_repo(repos / "sleeper", TINY_APP)
     async with mcp_session(server, server.keys["bench"]) as s, httpx.AsyncClient(timeout=30) as c:
-        dep = await call(s, "deploy_app", repo_url=str(repo), mode="on_demand")
-        while not dep["done"]:
-            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        dep = await until_done(s, await call(s, "deploy_app", repo_url=str(repo), mode="on_demand"))
         host = urlsplit(dep["url"]).netloc
         times = []
         for _ in range(n):
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                svc = (await call(s, "list_services", project_name="sleeper"))["services"][0]
-                if svc["state"] == "sleeping":
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise TimeoutError("service never slept")
-            t0 = time.monotonic()
-            async with c.stream("GET", f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}) as r:
-                async for _chunk in r.aiter_raw():
-                    times.append(time.monotonic() - t0)
-                    break
-            assert r.status_code == 200
+            await until_sleeping(s, "sleeper")
+            times.append(await first_byte(c, server, host))
     return [("on_demand wake → first byte", f"p50 {statistics.median(times) * 1000:.0f} ms, "
              f"max {max(times) * 1000:.0f} ms (n={n})")]
 
