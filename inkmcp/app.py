@@ -22,6 +22,7 @@ from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseService
 from inkmcp.core.deployments import DeployService
 from inkmcp.core.envvars import EnvService
+from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
 from inkmcp.errors import InkError
@@ -157,9 +158,10 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     )
     metrics = Metrics()
     sessions = store.sessionmaker
-    projects = ProjectService(sessions)
+    limits = LimitDefaults.from_settings(settings)
+    projects = ProjectService(sessions, box, limits)
     envs = EnvService(sessions, box)
-    databases = DatabaseService(sessions, box, postgres, byo)
+    databases = DatabaseService(sessions, box, postgres, byo, limits)
     deploys = DeployService(
         sessions,
         projects=projects,
@@ -174,7 +176,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     )
     platform = Platform(
         sessions,
-        accounts=AccountService(sessions),
+        accounts=AccountService(sessions, limits),
         audit=AuditLog(sessions),
         projects=projects,
         envs=envs,
@@ -187,6 +189,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         await compute.start()
         stack.push_async_callback(compute.close)
         stack.push_async_callback(deploys.close)  # runs first: stop pipelines, then processes
+        await databases.reconcile_connection_limits()  # roles made under older per-tier limits
         restored, resumed = await deploys.restore_all()
         log.info("restored %d services, resumed %d deployments", restored, resumed)
     return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute,

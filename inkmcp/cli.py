@@ -21,6 +21,8 @@ from inkmcp.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="InkMCP: deploy infrastructure for AI agents.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (one account may hold several).")
 app.add_typer(keys_app, name="keys")
+accounts_app = typer.Typer(no_args_is_help=True, help="Accounts: per-account limits.")
+app.add_typer(accounts_app, name="accounts")
 
 
 def _mount_nodes() -> None:
@@ -131,6 +133,57 @@ def keys_list(account: Annotated[str | None, typer.Option("--account", "-a")] = 
         table.add_row(k.prefix, k.account, k.label or "", f"{k.created_at:%Y-%m-%d %H:%M}",
                       f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    console.print(table)
+
+
+Limit = Annotated[int | None, typer.Option(min=0, show_default=False)]
+
+
+@accounts_app.command("limits")
+def accounts_limits(
+    name: Annotated[str, typer.Argument(help="account name")],
+    max_projects: Limit = None,
+    max_services_per_project: Limit = None,
+    max_databases: Limit = None,
+    max_concurrent_builds: Limit = None,
+    db_tiers: Annotated[str | None, typer.Option(help="database tiers it may choose, e.g. free,standard",
+                                                 show_default=False)] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="back to the INKMCP_MAX_* defaults first")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show an account's limits; with options, override the INKMCP_MAX_* defaults for it."""
+    from inkmcp.core.accounts import LimitOverrides
+    from inkmcp.core.limits import SETTING_OF
+
+    settings = load_settings(data_dir=data_dir)
+    try:
+        overrides = LimitOverrides(
+            max_projects=max_projects,
+            max_services_per_project=max_services_per_project,
+            max_databases=max_databases,
+            max_concurrent_builds=max_concurrent_builds,
+            database_tiers=[t.strip() for t in db_tiers.split(",") if t.strip()] if db_tiers is not None else None,
+            reset=reset,
+        )
+    except ValidationError as e:
+        for problem in e.errors():
+            err.print(f"[red]error:[/red] --{str(problem['loc'][0]).replace('_', '-')}: {problem['msg']} "
+                      "(tiers: free, standard)")
+        raise typer.Exit(2) from None
+    changing = reset or any(v is not None for v in overrides.model_dump(exclude={"reset"}).values())
+
+    async def go(p: Any) -> Any:
+        if changing:
+            return await p.set_account_limits(name, overrides)
+        return await p.account_limits(name)
+
+    limits = run_with_platform(settings, go)
+    table = Table("limit", "value", "source")
+    for field, setting in SETTING_OF.items():
+        value = getattr(limits, field)
+        shown = ",".join(t.value for t in value) if field == "database_tiers" else str(value)
+        table.add_row(field.replace("_", "-"), shown, "this account" if field in limits.overridden else setting)
+    console.print(f"limits of account [bold]{limits.account}[/bold]:")
     console.print(table)
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from inkmcp.providers.database.base import Tier
 
 
 def default_data_dir() -> Path:
@@ -52,8 +54,31 @@ class Settings(BaseSettings):
         default=40.0, gt=0, le=55, description="deploy_app returns by then even if the build goes on"
     )
     max_env_bytes: int = Field(default=64 * 1024, gt=0, description="cap on the env var payload of one call")
+
+    # Per-account limits: defaults for every account; `inkmcp accounts limits NAME ...` overrides them per
+    # account (stored in the accounts table). Sized so one account cannot take a shared machine's capacity.
+    max_projects_per_account: int = Field(default=20, ge=0, description="projects one account may hold")
+    max_services_per_project: int = Field(default=10, ge=0, description="services in one project")
+    max_databases_per_account: int = Field(
+        default=5, ge=0, description="managed Postgres databases one account may hold (bring-your-own not counted)"
+    )
+    max_concurrent_builds_per_account: int = Field(
+        default=2, ge=0, description="deployments of one account that may be in progress (not yet live/failed) at once"
+    )
+    database_tiers: Annotated[list[Tier], NoDecode] = Field(
+        default_factory=lambda: [Tier.free],
+        description="database tiers every account may choose (comma-separated); grant more per account",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+
+    @field_validator("database_tiers", mode="before")
+    @classmethod
+    def _tiers(cls, v: object) -> object:
+        """`free,standard` from the environment; a list from code."""
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
 
     @field_validator("data_dir")
     @classmethod

@@ -12,14 +12,16 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from inkmcp.core.limits import OVERRIDE_COLUMNS, AccountLimits, LimitDefaults, effective
 from inkmcp.core.names import check_name
 from inkmcp.core.principal import Principal
 from inkmcp.errors import NotFound
+from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Account, ApiKey
 
 KEY_PREFIX = "dk_live_"
@@ -46,9 +48,48 @@ class KeyInfo(BaseModel):
     last_used_at: datetime | None
 
 
+class LimitOverrides(BaseModel):
+    """What `inkmcp accounts limits` sets; None = leave as is."""
+
+    max_projects: int | None = Field(default=None, ge=0)
+    max_services_per_project: int | None = Field(default=None, ge=0)
+    max_databases: int | None = Field(default=None, ge=0)
+    max_concurrent_builds: int | None = Field(default=None, ge=0)
+    database_tiers: list[Tier] | None = None
+    reset: bool = False
+
+
 class AccountService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], limits: LimitDefaults | None = None) -> None:
         self._sessions = sessions
+        self.limits = limits or LimitDefaults()
+
+    async def get_limits(self, account_name: str) -> AccountLimits:
+        async with self._sessions() as s:
+            account = (await s.execute(select(Account).where(Account.name == account_name))).scalar_one_or_none()
+        if account is None:
+            raise NotFound(f"no account named {account_name!r}.", argument="account",
+                           fix="create it with `inkmcp keys create --account NAME`")
+        return effective(account, self.limits)
+
+    async def set_limits(self, account_name: str, overrides: LimitOverrides) -> AccountLimits:
+        """Operator only (CLI). Fields left unset keep their value; `reset` puts every field back to
+        the default first. Lowering a limit below current use blocks new creations, deletes nothing."""
+        check_name(account_name, "account")
+        async with self._sessions.begin() as s:
+            account = (
+                await s.execute(select(Account).where(Account.name == account_name).with_for_update(key_share=True))
+            ).scalar_one_or_none()
+            if account is None:
+                raise NotFound(f"no account named {account_name!r}.", argument="account",
+                               fix="create it with `inkmcp keys create --account NAME`")
+            if overrides.reset:
+                for name in OVERRIDE_COLUMNS:
+                    setattr(account, name, None)
+            for name, value in overrides.model_dump(exclude={"reset"}, exclude_none=True).items():
+                setattr(account, name, [Tier(t).value for t in value] if name == "database_tiers" else value)
+            await s.flush()
+            return effective(account, self.limits)
 
     async def ensure_account(self, name: str) -> uuid.UUID:
         check_name(name, "account")

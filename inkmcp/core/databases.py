@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from inkmcp.core.limits import LimitDefaults, lock_account, reached
 from inkmcp.errors import InvalidArgument
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, DatabaseProvider, Tier
 from inkmcp.store.crypto import SecretBox
-from inkmcp.store.models import Database
+from inkmcp.store.models import Database, Project
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseRequest(BaseModel):
@@ -50,11 +54,13 @@ class DatabaseService:
         box: SecretBox,
         postgres: DatabaseProvider,
         byo,  # BringYourOwnDatabase: register(url) -> DatabaseHandle
+        limits: LimitDefaults | None = None,
     ) -> None:
         self._sessions = sessions
         self._box = box
         self._postgres = postgres
         self._byo = byo
+        self.limits = limits or LimitDefaults()
 
     def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
         creds = DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
@@ -98,6 +104,8 @@ class DatabaseService:
             row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
             if row is not None:
                 return self._info(row)
+            if req.type == "postgres":
+                await self._check_quota(s, project_id, Tier(req.tier))
             handle: DatabaseHandle
             if req.type == "byo":
                 assert req.url is not None
@@ -114,6 +122,60 @@ class DatabaseService:
             s.add(row)
             await s.flush()
             return self._info(row, created=True)
+
+    async def _check_quota(self, s: AsyncSession, project_id: uuid.UUID, tier: Tier) -> None:
+        """Tier allowed for the account, and one more managed database within max_databases.
+
+        Runs under the account row lock (core.limits), held until the database row is committed,
+        so concurrent provisions in one account cannot overshoot. Bring-your-own databases cost
+        this machine nothing and are not counted.
+        """
+        account_id = (await s.execute(select(Project.account_id).where(Project.id == project_id))).scalar_one()
+        limits = await lock_account(s, account_id, self.limits)
+        if tier not in limits.database_tiers:
+            allowed = ", ".join(t.value for t in limits.database_tiers) or "none"
+            raise InvalidArgument(
+                f"database tier {tier.value!r} is not available to this account; allowed tiers: {allowed}.",
+                argument="tier",
+                fix=(f"pass tier={limits.database_tiers[0].value!r}" if limits.database_tiers else "omit the database")
+                + " or ask the operator to grant the tier (inkmcp accounts limits <account> --db-tiers ...)",
+            )
+        count = (
+            await s.execute(
+                select(func.count())
+                .select_from(Database)
+                .join(Project, Database.project_id == Project.id)
+                .where(Project.account_id == account_id, Database.provider != "byo")
+            )
+        ).scalar_one()
+        if count >= limits.max_databases:
+            raise reached(
+                "databases", limits.max_databases, "max_databases",
+                "delete a project's database (delete with delete_database=true)",
+            )
+
+    async def reconcile_connection_limits(self) -> int:
+        """Make every managed role's CONNECTION LIMIT match its tier (e.g. after the limits changed).
+
+        Idempotent; returns how many roles were changed. A failure is logged, not raised: start-up
+        goes on with the old limit rather than not at all.
+        """
+        ensure = getattr(self._postgres, "ensure_connection_limit", None)
+        if ensure is None:
+            return 0
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(select(Database.external_id, Database.tier).where(Database.provider == "postgres"))
+            ).all()
+        changed = 0
+        for external_id, tier in rows:
+            try:
+                changed += bool(await ensure(external_id, Tier(tier)))
+            except Exception:
+                log.exception("could not set the connection limit of %s", external_id)
+        if changed:
+            log.info("set the connection limit of %d tenant database roles", changed)
+        return changed
 
     async def drop(self, project_id: uuid.UUID) -> bool:
         async with self._sessions.begin() as s:

@@ -116,6 +116,8 @@ class DeployService:
             validate_env_payload(req.env_vars, self._max_env_bytes)
         if not req.repo_url.strip():
             raise InvalidArgument("repo_url is empty.", argument="repo_url", fix="pass a git URL or a local path")
+        # project name held by another account, or an account limit already reached: say so before any fetch
+        await self._projects.precheck_deploy(p, project_name, req.service_name)
 
         commit = await resolve_commit(
             req.repo_url, req.ref, cache_dir=self._git_cache, allow_local_paths=self._allow_local
@@ -162,7 +164,11 @@ class DeployService:
                     argument="mode",
                     fix="omit mode or pass 'static' for webapp_static services",
                 )
-            deployment_id = await self._create_deployment(service_id, commit, config_hash, plan, service_type, mode)
+            try:
+                deployment_id = await self._create_deployment(service_id, commit, config_hash, plan, service_type, mode)
+            except BaseException:  # e.g. the concurrent-builds limit: the checkout is nobody's now
+                shutil.rmtree(checkout, ignore_errors=True)
+                raise
         log.info(
             "deployment queued",
             extra={"deployment": str(deployment_id), "project": project_name, "service": req.service_name,
@@ -191,7 +197,9 @@ class DeployService:
         return hmac.new(self._mac_key, payload.encode(), hashlib.sha256).hexdigest()
 
     async def _ensure_service(self, project_id: uuid.UUID, req: DeployRequest) -> uuid.UUID:
+        shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
         async with self._sessions.begin() as s:
+            await self._projects.check_service_quota(s, project_id, req.service_name)
             await s.execute(
                 insert(Service)
                 .values(
@@ -200,7 +208,8 @@ class DeployService:
                     name=req.service_name,
                     service_type=(req.service_type or ServiceType.webapp).value,
                     mode=(req.mode or Mode.persistent).value,
-                    repo_url=req.repo_url,
+                    repo_url=shown_url,
+                    repo_url_enc=url_enc,
                     ref=req.ref,
                     settings=self._settings_of(req),
                 )
@@ -211,7 +220,8 @@ class DeployService:
                     select(Service).where(Service.project_id == project_id, Service.name == req.service_name)
                 )
             ).scalar_one()
-            svc.repo_url = req.repo_url
+            svc.repo_url = shown_url
+            svc.repo_url_enc = url_enc
             svc.ref = req.ref
             svc.settings = self._settings_of(req)
             return svc.id
@@ -256,6 +266,7 @@ class DeployService:
     ) -> uuid.UUID:
         dep_id = uuid.uuid4()
         async with self._sessions.begin() as s:
+            await self._projects.check_build_quota(s, service_id)  # account row lock: count and insert together
             await s.execute(
                 update(Service).where(Service.id == service_id).values(service_type=service_type.value, mode=mode.value)
             )
@@ -337,7 +348,7 @@ class DeployService:
                 if checkout is None or not checkout.exists():
                     checkout = self._checkouts / uuid.uuid4().hex
                     await resolve_and_checkout(
-                        svc.repo_url, dep.commit, checkout, cache_dir=self._git_cache,
+                        self._projects.fetch_url(svc), dep.commit, checkout, cache_dir=self._git_cache,
                         allow_local_paths=self._allow_local,
                     )
                 request = await self._release_request(dep, svc, project, checkout)

@@ -21,6 +21,10 @@ def check_name(value: str, argument: str) -> str:
     return value
 
 
+def is_name(value: str) -> bool:
+    return bool(_LABEL.match(value))
+
+
 def slugify(value: str) -> str:
     s = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")
     s = re.sub(r"-{2,}", "-", s)[:63].strip("-")
@@ -44,9 +48,18 @@ def project_name_from_repo(repo_url: str) -> str:
     return name
 
 
+_USERINFO = re.compile(r"(?<=://)[^/?#]*@")
+"""Between '://' and the last '@' of the authority: greedy, so a password holding a raw '@' goes whole."""
+
+
 def redact_url(url: str) -> str:
-    """Drop userinfo (tokens in https://token@host/...) before a URL reaches a log or an error."""
-    return re.sub(r"(?<=://)[^/@]+@", "***@", url)
+    """Drop userinfo (tokens in https://token@host/...) before a URL reaches a log, an error or the store."""
+    return _USERINFO.sub("***@", url, count=1)
+
+
+def has_credentials(url: str) -> bool:
+    """True when `url` carries userinfo (a token, user:password, or an ssh user) that must not be shown."""
+    return _USERINFO.search(url) is not None
 
 
 def check_env_key(key: str) -> str:

@@ -15,11 +15,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inkmcp.core.accounts import AccountService
+from inkmcp.core.accounts import AccountService, LimitOverrides
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseInfo, DatabaseRequest, DatabaseService
 from inkmcp.core.deployments import DeployRequest, DeployService, ProgressSink
 from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
+from inkmcp.core.limits import AccountLimits
 from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
@@ -126,6 +127,18 @@ class Platform:
         async with self._audited(p, "ensure_project", name, {"name": name}):
             project, created = await self.projects.ensure(p, name)
         return ProjectResult(project=project.name, created=created)
+
+    # ------------------------------------------------------- operator: limits
+    async def account_limits(self, account_name: str) -> AccountLimits:
+        return await self.accounts.get_limits(account_name)
+
+    async def set_account_limits(self, account_name: str, overrides: LimitOverrides) -> AccountLimits:
+        """Operator command (CLI only, never an MCP tool): per-account overrides of the INKMCP_MAX_* defaults."""
+        await self.accounts.get_limits(account_name)  # a typo is an error, never a new account
+        p = await self.accounts.principal_for(account_name, "cli")
+        args = overrides.model_dump(mode="json", exclude_none=True)
+        async with self._audited(p, "set_account_limits", account_name, args):
+            return await self.accounts.set_limits(account_name, overrides)
 
     async def list_projects(self, p: Principal) -> ProjectList:
         projects, total = await self.projects.list(p)

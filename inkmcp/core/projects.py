@@ -1,43 +1,123 @@
-"""Projects: unique per account, created idempotently by name."""
+"""Projects: names unique across all accounts, created idempotently by their owner, within limits.
+
+A project name is part of every hostname (`<service>.<project>.<domain>`), so it is global, as on
+Heroku, Render or Fly: the first account to create a name holds it, and another account asking for
+it gets "project name 'x' is taken; try 'x-<suggestion>'" with a suggestion checked to be free.
+The database enforces it (unique index on lower(name)), so two accounts racing for one name get
+exactly one winner without any check-then-insert window.
+
+This module also owns repo URL secrecy: the stored `repo_url` columns hold the URL with its
+credentials replaced by `***`; a URL that carried credentials is kept whole only encrypted
+(`services.repo_url_enc`), and decrypted only to fetch.
+"""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inkmcp.core.names import check_name
+from inkmcp.core.limits import LimitDefaults, lock_account, reached
+from inkmcp.core.names import check_name, has_credentials, is_name, redact_url
 from inkmcp.core.principal import Principal
-from inkmcp.core.views import ProjectView
-from inkmcp.errors import NotFound
-from inkmcp.store.models import Database, Project, Service
+from inkmcp.core.views import TERMINAL, ProjectView
+from inkmcp.errors import Conflict, NotFound
+from inkmcp.store.crypto import SecretBox
+from inkmcp.store.models import Database, Deployment, Project, Service
 
 LIST_LIMIT = 200
+SUGGESTION_TRIES = 8
 
 
 class ProjectService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        box: SecretBox | None = None,
+        limits: LimitDefaults | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._box = box
+        self.limits = limits or LimitDefaults()
+
+    # ----------------------------------------------------------------- names
+    @staticmethod
+    def _by_name(name: str):  # type: ignore[no-untyped-def]
+        return select(Project).where(func.lower(Project.name) == name.lower())
 
     async def ensure(self, p: Principal, name: str, repo_url: str | None = None) -> tuple[Project, bool]:
-        """Returns (project, created). Concurrent calls for one name yield exactly one row."""
+        """Returns (project, created). Concurrent calls for one name yield exactly one row, and only
+        its owner gets it back: any other account gets a Conflict naming a free alternative."""
         check_name(name, "project_name")
+        shown = redact_url(repo_url) if repo_url else None
         async with self._sessions.begin() as s:
-            res = await s.execute(
-                insert(Project)
-                .values(id=uuid.uuid4(), account_id=p.account_id, name=name, repo_url=repo_url)
-                .on_conflict_do_nothing(constraint="uq_projects_account_name")
-                .returning(Project.id)
-            )
-            created = res.first() is not None
-            project = (
-                await s.execute(select(Project).where(Project.account_id == p.account_id, Project.name == name))
-            ).scalar_one()
-            if repo_url and not project.repo_url:
-                project.repo_url = repo_url
+            project = (await s.execute(self._by_name(name))).scalar_one_or_none()
+            created = False
+            if project is None:
+                limits = await lock_account(s, p.account_id, self.limits)
+                # under the lock: a concurrent call of this account may have created it meanwhile
+                project = (await s.execute(self._by_name(name))).scalar_one_or_none()
+                count = (
+                    await s.execute(select(func.count()).select_from(Project).where(Project.account_id == p.account_id))
+                ).scalar_one()
+                if project is None and count >= limits.max_projects:
+                    raise reached("projects", limits.max_projects, "max_projects", "delete a project")
+            if project is None:
+                res = await s.execute(
+                    insert(Project)
+                    .values(id=uuid.uuid4(), account_id=p.account_id, name=name, repo_url=shown)
+                    .on_conflict_do_nothing()  # the only other unique key is the id: conflict = name taken
+                    .returning(Project.id)
+                )
+                created = res.first() is not None
+                # READ COMMITTED: this statement sees the row of whichever transaction won the insert
+                project = (await s.execute(self._by_name(name))).scalar_one_or_none()
+                if project is None:  # the winner rolled back or deleted it in between: rare, retryable
+                    raise Conflict(
+                        f"project {name!r} was created and removed concurrently.",
+                        argument="project_name",
+                        fix="call again",
+                    )
+            if project.account_id != p.account_id:
+                raise await self._taken(s, name, p)
+            if shown and not project.repo_url:
+                project.repo_url = shown
             return project, created
+
+    async def check_available(self, p: Principal, name: str) -> None:
+        """Fail fast (before a fetch or build) if another account holds `name`; `ensure` still decides."""
+        async with self._sessions() as s:
+            owner = (
+                await s.execute(select(Project.account_id).where(func.lower(Project.name) == name.lower()))
+            ).scalar_one_or_none()
+            if owner is not None and owner != p.account_id:
+                raise await self._taken(s, name, p)
+
+    async def _taken(self, s: AsyncSession, name: str, p: Principal) -> Conflict:
+        suggestion = await self._suggest(s, name, p.account_name)
+        return Conflict(
+            f"project name {name!r} is taken; try {suggestion!r}.",
+            argument="project_name",
+            fix=f"pass project_name={suggestion!r} or another name: project names are unique across all "
+            "accounts because they are part of the service URLs",
+        )
+
+    async def _suggest(self, s: AsyncSession, name: str, account_name: str) -> str:
+        """`<name>-<account>` if free, else `<name>-<4 hex>`; each candidate checked against the store."""
+        candidates = [_join(name, account_name)] + [_join(name, secrets.token_hex(2)) for _ in range(SUGGESTION_TRIES)]
+        candidates = [c for c in dict.fromkeys(candidates) if is_name(c)]
+        used = set(
+            (
+                await s.execute(select(func.lower(Project.name)).where(func.lower(Project.name).in_(candidates)))
+            ).scalars()
+        )
+        for c in candidates:
+            if c not in used:
+                return c
+        return _join(name, secrets.token_hex(4))  # 8 random hex digits: practically free
 
     async def get(self, p: Principal, name: str) -> Project:
         check_name(name, "project_name")
@@ -70,6 +150,125 @@ class ProjectService:
             rows = (await s.execute(q)).all()
         total = rows[0][3] if rows else 0
         return [
-            ProjectView(name=pr.name, repo_url=pr.repo_url, services=n, database=db, created_at=pr.created_at)
+            ProjectView(
+                name=pr.name,
+                # stored redacted already; redacting again costs nothing and covers rows written by older code
+                repo_url=redact_url(pr.repo_url) if pr.repo_url else None,
+                services=n,
+                database=db,
+                created_at=pr.created_at,
+            )
             for pr, n, db, _ in rows
         ], total
+
+    # ---------------------------------------------------------------- limits
+    async def check_service_quota(self, s: AsyncSession, project_id: uuid.UUID, service_name: str) -> None:
+        """In the caller's transaction, before it inserts service `service_name`: refuse a new service
+        beyond the account's max_services_per_project. Locks the account row (see core.limits)."""
+        exists = (
+            await s.execute(select(Service.id).where(Service.project_id == project_id, Service.name == service_name))
+        ).first()
+        if exists is not None:
+            return
+        account_id = (await s.execute(select(Project.account_id).where(Project.id == project_id))).scalar_one()
+        limits = await lock_account(s, account_id, self.limits)
+        count = (
+            await s.execute(select(func.count()).select_from(Service).where(Service.project_id == project_id))
+        ).scalar_one()
+        if count >= limits.max_services_per_project:
+            raise reached(
+                "services per project", limits.max_services_per_project, "max_services_per_project",
+                "delete a service (delete with service_name)",
+            )
+
+    async def check_build_quota(self, s: AsyncSession, service_id: uuid.UUID) -> None:
+        """In the caller's transaction, before it inserts a deployment of `service_id`: refuse one more
+        deployment in progress than the account's max_concurrent_builds. Locks the account row."""
+        account_id = (
+            await s.execute(
+                select(Project.account_id)
+                .join(Service, Service.project_id == Project.id)
+                .where(Service.id == service_id)
+            )
+        ).scalar_one()
+        limits = await lock_account(s, account_id, self.limits)
+        running = (
+            await s.execute(
+                select(func.count())
+                .select_from(Deployment)
+                .join(Service, Deployment.service_id == Service.id)
+                .join(Project, Service.project_id == Project.id)
+                .where(Project.account_id == account_id, Deployment.status.not_in(list(TERMINAL)))
+            )
+        ).scalar_one()
+        if running >= limits.max_concurrent_builds:
+            raise reached(
+                "concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
+                "wait for a deployment to finish (wait_for_deployment)",
+            )
+
+    async def precheck_deploy(self, p: Principal, project_name: str, service_name: str) -> None:
+        """Cheap checks before deploy_app fetches and builds anything: name taken, and limits that
+        are already reached. Advisory only; the transactional checks above decide."""
+        await self.check_available(p, project_name)
+        async with self._sessions() as s:
+            limits = await lock_account(s, p.account_id, self.limits, lock=False)
+            project = (await s.execute(self._by_name(project_name))).scalar_one_or_none()
+            if project is None:
+                count = (
+                    await s.execute(
+                        select(func.count()).select_from(Project).where(Project.account_id == p.account_id)
+                    )
+                ).scalar_one()
+                if count >= limits.max_projects:
+                    raise reached("projects", limits.max_projects, "max_projects", "delete a project")
+            else:
+                names = set(
+                    (await s.execute(select(Service.name).where(Service.project_id == project.id))).scalars()
+                )
+                if service_name not in names and len(names) >= limits.max_services_per_project:
+                    raise reached(
+                        "services per project", limits.max_services_per_project, "max_services_per_project",
+                        "delete a service (delete with service_name)",
+                    )
+            running = (
+                await s.execute(
+                    select(func.count())
+                    .select_from(Deployment)
+                    .join(Service, Deployment.service_id == Service.id)
+                    .join(Project, Service.project_id == Project.id)
+                    .where(Project.account_id == p.account_id, Deployment.status.not_in(list(TERMINAL)))
+                )
+            ).scalar_one()
+            if running >= limits.max_concurrent_builds:
+                raise reached(
+                    "concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
+                    "wait for a deployment to finish (wait_for_deployment)",
+                )
+
+    # ------------------------------------------------------ repo URL secrecy
+    def seal_repo_url(self, repo_url: str) -> tuple[str, bytes | None]:
+        """(what the `repo_url` column stores, what `repo_url_enc` stores).
+
+        A URL with credentials is stored shown as `https://***@host/...` and kept whole only encrypted.
+        """
+        if not has_credentials(repo_url):
+            return repo_url, None
+        if self._box is None:
+            raise RuntimeError("ProjectService needs the SecretBox to store a repo_url with credentials")
+        return redact_url(repo_url), self._box.encrypt(repo_url)
+
+    def fetch_url(self, svc: Service) -> str:
+        """The URL to fetch `svc` from: the decrypted full URL if credentials were given, else the shown one."""
+        if svc.repo_url_enc is None:
+            return svc.repo_url
+        if self._box is None:
+            raise RuntimeError("ProjectService needs the SecretBox to read an encrypted repo_url")
+        return self._box.decrypt(svc.repo_url_enc).decode()
+
+
+def _join(name: str, suffix: str) -> str:
+    """`name-suffix` cut to a 63-character DNS label (the name part shrinks, the suffix stays)."""
+    suffix = suffix.lower()[:20].strip("-")
+    base = name[: 63 - len(suffix) - 1].rstrip("-")
+    return f"{base}-{suffix}"

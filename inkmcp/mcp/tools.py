@@ -97,7 +97,7 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
     @tool(IDEMPOTENT, "Ensure project")
     async def ensure_project(name: Annotated[str, Field(description="DNS label, e.g. my-app")], ctx: Context
                              ) -> ProjectResult:
-        """Create the project if missing."""
+        """Create the project if missing. Names are unique across accounts."""
         return await platform.ensure_project(principal(ctx), name)
 
     @tool(READ, "List projects")
@@ -176,7 +176,9 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         return await platform.list_env_vars(principal(ctx), project_name, service_name, reveal)
 
     @tool(IDEMPOTENT, "Provision database")
-    async def provision_database(ctx: Context, project_name: Project, tier: Tier = Tier.free) -> DatabaseView:
+    async def provision_database(ctx: Context, project_name: Project,
+                                 tier: Annotated[Tier, Field(description="as allowed for the account")] = Tier.free
+                                 ) -> DatabaseView:
         """Postgres database for the project (one per project)."""
         return await platform.provision_database(principal(ctx), project_name, tier)
 

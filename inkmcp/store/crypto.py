@@ -181,7 +181,11 @@ async def rotate_all(store: Store, box: SecretBox) -> int:
     async with store.session() as session, session.begin():
         for table_name, pk_name, col_name in encrypted_columns():
             t = table(table_name, column(pk_name), column(col_name))
-            rows = (await session.execute(select(t.c[pk_name], t.c[col_name]).with_for_update())).all()
+            rows = (
+                await session.execute(
+                    select(t.c[pk_name], t.c[col_name]).where(t.c[col_name].is_not(None)).with_for_update()
+                )
+            ).all()  # nullable secret columns (services.repo_url_enc) hold NULL when there is no secret
             updates = []
             for pk, token in rows:
                 try:

@@ -16,13 +16,15 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -43,6 +45,14 @@ class Account(TimestampMixin, Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    # Per-account limits set by the operator (`inkmcp accounts limits`); NULL = the INKMCP_MAX_* default.
+    max_projects: Mapped[int | None] = mapped_column(Integer)
+    max_services_per_project: Mapped[int | None] = mapped_column(Integer)
+    max_databases: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent_builds: Mapped[int | None] = mapped_column(Integer)
+    database_tiers: Mapped[list[str] | None] = mapped_column(
+        ARRAY(String(32)), comment="tiers this account may choose; NULL = INKMCP_DATABASE_TIERS"
+    )
 
 
 class ApiKey(TimestampMixin, Base):
@@ -60,13 +70,16 @@ class ApiKey(TimestampMixin, Base):
 
 
 class Project(TimestampMixin, Base):
+    """Project names are unique across all accounts (index on lower(name)): they form the hostnames
+    `<service>.<project>.<domain>`, so a per-account name would let one account take over another's URL."""
+
     __tablename__ = "projects"
-    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_projects_account_name"),)
+    __table_args__ = (Index("uq_projects_name", text("lower(name)"), unique=True),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(63))
-    repo_url: Mapped[str | None] = mapped_column(Text)
+    repo_url: Mapped[str | None] = mapped_column(Text, comment="for display: credentials replaced by ***")
 
 
 class Service(TimestampMixin, Base):
@@ -78,7 +91,10 @@ class Service(TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(63))
     service_type: Mapped[str] = mapped_column(String(32))
     mode: Mapped[str] = mapped_column(String(32))
-    repo_url: Mapped[str] = mapped_column(Text)
+    repo_url: Mapped[str] = mapped_column(Text, comment="for display: credentials replaced by ***")
+    repo_url_enc: Mapped[bytes | None] = mapped_column(
+        LargeBinary, comment="Fernet token of the full repo_url, set only when it carries credentials"
+    )
     ref: Mapped[str | None] = mapped_column(Text)
     settings: Mapped[dict[str, Any]] = mapped_column(
         default=dict, comment="build_command, start_command, port, resources as last requested"

@@ -1,12 +1,17 @@
-"""The proxy on its own: status codes for the failure cases, keep-alive and chunked pass-through."""
+"""The proxy on its own: status codes for the failure cases, keep-alive and chunked pass-through,
+route ownership (one account's service never takes or drops another's hostname)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
+import pytest
 
-from inkmcp.providers.compute.local.proxy import Proxy, Route, WakeFailed, parse_host
+from inkmcp.providers.compute.base import ReleaseFailed, ServiceKey, Step
+from inkmcp.providers.compute.local.proxy import Proxy, Route, RouteConflict, WakeFailed, parse_host
+from tests.local.conftest import WEB_APP, Events, get, request_for, web_plan
 
 
 def test_parse_host():
@@ -48,10 +53,10 @@ async def test_status_codes_and_passthrough():
     async def broken() -> int:
         raise WakeFailed("process 'web' exited with code 1")
 
-    proxy.set_route(Route(host="ok.p.localhost", port=port))
-    proxy.set_route(Route(host="down.p.localhost", port=1))
-    proxy.set_route(Route(host="slow.p.localhost", port=None, wake=never))
-    proxy.set_route(Route(host="broken.p.localhost", port=None, wake=broken))
+    proxy.set_route(Route(host="ok.p.localhost", port=port, owner="svc-ok"))
+    proxy.set_route(Route(host="down.p.localhost", port=1, owner="svc-down"))
+    proxy.set_route(Route(host="slow.p.localhost", port=None, wake=never, owner="svc-slow"))
+    proxy.set_route(Route(host="broken.p.localhost", port=None, wake=broken, owner="svc-broken"))
     base = f"http://127.0.0.1:{proxy.port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
@@ -74,3 +79,85 @@ async def test_status_codes_and_passthrough():
         server.close()
         await server.wait_closed()
     assert proxy.get_route("ok.p.localhost").active == 0
+
+
+async def _named_upstream(text: bytes) -> tuple[asyncio.base_events.Server, int]:
+    """One-shot HTTP server answering every request with `text`, closing the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(text), text))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_route_is_never_taken_or_removed_by_another_owner():
+    """Red-team #3/#3b at the proxy: mallory's service cannot take alice's hostname, nor drop it."""
+    proxy = Proxy("127.0.0.1", 0, wake_timeout=1)
+    await proxy.start()
+    alice_srv, alice_port = await _named_upstream(b"alice")
+    mallory_srv, mallory_port = await _named_upstream(b"mallory")
+    host = "web.shop.localhost"
+
+    async def fetch(h: str) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return await client.get(f"http://127.0.0.1:{proxy.port}/", headers={"Host": h})
+
+    try:
+        alice = Route(host=host, port=alice_port, owner="svc-alice")
+        proxy.set_route(alice)
+        hijack = Route(host=host.upper(), port=mallory_port, owner="svc-mallory")
+        with pytest.raises(RouteConflict):
+            proxy.set_route(hijack)
+        assert (await fetch(host)).text == "alice"
+        assert proxy.remove_route(host, "svc-mallory") is False  # delete of a homonym
+        assert (await fetch(host)).text == "alice"
+        own = Route(host="web.mallory.localhost", port=mallory_port, owner="svc-mallory")
+        proxy.set_route(own)
+        with pytest.raises(RouteConflict):  # rename onto alice's host: refused, the old host keeps working
+            proxy.move_route(own, host)
+        assert own.host == "web.mallory.localhost" and (await fetch("web.mallory.localhost")).text == "mallory"
+        assert (await fetch(host)).text == "alice"
+        proxy.set_route(Route(host=host, port=alice_port, owner="svc-alice"))  # the owner may replace it
+        proxy.move_route(own, "web.mallory2.localhost")
+        assert (await fetch("web.mallory.localhost")).status_code == 404
+        assert (await fetch("web.mallory2.localhost")).text == "mallory"
+        assert proxy.remove_route(host, "svc-alice") is True
+        assert (await fetch(host)).status_code == 404
+        with pytest.raises(ValueError, match="owner"):
+            proxy.set_route(Route(host="x.y.localhost", port=1, owner=""))
+    finally:
+        await proxy.close()
+        for srv in (alice_srv, mallory_srv):
+            srv.close()
+            await srv.wait_closed()
+
+
+async def test_another_accounts_homonym_service_cannot_take_or_drop_the_url(make_provider, checkouts, project_ids):
+    """Same hostname, two accounts (the store forbids it; this is the proxy's own line of defence):
+    the second release fails at the switch, and deleting it leaves the first one serving."""
+    provider = await make_provider()
+    alice = ServiceKey(account_id="alice", project_id=project_ids(), service_id="svc-alice-web",
+                       project_name="shop", service_name="web")
+    mallory = ServiceKey(account_id="mallory", project_id=project_ids(), service_id="svc-mallory-web",
+                         project_name="shop", service_name="web")
+    await provider.release(request_for(alice, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "alice"}),
+                           Events())
+    with pytest.raises(ReleaseFailed) as err:
+        await provider.release(
+            request_for(mallory, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "mallory"}), Events()
+        )
+    assert err.value.step == Step.switching and "routed to another service" in err.value.reason
+    assert (await get(provider, alice)).text == "alice\n"
+    await provider.remove(mallory)
+    assert (await get(provider, alice)).text == "alice\n"
+    # alice redeploys: still hers
+    await provider.release(request_for(alice, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2"}),
+                           Events())
+    assert (await get(provider, alice)).text == "v2\n"
+    await provider.remove(alice)
+    assert (await get(provider, alice)).status_code == 404

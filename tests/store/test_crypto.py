@@ -19,7 +19,7 @@ from inkmcp.store.crypto import (
     rotate_all,
 )
 from inkmcp.store.db import Store
-from inkmcp.store.models import Account, Database, EnvVar, Project
+from inkmcp.store.models import Account, Database, EnvVar, Project, Service
 
 
 def test_round_trip_and_repr_hides_keys() -> None:
@@ -81,6 +81,7 @@ def test_encrypted_columns_cover_schema() -> None:
     assert {(t, c) for t, _, c in encrypted_columns()} == {
         ("env_vars", "value_enc"),
         ("databases", "credentials_enc"),
+        ("services", "repo_url_enc"),
     }
 
 
@@ -93,9 +94,13 @@ async def test_rotate_all_reencrypts_every_secret_column(store: Store, tmp_path:
         acct = Account(name=f"rot-{uuid.uuid4().hex[:8]}")
         s.add(acct)
         await s.flush()
-        proj = Project(account_id=acct.id, name="p")
+        proj = Project(account_id=acct.id, name=f"p-{uuid.uuid4().hex[:8]}")  # project names are global
         s.add(proj)
         await s.flush()
+        repo_secret = f"https://ghp_secret{uuid.uuid4().hex}@git.example/a.git"
+        for name, enc in (("with-token", box_old.encrypt(repo_secret)), ("public", None)):  # NULL is skipped
+            s.add(Service(project_id=proj.id, name=name, service_type="webapp", mode="persistent",
+                          repo_url="https://***@git.example/a.git", repo_url_enc=enc, settings={}))
         for i, p in enumerate(sorted(plaintexts)):
             s.add(EnvVar(project_id=proj.id, scope="*", key=f"K{i}", value_enc=box_old.encrypt(p)))
         s.add(Database(project_id=proj.id, provider="postgres", tier="free", external_id="ink_x",
@@ -112,9 +117,13 @@ async def test_rotate_all_reencrypts_every_secret_column(store: Store, tmp_path:
         env_tokens = (await s.execute(select(EnvVar.value_enc).where(EnvVar.project_id == proj.id))).scalars().all()
         db_q = select(Database.credentials_enc).where(Database.project_id == proj.id)
         db_token = (await s.execute(db_q)).scalar_one()
+        repo_tokens = dict((await s.execute(
+            select(Service.name, Service.repo_url_enc).where(Service.project_id == proj.id))).all())
     assert {box_new.decrypt(t).decode() for t in env_tokens} == plaintexts
     assert box_new.decrypt(db_token).decode() == db_secret
-    for raw in [*env_tokens, db_token]:
+    assert box_new.decrypt(repo_tokens["with-token"]).decode() == repo_secret
+    assert repo_tokens["public"] is None
+    for raw in [*env_tokens, db_token, repo_tokens["with-token"]]:
         assert b"secret" not in bytes(raw)
         with pytest.raises(DecryptionError):
             box_old.decrypt(raw)  # really re-encrypted, not just still readable

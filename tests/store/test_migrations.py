@@ -22,7 +22,7 @@ def test_migrations_create_every_table_and_are_idempotent(control_pg: EmbeddedPo
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
             assert tables == set(Base.metadata.tables) | {"alembic_version"}
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
             fks = {fk["name"] for fk in inspect(conn).get_foreign_keys("services")}
             assert "fk_services_live_deployment" in fks
     finally:

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from inkmcp.errors import InvalidArgument
 from inkmcp.providers.database.base import DatabaseProvider, Tier
-from inkmcp.providers.database.postgres import PostgresDatabaseProvider, database_name_for
+from inkmcp.providers.database.postgres import DEFAULT_CONNECTION_LIMITS, PostgresDatabaseProvider, database_name_for
 from inkmcp.store.embedded import EmbeddedPostgres
 
 
@@ -67,7 +67,8 @@ async def test_provision_twice_same_database_new_password(
         assert c.execute("SELECT x FROM t").fetchone() == (1,)  # same database, data kept
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _connect(first.credentials.url())
-    assert _admin_scalar(tenant_pg, "SELECT rolconnlimit FROM pg_roles WHERE rolname=%s", (first.external_id,)) == 10
+    limit = _admin_scalar(tenant_pg, "SELECT rolconnlimit FROM pg_roles WHERE rolname=%s", (first.external_id,))
+    assert limit == DEFAULT_CONNECTION_LIMITS[Tier.free]
     assert len(first.credentials.password.get_secret_value()) >= 43  # 32 random bytes, urlsafe b64
     await provider.drop(first.external_id)
 

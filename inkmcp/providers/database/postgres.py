@@ -5,7 +5,8 @@ One tenant = one login role + one database owned by it, both named `ink_<slug>`.
 * `REVOKE ALL ON DATABASE ... FROM PUBLIC` on every tenant database, so only its owner (and the
   superuser) may CONNECT or create TEMP tables there; the same revoke is applied to the `postgres`
   and `template1` databases, which PUBLIC can otherwise connect to.
-* Tenant roles are NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT with a per-tier CONNECTION LIMIT.
+* Tenant roles are NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT with a per-tier CONNECTION LIMIT
+  (`DEFAULT_CONNECTION_LIMITS`; `ensure_connection_limit` corrects roles made under older limits).
 * Schema `public`: since PostgreSQL 15 it is owned by `pg_database_owner` and PUBLIC has no CREATE
   on it, so in a tenant database only the tenant (as database owner) can create objects there;
   nothing further to revoke (verified in tests/store/test_postgres_provider.py).
@@ -38,7 +39,11 @@ _CLEAN_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _OUR_IDENT = re.compile(r"^ink_[a-z0-9_]{1,59}$")
 _LOCK_CLASS = 0x1A4C  # advisory lock namespace (first int of the two-int form) for this provider
 
-DEFAULT_CONNECTION_LIMITS: Mapping[Tier, int] = {Tier.free: 10, Tier.standard: 50}
+DEFAULT_CONNECTION_LIMITS: Mapping[Tier, int] = {Tier.free: 5, Tier.standard: 20}
+"""Per role (= per database). The embedded tenant server has max_connections=200, 3 of them reserved
+for the superuser: with the default account limits (5 databases, tier free only) one account holds at
+most 5 x 5 = 25 connections, an eighth of the server, so no single account can starve the others;
+an account granted `standard` holds at most 5 x 20 = 100. Apps needing more pool their connections."""
 
 
 def database_name_for(owner_slug: str) -> str:
@@ -125,7 +130,7 @@ class PostgresDatabaseProvider:
         tier = Tier(tier)
         ident = database_name_for(owner_slug)
         password = secrets.token_urlsafe(32)
-        limit = self.connection_limits.get(tier, -1)
+        limit = self.connection_limit(tier)
         role = sql.Identifier(ident)
         conn = await self._connect()
         try:
@@ -167,6 +172,34 @@ class PostgresDatabaseProvider:
                 password=SecretStr(password),
             ),
         )
+
+    def connection_limit(self, tier: Tier) -> int:
+        return self.connection_limits.get(Tier(tier), -1)
+
+    async def ensure_connection_limit(self, external_id: str, tier: Tier) -> bool:
+        """Set the role's CONNECTION LIMIT to its tier's if it differs (roles made under older limits).
+
+        Idempotent; returns True when it changed something. Existing sessions stay; the limit applies
+        to new connections.
+        """
+        ident = _check_ours(external_id)
+        limit = self.connection_limit(tier)
+        conn = await self._connect()
+        try:
+            await self._lock(conn, ident)
+            cur = await conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (ident,))
+            row = await cur.fetchone()
+            if row is None or row[0] == limit:
+                return False
+            await conn.execute(
+                sql.SQL("ALTER ROLE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(ident), sql.Literal(limit))
+            )
+            return True
+        except psycopg.Error as e:
+            reason = e.diag.message_primary or e
+            raise ProviderError(f"setting the connection limit of {ident} failed: {reason}") from None
+        finally:
+            await conn.close()
 
     async def drop(self, external_id: str) -> None:
         """Terminate sessions, drop the database and its role. Refuses names it did not create."""

@@ -36,7 +36,7 @@ from inkmcp.providers.compute.local.layout import ServiceLayout, prepare_data_di
 from inkmcp.providers.compute.local.limits import Cgroups
 from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
-from inkmcp.providers.compute.local.proxy import Proxy, Route, WakeFailed
+from inkmcp.providers.compute.local.proxy import Proxy, Route, RouteConflict, WakeFailed
 from inkmcp.providers.compute.local.release import HealthFailed, ReleaseMeta, ReleaseRun, inside
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
 from inkmcp.providers.compute.local.tenant_env import tenant_env
@@ -184,9 +184,10 @@ class LocalComputeProvider:
                                log=RotatingLog(layout.runtime_log))  # fmt: skip
                 self._services[key.service_id] = svc
         if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
-            self.proxy.remove_route(svc.route.host)  # renamed: move the route on the next switch
-            svc.route.host = self.host_for(key)
-            self.proxy.set_route(svc.route)
+            try:  # renamed: the route follows, unless another service holds the new hostname
+                self.proxy.move_route(svc.route, self.host_for(key))
+            except RouteConflict as exc:
+                raise ReleaseFailed(Step.switching, _route_conflict(exc.host)) from None
         svc.key = key
         svc.mode = request.mode
         return svc
@@ -375,15 +376,18 @@ class LocalComputeProvider:
         host = self.host_for(svc.key)
         if not live.meta.routed:
             if svc.route is not None:
-                self.proxy.remove_route(svc.route.host)
+                self.proxy.remove_route(svc.route.host, svc.route.owner)
                 svc.route = None
             return
-        if svc.route is None:
-            svc.route = Route(host=host, port=port)
-        svc.route.port = port
-        svc.route.wake = None if svc.always_on else (lambda: self._wake(svc))
-        svc.route.touch()
-        self.proxy.set_route(svc.route)
+        route = svc.route or Route(host=host, port=port, owner=svc.key.service_id)
+        try:  # first, before anything changes: refused if another service (account) holds the hostname
+            self.proxy.set_route(route)
+        except RouteConflict as exc:
+            raise ReleaseFailed(Step.switching, _route_conflict(exc.host)) from None
+        route.port = port
+        route.wake = None if svc.always_on else (lambda: self._wake(svc))
+        route.touch()
+        svc.route = route
 
     def _make_run(self, svc: _Service, live: _Live, port: int | None) -> ReleaseRun:
         return ReleaseRun(
@@ -581,7 +585,7 @@ class LocalComputeProvider:
             if svc.wake_task is not None and not svc.wake_task.done():
                 svc.wake_task.cancel()
             if svc.route is not None:
-                self.proxy.remove_route(svc.route.host)
+                self.proxy.remove_route(svc.route.host, svc.route.owner)  # only its own route
             await self._stop_service(svc)
             svc.live = None
             svc.log.close()
@@ -605,6 +609,11 @@ def _mkdir_for(path: Path, run_as: RunAs | None) -> None:
         import os
 
         os.chown(path, run_as.uid, run_as.gid)
+
+
+def _route_conflict(host: str) -> str:
+    return (f"the hostname {host} is routed to another service (of another account); nothing was switched. "
+            "Deploy under another project name")
 
 
 def _with_tail(message: str, log: RotatingLog, lines: int = ERROR_TAIL) -> str:

@@ -9,6 +9,11 @@ old process stops, and the client's next connection reaches the new one.
 
 Routes carry what idle detection needs (open connections, last byte seen) and, for on_demand
 services, a `wake` callback the proxy awaits when the route has no port.
+
+Every route has an `owner` (the service id). A hostname held by one owner is never handed to another:
+`set_route` refuses it (RouteConflict) and `remove_route(host, owner)` removes only the caller's own
+route, so nothing one tenant's service does (deploy, rename, delete) can move or drop another's URL,
+even if the names above ever collided.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ CONNECT_TIMEOUT = 5.0
 CHUNK = 256 * 1024
 
 
+class RouteConflict(Exception):
+    """The hostname is routed to another owner's service; the route table was left unchanged."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(f"the hostname {host} is already routed to another service")
+
+
 class WakeFailed(Exception):
     """The on_demand service could not be started; `reason` is shown to the client."""
 
@@ -40,6 +53,8 @@ class Route:
 
     host: str
     port: int | None
+    owner: str = field(kw_only=True)
+    """Who may change or remove this route: the service id."""
     wake: Callable[[], Awaitable[int]] | None = None
     active: int = 0
     last_activity: float = field(default_factory=time.monotonic)
@@ -62,13 +77,36 @@ class Proxy:
     # -- routing table -------------------------------------------------------------------------
 
     def set_route(self, route: Route) -> None:
-        self._routes[route.host.lower()] = route
+        """Route `route.host` to `route`; raises RouteConflict if another owner holds that host."""
+        if not route.owner:
+            raise ValueError("a route needs an owner (the service id)")
+        host = route.host.lower()
+        held = self._routes.get(host)
+        if held is not None and held is not route and held.owner != route.owner:
+            raise RouteConflict(host)
+        self._routes[host] = route
 
     def get_route(self, host: str) -> Route | None:
         return self._routes.get(host.lower())
 
-    def remove_route(self, host: str) -> None:
-        self._routes.pop(host.lower(), None)
+    def remove_route(self, host: str, owner: str) -> bool:
+        """Remove the route of `host` only if `owner` holds it; returns whether it did."""
+        held = self._routes.get(host.lower())
+        if held is None or held.owner != owner:
+            return False
+        del self._routes[host.lower()]
+        return True
+
+    def move_route(self, route: Route, new_host: str) -> None:
+        """Re-key `route` (a service renamed) to `new_host`, all or nothing: if another owner holds
+        `new_host` it raises RouteConflict and the old host keeps routing as before."""
+        new = new_host.lower()
+        held = self._routes.get(new)
+        if held is not None and held is not route and held.owner != route.owner:
+            raise RouteConflict(new)
+        self.remove_route(route.host, route.owner)
+        route.host = new
+        self._routes[new] = route
 
     # -- lifecycle -----------------------------------------------------------------------------
 
