@@ -170,7 +170,7 @@ def stats(values: list[float]) -> tuple[float, float, float] | None:
     return statistics.median(values), pct(values, 90), statistics.fmean(values)
 
 
-def report(base: Tree, cand: Tree, max_ratio: float) -> bool:
+def report(base: Tree, cand: Tree, max_ratio: float, load_at_start: float) -> bool:
     """Print the markdown table; True if every p50 ratio is within max_ratio.
 
     The gate is the ratio of the p50s (what issue 6 states). The paired column, the median of per-round
@@ -196,21 +196,23 @@ def report(base: Tree, cand: Tree, max_ratio: float) -> bool:
             ok, rcells = False, ["—"] * 4
         print(f"| {title} | {n} | {cells[0]} | {cells[1]} | {' | '.join(rcells)} |")
     print(f"\nbaseline: {base.describe()}\ncandidate: {cand.describe()}")
+    print(f"load average (1 min) at start / end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs; with few rounds on a busy machine, A/A runs vary by ±30 %")
     print(f"gate: every p50 ratio ≤ {max_ratio:.2f}: {'PASS' if ok else 'FAIL'}")
     return ok
 
 
 async def run(args: argparse.Namespace) -> int:
     trees: list[Tree] = []
+    load_at_start = os.getloadavg()[0]
     try:
-        for label, path in (("baseline", args.baseline), ("candidate", args.candidate)):
-            tree = new_tree(label, path)
-            trees.append(tree)
-            try:
-                start(tree)
-            except Exception as e:  # a candidate that cannot even start is a result to report
-                tree.error = f"could not start: {e}"
-                print(f"{label}: {tree.error}", file=sys.stderr)
+        trees += [new_tree("baseline", args.baseline), new_tree("candidate", args.candidate)]
+        # Both start at once (initdb and migrations take a while on a busy machine); startup is not measured.
+        started = await asyncio.gather(*(asyncio.to_thread(start, tree) for tree in trees), return_exceptions=True)
+        for tree, result in zip(trees, started, strict=True):
+            if isinstance(result, BaseException):  # a candidate that cannot even start is a result to report
+                tree.error = f"could not start: {result}"
+                print(f"{tree.label}: {tree.error}", file=sys.stderr)
         async with contextlib.AsyncExitStack() as stack:
             for tree in trees:
                 if tree.error is None:
@@ -220,6 +222,7 @@ async def run(args: argparse.Namespace) -> int:
                     except Exception as e:
                         tree.error = f"setup/warm-up failed: {e!r}"
                         traceback.print_exc()
+                        print(f"{tree.label} server log (tail):\n{tree.server.log()}", file=sys.stderr)
             for r in range(args.rounds):
                 for tree in trees if r % 2 == 0 else trees[::-1]:
                     if tree.error is not None:
@@ -229,8 +232,8 @@ async def run(args: argparse.Namespace) -> int:
                     except Exception as e:
                         tree.error = f"round {r} failed: {e!r}"
                         traceback.print_exc()
-                        print(f"{tree.server.log()}", file=sys.stderr)
-        ok = report(trees[0], trees[1], args.max_ratio)
+                        print(f"{tree.label} server log (tail):\n{tree.server.log()}", file=sys.stderr)
+        ok = report(trees[0], trees[1], args.max_ratio, load_at_start)
         broken = [t for t in trees if t.error]
         for t in broken:
             print(f"**{t.label} could not be measured**: {t.error}")
