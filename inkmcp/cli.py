@@ -167,8 +167,10 @@ def accounts_limits(
         )
     except ValidationError as e:
         for problem in e.errors():
-            err.print(f"[red]error:[/red] --{str(problem['loc'][0]).replace('_', '-')}: {problem['msg']} "
-                      "(tiers: free, standard)")
+            field = str(problem["loc"][0])
+            option = "--db-tiers" if field == "database_tiers" else "--" + field.replace("_", "-")
+            hint = " (tiers: free, standard)" if field == "database_tiers" else ""
+            err.print(f"[red]error:[/red] {option}: {problem['msg']}{hint}")
         raise typer.Exit(2) from None
     changing = reset or any(v is not None for v in overrides.model_dump(exclude={"reset"}).values())
 

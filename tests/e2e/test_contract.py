@@ -117,8 +117,10 @@ async def test_accounts_are_isolated(server: ServerProc) -> None:
         ]:
             msg = await call_error(b, tool, **args)
             assert "no project named 'alice-secret'" in msg, (tool, msg)
-        # bob may have his own project of the same name
-        assert (await call(b, "ensure_project", name="alice-secret"))["created"] is True
+        # project names are global (they form the URLs): bob is told to pick another, and given a free one
+        msg = await call_error(b, "ensure_project", name="alice-secret")
+        assert "project name 'alice-secret' is taken; try 'alice-secret-bob'" in msg, msg
+        assert (await call(b, "ensure_project", name="alice-secret-bob"))["created"] is True
         env = await call(a, "list_env_vars", project_name="alice-secret")
         assert env["env"]["TOKEN"] != "alice-token-123" and env["masked"] is True
         env = await call(a, "list_env_vars", project_name="alice-secret", reveal=True)
@@ -146,9 +148,12 @@ async def test_metrics_and_audit(server: ServerProc) -> None:
 
 async def test_list_projects_is_bounded(server: ServerProc) -> None:
     key = server.create_key("hoarder")
+    server.cli("accounts", "limits", "hoarder", "--max-projects", "205")  # default: 20 per account
     async with mcp_session(server, key) as s:
         for batch in range(0, 205, 41):
             await asyncio.gather(*[call(s, "ensure_project", name=f"p{i:03d}") for i in range(batch, batch + 41)])
         listed = await call(s, "list_projects")
+        msg = await call_error(s, "ensure_project", name="p205")
+    assert "account limit reached: 205 projects (INKMCP_MAX_PROJECTS_PER_ACCOUNT)" in msg, msg
     assert listed["total"] == 205 and listed["truncated"] is True
     assert [p["name"] for p in listed["projects"]] == [f"p{i:03d}" for i in range(200)]
