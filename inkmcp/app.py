@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from inkmcp.build.source import SourcePolicy
 from inkmcp.core.accounts import AccountService
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseService
@@ -169,7 +170,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         databases=databases,
         compute=compute,
         work_dir=data / "work",
-        allow_local_paths=settings.compute == "local",
+        sources=SourcePolicy(allow_local=bool(settings.allow_local_sources)),
         mac_key=mac_key,
         metrics=metrics,
         max_env_bytes=settings.max_env_bytes,

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     health_timeout: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=900.0, gt=0)
     tenant_python: str = "/usr/bin/python3"
+    allow_local_sources: bool | None = Field(
+        default=None,
+        validate_default=True,
+        description="whether repo_url may be a local path, a file:// URL or a git host on a loopback, private or "
+        "link-local (metadata) address. Unset: true when InkMCP runs as a normal user (one person's machine), "
+        "false as root (a shared machine, where tenants must not read its disk or its internal network)",
+    )
 
     deploy_answer_within: float = Field(
         default=40.0, gt=0, le=55, description="deploy_app returns by then even if the build goes on"
@@ -79,6 +86,12 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
+
+    @field_validator("allow_local_sources")
+    @classmethod
+    def _local_sources_default(cls, v: bool | None) -> bool:
+        """The effective value is always a bool: unset means "allowed unless running as root"."""
+        return os.geteuid() != 0 if v is None else v
 
     @field_validator("data_dir")
     @classmethod

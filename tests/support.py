@@ -135,6 +135,8 @@ def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
         "INKMCP_IDLE_TIMEOUT": "3",
         "INKMCP_HEALTH_TIMEOUT": "15",
         "INKMCP_DEPLOY_ANSWER_WITHIN": "10",
+        # The suites deploy local repos; as root the default would refuse them (a shared machine).
+        "INKMCP_ALLOW_LOCAL_SOURCES": "1",
         **env,
     }
     return ServerProc(data_dir=data_dir, port=port, proxy_port=proxy_port, env=full_env)
@@ -202,7 +204,13 @@ def git_repo(path: Path, files: dict[str, str]) -> Path:
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    share_repo(path)
     return path
+
+
+def share_repo(path: Path) -> None:
+    """Make a test repo readable by every user: the server fetches it as the project's Unix user."""
+    subprocess.run(["chmod", "-R", "go+rX", str(path)], check=True)
 
 
 def git_commit(path: Path, files: dict[str, str], message: str = "change") -> None:
@@ -211,3 +219,4 @@ def git_commit(path: Path, files: dict[str, str], message: str = "change") -> No
     git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-C", str(path)]
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", message], check=True)
+    share_repo(path)

@@ -1,19 +1,41 @@
-"""Fetching repositories: a cached bare mirror per repo URL, exported as plain files per deployment.
+"""Fetching repositories: a bare mirror per project and repo URL, exported as plain files per deployment.
 
 Why a mirror: redeploys are the common case, and an incremental `git fetch` into a mirror that
 already holds the history costs one round trip instead of a full clone. Why export plain files
 (`git archive | tar -x`) instead of a clone or a worktree: the checkout handed to the build holds
-no `.git` (nothing links back to the shared mirror, tenant code cannot rewrite the mirror, and the
-mirror can be garbage-collected without breaking old releases), and it measured as fast as a shared
-clone on small repos.
+no `.git` (nothing links back to the mirror, tenant code cannot rewrite the mirror through it, and
+the mirror can be garbage-collected without breaking old releases).
+
+Whose rights (docs/trust-boundary.md): every git process runs as the project's Unix user
+(`SourceWorkspace.run_as`) in that project's own 0700 mirrors dir, so a fetch can read nothing the
+tenant could not read itself: no other project's mirror, no root-only local path. InkMCP (root)
+never opens, creates or stats anything inside the mirrors dir: its flock files live in a root-only
+locks dir, and a broken mirror is removed by `rm -rf` running as the tenant. The one step root
+performs is `tar -x` into a destination only root can reach (0700 dir in a 0700 parent), fed by
+`git archive` running as the tenant, with umask 077 so nothing it writes is group/other readable.
+GNU tar strips `..` and leading `/` from member names and defers symlinks that point outside the
+tree, so even a tree crafted by the tenant (it owns the mirror's object files) cannot make root
+write outside the destination. The tree's size is checked before extraction (`ls-tree -l`) and the
+byte stream is bounded again while it flows, because the tenant could swap objects in between.
 
 Security notes, because repo URLs come from AI agents:
 - git never prompts (GIT_TERMINAL_PROMPT=0, ssh BatchMode), never runs credential helpers or the
   host's user/system git config, and only speaks the transports we allow (GIT_ALLOW_PROTOCOL),
   which keeps `ext::` (runs commands) and friends out.
-- local paths and `file://` URLs read this machine's disk, so both need `allow_local_paths`.
-- credentials embedded in a URL (https://user:token@host/...) are used for the fetch but are never
-  written into error messages or logs, and the mirror is keyed and configured without them.
+- local paths and `file://` URLs, and remote hosts on loopback, private, link-local (cloud
+  metadata), CGNAT, multicast or reserved addresses, need `SourcePolicy.allow_local`
+  (INKMCP_ALLOW_LOCAL_SOURCES). Otherwise the host is resolved once here and git is made to connect
+  to exactly the checked address (curl's resolve pin for http(s), the IP itself for git:// and ssh),
+  so DNS rebinding between the check and the connect changes nothing; redirects are never followed.
+  A refused address gets one message whatever the port and whether anything listens there.
+- credentials embedded in a URL (https://user:token@host/...) are passed to git on its command line
+  only (never into the mirror's config, FETCH_HEAD or any file), never appear in errors or logs, and
+  the mirror is keyed without them. The command line is visible in /proc only to the same uid, the
+  tenant, whose token it is.
+- the mirror's own config is writable by the tenant (it owns the mirror). Anything planted there
+  (url.insteadOf, http.proxy, core.sshCommand) acts with the tenant's own rights and network reach
+  only, which its deployed code has anyway; the settings we rely on are given on the command line or
+  in the environment, which take precedence.
 """
 
 from __future__ import annotations
@@ -22,30 +44,84 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import os
 import re
-import shutil
+import socket
+import stat
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from inkmcp.build.plan import RunAs
 from inkmcp.build.process import kill_process_group
 from inkmcp.errors import SourceError
 
 _REMOTE_SCHEMES = ("https", "http", "ssh", "git")
-_SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._~-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\\].*)$")
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+_NUMERIC_LABELS = re.compile(r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+))*$")
+_USERINFO = re.compile(r"^[A-Za-z0-9._~%!$&'()*+,;=:-]*$")
+_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\\].*)$")
 _SAFE_REF = re.compile(r"^[A-Za-z0-9._/@+-]+$")
 _HEX_SHA = re.compile(r"^[0-9a-fA-F]{4,40}$")
+_REDIRECT = re.compile(r"returned error: 30[12378]\b")
 _HEAD_REF = "refs/inkmcp/HEAD"
+_SETTING = "INKMCP_ALLOW_LOCAL_SOURCES"
 _REPO_URL_FIX = (
     "pass a reachable git URL such as https://github.com/owner/repo.git "
     "(for a private repo, https://<token>@github.com/owner/repo.git)"
 )
+_BLOCKED_FIX = (
+    "use a public git host, e.g. https://github.com/owner/repo.git; "
+    f"or (operator) set {_SETTING}=true on a single-user machine"
+)
 _REF_FIX = "pass a branch, tag or commit that exists, e.g. main, or omit ref for the default branch"
+# Checks a local source as the tenant: 3 = missing/unreadable (one answer), 4 = readable but no repo.
+_LOCAL_CHECK = (
+    'p=$1; [ -d "$p" ] && [ -r "$p" ] && [ -x "$p" ] || exit 3; '
+    '[ -e "$p/.git" ] && exit 0; [ -f "$p/HEAD" ] && [ -d "$p/objects" ] && [ -d "$p/refs" ] && exit 0; exit 4'
+)
+# Local fetches run upload-pack in the source repo, which another uid may own; git clears `-c` config
+# for that child, so the exception travels in the (constant) upload-pack command itself.
+_LOCAL_UPLOAD_PACK = "git -c 'safe.directory=*' upload-pack"
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 _mirror_locks: dict[str, asyncio.Lock] = {}
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What this server lets a `repo_url` reach, and how big a checkout may be."""
+
+    allow_local: bool  # INKMCP_ALLOW_LOCAL_SOURCES: local paths, file://, non-public addresses
+    max_checkout_bytes: int = 1 << 30  # refuse a commit whose files add up to more (before extracting)
+
+
+@dataclass(frozen=True)
+class SourceWorkspace:
+    """Where one project's sources are fetched, and whose rights read them."""
+
+    mirrors_dir: Path  # per project, owned by run_as, 0700 (already exists)
+    locks_dir: Path  # owned by InkMCP; the tenant cannot write it (already exists)
+    run_as: RunAs | None  # every git process runs as this uid/gid, no supplementary groups (None: as InkMCP)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A syntactically valid remote location, before its host is resolved."""
+
+    kind: str  # https, http, git, ssh, scp
+    host: str  # DNS name or IP literal, without brackets
+    port: int
+    url: str  # as given (may hold credentials)
+    user: str | None = None  # ssh/scp user
+    path: str = ""  # scp-like path
 
 
 @dataclass(frozen=True)
@@ -55,6 +131,9 @@ class _Source:
     fetch_url: str
     display: str
     local: bool
+    config: tuple[str, ...] = ()  # extra `-c` settings (the curl resolve pin)
+    ssh_alias: str | None = None  # the host name ssh checks the key of, when it connects to an IP
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 def redact_url(url: str) -> str:
@@ -69,65 +148,239 @@ def redact_url(url: str) -> str:
     return url
 
 
+def _secrets_of(url: str) -> tuple[str, ...]:
+    parts = urlsplit(url) if "://" in url else None
+    if parts and parts.netloc and "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        return tuple(s for s in {userinfo, *userinfo.split(":")} if len(s) >= 3)
+    return ()
+
+
 def _scrub(text: str, source: _Source) -> str:
     """Remove any trace of the URL's credentials from git output before it reaches a caller."""
     text = text.replace(source.fetch_url, source.display)
-    parts = urlsplit(source.fetch_url) if "://" in source.fetch_url else None
-    if parts and parts.netloc and "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        for secret in {userinfo, *userinfo.split(":")}:
-            if len(secret) >= 3:
-                text = text.replace(secret, "***")
+    for secret in sorted(source.secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
-def _classify(repo_url: str, allow_local_paths: bool) -> _Source:
-    """Validate `repo_url` and decide how git should reach it. Raises SourceError(argument=repo_url)."""
+# ------------------------------------------------------------------------------------ classification
+def _bad_url(url: str, why: str) -> SourceError:
+    return SourceError(f"{redact_url(url)!r} {why}", argument="repo_url", fix=_REPO_URL_FIX)
+
+
+def _local_path(url: str, policy: SourcePolicy) -> Path | None:
+    """The path of a local source (absolute path or file:// URL), or None for anything else."""
+    if not (url.startswith("/") or url.lower().startswith("file:")):
+        return None
+    if not policy.allow_local:
+        raise SourceError(
+            f"local paths and file:// URLs are disabled on this server ({_SETTING} is off: they would read "
+            "the server's own disk).",
+            argument="repo_url",
+            fix="push the code to a git host and pass its URL, e.g. https://github.com/owner/repo.git; "
+            f"or (operator) set {_SETTING}=true on a single-user machine",
+        )
+    if url.startswith("/"):
+        return Path(url)
+    parts = urlsplit(url)
+    if not url.lower().startswith("file://") or parts.netloc not in ("", "localhost"):
+        raise _bad_url(url, "is not a local file URL; write it as file:///absolute/path")
+    return Path(parts.path)
+
+
+def _host_of(raw: str, url: str) -> str:
+    """Validate a URL's host: a DNS name, a canonical dotted-quad IPv4 or a bracketed IPv6 literal."""
+    if raw.startswith("[") and raw.endswith("]"):
+        if "%" in raw:
+            raise _bad_url(url, "has an IPv6 zone id; pass a global address or a host name.")
+        try:
+            return str(ipaddress.IPv6Address(raw[1:-1]))
+        except ValueError:
+            raise _bad_url(url, "has an invalid IPv6 address (zone ids are not supported).") from None
+    if _NUMERIC_LABELS.match(raw):
+        try:
+            if str(ipaddress.IPv4Address(raw)) == raw:
+                return raw
+        except ValueError:
+            pass
+        # 2130706433, 0x7f.1, 0177.0.0.1, 127.1: forms resolvers read as IPv4 but people cannot check.
+        raise _bad_url(url, "writes its IP address in a non-standard form; use dotted decimal (e.g. 203.0.113.7).")
+    if len(raw) > 253 or not _DNS_NAME.match(raw):
+        raise _bad_url(url, "has an invalid host name (letters, digits, '-' and '.', no trailing dot).")
+    return raw.lower()
+
+
+def _parse_remote(url: str) -> _Target:
+    """Check a remote URL strictly, so that what we resolve is exactly what git and curl will connect to."""
+    if any(c in url for c in "\\") or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise _bad_url(url, "contains spaces, control characters or backslashes.")
+    if "://" not in url:
+        m = _SCP_LIKE.match(url)
+        if not m or "::" in url:
+            raise SourceError(f"{url!r} is neither a URL nor an absolute path.", argument="repo_url",
+                              fix=_REPO_URL_FIX)
+        user = m.group("user")
+        if user is not None and not _SSH_USER.match(user):
+            raise _bad_url(url, "has an invalid ssh user name.")
+        return _Target(kind="scp", host=_host_of(m.group("host"), url), port=22, url=url, user=user,
+                       path=m.group("path"))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _bad_url(url, "is not a valid URL.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _REMOTE_SCHEMES:
+        raise SourceError(
+            f"{redact_url(url)!r} uses an unsupported scheme {parts.scheme!r}; "
+            f"supported: {', '.join(_REMOTE_SCHEMES)} (and absolute paths/file:// when {_SETTING} is on).",
+            argument="repo_url",
+            fix=_REPO_URL_FIX,
+        )
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if "@" in userinfo or not _USERINFO.match(userinfo):
+        raise _bad_url(url, "has an invalid user/password part (percent-encode '@', '/' and ':' in tokens).")
+    user = userinfo.split(":", 1)[0] if userinfo else None
+    if scheme == "ssh" and user is not None and not _SSH_USER.match(user):
+        raise _bad_url(url, "has an invalid ssh user name.")
+    m = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?::([0-9]{1,5}))?", hostport)
+    if not m or not m.group(1):
+        raise _bad_url(url, "has no valid host.")
+    port = int(m.group(2)) if m.group(2) else _DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        raise _bad_url(url, "has an invalid port.")
+    return _Target(kind=scheme, host=_host_of(m.group(1), url), port=port, url=url, user=user)
+
+
+def check_repo_url(repo_url: str, policy: SourcePolicy) -> None:
+    """Refuse a `repo_url` that can never be fetched here (syntax, local sources when disabled), without I/O.
+
+    Lets callers fail fast before creating anything; `resolve_commit` repeats these checks and adds
+    the ones that need the network (address of the host) or the tenant's rights (local paths).
+    """
     url = repo_url.strip()
     if not url or url.startswith("-") or any(c in url for c in "\n\r\0"):
-        raise SourceError(f"{redact_url(url)!r} is not a git repository URL.", argument="repo_url", fix=_REPO_URL_FIX)
-    if url.startswith("/") or url.lower().startswith("file://"):
-        if not allow_local_paths:
-            raise SourceError(
-                "local paths and file:// URLs are disabled on this server (they would read its disk).",
-                argument="repo_url",
-                fix=_REPO_URL_FIX + "; push your code to a git host first",
+        raise _bad_url(url, "is not a git repository URL.")
+    if _local_path(url, policy) is None:
+        _parse_remote(url)
+
+
+def _getaddrinfo(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to (a seam for tests: they pin names to chosen addresses)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for an address on the public internet: not loopback, private (RFC 1918, CGNAT, ULA),
+    link-local (metadata), unspecified, multicast or reserved, nor an IPv6 form embedding one."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _public_address(embedded):
+            return False
+        if ip.is_site_local:
+            return False
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def _blocked(target: _Target) -> SourceError:
+    """One message for every refused address: it never says what answered, or whether the name resolved."""
+    return SourceError(
+        f"{redact_url(target.url)!r} does not point at a public internet host: this server refuses hosts "
+        "that resolve to loopback, private, link-local (cloud metadata) or other non-public addresses, "
+        "and names it cannot resolve.",
+        argument="repo_url",
+        fix=_BLOCKED_FIX,
+    )
+
+
+async def _checked_addresses(target: _Target, deadline: _Deadline) -> list[str]:
+    """Resolve the host once and refuse it unless every address is public."""
+    try:
+        literal = ipaddress.ip_address(target.host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        try:
+            addresses = await asyncio.wait_for(
+                asyncio.to_thread(_getaddrinfo, target.host, target.port), timeout=max(deadline.left(), 0.01)
             )
-        path = Path(urlsplit(url).path if url.lower().startswith("file://") else url)
-        _check_local_repo(path, url)
+        except (OSError, UnicodeError, TimeoutError):
+            raise _blocked(target) from None
+    if not addresses or not all(_public_address(ipaddress.ip_address(a)) for a in addresses):
+        raise _blocked(target)
+    return addresses
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _pinned(target: _Target, addresses: list[str]) -> _Source:
+    """A source whose connection goes to the checked address, whatever DNS says by then."""
+    display = redact_url(target.url)
+    secrets = _secrets_of(target.url)
+    if target.host == addresses[0]:  # an IP literal: nothing to resolve, nothing to rebind
+        return _Source(fetch_url=target.url, display=display, local=False, secrets=secrets)
+    if target.kind in ("http", "https"):
+        # The URL keeps the name (Host header, TLS SNI and certificate check); curl connects to the pin.
+        pin = f"http.curloptResolve={target.host}:{target.port}:{','.join(_bracketed(a) for a in addresses)}"
+        return _Source(fetch_url=target.url, display=display, local=False, config=(pin,), secrets=secrets)
+    ip = _bracketed(addresses[0])
+    if target.kind == "scp":
+        url = f"{target.user + '@' if target.user else ''}{ip}:{target.path}"
+        return _Source(fetch_url=url, display=target.url, local=False, ssh_alias=target.host, secrets=secrets)
+    parts = urlsplit(target.url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo + '@' if userinfo else ''}{ip}:{target.port}"
+    url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # git:// sends the host in its request line; most daemons ignore it, and ssh checks the key by alias.
+    return _Source(fetch_url=url, display=display, local=False,
+                   ssh_alias=target.host if target.kind == "ssh" else None, secrets=secrets)
+
+
+async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline) -> _Source:
+    """Validate `repo_url` and decide how git reaches it. Raises SourceError(argument=repo_url)."""
+    check_repo_url(repo_url, policy)
+    url = repo_url.strip()
+    path = _local_path(url, policy)
+    if path is not None:
+        await _check_local_repo(path, url, ws, deadline)
         return _Source(fetch_url=str(path), display=str(path), local=True)
-    if "://" in url:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in _REMOTE_SCHEMES or not parts.hostname:
-            raise SourceError(
-                f"{redact_url(url)!r} uses an unsupported scheme {parts.scheme!r}; "
-                f"supported: {', '.join(_REMOTE_SCHEMES)} (and absolute paths/file:// when enabled).",
-                argument="repo_url",
-                fix=_REPO_URL_FIX,
-            )
-        if parts.hostname.startswith("-"):
-            raise SourceError(f"{redact_url(url)!r} has an invalid host.", argument="repo_url", fix=_REPO_URL_FIX)
-        return _Source(fetch_url=url, display=redact_url(url), local=False)
-    if _SCP_LIKE.match(url) and "::" not in url and " " not in url:
-        return _Source(fetch_url=url, display=url, local=False)  # git@github.com:owner/repo.git
-    raise SourceError(f"{url!r} is neither a URL nor an absolute path.", argument="repo_url", fix=_REPO_URL_FIX)
+    target = _parse_remote(url)
+    if policy.allow_local:
+        # One person's machine: git reaches what that person can reach, as plain git would.
+        return _Source(fetch_url=url, display=redact_url(url), local=False, secrets=_secrets_of(url))
+    return _pinned(target, await _checked_addresses(target, deadline))
 
 
-def _check_local_repo(path: Path, shown: str) -> None:
-    """A local source must be an existing git repository; say exactly how to make one if it is not."""
+async def _check_local_repo(path: Path, shown: str, ws: SourceWorkspace, deadline: _Deadline) -> None:
+    """A local source must be a git repository the tenant can read, checked with the tenant's rights.
+
+    "Missing" and "not readable by this project's user" get the same answer, so the check tells a
+    caller nothing about paths only root can see.
+    """
     if not path.is_absolute():
+        raise SourceError(f"{shown!r} is a relative path.", argument="repo_url",
+                          fix="pass an absolute path, e.g. /srv/app")
+    proc = await _spawn(["/bin/sh", "-c", _LOCAL_CHECK, "sh", str(path)], ws, {"PATH": "/usr/bin:/bin"})
+    rc, _, _ = await _wait(proc, deadline, f"checking {shown}")
+    who = f"this project's Unix user ({ws.run_as.user})" if ws.run_as else "the InkMCP server"
+    if rc == 3:
         raise SourceError(
-            f"{shown!r} is a relative path.", argument="repo_url", fix="pass an absolute path, e.g. /srv/app"
-        )
-    if not path.is_dir():
-        raise SourceError(
-            f"{shown!r} does not exist or is not a directory.",
+            f"{shown!r} does not exist, is not a directory, or cannot be read by {who}.",
             argument="repo_url",
-            fix="pass the absolute path of an existing git repository",
+            fix="pass the absolute path of a git repository that user can read (its directory and parents "
+            "readable and searchable by others, e.g. chmod -R o+rX), or push it to a git host and pass that URL",
         )
-    is_worktree = (path / ".git").exists()
-    is_bare = (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
-    if not (is_worktree or is_bare):
+    if rc != 0:
         raise SourceError(
             f"{shown!r} is a directory but not a git repository (InkMCP deploys commits, not loose files).",
             argument="repo_url",
@@ -135,32 +388,7 @@ def _check_local_repo(path: Path, shown: str) -> None:
         )
 
 
-def _git_env(source: _Source) -> dict[str, str]:
-    """A minimal, prompt-free environment: nothing from InkMCP's own environment (it holds secrets)."""
-    protocols = "https:http:ssh:git" + (":file" if source.local else "")
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/nonexistent",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_ASKPASS": "/bin/false",
-        "SSH_ASKPASS": "/bin/false",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_ALLOW_PROTOCOL": protocols,
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=accept-new",
-    }
-
-
-def _git_base(source: _Source) -> list[str]:
-    base = ["git", "-c", "credential.helper=", "-c", "core.askPass=/bin/false", "-c", "gc.autoDetach=false"]
-    if source.local:
-        # Only local sources need the file transport (also for repos that use local submodules).
-        base += ["-c", "protocol.file.allow=always"]
-    return base
-
-
+# ------------------------------------------------------------------------------------------ processes
 class _Deadline:
     """One time budget shared by every git call of a request, so `timeout` bounds the whole call."""
 
@@ -172,20 +400,67 @@ class _Deadline:
         return self.end - time.monotonic()
 
 
+def _git_env(source: _Source) -> dict[str, str]:
+    """A minimal, prompt-free environment: nothing from InkMCP's own environment (it holds secrets)."""
+    protocols = "https:http:ssh:git" + (":file" if source.local else "")
+    ssh = "ssh -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=accept-new"
+    if source.ssh_alias:
+        # ssh connects to the checked IP; the key is still checked (and remembered) under the name.
+        ssh += f" -o HostKeyAlias={source.ssh_alias} -o CheckHostIP=no"
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ALLOW_PROTOCOL": protocols,
+        "GIT_SSH_COMMAND": ssh,
+    }
 
-async def _git(
-    args: list[str], source: _Source, deadline: _Deadline, *, git_dir: Path | None = None
-) -> tuple[int, str, str]:
-    """Run git; return (returncode, stdout, scrubbed stderr). Raises SourceError on timeout."""
-    argv = _git_base(source) + ([f"--git-dir={git_dir}"] if git_dir else []) + args
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_git_env(source),
-        start_new_session=True,
+
+def _git_base(source: _Source) -> list[str]:
+    base = [
+        "git",
+        "-c", "credential.helper=",
+        "-c", "core.askPass=/bin/false",
+        "-c", "gc.autoDetach=false",
+        "-c", "http.followRedirects=false",  # a redirect could lead anywhere, after our address check
+        "-c", "http.proxy=",
+    ]
+    if source.local:
+        # Only local sources need the file transport (also for repos that use local submodules).
+        base += ["-c", "protocol.file.allow=always"]
+    for setting in source.config:
+        base += ["-c", setting]
+    return base
+
+
+def _identity(ws: SourceWorkspace) -> dict[str, Any]:
+    """Popen arguments that make a child run as the project's user, with no supplementary groups."""
+    run_as = ws.run_as
+    if run_as is None or (run_as.uid == os.geteuid() and run_as.gid == os.getegid()):
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
+async def _spawn(
+    argv: list[str], ws: SourceWorkspace | None, env: dict[str, str], **kw: Any
+) -> asyncio.subprocess.Process:
+    """Start a child in its own session, umask 077, cwd /, as the workspace's user (None: as InkMCP)."""
+    kw.setdefault("stdin", asyncio.subprocess.DEVNULL)
+    kw.setdefault("stdout", asyncio.subprocess.PIPE)
+    kw.setdefault("stderr", asyncio.subprocess.PIPE)
+    return await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd="/", umask=0o077, start_new_session=True, **(_identity(ws) if ws else {}), **kw
     )
+
+
+async def _wait(proc: asyncio.subprocess.Process, deadline: _Deadline, doing: str) -> tuple[int, str, str]:
+    """Collect a child's output within the deadline; on timeout kill its whole session."""
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=max(deadline.left(), 0.01))
     except (TimeoutError, asyncio.CancelledError) as exc:
@@ -193,32 +468,46 @@ async def _git(
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise SourceError(
-            f"fetching {source.display} did not finish within {deadline.seconds:.0f}s.",
+            f"{doing} did not finish within {deadline.seconds:.0f}s.",
             argument="repo_url",
             fix="check that the repository is reachable and not huge, or retry; "
             + "private repos need a token in the URL",
         ) from None
     assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), _scrub(err.decode(errors="replace"), source)
+    return proc.returncode, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
 
 
-def _mirror_dir(cache_dir: Path, source: _Source) -> Path:
+async def _git(
+    args: list[str], source: _Source, ws: SourceWorkspace, deadline: _Deadline, *, git_dir: Path | None = None
+) -> tuple[int, str, str]:
+    """Run git as the tenant; return (returncode, stdout, scrubbed stderr). Raises SourceError on timeout."""
+    argv = _git_base(source) + ([f"--git-dir={git_dir}"] if git_dir else []) + args
+    proc = await _spawn(argv, ws, _git_env(source))
+    rc, out, err = await _wait(proc, deadline, f"fetching {source.display}")
+    return rc, out, _scrub(err, source)
+
+
+# ------------------------------------------------------------------------------------------- mirrors
+def _mirror_key(source: _Source) -> str:
     """Key the mirror by the credential-free URL, so a rotated token still reuses the same mirror.
 
-    Safe to share between callers with different credentials because every call fetches first and
-    fails when the remote refuses, so a mirror never serves a caller the remote would not.
+    Safe to share between callers of one project with different credentials because every call
+    fetches first and fails when the remote refuses, so a mirror never serves a caller the remote
+    would not.
     """
-    key = hashlib.sha256(source.display.encode()).hexdigest()[:32]
-    return cache_dir / "mirrors" / key
+    return hashlib.sha256(source.display.encode()).hexdigest()[:32]
 
 
 @contextlib.asynccontextmanager
-async def _locked(mirror: Path) -> AsyncIterator[None]:
-    """Serialize work on one mirror: an asyncio lock within this process, flock across processes."""
-    lock = _mirror_locks.setdefault(str(mirror), asyncio.Lock())
+async def _locked(ws: SourceWorkspace, key: str) -> AsyncIterator[None]:
+    """Serialize work on one mirror: an asyncio lock within this process, flock across processes.
+
+    The lock file lives in the root-only locks dir: root never creates files where the tenant writes.
+    """
+    path = ws.locks_dir / f"{key}.lock"
+    lock = _mirror_locks.setdefault(str(path), asyncio.Lock())
     async with lock:
-        mirror.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{mirror}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             while True:
                 try:
@@ -231,6 +520,21 @@ async def _locked(mirror: Path) -> AsyncIterator[None]:
             os.close(fd)  # closing releases the flock
 
 
+async def _ensure_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
+    """Create the bare mirror if missing or broken (e.g. an earlier run died during `git init`).
+
+    Both the check and the cleanup run as the tenant: root does not look inside the tenant's dir.
+    """
+    rc, out, _ = await _git(["rev-parse", "--is-bare-repository"], source, ws, deadline, git_dir=mirror)
+    if rc == 0 and out.strip() == "true":
+        return
+    rm = await _spawn(["rm", "-rf", "--", str(mirror)], ws, {"PATH": "/usr/bin:/bin"})
+    await _wait(rm, deadline, "clearing a broken repository cache")
+    rc, _, err = await _git(["init", "--bare", "--quiet", str(mirror)], source, ws, deadline)
+    if rc != 0:
+        raise SourceError(f"could not create the repository cache: {err.strip()}", argument="repo_url")
+
+
 def _fetch_error(source: _Source, stderr: str) -> SourceError:
     tail = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:])
     lowered = stderr.lower()
@@ -239,6 +543,13 @@ def _fetch_error(source: _Source, stderr: str) -> SourceError:
             f"{source.display} has no commits on its default branch.",
             argument="repo_url",
             fix="push at least one commit, or pass ref naming a branch that has commits",
+        )
+    if _REDIRECT.search(lowered):
+        return SourceError(
+            f"{source.display} answered with a redirect, and InkMCP does not follow redirects "
+            "(they could lead to an address it refuses).",
+            argument="repo_url",
+            fix="pass the repository's final URL (e.g. its new address after a rename)",
         )
     if any(s in lowered for s in ("authentication failed", "could not read username", "permission denied")):
         hint = "for a private repo pass a URL with a token, e.g. https://<token>@github.com/owner/repo.git"
@@ -255,38 +566,22 @@ def _fetch_error(source: _Source, stderr: str) -> SourceError:
     )
 
 
-def _mirror_ok(mirror: Path) -> bool:
-    """True if `mirror` looks like a bare repo; otherwise clear any half-made leftover."""
-    if (mirror / "HEAD").is_file() and (mirror / "objects").is_dir():
-        return True
-    if mirror.exists():
-        shutil.rmtree(mirror)
-    return False
+def _fetch_args(source: _Source, *targets: str) -> list[str]:
+    args = ["fetch", "--quiet", "--no-write-fetch-head"]
+    if source.local:
+        args.append(f"--upload-pack={_LOCAL_UPLOAD_PACK}")
+    return [*args, "--", source.fetch_url, *targets]
 
 
-def _prepare_dest(dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
-        raise ValueError(f"checkout destination {dest} is not empty")
-
-
-async def _ensure_mirror(mirror: Path, source: _Source, deadline: _Deadline) -> None:
-    """Create the bare mirror if missing or broken (e.g. an earlier run died during `git init`)."""
-    if _mirror_ok(mirror):
-        return
-    rc, _, err = await _git(["init", "--bare", "--quiet", str(mirror)], source, deadline)
-    if rc != 0:
-        raise SourceError(f"could not create the repository cache: {err.strip()}", argument="repo_url")
-
-
-async def _fetch(mirror: Path, source: _Source, deadline: _Deadline) -> None:
+async def _fetch(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
     """Fetch all branches, tags and the remote HEAD (the default branch) in one round trip."""
-    refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", f"+HEAD:{_HEAD_REF}"]
-    args = ["fetch", "--quiet", "--prune", "--no-write-fetch-head", "--", source.fetch_url, *refspecs]
-    rc, _, err = await _git(args, source, deadline, git_dir=mirror)
+    refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+    args = _fetch_args(source, *refspecs, f"+HEAD:{_HEAD_REF}")
+    args.insert(2, "--prune")
+    rc, _, err = await _git(args, source, ws, deadline, git_dir=mirror)
     if rc != 0 and "couldn't find remote ref head" in err.lower():
         # A remote whose HEAD points at a missing branch still has usable branches/tags.
-        rc, _, err2 = await _git(args[:-1], source, deadline, git_dir=mirror)
+        rc, _, err2 = await _git(args[:-1], source, ws, deadline, git_dir=mirror)
         if rc == 0:
             return
         err = err2 or err
@@ -294,15 +589,16 @@ async def _fetch(mirror: Path, source: _Source, deadline: _Deadline) -> None:
         raise _fetch_error(source, err)
 
 
-async def _rev_parse(mirror: Path, source: _Source, deadline: _Deadline, rev: str) -> str | None:
-    rc, out, _ = await _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], source, deadline, git_dir=mirror)
+async def _rev_parse(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline, rev: str) -> str | None:
+    rc, out, _ = await _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], source, ws, deadline,
+                            git_dir=mirror)
     return out.strip() if rc == 0 and out.strip() else None
 
 
-async def _resolve(mirror: Path, source: _Source, ref: str | None, deadline: _Deadline) -> str:
+async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str | None, deadline: _Deadline) -> str:
     """Turn `ref` into a full commit sha: default branch, branch, tag, (abbreviated) sha or refs/..."""
     if ref is None or not ref.strip():
-        sha = await _rev_parse(mirror, source, deadline, _HEAD_REF)
+        sha = await _rev_parse(mirror, source, ws, deadline, _HEAD_REF)
         if sha is None:
             raise SourceError(
                 f"{source.display} has no default branch (its HEAD points nowhere).",
@@ -317,39 +613,36 @@ async def _resolve(mirror: Path, source: _Source, ref: str | None, deadline: _De
     if ref.startswith("refs/"):
         candidates.insert(0, ref)
     for candidate in candidates:
-        sha = await _rev_parse(mirror, source, deadline, candidate)
+        sha = await _rev_parse(mirror, source, ws, deadline, candidate)
         if sha:
             return sha
     if _HEX_SHA.match(ref):
-        sha = await _rev_parse(mirror, source, deadline, ref)
+        sha = await _rev_parse(mirror, source, ws, deadline, ref)
         if sha:
             return sha.lower()
     # Not a branch/tag/known commit: a full sha not on any branch or a special ref (refs/pull/1/head)
     # may still be fetchable by name.
     if ref.startswith("refs/") or re.fullmatch(r"[0-9a-fA-F]{40}", ref):
         target = f"+{ref}:refs/inkmcp/extra" if ref.startswith("refs/") else ref
-        rc, _, _ = await _git(
-            ["fetch", "--quiet", "--no-write-fetch-head", "--", source.fetch_url, target],
-            source,
-            deadline,
-            git_dir=mirror,
-        )
+        rc, _, _ = await _git(_fetch_args(source, target), source, ws, deadline, git_dir=mirror)
         if rc == 0:
-            sha = await _rev_parse(mirror, source, deadline, "refs/inkmcp/extra" if ref.startswith("refs/") else ref)
+            fetched = "refs/inkmcp/extra" if ref.startswith("refs/") else ref
+            sha = await _rev_parse(mirror, source, ws, deadline, fetched)
             if sha:
                 return sha
     raise SourceError(f"{ref!r} is not a branch, tag or commit of {source.display}.", argument="ref", fix=_REF_FIX)
 
 
 async def _fetch_and_resolve(
-    repo_url: str, ref: str | None, cache_dir: Path, allow_local_paths: bool, deadline: _Deadline
+    repo_url: str, ref: str | None, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline
 ) -> tuple[_Source, Path, str]:
-    source = _classify(repo_url, allow_local_paths)
-    mirror = _mirror_dir(cache_dir, source)
-    async with _locked(mirror):
-        await _ensure_mirror(mirror, source, deadline)
-        await _fetch(mirror, source, deadline)
-        sha = await _resolve(mirror, source, ref, deadline)
+    source = await _classify(repo_url, ws, policy, deadline)
+    key = _mirror_key(source)
+    mirror = ws.mirrors_dir / key
+    async with _locked(ws, key):
+        await _ensure_mirror(mirror, source, ws, deadline)
+        await _fetch(mirror, source, ws, deadline)
+        sha = await _resolve(mirror, source, ws, ref, deadline)
     return source, mirror, sha
 
 
@@ -357,17 +650,17 @@ async def resolve_commit(
     repo_url: str,
     ref: str | None,
     *,
-    cache_dir: Path,
-    allow_local_paths: bool,
+    workspace: SourceWorkspace,
+    policy: SourcePolicy,
     timeout: float = 120,
 ) -> str:
-    """Fetch `repo_url` into its cached mirror and return the full sha `ref` points at.
+    """Fetch `repo_url` into the project's mirror (as the project's user) and return the full sha `ref` names.
 
     `ref` may be None (the remote's default branch), a branch, a tag, a full or abbreviated sha,
     or a full ref name such as refs/pull/1/head. Used for "same commit, nothing to do" checks;
     it leaves the mirror updated, so a following `resolve_and_checkout` only pays a no-op fetch.
     """
-    _, _, sha = await _fetch_and_resolve(repo_url, ref, cache_dir, allow_local_paths, _Deadline(timeout))
+    _, _, sha = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout))
     return sha
 
 
@@ -376,58 +669,137 @@ async def resolve_and_checkout(
     ref: str | None,
     dest: Path,
     *,
-    cache_dir: Path,
-    allow_local_paths: bool,
+    workspace: SourceWorkspace,
+    policy: SourcePolicy,
     timeout: float = 120,
 ) -> str:
     """Fetch, resolve `ref` and write the files of that commit into `dest`; return the full sha.
 
-    `dest` must be missing or empty; it receives plain files only (no `.git`), owned by the
-    calling user; chown it afterwards when the build runs as a tenant user. Submodules and
-    Git LFS objects are not included (git archive exports the tree as committed).
+    `dest` is created 0700 if missing (or must be an empty directory) and its parent must be
+    writable only by InkMCP: the files are written there by InkMCP's own `tar`, owned by InkMCP,
+    with no group/other permissions; hand them to the tenant while they are still out of its
+    reach. A commit whose files add up to more than `policy.max_checkout_bytes` is refused before
+    anything is written. Submodules and Git LFS objects are not included (git archive exports the
+    tree as committed).
     """
     deadline = _Deadline(timeout)
-    source, mirror, sha = await _fetch_and_resolve(repo_url, ref, cache_dir, allow_local_paths, deadline)
+    source, mirror, sha = await _fetch_and_resolve(repo_url, ref, workspace, policy, deadline)
     _prepare_dest(dest)
-    await _export(mirror, source, sha, dest, deadline)
+    entries = await _check_size(mirror, source, workspace, sha, policy, deadline)
+    await _export(mirror, source, workspace, sha, dest, deadline, policy.max_checkout_bytes, entries)
     return sha
 
 
-async def _export(mirror: Path, source: _Source, sha: str, dest: Path, deadline: _Deadline) -> None:
-    """Stream `git archive` into `tar -x`: no index, no .git, no lock needed on the mirror."""
-    read_fd, write_fd = os.pipe()
+# ------------------------------------------------------------------------------------------- export
+def _prepare_dest(dest: Path) -> None:
+    """Make `dest` a private, empty directory (never following a link), in a parent no tenant can write."""
+    parent = os.lstat(dest.parent)
+    if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != os.geteuid() or parent.st_mode & 0o022:
+        raise ValueError(f"checkout parent {dest.parent} must be a directory only InkMCP can write")
     try:
-        git = await asyncio.create_subprocess_exec(
-            *_git_base(source),
-            f"--git-dir={mirror}",
-            "archive",
-            "--format=tar",
-            sha,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=asyncio.subprocess.PIPE,
-            env=_git_env(source),
-            start_new_session=True,
-        )
-        tar = await asyncio.create_subprocess_exec(
-            "tar",
-            "-x",
-            "--no-same-owner",
-            "--no-same-permissions",
-            "-C",
-            str(dest),
-            stdin=read_fd,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=_git_env(source),
-            start_new_session=True,
-        )
+        os.mkdir(dest, 0o700)
+    except FileExistsError:
+        st = os.lstat(dest)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ValueError(f"checkout destination {dest} is not a directory of ours") from None
+        if os.listdir(dest):
+            raise ValueError(f"checkout destination {dest} is not empty") from None
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)  # exact, whatever the umask was
     finally:
-        os.close(read_fd)
-        os.close(write_fd)
+        os.close(fd)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _too_big(source: _Source, sha: str, size: int | None, cap: int) -> SourceError:
+    held = f"holds {_human(size)} of files" if size is not None else "expands to more"
+    return SourceError(
+        f"commit {sha[:12]} of {source.display} {held}, over this server's checkout size cap of {_human(cap)}.",
+        argument="repo_url",
+        fix="keep large files out of the repository (data, build outputs, media: .gitignore them or fetch them at "
+        "build time), or deploy a smaller repository",
+    )
+
+
+async def _check_size(
+    mirror: Path, source: _Source, ws: SourceWorkspace, sha: str, policy: SourcePolicy, deadline: _Deadline
+) -> int:
+    """Refuse a tree whose files add up to more than the cap, before writing anything; return its entry count."""
+    rc, out, err = await _git(["ls-tree", "-r", "-l", "-z", sha], source, ws, deadline, git_dir=mirror)
+    if rc != 0:
+        raise SourceError(f"could not list {sha[:12]} of {source.display}: {err.strip()}", argument="repo_url")
+    total = entries = 0
+    for record in out.split("\0"):
+        if not record:
+            continue
+        entries += 1
+        size = record.split("\t", 1)[0].split()[-1]
+        if size.isdigit():  # submodule entries have "-"
+            total += int(size)
+    if total > policy.max_checkout_bytes:
+        raise _too_big(source, sha, total, policy.max_checkout_bytes)
+    return entries
+
+
+async def _export(
+    mirror: Path, source: _Source, ws: SourceWorkspace, sha: str, dest: Path, deadline: _Deadline, cap: int,
+    entries: int,
+) -> None:
+    """Stream `git archive` (as the tenant) into `tar -x` (as InkMCP), counting bytes on the way.
+
+    The count is a backstop to the size check: the tenant owns the mirror's object files and could
+    swap them between the check and the archive.
+    """
+    git = await _spawn([*_git_base(source), f"--git-dir={mirror}", "archive", "--format=tar", sha],
+                       ws, _git_env(source))
+    tar = await _spawn(
+        ["tar", "-x", "--no-same-owner", "--no-same-permissions", "-C", str(dest)],
+        None,
+        {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    budget = cap + 4096 * (entries + 1)  # the files plus tar's headers and padding
+    over = False
+
+    async def pump() -> None:
+        nonlocal over
+        assert git.stdout is not None and tar.stdin is not None
+        sent = 0
+        try:
+            while chunk := await git.stdout.read(1 << 20):
+                sent += len(chunk)
+                if sent > budget:
+                    over = True
+                    await kill_process_group(git)
+                    await kill_process_group(tar)
+                    return
+                tar.stdin.write(chunk)
+                await tar.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return  # tar stopped early; its exit status says why
+        finally:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                tar.stdin.close()
+
+    async def stderr(proc: asyncio.subprocess.Process) -> bytes:
+        assert proc.stderr is not None
+        data = await proc.stderr.read()
+        await proc.wait()
+        return data
+
     try:
-        results = await asyncio.wait_for(
-            asyncio.gather(git.communicate(), tar.communicate()), timeout=max(deadline.left(), 0.01)
+        _, git_err, tar_err = await asyncio.wait_for(
+            asyncio.gather(pump(), stderr(git), stderr(tar)), timeout=max(deadline.left(), 0.01)
         )
     except (TimeoutError, asyncio.CancelledError) as exc:
         await kill_process_group(git)
@@ -439,7 +811,8 @@ async def _export(mirror: Path, source: _Source, sha: str, dest: Path, deadline:
             argument="repo_url",
             fix="retry; if the repository is very large, remove big files from it",
         ) from None
-    (_, git_err), (_, tar_err) = results
+    if over:
+        raise _too_big(source, sha, None, cap)
     if git.returncode != 0 or tar.returncode != 0:
         detail = _scrub((git_err or tar_err).decode(errors="replace").strip(), source)
         raise SourceError(f"could not check out {sha[:12]} of {source.display}: {detail}", argument="repo_url")

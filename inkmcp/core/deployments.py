@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.detect import derive_plan
 from inkmcp.build.plan import BuildPlan, Mode, ServiceType
-from inkmcp.build.source import resolve_and_checkout, resolve_commit
+from inkmcp.build.source import SourcePolicy, check_repo_url, resolve_and_checkout, resolve_commit
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import EnvService, validate_env_payload
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
@@ -87,7 +88,7 @@ class DeployService:
         databases: DatabaseService,
         compute: ComputeProvider,
         work_dir: Path,
-        allow_local_paths: bool,
+        sources: SourcePolicy,
         mac_key: bytes,
         metrics: Metrics,
         max_env_bytes: int,
@@ -97,15 +98,24 @@ class DeployService:
         self._envs = envs
         self._databases = databases
         self._compute = compute
+        # Checkouts are staged where only InkMCP can reach them (the provider hands them to the tenant).
         self._checkouts = work_dir / "checkouts"
-        self._git_cache = work_dir / "git-cache"
-        self._allow_local = allow_local_paths
+        self._private_checkouts()
+        # Mirrors now live per project, fetched as its user; the old shared cache was world-readable.
+        shutil.rmtree(work_dir / "git-cache", ignore_errors=True)
+        self._sources = sources
         self._mac_key = mac_key
         self._metrics = metrics
         self._max_env_bytes = max_env_bytes
         self._service_locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+
+    def _private_checkouts(self) -> None:
+        """work/ and work/checkouts: root 0700, so no tenant reaches a checkout before it is handed over."""
+        for d in (self._checkouts.parent, self._checkouts):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
 
     # ---------------------------------------------------------------- deploy
     async def deploy(self, p: Principal, req: DeployRequest) -> DeploymentView:
@@ -119,10 +129,10 @@ class DeployService:
         # project name held by another account, or an account limit already reached: say so before any fetch
         await self._projects.precheck_deploy(p, project_name, req.service_name)
 
-        commit = await resolve_commit(
-            req.repo_url, req.ref, cache_dir=self._git_cache, allow_local_paths=self._allow_local
-        )
+        check_repo_url(req.repo_url, self._sources)  # no project for a URL that can never be fetched
         project, _ = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
+        workspace = await self._compute.source_workspace(str(project.id))
+        commit = await resolve_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources)
         service_id = await self._ensure_service(project.id, req)
 
         db = await self._databases.ensure(project.id, req.database) if req.database else None
@@ -141,9 +151,7 @@ class DeployService:
                 return await self.view(p, reusable, reused=True)
             checkout = self._checkouts / uuid.uuid4().hex
             try:
-                await resolve_and_checkout(
-                    req.repo_url, commit, checkout, cache_dir=self._git_cache, allow_local_paths=self._allow_local
-                )
+                await resolve_and_checkout(req.repo_url, commit, checkout, workspace=workspace, policy=self._sources)
                 plan, service_type = derive_plan(
                     checkout,
                     service_name=req.service_name,
@@ -347,9 +355,9 @@ class DeployService:
             async with lock:
                 if checkout is None or not checkout.exists():
                     checkout = self._checkouts / uuid.uuid4().hex
+                    workspace = await self._compute.source_workspace(str(project.id))
                     await resolve_and_checkout(
-                        self._projects.fetch_url(svc), dep.commit, checkout, cache_dir=self._git_cache,
-                        allow_local_paths=self._allow_local,
+                        self._projects.fetch_url(svc), dep.commit, checkout, workspace=workspace, policy=self._sources
                     )
                 request = await self._release_request(dep, svc, project, checkout)
 
@@ -590,6 +598,7 @@ class DeployService:
         # Checkouts belong to pipelines of the previous process (a crash skips their cleanup); resumed
         # deployments check out again, so whatever is left is garbage.
         await asyncio.to_thread(shutil.rmtree, self._checkouts, True)
+        self._private_checkouts()
         async with self._sessions() as s:
             live = (
                 await s.execute(
