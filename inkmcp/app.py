@@ -156,6 +156,8 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         health_timeout=settings.health_timeout,
         build_timeout=settings.build_timeout,
         tenant_python=settings.tenant_python,
+        pids_max=settings.pids_max,
+        max_file_mb=settings.max_file_mb,
     )
     metrics = Metrics()
     sessions = store.sessionmaker

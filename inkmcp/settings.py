@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     health_timeout: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=900.0, gt=0)
     tenant_python: str = "/usr/bin/python3"
+    pids_max: int = Field(
+        default=512, ge=16, le=1_000_000,
+        description="processes plus threads one service may run at once, builds included (cgroup pids.max)",
+    )  # fmt: skip
+    max_file_mb: int = Field(
+        default=2048, ge=1, description="largest file a tenant process may write, in MiB (RLIMIT_FSIZE)"
+    )
     allow_local_sources: bool | None = Field(
         default=None,
         validate_default=True,

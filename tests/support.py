@@ -36,9 +36,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ROOT_TEST_BASE = Path("/var/lib/inkmcp-tests")
+
+
 def traversable_tmpdir(prefix: str) -> Path:
-    """A temp dir tenant users can traverse (pytest's own tmp dirs are 0700 under root)."""
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A temp dir tenant users can traverse (pytest's own tmp dirs are 0700 under root).
+
+    As root it lies outside /tmp and /var/tmp: tenant processes see their service's private temp dir
+    mounted there, so a data dir under /tmp would be out of their reach (InkMCP refuses one).
+    """
+    base = Path("/tmp")
+    if os.geteuid() == 0:
+        ROOT_TEST_BASE.mkdir(mode=0o711, exist_ok=True)
+        ROOT_TEST_BASE.chmod(0o711)
+        base = ROOT_TEST_BASE
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     d.chmod(0o711)
     return d
 

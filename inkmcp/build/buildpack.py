@@ -17,10 +17,12 @@ last makes a half-built venv (crash, timeout) never count as reusable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -29,7 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
-from inkmcp.build.process import kill_process_group, write_pid_file
+from inkmcp.build.process import TenantSandbox, kill_process_group, spawn, write_pid_file
 from inkmcp.errors import BuildFailed
 
 LogSink = Callable[[str], Awaitable[None]]
@@ -62,34 +64,32 @@ class BuildOutput(BaseModel):
 
 
 class _Runner:
-    """Runs build steps with one environment, identity, log sink and time budget."""
+    """Runs build steps with one environment, sandbox, log sink and time budget.
+
+    Every step starts through `inkmcp.build.process.spawn` in `sandbox`: as the tenant, in the
+    service's cgroup (its memory, CPU and pids limits), with the service's private /tmp. A step that
+    fails because a limit bit (OOM kill, refused fork) fails with an error naming that limit.
+    """
 
     def __init__(self, app_dir: Path, env: dict[str, str], log: LogSink, run_as: RunAs | None, timeout: float,
-                 pid_dir: Path | None = None) -> None:
+                 pid_dir: Path | None = None, sandbox: TenantSandbox | None = None) -> None:
         self.app_dir = app_dir
         self.pid_dir = pid_dir
         self.env = env
         self.log = log
         self.run_as = run_as
+        self.sandbox = sandbox or TenantSandbox(run_as=run_as)
+        if self.sandbox.run_as != run_as:
+            raise ValueError("the sandbox runs as another user than run_as")
         self.timeout = timeout
         self.end = time.monotonic() + timeout
 
     async def run(self, argv: list[str], *, what: str, argument: str, fix: str, cwd: Path | None = None) -> None:
         """Run one step, streaming merged stdout/stderr lines to the log; raise BuildFailed on failure."""
         await self.log(f"$ {' '.join(argv) if argv[:2] != ['/bin/sh', '-c'] else argv[2]}")
-        identity: dict[str, object] = {}
-        if self.run_as is not None:
-            identity = {"user": self.run_as.uid, "group": self.run_as.gid, "extra_groups": []}
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd or self.app_dir),
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            **identity,  # type: ignore[arg-type]
-        )
+        limits = self.sandbox.limits
+        before = limits.snapshot() if limits is not None else None
+        proc, _ = await spawn(argv, cwd=cwd or self.app_dir, env=self.env, sandbox=self.sandbox)
         pid_file = self._record(proc.pid)
         try:
             await asyncio.wait_for(self._pump(proc), timeout=max(self.end - time.monotonic(), 0.01))
@@ -107,7 +107,14 @@ class _Runner:
         finally:
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
+        # A step's leftovers (`cmd &`) die with it rather than run on, unowned, in the service's cgroup.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode != 0:
+            hit = limits.exceeded(before, "the build") if limits is not None else None
+            if hit is not None:
+                await self.log(f"!! {hit.message} (during: {what})")
+                raise BuildFailed(f"{hit.message} (during: {what}).", argument=hit.argument, fix=hit.fix)
             raise BuildFailed(f"{what} exited with {proc.returncode}.", argument=argument, fix=fix)
 
     def _record(self, pid: int) -> Path | None:
@@ -298,6 +305,7 @@ async def run_build(
     python: str = "/usr/bin/python3",
     cache_dir: Path | None = None,
     pid_dir: Path | None = None,
+    sandbox: TenantSandbox | None = None,
 ) -> BuildOutput:
     """Install dependencies and run the build command of `plan` inside `app_dir`.
 
@@ -305,12 +313,14 @@ async def run_build(
     virtualenvs; give each tenant its own (venvs are built by and writable for the tenant user).
     `cache_dir`, if given, holds the npm and pip download caches (must be writable by `run_as`).
     `env` is the service's environment (also visible to the build, like on Heroku).
+    `sandbox` confines every step (cgroup, private /tmp, rlimits; see inkmcp.build.process); by
+    default steps only run as `run_as`.
     Raises BuildFailed naming the step; the caller attaches the log tail.
     """
     # HOME receives pip/npm caches when no cache_dir is given: keep them out of the app dir.
     home = run_as.home if run_as else str(cache_dir / "home" if cache_dir else venv_root)
     build_env = _base_env(env, home, cache_dir)
-    runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir)
+    runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir, sandbox)
     output = BuildOutput()
 
     if plan.stack == Stack.python and not _has_python_deps(app_dir):

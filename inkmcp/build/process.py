@@ -1,15 +1,61 @@
-"""Subprocess helpers shared by source fetching and builds."""
+"""Subprocess helpers shared by source fetching and builds, and the one way to start tenant code.
+
+`TenantSandbox` + `spawn` start every tenant process (build step, release command, the copy of a
+reused build, supervised runtime process). As root, the forked child, before it execs anything of
+the tenant's:
+
+1. sets RLIMIT_CORE=0 (no core files full of env secrets) and RLIMIT_FSIZE (INKMCP_MAX_FILE_MB, so
+   one file cannot fill the disk);
+2. joins the service's cgroups (memory, cpu, pids, ...): everything it forks stays capped and can be
+   killed as a group;
+3. enters a private mount namespace (propagation to the host cut with MS_SLAVE) and mounts the
+   service's own tmp dir on /tmp and /var/tmp and a fresh size-capped tmpfs on /dev/shm, so tenants
+   share no temp files with each other or with the host;
+4. drops to the tenant (setgroups([]), setresgid, setresuid);
+5. only then chdirs to the working directory (a tenant-owned path: root never resolves it);
+6. execs.
+
+Without root there is nobody to switch to and no way to mount: the process runs as the current user
+with none of the above (the local provider says so in the deployment history).
+
+Steps 1-5 run in the forked child of a possibly multi-threaded process, so the child does as little
+as it can: every path is encoded and the libc handle loaded before the fork, there is no logging,
+and a failure writes one pre-built line to the (already redirected) stderr and `_exit`s with 126
+instead of raising, so the reason ends up in the build or runtime log.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
+import resource
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import psutil
+
+from inkmcp.build.plan import RunAs
+
+DEFAULT_MAX_FILE_BYTES = 2 * 1024**3
+DEFAULT_SHM_BYTES = 64 * 1024**2
+SANDBOX_EXIT = 126  # the child could not be confined; nothing of the tenant ran
+# The host's shared temp dirs, which the sandbox replaces with the service's own (not used as temp dirs here).
+TMP, VAR_TMP, DEV_SHM = "/tmp", "/var/tmp", "/dev/shm"  # noqa: S108
+PRIVATE_TMP_MOUNTS = (TMP, VAR_TMP)
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_SLAVE = 1 << 19
 
 
 async def kill_process_group(proc: asyncio.subprocess.Process) -> None:
@@ -32,3 +78,180 @@ def write_pid_file(path: Path, pid: int) -> bool:
         return True
     except (psutil.Error, OSError):
         return False
+
+
+class LimitProbe(Protocol):
+    """Explains a failure by the service's limits (the local provider's cgroup counters)."""
+
+    def snapshot(self) -> object: ...
+
+    def exceeded(self, since: object, what: str) -> LimitExplanation | None: ...
+
+
+class LimitExplanation(Protocol):
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def argument(self) -> str | None: ...
+
+    @property
+    def fix(self) -> str: ...
+
+
+def private_tmp_conflict(path: Path) -> str | None:
+    """Why tenant processes could not reach `path` once /tmp and /var/tmp are private, or None.
+
+    A data dir under /tmp would be hidden by the service's own /tmp mounted over it.
+    """
+    resolved = path.resolve()
+    for mount in PRIVATE_TMP_MOUNTS:
+        base = Path(mount).resolve()
+        if resolved == base or base in resolved.parents:
+            return (
+                f"{path} is under {mount}, which every tenant process sees replaced by its service's private "
+                f"temp dir; set INKMCP_DATA_DIR to a directory outside /tmp and /var/tmp (the default as root is "
+                "/var/lib/inkmcp)"
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class TenantSandbox:
+    """How one service's processes are confined (see the module docstring for the order of steps).
+
+    `tmp_dir` is the service's private temp dir: tenant-owned 0700, its parent root-owned, so the
+    tenant can fill it but never swap it for a symlink. `cgroup_procs` are the cgroup.procs files to
+    join (`Cgroups.procs_files`); empty when cgroups are unavailable. `limits` explains a failure
+    caused by them.
+    """
+
+    run_as: RunAs | None
+    cgroup_procs: tuple[str, ...] = ()
+    tmp_dir: Path | None = None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    shm_bytes: int = DEFAULT_SHM_BYTES
+    limits: LimitProbe | None = field(default=None, compare=False)
+
+    @property
+    def enforced(self) -> bool:
+        """True when the child can be confined (InkMCP is root)."""
+        return os.geteuid() == 0
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """The env the process gets: TMPDIR points at /tmp, which is the service's own when enforced."""
+        if self.enforced and self.tmp_dir is not None:
+            return {**env, "TMPDIR": TMP}
+        return env
+
+    def popen_kwargs(self, cwd: Path) -> dict[str, object]:
+        """cwd/identity/preexec arguments for Popen or loop.subprocess_exec."""
+        if not self.enforced:
+            if self.run_as is not None and self.run_as.uid != os.geteuid():
+                raise PermissionError(f"only root can run processes as {self.run_as.user}")
+            return {"cwd": str(cwd)}
+        # cwd=None: Popen would chdir as root, before the drop, following whatever the tenant put there.
+        return {"cwd": None, "preexec_fn": _ChildSetup(self, cwd)}
+
+
+@lru_cache(maxsize=1)
+def _libc() -> tuple[Callable[..., int], Callable[..., int]]:
+    """unshare(2) and mount(2), loaded once in the parent (Python 3.11 has no os.unshare)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unshare = libc.unshare
+    unshare.argtypes = [ctypes.c_int]
+    unshare.restype = ctypes.c_int
+    mount = libc.mount
+    mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    mount.restype = ctypes.c_int
+    return unshare, mount
+
+
+class _ChildSetup:
+    """The preexec_fn: everything is prepared here, in the parent; `__call__` runs in the child."""
+
+    def __init__(self, sandbox: TenantSandbox, cwd: Path) -> None:
+        self.unshare, self.mount = _libc()
+        self.fsize = sandbox.max_file_bytes
+        self.procs = tuple(os.fsencode(p) for p in sandbox.cgroup_procs)
+        self.tmp = os.fsencode(sandbox.tmp_dir) if sandbox.tmp_dir is not None else None
+        self.var_tmp = os.fsencode(VAR_TMP) if os.path.isdir(VAR_TMP) and not os.path.islink(VAR_TMP) else None
+        self.shm = os.fsencode(DEV_SHM) if os.path.isdir(DEV_SHM) else None
+        self.shm_options = f"size={sandbox.shm_bytes},mode=1777".encode()
+        run_as = sandbox.run_as
+        self.ids = (run_as.uid, run_as.gid) if run_as is not None else None
+        self.cwd = os.fsencode(cwd)
+        self.prefix = b"inkmcp: could not start the process in its sandbox: "
+        self.zero = b"0"  # "0" written to cgroup.procs moves the writing process itself
+
+    def _fail(self, step: bytes, errno: int) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, self.prefix + step + b": " + os.strerror(errno).encode() + b"\n")
+        os._exit(SANDBOX_EXIT)
+
+    def _check(self, rc: int, step: bytes) -> None:
+        if rc != 0:
+            self._fail(step, ctypes.get_errno())
+
+    def __call__(self) -> None:
+        step = b"setting resource limits"
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize, self.fsize))
+            step = b"joining the service's cgroup"
+            for path in self.procs:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, self.zero)
+                finally:
+                    os.close(fd)
+            if self.tmp is not None:
+                self._check(self.unshare(_CLONE_NEWNS), b"entering a private mount namespace")
+                self._check(self.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), b"making mounts private")
+                self._check(self.mount(self.tmp, b"/tmp", None, _MS_BIND, None), b"mounting the private /tmp")
+                if self.var_tmp is not None:  # the same dir: /tmp now is it (the source may lie under /tmp)
+                    self._check(self.mount(b"/tmp", self.var_tmp, None, _MS_BIND, None), b"mounting /var/tmp")
+                if self.shm is not None:
+                    rc = self.mount(b"tmpfs", self.shm, b"tmpfs", _MS_NOSUID | _MS_NODEV, self.shm_options)
+                    self._check(rc, b"mounting a private /dev/shm")
+            if self.ids is not None:
+                step = b"switching to the project's user"
+                uid, gid = self.ids
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+            step = b"entering the working directory " + self.cwd
+            os.chdir(self.cwd)
+        except OSError as e:
+            self._fail(step, e.errno or 0)
+
+
+async def spawn(
+    argv: tuple[str, ...] | list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    sandbox: TenantSandbox,
+    protocol: asyncio.subprocess.SubprocessStreamProtocol | None = None,
+) -> tuple[asyncio.subprocess.Process, asyncio.SubprocessTransport]:
+    """Start one tenant process in `sandbox`: stdin from /dev/null, stdout+stderr merged into a pipe,
+    its own session (so its process group can be killed), umask 077 (its files are its own).
+
+    `protocol` lets the caller observe the exit apart from the pipes (the supervisor does). An exit
+    code of 126 with an `inkmcp: could not start...` line means the sandbox could not be set up.
+    """
+    loop = asyncio.get_running_loop()
+    proto = protocol or asyncio.subprocess.SubprocessStreamProtocol(limit=65536, loop=loop)
+    transport, _ = await loop.subprocess_exec(
+        lambda: proto,
+        *argv,
+        env=sandbox.environment(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        umask=0o077,
+        close_fds=True,
+        **sandbox.popen_kwargs(cwd),  # type: ignore[arg-type]
+    )
+    return asyncio.subprocess.Process(transport, proto, loop), transport

@@ -9,7 +9,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from inkmcp.providers.compute.base import ReleaseRequest, ServiceKey, Step
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.supervisor import Backoff
 from inkmcp.providers.compute.local.users import project_user_name
+from tests.support import traversable_tmpdir
 
 PY = "/usr/bin/python3"
 
@@ -60,9 +60,9 @@ class Events:
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    # Not tmp_path: pytest makes its parents 0700, and tenant users must traverse to their files.
-    path = Path(tempfile.mkdtemp(prefix="inkmcp-local-", dir="/tmp"))
-    path.chmod(0o711)
+    # Not tmp_path: pytest makes its parents 0700, and tenant users must traverse to their files. Not
+    # under /tmp as root either: tenant processes get their service's private /tmp mounted there.
+    path = traversable_tmpdir("inkmcp-local-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -70,7 +70,7 @@ def data_dir() -> Iterator[Path]:
 @pytest.fixture
 def checkouts() -> Iterator[Callable[[dict[str, str]], Path]]:
     """Factory writing a fake checkout (files by relative path) into a temp dir."""
-    root = Path(tempfile.mkdtemp(prefix="inkmcp-checkouts-", dir="/tmp"))
+    root = traversable_tmpdir("inkmcp-checkouts-")  # next to data_dir: checkouts are renamed into it
 
     def make(files: dict[str, str]) -> Path:
         d = root / uuid.uuid4().hex

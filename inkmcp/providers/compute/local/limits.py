@@ -1,13 +1,19 @@
-"""Memory and CPU limits per service, enforced by the kernel through cgroups.
+"""Memory, CPU and process-count limits per service, enforced by the kernel through cgroups.
 
-`deploy_app(resources=...)` must not be accepted and then ignored: on the local provider a
-service's processes are placed in their own cgroup with `memory_mb` as a hard memory limit (no swap)
-and `cpus` as a CFS quota. cgroup v2 (the unified hierarchy, Debian 12's default) is preferred;
-hosts still on v1 use its memory and cpu controllers. Without root or without the controllers the
-limits cannot be enforced, and `reason` says why (reported in the deployment history).
+`deploy_app(resources=...)` must not be accepted and then ignored: on the local provider every
+process of a service (its build steps, its release command and its runtime processes) runs in the
+service's own cgroup, with `memory_mb` as a hard memory limit (no swap), `cpus` as a CFS quota and
+`pids_max` (INKMCP_PIDS_MAX) as a cap on processes plus threads, so one tenant can neither take the
+machine's memory nor fork-bomb it. cgroup v2 (the unified hierarchy, Debian 12's default) is
+preferred; hosts still on v1 use its memory, cpu, pids and freezer controllers. Without root or
+without the controllers the limits cannot be enforced, and `reason` says why (the deployment history
+shows it).
 
 A process joins its group in the forked child, while still root and before it execs tenant code
-(see `supervisor._join_cgroups_then_drop`), so nothing it forks can start outside the limits.
+(`inkmcp.build.process.TenantSandbox`), so nothing it forks can start outside the limits. Because
+every descendant stays in the group, the group is also how a service is ended for good: `kill_all`
+freezes it, SIGKILLs every member (double-forked `setsid` daemons included, which no process-tree
+walk finds) and waits until it is empty.
 """
 
 from __future__ import annotations
@@ -15,22 +21,59 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from inkmcp.errors import ProviderError
 from inkmcp.providers.compute.base import Resources
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
+DEFAULT_PIDS_MAX = 512
+V1_REQUIRED = ("memory", "cpu", "pids")
+V1_OPTIONAL = ("freezer",)  # without it kill_all still works, by killing until the group is empty
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+
+
+@dataclass(frozen=True)
+class LimitEvents:
+    """Kernel counters of a group: how often its limits bit."""
+
+    oom_kills: int = 0  # processes the OOM killer killed because the group hit its memory limit
+    pids_refused: int = 0  # fork/clone calls refused because the group hit pids.max
+
+
+@dataclass(frozen=True)
+class LimitHit:
+    """Why a command failed, when the cause was one of the service's limits (an actionable error)."""
+
+    message: str
+    argument: str | None
+    fix: str
+
+
+class CgroupKillError(ProviderError):
+    """Some process of a service's group would not die (it stays in the group, so it is still capped)."""
 
 
 class Cgroups:
-    def __init__(self, parent: str = "inkmcp", root: Path = CGROUP_ROOT) -> None:
+    def __init__(
+        self, parent: str = "inkmcp", root: Path = CGROUP_ROOT, *, pids_max: int = DEFAULT_PIDS_MAX
+    ) -> None:
+        if pids_max < 1:
+            raise ValueError("pids_max must be at least 1 (INKMCP_PIDS_MAX)")
         self.parent = parent
         self.root = root
+        self.pids_max = pids_max
         self.version: int | None = None
         self.reason = ""
+        self.controllers: tuple[str, ...] = ()
+        self.applied: dict[str, Resources] = {}  # group -> the limits `ensure` set (for error messages)
         self._detect()
 
     @property
@@ -42,68 +85,94 @@ class Cgroups:
             self.reason = "InkMCP is not running as root"
             return
         unified = self.root / "cgroup.controllers"
-        if unified.exists() and {"memory", "cpu"} <= set(unified.read_text().split()):
+        if unified.exists() and set(V2_CONTROLLERS) <= set(unified.read_text().split()):
             try:
                 self._enable_v2(self.root)
                 base = self.root / self.parent
                 base.mkdir(exist_ok=True)
                 self._enable_v2(base)
                 self.version = 2
+                self.controllers = V2_CONTROLLERS
                 return
             except OSError as e:
                 self.reason = f"cgroup v2 controllers cannot be delegated: {e.strerror}"
-        v1 = [self.root / "memory", self.root / "cpu"]
-        if all((d / "cgroup.procs").exists() for d in v1):
+        present = [c for c in (*V1_REQUIRED, *V1_OPTIONAL) if (self.root / c / "cgroup.procs").exists()]
+        if set(V1_REQUIRED) <= set(present):
             try:
-                for d in v1:
-                    (d / self.parent).mkdir(exist_ok=True)
+                for c in present:
+                    (self.root / c / self.parent).mkdir(exist_ok=True)
                 self.version = 1
+                self.controllers = tuple(present)
                 self.reason = ""
                 return
             except OSError as e:
                 self.reason = f"cgroup v1 hierarchy is not writable: {e.strerror}"
         elif not self.reason:
-            self.reason = "no cgroup memory and cpu controllers on this host"
+            missing = ", ".join(c for c in V1_REQUIRED if c not in present)
+            self.reason = f"no cgroup {missing} controller on this host (memory, cpu and pids are needed)"
 
     @staticmethod
     def _enable_v2(group: Path) -> None:
         control = group / "cgroup.subtree_control"
-        if not {"memory", "cpu"} <= set(control.read_text().split()):
-            control.write_text("+memory +cpu")
+        enabled = set(control.read_text().split())
+        wanted = [c for c in V2_CONTROLLERS if c not in enabled]
+        if wanted:
+            control.write_text(" ".join(f"+{c}" for c in wanted))
+
+    def _dir(self, controller: str, group: str) -> Path:
+        if self.version == 2:
+            return self.root / self.parent / group
+        return self.root / controller / self.parent / group
 
     def _dirs(self, group: str) -> list[Path]:
         if self.version == 2:
             return [self.root / self.parent / group]
-        return [self.root / "memory" / self.parent / group, self.root / "cpu" / self.parent / group]
+        return [self.root / c / self.parent / group for c in self.controllers]
 
     def ensure(self, group: str, resources: Resources) -> None:
-        """Create (or update) the group's limits."""
+        """Create (or update) the group's limits. Must run before anything of the service is spawned."""
         if not self.available:
             return
         memory = resources.memory_mb * 1024 * 1024
         quota = max(1000, int(resources.cpus * PERIOD_US))
-        dirs = self._dirs(group)
-        for d in dirs:
+        for d in self._dirs(group):
             d.mkdir(parents=True, exist_ok=True)
+        self.applied[group] = resources
         if self.version == 2:
-            d = dirs[0]
+            d = self._dir("memory", group)
             (d / "memory.max").write_text(str(memory))
             with contextlib.suppress(OSError):  # absent when the kernel has no swap accounting
                 (d / "memory.swap.max").write_text("0")
             (d / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-        else:
-            mem, cpu = dirs
-            (mem / "memory.limit_in_bytes").write_text(str(memory))
-            with contextlib.suppress(OSError):
-                (mem / "memory.memsw.limit_in_bytes").write_text(str(memory))
-            (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            (d / "pids.max").write_text(str(self.pids_max))
+            return
+        mem, cpu, pids = (self._dir(c, group) for c in V1_REQUIRED)
+        # memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write: when the
+        # limit grows, raise memsw (memory + swap) first; when it shrinks, lower memory first.
+        limit, memsw = mem / "memory.limit_in_bytes", mem / "memory.memsw.limit_in_bytes"
+        growing = memory > int(limit.read_text())
+        for path in (memsw, limit) if growing else (limit, memsw):
+            try:
+                path.write_text(str(memory))
+            except OSError:
+                if path == limit:
+                    raise
+                # no swap accounting (memsw absent): swap use cannot be capped, memory still is
+        (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        (pids / "pids.max").write_text(str(self.pids_max))
+
+    def watch(self, group: str) -> LimitWatch | None:
+        """What the sandbox uses to explain a failure by this group's limits (None before `ensure`)."""
+        resources = self.applied.get(group)
+        return LimitWatch(self, group, resources) if self.available and resources is not None else None
 
     def procs_files(self, group: str) -> tuple[str, ...]:
-        """The cgroup.procs files a process writes its pid to in order to join `group`."""
+        """The cgroup.procs files a process writes to in order to join `group` (one per controller on v1)."""
         return tuple(str(d / "cgroup.procs") for d in self._dirs(group)) if self.available else ()
 
     def attach(self, group: str, pid: int) -> None:
+        """Move a running process into the group (tests; services join from their forked child)."""
         if not self.available:
             return
         for d in self._dirs(group):
@@ -114,10 +183,170 @@ class Cgroups:
             except OSError as e:
                 log.warning("could not place pid %s in cgroup %s: %s", pid, d, e.strerror)
 
+    # -- what the limits did ----------------------------------------------------------------------
+
+    def events(self, group: str) -> LimitEvents:
+        """The group's OOM-kill and refused-fork counters (zero when unavailable)."""
+        if not self.available:
+            return LimitEvents()
+        mem, pids = self._dir("memory", group), self._dir("pids", group)
+        if self.version == 2:
+            oom = _counter(mem / "memory.events", "oom_kill")
+        else:
+            # memory.oom_control has an oom_kill counter since Linux 4.13; older kernels only count
+            # how often the limit was reached (failcnt), which is the best available sign.
+            oom = _counter(mem / "memory.oom_control", "oom_kill")
+            if oom is None:
+                oom = _read_int(mem / "memory.failcnt")
+        return LimitEvents(oom_kills=oom or 0, pids_refused=_counter(pids / "pids.events", "max") or 0)
+
+    def explain(self, group: str, before: LimitEvents, resources: Resources, what: str) -> LimitHit | None:
+        """If a limit bit since `before`, the error to show for the failed `what` ("the build", ...)."""
+        after = self.events(group)
+        if after.oom_kills > before.oom_kills:
+            mb = resources.memory_mb
+            more = min(mb * 2, 16384)
+            return LimitHit(
+                message=f"{what} ran out of memory: the service's limit is {mb} MiB (resources.memory_mb)",
+                argument="resources",
+                fix=f"raise it with deploy_app(resources={{'memory_mb': {more}}}) or make {what} use less",
+            )
+        if after.pids_refused > before.pids_refused:
+            return LimitHit(
+                message=f"{what} hit the service's limit of {self.pids_max} processes and threads (INKMCP_PIDS_MAX): "
+                "the kernel refused to start more",
+                argument=None,
+                fix=f"make {what} start fewer processes or threads (fewer parallel jobs or workers), or ask the "
+                "operator to raise INKMCP_PIDS_MAX",
+            )
+        return None
+
+    # -- ending a service ---------------------------------------------------------------------------
+
+    def pids(self, group: str) -> set[int]:
+        """Every process in the group, in any of its controllers (zombies are not listed)."""
+        found: set[int] = set()
+        if not self.available:
+            return found
+        for d in self._dirs(group):
+            with contextlib.suppress(FileNotFoundError):
+                found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        return found
+
+    def kill_all(self, group: str, timeout: float = 10.0) -> int:
+        """SIGKILL every process of the group and return once the group is empty; returns how many died.
+
+        The group is frozen while its members are listed and signalled, so nothing can fork a new
+        process between the listing and the kill (on v2 with cgroup.kill the kernel does it in one
+        step). Blocking: run it in a thread. Raises CgroupKillError after `timeout` seconds.
+        """
+        if not self.available:
+            return 0
+        killed: set[int] = set()
+        deadline = time.monotonic() + timeout
+        kill_file = self._dir("memory", group) / "cgroup.kill"
+        pause = 0.002
+        while True:
+            members = self.pids(group)
+            if not members:
+                return len(killed)
+            if time.monotonic() > deadline:
+                raise CgroupKillError(
+                    f"processes {sorted(members)} of cgroup {group} are still alive {timeout:g}s after SIGKILL "
+                    "(stuck in the kernel, e.g. on a hung file system); they stay capped by the service's limits",
+                    fix="retry the delete in a minute; if it persists the operator can inspect them with ps",
+                )
+            if self.version == 2 and kill_file.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    kill_file.write_text("1")
+                killed |= members
+            else:
+                with self._frozen(group):
+                    members = self.pids(group)
+                    for pid in members:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    killed |= members
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    @contextlib.contextmanager
+    def _frozen(self, group: str, settle: float = 1.0) -> Iterator[None]:
+        """Freeze the group for the duration (best effort: a task stuck in the kernel may not freeze)."""
+        if self.version == 2:
+            state, frozen, thawed = self._dir("memory", group) / "cgroup.freeze", "1", "0"
+        elif "freezer" in self.controllers:
+            state, frozen, thawed = self._dir("freezer", group) / "freezer.state", "FROZEN", "THAWED"
+        else:
+            yield
+            return
+        try:
+            state.write_text(frozen)
+        except OSError:
+            yield
+            return
+        try:
+            deadline = time.monotonic() + settle
+            while time.monotonic() < deadline and not self._is_frozen(state):
+                time.sleep(0.001)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                state.write_text(thawed)
+
+    def _is_frozen(self, state: Path) -> bool:
+        if self.version == 2:
+            return _counter(state.with_name("cgroup.events"), "frozen") == 1
+        return state.read_text().strip() == "FROZEN"
+
     def remove(self, group: str) -> None:
         """Delete the group once its processes are gone (rmdir fails while any remain)."""
         if not self.available:
             return
+        self.applied.pop(group, None)
         for d in self._dirs(group):
-            with contextlib.suppress(FileNotFoundError, OSError):
+            try:
                 d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("could not remove cgroup %s: %s", d, e.strerror)
+
+
+@dataclass(frozen=True)
+class LimitWatch:
+    """The limits of one service as the sandbox sees them: snapshot before a command, explain after.
+
+    Satisfies `inkmcp.build.process.LimitProbe`, so the build runner can say "out of memory" instead
+    of "exited with -9" without knowing about cgroups.
+    """
+
+    cgroups: Cgroups
+    group: str
+    resources: Resources
+
+    def snapshot(self) -> LimitEvents:
+        return self.cgroups.events(self.group)
+
+    def exceeded(self, since: object, what: str) -> LimitHit | None:
+        before = since if isinstance(since, LimitEvents) else LimitEvents()
+        return self.cgroups.explain(self.group, before, self.resources, what)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _counter(path: Path, key: str) -> int | None:
+    """`key N` from a flat-keyed cgroup file (memory.events, pids.events, memory.oom_control)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None

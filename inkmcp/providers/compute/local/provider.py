@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from inkmcp.build.buildpack import run_build
 from inkmcp.build.plan import Mode, RunAs
+from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
 from inkmcp.errors import BuildFailed
 from inkmcp.providers.compute.base import (
     LogScope,
@@ -32,8 +33,8 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
-from inkmcp.providers.compute.local.layout import ServiceLayout, prepare_data_dir
-from inkmcp.providers.compute.local.limits import Cgroups
+from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
+from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, Cgroups
 from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Proxy, Route, RouteConflict, WakeFailed
@@ -98,6 +99,8 @@ class LocalComputeProvider:
         stop_grace: float = 10.0,
         backoff: Backoff | None = None,
         port_range: tuple[int, int] = (20000, 30000),
+        pids_max: int = DEFAULT_PIDS_MAX,
+        max_file_mb: int = DEFAULT_MAX_FILE_BYTES // 2**20,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.domain = domain.lower().strip(".")
@@ -107,7 +110,8 @@ class LocalComputeProvider:
         self.tenant_python = tenant_python
         self.stop_grace = stop_grace
         self.backoff = backoff or Backoff()
-        self.limits = Cgroups()
+        self.limits = Cgroups(pids_max=pids_max)
+        self.max_file_bytes = max_file_mb * 2**20  # RLIMIT_FSIZE of every tenant process
         self.proxy = Proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0)
         self.ports = PortAllocator(port_range)
         self._services: dict[str, _Service] = {}
@@ -210,13 +214,14 @@ class LocalComputeProvider:
                 await progress(step, detail)
 
             try:
+                note = await self._apply_limits(request)  # first: the build runs in the service's cgroup
                 await track(Step.building, "building")
                 meta = await self._build(svc, request, build_log)
                 live = _Live(meta=meta, env=dict(request.env))
                 if meta.plan.release_command:
                     await track(Step.releasing, "running the release command")
                     await self._release_command(svc, live, build_log)
-                await self._roll(svc, live, track, note=await self._apply_limits(request))
+                await self._roll(svc, live, track, note=note)
             except (ReleaseFailed, OSError) as exc:
                 if isinstance(exc, OSError):  # disk full, permissions...: still a failed release, not a crash
                     exc = ReleaseFailed(current, f"{type(exc).__name__}: {exc}")
@@ -285,6 +290,7 @@ class LocalComputeProvider:
                 request.plan, app_dir, venv_root=svc.layout.venvs, env=env, log=build_log.awrite,
                 run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
                 cache_dir=Path(svc.home) / ".cache", pid_dir=svc.layout.run_dir,
+                sandbox=self._sandbox(svc),
             )  # fmt: skip
         except BuildFailed as exc:
             raise ReleaseFailed(Step.building, _with_tail(exc.render(), build_log)) from exc
@@ -300,6 +306,8 @@ class LocalComputeProvider:
         app_dir = self._app_dir(svc, live.meta)
         env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=live.env,
                          build_env=live.meta.build_env, port=None)  # fmt: skip
+        watch = self.limits.watch(svc.key.service_id)
+        before = watch.snapshot() if watch is not None else None
         try:
             code = await run_once(self._config("release", ("/bin/sh", "-c", command), app_dir, svc, env),
                                   build_log.write, timeout=self.build_timeout)  # fmt: skip
@@ -309,6 +317,11 @@ class LocalComputeProvider:
             ) from None
         except OSError as exc:
             raise ReleaseFailed(Step.releasing, f"could not run the release command: {exc}") from exc
+        hit = watch.exceeded(before, "the release command") if watch is not None and code != 0 else None
+        if hit is not None:
+            raise ReleaseFailed(
+                Step.releasing, _with_tail(f"{hit.message}; {hit.fix}. The previous version keeps serving.", build_log)
+            )
         if code != 0:
             raise ReleaseFailed(
                 Step.releasing,
@@ -393,8 +406,7 @@ class LocalComputeProvider:
         return ReleaseRun(
             live.meta, app_dir=self._app_dir(svc, live.meta), service_env=live.env, run_as=svc.run_as,
             home=svc.home, port=port, sink=svc.log.write, run_dir=svc.layout.run_dir,
-            tenant_python=self.tenant_python, backoff=self.backoff,
-            cgroup_procs=self.limits.procs_files(svc.key.service_id),
+            tenant_python=self.tenant_python, backoff=self.backoff, sandbox=self._sandbox(svc),
         )  # fmt: skip
 
     def _app_dir(self, svc: _Service, meta: ReleaseMeta) -> Path:
@@ -403,7 +415,16 @@ class LocalComputeProvider:
     def _config(self, name: str, argv: tuple[str, ...], cwd: Path, svc: _Service, env: dict[str, str]) -> ProcessConfig:
         if not env:
             env = tenant_env(home=svc.home, run_as=svc.run_as, service_env={}, build_env={}, port=None)
-        return ProcessConfig(name=name, argv=argv, cwd=cwd, env=env, run_as=svc.run_as)
+        return ProcessConfig(name=name, argv=argv, cwd=cwd, env=env, run_as=svc.run_as, sandbox=self._sandbox(svc))
+
+    def _sandbox(self, svc: _Service) -> TenantSandbox:
+        """How every process of `svc` is confined: its user, its cgroups, its private /tmp, the file-size cap."""
+        group = svc.key.service_id
+        return TenantSandbox(
+            run_as=svc.run_as, cgroup_procs=self.limits.procs_files(group),
+            tmp_dir=svc.layout.tmp if self._root else None, max_file_bytes=self.max_file_bytes,
+            limits=self.limits.watch(group),
+        )  # fmt: skip
 
     def _prune(self, svc: _Service, keep: int = 3, keep_logs: int = 20) -> None:
         """Keep the live release and the newest few others (for reuse_build_of); drop the rest."""
@@ -419,11 +440,21 @@ class LocalComputeProvider:
     # -- restore -------------------------------------------------------------------------------
 
     async def _apply_limits(self, request: ReleaseRequest) -> str:
+        """Create or update the service's cgroup; call before anything of the service is spawned.
+
+        Returns the note for the deployment history: the limits, or why they are not enforced.
+        """
         res = request.resources
+        if not self._root:
+            return ("isolation not enforced: InkMCP is not running as root, so processes run as the current user "
+                    "with the shared /tmp and no memory, CPU or process limits")  # fmt: skip
+        conflict = private_tmp_conflict(self.data_dir)
+        if conflict is not None:
+            raise ReleaseFailed(Step.building, conflict)
         if not self.limits.available:
             return f"resource limits not enforced: {self.limits.reason}"
         await asyncio.to_thread(self.limits.ensure, request.key.service_id, res)
-        return f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU"
+        return f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU, {self.limits.pids_max} processes"
 
     async def restore(self, request: ReleaseRequest) -> None:
         await self._apply_limits(request)
@@ -589,13 +620,18 @@ class LocalComputeProvider:
             await self._stop_service(svc)
             svc.live = None
             svc.log.close()
+        # Whatever the supervisors did not reach (double-forked setsid daemons, a build or release
+        # command still running) is still in the service's cgroup: kill the whole group, then files.
+        await asyncio.to_thread(self.limits.kill_all, key.service_id)
         layout = ServiceLayout(self.data_dir, key.service_id)
         await asyncio.to_thread(shutil.rmtree, layout.root, True)
         await asyncio.to_thread(self.limits.remove, key.service_id)
 
     async def remove_project(self, project_id: str) -> None:
-        """After a project's last service is gone: delete its Unix user."""
-        await delete_project_user(project_id)
+        """After a project's last service is gone: end its user's last processes, delete the user and its home."""
+        await delete_project_user(project_id, self.data_dir / "homes")
+        # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
+        await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
 
 
 def _is_root() -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 
 from inkmcp.build.plan import BuildPlan, RunAs, ServiceType, Stack
+from inkmcp.build.process import TenantSandbox
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, Supervisor
 from inkmcp.providers.compute.local.tenant_env import tenant_env
 
@@ -93,6 +94,7 @@ class ReleaseRun:
         tenant_python: str,
         backoff: Backoff,
         cgroup_procs: tuple[str, ...] = (),
+        sandbox: TenantSandbox | None = None,
     ) -> None:
         self.meta = meta
         self.port = port
@@ -112,6 +114,7 @@ class ReleaseRun:
             config = ProcessConfig(
                 name=name, argv=argv, cwd=app_dir, env=env, run_as=run_as,
                 pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}.pid", cgroup_procs=cgroup_procs,
+                sandbox=sandbox,
             )  # fmt: skip
             sup = Supervisor(config, capture, backoff=backoff)
             self.supervisors.append(sup)

@@ -1,7 +1,8 @@
 """One supervised tenant process: spawn, capture output, restart with backoff, stop the whole group.
 
-Each process starts in its own session (so its process group id is its pid) as the tenant user,
-with an explicit minimal environment. Stopping signals the process group (SIGTERM, then SIGKILL
+Each process starts through `inkmcp.build.process.spawn` in its service's sandbox (as the tenant
+user, in the service's cgroups, with its private /tmp) and in its own session (so its process group
+id is its pid), with an explicit minimal environment. Stopping signals the process group (SIGTERM, then SIGKILL
 after a grace period) plus any descendants that escaped into other groups, so a shell wrapper or a
 forking server never leaves children holding the port. A pid file records each live process so a
 restarted InkMCP can kill what a crashed one left behind.
@@ -23,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from inkmcp.build.plan import RunAs
-from inkmcp.build.process import write_pid_file
+from inkmcp.build.process import TenantSandbox, spawn, write_pid_file
 
 LineSink = Callable[[str], None]
 
@@ -46,30 +47,15 @@ class ProcessConfig:
     run_as: RunAs | None
     pid_file: Path | None = None
     cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the process joins before it runs tenant code
+    sandbox: TenantSandbox | None = None  # how the process is confined; default: run_as + cgroup_procs
 
-
-def _join_cgroups_then_drop(procs_files: tuple[str, ...], run_as: RunAs | None) -> Callable[[], None]:
-    """Runs in the forked child: only async-signal-safe-ish os calls, no locks, no logging."""
-
-    def setup() -> None:
-        pid = str(os.getpid()).encode()
-        for path in procs_files:
-            try:
-                fd = os.open(path, os.O_WRONLY)
-            except OSError:
-                continue  # limits are best effort; the process still runs
-            try:
-                os.write(fd, pid)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        if run_as is not None:  # what Popen(user=, group=, extra_groups=[]) would have done
-            os.setgroups([])
-            os.setresgid(run_as.gid, run_as.gid, run_as.gid)
-            os.setresuid(run_as.uid, run_as.uid, run_as.uid)
-
-    return setup
+    @property
+    def confinement(self) -> TenantSandbox:
+        if self.sandbox is not None:
+            if self.sandbox.run_as != self.run_as:
+                raise ValueError(f"{self.name}: the sandbox runs as another user than run_as")
+            return self.sandbox
+        return TenantSandbox(run_as=self.run_as, cgroup_procs=self.cgroup_procs)
 
 
 class ProcState(StrEnum):
@@ -149,29 +135,10 @@ class Supervisor:
 
     async def _create(self) -> None:
         cfg = self.config
-        kwargs: dict[str, object] = {}
-        if cfg.cgroup_procs:
-            # Join the cgroup in the child, before exec and before dropping root: a process moved
-            # from outside after spawning could already have forked children that escape it.
-            kwargs = {"preexec_fn": _join_cgroups_then_drop(cfg.cgroup_procs, cfg.run_as)}
-        elif cfg.run_as is not None:
-            kwargs = {"user": cfg.run_as.uid, "group": cfg.run_as.gid, "extra_groups": []}
-        loop = asyncio.get_running_loop()
-        protocol = _ExitAwareProtocol(loop)
-        transport, _ = await loop.subprocess_exec(
-            lambda: protocol,
-            *cfg.argv,
-            cwd=cfg.cwd,
-            env=cfg.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            umask=0o077,
-            close_fds=True,
-            **kwargs,  # type: ignore[arg-type]
-        )
-        proc = asyncio.subprocess.Process(transport, protocol, loop)
+        # The sandbox joins the cgroup in the child, before exec and before dropping root: a process
+        # moved from outside after spawning could already have forked children that escape it.
+        protocol = _ExitAwareProtocol(asyncio.get_running_loop())
+        proc, transport = await spawn(cfg.argv, cwd=cfg.cwd, env=cfg.env, sandbox=cfg.confinement, protocol=protocol)
         self._proc = proc
         self._transport = transport
         self._leader_exited = protocol.exited

@@ -10,12 +10,20 @@ still uses 0700 directories.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
 import pwd
 import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.errors import ProviderError
@@ -103,16 +111,95 @@ async def ensure_project_user(project_id: str, homes_dir: Path) -> RunAs | None:
         return RunAs(user=name, uid=entry.pw_uid, gid=entry.pw_gid, home=str(home))
 
 
-async def delete_project_user(project_id: str) -> None:
-    """Remove the project's system user (call after every service of the project is removed)."""
-    if not running_as_root():
-        return
+async def delete_project_user(project_id: str, homes_dir: Path | None = None, *, timeout: float = 10.0) -> None:
+    """Remove the project's system user and its home (call after every service of the project is removed).
+
+    In order: every process still running as the user is killed (the services' cgroups were killed
+    already; this catches anything that ran outside them, e.g. a git fetch), then `userdel` (which
+    refuses a user with live processes), then the home directory. The home is removed with
+    `shutil.rmtree`, which on Linux works through directory fds and never follows a symlink the
+    tenant planted; the home's parent (`homes/`) is root's, so the home entry itself cannot be swapped.
+    Without root there is no user: only the home (created by the provider) is removed.
+    """
     name = project_user_name(project_id)
-    if _lookup(name) is None:
-        return
-    code, out = await _run(_USERDEL, name)
-    if code not in (0, 6):  # 6: user does not exist
-        raise ProviderError(f"could not delete system user {name}: {out or f'exit {code}'}")
+    home = homes_dir / name if homes_dir is not None else None
+    if running_as_root():
+        entry = _lookup(name)
+        if entry is not None:
+            await asyncio.to_thread(kill_user_processes, entry.pw_uid, entry.pw_gid, timeout)
+            code, out = await _run(_USERDEL, name)
+            if code not in (0, 6):  # 6: user does not exist
+                raise ProviderError(f"could not delete system user {name}: {out or f'exit {code}'}")
+    if home is not None:
+        await asyncio.to_thread(_remove_home, home)
+
+
+def _remove_home(home: Path) -> None:
+    if not shutil.rmtree.avoids_symlink_attacks:  # not Linux: refuse rather than follow tenant symlinks
+        raise ProviderError(f"cannot remove {home} safely on this platform (shutil.rmtree follows symlinks)")
+    try:
+        shutil.rmtree(home)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ProviderError(f"could not remove the project's home {home}: {e.strerror}") from e
+
+
+def _processes_of(uid: int) -> list[psutil.Process]:
+    """Processes whose real, effective or saved uid is `uid` (zombies included: userdel counts them)."""
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and uid in (uids.real, uids.effective, uids.saved):
+            found.append(proc)
+    return found
+
+
+def _kill_everything_as(uid: int, gid: int) -> Callable[[], None]:
+    """preexec_fn: become the user, then kill(-1, SIGKILL), which signals every process the user may
+    signal in one pass inside the kernel, so a process forking in a loop cannot outrun it."""
+
+    def run() -> None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        with contextlib.suppress(OSError):  # ESRCH: nothing left
+            os.kill(-1, signal.SIGKILL)
+        os._exit(0)
+
+    return run
+
+
+def kill_user_processes(uid: int, gid: int, timeout: float = 10.0) -> int:
+    """SIGKILL every process of `uid` until none is left (blocking); returns how many were seen.
+
+    Raises ProviderError if some survive `timeout` seconds (stuck in the kernel).
+    """
+    deadline = time.monotonic() + timeout
+    seen: set[int] = set()
+    pause = 0.005
+    while True:
+        procs = _processes_of(uid)
+        if not procs:
+            return len(seen)
+        if time.monotonic() > deadline:
+            pids = sorted(p.pid for p in procs)
+            raise ProviderError(f"processes {pids} of uid {uid} are still alive {timeout:g}s after SIGKILL")
+        seen.update(p.pid for p in procs)
+        live = []
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    live.append(p)
+        if live:
+            subprocess.run(["/bin/true"], preexec_fn=_kill_everything_as(uid, gid), env={}, cwd="/",
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False, close_fds=True)  # fmt: skip
+            for p in live:  # and by pid from root, should the user have been unable to signal something
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        time.sleep(pause)  # zombies: init reaps them; killed processes need a moment to exit
+        pause = min(pause * 2, 0.1)
 
 
 def chown_tree(root: Path, run_as: RunAs | None) -> None:
