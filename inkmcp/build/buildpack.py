@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import fnmatch
 import hashlib
 import os
-import shutil
 import signal
+import stat
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from pydantic import BaseModel, Field
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
 from inkmcp.build.process import TenantSandbox, kill_process_group, spawn, write_pid_file
 from inkmcp.errors import BuildFailed
+from inkmcp.safefs import list_beneath, read_beneath
 
 LogSink = Callable[[str], Awaitable[None]]
 """Receives each output line of the build (without the newline), as it is produced."""
@@ -48,7 +50,6 @@ _DEP_FILES = (
     "setup.cfg",
     "constraints.txt",
 )
-_READY_MARKER = ".inkmcp-complete"
 _MAX_LINE = 8192
 
 
@@ -169,40 +170,54 @@ def _base_env(env: dict[str, str], home: str, cache_dir: Path | None) -> dict[st
     return {**base, **env}
 
 
-def _repo_file(app_dir: Path, name: str) -> Path | None:
-    """`app_dir/name` if it is a regular file inside the app dir.
+class RepoFiles:
+    """Read access to the app's files for InkMCP itself (often root) while the tenant can still change them.
 
-    InkMCP reads these files as itself (often root); a symlink to /proc/kcore or another tenant's
-    files must not be followed.
+    `anchor` is the checkout root, a directory whose parents only InkMCP can write; `app_dir` lies
+    beneath it. Reads never follow a symlink (to /proc/kcore or another tenant's files), and with
+    `owner_uid` a file the tenant does not own (a hard link) counts as absent.
     """
-    path = app_dir / name
-    if not path.is_file() or not path.resolve().is_relative_to(app_dir.resolve()):
-        return None
-    return path
+
+    def __init__(self, app_dir: Path, anchor: Path | None = None, owner_uid: int | None = None) -> None:
+        self.anchor = anchor or app_dir
+        self.rel = os.path.relpath(app_dir, self.anchor)
+        if self.rel.startswith(".."):
+            raise ValueError(f"{app_dir} is not beneath {self.anchor}")
+        self.owner_uid = owner_uid
+
+    def read(self, name: str) -> bytes | None:
+        return read_beneath(self.anchor, os.path.join(self.rel, name), owner_uid=self.owner_uid)
+
+    def has(self, name: str) -> bool:
+        return self.read(name) is not None
+
+    def names(self) -> list[str]:
+        return list_beneath(self.anchor, self.rel)
 
 
-def dependency_hash(app_dir: Path, python: str) -> str:
+def dependency_hash(app_dir: Path | RepoFiles, python: str) -> str:
     """Key of the virtualenv: dependency files + interpreter. Same key, same installed packages."""
+    repo = app_dir if isinstance(app_dir, RepoFiles) else RepoFiles(app_dir)
     digest = hashlib.sha256(f"python={python}\n".encode())
-    names = [*_DEP_FILES, *sorted(p.name for p in app_dir.glob("requirements*.txt"))]
+    names = [*_DEP_FILES, *sorted(n for n in repo.names() if fnmatch.fnmatch(n, "requirements*.txt"))]
     for name in dict.fromkeys(names):
-        path = _repo_file(app_dir, name)
-        if path is not None:
+        data = repo.read(name)
+        if data is not None:
             digest.update(f"{name}\n".encode())
-            digest.update(path.read_bytes())
+            digest.update(data)
     return digest.hexdigest()[:24]
 
 
-def _pyproject_dependencies(app_dir: Path) -> list[str] | None:
+def _pyproject_dependencies(repo: RepoFiles) -> list[str] | None:
     """`[project].dependencies` of pyproject.toml, or None when it has no [project] table.
 
     Installing the dependency list (not the project itself) keeps the venv a pure function of the
     dependency files, so it can be shared by every commit; the app runs from its directory.
     """
-    path = _repo_file(app_dir, "pyproject.toml")
+    raw = repo.read("pyproject.toml")
     try:
-        data = tomllib.loads(path.read_text() if path else "")
-    except (OSError, tomllib.TOMLDecodeError):
+        data = tomllib.loads(raw.decode() if raw else "")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     project = data.get("project")
     if not isinstance(project, dict):
@@ -211,22 +226,28 @@ def _pyproject_dependencies(app_dir: Path) -> list[str] | None:
     return [d for d in deps if isinstance(d, str)]
 
 
-def _venv_state(venv: Path) -> bool:
-    """True when `venv` is complete; otherwise remove any half-built leftover."""
-    if (venv / _READY_MARKER).is_file() and (venv / "bin" / "python").exists():
-        return True
-    if venv.exists():
-        shutil.rmtree(venv)
-    return False
+def _venv_complete(venv: Path, marker: Path) -> bool:
+    """True when `venv` finished installing: root's marker exists and the venv is a real directory.
+
+    The marker lives in a directory only InkMCP writes (never inside the tenant's venv), so a tenant
+    cannot fake completion or turn the marker write into a write through its own symlink.
+    """
+    try:
+        st = os.stat(venv, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and marker.is_file()
 
 
-def _write_marker(venv: Path) -> None:
-    (venv / _READY_MARKER).write_text("ok\n")
+def _write_marker(marker: Path) -> None:
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("ok\n")
 
 
 async def _flock(path: Path) -> int:
     """Exclusive flock without blocking the event loop; returns the fd (close it to release)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,16 +257,25 @@ async def _flock(path: Path) -> int:
 
 
 async def _python_deps(
-    runner: _Runner, plan: BuildPlan, app_dir: Path, venv_root: Path, python: str
+    runner: _Runner, repo: RepoFiles, venv_root: Path, state_dir: Path, python: str
 ) -> tuple[Path, bool]:
-    """Create or reuse the venv for this dependency set; returns (venv dir, reused)."""
-    venv = venv_root / dependency_hash(app_dir, python)
-    venv_root.mkdir(parents=True, exist_ok=True)  # normally pre-created (and chowned) by the caller
-    lock_fd = await _flock(venv_root / f"{venv.name}.lock")
+    """Create or reuse the venv for this dependency set; returns (venv dir, reused).
+
+    The venv itself is made and filled by the tenant (runner); InkMCP keeps the lock and the
+    completion marker in `state_dir`, a directory the tenant cannot write.
+    """
+    key = dependency_hash(repo, python)
+    venv = venv_root / key
+    marker = state_dir / f"venv-{key}.ok"
+    lock_fd = await _flock(state_dir / f"venv-{key}.lock")
     try:
-        if _venv_state(venv):
+        if await asyncio.to_thread(_venv_complete, venv, marker):
             await runner.log(f"-> reusing virtualenv {venv.name} (dependencies unchanged)")
             return venv, True
+        marker.unlink(missing_ok=True)
+        if os.path.lexists(venv):  # a half-built leftover: removed with the tenant's rights, not root's
+            await runner.run(["/bin/rm", "-rf", "--", str(venv)], what="removing a half-built virtualenv",
+                             argument="repo_url", fix="retry the deployment")  # fmt: skip
         await runner.log(f"-> creating virtualenv {venv.name}")
         fix_env = "the build server's Python is broken; report this to the operator"
         await runner.run(
@@ -256,15 +286,15 @@ async def _python_deps(
             "fix the dependency list (names, versions, local paths) in the repo, or pass a "
             "build_command; the log above shows pip's error"
         )
-        if (app_dir / "requirements.txt").is_file():
+        if repo.has("requirements.txt"):
             await runner.run(
                 [*pip, "-r", "requirements.txt"],
                 what="pip install -r requirements.txt",
                 argument="repo_url",
                 fix=fix_deps,
             )
-        elif (app_dir / "pyproject.toml").is_file() or (app_dir / "setup.py").is_file():
-            deps = _pyproject_dependencies(app_dir) if (app_dir / "pyproject.toml").is_file() else None
+        elif repo.has("pyproject.toml") or repo.has("setup.py"):
+            deps = _pyproject_dependencies(repo) if repo.has("pyproject.toml") else None
             if deps is None:
                 # No PEP 621 metadata (e.g. Poetry-only): let the build backend resolve it.
                 await runner.run([*pip, "."], what="pip install .", argument="repo_url", fix=fix_deps)
@@ -272,25 +302,31 @@ async def _python_deps(
                 await runner.run(
                     [*pip, *deps], what="pip install (pyproject dependencies)", argument="repo_url", fix=fix_deps
                 )
-        await asyncio.to_thread(_write_marker, venv)
+        await asyncio.to_thread(_write_marker, marker)
         return venv, False
     finally:
         os.close(lock_fd)
 
 
-def _has_python_deps(app_dir: Path) -> bool:
-    return any((app_dir / f).is_file() for f in ("requirements.txt", "pyproject.toml", "setup.py"))
+def _has_python_deps(repo: RepoFiles) -> bool:
+    return any(repo.has(f) for f in ("requirements.txt", "pyproject.toml", "setup.py"))
 
 
-def _python_shim(venv_root: Path, python: str) -> Path:
-    """A bin dir whose `python`/`python3` are the given interpreter (Debian ships only python3)."""
-    bin_dir = venv_root / "_bare" / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
+def python_shim(shim_dir: Path, python: str) -> Path:
+    """A bin dir whose `python`/`python3` are the given interpreter (Debian ships only python3).
+
+    `shim_dir` must be a directory only InkMCP writes (the provider's data_dir/bin, 0755), never a
+    tenant's: root creates the links there.
+    """
+    shim_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     for name in ("python", "python3"):
-        link = bin_dir / name
-        if not link.is_symlink():
-            link.symlink_to(python)
-    return bin_dir
+        link = shim_dir / name
+        if not link.is_symlink() or os.readlink(link) != python:
+            tmp = shim_dir / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(python)
+            tmp.replace(link)
+    return shim_dir
 
 
 async def run_build(
@@ -305,6 +341,9 @@ async def run_build(
     python: str = "/usr/bin/python3",
     cache_dir: Path | None = None,
     pid_dir: Path | None = None,
+    state_dir: Path | None = None,
+    shim_dir: Path | None = None,
+    anchor: Path | None = None,
     sandbox: TenantSandbox | None = None,
 ) -> BuildOutput:
     """Install dependencies and run the build command of `plan` inside `app_dir`.
@@ -313,30 +352,41 @@ async def run_build(
     virtualenvs; give each tenant its own (venvs are built by and writable for the tenant user).
     `cache_dir`, if given, holds the npm and pip download caches (must be writable by `run_as`).
     `env` is the service's environment (also visible to the build, like on Heroku).
+    `anchor` is the checkout root when `app_dir` is a subdirectory of it (see RepoFiles).
+    `state_dir` (venv locks and completion markers) and `shim_dir` (python shims) must be
+    directories only InkMCP can write; they are required when the build runs as a tenant (`run_as`),
+    and default to inside `venv_root` only when build and InkMCP are the same user.
     `sandbox` confines every step (cgroup, private /tmp, rlimits; see inkmcp.build.process); by
     default steps only run as `run_as`.
     Raises BuildFailed naming the step; the caller attaches the log tail.
     """
+    if run_as is not None and (state_dir is None or shim_dir is None):
+        raise ValueError("state_dir and shim_dir are required when the build runs as another user")
+    state_dir = state_dir or venv_root
+    repo = RepoFiles(app_dir, anchor, run_as.uid if run_as is not None else None)
+    shim_dir = shim_dir or venv_root / "_bare" / "bin"
     # HOME receives pip/npm caches when no cache_dir is given: keep them out of the app dir.
     home = run_as.home if run_as else str(cache_dir / "home" if cache_dir else venv_root)
     build_env = _base_env(env, home, cache_dir)
     runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir, sandbox)
     output = BuildOutput()
 
-    if plan.stack == Stack.python and not _has_python_deps(app_dir):
+    if plan.stack == Stack.python and not _has_python_deps(repo):
         # Nothing to install: no virtualenv (2-3 s per new service), just `python` on PATH.
-        shim = await asyncio.to_thread(_python_shim, venv_root, python)
+        venv_root.mkdir(parents=True, exist_ok=True)
+        shim = await asyncio.to_thread(python_shim, shim_dir, python)
         output.env = {"PATH": f"{shim}:{env.get('PATH', BASE_PATH)}"}
         runner.env = {**build_env, **output.env}
     elif plan.stack == Stack.python:
-        venv, reused = await _python_deps(runner, plan, app_dir, venv_root, python)
+        venv_root.mkdir(parents=True, exist_ok=True)  # normally pre-created (and owned) by the caller
+        venv, reused = await _python_deps(runner, repo, venv_root, state_dir, python)
         venv_bin = str(venv / "bin")
         output.env = {"PATH": f"{venv_bin}:{env.get('PATH', BASE_PATH)}", "VIRTUAL_ENV": str(venv)}
         output.reused_venv = reused
         output.venv_dir = str(venv)
         runner.env = {**build_env, **output.env}
     elif plan.stack == Stack.node:
-        lock = (app_dir / "package-lock.json").is_file()
+        lock = repo.has("package-lock.json")
         argv = ["npm", "ci"] if lock else ["npm", "install"]
         await runner.run(
             argv,

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from inkmcp.build.buildpack import run_build
+from inkmcp.build.buildpack import python_shim, run_build
 from inkmcp.build.plan import Mode, RunAs
 from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
+from inkmcp.build.source import SourceWorkspace
 from inkmcp.errors import BuildFailed
 from inkmcp.providers.compute.base import (
     LogScope,
@@ -42,11 +43,11 @@ from inkmcp.providers.compute.local.release import HealthFailed, ReleaseMeta, Re
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
 from inkmcp.providers.compute.local.tenant_env import tenant_env
 from inkmcp.providers.compute.local.users import (
-    chown_tree,
     delete_project_user,
     ensure_project_user,
     project_user_name,
 )
+from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, move_into
 
 ERROR_TAIL = 15
 
@@ -118,11 +119,13 @@ class LocalComputeProvider:
         self._service_create = asyncio.Lock()
         self._idle_task: asyncio.Task[None] | None = None
         self._root = _is_root()
+        self.shim_dir = self.data_dir / "bin"  # root 0755: `python` for apps without a venv
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(prepare_data_dir, self.data_dir, root=self._root)
+        await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
         await asyncio.to_thread(self._reap_stale)
         await self.proxy.start()
         self._idle_task = asyncio.create_task(self._idle_loop(), name="local-idle")
@@ -170,6 +173,15 @@ class LocalComputeProvider:
         port = self.proxy.port
         suffix = "" if port == 80 else f":{port}"
         return f"http://{self.host_for(key)}{suffix}"
+
+    # -- sources -------------------------------------------------------------------------------
+
+    async def source_workspace(self, project_id: str) -> SourceWorkspace:
+        """The project's own git mirrors, fetched with its user's rights (created on first use)."""
+        run_as = await ensure_project_user(project_id, self.data_dir / "homes")
+        layout = ProjectLayout(self.data_dir, project_id)
+        await asyncio.to_thread(layout.prepare, run_as)
+        return SourceWorkspace(mirrors_dir=layout.mirrors, locks_dir=layout.locks, run_as=run_as)
 
     # -- service registry ----------------------------------------------------------------------
 
@@ -238,17 +250,23 @@ class LocalComputeProvider:
         return ReleaseResult(url=url, detail=f"deployment {did} is live")
 
     async def _build(self, svc: _Service, request: ReleaseRequest, build_log: RotatingLog) -> ReleaseMeta:
-        """Put the checkout in the release dir and build it there (or reuse an identical build)."""
+        """Put the checkout in the release dir and build it there (or reuse an identical build).
+
+        Trust boundary: `releases/` and `releases/<did>/` are root's; only `src/` is the tenant's.
+        The checkout arrives in a root-private staging dir: it is checked and given to the tenant
+        there (nobody else can reach it), then renamed into place through directory fds.
+        """
         layout, did, plan = svc.layout, request.deployment_id, request.plan
         release_dir = layout.release_dir(did)
         await asyncio.to_thread(shutil.rmtree, release_dir, True)
-        await asyncio.to_thread(_mkdir_for, release_dir, svc.run_as)
+        await asyncio.to_thread(ensure_owned_dir, layout.releases, did, None, 0o711 if svc.run_as else 0o700)
         reused = request.reuse_build_of
         old_meta = ReleaseMeta.read(layout.meta(reused)) if reused else None
-        if reused and old_meta is not None and layout.src(reused).is_dir():
+        if reused and old_meta is not None and is_dir_beneath(layout.release_dir(reused), "src"):
             build_log.write(f"[inkmcp] reusing the build of deployment {reused}")
+            await asyncio.to_thread(ensure_owned_dir, release_dir, "src", svc.run_as, 0o700)
             code = await run_once(
-                self._config("copy", ("/bin/cp", "-a", str(layout.src(reused)), str(layout.src(did))),
+                self._config("copy", ("/bin/cp", "-a", "--", f"{layout.src(reused)}/.", str(layout.src(did))),
                              layout.releases, svc, {}),
                 build_log.write, timeout=self.build_timeout,
             )  # fmt: skip
@@ -260,21 +278,22 @@ class LocalComputeProvider:
             await asyncio.to_thread(shutil.rmtree, layout.src(did), True)
         src = layout.src(did)
         try:
-            await asyncio.to_thread(shutil.move, str(request.checkout_dir), str(src))
-            await asyncio.to_thread(chown_tree, src, svc.run_as)
-            app_dir = inside(src, plan.app_dir)
+            checked = inside(request.checkout_dir, plan.app_dir)  # resolved while still root-private
+            if not checked.is_dir():
+                raise ReleaseFailed(
+                    Step.building, f"app_dir {plan.app_dir!r} is not a directory in the repository"
+                )
+            await asyncio.to_thread(chown_private_tree, request.checkout_dir, svc.run_as)
+            await asyncio.to_thread(move_into, request.checkout_dir, release_dir, "src")
         except (OSError, ValueError) as exc:
             raise ReleaseFailed(Step.building, f"could not prepare the checkout: {exc}") from exc
-        if not app_dir.is_dir():
-            raise ReleaseFailed(Step.building, f"app_dir {plan.app_dir!r} is not a directory in the repository")
+        app_dir = src / os.path.relpath(checked, request.checkout_dir.resolve())
         build_env = await self._run_build(svc, request, app_dir, build_log)
         meta = ReleaseMeta(deployment_id=did, service_type=request.service_type, plan=plan, build_env=build_env)
         if meta.is_static:
-            try:
-                static = inside(app_dir, plan.static_dir)
-            except ValueError as exc:
-                raise ReleaseFailed(Step.building, f"static_dir: {exc}") from exc
-            if not static.is_dir():
+            rel = os.path.normpath(os.path.join(os.path.relpath(app_dir, src), plan.static_dir or "."))
+            if not is_dir_beneath(src, rel):  # the built tree is the tenant's: no symlink is followed
+
                 missing = plan.static_dir or "."
                 raise ReleaseFailed(Step.building, f"static_dir {missing!r} does not exist after the build")
         meta.write(layout.meta(did))
@@ -290,6 +309,7 @@ class LocalComputeProvider:
                 request.plan, app_dir, venv_root=svc.layout.venvs, env=env, log=build_log.awrite,
                 run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
                 cache_dir=Path(svc.home) / ".cache", pid_dir=svc.layout.run_dir,
+                state_dir=svc.layout.run_dir, shim_dir=self.shim_dir, anchor=svc.layout.src(request.deployment_id),
                 sandbox=self._sandbox(svc),
             )  # fmt: skip
         except BuildFailed as exc:
@@ -461,7 +481,7 @@ class LocalComputeProvider:
         svc = await self._service(request)
         async with svc.release_lock:
             meta = ReleaseMeta.read(svc.layout.meta(request.deployment_id))
-            if meta is None or not svc.layout.src(request.deployment_id).is_dir():
+            if meta is None or not is_dir_beneath(svc.layout.release_dir(request.deployment_id), "src"):
                 raise ReleaseFailed(
                     Step.starting,
                     f"the files of deployment {request.deployment_id} are gone from this machine; redeploy",
@@ -637,14 +657,6 @@ class LocalComputeProvider:
 def _is_root() -> bool:
 
     return os.geteuid() == 0
-
-
-def _mkdir_for(path: Path, run_as: RunAs | None) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if run_as is not None:
-        import os
-
-        os.chown(path, run_as.uid, run_as.gid)
 
 
 def _route_conflict(host: str) -> str:

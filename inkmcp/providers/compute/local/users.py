@@ -27,6 +27,7 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.errors import ProviderError
+from inkmcp.safefs import ensure_owned_dir
 
 USER_PREFIX = "ink-"
 _USERADD = "/usr/sbin/useradd"
@@ -70,10 +71,10 @@ async def _run(*argv: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
-def _ensure_home(home: Path, uid: int, gid: int) -> None:
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chown(home, uid, gid)
-    home.chmod(0o700)
+def _ensure_home(home: Path, run_as: RunAs) -> None:
+    """The home lives in root's `homes/` dir: created and chowned through a no-follow fd."""
+    home.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    ensure_owned_dir(home.parent, home.name, run_as, 0o700)
 
 
 async def ensure_project_user(project_id: str, homes_dir: Path) -> RunAs | None:
@@ -107,8 +108,9 @@ async def ensure_project_user(project_id: str, homes_dir: Path) -> RunAs | None:
                 os.close(fd)
         if entry is None:
             raise ProviderError(f"system user {name} is missing after useradd")
-        await asyncio.to_thread(_ensure_home, home, entry.pw_uid, entry.pw_gid)
-        return RunAs(user=name, uid=entry.pw_uid, gid=entry.pw_gid, home=str(home))
+        run_as = RunAs(user=name, uid=entry.pw_uid, gid=entry.pw_gid, home=str(home))
+        await asyncio.to_thread(_ensure_home, home, run_as)
+        return run_as
 
 
 async def delete_project_user(project_id: str, homes_dir: Path | None = None, *, timeout: float = 10.0) -> None:
@@ -200,13 +202,3 @@ def kill_user_processes(uid: int, gid: int, timeout: float = 10.0) -> int:
                     p.kill()
         time.sleep(pause)  # zombies: init reaps them; killed processes need a moment to exit
         pause = min(pause * 2, 0.1)
-
-
-def chown_tree(root: Path, run_as: RunAs | None) -> None:
-    """Give a tree to the tenant user without following symlinks (blocking; run in a thread)."""
-    if run_as is None:
-        return
-    os.lchown(root, run_as.uid, run_as.gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            os.lchown(os.path.join(dirpath, name), run_as.uid, run_as.gid)
