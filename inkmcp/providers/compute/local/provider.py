@@ -466,8 +466,8 @@ class LocalComputeProvider:
         """
         res = request.resources
         if not self._root:
-            return ("isolation not enforced: InkMCP is not running as root, so processes run as the current user "
-                    "with the shared /tmp and no memory, CPU or process limits")  # fmt: skip
+            return ("isolation and resource limits not enforced: InkMCP is not running as root, so processes run "
+                    "as the current user with the shared /tmp and no memory, CPU or process limits")  # fmt: skip
         conflict = private_tmp_conflict(self.data_dir)
         if conflict is not None:
             raise ReleaseFailed(Step.building, conflict)
