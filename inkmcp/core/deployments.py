@@ -130,9 +130,14 @@ class DeployService:
         await self._projects.precheck_deploy(p, project_name, req.service_name)
 
         check_repo_url(req.repo_url, self._sources)  # no project for a URL that can never be fetched
-        project, _ = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
-        workspace = await self._compute.source_workspace(str(project.id))
-        commit = await resolve_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources)
+        project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
+        try:
+            workspace = await self._compute.source_workspace(str(project.id))
+            commit = await resolve_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources)
+        except BaseException:
+            if created:  # a typo in repo_url must not leave an empty project (and its user) behind
+                await self._drop_if_empty(project.id)
+            raise
         service_id = await self._ensure_service(project.id, req)
 
         db = await self._databases.ensure(project.id, req.database) if req.database else None
@@ -184,6 +189,20 @@ class DeployService:
         )
         self._spawn(self._run(deployment_id, checkout))
         return await self.view(p, deployment_id)
+
+    async def _drop_if_empty(self, project_id: uuid.UUID) -> None:
+        """Undo a project this call created, unless something (another call) attached to it meanwhile."""
+        async with self._sessions.begin() as s:
+            gone = (
+                await s.execute(
+                    delete(Project)
+                    .where(Project.id == project_id)
+                    .where(~select(Service.id).where(Service.project_id == project_id).exists())
+                    .returning(Project.id)
+                )
+            ).first()
+        if gone is not None:
+            await self._compute.remove_project(str(project_id))
 
     def _settings_of(self, req: DeployRequest) -> dict[str, Any]:
         return {
