@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 serve: $(STAMP)
 	$(VENV)/bin/inkmcp serve
 
+# -ra lists every skip with its reason. INKMCP_REQUIRE_ALL=1 (set by .ci/run) turns the skips for a missing
+# component into failures; fast subset: make test PYTEST_ARGS='-m "not slow"' (tests/conftest.py).
 test: $(STAMP)
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-system-deps.sh && bash scripts/test-docker.sh; fi
 	$(VENV)/bin/ruff check .

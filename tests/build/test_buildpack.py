@@ -18,6 +18,7 @@ import pytest
 from inkmcp.build.buildpack import run_build
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
 from inkmcp.errors import BuildFailed
+from tests.requirements import require, require_root, requires
 
 from .conftest import write_files
 
@@ -73,6 +74,11 @@ async def build(plan: BuildPlan, app: Path, venvs: Path, log: Log | None = None,
     kw.setdefault("env", dict(OFFLINE_PIP))
     kw.setdefault("run_as", None)
     kw.setdefault("timeout", 120)
+    if kw["run_as"] is not None:  # as a tenant, locks/markers/shims must live where only we write
+        state = venvs.parent / "state"
+        state.mkdir(mode=0o700, exist_ok=True)
+        kw.setdefault("state_dir", state)
+        kw.setdefault("shim_dir", venvs.parent / "bin")
     return await run_build(plan, app, venv_root=venvs, log=log or Log(), **kw)  # type: ignore[arg-type]
 
 
@@ -176,7 +182,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+@requires("npm", shutil.which("npm") is not None, "no npm on PATH")
 async def test_node_install_and_build(tmp_path: Path) -> None:
     app = tmp_path / "app"
     script = (
@@ -198,10 +204,8 @@ async def test_node_install_and_build(tmp_path: Path) -> None:
 @pytest.fixture
 def tenant() -> Iterator[tuple[RunAs, Path]]:
     """A throwaway system user and a world-traversable work dir (tmp_path lives under a 0700 dir)."""
-    if os.geteuid() != 0:
-        pytest.skip("run_as needs root: the test creates a system user and builds as that user")
-    if shutil.which("useradd") is None:
-        pytest.skip("useradd is not available")
+    require_root("run_as needs root: the test creates a system user and builds as that user")
+    require("root", shutil.which("useradd") is not None, "no useradd on PATH (Debian's passwd package)")
     name = f"inkt{uuid.uuid4().hex[:8]}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
     work = Path(tempfile.mkdtemp(prefix="inkmcp-runas-"))

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import pytest
 
+from tests.requirements import require, require_root
+
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 CLONE_NEWNET = 0x40000000
@@ -30,28 +32,24 @@ def have_sshd() -> bool:
 
 
 def need_sshd() -> None:
-    if not have_sshd():
-        pytest.skip("openssh-server is not installed: run scripts/test-system-deps.sh as root")
+    require("sshd", have_sshd(), f"{SSHD} or {SFTP_SERVER} does not exist")
     # sshd (even `sshd -t`) insists on its privilege-separation directory; the package normally creates it
     # at service start, which we never do.
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
 
 def need_netadmin() -> None:
-    """Namespaces and netfilter need root with CAP_NET_ADMIN; anything less is a skip, not a failure."""
-    if os.geteuid() != 0:
-        pytest.skip("kernel firewall tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN for network namespaces)")
-    if not shutil.which("ip") or not shutil.which("iptables-restore"):
-        pytest.skip("iproute2/iptables missing: run scripts/test-system-deps.sh as root")
+    """Namespaces and netfilter need root with CAP_NET_ADMIN: a skip with the reason, or a failure in CI."""
+    require_root("kernel firewall tests need CAP_NET_ADMIN, and CAP_SYS_ADMIN for network namespaces")
+    missing = [tool for tool in ("ip", "iptables-restore") if not shutil.which(tool)]
+    require("netns", not missing, f"{', '.join(missing)} not on PATH")
     probe = f"ikp{uuid.uuid4().hex[:6]}"
     r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=10)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create network namespaces here (no CAP_NET_ADMIN?): {r.stderr.strip()}")
+    require("netns", r.returncode == 0, f"`ip netns add` failed (no CAP_NET_ADMIN?): {r.stderr.strip()}")
     try:
         cmd = ["ip", "netns", "exec", probe, "iptables", "-w", "5", "-N", "PROBE"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            pytest.skip(f"iptables does not work in a network namespace here: {r.stderr.strip()}")
+        require("netns", r.returncode == 0, f"iptables does not work in a network namespace: {r.stderr.strip()}")
     finally:
         subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
 

@@ -11,10 +11,12 @@ import time
 import psutil
 import pytest
 from pydantic import SecretStr
+from websockets.asyncio.client import connect as ws_connect
 
 from inkmcp.build.plan import Mode, ProcessSpec
 from inkmcp.providers.compute.base import ReleaseFailed, RuntimeState, Step
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for, web_plan
+from tests.requirements import requires
 
 WS_ECHO = r"""
 import asyncio, base64, hashlib, os
@@ -65,13 +67,12 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
 
 
 async def test_websocket_passes_through(make_provider, checkouts, project_ids):
-    websockets = pytest.importorskip("websockets.asyncio.client")
     provider = await make_provider()
     key = key_for(project_ids(), service="ws")
     await provider.release(request_for(key, checkouts({"app.py": WS_ECHO}), web_plan()), Events())
     sock = socket.create_connection(("127.0.0.1", provider.proxy.port))
     uri = f"ws://{provider.host_for(key)}:{provider.proxy.port}/"
-    async with websockets.connect(uri, sock=sock) as ws:
+    async with ws_connect(uri, sock=sock) as ws:
         for message in ("hello", "x" * 100_000):
             await ws.send(message)
             assert await ws.recv() == message
@@ -190,7 +191,11 @@ async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
     task = asyncio.create_task(hammer())
     slow = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2", "START_DELAY": "1.0"})
     await provider.release(slow, Events())
-    await asyncio.sleep(0.2)
+
+    async def v2_served():  # the hammer has seen the switch
+        return any(text == "v2\n" for _, text in seen)
+
+    await wait_for(v2_served, timeout=10)
     stop.set()
     await task
     assert all(code == 200 for code, _ in seen), {code for code, _ in seen}
@@ -241,7 +246,7 @@ async def test_restore_on_a_new_provider(make_provider, checkouts, project_ids, 
     assert (await get(second, sleepy)).text == "lazy\n"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="per-project users need root")
+@requires("root", os.geteuid() == 0, "per-project Unix users are created only when InkMCP runs as root")
 async def test_per_project_users_isolate_files(make_provider, checkouts, project_ids, data_dir):
     import pwd
     import subprocess
@@ -284,7 +289,16 @@ async def test_crash_with_grandchild_holding_output_restarts(make_provider, chec
         return worker.restarts >= 1 and worker.alive
 
     await wait_for(restarted, timeout=5)
-    await asyncio.sleep(0.1)
-    assert not [c for c in first_children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    async def children_gone():  # killed with the crashed leader's group, reaped asynchronously
+        return not [c for c in first_children if alive(c)]
+
+    await wait_for(children_gone, timeout=5)
     rt = await provider.runtime(key)
     assert rt.restarts >= 1

@@ -24,6 +24,7 @@ import jinja2
 import pytest
 
 from tests.netns import link_standin, sh
+from tests.requirements import require, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 GVISOR = REPO / "hardening" / "gvisor"
@@ -138,15 +139,19 @@ def _build_rootfs(tmp: Path, extra: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="session")
 def node():
-    if os.geteuid() != 0:
-        pytest.skip("real Docker/gVisor tests need root (private dockerd, network namespaces)")
+    require_root("real Docker/gVisor tests run a private dockerd in a network namespace")
     deps = subprocess.run(["bash", str(REPO / "scripts/test-docker.sh")], capture_output=True, text=True, check=False)
+    after = "after scripts/test-docker.sh"
     if deps.returncode != 0:
-        pytest.skip(f"docker.io/runsc could not be installed: {deps.stderr.strip()}")
+        after += f" (it exited {deps.returncode}: {deps.stderr.strip() or deps.stdout.strip()})"
     runc, runsc = shutil.which("runc"), shutil.which("runsc")
     docker_bin = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
-    if not (runc and runsc and docker_bin and shutil.which("dockerd")):
-        pytest.skip("runc, runsc, docker or dockerd missing after scripts/test-docker.sh")
+    missing = [name for name, path in (("dockerd", shutil.which("dockerd")), ("docker", docker_bin), ("runc", runc))
+               if path is None]
+    require("dockerd", not missing, f"{', '.join(missing)} not on PATH {after}")
+    require("runsc", runsc is not None, f"runsc not on PATH {after}")
+    missing = [tool for tool in ("ip", "nsenter", "iptables") if shutil.which(tool) is None]
+    require("netns", not missing, f"{', '.join(missing)} not on PATH {after}")
 
     tmp = Path(tempfile.mkdtemp(prefix="inkgv-"))
     netns = f"inkgv{os.getpid()}"
@@ -294,9 +299,8 @@ class Uplink:
 
 @pytest.fixture(scope="module")
 def uplink(node):
-    for tool in ("ip", "nsenter", "iptables-save", "iptables-restore"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} missing after scripts/test-docker.sh")
+    missing = [tool for tool in ("ip", "nsenter", "iptables-save", "iptables-restore") if not shutil.which(tool)]
+    require("netns", not missing, f"{', '.join(missing)} not on PATH after scripts/test-docker.sh")
     tag = f"inkeg{os.getpid()}"
     namespaces = {name: f"{tag}{name}" for name in ("rtr", *STANDINS)}
     up = Uplink(node=node, namespaces=namespaces)

@@ -8,15 +8,17 @@ import os
 
 import pytest
 
+from tests.requirements import require_root
+
 from .conftest import GVISOR, install, render_config
 
 PLATFORM = [{"name": "coolify-proxy", "image_ids": ["sha256:" + "a" * 64]}, {"name": "sablier"}]
 
 
-@pytest.fixture(autouse=True)
-def _root_only():
-    if os.geteuid() != 0:
-        pytest.skip("install.sh installs root-owned files")
+@pytest.fixture
+def as_root() -> None:
+    """install.sh installs root-owned files; the template render needs no root."""
+    require_root("install.sh installs root-owned files")
 
 
 def test_template_renders_defaults_and_platform_entries():
@@ -30,7 +32,7 @@ def test_template_renders_defaults_and_platform_entries():
     assert json.loads(render_config())["platform"] == []
 
 
-def test_install_twice_changes_nothing_and_check_reports_drift(tmp_path):
+def test_install_twice_changes_nothing_and_check_reports_drift(tmp_path, as_root):
     root = tmp_path / "root"
     text = render_config(platform=PLATFORM)
     first = install(text, root)
@@ -56,6 +58,6 @@ def test_install_twice_changes_nothing_and_check_reports_drift(tmp_path):
     assert install(text, root, "--check").returncode == 0
 
 
-def test_install_refuses_a_config_that_does_not_parse(tmp_path):
+def test_install_refuses_a_config_that_does_not_parse(tmp_path, as_root):
     bad = install('{"platform": ', tmp_path / "root")
     assert bad.returncode == 65 and not (tmp_path / "root").exists()

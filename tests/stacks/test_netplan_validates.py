@@ -28,6 +28,7 @@ from inkmcp.infra import muscle
 from inkmcp.infra.factory_config import NetworkStackOutputs
 from inkmcp.infra.muscle_config import VSWITCH_MTU, RunServer
 from inkmcp.nodes.render import HostParams, render_plan
+from tests.requirements import require, require_root
 
 ROOT = Path(__file__).resolve().parents[2]
 NETWORK = {
@@ -70,11 +71,12 @@ SAMPLES = [
 def netplan() -> str:
     r = subprocess.run(["bash", str(ROOT / "scripts/test-netplan.sh")], capture_output=True, text=True,
                        timeout=300, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"netplan.io could not be installed: {r.stderr.strip() or r.stdout.strip()}")
     path = shutil.which("netplan")
-    if path is None:
-        pytest.skip("scripts/test-netplan.sh succeeded but no netplan command is on PATH")
+    after = "after scripts/test-netplan.sh"
+    if r.returncode != 0:
+        after += f" (it exited {r.returncode}: {r.stderr.strip() or r.stdout.strip()})"
+    require("netplan", path is not None, f"no netplan command on PATH {after}")
+    assert path is not None
     return path
 
 
@@ -199,10 +201,11 @@ def whitelist_errors(doc: dict[str, Any]) -> list[str]:
 
 
 def dockerd_check(path: Path, scratch: Path) -> tuple[bool, str]:
-    """(accepted, output) from dockerd's own config loader; skips when dockerd cannot be run here."""
+    """(accepted, output) from dockerd's own config loader; `require`s dockerd and root (skip or fail)."""
+    require_root("dockerd's config loader runs only as root")
     dockerd = shutil.which("dockerd")
-    if dockerd is None or os.geteuid() != 0:
-        pytest.skip("dockerd's config check needs dockerd (Debian docker.io) and root")
+    require("dockerd", dockerd is not None, "no dockerd on PATH (Debian's docker.io)")
+    assert dockerd is not None
     helptext = subprocess.run([dockerd, "--help"], capture_output=True, text=True, timeout=30, check=False).stdout
     if "--validate" in helptext:  # Docker 23+
         r = subprocess.run([dockerd, "--validate", "--config-file", str(path)], capture_output=True, text=True,
@@ -211,8 +214,8 @@ def dockerd_check(path: Path, scratch: Path) -> tuple[bool, str]:
     # Docker 20.10: load the file, then fail at the pidfile (under /proc, which cannot be created), before
     # containerd, networks or the API socket are touched. Data and exec roots point at scratch dirs anyway,
     # and a private mount namespace takes the bind mount 20.10 puts on its data root away when it exits.
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) missing: dockerd's config check would leave a mount behind")
+    require("dockerd", shutil.which("unshare") is not None,
+            "unshare (util-linux) missing: dockerd's config check would leave a mount behind")
     r = subprocess.run(
         ["unshare", "--mount", "--propagation", "private",
          dockerd, "--config-file", str(path), "--data-root", str(scratch / "data"), "--exec-root",

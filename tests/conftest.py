@@ -1,0 +1,107 @@
+"""Root conftest: required components, the fast subset, and what the run could not check.
+
+Required components (tests/requirements.py)
+-------------------------------------------
+Tests that need something from the machine declare it instead of skipping on their own:
+
+    from tests.requirements import require, requires, require_root
+
+    require("runsc", shutil.which("runsc") is not None, "runsc is not on PATH")   # in a test or fixture
+    pytestmark = requires("cgroups", cg.available, f"cgroups unavailable: {cg.reason}")  # marker form
+    require_root("creates a system user")                                        # shorthand for "root"
+
+Components: root, dockerd, runsc, sshd, netns, cgroups, npm, netplan. `require(component, ok, reason)`
+returns when `ok`; otherwise it skips with the reason (and how to get the component), or fails the
+test when the component is required:
+
+    INKMCP_REQUIRE_ALL=1          every component is required (`.ci/run` exports it: CI never passes by skipping)
+    INKMCP_REQUIRE=runsc,sshd     only these are required
+    (neither)                     missing components skip, with the reason listed by `-ra` and summed up
+                                  at the end of the run
+
+`make test` as root installs the system packages first and passes the variables through unchanged:
+a developer's root container without CAP_NET_ADMIN still gets a readable list of skips, while CI
+(`.ci/run`) fails. Do not guard an assertion with `if os.geteuid() == 0:`; require the component.
+
+Fast subset
+-----------
+`slow` marks the tests that start whole servers or daemons (the e2e suite, real dockerd + runsc);
+`SLOW` below lists them by path, measured with `--durations`. The developer's loop, under 5 minutes
+on 2 cores:
+
+    make test PYTEST_ARGS='-m "not slow"'        (or .venv/bin/pytest -q -ra -m "not slow")
+
+The whole suite (`make test`) remains what CI runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.requirements import (
+    MISSING,
+    REQUIRE_ALL_ENV,
+    RequirementSettingError,
+    require,
+    required_components,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Test files (or directories, ending in "/") whose tests are `slow`: each starts an `inkmcp serve`, a
+# private dockerd or other multi-second machinery. Relative to the repository root.
+SLOW: tuple[str, ...] = (
+    "tests/e2e/",
+    "tests/runtime/test_gvisor_node.py",
+    "tests/runtime/test_node_egress.py",
+    "tests/test_requirements.py::test_gvisor_tests_fail_when_runsc_is_missing_and_required",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        required_components()
+    except RequirementSettingError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    required = required_components()
+    if not required:
+        return f"required components: none (missing ones skip; {REQUIRE_ALL_ENV}=1 makes them fail)"
+    return f"required components (missing ones fail the run): {', '.join(sorted(required))}"
+
+
+def _is_slow(nodeid: str) -> bool:
+    """`nodeid` is relative to the repository root (the rootdir, where pyproject.toml is)."""
+    path = nodeid.split("::")[0]
+    return any(nodeid.startswith(p) if p.endswith("/") or "::" in p else path == p for p in SLOW)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.rootpath != ROOT:  # a pytester run of a scratch project
+        return
+    for item in items:
+        if _is_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Apply `@requires(...)` markers before any fixture runs, as `skipif` would."""
+    for mark in item.iter_markers("requires"):
+        require(*mark.args)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not MISSING:
+        return
+    terminalreporter.section("components missing on this machine")
+    for component, reason in sorted(MISSING.items()):
+        terminalreporter.write_line(f"{component}: {reason}")
+    if required_components():
+        terminalreporter.write_line("(required here: the tests that need them failed)")
+    else:
+        terminalreporter.write_line(f"(their tests were skipped; {REQUIRE_ALL_ENV}=1 makes them fail, as CI does)")
