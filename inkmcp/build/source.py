@@ -47,6 +47,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import shutil
 import socket
 import stat
 import time
@@ -439,12 +440,23 @@ def _git_base(source: _Source) -> list[str]:
     return base
 
 
-def _identity(ws: SourceWorkspace) -> dict[str, Any]:
-    """Popen arguments that make a child run as the project's user, with no supplementary groups."""
-    run_as = ws.run_as
+_SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
+
+
+def _as_tenant(argv: list[str], ws: SourceWorkspace | None) -> tuple[list[str], dict[str, Any]]:
+    """argv and Popen arguments that make a child run as the project's user, with no supplementary groups.
+
+    util-linux's `setpriv` (Essential on Debian) switches real, effective, saved and fs ids and clears
+    the groups, then execs. Going through it instead of Popen(user=, group=, extra_groups=) keeps
+    CPython on its vfork path: a full fork of the ~130 MB server costs 25-35 ms per child, and a deploy
+    runs several git steps (measured in benchmarks/isolation_cost.py).
+    """
+    run_as = ws.run_as if ws is not None else None
     if run_as is None or (run_as.uid == os.geteuid() and run_as.gid == os.getegid()):
-        return {}
-    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        return argv, {}
+    if _SETPRIV is not None and os.geteuid() == 0:
+        return [_SETPRIV, f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups", "--", *argv], {}
+    return argv, {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
 
 
 async def _spawn(
@@ -454,8 +466,9 @@ async def _spawn(
     kw.setdefault("stdin", asyncio.subprocess.DEVNULL)
     kw.setdefault("stdout", asyncio.subprocess.PIPE)
     kw.setdefault("stderr", asyncio.subprocess.PIPE)
+    argv, identity = _as_tenant(argv, ws)
     return await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd="/", umask=0o077, start_new_session=True, **(_identity(ws) if ws else {}), **kw
+        *argv, env=env, cwd="/", umask=0o077, start_new_session=True, **identity, **kw
     )
 
 
@@ -646,6 +659,37 @@ async def _fetch_and_resolve(
     return source, mirror, sha
 
 
+@dataclass(frozen=True)
+class FetchedCommit:
+    """A commit already in the project's mirror: `checkout_fetched` exports it without contacting the remote."""
+
+    sha: str
+    source: _Source = field(repr=False)
+    mirror: Path
+    workspace: SourceWorkspace
+
+
+async def fetch_commit(
+    repo_url: str, ref: str | None, *, workspace: SourceWorkspace, policy: SourcePolicy, timeout: float = 120
+) -> FetchedCommit:
+    """`resolve_commit`, keeping what a following checkout of the same commit needs.
+
+    deploy_app resolves the commit first (for its no-op check) and checks out right after: going
+    through this handle saves the second validation, fetch and resolve (four tenant processes).
+    """
+    source, mirror, sha = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout))
+    return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace)
+
+
+async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: SourcePolicy, timeout: float = 120) -> None:
+    """Write the files of `fetched` into `dest` (see `resolve_and_checkout` for what `dest` must be)."""
+    deadline = _Deadline(timeout)
+    _prepare_dest(dest)
+    src, ws = fetched.source, fetched.workspace
+    entries = await _check_size(fetched.mirror, src, ws, fetched.sha, policy, deadline)
+    await _export(fetched.mirror, src, ws, fetched.sha, dest, deadline, policy.max_checkout_bytes, entries)
+
+
 async def resolve_commit(
     repo_url: str,
     ref: str | None,
@@ -682,12 +726,9 @@ async def resolve_and_checkout(
     anything is written. Submodules and Git LFS objects are not included (git archive exports the
     tree as committed).
     """
-    deadline = _Deadline(timeout)
-    source, mirror, sha = await _fetch_and_resolve(repo_url, ref, workspace, policy, deadline)
-    _prepare_dest(dest)
-    entries = await _check_size(mirror, source, workspace, sha, policy, deadline)
-    await _export(mirror, source, workspace, sha, dest, deadline, policy.max_checkout_bytes, entries)
-    return sha
+    fetched = await fetch_commit(repo_url, ref, workspace=workspace, policy=policy, timeout=timeout)
+    await checkout_fetched(fetched, dest, policy=policy, timeout=timeout)
+    return fetched.sha
 
 
 # ------------------------------------------------------------------------------------------- export

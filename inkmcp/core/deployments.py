@@ -31,7 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.detect import derive_plan
 from inkmcp.build.plan import BuildPlan, Mode, ServiceType
-from inkmcp.build.source import SourcePolicy, check_repo_url, resolve_and_checkout, resolve_commit
+from inkmcp.build.source import (
+    SourcePolicy,
+    check_repo_url,
+    checkout_fetched,
+    fetch_commit,
+    resolve_and_checkout,
+)
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import EnvService, validate_env_payload
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
@@ -133,7 +139,8 @@ class DeployService:
         project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
         try:
             workspace = await self._compute.source_workspace(str(project.id))
-            commit = await resolve_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources)
+            fetched = await fetch_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources)
+            commit = fetched.sha
         except BaseException:
             if created:  # a typo in repo_url must not leave an empty project (and its user) behind
                 await self._drop_if_empty(project.id)
@@ -156,7 +163,7 @@ class DeployService:
                 return await self.view(p, reusable, reused=True)
             checkout = self._checkouts / uuid.uuid4().hex
             try:
-                await resolve_and_checkout(req.repo_url, commit, checkout, workspace=workspace, policy=self._sources)
+                await checkout_fetched(fetched, checkout, policy=self._sources)
                 plan, service_type = derive_plan(
                     checkout,
                     service_name=req.service_name,
