@@ -103,18 +103,22 @@ def test_kill_all_ends_a_forking_storm_and_double_forked_daemons(group: str) -> 
     storm = subprocess.Popen(["/bin/sh", "-c", "while :; do (sleep 1000 &) ; done"], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              **sandbox.popen_kwargs(Path("/")))  # type: ignore[call-overload]  # fmt: skip
+
+    def sleepers() -> list[tuple[psutil.Process, list[str]]]:
+        found = []
+        for pid in cg.pids(group):
+            with contextlib.suppress(psutil.NoSuchProcess):  # the storm's subshells come and go
+                proc = psutil.Process(pid)
+                if (cmd := proc.cmdline())[:1] == ["sleep"]:
+                    found.append((proc, cmd))
+        return found
+
     deadline = time.monotonic() + 10
-    while len(cg.pids(group)) < 20 and time.monotonic() < deadline:
+    while len(found := sleepers()) < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
-    members: list[psutil.Process] = []
-    commands: list[list[str]] = []
-    for pid in cg.pids(group):
-        with contextlib.suppress(psutil.NoSuchProcess):  # the storm's subshells come and go
-            proc = psutil.Process(pid)
-            commands.append(proc.cmdline())
-            members.append(proc)
+    members = [proc for proc, _ in found]
     assert len(members) >= 20
-    assert ["sleep", "301"] in commands  # the double-forked daemon is in the group
+    assert ["sleep", "301"] in [cmd for _, cmd in found]  # the double-forked daemon is in the group
     killed = cg.kill_all(group, timeout=10)
     storm.wait(timeout=10)
     assert killed >= len(members) and cg.pids(group) == set()
