@@ -13,7 +13,6 @@ behaviour (local sources refused) gets a server of its own in test_sources.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import time
@@ -27,7 +26,7 @@ import httpx
 import pytest
 from mcp import ClientSession
 
-from tests.requirements import require_root
+from tests.requirements import is_root, require_root, requires
 from tests.support import (
     ServerProc,
     ToolFailed,
@@ -117,6 +116,10 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Lab).serve_forever()
 LAB_FILES = {"lab.py": LAB_SOURCE}
 LAB_START = "python3 lab.py"
 
+NEEDS_ROOT = "the attacks need per-project Unix users, which InkMCP creates only as root"
+ROOT = requires("root", is_root(), NEEDS_ROOT)
+"""Every module's marker: skipped with the reason as a normal user, a failure under INKMCP_REQUIRE_ALL=1."""
+
 SHARED_ENV = {
     "INKMCP_ALLOW_LOCAL_SOURCES": "1",  # test repos are local paths; the refusal itself is tested in test_sources
     "INKMCP_MAX_PROJECTS_PER_ACCOUNT": "100",  # modules share mallory; the limit itself is not what they test
@@ -133,7 +136,7 @@ def security_server(prefix: str, accounts: tuple[str, ...], *, unset: tuple[str,
     Keys are created after the server is up, in parallel: each `inkmcp keys create` is a process that
     imports InkMCP and opens the store, the slowest part of starting a test server.
     """
-    require_root("the attacks need per-project Unix users, which InkMCP creates only as root")
+    require_root(NEEDS_ROOT)
     srv = make_server(prefix, **env)
     for name in unset:
         srv.env.pop(name, None)
@@ -153,10 +156,18 @@ def security_server(prefix: str, accounts: tuple[str, ...], *, unset: tuple[str,
     assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
 
 
+SHARED_ACCOUNTS = (
+    "alice",  # the victim
+    "mallory",  # the attacker
+    "mallory-db",  # the attacker of test_databases, whose databases count against her per-account limit
+    "carol",  # test_api_surface revokes her key
+)
+
+
 @pytest.fixture(scope="package")
 def server() -> Iterator[ServerProc]:
-    """The shared root server: alice and mallory, local sources allowed (see the module docstring)."""
-    with security_server("inkmcp-sec-", ("alice", "mallory"), **SHARED_ENV) as srv:
+    """The shared root server with every account the modules use, local sources allowed (module docstring)."""
+    with security_server("inkmcp-sec-", SHARED_ACCOUNTS, **SHARED_ENV) as srv:
         yield srv
 
 
@@ -248,7 +259,3 @@ async def deploy_failure(s: ClientSession, **args: Any) -> str:
         return str(e)
     assert dep["status"] == "failed", f"deployment was not refused: {dep}"
     return str(dep["error"])
-
-
-async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -21,10 +21,10 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from tests.security.conftest import LAB_START, deploy_failure, lab_repo, refused, session
+from tests.security.conftest import LAB_START, ROOT, deploy_failure, lab_repo, refused, session
 from tests.support import ServerProc, call, git_repo
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +116,13 @@ async def recording_session(server: ServerProc, key: str, statuses: list[int]) -
 
 async def test_revoked_key_is_refused_inside_an_open_session(server: ServerProc) -> None:
     """#27: after `keys revoke`, the next call of an already open session gets 401."""
-    out = server.cli("keys", "create", "--account", "alice", "--label", "to-revoke").stdout
-    match = re.search(r"dk_live_[A-Za-z0-9_\-]+", out)
-    assert match, out
-    key = match.group(0)
+    key = server.keys.get("carol") or server.create_key("carol")
     statuses: list[int] = []
     async with recording_session(server, key, statuses) as s:
         await call(s, "list_projects")
         assert statuses and statuses[-1] == 200
         server.cli("keys", "revoke", key)
+        server.keys.pop("carol")
         with pytest.raises(Exception) as failed:  # the client raises McpError; the 401 is the proof
             await call(s, "list_projects")
         assert statuses[-1] == 401, (statuses, failed.value)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.security.conftest import (
     LAB_START,
+    ROOT,
     host_of,
     lab_live,
     lab_repo,
@@ -27,7 +28,7 @@ from tests.security.conftest import (
 )
 from tests.support import ServerProc, call, git_repo
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
 
 ALICE_TOKEN = "ALICE_SECRET_TOKEN_9f8e7d"
 PROJECT = "alice-shop"

@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.security.conftest import refused, session
+from tests.security.conftest import ROOT, refused, session
 from tests.support import ServerProc, ToolFailed, call
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
 
 ATTACKER = "mallory-db"
 MAX_ATTEMPTS = 25  # 25 x 10 connections of the free tier would be more than the server's 200

@@ -24,7 +24,17 @@ import psutil
 import pytest
 
 from tests.requirements import requires
-from tests.security.conftest import deploy, deploy_failure, deploy_live, lab_exec, lab_live, lab_repo, session, whoami
+from tests.security.conftest import (
+    ROOT,
+    deploy,
+    deploy_failure,
+    deploy_live,
+    lab_exec,
+    lab_live,
+    lab_repo,
+    session,
+    whoami,
+)
 from tests.support import ServerProc, ToolFailed, call
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -39,6 +49,8 @@ def _controllers() -> set[str]:
 
 pytestmark = [
     pytest.mark.asyncio,
+    pytest.mark.slow,
+    ROOT,
     requires("cgroups", {"memory", "cpu", "pids"} <= _controllers(),
              f"memory, cpu and pids cgroup controllers needed, found {sorted(_controllers())}"),
 ]

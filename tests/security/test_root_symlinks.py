@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.security.conftest import LAB_START, deploy, host_of, lab_exec, lab_live, lab_repo, session, whoami
+from tests.security.conftest import LAB_START, ROOT, deploy, host_of, lab_exec, lab_live, lab_repo, session, whoami
 from tests.support import ServerProc, git_commit
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
 
 PYTHON = "/usr/bin/python3"  # InkMCP's default tenant_python, which the venv key includes
 REQUIREMENTS = "# no deps\n"

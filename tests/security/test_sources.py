@@ -31,6 +31,7 @@ import pytest
 
 from tests.security.conftest import (
     LAB_START,
+    ROOT,
     deploy_failure,
     deploy_live,
     lab_repo,
@@ -41,7 +42,7 @@ from tests.security.conftest import (
 )
 from tests.support import ServerProc, call, free_port, git_repo
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
 
 SETTING = "INKMCP_ALLOW_LOCAL_SOURCES"
 ROOT_SECRET = "ROOT_ONLY_SECRET_abc123"
@@ -63,16 +64,17 @@ def root_only_repo(path: Path) -> Path:
 
 
 class Listener:
-    """A TCP listener on loopback (IPv4 and IPv6) that counts the connections it gets."""
+    """A TCP listener on loopback (IPv4, and IPv6 where the host has it) that counts the connections it gets."""
 
     def __init__(self) -> None:
         self.connections: list[str] = []
-        self.v4 = socket.create_server(("127.0.0.1", 0))
-        self.port = self.v4.getsockname()[1]
-        self.v6 = socket.create_server(("::1", self.port), family=socket.AF_INET6)
-        self._threads = [threading.Thread(target=self._accept, args=(s,), daemon=True) for s in (self.v4, self.v6)]
-        for t in self._threads:
-            t.start()
+        v4 = socket.create_server(("127.0.0.1", 0))
+        self.port = v4.getsockname()[1]
+        self.sockets = [v4]
+        with contextlib.suppress(OSError):  # no IPv6 loopback here: the [::1] URL is still refused, unanswered
+            self.sockets.append(socket.create_server(("::1", self.port), family=socket.AF_INET6))
+        for s in self.sockets:
+            threading.Thread(target=self._accept, args=(s,), daemon=True).start()
 
     def _accept(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -82,7 +84,7 @@ class Listener:
                 conn.close()
 
     def close(self) -> None:
-        for s in (self.v4, self.v6):
+        for s in self.sockets:
             s.close()
 
 
