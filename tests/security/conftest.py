@@ -9,6 +9,24 @@ Servers: one shared server (`server`, package scope) with INKMCP_ALLOW_LOCAL_SOU
 repos on this machine can be deployed at all; modules keep their state apart by project name, and
 per-account limits that one module exhausts use an account of that module's own. The default-root
 behaviour (local sources refused) gets a server of its own in test_sources.py.
+
+Finding of the review -> test (module::test):
+    1      test_root_symlinks::test_tenant_cannot_create_entries_in_its_releases_dir,
+           test_root_symlinks::test_release_dir_race_never_chowns_a_root_file
+    2      test_root_symlinks::test_venv_symlinks_never_redirect_root_writes, ::test_venv_locks_and_markers_...
+    3, 3b  test_cross_account::test_another_account_cannot_take_a_project_name,
+           test_cross_account::test_deleting_a_homonymous_project_never_touches_another_accounts_route
+    4, 4b  test_tenant_isolation::test_other_projects_mirrors_and_checkouts_are_unreadable, ::test_checkouts_...
+    5      test_sources::test_local_sources_refused_by_default_as_root, ::test_allowed_local_sources_read_...
+    6, 6b, 6c  test_limits::test_build_over_its_memory_limit_..., ::test_build_and_release_run_in_the_service_cgroup,
+           ::test_runtime_memory_limit_kills_the_hog, ::test_runtime_cannot_fork_past_the_pids_limit
+    7      test_limits::test_delete_ends_double_forked_daemons_and_removes_the_user
+    8, 14  test_databases (all three)
+    9, 10  test_sources::test_internal_addresses_refused_..., ::test_repo_url_credentials_never_returned_...
+    11-13, 15, 16, 19  test_tenant_isolation (processes, port, secrets and control socket, /tmp and /dev/shm)
+    21, 26 test_cross_account::test_proxy_path_traversal_is_404, ::test_tools_on_another_accounts_project_...
+    22-24, 27, 28  test_api_surface
+    25     test_limits::test_checkout_size_is_capped
 """
 
 from __future__ import annotations
@@ -65,7 +83,8 @@ def attempt(fn, *args, **kwargs):
 def whoami():
     return {"owner": OWNER, "pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
             "user": pwd.getpwuid(os.getuid()).pw_name, "home": os.environ.get("HOME"), "cwd": os.getcwd(),
-            "path": os.environ.get("PATH", ""), "cgroup": open("/proc/self/cgroup").read()}
+            "path": os.environ.get("PATH", ""), "port": int(os.environ["PORT"]),
+            "cgroup": open("/proc/self/cgroup").read()}
 
 
 class Lab(BaseHTTPRequestHandler):

@@ -1,5 +1,5 @@
 """Capacity: findings 6 (builds and release commands outside the cgroup), 6c (no pids limit), 7 (daemons
-survive delete), 25 (no size cap: a small repo expanded to hundreds of MB).
+survive delete), 25 (no size cap: a small repo expanded to hundreds of MB); held item 6b (runtime memory).
 
 #6: a build_command allocated 900 MiB under a 512 MiB limit, and build and release commands printed the
 server's own cgroup. #6c: a runtime process forked 300 children; nothing but the shared per-uid ulimit
@@ -80,6 +80,13 @@ for pid in children:
 for pid in children:
     os.waitpid(pid, 0)
 result = {"started": len(children), "error": error}
+'''
+
+OOM = r'''
+import subprocess, sys
+hog = "b = [b'x' * (10 << 20) for _ in range(150)]; print('allocated 1500 MiB', flush=True)"
+proc = subprocess.run([sys.executable, "-c", hog], capture_output=True, text=True, timeout=120)
+result = {"returncode": proc.returncode, "stdout": proc.stdout}
 '''
 
 DAEMON = r'''
@@ -174,6 +181,13 @@ async def test_runtime_cannot_fork_past_the_pids_limit(server: ServerProc, limit
     assert seen["started"] <= 512, seen
     assert "Resource temporarily unavailable" in seen["error"] or "EAGAIN" in seen["error"], seen
     assert whoami(server, limited["lab"]["url"])["pid"] == limited["who"]["pid"]  # the app itself survived
+
+
+async def test_runtime_memory_limit_kills_the_hog(server: ServerProc, limited: dict[str, Any]) -> None:
+    """#6b (held): a runtime child allocating 1500 MiB under the 1024 MiB limit is OOM-killed; the app lives on."""
+    seen = lab_exec(server, limited["lab"]["url"], OOM)
+    assert seen["returncode"] == -signal.SIGKILL and "allocated" not in seen["stdout"], seen
+    assert whoami(server, limited["lab"]["url"])["pid"] == limited["who"]["pid"]
 
 
 def _alive(pid: int) -> bool:

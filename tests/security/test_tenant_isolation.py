@@ -1,4 +1,4 @@
-"""What mallory's running code can reach of alice's: findings 4, 4b and 19, held items 11-13 and 15.
+"""What mallory's running code can reach of alice's: findings 4, 4b and 19, held items 11-13, 15 and 16.
 
 #4: git mirrors under the data dir were world-readable, so mallory's app read alice's source with
 `git --git-dir=... show`. #4b: checkouts were world-readable while a deploy ran. #19: /tmp, /var/tmp
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.security.conftest import ALICE_SECRET, ROOT, lab_exec, lab_live, lab_repo, session, whoami
+from tests.security.conftest import ALICE_SECRET, ROOT, lab_exec, lab_live, lab_repo, session, via_proxy, whoami
 from tests.support import ServerProc, git_commit
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
@@ -107,6 +107,17 @@ result = {
     "sigstop": attempt(os.kill, pid, signal.SIGSTOP)[0],
     "sigterm": attempt(os.kill, pid, signal.SIGTERM)[0],
 }
+'''
+
+BIND = r'''
+import socket
+result = {}
+for reuse in (False, True):
+    s = socket.socket()
+    if reuse:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    result["reuseport" if reuse else "plain"] = attempt(s.bind, ("0.0.0.0", ARGS["port"]))[0]
+    s.close()
 '''
 
 READ_SECRETS = r'''
@@ -222,6 +233,14 @@ async def test_alice_processes_are_out_of_reach(server: ServerProc, labs: dict[s
     assert seen["environ"] == "EACCES" and seen["cwd"] == "EACCES" and seen["root"] == "EACCES", seen
     assert seen["kill0"] == seen["sigstop"] == seen["sigterm"] == "EPERM", seen
     assert whoami(server, labs["alice"]["url"])["pid"] == pid  # alice's app never noticed
+
+
+async def test_alice_port_cannot_be_taken_over(server: ServerProc, labs: dict[str, Any]) -> None:
+    """#16 (held): mallory binds alice's app port, plain and with SO_REUSEPORT: EADDRINUSE both times."""
+    alice = whoami(server, labs["alice"]["url"])
+    seen = lab_exec(server, labs["mallory"]["url"], BIND, port=alice["port"])
+    assert seen == {"plain": "EADDRINUSE", "reuseport": "EADDRINUSE"}, seen
+    assert via_proxy(server, labs["alice"]["url"]).text == "alice says hi"
 
 
 async def test_data_dir_secrets_and_control_socket_are_unreadable(server: ServerProc, labs: dict[str, Any]) -> None:
