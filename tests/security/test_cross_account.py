@@ -98,6 +98,11 @@ async def test_deleting_a_homonymous_project_never_touches_another_accounts_rout
     async with session(server, "mallory") as m:
         result = await m.call_tool("delete", {"project_name": PROJECT, "confirm": PROJECT})
         assert result.is_error, "mallory deleted a project named like alice's"
+        # and deleting a project that really is hers (deployed, routed) removes only her route
+        own = await lab_live(m, alice_shop["hijack"], "mallory", project_name="mallory-shop")
+        assert via_proxy(server, own["url"]).text == "mallory says hi"
+        await call(m, "delete", project_name="mallory-shop", confirm="mallory-shop")
+    assert via_proxy(server, own["url"]).status_code == 404
     assert answers_alice(server, alice_shop) == "200 alice says hi"
     assert via_proxy(server, alice_shop["site"]["url"]).status_code == 200
     async with session(server, "alice") as a:
