@@ -10,7 +10,8 @@ the tenant's:
    killed as a group;
 3. enters a private mount namespace (propagation to the host cut with MS_SLAVE) and mounts the
    service's own tmp dir on /tmp and /var/tmp and a fresh size-capped tmpfs on /dev/shm, so tenants
-   share no temp files with each other or with the host;
+   share no temp files with each other or with the host, and its own /proc with hidepid=2, so other
+   users' processes are invisible;
 4. drops to the tenant (setgroups([]), setresgid, setresuid);
 5. only then chdirs to the working directory (a tenant-owned path: root never resolves it);
 6. execs.
@@ -53,6 +54,7 @@ PRIVATE_TMP_MOUNTS = (TMP, VAR_TMP)
 _CLONE_NEWNS = 0x00020000
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_NOEXEC = 8
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SLAVE = 1 << 19
@@ -155,6 +157,16 @@ class TenantSandbox:
 
 
 @lru_cache(maxsize=1)
+def _proc_has_private_options() -> bool:
+    """Linux >= 5.8: each proc mount has its own hidepid (before, the option was shared by all mounts)."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
+@lru_cache(maxsize=1)
 def _libc() -> tuple[Callable[..., int], Callable[..., int]]:
     """unshare(2) and mount(2), loaded once in the parent (Python 3.11 has no os.unshare)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -178,6 +190,7 @@ class _ChildSetup:
         self.var_tmp = os.fsencode(VAR_TMP) if os.path.isdir(VAR_TMP) and not os.path.islink(VAR_TMP) else None
         self.shm = os.fsencode(DEV_SHM) if os.path.isdir(DEV_SHM) else None
         self.shm_options = f"size={sandbox.shm_bytes},mode=1777".encode()
+        self.hide_pids = sandbox.run_as is not None and _proc_has_private_options()
         run_as = sandbox.run_as
         self.ids = (run_as.uid, run_as.gid) if run_as is not None else None
         self.cwd = os.fsencode(cwd)
@@ -214,6 +227,11 @@ class _ChildSetup:
                 if self.shm is not None:
                     rc = self.mount(b"tmpfs", self.shm, b"tmpfs", _MS_NOSUID | _MS_NODEV, self.shm_options)
                     self._check(rc, b"mounting a private /dev/shm")
+                if self.hide_pids:
+                    # A proc instance of our own with hidepid=2: other users' processes (cmdlines, cgroup
+                    # paths with service ids, environ) become invisible. Best effort: procfs without
+                    # per-mount options would apply it host-wide, so it is only tried on kernels that have them.
+                    self.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"hidepid=2")
             if self.ids is not None:
                 step = b"switching to the project's user"
                 uid, gid = self.ids

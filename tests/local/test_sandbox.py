@@ -24,7 +24,7 @@ from inkmcp.build.plan import BuildPlan, ProcessSpec, Stack
 from inkmcp.providers.compute.base import ReleaseFailed, ReleaseRequest, Resources, ServiceKey, Step
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.users import project_user_name
-from tests.local.conftest import PY, WEB_APP, Events, key_for, request_for
+from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the sandbox (tenant users, cgroups, private /tmp) is enforced only when InkMCP is root"
@@ -86,9 +86,10 @@ def cgroup_paths(text: str) -> dict[str, str]:
     return paths
 
 
-def assert_in_service_cgroup(text: str, key: ServiceKey) -> None:
+def assert_in_service_cgroup(text: str, key: ServiceKey, *, build: bool = False) -> None:
+    """Runtime processes are in the service's cgroup, build-phase steps in its sibling `<id>.build`."""
     paths = cgroup_paths(text)
-    wanted = f"/inkmcp/{key.service_id}"
+    wanted = f"/inkmcp/{key.service_id}" + (".build" if build else "")
     controllers = ("memory", "cpu", "pids") if "memory" in paths else ("",)
     assert {c: paths[c] for c in controllers} == dict.fromkeys(controllers, wanted), text
 
@@ -122,6 +123,27 @@ async def test_build_and_release_command_over_the_memory_limit_fail_naming_it(ma
     )
 
 
+async def test_a_build_does_not_compete_with_the_live_release_for_memory(make_provider, checkouts, project_ids):
+    """The build is held to the service's memory limit in a cgroup of its own: a live release holding 40 MiB
+    and a build allocating 40 MiB under a 64 MiB limit both fit, and the live release is never OOM-killed."""
+    provider = await make_provider()
+    key = key_for(project_ids())
+    app = "BALLAST = b'x' * (40 * 2**20)\n" + WEB_APP
+    live = with_resources(request_for(key, checkouts({"app.py": app}), plan()), memory_mb=64)
+    await provider.release(live, Events())
+    (web_pid,) = provider._services[key.service_id].live.run.pids  # type: ignore[union-attr]
+    oom_control = Path("/sys/fs/cgroup/memory/inkmcp") / key.service_id / "memory.oom_control"
+    kills = (lambda: int(oom_control.read_text().split("oom_kill ")[1].split()[0])) if oom_control.exists() else None
+    before = kills() if kills else 0
+    build = f"{PY} -c \"x = b'x' * (40 * 2**20); print('BUILD-ALLOC-OK')\""
+    # (the new version holds no ballast: blue/green runs both versions side by side in the service's group)
+    await provider.release(with_resources(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=build)),
+                                          memory_mb=64), Events())  # fmt: skip
+    assert (kills() if kills else 0) == before, "the live release was OOM-killed by the build"
+    assert not psutil.pid_exists(web_pid) or gone(psutil.Process(web_pid))  # replaced by the new version
+    assert (await get(provider, key)).status_code == 200
+
+
 async def test_build_release_and_runtime_processes_run_in_the_service_cgroup(
     make_provider, checkouts, project_ids, data_dir
 ):
@@ -133,8 +155,15 @@ async def test_build_release_and_runtime_processes_run_in_the_service_cgroup(
     ))  # fmt: skip
     await provider.release(request, Events())
     src = src_of(data_dir, key, request)
-    assert_in_service_cgroup((src / "build.cgroup").read_text(), key)
-    assert_in_service_cgroup((src / "release.cgroup").read_text(), key)
+    assert_in_service_cgroup((src / "build.cgroup").read_text(), key, build=True)
+    assert_in_service_cgroup((src / "release.cgroup").read_text(), key, build=True)
+    # ... under the service's own limits
+    groups = (key.service_id, f"{key.service_id}.build")
+    limits = ("memory/inkmcp/{}/memory.limit_in_bytes", "pids/inkmcp/{}/pids.max", "cpu/inkmcp/{}/cpu.cfs_quota_us")
+    for limit in limits:
+        service, build = (Path("/sys/fs/cgroup") / limit.format(g) for g in groups)
+        if service.exists():
+            assert build.read_text() == service.read_text(), limit
     (web_pid,) = provider._services[key.service_id].live.run.pids  # type: ignore[union-attr]
     assert_in_service_cgroup(Path(f"/proc/{web_pid}/cgroup").read_text(), key)
 
@@ -256,3 +285,24 @@ async def test_a_file_over_the_size_cap_cannot_be_written(make_provider, checkou
     reason = failed.value.reason
     assert "SMALL-OK" in reason and "WRITE-REFUSED EFBIG" in reason and "BIG-WRITTEN" not in reason
 
+
+
+async def test_other_users_processes_are_invisible_in_proc(make_provider, checkouts, project_ids):
+    """Finding 11 (partial): other tenants' pids, cmdlines and cgroup paths (service ids) were readable in /proc."""
+    provider = await make_provider()
+    key = key_for(project_ids())
+    spy = (
+        "import os\n"
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "owners = {os.stat(f'/proc/{p}').st_uid for p in pids if os.path.exists(f'/proc/{p}')}\n"
+        "init = os.path.exists('/proc/1/cmdline')\n"
+        "open('proc-view.txt', 'w').write(f'{len(pids)} {sorted(owners)} {init} {os.getpid() in map(int, pids)}')\n"
+    )
+    request = request_for(key, checkouts({"app.py": WEB_APP, "spy.py": spy}), plan(build=f"{PY} spy.py"))
+    await provider.release(request, Events())
+    view = (src_of(provider.data_dir, key, request) / "proc-view.txt").read_text()
+    count, owners, init, self_seen = view.split(" ", 3)
+    me = pwd.getpwnam(project_user_name(key.project_id)).pw_uid
+    assert owners == f"[{me}]", f"the tenant saw processes of uids {owners}"
+    assert init == "False" and self_seen == "True" and int(count) >= 1
+    assert len(psutil.pids()) > int(count)  # the host itself still sees everything

@@ -310,7 +310,7 @@ class LocalComputeProvider:
                 run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
                 cache_dir=Path(svc.home) / ".cache", pid_dir=svc.layout.run_dir,
                 state_dir=svc.layout.run_dir, shim_dir=self.shim_dir, anchor=svc.layout.src(request.deployment_id),
-                sandbox=self._sandbox(svc),
+                sandbox=self._sandbox(svc, build=True),
             )  # fmt: skip
         except BuildFailed as exc:
             raise ReleaseFailed(Step.building, _with_tail(exc.render(), build_log)) from exc
@@ -326,7 +326,7 @@ class LocalComputeProvider:
         app_dir = self._app_dir(svc, live.meta)
         env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=live.env,
                          build_env=live.meta.build_env, port=None)  # fmt: skip
-        watch = self.limits.watch(svc.key.service_id)
+        watch = self.limits.watch(_build_group(svc.key.service_id))
         before = watch.snapshot() if watch is not None else None
         try:
             code = await run_once(self._config("release", ("/bin/sh", "-c", command), app_dir, svc, env),
@@ -435,11 +435,18 @@ class LocalComputeProvider:
     def _config(self, name: str, argv: tuple[str, ...], cwd: Path, svc: _Service, env: dict[str, str]) -> ProcessConfig:
         if not env:
             env = tenant_env(home=svc.home, run_as=svc.run_as, service_env={}, build_env={}, port=None)
-        return ProcessConfig(name=name, argv=argv, cwd=cwd, env=env, run_as=svc.run_as, sandbox=self._sandbox(svc))
+        """A build-phase step (release command, copy of a reused build): confined like the build."""
+        return ProcessConfig(name=name, argv=argv, cwd=cwd, env=env, run_as=svc.run_as,
+                             sandbox=self._sandbox(svc, build=True))  # fmt: skip
 
-    def _sandbox(self, svc: _Service) -> TenantSandbox:
-        """How every process of `svc` is confined: its user, its cgroups, its private /tmp, the file-size cap."""
-        group = svc.key.service_id
+    def _sandbox(self, svc: _Service, *, build: bool = False) -> TenantSandbox:
+        """How every process of `svc` is confined: its user, its cgroups, its private /tmp, the file-size cap.
+
+        Build-phase steps get a cgroup of their own with the same limits as the service, so a build
+        is held to the service's memory, CPU and pids limits without being able to OOM-kill the live
+        release it is about to replace.
+        """
+        group = _build_group(svc.key.service_id) if build else svc.key.service_id
         return TenantSandbox(
             run_as=svc.run_as, cgroup_procs=self.limits.procs_files(group),
             tmp_dir=svc.layout.tmp if self._root else None, max_file_bytes=self.max_file_bytes,
@@ -474,6 +481,7 @@ class LocalComputeProvider:
         if not self.limits.available:
             return f"resource limits not enforced: {self.limits.reason}"
         await asyncio.to_thread(self.limits.ensure, request.key.service_id, res)
+        await asyncio.to_thread(self.limits.ensure, _build_group(request.key.service_id), res)
         return f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU, {self.limits.pids_max} processes"
 
     async def restore(self, request: ReleaseRequest) -> None:
@@ -642,16 +650,23 @@ class LocalComputeProvider:
             svc.log.close()
         # Whatever the supervisors did not reach (double-forked setsid daemons, a build or release
         # command still running) is still in the service's cgroup: kill the whole group, then files.
-        await asyncio.to_thread(self.limits.kill_all, key.service_id)
+        for group in (key.service_id, _build_group(key.service_id)):
+            await asyncio.to_thread(self.limits.kill_all, group)
         layout = ServiceLayout(self.data_dir, key.service_id)
         await asyncio.to_thread(shutil.rmtree, layout.root, True)
-        await asyncio.to_thread(self.limits.remove, key.service_id)
+        for group in (key.service_id, _build_group(key.service_id)):
+            await asyncio.to_thread(self.limits.remove, group)
 
     async def remove_project(self, project_id: str) -> None:
         """After a project's last service is gone: end its user's last processes, delete the user and its home."""
         await delete_project_user(project_id, self.data_dir / "homes")
         # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
+
+
+def _build_group(service_id: str) -> str:
+    """The cgroup of a service's build-phase steps (sibling of the service's own)."""
+    return f"{service_id}.build"
 
 
 def _is_root() -> bool:
