@@ -162,7 +162,8 @@ async def test_build_over_its_memory_limit_fails_naming_the_limit(limited: dict[
 
 
 async def test_build_and_release_run_in_the_service_cgroup(limited: dict[str, Any]) -> None:
-    """#6: build and release commands print the service's cgroup (the runtime's), not InkMCP's own."""
+    """#6: build and release commands print the service's build cgroup (`<runtime group>.build`, the same limits,
+    so a build never competes with the live release), not InkMCP's own."""
     runtime = limited["who"]["cgroup"]
     build = _logged(limited["build_log"], "BUILD-CGROUP")
     release = _logged(limited["build_log"], "RELEASE-CGROUP")
@@ -171,7 +172,7 @@ async def test_build_and_release_run_in_the_service_cgroup(limited: dict[str, An
         group = cgroup_path(runtime, controller)
         assert group not in ("/", cgroup_path(limited["server_cgroup"], controller)), (controller, runtime)
         for name, text in (("build", build), ("release", release)):
-            assert inside(cgroup_path(text, controller), group), (name, controller, text, runtime)
+            assert cgroup_path(text, controller) == f"{group}.build", (name, controller, text, runtime)
 
 
 async def test_runtime_cannot_fork_past_the_pids_limit(server: ServerProc, limited: dict[str, Any]) -> None:

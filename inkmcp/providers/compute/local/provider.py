@@ -22,7 +22,7 @@ from inkmcp.build.buildpack import python_shim, run_build
 from inkmcp.build.plan import Mode, RunAs
 from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
 from inkmcp.build.source import SourceWorkspace
-from inkmcp.errors import BuildFailed
+from inkmcp.errors import BuildFailed, InvalidArgument
 from inkmcp.providers.compute.base import (
     LogScope,
     ProgressCallback,
@@ -124,6 +124,9 @@ class LocalComputeProvider:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        conflict = private_tmp_conflict(self.data_dir) if self._root else None
+        if conflict is not None:  # tenants would see their private /tmp instead of their files: refuse at start
+            raise InvalidArgument(conflict, argument="INKMCP_DATA_DIR", fix="set INKMCP_DATA_DIR=/var/lib/inkmcp")
         await asyncio.to_thread(prepare_data_dir, self.data_dir, root=self._root)
         await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
         await asyncio.to_thread(self._reap_stale)
