@@ -195,8 +195,8 @@ def _pick_stack(files: _Files, command: str | None, static_only: bool) -> Stack:
         return Stack.python
     if files.is_node:
         return Stack.node
-    if static_only or files.has_index_html:
-        return Stack.static
+    if static_only or (files.has_index_html and command is None):
+        return Stack.static  # an index.html next to a process to run is a page that app serves, not the app
     first = (command or "").strip().split(" ", 1)[0].rsplit("/", 1)[-1]
     if first in _PY_HINTS:
         # A dependency-free Python app still needs `python` on PATH (Debian ships only python3):

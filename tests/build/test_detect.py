@@ -297,3 +297,12 @@ def test_app_dir_must_exist(tmp_path: Path) -> None:
     assert err.value.argument == "app_dir"
     with pytest.raises(InvalidArgument):
         plan_for(tmp_path, {"app.py": ""}, app_dir="../etc", start_command="python app.py")
+
+
+def test_index_html_beside_a_start_command_is_not_a_static_site(tmp_path: Path) -> None:
+    """A server that also ships an index.html (found by the red-team tests) must run, not be served as files."""
+    write_files(tmp_path, {"index.html": "<h1>hi</h1>", "lab.py": "print('serving')"})
+    plan, kind = derive_plan(tmp_path, service_name="web", service_type=ServiceType.webapp,
+                             build_command=None, start_command="python3 lab.py", port=None)  # fmt: skip
+    assert kind == ServiceType.webapp and plan.stack != Stack.static
+    assert [p.command for p in plan.processes] == ["python3 lab.py"]
