@@ -25,9 +25,9 @@ a developer's root container without CAP_NET_ADMIN still gets a readable list of
 
 Fast subset
 -----------
-`slow` marks the tests that start whole servers or daemons (the e2e suite, real dockerd + runsc);
-`SLOW` below lists them by path, measured with `--durations`. The developer's loop, under 5 minutes
-on 2 cores:
+`slow` marks the tests that start whole servers or daemons (the e2e and red-team suites, real
+dockerd + runsc); `SLOW` below lists them by path, measured with `--durations`. The developer's loop,
+under 5 minutes on 2 cores:
 
     make test PYTEST_ARGS='-m "not slow"'        (or .venv/bin/pytest -q -ra -m "not slow")
 
@@ -50,10 +50,11 @@ from tests.requirements import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Test files (or directories, ending in "/") whose tests are `slow`: each starts an `inkmcp serve`, a
-# private dockerd or other multi-second machinery. Relative to the repository root.
+# Test files (or directories, ending in "/") whose tests are `slow`: each starts whole `inkmcp serve`
+# processes or a private dockerd (tens of seconds of setup each). Relative to the repository root.
 SLOW: tuple[str, ...] = (
     "tests/e2e/",
+    "tests/security/",  # the red-team regression suite: real servers with attacker and victim accounts
     "tests/runtime/test_gvisor_node.py",
     "tests/runtime/test_node_egress.py",
     "tests/test_requirements.py::test_gvisor_tests_fail_when_runsc_is_missing_and_required",

@@ -1,22 +1,32 @@
-"""Restarts, stdio, the operator CLI, audit and encryption at rest, on a server of their own."""
+"""Restarts, stdio, the operator CLI, audit and encryption at rest, on servers of their own.
+
+Every test here passes alone (`pytest tests/e2e/test_lifecycle.py::<name>`) and in any order:
+- `keeper` deploys what the CLI, metrics, restart and encryption tests look at (a web service with a
+  database and secrets, and a static site), once per module, on the module's `own_server`;
+- `srv` hands out that server and starts it again when an earlier test left it stopped, so a restart
+  that failed half-way fails one test, not every test after it;
+- key rotation, which restarts twice and rewrites the key file, runs on a server of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
-import psycopg
 import pytest
+from cryptography.fernet import Fernet
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from tests.e2e import apps
+from tests.e2e.probes import Gate, decrypts_with, encryption_keys, metric_value, store_query
 from tests.support import (
     INKMCP,
     ServerProc,
@@ -32,11 +42,59 @@ from tests.support import (
 
 pytestmark = pytest.mark.asyncio
 
+SECRET, GREETING = "never-in-the-store", "persisted"
+
 
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[ServerProc]:
-    with running_server("inkmcp-life-", ("dana",)) as srv:
+    # A short answer window: the resume test's deploy_app answers "building" after 3 s, not 10.
+    with running_server("inkmcp-life-", ("dana",), INKMCP_DEPLOY_ANSWER_WITHIN="3") as srv:
         yield srv
+
+
+def ensure_running(server: ServerProc) -> ServerProc:
+    if server.proc is None:  # an earlier test stopped it and failed before starting it again
+        server.start()
+    return server
+
+
+@pytest.fixture
+def srv(own_server: ServerProc) -> ServerProc:
+    """The module's server, guaranteed to be running when the test starts."""
+    return ensure_running(own_server)
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """Account dana's live services: `keeper/web` (Python, Postgres, secrets) and `keeper-site/web` (static)."""
+
+    web: dict
+    site: dict
+
+
+async def deploy_live(s: ClientSession, timeout: float = 300, **args: object) -> dict:
+    dep = await call(s, "deploy_app", **args)
+    deadline = time.monotonic() + timeout
+    while not dep["done"] and time.monotonic() < deadline:
+        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+    assert dep["status"] == "live", dep
+    return dep
+
+
+@pytest.fixture(scope="module")
+async def keeper(own_server: ServerProc) -> AsyncIterator[Keeper]:
+    ensure_running(own_server)
+    repos = traversable_tmpdir("inkmcp-life-repos-")
+    try:
+        web = git_repo(repos / "keeper", apps.PY_WEB)
+        site = git_repo(repos / "keeper-site", apps.STATIC_SITE)
+        async with mcp_session(own_server, own_server.keys["dana"]) as s:
+            web_dep = await deploy_live(s, repo_url=str(web), database={"type": "postgres"},
+                                        env_vars={"GREETING": GREETING, "API_SECRET": SECRET})
+            site_dep = await deploy_live(s, repo_url=str(site), service_type="webapp_static")
+        yield Keeper(web=web_dep, site=site_dep)
+    finally:
+        shutil.rmtree(repos, ignore_errors=True)
 
 
 def get(server: ServerProc, url: str, path: str = "/") -> httpx.Response:
@@ -44,81 +102,71 @@ def get(server: ServerProc, url: str, path: str = "/") -> httpx.Response:
                      timeout=30)
 
 
-def store_query(server: ServerProc, sql: str) -> list[tuple]:
-    """Read the control-plane store directly, as an attacker with a copy of the database would."""
-    from inkmcp.store.embedded import EmbeddedPostgres
+async def test_restart_brings_services_back(srv: ServerProc, keeper: Keeper) -> None:
+    hits = get(srv, keeper.web["url"], "/db").json()["hits"]
+    assert srv.stop() == 0
+    with pytest.raises(httpx.ConnectError):
+        get(srv, keeper.web["url"])  # proxy and apps stopped with the server
+    srv.start()
 
-    pg = EmbeddedPostgres(server.data_dir / "pg" / "control")
-    with psycopg.connect(pg.url(driver=None).get_secret_value()) as c:
-        return c.execute(sql).fetchall()
-
-
-async def test_restart_brings_services_back(own_server: ServerProc) -> None:
-    repos = traversable_tmpdir("inkmcp-life-repos-")
-    try:
-        web = git_repo(repos / "keeper", apps.PY_WEB)
-        site = git_repo(repos / "keeper-site", apps.STATIC_SITE)
-        async with mcp_session(own_server, own_server.keys["dana"]) as s:
-            dep = await call(s, "deploy_app", repo_url=str(web), database={"type": "postgres"},
-                             env_vars={"GREETING": "persisted", "API_SECRET": "never-in-the-store"})
-            while not dep["done"]:
-                dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
-            assert dep["status"] == "live", dep
-            static = await call(s, "deploy_app", repo_url=str(site), service_type="webapp_static")
-            while not static["done"]:
-                static = await call(s, "wait_for_deployment", deployment_id=static["deployment_id"])
-        assert get(own_server, dep["url"], "/db").json()["hits"] == 1
-
-        # secrets are encrypted at rest; the audit log has the call but no value
-        rows = store_query(own_server, "SELECT value_enc FROM env_vars")
-        assert rows and all(b"never-in-the-store" not in bytes(r[0]) for r in rows)
-        audit = store_query(own_server, "SELECT action, arguments::text, result FROM audit_log")
-        assert any(a == "deploy_app" and r == "ok" for a, _, r in audit)
-        assert all("never-in-the-store" not in args and "persisted" not in args for _, args, _ in audit)
-        creds = store_query(own_server, "SELECT credentials_enc FROM databases")
-        assert creds and b"password" not in bytes(creds[0][0])
-
-        assert own_server.stop() == 0
-        with pytest.raises(httpx.ConnectError):
-            get(own_server, dep["url"])  # proxy and apps stopped with the server
-        own_server.start()
-
-        assert get(own_server, dep["url"], "/env").json()["GREETING"] == "persisted"
-        assert get(own_server, dep["url"], "/db").json()["hits"] == 2  # same database, same data
-        assert "hello static" in get(own_server, static["url"]).text
-        server_log = own_server.log_path.read_text(errors="replace")
-        assert "never-in-the-store" not in server_log and "persisted" not in server_log  # no secrets logged
-        async with mcp_session(own_server, own_server.keys["dana"]) as s:
-            services = (await call(s, "list_services", project_name="keeper"))["services"]
-            assert services[0]["state"] == "running"
-    finally:
-        shutil.rmtree(repos, ignore_errors=True)
+    assert get(srv, keeper.web["url"], "/env").json()["GREETING"] == GREETING
+    assert get(srv, keeper.web["url"], "/db").json()["hits"] == hits + 1  # same database, same data
+    assert "hello static" in get(srv, keeper.site["url"]).text
+    server_log = srv.log_path.read_text(errors="replace") if srv.log_path else ""
+    assert SECRET not in server_log and GREETING not in server_log  # no secrets logged
+    async with mcp_session(srv, srv.keys["dana"]) as s:
+        for project in ("keeper", "keeper-site"):
+            services = (await call(s, "list_services", project_name=project))["services"]
+            assert [x["state"] for x in services] == ["running"], (project, services)
 
 
-async def test_cli_lists_and_tails(own_server: ServerProc) -> None:
-    out = own_server.cli("projects", "--account", "dana").stdout
+async def test_secrets_are_encrypted_at_rest_and_kept_out_of_the_audit_log(srv: ServerProc, keeper: Keeper) -> None:
+    """Not "the plaintext is absent" (base64 would pass that) but "a Fernet token of the server's key"."""
+    key = encryption_keys(srv)[0]
+    stranger = Fernet.generate_key()
+    values = [bytes(r[0]) for r in store_query(srv, "SELECT value_enc FROM env_vars")]
+    plain = {decrypts_with(key, v) for v in values}
+    assert {SECRET.encode(), GREETING.encode()} <= plain
+    assert all(SECRET.encode() not in v and decrypts_with(stranger, v) is None for v in values)
+
+    async with mcp_session(srv, srv.keys["dana"]) as s:
+        creds = await call(s, "get_database_credentials", project_name="keeper")
+    (stored,) = [bytes(r[0]) for r in store_query(
+        srv, "SELECT d.credentials_enc FROM databases d JOIN projects p ON p.id = d.project_id WHERE p.name = %s",
+        ("keeper",))]
+    assert creds["password"].encode() not in stored
+    decrypted = decrypts_with(key, stored)
+    assert decrypted is not None and json.loads(decrypted)["password"] == creds["password"]
+
+    audit = store_query(srv, "SELECT action, arguments::text, result FROM audit_log")
+    assert any(a == "deploy_app" and r == "ok" for a, _, r in audit), audit
+    assert all(SECRET not in args and GREETING not in args for _, args, _ in audit)
+
+
+async def test_cli_lists_and_tails(srv: ServerProc, keeper: Keeper) -> None:
+    out = srv.cli("projects", "--account", "dana").stdout
     assert "keeper" in out
-    out = own_server.cli("services", "keeper", "--account", "dana").stdout
+    out = srv.cli("services", "keeper", "--account", "dana").stdout
     assert "web" in out and "live" in out
-    logs = own_server.cli("logs", "keeper", "--account", "dana", "--tail", "20").stdout
-    assert "booting with secret" in logs and "never-in-the-store" not in logs
-    keys = own_server.cli("keys", "list").stdout
+    logs = srv.cli("logs", "keeper", "--account", "dana", "--tail", "20").stdout
+    assert "booting with secret" in logs and SECRET not in logs
+    keys = srv.cli("keys", "list").stdout
     assert "dk_live_" in keys and "dana" in keys
-    deps = own_server.cli("deployments", "keeper", "--account", "dana").stdout
-    assert "live" in deps and "web" in deps
-    bad = own_server.cli("services", "nope", "--account", "dana", check=False)
+    deps = srv.cli("deployments", "keeper", "--account", "dana").stdout
+    assert keeper.web["deployment_id"].split("-")[0] in deps and "live" in deps  # the table wraps long ids
+    bad = srv.cli("services", "nope", "--account", "dana", check=False)
     assert bad.returncode == 1 and "no project named 'nope'" in bad.stderr
 
 
-async def test_invalid_configuration_is_reported_at_start(own_server: ServerProc) -> None:
-    env = {**own_server.env, "INKMCP_PORT": "not-a-port"}
+async def test_invalid_configuration_is_reported_at_start(srv: ServerProc) -> None:
+    env = {**srv.env, "INKMCP_PORT": "not-a-port"}
     r = await asyncio.to_thread(subprocess.run, [INKMCP, "serve"], env=env, capture_output=True, text=True,
                                 timeout=60)
     assert r.returncode == 2 and "INKMCP_PORT" in r.stderr
 
 
-async def test_second_server_on_same_data_dir_is_refused(own_server: ServerProc) -> None:
-    env = {**own_server.env, "INKMCP_PORT": str(free_port()), "INKMCP_PROXY_PORT": str(free_port())}
+async def test_second_server_on_same_data_dir_is_refused(srv: ServerProc) -> None:
+    env = {**srv.env, "INKMCP_PORT": str(free_port()), "INKMCP_PROXY_PORT": str(free_port())}
     r = await asyncio.to_thread(
         subprocess.run, [INKMCP, "serve"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -141,57 +189,76 @@ async def test_stdio_transport() -> None:
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
-async def test_healthz_and_metrics_reflect_services(own_server: ServerProc) -> None:
+async def test_healthz_and_metrics_reflect_services(srv: ServerProc, keeper: Keeper) -> None:
     async with httpx.AsyncClient() as c:
-        m = (await c.get(f"http://127.0.0.1:{own_server.port}/metrics")).text
-    line = next(x for x in m.splitlines() if x.startswith("inkmcp_running_services"))
-    assert float(line.split()[-1]) >= 2
+        m = (await c.get(f"http://127.0.0.1:{srv.port}/metrics")).text
+        health = (await c.get(f"http://127.0.0.1:{srv.port}/healthz")).json()
+    assert metric_value(srv, "inkmcp_running_services") >= 2  # keeper's web and site
     assert "# TYPE inkmcp_deploy_duration_seconds histogram" in m
-    assert json.loads(httpx.get(f"http://127.0.0.1:{own_server.port}/healthz").text)["status"] == "ok"
-    assert os.path.isdir(own_server.data_dir)
+    assert health["status"] == "ok"
 
 
-async def test_encryption_key_rotation(own_server: ServerProc) -> None:
-    async with mcp_session(own_server, own_server.keys["dana"]) as s:
-        await call(s, "ensure_project", name="rotating")
-        await call(s, "update_env_vars", project_name="rotating", env_vars={"KEEP": "value-across-rotation"})
-    before = store_query(own_server, "SELECT value_enc FROM env_vars")
-    out = own_server.cli("rotate-encryption-key").stdout
-    assert "re-encrypted" in out
-    after = store_query(own_server, "SELECT value_enc FROM env_vars")
-    assert before != after
-    own_server.stop()
-    own_server.start()
-    own_server.cli("rotate-encryption-key", "--retire")
-    own_server.stop()
-    own_server.start()  # only the new key is left
-    async with mcp_session(own_server, own_server.keys["dana"]) as s:
-        env = await call(s, "list_env_vars", project_name="rotating", reveal=True)
-        assert env["env"]["KEEP"] == "value-across-rotation"
-        creds = await call(s, "get_database_credentials", project_name="keeper")
-        assert creds["password"]
+async def test_encryption_key_rotation() -> None:
+    """Rotate, restart, retire, restart: every secret is re-encrypted under the new key and still readable."""
+    with running_server("inkmcp-rot-", ("rita",)) as srv:
+        async with mcp_session(srv, srv.keys["rita"]) as s:
+            await call(s, "ensure_project", name="rotating")
+            await call(s, "update_env_vars", project_name="rotating", env_vars={"KEEP": "value-across-rotation"})
+            await call(s, "provision_database", project_name="rotating")
+            password = (await call(s, "get_database_credentials", project_name="rotating"))["password"]
+        (old,) = encryption_keys(srv)
+
+        def tokens() -> list[bytes]:
+            return [bytes(r[0]) for r in store_query(srv, "SELECT value_enc FROM env_vars UNION ALL "
+                                                          "SELECT credentials_enc FROM databases")]
+
+        assert len(tokens()) == 2 and all(decrypts_with(old, t) for t in tokens())
+        out = srv.cli("rotate-encryption-key").stdout
+        assert "re-encrypted" in out, out
+        new, kept = encryption_keys(srv)
+        assert kept == old and new != old
+        # re-encrypted: the new key alone reads every value, the old key alone reads none
+        assert all(decrypts_with(new, t) and decrypts_with(old, t) is None for t in tokens())
+
+        assert srv.stop() == 0
+        srv.start()
+        srv.cli("rotate-encryption-key", "--retire")
+        assert encryption_keys(srv) == [new]
+        assert srv.stop() == 0
+        srv.start()  # only the new key is left
+        async with mcp_session(srv, srv.keys["rita"]) as s:
+            env = await call(s, "list_env_vars", project_name="rotating", reveal=True)
+            assert env["env"]["KEEP"] == "value-across-rotation"
+            creds = await call(s, "get_database_credentials", project_name="rotating")
+            assert creds["password"] == password
 
 
-async def test_deployment_interrupted_by_restart_is_resumed(own_server: ServerProc) -> None:
+async def test_deployment_interrupted_by_restart_is_resumed(srv: ServerProc) -> None:
+    """A build still running at shutdown is resumed at start. The build waits on a gate this test opens,
+    so it is certainly still running when deploy_app answers and when the server stops."""
     repos = traversable_tmpdir("inkmcp-resume-")
+    gate = Gate(srv.data_dir)
     try:
         repo = git_repo(repos / "resumable", apps.ON_DEMAND)
-        async with mcp_session(own_server, own_server.keys["dana"]) as s:
+        async with mcp_session(srv, srv.keys["dana"]) as s:
             dep = await call(s, "deploy_app", repo_url=str(repo), start_command="python app.py",
-                             build_command="sleep 12")
-            assert dep["status"] == "building"
-        assert own_server.stop() == 0  # graceful: the pipeline is cancelled, its record stays open
-        own_server.start()
-        async with mcp_session(own_server, own_server.keys["dana"]) as s:
-            done = dep
-            for _ in range(6):
-                done = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
-                if done["done"]:
-                    break
-            assert done["status"] == "live", done
-            assert any("resumed after restart" in h for h in done["history"])
-        assert get(own_server, done["url"]).status_code == 200
+                             build_command=gate.build_command())
+        assert dep["status"] == "building" and dep["done"] is False, dep
+        gate.wait_closed()
+        assert srv.stop() == 0  # graceful: the pipeline is cancelled, its record stays open
+        srv.start()
+        with gate.kept_open():
+            async with mcp_session(srv, srv.keys["dana"]) as s:
+                done = dep
+                deadline = time.monotonic() + 300
+                while not done["done"] and time.monotonic() < deadline:
+                    done = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert done["status"] == "live", done
+        assert any("resumed after restart" in h for h in done["history"]), done["history"]
+        assert gate.opened, "the resumed build never reached the gate"
+        assert get(srv, done["url"]).status_code == 200
     finally:
+        gate.open_once()
         shutil.rmtree(repos, ignore_errors=True)
 
 
@@ -212,4 +279,5 @@ async def test_first_start_prints_a_key_and_the_claude_line() -> None:
     finally:
         if srv.proc is not None:
             srv.stop()
+        remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
