@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import httpx
 import pytest
 
+from tests.e2e.probes import metric_value, store_query
 from tests.support import ServerProc, call, call_error, mcp_session
 
 pytestmark = pytest.mark.asyncio
@@ -141,9 +143,27 @@ async def test_env_payload_limits(server: ServerProc) -> None:
 
 
 async def test_metrics_and_audit(server: ServerProc) -> None:
-    async with httpx.AsyncClient() as c:
-        text = (await c.get(f"http://127.0.0.1:{server.port}/metrics")).text
-    assert "inkmcp_tool_calls_total" in text and "inkmcp_running_services" in text
+    """A call moves its own tool_calls sample (tool and outcome labels) and leaves an audit_log row."""
+    account = f"auditor-{uuid.uuid4().hex[:6]}"
+    key = server.create_key(account)
+    project = f"audited-{uuid.uuid4().hex[:6]}"
+    ok = {"tool": "ensure_project", "outcome": "ok"}
+    failed = {"tool": "update_env_vars", "outcome": "error"}
+    before = {o: metric_value(server, "inkmcp_tool_calls_total", **labels) for o, labels in (("ok", ok),
+                                                                                            ("error", failed))}
+    async with mcp_session(server, key) as s:
+        await call(s, "ensure_project", name=project)
+        msg = await call_error(s, "update_env_vars", project_name=f"{project}-missing", env_vars={"A": "secret-a"})
+    assert "no project named" in msg
+    assert metric_value(server, "inkmcp_tool_calls_total", **ok) == before["ok"] + 1
+    assert metric_value(server, "inkmcp_tool_calls_total", **failed) == before["error"] + 1
+
+    rows = store_query(server, "SELECT a.action, a.target, a.result, a.error, a.arguments::text FROM audit_log a "
+                               "JOIN accounts c ON c.id = a.account_id WHERE c.name = %s ORDER BY a.id", (account,))
+    assert [(action, target, result) for action, target, result, _, _ in rows] == [
+        ("ensure_project", project, "ok"), ("update_env_vars", f"{project}-missing", "error")], rows
+    assert "no project named" in rows[1][3]
+    assert "secret-a" not in rows[1][4]  # arguments are stored redacted
 
 
 async def test_list_projects_is_bounded(server: ServerProc) -> None:

@@ -20,12 +20,13 @@ import httpx
 import pytest
 
 from tests.e2e import apps
+from tests.requirements import requires
 from tests.support import REPO, ServerProc, call, git_repo, make_server, mcp_session, traversable_tmpdir
 
 pytestmark = [
     pytest.mark.asyncio,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the throwaway user (non-root runs are "
-                       "what every other test would be doing then)"),
+    requires("root", os.geteuid() == 0, "creates a throwaway user to run the server as (run as a normal user, "
+             "every other e2e test covers this case)"),
 ]
 USER = "inkmcp-nonroot-test"
 
