@@ -20,6 +20,7 @@ from inkmcp.safefs import (
     move_into,
     read_beneath,
 )
+from tests.requirements import require_root
 
 ME = RunAs(user="me", uid=os.getuid(), gid=os.getgid(), home="/nonexistent")
 
@@ -82,8 +83,7 @@ def test_read_beneath_refuses_links_fifos_and_escapes(tmp_path: Path) -> None:
 
 
 def test_chown_private_tree_does_not_follow_links(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("chown to another uid needs root")
+    require_root("chown to another uid needs root")
     secret = _secret(tmp_path)
     tree = tmp_path / "tree"
     (tree / "d").mkdir(parents=True)

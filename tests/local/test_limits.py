@@ -20,9 +20,10 @@ import pytest
 from inkmcp.build.process import SANDBOX_EXIT, TenantSandbox
 from inkmcp.providers.compute.base import Resources
 from inkmcp.providers.compute.local.limits import Cgroups, LimitEvents
+from tests.requirements import requires
 
 cg = Cgroups(parent="inkmcp-test", pids_max=64)
-pytestmark = pytest.mark.skipif(not cg.available, reason=f"cgroups unavailable: {cg.reason}")
+pytestmark = requires("cgroups", cg.available, f"cgroups unavailable: {cg.reason}")
 
 
 @pytest.fixture

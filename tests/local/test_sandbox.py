@@ -25,9 +25,10 @@ from inkmcp.providers.compute.base import ReleaseFailed, ReleaseRequest, Resourc
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.users import project_user_name
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for
+from tests.requirements import requires
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="the sandbox (tenant users, cgroups, private /tmp) is enforced only when InkMCP is root"
+pytestmark = requires(
+    "root", os.geteuid() == 0, "the sandbox (tenant users, cgroups, private /tmp) is enforced only when InkMCP is root"
 )
 
 HOG = f"{PY} -c \"x = b'x' * (200 * 2**20); print('HOG' + '-SURVIVED')\""

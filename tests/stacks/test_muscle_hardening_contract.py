@@ -35,6 +35,7 @@ from inkmcp.nodes.render import (
     render_plan,
     selector_runtimes,
 )
+from tests.requirements import require_root
 from tests.stacks.pulumi_mocks import RecordingMonitor, install
 from tests.stacks.test_muscle_stack import COPY, NETWORK, PROXY_ID, SABLIER_ID, build, make_conf, node
 
@@ -136,8 +137,7 @@ def run_harden(script: str) -> subprocess.CompletedProcess[str]:
 
 def test_harden_script_converges_a_staged_root(tmp_path: Path) -> None:
     """The stack's harden command for real, against a root prefix (no kernel or service steps there)."""
-    if os.geteuid() != 0:
-        pytest.skip("the harden command makes files root-owned (chown 0:0), as on a node")
+    require_root("the harden command makes files root-owned (chown 0:0), as on a node")
     root = tmp_path / "node"
     plan = render_plan(host_params(make_conf(), node(1), net(), root=str(root)))
     for path, content in plan.files.items():  # what CopyToRemote leaves: right content, no particular mode

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from inkmcp.store.embedded import EmbeddedPostgres
+from tests.requirements import requires
 
 from .conftest import EmbeddedPgFactory
 
@@ -117,7 +118,7 @@ def test_long_pgdata_path_uses_short_socket_dir(embedded_pg_factory: EmbeddedPgF
     assert _query(pg.url(driver=None).get_secret_value()) == 1
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="system user is only used when running as root")
+@requires("root", os.geteuid() == 0, "the inkmcp-pg system user is only used when running as root")
 def test_runs_as_system_user_when_root(control_pg: EmbeddedPostgres) -> None:
     assert control_pg.pid is not None
     assert psutil.Process(control_pg.pid).username() == "inkmcp-pg"
