@@ -27,6 +27,8 @@ Finding of the review -> test (module::test):
     21, 26 test_cross_account::test_proxy_path_traversal_is_404, ::test_tools_on_another_accounts_project_...
     22-24, 27, 28  test_api_surface
     25     test_limits::test_checkout_size_is_capped
+    16b, 17, 18, 20, 29-34  test_held_items (a test each, named in its docstring; #33 adds strict-xfail
+           ::test_ambiguous_host_lines_are_refused: Host lines the proxy routes on instead of a 400)
 """
 
 from __future__ import annotations
