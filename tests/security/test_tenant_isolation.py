@@ -103,6 +103,9 @@ result = {
     "environ": attempt(lambda: open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace"))[0],
     "cwd": attempt(os.readlink, f"/proc/{pid}/cwd")[0],
     "root": attempt(os.listdir, f"/proc/{pid}/root/")[0],
+    "cmdline": attempt(lambda: open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))[0],
+    "cgroup": attempt(lambda: open(f"/proc/{pid}/cgroup").read())[0],
+    "listed": str(pid) in os.listdir("/proc"),
     "kill0": attempt(os.kill, pid, 0)[0],
     "sigstop": attempt(os.kill, pid, signal.SIGSTOP)[0],
     "sigterm": attempt(os.kill, pid, signal.SIGTERM)[0],
@@ -227,10 +230,15 @@ async def test_checkouts_are_unreadable_while_alice_deploys(server: ServerProc, 
 
 
 async def test_alice_processes_are_out_of_reach(server: ServerProc, labs: dict[str, Any]) -> None:
-    """#11, #15 (held): /proc/<alice pid>/environ, cwd, root and signals are all refused to mallory."""
+    """#11, #15 (held): /proc/<alice pid>/environ, cwd, root and signals are all refused to mallory.
+
+    Since tenant processes see their own /proc with hidepid=2, alice's pid does not even exist there
+    (ENOENT: not her command line nor her cgroup path, the review's partial leak); EACCES would mean the
+    entry is visible but closed."""
     pid = whoami(server, labs["alice"]["url"])["pid"]  # now: another test may have redeployed alice
     seen = lab_exec(server, labs["mallory"]["url"], TARGET_ALICE, pid=pid)
-    assert seen["environ"] == "EACCES" and seen["cwd"] == "EACCES" and seen["root"] == "EACCES", seen
+    assert seen["environ"] == seen["cwd"] == seen["root"] == seen["cmdline"] == seen["cgroup"] == "ENOENT", seen
+    assert seen["listed"] is False, seen
     assert seen["kill0"] == seen["sigstop"] == seen["sigterm"] == "EPERM", seen
     assert whoami(server, labs["alice"]["url"])["pid"] == pid  # alice's app never noticed
 
