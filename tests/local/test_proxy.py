@@ -161,3 +161,26 @@ async def test_another_accounts_homonym_service_cannot_take_or_drop_the_url(make
     assert (await get(provider, alice)).text == "v2\n"
     await provider.remove(alice)
     assert (await get(provider, alice)).status_code == 404
+
+
+
+@pytest.mark.parametrize(
+    ("head", "host"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: Web.App.localhost.:8080\r\n\r\n", "web.app.localhost"),
+        (b"GET / HTTP/1.1\r\nhost:web.app.localhost\r\n\r\n", "web.app.localhost"),
+        (b"GET http://web.app.localhost:8080/x HTTP/1.1\r\nHost: other.localhost\r\n\r\n", "web.app.localhost"),
+        (b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", "[::1]"),
+        (b"GET / HTTP/1.1\r\nX-Pad: x\r\n Host: a.localhost\r\nHost: b.localhost\r\n\r\n", None),  # obs-fold
+        (b"GET / HTTP/1.1\r\nHost : a.localhost\r\n\r\n", None),  # whitespace before the colon
+        (b"GET / HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\n\r\n", None),  # two Hosts
+        (b"GET / HTTP/1.1\r\nHost: a.localhost:80.b.localhost\r\n\r\n", None),  # junk after the port
+        (b"GET / HTTP/1.1\r\nHost: a.localhost:99999\r\n\r\n", None),
+        (b"GET / HTTP/1.1\r\nHost: x@a.localhost\r\n\r\n", None),  # userinfo
+        (b"GET / HTTP/1.1\r\nHost: a.localhost, b.localhost\r\n\r\n", None),
+        (b"GET / HTTP/1.1\r\n\r\n", None),
+        (b"GET /\r\nHost: a.localhost\r\n\r\n", None),
+    ],
+)
+def test_parse_host_refuses_every_head_an_rfc_parser_would_read_differently(head: bytes, host: str | None) -> None:
+    assert parse_host(head) == host

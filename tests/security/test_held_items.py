@@ -24,8 +24,8 @@ the log is read after it was written).
          one client connection reach exactly one upstream, the one its first request was routed to.
          Keep-alive pinning to that first upstream is the proxy's documented design (proxy.py).
          Found here, beyond the review: a folded line, `Host :`, a second Host line or a Host whose
-         port is not a number are routed on instead of refused with 400 (RFC 9112); kept as strict
-         xfail tests (test_ambiguous_host_lines_are_refused) until the proxy refuses them.
+         port is not a number were routed on instead of refused with 400 (RFC 9112); fixed in
+         proxy.parse_host, proved by test_ambiguous_host_lines_are_refused.
     34   slowloris (200 unfinished heads, 100 stalled bodies on alice's host): alice still answers fast.
 """
 
@@ -537,7 +537,7 @@ def spoofed_hosts(server: ServerProc, held: dict[str, Any]) -> dict[str, str]:
     return {
         alice.upper(): "alice",
         f"{alice}.": "alice",
-        f"x@{alice}": "alice",
+        f"x@{alice}": "proxy",  # userinfo is not part of a Host value (RFC 9112): refused
         f"{alice}:{server.port}": "alice",  # the port is ignored: alice's route decides where bytes go
         f"127.0.0.1:{server.port}": "proxy",
         f"localhost:{server.port}": "proxy",
@@ -630,21 +630,17 @@ async def test_smuggled_requests_stay_on_the_first_upstream(
     assert any(f"/clte-{tok}" in line for line in lines), lines[-20:]
 
 
-AMBIGUOUS_HOST = ("proxy.parse_host routes on a Host line an RFC 9112 parser reads otherwise (see the test's "
-                  "docstring); strict: remove this mark once the proxy answers 400")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=AMBIGUOUS_HOST)
 @pytest.mark.parametrize("ambiguity", ["folded-line", "space-before-colon", "duplicate", "port-not-a-number"])
 async def test_ambiguous_host_lines_are_refused(server: ServerProc, held: dict[str, Any], ambiguity: str) -> None:
     """#33, beyond the review: heads whose Host an RFC 9112 parser reads differently from the proxy.
 
     RFC 9112 makes a server answer 400 to a second Host line (3.2), to whitespace between a field
     name and its colon (5.1), and to a Host with an invalid value (3.2); an obs-fold line belongs to
-    the field above it (5.2). The proxy instead routes to alice on each of these heads, while a front
+    the field above it (5.2). The proxy used to route to alice on each of these heads, while a front
     proxy or WAF that follows the RFC sees `Host: web.held-mallory...` (or nothing valid): one that
     applies per-host rules (auth, allow lists) would apply mallory's rules to a request that reaches
     alice. Bytes still go to one upstream only (test_smuggled_requests_stay_on_the_first_upstream).
+    Found by this suite; the proxy now answers 400 to all of them (proxy.parse_host).
     """
     alice, mallory = (str(urlsplit(held[k]["url"]).hostname) for k in ("web", "mallory"))
     head = {

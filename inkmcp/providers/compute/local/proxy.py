@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -250,32 +251,55 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, route: Rou
             dst.write_eof()
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HOST_VALUE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?$")
+
+
 def parse_host(head: bytes) -> str | None:
-    """Hostname (lowercase, without port) from the Host header or an absolute-form target."""
+    """Hostname (lowercase, without port) the request is for; None when the head is ambiguous (answer 400).
+
+    Strict as RFC 9112 asks of a server, because a front proxy or WAF that reads the head by the
+    RFC must never see another tenant's hostname than the one we route on: a folded line (obs-fold),
+    whitespace between a field name and its colon, more than one Host, or a Host value that is not
+    `host[:port]` (userinfo, junk after the port) are all refused. An absolute-form target names the
+    host itself; its Host header is then ignored, as RFC 9112 section 3.2.2 says.
+    """
     try:
         text = head.decode("latin-1")
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
         return None
     lines = text.split("\r\n")
+    while lines and lines[-1] == "":
+        lines.pop()
     parts = lines[0].split(" ")
-    value: str | None = None
-    if len(parts) == 3 and "://" in parts[1]:
-        value = parts[1].split("://", 1)[1].split("/", 1)[0]
-    else:
-        for line in lines[1:]:
-            name, sep, rest = line.partition(":")
-            if sep and name.strip().lower() == "host":
-                value = rest.strip()
-                break
-    if not value:
+    if len(parts) != 3:
         return None
-    host = value.rsplit("@", 1)[-1]
-    if host.startswith("["):
-        host = host.split("]", 1)[0] + "]"
+    hosts: list[str] = []
+    for line in lines[1:]:
+        if not line or line[0] in " \t":
+            return None  # obs-fold: a continuation line, or an empty line inside the head
+        name, sep, rest = line.partition(":")
+        if not sep or not _TOKEN.match(name):
+            return None  # no colon, or whitespace before it
+        if name.lower() == "host":
+            hosts.append(rest.strip(" \t"))
+    if len(hosts) > 1:
+        return None
+    target = parts[1]
+    if "://" in target:
+        value = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    elif hosts:
+        value = hosts[0]
     else:
-        host = host.split(":", 1)[0]
-    host = host.rstrip(".").lower()
-    if not host or len(host) > 253 or not all(c.isalnum() or c in "-.[]:" for c in host):
+        return None
+    match = _HOST_VALUE.match(value)
+    if match is None:
+        return None
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        return None
+    host = match.group("host").rstrip(".").lower()
+    if not host or len(host) > 253 or host.startswith(("-", ".")) or ".." in host:
         return None
     return host
 
