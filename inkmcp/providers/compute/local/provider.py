@@ -405,7 +405,11 @@ class LocalComputeProvider:
                     svc.route.port = None
             await self._stop_run(old)
         if not port_is_free(port):
-            raise ReleaseFailed(Step.starting, f"port {port} (BuildPlan.port) is already in use on this machine")
+            raise ReleaseFailed(
+                Step.starting,
+                f"port {port} (the service's fixed `port`, from deploy_app or inkmcp.yaml) is already in use on this "
+                "machine; omit `port` so the app gets a free one in $PORT, or pick another",
+            )
         self.ports.reserve(port)
 
     def _point_route(self, svc: _Service, live: _Live, port: int | None) -> None:
