@@ -27,7 +27,7 @@ Fast subset
 -----------
 `slow` marks the tests that start whole servers or daemons (the e2e and red-team suites, real
 dockerd + runsc); `SLOW` below lists them by path, measured with `--durations`. The developer's loop,
-under 5 minutes on 2 cores:
+under 5 minutes on 2 cores (2 min 32 s measured on 2026-11-30, ~290 tests; the whole suite took 9 min 12 s):
 
     make test PYTEST_ARGS='-m "not slow"'        (or .venv/bin/pytest -q -ra -m "not slow")
 
