@@ -14,7 +14,7 @@ serve: $(STAMP)
 # -ra lists every skip with its reason. INKMCP_REQUIRE_ALL=1 (set by .ci/run) turns the skips for a missing
 # component into failures; fast subset: make test PYTEST_ARGS='-m "not slow"' (tests/conftest.py).
 test: $(STAMP)
-	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-system-deps.sh && bash scripts/test-docker.sh; fi
+	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-system-deps.sh && bash scripts/test-docker.sh && bash scripts/test-docker-trixie.sh; fi
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 

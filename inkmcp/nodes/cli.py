@@ -95,3 +95,39 @@ def harden(
         raise typer.Exit(1) from None
     finally:
         conn.close()
+
+
+sandbox_app = typer.Typer(no_args_is_help=True, help="A run server in a box on this machine (inkmcp/nodes/sandbox.py).")
+nodes_app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("up")
+def sandbox_up(
+    dir: Annotated[Path, typer.Option("--dir", help="the box's directory (packages, state, data)")],
+    params: Annotated[Path | None, typer.Option("--params", help="YAML/JSON file with HostParams fields")] = None,
+) -> None:
+    """Start a private dockerd 26 + containerd + runsc, configured by the hardening renderer; the last
+    line is DOCKER_HOST=unix://... for the box."""
+    from inkmcp.nodes.sandbox import SandboxError, up
+
+    try:
+        state = up(dir.resolve(), params)
+    except SandboxError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    # Plain print: the DOCKER_HOST line must reach scripts unwrapped and unstyled, whatever the terminal width.
+    print(f"sandbox up in {state.up_seconds} s (netns {state.netns}, log {state.dir}/dockerd.log)")
+    print(f"DOCKER_HOST={state.docker_host}", flush=True)
+
+
+@sandbox_app.command("down")
+def sandbox_down(dir: Annotated[Path, typer.Option("--dir", help="the box's directory given to `up`")]) -> None:
+    """Stop exactly what `up` started in DIR (by its pid files and cgroup) and delete its namespace."""
+    from inkmcp.nodes.sandbox import SandboxError, down
+
+    try:
+        done = down(dir.resolve())
+    except SandboxError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    out.print("\n".join(done) if done else f"no box is up in {dir}", markup=False)
