@@ -20,6 +20,15 @@ Why it is built this way:
   converges instead of reinstalling.
 - Hetzner Cloud Firewalls filter only public interfaces; traffic on the Cloud Network (Coolify -> build
   server, run servers -> registry, InkMCP -> Postgres) is private and not affected by the rules below.
+- Config edits never replace a protected host (review #15). pulumi-hcloud 1.43.3 bridges
+  terraform-provider-hcloud v1.68.0, whose schema makes these inputs replace-forcing (file:line at that tag):
+  `Server` image, location, user_data, ssh_keys (internal/server/resource.go:58,70,90,113), `Volume.location`
+  (internal/volume/resource.go:46), `StorageBox` location, ssh_keys (internal/storagebox/resource.go:105,121),
+  `SshKey.public_key` (internal/sshkey/resource.go:72), `VolumeAttachment` volume_id, server_id
+  (internal/volume/resource_attachment.go:34,39). Inputs that change routinely after creation are in
+  `ignore_changes` of the protected resource (operator keys are then kept current on the hosts by the
+  `operator-keys` step); locations are what a host *is*, so a change there stays a replacement that protect
+  refuses. `tests/stacks/test_replacement_guard.py` holds the table and fails on anything unhandled.
 """
 
 from __future__ import annotations
@@ -223,6 +232,59 @@ echo "s3 storage registered; attach it under Settings > Backup (not exposed by t
 """
 
 
+OPERATOR_KEYS_STATE = "inkmcp-operator-keys"
+"""Beside authorized_keys: the operator keys this stack installed last time, so a removed key is removed."""
+
+
+def operator_keys_script(public_keys: Sequence[str], ssh_dir: str = "/root/.ssh") -> str:
+    """Keep root's authorized_keys in step with `sshKeys` on a host that already exists.
+
+    Why: Hetzner injects `ssh_keys` only at creation, and the server ignores later changes of that input
+    (replacing a protected host for a key is not an option), so adding or rotating an operator key happens
+    here. Keys are matched by their base64 blob. Lines this stack did not put there (Coolify's own key on the
+    master, keys an operator added by hand) are never touched; a key removed from `sshKeys` is removed if this
+    stack had installed it (recorded in `OPERATOR_KEYS_STATE`; the keys Hetzner injected at creation are the
+    same list, recorded on the first run). Prints `changed:` only when the file changed.
+    """
+    if not public_keys:
+        raise ValueError("sshKeys is empty: the hosts would keep no operator key")
+    for key in public_keys:
+        if "\n" in key or "\r" in key or key.strip() != key or key.startswith("#"):
+            raise ValueError(f"ssh key {key[:40]!r}...: one OpenSSH public key line expected")
+    keys = shlex.quote("\n".join(public_keys) + "\n")
+    d = shlex.quote(ssh_dir)
+    state = shlex.quote(f"{ssh_dir}/{OPERATOR_KEYS_STATE}")
+    return f"""
+install -d -m 700 {d}
+keys={d}/authorized_keys
+touch "$keys" {state}
+chmod 600 "$keys" {state}
+want=$(mktemp)
+new=$(mktemp)
+trap 'rm -f "$want" "$new"' EXIT
+printf '%s' {keys} > "$want"
+awk -v want="$want" -v old={state} '
+  function blob(line,   f, n, i) {{
+    n = split(line, f, " "); for (i = 1; i <= n; i++) if (f[i] ~ /^AAAA/) return f[i]; return line
+  }}
+  BEGIN {{
+    while ((getline line < want) > 0) {{ b = blob(line); wanted[b] = line; order[++count] = b }}
+    while ((getline line < old) > 0) managed[blob(line)] = 1
+  }}
+  {{ b = blob($0) }}
+  b in wanted {{ if (!(b in seen)) print; seen[b] = 1; next }}
+  b in managed {{ next }}
+  {{ print }}
+  END {{ for (i = 1; i <= count; i++) if (!(order[i] in seen)) print wanted[order[i]] }}
+' "$keys" > "$new"
+if ! cmp -s "$new" "$keys"; then
+  cat "$new" > "$keys"
+  echo "changed: operator keys in $keys"
+fi
+cp "$want" {state}
+"""
+
+
 def volume_mount_script(volume_id: object, mountpoint: str) -> str:
     """Mount the Hetzner Volume by its stable by-id path (device names move between boots) via fstab."""
     dev = f"/dev/disk/by-id/scsi-0HC_Volume_{volume_id}"
@@ -346,6 +408,14 @@ class HostArgs:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+SERVER_IGNORE_CHANGES = ("sshKeys", "image", "userData")
+"""Replace-forcing `hcloud.Server` inputs (terraform-provider-hcloud v1.68.0 internal/server/resource.go:58,90,113)
+that legitimately change after creation; `location` (:70) is deliberately absent (moving a host is a rebuild)."""
+STORAGE_BOX_IGNORE_CHANGES = ("sshKeys",)
+"""`StorageBox.ssh_keys` is replace-forcing (internal/storagebox/resource.go:121: "not possible to update the SSH
+Keys through the API"); a backup key rotation must not replace the box and its snapshots."""
+
+
 class _Host(pulumi.ComponentResource):
     """Common part of every factory host: a protected Cloud server on the Cloud Network, Docker pools set."""
 
@@ -372,16 +442,24 @@ class _Host(pulumi.ComponentResource):
             delete_protection=protect,
             rebuild_protection=protect,
             labels=labels_for(args.conf.labels, role=args.role, **args.labels),
-            opts=self._child(protect=protect),
+            # Replace-forcing inputs that change routinely must not replace a (protected) host: ssh_keys when an
+            # operator key is added or rotated (the operator-keys step below installs it), image when the default
+            # image moves on for new hosts (an existing host is rebuilt by an operator, not by a config edit),
+            # user_data should it ever be set (cloud-init runs once, at creation, anyway).
+            opts=self._child(protect=protect, ignore_changes=SERVER_IGNORE_CHANGES),
         )
+        self.operator_keys = self._command(
+            "operator-keys", shell(operator_keys_script([k.public_key for k in args.conf.ssh_keys])))
         pools = [p.model_dump() for p in args.conf.docker_address_pools]
         self.prepare = self._command("prepare", shell(docker_pools_script(pools)))
 
-    def _child(self, *, protect: bool = False, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
+    def _child(self, *, protect: bool = False, depends_on: Sequence[pulumi.Resource] = (),
+               ignore_changes: Sequence[str] | None = None) -> pulumi.ResourceOptions:
         deps: pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]]] = (
             self._gate.apply(lambda g: [*g, *depends_on]) if depends_on else self._gate
         )
-        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=deps)
+        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=deps,
+                                      ignore_changes=list(ignore_changes) if ignore_changes else None)
 
     @property
     def connection(self) -> remote.ConnectionArgs:
@@ -409,6 +487,7 @@ class _Host(pulumi.ComponentResource):
             format="ext4",
             delete_protection=protect,
             labels=labels_for(self._args.conf.labels, role=self._args.role),
+            # `location` is its only replace-forcing input and is what the volume is: protect refuses a move.
             opts=self._child(protect=protect),
         )
         self.attachment = hcloud.VolumeAttachment(
@@ -499,7 +578,9 @@ class ControlPlanePostgres(_Host):
             snapshot_plan=hcloud.StorageBoxSnapshotPlanArgs(hour=4, minute=0, max_snapshots=box.keep_snapshots),
             delete_protection=conf.protect,
             labels=labels_for(conf.labels, role="backups"),
-            opts=self._child(protect=conf.protect),
+            # A new backupPublicKey is installed on the box by hand (runbooks/factory: rotate the backup key);
+            # replacing the box would drop every snapshot. `location` stays replace-forcing: protect refuses it.
+            opts=self._child(protect=conf.protect, ignore_changes=STORAGE_BOX_IGNORE_CHANGES),
         )
         key_b64 = s.backup_private_key.apply(_b64)
         self.backups = self._command(
@@ -536,9 +617,13 @@ class FactoryPlane(pulumi.ComponentResource):
         prefix = conf.name_prefix
         child = pulumi.ResourceOptions(parent=self, depends_on=gate)
 
+        # `public_key` is replace-forcing (internal/sshkey/resource.go:72) and Hetzner refuses a second key with
+        # the same name or fingerprint, so the old key goes first. Servers ignore their sshKeys, so this never
+        # cascades to a host (the engine diffs dependents with their ignore_changes).
         self.ssh_keys = [
             hcloud.SshKey(f"{prefix}-{k.name}", name=f"{prefix}-{k.name}", public_key=k.public_key,
-                          labels=labels_for(conf.labels), opts=child)
+                          labels=labels_for(conf.labels),
+                          opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)))
             for k in conf.ssh_keys
         ]
         # Spread: master, build, registry and Postgres never share a physical host, so one hardware failure

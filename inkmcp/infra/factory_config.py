@@ -16,6 +16,8 @@ stacks rely on exactly these outputs, and `NetworkStackOutputs` validates them w
 - ``vswitch_gateway`` (str, optional): the vSwitch subnet's gateway; default its first host address
 - ``zone_name`` (str or None): the platform's DNS zone, e.g. ``example.com``; the muscle stack needs it
 - ``zone_id`` (str, int or None): the zone's id
+- ``dedicated_servers`` (list): the Robot servers attached to the vSwitch, each ``{number, name, vswitch_ip}``;
+  the muscle stack checks that every run server is one of them, at the same address
 
 Secrets never live in these models: they are read as `pulumi.Output` secrets (see `FactorySecrets`),
 from Pulumi config secrets or, failing that, environment variables.
@@ -50,6 +52,16 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+class AttachedServer(BaseModel):
+    """One dedicated server the network stack attached to the vSwitch (its ``dedicated_servers`` output)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    number: int
+    name: str | None = None
+    vswitch_ip: ipaddress.IPv4Address | None = None
+
+
 class NetworkStackOutputs(BaseModel):
     """What the network stack exports (see the module docstring); validated on arrival."""
 
@@ -66,6 +78,8 @@ class NetworkStackOutputs(BaseModel):
     zone_name: str | None = None
     """None when the network stack manages no DNS zone; the factory does not need one, the muscle does."""
     zone_id: str | None = None
+    dedicated_servers: list[AttachedServer] | None = None
+    """None only from a network stack older than this field; the muscle stack then cannot check membership."""
 
     @field_validator("zone_id", mode="before")
     @classmethod
@@ -122,6 +136,8 @@ class NetworkStackOutputs(BaseModel):
 
 def check_openssh_key(v: str) -> str:
     v = v.strip()
+    if "\n" in v or "\r" in v:
+        raise ValueError("an OpenSSH public key is one line; this value has a line break (paste one key per entry)")
     if not SSH_KEY_RE.match(v):
         raise ValueError("expected an OpenSSH public key line such as 'ssh-ed25519 AAAA... comment'")
     return v
@@ -270,6 +286,18 @@ class FactoryConfig(ConfigModel):
         return v
 
     @model_validator(mode="after")
+    def _postgres_installable(self) -> FactoryConfig:
+        image = self.postgres.image
+        shipped = DISTRO_POSTGRES.get(image)
+        if shipped is not None and shipped != self.postgres_version:
+            others = ", ".join(f"{i} ({v})" for i, v in DISTRO_POSTGRES.items())
+            want = self.postgres_version
+            raise ValueError(
+                f"postgresVersion {want} is not in {image}'s archive, which ships postgresql-{shipped}: "
+                f"set postgresVersion: {shipped}, or postgres.image to one that ships {want} ({others})")
+        return self
+
+    @model_validator(mode="after")
     def _own_plan(self) -> FactoryConfig:
         offsets = {h: getattr(self, h).ip_offset for h in HOSTS}
         if len(set(offsets.values())) != len(offsets):
@@ -303,6 +331,10 @@ class FactoryConfig(ConfigModel):
 
 
 HOSTS = ("master", "build", "registry", "postgres")
+
+DISTRO_POSTGRES = {"debian-12": 15, "debian-13": 17, "ubuntu-22.04": 14, "ubuntu-24.04": 16}
+"""The PostgreSQL major each Hetzner image's own archive ships (`postgresql-<v>`); the factory installs from the
+distribution only (no PGDG repository), so another version is not installable there (review #20)."""
 
 
 @dataclass(frozen=True)

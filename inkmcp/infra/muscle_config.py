@@ -16,18 +16,23 @@ the CLI converge a node to the same files and commands.
 
 gVisor allow-list (`platformContainers`): the runtime selector runs a container under runc only when its
 name matches AND its image ID is pinned here; everything else runs under runsc, and a tenant container
-mounting the Docker socket is refused. So every platform container that needs runc (Coolify's proxy, the
-Sablier server this stack starts, Sentinel if enabled) needs its image ID here. How to obtain one: pull the
-exact image Coolify/this stack runs, on any amd64 Docker host, and print its ID (the config digest, which is
-not the `@sha256:` repo digest):
+mounting the Docker socket is refused. So every platform container that needs runc (Coolify's proxy and the
+Sablier server this stack starts) needs its image ID here. Take the ID **on a run server**, from the image
+that node pulled: the ID depends on the node's image store (Docker 29 fresh installs use the containerd
+store, where `.Id` is the manifest digest, not the config digest an older host prints), so an ID copied from
+another host may never match (review #12):
 
-    docker pull traefik:v3.6                                             # the proxy image Coolify pins
-    docker image inspect --format '{{.Id}}' traefik:v3.6                 # -> sha256:<64 hex>
-    docker inspect --format '{{.Image}}' coolify-proxy                   # or: on a node where it already runs
+    docker inspect --format '{{.Image}}' coolify-proxy                   # on a run server where it runs
+    docker pull sablierapp/sablier:1.16.2 && docker image inspect --format '{{.Id}}' sablierapp/sablier:1.16.2
 
-Same for `sablierImage` and `ghcr.io/coollabsio/sentinel:<version>`. After a Coolify upgrade that moves the
-proxy image, add the new ID (keep the old one until every node runs the new image) and `pulumi up` before
-restarting the proxy: an unknown proxy image is refused (it mounts the Docker socket).
+Coolify's proxy compose uses the moving tag `traefik:v3.6` and re-pulls it on every proxy start, so the
+proxy's ID changes with each Traefik 3.6.x release (review #5); until the proxy is pinned by digest through
+Coolify's API (runbooks/gvisor-decision.md §4.5), add the new ID (keep the old one until every node runs the
+new image) and `pulumi up` before restarting the proxy: an unknown proxy image is refused (it mounts the
+Docker socket). Sentinel gets no entry: it cannot work on these nodes (review #9), switch it off in Coolify.
+
+Membership (review #11): every run server must be one of the network stack's `dedicated_servers` (attached to
+the vSwitch) with `privateIp` equal to its `vswitch_ip`; checked in `check_against` before anything exists.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ STACK_OWNED = {
     "mtu": "dockerMtu",
     "runtimes": "the gVisor selector (platformContainers, runscFlags)",
     "default_runtime": "the gVisor selector",
-    "gvisor": "platformContainers, runscFlags",
+    "gvisor": "platformContainers, runscPath, runscFlags",
     "dns_resolvers": "dnsResolvers",
     "ssh_allow_users": "sshAllowUsers",
 }
@@ -172,6 +177,10 @@ class MuscleConfig(ConfigModel):
     dns_ttl: int = Field(default=300, ge=60, le=86400)
     platform_containers: list[PlatformContainerSpec] = Field(
         default_factory=list, description="gVisor allow-list: containers run under runc (name + pinned image IDs)")
+    runsc_path: str = Field(
+        default=GvisorParams().runsc_path,
+        description="where runsc is on the run servers: Debian's package installs /usr/bin/runsc, the gVisor "
+                    "release channel /usr/bin/runsc too, a manual install usually /usr/local/bin/runsc (review #18)")
     runsc_flags: list[str] = Field(
         default_factory=lambda: list(GvisorParams().runsc_flags),
         description="runsc global flags for tenant sandboxes (add --platform=kvm on bare metal with /dev/kvm)")
@@ -266,10 +275,32 @@ class MuscleConfig(ConfigModel):
                                  f"vswitch_subnet_cidr ({subnet}) or is its network/broadcast address")
             if s.private_ip == gateway:
                 raise ValueError(f"run server {s.name}: private_ip {s.private_ip} is the vSwitch subnet's gateway")
+            self._check_attached(s, net)
             try:
                 host_params(self, s, net)
             except ValueError as e:  # pydantic's ValidationError is one
                 raise ValueError(f"run server {s.name}: hardening parameters rejected: {e}") from e
+
+
+    @staticmethod
+    def _check_attached(s: RunServer, net: NetworkStackOutputs) -> None:
+        """A run server that the network stack did not attach to the vSwitch cannot reach the master: refuse it
+        here, naming what the network stack has, instead of a registration that times out (review #11)."""
+        if net.dedicated_servers is None:
+            raise ValueError("the network stack exports no dedicated_servers: run `pulumi up` in stacks/network "
+                             "(current code exports them) so run servers can be checked against the vSwitch")
+        attached = {a.vswitch_ip: a for a in net.dedicated_servers if a.vswitch_ip is not None}
+        have = ", ".join(f"{a.name or a.number}={a.vswitch_ip}" for a in attached.values()) or "none with a vswitch_ip"
+        match = attached.get(s.private_ip)
+        if match is None:
+            raise ValueError(
+                f"run server {s.name}: privateIp {s.private_ip} is no vswitch_ip of the network stack's dedicated "
+                f"servers ({have}); add the server (Robot number, vswitch_ip {s.private_ip}) to "
+                "network.vswitch.servers or fix privateIp")
+        if match.name is not None and match.name != s.name:
+            raise ValueError(
+                f"run server {s.name}: privateIp {s.private_ip} belongs to dedicated server {match.name!r} "
+                f"(Robot #{match.number}) in the network stack; use the same name in both stacks")
 
 
 def platform_cidrs(net: NetworkStackOutputs) -> list[ipaddress.IPv4Network]:
@@ -294,7 +325,7 @@ def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, r
         dns_resolvers=list(conf.dns_resolvers),
         ssh_allow_users=list(conf.ssh_allow_users),
         gvisor=GvisorParams(platform=[p.to_render() for p in conf.platform_containers],
-                            runsc_flags=list(conf.runsc_flags)),
+                            runsc_path=conf.runsc_path, runsc_flags=list(conf.runsc_flags)),
     )
 
 

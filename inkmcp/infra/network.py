@@ -5,6 +5,23 @@ Network, then the ``vswitch`` subnet that couples them by Robot's numeric vSwitc
 walks that graph backwards, so the subnet is uncoupled before the vSwitch is cancelled.
 
 DNS uses pulumi-hcloud's ``Zone`` and ``ZoneRrset`` (Hetzner's DNS now lives in the Cloud API; 1.43.3 has both).
+
+Replacement (what a changed input does on ``pulumi up``). pulumi-hcloud 1.43.3 bridges terraform-provider-hcloud
+v1.68.0, whose schema marks these inputs replace-forcing (ForceNew / RequiresReplace; file:line at tag v1.68.0):
+``Network.ip_range`` (internal/network/resource.go:40), every input of ``NetworkSubnet`` that we set
+(internal/network/resource_subnet.go:38,43,53,58,67) and of ``NetworkRoute`` (resource_route.go:37,42,47),
+``Zone.name``/``Zone.mode`` (internal/zone/resource.go:81,88), ``ZoneRrset.zone/name/type``
+(internal/zonerrset/resource.go:88,102,109). How each is handled:
+
+- protected Network, Zone, vSwitch: their replace-forcing inputs are what the resource *is* (its range, its
+  domain, which Robot). A change means a different resource, and Pulumi's protect refuses it loudly; that is
+  the intent (a new network would detach every server). Nothing of theirs changes routinely.
+- subnets and routes: replacement is intended (a CIDR edit), but Pulumi's default create-before-delete would
+  create the new subnet next to the old one, overlapping it or coupling the same vSwitch twice, which the
+  Cloud API refuses. ``delete_before_replace`` removes the old one first; they are not protected.
+- RRSets: replaced create-before-delete, which works (a new name or type is a different RRSet).
+``tests/stacks/test_replacement_guard.py`` fails when a protected resource gets a replace-forcing input that is
+neither ignored nor listed there as identity.
 """
 
 from __future__ import annotations
@@ -43,13 +60,15 @@ class PrivateNetwork(pulumi.ComponentResource):
         )
         # hcloud ids are strings in Pulumi; subnets and routes want the integer.
         self.network_id = self.network.id.apply(int)
+        # Every subnet input is replace-forcing; a CIDR edit must delete the old subnet before creating the
+        # new one, or the API refuses the overlapping range (review #15).
         self.cloud_subnet = hcloud.NetworkSubnet(
             f"{name}-cloud",
             network_id=self.network_id,
             type="cloud",
             network_zone=config.network_zone,
             ip_range=config.cloud_subnet,
-            opts=_child(self),
+            opts=_child(self, delete_before_replace=True),
         )
         self.vswitch_subnet = hcloud.NetworkSubnet(
             f"{name}-vswitch",
@@ -58,17 +77,19 @@ class PrivateNetwork(pulumi.ComponentResource):
             network_zone=config.network_zone,
             ip_range=config.vswitch_subnet,
             vswitch_id=vswitch.vswitch_id,
-            # Explicit so the coupling waits for every server attachment, not just the id.
-            opts=_child(self, depends_on=[vswitch]),
+            # Explicit so the coupling waits for every server attachment, not just the id. Delete first: a
+            # vSwitch couples to one subnet only, and the new range would overlap the old one.
+            opts=_child(self, depends_on=[vswitch], delete_before_replace=True),
         )
-        # Hetzner checks a route against existing subnets; create routes after both.
+        # Hetzner checks a route against existing subnets; create routes after both. Every route input is
+        # replace-forcing: delete the old route first, or the new destination overlaps it and is refused.
         self.routes = [
             hcloud.NetworkRoute(
                 f"{name}-route-{i}",
                 network_id=self.network_id,
                 destination=route.destination,
                 gateway=str(route.gateway),
-                opts=_child(self, depends_on=[self.cloud_subnet, self.vswitch_subnet]),
+                opts=_child(self, depends_on=[self.cloud_subnet, self.vswitch_subnet], delete_before_replace=True),
             )
             for i, route in enumerate(config.routes)
         ]

@@ -25,6 +25,9 @@ RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12",
 PUBLIC_GATEWAY = ipaddress.ip_address("172.31.1.1")
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+#: Run-server wildcards (`*.sN.<appsSubdomain>`) are RRSets of the muscle stack, one per run server. Hetzner
+#: identifies an RRSet by zone+name+type, so the same name here would make one of the two creates fail.
+_RUN_SERVER_WILDCARD = re.compile(r"^\*\.s[0-9]+\.")
 RecordType = Literal["A", "AAAA", "CAA", "CNAME", "DS", "HINFO", "HTTPS", "MX", "NS", "PTR", "RP", "SRV", "SVCB",
                      "TLSA", "TXT"]
 
@@ -88,6 +91,9 @@ class DnsRecord(_Strict):
     def _relative(cls, v: str) -> str:
         if v != "@" and (v.endswith(".") or not all(p == "*" or _LABEL.match(p) for p in v.lower().split("."))):
             raise ValueError(f"{v!r} is not a relative record name (labels a-z0-9-, '*' or '@'; no trailing dot)")
+        if _RUN_SERVER_WILDCARD.match(v.lower()):
+            raise ValueError(f"{v!r} is a run-server wildcard: the muscle stack owns it (one A record per entry of "
+                             "runServers, pointing at that server's publicIp); remove it from the network stack")
         return v.lower()
 
 

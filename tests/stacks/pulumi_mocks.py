@@ -1,8 +1,11 @@
 """Pulumi mock runtime helpers shared by the stack tests.
 
-Pulumi's `MockResourceArgs` carries neither `protect`, `depends_on` nor the parent, so `RecordingMonitor`
-records them from the raw RegisterResource request. Mocks are process-global: call `install()` from an
-autouse fixture and build components inside the test (see ../../../shared/TESTING-INFRA.md).
+Pulumi's `MockResourceArgs` carries neither `protect`, `depends_on`, the parent nor the replacement options
+(`ignore_changes`, `delete_before_replace`, `replace_on_changes`), so `RecordingMonitor` records them from the
+raw RegisterResource request (fields `protect`, `parent`, `dependencies`, `ignoreChanges`, `deleteBeforeReplace`,
+`replaceOnChanges` of pulumi's `RegisterResourceRequest`, proto/pulumi/resource.proto). Mocks are
+process-global: call `install()` from an autouse fixture and build components inside the test (see
+../../../shared/TESTING-INFRA.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class Registered:
     read: bool = False
     parent: str = ""
     dependencies: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
+    """Property paths as the engine gets them (the SDK translates snake_case names to the schema's camelCase)."""
+    delete_before_replace: bool = False
+    replace_on_changes: list[str] = field(default_factory=list)
+    """What the program or the SDK itself (e.g. pulumi-command's `triggers[*]`) declared replace-forcing."""
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -63,7 +71,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pmocks.MockMonitor):
-    """MockMonitor that keeps protect, parent and dependencies of every registration."""
+    """MockMonitor that keeps protect, parent, dependencies and the replacement options of every registration."""
 
     def __init__(self, mocks: RecordingMocks) -> None:
         super().__init__(mocks)
@@ -83,6 +91,9 @@ class RecordingMonitor(pmocks.MockMonitor):
                 protect=bool(request.protect),
                 parent=request.parent,
                 dependencies=list(request.dependencies),
+                ignore_changes=list(request.ignoreChanges),
+                delete_before_replace=bool(request.deleteBeforeReplace),
+                replace_on_changes=list(request.replaceOnChanges),
             ))
         return response
 

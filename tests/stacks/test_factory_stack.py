@@ -119,8 +119,8 @@ def test_graph_types_and_counts(monitor: RecordingMonitor) -> None:
         "hcloud:index/volume:Volume": 2,
         "hcloud:index/volumeAttachment:VolumeAttachment": 2,
         "hcloud:index/storageBox:StorageBox": 1,
-        # prepare x4, install, enable-api, s3-backup, mount x2, registry, postgres, backups
-        COMMAND: 12,
+        # operator-keys x4, prepare x4, install, enable-api, s3-backup, mount x2, registry, postgres, backups
+        COMMAND: 16,
     }
 
 
@@ -162,6 +162,75 @@ def test_servers_protected_placed_and_on_the_network(monitor: RecordingMonitor) 
     types = {s.name: s.inputs["serverType"] for s in monitor.of_type(SERVER)}
     assert types == {"inkmcp-master": "cpx31", "inkmcp-build": "cpx41", "inkmcp-registry": "cpx21",
                      "inkmcp-postgres": "cpx31"}
+
+
+def test_config_edits_never_replace_a_host(monitor: RecordingMonitor) -> None:
+    """Review #15/#20: the replace-forcing inputs that change routinely are ignored on the protected resources,
+    and the SSH key resources delete first (same name and fingerprint cannot exist twice at Hetzner)."""
+    build()
+    for server in monitor.of_type(SERVER):
+        assert server.protect and sorted(server.ignore_changes) == ["image", "sshKeys", "userData"], server.name
+        assert not server.delete_before_replace
+    box = monitor.of_type("hcloud:index/storageBox:StorageBox")[0]
+    assert box.protect and box.ignore_changes == ["sshKeys"]
+    for key in monitor.of_type("hcloud:index/sshKey:SshKey"):
+        assert key.delete_before_replace and not key.protect and not key.ignore_changes
+    for volume in monitor.of_type("hcloud:index/volume:Volume"):
+        assert volume.protect and volume.ignore_changes == []  # location only: a move stays refused
+
+
+def test_operator_keys_reach_every_existing_host(monitor: RecordingMonitor) -> None:
+    """The key list the servers ignore after creation is applied over SSH to each host, after the server."""
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISecondOperatorKeyForTests ops2@example.com"
+    build(make_conf(ssh_keys=[SshKeySpec(name="ops", public_key=KEY), SshKeySpec(name="ops2", public_key=other)]))
+    servers = {s.name: s for s in monitor.of_type(SERVER)}
+    for host, server in servers.items():
+        step = monitor.by_name(f"{host}-operator-keys")
+        assert server.urn in step.dependencies
+        assert KEY in step.inputs["create"] and other in step.inputs["create"]
+    assert sorted(unwrap_secret(k.inputs["publicKey"]) for k in monitor.of_type("hcloud:index/sshKey:SshKey")) == \
+        sorted([KEY, other])
+
+
+def run_operator_keys(ssh_dir: Path, keys: list[str]) -> str:
+    from inkmcp.infra.factory import operator_keys_script, shell
+
+    result = subprocess.run(["bash", "-c", shell(operator_keys_script(keys, str(ssh_dir)))],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_operator_keys_script_adds_rotates_and_keeps_foreign_keys(tmp_path: Path) -> None:
+    """On a real file: what Hetzner injected is adopted, a new key is added, a removed key is removed, and keys
+    this stack never installed (Coolify's own key on the master) survive every run."""
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    a = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyAlpha alpha@ops"
+    b = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyBravo bravo@ops"
+    coolify = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICoolifyOwnKey coolify"
+    # As left by cloud-init (key A, comment differs) plus Coolify's line.
+    (ssh / "authorized_keys").write_text(f"{a.rsplit(' ', 1)[0]} injected-by-hetzner\n{coolify}\n")
+
+    assert run_operator_keys(ssh, [a]) == ""  # already there: adopted, file unchanged
+    assert "changed:" in run_operator_keys(ssh, [a, b])
+    assert (ssh / "authorized_keys").read_text().splitlines() == [
+        f"{a.rsplit(' ', 1)[0]} injected-by-hetzner", coolify, b]
+    assert run_operator_keys(ssh, [a, b]) == ""  # converged: silent
+    assert "changed:" in run_operator_keys(ssh, [b])  # rotate A out
+    assert (ssh / "authorized_keys").read_text().splitlines() == [coolify, b]
+    assert (ssh / "authorized_keys").stat().st_mode & 0o777 == 0o600
+
+
+def test_operator_keys_script_refuses_a_key_that_is_not_one_line() -> None:
+    from inkmcp.infra.factory import operator_keys_script
+
+    with pytest.raises(ValueError, match="one OpenSSH public key line"):
+        operator_keys_script([KEY + "\nssh-ed25519 AAAAsmuggled evil"])
+    with pytest.raises(ValueError, match="sshKeys is empty"):
+        operator_keys_script([])
+    with pytest.raises(ValidationError, match="line break"):
+        SshKeySpec(name="x", public_key=KEY + "\nssh-ed25519 AAAAsmuggled evil")
 
 
 def test_protect_off_for_throwaway_stacks(monitor: RecordingMonitor) -> None:
@@ -323,6 +392,7 @@ def test_outputs_hold_no_secret(monitor: RecordingMonitor) -> None:
     ({"ssh_keys": []}, "ssh_keys is empty"),
     ({"ssh_keys": [SshKeySpec(name="a", public_key=KEY), SshKeySpec(name="a", public_key=KEY)]}, "duplicate"),
     ({"location": "ash"}, "String should match pattern"),
+    ({"postgres_version": 16}, "postgresVersion 16 is not in debian-12's archive, which ships postgresql-15"),
 ])
 def test_bad_config_fails_in_the_schema(over: dict[str, Any], message: str, monitor: RecordingMonitor) -> None:
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -353,6 +423,14 @@ def test_bad_plan_across_stacks_creates_nothing(conf_over: dict[str, Any], net_o
     assert [r for r in monitor.registered if r.custom] == []
     with pytest.raises(ValueError, match=message):
         conf.check_against(NetworkStackOutputs.parse({**NETWORK, **net_over}))
+
+
+def test_postgres_version_follows_the_image() -> None:
+    """Review #20: the factory installs `postgresql-<v>` from the image's own archive (no PGDG)."""
+    conf = make_conf(postgres_version=17,
+                     postgres={"server_type": "cpx31", "ip_offset": 13, "volume_size_gb": 50, "image": "debian-13"})
+    assert conf.postgres_version == 17
+    assert make_conf().postgres_version == 15
 
 
 def test_duplicate_ip_offsets_rejected() -> None:
@@ -425,6 +503,7 @@ def test_every_factory_script_passes_shellcheck(tmp_path: Path) -> None:
     conf = make_conf()
     scripts = {
         "pools": f.docker_pools_script([{"base": "172.30.0.0/16", "size": 24}]),
+        "operator_keys": f.operator_keys_script([KEY]),
         "install": f.coolify_install_script(conf), "enable": f.COOLIFY_ENABLE_API, "s3": f.coolify_s3_script(conf),
         "mount": f.volume_mount_script(123, "/var/lib/registry"), "registry": f.registry_script(conf, "10.0.1.12"),
         "postgres": f.postgres_script(conf, "10.0.1.13", "10.0.0.0/16"), "backup": f.backup_script(conf),

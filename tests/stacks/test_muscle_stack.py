@@ -36,6 +36,9 @@ NETWORK = {
     "network_id": 4711.0, "network_cidr": "10.0.0.0/16", "cloud_subnet_cidr": "10.0.1.0/24",
     "vswitch_subnet_cidr": "10.0.2.0/24", "vswitch_id": 99.0, "vlan_id": 4000.0, "zone_name": "example.com",
     "zone_id": "123",
+    # What NetworkPlane.outputs() exports for the vSwitch (numbers arrive as floats through the engine).
+    "dedicated_servers": [{"number": 1000000.0 + n, "name": f"run{n}", "vswitch_ip": f"10.0.2.{20 + n}"}
+                          for n in range(1, 10)],
 }
 FACTORY = {"master_ipv4": "203.0.113.5", "master_private_ip": "10.0.1.10", "registry_endpoint": "10.0.1.12:5000"}
 SSH_KEY, TOKEN = "SENTINEL-ssh-private-key", "SENTINEL-coolify-token"
@@ -326,6 +329,43 @@ def test_bad_plan_across_stacks_creates_nothing(conf_over: dict[str, Any], serve
     assert [r for r in monitor.registered if r.custom] == []
     with pytest.raises(ValueError, match=message):
         conf.check_against(NetworkStackOutputs.parse(NETWORK))
+
+
+@pytest.mark.parametrize(("attached", "message"), [
+    ([{"number": 1000001, "name": "run1", "vswitch_ip": "10.0.2.41"}],
+     r"run server run1: privateIp 10.0.2.21 is no vswitch_ip of the network stack's dedicated servers "
+     r"\(run1=10.0.2.41\); add the server"),
+    ([{"number": 1000001, "name": "s1", "vswitch_ip": "10.0.2.21"}],
+     r"privateIp 10.0.2.21 belongs to dedicated server 's1' \(Robot #1000001\) in the network stack"),
+    ([], r"\(none with a vswitch_ip\)"),
+    (None, "exports no dedicated_servers"),
+])
+def test_run_servers_must_be_attached_to_the_vswitch(attached: Any, message: str, monitor: RecordingMonitor) -> None:
+    """Review #11: the muscle reads the network stack's dedicated_servers; a run server the vSwitch does not
+    carry (or carries under another name) is refused before anything is created."""
+    network = {**NETWORK, "dedicated_servers": attached}
+    conf = make_conf([node(1)])
+    with pytest.raises(Exception):  # noqa: B017 - wrapped by the engine
+        build(conf, network)
+    assert [r for r in monitor.registered if r.custom] == []
+    with pytest.raises(ValueError, match=message):
+        conf.check_against(NetworkStackOutputs.parse(network))
+    make_conf([]).check_against(NetworkStackOutputs.parse(network))  # no run servers: nothing to check
+
+
+def test_an_unnamed_attachment_at_the_right_address_is_enough() -> None:
+    network = {**NETWORK, "dedicated_servers": [{"number": 1000001, "name": None, "vswitch_ip": "10.0.2.21"}]}
+    make_conf([node(1)]).check_against(NetworkStackOutputs.parse(network))
+
+
+def test_runsc_path_reaches_the_selector_config() -> None:
+    """Review #18: runsc installed outside /usr/bin (a manual install) is configurable, and the harden step's
+    presence check and the selector both use it."""
+    plan = plan_of(conf=make_conf(runsc_path="/usr/local/bin/runsc"))
+    assert json.loads(plan.files["/etc/inkmcp/runtime-selector.json"])["runsc"] == "/usr/local/bin/runsc"
+    assert any("[ -x /usr/local/bin/runsc ]" in c for c in plan.commands)
+    with pytest.raises(ValueError, match="not the selector"):
+        muscle.host_params(make_conf(runsc_path="/usr/local/sbin/runc"), node(1), NetworkStackOutputs.parse(NETWORK))
 
 
 def test_run_servers_need_the_dns_zone(monitor: RecordingMonitor) -> None:

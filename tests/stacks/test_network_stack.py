@@ -32,7 +32,7 @@ BASE: dict[str, Any] = {
     "routes": [{"destination": "10.0.64.0/18", "gateway": "10.0.1.5"}],
     "dns": {"zone": "Example.COM.", "records": [
         {"name": "@", "type": "A", "values": ["203.0.113.10"]},
-        {"name": "*.s1.apps", "type": "A", "values": ["203.0.113.21"], "ttl": 300},
+        {"name": "*.preview", "type": "A", "values": ["203.0.113.21"], "ttl": 300},
         {"name": "@", "type": "TXT", "values": ["v=spf1 -all"]},
     ]},
 }
@@ -136,6 +136,23 @@ def test_protect_flags_follow_config(monitor):
     assert not any(r.protect for r in unprotected.registered)
 
 
+def test_cidr_edits_replace_subnets_and_routes_delete_first(monitor):
+    """Review #15: every subnet and route input is replace-forcing (terraform-provider-hcloud v1.68.0
+    internal/network/resource_subnet.go, resource_route.go); create-before-delete would put an overlapping range
+    (or a second coupling of the vSwitch) next to the old one, which the Cloud API refuses."""
+    run(build_plane)
+    replaced = monitor.of_type("hcloud:index/networkSubnet:NetworkSubnet") + \
+        monitor.of_type("hcloud:index/networkRoute:NetworkRoute")
+    assert len(replaced) == 3
+    for r in replaced:
+        assert r.delete_before_replace and not r.protect and not r.ignore_changes, r.name
+    # The protected network, zone and vSwitch ignore nothing: their replace-forcing inputs are what they are,
+    # so an edit there must stay a replacement that protect refuses.
+    for t in ("hcloud:index/network:Network", "hcloud:index/zone:Zone", VSWITCH_TYPE):
+        (r,) = monitor.of_type(t)
+        assert r.protect and not r.ignore_changes and not r.delete_before_replace, t
+
+
 def test_network_in_eu_central_with_cloud_and_vswitch_subnets_wired_to_the_robot_id(monitor):
     run(build_plane)
     network = monitor.of_type("hcloud:index/network:Network")[0]
@@ -197,9 +214,9 @@ def test_dns_zone_and_rrsets(monitor):
     assert zone["name"] == "example.com" and zone["mode"] == "primary" and int(zone["ttl"]) == 3600
     rrsets = {(r.inputs["name"], r.inputs["type"]): r.inputs
               for r in monitor.of_type("hcloud:index/zoneRrset:ZoneRrset")}
-    assert set(rrsets) == {("@", "A"), ("*.s1.apps", "A"), ("@", "TXT")}
-    assert rrsets[("*.s1.apps", "A")]["records"] == [{"value": "203.0.113.21"}]
-    assert int(rrsets[("*.s1.apps", "A")]["ttl"]) == 300
+    assert set(rrsets) == {("@", "A"), ("*.preview", "A"), ("@", "TXT")}
+    assert rrsets[("*.preview", "A")]["records"] == [{"value": "203.0.113.21"}]
+    assert int(rrsets[("*.preview", "A")]["ttl"]) == 300
     assert rrsets[("@", "TXT")]["records"] == [{"value": '"v=spf1 -all"'}]
     assert {r["zone"] for r in rrsets.values()} == {"example.com"}
 
@@ -301,6 +318,10 @@ BAD_CONFIGS = {
         {"name": "a", "type": "A", "values": ["203.0.113.1"]}, {"name": "a", "type": "A", "values": ["203.0.113.2"]}]}},
         "a A given more than once"),
     "bad zone": ({"dns": {"zone": "localhost"}}, "is not a domain name"),
+    # Review #11: the muscle stack owns *.sN.<appsSubdomain>; the same RRSet here makes one of the creates fail.
+    "run-server wildcard": ({"dns": {"zone": "example.com", "records": [
+        {"name": "*.s1.apps", "type": "A", "values": ["203.0.113.21"]}]}},
+        "'*.s1.apps' is a run-server wildcard: the muscle stack owns it"),
 }
 
 
