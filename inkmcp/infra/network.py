@@ -192,5 +192,8 @@ class NetworkPlane(pulumi.ComponentResource):
             ],
             "zone_id": self.dns.zone.id if self.dns else None,
             "zone_name": self.dns.zone.name if self.dns else None,
+            # Delegate the domain to these at the registrar (runbooks/network); nothing resolves before that.
+            "zone_nameservers": (self.dns.zone.authoritative_nameservers.apply(
+                lambda ns: list(ns.assigneds or []) if ns else []) if self.dns else None),
         }
         return out

@@ -42,6 +42,8 @@ def robot_state(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     """What the dynamic provider would report after create (the mock runtime never calls it)."""
     if args.typ == VSWITCH_TYPE:
         return {"vswitch_id": ROBOT_ID, "cloud_networks": []}
+    if args.typ == "hcloud:index/zone:Zone":  # computed by Hetzner at creation
+        return {"authoritativeNameservers": {"assigneds": ["hydrogen.ns.hetzner.com.", "oxygen.ns.hetzner.com."]}}
     return {}
 
 
@@ -239,6 +241,8 @@ def test_outputs_for_other_stacks(monitor):
     assert outputs["zone_name"] == "example.com" and outputs["zone_id"]
     assert outputs["dedicated_servers"][0] == {"number": 1234567, "name": "s1", "vswitch_ip": "10.0.2.11"}
     assert outputs["routes"] == [{"destination": "10.0.64.0/18", "gateway": "10.0.1.5"}]
+    # What the runbook tells the operator to delegate the domain to.
+    assert outputs["zone_nameservers"] == ["hydrogen.ns.hetzner.com.", "oxygen.ns.hetzner.com."]
 
 
 # --- the stack program ------------------------------------------------------------------------------
