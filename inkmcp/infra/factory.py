@@ -320,6 +320,13 @@ def postgres_script(conf: FactoryConfig, private_ip: str, network_cidr: str) -> 
     return READ_SECRETS + f"""
 if ! command -v pg_lsclusters >/dev/null || ! pg_lsclusters -h | grep -q '^{v} main'; then
   apt-get update -q
+  # The server ignores `image` edits after creation (never replaced for it): a new postgres.image with a new
+  # postgresVersion reaches only a rebuilt host. Say so instead of apt's "Unable to locate package".
+  if ! apt-cache show postgresql-{v} >/dev/null 2>&1; then
+    echo "postgresql-{v} is not in this host's archive ($(. /etc/os-release && echo "$PRETTY_NAME")):" \
+      "postgres.image applies to new hosts only; rebuild this one or set postgresVersion to what it ships" >&2
+    exit 1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -yq postgresql-{v} rsync openssh-client
 fi
 CONF=/etc/postgresql/{v}/main
@@ -410,7 +417,9 @@ class HostArgs:
 
 SERVER_IGNORE_CHANGES = ("sshKeys", "image", "userData")
 """Replace-forcing `hcloud.Server` inputs (terraform-provider-hcloud v1.68.0 internal/server/resource.go:58,90,113)
-that legitimately change after creation; `location` (:70) is deliberately absent (moving a host is a rebuild)."""
+that legitimately change after creation; `location` (:70) is deliberately absent (moving a host is a rebuild).
+`userData` is unset today; ignoring an absent top-level property is a no-op for the engine (pulumi
+sdk/go/common/resource/property_path.go, `PropertyPath.Reset`: missing in old -> dropped from new, no error)."""
 STORAGE_BOX_IGNORE_CHANGES = ("sshKeys",)
 """`StorageBox.ssh_keys` is replace-forcing (internal/storagebox/resource.go:121: "not possible to update the SSH
 Keys through the API"); a backup key rotation must not replace the box and its snapshots."""

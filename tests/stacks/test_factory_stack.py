@@ -433,6 +433,23 @@ def test_postgres_version_follows_the_image() -> None:
     assert make_conf().postgres_version == 15
 
 
+def test_postgres_script_names_an_image_edit_that_never_reached_the_host(tmp_path: Path) -> None:
+    """The server ignores `image` after creation, so postgres.image=debian-13 + postgresVersion 17 can meet a
+    debian-12 host: the step must say why the package is missing, not fail inside apt."""
+    from inkmcp.infra.factory import postgres_script
+
+    script = postgres_script(make_conf(), "10.0.1.13", "10.0.0.0/16")
+    guard = script[script.index("  if ! apt-cache show"):script.index("  DEBIAN_FRONTEND")]
+    stub = tmp_path / "apt-cache"
+    stub.write_text("#!/bin/sh\nexit 100\n")  # the archive has no such package
+    stub.chmod(0o755)
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", guard], capture_output=True, text=True, timeout=10,
+                            env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "postgresql-15 is not in this host's archive (" in result.stderr
+    assert "postgres.image applies to new hosts only" in result.stderr
+
+
 def test_duplicate_ip_offsets_rejected() -> None:
     with pytest.raises(ValidationError, match="share a private ip_offset"):
         make_conf(build={"server_type": "cpx41", "ip_offset": 10})
