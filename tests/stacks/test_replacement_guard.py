@@ -16,11 +16,13 @@ with the options the engine would get (pulumi_mocks.RecordingMonitor records `ig
 
 Where the table comes from. pulumi-hcloud 1.43.3 (requirements.lock) bridges terraform-provider-hcloud v1.68.0
 (commit 93291f4960a2): its SDK has v1.68.0's load-balancer-type deprecation fields (44a81e1) and v1.67.0's
-"datacenter ... marked for removal" text, and v1.68.0 is the newest provider release. File:line below are
-ForceNew (SDKv2) or RequiresReplace (plugin framework) at that tag; between v1.66.1 and v1.68.0 the only change
-was `Server.datacenter` losing ForceNew (we never set it). pulumi-command 1.2.1 declares `triggers[*]`
-replace-on-changes in its SDK (remote/command.py, copy_to_remote.py), recorded from the request. The Robot
-vSwitch is our dynamic provider: its replace-forcing inputs are `vswitch_provider.REPLACE_ON`.
+"datacenter ... marked for removal" text, and v1.68.0 is the newest release in the provider repository's
+stored snapshot (2026-08-17); pulumi-hcloud's own snapshot (2026-07-24) still pinned v1.66.1, so 1.43.3 is
+later. File:line below are ForceNew (SDKv2) or RequiresReplace (plugin framework) at that tag; between
+v1.66.1 and v1.68.0 the only change was `Server.datacenter` losing ForceNew (we never set it).
+pulumi-command 1.2.1 declares `triggers[*]` replace-on-changes in its SDK (remote/command.py,
+copy_to_remote.py), recorded from the request. The Robot vSwitch is our dynamic provider: its
+replace-forcing inputs are `vswitch_provider.REPLACE_ON`.
 `test_table_matches_the_pinned_sdks` checks the table against the installed SDKs.
 """
 
