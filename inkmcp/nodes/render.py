@@ -43,6 +43,54 @@ SELECTOR_CONFIG = "/etc/inkmcp/runtime-selector.json"
 GVISOR_INSTALL_DIR = "/usr/local/lib/inkmcp/gvisor"
 IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
+# Refused for tenant egress on every node, whatever private_cidrs says (issue 7 item 5, review #13/#16):
+# RFC 1918, CGNAT (RFC 6598), link-local incl. the metadata service, this-network, loopback,
+# IETF protocol assignments, benchmarking, multicast and reserved. Not configurable: a tenant that
+# needs one private endpoint gets it through `egress_allow`, never by shrinking this list.
+BLOCKED_RANGES = [
+    ipaddress.IPv4Network(c)
+    for c in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+    )
+]
+_LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+
+
+class EgressEndpoint(BaseModel):
+    """One private endpoint tenants may reach (TCP), e.g. their database host. Written as
+    `"10.0.1.13:5432"` or `"10.0.1.13/32:5432"`, or as `{ip, port}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ip: ipaddress.IPv4Address
+    port: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = re.fullmatch(r"([0-9.]+)(?:/32)?:([0-9]{1,5})", v.strip())
+            if not m:
+                raise ValueError(
+                    f"egress_allow entry {v!r}: write one host and one TCP port, e.g. '10.0.1.13:5432' "
+                    "(a whole range cannot be allow-listed)"
+                )
+            return {"ip": m.group(1), "port": int(m.group(2))}
+        return v
+
+    @model_validator(mode="after")
+    def _private(self) -> EgressEndpoint:
+        if self.ip in _LINK_LOCAL:
+            raise ValueError(
+                f"egress_allow {self.ip}:{self.port}: link-local (metadata service) is never allow-listed"
+            )
+        if not any(self.ip in r for r in BLOCKED_RANGES):
+            raise ValueError(
+                f"egress_allow {self.ip}:{self.port}: not a private address, it is reachable already; "
+                "list only private endpoints"
+            )
+        return self
+
 
 def selector_runtimes() -> dict[str, dict[str, Any]]:
     """The only runtime entry daemon.json may carry with gVisor on (a plain `runsc` entry would let a
@@ -172,6 +220,11 @@ class HostParams(BaseModel):
         default_factory=lambda: [ipaddress.IPv4Address("169.254.169.254")], min_length=1
     )
     smtp_ports: list[int] = Field(default_factory=lambda: [25, 465, 587], min_length=1)
+    # Private endpoints tenants may reach despite the private-range rejects (rendered before them).
+    egress_allow: list[EgressEndpoint] = Field(default_factory=list)
+    # Host ports containers may reach on the host itself (INPUT): the node's own proxy for hairpin
+    # requests to an app's public name (docker-proxy listens on the host with userland-proxy on).
+    host_input_tcp_ports: list[int] = Field(default_factory=lambda: [80, 443])
     # docker0 = the default bridge; br-+ = every user-defined network (Coolify's), iptables wildcard.
     container_interfaces: list[str] = Field(default_factory=lambda: ["docker0", "br-+"], min_length=1)
 
@@ -222,6 +275,16 @@ class HostParams(BaseModel):
     def _ports(cls, v: list[int]) -> list[int]:
         if any(not 0 < p < 65536 for p in v) or len(v) > 15:
             raise ValueError("smtp_ports: 1-15 TCP ports in 1..65535 (iptables multiport limit)")
+        return v
+
+    @field_validator("host_input_tcp_ports")
+    @classmethod
+    def _input_ports(cls, v: list[int]) -> list[int]:
+        if any(not 0 < p < 65536 for p in v) or 22 in v:
+            raise ValueError(
+                "host_input_tcp_ports: TCP ports in 1..65535 containers may open on the host itself; "
+                "never 22 (sshd): pass e.g. [80, 443]"
+            )
         return v
 
     @field_validator("ssh_allow_users")
@@ -276,6 +339,10 @@ class HostParams(BaseModel):
         return self.live if self.services is None else self.services
 
     @property
+    def blocked_ranges(self) -> list[ipaddress.IPv4Network]:
+        return BLOCKED_RANGES
+
+    @property
     def hardening_dir(self) -> str:
         return HOST_HARDENING_DIR
 
@@ -306,6 +373,8 @@ class HostPlan(BaseModel):
 # (template or script, host path, mode)
 _TEMPLATES: list[tuple[str, str, int]] = [
     ("docker-user.rules.j2", f"{HOST_HARDENING_DIR}/docker-user.rules", 0o644),
+    # IPv6 side: the apply script loads RULES_FILE + "6" when it exists.
+    ("docker-user.rules6.j2", f"{HOST_HARDENING_DIR}/docker-user.rules6", 0o644),
     ("daemon.managed.json.j2", f"{HOST_HARDENING_DIR}/daemon.managed.json", 0o644),
     ("inkmcp-docker-user.service.j2", f"/etc/systemd/system/{DOCKER_USER_UNIT}", 0o644),
     ("sshd-hardening.conf.j2", "/etc/ssh/sshd_config.d/50-inkmcp-hardening.conf", 0o644),

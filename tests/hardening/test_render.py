@@ -47,7 +47,7 @@ def test_paths_are_under_the_root_prefix() -> None:
 
 
 def test_docker_user_rules_order_and_content() -> None:
-    rules = [line for line in file(params(), "docker-user.rules").splitlines() if line.startswith("-A")]
+    rules = [line for line in file(params(), "docker-user.rules").splitlines() if line.startswith("-A DOCKER-USER")]
     assert rules[0] == "-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     assert rules[-1] == "-A DOCKER-USER -j RETURN"
     dns = "-A DOCKER-USER -d 198.51.100.53/32 -i br-+ -p udp -m udp --dport 53 -j ACCEPT"

@@ -54,7 +54,7 @@ def test_drift_converge_and_silent_second_run(conn: Connection, tmp_path: Path) 
     drift = check_host(conn, params, timeout=10)
     kinds = {(d.kind, d.detail) for d in drift}
     assert ("file", "missing") in kinds and ("daemon.json", "missing") in kinds
-    assert len([d for d in drift if d.kind == "file"]) == 9
+    assert len([d for d in drift if d.kind == "file"]) == 10  # 8 templates (incl. the IPv6 rules) + 2 scripts
 
     first = apply_host(conn, params, timeout=10)
     assert f"{root}/etc/docker/daemon.json" in first.changes

@@ -17,6 +17,9 @@ import re
 import secrets
 import shlex
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import pytest
 from inkmcp.nodes.render import HostParams, HostPlan, render_plan
 
 from .conftest import (
+    _LISTENER,
     DNS_ADDR,
     INTERNAL_ADDR,
     INTERNAL_NAME,
@@ -36,12 +40,18 @@ from .conftest import (
     STANDINS,
     TENANT_IMAGE,
     Uplink,
+    _stop,
 )
 
 HOST_KERNEL = os.uname().release
 METADATA = "169.254.169.254"
 SMTP, PEER = STANDINS["smtp"][0][0], INTERNAL_ADDR
-BANNER = {addr: name for name, (addrs, _ports) in STANDINS.items() for addr in addrs}
+# The node's own uplink address (conftest `uplink`): container -> host goes through INPUT, not FORWARD.
+NODE_ADDR = "192.0.2.201"
+NODE_PORTS = [2222, 443]  # an sshd-like host listener, and the node's proxy port (hairpin)
+BANNER = {addr: name for name, (addrs, _ports) in STANDINS.items() for addr in addrs} | {NODE_ADDR: "node"}
+# The private endpoint tenants are explicitly allowed to reach (egress_allow): one host, one port.
+ALLOWED = f"{PLATFORM_DNS}:80"
 
 # (address, port, expected). "$ip" is the public web server's address as the container resolved it.
 PROBES: list[tuple[str, int, str]] = [
@@ -56,6 +66,10 @@ PROBES: list[tuple[str, int, str]] = [
     (PEER, 5432, "refused"),  # a platform database in the private range
     (PEER, 80, "refused"),
     (PEER, 53, "refused"),  # port 53 is allowed only to the listed resolvers, not to any private host
+    (PLATFORM_DNS, 80, "open"),  # egress_allow: this private endpoint, explicitly
+    (PLATFORM_DNS, 5432, "refused"),  # ... and no other port of that host
+    (NODE_ADDR, 2222, "refused"),  # container -> host (INPUT): a host listener
+    (NODE_ADDR, 443, "open"),  # hairpin to the node's own proxy port stays
 ]
 EXPECTED = {f"{PUBLIC_ADDR if a == '$ip' else a}:{p}": want for a, p, want in PROBES}
 ALL_OPEN = dict.fromkeys(EXPECTED, "open")
@@ -153,8 +167,34 @@ class Hardened:
         return cmd
 
 
+# Undo what the rendered apply adds outside DOCKER-USER (conftest resets DOCKER-USER itself), so the
+# shared daemon's namespace is left as the other runtime tests expect it.
+_UNDO = """
+iptables -w 5 -D INPUT -j INKMCP-INPUT 2>/dev/null; iptables -w 5 -F INKMCP-INPUT; iptables -w 5 -X INKMCP-INPUT
+for c in INPUT:INKMCP-INPUT FORWARD:INKMCP-FORWARD; do
+  ip6tables -w 5 -D ${c%%:*} -j ${c#*:} 2>/dev/null; ip6tables -w 5 -F ${c#*:}; ip6tables -w 5 -X ${c#*:}
+done
+true
+"""
+
+
 @pytest.fixture(scope="module")
-def hardened(uplink: Uplink, tmp_path_factory: pytest.TempPathFactory) -> Hardened:
+def hardened(uplink: Uplink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hardened]:
+    # Listeners on the node itself (its uplink address), started in the daemon's namespace.
+    host = subprocess.Popen(
+        ["nsenter", f"--net=/var/run/netns/{uplink.node.netns}", sys.executable, "-c", _LISTENER, "node",
+         *(f"{NODE_ADDR}:{p}" for p in NODE_PORTS)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert host.stdout is not None and host.stdout.readline().strip() == "ready"
+        yield _harden(uplink, tmp_path_factory)
+    finally:
+        _stop(host.pid, wait=5)
+        uplink.in_node(_UNDO)
+
+
+def _harden(uplink: Uplink, tmp_path_factory: pytest.TempPathFactory) -> Hardened:
     # Before any rule: a tenant reaches every stand-in (so the refusals below are the firewall's).
     baseline = run_probes(uplink, *coolify_app_args())
 
@@ -162,6 +202,7 @@ def hardened(uplink: Uplink, tmp_path_factory: pytest.TempPathFactory) -> Harden
     params = HostParams(
         root=str(root), firewall=True, services=False,
         private_cidrs=[PLATFORM_CIDR], dns_resolvers=[DNS_ADDR, PLATFORM_DNS], metadata_ips=[METADATA],
+        egress_allow=[ALLOWED],
     )
     plan = render_plan(params)
     for path, content in plan.files.items():
@@ -263,3 +304,36 @@ def test_rules_survive_docker_network_create(hardened: Hardened) -> None:
         assert res.seen == EXPECTED, res.raw
     finally:
         up.node.docker("network", "rm", net, timeout=60)
+
+
+def test_same_bridge_proxy_to_app_untouched(hardened: Hardened) -> None:
+    """Proxy -> app on one Coolify network is bridged east-west traffic: the rules must not touch it,
+    although the bridge's addresses sit inside a refused private range (172.16/12 or the pools)."""
+    node = hardened.up.node
+    app = f"inkeg-app-{secrets.token_hex(4)}"
+    node.docker("run", "-d", "--rm", "--name", app, "--network", "coolify", TENANT_IMAGE, "sh", "-c",
+                "while true; do echo app:8080 | nc -l -p 8080; done", timeout=90, check=True)
+    try:
+        script = f"for i in $(seq 50); do out=$(nc -w 2 {app} 8080 </dev/null 2>&1) && [ -n \"$out\" ] && break;" \
+                 " sleep 0.2; done; echo \"got=$out\"; uname -r"
+        run = node.docker("run", "--rm", *coolify_app_args("coolify"), TENANT_IMAGE, "sh", "-c", script, timeout=90)
+        assert "got=app:8080" in run.stdout, run.stdout + run.stderr
+        assert run.stdout.splitlines()[-1] == "4.4.0", run.stdout
+    finally:
+        node.docker("rm", "-f", app, timeout=60)
+
+
+def test_container_to_host_is_refused_by_the_input_chain(hardened: Hardened) -> None:
+    """The probe matrix shows node:2222 refused; here the refusal is pinned on INKMCP-INPUT (jumped first
+    from INPUT), and the bridge gateway (another host address) is refused too."""
+    rules = hardened.up.in_node("iptables -w 5 -S INPUT").stdout.splitlines()
+    assert next(r for r in rules if r.startswith("-A INPUT")) == "-A INPUT -j INKMCP-INPUT"
+    gw = hardened.up.node.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "coolify",
+                                 check=True).stdout.strip()
+    run = hardened.up.node.docker("run", "--rm", *coolify_app_args("coolify"), TENANT_IMAGE, "sh", "-c",
+                                  f"nc -w 2 {gw} 2222 </dev/null; nc -w 2 {NODE_ADDR} 2222 </dev/null", timeout=90)
+    out = run.stdout + run.stderr
+    assert out.count("Connection refused") == 2 and "node:2222" not in out, out
+    reject = "-A INKMCP-INPUT -i br-+ -p tcp -j REJECT --reject-with tcp-reset"
+    save = hardened.up.in_node("iptables-save -c -t filter").stdout
+    assert any(line.endswith(reject) and not line.startswith("[0:") for line in save.splitlines()), save
