@@ -184,3 +184,42 @@ async def test_another_accounts_homonym_service_cannot_take_or_drop_the_url(make
 )
 def test_parse_host_refuses_every_head_an_rfc_parser_would_read_differently(head: bytes, host: str | None) -> None:
     assert parse_host(head) == host
+
+
+async def test_drain_waits_for_requests_already_forwarded_to_an_upstream():
+    """A blue/green switch stops the old version only after the requests the proxy already forwarded to it
+    are answered (a test hammering the switch saw 'Server disconnected' without this)."""
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nold")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = Proxy("127.0.0.1", 0, wake_timeout=1)
+    await proxy.start()
+    try:
+        route = Route(host="d.p.localhost", port=port, owner="svc-d")
+        proxy.set_route(route)
+        async with httpx.AsyncClient(timeout=10) as client:
+            pending = asyncio.create_task(
+                client.get(f"http://127.0.0.1:{proxy.port}/", headers={"Host": "d.p.localhost"})
+            )
+            for _ in range(400):  # until the proxy has forwarded it
+                if proxy.connections_to(port):
+                    break
+                await asyncio.sleep(0.005)
+            assert proxy.connections_to(port) == 1
+            route.port = 1  # the switch: new requests go elsewhere
+            assert await proxy.drain(port, 0.05) is False  # still in flight: the old version must not stop
+            release.set()
+            assert await proxy.drain(port, 5) is True
+            assert (await pending).text == "old"
+            assert proxy.connections_to(port) == 0
+    finally:
+        await proxy.close()
+        server.close()

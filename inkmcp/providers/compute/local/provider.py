@@ -50,6 +50,7 @@ from inkmcp.providers.compute.local.users import (
 from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, move_into
 
 ERROR_TAIL = 15
+DRAIN_TIMEOUT = 2.0  # seconds a blue/green switch waits for connections still on the old version
 
 
 @dataclass(eq=False)
@@ -392,6 +393,8 @@ class LocalComputeProvider:
             await self._stop_run(run)
             raise
         if old is not None:
+            if old.port is not None and old.port != port:  # requests forwarded before the switch finish first
+                await self.proxy.drain(old.port, DRAIN_TIMEOUT)
             await self._stop_run(old)
 
     async def _free_fixed_port(self, svc: _Service, port: int) -> None:

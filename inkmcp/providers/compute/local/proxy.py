@@ -74,8 +74,27 @@ class Proxy:
         self._routes: dict[str, Route] = {}
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._upstreams: dict[int, int] = {}  # upstream port -> connections spliced to it right now
 
     # -- routing table -------------------------------------------------------------------------
+
+    def connections_to(self, port: int) -> int:
+        return self._upstreams.get(port, 0)
+
+    async def drain(self, port: int, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until no connection is spliced to upstream `port`; True if none is.
+
+        Called after a route moved off `port` and before its process is stopped, so a request the
+        proxy forwarded just before the switch gets its answer instead of a dropped connection.
+        Keep-alive connections stay pinned to their first upstream, hence the bound.
+        """
+        deadline = time.monotonic() + timeout
+        while self._upstreams.get(port, 0):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
 
     def set_route(self, route: Route) -> None:
         """Route `route.host` to `route`; raises RouteConflict if another owner holds that host."""
@@ -169,11 +188,18 @@ class Proxy:
             if upstream is None:
                 return
             up_reader, up_writer = upstream
+            up_port = up_writer.get_extra_info("peername")[1]
+            self._upstreams[up_port] = self._upstreams.get(up_port, 0) + 1
             try:
                 up_writer.write(head)
                 await _splice(reader, writer, up_reader, up_writer, route)
             finally:
                 up_writer.close()
+                left = self._upstreams[up_port] - 1
+                if left:
+                    self._upstreams[up_port] = left
+                else:
+                    del self._upstreams[up_port]
         finally:
             route.active -= 1
             route.touch()
