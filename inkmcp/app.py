@@ -158,6 +158,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         tenant_python=settings.tenant_python,
         pids_max=settings.pids_max,
         max_file_mb=settings.max_file_mb,
+        max_build_mb=settings.max_build_mb,
     )
     metrics = Metrics()
     sessions = store.sessionmaker

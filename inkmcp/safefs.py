@@ -163,3 +163,16 @@ def read_beneath(root: Path, rel: str, *, max_bytes: int = 4 << 20, owner_uid: i
         if owner_uid is not None and st.st_uid != owner_uid:
             return None
         return f.read(max_bytes + 1)[:max_bytes]
+
+
+def tree_bytes(root: Path) -> int:
+    """Disk space used by the tree at `root` (allocated blocks), walked without following any symlink.
+
+    Hard links count once per link; good enough for a cap, and never more than the truth by much.
+    """
+    total = 0
+    for _dirpath, dirnames, filenames, dfd in os.fwalk(root, follow_symlinks=False):
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(name, dir_fd=dfd, follow_symlinks=False).st_blocks * 512
+    return total

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_file_mb: int = Field(
         default=2048, ge=1, description="largest file a tenant process may write, in MiB (RLIMIT_FSIZE)"
     )
+    max_build_mb: int = Field(
+        default=4096, ge=1, description="largest release on disk (checkout + build output + venv), in MiB"
+    )
     max_checkout_mb: int = Field(
         default=1024, ge=1, description="largest commit (sum of its files, in MiB) deploy_app checks out"
     )

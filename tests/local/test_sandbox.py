@@ -307,3 +307,16 @@ async def test_other_users_processes_are_invisible_in_proc(make_provider, checko
     assert owners == f"[{me}]", f"the tenant saw processes of uids {owners}"
     assert init == "False" and self_seen == "True" and int(count) >= 1
     assert len(psutil.pids()) > int(count)  # the host itself still sees everything
+
+
+async def test_a_build_that_leaves_more_than_the_cap_on_disk_fails_naming_it(make_provider, checkouts, project_ids):
+    """Review, partial (no disk quota): many files under the per-file cap could still fill the disk."""
+    provider: LocalComputeProvider = await make_provider(max_build_mb=2)
+    key = key_for(project_ids())
+    filler = f"{PY} -c \"[open(f'blob{{i}}.bin', 'wb').write(b'0' * 2**20) for i in range(3)]\""
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=filler)), Events())
+    assert failed.value.step == Step.building
+    assert "over this server's cap of 2 MiB (INKMCP_MAX_BUILD_MB)" in failed.value.reason
+    ok = await make_provider(max_build_mb=16)
+    await ok.release(request_for(key_for(project_ids()), checkouts({"app.py": WEB_APP}), plan(build=filler)), Events())

@@ -47,7 +47,7 @@ from inkmcp.providers.compute.local.users import (
     ensure_project_user,
     project_user_name,
 )
-from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, move_into
+from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, move_into, tree_bytes
 
 ERROR_TAIL = 15
 DRAIN_TIMEOUT = 2.0  # seconds a blue/green switch waits for connections still on the old version
@@ -103,6 +103,7 @@ class LocalComputeProvider:
         port_range: tuple[int, int] = (20000, 30000),
         pids_max: int = DEFAULT_PIDS_MAX,
         max_file_mb: int = DEFAULT_MAX_FILE_BYTES // 2**20,
+        max_build_mb: int = 4096,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.domain = domain.lower().strip(".")
@@ -114,6 +115,7 @@ class LocalComputeProvider:
         self.backoff = backoff or Backoff()
         self.limits = Cgroups(pids_max=pids_max)
         self.max_file_bytes = max_file_mb * 2**20  # RLIMIT_FSIZE of every tenant process
+        self.max_build_bytes = max_build_mb * 2**20  # what one release may keep on disk
         self.proxy = Proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0)
         self.ports = PortAllocator(port_range)
         self._services: dict[str, _Service] = {}
@@ -293,6 +295,7 @@ class LocalComputeProvider:
             raise ReleaseFailed(Step.building, f"could not prepare the checkout: {exc}") from exc
         app_dir = src / os.path.relpath(checked, request.checkout_dir.resolve())
         build_env = await self._run_build(svc, request, app_dir, build_log)
+        await self._check_build_size(svc, src, build_env, build_log)
         meta = ReleaseMeta(deployment_id=did, service_type=request.service_type, plan=plan, build_env=build_env)
         if meta.is_static:
             rel = os.path.normpath(os.path.join(os.path.relpath(app_dir, src), plan.static_dir or "."))
@@ -323,6 +326,24 @@ class LocalComputeProvider:
                 Step.building, _with_tail(f"the build took longer than {self.build_timeout:g}s", build_log)
             ) from None
         return dict(output.env)
+
+    async def _check_build_size(
+        self, svc: _Service, src: Path, build_env: dict[str, str], build_log: RotatingLog
+    ) -> None:
+        """Refuse a build that left more on disk than the cap (checkout + build output + its venv).
+
+        RLIMIT_FSIZE bounds one file while the build runs; this bounds what a release keeps.
+        """
+        trees = [src]
+        venv = build_env.get("VIRTUAL_ENV")
+        if venv and Path(venv).parent == svc.layout.venvs:
+            trees.append(Path(venv))
+        used = sum([await asyncio.to_thread(tree_bytes, t) for t in trees])
+        if used > self.max_build_bytes:
+            raise ReleaseFailed(Step.building, _with_tail(
+                f"the build left {used / 2**20:.0f} MiB on disk (checkout, build output and dependencies), over "
+                f"this server's cap of {self.max_build_bytes / 2**20:.0f} MiB (INKMCP_MAX_BUILD_MB); keep build "
+                "artifacts and caches out of the app directory or trim dependencies", build_log))
 
     async def _release_command(self, svc: _Service, live: _Live, build_log: RotatingLog) -> None:
         command = live.meta.plan.release_command
