@@ -59,6 +59,7 @@ from inkmcp.infra.netcheck import require_disjoint
 from inkmcp.nodes.render import (
     HETZNER_RESOLVERS,
     AddressPool,
+    EgressEndpoint,
     GvisorParams,
     HostParams,
     PlatformContainer,
@@ -87,6 +88,8 @@ STACK_OWNED = {
     "gvisor": "platformContainers, runscPath, runscFlags",
     "dns_resolvers": "dnsResolvers",
     "ssh_allow_users": "sshAllowUsers",
+    "egress_allow": "egressAllow",
+    "host_input_tcp_ports": "hostInputTcpPorts",
 }
 
 
@@ -189,6 +192,14 @@ class MuscleConfig(ConfigModel):
         description="resolvers containers may reach on port 53 (DOCKER-USER)")
     ssh_allow_users: list[str] = Field(default_factory=lambda: ["root"],
                                        description="sshd AllowUsers; must keep root (Pulumi and Coolify use it)")
+    egress_allow: list[EgressEndpoint] = Field(
+        default_factory=list,
+        description="private endpoints tenants may reach despite the private-range rejects, one host and one TCP "
+                    "port each, e.g. ['10.0.1.13:5432'] (EgressEndpoint: the renderer's own validation)")
+    host_input_tcp_ports: list[int] = Field(
+        default_factory=lambda: list(HostParams().host_input_tcp_ports),
+        description="ports containers may open on the run server itself (INKMCP-INPUT): the proxy's 80/443 for "
+                    "hairpin requests; never 22")
     hardening: dict[str, Any] = Field(
         default_factory=dict,
         description="further HostParams fields (inkmcp.nodes.render), e.g. auto_reboot, log_max_size; "
@@ -204,6 +215,12 @@ class MuscleConfig(ConfigModel):
                 raise ValueError(f"hardening.{key} is not a HostParams field (inkmcp.nodes.render); "
                                  f"known: {', '.join(sorted(set(HostParams.model_fields) - set(STACK_OWNED)))}")
         return v
+
+    @field_validator("host_input_tcp_ports")
+    @classmethod
+    def _input_ports(cls, v: list[int]) -> list[int]:
+        # The renderer's own check, so the stack refuses exactly what `nodes harden` refuses.
+        return HostParams._input_ports(v)
 
     @field_validator("ssh_allow_users")
     @classmethod
@@ -324,6 +341,8 @@ def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, r
         mtu=conf.docker_mtu,
         dns_resolvers=list(conf.dns_resolvers),
         ssh_allow_users=list(conf.ssh_allow_users),
+        egress_allow=list(conf.egress_allow),
+        host_input_tcp_ports=list(conf.host_input_tcp_ports),
         gvisor=GvisorParams(platform=[p.to_render() for p in conf.platform_containers],
                             runsc_path=conf.runsc_path, runsc_flags=list(conf.runsc_flags)),
     )

@@ -1,7 +1,8 @@
 """Drift check: compare a host (or a throw-away root) with the rendered hardening, changing nothing.
 
 Reports per file (missing, content or mode differs), per daemon.json key (e.g. an address pool
-rewritten by Coolify's installer), and for the live DOCKER-USER chain (rules missing or extra).
+rewritten by Coolify's installer), and for every chain the rules files declare, v4 and v6 (rules
+missing, extra or out of order), plus the jumps into them from FORWARD/INPUT (present once and first).
 All reads are batched into a few commands: over SSH each round trip costs ~0.2 s.
 """
 
@@ -137,25 +138,114 @@ def runc_shadow_drift(params: HostParams, conn: Connection, timeout: float) -> l
     return []
 
 
-def expected_chain(plan: HostPlan) -> list[str]:
-    """The `iptables -S DOCKER-USER` lines the rules file produces (it is written in canonical form)."""
-    return [line for line in plan.files[plan.rules_file].splitlines() if line.startswith("-A DOCKER-USER ")]
+# Which parent chain jumps to which of our chains, per tool. The apply script keeps INPUT's and the v6
+# jumps first in their parent; FORWARD -> DOCKER-USER is Docker's own hook, which it also puts first.
+# A rule ahead of any of them sees container traffic before our rules do (an ACCEPT there bypasses them).
+JUMPS: dict[str, list[tuple[str, str]]] = {
+    "iptables": [("FORWARD", "DOCKER-USER"), ("INPUT", "INKMCP-INPUT")],
+    "ip6tables": [("FORWARD", "INKMCP-FORWARD"), ("INPUT", "INKMCP-INPUT")],
+}
+_MISSING = "__NOCHAIN__"
+
+
+class RulesFile(BaseModel):
+    """One rendered restore file: the chains it declares and, per chain, the `-S` lines it produces
+    (the templates are written in the canonical form `iptables -S` prints)."""
+
+    tool: Literal["iptables", "ip6tables"]
+    chains: dict[str, list[str]]
+
+    def label(self, chain: str) -> str:
+        """Drift target: v4 chains by name (as before), v6 ones marked so INKMCP-INPUT is unambiguous."""
+        return chain if self.tool == "iptables" else f"{chain} (IPv6)"
+
+
+def rules_files(plan: HostPlan) -> list[RulesFile]:
+    """Every rules file in the plan (v4 and, when rendered, v6 = the same path + "6")."""
+    out: list[RulesFile] = []
+    for tool, path in (("iptables", plan.rules_file), ("ip6tables", plan.rules_file + "6")):
+        text = plan.files.get(path)
+        if text is None:
+            continue
+        lines = text.splitlines()
+        names = [ln[1:].split()[0] for ln in lines if ln.startswith(":")]
+        chains = {c: [ln for ln in lines if ln.startswith(f"-A {c} ")] for c in names}
+        out.append(RulesFile.model_validate({"tool": tool, "chains": chains}))
+    return out
+
+
+Chains = dict[tuple[str, str], list[str] | None]
+
+
+def _read_chains(conn: Connection, wanted: list[tuple[str, str]], timeout: float) -> Chains:
+    """(tool, chain) -> its `-S` rule lines, or None when the chain does not exist; one round trip."""
+    script = "; ".join(
+        f"echo '@@ {tool} {chain}'; {tool} -w 5 -S {shlex.quote(chain)} 2>/dev/null || echo {_MISSING}"
+        for tool, chain in wanted
+    )
+    out: Chains = {}
+    rules: list[str] = []
+    for line in run(conn, script, "reading the firewall chains", timeout).splitlines():
+        if line.startswith("@@ "):
+            tool, chain = line[3:].split()
+            rules = []
+            out[(tool, chain)] = rules
+        elif out and line.strip() == _MISSING:
+            out[next(reversed(out))] = None
+        elif line.startswith("-A "):
+            rules.append(line)
+    missing = [w for w in wanted if w not in out]
+    if missing:
+        raise NodeError(f"reading the firewall chains on {conn.host}: no answer for {missing}")
+    return out
+
+
+def chain_drift(target: str, live: list[str], want: list[str]) -> list[Drift]:
+    """Rules missing or extra, or (same rules) out of order: order is what makes the rejects work."""
+    if live == want:
+        return []
+    drift = [Drift(kind="firewall", target=target, detail=f"rule missing: {r}") for r in want if r not in live]
+    drift += [Drift(kind="firewall", target=target, detail=f"unexpected rule: {r}") for r in live if r not in want]
+    if not drift:
+        drift.append(Drift(kind="firewall", target=target, detail="rules out of order"))
+    return drift
+
+
+def jump_drift(target: str, parent: str, chain: str, live: list[str]) -> list[Drift]:
+    """The parent's first rule must be the jump. A further copy below it is harmless (our chain already ran)
+    and the apply script leaves it, so it is not drift."""
+    jump = f"-A {parent} -j {chain}"
+    if jump not in live:
+        return [Drift(kind="firewall", target=target, detail=f"jump missing: {jump} (our rules are never reached)")]
+    if live[0] != jump:
+        return [Drift(kind="firewall", target=target,
+                      detail=f"jump not first: {live[0]} comes before {jump} and sees container traffic first")]
+    return []
 
 
 def firewall_drift(plan: HostPlan, conn: Connection, timeout: float) -> list[Drift]:
-    out = run(conn, "iptables -w 5 -S DOCKER-USER 2>/dev/null || echo __NOCHAIN__", "reading DOCKER-USER", timeout)
-    if "__NOCHAIN__" in out:
-        return [Drift(kind="firewall", target="DOCKER-USER", detail="chain missing (Docker not started?)")]
-    live = [line for line in out.splitlines() if line.startswith("-A ")]
-    want = expected_chain(plan)
-    if live == want:
-        return []
-    missing = [r for r in want if r not in live]
-    extra = [r for r in live if r not in want]
-    drift = [Drift(kind="firewall", target="DOCKER-USER", detail=f"rule missing: {r}") for r in missing]
-    drift += [Drift(kind="firewall", target="DOCKER-USER", detail=f"unexpected rule: {r}") for r in extra]
-    if not drift:
-        drift.append(Drift(kind="firewall", target="DOCKER-USER", detail="rules out of order"))
+    """Every chain the rules files declare (v4 and v6), rule by rule, and the jumps into them from
+    FORWARD/INPUT (first, once): drift in any of them reopens a path the rules close."""
+    files = rules_files(plan)
+    wanted: list[tuple[str, str]] = []
+    for f in files:
+        wanted += [(f.tool, c) for c in f.chains]
+        wanted += [(f.tool, parent) for parent, chain in JUMPS[f.tool] if chain in f.chains]
+    live = _read_chains(conn, list(dict.fromkeys(wanted)), timeout)
+    drift: list[Drift] = []
+    for f in files:
+        for chain, want in f.chains.items():
+            have = live[(f.tool, chain)]
+            if have is None:
+                hint = " (Docker not started?)" if chain == "DOCKER-USER" else ""
+                drift.append(Drift(kind="firewall", target=f.label(chain), detail=f"chain missing{hint}"))
+                continue
+            drift += chain_drift(f.label(chain), have, want)
+        for parent, chain in JUMPS[f.tool]:
+            if chain not in f.chains:
+                continue
+            have = live[(f.tool, parent)]
+            drift += jump_drift(f.label(parent), parent, chain, have or [])
     return drift
 
 

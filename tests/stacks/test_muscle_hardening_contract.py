@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from inkmcp.infra import muscle
 from inkmcp.infra.factory import shell
 from inkmcp.infra.factory_config import DockerPool, NetworkStackOutputs
-from inkmcp.infra.muscle_config import PlatformContainerSpec, host_params
+from inkmcp.infra.muscle_config import MuscleConfig, PlatformContainerSpec, host_params
 from inkmcp.nodes.cli import load_params
 from inkmcp.nodes.render import (
     GVISOR_DIR,
@@ -88,6 +89,53 @@ def test_docker_user_rules_reject_platform_networks_and_metadata(monitor: Record
             assert f"-A DOCKER-USER -d {dest} -i {iface} -p tcp -j REJECT --reject-with tcp-reset" in rules
             assert f"-A DOCKER-USER -d {dest} -i {iface} -j REJECT --reject-with icmp-admin-prohibited" in rules
     assert rules[0].endswith("--ctstate RELATED,ESTABLISHED -j ACCEPT") and rules[-1] == "-A DOCKER-USER -j RETURN"
+
+
+def test_egress_settings_reach_the_uploaded_rules(monitor: RecordingMonitor) -> None:
+    """egressAllow / hostInputTcpPorts from the stack config end up in what `pulumi up` copies to the node, and in
+    the same place of the rules as `inkmcp nodes harden` renders them (one renderer)."""
+    conf = make_conf(egress_allow=["10.0.3.40:5432", {"ip": "192.168.5.5", "port": 6379}],
+                     host_input_tcp_ports=[443, 8443])
+    build(conf)
+    files = uploaded(monitor)
+    assert files == muscle.host_plan(conf, node(1), net()).files
+    rules = [line for line in files[RULES].splitlines() if line.startswith("-A ")]
+    for iface in ("docker0", "br-+"):
+        allow = f"-A DOCKER-USER -d 10.0.3.40/32 -i {iface} -p tcp -m tcp --dport 5432 -j ACCEPT"
+        assert allow in rules
+        assert rules.index(allow) < rules.index(f"-A DOCKER-USER -d 10.0.0.0/16 -i {iface} -p tcp -j REJECT "
+                                                "--reject-with tcp-reset")
+        assert f"-A DOCKER-USER -d 192.168.5.5/32 -i {iface} -p tcp -m tcp --dport 6379 -j ACCEPT" in rules
+        assert f"-A INKMCP-INPUT -i {iface} -p tcp -m tcp --dport 8443 -j RETURN" in rules
+        assert f"-A INKMCP-INPUT -i {iface} -p tcp -m tcp --dport 80 -j RETURN" not in rules
+    # The defaults: nothing allow-listed, hairpin 80/443 only.
+    default = muscle.host_plan(make_conf(), node(1), net()).files[RULES]
+    assert "--dport 5432 -j ACCEPT" not in default
+    assert [p for p in (80, 443, 8443) if f"-p tcp -m tcp --dport {p} -j RETURN" in default] == [80, 443]
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"egress_allow": ["10.0.3.0/24:5432"]}, "one host and one TCP port"),
+    ({"egress_allow": ["169.254.169.254:80"]}, "link-local (metadata service) is never allow-listed"),
+    ({"egress_allow": ["203.0.113.5:443"]}, "not a private address"),
+    ({"host_input_tcp_ports": [22, 443]}, "never 22 (sshd)"),
+    ({"host_input_tcp_ports": [0]}, "TCP ports in 1..65535"),
+    ({"hardening": {"egress_allow": ["10.0.3.40:5432"]}}, "hardening.egress_allow is set by the muscle stack from "
+                                                            "egressAllow"),
+    ({"hardening": {"host_input_tcp_ports": [443]}}, "from hostInputTcpPorts"),
+])
+def test_egress_settings_are_validated_like_the_renderer(over: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        make_conf(**over)
+
+
+def test_egress_settings_from_the_yaml_keys() -> None:
+    """The camelCase keys of Pulumi.<stack>.yaml, as the stack reads them."""
+    raw = {**make_conf().model_dump(by_alias=True), "egressAllow": ["10.0.3.40/32:5432"], "hostInputTcpPorts": [443]}
+    conf = MuscleConfig.model_validate(raw)
+    params = host_params(conf, node(1), net())
+    assert [(str(e.ip), e.port) for e in params.egress_allow] == [("10.0.3.40", 5432)]
+    assert params.host_input_tcp_ports == [443]
 
 
 def test_selector_files_carry_the_allow_list(monitor: RecordingMonitor) -> None:
