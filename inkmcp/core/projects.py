@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inkmcp.core.limits import LimitDefaults, lock_account, reached
+from inkmcp.core.limits import AccountLimits, LimitDefaults, lock_account, reached
 from inkmcp.core.names import check_name, has_credentials, is_name, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.views import TERMINAL, ProjectView
@@ -60,11 +60,8 @@ class ProjectService:
                 limits = await lock_account(s, p.account_id, self.limits)
                 # under the lock: a concurrent call of this account may have created it meanwhile
                 project = (await s.execute(self._by_name(name))).scalar_one_or_none()
-                count = (
-                    await s.execute(select(func.count()).select_from(Project).where(Project.account_id == p.account_id))
-                ).scalar_one()
-                if project is None and count >= limits.max_projects:
-                    raise reached("projects", limits.max_projects, "max_projects", "delete a project")
+                if project is None:
+                    _refuse_more_projects(limits, await _project_count(s, p.account_id))
             if project is None:
                 res = await s.execute(
                     insert(Project)
@@ -175,11 +172,7 @@ class ProjectService:
         count = (
             await s.execute(select(func.count()).select_from(Service).where(Service.project_id == project_id))
         ).scalar_one()
-        if count >= limits.max_services_per_project:
-            raise reached(
-                "services per project", limits.max_services_per_project, "max_services_per_project",
-                "delete a service (delete with service_name)",
-            )
+        _refuse_more_services(limits, count)
 
     async def check_build_quota(self, s: AsyncSession, service_id: uuid.UUID) -> None:
         """In the caller's transaction, before it inserts a deployment of `service_id`: refuse one more
@@ -192,20 +185,7 @@ class ProjectService:
             )
         ).scalar_one()
         limits = await lock_account(s, account_id, self.limits)
-        running = (
-            await s.execute(
-                select(func.count())
-                .select_from(Deployment)
-                .join(Service, Deployment.service_id == Service.id)
-                .join(Project, Service.project_id == Project.id)
-                .where(Project.account_id == account_id, Deployment.status.not_in(list(TERMINAL)))
-            )
-        ).scalar_one()
-        if running >= limits.max_concurrent_builds:
-            raise reached(
-                "concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
-                "wait for a deployment to finish (wait_for_deployment)",
-            )
+        _refuse_more_builds(limits, await _builds_in_progress(s, account_id))
 
     async def precheck_deploy(self, p: Principal, project_name: str, service_name: str) -> None:
         """Cheap checks before deploy_app fetches and builds anything: name taken, and limits that
@@ -215,36 +195,14 @@ class ProjectService:
             limits = await lock_account(s, p.account_id, self.limits, lock=False)
             project = (await s.execute(self._by_name(project_name))).scalar_one_or_none()
             if project is None:
-                count = (
-                    await s.execute(
-                        select(func.count()).select_from(Project).where(Project.account_id == p.account_id)
-                    )
-                ).scalar_one()
-                if count >= limits.max_projects:
-                    raise reached("projects", limits.max_projects, "max_projects", "delete a project")
+                _refuse_more_projects(limits, await _project_count(s, p.account_id))
             else:
                 names = set(
                     (await s.execute(select(Service.name).where(Service.project_id == project.id))).scalars()
                 )
-                if service_name not in names and len(names) >= limits.max_services_per_project:
-                    raise reached(
-                        "services per project", limits.max_services_per_project, "max_services_per_project",
-                        "delete a service (delete with service_name)",
-                    )
-            running = (
-                await s.execute(
-                    select(func.count())
-                    .select_from(Deployment)
-                    .join(Service, Deployment.service_id == Service.id)
-                    .join(Project, Service.project_id == Project.id)
-                    .where(Project.account_id == p.account_id, Deployment.status.not_in(list(TERMINAL)))
-                )
-            ).scalar_one()
-            if running >= limits.max_concurrent_builds:
-                raise reached(
-                    "concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
-                    "wait for a deployment to finish (wait_for_deployment)",
-                )
+                if service_name not in names:
+                    _refuse_more_services(limits, len(names))
+            _refuse_more_builds(limits, await _builds_in_progress(s, p.account_id))
 
     # ------------------------------------------------------ repo URL secrecy
     def seal_repo_url(self, repo_url: str) -> tuple[str, bytes | None]:
@@ -265,6 +223,46 @@ class ProjectService:
         if self._box is None:
             raise RuntimeError("ProjectService needs the SecretBox to read an encrypted repo_url")
         return self._box.decrypt(svc.repo_url_enc).decode()
+
+
+async def _project_count(s: AsyncSession, account_id: uuid.UUID) -> int:
+    return (
+        await s.execute(select(func.count()).select_from(Project).where(Project.account_id == account_id))
+    ).scalar_one()
+
+
+async def _builds_in_progress(s: AsyncSession, account_id: uuid.UUID) -> int:
+    """Deployments of the account that are not yet live, failed or superseded."""
+    return (
+        await s.execute(
+            select(func.count())
+            .select_from(Deployment)
+            .join(Service, Deployment.service_id == Service.id)
+            .join(Project, Service.project_id == Project.id)
+            .where(Project.account_id == account_id, Deployment.status.not_in(list(TERMINAL)))
+        )
+    ).scalar_one()
+
+
+def _refuse_more_projects(limits: AccountLimits, count: int) -> None:
+    if count >= limits.max_projects:
+        raise reached("projects", limits.max_projects, "max_projects", "delete a project")
+
+
+def _refuse_more_services(limits: AccountLimits, count: int) -> None:
+    if count >= limits.max_services_per_project:
+        raise reached(
+            "services per project", limits.max_services_per_project, "max_services_per_project",
+            "delete a service (delete with service_name)",
+        )
+
+
+def _refuse_more_builds(limits: AccountLimits, running: int) -> None:
+    if running >= limits.max_concurrent_builds:
+        raise reached(
+            "concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
+            "wait for a deployment to finish (wait_for_deployment)",
+        )
 
 
 def _join(name: str, suffix: str) -> str:
