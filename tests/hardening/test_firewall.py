@@ -12,6 +12,7 @@ Every probed port has a listener, so a refused connection is the firewall's doin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import socket
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fabric import Connection
 
 from inkmcp.nodes import HostParams, render_host_files
 from inkmcp.nodes.apply import apply_host, connect
@@ -245,9 +247,10 @@ def test_apply_rebuilds_a_tampered_chain_atomically(topo: Topology, tmp_path: Pa
     assert topo.save() == good
 
 
-def test_ssh_path_with_live_firewall_in_a_namespace(topo: Topology, tmp_path: Path) -> None:
-    """fabric over a real sshd that runs inside the host namespace: apply loads the rules there, check
-    reports the chain's rules missing after a flush, apply restores them, a second apply is silent."""
+@contextlib.contextmanager
+def ssh_into_host(topo: Topology, tmp_path: Path) -> Iterator[tuple[Connection, HostParams]]:
+    """A fabric connection to a real sshd running inside the stand-in host namespace, and the firewall
+    params to apply there; the sshd is stopped by pid on exit."""
     host_key, client_key = make_keys(tmp_path)
     port = free_port()
     topo.in_host("ip", "link", "set", "lo", "up")
@@ -256,23 +259,29 @@ def test_ssh_path_with_live_firewall_in_a_namespace(topo: Topology, tmp_path: Pa
         sock = in_netns(topo.host, lambda: socket.create_connection(("127.0.0.1", port), timeout=5))
         c = connect("127.0.0.1", port=port, key_filename=client_key)
         c.connect_kwargs["sock"] = sock  # the TCP connection lives in the host namespace
-        params = rules_params(tmp_path / "root", firewall=True)
         with c:
-            drift = check_host(c, params, timeout=10)
-            assert any(d.kind == "firewall" and d.detail.startswith("rule missing") for d in drift)
-            first = apply_host(c, params, timeout=10)
-            assert "DOCKER-USER" in first.changes
-            assert check_host(c, params, timeout=10) == []
-            assert probe(topo.ns["ctr"], "10.20.0.5", 5432) == "refused"
-
-            topo.in_host("iptables", "-w", "5", "-F", "DOCKER-USER")
-            drift = [str(d) for d in check_host(c, params, timeout=10)]
-            assert drift and all(d.startswith("firewall: DOCKER-USER: rule missing") for d in drift), drift
-            assert apply_host(c, params, timeout=10).changes == ["DOCKER-USER"]
-            assert apply_host(c, params, timeout=10).changes == []
-            assert probe(topo.ns["ctr"], "10.20.0.5", 5432) == "refused"
+            yield c, rules_params(tmp_path / "root", firewall=True)
     finally:
         stop_pid(server.pid)
+
+
+def test_ssh_path_with_live_firewall_in_a_namespace(topo: Topology, tmp_path: Path) -> None:
+    """fabric over a real sshd that runs inside the host namespace: apply loads the rules there, check
+    reports the chain's rules missing after a flush, apply restores them, a second apply is silent."""
+    with ssh_into_host(topo, tmp_path) as (c, params):
+        drift = check_host(c, params, timeout=10)
+        assert any(d.kind == "firewall" and d.detail.startswith("rule missing") for d in drift)
+        first = apply_host(c, params, timeout=10)
+        assert "DOCKER-USER" in first.changes
+        assert check_host(c, params, timeout=10) == []
+        assert probe(topo.ns["ctr"], "10.20.0.5", 5432) == "refused"
+
+        topo.in_host("iptables", "-w", "5", "-F", "DOCKER-USER")
+        drift = [str(d) for d in check_host(c, params, timeout=10)]
+        assert drift and all(d.startswith("firewall: DOCKER-USER: rule missing") for d in drift), drift
+        assert apply_host(c, params, timeout=10).changes == ["DOCKER-USER"]
+        assert apply_host(c, params, timeout=10).changes == []
+        assert probe(topo.ns["ctr"], "10.20.0.5", 5432) == "refused"
 
 
 def test_input_and_ipv6_jumps_are_moved_back_to_the_top(topo: Topology, tmp_path: Path) -> None:
