@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,19 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 REPO = Path(__file__).resolve().parent.parent
 INKMCP = str(Path(sys.executable).with_name("inkmcp"))
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """Run `server` in a thread; yields its port; shuts it down (and joins the thread) on exit."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def free_port() -> int:

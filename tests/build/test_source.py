@@ -17,7 +17,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from inkmcp.build.source import (
 from inkmcp.errors import SourceError
 from inkmcp.settings import Settings
 from tests.requirements import require, require_root
+from tests.support import serving
 
 from .conftest import commit, git
 
@@ -568,15 +568,8 @@ def http_server(host: str, root: Path | None = None, redirect_to: str | None = N
     def make(*a: Any) -> _GitHTTP:
         return handler(*a, directory=str(root or "/nonexistent"))
 
-    server = http.server.ThreadingHTTPServer((host, 0), make)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(http.server.ThreadingHTTPServer((host, 0), make)) as port:
+        yield port, seen
 
 
 def served_bare(make_repo: MakeRepo, tmp_path: Path) -> tuple[Path, str]:

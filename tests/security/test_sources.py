@@ -40,7 +40,7 @@ from tests.security.conftest import (
     session,
     via_proxy,
 )
-from tests.support import ServerProc, call, free_port, git_repo
+from tests.support import ServerProc, call, free_port, git_repo, serving
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts or shares a real server
 
@@ -183,14 +183,8 @@ def dumb_http_git(root: Path, source: Path) -> Iterator[tuple[int, list[dict[str
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1], seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))) as port:
+        yield port, seen
 
 
 def control_rows(data_dir: Path) -> dict[str, list[str]]:
