@@ -3,6 +3,8 @@
 #   openssh-server  real sshd on loopback for the SSH path, and `sshd -t` to validate rendered configs
 #   iptables        iptables-restore/-save for the DOCKER-USER egress rules in network namespaces
 #   iproute2        `ip netns` / veth pairs for the kernel-firewall tests
+#   docker-registry Docker's registry (distribution 2.8): the run-server box's image mirror and the build path's registry
+#   nginx           TLS and per-user read/write rules in front of that registry (build path)
 # Idempotent and quiet: prints nothing when everything is present. As a normal user it only reports.
 set -euo pipefail
 
@@ -10,6 +12,8 @@ need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v iptables-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-restore ] || need+=(iptables)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 
 # shellcheck source-path=SCRIPTDIR source=apt-install-missing.sh
 . "$(dirname "$0")/apt-install-missing.sh"
