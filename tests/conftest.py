@@ -106,3 +106,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line("(required here: the tests that need them failed)")
     else:
         terminalreporter.write_line(f"(their tests were skipped; {REQUIRE_ALL_ENV}=1 makes them fail, as CI does)")
+
+
+@pytest.fixture(scope="session")
+def run_server_box():
+    """The session's run-server box (tests/runtime/shared_box.py), brought up on first use, down at the end."""
+    from tests.runtime import shared_box
+
+    try:
+        yield shared_box.box_dir()
+    finally:
+        shared_box.teardown()
