@@ -121,20 +121,23 @@ def parse_probe(text: str) -> dict[str, str]:
     return out
 
 
-def judge(probe: dict[str, str], target: Target) -> tuple[Outcome, str]:
-    """What the probe's answers mean, checked against the host (the drop file is looked for on the host)."""
+def judge(text: str, target: Target) -> tuple[Outcome, str]:
+    """What the probe's output means, checked against the host (the drop file is looked for on the host).
+    The secret counts as read wherever its token shows up in the output (a file may hold it on any line)."""
+    probe = parse_probe(text)
     problems = []
     kernel = probe.get("kernel", "?")
     if kernel != GVISOR_KERNEL:
         problems.append(f"host kernel {kernel}")
-    if probe.get("secret") == target.token:
+    if target.token in text:
         problems.append("read the host secret")
     if target.drop.exists():
         problems.append(f"wrote {target.drop} on the host")
     if probe.get("docker_api", "none") != "none":
         problems.append(f"Docker API answered on {probe['docker_api']}")
     evidence = (f"kernel {kernel}, pid1 {probe.get('pid1', '?')}, CapEff {probe.get('capeff', '?')}, "
-                f"secret {probe.get('secret', '?')[:12]}, drop {probe.get('drop', '?')}, "
+                f"secret {'read' if target.token in text else probe.get('secret', '?')[:12]}, "
+                f"drop {probe.get('drop', '?')}, "
                 f"docker_api {probe.get('docker_api', '?')}")
     if problems:
         return "escaped", "; ".join(problems) + f" ({evidence})"
@@ -170,7 +173,7 @@ def run_attack(target: Target, attack: Attack) -> AttackResult:
             if probed is None:
                 outcome, evidence = "error", f"{name} started but could not be probed: {_logs(target, name)}"
             else:
-                outcome, evidence = judge(parse_probe(probed), target)
+                outcome, evidence = judge(probed, target)
     except (OSError, subprocess.SubprocessError, SandboxError) as e:
         outcome, evidence = "error", f"{type(e).__name__}: {e}"
     finally:
@@ -283,9 +286,82 @@ def catalogue() -> list[Attack]:
                ["--security-opt", "seccomp=unconfined"], read_path="{secret}", write_path="{drop}"),
         Attack("A11a", "--device /dev/kmsg", "refused", ["--device", "/dev/kmsg"]),
         Attack("A11b", "--device /dev/loop0 (a host block device)", "refused", ["--device", "/dev/loop0"]),
-        Attack("A12", "annotation dev.gvisor.spec.mount... (runsc flag override)", "refused",
+        Attack("A12", "annotation dev.gvisor.flag.host-uds=all (runsc flag override)", "refused",
                ["--annotation", "dev.gvisor.flag.host-uds=all"]),
+        # Review #6: a platform container's name while it is free (Coolify's custom_internal_name), with the
+        # genuine platform image. Coolify stamps coolify.* labels on every tenant container (docker.php:379-415).
+        Attack("A3a", "coolify-proxy name + genuine proxy image + socket + /:/host", "refused",
+               ["-v", "/var/run/docker.sock:/var/run/docker.sock:ro", "-v", "/data/coolify/proxy:/traefik", *host_root],
+               image=PROXY_IMAGE, name="coolify-proxy", cmd=[]),
+        Attack("A3b", "coolify-proxy name + genuine image + the proxy's exact mounts + Coolify's tenant labels",
+               "refused", ["-v", "/var/run/docker.sock:/var/run/docker.sock:ro", "-v", "/data/coolify/proxy:/traefik",
+                           "-l", "coolify.applicationId=7", "-l", "coolify.type=application"],
+               image=PROXY_IMAGE, name="coolify-proxy", cmd=[]),
+        Attack("A3c", "coolify-proxy name + the tenant's own image + socket", "refused",
+               ["-v", "/var/run/docker.sock:/var/run/docker.sock:ro"], name="coolify-proxy"),
+        Attack("A3d", "coolify-proxy name + the tenant's own image, no mounts (a reserved name)", "refused", [],
+               name="coolify-proxy"),
+        Attack("A3e", "sablier name + genuine Sablier image + socket + /:/host", "refused",
+               ["-v", "/var/run/docker.sock:/var/run/docker.sock", *host_root], image=SABLIER_IMAGE, name="sablier",
+               cmd=[]),
+        # Review #2/#6: the deploy helper's shape (24-char deployment uuid name, helper image, socket).
+        Attack("A4a", "helper name + genuine helper image + socket, labelled as a Coolify database", "refused",
+               ["-v", "/var/run/docker.sock:/var/run/docker.sock", "-l", "coolify.type=database",
+                "-l", "coolify.databaseId=3"], image=HELPER_IMAGE, name=HELPER_LIKE_NAME, cmd=[]),
+        Attack("A4b", "helper name + genuine helper image + socket + /:/host", "refused",
+               ["-v", "/var/run/docker.sock:/var/run/docker.sock", *host_root], image=HELPER_IMAGE,
+               name=HELPER_LIKE_NAME, cmd=[]),
+        Attack("A4c", "helper name + tenant image + socket", "refused",
+               ["-v", "/var/run/docker.sock:/var/run/docker.sock"], name=HELPER_LIKE_NAME),
+        # Review #8: a tenant database may bind its own /data/coolify/databases/<uuid>/ (custom config, init
+        # scripts), nothing else: not a neighbour's dir (its docker-compose.yml holds that DB's password) and
+        # not a symlink planted in its own dir.
+        Attack("A5a", "database container binding another database's resource dir", "refused",
+               ["-v", f"/data/coolify/databases/{NEIGHBOUR_UUID}:/loot", "-l", "coolify.databaseId=3",
+                "-l", "coolify.type=database"], name=TENANT_DB_UUID, setup=_resource_dirs, cleanup=_drop_resource_dirs,
+               read_path="/loot/docker-compose.yml"),
+        Attack("A5b", "database container binding a symlink to / planted in its own resource dir", "refused",
+               ["-v", f"/data/coolify/databases/{TENANT_DB_UUID}/escape:/host", "-l", "coolify.databaseId=3",
+                "-l", "coolify.type=database"], name=TENANT_DB_UUID, setup=_resource_dirs,
+               cleanup=_drop_resource_dirs),
+        Attack("A5c", "database container binding its own resource dir (custom postgres.conf): allowed", "sandboxed",
+               ["-v", f"/data/coolify/databases/{TENANT_DB_UUID}/custom-postgres.conf:/etc/postgresql.conf:ro",
+                "-l", "coolify.databaseId=3", "-l", "coolify.type=database"], name=TENANT_DB_UUID,
+               setup=_resource_dirs, cleanup=_drop_resource_dirs),
     ]
+
+
+PROXY_IMAGE = "traefik:v3.6"
+SABLIER_IMAGE = "sablierapp/sablier:1.16.2"  # MuscleConfig.sablier_image
+HELPER_IMAGE = "coollabsio/coolify-helper:1.0.15"
+HELPER_LIKE_NAME = "a8k4wcgwo0s8ok4gkwoc8w4s"
+TENANT_DB_UUID = "d4g0wk0s8c8gk4so0k4ggwsk"
+NEIGHBOUR_UUID = "n3ighb0urk0s8c8gk4so0k4g"
+
+
+def coolify_dir(box: Path) -> Path:
+    """Where the box keeps its /data/coolify (the path Coolify's binds name inside the box)."""
+    return box / "coolify"
+
+
+def _resource_dirs(target: Target) -> None:
+    """Two databases' resource dirs as Coolify writes them: ours with a custom config (and a planted symlink
+    to /), the neighbour's with its compose file holding its password (here: the host secret's token)."""
+    base = coolify_dir(target.box) / "databases"
+    own, other = base / TENANT_DB_UUID, base / NEIGHBOUR_UUID
+    own.mkdir(parents=True, exist_ok=True)
+    other.mkdir(parents=True, exist_ok=True)
+    (own / "custom-postgres.conf").write_text("listen_addresses = '*'\n")
+    escape = own / "escape"
+    if not escape.is_symlink():
+        escape.symlink_to("/")
+    (other / "docker-compose.yml").write_text(f"environment:\n  POSTGRES_PASSWORD: {target.token}\n")
+
+
+def _drop_resource_dirs(target: Target) -> None:
+    base = coolify_dir(target.box) / "databases"
+    for uuid in (TENANT_DB_UUID, NEIGHBOUR_UUID):
+        shutil.rmtree(base / uuid, ignore_errors=True)
 
 
 SHIM_NAME = "containerd-shim-evil-v1"
