@@ -1,0 +1,439 @@
+"""A typed async client for Coolify's REST API (Coolify 4.3.11, `/api/v1`).
+
+Why its own client: Coolify's API has sharp edges that every caller would otherwise rediscover
+(../shared/coolify/NOTES.md): one unknown body key fails the whole request (422), multi-line fields are base64,
+errors come in several shapes, tokens carry abilities whose absence answers 403, and a user's tokens share 200
+requests a minute, over which Laravel answers 429 with `Retry-After`. The client therefore
+
+* sends `Authorization: Bearer <token>` and `Accept: application/json` on every request (without the Accept
+  header Laravel renders some errors, e.g. the 429 of its throttle, as HTML) and never logs or prints the token:
+  it is a `SecretStr`, logs carry method, path, status and timing only, and error messages name the request
+  path, never headers;
+* refuses an API URL that would carry the token in clear text over the internet (`check_api_url`, review
+  finding 14): `https://…`, or `http://` only to a loopback or private address (the Cloud Network);
+* maps every error answer to a typed exception (`CoolifyError` subclasses) with `retryable` telling a caller
+  whether trying again later can help (429, 5xx, unreachable) or not (401, 403, 404, 422, contract breaks);
+* retries by itself only where it is safe: a 429 for any method (the throttle refuses before the controller
+  runs, so nothing happened), honouring `Retry-After`; connection failures, timeouts and 502/503/504 only for
+  calls marked idempotent (GET, PUT, DELETE, and the PATCHes that set absolute values). Retries are bounded by
+  `RetryPolicy.max_total_wait`; a `Retry-After` beyond it raises `CoolifyRateLimited` at once instead of
+  holding the caller;
+* can check every request against the published spec before sending it (`validate_with=CoolifySpec.load()`),
+  which the contract tests do.
+
+Only the endpoints registration needs exist today (servers, sentinel, proxy); the production compute provider
+(issue 8) adds its endpoints on the same `request()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+
+from inkmcp.coolify.models import (
+    Message,
+    ProxyConfiguration,
+    ProxySettings,
+    SentinelSettings,
+    SentinelUpdate,
+    Server,
+    ServerCreate,
+    ServerUpdate,
+    Uuid,
+    ValidateServer,
+)
+from inkmcp.coolify.spec import API_PREFIX, CoolifySpec
+
+log = logging.getLogger("inkmcp.coolify")
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+_PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings checks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_api_url(url: str, setting: str = "the Coolify API URL") -> str:
+    """The base URL (API under /api/v1) if it keeps the token off the public internet in clear text; else a
+    ValueError naming `setting` and what to pass instead (review finding 14).
+
+    Allowed: `https://<host>` (Coolify's instance domain served through its proxy with a certificate);
+    `http://` only to `localhost`, a loopback, RFC 1918, CGNAT (100.64/10) or IPv6 ULA address, i.e. the Cloud
+    Network or an SSH tunnel. An http URL with a DNS name is refused: the name may resolve publicly.
+    A trailing `/api/v1` is accepted and dropped.
+    """
+    example = "https://coolify.example.com or http://10.0.1.10:8000 (the master's private address)"
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{setting} {url!r} is not an http(s) URL with a host; pass e.g. {example}")
+    if parts.username or parts.password:
+        raise ValueError(f"{setting} {url!r} carries credentials; pass the API token separately and the URL "
+                         f"without user:password@, e.g. {example}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{setting} {url!r} has a query or fragment; pass the base URL only, e.g. {example}")
+    host = parts.hostname
+    if parts.scheme == "http" and host != "localhost":
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"{setting} {url!r} would send the API token in clear text to {host!r}, a name that may resolve to "
+                f"a public address (review finding 14); use https://{host} (Coolify's instance domain behind its "
+                "proxy) or the master's private IP, e.g. http://10.0.1.10:8000") from None
+        if not any(ip in net for net in _PRIVATE_NETS if net.version == ip.version):
+            raise ValueError(
+                f"{setting} {url!r} would send the API token in clear text to the public address {host} (review "
+                "finding 14); use https://<Coolify's instance domain>, the master's private address on the Cloud "
+                "Network (e.g. http://10.0.1.10:8000), or an SSH tunnel (http://127.0.0.1:8000)")
+    path = parts.path.rstrip("/")
+    if path.endswith(API_PREFIX):
+        path = path[: -len(API_PREFIX)]
+    netloc = parts.netloc
+    return f"{parts.scheme}://{netloc}{path}"
+
+
+def check_token(token: str, setting: str = "the Coolify API token") -> str:
+    """A Sanctum personal access token (`<id>|<secret>`, created in Keys & Tokens → API tokens)."""
+    if not token or not token.strip():
+        raise ValueError(f"{setting} is empty; create one in Coolify (Keys & Tokens → API tokens) and pass it")
+    if any(c.isspace() for c in token):
+        raise ValueError(f"{setting} contains whitespace (a pasted newline?); pass the token exactly as Coolify "
+                         "showed it, <id>|<secret>")
+    return token
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CoolifyError(Exception):
+    """An error answer (or no answer) from Coolify. `str()` names the request and what to do about it."""
+
+    retryable: bool = False
+    hint: str = ""
+
+    def __init__(self, message: str, *, method: str = "", path: str = "", status: int | None = None,
+                 errors: Mapping[str, list[str]] | None = None, body: Any = None) -> None:
+        self.message = message
+        self.method = method
+        self.path = path
+        self.status = status
+        self.errors = dict(errors or {})
+        self.body = body
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"{self.method} {self.path}: " if self.method else ""
+        status = f"Coolify {self.status}: " if self.status is not None else ""
+        detail = "".join(f"; {field}: {' '.join(msgs)}" for field, msgs in self.errors.items())
+        hint = f" — {self.hint}" if self.hint else ""
+        return f"{where}{status}{self.message}{detail}{hint}"
+
+
+class CoolifyAuthError(CoolifyError):
+    """401 (no or unknown token) or 400 "Invalid token." (the token's team is gone). Never retried."""
+
+    hint = ("the API token was refused: check the token setting (INKMCP_COOLIFY_TOKEN / coolifyApiToken); create "
+            "one in Coolify under Keys & Tokens → API tokens, for a team admin")
+
+
+class CoolifyPermissionError(CoolifyError):
+    """403: the token lacks an ability (`Missing required permissions: write`), the user's role forbids it, or
+    the API is disabled."""
+
+    @property
+    def hint(self) -> str:  # type: ignore[override]
+        if "API is disabled" in self.message:
+            return "enable the API in Coolify: Settings → Advanced → API access (new installs have it off)"
+        return ("give the token the abilities InkMCP needs (read, read:sensitive, write; or root) in Keys & "
+                "Tokens → API tokens, on a team admin's account")
+
+
+class CoolifyNotFound(CoolifyError):
+    """404: no such resource for this token's team (or no such route)."""
+
+
+class CoolifyValidationError(CoolifyError):
+    """422: Coolify refused the body; `errors` maps each field to its messages."""
+
+
+class CoolifyConflict(CoolifyError):
+    """409: e.g. a domain already in use."""
+
+
+class CoolifyBadRequest(CoolifyError):
+    """400 other than an invalid token: malformed request, or a refusal such as "A server with this IP/Domain is
+    already in use." or "Server has resources."."""
+
+
+class CoolifyRateLimited(CoolifyError):
+    """429 after the retry budget: `retry_after` says when the next attempt can succeed."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+
+class CoolifyUnavailable(CoolifyError):
+    """Coolify did not answer (connection refused, timeout) or answered 5xx. Retryable later."""
+
+    retryable = True
+    hint = "Coolify is unreachable or failing; check the API URL setting and that Coolify is up, then retry"
+
+
+class CoolifyContractError(CoolifyError):
+    """Coolify answered 2xx with a body this client cannot read (a contract change, e.g. an upgrade)."""
+
+
+_BY_STATUS: dict[int, type[CoolifyError]] = {
+    401: CoolifyAuthError, 403: CoolifyPermissionError, 404: CoolifyNotFound, 409: CoolifyConflict,
+    422: CoolifyValidationError,
+}
+
+
+def _errors_of(body: Any) -> dict[str, list[str]]:
+    """Coolify's `errors` in any of its shapes (NOTES.md §a): {f: [m]}, {f: "m"}, or a list of strings."""
+    raw = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(raw, dict):
+        return {str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in raw.items()}
+    if isinstance(raw, list):
+        return {"(request)": [str(m) for m in raw]}
+    return {}
+
+
+def error_for(method: str, path: str, response: httpx.Response) -> CoolifyError:
+    """The typed exception for an error answer."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) and isinstance(body.get("message"), str) else None
+    message = message or (response.text[:200].strip() or response.reason_phrase)
+    status = response.status_code
+    kw: dict[str, Any] = {"method": method, "path": path, "status": status, "errors": _errors_of(body), "body": body}
+    if status == 400 and message == "Invalid token.":
+        return CoolifyAuthError(message, **kw)
+    if status == 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        return CoolifyBadRequest(f"{message} {error}" if isinstance(error, str) else message, **kw)
+    if status == 429:
+        return CoolifyRateLimited(message, retry_after=retry_after_seconds(response), **kw)
+    if status >= 500:
+        return CoolifyUnavailable(message, **kw)
+    return _BY_STATUS.get(status, CoolifyError)(message, **kw)
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` as seconds: delta-seconds (what Laravel sends) or an HTTP date."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RetryPolicy(BaseModel):
+    """How long the client keeps trying by itself before handing a retryable error to the caller."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempts: int = Field(default=6, ge=1, description="tries per call, the first included")
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=10.0, gt=0)
+    max_total_wait: float = Field(default=90.0, ge=0, description="seconds of sleeping per call, at most")
+
+    def backoff(self, retry: int) -> float:
+        return float(min(self.backoff_max, self.backoff_initial * 2 ** retry))
+
+
+M = TypeVar("M", bound=BaseModel)
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class CoolifyClient:
+    """One Coolify instance, one token. Use as `async with CoolifyClient(url, token) as c: ...`."""
+
+    def __init__(self, base_url: str, token: str | SecretStr, *,
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
+                 validate_with: CoolifySpec | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Sleep = asyncio.sleep, url_setting: str = "the Coolify API URL",
+                 token_setting: str = "the Coolify API token") -> None:  # noqa: S107 - a setting name
+        self.base_url = check_api_url(base_url, url_setting)
+        secret = token if isinstance(token, SecretStr) else SecretStr(token)
+        check_token(secret.get_secret_value(), token_setting)
+        self._token = secret
+        self.retry = retry or RetryPolicy()
+        self.spec = validate_with
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url + API_PREFIX, timeout=timeout, transport=transport, follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "inkmcp-coolify-client"})
+
+    def __repr__(self) -> str:
+        return f"CoolifyClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> CoolifyClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport ---------------------------------------------------------------------------------------
+
+    async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
+                      idempotent: bool | None = None) -> httpx.Response:
+        """Send one API call (path relative to /api/v1), retrying as the module docstring says; return the 2xx
+        response or raise a `CoolifyError`."""
+        method = method.upper()
+        idempotent = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        auth = f"Bearer {self._token.get_secret_value()}"
+        if self.spec is not None:
+            self.spec.check_request(method, path, query=params, body=json, authorization=auth)
+        headers = {"Authorization": auth}
+        waited = 0.0
+        last: CoolifyError | None = None
+        for attempt in range(self.retry.attempts):
+            started = time.monotonic()
+            try:
+                response = await self._http.request(method, path, json=json, params=params, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+                # Not sent: safe to repeat, but only calls marked idempotent are (the caller decides the rest).
+                last = CoolifyUnavailable(f"cannot connect to {self.base_url}: {type(e).__name__}",
+                                          method=method, path=path)
+                if not idempotent:
+                    raise last from e
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                # Sent, outcome unknown: repeat only what is idempotent.
+                last = CoolifyUnavailable(f"no complete answer from {self.base_url}: {type(e).__name__}",
+                                          method=method, path=path)
+                if not idempotent:
+                    raise last from e
+            else:
+                elapsed = time.monotonic() - started
+                log.debug("coolify %s %s -> %s in %.0f ms (attempt %d)", method, path, response.status_code,
+                          elapsed * 1000, attempt + 1)
+                if response.is_success:
+                    return response
+                last = error_for(method, path, response)
+                if response.status_code == 429:
+                    assert isinstance(last, CoolifyRateLimited)
+                    wait = last.retry_after if last.retry_after is not None else self.retry.backoff(attempt)
+                    if waited + wait > self.retry.max_total_wait or attempt + 1 >= self.retry.attempts:
+                        raise last
+                    log.info("coolify %s %s: rate limited, retrying in %.1f s (Retry-After)", method, path, wait)
+                    await self._sleep(wait)
+                    waited += wait
+                    continue
+                if not (response.status_code in (502, 503, 504) and idempotent):
+                    raise last
+            wait = self.retry.backoff(attempt)
+            if waited + wait > self.retry.max_total_wait or attempt + 1 >= self.retry.attempts:
+                break
+            log.info("coolify %s %s: %s, retrying in %.1f s", method, path, last.message, wait)
+            await self._sleep(wait)
+            waited += wait
+        assert last is not None
+        raise last
+
+    async def _call(self, model: type[M] | TypeAdapter[Any], method: str, path: str, **kw: Any) -> Any:
+        response = await self.request(method, path, **kw)
+        try:
+            body = response.json()
+        except ValueError as e:
+            raise CoolifyContractError(f"answer is not JSON: {response.text[:200]!r}", method=method, path=path,
+                                       status=response.status_code) from e
+        try:
+            if isinstance(model, TypeAdapter):
+                return model.validate_python(body)
+            return model.model_validate(body)
+        except ValidationError as e:
+            raise CoolifyContractError(f"answer does not match what InkMCP expects: {e}", method=method, path=path,
+                                       status=response.status_code, body=body) from e
+
+    # -- servers -----------------------------------------------------------------------------------------
+
+    async def list_servers(self) -> list[Server]:
+        return await self._call(_SERVERS, "GET", "/servers")  # type: ignore[no-any-return]
+
+    async def get_server(self, uuid: str) -> Server:
+        return await self._call(Server, "GET", f"/servers/{uuid}")  # type: ignore[no-any-return]
+
+    async def create_server(self, body: ServerCreate) -> str:
+        """The new server's uuid. Not retried on an ambiguous failure: list the servers and look for its IP."""
+        created: Uuid = await self._call(Uuid, "POST", "/servers", json=body.body())
+        return created.uuid
+
+    async def update_server(self, uuid: str, body: ServerUpdate) -> None:
+        await self._call(Uuid, "PATCH", f"/servers/{uuid}", json=body.body(), idempotent=True)
+
+    async def delete_server(self, uuid: str) -> None:
+        """Coolify refuses (400 "Server has resources.") while the server hosts anything; InkMCP never forces."""
+        await self._call(Message, "DELETE", f"/servers/{uuid}")
+
+    async def validate_server(self, uuid: str, body: ValidateServer | None = None) -> str:
+        """Queue Coolify's validation (SSH, OS, Docker); poll `get_server` for `settings.is_usable`."""
+        kw: dict[str, Any] = {"json": body.body()} if body is not None else {}
+        answer: Message = await self._call(Message, "POST", f"/servers/{uuid}/validate", idempotent=True, **kw)
+        return answer.message
+
+    # -- sentinel ----------------------------------------------------------------------------------------
+
+    async def get_sentinel(self, uuid: str) -> SentinelSettings:
+        return await self._call(SentinelSettings, "GET", f"/servers/{uuid}/sentinel")  # type: ignore[no-any-return]
+
+    async def update_sentinel(self, uuid: str, body: SentinelUpdate) -> SentinelSettings:
+        return await self._call(SentinelSettings, "PATCH", f"/servers/{uuid}/sentinel",  # type: ignore[no-any-return]
+                                json=body.body(), idempotent=True)
+
+    # -- proxy -------------------------------------------------------------------------------------------
+
+    async def get_proxy(self, uuid: str) -> ProxySettings:
+        return await self._call(ProxySettings, "GET", f"/servers/{uuid}/proxy")  # type: ignore[no-any-return]
+
+    async def save_proxy_configuration(self, uuid: str, compose: str) -> ProxySettings:
+        """Store `compose` as the server's proxy configuration (Coolify's DB copy, written to the node now and on
+        every proxy start). Takes effect on the next proxy (re)start."""
+        body = ProxyConfiguration.from_yaml(compose).body()
+        return await self._call(ProxySettings, "PUT",  # type: ignore[no-any-return]
+                                f"/servers/{uuid}/proxy/configuration", json=body)
+
+    async def restart_proxy(self, uuid: str) -> str:
+        answer: Message = await self._call(Message, "POST", f"/servers/{uuid}/proxy/restart")
+        return answer.message
+
+
+_SERVERS: TypeAdapter[list[Server]] = TypeAdapter(list[Server])
