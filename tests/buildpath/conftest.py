@@ -39,7 +39,9 @@ from typing import TypeVar
 import httpx
 import pytest
 
+from inkmcp.nodes.buildnet import BuildNetParams, render_buildnet
 from inkmcp.nodes.registry import (
+    HostFile,
     RegistryServerParams,
     htpasswd,
     issue_server_cert,
@@ -76,7 +78,7 @@ def serve(s, banner):
         conn.close()
 for spec in sys.argv[2:]:
     addr, port = spec.rsplit(":", 1)
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, int(port)))
     s.listen(64)
@@ -254,3 +256,67 @@ def platform(pki: Pki) -> Iterator[Platform]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# The build namespace behind `bhost` (the build server's root namespace)
+# --------------------------------------------------------------------------------------------------
+
+BLOCKED_PUBLIC = "203.0.113.10"  # the Coolify master's public address
+LINK_CIDR = "192.168.254.0/30"
+
+
+@dataclass
+class BuildNs:
+    platform: Platform
+    params: BuildNetParams
+    root: Path
+    first_up: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.params.netns
+
+    @property
+    def host(self) -> str:
+        return self.platform.ns["bhost"]
+
+    def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The rendered inkmcp-build-netns, run in `bhost` as systemd runs it in a host's root namespace."""
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{self.host}", "bash", self.params.path("script"), *args],
+                           capture_output=True, text=True, timeout=30, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"inkmcp-build-netns {' '.join(args)} failed: {r.stderr}{r.stdout}")
+        return r
+
+    def in_host(self, *argv: str, check: bool = True) -> str:
+        return sh("nsenter", f"--net=/run/netns/{self.host}", *argv, check=check)
+
+
+def write_files(files: list[HostFile]) -> None:
+    for f in files:
+        path = Path(f.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f.content)
+        path.chmod(f.mode)
+
+
+@pytest.fixture(scope="session")
+def build_ns(platform: Platform) -> Iterator[BuildNs]:
+    tag = platform.tag
+    root = platform.tmp / "bhost"
+    resolv = platform.tmp / "resolv.conf"
+    resolv.write_text("# the build server's resolv.conf\nnameserver 203.0.113.53\n")
+    params = BuildNetParams(root=str(root), netns=f"ibp{tag}bld", host_if=f"ib{tag}b0", ns_if="uplink0",
+                            link_cidr=LINK_CIDR, registry=[f"{REGISTRY_IP}:443"], private_cidrs=["10.0.0.0/16"],
+                            blocked_hosts=[BLOCKED_PUBLIC], dns_resolvers=["203.0.113.53"], resolv_conf=str(resolv))
+    write_files(render_buildnet(params))
+    b = BuildNs(platform=platform, params=params, root=root)
+    # The build server's own sshd (and any other listener in its root namespace), on every address, v4 and v6.
+    _start(platform.procs, b.host, [sys.executable, "-c", LISTENER, "bhost-ssh", ":::22"], ready_line=True)
+    try:
+        b.first_up = b.script("up").stdout
+        yield b
+    finally:
+        b.script("down", check=False)
+        subprocess.run(["ip", "netns", "del", params.netns], capture_output=True, check=False)
