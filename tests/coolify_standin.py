@@ -19,7 +19,10 @@ wrong (../shared/coolify/NOTES.md §a, app/Http/Controllers/Api/{Servers,ServerP
   every proxy start or restart runs `GetProxyConfiguration` (DB copy, else backfill from the node's file, else
   Coolify's default) and `SaveProxyConfiguration` again, so the file is rewritten from the database, then
   "starts" the proxy from that file (`running_proxy`), and records `last_applied_settings`;
-* queued work: validation completes `validation_delay` seconds after `POST …/validate` (is_reachable/is_usable);
+* queued work: validation completes `validation_delay` seconds after `POST …/validate` (is_reachable/is_usable,
+  or Coolify's validation log when `nodes_reachable` / `docker_missing` say it fails); a node that cannot be
+  reached over SSH makes `PUT …/proxy/configuration` answer 500 after the DB copy is stored, as
+  `SaveProxyConfiguration` does (it stores, then `instant_remote_process` throws);
   the proxy restart is applied before the answer (the job's effect; real Coolify queues it).
 
 Operator/Coolify-side actions a test needs are methods: `start_proxy` (Coolify's own start, e.g. after
@@ -38,8 +41,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +122,15 @@ class CoolifyStandin:
     """See the module docstring. Use as a context manager; `url` is the base URL (API under /api/v1)."""
 
     def __init__(self, nodes_root: Path, *, rate_limit: int = 200, rate_window: float = 60.0,
-                 validation_delay: float = 0.05, nodes_reachable: bool = True,
-                 spec: CoolifySpec | None = None) -> None:
+                 validation_delay: float = 0.05, nodes_reachable: bool = True, docker_missing: bool = False,
+                 spec: CoolifySpec | None = None, port: int = 0) -> None:
         self.nodes_root = nodes_root
+        self.port = port
         self.rate_limit = rate_limit
         self.rate_window = rate_window
         self.validation_delay = validation_delay
         self.nodes_reachable = nodes_reachable
+        self.docker_missing = docker_missing
         self.spec = spec or CoolifySpec.load()
         self.api_enabled = True
         self.tokens: dict[str, Token] = {}
@@ -154,7 +158,7 @@ class CoolifyStandin:
         self.stop()
 
     def start(self, timeout: float = 10.0) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
                                 lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="coolify-standin", daemon=True)
@@ -325,7 +329,13 @@ class CoolifyStandin:
         """Finish a queued validation whose time has come (ValidateServer + Server::validateConnection)."""
         if server.validating_until is not None and time.monotonic() >= server.validating_until:
             server.validating_until = None
-            if self.nodes_reachable:
+            if self.nodes_reachable and self.docker_missing:
+                server.settings.update(is_reachable=True, is_usable=False)
+                server.validation_logs = (  # ValidateServer.php:96-101
+                    "Docker Engine is not installed. Please install Docker manually before continuing: <a "
+                    'target="_blank" class="text-black underline dark:text-white" '
+                    'href="https://docs.docker.com/engine/install/#server">documentation</a>.')
+            elif self.nodes_reachable:
                 server.settings.update(is_reachable=True, is_usable=True)
                 server.validation_logs = None
             else:
@@ -602,7 +612,8 @@ class CoolifyStandin:
 
     def _sentinel_payload(self, server: NodeServer, sensitive: bool) -> dict[str, Any]:
         s = server.settings
-        out = {"is_sentinel_enabled": bool(s["is_sentinel_enabled"]), "is_metrics_enabled": bool(s["is_metrics_enabled"]),
+        out = {"is_sentinel_enabled": bool(s["is_sentinel_enabled"]),
+               "is_metrics_enabled": bool(s["is_metrics_enabled"]),
                "is_sentinel_debug_enabled": bool(s["is_sentinel_debug_enabled"]),
                "sentinel_metrics_refresh_rate_seconds": s["sentinel_metrics_refresh_rate_seconds"],
                "sentinel_metrics_history_days": s["sentinel_metrics_history_days"],
@@ -680,7 +691,8 @@ class CoolifyStandin:
             try:
                 configuration = decoded.decode("utf-8")
             except UnicodeDecodeError:
-                return self._invalid({"configuration": ["The configuration should be valid base64-encoded UTF-8 text."]})
+                return self._invalid(
+                    {"configuration": ["The configuration should be valid base64-encoded UTF-8 text."]})
         if not configuration.strip():
             return self._invalid({"configuration": ["The configuration field is required."]})
         try:
@@ -701,18 +713,3 @@ class CoolifyStandin:
         except ConnectionError:
             server.proxy["status"] = "error"
         return JSONResponse({"message": "Proxy restart queued."})
-
-
-def iter_writes(standin: CoolifyStandin) -> Iterator[str]:
-    for r in standin.writes():
-        yield f"{r.method} {r.path}"
-
-
-@dataclass
-class StandinWorld:
-    """A started stand-in with one admin token (all registration needs) and one private key."""
-
-    standin: CoolifyStandin
-    token: str
-    key_uuid: str
-    extra: dict[str, str] = field(default_factory=dict)

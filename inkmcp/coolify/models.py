@@ -13,7 +13,7 @@ against the spec's schema so the two cannot drift apart.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,9 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    nullable: ClassVar[frozenset[str]] = frozenset()
+    """Fields the spec types as `[string, null]`: an explicit None is sent (it clears the value). For every other
+    field None means "leave as is" and is not sent: the spec types them non-null, so null would break the
+    contract even where the controller happens to accept it."""
+
     def body(self) -> dict[str, Any]:
-        """The JSON body: only the fields the caller set (an explicit None stays: it clears a nullable field)."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        """The JSON body: the fields the caller set, minus None where the spec does not allow null."""
+        return {k: v for k, v in self.model_dump(mode="json", exclude_unset=True).items()
+                if v is not None or k in self.nullable}
 
 
 class _Response(BaseModel):
@@ -186,6 +192,8 @@ class SentinelUpdate(_Request):
     sentinel_metrics_history_days: int | None = Field(default=None, ge=1)
     sentinel_push_interval_seconds: int | None = Field(default=None, ge=10)
     sentinel_custom_url: str | None = None
+
+    nullable: ClassVar[frozenset[str]] = frozenset({"sentinel_custom_url"})
 
 
 SENTINEL_OFF = SentinelUpdate(is_sentinel_enabled=False, is_metrics_enabled=False)

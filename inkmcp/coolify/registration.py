@@ -149,7 +149,7 @@ async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply
             raise RegistrationError(f"Coolify server {server.name!r} ({uuid}) at {want.ip} is a build server; a run "
                                     "server cannot share its address: fix the IP or remove that server in Coolify")
         update = {k: v for k, v in (("name", want.name), ("description", want.description), ("port", want.port),
-                                    ("user", want.user)) if getattr(server, k) != v}
+                                    ("user", want.user)) if v is not None and getattr(server, k) != v}
         if update:
             note("update-server", f"PATCH /servers/{uuid} {sorted(update)}")
             if apply:

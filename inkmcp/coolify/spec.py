@@ -13,7 +13,8 @@ Where the spec is wrong about the real server, the deviation is data (`DEVIATION
 source line that proves it, never a silent loosening:
 
 - `NOTES_RESPONSES`: statuses every route can answer although most operations do not document them
-  (../shared/coolify/NOTES.md §a: 403 missing ability, 429 throttle with Retry-After, 422 validation, 404, 405).
+  (../shared/coolify/NOTES.md §a: 403 missing ability, 429 throttle with Retry-After, 422 validation, 404, 405;
+  and 500 when a step on the node fails, which NOTES.md does not mention).
 - `DEVIATIONS`: fields the spec types as plain strings that Coolify 4.3.11 returns as null.
 
 Validation uses jsonschema's Draft 2020-12 (OpenAPI 3.1 schemas are 2020-12 schemas; `example` is ignored).
@@ -83,6 +84,9 @@ NOTES_RESPONSES: dict[int, dict[str, Any]] = {
                                   "items": {"type": "string"}}},
     },
     429: _MESSAGE,  # NOTES §a: Laravel throttle "Too Many Attempts." with Retry-After; /deploy queue full
+    500: _MESSAGE,  # not in NOTES: an action that fails on the node over SSH throws (instant_remote_process), and
+    #                 Laravel renders {"message":"Server Error"}, e.g. PUT …/proxy/configuration to an unreachable
+    #                 node (SaveProxyConfiguration.php:47, after the DB copy was saved at :26)
 }
 """Statuses any authenticated route can answer (NOTES.md §a), with the body shape real Coolify sends."""
 
