@@ -131,3 +131,90 @@ def sandbox_down(dir: Annotated[Path, typer.Option("--dir", help="the box's dire
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     out.print("\n".join(done) if done else f"no box is up in {dir}", markup=False)
+
+
+replay_app = typer.Typer(no_args_is_help=True,
+                         help="Coolify v4.3.11's run-server commands against a box (inkmcp/nodes/replay_run.py).")
+nodes_app.add_typer(replay_app, name="replay")
+
+
+@replay_app.command("run")
+def replay_run(
+    box: Annotated[Path, typer.Option("--box", help="the box's directory (`inkmcp nodes sandbox up --dir DIR`)")],
+    ops: Annotated[
+        list[str] | None, typer.Argument(help="operation ids (`python -m inkmcp.nodes.replay list`)")
+    ] = None,
+    all_ops: Annotated[bool, typer.Option("--all", help="every operation of the data, in its order")] = False,
+    set_values: Annotated[
+        list[str] | None, typer.Option("--set", help="NAME=VALUE for a placeholder (repeat); default: fresh values")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="results and the matrix as JSON on stdout")] = False,
+) -> None:
+    """Run Coolify operations against the box as Coolify does; print where each container ended up
+    (platform / sandboxed / refused, with the proof). Exit 1 when an operation did not work as Coolify expects."""
+    from inkmcp.nodes.replay import ReplayError, load_replay
+    from inkmcp.nodes.replay_run import BoxShell, ReplayResult, format_matrix, matrix, parse_sets, run_many
+
+    data = load_replay()
+    if all_ops and ops:
+        raise typer.BadParameter("give operation ids or --all, not both", param_hint="--all")
+    op_ids = [op.id for op in data.operations] if all_ops else list(ops or [])
+    if not op_ids:
+        raise typer.BadParameter("name at least one operation, or pass --all", param_hint="OPS")
+    try:
+        for op_id in op_ids:
+            data.operation(op_id)
+        values = parse_sets(set_values or [])
+        shell = BoxShell(box)
+
+        def progress(result: ReplayResult) -> None:
+            err.print(f"{result.op}: {'ok' if result.ok else 'NOT OK'}"
+                      f"{'' if result.failed_step is None else f' (stopped at {result.failed_step})'}"
+                      f" in {result.seconds} s", markup=False)
+
+        results = run_many(shell.box, op_ids, values, data=data, on_result=progress)
+    except ReplayError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    rows = matrix(results)
+    if as_json:
+        print(json.dumps({
+            "box": str(shell.box),
+            "selector_sha256": shell.selector_digest(),
+            "results": [r.model_dump(mode="json", by_alias=True) for r in results],
+            "matrix": [row.model_dump(mode="json", by_alias=True) for row in rows],
+        }, indent=2))
+    else:
+        print(format_matrix(rows))
+        for r in results:
+            for c in [*r.files, *r.expectations]:
+                if c.ok is False:
+                    print(f"{r.op}: FAILED {c.what}: {c.detail}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@sandbox_app.command(
+    "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def sandbox_exec(
+    ctx: typer.Context,
+    dir: Annotated[Path, typer.Option("--dir", help="the box's directory given to `up`")],
+) -> None:
+    """Run a command in the box as Coolify's SSH session runs on a node (default `bash -se` reading stdin):
+    root, the box's network and mount namespaces (/var/run/docker.sock, /data/coolify, /root are the
+    box's), no DOCKER_HOST, the box's docker CLI with compose and buildx on PATH. Exit code passes through.
+
+        echo 'docker compose version' | inkmcp nodes sandbox exec --dir DIR
+        inkmcp nodes sandbox exec --dir DIR -- docker ps"""
+    import subprocess
+
+    from inkmcp.nodes.sandbox import SandboxError, exec_argv
+
+    command = list(ctx.args) or ["bash", "-se"]
+    try:
+        argv = exec_argv(dir.resolve(), command)
+    except SandboxError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(subprocess.run(argv, check=False).returncode)

@@ -242,6 +242,9 @@ class Expectation(_Model):
     what: str = Field(min_length=1)
     command: str | None = None
     output: str | None = None
+    when: str | None = None
+    """Set when the check applies only to a configuration the rendered operation does not use (the runner
+    reports it as not applicable instead of running it)."""
     sources: list[Source] = Field(default_factory=list)
 
     @field_validator("output")
