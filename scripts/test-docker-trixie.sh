@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Fetches the modern Docker that `inkmcp nodes sandbox` runs (inkmcp/nodes/sandbox.py), without
 # installing anything and without touching the system's apt configuration:
-#   Debian trixie: docker.io (dockerd 26), docker-cli, containerd 1.7, runsc (gVisor 2024-07)
-#   Debian bookworm (the system's own lists): runc 1.1 (trixie's runc needs glibc 2.38)
+#   Debian trixie: docker.io (dockerd 26), docker-cli, containerd 1.7, runsc (gVisor 2024-07), the CLI plugins
+#     docker-compose 2.26 and docker-buildx 0.13 (Coolify runs `docker compose` on the node and in its helper)
+#   Debian bookworm (the system's own lists): runc 1.1 (trixie's runc needs glibc 2.38); redis-tools 7.0 with
+#     libjemalloc2 and liblzf1 for the box's redis stand-in image (inkmcp/nodes/standins.py: a real redis-server,
+#     not in this host's package set; bookworm's because it links against this host's glibc and OpenSSL)
 # Why trixie packages: Debian 12's Docker 20.10 predates behaviour that matters on real nodes (Docker >= 23
 # hands any `io.containerd.<x>.v<N>` runtime to containerd; review finding 1).
 #
@@ -16,8 +19,8 @@
 set -euo pipefail
 
 cache=${1:-${INKMCP_TRIXIE_CACHE:-/var/cache/inkmcp-trixie}}
-trixie_pkgs=(docker.io docker-cli containerd runsc)
-bookworm_pkgs=(runc)
+trixie_pkgs=(docker.io docker-cli containerd runsc docker-compose docker-buildx)
+bookworm_pkgs=(runc redis-tools libjemalloc2 liblzf1)
 seed=/tmp/trixie-apt/debs
 
 die() { echo "test-docker-trixie.sh: $*" >&2; exit 1; }
@@ -77,8 +80,12 @@ fetch() {
       fi
     done
     if [ -z "$found" ]; then
-      (cd "$cache/debs" && apt-get -qq "${opts[@]}" download "$pkg" >/dev/null 2>"$cache/download.err") \
+      # Into an empty directory: apt-get names the file after the version with its epoch (5%3a7.0...),
+      # the index's Filename has none; the one file it leaves is renamed to the index's name.
+      rm -rf "$cache/debs/.dl" && install -d -m 755 "$cache/debs/.dl"
+      (cd "$cache/debs/.dl" && apt-get -qq "${opts[@]}" download "$pkg" >/dev/null 2>"$cache/download.err") \
         || die "apt-get download $pkg failed: $(tail -n 3 "$cache/download.err")"
+      mv -f "$cache/debs/.dl/"*.deb "$cache/debs/$file" && rmdir "$cache/debs/.dl"
       [ "$(sha256sum "$cache/debs/$file" | cut -d' ' -f1)" = "$sha" ] || die "$file: SHA256 differs from the index"
     fi
     echo "$cache/debs/$file"

@@ -117,6 +117,9 @@ def sandbox_up(
         raise typer.Exit(1) from None
     # Plain print: the DOCKER_HOST line must reach scripts unwrapped and unstyled, whatever the terminal width.
     print(f"sandbox up in {state.up_seconds} s (netns {state.netns}, log {state.dir}/dockerd.log)")
+    # The stand-ins the box's registry serves (docker.io mirror), pullable by tag or by this digest.
+    for ref, digest in state.images.items():
+        print(f"image {ref}@{digest}")
     print(f"DOCKER_HOST={state.docker_host}", flush=True)
 
 

@@ -8,19 +8,35 @@ nothing installed on or changed in the host system.
 
 Layout (everything under DIR; the packages come from scripts/test-docker-trixie.sh):
 
-    DIR/root/         trixie docker.io + docker-cli + containerd + runsc, bookworm runc (`dpkg-deb -x`),
-                      plus the rendered hardening files (root = DIR/root in HostParams)
+    DIR/root/         trixie docker.io + docker-cli + containerd + runsc + docker-compose + docker-buildx,
+                      bookworm runc (`dpkg-deb -x`), plus the rendered hardening files (root = DIR/root in
+                      HostParams)
     DIR/run/          the box's /run: docker.sock, docker.pid, containerd's state, the selector's state
     DIR/data/         the box's /var/lib/docker
-    DIR/dockerd.log   the daemon's log
-    DIR/sandbox.json  what `up` started (pids, namespace, cgroup): what `down` stops
+    DIR/home/         the box's /root (Coolify's SSH user's home: it binds ~/.docker into its helper)
+    DIR/coolify/      the box's /data/coolify (proxy, applications, databases, backups)
+    DIR/registry/     the image registry's storage, kept by `down`: stand-ins are not pushed twice
+    DIR/dockerd.log   the daemon's log; DIR/registry.log the registry's
+    DIR/sandbox.json  what `up` started (pids, namespace, cgroup) and the stand-ins' digests: what `down` stops
 
 The daemon runs in its own network namespace (its iptables chains, bridges and DOCKER-USER exist only
-there) and in its own mount namespace, where DIR/run, DIR/data and the rendered files are bind-mounted
-at the paths a real node has them (/run, /var/lib/docker, /etc/docker, /etc/inkmcp,
-/usr/local/lib/inkmcp, /usr/local/sbin). So the rendered daemon.json and selector config are used
-verbatim: the box differs from a node only in where the binaries live. Every process the box starts is
-in one cgroup tree (`inksbx-<tag>`, containers via --cgroup-parent), so `down` can stop exactly those.
+there) and in its own mount namespace, where the directories above are bind-mounted at the paths a real
+node has them (/run, /var/lib/docker, /root, /data/coolify, /etc/docker, /etc/inkmcp,
+/usr/local/lib/inkmcp, /usr/local/sbin, /usr/libexec/docker for the CLI plugins). So the rendered
+daemon.json and selector config are used verbatim, and a bind source Coolify names (/data/coolify/...,
+/root/.docker/...) resolves in the box. Every process the box starts is in one cgroup tree
+(`inksbx-<tag>`, containers via --cgroup-parent), so `down` can stop exactly those.
+
+Images: Debian's docker-registry (/usr/bin/docker-registry, scripts/test-system-deps.sh) listens on
+127.0.0.1:5000 inside the namespace and holds the stand-ins of inkmcp/nodes/standins.py under Coolify's
+names and tags. The box's daemon.json carries `registry-mirrors: ["http://127.0.0.1:5000"]`, merged in
+before the renderer's own keys — the box's only difference from a node's configuration — so every
+docker.io pull (by tag or digest, by the host CLI or by compose inside Coolify's helper) really pulls from
+it, offline. Push a moved tag as `127.0.0.1:5000/library/traefik:v3.6` (loopback registries are insecure
+by default); `up` puts the stand-ins' tags back.
+
+Commands run as Coolify runs them over SSH (`bash -se` as root): `inkmcp nodes sandbox exec --dir DIR`,
+or `exec_in_box(box, script)` from Python.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +57,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from inkmcp.nodes import standins
 from inkmcp.nodes.render import HostParams, render_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,15 +66,23 @@ DEFAULT_CACHE = Path(os.environ.get("INKMCP_TRIXIE_CACHE", "/var/cache/inkmcp-tr
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STATE_FILE = "sandbox.json"
 UP_TIMEOUT = 60.0
+EXEC_TIMEOUT = 600.0
 # Host path in the box's mount namespace -> directory under DIR it shows.
 BINDS: tuple[tuple[str, str], ...] = (
     ("/run", "run"),
     ("/var/lib/docker", "data"),
+    ("/root", "home"),
+    ("/data/coolify", "coolify"),
     ("/etc/docker", "root/etc/docker"),
     ("/etc/inkmcp", "root/etc/inkmcp"),
     ("/usr/local/lib/inkmcp", "root/usr/local/lib/inkmcp"),
     ("/usr/local/sbin", "root/usr/local/sbin"),
+    ("/usr/libexec/docker", "root/usr/libexec/docker"),
 )
+# Emptied by `down` (a node's state); DIR/root (packages) and DIR/registry (pushed stand-ins) stay.
+NODE_STATE_DIRS = ("run", "data", "home", "coolify")
+REGISTRY = "127.0.0.1:5000"
+REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
 class SandboxError(RuntimeError):
@@ -74,6 +100,10 @@ class SandboxState(BaseModel):
     created_mountpoints: list[str]
     socket: str
     up_seconds: float
+    # Defaults: a state file written before the registry existed still loads, so `down` can stop that box.
+    registry_pid: int | None = None
+    registry: str = REGISTRY
+    images: dict[str, str] = {}  # stand-in ref (as Coolify writes it, docker.io/ implied) -> repo digest
 
     @property
     def docker_host(self) -> str:
@@ -189,6 +219,89 @@ def _responds(box: Path, sock: Path) -> bool:
     return False
 
 
+def _mkdirs(target: str) -> list[str]:
+    """Create `target` and its missing parents on the host (mount points); the ones created, top first."""
+    made: list[str] = []
+    missing = []
+    p = Path(target)
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o755)
+        made.append(str(d))
+    return made
+
+
+def _mount_point_elsewhere(target: str) -> bool:
+    """Whether any mount namespace on this machine other than ours has something mounted at `target`
+    or below it (another box's bind mounts)."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    seen = {ours}
+    prefix = target.rstrip("/") + "/"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ns = os.readlink(proc / "ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            mountinfo = (proc / "mountinfo").read_text()
+        except OSError:
+            continue
+        for line in mountinfo.splitlines():
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == target or point.startswith(prefix):
+                return True
+    return False
+
+
+def _box_daemon_json(box: Path) -> None:
+    """The box's one addition to a node's daemon.json: the registry as docker.io's mirror. Written before
+    the renderer's merge, which keeps keys it does not own, exactly as on a node with a prior file."""
+    path = box / "root/etc/docker/daemon.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current: dict[str, Any] = {}
+    if path.exists() and path.read_text().strip():
+        current = json.loads(path.read_text())
+    current["registry-mirrors"] = [f"http://{REGISTRY}"]
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _start_registry(box: Path, netns: str, cgroup: str) -> subprocess.Popen:
+    """Debian's docker-registry on 127.0.0.1:5000 in the box's namespace, storage DIR/registry (kept)."""
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        raise SandboxError(f"{REGISTRY_BIN} not found: run scripts/test-system-deps.sh (installs Debian's "
+                           "docker-registry), the box serves its stand-in images with it")
+    (box / "registry").mkdir(exist_ok=True)
+    config = box / "registry.yml"
+    config.write_text(yaml.safe_dump({
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(box / "registry")}, "delete": {"enabled": True}},
+        "http": {"addr": REGISTRY},
+    }))
+    procs = CGROUP_ROOT / "pids" / cgroup / "registry"
+    procs.mkdir(parents=True, exist_ok=True)
+    with open(box / "registry.log", "ab") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{netns}", "sh", "-c",
+             'echo $$ > "$0" && exec "$@"', str(procs / "cgroup.procs"), REGISTRY_BIN, "serve", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _push_standins(box: Path, netns: str, cache: Path) -> dict[str, str]:
+    """Build (or reuse from the cache) every stand-in and push it to the box's registry, from inside the
+    namespace (the registry listens on its loopback only). {ref: repo digest}."""
+    built = standins.build_all(box / "root", cache)
+    proc = _run(["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-m", "inkmcp.nodes.standins",
+                 "push", "--registry", f"http://{REGISTRY}", *(str(b.dir) for b in built)],
+                "pushing the stand-in images to the box's registry", timeout=300, cwd=REPO)
+    return dict(json.loads(proc.stdout))
+
+
 def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) -> SandboxState:
     """Bring the box up (idempotent: a box that is already up is returned as it is)."""
     if os.geteuid() != 0:
@@ -204,12 +317,14 @@ def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) 
             return existing
         down(box)
     started = time.monotonic()
-    for tool in ("ip", "nsenter", "unshare", "iptables-restore", "dpkg-deb", "python3"):
+    for tool in ("ip", "nsenter", "unshare", "iptables-restore", "dpkg-deb", "python3", "ldd"):
         if shutil.which(tool) is None:
-            raise SandboxError(f"{tool} not found on PATH: install iproute2, util-linux, iptables, dpkg, python3")
+            raise SandboxError(f"{tool} not found on PATH: install iproute2, util-linux, iptables, dpkg, python3, "
+                               "libc-bin")
     params = host_params(box, params_file)  # validate before anything is started
     unpack(fetch_debs(cache), box / "root")
 
+    _box_daemon_json(box)
     plan = render_plan(params)
     _write_plan_files(plan.files, plan.modes)
     apply_after = [c for c in plan.commands if "inkmcp-docker-user-apply" in c]
@@ -217,14 +332,13 @@ def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) 
         if command not in apply_after:
             _run(["sh", "-c", command], f"plan step {command.split()[0]}")
 
-    for sub in ("run", "data", "root/etc/docker"):
+    for sub in (*NODE_STATE_DIRS, "root/etc/docker", "root/usr/libexec/docker"):
         (box / sub).mkdir(parents=True, exist_ok=True)
-    (box / "run").chmod(0o755)
-    created = []
+    for sub in ("run", "home", "coolify"):
+        (box / sub).chmod(0o700 if sub == "home" else 0o755)
+    created: list[str] = []
     for target, _src in BINDS:
-        if not os.path.isdir(target):
-            os.makedirs(target, mode=0o755)
-            created.append(target)
+        created += _mkdirs(target)
 
     tag = _tag(box)
     netns, cgroup = f"inksbx-{tag}", f"inksbx-{tag}"
@@ -233,16 +347,22 @@ def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) 
     # cpus/mems set); Docker creates its containers' cgroups under /<cgroup> in every hierarchy.
     (CGROUP_ROOT / "pids" / cgroup / "daemon").mkdir(parents=True, exist_ok=True)
     _run(["ip", "netns", "add", netns], f"ip netns add {netns}")
+    state = SandboxState(dir=str(box), netns=netns, cgroup=cgroup, controllers=controllers, dockerd_pid=0,
+                         created_mountpoints=created, socket=str(box / "run/docker.sock"), up_seconds=0.0)
+    # Written before anything starts: a box that fails half-way is still stopped by `down`.
+    (box / STATE_FILE).write_text(state.model_dump_json(indent=2))
     _run(["ip", "-n", netns, "link", "set", "lo", "up"], "loopback up")
+    registry = _start_registry(box, netns, cgroup)
+    state.registry_pid = registry.pid
 
     q = shlex.quote
     lines = ["set -e"]
     lines.append(f"echo $$ > {q(str(CGROUP_ROOT / 'pids' / cgroup / 'daemon' / 'cgroup.procs'))}")
-    lines += [f"mount --bind {q(str(box / src))} {q(target)}" for target, src in BINDS]
-    path = f"/usr/local/sbin:{box}/root/usr/sbin:{box}/root/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    # mkdir -p: another box's `down` may have removed a shared mount point between _mkdirs and here.
+    lines += [f"mkdir -p {q(target)} && mount --bind {q(str(box / src))} {q(target)}" for target, src in BINDS]
     lines += [
         # As on a node: /usr/local/sbin leads the PATH, so Docker's `runc` is the selector's shadow.
-        f"export PATH={q(path)}",
+        f"export PATH={q(_box_path(box))}",
         f"exec {q(str(box / 'root/usr/sbin/dockerd'))} --config-file /etc/docker/daemon.json"
         f" -H unix:///run/docker.sock --cgroup-parent /{cgroup}",
     ]
@@ -255,10 +375,14 @@ def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) 
              "sh", str(boot)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    state = SandboxState(dir=str(box), netns=netns, cgroup=cgroup, controllers=controllers,
-                         dockerd_pid=daemon.pid, created_mountpoints=created, socket=str(sock), up_seconds=0.0)
-    # Written before waiting: a daemon that fails half-way is still stopped by `down`.
+    state.dockerd_pid = daemon.pid
     (box / STATE_FILE).write_text(state.model_dump_json(indent=2))
+    try:
+        # While dockerd starts: stand-ins built (or taken from the cache) and pushed.
+        state.images = _push_standins(box, netns, cache)
+    except (SandboxError, standins.StandinError) as e:
+        down(box)
+        raise SandboxError(f"{e} (registry log: {box}/registry.log)") from None
     deadline = time.monotonic() + UP_TIMEOUT
     while not _responds(box, sock):
         if daemon.poll() is not None or time.monotonic() > deadline:
@@ -272,6 +396,49 @@ def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) 
     state.up_seconds = round(time.monotonic() - started, 1)
     (box / STATE_FILE).write_text(state.model_dump_json(indent=2))
     return state
+
+
+def _box_path(box: Path) -> str:
+    return f"/usr/local/sbin:{box}/root/usr/sbin:{box}/root/usr/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def exec_argv(box: Path, command: list[str]) -> list[str]:
+    """argv that runs `command` as Coolify's SSH session would on a node: root, in the box's network and
+    mount namespaces (so /var/run/docker.sock, /data/coolify and /root are the box's), cwd /root, a login
+    environment without DOCKER_HOST, PATH leading to the box's binaries; in the box's cgroup (`down` stops
+    whatever it leaves running)."""
+    if not box.is_absolute():
+        box = box.resolve()
+    state = load_state(box)
+    if state is None or not _alive(state.dockerd_pid):
+        raise SandboxError(f"no box is up in {box}: run `inkmcp nodes sandbox up --dir {box}` first")
+    procs = CGROUP_ROOT / "pids" / state.cgroup / "exec"
+    procs.mkdir(parents=True, exist_ok=True)
+    env = {"HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash", "PATH": _box_path(box),
+           "LANG": "C.UTF-8"}
+    return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs / "cgroup.procs"),
+            "nsenter", "-t", str(state.dockerd_pid), "--net", "--mount", "--wd=/root",
+            "env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
+
+
+def exec_in_box(box: Path, script: str, timeout: float = EXEC_TIMEOUT,
+                command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `script` on stdin of `bash -se` (or of `command`) inside the box, as Coolify runs a step over
+    SSH: errexit, the first failing line ends it with its exit code. Output captured as text.
+
+    On the deadline the whole session is killed (the docker CLIs a script started too), then
+    subprocess.TimeoutExpired is raised with what was captured."""
+    argv = exec_argv(box, command or ["bash", "-se"])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, errs = proc.communicate(script, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, errs = proc.communicate()
+        raise subprocess.TimeoutExpired(argv, timeout, output=out, stderr=errs) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, errs)
 
 
 def _stop_pid(pid: int, state: SandboxState, wait: float) -> None:
@@ -326,6 +493,8 @@ def down(box: Path) -> list[str]:
         with contextlib.suppress(OSError, ValueError):
             _stop_pid(int(pidfile.read_text().strip()), state, wait)
     _stop_pid(state.dockerd_pid, state, 5.0)
+    if state.registry_pid:
+        _stop_pid(state.registry_pid, state, 5.0)
     # Whatever is left in the box's cgroup (shims, sandboxes of a daemon that died badly) was started by it.
     deadline = time.monotonic() + 15
     while (left := {p for p in _cgroup_pids(state) if _alive(p)}) and time.monotonic() < deadline:
@@ -344,10 +513,14 @@ def down(box: Path) -> list[str]:
         time.sleep(0.1)
     subprocess.run(["ip", "netns", "del", state.netns], capture_output=True, check=False)
     done.append(f"deleted network namespace {state.netns}")
-    for target in state.created_mountpoints:
+    for target in reversed(state.created_mountpoints):  # deepest first (parents were recorded first)
+        # rmdir of a directory that is a mount point in another namespace detaches that mount there
+        # (Linux >= 3.18): another box on this machine may be using it. Leave it to the last one.
+        if _mount_point_elsewhere(target):
+            continue
         with contextlib.suppress(OSError):
             os.rmdir(target)
-    for sub in ("run", "data"):
+    for sub in NODE_STATE_DIRS:
         shutil.rmtree(box / sub, ignore_errors=True)
     (box / STATE_FILE).unlink(missing_ok=True)
     return done
