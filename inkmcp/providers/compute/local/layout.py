@@ -6,6 +6,7 @@
       projects/<project_id>/           root 0711
         mirrors/                       tenant 0700: git mirrors of this project (git runs as the tenant)
         locks/                         root 0700: flock files for those mirrors
+        cache/                         tenant 0700: download caches of this project's builds (uv, npm, ...)
       services/<service_id>/           root 0711 (root) / 0700
         releases/                      root 0711: only root creates release dirs
           <deployment_id>/             tenant 0700 (made by root through an O_NOFOLLOW fd)
@@ -22,6 +23,11 @@ The rule (docs/trust-boundary.md): every directory root writes into or names an 
 only root can write. A tenant owns only leaves of this tree (its release dirs, venvs, tmp, mirrors,
 home), and root reaches into those only through `safefs` (no-follow, fd-relative), so a symlink a
 tenant plants can never redirect a root write, chown or rename.
+
+Download caches are per project for the same reason: a wheel or tarball in a cache is installed
+into every build that hits it, so a cache two projects could write would let one tenant plant code
+in another's build. Each project's `cache/` is a leaf of a root-owned dir, owned 0700 by that
+project's user only.
 """
 
 from __future__ import annotations
@@ -85,18 +91,21 @@ class ServiceLayout:
 
 
 class ProjectLayout:
-    """Per-project source cache: the mirrors belong to the project's user, their locks to root."""
+    """Per-project caches: git mirrors and build download caches belong to the project's user, the
+    mirror locks to root."""
 
     def __init__(self, data_dir: Path, project_id: str) -> None:
         self.root = data_dir / "projects" / safe_id(project_id, "project_id")
         self.mirrors = self.root / "mirrors"
         self.locks = self.root / "locks"
+        self.cache = self.root / "cache"
 
     def prepare(self, run_as: RunAs | None) -> None:
         (self.root.parent).mkdir(mode=0o711 if run_as is not None else 0o700, exist_ok=True)
         ensure_owned_dir(self.root.parent, self.root.name, None, 0o711 if run_as is not None else 0o700)
         ensure_owned_dir(self.root, self.locks.name, None, 0o700)
         ensure_owned_dir(self.root, self.mirrors.name, run_as, 0o700)
+        ensure_owned_dir(self.root, self.cache.name, run_as, 0o700)
 
 
 def prepare_data_dir(data_dir: Path, *, root: bool) -> None:

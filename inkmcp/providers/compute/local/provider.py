@@ -311,11 +311,15 @@ class LocalComputeProvider:
         self, svc: _Service, request: ReleaseRequest, app_dir: Path, build_log: RotatingLog
     ) -> dict[str, str]:
         env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=request.env, build_env={}, port=None)
+        # Download caches (uv, npm) are the project's own: a cache shared with another project would let
+        # its tenant plant a package that this build installs.
+        project = ProjectLayout(self.data_dir, svc.key.project_id)
+        await asyncio.to_thread(project.prepare, svc.run_as)
         try:
             output = await run_build(
                 request.plan, app_dir, venv_root=svc.layout.venvs, env=env, log=build_log.awrite,
                 run_as=svc.run_as, timeout=self.build_timeout, python=self.tenant_python,
-                cache_dir=Path(svc.home) / ".cache", pid_dir=svc.layout.run_dir,
+                cache_dir=project.cache, pid_dir=svc.layout.run_dir,
                 state_dir=svc.layout.run_dir, shim_dir=self.shim_dir, anchor=svc.layout.src(request.deployment_id),
                 sandbox=self._sandbox(svc, build=True),
             )  # fmt: skip
