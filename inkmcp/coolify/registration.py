@@ -5,8 +5,8 @@ this order, and writes only what differs from what Coolify reports:
 
 1. `GET /servers`; no server with the node's IP → `POST /servers` with `instant_validate: false` (validation
    comes after Sentinel is off and the proxy configuration is stored, so nothing Coolify starts on the node
-   during validation runs an unpinned or unwanted container). A server with that IP → `PATCH` name,
-   description, port or user when they differ.
+   during validation runs an unpinned or unwanted container). A server with that IP (or the uuid registered
+   before) → `PATCH` ip, name, description, port or user when they differ.
 2. `GET /servers/{uuid}/sentinel`; on → `PATCH {"is_sentinel_enabled": false, "is_metrics_enabled": false}`.
    Sentinel defaults on, runs `--pid host` with the Docker socket and cannot reach the master from a run server
    (review #9); the node's selector refuses it, so it must never be asked for.
@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inkmcp.coolify.client import CoolifyBadRequest, CoolifyClient, CoolifyError
+from inkmcp.coolify.client import CoolifyBadRequest, CoolifyClient, CoolifyError, CoolifyNotFound
 from inkmcp.coolify.models import SENTINEL_OFF, Server, ServerCreate, ServerUpdate
 from inkmcp.coolify.proxy import (
     check_pinned_image,
@@ -114,15 +114,22 @@ async def find_server(client: CoolifyClient, ip: str) -> Server | None:
 
 
 async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply: bool = True,
-                    validation_timeout: float = 180.0, poll_interval: float = 2.0) -> Outcome:
-    """Converge one run server (see the module docstring). Raises `RegistrationError` or `CoolifyError`."""
+                    known_uuid: str | None = None, validation_timeout: float = 180.0,
+                    poll_interval: float = 2.0) -> Outcome:
+    """Converge one run server (see the module docstring). Raises `RegistrationError` or `CoolifyError`.
+
+    `known_uuid`: the server registered before (e.g. from Pulumi state). When Coolify still has it, it is the
+    server, even if its IP differs (then the IP is patched: a re-addressed node keeps its apps); otherwise the
+    server is found by IP or created."""
     writes: list[Write] = []
 
     def note(step: Step, detail: str) -> None:
         writes.append(Write(step=step, detail=detail))
 
     # 1. The server
-    server = await find_server(client, want.ip)
+    server = await _known(client, known_uuid) if known_uuid else None
+    if server is None:
+        server = await find_server(client, want.ip)
     created = server is None
     if server is None:
         note("create-server", f"POST /servers ip={want.ip} name={want.name}")
@@ -148,8 +155,9 @@ async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply
         if server.settings.is_build_server:
             raise RegistrationError(f"Coolify server {server.name!r} ({uuid}) at {want.ip} is a build server; a run "
                                     "server cannot share its address: fix the IP or remove that server in Coolify")
-        update = {k: v for k, v in (("name", want.name), ("description", want.description), ("port", want.port),
-                                    ("user", want.user)) if v is not None and getattr(server, k) != v}
+        update = {k: v for k, v in (("ip", want.ip), ("name", want.name), ("description", want.description),
+                                    ("port", want.port), ("user", want.user))
+                  if v is not None and getattr(server, k) != v}
         if update:
             note("update-server", f"PATCH /servers/{uuid} {sorted(update)}")
             if apply:
@@ -204,6 +212,13 @@ async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply
         if apply:
             await client.restart_proxy(uuid)
     return Outcome(uuid=uuid, writes=writes, applied=apply, proxy_configuration=stored)
+
+
+async def _known(client: CoolifyClient, uuid: str) -> Server | None:
+    try:
+        return await client.get_server(uuid)
+    except CoolifyNotFound:
+        return None
 
 
 def _pending_proxy(server: Server) -> bool:

@@ -36,7 +36,7 @@ import pulumi_hcloud as hcloud
 import pytest
 from pulumi_command import remote
 
-from inkmcp.infra import factory
+from inkmcp.infra import coolify_server_provider, factory
 from inkmcp.infra.vswitch_provider import REPLACE_ON, VSwitchInputs
 from tests.stacks.pulumi_mocks import Registered, install
 from tests.stacks.stack_chain import example_configs, project_name, run_chain
@@ -51,6 +51,7 @@ SSH_KEY = "hcloud:index/sshKey:SshKey"
 STORAGE_BOX = "hcloud:index/storageBox:StorageBox"
 ZONE = "hcloud:index/zone:Zone"
 VSWITCH = "pulumi-python:dynamic/robot:VSwitch"
+COOLIFY_SERVER = "pulumi-python:dynamic/coolify:Server"
 COMMAND, COPY = "command:remote:Command", "command:remote:CopyToRemote"
 
 #: type -> {replace-forcing input (Pulumi name): where the provider says so}. Every type the stacks register.
@@ -75,6 +76,9 @@ REPLACE_FORCING: dict[str, dict[str, str]] = {
     "hcloud:index/firewall:Firewall": {},  # internal/firewall/resource.go: nothing ForceNew
     "hcloud:index/placementGroup:PlacementGroup": {},  # internal/placementgroup/resource.go: nothing ForceNew
     VSWITCH: {k: "inkmcp/infra/vswitch_provider.py REPLACE_ON" for k in REPLACE_ON},
+    # Coolify's record of a run server: nothing replaces it (a new IP is patched, so its apps stay on it).
+    COOLIFY_SERVER: {k: "inkmcp/infra/coolify_server_provider.py REPLACE_ON"
+                     for k in coolify_server_provider.REPLACE_ON},
     COMMAND: {"triggers": "pulumi-command 1.2.1 remote/command.py replace_on_changes=['triggers[*]']"},
     COPY: {"triggers": "pulumi-command 1.2.1 remote/copy_to_remote.py replace_on_changes=['triggers[*]']"},
 }
@@ -220,6 +224,9 @@ def sdk_inputs(type_: str) -> dict[str, str]:
     """Pulumi input names of a type -> their SDK docstring, from the installed (pinned) SDK."""
     if type_ == VSWITCH:
         return {name: field.description or "" for name, field in VSwitchInputs.model_fields.items()}
+    if type_ == COOLIFY_SERVER:
+        fields = coolify_server_provider.CoolifyServerInputs.model_fields
+        return {name: field.description or "" for name, field in fields.items()}
     args = getattr(remote if type_.startswith("command:") else hcloud, type_.rsplit(":", 1)[1] + "Args")
     return {prop.fget._pulumi_name: prop.fget.__doc__ or ""  # type: ignore[attr-defined]
             for prop in vars(args).values() if isinstance(prop, property) and hasattr(prop.fget, "_pulumi_name")}
