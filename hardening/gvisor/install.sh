@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the InkMCP runtime selector (Docker's default runtime on a run server: runc for allow-listed
-# platform containers, runsc for tenants) and its rendered config. Idempotent: a file is rewritten only
+# Installs the InkMCP runtime selector (Docker's default runtime on a run server: runc for platform
+# containers that match their profile, runsc for tenants, refusal for the rest) and its rendered config. Idempotent: a file is rewritten only
 # when its content or mode differs, and a second run prints "unchanged" and changes nothing.
 #
 #   install.sh [--check] RENDERED_CONFIG [ROOT]
@@ -40,9 +40,19 @@ if [ -z "$root" ] && [ ! -x /usr/bin/python3 ]; then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-minimal >/dev/null
 fi
-# A config that does not parse would refuse every container on the node: validate before installing.
-python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); assert isinstance(c.get("platform"), list)' \
-  "$config_src" || { echo "invalid selector config: $config_src" >&2; exit 65; }
+# A config the selector cannot read refuses every container on the node: validate before installing
+# (the keys runtime_selector.py's load_config requires, per platform entry too).
+python3 - "$config_src" <<'PY' || { echo "invalid selector config: $config_src" >&2; exit 65; }
+import json, sys
+c = json.load(open(sys.argv[1], encoding="utf-8"))
+need = ("runc", "runsc", "runsc_flags", "data_root", "state_dir", "platform", "coolify_dir")
+missing = [k for k in need if k not in c]
+assert not missing, f"lacks {missing}"
+assert isinstance(c["platform"], list), "platform is not a list"
+keys = ("entry", "name", "reserve", "images", "mounts", "args", "auto_remove", "forbid_label_prefixes")
+for i, e in enumerate(c["platform"]):
+    assert all(k in e for k in keys), f"platform entry {i} lacks {[k for k in keys if k not in e]}"
+PY
 
 drift=0
 # place SRC DST MODE: copy when content or mode differ (atomic rename, root-owned).

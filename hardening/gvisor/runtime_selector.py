@@ -1,41 +1,46 @@
 #!/usr/bin/python3 -IS
-"""InkMCP runtime selector: Docker's default OCI runtime on a run server.
+"""InkMCP runtime selector: Docker's default OCI runtime on a run server (runbooks/gvisor-decision.md §4.2-4.3).
 
-dockerd (through containerd's runc shim) calls this program exactly as it would call runc. On `create`
-it decides, from facts a tenant cannot forge, which real runtime owns the container:
+dockerd (through containerd's runc shim) calls this program exactly as it would call runc. On `create` it
+decides, from the OCI bundle (what will actually run) and Docker's own records of the container
+(config.v2.json, hostconfig.json), which real runtime owns the container, or refuses it:
 
-* platform (Coolify's proxy, Sentinel, Sablier, ...) -> runc, unchanged. A container is platform only
-  when BOTH its Docker name matches an allow-list entry AND its image ID (the sha256 content hash of
-  the image config, read from Docker's own container record) is one of that entry's pinned IDs. A
-  tenant can copy a name (compose container_name) or an image (deploy traefik:v3.6 itself), never both
-  while the platform container exists, and an image ID cannot be produced by building something else.
-  Labels and annotations are never consulted: tenants set those.
-* everything else (tenant) -> runsc with the operator's flags (e.g. --network=host), after checks that
-  REFUSE the container (create fails, nothing runs) when it has:
-    - a bind mount of a host path (only Docker's own per-container files and plain named volumes pass),
-      in particular the Docker socket;
-    - a named volume that is itself a mount (local driver with type/device/o=bind options = host path);
-    - an OCI annotation dev.gvisor.* (runsc lets those switch flags such as host-uds);
-    - no network namespace of its own (--network host: with runsc --network=host it would be the host's).
+* platform -> runc. A container is platform only when its Docker name matches a platform entry's name
+  regex (in full) AND every check of that entry's profile passes: the image ID is one of the entry's
+  pinned images (resolved on this node), the host mounts are exactly the profile's (source -> destination,
+  read-only or not; Docker's own per-container files aside), the command is the one the profile allows,
+  no tenant label Coolify stamps on every tenant container (coolify.applicationId/serviceId/databaseId/
+  type) and none the entry forbids, AutoRemove as required, plus T1-T4 below and Docker's default
+  seccomp/masked paths. A container whose name is RESERVED by an entry (it matches the entry's regex; for
+  `reserve: name_and_image` entries also runs one of its pinned images) but fails a check is REFUSED,
+  never quietly sandboxed: a look-alike of the proxy must not hold the proxy's name.
+* everything else is a tenant -> runsc with the operator's flags, after checks that REFUSE the container
+  (create fails, nothing runs):
+    T1 namespaces    network, pid, ipc, uts and mount present and without `path` (host modes remove the
+                     entry or point at the host's, `container:<x>` points at another container's);
+    T2 capabilities  bounding/effective/permitted/inheritable/ambient within Docker's default 14;
+    T3 devices       no linux.devices, no device-cgroup allow rule beyond plain `docker run`'s;
+    T4 annotations   no dev.gvisor.* (runsc lets those switch flags such as host-uds);
+    T5 mounts        bind sources only: the container's own Docker dir; a plain named volume (not itself a
+                     mount); its own Coolify resource dir /data/coolify/{applications,services,databases}/
+                     <uuid>/ (uuid from its Docker name); the Coolify CA file read-only; for backup-of-* /
+                     volume-upload-* helpers files under /data/coolify/backups/ read-only. No symlink in
+                     any component below the allowed prefix; never a socket (the Docker socket is root).
   Refusing rather than silently stripping keeps the failure visible in `docker start` and in the logs.
 
 Every later call (start, state, kill, exec, delete, ...) goes to the runtime recorded at create time.
 Unknown containers and anything this program cannot read fail closed: sandboxed, or refused.
+Labels never make a container platform (tenants set labels); they can only disqualify it.
 Configuration: JSON file given by --inkmcp-config=PATH (first argument, set in daemon.json runtimeArgs),
 default /etc/inkmcp/runtime-selector.json relative to the install root; it must be owned by root and not
-writable by others.
-Standard library only; runs as root.
+writable by others. Standard library only (no subprocess import on the hot path); runs as root.
 """
 
-import contextlib
-import hashlib
 import json
 import os
 import re
 import stat
-import subprocess
 import sys
-import time
 
 # Installed as <ROOT>/usr/local/lib/inkmcp/inkmcp-runtime: the config is <ROOT>/etc/inkmcp/... (ROOT is /
 # on a node). Also reached as <ROOT>/usr/local/sbin/runc, a symlink that shadows the real runc in the PATH
@@ -48,8 +53,40 @@ CONFIG_FLAG = "--inkmcp-config="
 VALUE_FLAGS = {"--root", "--log", "--log-format", "--criu", "--rootless"}
 CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# Mount types that never expose a host path.
+# Mount types that never expose a host path (unless bind-mounted, which the options say).
 VIRTUAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
+# T1: namespaces every container must have, each its own (no `path`).
+REQUIRED_NAMESPACES = ("network", "pid", "ipc", "uts", "mount")
+# T2: Docker's default capability set (moby oci/caps/defaults.go), identical on Docker 20.10 and 26.
+DEFAULT_CAPS = frozenset(
+    "CAP_" + c
+    for c in (
+        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
+        "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    )
+)
+# T3: the device-cgroup allow rules of a plain `docker run` (measured on Docker 20.10.24 and 26.1.5; both put
+# no linux.devices in the spec, runc creates /dev/null & co. itself): c 1:3 null, 1:5 zero, 1:8 random,
+# 1:9 urandom, 5:0 tty, 5:1 console. --device adds an entry and a rule; --privileged an `allow a *:*` rule.
+DEFAULT_DEVICE_RULES = frozenset({("c", 1, 3), ("c", 1, 5), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0), ("c", 5, 1)})
+# Coolify stamps these on every container it makes for a tenant (docker.php defaultLabels /
+# defaultDatabaseLabels, ADJ:3250): a container carrying one is never platform.
+TENANT_LABELS = ("coolify.applicationId", "coolify.serviceId", "coolify.databaseId", "coolify.type")
+RESOURCE_KINDS = ("applications", "services", "databases")
+# Resource uuid from the Docker name, Coolify v4.3.11's generators (new_public_id(): 24 x [a-z0-9]):
+#   compose one-off `<U>-<U>-run-<12 hex>` (StartPostgresql.php:223, compose project and service = U);
+#   app `<U>`, `<U>-<His+micro, 12 digits>`, `<U>-pr-<n>` (docker.php:345-360); DB `<U>`
+#   (StartPostgresql.php:28); compose app `<svc>-` + the app form (parsers.php:728); service `<svc>-<U>`
+#   (parsers.php:2080). `.+-` is greedy, so a tenant-chosen service name can never supply the uuid.
+UUID = "[a-z0-9]{24}"
+NAME_UUID = (
+    re.compile(rf"(?P<u>{UUID})-(?P=u)-run-[0-9a-f]+"),
+    re.compile(rf"(?:.+-)?(?P<u>{UUID})(?:-[0-9]{{12}}|-pr-[0-9]+)?"),
+)
+BACKUP_HELPERS = ("backup-of-", "volume-upload-")
+FLAG_ARG = re.compile(r"--[A-Za-z][A-Za-z0-9._-]*(=[^\n]*)?")
+PLUGIN_MODULE = re.compile(r"--experimental\.plugins\.[^.=]+\.modulename=(.*)", re.IGNORECASE)
+ENTRY_KEYS = ("entry", "name", "reserve", "images", "mounts", "args", "auto_remove", "forbid_label_prefixes")
 
 
 class Refused(Exception):
@@ -78,13 +115,17 @@ def load_config(path):
         raise Refused(f"config {path} must be owned by root and not group/world-writable")
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
-    for key in ("runc", "runsc", "runsc_flags", "data_root", "state_dir", "platform"):
+    for key in ("runc", "runsc", "runsc_flags", "data_root", "state_dir", "platform", "coolify_dir"):
         if key not in cfg:
-            raise Refused(f"config {path} lacks {key!r}")
+            raise Refused(f"config {path} lacks {key!r} (render it from runtime-selector.json.j2)")
     me = os.path.realpath(__file__)
     for key in ("runc", "runsc"):
         if not os.path.isabs(cfg[key]) or os.path.realpath(cfg[key]) == me:
             raise Refused(f"config {key!r} must be the absolute path of the real runtime, not the selector")
+    for i, entry in enumerate(cfg["platform"]):
+        missing = [k for k in ENTRY_KEYS if k not in entry]
+        if missing:
+            raise Refused(f"config {path}: platform entry {i} lacks {missing} (render it from PlatformProfile)")
     return cfg
 
 
@@ -94,6 +135,8 @@ def log_error(flags, message):
     log = flags.get("log")
     if isinstance(log, str) and log:
         try:
+            import time
+
             with open(log, "a", encoding="utf-8") as f:
                 entry = {"level": "error", "msg": f"inkmcp-runtime: {message}", "time": time.strftime("%FT%TZ")}
                 f.write(json.dumps(entry) + "\n")
@@ -102,15 +145,13 @@ def log_error(flags, message):
 
 
 def state_dir(cfg, flags):
+    import hashlib
+
     root = flags.get("root") if isinstance(flags.get("root"), str) else "default"
     return os.path.join(cfg["state_dir"], hashlib.sha256(root.encode()).hexdigest()[:16])
 
 
-def docker_record(cfg, cid):
-    """Docker's own record of the container (name, image ID), written by dockerd before start."""
-    if not CONTAINER_ID.match(cid):
-        return None
-    path = os.path.join(cfg["data_root"], "containers", cid, "config.v2.json")
+def read_json(path):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -118,74 +159,388 @@ def docker_record(cfg, cid):
         return None
 
 
-def is_platform(cfg, record):
-    if not record:
-        return False
-    name = str(record.get("Name", "")).lstrip("/")
-    image_id = str(record.get("Image", ""))
-    for entry in cfg["platform"]:
-        if re.fullmatch(entry["name"], name) and image_id in entry.get("image_ids", []):
-            return True
-    return False
+class Container:
+    """What the decision needs: the bundle's spec and Docker's record of the container (absent for
+    bundles Docker did not create, e.g. BuildKit steps, which are tenants)."""
+
+    def __init__(self, cfg, spec, cid):
+        self.cfg, self.spec, self.cid = cfg, spec, cid
+        self.record = self.hostconfig = None
+        if CONTAINER_ID.match(cid):
+            cdir = os.path.join(cfg["data_root"], "containers", cid)
+            self.record = read_json(os.path.join(cdir, "config.v2.json"))
+            self.hostconfig = read_json(os.path.join(cdir, "hostconfig.json"))
+        record = self.record if isinstance(self.record, dict) else {}
+        self.name = str(record.get("Name", "")).lstrip("/")
+        self.image_id = str(record.get("Image", ""))
+        labels = (record.get("Config") or {}).get("Labels") or {}
+        self.labels = labels if isinstance(labels, dict) else {}
+        self.linux = spec.get("linux") or {}
+        self.process = spec.get("process") or {}
+
+    def describe(self):
+        return f"container {self.name!r}" if self.name else f"bundle {self.cid} (no Docker record)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# T1-T4: the same for tenants and platform containers. Each returns a problem string or None.
+# ---------------------------------------------------------------------------------------------------
+
+
+def t1_namespaces(c):
+    have = {}
+    for ns in c.linux.get("namespaces") or []:
+        have[ns.get("type")] = ns.get("path") or ""
+    for kind in REQUIRED_NAMESPACES:
+        if kind not in have:
+            return (f"[T1 namespaces] no {kind} namespace of its own (--{kind} host shares the node's); "
+                    f"run it without host namespaces")
+        if have[kind]:
+            return (f"[T1 namespaces] joins an existing {kind} namespace ({have[kind]}: host mode or "
+                    f"`container:<other>`, e.g. --network container:coolify-proxy); give it its own "
+                    f"(host network namespace and other containers' namespaces are never shared)")
+    return None
+
+
+def t2_capabilities(c):
+    caps = c.process.get("capabilities") or {}
+    extra = set()
+    for kind in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+        extra |= set(caps.get(kind) or []) - DEFAULT_CAPS
+    if extra:
+        return (f"[T2 capabilities] asks for {', '.join(sorted(extra))} beyond Docker's default set "
+                f"(--cap-add or --privileged); drop them")
+    return None
+
+
+def t3_devices(c):
+    devices = c.linux.get("devices") or []
+    if devices:
+        paths = ", ".join(str(d.get("path")) for d in devices[:5])
+        return f"[T3 devices] asks for host devices ({paths}; --device, --gpus or --privileged); remove them"
+    for rule in (c.linux.get("resources") or {}).get("devices") or []:
+        if not rule.get("allow"):
+            continue
+        key = (rule.get("type"), rule.get("major"), rule.get("minor"))
+        if key not in DEFAULT_DEVICE_RULES:
+            shown = f"{key[0] or 'a'} {'*' if key[1] is None else key[1]}:{'*' if key[2] is None else key[2]}"
+            return (f"[T3 devices] device cgroup rule allows {shown} {rule.get('access', '')} beyond a plain "
+                    f"`docker run` (--device-cgroup-rule, --device or --privileged); remove it")
+    return None
+
+
+def t4_annotations(c):
+    for key in c.spec.get("annotations") or {}:
+        if key.startswith("dev.gvisor."):
+            return f"[T4 annotations] OCI annotation {key!r} switches runsc flags; remove it"
+    return None
+
+
+def t1_to_t4(c):
+    for check in (t1_namespaces, t2_capabilities, t3_devices, t4_annotations):
+        problem = check(c)
+        if problem:
+            return problem
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mounts
+# ---------------------------------------------------------------------------------------------------
+
+
+def is_bind(m):
+    options = m.get("options") or []
+    return m.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
+def read_only(m):
+    options = m.get("options") or []
+    return "ro" in options or "rro" in options
+
+
+def under(path, prefix):
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def symlink_below(source, prefix):
+    """The first component of `source` below `prefix` that is a symlink (or cannot be read), else None.
+    A symlink there could point anywhere on the host (e.g. a tenant's own dir -> /etc)."""
+    rest = source[len(prefix.rstrip("/")) :].strip("/")
+    current = prefix.rstrip("/")
+    for part in rest.split("/") if rest else []:
+        current = f"{current}/{part}"
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return current
+        except OSError:
+            return current
+    return None
+
+
+_MOUNT_POINTS = None
 
 
 def mount_points():
-    points = set()
+    global _MOUNT_POINTS
+    if _MOUNT_POINTS is None:
+        points = set()
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 4:
+                        points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))
+        except OSError:
+            pass
+        _MOUNT_POINTS = points
+    return _MOUNT_POINTS
+
+
+def data_roots(cfg):
+    """dockerd resolves its data root's symlinks at start; accept both spellings of it."""
+    configured = os.path.normpath(cfg["data_root"])
+    return sorted({configured, os.path.realpath(configured)})
+
+
+def own_dir_problem(cfg, source, cid):
+    """None when `source` is a Docker-owned file of this container (resolv.conf, hosts, hostname, shm)."""
+    for root in data_roots(cfg):
+        prefix = f"{root}/containers/{cid}"
+        if CONTAINER_ID.match(cid) and under(source, prefix):
+            link = symlink_below(source, prefix)
+            return f"symlink {link} in its own container dir" if link else None
+    return "not its own container dir"
+
+
+def volume_problem(cfg, source):
+    """None when `source` is a plain named volume (`<data-root>/volumes/<v>/_data[/...]`, not a mount)."""
+    for root in data_roots(cfg):
+        m = re.fullmatch(re.escape(root) + r"/volumes/([A-Za-z0-9][A-Za-z0-9_.-]*)/_data(/.*)?", source)
+        if not m:
+            continue
+        data = f"{root}/volumes/{m.group(1)}/_data"
+        link = symlink_below(source, f"{root}/volumes/{m.group(1)}")
+        if link:
+            return f"symlink {link} inside volume {m.group(1)}"
+        if data in mount_points():
+            return (f"volume {m.group(1)} is a host mount (local driver with type/device/o=bind options = a host "
+                    f"path); use a plain named volume")
+        return None
+    return "not a named volume"
+
+
+def is_socket(source):
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 4:
-                    points.add(parts[4].encode().decode("unicode_escape"))
+        return stat.S_ISSOCK(os.stat(source).st_mode)
     except OSError:
-        pass
-    return points
+        return False
 
 
-def shares_host_netns(path):
-    """Docker's --network host hands over a path to its own namespace (.../netns/default), not a new one."""
-    if not path:
-        return False  # a fresh namespace is created for the container
-    if os.path.basename(path) == "default":
-        return True
-    try:
-        theirs, ours = os.stat(path), os.stat("/proc/self/ns/net")
-    except OSError:
-        return True  # cannot tell: fail closed
-    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
-
-
-def check_tenant(cfg, spec, cid):
-    """Raise Refused when a tenant bundle asks for something that would weaken or bypass the sandbox."""
-    for key in (spec.get("annotations") or {}):
-        if key.startswith("dev.gvisor."):
-            raise Refused(f"tenant container may not set OCI annotation {key!r} (it switches runsc flags)")
-    netns = [ns for ns in (spec.get("linux") or {}).get("namespaces") or [] if ns.get("type") == "network"]
-    if not netns or shares_host_netns(netns[0].get("path")):
-        raise Refused("tenant container may not share the host network namespace")
-    data_root = os.path.realpath(cfg["data_root"])
-    own = os.path.join(data_root, "containers", cid) + os.sep
-    volumes = os.path.join(data_root, "volumes") + os.sep
+def docker_socket(cfg, m):
+    source = m.get("source", "")
     sockets = {os.path.realpath(s) for s in cfg.get("docker_sockets", [])}
-    points = None
-    for m in spec.get("mounts") or []:
-        dest = m.get("destination", "")
-        source = m.get("source", "")
-        options = m.get("options") or []
-        if m.get("type") in VIRTUAL_TYPES and "bind" not in options and "rbind" not in options:
+    real = os.path.realpath(source) if source else ""
+    return real in sockets or os.path.basename(real) == "docker.sock" or \
+        os.path.basename(m.get("destination", "")) == "docker.sock"
+
+
+def resource_uuid(name):
+    for pattern in NAME_UUID:
+        m = pattern.fullmatch(name)
+        if m:
+            return m.group("u")
+    return None
+
+
+def t5_mounts(c):
+    """Tenant bind mounts (§4.2 T5); a problem string or None."""
+    cfg = c.cfg
+    coolify = os.path.normpath(cfg["coolify_dir"])
+    uuid = resource_uuid(c.name)
+    for m in c.spec.get("mounts") or []:
+        source, dest = m.get("source", ""), m.get("destination", "")
+        if not is_bind(m):
+            if m.get("type") in VIRTUAL_TYPES:
+                continue
+            return f"[T5 mounts] mount type {m.get('type')!r} at {dest} is not one Docker makes for a container"
+        where = f"{source} -> {dest}"
+        if docker_socket(cfg, m):
+            return f"[T5 mounts] tenant container may not mount the Docker socket ({where}): it is root on the node"
+        if is_socket(source):
+            return f"[T5 mounts] tenant container may not mount a host socket ({where})"
+        if not source.startswith("/") or os.path.normpath(source) != source:
+            return f"[T5 mounts] bind source {source!r} is not a clean absolute path ({where})"
+        if own_dir_problem(cfg, source, c.cid) is None:
             continue
-        real = os.path.realpath(source) if source else ""
-        if real in sockets or os.path.basename(dest) == "docker.sock" or os.path.basename(real) == "docker.sock":
-            raise Refused(f"tenant container may not mount the Docker socket ({source} -> {dest})")
-        if real.startswith(own):
+        problem = volume_problem(cfg, source)
+        if problem is None:
             continue
-        if real.startswith(volumes):
-            if points is None:
-                points = mount_points()
-            if real in points:
-                raise Refused(f"tenant volume {source} is a host mount (local driver with bind/device options)")
+        if not problem.startswith("not a"):
+            return f"[T5 mounts] {problem} ({where})"
+        allowed = None
+        for kind in RESOURCE_KINDS:
+            base = f"{coolify}/{kind}"
+            if under(source, base) and source != base:
+                owner = source[len(base) + 1 :].split("/", 1)[0]
+                if owner != uuid:
+                    mine = f"its own is {uuid!r}" if uuid else "its name carries no Coolify resource uuid"
+                    return (f"[T5 mounts] {where}: {base}/{owner} is another resource's dir ({mine}, taken from "
+                            f"the container name {c.name!r}); bind only the resource's own dir")
+                allowed = base
+        if allowed is None and source == f"{coolify}/ssl/coolify-ca.crt":
+            if not read_only(m):
+                return f"[T5 mounts] the Coolify CA file must be mounted read-only ({where}); add :ro"
+            allowed = f"{coolify}/ssl"
+        if allowed is None and c.name.startswith(BACKUP_HELPERS) and under(source, f"{coolify}/backups") \
+                and source != f"{coolify}/backups":
+            if not read_only(m):
+                return f"[T5 mounts] backup files are mounted read-only into {c.name!r} ({where}); add :ro"
+            allowed = f"{coolify}/backups"
+        if allowed is None:
+            return (f"[T5 mounts] tenant container may not bind-mount host path {where}; allowed are named "
+                    f"volumes, its own Coolify dir {coolify}/{{applications,services,databases}}/"
+                    f"{uuid or '<uuid from its name>'}/ and the Coolify CA file read-only")
+        link = symlink_below(source, allowed)
+        if link:
+            return (f"[T5 mounts] {where}: {link} is a symlink (or unreadable); a symlink below {allowed} could "
+                    f"point anywhere on the node, bind the real path")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Platform profiles (§4.3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def profile_images(entry):
+    return {img["id"]: img for img in entry["images"] if img.get("id")}
+
+
+def args_problem(entry, image, args):
+    rule = entry["args"]
+    entrypoint, cmd = image.get("entrypoint"), image.get("cmd")
+    if entrypoint is None or cmd is None:
+        return (f"the image defaults (entrypoint, cmd) of {image.get('ref') or image['id']} are not in the config; "
+                "resolve the pinned images on the node (inkmcp.nodes.render.resolve_pinned_images)")
+    if args[: len(entrypoint)] != entrypoint:
+        return f"entrypoint overridden: runs {args[:1]}, the image's entrypoint is {entrypoint}"
+    rest = args[len(entrypoint) :]
+    kind = rule["kind"]
+    if kind == "image":
+        if rest != cmd:
+            return f"command overridden: {rest}, the profile allows only the image default {cmd}"
+    elif kind == "exact":
+        if rest != rule["value"]:
+            return f"command {rest}, the profile allows exactly {rule['value']}"
+    elif kind == "flags":
+        if rest == cmd:
+            return None
+        for arg in rest:
+            if not FLAG_ARG.fullmatch(arg):
+                return f"argument {arg!r} is not a --flag[=value]"
+            flag = arg.split("=", 1)[0].lower()
+            for prefix in rule.get("forbid_prefixes") or []:
+                if flag.startswith(prefix.lower()):
+                    return f"flag {arg!r} is forbidden by the profile ({prefix}*)"
+            m = PLUGIN_MODULE.fullmatch(arg)
+            if m and m.group(1) not in (rule.get("plugin_modules") or []):
+                return f"plugin module {m.group(1)!r} is not allowed (allowed: {rule.get('plugin_modules') or []})"
+    else:
+        return f"unknown args rule {kind!r} in the config"
+    return None
+
+
+def mounts_problem(c, entry):
+    """Host binds must be exactly the profile's; Docker's own per-container files and virtual mounts aside."""
+    want = {os.path.normpath(p["destination"]): p for p in entry["mounts"]}
+    seen = set()
+    for m in c.spec.get("mounts") or []:
+        source, dest = m.get("source", ""), os.path.normpath(m.get("destination", ""))
+        if not is_bind(m):
+            if m.get("type") in VIRTUAL_TYPES:
+                continue
+            return f"mount type {m.get('type')!r} at {dest} is not in the profile"
+        if own_dir_problem(c.cfg, source, c.cid) is None:
             continue
-        raise Refused(f"tenant container may not bind-mount host path {source} -> {dest}")
+        profile = want.get(dest)
+        if profile is None:
+            return f"extra mount {source} -> {dest} (the profile has {sorted(want) or 'none'})"
+        if os.path.realpath(source) != os.path.realpath(profile["source"]):
+            return f"mount {dest} comes from {source}, the profile says {profile['source']}"
+        if read_only(m) != bool(profile["read_only"]):
+            return f"mount {source} -> {dest} is {'read-only' if read_only(m) else 'writable'}, the profile says " \
+                   f"{'read-only' if profile['read_only'] else 'writable'}"
+        seen.add(dest)
+    missing = [d for d, p in want.items() if d not in seen and not p.get("optional")]
+    if missing:
+        return f"missing mounts {missing}"
+    return None
+
+
+def profile_problem(c, entry):
+    """The first profile check this container fails, or None when it is this platform entry."""
+    images = profile_images(entry)
+    image = images.get(c.image_id)
+    if image is None:
+        pinned = ", ".join(i.get("ref") or i["id"] for i in entry["images"])
+        unresolved = [i["ref"] for i in entry["images"] if not i.get("id")]
+        hint = f"; not resolved on this node: {unresolved}" if unresolved else ""
+        return f"image {c.image_id or '?'} is not a pinned image of the entry ({pinned}{hint})"
+    for key in TENANT_LABELS:
+        if key in c.labels:
+            return f"carries the tenant label {key} (Coolify stamps it on tenant containers)"
+    for prefix in entry["forbid_label_prefixes"]:
+        hits = sorted(k for k in c.labels if k.startswith(prefix))
+        if hits:
+            return f"carries label {hits[0]} (the profile forbids {prefix}*)"
+    if entry["auto_remove"] is not None:
+        have = bool((c.hostconfig or {}).get("AutoRemove"))
+        if have != entry["auto_remove"]:
+            return f"AutoRemove is {have}, the profile requires {entry['auto_remove']} (--rm)"
+    problem = args_problem(entry, image, list(c.process.get("args") or []))
+    if problem:
+        return problem
+    problem = mounts_problem(c, entry)
+    if problem:
+        return problem
+    problem = t1_to_t4(c)
+    if problem:
+        return problem
+    if not c.linux.get("seccomp") or not c.linux.get("maskedPaths"):
+        return "runs without Docker's seccomp profile or masked paths (--security-opt unconfined / --privileged)"
+    return None
+
+
+def platform_entry(c):
+    """The platform entry this container is, None for a tenant; Refused for a reserved name that fails."""
+    if not c.name:
+        return None
+    failures = []
+    for entry in c.cfg["platform"]:
+        if not re.fullmatch(entry["name"], c.name):
+            continue
+        problem = profile_problem(c, entry)
+        if problem is None:
+            return entry
+        reserved = entry["reserve"] == "name" or c.image_id in profile_images(entry)
+        if reserved:
+            failures.append((entry, problem))
+    if failures:
+        entry, problem = failures[0]
+        raise Refused(
+            f"[platform {entry['entry']}] {c.describe()} has a name reserved for the platform entry "
+            f"{entry['entry']!r} but {problem}; a reserved name is never sandboxed: start it exactly as the "
+            f"profile says, or give a tenant container another name"
+        )
+    return None
+
+
+def check_tenant(c):
+    for check in (t1_namespaces, t2_capabilities, t3_devices, t4_annotations, t5_mounts):
+        problem = check(c)
+        if problem:
+            raise Refused(f"{c.describe()}: {problem}")
 
 
 def runtime_cmd(cfg, runtime, argv):
@@ -206,10 +561,11 @@ def choose_for_create(cfg, flags, rest):
         raise Refused("create without a bundle or with an unexpected container id")
     with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
         spec = json.load(f)
-    if is_platform(cfg, docker_record(cfg, cid)):
+    c = Container(cfg, spec, cid)
+    if platform_entry(c) is not None:
         runtime = "runc"
     else:
-        check_tenant(cfg, spec, cid)
+        check_tenant(c)
         runtime = "runsc"
     sdir = state_dir(cfg, flags)
     os.makedirs(sdir, mode=0o700, exist_ok=True)
@@ -251,16 +607,20 @@ def main(argv):
             elif sub == "delete" and cid:
                 # Forget the container only once its runtime has deleted it, so a retried delete
                 # still reaches the runtime that owns it.
+                import subprocess
+
                 rc = subprocess.run(runtime_cmd(cfg, runtime, argv), check=False).returncode
                 if rc == 0:
-                    with contextlib.suppress(OSError):
+                    try:
                         os.unlink(os.path.join(state_dir(cfg, flags), cid))
+                    except OSError:
+                        pass
                 return rc
     except Refused as err:
         log_error(flags, str(err))
         return 1
-    except (OSError, ValueError) as err:
-        log_error(flags, f"refusing: cannot decide safely: {err}")
+    except (OSError, ValueError, KeyError, TypeError, re.error) as err:
+        log_error(flags, f"refusing: cannot decide safely: {err!r}")
         return 1
     cmd = runtime_cmd(cfg, runtime, argv)
     os.execv(cmd[0], cmd)  # noqa: S606 - replacing ourselves with the chosen runtime is the point

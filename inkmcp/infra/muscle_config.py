@@ -14,22 +14,20 @@ Host hardening: `host_params()` turns this config plus the network stack's outpu
 `HostParams` (`inkmcp.nodes.render`), the same model `inkmcp nodes harden --params` takes, so the stack and
 the CLI converge a node to the same files and commands.
 
-gVisor allow-list (`platformContainers`): the runtime selector runs a container under runc only when its
-name matches AND its image ID is pinned here; everything else runs under runsc, and a tenant container
-mounting the Docker socket is refused. So every platform container that needs runc (Coolify's proxy and the
-Sablier server this stack starts) needs its image ID here. Take the ID **on a run server**, from the image
-that node pulled: the ID depends on the node's image store (Docker 29 fresh installs use the containerd
-store, where `.Id` is the manifest digest, not the config digest an older host prints), so an ID copied from
-another host may never match (review #12):
-
-    docker inspect --format '{{.Image}}' coolify-proxy                   # on a run server where it runs
-    docker pull sablierapp/sablier:1.16.2 && docker image inspect --format '{{.Id}}' sablierapp/sablier:1.16.2
-
-Coolify's proxy compose uses the moving tag `traefik:v3.6` and re-pulls it on every proxy start, so the
-proxy's ID changes with each Traefik 3.6.x release (review #5); until the proxy is pinned by digest through
-Coolify's API (runbooks/gvisor-decision.md §4.5), add the new ID (keep the old one until every node runs the
-new image) and `pulumi up` before restarting the proxy: an unknown proxy image is refused (it mounts the
-Docker socket). Sentinel gets no entry: it cannot work on these nodes (review #9), switch it off in Coolify.
+gVisor platform entries (`platformContainers`, runbooks/gvisor-decision.md §4.3): the runtime selector runs a
+container under runc only when its name matches one of these entries AND the whole profile holds (pinned
+image, exact mounts, allowed command, no tenant labels); a container under a reserved name that fails is
+refused, everything else runs under runsc. Each entry names a standard profile (`proxy`: Coolify's Traefik,
+`sablier`: the Sablier server this stack starts, `helper`: Coolify's deploy helper, optional) and pins its
+images by **repo digest** (`traefik:v3.6.23@sha256:…`; keep the old digest listed until every node runs the
+new one). The image IDs the selector compares are resolved **on each run server** from those digests
+(`inkmcp.nodes.render.resolve_pinned_images`: `docker pull` + `docker image inspect`), never copied from
+another host: the ID depends on the node's image store (Docker 29 fresh installs use the containerd store,
+review #12). `host_params(..., resolved=...)` takes what the resolver returned; without it the entries are
+rendered unresolved and their reserved names are refused (fail closed) until the pin step runs.
+Coolify's proxy compose uses the moving tag `traefik:v3.6`; the proxy is pinned to the configured digest through
+Coolify's API (§4.5), so a tag move can no longer produce an unknown image. Sentinel gets no entry: it cannot
+work on these nodes (review #9), switch it off in Coolify.
 
 Membership (review #11): every run server must be one of the network stack's `dedicated_servers` (attached to
 the vSwitch) with `privateIp` equal to its `vswitch_ip`; checked in `check_against` before anything exists.
@@ -39,12 +37,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inkmcp.coolify.client import check_api_url
 from inkmcp.infra.factory_config import (
     NAME_RE,
     ConfigModel,
@@ -58,12 +58,15 @@ from inkmcp.infra.factory_config import (
 from inkmcp.infra.netcheck import require_disjoint
 from inkmcp.nodes.render import (
     HETZNER_RESOLVERS,
+    SABLIER_PLUGIN_MODULE,
+    STANDARD_PROFILES,
     AddressPool,
     EgressEndpoint,
     GvisorParams,
     HostParams,
-    PlatformContainer,
-    check_image_id,
+    PinnedImage,
+    PlatformProfile,
+    check_repo_digest,
 )
 
 VSWITCH_MTU = 1400
@@ -71,9 +74,9 @@ VSWITCH_MTU = 1400
 
 LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
-REQUIRED_PLATFORM = ("coolify-proxy", "sablier")
-"""Containers every run server runs under runc with the Docker socket: without a pinned image ID the
-selector refuses them and the node serves nothing (proxy) or never scales to zero (Sablier)."""
+REQUIRED_PLATFORM = ("proxy", "sablier")
+"""Platform entries every run server needs (they run under runc with the Docker socket): without them the
+selector refuses the proxy (the node serves nothing) and Sablier (apps never scale to zero)."""
 
 # HostParams fields the stack derives itself; `hardening` may set any other field.
 STACK_OWNED = {
@@ -94,25 +97,40 @@ STACK_OWNED = {
 
 
 class PlatformContainerSpec(ConfigModel):
-    """One gVisor allow-list entry: Docker name (regex, matched in full) + pinned image IDs (see the
-    module docstring for how to obtain them)."""
+    """One gVisor platform entry: a standard profile (`inkmcp.nodes.render.STANDARD_PROFILES`) and the images
+    it admits, pinned by repo digest (see the module docstring for how they become image IDs on the node).
 
-    name: str = Field(min_length=1)
-    image_ids: list[str] = Field(default_factory=list)
+        - profile: proxy
+          images: ["traefik:v3.6.23@sha256:<64 hex>"]
+    """
+
+    profile: Literal["proxy", "sablier", "helper"]
+    images: list[str] = Field(min_length=1, description="repo digests name[:tag]@sha256:<64 hex>")
+    home: str = Field(default="/root", description="helper only: $HOME of the user Coolify connects as")
+    plugin_modules: list[str] = Field(
+        default_factory=lambda: [SABLIER_PLUGIN_MODULE],
+        description="proxy only: Traefik plugin modules the proxy may load (the Sablier plugin)")
 
     @model_validator(mode="after")
     def _pinned(self) -> PlatformContainerSpec:
-        if not self.image_ids:
-            raise ValueError(
-                f"platformContainers entry {self.name!r} has no imageIds: the selector would never run it "
-                "under runc (it would be sandboxed or refused); add its image ID, e.g. "
-                "docker image inspect --format '{{.Id}}' IMAGE")
-        for image_id in self.image_ids:
-            check_image_id(image_id, f"platformContainers entry {self.name!r}")
+        for ref in self.images:
+            check_repo_digest(ref, f"platformContainers entry {self.profile!r}")
+        if len(set(self.images)) != len(self.images):
+            raise ValueError(f"platformContainers entry {self.profile!r} lists an image twice: {self.images}")
+        if self.profile != "helper" and self.home != "/root":
+            raise ValueError(f"platformContainers entry {self.profile!r}: home is only for the helper profile")
+        if self.profile != "proxy" and self.plugin_modules != [SABLIER_PLUGIN_MODULE]:
+            raise ValueError(f"platformContainers entry {self.profile!r}: pluginModules is only for the proxy profile")
         return self
 
-    def to_render(self) -> PlatformContainer:
-        return PlatformContainer(name=self.name, image_ids=list(self.image_ids))
+    def to_render(self, resolved: Mapping[str, PinnedImage] | None = None) -> PlatformProfile:
+        """The renderer's profile; each image as resolved on the node, or by its digest only (admits nothing)."""
+        images = [(resolved or {}).get(ref) or PinnedImage(ref=ref) for ref in self.images]
+        if self.profile == "proxy":
+            return STANDARD_PROFILES["proxy"](images, plugin_modules=tuple(self.plugin_modules))
+        if self.profile == "helper":
+            return STANDARD_PROFILES["helper"](images, home=self.home)
+        return STANDARD_PROFILES["sablier"](images)
 
 
 class RunServer(ConfigModel):
@@ -175,11 +193,16 @@ class MuscleConfig(ConfigModel):
                             description="MTU of Docker networks; must fit inside the vSwitch's 1400")
     coolify_private_key_uuid: str = Field(description="Coolify key (Keys & Tokens) used to reach run servers")
     coolify_public_key: str = Field(description="its public half, installed in root's authorized_keys")
-    sablier_image: str = "sablierapp/sablier:1.16.2"
+    coolify_api_url: str | None = Field(
+        default=None,
+        description="Coolify's API for registration, as seen from where `pulumi up` runs: https://<instance "
+                    "domain>, or http only to a private address (an SSH tunnel's http://127.0.0.1:8000); default "
+                    "http://<master_private_ip>:8000 (review #14: never http to a public address)")
     sablier_plugin_version: str = "v1.3.0"
     dns_ttl: int = Field(default=300, ge=60, le=86400)
     platform_containers: list[PlatformContainerSpec] = Field(
-        default_factory=list, description="gVisor allow-list: containers run under runc (name + pinned image IDs)")
+        default_factory=list,
+        description="gVisor platform entries (profile + images pinned by repo digest): what runs under runc")
     runsc_path: str = Field(
         default=GvisorParams().runsc_path,
         description="where runsc is on the run servers: Debian's package installs /usr/bin/runsc, the gVisor "
@@ -222,6 +245,11 @@ class MuscleConfig(ConfigModel):
         # The renderer's own check, so the stack refuses exactly what `nodes harden` refuses.
         return HostParams._input_ports(v)
 
+    @field_validator("coolify_api_url")
+    @classmethod
+    def _api_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_api_url(v, "coolifyApiUrl")
+
     @field_validator("ssh_allow_users")
     @classmethod
     def _root_stays(cls, v: list[str]) -> list[str]:
@@ -256,14 +284,18 @@ class MuscleConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _platform(self) -> MuscleConfig:
+        profiles = [p.profile for p in self.platform_containers]
+        twice = sorted({p for p in profiles if profiles.count(p) > 1})
+        if twice:
+            raise ValueError(f"platformContainers lists {', '.join(twice)} twice; put all its images in one entry")
         if self.run_servers:
-            names = {p.name for p in self.platform_containers}
-            missing = [n for n in REQUIRED_PLATFORM if n not in names]
+            missing = [n for n in REQUIRED_PLATFORM if n not in profiles]
             if missing:
                 raise ValueError(
-                    f"platformContainers lacks {', '.join(missing)}: without a pinned image ID the gVisor selector "
-                    "refuses these platform containers (they mount the Docker socket); see the module docstring "
-                    "of inkmcp.infra.muscle_config for how to get the IDs")
+                    f"platformContainers lacks {', '.join(missing)}: without a pinned image the gVisor selector "
+                    "refuses these platform containers (they mount the Docker socket); add e.g. "
+                    "{profile: proxy, images: ['traefik:v3.6.23@sha256:…']} (module docstring of "
+                    "inkmcp.infra.muscle_config)")
         return self
 
     @model_validator(mode="after")
@@ -328,9 +360,12 @@ def platform_cidrs(net: NetworkStackOutputs) -> list[ipaddress.IPv4Network]:
     return list(ipaddress.collapse_addresses(v4))
 
 
-def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, root: str = "/") -> HostParams:
+def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, root: str = "/",
+                resolved: Mapping[str, PinnedImage] | None = None) -> HostParams:
     """The renderer's parameters for one run server (validated by HostParams; no secrets). `root` other
-    than / stages the same files under a directory (tests)."""
+    than / stages the same files under a directory (tests). `resolved`: the platform images as this node's
+    daemon has them (`inkmcp.nodes.render.resolve_pinned_images` run on the node); without it the platform
+    entries are rendered by digest only and admit nothing."""
     del node  # nothing node-specific yet; kept so per-node parameters need no signature change
     return HostParams(
         **conf.hardening,
@@ -343,7 +378,7 @@ def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, r
         ssh_allow_users=list(conf.ssh_allow_users),
         egress_allow=list(conf.egress_allow),
         host_input_tcp_ports=list(conf.host_input_tcp_ports),
-        gvisor=GvisorParams(platform=[p.to_render() for p in conf.platform_containers],
+        gvisor=GvisorParams(platform=[p.to_render(resolved) for p in conf.platform_containers],
                             runsc_path=conf.runsc_path, runsc_flags=list(conf.runsc_flags)),
     )
 

@@ -3,6 +3,8 @@
 Reports per file (missing, content or mode differs), per daemon.json key (e.g. an address pool
 rewritten by Coolify's installer), and for every chain the rules files declare, v4 and v6 (rules
 missing, extra or out of order), plus the jumps into them from FORWARD/INPUT (present once and first).
+With gVisor: the runc shadow and every containerd shim other than runc's where containerd would find it
+(the shim guard's own `--check`, so check and converge judge shims the same way).
 All reads are batched into a few commands: over SSH each round trip costs ~0.2 s.
 """
 
@@ -20,11 +22,19 @@ from typing import Literal
 from fabric import Connection
 from pydantic import BaseModel
 
-from inkmcp.nodes.render import DOCKER_USER_UNIT, SCRIPTS_DIR, SELECTOR_PATH, HostParams, HostPlan, render_plan
+from inkmcp.nodes.render import (
+    DOCKER_USER_UNIT,
+    SCRIPTS_DIR,
+    SELECTOR_PATH,
+    HostParams,
+    HostPlan,
+    render_plan,
+    shim_guard_command,
+)
 
 DEFAULT_TIMEOUT = 30.0
 
-DriftKind = Literal["file", "daemon.json", "firewall", "service"]
+DriftKind = Literal["file", "daemon.json", "firewall", "service", "runtime"]
 
 
 class Drift(BaseModel):
@@ -136,6 +146,27 @@ def runc_shadow_drift(params: HostParams, conn: Connection, timeout: float) -> l
     if have != want:
         return [Drift(kind="file", target=link, detail=f"resolves to {have or 'nothing'} (want {want})")]
     return []
+
+
+def shim_drift(params: HostParams, conn: Connection, timeout: float) -> list[Drift]:
+    """Every containerd shim other than runc's that containerd would run for a runtime name (cwd, PATH, next to
+    its binary; review #1): each one lets a tenant bypass the gVisor selector. Read by the installed guard's
+    `--check`; a missing guard is file drift already, reported here too since nothing then looks for shims."""
+    command = shim_guard_command(params, check=True)
+    guard = command.split()[1]
+    script = f"if [ -f {guard} ]; then {command}; echo \"__rc=$?\"; else echo __missing; fi"
+    out = run(conn, script, "checking containerd shims", timeout)
+    if "__missing" in out.split():
+        return [Drift(kind="runtime", target=guard, detail="shim guard missing: containerd shims are not checked")]
+    drift = []
+    for line in out.splitlines():
+        if line.startswith("drift: "):
+            path, _, why = line.removeprefix("drift: ").partition(" ")
+            drift.append(Drift(kind="runtime", target=path, detail=f"non-runc containerd shim {why.strip('()')}"))
+    rc = next((line.removeprefix("__rc=") for line in out.splitlines() if line.startswith("__rc=")), "?")
+    if rc not in ("0", "2"):
+        drift.append(Drift(kind="runtime", target=guard, detail=f"shim guard failed (exit {rc}): {out.strip()[-300:]}"))
+    return drift
 
 
 # Which parent chain jumps to which of our chains, per tool. The apply script keeps INPUT's and the v6
@@ -277,6 +308,7 @@ def check_host(conn: Connection, params: HostParams, timeout: float = DEFAULT_TI
     drift += daemon_json_drift(plan, params, conn, timeout)
     if params.gvisor is not None:
         drift += runc_shadow_drift(params, conn, timeout)
+        drift += shim_drift(params, conn, timeout)
     if params.apply_firewall:
         drift += firewall_drift(plan, conn, timeout)
     if params.manage_services:

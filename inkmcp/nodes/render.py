@@ -12,6 +12,8 @@ import json
 import posixpath
 import re
 import shlex
+import subprocess
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +43,9 @@ SELECTOR_PATH = "/usr/local/lib/inkmcp/inkmcp-runtime"
 SELECTOR_CONFIG = "/etc/inkmcp/runtime-selector.json"
 # install.sh and the selector source it copies from (it looks next to itself), shipped to the host.
 GVISOR_INSTALL_DIR = "/usr/local/lib/inkmcp/gvisor"
+# Diverts every containerd shim but runc's (review #1), from the plan and after every apt run.
+SHIM_GUARD = f"{HOST_SBIN_DIR}/inkmcp-shim-guard"
+SHIM_GUARD_APT_HOOK = "/etc/apt/apt.conf.d/53inkmcp-shim-guard"
 IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 # Refused for tenant egress on every node, whatever private_cidrs says (issue 7 item 5, review #13/#16):
@@ -111,13 +116,120 @@ def check_image_id(value: str, what: str) -> str:
     return value
 
 
-class PlatformContainer(BaseModel):
-    """One allow-list entry of the selector: runc only when the Docker name matches `name` (a regex,
-    matched in full) AND the image ID is one of `image_ids`."""
+REPO_DIGEST_RE = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9._-]*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$"
+)
+SABLIER_PLUGIN_MODULE = "github.com/sablierapp/sablier-traefik-plugin"
+DOCKER_SOCKET = "/var/run/docker.sock"
+# Names Coolify v4.3.11 gives tenant containers (uuid = 24 x [a-z0-9], new_public_id()): a platform name
+# regex that reserves one of them would refuse that tenant outright (runbooks/gvisor-decision.md §4.2).
+TENANT_NAME_EXAMPLES = (
+    "k0c4s8w4kcs0oc8gw0o4gss8",  # database / app with a consistent name: <uuid>
+    "k0c4s8w4kcs0oc8gw0o4gss8-101512345678",  # app: <uuid>-<His + microseconds>
+    "k0c4s8w4kcs0oc8gw0o4gss8-pr-12",  # preview
+    "web-k0c4s8w4kcs0oc8gw0o4gss8",  # compose app / service: <service>-<uuid>
+    "backup-of-k0c4s8w4kcs0oc8gw0o4gss8",  # S3 upload helper
+    "volume-upload-k0c4s8w4kcs0oc8gw0o4gss8",
+)
+
+
+def check_repo_digest(value: str, what: str) -> str:
+    """A platform image as configured: `name[:tag]@sha256:<64 hex>` (a repo digest: the node pulls exactly this
+    content). The image ID the selector compares is resolved from it on the node (`resolve_pinned_images`)."""
+    if not REPO_DIGEST_RE.fullmatch(value):
+        raise ValueError(
+            f"{what}: {value!r} is not a repo digest; pin the image as name[:tag]@sha256:<64 hex>, e.g. "
+            "traefik:v3.6.23@sha256:… (docker buildx imagetools inspect traefik:v3.6.23 prints the digest)"
+        )
+    if set(value.rsplit("@sha256:", 1)[1]) == {"0"}:
+        raise ValueError(f"{what}: {value} is a placeholder; put the pinned image's real digest")
+    return value
+
+
+class PinnedImage(BaseModel):
+    """One image a platform entry admits. `ref` is how it is pinned (repo digest); `id`, `entrypoint` and
+    `cmd` are what `docker image inspect` says about it ON THE NODE (the ID depends on the node's image
+    store, review #12): filled by `resolve_pinned_images`. Without an `id` the entry admits nothing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    ref: str | None = None
+    id: str | None = None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> PinnedImage:
+        if self.ref is None and self.id is None:
+            raise ValueError("a pinned image needs its repo digest (ref) or its image ID on the node (id)")
+        if self.ref is not None:
+            check_repo_digest(self.ref, "pinned image")
+        if self.id is not None:
+            check_image_id(self.id, f"pinned image {self.ref or ''}".strip())
+        return self
+
+    @property
+    def resolved(self) -> bool:
+        return self.id is not None and self.entrypoint is not None and self.cmd is not None
+
+
+class ProfileMount(BaseModel):
+    """One host bind a platform container has exactly: source -> destination, read-only or writable.
+    `optional`: may be absent (e.g. the helper's ~/.docker/config.json, bound only when it exists)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str
+    destination: str
+    read_only: bool
+    optional: bool = False
+
+    @field_validator("source", "destination")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/"):
+            raise ValueError(f"mount path {v!r}: give an absolute path without '..'")
+        return posixpath.normpath(v)
+
+
+class ArgsRule(BaseModel):
+    """What the container may run (the OCI process args) after the image's own entrypoint, which is never
+    overridable: `image` = exactly the image's default command; `exact` = exactly `value`; `flags` = the
+    image default or only `--flag[=value]` arguments (Traefik's command line), none starting with one of
+    `forbid_prefixes` (case-insensitive, as Traefik reads flags), plugin modules only from `plugin_modules`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["image", "exact", "flags"]
+    value: list[str] = Field(default_factory=list)
+    forbid_prefixes: list[str] = Field(default_factory=list)
+    plugin_modules: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> ArgsRule:
+        if self.value and self.kind != "exact":
+            raise ValueError(f"args.value is only for kind 'exact' (kind is {self.kind!r})")
+        if (self.forbid_prefixes or self.plugin_modules) and self.kind != "flags":
+            raise ValueError(f"args.forbid_prefixes/plugin_modules are only for kind 'flags' (kind is {self.kind!r})")
+        return self
+
+
+class PlatformProfile(BaseModel):
+    """One platform entry of the selector (runbooks/gvisor-decision.md §4.3): a container runs under runc
+    only when its Docker name matches `name` (a regex, matched in full) AND every profile check passes;
+    otherwise it is a tenant, or REFUSED when the name is reserved: `reserve: name` reserves every matching
+    name (fixed names such as coolify-proxy, so a look-alike never holds the proxy's name);
+    `reserve: name_and_image` only a matching name that runs one of the entry's images (the helper's name is a
+    random 24-char uuid, the same shape as a tenant database's name). Build these with `proxy_profile`,
+    `sablier_profile` and `helper_profile` rather than by hand."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    entry: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
     name: str = Field(min_length=1)
-    image_ids: list[str]
+    reserve: Literal["name", "name_and_image"] = "name"
+    images: list[PinnedImage] = Field(min_length=1)
+    mounts: list[ProfileMount] = Field(default_factory=list)
+    args: ArgsRule
+    auto_remove: bool | None = None
+    forbid_label_prefixes: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -125,31 +237,167 @@ class PlatformContainer(BaseModel):
         try:
             re.compile(v)
         except re.error as e:
-            raise ValueError(f"platform container name {v!r} is not a valid regex: {e}") from None
+            raise ValueError(f"platform entry name {v!r} is not a valid regex: {e}") from None
         return v
 
     @model_validator(mode="after")
-    def _ids(self) -> PlatformContainer:
-        if not self.image_ids:
-            # The template would accept it (an entry without IDs admits nothing), but then the container
-            # is sandboxed or refused: say so now rather than at `docker start` on the node.
-            raise ValueError(
-                f"platform container {self.name!r} has no image ID: it would never be admitted "
-                "to runc; pin its image ID (docker image inspect --format '{{.Id}}' IMAGE)"
-            )
-        for v in self.image_ids:
-            check_image_id(v, f"platform container {self.name!r}")
+    def _consistent(self) -> PlatformProfile:
+        if self.reserve == "name":
+            hit = next((n for n in TENANT_NAME_EXAMPLES if re.fullmatch(self.name, n)), None)
+            if hit is not None:
+                raise ValueError(
+                    f"platform entry {self.entry!r}: name regex {self.name!r} matches tenant container names such "
+                    f"as {hit!r}, which would all be refused; match only the platform container's own name, or "
+                    "use reserve: name_and_image"
+                )
+        dests = [m.destination for m in self.mounts]
+        if len(set(dests)) != len(dests):
+            raise ValueError(f"platform entry {self.entry!r}: a mount destination is listed twice ({dests})")
         return self
+
+    def selector_entry(self) -> dict[str, Any]:
+        """This entry as runtime_selector.py reads it (runtime-selector.json `platform`)."""
+        return self.model_dump(mode="json")
+
+
+def proxy_profile(
+    images: list[PinnedImage], proxy_dir: str = "/data/coolify/proxy",
+    plugin_modules: tuple[str, ...] = (SABLIER_PLUGIN_MODULE,), socket: str = DOCKER_SOCKET,
+) -> PlatformProfile:
+    """Coolify's Traefik proxy as Coolify v4.3.11 starts it (bootstrap/helpers/proxy.php:268-360): socket
+    read-only, the proxy dir at /traefik, Traefik flags only; no local plugins, plugins only from the list.
+    `socket`: the node's Docker socket path (another one only for a test daemon)."""
+    return PlatformProfile(
+        entry="proxy", name="coolify-proxy", images=images,
+        mounts=[ProfileMount(source=socket, destination="/var/run/docker.sock", read_only=True),
+                ProfileMount(source=proxy_dir, destination="/traefik", read_only=False)],
+        args=ArgsRule(kind="flags", forbid_prefixes=["--experimental.localplugins"],
+                      plugin_modules=list(plugin_modules)),
+    )
+
+
+def sablier_profile(images: list[PinnedImage], socket: str = DOCKER_SOCKET) -> PlatformProfile:
+    """The Sablier server the muscle stack runs (`start --provider.name=docker`, the socket read-write)."""
+    return PlatformProfile(
+        entry="sablier", name="sablier", images=images,
+        mounts=[ProfileMount(source=socket, destination="/var/run/docker.sock", read_only=False)],
+        args=ArgsRule(kind="exact", value=["start", "--provider.name=docker"]),
+    )
+
+
+def helper_profile(images: list[PinnedImage], home: str = "/root", socket: str = DOCKER_SOCKET) -> PlatformProfile:
+    """Coolify's deploy helper on a run server (ApplicationDeploymentJob.php:2155-2200): name = the deployment
+    uuid, --rm, the image's own command, socket + ~/.docker/buildx read-write, ~/.docker/config.json read-only
+    when the node has one, and no coolify.* label at all (Coolify labels only what it makes for tenants)."""
+    return PlatformProfile(
+        entry="helper", name="[a-z][a-z0-9]{23}", reserve="name_and_image", images=images,
+        mounts=[ProfileMount(source=socket, destination="/var/run/docker.sock", read_only=False),
+                ProfileMount(source=f"{home}/.docker/buildx", destination="/root/.docker/buildx", read_only=False),
+                ProfileMount(source=f"{home}/.docker/config.json", destination="/root/.docker/config.json",
+                             read_only=True, optional=True)],
+        args=ArgsRule(kind="image"), auto_remove=True, forbid_label_prefixes=["coolify."],
+    )
+
+
+STANDARD_PROFILES = {"proxy": proxy_profile, "sablier": sablier_profile, "helper": helper_profile}
+"""The §4.3 entries by name; `muscle_config.PlatformContainerSpec.profile` picks one."""
+
+
+class DockerCommandError(RuntimeError):
+    """A docker command on the node failed; the message carries its stderr."""
+
+
+DockerRunner = Callable[[Sequence[str]], str]
+"""Runs `docker ARGS` on the node and returns stdout; raises DockerCommandError on a non-zero exit."""
+
+
+def local_docker(docker_bin: str = "docker", host: str | None = None, timeout: float = 300) -> DockerRunner:
+    """A DockerRunner for a daemon reachable from here (a box: host = its DOCKER_HOST, tests)."""
+
+    def run(args: Sequence[str]) -> str:
+        argv = [docker_bin, *(["-H", host] if host else []), *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise DockerCommandError(f"docker {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout
+
+    return run
+
+
+def image_facts(docker: DockerRunner, image: str) -> PinnedImage:
+    """ID, entrypoint and cmd of an image as the node's daemon has it, WITHOUT a digest check: for images
+    built or loaded on the node that have no repo digest (test stand-ins). Production pins go through
+    `resolve_pinned_images`, which checks the digest."""
+    data = json.loads(docker(["image", "inspect", image]))[0]
+    config = data.get("Config") or {}
+    return PinnedImage(id=data["Id"], entrypoint=list(config.get("Entrypoint") or []),
+                       cmd=list(config.get("Cmd") or []))
+
+
+def resolve_pinned_images(docker: DockerRunner, refs: Sequence[str], *, pull: bool = True) -> dict[str, PinnedImage]:
+    """The node's own facts about each pinned image: `docker pull REF` (unless `pull` is False, e.g. images
+    loaded into a box), then `docker image inspect REF` -> image ID, entrypoint and cmd, after checking that
+    the local image really carries the pinned digest. Run it ON THE NODE, never copy IDs from another host
+    (the ID is the config digest on the classic store, the manifest/index digest on the containerd store).
+
+    Who calls it: the muscle stack's pin step (runbooks/gvisor-decision.md §4.5 (3), inkmcp/infra/muscle.py,
+    plan step 5) runs it over SSH on each run server, e.g. with
+    `lambda args: conn.run("docker " + shlex.join(args), hide=True).stdout`, and passes the result to
+    `muscle_config.host_params(..., resolved=...)`; `inkmcp nodes sandbox` and the runtime tests call it with
+    `local_docker(host=...)` for their stand-in images."""
+    out: dict[str, PinnedImage] = {}
+    for ref in refs:
+        check_repo_digest(ref, "platform image")
+        pull_error = ""
+        if pull:
+            try:
+                docker(["pull", "--quiet", ref])
+            except DockerCommandError as e:
+                pull_error = f" (pull failed: {e})"
+        try:
+            data = json.loads(docker(["image", "inspect", ref]))[0]
+        except DockerCommandError as e:
+            raise DockerCommandError(f"platform image {ref} is not on the node{pull_error}: {e}") from None
+        digest = ref.rsplit("@", 1)[1]
+        carried = [d for d in data.get("RepoDigests") or [] if d.endswith("@" + digest)]
+        if not carried and data.get("Id") != digest:
+            raise DockerCommandError(
+                f"platform image {ref}: the node's image {data.get('Id')} does not carry digest {digest} "
+                f"(RepoDigests {data.get('RepoDigests')}); pull it by digest on the node"
+            )
+        config = data.get("Config") or {}
+        out[ref] = PinnedImage(ref=ref, id=data["Id"], entrypoint=list(config.get("Entrypoint") or []),
+                               cmd=list(config.get("Cmd") or []))
+    return out
 
 
 class GvisorParams(BaseModel):
-    """Inputs of hardening/gvisor/runtime-selector.json.j2 (its defaults unless given)."""
+    """Inputs of hardening/gvisor/runtime-selector.json.j2 (its defaults unless given). `platform` holds the
+    §4.3 profiles with their images resolved on the node (`resolve_pinned_images`); an image given only by
+    its repo digest is rendered too, but admits nothing until resolved (its reserved name is refused)."""
 
     model_config = ConfigDict(extra="forbid")
-    platform: list[PlatformContainer] = Field(default_factory=list)
+    platform: list[PlatformProfile] = Field(default_factory=list)
+    coolify_dir: str = "/data/coolify"
     runc_path: str = "/usr/bin/runc"
     runsc_path: str = "/usr/bin/runsc"
     runsc_flags: list[str] = Field(default_factory=lambda: ["--network=host", "--host-uds=none"])
+
+    @field_validator("coolify_dir")
+    @classmethod
+    def _coolify_dir(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/") or v.rstrip("/") == "":
+            raise ValueError(f"coolify_dir {v!r}: give Coolify's absolute data dir, e.g. /data/coolify")
+        return posixpath.normpath(v)
+
+    @field_validator("platform")
+    @classmethod
+    def _unique_entries(cls, v: list[PlatformProfile]) -> list[PlatformProfile]:
+        names = [p.entry for p in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"platform entries {twice} are listed twice; give each entry all its images in one")
+        return v
 
     @field_validator("runc_path", "runsc_path")
     @classmethod
@@ -175,7 +423,8 @@ class GvisorParams(BaseModel):
                 runc_path=self.runc_path,
                 runsc_path=self.runsc_path,
                 runsc_flags=self.runsc_flags,
-                platform=[{"name": p.name, "image_ids": p.image_ids} for p in self.platform],
+                coolify_dir=self.coolify_dir,
+                platform=[p.selector_entry() for p in self.platform],
             )
         )
         json.loads(text)  # fail at render time: on the host an unparsable config refuses every container
@@ -417,6 +666,8 @@ def _gvisor_files(params: HostParams) -> list[tuple[str, str, int]]:
         (SELECTOR_CONFIG, params.gvisor.render_config(), 0o644),
         (f"{GVISOR_INSTALL_DIR}/install.sh", (GVISOR_DIR / "install.sh").read_text(), 0o755),
         (f"{GVISOR_INSTALL_DIR}/runtime_selector.py", selector, 0o644),
+        (SHIM_GUARD, (SCRIPTS_DIR / "inkmcp-shim-guard").read_text(), 0o755),
+        (SHIM_GUARD_APT_HOOK, _env().get_template("53inkmcp-shim-guard.j2").render(p=params), 0o644),
     ]
 
 
@@ -469,7 +720,7 @@ def _gvisor_commands(params: HostParams) -> list[str]:
     q = shlex.quote
     install = params.host_path(f"{GVISOR_INSTALL_DIR}/install.sh")
     run = f"out=$(bash {q(install)} {q(params.host_path(SELECTOR_CONFIG))} {q(params.root)})"
-    commands = [f'{run} && {{ [ "$out" = unchanged ] || printf \'%s\\n\' "$out"; }}']
+    commands = [f'{run} && {{ [ "$out" = unchanged ] || printf \'%s\\n\' "$out"; }}', shim_guard_command(params)]
     if params.manage_services:
         # Without runsc every tenant container fails closed at create: stop here, loudly, instead.
         runsc = params.gvisor.runsc_path
@@ -479,6 +730,16 @@ def _gvisor_commands(params: HostParams) -> list[str]:
             " host first (runbooks/gvisor-decision.md)' >&2; exit 1; }",
         )
     return commands
+
+
+def shim_guard_command(params: HostParams, *, check: bool = False) -> str:
+    """The shim guard as the plan (or `check`) runs it: on a live host it also scans the running containerd;
+    a staged root (tests, the box) is looked at under the root only and records diversions there."""
+    q = shlex.quote
+    args = ["--check"] if check else []
+    if not params.live:
+        args += ["--root", params.root]
+    return " ".join([f"bash {q(params.host_path(SHIM_GUARD))}", *(q(a) for a in args)])
 
 
 # Runtimes in daemon.json other than the selector's (e.g. left by `runsc install`) survive the deep merge;

@@ -4,8 +4,10 @@ daemon.json merge logic the host runs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,135 @@ def test_merge_script_cli(tmp_path: Path) -> None:
     target.write_text("{not json")
     r = run("merge")
     assert r.returncode != 0 and target.read_text() == "{not json"  # never overwrite what we cannot parse
+
+
+# --- gVisor: platform profiles, the pin resolver, the shim guard in the plan ---
+
+PIN = "traefik:v3.6.23@sha256:" + "12" * 32
+
+
+def gvisor_params(**kw: object) -> HostParams:
+    from inkmcp.nodes.render import GvisorParams, PinnedImage, proxy_profile
+
+    gvisor = GvisorParams(platform=[proxy_profile([PinnedImage(ref=PIN)])])
+    return params(gvisor=gvisor, **kw)
+
+
+def test_plan_carries_the_shim_guard_and_its_apt_hook() -> None:
+    staged = render_plan(gvisor_params())
+    guard, hook = "/srv/stage/usr/local/sbin/inkmcp-shim-guard", "/srv/stage/etc/apt/apt.conf.d/53inkmcp-shim-guard"
+    assert staged.files[guard] == (SCRIPTS_DIR / "inkmcp-shim-guard").read_text() and staged.modes[guard] == 0o755
+    assert staged.modes[hook] == 0o644
+    # The hook names the real host path even when staged, and does not swallow a failure.
+    assert ('DPkg::Post-Invoke { "if [ -x /usr/local/sbin/inkmcp-shim-guard ]; then '
+            '/usr/local/sbin/inkmcp-shim-guard; fi"; };') in staged.files[hook]
+    install = next(i for i, c in enumerate(staged.commands) if "install.sh" in c)
+    assert staged.commands[install + 1] == f"bash {guard} --root /srv/stage"  # staged: never this machine's shims
+    live = render_plan(gvisor_params(root="/"))
+    assert "bash /usr/local/sbin/inkmcp-shim-guard" in live.commands  # live: also scans the running containerd
+    assert not any("shim-guard" in p for p in render_plan(params()).files), "no gVisor, no guard"
+
+
+def test_selector_config_carries_the_profiles() -> None:
+    cfg = json.loads(file(gvisor_params(), "runtime-selector.json"))
+    (entry,) = cfg["platform"]
+    assert (entry["entry"], entry["name"], entry["reserve"]) == ("proxy", "coolify-proxy", "name")
+    assert entry["images"] == [{"ref": PIN, "id": None, "entrypoint": None, "cmd": None}]
+    assert {(m["destination"], m["read_only"]) for m in entry["mounts"]} == {("/var/run/docker.sock", True),
+                                                                             ("/traefik", False)}
+    assert entry["args"]["kind"] == "flags" and entry["args"]["forbid_prefixes"] == ["--experimental.localplugins"]
+    assert cfg["coolify_dir"] == "/data/coolify"
+
+
+@pytest.mark.parametrize(("profile", "message"), [
+    ({"name": ".*"}, "matches tenant container names"),
+    ({"name": "[a-z0-9]{24}"}, "matches tenant container names such as 'k0c4s8w4kcs0oc8gw0o4gss8'"),
+    ({"name": "backup-of-.*"}, "matches tenant container names"),
+    ({"name": "coolify-(proxy"}, "not a valid regex"),
+    ({"images": []}, "at least 1 item"),
+    ({"images": [{}]}, "needs its repo digest (ref) or its image ID"),
+    ({"images": [{"ref": "traefik:v3.6"}]}, "is not a repo digest"),
+    ({"images": [{"id": "sha256:" + "0" * 64}]}, "placeholder"),
+    ({"mounts": [{"source": "/a", "destination": "/x", "read_only": True},
+                 {"source": "/b", "destination": "/x", "read_only": True}]}, "listed twice"),
+    ({"mounts": [{"source": "rel", "destination": "/x", "read_only": True}]}, "absolute path"),
+    ({"args": {"kind": "image", "value": ["x"]}}, "only for kind 'exact'"),
+    ({"args": {"kind": "exact", "plugin_modules": ["x"]}}, "only for kind 'flags'"),
+    ({"entry": "Proxy!"}, "should match pattern"),
+])
+def test_platform_profile_validation_names_the_fix(profile: dict[str, object], message: str) -> None:
+    from inkmcp.nodes.render import PlatformProfile
+
+    base: dict[str, object] = {"entry": "proxy", "name": "coolify-proxy", "images": [{"ref": PIN}],
+                               "args": {"kind": "flags"}}
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        PlatformProfile(**{**base, **profile})
+
+
+def test_helper_may_share_the_database_name_shape() -> None:
+    """The helper's name is a 24-char uuid like a database's: allowed because it reserves name + image only."""
+    from inkmcp.nodes.render import PinnedImage, helper_profile
+
+    helper = helper_profile([PinnedImage(ref="coollabsio/coolify-helper:1.0.15@sha256:" + "3" * 64)], home="/home/c")
+    assert helper.reserve == "name_and_image" and helper.auto_remove is True
+    assert [(m.source, m.optional) for m in helper.mounts] == [
+        ("/var/run/docker.sock", False), ("/home/c/.docker/buildx", False), ("/home/c/.docker/config.json", True)]
+
+
+def test_duplicate_platform_entries_are_refused() -> None:
+    from inkmcp.nodes.render import GvisorParams, PinnedImage, sablier_profile
+
+    one = sablier_profile([PinnedImage(ref="sablierapp/sablier:1.16.2@sha256:" + "2" * 64)])
+    with pytest.raises(ValidationError, match="listed twice; give each entry all its images in one"):
+        GvisorParams(platform=[one, one])
+
+
+def inspect_json(image_id: str, repo_digests: list[str], entrypoint: list[str] | None, cmd: list[str] | None) -> str:
+    """The fields of `docker image inspect` the resolver reads, in Docker's shape (null when unset)."""
+    return json.dumps([{"Id": image_id, "RepoTags": ["traefik:v3.6.23"], "RepoDigests": repo_digests,
+                        "Config": {"Entrypoint": entrypoint, "Cmd": cmd, "Labels": None}}])
+
+
+def test_resolver_reads_the_node_and_checks_the_digest() -> None:
+    from inkmcp.nodes.render import DockerCommandError, resolve_pinned_images
+
+    digest = PIN.rsplit("@", 1)[1]
+    calls: list[list[str]] = []
+
+    def node(answer: str, pull_fails: bool = False) -> Callable[[list[str]], str]:
+        def run(args: list[str]) -> str:
+            calls.append(list(args))
+            if args[0] == "pull" and pull_fails:
+                raise DockerCommandError("docker pull failed: no route to registry")
+            return answer if args[:2] == ["image", "inspect"] else ""
+        return run
+
+    image_id = "sha256:" + "ee" * 32
+    got = resolve_pinned_images(node(inspect_json(image_id, [f"traefik@{digest}"], ["/entrypoint.sh"], ["traefik"])),
+                                [PIN])
+    assert calls == [["pull", "--quiet", PIN], ["image", "inspect", PIN]]
+    pinned = got[PIN]
+    assert (pinned.ref, pinned.id, pinned.entrypoint, pinned.cmd) == (PIN, image_id, ["/entrypoint.sh"], ["traefik"])
+    assert pinned.resolved
+    # An image with no entrypoint: [] (known to be empty), not None (unknown).
+    none = resolve_pinned_images(node(inspect_json(image_id, [f"traefik@{digest}"], None, ["sh"])), [PIN], pull=False)
+    assert none[PIN].entrypoint == []
+    # The containerd image store: the ID is the pinned digest itself.
+    assert resolve_pinned_images(node(inspect_json(digest, [], [], [])), [PIN], pull=False)[PIN].id == digest
+    # A local image that does not carry the pinned digest (e.g. a re-tag) is refused, naming both.
+    with pytest.raises(DockerCommandError, match="does not carry digest"):
+        resolve_pinned_images(node(inspect_json(image_id, ["traefik@sha256:" + "99" * 32], [], [])), [PIN])
+    # Pull fails and the image is not there: the error carries both reasons.
+    def absent(args: list[str]) -> str:
+        raise DockerCommandError(f"docker {args[0]} failed")
+    with pytest.raises(DockerCommandError, match=r"is not on the node \(pull failed"):
+        resolve_pinned_images(absent, [PIN])
+    with pytest.raises(ValueError, match="is not a repo digest"):
+        resolve_pinned_images(absent, ["traefik:v3.6"])
+
+
+def test_local_docker_reports_the_failing_command() -> None:
+    from inkmcp.nodes.render import DockerCommandError, local_docker
+
+    with pytest.raises(DockerCommandError, match=r"docker image inspect x failed \(exit 1\)"):
+        local_docker("/bin/false")(["image", "inspect", "x"])

@@ -144,10 +144,10 @@ def test_hardened_sshd_still_admits_our_client(tmp_path: Path) -> None:
 def test_check_reports_gvisor_bypasses(conn: Connection, tmp_path: Path) -> None:
     """With the gVisor selector, an extra runtime in daemon.json or a runc that is not the selector are drift:
     either lets a tenant run on the host kernel (runbooks/gvisor-decision.md)."""
-    from inkmcp.nodes.render import GvisorParams, PlatformContainer
+    from inkmcp.nodes.render import GvisorParams, PinnedImage, proxy_profile
 
     root = tmp_path / "root"
-    gvisor = GvisorParams(platform=[PlatformContainer(name="coolify-proxy", image_ids=["sha256:" + "ab" * 32])])
+    gvisor = GvisorParams(platform=[proxy_profile([PinnedImage(id="sha256:" + "ab" * 32, entrypoint=[], cmd=[])])])
     params = HostParams(root=str(root), dns_resolvers=["198.51.100.53"], private_cidrs=["10.20.0.0/16"],
                         gvisor=gvisor)
     apply_host(conn, params, timeout=20)

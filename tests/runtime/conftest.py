@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from inkmcp.nodes.render import helper_profile, image_facts, local_docker, proxy_profile
 from tests.netns import link_standin, sh
 from tests.requirements import require, require_root
 
@@ -32,6 +33,20 @@ HERE = Path(__file__).resolve().parent
 DNS_ADDR = "192.0.2.53"
 PUBLIC_NAME, PUBLIC_ADDR = "public.example.test", "203.0.113.7"
 TENANT_IMAGE, PLATFORM_IMAGE = "inkgv/busybox:local", "inkgv/platform:local"
+# Stand-ins for the §4.3 platform images: same shape as the real ones (Traefik's entrypoint takes only
+# --flags; Coolify's helper runs its entrypoint + default command), busybox inside.
+PROXY_IMAGE, HELPER_IMAGE = "inkgv/traefik:local", "inkgv/coolify-helper:local"
+PROXY_STANDIN = """#!/bin/sh
+# Traefik stand-in: reports its flags, the kernel it runs on and whether the Docker API answers;
+# --probe=IP:PORT also opens a TCP connection (egress), --serve keeps it running.
+echo "flags: $*"
+uname -r
+dockerping /var/run/docker.sock
+for arg in "$@"; do
+  case "$arg" in --probe=*) target=${arg#--probe=}; nc -w 2 "${target%:*}" "${target##*:}" </dev/null ;; esac
+done
+case " $* " in *" --serve "*) exec sleep 3600 ;; esac
+"""
 RUNTIME_NAME = "inkmcp"
 
 
@@ -61,6 +76,16 @@ class Node:
     root: Path
     docker_bin: str
     params: dict = field(default_factory=dict)
+
+    @property
+    def coolify(self) -> Path:
+        """The node's /data/coolify (the selector's coolify_dir)."""
+        return self.tmp / "coolify"
+
+    @property
+    def home(self) -> Path:
+        """$HOME of the user Coolify connects as (the helper binds ~/.docker/buildx and config.json)."""
+        return self.tmp / "home"
 
     @property
     def selector(self) -> Path:
@@ -159,8 +184,11 @@ def node():
     node.params = {
         "runc_path": runc, "runsc_path": runsc, "runsc_flags": ["--network=host", "--host-uds=none"],
         "data_root": str(tmp / "data"), "state_dir": str(tmp / "selector-state"),
-        "docker_sockets": [str(node.sock)], "platform": [],
+        "docker_sockets": [str(node.sock)], "coolify_dir": str(node.coolify), "platform": [],
     }
+    for d in ("applications", "services", "databases", "backups", "ssl", "proxy"):
+        (node.coolify / d).mkdir(parents=True)
+    (node.home / ".docker/buildx").mkdir(parents=True)
     started: list[int] = []
     log = None
     try:
@@ -205,20 +233,33 @@ def node():
 
         probe = tmp / "dockerping"
         subprocess.run(["gcc", "-static", "-O2", "-o", str(probe), str(HERE / "dockerping.c")], check=True)
-        for image, extra in ((TENANT_IMAGE, {}), (PLATFORM_IMAGE, {"dockerping": probe})):
-            rootfs = _build_rootfs(tmp, extra)
+        standin = tmp / "proxy-standin"
+        standin.write_text(PROXY_STANDIN)
+        standin.chmod(0o755)
+        images = (
+            (TENANT_IMAGE, {}, ['CMD ["sh"]']),
+            (PLATFORM_IMAGE, {"dockerping": probe}, ['CMD ["sh"]']),
+            (PROXY_IMAGE, {"dockerping": probe, "proxy-standin": standin},
+             ['ENTRYPOINT ["/bin/proxy-standin"]', 'CMD ["--serve"]']),
+            (HELPER_IMAGE, {"dockerping": probe}, ['ENTRYPOINT ["/bin/env"]', 'CMD ["tail", "-f", "/dev/null"]']),
+        )
+        for image, extra, changes in images:
+            rootfs = _build_rootfs(tmp / "images" / image.replace("/", "_").replace(":", "_"), extra)
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
             subprocess.run(
-                [docker_bin, "-H", f"unix://{node.sock}", "import", "-c", 'CMD ["sh"]', "-", image],
+                [docker_bin, "-H", f"unix://{node.sock}", "import", *(a for c in changes for a in ("-c", c)), "-",
+                 image],
                 stdin=tar.stdout, check=True, capture_output=True,
             )
             tar.wait()
-        platform_id = node.docker("image", "inspect", "-f", "{{.Id}}", PLATFORM_IMAGE, check=True).stdout.strip()
-        # What the muscle stack does after pulling the pinned platform images: list their IDs.
+        # What the muscle stack does after pulling the pinned platform images: the node's own facts about them
+        # (the stand-ins are imported, so they carry no repo digest to check), into the §4.3 profiles.
+        docker = local_docker(docker_bin, f"unix://{node.sock}")
         node.params["platform"] = [
-            {"name": "coolify-proxy", "image_ids": [platform_id]},
-            {"name": "coolify-sentinel", "image_ids": [platform_id]},
-            {"name": "sablier", "image_ids": [platform_id]},
+            proxy_profile([image_facts(docker, PROXY_IMAGE)], proxy_dir=str(node.coolify / "proxy"),
+                          socket=str(node.sock)).selector_entry(),
+            helper_profile([image_facts(docker, HELPER_IMAGE)], home=str(node.home),
+                           socket=str(node.sock)).selector_entry(),
         ]
         result = install(render_config(**node.params), node.root)
         assert result.returncode == 0 and "changed" in result.stdout, result.stderr

@@ -8,11 +8,16 @@ import os
 
 import pytest
 
+from inkmcp.nodes.render import PinnedImage, proxy_profile, sablier_profile
 from tests.requirements import require_root
 
 from .conftest import GVISOR, install, render_config
 
-PLATFORM = [{"name": "coolify-proxy", "image_ids": ["sha256:" + "a" * 64]}, {"name": "sablier"}]
+PLATFORM = [
+    proxy_profile([PinnedImage(id="sha256:" + "a" * 64, entrypoint=["/entrypoint.sh"], cmd=["traefik"])])
+    .selector_entry(),
+    sablier_profile([PinnedImage(ref="sablierapp/sablier:1.16.2@sha256:" + "b" * 64)]).selector_entry(),
+]
 
 
 @pytest.fixture
@@ -25,10 +30,9 @@ def test_template_renders_defaults_and_platform_entries():
     cfg = json.loads(render_config(platform=PLATFORM))
     assert cfg["runsc_flags"] == ["--network=host", "--host-uds=none"]
     assert cfg["runc"] == "/usr/bin/runc" and cfg["data_root"] == "/var/lib/docker"
-    assert cfg["platform"] == [
-        {"name": "coolify-proxy", "image_ids": ["sha256:" + "a" * 64]},
-        {"name": "sablier", "image_ids": []},  # no pinned image: admits nothing
-    ]
+    assert cfg["coolify_dir"] == "/data/coolify"
+    assert cfg["platform"] == PLATFORM  # each profile verbatim, as runtime_selector.py reads it
+    assert cfg["platform"][1]["images"][0]["id"] is None  # pinned by digest, not resolved: admits nothing
     assert json.loads(render_config())["platform"] == []
 
 
@@ -61,3 +65,15 @@ def test_install_twice_changes_nothing_and_check_reports_drift(tmp_path, as_root
 def test_install_refuses_a_config_that_does_not_parse(tmp_path, as_root):
     bad = install('{"platform": ', tmp_path / "root")
     assert bad.returncode == 65 and not (tmp_path / "root").exists()
+
+
+def test_install_refuses_a_config_the_selector_would_reject(tmp_path, as_root):
+    """A config without coolify_dir, or an entry without its mounts, would refuse every container at create."""
+    cfg = json.loads(render_config(platform=PLATFORM))
+    del cfg["coolify_dir"]
+    bad = install(json.dumps(cfg), tmp_path / "root")
+    assert bad.returncode == 65 and "lacks ['coolify_dir']" in bad.stderr and not (tmp_path / "root").exists()
+    cfg = json.loads(render_config(platform=PLATFORM))
+    del cfg["platform"][0]["mounts"]
+    bad = install(json.dumps(cfg), tmp_path / "root")
+    assert bad.returncode == 65 and "platform entry 0 lacks ['mounts']" in bad.stderr

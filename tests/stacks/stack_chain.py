@@ -27,7 +27,7 @@ STACKS = ("network", "factory", "muscle")
 VSWITCH_TYPE = "pulumi-python:dynamic/robot:VSwitch"
 ROBOT_ID = 50042
 #: Stand-ins for the muscle example's placeholder image IDs, which the config refuses on purpose.
-FAKE_PROXY_ID, FAKE_SABLIER_ID = "sha256:" + "1a" * 32, "sha256:" + "2b" * 32
+FAKE_PROXY_DIGEST, FAKE_SABLIER_DIGEST = "sha256:" + "1a" * 32, "sha256:" + "2b" * 32
 
 
 @dataclass
@@ -52,12 +52,14 @@ def example_config(stack: str) -> dict[str, Any]:
 
 
 def example_configs(*, real_image_ids: bool = True) -> dict[str, dict[str, Any]]:
-    """All three examples; `real_image_ids` swaps the muscle's zero placeholders for well-formed fake IDs."""
+    """All three examples; `real_image_ids` swaps the muscle's zero placeholder digests for well-formed fakes."""
     configs = {stack: example_config(stack) for stack in STACKS}
     if real_image_ids:
         key = f"{project_name('muscle')}:platformContainers"
-        fakes = {"coolify-proxy": FAKE_PROXY_ID, "sablier": FAKE_SABLIER_ID}
-        configs["muscle"][key] = [{**entry, "imageIds": [fakes[entry["name"]]]} for entry in configs["muscle"][key]]
+        fakes = {"proxy": FAKE_PROXY_DIGEST, "sablier": FAKE_SABLIER_DIGEST}
+        configs["muscle"][key] = [{**entry, "images": [ref.rsplit("@", 1)[0] + "@" + fakes[entry["profile"]]
+                                                       for ref in entry["images"]]}
+                                  for entry in configs["muscle"][key]]
     return copy.deepcopy(configs)
 
 

@@ -124,9 +124,9 @@ def test_every_example_key_is_one_the_program_reads(stack: str, chain: dict[str,
 
 
 def test_the_muscle_example_refuses_its_placeholder_image_ids() -> None:
-    """The zero IDs are placeholders: used as shipped, the stack stops and names the fix."""
+    """The zero digests are placeholders: used as shipped, the stack stops and names the fix."""
     configs = example_configs(real_image_ids=False)
-    with pytest.raises(Exception, match="is a placeholder; put the pinned image's real ID"):
+    with pytest.raises(Exception, match="is a placeholder; put the pinned image's real digest"):
         run_stack("muscle", configs["muscle"])
 
 

@@ -32,13 +32,12 @@ from inkmcp.nodes.render import (
     SELECTOR_PATH,
     GvisorParams,
     HostParams,
-    PlatformContainer,
     render_plan,
     selector_runtimes,
 )
 from tests.requirements import require_root
 from tests.stacks.pulumi_mocks import RecordingMonitor, install
-from tests.stacks.test_muscle_stack import COPY, NETWORK, PROXY_ID, SABLIER_ID, build, make_conf, node
+from tests.stacks.test_muscle_stack import COPY, NETWORK, PROXY_REF, SABLIER_REF, build, make_conf, node
 
 MANAGED = "/etc/inkmcp/hardening/daemon.managed.json"
 RULES = "/etc/inkmcp/hardening/docker-user.rules"
@@ -145,8 +144,10 @@ def test_selector_files_carry_the_allow_list(monitor: RecordingMonitor) -> None:
     assert files[SELECTOR_PATH] == (GVISOR_DIR / "runtime_selector.py").read_text()
     assert plan.modes[SELECTOR_PATH] == 0o755 and plan.modes[SELECTOR_CONFIG] == 0o644
     cfg = json.loads(files[SELECTOR_CONFIG])
-    assert cfg["platform"] == [{"name": "coolify-proxy", "image_ids": [PROXY_ID]},
-                               {"name": "sablier", "image_ids": [SABLIER_ID]}]
+    assert [(e["entry"], e["name"], [i["ref"] for i in e["images"]]) for e in cfg["platform"]] == [
+        ("proxy", "coolify-proxy", [PROXY_REF]), ("sablier", "sablier", [SABLIER_REF])]
+    # Not resolved on the node yet (the pin step passes `resolved`): the entries admit nothing until then.
+    assert all(i["id"] is None for e in cfg["platform"] for i in e["images"])
     assert (cfg["runc"], cfg["runsc"]) == ("/usr/bin/runc", "/usr/bin/runsc")
     assert cfg["runsc_flags"] == ["--network=host", "--host-uds=none"]
     assert files["/usr/local/lib/inkmcp/gvisor/install.sh"] == (GVISOR_DIR / "install.sh").read_text()
@@ -222,21 +223,20 @@ def test_harden_script_converges_a_staged_root(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    ({"name": "coolify-proxy"}, "'coolify-proxy' has no imageIds"),
-    ({"name": "coolify-proxy", "image_ids": ["sha256:" + "0" * 64]}, "placeholder"),
-    ({"name": "coolify-proxy", "image_ids": ["traefik@sha256:" + "a" * 64]}, "is not an image ID"),
-    ({"name": "coolify-proxy", "image_ids": ["sha256:ABC"]}, "is not an image ID"),
+    ({"profile": "proxy", "images": []}, "at least 1 item"),
+    ({"profile": "proxy", "images": ["traefik:v3.6.23@sha256:" + "0" * 64]}, "placeholder"),
+    ({"profile": "proxy", "images": ["sha256:" + "a" * 64]}, "is not a repo digest"),
+    ({"profile": "proxy", "images": ["traefik:v3.6"]}, "is not a repo digest"),
+    ({"profile": "sentinel", "images": ["coollabsio/sentinel@sha256:" + "a" * 64]}, "'proxy', 'sablier' or 'helper'"),
 ])
-def test_allow_list_entry_needs_a_real_image_id(entry: dict[str, Any], message: str) -> None:
+def test_platform_entry_needs_a_real_repo_digest(entry: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         PlatformContainerSpec(**entry)
-    with pytest.raises(ValidationError):
-        PlatformContainer(**{"image_ids": [], **entry})
 
 
-def test_renderer_refuses_an_entry_without_ids_and_extra_runtimes() -> None:
-    with pytest.raises(ValidationError, match="has no image ID"):
-        GvisorParams(platform=[{"name": "sablier", "image_ids": []}])
+def test_renderer_refuses_an_entry_without_images_and_extra_runtimes() -> None:
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        GvisorParams(platform=[{"entry": "sablier", "name": "sablier", "images": [], "args": {"kind": "image"}}])
     with_runsc = {**selector_runtimes(), "runsc": {"path": "/usr/bin/runsc"}}
     with pytest.raises(ValidationError, match="lets a tenant skip the selector"):
         HostParams(gvisor=GvisorParams(), runtimes=with_runsc, default_runtime="inkmcp")

@@ -8,6 +8,7 @@ test_muscle_hardening_contract.py.
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import subprocess
 from pathlib import Path
@@ -29,6 +30,7 @@ from inkmcp.infra.muscle_config import (
     RunServer,
 )
 from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
+from tests.support import traversable_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICoolifyKeyForTestsOnly coolify"
@@ -42,10 +44,12 @@ NETWORK = {
 }
 FACTORY = {"master_ipv4": "203.0.113.5", "master_private_ip": "10.0.1.10", "registry_endpoint": "10.0.1.12:5000"}
 SSH_KEY, TOKEN = "SENTINEL-ssh-private-key", "SENTINEL-coolify-token"
-PROXY_ID, SABLIER_ID = "sha256:" + "1a" * 32, "sha256:" + "2b" * 32
-PLATFORM = [PlatformContainerSpec(name="coolify-proxy", image_ids=[PROXY_ID]),
-            PlatformContainerSpec(name="sablier", image_ids=[SABLIER_ID])]
+PROXY_REF = "traefik:v3.6.23@sha256:" + "1a" * 32
+SABLIER_REF = "sablierapp/sablier:1.16.2@sha256:" + "2b" * 32
+PLATFORM = [PlatformContainerSpec(profile="proxy", images=[PROXY_REF]),
+            PlatformContainerSpec(profile="sablier", images=[SABLIER_REF])]
 COMMAND, COPY, RRSET = "command:remote:Command", "command:remote:CopyToRemote", "hcloud:index/zoneRrset:ZoneRrset"
+COOLIFY = "pulumi-python:dynamic/coolify:Server"
 
 
 def node(n: int, **over: Any) -> RunServer:
@@ -113,17 +117,18 @@ def test_graph_per_run_server(monitor: RecordingMonitor) -> None:
     counts: dict[str, int] = {}
     for t in monitor.types():
         counts[t] = counts.get(t, 0) + 1
-    # per node: authorized-key, vswitch, harden, register, sablier; every file of the plan; 1 DNS record
+    # per node: authorized-key, vswitch, harden, sablier, register (master); Coolify's record of it (API);
+    # every file of the plan; 1 DNS record
     files = len(plan_of().files)
     assert files >= 13  # 9 hardening files + 4 of the gVisor selector
     assert counts == {"inkmcp:muscle:Plane": 1, "inkmcp:muscle:RunServer": 2, COMMAND: 10, COPY: 2 * files,
-                      RRSET: 2}
+                      COOLIFY: 2, RRSET: 2}
     plane = monitor.by_name("muscle")
     for n in ("run1", "run2"):
         comp = monitor.by_name(f"run-{n}")
         assert comp.parent == plane.urn
         mine = [r for r in monitor.registered if r.name.startswith(f"run-{n}-")]
-        assert len(mine) == 6 + files and all(r.parent == comp.urn for r in mine)
+        assert len(mine) == 7 + files and all(r.parent == comp.urn for r in mine)
         assert not any(r.protect for r in mine)
 
 
@@ -135,10 +140,13 @@ def test_steps_run_in_order(monitor: RecordingMonitor) -> None:
         f = file_resource(1, path)
         assert "run-run1-vswitch" in d[f]
         assert f in d["run-run1-harden"]
-    assert "run-run1-harden" in d["run-run1-register"]
-    assert "run-run1-register" in d["run-run1-sablier"]
+    # harden, then the node's Sablier and pinned images, then Coolify is told (API), then the wildcard (master)
+    assert "run-run1-harden" in d["run-run1-sablier"]
+    assert "run-run1-sablier" in d["run-run1-coolify"]
+    assert "run-run1-coolify" in d["run-run1-register"]
     # nodes are independent of each other
-    assert not any(x.startswith("run-run2") for x in d["run-run1-register"] + d["run-run1-sablier"])
+    assert not any(x.startswith("run-run2") for x in d["run-run1-register"] + d["run-run1-sablier"]
+                   + d["run-run1-coolify"])
 
 
 def test_ssh_targets(monitor: RecordingMonitor) -> None:
@@ -166,8 +174,8 @@ def test_host_files_are_uploaded_and_reapplied_on_change(monitor: RecordingMonit
     assert harden["triggers"] == [muscle.plan_digest(plan)]
     assert "harden.sh" not in harden["create"]  # the old, never-shipped entry point is gone
     # A changed allow-list (new proxy image) changes the uploaded config and re-triggers harden.
-    newer = make_conf(platform_containers=[*PLATFORM, PlatformContainerSpec(name="coolify-sentinel",
-                                                                           image_ids=["sha256:" + "3c" * 32])])
+    newer = make_conf(platform_containers=[*PLATFORM, PlatformContainerSpec(
+        profile="helper", images=["coollabsio/coolify-helper:1.0.15@sha256:" + "3c" * 32])])
     assert muscle.plan_digest(plan_of(conf=newer)) != muscle.plan_digest(plan)
 
 
@@ -184,29 +192,47 @@ def test_dns_record_per_run_server(monitor: RecordingMonitor) -> None:
     assert holder["w"] == {"run1": "*.s1.apps.example.com", "run2": "*.s2.apps.example.com"}
 
 
-def test_registration_carries_wildcard_and_labels(monitor: RecordingMonitor) -> None:
+def test_registration_goes_through_coolifys_api(monitor: RecordingMonitor) -> None:
+    """Review #5/#7/#9: the node is registered by the Coolify dynamic provider (inkmcp.coolify.registration),
+    with the proxy pinned to the proxy entry's first digest; the master step only sets the wildcard domain."""
     build()
-    reg = monitor.by_name("run-run1-register").inputs
-    assert "https://s1.apps.example.com" in reg["create"]
-    assert '\\"labels\\": {\\"tier\\": \\"standard\\"}' in reg["create"] or '"tier": "standard"' in reg["create"]
-    assert '"ip": "10.0.2.21"' in reg["create"] and '"private_key_uuid": "key-uuid-1"' in reg["create"]
-    assert "DELETE" in reg["delete"] and "10.0.2.21" in reg["delete"]
+    reg = monitor.by_name("run-run1-coolify").inputs
+    assert reg["ip"] == "10.0.2.21" and reg["name"] == "run1" and reg["private_key_uuid"] == "key-uuid-1"
+    assert json.loads(reg["description"].removeprefix("inkmcp:")) == {"index": 1, "labels": {"tier": "standard"}}
+    assert reg["proxy_image"] == PROXY_REF and reg["sablier_plugin_version"] == "v1.3.0"
+    assert reg["api_url"] == "http://10.0.1.10:8000"  # the master's private address unless configured
+    assert reg["port"] == 22 and reg["user"] == "root"
+    wildcard = monitor.by_name("run-run1-register").inputs
+    assert "https://s1.apps.example.com" in wildcard["create"] and "UPDATE server_settings" in wildcard["create"]
+    assert "curl" not in wildcard["create"] and wildcard.get("delete") is None  # the old DELETE-by-IP is gone
+    assert "rm -f /root/.inkmcp/coolify-api-token" in wildcard["create"]  # the token the old step left there
+
+
+def test_coolify_api_url_is_configurable_and_never_public_http(monitor: RecordingMonitor) -> None:
+    build(make_conf(coolify_api_url="https://coolify.example.com/api/v1"))
+    assert monitor.by_name("run-run1-coolify").inputs["api_url"] == "https://coolify.example.com"
+    with pytest.raises(ValidationError, match=r"coolifyApiUrl .* public address 203\.0\.113\.5 \(review finding 14\)"):
+        make_conf(coolify_api_url="http://203.0.113.5:8000")
 
 
 def test_no_plaintext_secret_in_logged_commands(monitor: RecordingMonitor) -> None:
     build()
     for r in monitor.of_type(COMMAND) + monitor.of_type(COPY):
-        for field in ("create", "update", "delete", "triggers", "source"):
+        for field in ("create", "update", "delete", "triggers", "source", "stdin"):
             text = json.dumps(r.inputs.get(field), default=str)
             assert TOKEN not in text and SSH_KEY not in text, (r.name, field)
-    stdin = monitor.by_name("run-run1-register").inputs["stdin"]
-    assert is_secret(stdin) and unwrap_secret(stdin) == f"COOLIFY_API_TOKEN={TOKEN}\n"
+    coolify = monitor.by_name("run-run1-coolify")
+    assert is_secret(coolify.inputs["api_token"]) and unwrap_secret(coolify.inputs["api_token"]) == TOKEN
+    assert all(TOKEN not in json.dumps(v, default=str) for k, v in coolify.inputs.items() if k != "api_token")
 
 
 def test_adding_a_node_leaves_the_others_alone(monitor: RecordingMonitor) -> None:
     build(make_conf([node(1)]))
     def snapshot(m: RecordingMonitor) -> dict[tuple[str, str], str]:
-        return {(r.type, r.name): json.dumps(r.inputs, sort_keys=True, default=lambda a: getattr(a, "text", str(a)))
+        # The mocks number ids in registration order; Coolify's uuid of run1 would not change.
+        uuid = re.compile(rf"(?<![0-9a-z]){m.by_name('run-run1-coolify').id}(?![0-9a-z])")
+        return {(r.type, r.name): uuid.sub("<uuid>", json.dumps(r.inputs, sort_keys=True,
+                                                               default=lambda a: getattr(a, "text", str(a))))
                 for r in m.registered if r.name.startswith("run-run1")}
 
     one = snapshot(monitor)
@@ -245,8 +271,8 @@ def test_host_params_tell_the_renderer_the_plan() -> None:
     assert [str(a) for a in params.dns_resolvers] == ["185.12.64.1", "185.12.64.2"]
     assert params.ssh_allow_users == ["root"] and params.default_runtime == "inkmcp"
     assert params.gvisor is not None
-    assert [(p.name, p.image_ids) for p in params.gvisor.platform] == [("coolify-proxy", [PROXY_ID]),
-                                                                       ("sablier", [SABLIER_ID])]
+    assert [(p.name, [i.ref for i in p.images]) for p in params.gvisor.platform] == [
+        ("coolify-proxy", [PROXY_REF]), ("sablier", [SABLIER_REF])]
     tuned = muscle.host_params(make_conf(hardening={"auto_reboot": True}, ssh_allow_users=["root", "ops"],
                                          runsc_flags=["--network=host", "--host-uds=none", "--platform=kvm"]),
                                node(1), NetworkStackOutputs.parse(NETWORK))
@@ -254,24 +280,97 @@ def test_host_params_tell_the_renderer_the_plan() -> None:
     assert tuned.gvisor is not None and tuned.gvisor.runsc_flags[-1] == "--platform=kvm"
 
 
-def test_sablier_script_adds_the_plugin_once(tmp_path: Path) -> None:
-    """Run the proxy-editing part of the script for real against a Coolify-shaped compose file."""
-    compose = tmp_path / "docker-compose.yml"
-    compose.write_text(
-        "services:\n  traefik:\n    command:\n      - '--providers.file.directory=/traefik/dynamic/'\n"
-        "      - '--providers.file.watch=true'\n"
-        "      - '--certificatesresolvers.letsencrypt.acme.httpchallenge=true'\n")
-    script = muscle.sablier_script(make_conf())
-    part = script[script.index("compose="):script.index('if [ "$changed" = 1 ]')]
-    part = part.replace("compose=/data/coolify/proxy/docker-compose.yml", f"compose={compose}")
-    for _ in range(2):  # idempotent: the second run changes nothing
-        subprocess.run(["bash", "-euo", "pipefail", "-c", part], check=True, timeout=10)
-    doc = yaml.safe_load(compose.read_text())
-    cmd = doc["services"]["traefik"]["command"]
-    assert cmd.count("--experimental.plugins.sablier.version=v1.3.0") == 1
-    assert "--experimental.plugins.sablier.modulename=github.com/sablierapp/sablier-traefik-plugin" in cmd
-    assert cmd.index("--providers.file.watch=true") < cmd.index("--experimental.plugins.sablier.version=v1.3.0")
-    assert "--runtime runc" in script and "-v /var/run/docker.sock:/var/run/docker.sock" in script
+FAKE_DOCKER = r"""#!/bin/sh
+# A docker CLI that keeps containers, networks and pulled images as files under $STATE, logging every call.
+echo "$*" >> "$STATE/calls"
+digest() { printf 'sha256:%s\n' "$(printf %s "$1" | sha256sum | cut -c1-64)"; }
+case "$1" in
+  pull) [ "$2" = -q ] || exit 2; echo "$3" >> "$STATE/pulled"; echo "$3" ;;
+  image) [ "$2" = inspect ] || exit 2; grep -qxF "$5" "$STATE/pulled" || exit 1; digest "$5" ;;
+  network)
+    case "$2" in
+      inspect) [ -e "$STATE/net-$3" ] ;;
+      create) for last in "$@"; do :; done; echo "$*" > "$STATE/net-$last" ;;
+      *) exit 2 ;;
+    esac ;;
+  inspect) [ -e "$STATE/ctr-$4" ] && cat "$STATE/ctr-$4" ;;
+  rm) [ "$2" = -f ] && rm -f "$STATE/ctr-$3" ;;
+  run) for a in "$@"; do case "$a" in *@sha256:*) ref=$a ;; esac; done; digest "$ref" > "$STATE/ctr-sablier" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def run_sablier_script(script: str, tmp_path: Path) -> list[str]:
+    """The script under `bash -euo pipefail` (as pulumi-command runs it) with FAKE_DOCKER first on PATH; returns
+    the docker calls of this run."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    (state / "calls").write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(state)}
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], check=True, timeout=10, env=env)
+    return (state / "calls").read_text().splitlines()
+
+
+def test_sablier_script_runs_the_pinned_sablier_once(tmp_path: Path) -> None:
+    """Pulls both pinned digests, creates `coolify` with the vSwitch MTU only when missing, starts Sablier by
+    digest without a runtime flag, and a second run changes nothing. No edit of Coolify's proxy file: that
+    configuration lives in Coolify now (tests/coolify/test_registration.py)."""
+    script = muscle.sablier_script(make_conf(), 1400)
+    first = run_sablier_script(script, tmp_path)
+    assert f"pull -q {PROXY_REF}" in first and f"pull -q {SABLIER_REF}" in first
+    assert "network create --attachable -o com.docker.network.driver.mtu=1400 coolify" in first
+    run_call = next(c for c in first if c.startswith("run "))
+    assert run_call.endswith(f"/var/run/docker.sock:/var/run/docker.sock {SABLIER_REF} start --provider.name=docker")
+    assert "--runtime" not in run_call and "--network coolify" in run_call
+    second = run_sablier_script(script, tmp_path)
+    assert not any(c.startswith(("run ", "rm ", "network create")) for c in second)
+    # A new pinned digest (first in the entry) replaces the container.
+    newer = "sablierapp/sablier:1.17.0@sha256:" + "3d" * 32
+    conf = make_conf(platform_containers=[PLATFORM[0], PlatformContainerSpec(profile="sablier",
+                                                                             images=[newer, SABLIER_REF])])
+    third = run_sablier_script(muscle.sablier_script(conf, 1400), tmp_path)
+    assert "rm -f sablier" in third and any(c.startswith("run ") and newer in c for c in third)
+    assert "docker-compose.yml" not in script and "sed " not in script
+
+
+def test_register_script_sets_the_wildcard_in_coolifys_database(tmp_path: Path) -> None:
+    """The master step against a real PostgreSQL (psql through a `docker exec coolify-db` shim): the wildcard lands
+    on the server's settings row; an unknown uuid fails the step by name instead of updating nothing."""
+    from inkmcp.store.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(traversable_tmpdir("muscle-wildcard-") / "data")
+    pg.start()
+    try:
+        url = pg.url(driver=None).get_secret_value()
+        subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc",
+                        "CREATE TABLE servers (id serial PRIMARY KEY, uuid text UNIQUE);"
+                        "CREATE TABLE server_settings (server_id int, wildcard_domain text);"
+                        "INSERT INTO servers (uuid) VALUES ('k4bq9z0v3x8m2n7p5r1t6w0y');"
+                        "INSERT INTO server_settings (server_id) VALUES (1);"], check=True, timeout=30)
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        (shim / "docker").write_text(
+            '#!/bin/sh\n[ "$1 $2 $3 $4 $5 $6 $7" = "exec coolify-db psql -U coolify -d coolify" ] || exit 97\n'
+            'shift 7\nexec psql "$PGURL" "$@"\n')
+        (shim / "docker").chmod(0o755)
+        env = {"PATH": f"{shim}:/usr/bin:/bin", "PGURL": url, "HOME": str(tmp_path)}
+        script = shell(muscle.register_script(make_conf(), node(1), "example.com", "k4bq9z0v3x8m2n7p5r1t6w0y"))
+        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        got = subprocess.run(["psql", url, "-tAc", "SELECT wildcard_domain FROM server_settings"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        assert got == "https://s1.apps.example.com"
+        missing = shell(muscle.register_script(make_conf(), node(1), "example.com", "zzzzzzzzzzzzzzzzzzzzzzzz"))
+        failed = subprocess.run(["bash", "-c", missing], env=env, capture_output=True, text=True, timeout=30)
+        assert failed.returncode == 1 and "no Coolify server zzzzzzzzzzzzzzzzzzzzzzzz (run1)" in failed.stderr
+    finally:
+        pg.stop()
+    with pytest.raises(ValueError, match="not lowercase alphanumerics"):
+        muscle.register_script(make_conf(), node(1), "example.com", "x'; DROP TABLE servers; --")
 
 
 # --- bad config --------------------------------------------------------------------------------------
@@ -394,8 +493,8 @@ def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
         "coolifyPrivateKeyUuid": "key-uuid-1", "coolifyPublicKey": KEY,
         "runServers": [{"name": "run1", "publicIp": "198.51.100.21", "privateIp": "10.0.2.21", "index": 1,
                         "interface": "enp0s31f6", "labels": {"tier": "standard"}}],
-        "platformContainers": [{"name": "coolify-proxy", "imageIds": [PROXY_ID]},
-                               {"name": "sablier", "imageIds": [SABLIER_ID]}],
+        "platformContainers": [{"profile": "proxy", "images": [PROXY_REF]},
+                               {"profile": "sablier", "images": [SABLIER_REF]}],
         "sshPrivateKey": SSH_KEY, "coolifyApiToken": TOKEN,
     }
     pulumi.runtime.set_all_config(
@@ -404,7 +503,8 @@ def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
     run(lambda: runpy.run_path(str(ROOT / "stacks/muscle/__main__.py")))
     assert len([r for r in monitor.registered if r.type == "pulumi:pulumi:StackReference"]) == 2
     assert [r.inputs["name"] for r in monitor.of_type(RRSET)] == ["*.s1.apps"]
-    assert PROXY_ID in json.dumps(monitor.by_name(file_resource(1, "/etc/inkmcp/runtime-selector.json")).inputs,
+    assert [(r.name, r.inputs["proxy_image"]) for r in monitor.of_type(COOLIFY)] == [("run-run1-coolify", PROXY_REF)]
+    assert PROXY_REF in json.dumps(monitor.by_name(file_resource(1, "/etc/inkmcp/runtime-selector.json")).inputs,
                                   default=lambda a: getattr(a, "text", str(a)))
 
 
@@ -415,9 +515,8 @@ def test_every_muscle_script_passes_shellcheck(tmp_path: Path) -> None:
     assert_shellcheck_clean({
         "authorized_key": muscle.authorized_key_script(KEY),
         "vswitch": muscle.vswitch_script(muscle.netplan_vswitch(node(1), net)),
-        "register": muscle.register_script(conf, node(1), "example.com"),
-        "unregister": muscle.unregister_script(node(1)),
-        "sablier": muscle.sablier_script(conf),
+        "register": muscle.register_script(conf, node(1), "example.com", "k4bq9z0v3x8m2n7p5r1t6w0y"),
+        "sablier": muscle.sablier_script(conf, 1400),
         "harden": muscle.harden_script(plan_of()),
     }, tmp_path)
     # The plan's commands, which harden_script wraps in `sh -c` strings shellcheck cannot see into.
