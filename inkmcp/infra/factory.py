@@ -4,8 +4,9 @@ Shape (each a small ComponentResource with typed args, children parented to it, 
 
     FactoryPlane                 inkmcp:factory:Plane      SSH keys, spread placement group, firewalls
       CoolifyMaster              inkmcp:factory:CoolifyMaster   server + install + API on + S3 backups
-      BuildServer                inkmcp:factory:BuildServer     server + Docker address pools
-      RegistryHost               inkmcp:factory:Registry        server + Volume + registry:2 on it
+      BuildServer                inkmcp:factory:BuildServer     server + Docker address pools + build namespace
+                                                                + push credentials for the registry
+      RegistryHost               inkmcp:factory:Registry        server + Volume + docker-registry behind nginx (TLS)
       ControlPlanePostgres       inkmcp:factory:Postgres        server + Volume + Storage Box + backups
 
 Why it is built this way:
@@ -20,6 +21,13 @@ Why it is built this way:
   converges instead of reinstalling.
 - Hetzner Cloud Firewalls filter only public interfaces; traffic on the Cloud Network (Coolify -> build
   server, run servers -> registry, InkMCP -> Postgres) is private and not affected by the rules below.
+- The build path (review #3, #4; runbooks/gvisor-decision.md §4.4): the registry is Debian's docker-registry on
+  loopback behind nginx with TLS from a private CA and basic auth (`push` writes, `pull` only reads;
+  `inkmcp.nodes.registry`); the build server trusts the CA through certs.d and holds the `push` user in root's
+  `~/.docker/config.json` (Coolify refuses to build without it, ADJ:2169-2171), and its dockerd + containerd run
+  in a network namespace that may reach only the registry's TLS port and the public internet
+  (`inkmcp.nodes.buildnet`), because Coolify's `docker build --network host` puts RUN steps in the daemon's
+  namespace. Registering the build server in Coolify (`is_build_server`) is the Coolify API client's job.
 - Config edits never replace a protected host (review #15). pulumi-hcloud 1.43.3 bridges
   terraform-provider-hcloud v1.68.0, whose schema makes these inputs replace-forcing (file:line at that tag):
   `Server` image, location, user_data, ssh_keys (internal/server/resource.go:58,70,90,113), `Volume.location`
@@ -48,6 +56,16 @@ from inkmcp.infra.factory_config import (
     HostSpec,
     NetworkStackOutputs,
     VolumeHostSpec,
+)
+from inkmcp.nodes.buildnet import BuildNetParams, build_host_script
+from inkmcp.nodes.registry import (
+    RegistryServerParams,
+    htpasswd,
+    registry_client_script,
+    registry_client_stdin,
+    registry_host_script,
+    registry_host_stdin,
+    salt_key_from,
 )
 
 COOLIFY_INSTALL_URL = "https://cdn.coollabs.io/coolify/install.sh"
@@ -298,20 +316,24 @@ mountpoint -q {mountpoint} || mount {mountpoint}
 """
 
 
-def registry_script(conf: FactoryConfig, private_ip: str) -> str:
-    """registry:2 bound to the private address only; its blobs live on the Volume mounted at /var/lib/registry."""
-    image = shlex.quote(conf.registry_image)
-    return f"""
-command -v docker >/dev/null || {{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq docker.io; }}
-systemctl enable --now docker
-want="{private_ip}|{conf.registry_image}"
-fmt='{{{{(index (index .HostConfig.PortBindings "5000/tcp") 0).HostIp}}}}|{{{{.Config.Image}}}}'
-have=$(docker inspect registry --format "$fmt" 2>/dev/null || true)
-if [ "$have" = "$want" ]; then echo "registry up to date"; exit 0; fi
-docker rm -f registry >/dev/null 2>&1 || true
-docker run -d --name registry --restart always -p {private_ip}:5000:5000 \\
-  -e REGISTRY_STORAGE_DELETE_ENABLED=true -v /var/lib/registry:/var/lib/registry {image}
-"""
+def registry_params(conf: FactoryConfig, private_ip: str) -> RegistryServerParams:
+    """The registry host's parameters: nginx on the private address :443, blobs on the Volume."""
+    return RegistryServerParams(listen=private_ip, tls_cert_pem=conf.registry_server_cert,
+                                ca_cert_pem=conf.registry_ca_cert, storage_dir="/var/lib/registry")
+
+
+def registry_stdin(params: RegistryServerParams, server_key: str, push_password: str, pull_password: str) -> str:
+    """The registry script's secrets: the TLS key and the htpasswd file (bcrypt, salt keyed by the TLS key so an
+    unchanged password renders the same file and `pulumi up` sees no change)."""
+    lines = htpasswd(params, {"push": push_password, "pull": pull_password}, salt_key_from(server_key))
+    return registry_host_stdin(server_key, lines)
+
+
+def build_params(conf: FactoryConfig, net: NetworkStackOutputs, master_ipv4: str) -> BuildNetParams:
+    """The build namespace: of the private ranges only the registry's TLS port; the master's public address
+    (its proxy can serve Coolify's UI and API) refused like the private ones."""
+    return BuildNetParams(registry=[f"{conf.private_ip('registry', net)}:443"], private_cidrs=[net.network_cidr],
+                          blocked_hosts=[master_ipv4], link_cidr=conf.build_link_cidr)
 
 
 def postgres_script(conf: FactoryConfig, private_ip: str, network_cidr: str) -> str:
@@ -535,26 +557,51 @@ class CoolifyMaster(_Host):
 
 
 class BuildServer(_Host):
-    """Separate build server so image builds never starve the master or live apps (NOTES.md §e)."""
+    """Separate build server so image builds never starve the master or live apps (NOTES.md §e).
+
+    `build-netns`: dockerd and containerd run in a confined network namespace (`inkmcp.nodes.buildnet`), set up
+    before Docker is installed so they start there; `registry-push`: the registry's CA in certs.d and the `push`
+    user in root's config.json (what Coolify's helper binds, ADJ:2162-2181)."""
 
     def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+                 master_ipv4: pulumi.Output[str], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("inkmcp:factory:BuildServer", name, None, opts)
         self._make_server(args, gate)
+        conf, s = args.conf, args.secrets
+        if s.registry_push_password is None:
+            raise ValueError("the build server needs registryPushPassword: `pulumi config set --secret "
+                             "registryPushPassword ...` (the same value the registry's htpasswd gets)")
+        script = pulumi.Output.all(args.network, master_ipv4).apply(
+            lambda v: shell(build_host_script(build_params(conf, v[0], v[1]))))
+        self.build_netns = self._command("build-netns", script, after=[self.prepare])
+        registry = args.network.apply(lambda n: conf.private_ip("registry", n))
+        self.registry_push = self._command(
+            "registry-push", registry.apply(lambda ip: shell(registry_client_script(ip, conf.registry_ca_cert))),
+            stdin=pulumi.Output.secret(s.registry_push_password.apply(lambda pw: registry_client_stdin("push", pw))),
+            after=[self.prepare])
         self.register_outputs({"ipv4": self.server.ipv4_address, "private_ip": args.private_ip})
 
 
 class RegistryHost(_Host):
-    """Private registry whose blobs live on a Hetzner Volume (block storage): a rebuild keeps the images."""
+    """Private registry whose blobs live on a Hetzner Volume (block storage): a rebuild keeps the images.
+    TLS (private CA) and basic auth in nginx; run servers read with `pull`, the build server writes with `push`."""
 
     def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("inkmcp:factory:Registry", name, None, opts)
         self._make_server(args, gate)
+        s = args.secrets
+        if s.registry_server_key is None or s.registry_push_password is None or s.registry_pull_password is None:
+            raise ValueError("the registry needs registryServerKey, registryPushPassword and registryPullPassword: "
+                             "`pulumi config set --secret KEY ...` (server.key of `python -m inkmcp.nodes.registry "
+                             "pki`; two passwords of 16+ characters)")
         self.mount = self._volume(args.conf.registry, "/var/lib/registry")
-        self.run = self._command("registry", args.private_ip.apply(lambda ip: shell(registry_script(args.conf, ip))),
+        params = args.private_ip.apply(lambda ip: registry_params(args.conf, ip))
+        stdin = pulumi.Output.secret(pulumi.Output.all(params, s.registry_server_key, s.registry_push_password,
+                                                       s.registry_pull_password).apply(lambda v: registry_stdin(*v)))
+        self.run = self._command("registry", params.apply(lambda p: shell(registry_host_script(p))), stdin=stdin,
                                  after=[self.mount])
-        self.endpoint = args.private_ip.apply(lambda ip: f"{ip}:5000")
+        self.endpoint = params.apply(lambda p: p.reference)
         self.register_outputs({"endpoint": self.endpoint, "volume_id": self.volume.id})
 
 
@@ -663,7 +710,8 @@ class FactoryPlane(pulumi.ComponentResource):
 
         sub = pulumi.ResourceOptions(parent=self)
         self.master = CoolifyMaster(f"{prefix}-master", host_args("master", self.master_firewall), gate, sub)
-        self.build = BuildServer(f"{prefix}-build", host_args("build", self.internal_firewall), gate, sub)
+        self.build = BuildServer(f"{prefix}-build", host_args("build", self.internal_firewall), gate,
+                                 self.master.server.ipv4_address, sub)
         self.registry = RegistryHost(f"{prefix}-registry", host_args("registry", self.internal_firewall), gate, sub)
         self.postgres = ControlPlanePostgres(
             f"{prefix}-postgres", host_args("postgres", self.internal_firewall), gate, sub)
@@ -674,6 +722,7 @@ class FactoryPlane(pulumi.ComponentResource):
             "coolify_url": self.master.url,
             "build_private_ip": self.build.private_ip,
             "registry_endpoint": self.registry.endpoint,
+            "registry_ca_cert": conf.registry_ca_cert,
             "postgres_url": self.postgres.url,
             "storage_box_host": self.postgres.storage_box.server,
             "docker_address_pools": [p.base for p in conf.docker_address_pools],

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from inkmcp.infra.netcheck import Network, parse_cidr, require_disjoint, require_within
+from inkmcp.nodes.registry import RegistryError, check_server_cert
 
 VLAN_MIN, VLAN_MAX = 4000, 4091
 SSH_KEY_RE = re.compile(
@@ -243,7 +244,11 @@ class FactoryConfig(ConfigModel):
     coolify_root_username: str = "admin"
     coolify_root_email: str
     coolify_version: str | None = Field(default=None, description="pin install.sh to a version; None = latest")
-    registry_image: str = "registry:2"
+    registry_ca_cert: str = Field(description="PEM of the registry's private CA (python -m inkmcp.nodes.registry pki)")
+    registry_server_cert: str = Field(description="PEM of the registry's TLS certificate, signed by registryCaCert, "
+                                                  "for the registry's private address")
+    build_link_cidr: str = Field(default="192.168.254.0/30",
+                                 description="the build namespace's veth /30 (inkmcp.nodes.buildnet)")
     postgres_version: int = Field(default=15, ge=13, le=18)
     postgres_database: str = Field(default="inkmcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     postgres_user: str = Field(default="inkmcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
@@ -286,6 +291,19 @@ class FactoryConfig(ConfigModel):
         return v
 
     @model_validator(mode="after")
+    def _registry_tls(self) -> FactoryConfig:
+        # Signed by the CA and valid now; the address it must cover is checked against the network (check_against).
+        try:
+            check_server_cert(self.registry_server_cert, self.registry_ca_cert, host=None)
+        except RegistryError as e:
+            raise ValueError(f"registryServerCert/registryCaCert: {e}") from None
+        link = parse_cidr(self.build_link_cidr, "build_link_cidr")
+        if link.prefixlen > 30:
+            raise ValueError(f"build_link_cidr {self.build_link_cidr}: a /30 (two addresses: host and namespace)")
+        require_disjoint([("build_link_cidr", link), *named_pools(self.docker_address_pools)])
+        return self
+
+    @model_validator(mode="after")
     def _postgres_installable(self) -> FactoryConfig:
         image = self.postgres.image
         shipped = DISTRO_POSTGRES.get(image)
@@ -321,6 +339,13 @@ class FactoryConfig(ConfigModel):
                 require_disjoint([pool, platform])
         for host in HOSTS:
             self.private_ip(host, net)
+        require_disjoint([("build_link_cidr", parse_cidr(self.build_link_cidr, "build_link_cidr")),
+                          *net.platform_networks()])
+        registry_ip = self.private_ip("registry", net)
+        try:
+            check_server_cert(self.registry_server_cert, self.registry_ca_cert, host=registry_ip)
+        except RegistryError as e:
+            raise ValueError(f"registryServerCert: {e}") from None
 
     def private_ip(self, host: str, net: NetworkStackOutputs) -> str:
         spec: HostSpec = getattr(self, host)
@@ -349,6 +374,12 @@ class FactorySecrets:
     coolify_api_token: pulumi.Output[str] | None = None
     s3_access_key: pulumi.Output[str] | None = None
     s3_secret_key: pulumi.Output[str] | None = None
+    registry_server_key: pulumi.Output[str] | None = None
+    """The registry's TLS key (server.key of `pki`); required, checked by `RegistryHost`."""
+    registry_push_password: pulumi.Output[str] | None = None
+    """The `push` user's password: nginx's htpasswd on the registry, config.json on the build server."""
+    registry_pull_password: pulumi.Output[str] | None = None
+    """The read-only `pull` user's password: htpasswd here; the muscle stack sets the same value on run servers."""
 
 
 def read_model(cfg: pulumi.Config, model: type[M]) -> M:
@@ -392,5 +423,8 @@ def load_factory(cfg: pulumi.Config) -> tuple[FactoryConfig, FactorySecrets]:
         coolify_api_token=secret(cfg, "coolifyApiToken", "INKMCP_COOLIFY_API_TOKEN", required=False),
         s3_access_key=secret(cfg, "s3AccessKey", "INKMCP_S3_ACCESS_KEY", required=conf.s3_backup is not None),
         s3_secret_key=secret(cfg, "s3SecretKey", "INKMCP_S3_SECRET_KEY", required=conf.s3_backup is not None),
+        registry_server_key=req("registryServerKey", "INKMCP_REGISTRY_SERVER_KEY"),
+        registry_push_password=req("registryPushPassword", "INKMCP_REGISTRY_PUSH_PASSWORD"),
+        registry_pull_password=req("registryPullPassword", "INKMCP_REGISTRY_PULL_PASSWORD"),
     )
     return conf, secrets

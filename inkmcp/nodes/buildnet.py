@@ -157,7 +157,12 @@ def build_host_script(p: BuildNetParams) -> str:
         raise ValueError("build_host_script is for the host itself (root '/'); tests run the rendered files")
     q = shlex.quote
     marker = "INKMCP_EOF"
-    lines = ["set -euo pipefail", "units=0"]
+    lines = ["set -euo pipefail", "units=0",
+             "# Runs before Docker is installed: the namespace script needs iproute2 and iptables (Debian's cloud",
+             "# image ships nftables only).",
+             "if ! command -v iptables-restore >/dev/null || ! command -v ip6tables-restore >/dev/null; then",
+             "  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq iptables iproute2",
+             "fi"]
     for f in render_buildnet(p):
         if marker in f.content:
             raise ValueError(f"{f.path}: content contains the heredoc marker")

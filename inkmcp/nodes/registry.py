@@ -174,9 +174,10 @@ def _load_cert(pem: str, what: str) -> x509.Certificate:
                             "block `python -m inkmcp.nodes.registry pki` wrote") from None
 
 
-def check_server_cert(cert_pem: str, ca_cert_pem: str, host: str, key_pem: str | None = None) -> None:
+def check_server_cert(cert_pem: str, ca_cert_pem: str, host: str | None, key_pem: str | None = None) -> None:
     """Refuse a certificate Docker would refuse later, on a node, with a less helpful message: not signed by
-    the CA, `host` not in its SAN, expired, or (when given) a key that does not belong to it."""
+    the CA, expired, `host` (unless None: not known yet) not in its SAN, or (when given) a key that does not
+    belong to it."""
     cert = _load_cert(cert_pem, "registry server certificate")
     ca = _load_cert(ca_cert_pem, "registry CA certificate")
     try:
@@ -192,11 +193,13 @@ def check_server_cert(cert_pem: str, ca_cert_pem: str, host: str, key_pem: str |
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise RegistryError("registry server certificate has no subjectAltName: re-issue it with `pki`") from None
-    try:
-        ip = ipaddress.ip_address(host)
-        covered = ip in san.get_values_for_type(x509.IPAddress)
-    except ValueError:
-        covered = host in san.get_values_for_type(x509.DNSName)
+    if host is None:
+        covered = True
+    else:
+        try:
+            covered = ipaddress.ip_address(host) in san.get_values_for_type(x509.IPAddress)
+        except ValueError:
+            covered = host in san.get_values_for_type(x509.DNSName)
     if not covered:
         have = [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
         raise RegistryError(f"registry server certificate covers {have}, not {host!r} (the address clients use): "

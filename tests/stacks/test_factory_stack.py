@@ -24,6 +24,7 @@ from inkmcp.infra.factory_config import (
     StorageBoxSpec,
     load_factory,
 )
+from inkmcp.nodes.registry import issue_server_cert, make_ca
 from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,14 @@ SECRET_VALUES = {
     "s3_access_key": "SENTINEL-s3-access",
     "s3_secret_key": "SENTINEL-s3-secret",
 }
+REGISTRY_CA, _REGISTRY_CA_KEY = make_ca()
+# The registry's certificate covers its address in NETWORK (offset 12) and in FACTORY_CONFIG (offset 20).
+REGISTRY_CERT, _ = issue_server_cert(REGISTRY_CA, _REGISTRY_CA_KEY, ["10.0.1.12", "10.0.1.20"])
+SECRET_VALUES.update({
+    "registry_server_key": "SENTINEL-registry-key",
+    "registry_push_password": "SENTINEL-registry-push",
+    "registry_pull_password": "SENTINEL-registry-pull",
+})
 SERVER = "hcloud:index/server:Server"
 COMMAND = "command:remote:Command"
 
@@ -61,6 +70,8 @@ def make_conf(**over: Any) -> FactoryConfig:
         "coolify_root_email": "ops@example.com",
         "storage_box": StorageBoxSpec(backup_public_key=KEY),
         "s3_backup": S3BackupSpec(endpoint="https://fsn1.your-objectstorage.com", bucket="b", region="fsn1"),
+        "registry_ca_cert": REGISTRY_CA,
+        "registry_server_cert": REGISTRY_CERT,
     }
     base.update(over)
     return FactoryConfig(**base)
@@ -119,8 +130,9 @@ def test_graph_types_and_counts(monitor: RecordingMonitor) -> None:
         "hcloud:index/volume:Volume": 2,
         "hcloud:index/volumeAttachment:VolumeAttachment": 2,
         "hcloud:index/storageBox:StorageBox": 1,
-        # operator-keys x4, prepare x4, install, enable-api, s3-backup, mount x2, registry, postgres, backups
-        COMMAND: 16,
+        # operator-keys x4, prepare x4, install, enable-api, s3-backup, mount x2, registry, postgres, backups,
+        # build-netns, registry-push
+        COMMAND: 18,
     }
 
 
@@ -292,7 +304,7 @@ def test_registry_and_postgres_data_live_on_volumes(monitor: RecordingMonitor) -
     for banned in ("nfs", "cifs", "sshfs", "s3fs"):
         assert banned not in mount
     registry = monitor.by_name("inkmcp-registry-registry").inputs["create"]
-    assert "-p 10.0.1.12:5000:5000" in registry and "-v /var/lib/registry:/var/lib/registry" in registry
+    assert "listen 10.0.1.12:443 ssl;" in registry and "rootdirectory: /var/lib/registry" in registry
 
 
 def test_storage_box_for_postgres_backups(monitor: RecordingMonitor) -> None:
@@ -376,7 +388,7 @@ def test_outputs_hold_no_secret(monitor: RecordingMonitor) -> None:
         return pulumi.Output.all(plane.postgres.url, plane.registry.endpoint).apply(lambda v: holder.update(v=v))
 
     run(program)
-    assert holder["v"] == ["postgresql://inkmcp@10.0.1.13:5432/inkmcp", "10.0.1.12:5000"]
+    assert holder["v"] == ["postgresql://inkmcp@10.0.1.13:5432/inkmcp", "10.0.1.12"]
 
 
 # --- bad config --------------------------------------------------------------------------------------
@@ -477,9 +489,14 @@ FACTORY_CONFIG = {
     "postgresPassword": "SENTINEL-pg-password",
     "storageBoxPassword": "SENTINEL-box-password",
     "backupPrivateKey": "SENTINEL-backup-key",
+    "registryCaCert": REGISTRY_CA,
+    "registryServerCert": REGISTRY_CERT,
+    "registryServerKey": "SENTINEL-registry-key",
+    "registryPushPassword": "SENTINEL-registry-push",
+    "registryPullPassword": "SENTINEL-registry-pull",
 }
 FACTORY_SECRETS = ["sshPrivateKey", "coolifyRootPassword", "postgresPassword", "storageBoxPassword",
-                   "backupPrivateKey"]
+                   "backupPrivateKey", "registryServerKey", "registryPushPassword", "registryPullPassword"]
 
 
 def test_load_factory_reads_camel_case_config_and_secrets() -> None:
@@ -516,13 +533,18 @@ def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
 
 def test_every_factory_script_passes_shellcheck(tmp_path: Path) -> None:
     from inkmcp.infra import factory as f
+    from inkmcp.nodes.buildnet import build_host_script
+    from inkmcp.nodes.registry import registry_client_script, registry_host_script
 
     conf = make_conf()
     scripts = {
         "pools": f.docker_pools_script([{"base": "172.30.0.0/16", "size": 24}]),
         "operator_keys": f.operator_keys_script([KEY]),
         "install": f.coolify_install_script(conf), "enable": f.COOLIFY_ENABLE_API, "s3": f.coolify_s3_script(conf),
-        "mount": f.volume_mount_script(123, "/var/lib/registry"), "registry": f.registry_script(conf, "10.0.1.12"),
+        "mount": f.volume_mount_script(123, "/var/lib/registry"),
+        "registry": registry_host_script(f.registry_params(conf, "10.0.1.12")),
+        "registry_client": registry_client_script("10.0.1.12", REGISTRY_CA),
+        "build_netns": build_host_script(f.build_params(conf, NetworkStackOutputs.parse(NETWORK), "203.0.113.5")),
         "postgres": f.postgres_script(conf, "10.0.1.13", "10.0.0.0/16"), "backup": f.backup_script(conf),
     }
     assert_shellcheck_clean(scripts, tmp_path)
