@@ -6,21 +6,36 @@
         vswitch          netplan VLAN on the vSwitch (MTU 1400) + route to the Cloud Network
         file-*           host files of the hardening plan (CopyToRemote), incl. the gVisor runtime selector
         harden           modes, then the plan's commands in order (selector install, daemon.json, DOCKER-USER, ...)
-        register         on the Coolify master: POST /servers, wildcard domain, labels (see below)
-        sablier          Sablier server (runc, Docker socket) + the Sablier Traefik plugin flags in the proxy
+        sablier          on the node: pull the pinned proxy and Sablier images, the `coolify` network (MTU), the
+                         Sablier server container (pinned by digest)
+        coolify          Coolify's record of the node, through Coolify's API (dynamic provider, see below)
+        register         on the Coolify master: the wildcard domain (the one setting the API lacks)
         dns              `*.sN.apps.<domain>` A record -> the node's public IP (hcloud ZoneRrset)
 
-Registration in Coolify is a remote.Command run **on the master** with curl against 127.0.0.1:8000:
-- `POST /servers` (name, ip = the node's vSwitch address, `private_key_uuid`, `instant_validate`) when no
-  server with that IP exists; otherwise nothing. Coolify's API (v4.3.x `ServersController`) accepts only
-  name/description/ip/port/user/private_key_uuid/is_build_server/instant_validate: there is no field for a
-  wildcard domain or labels. So the wildcard domain goes into `server_settings.wildcard_domain` through
-  psql in `coolify-db` (what the UI writes), and the labels into the server's description as JSON, which
-  InkMCP's placement can read back from `GET /servers`.
-- delete: `DELETE /servers/{uuid}`. Coolify refuses while the server still hosts resources, so removing a
-  node from config cannot silently orphan tenant apps: the update fails until they are moved.
-- The API token comes on stdin (secret). The delete step runs without stdin, so create leaves the token in
-  a root-only file on the master (root there already owns Coolify's database and keys).
+Registration in Coolify (`coolify`, runbooks/gvisor-decision.md §4.5, review #5, #7, #9) is
+`inkmcp.infra.coolify_server_provider.CoolifyServer`, a dynamic provider around
+`inkmcp.coolify.registration.reconcile`: `POST /servers` (`instant_validate: false`) when Coolify has no server
+with the node's vSwitch IP, else `PATCH` what differs; Sentinel off; the proxy configuration stored in Coolify
+(its database copy is what every proxy start writes to the node) with the pinned Traefik digest and the Sablier
+plugin flags; validation; a proxy restart only when the configuration changed. A second `pulumi up` sends no
+write, and its diff asks Coolify, so drift made in Coolify's UI (e.g. "Reset proxy configuration") is shown by
+`pulumi preview` and repaired by `pulumi up`. Why a dynamic provider and not a command: the provider module's
+docstring. It replaces a curl script on the master (which left the API token in a file there) and a `sed` on the
+node's proxy compose, which Coolify's next restart overwrote from its database (review #7).
+
+The machine running `pulumi up` reaches Coolify's API at `coolifyApiUrl` (default: the master's private address,
+`http://<master_private_ip>:8000`, for runs inside the Cloud Network; `https://<instance domain>` or an SSH tunnel
+from elsewhere; http to a public address is refused, review #14). The node's labels go into the server's
+description as JSON (`inkmcp:{"index": N, "labels": {...}}`), which placement can read back from `GET /servers`.
+
+The images come from the selector's platform entries, one value each: the proxy's configuration in Coolify pins the
+first image of the `proxy` entry, the Sablier container runs the first image of the `sablier` entry (the other
+listed digests stay admitted by the selector while nodes move over).
+
+Removing a node deletes its Coolify server (`DELETE /servers/{uuid}`); Coolify refuses while the server still hosts
+resources, so removing a node from config cannot silently orphan tenant apps: the update fails until they move.
+The `register` step keeps its name from the curl-script era on purpose: updating it in place replaces the delete
+script stored with it (the old one removed the server by IP), so upgrading a stack never runs that script.
 
 Hardening has one source of truth, `inkmcp.nodes.render.render_plan(HostParams)`, the plan `inkmcp nodes harden`
 applies over fabric too: `host_plan()` builds the node's `HostParams` (`muscle_config.host_params`: platform
@@ -34,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +58,8 @@ import pulumi
 import pulumi_hcloud as hcloud
 from pulumi_command import remote
 
-from inkmcp.infra.factory import READ_SECRETS, connection, gate_of, secret_stdin, shell
+from inkmcp.infra.coolify_server_provider import CoolifyServer, CoolifyServerProvider
+from inkmcp.infra.factory import connection, gate_of, shell
 from inkmcp.infra.factory_config import NetworkStackOutputs
 from inkmcp.infra.muscle_config import (
     VSWITCH_MTU,
@@ -55,6 +72,9 @@ from inkmcp.infra.muscle_config import (
 from inkmcp.nodes.render import HostPlan, render_plan
 
 COOLIFY_TOKEN_FILE = "/root/.inkmcp/coolify-api-token"  # noqa: S105 - a path, not a password
+"""Where the curl-era register step left the API token on the master; the register step now removes it."""
+COOLIFY_UUID_RE = re.compile(r"^[a-z0-9]{1,64}$")
+"""Coolify's uuids are 24 lowercase alphanumerics (`new_public_id()`); checked before one goes into SQL/shell."""
 NETPLAN_PATH = "/etc/netplan/60-inkmcp-vswitch.yaml"
 
 
@@ -147,84 +167,65 @@ grep -qxF {line} /root/.ssh/authorized_keys || echo {line} >> /root/.ssh/authori
 """
 
 
-def register_script(conf: MuscleConfig, node: RunServer, zone_name: str) -> str:
-    """Idempotent registration on the master (see the module docstring)."""
+def pinned_image(conf: MuscleConfig, profile: str) -> str:
+    """The image a platform entry runs: the first digest of its `platformContainers` entry (the others stay
+    admitted by the selector while nodes move over). One value feeds both the selector and what runs."""
+    for spec in conf.platform_containers:
+        if spec.profile == profile:
+            return spec.images[0]
+    raise ValueError(f"platformContainers has no {profile!r} entry")
+
+
+def coolify_api_url(conf: MuscleConfig, factory: FactoryStackOutputs) -> str:
+    """`coolifyApiUrl`, else the master's private address (the Cloud Network; review #14)."""
+    return conf.coolify_api_url or f"http://{factory.master_private_ip}:8000"
+
+
+def server_description(node: RunServer) -> str:
+    """What placement reads back from `GET /servers`: the node's index and labels."""
+    return "inkmcp:" + json.dumps({"index": node.index, "labels": node.labels}, sort_keys=True)
+
+
+def register_script(conf: MuscleConfig, node: RunServer, zone_name: str, server_uuid: str) -> str:
+    """On the master: the server's wildcard domain, the one registration setting Coolify's API has no field for
+    (4.3.11 `ServersController` update allow-list), written where Settings > Wildcard Domain writes it. Also
+    removes the API token the curl-era register step left on the master."""
+    if not COOLIFY_UUID_RE.match(server_uuid):
+        raise ValueError(f"Coolify server uuid {server_uuid!r} is not lowercase alphanumerics")
     wildcard = f"https://s{node.index}.{conf.apps_subdomain}.{zone_name}"
-    description = "inkmcp:" + json.dumps({"index": node.index, "labels": node.labels}, sort_keys=True)
-    body = {"name": node.name, "description": description, "ip": str(node.private_ip), "port": node.ssh_port,
-            "user": "root", "private_key_uuid": conf.coolify_private_key_uuid, "is_build_server": False,
-            "instant_validate": True}
-    ip = str(node.private_ip)
-    return READ_SECRETS + f"""
-install -d -m 700 /root/.inkmcp
-umask 077; printf '%s' "$COOLIFY_API_TOKEN" > {COOLIFY_TOKEN_FILE}; umask 022
-API=http://127.0.0.1:8000/api/v1
-auth() {{ printf 'header = "Authorization: Bearer %s"\\n' "$(cat {COOLIFY_TOKEN_FILE})"; }}
-uuid=$(curl -fsS -K <(auth) "$API/servers" | jq -r --arg ip {ip} '.[] | select(.ip == $ip) | .uuid' | head -n1)
-if [ -z "$uuid" ]; then
-  uuid=$(printf '%s' {shlex.quote(json.dumps(body, sort_keys=True))} \\
-    | curl -fsS -K <(auth) -H 'Content-Type: application/json' -X POST --data-binary @- "$API/servers" \\
-    | jq -r .uuid)
-else
-  printf '%s' {shlex.quote(json.dumps({"name": node.name, "description": description}, sort_keys=True))} \\
-    | curl -fsS -K <(auth) -H 'Content-Type: application/json' -X PATCH --data-binary @- "$API/servers/$uuid" \\
-    >/dev/null
-fi
-[ -n "$uuid" ] && [ "$uuid" != null ] || {{ echo "registration of {node.name} failed" >&2; exit 1; }}
-# Not in the API: the wildcard domain is a server setting (what Settings > Wildcard Domain writes).
+    return f"""
+rm -f {COOLIFY_TOKEN_FILE}
 docker exec coolify-db psql -U coolify -d coolify -v ON_ERROR_STOP=1 -tAc \\
   "UPDATE server_settings SET wildcard_domain = '{wildcard}'
-   WHERE server_id = (SELECT id FROM servers WHERE uuid = '$uuid')"
-echo "$uuid"
+   WHERE server_id = (SELECT id FROM servers WHERE uuid = '{server_uuid}')" | grep -qx 'UPDATE 1' \\
+  || {{ echo "no Coolify server {server_uuid} ({node.name}) to set the wildcard domain on" >&2; exit 1; }}
+echo "{node.name}: wildcard domain {wildcard}"
 """
 
 
-def unregister_script(node: RunServer) -> str:
-    ip = str(node.private_ip)
+def sablier_script(conf: MuscleConfig, mtu: int = VSWITCH_MTU) -> str:
+    """On the node, before Coolify is told about it: pull the pinned proxy image (Coolify's `docker compose pull`
+    then finds it, and the node's image ID exists before the proxy restarts), create Coolify's `coolify` network
+    with the vSwitch MTU (Coolify's own create is `|| true`, so it keeps this one; review #19), and run the Sablier
+    server on it by digest (its Traefik plugin reaches it as http://sablier:10000). The container is recreated
+    only when it does not run the pinned image; no `--runtime`: the selector decides (platform entry `sablier`)."""
+    sablier = pinned_image(conf, "sablier")
+    proxy = pinned_image(conf, "proxy")
+    q_sablier, q_proxy = shlex.quote(sablier), shlex.quote(proxy)
     return f"""
-API=http://127.0.0.1:8000/api/v1
-[ -r {COOLIFY_TOKEN_FILE} ] || {{ echo "no token at {COOLIFY_TOKEN_FILE}; remove {node.name} in Coolify" >&2; exit 1; }}
-auth() {{ printf 'header = "Authorization: Bearer %s"\\n' "$(cat {COOLIFY_TOKEN_FILE})"; }}
-uuid=$(curl -fsS -K <(auth) "$API/servers" | jq -r --arg ip {ip} '.[] | select(.ip == $ip) | .uuid' | head -n1)
-[ -z "$uuid" ] && {{ echo "{node.name} not registered"; exit 0; }}
-curl -fsS -K <(auth) -X DELETE "$API/servers/$uuid"
-"""
-
-
-def sablier_script(conf: MuscleConfig) -> str:
-    """Sablier server on the `coolify` network (runc: it needs the Docker socket, which runsc refuses) and the
-    plugin flags in Coolify's proxy compose (custom flags survive Coolify's regeneration, NOTES.md §g)."""
-    image = shlex.quote(conf.sablier_image)
-    v = conf.sablier_plugin_version
-    flags = [
-        "--experimental.plugins.sablier.modulename=github.com/sablierapp/sablier-traefik-plugin",
-        f"--experimental.plugins.sablier.version={v}",
-    ]
-    # Insert each flag after the file-provider watch flag, with that line's indentation and quoting.
-    anchor = r"^\(\s*\)- '\?--providers.file.watch=true'\?$"
-    add_flags = "\n".join(
-        f"grep -qF -- '{f}' \"$compose\" || {{ sed -i \"s|{anchor}|&\\n\\1- '{f}'|\" \"$compose\"; changed=1; }}"
-        for f in flags
-    )
-    return f"""
-# Coolify creates the `coolify` network and its proxy after validating the server; wait for both.
-for _ in $(seq 1 120); do
-  docker network inspect coolify >/dev/null 2>&1 && [ -f /data/coolify/proxy/docker-compose.yml ] && break
-  sleep 5
-done
-docker network inspect coolify >/dev/null
-have=$(docker inspect sablier --format '{{{{.Config.Image}}}}|{{{{.HostConfig.Runtime}}}}' 2>/dev/null || true)
-if [ "$have" != {shlex.quote(conf.sablier_image + "|runc")} ]; then
+docker pull -q {q_proxy} >/dev/null
+docker pull -q {q_sablier} >/dev/null
+docker network inspect coolify >/dev/null 2>&1 \\
+  || docker network create --attachable -o com.docker.network.driver.mtu={mtu} coolify >/dev/null
+want=$(docker image inspect --format '{{{{.Id}}}}' {q_sablier})
+have=$(docker inspect --format '{{{{.Image}}}}' sablier 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
   docker rm -f sablier >/dev/null 2>&1 || true
-  docker run -d --name sablier --restart unless-stopped --runtime runc --network coolify \\
-    --label coolify.managed=false -v /var/run/docker.sock:/var/run/docker.sock {image} \\
-    start --provider.name=docker
+  docker run -d --name sablier --restart unless-stopped --network coolify \\
+    --label coolify.managed=false -v /var/run/docker.sock:/var/run/docker.sock {q_sablier} \\
+    start --provider.name=docker >/dev/null
+  echo "changed: sablier runs {sablier}"
 fi
-compose=/data/coolify/proxy/docker-compose.yml
-changed=0
-{add_flags}
-grep -qF -- 'sablier.version={v}' "$compose" || {{ echo "could not add the sablier plugin to $compose" >&2; exit 1; }}
-if [ "$changed" = 1 ]; then docker compose -f "$compose" up -d --force-recreate; fi
 """
 
 
@@ -250,6 +251,8 @@ class RunServerArgs:
     network: NetworkStackOutputs
     factory: FactoryStackOutputs
     plan: HostPlan
+    coolify_provider: CoolifyServerProvider | None = None
+    """Tunables for Coolify registration (tests shorten the validation wait); None: the defaults."""
 
     @property
     def zone(self) -> str:
@@ -286,12 +289,25 @@ class RunServerNode(pulumi.ComponentResource):
         ]
         self.harden = cmd("harden", shell(harden_script(args.plan)), after=[self.vswitch, *self.files],
                           triggers=[plan_digest(args.plan)])
+        self.sablier = cmd("sablier", shell(sablier_script(conf, conf.docker_mtu)), after=[self.harden])
+        self.coolify = CoolifyServer(
+            f"{name}-coolify",
+            api_url=coolify_api_url(conf, args.factory),
+            api_token=s.coolify_api_token,
+            ip=str(node.private_ip),
+            private_key_uuid=conf.coolify_private_key_uuid,
+            name=node.name,
+            description=server_description(node),
+            port=node.ssh_port,
+            user="root",
+            proxy_image=pinned_image(conf, "proxy"),
+            sablier_plugin_version=conf.sablier_plugin_version,
+            provider=args.coolify_provider,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.sablier]),
+        )
         self.register = cmd(
-            "register", shell(register_script(conf, node, args.zone)),
-            delete=shell(unregister_script(node)),
-            stdin=secret_stdin({"COOLIFY_API_TOKEN": s.coolify_api_token}),
-            on=master, after=[self.harden])
-        self.sablier = cmd("sablier", shell(sablier_script(conf)), after=[self.register])
+            "register", self.coolify.id.apply(lambda uuid: shell(register_script(conf, node, args.zone, uuid))),
+            on=master, after=[self.coolify])
         self.dns = hcloud.ZoneRrset(
             f"{name}-wildcard",
             zone=args.zone,
@@ -304,7 +320,7 @@ class RunServerNode(pulumi.ComponentResource):
         )
         self.fqdn = f"{node.wildcard(conf.apps_subdomain)}.{args.zone}"
         self.register_outputs({"wildcard": self.fqdn, "public_ip": str(node.public_ip),
-                               "coolify_server": self.register.stdout})
+                               "coolify_server": self.coolify.id})
 
 
 @dataclass
