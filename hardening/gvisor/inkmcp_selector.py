@@ -1,7 +1,8 @@
-#!/usr/bin/python3 -IS
 """InkMCP runtime selector: Docker's default OCI runtime on a run server (runbooks/gvisor-decision.md §4.2-4.3).
 
-dockerd (through containerd's runc shim) calls this program exactly as it would call runc. On `create` it
+The logic behind hardening/gvisor/runtime_selector.py (the entry point, installed as
+/usr/local/lib/inkmcp/inkmcp-runtime next to this module). dockerd (through containerd's runc shim) calls the
+entry point exactly as it would call runc. On `create` it
 decides, from the OCI bundle (what will actually run) and Docker's own records of the container
 (config.v2.json, hostconfig.json), which real runtime owns the container, or refuses it:
 
@@ -33,12 +34,14 @@ Unknown containers and anything this program cannot read fail closed: sandboxed,
 Labels never make a container platform (tenants set labels); they can only disqualify it.
 Configuration: JSON file given by --inkmcp-config=PATH (first argument, set in daemon.json runtimeArgs),
 default /etc/inkmcp/runtime-selector.json relative to the install root; it must be owned by root and not
-writable by others. Standard library only (no subprocess import on the hot path); runs as root.
+writable by others. Standard library only; runs as root.
+Start-up is most of the cost of every runtime call (benchmarks/selector_cost.py): this module is loaded from
+bytecode compiled at install (compiling it on every call cost more than deciding); the modules `json` and `re`
+pull in enum, functools, collections and more, so JSON is read with the C scanner `_json` directly, `re` is
+imported only by `create` (which needs it), and the state-dir hash uses the builtin `_sha256`.
 """
 
-import json
 import os
-import re
 import stat
 import sys
 
@@ -51,8 +54,8 @@ DEFAULT_CONFIG = os.path.join(
 CONFIG_FLAG = "--inkmcp-config="
 # runc global flags that take a value (both runc and runsc accept these before the subcommand).
 VALUE_FLAGS = {"--root", "--log", "--log-format", "--criu", "--rootless"}
-CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+HEX = frozenset("0123456789abcdef")
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 # Mount types that never expose a host path (unless bind-mounted, which the options say).
 VIRTUAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
 # T1: namespaces every container must have, each its own (no `path`).
@@ -79,18 +82,65 @@ RESOURCE_KINDS = ("applications", "services", "databases")
 #   (StartPostgresql.php:28); compose app `<svc>-` + the app form (parsers.php:728); service `<svc>-<U>`
 #   (parsers.php:2080). `.+-` is greedy, so a tenant-chosen service name can never supply the uuid.
 UUID = "[a-z0-9]{24}"
-NAME_UUID = (
-    re.compile(rf"(?P<u>{UUID})-(?P=u)-run-[0-9a-f]+"),
-    re.compile(rf"(?:.+-)?(?P<u>{UUID})(?:-[0-9]{{12}}|-pr-[0-9]+)?"),
-)
+NAME_UUID = (rf"(?P<u>{UUID})-(?P=u)-run-[0-9a-f]+", rf"(?:.+-)?(?P<u>{UUID})(?:-[0-9]{{12}}|-pr-[0-9]+)?")
 BACKUP_HELPERS = ("backup-of-", "volume-upload-")
-FLAG_ARG = re.compile(r"--[A-Za-z][A-Za-z0-9._-]*(=[^\n]*)?")
-PLUGIN_MODULE = re.compile(r"--experimental\.plugins\.[^.=]+\.modulename=(.*)", re.IGNORECASE)
+FLAG_ARG = r"--[A-Za-z][A-Za-z0-9._-]*(=[^\n]*)?"
+PLUGIN_MODULE = r"(?i)--experimental\.plugins\.[^.=]+\.modulename=(.*)"
 ENTRY_KEYS = ("entry", "name", "reserve", "images", "mounts", "args", "auto_remove", "forbid_label_prefixes")
 
 
 class Refused(Exception):
     """The container must not run at all."""
+
+
+def is_container_id(value):
+    """Docker's container IDs: 64 lowercase hex digits (what dockerd passes as the runc container id)."""
+    return len(value) == 64 and set(value) <= HEX
+
+
+def is_safe_id(value):
+    """^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$ without `re`: an id we may use as a file name."""
+    return 0 < len(value) <= 128 and value[0] not in "_.-" and set(value) <= ID_CHARS
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def loads(text):
+    """json.loads for the config, the bundle and Docker's records, without importing `json` (and with it `re`,
+    enum, functools, ...): the C scanner behind json, strict, nothing after the value."""
+    try:
+        import _json
+    except ImportError:  # an interpreter without the accelerator: the pure-Python module
+        import json
+
+        return json.loads(text)
+
+    class Context:
+        strict, object_hook, object_pairs_hook = True, None, None
+        parse_float, parse_int, parse_constant = float, int, staticmethod(_reject_constant)
+
+    text = text.strip(" \t\n\r")
+    try:
+        value, end = _json.make_scanner(Context())(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError(f"extra data after the JSON value at offset {end}")
+    return value
+
+
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def rx():
+    """`re`, imported on first use: only `create` decisions match patterns."""
+    import re
+
+    return re
 
 
 def parse_args(argv):
@@ -113,14 +163,13 @@ def load_config(path):
     st = os.stat(path)
     if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise Refused(f"config {path} must be owned by root and not group/world-writable")
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = loads(read_text(path))
     for key in ("runc", "runsc", "runsc_flags", "data_root", "state_dir", "platform", "coolify_dir"):
         if key not in cfg:
             raise Refused(f"config {path} lacks {key!r} (render it from runtime-selector.json.j2)")
-    me = os.path.realpath(__file__)
+    me = {os.path.realpath(__file__), os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""}
     for key in ("runc", "runsc"):
-        if not os.path.isabs(cfg[key]) or os.path.realpath(cfg[key]) == me:
+        if not os.path.isabs(cfg[key]) or os.path.realpath(cfg[key]) in me:
             raise Refused(f"config {key!r} must be the absolute path of the real runtime, not the selector")
     for i, entry in enumerate(cfg["platform"]):
         missing = [k for k in ENTRY_KEYS if k not in entry]
@@ -135,6 +184,7 @@ def log_error(flags, message):
     log = flags.get("log")
     if isinstance(log, str) and log:
         try:
+            import json
             import time
 
             with open(log, "a", encoding="utf-8") as f:
@@ -145,16 +195,18 @@ def log_error(flags, message):
 
 
 def state_dir(cfg, flags):
-    import hashlib
+    try:
+        from _sha256 import sha256  # builtin in Python 3.11; hashlib would load OpenSSL first
+    except ImportError:
+        from hashlib import sha256
 
     root = flags.get("root") if isinstance(flags.get("root"), str) else "default"
-    return os.path.join(cfg["state_dir"], hashlib.sha256(root.encode()).hexdigest()[:16])
+    return os.path.join(cfg["state_dir"], sha256(root.encode()).hexdigest()[:16])
 
 
 def read_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return loads(read_text(path))
     except (OSError, ValueError):
         return None
 
@@ -166,7 +218,7 @@ class Container:
     def __init__(self, cfg, spec, cid):
         self.cfg, self.spec, self.cid = cfg, spec, cid
         self.record = self.hostconfig = None
-        if CONTAINER_ID.match(cid):
+        if is_container_id(cid):
             cdir = os.path.join(cfg["data_root"], "containers", cid)
             self.record = read_json(os.path.join(cdir, "config.v2.json"))
             self.hostconfig = read_json(os.path.join(cdir, "hostconfig.json"))
@@ -290,7 +342,7 @@ def mount_points():
                 for line in f:
                     parts = line.split()
                     if len(parts) > 4:
-                        points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))
+                        points.add(rx().sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))
         except OSError:
             pass
         _MOUNT_POINTS = points
@@ -307,7 +359,7 @@ def own_dir_problem(cfg, source, cid):
     """None when `source` is a Docker-owned file of this container (resolv.conf, hosts, hostname, shm)."""
     for root in data_roots(cfg):
         prefix = f"{root}/containers/{cid}"
-        if CONTAINER_ID.match(cid) and under(source, prefix):
+        if is_container_id(cid) and under(source, prefix):
             link = symlink_below(source, prefix)
             return f"symlink {link} in its own container dir" if link else None
     return "not its own container dir"
@@ -316,7 +368,7 @@ def own_dir_problem(cfg, source, cid):
 def volume_problem(cfg, source):
     """None when `source` is a plain named volume (`<data-root>/volumes/<v>/_data[/...]`, not a mount)."""
     for root in data_roots(cfg):
-        m = re.fullmatch(re.escape(root) + r"/volumes/([A-Za-z0-9][A-Za-z0-9_.-]*)/_data(/.*)?", source)
+        m = rx().fullmatch(rx().escape(root) + r"/volumes/([A-Za-z0-9][A-Za-z0-9_.-]*)/_data(/.*)?", source)
         if not m:
             continue
         data = f"{root}/volumes/{m.group(1)}/_data"
@@ -347,7 +399,7 @@ def docker_socket(cfg, m):
 
 def resource_uuid(name):
     for pattern in NAME_UUID:
-        m = pattern.fullmatch(name)
+        m = rx().fullmatch(pattern, name)
         if m:
             return m.group("u")
     return None
@@ -437,13 +489,13 @@ def args_problem(entry, image, args):
         if rest == cmd:
             return None
         for arg in rest:
-            if not FLAG_ARG.fullmatch(arg):
+            if not rx().fullmatch(FLAG_ARG, arg):
                 return f"argument {arg!r} is not a --flag[=value]"
             flag = arg.split("=", 1)[0].lower()
             for prefix in rule.get("forbid_prefixes") or []:
                 if flag.startswith(prefix.lower()):
                     return f"flag {arg!r} is forbidden by the profile ({prefix}*)"
-            m = PLUGIN_MODULE.fullmatch(arg)
+            m = rx().fullmatch(PLUGIN_MODULE, arg)
             if m and m.group(1) not in (rule.get("plugin_modules") or []):
                 return f"plugin module {m.group(1)!r} is not allowed (allowed: {rule.get('plugin_modules') or []})"
     else:
@@ -518,7 +570,7 @@ def platform_entry(c):
         return None
     failures = []
     for entry in c.cfg["platform"]:
-        if not re.fullmatch(entry["name"], c.name):
+        if not rx().fullmatch(entry["name"], c.name):
             continue
         problem = profile_problem(c, entry)
         if problem is None:
@@ -557,10 +609,9 @@ def choose_for_create(cfg, flags, rest):
         elif arg.startswith("--bundle="):
             bundle = arg.split("=", 1)[1]
     cid = rest[-1] if rest else ""
-    if not bundle or not SAFE_ID.match(cid):
+    if not bundle or not is_safe_id(cid):
         raise Refused("create without a bundle or with an unexpected container id")
-    with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
-        spec = json.load(f)
+    spec = loads(read_text(os.path.join(bundle, "config.json")))
     c = Container(cfg, spec, cid)
     if platform_entry(c) is not None:
         runtime = "runc"
@@ -579,7 +630,7 @@ def choose_for_create(cfg, flags, rest):
 def recorded(cfg, flags, rest):
     sdir = state_dir(cfg, flags)
     for arg in rest:
-        if SAFE_ID.match(arg):
+        if is_safe_id(arg):
             try:
                 with open(os.path.join(sdir, arg), encoding="utf-8") as f:
                     return f.read().strip(), arg
@@ -619,13 +670,10 @@ def main(argv):
     except Refused as err:
         log_error(flags, str(err))
         return 1
-    except (OSError, ValueError, KeyError, TypeError, re.error) as err:
+    except Exception as err:  # anything unexpected (a bad regex, a malformed record): fail closed
         log_error(flags, f"refusing: cannot decide safely: {err!r}")
         return 1
     cmd = runtime_cmd(cfg, runtime, argv)
     os.execv(cmd[0], cmd)  # noqa: S606 - replacing ourselves with the chosen runtime is the point
     return 1  # not reached
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -30,6 +30,8 @@ root=${root%/}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 selector_src=$here/runtime_selector.py
 selector_dst=$root/usr/local/lib/inkmcp/inkmcp-runtime
+module_src=$here/inkmcp_selector.py
+module_dst=$root/usr/local/lib/inkmcp/inkmcp_selector.py
 config_dst=$root/etc/inkmcp/runtime-selector.json
 
 # The selector is a stdlib-only Python 3 program started as /usr/bin/python3 (its shebang).
@@ -73,8 +75,26 @@ place() {
   echo "changed: $dst"
 }
 
+# The selector's rules load from bytecode: compiling them on every runtime call costs more than deciding.
+# checked-hash: the interpreter verifies the .pyc against the source's hash, so a stale one is never used.
+# Compiled by the interpreter the selector runs under (its shebang), or it writes its own cache on first use.
+compile=0
+pycs=("$(dirname "$module_dst")"/__pycache__/inkmcp_selector.*.pyc)
+if ! cmp -s "$module_src" "$module_dst" || [ ! -e "${pycs[0]}" ]; then
+  compile=1
+fi
+
 place "$selector_src" "$selector_dst" 755
+place "$module_src" "$module_dst" 644
 place "$config_src" "$config_dst" 644
+
+if [ "$check" -eq 0 ] && [ "$compile" -eq 1 ]; then
+  interp=/usr/bin/python3
+  [ -x "$interp" ] || interp=python3
+  "$interp" -c 'import py_compile, sys
+py_compile.compile(sys.argv[1], doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' \
+    "$module_dst"
+fi
 
 # Docker always registers `runc` (and io.containerd.runc.v2) with the bare name "runc", resolved through
 # the PATH of containerd and its shims, where /usr/local/sbin comes first. Shadowing it there means a

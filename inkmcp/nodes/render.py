@@ -40,6 +40,8 @@ HETZNER_RESOLVERS = ["185.12.64.1", "185.12.64.2"]
 # gVisor runtime selector (hardening/gvisor/, runbooks/gvisor-decision.md): Docker's default runtime.
 SELECTOR_RUNTIME = "inkmcp"
 SELECTOR_PATH = "/usr/local/lib/inkmcp/inkmcp-runtime"
+# The selector's rules, imported by the entry point above from bytecode install.sh compiles.
+SELECTOR_MODULE = "/usr/local/lib/inkmcp/inkmcp_selector.py"
 SELECTOR_CONFIG = "/etc/inkmcp/runtime-selector.json"
 # install.sh and the selector source it copies from (it looks next to itself), shipped to the host.
 GVISOR_INSTALL_DIR = "/usr/local/lib/inkmcp/gvisor"
@@ -661,11 +663,14 @@ def _gvisor_files(params: HostParams) -> list[tuple[str, str, int]]:
     if params.gvisor is None:
         return []
     selector = (GVISOR_DIR / "runtime_selector.py").read_text()
+    module = (GVISOR_DIR / "inkmcp_selector.py").read_text()
     return [
         (SELECTOR_PATH, selector, 0o755),
+        (SELECTOR_MODULE, module, 0o644),
         (SELECTOR_CONFIG, params.gvisor.render_config(), 0o644),
         (f"{GVISOR_INSTALL_DIR}/install.sh", (GVISOR_DIR / "install.sh").read_text(), 0o755),
         (f"{GVISOR_INSTALL_DIR}/runtime_selector.py", selector, 0o644),
+        (f"{GVISOR_INSTALL_DIR}/inkmcp_selector.py", module, 0o644),
         (SHIM_GUARD, (SCRIPTS_DIR / "inkmcp-shim-guard").read_text(), 0o755),
         (SHIM_GUARD_APT_HOOK, _env().get_template("53inkmcp-shim-guard.j2").render(p=params), 0o644),
     ]

@@ -41,17 +41,21 @@ def test_install_twice_changes_nothing_and_check_reports_drift(tmp_path, as_root
     text = render_config(platform=PLATFORM)
     first = install(text, root)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("changed:") == 3
+    assert first.stdout.count("changed:") == 4  # entry point, rules module, config, runc link
     assert os.readlink(root / "usr/local/sbin/runc") == "../lib/inkmcp/inkmcp-runtime"
     selector = root / "usr/local/lib/inkmcp/inkmcp-runtime"
     config = root / "etc/inkmcp/runtime-selector.json"
     assert selector.read_bytes() == (GVISOR / "runtime_selector.py").read_bytes()
     assert oct(selector.stat().st_mode & 0o777) == "0o755" and oct(config.stat().st_mode & 0o777) == "0o644"
-    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (selector, config)}
+    module = root / "usr/local/lib/inkmcp/inkmcp_selector.py"
+    assert module.read_bytes() == (GVISOR / "inkmcp_selector.py").read_bytes()
+    (pyc,) = (root / "usr/local/lib/inkmcp/__pycache__").glob("inkmcp_selector.*.pyc")
+    assert pyc.read_bytes()[4:8] == b"\x03\x00\x00\x00"  # PEP 552 flags: checked-hash, never a stale cache
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (selector, module, pyc, config)}
 
     second = install(text, root)
     assert (second.returncode, second.stdout.strip()) == (0, "unchanged"), second.stderr
-    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (selector, config)} == before
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (selector, module, pyc, config)} == before
     assert install(text, root, "--check").returncode == 0
 
     config.write_text(config.read_text().replace("--network=host", "--network=sandbox"))
