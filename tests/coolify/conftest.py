@@ -41,5 +41,8 @@ def key_uuid(standin: CoolifyStandin) -> str:
 
 @pytest.fixture
 async def client(standin: CoolifyStandin, token: str, spec: CoolifySpec) -> AsyncIterator[CoolifyClient]:
+    """The client as registration uses it, checking every request against the spec before sending; the stand-in
+    checks them again on arrival, and a test using this client must leave no request violation."""
     async with CoolifyClient(standin.url, token, validate_with=spec, retry=FAST) as c:
         yield c
+    assert standin.request_violations == []
