@@ -392,8 +392,8 @@ serve /srv/traefik $ports
 
 def coolify_helper(fs: Rootfs) -> ImageConfig:
     """The deploy/backup helper: tini + `tail -f /dev/null`, bash, the docker CLI with the compose and
-    buildx plugins in /root/.docker/cli-plugins (as Coolify's image), git (+ https remote helper), ssh,
-    curl, gzip, and `mc` (a curl-based stand-in: `alias set` and `cp` with SigV4 signing)."""
+    buildx plugins in /root/.docker/cli-plugins (as Coolify's image), git (+ http(s) remote helper; git-lfs
+    a no-op), ssh, curl, gzip, and `mc` (a curl-based stand-in: `alias set` and `cp` with SigV4 signing)."""
     _base(fs, "coollabsio/coolify-helper:1.0.15")
     fs.host("/usr/bin/tini-static", "/sbin/tini")
     fs.host("/usr/bin/bash")
@@ -409,6 +409,13 @@ def coolify_helper(fs: Rootfs) -> ImageConfig:
     fs.host("/etc/ssl/certs/ca-certificates.crt")
     fs.dir("/artifacts")
     fs.script("/usr/bin/mc", MC_SCRIPT)
+    # git-lfs is not in this host's package set: `git lfs ...` succeeds and fetches nothing.
+    fs.script("/usr/bin/git-lfs", """#!/bin/sh
+case "${1:-}" in
+  version|--version) echo "git-lfs/3.6.1 (InkMCP stand-in: LFS objects are not fetched)" ;;
+  *) echo "git-lfs (InkMCP stand-in): '$*' does nothing" >&2 ;;
+esac
+""")
     return ImageConfig(entrypoint=["/sbin/tini", "--"], cmd=["tail", "-f", "/dev/null"], workdir="/artifacts",
                        env={"PATH": BASE_PATH})
 
@@ -532,7 +539,7 @@ POSTGRES_ENTRYPOINT = r"""#!/bin/sh
 # The postgres image's entrypoint contract (docker-library/postgres docker-entrypoint.sh), in busybox sh:
 # flags alone mean `postgres <flags>`; as root, own $PGDATA and re-exec as postgres; on an empty $PGDATA,
 # initdb with POSTGRES_USER/POSTGRES_PASSWORD, allow password logins from the network, start a temporary
-# socket-only server with the same arguments (so a custom config_file applies), create POSTGRES_DB, run
+# server on a private socket with the same arguments (so a custom config_file applies), create POSTGRES_DB, run
 # /docker-entrypoint-initdb.d/*.sh|*.sql|*.sql.gz in order, stop it; then exec the server.
 set -e
 if [ "${1#-}" != "$1" ]; then set -- postgres "$@"; fi
@@ -561,9 +568,12 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   shift
   opts=
   for a in "$@"; do opts="$opts$(quote "$a")"; done
-  PGUSER=$POSTGRES_USER pg_ctl -D "$PGDATA" -o "$opts -c listen_addresses='' -p 5432" -w start
+  # Unlike the official script, the temporary server's socket is private: a healthcheck (psql or
+  # pg_isready on the default socket) cannot report healthy before the real server is up.
+  init_sock=$(mktemp -d)
+  PGUSER=$POSTGRES_USER pg_ctl -D "$PGDATA" -o "$opts -c listen_addresses='' -p 5432 -k $init_sock" -w start
   psql="psql -v ON_ERROR_STOP=1 --no-password --no-psqlrc"
-  export PGUSER="$POSTGRES_USER" PGPASSWORD="$POSTGRES_PASSWORD"
+  export PGUSER="$POSTGRES_USER" PGPASSWORD="$POSTGRES_PASSWORD" PGHOST="$init_sock"
   if [ "$POSTGRES_DB" != postgres ]; then
     echo 'CREATE DATABASE :"db" ;' | $psql --dbname postgres --set db="$POSTGRES_DB"
   fi
@@ -578,6 +588,8 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   done
   unset PGPASSWORD
   PGUSER=$POSTGRES_USER pg_ctl -D "$PGDATA" -m fast -w stop
+  unset PGHOST
+  rmdir "$init_sock"
   echo "PostgreSQL init process complete; ready for start up."
   set -- postgres "$@"
 fi
@@ -690,22 +702,27 @@ serve /srv/mongod "$port"
 """
 
 MONGOSH = r"""#!/bin/sh
-# mongosh stand-in: `--eval` with ping/hello answers { ok: 1 } when the server stand-in is up; `--file F`
-# records F as run (initdb). Anything else fails and says so.
-file= eval=
+# mongosh stand-in: a ping/hello (from --eval, or on stdin as in Coolify's newer healthcheck
+# `echo 'db.runCommand("ping").ok' | mongosh ... --quiet`) answers when the server stand-in is up: `1` for
+# an expression ending in .ok, else { ok: 1 }. `--file F` records F as run (initdb). Anything else fails.
+file= eval= seen_eval=
 while [ $# -gt 0 ]; do
   case "$1" in
     --file|-f) file=$2; shift 2 ;;
-    --eval) eval=$2; shift 2 ;;
+    --eval) eval=$2; seen_eval=1; shift 2 ;;
     *) shift ;;
   esac
 done
 if [ -n "$file" ]; then echo "ran $file" >> /data/db/inkmcp-initdb.log; exit 0; fi
+[ -n "$seen_eval" ] || [ -t 0 ] || eval=$(cat)
 case "$eval" in
   *ping*|*hello*|*isMaster*)
     port=$(cat /run/mongod.port 2>/dev/null || echo 27017)
-    if wget -qO /dev/null "http://127.0.0.1:$port/"; then echo "{ ok: 1 }"; exit 0; fi
-    echo "MongoNetworkError: connect ECONNREFUSED 127.0.0.1:$port" >&2; exit 1 ;;
+    if ! wget -qO /dev/null "http://127.0.0.1:$port/"; then
+      echo "MongoNetworkError: connect ECONNREFUSED 127.0.0.1:$port" >&2; exit 1
+    fi
+    case "$eval" in *.ok|*.ok\;|*.ok\)) echo 1 ;; *) echo "{ ok: 1 }" ;; esac
+    exit 0 ;;
 esac
 echo "mongosh (InkMCP stand-in): only ping/hello and --file are modelled" >&2
 exit 2
