@@ -69,6 +69,7 @@ from inkmcp.infra.muscle_config import (
     RunServer,
     host_params,
 )
+from inkmcp.nodes.registry import registry_client_script, registry_client_stdin
 from inkmcp.nodes.render import HostPlan, render_plan
 
 COOLIFY_TOKEN_FILE = "/root/.inkmcp/coolify-api-token"  # noqa: S105 - a path, not a password
@@ -229,6 +230,27 @@ fi
 """
 
 
+def registry_pull_script(factory: FactoryStackOutputs) -> str:
+    """The registry's CA in `/etc/docker/certs.d/<registry>/ca.crt` and its read-only `pull` user in root's
+    `~/.docker/config.json` (review #3): Coolify pulls each build with `docker compose up --pull always` over
+    SSH as root (ADJ:1947-1950, 4083), and TLS is verified, never `insecure-registries`. The credentials come
+    on stdin (`registry_pull_stdin`)."""
+    if not factory.registry_ca_cert:
+        raise ValueError("the factory stack exports no registry_ca_cert (it predates registry TLS): run `pulumi up` "
+                         "on the factory stack first, then on this one")
+    host, _, port = factory.registry_endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = factory.registry_endpoint, "443"
+    return registry_client_script(host, factory.registry_ca_cert, port=int(port))
+
+
+def registry_pull_stdin(secrets: MuscleSecrets) -> pulumi.Output[str]:
+    if secrets.registry_pull_password is None:
+        raise ValueError("run servers need the registry's read-only user: `pulumi config set --secret "
+                         "registryPullPassword ...` (the factory stack's registryPullPassword)")
+    return pulumi.Output.secret(secrets.registry_pull_password.apply(lambda pw: registry_client_stdin("pull", pw)))
+
+
 def plan_digest(plan: HostPlan) -> str:
     """Changes whenever a file, a mode or a command changes: the `harden` step's trigger."""
     h = hashlib.sha256()
@@ -289,6 +311,8 @@ class RunServerNode(pulumi.ComponentResource):
         ]
         self.harden = cmd("harden", shell(harden_script(args.plan)), after=[self.vswitch, *self.files],
                           triggers=[plan_digest(args.plan)])
+        self.registry_pull = cmd("registry-pull", shell(registry_pull_script(args.factory)),
+                                 stdin=registry_pull_stdin(s), after=[self.harden])
         self.sablier = cmd("sablier", shell(sablier_script(conf, conf.docker_mtu)), after=[self.harden])
         self.coolify = CoolifyServer(
             f"{name}-coolify",

@@ -172,6 +172,9 @@ class FactoryStackOutputs(BaseModel):
     master_ipv4: str
     master_private_ip: str
     registry_endpoint: str
+    registry_ca_cert: str | None = None
+    """The registry's private CA (PEM); None from a factory stack that predates registry TLS (the muscle stack
+    then refuses to configure run servers and says to `pulumi up` the factory stack first)."""
 
     @classmethod
     def parse(cls, raw: Any) -> FactoryStackOutputs:
@@ -388,11 +391,15 @@ class MuscleSecrets:
     ssh_private_key: pulumi.Output[str]
     """Operator key: SSH into run servers and into the Coolify master (registration runs there)."""
     coolify_api_token: pulumi.Output[str]
+    registry_pull_password: pulumi.Output[str] | None = None
+    """The registry's read-only `pull` user (the factory stack's registryPullPassword): root's config.json on
+    every run server, which Coolify's `docker compose up --pull always` uses. Required by `load_muscle`."""
 
 
 def load_muscle(cfg: pulumi.Config) -> tuple[MuscleConfig, MuscleSecrets]:
     conf = read_model(cfg, MuscleConfig)
     key = secret(cfg, "sshPrivateKey", "INKMCP_SSH_PRIVATE_KEY")
     token = secret(cfg, "coolifyApiToken", "INKMCP_COOLIFY_API_TOKEN")
+    pull = secret(cfg, "registryPullPassword", "INKMCP_REGISTRY_PULL_PASSWORD")
     assert key is not None and token is not None
-    return conf, MuscleSecrets(ssh_private_key=key, coolify_api_token=token)
+    return conf, MuscleSecrets(ssh_private_key=key, coolify_api_token=token, registry_pull_password=pull)

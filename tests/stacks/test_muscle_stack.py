@@ -29,6 +29,7 @@ from inkmcp.infra.muscle_config import (
     PlatformContainerSpec,
     RunServer,
 )
+from inkmcp.nodes.registry import make_ca
 from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
 from tests.support import traversable_tmpdir
 
@@ -42,8 +43,10 @@ NETWORK = {
     "dedicated_servers": [{"number": 1000000.0 + n, "name": f"run{n}", "vswitch_ip": f"10.0.2.{20 + n}"}
                           for n in range(1, 10)],
 }
-FACTORY = {"master_ipv4": "203.0.113.5", "master_private_ip": "10.0.1.10", "registry_endpoint": "10.0.1.12:5000"}
-SSH_KEY, TOKEN = "SENTINEL-ssh-private-key", "SENTINEL-coolify-token"
+REGISTRY_CA = make_ca("test registry CA")[0]
+FACTORY = {"master_ipv4": "203.0.113.5", "master_private_ip": "10.0.1.10", "registry_endpoint": "10.0.1.12",
+           "registry_ca_cert": REGISTRY_CA}
+SSH_KEY, TOKEN, PULL = "SENTINEL-ssh-private-key", "SENTINEL-coolify-token", "SENTINEL-registry-pull"
 PROXY_REF = "traefik:v3.6.23@sha256:" + "1a" * 32
 SABLIER_REF = "sablierapp/sablier:1.16.2@sha256:" + "2b" * 32
 PLATFORM = [PlatformContainerSpec(profile="proxy", images=[PROXY_REF]),
@@ -77,7 +80,8 @@ def build(conf: MuscleConfig | None = None, network: dict[str, Any] | None = Non
     def program() -> Any:
         args = muscle.MusclePlaneArgs(
             conf=conf,
-            secrets=MuscleSecrets(pulumi.Output.secret(SSH_KEY), pulumi.Output.secret(TOKEN)),
+            secrets=MuscleSecrets(pulumi.Output.secret(SSH_KEY), pulumi.Output.secret(TOKEN),
+                                  pulumi.Output.secret(PULL)),
             network=gated_network(network or NETWORK, conf.check_against),
             factory=pulumi.Output.from_input(FACTORY).apply(FactoryStackOutputs.parse),
         )
@@ -117,18 +121,18 @@ def test_graph_per_run_server(monitor: RecordingMonitor) -> None:
     counts: dict[str, int] = {}
     for t in monitor.types():
         counts[t] = counts.get(t, 0) + 1
-    # per node: authorized-key, vswitch, harden, sablier, register (master); Coolify's record of it (API);
-    # every file of the plan; 1 DNS record
+    # per node: authorized-key, vswitch, harden, registry-pull, sablier, register (master); Coolify's record of
+    # it (API); every file of the plan; 1 DNS record
     files = len(plan_of().files)
     assert files >= 13  # 9 hardening files + 4 of the gVisor selector
-    assert counts == {"inkmcp:muscle:Plane": 1, "inkmcp:muscle:RunServer": 2, COMMAND: 10, COPY: 2 * files,
+    assert counts == {"inkmcp:muscle:Plane": 1, "inkmcp:muscle:RunServer": 2, COMMAND: 12, COPY: 2 * files,
                       COOLIFY: 2, RRSET: 2}
     plane = monitor.by_name("muscle")
     for n in ("run1", "run2"):
         comp = monitor.by_name(f"run-{n}")
         assert comp.parent == plane.urn
         mine = [r for r in monitor.registered if r.name.startswith(f"run-{n}-")]
-        assert len(mine) == 7 + files and all(r.parent == comp.urn for r in mine)
+        assert len(mine) == 8 + files and all(r.parent == comp.urn for r in mine)
         assert not any(r.protect for r in mine)
 
 
@@ -495,11 +499,11 @@ def test_stack_program_composes_from_config(monitor: RecordingMonitor) -> None:
                         "interface": "enp0s31f6", "labels": {"tier": "standard"}}],
         "platformContainers": [{"profile": "proxy", "images": [PROXY_REF]},
                                {"profile": "sablier", "images": [SABLIER_REF]}],
-        "sshPrivateKey": SSH_KEY, "coolifyApiToken": TOKEN,
+        "sshPrivateKey": SSH_KEY, "coolifyApiToken": TOKEN, "registryPullPassword": PULL,
     }
     pulumi.runtime.set_all_config(
         {f"inkmcp:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()},
-        ["inkmcp:sshPrivateKey", "inkmcp:coolifyApiToken"])
+        ["inkmcp:sshPrivateKey", "inkmcp:coolifyApiToken", "inkmcp:registryPullPassword"])
     run(lambda: runpy.run_path(str(ROOT / "stacks/muscle/__main__.py")))
     assert len([r for r in monitor.registered if r.type == "pulumi:pulumi:StackReference"]) == 2
     assert [r.inputs["name"] for r in monitor.of_type(RRSET)] == ["*.s1.apps"]
