@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import runpy
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -346,7 +347,8 @@ def test_register_script_sets_the_wildcard_in_coolifys_database(tmp_path: Path) 
     on the server's settings row; an unknown uuid fails the step by name instead of updating nothing."""
     from inkmcp.store.embedded import EmbeddedPostgres
 
-    pg = EmbeddedPostgres(traversable_tmpdir("muscle-wildcard-") / "data")
+    pgdir = traversable_tmpdir("muscle-wildcard-")
+    pg = EmbeddedPostgres(pgdir / "data")
     pg.start()
     try:
         url = pg.url(driver=None).get_secret_value()
@@ -373,6 +375,7 @@ def test_register_script_sets_the_wildcard_in_coolifys_database(tmp_path: Path) 
         assert failed.returncode == 1 and "no Coolify server zzzzzzzzzzzzzzzzzzzzzzzz (run1)" in failed.stderr
     finally:
         pg.stop()
+        shutil.rmtree(pgdir, ignore_errors=True)
     with pytest.raises(ValueError, match="not lowercase alphanumerics"):
         muscle.register_script(make_conf(), node(1), "example.com", "x'; DROP TABLE servers; --")
 
