@@ -145,8 +145,12 @@ def judge(text: str, target: Target) -> tuple[Outcome, str]:
 
 
 def _first_error(text: str) -> str:
+    """The daemon's error on one line, from the selector's own message on when there is one."""
     line = " ".join(text.strip().split())
-    return line[-400:] if len(line) > 400 else line
+    start = line.find("inkmcp-runtime:")
+    if start > 0:
+        line = line[start:]
+    return line[:600]
 
 
 def run_attack(target: Target, attack: Attack) -> AttackResult:
@@ -274,12 +278,12 @@ def catalogue() -> list[Attack]:
         Attack("A9b", "--pid host", "refused", ["--pid", "host"]),
         Attack("A9c", "--ipc host", "refused", ["--ipc", "host"]),
         Attack("A9d", "--uts host", "refused", ["--uts", "host"]),
-        Attack("A9e", "--network container:<platform container>", "refused",
-               ["--network", "container:inkattack-victim"], setup=_victim, cleanup=_drop_victim),
-        Attack("A9f", "--pid container:<platform container>", "refused",
-               ["--pid", "container:inkattack-victim"], setup=_victim, cleanup=_drop_victim),
-        Attack("A9g", "--volumes-from <container with the socket>", "refused",
-               ["--volumes-from", "inkattack-victim"], setup=_victim, cleanup=_drop_victim),
+        Attack("A9e", "--network container:sablier (platform, holds the socket)", "refused",
+               ["--network", f"container:{VICTIM}"], setup=_victim, cleanup=_drop_victim),
+        Attack("A9f", "--pid container:sablier", "refused",
+               ["--pid", f"container:{VICTIM}"], setup=_victim, cleanup=_drop_victim),
+        Attack("A9g", "--volumes-from sablier (copies its socket mount)", "refused",
+               ["--volumes-from", VICTIM], setup=_victim, cleanup=_drop_victim),
         Attack("A10a", "--cap-add SYS_ADMIN", "refused", ["--cap-add", "SYS_ADMIN"]),
         Attack("A10b", "--cap-add ALL", "refused", ["--cap-add", "ALL"]),
         Attack("A10c", "--security-opt seccomp=unconfined (no extra caps)", "sandboxed",
@@ -303,7 +307,7 @@ def catalogue() -> list[Attack]:
                name="coolify-proxy"),
         Attack("A3e", "sablier name + genuine Sablier image + socket + /:/host", "refused",
                ["-v", "/var/run/docker.sock:/var/run/docker.sock", *host_root], image=SABLIER_IMAGE, name="sablier",
-               cmd=[]),
+               cmd=["start", "--provider.name=docker"]),
         # Review #2/#6: the deploy helper's shape (24-char deployment uuid name, helper image, socket).
         Attack("A4a", "helper name + genuine helper image + socket, labelled as a Coolify database", "refused",
                ["-v", "/var/run/docker.sock:/var/run/docker.sock", "-l", "coolify.type=database",
@@ -331,6 +335,7 @@ def catalogue() -> list[Attack]:
     ]
 
 
+VICTIM = "sablier"
 PROXY_IMAGE = "traefik:v3.6"
 SABLIER_IMAGE = "sablierapp/sablier:1.16.2"  # MuscleConfig.sablier_image
 HELPER_IMAGE = "coollabsio/coolify-helper:1.0.15"
@@ -405,17 +410,25 @@ def _drop_bind_volume(target: Target) -> None:
 
 
 def _victim(target: Target) -> None:
-    """A stand-in for a platform container to join: a container that holds the Docker socket. Started under
-    `--runtime runc` by name only, which the selector still sandboxes... unless refused; either way the
-    attack below must not gain its namespaces or mounts."""
-    target.docker("rm", "-f", "inkattack-victim")
-    made = target.docker("run", "-d", "--name", "inkattack-victim", ATTACKER_IMAGE, "sleep", "600")
+    """The platform container to borrow from: Sablier, started exactly as its profile says (pinned image, the
+    Docker socket), so it runs under runc with the socket. Joining its namespaces or copying its mounts
+    must not hand a tenant what Sablier has."""
+    state = load_state(target.box)
+    pinned = (state.platform if state else {}).get("sablier")
+    if not pinned:
+        raise SandboxError("the box has no pinned Sablier image (sandbox.json `platform`): bring it up again")
+    target.docker("rm", "-f", VICTIM)
+    made = target.docker("run", "-d", "--name", VICTIM, "-v", "/var/run/docker.sock:/var/run/docker.sock", pinned,
+                         "start", "--provider.name=docker")
     if made.returncode != 0:
-        raise SandboxError(f"victim container failed: {made.stderr}")
+        raise SandboxError(f"the genuine Sablier container did not start: {made.stderr}")
+    kernel = target.docker("exec", VICTIM, "uname", "-r").stdout.strip()
+    if kernel in ("", GVISOR_KERNEL):
+        raise SandboxError(f"the genuine Sablier container is not a platform container (kernel {kernel!r})")
 
 
 def _drop_victim(target: Target) -> None:
-    target.docker("rm", "-f", "inkattack-victim")
+    target.docker("rm", "-f", VICTIM)
 
 
 def target_for(box: Path) -> Target:

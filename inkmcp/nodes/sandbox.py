@@ -58,7 +58,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from inkmcp.nodes import standins
-from inkmcp.nodes.render import HostParams, render_plan
+from inkmcp.nodes.render import (
+    DockerCommandError,
+    HostParams,
+    helper_profile,
+    local_docker,
+    proxy_profile,
+    render_plan,
+    resolve_pinned_images,
+    sablier_profile,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FETCH_SCRIPT = REPO / "scripts" / "test-docker-trixie.sh"
@@ -104,6 +113,7 @@ class SandboxState(BaseModel):
     registry_pid: int | None = None
     registry: str = REGISTRY
     images: dict[str, str] = {}  # stand-in ref (as Coolify writes it, docker.io/ implied) -> repo digest
+    platform: dict[str, str] = {}  # platform entry -> the pinned repo digest the selector admits
 
     @property
     def docker_host(self) -> str:
@@ -393,9 +403,43 @@ def up(box: Path, params_file: Path | None = None, cache: Path = DEFAULT_CACHE) 
     # The egress rules after Docker has made its chains, as inkmcp-docker-user.service does on a node.
     for command in apply_after:
         _run(["nsenter", "-t", str(daemon.pid), "--net", "--mount", "sh", "-c", command], "DOCKER-USER rules")
+    if not params.gvisor.platform:
+        try:
+            state.platform = pin_platform(box, params, state)
+        except (SandboxError, DockerCommandError, ValueError) as e:
+            down(box)
+            raise SandboxError(f"pinning the platform images failed: {e}") from None
     state.up_seconds = round(time.monotonic() - started, 1)
     (box / STATE_FILE).write_text(state.model_dump_json(indent=2))
     return state
+
+
+# Stand-in refs of the platform containers, as Coolify v4.3.11 and the muscle stack name them.
+PLATFORM_REFS = {"proxy": "traefik:v3.6", "sablier": "sablierapp/sablier:1.16.2",
+                 "helper": "coollabsio/coolify-helper:1.0.15"}
+
+
+def pin_platform(box: Path, params: HostParams, state: SandboxState) -> dict[str, str]:
+    """What the muscle stack's pin step does on a node (runbooks/gvisor-decision.md §4.5 (3)), for the box's
+    stand-ins: pull each platform image by repo digest, resolve its ID, entrypoint and cmd on this daemon,
+    and install the selector config with the proxy, Sablier and helper profiles. Skipped when the operator's
+    params file brings its own platform entries (then the box runs exactly those)."""
+    missing = [ref for ref in PLATFORM_REFS.values() if ref not in state.images]
+    if missing:
+        raise SandboxError(f"the box's registry lacks the platform stand-ins {missing}")
+    pinned = {entry: f"{ref}@{state.images[ref]}" for entry, ref in PLATFORM_REFS.items()}
+    resolved = resolve_pinned_images(local_docker(docker_cli(box), host=state.docker_host), list(pinned.values()))
+    profiles = [
+        proxy_profile([resolved[pinned["proxy"]]]),
+        sablier_profile([resolved[pinned["sablier"]]]),
+        helper_profile([resolved[pinned["helper"]]]),
+    ]
+    plan = render_plan(params.model_copy(update={"gvisor": params.gvisor.model_copy(update={"platform": profiles})}))
+    selector = [p for p in plan.files if p.endswith("/etc/inkmcp/runtime-selector.json")]
+    if len(selector) != 1:
+        raise SandboxError(f"the rendered plan has {len(selector)} selector configs, expected one")
+    _write_plan_files({selector[0]: plan.files[selector[0]]}, plan.modes)
+    return pinned
 
 
 def _box_path(box: Path) -> str:
