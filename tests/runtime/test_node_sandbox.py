@@ -20,8 +20,20 @@ from pathlib import Path
 
 import pytest
 
+from inkmcp.nodes import standins
 from inkmcp.nodes.render import render_plan
-from inkmcp.nodes.sandbox import CGROUP_ROOT, FETCH_SCRIPT, SandboxError, fetch_debs, host_params, load_state
+from inkmcp.nodes.sandbox import (
+    CGROUP_ROOT,
+    DEFAULT_CACHE,
+    FETCH_SCRIPT,
+    REGISTRY,
+    SandboxError,
+    exec_in_box,
+    fetch_debs,
+    host_params,
+    load_state,
+    unpack,
+)
 from tests.requirements import is_root, require, requires
 
 from .conftest import _build_rootfs, _pids_under, _stop
@@ -66,6 +78,7 @@ def _up(tmp: Path) -> Box:
     assert last.startswith("DOCKER_HOST=unix://"), proc.stdout
     box = Box(dir=tmp, docker_host=last.removeprefix("DOCKER_HOST="), up_seconds=elapsed, up_output=proc.stdout)
     print(f"\nsandbox up: {elapsed:.1f} s wall ({proc.stdout.strip().splitlines()[0]})")
+    shutil.rmtree(tmp / "image", ignore_errors=True)  # a second `up` of the same box imports it again
     rootfs = _build_rootfs(tmp / "image", {})
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     imported = subprocess.run([str(tmp / "root/usr/bin/docker"), "-H", box.docker_host, "import", "-c",
@@ -85,11 +98,20 @@ def _teardown(tmp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def debs() -> list[Path]:
+    """The packages, and the stand-in images built into the cache: `up` is timed with caches warm (the
+    first build after a change to inkmcp/nodes/standins.py compresses ~130 MB once)."""
     try:
-        return fetch_debs()
+        debs = fetch_debs()
     except SandboxError as e:
         require("dockerd", False, f"{FETCH_SCRIPT.name} could not fetch Debian trixie's Docker: {e}")
         raise
+    pkg_root = Path(tempfile.mkdtemp(prefix="inksbx-pkgs-"))
+    try:
+        unpack(debs, pkg_root)
+        standins.build_all(pkg_root, DEFAULT_CACHE)
+    finally:
+        shutil.rmtree(pkg_root, ignore_errors=True)
+    return debs
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +127,20 @@ def test_up_prints_docker_host_last_and_takes_under_a_minute(box):
     assert box.docker_host == f"unix://{box.dir}/run/docker.sock"
     assert box.docker("version").returncode == 0
     assert box.up_seconds < UP_BUDGET_S, f"sandbox up took {box.up_seconds:.1f} s (budget {UP_BUDGET_S} s)"
+
+
+def test_up_prints_and_records_every_standin_digest(box):
+    """The stand-ins' repo digests, as `up` printed them, are what sandbox.json holds and what the
+    registry serves: a test or an operator can pin by them."""
+    state = load_state(box.dir)
+    assert state is not None
+    printed = dict(line.removeprefix("image ").rsplit("@", 1) for line in box.up_output.splitlines()
+                   if line.startswith("image "))
+    assert printed == state.images
+    assert set(state.images) == {r.ref for r in standins.RECIPES}
+    for ref, digest in state.images.items():
+        pull = box.docker("pull", f"{ref.split(':')[0]}@{digest}")
+        assert pull.returncode == 0, f"{ref}: {pull.stderr}"
 
 
 def test_daemon_is_docker_26_configured_by_the_hardening_renderer(box):
@@ -186,7 +222,12 @@ def _live(pids: set[int]) -> set[int]:
     return out
 
 
-def test_down_stops_exactly_what_up_started_and_removes_the_namespace(debs):
+def _blob_files(box: Path) -> dict[str, int]:
+    """The registry's blob data files with their mtimes: unchanged files = nothing was uploaded again."""
+    return {str(p.relative_to(box)): p.stat().st_mtime_ns for p in (box / "registry").rglob("data")}
+
+
+def test_down_stops_exactly_what_up_started_and_a_second_up_reuses_the_registry(debs):
     tmp = Path(tempfile.mkdtemp(prefix="inksbx-"))
     try:
         box = _up(tmp)
@@ -195,12 +236,23 @@ def test_down_stops_exactly_what_up_started_and_removes_the_namespace(debs):
         for runtime in ("inkmcp", "io.containerd.runc.v2"):  # sandboxes left running: down must stop them
             started = box.docker("run", "-d", "--runtime", runtime, IMAGE, "sleep", "600")
             assert started.returncode == 0, started.stderr
+        # A tag moved under Coolify (another image pushed as traefik:v3.6): the next `up` puts the stand-in back.
+        moved = exec_in_box(tmp, f"""
+docker tag {IMAGE} {REGISTRY}/library/traefik:v3.6
+docker push -q {REGISTRY}/library/traefik:v3.6 >/dev/null
+docker image rm {REGISTRY}/library/traefik:v3.6 >/dev/null
+docker pull traefik:v3.6 | sed -n 's/^Digest: //p'
+""", timeout=120)
+        assert moved.returncode == 0, moved.stderr
+        assert moved.stdout.strip() != state.images["traefik:v3.6"], moved.stdout
+        blobs = _blob_files(tmp)
+        assert len(blobs) >= 2 * len(standins.RECIPES), blobs
         procs = [CGROUP_ROOT / "pids" / state.cgroup]
         pids = {int(p) for d in procs for f in d.rglob("cgroup.procs") for p in f.read_text().split()}
         # runsc re-executes itself (comm "exe"): name the processes by their binary.
         names = {os.path.basename(os.readlink(f"/proc/{p}/exe")) for p in _live(pids)}
-        assert {"dockerd", "containerd", "containerd-shim-runc-v2", "runsc"} <= names, names
-        assert state.dockerd_pid in pids
+        assert {"dockerd", "containerd", "containerd-shim-runc-v2", "runsc", "docker-registry"} <= names, names
+        assert state.dockerd_pid in pids and state.registry_pid in pids
         netns_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert state.netns in netns_before
 
@@ -219,5 +271,18 @@ def test_down_stops_exactly_what_up_started_and_removes_the_namespace(debs):
         # Idempotent: a second down has nothing left to stop.
         again = _cli("down", "--dir", str(tmp))
         assert again.returncode == 0 and "no box is up" in again.stdout, again.stdout
+        assert not (tmp / "coolify").exists() and not (tmp / "home").exists()  # the node's state went with it
+        assert _blob_files(tmp) == blobs  # the registry's storage stays
+
+        # Up again: the stand-ins are already in the registry (no blob written again), their tags are
+        # restored (the moved traefik:v3.6 points at the stand-in again), and it is quick.
+        second = _up(tmp)
+        print(f"\nsecond sandbox up: {second.up_seconds:.1f} s")
+        state2 = load_state(tmp)
+        assert state2 is not None and state2.images == state.images
+        assert {k: v for k, v in _blob_files(tmp).items() if k in blobs} == blobs
+        again_digest = exec_in_box(tmp, "docker pull traefik:v3.6 | sed -n 's/^Digest: //p'", timeout=120)
+        assert again_digest.stdout.strip() == state.images["traefik:v3.6"], again_digest.stdout + again_digest.stderr
+        assert second.up_seconds < UP_BUDGET_S, f"second up took {second.up_seconds:.1f} s"
     finally:
         _teardown(tmp)
