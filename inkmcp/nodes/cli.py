@@ -221,3 +221,31 @@ def sandbox_exec(
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     raise typer.Exit(subprocess.run(argv, check=False).returncode)
+
+
+@nodes_app.command("attack")
+def attack(
+    box: Annotated[Path, typer.Option("--box", help="directory of a box brought up with `nodes sandbox up`")],
+    ids: Annotated[list[str] | None, typer.Argument(help="attack ids (default: all), e.g. A1 A6a")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per attack instead of a table")] = False,
+) -> None:
+    """Run the tenant attacks of inkmcp/nodes/attacks.py against the box and judge each from inside the
+    container; exit 1 when an outcome differs from the design's (try a hardening change here first)."""
+    from inkmcp.nodes.attacks import run_all
+    from inkmcp.nodes.sandbox import SandboxError
+
+    try:
+        results = run_all(box.resolve(), ids or None)
+    except SandboxError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    if as_json:
+        for r in results:
+            print(r.model_dump_json())
+    else:
+        print("| attack | what | expected | outcome | evidence |\n|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r.id} | {r.title} | {r.expected} | {r.outcome}{'' if r.ok else ' **(differs)**'} | "
+                  f"{r.evidence[:200]} |")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)

@@ -9,6 +9,9 @@ to write next to it and find no Docker API.
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +103,16 @@ def test_proxy_tag_moving_under_coolify_is_refused_and_the_digest_pin_holds(targ
         exec_in_box(box, f"docker pull -q {original} >/dev/null", timeout=120)
         _retag_proxy(box, original)
         target.docker("rm", "-f", "coolify-proxy")
+
+
+def test_operator_cli_prints_the_matrix_and_fails_on_unknown_ids(target, run_server_box):
+    inkmcp = str(Path(sys.executable).parent / "inkmcp")
+    ok = subprocess.run([inkmcp, "nodes", "attack", "--box", str(run_server_box), "A7a", "A2a"],
+                        capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = [line for line in ok.stdout.splitlines() if line.startswith("| A")]
+    outcomes = {r.split("|")[1].strip(): r.split("|")[4].strip() for r in rows}
+    assert outcomes == {"A7a": "refused", "A2a": "sandboxed"}, ok.stdout
+    bad = subprocess.run([inkmcp, "nodes", "attack", "--box", str(run_server_box), "A99"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 1 and "unknown attack id(s) ['A99']" in bad.stderr, bad.stderr
