@@ -194,8 +194,8 @@ def _start(procs: list[subprocess.Popen], ns: str, argv: list[str], log: Path | 
 def platform(pki: Pki) -> Iterator[Platform]:
     need_netadmin()
     missing = [p for p in ("/usr/bin/docker-registry", "/usr/sbin/nginx", "/usr/bin/setpriv") if not os.path.exists(p)]
-    require("netns", not missing, f"{', '.join(missing)} missing: install Debian's docker-registry and nginx "
-                                  "(scripts/test-docker.sh)")
+    require("netns", not missing, f"{', '.join(missing)} missing: the build path runs Debian's docker-registry "
+                                  "and nginx (scripts/test-system-deps.sh installs them)")
     tag = uuid.uuid4().hex[:5]
     ns = {name: f"ibp{tag}{name}" for name in ("rtr", "reg", "cli", "bhost", *STANDINS)}
     tmp = Path(tempfile.mkdtemp(prefix="inkbp-"))
