@@ -333,7 +333,8 @@ def build_params(conf: FactoryConfig, net: NetworkStackOutputs, master_ipv4: str
     """The build namespace: of the private ranges only the registry's TLS port; the master's public address
     (its proxy can serve Coolify's UI and API) refused like the private ones."""
     return BuildNetParams(registry=[f"{conf.private_ip('registry', net)}:443"], private_cidrs=[net.network_cidr],
-                          blocked_hosts=[master_ipv4], link_cidr=conf.build_link_cidr)
+                          blocked_hosts=[master_ipv4], link_cidr=conf.build_link_cidr,
+                          allow=conf.build_egress_allow)  # type: ignore[arg-type] - parsed by EgressEndpoint
 
 
 def postgres_script(conf: FactoryConfig, private_ip: str, network_cidr: str) -> str:

@@ -37,6 +37,7 @@ from pydantic.alias_generators import to_camel
 
 from inkmcp.infra.netcheck import Network, parse_cidr, require_disjoint, require_within
 from inkmcp.nodes.registry import RegistryError, check_server_cert
+from inkmcp.nodes.render import EgressEndpoint
 
 VLAN_MIN, VLAN_MAX = 4000, 4091
 SSH_KEY_RE = re.compile(
@@ -249,6 +250,9 @@ class FactoryConfig(ConfigModel):
                                                   "for the registry's private address")
     build_link_cidr: str = Field(default="192.168.254.0/30",
                                  description="the build namespace's veth /30 (inkmcp.nodes.buildnet)")
+    build_egress_allow: list[str] = Field(
+        default_factory=list,
+        description="private ip:port builds may reach besides the registry, e.g. a private git server; RUN steps too")
     postgres_version: int = Field(default=15, ge=13, le=18)
     postgres_database: str = Field(default="inkmcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     postgres_user: str = Field(default="inkmcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
@@ -301,6 +305,12 @@ class FactoryConfig(ConfigModel):
         if link.prefixlen > 30:
             raise ValueError(f"build_link_cidr {self.build_link_cidr}: a /30 (two addresses: host and namespace)")
         require_disjoint([("build_link_cidr", link), *named_pools(self.docker_address_pools)])
+        for i, entry in enumerate(self.build_egress_allow):
+            try:
+                EgressEndpoint.model_validate(entry)
+            except ValueError as e:
+                problem = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+                raise ValueError(f"buildEgressAllow[{i}]: {problem}") from None
         return self
 
     @model_validator(mode="after")

@@ -61,6 +61,9 @@ class BuildNetParams(BaseModel):
     """The veth's own /30: host end .1, namespace end .2. Must not overlap any network builds talk to."""
     registry: list[EgressEndpoint] = Field(min_length=1)
     """The registry's private address and TLS port, e.g. `10.0.1.12:443`: the one private endpoint open."""
+    allow: list[EgressEndpoint] = Field(default_factory=list)
+    """Other private endpoints builds need (e.g. a private git server Coolify clones from). The build helper and
+    every RUN step share the namespace, so whatever is listed here is reachable by tenant build code too."""
     dns_resolvers: list[ipaddress.IPv4Address] = Field(
         default_factory=lambda: [ipaddress.IPv4Address(a) for a in HETZNER_RESOLVERS])
     private_cidrs: list[ipaddress.IPv4Network] = Field(
@@ -89,11 +92,11 @@ class BuildNetParams(BaseModel):
             raise ValueError("host_if and ns_if must differ (both ends exist in the root namespace while created)")
         require_disjoint([("link_cidr", self.link_cidr),
                           *((f"private_cidrs[{i}]", c) for i, c in enumerate(self.private_cidrs))])
-        for ep in self.registry:
+        for ep in [*self.registry, *self.allow]:
             if ep.ip in self.link_cidr:
-                raise ValueError(f"registry {ep.ip}:{ep.port} lies inside link_cidr {self.link_cidr}")
+                raise ValueError(f"endpoint {ep.ip}:{ep.port} lies inside link_cidr {self.link_cidr}")
             if ep.ip in self.blocked_hosts:
-                raise ValueError(f"registry {ep.ip} is also in blocked_hosts: it would be refused")
+                raise ValueError(f"endpoint {ep.ip} is also in blocked_hosts: it would be refused")
         for port in self.smtp_ports:
             if not 1 <= port <= 65535:
                 raise ValueError(f"smtp_ports: {port} is not a TCP port")

@@ -5,6 +5,7 @@ network namespaces behind a router, all addresses existing only inside them.
      ├─ reg    10.0.1.12     nginx :443 (TLS, auth) -> Debian docker-registry 127.0.0.1:5000; sshd stand-in :22
      ├─ master 10.0.1.10     Coolify API stand-in :8000;  203.0.113.10 (its public address) :443, :8000
      ├─ pg     10.0.1.13     control-plane Postgres stand-in :5432
+     ├─ git    10.0.1.14     a private git server :443 (allow-listed for builds), :22 (not)
      ├─ run    10.0.2.21     run-server sshd stand-in :22 (the vSwitch subnet)
      ├─ meta   169.254.169.254 :80
      ├─ web    203.0.113.80  :80, :443 (the public internet)
@@ -61,6 +62,7 @@ PASSWORDS = {"push": "push-secret-0123456789", "pull": "pull-secret-0123456789"}
 STANDINS: dict[str, tuple[list[str], list[int]]] = {
     "master": (["10.0.1.10", "203.0.113.10"], [8000, 443]),
     "pg": (["10.0.1.13"], [5432]),
+    "git": (["10.0.1.14"], [443, 22]),  # a private git server builds are allowed to clone from (443 only)
     "run": (["10.0.2.21"], [22]),
     "meta": (["169.254.169.254"], [80]),
     "web": (["203.0.113.80"], [80, 443]),
@@ -309,7 +311,8 @@ def build_ns(platform: Platform) -> Iterator[BuildNs]:
     resolv.write_text("# the build server's resolv.conf\nnameserver 203.0.113.53\n")
     params = BuildNetParams(root=str(root), netns=f"ibp{tag}bld", host_if=f"ib{tag}b0", ns_if="uplink0",
                             link_cidr=LINK_CIDR, registry=[f"{REGISTRY_IP}:443"], private_cidrs=["10.0.0.0/16"],
-                            blocked_hosts=[BLOCKED_PUBLIC], dns_resolvers=["203.0.113.53"], resolv_conf=str(resolv))
+                            blocked_hosts=[BLOCKED_PUBLIC], dns_resolvers=["203.0.113.53"], resolv_conf=str(resolv),
+                            allow=["10.0.1.14:443"])
     write_files(render_buildnet(params))
     b = BuildNs(platform=platform, params=params, root=root)
     # The build server's own sshd (and any other listener in its root namespace), on every address, v4 and v6.

@@ -38,6 +38,8 @@ PROBES: list[tuple[str, int, str, str]] = [
     (REGISTRY_IP, 443, "open", "the registry's TLS port"),
     ("203.0.113.80", 443, "open", "public internet (base images, package mirrors)"),
     ("203.0.113.80", 80, "open", "public internet, plain HTTP"),
+    ("10.0.1.14", 443, "open", "an allow-listed private endpoint (buildEgressAllow)"),
+    ("10.0.1.14", 22, "refused", "... only its listed port"),
     (REGISTRY_IP, 22, "refused", "the registry host's other ports"),
     ("10.0.1.13", 5432, "refused", "control-plane Postgres"),
     ("10.0.1.10", 8000, "refused", "Coolify's API on the private network"),

@@ -66,6 +66,7 @@ def test_build_server_gets_the_confined_namespace_and_the_push_user(monitor: Rec
     assert f"-A INKMCP-BUILD -d {master_ip}/32 -p tcp -j REJECT --reject-with tcp-reset" in netns
     assert "-A INKMCP-BUILD -d 10.0.0.0/16 -p tcp -j REJECT --reject-with tcp-reset" in netns
     assert "NetworkNamespacePath=/run/netns/inkmcp-build" in netns
+    assert "10.0.1.14/32 -p tcp -m tcp --dport 443 -j ACCEPT" not in netns  # nothing beyond the registry by default
     push = monitor.by_name("inkmcp-build-registry-push")
     assert "/etc/docker/certs.d/10.0.1.12/ca.crt" in push.inputs["create"]
     assert "/root/.docker/config.json" in push.inputs["create"]
@@ -100,6 +101,8 @@ def test_a_certificate_for_another_address_is_refused_before_anything_exists(mon
     ({"build_link_cidr": "172.30.5.0/30"}, "overlaps docker_address_pools"),
     ({"build_link_cidr": "192.168.254.0/29", "docker_address_pools": [DockerPool(base="172.30.0.0/16")]}, None),
     ({"build_link_cidr": "192.168.254.0/31"}, "a /30"),
+    ({"build_egress_allow": ["10.0.1.14"]}, r"buildEgressAllow\[0\]: .*write one host and one TCP port"),
+    ({"build_egress_allow": ["203.0.113.9:443"]}, "not a private address"),
 ])
 def test_bad_registry_or_link_config_fails_in_the_schema(over: dict[str, Any], message: str | None) -> None:
     if message is None:
@@ -107,6 +110,13 @@ def test_bad_registry_or_link_config_fails_in_the_schema(over: dict[str, Any], m
         return
     with pytest.raises(ValidationError, match=message):
         make_conf(**over)
+
+
+def test_build_egress_allow_reaches_the_rules(monitor: RecordingMonitor) -> None:
+    build(make_conf(build_egress_allow=["10.0.1.14:443"]))
+    netns = monitor.by_name("inkmcp-build-build-netns").inputs["create"]
+    allow = "-A INKMCP-BUILD -d 10.0.1.14/32 -p tcp -m tcp --dport 443 -j ACCEPT"
+    assert allow in netns and netns.index(allow) < netns.index("-A INKMCP-BUILD -d 10.0.0.0/16 -p tcp -j REJECT")
 
 
 def test_a_link_inside_the_cloud_network_is_refused() -> None:
