@@ -16,7 +16,8 @@ decision once more with the rules compiled on every call (no bytecode: how a sin
     sudo .venv/bin/python benchmarks/selector_cost.py            # 200 runs per case
     sudo .venv/bin/python benchmarks/selector_cost.py --runs 500
 
-Prints a markdown table (p50, p95, mean in ms). Must run as root: the selector accepts only a root-owned config.
+Prints a markdown table: wall p50/p95/mean and CPU p50 in ms (CPU: what the machine's load does not inflate).
+Must run as root: the selector accepts only a root-owned config.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -112,14 +114,18 @@ class Bench:
         return [*entry, f"--inkmcp-config={self.config}", "--root", str(self.tmp / "runc-root"), *argv]
 
 
-def time_one(argv: list[str]) -> float:
-    """Wall time of one fresh process, ms; a failure stops the benchmark (a refusal is not a decision)."""
+def time_one(argv: list[str]) -> tuple[float, float]:
+    """(wall, CPU) ms of one fresh process; a failure stops the benchmark (a refusal is not a decision). CPU
+    time (user + system of the child) hardly moves with the machine's load; wall time is what a start waits."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, check=False)
     elapsed = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:1])} failed: {proc.stderr.decode()[-500:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -157,14 +163,20 @@ def main() -> int:
         for argv in argvs:
             time_one(argv)  # warm the page cache
         # Round robin, one process at a time: load on a busy machine hits every case alike.
-        ms: list[list[float]] = [[] for _ in cases]
+        wall: list[list[float]] = [[] for _ in cases]
+        cpu: list[list[float]] = [[] for _ in cases]
         for _ in range(args.runs):
             for i, argv in enumerate(argvs):
-                ms[i].append(time_one(argv))
-        print(f"| case ({args.runs} runs each, interleaved) | p50 ms | p95 ms | mean ms |")
-        print("|---|---:|---:|---:|")
-        for (title, _argv), values in zip(cases, ms, strict=True):
-            print(f"| {title} | {pct(values, 0.5):.1f} | {pct(values, 0.95):.1f} | {statistics.fmean(values):.1f} |")
+                w, c = time_one(argv)
+                wall[i].append(w)
+                cpu[i].append(c)
+        load = os.getloadavg()[0]
+        print(f"| case ({args.runs} runs each, interleaved; load {load:.1f} on {os.cpu_count()} CPUs) "
+              "| wall p50 ms | wall p95 ms | wall mean ms | CPU p50 ms |")
+        print("|---|---:|---:|---:|---:|")
+        for (title, _argv), w, c in zip(cases, wall, cpu, strict=True):
+            print(f"| {title} | {pct(w, 0.5):.1f} | {pct(w, 0.95):.1f} | {statistics.fmean(w):.1f} | "
+                  f"{pct(c, 0.5):.1f} |")
     return 0
 
 
