@@ -42,6 +42,7 @@ or `exec_in_box(box, script)` from Python.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -151,15 +152,32 @@ def fetch_debs(cache: Path = DEFAULT_CACHE) -> list[Path]:
 
 
 def unpack(debs: list[Path], root: Path) -> None:
-    """`dpkg-deb -x` each package into root (nothing installed); skipped when root already holds them."""
+    """The packages' files in root (nothing installed); skipped when root already holds them.
+
+    `dpkg-deb -x` runs once per package set into CACHE/unpacked-<hash> (next to the .debs, under a lock);
+    a box's root is a copy of that tree (`cp -a`, ~2 s instead of ~12 s of decompressing every box)."""
     stamp = root / ".inkmcp-debs"
     want = "\n".join(sorted(d.name for d in debs)) + "\n"
     if stamp.exists() and stamp.read_text() == want:
         return
+    cache = debs[0].parent.parent if debs else root
+    shared = cache / f"unpacked-{hashlib.sha256(want.encode()).hexdigest()[:16]}"
+    if not (shared / ".inkmcp-debs").exists():
+        with open(cache / "unpack.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (shared / ".inkmcp-debs").exists():
+                tmp = shared.with_name(shared.name + f".{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                for deb in debs:
+                    _run(["dpkg-deb", "-x", str(deb), str(tmp)], f"dpkg-deb -x {deb.name}")
+                (tmp / ".inkmcp-debs").write_text(want)
+                for old in cache.glob("unpacked-*"):  # earlier package sets
+                    if old != tmp:
+                        shutil.rmtree(old, ignore_errors=True)
+                tmp.rename(shared)
     root.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
-    stamp.write_text(want)
+    _run(["cp", "-a", f"{shared}/.", str(root)], f"copying the unpacked packages into {root}")
 
 
 def host_params(box: Path, params_file: Path | None = None) -> HostParams:
