@@ -77,7 +77,9 @@ def _up(tmp: Path) -> Box:
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("DOCKER_HOST=unix://"), proc.stdout
     box = Box(dir=tmp, docker_host=last.removeprefix("DOCKER_HOST="), up_seconds=elapsed, up_output=proc.stdout)
-    print(f"\nsandbox up: {elapsed:.1f} s wall ({proc.stdout.strip().splitlines()[0]})")
+    state = load_state(tmp)
+    print(f"\nsandbox up: {elapsed:.1f} s wall ({proc.stdout.strip().splitlines()[0]}; "
+          f"phases {state.up_phases if state else '?'})")
     shutil.rmtree(tmp / "image", ignore_errors=True)  # a second `up` of the same box imports it again
     rootfs = _build_rootfs(tmp / "image", {})
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
