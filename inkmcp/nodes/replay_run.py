@@ -148,9 +148,6 @@ class ReplayResult(BaseModel):
     expectations: list[Check]
     cleanup: list[str]
 
-    def rows(self) -> list[ContainerRow]:
-        return self.containers
-
 
 # ------------------------------------------------------------------------------------------ the box's shell
 

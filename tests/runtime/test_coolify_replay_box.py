@@ -1,0 +1,144 @@
+"""Issue 7 item 3: Coolify v4.3.11's run-server operations replayed against the box, as Coolify runs them.
+
+Each operation of inkmcp/nodes/coolify_replay.yaml runs through `run_operation` against the session's box
+(`run_server_box`: Docker 26 + containerd 1.7 + runsc, configured by the hardening renderer, stand-in images
+under Coolify's names): every step piped to `bash -se` inside the box, stopping where Coolify would stop.
+The assertions are the design's (runbooks/gvisor-decision.md §6, "Class under A"): where each container
+ends up, proven from inside it (`uname -r`: the host's kernel for platform containers, gVisor's 4.4.0 for
+tenants; or the selector's own refusal), and that the operation works as Coolify expects (every step that
+Coolify checks exits 0, the files it writes hold what it rendered, its status and health checks answer, a
+backup reaches the S3 stand-in byte for byte). Afterwards nothing the operation created is left.
+
+The box runs whatever selector the tree renders: these expectations are the hardened selector's (§4.2-4.3).
+A failure message names the selector the box ran (its config's platform entries) so a "before" run reads
+as such instead of as a broken replay.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inkmcp.nodes.replay import load_replay
+from inkmcp.nodes.replay_run import GVISOR_KERNEL, HOST_KERNEL, BoxShell, ReplayResult, run_operation
+
+pytestmark = pytest.mark.slow
+
+INKMCP = str(Path(sys.executable).parent / "inkmcp")
+
+# §6 "Class under A", per operation: {container role: class}. No entry = the operation starts no container.
+DESIGN: dict[str, dict[str, str]] = {
+    "server_validate": {},
+    "status_poll": {},
+    "proxy_start": {"platform_proxy": "platform"},
+    "deploy_helper_start": {"deploy_helper": "platform"},
+    "deploy_helper_start_no_docker_config": {"deploy_helper": "platform"},
+    "deploy_helper_start_build_server": {"deploy_helper": "platform"},
+    "deploy_dockerimage": {"deploy_helper": "platform", "tenant_app": "sandboxed"},
+    "deploy_dockercompose": {"deploy_helper": "platform", "tenant_app": "sandboxed"},
+    "deploy_restart": {"deploy_helper": "platform", "tenant_app": "sandboxed"},
+    "deploy_from_build_server": {"tenant_app": "sandboxed"},
+    "postgres_start": {"tenant_database": "sandboxed"},
+    "postgres_start_custom_conf": {"tenant_database": "sandboxed"},
+    "postgres_start_ssl": {"tenant_database": "sandboxed", "tenant_oneoff": "sandboxed"},
+    "redis_start": {"tenant_database": "sandboxed"},
+    "redis_start_custom_conf": {"tenant_database": "sandboxed"},
+    "redis_start_ssl": {"tenant_database": "sandboxed"},
+    "mongodb_start": {"tenant_database": "sandboxed"},
+    "mongodb_start_custom_conf": {"tenant_database": "sandboxed"},
+    "mongodb_start_ssl": {"tenant_database": "sandboxed", "tenant_oneoff": "sandboxed"},
+    "backup_postgres_s3": {"backup_helper": "sandboxed"},
+    "backup_postgres_dump_all": {"backup_helper": "sandboxed"},
+    "sentinel_start": {"metrics_agent": "refused"},  # decided against (§4.5): no entry, --pid host refused
+    "sablier_start": {"scale_to_zero": "platform", "platform_proxy": "platform"},
+}
+REFUSED_BY_DESIGN = {"sentinel_start": "sentinel.start"}
+"""Operations the design refuses on purpose: they must stop exactly at the step that starts the container."""
+
+
+def test_the_design_table_covers_every_operation_of_the_data() -> None:
+    data = load_replay()
+    assert set(DESIGN) == {op.id for op in data.operations}
+    for op in data.operations:
+        assert set(DESIGN[op.id]) == {c.role for c in op.containers}, op.id
+
+
+@pytest.fixture(scope="module")
+def shell(run_server_box) -> BoxShell:
+    return BoxShell(run_server_box)
+
+
+def _selector(shell: BoxShell) -> str:
+    """What the box's selector admits as platform, for failure messages."""
+    cfg = json.loads((shell.box / "root/etc/inkmcp/runtime-selector.json").read_text())
+    entries = cfg.get("platform") or []
+    kinds = ["profile " + str(e.get("entry") or e.get("name")) + (" (image unresolved)" if not all(
+        i.get("id") for i in e.get("images", [])) else "") if "images" in e else f"name+id {e.get('name')}"
+        for e in entries]
+    return f"selector sha256 {shell.selector_digest()[:12]}, platform entries: {kinds or 'none'}"
+
+
+def _report(result: ReplayResult) -> str:
+    lines = [f"{result.op}: ok={result.ok} failed_step={result.failed_step} ({result.seconds} s)"]
+    lines += [f"  {row.container} ({row.role}): {row.klass}: {row.evidence}" for row in result.containers]
+    for check in [*result.files, *result.expectations]:
+        if check.ok is False:
+            lines.append(f"  FAILED {check.what}: {check.detail}")
+    if result.failed_step:
+        step = next(s for s in result.steps if s.id == result.failed_step)
+        lines.append(f"  step {step.id} exit {step.exit_code}: {step.stderr[-800:]}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("op_id", list(DESIGN))
+def test_operation_runs_as_coolify_expects_with_the_designs_classes(shell: BoxShell, op_id: str) -> None:
+    result = run_operation(shell, op_id)
+    report = _report(result)
+    print("\n" + report)
+    context = f"{report}\n({_selector(shell)})"
+    got = {row.role: row for row in result.containers if row.role != "-"}
+    assert {role: row.klass for role, row in got.items()} == DESIGN[op_id], context
+    for row in got.values():
+        if row.klass == "platform":
+            assert row.kernel == HOST_KERNEL, context  # seen from inside: the node's kernel (runc)
+        elif row.klass == "sandboxed" and row.role in ("tenant_oneoff", "backup_helper") and row.kernel is None:
+            # --rm one-offs are gone before a probe: the selector's own record of the runtime it started.
+            assert "selector recorded runsc" in row.evidence, context
+        elif row.klass == "sandboxed":
+            assert row.kernel == GVISOR_KERNEL != HOST_KERNEL, context
+        elif row.klass == "refused":
+            assert row.evidence.startswith("inkmcp-runtime: "), context
+    if op_id in REFUSED_BY_DESIGN:
+        assert result.failed_step == REFUSED_BY_DESIGN[op_id], context
+    else:
+        assert result.ok, context
+        assert result.failed_step is None, context
+        assert all(p.ok for p in result.prerequisites), context
+    if op_id == "backup_postgres_s3":
+        # The upload is what the backup is for: the S3 stand-in checked the SigV4 signature and holds the dump.
+        upload = [c for c in result.expectations if c.what.startswith("the S3 stand-in holds the uploaded dump")]
+        assert len(upload) == 1 and upload[0].ok, context
+        assert "same as /data/coolify/backups/databases/" in upload[0].detail, context
+    # Independent operations: nothing the run created is left in the box.
+    for row in [*result.containers, *(r for p in result.prerequisites for r in p.containers)]:
+        if row.docker_name:
+            assert not shell.docker("inspect", row.docker_name, timeout=30).ok, f"{row.docker_name} left behind"
+
+
+def test_cli_prints_the_matrix_as_json(shell: BoxShell) -> None:
+    proc = subprocess.run([INKMCP, "nodes", "replay", "run", "--box", str(shell.box), "--json",
+                           "server_validate", "sentinel_start"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 1, proc.stderr  # sentinel_start is refused by design: not "as Coolify expects"
+    out = json.loads(proc.stdout)
+    assert out["selector_sha256"] == shell.selector_digest()
+    rows = {(r["op"], r["container"]): r for r in out["matrix"]}
+    assert rows[("server_validate", "-")]["class"] == "no_container"
+    assert rows[("sentinel_start", "coolify-sentinel")]["class"] == "refused"
+    assert rows[("sentinel_start", "coolify-sentinel")]["evidence"].startswith("inkmcp-runtime: ")
+    assert [r["op"] for r in out["results"]] == ["server_validate", "sentinel_start"]
+    assert "sentinel_start: NOT OK (stopped at sentinel.start)" in proc.stderr
