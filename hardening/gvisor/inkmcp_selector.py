@@ -25,8 +25,9 @@ decides, from the OCI bundle (what will actually run) and Docker's own records o
     T5 mounts        bind sources only: the container's own Docker dir; a plain named volume (not itself a
                      mount); its own Coolify resource dir /data/coolify/{applications,services,databases}/
                      <uuid>/ (uuid from its Docker name); the Coolify CA file read-only; for backup-of-* /
-                     volume-upload-* helpers files under /data/coolify/backups/ read-only. No symlink in
-                     any component below the allowed prefix; never a socket (the Docker socket is root).
+                     volume-upload-* helpers files under /data/coolify/backups/ read-only; Docker's init
+                     binary read-only at /sbin/docker-init (--init). No symlink in any component below the
+                     allowed prefix; never a socket (the Docker socket is root).
   Refusing rather than silently stripping keeps the failure visible in `docker start` and in the logs.
 
 Every later call (start, state, kill, exec, delete, ...) goes to the runtime recorded at create time.
@@ -397,6 +398,14 @@ def docker_socket(cfg, m):
         os.path.basename(m.get("destination", "")) == "docker.sock"
 
 
+def docker_init(cfg, m):
+    """Docker's own init binary, bound read-only at /sbin/docker-init by `--init` (compose `init: true`)."""
+    if m.get("destination") != "/sbin/docker-init" or not read_only(m):
+        return False
+    real = os.path.realpath(m.get("source", ""))
+    return real in {os.path.realpath(p) for p in cfg.get("docker_init_paths", [])}
+
+
 def resource_uuid(name):
     for pattern in NAME_UUID:
         m = rx().fullmatch(pattern, name)
@@ -424,6 +433,8 @@ def t5_mounts(c):
         if not source.startswith("/") or os.path.normpath(source) != source:
             return f"[T5 mounts] bind source {source!r} is not a clean absolute path ({where})"
         if own_dir_problem(cfg, source, c.cid) is None:
+            continue
+        if docker_init(cfg, m):
             continue
         problem = volume_problem(cfg, source)
         if problem is None:

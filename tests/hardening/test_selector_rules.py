@@ -102,7 +102,8 @@ class Node:
         params = {
             "runc_path": str(self.tmp / "bin/runc"), "runsc_path": str(self.tmp / "bin/runsc"),
             "runsc_flags": RUNSC_FLAGS, "data_root": str(self.data_root), "state_dir": str(self.tmp / "state"),
-            "docker_sockets": [str(self.sock)], "coolify_dir": str(self.coolify), "platform": platform, **over,
+            "docker_sockets": [str(self.sock)], "coolify_dir": str(self.coolify), "platform": platform,
+            "docker_init_paths": [str(self.tmp / "bin/docker-init")], **over,
         }
         self.config.write_text(env.get_template("runtime-selector.json.j2").render(**params))
         os.chmod(self.config, 0o644)
@@ -390,6 +391,16 @@ def test_t5_named_volumes_yes_bind_backed_volumes_no(node: Node) -> None:
         node.decide(uuid(), binds=[(str(backed), "/data", False)]).refused("is a host mount")
     finally:
         subprocess.run(["umount", str(backed)], check=True)
+
+
+def test_t5_docker_init_only_read_only_at_its_place(node: Node) -> None:
+    """`docker run --init` / compose `init: true`: Docker binds its init binary read-only at /sbin/docker-init."""
+    init = node.tmp / "bin/docker-init"
+    init.write_text("#!/bin/sh\n")
+    assert node.decide(uuid(), binds=[(str(init), "/sbin/docker-init", True)], ro_flag="ro").runtime == "runsc"
+    node.decide(uuid(), binds=[(str(init), "/sbin/docker-init", False)]).refused("may not bind-mount host path")
+    node.decide(uuid(), binds=[(str(init), "/usr/bin/init", True)]).refused("may not bind-mount host path")
+    node.decide(uuid(), binds=[("/usr/bin/env", "/sbin/docker-init", True)]).refused("may not bind-mount host path")
 
 
 def test_t5_sockets_and_host_paths_are_refused(node: Node) -> None:

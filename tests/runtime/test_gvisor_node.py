@@ -40,6 +40,14 @@ def test_tenant_app_runs_under_gvisor(node):
     assert HOST_KERNEL != "4.4.0"
 
 
+def test_tenant_with_docker_init_is_sandboxed(node):
+    """compose `init: true`: Docker's init binary (bound read-only) is PID 1 inside the sandbox."""
+    run = node.docker("run", "--rm", "--init", *coolify_app_args(), TENANT_IMAGE, "sh", "-c",
+                      "tr '\\0' ' ' </proc/1/cmdline; echo; uname -r", check=True)
+    assert run.stdout.splitlines() == ["/sbin/docker-init -- sh -c tr '\\0' ' ' </proc/1/cmdline; echo; uname -r ",
+                                       "4.4.0"], run.stdout
+
+
 @pytest.mark.parametrize("runtime", ["runc", "io.containerd.runc.v2"])
 def test_tenant_asking_for_runc_by_name_still_passes_the_selector(node, runtime):
     """Docker always registers these names (path "runc", found through containerd's PATH): the selector
