@@ -217,12 +217,17 @@ class BoxShell:
         return [self.box / "run/inkmcp-runtime"]
 
     def selector_digest(self) -> str:
-        """sha256 of the selector the box runs: which selector a matrix was measured with ("before"/"after")."""
-        path = self.box / "root/usr/local/lib/inkmcp/inkmcp-runtime"
+        """sha256 over the selector the box runs (its launcher and any rules module next to it): which selector
+        a matrix was measured with ("before"/"after")."""
+        lib = self.box / "root/usr/local/lib/inkmcp"
+        files = [lib / "inkmcp-runtime", *sorted(lib.glob("*.py"))]
+        digest = hashlib.sha256()
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
+            for f in files:
+                digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
         except OSError:
             return "unknown"
+        return digest.hexdigest()
 
 
 def _text(v: object) -> str:
