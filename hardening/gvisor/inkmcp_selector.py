@@ -29,6 +29,17 @@ decides, from the OCI bundle (what will actually run) and Docker's own records o
                      binary read-only at /sbin/docker-init (--init). No symlink in any component below the
                      allowed prefix; never a socket (the Docker socket is root).
   Refusing rather than silently stripping keeps the failure visible in `docker start` and in the logs.
+* BuildKit RUN steps (dockerd runs `runc` from its PATH = this program, with a bundle under
+  <data-root>/buildkit/executor/<id> and no Docker record) are tenants -> runsc. Build mode (`build_mode`,
+  the build server only, runbooks/gvisor-decision.md §4.4) admits what a build needs beyond T1/T5: a step
+  without its own network namespace (`docker build --network host`, how Coolify builds every image) only
+  while this program runs outside PID 1's network namespace, i.e. dockerd really lives in the dedicated build
+  namespace; and BuildKit's own mounts (T5 (f): its executor's resolv.conf/hosts read-only, snapshot dirs of
+  the image store for `RUN --mount` and cache mounts, build secrets read-only). Without build mode (run
+  servers) every BuildKit step is refused: Coolify's fallback build on a run server fails closed.
+  runsc has no `run --keep` (BuildKit >= 0.10 asks runc to keep the stopped container for its own `delete`):
+  the selector drops it, and the later `delete` of a container `run` through runsc (which runsc removes when
+  it exits) is sent as `delete --force`, which succeeds for a container that is already gone.
 
 Every later call (start, state, kill, exec, delete, ...) goes to the runtime recorded at create time.
 Unknown containers and anything this program cannot read fail closed: sandboxed, or refused.
@@ -85,6 +96,20 @@ RESOURCE_KINDS = ("applications", "services", "databases")
 UUID = "[a-z0-9]{24}"
 NAME_UUID = (rf"(?P<u>{UUID})-(?P=u)-run-[0-9a-f]+", rf"(?:.+-)?(?P<u>{UUID})(?:-[0-9]{{12}}|-pr-[0-9]+)?")
 BACKUP_HELPERS = ("backup-of-", "volume-upload-")
+# runc flags of `create`/`run` that runsc lacks and that mean nothing under gVisor (it pivots its own root and
+# has no host session keyring); `--keep` is emulated (module docstring).
+RUNSC_DROPPED_FLAGS = ("--keep", "--no-pivot", "--no-new-keyring")
+BUILDKIT_EXECUTOR = ("buildkit", "executor")
+# T5 (f), build mode, BuildKit bundles only (measured on Docker 20.10.24 and 26.1.5; data-root relative):
+# the executor's own files, read-only; graphdriver snapshots (context, stages, cache mounts); subpath
+# mounts BuildKit makes in dockerd's TMPDIR (<data-root>/tmp); secrets, read-only.
+BUILDKIT_FILES = r"/buildkit/executor/(resolv\.conf|resolv-host\.conf|hosts|hosts\.[a-z0-9]+)"
+BUILDKIT_SNAPSHOTS = r"/overlay2/[A-Za-z0-9]+/(diff|merged)"
+BUILDKIT_TMP_MOUNT = r"/tmp/buildkit-mount[0-9]+(/.+)?"  # noqa: S108 - data-root relative (dockerd's TMPDIR)
+BUILDKIT_SECRET_MOUNT = r"/tmp/buildkit-secrets[0-9]+/[A-Za-z0-9]+"  # noqa: S105,S108 - a path pattern (data-root relative), no secret
+# The containerd image store: snapshots of containerd's overlayfs snapshotter (dockerd's managed containerd
+# keeps its root under <data-root>/containerd/daemon, a system containerd under `containerd_root`).
+CONTAINERD_SNAPSHOT = r"/io\.containerd\.snapshotter\.v1\.overlayfs/snapshots/[0-9]+/fs"
 FLAG_ARG = r"--[A-Za-z][A-Za-z0-9._-]*(=[^\n]*)?"
 PLUGIN_MODULE = r"(?i)--experimental\.plugins\.[^.=]+\.modulename=(.*)"
 ENTRY_KEYS = ("entry", "name", "reserve", "images", "mounts", "args", "auto_remove", "forbid_label_prefixes")
@@ -216,7 +241,7 @@ class Container:
     """What the decision needs: the bundle's spec and Docker's record of the container (absent for
     bundles Docker did not create, e.g. BuildKit steps, which are tenants)."""
 
-    def __init__(self, cfg, spec, cid):
+    def __init__(self, cfg, spec, cid, bundle=""):
         self.cfg, self.spec, self.cid = cfg, spec, cid
         self.record = self.hostconfig = None
         if is_container_id(cid):
@@ -230,9 +255,74 @@ class Container:
         self.labels = labels if isinstance(labels, dict) else {}
         self.linux = spec.get("linux") or {}
         self.process = spec.get("process") or {}
+        self.buildkit = self.record is None and not is_container_id(cid) and is_buildkit_bundle(cfg, bundle, cid)
 
     def describe(self):
-        return f"container {self.name!r}" if self.name else f"bundle {self.cid} (no Docker record)"
+        if self.name:
+            return f"container {self.name!r}"
+        if self.buildkit:
+            return f"BuildKit step {self.cid}"
+        return f"bundle {self.cid} (no Docker record)"
+
+
+def build_mode(cfg):
+    return cfg.get("build_mode") is True
+
+
+def is_buildkit_bundle(cfg, bundle, cid):
+    """BuildKit's runc executor writes each step's bundle to <data-root>/buildkit/executor/<id> (root-only)."""
+    if not bundle or not is_safe_id(cid):
+        return False
+    real = os.path.realpath(bundle)
+    return any(real == os.path.join(os.path.realpath(os.path.join(root, *BUILDKIT_EXECUTOR)), cid)
+               for root in data_roots(cfg))
+
+
+def netns_of(pid):
+    st = os.stat(f"/proc/{pid}/ns/net")
+    return st.st_dev, st.st_ino
+
+
+def host_netns_refs():
+    """The host's network namespace as seen from here: PID 1's and the kernel's (kthreadd, PID 2, lives in the
+    initial namespace; checked too because a PID 1 may hide its namespaces, e.g. a VM's init process)."""
+    refs = {}
+    try:
+        refs["PID 1's"] = netns_of(1)
+    except OSError:
+        pass
+    try:
+        if read_text("/proc/2/comm").strip() == "kthreadd":
+            refs["the kernel's (kthreadd, PID 2)"] = netns_of(2)
+    except OSError:
+        pass
+    return refs
+
+
+def host_network_build_problem(cfg):
+    """None when a BuildKit step may share dockerd's network namespace (`docker build --network host`): build
+    mode is on AND this program (a child of dockerd) runs outside the host's network namespace."""
+    if not build_mode(cfg):
+        return ("[T1 namespaces] BuildKit step with the daemon's own network (`docker build --network host`, how "
+                "Coolify builds every image) on a node whose selector is not in build mode: only the build server "
+                "builds, inside its build namespace (runbooks/gvisor-decision.md §4.4). Deploy through the build "
+                "server; on the build server itself set build_mode (GvisorParams.build_mode) in the selector config")
+    refs = host_netns_refs()
+    try:
+        mine = netns_of("self")
+    except OSError as err:
+        refs, mine = {}, err
+    if not refs:
+        return (f"[T1 namespaces] build mode: cannot compare this runtime's network namespace with PID 1's or the "
+                f"kernel's ({mine if isinstance(mine, OSError) else 'neither is readable'}); a `--network host` "
+                f"build step is refused when that cannot be checked")
+    for what, ref in refs.items():
+        if mine == ref:
+            return (f"[T1 namespaces] build mode is on, but dockerd runs in the host's network namespace ({what}), "
+                    f"so a `--network host` build step would reach everything the host reaches: start dockerd and "
+                    f"containerd inside the build namespace (inkmcp-build-netns.service and its "
+                    f"NetworkNamespacePath= drop-ins, inkmcp.nodes.buildnet), then build again")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,6 +335,11 @@ def t1_namespaces(c):
     for ns in c.linux.get("namespaces") or []:
         have[ns.get("type")] = ns.get("path") or ""
     for kind in REQUIRED_NAMESPACES:
+        if kind == "network" and kind not in have and c.buildkit:
+            problem = host_network_build_problem(c.cfg)
+            if problem is None:
+                continue
+            return problem
         if kind not in have:
             return (f"[T1 namespaces] no {kind} namespace of its own (--{kind} host shares the node's); "
                     f"run it without host namespaces")
@@ -414,6 +509,39 @@ def resource_uuid(name):
     return None
 
 
+NOT_BUILDKIT = "not one of BuildKit's own paths"
+
+
+def containerd_roots(cfg):
+    """dockerd's managed containerd (no --containerd) keeps its root under the data root; a system one is
+    configured (Debian's docker.io: /var/lib/containerd)."""
+    roots = {f"{root}/containerd/daemon" for root in data_roots(cfg)}
+    configured = os.path.normpath(cfg.get("containerd_root") or "/var/lib/containerd")
+    return sorted(roots | {configured, os.path.realpath(configured)})
+
+
+def buildkit_mount_problem(cfg, m, source):
+    """T5 (f), build mode: None when `source` is one of the paths BuildKit itself binds into a RUN step (what the
+    tenant's Dockerfile can name is only the build graph, never a host path); NOT_BUILDKIT when it is none of
+    them; else what is wrong with it."""
+    re = rx()
+    places = []
+    for root in data_roots(cfg):
+        places += [(root, BUILDKIT_FILES, True), (root, BUILDKIT_SNAPSHOTS, False),
+                   (root, BUILDKIT_TMP_MOUNT, False), (root, BUILDKIT_SECRET_MOUNT, True)]
+    places += [(croot, CONTAINERD_SNAPSHOT, False) for croot in containerd_roots(cfg)]
+    for base, pattern, ro in places:
+        if not re.fullmatch(re.escape(base) + pattern, source):
+            continue
+        if ro and not read_only(m):
+            return f"BuildKit's {source} is bound writable; BuildKit binds it read-only"
+        link = symlink_below(source, base)
+        if link:
+            return f"{link} is a symlink (or unreadable) inside BuildKit's own paths"
+        return None
+    return NOT_BUILDKIT
+
+
 def t5_mounts(c):
     """Tenant bind mounts (§4.2 T5); a problem string or None."""
     cfg = c.cfg
@@ -424,6 +552,11 @@ def t5_mounts(c):
         if not is_bind(m):
             if m.get("type") in VIRTUAL_TYPES:
                 continue
+            if c.buildkit and m.get("type") == "overlay":
+                return (f"[T5 mounts] BuildKit mounts a multi-layer snapshot as an overlay at {dest} (`RUN --mount="
+                        f"type=bind,from=...` on the containerd image store): runsc cannot mount an overlay from the "
+                        f"bundle (the step would see an empty directory). Build on the classic overlay2 store "
+                        f"(daemon.json \"features\": {{\"containerd-snapshotter\": false}}) or mount a one-layer stage")
             return f"[T5 mounts] mount type {m.get('type')!r} at {dest} is not one Docker makes for a container"
         where = f"{source} -> {dest}"
         if docker_socket(cfg, m):
@@ -432,6 +565,12 @@ def t5_mounts(c):
             return f"[T5 mounts] tenant container may not mount a host socket ({where})"
         if not source.startswith("/") or os.path.normpath(source) != source:
             return f"[T5 mounts] bind source {source!r} is not a clean absolute path ({where})"
+        if c.buildkit and build_mode(cfg):
+            problem = buildkit_mount_problem(cfg, m, source)
+            if problem is None:
+                continue
+            if problem is not NOT_BUILDKIT:
+                return f"[T5 mounts] {problem} ({where})"
         if own_dir_problem(cfg, source, c.cid) is None:
             continue
         if docker_init(cfg, m):
@@ -600,6 +739,13 @@ def platform_entry(c):
 
 
 def check_tenant(c):
+    if c.buildkit and not build_mode(c.cfg):
+        raise Refused(
+            f"{c.describe()}: [build mode] a BuildKit RUN step on a node whose selector is not in build mode (a run "
+            f"server): only the build server builds, with dockerd inside its build namespace (runbooks/gvisor-"
+            f"decision.md §4.4). Deploy through the build server (Coolify: the application's build server); on the "
+            f"build server itself set build_mode (GvisorParams.build_mode) in the selector config"
+        )
     for check in (t1_namespaces, t2_capabilities, t3_devices, t4_annotations, t5_mounts):
         problem = check(c)
         if problem:
@@ -612,7 +758,20 @@ def runtime_cmd(cfg, runtime, argv):
     return [cfg["runc"], *argv]
 
 
-def choose_for_create(cfg, flags, rest):
+def runsc_argv(argv, at, sub, marks):
+    """runc's argv as runsc takes it. `at` is the subcommand's index. create/run: runc-only flags dropped
+    (RUNSC_DROPPED_FLAGS; runsc rejects unknown flags). delete of a container `run` through runsc: runsc removed
+    it when it exited, so `--force` (which also succeeds for a container that is already gone) stands in for
+    runc's `run --keep` + `delete`."""
+    head, tail = argv[: at + 1], argv[at + 1 :]
+    if sub in ("create", "run"):
+        return head + [a for a in tail if a not in RUNSC_DROPPED_FLAGS]
+    if sub == "delete" and "run" in marks and "--force" not in tail and "-f" not in tail:
+        return [*head, "--force", *tail]
+    return argv
+
+
+def choose_for_create(cfg, flags, rest, sub="create"):
     bundle = None
     for i, arg in enumerate(rest):
         if arg in ("--bundle", "-b") and i + 1 < len(rest):
@@ -623,7 +782,7 @@ def choose_for_create(cfg, flags, rest):
     if not bundle or not is_safe_id(cid):
         raise Refused("create without a bundle or with an unexpected container id")
     spec = loads(read_text(os.path.join(bundle, "config.json")))
-    c = Container(cfg, spec, cid)
+    c = Container(cfg, spec, cid, bundle)
     if platform_entry(c) is not None:
         runtime = "runc"
     else:
@@ -633,21 +792,24 @@ def choose_for_create(cfg, flags, rest):
     os.makedirs(sdir, mode=0o700, exist_ok=True)
     tmp = os.path.join(sdir, f".{cid}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(runtime)
+        # "runsc run": the container goes away when `runsc run` returns (its later delete needs --force).
+        f.write(f"{runtime} run" if runtime == "runsc" and sub == "run" else runtime)
     os.replace(tmp, os.path.join(sdir, cid))
     return runtime
 
 
 def recorded(cfg, flags, rest):
+    """(runtime, container id, marks) of the first argument with a record; (None, None, []) without one."""
     sdir = state_dir(cfg, flags)
     for arg in rest:
         if is_safe_id(arg):
             try:
                 with open(os.path.join(sdir, arg), encoding="utf-8") as f:
-                    return f.read().strip(), arg
+                    words = f.read().split()
             except OSError:
                 continue
-    return None, None
+            return (words[0] if words else ""), arg, words[1:]
+    return None, None, []
 
 
 def main(argv):
@@ -656,17 +818,21 @@ def main(argv):
         config_path = argv[0][len(CONFIG_FLAG) :]
         argv = argv[1:]
     flags, sub, rest = parse_args(argv)
+    at = len(argv) - len(rest) - 1  # the subcommand's index
+    marks = []
     try:
         cfg = load_config(config_path)
-        if sub in ("create", "run"):  # `run` = create + start, e.g. an operator typing `runc run`
-            runtime = choose_for_create(cfg, flags, rest)
+        if sub in ("create", "run"):  # `run` = create + start: BuildKit's steps, or an operator typing `runc run`
+            runtime = choose_for_create(cfg, flags, rest, sub)
         elif sub is None or sub in ("features", "list", "help", "spec"):
             runtime = "runc"  # no container involved
         else:
-            runtime, cid = recorded(cfg, flags, rest)
+            runtime, cid, marks = recorded(cfg, flags, rest)
             if runtime is None:
                 runtime = "runc"  # never created through us: runc answers "does not exist"
-            elif sub == "delete" and cid:
+            elif runtime == "runsc":
+                argv = runsc_argv(argv, at, sub, marks)
+            if sub == "delete" and cid:
                 # Forget the container only once its runtime has deleted it, so a retried delete
                 # still reaches the runtime that owns it.
                 import subprocess
@@ -684,6 +850,8 @@ def main(argv):
     except Exception as err:  # anything unexpected (a bad regex, a malformed record): fail closed
         log_error(flags, f"refusing: cannot decide safely: {err!r}")
         return 1
+    if runtime == "runsc" and sub in ("create", "run"):
+        argv = runsc_argv(argv, at, sub, marks)
     cmd = runtime_cmd(cfg, runtime, argv)
     os.execv(cmd[0], cmd)  # noqa: S606 - replacing ourselves with the chosen runtime is the point
     return 1  # not reached

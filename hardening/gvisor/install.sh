@@ -51,6 +51,7 @@ need = ("runc", "runsc", "runsc_flags", "data_root", "state_dir", "platform", "c
 missing = [k for k in need if k not in c]
 assert not missing, f"lacks {missing}"
 assert isinstance(c["platform"], list), "platform is not a list"
+assert isinstance(c.get("build_mode", False), bool), "build_mode must be true or false (GvisorParams.build_mode)"
 keys = ("entry", "name", "reserve", "images", "mounts", "args", "auto_remove", "forbid_label_prefixes")
 for i, e in enumerate(c["platform"]):
     assert all(k in e for k in keys), f"platform entry {i} lacks {[k for k in keys if k not in e]}"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from inkmcp.infra.netcheck import require_disjoint
 
@@ -384,6 +384,11 @@ class GvisorParams(BaseModel):
     runc_path: str = "/usr/bin/runc"
     runsc_path: str = "/usr/bin/runsc"
     runsc_flags: list[str] = Field(default_factory=lambda: ["--network=host", "--host-uds=none"])
+    build_mode: StrictBool = False
+    """The build server only (runbooks/gvisor-decision.md §4.4): BuildKit's RUN steps go to runsc, and one built
+    with `docker build --network host` (how Coolify builds) is admitted only while dockerd runs in the dedicated
+    build namespace (the selector checks that its network namespace is not the host's: PID 1's, the kernel's).
+    Off, every BuildKit step is refused: a run server never builds (Coolify's fallback build there fails closed)."""
 
     @field_validator("coolify_dir")
     @classmethod
@@ -426,6 +431,7 @@ class GvisorParams(BaseModel):
                 runsc_path=self.runsc_path,
                 runsc_flags=self.runsc_flags,
                 coolify_dir=self.coolify_dir,
+                build_mode=self.build_mode,
                 platform=[p.selector_entry() for p in self.platform],
             )
         )

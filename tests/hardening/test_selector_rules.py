@@ -137,13 +137,16 @@ class Node:
             (cdir / "hostconfig.json").write_text(json.dumps({"AutoRemove": auto_remove, "Binds": None}))
         return bundle, cid
 
-    def create(self, bundle: Path, cid: str) -> Decision:
+    def create(self, bundle: Path, cid: str, *, own_netns: bool = False) -> Decision:
+        """`create` as containerd's shim calls it; own_netns: the selector runs outside the host's network
+        namespace (as under a dockerd in the build namespace)."""
         log = self.tmp / f"log-{cid[:8]}.json"
         calls = self.tmp / "calls"
         calls.write_text("")
         proc = subprocess.run(
-            [str(SELECTOR), f"--inkmcp-config={self.config}", "--root", str(self.tmp / "runc-root"), "--log",
-             str(log), "--log-format", "json", "create", "--bundle", str(bundle), cid],
+            [*(["unshare", "--net"] if own_netns else []), str(SELECTOR), f"--inkmcp-config={self.config}",
+             "--root", str(self.tmp / "runc-root"), "--log", str(log), "--log-format", "json", "create", "--bundle",
+             str(bundle), cid],
             capture_output=True, text=True, timeout=30, check=False,
         )
         lines = calls.read_text().splitlines()
@@ -539,3 +542,223 @@ def test_config_must_be_root_owned_and_complete(node: Node) -> None:
     node.config.write_text(json.dumps(cfg))
     os.chmod(node.config, 0o644)
     node.create(*node.container(uuid())).refused("platform entry 0 lacks ['mounts']")
+
+
+# --------------------------------------------------------------------------------------------------
+# Build mode (§4.4): BuildKit RUN steps on the build server
+# --------------------------------------------------------------------------------------------------
+#
+# The bundles are the ones BuildKit wrote for `docker build --network host` of
+#   RUN --mount=type=cache,target=/cache --mount=type=secret,id=s --mount=type=bind,source=sub,target=/s uname -r
+# (recorded through a capturing `runc` on Docker 26.1.5 and 20.10.24, both on the overlay2 store), with the data
+# root and the step id replaced. BuildKit calls runc as go-runc does: `--log <executor>/runc-log.json
+# --log-format json run --bundle <executor>/<id> [--keep] <id>` (--keep since BuildKit 0.10, Docker 26), then
+# `delete <id>` (Docker 26 only).
+
+BUILDKIT_FIXTURES = {"docker26": HERE / "fixtures" / "docker26-buildkit-run-config.json",
+                     "docker20": HERE / "fixtures" / "docker20-buildkit-run-config.json"}
+
+
+@dataclass
+class Step:
+    node: Node
+    bundle: Path
+    cid: str
+    spec: dict[str, Any]
+
+    def write(self) -> None:
+        (self.bundle / "config.json").write_text(json.dumps(self.spec))
+
+    def run(self, *, own_netns: bool, keep: bool = True) -> Decision:
+        """BuildKit's `runc run`; own_netns: the selector runs in a network namespace other than PID 1's, as
+        under a dockerd that lives in the build namespace."""
+        self.write()
+        log = self.node.tmp / f"log-{self.cid[:8]}.json"
+        calls = self.node.tmp / "calls"
+        calls.write_text("")
+        prefix = ["unshare", "--net"] if own_netns else []
+        argv = [*prefix, str(SELECTOR), f"--inkmcp-config={self.node.config}", "--log", str(log), "--log-format",
+                "json", "run", "--bundle", str(self.bundle), *(["--keep"] if keep else []), self.cid]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        lines = calls.read_text().splitlines()
+        runtime, args = (lines[0].split(" ", 1)[0], lines[0].split(" ")[1:]) if lines else (None, [])
+        return Decision(proc.returncode, runtime, args, proc.stderr, log.read_text() if log.exists() else "")
+
+    def later(self, *argv: str) -> tuple[str | None, list[str]]:
+        """A later call as BuildKit makes it (no --root)."""
+        calls = self.node.tmp / "calls"
+        calls.write_text("")
+        subprocess.run([str(SELECTOR), f"--inkmcp-config={self.node.config}", "--log", "x.json", "--log-format",
+                        "json", *argv], capture_output=True, text=True, timeout=30, check=False)
+        lines = calls.read_text().splitlines()
+        return (lines[0].split(" ", 1)[0], lines[0].split(" ")[1:]) if lines else (None, [])
+
+
+def buildkit_step(node: Node, docker: str = "docker26", data_root: Path | None = None) -> Step:
+    """A RUN step's bundle where BuildKit's runc executor writes it, and the host paths its mounts name."""
+    root = data_root or node.data_root
+    cid = secrets.token_hex(13)[:25]
+    text = BUILDKIT_FIXTURES[docker].read_text().replace("@DATA_ROOT@", str(root)).replace("@ID@", cid)
+    spec = json.loads(text)
+    bundle = root / "buildkit" / "executor" / cid
+    (bundle / "rootfs").mkdir(parents=True)
+    for m in spec["mounts"]:
+        if m["type"] == "bind":
+            source = Path(m["source"])
+            if m["destination"] in ("/etc/resolv.conf", "/etc/hosts", "/run/secrets/s"):
+                source.parent.mkdir(parents=True, exist_ok=True)
+                source.write_text("x")
+            else:
+                source.mkdir(parents=True, exist_ok=True)
+    return Step(node=node, bundle=bundle, cid=cid, spec=spec)
+
+
+def build_mode(node: Node, on: bool) -> None:
+    cfg = json.loads(node.config.read_text())
+    cfg["build_mode"] = on
+    node.config.write_text(json.dumps(cfg))
+    os.chmod(node.config, 0o644)
+
+
+def add_mount(spec: dict[str, Any], source: str, dest: str, options: list[str], kind: str = "bind") -> None:
+    spec["mounts"].append({"destination": dest, "type": kind, "source": source, "options": options})
+
+
+@pytest.mark.parametrize("docker", ["docker26", "docker20"])
+def test_build_mode_sandboxes_a_host_network_step_inside_the_build_namespace(node: Node, docker: str) -> None:
+    """The build server: the step goes to runsc, `--keep` (runsc has none) is dropped, and BuildKit's later
+    delete reaches runsc as `delete --force` (runsc removed the container when `run` returned)."""
+    build_mode(node, True)
+    step = buildkit_step(node, docker)
+    d = step.run(own_netns=True, keep=docker == "docker26")
+    assert (d.rc, d.runtime) == (0, "runsc"), d
+    assert d.argv == [*RUNSC_FLAGS, "--log", str(node.tmp / f"log-{step.cid[:8]}.json"), "--log-format", "json",
+                      "run", "--bundle", str(step.bundle), step.cid]
+    assert step.later("kill", step.cid, "9") == ("runsc", [*RUNSC_FLAGS, "--log", "x.json", "--log-format", "json",
+                                                          "kill", step.cid, "9"])
+    assert step.later("delete", step.cid) == ("runsc", [*RUNSC_FLAGS, "--log", "x.json", "--log-format", "json",
+                                                       "delete", "--force", step.cid])
+    # Forgotten once deleted: the id is not routed to runsc any more.
+    assert step.later("state", step.cid)[0] == "runc"
+
+
+def test_build_mode_off_refuses_every_buildkit_step(node: Node) -> None:
+    """A run server (build mode off): Coolify's fallback build there fails closed, whatever the network."""
+    step = buildkit_step(node)
+    d = step.run(own_netns=True)
+    d.refused("[build mode]")
+    assert f"BuildKit step {step.cid}" in d.stderr and "GvisorParams.build_mode" in d.stderr
+    bridge = buildkit_step(node, "docker20")
+    bridge.spec["linux"]["namespaces"].append({"type": "network"})  # `docker build` without --network host
+    bridge.run(own_netns=True, keep=False).refused("[build mode]")
+
+
+def test_build_mode_in_the_hosts_network_namespace_refuses_host_network(node: Node) -> None:
+    """Build mode on a daemon that is NOT in the build namespace: a `--network host` step would reach everything
+    the host reaches (the selector runs in PID 1's network namespace here)."""
+    build_mode(node, True)
+    step = buildkit_step(node)
+    d = step.run(own_netns=False)
+    d.refused("[T1 namespaces]")
+    assert "dockerd runs in the host's network namespace (" in d.stderr
+    assert "inkmcp-build-netns" in d.stderr
+    # A step with a network namespace of its own (`docker build` without --network host) needs no such check.
+    step.spec["linux"]["namespaces"].append({"type": "network"})
+    assert step.run(own_netns=False).runtime == "runsc"
+
+
+def test_build_mode_relaxes_nothing_for_docker_containers_or_foreign_bundles(node: Node) -> None:
+    """Only BuildKit's own bundles (no Docker record, under <data-root>/buildkit/executor/) get build mode: a
+    container on the build server is a tenant like anywhere else, even inside the build namespace."""
+    build_mode(node, True)
+    step = buildkit_step(node)
+    resolv = next(m["source"] for m in step.spec["mounts"] if m["destination"] == "/etc/resolv.conf")
+    bundle, cid = node.container(uuid(), labels=TENANT_LABELS, edit=drop_ns("network"))  # docker run --network host
+    d = node.create(bundle, cid, own_netns=True)
+    d.refused("[T1 namespaces]")
+    assert "no network namespace of its own" in d.stderr
+    node.create(*node.container(uuid(), labels=TENANT_LABELS, binds=[(resolv, "/etc/resolv.conf", True)]),
+                own_netns=True).refused("may not bind-mount host path")
+    # The same BuildKit spec from a bundle outside BuildKit's executor dir (no Docker record either).
+    elsewhere = node.tmp / "bundles" / step.cid
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "config.json").write_text(json.dumps(step.spec))
+    d = node.create(elsewhere, step.cid, own_netns=True)
+    d.refused("[T1 namespaces]")
+    assert "no network namespace of its own" in d.stderr
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    pytest.param(lambda s, r: add_mount(s, "/etc", "/host", ["rbind", "ro"]), "may not bind-mount host path",
+                 id="host-path"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/volumes", "/v", ["rbind"]), "may not bind-mount host path",
+                 id="data-root-dir"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/buildkit/executor/resolv.conf", "/etc/x", ["rbind"]),
+                 "is bound writable", id="writable-executor-file"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/buildkit/content", "/c", ["rbind", "ro"]),
+                 "may not bind-mount host path", id="buildkit-content-store"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/overlay2/l", "/l", ["rbind", "ro"]),
+                 "may not bind-mount host path", id="overlay2-link-dir"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/overlay2/evil/diff", "/e", ["rbind"]), "is a symlink",
+                 id="symlinked-snapshot"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/tmp/buildkit-secrets1/x", "/run/secrets/x", ["rbind"]),
+                 "is bound writable", id="writable-secret"),
+    pytest.param(lambda s, r: add_mount(s, f"{r}/tmp/buildkit-ssh-sock1/agent", "/run/ssh", ["rbind"]),
+                 "may not mount a host socket", id="ssh-agent-socket"),
+    pytest.param(lambda s, r: add_mount(s, "overlay", "/o", ["lowerdir=/a:/b"], kind="overlay"),
+                 "containerd-snapshotter", id="overlay-from-containerd-store"),
+    pytest.param(lambda s, r: s["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN"), "[T2 capabilities]",
+                 id="security-insecure"),
+    pytest.param(lambda s, r: s.setdefault("annotations", {}).update({"dev.gvisor.flag.host-uds": "all"}),
+                 "[T4 annotations]", id="gvisor-annotation"),
+])
+def test_build_mode_still_refuses(node: Node, change: Callable[[dict[str, Any], str], None], problem: str) -> None:
+    """T5 (f) admits only BuildKit's own paths, each as BuildKit binds it; T1-T4 still hold."""
+    build_mode(node, True)
+    r = node.data_root
+    (r / "overlay2" / "l").mkdir(parents=True)
+    (r / "overlay2" / "evil").symlink_to("/etc")
+    (r / "tmp" / "buildkit-secrets1").mkdir(parents=True)
+    (r / "tmp" / "buildkit-secrets1" / "x").write_text("s")
+    (r / "buildkit" / "content").mkdir(parents=True)
+    (r / "tmp" / "buildkit-ssh-sock1").mkdir()
+    os.mknod(r / "tmp" / "buildkit-ssh-sock1" / "agent", stat.S_IFSOCK | 0o600)
+    step = buildkit_step(node)
+    change(step.spec, str(r))
+    d = step.run(own_netns=True)
+    d.refused(problem)
+
+
+def test_build_mode_admits_containerd_store_snapshots(node: Node) -> None:
+    """On the containerd image store BuildKit binds one-layer snapshots from containerd's overlayfs snapshotter:
+    dockerd's managed containerd (<data-root>/containerd/daemon) or the configured system one."""
+    build_mode(node, True)
+    system = node.tmp / "containerd"
+    cfg = json.loads(node.config.read_text())
+    cfg["containerd_root"] = str(system)
+    node.config.write_text(json.dumps(cfg))
+    os.chmod(node.config, 0o644)
+    snap = "io.containerd.snapshotter.v1.overlayfs/snapshots/{}/fs"
+    for base, n in ((node.data_root / "containerd/daemon", 8), (system, 4)):
+        source = base / snap.format(n)
+        source.mkdir(parents=True)
+        step = buildkit_step(node)
+        add_mount(step.spec, str(source), "/cache", ["rw", "rbind"])
+        assert step.run(own_netns=True).runtime == "runsc", source
+    elsewhere = node.tmp / "other" / snap.format(1)
+    elsewhere.mkdir(parents=True)
+    step = buildkit_step(node)
+    add_mount(step.spec, str(elsewhere), "/x", ["rbind"])
+    step.run(own_netns=True).refused("may not bind-mount host path")
+
+
+def test_build_mode_renders_from_gvisor_params() -> None:
+    """GvisorParams.build_mode reaches the config (false unless set); only a real boolean is accepted."""
+    from pydantic import ValidationError
+
+    from inkmcp.nodes.render import GvisorParams
+
+    assert json.loads(GvisorParams().render_config())["build_mode"] is False
+    assert json.loads(GvisorParams(build_mode=True).render_config())["build_mode"] is True
+    with pytest.raises(ValidationError, match="build_mode"):
+        GvisorParams(build_mode="yes")
