@@ -6,6 +6,13 @@ resolve commit → (no-op if the same commit, settings and env are already live 
 release command → start → health check → switch traffic → stop old) → live.
 A failure leaves the previous version serving and the deployment `failed` with a reason an agent
 can act on. Deployments interrupted by a restart are resumed from their record at start-up.
+
+The compute provider is called the same way whether it runs processes here or asks a remote API:
+what it creates is recorded through `record` into the database (`provider_ref` columns) before its
+next step, `release` is repeated for the same deployment after a crash or a retryable error (and
+re-attaches instead of starting again), `ProviderUnavailable` is retried with backoff for a bounded
+window, and env changes report what really happened (restarted, pending at the provider, or kept
+for the next start).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,18 +52,26 @@ from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
-from inkmcp.errors import InkError, InvalidArgument, NotFound
+from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import (
     ComputeProvider,
+    EnvOutcome,
+    ProviderRef,
+    ProviderRefused,
+    ProviderUnavailable,
+    RefScope,
     ReleaseFailed,
     ReleaseRequest,
+    ReleaseSpec,
     Resources,
     RuntimeState,
     ServiceKey,
+    ServiceRuntime,
     Step,
 )
 from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
+from inkmcp.store.refs import ref_of, save_ref
 
 log = logging.getLogger("inkmcp.deploy")
 
@@ -84,6 +100,48 @@ def default_mode(service_type: ServiceType) -> Mode:
     return Mode.static if service_type == ServiceType.webapp_static else Mode.persistent
 
 
+class ComputeUnavailable(ProviderError):
+    """The compute platform is unavailable right now; the same call can succeed later. Nothing was changed."""
+
+    code = "unavailable"
+
+
+def unavailable(e: ProviderUnavailable, what: str) -> ComputeUnavailable:
+    """The agent-facing error for a `ProviderUnavailable` raised while doing `what`."""
+    after = f"about {max(1, round(e.retry_after))} s" if e.retry_after else "a minute"
+    return ComputeUnavailable(
+        f"the compute platform is unavailable ({e.reason}); {what} did not happen.",
+        fix=f"call the same tool again in {after}",
+    )
+
+
+@dataclass(frozen=True)
+class ProviderRetry:
+    """How long a deployment waits out `ProviderUnavailable` before it fails (backoff between attempts).
+
+    The window is bounded so an agent waiting on a deployment always gets an answer; a provider's
+    `retry_after` (Coolify's Retry-After) is honoured when it fits in the window.
+    """
+
+    initial: float = 2.0
+    maximum: float = 60.0
+    window: float = 900.0
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.maximum, self.initial * 2**attempt))
+
+
+@dataclass
+class EnvApplied:
+    """What pushing new env to live services did, per service name (see `EnvOutcome`)."""
+
+    restarted: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    next_start: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
 class DeployService:
     def __init__(
         self,
@@ -98,6 +156,7 @@ class DeployService:
         mac_key: bytes,
         metrics: Metrics,
         max_env_bytes: int,
+        provider_retry: ProviderRetry | None = None,
     ) -> None:
         self._sessions = sessions
         self._projects = projects
@@ -115,7 +174,7 @@ class DeployService:
         self._max_env_bytes = max_env_bytes
         self._service_locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._retry = provider_retry or ProviderRetry()
 
     def _private_checkouts(self) -> None:
         """work/ and work/checkouts: root 0700, so no tenant reaches a checkout before it is handed over."""
@@ -205,11 +264,11 @@ class DeployService:
                     delete(Project)
                     .where(Project.id == project_id)
                     .where(~select(Service.id).where(Service.project_id == project_id).exists())
-                    .returning(Project.id)
+                    .returning(Project.id, Project.provider_ref)
                 )
             ).first()
         if gone is not None:
-            await self._compute.remove_project(str(project_id))
+            await self._compute.remove_project(str(project_id), ref_of(gone[1], self._compute.name))
 
     def _settings_of(self, req: DeployRequest) -> dict[str, Any]:
         return {
@@ -221,6 +280,12 @@ class DeployService:
             "port": req.port,
             "resources": req.resources.model_dump() if req.resources else None,
         }
+
+    def env_revision(self, env: Mapping[str, SecretStr]) -> str:
+        """A keyed hash of env values: providers report it back, so core can tell when a queued env change
+        has reached the running processes without anyone storing or comparing the values themselves."""
+        payload = json.dumps({k: v.get_secret_value() for k, v in env.items()}, sort_keys=True)
+        return hmac.new(self._mac_key, b"env:" + payload.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _config_hash(self, commit: str, settings: dict[str, Any], env: dict[str, SecretStr]) -> str:
         payload = json.dumps(
@@ -345,55 +410,63 @@ class DeployService:
             ).one()
         return row[0], row[1], row[2]
 
-    @staticmethod
-    def key_of(svc: Service, project: Project) -> ServiceKey:
+    def key_of(self, svc: Service, project: Project) -> ServiceKey:
+        """The provider's view of a service: ids, names and the refs it recorded (from these rows)."""
+        name = self._compute.name
         return ServiceKey(
             account_id=str(project.account_id),
             project_id=str(project.id),
             service_id=str(svc.id),
             project_name=project.name,
             service_name=svc.name,
+            project_ref=ref_of(project.provider_ref, name),
+            service_ref=ref_of(svc.provider_ref, name),
         )
 
-    async def _release_request(
-        self, dep: Deployment, svc: Service, project: Project, checkout: Path
-    ) -> ReleaseRequest:
+    async def _release_spec(self, dep: Deployment, svc: Service, project: Project) -> ReleaseSpec:
         resources = svc.settings.get("resources") if svc.settings else None
-        return ReleaseRequest(
+        env = await self.effective_env(project.id, svc.id)
+        return ReleaseSpec(
             deployment_id=str(dep.id),
             key=self.key_of(svc, project),
             service_type=ServiceType(svc.service_type),
             mode=Mode(svc.mode),
             plan=BuildPlan.model_validate(dep.plan),
-            checkout_dir=checkout,
-            repo_url=svc.repo_url,
             commit=dep.commit or "",
-            env=await self.effective_env(project.id, svc.id),
+            env=env,
+            env_revision=self.env_revision(env),
             resources=Resources.model_validate(resources) if resources else Resources(),
         )
 
+    async def _release_request(
+        self, dep: Deployment, svc: Service, project: Project, checkout: Path | None
+    ) -> ReleaseRequest:
+        spec = await self._release_spec(dep, svc, project)
+        return ReleaseRequest(
+            **dict(spec),
+            repo_url=svc.repo_url,
+            checkout_dir=checkout,
+            deployment_ref=ref_of(dep.provider_ref, self._compute.name),
+        )
+
+    def _recorder(self, dep_id: uuid.UUID, svc_id: uuid.UUID, project_id: uuid.UUID) -> Any:
+        """The `record` callback of one release: provider refs go to the rows of this deployment, its service
+        and its project, committed before the provider's next step."""
+        rows = {RefScope.project: project_id, RefScope.service: svc_id, RefScope.deployment: dep_id}
+
+        async def record(scope: RefScope, ref: ProviderRef) -> None:
+            await save_ref(self._sessions, RefScope(scope).value, rows[RefScope(scope)], self._compute.name, ref)
+
+        return record
+
     async def _run(self, dep_id: uuid.UUID, checkout: Path | None) -> None:
         started = time.monotonic()
-        dep, svc, project = await self._load(dep_id)
+        _, svc, _ = await self._load(dep_id)
         lock = self._service_locks.setdefault(svc.id, asyncio.Lock())
         outcome = "failed"
         try:
             async with lock:
-                if checkout is None or not checkout.exists():
-                    checkout = self._checkouts / uuid.uuid4().hex
-                    workspace = await self._compute.source_workspace(str(project.id))
-                    await resolve_and_checkout(
-                        self._projects.fetch_url(svc), dep.commit, checkout, workspace=workspace, policy=self._sources
-                    )
-                request = await self._release_request(dep, svc, project, checkout)
-
-                async def progress(step: Step, detail: str) -> None:
-                    # Terminal states are core's to record, together with the URL: a waiter must
-                    # never see `live` before the URL is stored.
-                    if step not in (Step.live, Step.failed):
-                        await self._record(dep_id, step, detail)
-
-                result = await self._compute.release(request, progress)
+                result = await self._release_with_retries(dep_id, checkout)
                 now = datetime.now(UTC)
                 async with self._sessions.begin() as s:
                     await s.execute(
@@ -414,6 +487,14 @@ class DeployService:
                 outcome = "live"
         except ReleaseFailed as e:
             await self._fail(dep_id, f"{e.step.value}: {e.reason}")
+        except ProviderRefused as e:
+            await self._fail(dep_id, f"the compute platform refused the deployment: {e.reason}. This is not a "
+                                     "problem in your app; the operator has to fix the platform, then call deploy_app "
+                                     "again")  # fmt: skip
+        except ProviderUnavailable as e:
+            await self._fail(dep_id, f"the compute platform stayed unavailable for {self._retry.window:g} s "
+                                     f"({e.reason}); nothing went live, the previous version keeps serving. Call "
+                                     "deploy_app again later")  # fmt: skip
         except InkError as e:
             await self._fail(dep_id, e.render())
         except asyncio.CancelledError:
@@ -423,11 +504,57 @@ class DeployService:
         except Exception as e:  # a bug or an OS failure: record it, never leave "building" forever
             log.exception("deployment crashed", extra={"deployment": str(dep_id)})
             await self._fail(dep_id, f"internal error: {type(e).__name__}")
+        except BaseException:
+            outcome = "interrupted"  # the process is going down (or a test simulates it): resumable
+            raise
         finally:
             if checkout is not None:
                 shutil.rmtree(checkout, ignore_errors=True)
             if outcome != "interrupted":
                 self._metrics.deploy_duration.labels(outcome=outcome).observe(time.monotonic() - started)
+
+    async def _release_with_retries(self, dep_id: uuid.UUID, checkout: Path | None) -> Any:
+        """`release` until it returns, fails for good, or `ProviderUnavailable` outlasts the retry window.
+
+        Every attempt reloads the rows, so it passes the refs the previous attempt recorded: the
+        provider re-attaches to what it started instead of starting again (`release` is idempotent
+        per deployment id). A provider that builds here gets a fresh checkout when the previous
+        attempt took the old one over.
+        """
+        deadline = time.monotonic() + self._retry.window
+        attempt = 0
+
+        async def progress(step: Step, detail: str) -> None:
+            # Terminal states are core's to record, together with the URL: a waiter must
+            # never see `live` before the URL is stored.
+            if step not in (Step.live, Step.failed):
+                await self._record(dep_id, step, detail)
+
+        while True:
+            dep, svc, project = await self._load(dep_id)
+            work: Path | None = None
+            if self._compute.needs_checkout:
+                work = checkout if checkout is not None and checkout.exists() else None
+                if work is None:
+                    work = self._checkouts / uuid.uuid4().hex
+                    workspace = await self._compute.source_workspace(str(project.id))
+                    await resolve_and_checkout(
+                        self._projects.fetch_url(svc), dep.commit, work, workspace=workspace, policy=self._sources
+                    )
+            try:
+                request = await self._release_request(dep, svc, project, work)
+                return await self._compute.release(request, progress, self._recorder(dep_id, svc.id, project.id))
+            except ProviderUnavailable as e:
+                wait = e.retry_after if e.retry_after is not None else self._retry.backoff(attempt)
+                if time.monotonic() + wait > deadline:
+                    raise
+                detail = f"waiting for the compute platform ({e.reason}); retrying in {wait:.0f} s"
+                await self._record(dep_id, Step.queued, detail)
+                await asyncio.sleep(wait)  # a backoff the provider asked for, not a synchronisation
+                attempt += 1
+            finally:
+                if work is not None and work != checkout:
+                    shutil.rmtree(work, ignore_errors=True)
 
     async def _fail(self, dep_id: uuid.UUID, reason: str) -> None:
         now = datetime.now(UTC)
@@ -522,12 +649,13 @@ class DeployService:
                     )
                 ).all()
             }
+        runtimes = await asyncio.gather(*(self._runtime(project, svc) if live else _none() for svc, live in rows))
         views = []
-        for svc, live in rows:
-            rt = await self._compute.runtime(self.key_of(svc, project)) if live else None
+        for (svc, live), found in zip(rows, runtimes, strict=True):
+            rt, env_state = found if found is not None else (None, None)
             state = rt.state.value if rt else "not_deployed"
             health = "unknown"
-            if rt:
+            if rt and rt.state != RuntimeState.unknown:
                 health = "ok" if rt.state in (RuntimeState.running, RuntimeState.sleeping) else "failing"
             last_id, last_status = latest.get(svc.id, (None, None))
             views.append(
@@ -542,9 +670,22 @@ class DeployService:
                     deployment_status=last_status,
                     commit=live.commit[:12] if live and live.commit else None,
                     restarts=rt.restarts if rt else 0,
+                    env=env_state,
                 )
             )
         return views
+
+    async def _runtime(self, project: Project, svc: Service) -> tuple[ServiceRuntime, str | None]:
+        """The provider's runtime of a live service, and whether its processes run the stored env
+        (`applied`) or a queued env change has not reached them yet (`pending`)."""
+        try:
+            rt = await self._compute.runtime(self.key_of(svc, project))
+        except ProviderUnavailable as e:
+            return ServiceRuntime(state=RuntimeState.unknown, detail=f"compute platform unavailable: {e.reason}"), None
+        if rt.env_revision is None:
+            return rt, None
+        desired = self.env_revision(await self.effective_env(project.id, svc.id))
+        return rt, "applied" if rt.env_revision == desired else "pending"
 
     async def list_deployments(
         self, p: Principal, project_name: str, service_name: str | None, limit: int
@@ -592,29 +733,45 @@ class DeployService:
         )
 
     # ------------------------------------------------------- env & lifecycle
-    async def apply_env(self, project: Project, services: list[Service]) -> tuple[list[str], dict[str, str]]:
-        """Push the effective env to each live service.
+    async def apply_env(self, project: Project, services: list[Service]) -> EnvApplied:
+        """Push the effective env to each live service and say what happened to each (`EnvApplied`).
 
-        Returns (restarted service names, {service: reason} for those whose new processes failed
-        their health check; those keep running with their previous env).
+        A service whose new processes failed their health check keeps running with its previous env
+        (`failed`); one the provider could not reach now is in `unavailable` (nothing changed there).
         """
-        restarted: list[str] = []
-        failed: dict[str, str] = {}
+        done = EnvApplied()
         for svc in services:
             if svc.live_deployment_id is None:
                 continue
             env = await self.effective_env(project.id, svc.id)
+            async with self._sessions() as s:  # fresh refs: a release may have recorded new ones
+                fresh = await s.get(Service, svc.id)
+            if fresh is None:
+                continue
+            record = self._recorder(svc.live_deployment_id, svc.id, project.id)
             try:
-                if await self._compute.update_env(self.key_of(svc, project), env):
-                    restarted.append(svc.name)
+                change = await self._compute.update_env(
+                    self.key_of(fresh, project), env, self.env_revision(env), record
+                )
             except ReleaseFailed as e:
-                failed[svc.name] = f"{e.step.value}: {e.reason}"
-        return restarted, failed
+                done.failed[svc.name] = f"{e.step.value}: {e.reason}"
+                continue
+            except ProviderUnavailable as e:
+                done.unavailable[svc.name] = e.reason
+                continue
+            {EnvOutcome.restarted: done.restarted, EnvOutcome.pending: done.pending,
+             EnvOutcome.next_start: done.next_start}[change.outcome].append(svc.name)  # fmt: skip
+        return done
 
     async def remove_service(self, project: Project, svc: Service) -> None:
         lock = self._service_locks.setdefault(svc.id, asyncio.Lock())
         async with lock:
-            await self._compute.remove(self.key_of(svc, project))
+            async with self._sessions() as s:  # fresh refs: the pipeline that held the lock may have recorded some
+                fresh = await s.get(Service, svc.id)
+            try:
+                await self._compute.remove(self.key_of(fresh or svc, project))
+            except ProviderUnavailable as e:
+                raise unavailable(e, f"deleting service {svc.name!r}") from None
             async with self._sessions.begin() as s:
                 await s.execute(delete(Service).where(Service.id == svc.id))
         self._service_locks.pop(svc.id, None)
@@ -639,8 +796,7 @@ class DeployService:
         restored = 0
         for dep, svc, project in live:
             try:
-                req = await self._release_request(dep, svc, project, Path("/nonexistent"))
-                await self._compute.restore(req)
+                await self._compute.restore(await self._release_spec(dep, svc, project))
                 restored += 1
             except Exception:
                 log.exception("could not restore service", extra={"service": str(svc.id)})
@@ -656,8 +812,12 @@ class DeployService:
             ).scalar_one()
 
     async def close(self) -> None:
-        self._closing = True
+        """Stop the pipelines of this process (their records stay resumable)."""
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _none() -> None:
+    return None

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.core.accounts import AccountService, LimitOverrides
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseInfo, DatabaseRequest, DatabaseService
-from inkmcp.core.deployments import DeployRequest, DeployService, ProgressSink
+from inkmcp.core.deployments import DeployRequest, DeployService, ProgressSink, unavailable
 from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
 from inkmcp.core.limits import AccountLimits
 from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
@@ -26,9 +26,10 @@ from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
 from inkmcp.errors import DeployFailed, InkError, InvalidArgument
-from inkmcp.providers.compute.base import ComputeProvider, LogScope
+from inkmcp.providers.compute.base import ComputeProvider, LogScope, ProviderUnavailable
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
+from inkmcp.store.refs import ref_of
 
 
 class ProjectResult(BaseModel):
@@ -47,7 +48,10 @@ class EnvUpdate(BaseModel):
     scope: str = Field(description="'project' or the service name")
     set: list[str]
     unset: list[str]
-    restarted: list[str] = Field(description="services restarted to pick up the change")
+    restarted: list[str] = Field(description="services restarted (and healthy) with the new values")
+    pending: list[str] = Field(
+        default_factory=list, description="services whose restart is queued; list_services shows env=applied once done"
+    )
     note: str
 
 
@@ -190,20 +194,27 @@ class Platform:
             raise InvalidArgument(f"tail={tail} is out of range.", argument="tail", fix=f"pass 1..{MAX_TAIL}")
         project, svc = await self.deploys.get_service(p, project_name, service_name)
         deployment_id = None
+        deployment_ref = None
         if scope == LogScope.build:
             async with self.sessions() as s:
                 latest = (
                     await s.execute(
-                        select(Deployment.id)
+                        select(Deployment.id, Deployment.provider_ref)
                         .where(Deployment.service_id == svc.id)
                         .order_by(Deployment.created_at.desc())
                         .limit(1)
                     )
-                ).scalar()
-            deployment_id = str(latest) if latest else None
-        raw = await self.compute.logs(
-            self.deploys.key_of(svc, project), scope, deployment_id=deployment_id, tail=tail + 50
-        )
+                ).first()
+            if latest is not None:
+                deployment_id = str(latest[0])
+                deployment_ref = ref_of(latest[1], self.compute.name)
+        try:
+            raw = await self.compute.logs(
+                self.deploys.key_of(svc, project), scope, deployment_id=deployment_id, deployment_ref=deployment_ref,
+                tail=tail + 50,
+            )  # fmt: skip
+        except ProviderUnavailable as e:
+            raise unavailable(e, "reading the logs") from None
         secrets = [v.get_secret_value() for v in (await self.deploys.effective_env(project.id, svc.id)).values()]
         db = await self.databases.get(project.id)
         if db:
@@ -239,23 +250,35 @@ class Platform:
             async with self.sessions.begin() as s:
                 set_keys, unset_keys = await self.envs.apply(s, project.id, scope, env_vars)
             restarted: list[str] = []
+            pending: list[str] = []
             if set_keys or unset_keys:
-                restarted, failed = await self.deploys.apply_env(project, targets)
-                if failed:
-                    # All or nothing: put the old values back, and the old env on what already restarted.
+                applied = await self.deploys.apply_env(project, targets)
+                restarted, pending = applied.restarted, applied.pending
+                if applied.failed or applied.unavailable:
+                    # All or nothing: put the old values back, and the old env on what already took the new one.
                     await self.envs.restore(project.id, before)
-                    await self.deploys.apply_env(project, [t for t in targets if t.name in restarted])
-                    name, reason = next(iter(failed.items()))
-                    raise DeployFailed(
-                        f"service {name!r} did not start with the new values ({reason}); nothing was changed, "
-                        "every service keeps its previous values.",
-                        argument="env_vars",
-                        fix=f"read get_logs(project_name={project_name!r}, service_name={name!r}) and pass "
-                        "values the app accepts",
-                    )
+                    await self.deploys.apply_env(project, [t for t in targets if t.name in restarted + pending])
+                    if applied.failed:
+                        name, reason = next(iter(applied.failed.items()))
+                        raise DeployFailed(
+                            f"service {name!r} did not start with the new values ({reason}); nothing was changed, "
+                            "every service keeps its previous values.",
+                            argument="env_vars",
+                            fix=f"read get_logs(project_name={project_name!r}, service_name={name!r}) and pass "
+                            "values the app accepts",
+                        )
+                    name, reason = next(iter(applied.unavailable.items()))
+                    raise unavailable(ProviderUnavailable(reason), f"applying env to service {name!r} (the old "
+                                      "values were put back, so nothing changed)")  # fmt: skip
         live = [t.name for t in targets if t.live_deployment_id]
+        notes = []
         if restarted:
-            note = f"restarted {', '.join(restarted)} with the new values"
+            notes.append(f"restarted {', '.join(restarted)} with the new values")
+        if pending:
+            notes.append(f"restart queued for {', '.join(pending)}: they serve the old values until it finishes; "
+                         f"list_services(project_name={project.name!r}) shows env='applied' once they run the new ones")
+        if notes:
+            note = "; ".join(notes)
         elif live:
             note = "stored; sleeping services pick the values up when they wake"
         else:
@@ -266,6 +289,7 @@ class Platform:
             set=set_keys,
             unset=unset_keys,
             restarted=restarted,
+            pending=pending,
             note=note,
         )
 
@@ -358,7 +382,10 @@ class Platform:
                 services = (await s.execute(select(Service).where(Service.project_id == project.id))).scalars().all()
             for svc in services:
                 await self.deploys.remove_service(project, svc)
-            await self.compute.remove_project(str(project.id))
+            try:
+                await self.compute.remove_project(str(project.id), ref_of(project.provider_ref, self.compute.name))
+            except ProviderUnavailable as e:
+                raise unavailable(e, f"deleting project {project_name!r} (its services are gone already)") from None
             dropped = await self.databases.drop(project.id) if db else False
             async with self.sessions.begin() as s:
                 obj = await s.get(type(project), project.id)

@@ -20,12 +20,15 @@ class ServiceView(BaseModel):
     type: str
     mode: str
     url: str | None
-    state: str = Field(description="running | sleeping | starting | crashed | stopped | not_deployed")
+    state: str = Field(description="running | sleeping | starting | crashed | stopped | unknown | not_deployed")
     health: str = Field(description="ok | failing | unknown")
     deployment_id: str | None = None
     deployment_status: str | None = None
     commit: str | None = None
     restarts: int = 0
+    env: str | None = Field(
+        default=None, description="applied | pending: whether the processes run the stored env values yet"
+    )
 
 
 class DeploymentView(BaseModel):

@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+PROVIDER_REF_COMMENT = "the compute provider's own ids, {provider name: ref}; see inkmcp.store.refs"
+
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
@@ -80,6 +82,9 @@ class Project(TimestampMixin, Base):
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(63))
     repo_url: Mapped[str | None] = mapped_column(Text, comment="for display: credentials replaced by ***")
+    provider_ref: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), comment=PROVIDER_REF_COMMENT
+    )
 
 
 class Service(TimestampMixin, Base):
@@ -103,6 +108,9 @@ class Service(TimestampMixin, Base):
         ForeignKey("deployments.id", ondelete="SET NULL", use_alter=True, name="fk_services_live_deployment")
     )
     url: Mapped[str | None] = mapped_column(Text)
+    provider_ref: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), comment=PROVIDER_REF_COMMENT
+    )
 
 
 class Deployment(TimestampMixin, Base):
@@ -119,6 +127,9 @@ class Deployment(TimestampMixin, Base):
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    provider_ref: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), comment=PROVIDER_REF_COMMENT
+    )
 
 
 class DeploymentEvent(Base):

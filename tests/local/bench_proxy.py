@@ -22,7 +22,7 @@ from pathlib import Path
 from inkmcp.build.plan import Mode
 from inkmcp.providers.compute.base import RuntimeState
 from inkmcp.providers.compute.local import LocalComputeProvider
-from tests.local.conftest import WEB_APP, Events, key_for, request_for, web_plan
+from tests.local.conftest import WEB_APP, Events, key_for, no_record, request_for, web_plan
 
 # http.server writes headers and body separately; without TCP_NODELAY Nagle + delayed ACK add 40 ms.
 BENCH_APP = WEB_APP.replace(
@@ -92,7 +92,7 @@ async def main() -> None:
             co = checkout_root / k.service_name
             co.mkdir()
             (co / "app.py").write_text(BENCH_APP)
-            await provider.release(request_for(k, co, web_plan(), mode=mode), Events())
+            await provider.release(request_for(k, co, web_plan(), mode=mode), Events(), no_record)
         route = provider.proxy.get_route(provider.host_for(key))
         assert route is not None and route.port is not None
         host, pport, aport = provider.host_for(key), provider.proxy.port, route.port

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
-from inkmcp.providers.compute.base import ReleaseRequest, ServiceKey, Step
+from inkmcp.providers.compute.base import ProviderRef, RefScope, ReleaseRequest, ServiceKey, Step
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.supervisor import Backoff
 from inkmcp.providers.compute.local.users import project_user_name
@@ -56,6 +56,12 @@ class Events:
 
     async def __call__(self, step: Step, detail: str) -> None:
         self.steps.append(step)
+
+
+async def no_record(scope: RefScope, ref: ProviderRef) -> None:
+    """The `record` callback for local releases: the local provider keeps its state in its data dir and must
+    never ask core to store refs (core would, but a call here means the provider changed its contract)."""
+    raise AssertionError(f"the local provider recorded a {scope} ref: {ref}")
 
 
 @pytest.fixture
@@ -153,14 +159,13 @@ def request_for(
     service_type: ServiceType = ServiceType.webapp,
     env: dict[str, str] | None = None,
     deployment_id: str | None = None,
-    reuse_build_of: str | None = None,
 ) -> ReleaseRequest:
     from pydantic import SecretStr
 
     return ReleaseRequest(
         deployment_id=deployment_id or uuid.uuid4().hex[:12], key=key, service_type=service_type, mode=mode,
         plan=plan, checkout_dir=checkout, repo_url="https://example.invalid/repo.git", commit="0" * 40,
-        env={k: SecretStr(v) for k, v in (env or {}).items()}, reuse_build_of=reuse_build_of,
+        env={k: SecretStr(v) for k, v in (env or {}).items()},
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from inkmcp.providers.compute.local.users import project_user_name
 from tests.build.test_build_installers import MODULE, PKG, package_index
 from tests.requirements import requires
 
-from .conftest import Events, get, key_for, request_for
+from .conftest import Events, get, key_for, no_record, request_for
 
 APP = f"""
 import os, http.server, {MODULE} as pkg
@@ -47,7 +47,8 @@ async def test_release_installs_through_the_projects_own_cache(
         for i in range(2):
             key = key_for(project_ids(), project=f"cached{i}")
             checkout = checkouts({"app.py": APP, "requirements.txt": f"{PKG}==1.0\n"})
-            await provider.release(request_for(key, checkout, plan, env={"PIP_INDEX_URL": index.url}), Events())
+            request = request_for(key, checkout, plan, env={"PIP_INDEX_URL": index.url})
+            await provider.release(request, Events(), no_record)
             keys.append(key)
     for key in keys:
         response = await get(provider, key)

@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from websockets.asyncio.client import connect as ws_connect
 
 from inkmcp.build.plan import Mode, ProcessSpec
-from inkmcp.providers.compute.base import ReleaseFailed, RuntimeState, Step
-from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for, web_plan
+from inkmcp.providers.compute.base import EnvOutcome, ReleaseFailed, RuntimeState, Step
+from tests.local.conftest import PY, WEB_APP, Events, get, key_for, no_record, request_for, web_plan
 from tests.requirements import requires
 
 WS_ECHO = r"""
@@ -69,7 +69,7 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
 async def test_websocket_passes_through(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids(), service="ws")
-    await provider.release(request_for(key, checkouts({"app.py": WS_ECHO}), web_plan()), Events())
+    await provider.release(request_for(key, checkouts({"app.py": WS_ECHO}), web_plan()), Events(), no_record)
     sock = socket.create_connection(("127.0.0.1", provider.proxy.port))
     uri = f"ws://{provider.host_for(key)}:{provider.proxy.port}/"
     async with ws_connect(uri, sock=sock) as ws:
@@ -81,7 +81,7 @@ async def test_websocket_passes_through(make_provider, checkouts, project_ids):
 async def test_persistent_restarts_after_kill9(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan()), Events())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan()), Events(), no_record)
     first = int((await get(provider, key)).headers["x-pid"])
     os.kill(first, signal.SIGKILL)
 
@@ -103,7 +103,8 @@ async def test_persistent_restarts_after_kill9(make_provider, checkouts, project
 async def test_on_demand_sleeps_and_wakes(make_provider, checkouts, project_ids):
     provider = await make_provider(idle_timeout=0.6)
     key = key_for(project_ids())
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), mode=Mode.on_demand), Events())
+    request = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), mode=Mode.on_demand)
+    await provider.release(request, Events(), no_record)
     pid = int((await get(provider, key)).headers["x-pid"])
 
     async def asleep():
@@ -124,7 +125,9 @@ async def test_on_demand_sleeps_and_wakes(make_provider, checkouts, project_ids)
 
     # update_env while asleep is applied at the next wake, without a restart.
     await wait_for(asleep, timeout=5)
-    assert await provider.update_env(key, {"MESSAGE": SecretStr("after sleep")}) is False
+    change = await provider.update_env(key, {"MESSAGE": SecretStr("after sleep")}, "rev-2", no_record)
+    assert change.outcome == EnvOutcome.next_start
+    assert (await provider.runtime(key)).env_revision == "rev-2"  # what the next wake starts with
     assert (await get(provider, key)).text == "after sleep\n"
 
 
@@ -132,14 +135,14 @@ async def test_failing_release_command_keeps_old_version(make_provider, checkout
     provider = await make_provider()
     key = key_for(project_ids())
     await provider.release(
-        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events()
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events(), no_record
     )
     bad = request_for(
         key, checkouts({"app.py": WEB_APP}), web_plan(release_command="echo migrating the db; exit 3"),
         env={"MESSAGE": "v2"},
     )  # fmt: skip
     with pytest.raises(ReleaseFailed) as info:
-        await provider.release(bad, Events())
+        await provider.release(bad, Events(), no_record)
     assert info.value.step == Step.releasing
     assert "exited with code 3" in info.value.reason and "migrating the db" in info.value.reason
     assert (await get(provider, key)).text == "v1\n"
@@ -149,17 +152,17 @@ async def test_app_that_never_listens_fails_health_check(make_provider, checkout
     provider = await make_provider(health_timeout=1.0)
     key = key_for(project_ids())
     await provider.release(
-        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events()
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events(), no_record
     )
     sleeper = "import time\nprint('booting, but on the wrong port', flush=True)\ntime.sleep(60)\n"
     with pytest.raises(ReleaseFailed) as info:
-        await provider.release(request_for(key, checkouts({"app.py": sleeper}), web_plan()), Events())
+        await provider.release(request_for(key, checkouts({"app.py": sleeper}), web_plan()), Events(), no_record)
     assert info.value.step == Step.health_check
     assert "never listened on $PORT=" in info.value.reason and "wrong port" in info.value.reason
     crasher = "raise SystemExit('boom: missing DATABASE_URL')\n"
     started = time.monotonic()
     with pytest.raises(ReleaseFailed) as info:
-        await provider.release(request_for(key, checkouts({"app.py": crasher}), web_plan()), Events())
+        await provider.release(request_for(key, checkouts({"app.py": crasher}), web_plan()), Events(), no_record)
     assert time.monotonic() - started < 1.0  # an exit fails at once, not after the timeout
     assert "exited with code 1" in info.value.reason and "missing DATABASE_URL" in info.value.reason
     assert (await get(provider, key)).text == "v1\n"
@@ -170,10 +173,12 @@ async def test_update_env_restarts_with_new_value(make_provider, checkouts, proj
     provider = await make_provider()
     key = key_for(project_ids())
     await provider.release(
-        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "old"}), Events()
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "old"}), Events(), no_record
     )
     old_pid = int((await get(provider, key)).headers["x-pid"])
-    assert await provider.update_env(key, {"MESSAGE": SecretStr("new")}) is True
+    change = await provider.update_env(key, {"MESSAGE": SecretStr("new")}, "rev-2", no_record)
+    assert change.outcome == EnvOutcome.restarted
+    assert (await provider.runtime(key)).env_revision == "rev-2"
     resp = await get(provider, key)
     assert resp.text == "new\n" and int(resp.headers["x-pid"]) != old_pid
     assert not psutil.pid_exists(old_pid)
@@ -183,7 +188,7 @@ async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids())
     await provider.release(
-        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events()
+        request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v1"}), Events(), no_record
     )
     seen: list[tuple[int, str]] = []
     stop = asyncio.Event()
@@ -195,7 +200,7 @@ async def test_switch_has_no_downtime(make_provider, checkouts, project_ids):
 
     task = asyncio.create_task(hammer())
     slow = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2", "START_DELAY": "1.0"})
-    await provider.release(slow, Events())
+    await provider.release(slow, Events(), no_record)
 
     async def v2_served():  # the hammer has seen the switch
         if task.done():
@@ -217,7 +222,7 @@ async def test_close_leaves_no_processes(make_provider, checkouts, project_ids):
     # The worker leaves a background child in its process group: close() must take it down too.
     forker = f"{PY} -c 'import time; time.sleep(600)' & exec {PY} -c 'import time; time.sleep(601)'"
     plan = web_plan(extra=(ProcessSpec(name="worker", command=forker, routed=False),))
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events(), no_record)
     pids = pid_of((await provider.runtime(key)).detail)
     family = {p for pid in pids for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]}
     assert len(family) >= 3
@@ -236,8 +241,8 @@ async def test_restore_on_a_new_provider(make_provider, checkouts, project_ids, 
     web_req = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "restored"})
     lazy_req = request_for(sleepy, checkouts({"app.py": WEB_APP}), web_plan(), mode=Mode.on_demand,
                            env={"MESSAGE": "lazy"})  # fmt: skip
-    await first.release(web_req, Events())
-    await first.release(lazy_req, Events())
+    await first.release(web_req, Events(), no_record)
+    await first.release(lazy_req, Events(), no_record)
     await first.close()
 
     second = await make_provider()
@@ -261,8 +266,8 @@ async def test_per_project_users_isolate_files(make_provider, checkouts, project
     provider = await make_provider()
     key_a = key_for(project_ids(), project="alpha")
     key_b = key_for(project_ids(), project="beta")
-    await provider.release(request_for(key_a, checkouts({"app.py": WEB_APP}), web_plan()), Events())
-    await provider.release(request_for(key_b, checkouts({"app.py": WEB_APP}), web_plan()), Events())
+    await provider.release(request_for(key_a, checkouts({"app.py": WEB_APP}), web_plan()), Events(), no_record)
+    await provider.release(request_for(key_b, checkouts({"app.py": WEB_APP}), web_plan()), Events(), no_record)
 
     user_a = pwd.getpwnam(f"ink-{key_a.project_id[:12]}")
     user_b = pwd.getpwnam(f"ink-{key_b.project_id[:12]}")
@@ -287,7 +292,7 @@ async def test_crash_with_grandchild_holding_output_restarts(make_provider, chec
     key = key_for(project_ids(), service="flaky")
     command = f"{PY} -c 'import time; time.sleep(600)' & sleep 1.2; echo dying; exit 3"
     plan = web_plan(extra=(ProcessSpec(name="worker", command=command, routed=False),))
-    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events())
+    await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events(), no_record)
     worker = next(s for s in provider._services[key.service_id].live.run.supervisors if s.name == "worker")
     first_children = psutil.Process(worker.pid).children(recursive=True)
     assert first_children

@@ -11,7 +11,7 @@ import pytest
 
 from inkmcp.providers.compute.base import ReleaseFailed, ServiceKey, Step
 from inkmcp.providers.compute.local.proxy import Proxy, Route, RouteConflict, WakeFailed, parse_host
-from tests.local.conftest import WEB_APP, Events, get, request_for, web_plan
+from tests.local.conftest import WEB_APP, Events, get, no_record, request_for, web_plan
 
 
 def test_parse_host():
@@ -146,10 +146,11 @@ async def test_another_accounts_homonym_service_cannot_take_or_drop_the_url(make
     mallory = ServiceKey(account_id="mallory", project_id=project_ids(), service_id="svc-mallory-web",
                          project_name="shop", service_name="web")
     await provider.release(request_for(alice, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "alice"}),
-                           Events())
+                           Events(), no_record)
     with pytest.raises(ReleaseFailed) as err:
         await provider.release(
-            request_for(mallory, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "mallory"}), Events()
+            request_for(mallory, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "mallory"}),
+            Events(), no_record,
         )
     assert err.value.step == Step.switching and "routed to another service" in err.value.reason
     assert (await get(provider, alice)).text == "alice\n"
@@ -157,7 +158,7 @@ async def test_another_accounts_homonym_service_cannot_take_or_drop_the_url(make
     assert (await get(provider, alice)).text == "alice\n"
     # alice redeploys: still hers
     await provider.release(request_for(alice, checkouts({"app.py": WEB_APP}), web_plan(), env={"MESSAGE": "v2"}),
-                           Events())
+                           Events(), no_record)
     assert (await get(provider, alice)).text == "v2\n"
     await provider.remove(alice)
     assert (await get(provider, alice)).status_code == 404

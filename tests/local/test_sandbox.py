@@ -24,7 +24,7 @@ from inkmcp.build.plan import BuildPlan, ProcessSpec, Stack
 from inkmcp.providers.compute.base import ReleaseFailed, ReleaseRequest, Resources, ServiceKey, Step
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.users import project_user_name
-from tests.local.conftest import PY, WEB_APP, Events, get, key_for, request_for
+from tests.local.conftest import PY, WEB_APP, Events, get, key_for, no_record, request_for
 from tests.requirements import requires
 
 pytestmark = requires(
@@ -108,7 +108,7 @@ async def test_build_and_release_command_over_the_memory_limit_fail_naming_it(ma
     key = key_for(project_ids())
     build = with_resources(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=HOG)), memory_mb=64)
     with pytest.raises(ReleaseFailed) as failed:
-        await provider.release(build, Events())
+        await provider.release(build, Events(), no_record)
     assert failed.value.step == Step.building
     reason = failed.value.reason
     assert "the build ran out of memory: the service's limit is 64 MiB (resources.memory_mb)" in reason
@@ -117,7 +117,7 @@ async def test_build_and_release_command_over_the_memory_limit_fail_naming_it(ma
 
     release = with_resources(request_for(key, checkouts({"app.py": WEB_APP}), plan(release=HOG)), memory_mb=64)
     with pytest.raises(ReleaseFailed) as failed:
-        await provider.release(release, Events())
+        await provider.release(release, Events(), no_record)
     assert failed.value.step == Step.releasing
     assert "the release command ran out of memory: the service's limit is 64 MiB (resources.memory_mb)" in (
         failed.value.reason
@@ -131,7 +131,7 @@ async def test_a_build_does_not_compete_with_the_live_release_for_memory(make_pr
     key = key_for(project_ids())
     app = "BALLAST = b'x' * (40 * 2**20)\n" + WEB_APP
     live = with_resources(request_for(key, checkouts({"app.py": app}), plan()), memory_mb=64)
-    await provider.release(live, Events())
+    await provider.release(live, Events(), no_record)
     (web_pid,) = provider._services[key.service_id].live.run.pids  # type: ignore[union-attr]
     oom_control = Path("/sys/fs/cgroup/memory/inkmcp") / key.service_id / "memory.oom_control"
     kills = (lambda: int(oom_control.read_text().split("oom_kill ")[1].split()[0])) if oom_control.exists() else None
@@ -139,7 +139,7 @@ async def test_a_build_does_not_compete_with_the_live_release_for_memory(make_pr
     build = f"{PY} -c \"x = b'x' * (40 * 2**20); print('BUILD-ALLOC-OK')\""
     # (the new version holds no ballast: blue/green runs both versions side by side in the service's group)
     await provider.release(with_resources(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=build)),
-                                          memory_mb=64), Events())  # fmt: skip
+                                          memory_mb=64), Events(), no_record)  # fmt: skip
     assert (kills() if kills else 0) == before, "the live release was OOM-killed by the build"
     assert not psutil.pid_exists(web_pid) or gone(psutil.Process(web_pid))  # replaced by the new version
     assert (await get(provider, key)).status_code == 200
@@ -154,7 +154,7 @@ async def test_build_release_and_runtime_processes_run_in_the_service_cgroup(
     request = request_for(key, checkouts({"app.py": WEB_APP}), plan(
         build="cat /proc/self/cgroup > build.cgroup", release="cat /proc/self/cgroup > release.cgroup",
     ))  # fmt: skip
-    await provider.release(request, Events())
+    await provider.release(request, Events(), no_record)
     src = src_of(data_dir, key, request)
     assert_in_service_cgroup((src / "build.cgroup").read_text(), key, build=True)
     assert_in_service_cgroup((src / "release.cgroup").read_text(), key, build=True)
@@ -176,7 +176,7 @@ async def test_600_forks_fail_under_the_default_pids_limit(make_provider, checko
     key = key_for(project_ids())
     files = {"app.py": WEB_APP, "forker.py": FORKER}
     with pytest.raises(ReleaseFailed) as failed:
-        await provider.release(request_for(key, checkouts(files), plan(build=f"{PY} forker.py")), Events())
+        await provider.release(request_for(key, checkouts(files), plan(build=f"{PY} forker.py")), Events(), no_record)
     reason = failed.value.reason
     assert failed.value.step == Step.building
     assert "the build hit the service's limit of 512 processes and threads (INKMCP_PIDS_MAX)" in reason
@@ -192,7 +192,7 @@ async def test_double_forked_daemon_dies_with_delete_and_the_user_goes(
     provider = await make_provider()
     key = key_for(project_ids())
     request = request_for(key, checkouts({"app.py": DAEMON + WEB_APP}), plan())
-    await provider.release(request, Events())
+    await provider.release(request, Events(), no_record)
     pid_file = src_of(data_dir, key, request) / "daemon.pid"
     deadline = time.monotonic() + 10
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
@@ -217,7 +217,7 @@ async def test_double_forked_daemon_dies_with_delete_and_the_user_goes(
     assert not any(d.exists() for d in provider.limits._dirs(key.service_id))
     assert not (data_dir / "services" / key.service_id).exists()
 
-    await provider.remove_project(key.project_id)  # used to fail: "userdel: user … is currently used by process"
+    await provider.remove_project(key.project_id, {})  # used to fail: "userdel: user … is currently used by process"
     assert gone(stray)
     with pytest.raises(KeyError):
         pwd.getpwnam(user.pw_name)
@@ -239,7 +239,7 @@ async def test_tmp_var_tmp_and_dev_shm_are_private_to_the_service(make_provider,
     request_a = request_for(key_a, checkouts({"app.py": WEB_APP}), plan(
         build=writes, release=f"cat /tmp/a-{token} /var/tmp/v-{token} > seen-by-release.txt",
     ))  # fmt: skip
-    await provider.release(request_a, Events())
+    await provider.release(request_a, Events(), no_record)
     tmp_a = data_dir / "services" / key_a.service_id / "tmp"
     steal = (
         f"ls -a /tmp /var/tmp /dev/shm > listing.txt; "
@@ -247,7 +247,7 @@ async def test_tmp_var_tmp_and_dev_shm_are_private_to_the_service(make_provider,
         "echo \"exit $?\" >> stolen.txt"
     )
     request_b = request_for(key_b, checkouts({"app.py": WEB_APP}), plan(build=steal))
-    await provider.release(request_b, Events())
+    await provider.release(request_b, Events(), no_record)
 
     # A's own processes (its build, then its release command) share A's private temp dir.
     src_a = src_of(data_dir, key_a, request_a)
@@ -282,7 +282,7 @@ async def test_a_file_over_the_size_cap_cannot_be_written(make_provider, checkou
     )
     request = request_for(key, checkouts({"app.py": WEB_APP, "writer.py": writer}), plan(build=f"{PY} writer.py"))
     with pytest.raises(ReleaseFailed) as failed:
-        await provider.release(request, Events())
+        await provider.release(request, Events(), no_record)
     reason = failed.value.reason
     assert "SMALL-OK" in reason and "WRITE-REFUSED EFBIG" in reason and "BIG-WRITTEN" not in reason
 
@@ -300,7 +300,7 @@ async def test_other_users_processes_are_invisible_in_proc(make_provider, checko
         "open('proc-view.txt', 'w').write(f'{len(pids)} {sorted(owners)} {init} {os.getpid() in map(int, pids)}')\n"
     )
     request = request_for(key, checkouts({"app.py": WEB_APP, "spy.py": spy}), plan(build=f"{PY} spy.py"))
-    await provider.release(request, Events())
+    await provider.release(request, Events(), no_record)
     view = (src_of(provider.data_dir, key, request) / "proc-view.txt").read_text()
     count, owners, init, self_seen = view.split(" ", 3)
     me = pwd.getpwnam(project_user_name(key.project_id)).pw_uid
@@ -315,8 +315,10 @@ async def test_a_build_that_leaves_more_than_the_cap_on_disk_fails_naming_it(mak
     key = key_for(project_ids())
     filler = f"{PY} -c \"[open(f'blob{{i}}.bin', 'wb').write(b'0' * 2**20) for i in range(3)]\""
     with pytest.raises(ReleaseFailed) as failed:
-        await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=filler)), Events())
+        await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=filler)), Events(),
+                               no_record)
     assert failed.value.step == Step.building
     assert "over this server's cap of 2 MiB (INKMCP_MAX_BUILD_MB)" in failed.value.reason
     ok = await make_provider(max_build_mb=16)
-    await ok.release(request_for(key_for(project_ids()), checkouts({"app.py": WEB_APP}), plan(build=filler)), Events())
+    other = request_for(key_for(project_ids()), checkouts({"app.py": WEB_APP}), plan(build=filler))
+    await ok.release(other, Events(), no_record)

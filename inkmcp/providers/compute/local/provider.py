@@ -13,8 +13,10 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -24,11 +26,17 @@ from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_
 from inkmcp.build.source import SourceWorkspace
 from inkmcp.errors import BuildFailed, InvalidArgument
 from inkmcp.providers.compute.base import (
+    EnvChange,
+    EnvOutcome,
     LogScope,
+    ProcessRuntime,
     ProgressCallback,
+    ProviderRefused,
+    Record,
     ReleaseFailed,
     ReleaseRequest,
     ReleaseResult,
+    ReleaseSpec,
     RuntimeState,
     ServiceKey,
     ServiceRuntime,
@@ -39,7 +47,7 @@ from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, Cgroups
 from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Proxy, Route, RouteConflict, WakeFailed
-from inkmcp.providers.compute.local.release import HealthFailed, ReleaseMeta, ReleaseRun, inside
+from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
 from inkmcp.providers.compute.local.tenant_env import tenant_env
 from inkmcp.providers.compute.local.users import (
@@ -59,6 +67,7 @@ class _Live:
 
     meta: ReleaseMeta
     env: dict[str, SecretStr] = field(repr=False)
+    env_revision: str = ""
     run: ReleaseRun | None = None
 
 
@@ -83,9 +92,14 @@ class _Service:
 
 
 class LocalComputeProvider:
-    """ComputeProvider running tenant processes on this machine behind one host-routing proxy."""
+    """ComputeProvider running tenant processes on this machine behind one host-routing proxy.
+
+    Everything it needs to find a service again lives on this machine (files under `data_dir`,
+    processes), keyed by core's ids, so it records no refs: `record` is never called.
+    """
 
     name = "local"
+    needs_checkout = True  # builds from the checkout core fetched with the project's user
 
     def __init__(
         self,
@@ -176,6 +190,7 @@ class LocalComputeProvider:
         return f"{key.service_name}.{key.project_name}.{self.domain}".lower()
 
     def url_for(self, key: ServiceKey) -> str:
+        """The URL a routed service answers at (not part of the contract: core gets it from release)."""
         port = self.proxy.port
         suffix = "" if port == 80 else f":{port}"
         return f"http://{self.host_for(key)}{suffix}"
@@ -191,7 +206,7 @@ class LocalComputeProvider:
 
     # -- service registry ----------------------------------------------------------------------
 
-    async def _service(self, request: ReleaseRequest) -> _Service:
+    async def _service(self, request: ReleaseSpec) -> _Service:
         key = request.key
         async with self._service_create:
             svc = self._services.get(key.service_id)
@@ -216,12 +231,16 @@ class LocalComputeProvider:
 
     # -- release -------------------------------------------------------------------------------
 
-    async def release(self, request: ReleaseRequest, progress: ProgressCallback) -> ReleaseResult:
+    async def release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
+        """Idempotent per deployment: a repeat for the live deployment returns its result; a repeat after
+        an interrupted attempt (whose processes stopped with it) builds again from a fresh checkout."""
+        if request.checkout_dir is None:
+            raise ProviderRefused("the local provider builds from a checkout, and core passed none")
         svc = await self._service(request)
         async with svc.release_lock:
             did = request.deployment_id
             if svc.live is not None and svc.live.meta.deployment_id == did:
-                raise ReleaseFailed(Step.building, f"deployment {did} is already live")
+                return ReleaseResult(url=self.url_for(request.key) if svc.live.meta.routed else None)
             build_log = RotatingLog(svc.layout.build_log(did))
             current = Step.queued
 
@@ -235,7 +254,7 @@ class LocalComputeProvider:
                 note = await self._apply_limits(request)  # first: the build runs in the service's cgroup
                 await track(Step.building, "building")
                 meta = await self._build(svc, request, build_log)
-                live = _Live(meta=meta, env=dict(request.env))
+                live = _Live(meta=meta, env=dict(request.env), env_revision=request.env_revision)
                 if meta.plan.release_command:
                     await track(Step.releasing, "running the release command")
                     await self._release_command(svc, live, build_log)
@@ -252,36 +271,20 @@ class LocalComputeProvider:
             await progress(Step.live, "live")
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self._prune, svc)
-        url = self.url_for(request.key) if meta.routed else None
-        return ReleaseResult(url=url, detail=f"deployment {did} is live")
+        return ReleaseResult(url=self.url_for(request.key) if meta.routed else None)
 
     async def _build(self, svc: _Service, request: ReleaseRequest, build_log: RotatingLog) -> ReleaseMeta:
-        """Put the checkout in the release dir and build it there (or reuse an identical build).
+        """Put the checkout in the release dir and build it there.
 
         Trust boundary: `releases/` and `releases/<did>/` are root's; only `src/` is the tenant's.
         The checkout arrives in a root-private staging dir: it is checked and given to the tenant
         there (nobody else can reach it), then renamed into place through directory fds.
         """
         layout, did, plan = svc.layout, request.deployment_id, request.plan
+        assert request.checkout_dir is not None  # checked by release()
         release_dir = layout.release_dir(did)
         await asyncio.to_thread(shutil.rmtree, release_dir, True)
         await asyncio.to_thread(ensure_owned_dir, layout.releases, did, None, 0o711 if svc.run_as else 0o700)
-        reused = request.reuse_build_of
-        old_meta = ReleaseMeta.read(layout.meta(reused)) if reused else None
-        if reused and old_meta is not None and is_dir_beneath(layout.release_dir(reused), "src"):
-            build_log.write(f"[inkmcp] reusing the build of deployment {reused}")
-            await asyncio.to_thread(ensure_owned_dir, release_dir, "src", svc.run_as, 0o700)
-            code = await run_once(
-                self._config("copy", ("/bin/cp", "-a", "--", f"{layout.src(reused)}/.", str(layout.src(did))),
-                             layout.releases, svc, {}),
-                build_log.write, timeout=self.build_timeout,
-            )  # fmt: skip
-            if code == 0:
-                meta = old_meta.model_copy(update={"deployment_id": did, "plan": plan, "reused_from": reused})
-                meta.write(layout.meta(did))
-                return meta
-            build_log.write(f"[inkmcp] copying the previous build failed (exit {code}); building from scratch")
-            await asyncio.to_thread(shutil.rmtree, layout.src(did), True)
         src = layout.src(did)
         try:
             checked = inside(request.checkout_dir, plan.app_dir)  # resolved while still root-private
@@ -402,7 +405,7 @@ class LocalComputeProvider:
                 raise ReleaseFailed(Step.starting, f"could not start the processes: {exc}") from exc
             await report(Step.health_check, f"waiting for port {port}" if port else "checking the worker stays up")
             try:
-                await run.wait_healthy(self.health_timeout)
+                await run.wait_healthy(self.health_timeout, settle_workers=True)
             except HealthFailed as exc:
                 raise ReleaseFailed(Step.health_check, _tail_text(exc.reason, run.recent)) from None
             await report(Step.switching, "switching traffic")
@@ -468,9 +471,9 @@ class LocalComputeProvider:
         return inside(svc.layout.src(meta.deployment_id), meta.plan.app_dir)
 
     def _config(self, name: str, argv: tuple[str, ...], cwd: Path, svc: _Service, env: dict[str, str]) -> ProcessConfig:
+        """A build-phase step (the release command): confined like the build."""
         if not env:
             env = tenant_env(home=svc.home, run_as=svc.run_as, service_env={}, build_env={}, port=None)
-        """A build-phase step (release command, copy of a reused build): confined like the build."""
         return ProcessConfig(name=name, argv=argv, cwd=cwd, env=env, run_as=svc.run_as,
                              sandbox=self._sandbox(svc, build=True))  # fmt: skip
 
@@ -489,7 +492,7 @@ class LocalComputeProvider:
         )  # fmt: skip
 
     def _prune(self, svc: _Service, keep: int = 3, keep_logs: int = 20) -> None:
-        """Keep the live release and the newest few others (for reuse_build_of); drop the rest."""
+        """Keep the live release and the newest few others (for operators to compare); drop the rest."""
         live_id = svc.live.meta.deployment_id if svc.live else None
         releases = sorted(svc.layout.releases.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in [p for p in releases if p.name != live_id][keep - 1 :]:
@@ -501,7 +504,7 @@ class LocalComputeProvider:
 
     # -- restore -------------------------------------------------------------------------------
 
-    async def _apply_limits(self, request: ReleaseRequest) -> str:
+    async def _apply_limits(self, request: ReleaseSpec) -> str:
         """Create or update the service's cgroup; call before anything of the service is spawned.
 
         Returns the note for the deployment history: the limits, or why they are not enforced.
@@ -519,17 +522,18 @@ class LocalComputeProvider:
         await asyncio.to_thread(self.limits.ensure, _build_group(request.key.service_id), res)
         return f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU, {self.limits.pids_max} processes"
 
-    async def restore(self, request: ReleaseRequest) -> None:
-        await self._apply_limits(request)
-        svc = await self._service(request)
+    async def restore(self, spec: ReleaseSpec) -> None:
+        """Start the kept release of `spec.deployment_id` again (its processes stopped with InkMCP)."""
+        await self._apply_limits(spec)
+        svc = await self._service(spec)
         async with svc.release_lock:
-            meta = ReleaseMeta.read(svc.layout.meta(request.deployment_id))
-            if meta is None or not is_dir_beneath(svc.layout.release_dir(request.deployment_id), "src"):
+            meta = ReleaseMeta.read(svc.layout.meta(spec.deployment_id))
+            if meta is None or not is_dir_beneath(svc.layout.release_dir(spec.deployment_id), "src"):
                 raise ReleaseFailed(
                     Step.starting,
-                    f"the files of deployment {request.deployment_id} are gone from this machine; redeploy",
+                    f"the files of deployment {spec.deployment_id} are gone from this machine; redeploy",
                 )
-            live = _Live(meta=meta, env=dict(request.env))
+            live = _Live(meta=meta, env=dict(spec.env), env_revision=spec.env_revision)
             async with svc.run_lock:
                 old = svc.live.run if svc.live else None
                 svc.live = live
@@ -619,19 +623,26 @@ class LocalComputeProvider:
 
     # -- env -----------------------------------------------------------------------------------
 
-    async def update_env(self, key: ServiceKey, env: dict[str, SecretStr]) -> bool:
+    async def update_env(
+        self, key: ServiceKey, env: dict[str, SecretStr], revision: str, record: Record
+    ) -> EnvChange:
+        """Blue/green restart with the new env, health-checked before returning (`restarted`); a sleeping
+        on_demand service just keeps the env for its next wake (`next_start`). A failed health check
+        raises ReleaseFailed and the old processes keep serving with the old env."""
         svc = self._services.get(key.service_id)
         if svc is None or svc.live is None:
-            return False
+            return EnvChange(outcome=EnvOutcome.next_start, detail="not running on this machine")
         async with svc.release_lock:
             async with svc.run_lock:
                 live = svc.live
-                assert live is not None
+                if live is None:  # removed while this call waited for the release lock
+                    return EnvChange(outcome=EnvOutcome.next_start, detail="not running on this machine")
                 if live.run is None:  # sleeping on_demand: the next wake starts with the new env
                     live.env = dict(env)
-                    return False
-            await self._roll(svc, _Live(meta=live.meta, env=dict(env)), None)
-            return True
+                    live.env_revision = revision
+                    return EnvChange(outcome=EnvOutcome.next_start, detail="asleep; the next wake uses the new values")
+            await self._roll(svc, _Live(meta=live.meta, env=dict(env), env_revision=revision), None)
+            return EnvChange(outcome=EnvOutcome.restarted, detail="restarted and health-checked")
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -640,24 +651,39 @@ class LocalComputeProvider:
         if svc is None or svc.live is None:
             return ServiceRuntime(state=RuntimeState.stopped, detail="not deployed on this machine")
         live = svc.live
-        url = self.url_for(key) if live.meta.routed else None
-        detail = f"deployment {live.meta.deployment_id}"
+        did = live.meta.deployment_id
+        detail = f"deployment {did}"
+        common: dict[str, Any] = {"deployment_id": did, "env_revision": live.env_revision or None}
         run = live.run
         if run is None:
             waking = svc.wake_task is not None and not svc.wake_task.done()
-            if waking:
-                return ServiceRuntime(state=RuntimeState.starting, url=url, detail=detail)
-            state = RuntimeState.stopped if svc.always_on else RuntimeState.sleeping
-            return ServiceRuntime(state=state, url=url, detail=detail)
-        states = [s.state for s in run.supervisors]
-        if any(s in (ProcState.backoff, ProcState.exited) for s in states):
+            state = RuntimeState.starting if waking else (
+                RuntimeState.stopped if svc.always_on else RuntimeState.sleeping)
+            processes = [ProcessRuntime(name=name, state=state, routed=routed)
+                         for name, routed in _process_names(live.meta)]  # fmt: skip
+            return ServiceRuntime(state=state, processes=processes, detail=detail, **common)
+        down_states = (ProcState.backoff, ProcState.exited)
+        processes = [
+            ProcessRuntime(name=s.name, routed=s is run.routed, restarts=s.restarts,
+                           state=RuntimeState.crashed if s.state in down_states else RuntimeState.running)
+            for s in run.supervisors
+        ]  # fmt: skip
+        if any(p.state == RuntimeState.crashed for p in processes):
             down = [f"{s.name} exited with code {s.exit_code}" for s in run.supervisors if not s.alive]
-            return ServiceRuntime(state=RuntimeState.crashed, url=url, restarts=run.restarts,
-                                  detail=f"{detail}: {'; '.join(down)}; restarting with backoff")  # fmt: skip
-        return ServiceRuntime(state=RuntimeState.running, url=url, restarts=run.restarts,
-                              detail=f"{detail}, pids {run.pids}")  # fmt: skip
+            return ServiceRuntime(state=RuntimeState.crashed, restarts=run.restarts, processes=processes,
+                                  detail=f"{detail}: {'; '.join(down)}; restarting with backoff", **common)  # fmt: skip
+        return ServiceRuntime(state=RuntimeState.running, restarts=run.restarts, processes=processes,
+                              detail=f"{detail}, pids {run.pids}", **common)  # fmt: skip
 
-    async def logs(self, key: ServiceKey, scope: LogScope, *, deployment_id: str | None, tail: int) -> list[str]:
+    async def logs(
+        self,
+        key: ServiceKey,
+        scope: LogScope,
+        *,
+        deployment_id: str | None,
+        deployment_ref: Mapping[str, Any] | None = None,
+        tail: int,
+    ) -> list[str]:
         layout = ServiceLayout(self.data_dir, key.service_id)
         if scope == LogScope.runtime:
             return await asyncio.to_thread(tail_lines, layout.runtime_log, tail)
@@ -692,11 +718,18 @@ class LocalComputeProvider:
         for group in (key.service_id, _build_group(key.service_id)):
             await asyncio.to_thread(self.limits.remove, group)
 
-    async def remove_project(self, project_id: str) -> None:
+    async def remove_project(self, project_id: str, project_ref: Mapping[str, Any] | None = None) -> None:
         """After a project's last service is gone: end its user's last processes, delete the user and its home."""
         await delete_project_user(project_id, self.data_dir / "homes")
         # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
+
+
+def _process_names(meta: ReleaseMeta) -> list[tuple[str, bool]]:
+    """(name, routed) of the processes a release runs, as `ReleaseRun` starts them."""
+    if meta.is_static:
+        return [(STATIC_PROCESS, True)]
+    return [(p.name, p.routed) for p in meta.plan.processes]
 
 
 def _build_group(service_id: str) -> str:

@@ -37,7 +37,6 @@ class ReleaseMeta(BaseModel):
     plan: BuildPlan
     build_env: dict[str, str] = Field(default_factory=dict)
     built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    reused_from: str | None = None
 
     @property
     def is_static(self) -> bool:
@@ -98,6 +97,7 @@ class ReleaseRun:
     ) -> None:
         self.meta = meta
         self.port = port
+        self._started = 0.0
         self._recent: deque[str] = deque(maxlen=30)
 
         def capture(line: str) -> None:
@@ -138,6 +138,7 @@ class ReleaseRun:
         return [s.pid for s in self.supervisors if s.pid is not None and s.pid > 0]
 
     async def start(self) -> None:
+        self._started = asyncio.get_running_loop().time()
         for sup in self.supervisors:
             await sup.start()
 
@@ -146,11 +147,23 @@ class ReleaseRun:
         for sup in self.supervisors:
             sup.enable_restarts()
 
-    async def wait_healthy(self, timeout: float, *, worker_grace: float = 1.0) -> None:
+    async def wait_healthy(self, timeout: float, *, worker_grace: float = 1.0, settle_workers: bool = False) -> None:
         """Routed: the port accepts TCP. Workers only: still alive after `worker_grace` seconds.
 
-        Any process exiting meanwhile fails it at once rather than after the whole timeout.
+        With `settle_workers` (a release or an env restart, not a wake that a request is waiting on), the
+        workers of a routed service must also still be alive `worker_grace` seconds after the start: a
+        worker that dies at start-up (a missing setting) fails the release, so every process keeps the
+        previous version, instead of going live and crash-looping. Any process exiting meanwhile fails it
+        at once rather than after the whole timeout.
         """
+        await self._wait_routed(timeout, worker_grace)
+        if settle_workers and self.routed is not None and len(self.supervisors) > 1:
+            left = self._started + worker_grace - asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.sleep(left)  # the grace period itself, not a synchronisation
+            self._check_alive()
+
+    async def _wait_routed(self, timeout: float, worker_grace: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.routed is None:
