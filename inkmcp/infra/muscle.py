@@ -6,8 +6,8 @@
         vswitch          netplan VLAN on the vSwitch (MTU 1400) + route to the Cloud Network
         file-*           host files of the hardening plan (CopyToRemote), incl. the gVisor runtime selector
         harden           modes, then the plan's commands in order (selector install, daemon.json, DOCKER-USER, ...)
-        sablier          on the node: pull the pinned proxy and Sablier images, the `coolify` network (MTU), the
-                         Sablier server container (pinned by digest)
+        sablier          on the node: the pin (pinned proxy and Sablier digests pulled, resolved and admitted by
+                         the selector config), the `coolify` network (MTU), the Sablier server container (by digest)
         coolify          Coolify's record of the node, through Coolify's API (dynamic provider, see below)
         register         on the Coolify master: the wildcard domain (the one setting the API lacks)
         dns              `*.sN.apps.<domain>` A record -> the node's public IP (hcloud ZoneRrset)
@@ -70,7 +70,7 @@ from inkmcp.infra.muscle_config import (
     host_params,
 )
 from inkmcp.nodes.registry import registry_client_script, registry_client_stdin
-from inkmcp.nodes.render import HostPlan, render_plan
+from inkmcp.nodes.render import HostParams, HostPlan, pin_platform_command, render_plan
 
 COOLIFY_TOKEN_FILE = "/root/.inkmcp/coolify-api-token"  # noqa: S105 - a path, not a password
 """Where the curl-era register step left the API token on the master; the register step now removes it."""
@@ -205,17 +205,23 @@ echo "{node.name}: wildcard domain {wildcard}"
 
 
 def sablier_script(conf: MuscleConfig, mtu: int = VSWITCH_MTU) -> str:
-    """On the node, before Coolify is told about it: pull the pinned proxy image (Coolify's `docker compose pull`
-    then finds it, and the node's image ID exists before the proxy restarts), create Coolify's `coolify` network
-    with the vSwitch MTU (Coolify's own create is `|| true`, so it keeps this one; review #19), and run the Sablier
-    server on it by digest (its Traefik plugin reaches it as http://sablier:10000). The container is recreated
-    only when it does not run the pinned image; no `--runtime`: the selector decides (platform entry `sablier`)."""
+    """On the node, before Coolify is told about it (runbooks/gvisor-decision.md §4.5 step (3)): the pin
+    (hardening/scripts/inkmcp-pin-platform, the harden step ran it already and it is idempotent) makes sure every
+    platform image of the node's selector config is on the node and resolved to this node's image ID, and
+    `--require` fails the step unless that config pins exactly the proxy digest Coolify is about to be given
+    (the `coolify` step's `proxy_image`) and the Sablier digest run below, resolved: both come from
+    `platformContainers` (`pinned_image`), and so does the selector config, so the node itself proves the pin and
+    the proxy configuration did not drift. The proxy image is then on the node before Coolify's `docker compose
+    pull` and restart. Then Coolify's `coolify` network with the vSwitch MTU (Coolify's own create is `|| true`,
+    so it keeps this one; review #19), and the Sablier server on it by digest (its Traefik plugin reaches it as
+    http://sablier:10000), recreated only when it does not run the pinned image; no `--runtime`: the selector
+    decides (platform entry `sablier`), which it can only because its image is resolved."""
     sablier = pinned_image(conf, "sablier")
     proxy = pinned_image(conf, "proxy")
-    q_sablier, q_proxy = shlex.quote(sablier), shlex.quote(proxy)
+    q_sablier = shlex.quote(sablier)
+    pin = pin_platform_command(HostParams(), require=[("proxy", proxy), ("sablier", sablier)])
     return f"""
-docker pull -q {q_proxy} >/dev/null
-docker pull -q {q_sablier} >/dev/null
+{pin}
 docker network inspect coolify >/dev/null 2>&1 \\
   || docker network create --attachable -o com.docker.network.driver.mtu={mtu} coolify >/dev/null
 want=$(docker image inspect --format '{{{{.Id}}}}' {q_sablier})

@@ -366,9 +366,17 @@ def platform_cidrs(net: NetworkStackOutputs) -> list[ipaddress.IPv4Network]:
 def host_params(conf: MuscleConfig, node: RunServer, net: NetworkStackOutputs, root: str = "/",
                 resolved: Mapping[str, PinnedImage] | None = None) -> HostParams:
     """The renderer's parameters for one run server (validated by HostParams; no secrets). `root` other
-    than / stages the same files under a directory (tests). `resolved`: the platform images as this node's
-    daemon has them (`inkmcp.nodes.render.resolve_pinned_images` run on the node); without it the platform
-    entries are rendered by digest only and admit nothing."""
+    than / stages the same files under a directory (tests).
+
+    Platform images: the stack renders them by repo digest only (no `resolved`), and the node completes them
+    itself: the plan's pin command (hardening/scripts/inkmcp-pin-platform, run by the harden step right after the
+    selector's install, and again with `--require` by the Sablier step) pulls each digest on the node, resolves
+    its image ID, entrypoint and cmd from the node's own daemon and writes them into the installed selector
+    config (runbooks/gvisor-decision.md §4.1, §4.5 (3)). Resolving here instead would need the node's daemon at
+    preview time and would bake one node's IDs into every node's plan (review #12). `nodes check` does not count
+    those node-filled fields as drift, and reports an image the node does not admit as pinned.
+    `resolved` (`inkmcp.nodes.render.resolve_pinned_images` output) is for callers that hold the node's daemon
+    themselves (a box, tests): the rendered config then carries those IDs already and the pin only verifies them."""
     del node  # nothing node-specific yet; kept so per-node parameters need no signature change
     return HostParams(
         **conf.hardening,

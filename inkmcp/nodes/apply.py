@@ -3,6 +3,12 @@
 A second apply on a converged host uploads nothing and every command stays silent, so the report
 says "no changes". Firewall changes are never made step by step over the session: the rules file is
 uploaded and loaded in one iptables-restore transaction by the host-side script.
+
+The gVisor selector config is the one file the node itself completes: the plan's pin command
+(hardening/scripts/inkmcp-pin-platform) fills in each platform image's ID on the node. A node file that
+differs from the render only there is left alone (`check.selector_config_drift`), so a converged node is not
+re-uploaded an unresolved config (whose reserved names would be refused until the pin ran again). When the
+render did change, the new config is uploaded and the pin, later in the same plan, resolves it.
 """
 
 from __future__ import annotations
@@ -23,9 +29,14 @@ from inkmcp.nodes.check import (
     file_drift,
     remote_file_states,
     run,
+    selector_config_drift,
     sudo_prefix,
 )
-from inkmcp.nodes.render import HostParams, render_plan
+from inkmcp.nodes.render import HostParams, pin_platform_command, render_plan
+
+PULL_TIMEOUT = 600.0
+"""Per platform image for the pin command (the script's own per-pull limit): pulling a several-hundred-MB
+image takes minutes, and the per-command timeout is there for hung sessions, not for downloads."""
 
 SSHD_DROPIN_SUFFIX = "/etc/ssh/sshd_config.d/50-inkmcp-hardening.conf"
 
@@ -89,7 +100,8 @@ def apply_host(conn: Connection, params: HostParams, timeout: float = DEFAULT_TI
     plan = render_plan(params)
     changes: list[str] = []
 
-    drifted = {d.target for d in file_drift(plan, remote_file_states(conn, list(plan.files), timeout))}
+    drift = file_drift(plan, remote_file_states(conn, list(plan.files), timeout))
+    drifted = {d.target for d in selector_config_drift(drift, plan, params, conn, timeout)}
     if drifted:
         dropin = next((p for p in drifted if p.endswith(SSHD_DROPIN_SUFFIX)), None)
         previous = None
@@ -101,10 +113,17 @@ def apply_host(conn: Connection, params: HostParams, timeout: float = DEFAULT_TI
         if dropin and params.manage_services:
             _validate_sshd(conn, dropin, previous, timeout)
 
+    pin = pin_platform_command(params)
     for command in plan.commands:
-        out = run(conn, command, command.split()[0], timeout)
+        out = run(conn, command, command.split()[0], _pin_timeout(params, timeout) if command == pin else timeout)
         changes += [line.removeprefix("changed:").strip() for line in out.splitlines() if line.startswith("changed:")]
     return ApplyReport(host=conn.host, changes=changes)
+
+
+def _pin_timeout(params: HostParams, timeout: float) -> float:
+    """The pin command may pull every platform image once (a new node, a new digest)."""
+    refs = {i.ref for p in (params.gvisor.platform if params.gvisor else []) for i in p.images if i.ref}
+    return max(timeout, 60.0 + PULL_TIMEOUT * len(refs))
 
 
 __all__ = ["ApplyReport", "Drift", "NodeError", "apply_host", "check_host", "connect"]

@@ -4,7 +4,10 @@ Reports per file (missing, content or mode differs), per daemon.json key (e.g. a
 rewritten by Coolify's installer), and for every chain the rules files declare, v4 and v6 (rules
 missing, extra or out of order), plus the jumps into them from FORWARD/INPUT (present once and first).
 With gVisor: the runc shadow and every containerd shim other than runc's where containerd would find it
-(the shim guard's own `--check`, so check and converge judge shims the same way).
+(the shim guard's own `--check`, so check and converge judge shims the same way), and the platform images of the
+selector config: the node fills in their image IDs itself (hardening/scripts/inkmcp-pin-platform), so those
+fields are not compared with the render (`selector_config_drift`), while an image the node does not admit as
+pinned is drift (`pin_drift`, the pin script's own `--check`).
 All reads are batched into a few commands: over SSH each round trip costs ~0.2 s.
 """
 
@@ -24,10 +27,13 @@ from pydantic import BaseModel
 
 from inkmcp.nodes.render import (
     DOCKER_USER_UNIT,
+    PIN_PLATFORM,
     SCRIPTS_DIR,
+    SELECTOR_CONFIG,
     SELECTOR_PATH,
     HostParams,
     HostPlan,
+    pin_platform_command,
     render_plan,
     shim_guard_command,
 )
@@ -57,6 +63,19 @@ def daemon_json_tool() -> ModuleType:
     """The host-side merge script, imported here so check and the host use the exact same logic."""
     path = SCRIPTS_DIR / "inkmcp-daemon-json"
     loader = importlib.machinery.SourceFileLoader("inkmcp_daemon_json", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@cache
+def pin_tool() -> ModuleType:
+    """The node-side pin script (hardening/scripts/inkmcp-pin-platform), imported so check and apply blank the
+    node-resolved fields exactly as the node writes them."""
+    path = SCRIPTS_DIR / "inkmcp-pin-platform"
+    loader = importlib.machinery.SourceFileLoader("inkmcp_pin_platform", str(path))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
@@ -112,6 +131,61 @@ def file_drift(plan: HostPlan, states: dict[str, tuple[int, str] | None]) -> lis
             drift.append(Drift(kind="file", target=path, detail="content differs"))
         if mode != want_mode:
             drift.append(Drift(kind="file", target=path, detail=f"mode {mode:o} (want {want_mode:o})"))
+    return drift
+
+
+def selector_config_drift(drift: list[Drift], plan: HostPlan, params: HostParams, conn: Connection,
+                          timeout: float) -> list[Drift]:
+    """`drift` without the selector config's "content differs" when the node's file differs from the render only in
+    the fields the node resolves itself (each pinned image's id, entrypoint and cmd, filled in by the pin script;
+    runbooks/gvisor-decision.md §4.1). Those are this node's facts, not the renderer's: reporting them would make
+    every pinned node drift, and re-uploading the render over them would leave the proxy unadmitted until the
+    next pin. Whether they are RIGHT is `pin_drift`'s question. Any other difference stays drift."""
+    if params.gvisor is None:
+        return drift
+    path = params.host_path(SELECTOR_CONFIG)
+    hits = [d for d in drift if d.kind == "file" and d.target == path and d.detail == "content differs"]
+    if not hits or path not in plan.files:
+        return drift
+    text = run(conn, f"cat {shlex.quote(path)}", "reading the selector config", timeout)
+    try:
+        node = json.loads(text)
+    except ValueError:
+        return drift
+    tool = pin_tool()
+    if tool.unresolved_view(node) != tool.unresolved_view(json.loads(plan.files[path])):
+        return drift
+    return [d for d in drift if d not in hits]
+
+
+def pin_drift(conn: Connection, params: HostParams, timeout: float, plan: HostPlan | None = None) -> list[Drift]:
+    """Platform images of the node's selector config that the node does not admit as pinned: not resolved (the
+    entry admits nothing), not on the node, or an image ID/entrypoint/cmd other than what the pinned digest
+    resolves to on this node's Docker. Read by the installed pin script's `--check` (no pull, no write), only
+    where the plan runs the pin (a live node: `render_plan` decides, so check and converge agree)."""
+    if pin_platform_command(params) not in (plan or render_plan(params)).commands:
+        return []
+    command = pin_platform_command(params, check=True)
+    script_path = shlex.quote(params.host_path(PIN_PLATFORM))
+    script = f"if [ -f {script_path} ]; then {command} 2>&1; echo \"__rc=$?\"; else echo __missing; fi"
+    out = run(conn, script, "checking the pinned platform images", timeout)
+    return parse_pin_check(out, params.host_path(PIN_PLATFORM))
+
+
+def parse_pin_check(out: str, script_path: str = PIN_PLATFORM) -> list[Drift]:
+    """Drift from the output of `inkmcp-pin-platform --check ...; echo __rc=$?` (`__missing`: no script)."""
+    if "__missing" in out.split():
+        return [Drift(kind="runtime", target=script_path,
+                      detail="pin script missing: the platform images' IDs on this node are not checked")]
+    drift = []
+    for line in out.splitlines():
+        if line.startswith("drift: "):
+            head, _, why = line.removeprefix("drift: ").partition(": ")
+            drift.append(Drift(kind="runtime", target=f"platform {head}", detail=why))
+    rc = next((line.removeprefix("__rc=") for line in out.splitlines() if line.startswith("__rc=")), "?")
+    if rc not in ("0", "2"):
+        drift.append(Drift(kind="runtime", target=script_path,
+                           detail=f"pin check failed (exit {rc}): {out.strip()[-300:]}"))
     return drift
 
 
@@ -305,10 +379,12 @@ def check_host(conn: Connection, params: HostParams, timeout: float = DEFAULT_TI
     """Everything that differs from the rendered hardening; an empty list means the host is converged."""
     plan = render_plan(params)
     drift = file_drift(plan, remote_file_states(conn, list(plan.files), timeout))
+    drift = selector_config_drift(drift, plan, params, conn, timeout)
     drift += daemon_json_drift(plan, params, conn, timeout)
     if params.gvisor is not None:
         drift += runc_shadow_drift(params, conn, timeout)
         drift += shim_drift(params, conn, timeout)
+        drift += pin_drift(conn, params, timeout, plan)
     if params.apply_firewall:
         drift += firewall_drift(plan, conn, timeout)
     if params.manage_services:

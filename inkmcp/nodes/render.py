@@ -48,6 +48,8 @@ GVISOR_INSTALL_DIR = "/usr/local/lib/inkmcp/gvisor"
 # Diverts every containerd shim but runc's (review #1), from the plan and after every apt run.
 SHIM_GUARD = f"{HOST_SBIN_DIR}/inkmcp-shim-guard"
 SHIM_GUARD_APT_HOOK = "/etc/apt/apt.conf.d/53inkmcp-shim-guard"
+# Resolves the platform images of the selector config on the node (§4.1, §4.5 (3)); run after Docker is up.
+PIN_PLATFORM = f"{HOST_SBIN_DIR}/inkmcp-pin-platform"
 IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 # Refused for tenant egress on every node, whatever private_cidrs says (issue 7 item 5, review #13/#16):
@@ -679,6 +681,7 @@ def _gvisor_files(params: HostParams) -> list[tuple[str, str, int]]:
         (f"{GVISOR_INSTALL_DIR}/inkmcp_selector.py", module, 0o644),
         (SHIM_GUARD, (SCRIPTS_DIR / "inkmcp-shim-guard").read_text(), 0o755),
         (SHIM_GUARD_APT_HOOK, _env().get_template("53inkmcp-shim-guard.j2").render(p=params), 0o644),
+        (PIN_PLATFORM, (SCRIPTS_DIR / "inkmcp-pin-platform").read_text(), 0o755),
     ]
 
 
@@ -740,7 +743,31 @@ def _gvisor_commands(params: HostParams) -> list[str]:
             f"[ -x {q(runsc)} ] || {{ echo 'runsc not found at {runsc}: install gVisor on this"
             " host first (runbooks/gvisor-decision.md)' >&2; exit 1; }",
         )
+        # The platform images' IDs on THIS node's Docker (§4.1, §4.5 (3)), right after the selector is installed:
+        # the rendered config pins by repo digest only, and an unresolved image admits nothing.
+        commands.append(pin_platform_command(params))
     return commands
+
+
+def pin_platform_command(params: HostParams, *, check: bool = False,
+                         require: Sequence[tuple[str, str]] = ()) -> str:
+    """hardening/scripts/inkmcp-pin-platform as the plan, `check` and the muscle's Sablier step run it: it pulls
+    every platform image of the selector config by its repo digest (only when the node lacks it), fills in the
+    node's image ID, entrypoint and cmd, and rewrites the config only when they changed (`--check`: reports,
+    changes nothing). `require`: (entry, repo digest) pairs that must be pinned and resolved afterwards.
+
+    Why on the node and part of the plan: the ID depends on the node's image store (review #12), so it cannot be
+    rendered here; the plan re-runs whenever the rendered config changes (re-uploaded by digest only), so the
+    pin must run in the same converge, after Docker is up. The plan carries it only where it manages services
+    (a live node, whose Docker it talks to); a staged root (tests, `inkmcp nodes sandbox`) has no Docker of its
+    own when the plan runs, and is pinned by whoever runs its daemon (the box: `sandbox.pin_platform`)."""
+    q = shlex.quote
+    args = ["--check"] if check else []
+    if not params.live:
+        args += ["--config", params.host_path(SELECTOR_CONFIG)]
+    for entry, ref in require:
+        args += ["--require", f"{entry}={ref}"]
+    return " ".join([f"python3 -I {q(params.host_path(PIN_PLATFORM))}", *(q(a) for a in args)])
 
 
 def shim_guard_command(params: HostParams, *, check: bool = False) -> str:

@@ -7,6 +7,7 @@ test_muscle_hardening_contract.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import runpy
@@ -31,6 +32,7 @@ from inkmcp.infra.muscle_config import (
     RunServer,
 )
 from inkmcp.nodes.registry import make_ca
+from inkmcp.nodes.render import PIN_PLATFORM, SCRIPTS_DIR, SELECTOR_CONFIG
 from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
 from tests.support import traversable_tmpdir
 
@@ -286,12 +288,19 @@ def test_host_params_tell_the_renderer_the_plan() -> None:
 
 
 FAKE_DOCKER = r"""#!/bin/sh
-# A docker CLI that keeps containers, networks and pulled images as files under $STATE, logging every call.
+# A docker CLI that keeps containers, networks and pulled images as files under $STATE, logging every call. An
+# image's ID is the sha256 of its ref; `image inspect REF` prints what the pin script reads (RepoDigests, Config).
 echo "$*" >> "$STATE/calls"
 digest() { printf 'sha256:%s\n' "$(printf %s "$1" | sha256sum | cut -c1-64)"; }
 case "$1" in
+  version) echo 26.1.5 ;;
   pull) [ "$2" = -q ] || exit 2; echo "$3" >> "$STATE/pulled"; echo "$3" ;;
-  image) [ "$2" = inspect ] || exit 2; grep -qxF "$5" "$STATE/pulled" || exit 1; digest "$5" ;;
+  image)
+    [ "$2" = inspect ] || exit 2
+    if [ "$3" = --format ]; then grep -qxF "$5" "$STATE/pulled" || exit 1; digest "$5"; exit 0; fi
+    grep -qxF "$3" "$STATE/pulled" || { echo "Error: No such image: $3" >&2; exit 1; }
+    printf '[{"Id": "%s", "RepoDigests": ["%s@%s"], "Config": {"Entrypoint": ["/entry"], "Cmd": ["run"]}}]\n' \
+      "$(digest "$3")" "${3%%[:@]*}" "${3##*@}" ;;
   network)
     case "$2" in
       inspect) [ -e "$STATE/net-$3" ] ;;
@@ -306,40 +315,95 @@ esac
 """
 
 
-def run_sablier_script(script: str, tmp_path: Path) -> list[str]:
-    """The script under `bash -euo pipefail` (as pulumi-command runs it) with FAKE_DOCKER first on PATH; returns
-    the docker calls of this run."""
+def fake_digest(ref: str) -> str:
+    """The image ID FAKE_DOCKER gives `ref`."""
+    return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+
+def run_sablier_script(script: str, tmp_path: Path, conf: MuscleConfig | None = None,
+                       check: bool = True) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    """The script under `bash -euo pipefail` (as pulumi-command runs it) with FAKE_DOCKER first on PATH and the
+    node's selector config at tmp_path/selector.json: the one the harden step installed, i.e. rendered from
+    `conf` (default make_conf()) when the file is not there yet. The pin command runs the repository's
+    hardening/scripts/inkmcp-pin-platform against that file. Returns the docker calls of this run and the run."""
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir(exist_ok=True)
     state.mkdir(exist_ok=True)
     (bin_dir / "docker").write_text(FAKE_DOCKER)
     (bin_dir / "docker").chmod(0o755)
     (state / "calls").write_text("")
+    config = tmp_path / "selector.json"
+    if not config.exists():
+        config.write_text(plan_of(conf=conf).files[SELECTOR_CONFIG])
+    node_script = script.replace(PIN_PLATFORM, f"{SCRIPTS_DIR / 'inkmcp-pin-platform'} --config {config}")
+    assert node_script != script, "the Sablier step does not run the pin script"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(state)}
-    subprocess.run(["bash", "-euo", "pipefail", "-c", script], check=True, timeout=10, env=env)
-    return (state / "calls").read_text().splitlines()
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", node_script], capture_output=True, text=True, timeout=30,
+                          env=env, check=False)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return (state / "calls").read_text().splitlines(), done
 
 
 def test_sablier_script_runs_the_pinned_sablier_once(tmp_path: Path) -> None:
-    """Pulls both pinned digests, creates `coolify` with the vSwitch MTU only when missing, starts Sablier by
-    digest without a runtime flag, and a second run changes nothing. No edit of Coolify's proxy file: that
-    configuration lives in Coolify now (tests/coolify/test_registration.py)."""
+    """The pin (§4.5 (3)) pulls both pinned digests the node lacks and writes their IDs on this node into the
+    installed selector config, `coolify` is created with the vSwitch MTU only when missing, Sablier starts by
+    digest without a runtime flag, and a second run changes nothing (no pull of what the node has, no write). No
+    edit of Coolify's proxy file: that configuration lives in Coolify now (tests/coolify/test_registration.py)."""
     script = muscle.sablier_script(make_conf(), 1400)
-    first = run_sablier_script(script, tmp_path)
+    first, done = run_sablier_script(script, tmp_path)
     assert f"pull -q {PROXY_REF}" in first and f"pull -q {SABLIER_REF}" in first
+    config = tmp_path / "selector.json"
+    pinned = {i["ref"]: i for e in json.loads(config.read_text())["platform"] for i in e["images"]}
+    assert {ref: (i["id"], i["entrypoint"], i["cmd"]) for ref, i in pinned.items()} == {
+        ref: (fake_digest(ref), ["/entry"], ["run"]) for ref in (PROXY_REF, SABLIER_REF)}
+    assert f"platform proxy {PROXY_REF} -> {fake_digest(PROXY_REF)}" in done.stdout
     assert "network create --attachable -o com.docker.network.driver.mtu=1400 coolify" in first
     run_call = next(c for c in first if c.startswith("run "))
+    assert first.index(run_call) > max(first.index(f"pull -q {r}") for r in (PROXY_REF, SABLIER_REF))
     assert run_call.endswith(f"/var/run/docker.sock:/var/run/docker.sock {SABLIER_REF} start --provider.name=docker")
     assert "--runtime" not in run_call and "--network coolify" in run_call
-    second = run_sablier_script(script, tmp_path)
-    assert not any(c.startswith(("run ", "rm ", "network create")) for c in second)
-    # A new pinned digest (first in the entry) replaces the container.
+
+    before = config.stat()
+    second, done = run_sablier_script(script, tmp_path)
+    assert not any(c.startswith(("run ", "rm ", "network create", "pull ")) for c in second), second
+    assert "changed:" not in done.stdout
+    assert (config.stat().st_ino, config.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+    # A new pinned digest (first in the entry): the harden step uploads the new render (by digest only), this
+    # step pins the new digest and replaces the container.
     newer = "sablierapp/sablier:1.17.0@sha256:" + "3d" * 32
     conf = make_conf(platform_containers=[PLATFORM[0], PlatformContainerSpec(profile="sablier",
                                                                              images=[newer, SABLIER_REF])])
-    third = run_sablier_script(muscle.sablier_script(conf, 1400), tmp_path)
+    config.write_text(plan_of(conf=conf).files[SELECTOR_CONFIG])
+    third, _ = run_sablier_script(muscle.sablier_script(conf, 1400), tmp_path)
+    assert f"pull -q {newer}" in third and f"pull -q {SABLIER_REF}" not in third
     assert "rm -f sablier" in third and any(c.startswith("run ") and newer in c for c in third)
     assert "docker-compose.yml" not in script and "sed " not in script
+
+
+def test_sablier_step_fails_when_the_nodes_selector_config_pins_another_proxy(tmp_path: Path) -> None:
+    """§4.5: the pin and the proxy configuration read one value. A node whose installed selector config came
+    from another `platformContainers` (a harden step that did not run, a hand edit) would be given a proxy digest
+    it refuses: the step stops before Sablier or Coolify, naming the digest, and nothing is started."""
+    other = "traefik:v3.6.24@sha256:" + "4e" * 32
+    installed = make_conf(platform_containers=[PlatformContainerSpec(profile="proxy", images=[other]), PLATFORM[1]])
+    calls, done = run_sablier_script(muscle.sablier_script(make_conf(), 1400), tmp_path, conf=installed, check=False)
+    assert done.returncode == 1
+    assert f"platform entry 'proxy' of {tmp_path / 'selector.json'} does not pin {PROXY_REF}" in done.stderr
+    assert not any(c.startswith(("run ", "network create")) for c in calls), calls
+
+
+def test_pin_in_the_sablier_step_reads_the_value_coolify_gets(monitor: RecordingMonitor) -> None:
+    """The digests the Sablier step requires on the node are those of the `coolify` step's proxy configuration and
+    of the selector config uploaded by the plan: one `platformContainers` value feeds all three."""
+    build()
+    reg = next(r for r in monitor.of_type(COOLIFY) if r.name == "run-run1-coolify").inputs
+    step = monitor.by_name("run-run1-sablier").inputs["create"]
+    assert f"--require proxy={reg['proxy_image']} --require sablier={SABLIER_REF}" in step
+    selector = json.loads(plan_of().files[SELECTOR_CONFIG])
+    assert [i["ref"] for e in selector["platform"] if e["entry"] == "proxy" for i in e["images"]] == [
+        reg["proxy_image"]]
 
 
 def test_register_script_sets_the_wildcard_in_coolifys_database(tmp_path: Path) -> None:
