@@ -344,11 +344,10 @@ def resolve_pinned_images(docker: DockerRunner, refs: Sequence[str], *, pull: bo
     the local image really carries the pinned digest. Run it ON THE NODE, never copy IDs from another host
     (the ID is the config digest on the classic store, the manifest/index digest on the containerd store).
 
-    Who calls it: the muscle stack's pin step (runbooks/gvisor-decision.md §4.5 (3), inkmcp/infra/muscle.py,
-    plan step 5) runs it over SSH on each run server, e.g. with
-    `lambda args: conn.run("docker " + shlex.join(args), hide=True).stdout`, and passes the result to
-    `muscle_config.host_params(..., resolved=...)`; `inkmcp nodes sandbox` and the runtime tests call it with
-    `local_docker(host=...)` for their stand-in images."""
+    Who calls it: `inkmcp nodes sandbox` and the runtime tests, with `local_docker(host=...)` for their stand-in
+    images. On run servers the same digest check runs in hardening/scripts/inkmcp-pin-platform (stdlib, on the node):
+    the plan's pin command (`pin_platform_command`) and the muscle's Sablier step fill the installed selector
+    config in place (runbooks/gvisor-decision.md §4.5 (3))."""
     out: dict[str, PinnedImage] = {}
     for ref in refs:
         check_repo_digest(ref, "platform image")
