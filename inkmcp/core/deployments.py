@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.detect import derive_plan
@@ -444,7 +444,7 @@ class DeployService:
         spec = await self._release_spec(dep, svc, project)
         return ReleaseRequest(
             **dict(spec),
-            repo_url=svc.repo_url,
+            repo_url=SecretStr(self._projects.fetch_url(svc)),
             checkout_dir=checkout,
             deployment_ref=ref_of(dep.provider_ref, self._compute.name),
         )
@@ -644,7 +644,7 @@ class DeployService:
                     await s.execute(
                         select(Deployment.service_id, Deployment.id, Deployment.status)
                         .where(Deployment.service_id.in_([r[0].id for r in rows]))
-                        .distinct(Deployment.service_id)
+                        .ext(distinct_on(Deployment.service_id))
                         .order_by(Deployment.service_id, Deployment.created_at.desc())
                     )
                 ).all()

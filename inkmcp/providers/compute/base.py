@@ -124,7 +124,10 @@ class ReleaseSpec(BaseModel):
 class ReleaseRequest(ReleaseSpec):
     """One deployment for the provider to carry from source to serving traffic."""
 
-    repo_url: str = Field(description="for providers that fetch the source themselves (Coolify builds from git)")
+    repo_url: SecretStr = Field(
+        description="where providers that fetch the source themselves (Coolify builds from git) fetch it: the full "
+        "URL, with the credentials the agent gave (so a secret; core shows only a redacted copy)"
+    )
     checkout_dir: Path | None = Field(
         description="repo checked out at `commit`, in a directory only InkMCP can reach, when the provider "
         "`needs_checkout`; the provider takes it over (moves it), so core must not use it afterwards. "
