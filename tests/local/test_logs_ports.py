@@ -23,10 +23,30 @@ def test_log_rotates_and_tail_spans_both_files(tmp_path: Path):
     assert len(tail_lines(tmp_path / "runtime.log", 10_000)) < 100  # capped: older lines are gone
 
 
-def test_port_allocator_skips_taken_and_reserved():
-    with socket.socket() as busy:
+def _busy_port_with_free_neighbours(n: int) -> socket.socket:
+    """A listening socket on port P such that P+1..P+n are free right now: on a busy machine a random
+    port's neighbours may be in use by someone else, which this test must not mistake for the allocator's doing."""
+    for _ in range(50):
+        busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
-        busy.listen()
+        base = busy.getsockname()[1]
+        free = True
+        for port in range(base + 1, base + n + 1):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    free = False
+                    break
+        if free and base + n < 65536:
+            busy.listen()
+            return busy
+        busy.close()
+    raise AssertionError("no port with 3 free neighbours found in 50 tries")
+
+
+def test_port_allocator_skips_taken_and_reserved():
+    with _busy_port_with_free_neighbours(3) as busy:
         taken = busy.getsockname()[1]
         alloc = PortAllocator((taken, taken + 3))
         got = {alloc.allocate(), alloc.allocate()}
