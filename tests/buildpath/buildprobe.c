@@ -53,6 +53,18 @@ static int dial(const char *hostport, const char **verdict) {
     return fd;
 }
 
+/* SSL_connect/SSL_write/SSL_read, retried while OpenSSL wants the socket readable or writable: gVisor's runsc
+ * 20221219 (Debian 12) does not clear O_NONBLOCK on a host-network socket (fcntl F_SETFL 0 in dial), so a step
+ * under it sees EAGAIN where a blocking read would wait (tests/buildpath/test_build_sandboxed.py). */
+static int ssl_wait(SSL *ssl, int fd, int rc) {
+    int err = SSL_get_error(ssl, rc);
+    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) return 0;
+    struct pollfd p = {.fd = fd, .events = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+    return poll(&p, 1, 3000) == 1;
+}
+
+#define SSL_RETRY(call) ({ int rc_, n_ = 0; do { rc_ = (call); } while (rc_ <= 0 && n_++ < 100 && ssl_wait(ssl, fd, rc_)); rc_; })
+
 static void https(const char *hostport, const char *method, const char *path) {
     const char *verdict;
     int fd = dial(hostport, &verdict);
@@ -62,15 +74,15 @@ static void https(const char *hostport, const char *method, const char *path) {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
-    if (SSL_connect(ssl) != 1) {
+    if (SSL_RETRY(SSL_connect(ssl)) != 1) {
         printf("tls-failed\n");
     } else {
         char req[1024];
         snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                  method, path, hostport);
-        SSL_write(ssl, req, (int)strlen(req));
+        SSL_RETRY(SSL_write(ssl, req, (int)strlen(req)));
         char buf[512];
-        int n = SSL_read(ssl, buf, sizeof buf - 1);
+        int n = SSL_RETRY(SSL_read(ssl, buf, sizeof buf - 1));
         buf[n > 0 ? n : 0] = 0;
         char *eol = strstr(buf, "\r\n");
         if (eol) *eol = 0;
