@@ -16,7 +16,8 @@ How it runs an operation (``run_operation``): values are the data's examples exc
 and timestamp is fresh (repeated runs never collide) and what Coolify reads from the server first is read
 from the box (``echo $HOME``, the daemon version that picks ``--time``/``--timeout``); the node state the
 operation assumes is set up (the ``coolify`` network, ``~/.docker/config.json`` present or absent, a
-running database before a backup, the proxy before Sablier: ``PREREQUISITES``); each step's commands are
+running database before a backup: ``PREREQUISITES``; no ``coolify`` network yet for our own muscle steps, which
+run before Coolify has touched the node; the box's pinned platform digests for them); each step's commands are
 joined with newlines and piped to ``bash -se`` inside the box (Coolify's ``ssh … 'bash -se'``), and the
 operation stops at the first failing step unless the step says ``ignore_errors``. Right after the step that
 creates a container, the container is found through the daemon's event log of that step and probed from
@@ -71,8 +72,6 @@ PREREQUISITES: dict[str, tuple[str, ...]] = {
     # sandbox_needs of the data: "a running postgres_start database (the dump runs `docker exec` into it)"
     "backup_postgres_s3": ("postgres_start",),
     "backup_postgres_dump_all": ("postgres_start",),
-    # "proxy_start done first (the `coolify` network and /data/coolify/proxy/docker-compose.yml)"
-    "sablier_start": ("proxy_start",),
 }
 """Operations whose upstream caller only runs them after another one succeeded on the same resource."""
 
@@ -82,6 +81,8 @@ EXPECT_DEADLINE = 120.0
 """Coolify polls a starting resource's health (health_check_retries x interval); stand-ins are healthy in seconds."""
 PROBE_TIMEOUT = 30.0
 UUID_PATTERN = "[a-z0-9]{24}"
+PINNED_PLACEHOLDERS = {"proxy_image": "proxy", "sablier_image": "sablier"}
+"""Placeholders the box fills with its own pinned digests (its selector config pins those, not the examples)."""
 KEEP_NETWORKS = {"coolify", "bridge", "host", "none"}
 
 
@@ -265,6 +266,8 @@ class BoxFacts(BaseModel):
 
     home: str
     docker_version: str
+    platform: dict[str, str] = {}
+    """Platform entry -> the repo digest the box's selector config pins (what the muscle's steps are given)."""
 
     @property
     def stop_time_option(self) -> str:
@@ -280,7 +283,8 @@ def box_facts(shell: BoxShell) -> BoxFacts:
         raise ReplayError(f"`echo $HOME` in the box failed: {home.stderr.strip()}")
     if not version.ok:
         raise ReplayError(f"the box's daemon does not answer `docker version`: {version.stderr.strip()}")
-    return BoxFacts(home=home.stdout.strip(), docker_version=version.stdout.strip())
+    return BoxFacts(home=home.stdout.strip(), docker_version=version.stdout.strip(),
+                    platform=dict(shell.state.platform))
 
 
 def _pem_set(workdir: Path) -> dict[str, str]:
@@ -336,6 +340,9 @@ def fresh_values(data: ReplayData, op_ids: Iterable[str], facts: BoxFacts | None
             values["home"] = facts.home
         if "stop_time_option" in names:
             values["stop_time_option"] = facts.stop_time_option
+        for name, entry in PINNED_PLACEHOLDERS.items():
+            if name in names and facts.platform.get(entry):
+                values[name] = facts.platform[entry]
     if names & {"ca_crt_pem", "server_crt_pem", "server_key_pem", "server_pem"}:
         with tempfile.TemporaryDirectory(prefix="inkmcp-replay-pem-") as tmp:
             values.update({k: v for k, v in _pem_set(Path(tmp)).items() if k in names})
@@ -685,9 +692,15 @@ class _Node:
 
     def prepare(self, data: ReplayData, op_id: str, values: Mapping[str, str]) -> None:
         op = data.operation(op_id)
-        # The destination network (server_validate / the muscle stack create it; both are idempotent).
-        self.shell.bash_se("docker network inspect coolify >/dev/null 2>&1 || "
-                           "docker network create coolify --attachable >/dev/null", timeout=60)
+        if op.origin == "inkmcp":
+            # Our muscle steps run before Coolify has touched the node, and create the `coolify` network themselves
+            # (with the vSwitch MTU): remove an unused one so they do here too (in use: rm fails, the step keeps it
+            # and the operation's expectations show what it got).
+            self.shell.bash_se("docker network rm coolify >/dev/null 2>&1 || true", timeout=60)
+        else:
+            # The destination network (server_validate / the muscle stack create it; both are idempotent).
+            self.shell.bash_se("docker network inspect coolify >/dev/null 2>&1 || "
+                               "docker network create coolify --attachable >/dev/null", timeout=60)
         # ~/.docker/config.json: present when the operation's helper binds it, absent for the variant without.
         step_ids = {s.id for s in data.steps(op_id)}
         wants_config = any(b.source.endswith("/.docker/config.json") for c in op.containers for b in c.binds)

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inkmcp.coolify.proxy import dump_compose, pinned_compose
+from inkmcp.infra import muscle
+from inkmcp.infra.muscle_config import PlatformContainerSpec
 from inkmcp.nodes.replay import (
     DATA_FILE,
     PLACEHOLDER_RE,
@@ -32,6 +35,7 @@ from inkmcp.nodes.replay import (
     main,
     validate_replay,
 )
+from tests.stacks.test_muscle_stack import make_conf
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -280,3 +284,39 @@ def test_cli_lists_every_operation_with_its_citation(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "deploy_helper_start" in out and "coolify:app/Jobs/ApplicationDeploymentJob.php:2173-2181" in out
     assert "sablier_start" in out and "inkmcp:inkmcp/infra/muscle.py:" in out
+
+
+def test_sablier_start_replays_the_muscles_sablier_step_verbatim() -> None:
+    """The replay runs exactly what the muscle's `sablier` step runs (muscle.sablier_script with the stack's MTU),
+    for the example digests: a change to the step that is not copied here fails, and the old approach (an explicit
+    `--runtime runc`, a sed on the node's proxy compose) cannot come back unnoticed."""
+    data = load_replay()
+    values = data.example_values("sablier_start")
+    conf = make_conf(platform_containers=[
+        PlatformContainerSpec(profile="proxy", images=[values["proxy_image"]]),
+        PlatformContainerSpec(profile="sablier", images=[values["sablier_image"]])])
+    rendered = data.render("sablier_start", values)
+    assert [s.id for s in rendered.steps] == ["sablier.script", "proxy.save_config", "proxy.start"]
+    step = rendered.steps[0]
+    assert step.transport == "inkmcp_bash"
+    assert step.script == muscle.sablier_script(conf, conf.docker_mtu).strip("\n")
+    assert "--runtime" not in step.script and "sed " not in step.script
+    assert f"--require proxy={values['proxy_image']} --require sablier={values['sablier_image']}" in step.script
+
+
+def test_sablier_start_starts_the_proxy_with_the_compose_inkmcp_stores_in_coolify() -> None:
+    """Coolify's StartProxy (the same steps as proxy_start) writes the compose registration PUTs into Coolify: its
+    default with the pinned digest and the Sablier flags appended (pinned_compose), byte for byte as dumped."""
+    data = load_replay()
+    values = data.example_values("sablier_start")
+    rendered = data.render("sablier_start", values)
+    (compose,) = rendered.files
+    assert compose.written_by == "proxy.save_config"
+    assert compose.content == dump_compose(pinned_compose(None, values["proxy_image"], "v1.3.0"))
+    b64 = base64.b64encode(compose.content.encode()).decode()
+    assert f"echo '{b64}' | base64 -d | tee /data/coolify/proxy//docker-compose.yml" in rendered.steps[1].script
+    proxy_start = data.render("proxy_start", data.example_values("proxy_start"))
+    assert [s.script for s in proxy_start.steps][1] == rendered.steps[2].script  # the same StartProxy commands
+    images = {c.name: c.image for c in rendered.containers}
+    assert images == {"sablier": values["sablier_image"], "coolify-proxy": values["proxy_image"]}
+    assert not any(c.runtime for c in rendered.containers)
