@@ -67,6 +67,7 @@ from inkmcp.nodes.registry import (
     registry_host_stdin,
     salt_key_from,
 )
+from inkmcp.nodes.render import AddressPool, GvisorParams, HostParams, PlatformProfile
 
 COOLIFY_INSTALL_URL = "https://cdn.coollabs.io/coolify/install.sh"
 ANY_V4, ANY_V6 = "0.0.0.0/0", "::/0"
@@ -335,6 +336,22 @@ def build_params(conf: FactoryConfig, net: NetworkStackOutputs, master_ipv4: str
     return BuildNetParams(registry=[f"{conf.private_ip('registry', net)}:443"], private_cidrs=[net.network_cidr],
                           blocked_hosts=[master_ipv4], link_cidr=conf.build_link_cidr,
                           allow=conf.build_egress_allow)  # type: ignore[arg-type] - parsed by EgressEndpoint
+
+
+def build_server_host_params(conf: FactoryConfig, net: NetworkStackOutputs,
+                             platform: Sequence[PlatformProfile] = ()) -> HostParams:
+    """The hardening renderer's parameters for the build server (runbooks/gvisor-decision.md §4.4): the gVisor
+    selector in build mode, so BuildKit's RUN steps run under runsc and a `docker build --network host` step is
+    admitted only while dockerd runs inside the build namespace (`build_params`). The one place build mode is
+    switched on: run servers' parameters (`inkmcp.infra.muscle_config.host_params`) never set it, so a build that
+    lands on a run server fails closed. `platform`: the helper profile (Coolify runs its deploy helper here, without
+    `--network`, ADJ:2173), pinned by digest. No DOCKER-USER rules (firewall off): this dockerd and its bridges live
+    in the build namespace, whose link rules are the egress boundary for RUN steps and containers alike; rules in
+    the root namespace would filter nothing of theirs. No step of this stack applies the plan yet (runsc and the
+    helper pin come first; runbooks/factory/README.md)."""
+    return HostParams(firewall=False, private_cidrs=[net.network],
+                      address_pools=[AddressPool(base=p.base, size=p.size) for p in conf.docker_address_pools],
+                      gvisor=GvisorParams(build_mode=True, platform=list(platform)))
 
 
 def postgres_script(conf: FactoryConfig, private_ip: str, network_cidr: str) -> str:
