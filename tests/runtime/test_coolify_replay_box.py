@@ -123,6 +123,14 @@ def test_operation_runs_as_coolify_expects_with_the_designs_classes(shell: BoxSh
         upload = [c for c in result.expectations if c.what.startswith("the S3 stand-in holds the uploaded dump")]
         assert len(upload) == 1 and upload[0].ok, context
         assert "same as /data/coolify/backups/databases/" in upload[0].detail, context
+    if op_id == "sablier_start":
+        # The muscle's step as on a fresh node: the network with the vSwitch MTU, Sablier and the proxy on the box's
+        # pinned digests, the proxy's command ending in the Sablier flags: each checked by a command, none skipped.
+        checked = [c for c in result.expectations if c.ok is not None]
+        assert len(checked) == 4 and all(c.ok for c in checked), context
+        assert any("mtu" in c.detail and "\n1400" in c.detail for c in checked), context
+        assert result.values["sablier_image"] == shell.state.platform["sablier"], context
+        assert result.values["proxy_image"] == shell.state.platform["proxy"], context
     # Independent operations: nothing the run created is left in the box.
     for row in [*result.containers, *(r for p in result.prerequisites for r in p.containers)]:
         if row.docker_name:
