@@ -13,6 +13,8 @@ wrong (../shared/coolify/NOTES.md §a, app/Http/Controllers/Api/{Servers,ServerP
   permissions: write"), then `can_read_sensitive` (`read:sensitive` or `root`, admin user);
 * controllers: JSON-only bodies (400), allow-lists (422 "This field is not allowed." per unknown key), field
   rules, 404 "Server not found.", 400 "A server with this IP/Domain is already in use." (any team);
+  build servers: `is_build_server` stored at create and by PATCH (422 for a server with resources, the flag
+  only), Sentinel cannot be switched on for one (422);
 * state the way Coolify keeps it: the proxy compose in the server's DB copy (`last_saved_proxy_configuration`,
   `last_saved_settings` = md5 of its base64) and written to `<nodes_root>/<ip>/data/coolify/proxy/
   docker-compose.yml` by `SaveProxyConfiguration` (backup of the old file under `backups/` when it changed);
@@ -110,6 +112,8 @@ class NodeServer:
     validating_until: float | None = None
     running_proxy: dict[str, Any] | None = None
     id: int = 0
+    resources: int = 0
+    """Applications, databases and services on the server (`Server::isEmpty` when 0)."""
 
 
 @dataclass
@@ -196,10 +200,11 @@ class CoolifyStandin:
         return uuid
 
     def add_server(self, ip: str, *, team_id: int = 0, name: str = "existing", description: str | None = None,
-                   is_build_server: bool = False, usable: bool = False) -> NodeServer:
+                   is_build_server: bool = False, usable: bool = False, resources: int = 0) -> NodeServer:
         """A server that already exists in Coolify (created in the UI, by another team, or by the old script)."""
         with self._lock:
             server = self._new_server(team_id, name, description, ip, 22, "root", "", is_build_server)
+            server.resources = resources
             if usable:
                 server.settings.update(is_reachable=True, is_usable=True)
             return server
@@ -582,9 +587,15 @@ class CoolifyStandin:
         server = self._visible(token, uuid)
         if server is None:
             return self._not_found()
+        if body.get("is_build_server") is True and not server.settings["is_build_server"] and server.resources:
+            # ServersController.php:737-742
+            return self._invalid({"is_build_server": [
+                "A server with existing resources cannot be configured as a build server."]})
         for key in ("name", "description", "ip", "port", "user"):
             if key in body:
                 setattr(server, key, body[key])
+        if "is_build_server" in body:  # :745-749, the flag only (a running proxy stays)
+            server.settings["is_build_server"] = bool(body["is_build_server"])
         for key in ("concurrent_builds", "dynamic_timeout", "deployment_queue_limit", "connection_timeout"):
             if body.get(key) is not None:
                 server.settings[key] = body[key]
@@ -647,6 +658,9 @@ class CoolifyStandin:
             "sentinel_metrics_history_days": "integer", "sentinel_push_interval_seconds": "integer"})
         if errors:
             return self._invalid(errors)
+        if (body.get("is_sentinel_enabled") is True and not server.settings["is_sentinel_enabled"]
+                and server.settings["is_build_server"]):  # ServerSentinelController.php:192-201
+            return self._invalid({"is_sentinel_enabled": ["Sentinel cannot be enabled on build servers."]})
         for key in allowed:
             if key in body:
                 server.settings[key] = body[key]

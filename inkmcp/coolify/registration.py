@@ -1,4 +1,4 @@
-"""Register one run server in Coolify and converge its Sentinel and proxy settings, idempotently.
+"""Register one run server (or the build server) in Coolify and converge its Sentinel and proxy settings, idempotently.
 
 Decision record: runbooks/gvisor-decision.md §4.5 (review findings 5, 7, 9). One call of `reconcile` does, in
 this order, and writes only what differs from what Coolify reports:
@@ -24,6 +24,25 @@ writes without sending any (what `pulumi preview` shows as a diff).
 
 What the API cannot do, and is therefore not here: the wildcard domain (no API field in 4.3.11; the muscle stack
 writes it on the master) and the server's private key (not readable back; set at creation).
+
+The build server (`BuildServerRegistration`, runbooks/gvisor-decision.md §4.4, review #3) goes through the same
+`reconcile` with these differences, each from Coolify 4.3.11 (379abb2):
+
+* created with `is_build_server: true` (`ServersController::create_server` stores it in the server's settings) and
+  `proxy_type: "none"`: Coolify never starts a proxy on a build server (`StartProxy.php:19`, `CheckProxy.php:22-28`
+  even drops its proxy state, `ValidateAndInstallServerJob.php:183`), and "none" keeps it so should the flag ever
+  be cleared in the UI;
+* no proxy step at all (3 and 5): the proxy endpoints do not refuse a build server (`ServerProxyController` has no
+  build-server check), but what they would store is never used, so registration neither reads nor writes it;
+* Sentinel is still switched off: a new server's settings default it on (migration 2025_06_16_123532), and although
+  `StartSentinel.php:15` skips build servers, a setting that says "on" would be started by the first flip of the
+  flag; `ServerSentinelController.php:196` refuses only *enabling* it on a build server;
+* an existing server at the address must already be a build server. One registered as a run server is an error,
+  not flipped with `PATCH {"is_build_server": true}`, although the API allows that for a server without resources
+  (`ServersController.php:737-748`): the flip changes the flag only, so a proxy (and Sentinel) Coolify started
+  there while it was a run server keep running on the build host, and a run server at the build server's address is
+  more likely a wrong address than a missing checkbox. The message says how to remove it. The converse (a build
+  server where a run server is wanted) is refused the same way.
 """
 
 from __future__ import annotations
@@ -79,6 +98,22 @@ class RunServerRegistration(BaseModel):
         return check_plugin_version(v, "sablier_plugin_version")
 
 
+class BuildServerRegistration(BaseModel):
+    """What the build server must look like in Coolify: a server with `is_build_server`, no proxy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ip: str = Field(min_length=1, description="the address Coolify reaches the build server at over SSH (private IP)")
+    private_key_uuid: str = Field(min_length=1, description="Coolify key (Keys & Tokens) authorised on the host")
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = "root"
+
+
+Registration = RunServerRegistration | BuildServerRegistration
+
+
 class Write(BaseModel):
     """One write registration sent (or, in a plan, would send)."""
 
@@ -113,15 +148,17 @@ async def find_server(client: CoolifyClient, ip: str) -> Server | None:
     return None
 
 
-async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply: bool = True,
+async def reconcile(client: CoolifyClient, want: Registration, *, apply: bool = True,
                     known_uuid: str | None = None, validation_timeout: float = 180.0,
                     poll_interval: float = 2.0) -> Outcome:
-    """Converge one run server (see the module docstring). Raises `RegistrationError` or `CoolifyError`.
+    """Converge one run server or the build server (see the module docstring). Raises `RegistrationError` or
+    `CoolifyError`.
 
     `known_uuid`: the server registered before (e.g. from Pulumi state). When Coolify still has it, it is the
     server, even if its IP differs (then the IP is patched: a re-addressed node keeps its apps); otherwise the
     server is found by IP or created."""
     writes: list[Write] = []
+    build = isinstance(want, BuildServerRegistration)
 
     def note(step: Step, detail: str) -> None:
         writes.append(Write(step=step, detail=detail))
@@ -132,18 +169,22 @@ async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply
         server = await find_server(client, want.ip)
     created = server is None
     if server is None:
-        note("create-server", f"POST /servers ip={want.ip} name={want.name}")
+        note("create-server", f"POST /servers ip={want.ip} name={want.name}" + (" is_build_server" if build else ""))
         if not apply:
-            for step, detail in (("sentinel-off", "PATCH sentinel off"),
-                                 ("proxy-configuration", f"PUT proxy configuration image={want.proxy_image}"),
-                                 ("validate", "POST validate"), ("proxy-restart", "POST proxy restart")):
-                note(step, detail)  # type: ignore[arg-type]
+            planned: list[tuple[Step, str]] = [("sentinel-off", "PATCH sentinel off")]
+            if isinstance(want, RunServerRegistration):
+                planned.append(("proxy-configuration", f"PUT proxy configuration image={want.proxy_image}"))
+            planned.append(("validate", "POST validate"))
+            if not build:
+                planned.append(("proxy-restart", "POST proxy restart"))
+            for step, detail in planned:
+                note(step, detail)
             return Outcome(uuid=None, writes=writes, applied=False)
         try:
             uuid = await client.create_server(ServerCreate(
                 ip=want.ip, private_key_uuid=want.private_key_uuid, name=want.name, description=want.description,
-                port=want.port, user=want.user, is_build_server=False, instant_validate=False,
-                proxy_type="traefik"))
+                port=want.port, user=want.user, is_build_server=build, instant_validate=False,
+                proxy_type="none" if build else "traefik"))
         except CoolifyBadRequest as e:
             if "already in use" in e.message:
                 raise RegistrationError(
@@ -152,9 +193,17 @@ async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply
             raise
     else:
         uuid = server.uuid
-        if server.settings.is_build_server:
-            raise RegistrationError(f"Coolify server {server.name!r} ({uuid}) at {want.ip} is a build server; a run "
+        if server.settings.is_build_server and not build:
+            raise RegistrationError(f"Coolify server {server.name!r} ({uuid}) at {server.ip} is a build server; a run "
                                     "server cannot share its address: fix the IP or remove that server in Coolify")
+        if build and not server.settings.is_build_server:
+            raise RegistrationError(
+                f"Coolify server {server.name!r} ({uuid}) at {server.ip} is registered as a run server, not as a build "
+                "server; registration does not flip it (Coolify would keep the proxy and Sentinel it may have "
+                "started there running). If it is the build server registered by hand, delete it in Coolify "
+                f"(Servers > {server.name} > Danger, or DELETE /api/v1/servers/{uuid}; Coolify refuses while it "
+                "hosts resources: move them to a run server first), remove any coolify-proxy container on the build "
+                "server, and run `pulumi up` again; otherwise fix the build server's address (build.ipOffset)")
         update = {k: v for k, v in (("ip", want.ip), ("name", want.name), ("description", want.description),
                                     ("port", want.port), ("user", want.user))
                   if v is not None and getattr(server, k) != v}
@@ -171,6 +220,16 @@ async def reconcile(client: CoolifyClient, want: RunServerRegistration, *, apply
             after = await client.update_sentinel(uuid, SENTINEL_OFF)
             if after.is_sentinel_enabled:
                 raise RegistrationError(f"Coolify kept Sentinel on for {uuid} after PATCH is_sentinel_enabled=false")
+
+    if isinstance(want, BuildServerRegistration):
+        # No proxy on a build server (module docstring); only validation: Docker must answer over SSH.
+        live = await client.get_server(uuid)
+        if created or not live.usable:
+            note("validate", f"POST /servers/{uuid}/validate")
+            if apply:
+                await client.validate_server(uuid)
+                await wait_until_usable(client, uuid, timeout=validation_timeout, interval=poll_interval)
+        return Outcome(uuid=uuid, writes=writes, applied=apply)
 
     # 3. The proxy configuration Coolify stores (and writes to the node on every start)
     proxy = await client.get_proxy(uuid)
@@ -255,7 +314,7 @@ def _plain(text: str | None) -> str:
 
 
 async def unregister(client: CoolifyClient, uuid: str | None, ip: str) -> bool:
-    """Remove the run server from Coolify. Gone already → False. Coolify refuses while it hosts resources (400
+    """Remove the server from Coolify. Gone already → False. Coolify refuses while it hosts resources (400
     "Server has resources."): that error is raised, so removing a node never orphans tenant apps."""
     target = uuid
     if target is None:

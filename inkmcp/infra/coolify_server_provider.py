@@ -1,4 +1,6 @@
-"""Pulumi dynamic provider: one run server registered in Coolify through its API (`inkmcp.coolify.registration`).
+"""Pulumi dynamic provider: one run server, or the build server, registered in Coolify through its API
+(`inkmcp.coolify.registration`). The muscle stack registers run servers with it, the factory stack the build
+server (`is_build_server: true`, no proxy inputs: Coolify runs no proxy there).
 
 Why a dynamic provider, and not the remote command on the master it replaces (curl + jq, then `sed` on the
 node's proxy compose) nor a local command running the same Python:
@@ -32,11 +34,13 @@ from typing import Any, ClassVar, TypeVar
 
 import pulumi
 import pulumi.dynamic as dyn
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from inkmcp.coolify.client import CoolifyClient, CoolifyError, RetryPolicy, check_api_url
 from inkmcp.coolify.proxy import check_pinned_image, check_plugin_version
 from inkmcp.coolify.registration import (
+    BuildServerRegistration,
+    Registration,
     RegistrationError,
     RunServerRegistration,
     reconcile,
@@ -49,8 +53,10 @@ T = TypeVar("T")
 DESIRED = ("ip", "private_key_uuid", "name", "description", "port", "user", "proxy_image", "sablier_plugin_version")
 #: Inputs that change how we talk to Coolify, not what it holds.
 CREDENTIALS = ("api_url", "api_token")
-#: Nothing forces a replacement: a new IP is patched (apps stay on the server), another Coolify is talked to.
-REPLACE_ON: tuple[str, ...] = ()
+#: A new IP is patched (apps stay on the server), another Coolify is talked to; only the role replaces: a run
+#: server is never flipped into a build server or back (`inkmcp.coolify.registration`), so the old one goes first
+#: (Coolify allows one server per IP).
+REPLACE_ON: tuple[str, ...] = ("is_build_server",)
 
 
 class CoolifyServerInputs(BaseModel):
@@ -66,8 +72,11 @@ class CoolifyServerInputs(BaseModel):
     description: str | None = None
     port: int = Field(default=22, ge=1, le=65535)
     user: str = "root"
-    proxy_image: str
-    sablier_plugin_version: str
+    is_build_server: bool = False
+    proxy_image: str | None = None
+    """Run servers only (required there)."""
+    sablier_plugin_version: str | None = None
+    """Run servers only (required there)."""
 
     @field_validator("api_url")
     @classmethod
@@ -76,24 +85,34 @@ class CoolifyServerInputs(BaseModel):
 
     @field_validator("proxy_image")
     @classmethod
-    def _pinned(cls, v: str) -> str:
-        return check_pinned_image(v, "proxyImage")
+    def _pinned(cls, v: str | None) -> str | None:
+        return None if v is None else check_pinned_image(v, "proxyImage")
 
     @field_validator("sablier_plugin_version")
     @classmethod
-    def _plugin(cls, v: str) -> str:
-        return check_plugin_version(v, "sablierPluginVersion")
+    def _plugin(cls, v: str | None) -> str | None:
+        return None if v is None else check_plugin_version(v, "sablierPluginVersion")
+
+    @model_validator(mode="after")
+    def _no_proxy_on_a_build_server(self) -> CoolifyServerInputs:
+        if self.is_build_server and (self.proxy_image is not None or self.sablier_plugin_version is not None):
+            raise ValueError("is_build_server: Coolify runs no proxy on a build server; pass neither proxy_image nor "
+                             "sablier_plugin_version for it")
+        return self
 
     @field_validator("port", mode="before")
     @classmethod
     def _float_port(cls, v: Any) -> Any:
         return int(v) if isinstance(v, float) and v.is_integer() else v  # Pulumi's wire turns ints into floats
 
-    def registration(self) -> RunServerRegistration:
-        return RunServerRegistration(
-            ip=self.ip, private_key_uuid=self.private_key_uuid, name=self.name, description=self.description,
-            port=self.port, user=self.user, proxy_image=self.proxy_image,
-            sablier_plugin_version=self.sablier_plugin_version)
+    def registration(self) -> Registration:
+        """What `reconcile` converges; a run server without proxy inputs fails here, naming the field."""
+        common = {"ip": self.ip, "private_key_uuid": self.private_key_uuid, "name": self.name,
+                  "description": self.description, "port": self.port, "user": self.user}
+        if self.is_build_server:
+            return BuildServerRegistration(**common)  # type: ignore[arg-type]
+        return RunServerRegistration(**common, proxy_image=self.proxy_image,  # type: ignore[arg-type]
+                                     sablier_plugin_version=self.sablier_plugin_version)
 
 
 def _plain(props: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +188,9 @@ class CoolifyServerProvider(dyn.ResourceProvider):
         except ValidationError as e:
             failures = [dyn.CheckFailure(str(err["loc"][0]) if err["loc"] else "inputs", err["msg"])
                         for err in e.errors()
-                        if not (err["type"] == "missing" and err["loc"] and str(err["loc"][0]) in unknown)]
+                        # a value unknown until apply cannot be judged (missing, or None where a run server
+                        # needs its proxy inputs)
+                        if not (err["loc"] and str(err["loc"][0]) in unknown)]
         return dyn.CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
@@ -198,10 +219,16 @@ class CoolifyServerProvider(dyn.ResourceProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
         olds, news = _plain(olds), _plain(news)
-        changed = [k for k in (*DESIRED, *CREDENTIALS)
+        # State written before the build-server role existed has no `is_build_server`: that is a run server, and
+        # must not read as a role change (a replacement would delete the run server in Coolify).
+        olds.setdefault("is_build_server", False)
+        news.setdefault("is_build_server", False)
+        changed = [k for k in (*DESIRED, *REPLACE_ON, *CREDENTIALS)
                    if _is_unknown(news.get(k)) or _norm(olds.get(k)) != _norm(news.get(k))]
         if changed:
-            return dyn.DiffResult(changes=True, replaces=[], stables=["uuid"], delete_before_replace=False)
+            replaces = [k for k in REPLACE_ON if k in changed]
+            return dyn.DiffResult(changes=True, replaces=replaces, stables=["uuid"],
+                                  delete_before_replace=bool(replaces))
         # Inputs unchanged: has Coolify drifted (Sentinel back on, proxy configuration reset, server renamed)?
         plan = self._reconcile(_validate(news), apply=False, known_uuid=id_)
         return dyn.DiffResult(changes=bool(plan.writes), replaces=[], stables=["uuid"], delete_before_replace=False)
@@ -226,21 +253,22 @@ def _norm(value: Any) -> Any:
 
 
 class CoolifyServer(dyn.Resource, module="coolify", name="Server"):
-    """A run server as Coolify knows it; `uuid` is Coolify's id (also the resource id)."""
+    """A run server (or, with `is_build_server=True` and no proxy inputs, the build server) as Coolify knows it;
+    `uuid` is Coolify's id (also the resource id)."""
 
     uuid: pulumi.Output[str]
 
     def __init__(self, resource_name: str, *, api_url: pulumi.Input[str], api_token: pulumi.Input[str],
                  ip: pulumi.Input[str], private_key_uuid: pulumi.Input[str], name: pulumi.Input[str],
                  description: pulumi.Input[str] | None, port: pulumi.Input[int], user: pulumi.Input[str],
-                 proxy_image: pulumi.Input[str], sablier_plugin_version: pulumi.Input[str],
-                 provider: CoolifyServerProvider | None = None,
+                 proxy_image: pulumi.Input[str] | None = None, sablier_plugin_version: pulumi.Input[str] | None = None,
+                 is_build_server: bool = False, provider: CoolifyServerProvider | None = None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         props: dict[str, Any] = {
             "api_url": api_url, "api_token": pulumi.Output.secret(api_token), "ip": ip,
             "private_key_uuid": private_key_uuid, "name": name, "description": description, "port": port,
             "user": user, "proxy_image": proxy_image, "sablier_plugin_version": sablier_plugin_version,
-            "uuid": None,
+            "is_build_server": is_build_server, "uuid": None,
         }
         secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["api_token"])
         super().__init__(provider or CoolifyServerProvider(), resource_name, props,
