@@ -27,7 +27,10 @@ Why it is built this way:
   `~/.docker/config.json` (Coolify refuses to build without it, ADJ:2169-2171), and its dockerd + containerd run
   in a network namespace that may reach only the registry's TLS port and the public internet
   (`inkmcp.nodes.buildnet`), because Coolify's `docker build --network host` puts RUN steps in the daemon's
-  namespace. Registering the build server in Coolify (`is_build_server`) is the Coolify API client's job.
+  namespace. Once the build server is converged (`coolify-ready` checks Docker in that namespace and the push
+  config), it is registered in Coolify as a build server through the API (`is_build_server: true`, Sentinel off,
+  validated, no proxy; `register_build_server`, the muscle's dynamic provider), when the coolifyApiToken secret
+  and the Coolify key (coolifyPrivateKeyUuid, coolifyPublicKey) are set.
 - Config edits never replace a protected host (review #15). pulumi-hcloud 1.43.3 bridges
   terraform-provider-hcloud v1.68.0, whose schema makes these inputs replace-forcing (file:line at that tag):
   `Server` image, location, user_data, ssh_keys (internal/server/resource.go:58,70,90,113), `Volume.location`
@@ -50,6 +53,7 @@ import pulumi
 import pulumi_hcloud as hcloud
 from pulumi_command import remote
 
+from inkmcp.infra.coolify_server_provider import CoolifyServer, CoolifyServerProvider
 from inkmcp.infra.factory_config import (
     FactoryConfig,
     FactorySecrets,
@@ -249,6 +253,38 @@ jq -n --argjson b {shlex.quote(json.dumps(body, sort_keys=True))} \
 echo
 echo "s3 storage registered; attach it under Settings > Backup (not exposed by the API)"
 """
+
+
+def coolify_key_script(public_key: str) -> str:
+    """Coolify's public key in root's authorized_keys of the build server (Coolify validates and builds over SSH as
+    root). Appended once; the operator-keys step keeps lines it did not install."""
+    line = shlex.quote(public_key)
+    return f"""
+install -d -m 700 /root/.ssh
+touch /root/.ssh/authorized_keys; chmod 600 /root/.ssh/authorized_keys
+keys=/root/.ssh/authorized_keys
+grep -qxF {line} "$keys" || {{ echo {line} >> "$keys"; echo "changed: coolify key"; }}
+"""
+
+
+BUILD_NETNS = BuildNetParams.model_fields["netns"].default
+BUILD_READY_SCRIPT = f"""
+fail() {{ echo "build server not ready for Coolify: $*" >&2; exit 1; }}
+command -v docker >/dev/null || fail "docker is not installed. Coolify's validation needs Docker Engine and the" \
+  "compose plugin (registration never lets Coolify install them): install both, then run pulumi up again"
+docker info >/dev/null 2>&1 || fail "dockerd does not answer on /var/run/docker.sock (systemctl status docker)"
+docker compose version >/dev/null 2>&1 || fail "the docker compose plugin is missing: install it, then pulumi up"
+pid=$(pidof -s dockerd) || fail "no dockerd process"
+ns=$(ip netns identify "$pid")
+[ "$ns" = {BUILD_NETNS} ] || fail "dockerd runs in network namespace '$ns', not {BUILD_NETNS}: tenant RUN steps would" \
+  "reach the private network. systemctl restart inkmcp-build-netns docker (the build-netns step's drop-ins)"
+[ -s /root/.docker/config.json ] || fail "/root/.docker/config.json is missing (the registry-push step writes it;" \
+  "Coolify refuses to build without it)"
+echo "build server ready: dockerd in {BUILD_NETNS}, compose $(docker compose version --short), registry config present"
+"""
+"""The gate before the build server is registered: what Coolify's validation checks (Docker and compose over SSH),
+plus what makes it a safe build server (dockerd in the build namespace, the push credentials), each failing with the
+fix, instead of Coolify's validation timing out or a build server being registered that builds unconfined."""
 
 
 OPERATOR_KEYS_STATE = "inkmcp-operator-keys"
@@ -667,6 +703,52 @@ class ControlPlanePostgres(_Host):
         self.register_outputs({"url": self.url, "storage_box_host": self.storage_box.server})
 
 
+@dataclass(frozen=True)
+class BuildRegistration:
+    """What `register_build_server` adds under the BuildServer component."""
+
+    key: remote.Command
+    ready: remote.Command
+    server: CoolifyServer
+
+
+def register_build_server(build: BuildServer, master: CoolifyMaster, conf: FactoryConfig, secrets: FactorySecrets,
+                          net: pulumi.Output[NetworkStackOutputs],
+                          provider: CoolifyServerProvider | None = None) -> BuildRegistration | None:
+    """The build server in Coolify as a build server (review #3; runbooks/gvisor-decision.md §4.4), after every step
+    that converges it, through `inkmcp.coolify.registration` (the muscle's dynamic provider): `POST /servers` with
+    `is_build_server: true`, Sentinel off, validation; no proxy. Children of the BuildServer component:
+    `coolify-key` (Coolify's public key for root), `coolify-ready` (`BUILD_READY_SCRIPT`), `coolify`.
+
+    Needs the coolifyApiToken secret (created in Coolify's UI after pass 1) and the Coolify key; without them the
+    build server stays unregistered (a warning says what to set once the token exists)."""
+    if secrets.coolify_api_token is None or conf.coolify_private_key_uuid is None or conf.coolify_public_key is None:
+        if secrets.coolify_api_token is not None:
+            pulumi.log.warn("the build server is not registered in Coolify: set coolifyPrivateKeyUuid and "
+                            "coolifyPublicKey (Keys & Tokens > Private keys; the muscle stack uses the same) and run "
+                            "pulumi up again", build)
+        return None
+    converged = [v for v in vars(build).values() if isinstance(v, remote.Command)]  # every step of the host so far
+    key = build._command("coolify-key", shell(coolify_key_script(conf.coolify_public_key)), after=[build.prepare])
+    ready = build._command("coolify-ready", shell(BUILD_READY_SCRIPT), after=[*converged, key])
+    name = build._args.name
+    server = CoolifyServer(
+        f"{name}-coolify",
+        api_url=net.apply(conf.coolify_api_base),
+        api_token=secrets.coolify_api_token,
+        ip=build.private_ip,
+        private_key_uuid=conf.coolify_private_key_uuid,
+        name=name,
+        description="inkmcp: build server (factory stack); builds only, no proxy",
+        port=22,
+        user="root",
+        is_build_server=True,
+        provider=provider,
+        opts=pulumi.ResourceOptions(parent=build, depends_on=[ready, master.enable_api]),
+    )
+    return BuildRegistration(key=key, ready=ready, server=server)
+
+
 def _b64(text: str) -> str:
     import base64
 
@@ -679,6 +761,8 @@ class FactoryPlaneArgs:
     secrets: FactorySecrets
     network: pulumi.Output[NetworkStackOutputs]
     """Validated network outputs, e.g. from `gated_network(ref.outputs, conf.check_against)`."""
+    coolify_provider: CoolifyServerProvider | None = None
+    """Tunables for the build server's Coolify registration (tests shorten the waits); None: the defaults."""
 
 
 class FactoryPlane(pulumi.ComponentResource):
@@ -733,11 +817,16 @@ class FactoryPlane(pulumi.ComponentResource):
         self.registry = RegistryHost(f"{prefix}-registry", host_args("registry", self.internal_firewall), gate, sub)
         self.postgres = ControlPlanePostgres(
             f"{prefix}-postgres", host_args("postgres", self.internal_firewall), gate, sub)
+        self.coolify_build = register_build_server(self.build, self.master, conf, args.secrets, net,
+                                                   args.coolify_provider)
+        # The URL the API is called at: never http to the public address (review #14). Nothing in the repository
+        # reads this output; an operator or the control plane's config may, so it is the address that is safe.
+        coolify_url = net.apply(conf.coolify_api_base)
 
         self.outputs: dict[str, pulumi.Input[object]] = {
             "master_ipv4": self.master.server.ipv4_address,
             "master_private_ip": self.master.private_ip,
-            "coolify_url": self.master.url,
+            "coolify_url": coolify_url,
             "build_private_ip": self.build.private_ip,
             "registry_endpoint": self.registry.endpoint,
             "registry_ca_cert": conf.registry_ca_cert,

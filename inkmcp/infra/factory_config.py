@@ -35,6 +35,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from inkmcp.coolify.client import check_api_url
 from inkmcp.infra.netcheck import Network, parse_cidr, require_disjoint, require_within
 from inkmcp.nodes.registry import RegistryError, check_server_cert
 from inkmcp.nodes.render import EgressEndpoint
@@ -245,6 +246,19 @@ class FactoryConfig(ConfigModel):
     coolify_root_username: str = "admin"
     coolify_root_email: str
     coolify_version: str | None = Field(default=None, description="pin install.sh to a version; None = latest")
+    coolify_api_url: str | None = Field(
+        default=None,
+        description="Coolify's API for registering the build server, as seen from where `pulumi up` runs (the "
+                    "muscle stack's setting of the same name): https://<instance domain>, or http only to a private "
+                    "address (an SSH tunnel's http://127.0.0.1:8000); default http://<master private IP>:8000 "
+                    "(review #14: never http to a public address). Also the `coolify_url` output")
+    coolify_private_key_uuid: str | None = Field(
+        default=None,
+        description="Coolify key (Keys & Tokens) Coolify uses to reach the build server over SSH. With "
+                    "coolifyPublicKey and the coolifyApiToken secret, the build server is registered in Coolify as "
+                    "a build server; the muscle stack's coolifyPrivateKeyUuid may be the same key")
+    coolify_public_key: str | None = Field(
+        default=None, description="its public half, installed in the build server's root authorized_keys")
     registry_ca_cert: str = Field(description="PEM of the registry's private CA (python -m inkmcp.nodes.registry pki)")
     registry_server_cert: str = Field(description="PEM of the registry's TLS certificate, signed by registryCaCert, "
                                                   "for the registry's private address")
@@ -283,6 +297,30 @@ class FactoryConfig(ConfigModel):
         for c in v:
             parse_cidr(c, "control_plane_cidrs")
         return v
+
+    @field_validator("coolify_api_url")
+    @classmethod
+    def _api_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_api_url(v, "coolifyApiUrl")
+
+    @field_validator("coolify_public_key")
+    @classmethod
+    def _coolify_key(cls, v: str | None) -> str | None:
+        return None if v is None else check_openssh_key(v)
+
+    @model_validator(mode="after")
+    def _coolify_key_pair(self) -> FactoryConfig:
+        if (self.coolify_private_key_uuid is None) != (self.coolify_public_key is None):
+            have, lack = (("coolifyPrivateKeyUuid", "coolifyPublicKey") if self.coolify_public_key is None
+                          else ("coolifyPublicKey", "coolifyPrivateKeyUuid"))
+            raise ValueError(f"{have} is set but {lack} is not: registering the build server in Coolify needs "
+                             "both halves of the key Coolify reaches it with (Keys & Tokens > Private keys: its "
+                             "uuid and its public key), or neither to leave the build server unregistered")
+        return self
+
+    def coolify_api_base(self, net: NetworkStackOutputs) -> str:
+        """`coolifyApiUrl`, else the master's private address (the Cloud Network; review #14)."""
+        return self.coolify_api_url or f"http://{self.private_ip('master', net)}:8000"
 
     @field_validator("ssh_keys")
     @classmethod

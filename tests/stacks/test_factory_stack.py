@@ -391,6 +391,86 @@ def test_outputs_hold_no_secret(monitor: RecordingMonitor) -> None:
     assert holder["v"] == ["postgresql://inkmcp@10.0.1.13:5432/inkmcp", "10.0.1.12"]
 
 
+# --- the build server in Coolify (issue 7 item 6, review #3) -------------------------------------------
+
+COOLIFY_SERVER = "pulumi-python:dynamic/coolify:Server"
+COOLIFY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICoolifyKeyForTestsOnly coolify"
+
+
+def with_coolify_key(**over: Any) -> FactoryConfig:
+    return make_conf(coolify_private_key_uuid="key-uuid-1", coolify_public_key=COOLIFY_KEY, **over)
+
+
+def test_build_server_is_registered_as_a_build_server_after_it_converged(monitor: RecordingMonitor) -> None:
+    build(with_coolify_key())
+    reg = monitor.by_name("inkmcp-build-coolify")
+    assert reg.type == COOLIFY_SERVER
+    assert reg.parent == next(iter(monitor.of_type("inkmcp:factory:BuildServer"))).urn
+    inputs = reg.inputs
+    assert inputs["is_build_server"] is True and inputs.get("proxy_image") is None
+    assert inputs.get("sablier_plugin_version") is None
+    assert inputs["ip"] == "10.0.1.11" and inputs["private_key_uuid"] == "key-uuid-1"
+    assert inputs["name"] == "inkmcp-build" and inputs["port"] == 22 and inputs["user"] == "root"
+    assert inputs["api_url"] == "http://10.0.1.10:8000"  # the master's private address unless configured
+    assert is_secret(inputs["api_token"]) and unwrap_secret(inputs["api_token"]) == SECRET_VALUES["coolify_api_token"]
+
+    deps = {c.name: {short(d) for d in c.dependencies} for c in monitor.of_type(COMMAND)}
+    assert {"inkmcp-build-coolify-ready", "inkmcp-master-enable-api"} <= {short(d) for d in reg.dependencies}
+    # ready waits for every step that converges the build server (namespace, push config, Coolify's key)
+    assert {"inkmcp-build-build-netns", "inkmcp-build-registry-push", "inkmcp-build-coolify-key",
+            "inkmcp-build-prepare", "inkmcp-build-operator-keys"} <= deps["inkmcp-build-coolify-ready"]
+    key = monitor.by_name("inkmcp-build-coolify-key").inputs["create"]
+    assert "AAAAC3NzaC1lZDI1NTE5AAAAICoolifyKeyForTestsOnly" in key and "authorized_keys" in key
+    ready = monitor.by_name("inkmcp-build-coolify-ready").inputs["create"]
+    assert "docker compose version" in ready and "ip netns identify" in ready and "inkmcp-build" in ready
+
+
+def test_build_server_stays_unregistered_without_token_or_key(monitor: RecordingMonitor) -> None:
+    build(with_coolify_key(), secrets=make_secrets(with_token=False))  # pass 1: no token exists yet
+    build(make_conf())  # a token, but no Coolify key configured
+    assert monitor.of_type(COOLIFY_SERVER) == []
+    names = {c.name for c in monitor.of_type(COMMAND)}
+    assert "inkmcp-build-coolify-ready" not in names and "inkmcp-build-coolify-key" not in names
+
+
+def test_coolify_url_output_is_the_private_address_or_the_configured_https(monitor: RecordingMonitor) -> None:
+    """Review #14: the exported URL (what an operator or the control plane copies) never is http to the public
+    address; it is the URL registration itself uses."""
+    holder: dict[str, Any] = {}
+    for conf, want in ((make_conf(), "http://10.0.1.10:8000"),
+                       (with_coolify_key(coolify_api_url="https://coolify.example.com/api/v1"),
+                        "https://coolify.example.com")):
+        plane = build(conf)
+        run(lambda p=plane: pulumi.Output.from_input(p.outputs["coolify_url"]).apply(lambda v: holder.update(v=v)))
+        assert holder.pop("v") == want
+    assert monitor.by_name("inkmcp-build-coolify").inputs["api_url"] == "https://coolify.example.com"
+
+
+def test_coolify_settings_are_checked_with_the_fix() -> None:
+    with pytest.raises(ValidationError, match=r"coolifyApiUrl .* public address 203\.0\.113\.5 \(review finding 14\)"):
+        make_conf(coolify_api_url="http://203.0.113.5:8000")
+    with pytest.raises(ValidationError, match="coolifyPrivateKeyUuid is set but coolifyPublicKey is not"):
+        make_conf(coolify_private_key_uuid="key-uuid-1")
+    with pytest.raises(ValidationError, match="coolifyPublicKey is set but coolifyPrivateKeyUuid is not"):
+        make_conf(coolify_public_key=COOLIFY_KEY)
+    with pytest.raises(ValidationError, match="OpenSSH public key"):
+        make_conf(coolify_private_key_uuid="key-uuid-1", coolify_public_key="not a key")
+
+
+def test_build_ready_script_refuses_a_host_without_docker_and_names_the_fix(tmp_path: Path) -> None:
+    """Run for real under bash with no docker on PATH: it stops before Coolify is asked, with what to install."""
+    from inkmcp.infra.factory import BUILD_READY_SCRIPT, coolify_key_script
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = subprocess.run(["/bin/bash", "-euo", "pipefail", "-c", BUILD_READY_SCRIPT], capture_output=True,
+                            text=True, timeout=10, env={"PATH": str(empty)})
+    assert result.returncode == 1
+    assert "build server not ready for Coolify: docker is not installed" in result.stderr
+    assert "compose plugin" in result.stderr and "pulumi up" in result.stderr
+    assert_shellcheck_clean({"ready": BUILD_READY_SCRIPT, "coolify_key": coolify_key_script(COOLIFY_KEY)}, tmp_path)
+
+
 # --- bad config --------------------------------------------------------------------------------------
 
 
