@@ -19,6 +19,7 @@ when an outcome differs, so an operator can try a hardening change on a box befo
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import shutil
@@ -253,6 +254,9 @@ def catalogue() -> list[Attack]:
     """Issue 7 item 4: every way a tenant's container could be asked to reach the host. Expected outcomes
     are the design's (runbooks/gvisor-decision.md §4.2 T1-T5, §4.3)."""
     host_root = ["-v", "/:/host"]
+    # Devices the node really has (a missing one would be refused by the daemon before any runtime runs).
+    kernel_dev = _first_device("/dev/kmsg", "/dev/mem", "/dev/full")
+    block_dev = _first_device("/dev/loop0", "/dev/fuse", "/dev/net/tun", "/dev/full")
     return [
         Attack("A1", "--runtime io.containerd.evil.v1 after a package installed containerd-shim-evil-v1", "refused",
                ["--runtime", "io.containerd.evil.v1"], setup=_plant_shim, cleanup=_remove_shim),
@@ -288,8 +292,8 @@ def catalogue() -> list[Attack]:
         Attack("A10b", "--cap-add ALL", "refused", ["--cap-add", "ALL"]),
         Attack("A10c", "--security-opt seccomp=unconfined (no extra caps)", "sandboxed",
                ["--security-opt", "seccomp=unconfined"], read_path="{secret}", write_path="{drop}"),
-        Attack("A11a", "--device /dev/kmsg", "refused", ["--device", "/dev/kmsg"]),
-        Attack("A11b", "--device /dev/loop0 (a host block device)", "refused", ["--device", "/dev/loop0"]),
+        Attack("A11a", f"--device {kernel_dev} (kernel log / memory)", "refused", ["--device", kernel_dev]),
+        Attack("A11b", f"--device {block_dev} (a host block or loop device)", "refused", ["--device", block_dev]),
         Attack("A12", "annotation dev.gvisor.flag.host-uds=all (runsc flag override)", "refused",
                ["--annotation", "dev.gvisor.flag.host-uds=all"]),
         # Review #6: a platform container's name while it is free (Coolify's custom_internal_name), with the
@@ -367,6 +371,10 @@ def _drop_resource_dirs(target: Target) -> None:
     base = coolify_dir(target.box) / "databases"
     for uuid in (TENANT_DB_UUID, NEIGHBOUR_UUID):
         shutil.rmtree(base / uuid, ignore_errors=True)
+
+
+def _first_device(*candidates: str) -> str:
+    return next((d for d in candidates if os.path.exists(d)), candidates[-1])
 
 
 SHIM_NAME = "containerd-shim-evil-v1"

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 ATTACKS = {a.id: a for a in catalogue()}
 # Who must refuse: the selector, except the shim attack, where the node's shim guard (dpkg-divert, run by the
-# apt hook after the "package" planted the shim) leaves containerd no binary to start.
-REFUSED_BY = {"A1": 'binary not installed "containerd-shim-evil-v1"'}
+# apt hook after the "package" planted the shim) leaves containerd no binary to start (or, when containerd had
+# already resolved that runtime name earlier in the box's life, no binary at the cached path).
+REFUSED_BY = {"A1": ('binary not installed "containerd-shim-evil-v1"', "containerd-shim-evil-v1: no such file")}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def test_attack_is_refused_or_sandboxed(target, attack_id):
     assert result.outcome == attack.expected, result.evidence
     assert not target.drop.exists(), "the attack left a file on the host"
     if result.outcome == "refused":
-        by = REFUSED_BY.get(attack_id, "inkmcp-runtime")
-        assert by in result.evidence, f"refused, but not by {by!r}: {result.evidence}"
+        by = REFUSED_BY.get(attack_id, ("inkmcp-runtime",))
+        assert any(b in result.evidence for b in by), f"refused, but not by {by!r}: {result.evidence}"
     if result.outcome == "sandboxed":
         assert result.evidence.startswith(f"kernel {GVISOR_KERNEL},"), result.evidence
     leftover = target.docker("ps", "-aq", "--filter", "name=^ink-attack-").stdout.split()
