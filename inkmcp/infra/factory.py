@@ -44,8 +44,11 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shlex
+import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +58,8 @@ from pulumi_command import remote
 
 from inkmcp.infra.coolify_server_provider import CoolifyServer, CoolifyServerProvider
 from inkmcp.infra.factory_config import (
+    RUNSC_MIN_BUILD,
+    BuildRuntimeSpec,
     FactoryConfig,
     FactorySecrets,
     HostSpec,
@@ -71,7 +76,17 @@ from inkmcp.nodes.registry import (
     registry_host_stdin,
     salt_key_from,
 )
-from inkmcp.nodes.render import AddressPool, GvisorParams, HostParams, PlatformProfile
+from inkmcp.nodes.render import (
+    AddressPool,
+    GvisorParams,
+    HostParams,
+    HostPlan,
+    PinnedImage,
+    PlatformProfile,
+    helper_profile,
+    pin_platform_command,
+    render_plan,
+)
 
 COOLIFY_INSTALL_URL = "https://cdn.coollabs.io/coolify/install.sh"
 ANY_V4, ANY_V6 = "0.0.0.0/0", "::/0"
@@ -271,7 +286,8 @@ BUILD_NETNS = BuildNetParams.model_fields["netns"].default
 BUILD_READY_SCRIPT = f"""
 fail() {{ echo "build server not ready for Coolify: $*" >&2; exit 1; }}
 command -v docker >/dev/null || fail "docker is not installed. Coolify's validation needs Docker Engine and the" \
-  "compose plugin (registration never lets Coolify install them): install both, then run pulumi up again"
+  "compose plugin (registration never lets Coolify install them): the docker-runsc step installs both:" \
+  "read its output, then pulumi up"
 docker info >/dev/null 2>&1 || fail "dockerd does not answer on /var/run/docker.sock (systemctl status docker)"
 docker compose version >/dev/null 2>&1 || fail "the docker compose plugin is missing: install it, then pulumi up"
 pid=$(pidof -s dockerd) || fail "no dockerd process"
@@ -383,11 +399,134 @@ def build_server_host_params(conf: FactoryConfig, net: NetworkStackOutputs,
     lands on a run server fails closed. `platform`: the helper profile (Coolify runs its deploy helper here, without
     `--network`, ADJ:2173), pinned by digest. No DOCKER-USER rules (firewall off): this dockerd and its bridges live
     in the build namespace, whose link rules are the egress boundary for RUN steps and containers alike; rules in
-    the root namespace would filter nothing of theirs. No step of this stack applies the plan yet (runsc and the
-    helper pin come first; runbooks/factory/README.md)."""
+    the root namespace would filter nothing of theirs. `runscPath`/`runscFlags` come from `buildRuntime`. Applied by
+    the BuildServer's `harden` step (`build_server_plan`)."""
+    rt = conf.build_runtime
     return HostParams(firewall=False, private_cidrs=[net.network],
                       address_pools=[AddressPool(base=p.base, size=p.size) for p in conf.docker_address_pools],
-                      gvisor=GvisorParams(build_mode=True, platform=list(platform)))
+                      gvisor=GvisorParams(build_mode=True, platform=list(platform), runsc_path=rt.runsc_path,
+                                          runsc_flags=list(rt.runsc_flags)))
+
+
+def build_server_platform(conf: FactoryConfig) -> list[PlatformProfile]:
+    """The build server's platform entries: Coolify's helper by `buildRuntime.helperImages` (by digest only; the
+    plan's pin resolves each on the node, like the muscle's platform images), or none."""
+    images = conf.build_runtime.helper_images
+    return [helper_profile([PinnedImage(ref=ref) for ref in images])] if images else []
+
+
+def build_server_plan(conf: FactoryConfig, net: NetworkStackOutputs) -> HostPlan:
+    """The build server's hardening plan: `render_plan(build_server_host_params(...))`, the selector in build mode
+    with the helper profile; its paths checked like the muscle's `host_plan` (they are written as root)."""
+    plan = render_plan(build_server_host_params(conf, net, build_server_platform(conf)))
+    for path in plan.files:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"renderer returned {path!r}; host file paths must be absolute and plain")
+    return plan
+
+
+def plan_archive(plan: HostPlan) -> str:
+    """The plan's files as a base64 gzip tar on one line, for the `harden` step's stdin (`HARDEN_UNPACK`).
+
+    Why not CopyToRemote per file, as the muscle does: the plan depends on the network stack's outputs, which are
+    an Output here, and resources created inside `apply` are invisible to `pulumi preview` and to the steps that
+    must wait for them; and not inside `create` either: ~140 KB of files exceed Linux's 128 KiB limit for one
+    argument (MAX_ARG_STRLEN; `bash -c <script>`). Deterministic (sorted, mtime 0, root-owned, the plan's modes), so an
+    unchanged plan gives the same stdin and no diff. harden_script sets owner and modes again either way."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=9) as tar:
+        for path in sorted(plan.files):
+            data = plan.files[path].encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), plan.modes[path], 0, 0, 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    raw = bytearray(buf.getvalue())
+    raw[4:8] = b"\0\0\0\0"  # gzip header mtime: 0, so the archive depends on the plan alone
+    return base64.b64encode(bytes(raw)).decode() + "\n"
+
+
+HARDEN_UNPACK = """
+# The plan's files arrive on stdin (plan_archive): unpacked in place, root-owned, before the plan's commands run.
+base64 -d | tar -xz -C / --no-same-owner --no-overwrite-dir
+"""
+
+
+DOCKER_REPO = "https://download.docker.com/linux"
+GVISOR_REPO = "https://storage.googleapis.com/gvisor/releases"
+GVISOR_KEY = "https://gvisor.dev/archive.key"
+
+
+def docker_runsc_script(spec: BuildRuntimeSpec) -> str:
+    """Docker Engine, the compose and buildx plugins, and runsc on the build server, after `build-netns` (its
+    drop-ins start dockerd and containerd in the build namespace from their first start).
+
+    Docker: Docker's own apt repository (docker-ce, containerd.io, docker-compose-plugin, docker-buildx-plugin), the
+    Engine Coolify itself installs on its servers (get.docker.com): Debian 12's docker.io 20.10 has no compose v2
+    plugin, which Coolify's validation requires. A host whose dockerd came from elsewhere (Debian's docker.io, a
+    hand install) keeps it; the compose plugin is then checked, not installed. runsc: `buildRuntime.runscSource`
+    (gVisor's release channel, or the image's archive), then required >= RUNSC_MIN_BUILD at `runscPath`: Debian 12's
+    20221219 breaks TLS in RUN steps (runbooks/gvisor-decision.md §4.4), and an older runsc installed earlier is
+    upgraded from the configured source. The release channel's containerd-shim-runsc-v1 is diverted by the plan's
+    shim guard (`harden`), its `runsc install` runtime entry removed by the plan. Prints `changed:` only on change."""
+    runsc = shlex.quote(spec.runsc_path)
+    release = spec.runsc_source == "gvisor-release"
+    gvisor = f"""
+gvisor_list="deb [arch=$arch signed-by=$keyrings/gvisor.asc] {GVISOR_REPO} release main"
+if [ "$(cat /etc/apt/sources.list.d/gvisor.list 2>/dev/null)" != "$gvisor_list" ]; then
+  curl -fsSL {GVISOR_KEY} -o "$keyrings/gvisor.asc"
+  echo "$gvisor_list" > /etc/apt/sources.list.d/gvisor.list
+  echo "changed: gVisor release channel added"
+fi
+""" if release else ""
+    source = "gvisor-release" if release else "distro"
+    fix = ("apt-get install runsc from gVisor's release channel failed to give one: check /etc/apt/sources.list.d/"
+           "gvisor.list" if release else
+           "the image's archive has no fit runsc: set buildRuntime.runscSource: gvisor-release")
+    return f"""
+fail() {{ echo "build server (docker-runsc step): $*" >&2; exit 1; }}
+. /etc/os-release
+arch=$(dpkg --print-architecture)
+keyrings=/etc/apt/keyrings
+install -d -m 755 "$keyrings"
+want=()
+if ! command -v dockerd >/dev/null; then
+  docker_list="deb [arch=$arch signed-by=$keyrings/docker.asc] {DOCKER_REPO}/$ID $VERSION_CODENAME stable"
+  if [ "$(cat /etc/apt/sources.list.d/docker.list 2>/dev/null)" != "$docker_list" ]; then
+    curl -fsSL "{DOCKER_REPO}/$ID/gpg" -o "$keyrings/docker.asc"
+    echo "$docker_list" > /etc/apt/sources.list.d/docker.list
+    echo "changed: Docker's apt repository added"
+  fi
+  want+=(docker-ce docker-ce-cli containerd.io docker-compose-plugin docker-buildx-plugin)
+fi
+{gvisor}
+runsc_date() {{ "$1" --version 2>/dev/null | grep -oE '20[0-9]{{6}}' | head -n 1 || true; }}
+have=$(runsc_date {runsc})
+if [ -z "$have" ] || [ "$have" -lt {RUNSC_MIN_BUILD} ]; then want+=(runsc); fi
+if [ "${{#want[@]}}" -gt 0 ]; then
+  apt-get -q update
+  DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=120 install -y "${{want[@]}}"
+  echo "changed: installed ${{want[*]}} (runsc from {source})"
+fi
+[ -x {runsc} ] || fail "runsc is not at {spec.runsc_path} (found: $(command -v runsc || echo none)):" \
+  "set buildRuntime.runscPath to where it is"
+have=$(runsc_date {runsc})
+[ -n "$have" ] && [ "$have" -ge {RUNSC_MIN_BUILD} ] || fail "runsc {spec.runsc_path} is ${{have:-of unknown date}}," \
+  "older than {RUNSC_MIN_BUILD}: it breaks TLS in RUN steps (runbooks/gvisor-decision.md 4.4). {fix}"
+docker compose version >/dev/null 2>&1 || fail "the docker compose plugin is missing (Coolify validates it):" \
+  "install docker-compose-plugin (Docker's repository) or Debian's docker-compose v2"
+echo "build server runtime: dockerd $(dockerd --version | cut -d, -f1), runsc $have"
+"""
+
+
+def helper_pin_script(conf: FactoryConfig) -> str | None:
+    """`inkmcp-pin-platform --require helper=<ref>` for each configured helper image: after `harden` (which pins
+    already; idempotent), the step fails unless the installed selector config lists each digest resolved to this
+    node's image, as the muscle's Sablier step proves its pins. None without `helperImages`."""
+    images = conf.build_runtime.helper_images
+    if not images:
+        return None
+    return pin_platform_command(HostParams(), require=[("helper", ref) for ref in images]) + "\n"
 
 
 def postgres_script(conf: FactoryConfig, private_ip: str, network_cidr: str) -> str:
@@ -614,8 +753,29 @@ class BuildServer(_Host):
     """Separate build server so image builds never starve the master or live apps (NOTES.md §e).
 
     `build-netns`: dockerd and containerd run in a confined network namespace (`inkmcp.nodes.buildnet`), set up
-    before Docker is installed so they start there; `registry-push`: the registry's CA in certs.d and the `push`
-    user in root's config.json (what Coolify's helper binds, ADJ:2162-2181)."""
+    before Docker is installed so they start there; `docker-runsc`: Docker Engine + compose, runsc >= 20240729
+    (`docker_runsc_script`); `harden`: the hardening plan with the gVisor selector in build mode
+    (`build_server_plan`, applied as the muscle applies a run server's: `harden_script`); `pin-helper` (with
+    `buildRuntime.helperImages`): the helper's digest pinned and resolved, proven by `--require`; `registry-push`:
+    the registry's CA in certs.d and the `push` user in root's config.json (what Coolify's helper binds,
+    ADJ:2162-2181)."""
+
+    def _harden(self, plan: pulumi.Output[HostPlan], after: Sequence[pulumi.Resource]) -> remote.Command:
+        """The plan's files from stdin, then `harden_script(plan)`: the muscle's harden step, same script, same
+        trigger (`plan_digest`: any file, mode or command change re-runs it)."""
+        from inkmcp.infra.muscle import harden_script, plan_digest  # muscle imports this module: import late
+
+        return remote.Command(
+            f"{self._args.name}-harden",
+            connection=self.connection,
+            create=plan.apply(lambda p: shell(HARDEN_UNPACK + harden_script(p))),
+            # No secret in it, but stdin is always secret in this stack (the invariant the tests hold every step
+            # to), and a 100 KB base64 blob in every diff helps nobody: `triggers` shows that the plan changed.
+            stdin=pulumi.Output.secret(plan.apply(plan_archive)),
+            triggers=[plan.apply(plan_digest)],
+            add_previous_output_in_env=False,
+            opts=self._child(depends_on=[self.server, *after]),
+        )
 
     def __init__(self, name: str, args: HostArgs, gate: pulumi.Output[list[pulumi.Resource]],
                  master_ipv4: pulumi.Output[str], opts: pulumi.ResourceOptions | None = None) -> None:
@@ -628,6 +788,12 @@ class BuildServer(_Host):
         script = pulumi.Output.all(args.network, master_ipv4).apply(
             lambda v: shell(build_host_script(build_params(conf, v[0], v[1]))))
         self.build_netns = self._command("build-netns", script, after=[self.prepare])
+        self.docker_runsc = self._command("docker-runsc", shell(docker_runsc_script(conf.build_runtime)),
+                                          after=[self.build_netns])
+        self.plan = args.network.apply(lambda n: build_server_plan(conf, n))
+        self.harden = self._harden(self.plan, after=[self.docker_runsc])
+        pin = helper_pin_script(conf)
+        self.pin_helper = None if pin is None else self._command("pin-helper", shell(pin), after=[self.harden])
         registry = args.network.apply(lambda n: conf.private_ip("registry", n))
         self.registry_push = self._command(
             "registry-push", registry.apply(lambda ip: shell(registry_client_script(ip, conf.registry_ca_cert))),

@@ -29,7 +29,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,7 +38,7 @@ from pydantic.alias_generators import to_camel
 from inkmcp.coolify.client import check_api_url
 from inkmcp.infra.netcheck import Network, parse_cidr, require_disjoint, require_within
 from inkmcp.nodes.registry import RegistryError, check_server_cert
-from inkmcp.nodes.render import EgressEndpoint
+from inkmcp.nodes.render import EgressEndpoint, GvisorParams, check_repo_digest
 
 VLAN_MIN, VLAN_MAX = 4000, 4091
 SSH_KEY_RE = re.compile(
@@ -227,6 +227,49 @@ class StorageBoxSpec(ConfigModel):
         return check_openssh_key(v)
 
 
+RUNSC_MIN_BUILD = 20240729
+"""The oldest runsc fit for builds (runbooks/gvisor-decision.md §4.4 as built): 20221219 (Debian 12) leaves
+O_NONBLOCK set on host-network sockets, so TLS clients in RUN steps fail with EAGAIN; 20240729 (trixie) is fine."""
+DISTRO_RUNSC = {"debian-12": 20221219, "debian-13": 20240729}
+"""The runsc snapshot each Hetzner image's own archive ships (`runsc` package; Ubuntu's images ship none)."""
+
+
+class BuildRuntimeSpec(ConfigModel):
+    """Docker and gVisor on the build server (`buildRuntime`), installed by its `docker-runsc` step.
+
+        runscSource: gvisor-release     # or distro: the image's own runsc (debian-13 only, see RUNSC_MIN_BUILD)
+        runscPath: /usr/bin/runsc       # both sources install it there
+        helperImages: ["ghcr.io/coollabsio/coolify-helper:1.0.12@sha256:<64 hex>"]
+
+    `runscPath`/`runscFlags` are validated exactly as the muscle's (`GvisorParams`). `helperImages`: Coolify's deploy
+    helper runs on the build server (ADJ:2173), so the selector admits it under runc only by these digests; empty,
+    every helper is a tenant to the selector (refused: a tenant may not mount the Docker socket) and Coolify cannot
+    build here."""
+
+    runsc_source: Literal["gvisor-release", "distro"] = Field(
+        default="gvisor-release",
+        description="gvisor-release: gVisor's apt channel (https://gvisor.dev/docs/user_guide/install/); distro: "
+                    "the image's archive, which must ship runsc >= 20240729 (debian-13)")
+    runsc_path: str = Field(default=GvisorParams().runsc_path, description="where runsc is on the build server")
+    runsc_flags: list[str] = Field(default_factory=lambda: list(GvisorParams().runsc_flags),
+                                   description="runsc global flags for RUN steps and containers on the build server")
+    helper_images: list[str] = Field(default_factory=list,
+                                     description="Coolify's helper image(s), repo digests name[:tag]@sha256:<64 hex>")
+
+    @model_validator(mode="after")
+    def _gvisor(self) -> BuildRuntimeSpec:
+        try:
+            GvisorParams(runsc_path=self.runsc_path, runsc_flags=list(self.runsc_flags))
+        except ValueError as e:
+            problem = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+            raise ValueError(f"buildRuntime.runscPath/runscFlags: {problem}") from None
+        for ref in self.helper_images:
+            check_repo_digest(ref, "buildRuntime.helperImages")
+        if len(set(self.helper_images)) != len(self.helper_images):
+            raise ValueError(f"buildRuntime.helperImages lists an image twice: {self.helper_images}")
+        return self
+
+
 class FactoryConfig(ConfigModel):
     """The factory plane's whole configuration (`Pulumi.<stack>.yaml`, project `inkmcp-factory`)."""
 
@@ -264,6 +307,9 @@ class FactoryConfig(ConfigModel):
                                                   "for the registry's private address")
     build_link_cidr: str = Field(default="192.168.254.0/30",
                                  description="the build namespace's veth /30 (inkmcp.nodes.buildnet)")
+    build_runtime: BuildRuntimeSpec = Field(
+        default_factory=BuildRuntimeSpec,
+        description="Docker + runsc source and the helper pin of the build server (BuildRuntimeSpec)")
     build_egress_allow: list[str] = Field(
         default_factory=list,
         description="private ip:port builds may reach besides the registry, e.g. a private git server; RUN steps too")
@@ -377,6 +423,17 @@ class FactoryConfig(ConfigModel):
         for pool in pools:
             for other in outside:
                 require_disjoint([pool, other])
+        return self
+
+    @model_validator(mode="after")
+    def _build_runsc_fit(self) -> FactoryConfig:
+        shipped = DISTRO_RUNSC.get(self.build.image)
+        if self.build_runtime.runsc_source == "distro" and (shipped is None or shipped < RUNSC_MIN_BUILD):
+            have = f"ships runsc {shipped}" if shipped else "ships no runsc this stack knows"
+            raise ValueError(
+                f"buildRuntime.runscSource distro: build.image {self.build.image} {have}; builds need runsc >= "
+                f"{RUNSC_MIN_BUILD} (older snapshots break TLS in RUN steps, runbooks/gvisor-decision.md §4.4). "
+                "Set buildRuntime.runscSource: gvisor-release, or build.image: debian-13 (new hosts only)")
         return self
 
     def check_against(self, net: NetworkStackOutputs) -> None:

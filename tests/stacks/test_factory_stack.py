@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 
 from inkmcp.infra.factory import FactoryPlane, FactoryPlaneArgs, gated_network, master_rules
 from inkmcp.infra.factory_config import (
+    BuildRuntimeSpec,
     DockerPool,
     FactoryConfig,
     FactorySecrets,
@@ -24,7 +27,10 @@ from inkmcp.infra.factory_config import (
     StorageBoxSpec,
     load_factory,
 )
+from inkmcp.infra.muscle import harden_script, plan_digest
 from inkmcp.nodes.registry import issue_server_cert, make_ca
+from inkmcp.nodes.render import SELECTOR_CONFIG
+from tests.requirements import require
 from tests.stacks.pulumi_mocks import RecordingMonitor, install, is_secret, run, unwrap_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +63,7 @@ SECRET_VALUES.update({
     "registry_push_password": "SENTINEL-registry-push",
     "registry_pull_password": "SENTINEL-registry-pull",
 })
+HELPER_REF = "ghcr.io/coollabsio/coolify-helper:1.0.12@sha256:" + "4" * 64
 SERVER = "hcloud:index/server:Server"
 COMMAND = "command:remote:Command"
 
@@ -131,8 +138,8 @@ def test_graph_types_and_counts(monitor: RecordingMonitor) -> None:
         "hcloud:index/volumeAttachment:VolumeAttachment": 2,
         "hcloud:index/storageBox:StorageBox": 1,
         # operator-keys x4, prepare x4, install, enable-api, s3-backup, mount x2, registry, postgres, backups,
-        # build-netns, registry-push
-        COMMAND: 18,
+        # build-netns, docker-runsc, harden, registry-push (pin-helper only with buildRuntime.helperImages)
+        COMMAND: 20,
     }
 
 
@@ -626,6 +633,10 @@ def test_every_factory_script_passes_shellcheck(tmp_path: Path) -> None:
         "registry_client": registry_client_script("10.0.1.12", REGISTRY_CA),
         "build_netns": build_host_script(f.build_params(conf, NetworkStackOutputs.parse(NETWORK), "203.0.113.5")),
         "postgres": f.postgres_script(conf, "10.0.1.13", "10.0.0.0/16"), "backup": f.backup_script(conf),
+        "docker_runsc_release": f.docker_runsc_script(BuildRuntimeSpec()),
+        "docker_runsc_distro": f.docker_runsc_script(BuildRuntimeSpec(runsc_source="distro")),
+        "harden": f.HARDEN_UNPACK + harden_script(f.build_server_plan(conf, NetworkStackOutputs.parse(NETWORK))),
+        "pin_helper": str(f.helper_pin_script(make_conf(build_runtime=BuildRuntimeSpec(helper_images=[HELPER_REF])))),
     }
     assert_shellcheck_clean(scripts, tmp_path)
 
@@ -640,3 +651,152 @@ def assert_shellcheck_clean(scripts: dict[str, str], tmp_path: Path) -> None:
         paths.append(str(p))
     result = subprocess.run([str(shellcheck), "-S", "warning", *paths], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stdout
+
+
+
+# --- the build server's runtime: Docker + runsc, the build-mode hardening plan, the helper pin --------------------
+
+
+def test_build_server_converges_runtime_then_hardening_then_pin_before_ready(monitor: RecordingMonitor) -> None:
+    """build-netns -> docker-runsc -> harden -> pin-helper -> coolify-ready: dockerd must first start inside the
+    namespace, runsc must exist before the selector's plan refuses to run without it, the pin needs Docker, and
+    Coolify must never see a build server whose RUN steps would run outside gVisor."""
+    build(with_coolify_key(build_runtime=BuildRuntimeSpec(helper_images=[HELPER_REF])))
+    deps = {c.name: {short(d) for d in c.dependencies} for c in monitor.of_type(COMMAND)}
+    assert {"inkmcp-build-build-netns", "inkmcp-build-prepare"} <= deps["inkmcp-build-docker-runsc"] | deps[
+        "inkmcp-build-build-netns"]
+    assert "inkmcp-build-build-netns" in deps["inkmcp-build-docker-runsc"]
+    assert "inkmcp-build-docker-runsc" in deps["inkmcp-build-harden"]
+    assert "inkmcp-build-harden" in deps["inkmcp-build-pin-helper"]
+    assert {"inkmcp-build-docker-runsc", "inkmcp-build-harden", "inkmcp-build-pin-helper"} <= deps[
+        "inkmcp-build-coolify-ready"]
+    pin = monitor.by_name("inkmcp-build-pin-helper").inputs["create"]
+    assert f"--require helper={HELPER_REF}" in pin and "inkmcp-pin-platform" in pin
+    # The run servers' side of the wiring is the muscle's; nothing of the factory's other hosts is hardened here.
+    assert not any(n.endswith("-harden") and not n.startswith("inkmcp-build") for n in deps)
+
+
+def test_no_helper_pin_step_without_helper_images(monitor: RecordingMonitor) -> None:
+    build(with_coolify_key())
+    names = {c.name for c in monitor.of_type(COMMAND)}
+    assert "inkmcp-build-harden" in names and "inkmcp-build-pin-helper" not in names
+
+
+def unpack_harden_stdin(stdin: str, dest: Path) -> None:
+    """What the harden step's HARDEN_UNPACK does on the host, into `dest` instead of /."""
+    subprocess.run(["bash", "-c", f"base64 -d | tar -xz -C {dest} --no-same-owner"], input=stdin, text=True,
+                   check=True, timeout=20)
+
+
+def test_harden_step_applies_the_build_mode_plan_with_the_helper(monitor: RecordingMonitor, tmp_path: Path) -> None:
+    """The harden step is the muscle's: `harden_script(plan)` with the plan from `build_server_host_params` (selector
+    in build mode, helper pinned by digest, runsc from buildRuntime), its files unpacked byte for byte with the
+    plan's modes, re-run whenever `plan_digest` changes."""
+    from inkmcp.infra.factory import HARDEN_UNPACK, build_server_plan, shell
+
+    conf = with_coolify_key(build_runtime=BuildRuntimeSpec(helper_images=[HELPER_REF], runsc_path="/opt/gvisor/runsc"))
+    build(conf)
+    step = monitor.by_name("inkmcp-build-harden")
+    plan = build_server_plan(conf, NetworkStackOutputs.parse(NETWORK))
+    assert step.inputs["create"] == shell(HARDEN_UNPACK + harden_script(plan))
+    assert step.inputs["triggers"] == [plan_digest(plan)]
+    assert is_secret(step.inputs["stdin"])
+    unpack_harden_stdin(unwrap_secret(step.inputs["stdin"]), tmp_path)
+    for path, content in plan.files.items():
+        got = tmp_path / path.lstrip("/")
+        assert got.read_text() == content, path
+        assert got.stat().st_mode & 0o7777 == plan.modes[path], path
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == {
+        p.lstrip("/") for p in plan.files}
+    cfg = json.loads((tmp_path / SELECTOR_CONFIG.lstrip("/")).read_text())
+    assert cfg["build_mode"] is True
+    assert [e["entry"] for e in cfg["platform"]] == ["helper"]
+    assert HELPER_REF in json.dumps(cfg["platform"])
+    assert "/opt/gvisor/runsc" in json.dumps(cfg)
+    # No DOCKER-USER rules in the root namespace: the build namespace's link rules are the boundary.
+    assert not any("inkmcp-docker-user-apply" in c for c in plan.commands)
+    assert any("runsc not found at /opt/gvisor/runsc" in c for c in plan.commands)
+
+
+def test_harden_stdin_is_deterministic_so_a_converged_stack_shows_no_diff() -> None:
+    from inkmcp.infra.factory import build_server_plan, plan_archive
+
+    net = NetworkStackOutputs.parse(NETWORK)
+    one, two = (plan_archive(build_server_plan(make_conf(), net)) for _ in range(2))
+    assert one == two
+    other = plan_archive(build_server_plan(make_conf(build_runtime=BuildRuntimeSpec(helper_images=[HELPER_REF])), net))
+    assert other != one
+
+
+def run_docker_runsc(spec: BuildRuntimeSpec, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The docker-runsc script with apt-get and docker stubbed (they would change this machine) and everything else
+    real: os-release, dpkg, the runsc at `runscPath`. Returns the run and what apt-get was asked."""
+    from inkmcp.infra.factory import docker_runsc_script
+
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    log = tmp_path / "apt.log"
+    (stubs / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    (stubs / "docker").write_text('#!/bin/sh\n[ "$1 $2" = "compose version" ] && exit 0\nexit 1\n')
+    (stubs / "dockerd").write_text('#!/bin/sh\necho "Docker version 26.1.5+dfsg1, build a72d7cd"\n')
+    for f in stubs.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", docker_runsc_script(spec)], env=env,
+                            capture_output=True, text=True, timeout=30)
+    return result, log.read_text() if log.exists() else ""
+
+
+def test_docker_runsc_refuses_debian12_runsc_and_names_the_fix(tmp_path: Path) -> None:
+    """Debian 12's runsc 20221219 breaks TLS in RUN steps (gvisor-decision §4.4): the step tries to upgrade it from
+    the configured source and fails, naming the setting, instead of leaving a build server that builds badly."""
+    require("runsc", shutil.which("runsc") == "/usr/bin/runsc", "Debian 12's runsc is not at /usr/bin/runsc")
+    old = subprocess.run(["/usr/bin/runsc", "--version"], capture_output=True, text=True, timeout=10).stdout
+    require("runsc", "20221219" in old, f"this test needs Debian 12's runsc 20221219, have {old.splitlines()[:1]}")
+    result, apt = run_docker_runsc(BuildRuntimeSpec(runsc_source="distro"), tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "install -y runsc" in apt  # the upgrade was attempted from the image's archive
+    assert "runsc /usr/bin/runsc is 20221219, older than 20240729" in result.stderr
+    assert "buildRuntime.runscSource: gvisor-release" in result.stderr
+
+
+def test_docker_runsc_accepts_a_fit_runsc_and_installs_nothing(tmp_path: Path) -> None:
+    fake = tmp_path / "runsc"
+    fake.write_text("#!/bin/sh\necho 'runsc version release-20240729.0'\necho 'spec: 1.1.0-rc.1'\n")
+    fake.chmod(0o755)
+    result, apt = run_docker_runsc(BuildRuntimeSpec(runsc_source="distro", runsc_path=str(fake)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert apt == ""  # converged: no apt call, no `changed:` line
+    assert "changed:" not in result.stdout and "runsc 20240729" in result.stdout
+
+
+def test_docker_runsc_names_runsc_path_when_runsc_is_elsewhere(tmp_path: Path) -> None:
+    result, apt = run_docker_runsc(BuildRuntimeSpec(runsc_source="distro", runsc_path="/nonexistent/runsc"), tmp_path)
+    assert result.returncode == 1
+    assert "install -y runsc" in apt
+    assert "set buildRuntime.runscPath" in result.stderr
+
+
+@pytest.mark.parametrize(("runtime", "message"), [
+    ({"runsc_source": "distro"}, "build.image debian-12 ships runsc 20221219"),
+    ({"runsc_path": "runsc"}, "buildRuntime.runscPath/runscFlags"),
+    ({"runsc_flags": ["--network=host; rm -rf /"]}, "not a runsc global flag"),
+    ({"helper_images": ["ghcr.io/coollabsio/coolify-helper:1.0.12"]}, "buildRuntime.helperImages"),
+    ({"helper_images": [HELPER_REF, HELPER_REF]}, "lists an image twice"),
+])
+def test_build_runtime_config_is_checked_with_the_fix(runtime: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        make_conf(build_runtime=runtime)
+
+
+def test_distro_runsc_is_accepted_on_trixie() -> None:
+    conf = make_conf(build={"server_type": "cpx41", "ip_offset": 11, "image": "debian-13"},
+                     build_runtime={"runsc_source": "distro"})
+    assert conf.build_runtime.runsc_source == "distro"
+
+
+def test_build_runtime_reads_camel_case_from_stack_config() -> None:
+    values = {**FACTORY_CONFIG, "buildRuntime": {"runscSource": "gvisor-release", "helperImages": [HELPER_REF]}}
+    stack_config("inkmcp-factory", values, FACTORY_SECRETS)
+    conf, _ = load_factory(pulumi.Config("inkmcp-factory"))
+    assert conf.build_runtime.helper_images == [HELPER_REF]
