@@ -26,3 +26,27 @@ def link_standin(router: str, target: str, name: str, base: int, addrs: Iterable
     for addr in addrs:
         sh("ip", "-n", target, "addr", "add", f"{addr}/32", "dev", "lo")
         sh("ip", "-n", router, "route", "add", f"{addr}/32", "via", f"192.0.2.{base + 2}")
+
+
+# A stand-in host: listens on every ADDR:PORT given after its name and answers each connection with
+# "<name>:<port>", so an answer names who answered and a refusal is the firewall's, not a closed port.
+LISTENER = """
+import socket, sys, threading
+def serve(s, banner):
+    while True:
+        conn, _ = s.accept()
+        try:
+            conn.sendall(banner)
+        except OSError:
+            pass
+        conn.close()
+for spec in sys.argv[2:]:
+    addr, port = spec.rsplit(":", 1)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(64)
+    threading.Thread(target=serve, args=(s, f"{sys.argv[1]}:{port}\\n".encode()), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""

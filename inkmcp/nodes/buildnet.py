@@ -26,14 +26,12 @@ import ipaddress
 import posixpath
 import re
 import shlex
-from functools import cache
 
-import jinja2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from inkmcp.infra.netcheck import require_disjoint
 from inkmcp.nodes.registry import HostFile
-from inkmcp.nodes.render import BLOCKED_RANGES, HETZNER_RESOLVERS, TEMPLATES_DIR, EgressEndpoint
+from inkmcp.nodes.render import BLOCKED_RANGES, HETZNER_RESOLVERS, EgressEndpoint, template_env
 
 IFNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 
@@ -128,19 +126,9 @@ class BuildNetParams(BaseModel):
         return rel if self.root == "/" else posixpath.join(self.root, rel.lstrip("/"))
 
 
-@cache
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - iptables/bash/systemd, not HTML
-    )
-
-
 def render_buildnet(p: BuildNetParams) -> list[HostFile]:
     """The build namespace's files (paths under `p.root`), rules before the script that loads them."""
-    env = _env()
+    env = template_env()
     dropin = env.get_template("build-netns.service.j2").render(p=p, unit="dropin")
     return [
         HostFile(p.path("rules"), env.get_template("build-netns.rules.j2").render(p=p), 0o644),

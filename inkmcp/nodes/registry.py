@@ -39,12 +39,10 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import bcrypt
-import jinja2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inkmcp.nodes.render import TEMPLATES_DIR
+from inkmcp.nodes.render import template_env
 
 USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -339,19 +337,9 @@ class HostFile:
     group: str = "root"
 
 
-@cache
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - nginx/YAML/systemd, not HTML
-    )
-
-
 def render_server_files(p: RegistryServerParams) -> list[HostFile]:
     """The registry host's non-secret files, in install order."""
-    env = _env()
+    env = template_env()
     return [
         HostFile(p.path("registry_config"), env.get_template("registry-config.yml.j2").render(p=p), 0o644),
         HostFile(p.path("nginx_site"), env.get_template("registry-nginx.conf.j2").render(p=p), 0o644),

@@ -647,7 +647,9 @@ _SCRIPTS: list[tuple[str, str, int]] = [
 
 
 @cache
-def _env() -> jinja2.Environment:
+def template_env() -> jinja2.Environment:
+    """The hardening/templates environment, shared by every renderer of host files (this module, the
+    registry's and the build namespace's)."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,  # a missing parameter is an error, never an empty line in sshd_config
@@ -679,7 +681,7 @@ def _gvisor_files(params: HostParams) -> list[tuple[str, str, int]]:
         (f"{GVISOR_INSTALL_DIR}/runtime_selector.py", selector, 0o644),
         (f"{GVISOR_INSTALL_DIR}/inkmcp_selector.py", module, 0o644),
         (SHIM_GUARD, (SCRIPTS_DIR / "inkmcp-shim-guard").read_text(), 0o755),
-        (SHIM_GUARD_APT_HOOK, _env().get_template("53inkmcp-shim-guard.j2").render(p=params), 0o644),
+        (SHIM_GUARD_APT_HOOK, template_env().get_template("53inkmcp-shim-guard.j2").render(p=params), 0o644),
         (PIN_PLATFORM, (SCRIPTS_DIR / "inkmcp-pin-platform").read_text(), 0o755),
     ]
 
@@ -688,7 +690,7 @@ def render_host_files(params: HostParams) -> dict[str, str]:
     """Absolute host path (under params.root) -> file content, for every file the hardening owns."""
     files: dict[str, str] = {}
     for template, path, _mode in _TEMPLATES:
-        files[params.host_path(path)] = _env().get_template(template).render(p=params)
+        files[params.host_path(path)] = template_env().get_template(template).render(p=params)
     for script, path, _mode in _SCRIPTS:
         files[params.host_path(path)] = (SCRIPTS_DIR / script).read_text()
     for path, content, _mode in _gvisor_files(params):

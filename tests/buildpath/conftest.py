@@ -52,7 +52,7 @@ from inkmcp.nodes.registry import (
     salt_key_from,
 )
 from tests.hardening.conftest import in_netns, need_netadmin
-from tests.netns import link_standin, sh
+from tests.netns import LISTENER, link_standin, sh
 from tests.requirements import require
 
 T = TypeVar("T")
@@ -68,26 +68,6 @@ STANDINS: dict[str, tuple[list[str], list[int]]] = {
     "web": (["203.0.113.80"], [80, 443]),
     "lan": (["192.168.7.7", "172.20.7.7", "100.64.7.7"], [80]),
 }
-LISTENER = """
-import socket, sys, threading
-def serve(s, banner):
-    while True:
-        conn, _ = s.accept()
-        try:
-            conn.sendall(banner)
-        except OSError:
-            pass
-        conn.close()
-for spec in sys.argv[2:]:
-    addr, port = spec.rsplit(":", 1)
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, int(port)))
-    s.listen(64)
-    threading.Thread(target=serve, args=(s, f"{sys.argv[1]}:{port}\\n".encode()), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
 
 
 def stop(proc: subprocess.Popen, wait: float = 10) -> None:

@@ -20,7 +20,6 @@ from inkmcp.nodes.buildnet import BuildNetParams, render_buildnet
 from tests.buildpath.conftest import (
     BLOCKED_PUBLIC,
     LINK_CIDR,
-    LISTENER,
     REGISTRY_IP,
     BuildNs,
     Platform,
@@ -29,7 +28,7 @@ from tests.buildpath.conftest import (
     write_files,
 )
 from tests.hardening.conftest import in_netns
-from tests.netns import sh
+from tests.netns import LISTENER, sh
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from inkmcp.nodes.attacks import PROBE_SOURCE
 from inkmcp.nodes.render import helper_profile, image_facts, local_docker, proxy_profile
-from tests.netns import link_standin, sh
+from tests.netns import LISTENER, link_standin, sh
 from tests.requirements import require, require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,7 +233,8 @@ def node():
             time.sleep(0.2)
 
         probe = tmp / "dockerping"
-        subprocess.run(["gcc", "-static", "-O2", "-o", str(probe), str(HERE / "dockerping.c")], check=True)
+        # The same socket prober the attack runner copies into containers (inkmcp/nodes/attacks.py).
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(probe), str(PROBE_SOURCE)], check=True)
         standin = tmp / "proxy-standin"
         standin.write_text(PROXY_STANDIN)
         standin.chmod(0o755)
@@ -303,26 +305,6 @@ STANDINS: dict[str, tuple[list[str], list[int]]] = {
     "peer": ([INTERNAL_ADDR, PLATFORM_DNS], [5432, 80, 53]),
     "web": ([PUBLIC_ADDR], [80, 443]),
 }
-_LISTENER = """
-import socket, sys, threading
-def serve(s, banner):
-    while True:
-        conn, _ = s.accept()
-        try:
-            conn.sendall(banner)
-        except OSError:
-            pass
-        conn.close()
-for spec in sys.argv[2:]:
-    addr, port = spec.rsplit(":", 1)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, int(port)))
-    s.listen(64)
-    threading.Thread(target=serve, args=(s, f"{sys.argv[1]}:{port}\\n".encode()), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
 
 
 @dataclass
@@ -369,7 +351,7 @@ def uplink(node):
         for i, (name, (addrs, _ports)) in enumerate(STANDINS.items()):
             link_standin(rtr, namespaces[name], name, 208 + 4 * i, addrs)
         for name, (addrs, ports) in STANDINS.items():
-            start(namespaces[name], sys.executable, "-c", _LISTENER, name,
+            start(namespaces[name], sys.executable, "-c", LISTENER, name,
                   *(f"{a}:{p}" for a in addrs for p in ports))
         # The platform's own resolver inside the private range: the DNS allow must come before the
         # private-network reject, and Docker's DNS forwards to it through DOCKER-USER.

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from inkmcp.nodes.render import HostParams, HostPlan, render_plan
+from tests.netns import LISTENER
 
 from .conftest import (
-    _LISTENER,
     DNS_ADDR,
     INTERNAL_ADDR,
     INTERNAL_NAME,
@@ -182,7 +182,7 @@ true
 def hardened(uplink: Uplink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hardened]:
     # Listeners on the node itself (its uplink address), started in the daemon's namespace.
     host = subprocess.Popen(
-        ["nsenter", f"--net=/var/run/netns/{uplink.node.netns}", sys.executable, "-c", _LISTENER, "node",
+        ["nsenter", f"--net=/var/run/netns/{uplink.node.netns}", sys.executable, "-c", LISTENER, "node",
          *(f"{NODE_ADDR}:{p}" for p in NODE_PORTS)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
