@@ -1,0 +1,27 @@
+"""Coolify request budget shared by every replica (issue 8 item 2).
+
+Owned by: the Coolify client work (inkmcp/coolify/budget.py).
+Filled in by its owner; a no-op until then (the chain 0004 → 0005 → 0006 is fixed so that
+concurrent work on issue 8 never forks alembic's history).
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-30 14:10:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
