@@ -339,5 +339,46 @@ def rotate_encryption_key(
                   "`inkmcp rotate-encryption-key --retire`.")
 
 
+@app.command("doctor")
+def doctor(
+    url: Annotated[str, typer.Option("--url", envvar="INKMCP_COOLIFY_URL", help="Coolify's base URL")],
+    token: Annotated[str, typer.Option("--token", envvar="INKMCP_COOLIFY_TOKEN", help="Coolify API token",
+                                       show_default=False)],
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="run the gVisor probe on every run server")] = True,
+    probe_image: Annotated[str | None, typer.Option(envvar="INKMCP_DOCTOR_PROBE_IMAGE",
+                                                    help="probe image (hardening/probe), without tag")] = None,
+    probe_tag: Annotated[str | None, typer.Option(envvar="INKMCP_DOCTOR_PROBE_TAG")] = None,
+    probe_timeout: Annotated[float | None, typer.Option(help="seconds to wait for each probe")] = None,
+) -> None:
+    """Check that Coolify can be InkMCP's production compute: API, token abilities, servers, gVisor.
+
+    Exits 1 if any check fails, printing what to fix for each.
+    """
+    from inkmcp.coolify.client import CoolifyClient
+    from inkmcp.doctor import GvisorProbe, ProbeSettings, Status, run_doctor
+
+    overrides = {"image": probe_image, "tag": probe_tag, "timeout": probe_timeout}
+    probe_settings = ProbeSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+    async def go() -> Any:
+        try:
+            client = CoolifyClient(url, token, url_setting="INKMCP_COOLIFY_URL", token_setting="INKMCP_COOLIFY_TOKEN")  # noqa: S106 - a setting name
+        except ValueError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        async with client:
+            return await run_doctor(client, probe=GvisorProbe(client, probe_settings) if probe else None)
+
+    setup_logging("WARNING", json_logs=False)
+    report = asyncio.run(go())
+    colour = {Status.ok: "green", Status.warn: "yellow", Status.fail: "red", Status.skipped: "dim"}
+    table = Table("check", "result", "detail", "fix")
+    for c in report.checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status.value}[/]", c.detail, c.fix)
+    console.print(table)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()
