@@ -130,6 +130,25 @@ class Deployment(TimestampMixin, Base):
     provider_ref: Mapped[dict[str, Any]] = mapped_column(
         server_default=text("'{}'::jsonb"), comment=PROVIDER_REF_COMMENT
     )
+    # Issue 8 item 7 (migration 0005, inkmcp/core/leases.py): the replica running this deployment's pipeline.
+    claimed_by: Mapped[str | None] = mapped_column(String(128), comment="replica id holding the pipeline's lease")
+    lease_until: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="the lease expires then (database clock); any replica may take over after"
+    )
+    lease_epoch: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("0"), comment="fencing token: +1 per claim; writes need the current one"
+    )
+
+
+class SharedKey(Base):
+    """Keys every replica must agree on (the MAC key of no-op detection, a check value of the encryption keys),
+    sealed by the encryption keys: issue 8 item 7, migration 0005, inkmcp/store/crypto.py."""
+
+    __tablename__ = "shared_keys"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value_enc: Mapped[bytes] = mapped_column(LargeBinary, comment="Fernet token of the key")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class DeploymentEvent(Base):
