@@ -19,10 +19,20 @@ requests a minute, over which Laravel answers 429 with `Retry-After`. The client
   `RetryPolicy.max_total_wait`; a `Retry-After` beyond it raises `CoolifyRateLimited` at once instead of
   holding the caller;
 * can check every request against the published spec before sending it (`validate_with=CoolifySpec.load()`),
-  which the contract tests do.
+  which the contract tests do (`SPEC_OMITTED_KEYS` lists the body keys real Coolify accepts that the spec omits);
+* stays inside Coolify's rate limit by itself: every attempt first takes a slot from a `RequestBudget`
+  (`inkmcp.coolify.budget`; in-process by default, shared by all replicas through Postgres with `DbBudget`).
+  When the budget is spent the client waits for the next slot, within `RetryPolicy.max_total_wait`, and past
+  that raises a retryable `CoolifyRateLimited` with `retry_after` without sending anything. A 429 that arrives
+  anyway pauses the whole budget for its Retry-After;
+* never repeats a call that creates something or queues work (POST creates, `/deploy`, start/restart, a PATCH
+  with `instant_deploy`) after an ambiguous failure: it raises a retryable error and the caller re-reads state.
+  `/deploy` answering 429 because a server's deployment queue is full (Retry-After 60) is raised at once as
+  `CoolifyRateLimited(queue_full=True)`, for the caller to report progress and try later.
 
-Only the endpoints registration needs exist today (servers, sentinel, proxy); the production compute provider
-(issue 8) adds its endpoints on the same `request()`.
+Endpoints: servers, Sentinel, proxy (registration); projects/environments, applications (public git and
+Dockerfile), their env vars, deploy, deployments and runtime logs, Postgres databases (issue 8: the compute and
+database providers). `inkmcp.coolify.polling` waits for deployments and statuses with backoff.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import email.utils
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -40,10 +50,33 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
+from inkmcp.coolify.budget import LocalBudget, RequestBudget
 from inkmcp.coolify.models import (
+    SKIPPED_MESSAGE,
+    ActionQueued,
+    Application,
+    ApplicationCreated,
+    ApplicationLogs,
+    ApplicationUpdate,
+    Database,
+    DatabaseCreated,
+    DeployAnswer,
+    Deployment,
+    DeploymentPage,
+    DeployResult,
+    DockerfileApplicationCreate,
+    Environment,
+    EnvironmentCreate,
+    EnvVar,
+    EnvVarBulk,
+    EnvVarSet,
     Message,
+    PostgresCreate,
+    Project,
+    ProjectCreate,
     ProxyConfiguration,
     ProxySettings,
+    PublicApplicationCreate,
     SentinelSettings,
     SentinelUpdate,
     Server,
@@ -52,12 +85,20 @@ from inkmcp.coolify.models import (
     Uuid,
     ValidateServer,
 )
-from inkmcp.coolify.spec import API_PREFIX, CoolifySpec
+from inkmcp.coolify.spec import API_PREFIX, CoolifySpec, SpecError
 
 log = logging.getLogger("inkmcp.coolify")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+SPEC_OMITTED_KEYS: dict[str, frozenset[str]] = {
+    op: frozenset({"is_runtime", "is_buildtime", "comment"})
+    for op in ("create-env-by-application-uuid", "update-env-by-application-uuid")
+}
+"""Body keys real Coolify accepts that its spec omits (NOTES.md §b: "S omits them and comment"; allow-list at
+ApplicationsController.php:3314 and :3755). `validate_with` lets exactly these through; everything else the spec
+does not list is still refused before sending."""
 
 _PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
     "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7")]
@@ -170,7 +211,13 @@ class CoolifyNotFound(CoolifyError):
 
 
 class CoolifyValidationError(CoolifyError):
-    """422: Coolify refused the body; `errors` maps each field to its messages."""
+    """422: Coolify refused the body; `errors` maps each field to its messages, and `str()` names each field
+    (`POST /applications/public: Coolify 422: Validation failed.; git_branch: The git branch format is
+    invalid.`) so the fix is in the message."""
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for f in self.errors if f != "(request)"]
 
 
 class CoolifyConflict(CoolifyError):
@@ -183,12 +230,17 @@ class CoolifyBadRequest(CoolifyError):
 
 
 class CoolifyRateLimited(CoolifyError):
-    """429 after the retry budget: `retry_after` says when the next attempt can succeed."""
+    """Not now: `retry_after` says when the next attempt can succeed. Raised for a 429 beyond the wait the retry
+    policy allows, for InkMCP's own request budget spent beyond it (`status` None: nothing was sent), and for
+    `/deploy`'s 429 when the server's deployment queue is full (`queue_full`). Callers report progress and retry
+    later; an agent never sees it as an error."""
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, queue_full: bool = False,
+                 **kw: Any) -> None:
         self.retry_after = retry_after
+        self.queue_full = queue_full
         super().__init__(message, **kw)
 
 
@@ -235,7 +287,8 @@ def error_for(method: str, path: str, response: httpx.Response) -> CoolifyError:
         error = body.get("error") if isinstance(body, dict) else None
         return CoolifyBadRequest(f"{message} {error}" if isinstance(error, str) else message, **kw)
     if status == 429:
-        return CoolifyRateLimited(message, retry_after=retry_after_seconds(response), **kw)
+        queue_full = method == "POST" and path.rstrip("/") == "/deploy" and "queue is full" in message
+        return CoolifyRateLimited(message, retry_after=retry_after_seconds(response), queue_full=queue_full, **kw)
     if status >= 500:
         return CoolifyUnavailable(message, **kw)
     return _BY_STATUS.get(status, CoolifyError)(message, **kw)
@@ -287,13 +340,17 @@ class CoolifyClient:
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
                  validate_with: CoolifySpec | None = None, transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Sleep = asyncio.sleep, url_setting: str = "the Coolify API URL",
-                 token_setting: str = "the Coolify API token") -> None:  # noqa: S107 - a setting name
+                 token_setting: str = "the Coolify API token",  # noqa: S107 - a setting name
+                 budget: RequestBudget | None = None) -> None:
+        """`budget`: where request slots come from; None = a `LocalBudget` for this client alone (the CLI).
+        Replicas pass a `DbBudget` with one key per Coolify user so they share Coolify's limit."""
         self.base_url = check_api_url(base_url, url_setting)
         secret = token if isinstance(token, SecretStr) else SecretStr(token)
         check_token(secret.get_secret_value(), token_setting)
         self._token = secret
         self.retry = retry or RetryPolicy()
         self.spec = validate_with
+        self.budget: RequestBudget = budget if budget is not None else LocalBudget()
         self._sleep = sleep
         self._http = httpx.AsyncClient(
             base_url=self.base_url + API_PREFIX, timeout=timeout, transport=transport, follow_redirects=False,
@@ -314,6 +371,33 @@ class CoolifyClient:
 
     # -- transport ---------------------------------------------------------------------------------------
 
+    def _check_spec(self, method: str, path: str, params: Mapping[str, str] | None, json: Any, auth: str) -> None:
+        assert self.spec is not None
+        problems = self.spec.request_problems(method, path, query=params, body=json, authorization=auth)
+        found = self.spec.find(method, path)
+        omitted = SPEC_OMITTED_KEYS.get(found[0].operation_id, frozenset()) if found else frozenset()
+        problems = [p for p in problems
+                    if not any(p.startswith(f"body key {k!r} is not in the spec's schema") for k in omitted)]
+        if problems:
+            raise SpecError(f"request {method} {path}", problems)
+
+    async def _take_slot(self, method: str, path: str, waited: float) -> float:
+        """Wait for a slot of the request budget; return the seconds waited. Past the policy's total wait, raise
+        a retryable CoolifyRateLimited without sending."""
+        spent = 0.0
+        while True:
+            wait = await self.budget.reserve()
+            if wait <= 0:
+                return spent
+            if waited + spent + wait > self.retry.max_total_wait:
+                raise CoolifyRateLimited(
+                    f"InkMCP's request budget for this Coolify token is spent (Coolify allows a limited number of "
+                    f"API requests per minute); next slot in {wait:.1f} s", retry_after=wait, method=method,
+                    path=path)
+            log.info("coolify %s %s: request budget spent, waiting %.2f s for a slot", method, path, wait)
+            await self._sleep(wait)
+            spent += wait
+
     async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
                       idempotent: bool | None = None) -> httpx.Response:
         """Send one API call (path relative to /api/v1), retrying as the module docstring says; return the 2xx
@@ -322,11 +406,12 @@ class CoolifyClient:
         idempotent = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         auth = f"Bearer {self._token.get_secret_value()}"
         if self.spec is not None:
-            self.spec.check_request(method, path, query=params, body=json, authorization=auth)
+            self._check_spec(method, path, params, json, auth)
         headers = {"Authorization": auth}
         waited = 0.0
         last: CoolifyError | None = None
         for attempt in range(self.retry.attempts):
+            waited += await self._take_slot(method, path, waited)
             started = time.monotonic()
             try:
                 response = await self._http.request(method, path, json=json, params=params, headers=headers)
@@ -351,7 +436,10 @@ class CoolifyClient:
                 last = error_for(method, path, response)
                 if response.status_code == 429:
                     assert isinstance(last, CoolifyRateLimited)
+                    if last.queue_full:
+                        raise last  # the server's deployment queue, not the rate limit: the caller reports progress
                     wait = last.retry_after if last.retry_after is not None else self.retry.backoff(attempt)
+                    await self.budget.pause(wait)
                     if waited + wait > self.retry.max_total_wait or attempt + 1 >= self.retry.attempts:
                         raise last
                     log.info("coolify %s %s: rate limited, retrying in %.1f s (Retry-After)", method, path, wait)
@@ -435,5 +523,217 @@ class CoolifyClient:
         answer: Message = await self._call(Message, "POST", f"/servers/{uuid}/proxy/restart")
         return answer.message
 
+
+    # -- projects and environments -------------------------------------------------------------------------
+
+    async def list_projects(self) -> list[Project]:
+        return await self._call(_PROJECTS, "GET", "/projects")  # type: ignore[no-any-return]
+
+    async def get_project(self, uuid: str) -> Project:
+        """The project with its environments."""
+        return await self._call(Project, "GET", f"/projects/{_seg(uuid)}")  # type: ignore[no-any-return]
+
+    async def create_project(self, body: ProjectCreate) -> str:
+        """The new project's uuid (Coolify adds a `production` environment). Not retried on an ambiguous failure:
+        list the projects and look for the name."""
+        created: Uuid = await self._call(Uuid, "POST", "/projects", json=body.body())
+        return created.uuid
+
+    async def delete_project(self, uuid: str) -> None:
+        """Coolify refuses (400) while the project has resources."""
+        await self._call(Message, "DELETE", f"/projects/{_seg(uuid)}")
+
+    async def list_environments(self, project_uuid: str) -> list[Environment]:
+        return await self._call(_ENVIRONMENTS, "GET",  # type: ignore[no-any-return]
+                                f"/projects/{_seg(project_uuid)}/environments")
+
+    async def get_environment(self, project_uuid: str, name_or_uuid: str) -> Environment:
+        return await self._call(Environment, "GET",  # type: ignore[no-any-return]
+                                f"/projects/{_seg(project_uuid)}/{_seg(name_or_uuid)}")
+
+    async def create_environment(self, project_uuid: str, name: str) -> str:
+        """The new environment's uuid; CoolifyConflict (409) when the name exists (then list and take it)."""
+        created: Uuid = await self._call(Uuid, "POST", f"/projects/{_seg(project_uuid)}/environments",
+                                         json=EnvironmentCreate(name=name).body())
+        return created.uuid
+
+    # -- applications -----------------------------------------------------------------------------------
+
+    async def create_public_application(self, body: PublicApplicationCreate) -> ApplicationCreated:
+        """Create an application from a public git repository. Never retried after an ambiguous failure (a
+        repeat would create a second application): the caller looks for it by name/tag and decides."""
+        return await self._call(ApplicationCreated, "POST", "/applications/public",  # type: ignore[no-any-return]
+                                json=body.body())
+
+    async def create_dockerfile_application(self, body: DockerfileApplicationCreate) -> ApplicationCreated:
+        """Create an application from an inline Dockerfile (encoded by the model). Coolify sets ports_exposes to
+        80 whatever is sent: PATCH it afterwards. Never retried after an ambiguous failure."""
+        return await self._call(ApplicationCreated, "POST",  # type: ignore[no-any-return]
+                                "/applications/dockerfile", json=body.body())
+
+    async def list_applications(self, tag: str | None = None) -> list[Application]:
+        params = {"tag": tag} if tag else None
+        return await self._call(_APPLICATIONS, "GET", "/applications", params=params)  # type: ignore[no-any-return]
+
+    async def get_application(self, uuid: str) -> Application:
+        return await self._call(Application, "GET", f"/applications/{_seg(uuid)}")  # type: ignore[no-any-return]
+
+    async def update_application(self, uuid: str, body: ApplicationUpdate) -> None:
+        """PATCH absolute values: repeated on an ambiguous failure, unless the body has `instant_deploy` (that
+        queues a deployment; the caller checks the deployments instead)."""
+        await self._call(Uuid, "PATCH", f"/applications/{_seg(uuid)}", json=body.body(),
+                         idempotent=not body.instant_deploy)
+
+    async def delete_application(self, uuid: str, *, delete_configurations: bool = True,
+                                 delete_volumes: bool = True, docker_cleanup: bool = True,
+                                 delete_connected_networks: bool = True, missing_ok: bool = False) -> bool:
+        """Queue the deletion (Coolify deletes asynchronously; poll `get_application` for 404). True if queued,
+        False if it was already gone and `missing_ok` (a repeated delete after a crash)."""
+        params = {"delete_configurations": _bool(delete_configurations), "delete_volumes": _bool(delete_volumes),
+                  "docker_cleanup": _bool(docker_cleanup),
+                  "delete_connected_networks": _bool(delete_connected_networks)}
+        try:
+            await self._call(Message, "DELETE", f"/applications/{_seg(uuid)}", params=params)
+        except CoolifyNotFound:
+            if missing_ok:
+                return False
+            raise
+        return True
+
+    async def start_application(self, uuid: str, *, force: bool = False,
+                                instant_deploy: bool = False) -> ActionQueued:
+        """Queue a deployment (start == deploy in Coolify). Not retried: a repeat may queue a second one."""
+        params = {"force": _bool(force), "instant_deploy": _bool(instant_deploy)}
+        return await self._call(ActionQueued, "POST", f"/applications/{_seg(uuid)}/start",  # type: ignore[no-any-return]
+                                params=params, idempotent=False)
+
+    async def stop_application(self, uuid: str, *, docker_cleanup: bool = True) -> str:
+        """Queue a stop. Repeating a stop is harmless, so it is retried like a GET."""
+        answer: Message = await self._call(Message, "POST", f"/applications/{_seg(uuid)}/stop",
+                                           params={"docker_cleanup": _bool(docker_cleanup)}, idempotent=True)
+        return answer.message
+
+    async def restart_application(self, uuid: str) -> ActionQueued:
+        """Queue a restart (a deployment that re-creates the container; env changes apply). Not retried."""
+        return await self._call(ActionQueued, "POST",  # type: ignore[no-any-return]
+                                f"/applications/{_seg(uuid)}/restart", idempotent=False)
+
+    async def application_logs(self, uuid: str, *, lines: int = 100, show_timestamps: bool = False) -> str:
+        """Runtime logs of the first container (`lines` 1..10000). CoolifyBadRequest "Application is not running."
+        when there is no container."""
+        if not 1 <= lines <= 10000:
+            raise ValueError(f"lines={lines}: Coolify returns 1 to 10000 log lines; pass a value in that range")
+        answer: ApplicationLogs = await self._call(
+            ApplicationLogs, "GET", f"/applications/{_seg(uuid)}/logs",
+            params={"lines": str(lines), "show_timestamps": _bool(show_timestamps)})
+        return answer.logs
+
+    # -- environment variables --------------------------------------------------------------------------
+
+    async def list_envs(self, app_uuid: str) -> list[EnvVar]:
+        """Every variable, preview twins included (Coolify creates one per variable)."""
+        return await self._call(_ENVS, "GET", f"/applications/{_seg(app_uuid)}/envs")  # type: ignore[no-any-return]
+
+    async def create_env(self, app_uuid: str, env: EnvVarSet) -> str:
+        """The new variable's uuid; CoolifyConflict (409) if the key exists (use `update_env`/`update_envs`).
+        Not retried after an ambiguous failure."""
+        created: Uuid = await self._call(Uuid, "POST", f"/applications/{_seg(app_uuid)}/envs", json=env.body())
+        return created.uuid
+
+    async def update_env(self, app_uuid: str, env: EnvVarSet) -> EnvVar:
+        """Change the variable with `env.key` (Coolify matches by key, not uuid); 404 if absent. Takes effect on
+        the next deploy or restart."""
+        return await self._call(EnvVar, "PATCH", f"/applications/{_seg(app_uuid)}/envs",  # type: ignore[no-any-return]
+                                json=env.body(), idempotent=True)
+
+    async def update_envs(self, app_uuid: str, envs: Sequence[EnvVarSet]) -> list[EnvVar]:
+        """Upsert many variables by key in one request (the provider's path: one request whatever the count).
+        Absolute values, so retried on an ambiguous failure. Takes effect on the next deploy or restart."""
+        body = EnvVarBulk(data=list(envs)).body()
+        return await self._call(_ENVS, "PATCH", f"/applications/{_seg(app_uuid)}/envs/bulk",  # type: ignore[no-any-return]
+                                json=body, idempotent=True)
+
+    async def delete_env(self, app_uuid: str, env_uuid: str) -> None:
+        await self._call(Message, "DELETE", f"/applications/{_seg(app_uuid)}/envs/{_seg(env_uuid)}")
+
+    # -- deploy and deployments -------------------------------------------------------------------------
+
+    async def deploy(self, uuid: str, *, force: bool = False) -> DeployResult:
+        """Queue a deployment of one application (`POST /deploy?uuid=&force=`; `GET /deploy` answers 405 since
+        Coolify 4.3). Never retried after an ambiguous failure: a repeat could queue a second build; the caller
+        lists the application's deployments and resumes. A full deployment queue on the server raises
+        CoolifyRateLimited(queue_full=True, retry_after=60) at once."""
+        answer: DeployAnswer = await self._call(DeployAnswer, "POST", "/deploy",
+                                                params={"uuid": uuid, "force": _bool(force)}, idempotent=False)
+        item = next((d for d in answer.deployments if d.resource_uuid == uuid), None)
+        if item is None:
+            raise CoolifyContractError(f"no deployment entry for {uuid} in the answer", method="POST",
+                                       path="/deploy", status=200, body=answer.model_dump())
+        message = item.message or ""
+        skipped = message == SKIPPED_MESSAGE
+        return DeployResult(resource_uuid=uuid, message=message, skipped=skipped,
+                            deployment_uuid=None if skipped else item.deployment_uuid)
+
+    async def get_deployment(self, deployment_uuid: str) -> Deployment:
+        """One deployment with its status and, for a read:sensitive token, its build log (`log_lines()`)."""
+        return await self._call(Deployment, "GET",  # type: ignore[no-any-return]
+                                f"/deployments/{_seg(deployment_uuid)}")
+
+    async def list_deployments(self, app_uuid: str, *, skip: int = 0, take: int = 10) -> DeploymentPage:
+        """An application's deployments, newest first, `take` at a time."""
+        if skip < 0 or take < 1:
+            raise ValueError(f"skip={skip}, take={take}: pass skip >= 0 and take >= 1")
+        return await self._call(DeploymentPage, "GET",  # type: ignore[no-any-return]
+                                f"/deployments/applications/{_seg(app_uuid)}",
+                                params={"skip": str(skip), "take": str(take)})
+
+    async def cancel_deployment(self, deployment_uuid: str) -> str:
+        """Cancel a queued or running deployment; CoolifyBadRequest if it already ended. Repeating is harmless."""
+        answer: Message = await self._call(Message, "POST", f"/deployments/{_seg(deployment_uuid)}/cancel",
+                                           idempotent=True)
+        return answer.message
+
+    # -- databases --------------------------------------------------------------------------------------
+
+    async def create_postgresql(self, body: PostgresCreate) -> DatabaseCreated:
+        """Create a Coolify-managed Postgres; the answer carries its connection URLs (secrets). Never retried
+        after an ambiguous failure."""
+        return await self._call(DatabaseCreated, "POST", "/databases/postgresql",  # type: ignore[no-any-return]
+                                json=body.body())
+
+    async def get_database(self, uuid: str) -> Database:
+        return await self._call(Database, "GET", f"/databases/{_seg(uuid)}")  # type: ignore[no-any-return]
+
+    async def delete_database(self, uuid: str, *, delete_configurations: bool = True, delete_volumes: bool = True,
+                              docker_cleanup: bool = True, delete_connected_networks: bool = True,
+                              missing_ok: bool = False) -> bool:
+        """Queue the deletion; like `delete_application`."""
+        params = {"delete_configurations": _bool(delete_configurations), "delete_volumes": _bool(delete_volumes),
+                  "docker_cleanup": _bool(docker_cleanup),
+                  "delete_connected_networks": _bool(delete_connected_networks)}
+        try:
+            await self._call(Message, "DELETE", f"/databases/{_seg(uuid)}", params=params)
+        except CoolifyNotFound:
+            if missing_ok:
+                return False
+            raise
+        return True
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _seg(value: str) -> str:
+    """A path segment from a caller: refuse what would change the path (a uuid never has these)."""
+    if not value or any(c in value for c in "/?#%") or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a Coolify uuid or name usable in a URL path; pass the resource's uuid")
+    return value
+
+
+_PROJECTS: TypeAdapter[list[Project]] = TypeAdapter(list[Project])
+_ENVIRONMENTS: TypeAdapter[list[Environment]] = TypeAdapter(list[Environment])
+_APPLICATIONS: TypeAdapter[list[Application]] = TypeAdapter(list[Application])
+_ENVS: TypeAdapter[list[EnvVar]] = TypeAdapter(list[EnvVar])
 
 _SERVERS: TypeAdapter[list[Server]] = TypeAdapter(list[Server])
