@@ -119,6 +119,10 @@ class ReleaseSpec(BaseModel):
         default="", description="core's keyed hash of `env`; reported back by `runtime()` once processes run with it"
     )
     resources: Resources = Field(default_factory=Resources)
+    domains: list[str] = Field(
+        default_factory=list, description="custom host names the routed process also answers (deploy_app's "
+        "`domains`); providers that cannot serve them refuse with ReleaseFailed"
+    )
 
 
 class ReleaseRequest(ReleaseSpec):
@@ -159,8 +163,19 @@ ProgressCallback = Callable[[Step, str], Awaitable[None]]
 in the deployment's history, which is what an agent waiting on the deployment sees."""
 
 
+class DnsRecord(BaseModel):
+    """A record the user must create at their DNS provider for a custom domain to reach the service."""
+
+    name: str
+    type: str
+    value: str
+
+
 class ReleaseResult(BaseModel):
     url: str | None = Field(description="public URL of the routed process, None for services without one")
+    dns_records: list[DnsRecord] = Field(
+        default_factory=list, description="for each custom domain of the request: the record the user must create"
+    )
 
 
 class RuntimeState(StrEnum):

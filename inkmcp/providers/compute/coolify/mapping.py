@@ -1,0 +1,340 @@
+"""Service type x mode → the exact Coolify application bodies InkMCP sends (pure functions, no I/O).
+
+Why pure: the bodies are the security boundary towards Coolify (`policy.py` checks them again on the wire) and
+the place where InkMCP's model meets Coolify's, so every one is tested as data against the spec
+(`tests/coolify/test_mapping.py`), for every type x mode, without a server.
+
+One Coolify application per *process* of the service (a Coolify application runs one start command in one
+container): Procfile `web` + `worker` → two applications; only the routed process gets `domains` and
+`ports_exposes`, and the release command (Coolify's `pre_deployment_command`) is set on the routed process only,
+so it runs once per release.
+
+Type → build (`build_fields`):
+  webapp_static  build pack `static` serving `publish_directory` (the plan's static_dir) with nginx:alpine; with a
+                 build command, `nixpacks` + `is_static` (Coolify's "build, then serve this directory").
+  webapp/backend `nixpacks` with `ports_exposes` = the plan's port (3000 if none; PORT is set to it in the env);
+                 `dockerfile` + `dockerfile_location` when the caller says the repo has a Dockerfile.
+  All build on the build server (`use_build_server`, review finding 2), from the exact commit InkMCP pinned
+  (`git_commit_sha`; Coolify's /deploy builds the application's `git_commit_sha`, `queue_application_deployment`).
+
+Mode → run (`run_fields`):
+  persistent  `limits_memory` = `limits_memory_reservation` (reserved, never overcommitted) and `limits_cpus`;
+              routed through Coolify's generated Traefik labels for `domains`; never sleeps.
+  on_demand   limits without reservation; InkMCP's label set with Sablier's `sablier.enable` / `sablier.group`
+              in `custom_labels`, Coolify `domains` left empty (a stopped container leaves Traefik's docker
+              provider, so the router must live in the proxy's *file* provider: `sablier_router` renders it).
+              Delivering that file to the node is not done by this provider yet (no Coolify API writes
+              /data/coolify/proxy/dynamic; see provider.py's docstring).
+  static      minimal limits (settings.static_memory_mb / static_cpus) whatever the service asked.
+
+`custom_labels` is sent in its own PATCH after the one carrying `domains`: Coolify regenerates custom_labels
+from the domains whenever a request carries `domains` (ApplicationsController.php:3127, label read-only mode is
+on by default and not settable through the API), which would drop InkMCP's labels.
+
+Commands must pass Coolify's shell-safe pattern (ValidationPatterns::SHELL_SAFE_COMMAND_PATTERN: no `;`, `|`,
+`>`, `$`, backticks outside quotes). A command that does not is sent as `sh -c '<command>'` (single quotes
+escaped as `'"'"'`), which the pattern accepts and nixpacks runs the same way; multi-line commands are refused
+with the fix (Coolify joins lines with spaces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inkmcp.build.plan import BuildPlan, Mode, ServiceType
+from inkmcp.providers.compute.base import Resources, ServiceKey
+from inkmcp.providers.compute.coolify import policy
+
+DEPLOYMENT_ENV = "INKMCP_DEPLOYMENT"
+"""Set on every application before each deployment (and each env change): which InkMCP deployment a container
+belongs to. Operators and the reconciler read it; the same name as the fake provider's."""
+SHELL_SAFE = re.compile(r"""^(?:[ \t]+|&&|\|\||"[^"$`\\\n\r]*"|'[^'\n\r]*'|[a-zA-Z0-9._\-/=:@,+\[\]{}#%^~*?!]+)+$""")
+"""Coolify 4.3.11 ValidationPatterns::SHELL_SAFE_COMMAND_PATTERN (install/build/start commands)."""
+DEFAULT_PORT = 3000
+
+
+class TenantInputError(ValueError):
+    """The tenant's plan, env or domains cannot be expressed safely in Coolify: the message says what to change."""
+
+
+@dataclass(frozen=True)
+class PlacedServer:
+    """Where placement put a service: the Coolify server uuid and its wildcard base (host part of the server's
+    wildcard domain, e.g. `s1.apps.example.com`)."""
+
+    uuid: str
+    wildcard_base: str
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    command: str | None
+    routed: bool
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """The slice of CoolifySettings the mapping needs (kept apart so tests build it without env vars)."""
+
+    environment: str = "production"
+    default_branch: str = "main"
+    use_build_server: bool = True
+    static_memory_mb: int = 64
+    static_cpus: float = 0.25
+    sablier_session: str = "10m"
+    reserved_domains: tuple[str, ...] = ()
+    """Parent domains no custom domain may be at or under (the platform's app domains)."""
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """Everything that decides one application's bodies."""
+
+    key: ServiceKey
+    process: Process
+    service_type: ServiceType
+    mode: Mode
+    plan: BuildPlan
+    commit: str
+    resources: Resources
+    server: PlacedServer
+    repo_url: str
+    domains: tuple[str, ...] = ()
+    dockerfile_location: str | None = None
+
+
+def processes(service_type: ServiceType, plan: BuildPlan) -> list[Process]:
+    """The applications a service needs: one per process; a static site is one routed `web`."""
+    if service_type == ServiceType.webapp_static:
+        return [Process("web", None, True)]
+    return [Process(p.name, p.command, p.routed) for p in plan.processes]
+
+
+def app_name(key: ServiceKey, process: str) -> str:
+    """Deterministic, so an application created by an attempt whose answer was lost is found again by name."""
+    return f"{key.service_id}-{process}"
+
+
+def hostname(key: ServiceKey, server: PlacedServer) -> str:
+    """`<service>-<project>.<wildcard base>`; a label over 63 characters is shortened with a stable hash."""
+    label = f"{key.service_name}-{key.project_name}".lower()
+    label = re.sub(r"[^a-z0-9-]+", "-", label).strip("-")
+    if len(label) > 63:
+        label = f"{label[:54].rstrip('-')}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+    return f"{label}.{server.wildcard_base.lower().strip('.')}"
+
+
+def url_of(key: ServiceKey, server: PlacedServer) -> str:
+    return f"https://{hostname(key, server)}"
+
+
+def custom_domains(domains: tuple[str, ...] | list[str], server: PlacedServer,
+                   settings: MappingSettings) -> list[str]:  # fmt: skip
+    """The tenant's custom domains as hosts; refused when malformed or inside the platform's own domains (a
+    tenant naming `other-project.s1.apps…` would take another service's host)."""
+    hosts: list[str] = []
+    reserved = [server.wildcard_base.lower().strip("."), *(d.lower().strip(".") for d in settings.reserved_domains)]
+    for domain in domains:
+        raw = domain.strip().lower()
+        url = raw if raw.startswith("https://") else f"https://{raw}"
+        try:
+            host = policy.check_domain(url, "domains")
+        except policy.PolicyViolation:
+            raise TenantInputError(f"domains: {domain!r} is not a host name; pass e.g. 'www.example.com' (no scheme "
+                                   "other than https, no port or path)") from None
+        for parent in reserved:
+            if host == parent or host.endswith("." + parent):
+                raise TenantInputError(f"domains: {domain!r} is inside the platform's domain {parent!r}; pass a "
+                                       "domain you own (InkMCP gives every service its own host there already)")
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def dns_records(key: ServiceKey, server: PlacedServer, hosts: list[str]) -> list[dict[str, str]]:
+    """What the user must create at their DNS provider for each custom domain: a CNAME to the service's own host
+    (which the server's wildcard record resolves). An apex domain needs the provider's ALIAS/ANAME instead."""
+    target = hostname(key, server)
+    return [{"name": host, "type": "CNAME", "value": target} for host in hosts]
+
+
+def shell_safe(command: str, field: str) -> str:
+    """`command` as Coolify's shell-safe pattern accepts it (see the module docstring)."""
+    if "\n" in command.strip() or "\r" in command:
+        raise TenantInputError(f"{field}: multi-line commands cannot be sent to Coolify (it joins lines); put the "
+                               "steps in a script in the repo and call it, e.g. './bin/build.sh'")
+    command = command.strip()
+    if SHELL_SAFE.match(command):
+        return command
+    return "sh -c '" + command.replace("'", "'\"'\"'") + "'"
+
+
+def _dir(path: str | None, field: str) -> str:
+    value = "/" + (path or ".").strip().strip("/")
+    value = value.replace("/./", "/")
+    if value in ("/.", ""):
+        value = "/"
+    if value.endswith("/."):
+        value = value[:-2] or "/"
+    if ".." in value.split("/") or not re.match(r"^/([A-Za-z0-9._\-/~@+]*)?$", value):
+        raise TenantInputError(f"{field}: {path!r} is not a directory inside the repository; pass a relative path "
+                               "such as 'app' or 'dist'")
+    return value
+
+
+def port_of(plan: BuildPlan, env: Mapping[str, str] | None = None) -> int:
+    if plan.port:
+        return plan.port
+    raw = (env or {}).get("PORT", "")
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 65536 else DEFAULT_PORT
+
+
+def build_fields(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
+    """Build pack, source and commands of one application (type-dependent)."""
+    plan = spec.plan
+    out: dict[str, Any] = {
+        "git_repository": spec.repo_url,
+        "git_branch": settings.default_branch,
+        "git_commit_sha": spec.commit,
+        "use_build_server": settings.use_build_server,
+        "base_directory": _dir(plan.app_dir, "app_dir"),
+    }
+    if spec.service_type == ServiceType.webapp_static:
+        out["publish_directory"] = _dir(plan.static_dir, "static_dir")
+        out["static_image"] = "nginx:alpine"
+        out["ports_exposes"] = "80"
+        if plan.build_command:
+            out.update(build_pack="nixpacks", is_static=True,
+                       build_command=shell_safe(plan.build_command, "build_command"))
+        else:
+            out.update(build_pack="static", is_static=True)
+        return out
+    if spec.dockerfile_location:
+        out.update(build_pack="dockerfile", dockerfile_location=_dir(spec.dockerfile_location, "dockerfile"))
+    else:
+        out["build_pack"] = "nixpacks"
+        if plan.build_command:
+            out["build_command"] = shell_safe(plan.build_command, "build_command")
+        if spec.process.command:
+            out["start_command"] = shell_safe(spec.process.command, f"command of process {spec.process.name}")
+    # Every application exposes the port (Coolify stores ports_exposes non-null); only the routed one gets domains.
+    out["ports_exposes"] = str(port_of(plan))
+    # The release command runs once per release: with the routed process (cleared on the others, absolutely).
+    release = plan.release_command or ""
+    if "\n" in release.strip() or "\r" in release:
+        raise TenantInputError("release_command: multi-line commands cannot be sent to Coolify (it joins lines); put "
+                               "the steps in a script in the repo and call it, e.g. './bin/release.sh'")
+    out["pre_deployment_command"] = release.strip() if spec.process.routed else ""
+    return out
+
+
+def run_fields(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
+    """Limits of one application (mode-dependent)."""
+    if spec.mode == Mode.static:
+        memory, cpus = settings.static_memory_mb, settings.static_cpus
+    else:
+        memory, cpus = spec.resources.memory_mb, spec.resources.cpus
+    out: dict[str, Any] = {"limits_memory": f"{memory}m", "limits_memory_swap": f"{memory}m",
+                           "limits_cpus": f"{cpus:g}"}  # fmt: skip
+    if spec.mode == Mode.persistent:
+        out["limits_memory_reservation"] = f"{memory}m"
+    return out
+
+
+def labels(spec: AppSpec) -> dict[str, str]:
+    """InkMCP's label set for an application (only on_demand applications carry custom labels)."""
+    group = f"inkmcp-{spec.key.service_id}"
+    return {
+        "inkmcp.managed": "true",
+        "inkmcp.project": spec.key.project_id,
+        "inkmcp.service": spec.key.service_id,
+        "inkmcp.process": spec.process.name,
+        "sablier.enable": "true",
+        "sablier.group": re.sub(r"[^A-Za-z0-9._-]", "-", group)[:128],
+    }
+
+
+def routing_fields(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
+    """`domains` of one application: the service's host and custom domains on the routed process of a
+    persistent/static service; empty otherwise (on_demand is routed by the file provider)."""
+    if not spec.process.routed or spec.mode == Mode.on_demand:
+        return {"domains": ""}
+    hosts = [hostname(spec.key, spec.server), *custom_domains(spec.domains, spec.server, settings)]
+    return {"domains": ",".join(f"https://{h}" for h in hosts)}
+
+
+def create_body(spec: AppSpec, project_uuid: str, environment_uuid: str, settings: MappingSettings) -> dict[str, Any]:
+    """`POST /applications/public`. Created without domains or labels: `update_body` sets them on every release,
+    so a created-but-never-configured application (a crash between the two) is configured by the next attempt."""
+    body: dict[str, Any] = {
+        "project_uuid": project_uuid,
+        "server_uuid": spec.server.uuid,
+        "environment_name": settings.environment,
+        "environment_uuid": environment_uuid,
+        "name": app_name(spec.key, spec.process.name),
+        "description": f"InkMCP {spec.key.slug} process {spec.process.name}",
+        "autogenerate_domain": False,
+        "instant_deploy": False,
+        "is_auto_deploy_enabled": False,
+        "is_preview_deployments_enabled": False,
+        **build_fields(spec, settings),
+        **run_fields(spec, settings),
+    }
+    if not body.get("pre_deployment_command"):
+        body.pop("pre_deployment_command", None)
+    return body
+
+
+def update_body(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
+    """`PATCH /applications/{uuid}` of a release: absolute values (a repeat changes nothing), incl. `domains`.
+    Without `static_image`: the PATCH schema lacks it (it is set at create, nginx:alpine, and never changes)."""
+    body = {**build_fields(spec, settings), **run_fields(spec, settings), **routing_fields(spec, settings)}
+    body.pop("static_image", None)
+    return body
+
+
+def labels_body(spec: AppSpec) -> dict[str, Any] | None:
+    """The second PATCH, after `update_body` (see the module docstring): on_demand applications only."""
+    if spec.mode != Mode.on_demand:
+        return None
+    return {"custom_labels": policy.labels_text(labels(spec))}
+
+
+def env_body(env: Mapping[str, str], *, internal: Mapping[str, str]) -> dict[str, Any]:
+    """`PATCH /applications/{uuid}/envs/bulk`: the tenant's variables (checked) plus InkMCP's own (`internal`),
+    literal (Coolify must not interpolate `$OTHER` in a tenant value), runtime and build time."""
+    items = []
+    for key, value in env.items():
+        try:
+            policy.check_env_key(key)
+        except policy.PolicyViolation as e:
+            raise TenantInputError(f"env var {key!r}: {e.reason}") from None
+        items.append((key, value))
+    for key, value in internal.items():
+        policy.check_env_key(key, internal=True)
+        items.append((key, value))
+    return {"data": [{"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
+                     for k, v in items]}  # fmt: skip
+
+
+def sablier_router(spec: AppSpec, app_uuid: str, settings: MappingSettings) -> dict[str, Any]:
+    """The proxy file-provider document (`/data/coolify/proxy/dynamic/inkmcp-<app uuid>.yml`) that routes an
+    on_demand service's host through Sablier, so a request wakes the sleeping container (NOTES.md §g). The
+    service URL points at the application's container name on the coolify network (Coolify names the container
+    `<app uuid>-<timestamp>`; Coolify's network alias is the app uuid)."""
+    name = f"inkmcp-{app_uuid}"
+    hosts = [hostname(spec.key, spec.server), *custom_domains(spec.domains, spec.server, settings)]
+    rule = " || ".join(f"Host(`{h}`)" for h in hosts)
+    return {"http": {
+        "routers": {name: {"rule": rule, "entryPoints": ["https"], "service": name,
+                           "middlewares": [f"{name}-sablier"], "tls": {"certResolver": "letsencrypt"}}},
+        "middlewares": {f"{name}-sablier": {"plugin": {"sablier": {
+            "sablierUrl": "http://sablier:10000", "group": labels(spec)["sablier.group"],
+            "sessionDuration": settings.sablier_session, "dynamic": {"displayName": spec.key.slug}}}}},
+        "services": {name: {"loadBalancer": {"servers": [{"url": f"http://{app_uuid}:{port_of(spec.plan)}"}]}}},
+    }}  # fmt: skip
