@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -205,3 +206,23 @@ class AuditEntry(Base):
     result: Mapped[str] = mapped_column(String(16), comment="ok | error")
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CoolifyRequestBudget(Base):
+    """Coolify API rate budget shared by InkMCP replicas (migration 0004; inkmcp/coolify/budget.py): the sliding
+    log of a Coolify user's granted requests, changed only by the SQL function inkmcp_coolify_budget_take."""
+
+    __tablename__ = "coolify_request_budget"
+    __table_args__ = {"comment": "Coolify API rate budget shared by InkMCP replicas; see inkmcp.coolify.budget"}
+
+    key: Mapped[str] = mapped_column(
+        Text, primary_key=True, comment="sha256:<hex> of the token, or an explicit user key"
+    )
+    stamps: Mapped[list[float]] = mapped_column(
+        ARRAY(Double), server_default=text("'{}'::double precision[]"),
+        comment="epoch seconds of the grants still counting against the limit",
+    )
+    paused_until: Mapped[float] = mapped_column(
+        Double, server_default=text("0"), comment="epoch seconds: nobody sends before (a 429's Retry-After)"
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -83,10 +83,10 @@ def upgrade() -> None:
     op.create_table(
         "coolify_request_budget",
         sa.Column("key", sa.Text(), primary_key=True, comment="sha256:<hex> of the token, or an explicit user key"),
-        sa.Column("stamps", postgresql.ARRAY(sa.Float(precision=53)), nullable=False,
+        sa.Column("stamps", postgresql.ARRAY(sa.Double()), nullable=False,
                   server_default=sa.text("'{}'::double precision[]"),
                   comment="epoch seconds of the grants still counting against the limit"),
-        sa.Column("paused_until", sa.Float(precision=53), nullable=False, server_default=sa.text("0"),
+        sa.Column("paused_until", sa.Double(), nullable=False, server_default=sa.text("0"),
                   comment="epoch seconds: nobody sends before (a 429's Retry-After)"),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
         comment="Coolify API rate budget shared by InkMCP replicas; see inkmcp.coolify.budget",
