@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -12,7 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.limits import LimitDefaults, lock_account, reached
-from inkmcp.errors import InvalidArgument
+from inkmcp.errors import InvalidArgument, ProviderError
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, DatabaseProvider, Tier
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.models import Database, Project
@@ -55,12 +56,18 @@ class DatabaseService:
         postgres: DatabaseProvider,
         byo,  # BringYourOwnDatabase: register(url) -> DatabaseHandle
         limits: LimitDefaults | None = None,
+        *,
+        providers: Mapping[str, DatabaseProvider] | None = None,
     ) -> None:
+        """`postgres` is the configured default that `database={"type":"postgres"}` provisions with (our own
+        server, Neon, or Coolify-managed Postgres). `providers` adds every other managed provider by name, so a
+        database made by one that is no longer the default is still dropped by the provider that made it."""
         self._sessions = sessions
         self._box = box
         self._postgres = postgres
         self._byo = byo
         self.limits = limits or LimitDefaults()
+        self._providers: dict[str, DatabaseProvider] = {**(providers or {}), postgres.name: postgres}
 
     def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
         creds = DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
@@ -160,7 +167,7 @@ class DatabaseService:
         Idempotent; returns how many roles were changed. A failure is logged, not raised: start-up
         goes on with the old limit rather than not at all.
         """
-        ensure = getattr(self._postgres, "ensure_connection_limit", None)
+        ensure = getattr(self._providers.get("postgres"), "ensure_connection_limit", None)
         if ensure is None:
             return 0
         async with self._sessions() as s:
@@ -183,9 +190,19 @@ class DatabaseService:
             if row is None:
                 return False
             if row.provider != "byo":
-                await self._postgres.drop(row.external_id)
+                await self._provider_for(row.provider).drop(row.external_id)
             await s.delete(row)
         return True
+
+    def _provider_for(self, name: str) -> DatabaseProvider:
+        """The provider that made a stored database (its row's `provider`), whichever is the default now."""
+        provider = self._providers.get(name)
+        if provider is None:
+            raise ProviderError(
+                f"this project's database was made by the {name!r} provider, which is not configured here.",
+                fix=f"configure the {name} provider again (e.g. INKMCP_NEON_API_KEY for neon), then retry",
+            )
+        return provider
 
 
 def _creds_json(c: DatabaseCredentials) -> bytes:
