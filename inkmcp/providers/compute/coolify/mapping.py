@@ -298,6 +298,13 @@ def update_body(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
     return body
 
 
+def labels_plain(spec: AppSpec) -> str | None:
+    """`custom_labels` as plain `key=value` lines (the client's model encodes it); None unless on_demand."""
+    if spec.mode != Mode.on_demand:
+        return None
+    return "\n".join(f"{k}={v}" for k, v in labels(spec).items())
+
+
 def labels_body(spec: AppSpec) -> dict[str, Any] | None:
     """The second PATCH, after `update_body` (see the module docstring): on_demand applications only."""
     if spec.mode != Mode.on_demand:

@@ -113,7 +113,8 @@ OPERATIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((m, re.compile(p + "
     ("GET", r"/version"), ("GET", r"/servers"), ("GET", rf"/servers/{_UUID}"),
     ("GET", r"/projects"), ("GET", rf"/projects/{_UUID}"), ("POST", r"/projects"),
     ("DELETE", rf"/projects/{_UUID}"),
-    ("GET", rf"/applications/{_UUID}"), ("POST", r"/applications/public"), ("PATCH", rf"/applications/{_UUID}"),
+    ("GET", r"/applications"), ("GET", rf"/applications/{_UUID}"), ("POST", r"/applications/public"),
+    ("PATCH", rf"/applications/{_UUID}"),
     ("DELETE", rf"/applications/{_UUID}"), ("POST", rf"/applications/{_UUID}/stop"),
     ("GET", rf"/applications/{_UUID}/logs"), ("GET", rf"/applications/{_UUID}/envs"),
     ("PATCH", rf"/applications/{_UUID}/envs/bulk"), ("DELETE", rf"/applications/{_UUID}/envs/{_UUID}"),
@@ -268,6 +269,10 @@ def check_request(method: str, path: str, body: Any = None, query: Mapping[str, 
         raise PolicyViolation(where, "operation", "not an operation InkMCP's compute provider may call (storages, "
                                                   "restart/start/rollback, compose, services and images are refused)")
     query = dict(query or {})
+    if method == "GET" and path == "/applications":
+        if query:
+            raise PolicyViolation(where, "query", "InkMCP lists applications without tag filters")
+        return
     if path == "/deploy":
         if set(query) - {"uuid", "force"} or not query.get("uuid") or "," in query["uuid"] or body:
             raise PolicyViolation(where, "query", "deploy one application by uuid only (no tag, pr or docker_tag)")

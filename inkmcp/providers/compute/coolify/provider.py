@@ -1,0 +1,726 @@
+"""The Coolify compute provider: the compute contract (`base.py`) met through Coolify's REST API.
+
+Shape (the fake provider, `fake.py`, is the worked example this follows step by step):
+
+* **One Coolify project per InkMCP project** (`inkmcp-<project id>`, recorded in `project_ref`), one
+  **application per process** of a service (Procfile `web` + `worker` → two applications, the route and the
+  release command only on the routed one), all on the server placement chose for the service; a service stays
+  on the server recorded in its `service_ref` across redeploys.
+* **Every remote id is recorded before the next remote step** (`record()`), so a crash or a
+  `ProviderUnavailable` at any point leaves enough in core's database to re-attach:
+
+      project_ref     {"project_uuid", "environment_uuid"}
+      service_ref     {"server_uuid", "wildcard_base", "apps": {process: app uuid}, "routed", "port",
+                       "live": deployment id,
+                       "live_commit", "live_deployments": {process: Coolify deployment uuid}, "url",
+                       "dns_records", "env_revision", "env_change": {"revision", "after": {process: uuid|None},
+                       "deployments": {process: uuid}}}
+      deployment_ref  {"intent": {process: newest Coolify deployment uuid before ours | None},
+                       "deployments": {process: uuid}, "rollbacks": {process: uuid | None}}
+
+  `intent` is the write-ahead: recorded *before* `POST /deploy`, so an attempt whose answer was lost (or that
+  died right after the call) finds its deployment among the application's deployments newer than the anchor,
+  for the same commit, instead of queueing a second one. Coolify's own "Deployment already queued for this
+  commit." (the client's `skipped`) is handled the same way.
+* **Builds never run on a run server**: `use_build_server` on every application, and only the nixpacks/static/
+  dockerfile packs; env changes are applied with `POST /deploy` of the live commit, never `/restart`, because
+  Coolify's restart runs its helper container (with the Docker socket) on the run server, which the gVisor
+  selector refuses (review infra-2026-11-30 finding 2). Coolify finds the image of that commit and skips the
+  build; the env applies when the new container replaces the old.
+* **All or nothing across processes**: if one process's deployment fails, processes whose new deployment
+  finished are deployed again at the live commit with the env they had (read from Coolify before it was
+  replaced; kept in memory only, never in a ref, since refs are not secret storage), every application's
+  `git_commit_sha` goes back to the live commit, and the release fails with the failed process's log tail.
+  Gap: if InkMCP dies between replacing the env and a failed release, the env snapshot is lost; the rollback
+  then redeploys the live commit with the *new* env (stated in the release's failure reason).
+* **Errors**: Coolify's 429 (throttle or full deployment queue) and 5xx/unreachable → `ProviderUnavailable`
+  (with `retry_after`); 401/403 and refused bodies (422, a policy refusal, a spec violation) →
+  `ProviderRefused` naming what to fix; a failed build or release command → `ReleaseFailed(step, last log
+  lines)`; a custom domain already used by another application (409) → `ReleaseFailed`.
+* **Nothing a tenant controls reaches Coolify as a field of its own**: bodies come from `mapping.py`, and
+  `policy.py` checks each one before the client sends it (and again on the wire, `PolicyTransport`).
+
+Known limits, left for the next session:
+  - on_demand: the applications carry InkMCP's Sablier labels and no Coolify domains, and `mapping.sablier_router`
+    renders the proxy file-provider router, but nothing writes it to `/data/coolify/proxy/dynamic/` on the run
+    server yet (Coolify has no API for it; it needs the node agent / SSH path of `inkmcp nodes`). Until then an
+    on_demand service is deployed and sleeps, but is not reachable from outside.
+  - the release command is Coolify's `pre_deployment_command`, which Coolify runs in the *currently running*
+    container (old code) and skips on a first deployment (ApplicationDeploymentJob::run_pre_deployment_command);
+    that differs from the local provider, which runs it in the new release before traffic switches.
+  - the branch Coolify clones before checking out the pinned commit is `CoolifySettings.default_branch` (the
+    contract carries no branch); Dockerfile detection is not wired (mapping supports `dockerfile_location`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Awaitable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from inkmcp.build.plan import Mode
+from inkmcp.build.source import SourceWorkspace
+from inkmcp.coolify import models as m
+from inkmcp.coolify.client import (
+    CoolifyAuthError,
+    CoolifyBadRequest,
+    CoolifyClient,
+    CoolifyConflict,
+    CoolifyError,
+    CoolifyNotFound,
+    CoolifyPermissionError,
+    CoolifyRateLimited,
+)
+from inkmcp.coolify.spec import SpecError
+from inkmcp.providers.compute.base import (
+    DnsRecord,
+    EnvChange,
+    EnvOutcome,
+    LogScope,
+    ProcessRuntime,
+    ProgressCallback,
+    ProviderRefused,
+    ProviderUnavailable,
+    Record,
+    RefScope,
+    ReleaseFailed,
+    ReleaseRequest,
+    ReleaseResult,
+    ReleaseSpec,
+    Resources,
+    RuntimeState,
+    ServiceKey,
+    ServiceRuntime,
+    Step,
+)
+from inkmcp.providers.compute.coolify import mapping, policy
+from inkmcp.providers.compute.coolify.mapping import DEPLOYMENT_ENV, AppSpec, MappingSettings, PlacedServer, Process
+
+log = logging.getLogger("inkmcp.coolify.provider")
+
+T = TypeVar("T")
+CRASH_POINTS = ("after_create_project", "after_create_app", "after_deploy_call", "after_record_deployment",
+                "after_remote_finished", "after_env_deploy_call")  # fmt: skip
+"""Where a test can make the provider "die" (`CoolifyComputeProvider.crash_at`), as the fake's: right after a
+remote call took effect, before its answer was recorded."""
+
+
+class Crash(BaseException):
+    """An injected death of the InkMCP process (tests only). A BaseException, so nothing records a failure."""
+
+
+class Place(Protocol):
+    """Placement (issue 8 item 6, inkmcp/placement/): the run server for a new service."""
+
+    def __call__(self, key: ServiceKey, mode: Mode, resources: Resources) -> Awaitable[PlacedServer]: ...
+
+
+def wildcard_base(wildcard_domain: str | None) -> str | None:
+    """The host part of a server's wildcard domain setting (`https://s1.apps.example.com` → `s1.apps.example.com`)."""
+    if not wildcard_domain:
+        return None
+    raw = wildcard_domain.strip()
+    host = urlsplit(raw if "://" in raw else f"https://{raw}").hostname
+    return host.lstrip("*.") if host else None
+
+
+def first_usable_server(client: CoolifyClient, *, exclude: frozenset[str] = frozenset()) -> Place:
+    """The trivial default placement: the first usable, non-build server with a wildcard domain."""
+
+    async def place(key: ServiceKey, mode: Mode, resources: Resources) -> PlacedServer:
+        servers = await client.list_servers()
+        for server in servers:
+            base = wildcard_base(server.settings.wildcard_domain)
+            if server.usable and not server.settings.is_build_server and base and server.uuid not in exclude:
+                return PlacedServer(uuid=server.uuid, wildcard_base=base)
+        raise ProviderRefused("no Coolify server can take the service: none is usable, a run server (not a build "
+                              "server) and has a wildcard domain; validate a run server and set its Wildcard "
+                              "Domain in Coolify (Servers → <server> → General)")
+
+    return place
+
+
+def _error(e: Exception, what: str) -> Exception:
+    """A Coolify-side failure as the contract's error (module docstring, "Errors")."""
+    if isinstance(e, CoolifyRateLimited):
+        why = "the server's deployment queue is full" if getattr(e, "queue_full", False) else "rate limited"
+        return ProviderUnavailable(f"{what}: Coolify is busy ({why}); retrying later", retry_after=e.retry_after)
+    if isinstance(e, CoolifyError) and e.retryable:
+        return ProviderUnavailable(f"{what}: {e}")
+    if isinstance(e, CoolifyAuthError | CoolifyPermissionError):
+        return ProviderRefused(f"{what}: {e.message} — an operator must fix the Coolify token (abilities read, "
+                               "read:sensitive, write, deploy) or enable the API")
+    if isinstance(e, policy.PolicyViolation):
+        return ProviderRefused(f"{what}: {e}")
+    if isinstance(e, SpecError):
+        return ProviderRefused(f"{what}: InkMCP built a request outside Coolify's contract ({e}); report this")
+    if isinstance(e, mapping.TenantInputError):
+        return ReleaseFailed(Step.building, str(e))
+    if isinstance(e, CoolifyError):
+        return ProviderRefused(f"{what}: {e}")
+    return e
+
+
+_STATE = (
+    ("running", RuntimeState.running), ("starting", RuntimeState.starting), ("restarting", RuntimeState.crashed),
+    ("degraded", RuntimeState.crashed), ("exited", RuntimeState.stopped), ("paused", RuntimeState.stopped),
+)  # fmt: skip
+_ORDER = [RuntimeState.crashed, RuntimeState.stopped, RuntimeState.unknown, RuntimeState.starting,
+          RuntimeState.sleeping, RuntimeState.running]  # fmt: skip
+
+
+class CoolifyComputeProvider:
+    """Core's compute provider over Coolify; keeps no state of its own (module docstring)."""
+
+    name = "coolify"
+    needs_checkout = False  # Coolify fetches `repo_url` at the pinned commit itself (on the build server)
+
+    def __init__(self, client: CoolifyClient, work_dir: Path, *, settings: MappingSettings | None = None,
+                 place: Place | None = None, project_prefix: str = "inkmcp-",
+                 build_server_uuid: str | None = None, poll_interval: float = 2.0, poll_max_interval: float = 10.0,
+                 wait_timeout: float = 1800.0, limits: policy.Limits | None = None) -> None:  # fmt: skip
+        self.client = client
+        self.work_dir = Path(work_dir)
+        self.settings = settings or MappingSettings()
+        exclude = frozenset({build_server_uuid}) if build_server_uuid else frozenset()
+        self.place: Place = place or first_usable_server(client, exclude=exclude)
+        self.project_prefix = project_prefix
+        self.poll_interval = poll_interval
+        self.poll_max_interval = max(poll_max_interval, poll_interval)
+        self.wait_timeout = wait_timeout
+        self.limits = limits or policy.Limits(require_build_server=self.settings.use_build_server)
+        self.crash_at: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Any, work_dir: Path, *, place: Place | None = None,
+                      budget: Any = None) -> CoolifyComputeProvider:  # fmt: skip
+        """The provider `inkmcp serve` builds from `CoolifySettings` (the client's transport enforces the policy
+        on the wire too)."""
+        limits = policy.Limits(max_memory_mb=settings.max_memory_mb, max_cpus=settings.max_cpus,
+                               require_build_server=settings.use_build_server)  # fmt: skip
+        client = CoolifyClient(settings.url, settings.token, transport=policy.PolicyTransport(limits=limits),
+                               url_setting="INKMCP_COOLIFY_URL", token_setting="INKMCP_COOLIFY_TOKEN",  # noqa: S106
+                               budget=budget)  # fmt: skip
+        mapped = MappingSettings(
+            environment=settings.environment, default_branch=settings.default_branch,
+            use_build_server=settings.use_build_server, static_memory_mb=settings.static_memory_mb,
+            static_cpus=settings.static_cpus, sablier_session=settings.sablier_session,
+        )
+        return cls(client, work_dir, settings=mapped, place=place, project_prefix=settings.project_prefix,
+                   build_server_uuid=settings.build_server_uuid, poll_interval=settings.poll_interval,
+                   poll_max_interval=settings.poll_max_interval, wait_timeout=settings.wait_timeout, limits=limits)
+
+    async def start(self) -> None:
+        """Nothing to start: Coolify runs the services."""
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _crash(self, point: str) -> None:
+        if point in self.crash_at:
+            self.crash_at.discard(point)
+            raise Crash(point)
+
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except (CoolifyError, SpecError, policy.PolicyViolation, mapping.TenantInputError) as e:
+            raise _error(e, what) from None
+
+    def _check(self, method: str, path: str, body: Any = None, query: Mapping[str, str] | None = None) -> None:
+        try:
+            policy.check_request(method, path, body, query, limits=self.limits)
+        except policy.PolicyViolation as e:
+            raise ProviderRefused(str(e)) from None
+
+    async def source_workspace(self, project_id: str) -> SourceWorkspace:
+        """Core still reads the repo itself (plan, commit pinning), here with InkMCP's rights: nothing of it runs
+        on this machine, and Coolify fetches the source again on the build server."""
+        mirrors = self.work_dir / "mirrors" / project_id
+        locks = self.work_dir / "locks" / project_id
+        for d in (mirrors, locks):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return SourceWorkspace(mirrors_dir=mirrors, locks_dir=locks, run_as=None)
+
+    # -- release -------------------------------------------------------------------------------------------
+
+    async def release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
+        key = request.key
+        service_ref = copy.deepcopy(key.service_ref)
+        dep_ref = copy.deepcopy(request.deployment_ref)
+        if service_ref.get("live") == request.deployment_id:
+            return self._result(service_ref)
+        processes = mapping.processes(request.service_type, request.plan)
+        if not processes:
+            raise ReleaseFailed(Step.building, "the build plan has no process to run (add a Procfile `web:` line or "
+                                               "pass start_command)")
+        server = await self._ensure_server(key, request, service_ref, record)
+        specs = {p.name: self._app_spec(request, p, server) for p in processes}
+        try:  # tenant input that cannot be sent: fail before anything remote changes
+            bodies = {name: mapping.update_body(s, self.settings) for name, s in specs.items()}
+            env_bodies = {name: self._env(request.env, request.deployment_id, s) for name, s in specs.items()}
+            hosts = mapping.custom_domains(request.domains, server, self.settings)
+        except mapping.TenantInputError as e:
+            raise ReleaseFailed(Step.building, str(e)) from None
+
+        project_uuid, environment_uuid = await self._ensure_project(key, record)
+        apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record)
+        started: dict[str, str] = dep_ref.setdefault("deployments", {})
+        snapshot: dict[str, dict[str, str]] = {}
+        for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
+            app = apps[name]
+            self._check("PATCH", f"/applications/{app}", bodies[name])
+            await self._call(f"configuring {name}", self.client.update_application(app, _update(bodies[name])))
+            labels = mapping.labels_plain(s)
+            if labels is not None:  # after the domains PATCH, which regenerates labels (mapping docstring)
+                self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
+                await self._call(f"labelling {name}", self.client.update_application(
+                    app, m.ApplicationUpdate(custom_labels=labels)))
+            previous = await self._set_env(app, name, env_bodies[name])
+            if name not in started and "intent" not in dep_ref:
+                snapshot[name] = previous  # the env the live release runs with (rollback); memory only
+
+        for name in specs:
+            if name not in started:
+                started[name] = await self._start_deployment(apps[name], name, request.commit, dep_ref, record)
+                await record(RefScope.deployment, dep_ref)
+                self._crash("after_record_deployment")
+
+        final = await self._wait(started, progress)
+        self._crash("after_remote_finished")
+        failed = {name: dep for name, dep in final.items() if dep.status != "finished"}
+        if failed:
+            note = await self._roll_back(apps, final, service_ref, dep_ref, snapshot, record)
+            name, dep = next(iter(failed.items()))
+            lines = [line.output for line in dep.log_lines()]
+            tail = "\n".join(lines[-8:])
+            raise ReleaseFailed(_failed_step(lines), f"process '{name}' failed ({dep.status}); the previous version "
+                                                     f"keeps serving{note}\nlast output:\n{tail}")  # fmt: skip
+
+        await progress(Step.switching, "every process's Coolify deployment finished; Coolify switched traffic")
+        routed = next((p for p in processes if p.routed), None)
+        url = f"https://{mapping.hostname(key, server)}" if routed is not None else None
+        gone = {n: u for n, u in apps.items() if n not in specs}
+        service_ref.update(
+            live=request.deployment_id, live_commit=request.commit, url=url, env_revision=request.env_revision,
+            live_deployments={n: started[n] for n in specs}, apps={n: u for n, u in apps.items() if n in specs},
+            dns_records=[r.model_dump() for r in _records(key, server, hosts, routed is not None)],
+            routed=routed.name if routed is not None else None, port=mapping.port_of(request.plan),
+        )  # fmt: skip
+        service_ref.pop("env_change", None)
+        await record(RefScope.service, service_ref)
+        for name, uuid in gone.items():  # a process the new release no longer has (e.g. worker removed)
+            await self._delete_app(uuid, f"deleting the application of process {name}")
+        return self._result(service_ref)
+
+    @staticmethod
+    def _result(service_ref: Mapping[str, Any]) -> ReleaseResult:
+        return ReleaseResult(url=service_ref.get("url"),
+                             dns_records=[DnsRecord(**r) for r in service_ref.get("dns_records") or []])
+
+    def _app_spec(self, request: ReleaseRequest, process: Process, server: PlacedServer) -> AppSpec:
+        return AppSpec(key=request.key, process=process, service_type=request.service_type, mode=request.mode,
+                       plan=request.plan, commit=request.commit, resources=request.resources, server=server,
+                       repo_url=request.repo_url.get_secret_value(), domains=tuple(request.domains))  # fmt: skip
+
+    def _env(self, env: Mapping[str, SecretStr], deployment_id: str, spec: AppSpec) -> dict[str, Any]:
+        values = {k: v.get_secret_value() for k, v in env.items()}
+        internal = {DEPLOYMENT_ENV: deployment_id}
+        if "PORT" not in values and spec.process.routed:
+            internal["PORT"] = str(mapping.port_of(spec.plan))
+        return mapping.env_body(values, internal=internal)
+
+    async def _ensure_server(self, key: ServiceKey, request: ReleaseSpec, service_ref: dict[str, Any],
+                             record: Record) -> PlacedServer:  # fmt: skip
+        """The service's server: the recorded one (a service never moves by redeploying), else placement's."""
+        if service_ref.get("server_uuid") and service_ref.get("wildcard_base"):
+            return PlacedServer(uuid=str(service_ref["server_uuid"]), wildcard_base=str(service_ref["wildcard_base"]))
+        try:
+            placed = await self.place(key, request.mode, request.resources)
+        except CoolifyError as e:
+            raise _error(e, "placing the service") from None
+        service_ref.update(server_uuid=placed.uuid, wildcard_base=placed.wildcard_base)
+        await record(RefScope.service, service_ref)
+        return placed
+
+    async def _ensure_project(self, key: ServiceKey, record: Record) -> tuple[str, str]:
+        project_ref = dict(key.project_ref)
+        if project_ref.get("project_uuid") and project_ref.get("environment_uuid"):
+            return str(project_ref["project_uuid"]), str(project_ref["environment_uuid"])
+        name = f"{self.project_prefix}{key.project_id}"
+        uuid = project_ref.get("project_uuid")
+        if not uuid:  # find by name first: a create whose answer was lost must not make a second project
+            projects = await self._call("listing projects", self.client.list_projects())
+            uuid = next((p.uuid for p in projects if p.name == name), None)
+        if not uuid:
+            body = m.ProjectCreate(name=name, description=f"InkMCP project {key.project_name}")
+            self._check("POST", "/projects", body.body())
+            uuid = await self._call("creating the project", self.client.create_project(body))
+            self._crash("after_create_project")
+        project_ref["project_uuid"] = uuid
+        await record(RefScope.project, project_ref)
+        project = await self._call("reading the project", self.client.get_project(str(uuid)))
+        env = next((e for e in project.environments if e.name == self.settings.environment), None)
+        if env is None or not env.uuid:
+            env_uuid = await self._call("creating the environment", self._create_environment(str(uuid)))
+        else:
+            env_uuid = env.uuid
+        project_ref["environment_uuid"] = env_uuid
+        await record(RefScope.project, project_ref)
+        return str(uuid), str(env_uuid)
+
+    async def _create_environment(self, project_uuid: str) -> str:
+        try:
+            return await self.client.create_environment(project_uuid, self.settings.environment)
+        except CoolifyConflict:  # created by an attempt whose answer was lost
+            envs = await self.client.list_environments(project_uuid)
+            return next(str(e.uuid) for e in envs if e.name == self.settings.environment)
+
+    async def _ensure_apps(self, key: ServiceKey, project_uuid: str, environment_uuid: str,
+                           specs: Mapping[str, AppSpec], service_ref: dict[str, Any],
+                           record: Record) -> dict[str, str]:  # fmt: skip
+        """One application per process. Names are deterministic, so one created by an attempt whose answer was
+        lost (or that died before recording it) is found by name, not created twice."""
+        apps: dict[str, str] = dict(service_ref.get("apps") or {})
+        missing = [name for name in specs if name not in apps]
+        if not missing:
+            return apps
+        existing = await self._call("listing applications", self.client.list_applications())
+        for name in missing:
+            wanted = mapping.app_name(key, name)
+            uuid = next((a.uuid for a in existing if a.name == wanted), None)
+            if uuid is None:
+                body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
+                self._check("POST", "/applications/public", body)
+                created = await self._call(f"creating the application of {name}",
+                                           self.client.create_public_application(m.PublicApplicationCreate(**body)))
+                uuid = created.uuid
+                self._crash("after_create_app")
+            apps[name] = uuid
+            service_ref["apps"] = apps
+            await record(RefScope.service, service_ref)
+        return apps
+
+    async def _set_env(self, app: str, process: str, body: dict[str, Any]) -> dict[str, str]:
+        """Replace the application's env with `body` (bulk upsert + delete of the rest); return what it was."""
+        self._check("PATCH", f"/applications/{app}/envs/bulk", body)
+        current = await self._call(f"reading env of {process}", self.client.list_envs(app))
+        previous = {e.key: (e.real_value if e.real_value is not None else e.value or "")
+                    for e in current if not e.is_preview}  # fmt: skip
+        await self._call(f"setting env of {process}", self.client.update_envs(
+            app, [m.EnvVarSet(**item) for item in body["data"]]))
+        wanted = {item["key"] for item in body["data"]}
+        for env in current:
+            if env.key not in wanted:
+                self._check("DELETE", f"/applications/{app}/envs/{env.uuid}")
+                try:
+                    await self.client.delete_env(app, env.uuid)
+                except CoolifyNotFound:
+                    pass  # gone already (a repeat, or the preview twin went with it)
+                except CoolifyError as e:
+                    raise _error(e, f"removing env var {env.key} of {process}") from None
+        return previous
+
+    async def _deploy(self, app: str, what: str) -> str | None:
+        """`POST /deploy` of one application: its deployment uuid, or None when Coolify skipped it because one
+        for the same commit is queued or running."""
+        self._check("POST", "/deploy", None, {"uuid": app, "force": "false"})
+        result = await self._call(what, self.client.deploy(app))
+        return None if result.skipped else result.deployment_uuid
+
+    async def _start_deployment(self, app: str, process: str, commit: str, dep_ref: dict[str, Any],
+                                record: Record) -> str:  # fmt: skip
+        intent = dep_ref.setdefault("intent", {})
+        if process not in intent:  # write-ahead: the newest deployment before we asked
+            intent[process] = await self._newest(app, process)
+            await record(RefScope.deployment, dep_ref)
+        found = await self._newer(app, process, intent[process], commit)
+        if found is not None:
+            return found
+        uuid = await self._deploy(app, f"deploying {process}")
+        self._crash("after_deploy_call")
+        if uuid is None:  # "already queued for this commit": ours, from an attempt whose answer was lost
+            uuid = await self._newer(app, process, intent[process], commit)
+            if uuid is None:
+                raise ProviderUnavailable(f"deploying {process}: Coolify says a deployment of this commit is queued "
+                                          "but lists none newer than the last one recorded; retrying")
+        return uuid
+
+    async def _deployments(self, app: str, process: str) -> list[m.Deployment]:
+        page = await self._call(f"listing deployments of {process}", self.client.list_deployments(app, take=50))
+        return page.deployments  # newest first
+
+    async def _newest(self, app: str, process: str) -> str | None:
+        deps = await self._deployments(app, process)
+        return deps[0].deployment_uuid if deps else None
+
+    async def _newer(self, app: str, process: str, anchor: str | None, commit: str | None) -> str | None:
+        """The newest deployment of `app` (of `commit`, if given) asked for after `anchor`."""
+        deps = await self._deployments(app, process)
+        if anchor is not None:
+            index = next((i for i, d in enumerate(deps) if d.deployment_uuid == anchor), len(deps))
+            deps = deps[:index]
+        mine = [d for d in deps if commit is None or d.commit in (None, commit)]
+        return mine[0].deployment_uuid if mine else None
+
+    async def _wait(self, deployments: Mapping[str, str], progress: ProgressCallback | None) -> dict[str, m.Deployment]:
+        """Poll until every deployment is done (interval backing off to poll_max_interval, so a long build costs
+        few requests); report `building` once the first one runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout
+        interval = self.poll_interval
+        reported = progress is None
+        while True:
+            final = {name: await self._call(f"reading the deployment of {name}", self.client.get_deployment(uuid))
+                     for name, uuid in deployments.items()}  # fmt: skip
+            if not reported and any(d.status != "queued" for d in final.values()):
+                reported = True
+                assert progress is not None
+                await progress(Step.building, "Coolify is building on the build server")
+            if all(d.finished for d in final.values()):
+                return final
+            if loop.time() > deadline:
+                raise ProviderUnavailable(f"Coolify's deployments did not finish within {self.wait_timeout:g} s; "
+                                          "the next attempt re-attaches to them")
+            await asyncio.sleep(interval)
+            interval = min(self.poll_max_interval, interval * 1.5)
+
+    async def _roll_back(
+        self, apps: dict[str, str], final: Mapping[str, m.Deployment], service_ref: dict[str, Any],
+        dep_ref: dict[str, Any], snapshot: Mapping[str, dict[str, str]], record: Record,
+    ) -> str:
+        """All or nothing (module docstring). Returns a note for the failure reason ("" if nothing to say)."""
+        live_commit = service_ref.get("live_commit")
+        previous = service_ref.get("live_deployments") or {}
+        rollbacks: dict[str, str | None] = dep_ref.setdefault("rollbacks", {})
+        note = ""
+        for name, dep in final.items():
+            app = apps[name]
+            if name in previous and live_commit:  # back to the live commit, whatever happens next
+                body = {"git_commit_sha": str(live_commit)}
+                self._check("PATCH", f"/applications/{app}", body)
+                await self._call(f"resetting {name} to the live commit",
+                                 self.client.update_application(app, m.ApplicationUpdate(**body)))
+                if snapshot.get(name):
+                    await self._set_env(app, name, {"data": [
+                        {"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
+                        for k, v in snapshot[name].items()]})
+                elif dep.status == "finished":
+                    note = " (the rolled-back process runs the new env vars: InkMCP restarted during this release)"
+            if dep.status != "finished" or name in rollbacks:
+                continue
+            if name in previous and live_commit:
+                anchor = dep.deployment_uuid
+                found = await self._newer(app, name, anchor, str(live_commit))
+                rollbacks[name] = found or await self._deploy(app, f"rolling back {name}") \
+                    or await self._newer(app, name, anchor, str(live_commit))
+            else:  # new in this release: nothing to go back to
+                self._check("POST", f"/applications/{app}/stop")
+                await self._call(f"stopping {name}", self.client.stop_application(app))
+                rollbacks[name] = None
+            await record(RefScope.deployment, dep_ref)
+        pending = {n: u for n, u in rollbacks.items() if u}
+        if pending:
+            await self._wait(pending, None)
+        return note
+
+    async def _delete_app(self, uuid: str, what: str) -> None:
+        self._check("DELETE", f"/applications/{uuid}")
+        await self._call(what, self.client.delete_application(uuid, missing_ok=True))
+
+    async def restore(self, spec: ReleaseSpec) -> None:
+        """Coolify's applications outlive InkMCP: nothing to bring back."""
+
+    # -- env -----------------------------------------------------------------------------------------------
+
+    async def update_env(self, key: ServiceKey, env: dict[str, SecretStr], revision: str, record: Record) -> EnvChange:
+        """Coolify applies env only when a new container starts, and that is a queued job; `/deploy` of the live
+        commit (not `/restart`, module docstring) starts it. So: record the write-ahead, set the env, queue one
+        deployment per process, record them, and say `pending`; `runtime().env_revision` turns to `revision`
+        once all of them finished."""
+        service_ref = copy.deepcopy(key.service_ref)
+        apps: dict[str, str] = service_ref.get("apps") or {}
+        live = service_ref.get("live")
+        if not apps or not live:
+            return EnvChange(outcome=EnvOutcome.next_start, detail="nothing deployed yet")
+        values = {k: v.get_secret_value() for k, v in env.items()}
+        bodies = {}
+        for name in apps:
+            internal = {DEPLOYMENT_ENV: str(live)}
+            if name == service_ref.get("routed") and "PORT" not in values and service_ref.get("port"):
+                internal["PORT"] = str(service_ref["port"])
+            try:
+                bodies[name] = mapping.env_body(values, internal=internal)
+            except mapping.TenantInputError as e:
+                raise ReleaseFailed(Step.starting, str(e)) from None
+        service_ref["env_revision"] = await self._env_revision(service_ref)  # an applied change becomes the base
+        change: dict[str, Any] = {"revision": revision, "after": {}, "deployments": {}}
+        for name, uuid in apps.items():
+            change["after"][name] = await self._newest(uuid, name)
+        service_ref["env_change"] = change
+        await record(RefScope.service, service_ref)  # write-ahead, before anything changes remotely
+        commit = service_ref.get("live_commit")
+        for name, uuid in apps.items():
+            await self._set_env(uuid, name, bodies[name])
+            if commit:
+                patch = {"git_commit_sha": str(commit)}
+                self._check("PATCH", f"/applications/{uuid}", patch)
+                await self._call(f"pinning {name} to the live commit",
+                                 self.client.update_application(uuid, m.ApplicationUpdate(**patch)))
+            dep = await self._deploy(uuid, f"redeploying {name} with the new env")
+            self._crash("after_env_deploy_call")
+            if dep is not None:
+                change["deployments"][name] = dep
+                await record(RefScope.service, service_ref)
+        return EnvChange(outcome=EnvOutcome.pending, detail="a Coolify deployment per process is queued; the new "
+                                                            "values apply when each one finishes")
+
+    # -- queries -------------------------------------------------------------------------------------------
+
+    async def runtime(self, key: ServiceKey) -> ServiceRuntime:
+        ref = key.service_ref
+        apps: dict[str, str] = ref.get("apps") or {}
+        if not apps or not ref.get("live"):
+            return ServiceRuntime(state=RuntimeState.stopped, detail="not deployed")
+        processes: list[ProcessRuntime] = []
+        statuses = []
+        routed = _routed(ref)
+        for name, uuid in apps.items():
+            try:
+                app = await self.client.get_application(uuid)
+            except CoolifyNotFound:
+                processes.append(ProcessRuntime(name=name, state=RuntimeState.stopped, routed=name == routed))
+                continue
+            except CoolifyError as e:
+                raise _error(e, f"reading the status of {name}") from None
+            status = app.status or ""
+            statuses.append(f"{name}: {status or '?'}")
+            state = next((s for prefix, s in _STATE if status.startswith(prefix)), RuntimeState.unknown)
+            if state == RuntimeState.stopped and _sleeps(app):
+                state = RuntimeState.sleeping
+            processes.append(ProcessRuntime(name=name, state=state, routed=name == routed))
+        state = min((p.state for p in processes), key=_ORDER.index)
+        return ServiceRuntime(state=state, deployment_id=str(ref["live"]), env_revision=await self._env_revision(ref),
+                              processes=processes, detail="; ".join(statuses))  # fmt: skip
+
+    async def _env_revision(self, ref: Mapping[str, Any]) -> str | None:
+        """The release's env revision, or a queued change's once every process's deployment finished."""
+        change = ref.get("env_change")
+        if not change:
+            return ref.get("env_revision")
+        for name, uuid in (ref.get("apps") or {}).items():
+            dep_uuid = change["deployments"].get(name)
+            try:
+                if dep_uuid is None:  # died before recording it: look after the write-ahead anchor
+                    dep_uuid = await self._newer(uuid, name, change["after"].get(name), ref.get("live_commit"))
+                    if dep_uuid is None:
+                        return ref.get("env_revision")
+                dep = await self.client.get_deployment(dep_uuid)
+            except (CoolifyNotFound, ProviderRefused):
+                continue  # the application is gone: nothing of it runs the old env either
+            except CoolifyError as e:
+                raise _error(e, f"reading the env deployment of {name}") from None
+            if dep.status != "finished":
+                return ref.get("env_revision")
+        return str(change["revision"])
+
+    async def logs(self, key: ServiceKey, scope: LogScope, *, deployment_id: str | None,
+                   deployment_ref: Mapping[str, Any] | None = None, tail: int) -> list[str]:  # fmt: skip
+        apps: dict[str, str] = key.service_ref.get("apps") or {}
+        lines: list[str] = []
+        if scope == LogScope.runtime:
+            for name, uuid in apps.items():
+                try:
+                    text = await self.client.application_logs(uuid, lines=max(1, min(tail, 10000)))
+                except (CoolifyNotFound, CoolifyBadRequest):  # gone, or "Application is not running."
+                    continue
+                except CoolifyError as e:
+                    raise _error(e, f"reading the logs of {name}") from None
+                lines += [f"{name} | {line}" for line in text.splitlines()]
+            return lines[-tail:]
+        deployments = (deployment_ref or {}).get("deployments") or key.service_ref.get("live_deployments") or {}
+        for name, uuid in deployments.items():
+            try:
+                dep = await self.client.get_deployment(uuid)
+            except CoolifyNotFound:
+                continue
+            except CoolifyError as e:
+                raise _error(e, f"reading the build log of {name}") from None
+            lines += [f"{name} | {line.output}" for line in dep.log_lines()]
+        return lines[-tail:]
+
+    # -- removal -------------------------------------------------------------------------------------------
+
+    async def remove(self, key: ServiceKey) -> None:
+        """Delete every application of the service: the recorded ones and any an interrupted attempt created
+        without recording it (found by name). Coolify deletes asynchronously; a repeat finds them gone."""
+        uuids = set((key.service_ref.get("apps") or {}).values())
+        existing = await self._call("listing applications", self.client.list_applications())
+        uuids |= {a.uuid for a in existing if (a.name or "").startswith(f"{key.service_id}-")}
+        for uuid in sorted(uuids):
+            await self._delete_app(uuid, "deleting an application of the service")
+
+    async def remove_project(self, project_id: str, project_ref: Mapping[str, Any]) -> None:
+        uuid = project_ref.get("project_uuid")
+        if not uuid:
+            name = f"{self.project_prefix}{project_id}"
+            projects = await self._call("listing projects", self.client.list_projects())
+            uuid = next((p.uuid for p in projects if p.name == name), None)
+        if not uuid:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout
+        interval = self.poll_interval
+        while True:  # application deletes are queued: Coolify refuses (400) until they are done
+            self._check("DELETE", f"/projects/{uuid}")
+            try:
+                await self.client.delete_project(str(uuid))
+                return
+            except CoolifyNotFound:
+                return
+            except CoolifyBadRequest as e:
+                if loop.time() > deadline:
+                    raise ProviderUnavailable(f"deleting the project: {e.message}; retrying later") from None
+            except CoolifyError as e:
+                raise _error(e, "deleting the project") from None
+            await asyncio.sleep(interval)
+            interval = min(self.poll_max_interval, interval * 1.5)
+
+
+def _update(body: Mapping[str, Any]) -> m.ApplicationUpdate:
+    return m.ApplicationUpdate(**body)
+
+
+def _records(key: ServiceKey, server: PlacedServer, hosts: list[str], routed: bool) -> list[DnsRecord]:
+    return [DnsRecord(**r) for r in mapping.dns_records(key, server, hosts)] if routed else []
+
+
+def _routed(ref: Mapping[str, Any]) -> str | None:
+    routed = ref.get("routed")
+    return str(routed) if routed else None
+
+
+def _sleeps(app: m.Application) -> bool:
+    """An on_demand application (InkMCP's Sablier label) that is not running is asleep, not stopped."""
+    labels = app.custom_labels or ""
+    return "sablier.enable=true" in labels or "c2FibGllci5lbmFibGU9dHJ1ZQ" in labels
+
+
+def _failed_step(lines: list[str]) -> Step:
+    """Where a Coolify deployment failed, read from its log (a deployment has no phase field)."""
+    text = "\n".join(lines).lower()
+    if "pre-deployment command" in text and ("failed" in text or "exited" in text or "error" in text):
+        return Step.releasing
+    if "build" in text and ("failed" in text or "error" in text or "exited" in text) \
+            and "new container" not in text and "healthcheck" not in text and "health check" not in text:
+        return Step.building
+    return Step.health_check
+
