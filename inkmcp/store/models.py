@@ -208,6 +208,40 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class PlacementNode(Base):
+    """A run server placement has used or an operator drained (migration 0006; inkmcp/placement/records.py).
+    The row a reservation locks before it re-checks the node's room."""
+
+    __tablename__ = "placement_nodes"
+
+    uuid: Mapped[str] = mapped_column(String(64), primary_key=True, comment="Coolify server uuid")
+    name: Mapped[str | None] = mapped_column(Text, comment="last known Coolify server name")
+    draining_since: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="set by inkmcp nodes drain: no new placements here"
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Placement(TimestampMixin, Base):
+    """Where a service runs and what it reserves there (one row per placed service; migration 0006)."""
+
+    __tablename__ = "placements"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    node_uuid: Mapped[str] = mapped_column(String(64), ForeignKey("placement_nodes.uuid"), index=True)
+    mode: Mapped[str] = mapped_column(String(32))
+    memory_mb: Mapped[int] = mapped_column(Integer, comment="limit asked (all processes), MiB")
+    millicpus: Mapped[int] = mapped_column(Integer, comment="limit asked (all processes), millicores")
+    charged_memory_mb: Mapped[int] = mapped_column(Integer, comment="what counts against the node")
+    charged_millicpus: Mapped[int] = mapped_column(Integer, comment="what counts against the node")
+    labels: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), comment="node labels the service requires"
+    )
+    spread: Mapped[bool] = mapped_column(server_default=text("false"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class CoolifyRequestBudget(Base):
     """Coolify API rate budget shared by InkMCP replicas (migration 0004; inkmcp/coolify/budget.py): the sliding
     log of a Coolify user's granted requests, changed only by the SQL function inkmcp_coolify_budget_take."""

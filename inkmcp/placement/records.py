@@ -1,0 +1,302 @@
+"""Placement against the control-plane Postgres: reservations that survive restarts, shared by every replica,
+and never overbooked when replicas place at the same time.
+
+Concurrency scheme (one transaction per decision, READ COMMITTED):
+
+1. `pg_advisory_xact_lock(SERVICE, hashtext(service_id))`: one decision per service at a time, so a repeated
+   or concurrent reserve of the same service finds the first one's row (idempotent) instead of racing it.
+2. If the demand spreads: `pg_advisory_xact_lock(PROJECT, hashtext(project_id))`, so two services of one
+   project placed at once see each other (anti-affinity holds under concurrency too).
+3. Read every node's load (one `GROUP BY` over `placements`) and decide in memory (`engine.Engine`).
+4. Lock the chosen node's `placement_nodes` row (`INSERT … ON CONFLICT DO NOTHING`, then
+   `SELECT … FOR UPDATE`), and *re-read that node's load* in a new statement: in READ COMMITTED it sees every
+   reservation committed by whoever held the lock before, because they hold it until they commit. If the
+   node no longer fits (another replica took the room, or an operator started draining it), the transaction
+   ends and the decision is made again with fresh loads (up to `reserve_attempts` times, then PlacementBusy).
+5. Write the row and commit, which releases the locks.
+
+Locks are always taken in the order service → project → node and a transaction holds at most one node lock,
+so decisions cannot deadlock. A release is a plain `DELETE` (it only frees room; a decision that read the
+higher load is merely conservative). Only this module writes `placements`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.build.plan import Mode
+from inkmcp.placement.engine import Engine, NodeLoad, demand_of, reservation_for, same_demand
+from inkmcp.placement.models import (
+    Demand,
+    DrainPlan,
+    Move,
+    Node,
+    NodeSource,
+    PlacedServer,
+    PlacementBusy,
+    PlacementError,
+    Policy,
+    Reservation,
+    millicpus,
+)
+from inkmcp.providers.compute.base import Resources, ServiceKey
+from inkmcp.store.models import Placement, PlacementNode
+
+SERVICE_LOCK = zlib.crc32(b"inkmcp.placement.service") & 0x7FFFFFFF
+PROJECT_LOCK = zlib.crc32(b"inkmcp.placement.project") & 0x7FFFFFFF
+"""First key of the two-key advisory locks (readable in pg_locks.classid)."""
+
+_LOADS = """
+SELECT node_uuid,
+       sum(charged_memory_mb), sum(charged_millicpus),
+       coalesce(sum(charged_memory_mb) FILTER (WHERE mode <> 'on_demand'), 0),
+       coalesce(sum(charged_millicpus) FILTER (WHERE mode <> 'on_demand'), 0),
+       coalesce(max(memory_mb) FILTER (WHERE mode = 'on_demand'), 0),
+       coalesce(max(millicpus) FILTER (WHERE mode = 'on_demand'), 0),
+       count(*)
+FROM placements
+WHERE service_id <> :sid {node_filter}
+GROUP BY node_uuid
+"""
+
+
+class Placer(Protocol):
+    """What the Coolify compute provider calls."""
+
+    async def place(self, key: ServiceKey, mode: Mode, resources: Resources) -> PlacedServer: ...
+
+    async def release(self, key: ServiceKey) -> None: ...
+
+
+def _reservation(row: Placement) -> Reservation:
+    return Reservation(service_id=str(row.service_id), project_id=str(row.project_id), node_uuid=row.node_uuid,
+                       mode=Mode(row.mode), memory_mb=row.memory_mb, millicpus=row.millicpus,
+                       charged_memory_mb=row.charged_memory_mb, charged_millicpus=row.charged_millicpus,
+                       labels=dict(row.labels or {}), spread=row.spread)
+
+
+async def _lock(session: AsyncSession, space: int, key: str) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"), {"space": space, "key": key})
+
+
+async def _loads(session: AsyncSession, exclude_service: str, node_uuid: str | None = None) -> dict[str, NodeLoad]:
+    sql = _LOADS.format(node_filter="AND node_uuid = :node" if node_uuid else "")
+    params: dict[str, Any] = {"sid": exclude_service}
+    if node_uuid:
+        params["node"] = node_uuid
+    rows = (await session.execute(text(sql), params)).all()
+    return {r[0]: NodeLoad(int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]))
+            for r in rows}
+
+
+async def _lock_node(session: AsyncSession, node: Node) -> bool:
+    """Take the node's row lock; False if the node is draining (checked under the lock)."""
+    await session.execute(insert(PlacementNode).values(uuid=node.uuid, name=node.name)
+                          .on_conflict_do_nothing(index_elements=["uuid"]))
+    draining = (await session.execute(
+        select(PlacementNode.draining_since).where(PlacementNode.uuid == node.uuid).with_for_update())).scalar_one()
+    return draining is None
+
+
+class PlacementService:
+    """Placement over the database and a node source: the `Placer` the Coolify provider uses, and the drain
+    plan `inkmcp nodes drain` will execute."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], nodes: NodeSource, policy: Policy | None = None,
+                 *, attempts: int = 8) -> None:
+        self._sessions = sessions
+        self._source = nodes
+        self.policy = policy or Policy()
+        self._attempts = attempts
+
+    # -- the Placer protocol -------------------------------------------------------------------------------
+
+    async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1,
+                    labels: Mapping[str, str] | None = None, spread: bool | None = None) -> PlacedServer:
+        """Where the service runs: its existing placement (sticky) or a new one, reserved atomically.
+
+        `resources` are per process (one Coolify application each), so `processes` multiplies them. `labels`
+        are node labels the service requires; `spread` asks for anti-affinity with the project's services
+        (default: the policy's). Raises PlacementError (nothing fits: agent-safe message) or PlacementBusy."""
+        if processes < 1:
+            raise ValueError("processes must be at least 1 (the service's process count)")
+        demand = Demand(service_id=key.service_id, project_id=key.project_id, mode=mode,
+                        memory_mb=resources.memory_mb * processes, millicpus=millicpus(resources.cpus) * processes,
+                        labels=dict(labels or {}), spread=self.policy.spread if spread is None else spread)
+        return await self.reserve(demand)
+
+    async def release(self, key: ServiceKey) -> None:
+        await self.release_service(key.service_id)
+
+    # -- reservations --------------------------------------------------------------------------------------
+
+    async def nodes(self) -> list[Node]:
+        """The node source's nodes, with InkMCP's draining marks applied."""
+        listed = await self._source()
+        async with self._sessions() as session:
+            draining = set((await session.execute(
+                select(PlacementNode.uuid).where(PlacementNode.draining_since.is_not(None)))).scalars())
+        return [dataclasses.replace(n, draining=True) if n.uuid in draining else n for n in listed]
+
+    async def reserve(self, demand: Demand) -> PlacedServer:
+        """Reserve room for `demand` (idempotent per service; sticky across redeploys). See the module doc."""
+        nodes = await self.nodes()
+        by_uuid = {n.uuid: n for n in nodes}
+        for _ in range(self._attempts):
+            async with self._sessions() as session, session.begin():
+                await _lock(session, SERVICE_LOCK, demand.service_id)
+                row = await session.get(Placement, uuid.UUID(demand.service_id), populate_existing=True)
+                old = _reservation(row) if row is not None else None
+                home = by_uuid.get(old.node_uuid) if old else None
+                if old is not None and home is not None and home.why_not_target() is None \
+                        and home.matches(demand.labels):
+                    if same_demand(old, demand):
+                        return _placed(home)
+                    # new limits: resized in place, checked against the node's fresh load under its lock
+                    if not await _lock_node(session, home):
+                        by_uuid[home.uuid] = dataclasses.replace(home, draining=True)
+                        continue
+                    engine = Engine([home], self.policy, await _loads(session, demand.service_id, home.uuid))
+                    if not engine.fits_on(demand, home.uuid):
+                        engine.add(old)
+                        raise engine.resize_refusal(demand)
+                    await self._write(session, demand, home, engine)
+                    return _placed(home)
+                if demand.spread:
+                    await _lock(session, PROJECT_LOCK, demand.project_id)
+                engine = Engine(by_uuid.values(), self.policy, await _loads(session, demand.service_id))
+                if demand.spread:
+                    for node_uuid, n in await self._project_nodes(session, demand):
+                        engine.note_project(demand.project_id, node_uuid, n)
+                target = engine.choose(demand)
+                if not await _lock_node(session, target):
+                    by_uuid[target.uuid] = dataclasses.replace(target, draining=True)
+                    continue
+                fresh = Engine([target], self.policy, await _loads(session, demand.service_id, target.uuid))
+                if not fresh.fits_on(demand, target.uuid):
+                    continue  # another replica took the room: decide again with fresh loads
+                await self._write(session, demand, target, fresh)
+                return _placed(target, moved=old is not None)
+        raise PlacementBusy("placement is busy (other deployments took the chosen room first); retry shortly")
+
+    async def _project_nodes(self, session: AsyncSession, demand: Demand) -> Sequence[tuple[str, int]]:
+        rows = await session.execute(text(
+            "SELECT node_uuid, count(*) FROM placements WHERE project_id = :p AND service_id <> :s "
+            "GROUP BY node_uuid"), {"p": demand.project_id, "s": demand.service_id})
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def _write(self, session: AsyncSession, demand: Demand, node: Node, engine: Engine) -> None:
+        r = reservation_for(demand, node.uuid, engine.charge(demand))
+        values = {"service_id": uuid.UUID(r.service_id), "project_id": uuid.UUID(r.project_id),
+                  "node_uuid": r.node_uuid, "mode": r.mode.value, "memory_mb": r.memory_mb,
+                  "millicpus": r.millicpus, "charged_memory_mb": r.charged_memory_mb,
+                  "charged_millicpus": r.charged_millicpus, "labels": dict(r.labels), "spread": r.spread}
+        stmt = insert(Placement).values(**values)
+        await session.execute(stmt.on_conflict_do_update(
+            index_elements=["service_id"],
+            set_={**{k: stmt.excluded[k] for k in values if k != "service_id"}, "updated_at": text("now()")}))
+
+    async def release_service(self, service_id: str) -> bool:
+        """Give back the service's reservation. Idempotent; True if there was one."""
+        async with self._sessions() as session, session.begin():
+            got = await session.execute(delete(Placement).where(Placement.service_id == uuid.UUID(service_id)))
+            return bool(got.rowcount)  # type: ignore[attr-defined]
+
+    async def placement_of(self, service_id: str) -> Reservation | None:
+        async with self._sessions() as session:
+            row = await session.get(Placement, uuid.UUID(service_id))
+            return _reservation(row) if row is not None else None
+
+    # -- draining ------------------------------------------------------------------------------------------
+
+    async def resolve(self, name_or_uuid: str) -> Node:
+        """A node by Coolify uuid or name (names must be unambiguous)."""
+        nodes = await self.nodes()
+        for n in nodes:
+            if n.uuid == name_or_uuid:
+                return n
+        named = [n for n in nodes if n.name == name_or_uuid]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise LookupError(f"{len(named)} servers are named {name_or_uuid!r}; pass the Coolify server uuid instead")
+        known = ", ".join(sorted(n.name for n in nodes if not n.is_build_server)) or "none"
+        raise LookupError(f"no run server named {name_or_uuid!r} in Coolify; known run servers: {known}")
+
+    async def set_draining(self, node: Node, draining: bool = True) -> None:
+        """Mark the node draining (no new placements; existing ones stay until moved) or not. Under the
+        node's row lock, so a placement that locks the row afterwards sees it and goes elsewhere."""
+        async with self._sessions() as session, session.begin():
+            await _lock_node(session, node)
+            await session.execute(update(PlacementNode).where(PlacementNode.uuid == node.uuid).values(
+                draining_since=datetime.now(UTC) if draining else None, name=node.name, updated_at=text("now()")))
+
+    async def plan_drain(self, name_or_uuid: str) -> DrainPlan:
+        """Mark the node draining and plan its moves (engine.plan_drain over the database's current loads).
+        Executing the plan (move one service at a time through the provider, health-check, then
+        `commit_move`) is the CLI's job."""
+        node = await self.resolve(name_or_uuid)
+        await self.set_draining(node, True)
+        nodes = await self.nodes()
+        async with self._sessions() as session:
+            loads = await _loads(session, "00000000-0000-0000-0000-000000000000")
+            rows = (await session.execute(select(Placement).where(Placement.node_uuid == node.uuid))).scalars().all()
+            on_node = [_reservation(r) for r in rows]
+            projects = {r.project_id for r in on_node}
+            counts = (await session.execute(text(
+                "SELECT project_id::text, node_uuid, count(*) FROM placements WHERE project_id::text = ANY(:p) "
+                "GROUP BY project_id, node_uuid"), {"p": sorted(projects)})).all() if projects else []
+        if node.uuid not in {n.uuid for n in nodes}:
+            nodes.append(node)
+        engine = Engine(nodes, self.policy, loads)
+        moving = {r.service_id for r in on_node}
+        for r in on_node:
+            engine.track(r)
+        for project_id, node_uuid, n in counts:
+            on_this = sum(1 for r in on_node if r.project_id == project_id and r.node_uuid == node_uuid)
+            if n - on_this:
+                engine.note_project(project_id, node_uuid, int(n) - on_this)
+        plan = engine.plan_drain(node.uuid)
+        assert {m.service_id for m in plan.moves} | {s for s, _ in plan.stuck} == moving
+        return plan
+
+    async def commit_move(self, move: Move) -> Reservation:
+        """Record that a service now runs on `move.to_node` (after the provider moved it and it passed its
+        health check): the same locks and fresh-load check as a reservation, so a move never overbooks the
+        target even if other placements happened since the plan was made. Idempotent."""
+        nodes = {n.uuid: n for n in await self.nodes()}
+        target = nodes.get(move.to_node)
+        if target is None:
+            raise PlacementError("the drain target is no longer a run server; plan the drain again",
+                                 detail=f"node {move.to_node} not listed by Coolify")
+        demand = demand_of(move.reservation)
+        async with self._sessions() as session, session.begin():
+            await _lock(session, SERVICE_LOCK, demand.service_id)
+            row = await session.get(Placement, uuid.UUID(demand.service_id), populate_existing=True)
+            if row is None:
+                raise PlacementError("the service was removed while its node was draining; nothing to move",
+                                     detail=f"service {demand.service_id}")
+            if row.node_uuid == target.uuid:
+                return _reservation(row)
+            if not await _lock_node(session, target):
+                raise PlacementError("the drain target started draining too; plan the drain again",
+                                     detail=f"node {target.name} ({target.uuid})")
+            engine = Engine([target], self.policy, await _loads(session, demand.service_id, target.uuid))
+            if not engine.fits_on(demand, target.uuid):
+                raise PlacementError("the drain target has no room any more (other services were placed there "
+                                     "since the plan); plan the drain again", detail=f"node {target.name}")
+            await self._write(session, demand, target, engine)
+            return reservation_for(demand, target.uuid, engine.charge(demand))
+
+
+def _placed(node: Node, *, moved: bool = False) -> PlacedServer:
+    return PlacedServer(server_uuid=node.uuid, wildcard_base=node.wildcard_base, node_name=node.name, moved=moved)
