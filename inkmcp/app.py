@@ -9,7 +9,6 @@ import asyncio
 import fcntl
 import logging
 import os
-import secrets
 import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseService
 from inkmcp.core.deployments import DeployService
 from inkmcp.core.envvars import EnvService
+from inkmcp.core.leases import ReplicaSettings
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
@@ -32,20 +32,11 @@ from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.byo import BringYourOwnDatabase
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider
 from inkmcp.settings import Settings
-from inkmcp.store.crypto import SecretBox
+from inkmcp.store.crypto import MAC_KEY_RELATIVE, SecretBox, check_shared_keys, shared_mac_key
 from inkmcp.store.db import Store, migrate, open_store
 from inkmcp.store.embedded import EmbeddedPostgres
 
 log = logging.getLogger("inkmcp")
-
-
-def _private_file(path: Path, make: bytes) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(make)
-    return path.read_bytes()
 
 
 def _stable_port(path: Path) -> int:
@@ -125,8 +116,16 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     store = await open_store(control_url)
     stack.push_async_callback(store.close)
 
+    # --- Issue 8 item 7 (replicas): keys every replica must agree on come from settings or the database.
+    # Encryption keys: INKMCP_ENCRYPTION_KEYS (the data-dir key file stays the one-machine default), checked
+    # against the database so a replica with other keys refuses to start. MAC key: INKMCP_MAC_KEY, else the
+    # database's (shared_keys), adopting this data dir's secrets/mac.key on the first start. Leases:
+    # INKMCP_REPLICA_ID / INKMCP_LEASE_SECONDS / INKMCP_HEARTBEAT_SECONDS / INKMCP_TAKEOVER_SCAN_SECONDS.
     box = SecretBox.load(data)
-    mac_key = _private_file(data / "secrets" / "mac.key", secrets.token_bytes(32))
+    await check_shared_keys(store.sessionmaker, box)
+    mac_key = await shared_mac_key(store.sessionmaker, box, legacy_file=data / MAC_KEY_RELATIVE)
+    replica = ReplicaSettings().config(data)
+    # --- end issue 8 item 7
 
     if settings.tenant_database_url is not None:
         admin = settings.tenant_database_url
@@ -178,6 +177,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         mac_key=mac_key,
         metrics=metrics,
         max_env_bytes=settings.max_env_bytes,
+        replica=replica,  # issue 8 item 7
     )
     platform = Platform(
         sessions,

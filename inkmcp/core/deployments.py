@@ -13,6 +13,12 @@ next step, `release` is repeated for the same deployment after a crash or a retr
 re-attaches instead of starting again), `ProviderUnavailable` is retried with backoff for a bounded
 window, and env changes report what really happened (restarted, pending at the provider, or kept
 for the next start).
+
+More than one replica (issue 8 item 7, `leases.py`): a deployment's pipeline runs on the replica holding its
+lease, every write of the pipeline is fenced by the lease's epoch, a heartbeat keeps the leases of running
+pipelines, and a replica takes over deployments whose lease expired (at start-up and on every scan). Releases
+of one service run one at a time in creation order across replicas, and creating a deployment holds the
+service's advisory lock, so two replicas deploying the same thing at once make one deployment.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects.postgresql import distinct_on, insert
+from sqlalchemy import delete, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.detect import derive_plan
@@ -48,6 +54,7 @@ from inkmcp.build.source import (
 )
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import EnvService, validate_env_payload
+from inkmcp.core.leases import Lease, LeaseConfig, LeaseLost, Leases, lock_service
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
@@ -71,7 +78,7 @@ from inkmcp.providers.compute.base import (
     Step,
 )
 from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
-from inkmcp.store.refs import ref_of, save_ref
+from inkmcp.store.refs import check_ref, ref_of, save_ref
 
 log = logging.getLogger("inkmcp.deploy")
 
@@ -157,6 +164,7 @@ class DeployService:
         metrics: Metrics,
         max_env_bytes: int,
         provider_retry: ProviderRetry | None = None,
+        replica: LeaseConfig | None = None,
     ) -> None:
         self._sessions = sessions
         self._projects = projects
@@ -172,9 +180,13 @@ class DeployService:
         self._mac_key = mac_key
         self._metrics = metrics
         self._max_env_bytes = max_env_bytes
-        self._service_locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry = provider_retry or ProviderRetry()
+        self._leases = Leases(sessions, replica or LeaseConfig())
+        self._held: dict[uuid.UUID, tuple[Lease, asyncio.Task[None]]] = {}  # pipelines this replica runs
+        self._lost: set[uuid.UUID] = set()  # pipelines cancelled because their lease was taken over
+        self._scanning = False  # takeover scans: from restore_all (serve), not in a bare DeployService
+        self._maintainer: asyncio.Task[None] | None = None
 
     def _private_checkouts(self) -> None:
         """work/ and work/checkouts: root 0700, so no tenant reaches a checkout before it is handed over."""
@@ -215,45 +227,50 @@ class DeployService:
         env = await self.effective_env(project.id, service_id)
         config_hash = self._config_hash(commit, settings, env)
 
-        lock = self._service_locks.setdefault(service_id, asyncio.Lock())
-        async with lock:
-            reusable = await self._reusable(service_id, config_hash)
-            if reusable is not None:
-                return await self.view(p, reusable, reused=True)
-            checkout = self._checkouts / uuid.uuid4().hex
-            try:
-                await checkout_fetched(fetched, checkout, policy=self._sources)
-                plan, service_type = derive_plan(
-                    checkout,
-                    service_name=req.service_name,
-                    service_type=req.service_type,
-                    build_command=req.build_command,
-                    start_command=req.start_command,
-                    port=req.port,
-                )
-            except BaseException:
-                shutil.rmtree(checkout, ignore_errors=True)
-                raise
-            mode = req.mode or plan.mode or default_mode(service_type)
-            if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
-                # A static site has nothing to sleep or keep warm; say so rather than ignore it.
-                shutil.rmtree(checkout, ignore_errors=True)
-                raise InvalidArgument(
-                    f"mode {req.mode} does not apply to a static site.",
-                    argument="mode",
-                    fix="omit mode or pass 'static' for webapp_static services",
-                )
-            try:
-                deployment_id = await self._create_deployment(service_id, commit, config_hash, plan, service_type, mode)
-            except BaseException:  # e.g. the concurrent-builds limit: the checkout is nobody's now
-                shutil.rmtree(checkout, ignore_errors=True)
-                raise
+        # Fast path without a lock; checked again under the service's lock when the deployment is created,
+        # since another call (on this replica or another) may create the same one meanwhile.
+        reusable = await self._reusable(service_id, config_hash)
+        if reusable is not None:
+            return await self.view(p, reusable, reused=True)
+        checkout = self._checkouts / uuid.uuid4().hex
+        try:
+            await checkout_fetched(fetched, checkout, policy=self._sources)
+            plan, service_type = derive_plan(
+                checkout,
+                service_name=req.service_name,
+                service_type=req.service_type,
+                build_command=req.build_command,
+                start_command=req.start_command,
+                port=req.port,
+            )
+        except BaseException:
+            shutil.rmtree(checkout, ignore_errors=True)
+            raise
+        mode = req.mode or plan.mode or default_mode(service_type)
+        if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
+            # A static site has nothing to sleep or keep warm; say so rather than ignore it.
+            shutil.rmtree(checkout, ignore_errors=True)
+            raise InvalidArgument(
+                f"mode {req.mode} does not apply to a static site.",
+                argument="mode",
+                fix="omit mode or pass 'static' for webapp_static services",
+            )
+        try:
+            deployment_id, lease = await self._create_or_reuse(
+                service_id, commit, config_hash, plan, service_type, mode
+            )
+        except BaseException:  # e.g. the concurrent-builds limit: the checkout is nobody's now
+            shutil.rmtree(checkout, ignore_errors=True)
+            raise
+        if lease is None:  # the same deployment was created meanwhile (by this replica or another)
+            shutil.rmtree(checkout, ignore_errors=True)
+            return await self.view(p, deployment_id, reused=True)
         log.info(
             "deployment queued",
             extra={"deployment": str(deployment_id), "project": project_name, "service": req.service_name,
                    "repo": redact_url(req.repo_url), "commit": commit[:12], "has_db": db is not None},
         )
-        self._spawn(self._run(deployment_id, checkout))
+        self._start(lease, checkout)
         return await self.view(p, deployment_id)
 
     async def _drop_if_empty(self, project_id: uuid.UUID) -> None:
@@ -336,15 +353,21 @@ class DeployService:
 
     async def _reusable(self, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
         async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(Deployment.id, Deployment.status)
-                    .where(Deployment.service_id == service_id, Deployment.config_hash == config_hash)
-                    .order_by(Deployment.created_at.desc())
-                    .limit(1)
-                )
-            ).first()
-            live = (await s.execute(select(Service.live_deployment_id).where(Service.id == service_id))).scalar()
+            return await self._reusable_in(s, service_id, config_hash)
+
+    @staticmethod
+    async def _reusable_in(s: AsyncSession, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
+        """A deployment of the same commit, settings and env that is live or on its way (keyed hash: the MAC
+        key is shared by every replica, so a repeat on another replica finds it too)."""
+        row = (
+            await s.execute(
+                select(Deployment.id, Deployment.status)
+                .where(Deployment.service_id == service_id, Deployment.config_hash == config_hash)
+                .order_by(Deployment.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        live = (await s.execute(select(Service.live_deployment_id).where(Service.id == service_id))).scalar()
         if row is None:
             return None
         dep_id, status = row
@@ -363,8 +386,31 @@ class DeployService:
         service_type: ServiceType,
         mode: Mode,
     ) -> uuid.UUID:
+        """A new queued deployment claimed by this replica (no pipeline started; tests use it as a row)."""
+        dep_id, _ = await self._create_or_reuse(service_id, commit, config_hash, plan, service_type, mode, reuse=False)
+        return dep_id
+
+    async def _create_or_reuse(
+        self,
+        service_id: uuid.UUID,
+        commit: str,
+        config_hash: str,
+        plan: BuildPlan,
+        service_type: ServiceType,
+        mode: Mode,
+        *,
+        reuse: bool = True,
+    ) -> tuple[uuid.UUID, Lease | None]:
+        """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
+        deployment claimed by this replica in the same transaction, and its lease."""
         dep_id = uuid.uuid4()
+        claim, lease = self._leases.new_claim(dep_id)
         async with self._sessions.begin() as s:
+            await lock_service(s, service_id)
+            if reuse:
+                found = await self._reusable_in(s, service_id, config_hash)
+                if found is not None:
+                    return found, None
             await self._projects.check_build_quota(s, service_id)  # account row lock: count and insert together
             await s.execute(
                 update(Service).where(Service.id == service_id).values(service_type=service_type.value, mode=mode.value)
@@ -377,22 +423,106 @@ class DeployService:
                     commit=commit,
                     config_hash=config_hash,
                     plan=plan.model_dump(mode="json"),
+                    **claim,
                 )
             )
             await s.flush()
             s.add(DeploymentEvent(deployment_id=dep_id, status=Step.queued.value, detail=f"commit {commit[:12]}"))
-        return dep_id
+        return dep_id, lease
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -------------------------------------------------------------- replicas
+    def _start(self, lease: Lease, checkout: Path | None) -> None:
+        """Run the pipeline of a deployment whose lease this replica holds; keep the lease alive meanwhile."""
+        task = self._spawn(self._run(lease, checkout))
+        self._held[lease.deployment_id] = (lease, task)
+        self._maintain()
+
+    def _maintain(self) -> None:
+        if self._maintainer is None or self._maintainer.done():
+            self._maintainer = asyncio.ensure_future(self._maintenance())
+
+    async def _maintenance(self) -> None:
+        """Heartbeat (renew held leases, stop pipelines whose lease was taken) and, when scanning, takeovers.
+
+        Runs while this replica holds a lease or scans; a failed round (database unreachable) is logged and
+        retried at the next tick: the leases expire if it stays down, which is what they are for.
+        """
+        cfg = self._leases.config
+        next_scan = 0.0
+        while self._held or self._scanning:
+            try:
+                held = {dep_id: lease for dep_id, (lease, _) in self._held.items()}
+                kept = await self._leases.renew(held.values())
+                for dep_id, lease in held.items():
+                    entry = self._held.get(dep_id)
+                    if dep_id not in kept and entry is not None and entry[0] == lease and not entry[1].done():
+                        log.warning("lease lost: another replica took the deployment over; stopping its pipeline",
+                                    extra={"deployment": str(dep_id), "epoch": lease.epoch})  # fmt: skip
+                        self._lost.add(dep_id)
+                        entry[1].cancel()
+                if self._scanning and time.monotonic() >= next_scan:
+                    next_scan = time.monotonic() + cfg.scan_seconds
+                    await self._take_over(await self._leases.claim_abandoned())
+            except Exception:
+                log.exception("lease maintenance failed; retrying")
+            await asyncio.sleep(min(cfg.heartbeat_seconds, cfg.scan_seconds))  # a period, not a synchronisation
+
+    async def _take_over(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            if lease.taken_from is not None:
+                detail = f"taken over by replica {lease.replica_id} (the lease of {lease.taken_from} expired)"
+            else:
+                detail = "resumed after restart"
+            try:
+                await self._record(lease, Step.queued, detail)
+            except LeaseLost:
+                continue
+            log.info("deployment claimed", extra={"deployment": str(lease.deployment_id), "detail": detail})
+            self._start(lease, None)
+
+    async def _wait_turn(self, lease: Lease) -> None:
+        """Releases of one service run one at a time, oldest first, whichever replica runs them: wait until
+        every older deployment of this service is terminal. An older one nobody runs (unclaimed or expired
+        lease) is taken over here rather than waited for."""
+        announced = False
+        while True:
+            async with self._sessions() as s:
+                older = (
+                    await s.execute(text("""
+                        SELECT o.id, o.claimed_by, (o.claimed_by IS NULL OR o.lease_until IS NULL
+                                                    OR o.lease_until < now()) AS abandoned
+                        FROM deployments d JOIN deployments o ON o.service_id = d.service_id
+                        WHERE d.id = :id AND o.id <> d.id AND o.status <> ALL(:terminal)
+                          AND (o.created_at, o.id) < (d.created_at, d.id)
+                        ORDER BY o.created_at
+                    """), {"id": lease.deployment_id, "terminal": sorted(TERMINAL)})
+                ).all()
+            if not older:
+                return
+            for dep_id, _, abandoned in older:
+                if abandoned and dep_id not in self._held:
+                    taken = await self._leases.claim(dep_id)
+                    if taken is not None:
+                        await self._take_over([taken])
+            if not announced:
+                announced = True
+                await self._record(lease, Step.queued, "waiting for the previous deployment of this service")
+            await asyncio.sleep(0.2)  # polling another replica's progress (the record is the only signal)
 
     # -------------------------------------------------------------- pipeline
-    async def _record(self, dep_id: uuid.UUID, status: Step | str, detail: str = "", **values: Any) -> None:
+    async def _record(self, lease: Lease, status: Step | str, detail: str = "", **values: Any) -> None:
+        """Record a step of the pipeline holding `lease` (fenced: raises LeaseLost if it is no longer ours)."""
         status = status.value if isinstance(status, Step) else status
         now = datetime.now(UTC)
+        dep_id = lease.deployment_id
         async with self._sessions.begin() as s:
+            await self._leases.fence(s, lease)
             await s.execute(
                 update(Deployment).where(Deployment.id == dep_id).values(status=status, updated_at=now, **values)
             )
@@ -449,71 +579,98 @@ class DeployService:
             deployment_ref=ref_of(dep.provider_ref, self._compute.name),
         )
 
-    def _recorder(self, dep_id: uuid.UUID, svc_id: uuid.UUID, project_id: uuid.UUID) -> Any:
+    def _recorder(
+        self, dep_id: uuid.UUID, svc_id: uuid.UUID, project_id: uuid.UUID, lease: Lease | None = None
+    ) -> Any:
         """The `record` callback of one release: provider refs go to the rows of this deployment, its service
-        and its project, committed before the provider's next step."""
+        and its project, committed before the provider's next step. Inside a pipeline (`lease`) each write is
+        fenced: a replica that lost the lease stops here, before the remote step the ref guards."""
         rows = {RefScope.project: project_id, RefScope.service: svc_id, RefScope.deployment: dep_id}
+        models: dict[RefScope, Any] = {RefScope.project: Project, RefScope.service: Service,
+                                       RefScope.deployment: Deployment}  # fmt: skip
 
         async def record(scope: RefScope, ref: ProviderRef) -> None:
-            await save_ref(self._sessions, RefScope(scope).value, rows[RefScope(scope)], self._compute.name, ref)
+            scope = RefScope(scope)
+            if lease is None:
+                await save_ref(self._sessions, scope.value, rows[scope], self._compute.name, ref)
+                return
+            # store.refs.save_ref's statement, in the fenced transaction
+            value = json.loads(check_ref(ref))
+            model = models[scope]
+            entry = func.jsonb_build_object(self._compute.name, literal(value, JSONB))
+            async with self._sessions.begin() as s:
+                await self._leases.fence(s, lease)
+                await s.execute(
+                    update(model).where(model.id == rows[scope]).values(provider_ref=model.provider_ref.op("||")(entry))
+                )
 
         return record
 
-    async def _run(self, dep_id: uuid.UUID, checkout: Path | None) -> None:
+    async def _run(self, lease: Lease, checkout: Path | None) -> None:
         started = time.monotonic()
-        _, svc, _ = await self._load(dep_id)
-        lock = self._service_locks.setdefault(svc.id, asyncio.Lock())
+        dep_id = lease.deployment_id
         outcome = "failed"
         try:
-            async with lock:
-                result = await self._release_with_retries(dep_id, checkout)
-                now = datetime.now(UTC)
-                async with self._sessions.begin() as s:
-                    await s.execute(
-                        update(Deployment)
-                        .where(Deployment.service_id == svc.id, Deployment.status == "live", Deployment.id != dep_id)
-                        .values(status="superseded", updated_at=now)
-                    )
-                    await s.execute(
-                        update(Deployment)
-                        .where(Deployment.id == dep_id)
-                        .values(status="live", url=result.url, finished_at=now, updated_at=now)
-                    )
-                    detail = result.url or "running (no route)"
-                    s.add(DeploymentEvent(deployment_id=dep_id, status="live", detail=detail))
-                    await s.execute(
-                        update(Service).where(Service.id == svc.id).values(live_deployment_id=dep_id, url=result.url)
-                    )
-                outcome = "live"
+            _, svc, _ = await self._load(dep_id)
+            await self._wait_turn(lease)
+            result = await self._release_with_retries(lease, checkout)
+            now = datetime.now(UTC)
+            async with self._sessions.begin() as s:
+                await self._leases.fence(s, lease)
+                await s.execute(
+                    update(Deployment)
+                    .where(Deployment.service_id == svc.id, Deployment.status == "live", Deployment.id != dep_id)
+                    .values(status="superseded", updated_at=now)
+                )
+                await s.execute(
+                    update(Deployment)
+                    .where(Deployment.id == dep_id)
+                    .values(status="live", url=result.url, finished_at=now, updated_at=now, lease_until=None)
+                )
+                detail = result.url or "running (no route)"
+                s.add(DeploymentEvent(deployment_id=dep_id, status="live", detail=detail))
+                await s.execute(
+                    update(Service).where(Service.id == svc.id).values(live_deployment_id=dep_id, url=result.url)
+                )
+            outcome = "live"
+        except LeaseLost:
+            outcome = "lost"
         except ReleaseFailed as e:
-            await self._fail(dep_id, f"{e.step.value}: {e.reason}")
+            outcome = await self._fail(lease, f"{e.step.value}: {e.reason}")
         except ProviderRefused as e:
-            await self._fail(dep_id, f"the compute platform refused the deployment: {e.reason}. This is not a "
-                                     "problem in your app; the operator has to fix the platform, then call deploy_app "
-                                     "again")  # fmt: skip
+            outcome = await self._fail(lease, f"the compute platform refused the deployment: {e.reason}. This is not "
+                                              "a problem in your app; the operator has to fix the platform, then call "
+                                              "deploy_app again")  # fmt: skip
         except ProviderUnavailable as e:
-            await self._fail(dep_id, f"the compute platform stayed unavailable for {self._retry.window:g} s "
-                                     f"({e.reason}); nothing went live, the previous version keeps serving. Call "
-                                     "deploy_app again later")  # fmt: skip
+            outcome = await self._fail(lease, f"the compute platform stayed unavailable for {self._retry.window:g} s "
+                                              f"({e.reason}); nothing went live, the previous version keeps serving. "
+                                              "Call deploy_app again later")  # fmt: skip
         except InkError as e:
-            await self._fail(dep_id, e.render())
+            outcome = await self._fail(lease, e.render())
         except asyncio.CancelledError:
-            # shutdown: leave the record non-terminal so start-up resumes it
-            outcome = "interrupted"
-            raise
+            # shutdown (leave the record non-terminal: start-up or another replica resumes it), or lease lost
+            outcome = "lost" if dep_id in self._lost else "interrupted"
+            if outcome == "interrupted":
+                raise
         except Exception as e:  # a bug or an OS failure: record it, never leave "building" forever
             log.exception("deployment crashed", extra={"deployment": str(dep_id)})
-            await self._fail(dep_id, f"internal error: {type(e).__name__}")
+            outcome = await self._fail(lease, f"internal error: {type(e).__name__}")
         except BaseException:
             outcome = "interrupted"  # the process is going down (or a test simulates it): resumable
             raise
         finally:
             if checkout is not None:
                 shutil.rmtree(checkout, ignore_errors=True)
-            if outcome != "interrupted":
+            if self._held.get(dep_id, (None,))[0] == lease:
+                del self._held[dep_id]
+            self._lost.discard(dep_id)
+            if outcome == "lost":
+                log.warning("stopped a pipeline whose lease another replica took over; it wrote nothing after",
+                            extra={"deployment": str(dep_id), "epoch": lease.epoch})  # fmt: skip
+            if outcome not in ("interrupted", "lost"):
                 self._metrics.deploy_duration.labels(outcome=outcome).observe(time.monotonic() - started)
 
-    async def _release_with_retries(self, dep_id: uuid.UUID, checkout: Path | None) -> Any:
+    async def _release_with_retries(self, lease: Lease, checkout: Path | None) -> Any:
         """`release` until it returns, fails for good, or `ProviderUnavailable` outlasts the retry window.
 
         Every attempt reloads the rows, so it passes the refs the previous attempt recorded: the
@@ -523,12 +680,13 @@ class DeployService:
         """
         deadline = time.monotonic() + self._retry.window
         attempt = 0
+        dep_id = lease.deployment_id
 
         async def progress(step: Step, detail: str) -> None:
             # Terminal states are core's to record, together with the URL: a waiter must
             # never see `live` before the URL is stored.
             if step not in (Step.live, Step.failed):
-                await self._record(dep_id, step, detail)
+                await self._record(lease, step, detail)
 
         while True:
             dep, svc, project = await self._load(dep_id)
@@ -543,22 +701,29 @@ class DeployService:
                     )
             try:
                 request = await self._release_request(dep, svc, project, work)
-                return await self._compute.release(request, progress, self._recorder(dep_id, svc.id, project.id))
+                return await self._compute.release(
+                    request, progress, self._recorder(dep_id, svc.id, project.id, lease)
+                )
             except ProviderUnavailable as e:
                 wait = e.retry_after if e.retry_after is not None else self._retry.backoff(attempt)
                 if time.monotonic() + wait > deadline:
                     raise
                 detail = f"waiting for the compute platform ({e.reason}); retrying in {wait:.0f} s"
-                await self._record(dep_id, Step.queued, detail)
+                await self._record(lease, Step.queued, detail)
                 await asyncio.sleep(wait)  # a backoff the provider asked for, not a synchronisation
                 attempt += 1
             finally:
                 if work is not None and work != checkout:
                     shutil.rmtree(work, ignore_errors=True)
 
-    async def _fail(self, dep_id: uuid.UUID, reason: str) -> None:
+    async def _fail(self, lease: Lease, reason: str) -> str:
+        """Record the failure (fenced); the outcome for metrics: `failed`, or `lost` if the lease went first."""
         now = datetime.now(UTC)
-        await self._record(dep_id, Step.failed, reason, error=reason[:4000], finished_at=now)
+        try:
+            await self._record(lease, Step.failed, reason, error=reason[:4000], finished_at=now, lease_until=None)
+        except LeaseLost:
+            return "lost"
+        return "failed"
 
     # ------------------------------------------------------- follow & views
     async def view(
@@ -764,17 +929,27 @@ class DeployService:
         return done
 
     async def remove_service(self, project: Project, svc: Service) -> None:
-        lock = self._service_locks.setdefault(svc.id, asyncio.Lock())
-        async with lock:
-            async with self._sessions() as s:  # fresh refs: the pipeline that held the lock may have recorded some
-                fresh = await s.get(Service, svc.id)
-            try:
-                await self._compute.remove(self.key_of(fresh or svc, project))
-            except ProviderUnavailable as e:
-                raise unavailable(e, f"deleting service {svc.name!r}") from None
+        """Wait for the service's deployments in progress (on any replica), then remove it. The service's
+        advisory lock is held from the check to the delete, so no deployment of it starts in between."""
+        while True:
             async with self._sessions.begin() as s:
-                await s.execute(delete(Service).where(Service.id == svc.id))
-        self._service_locks.pop(svc.id, None)
+                await lock_service(s, svc.id)
+                busy = (
+                    await s.execute(
+                        select(func.count()).select_from(Deployment)
+                        .where(Deployment.service_id == svc.id, Deployment.status.not_in(list(TERMINAL)))
+                    )
+                ).scalar_one()
+                if not busy:
+                    fresh = await s.get(Service, svc.id)  # fresh refs: the last pipeline may have recorded some
+                    try:
+                        await self._compute.remove(self.key_of(fresh or svc, project))
+                    except ProviderUnavailable as e:
+                        raise unavailable(e, f"deleting service {svc.name!r}") from None
+                    await s.execute(delete(Service).where(Service.id == svc.id))
+                    return
+            # the lock went with the transaction: a pipeline (maybe on another replica) is still releasing it
+            await asyncio.sleep(0.2)
 
     async def restore_all(self) -> tuple[int, int]:
         """At start-up: bring live services back and resume interrupted deployments."""
@@ -790,9 +965,6 @@ class DeployService:
                     .join(Project, Service.project_id == Project.id)
                 )
             ).all()
-            pending = (
-                await s.execute(select(Deployment.id).where(Deployment.status.not_in(list(TERMINAL))))
-            ).scalars().all()
         restored = 0
         for dep, svc, project in live:
             try:
@@ -800,10 +972,13 @@ class DeployService:
                 restored += 1
             except Exception:
                 log.exception("could not restore service", extra={"service": str(svc.id)})
-        for dep_id in pending:
-            await self._record(dep_id, Step.queued, "resumed after restart")
-            self._spawn(self._run(dep_id, None))
-        return restored, len(pending)
+        # Unfinished deployments nobody runs: unclaimed (made before leases), expired (a replica died), or ours
+        # (this replica's previous run: the replica id is per data dir and one serve holds a data dir).
+        claimed = await self._leases.claim_abandoned(own=True, limit=100_000)
+        await self._take_over(claimed)
+        self._scanning = True  # from now on, take over what other replicas leave behind
+        self._maintain()
+        return restored, len(claimed)
 
     async def count_live(self) -> int:
         async with self._sessions() as s:
@@ -812,11 +987,19 @@ class DeployService:
             ).scalar_one()
 
     async def close(self) -> None:
-        """Stop the pipelines of this process (their records stay resumable)."""
-        for t in list(self._tasks):
+        """Stop the pipelines of this process (their records stay resumable) and hand their leases back, so
+        another replica resumes them at once instead of after the lease expires."""
+        self._scanning = False
+        held = [lease for lease, _ in self._held.values()]
+        tasks = [*self._tasks, *([self._maintainer] if self._maintainer else [])]
+        for t in tasks:
             t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._leases.hand_back(held)
+        except Exception:  # the database is going away too: the leases expire by themselves
+            log.warning("could not hand back %d leases; they expire by themselves", len(held))
 
 
 async def _none() -> None:

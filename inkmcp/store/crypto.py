@@ -11,19 +11,41 @@ Keys come from INKMCP_ENCRYPTION_KEYS (comma-separated, first = primary) when se
 can keep them in a secret manager; otherwise from `<data_dir>/secrets/encryption.keys` (one key per
 line, 0600), created with one fresh key on first start. Nothing here logs a key or a plaintext, and
 `SecretBox` has no repr that could leak one.
+
+More than one replica (issue 8 item 7): everything replicas must agree on comes from shared settings or the
+database, never from one replica's data dir.
+
+* Encryption keys: INKMCP_ENCRYPTION_KEYS, the same value on every replica (the data-dir key file is the
+  one-machine default). `check_shared_keys` stores a check value in `shared_keys` on first start and refuses
+  to start a replica whose keys cannot read it, naming the setting: otherwise it would write secrets the
+  other replicas cannot read.
+* The MAC key behind the "same deploy again is a no-op" check (`config_hash`) and env revisions:
+  INKMCP_MAC_KEY when set; otherwise `shared_mac_key` keeps it in `shared_keys`, sealed by the encryption
+  keys. The first start adopts an existing `<data_dir>/secrets/mac.key` (so one-machine installs keep their
+  hashes, and their first redeploy after the upgrade is still a no-op), else makes a fresh one; every later
+  start of any replica reads that row. Both rows are `*_enc` values, so `rotate_all` re-encrypts them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inkmcp.errors import InkError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from inkmcp.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -206,3 +228,110 @@ async def rotate_all(store: Store, box: SecretBox) -> int:
                 count += len(updates)
     log.info("re-encrypted %d secret values under the primary key", count)
     return count
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys shared by replicas (issue 8 item 7)
+# ---------------------------------------------------------------------------------------------------------------
+
+MAC_ENV_VAR = "INKMCP_MAC_KEY"
+MAC_KEY_RELATIVE = Path("secrets") / "mac.key"
+MAC_KEY_ROW = "mac"
+BOX_CHECK_ROW = "encryption-check"
+MIN_MAC_BYTES = 32
+
+
+class KeySettings(BaseSettings):
+    """Key settings every replica must share. Wired in inkmcp/app.py (`shared_mac_key`)."""
+
+    model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
+
+    mac_key: SecretStr | None = Field(
+        default=None,
+        description="the MAC key behind no-op detection and env revisions: at least 32 bytes as hex or url-safe "
+        "base64, the same on every replica. Unset: kept in the database (shared_keys), sealed by the encryption "
+        "keys, which is what replicas normally want",
+    )
+
+
+def parse_mac_key(value: str) -> bytes:
+    """INKMCP_MAC_KEY as bytes: hex or url-safe base64 of at least 32 bytes, else an error naming the setting."""
+    value = value.strip()
+    decoded: bytes | None = None
+    try:
+        decoded = bytes.fromhex(value)
+    except ValueError:
+        try:
+            decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except (binascii.Error, ValueError):
+            decoded = None
+    if decoded is None or len(decoded) < MIN_MAC_BYTES:
+        raise InkError(
+            f"{MAC_ENV_VAR} must be at least {MIN_MAC_BYTES} random bytes, written as hex or url-safe base64.",
+            argument=MAC_ENV_VAR,
+            fix='generate one with `python3 -c "import secrets; print(secrets.token_hex(32))"` and give every '
+            "replica the same value, or unset it to keep the key in the database",
+        )
+    return decoded
+
+
+async def _read_row(sessions: async_sessionmaker[AsyncSession], name: str) -> bytes | None:
+    from sqlalchemy import select
+
+    from inkmcp.store.models import SharedKey
+
+    async with sessions() as s:
+        value = (await s.execute(select(SharedKey.value_enc).where(SharedKey.name == name))).scalar()
+    return bytes(value) if value is not None else None
+
+
+async def _insert_row(sessions: async_sessionmaker[AsyncSession], name: str, token: bytes) -> None:
+    """Insert unless a row exists: two replicas starting at once agree on whichever committed first."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    from inkmcp.store.models import SharedKey
+
+    async with sessions.begin() as s:
+        await s.execute(insert(SharedKey).values(name=name, value_enc=token).on_conflict_do_nothing())
+
+
+def _keys_differ(what: str) -> InkError:
+    return InkError(
+        f"this replica's encryption keys cannot read the {what} other replicas stored in the control-plane database.",
+        argument=ENV_VAR,
+        fix=f"give every replica sharing INKMCP_DATABASE_URL the same {ENV_VAR} (comma-separated, primary first; "
+        f"copy it from the replica that started first, or from its {KEY_FILE_RELATIVE})",
+    )
+
+
+async def check_shared_keys(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
+    """Refuse to start with encryption keys that cannot read what the database holds (see module docstring)."""
+    token = await _read_row(sessions, BOX_CHECK_ROW)
+    if token is None:
+        await _insert_row(sessions, BOX_CHECK_ROW, box.encrypt(secrets.token_bytes(16)))
+        token = await _read_row(sessions, BOX_CHECK_ROW)
+    try:
+        box.decrypt(token or b"")
+    except DecryptionError:
+        raise _keys_differ("check value") from None
+
+
+async def shared_mac_key(
+    sessions: async_sessionmaker[AsyncSession], box: SecretBox, legacy_file: Path | None = None
+) -> bytes:
+    """The MAC key every replica uses: INKMCP_MAC_KEY, else the database's (adopting `legacy_file` first)."""
+    configured = KeySettings().mac_key
+    if configured is not None:
+        return parse_mac_key(configured.get_secret_value())
+    token = await _read_row(sessions, MAC_KEY_ROW)
+    if token is None:
+        key = secrets.token_bytes(MIN_MAC_BYTES)
+        if legacy_file is not None and legacy_file.exists():
+            key = legacy_file.read_bytes()
+            log.info("adopted the MAC key of %s into the control-plane database", legacy_file)
+        await _insert_row(sessions, MAC_KEY_ROW, box.encrypt(key))
+        token = await _read_row(sessions, MAC_KEY_ROW)
+    try:
+        return box.decrypt(token or b"")
+    except DecryptionError:
+        raise _keys_differ("MAC key") from None

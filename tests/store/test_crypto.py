@@ -82,6 +82,7 @@ def test_encrypted_columns_cover_schema() -> None:
         ("env_vars", "value_enc"),
         ("databases", "credentials_enc"),
         ("services", "repo_url_enc"),
+        ("shared_keys", "value_enc"),  # the MAC key and the key check replicas share (issue 8 item 7)
     }
 
 
