@@ -72,9 +72,11 @@ async def connect(creds: DatabaseCredentials) -> psycopg.AsyncConnection[tuple[o
     return await psycopg.AsyncConnection.connect(creds.url().get_secret_value(), connect_timeout=5, autocommit=True)
 
 
-async def can_login(creds: DatabaseCredentials) -> bool:
+async def can_login(creds: DatabaseCredentials | SecretStr) -> bool:
+    """Whether a login with these credentials (or this URL) succeeds now."""
+    url = creds if isinstance(creds, SecretStr) else creds.url()
     try:
-        conn = await connect(creds)
+        conn = await psycopg.AsyncConnection.connect(url.get_secret_value(), connect_timeout=5, autocommit=True)
     except psycopg.OperationalError:
         return False
     await conn.close()
