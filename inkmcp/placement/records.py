@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -112,11 +112,17 @@ class PlacementService:
     plan `inkmcp nodes drain` will execute."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], nodes: NodeSource, policy: Policy | None = None,
-                 *, attempts: int = 8) -> None:
+                 *, attempts: int = 8, before_commit: Callable[[Demand, Node], Awaitable[None]] | None = None) -> None:
+        """`before_commit` (tests): awaited after a reservation is written, before its transaction commits, so a
+        test can hold the node's lock and show that a second replica waits for it."""
         self._sessions = sessions
         self._source = nodes
         self.policy = policy or Policy()
         self._attempts = attempts
+        self._before_commit = before_commit
+        self.retries = 0
+        """Decisions made again because the chosen node filled up or started draining meanwhile (for tests and
+        metrics: non-zero proves replicas really raced)."""
 
     # -- the Placer protocol -------------------------------------------------------------------------------
 
@@ -164,6 +170,7 @@ class PlacementService:
                     # new limits: resized in place, checked against the node's fresh load under its lock
                     if not await _lock_node(session, home):
                         by_uuid[home.uuid] = dataclasses.replace(home, draining=True)
+                        self.retries += 1
                         continue
                     engine = Engine([home], self.policy, await _loads(session, demand.service_id, home.uuid))
                     if not engine.fits_on(demand, home.uuid):
@@ -180,9 +187,11 @@ class PlacementService:
                 target = engine.choose(demand)
                 if not await _lock_node(session, target):
                     by_uuid[target.uuid] = dataclasses.replace(target, draining=True)
+                    self.retries += 1
                     continue
                 fresh = Engine([target], self.policy, await _loads(session, demand.service_id, target.uuid))
                 if not fresh.fits_on(demand, target.uuid):
+                    self.retries += 1
                     continue  # another replica took the room: decide again with fresh loads
                 await self._write(session, demand, target, fresh)
                 return _placed(target, moved=old is not None)
@@ -204,6 +213,8 @@ class PlacementService:
         await session.execute(stmt.on_conflict_do_update(
             index_elements=["service_id"],
             set_={**{k: stmt.excluded[k] for k in values if k != "service_id"}, "updated_at": text("now()")}))
+        if self._before_commit is not None:
+            await self._before_commit(demand, node)
 
     async def release_service(self, service_id: str) -> bool:
         """Give back the service's reservation. Idempotent; True if there was one."""

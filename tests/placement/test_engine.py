@@ -89,7 +89,7 @@ def test_a_woken_on_demand_service_always_fits_beside_the_persistent_ones() -> N
 
 def test_static_sites_take_a_small_fixed_reservation() -> None:
     e = Engine([node("a", memory=1024, cpus=1000)], Policy(static_memory_mb=64, static_millicpus=100))
-    for i in range(10):  # limits asked are ignored: 10 × 100 millicores fill the CPU
+    for i in range(10):  # limits asked are ignored: 10 x 100 millicores fill the CPU
         r, _ = e.place(demand(f"s{i}", Mode.static, memory=4096, cpus=4000))
         assert (r.charged_memory_mb, r.charged_millicpus) == (64, 100)
     with pytest.raises(PlacementError):
@@ -239,8 +239,8 @@ def test_drain_plan_moves_everything_largest_first_without_overbooking() -> None
     replay = Engine(nodes)
     replay.reserve(demand("x-load", memory=1024), "x")
     replay.reserve(demand("y-load", memory=512), "y")
-    for sid, d in (("big", demand("big", memory=3072)), ("mid", demand("mid", memory=2048)),
-                   ("od", demand("od", Mode.on_demand, memory=2048)), ("st", demand("st", Mode.static))):
+    for d in (demand("big", memory=3072), demand("mid", memory=2048), demand("od", Mode.on_demand, memory=2048),
+              demand("st", Mode.static)):
         replay.reserve(d, "old")
     replay.set_draining("old")
     for m in plan.moves:
