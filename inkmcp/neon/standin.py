@@ -525,3 +525,33 @@ class _Answer(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m inkmcp.neon.standin [--key K] [--backing-url postgresql://… --backing-host H --backing-port P]`:
+    a local Neon for development; prints the INKMCP_NEON_* lines to export and serves until interrupted."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--key", default=secrets.token_hex(16), help="API key the stand-in accepts")
+    parser.add_argument("--op-delay", type=float, default=0.5, help="seconds each Neon operation runs")
+    parser.add_argument("--backing-url", help="superuser URL of a real PostgreSQL to create roles/databases on")
+    parser.add_argument("--backing-host", default="127.0.0.1", help="host apps use to reach that server")
+    parser.add_argument("--backing-port", type=int, default=5432, help="port apps use to reach that server")
+    args = parser.parse_args(argv)
+    backing = (Backing(SecretStr(args.backing_url), args.backing_host, args.backing_port)
+               if args.backing_url else None)
+    standin = NeonStandin(api_keys={args.key}, op_delay=args.op_delay, backing=backing,
+                          uri_options={"sslmode": "disable"} if backing else None)
+    standin.start()
+    print(f"INKMCP_NEON_API_URL={standin.url}\nINKMCP_NEON_API_KEY={args.key}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.stop()
+
+
+if __name__ == "__main__":
+    main()

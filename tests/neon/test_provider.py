@@ -165,8 +165,8 @@ async def test_safe_calls_are_retried_creates_are_not(neon: NeonStandin, make_pr
     s = slug()
     await provider.provision(owner_slug=s, tier=Tier.free)
     neon.inject("GET", r"/projects/[^/]+/branches", status=503, times=2)
-    neon.inject("GET", r"/projects/[^/]+/connection_uri", status=None, delay=1.0)  # slower than the timeout
-    provider_short = make_provider(request_timeout=0.5)
+    neon.inject("GET", r"/projects/[^/]+/connection_uri", status=None, delay=0.8)  # slower than the timeout
+    provider_short = make_provider(request_timeout=0.4)
     handle = await provider_short.provision(owner_slug=s, tier=Tier.free)
     assert await can_login(handle.credentials)
     assert [st for m, p, st in neon.requests if m == "GET" and p.endswith("/branches")][-3:] == [503, 503, 200]
@@ -253,3 +253,22 @@ async def test_drop_is_idempotent_and_only_ours(neon: NeonStandin, make_provider
     assert foreign.project.id in neon.projects
     with pytest.raises(InvalidArgument, match="not a Neon project id"):
         await provider.drop("ink_x; DROP")
+
+
+async def test_operations_are_waited_on_with_a_deadline(neon: NeonStandin, make_provider: Make) -> None:
+    """Neon's operations outlast the wait: a retryable error that says the next attempt resumes; it does."""
+    neon.op_delay = 60.0
+    s = slug()
+    with pytest.raises(ProviderError) as err:
+        await make_provider(operation_timeout=0.3).provision(owner_slug=s, tier=Tier.free)
+    assert "still running" in str(err.value) and "retry later" in str(err.value)
+    [project] = neon.by_name(make_provider().project_name(s))
+    polls = neon.count("GET", rf"/projects/{project.id}/operations/[^/]+")
+    assert 2 <= polls <= 12  # backed off, not a busy loop
+    neon.op_delay = 0.05
+    with neon._lock:
+        for op in project.operations:
+            op.finish_at = 0.0  # Neon finishes them meanwhile
+    handle = await make_provider().provision(owner_slug=s, tier=Tier.free)
+    assert handle.external_id == project.id and len(neon.by_name(make_provider().project_name(s))) == 1
+    assert await can_login(handle.credentials)
