@@ -23,6 +23,9 @@ from pydantic import BaseModel, Field, SecretStr
 
 from inkmcp.build.plan import BuildPlan, RunAs, ServiceType, Stack
 from inkmcp.build.process import TenantSandbox
+from inkmcp.providers.compute.local.command import command_argv
+from inkmcp.providers.compute.local.readiness import ListenProbe
+from inkmcp.providers.compute.local.spawn import start_settings
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, Supervisor
 from inkmcp.providers.compute.local.tenant_env import tenant_env
 
@@ -106,11 +109,13 @@ class ReleaseRun:
 
         self.supervisors: list[Supervisor] = []
         self.routed: Supervisor | None = None
-        for name, argv, routed in self._commands(app_dir, tenant_python):
+        self._uid = run_as.uid if run_as is not None else os.geteuid()  # whose listener counts as the app's
+        for name, command, routed in self._commands(app_dir, tenant_python):
             env = tenant_env(
                 home=home, run_as=run_as, service_env=service_env, build_env=meta.build_env,
                 port=port if routed else None,
             )  # fmt: skip
+            argv = command if isinstance(command, tuple) else command_argv(command, env)
             config = ProcessConfig(
                 name=name, argv=argv, cwd=app_dir, env=env, run_as=run_as,
                 pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}.pid", cgroup_procs=cgroup_procs,
@@ -121,13 +126,15 @@ class ReleaseRun:
             if routed:
                 self.routed = sup
 
-    def _commands(self, app_dir: Path, tenant_python: str) -> list[tuple[str, tuple[str, ...], bool]]:
+    def _commands(self, app_dir: Path, tenant_python: str) -> list[tuple[str, tuple[str, ...] | str, bool]]:
+        """(name, argv or Procfile command line, routed) per process; a command line becomes an argv
+        with the process's env (`command_argv`: exec'd directly unless it needs a shell)."""
         if self.meta.is_static:
             directory = inside(app_dir, self.meta.plan.static_dir)
             argv = (tenant_python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory),
                     str(self.port))  # fmt: skip
             return [(STATIC_PROCESS, argv, True)]
-        return [(p.name, ("/bin/sh", "-c", p.command), p.routed) for p in self.meta.plan.processes]
+        return [(p.name, p.command, p.routed) for p in self.meta.plan.processes]
 
     @property
     def recent(self) -> list[str]:
@@ -171,6 +178,12 @@ class ReleaseRun:
             self._check_alive()
             return
         assert self.port is not None
+        if start_settings().tenant_readiness == "sock_diag":
+            probe = ListenProbe.open()
+            if probe is not None:
+                with probe:
+                    await self._wait_listening(probe, deadline, timeout)
+                return
         pause = 0.005  # poll fast at first: on_demand wakes wait on this loop
         while True:
             self._check_alive()
@@ -191,6 +204,30 @@ class ReleaseRun:
                 await writer.wait_closed()
             return
 
+    async def _wait_listening(self, probe: ListenProbe, deadline: float, timeout: float) -> None:
+        """Until the app's own socket listens on the port (asked of the kernel, `readiness`).
+
+        Every millisecond for the first second (a wake is waiting), then less often; a listener on
+        an address other than 0.0.0.0/127.0.0.1 is confirmed with one connect, as the proxy will.
+        """
+        assert self.port is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            self._check_alive()
+            mine, certain = probe.ready(self.port, self._uid)
+            if certain or (mine and await _accepts(self.port)):
+                return
+            now = loop.time()
+            if now >= deadline:
+                raise HealthFailed(
+                    f"the app never listened on $PORT={self.port} within {timeout:g}s; make sure it binds "
+                    "0.0.0.0 or 127.0.0.1 on the PORT env var",
+                    timed_out=True,
+                )
+            waited = now - started
+            await asyncio.sleep(0.001 if waited < 1.0 else 0.005 if waited < 5.0 else 0.02)
+
     def _check_alive(self) -> None:
         for sup in self.supervisors:
             if not sup.alive:
@@ -202,3 +239,15 @@ class ReleaseRun:
     @property
     def restarts(self) -> int:
         return sum(s.restarts for s in self.supervisors)
+
+
+async def _accepts(port: int) -> bool:
+    """One TCP connect to 127.0.0.1:port (what the proxy will do) succeeds."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -1,7 +1,8 @@
 """One supervised tenant process: spawn, capture output, restart with backoff, stop the whole group.
 
-Each process starts through `inkmcp.build.process.spawn` in its service's sandbox (as the tenant
-user, in the service's cgroups, with its private /tmp) and in its own session (so its process group
+Each process starts through `inkmcp.providers.compute.local.spawn.spawn` in its service's sandbox
+(as the tenant user, in the service's cgroups, with its private /tmp; vfork + an exec wrapper, so
+the server's memory is never copied) and in its own session (so its process group
 id is its pid), with an explicit minimal environment. Stopping signals the process group (SIGTERM, then SIGKILL
 after a grace period) plus any descendants that escaped into other groups, so a shell wrapper or a
 forking server never leaves children holding the port. A pid file records each live process so a
@@ -24,7 +25,8 @@ from pathlib import Path
 import psutil
 
 from inkmcp.build.plan import RunAs
-from inkmcp.build.process import TenantSandbox, spawn, write_pid_file
+from inkmcp.build.process import TenantSandbox, write_pid_file
+from inkmcp.providers.compute.local.spawn import spawn
 
 LineSink = Callable[[str], None]
 

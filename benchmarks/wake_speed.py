@@ -1,0 +1,281 @@
+"""on_demand wake → first byte, against a bare start of the same app, interleaved in one run (issue 12 item 2).
+
+For each app (a stdlib http.server app; a Flask app under gunicorn with `--flask`, whose build
+downloads from PyPI) and each of N rounds, in this order:
+
+1. wait until InkMCP reports the service `sleeping` (idle timeout 1 s);
+2. **bare**: start the app directly (`python app.py` / the built venv's gunicorn, as root, with
+   PORT set), then one client connects every 0.5 ms until it is accepted and sends a GET: first
+   byte of the answer, from the moment before the start;
+3. **wake**: one GET through InkMCP's proxy, as an agent's request would arrive: first byte of the
+   answer, from the moment before the connect.
+
+Both measurements are made the same way, from raw sockets in this process, so the ratio wake/bare
+is what InkMCP adds to a process start (spawn, confinement, readiness detection, proxying). It also
+prints the cost of one confined spawn alone from a process holding a server-sized heap (old path: fork
+with a preexec_fn; new path: vfork + the exec wrapper), and the server's RSS.
+
+    .venv/bin/python benchmarks/wake_speed.py [--runs 20] [--flask] [--save-baseline]
+
+`--save-baseline` writes the figures to benchmarks/baselines/wake_speed.json (today's numbers for
+the before/after table); every run prints them next to the stored baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import (
+    ServerProc,
+    call,
+    free_port,
+    git_repo,
+    make_server,
+    mcp_session,
+    remove_tenant_users,
+    traversable_tmpdir,
+)
+
+BASELINE = Path(__file__).with_name("baselines") / "wake_speed.json"
+REQUEST = "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+
+TINY_APP = {
+    "app.py": (
+        "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n"
+        "class H(BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers()\n"
+        "        self.wfile.write(b'ok')\n"
+        "    def log_message(self, *a): pass\n"
+        "HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    ),
+    "Procfile": "web: python app.py\n",
+}
+
+FLASK_APP = {
+    "app.py": "from flask import Flask\napp = Flask(__name__)\n\n@app.get('/')\ndef index():\n    return 'ok'\n",
+    "requirements.txt": "flask==3.0.3\ngunicorn==23.0.0\n",
+    "Procfile": "web: gunicorn --bind 127.0.0.1:$PORT --workers 1 app:app\n",
+}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def first_byte_after_connect(port: int, host: str, deadline: float, retry: float = 0.0005) -> None:
+    """Connect (retrying every `retry` s while refused), send a GET, return once the first byte arrived."""
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listened on {port}") from None
+            time.sleep(retry)
+            continue
+        try:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            sock.sendall(REQUEST.format(host=host).encode())
+            data = sock.recv(64)
+        except (ConnectionResetError, TimeoutError):
+            data = b""  # accepted by the backlog but reset: the app was not ready after all
+        finally:
+            sock.close()
+        if data.startswith(b"HTTP/1.") and b" 200 " in data[:16]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 200 from {port}: {data[:80]!r}")
+        time.sleep(retry)
+
+
+def bare(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Seconds from starting `argv` directly to the first byte of its answer (`{port}` in argv: the port)."""
+    port = free_port()
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env={**env, "PORT": str(port)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        first_byte_after_connect(port, "localhost", t0 + 30)
+        return time.monotonic() - t0
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def wake(proxy_port: int, host: str) -> float:
+    """Seconds from one request to the sleeping service (through the proxy) to its first answer byte."""
+    t0 = time.monotonic()
+    first_byte_after_connect(proxy_port, host, t0 + 60)
+    return time.monotonic() - t0
+
+
+async def until_state(s: Any, project: str, state: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        svc = (await call(s, "list_services", project_name=project))["services"][0]
+        if svc["state"] == state:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{project} never became {state}")
+
+
+async def deploy(s: Any, repo: Path, project: str) -> str:
+    dep = await call(s, "deploy_app", repo_url=str(repo), mode="on_demand", project_name=project)
+    while not dep["done"]:
+        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"], timeout_seconds=10)
+    if dep["status"] != "live":
+        raise RuntimeError(f"{project} did not deploy: {dep}")
+    return urlsplit(dep["url"]).netloc
+
+
+def built_venv(server: ServerProc) -> Path:
+    """The venv InkMCP built for the Flask service (its gunicorn is the bare baseline's too)."""
+    found = sorted(server.data_dir.glob("**/bin/gunicorn"))
+    if not found:
+        listing = subprocess.run(["find", str(server.data_dir), "-maxdepth", "5"], capture_output=True, text=True)
+        raise RuntimeError(f"the Flask service has no gunicorn in its venv:\n{listing.stdout[-3000:]}")
+    return found[0].parent.parent
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def spawn_cost(rounds: int = 30, ballast_mb: int = 130) -> dict[str, dict[str, float]]:
+    """ms for one confined spawn of /bin/true (to its exit) from a process holding `ballast_mb` of heap,
+    through the old path (fork + preexec_fn) and the new one (vfork + exec wrapper), interleaved."""
+    code = (
+        "import asyncio, json, sys, time, tempfile\n"
+        "from pathlib import Path\n"
+        "from inkmcp.build.process import TenantSandbox, spawn\n"
+        f"ballast = bytearray({ballast_mb} * 2**20)\n"
+        "for i in range(0, len(ballast), 4096): ballast[i] = 1\n"
+        "try:\n"
+        "    from inkmcp.providers.compute.local import spawn as fast\n"
+        "except ImportError:\n"
+        "    fast = None\n"
+        "async def one(fn):\n"
+        "    t0 = time.perf_counter()\n"
+        "    proc, tr = await fn(('/bin/true',), cwd=Path('/'), env={'PATH': '/usr/bin:/bin'},\n"
+        "                        sandbox=TenantSandbox(run_as=None))\n"
+        "    await proc.wait(); tr.close()\n"
+        "    return (time.perf_counter() - t0) * 1000\n"
+        "async def main():\n"
+        "    out = {'fork+preexec_fn': []}\n"
+        "    if fast is not None and fast.available(): out['vfork+wrapper'] = []\n"
+        f"    for _ in range({rounds}):\n"
+        "        out['fork+preexec_fn'].append(await one(spawn))\n"
+        "        if 'vfork+wrapper' in out: out['vfork+wrapper'].append(await one(fast.spawn))\n"
+        "    print(json.dumps(out))\n"
+        "asyncio.run(main())\n"
+    )
+    raw = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    result = json.loads(raw.strip().splitlines()[-1])
+    return {k: {"p50": statistics.median(v), "p99": pct(v, 99)} for k, v in result.items()}
+
+
+async def measure(runs: int, with_flask: bool) -> dict[str, Any]:
+    server = make_server("inkmcp-wake-", INKMCP_IDLE_TIMEOUT="1")
+    repos = traversable_tmpdir("inkmcp-wake-repos-")
+    server.create_key("bench")
+    server.start()
+    figures: dict[str, Any] = {"runs": runs, "apps": {}}
+    try:
+        apps: list[tuple[str, str, str, list[str], Path, dict[str, str]]] = []
+        base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        async with mcp_session(server, server.keys["bench"]) as s:
+            repo = git_repo(repos / "tiny", TINY_APP)
+            host = await deploy(s, repo, "wake-tiny")
+            apps.append(("http.server", "wake-tiny", host, ["/usr/bin/python3", "app.py"], repo, base_env))
+            if with_flask:
+                repo = git_repo(repos / "flask", FLASK_APP)
+                host = await deploy(s, repo, "wake-flask")
+                venv = built_venv(server)
+                env = {**base_env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv}/bin:{base_env['PATH']}"}
+                argv = [str(venv / "bin/gunicorn"), "--bind", "127.0.0.1:{port}", "--workers", "1", "app:app"]
+                apps.append(("flask+gunicorn", "wake-flask", host, argv, repo, env))
+            samples: dict[str, dict[str, list[float]]] = {a[0]: {"bare": [], "wake": []} for a in apps}
+            for _ in range(runs):
+                for name, project, host, argv, cwd, env in apps:
+                    await until_state(s, project, "sleeping")
+                    samples[name]["bare"].append(await asyncio.to_thread(bare, argv, cwd, env))
+                    samples[name]["wake"].append(await asyncio.to_thread(wake, server.proxy_port, host))
+        assert server.proc is not None
+        figures["server_rss_mb"] = round(rss_mb(server.proc.pid), 1)
+        for name, got in samples.items():
+            row = {k: {"p50": statistics.median(v) * 1000, "p99": pct(v, 99) * 1000} for k, v in got.items()}
+            row["ratio_p50"] = row["wake"]["p50"] / row["bare"]["p50"]
+            row["ratio_p99"] = row["wake"]["p99"] / row["bare"]["p99"]
+            figures["apps"][name] = row
+    finally:
+        server.stop()
+        remove_tenant_users(server.data_dir)
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+        shutil.rmtree(repos, ignore_errors=True)
+    figures["spawn_ms"] = spawn_cost()
+    return figures
+
+
+def table(now: dict[str, Any], before: dict[str, Any] | None) -> str:
+    lines = ["| app | bare p50 / p99 ms | wake p50 / p99 ms | ratio p50 / p99 | baseline ratio p50 / p99 |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, row in now["apps"].items():
+        old = (before or {}).get("apps", {}).get(name)
+        was = f"{old['ratio_p50']:.2f} / {old['ratio_p99']:.2f}" if old else "-"
+        lines.append(f"| {name} | {row['bare']['p50']:.0f} / {row['bare']['p99']:.0f} | "
+                     f"{row['wake']['p50']:.0f} / {row['wake']['p99']:.0f} | "
+                     f"{row['ratio_p50']:.2f} / {row['ratio_p99']:.2f} | {was} |")
+    lines.append("")
+    lines.append("| confined spawn of /bin/true from a 130 MB process | p50 ms | p99 ms | baseline p50 ms |")
+    lines.append("| --- | --- | --- | --- |")
+    for path, v in now["spawn_ms"].items():
+        old = (before or {}).get("spawn_ms", {}).get(path)
+        lines.append(f"| {path} | {v['p50']:.2f} | {v['p99']:.2f} | {old['p50']:.2f} |" if old
+                     else f"| {path} | {v['p50']:.2f} | {v['p99']:.2f} | - |")
+    lines.append(f"\ninkmcp serve RSS: {now['server_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="interleaved rounds per app (>= 20 for p99)")
+    parser.add_argument("--flask", action="store_true", help="also a Flask + gunicorn app (needs PyPI)")
+    parser.add_argument("--save-baseline", action="store_true", help=f"write the figures to {BASELINE}")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1 (20 or more for a meaningful p99)")
+    figures = asyncio.run(measure(args.runs, args.flask))
+    before = json.loads(BASELINE.read_text()) if BASELINE.exists() else None
+    print(table(figures, before))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    if args.save_baseline:
+        BASELINE.parent.mkdir(exist_ok=True)
+        BASELINE.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"baseline written to {BASELINE}")
+
+
+if __name__ == "__main__":
+    main()

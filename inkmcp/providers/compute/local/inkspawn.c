@@ -1,0 +1,204 @@
+/*
+ * inkmcp-spawn: confine the calling process as a tenant's, then exec the tenant's command.
+ *
+ * Why it exists: InkMCP used to confine tenant processes in a Python preexec_fn, which forces
+ * CPython to fork() the whole server (~130 MB of page tables copied per spawn). The server now
+ * starts this small static program with vfork() (no preexec_fn, no user=), and it performs the
+ * same steps, in the same order, before the tenant's code runs (see inkmcp/build/process.py):
+ *
+ *   0. reads the tenant's environment from --env-fd (a memfd) and closes it: this program itself
+ *      runs with an EMPTY environment, so nothing the tenant set (LD_PRELOAD, GLIBC_TUNABLES, ...)
+ *      can influence it while it is still root; it is linked statically, so no loader runs anyway;
+ *   1. RLIMIT_CORE=0 and RLIMIT_FSIZE (--fsize);
+ *   2. joins the service's cgroups (--cgroup, one per v1 controller): whatever the tenant forks,
+ *      even before its first line of code, starts inside them;
+ *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), the service's tmp dir
+ *      on /tmp and /var/tmp, a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort);
+ *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid;
+ *   5. chdir (--chdir) as the tenant: root never resolves a tenant-owned path;
+ *   6. closes every fd above 2 and execs the command with the tenant's environment, searching the
+ *      tenant's PATH.
+ *
+ * A failure in 0-5 writes "inkmcp: could not start the process in its sandbox: <step>: <reason>"
+ * to stderr and exits 126 (nothing of the tenant ran); a command that cannot be executed exits 127
+ * (not found) or 126, like a shell would. Session, umask and the std streams are set by the caller.
+ *
+ * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--cgroup PROCS_FILE]... [--tmp DIR
+ *        [--var-tmp PATH] [--shm PATH --shm-options OPTS] [--hide-pids]] [--ids UID:GID]
+ *        [--chdir DIR] -- COMMAND [ARG]...
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define SANDBOX_EXIT 126
+#define MAX_CGROUPS 16
+#define MAX_ENV_BYTES (16 * 1024 * 1024)
+
+extern char **environ;
+
+static void say(const char *a, const char *b, const char *c) {
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "%s%s%s\n", a, b, c);
+    if (n > 0) {
+        ssize_t ignored = write(2, buf, (size_t)(n < (int)sizeof buf ? n : (int)sizeof buf - 1));
+        (void)ignored;
+    }
+}
+
+static void fail(const char *step, int err) {
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s: %s", step, strerror(err));
+    say("inkmcp: could not start the process in its sandbox: ", reason, "");
+    _exit(SANDBOX_EXIT);
+}
+
+static void usage(const char *why) {
+    say("inkmcp: could not start the process in its sandbox: inkmcp-spawn: ", why, "");
+    _exit(SANDBOX_EXIT);
+}
+
+static unsigned long long number(const char *s, const char *what) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0') usage(what);
+    return v;
+}
+
+/* The tenant's environment: NUL-terminated KEY=VALUE entries, read whole from the memfd. */
+static char **read_env(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) fail("reading the environment", errno);
+    if (st.st_size < 0 || st.st_size > MAX_ENV_BYTES) fail("reading the environment", E2BIG);
+    size_t size = (size_t)st.st_size;
+    char *data = malloc(size + 1);
+    if (data == NULL) fail("reading the environment", ENOMEM);
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = pread(fd, data + got, size - got, (off_t)got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) fail("reading the environment", n < 0 ? errno : EIO);
+        got += (size_t)n;
+    }
+    data[size] = '\0';
+    close(fd);
+    size_t count = 0;
+    for (size_t i = 0; i < size; i++) count += data[i] == '\0';
+    char **envp = calloc(count + 2, sizeof(char *));
+    if (envp == NULL) fail("reading the environment", ENOMEM);
+    size_t k = 0;
+    for (size_t i = 0; i < size;) {
+        size_t len = strlen(data + i);
+        if (len > 0) envp[k++] = data + i;
+        i += len + 1;
+    }
+    envp[k] = NULL;
+    return envp;
+}
+
+static void check(int rc, const char *step) {
+    if (rc != 0) fail(step, errno);
+}
+
+int main(int argc, char **argv) {
+    int env_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0;
+    unsigned long long fsize = 0;
+    const char *cgroups[MAX_CGROUPS];
+    int ncgroups = 0;
+    const char *tmp = NULL, *var_tmp = NULL, *shm = NULL, *shm_options = NULL, *cwd = NULL;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) { i++; break; }
+        if (strcmp(a, "--hide-pids") == 0) { hide_pids = 1; continue; }
+        if (i + 1 >= argc) usage("an option is missing its value");
+        const char *v = argv[++i];
+        if (strcmp(a, "--env-fd") == 0) env_fd = (int)number(v, "--env-fd takes a file descriptor");
+        else if (strcmp(a, "--fsize") == 0) { fsize = number(v, "--fsize takes bytes"); have_fsize = 1; }
+        else if (strcmp(a, "--cgroup") == 0) {
+            if (ncgroups == MAX_CGROUPS) usage("too many --cgroup");
+            cgroups[ncgroups++] = v;
+        }
+        else if (strcmp(a, "--tmp") == 0) tmp = v;
+        else if (strcmp(a, "--var-tmp") == 0) var_tmp = v;
+        else if (strcmp(a, "--shm") == 0) shm = v;
+        else if (strcmp(a, "--shm-options") == 0) shm_options = v;
+        else if (strcmp(a, "--chdir") == 0) cwd = v;
+        else if (strcmp(a, "--ids") == 0) {
+            char *colon = strchr(v, ':');
+            if (colon == NULL) usage("--ids takes UID:GID");
+            *colon = '\0';
+            uid = (uid_t)number(v, "--ids takes UID:GID");
+            gid = (gid_t)number(colon + 1, "--ids takes UID:GID");
+            have_ids = 1;
+        }
+        else usage("unknown option");
+    }
+    if (i >= argc) usage("no command after --");
+    char **command = argv + i;
+
+    char *empty[] = {NULL};
+    char **envp = env_fd >= 0 ? read_env(env_fd) : empty;
+
+    struct rlimit none = {0, 0};
+    check(setrlimit(RLIMIT_CORE, &none), "setting resource limits");
+    if (have_fsize) {
+        struct rlimit cap = {(rlim_t)fsize, (rlim_t)fsize};
+        check(setrlimit(RLIMIT_FSIZE, &cap), "setting resource limits");
+    }
+    for (int c = 0; c < ncgroups; c++) {
+        /* "0" moves the writing process itself */
+        int fd = open(cgroups[c], O_WRONLY | O_CLOEXEC);
+        if (fd < 0) fail("joining the service's cgroup", errno);
+        if (write(fd, "0", 1) != 1) fail("joining the service's cgroup", errno);
+        close(fd);
+    }
+    if (tmp != NULL) {
+        check(unshare(CLONE_NEWNS), "entering a private mount namespace");
+        check(mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL), "making mounts private");
+        check(mount(tmp, "/tmp", NULL, MS_BIND, NULL), "mounting the private /tmp");
+        if (var_tmp != NULL) /* the same dir: /tmp now is it (the source may lie under /tmp) */
+            check(mount("/tmp", var_tmp, NULL, MS_BIND, NULL), "mounting /var/tmp");
+        if (shm != NULL)
+            check(mount("tmpfs", shm, "tmpfs", MS_NOSUID | MS_NODEV, shm_options ? shm_options : ""),
+                  "mounting a private /dev/shm");
+        if (hide_pids) /* best effort, as in the Python path */
+            (void)mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2");
+    }
+    if (have_ids) {
+        check(setgroups(0, NULL), "switching to the project's user");
+        check(setresgid(gid, gid, gid), "switching to the project's user");
+        check(setresuid(uid, uid, uid), "switching to the project's user");
+    }
+    if (cwd != NULL && chdir(cwd) != 0) {
+        char step[4096];
+        snprintf(step, sizeof step, "entering the working directory %s", cwd);
+        fail(step, errno);
+    }
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
+#endif
+    {
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+    }
+    environ = envp;
+    execvp(command[0], command);
+    int err = errno;
+    char reason[512];
+    snprintf(reason, sizeof reason, ": %s", strerror(err));
+    say("inkmcp: could not run ", command[0], reason);
+    _exit(err == ENOENT ? 127 : 126);
+}

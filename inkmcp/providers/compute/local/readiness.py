@@ -1,0 +1,137 @@
+"""When a freshly started app listens on its port, asked of the kernel instead of knocked at.
+
+The health check used to try a TCP connect every 5 ms doubling to 50 ms: a wake waited on average
+half a polling interval too long, and every probe that succeeded was a real connection the app had
+to accept and tear down (a single-threaded app serves it before the request that woke it). Here
+the kernel's socket table is read through netlink sock_diag (`NETLINK_SOCK_DIAG`, the interface
+`ss` uses): one dump of TCP sockets in LISTEN state costs tens of microseconds and opens nothing,
+so it can be asked every millisecond. A listener counts only when it belongs to the tenant's uid
+(a socket somebody else opened on the port is not the app), and when it listens on 0.0.0.0 or
+127.0.0.1 it is certain to accept the proxy's connection to 127.0.0.1; on any other address
+(an IPv6 socket, a specific address) one connect confirms it, as before.
+
+Without sock_diag (a kernel without it, a seccomp profile refusing netlink) `ListenProbe.open`
+returns None and the caller falls back to connecting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+TCP_LISTEN = 10
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_S_EQ = 11
+_NLMSG = struct.Struct("=IHHII")
+_REQ = struct.Struct("=BBBBI48s")  # inet_diag_req_v2: family, protocol, ext, pad, states, inet_diag_sockid
+_MSG_HEAD = struct.Struct("=BBBB")  # inet_diag_msg: family, state, timer, retrans; then the sockid
+_V4_LOOPBACK_OR_ANY = (b"\x00\x00\x00\x00", b"\x7f\x00\x00\x01")
+
+
+@dataclass(frozen=True)
+class Listener:
+    family: int
+    address: bytes  # 4 or 16 bytes, network order
+    port: int
+    uid: int
+
+    @property
+    def reaches_loopback_v4(self) -> bool:
+        """A connect to 127.0.0.1:port is certain to reach it."""
+        return self.family == socket.AF_INET and self.address in _V4_LOOPBACK_OR_ANY
+
+
+class ListenProbe:
+    """One netlink socket asking the kernel which TCP sockets listen on a port (blocking, microseconds)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._seq = 0
+
+    @classmethod
+    def open(cls) -> ListenProbe | None:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+            sock.bind((0, 0))
+        except OSError:
+            return None
+        probe = cls(sock)
+        try:
+            probe.listeners(0)
+        except OSError:
+            probe.close()
+            return None
+        return probe
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> ListenProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def listeners(self, port: int) -> list[Listener]:
+        """TCP sockets in LISTEN state on `port`, IPv4 and IPv6 (port 0: none match; used as a self-test)."""
+        found: list[Listener] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            found += self._dump(family, port)
+        return found
+
+    def _dump(self, family: int, port: int) -> list[Listener]:
+        self._seq += 1
+        seq = self._seq
+        req = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN, b"\0" * 48)
+        # The kernel filters by port itself (INET_DIAG_BC_S_EQ, the bytecode `ss sport = :P` sends),
+        # so only the matching sockets cross into Python.
+        code = struct.pack("=BBHBBH", INET_DIAG_BC_S_EQ, 8, 12, 0, 0, port)
+        req += struct.pack("=HH", 4 + len(code), INET_DIAG_REQ_BYTECODE) + code
+        header = _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        self._sock.send(header + req)
+        found: list[Listener] = []
+        while True:
+            data = self._sock.recv(65536)
+            offset = 0
+            while offset + _NLMSG.size <= len(data):
+                length, kind, _flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
+                if length < _NLMSG.size:
+                    raise OSError("malformed sock_diag answer")
+                body = offset + _NLMSG.size
+                if got_seq == seq:
+                    if kind == NLMSG_DONE:
+                        return found
+                    if kind == NLMSG_ERROR:
+                        (errno,) = struct.unpack_from("=i", data, body)
+                        if errno:
+                            raise OSError(-errno, "sock_diag refused the request")
+                        return found
+                    if kind == SOCK_DIAG_BY_FAMILY:
+                        listener = _parse(data, body)
+                        if listener.port == port:
+                            found.append(listener)
+                offset += (length + 3) & ~3
+
+    def ready(self, port: int, uid: int | None) -> tuple[bool, bool]:
+        """(something of `uid` listens on `port`, and a connect to 127.0.0.1 is certain to reach it)."""
+        mine = [x for x in self.listeners(port) if uid is None or x.uid == uid]
+        return bool(mine), any(x.reaches_loopback_v4 for x in mine)
+
+
+def _parse(data: bytes, body: int) -> Listener:
+    family = data[body]
+    # inet_diag_sockid: sport, dport (big-endian), src[16], dst[16], if, cookie[2]
+    sport = struct.unpack_from("!H", data, body + 4)[0]
+    address = bytes(data[body + 8 : body + 8 + (4 if family == socket.AF_INET else 16)])
+    # after the sockid (48 bytes): expires, rqueue, wqueue, uid, inode
+    uid = struct.unpack_from("=I", data, body + 4 + 48 + 12)[0]
+    return Listener(family=family, address=address, port=sport, uid=uid)

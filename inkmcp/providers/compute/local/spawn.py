@@ -1,0 +1,304 @@
+"""Start a confined tenant process without copying the server's memory (issue 12 item 2).
+
+`inkmcp.build.process.spawn` confines the child in a Python `preexec_fn`; CPython must then
+`fork()` the whole server (~130 MB: its page tables are copied, and every page it touches before
+exec is copied again), which costs ~15-25 ms per spawn and grows with the server. Here the server
+starts `inkmcp-spawn` (inkspawn.c, a small static program) through `subprocess` with no
+`preexec_fn` and no `user=`/`group=`, so CPython uses `vfork()`: the child borrows the server's
+memory until it execs the wrapper. The wrapper performs the sandbox's steps in the same order as
+the preexec path (rlimits, cgroups, private /tmp, /var/tmp, /dev/shm and /proc, drop to the tenant,
+chdir) and execs the tenant's command. The session, umask 077, closed fds and the std streams are
+set by `subprocess` itself, before the wrapper runs.
+
+The wrapper is started with an empty environment (the tenant's environment travels in a memfd that
+it reads and closes), so nothing the tenant put in its env (LD_PRELOAD, GLIBC_TUNABLES...) touches
+a program running as root; it is linked statically besides.
+
+The wrapper is compiled from its source the first time it is needed (or by `make install`, or
+`python -m inkmcp.providers.compute.local.spawn build`) into a root-owned directory, named by the
+hash of its source, so a changed source is rebuilt. Without a C compiler, or without root, the
+preexec path is used (`available()` says which, and why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inkmcp.build.process import DEV_SHM, VAR_TMP, TenantSandbox, _proc_has_private_options
+from inkmcp.build.process import spawn as preexec_spawn
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("inkspawn.c")
+PACKAGE_BIN = Path(__file__).with_name("_bin")  # where `make install` puts the compiled wrapper
+CFLAGS = ("-static", "-O2", "-Wall")
+
+
+
+class StartSettings(BaseSettings):
+    """How the local provider starts tenant processes and detects that they listen.
+
+    Read from the environment at first use (INKMCP_TENANT_SPAWN, INKMCP_TENANT_READINESS); the
+    defaults are the fast paths, the alternatives are today's previous behaviour, kept to compare
+    them (benchmarks/wake_speed.py) and as an escape hatch.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
+
+    tenant_spawn: Literal["wrapper", "preexec"] = Field(
+        default="wrapper",
+        description="wrapper: vfork + the inkmcp-spawn exec wrapper (falls back to preexec without a C "
+        "compiler); preexec: fork the server and confine the child in a Python preexec_fn",
+    )
+    tenant_readiness: Literal["sock_diag", "connect"] = Field(
+        default="sock_diag",
+        description="sock_diag: ask the kernel for the app's listening socket every millisecond; connect: "
+        "try a TCP connect every 5 ms doubling to 50 ms",
+    )
+
+
+@lru_cache(maxsize=1)
+def start_settings() -> StartSettings:
+    return StartSettings()
+
+
+_lock = threading.Lock()
+_state: dict[str, Path | str | None] = {"wrapper": None, "reason": "not looked for yet"}
+_extra_dirs: list[Path] = []
+
+
+def source_hash() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join(CFLAGS).encode())
+    return digest.hexdigest()[:16]
+
+
+def wrapper_name() -> str:
+    return f"inkmcp-spawn-{source_hash()}"
+
+
+def _trusted(path: Path) -> bool:
+    """Only a binary owned by us (root) and writable by nobody else may run as root with tenant input."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+            and bool(st.st_mode & stat.S_IXUSR))  # fmt: skip
+
+
+def _dir_trusted(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def build(dest_dir: Path) -> Path:
+    """Compile the wrapper into `dest_dir` (created 0755) atomically; returns its path.
+
+    Raises RuntimeError naming the missing compiler or the compiler's error.
+    """
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc/gcc) to build inkmcp-spawn: install gcc (scripts/system-deps.sh does)")
+    dest_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target = dest_dir / wrapper_name()
+    fd, tmp = tempfile.mkstemp(prefix=".inkmcp-spawn.", dir=dest_dir)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed ({cc}): {done.stderr.strip()[-2000:]}")
+        os.chmod(tmp, 0o755)  # noqa: S103 - root-owned, written by nobody else; running it unprivileged is harmless
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    for old in dest_dir.glob("inkmcp-spawn-*"):  # earlier versions of the source
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def use_dir(path: Path) -> None:
+    """Where the provider may build the wrapper when the package has none (its root-owned data_dir/bin)."""
+    with _lock:
+        if path not in _extra_dirs:
+            _extra_dirs.append(path)
+        if _state["wrapper"] is None:
+            _state["reason"] = "not looked for yet"
+
+
+def find_wrapper() -> Path | None:
+    """The compiled wrapper, building it on first use; None (see `unavailable_reason`) when it cannot be.
+
+    Only used as root: without root there is nothing to confine, and subprocess already vforks.
+    """
+    with _lock:
+        found = _state["wrapper"]
+        if isinstance(found, Path):
+            return found
+        if _state["reason"] != "not looked for yet":
+            return None
+        name = wrapper_name()
+        dirs = [PACKAGE_BIN, *_extra_dirs]
+        for d in dirs:
+            candidate = d / name
+            if _trusted(candidate) and _dir_trusted(d):
+                _state["wrapper"] = candidate
+                return candidate
+        errors = []
+        for d in dirs:  # the package's dir first: one build shared by every data dir
+            try:
+                built = build(d)
+            except (OSError, RuntimeError) as exc:
+                errors.append(f"{d}: {exc}")
+                continue
+            if _trusted(built) and _dir_trusted(d):
+                _state["wrapper"] = built
+                return built
+            errors.append(f"{d}: not root-owned or writable by others")
+        _state["reason"] = "; ".join(errors) or "no directory to build inkmcp-spawn in"
+        log.warning("tenant processes start through fork + preexec_fn (slower): %s", _state["reason"])
+        return None
+
+
+def prepare(fallback_dir: Path) -> str:
+    """At provider start: find or build the wrapper now (not on the first wake); `fallback_dir` is a
+    root-owned dir to build it in if the package's is not usable. Returns why it is unavailable, or ""."""
+    if os.geteuid() != 0 or start_settings().tenant_spawn != "wrapper":
+        return ""
+    use_dir(fallback_dir)
+    find_wrapper()
+    return unavailable_reason()
+
+
+def unavailable_reason() -> str:
+    return str(_state["reason"]) if _state["wrapper"] is None else ""
+
+
+def available() -> bool:
+    """True when processes start through vfork + the wrapper (root, wrapper built)."""
+    return os.geteuid() == 0 and find_wrapper() is not None
+
+
+def wrapper_argv(wrapper: Path, sandbox: TenantSandbox, cwd: Path, env_fd: int | None) -> list[str]:
+    """The wrapper's options for `sandbox`: the same decisions `_ChildSetup` makes for the preexec path."""
+    argv = [str(wrapper)]
+    if env_fd is not None:
+        argv += ["--env-fd", str(env_fd)]
+    argv += ["--fsize", str(sandbox.max_file_bytes)]
+    for procs in sandbox.cgroup_procs:
+        argv += ["--cgroup", procs]
+    if sandbox.tmp_dir is not None:
+        argv += ["--tmp", str(sandbox.tmp_dir)]
+        if os.path.isdir(VAR_TMP) and not os.path.islink(VAR_TMP):
+            argv += ["--var-tmp", VAR_TMP]
+        if os.path.isdir(DEV_SHM):
+            argv += ["--shm", DEV_SHM, "--shm-options", f"size={sandbox.shm_bytes},mode=1777"]
+        if sandbox.run_as is not None and _proc_has_private_options():
+            argv.append("--hide-pids")
+    if sandbox.run_as is not None:
+        argv += ["--ids", f"{sandbox.run_as.uid}:{sandbox.run_as.gid}"]
+    argv += ["--chdir", str(cwd), "--"]
+    return argv
+
+
+def env_memfd(env: dict[str, str]) -> int:
+    """A memfd holding `env` as NUL-terminated KEY=VALUE entries, positioned at 0 (secrets never hit disk)."""
+    fd = os.memfd_create("inkmcp-env", os.MFD_CLOEXEC)
+    data = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
+async def spawn(
+    argv: tuple[str, ...] | list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    sandbox: TenantSandbox,
+    protocol: asyncio.subprocess.SubprocessStreamProtocol | None = None,
+) -> tuple[asyncio.subprocess.Process, asyncio.SubprocessTransport]:
+    """`inkmcp.build.process.spawn` with the same contract, without forking the server's memory.
+
+    As root with the wrapper: vfork + exec of the wrapper, which confines and execs `argv`. Without
+    root: a plain vfork + exec (nothing to confine). Root without a wrapper: the preexec path.
+    """
+    if not sandbox.enforced:
+        if sandbox.run_as is not None and sandbox.run_as.uid != os.geteuid():
+            raise PermissionError(f"only root can run processes as {sandbox.run_as.user}")
+        return await _exec(list(argv), cwd=str(cwd), env=sandbox.environment(env), pass_fds=(), protocol=protocol)
+    wrapper: Path | None = None
+    if start_settings().tenant_spawn == "wrapper":
+        known = _state["wrapper"]  # found once; the thread hop is only for the first lookup (it may compile)
+        wrapper = known if isinstance(known, Path) else await asyncio.to_thread(find_wrapper)
+    if wrapper is None:
+        return await preexec_spawn(argv, cwd=cwd, env=env, sandbox=sandbox, protocol=protocol)
+    fd = env_memfd(sandbox.environment(env))
+    try:
+        full = [*wrapper_argv(wrapper, sandbox, cwd, fd), *argv]
+        # cwd=None: the wrapper chdirs after dropping to the tenant; root never resolves tenant paths.
+        return await _exec(full, cwd=None, env={}, pass_fds=(fd,), protocol=protocol)
+    finally:
+        os.close(fd)
+
+
+async def _exec(
+    argv: list[str],
+    *,
+    cwd: str | None,
+    env: dict[str, str],
+    pass_fds: tuple[int, ...],
+    protocol: asyncio.subprocess.SubprocessStreamProtocol | None,
+) -> tuple[asyncio.subprocess.Process, asyncio.SubprocessTransport]:
+    loop = asyncio.get_running_loop()
+    proto = protocol or asyncio.subprocess.SubprocessStreamProtocol(limit=65536, loop=loop)
+    transport, _ = await loop.subprocess_exec(
+        lambda: proto,
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        umask=0o077,
+        close_fds=True,
+        pass_fds=pass_fds,
+    )
+    return asyncio.subprocess.Process(transport, proto, loop), transport
+
+
+def main() -> None:
+    """`python -m inkmcp.providers.compute.local.spawn build [DIR]`: compile the wrapper (make install)."""
+    args = sys.argv[1:]
+    if not args or args[0] != "build" or len(args) > 2:
+        sys.exit("usage: python -m inkmcp.providers.compute.local.spawn build [DIR]  (default: the package's _bin)")
+    dest = Path(args[1]) if len(args) == 2 else PACKAGE_BIN
+    try:
+        print(build(dest))
+    except (OSError, RuntimeError) as exc:
+        sys.exit(f"could not build inkmcp-spawn: {exc}")
+
+
+if __name__ == "__main__":
+    main()
