@@ -266,22 +266,26 @@ class NeonClient:
 
     # -- projects --------------------------------------------------------------------------------------------
 
-    async def find_projects(self, name: str, *, org_id: str | None = None) -> list[Project]:
-        """Projects named exactly `name` (Neon's `search` matches partial names and ids; filtered here)."""
+    async def list_projects(self, search: str, *, org_id: str | None = None) -> list[Project]:
+        """Every project whose name or id contains `search` (Neon's `search`), following the cursor."""
         found: list[Project] = []
         cursor: str | None = None
         while True:
-            params = {"search": name, "limit": "400"}
+            params = {"search": search, "limit": "400"}
             if org_id:
                 params["org_id"] = org_id
             if cursor:
                 params["cursor"] = cursor
             page = await self._call(ProjectsPage, "GET", "/projects", params=params)
-            found += [p for p in page.projects if p.name == name]
+            found += page.projects
             next_cursor = (page.pagination or {}).get("cursor")
             if len(page.projects) < 400 or not next_cursor or next_cursor == cursor:
                 return found
             cursor = str(next_cursor)
+
+    async def find_projects(self, name: str, *, org_id: str | None = None) -> list[Project]:
+        """Projects named exactly `name` (Neon's `search` also matches partial names and ids)."""
+        return [p for p in await self.list_projects(name, org_id=org_id) if p.name == name]
 
     async def create_project(self, body: ProjectCreate) -> CreatedProject:
         """Never retried on an ambiguous failure (timeout, 5xx): the caller looks the project up by name."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from inkmcp.errors import InvalidArgument, ProviderError
+from inkmcp.errors import InkError, InvalidArgument, ProviderError
 from inkmcp.neon.models import ProjectCreate, ProjectSpec
 from inkmcp.neon.standin import NeonStandin
 from inkmcp.providers.database.base import Tier
@@ -272,3 +272,13 @@ async def test_operations_are_waited_on_with_a_deadline(neon: NeonStandin, make_
     handle = await make_provider().provision(owner_slug=s, tier=Tier.free)
     assert handle.external_id == project.id and len(neon.by_name(make_provider().project_name(s))) == 1
     assert await can_login(handle.credentials)
+
+
+async def test_doctor_check_names_the_setting(neon: NeonStandin, make_provider: Make) -> None:
+    provider = make_provider()
+    await provider.provision(owner_slug=slug(), tier=Tier.free)
+    assert "1 InkMCP project(s)" in await provider.check()
+    neon.api_keys = {"rotated"}
+    with pytest.raises(InkError) as err:
+        await provider.check()
+    assert err.value.argument == "INKMCP_NEON_API_KEY" and API_KEY not in str(err.value)

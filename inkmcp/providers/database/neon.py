@@ -190,6 +190,19 @@ class NeonDatabaseProvider:
             raise ProviderError(f"deleting the Neon project {external_id} failed: {e}",
                                 fix="retry later" if e.retryable else None) from None
 
+    async def check(self) -> str:
+        """For `inkmcp doctor`: the key is accepted and the projects are listable (org included). Returns a one-line
+        summary; raises InkError naming the setting to fix."""
+        try:
+            found = await self._client.list_projects(self.settings.project_prefix, org_id=self.settings.org_id)
+        except NeonError as e:
+            setting = "INKMCP_NEON_API_KEY" if e.status in (401, 403) else (
+                "INKMCP_NEON_ORG_ID" if e.status in (400, 404) else "INKMCP_NEON_API_URL")
+            raise InkError(f"Neon does not answer as expected: {e}", argument=setting,
+                           fix=f"check {setting}" + (" and Neon's status" if e.retryable else "")) from None
+        mine = sum(1 for p in found if p.name.startswith(self.settings.project_prefix))
+        return f"Neon API at {self._client.api_url} accepts the key; {mine} InkMCP project(s)"
+
     async def close(self) -> None:
         await self._client.aclose()
 
