@@ -89,3 +89,21 @@ async def test_missing_key_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     provider = build_neon_provider(settings)
     assert provider.settings.api_key == SecretStr("napi_secret_value")
     await provider.close()
+
+
+def test_standin_records_contract_breaks_and_refuses_bad_keys() -> None:
+    """The stand-in is only worth its passing tests if it notices a client leaving the contract."""
+    import httpx
+
+    from inkmcp.neon.standin import NeonStandin
+
+    with NeonStandin(api_keys={"good"}) as neon:
+        with httpx.Client(base_url=neon.url) as http:
+            assert http.get("/projects").status_code == 401
+            assert http.get("/projects", headers={"Authorization": "Bearer bad"}).status_code == 401
+            answer = http.post("/projects", headers={"Authorization": "Bearer good"},
+                               json={"project": {"name": "x", "regionid": "aws-us-east-2"}})
+            assert answer.status_code == 201  # Neon would ignore the typo; the stand-in records it
+        assert any("'regionid' was unexpected" in v for v in neon.request_violations)
+        assert any("Bearer" in v for v in neon.request_violations)
+        assert neon.response_violations == []
