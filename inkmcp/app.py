@@ -29,6 +29,7 @@ from inkmcp.core.projects import ProjectService
 from inkmcp.errors import InkError
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
+from inkmcp.providers.database.base import DatabaseProvider
 from inkmcp.providers.database.byo import BringYourOwnDatabase
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider
 from inkmcp.settings import Settings
@@ -99,6 +100,22 @@ def _hold_serve_lock(stack: AsyncExitStack, data: Path) -> None:
     stack.callback(os.close, fd)
 
 
+def _database_providers(
+    stack: AsyncExitStack, settings: Settings, own: PostgresDatabaseProvider
+) -> tuple[DatabaseProvider, dict[str, DatabaseProvider]]:
+    """The provider behind `database={"type":"postgres"}` and every configured one by name (a database is
+    dropped by the provider that made it). Setting INKMCP_NEON_API_KEY is enough to make Neon the default."""
+    from inkmcp.neon.settings import NeonSettings
+    from inkmcp.providers.database.neon import build_neon_provider
+    from inkmcp.providers.database.select import choose_default
+
+    neon_settings = NeonSettings.from_env()
+    neon = build_neon_provider(neon_settings) if neon_settings.enabled else None
+    if neon is not None:
+        stack.push_async_callback(neon.close)
+    return choose_default(own, neon=neon, choice=settings.database_provider)
+
+
 async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -143,6 +160,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     postgres = PostgresDatabaseProvider(admin, public_host=public_host, public_port=public_port)
     stack.push_async_callback(postgres.close)
     byo = BringYourOwnDatabase()
+    default_db, db_providers = _database_providers(stack, settings, postgres)
 
     from inkmcp.providers.compute.local.provider import LocalComputeProvider
 
@@ -164,7 +182,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     limits = LimitDefaults.from_settings(settings)
     projects = ProjectService(sessions, box, limits)
     envs = EnvService(sessions, box)
-    databases = DatabaseService(sessions, box, postgres, byo, limits)
+    databases = DatabaseService(sessions, box, default_db, byo, limits, providers=db_providers)
     deploys = DeployService(
         sessions,
         projects=projects,

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default=None, description="admin URL of the Postgres server tenant databases are created on"
     )
     tenant_database_public_host: str = "127.0.0.1"
+    database_provider: Literal["postgres", "neon", "coolify"] | None = Field(
+        default=None,
+        description="provider of database={'type':'postgres'}: our own server (postgres), Neon or Coolify-managed "
+        "Postgres; unset: neon if INKMCP_NEON_API_KEY is set, else coolify if configured, else our own server",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=1, le=65535)
