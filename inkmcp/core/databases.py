@@ -32,7 +32,10 @@ class DatabaseRequest(BaseModel):
 
 
 class DatabaseInfo(BaseModel):
-    provider: str
+    provider: Literal["postgres", "byo"] = Field(
+        description="what the agent asked for: a managed Postgres (whichever backend serves it: our own server, "
+        "Neon or Coolify; agents are not told, so results do not change with the operator's choice) or byo"
+    )
     tier: str
     host: str
     port: int
@@ -72,7 +75,7 @@ class DatabaseService:
     def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
         creds = DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
         return DatabaseInfo(
-            provider=row.provider,
+            provider="byo" if row.provider == "byo" else "postgres",
             tier=row.tier,
             host=creds.host,
             port=creds.port,
@@ -94,7 +97,7 @@ class DatabaseService:
         if existing:
             if req.type == "byo" and existing.provider != "byo":
                 raise InvalidArgument(
-                    f"this project already has a {existing.provider} database.",
+                    "this project already has a managed postgres database.",
                     argument="database.type",
                     fix="omit database (the existing one stays wired) or delete the project's database first",
                 )
