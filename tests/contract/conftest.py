@@ -9,10 +9,13 @@ Providers:
   local  the real LocalComputeProvider: real processes behind its real proxy, real builds (slow-ish: each
          release starts Python processes and health-checks them).
   fake   FakeComputeProvider over FakeRemote (inkmcp/providers/compute/fake.py): remote-like, in-process.
-  coolify (hook) the Coolify provider over tests/coolify_standin.py, once it exists (issue 8 item 4): write a
-         `CoolifyHarness` (provider() over a CoolifyClient to the stand-in; serve/instances/census from the
-         stand-in's applications and deployments; crash_points from the provider's own fault hooks), add it
-         to HARNESSES and to PROVIDERS / REMOTE_PROVIDERS below. Every test then runs against it unchanged.
+  coolify the real CoolifyComputeProvider over the Coolify stand-in (inkmcp/coolify/standin/: a real HTTP
+         server validating every request and answer against Coolify's spec), through the real CoolifyClient
+         with spec validation and InkMCP's policy on the wire. The stand-in does not run code, so
+         `TenantStandin` gives its deployments the suite's test-app behaviour (what the fake does with
+         `run_script` / `crash_on_env`): a build or pre-deployment command ending in `exit N` fails the
+         deployment with its echoed output, `CRASH=<process>` makes the new container of that process unhealthy.
+         Ground truth is the stand-in's state (containers, the env they started with, its deployment rows).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ import pytest
 from pydantic import SecretStr
 
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
+from inkmcp.coolify.budget import BudgetSettings, LocalBudget
+from inkmcp.coolify.client import CoolifyClient, RetryPolicy
+from inkmcp.coolify.spec import CoolifySpec
+from inkmcp.coolify.standin import CoolifyStandin, Token
+from inkmcp.coolify.standin.deployments import QUEUE_FULL
 from inkmcp.providers.compute.base import (
     ComputeProvider,
     ProgressCallback,
@@ -47,13 +55,24 @@ from inkmcp.providers.compute.base import (
     ServiceKey,
     Step,
 )
-from inkmcp.providers.compute.fake import CRASH_POINTS, DEPLOYMENT_ENV, FakeComputeProvider, FakeRemote
+from inkmcp.providers.compute.coolify import policy as coolify_policy
+from inkmcp.providers.compute.coolify.provider import CRASH_POINTS as COOLIFY_CRASH_POINTS
+from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+from inkmcp.providers.compute.fake import (
+    CRASH_POINTS,
+    DEPLOYMENT_ENV,
+    FakeComputeProvider,
+    FakeCrash,
+    FakeRemote,
+    crash_on_env,
+    run_script,
+)
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.supervisor import Backoff
 from tests.support import remove_tenant_users, traversable_tmpdir
 
-PROVIDERS = ["local", "fake"]  # + "coolify" once its harness exists (module docstring)
-REMOTE_PROVIDERS = ["fake"]  # providers whose work is queued at a remote API (+ "coolify")
+PROVIDERS = ["local", "fake", "coolify"]
+REMOTE_PROVIDERS = ["fake", "coolify"]  # providers whose work is queued at a remote API
 SLOW_PROVIDERS: set[str] = set()  # none yet: local's real releases take 0.5-4.5 s per test (measured)
 
 
@@ -401,7 +420,202 @@ class FakeHarness(Harness):
                 "apps": counts, "deployments": deployments}  # fmt: skip
 
 
-HARNESSES: dict[str, type[Harness]] = {"local": LocalHarness, "fake": FakeHarness}
+def _unwrap(command: str | None) -> str | None:
+    """The tenant's command inside the provider's `sh -c '…'` wrapper (mapping.shell_safe), for run_script."""
+    if command and command.startswith("sh -c '") and command.endswith("'"):
+        return command[len("sh -c '"):-1].replace("'\"'\"'", "'")
+    return command
+
+
+class TenantStandin(CoolifyStandin):
+    """The stand-in, plus what the suite's test app does when Coolify builds and starts it (module docstring).
+    Also notes, for the census, which InkMCP deployment (the INKMCP_DEPLOYMENT env of the application when the
+    deployment was queued) each Coolify deployment belongs to."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.queued_for: dict[str, str] = {}
+        self.queue_full_next = 0
+        """The next N queueings find the server's deployment queue full (Coolify's condition, on demand)."""
+
+    def _queue_deployment(self, app: Any, **kw: Any) -> dict[str, Any]:
+        if self.queue_full_next > 0:
+            self.queue_full_next -= 1
+            return {"status": "queue_full", "message": QUEUE_FULL, "deployment_uuid": None}
+        answer = super()._queue_deployment(app, **kw)
+        if answer.get("status") == "queued":
+            env = {e.key: e.value or "" for e in app.envs if not e.is_preview}
+            self.queued_for[answer["deployment_uuid"]] = env.get(DEPLOYMENT_ENV, "?")
+        return answer
+
+    def _take_build_fault(self, app_uuid: str) -> str | None:
+        line = super()._take_build_fault(app_uuid)
+        app = self.applications.get(app_uuid)
+        if line is not None or app is None:
+            return line
+        output: list[str] = []
+        code = run_script(_unwrap(app.fields.get("build_command")), output)
+        if code:
+            return f"Building docker image failed: build command exited with code {code}: {' '.join(output)}"
+        output = []
+        code = run_script(app.fields.get("pre_deployment_command"), output)
+        if code:
+            return f"Pre-deployment command failed with exit code {code}: {' '.join(output)}"
+        env = {e.key: e.value or "" for e in app.envs if not e.is_preview}
+        failure = crash_on_env(str(app.fields.get("name", "")).rsplit("-", 1)[-1], env)
+        if failure:
+            return f"New container is not healthy, rolling back to the old container: {failure}"
+        return None
+
+
+class CoolifyHarness(Harness):
+    name = "coolify"
+    remote = True
+    crash_points = COOLIFY_CRASH_POINTS
+    RETRY = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=0.5)
+    BUILD = 0.05  # seconds a stand-in build takes outside `hold()`
+
+    async def setup(self) -> None:
+        self.root = Path(traversable_tmpdir("inkmcp-contract-coolify-"))
+        self.spec = CoolifySpec.load()
+        # Coolify's 200 requests/minute is the client's budget's subject (tests/coolify): here both sides allow
+        # more, so the suite's many releases per minute measure the provider, not the throttle.
+        self.standin = TenantStandin(self.root / "nodes", spec=self.spec, build_seconds=self.BUILD,
+                                     restart_seconds=0.02, status_delay=0.01, delete_delay=0.02, stop_delay=0.01,
+                                     rate_limit=100_000)  # fmt: skip
+        self.budget = LocalBudget(BudgetSettings(limit=100_000))
+        self.standin.start()
+        self.standin.add_servers(1)
+        self.token = self.standin.add_token("read", "read:sensitive", "write", "deploy")
+        self.providers: list[CoolifyComputeProvider] = []
+        self.provider = self._new()
+
+    def _new(self) -> CoolifyComputeProvider:
+        limits = coolify_policy.Limits()
+        client = CoolifyClient(self.standin.url, self.token, validate_with=self.spec, retry=self.RETRY,
+                               transport=coolify_policy.PolicyTransport(limits=limits), budget=self.budget)  # fmt: skip
+        # core's contract tests deploy a local git repo; the stand-in does not fetch, so it gets an https name
+        provider = CoolifyComputeProvider(
+            client, self.root / "work", poll_interval=0.01, poll_max_interval=0.05, wait_timeout=30.0, limits=limits,
+            queue_full_retry_after=0.05, local_repo_url=lambda path: f"https://git.standin.test/{hashlib.sha256(path.encode()).hexdigest()[:16]}.git")
+        provider.crash_error = FakeCrash
+        self.providers.append(provider)
+        return provider
+
+    async def restart(self) -> CoolifyComputeProvider:
+        self.provider = self._new()
+        return self.provider
+
+    async def teardown(self) -> None:
+        for provider in self.providers:
+            await provider.close()
+        self.standin.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        assert self.standin.request_violations == [], self.standin.request_violations
+        assert self.standin.response_violations == [], self.standin.response_violations
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Builds begun inside the block last until it ends (the stand-in's clock, not a pause)."""
+        self.standin.slow_builds(3600.0)
+        try:
+            yield
+        finally:
+            with self.standin._lock:
+                self.standin.build_seconds = self.BUILD
+                for dep in self.standin.deployments.values():
+                    dep.duration = min(dep.duration, self.BUILD)
+
+    def _busy(self) -> bool:
+        with self.standin._lock:
+            self.standin._advance()
+            return any(d.status in ("queued", "in_progress") for d in self.standin.deployments.values()) or any(
+                a.delete_at is not None or a.stop_at is not None for a in self.standin.applications.values())
+
+    async def settle(self) -> None:
+        await wait_for(lambda: _async(not self._busy()), what="the stand-in settled")
+
+    def arm_crash(self, point: str) -> None:
+        assert point in COOLIFY_CRASH_POINTS, point
+        self.provider.crash_at.add(point)
+
+    def fault_scenarios(self) -> list[str]:
+        return ["unavailable:create_project", "lost_answer:create_project", "lost_answer:create_app",
+                "unavailable:set_envs", "lost_answer:set_envs", "unavailable:deploy", "lost_answer:deploy",
+                "queue_full", "unavailable:get_deployment", "unavailable:list_deployments"]  # fmt: skip
+
+    ROUTES = {  # operation -> (method, path regex) in the stand-in
+        "create_project": ("POST", r"/projects"), "create_app": ("POST", r"/applications/public"),
+        "set_envs": ("PATCH", r"/applications/[^/]+/envs/bulk"), "deploy": ("POST", r"/deploy"),
+        "get_deployment": ("GET", r"/deployments/[^/]+"),
+        "list_deployments": ("GET", r"/deployments/applications/[^/]+"),
+        "get_app": ("GET", r"/applications/[^/]+"), "app_logs": ("GET", r"/applications/[^/]+/logs"),
+        "delete_app": ("DELETE", r"/applications/[^/]+"),
+    }  # fmt: skip
+
+    def arm_fault(self, scenario: str) -> None:
+        if scenario == "queue_full":  # Coolify's 429 when the server's queue of 25 is full
+            with self.standin._lock:
+                self.standin.queue_full_next += 1
+            return
+        kind, op = scenario.split(":")
+        method, path = self.ROUTES[op]
+        if kind == "unavailable":  # a 500: not retried by the client even for idempotent calls
+            self.standin.fail_next(method, path, status=500)
+        else:  # the call takes effect, the answer is lost; enough times to outlast the client's own retries
+            idempotent = method in ("GET", "DELETE") or op == "set_envs"  # what the client repeats by itself
+            self.standin.drop_next(method, path, times=self.RETRY.attempts if idempotent else 1, after=True)
+
+    ABILITY = {"deploy": "deploy"}
+
+    def refuse(self, operation: str, message: str) -> None:
+        """A token without the ability: the stand-in answers Coolify's own 403 for it from now on."""
+        ability = self.ABILITY[operation]
+        assert message == f"Missing required permissions: {ability}", message
+        with self.standin._lock:
+            old = self.standin.tokens[self.token]
+            self.standin.tokens[self.token] = Token(old.plain, old.user_id, old.team_id,
+                                                    old.abilities - {ability}, old.admin)  # fmt: skip
+
+    def _apps(self, key: ServiceKey) -> list[Any]:
+        with self.standin._lock:
+            self.standin._advance()
+            return [a for a in self.standin.applications.values()
+                    if str(a.fields.get("name", "")).startswith(f"{key.service_id}-") and a.delete_at is None]
+
+    @staticmethod
+    def _process(app: Any) -> str:
+        return str(app.fields.get("name", "")).rsplit("-", 1)[-1]
+
+    async def serve(self, key: ServiceKey) -> str | None:
+        routed = [a for a in self._apps(key) if a.fields.get("fqdn") and a.container is not None]
+        return routed[0].container.env.get("MESSAGE") if routed else None
+
+    async def instances(self, key: ServiceKey) -> list[tuple[str, str, str]]:
+        return sorted((self._process(a), a.container.env.get(DEPLOYMENT_ENV, ""), a.container.deployment_uuid)
+                      for a in self._apps(key) if a.container is not None)  # fmt: skip
+
+    def census(self, key: ServiceKey) -> dict[str, Any]:
+        apps = self._apps(key)
+        deployments: dict[str, dict[str, int]] = {}
+        counts: dict[str, int] = {}
+        for app in apps:
+            process = self._process(app)
+            counts[process] = counts.get(process, 0) + 1
+            for dep in self.standin.deployments_of(app.uuid):
+                if dep.restart_only or dep.deployment_uuid not in self.standin.queued_for:
+                    continue
+                per = deployments.setdefault(self.standin.queued_for[dep.deployment_uuid], {})
+                per[process] = per.get(process, 0) + 1
+        projects = sum(p.name == f"inkmcp-{key.project_id}" for p in self.standin.projects.values())
+        return {"projects": projects, "apps": counts, "deployments": deployments}
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+HARNESSES: dict[str, type[Harness]] = {"local": LocalHarness, "fake": FakeHarness, "coolify": CoolifyHarness}
 
 
 @pytest.fixture(params=[provider_param(name) for name in PROVIDERS])

@@ -282,3 +282,18 @@ async def test_policy_transport_stops_a_forbidden_request_before_it_leaves() -> 
         with pytest.raises(policy.PolicyViolation, match="operation"):
             await http.post(f"{APP}/storages", content=json.dumps({"host_path": "/"}))
     assert seen == [f"PATCH /api/v1{APP}"]
+
+
+def test_a_long_refused_command_is_wrapped_without_catastrophic_backtracking() -> None:
+    """Coolify's pattern, used as written, takes seconds (exponential) to refuse a 50-character command with a
+    `;`: the possessive form answers at once and accepts the same strings."""
+    import time
+
+    command = "echo compile error: missing colon and some more words to make it long >&2; exit 2"
+    started = time.monotonic()
+    assert mapping.shell_safe(command, "build_command") == f"sh -c '{command}'"
+    assert time.monotonic() - started < 0.1
+    for ok in ("exec /usr/bin/python3 web.py", "npm run build && npm test", 'echo "hi there"', "a || b"):
+        assert mapping.SHELL_SAFE.match(ok), ok
+    for bad in ("a; b", "a | b", "echo $HOME", "a > b", "echo `id`"):
+        assert not mapping.SHELL_SAFE.match(bad), bad

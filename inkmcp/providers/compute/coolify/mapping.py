@@ -52,8 +52,12 @@ from inkmcp.providers.compute.coolify import policy
 DEPLOYMENT_ENV = "INKMCP_DEPLOYMENT"
 """Set on every application before each deployment (and each env change): which InkMCP deployment a container
 belongs to. Operators and the reconciler read it; the same name as the fake provider's."""
-SHELL_SAFE = re.compile(r"""^(?:[ \t]+|&&|\|\||"[^"$`\\\n\r]*"|'[^'\n\r]*'|[a-zA-Z0-9._\-/=:@,+\[\]{}#%^~*?!]+)+$""")
-"""Coolify 4.3.11 ValidationPatterns::SHELL_SAFE_COMMAND_PATTERN (install/build/start commands)."""
+SHELL_SAFE = re.compile(
+    r"""^(?:[ \t]++|&&|\|\||"[^"$`\\\n\r]*+"|'[^'\n\r]*+'|[a-zA-Z0-9._\-/=:@,+\[\]{}#%^~*?!]++)++$"""
+)
+"""Coolify 4.3.11 ValidationPatterns::SHELL_SAFE_COMMAND_PATTERN (install/build/start commands), with possessive
+quantifiers: the alternatives start with disjoint characters, so this accepts exactly the same strings, without
+the original's exponential backtracking on a string it refuses (seconds for a 50-character command)."""
 DEFAULT_PORT = 3000
 
 

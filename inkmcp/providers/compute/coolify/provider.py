@@ -11,6 +11,8 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
 
       project_ref     {"project_uuid", "environment_uuid"}
       service_ref     {"server_uuid", "wildcard_base", "apps": {process: app uuid}, "routed", "port",
+                       "live_config": {process: the release's PATCH body without git_repository},
+                       "live_labels": {process: custom labels (on_demand)},
                        "live": deployment id,
                        "live_commit", "live_deployments": {process: Coolify deployment uuid}, "url",
                        "dns_records", "env_revision", "env_change": {"revision", "after": {process: uuid|None},
@@ -57,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -149,7 +151,7 @@ def first_usable_server(client: CoolifyClient, *, exclude: frozenset[str] = froz
 def _error(e: Exception, what: str) -> Exception:
     """A Coolify-side failure as the contract's error (module docstring, "Errors")."""
     if isinstance(e, CoolifyRateLimited):
-        why = "the server's deployment queue is full" if getattr(e, "queue_full", False) else "rate limited"
+        why = "the server's deployment queue is full" if e.queue_full else "rate limited"
         return ProviderUnavailable(f"{what}: Coolify is busy ({why}); retrying later", retry_after=e.retry_after)
     if isinstance(e, CoolifyError) and e.retryable:
         return ProviderUnavailable(f"{what}: {e}")
@@ -181,10 +183,15 @@ class CoolifyComputeProvider:
     name = "coolify"
     needs_checkout = False  # Coolify fetches `repo_url` at the pinned commit itself (on the build server)
 
+    crash_error: type[BaseException] = Crash
+    """What an injected crash raises (tests set the contract suite's own)."""
+
     def __init__(self, client: CoolifyClient, work_dir: Path, *, settings: MappingSettings | None = None,
                  place: Place | None = None, project_prefix: str = "inkmcp-",
                  build_server_uuid: str | None = None, poll_interval: float = 2.0, poll_max_interval: float = 10.0,
-                 wait_timeout: float = 1800.0, limits: policy.Limits | None = None) -> None:  # fmt: skip
+                 wait_timeout: float = 1800.0, limits: policy.Limits | None = None,
+                 local_repo_url: Callable[[str], str] | None = None,
+                 queue_full_retry_after: float | None = None) -> None:  # fmt: skip
         self.client = client
         self.work_dir = Path(work_dir)
         self.settings = settings or MappingSettings()
@@ -196,6 +203,12 @@ class CoolifyComputeProvider:
         self.wait_timeout = wait_timeout
         self.limits = limits or policy.Limits(require_build_server=self.settings.use_build_server)
         self.crash_at: set[str] = set()
+        self.local_repo_url = local_repo_url
+        self.queue_full_retry_after = queue_full_retry_after
+        """When to try a deploy again after Coolify's "deployment queue is full"; None = Coolify's Retry-After
+        (a constant 60 s in DeployController.php, not an estimate of when the queue drains)."""
+        """Development/tests only: the https URL Coolify is given for a repo core fetched from a local path (the
+        stand-in does not fetch). None in production: a local path is refused, Coolify could not fetch it."""
 
     @classmethod
     def from_settings(cls, settings: Any, work_dir: Path, *, place: Place | None = None,
@@ -227,11 +240,15 @@ class CoolifyComputeProvider:
     def _crash(self, point: str) -> None:
         if point in self.crash_at:
             self.crash_at.discard(point)
-            raise Crash(point)
+            raise self.crash_error(point)
 
     async def _call(self, what: str, call: Awaitable[T]) -> T:
         try:
             return await call
+        except CoolifyRateLimited as e:
+            if e.queue_full and self.queue_full_retry_after is not None:
+                e.retry_after = self.queue_full_retry_after
+            raise _error(e, what) from None
         except (CoolifyError, SpecError, policy.PolicyViolation, mapping.TenantInputError) as e:
             raise _error(e, what) from None
 
@@ -263,8 +280,8 @@ class CoolifyComputeProvider:
             raise ReleaseFailed(Step.building, "the build plan has no process to run (add a Procfile `web:` line or "
                                                "pass start_command)")
         server = await self._ensure_server(key, request, service_ref, record)
-        specs = {p.name: self._app_spec(request, p, server) for p in processes}
         try:  # tenant input that cannot be sent: fail before anything remote changes
+            specs = {p.name: self._app_spec(request, p, server) for p in processes}
             bodies = {name: mapping.update_body(s, self.settings) for name, s in specs.items()}
             env_bodies = {name: self._env(request.env, request.deployment_id, s) for name, s in specs.items()}
             hosts = mapping.custom_domains(request.domains, server, self.settings)
@@ -300,10 +317,12 @@ class CoolifyComputeProvider:
         if failed:
             note = await self._roll_back(apps, final, service_ref, dep_ref, snapshot, record)
             name, dep = next(iter(failed.items()))
-            lines = [line.output for line in dep.log_lines()]
+            entries = dep.log_lines()
+            lines = [line.output for line in entries]
             tail = "\n".join(lines[-8:])
-            raise ReleaseFailed(_failed_step(lines), f"process '{name}' failed ({dep.status}); the previous version "
-                                                     f"keeps serving{note}\nlast output:\n{tail}")  # fmt: skip
+            step = _failed_step([e.output for e in entries if e.type == "stderr"])
+            raise ReleaseFailed(step, f"process '{name}' failed ({dep.status}); the previous version keeps serving"
+                                      f"{note}\nlast output:\n{tail}")  # fmt: skip
 
         await progress(Step.switching, "every process's Coolify deployment finished; Coolify switched traffic")
         routed = next((p for p in processes if p.routed), None)
@@ -314,6 +333,8 @@ class CoolifyComputeProvider:
             live_deployments={n: started[n] for n in specs}, apps={n: u for n, u in apps.items() if n in specs},
             dns_records=[r.model_dump() for r in _records(key, server, hosts, routed is not None)],
             routed=routed.name if routed is not None else None, port=mapping.port_of(request.plan),
+            live_config={n: {k: v for k, v in bodies[n].items() if k != "git_repository"} for n in specs},
+            live_labels={n: mapping.labels_plain(s) for n, s in specs.items() if mapping.labels_plain(s)},
         )  # fmt: skip
         service_ref.pop("env_change", None)
         await record(RefScope.service, service_ref)
@@ -326,10 +347,22 @@ class CoolifyComputeProvider:
         return ReleaseResult(url=service_ref.get("url"),
                              dns_records=[DnsRecord(**r) for r in service_ref.get("dns_records") or []])
 
+    def _repo_url(self, url: str) -> str:
+        """The URL Coolify fetches from: the agent's https URL (credentials included: Coolify stores it)."""
+        parts = urlsplit(url)
+        if parts.scheme == "https" and parts.hostname:
+            return url
+        if self.local_repo_url is not None and (parts.scheme in ("", "file")):
+            return self.local_repo_url(url)
+        raise mapping.TenantInputError(
+            "repo_url: Coolify builds on the build server and fetches the repository itself, over https; "
+            f"a {parts.scheme or 'local'} URL cannot be fetched there. Pass the https:// clone URL of the repository")
+
     def _app_spec(self, request: ReleaseRequest, process: Process, server: PlacedServer) -> AppSpec:
         return AppSpec(key=request.key, process=process, service_type=request.service_type, mode=request.mode,
                        plan=request.plan, commit=request.commit, resources=request.resources, server=server,
-                       repo_url=request.repo_url.get_secret_value(), domains=tuple(request.domains))  # fmt: skip
+                       repo_url=self._repo_url(request.repo_url.get_secret_value()),
+                       domains=tuple(request.domains))  # fmt: skip
 
     def _env(self, env: Mapping[str, SecretStr], deployment_id: str, spec: AppSpec) -> dict[str, Any]:
         values = {k: v.get_secret_value() for k, v in env.items()}
@@ -413,8 +446,8 @@ class CoolifyComputeProvider:
         """Replace the application's env with `body` (bulk upsert + delete of the rest); return what it was."""
         self._check("PATCH", f"/applications/{app}/envs/bulk", body)
         current = await self._call(f"reading env of {process}", self.client.list_envs(app))
-        previous = {e.key: (e.real_value if e.real_value is not None else e.value or "")
-                    for e in current if not e.is_preview}  # fmt: skip
+        # `value`, not `real_value`: Coolify quotes a literal's real_value ('…') for the shell
+        previous = {e.key: e.value or "" for e in current if not e.is_preview and e.value is not None}
         await self._call(f"setting env of {process}", self.client.update_envs(
             app, [m.EnvVarSet(**item) for item in body["data"]]))
         wanted = {item["key"] for item in body["data"]}
@@ -504,11 +537,8 @@ class CoolifyComputeProvider:
         note = ""
         for name, dep in final.items():
             app = apps[name]
-            if name in previous and live_commit:  # back to the live commit, whatever happens next
-                body = {"git_commit_sha": str(live_commit)}
-                self._check("PATCH", f"/applications/{app}", body)
-                await self._call(f"resetting {name} to the live commit",
-                                 self.client.update_application(app, m.ApplicationUpdate(**body)))
+            if name in previous and live_commit:  # back to the live release's settings, whatever happens next
+                await self._apply_live(app, name, service_ref, str(live_commit))
                 if snapshot.get(name):
                     await self._set_env(app, name, {"data": [
                         {"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
@@ -531,6 +561,19 @@ class CoolifyComputeProvider:
         if pending:
             await self._wait(pending, None)
         return note
+
+    async def _apply_live(self, app: str, name: str, service_ref: Mapping[str, Any], commit: str) -> None:
+        """Put the live release's settings (and labels, which a domains PATCH regenerates) back on `app`."""
+        body = {**(service_ref.get("live_config") or {}).get(name, {}), "git_commit_sha": commit}
+        self._check("PATCH", f"/applications/{app}", body)
+        await self._call(f"setting {name} back to the live release",
+                         self.client.update_application(app, m.ApplicationUpdate(**body)))
+        labels = (service_ref.get("live_labels") or {}).get(name)
+        if labels:
+            self._check("PATCH", f"/applications/{app}", {"custom_labels": policy.labels_text(
+                dict(line.split("=", 1) for line in labels.splitlines()))})
+            await self._call(f"labelling {name}", self.client.update_application(
+                app, m.ApplicationUpdate(custom_labels=labels)))
 
     async def _delete_app(self, uuid: str, what: str) -> None:
         self._check("DELETE", f"/applications/{uuid}")
@@ -570,11 +613,8 @@ class CoolifyComputeProvider:
         commit = service_ref.get("live_commit")
         for name, uuid in apps.items():
             await self._set_env(uuid, name, bodies[name])
-            if commit:
-                patch = {"git_commit_sha": str(commit)}
-                self._check("PATCH", f"/applications/{uuid}", patch)
-                await self._call(f"pinning {name} to the live commit",
-                                 self.client.update_application(uuid, m.ApplicationUpdate(**patch)))
+            if commit:  # the live release's settings: a failed release may have left others on the application
+                await self._apply_live(uuid, name, service_ref, str(commit))
             dep = await self._deploy(uuid, f"redeploying {name} with the new env")
             self._crash("after_env_deploy_call")
             if dep is not None:
@@ -714,13 +754,13 @@ def _sleeps(app: m.Application) -> bool:
     return "sablier.enable=true" in labels or "c2FibGllci5lbmFibGU9dHJ1ZQ" in labels
 
 
-def _failed_step(lines: list[str]) -> Step:
-    """Where a Coolify deployment failed, read from its log (a deployment has no phase field)."""
-    text = "\n".join(lines).lower()
-    if "pre-deployment command" in text and ("failed" in text or "exited" in text or "error" in text):
+def _failed_step(errors: list[str]) -> Step:
+    """Where a Coolify deployment failed, read from its stderr log entries (a deployment has no phase field):
+    the pre-deployment command → releasing; the new container not becoming healthy → health_check; anything
+    else (the build, the clone, the push) → building."""
+    text = "\n".join(errors).lower()
+    if "pre-deployment command" in text:
         return Step.releasing
-    if "build" in text and ("failed" in text or "error" in text or "exited" in text) \
-            and "new container" not in text and "healthcheck" not in text and "health check" not in text:
-        return Step.building
-    return Step.health_check
-
+    if "not healthy" in text or "healthcheck" in text or "container exited" in text:
+        return Step.health_check
+    return Step.building
