@@ -15,7 +15,7 @@ is what InkMCP adds to a process start (spawn, confinement, readiness detection,
 prints the cost of one confined spawn alone from a process holding a server-sized heap (old path: fork
 with a preexec_fn; new path: vfork + the exec wrapper), and the server's RSS.
 
-    .venv/bin/python benchmarks/wake_speed.py [--runs 20] [--flask] [--save-baseline]
+    .venv/bin/python benchmarks/wake_speed.py [--runs 20] [--flask] [--compare] [--save-baseline]
 
 `--save-baseline` writes the figures to benchmarks/baselines/wake_speed.json (today's numbers for
 the before/after table); every run prints them next to the stored baseline.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -195,44 +196,73 @@ def spawn_cost(rounds: int = 30, ballast_mb: int = 130) -> dict[str, dict[str, f
     return {k: {"p50": statistics.median(v), "p99": pct(v, 99)} for k, v in result.items()}
 
 
-async def measure(runs: int, with_flask: bool) -> dict[str, Any]:
-    server = make_server("inkmcp-wake-", INKMCP_IDLE_TIMEOUT="1")
-    repos = traversable_tmpdir("inkmcp-wake-repos-")
-    server.create_key("bench")
-    server.start()
+OLD_PATHS = {"INKMCP_TENANT_SPAWN": "preexec", "INKMCP_TENANT_READINESS": "connect"}
+
+
+async def deploy_apps(server: ServerProc, repos: Path, with_flask: bool) -> list[tuple[str, str, str, list[str]]]:
+    """Deploy the apps on_demand on `server`: (label, project, host, bare argv) each."""
+    apps = []
+    async with mcp_session(server, server.keys["bench"]) as s:
+        host = await deploy(s, git_repo(repos / "tiny", TINY_APP), "wake-tiny")
+        apps.append(("http.server", "wake-tiny", host, ["/usr/bin/python3", "app.py"]))
+        if with_flask:
+            host = await deploy(s, git_repo(repos / "flask", FLASK_APP), "wake-flask")
+            gunicorn = str(built_venv(server) / "bin/gunicorn")
+            apps.append(("flask+gunicorn", "wake-flask", host,
+                         [gunicorn, "--bind", "127.0.0.1:{port}", "--workers", "1", "app:app"]))
+    return apps
+
+
+async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
+    """`compare`: a second server on the previous paths (fork + preexec_fn, connect polling), woken in
+    the same rounds, so before and after come from one run."""
+    servers = {"wake": make_server("inkmcp-wake-", INKMCP_IDLE_TIMEOUT="1")}
+    if compare:
+        servers["wake_old"] = make_server("inkmcp-wake-old-", INKMCP_IDLE_TIMEOUT="1", **OLD_PATHS)
+    repos = {k: traversable_tmpdir(f"inkmcp-{k}-repos-") for k in servers}
+    for srv in servers.values():
+        srv.create_key("bench")
+        srv.start()
     figures: dict[str, Any] = {"runs": runs, "apps": {}}
     try:
-        apps: list[tuple[str, str, str, list[str], Path, dict[str, str]]] = []
+        apps = {k: await deploy_apps(srv, repos[k], with_flask) for k, srv in servers.items()}
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
-        async with mcp_session(server, server.keys["bench"]) as s:
-            repo = git_repo(repos / "tiny", TINY_APP)
-            host = await deploy(s, repo, "wake-tiny")
-            apps.append(("http.server", "wake-tiny", host, ["/usr/bin/python3", "app.py"], repo, base_env))
-            if with_flask:
-                repo = git_repo(repos / "flask", FLASK_APP)
-                host = await deploy(s, repo, "wake-flask")
-                venv = built_venv(server)
-                env = {**base_env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv}/bin:{base_env['PATH']}"}
-                argv = [str(venv / "bin/gunicorn"), "--bind", "127.0.0.1:{port}", "--workers", "1", "app:app"]
-                apps.append(("flask+gunicorn", "wake-flask", host, argv, repo, env))
-            samples: dict[str, dict[str, list[float]]] = {a[0]: {"bare": [], "wake": []} for a in apps}
+        venv_of = {a[0]: Path(a[3][0]).parent.parent for a in apps["wake"] if a[0] != "http.server"}
+        samples = {a[0]: {"bare": [], **{k: [] for k in servers}} for a in apps["wake"]}
+        async with contextlib.AsyncExitStack() as stack:
+            opened = {k: await stack.enter_async_context(mcp_session(srv, srv.keys["bench"]))
+                      for k, srv in servers.items()}
             for _ in range(runs):
-                for name, project, host, argv, cwd, env in apps:
-                    await until_state(s, project, "sleeping")
+                for i, (name, project, _host, argv) in enumerate(apps["wake"]):
+                    env = base_env
+                    if name in venv_of:
+                        venv = venv_of[name]
+                        env = {**base_env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv}/bin:{base_env['PATH']}"}
+                    for k in servers:
+                        await until_state(opened[k], project, "sleeping")
+                    cwd = repos["wake"] / project.removeprefix("wake-")  # the app's files, as deployed
                     samples[name]["bare"].append(await asyncio.to_thread(bare, argv, cwd, env))
-                    samples[name]["wake"].append(await asyncio.to_thread(wake, server.proxy_port, host))
-        assert server.proc is not None
-        figures["server_rss_mb"] = round(rss_mb(server.proc.pid), 1)
+                    for k, srv in servers.items():
+                        host = apps[k][i][2]
+                        samples[name][k].append(await asyncio.to_thread(wake, srv.proxy_port, host))
+        proc = servers["wake"].proc
+        assert proc is not None
+        figures["server_rss_mb"] = round(rss_mb(proc.pid), 1)
         for name, got in samples.items():
-            row = {k: {"p50": statistics.median(v) * 1000, "p99": pct(v, 99) * 1000} for k, v in got.items()}
-            row["ratio_p50"] = row["wake"]["p50"] / row["bare"]["p50"]
-            row["ratio_p99"] = row["wake"]["p99"] / row["bare"]["p99"]
+            row: dict[str, Any] = {k: {"p50": statistics.median(v) * 1000, "p99": pct(v, 99) * 1000}
+                                   for k, v in got.items()}
+            for k in servers:
+                suffix = "" if k == "wake" else "_old"
+                row[f"ratio_p50{suffix}"] = row[k]["p50"] / row["bare"]["p50"]
+                row[f"ratio_p99{suffix}"] = row[k]["p99"] / row["bare"]["p99"]
             figures["apps"][name] = row
     finally:
-        server.stop()
-        remove_tenant_users(server.data_dir)
-        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
-        shutil.rmtree(repos, ignore_errors=True)
+        for k, srv in servers.items():
+            if srv.proc is not None:
+                srv.stop()
+            remove_tenant_users(srv.data_dir)
+            shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
+            shutil.rmtree(repos[k], ignore_errors=True)
     figures["spawn_ms"] = spawn_cost()
     return figures
 
@@ -246,6 +276,9 @@ def table(now: dict[str, Any], before: dict[str, Any] | None) -> str:
         lines.append(f"| {name} | {row['bare']['p50']:.0f} / {row['bare']['p99']:.0f} | "
                      f"{row['wake']['p50']:.0f} / {row['wake']['p99']:.0f} | "
                      f"{row['ratio_p50']:.2f} / {row['ratio_p99']:.2f} | {was} |")
+        if "wake_old" in row:
+            lines.append(f"| {name}, previous paths in this run | | {row['wake_old']['p50']:.0f} / "
+                         f"{row['wake_old']['p99']:.0f} | {row['ratio_p50_old']:.2f} / {row['ratio_p99_old']:.2f} | |")
     lines.append("")
     lines.append("| confined spawn of /bin/true from a 130 MB process | p50 ms | p99 ms | baseline p50 ms |")
     lines.append("| --- | --- | --- | --- |")
@@ -261,12 +294,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="interleaved rounds per app (>= 20 for p99)")
     parser.add_argument("--flask", action="store_true", help="also a Flask + gunicorn app (needs PyPI)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also wake a server on the previous paths (preexec fork, connect polling) in the same run")
     parser.add_argument("--save-baseline", action="store_true", help=f"write the figures to {BASELINE}")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1 (20 or more for a meaningful p99)")
-    figures = asyncio.run(measure(args.runs, args.flask))
+    figures = asyncio.run(measure(args.runs, args.flask, args.compare))
     before = json.loads(BASELINE.read_text()) if BASELINE.exists() else None
     print(table(figures, before))
     if args.json:

@@ -1,0 +1,289 @@
+"""Tenant processes started through vfork + the inkmcp-spawn exec wrapper (issue 12 item 2).
+
+The wrapper replaced the preexec_fn that forked the whole server, so every isolation property of the
+sandbox is checked from the tenant's side, on both paths: an app that forks a child as its very
+first action reports, from the child and from itself, its ids, groups, cgroups, rlimits, umask,
+session, open fds, environment and mounts. An attack through the tenant's env (LD_PRELOAD) must
+not reach the wrapper while it is root. Failures of the wrapper name the step, as the old path did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inkmcp.build.plan import BuildPlan, ProcessSpec, Stack
+from inkmcp.build.process import TenantSandbox
+from inkmcp.providers.compute.local import spawn as spawn_mod
+from inkmcp.providers.compute.local.command import command_argv, direct_argv
+from inkmcp.providers.compute.local.readiness import ListenProbe
+from inkmcp.providers.compute.local.spawn import StartSettings
+from tests.local.conftest import PY, Events, get, key_for, no_record, request_for
+from tests.requirements import require, requires
+
+ROOT = requires("root", os.geteuid() == 0, "confinement (users, cgroups, mounts) is enforced only as root")
+
+PROBE = r"""
+import json, os, resource, sys
+
+def report(path):
+    mask = os.umask(0); os.umask(mask)
+    fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+    mounts = {}
+    for line in open("/proc/self/mountinfo"):
+        parts = line.split()
+        if parts[4] in ("/tmp", "/var/tmp", "/dev/shm", "/proc"):
+            sep = parts.index("-")
+            mounts[parts[4]] = {"root": parts[3], "fstype": parts[sep + 1], "options": parts[sep + 3]}
+    rep = {
+        "pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0), "pgid": os.getpgid(0),
+        "resuid": list(os.getresuid()), "resgid": list(os.getresgid()), "groups": os.getgroups(),
+        "cgroup": open("/proc/self/cgroup").read(), "umask": mask, "fds": fds,
+        "core": list(resource.getrlimit(resource.RLIMIT_CORE)),
+        "fsize": list(resource.getrlimit(resource.RLIMIT_FSIZE)),
+        "env": dict(os.environ), "cwd": os.getcwd(), "mounts": mounts,
+        "capeff": [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0],
+    }
+    with open(path, "w") as f:
+        json.dump(rep, f)
+
+child = os.fork()  # the app's very first action: this child must already be confined
+if child == 0:
+    report("child.json")
+    os._exit(0)
+os.waitpid(child, 0)
+report("app.json")
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def probe_plan(command: str = f"{PY} probe.py") -> BuildPlan:
+    return BuildPlan(stack=Stack.none, source="call",
+                     processes=(ProcessSpec(name="web", command=command, routed=True),))  # fmt: skip
+
+
+def use_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    settings = StartSettings(tenant_spawn=path)  # type: ignore[arg-type]
+    monkeypatch.setattr(spawn_mod, "start_settings", lambda: settings)
+
+
+@ROOT
+@pytest.mark.parametrize("path", ["wrapper", "preexec"])
+async def test_every_isolation_property_holds_from_the_first_instruction(
+    make_provider, checkouts, project_ids, data_dir, monkeypatch, path
+):
+    """Both start paths confine identically: ids without groups, the service's cgroups (for a child forked
+    at once too), RLIMIT_CORE 0 + RLIMIT_FSIZE, umask 077, own session, fds 0-2 only, the env built for the
+    tenant and nothing of the server's, private /tmp, /var/tmp, /dev/shm and /proc; the wrapper path
+    additionally execs the Procfile command directly (the app is the supervised pid, the server its parent)."""
+    use_path(monkeypatch, path)
+    monkeypatch.setenv("INKMCP_SERVER_ONLY_SECRET", "server-secret-value")  # the server's env must not leak
+    provider = await make_provider()
+    key = key_for(project_ids())
+    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), env={"APP_SETTING": "v1"})
+    await provider.release(request, Events(), no_record)
+    assert (await get(provider, key)).status_code == 200
+    svc = provider._services[key.service_id]
+    run = svc.live.run  # type: ignore[union-attr]
+    src = data_dir / "services" / key.service_id / "releases" / request.deployment_id / "src"
+    app, child = (json.loads((src / f"{n}.json").read_text()) for n in ("app", "child"))
+    run_as = svc.run_as
+    assert run_as is not None
+    for rep in (app, child):
+        assert rep["resuid"] == [run_as.uid] * 3 and rep["resgid"] == [run_as.gid] * 3, rep
+        assert rep["groups"] == []
+        assert rep["capeff"] == "0000000000000000"
+        lines = {c: path for line in rep["cgroup"].splitlines()
+                 for c, path in [line.split(":", 2)[1:]] for c in c.split(",")}  # fmt: skip
+        wanted = f"/inkmcp/{key.service_id}"
+        if "memory" in lines:  # cgroup v1 (a hybrid host also lists an unused v2 "0::/" line)
+            assert [lines[c] for c in ("memory", "cpu", "pids")] == [wanted] * 3, rep["cgroup"]
+        else:
+            assert lines[""] == wanted, rep["cgroup"]
+        assert rep["core"] == [0, 0]
+        assert rep["fsize"] == [provider.max_file_bytes] * 2
+        assert rep["umask"] == 0o077
+        assert rep["cwd"] == str(src)
+        assert rep["fds"] == [0, 1, 2, 3], rep["fds"]  # 3: the listing of /proc/self/fd itself
+        assert "INKMCP_SERVER_ONLY_SECRET" not in rep["env"]
+        assert set(rep["env"]) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "USER", "LOGNAME", "PORT",
+                                   "TMPDIR", "APP_SETTING"}, sorted(rep["env"])  # fmt: skip
+        assert rep["env"]["APP_SETTING"] == "v1" and rep["env"]["USER"] == run_as.user
+        assert rep["mounts"]["/tmp"]["root"].endswith(f"/services/{key.service_id}/tmp"), rep["mounts"]
+        assert rep["mounts"]["/var/tmp"]["root"] == rep["mounts"]["/tmp"]["root"]
+        assert rep["mounts"]["/dev/shm"]["fstype"] == "tmpfs" and "size=65536k" in rep["mounts"]["/dev/shm"]["options"]
+        if "/proc" in rep["mounts"] and spawn_mod._proc_has_private_options():
+            assert "hidepid=invisible" in rep["mounts"]["/proc"]["options"] or "hidepid=2" in (
+                rep["mounts"]["/proc"]["options"])
+    assert app["sid"] == app["pgid"] == app["pid"]  # its own session: the group is killable as one
+    assert child["sid"] == app["sid"]
+    if path == "wrapper":
+        assert spawn_mod.find_wrapper() is not None, spawn_mod.unavailable_reason()
+        assert run.pids == [app["pid"]]  # no /bin/sh in between: the supervised pid is the app
+        assert app["ppid"] == os.getpid()  # the server's own child (exit codes stay the server's)
+
+
+@ROOT
+async def test_ld_preload_in_the_tenants_env_never_runs_as_root(make_provider, checkouts, project_ids, data_dir):
+    """The wrapper runs as root until it drops to the tenant: a tenant env with LD_PRELOAD (a library whose
+    constructor records the uid it runs as) must only ever run as the tenant, never in the root wrapper."""
+    require("root", subprocess.run(["cc", "--version"], capture_output=True).returncode == 0, "no C compiler")
+    lib_dir = data_dir / "preload"
+    lib_dir.mkdir(mode=0o755)
+    marks = lib_dir / "marks"
+    marks.touch(mode=0o666)
+    marks.chmod(0o666)
+    source = lib_dir / "evil.c"
+    source.write_text(
+        '#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void grab(void) {\n'
+        f'  FILE *f = fopen("{marks}", "a"); if (f) {{ fprintf(f, "uid=%d\\n", (int)geteuid()); fclose(f); }}\n}}\n'
+    )
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib_dir / "evil.so"), str(source)], check=True)
+    provider = await make_provider()
+    key = key_for(project_ids())
+    env = {"LD_PRELOAD": str(lib_dir / "evil.so")}
+    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), env=env)
+    await provider.release(request, Events(), no_record)
+    run_as = provider._services[key.service_id].run_as
+    assert run_as is not None
+    seen = marks.read_text().split()
+    assert seen, "the tenant's own dynamically linked code should have loaded the library (the attack ran)"
+    assert set(seen) == {f"uid={run_as.uid}"}, seen  # never uid=0: the root wrapper did not load it
+
+
+@ROOT
+async def test_wrapper_failures_name_the_step_and_exit_126(data_dir):
+    """A cgroup that cannot be joined stops the start before anything of the tenant runs, with the reason."""
+    sandbox = TenantSandbox(run_as=None, cgroup_procs=(str(data_dir / "no-such-cgroup" / "cgroup.procs"),))
+    proc, transport = await spawn_mod.spawn(("/bin/echo", "TENANT-RAN"), cwd=data_dir, env={}, sandbox=sandbox)
+    out = await proc.stdout.read()  # type: ignore[union-attr]
+    assert await proc.wait() == 126
+    transport.close()
+    assert b"TENANT-RAN" not in out
+    assert out.decode().startswith("inkmcp: could not start the process in its sandbox: joining the service's cgroup:")
+    proc, transport = await spawn_mod.spawn(("no-such-command-xyz",), cwd=data_dir, env={"PATH": "/usr/bin:/bin"},
+                                            sandbox=TenantSandbox(run_as=None))  # fmt: skip
+    out = await proc.stdout.read()  # type: ignore[union-attr]
+    assert await proc.wait() == 127
+    transport.close()
+    assert out.decode().strip() == "inkmcp: could not run no-such-command-xyz: No such file or directory"
+
+
+@ROOT
+async def test_the_server_starts_the_wrapper_in_a_way_cpython_vforks(data_dir, monkeypatch):
+    """CPython's _posixsubprocess vforks only without preexec_fn, user, group and extra_groups; the wrapper
+    gets an empty environment (the tenant's arrives in a memfd) and a tenant env var reaches the command."""
+    seen: list[dict[str, object]] = []
+    real = subprocess.Popen
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            seen.append({"args": args, **kwargs})
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(subprocess, "Popen", Recording)
+    proc, transport = await spawn_mod.spawn(("/bin/sh", "-c", "echo $FROM_TENANT"), cwd=data_dir,
+                                            env={"FROM_TENANT": "yes"}, sandbox=TenantSandbox(run_as=None))  # fmt: skip
+    out = await proc.stdout.read()  # type: ignore[union-attr]
+    assert await proc.wait() == 0
+    transport.close()
+    assert out == b"yes\n"
+    (call,) = seen
+    assert call.get("preexec_fn") is None
+    assert all(call.get(k) is None for k in ("user", "group", "extra_groups"))
+    assert call["env"] == {}
+    argv = call["args"][0]
+    assert Path(argv[0]).name.startswith("inkmcp-spawn-")  # type: ignore[index]
+
+
+def test_procfile_lines_run_directly_only_when_a_shell_adds_nothing():
+    env = {"PORT": "8123", "HOME": "/home/x", "SPACED": "a b", "GLOB": "*.py"}
+    assert command_argv("gunicorn -b 0.0.0.0:$PORT app:app", env) == ("gunicorn", "-b", "0.0.0.0:8123", "app:app")
+    assert direct_argv("exec python app.py --port=${PORT}", env) == ("python", "app.py", "--port=8123")
+    for needs_shell in (
+        "python app.py && echo done", "echo $SPACED", "ls $GLOB", "echo $UNSET", "FOO=1 python app.py",
+        "cd sub; python app.py", "python 'app.py'", "python app.py > log", "python ~/app.py",
+        "python app.py # comment", "echo ${PORT:-80}", "export X=1", "python app.py &", "exec",
+    ):  # fmt: skip
+        assert direct_argv(needs_shell, env) is None, needs_shell
+        assert command_argv(needs_shell, env) == ("/bin/sh", "-c", needs_shell)
+
+
+@ROOT
+async def test_sh_only_commands_still_run_through_the_shell(make_provider, checkouts, project_ids):
+    """A Procfile line with shell syntax keeps /bin/sh -c: `&&`, redirection and an expansion with a default."""
+    provider = await make_provider()
+    key = key_for(project_ids())
+    command = f"echo started > started.txt && exec {PY} probe.py --port ${{PORT:-1}}"
+    await provider.release(request_for(key, checkouts({"probe.py": PROBE}), probe_plan(command)), Events(), no_record)
+    assert (await get(provider, key)).status_code == 200
+
+
+def _listen_as(uid: int, family: int, host: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A process of `uid` listening on a free port (reported on its stdout)."""
+    code = (f"import os, socket, sys\ns = socket.socket({family}); s.bind(({host!r}, 0)); s.listen()\n"
+            "print(s.getsockname()[1], flush=True)\nsys.stdin.read()\n")  # fmt: skip
+    proc = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            user=uid if uid != os.geteuid() else None)  # fmt: skip
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def test_a_listener_counts_only_for_its_own_uid_and_v4_loopback_is_certain():
+    """sock_diag readiness: another user's socket on the port is not the app; an IPv6-only listener needs
+    the confirming connect (the proxy connects to 127.0.0.1)."""
+    probe = ListenProbe.open()
+    require("netns", probe is not None, "the kernel refuses NETLINK_SOCK_DIAG here")
+    assert probe is not None
+    procs = []
+    try:
+        mine, port = _listen_as(os.geteuid(), socket.AF_INET, "127.0.0.1")
+        procs.append(mine)
+        assert probe.ready(port, os.geteuid()) == (True, True)
+        assert probe.ready(port, os.geteuid() + 4242) == (False, False)
+        v6, port6 = _listen_as(os.geteuid(), socket.AF_INET6, "::1")
+        procs.append(v6)
+        assert probe.ready(port6, os.geteuid()) == (True, False)
+        mine.kill()
+        mine.wait()
+        assert probe.ready(port, os.geteuid()) == (False, False)  # gone with its process
+        if os.geteuid() == 0:
+            other, port_other = _listen_as(65534, socket.AF_INET, "0.0.0.0")
+            procs.append(other)
+            assert probe.ready(port_other, 0) == (False, False)
+            assert probe.ready(port_other, 65534) == (True, True)
+    finally:
+        probe.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@ROOT
+async def test_wake_is_detected_by_the_kernel_probe_and_serves(make_provider, checkouts, project_ids):
+    """on_demand: the first request wakes the app through the wrapper and the sock_diag readiness check."""
+    from inkmcp.build.plan import Mode
+
+    provider = await make_provider(idle_timeout=0.3)
+    key = key_for(project_ids())
+    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), mode=Mode.on_demand)
+    await provider.release(request, Events(), no_record)
+    live = provider._services[key.service_id].live
+    assert live is not None
+    deadline = asyncio.get_running_loop().time() + 10
+    while live.run is not None:  # the idle loop puts it to sleep
+        assert asyncio.get_running_loop().time() < deadline, "the service never went to sleep"
+        await asyncio.sleep(0.05)
+    response = await asyncio.wait_for(get(provider, key), 20)
+    assert response.status_code == 200 and response.text == "ok"
