@@ -30,13 +30,15 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-$(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh
+$(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/providers/compute/local/inkspawn.c
 	@bash scripts/system-deps.sh
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q "uv==$(UV_VERSION)"
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	@# the local provider's exec wrapper (static C); used only as root, where it confines tenant processes
+	if [ "$$(id -u)" -eq 0 ]; then $(VENV)/bin/python -m inkmcp.providers.compute.local.wrapper_build; fi
 	touch $(STAMP)
 
 clean:

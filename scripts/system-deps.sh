@@ -9,6 +9,8 @@ command -v git >/dev/null || need+=(git)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v useradd >/dev/null || need+=(passwd)
+# A C compiler and static libc: the local provider's exec wrapper (inkmcp-spawn) is compiled at install.
+{ command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -15,7 +15,7 @@ it reads and closes), so nothing the tenant put in its env (LD_PRELOAD, GLIBC_TU
 a program running as root; it is linked statically besides.
 
 The wrapper is compiled from its source the first time it is needed (or by `make install`, or
-`python -m inkmcp.providers.compute.local.spawn build`) into a root-owned directory, named by the
+`python -m inkmcp.providers.compute.local.wrapper_build`) into a root-owned directory, named by the
 hash of its source, so a changed source is rebuilt. Without a C compiler, or without root, the
 preexec path is used (`available()` says which, and why).
 """
@@ -29,7 +29,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 from functools import lru_cache
@@ -130,9 +129,7 @@ def build(dest_dir: Path) -> Path:
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    for old in dest_dir.glob("inkmcp-spawn-*"):  # earlier versions of the source
-        if old != target:
-            old.unlink(missing_ok=True)
+    # Earlier versions stay: a server started before an upgrade still execs the one it found.
     return target
 
 
@@ -286,19 +283,3 @@ async def _exec(
         pass_fds=pass_fds,
     )
     return asyncio.subprocess.Process(transport, proto, loop), transport
-
-
-def main() -> None:
-    """`python -m inkmcp.providers.compute.local.spawn build [DIR]`: compile the wrapper (make install)."""
-    args = sys.argv[1:]
-    if not args or args[0] != "build" or len(args) > 2:
-        sys.exit("usage: python -m inkmcp.providers.compute.local.spawn build [DIR]  (default: the package's _bin)")
-    dest = Path(args[1]) if len(args) == 2 else PACKAGE_BIN
-    try:
-        print(build(dest))
-    except (OSError, RuntimeError) as exc:
-        sys.exit(f"could not build inkmcp-spawn: {exc}")
-
-
-if __name__ == "__main__":
-    main()
