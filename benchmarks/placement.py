@@ -106,12 +106,67 @@ def run(cls: type[Engine], nodes: list[Node], demands: list[Demand], policy: Pol
             "max": times[-1] / 1000, "mean": statistics.fmean(times) / 1000}
 
 
+async def db_decisions(nodes: list[Node], demands: list[Demand], policy: Policy) -> dict[str, float]:
+    """`PlacementService.reserve` against a real (embedded) PostgreSQL: the whole decision as a replica makes it
+    (service lock, one GROUP BY over every placement, in-memory choice, node row lock, fresh re-check, write,
+    commit), with the table growing to len(demands) rows."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from inkmcp.placement.records import PlacementService
+    from inkmcp.store.db import migrate, open_store
+    from inkmcp.store.embedded import EmbeddedPostgres
+    from inkmcp.store.models import Account, Project, Service
+
+    base = Path(tempfile.mkdtemp(prefix="inkmcp-placement-bench-"))
+    pg = EmbeddedPostgres(base / "pgdata")
+    pg.start()
+    try:
+        url = pg.url().get_secret_value()
+        migrate(url)
+        store = await open_store(url, pool_size=2, max_overflow=0)
+        ids: list[tuple[str, str]] = []
+        async with store.session() as session, session.begin():
+            account = Account(name="bench")
+            session.add(account)
+            await session.flush()
+            projects = [Project(id=uuid.uuid4(), account_id=account.id, name=f"p{i}")
+                        for i in range(len(demands) // 3 + 1)]
+            session.add_all(projects)
+            await session.flush()
+            services = [Service(id=uuid.uuid4(), project_id=projects[i // 3].id, name=f"s{i}", service_type="webapp",
+                                mode=d.mode.value, repo_url="https://git.example/a.git", settings={})
+                        for i, d in enumerate(demands)]
+            session.add_all(services)
+            ids = [(str(sv.id), str(sv.project_id)) for sv in services]
+
+        async def source() -> list[Node]:
+            return nodes
+
+        placer = PlacementService(store.sessionmaker, source, policy)
+        times: list[int] = []
+        for d, (sid, pid) in zip(demands, ids, strict=True):
+            t0 = time.perf_counter_ns()
+            await placer.reserve(Demand(sid, pid, d.mode, d.memory_mb, d.millicpus))
+            times.append(time.perf_counter_ns() - t0)
+        await store.close()
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    times.sort()
+    return {"p50": times[len(times) // 2] / 1e6, "p99": times[int(len(times) * 0.99)] / 1e6,
+            "max": times[-1] / 1e6, "n": len(times)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10_000)
     ap.add_argument("--nodes", type=int, default=500)
     ap.add_argument("--seed", type=int, default=8)
     ap.add_argument("--overcommit", type=float, default=4.0)
+    ap.add_argument("--db", type=int, default=0, metavar="N",
+                    help="also time N decisions through PostgreSQL (embedded server; PlacementService.reserve)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     nodes = make_nodes(args.nodes, rng)
@@ -157,6 +212,12 @@ def main() -> None:
     ms = (time.perf_counter() - t0) * 1000
     print(f"drain plan of the fullest server ({engine.load(fullest).services + len(plan.moves)} services): "
           f"{len(plan.moves)} moves, {len(plan.stuck)} stuck, {ms:.1f} ms")
+    if args.db:
+        import asyncio
+
+        r = asyncio.run(db_decisions(nodes, demands[: args.db], policy))
+        print(f"through PostgreSQL ({r['n']:.0f} reserves, table growing to {r['n']:.0f} rows): "
+              f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms")
 
 
 if __name__ == "__main__":

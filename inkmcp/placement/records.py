@@ -107,6 +107,13 @@ async def _lock_node(session: AsyncSession, node: Node) -> bool:
     return draining is None
 
 
+async def _with_draining(session: AsyncSession, nodes: list[Node]) -> list[Node]:
+    """The node source's nodes with InkMCP's draining marks (placement_nodes) applied."""
+    draining = set((await session.execute(
+        select(PlacementNode.uuid).where(PlacementNode.draining_since.is_not(None)))).scalars())
+    return [dataclasses.replace(n, draining=True) if n.uuid in draining else n for n in nodes]
+
+
 class PlacementService:
     """Placement over the database and a node source: the `Placer` the Coolify provider uses, and the drain
     plan `inkmcp nodes drain` will execute."""
@@ -149,17 +156,15 @@ class PlacementService:
         """The node source's nodes, with InkMCP's draining marks applied."""
         listed = await self._source()
         async with self._sessions() as session:
-            draining = set((await session.execute(
-                select(PlacementNode.uuid).where(PlacementNode.draining_since.is_not(None)))).scalars())
-        return [dataclasses.replace(n, draining=True) if n.uuid in draining else n for n in listed]
+            return await _with_draining(session, listed)
 
     async def reserve(self, demand: Demand) -> PlacedServer:
         """Reserve room for `demand` (idempotent per service; sticky across redeploys). See the module doc."""
-        nodes = await self.nodes()
-        by_uuid = {n.uuid: n for n in nodes}
+        listed = await self._source()
         for _ in range(self._attempts):
             async with self._sessions() as session, session.begin():
                 await _lock(session, SERVICE_LOCK, demand.service_id)
+                by_uuid = {n.uuid: n for n in await _with_draining(session, listed)}
                 row = await session.get(Placement, uuid.UUID(demand.service_id), populate_existing=True)
                 old = _reservation(row) if row is not None else None
                 home = by_uuid.get(old.node_uuid) if old else None
@@ -169,9 +174,8 @@ class PlacementService:
                         return _placed(home)
                     # new limits: resized in place, checked against the node's fresh load under its lock
                     if not await _lock_node(session, home):
-                        by_uuid[home.uuid] = dataclasses.replace(home, draining=True)
                         self.retries += 1
-                        continue
+                        continue  # it started draining meanwhile: the next attempt moves the service
                     engine = Engine([home], self.policy, await _loads(session, demand.service_id, home.uuid))
                     if not engine.fits_on(demand, home.uuid):
                         engine.add(old)
@@ -186,9 +190,8 @@ class PlacementService:
                         engine.note_project(demand.project_id, node_uuid, n)
                 target = engine.choose(demand)
                 if not await _lock_node(session, target):
-                    by_uuid[target.uuid] = dataclasses.replace(target, draining=True)
                     self.retries += 1
-                    continue
+                    continue  # it started draining meanwhile: the next attempt reads the mark
                 fresh = Engine([target], self.policy, await _loads(session, demand.service_id, target.uuid))
                 if not fresh.fits_on(demand, target.uuid):
                     self.retries += 1
