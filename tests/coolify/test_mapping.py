@@ -297,3 +297,14 @@ def test_a_long_refused_command_is_wrapped_without_catastrophic_backtracking() -
         assert mapping.SHELL_SAFE.match(ok), ok
     for bad in ("a; b", "a | b", "echo $HOME", "a > b", "echo `id`"):
         assert not mapping.SHELL_SAFE.match(bad), bad
+
+
+def test_a_field_an_earlier_release_set_is_cleared_with_an_empty_string() -> None:
+    with_build = mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, WEB, plan(build_command="make")),
+                                     SETTINGS)  # fmt: skip
+    without = mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, WEB), SETTINGS)
+    assert "build_command" not in without
+    cleared = mapping.clearing(without, {k for k, v in with_build.items() if v})
+    assert cleared == {**without, "build_command": ""}
+    assert mapping.clearing(without, set()) == without
+    policy.check_request("PATCH", APP, cleared)

@@ -302,6 +302,17 @@ def update_body(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
     return body
 
 
+CLEARABLE = ("install_command", "build_command", "start_command", "publish_directory", "dockerfile_location")
+"""Optional fields a body omits when the plan has no value: a value an earlier body set must then be cleared."""
+
+
+def clearing(body: Mapping[str, Any], earlier: set[str] | frozenset[str] | list[str]) -> dict[str, Any]:
+    """`body` plus `""` for each optional field an earlier body set and this one does not: Coolify keeps a field
+    a PATCH does not mention, and an empty string is how its API clears one (Laravel's global
+    ConvertEmptyStringsToNull turns it into null before the `nullable` rules run)."""
+    return {**body, **{k: "" for k in CLEARABLE if k in earlier and not body.get(k)}}
+
+
 def labels_plain(spec: AppSpec) -> str | None:
     """`custom_labels` as plain `key=value` lines (the client's model encodes it); None unless on_demand."""
     if spec.mode != Mode.on_demand:

@@ -13,6 +13,7 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
       service_ref     {"server_uuid", "wildcard_base", "apps": {process: app uuid}, "routed", "port",
                        "live_config": {process: the release's PATCH body without git_repository},
                        "live_labels": {process: custom labels (on_demand)},
+                       "set_fields": {process: optional fields InkMCP set, to clear when a release drops them},
                        "live": deployment id,
                        "live_commit", "live_deployments": {process: Coolify deployment uuid}, "url",
                        "dns_records", "env_revision", "env_change": {"revision", "after": {process: uuid|None},
@@ -294,8 +295,7 @@ class CoolifyComputeProvider:
         snapshot: dict[str, dict[str, str]] = {}
         for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
             app = apps[name]
-            self._check("PATCH", f"/applications/{app}", bodies[name])
-            await self._call(f"configuring {name}", self.client.update_application(app, _update(bodies[name])))
+            await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
             labels = mapping.labels_plain(s)
             if labels is not None:  # after the domains PATCH, which regenerates labels (mapping docstring)
                 self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
@@ -538,7 +538,7 @@ class CoolifyComputeProvider:
         for name, dep in final.items():
             app = apps[name]
             if name in previous and live_commit:  # back to the live release's settings, whatever happens next
-                await self._apply_live(app, name, service_ref, str(live_commit))
+                await self._apply_live(app, name, service_ref, str(live_commit), record)
                 if snapshot.get(name):
                     await self._set_env(app, name, {"data": [
                         {"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
@@ -562,12 +562,27 @@ class CoolifyComputeProvider:
             await self._wait(pending, None)
         return note
 
-    async def _apply_live(self, app: str, name: str, service_ref: Mapping[str, Any], commit: str) -> None:
+    async def _patch(self, app: str, name: str, body: Mapping[str, Any], service_ref: dict[str, Any], record: Record,
+                     what: str) -> None:  # fmt: skip
+        """PATCH absolute settings, clearing optional fields an earlier PATCH set (`mapping.clearing`). The fields
+        set are recorded (names only) before the PATCH, so a repeat after a crash still knows what to clear."""
+        fields: dict[str, list[str]] = service_ref.setdefault("set_fields", {})
+        earlier = set(fields.get(name, []))
+        body = mapping.clearing(body, earlier)
+        now = sorted({k for k, v in body.items() if v and k in mapping.CLEARABLE})
+        if set(now) | earlier != earlier:
+            fields[name] = sorted(set(now) | earlier)
+            await record(RefScope.service, service_ref)
+        self._check("PATCH", f"/applications/{app}", body)
+        await self._call(what, self.client.update_application(app, _update(body)))
+        if fields.get(name) != now:
+            fields[name] = now
+            await record(RefScope.service, service_ref)
+
+    async def _apply_live(self, app: str, name: str, service_ref: dict[str, Any], commit: str, record: Record) -> None:
         """Put the live release's settings (and labels, which a domains PATCH regenerates) back on `app`."""
         body = {**(service_ref.get("live_config") or {}).get(name, {}), "git_commit_sha": commit}
-        self._check("PATCH", f"/applications/{app}", body)
-        await self._call(f"setting {name} back to the live release",
-                         self.client.update_application(app, m.ApplicationUpdate(**body)))
+        await self._patch(app, name, body, service_ref, record, f"setting {name} back to the live release")
         labels = (service_ref.get("live_labels") or {}).get(name)
         if labels:
             self._check("PATCH", f"/applications/{app}", {"custom_labels": policy.labels_text(
@@ -614,7 +629,7 @@ class CoolifyComputeProvider:
         for name, uuid in apps.items():
             await self._set_env(uuid, name, bodies[name])
             if commit:  # the live release's settings: a failed release may have left others on the application
-                await self._apply_live(uuid, name, service_ref, str(commit))
+                await self._apply_live(uuid, name, service_ref, str(commit), record)
             dep = await self._deploy(uuid, f"redeploying {name} with the new env")
             self._crash("after_env_deploy_call")
             if dep is not None:

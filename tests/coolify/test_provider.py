@@ -1,0 +1,389 @@
+"""Coolify-only tests of CoolifyComputeProvider over the HTTP stand-in (the contract suite, tests/contract/, runs
+the shared ones): the exact bodies Coolify receives, no tenant-controlled field ever reaching it (each attack
+tried, proof from the stand-in's request log), env changes through /deploy and never /restart (review finding 2),
+placement kept across redeploys, custom domains with their DNS record, on_demand labels, and Coolify's 429/500/
+403 answers turned into the contract's errors."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
+from inkmcp.coolify.client import CoolifyClient, RetryPolicy
+from inkmcp.coolify.standin import Seen
+from inkmcp.providers.compute.base import (
+    EnvOutcome,
+    ProviderRefused,
+    ProviderUnavailable,
+    RefScope,
+    ReleaseFailed,
+    Resources,
+    RuntimeState,
+    ServiceKey,
+    Step,
+)
+from inkmcp.providers.compute.coolify import mapping, policy
+from inkmcp.providers.compute.coolify.mapping import PlacedServer
+from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+from tests.contract.conftest import CoolifyHarness, Events, RefBook, release, revision, wait_for
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[CoolifyHarness]:
+    harness = CoolifyHarness()
+    await harness.setup()
+    try:
+        yield harness
+    finally:
+        await harness.teardown()
+
+
+def writes(h: CoolifyHarness, since: int = 0) -> list[Seen]:
+    return [s for s in h.standin.requests[since:] if s.method != "GET"]
+
+
+def app_bodies(h: CoolifyHarness, since: int = 0) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(s.method, s.path, s.body) for s in writes(h, since)
+            if s.path.startswith("/api/v1/applications") and isinstance(s.body, dict)]  # fmt: skip
+
+
+def assert_nothing_forbidden(h: CoolifyHarness) -> None:
+    """Every request the stand-in received is one InkMCP's policy allows: no forbidden field, no label outside
+    InkMCP's set, no storage, restart, compose or image route."""
+    for seen in h.standin.requests:
+        policy.check_request(seen.method, seen.path, seen.body, seen.query)
+        body = seen.body if isinstance(seen.body, dict) else {}
+        assert not set(body) & set(policy.FORBIDDEN_FIELDS), (seen.path, body)
+        assert "/storages" not in seen.path and not seen.path.endswith("/restart"), seen.path
+
+
+async def test_release_sends_exactly_the_mapped_bodies_and_records_every_id(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True, release_command="echo migrate")
+    since = len(h.standin.requests)
+    await release(h, book, req)
+    server = h.standin.servers[book.refs[(RefScope.service, key.service_id)]["server_uuid"]]
+    placed = PlacedServer(uuid=server.uuid, wildcard_base=f"{server.name}.apps.test")
+    project_ref = book.refs[(RefScope.project, key.project_id)]
+    service_ref = book.refs[(RefScope.service, key.service_id)]
+    specs = {p.name: h.provider._app_spec(req, p, placed) for p in mapping.processes(req.service_type, req.plan)}
+    creates = [b for m, p, b in app_bodies(h, since) if p == "/api/v1/applications/public"]
+    assert creates == [mapping.create_body(specs[n], project_ref["project_uuid"], project_ref["environment_uuid"],
+                                           mapping.MappingSettings()) for n in ("web", "worker")]  # fmt: skip
+    for name in ("web", "worker"):
+        app = service_ref["apps"][name]
+        patches = [b for m, p, b in app_bodies(h, since) if m == "PATCH" and p == f"/api/v1/applications/{app}"]
+        assert patches == [mapping.update_body(specs[name], mapping.MappingSettings())]
+        stored = h.standin.applications[app]
+        assert stored.fields["git_commit_sha"] == req.commit  # Coolify builds exactly the commit InkMCP pinned
+        assert stored.settings["is_build_server_enabled"] is True
+        assert stored.fields["pre_deployment_command"] == ("echo migrate" if name == "web" else "")
+    # the route only on web: https://<service>-<project>.<the placed server's wildcard base>
+    assert h.standin.applications[service_ref["apps"]["web"]].fields["fqdn"] == \
+        f"https://web-{key.project_name}.{server.name}.apps.test"
+    assert not h.standin.applications[service_ref["apps"]["worker"]].fields.get("fqdn")
+    dep_ref = book.refs[(RefScope.deployment, req.deployment_id)]
+    assert set(dep_ref["deployments"]) == {"web", "worker"} and set(dep_ref["intent"]) == {"web", "worker"}
+    for name, uuid in dep_ref["deployments"].items():
+        assert h.standin.deployments[uuid].application_uuid == service_ref["apps"][name]
+    assert_nothing_forbidden(h)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"env": {"COOLIFY_FQDN": "https://victim.example"}}, "COOLIFY_"),
+    ({"env": {"INKMCP_DEPLOYMENT": "other"}}, "INKMCP_"),
+    ({"env": {"A-B": "x"}}, "letters, digits"),
+    ({"domains": ["other-service.run-1.apps.test"]}, "platform's domain"),
+    ({"domains": ["victim.example:8443"]}, "not a host name"),
+    ({"app_dir": "../../../var/run"}, "not a directory inside the repository"),
+    ({"command": "run\ndocker run -v /:/host"}, "multi-line"),
+    ({"repo_url": "file:///var/run/docker.sock"}, "https"),
+])  # fmt: skip
+async def test_a_tenant_value_that_cannot_be_sent_safely_fails_before_coolify_sees_anything(
+    h: CoolifyHarness, change: dict[str, Any], field: str
+) -> None:
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    update: dict[str, Any] = {}
+    if "env" in change:
+        update["env"] = {k: SecretStr(v) for k, v in change["env"].items()}
+    if "domains" in change:
+        update["domains"] = change["domains"]
+    if "app_dir" in change:
+        update["plan"] = req.plan.model_copy(update={"app_dir": change["app_dir"]})
+    if "command" in change:
+        update["plan"] = req.plan.model_copy(update={"processes": (
+            ProcessSpec(name="web", command=change["command"], routed=True),)})
+    if "repo_url" in change:
+        update["repo_url"] = SecretStr(change["repo_url"])
+        h.provider.local_repo_url = None  # as in production: the development hook is off
+    since = len(h.standin.requests)
+    with pytest.raises(ReleaseFailed) as failed:
+        await release(h, book, req.model_copy(update=update))
+    assert failed.value.step == Step.building and field in failed.value.reason, failed.value
+    assert not failed.value.retryable
+    assert [s.path for s in writes(h, since)] == [], "nothing may be created or changed in Coolify"
+
+
+async def test_names_and_commands_a_tenant_chooses_never_become_coolify_fields(h: CoolifyHarness) -> None:
+    """A service named like a platform container, a command trying docker run options, labels and a mount: all
+    stay inside the tenant's own start command; Coolify gets InkMCP's fields only."""
+    book = RefBook()
+    key = h.key().model_copy(update={"service_name": "coolify-proxy"})
+    req = h.request(key, message="one")
+    evil = "exec python3 web.py --privileged --label traefik.http.routers.x.rule=Host(`victim.io`) -v /:/host"
+    req = req.model_copy(update={"plan": req.plan.model_copy(update={"processes": (
+        ProcessSpec(name="web", command=evil, routed=True),)})})
+    await release(h, book, req)
+    app = h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]]
+    assert app.fields["name"] == f"{key.service_id}-web"  # InkMCP's id, not the tenant's name
+    assert not app.settings.get("custom_internal_name") and not app.settings.get("is_consistent_container_name_enabled")
+    assert not app.fields.get("custom_docker_run_options")
+    assert app.fields["start_command"] == mapping.shell_safe(evil, "command")
+    assert_nothing_forbidden(h)
+
+
+async def test_policy_on_the_wire_stops_a_request_that_bypasses_the_provider(h: CoolifyHarness) -> None:
+    """Even a call no provider code makes (a storage with the Docker socket, a restart) never reaches Coolify
+    through the provider's client."""
+    book = RefBook()
+    key = h.key()
+    await release(h, book, h.request(key, message="one"))
+    app = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    before = len(h.standin.requests)
+    client = h.provider.client
+    with pytest.raises(policy.PolicyViolation, match="operation"):
+        await client.request("POST", f"/applications/{app}/storages", json={
+            "type": "persistent", "name": "sock", "mount_path": "/sock", "host_path": "/var/run/docker.sock"})
+    with pytest.raises(policy.PolicyViolation, match="custom_internal_name"):
+        await client.request("PATCH", f"/applications/{app}", json={"custom_internal_name": "coolify-proxy"})
+    with pytest.raises(policy.PolicyViolation, match="operation"):
+        await client.request("POST", f"/applications/{app}/restart")
+    assert len(h.standin.requests) == before  # the stand-in saw none of them
+    assert h.standin.applications[app].settings.get("custom_internal_name") in (None, "")
+
+
+async def test_env_change_is_a_deploy_of_the_live_commit_never_a_restart(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    v1 = h.request(key, message="one", worker=True)
+    await release(h, book, v1)
+    since = len(h.standin.requests)
+    two = {"MESSAGE": "two"}
+    async with h.hold():
+        change = await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in two.items()},
+                                             revision(two), book.recorder(key, None))  # fmt: skip
+        assert change.outcome == EnvOutcome.pending
+        assert (await h.provider.runtime(book.key(key))).env_revision == v1.env_revision
+    paths = [s.path for s in writes(h, since)]
+    assert paths.count("/api/v1/deploy") == 2 and not any(p.endswith(("/restart", "/start")) for p in paths)
+
+    async def applied() -> bool:
+        return (await h.provider.runtime(book.key(key))).env_revision == revision(two)
+
+    await wait_for(applied, what="the env change applied")
+    assert await h.serve(key) == "two"
+    apps = book.refs[(RefScope.service, key.service_id)]["apps"]
+    for uuid in apps.values():  # the redeploy built the live commit, not whatever the app was left at
+        assert h.standin.applications[uuid].container.commit == v1.commit
+
+
+async def test_a_failed_release_puts_the_live_settings_back_so_an_env_change_redeploys_the_live_code(
+    h: CoolifyHarness,
+) -> None:
+    book = RefBook()
+    key = h.key()
+    v1 = h.request(key, message="one", build_command="echo compiled")
+    await release(h, book, v1)
+    bad = h.request(key, message="two", build_command="echo broken; exit 2")
+    with pytest.raises(ReleaseFailed):
+        await release(h, book, bad)
+    app = h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]]
+    assert (app.fields["git_commit_sha"], app.fields["build_command"]) == (v1.commit, "echo compiled")
+    three = {"MESSAGE": "three"}
+    await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in three.items()}, revision(three),
+                                book.recorder(key, None))  # fmt: skip
+
+    async def applied() -> bool:
+        return (await h.provider.runtime(book.key(key))).env_revision == revision(three)
+
+    await wait_for(applied, what="the env change applied")
+    assert await h.serve(key) == "three"
+
+
+async def test_placement_is_asked_once_and_the_service_stays_on_its_server(h: CoolifyHarness) -> None:
+    h.standin.add_servers(1)  # run-2
+    asked: list[tuple[str, Mode, Resources]] = []
+    servers = sorted(h.standin.servers.values(), key=lambda s: s.name)
+
+    async def place(key: ServiceKey, mode: Mode, resources: Resources) -> PlacedServer:
+        asked.append((key.service_id, mode, resources))
+        target = servers[len(asked) % 2]  # a different server each time it is asked
+        return PlacedServer(uuid=target.uuid, wildcard_base=f"{target.name}.apps.test")
+
+    h.provider.place = place
+    book = RefBook()
+    key = h.key()
+    first = await release(h, book, h.request(key, message="one"))
+    second = await release(h, book, h.request(key, message="two"))
+    assert len(asked) == 1 and asked[0][1] == Mode.persistent
+    assert first.url == second.url and first.url is not None and servers[1].name in first.url
+    app = h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]]
+    assert app.server_uuid == servers[1].uuid
+
+
+async def test_custom_domains_are_routed_and_the_dns_record_is_returned(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one").model_copy(update={"domains": ["www.acme.example"]})
+    result = await release(h, book, req)
+    host = f"web-{key.project_name}.run-1.apps.test"
+    assert result.url == f"https://{host}"
+    assert [r.model_dump() for r in result.dns_records] == [{"name": "www.acme.example", "type": "CNAME",
+                                                             "value": host}]  # fmt: skip
+    app = h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]]
+    assert app.fields["fqdn"] == f"https://{host},https://www.acme.example"
+    # a repeat of the same deployment returns the same answer, DNS record included
+    assert await release(h, book, req) == result
+
+
+async def test_on_demand_carries_inkmcps_sablier_labels_and_sleeps(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one").model_copy(update={"mode": Mode.on_demand})
+    await release(h, book, req)
+    uuid = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    app = h.standin.applications[uuid]
+    labels = base64.b64decode(app.fields["custom_labels"]).decode().splitlines()
+    assert "sablier.enable=true" in labels and f"sablier.group=inkmcp-{key.service_id}" in labels
+    assert all(line.split("=", 1)[0] in policy.LABEL_KEYS for line in labels), labels
+    assert not app.fields.get("fqdn")  # routed by the proxy's file provider, not Coolify's label router
+    assert "limits_memory_reservation" not in [k for _, _, b in app_bodies(h) for k in b]  # overcommittable
+    await h.provider.client.stop_application(uuid)  # what Sablier does when the service is idle
+
+    async def asleep() -> bool:
+        return (await h.provider.runtime(book.key(key))).state == RuntimeState.sleeping
+
+    await wait_for(asleep, what="runtime says sleeping")
+
+
+async def test_builds_go_to_the_build_server(h: CoolifyHarness) -> None:
+    builder = h.standin.add_server("10.77.9.9", name="build-1", is_build_server=True, usable=True)
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    await release(h, book, req)
+    dep = book.refs[(RefScope.deployment, req.deployment_id)]["deployments"]["web"]
+    log = [e["output"] for e in h.standin.deployments[dep].log_entries]
+    assert f"Found a suitable build server ({builder.name})." in log
+    assert h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]].server_uuid != \
+        builder.uuid
+
+
+async def test_throttling_is_waited_out_and_a_long_one_is_a_retryable_error(h: CoolifyHarness) -> None:
+    """A short 429 (Retry-After within the client's budget) never reaches the caller; a long one is
+    ProviderUnavailable with Coolify's retry_after; the retry then finishes with one deployment per process."""
+    book = RefBook()
+    key = h.key()
+    h.provider.client.retry = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=3.0)
+    h.standin.throttle_next("GET", r"/deployments/[^/]+", retry_after=1)
+    req = h.request(key, message="one")
+    await release(h, book, req)
+    assert any(s.fault == "429" for s in h.standin.requests)
+
+    again = h.request(key, message="two")
+    h.standin.throttle_next("POST", r"/deploy", retry_after=30)
+    with pytest.raises(ProviderUnavailable) as busy:
+        await release(h, book, again)
+    assert busy.value.retryable and busy.value.retry_after == 30
+    h.budget._paused_until = 0.0  # core waits the 30 s before it retries; the test does not
+    await release(h, book, again)
+    assert h.census(key)["deployments"][again.deployment_id] == {"web": 1}
+
+
+async def test_500s_are_retryable_and_refusals_name_the_operators_fix(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    h.standin.fail_next("PATCH", r"/applications/[^/]+", status=500)
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    await release(h, book, req)
+    assert await h.serve(key) == "one"
+
+    # a token without `write`: Coolify's 403, permanent, naming the abilities to give
+    read_only = h.standin.add_token("read", "read:sensitive", "deploy")
+    client = CoolifyClient(h.standin.url, read_only, validate_with=h.spec, retry=RetryPolicy(attempts=1),
+                           transport=policy.PolicyTransport(), budget=h.budget)  # fmt: skip
+    provider = CoolifyComputeProvider(client, h.root / "work2", poll_interval=0.01, wait_timeout=10.0,
+                                      local_repo_url=h.providers[0].local_repo_url)  # fmt: skip
+    try:
+        with pytest.raises(ProviderRefused) as refused:
+            await release(h, book, h.request(key, message="two"), provider=provider)
+        assert not refused.value.retryable
+        assert "Missing required permissions: write" in refused.value.reason and "abilities" in refused.value.reason
+    finally:
+        await provider.close()
+    assert await h.serve(key) == "one"
+
+
+async def test_static_site_is_served_by_the_static_pack_with_minimal_limits(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one").model_copy(update={
+        "service_type": ServiceType.webapp_static, "mode": Mode.static,
+        "plan": BuildPlan(stack=Stack.static, source="detected", static_dir="public")})
+    events = Events()
+    result = await release(h, book, req, events)
+    assert result.url == f"https://web-{key.project_name}.run-1.apps.test"
+    app = h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]]
+    assert (app.fields["build_pack"], app.fields["publish_directory"], app.fields["limits_memory"],
+            app.fields["limits_cpus"]) == ("static", "/public", "64m", "0.25")  # fmt: skip
+    assert app.settings.get("is_static") is True
+
+
+async def test_a_lost_deploy_answer_is_reattached_not_deployed_again(h: CoolifyHarness) -> None:
+    """The /deploy took effect but its answer was lost: the retry finds the deployment through the write-ahead
+    anchor in the application's deployment list and sends no second /deploy."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    h.standin.drop_next("POST", r"/deploy", after=True)
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    assert book.refs[(RefScope.deployment, req.deployment_id)]["intent"] == {"web": None}  # recorded before /deploy
+    await release(h, book, req)
+    assert [s.path for s in h.standin.requests].count("/api/v1/deploy") == 1
+    app = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    assert len(h.standin.deployments_of(app)) == 1
+    assert await h.serve(key) == "one"
+
+
+async def test_a_crash_after_the_env_deploy_call_is_found_after_restart(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    await release(h, book, h.request(key, message="one"))
+    app = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    h.arm_crash("after_env_deploy_call")
+    two = {"MESSAGE": "two"}
+    with pytest.raises(BaseException) as died:
+        await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in two.items()}, revision(two),
+                                    book.recorder(key, None))  # fmt: skip
+    assert type(died.value).__name__ == "FakeCrash"
+    ref = book.refs[(RefScope.service, key.service_id)]
+    assert ref["env_change"]["deployments"] == {} and "web" in ref["env_change"]["after"]
+    provider = await h.restart()
+
+    async def applied() -> bool:
+        return (await provider.runtime(book.key(key))).env_revision == revision(two)
+
+    await wait_for(applied, what="the env change found and applied")
+    assert await h.serve(key) == "two"
+    assert len(h.standin.deployments_of(app)) == 2  # the release's and the one env deploy, nothing more
