@@ -23,9 +23,11 @@ class CoolifyPlacement:
         self.service = service
         self.busy_retry_after = busy_retry_after
 
-    async def __call__(self, key: ServiceKey, mode: Mode, resources: Resources) -> PlacedServer:
+    async def __call__(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1) -> PlacedServer:
+        """`resources` are one application's limits; pass `processes` (the service's process count, one Coolify
+        application each) so the reservation covers all of them."""
         try:
-            placed = await self.service.place(key, mode, resources)
+            placed = await self.service.place(key, mode, resources, processes=processes)
         except PlacementError as e:
             raise ProviderRefused(str(e)) from None
         except PlacementBusy as e:

@@ -7,16 +7,20 @@ resource wins, so big holes stay open for big services and nodes fill up before 
 nodes in use, which is what an operator pays for. Decisions are online (services arrive one at a time), so
 "decreasing" order applies where we get a batch: a drain plan moves the node's largest services first. The
 benchmark (benchmarks/placement.py) compares this with first fit and worst fit on 10,000 services over 500
-servers: best fit uses the fewest nodes (see its table).
+servers (seed 8, 30/50/20 % persistent/on_demand/static): best fit used 289 servers against a lower bound of
+287 (99.3 %), first fit 365 (78.6 %), worst fit all 500 (57.4 %). Opening the *largest* empty node when no node
+in use fits matters as much as best fit itself: opening the tightest empty node instead (plain best fit over all
+nodes) used 429 servers (66.9 %), because with mixed sizes a small empty node always "fits best".
 
 On request (`Demand.spread`, or `Policy.spread` for all), a project's services go to nodes that hold none of
 its services yet (anti-affinity), best fit among those; when every fitting node already holds one, the node
 with the fewest of them — spreading is a preference, never a reason to refuse.
 
 Speed: target nodes are kept in two sorted lists, by free memory and by free CPU. A decision bisects to the
-first node with enough of the dominant resource and walks up until a node also passes the other checks;
-usually the first or second node does, so a decision costs a bisect and a few comparisons, not a loop over
-500 nodes in Python (benchmark: p50/p99 per decision). Updating a node's room is a bisect + list insert.
+first node with enough of the dominant resource and walks up until a node also passes the other checks
+(the other resource, labels, wake room). In the benchmark the median decision examines 2 nodes (p90 29, p99
+~110, when the dominant resource is plentiful but the other is not), so a decision costs a bisect and a few
+comparisons, not a loop over 500 nodes in Python. Updating a node's room is a bisect + list insert.
 
 Rules that keep a node from being overbooked:
 * a node's charges (persistent: its limits; static: a small fixed amount; on_demand: limits / overcommit

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -16,9 +17,11 @@ from inkmcp.coolify.models import Server
 from inkmcp.coolify.spec import CoolifySpec
 from inkmcp.placement.adapter import CoolifyPlacement
 from inkmcp.placement.coolify_nodes import CoolifyNodeSource, wildcard_base
+from inkmcp.placement.models import PlacedServer as PlacedServerOfPlacement
+from inkmcp.placement.models import PlacementBusy, PlacementError
 from inkmcp.placement.records import PlacementService
 from inkmcp.placement.settings import PlacementSettings
-from inkmcp.providers.compute.base import ProviderRefused, Resources, ServiceKey
+from inkmcp.providers.compute.base import ProviderRefused, ProviderUnavailable, Resources, ServiceKey
 from inkmcp.providers.compute.coolify.mapping import PlacedServer
 from inkmcp.store.db import Store
 from tests.coolify_standin import CoolifyStandin, NodeServer
@@ -72,6 +75,37 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INKMCP_PLACEMENT_ON_DEMAND_OVERCOMMIT", "0.5")
     with pytest.raises(ValidationError, match="on_demand_overcommit"):
         PlacementSettings()
+
+
+def test_default_node_capacity_applies_to_unnamed_servers() -> None:
+    s = PlacementSettings(nodes={"run-1": {"memory_mb": 1024, "cpus": 1}},
+                          default_node={"memory_mb": 4096, "cpus": 2, "labels": {"tier": "std"}})
+    assert s.capacity_of("u9", "run-9").labels == {"tier": "std"}  # type: ignore[union-attr]
+    assert s.capacity_of("u1", "run-1").memory_mb == 1024  # type: ignore[union-attr]
+
+
+async def test_the_adapter_maps_placement_errors_to_the_compute_contract() -> None:
+    class Stub:
+        def __init__(self, error: Exception | None) -> None:
+            self.error = error
+            self.calls: list[int] = []
+
+        async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int) -> Any:
+            self.calls.append(processes)
+            if self.error:
+                raise self.error
+            return PlacedServerOfPlacement(server_uuid="u", wildcard_base=None)
+
+    k = ServiceKey(account_id="a", project_id="p", service_id="s", project_name="p", service_name="s")
+    with pytest.raises(ProviderRefused, match="nothing fits"):
+        await CoolifyPlacement(Stub(PlacementError("nothing fits")))(k, Mode.persistent, Resources())  # type: ignore[arg-type]
+    with pytest.raises(ProviderUnavailable) as busy:
+        await CoolifyPlacement(Stub(PlacementBusy("busy")), busy_retry_after=2)(k, Mode.persistent, Resources())  # type: ignore[arg-type]
+    assert busy.value.retry_after == 2 and ProviderUnavailable.retryable
+    stub = Stub(None)
+    with pytest.raises(ProviderRefused, match="wildcard domain"):  # never hand the provider a node without a URL
+        await CoolifyPlacement(stub)(k, Mode.persistent, Resources(), processes=2)  # type: ignore[arg-type]
+    assert stub.calls == [2]
 
 
 def test_wildcard_base_is_the_host_of_coolifys_setting() -> None:
