@@ -223,7 +223,7 @@ async def test_placement_is_asked_once_and_the_service_stays_on_its_server(h: Co
     asked: list[tuple[str, Mode, Resources]] = []
     servers = sorted(h.standin.servers.values(), key=lambda s: s.name)
 
-    async def place(key: ServiceKey, mode: Mode, resources: Resources) -> PlacedServer:
+    async def place(key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1) -> PlacedServer:
         asked.append((key.service_id, mode, resources))
         target = servers[len(asked) % 2]  # a different server each time it is asked
         return PlacedServer(uuid=target.uuid, wildcard_base=f"{target.name}.apps.test")
@@ -387,3 +387,34 @@ async def test_a_crash_after_the_env_deploy_call_is_found_after_restart(h: Cooli
     await wait_for(applied, what="the env change found and applied")
     assert await h.serve(key) == "two"
     assert len(h.standin.deployments_of(app)) == 2  # the release's and the one env deploy, nothing more
+
+
+async def test_settings_switch_compute_to_coolify_and_the_built_client_polices_the_wire(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from pydantic import ValidationError
+
+    from inkmcp.providers.compute.coolify.settings import CoolifySettings
+
+    monkeypatch.setenv("INKMCP_COOLIFY_URL", "http://203.0.113.5:8000")
+    monkeypatch.setenv("INKMCP_COOLIFY_TOKEN", "1|secret")
+    with pytest.raises(ValidationError, match="INKMCP_COOLIFY_URL"):
+        CoolifySettings()
+    monkeypatch.setenv("INKMCP_COOLIFY_URL", "http://10.0.1.10:8000/api/v1")
+    monkeypatch.setenv("INKMCP_COOLIFY_TOKEN", "1|secret\n")
+    with pytest.raises(ValidationError, match="INKMCP_COOLIFY_TOKEN"):
+        CoolifySettings()
+    monkeypatch.setenv("INKMCP_COOLIFY_TOKEN", "1|secret")
+    monkeypatch.setenv("INKMCP_COOLIFY_MAX_MEMORY_MB", "1024")
+    settings = CoolifySettings()
+    assert settings.url == "http://10.0.1.10:8000" and "secret" not in repr(settings)
+    provider = CoolifyComputeProvider.from_settings(settings, tmp_path)
+    try:
+        # refused by the transport before any connection is tried (10.0.1.10 is not reachable from here)
+        with pytest.raises(policy.PolicyViolation, match="operation"):
+            await provider.client.request("POST", "/applications/appaaaaaaaaaaaaaaaaaaaaa/restart")
+        with pytest.raises(policy.PolicyViolation, match="limits_memory"):
+            await provider.client.request("PATCH", "/applications/appaaaaaaaaaaaaaaaaaaaaa",
+                                          json={"limits_memory": "2048m"})  # fmt: skip
+    finally:
+        await provider.close()

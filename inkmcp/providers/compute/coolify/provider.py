@@ -119,9 +119,12 @@ class Crash(BaseException):
 
 
 class Place(Protocol):
-    """Placement (issue 8 item 6, inkmcp/placement/): the run server for a new service."""
+    """Placement (issue 8 item 6, inkmcp/placement/adapter.py `CoolifyPlacement`): the run server for a new
+    service. `resources` are one application's limits, `processes` how many applications the service has. An
+    implementation with an async `release(key)` gets it called when the service is removed."""
 
-    def __call__(self, key: ServiceKey, mode: Mode, resources: Resources) -> Awaitable[PlacedServer]: ...
+    def __call__(self, key: ServiceKey, mode: Mode, resources: Resources, *,
+                 processes: int = 1) -> Awaitable[PlacedServer]: ...
 
 
 def wildcard_base(wildcard_domain: str | None) -> str | None:
@@ -136,7 +139,7 @@ def wildcard_base(wildcard_domain: str | None) -> str | None:
 def first_usable_server(client: CoolifyClient, *, exclude: frozenset[str] = frozenset()) -> Place:
     """The trivial default placement: the first usable, non-build server with a wildcard domain."""
 
-    async def place(key: ServiceKey, mode: Mode, resources: Resources) -> PlacedServer:
+    async def place(key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1) -> PlacedServer:
         servers = await client.list_servers()
         for server in servers:
             base = wildcard_base(server.settings.wildcard_domain)
@@ -280,7 +283,7 @@ class CoolifyComputeProvider:
         if not processes:
             raise ReleaseFailed(Step.building, "the build plan has no process to run (add a Procfile `web:` line or "
                                                "pass start_command)")
-        server = await self._ensure_server(key, request, service_ref, record)
+        server = await self._ensure_server(key, request, service_ref, record, len(processes))
         try:  # tenant input that cannot be sent: fail before anything remote changes
             specs = {p.name: self._app_spec(request, p, server) for p in processes}
             bodies = {name: mapping.update_body(s, self.settings) for name, s in specs.items()}
@@ -372,12 +375,12 @@ class CoolifyComputeProvider:
         return mapping.env_body(values, internal=internal)
 
     async def _ensure_server(self, key: ServiceKey, request: ReleaseSpec, service_ref: dict[str, Any],
-                             record: Record) -> PlacedServer:  # fmt: skip
+                             record: Record, processes: int) -> PlacedServer:  # fmt: skip
         """The service's server: the recorded one (a service never moves by redeploying), else placement's."""
         if service_ref.get("server_uuid") and service_ref.get("wildcard_base"):
             return PlacedServer(uuid=str(service_ref["server_uuid"]), wildcard_base=str(service_ref["wildcard_base"]))
         try:
-            placed = await self.place(key, request.mode, request.resources)
+            placed = await self.place(key, request.mode, request.resources, processes=processes)
         except CoolifyError as e:
             raise _error(e, "placing the service") from None
         service_ref.update(server_uuid=placed.uuid, wildcard_base=placed.wildcard_base)
@@ -722,6 +725,9 @@ class CoolifyComputeProvider:
         uuids |= {a.uuid for a in existing if (a.name or "").startswith(f"{key.service_id}-")}
         for uuid in sorted(uuids):
             await self._delete_app(uuid, "deleting an application of the service")
+        release = getattr(self.place, "release", None)
+        if release is not None:  # placement's reservation for the service (idempotent on its side)
+            await release(key)
 
     async def remove_project(self, project_id: str, project_ref: Mapping[str, Any]) -> None:
         uuid = project_ref.get("project_uuid")
