@@ -26,7 +26,8 @@ In-process fast path (what keeps a request at no more than one short round trip)
 * known wait: after the database answered "full, next slot in t s", callers of this process are answered locally
   until then (stamps only expire, pauses only extend, so nothing can free a slot earlier);
 * autocommit connection without pre-ping: the round trip is the function call alone (measured in
-  benchmarks/coolify_client.py; about 0.3-0.6 ms over a local socket).
+  benchmarks/coolify_client.py);
+* `settle` costs nothing when the answer came within `margin` (the common case), one more round trip otherwise.
 
 A 429 from Coolify anyway (another API user of the same Coolify account, a lower API_RATE_LIMIT than configured)
 calls `pause(retry_after)`: every replica stops sending until then.
@@ -40,7 +41,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import deque
+from bisect import insort
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pydantic import Field
@@ -87,13 +89,32 @@ def budget_key(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A budget's answer. `wait == 0`: a slot is yours, send now, then `settle` it when the answer (or the
+    failure) is back. `wait > 0`: nothing was taken; trying again after `wait` seconds can succeed."""
+
+    wait: float
+    stamp: float = 0.0
+    """The slot's time on the budget's clock (epoch seconds for DbBudget, monotonic for LocalBudget)."""
+    at: float = 0.0
+    """time.monotonic() of the grant in this process."""
+
+    @property
+    def granted(self) -> bool:
+        return self.wait <= 0
+
+
 @runtime_checkable
 class RequestBudget(Protocol):
-    """What the Coolify client asks before each request it sends."""
+    """What the Coolify client asks before each request it sends, and tells after."""
 
-    async def reserve(self) -> float:
-        """Take one slot: 0.0 when the caller may send now; else nothing was taken and the value is the number of
-        seconds after which trying again can succeed."""
+    async def reserve(self) -> Grant:
+        """Take one slot, or say how long until one can be had (taking nothing)."""
+        ...
+
+    async def settle(self, grant: Grant) -> None:
+        """The request of `grant` is over (answered or failed): its arrival at Coolify is now bounded."""
         ...
 
     async def pause(self, seconds: float) -> None:
@@ -111,29 +132,45 @@ class LocalBudget:
         self.settings = settings or BudgetSettings()
         self._limit = self.settings.effective_limit
         self._hold = self.settings.hold
-        self._stamps: deque[float] = deque()
+        self._margin = self.settings.margin
+        self._stamps: list[float] = []  # sorted
         self._paused_until = 0.0
-        self._now = time.monotonic
 
-    async def reserve(self) -> float:
-        now = self._now()
+    def _expire(self, now: float) -> None:
+        cut = 0
+        while cut < len(self._stamps) and self._stamps[cut] <= now - self._hold:
+            cut += 1
+        del self._stamps[:cut]
+
+    async def reserve(self) -> Grant:
+        now = time.monotonic()
         if self._paused_until - now > PAUSE_SLACK:
-            return self._paused_until - now
-        while self._stamps and self._stamps[0] <= now - self._hold:
-            self._stamps.popleft()
+            return Grant(self._paused_until - now)
+        self._expire(now)
         if len(self._stamps) < self._limit:
             self._stamps.append(now)
-            return 0.0
-        return max(0.001, self._stamps[len(self._stamps) - self._limit] + self._hold - now)
+            return Grant(0.0, stamp=now, at=now)
+        return Grant(max(0.001, self._stamps[len(self._stamps) - self._limit] + self._hold - now))
+
+    async def settle(self, grant: Grant) -> None:
+        now = time.monotonic()
+        if not grant.granted or now - grant.at <= self._margin:
+            return
+        try:
+            self._stamps.remove(grant.stamp)
+        except ValueError:
+            pass
+        insort(self._stamps, now - self._margin)  # held until now + window: the latest arrival + window
 
     async def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, self._now() + seconds)
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     async def aclose(self) -> None:
         return None
 
 
-TAKE_SQL = text("SELECT granted, wait_s FROM inkmcp_coolify_budget_take(:key, :want, :limit, :hold)")
+TAKE_SQL = text("SELECT granted, wait_s, t FROM inkmcp_coolify_budget_take(:key, :want, :limit, :hold)")
+SETTLE_SQL = text("SELECT inkmcp_coolify_budget_settle(:key, :stamp, :late, :hold)")
 PAUSE_SQL = text("SELECT inkmcp_coolify_budget_pause(:key, :seconds)")
 
 
@@ -152,10 +189,12 @@ class DbBudget:
         self._hold = self.settings.hold
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._own = engine if own_engine else None
-        self._waiters: list[asyncio.Future[float]] = []
+        self._margin = self.settings.margin
+        self._waiters: list[asyncio.Future[Grant]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._wait_until = 0.0  # monotonic: the database said no slot before then
         self.round_trips = 0
+        self.settled_late = 0
 
     @classmethod
     def from_url(cls, url: str | URL, key: str, settings: BudgetSettings | None = None) -> DbBudget:
@@ -166,18 +205,19 @@ class DbBudget:
                                                    "connect_timeout": 10})
         return cls(engine, key, settings, own_engine=True)
 
-    async def reserve(self) -> float:
+    async def reserve(self) -> Grant:
         now = time.monotonic()
         if self._wait_until - now > 0:
-            return self._wait_until - now  # known: no slot anywhere before then
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            return Grant(self._wait_until - now)  # known: no slot anywhere before then
+        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return await future
 
     async def _flush(self) -> None:
-        """Take slots for every queued waiter in one round trip per batch, until nobody waits."""
+        """Take slots for every queued waiter in one round trip per batch, until nobody waits. Whatever fails,
+        every waiter of the batch gets an answer (the error), never a future left pending."""
         while self._waiters:
             batch, self._waiters = self._waiters, []
             try:
@@ -185,21 +225,34 @@ class DbBudget:
                     row = (await conn.execute(TAKE_SQL, {"key": self.key, "want": len(batch), "limit": self._limit,
                                                          "hold": self._hold})).one()
                 self.round_trips += 1
+                granted, wait, stamp = int(row[0]), float(row[1]), float(row[2])
             except BaseException as e:
+                error = e if isinstance(e, Exception) else RuntimeError("the request budget was cancelled")
                 for f in batch:
                     if not f.done():
-                        f.set_exception(e if isinstance(e, Exception) else RuntimeError("budget cancelled"))
+                        f.set_exception(error)
                 if not isinstance(e, Exception):
                     raise
                 continue
-            granted, wait = int(row.granted), float(row.wait_s)
+            now = time.monotonic()
             if wait > 0:
-                self._wait_until = time.monotonic() + wait
+                self._wait_until = now + wait
             for i, f in enumerate(batch):
+                # A cancelled waiter's slot stays spent until it expires: conservative.
                 if not f.done():
-                    f.set_result(0.0 if i < granted else max(0.001, wait))
-                elif i < granted:
-                    pass  # a cancelled waiter's slot stays spent: conservative
+                    f.set_result(Grant(0.0, stamp=stamp, at=now) if i < granted else Grant(max(0.001, wait)))
+
+    async def settle(self, grant: Grant) -> None:
+        """Free when the answer came within the margin; else one round trip moves the stamp to the latest
+        possible arrival (now), which lands well before the old stamp expires (requests time out long before a
+        window passes)."""
+        late = time.monotonic() - grant.at
+        if not grant.granted or late <= self._margin:
+            return
+        async with self._engine.connect() as conn:
+            await conn.execute(SETTLE_SQL, {"key": self.key, "stamp": grant.stamp, "late": late - self._margin,
+                                            "hold": self._hold})
+        self.settled_late += 1
 
     async def pause(self, seconds: float) -> None:
         async with self._engine.connect() as conn:

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
-from inkmcp.coolify.budget import LocalBudget, RequestBudget
+from inkmcp.coolify.budget import Grant, LocalBudget, RequestBudget
 from inkmcp.coolify.models import (
     SKIPPED_MESSAGE,
     ActionQueued,
@@ -381,14 +381,20 @@ class CoolifyClient:
         if problems:
             raise SpecError(f"request {method} {path}", problems)
 
-    async def _take_slot(self, method: str, path: str, waited: float) -> float:
-        """Wait for a slot of the request budget; return the seconds waited. Past the policy's total wait, raise
-        a retryable CoolifyRateLimited without sending."""
+    async def _take_slot(self, method: str, path: str, waited: float) -> tuple[Grant, float]:
+        """Wait for a slot of the request budget; return it and the seconds waited. Past the policy's total wait,
+        raise a retryable CoolifyRateLimited without sending."""
         spent = 0.0
         while True:
-            wait = await self.budget.reserve()
-            if wait <= 0:
-                return spent
+            try:
+                grant = await self.budget.reserve()
+            except Exception as e:
+                raise CoolifyUnavailable(
+                    f"InkMCP's request budget could not be read ({type(e).__name__}); nothing was sent. Check the "
+                    "control-plane database (INKMCP_DATABASE_URL), then retry", method=method, path=path) from e
+            wait = grant.wait
+            if grant.granted:
+                return grant, spent
             if waited + spent + wait > self.retry.max_total_wait:
                 raise CoolifyRateLimited(
                     f"InkMCP's request budget for this Coolify token is spent (Coolify allows a limited number of "
@@ -397,6 +403,12 @@ class CoolifyClient:
             log.info("coolify %s %s: request budget spent, waiting %.2f s for a slot", method, path, wait)
             await self._sleep(wait)
             spent += wait
+
+    async def _settle(self, grant: Grant, method: str, path: str) -> None:
+        try:
+            await self.budget.settle(grant)
+        except Exception as e:  # the request is done; a budget that cannot record it must not fail it
+            log.warning("coolify %s %s: could not settle the request budget (%s)", method, path, type(e).__name__)
 
     async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
                       idempotent: bool | None = None) -> httpx.Response:
@@ -411,10 +423,14 @@ class CoolifyClient:
         waited = 0.0
         last: CoolifyError | None = None
         for attempt in range(self.retry.attempts):
-            waited += await self._take_slot(method, path, waited)
+            grant, spent = await self._take_slot(method, path, waited)
+            waited += spent
             started = time.monotonic()
             try:
-                response = await self._http.request(method, path, json=json, params=params, headers=headers)
+                try:
+                    response = await self._http.request(method, path, json=json, params=params, headers=headers)
+                finally:
+                    await self._settle(grant, method, path)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
                 # Not sent: safe to repeat, but only calls marked idempotent are (the caller decides the rest).
                 last = CoolifyUnavailable(f"cannot connect to {self.base_url}: {type(e).__name__}",

@@ -7,9 +7,11 @@ the end of a pause ordered by a 429's Retry-After. Why a sliding log: see the mo
 inkmcp/coolify/budget.py (Coolify's fixed window has an unknown phase; only "at most N in any window" is safe).
 
 `take` locks the row (created on first use), drops expired stamps, grants min(want, free) slots and answers how
-long until the next one frees: one statement, one round trip, atomic across replicas because every change goes
-through the row lock. Times come from clock_timestamp() read after the lock is held, so a grant is never stamped
-earlier than it happened.
+long until the next one frees and the grant's time: one statement, one round trip, atomic across replicas because
+every change goes through the row lock. `settle` moves one stamp later when its request's answer came back later
+than the margin (the request may have reached Coolify that late). `pause` records a 429's Retry-After.
+Times come from clock_timestamp() read after the lock is held, so a grant is never stamped earlier than it
+happened.
 
 Revision ID: 0004
 Revises: 0003
@@ -31,12 +33,12 @@ depends_on: str | Sequence[str] | None = None
 
 TAKE = """
 CREATE FUNCTION inkmcp_coolify_budget_take(p_key text, p_want integer, p_limit integer, p_hold double precision,
-                                           OUT granted integer, OUT wait_s double precision)
+                                           OUT granted integer, OUT wait_s double precision,
+                                           OUT t double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     live double precision[];
     paused double precision;
-    t double precision;
     n integer;
 BEGIN
     SELECT b.stamps, b.paused_until INTO live, paused FROM coolify_request_budget b WHERE b.key = p_key FOR UPDATE;
@@ -67,6 +69,31 @@ END
 $$;
 """
 
+SETTLE = """
+CREATE FUNCTION inkmcp_coolify_budget_settle(p_key text, p_stamp double precision, p_late double precision,
+                                             p_hold double precision) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    live double precision[];
+    i integer;
+BEGIN
+    SELECT b.stamps INTO live FROM coolify_request_budget b WHERE b.key = p_key FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    i := array_position(live, p_stamp);
+    IF i IS NULL THEN
+        live := live || (p_stamp + p_late);
+    ELSE
+        live[i] := p_stamp + p_late;
+    END IF;
+    live := ARRAY(SELECT s FROM unnest(live) AS s
+                  WHERE s > extract(epoch FROM clock_timestamp()) - p_hold ORDER BY s);
+    UPDATE coolify_request_budget SET stamps = live, updated_at = clock_timestamp() WHERE key = p_key;
+END
+$$;
+"""
+
 PAUSE = """
 CREATE FUNCTION inkmcp_coolify_budget_pause(p_key text, p_seconds double precision) RETURNS void
 LANGUAGE sql AS $$
@@ -92,10 +119,13 @@ def upgrade() -> None:
         comment="Coolify API rate budget shared by InkMCP replicas; see inkmcp.coolify.budget",
     )
     op.execute(TAKE)
+    op.execute(SETTLE)
     op.execute(PAUSE)
 
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_pause(text, double precision)")
+    op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_settle(text, double precision, double precision, "
+               "double precision)")
     op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_take(text, integer, integer, double precision)")
     op.drop_table("coolify_request_budget")
