@@ -26,6 +26,7 @@ from inkmcp.providers.compute.coolify.mapping import PlacedServer
 from inkmcp.store.db import Store
 from tests.coolify_standin import CoolifyStandin, NodeServer
 from tests.placement.conftest import make_services
+from tests.placement.support import placement_settings_for
 
 FAST = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=5.0)
 
@@ -154,12 +155,12 @@ async def test_nodes_from_coolify_with_configured_capacity(standin: CoolifyStand
 
 async def test_placement_across_three_coolify_servers_of_different_capacity(
         standin: CoolifyStandin, client: CoolifyClient, pstore: Store) -> None:
-    run_servers(standin, 3)
-    standin.add_server("10.77.0.50", name="build", is_build_server=True, usable=True)
-    settings = PlacementSettings(nodes={"run-1": {"memory_mb": 2048, "cpus": 2},
-                                        "run-2": {"memory_mb": 8192, "cpus": 4},
-                                        "run-3": {"memory_mb": 4096, "cpus": 2},
-                                        "build": {"memory_mb": 65536, "cpus": 32}})
+    servers = run_servers(standin, 3)
+    servers.append(standin.add_server("10.77.0.50", name="build", is_build_server=True, usable=True))
+    for server, (mb, cpus) in zip(servers, [(2048, 2), (8192, 4), (4096, 2), (65536, 32)], strict=True):
+        server.capacity = {"memory_mb": mb, "cpus": cpus}  # the stand-in's capacity facts (not in Coolify's API)
+    settings = placement_settings_for(servers)
+    assert set(settings.nodes) == {"run-1", "run-2", "run-3", "build"}
     service = PlacementService(pstore.sessionmaker, CoolifyNodeSource(client, settings), settings.policy())
     place = CoolifyPlacement(service)
     services = await make_services(pstore, 6)
