@@ -30,7 +30,7 @@ clocks never have to agree) and a fencing token (`lease_epoch`, +1 per claim):
   once make one deployment. Neither lock outlives a connection, so a replica killed with -9 blocks nobody.
 
 Why not a durable-jobs library (procrastinate 3.10, evaluated first; DBOS is the same shape):
-procrastinate does run inside an asyncio process on psycopg 3 and, since 3.0, has worker heartbeats and
+procrastinate does run inside an asyncio process on psycopg 3 and, since 3.1, has worker heartbeats and
 `get_stalled_jobs`, but (1) a stalled job is only *found*: retrying it is ours to schedule, and nothing
 fences the stalled worker: `procrastinate_finish_job` matches on the job id and a `todo`/`doing` status,
 not on the worker or an attempt, so a paused worker that wakes up finishes (or records) a job another
