@@ -9,6 +9,10 @@ command -v git >/dev/null || need+=(git)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v useradd >/dev/null || need+=(passwd)
+# The local provider's proxy: Debian's nginx, configured and started by InkMCP (its headers-more module makes
+# the answers nginx gives itself say `Server: inkmcp`); INKMCP_PROXY_ENGINE=python runs without them.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] || need+=(libnginx-mod-http-headers-more-filter)
 # A C compiler and static libc: the local provider's exec wrapper (inkmcp-spawn) is compiled at install.
 { command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
 

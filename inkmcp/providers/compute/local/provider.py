@@ -45,8 +45,9 @@ from inkmcp.providers.compute.base import (
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
 from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, Cgroups
 from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
+from inkmcp.providers.compute.local.nginx import make_proxy
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
-from inkmcp.providers.compute.local.proxy import Proxy, Route, RouteConflict, WakeFailed
+from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFailed
 from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
 from inkmcp.providers.compute.local.spawn import prepare as prepare_spawn
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
@@ -131,7 +132,8 @@ class LocalComputeProvider:
         self.limits = Cgroups(pids_max=pids_max)
         self.max_file_bytes = max_file_mb * 2**20  # RLIMIT_FSIZE of every tenant process
         self.max_build_bytes = max_build_mb * 2**20  # what one release may keep on disk
-        self.proxy = Proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0)
+        self.proxy = make_proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0,
+                                runtime_dir=self.data_dir / "proxy")  # nginx, or Python (INKMCP_PROXY_ENGINE)
         self.ports = PortAllocator(port_range)
         self._services: dict[str, _Service] = {}
         self._service_create = asyncio.Lock()

@@ -50,27 +50,58 @@ class WakeFailed(Exception):
 
 @dataclass(eq=False)
 class Route:
-    """Where one hostname goes. `port` None means asleep: call `wake` to get one."""
+    """Where one hostname goes. `port` None means asleep: call `wake` to get one.
+
+    A data plane outside this process (nginx.NginxProxy) must hear when the provider moves a route
+    (`port`, `wake`, `host` assigned): it sets `on_change`, called after each such assignment. It also
+    sets `counter`, the connections it holds to the route's upstream right now, which `active` adds to
+    the connections this process holds (`held`), so idle detection sees both.
+    """
 
     host: str
     port: int | None
     owner: str = field(kw_only=True)
     """Who may change or remove this route: the service id."""
     wake: Callable[[], Awaitable[int]] | None = None
-    active: int = 0
+    held: int = 0
     last_activity: float = field(default_factory=time.monotonic)
+    on_change: Callable[[], None] | None = field(default=None, repr=False, kw_only=True)
+    counter: Callable[[], int] | None = field(default=None, repr=False, kw_only=True)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _ROUTING_FIELDS:
+            notify = self.__dict__.get("on_change")
+            if notify is not None:
+                notify()
+
+    @property
+    def active(self) -> int:
+        """Connections in use: held by this process plus, if a data plane counts its own, those."""
+        counter = self.__dict__.get("counter")
+        return self.held + (counter() if counter is not None else 0)
+
+    @active.setter
+    def active(self, value: int) -> None:
+        self.held = value
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
 
+_ROUTING_FIELDS = frozenset({"port", "wake", "host"})
+
+
 class Proxy:
     """Asyncio TCP server routing HTTP/1.x connections by Host header."""
 
-    def __init__(self, host: str, port: int, *, wake_timeout: float) -> None:
+    def __init__(self, host: str, port: int, *, wake_timeout: float, one_request: bool = False) -> None:
         self.host = host
         self.port = port
         self.wake_timeout = wake_timeout
+        self.one_request = one_request
+        """Behind nginx (nginx.NginxProxy): ask the app to close after its answer (`Connection: close`), so
+        a connection nginx keeps in a pool never stays spliced to an upstream that a switch retired."""
         self._routes: dict[str, Route] = {}
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -108,6 +139,10 @@ class Proxy:
 
     def get_route(self, host: str) -> Route | None:
         return self._routes.get(host.lower())
+
+    def routes(self) -> list[Route]:
+        """Every route, for a data plane that renders them (nginx.NginxProxy)."""
+        return list(self._routes.values())
 
     def remove_route(self, host: str, owner: str) -> bool:
         """Remove the route of `host` only if `owner` holds it; returns whether it did."""
@@ -181,7 +216,7 @@ class Proxy:
         if route is None:
             await _respond(writer, 404, "Not Found", f"no service is deployed at {host}\n")
             return
-        route.active += 1
+        route.held += 1
         route.touch()
         try:
             upstream = await self._connect(route, writer, host)
@@ -189,19 +224,14 @@ class Proxy:
                 return
             up_reader, up_writer = upstream
             up_port = up_writer.get_extra_info("peername")[1]
-            self._upstreams[up_port] = self._upstreams.get(up_port, 0) + 1
             try:
-                up_writer.write(head)
+                up_writer.write(close_after(head) if self.one_request else head)
                 await _splice(reader, writer, up_reader, up_writer, route)
             finally:
                 up_writer.close()
-                left = self._upstreams[up_port] - 1
-                if left:
-                    self._upstreams[up_port] = left
-                else:
-                    del self._upstreams[up_port]
+                self._forget(up_port)
         finally:
-            route.active -= 1
+            route.held -= 1
             route.touch()
 
     async def _connect(
@@ -225,19 +255,30 @@ class Proxy:
                 except WakeFailed as exc:
                     await _respond(writer, 502, "Bad Gateway", f"{host} failed to start: {exc.reason}\n")
                     return None
+            # Counted from before the connect, so `drain(port)` waits for a connection still being made.
+            self._upstreams[port] = self._upstreams.get(port, 0) + 1
             try:
                 up_reader, up_writer = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", port, limit=CHUNK), CONNECT_TIMEOUT
                 )
             except (TimeoutError, OSError):
-                # The service may have been put to sleep between lookup and connect: retry via wake.
-                if attempt == 0 and route.wake is not None and route.port != port:
+                self._forget(port)
+                # The route moved while we connected (a release switched it and stopped the old port, or
+                # the service was put to sleep): retry once on the current port, or via wake.
+                if attempt == 0 and route.port != port:
                     continue
                 await _respond(writer, 502, "Bad Gateway", f"{host} is not accepting connections\n")
                 return None
             _nodelay(up_writer)
-            return up_reader, up_writer
+            return up_reader, up_writer  # still counted: _handle forgets it when the splice ends
         return None
+
+    def _forget(self, port: int) -> None:
+        left = self._upstreams[port] - 1
+        if left:
+            self._upstreams[port] = left
+        else:
+            del self._upstreams[port]
 
 
 async def _splice(
@@ -328,6 +369,17 @@ def parse_host(head: bytes) -> str | None:
     if not host or len(host) > 253 or host.startswith(("-", ".")) or ".." in host:
         return None
     return host
+
+
+def close_after(head: bytes) -> bytes:
+    """`head` asking the server to close after its answer: Connection and Keep-Alive lines replaced by
+    `Connection: close`. A head with an Upgrade line is left as it is (the connection becomes the tunnel)."""
+    lines = head.split(b"\r\n")
+    fields = [line for line in lines[1:] if line]
+    if any(line[:8].lower() == b"upgrade:" for line in fields):
+        return head
+    kept = [line for line in fields if line.split(b":", 1)[0].strip().lower() not in (b"connection", b"keep-alive")]
+    return b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""])
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, reason: str, body: str) -> None:

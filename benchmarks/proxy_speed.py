@@ -1,0 +1,399 @@
+"""The local provider's front proxy against nginx proxying to the same app, in one interleaved run (issue 12 item 1).
+
+Targets, all in front of one small asyncio HTTP/1.1 + WebSocket-echo app (a separate process, so each
+target pays the same app cost):
+
+    direct        the app's own port (the floor)
+    nginx         Debian's nginx, started here with a plain reverse-proxy config: `worker_processes auto`,
+                  an upstream with `keepalive`, HTTP/1.1 and the WebSocket Upgrade/Connection headers
+                  (nginx's documented setup; the same knobs InkMCP's config uses, nothing InkMCP-specific)
+    inkmcp        the proxy `LocalComputeProvider` starts today (`make_proxy`, INKMCP_PROXY_ENGINE's default)
+    inkmcp-python InkMCP's asyncio proxy (INKMCP_PROXY_ENGINE=python), the proxy before issue 12
+
+Each InkMCP proxy runs in a child process (this script with --serve), with one route for
+bench.demo.localhost, so it never shares an event loop or a GIL with the load generator.
+
+Load: HTTP with `wrk` (Debian's package; C, epoll, two threads: it is not the bottleneck, and it reports
+latency percentiles), 1 and 32 connections, keep-alive and a new connection per request
+(`Connection: close`). WebSocket: wrk cannot, so a small client here (raw sockets, pre-masked frames,
+one process per 16 connections, one 16-byte message in flight per connection) measures echo round trips;
+it costs the same for every target. Rounds interleave the targets (A B C D, D C B A, ...) so drift on
+this 2-core machine hits all alike; figures are medians over rounds.
+
+    .venv/bin/python benchmarks/proxy_speed.py                  # table on stdout
+    .venv/bin/python benchmarks/proxy_speed.py --save benchmarks/baselines/proxy_speed.json
+    .venv/bin/python benchmarks/proxy_speed.py --compare benchmarks/baselines/proxy_speed.json
+
+Exits 1 when `inkmcp` misses issue 12's bar in a scenario (throughput below nginx's, or p50 above 1.2x
+nginx's), unless --no-fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+HOST = "bench.demo.localhost"
+WS_CLIENT_PROCS = 16  # connections per WebSocket client process
+
+APP = r'''
+import asyncio, base64, hashlib, sys
+BODY = b"hello, world\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n" + BODY
+CLOSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nConnection: close\r\n\r\n" + BODY
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+class App(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t, self.buf, self.ws = transport, b"", False
+
+    def data_received(self, data):
+        self.buf += data
+        while not self.ws:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, self.buf = self.buf[:end].lower(), self.buf[end + 4:]
+            if b"upgrade: websocket" in head:
+                key = next(l.split(b":", 1)[1].strip() for l in head.split(b"\r\n")
+                           if l.startswith(b"sec-websocket-key"))
+                accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+                self.t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                self.ws = True
+            elif b"connection: close" in head:
+                self.t.write(CLOSE)
+                self.t.close()
+                return
+            else:
+                self.t.write(RESP)
+        b = self.buf
+        while len(b) >= 6:  # client frames: masked, payload < 126 bytes
+            n = b[1] & 0x7F
+            if len(b) < 6 + n:
+                break
+            mask = b[2:6]
+            payload = bytes(c ^ mask[i % 4] for i, c in enumerate(b[6:6 + n]))
+            if b[0] & 0x0F == 8:
+                self.t.write(b"\x88\x00")
+                self.t.close()
+                return
+            self.t.write(bytes([b[0], n]) + payload)
+            b = b[6 + n:]
+        self.buf = b
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(App, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    await server.serve_forever()
+
+asyncio.run(main())
+'''
+
+NGINX_CONF = """\
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000;
+    map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
+    upstream app {{ server 127.0.0.1:{app_port}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+        }}
+    }}
+}}
+"""
+
+SCENARIOS = [(c, mode) for c in (1, 32) for mode in ("keep-alive", "new connection", "websocket")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+# -- the InkMCP proxy in its own process --------------------------------------------------------------
+
+
+async def serve_proxy(engine: str, app_port: int, port_file: Path, runtime_dir: Path) -> None:
+    """Child process: the proxy `make_proxy` gives for `engine`, routing HOST to the app, until SIGTERM."""
+    from inkmcp.providers.compute.local.nginx import ProxySettings, make_proxy
+    from inkmcp.providers.compute.local.proxy import Route
+
+    proxy = make_proxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=runtime_dir,
+                       settings=ProxySettings(engine=engine))  # type: ignore[arg-type]  # fmt: skip
+    await proxy.start()
+    proxy.set_route(Route(host=HOST, port=app_port, owner="bench"))
+    settled = getattr(proxy, "settled", None)
+    if settled is not None:
+        await settled()
+    port_file.write_text(str(proxy.port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await proxy.close()
+
+
+# -- load ---------------------------------------------------------------------------------------------
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
+    if m is None:
+        raise ValueError(f"wrk latency {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def run_wrk(port: int, conns: int, keepalive: bool, seconds: float) -> dict[str, float]:
+    args = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency",
+            "-H", f"Host: {HOST}"]
+    if not keepalive:
+        args += ["-H", "Connection: close"]
+    out = subprocess.run([*args, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors + (int(bad.group(1)) if bad else 0)}
+
+
+_MASK = (1, 2, 3, 4)
+_FRAME = bytes([0x81, 0x80 | 16, *_MASK]) + bytes(c ^ _MASK[i % 4] for i, c in enumerate(b"0123456789abcdef"))
+_ECHO_LEN = 2 + 16
+
+
+def _ws_worker(port: int, conns: int, seconds: float, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """One client process: `conns` upgraded connections, one message in flight each, for `seconds`."""
+    sel = selectors.DefaultSelector()
+    socks = []
+    for i in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZS{i:02d}==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"no upgrade: {head[:200]!r}")
+        s.setblocking(False)
+        socks.append(s)
+    lat: list[float] = []
+    sent: dict[socket.socket, float] = {}
+    got: dict[socket.socket, int] = {}
+    end = time.monotonic() + seconds
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+        sent[s], got[s] = time.perf_counter(), 0
+        s.send(_FRAME)
+    while time.monotonic() < end:
+        for key, _ in sel.select(0.5):
+            s = key.fileobj  # type: ignore[assignment]
+            data = s.recv(65536)  # type: ignore[attr-defined]
+            if not data:
+                raise RuntimeError("the WebSocket connection closed")
+            got[s] += len(data)  # type: ignore[index]
+            while got[s] >= _ECHO_LEN:  # type: ignore[index]
+                got[s] -= _ECHO_LEN  # type: ignore[index]
+                now = time.perf_counter()
+                lat.append((now - sent[s]) * 1000)  # type: ignore[index]
+                sent[s] = now  # type: ignore[index]
+                s.send(_FRAME)  # type: ignore[attr-defined]
+    for s in socks:
+        s.close()
+    queue.put(lat)
+
+
+def run_ws(port: int, conns: int, seconds: float) -> dict[str, float]:
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    split = [WS_CLIENT_PROCS] * (conns // WS_CLIENT_PROCS)
+    if conns % WS_CLIENT_PROCS:
+        split.append(conns % WS_CLIENT_PROCS)
+    procs = [ctx.Process(target=_ws_worker, args=(port, n, seconds, queue)) for n in split]
+    for p in procs:
+        p.start()
+    lat: list[float] = []
+    for _ in procs:
+        lat += queue.get(timeout=seconds + 30)
+    for p in procs:
+        p.join()
+    if not lat:
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": 1}
+    lat.sort()
+    return {"rps": len(lat) / seconds, "p50": lat[len(lat) // 2], "p99": lat[int(0.99 * (len(lat) - 1))], "errors": 0}
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+def measure(port: int, conns: int, mode: str, seconds: float) -> dict[str, float]:
+    if mode == "websocket":
+        return run_ws(port, conns, seconds)
+    return run_wrk(port, conns, mode == "keep-alive", seconds)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--targets", default="direct,nginx,inkmcp,inkmcp-python")
+    ap.add_argument("--save", type=Path, help="write the figures (JSON) here, e.g. benchmarks/baselines/...")
+    ap.add_argument("--compare", type=Path, help="a file --save wrote earlier: print its inkmcp figures next to these")
+    ap.add_argument("--label", default="", help="stored with --save (e.g. the commit measured)")
+    ap.add_argument("--no-fail", action="store_true")
+    ap.add_argument("--serve", nargs=4, metavar=("ENGINE", "APP_PORT", "PORT_FILE", "DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        engine, app_port, port_file, run_dir = args.serve
+        asyncio.run(serve_proxy(engine, int(app_port), Path(port_file), Path(run_dir)))
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 2
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    targets = args.targets.split(",")
+    work = Path(tempfile.mkdtemp(prefix="inkmcp-proxy-bench-", dir="/tmp"))
+    work.chmod(0o711)
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: dict[str, int] = {}
+    try:
+        (work / "app.py").write_text(APP)
+        app_port = free_port()
+        app = subprocess.Popen([sys.executable, str(work / "app.py"), str(app_port)])
+        procs.append(app)
+        wait_port(app_port, app)
+        ports["direct"] = app_port
+        if "nginx" in targets:
+            ngx_dir = work / "nginx"
+            ngx_dir.mkdir()
+            ports["nginx"] = free_port()
+            (ngx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngx_dir, app_port=app_port, port=ports["nginx"]))
+            ngx = subprocess.Popen([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"), "-e",
+                                    str(ngx_dir / "error.log"), "-g", "daemon off;"])  # fmt: skip
+            procs.append(ngx)
+            wait_port(ports["nginx"], ngx)
+        for name, engine in (("inkmcp", os.environ.get("INKMCP_PROXY_ENGINE", "nginx")), ("inkmcp-python", "python")):
+            if name not in targets:
+                continue
+            port_file = work / f"{name}.port"
+            child = subprocess.Popen([sys.executable, __file__, "--serve", engine, str(app_port), str(port_file),
+                                      str(work / name)])  # fmt: skip
+            procs.append(child)
+            deadline = time.monotonic() + 30
+            while not port_file.exists() or not port_file.read_text():
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {name} proxy did not start")
+                time.sleep(0.02)
+            ports[name] = int(port_file.read_text())
+        order = [t for t in targets if t in ports]
+        results: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for conns, mode in SCENARIOS:  # warm-up: connections, pools, caches
+            for t in order:
+                measure(ports[t], conns, mode, 1.0)
+        for rnd in range(args.rounds):
+            seq = order if rnd % 2 == 0 else order[::-1]
+            for conns, mode in SCENARIOS:
+                for t in seq:
+                    r = measure(ports[t], conns, mode, args.seconds)
+                    results.setdefault(f"{conns} {mode}", {}).setdefault(t, []).append(r)
+                    print(f"round {rnd + 1} {conns:>2} {mode:14} {t:14} {r['rps']:9.0f} req/s  p50 {r['p50']:.3f} ms"
+                          f"  p99 {r['p99']:.3f} ms  errors {r['errors']:.0f}", file=sys.stderr)  # fmt: skip
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGQUIT if p.args[0] == nginx else signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    summary = {
+        scenario: {t: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "errors")}
+                   for t, runs in by_target.items()}
+        for scenario, by_target in results.items()
+    }  # fmt: skip
+    before = json.loads(args.compare.read_text())["figures"] if args.compare else {}
+    print(report(summary, before, args))
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps({"label": args.label, "rounds": args.rounds, "seconds": args.seconds,
+                                         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                         "figures": summary}, indent=2) + "\n")  # fmt: skip
+    missed = [s for s, f in summary.items() if "inkmcp" in f and "nginx" in f
+              and (f["inkmcp"]["rps"] < f["nginx"]["rps"] * 0.97 or f["inkmcp"]["p50"] > 1.2 * f["nginx"]["p50"])]
+    if missed:
+        print(f"issue 12 bar missed in: {', '.join(missed)} (3 % noise allowed on throughput)", file=sys.stderr)
+    return 1 if missed and not args.no_fail else 0
+
+
+def report(summary: dict[str, dict[str, dict[str, float]]], before: dict, args: argparse.Namespace) -> str:  # type: ignore[type-arg]
+    lines = [
+        f"Proxy speed ({args.rounds} interleaved rounds x {args.seconds:g} s, medians; latency in ms)",
+        "",
+        "| scenario | target | req/s | p50 | p99 | req/s ÷ nginx | p50 ÷ nginx | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, by_target in summary.items():
+        ngx = by_target.get("nginx")
+        rows = list(by_target.items())
+        if scenario in before and "inkmcp" in before[scenario]:
+            rows.append((f"inkmcp (saved: {args.compare.name})", before[scenario]["inkmcp"]))
+        for t, f in rows:
+            live = ngx is not None and "saved" not in t
+            ratio = (f"{f['rps'] / ngx['rps']:.2f}", f"{f['p50'] / ngx['p50']:.2f}") if live and ngx else ("", "")
+            lines.append(f"| {scenario} | {t} | {f['rps']:.0f} | {f['p50']:.3f} | {f['p99']:.3f} | {ratio[0]} | "
+                         f"{ratio[1]} | {f['errors']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,562 @@
+"""nginx (Debian's package) as the local provider's data plane; InkMCP keeps the route table and wakes.
+
+Why: the Python proxy (proxy.py) serves 0.33-0.45x of nginx's requests per second and adds 2-10x its
+latency on new connections (benchmarks/proxy_speed.py, baselines in benchmarks/baselines/). Rather
+than chase a C event loop in Python, the bytes go through nginx itself, configured by InkMCP:
+
+- One `server` block per routed hostname (`server_name` hash lookup, as fast as nginx gets), whose
+  upstream is the service's current port with InkMCP's own proxy (the "slow path", a `Proxy` on an
+  ephemeral loopback port) as `backup`. A sleeping on_demand service routes to the slow path only.
+- The slow path is today's Python proxy with the same route objects: it wakes a sleeping service
+  and answers the waking request once the app is ready (never a 502), answers 404 for unknown hosts
+  and 400 for an ambiguous Host (the default server). Because it is nginx's `backup`, a request that
+  nginx could not hand to a port that just stopped (a release switch, a service put to sleep before
+  the reload took effect) is retried there, where the route table is always current: nginx's
+  `proxy_next_upstream error timeout` retries only what the app never received (no non-idempotent
+  request is sent twice).
+- A route change (deploy, switch, wake, sleep, rename, removal) re-renders the config and sends
+  SIGHUP; changes coalesce, and `drain` waits until the new generation answers on a control socket
+  and no connection to the old port is left. A reload lets the old workers finish what they carry.
+- Idle tracking: for on_demand hosts only, nginx logs each finished request's hostname to a unix
+  datagram socket (syslog) that InkMCP reads to `touch` the route; open connections to the app's port
+  (a WebSocket, a long request) are counted from the kernel's table when idle detection asks
+  (`Route.counter`). Always-on hosts log nothing, so they pay nothing.
+- The listening socket is bound by InkMCP and inherited by nginx (the NGINX environment variable,
+  as nginx's own binary upgrade does): port 0 works, and "address in use" is InkMCP's error.
+- Responses nginx generates itself say `Server: inkmcp` (headers-more module), as the Python proxy's
+  do; an app's own `Server` header passes unchanged.
+
+`make_proxy` chooses nginx or the Python proxy from `ProxySettings` (INKMCP_PROXY_ENGINE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import ipaddress
+import itertools
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inkmcp.errors import InvalidArgument
+from inkmcp.providers.compute.local.proxy import HEAD_TIMEOUT, MAX_HEAD_BYTES, Proxy, Route, RouteConflict
+
+log = logging.getLogger(__name__)
+
+HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
+RELOAD_TIMEOUT = 10.0
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+_HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+
+
+class ProxySettings(BaseSettings):
+    """Which data plane serves the local provider's routes (env INKMCP_PROXY_ENGINE, INKMCP_PROXY_NGINX...)."""
+
+    model_config = SettingsConfigDict(env_prefix="INKMCP_PROXY_", extra="ignore")
+
+    engine: Literal["nginx", "python"] = Field(
+        "nginx",
+        description="nginx: Debian's nginx carries the traffic, InkMCP configures it and wakes on_demand services "
+        "(installed by `make install` / scripts/system-deps.sh). python: InkMCP's own asyncio proxy, slower, "
+        "no system package needed.",
+    )
+    nginx: Path = Field(Path("/usr/sbin/nginx"), description="The nginx binary (engine=nginx).")
+    headers_more: Path = Field(
+        Path(HEADERS_MORE),
+        description="nginx's headers-more module (Debian: libnginx-mod-http-headers-more-filter), which lets the "
+        "responses nginx makes itself say `Server: inkmcp`.",
+    )
+    workers: int = Field(0, ge=0, le=64, description="nginx worker processes; 0 = one per CPU (`auto`).")
+
+
+def make_proxy(
+    host: str, port: int, *, wake_timeout: float, runtime_dir: Path, settings: ProxySettings | None = None
+) -> Proxy | NginxProxy:
+    """The data plane `ProxySettings` asks for; both have the same routing API (see `Proxy`)."""
+    settings = settings or ProxySettings()
+    if settings.engine == "python":
+        return Proxy(host, port, wake_timeout=wake_timeout)
+    return NginxProxy(host, port, wake_timeout=wake_timeout, runtime_dir=runtime_dir, settings=settings)
+
+
+# -- the kernel's view of connections ----------------------------------------------------------------
+
+
+def established_to(port: int) -> int:
+    """Established TCP connections whose peer is 127.0.0.1:`port` (clients of the app listening there)."""
+    want = f"0100007F:{port:04X}"
+    count = 0
+    with contextlib.suppress(OSError), open("/proc/net/tcp", "rb") as fh:
+        fh.readline()
+        for line in fh:
+            fields = line.split(None, 4)
+            if len(fields) > 3 and fields[3] == b"01" and fields[2].decode() == want:
+                count += 1
+    return count
+
+
+# -- configuration -----------------------------------------------------------------------------------
+
+_CONF = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True).from_string(  # noqa: S701 - an nginx config
+    """\
+# Written by InkMCP (inkmcp/providers/compute/local/nginx.py); every change is overwritten.
+{% if user %}user {{ user }};
+{% endif %}worker_processes {{ workers }};
+pid {{ dir }}/nginx.pid;
+error_log {{ dir }}/error.log warn;
+load_module {{ headers_more }};
+events { worker_connections 8192; }
+http {
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {{ dir }}/tmp/body;
+    proxy_temp_path {{ dir }}/tmp/proxy;
+    fastcgi_temp_path {{ dir }}/tmp/fastcgi;
+    uwsgi_temp_path {{ dir }}/tmp/uwsgi;
+    scgi_temp_path {{ dir }}/tmp/scgi;
+    # What the Python proxy allowed: any body size, a {{ head_kb }} KiB head read within {{ head_timeout }} s,
+    # no header rewritten or dropped, no timeout on a quiet upgraded connection.
+    client_max_body_size 0;
+    client_header_timeout {{ head_timeout }}s;
+    client_header_buffer_size 4k;
+    large_client_header_buffers 4 {{ head_kb }}k;
+    client_body_timeout 1h;
+    send_timeout 1h;
+    keepalive_timeout 75s;
+    keepalive_requests 100000;
+    underscores_in_headers on;
+    ignore_invalid_headers off;
+    tcp_nodelay on;
+    proxy_http_version 1.1;
+    proxy_buffering off;
+    proxy_request_buffering off;
+    proxy_connect_timeout 5s;
+    proxy_read_timeout 1d;
+    proxy_send_timeout 1d;
+    proxy_next_upstream error timeout;
+    # A client that half-closes after its request (shutdown(SHUT_WR)) still gets its answer, as from the
+    # Python proxy, which passed the EOF on and kept reading the response.
+    proxy_ignore_client_abort on;
+    proxy_next_upstream_tries 2;
+    proxy_set_header Host $host{{ port_suffix }};
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $inkmcp_connection;
+    proxy_pass_header Date;
+    map $http_upgrade $inkmcp_connection { default upgrade; "" ""; }
+    # nginx's own answers say "Server: inkmcp"; an app's (or the slow path's) Server header passes as is.
+    map $upstream_status $inkmcp_server { "" inkmcp; default $upstream_http_server; }
+    more_set_headers "Server: $inkmcp_server";
+    log_format inkmcp_idle '$server_name';
+    # RFC 9112 3.2: a Host that is not host[:port] is answered 400, never routed on what nginx makes of it
+    # (it would read "alice:80.mallory" as alice). Empty: HTTP/1.0 without Host, or an absolute-form target.
+    map $http_host $inkmcp_bad_host {
+        default 1;
+        "" 0;
+        "~^[A-Za-z0-9.-]+(:[0-9]{1,5})?$" 0;
+        "~^\\[[0-9A-Fa-f:.]+\\](:[0-9]{1,5})?$" 0;
+    }
+
+    upstream inkmcp_slow { server 127.0.0.1:{{ slow_port }}; }
+{% for r in routes %}{% if r.port %}
+    upstream {{ r.name }} {
+        server 127.0.0.1:{{ r.port }} max_fails=0;
+        server 127.0.0.1:{{ slow_port }} backup;
+        keepalive 32;
+        keepalive_timeout {{ "1s" if r.track else "60s" }};
+    }
+{% endif %}{% endfor %}
+    server {
+        listen {{ listen }} default_server backlog=1024;
+        server_name "";
+        error_page 494 =431 @inkmcp_431;
+        if ($inkmcp_bad_host) { return 400 "invalid Host header\n"; }
+        location / { proxy_pass http://inkmcp_slow; }
+        location @inkmcp_431 { default_type text/plain; return 431 "request head exceeds {{ head_kb }} KiB\\n"; }
+    }
+{% for r in routes %}
+    server {
+        listen {{ listen }};
+        server_name {{ r.host }};
+        error_page 494 =431 @inkmcp_431;
+        if ($inkmcp_bad_host) { return 400 "invalid Host header\n"; }
+        location / {
+            proxy_pass http://{{ r.name if r.port else "inkmcp_slow" }};
+{% if r.track %}            access_log syslog:server=unix:{{ dir }}/idle.sock,nohostname,tag=inkmcp inkmcp_idle;
+{% endif %}        }
+        location @inkmcp_431 { default_type text/plain; return 431 "request head exceeds {{ head_kb }} KiB\\n"; }
+    }
+{% endfor %}
+    server {
+        listen unix:{{ dir }}/ctl.sock;
+        location = /generation { return 200 "{{ generation }}"; }
+        location / { return 404; }
+    }
+}
+"""
+)
+
+
+class _IdleLog(asyncio.DatagramProtocol):
+    """Reads nginx's syslog lines ("<pri>... inkmcp: <host>") and touches the route of each host."""
+
+    def __init__(self, proxy: NginxProxy) -> None:
+        self.proxy = proxy
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        host = data.rsplit(b" ", 1)[-1].strip().decode("latin-1")
+        route = self.proxy.get_route(host)
+        if route is not None:
+            route.touch()
+
+
+class NginxProxy:
+    """The routing API of `Proxy`, served by an nginx master this object starts, reloads and stops."""
+
+    def __init__(
+        self, host: str, port: int, *, wake_timeout: float, runtime_dir: Path, settings: ProxySettings | None = None
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.wake_timeout = wake_timeout
+        self.dir = Path(runtime_dir)
+        self.settings = settings or ProxySettings()
+        self.slow = Proxy("127.0.0.1", 0, wake_timeout=wake_timeout, one_request=True)
+        self._names: dict[int, str] = {}  # id(route) -> its upstream's name, stable for the route's life
+        self._seq = itertools.count(1)
+        self._generation = 0  # last config written
+        self._applied = 0  # last config nginx confirmed serving
+        self._dirty = False
+        self._old_workers: set[int] = set()  # workers of earlier configs not yet told to quit
+        self._reloader: asyncio.Task[None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._listener: socket.socket | None = None
+        self._idle: asyncio.DatagramTransport | None = None
+        self._started = False
+
+    # -- routing table (the slow path's table is the one table) ---------------------------------------
+
+    def set_route(self, route: Route) -> None:
+        self.slow.set_route(route)
+        self._adopt(route)
+        self._changed()
+
+    def get_route(self, host: str) -> Route | None:
+        return self.slow.get_route(host)
+
+    def remove_route(self, host: str, owner: str) -> bool:
+        route = self.slow.get_route(host)
+        removed = self.slow.remove_route(host, owner)
+        if removed and route is not None:
+            route.on_change = None
+            route.counter = None
+            self._names.pop(id(route), None)
+            self._changed()
+        return removed
+
+    def move_route(self, route: Route, new_host: str) -> None:
+        try:
+            self.slow.move_route(route, new_host)
+        except RouteConflict:
+            raise
+        self._adopt(route)
+        self._changed()
+
+    def connections_to(self, port: int) -> int:
+        """Connections carrying traffic to upstream `port`: through the slow path, and any other client's."""
+        return max(self.slow.connections_to(port), established_to(port))
+
+    async def drain(self, port: int, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until nginx serves the current routes, every worker of an older
+        config has been told to quit, and nothing is connected to `port`.
+
+        The middle step matters: after a reload nginx's master starts the new workers, sleeps 100 ms and
+        only then tells the old ones to quit; until then they still take requests for the old port.
+        """
+        deadline = time.monotonic() + timeout
+        await self.settled(timeout)
+        while self._old_workers_serving() or self.connections_to(port):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    def _old_workers_serving(self) -> bool:
+        """Whether a worker of a config before the last reload still takes new requests."""
+        for pid in list(self._old_workers):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                title = b""
+            if not title or b"shutting down" in title:
+                self._old_workers.discard(pid)
+        return bool(self._old_workers)
+
+    def _workers(self) -> set[int]:
+        if self._proc is None:
+            return set()
+        try:
+            children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text()
+        except OSError:
+            return set()
+        return {int(pid) for pid in children.split()}
+
+    async def settled(self, timeout: float = RELOAD_TIMEOUT) -> bool:
+        """Wait until nginx serves the latest route table; False if it did not within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self._dirty or (self._reloader is not None and not self._reloader.done()):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return self._applied == self._generation
+
+    def _adopt(self, route: Route) -> None:
+        if id(route) not in self._names:
+            self._names[id(route)] = f"inkmcp_r{next(self._seq)}"
+        route.on_change = self._changed
+        route.counter = lambda: established_to(route.port) if route.port else 0
+
+    def _changed(self) -> None:
+        self._dirty = True
+        if self._started and (self._reloader is None or self._reloader.done()):
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_loop(), name="nginx-reload")
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        nginx, more = self.settings.nginx, self.settings.headers_more
+        if not os.access(nginx, os.X_OK):
+            raise InvalidArgument(
+                f"nginx is not installed at {nginx}; the local provider's proxy runs on it",
+                argument="INKMCP_PROXY_NGINX",
+                fix="run `make install` (or `apt-get install nginx libnginx-mod-http-headers-more-filter`), "
+                "point INKMCP_PROXY_NGINX at the binary, or set INKMCP_PROXY_ENGINE=python",
+            )
+        if not more.is_file():
+            raise InvalidArgument(
+                f"nginx's headers-more module is missing at {more}",
+                argument="INKMCP_PROXY_HEADERS_MORE",
+                fix="run `make install` (or `apt-get install libnginx-mod-http-headers-more-filter`), "
+                "or set INKMCP_PROXY_ENGINE=python",
+            )
+        await asyncio.to_thread(self._prepare_dir)
+        await self.slow.start()
+        try:
+            self._listener = _listen(self.host, self.port)
+            self.port = self._listener.getsockname()[1]
+            self._idle = await self._open_idle_socket()
+            self._write_config()
+            await self._spawn()
+            self._started = True
+            if self._dirty:
+                self._changed()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _prepare_dir(self) -> None:
+        root = os.geteuid() == 0
+        self.dir.mkdir(mode=0o711 if root else 0o700, parents=True, exist_ok=True)
+        (self.dir / "tmp").mkdir(mode=0o700, exist_ok=True)
+        _reap_stale(self.dir)
+        for name in ("idle.sock", "ctl.sock"):
+            (self.dir / name).unlink(missing_ok=True)
+
+    async def _open_idle_socket(self) -> asyncio.DatagramTransport:
+        path = self.dir / "idle.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        if os.geteuid() == 0:  # nginx's workers (nobody:nogroup) may send to it; tenant users may not
+            os.chown(path, 0, grp.getgrnam("nogroup").gr_gid)
+            path.chmod(0o660)
+        else:
+            path.chmod(0o600)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: _IdleLog(self), sock=sock)
+        return transport
+
+    def _config(self) -> str:
+        routes = []
+        for route in self.slow.routes():
+            host = route.host.lower()
+            if not _HOST.match(host):  # never written into the config: the slow path still routes it
+                continue
+            routes.append({"name": self._names.get(id(route)) or "inkmcp_slow", "host": host, "port": route.port,
+                           "track": route.wake is not None})  # fmt: skip
+        return _CONF.render(
+            user="nobody nogroup" if os.geteuid() == 0 else "",
+            workers=self.settings.workers or "auto",
+            dir=str(self.dir),
+            headers_more=str(self.settings.headers_more),
+            head_kb=MAX_HEAD_BYTES // 1024,
+            head_timeout=int(HEAD_TIMEOUT),
+            port_suffix="" if self.port == 80 else f":{self.port}",
+            listen=_listen_address(self._listener),
+            slow_port=self.slow.port,
+            routes=routes,
+            generation=self._generation + 1,
+        )
+
+    def _write_config(self) -> None:
+        text = self._config()
+        path = self.dir / "nginx.conf"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        self._generation += 1
+
+    async def _spawn(self) -> None:
+        assert self._listener is not None
+        fd = self._listener.fileno()
+        stderr = await asyncio.to_thread(open, self.dir / "nginx.stderr", "ab")  # handed to the child
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *_die_with_parent(), str(self.settings.nginx), "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+                "-e", str(self.dir / "error.log"), "-g", "daemon off;",
+                stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr, pass_fds=(fd,),
+                env={"NGINX": f"{fd};", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                start_new_session=True,  # a ^C to `inkmcp serve` reaches InkMCP, which stops nginx in order
+            )  # fmt: skip
+        finally:
+            stderr.close()
+        if not await self._wait_generation(self._generation, START_TIMEOUT):
+            raise RuntimeError(f"nginx did not start serving within {START_TIMEOUT:g}s: {self._error_tail()}")
+        self._applied = self._generation
+
+    async def _reload_loop(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            if self._proc is None or self._proc.returncode is not None:
+                log.error("nginx is not running; routes cannot change: %s", self._error_tail())
+                return
+            try:
+                await asyncio.to_thread(self._write_config)
+            except OSError as exc:
+                log.error("could not write nginx.conf: %s", exc)
+                return
+            generation = self._generation
+            self._old_workers |= self._workers()
+            self._proc.send_signal(signal.SIGHUP)
+            if await self._wait_generation(generation, RELOAD_TIMEOUT):
+                self._applied = generation
+            else:
+                log.error("nginx did not load the new routes within %ss: %s", RELOAD_TIMEOUT, self._error_tail())
+
+    async def _wait_generation(self, generation: int, timeout: float) -> bool:
+        """Poll the control socket until nginx's new workers answer with `generation`."""
+        deadline = time.monotonic() + timeout
+        path = str(self.dir / "ctl.sock")
+        delay = 0.001
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.returncode is not None:
+                return False
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                reader, writer = await asyncio.open_unix_connection(path)
+                try:
+                    writer.write(b"GET /generation HTTP/1.0\r\nHost: ctl\r\n\r\n")
+                    data = await asyncio.wait_for(reader.read(), 2.0)
+                finally:
+                    writer.close()
+                if data.partition(b"\r\n\r\n")[2].strip() == str(generation).encode():
+                    return True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return False
+
+    def _error_tail(self, lines: int = 5) -> str:
+        out: list[str] = []
+        for name in ("error.log", "nginx.stderr"):
+            with contextlib.suppress(OSError):
+                out += (self.dir / name).read_text(errors="replace").splitlines()[-lines:]
+        return " | ".join(out[-lines:]) or "nothing in its error log"
+
+    async def close(self) -> None:
+        self._started = False
+        if self._reloader is not None and not self._reloader.done():
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)  # fast shutdown: workers close their connections
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._idle is not None:
+            self._idle.close()
+            self._idle = None
+        for name in ("idle.sock", "ctl.sock"):
+            (self.dir / name).unlink(missing_ok=True)
+        await self.slow.close()
+
+    @property
+    def nginx_pid(self) -> int | None:
+        """The master's pid while it runs (tests check it is gone after close)."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+
+def _die_with_parent() -> list[str]:
+    """`setpriv --pdeathsig TERM`: if InkMCP dies without closing (SIGKILL, a crash), nginx stops too and
+    frees the port, instead of serving a stale route table to nobody's benefit."""
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise InvalidArgument(
+            f"the proxy cannot listen on {host}:{port}: {exc.strerror}",
+            argument="INKMCP_PROXY_PORT",
+            fix="stop what uses that port or choose another INKMCP_PROXY_PORT / INKMCP_PROXY_HOST",
+        ) from exc
+    sock.set_inheritable(True)
+    sock.setblocking(False)
+    return sock
+
+
+def _listen_address(sock: socket.socket | None) -> str:
+    """nginx's `listen` for the bound socket, spelled so nginx matches it to the inherited one."""
+    assert sock is not None
+    host, port = sock.getsockname()[:2]
+    ip = ipaddress.ip_address(host)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _reap_stale(run_dir: Path) -> None:
+    """Stop an nginx a crashed InkMCP left running with this directory's config (it holds the port)."""
+    pid_file = run_dir / "nginx.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"nginx" not in cmdline or str(run_dir / "nginx.conf").encode() not in cmdline:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
