@@ -418,3 +418,16 @@ async def test_settings_switch_compute_to_coolify_and_the_built_client_polices_t
                                           json={"limits_memory": "2048m"})  # fmt: skip
     finally:
         await provider.close()
+
+
+async def test_a_build_command_dropped_by_the_next_release_is_cleared_in_coolify(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    await release(h, book, h.request(key, message="one", build_command="echo compiled"))
+    since = len(h.standin.requests)
+    await release(h, book, h.request(key, message="two"))
+    app_uuid = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    patch = next(b for m, p, b in app_bodies(h, since) if m == "PATCH" and p == f"/api/v1/applications/{app_uuid}")
+    assert patch["build_command"] == ""  # Coolify keeps what a PATCH omits: the release clears it explicitly
+    assert not h.standin.applications[app_uuid].fields.get("build_command")
+    assert await h.serve(key) == "two"
