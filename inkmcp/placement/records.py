@@ -69,6 +69,13 @@ GROUP BY node_uuid
 """
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: Node
+    load: NodeLoad
+    not_target: str | None
+
+
 class Placer(Protocol):
     """What the Coolify compute provider calls."""
 
@@ -229,6 +236,17 @@ class PlacementService:
         async with self._sessions() as session:
             row = await session.get(Placement, uuid.UUID(service_id))
             return _reservation(row) if row is not None else None
+
+    async def status(self) -> list[NodeStatus]:
+        """Every node with what is reserved there and why it takes nothing new (None: it does), for operators
+        (`inkmcp nodes list`, `inkmcp doctor`): a server Coolify lists but INKMCP_PLACEMENT_NODES does not name
+        shows up here as "no capacity configured"."""
+        listed = await self._source()
+        async with self._sessions() as session:
+            nodes = await _with_draining(session, listed)
+            loads = await _loads(session, "00000000-0000-0000-0000-000000000000")
+        return [NodeStatus(node=n, load=loads.get(n.uuid, NodeLoad()), not_target=n.why_not_target())
+                for n in sorted(nodes, key=lambda n: n.name)]
 
     # -- draining ------------------------------------------------------------------------------------------
 

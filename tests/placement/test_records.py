@@ -265,3 +265,18 @@ async def test_drain_plan_marks_the_node_and_moves_commit_without_overbooking(ps
     assert [r.memory_mb for r in await rows(pstore, old)] == [2048]
     with pytest.raises(LookupError, match="known run servers"):
         await placer.plan_drain("no-such-server")
+
+
+async def test_status_shows_each_nodes_reservations_and_why_it_takes_nothing(pstore: Store) -> None:
+    a, b, c = uniq("a"), uniq("b"), uniq("c")
+    placer = PlacementService(pstore.sessionmaker, fixed(node(a, memory=8192), node(b, memory=0, cpus=0),
+                                                         node(c, memory=4096)), Policy(on_demand_overcommit=4))
+    (s1, p1), (s2, p2) = await make_services(pstore, 2)
+    await placer.place(key(s1, p1), Mode.persistent, Resources(memory_mb=1024, cpus=0.5))
+    await placer.place(key(s2, p2), Mode.on_demand, Resources(memory_mb=2048, cpus=1))
+    await placer.set_draining(node(c, memory=4096))
+    got = {st.node.uuid: st for st in await placer.status()}
+    assert (got[a].load.memory_mb, got[a].load.hard_memory_mb, got[a].load.services) == (1024 + 512, 1024, 2)
+    assert got[a].load.on_demand_max_memory_mb == 2048 and got[a].not_target is None
+    assert got[b].not_target == "no capacity configured (INKMCP_PLACEMENT_NODES)"
+    assert got[c].not_target == "draining" and got[c].load.services == 0
