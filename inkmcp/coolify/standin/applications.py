@@ -12,13 +12,13 @@ Facts a client must know, as the controller has them:
 * `domains` blank + `autogenerate_domain` (default true) -> `http://<app uuid>.<wildcard host>` from the
   server's `wildcard_domain`, else `<ip>.sslip.io` (generateUrl, bootstrap/helpers/shared.php:1262).
 * `custom_labels` sent at create are replaced by Coolify's generated labels (`is_container_label_readonly_enabled`
-  defaults true and is not settable by API, :1517-1520); a PATCH of `custom_labels` is stored as sent and kept
-  unless the same PATCH changes domains/basic auth (:3124-3126).
-* `POST /applications/dockerfile`: the EXPOSE parser gets the still-base64 text (:2087), so `ports_exposes`
-  is 80 whatever is sent; `git_repository` coollabsio/coolify, branch main (:2095-2096).
+  defaults true and is not settable by API, :1518-1521); a PATCH of `custom_labels` is stored as sent and kept
+  unless the same PATCH changes domains/basic auth (:3127-3129).
+* `POST /applications/dockerfile`: the EXPOSE parser gets the still-base64 text (:2090), so `ports_exposes`
+  is 80 whatever is sent; `git_repository` coollabsio/coolify, branch main (:2105-2106).
 * a public app without `ports_exposes` (non-compose) violates the NOT NULL column: Laravel answers 500
   "Server Error" (create_applications_table.php:39); the spec does not mark it required.
-* `instant_deploy` queues a deployment but the answer carries no deployment uuid (:1540-1552).
+* `instant_deploy` queues a deployment but the answer carries no deployment uuid (:1527-1539).
 * `git_commit_sha` defaults to HEAD; the deployment's `commit` is that sha (queue_application_deployment).
 
 Delete is queued (DeleteResourceJob): 200 "Application deletion request queued.", the application is gone
@@ -596,7 +596,7 @@ class ApplicationsMixin:
             if key not in REQUEST_ONLY:
                 app.fields[key] = value
         relabel = False
-        if "domains" in body and self._proxy_should_run(server):  # :3116-3118, silently dropped otherwise
+        if "domains" in body and self._proxy_should_run(server):  # :3113-3115, silently dropped otherwise
             domains = body["domains"]
             app.fields["fqdn"] = rules.normalize_domains(domains) if isinstance(domains, str) else None
             relabel = True
@@ -604,7 +604,7 @@ class ApplicationsMixin:
                                    "http_basic_auth_password")):
             relabel = True
         if relabel and app.settings["is_container_label_readonly_enabled"] and self._proxy_should_run(server):
-            app.fields["custom_labels"] = self._generated_labels(app)  # :3124-3126
+            app.fields["custom_labels"] = self._generated_labels(app)  # :3127-3129
         app.updated_at = now_iso()
         if _bool(body.get("instant_deploy")):
             result = self._queue_deployment(app)
@@ -641,7 +641,7 @@ class ApplicationsMixin:
                                         no_questions_asked=_bool(q.get("instant_deploy", "false")))
         if result["status"] == "skipped":
             return JSONResponse({"message": result["message"]})
-        # :4120-4130: queue_full is not checked here, so the answer names a deployment that was never stored
+        # :4063-4093: queue_full is not checked here, so the answer names a deployment that was never stored
         return JSONResponse({"message": "Deployment request queued.", "deployment_uuid": result["deployment_uuid"]})
 
     def _action_restart(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,

@@ -3,7 +3,7 @@
 `POST /databases/postgresql` (create_database :1764-1970): JSON body, the allow-list (422 per unknown key),
 environment_name or _uuid (422), project (404), environment (422 "You need to provide a valid environment_name or
 environment_uuid."), server (404), build server (422), `is_public` silently false without `public_port`
-(:1800-1802), a public port used by another database of the server (400), public_port 1024-65535 (422),
+(:1802-1804), a public port used by another database of the server (400), public_port 1024-65535 (422),
 postgres_conf base64. The common type rules (:1852-1878) are never enforced: the controller asks
 `$validator->failed()`, which is empty before validation runs (:1874), so e.g. `limits_memory: 512` passes.
 Answer **201** {uuid, internal_db_url, external_db_url when public} (the spec says 200, no schema).
@@ -126,7 +126,7 @@ class DatabasesMixin:
             return JSONResponse({"message": "You need to provide at least one of environment_name or "
                                             "environment_uuid."}, 422)
         if body.get("is_public") and not body.get("public_port"):
-            body["is_public"] = False  # :1800-1802
+            body["is_public"] = False  # :1802-1804
         project = self.projects.get(str(body.get("project_uuid")))
         if project is None or project.team_id != token.team_id:
             return JSONResponse({"message": "Project not found."}, 404)

@@ -5,11 +5,11 @@ Queueing is `queue_application_deployment` (bootstrap/helpers/applications.php:1
 1. queue full: `queued` rows of the server >= `settings.deployment_queue_limit` (default 25) -> status
    queue_full (only `queued` rows count, not `in_progress`: applications.php:33-37). `POST /deploy` answers 429
    "Deployment queue is full. Please wait for existing deployments to complete." with Retry-After: 60
-   (DeployController.php:447-449); `/start` and `/restart` do not check and answer 200 with a deployment uuid
+   (DeployController.php:450); `/start` and `/restart` do not check and answer 200 with a deployment uuid
    that was never stored (NOTES.md §h).
 2. same app + commit + PR already queued/in progress, and neither force nor no_questions_asked -> skipped
    ("Deployment already queued for this commit."). `POST /deploy` still reports the *new* uuid it generated
-   (DeployController.php:541-551 assigns it before queueing and returns it): a uuid that GET /deployments/{uuid}
+   (DeployController.php:539 assigns it before queueing and returns it): a uuid that GET /deployments/{uuid}
    answers 404 for. `/start` and `/restart` answer only the message.
 3. a row `queued`; `in_progress` at once when `no_questions_asked` (instant deploy) or `next_queuable` (no
    in-progress deployment of the app, fewer than `concurrent_builds` in progress on the server).
@@ -212,6 +212,10 @@ class DeploymentsMixin:
     def _finish(self, dep: Deployment, at: float) -> None:
         app = self.applications.get(dep.application_uuid)
         dep.finished_at = at
+        server = self.servers.get(dep.server_uuid)
+        if server is not None and server.unreachable and dep.fail_with is None:  # lost during the build
+            dep.fail_with = (f"Server {server.name} is not reachable. ssh: connect to host {server.ip} port "
+                             f"{server.port}: Connection refused")
         if dep.fail_with is not None or app is None:
             self._log(dep, dep.fail_with or "Application not found.", "stderr")
             self._log(dep, "Deployment failed. Removing the new version of your application.", "stderr")
@@ -286,7 +290,7 @@ class DeploymentsMixin:
                 if result["status"] == "queue_full":
                     return JSONResponse({"message": result["message"]}, 429, headers={"Retry-After": "60"})
                 if result["status"] == "skipped":
-                    # :541-551 the uuid generated before queueing is returned, not the existing deployment's
+                    # :539 the uuid generated before queueing is returned, not the existing deployment's
                     deployments.append({"message": result["message"], "resource_uuid": uuid,
                                         "deployment_uuid": new_uuid()})
                 else:

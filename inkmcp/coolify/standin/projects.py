@@ -95,11 +95,11 @@ class ProjectsMixin:
         if project.description is not None:
             out["description"] = project.description
         if with_environments:
-            out["environments"] = [ProjectsMixin._env_json(e) for e in project.environments]
+            out["environments"] = [ProjectsMixin._environment_json(e) for e in project.environments]
         return out
 
     @staticmethod
-    def _env_json(env: Environment) -> dict[str, Any]:
+    def _environment_json(env: Environment) -> dict[str, Any]:
         out: dict[str, Any] = {"id": env.id, "uuid": env.uuid, "name": env.name, "project_id": env.project_id,
                                "created_at": env.created_at, "updated_at": env.updated_at}
         if env.description is not None:
@@ -221,7 +221,7 @@ class ProjectsMixin:
         apps, dbs = self._environment_resources(environment)
         # ProjectController.php:198-203: loads applications, postgresqls, redis, mongodbs, mysqls, mariadbs,
         # services, each with exposeSensitiveFields
-        out = self._env_json(environment)
+        out = self._environment_json(environment)
         out.update(applications=[self._app_json(a, sensitive) for a in apps],
                    postgresqls=[self._db_json(d, sensitive) for d in dbs], redis=[], mongodbs=[], mysqls=[],
                    mariadbs=[], services=[])
