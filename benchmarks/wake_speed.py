@@ -264,7 +264,65 @@ async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
             shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
             shutil.rmtree(repos[k], ignore_errors=True)
     figures["spawn_ms"] = spawn_cost()
+    figures["readiness_ms"] = await readiness_lateness()
     return figures
+
+
+LISTENER = (
+    "import os, random, socket, time\n"
+    "time.sleep(random.uniform(0.02, 0.12))\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen()\n"
+    "print('LISTEN', time.monotonic(), flush=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept(); c.close()\n"
+)
+
+
+async def readiness_lateness(rounds: int = 30) -> dict[str, dict[str, float]]:
+    """ms from the app's listen() to the health check noticing, for the kernel probe and the old connect
+    poller, interleaved; the app listens after a random 20-120 ms, as a real app would after its imports."""
+    from inkmcp.build.plan import BuildPlan, ProcessSpec, ServiceType, Stack
+    from inkmcp.providers.compute.local import release
+    from inkmcp.providers.compute.local.spawn import StartSettings
+    from inkmcp.providers.compute.local.supervisor import Backoff
+
+    work = traversable_tmpdir("inkmcp-readiness-")
+    (work / "app.py").write_text(LISTENER)
+    plan = BuildPlan(stack=Stack.none, source="call",
+                     processes=(ProcessSpec(name="web", command="/usr/bin/python3 app.py", routed=True),))
+    meta = release.ReleaseMeta(deployment_id="bench", service_type=ServiceType.webapp, plan=plan)
+    out: dict[str, list[float]] = {"sock_diag": [], "connect": []}
+    original = release.start_settings
+    try:
+        for _ in range(rounds):
+            for mode in out:
+                settings = StartSettings(tenant_readiness=mode)  # type: ignore[arg-type]
+                release.start_settings = lambda settings=settings: settings  # type: ignore[assignment]
+                lines: list[str] = []
+                printed = asyncio.Event()
+
+                def sink(line: str, lines: list[str] = lines, printed: asyncio.Event = printed) -> None:
+                    lines.append(line)
+                    if "LISTEN" in line:
+                        printed.set()
+
+                run = release.ReleaseRun(meta, app_dir=work, service_env={}, run_as=None, home=str(work),
+                                         port=free_port(), sink=sink, run_dir=work,
+                                         tenant_python="/usr/bin/python3", backoff=Backoff())
+                await run.start()
+                try:
+                    await run.wait_healthy(10)
+                    noticed = time.monotonic()
+                    await asyncio.wait_for(printed.wait(), 5)
+                    listened = float(next(x for x in lines if "LISTEN" in x).split()[-1])
+                    out[mode].append((noticed - listened) * 1000)
+                finally:
+                    await run.stop(1.0)
+    finally:
+        release.start_settings = original
+        shutil.rmtree(work, ignore_errors=True)
+    return {k: {"p50": statistics.median(v), "p99": pct(v, 99)} for k, v in out.items()}
 
 
 def table(now: dict[str, Any], before: dict[str, Any] | None) -> str:
@@ -286,6 +344,13 @@ def table(now: dict[str, Any], before: dict[str, Any] | None) -> str:
         old = (before or {}).get("spawn_ms", {}).get(path)
         lines.append(f"| {path} | {v['p50']:.2f} | {v['p99']:.2f} | {old['p50']:.2f} |" if old
                      else f"| {path} | {v['p50']:.2f} | {v['p99']:.2f} | - |")
+    lines.append("")
+    lines.append("| listen() → health check notices | p50 ms | p99 ms | baseline p50 ms |")
+    lines.append("| --- | --- | --- | --- |")
+    for mode, v in now.get("readiness_ms", {}).items():
+        old = (before or {}).get("readiness_ms", {}).get(mode)
+        lines.append(f"| {mode} | {v['p50']:.2f} | {v['p99']:.2f} | {old['p50']:.2f} |" if old
+                     else f"| {mode} | {v['p50']:.2f} | {v['p99']:.2f} | - |")
     lines.append(f"\ninkmcp serve RSS: {now['server_rss_mb']} MB")
     return "\n".join(lines)
 

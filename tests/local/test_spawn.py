@@ -24,6 +24,7 @@ from inkmcp.providers.compute.local import spawn as spawn_mod
 from inkmcp.providers.compute.local.command import command_argv, direct_argv
 from inkmcp.providers.compute.local.readiness import ListenProbe
 from inkmcp.providers.compute.local.spawn import StartSettings
+from inkmcp.providers.compute.local.users import _kill_all_as, ensure_project_user
 from tests.local.conftest import PY, Events, get, key_for, no_record, request_for
 from tests.requirements import require, requires
 
@@ -287,3 +288,27 @@ async def test_wake_is_detected_by_the_kernel_probe_and_serves(make_provider, ch
         await asyncio.sleep(0.05)
     response = await asyncio.wait_for(get(provider, key), 20)
     assert response.status_code == 200 and response.text == "ok"
+
+
+@ROOT
+async def test_kill_all_ends_the_users_processes_as_the_user_and_refuses_root(data_dir, project_ids):
+    """delete's kill(-1) runs through the wrapper as the project's user: the user's processes (in another
+    session too) die, root's survive, and the wrapper refuses to do it as uid 0."""
+    run_as = await ensure_project_user(project_ids(), data_dir / "homes")
+    assert run_as is not None
+    wrapper = spawn_mod.find_wrapper()
+    assert wrapper is not None, spawn_mod.unavailable_reason()
+    victim = subprocess.Popen(["/bin/sleep", "300"], user=run_as.uid, group=run_as.gid, extra_groups=[],
+                              start_new_session=True)  # fmt: skip
+    bystander = subprocess.Popen(["/bin/sleep", "300"], start_new_session=True)
+    try:
+        refused = subprocess.run([str(wrapper), "--ids", "0:0", "--kill-all"], capture_output=True, text=True)
+        assert refused.returncode == 126 and "--kill-all needs --ids with a uid other than 0" in refused.stderr
+        assert bystander.poll() is None
+        await asyncio.to_thread(_kill_all_as, run_as.uid, run_as.gid)
+        assert victim.wait(5) == -9
+        assert bystander.poll() is None
+    finally:
+        for proc in (victim, bystander):
+            proc.kill()
+            proc.wait()

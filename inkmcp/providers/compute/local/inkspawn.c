@@ -23,6 +23,10 @@
  * to stderr and exits 126 (nothing of the tenant ran); a command that cannot be executed exits 127
  * (not found) or 126, like a shell would. Session, umask and the std streams are set by the caller.
  *
+ * With --kill-all (and --ids), no command: after the drop it SIGKILLs every process the tenant may
+ * signal, in one pass inside the kernel (kill(-1)), and exits 0; how a project's processes are ended
+ * when the project is deleted (users.py), without forking the server for it.
+ *
  * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--cgroup PROCS_FILE]... [--tmp DIR
  *        [--var-tmp PATH] [--shm PATH --shm-options OPTS] [--hide-pids]] [--ids UID:GID]
  *        [--chdir DIR] -- COMMAND [ARG]...
@@ -32,6 +36,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,7 +117,7 @@ static void check(int rc, const char *step) {
 }
 
 int main(int argc, char **argv) {
-    int env_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0;
+    int env_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0, kill_all = 0;
     unsigned long long fsize = 0;
     const char *cgroups[MAX_CGROUPS];
     int ncgroups = 0;
@@ -124,6 +129,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         if (strcmp(a, "--") == 0) { i++; break; }
         if (strcmp(a, "--hide-pids") == 0) { hide_pids = 1; continue; }
+        if (strcmp(a, "--kill-all") == 0) { kill_all = 1; continue; }
         if (i + 1 >= argc) usage("an option is missing its value");
         const char *v = argv[++i];
         if (strcmp(a, "--env-fd") == 0) env_fd = (int)number(v, "--env-fd takes a file descriptor");
@@ -147,7 +153,8 @@ int main(int argc, char **argv) {
         }
         else usage("unknown option");
     }
-    if (i >= argc) usage("no command after --");
+    if (kill_all && (!have_ids || uid == 0)) usage("--kill-all needs --ids with a uid other than 0");
+    if (i >= argc && !kill_all) usage("no command after --");
     char **command = argv + i;
 
     char *empty[] = {NULL};
@@ -182,6 +189,10 @@ int main(int argc, char **argv) {
         check(setgroups(0, NULL), "switching to the project's user");
         check(setresgid(gid, gid, gid), "switching to the project's user");
         check(setresuid(uid, uid, uid), "switching to the project's user");
+    }
+    if (kill_all) {
+        if (kill(-1, SIGKILL) != 0 && errno != ESRCH) fail("killing the user's processes", errno);
+        _exit(0);
     }
     if (cwd != NULL && chdir(cwd) != 0) {
         char step[4096];

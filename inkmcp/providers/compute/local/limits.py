@@ -9,8 +9,10 @@ preferred; hosts still on v1 use its memory, cpu, pids and freezer controllers. 
 without the controllers the limits cannot be enforced, and `reason` says why (the deployment history
 shows it).
 
-A process joins its group in the forked child, while still root and before it execs tenant code
-(`inkmcp.build.process.TenantSandbox`), so nothing it forks can start outside the limits. Because
+A process joins its group while still root and before it execs tenant code, so nothing it forks
+can start outside the limits: runtime processes and release commands in the `inkmcp-spawn` exec
+wrapper that the server vforks (`spawn.py`), build steps in the forked child of
+`inkmcp.build.process.TenantSandbox`. Because
 every descendant stays in the group, the group is also how a service is ended for good: `kill_all`
 freezes it, SIGKILLs every member (double-forked `setsid` daemons included, which no process-tree
 walk finds) and waits until it is empty.

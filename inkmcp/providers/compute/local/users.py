@@ -27,6 +27,7 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.errors import ProviderError
+from inkmcp.providers.compute.local.spawn import find_wrapper
 from inkmcp.safefs import ensure_owned_dir
 
 USER_PREFIX = "ink-"
@@ -172,6 +173,20 @@ def _kill_everything_as(uid: int, gid: int) -> Callable[[], None]:
     return run
 
 
+def _kill_all_as(uid: int, gid: int) -> None:
+    """kill(-1, SIGKILL) as the user: through the exec wrapper (vfork, the server is not copied) when it
+    is built, else in a forked child's preexec_fn."""
+    wrapper = find_wrapper()
+    if wrapper is not None:
+        argv: list[str] = [str(wrapper), "--ids", f"{uid}:{gid}", "--kill-all"]
+        subprocess.run(argv, env={}, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False, close_fds=True)  # fmt: skip
+        return
+    subprocess.run(["/bin/true"], preexec_fn=_kill_everything_as(uid, gid), env={}, cwd="/",
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False, close_fds=True)  # fmt: skip
+
+
 def kill_user_processes(uid: int, gid: int, timeout: float = 10.0) -> int:
     """SIGKILL every process of `uid` until none is left (blocking); returns how many were seen.
 
@@ -194,9 +209,7 @@ def kill_user_processes(uid: int, gid: int, timeout: float = 10.0) -> int:
                 if p.status() != psutil.STATUS_ZOMBIE:
                     live.append(p)
         if live:
-            subprocess.run(["/bin/true"], preexec_fn=_kill_everything_as(uid, gid), env={}, cwd="/",
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           check=False, close_fds=True)  # fmt: skip
+            _kill_all_as(uid, gid)
             for p in live:  # and by pid from root, should the user have been unable to signal something
                 with contextlib.suppress(psutil.Error):
                     p.kill()
