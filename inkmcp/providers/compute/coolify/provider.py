@@ -18,7 +18,8 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
                        "live_commit", "live_deployments": {process: Coolify deployment uuid}, "url",
                        "dns_records", "env_revision", "env_change": {"revision", "after": {process: uuid|None},
                        "deployments": {process: uuid}}}
-      deployment_ref  {"intent": {process: newest Coolify deployment uuid before ours | None},
+      deployment_ref  {"env_written": true once the new env may be in Coolify (no rollback snapshot after),
+                       "intent": {process: newest Coolify deployment uuid before ours | None},
                        "deployments": {process: uuid}, "rollbacks": {process: uuid | None}}
 
   `intent` is the write-ahead: recorded *before* `POST /deploy`, so an attempt whose answer was lost (or that
@@ -296,6 +297,11 @@ class CoolifyComputeProvider:
         apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record)
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
         snapshot: dict[str, dict[str, str]] = {}
+        if not dep_ref.get("env_written"):  # the env the live release runs with (for a rollback): memory only
+            for name in specs:
+                snapshot[name] = await self._read_env(apps[name], name)
+            dep_ref["env_written"] = True  # from here on Coolify may hold the new env: a later attempt has no snapshot
+            await record(RefScope.deployment, dep_ref)
         for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
             app = apps[name]
             await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
@@ -304,9 +310,7 @@ class CoolifyComputeProvider:
                 self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
                 await self._call(f"labelling {name}", self.client.update_application(
                     app, m.ApplicationUpdate(custom_labels=labels)))
-            previous = await self._set_env(app, name, env_bodies[name])
-            if name not in started and "intent" not in dep_ref:
-                snapshot[name] = previous  # the env the live release runs with (rollback); memory only
+            await self._set_env(app, name, env_bodies[name])
 
         for name in specs:
             if name not in started:
@@ -445,12 +449,15 @@ class CoolifyComputeProvider:
             await record(RefScope.service, service_ref)
         return apps
 
-    async def _set_env(self, app: str, process: str, body: dict[str, Any]) -> dict[str, str]:
-        """Replace the application's env with `body` (bulk upsert + delete of the rest); return what it was."""
+    async def _read_env(self, app: str, process: str) -> dict[str, str]:
+        """The application's env values (`value`, not `real_value`: Coolify quotes a literal's real_value)."""
+        current = await self._call(f"reading env of {process}", self.client.list_envs(app))
+        return {e.key: e.value or "" for e in current if not e.is_preview and e.value is not None}
+
+    async def _set_env(self, app: str, process: str, body: dict[str, Any]) -> None:
+        """Replace the application's env with `body` (bulk upsert + delete of the rest)."""
         self._check("PATCH", f"/applications/{app}/envs/bulk", body)
         current = await self._call(f"reading env of {process}", self.client.list_envs(app))
-        # `value`, not `real_value`: Coolify quotes a literal's real_value ('…') for the shell
-        previous = {e.key: e.value or "" for e in current if not e.is_preview and e.value is not None}
         await self._call(f"setting env of {process}", self.client.update_envs(
             app, [m.EnvVarSet(**item) for item in body["data"]]))
         wanted = {item["key"] for item in body["data"]}
@@ -463,7 +470,6 @@ class CoolifyComputeProvider:
                     pass  # gone already (a repeat, or the preview twin went with it)
                 except CoolifyError as e:
                     raise _error(e, f"removing env var {env.key} of {process}") from None
-        return previous
 
     async def _deploy(self, app: str, what: str) -> str | None:
         """`POST /deploy` of one application: its deployment uuid, or None when Coolify skipped it because one
