@@ -102,11 +102,15 @@ def test_public_app_fields_domain_from_the_wildcard_and_the_201_answer(standin: 
     assert standin.deployments == {}  # instant_deploy false: nothing queued
 
 
-def test_public_app_without_ports_exposes_is_a_server_error_like_the_not_null_column(
-        standin: CoolifyStandin) -> None:
+def test_ports_exposes_is_optional_and_checked_when_sent(standin: CoolifyStandin) -> None:
     team = seed(standin)
     r = team.client.post("/applications/public", json=team.app_body(ports_exposes=None))
-    assert (r.status_code, r.json()) == (500, {"message": "Server Error"})
+    assert r.status_code == 201  # nullable since migration 2026_03_26_000000
+    assert "ports_exposes" not in team.app(r.json()["uuid"])
+    r = team.client.post("/applications/public", json=team.app_body(ports_exposes="3000:3000"))
+    assert r.status_code == 422 and "ports_exposes" in r.json()["errors"]
+    r = team.client.patch(f"/applications/{team.create_app()}", json={"ports_exposes": "80,http"})
+    assert r.json()["errors"] == {"ports_exposes": "The ports_exposes should be a comma separated list of numbers."}
 
 
 def test_dockerfile_app_ignores_ports_exposes_and_dockerimage_splits_the_tag(standin: CoolifyStandin) -> None:

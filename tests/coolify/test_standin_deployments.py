@@ -35,7 +35,13 @@ def test_deployment_moves_queued_in_progress_finished_and_status_refreshes_later
     done = team.wait_deployment(entry["deployment_uuid"])
     assert done["status"] == "finished"
     assert team.app(app)["status"] == "exited"  # GetContainersStatus has not run yet
-    wait_for(lambda: team.app(app)["status"] == "running:healthy", what="the asynchronous status refresh")
+    seen: list[str] = []
+
+    def healthy() -> bool:
+        seen.append(team.app(app)["status"])
+        return seen[-1] == "running:healthy"
+    wait_for(healthy, what="the asynchronous status refresh")
+    assert "starting:unknown" in seen  # the health check's start period comes first
     assert team.client.get("/deployments").json() == []  # only queued/in_progress are listed
     logs = json.loads(done["logs"])  # a JSON string of entries, as ApplicationDeploymentQueue stores it
     assert set(logs[0]) == {"command", "output", "type", "timestamp", "hidden", "batch"}  # no order on the first

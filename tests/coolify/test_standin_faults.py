@@ -3,6 +3,7 @@ does exactly what it says (before or after the state change), and the rate limit
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from inkmcp.coolify.spec import CoolifySpec
 from inkmcp.coolify.standin import CoolifyStandin
-from tests.coolify.standin_support import api, seed
+from tests.coolify.standin_support import api, seed, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,6 +137,23 @@ def test_slow_builds_per_app(tmp_path: Path, spec: CoolifySpec) -> None:
         slow_dep = team.deploy(slow_app).json()["deployments"][0]["deployment_uuid"]
         team.wait_deployment(team.deploy(fast_app).json()["deployments"][0]["deployment_uuid"])
         assert team.deployment(slow_dep)["status"] == "in_progress"
+
+
+def test_crash_on_start_fails_a_health_checked_rollout_and_degrades_an_unchecked_app(
+        standin: CoolifyStandin) -> None:
+    team = seed(standin)
+    checked, unchecked = team.create_app(health_check_enabled=True), team.create_app()
+    team.wait_deployment(team.deploy(checked).json()["deployments"][0]["deployment_uuid"])
+    running = standin.application(checked).container
+    standin.crash_on_start(app_uuid=checked, line="panic: missing DATABASE_URL")
+    dep = team.wait_deployment(team.deploy(checked, force="true").json()["deployments"][0]["deployment_uuid"])
+    outputs = [e["output"] for e in json.loads(dep["logs"])]
+    assert dep["status"] == "failed" and "panic: missing DATABASE_URL" in outputs
+    assert standin.application(checked).container is running  # rolled back: the old container serves
+    standin.crash_on_start(app_uuid=unchecked)
+    dep = team.wait_deployment(team.deploy(unchecked).json()["deployments"][0]["deployment_uuid"])
+    assert dep["status"] == "finished"  # without a health check Coolify cannot tell
+    wait_for(lambda: team.app(unchecked)["status"] == "degraded:unhealthy", what="the crash loop status")
 
 
 @pytest.mark.slow

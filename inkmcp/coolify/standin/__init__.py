@@ -10,8 +10,8 @@ one of the documented ways real Coolify is go to `deviations_seen`, see deviatio
 behave like Coolify's at 379abb2 where a client can get it wrong (each module's docstring cites file:line).
 
 Faults are injected through the object (faults.py): `fail_next`, `throttle_next`, `delay_next`, `drop_next`,
-`fail_builds`, `slow_builds`, `set_server_unreachable`; counters: `requests_of`, `request_count`, `peak_rate`,
-`throttled`.
+`fail_builds`, `slow_builds`, `crash_on_start`, `set_server_unreachable`; counters: `requests_of`,
+`request_count`, `peak_rate`, `throttled`.
 
 Run one for local development: `python -m inkmcp.coolify.standin --port 8000 --token-file token.txt`.
 """
@@ -104,6 +104,9 @@ class CoolifyStandin(FaultsMixin, DeploymentsMixin, ApplicationsMixin, Databases
 
     def _take_build_fault(self, app_uuid: str) -> str | None:
         return FaultsMixin._take_build_fault(self, app_uuid)
+
+    def _take_crash_fault(self, app_uuid: str) -> str | None:
+        return FaultsMixin._take_crash_fault(self, app_uuid)
 
     def _take_fault(self, method: str, api_path: str) -> Fault | None:
         return FaultsMixin._take_fault(self, method, api_path)

@@ -81,6 +81,7 @@ class StandinCore:
         """Answers outside the spec in one of the ways real Coolify is (deviations.KNOWN_DEVIATIONS)."""
         self.faults: list[Fault] = []
         self.build_faults: list[Any] = []
+        self.crash_faults: list[Any] = []
         self.app_build_seconds: dict[str, float] = {}
         self._throttle: dict[int, Throttle] = {}
         self._lock = threading.RLock()

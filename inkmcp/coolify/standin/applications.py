@@ -16,8 +16,10 @@ Facts a client must know, as the controller has them:
   unless the same PATCH changes domains/basic auth (:3127-3129).
 * `POST /applications/dockerfile`: the EXPOSE parser gets the still-base64 text (:2090), so `ports_exposes`
   is 80 whatever is sent; `git_repository` coollabsio/coolify, branch main (:2105-2106).
-* a public app without `ports_exposes` (non-compose) violates the NOT NULL column: Laravel answers 500
-  "Server Error" (create_applications_table.php:39); the spec does not mark it required.
+* `ports_exposes` is optional: the column is nullable since migration 2026_03_26_000000 (an app created without
+  it has no exposed port; the generated labels then carry no port).
+* `health_check_enabled` defaults to false (migration 2024_07_19_132617), so a deployed app without a health
+  check reads `running:unknown`, with one `starting:unknown` then `running:healthy`.
 * `instant_deploy` queues a deployment but the answer carries no deployment uuid (:1527-1539).
 * `git_commit_sha` defaults to HEAD; the deployment's `commit` is that sha (queue_application_deployment).
 
@@ -277,7 +279,7 @@ class ApplicationsMixin:
     def _generated_labels(app: Application) -> str:
         """generateLabelsApplication (bootstrap/helpers/docker.php:866), the Traefik part, as stored on create:
         one label a line, not base64."""
-        port = "80" if app.settings.get("is_static") else str(app.fields.get("ports_exposes") or "80").split(",")[0]
+        port = "80" if app.settings.get("is_static") else str(app.fields.get("ports_exposes") or "").split(",")[0]
         labels = ["traefik.enable=true", "traefik.http.middlewares.gzip.compress=true",
                   "traefik.http.middlewares.redirect-to-https.redirectscheme.scheme=https"]
         for i, url in enumerate(rules.domain_list(app.fields.get("fqdn") or "")):
@@ -285,8 +287,9 @@ class ApplicationsMixin:
             labels += [f"traefik.http.routers.{router}.entryPoints=http",
                        f"traefik.http.routers.{router}.middlewares=gzip",
                        f"traefik.http.routers.{router}.rule=Host(`{rules.host_of(url)}`) && PathPrefix(`/`)",
-                       f"traefik.http.routers.{router}.service={router}",
-                       f"traefik.http.services.{router}.loadbalancer.server.port={port}"]
+                       f"traefik.http.routers.{router}.service={router}"]
+            if port:
+                labels.append(f"traefik.http.services.{router}.loadbalancer.server.port={port}")
         return "\n".join(labels)
 
     def _app_json(self, app: Application, sensitive: bool) -> dict[str, Any]:
@@ -392,9 +395,6 @@ class ApplicationsMixin:
             dockerfile_text = rules.b64_text(body["dockerfile"])
             if dockerfile_text is None:
                 return rules.invalid({"dockerfile": "The dockerfile should be base64 encoded."})
-        if kind == "public" and body["build_pack"] != "dockercompose" and not body.get("ports_exposes"):
-            # NOT NULL column ports_exposes (create_applications_table.php:39): QueryException -> 500
-            return JSONResponse({"message": "Server Error"}, 500)
 
         app = Application(self._id(), new_uuid(), token.team_id, environment.id, server.uuid,
                           server.destination_id, fields=dict(DEFAULTS), settings=dict(SETTING_DEFAULTS))

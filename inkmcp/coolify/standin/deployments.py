@@ -18,8 +18,9 @@ The clock (`_advance`): an `in_progress` deployment ends `build_seconds` after i
 for restart-only; `slow_builds` per app) as `finished`, or `failed` when a build fault is armed or the server is
 unreachable, each with Coolify-shaped log entries; then the server's queue moves (queue_next_deployment). On
 `finished`, the application's container is replaced (it starts with the env revision current at that moment)
-and `status_delay` seconds later GetContainersStatus writes `running:healthy` (`running:unknown` without a
-health check). A failed deployment leaves the old container and status.
+and GetContainersStatus writes, `status_delay` apart: `starting:unknown` then `running:healthy` with a health
+check, `running:unknown` without one (`crash_on_start`: the health check fails the rolling update, or without
+one `running:unknown` then `degraded:unhealthy`). A failed deployment leaves the old container and status.
 
 Logs are stored as Coolify does: a JSON string of entries {command, output, type, timestamp, hidden, batch,
 order} (order from the second entry on, ApplicationDeploymentQueue::addLogEntry:182-217), visible only with
@@ -70,6 +71,9 @@ class DeploymentsMixin:
         raise NotImplementedError
 
     def _take_build_fault(self, app_uuid: str) -> str | None:
+        raise NotImplementedError
+
+    def _take_crash_fault(self, app_uuid: str) -> str | None:
         raise NotImplementedError
 
     def _post_required(self) -> Response:
@@ -189,10 +193,10 @@ class DeploymentsMixin:
             if app.stop_at is not None and app.stop_at <= now:
                 app.stop_at = None
                 app.container = None
-                app.pending_status, app.status_at = None, None
+                app.status_plan.clear()
                 app.status = "exited"
-            if app.pending_status is not None and app.status_at is not None and app.status_at <= now:
-                app.status, app.pending_status, app.status_at = app.pending_status, None, None
+            while app.status_plan and app.status_plan[0][0] <= now:
+                app.status = app.status_plan.pop(0)[1]
             if app.delete_at is not None and app.delete_at <= now:
                 self._remove_application(app)
         self._advance_databases(now)
@@ -221,18 +225,35 @@ class DeploymentsMixin:
             self._log(dep, "Deployment failed. Removing the new version of your application.", "stderr")
             dep.status = "failed"
         else:
+            crash = self._take_crash_fault(app.uuid)
+            checked = bool(app.fields.get("health_check_enabled"))
             if not dep.restart_only:
                 self._log(dep, "Building docker image completed.")
             self._log(dep, "Rolling update started.")
             self._log(dep, "New container started.")
+            if crash is not None and checked:
+                # the health check gates the rolling update: the new container is removed, the old one stays
+                self._log(dep, crash, "stderr")
+                self._log(dep, "New container is not healthy, rolling back to the old container.", "stderr")
+                self._log(dep, "Deployment failed. Removing the new version of your application.", "stderr")
+                dep.status = "failed"
+                self._next_after(dep, at)
+                return
             self._log(dep, "Rolling update completed.")
             dep.status = "finished"
             env = {e.key: e.value or "" for e in app.envs if not e.is_preview and e.is_runtime}
             app.container = Container(dep.deployment_uuid, dep.commit, app.env_revision, env, at,
                                       logs=[f"container {app.uuid} started from deployment {dep.deployment_uuid} "
                                             f"(commit {dep.commit}, env revision {app.env_revision})"])
-            healthy = "running:healthy" if app.fields.get("health_check_enabled") else "running:unknown"
-            app.pending_status, app.status_at = healthy, at + self.status_delay
+            if crash is not None:  # no health check: Coolify cannot tell, the container crash-loops afterwards
+                app.container.logs.append(crash)
+                app.status_plan = [(at + self.status_delay, "running:unknown"),
+                                   (at + 2 * self.status_delay, "degraded:unhealthy")]
+            elif checked:  # ContainerStatusAggregator: health "starting" first, then healthy
+                app.status_plan = [(at + self.status_delay, "starting:unknown"),
+                                   (at + 2 * self.status_delay, "running:healthy")]
+            else:
+                app.status_plan = [(at + self.status_delay, "running:unknown")]
         self._next_after(dep, at)
 
     def _next_after(self, dep: Deployment, at: float) -> None:

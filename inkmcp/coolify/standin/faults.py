@@ -15,6 +15,9 @@ or deployments it matches, so a test states exactly which call fails and how:
   drops the request before anything happens.
 * `fail_builds(times=1, app_uuid=None, line=…)`: the next deployments end `failed` with that log line.
 * `slow_builds(seconds, app_uuid=None)`: builds take `seconds` (all apps, or one app).
+* `crash_on_start(times=1, app_uuid=None, line=…)`: the build succeeds but the new container crashes: with a
+  health check the rolling update fails (deployment `failed`, old container kept); without one the deployment
+  is `finished` and the status goes `running:unknown` -> `degraded:unhealthy`.
 * `set_server_unreachable(uuid, True)`: the node cannot be reached over SSH: deployments on it fail,
   `settings.is_reachable` turns false.
 
@@ -70,6 +73,7 @@ class FaultsMixin:
     _lock: threading.RLock
     faults: list[Fault]
     build_faults: list[BuildFault]
+    crash_faults: list[BuildFault]
     build_seconds: float
     app_build_seconds: dict[str, float]
 
@@ -102,6 +106,7 @@ class FaultsMixin:
         with self._lock:
             self.faults.clear()
             self.build_faults.clear()
+            self.crash_faults.clear()
 
     def fail_builds(self, times: int = 1, *, app_uuid: str | None = None,
                     line: str = "Oops something is not okay, are you okay? 😢") -> BuildFault:
@@ -110,6 +115,14 @@ class FaultsMixin:
         fault = BuildFault(times, app_uuid, line)
         with self._lock:
             self.build_faults.append(fault)
+        return fault
+
+    def crash_on_start(self, times: int = 1, *, app_uuid: str | None = None,
+                       line: str = "Error: Cannot find module '/app/server.js'") -> BuildFault:
+        """The next `times` new containers (of `app_uuid`, or any) exit at start, printing `line`."""
+        fault = BuildFault(times, app_uuid, line)
+        with self._lock:
+            self.crash_faults.append(fault)
         return fault
 
     def slow_builds(self, seconds: float, *, app_uuid: str | None = None) -> None:
@@ -129,8 +142,15 @@ class FaultsMixin:
                     return fault
         return None
 
+    def _take_crash_fault(self, app_uuid: str) -> str | None:
+        return self._take_from(self.crash_faults, app_uuid)
+
     def _take_build_fault(self, app_uuid: str) -> str | None:
-        for fault in self.build_faults:
+        return self._take_from(self.build_faults, app_uuid)
+
+    @staticmethod
+    def _take_from(faults: list[BuildFault], app_uuid: str) -> str | None:
+        for fault in faults:
             if fault.times > 0 and fault.app_uuid in (None, app_uuid):
                 fault.times -= 1
                 return fault.line

@@ -166,9 +166,8 @@ class Application:
     env_revision: int = 0
     """Bumped on every env create/update/delete; a container records the revision it started with."""
     status: str = "exited"
-    status_at: float | None = None
-    pending_status: str | None = None
-    """A status GetContainersStatus will write at `status_at` (refreshed asynchronously, NOTES.md §d)."""
+    status_plan: list[tuple[float, str]] = field(default_factory=list)
+    """Statuses GetContainersStatus will write, each at its time (refreshed asynchronously, NOTES.md §d)."""
     container: Container | None = None
     delete_at: float | None = None
     delete_flags: dict[str, bool] = field(default_factory=dict)
