@@ -431,3 +431,18 @@ async def test_a_build_command_dropped_by_the_next_release_is_cleared_in_coolify
     assert patch["build_command"] == ""  # Coolify keeps what a PATCH omits: the release clears it explicitly
     assert not h.standin.applications[app_uuid].fields.get("build_command")
     assert await h.serve(key) == "two"
+
+
+async def test_a_redeploy_costs_five_requests_per_process_besides_polling(h: CoolifyHarness) -> None:
+    """Coolify allows 200 requests a minute per user for everything InkMCP does: a redeploy of web + worker is
+    PATCH settings, GET envs, PATCH envs, GET deployments (the write-ahead), POST /deploy per process, plus polls
+    of deployments not finished yet."""
+    book = RefBook()
+    key = h.key()
+    await release(h, book, h.request(key, message="one", worker=True))
+    since = len(h.standin.requests)
+    await release(h, book, h.request(key, message="two", worker=True))
+    seen = [s.operation for s in h.standin.requests[since:] if s.operation != "get-deployment-by-uuid"]
+    assert sorted(seen) == sorted(2 * ["update-application-by-uuid", "list-envs-by-application-uuid",
+                                       "update-envs-by-application-uuid", "list-deployments-by-app-uuid",
+                                       "deploy-by-tag-or-uuid"])  # fmt: skip

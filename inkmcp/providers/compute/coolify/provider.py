@@ -297,9 +297,11 @@ class CoolifyComputeProvider:
         apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record)
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
         snapshot: dict[str, dict[str, str]] = {}
+        current: dict[str, list[m.EnvVar]] = {}
         if not dep_ref.get("env_written"):  # the env the live release runs with (for a rollback): memory only
             for name in specs:
-                snapshot[name] = await self._read_env(apps[name], name)
+                current[name] = await self._call(f"reading env of {name}", self.client.list_envs(apps[name]))
+                snapshot[name] = _values(current[name])
             dep_ref["env_written"] = True  # from here on Coolify may hold the new env: a later attempt has no snapshot
             await record(RefScope.deployment, dep_ref)
         for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
@@ -310,7 +312,7 @@ class CoolifyComputeProvider:
                 self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
                 await self._call(f"labelling {name}", self.client.update_application(
                     app, m.ApplicationUpdate(custom_labels=labels)))
-            await self._set_env(app, name, env_bodies[name])
+            await self._set_env(app, name, env_bodies[name], current.pop(name, None))
 
         for name in specs:
             if name not in started:
@@ -449,15 +451,13 @@ class CoolifyComputeProvider:
             await record(RefScope.service, service_ref)
         return apps
 
-    async def _read_env(self, app: str, process: str) -> dict[str, str]:
-        """The application's env values (`value`, not `real_value`: Coolify quotes a literal's real_value)."""
-        current = await self._call(f"reading env of {process}", self.client.list_envs(app))
-        return {e.key: e.value or "" for e in current if not e.is_preview and e.value is not None}
-
-    async def _set_env(self, app: str, process: str, body: dict[str, Any]) -> None:
-        """Replace the application's env with `body` (bulk upsert + delete of the rest)."""
+    async def _set_env(self, app: str, process: str, body: dict[str, Any],
+                       current: list[m.EnvVar] | None = None) -> None:  # fmt: skip
+        """Replace the application's env with `body` (bulk upsert + delete of the rest; `current` is the list
+        just read, if the caller has it)."""
         self._check("PATCH", f"/applications/{app}/envs/bulk", body)
-        current = await self._call(f"reading env of {process}", self.client.list_envs(app))
+        if current is None:
+            current = await self._call(f"reading env of {process}", self.client.list_envs(app))
         await self._call(f"setting env of {process}", self.client.update_envs(
             app, [m.EnvVarSet(**item) for item in body["data"]]))
         wanted = {item["key"] for item in body["data"]}
@@ -484,9 +484,10 @@ class CoolifyComputeProvider:
         if process not in intent:  # write-ahead: the newest deployment before we asked
             intent[process] = await self._newest(app, process)
             await record(RefScope.deployment, dep_ref)
-        found = await self._newer(app, process, intent[process], commit)
-        if found is not None:
-            return found
+        else:  # an earlier attempt got this far: its /deploy may have taken effect (one request saved otherwise)
+            found = await self._newer(app, process, intent[process], commit)
+            if found is not None:
+                return found
         uuid = await self._deploy(app, f"deploying {process}")
         self._crash("after_deploy_call")
         if uuid is None:  # "already queued for this commit": ours, from an attempt whose answer was lost
@@ -520,9 +521,12 @@ class CoolifyComputeProvider:
         deadline = loop.time() + self.wait_timeout
         interval = self.poll_interval
         reported = progress is None
+        final: dict[str, m.Deployment] = {}
         while True:
-            final = {name: await self._call(f"reading the deployment of {name}", self.client.get_deployment(uuid))
-                     for name, uuid in deployments.items()}  # fmt: skip
+            for name, uuid in deployments.items():  # a finished deployment is not read again
+                if name not in final or not final[name].finished:
+                    final[name] = await self._call(f"reading the deployment of {name}",
+                                                   self.client.get_deployment(uuid))
             if not reported and any(d.status != "queued" for d in final.values()):
                 reported = True
                 assert progress is not None
@@ -760,6 +764,11 @@ class CoolifyComputeProvider:
                 raise _error(e, "deleting the project") from None
             await asyncio.sleep(interval)
             interval = min(self.poll_max_interval, interval * 1.5)
+
+
+def _values(envs: list[m.EnvVar]) -> dict[str, str]:
+    """Env values as set (`value`, not `real_value`: Coolify quotes a literal's real_value for the shell)."""
+    return {e.key: e.value or "" for e in envs if not e.is_preview and e.value is not None}
 
 
 def _update(body: Mapping[str, Any]) -> m.ApplicationUpdate:
