@@ -276,3 +276,22 @@ def test_postgresql_refusals_and_the_unenforced_common_rules(standin: CoolifySta
     # DatabasesController.php:1874 `$validator->failed()` before validation: the type rules never fire
     r = team.client.post("/databases/postgresql", json={**base, "limits_memory": 512})
     assert r.status_code == 201
+
+
+def test_database_start_stop_restart_and_server_resources(standin: CoolifyStandin) -> None:
+    team = seed(standin)
+    app = team.create_app()
+    r = team.client.post("/databases/postgresql", json={
+        "project_uuid": team.project, "server_uuid": team.servers[0].uuid, "environment_name": "production",
+        "environment_uuid": team.environment})
+    db = r.json()["uuid"]
+    assert team.client.post(f"/databases/{db}/stop").json() == {"message": "Database is already stopped."}
+    assert team.client.post(f"/databases/{db}/start").json() == {"message": "Database starting request queued."}
+    wait_for(lambda: team.client.get(f"/databases/{db}").json()["status"] == "running:healthy", what="db start")
+    assert team.client.post(f"/databases/{db}/start").json() == {"message": "Database is already running."}
+    resources = team.client.get(f"/servers/{team.servers[0].uuid}/resources").json()
+    assert sorted((x["uuid"], x["type"]) for x in resources) == sorted(
+        [(app, "application"), (db, "standalone-postgresql")])
+    assert team.client.get(f"/servers/{team.servers[1].uuid}/resources").json() == []
+    assert team.client.post(f"/databases/{db}/stop").status_code == 200
+    wait_for(lambda: team.client.get(f"/databases/{db}").json()["status"] == "exited", what="db stop")

@@ -49,6 +49,10 @@ class DatabasesMixin:
         ("POST", r"/databases/postgresql", "write", "_create_postgresql"),
         ("GET", r"/databases/(?P<uuid>[^/]+)", "read", "_get_database"),
         ("DELETE", r"/databases/(?P<uuid>[^/]+)", "write", "_delete_database"),
+        ("GET", r"/databases/(?P<uuid>[^/]+)/(?:start|stop|restart)", "deploy", "_db_action_get"),
+        ("POST", r"/databases/(?P<uuid>[^/]+)/start", "deploy", "_db_start"),
+        ("POST", r"/databases/(?P<uuid>[^/]+)/stop", "deploy", "_db_stop"),
+        ("POST", r"/databases/(?P<uuid>[^/]+)/restart", "deploy", "_db_restart"),
     ]
 
     _lock: threading.RLock
@@ -64,6 +68,9 @@ class DatabasesMixin:
 
     @staticmethod
     def _environment(project: Project, name: str | None, uuid: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def _post_required(self) -> Response:
         raise NotImplementedError
 
     def _db_urls(self, db: Database) -> tuple[str, str | None]:
@@ -99,6 +106,9 @@ class DatabasesMixin:
         for db in list(self.databases.values()):
             if db.pending_status is not None and db.status_at is not None and db.status_at <= now:
                 db.status, db.pending_status, db.status_at = db.pending_status, None, None
+            if db.status.startswith("running") and self.servers.get(db.server_uuid) is not None \
+                    and self.servers[db.server_uuid].unreachable:
+                db.status = "exited"  # GetContainersStatus on an unreachable server
             if db.delete_at is not None and db.delete_at <= now:
                 self.deleted_with[db.uuid] = dict(db.delete_flags)
                 del self.databases[db.uuid]
@@ -205,3 +215,42 @@ class DatabasesMixin:
             db.delete_flags = {k: _bool(q.get(k, "true")) for k in (
                 "delete_configurations", "delete_volumes", "docker_cleanup", "delete_connected_networks")}
         return JSONResponse({"message": "Database deletion request queued."})
+
+    def _db_action_get(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                       uuid: str) -> Response:
+        return self._post_required()
+
+    def _visible_db(self, token: Token, uuid: str) -> Database | None:
+        db = self.databases.get(uuid)
+        return db if db is not None and db.team_id == token.team_id else None
+
+    def _db_start(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                  uuid: str) -> Response:
+        """action_deploy (:3155-3190): 400 when already running, else StartDatabase queued."""
+        db = self._visible_db(token, uuid)
+        if db is None:
+            return JSONResponse({"message": "Database not found."}, 404)
+        if "running" in db.status:
+            return JSONResponse({"message": "Database is already running."}, 400)
+        self._start_database(db)
+        return JSONResponse({"message": "Database starting request queued."})
+
+    def _db_stop(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                 uuid: str) -> Response:
+        """action_stop (:3251-3290): 400 when stopped/exited, else StopDatabase queued."""
+        db = self._visible_db(token, uuid)
+        if db is None:
+            return JSONResponse({"message": "Database not found."}, 404)
+        if "stopped" in db.status or "exited" in db.status:
+            return JSONResponse({"message": "Database is already stopped."}, 400)
+        db.pending_status, db.status_at = "exited", time.monotonic() + self.status_delay
+        return JSONResponse({"message": "Database stopping request queued."})
+
+    def _db_restart(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                    uuid: str) -> Response:
+        """action_restart (:3341-3373): RestartDatabase queued, no state check."""
+        db = self._visible_db(token, uuid)
+        if db is None:
+            return JSONResponse({"message": "Database not found."}, 404)
+        self._start_database(db)
+        return JSONResponse({"message": "Database restarting request queued."})

@@ -36,9 +36,9 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
                    "DatabasesController.php:1888-1893, :1918-1935: some 422s carry `errors` values as plain strings "
                    "({\"public_port\": \"The public port should be between 1024 and 65535.\"}); the spec's 422 "
                    "schema for this operation says arrays (NOTES.md §a)"),
-    KnownDeviation("GET", r"/databases/[^/]+", 200,
-                   "DatabasesController.php:335 returns the database model as a JSON object; the spec types the "
-                   "200 body as a string (#10449, NOTES.md §h)"),
+    KnownDeviation("GET", r"/databases(/[^/]+)?", 200,
+                   "DatabasesController.php:335 (and the list, :180-253) return database models as JSON objects; "
+                   "the spec types the 200 body as a string (#10449, NOTES.md §h)"),
     KnownDeviation("GET", r"/deployments/applications/[^/]+", 200,
                    "DeployController.php:731 returns Application::deployments() = {count, deployments:[…]} "
                    "(Application.php:1118); the spec says an array of Application (NOTES.md §b, §h)"),

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from inkmcp.coolify.standin import rules
-from inkmcp.coolify.standin.state import Application, Database, Environment, Project, Token, new_uuid
+from inkmcp.coolify.standin.state import Application, Database, Environment, NodeServer, Project, Token, new_uuid
 
 
 def _name_errors(body: dict[str, Any], key: str, required: bool = True) -> list[str]:
@@ -47,10 +47,12 @@ class ProjectsMixin:
         ("POST", r"/projects/(?P<uuid>[^/]+)/environments", "write", "_create_environment"),
         ("DELETE", r"/projects/(?P<uuid>[^/]+)/environments/(?P<env>[^/]+)", "write", "_delete_environment"),
         ("GET", r"/projects/(?P<uuid>[^/]+)/(?P<env>[^/]+)", "read", "_get_environment"),
+        ("GET", r"/servers/(?P<uuid>[^/]+)/resources", "read", "_server_resources"),
     ]
 
     _lock: threading.RLock
     projects: dict[str, Project]
+    servers: dict[str, NodeServer]
     applications: dict[str, Application]
     databases: dict[str, Database]
 
@@ -225,4 +227,23 @@ class ProjectsMixin:
         out.update(applications=[self._app_json(a, sensitive) for a in apps],
                    postgresqls=[self._db_json(d, sensitive) for d in dbs], redis=[], mongodbs=[], mysqls=[],
                    mariadbs=[], services=[])
+        return JSONResponse(out)
+
+    def _server_resources(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                          uuid: str) -> Response:
+        """ServersController::resources_by_server (:231-257): applications and databases on the server, each
+        {id, uuid, name, type, created_at, updated_at, status} (what a reconciler compares its records with)."""
+        server = self.servers.get(uuid)
+        if server is None or server.team_id != token.team_id:
+            return JSONResponse({"message": "Server not found."}, 404)
+        out: list[dict[str, Any]] = []
+        for app in self.applications.values():
+            if app.server_uuid == uuid:
+                out.append({"id": app.id, "uuid": app.uuid, "name": app.fields.get("name"), "type": "application",
+                            "created_at": app.created_at, "updated_at": app.updated_at, "status": app.status})
+        for db in self.databases.values():
+            if db.server_uuid == uuid:
+                out.append({"id": db.id, "uuid": db.uuid, "name": db.fields.get("name"),
+                            "type": "standalone-postgresql", "created_at": db.created_at,
+                            "updated_at": db.updated_at, "status": db.status})
         return JSONResponse(out)
