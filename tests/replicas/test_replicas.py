@@ -142,3 +142,45 @@ async def test_a_replica_whose_lease_was_taken_over_writes_nothing_afterwards(cl
     # and a still serves: the same deploy on a is the live one b finished
     again = await a.call("deploy", account=account, repo=repo, project=project, message="one", wait=0)
     assert (again["reused"], again["deployment_id"], again["status"]) == (True, dep_id, "live"), again
+
+
+async def test_many_concurrent_deploys_over_two_replicas_make_one_deployment_each_and_all_go_live(
+    cluster: Cluster,
+) -> None:
+    """Ten accounts, one project each, every deploy sent to both replicas at once (20 calls in flight)."""
+    a, b = await asyncio.gather(cluster.replica("a"), cluster.replica("b"))
+    repo = cluster.repo()
+    calls = [(f"acct-{i}-{uuid.uuid4().hex[:4]}", f"many-{i}-{uuid.uuid4().hex[:4]}") for i in range(10)]
+    replies = await asyncio.gather(*(r.call("deploy", account=acct, repo=repo, project=project, message=acct, wait=0)
+                                     for acct, project in calls for r in (a, b)))  # fmt: skip
+    pairs = [replies[i:i + 2] for i in range(0, len(replies), 2)]
+    assert all(x["deployment_id"] == y["deployment_id"] for x, y in pairs), pairs
+    for (va, _), (acct, _) in zip(pairs, calls, strict=True):
+        dep = await live(cluster, va["deployment_id"])
+        assert dep.status == "live", (acct, dep.error)
+        assert len(await cluster.deployments_of_service(dep.service_id)) == 1
+        census = cluster.census(dep.service_id)
+        assert census == {"apps": {"web": 1, "worker": 1},
+                          "deployments": {va["deployment_id"]: {"web": 1, "worker": 1}}}, census  # fmt: skip
+
+
+async def test_a_killed_replica_with_several_deployments_in_flight_has_each_finished_once(cluster: Cluster) -> None:
+    """a takes four deployments; the first to reach `after_deploy_call` freezes the whole process (the others
+    wherever they were), then a is killed. b takes each over (scans) and finishes it once."""
+    mark = cluster.root / "paused"
+    pause = {"REPLICA_PAUSE_AT": "after_deploy_call", "REPLICA_PAUSE_MARK": str(mark)}
+    a, b = await asyncio.gather(cluster.replica("a", **pause), cluster.replica("b"))
+    repo = cluster.repo()
+    calls = [(f"acct-{i}-{uuid.uuid4().hex[:4]}", f"inflight-{i}-{uuid.uuid4().hex[:4]}") for i in range(4)]
+    views = await asyncio.gather(*(a.call("deploy", account=acct, repo=repo, project=project, message="m", wait=0)
+                                   for acct, project in calls))  # fmt: skip
+    await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, "replica a paused")
+    a.kill9()
+    await a.proc.wait()
+    for view in views:
+        dep = await live(cluster, view["deployment_id"], timeout=30 + LEASE)
+        assert dep.status == "live" and dep.claimed_by == "b", (dep.status, dep.error, dep.claimed_by)
+        census = cluster.census(dep.service_id)
+        assert census == {"apps": {"web": 1, "worker": 1},
+                          "deployments": {view["deployment_id"]: {"web": 1, "worker": 1}}}, census  # fmt: skip
+    assert b.proc.returncode is None
