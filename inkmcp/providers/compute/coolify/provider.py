@@ -53,7 +53,13 @@ Known limits, left for the next session:
     container (old code) and skips on a first deployment (ApplicationDeploymentJob::run_pre_deployment_command);
     that differs from the local provider, which runs it in the new release before traffic switches.
   - the branch Coolify clones before checking out the pinned commit is `CoolifySettings.default_branch` (the
-    contract carries no branch); Dockerfile detection is not wired (mapping supports `dockerfile_location`).
+    contract carries no branch); Dockerfile detection is not wired (mapping supports `dockerfile_location`;
+    the build plan needs a field for it).
+  - no Coolify health check is configured (the plan names no health path, and Coolify's default expects 200 on
+    `/`): Coolify then calls a deployment finished once the new container started, so a process that crashes a
+    moment later shows in `runtime()` (degraded → crashed), not as a failed release.
+  - an env change whose `/deploy` Coolify skips (a deployment of the live commit still running, e.g. an earlier
+    env change) is not re-queued; `runtime().env_revision` stays at the base revision until the next release.
 """
 
 from __future__ import annotations
