@@ -99,8 +99,9 @@ def test_throttle_is_per_user_across_tokens_json_or_html(tmp_path: Path, spec: C
         a, b = s.add_token("read"), s.add_token("read")  # two tokens of user 1
         other = s.add_token("read", user_id=2)
         ca, cb = api(s, a), api(s, b)
-        assert [ca.get("/servers").status_code for _ in range(3)] + [cb.get("/servers").status_code
-                                                                     for _ in range(2)] == [200] * 5
+        answers = [ca.get("/servers") for _ in range(3)] + [cb.get("/servers") for _ in range(2)]
+        assert [r.status_code for r in answers] == [200] * 5
+        assert [r.headers["x-ratelimit-remaining"] for r in answers] == ["4", "3", "2", "1", "0"]
         r = cb.get("/servers")
         assert r.status_code == 429 and r.json() == {"message": "Too Many Attempts."}
         assert 55 <= int(r.headers["retry-after"]) <= 60 and r.headers["x-ratelimit-remaining"] == "0"

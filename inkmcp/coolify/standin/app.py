@@ -315,7 +315,12 @@ class StandinCore:
         if "root" not in token.abilities and ability not in token.abilities:
             return JSONResponse({"message": f"Missing required permissions: {ability}"}, 403)
         sensitive = bool(token.abilities & {"root", "read:sensitive"}) and token.admin
-        return getattr(self, handler)(token, sensitive, request, raw, body, **params)  # type: ignore[no-any-return]
+        response: Response = getattr(self, handler)(token, sensitive, request, raw, body, **params)
+        # ThrottleRequests::addHeaders: every throttled route's answer says how much of the window is left
+        state = self._throttle[token.user_id]
+        response.headers["X-RateLimit-Limit"] = str(self.rate_limit)
+        response.headers["X-RateLimit-Remaining"] = str(max(0, self.rate_limit - state.hits))
+        return response
 
     def _throttle_hit(self, user_id: int, request: Request) -> Response | None:
         now = time.monotonic()
