@@ -295,3 +295,19 @@ def test_database_start_stop_restart_and_server_resources(standin: CoolifyStandi
     assert team.client.get(f"/servers/{team.servers[1].uuid}/resources").json() == []
     assert team.client.post(f"/databases/{db}/stop").status_code == 200
     wait_for(lambda: team.client.get(f"/databases/{db}").json()["status"] == "exited", what="db stop")
+
+
+def test_values_read_back_with_the_column_types_and_compose_domains_as_json_text(standin: CoolifyStandin) -> None:
+    team = seed(standin)
+    uuid = team.create_app(health_check_enabled="1", health_check_return_code="204", health_check_port="3000",
+                           limits_cpu_shares="512")
+    app = team.app(uuid)  # the spec's types: a numeric string is stored in an integer column
+    assert (app["health_check_enabled"], app["health_check_return_code"], app["limits_cpu_shares"]) == (
+        True, 204, 512)
+    assert app["health_check_port"] == "3000"
+    r = team.client.post("/applications/public", json=team.app_body(build_pack="dockercompose",
+                                                                    domains="https://c.example.com"))
+    assert r.status_code == 422 and "docker_compose_domains" in r.json()["errors"]["domains"]
+    compose = team.create_app(build_pack="dockercompose", ports_exposes=None, docker_compose_domains=[
+        {"name": "web", "domain": "https://c.example.com"}])
+    assert team.app(compose)["docker_compose_domains"] == r'{"web":{"domain":"https:\/\/c.example.com"}}'

@@ -36,6 +36,7 @@ Env changes bump `env_revision`; a running container keeps the env of the deploy
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
@@ -175,6 +176,28 @@ ENV_RULES = {"key": "string|required", "value": "string|nullable", "is_preview":
 def _bool(value: Any) -> bool:
     """Laravel's $request->boolean()."""
     return value in (True, 1, "1", "true", "on", "yes")
+
+
+INT_COLUMNS = {"health_check_return_code", "health_check_interval", "health_check_timeout", "health_check_retries",
+               "health_check_start_period", "limits_memory_swappiness", "limits_cpu_shares", "max_restart_count",
+               "stop_grace_period", "docker_images_to_keep"}
+BOOL_COLUMNS = {"health_check_enabled", "is_http_basic_auth_enabled"}
+
+
+def _column(key: str, value: Any) -> Any:
+    """What Eloquent's casts and Postgres' column types make of a validated value ("200" -> 200, "1" -> true),
+    and docker_compose_domains as the JSON text the controller stores (:1446-1458)."""
+    if value is None:
+        return None
+    if key in INT_COLUMNS and not isinstance(value, bool):
+        return int(float(value))
+    if key in BOOL_COLUMNS:
+        return _bool(value)
+    if key == "docker_compose_domains" and isinstance(value, list):
+        text = json.dumps({d.get("name"): {"domain": d.get("domain")} for d in value if isinstance(d, dict)},
+                          separators=(",", ":"))
+        return text.replace("/", "\\/")  # PHP's json_encode escapes slashes
+    return value
 
 
 class ApplicationsMixin:
@@ -400,7 +423,7 @@ class ApplicationsMixin:
                           server.destination_id, fields=dict(DEFAULTS), settings=dict(SETTING_DEFAULTS))
         for key, value in body.items():
             if key in CREATE_ALLOWED and key not in REQUEST_ONLY:
-                app.fields[key] = value
+                app.fields[key] = _column(key, value)
         app.fields["git_commit_sha"] = body.get("git_commit_sha") or "HEAD"
         if kind == "public":
             name = body.get("name") or _app_name(body["git_repository"], body["git_branch"])
@@ -424,7 +447,7 @@ class ApplicationsMixin:
         for key in SETTING_FIELDS:
             if key in body:
                 app.settings[key] = _bool(body[key]) if key.startswith(("is_", "disable_", "inject_",
-                                                                         "include_")) else body[key]
+                                                                         "include_")) else _column(key, body[key])
         for key, setting in (("is_static", "is_static"), ("is_spa", "is_spa"),
                              ("is_auto_deploy_enabled", "is_auto_deploy_enabled"),
                              ("is_force_https_enabled", "is_force_https_enabled"),
@@ -580,7 +603,7 @@ class ApplicationsMixin:
         for key in SETTING_FIELDS:
             if key in body:
                 app.settings[key] = _bool(body[key]) if key.startswith(("is_", "disable_", "inject_",
-                                                                         "include_")) else body[key]
+                                                                         "include_")) else _column(key, body[key])
         for key, setting in (("is_static", "is_static"), ("is_spa", "is_spa"),
                              ("is_auto_deploy_enabled", "is_auto_deploy_enabled"),
                              ("is_force_https_enabled", "is_force_https_enabled"),
@@ -594,7 +617,7 @@ class ApplicationsMixin:
                 app.settings[setting] = _bool(body[key])
         for key, value in body.items():
             if key not in REQUEST_ONLY:
-                app.fields[key] = value
+                app.fields[key] = _column(key, value)
         relabel = False
         if "domains" in body and self._proxy_should_run(server):  # :3113-3115, silently dropped otherwise
             domains = body["domains"]
@@ -820,8 +843,6 @@ class ApplicationsMixin:
 
 
 def _is_json(text: str) -> bool:
-    import json
-
     try:
         json.loads(text)
     except ValueError:
