@@ -126,6 +126,8 @@ class Cluster:
         self.remote_proc: asyncio.subprocess.Process | None = None
         self.replicas: list[Replica] = []
         self.remote: RemoteClient | None = None
+        self.coolify_url: str | None = None
+        self.coolify_token: str | None = None
 
     async def start_remote(self) -> None:
         self.remote_proc = await asyncio.create_subprocess_exec(
@@ -136,6 +138,26 @@ class Cluster:
         assert (await asyncio.wait_for(self.remote_proc.stdout.readline(), 30)).strip() == b"ready"
         self.remote = RemoteClient(self.socket)
 
+    async def start_coolify(self) -> None:
+        """The Coolify stand-in (`python -m inkmcp.coolify.standin`, a real HTTP server validating every request
+        against Coolify's spec) instead of the fake remote; replicas then use the real Coolify provider."""
+        token_file = self.root / "coolify.token"
+        self.remote_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "inkmcp.coolify.standin", "--servers", "1", "--build-seconds", "0.3",
+            "--rate-limit", "100000", "--token-file", str(token_file), "--data-dir", str(self.root / "standin"),
+            cwd=ROOT, env=self.env, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.remote_proc.stdout is not None
+        while self.coolify_url is None:
+            line = (await asyncio.wait_for(self.remote_proc.stdout.readline(), 30)).decode()
+            assert line, "the Coolify stand-in exited at start-up"
+            if line.startswith("INKMCP_COOLIFY_URL="):
+                self.coolify_url = line.split("=", 1)[1].strip()
+        await wait_for(lambda: asyncio.sleep(0, token_file.exists() and token_file.read_text().strip()), 10,
+                       "the stand-in's token file")  # fmt: skip
+        self.coolify_token = token_file.read_text().strip()
+        self.env["REPLICA_COOLIFY_TOKEN"] = self.coolify_token
+
     async def replica(self, name: str, **env: str) -> Replica:
         data = self.root / f"data-{name}"
         data.mkdir()
@@ -143,7 +165,8 @@ class Cluster:
         with log.open("wb") as errors:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.replicas.replica", "--database-url", self.db_url,
-                "--remote", str(self.socket), "--data-dir", str(data), "--replica-id", name,
+                *(["--coolify-url", self.coolify_url] if self.coolify_url else ["--remote", str(self.socket)]),
+                "--data-dir", str(data), "--replica-id", name,
                 "--lease", str(LEASE), "--heartbeat", "0.3", "--scan", "0.3",
                 cwd=ROOT, env={**self.env, **env}, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=errors,
@@ -189,6 +212,23 @@ class Cluster:
                 per[app.process] = per.get(app.process, 0) + 1
         return {"apps": counts, "deployments": deployments}
 
+    async def coolify_census(self, service_id: uuid.UUID) -> dict[str, Any]:
+        """The same census, read from the stand-in through Coolify's API: applications named after the service
+        (one per process) and the deployments Coolify lists for each (restarts excluded)."""
+        from inkmcp.coolify.client import CoolifyClient
+
+        assert self.coolify_url is not None and self.coolify_token is not None
+        async with CoolifyClient(self.coolify_url, self.coolify_token) as client:
+            apps = [a for a in await client.list_applications() if (a.name or "").startswith(f"{service_id}-")]
+            counts: dict[str, int] = {}
+            deployments: dict[str, int] = {}
+            for app in apps:
+                process = (app.name or "").rsplit("-", 1)[-1]
+                counts[process] = counts.get(process, 0) + 1
+                page = await client.list_deployments(app.uuid, take=100)
+                deployments[process] = sum(not d.restart_only for d in page.deployments)
+        return {"apps": counts, "deployments": deployments}
+
     async def close(self) -> None:
         for r in self.replicas:
             await r.stop()
@@ -211,11 +251,25 @@ async def db_url(control_pg: EmbeddedPostgres) -> str:
 
 @pytest.fixture
 async def cluster(db_url: str) -> AsyncIterator[Cluster]:
+    """Replicas over the fake remote's server process."""
+    async with _cluster(db_url, coolify=False) as c:
+        yield c
+
+
+@pytest.fixture
+async def coolify_cluster(db_url: str) -> AsyncIterator[Cluster]:
+    """Replicas over the Coolify stand-in, through the real Coolify provider."""
+    async with _cluster(db_url, coolify=True) as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def _cluster(db_url: str, *, coolify: bool) -> AsyncIterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="inkmcp-replicas-"))
     store = await open_store(db_url, pool_size=2, max_overflow=2)
     c = Cluster(root, db_url, store)
     try:
-        await c.start_remote()
+        await (c.start_coolify() if coolify else c.start_remote())
         yield c
     finally:
         with contextlib.suppress(Exception):

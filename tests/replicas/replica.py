@@ -1,5 +1,6 @@
 """One InkMCP replica as its own OS process: core wired as `inkmcp serve` wires it (inkmcp/app.py), over the
-shared control-plane database and the shared fake remote (`tests/replicas/remote.py`), on its own data dir.
+shared control-plane database and the shared remote, on its own data dir: the fake remote's server process
+(`tests/replicas/remote.py`), or the Coolify stand-in through the real Coolify provider (`--coolify-url`).
 
 Keys come the way app.py gets them (`SecretBox.load(data_dir)` with INKMCP_ENCRYPTION_KEYS from the test,
 `check_shared_keys`, `shared_mac_key` from the database); leases from the command line. At start-up it runs
@@ -54,21 +55,57 @@ from tests.replicas.remote import RemoteClient
 PAUSE_DEADLINE = 300.0  # a paused replica nobody resumes or kills ends by itself
 
 
+_PAUSED: list[str] = []
+
+
+def pause_at(point: str) -> None:
+    """REPLICA_PAUSE_AT: freeze the whole process here once (pipelines and heartbeat alike), until resumed."""
+    if point != os.environ.get("REPLICA_PAUSE_AT") or _PAUSED:
+        return
+    _PAUSED.append(point)
+    Path(os.environ["REPLICA_PAUSE_MARK"]).write_text(point)
+    resume = os.environ.get("REPLICA_RESUME")
+    deadline = time.monotonic() + PAUSE_DEADLINE
+    while not (resume and Path(resume).exists()):  # blocking on purpose: nothing of this process runs
+        if time.monotonic() > deadline:
+            os._exit(3)
+        time.sleep(0.05)
+
+
 class PausingProvider(FakeComputeProvider):
     """FakeComputeProvider whose crash point REPLICA_PAUSE_AT freezes the process instead of raising."""
 
     def _crash(self, point: str) -> None:
-        if point == os.environ.get("REPLICA_PAUSE_AT") and not getattr(self, "_paused", False):
-            self._paused = True
-            Path(os.environ["REPLICA_PAUSE_MARK"]).write_text(point)
-            resume = os.environ.get("REPLICA_RESUME")
-            deadline = time.monotonic() + PAUSE_DEADLINE
-            # Blocking on purpose: the whole process stands still (pipelines and heartbeat alike).
-            while not (resume and Path(resume).exists()):
-                if time.monotonic() > deadline:
-                    os._exit(3)
-                time.sleep(0.05)
+        pause_at(point)
         super()._crash(point)
+
+
+def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
+    """The real CoolifyComputeProvider over the stand-in (through the real client, spec-validated, policy on the
+    wire), as the contract suite's CoolifyHarness builds it; its crash points pause like the fake's."""
+    import hashlib
+
+    from inkmcp.coolify.budget import BudgetSettings, LocalBudget
+    from inkmcp.coolify.client import CoolifyClient, RetryPolicy
+    from inkmcp.coolify.spec import CoolifySpec
+    from inkmcp.providers.compute.coolify import policy
+    from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+
+    class PausingCoolify(CoolifyComputeProvider):
+        def _crash(self, point: str) -> None:
+            pause_at(point)
+            super()._crash(point)
+
+    limits = policy.Limits()
+    client = CoolifyClient(url, token, validate_with=CoolifySpec.load(),
+                           retry=RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=0.5),
+                           transport=policy.PolicyTransport(limits=limits),
+                           budget=LocalBudget(BudgetSettings(limit=100_000)))  # fmt: skip
+    # the stand-in does not fetch: a local test repo gets an https name, as in the contract suite
+    return PausingCoolify(client, work_dir, poll_interval=0.02, poll_max_interval=0.1, wait_timeout=60.0,
+                          limits=limits, queue_full_retry_after=0.05,
+                          local_repo_url=lambda path: f"https://git.standin.test/"
+                                                      f"{hashlib.sha256(path.encode()).hexdigest()[:16]}.git")
 
 
 class BarrierDeployService(DeployService):
@@ -94,7 +131,10 @@ async def main(args: argparse.Namespace) -> None:
     limits = LimitDefaults()
     postgres = PostgresDatabaseProvider(SecretStr("postgresql://unused@127.0.0.1:1/unused"), public_host="127.0.0.1",
                                         public_port=1)  # no test here provisions a database  # fmt: skip
-    compute = PausingProvider(RemoteClient(Path(args.remote)), data / "compute", poll_interval=0.02)
+    if args.coolify_url:
+        compute = coolify_provider(args.coolify_url, os.environ["REPLICA_COOLIFY_TOKEN"], data / "compute")
+    else:
+        compute = PausingProvider(RemoteClient(Path(args.remote)), data / "compute", poll_interval=0.02)
     projects = ProjectService(sessions, box, limits)
     envs = EnvService(sessions, box)
     databases = DatabaseService(sessions, box, postgres, None, limits)
@@ -150,7 +190,9 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url", required=True)
-    parser.add_argument("--remote", required=True)
+    parser.add_argument("--remote", help="the fake remote's socket (tests/replicas/remote.py)")
+    parser.add_argument("--coolify-url", help="use the Coolify provider against this stand-in instead "
+                        "(token in REPLICA_COOLIFY_TOKEN)")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--replica-id", required=True)
     parser.add_argument("--lease", type=float, default=2.0)

@@ -184,3 +184,35 @@ async def test_a_killed_replica_with_several_deployments_in_flight_has_each_fini
         assert census == {"apps": {"web": 1, "worker": 1},
                           "deployments": {view["deployment_id"]: {"web": 1, "worker": 1}}}, census  # fmt: skip
     assert b.proc.returncode is None
+
+
+COOLIFY_KILL_POINTS = ["after_create_app", "after_deploy_call", "after_record_deployment", "after_remote_finished"]
+
+
+@pytest.mark.parametrize("point", COOLIFY_KILL_POINTS)
+async def test_over_coolify_a_replica_killed_between_two_steps_has_its_deployment_finished_once(
+    coolify_cluster: Cluster, point: str
+) -> None:
+    """The same as over the fake remote, with the real Coolify provider and client against the Coolify stand-in
+    (its own process, validating every request against Coolify's spec); the census is read through Coolify's
+    API: one application per process and one Coolify deployment each."""
+    from inkmcp.providers.compute.coolify.provider import CRASH_POINTS as COOLIFY_CRASH_POINTS
+
+    assert point in COOLIFY_CRASH_POINTS
+    cluster = coolify_cluster
+    mark = cluster.root / "paused"
+    a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark)),
+                                cluster.replica("b"))
+    account, project = f"acct-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
+    view = await a.call("deploy", account=account, repo=cluster.repo(), project=project, message="one", wait=0)
+    dep_id = view["deployment_id"]
+    await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, f"replica a paused at {point}")
+    a.kill9()
+    await a.proc.wait()
+
+    dep = await live(cluster, dep_id, timeout=60 + LEASE)
+    assert dep.status == "live", (dep.status, dep.error, await cluster.events(dep_id), b.log.read_text()[-2000:])
+    assert (dep.claimed_by, dep.lease_epoch) == ("b", 2)
+    assert "taken over by replica b (the lease of a expired)" in [d for _, _, d in await cluster.events(dep_id)]
+    census = await cluster.coolify_census(dep.service_id)
+    assert census == {"apps": {"web": 1, "worker": 1}, "deployments": {"web": 1, "worker": 1}}, census
