@@ -311,3 +311,18 @@ def test_values_read_back_with_the_column_types_and_compose_domains_as_json_text
     compose = team.create_app(build_pack="dockercompose", ports_exposes=None, docker_compose_domains=[
         {"name": "web", "domain": "https://c.example.com"}])
     assert team.app(compose)["docker_compose_domains"] == r'{"web":{"domain":"https:\/\/c.example.com"}}'
+
+
+def test_add_servers_with_capacity_facts_wildcard_domains_and_a_build_server(standin: CoolifyStandin) -> None:
+    token = standin.add_token("read")
+    nodes = standin.add_servers(3, capacities=[{"cpus": 2, "memory_mb": 2048}, {"cpus": 8, "memory_mb": 32768},
+                                               {"cpus": 4, "memory_mb": 8192, "labels": {"tier": "gpu"}}])
+    builder = standin.add_server("10.5.5.5", name="build", is_build_server=True, usable=True)
+    listed = {s["name"]: s for s in api(standin, token).get("/servers").json()}
+    assert sorted(listed) == ["build", "run-1", "run-2", "run-3"]
+    assert listed["run-2"]["settings"]["wildcard_domain"] == "http://run-2.apps.test"
+    assert listed["run-2"]["is_usable"] is True and listed["run-2"]["settings"]["is_build_server"] is False
+    assert listed["build"]["settings"]["is_build_server"] is True and builder.capacity == {}
+    assert [n.capacity["memory_mb"] for n in nodes] == [2048, 32768, 8192]
+    assert nodes[2].capacity["labels"] == {"tier": "gpu"} and nodes[0].capacity["disk_gb"] == 80
+    assert standin.add_servers(1)[0].name == "run-4"  # numbering continues

@@ -105,7 +105,9 @@ class StandinCore:
 
     def start(self, timeout: float = 10.0) -> None:
         config = uvicorn.Config(self._asgi, host="127.0.0.1", port=self.port, log_level=self.log_level,
-                                access_log=False, lifespan="off", interface="asgi3")
+                                access_log=False, lifespan="off", interface="asgi3",
+                                # a request held by delay_next must not keep stop() from joining the thread
+                                timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="coolify-standin", daemon=True)
         self._thread.start()
