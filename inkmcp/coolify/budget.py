@@ -23,6 +23,12 @@ one round trip. Everything is timed by the database's clock, so replicas on host
 In-process fast path (what keeps a request at no more than one short round trip):
 * coalescing: concurrent requests of one process share one round trip (the first caller takes slots for every
   waiter queued meanwhile);
+* prefetch: while the shared log is under half the limit, a round trip also takes `prefetch` slots ahead, which
+  this process uses within `margin / 2` seconds of their grant (the margin covers them: a slot's stamp is valid
+  while its request arrives within `margin` of the grant, and `settle` corrects a late one); a sequence of calls
+  (a deploy's create, envs, deploy, polls) then costs a round trip every few requests. Unused ones simply
+  expire: they are only taken while half the budget is free. A replica may still spend the few it holds (for
+  at most margin/2 s) after another replica recorded a 429 pause; those meet the 429 and wait like the first;
 * known wait: after the database answered "full, next slot in t s", callers of this process are answered locally
   until then (stamps only expire, pauses only extend, so nothing can free a slot earlier);
 * autocommit connection without pre-ping: the round trip is the function call alone (measured in
@@ -69,6 +75,8 @@ class BudgetSettings(BaseSettings):
                           "the time from the grant to the request's arrival at Coolify")
     reserve: int = Field(default=0, ge=0, description="slots per window left unused for other API users of the "
                          "same Coolify account (an operator's scripts, `pulumi up`)")
+    prefetch: int = Field(default=4, ge=0, description="slots a replica takes ahead in one round trip while the "
+                          "shared log is under half the limit; each is usable for margin/2 seconds, then dropped")
 
     @property
     def effective_limit(self) -> int:
@@ -99,6 +107,13 @@ class Grant:
     """The slot's time on the budget's clock (epoch seconds for DbBudget, monotonic for LocalBudget)."""
     at: float = 0.0
     """time.monotonic() of the grant in this process."""
+    slack: float = 0.0
+    """How much earlier than `at` the stamp may have been taken: the grant's round trip (DbBudget stamps on the
+    database's clock, at some moment of the round trip)."""
+
+    def age(self, now: float) -> float:
+        """The longest the slot can have existed at local time `now`."""
+        return now - self.at + self.slack
 
     @property
     def granted(self) -> bool:
@@ -154,7 +169,7 @@ class LocalBudget:
 
     async def settle(self, grant: Grant) -> None:
         now = time.monotonic()
-        if not grant.granted or now - grant.at <= self._margin:
+        if not grant.granted or grant.age(now) <= self._margin:
             return
         try:
             self._stamps.remove(grant.stamp)
@@ -169,7 +184,7 @@ class LocalBudget:
         return None
 
 
-TAKE_SQL = text("SELECT granted, wait_s, t FROM inkmcp_coolify_budget_take(:key, :want, :limit, :hold)")
+TAKE_SQL = text("SELECT granted, wait_s, t FROM inkmcp_coolify_budget_take(:key, :want, :extra, :limit, :hold)")
 SETTLE_SQL = text("SELECT inkmcp_coolify_budget_settle(:key, :stamp, :late, :hold)")
 PAUSE_SQL = text("SELECT inkmcp_coolify_budget_pause(:key, :seconds)")
 
@@ -193,6 +208,9 @@ class DbBudget:
         self._waiters: list[asyncio.Future[Grant]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._wait_until = 0.0  # monotonic: the database said no slot before then
+        self._prefetch = self.settings.prefetch if self._margin > 0 else 0
+        self._lease = self._margin / 2
+        self._pool: list[Grant] = []  # slots taken ahead, newest last
         self.round_trips = 0
         self.settled_late = 0
 
@@ -207,6 +225,9 @@ class DbBudget:
 
     async def reserve(self) -> Grant:
         now = time.monotonic()
+        self._pool = [g for g in self._pool if g.age(now) < self._lease]
+        if self._pool:
+            return self._pool.pop()  # taken ahead, still within its lease: no round trip
         if self._wait_until - now > 0:
             return Grant(self._wait_until - now)  # known: no slot anywhere before then
         future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
@@ -220,10 +241,12 @@ class DbBudget:
         every waiter of the batch gets an answer (the error), never a future left pending."""
         while self._waiters:
             batch, self._waiters = self._waiters, []
+            sent = time.monotonic()
             try:
                 async with self._engine.connect() as conn:
-                    row = (await conn.execute(TAKE_SQL, {"key": self.key, "want": len(batch), "limit": self._limit,
-                                                         "hold": self._hold})).one()
+                    row = (await conn.execute(TAKE_SQL, {
+                        "key": self.key, "want": len(batch), "extra": 0 if self._pool else self._prefetch,
+                        "limit": self._limit, "hold": self._hold})).one()
                 self.round_trips += 1
                 granted, wait, stamp = int(row[0]), float(row[1]), float(row[2])
             except BaseException as e:
@@ -237,16 +260,18 @@ class DbBudget:
             now = time.monotonic()
             if wait > 0:
                 self._wait_until = now + wait
-            for i, f in enumerate(batch):
+            slots = [Grant(0.0, stamp=stamp, at=now, slack=now - sent) for _ in range(granted)]
+            for f in batch:
                 # A cancelled waiter's slot stays spent until it expires: conservative.
                 if not f.done():
-                    f.set_result(Grant(0.0, stamp=stamp, at=now) if i < granted else Grant(max(0.001, wait)))
+                    f.set_result(slots.pop() if slots else Grant(max(0.001, wait)))
+            self._pool.extend(slots)  # what was taken ahead
 
     async def settle(self, grant: Grant) -> None:
         """Free when the answer came within the margin; else one round trip moves the stamp to the latest
         possible arrival (now), which lands well before the old stamp expires (requests time out long before a
         window passes)."""
-        late = time.monotonic() - grant.at
+        late = grant.age(time.monotonic())
         if not grant.granted or late <= self._margin:
             return
         async with self._engine.connect() as conn:
@@ -255,6 +280,7 @@ class DbBudget:
         self.settled_late += 1
 
     async def pause(self, seconds: float) -> None:
+        self._pool.clear()  # slots taken ahead are not to be used into a 429
         async with self._engine.connect() as conn:
             await conn.execute(PAUSE_SQL, {"key": self.key, "seconds": float(seconds)})
         self._wait_until = max(self._wait_until, time.monotonic() + seconds - PAUSE_SLACK)

@@ -6,7 +6,8 @@ times (epoch seconds, the database's clock) of the requests granted within the l
 the end of a pause ordered by a 429's Retry-After. Why a sliding log: see the module docstring of
 inkmcp/coolify/budget.py (Coolify's fixed window has an unknown phase; only "at most N in any window" is safe).
 
-`take` locks the row (created on first use), drops expired stamps, grants min(want, free) slots and answers how
+`take` locks the row (created on first use), drops expired stamps, grants min(want, free) slots (plus up to `extra`
+taken ahead while the log stays under half the limit) and answers how
 long until the next one frees and the grant's time: one statement, one round trip, atomic across replicas because
 every change goes through the row lock. `settle` moves one stamp later when its request's answer came back later
 than the margin (the request may have reached Coolify that late). `pause` records a 429's Retry-After.
@@ -32,7 +33,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TAKE = """
-CREATE FUNCTION inkmcp_coolify_budget_take(p_key text, p_want integer, p_limit integer, p_hold double precision,
+CREATE FUNCTION inkmcp_coolify_budget_take(p_key text, p_want integer, p_extra integer, p_limit integer,
+                                           p_hold double precision,
                                            OUT granted integer, OUT wait_s double precision,
                                            OUT t double precision)
 LANGUAGE plpgsql AS $$
@@ -54,6 +56,10 @@ BEGIN
         wait_s := paused - t;
     ELSE
         granted := greatest(0, least(p_want, p_limit - n));
+        IF granted = p_want AND p_extra > 0 THEN
+            -- slots taken ahead for the caller's process, only while the log stays under half the limit
+            granted := granted + greatest(0, least(p_extra, p_limit / 2 - n - granted));
+        END IF;
         IF granted > 0 THEN
             live := live || array_fill(t, ARRAY[granted]);
             n := n + granted;
@@ -127,5 +133,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_pause(text, double precision)")
     op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_settle(text, double precision, double precision, "
                "double precision)")
-    op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_take(text, integer, integer, double precision)")
+    op.execute("DROP FUNCTION IF EXISTS inkmcp_coolify_budget_take(text, integer, integer, integer, double precision)")
     op.drop_table("coolify_request_budget")
