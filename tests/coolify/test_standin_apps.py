@@ -326,3 +326,18 @@ def test_add_servers_with_capacity_facts_wildcard_domains_and_a_build_server(sta
     assert [n.capacity["memory_mb"] for n in nodes] == [2048, 32768, 8192]
     assert nodes[2].capacity["labels"] == {"tier": "gpu"} and nodes[0].capacity["disk_gb"] == 80
     assert standin.add_servers(1)[0].name == "run-4"  # numbering continues
+
+
+def test_health_version_and_the_api_switch(standin: CoolifyStandin) -> None:
+    import httpx
+
+    assert httpx.get(standin.url + "/api/health").text == "OK"  # no token needed
+    root = api(standin, standin.add_token("read", "write"))
+    member = api(standin, standin.add_token("read", "write", team_id=3))
+    assert root.get("/version").text == "4.3.11"
+    assert root.post("/disable").json() == {"message": "API disabled."}
+    assert root.get("/version").json() == {"success": True, "message": "API is disabled."}
+    assert member.post("/enable").status_code == 403  # only the root team may switch it
+    assert root.get("/enable").status_code == 405
+    assert root.post("/enable").json() == {"message": "API enabled."}
+    assert root.get("/projects").status_code == 200

@@ -54,7 +54,7 @@ class CoolifyStandin(FaultsMixin, DeploymentsMixin, ApplicationsMixin, Databases
     seconds per user (Coolify's default 200/60)."""
 
     ROUTES = [*ServersMixin.ROUTES_SERVERS, *ProjectsMixin.ROUTES_PROJECTS, *ApplicationsMixin.ROUTES_APPLICATIONS,
-              *DeploymentsMixin.ROUTES_DEPLOYMENTS, *DatabasesMixin.ROUTES_DATABASES]
+              *DeploymentsMixin.ROUTES_DEPLOYMENTS, *DatabasesMixin.ROUTES_DATABASES, *StandinCore.ROUTES_OTHER]
 
     def __init__(self, nodes_root: Path, **kw: Any) -> None:
         super().__init__(nodes_root, **kw)

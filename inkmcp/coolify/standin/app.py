@@ -73,6 +73,8 @@ class StandinCore:
         self.stop_delay = stop_delay
         self.spec = spec or CoolifySpec.load()
         self.api_enabled = True
+        """instance_settings.is_api_enabled (false on a new install, NOTES.md §a; true here for convenience)."""
+        self.version = "4.3.11"
         self.tokens: dict[str, Token] = {}
         self.requests: list[Seen] = []
         self.request_violations: list[str] = []
@@ -279,8 +281,21 @@ class StandinCore:
             else:
                 self.response_violations.append(line)
 
+    ROUTES_OTHER: list[Route] = [
+        ("GET", r"/version", "read", "_version"),
+        ("GET", r"/(?:enable|disable)", "write", "_switch_get"),
+        ("POST", r"/enable", "write", "_enable_api"),
+        ("POST", r"/disable", "write", "_disable_api"),
+    ]
+    OUTSIDE_API_SWITCH = {"_enable_api", "_disable_api", "_switch_get"}
+    """routes/api.php:50-60: /enable and /disable are not behind ApiAllowed (else a disabled API could never be
+    switched on again)."""
+
     def _dispatch(self, request: Request, path: str, query: dict[str, str], raw: bytes, body: Any,
                   seen: Seen) -> Response:
+        if request.method == "GET" and path in ("/api/health", "/api/v1/health"):
+            # OtherController::healthcheck (:317-320), no auth: Laravel's default text/html answer
+            return Response("OK", 200, media_type="text/html")
         if not path.startswith("/api/v1/"):
             return JSONResponse(NOT_FOUND, 404)
         api_path = path[len("/api/v1"):]
@@ -312,7 +327,7 @@ class StandinCore:
         if token.team_id < 0:
             return JSONResponse({"message": "Invalid token.",
                                  "docs": "https://coolify.io/docs/api-reference/authorization"}, 400)
-        if not self.api_enabled:
+        if not self.api_enabled and handler not in self.OUTSIDE_API_SWITCH:
             return JSONResponse({"success": True, "message": "API is disabled."}, 403)
         if "root" not in token.abilities and ability not in token.abilities:
             return JSONResponse({"message": f"Missing required permissions: {ability}"}, 403)
@@ -346,6 +361,26 @@ class StandinCore:
 
     def _advance(self) -> None:
         """Complete queued work whose time has come (overridden by the composed stand-in)."""
+
+    def _version(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        """OtherController::version (:47-50): the bare version text."""
+        return Response(self.version, 200, media_type="text/html")
+
+    def _switch_get(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        return self._post_required()
+
+    def _enable_api(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        """OtherController::enable_api (:89-106): only the root team (0)."""
+        if token.team_id != 0:
+            return JSONResponse({"message": "You are not allowed to enable the API."}, 403)
+        self.api_enabled = True
+        return JSONResponse({"message": "API enabled."})
+
+    def _disable_api(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        if token.team_id != 0:
+            return JSONResponse({"message": "You are not allowed to disable the API."}, 403)
+        self.api_enabled = False
+        return JSONResponse({"message": "API disabled."})
 
     @staticmethod
     def _post_required() -> Response:

@@ -52,4 +52,8 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
                    "changed to a POST request.' with Allow: POST; not an operation of the spec (NOTES.md §a)"),
     KnownDeviation("GET", r"/applications/[^/]+/(start|stop|restart)", 405,
                    "routes/api.php:273-275 GET on the action routes -> post_required 405 (NOTES.md §a)"),
+    KnownDeviation("GET", r"/databases/[^/]+/(start|stop|restart)", 405,
+                   "routes/api.php:342-344 GET on the database action routes -> post_required 405"),
+    KnownDeviation("GET", r"/(enable|disable)", 405,
+                   "routes/api.php:54-55 GET /enable|/disable -> post_required 405 (NOTES.md §a)"),
 )
