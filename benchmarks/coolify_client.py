@@ -10,8 +10,8 @@ Targets, one `GET /applications/{uuid}` each, interleaved in rounds (A B C D E, 
     client+db+spec  both
 
 The client's overhead is its p50/p99 minus raw's. The budget alone is measured too: LocalBudget reserve+settle,
-DbBudget reserve (one round trip to the function), and 16 concurrent reserves of one process (coalesced into
-shared round trips).
+DbBudget reserve without prefetch (one round trip to the function each), and 16 concurrent reserves of one
+process (coalesced into shared round trips); and how many round trips the client+db targets paid per call.
 
     .venv/bin/python benchmarks/coolify_client.py            # table on stdout
     .venv/bin/python benchmarks/coolify_client.py --calls 500
@@ -95,9 +95,11 @@ async def run(calls: int, rounds: int, db_url: str, standin: CoolifyStandin) -> 
         for name in (order if r % 2 == 0 else order[::-1]):
             await timed(targets[name], calls // rounds, samples[name])
 
+    trips_per_call = {name: b.round_trips / (calls // rounds * rounds + 20) for name, b in
+                      (("client+db", db1), ("client+db+spec", db2))}
     budget_samples: dict[str, list[float]] = {"LocalBudget reserve+settle": [], "DbBudget reserve (1 round trip)": []}
     local = LocalBudget(UNLIMITED)
-    db3 = DbBudget.from_url(db_url, "bench:3", UNLIMITED)
+    db3 = DbBudget.from_url(db_url, "bench:3", UNLIMITED.model_copy(update={"prefetch": 0}))
 
     async def local_take() -> None:
         await local.settle(await local.reserve())
@@ -125,6 +127,8 @@ async def run(calls: int, rounds: int, db_url: str, standin: CoolifyStandin) -> 
         over50 = "" if name == "raw" else f"{p50 - floor50:+.2f}"
         over99 = "" if name == "raw" else f"{p99 - floor99:+.2f}"
         print(f"{name:<16}{p50:>9.2f}{p99:>9.2f}{over50:>14}{over99:>14}")
+    print("DbBudget round trips per call (sequential calls, prefetch while under half the limit): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in trips_per_call.items()))
     print()
     print(f"{'budget alone':<34}{'p50 ms':>9}{'p99 ms':>9}")
     for name, s in budget_samples.items():

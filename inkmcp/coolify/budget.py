@@ -290,3 +290,15 @@ class DbBudget:
             await asyncio.wait([self._flusher], timeout=5)
         if self._own is not None:
             await self._own.dispose()
+
+
+def make_budget(token: str, database_url: str | URL | None = None, *, key: str | None = None,
+                settings: BudgetSettings | None = None) -> RequestBudget:
+    """The budget a process should use: shared through the control-plane Postgres when it has one (replicas,
+    `inkmcp serve` with INKMCP_DATABASE_URL), else in-process (the CLI, a single replica on its embedded store's
+    data dir). `key`: one per Coolify *user* (default: the token's hash; pass the same key for several tokens of
+    one user, whose limit they share). Settings from INKMCP_COOLIFY_RATE_* unless given."""
+    settings = settings or BudgetSettings()
+    if database_url is None:
+        return LocalBudget(settings)
+    return DbBudget.from_url(database_url, key or budget_key(token), settings)

@@ -22,12 +22,20 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from inkmcp.coolify.budget import BudgetSettings, DbBudget, LocalBudget, RequestBudget, budget_key
-from inkmcp.coolify.client import CoolifyClient, CoolifyRateLimited, RetryPolicy
+from inkmcp.coolify.budget import (
+    BudgetSettings,
+    DbBudget,
+    LocalBudget,
+    RequestBudget,
+    budget_key,
+    make_budget,
+)
+from inkmcp.coolify.client import CoolifyClient, CoolifyRateLimited, CoolifyUnavailable, RetryPolicy
 from inkmcp.coolify.spec import CoolifySpec
 from inkmcp.store.db import _normalize
 from tests.coolify_standin import CoolifyStandin
 from tests.store.conftest import control_pg, embedded_pg_factory, store_url  # noqa: F401 - fixtures
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -208,8 +216,12 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.limit, s.window, s.hold) == (120, 30.0, 31.0)
 
 
-def test_budgets_are_pluggable() -> None:
+async def test_budgets_are_pluggable(store_url: str) -> None:  # noqa: F811
     assert isinstance(LocalBudget(), RequestBudget)
+    assert isinstance(make_budget("1|t"), LocalBudget)
+    shared = make_budget("1|t", store_url)
+    assert isinstance(shared, DbBudget) and isinstance(shared, RequestBudget) and shared.key == budget_key("1|t")
+    await shared.aclose()
     assert budget_key("1|secret") != budget_key("2|secret") and "secret" not in budget_key("1|secret")
 
 
@@ -279,6 +291,21 @@ async def test_a_429_anyway_pauses_the_other_replicas(tmp_path: Path, spec: Cool
         assert statuses == [200, 200, 429, 200, 200]
         limited_at = standin.requests[2].at
         assert all(r.at - limited_at >= 1.0 for r in standin.requests[3:])  # nobody sent into the closed window
+
+
+async def test_an_unreadable_budget_sends_nothing(tmp_path: Path, spec: CoolifySpec) -> None:
+    """The control-plane database is down: the call fails as a retryable CoolifyUnavailable naming the database
+    setting, and Coolify receives nothing (sending without a budget could break the shared limit)."""
+    with CoolifyStandin(tmp_path, spec=spec) as standin:
+        token = standin.add_token("read")
+        port = free_port()  # nothing listens there
+        budget = DbBudget.from_url(f"postgresql://inkmcp@127.0.0.1:{port}/inkmcp", budget_key(token))
+        async with CoolifyClient(standin.url, token, budget=budget) as c:
+            with pytest.raises(CoolifyUnavailable) as caught:
+                await c.list_servers()
+        await budget.aclose()
+        assert caught.value.retryable and "INKMCP_DATABASE_URL" in str(caught.value)
+        assert "nothing was sent" in str(caught.value) and standin.requests == []
 
 
 # ---------------------------------------------------------------------------------------------------------
