@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from inkmcp.coolify.budget import BudgetSettings, LocalBudget
 from inkmcp.coolify.client import (
+    SPEC_OMITTED_KEYS,
     CoolifyBadRequest,
     CoolifyClient,
     CoolifyConflict,
@@ -35,6 +36,8 @@ from inkmcp.coolify.models import (
 )
 from inkmcp.coolify.polling import wait_for_application, wait_for_deployment
 from inkmcp.coolify.spec import CoolifySpec
+from inkmcp.coolify.standin import applications as apps_standin
+from inkmcp.coolify.standin import databases as dbs_standin
 from tests.coolify.conftest import FAST
 from tests.coolify_standin import CoolifyStandin
 
@@ -85,6 +88,30 @@ async def place(standin: CoolifyStandin, client: CoolifyClient) -> Place:
 
 def last(standin: CoolifyStandin, method: str, path: str) -> object:
     return standin.requests_of(method=method, path=path)[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The models against the contract
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "operation", "allowed"), [
+    (PublicApplicationCreate, "create-public-application", apps_standin.CREATE_ALLOWED),
+    (DockerfileApplicationCreate, "create-dockerfile-application", apps_standin.CREATE_ALLOWED),
+    (ApplicationUpdate, "update-application-by-uuid", apps_standin.UPDATE_ALLOWED),
+    (PostgresCreate, "create-database-postgresql", dbs_standin.DB_ALLOWED),
+    (EnvVarSet, "create-env-by-application-uuid", list(apps_standin.ENV_RULES)),
+    (ProjectCreate, "create-project", ["name", "description"]),
+])
+def test_request_models_send_only_what_spec_and_controller_both_accept(
+        spec: CoolifySpec, model: type, operation: str, allowed: list[str]) -> None:
+    """Every field a request model can send is in the spec's schema for the operation (the stand-in and
+    `validate_with` refuse anything else; SPEC_OMITTED_KEYS are the documented exceptions) and in the
+    controller's allow-list as the stand-in transcribes it (Coolify answers 422 for anything else)."""
+    fields = set(model.model_fields)  # type: ignore[attr-defined]
+    omitted = SPEC_OMITTED_KEYS.get(operation, frozenset())
+    assert fields - omitted <= spec.by_id(operation).body_keys
+    assert fields <= set(allowed)
 
 
 # ---------------------------------------------------------------------------------------------------------
