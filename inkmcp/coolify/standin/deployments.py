@@ -45,6 +45,10 @@ QUEUE_FULL = "Deployment queue is full. Please wait for existing deployments to 
 def _bool(value: Any) -> bool:
     return value in (True, 1, "1", "true", "on", "yes")
 
+PROBE_IMAGE = "inkmcp/probe"
+"""The image `inkmcp doctor` deploys (hardening/probe): its container prints the kernel it runs on, which on the
+stand-in is the server's `container_kernel` fact."""
+
 
 class DeploymentsMixin:
     ROUTES_DEPLOYMENTS: list[tuple[str, str, str, str]] = [
@@ -245,6 +249,9 @@ class DeploymentsMixin:
             app.container = Container(dep.deployment_uuid, dep.commit, app.env_revision, env, at,
                                       logs=[f"container {app.uuid} started from deployment {dep.deployment_uuid} "
                                             f"(commit {dep.commit}, env revision {app.env_revision})"])
+            image = str(app.fields.get("docker_registry_image_name") or "")
+            if server is not None and image.endswith(PROBE_IMAGE):  # what hardening/probe/Dockerfile prints
+                app.container.logs.append(f"inkmcp-probe kernel={server.container_kernel}")
             if crash is not None:  # no health check: Coolify cannot tell, the container crash-loops afterwards
                 app.container.logs.append(crash)
                 app.status_plan = [(at + self.status_delay, "running:unknown"),

@@ -58,6 +58,7 @@ class ServersMixin:
         ("GET", r"/servers/(?P<uuid>[^/]+)/proxy", "read", "_get_proxy"),
         ("PUT", r"/servers/(?P<uuid>[^/]+)/proxy/configuration", "write", "_save_proxy_configuration"),
         ("POST", r"/servers/(?P<uuid>[^/]+)/proxy/restart", "write", "_restart_proxy"),
+        ("GET", r"/security/keys", "read", "_list_keys"),
     ]
 
     _lock: threading.RLock
@@ -272,6 +273,22 @@ class ServersMixin:
                 "is_usable": server.settings["is_usable"], "settings": self._settings(server, sensitive)}
 
     # -- controllers -----------------------------------------------------------------------------------
+
+    def _list_keys(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        """SecurityController::keys: the team's keys; `private_key` hidden (makeHidden, :13-24) unless the token
+        can read sensitive data. The key material is a placeholder: nothing here uses it."""
+        items = []
+        for n, (uuid, team) in enumerate(self.private_keys.items(), start=1):
+            if team != token.team_id:
+                continue
+            item: dict[str, Any] = {"id": n, "uuid": uuid, "name": f"key-{n}", "description": "",
+                                    "is_git_related": False, "team_id": team,
+                                    "created_at": now_iso(), "updated_at": now_iso()}
+            if sensitive:
+                item["private_key"] = ("-----BEGIN OPENSSH PRIVATE KEY-----\nstand-in\n"
+                                       "-----END OPENSSH PRIVATE KEY-----\n")
+            items.append(item)
+        return JSONResponse(items)
 
     def _list_servers(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
         items = []

@@ -90,6 +90,10 @@ class NodeServer:
     and placement fixtures through the stand-in object."""
     unreachable: bool = False
     """SSH to the node fails: deployments on it fail, GetContainersStatus marks it unreachable."""
+    container_kernel: str = "4.4.0"
+    """`uname -r` inside a container on this node: gVisor's 4.4.0 on a hardened run server (the default, as
+    InkMCP's run servers are); a host kernel such as 6.1.0-28-amd64 models a node whose Docker runs tenants
+    under runc. Only our probe image reports it (`PROBE_IMAGE`, see inkmcp/doctor.py)."""
 
 
 @dataclass
