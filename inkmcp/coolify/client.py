@@ -455,7 +455,11 @@ class CoolifyClient:
                     if last.queue_full:
                         raise last  # the server's deployment queue, not the rate limit: the caller reports progress
                     wait = last.retry_after if last.retry_after is not None else self.retry.backoff(attempt)
-                    await self.budget.pause(wait)
+                    try:
+                        await self.budget.pause(wait)
+                    except Exception as e:  # this call still waits; only the other replicas are not told
+                        log.warning("coolify %s %s: could not record the 429 pause in the request budget (%s)",
+                                    method, path, type(e).__name__)
                     if waited + wait > self.retry.max_total_wait or attempt + 1 >= self.retry.attempts:
                         raise last
                     log.info("coolify %s %s: rate limited, retrying in %.1f s (Retry-After)", method, path, wait)
