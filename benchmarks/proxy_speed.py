@@ -284,6 +284,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--targets", default="direct,nginx,inkmcp,inkmcp-python")
+    ap.add_argument("--scenarios", default="", help="e.g. '32 keep-alive,1 websocket' (default: all six)")
     ap.add_argument("--save", type=Path, help="write the figures (JSON) here, e.g. benchmarks/baselines/...")
     ap.add_argument("--compare", type=Path, help="a file --save wrote earlier: print its inkmcp figures next to these")
     ap.add_argument("--label", default="", help="stored with --save (e.g. the commit measured)")
@@ -333,13 +334,15 @@ def main() -> int:
                 time.sleep(0.02)
             ports[name] = int(port_file.read_text())
         order = [t for t in targets if t in ports]
+        wanted = {w.strip() for w in args.scenarios.split(",") if w.strip()}
+        scenarios = [(c, m) for c, m in SCENARIOS if not wanted or f"{c} {m}" in wanted]
         results: dict[str, dict[str, list[dict[str, float]]]] = {}
-        for conns, mode in SCENARIOS:  # warm-up: connections, pools, caches
+        for conns, mode in scenarios:  # warm-up: connections, pools, caches
             for t in order:
                 measure(ports[t], conns, mode, 1.0)
         for rnd in range(args.rounds):
             seq = order if rnd % 2 == 0 else order[::-1]
-            for conns, mode in SCENARIOS:
+            for conns, mode in scenarios:
                 for t in seq:
                     r = measure(ports[t], conns, mode, args.seconds)
                     results.setdefault(f"{conns} {mode}", {}).setdefault(t, []).append(r)

@@ -20,9 +20,8 @@ the log is read after it was written).
          control-plane row, /metrics answer or any file of the data dir.
     32   Host spoofing on the proxy reaches alice only through alice's own name, never an internal
          port or another tenant.
-    33   smuggling (CL+TE, duplicate Host, absolute-form vs Host, obs-fold, pipelining): the bytes of
-         one client connection reach exactly one upstream, the one its first request was routed to.
-         Keep-alive pinning to that first upstream is the proxy's documented design (proxy.py).
+    33   smuggling (CL+TE, duplicate Host, absolute-form vs Host, obs-fold): nothing hidden in a request
+         reaches another app; a pipelined request is routed by its own Host (nginx parses each one).
          Found here, beyond the review: a folded line, `Host :`, a second Host line or a Host whose
          port is not a number were routed on instead of refused with 400 (RFC 9112); fixed in
          proxy.parse_host, proved by test_ambiguous_host_lines_are_refused.

@@ -1,4 +1,8 @@
-"""The host-routing reverse proxy in front of every local service.
+"""The host-routing reverse proxy in front of every local service: InkMCP's own, in Python.
+
+With the default INKMCP_PROXY_ENGINE=nginx it is the slow path behind nginx (nginx.NginxProxy): it
+holds the route table, wakes on_demand services, answers unknown hosts, and takes what nginx could not
+hand to a port that a switch just retired. With INKMCP_PROXY_ENGINE=python it faces the clients itself.
 
 It reads only the first request head of a connection (to learn the Host), connects to the
 service's current port and then splices bytes both ways. Everything after the head — keep-alive
