@@ -341,9 +341,14 @@ class CoolifyClient:
                  validate_with: CoolifySpec | None = None, transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Sleep = asyncio.sleep, url_setting: str = "the Coolify API URL",
                  token_setting: str = "the Coolify API token",  # noqa: S107 - a setting name
-                 budget: RequestBudget | None = None) -> None:
+                 budget: RequestBudget | None = None, attempt_timeout: float = 50.0) -> None:
         """`budget`: where request slots come from; None = a `LocalBudget` for this client alone (the CLI).
-        Replicas pass a `DbBudget` with one key per Coolify user so they share Coolify's limit."""
+        Replicas pass a `DbBudget` with one key per Coolify user so they share Coolify's limit.
+        `attempt_timeout`: the most one attempt may take in total (httpx's timeouts are per phase); kept below
+        Coolify's 60 s window so that no request outlives the budget slot it was sent on."""
+        if attempt_timeout <= 0:
+            raise ValueError(f"attempt_timeout={attempt_timeout}: pass the seconds one request may take, e.g. 50")
+        self.attempt_timeout = attempt_timeout
         self.base_url = check_api_url(base_url, url_setting)
         secret = token if isinstance(token, SecretStr) else SecretStr(token)
         check_token(secret.get_secret_value(), token_setting)
@@ -428,7 +433,9 @@ class CoolifyClient:
             started = time.monotonic()
             try:
                 try:
-                    response = await self._http.request(method, path, json=json, params=params, headers=headers)
+                    response = await asyncio.wait_for(
+                        self._http.request(method, path, json=json, params=params, headers=headers),
+                        self.attempt_timeout)
                 finally:
                     await self._settle(grant, method, path)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
@@ -437,7 +444,7 @@ class CoolifyClient:
                                           method=method, path=path)
                 if not idempotent:
                     raise last from e
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, TimeoutError) as e:
                 # Sent, outcome unknown: repeat only what is idempotent.
                 last = CoolifyUnavailable(f"no complete answer from {self.base_url}: {type(e).__name__}",
                                           method=method, path=path)

@@ -224,6 +224,32 @@ async def test_a_create_is_never_repeated_after_an_ambiguous_failure(standin: Co
     assert standin.request_count(method="POST", path="/applications/public") == 2
 
 
+async def test_one_attempt_has_a_total_time_limit(standin: CoolifyStandin, token: str, spec: CoolifySpec,
+                                                  place: Place) -> None:
+    """A create whose answer comes too late (Coolify made it) ends at attempt_timeout as a retryable error, not
+    repeated; a slow GET is tried again."""
+    async with CoolifyClient(standin.url, token, validate_with=spec, retry=FAST, attempt_timeout=0.3) as c:
+        standin.delay_next("POST", r"/applications/public", 1.0, after=True)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(CoolifyUnavailable, match="no complete answer"):
+            await c.create_public_application(place.public(name="slow"))
+        assert asyncio.get_running_loop().time() - started < 0.9
+        deadline = started + 5  # the stand-in logs a request when its (late) answer goes out
+        while standin.request_count(method="POST", path="/applications/public") == 0:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert [a.name for a in await c.list_applications()] == ["slow"]  # made once, never repeated
+        assert standin.request_count(method="POST", path="/applications/public") == 1
+        standin.delay_next("GET", r"/projects", 1.0)
+        assert place.project in [p.uuid for p in await c.list_projects()]
+        deadline = asyncio.get_running_loop().time() + 5
+        while standin.request_count(method="GET", path="/projects") < 2:  # the slow one, logged when it answers
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    with pytest.raises(ValueError, match="attempt_timeout=0"):
+        CoolifyClient(standin.url, token, attempt_timeout=0)
+
+
 async def test_reads_and_absolute_writes_are_retried(standin: CoolifyStandin, client: CoolifyClient,
                                                      place: Place) -> None:
     app = (await client.create_public_application(place.public())).uuid
