@@ -13,8 +13,10 @@ import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings
 
 from inkmcp.build.source import SourcePolicy
 from inkmcp.core.accounts import AccountService
@@ -38,6 +40,7 @@ from inkmcp.store.db import Store, migrate, open_store
 from inkmcp.store.embedded import EmbeddedPostgres
 
 log = logging.getLogger("inkmcp")
+S = TypeVar("S", bound=BaseSettings)
 
 
 def _stable_port(path: Path) -> int:
@@ -116,6 +119,59 @@ def _database_providers(
     return choose_default(own, neon=neon, choice=settings.database_provider)
 
 
+async def _compute(
+    stack: AsyncExitStack, settings: Settings, data: Path, store: Store, control_url: str
+) -> ComputeProvider:
+    """The compute provider `settings.compute` names. Coolify's pieces share the control-plane database: the
+    request budget (every replica keeps to one token's rate limit together) and placement's reservations."""
+    if settings.compute == "coolify":
+        from inkmcp.coolify.budget import DbBudget, budget_key
+        from inkmcp.placement.adapter import CoolifyPlacement
+        from inkmcp.placement.coolify_nodes import CoolifyNodeSource
+        from inkmcp.placement.records import PlacementService
+        from inkmcp.placement.settings import PlacementSettings
+        from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+        from inkmcp.providers.compute.coolify.settings import CoolifySettings
+
+        coolify = _provider_settings(CoolifySettings, "INKMCP_COOLIFY_")
+        placement = _provider_settings(PlacementSettings, "INKMCP_PLACEMENT_")
+        budget = DbBudget.from_url(control_url, key=budget_key(coolify.token.get_secret_value()))
+        stack.push_async_callback(budget.aclose)
+        provider = CoolifyComputeProvider.from_settings(coolify, data / "coolify", budget=budget)
+        stack.push_async_callback(provider.close)
+        nodes = CoolifyNodeSource(provider.client, placement)
+        provider.place = CoolifyPlacement(PlacementService(store.sessionmaker, nodes, placement.policy()))
+        return provider
+
+    from inkmcp.providers.compute.local.provider import LocalComputeProvider
+
+    return LocalComputeProvider(
+        data / "compute",
+        proxy_host=settings.proxy_host,
+        proxy_port=settings.proxy_port,
+        domain=settings.apps_domain,
+        idle_timeout=settings.idle_timeout,
+        health_timeout=settings.health_timeout,
+        build_timeout=settings.build_timeout,
+        tenant_python=settings.tenant_python,
+        pids_max=settings.pids_max,
+        max_file_mb=settings.max_file_mb,
+        max_build_mb=settings.max_build_mb,
+    )
+
+
+def _provider_settings(cls: type[S], prefix: str) -> S:
+    """A provider's own settings class, read from the environment; a bad or missing value is an InkError
+    naming the variable (as the main settings' errors do)."""
+    try:
+        return cls()
+    except ValidationError as e:
+        problem = e.errors()[0]
+        name = prefix + "_".join(str(x) for x in problem["loc"]).upper()
+        raise InkError(f"invalid configuration {name}: {problem['msg']}", argument=name,
+                       fix=f"set {name} (see `{cls.__module__}` for what it takes)") from None
+
+
 async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -162,21 +218,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     byo = BringYourOwnDatabase()
     default_db, db_providers = _database_providers(stack, settings, postgres)
 
-    from inkmcp.providers.compute.local.provider import LocalComputeProvider
-
-    compute = LocalComputeProvider(
-        data / "compute",
-        proxy_host=settings.proxy_host,
-        proxy_port=settings.proxy_port,
-        domain=settings.apps_domain,
-        idle_timeout=settings.idle_timeout,
-        health_timeout=settings.health_timeout,
-        build_timeout=settings.build_timeout,
-        tenant_python=settings.tenant_python,
-        pids_max=settings.pids_max,
-        max_file_mb=settings.max_file_mb,
-        max_build_mb=settings.max_build_mb,
-    )
+    compute = await _compute(stack, settings, data, store, control_url)
     metrics = Metrics()
     sessions = store.sessionmaker
     limits = LimitDefaults.from_settings(settings)

@@ -46,7 +46,12 @@ class Settings(BaseSettings):
         default_factory=list, description="extra Host headers accepted (DNS-rebinding protection)"
     )
 
-    compute: Literal["local"] = "local"
+    compute: Literal["local", "coolify"] | None = Field(
+        default=None,
+        validate_default=True,
+        description="where services are built and run: local (this machine) or coolify (production: Coolify's API, "
+        "settings INKMCP_COOLIFY_*). Unset: coolify when INKMCP_COOLIFY_URL is set, else local",
+    )
     proxy_host: str = "127.0.0.1"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
     apps_domain: str = Field(default="localhost", description="services answer at <service>.<project>.<domain>")
@@ -104,6 +109,14 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
+
+    @field_validator("compute")
+    @classmethod
+    def _compute_default(cls, v: str | None) -> str:
+        """Setting INKMCP_COOLIFY_URL (with its token) is the whole switch to production compute."""
+        if v is not None:
+            return v
+        return "coolify" if os.environ.get("INKMCP_COOLIFY_URL", "").strip() else "local"
 
     @field_validator("allow_local_sources")
     @classmethod
