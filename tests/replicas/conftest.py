@@ -1,8 +1,9 @@
 """Replicas as real OS processes over one real PostgreSQL: a `Cluster` per test.
 
-A cluster is a fresh migrated control-plane database (on the session's embedded server), one shared fake
-remote (`remote.py`, its own process) and any number of replicas (`replica.py`, one process each, each with its
-own data dir, all with the same INKMCP_ENCRYPTION_KEYS and nothing else shared but the database and the remote).
+A cluster is a fresh migrated control-plane database (on the session's embedded server), one shared remote in
+its own process (the fake remote's server, `remote.py`, or the Coolify stand-in) and any number of replicas
+(`replica.py`, one process each, each with its own data dir, all with the same INKMCP_ENCRYPTION_KEYS and nothing
+else shared but the database and the remote).
 Teardown stops exactly the processes the cluster started, by PID.
 """
 

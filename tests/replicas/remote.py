@@ -7,8 +7,7 @@ JSON line out, dataclasses rebuilt on the client, `RemoteError` raised again wit
 background progress (queued → in_progress → finished) runs in the server process, as Coolify's queue does.
 
 Run: `python -m tests.replicas.remote SOCKET` (prints "ready" on stdout once it listens).
-The Coolify-backed variant of the replica tests (the provider over tests/coolify_standin.py) is the next step;
-this server stands in until that provider is ready.
+The Coolify-backed cluster (`conftest.coolify_cluster`) runs the Coolify stand-in process instead.
 """
 
 from __future__ import annotations

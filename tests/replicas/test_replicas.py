@@ -4,8 +4,9 @@ deployment; the "same deploy again is a no-op" check holds across replicas; a re
 over writes nothing afterwards.
 
 Ground truth is the database and the shared remote's own state (`Cluster.census`), never a replica's answer.
-The remote is FakeRemote in its own process (`remote.py`); the Coolify-backed variant (the Coolify provider over
-tests/coolify_standin.py) is the next step.
+The remote is FakeRemote in its own process (`remote.py`); the kill -9 test also runs with the real Coolify
+provider against the Coolify stand-in process (`coolify_cluster`, census through Coolify's API). The other tests
+over Coolify, and a reconciler comparing records with Coolify's applications, are next.
 """
 
 from __future__ import annotations
