@@ -81,6 +81,7 @@ class ServerProc:
     log_path: Path | None = None
     inkmcp: str = INKMCP
     run_as: tuple[int, int] | None = None  # (uid, gid): run the CLI and the server as this user
+    compute: str = "local"  # the compute provider the server runs on (tests/e2e/coolify.py: "coolify")
 
     def _user_kwargs(self) -> dict[str, Any]:
         if self.run_as is None:

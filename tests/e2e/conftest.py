@@ -4,11 +4,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.coolify import coolify_server
 from tests.support import ServerProc, running_server
 
+PROVIDERS = ["local", "coolify"]
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[ServerProc]:
-    """One real `inkmcp serve` for the e2e suite, with two accounts."""
-    with running_server("inkmcp-e2e-", ("alice", "bob")) as srv:
-        yield srv
+
+@pytest.fixture(scope="session", params=PROVIDERS)
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProc]:
+    """One real `inkmcp serve` per compute provider, with two accounts: every test using it runs against the
+    local provider and against Coolify (the stand-in, with its runner really running what is deployed)."""
+    if request.param == "local":
+        with running_server("inkmcp-e2e-", ("alice", "bob")) as srv:
+            yield srv
+    else:
+        with coolify_server("inkmcp-e2e-c-", ("alice", "bob")) as srv:
+            yield srv

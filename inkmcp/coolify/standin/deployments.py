@@ -70,6 +70,8 @@ class DeploymentsMixin:
     restart_seconds: float
     status_delay: float
     app_build_seconds: dict[str, float]
+    runner: Any = None
+    """Opt-in (runner.py `AppRunner.attach`): really build and run what is deployed; None = API model only."""
 
     def _id(self) -> int:
         raise NotImplementedError
@@ -182,6 +184,8 @@ class DeploymentsMixin:
             line = (f"Server {server.name} is not reachable. ssh: connect to host {server.ip} port {server.port}: "
                     "Connection refused")
         dep.fail_with = line
+        if self.runner is not None and app is not None and line is None:
+            self.runner.begin(dep, app)
 
     def _advance(self) -> None:
         """Every queued piece of work whose time has come, oldest first (module docstring)."""
@@ -197,6 +201,8 @@ class DeploymentsMixin:
             if app.stop_at is not None and app.stop_at <= now:
                 app.stop_at = None
                 app.container = None
+                if self.runner is not None:
+                    self.runner.stop_app(app.uuid)
                 app.status_plan.clear()
                 app.status = "exited"
             while app.status_plan and app.status_plan[0][0] <= now:
@@ -210,6 +216,8 @@ class DeploymentsMixin:
         envs); its queued deployments are left behind, unreachable through the API (the app is gone)."""
         self.deleted_with[app.uuid] = dict(app.delete_flags)
         del self.applications[app.uuid]
+        if self.runner is not None:
+            self.runner.stop_app(app.uuid)
         server = self.servers.get(app.server_uuid)
         if server is not None:
             server.resources = max(0, server.resources - 1)
@@ -241,6 +249,8 @@ class DeploymentsMixin:
                 self._log(dep, "New container is not healthy, rolling back to the old container.", "stderr")
                 self._log(dep, "Deployment failed. Removing the new version of your application.", "stderr")
                 dep.status = "failed"
+                if self.runner is not None:
+                    self.runner.finish(dep, app)
                 self._next_after(dep, at)
                 return
             self._log(dep, "Rolling update completed.")
@@ -261,6 +271,8 @@ class DeploymentsMixin:
                                    (at + 2 * self.status_delay, "running:healthy")]
             else:
                 app.status_plan = [(at + self.status_delay, "running:unknown")]
+        if self.runner is not None:
+            self.runner.finish(dep, app)
         self._next_after(dep, at)
 
     def _next_after(self, dep: Deployment, at: float) -> None:

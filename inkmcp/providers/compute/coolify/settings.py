@@ -8,7 +8,10 @@ builds `CoolifySettings()` and hands it to `CoolifyComputeProvider.from_settings
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+import ipaddress
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.coolify.client import check_api_url, check_token
@@ -47,13 +50,40 @@ class CoolifySettings(BaseSettings):
                                 description="seconds a release waits for Coolify's deployments before "
                                             "reporting ProviderUnavailable (the next attempt re-attaches)")
 
+    dev_local_repos: bool = Field(
+        default=False, description="development and tests only: let agents deploy local git repositories by "
+                                   "handing Coolify a https://local-repo.invalid/… name for them, which only the "
+                                   "stand-in's runner (inkmcp/coolify/standin/runner.py) fetches. Refused unless "
+                                   "INKMCP_COOLIFY_URL is a loopback address, so a production install (a remote "
+                                   "Coolify) cannot turn it on by accident")
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return check_api_url(v, "INKMCP_COOLIFY_URL")
+
+    @field_validator("dev_local_repos")
+    @classmethod
+    def _dev_local_repos(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and not is_loopback_url(str(info.data.get("url") or "")):
+            raise ValueError("local repositories are for a Coolify stand-in on this machine only: INKMCP_COOLIFY_URL "
+                             "must be a loopback address (http://127.0.0.1:PORT); unset INKMCP_COOLIFY_DEV_LOCAL_REPOS "
+                             "for a real Coolify")
+        return v
 
     @field_validator("token")
     @classmethod
     def _token(cls, v: SecretStr) -> SecretStr:
         check_token(v.get_secret_value(), "INKMCP_COOLIFY_TOKEN")
         return v
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url`'s host is a loopback IP address or `localhost` (the stand-in on this machine)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,437 @@
+"""An opt-in runner for the Coolify stand-in: it really runs what the stand-in deploys, for tests and local
+development, so "the deployed app serves its page at the returned URL" can be checked over the Coolify provider
+too. Off by default: without it the stand-in only models Coolify's API (nothing here is imported).
+
+What it does, for each deployment the stand-in begins (`begin`, called from deployments.py `_begin`):
+
+1. **Fetch**: the application's `git_repository` at `git_commit_sha`. Only repos named by the dev hook's URLs
+   (`local_repo_url`: `https://local-repo.invalid/<base64 path>.git`; `.invalid` is a reserved TLD, so such a
+   URL can never name a real repository) are fetched, with `git clone` from the local path; anything else
+   fails the deployment (the stand-in has no network).
+2. **Build**, as nixpacks would for the few stacks the e2e suite uses, on this machine: a Python venv (uv, with
+   `requirements.txt` installed), `npm ci`/`npm install` when there is a package.json, the app's
+   `install_command` instead when set, then `build_command`. The build of one commit is kept and reused (Coolify
+   finds the image of a commit and skips the build, which is what an env-change redeploy relies on).
+3. **Pre-deployment command** as Coolify runs it: in the *currently running* container (old code, old env),
+   skipped on a first deployment (ApplicationDeploymentJob::run_pre_deployment_command).
+4. **Start** the start command (or Procfile `web`, or a static file server for `is_static`/`static` apps serving
+   `publish_directory`) with the application's runtime env vars. Deviation: in Coolify every container has its
+   own network namespace, here processes share the host's, so PORT is a free port the runner picks. The
+   deployment finishes once the process listens (no health check is configured by InkMCP, so, like Coolify, a
+   process that never listens still counts as started after `start_timeout`); a process that exits during
+   start fails the deployment ("container exited").
+5. **Switch** (`finish`, from `_finish`): a finished deployment's process takes the routes of the application's
+   `fqdn` hosts and the old process is stopped; a failed one's process is stopped, the old keeps serving.
+
+A small reverse proxy (asyncio, raw TCP after the request head, so websockets pass) routes by `Host` to the
+live process of the application whose `fqdn` names that host, like the run server's Traefik: 404 for an unknown
+host, 502 when the process does not answer. Tests reach a service by sending its URL's Host to the proxy port.
+
+Processes run as the stand-in's own user, each in its own session; `stop_app` and `close` stop exactly the
+process groups the runner started (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+LOCAL_REPO_HOST = "local-repo.invalid"
+MAX_LOG_LINES = 5000
+
+
+def local_repo_url(path: str) -> str:
+    """The https URL the Coolify provider gives Coolify for a local repository (development hook only)."""
+    raw = path.removeprefix("file://")
+    token = base64.urlsafe_b64encode(os.path.abspath(raw).encode()).decode().rstrip("=")
+    return f"https://{LOCAL_REPO_HOST}/{token}.git"
+
+
+def local_repo_path(url: str) -> Path | None:
+    """The local path behind a `local_repo_url`, None for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or parts.hostname != LOCAL_REPO_HOST:
+        return None
+    token = parts.path.strip("/").removesuffix(".git")
+    return Path(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class StepFailed(Exception):
+    def __init__(self, message: str, output: list[str]) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+@dataclass
+class Proc:
+    """One started "container": a process group the runner owns."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    env: dict[str, str]
+    lines: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        elif self.popen.returncode is not None:
+            with contextlib.suppress(ProcessLookupError):  # a daemonised child left in our group
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+class AppRunner:
+    """See the module docstring. `attach(standin)` wires it; `close()` stops everything it started."""
+
+    def __init__(self, root: Path, *, proxy_port: int = 0, start_timeout: float = 10.0,
+                 build_timeout: float = 600.0) -> None:  # fmt: skip
+        self.root = Path(root)
+        self.proxy_port = proxy_port
+        self.start_timeout = start_timeout
+        self.build_timeout = build_timeout
+        self.routes: dict[str, int] = {}
+        """Host (lowercase, no port) -> the port of the live process serving it."""
+        self.live: dict[str, Proc] = {}
+        """application uuid -> its running process."""
+        self.pending: dict[str, Proc] = {}
+        """deployment uuid -> the process it started, until the deployment finishes or fails."""
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proxy_thread: threading.Thread | None = None
+        self._standin: Any = None
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def attach(self, standin: Any) -> AppRunner:
+        """Make `standin` run what it deploys (the hooks in deployments.py call back here), start the proxy."""
+        self._standin = standin
+        standin.runner = self
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._start_proxy()
+        return self
+
+    def close(self) -> None:
+        self._closing = True
+        for t in list(self._threads):
+            t.join(timeout=self.build_timeout)
+        for proc in [*self.pending.values(), *self.live.values()]:
+            proc.stop()
+        self.pending.clear()
+        self.live.clear()
+        self.routes.clear()
+        if self._loop is not None and self._proxy_thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._proxy_thread.join(timeout=10)
+        self._loop = self._proxy_thread = None
+
+    # -- hooks (called by the stand-in under its lock) --------------------------------------------------
+
+    def begin(self, dep: Any, app: Any) -> None:
+        """Take over the deployment's clock: it stays in_progress until the work thread says how it ended."""
+        dep.duration = float("inf")
+        config = {"fields": dict(app.fields), "settings": dict(app.settings),
+                  "env": {e.key: e.value or "" for e in app.envs if not e.is_preview},
+                  "old": self.live.get(app.uuid)}
+        t = threading.Thread(target=self._work, args=(dep, app.uuid, config), daemon=True,
+                             name=f"standin-runner-{dep.deployment_uuid[:8]}")
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    def finish(self, dep: Any, app: Any) -> None:
+        proc = self.pending.pop(dep.deployment_uuid, None)
+        if proc is None:
+            return
+        if dep.status != "finished" or app is None:
+            proc.stop()
+            return
+        old = self.live.get(app.uuid)
+        self.live[app.uuid] = proc
+        self._route(app, proc.port)
+        if app.container is not None:
+            proc.lines[:0] = app.container.logs
+            app.container.logs = proc.lines  # GET /applications/{uuid}/logs reads what the process prints
+        if old is not None and old is not proc:
+            threading.Thread(target=old.stop, daemon=True).start()
+
+    def stop_app(self, app_uuid: str) -> None:
+        proc = self.live.pop(app_uuid, None)
+        self.routes = {h: p for h, p in self.routes.items() if proc is None or p != proc.port}
+        if proc is not None:
+            threading.Thread(target=proc.stop, daemon=True).start()
+
+    def _route(self, app: Any, port: int) -> None:
+        hosts = {urlsplit(u.strip()).hostname for u in str(app.fields.get("fqdn") or "").split(",") if u.strip()}
+        old = self.live.get(app.uuid)
+        self.routes = {h: p for h, p in self.routes.items() if h not in hosts and (old is None or p != port)}
+        self.routes.update({h.lower(): port for h in hosts if h})
+
+    # -- the work of one deployment (its own thread) ------------------------------------------------------
+
+    def _work(self, dep: Any, app_uuid: str, config: dict[str, Any]) -> None:
+        lines: list[str] = []
+        failure: str | None = None
+        proc: Proc | None = None
+        try:
+            workdir = self._build(app_uuid, dep.commit, config, lines, restart_only=bool(dep.restart_only))
+            self._pre_deployment(config, lines)
+            proc = self._start(workdir, config, lines)
+        except StepFailed as e:
+            failure = str(e)
+            lines += e.output[-40:]
+        except Exception as e:  # a bug here must fail the deployment, not hang it
+            failure = f"stand-in runner error: {e!r}"
+        standin = self._standin
+        with standin._lock:
+            for line in lines[-200:]:
+                standin._log(dep, line)
+            if proc is not None:
+                if dep.status == "in_progress" and not self._closing:
+                    self.pending[dep.deployment_uuid] = proc
+                else:
+                    proc.stop(0.5)
+            dep.fail_with = dep.fail_with or failure
+            if dep.started_at is not None:
+                dep.duration = max(0.0, time.monotonic() - dep.started_at)
+
+    def _run(self, argv: list[str], cwd: Path, env: dict[str, str], what: str, lines: list[str]) -> None:
+        lines.append(f"$ {what}")
+        try:
+            r = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               timeout=self.build_timeout, start_new_session=True, check=False)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"{what} timed out after {self.build_timeout:g} s", lines) from None
+        out = r.stdout.decode(errors="replace").splitlines()
+        lines += out[-100:]
+        if r.returncode != 0:
+            raise StepFailed(f"Building docker image failed: {what} exited with code {r.returncode}", out[-20:])
+
+    def _base_env(self, extra: dict[str, str], venv: Path | None) -> dict[str, str]:
+        path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env = {"PATH": f"{venv / 'bin'}:{path}" if venv else path, "HOME": str(self.root),
+               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        if venv is not None:
+            env["VIRTUAL_ENV"] = str(venv)
+        return {**env, **extra}
+
+    def _build(self, app_uuid: str, commit: str, config: dict[str, Any], lines: list[str], *,
+               restart_only: bool) -> Path:  # fmt: skip
+        fields = config["fields"]
+        recipe = "\n".join(str(fields.get(k) or "") for k in ("git_repository", "base_directory", "install_command",
+                                                                "build_command", "build_pack"))
+        key = hashlib.sha256(f"{commit}\n{recipe}".encode()).hexdigest()[:16]
+        src = self.root / "apps" / app_uuid / key
+        workdir = src / str(fields.get("base_directory") or "/").strip("/")
+        if (src / ".inkmcp-built").exists():
+            lines.append(f"Found a built image of commit {commit}; skipping the build.")
+            return workdir
+        if restart_only:
+            raise StepFailed("No image of this commit to restart from.", lines)
+        repo = local_repo_path(str(fields.get("git_repository") or ""))
+        if repo is None:
+            raise StepFailed(f"the stand-in's runner fetches only local repositories named by the dev hook "
+                             f"(https://{LOCAL_REPO_HOST}/…), not {fields.get('git_repository')!r}", lines)
+        shutil.rmtree(src, ignore_errors=True)
+        src.parent.mkdir(parents=True, exist_ok=True)
+        git = self._base_env({"GIT_TERMINAL_PROMPT": "0"}, None)
+        self._run(["git", "-c", "safe.directory=*", "clone", "-q", "--no-checkout", str(repo), str(src)],
+                  self.root, git, f"git clone {repo}", lines)
+        self._run(["git", "-c", "safe.directory=*", "-C", str(src), "checkout", "-q", commit], self.root, git,
+                  f"git checkout {commit}", lines)
+        if not workdir.is_dir():
+            raise StepFailed(f"base_directory {fields.get('base_directory')!r} is not in the repository", lines)
+        venv = workdir / ".venv"
+        env = self._base_env(config["env"], venv)
+        uv = str(Path(sys.executable).with_name("uv"))
+        uv_env = {**env, "UV_CACHE_DIR": str(self.root / "cache" / "uv")}
+        static_pack = fields.get("build_pack") == "static"
+        if not static_pack:
+            self._run([uv, "venv", "-q", "--python", sys.executable, str(venv)], workdir, uv_env, "uv venv", lines)
+        if fields.get("install_command"):
+            self._run(["sh", "-c", str(fields["install_command"])], workdir, env, "install command", lines)
+        elif not static_pack:
+            if (workdir / "requirements.txt").exists():
+                self._run([uv, "pip", "install", "--python", str(venv / "bin" / "python"), "-r", "requirements.txt"],
+                          workdir, uv_env, "pip install -r requirements.txt", lines)
+            if (workdir / "package.json").exists():
+                npm = ["npm", "ci"] if (workdir / "package-lock.json").exists() else ["npm", "install"]
+                self._run(npm, workdir, {**env, "npm_config_cache": str(self.root / "cache" / "npm")},
+                          " ".join(npm), lines)
+        if fields.get("build_command"):
+            self._run(["sh", "-c", str(fields["build_command"])], workdir, env, "build command", lines)
+        (src / ".inkmcp-built").touch()
+        lines.append("Building docker image completed.")
+        return workdir
+
+    def _pre_deployment(self, config: dict[str, Any], lines: list[str]) -> None:
+        command = config["fields"].get("pre_deployment_command")
+        if not command:
+            return
+        old: Proc | None = config["old"]
+        if old is None or not old.alive():  # Coolify runs it in the running container, none on a first deploy
+            lines.append("Pre-deployment command skipped: no running container to execute it in.")
+            return
+        try:
+            self._run(["sh", "-c", str(command)], old.workdir, old.env, "pre-deployment command", lines)
+        except StepFailed as e:
+            raise StepFailed(f"Pre-deployment command failed: {e}", e.output) from None
+
+    def _command(self, workdir: Path, config: dict[str, Any], port: int) -> str:
+        fields, settings = config["fields"], config["settings"]
+        if fields.get("build_pack") == "static" or settings.get("is_static"):
+            directory = workdir / str(fields.get("publish_directory") or "/").strip("/")
+            return f"exec python -m http.server --bind 127.0.0.1 {port} --directory '{directory}'"
+        if fields.get("start_command"):
+            return str(fields["start_command"])
+        procfile = workdir / "Procfile"
+        if procfile.exists():
+            for line in procfile.read_text().splitlines():
+                if line.startswith("web:"):
+                    return line[4:].strip()
+        for name in ("main.py", "app.py"):
+            if (workdir / name).exists():
+                return f"python {name}"
+        raise StepFailed("nixpacks: no start command could be found", [])
+
+    def _start(self, workdir: Path, config: dict[str, Any], lines: list[str]) -> Proc:
+        port = _free_port()
+        env = self._base_env({**config["env"], "PORT": str(port)}, workdir / ".venv")
+        command = self._command(workdir, config, port)
+        lines.append("Rolling update started.")
+        popen = subprocess.Popen(["sh", "-c", command], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(popen, port, workdir, env)
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+        routed = bool(config["fields"].get("fqdn"))
+        deadline = time.monotonic() + (self.start_timeout if routed else 1.0)
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                out = proc.lines[-20:]
+                raise StepFailed(f"New container exited with code {popen.returncode} while starting "
+                                 "(container exited).", out)
+            if routed and _listening(port):
+                break
+            time.sleep(0.05)
+        return proc
+
+    @staticmethod
+    def _pump(proc: Proc) -> None:
+        assert proc.popen.stdout is not None
+        for raw in proc.popen.stdout:
+            proc.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            if len(proc.lines) > MAX_LOG_LINES:
+                del proc.lines[: len(proc.lines) - MAX_LOG_LINES]
+
+    # -- the proxy ------------------------------------------------------------------------------------
+
+    def _start_proxy(self) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.proxy_port))
+                self.proxy_port = server.sockets[0].getsockname()[1]
+            except BaseException as e:  # reported to start()
+                failure.append(e)
+                ready.set()
+                loop.close()
+                return
+            self._loop = loop
+            ready.set()
+            loop.run_forever()
+            server.close()
+            loop.close()
+
+        self._proxy_thread = threading.Thread(target=run, name="standin-runner-proxy", daemon=True)
+        self._proxy_thread.start()
+        ready.wait(10)
+        if failure:
+            raise RuntimeError(f"the stand-in runner's proxy could not listen on port {self.proxy_port}: "
+                               f"{failure[0]}")
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        host = ""
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"host":
+                host = value.strip().decode(errors="replace").lower().rsplit(":", 1)[0] if b"]" not in value \
+                    else value.strip().decode(errors="replace").lower()
+                break
+        port = self.routes.get(host)
+        if port is None:
+            await _answer(writer, 404, "404 page not found\n")
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await _answer(writer, 502, "Bad Gateway\n")
+            return
+        up_writer.write(head)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _answer(writer: asyncio.StreamWriter, status: int, text: str) -> None:
+    reason = {404: "Not Found", 502: "Bad Gateway"}[status]
+    body = text.encode()
+    writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
