@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 import psycopg
+from sqlalchemy import text
 
 from inkmcp.coolify.budget import BudgetSettings, DbBudget, LocalBudget
 from inkmcp.coolify.client import CoolifyClient
@@ -107,10 +108,19 @@ async def run(calls: int, rounds: int, db_url: str, standin: CoolifyStandin) -> 
     async def db_take() -> None:
         await db3.settle(await db3.reserve())
 
+    engine = db3._engine
+    budget_samples["SELECT 1 on the same engine"] = []
+
+    async def select_one() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     await timed(db_take, 20, [])
+    await timed(select_one, 20, [])
     for _ in range(rounds):
         await timed(local_take, calls // rounds, budget_samples["LocalBudget reserve+settle"])
         await timed(db_take, calls // rounds, budget_samples["DbBudget reserve (1 round trip)"])
+        await timed(select_one, calls // rounds, budget_samples["SELECT 1 on the same engine"])
     trips_before = db3.round_trips
     burst: list[float] = []
     for _ in range(20):
