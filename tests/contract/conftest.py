@@ -448,15 +448,6 @@ class TenantStandin(CoolifyStandin):
             self.queued_for[answer["deployment_uuid"]] = env.get(DEPLOYMENT_ENV, "?")
         return answer
 
-    @staticmethod
-    def _shape_errors(body: dict[str, Any], kind: str | None) -> dict[str, list[str]]:
-        """Coolify validates after Laravel's global ConvertEmptyStringsToNull middleware (app/Http/Kernel.php:61 at
-        379abb2), so `""` meets `nullable` and clears a field (how InkMCP clears a build command a failed release
-        left behind). The stand-in's rules check `""` against the shell-safe pattern instead; this applies the
-        middleware first. (A stand-in fidelity gap, reported to its owner; remove once the stand-in does it.)"""
-        cleaned = {k: (None if v == "" else v) for k, v in body.items()}
-        return CoolifyStandin._shape_errors(cleaned, kind)
-
     def _take_build_fault(self, app_uuid: str) -> str | None:
         line = super()._take_build_fault(app_uuid)
         app = self.applications.get(app_uuid)

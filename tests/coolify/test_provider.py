@@ -83,7 +83,8 @@ async def test_release_sends_exactly_the_mapped_bodies_and_records_every_id(h: C
         stored = h.standin.applications[app]
         assert stored.fields["git_commit_sha"] == req.commit  # Coolify builds exactly the commit InkMCP pinned
         assert stored.settings["is_build_server_enabled"] is True
-        assert stored.fields["pre_deployment_command"] == ("echo migrate" if name == "web" else "")
+        # "" clears it: Laravel's ConvertEmptyStringsToNull makes it null before Coolify stores it
+        assert stored.fields["pre_deployment_command"] == ("echo migrate" if name == "web" else None)
     # the route only on web: https://<service>-<project>.<the placed server's wildcard base>
     assert h.standin.applications[service_ref["apps"]["web"]].fields["fqdn"] == \
         f"https://web-{key.project_name}.{server.name}.apps.test"

@@ -43,6 +43,17 @@ Route = tuple[str, str, str, str]
 """method, path regex (fullmatch, without /api/v1), ability, handler method name."""
 
 
+
+def _empty_to_null(value: Any) -> Any:
+    """ConvertEmptyStringsToNull (TransformsRequest::cleanArray): recursively, "" → None."""
+    if value == "":
+        return None
+    if isinstance(value, dict):
+        return {k: _empty_to_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_empty_to_null(v) for v in value]
+    return value
+
 class StandinCore:
     """Lifecycle, middleware, faults, logs. The controllers live in the mixins of `CoolifyStandin`."""
 
@@ -332,7 +343,9 @@ class StandinCore:
         if "root" not in token.abilities and ability not in token.abilities:
             return JSONResponse({"message": f"Missing required permissions: {ability}"}, 403)
         sensitive = bool(token.abilities & {"root", "read:sensitive"}) and token.admin
-        response: Response = getattr(self, handler)(token, sensitive, request, raw, body, **params)
+        # Laravel's global ConvertEmptyStringsToNull (app/Http/Kernel.php:61) runs before every controller: "" is
+        # null to the rules (`nullable` passes; it is how an API client clears a field). Seen bodies stay as sent.
+        response: Response = getattr(self, handler)(token, sensitive, request, raw, _empty_to_null(body), **params)
         # ThrottleRequests::addHeaders: every throttled route's answer says how much of the window is left
         state = self._throttle[token.user_id]
         response.headers["X-RateLimit-Limit"] = str(self.rate_limit)
