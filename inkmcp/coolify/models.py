@@ -580,7 +580,10 @@ class Deployment(_Response):
         except ValueError:
             return [DeploymentLogLine(output=self.logs)]
         lines = [DeploymentLogLine.model_validate(x) for x in raw if isinstance(x, dict)]
-        lines.sort(key=lambda x: (x.order is None, x.order or 0))
+        # ApplicationDeploymentQueue::addLogEntry (:205-210) gives every entry but the first `order` = its position
+        # (count + 1), so an entry without one is at its position in the array (the first: 1).
+        position = {id(x): x.order if x.order is not None else i + 1 for i, x in enumerate(lines)}
+        lines.sort(key=lambda x: position[id(x)])
         return [x for x in lines if include_hidden or not x.hidden]
 
 

@@ -381,6 +381,10 @@ async def test_deploy_progress_and_build_log(standin: CoolifyStandin, client: Co
     assert done.commit == COMMIT
     lines = done.log_lines()
     assert lines and all(not line.hidden for line in lines) and len(done.log_lines(include_hidden=True)) >= len(lines)
+    # in Coolify's order: the first entry (stored without `order`) first, the rollout's last line last
+    outputs = [x.output for x in done.log_lines(include_hidden=True)]
+    assert outputs[0] == standin.deployment(result.deployment_uuid).log_entries[0]["output"]
+    assert outputs[-1] == "Rolling update completed."
     page = await client.list_deployments(app, take=5)
     assert page.count == 1 and [d.deployment_uuid for d in page.deployments] == [result.deployment_uuid]
     assert last(standin, "GET", f"/deployments/applications/{app}").query == {"skip": "0", "take": "5"}  # type: ignore[attr-defined]
