@@ -26,7 +26,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from inkmcp.errors import InvalidArgument
 from inkmcp.providers.compute.local.nginx import NginxProxy, ProxySettings, established_to
-from inkmcp.providers.compute.local.proxy import Route
+from inkmcp.providers.compute.local.proxy import Route, close_after
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, no_record, request_for, web_plan
 from tests.local.test_provider_lifecycle import WS_ECHO
 from tests.support import traversable_tmpdir
@@ -361,3 +361,12 @@ async def test_websocket_survives_another_services_deploy(make_provider, checkou
         for message in ("after", "y" * 50_000):
             await ws.send(message)
             assert await ws.recv() == message
+
+
+def test_slow_path_asks_the_app_to_close_after_each_answer_behind_nginx():
+    """Behind nginx the slow path rewrites Connection to close (a pooled nginx connection must never stay
+    spliced to a retired upstream), but leaves an upgrade head alone (that connection becomes the tunnel)."""
+    plain = b"GET / HTTP/1.1\r\nHost: a.p.localhost\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-A: 1\r\n\r\n"
+    assert close_after(plain) == b"GET / HTTP/1.1\r\nHost: a.p.localhost\r\nX-A: 1\r\nConnection: close\r\n\r\n"
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    assert close_after(upgrade) == upgrade

@@ -21,10 +21,9 @@ than chase a C event loop in Python, the bytes go through nginx itself, configur
   datagram socket (syslog) that InkMCP reads to `touch` the route; open connections to the app's port
   (a WebSocket, a long request) are counted from the kernel's table when idle detection asks
   (`Route.counter`). Always-on hosts log nothing, so they pay nothing.
-- The address is bound by InkMCP first (port 0 works, "address in use" is InkMCP's error); each nginx
-  worker then listens on it with SO_REUSEPORT, so the kernel spreads connections evenly (with
-  reuseport off, nginx inherits InkMCP's socket through the NGINX environment variable, as nginx's own
-  binary upgrade does).
+- The listening socket is bound by InkMCP (port 0 works, "address in use" is InkMCP's error) and
+  inherited by nginx through the NGINX environment variable, as nginx's own binary upgrade does
+  (INKMCP_PROXY_REUSEPORT=true: one SO_REUSEPORT socket per worker instead).
 - nginx stays in InkMCP's session: with the kernel's autogroup scheduling, a session of its own gave
   nginx one group's CPU share against everything else and 0.4-0.7x nginx's throughput in the benchmark.
 - Responses nginx generates itself say `Server: inkmcp` (headers-more module), as the Python proxy's
@@ -85,9 +84,10 @@ class ProxySettings(BaseSettings):
     )
     workers: int = Field(0, ge=0, le=64, description="nginx worker processes; 0 = one per CPU (`auto`).")
     reuseport: bool = Field(
-        True,
-        description="One listening socket per nginx worker (SO_REUSEPORT): the kernel spreads new connections "
-        "evenly instead of waking workers on one shared queue. false: nginx inherits InkMCP's socket.",
+        False,
+        description="One listening socket per nginx worker (SO_REUSEPORT) instead of one shared queue. Measured "
+        "here (benchmarks/proxy_speed.py): better for many kept-alive connections, worse for a new connection "
+        "per request (a busy worker's queue waits while the other idles), so off by default.",
     )
 
 
