@@ -85,7 +85,7 @@ def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
     wire), as the contract suite's CoolifyHarness builds it; its crash points pause like the fake's."""
     import hashlib
 
-    from inkmcp.coolify.budget import BudgetSettings, LocalBudget
+    from inkmcp.coolify.budget import BudgetSettings, LocalBudget, make_budget
     from inkmcp.coolify.client import CoolifyClient, RetryPolicy
     from inkmcp.coolify.spec import CoolifySpec
     from inkmcp.providers.compute.coolify import policy
@@ -97,10 +97,16 @@ def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
             super()._crash(point)
 
     limits = policy.Limits()
+    # REPLICA_COOLIFY_BUDGET_URL: the request budget shared through that database (DbBudget, as `inkmcp serve`
+    # builds it; limit/window from INKMCP_COOLIFY_RATE_*); REPLICA_COOLIFY_TIMEOUT: seconds one attempt may take
+    budget_url = os.environ.get("REPLICA_COOLIFY_BUDGET_URL")
+    budget = make_budget(token, budget_url) if budget_url else LocalBudget(BudgetSettings(limit=100_000))
+    timeout = os.environ.get("REPLICA_COOLIFY_TIMEOUT")
+    timeouts: dict[str, Any] = {"timeout": float(timeout), "attempt_timeout": float(timeout)} if timeout else {}
     client = CoolifyClient(url, token, validate_with=CoolifySpec.load(),
                            retry=RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=0.5),
-                           transport=policy.PolicyTransport(limits=limits),
-                           budget=LocalBudget(BudgetSettings(limit=100_000)))  # fmt: skip
+                           transport=policy.PolicyTransport(limits=limits), budget=budget,
+                           **timeouts)  # fmt: skip
     # the stand-in does not fetch: a local test repo gets an https name, as in the contract suite
     return PausingCoolify(client, work_dir, poll_interval=0.02, poll_max_interval=0.1, wait_timeout=60.0,
                           limits=limits, queue_full_retry_after=0.05,
@@ -141,7 +147,8 @@ async def main(args: argparse.Namespace) -> None:
     deploys = BarrierDeployService(
         sessions, projects=projects, envs=envs, databases=databases, compute=compute, work_dir=data / "work",
         sources=SourcePolicy(allow_local=True), mac_key=mac_key, metrics=Metrics(), max_env_bytes=65536,
-        provider_retry=ProviderRetry(initial=0.05, maximum=0.2, window=30.0),
+        provider_retry=ProviderRetry(initial=0.05, maximum=0.2,
+                                     window=float(os.environ.get("REPLICA_RETRY_WINDOW", "30"))),
         replica=LeaseConfig(replica_id=args.replica_id, lease_seconds=args.lease, heartbeat_seconds=args.heartbeat,
                             scan_seconds=args.scan),
     )  # fmt: skip

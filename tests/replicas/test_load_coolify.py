@@ -1,0 +1,349 @@
+"""Load, rate limit and fault injection over Coolify with two replicas (issue 8, "How we will know").
+
+Two replica processes (`replica.py`: DeployService wired as `inkmcp serve` wires it, the real Coolify provider and
+client, spec-validated and policy-checked on the wire) share one real PostgreSQL and one Coolify stand-in (a real
+HTTP server validating every request and answer against Coolify's spec). The stand-in runs in a thread of the test
+process rather than its own process so the test can arm its faults and read its counters directly; the replicas
+only ever see its HTTP API, as they would see a real Coolify's.
+
+Ground truth is the database and the stand-in's own state, never a replica's answer (`assert_matches_standin`):
+one Coolify application per process of each service, the one the service's record names; its commit and its
+running container's commit are the deployment's; its running container came from the Coolify deployment the
+record names; exactly one Coolify build (non-restart deployment) per process; no request or answer outside the
+spec.
+
+* `test_concurrent_deploys_from_ten_accounts_over_two_replicas`: 30 deploy calls (10 accounts x 3 services,
+  alternating replicas, all in flight at once; 100 in benchmarks/coolify_deploy.py, which takes ~1 min).
+* `test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without_a_429`: the stand-in throttles at 40
+  requests per 4 s (Coolify's 200/60 s scaled so the run is CI-sized while the limit still binds), the replicas'
+  shared DbBudget is set to the same (INKMCP_COOLIFY_RATE_LIMIT/WINDOW): every deploy goes live, the stand-in
+  answered no 429, its peak rate stayed under the limit, and deployments recorded "waiting" progress.
+* `test_fault_at_each_step_of_a_deploy`: per fault kind, the step list is the distinct (method, path pattern)
+  requests of a clean deploy recorded by the stand-in (uuids folded into patterns), so a step the provider adds
+  is covered without editing this file; one fault per step is armed, one deploy per step runs concurrently, every
+  fault must have been consumed and every deployment must end live (transient faults) or failed naming the cause
+  (permanent ones), with the census above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from inkmcp.coolify.standin import CoolifyStandin, Fault
+from inkmcp.store.db import migrate, open_store
+from inkmcp.store.embedded import EmbeddedPostgres
+from inkmcp.store.models import Account, Deployment, Service
+from tests.replicas.conftest import Cluster, wait_for
+from tests.store import conftest as _store_fixtures
+
+embedded_pg_factory = _store_fixtures.embedded_pg_factory
+control_pg = _store_fixtures.control_pg
+
+pytestmark = pytest.mark.slow  # each test starts two replica processes and runs dozens of deploys
+
+PROCESSES = {"web", "worker"}
+CLIENT_TIMEOUT = 2.0  # seconds one request may take in the replicas (REPLICA_COOLIFY_TIMEOUT); delays exceed it
+UUID = re.compile(r"[a-z0-9]{24}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass
+class Coolified:
+    """A cluster whose replicas use the in-thread stand-in."""
+
+    cluster: Cluster
+    standin: CoolifyStandin
+    token: str
+
+    async def deploy(self, replica_index: int, account: str, project: str, message: str = "one",
+                     repo: str | None = None) -> str:
+        view = await self.cluster.replicas[replica_index].call(
+            "deploy", account=account, repo=repo or self.cluster.repo(), project=project, message=message, wait=0)
+        return str(view["deployment_id"])
+
+
+@contextlib.asynccontextmanager
+async def coolified(control_pg: EmbeddedPostgres, *, standin_kw: dict[str, Any] | None = None,
+                    replica_env: Callable[[str], dict[str, str]] | None = None) -> AsyncIterator[Coolified]:
+    """A fresh database, the stand-in (one run server), replicas a and b over it; everything stopped after."""
+    db_url = _store_fixtures.create_database(control_pg, "loadcf")
+    await asyncio.to_thread(migrate, db_url)
+    root = Path(tempfile.mkdtemp(prefix="inkmcp-loadcf-"))
+    store = await open_store(db_url, pool_size=2, max_overflow=4)
+    standin = CoolifyStandin(root / "nodes", **{"rate_limit": 100_000, "build_seconds": 0.2, "status_delay": 0.05,
+                                                 "delete_delay": 0.05, "stop_delay": 0.05, **(standin_kw or {})})
+    standin.start()
+    cluster = Cluster(root, db_url, store)
+    try:
+        token = standin.add_token("root")
+        standin.add_servers(1)
+        standin.add_private_key()
+        cluster.coolify_url, cluster.coolify_token = standin.url, token
+        cluster.env["REPLICA_COOLIFY_TOKEN"] = token
+        extra = replica_env or (lambda _url: {})
+        await asyncio.gather(cluster.replica("a", **extra(db_url)), cluster.replica("b", **extra(db_url)))
+        yield Coolified(cluster, standin, token)
+    finally:
+        with contextlib.suppress(Exception):
+            await cluster.close()
+        standin.stop()
+        await store.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def raise_limits(cf: Coolified, accounts: set[str], builds: int) -> None:
+    """What an operator does for a busy account (`inkmcp accounts limits NAME --max-concurrent-builds N`): the
+    default of 2 concurrent builds per account would refuse most of the calls below with LimitReached."""
+    async with cf.cluster.store.sessionmaker.begin() as s:
+        s.add_all(Account(name=name, max_concurrent_builds=builds, max_projects=50) for name in sorted(accounts))
+
+
+async def finished(cluster: Cluster, dep_id: str, timeout: float = 60.0) -> Deployment:
+    async def done() -> Deployment | None:
+        dep = await cluster.deployment(dep_id)
+        return dep if dep.status in ("live", "failed") else None
+
+    return await wait_for(done, timeout, f"deployment {dep_id} finished")  # type: ignore[no-any-return]
+
+
+async def service_ref(cluster: Cluster, service_id: uuid.UUID) -> dict[str, Any]:
+    async with cluster.store.sessionmaker() as s:
+        svc = (await s.execute(select(Service).where(Service.id == service_id))).scalar_one()
+    assert set(svc.provider_ref) == {"coolify"}, svc.provider_ref
+    return dict(svc.provider_ref["coolify"])
+
+
+async def assert_matches_standin(cf: Coolified, dep: Deployment, *, live: bool = True) -> None:
+    """The record of `dep`'s service against the stand-in's state (module docstring)."""
+    s = cf.standin
+    ref = await service_ref(cf.cluster, dep.service_id)
+    with s._lock:
+        s._advance()
+        apps = {a.fields.get("name"): a for a in s.applications.values()
+                if str(a.fields.get("name", "")).startswith(f"{dep.service_id}-") and a.delete_at is None}
+        builds = {name: [d for d in s.deployments.values() if d.application_uuid == a.uuid and not d.restart_only]
+                  for name, a in apps.items()}
+    by_process = {str(name).rsplit("-", 1)[-1]: a for name, a in apps.items()}
+    assert set(by_process) == PROCESSES and len(apps) == len(PROCESSES), sorted(apps)  # one app per process
+    assert ref["apps"] == {p: a.uuid for p, a in by_process.items()}, (ref["apps"], by_process)
+    if not live:
+        return
+    assert ref["live"] == str(dep.id) and ref["live_commit"] == dep.commit, ref
+    for process, app in by_process.items():
+        name = app.fields["name"]
+        assert [b.status for b in builds[name]] == ["finished"], (process, [(b.status, b.commit) for b in builds[name]])
+        assert app.fields.get("git_commit_sha") == dep.commit, (process, app.fields.get("git_commit_sha"))
+        assert app.container is not None and app.container.commit == dep.commit, process
+        assert app.container.deployment_uuid == ref["live_deployments"][process] == builds[name][0].deployment_uuid
+        assert app.container.env.get("MESSAGE") is not None, process
+
+
+def assert_clean_wire(s: CoolifyStandin) -> None:
+    assert s.request_violations == [], s.request_violations[:5]
+    assert s.response_violations == [], s.response_violations[:5]
+
+
+# -- (a) many concurrent deploys ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cf(control_pg: EmbeddedPostgres) -> AsyncIterator[Coolified]:
+    async with coolified(control_pg) as c:
+        yield c
+
+
+async def test_concurrent_deploys_from_ten_accounts_over_two_replicas(cf: Coolified) -> None:
+    """30 calls in flight at once (10 accounts x 3 projects, alternating replicas), then the same 30 again on the
+    other replica (all no-ops). No duplicate deployment or application, nothing lost, records match Coolify."""
+    repo = cf.cluster.repo()
+    calls = [(f"acct-{i}", f"load-{i}-{j}") for i in range(10) for j in range(3)]
+    await raise_limits(cf, {acct for acct, _ in calls}, 10)
+    started = time.monotonic()
+    ids = await asyncio.gather(*(cf.deploy(k % 2, acct, project, acct, repo) for k, (acct, project)
+                                 in enumerate(calls)))  # fmt: skip
+    deps = [await finished(cf.cluster, d, 120) for d in ids]
+    took = time.monotonic() - started
+    assert len(set(ids)) == len(calls)
+    for dep in deps:
+        assert dep.status == "live", (dep.id, dep.error, await cf.cluster.events(str(dep.id)))
+        assert len(await cf.cluster.deployments_of_service(dep.service_id)) == 1
+        await assert_matches_standin(cf, dep)
+    assert len({d.service_id for d in deps}) == len(calls)
+    # the same calls again, each on the other replica: every one the existing deployment, no new request to build
+    builds_before = sum(not d.restart_only for d in cf.standin.deployments.values())
+    again = await asyncio.gather(*(cf.cluster.replicas[(k + 1) % 2].call(
+        "deploy", account=acct, repo=repo, project=project, message=acct, wait=0)
+        for k, (acct, project) in enumerate(calls)))  # fmt: skip
+    assert [(v["reused"], v["deployment_id"]) for v in again] == [(True, d) for d in ids]
+    assert sum(not d.restart_only for d in cf.standin.deployments.values()) == builds_before
+    with cf.standin._lock:
+        assert len(cf.standin.applications) == 2 * len(calls)
+    assert cf.standin.throttled() == []
+    assert_clean_wire(cf.standin)
+    print(f"\n30 concurrent deploys over two replicas: {took:.1f} s, {cf.standin.request_count()} requests")
+
+
+# -- (b) the rate limit -----------------------------------------------------------------------------------------
+
+RATE_LIMIT, RATE_WINDOW = 40, 4.0  # Coolify's 200/60 s, scaled to keep the test short while the limit binds
+
+
+async def test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without_a_429(
+    control_pg: EmbeddedPostgres,
+) -> None:
+    budget = {"INKMCP_COOLIFY_RATE_LIMIT": str(RATE_LIMIT), "INKMCP_COOLIFY_RATE_WINDOW": str(RATE_WINDOW),
+              "INKMCP_COOLIFY_RATE_MARGIN": "0.3", "REPLICA_RETRY_WINDOW": "600"}
+    async with coolified(control_pg, standin_kw={"rate_limit": RATE_LIMIT, "rate_window": RATE_WINDOW},
+                         replica_env=lambda url: {**budget, "REPLICA_COOLIFY_BUDGET_URL": url}) as cf:
+        repo = cf.cluster.repo()
+        calls = [(f"acct-{i % 10}", f"rate-{i}") for i in range(30)]
+        await raise_limits(cf, {acct for acct, _ in calls}, 10)
+        started = time.monotonic()
+        ids = await asyncio.gather(*(cf.deploy(k % 2, acct, project, acct, repo)
+                                     for k, (acct, project) in enumerate(calls)))  # fmt: skip
+        deps = [await finished(cf.cluster, d, 240) for d in ids]
+        took = time.monotonic() - started
+        waited = 0
+        for dep in deps:
+            events = await cf.cluster.events(str(dep.id))
+            assert dep.status == "live", (dep.error, events)
+            await assert_matches_standin(cf, dep)
+            waited += any("waiting for the compute platform" in d and "budget" in d for _, _, d in events)
+        s = cf.standin
+        assert s.throttled() == [], [f"{r.method} {r.path}" for r in s.throttled()][:5]  # no 429, not even once
+        assert s.peak_rate(cf.token) <= RATE_LIMIT
+        requests = s.request_count(cf.token)
+        assert requests > 2 * RATE_LIMIT  # the limit really bound: the run spanned several windows
+        assert waited > 0  # and callers saw progress ("waiting ... budget"), not an error
+        assert_clean_wire(s)
+        print(f"\n30 deploys at {RATE_LIMIT}/{RATE_WINDOW:g} s: {took:.1f} s, {requests} requests, peak "
+              f"{s.peak_rate(cf.token)} per window, {waited} deployments showed waiting")
+
+
+# -- (c) faults at each step ------------------------------------------------------------------------------------
+
+
+def pattern_of(path: str) -> str:
+    """/api/v1/applications/<uuid>/envs/bulk -> /applications/[^/]+/envs/bulk (the stand-in's fault regex)."""
+    return "/".join("[^/]+" if UUID.fullmatch(part) else re.escape(part)
+                    for part in path.removeprefix("/api/v1").split("/"))
+
+
+@pytest.fixture(scope="module")
+async def fault_cluster(control_pg: EmbeddedPostgres) -> AsyncIterator[tuple[Coolified, list[tuple[str, str]]]]:
+    """One cluster for every fault kind, and the steps of a clean deploy as the stand-in recorded them."""
+    env = {"REPLICA_COOLIFY_TIMEOUT": str(CLIENT_TIMEOUT)}
+    async with coolified(control_pg, replica_env=lambda _url: env) as cf:
+        cf.standin.reset_log()
+        dep = await finished(cf.cluster, await cf.deploy(0, "probe", "probe"))
+        assert dep.status == "live", dep.error
+        await assert_matches_standin(cf, dep)
+        steps: list[tuple[str, str]] = []
+        for r in cf.standin.requests_of(cf.token):
+            step = (r.method, pattern_of(r.path))
+            if step not in steps:
+                steps.append(step)
+        yield cf, steps
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    name: str
+    arm: Callable[[CoolifyStandin, str, str], Fault]
+    permanent: bool = False
+
+
+FAULTS = [
+    FaultKind("500 before", lambda s, m, p: s.fail_next(m, p, status=500)),
+    FaultKind("500 after the change", lambda s, m, p: s.fail_next(m, p, status=500, after=True)),
+    FaultKind("503 before", lambda s, m, p: s.fail_next(m, p, status=503)),
+    FaultKind("429 throttled", lambda s, m, p: s.throttle_next(m, p, retry_after=1)),
+    FaultKind("timeout before", lambda s, m, p: s.delay_next(m, p, CLIENT_TIMEOUT + 1)),
+    FaultKind("timeout after the change", lambda s, m, p: s.delay_next(m, p, CLIENT_TIMEOUT + 1, after=True)),
+    FaultKind("answer lost after the change", lambda s, m, p: s.drop_next(m, p)),
+    FaultKind("connection dropped before", lambda s, m, p: s.drop_next(m, p, after=False)),
+]
+
+
+@pytest.mark.parametrize("kind", FAULTS, ids=[f.name for f in FAULTS])
+async def test_fault_at_each_step_of_a_deploy(fault_cluster: tuple[Coolified, list[tuple[str, str]]],
+                                              kind: FaultKind) -> None:
+    cf, steps = fault_cluster
+    assert ("POST", "/projects") in steps and ("GET", "/deploy") in steps, steps
+    tag = uuid.uuid4().hex[:6]
+    armed: list[tuple[tuple[str, str], Fault]] = []
+    ids: list[str] = []
+    try:
+        for step in steps:
+            armed.append((step, kind.arm(cf.standin, *step)))
+        ids = list(await asyncio.gather(*(cf.deploy(i % 2, f"f-{tag}-{i}", f"f-{tag}-{i}")
+                                          for i in range(len(steps)))))  # fmt: skip
+        deps = [await finished(cf.cluster, d, 90) for d in ids]
+    finally:
+        cf.standin.clear_faults()
+    unused = [step for step, fault in armed if fault.used != 1]
+    assert not unused, f"faults never hit (a deploy no longer makes these requests?): {unused}"
+    for dep in deps:
+        events = await cf.cluster.events(str(dep.id))
+        assert dep.status == "live", (kind.name, dep.error, events)
+        await assert_matches_standin(cf, dep)
+    assert_clean_wire(cf.standin)
+
+
+async def test_a_failed_build_fails_the_deploy_naming_the_cause_and_a_redeploy_recovers(
+    fault_cluster: tuple[Coolified, list[tuple[str, str]]],
+) -> None:
+    """Permanent: the build fails on Coolify (fail_builds). The deployment fails with the build log's last line;
+    still one application per process; the same deploy again builds and goes live."""
+    cf, _ = fault_cluster
+    tag = uuid.uuid4().hex[:6]
+    cf.standin.fail_builds(1, line=f"npm ERR! missing script: build-{tag}")
+    repo = cf.cluster.repo()
+    dep = await finished(cf.cluster, await cf.deploy(0, f"b-{tag}", f"b-{tag}", repo=repo))
+    assert dep.status == "failed" and f"build-{tag}" in (dep.error or ""), dep.error
+    await assert_matches_standin(cf, dep, live=False)
+    again = await finished(cf.cluster, await cf.deploy(1, f"b-{tag}", f"b-{tag}", message="two", repo=repo))
+    assert again.status == "live", again.error
+    ref = await service_ref(cf.cluster, again.service_id)
+    assert ref["live"] == str(again.id)
+    cf.standin.clear_faults()
+
+
+async def test_an_unreachable_server_fails_the_deploy_naming_it_and_recovers_when_back(
+    fault_cluster: tuple[Coolified, list[tuple[str, str]]],
+) -> None:
+    cf, _ = fault_cluster
+    tag = uuid.uuid4().hex[:6]
+    server = next(iter(cf.standin.servers))
+    cf.standin.set_server_unreachable(server, True)
+    try:
+        dep = await finished(cf.cluster, await cf.deploy(0, f"u-{tag}", f"u-{tag}"), 90)
+    finally:
+        cf.standin.set_server_unreachable(server, False)
+    assert dep.status == "failed", (dep.status, await cf.cluster.events(str(dep.id)))
+    assert dep.error, dep.error
+    print(f"\nunreachable server: {dep.error}")
+
+
+async def test_slow_builds_wait_and_go_live(fault_cluster: tuple[Coolified, list[tuple[str, str]]]) -> None:
+    cf, _ = fault_cluster
+    cf.standin.slow_builds(3.0)
+    try:
+        dep = await finished(cf.cluster, await cf.deploy(1, "slow", "slow"), 60)
+    finally:
+        cf.standin.slow_builds(0.2)
+    assert dep.status == "live", dep.error
+    await assert_matches_standin(cf, dep)
+    assert any(st == "building" for _, st, _ in await cf.cluster.events(str(dep.id)))
