@@ -272,13 +272,14 @@ class PlacementService:
             await session.execute(update(PlacementNode).where(PlacementNode.uuid == node.uuid).values(
                 draining_since=datetime.now(UTC) if draining else None, name=node.name, updated_at=text("now()")))
 
-    async def plan_drain(self, name_or_uuid: str) -> DrainPlan:
+    async def plan_drain(self, name_or_uuid: str, *, mark: bool = True) -> DrainPlan:
         """Mark the node draining and plan its moves (engine.plan_drain over the database's current loads).
         Executing the plan (move one service at a time through the provider, health-check, then
-        `commit_move`) is the CLI's job."""
+        `commit_move`) is drain.py's job. `mark=False` (a dry run) plans the same without writing the mark."""
         node = await self.resolve(name_or_uuid)
-        await self.set_draining(node, True)
-        nodes = await self.nodes()
+        if mark:
+            await self.set_draining(node, True)
+        nodes = [n if n.uuid != node.uuid else dataclasses.replace(n, draining=True) for n in await self.nodes()]
         async with self._sessions() as session:
             loads = await _loads(session, "00000000-0000-0000-0000-000000000000")
             rows = (await session.execute(select(Placement).where(Placement.node_uuid == node.uuid))).scalars().all()

@@ -121,6 +121,16 @@ CRASH_POINTS = ("after_create_project", "after_create_app", "after_deploy_call",
 remote call took effect, before its answer was recorded."""
 
 
+MOVE_CRASH_POINTS = ("after_move_create_app", "after_move_deploy_call", "after_move_healthy", "after_move_switch")
+"""Where a test can make a `move` die (kept apart from CRASH_POINTS, which the contract suite walks for releases)."""
+
+
+class MoveConflict(ProviderRefused):
+    """Raised by the `record` a drain passes to `move` when the service changed while its new copy was built (a
+    deployment or env change started, the target filled up): the move undoes itself, the old copy keeps
+    serving, and running the drain again moves the service as it is now."""
+
+
 class Crash(BaseException):
     """An injected death of the InkMCP process (tests only). A BaseException, so nothing records a failure."""
 
@@ -624,6 +634,251 @@ class CoolifyComputeProvider:
     async def restore(self, spec: ReleaseSpec) -> None:
         """Coolify's applications outlive InkMCP: nothing to bring back."""
 
+    # -- moving (inkmcp nodes drain) ------------------------------------------------------------------------
+
+    async def move(self, key: ServiceKey, spec: ReleaseRequest, target: PlacedServer, progress: ProgressCallback,
+                   record: Record, *, settle_seconds: float = 30.0) -> ReleaseResult:
+        """Move the live service to `target` (another run server): a copy of every application there, deployed at
+        the live commit with the live settings and the env the old applications run with, health-checked, then
+        the service's record switched to it and the old applications deleted. Used by `inkmcp nodes drain`
+        (inkmcp/placement/drain.py); not part of the compute contract, because only a provider that places
+        services on several servers can move one (the local and fake providers have nowhere to move to).
+
+        `spec` is the *live* deployment's request (core's rows: plan, commit, repo_url, and as `deployment_ref`
+        that deployment's ref). The move keeps its progress there, under `"move"` (RefScope.deployment): not in
+        the service's ref, which a release or env change running meanwhile rewrites whole. The service's ref is
+        written once, at the switch; the drain's `record` does that as a compare-and-swap and raises
+        `MoveConflict` if the service changed since `key` was read (the move then undoes itself).
+
+        Protocol (each step recorded before the next remote one, so a repeat after a crash re-attaches):
+          1. write-ahead `move = {from, to, wildcard_base, old_apps, apps: {}, intent: {}, deployments: {}}`;
+          2. per process, an application on `target` with the same deterministic name (one left by a crashed
+             attempt is found by name: not one of the old applications nor one a failed attempt discarded),
+             configured with the live release's PATCH body (`live_config`; the route recomputed for `target`),
+             its labels, and the env read from the old application (what runs, not what core would send now);
+          3. `POST /deploy` per process (write-ahead intent as in `release`), wait until every deployment is
+             finished, then until every application is running: `running:healthy` passes at once, a status
+             without a health check (`running:unknown`) must stay running for `settle_seconds` (Coolify refreshes
+             statuses asynchronously and reports a crash-looping container as degraded/restarting/exited);
+          4. switch: record the service's ref with the new server, applications, URL and DNS records;
+          5. delete the old applications, then clear the move state.
+        All or nothing: a failed build, a new copy that does not stay running, or a `MoveConflict` deletes the new
+        applications and raises (`ReleaseFailed` / `MoveConflict`); the old ones were never touched and keep
+        serving. `ProviderUnavailable` leaves the state for the next attempt.
+
+        URL: the default host is `<service>-<project>.<server wildcard base>`, and each server's wildcard DNS
+        record points at that server, so the default URL *changes* with the server. Keeping the old host as an
+        extra domain on the new application would not keep it working (its DNS still resolves to the old server,
+        whose proxy has no route once the old application is deleted), so the move returns and records the new
+        URL (core's `services.url` and the live deployment's url are updated by the drain's record). Custom
+        domains move with the service; their DNS records (CNAME to the service's host) are returned again with
+        the new target, and the user must update them (the drain reports it).
+        """
+        ref = copy.deepcopy(key.service_ref)
+        dep_ref = copy.deepcopy(spec.deployment_ref)
+        state: dict[str, Any] | None = dep_ref.get("move") or None
+
+        async def save() -> None:
+            await record(RefScope.deployment, dep_ref)
+
+        old_apps: dict[str, str] = dict(ref.get("apps") or {})
+        if state is not None and ref.get("server_uuid") == state.get("to") and old_apps == state.get("apps"):
+            await self._finish_move(state, dep_ref, save, progress)  # switched before a crash: clean up only
+            return self._result(ref)
+        if ref.get("server_uuid") == target.uuid:
+            return self._result(ref)  # already there (nothing in flight)
+        if state is not None and state.get("to") != target.uuid:  # an attempt aimed elsewhere: undo it first
+            await self._discard_move(state, dep_ref, save)
+            state = None
+        if not ref.get("live") or not old_apps:  # nothing runs: only where the next release goes changes
+            for uuid in sorted(old_apps.values()):
+                await self._delete_app(uuid, "deleting an application that never went live")
+            for k in ("apps", "live_deployments", "url", "dns_records", "set_fields"):
+                ref.pop(k, None)
+            ref.update(server_uuid=target.uuid, wildcard_base=target.wildcard_base)
+            await record(RefScope.service, ref)
+            return self._result(ref)
+
+        commit = str(ref.get("live_commit") or spec.commit)
+        if state is None:
+            state = {"from": ref.get("server_uuid"), "to": target.uuid, "wildcard_base": target.wildcard_base,
+                     "old_apps": old_apps, "apps": {}, "intent": {}, "deployments": {}}
+            dep_ref["move"] = state
+            await save()
+        try:
+            bodies, labels, hosts = self._move_bodies(key, spec, ref, target)
+        except mapping.TenantInputError as e:
+            await self._discard_move(state, dep_ref, save)
+            raise ReleaseFailed(Step.building, str(e)) from None
+        await progress(Step.building, f"creating the service's applications on the new server ({len(old_apps)})")
+        apps = await self._move_apps(key, spec, target, state, dep_ref, save)
+        started: dict[str, str] = state["deployments"]
+        for name, app in apps.items():
+            if name in started:
+                continue
+            if name not in state["intent"]:  # configure (absolute values), until its deployment is asked for
+                self._check("PATCH", f"/applications/{app}", bodies[name])
+                await self._call(f"configuring {name} on the new server",
+                                 self.client.update_application(app, _update(bodies[name])))
+                if labels.get(name):
+                    self._check("PATCH", f"/applications/{app}", {"custom_labels": policy.labels_text(
+                        dict(line.split("=", 1) for line in labels[name].splitlines()))})
+                    await self._call(f"labelling {name}", self.client.update_application(
+                        app, m.ApplicationUpdate(custom_labels=labels[name])))
+                env = _values(await self._call(f"reading env of {name}", self.client.list_envs(old_apps[name])))
+                await self._set_env(app, name, {"data": [
+                    {"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
+                    for k, v in env.items()]})
+
+            async def save_intent(scope: RefScope, _ref: Any) -> None:
+                await save()
+
+            started[name] = await self._start_deployment(app, name, commit, state, save_intent)
+            await save()
+            self._crash("after_move_deploy_call")
+        final = await self._wait(started, None)
+        failed = {n: d for n, d in final.items() if d.status != "finished"}
+        if failed:
+            name, dep = next(iter(failed.items()))
+            entries = dep.log_lines()
+            tail = "\n".join(e.output for e in entries[-8:])
+            await self._discard_move(state, dep_ref, save)
+            raise ReleaseFailed(_failed_step([e.output for e in entries if e.type == "stderr"]),
+                                f"the new copy of process '{name}' did not deploy ({dep.status}); it was deleted and "
+                                f"the service keeps running on its server\nlast output:\n{tail}")
+        await progress(Step.health_check, "waiting until every new application runs")
+        problem = await self._until_running(apps, settle_seconds)
+        if problem is not None:
+            await self._discard_move(state, dep_ref, save)
+            raise ReleaseFailed(Step.health_check, f"the new copy did not stay running ({problem}); it was deleted and "
+                                                   "the service keeps running on its server")
+        self._crash("after_move_healthy")
+
+        await progress(Step.switching, "switching the service's record to the new server")
+        routed = _routed(ref)
+        new_ref = copy.deepcopy(ref)
+        new_ref.pop("env_change", None)
+        new_ref.update(
+            server_uuid=target.uuid, wildcard_base=target.wildcard_base, apps=dict(apps),
+            live_deployments=dict(started), env_revision=await self._env_revision(ref),
+            url=f"https://{mapping.hostname(key, target)}" if routed else None,
+            dns_records=[r.model_dump() for r in _records(key, target, hosts, routed is not None)],
+            live_config={n: {k: v for k, v in b.items() if k != "git_repository"} for n, b in bodies.items()},
+            set_fields={n: sorted(k for k, v in b.items() if v and k in mapping.CLEARABLE) for n, b in bodies.items()},
+        )  # fmt: skip
+        try:
+            await record(RefScope.service, new_ref)
+        except MoveConflict:
+            await self._discard_move(state, dep_ref, save)
+            raise
+        self._crash("after_move_switch")
+        await self._finish_move(state, dep_ref, save, progress)
+        return self._result(new_ref)
+
+    def _move_bodies(self, key: ServiceKey, spec: ReleaseRequest, ref: Mapping[str, Any],
+                     target: PlacedServer) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[str]]:
+        """Per process: the live release's PATCH body for the new server (route recomputed), its labels; and the
+        custom domains (from the live record's DNS records: core passes none on its own)."""
+        live_config: Mapping[str, Any] = ref.get("live_config") or {}
+        custom = tuple(spec.domains) or tuple(r["name"] for r in ref.get("dns_records") or [])
+        hosts = mapping.custom_domains(custom, target, self.settings) if custom else []
+        repo = self._repo_url(spec.repo_url.get_secret_value())
+        by_name = {p.name: p for p in mapping.processes(spec.service_type, spec.plan)}
+        bodies: dict[str, dict[str, Any]] = {}
+        for name in ref.get("apps") or {}:
+            process = by_name.get(name) or Process(name, None, name == ref.get("routed"))
+            app_spec = AppSpec(key=key, process=process, service_type=spec.service_type, mode=spec.mode,
+                               plan=spec.plan, commit=str(ref.get("live_commit") or spec.commit),
+                               resources=spec.resources, server=target, repo_url=repo, domains=custom)
+            if name in live_config:
+                body = {**live_config[name], "git_repository": repo,
+                        "git_commit_sha": str(ref.get("live_commit") or spec.commit)}
+                if "domains" in body:
+                    body.update(mapping.routing_fields(app_spec, self.settings))
+            else:
+                body = mapping.update_body(app_spec, self.settings)
+            bodies[name] = body
+        return bodies, dict(ref.get("live_labels") or {}), hosts
+
+    async def _move_apps(self, key: ServiceKey, spec: ReleaseRequest, target: PlacedServer, state: dict[str, Any],
+                         dep_ref: dict[str, Any], save: Callable[[], Awaitable[None]]) -> dict[str, str]:
+        """The new applications on `target`, one per process, created or found again (by name, excluding the old
+        ones and those a failed attempt discarded)."""
+        apps: dict[str, str] = state["apps"]
+        missing = [n for n in state["old_apps"] if n not in apps]
+        if not missing:
+            return dict(apps)
+        project_uuid, environment_uuid = await self._ensure_project(key, _no_record)
+        known = set(state["old_apps"].values()) | set(dep_ref.get("move_discarded") or [])
+        existing = await self._call("listing applications", self.client.list_applications())
+        by_name = {p.name: p for p in mapping.processes(spec.service_type, spec.plan)}
+        for name in missing:
+            wanted = mapping.app_name(key, name)
+            uuid = next((a.uuid for a in existing if a.name == wanted and a.uuid not in known), None)
+            if uuid is None:
+                process = by_name.get(name) or Process(name, None, False)
+                app_spec = AppSpec(key=key, process=process, service_type=spec.service_type, mode=spec.mode,
+                                   plan=spec.plan, commit=str(key.service_ref.get("live_commit") or spec.commit),
+                                   resources=spec.resources, server=target,
+                                   repo_url=self._repo_url(spec.repo_url.get_secret_value()))
+                body = mapping.create_body(app_spec, project_uuid, environment_uuid, self.settings)
+                self._check("POST", "/applications/public", body)
+                created = await self._call(f"creating the application of {name} on the new server",
+                                           self.client.create_public_application(m.PublicApplicationCreate(**body)))
+                uuid = created.uuid
+                self._crash("after_move_create_app")
+            apps[name] = uuid
+            await save()
+        return dict(apps)
+
+    async def _until_running(self, apps: Mapping[str, str], settle_seconds: float) -> str | None:
+        """None once every application runs (healthy, or running for `settle_seconds`); else what went wrong."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout
+        since: dict[str, float] = {}
+        seen_up: set[str] = set()
+        interval = self.poll_interval
+        while True:
+            now = loop.time()
+            for name, uuid in apps.items():
+                app = await self._call(f"reading the status of {name}", self.client.get_application(uuid))
+                status = app.status or ""
+                if status.startswith(("degraded", "restarting")) or (status.startswith("exited") and name in seen_up):
+                    return f"process '{name}' is {status}"
+                if status.startswith(("running", "starting")):
+                    seen_up.add(name)
+                if app.healthy:
+                    since[name] = -1.0  # a health check passed: no need to watch longer
+                elif status.startswith("running"):
+                    since.setdefault(name, now)
+                else:
+                    since.pop(name, None)
+            if all(name in since and (since[name] < 0 or now - since[name] >= settle_seconds) for name in apps):
+                return None
+            if now > deadline:
+                return f"not running within {self.wait_timeout:g} s"
+            await asyncio.sleep(interval)
+            interval = min(self.poll_max_interval, interval * 1.5, max(settle_seconds / 4, self.poll_interval))
+
+    async def _discard_move(self, state: Mapping[str, Any], dep_ref: dict[str, Any],
+                            save: Callable[[], Awaitable[None]]) -> None:
+        """Undo an unfinished move: delete its new applications and forget it (remembering their uuids, so a
+        later attempt never adopts one that Coolify is still deleting)."""
+        for uuid in sorted((state.get("apps") or {}).values()):
+            await self._delete_app(uuid, "deleting the new copy of a failed move")
+        dep_ref["move_discarded"] = [*(dep_ref.get("move_discarded") or []),
+                                     *sorted((state.get("apps") or {}).values())][-50:]
+        dep_ref.pop("move", None)
+        await save()
+
+    async def _finish_move(self, state: Mapping[str, Any], dep_ref: dict[str, Any],
+                           save: Callable[[], Awaitable[None]], progress: ProgressCallback) -> None:
+        await progress(Step.switching, "deleting the old applications")
+        for uuid in sorted((state.get("old_apps") or {}).values()):
+            await self._delete_app(uuid, "deleting an application of the old server")
+        dep_ref.pop("move", None)
+        await save()
+
     # -- env -----------------------------------------------------------------------------------------------
 
     async def update_env(self, key: ServiceKey, env: dict[str, SecretStr], revision: str, record: Record) -> EnvChange:
@@ -778,6 +1033,10 @@ class CoolifyComputeProvider:
                 raise _error(e, "deleting the project") from None
             await asyncio.sleep(interval)
             interval = min(self.poll_max_interval, interval * 1.5)
+
+
+async def _no_record(scope: RefScope, ref: Any) -> None:
+    """For a move: the project exists (the service is live), so `_ensure_project` returns before recording."""
 
 
 def _values(envs: list[m.EnvVar]) -> dict[str, str]:

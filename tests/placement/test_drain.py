@@ -1,0 +1,343 @@
+"""`inkmcp nodes drain` end to end below the CLI: three Coolify stand-in servers (a real HTTP server validating
+every request and answer against the 4.3.11 spec), services released through the real Coolify provider with
+placement over a real PostgreSQL (core's rows: accounts, projects, services, deployments, placements), then one
+node drained. Ground truth is the stand-in's state (applications, the server each is on, containers and their
+env, deployments) and the database rows; nothing is asserted from the drain's own report alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select, update
+
+from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
+from inkmcp.coolify.client import CoolifyClient, RetryPolicy
+from inkmcp.coolify.spec import CoolifySpec
+from inkmcp.placement.adapter import CoolifyPlacement
+from inkmcp.placement.coolify_nodes import CoolifyNodeSource
+from inkmcp.placement.drain import Drainer
+from inkmcp.placement.records import PlacementService
+from inkmcp.placement.settings import PlacementSettings
+from inkmcp.providers.compute.base import ProviderRef, RefScope, ReleaseRequest, Resources, ServiceKey, Step
+from inkmcp.providers.compute.coolify import policy
+from inkmcp.providers.compute.coolify.provider import MOVE_CRASH_POINTS, CoolifyComputeProvider, Crash
+from inkmcp.store.db import Store
+from inkmcp.store.models import Account, Deployment, PlacementNode, Project, Service
+from inkmcp.store.refs import ref_of, save_ref
+from tests.coolify_standin import CoolifyStandin, NodeServer
+from tests.placement.support import placement_settings_for
+
+FAST = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=2.0)
+SETTLE = 0.3
+"""How long a copy without a health check must keep running; above the stand-in's 2 x status_delay after which a
+crashing container shows `degraded:unhealthy`, so a crash is caught inside the window."""
+COMMIT = "c0ffee" + "0" * 34
+
+
+@dataclass
+class Env:
+    standin: CoolifyStandin
+    store: Store
+    provider: CoolifyComputeProvider
+    placement: PlacementService
+    servers: list[NodeServer]
+    account_id: uuid.UUID
+    services: list[uuid.UUID] = field(default_factory=list)
+
+    def drainer(self) -> Drainer:
+        return Drainer(self.placement, self.provider, self.store.sessionmaker, fetch_url=lambda svc: svc.repo_url,
+                       settle_seconds=SETTLE)
+
+    def apps_of(self, service_id: uuid.UUID) -> list[Any]:
+        """The service's applications Coolify keeps (deletions queued but not done are not counted)."""
+        with self.standin._lock:
+            self.standin._advance()
+            return [a for a in self.standin.applications.values() if a.delete_at is None
+                    and str(a.fields.get("name", "")).startswith(f"{service_id}-")]
+
+    def apps_on(self, server: NodeServer) -> list[Any]:
+        with self.standin._lock:
+            self.standin._advance()
+            return [a for a in self.standin.applications.values() if a.server_uuid == server.uuid
+                    and a.delete_at is None]
+
+    async def row(self, service_id: uuid.UUID) -> tuple[Service, ProviderRef]:
+        async with self.store.session() as s:
+            svc = await s.get(Service, service_id, populate_existing=True)
+            assert svc is not None
+            return svc, ref_of(svc.provider_ref, "coolify")
+
+    async def deploy(self, name: str, memory_mb: int, *, worker: bool = False, message: str = "hi") -> uuid.UUID:
+        """A service the way core deploys one: rows first, then the provider's release recording its refs in those
+        rows, then the deployment live."""
+        async with self.store.session() as s, s.begin():
+            project = Project(account_id=self.account_id, name=f"p-{name}")
+            s.add(project)
+            await s.flush()
+            svc = Service(project_id=project.id, name=name, service_type="webapp", mode="persistent",
+                          repo_url="https://git.example/app.git",
+                          settings={"resources": {"memory_mb": memory_mb, "cpus": 0.5}})
+            s.add(svc)
+            await s.flush()
+            processes = [ProcessSpec(name="web", command="python app.py", routed=True)]
+            if worker:
+                processes.append(ProcessSpec(name="worker", command="python worker.py", routed=False))
+            plan = BuildPlan(stack=Stack.python, processes=tuple(processes), source="call", port=8000)
+            dep = Deployment(service_id=svc.id, status="queued", commit=COMMIT, config_hash="h" * 64,
+                             plan=plan.model_dump(mode="json"))
+            s.add(dep)
+            await s.flush()
+            ids = (project.id, svc.id, dep.id)
+        key = ServiceKey(account_id=str(self.account_id), project_id=str(ids[0]), service_id=str(ids[1]),
+                         project_name=f"p-{name}", service_name=name)
+        request = ReleaseRequest(
+            deployment_id=str(ids[2]), key=key, service_type=ServiceType.webapp, mode=Mode.persistent, plan=plan,
+            commit=COMMIT, env={"MESSAGE": SecretStr(message)}, env_revision="r1",
+            resources=Resources(memory_mb=memory_mb // (2 if worker else 1), cpus=0.5),
+            repo_url=SecretStr("https://git.example/app.git"), checkout_dir=None)
+        rows = {RefScope.project: ids[0], RefScope.service: ids[1], RefScope.deployment: ids[2]}
+
+        async def record(scope: RefScope, ref: ProviderRef) -> None:
+            await save_ref(self.store.sessionmaker, RefScope(scope).value, rows[RefScope(scope)], "coolify", ref)
+
+        async def progress(step: Step, detail: str) -> None:
+            pass
+
+        async with self.store.session() as s:  # refs as core hands them back: from the rows
+            project_row = await s.get(Project, ids[0], populate_existing=True)
+            assert project_row is not None
+            key = key.model_copy(update={"project_ref": ref_of(project_row.provider_ref, "coolify")})
+        result = await self.provider.release(request.model_copy(update={"key": key}), progress, record)
+        async with self.store.session() as s, s.begin():
+            await s.execute(update(Deployment).where(Deployment.id == ids[2]).values(status="live", url=result.url))
+            await s.execute(update(Service).where(Service.id == ids[1]).values(live_deployment_id=ids[2],
+                                                                               url=result.url))
+        self.services.append(ids[1])
+        return ids[1]
+
+    async def settled(self) -> None:
+        """Until the stand-in has no queued work (deployments, deletions) left."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with self.standin._lock:
+                self.standin._advance()
+                busy = any(d.status in ("queued", "in_progress") for d in self.standin.deployments.values()) or any(
+                    a.delete_at is not None for a in self.standin.applications.values())
+            if not busy:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the stand-in did not settle within 10 s")
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[CoolifyStandin]:
+    with CoolifyStandin(tmp_path / "nodes", spec=CoolifySpec.load(), validation_delay=0.0, rate_limit=100_000,
+                        build_seconds=0.05, status_delay=0.02, delete_delay=0.02, stop_delay=0.01) as s:
+        yield s
+    assert s.response_violations == [] and s.request_violations == []
+
+
+@pytest.fixture
+async def env(standin: CoolifyStandin, pstore: Store, tmp_path: Path) -> AsyncIterator[Env]:
+    servers = standin.add_servers(3, capacities=[{"cpus": 4, "memory_mb": 8192}, {"cpus": 2, "memory_mb": 4096},
+                                                 {"cpus": 2, "memory_mb": 4096}])
+    build = standin.add_server("10.77.0.50", name="build", is_build_server=True, usable=True)
+    build.capacity = {"memory_mb": 65536, "cpus": 32}
+    settings: PlacementSettings = placement_settings_for([*servers, build], node_cache_seconds=0)
+    token = standin.add_token("read", "read:sensitive", "write", "deploy")
+    limits = policy.Limits()
+    client = CoolifyClient(standin.url, token, retry=FAST, validate_with=CoolifySpec.load(),
+                           transport=policy.PolicyTransport(limits=limits))
+    placement = PlacementService(pstore.sessionmaker, CoolifyNodeSource(client, settings), settings.policy())
+    provider = CoolifyComputeProvider(client, tmp_path / "work", place=CoolifyPlacement(placement),
+                                      poll_interval=0.01, poll_max_interval=0.05, wait_timeout=20.0, limits=limits)
+    async with pstore.session() as s, s.begin():
+        account = Account(name=f"drain-{uuid.uuid4().hex[:8]}")
+        s.add(account)
+        await s.flush()
+        account_id = account.id
+    e = Env(standin, pstore, provider, placement, servers, account_id)
+    try:
+        yield e
+    finally:
+        await provider.close()
+        async with pstore.session() as s, s.begin():  # the module's database is shared: leave no draining mark
+            await s.execute(update(PlacementNode).values(draining_since=None))
+            await s.execute(Account.__table__.delete().where(Account.id == account_id))
+
+
+async def three_on_run1(env: Env) -> list[uuid.UUID]:
+    """Best fit fills the largest server first: all three land on run-1 (8192 MiB)."""
+    ids = [await env.deploy("big", 3072), await env.deploy("duo", 2048, worker=True), await env.deploy("small", 1024)]
+    for sid in ids:
+        _, ref = await env.row(sid)
+        assert ref["server_uuid"] == env.servers[0].uuid
+    await env.settled()
+    return ids
+
+
+async def test_drain_moves_every_service_to_another_node_one_app_per_process_each_health_checked(env: Env) -> None:
+    run1 = env.servers[0]
+    ids = await three_on_run1(env)
+    before = {sid: await env.row(sid) for sid in ids}
+    lines: list[str] = []
+    report = await env.drainer().drain("run-1", progress=lines.append)
+    assert report.ok, report
+    assert [o.service for o in report.outcomes] == ["big.p-big", "duo.p-duo", "small.p-small"]  # largest first
+    await env.settled()
+    for sid in ids:
+        svc, ref = await env.row(sid)
+        placed = await env.placement.placement_of(str(sid))
+        assert placed is not None and placed.node_uuid == ref["server_uuid"] != run1.uuid
+        target = env.standin.servers[ref["server_uuid"]]
+        apps = env.apps_of(sid)
+        processes = sorted(str(a.fields["name"]).rsplit("-", 1)[1] for a in apps)
+        assert processes == sorted(before[sid][1]["apps"]), "exactly one application per process"
+        assert sorted(a.uuid for a in apps) == sorted(ref["apps"].values())
+        for app in apps:
+            assert app.server_uuid == target.uuid
+            assert app.status.startswith("running")  # health-checked before the switch
+            assert app.container.commit == COMMIT and app.container.env["MESSAGE"] == "hi"  # same code, same env
+            assert app.fields["git_commit_sha"] == COMMIT and app.settings["is_build_server_enabled"] is True
+            deps = env.standin.deployments_of(app.uuid)
+            assert [d.status for d in deps] == ["finished"]  # one deployment per new application, no duplicate
+        # the URL follows the server's wildcard domain: record, services.url and the live deployment agree
+        assert ref["url"] == f"https://{svc.name}-p-{svc.name}.{target.name}.apps.test" == svc.url
+        assert env.apps_of(sid)[0].fields.get("fqdn") in (ref["url"], None)
+        async with env.store.session() as s:
+            dep = await s.get(Deployment, svc.live_deployment_id)
+            assert dep is not None and dep.url == ref["url"] and "move" not in ref_of(dep.provider_ref, "coolify")
+    assert env.apps_on(run1) == []
+    status = {n.node.name: n for n in await env.placement.status()}
+    assert status["run-1"].load.services == 0 and status["run-1"].not_target == "draining"
+    assert any("moving big.p-big from run-1" in line for line in lines)
+    # a drained node takes nothing new; undrain gives it back
+    await env.drainer().undrain("run-1")
+    assert {n.node.name: n for n in await env.placement.status()}["run-1"].not_target is None
+
+
+async def test_dry_run_plans_and_changes_nothing(env: Env) -> None:
+    ids = await three_on_run1(env)
+    before = {sid: await env.row(sid) for sid in ids}
+    requests = len(env.standin.requests)
+    report = await env.drainer().drain("run-1", dry_run=True)
+    assert report.dry_run and [o.status for o in report.outcomes] == ["planned"] * 3
+    assert all(o.to_node in ("run-2", "run-3") for o in report.outcomes)
+    assert [s.method for s in env.standin.requests[requests:]] == ["GET"] * (len(env.standin.requests) - requests)
+    for sid in ids:
+        assert (await env.row(sid))[1] == before[sid][1]
+        placed = await env.placement.placement_of(str(sid))
+        assert placed is not None and placed.node_uuid == env.servers[0].uuid
+    assert {n.node.name: n.not_target for n in await env.placement.status()}["run-1"] is None  # no draining mark
+
+
+@pytest.mark.parametrize("fault", ["crash_on_start", "fail_builds"])
+async def test_a_move_whose_new_copy_fails_stops_the_drain_and_the_old_copy_keeps_serving(
+        env: Env, fault: str) -> None:
+    run1 = env.servers[0]
+    ids = await three_on_run1(env)
+    before = {sid: await env.row(sid) for sid in ids}
+    old_apps = {a.uuid for a in env.apps_on(run1)}
+    getattr(env.standin, fault)(times=1)  # the next new container crashes at start / the next build fails
+    report = await env.drainer().drain("run-1")
+    assert not report.ok
+    assert [o.status for o in report.outcomes] == ["not moved", "not tried", "not tried"]
+    first = report.outcomes[0]
+    assert "keeps running on its server" in first.detail
+    assert ("degraded" in first.detail) if fault == "crash_on_start" else ("did not deploy" in first.detail)
+    await env.settled()
+    for sid in ids:  # records unchanged, placement unchanged, the old applications untouched and serving
+        svc, ref = await env.row(sid)
+        assert ref == before[sid][1] and svc.url == before[sid][0].url
+        placed = await env.placement.placement_of(str(sid))
+        assert placed is not None and placed.node_uuid == run1.uuid
+        async with env.store.session() as s:
+            dep = await s.get(Deployment, svc.live_deployment_id)
+            assert dep is not None and "move" not in ref_of(dep.provider_ref, "coolify")
+    assert {a.uuid for a in env.apps_on(run1)} == old_apps
+    assert all(a.status.startswith("running") and a.container.env["MESSAGE"] == "hi" for a in env.apps_on(run1))
+    assert env.apps_on(env.servers[1]) == [] and env.apps_on(env.servers[2]) == []  # the failed copy was deleted
+    # resumable: the fault is spent, running the drain again moves everything
+    again = await env.drainer().drain("run-1")
+    assert again.ok and len(again.moved) == 3
+    await env.settled()
+    assert env.apps_on(run1) == []
+    for sid in ids:
+        assert len(env.apps_of(sid)) == len(before[sid][1]["apps"])
+
+
+@pytest.mark.parametrize("point", MOVE_CRASH_POINTS)
+async def test_a_crash_mid_move_resumes_without_duplicates(env: Env, point: str) -> None:
+    run1 = env.servers[0]
+    sid = await env.deploy("solo", 2048, worker=True)
+    await env.settled()
+    _, before = await env.row(sid)
+    env.provider.crash_at.add(point)
+    with pytest.raises(Crash):
+        await env.drainer().drain("run-1")
+    report = await env.drainer().drain("run-1")  # "the process restarted": the same command again
+    assert report.ok and [o.status for o in report.outcomes] == ["moved"], report
+    await env.settled()
+    _, ref = await env.row(sid)
+    placed = await env.placement.placement_of(str(sid))
+    assert placed is not None and placed.node_uuid == ref["server_uuid"] != run1.uuid
+    apps = env.apps_of(sid)
+    assert sorted(a.uuid for a in apps) == sorted(ref["apps"].values()) and len(apps) == len(before["apps"])
+    for app in apps:
+        assert app.server_uuid == ref["server_uuid"] and app.status.startswith("running")
+        assert len(env.standin.deployments_of(app.uuid)) == 1  # the resumed move re-attached, never deployed twice
+    assert env.apps_on(run1) == []
+
+
+async def test_a_node_that_is_the_only_fit_names_the_services_that_cannot_move(env: Env) -> None:
+    run1 = env.servers[0]
+    big = await env.deploy("huge", 6144)  # only run-1 (8192) has room for it
+    small = await env.deploy("tiny", 1024)
+    await env.settled()
+    report = await env.drainer().drain("run-1")
+    assert not report.ok
+    by = {o.service: o for o in report.outcomes}
+    assert by["huge.p-huge"].status == "cannot move" and "6144 MiB" in by["huge.p-huge"].detail
+    assert by["tiny.p-tiny"].status == "moved"
+    _, ref = await env.row(big)
+    assert ref["server_uuid"] == run1.uuid and len(env.apps_on(run1)) == 1  # the stuck one keeps running there
+    assert (await env.row(small))[1]["server_uuid"] != run1.uuid
+    assert {n.node.name: n.not_target for n in await env.placement.status()}["run-1"] == "draining"
+
+
+async def test_a_service_changed_during_its_move_is_not_switched(env: Env) -> None:
+    """An env change recorded while the copy is built: the switch's compare-and-swap refuses, the copy goes."""
+    run1 = env.servers[0]
+    sid = await env.deploy("busy", 1024)
+    await env.settled()
+
+    async def meddle(line: str) -> None:
+        if "health_check" in line:  # another InkMCP process records a change of the service meanwhile
+            async with env.store.session() as s, s.begin():
+                svc = await s.get(Service, sid)
+                assert svc is not None
+                ref = ref_of(svc.provider_ref, "coolify") | {"env_revision": "r2"}
+                await s.execute(update(Service).where(Service.id == sid).values(
+                    provider_ref={"coolify": json.loads(json.dumps(ref))}))
+
+    report = await env.drainer().drain("run-1", progress=meddle)
+    assert [o.status for o in report.outcomes] == ["not moved"] and "changed during the move" in \
+        report.outcomes[0].detail
+    await env.settled()
+    _, ref = await env.row(sid)
+    assert ref["server_uuid"] == run1.uuid and ref["env_revision"] == "r2"
+    placed = await env.placement.placement_of(str(sid))
+    assert placed is not None and placed.node_uuid == run1.uuid
+    assert [a.server_uuid for a in env.apps_of(sid)] == [run1.uuid]
+    async with env.store.session() as s:
+        rows = (await s.execute(select(Deployment).where(Deployment.service_id == sid))).scalars().all()
+        assert all("move" not in ref_of(d.provider_ref, "coolify") for d in rows)
