@@ -7,6 +7,7 @@ timing, and the test decides when the build may finish.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -23,6 +24,28 @@ from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServerProc
+
+
+def service_host(server: ServerProc, service: str, project: str) -> str:
+    """The host of a service's URL: `<service>.<project>.localhost` on the local provider (INKMCP_APPS_DOMAIN's
+    default), `<service>-<project>.<run server's wildcard base>` on Coolify (tests/e2e/coolify.py: one run server)."""
+    if server.compute == "coolify":
+        return f"{service}-{project}.run-1.apps.test"
+    return f"{service}.{project}.localhost"
+
+
+async def wait_env_applied(session: Any, project: str, timeout: float = 60) -> None:
+    """Poll list_services until every service of `project` runs the stored env (env == 'applied')."""
+    from tests.support import call
+
+    deadline = time.monotonic() + timeout
+    services: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        services = (await call(session, "list_services", project_name=project))["services"]
+        if all(x.get("env") == "applied" for x in services):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"env of {project} not applied within {timeout} s: {services}")
 
 
 def store_query(server: ServerProc, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

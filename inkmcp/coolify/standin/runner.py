@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 
 LOCAL_REPO_HOST = "local-repo.invalid"
 MAX_LOG_LINES = 5000
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def local_repo_url(path: str) -> str:
@@ -239,7 +240,12 @@ class AppRunner:
     def _base_env(self, extra: dict[str, str], venv: Path | None) -> dict[str, str]:
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         env = {"PATH": f"{venv / 'bin'}:{path}" if venv else path, "HOME": str(self.root),
-               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "CI": "1", "npm_config_update_notifier": "false",
+               "npm_config_fund": "false", "npm_config_audit": "false",
+               # installers trust the machine's CA store (as InkMCP's own buildpack does: a TLS-inspecting proxy)
+               "UV_SYSTEM_CERTS": "1"}
+        if os.path.isfile(CA_BUNDLE):
+            env["NODE_EXTRA_CA_CERTS"] = CA_BUNDLE
         if venv is not None:
             env["VIRTUAL_ENV"] = str(venv)
         return {**env, **extra}
