@@ -623,8 +623,6 @@ class LocalComputeProvider:
             route.port = None  # new requests now go through wake
             live.run = None
             svc.log.write(f"{run.supervisors[0].name if run.supervisors else 'web'} | [inkmcp] idle, sleeping")
-        if run.port is not None:  # what nginx forwarded before the reload that routes to wake gets its answer
-            await self.proxy.drain(run.port, DRAIN_TIMEOUT)
         await self._stop_run(run)
 
     # -- env -----------------------------------------------------------------------------------
