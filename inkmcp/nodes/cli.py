@@ -249,3 +249,86 @@ def attack(
                   f"{r.evidence[:200]} |")
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+# -- draining (issue 8 item 6): needs the runtime (settings → store → Coolify provider + placement) ------------
+
+DataDirOption = Annotated[Path | None, typer.Option("--data-dir", envvar="INKMCP_DATA_DIR", help="state directory")]
+
+
+def _with_drainer(data_dir: Path | None, fn: Any) -> Any:
+    """Open the runtime as `inkmcp serve` would (same INKMCP_* settings, nothing started), run `fn(drainer)`."""
+    import asyncio
+
+    from inkmcp.cli import load_settings
+    from inkmcp.errors import InkError
+    from inkmcp.logsetup import setup_logging
+
+    settings = load_settings(data_dir=data_dir)
+
+    async def main() -> Any:
+        from inkmcp.app import open_runtime
+        from inkmcp.placement.drain import Drainer
+
+        rt = await open_runtime(settings, serve=False)
+        try:
+            return await fn(Drainer.from_runtime(rt))
+        finally:
+            await rt.close()
+
+    setup_logging("WARNING", json_logs=False)
+    try:
+        return asyncio.run(main())
+    except InkError as e:
+        err.print(f"[red]error:[/red] {e.render()}")
+        raise typer.Exit(1) from None
+    except LookupError as e:  # unknown node name, or compute is not Coolify
+        err.print(f"[red]error:[/red] {e.args[0] if e.args else e}", markup=False)
+        raise typer.Exit(2) from None
+
+
+@nodes_app.command("drain")
+def drain(
+    name: Annotated[str, typer.Argument(help="the run server's name in Coolify (or its uuid)")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="plan only, change nothing")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Move every service off run server NAME, one at a time, each health-checked on its new server before the
+    old copy is deleted (inkmcp/placement/drain.py). The server takes no new services from now on (`undrain`
+    gives it back). Stops at the first failure; running it again continues. Exit 1 if anything did not move."""
+    from rich.table import Table
+
+    async def run(drainer: Any) -> Any:
+        def progress(line: str) -> None:
+            err.print(line, markup=False, highlight=False)
+
+        return await drainer.drain(name, dry_run=dry_run, progress=progress)
+
+    report = _with_drainer(data_dir, run)
+    table = Table(title=f"{'plan for draining' if report.dry_run else 'drain of'} {report.node}")
+    for column in ("service", "from", "to", "status", "seconds", "detail"):
+        table.add_column(column, overflow="fold")
+    colour = {"moved": "green", "planned": "cyan", "not tried": "yellow"}
+    for o in report.outcomes:
+        table.add_row(o.service, o.from_node, o.to_node or "-", f"[{colour.get(o.status, 'red')}]{o.status}[/]",
+                      f"{o.seconds:g}" if o.seconds else "", o.detail)
+    if not report.outcomes:
+        table.caption = "no services on this server"
+    out.print(table)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@nodes_app.command("undrain")
+def undrain(
+    name: Annotated[str, typer.Argument(help="the run server's name in Coolify (or its uuid)")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Clear the draining mark of run server NAME: new services may be placed there again (services already
+    moved stay where they are)."""
+
+    async def run(drainer: Any) -> Any:
+        return await drainer.undrain(name)
+
+    node = _with_drainer(data_dir, run)
+    out.print(f"{node.name} ({node.uuid}) takes new services again", markup=False)

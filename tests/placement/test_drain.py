@@ -341,3 +341,50 @@ async def test_a_service_changed_during_its_move_is_not_switched(env: Env) -> No
     async with env.store.session() as s:
         rows = (await s.execute(select(Deployment).where(Deployment.service_id == sid))).scalars().all()
         assert all("move" not in ref_of(d.provider_ref, "coolify") for d in rows)
+
+
+@pytest.mark.slow  # four runtimes opened (migrations checked, settings read) as four CLI runs do
+async def test_cli_drain_and_undrain_over_the_runtime(env: Env, placement_url: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`inkmcp nodes drain` as an operator runs it: the runtime from INKMCP_* settings (the same database, Coolify
+    and placement settings as `inkmcp serve`), a table on stdout, exit 1 while anything could not move."""
+    from typer.testing import CliRunner
+
+    from inkmcp.cli import app
+
+    run1 = env.servers[0]
+    huge = await env.deploy("huge", 6144)
+    tiny = await env.deploy("tiny", 1024)
+    await env.settled()
+    token = env.standin.add_token("read", "read:sensitive", "write", "deploy")
+    nodes = {s.name: {"memory_mb": s.capacity["memory_mb"], "cpus": s.capacity["cpus"]} for s in env.servers}
+    for name, value in {
+        "INKMCP_DATA_DIR": str(tmp_path / "data"), "INKMCP_DATABASE_URL": placement_url,
+        "INKMCP_TENANT_DATABASE_URL": placement_url, "INKMCP_COOLIFY_URL": env.standin.url,
+        "INKMCP_COOLIFY_TOKEN": token, "INKMCP_COOLIFY_POLL_INTERVAL": "0.01",
+        "INKMCP_COOLIFY_POLL_MAX_INTERVAL": "0.05", "INKMCP_PLACEMENT_NODES": json.dumps(nodes),
+        "INKMCP_PLACEMENT_NODE_CACHE_SECONDS": "0", "INKMCP_DRAIN_SETTLE_SECONDS": str(SETTLE),
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+
+    def cli(*args: str) -> Any:
+        return runner.invoke(app, ["nodes", *args], catch_exceptions=False)
+
+    dry = await asyncio.to_thread(cli, "drain", "run-1", "--dry-run")
+    assert dry.exit_code == 1, dry.output  # huge fits nowhere else: exit 1 already in the plan
+    assert "planned" in dry.output and "cannot move" in dry.output and "6144 MiB" in dry.output
+    assert (await env.row(tiny))[1]["server_uuid"] == run1.uuid
+    done = await asyncio.to_thread(cli, "drain", "run-1")
+    assert done.exit_code == 1, done.output
+    assert "moved" in done.output and "cannot move" in done.output
+    svc, ref = await env.row(tiny)
+    target = env.standin.servers[ref["server_uuid"]].name
+    assert target != "run-1" and svc.url == ref["url"] and target in svc.url
+    assert [line for line in done.output.splitlines() if "tiny.p-tiny" in line and target in line]
+    assert (await env.row(huge))[1]["server_uuid"] == run1.uuid
+    unknown = await asyncio.to_thread(cli, "drain", "run-9")
+    assert unknown.exit_code == 2 and "known run servers" in unknown.output
+    back = await asyncio.to_thread(cli, "undrain", "run-1")
+    assert back.exit_code == 0 and "takes new services again" in back.output
+    assert {n.node.name: n.not_target for n in await env.placement.status()}["run-1"] is None
