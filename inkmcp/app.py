@@ -257,5 +257,13 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         await databases.reconcile_connection_limits()  # roles made under older per-tier limits
         restored, resumed = await deploys.restore_all()
         log.info("restored %d services, resumed %d deployments", restored, resumed)
+        # --- Issue 8 item 7 (reconciler, inkmcp/core/reconcile.py): with Coolify compute, a periodic pass comparing
+        # InkMCP's records with Coolify's; report-only unless INKMCP_RECONCILE_REPAIR=true, every
+        # INKMCP_RECONCILE_INTERVAL_SECONDS (0 = off). Cancelled first when the runtime closes.
+        if compute.name == "coolify":
+            from inkmcp.core.reconcile import ReconcileSettings, start_periodic
+
+            start_periodic(stack, sessions, compute, _provider_settings(ReconcileSettings, "INKMCP_RECONCILE_"))
+        # --- end reconciler
     return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute,
                    _stack=stack)

@@ -380,5 +380,47 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command("reconcile")
+def reconcile(
+    repair: Annotated[bool, typer.Option("--repair", help="delete old orphans, mark services whose Coolify "
+                                         "applications are gone (default: report only)")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Compare InkMCP's records with Coolify's (compute = Coolify) and report drift; exits 1 while drift remains.
+    Settings: INKMCP_RECONCILE_* (inkmcp/core/reconcile.py)."""
+    from inkmcp.core.reconcile import Reconciler, ReconcileSettings, table
+
+    settings = load_settings(data_dir=data_dir)
+
+    async def go() -> Any:
+        from inkmcp.app import open_runtime
+
+        rt = await open_runtime(settings, serve=False)
+        try:
+            if rt.compute.name != "coolify":
+                err.print("[red]error:[/red] compute is not Coolify: the reconciler compares InkMCP's records with "
+                          "Coolify's; set INKMCP_COOLIFY_URL and INKMCP_COOLIFY_TOKEN")
+                raise typer.Exit(2)
+            return await Reconciler.for_provider(rt.store.sessionmaker, rt.compute, ReconcileSettings()).run(
+                repair=repair)
+        finally:
+            await rt.close()
+
+    setup_logging("WARNING", json_logs=False)
+    try:
+        report = asyncio.run(go())
+    except InkError as e:
+        err.print(f"[red]error:[/red] {e.render()}")
+        raise typer.Exit(1) from None
+    if report.skipped:
+        err.print(f"[yellow]{report.skipped}[/yellow]; run again when it is done")
+        raise typer.Exit(1)
+    console.print(table(report))
+    left = len(report.remaining) + len(report.errors)
+    console.print(f"{len(report.drift)} drift found, {len(report.drift) - len(report.remaining)} repaired, "
+                  f"{left} left ({report.seconds:.1f} s)")
+    if left:
+        raise typer.Exit(1)
+
 if __name__ == "__main__":
     app()

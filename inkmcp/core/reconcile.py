@@ -389,9 +389,15 @@ class Reconciler:
                             detail=f"process {process}: application {app_uuid} is gone from Coolify"))
                     continue
                 commit = ref.get("live_commit")
-                if live is None or not commit:
-                    continue
+                if live is None or not commit or process not in (ref.get("live_deployments") or {}):
+                    continue  # not part of the live release (e.g. a process a failed release added, then stopped)
                 app = found[1]
+                if app.git_commit_sha and app.git_commit_sha != commit:
+                    try:  # the listing predates the database read: a release may have finished in between
+                        fresh = await self.client.request("GET", f"/applications/{app_uuid}")
+                        app = _App.model_validate(fresh.json())
+                    except CoolifyNotFound:
+                        continue
                 if app.git_commit_sha and app.git_commit_sha != commit:
                     report.drift.append(Drift(
                         kind=DriftKind.commit_drift, project_id=str(pid), service_id=str(sid), process=str(process),
@@ -400,8 +406,8 @@ class Reconciler:
                     continue
                 if self.settings.check_commits:
                     page = await self.client.list_deployments(str(app_uuid), take=5)
-                    done = next((d for d in page.deployments if d.finished), None)
-                    if done is not None and done.status == "finished" and done.commit and done.commit != commit:
+                    done = next((d for d in page.deployments if d.status == "finished"), None)  # newest first
+                    if done is not None and done.commit and done.commit != commit:
                         report.drift.append(Drift(
                             kind=DriftKind.commit_drift, project_id=str(pid), service_id=str(sid),
                             process=str(process), application=str(app_uuid),
@@ -434,10 +440,8 @@ class Reconciler:
     # -- repairs -------------------------------------------------------------------------------------------
 
     async def _repair(self, coolify: _Coolify, report: Report) -> None:
-        grace = self.settings.grace_seconds
         for d in report.of(DriftKind.orphan_application):
-            if d.age_seconds is None or d.age_seconds < grace:
-                d.action, d.note = Action.kept, f"younger than the grace period ({grace:g} s)"
+            if not self._old_enough(d):
                 continue
             await self._guarded(d, self._delete_orphan_app)
         for d in report.of(DriftKind.missing_application):
@@ -445,10 +449,19 @@ class Reconciler:
         for d in report.of(DriftKind.missing_project):
             await self._guarded(d, self._forget_missing_project)
         for d in report.of(DriftKind.orphan_project):
-            if d.age_seconds is None or d.age_seconds < grace:
-                d.action, d.note = Action.kept, f"younger than the grace period ({grace:g} s)"
+            if not self._old_enough(d):
                 continue
             await self._guarded(d, self._delete_orphan_project)
+
+    def _old_enough(self, d: Drift) -> bool:
+        grace = self.settings.grace_seconds
+        if d.age_seconds is None:
+            d.action, d.note = Action.kept, "Coolify gave no creation time; an operator deletes it by hand"
+            return False
+        if d.age_seconds < grace:
+            d.action, d.note = Action.kept, f"younger than the grace period ({grace:g} s)"
+            return False
+        return True
 
     async def _guarded(self, d: Drift, repair: Any) -> None:
         try:
@@ -474,7 +487,7 @@ class Reconciler:
                     d.action, d.note = Action.kept, "a deployment of its service started meanwhile (it may adopt it)"
                     return
                 svc = await s.get(Service, sid)
-                apps = ref_of(svc.provider_ref, self.provider).get("apps") or {} if svc is not None else {}
+                apps = (ref_of(svc.provider_ref, self.provider).get("apps") or {}) if svc is not None else {}
                 if d.application in {str(u) for u in apps.values()}:
                     d.action, d.note = Action.kept, "recorded meanwhile"
                     return
@@ -578,14 +591,18 @@ async def run_periodically(reconciler: Reconciler, settings: ReconcileSettings) 
         if report.skipped:
             continue
         for d in report.drift:
-            log.warning("reconcile: %s %s (%s) — %s", d.kind.value, d.detail, d.action.value, d.note or d.fix)
+            log.warning("reconcile: %s %s: %s (%s) — %s", d.kind.value,
+                        d.application or d.coolify_project or d.deployment_id or d.service_id, d.detail,
+                        d.action.value, d.note or d.fix)  # fmt: skip
         for e in report.errors:
             log.warning("reconcile: %s", e)
 
 
-def start_periodic(stack: Any, sessions: async_sessionmaker[AsyncSession], provider: Any) -> asyncio.Task[None] | None:
-    """Start the periodic pass over `provider` (a CoolifyComputeProvider) and cancel it when `stack` closes."""
-    settings = ReconcileSettings()
+def start_periodic(stack: Any, sessions: async_sessionmaker[AsyncSession], provider: Any,
+                   settings: ReconcileSettings | None = None) -> asyncio.Task[None] | None:  # fmt: skip
+    """Start the periodic pass over `provider` (a CoolifyComputeProvider) and cancel it when `stack` (an
+    AsyncExitStack) closes. None when INKMCP_RECONCILE_INTERVAL_SECONDS=0."""
+    settings = settings or ReconcileSettings()
     if settings.interval_seconds <= 0:
         return None
     task = asyncio.ensure_future(run_periodically(Reconciler.for_provider(sessions, provider, settings), settings))
@@ -596,3 +613,17 @@ def start_periodic(stack: Any, sessions: async_sessionmaker[AsyncSession], provi
 
     stack.push_async_callback(stop)
     return task
+
+
+def table(report: Report) -> Any:
+    """The report as a rich Table (`inkmcp reconcile`)."""
+    from rich.table import Table
+
+    out = Table("drift", "what", "action", "fix", title="dry run: nothing changed" if not report.repair else None)
+    for d in report.drift:
+        colour = "green" if d.resolved else ("yellow" if d.action != Action.failed else "red")
+        out.add_row(d.kind.value, d.detail, f"[{colour}]{d.action.value}[/]" + (f": {d.note}" if d.note else ""),
+                    "" if d.resolved else d.fix)
+    for e in report.errors:
+        out.add_row("error", e, "[red]pass incomplete[/]", "check INKMCP_COOLIFY_URL / the token, run again")
+    return out

@@ -8,6 +8,8 @@ deployment killed after Coolify finished it — next to resources outside InkMCP
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,8 +20,10 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from sqlalchemy import select, text
+from typer.testing import CliRunner
 
 from inkmcp.build.source import SourcePolicy
+from inkmcp.cli import app as cli_app
 from inkmcp.coolify.client import CoolifyClient
 from inkmcp.core.accounts import AccountService
 from inkmcp.core.audit import AuditLog
@@ -30,7 +34,7 @@ from inkmcp.core.leases import LeaseConfig
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
-from inkmcp.core.reconcile import Action, DriftKind, Reconciler, ReconcileSettings, Report
+from inkmcp.core.reconcile import Action, DriftKind, Reconciler, ReconcileSettings, Report, start_periodic
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.coolify import policy
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider
@@ -61,10 +65,15 @@ async def h() -> AsyncIterator[CoolifyHarness]:
 
 
 @pytest.fixture
-async def fresh_store(control_pg: EmbeddedPostgres) -> AsyncIterator[Store]:
+def fresh_url(control_pg: EmbeddedPostgres) -> str:
     url = _store_fixtures.create_database(control_pg, "reconcile")
-    await asyncio.to_thread(migrate, url)
-    store = await open_store(url, pool_size=6, max_overflow=6)
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+async def fresh_store(fresh_url: str) -> AsyncIterator[Store]:
+    store = await open_store(fresh_url, pool_size=6, max_overflow=6)
     try:
         yield store
     finally:
@@ -326,6 +335,68 @@ async def test_two_reconcilers_at_once_repair_once(h: CoolifyHarness, fresh_stor
     assert later.drift == [] and later.skipped is None
     for r in (one, two):
         await r.client.aclose()
+
+
+async def test_the_cli_reports_drift_with_exit_1_and_repairs_with_exit_0(
+    h: CoolifyHarness, fresh_url: str, tmp_path: Path
+) -> None:
+    """`inkmcp reconcile [--repair]` as an operator runs it, configured by the environment only (in-process through
+    typer's runner, in a thread with its own event loop: a subprocess would spend its time compiling imports)."""
+    op = Operator(h)
+    try:
+        project = op.project(f"inkmcp-{uuid.uuid4()}")
+        op.age(project[0])
+        orphan = op.app(project, f"{uuid.uuid4()}-web")
+        foreign = op.app(op.project("customer-site"), f"{uuid.uuid4()}-web")
+    finally:
+        op.close()
+    env = {"INKMCP_DATABASE_URL": fresh_url, "INKMCP_COOLIFY_URL": h.standin.url, "INKMCP_COOLIFY_TOKEN": h.token,
+           "INKMCP_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "300",
+           "INKMCP_TENANT_DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused"}  # fmt: skip
+
+    async def cli(*args: str) -> tuple[int, str]:
+        result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["reconcile", *args], env=env)
+        return result.exit_code, result.output
+
+    code, out = await cli()
+    assert code == 1, out
+    assert "orphan_application" in out and "orphan_project" in out and "dry run" in out, out
+    assert h.token not in out
+    assert alive(h, orphan)
+    code, out = await cli("--repair")
+    assert code == 0, out
+    assert "2 drift found, 2 repaired, 0 left" in out, out
+    assert not alive(h, orphan) and alive(h, foreign)
+    code, out = await cli()
+    assert code == 0 and "0 drift found" in out, out
+
+
+async def test_the_periodic_pass_of_serve_reports_only_unless_repair_is_set(
+    h: CoolifyHarness, fresh_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`start_periodic` as inkmcp/app.py wires it over the provider: report-only by default (drift logged, nothing
+    deleted), repairing with INKMCP_RECONCILE_REPAIR=true; the task ends with the runtime's exit stack."""
+    op = Operator(h)
+    try:
+        project = op.project(f"inkmcp-{uuid.uuid4()}")
+        op.age(project[0])
+        orphan = op.app(project, f"{uuid.uuid4()}-web")
+    finally:
+        op.close()
+    caplog.set_level(logging.WARNING, logger="inkmcp.reconcile")
+    for repair in (False, True):
+        async with contextlib.AsyncExitStack() as stack:
+            task = start_periodic(stack, fresh_store.sessionmaker, h.provider,
+                                  SETTINGS.model_copy(update={"interval_seconds": 0.05, "repair": repair}))
+            assert task is not None
+            if repair:
+                await wait_for(lambda: asyncio.sleep(0, not alive(h, orphan)), what="the orphan deleted")
+            else:
+                await wait_for(lambda: asyncio.sleep(0, orphan in caplog.text), what="the orphan reported")
+                assert alive(h, orphan)
+        assert task.done()
+    assert start_periodic(contextlib.AsyncExitStack(), fresh_store.sessionmaker, h.provider,
+                          SETTINGS.model_copy(update={"interval_seconds": 0})) is None
 
 
 def test_settings_and_prefix_errors_name_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
