@@ -1,5 +1,5 @@
 """Run the Coolify stand-in for local development: `python -m inkmcp.coolify.standin [--port N]
-[--token-file F] [--servers N] [--build-seconds S] [--data-dir D]`.
+[--token-file F] [--servers N] [--build-seconds S] [--data-dir D] [--build-server] [--run-apps [--proxy-port P]]`.
 
 Prints the base URL and a root token (and writes the token to --token-file, mode 0600), so InkMCP can be pointed
 at it with INKMCP_COOLIFY_URL / INKMCP_COOLIFY_TOKEN and used without a real Coolify. Stops on Ctrl-C or SIGTERM.
@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long a deployment stays in_progress (default 2.0)")
     parser.add_argument("--rate-limit", type=int, default=200, help="requests per minute per user (default 200)")
     parser.add_argument("--data-dir", type=Path, help="where node files (proxy compose) go (default: a temp dir)")
+    parser.add_argument("--run-apps", action="store_true",
+                        help="really build and run what is deployed (runner.py), behind a Host-routing proxy; "
+                             "pair with INKMCP_COOLIFY_DEV_LOCAL_REPOS=1 to deploy local repos")
+    parser.add_argument("--build-server", action="store_true",
+                        help="also register a build server (InkMCP's production default builds there)")
+    parser.add_argument("--proxy-port", type=int, default=0, help="the runner's proxy port (default: any free port)")
     args = parser.parse_args(argv)
     if args.port < 0 or args.port > 65535:
         parser.error(f"--port {args.port}: pass 0 (any free port) or a port number up to 65535")
@@ -40,7 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     token = standin.add_token("root")
     standin.add_servers(args.servers)
     standin.add_private_key()
+    if args.build_server:
+        standin.add_server("10.77.0.200", name="builder", is_build_server=True, usable=True)
     standin.start()
+    runner = None
+    if args.run_apps:
+        from inkmcp.coolify.standin.runner import AppRunner
+
+        runner = AppRunner(data_dir / "runner", proxy_port=args.proxy_port).attach(standin)
+        print(f"apps served by the runner's proxy on 127.0.0.1:{runner.proxy_port} (send the service URL's Host)")
     if args.token_file is not None:
         fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -52,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
+    if runner is not None:
+        runner.close()
     standin.stop()
     return 0
 
