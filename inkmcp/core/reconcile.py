@@ -103,6 +103,7 @@ class DriftKind(enum.StrEnum):
     missing_project = "missing_project"
     commit_drift = "commit_drift"
     stuck_deployment = "stuck_deployment"
+    awaiting_redeploy = "awaiting_redeploy"
 
 
 class Action(enum.StrEnum):
@@ -126,6 +127,7 @@ FIXES = {
                                "service creates it again",
     DriftKind.commit_drift: "someone deployed from Coolify's side: call deploy_app again to put InkMCP's release "
                             "back, or find who changed it in Coolify",
+    DriftKind.awaiting_redeploy: "its owner calls deploy_app again (the same arguments redeploy)",
     DriftKind.stuck_deployment: "a running `inkmcp serve` takes it over within INKMCP_TAKEOVER_SCAN_SECONDS; if "
                                 "none runs, start one",
 }
@@ -166,6 +168,8 @@ class Report(BaseModel):
     drift: list[Drift] = Field(default_factory=list)
     adoptable: list[str] = Field(default_factory=list)
     """Unrecorded applications a deployment in flight may still adopt (uuids): not drift."""
+    redeployed: list[str] = Field(default_factory=list)
+    """Services marked `needs_redeploy` that were redeployed since: a repair pass clears the mark (ids)."""
     errors: list[str] = Field(default_factory=list)
 
     @property
@@ -379,6 +383,15 @@ class Reconciler:
         for sid, (pid, ref, live) in records.services.items():
             if records.in_flight.get(sid):
                 continue  # a pipeline is changing it: its state is not drift
+            marks = ref.get("needs_redeploy")
+            if marks and live is None:
+                lost = ", ".join(sorted(marks.get("missing", {})))
+                report.drift.append(Drift(
+                    kind=DriftKind.awaiting_redeploy, project_id=str(pid), service_id=str(sid),
+                    detail=f"service {sid} lost the Coolify application of {lost} (marked {marks.get('since', '?')}) "
+                           "and was not deployed since"))
+            elif marks:
+                report.redeployed.append(str(sid))
             for process, app_uuid in (ref.get("apps") or {}).items():
                 found = coolify.apps.get(str(app_uuid))
                 if found is None:
@@ -448,6 +461,8 @@ class Reconciler:
             await self._guarded(d, self._mark_missing_app)
         for d in report.of(DriftKind.missing_project):
             await self._guarded(d, self._forget_missing_project)
+        for sid in report.redeployed:
+            await self._clear_mark(uuid.UUID(sid))
         for d in report.of(DriftKind.orphan_project):
             if not self._old_enough(d):
                 continue
@@ -527,6 +542,19 @@ class Reconciler:
         d.action, d.note = Action.marked, "service needs a redeploy: its owner calls deploy_app again"
         log.warning("reconcile: service %s process %s lost its Coolify application %s; marked for redeploy",
                     d.service_id, d.process, d.application)
+
+    async def _clear_mark(self, sid: uuid.UUID) -> None:
+        """A marked service deployed again: its `needs_redeploy` mark goes (the provider keeps unknown ref keys)."""
+        async with self.sessions() as s, s.begin():
+            if not await self._locked_idle(s, sid):
+                return
+            svc = await s.get(Service, sid, with_for_update=True)
+            if svc is None or svc.live_deployment_id is None:
+                return
+            ref = ref_of(svc.provider_ref, self.provider)
+            if ref.pop("needs_redeploy", None) is not None:
+                await self._save(s, Service, sid, ref)
+                log.info("reconcile: service %s was redeployed; its needs_redeploy mark is cleared", sid)
 
     async def _forget_missing_project(self, d: Drift) -> None:
         assert d.project_id and d.coolify_project

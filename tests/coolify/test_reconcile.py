@@ -288,6 +288,9 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
         assert ref["needs_redeploy"]["missing"] == {"worker": a_apps["worker"]}
         statuses = {str(d.id): d.status for d in (await s.execute(select(Deployment))).scalars()}
     assert statuses[b_dep] not in ("live", "failed") and statuses[c_dep] not in ("live", "failed")  # left to takeover
+    report = await rec.run()  # the marked service stays in the report until its owner redeploys it
+    assert [d.service_id for d in report.of(DriftKind.awaiting_redeploy)] == [str(a_row.id)]
+    assert not report.of(DriftKind.missing_application)
 
     # the takeover finishes B (adopting its unrecorded application) and C; the owner redeploys A
     await platform.deploys.close()
@@ -306,6 +309,8 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
 
     report = await rec.run(repair=True)
     assert kinds(report) == {"orphan_application": [young]} and report.adoptable == [], report.drift
+    assert report.redeployed == [str(a_row.id)]
+    assert "needs_redeploy" not in coolify_ref(await service_row(fresh_store, platform, p, a))
     await rec.client.aclose()
 
 
