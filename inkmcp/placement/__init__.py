@@ -6,4 +6,7 @@
 * `coolify_nodes`  the run servers from Coolify's `GET /servers`, joined with configured capacity.
 * `adapter`  `CoolifyPlacement`: the `place(key, mode, resources)` callable the Coolify provider takes.
 * `settings` `PlacementSettings` (`INKMCP_PLACEMENT_*`), including how to wire it in the composition root.
+* `drain`    `inkmcp nodes drain NAME`: moves a node's services one at a time through the Coolify provider's
+             `move`, each health-checked, committed in placement only then; resumable (`DrainSettings`,
+             `INKMCP_DRAIN_*`).
 """

@@ -290,8 +290,9 @@ class _Switch:
         value = json.loads(check_ref(ref))
         async with self.d.sessions.begin() as s:
             await lock_service(s, self.service_id)
-            row = (await s.execute(select(Service).where(Service.id == self.service_id).with_for_update())
-                   ).scalar_one_or_none()
+            # NO KEY UPDATE: placement's own transaction below writes a row referencing this one (FK, KEY SHARE)
+            row = (await s.execute(select(Service).where(Service.id == self.service_id)
+                                   .with_for_update(key_share=True))).scalar_one_or_none()
             if row is None:
                 raise MoveConflict("the service was deleted during the move")
             if ref_of(row.provider_ref, name) != self.expected or row.live_deployment_id != self.live:

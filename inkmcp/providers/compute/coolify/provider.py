@@ -41,6 +41,10 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
   (with `retry_after`); 401/403 and refused bodies (422, a policy refusal, a spec violation) →
   `ProviderRefused` naming what to fix; a failed build or release command → `ReleaseFailed(step, last log
   lines)`; a custom domain already used by another application (409) → `ReleaseFailed`.
+* **Moving a service to another server** (`move`, for `inkmcp nodes drain`; not in the compute contract, since
+  only a provider that places services has somewhere to move one): a copy on the target, health-checked, the
+  record switched, the old applications deleted; progress kept in the live deployment's ref under "move".
+  The default URL changes with the server (each server has its own wildcard domain); see `move`.
 * **Nothing a tenant controls reaches Coolify as a field of its own**: bodies come from `mapping.py`, and
   `policy.py` checks each one before the client sends it (and again on the wire, `PolicyTransport`).
 
