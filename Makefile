@@ -16,7 +16,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-system-deps.sh && bash scripts/test-docker.sh && bash scripts/test-docker-trixie.sh; fi
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra --durations=40 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
