@@ -26,6 +26,7 @@ One pass (`Reconciler.run`):
      than the live one (someone deployed from Coolify's side).
    - `stuck_deployment`: in flight in InkMCP with an expired lease while Coolify says its deployments ended. Never
      repaired here: the lease takeover (`leases.py`) finishes it; reported so an operator sees no replica runs.
+   - `awaiting_redeploy`: a service an earlier repair marked (below) that nobody has deployed since.
 3. **Repair** (`repair=True` only; each step idempotent, re-checked under locks right before it acts):
    - orphan applications older than the grace period are deleted, and their deletion waited for, under the
      service's advisory lock (`leases.lock_service`) with no deployment of the service in flight — the lock is the
@@ -34,7 +35,8 @@ One pass (`Reconciler.run`):
    - a missing application (or project) is *marked*, not redeployed: under the same lock the process leaves the
      ref's `apps` (the provider then creates it again by name on the next release) and goes to the ref's
      `needs_redeploy`, and `services.live_deployment_id` is cleared so that `deploy_app` with the same arguments
-     is a new release rather than a no-op. Fix: the service's owner calls `deploy_app` again.
+     is a new release rather than a no-op. Fix: the service's owner calls `deploy_app` again; the next repair pass
+     after that clears the mark. A missing project likewise leaves the project's ref, so the provider makes it again.
    The whole pass holds a transaction-scoped advisory lock (`RECONCILE_LOCK`): a second reconciler (another
    replica, or the CLI beside `inkmcp serve`) finds it taken and reports `skipped` instead of repairing twice.
 
@@ -55,15 +57,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.coolify.client import CoolifyBadRequest, CoolifyClient, CoolifyError, CoolifyNotFound
+from inkmcp.coolify.spec import SpecError
 from inkmcp.core.leases import lock_service
 from inkmcp.core.views import TERMINAL
+from inkmcp.providers.compute.coolify.policy import PolicyViolation
 from inkmcp.store.models import Deployment, Project, Service
 from inkmcp.store.refs import check_ref, ref_of
 
@@ -290,6 +294,10 @@ class Reconciler:
                     await self._repair(coolify, report)
             except CoolifyError as e:
                 report.errors.append(f"Coolify: {e}")
+            except (SpecError, PolicyViolation) as e:  # a request InkMCP must not send: nothing was sent
+                report.errors.append(f"refused before sending: {e}")
+            except ValidationError as e:
+                report.errors.append(f"Coolify answered outside what InkMCP expects: {e}")
         report.seconds = time.monotonic() - started
         return report
 

@@ -177,6 +177,13 @@ def alive(h: CoolifyHarness, uuid_: str) -> bool:
         return app is not None and app.delete_at is None
 
 
+def exists(h: CoolifyHarness, uuid_: str) -> bool:
+    """Still in Coolify (a queued delete not done yet counts)."""
+    with h.standin._lock:
+        h.standin._advance()
+        return uuid_ in h.standin.applications
+
+
 def kinds(report: Report) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for d in report.drift:
@@ -311,6 +318,45 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
     assert kinds(report) == {"orphan_application": [young]} and report.adoptable == [], report.drift
     assert report.redeployed == [str(a_row.id)]
     assert "needs_redeploy" not in coolify_ref(await service_row(fresh_store, platform, p, a))
+    await rec.client.aclose()
+
+
+async def test_a_project_deleted_in_coolify_is_forgotten_so_the_next_deploy_makes_it_again(
+    h: CoolifyHarness, wire: Callable[[Any], Platform], fresh_store: Store
+) -> None:
+    platform = wire(h.provider)
+    p = await platform.accounts.principal_for(f"acct-{uuid.uuid4().hex[:8]}", "test")
+    repo = git_repo(h.root / "repos" / "app", {**APP_FILES, "Procfile": PROCFILE})
+    name = f"gone-{uuid.uuid4().hex[:8]}"
+    assert (await deploy(platform, p, repo, name)).status == "live"
+    row = await service_row(fresh_store, platform, p, name)
+    apps = coolify_ref(row)["apps"]
+    async with fresh_store.sessionmaker() as s:
+        project = coolify_ref(await s.get(Project, row.project_id))["project_uuid"]
+    op = Operator(h)
+    try:  # Coolify deletes a project only once it is empty
+        for app in apps.values():
+            assert op.http.delete(f"/applications/{app}").status_code == 200
+        await wait_for(lambda: asyncio.sleep(0, not any(exists(h, a) for a in apps.values())), what="apps deleted")
+        assert op.http.delete(f"/projects/{project}").status_code == 200
+    finally:
+        op.close()
+    rec = reconciler(h, fresh_store)
+    report = await rec.run()
+    assert kinds(report) == {"missing_project": [project], "missing_application": sorted(apps.values())}
+    report = await rec.run(repair=True)
+    assert {d.action for d in report.drift} == {Action.marked}, report.drift
+    async with fresh_store.sessionmaker() as s:
+        assert "project_uuid" not in coolify_ref(await s.get(Project, row.project_id))
+    again = await deploy(platform, p, repo, name)
+    assert again.status == "live", again
+    async with fresh_store.sessionmaker() as s:
+        made = coolify_ref(await s.get(Project, row.project_id))["project_uuid"]
+    assert made != project and made in h.standin.projects
+    now = coolify_ref(await service_row(fresh_store, platform, p, name))["apps"]
+    assert set(now) == {"web", "worker"} and all(alive(h, a) for a in now.values())
+    report = await rec.run(repair=True)
+    assert report.drift == [] and report.redeployed == [str(row.id)], report.drift
     await rec.client.aclose()
 
 
