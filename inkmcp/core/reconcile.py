@@ -43,6 +43,13 @@ One pass (`Reconciler.run`):
 Nothing outside the prefix is ever deleted or changed, and nothing outside InkMCP's projects is read beyond the
 listing. Cost per pass: 1 + P + 1 requests (projects, each project, applications) plus one deployments listing per
 recorded application of a live service (`INKMCP_RECONCILE_CHECK_COMMITS`), within the client's shared budget.
+
+Known limits: env drift is not compared (Coolify does not say which env a running container started with; only
+the commit is); a recorded application that exists but sits outside InkMCP's projects is neither missing nor an
+orphan and is not reported; a project's age is its oldest environment's `created_at` (Coolify's project listing has
+none); a marked service shows `not_deployed` in list_services until it is redeployed, even if another of its
+processes still runs; deleting an orphan holds its service's lock for up to INKMCP_RECONCILE_DELETE_WAIT_SECONDS,
+so a deploy_app of that service waits meanwhile.
 """
 
 from __future__ import annotations
