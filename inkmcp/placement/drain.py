@@ -49,6 +49,7 @@ from inkmcp.placement.models import DrainPlan, Move, Node, PlacementError
 from inkmcp.placement.records import PlacementService
 from inkmcp.providers.compute.base import (
     ComputeError,
+    DnsRecord,
     ProviderRef,
     ProviderUnavailable,
     RefScope,
@@ -170,9 +171,12 @@ class Drainer:
             await _say(progress, f"moving {out.service} from {node.name} to {out.to_node} ...")
             started = time.monotonic()
             try:
-                out.url = await self._move(item, names, progress)
+                out.url, dns = await self._move(item, names, progress)
                 out.status = "moved"
                 out.detail = f"now at {out.url}" if out.url else "moved (no route)"
+                if dns:  # custom domains: their CNAME pointed at the old server's host
+                    out.detail += "; the owner must update DNS: " + ", ".join(
+                        f"{r.name} {r.type} {r.value}" for r in dns)
             except (ComputeError, PlacementError, LookupError) as e:
                 out.status = "not moved"
                 out.detail = str(e)
@@ -216,8 +220,9 @@ class Drainer:
                 Service.id.in_([uuid.UUID(x) for x in service_ids])))).all()
         return {str(i): f"{sv}.{p}" for i, sv, p in rows}
 
-    async def _move(self, item: _Item, names: dict[str, str], progress: Progress | None) -> str | None:
-        """One service: the provider's move with the switching `record`; the new URL."""
+    async def _move(self, item: _Item, names: dict[str, str],
+                    progress: Progress | None) -> tuple[str | None, list[DnsRecord]]:
+        """One service: the provider's move with the switching `record`; the new URL and custom domains' DNS."""
         assert item.to_node is not None
         targets = {n.uuid: n for n in await self.placement.nodes()}
         target = targets.get(item.to_node)
@@ -247,7 +252,7 @@ class Drainer:
         if dep is None:  # never deployed: nothing runs, only the reservation (and a recorded server) moves
             ref = {k: v for k, v in key.service_ref.items() if k not in ("server_uuid", "wildcard_base")}
             await switch(RefScope.service, ref)
-            return None
+            return None, []
         resources = (svc.settings or {}).get("resources")
         spec = ReleaseRequest(
             deployment_id=str(dep.id), key=key, service_type=ServiceType(svc.service_type), mode=Mode(svc.mode),
@@ -270,7 +275,7 @@ class Drainer:
                                           step, record, settle_seconds=self.settle_seconds)
         if item.move is not None and switch.done is False:  # already switched before a crash: placement too?
             await self.placement.commit_move(item.move)
-        return result.url
+        return result.url, list(result.dns_records)
 
 
 class _Switch:

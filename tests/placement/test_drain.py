@@ -85,7 +85,7 @@ class Env:
             return svc, ref_of(svc.provider_ref, "coolify")
 
     async def deploy(self, name: str, memory_mb: int, *, worker: bool = False, message: str = "hi",
-                     fails: bool = False) -> uuid.UUID:
+                     fails: bool = False, domains: tuple[str, ...] = ()) -> uuid.UUID:
         """A service the way core deploys one: rows first, then the provider's release recording its refs in those
         rows, then the deployment live."""
         async with self.store.session() as s, s.begin():
@@ -112,7 +112,7 @@ class Env:
             deployment_id=str(ids[2]), key=key, service_type=ServiceType.webapp, mode=Mode.persistent, plan=plan,
             commit=COMMIT, env={"MESSAGE": SecretStr(message)}, env_revision="r1",
             resources=Resources(memory_mb=memory_mb // (2 if worker else 1), cpus=0.5),
-            repo_url=SecretStr("https://git.example/app.git"), checkout_dir=None)
+            repo_url=SecretStr("https://git.example/app.git"), checkout_dir=None, domains=list(domains))
         rows = {RefScope.project: ids[0], RefScope.service: ids[1], RefScope.deployment: ids[2]}
 
         async def record(scope: RefScope, ref: ProviderRef) -> None:
@@ -194,7 +194,8 @@ async def env(standin: CoolifyStandin, pstore: Store, tmp_path: Path) -> AsyncIt
 
 async def three_on_run1(env: Env) -> list[uuid.UUID]:
     """Best fit fills the largest server first: all three land on run-1 (8192 MiB)."""
-    ids = [await env.deploy("big", 3072), await env.deploy("duo", 2048, worker=True), await env.deploy("small", 1024)]
+    ids = [await env.deploy("big", 3072), await env.deploy("duo", 2048, worker=True),
+           await env.deploy("small", 1024, domains=("www.small.example",))]
     for sid in ids:
         _, ref = await env.row(sid)
         assert ref["server_uuid"] == env.servers[0].uuid
@@ -229,10 +230,16 @@ async def test_drain_moves_every_service_to_another_node_one_app_per_process_eac
             assert [d.status for d in deps] == ["finished"]  # one deployment per new application, no duplicate
         # the URL follows the server's wildcard domain: record, services.url and the live deployment agree
         assert ref["url"] == f"https://{svc.name}-p-{svc.name}.{target.name}.apps.test" == svc.url
-        assert env.apps_of(sid)[0].fields.get("fqdn") in (ref["url"], None)
         async with env.store.session() as s:
             dep = await s.get(Deployment, svc.live_deployment_id)
             assert dep is not None and dep.url == ref["url"] and "move" not in ref_of(dep.provider_ref, "coolify")
+    # the custom domain moved with the service; its CNAME now names the new host, and the report says so
+    _, small = await env.row(ids[2])
+    host = small["url"].removeprefix("https://")
+    assert small["dns_records"] == [{"name": "www.small.example", "type": "CNAME", "value": host}]
+    web = env.standin.applications[small["apps"]["web"]]
+    assert web.fields["fqdn"] == f"https://{host},https://www.small.example"
+    assert f"www.small.example CNAME {host}" in report.outcomes[2].detail
     assert env.apps_on(run1) == []
     status = {n.node.name: n for n in await env.placement.status()}
     assert status["run-1"].load.services == 0 and status["run-1"].not_target == "draining"
@@ -295,7 +302,7 @@ async def test_a_move_whose_new_copy_fails_stops_the_drain_and_the_old_copy_keep
 @pytest.mark.parametrize("point", MOVE_CRASH_POINTS)
 async def test_a_crash_mid_move_resumes_without_duplicates(env: Env, point: str) -> None:
     run1 = env.servers[0]
-    sid = await env.deploy("solo", 2048, worker=True)
+    sid = await env.deploy("solo", 2048, worker=True, domains=("www.solo.example",))
     await env.settled()
     _, before = await env.row(sid)
     env.provider.crash_at.add(point)
@@ -312,6 +319,7 @@ async def test_a_crash_mid_move_resumes_without_duplicates(env: Env, point: str)
     for app in apps:
         assert app.server_uuid == ref["server_uuid"] and app.status.startswith("running")
         assert len(env.standin.deployments_of(app.uuid)) == 1  # the resumed move re-attached, never deployed twice
+    assert env.standin.applications[ref["apps"]["web"]].fields["fqdn"] == f"{ref['url']},https://www.solo.example"
     assert env.apps_on(run1) == []
 
 
@@ -334,8 +342,11 @@ async def test_a_node_that_is_the_only_fit_names_the_services_that_cannot_move(e
 async def test_a_service_changed_during_its_move_is_not_switched(env: Env) -> None:
     """An env change recorded while the copy is built: the switch's compare-and-swap refuses, the copy goes."""
     run1 = env.servers[0]
-    sid = await env.deploy("busy", 1024)
+    sid = await env.deploy("busy", 1024, domains=("www.busy.example",))
     await env.settled()
+    (old_web,) = env.apps_of(sid)
+    fqdn = old_web.fields["fqdn"]
+    assert "https://www.busy.example" in fqdn
 
     async def meddle(line: str) -> None:
         if "health_check" in line:  # another InkMCP process records a change of the service meanwhile
@@ -355,6 +366,9 @@ async def test_a_service_changed_during_its_move_is_not_switched(env: Env) -> No
     placed = await env.placement.placement_of(str(sid))
     assert placed is not None and placed.node_uuid == run1.uuid
     assert [a.server_uuid for a in env.apps_of(sid)] == [run1.uuid]
+    # the move had the old application let go of the custom domain (Coolify refuses a domain in use twice); the
+    # undone move gave it back
+    assert env.standin.applications[old_web.uuid].fields["fqdn"] == fqdn
     async with env.store.session() as s:
         rows = (await s.execute(select(Deployment).where(Deployment.service_id == sid))).scalars().all()
         assert all("move" not in ref_of(d.provider_ref, "coolify") for d in rows)

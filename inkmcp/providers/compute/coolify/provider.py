@@ -660,6 +660,9 @@ class CoolifyComputeProvider:
              attempt is found by name: not one of the old applications nor one a failed attempt discarded),
              configured with the live release's PATCH body (`live_config`; the route recomputed for `target`),
              its labels, and the env read from the old application (what runs, not what core would send now);
+             with custom domains, the old routed application first lets go of them in its settings (Coolify
+             refuses a domain two applications have, and InkMCP never sends force_domain_override): its running
+             container keeps its routing labels, so it keeps serving them until it is deleted;
           3. `POST /deploy` per process (write-ahead intent as in `release`), wait until every deployment is
              finished, then until every application is running: `running:healthy` passes at once, a status
              without a health check (`running:unknown`) must stay running for `settle_seconds` (Coolify refreshes
@@ -667,8 +670,9 @@ class CoolifyComputeProvider:
           4. switch: record the service's ref with the new server, applications, URL and DNS records;
           5. delete the old applications, then clear the move state.
         All or nothing: a failed build, a new copy that does not stay running, or a `MoveConflict` deletes the new
-        applications and raises (`ReleaseFailed` / `MoveConflict`); the old ones were never touched and keep
-        serving. `ProviderUnavailable` leaves the state for the next attempt.
+        applications, gives the custom domains back to the old one and raises (`ReleaseFailed` / `MoveConflict`);
+        the old containers were never touched and keep serving. `ProviderUnavailable` leaves the state for the
+        next attempt.
 
         URL: the default host is `<service>-<project>.<server wildcard base>`, and each server's wildcard DNS
         record points at that server, so the default URL *changes* with the server. Keeping the old host as an
@@ -706,7 +710,7 @@ class CoolifyComputeProvider:
         commit = str(ref.get("live_commit") or spec.commit)
         if state is None:
             state = {"from": ref.get("server_uuid"), "to": target.uuid, "wildcard_base": target.wildcard_base,
-                     "old_apps": old_apps, "apps": {}, "intent": {}, "deployments": {}}
+                     "old_apps": old_apps, "routed": _routed(ref), "apps": {}, "intent": {}, "deployments": {}}
             dep_ref["move"] = state
             await save()
         try:
@@ -716,6 +720,21 @@ class CoolifyComputeProvider:
             raise ReleaseFailed(Step.building, str(e)) from None
         await progress(Step.building, f"creating the service's applications on the new server ({len(old_apps)})")
         apps = await self._move_apps(key, spec, target, state, dep_ref, save)
+        routed = _routed(ref)
+        if hosts and routed in old_apps:
+            # Coolify refuses (409) a domain another application has, and taking it by force is a field InkMCP
+            # never sends (policy: it would let one service take another's domain). So the old application lets
+            # go of the custom domains in its settings first: its running container keeps its routing labels
+            # (Coolify applies domains when it creates a container), so it keeps serving them; a discarded move
+            # gives them back (`_discard_move`).
+            if "domains_released" not in state:  # write-ahead: a discard gives these back
+                state["domains_released"] = ((ref.get("live_config") or {}).get(routed) or {}).get("domains", "")
+                await save()
+            home = PlacedServer(uuid=str(ref.get("server_uuid")), wildcard_base=str(ref["wildcard_base"]))
+            own = {"domains": f"https://{mapping.hostname(key, home)}"}
+            self._check("PATCH", f"/applications/{old_apps[routed]}", own)
+            await self._call("releasing the custom domains of the old application",
+                             self.client.update_application(old_apps[routed], _update(own)))
         started: dict[str, str] = state["deployments"]
         for name, app in apps.items():
             if name in started:
@@ -759,7 +778,6 @@ class CoolifyComputeProvider:
         self._crash("after_move_healthy")
 
         await progress(Step.switching, "switching the service's record to the new server")
-        routed = _routed(ref)
         new_ref = copy.deepcopy(ref)
         new_ref.pop("env_change", None)
         new_ref.update(
@@ -868,8 +886,23 @@ class CoolifyComputeProvider:
                             save: Callable[[], Awaitable[None]]) -> None:
         """Undo an unfinished move: delete its new applications and forget it (remembering their uuids, so a
         later attempt never adopts one that Coolify is still deleting)."""
+        released = state.get("domains_released")
+        new_routed = (state.get("apps") or {}).get(state.get("routed") or "")
+        if released and new_routed:  # the copy lets go of them first: Coolify deletes it later (queued)
+            self._check("PATCH", f"/applications/{new_routed}", {"domains": ""})
+            try:
+                await self.client.update_application(new_routed, _update({"domains": ""}))
+            except CoolifyNotFound:
+                pass  # gone already (a repeat)
+            except CoolifyError as e:
+                raise _error(e, "releasing the custom domains of the new copy") from None
         for uuid in sorted((state.get("apps") or {}).values()):
             await self._delete_app(uuid, "deleting the new copy of a failed move")
+        if released and state.get("routed") in (state.get("old_apps") or {}):  # give the custom domains back
+            old = state["old_apps"][state["routed"]]
+            self._check("PATCH", f"/applications/{old}", {"domains": released})
+            await self._call("giving the custom domains back to the old application",
+                             self.client.update_application(old, _update({"domains": released})))
         dep_ref["move_discarded"] = [*(dep_ref.get("move_discarded") or []),
                                      *sorted((state.get("apps") or {}).values())][-50:]
         dep_ref.pop("move", None)
