@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ async def deploy_done(s: Any, **args: Any) -> dict[str, Any]:
     return dep
 
 
+ACCOUNT = f"parity-{uuid.uuid4().hex[:8]}"
+
+
 def shape(value: Any) -> Any:
     """The structure of a result: keys and JSON types, not values (urls, ids and times differ by nature)."""
     if isinstance(value, dict):
@@ -50,9 +54,10 @@ def shape(value: Any) -> Any:
 
 
 async def transcript(srv: ServerProc, repo: Path, empty: Path) -> dict[str, Any]:
-    """The same calls, in the same order, as an agent would make them: results and error texts."""
+    """The same calls, in the same order, by a new account (the shared server has other accounts' projects), as
+    an agent would make them: results and error texts."""
     out: dict[str, Any] = {}
-    async with mcp_session(srv, srv.keys["alice"]) as s:
+    async with mcp_session(srv, srv.create_key(ACCOUNT)) as s:
         out["tools"] = [t.model_dump(mode="json") for t in (await s.list_tools()).tools]
         out["errors"] = {
             "unknown argument": await call_error(s, "deploy_app", repo_url=str(repo),
@@ -85,7 +90,7 @@ async def test_agents_cannot_tell_the_providers_apart(server: ServerProc, repos:
     repo = git_repo(repos / "site", apps.STATIC_SITE)
     empty = git_repo(repos / "empty", {"README.md": "docs only\n"})
     coolify = await transcript(server, repo, empty)
-    with running_server("inkmcp-parity-", ("alice",)) as local_server:
+    with running_server("inkmcp-parity-", ()) as local_server:
         local = await transcript(local_server, repo, empty)
 
     assert coolify["tools"] == local["tools"]

@@ -127,6 +127,8 @@ class AppRunner:
         self.pending: dict[str, Proc] = {}
         """deployment uuid -> the process it started, until the deployment finishes or fails."""
         self._threads: list[threading.Thread] = []
+        self._building: set[subprocess.Popen[bytes]] = set()
+        """Build steps running now: `close` stops them (a build may wait on a test's gate)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proxy_thread: threading.Thread | None = None
         self._standin: Any = None
@@ -144,8 +146,11 @@ class AppRunner:
 
     def close(self) -> None:
         self._closing = True
+        for popen in list(self._building):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
         for t in list(self._threads):
-            t.join(timeout=self.build_timeout)
+            t.join(timeout=30)
         for proc in [*self.pending.values(), *self.live.values()]:
             proc.stop()
         self.pending.clear()
@@ -178,7 +183,7 @@ class AppRunner:
             return
         old = self.live.get(app.uuid)
         self.live[app.uuid] = proc
-        self._route(app, proc.port)
+        self._route(app, proc.port, old.port if old is not None else None)
         if app.container is not None:
             proc.lines[:0] = app.container.logs
             app.container.logs = proc.lines  # GET /applications/{uuid}/logs reads what the process prints
@@ -191,11 +196,12 @@ class AppRunner:
         if proc is not None:
             threading.Thread(target=proc.stop, daemon=True).start()
 
-    def _route(self, app: Any, port: int) -> None:
-        hosts = {urlsplit(u.strip()).hostname for u in str(app.fields.get("fqdn") or "").split(",") if u.strip()}
-        old = self.live.get(app.uuid)
-        self.routes = {h: p for h, p in self.routes.items() if h not in hosts and (old is None or p != port)}
-        self.routes.update({h.lower(): port for h in hosts if h})
+    def _route(self, app: Any, port: int, old_port: int | None) -> None:
+        """The application's hosts now go to `port`; whatever went to its old process is dropped."""
+        hosts = {h.lower() for u in str(app.fields.get("fqdn") or "").split(",") if u.strip()
+                 if (h := urlsplit(u.strip()).hostname)}
+        routes = {h: p for h, p in self.routes.items() if h not in hosts and p != old_port}
+        self.routes = {**routes, **{h: port for h in hosts}}  # one assignment: the proxy never sees a half-update
 
     # -- the work of one deployment (its own thread) ------------------------------------------------------
 
@@ -227,15 +233,24 @@ class AppRunner:
 
     def _run(self, argv: list[str], cwd: Path, env: dict[str, str], what: str, lines: list[str]) -> None:
         lines.append(f"$ {what}")
+        if self._closing:
+            raise StepFailed("the runner is shutting down", [])
+        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self._building.add(popen)
         try:
-            r = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               timeout=self.build_timeout, start_new_session=True, check=False)
+            stdout, _ = popen.communicate(timeout=self.build_timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.communicate()
             raise StepFailed(f"{what} timed out after {self.build_timeout:g} s", lines) from None
-        out = r.stdout.decode(errors="replace").splitlines()
+        finally:
+            self._building.discard(popen)
+        out = stdout.decode(errors="replace").splitlines()
         lines += out[-100:]
-        if r.returncode != 0:
-            raise StepFailed(f"Building docker image failed: {what} exited with code {r.returncode}", out[-20:])
+        if popen.returncode != 0:
+            raise StepFailed(f"Building docker image failed: {what} exited with code {popen.returncode}", out[-20:])
 
     def _base_env(self, extra: dict[str, str], venv: Path | None) -> dict[str, str]:
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
