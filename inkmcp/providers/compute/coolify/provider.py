@@ -250,17 +250,18 @@ class CoolifyComputeProvider:
             use_build_server=settings.use_build_server, static_memory_mb=settings.static_memory_mb,
             static_cpus=settings.static_cpus, sablier_session=settings.sablier_session,
         )
-        local_repo_url = None
+        repo_hook: Callable[[str], str] | None = None
         if getattr(settings, "dev_local_repos", False):  # CoolifySettings refuses it unless Coolify is on loopback
             from inkmcp.coolify.standin.runner import local_repo_url
             from inkmcp.providers.compute.coolify.settings import is_loopback_url
 
             if not is_loopback_url(settings.url):
                 raise ValueError("INKMCP_COOLIFY_DEV_LOCAL_REPOS needs a loopback INKMCP_COOLIFY_URL")
+            repo_hook = local_repo_url
         return cls(client, work_dir, settings=mapped, place=place, project_prefix=settings.project_prefix,
                    build_server_uuid=settings.build_server_uuid, poll_interval=settings.poll_interval,
                    poll_max_interval=settings.poll_max_interval, wait_timeout=settings.wait_timeout, limits=limits,
-                   local_repo_url=local_repo_url)
+                   local_repo_url=repo_hook)
 
     async def start(self) -> None:
         """Nothing to start: Coolify runs the services."""
