@@ -415,7 +415,6 @@ async def test_a_service_that_never_went_live_moves_its_reservation_and_its_next
     assert [a.server_uuid for a in env.apps_of(sid)] == [ref["server_uuid"]]
 
 
-@pytest.mark.slow  # four runtimes opened (migrations checked, settings read) as four CLI runs do
 async def test_cli_drain_and_undrain_over_the_runtime(env: Env, placement_url: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """`inkmcp nodes drain` as an operator runs it: the runtime from INKMCP_* settings (the same database, Coolify
