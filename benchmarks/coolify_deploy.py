@@ -1,0 +1,333 @@
+"""InkMCP's cost per deploy over Coolify (issue 8, "How we will know"), against the Coolify stand-in.
+
+1. Overhead per deploy: N sequential first deploys (web + worker, one new service each) through DeployService /
+   Platform.deploy_app wired as `inkmcp serve` wires it for Coolify (`CoolifyComputeProvider.from_settings`, the
+   shared DbBudget on the control-plane Postgres), with the stand-in's clocks at 0 (build, status, restart).
+   Per deploy: wall time from the `deploy_app` call until the pipeline recorded `live`; minus the time InkMCP's
+   HTTP calls to Coolify took as InkMCP saw them (loopback + the stand-in's own service time), and minus the
+   provider's poll sleeps (waiting for Coolify's build) = InkMCP's overhead (target < 50 ms p50). The stand-in's
+   server-side service time is shown too (the strict floor: overhead vs server time also charges HTTP to InkMCP).
+2. Requests per deploy sent to Coolify, from the stand-in's log: first deploy (web + worker; web only), the same
+   deploy again (a no-op), a redeploy of a new commit, a redeploy with changed env, `update_env_vars` on a live
+   service.
+3. 100 concurrent deploy calls from 10 accounts over two replica processes (tests/replicas infrastructure, the
+   stand-in unthrottled): wall time, requests, 429s, and every deployment live with its records matching the
+   stand-in (one application per process, live commit).
+4. With the stand-in at Coolify's real limit (200 requests per 60 s) and the replicas' shared DbBudget at the
+   same: 30 concurrent deploys over two replicas: wall time, requests, peak requests in any 60 s, 429s.
+   (~4 minutes; `--skip-rate` leaves it out.)
+
+    .venv/bin/python benchmarks/coolify_deploy.py
+    .venv/bin/python benchmarks/coolify_deploy.py --deploys 50 --concurrent 100 --skip-rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+from pydantic import SecretStr
+
+from inkmcp.build.source import SourcePolicy
+from inkmcp.coolify.budget import BudgetSettings, make_budget
+from inkmcp.coolify.standin import CoolifyStandin
+from inkmcp.core.accounts import AccountService
+from inkmcp.core.audit import AuditLog
+from inkmcp.core.databases import DatabaseService
+from inkmcp.core.deployments import DeployRequest, DeployService
+from inkmcp.core.envvars import EnvService
+from inkmcp.core.leases import LeaseConfig
+from inkmcp.core.limits import LimitDefaults
+from inkmcp.core.platform import Platform
+from inkmcp.core.projects import ProjectService
+from inkmcp.metrics import Metrics
+from inkmcp.providers.compute.coolify import provider as provider_module
+from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+from inkmcp.providers.compute.coolify.settings import CoolifySettings
+from inkmcp.providers.database.postgres import PostgresDatabaseProvider
+from inkmcp.store.crypto import SecretBox
+from inkmcp.store.db import migrate, open_store
+from inkmcp.store.embedded import EmbeddedPostgres
+from tests.contract.conftest import APP_FILES, PROCFILE
+from tests.replicas.coolify_load import assert_matches_standin, coolified, finished, raise_limits
+from tests.support import git_repo
+
+GIT = ["git", "-c", "user.email=b@example.com", "-c", "user.name=b"]
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+class Timed:
+    """Accumulates seconds spent inside wrapped awaitables (per deploy: reset, run, read)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def wrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await fn(*a, **kw)
+            finally:
+                self.total += time.perf_counter() - t
+                self.count += 1
+
+        return timed
+
+    def wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.total += time.perf_counter() - t
+
+        return timed
+
+    def take(self) -> float:
+        total, self.total, self.count = self.total, 0.0, 0
+        return total
+
+
+class _AsyncioWithTimedSleep:
+    """The provider module's `asyncio`, with `sleep` timed (its poll waits for Coolify's builds)."""
+
+    def __init__(self, timer: Timed) -> None:
+        self._sleep = timer.wrap(asyncio.sleep)
+
+    def __getattr__(self, name: str) -> Any:
+        return self._sleep if name == "sleep" else getattr(asyncio, name)
+
+
+def repo(root: Path, procfile: str = PROCFILE) -> Path:
+    return git_repo(root / uuid.uuid4().hex[:8], {**APP_FILES, "Procfile": procfile})
+
+
+def new_commit(path: Path, text: str) -> None:
+    (path / "VERSION").write_text(text)
+    subprocess.run([*GIT, "-C", str(path), "add", "-A"], check=True)
+    subprocess.run([*GIT, "-C", str(path), "commit", "-q", "-m", text], check=True)
+
+
+async def in_process(db_url: str, root: Path, deploys_n: int) -> None:
+    """Parts 1 and 2: one DeployService in this process, the stand-in in a thread with its clocks at 0."""
+    standin = CoolifyStandin(root / "nodes", rate_limit=10_000_000, build_seconds=0.0, restart_seconds=0.0,
+                             status_delay=0.0, delete_delay=0.0, stop_delay=0.0, validation_delay=0.0)
+    server = Timed()  # the stand-in's own work per request: its controller and both spec checks
+    standin._dispatch = server.wrap_sync(standin._dispatch)  # type: ignore[method-assign]
+    standin._check_response = server.wrap_sync(standin._check_response)  # type: ignore[method-assign]
+    standin.start()
+    token = standin.add_token("root")
+    standin.add_servers(1)
+    standin.add_private_key()
+    store = await open_store(db_url, pool_size=5, max_overflow=5)
+    sessions = store.sessionmaker
+    box = SecretBox.load(root / "data")
+    settings = CoolifySettings(url=standin.url, token=SecretStr(token), dev_local_repos=True, use_build_server=False,
+                               poll_interval=0.005, poll_max_interval=0.005)  # fmt: skip
+    budget = make_budget(token, db_url, settings=BudgetSettings(limit=10_000_000))
+    compute = CoolifyComputeProvider.from_settings(settings, root / "compute", budget=budget)
+    http, sleeps = Timed(), Timed()
+    compute.client._http.request = http.wrap(compute.client._http.request)  # type: ignore[method-assign]
+    provider_module.asyncio = _AsyncioWithTimedSleep(sleeps)  # type: ignore[attr-defined]
+    limits = LimitDefaults(max_projects=1000, max_concurrent_builds=100)
+    postgres = PostgresDatabaseProvider(SecretStr("postgresql://unused@127.0.0.1:1/unused"), public_host="127.0.0.1",
+                                        public_port=1)  # fmt: skip
+    projects, envs = ProjectService(sessions, box, limits), EnvService(sessions, box)
+    databases = DatabaseService(sessions, box, postgres, None, limits)
+    deploys = DeployService(sessions, projects=projects, envs=envs, databases=databases, compute=compute,
+                            work_dir=root / "work", sources=SourcePolicy(allow_local=True), mac_key=b"k" * 32,
+                            metrics=Metrics(), max_env_bytes=65536,
+                            replica=LeaseConfig(replica_id="bench"))  # fmt: skip
+    accounts = AccountService(sessions, limits)
+    platform = Platform(sessions, accounts=accounts, audit=AuditLog(sessions), projects=projects, envs=envs,
+                        databases=databases, deploys=deploys, compute=compute, max_env_bytes=65536)  # fmt: skip
+    await deploys.restore_all()  # as `inkmcp serve` starts: heartbeat and takeover scans
+    p = await accounts.principal_for("bench", "bench")
+
+    accepted: list[float] = []
+
+    async def deploy(req: DeployRequest) -> dict[str, Any]:
+        t = time.perf_counter()
+        view = await platform.deploy_app(p, req, wait_seconds=0)
+        accepted.append(time.perf_counter() - t)
+        held = deploys._held.get(uuid.UUID(view.deployment_id))
+        if held is not None:
+            await asyncio.wait_for(asyncio.shield(held[1]), 60)  # the pipeline task: ends right after `live`
+        done = await deploys.wait(p, uuid.UUID(view.deployment_id), timeout=30)
+        assert done.status == "live", (done, standin.log()[-10:])
+        return {"id": view.deployment_id, "reused": view.reused}
+
+    try:
+        # warm-up (imports, connection pools, spec caches), not counted
+        for i in range(3):
+            await deploy(DeployRequest(repo_url=str(repo(root)), project_name=f"warm-{i}"))
+        samples: list[dict[str, float]] = []
+        for i in range(deploys_n):
+            r = repo(root)
+            http.take(), sleeps.take(), server.take()
+            before = len(standin.requests_of(token))
+            t = time.perf_counter()
+            await deploy(DeployRequest(repo_url=str(r), project_name=f"bench-{i}", env_vars={"MESSAGE": str(i)}))
+            total = time.perf_counter() - t
+            samples.append({"total": total, "http": http.take(), "server": server.take(), "sleep": sleeps.take(),
+                            "accept": accepted[-1],
+                            "requests": len(standin.requests_of(token)) - before})
+        print(f"\n## 1. InkMCP overhead per deploy over the stand-in ({deploys_n} first deploys, web + worker, "
+              f"stand-in clocks at 0, DbBudget on Postgres)\n")
+        print("| per deploy | p50 ms | p99 ms |\n| --- | ---: | ---: |")
+        rows = {
+            "end to end (deploy_app → live recorded)": [s["total"] for s in samples],
+            "  of which deploy_app until it answers (resolve commit, plan, record; no Coolify call)":
+                [s["accept"] for s in samples],
+            "Coolify HTTP calls as InkMCP saw them": [s["http"] for s in samples],
+            "  of which the stand-in's own service time": [s["server"] for s in samples],
+            "poll sleeps (waiting for Coolify's build)": [s["sleep"] for s in samples],
+            "**InkMCP overhead** (end to end - HTTP - poll sleeps)": [s["total"] - s["http"] - s["sleep"]
+                                                                    for s in samples],
+            "overhead incl. HTTP transport (end to end - service - sleeps)": [s["total"] - s["server"] - s["sleep"]
+                                                                             for s in samples],
+        }
+        for name, vals in rows.items():
+            print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")
+        print(f"\nrequests per deploy: {sorted({int(s['requests']) for s in samples})}")
+
+        # 2. requests per deploy, by kind
+        counts: list[tuple[str, int, str]] = []
+
+        async def count(name: str, action: Callable[[], Awaitable[Any]]) -> None:
+            before = len(standin.requests_of(token))
+            await action()
+            seen = standin.requests_of(token)[before:]
+            kinds: dict[str, int] = {}
+            for s in seen:
+                key = f"{s.method} {s.operation or s.path}"
+                kinds[key] = kinds.get(key, 0) + 1
+            counts.append((name, len(seen), ", ".join(f"{k} {v}" for k, v in kinds.items())))
+
+        r = repo(root)
+        req = DeployRequest(repo_url=str(r), project_name="kinds", env_vars={"MESSAGE": "one"})
+        await count("first deploy (web + worker)", lambda: deploy(req))
+        await count("same deploy again (no-op)", lambda: deploy(req))
+        new_commit(r, "v2")
+        await count("redeploy, new commit", lambda: deploy(req))
+        req2 = DeployRequest(repo_url=str(r), project_name="kinds", env_vars={"MESSAGE": "two"})
+        await count("redeploy, changed env (deploy_app)", lambda: deploy(req2))
+
+        async def env_change() -> None:
+            result = await platform.update_env_vars(p, "kinds", {"EXTRA": "1"}, None)
+            assert not getattr(result, "failed", None), result
+
+        await count("update_env_vars on the live service", env_change)
+        web_only = repo(root, PROCFILE.splitlines()[0] + "\n")
+        await count("first deploy (web only)", lambda: deploy(DeployRequest(repo_url=str(web_only),
+                                                                            project_name="webonly")))
+        print("\n## 2. Requests sent to Coolify per deploy\n")
+        print("| deploy | requests | by operation |\n| --- | ---: | --- |")
+        for name, n, detail in counts:
+            print(f"| {name} | {n} | {detail} |")
+        assert standin.throttled() == [] and not standin.request_violations, standin.request_violations[:3]
+    finally:
+        provider_module.asyncio = asyncio  # type: ignore[attr-defined]
+        await deploys.close()
+        await postgres.close()
+        await store.close()
+        standin.stop()
+
+
+async def concurrent(pg: EmbeddedPostgres, n: int) -> None:
+    """Part 3: n concurrent deploys from 10 accounts over two replica processes."""
+    async with coolified(pg) as cf:
+        r = cf.cluster.repo()
+        calls = [(f"acct-{i % 10}", f"conc-{i}") for i in range(n)]
+        await raise_limits(cf, {a for a, _ in calls}, n)
+        started = time.monotonic()
+        ids = await asyncio.gather(*(cf.deploy(k % 2, acct, project, acct, r) for k, (acct, project)
+                                     in enumerate(calls)))  # fmt: skip
+        deps = [await finished(cf.cluster, d, 600) for d in ids]
+        took = time.monotonic() - started
+        for dep in deps:
+            assert dep.status == "live", dep.error
+            await assert_matches_standin(cf, dep)
+        s = cf.standin
+        print(f"\n## 3. {n} concurrent deploy calls from 10 accounts over two replicas (stand-in unthrottled)\n")
+        print("| wall time | deployments live | requests | requests per deploy | 429s | duplicate apps |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"| {took:.1f} s | {sum(d.status == 'live' for d in deps)}/{n} | {s.request_count(cf.token)} | "
+              f"{s.request_count(cf.token) / n:.1f} | {len(s.throttled())} | 0 (checked per service) |")
+
+
+async def rate_limited(pg: EmbeddedPostgres, n: int) -> None:
+    """Part 4: Coolify's real 200 requests per 60 s, the replicas' DbBudget at the same."""
+    budget = {"INKMCP_COOLIFY_RATE_LIMIT": "200", "INKMCP_COOLIFY_RATE_WINDOW": "60", "REPLICA_RETRY_WINDOW": "1200"}
+    async with coolified(pg, standin_kw={"rate_limit": 200, "rate_window": 60.0},
+                         replica_env=lambda url: {**budget, "REPLICA_COOLIFY_BUDGET_URL": url}) as cf:
+        r = cf.cluster.repo()
+        calls = [(f"acct-{i % 10}", f"rate-{i}") for i in range(n)]
+        await raise_limits(cf, {a for a, _ in calls}, n)
+        started = time.monotonic()
+        ids = await asyncio.gather(*(cf.deploy(k % 2, acct, project, acct, r) for k, (acct, project)
+                                     in enumerate(calls)))  # fmt: skip
+        deps = [await finished(cf.cluster, d, 1200) for d in ids]
+        took = time.monotonic() - started
+        waited = 0
+        for dep in deps:
+            assert dep.status == "live", dep.error
+            await assert_matches_standin(cf, dep)
+            waited += any("waiting for the compute platform" in d for _, _, d in await cf.cluster.events(str(dep.id)))
+        s = cf.standin
+        print(f"\n## 4. {n} concurrent deploys over two replicas, stand-in at 200 requests / 60 s, shared DbBudget\n")
+        print("| wall time | live | requests | peak in any 60 s | 429s | deployments that showed waiting |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"| {took:.1f} s | {sum(d.status == 'live' for d in deps)}/{n} | {s.request_count(cf.token)} | "
+              f"{s.peak_rate(cf.token, 60.0)} | {len(s.throttled())} | {waited} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--deploys", type=int, default=30, help="sequential deploys timed in part 1 (default 30)")
+    parser.add_argument("--concurrent", type=int, default=100, help="concurrent deploys in part 3 (default 100)")
+    parser.add_argument("--rate-deploys", type=int, default=30, help="concurrent deploys in part 4 (default 30)")
+    parser.add_argument("--skip-rate", action="store_true", help="leave out part 4 (~4 min at 200/min)")
+    args = parser.parse_args()
+    if args.deploys < 1 or args.concurrent < 1 or args.rate_deploys < 1:
+        parser.error("--deploys, --concurrent and --rate-deploys take a positive number")
+    base = Path(tempfile.mkdtemp(prefix="inkmcp-bench-coolify-deploy-"))
+    pg = EmbeddedPostgres(base / "pg")
+    pg.start()
+    try:
+        with psycopg.connect(pg.url(driver=None).get_secret_value(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        url = pg.url("bench").get_secret_value()
+        migrate(url)
+
+        async def run() -> None:
+            await in_process(url, base, args.deploys)
+            await concurrent(pg, args.concurrent)
+            if not args.skip_rate:
+                await rate_limited(pg, args.rate_deploys)
+
+        asyncio.run(run())
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
