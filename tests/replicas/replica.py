@@ -102,10 +102,13 @@ def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
     budget_url = os.environ.get("REPLICA_COOLIFY_BUDGET_URL")
     budget = make_budget(token, budget_url) if budget_url else LocalBudget(BudgetSettings(limit=100_000))
     timeout = os.environ.get("REPLICA_COOLIFY_TIMEOUT")
+    # REPLICA_COOLIFY_RETRY=production: the client's default RetryPolicy (waits for budget slots in the call, up to
+    # 90 s) instead of the short one that hands every wait to DeployService's retry
+    retry = (RetryPolicy() if os.environ.get("REPLICA_COOLIFY_RETRY") == "production" else
+             RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=0.5))
     timeouts: dict[str, Any] = {"timeout": float(timeout), "attempt_timeout": float(timeout)} if timeout else {}
     client = CoolifyClient(url, token, validate_with=CoolifySpec.load(),
-                           retry=RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, max_total_wait=0.5),
-                           transport=policy.PolicyTransport(limits=limits), budget=budget,
+                           retry=retry, transport=policy.PolicyTransport(limits=limits), budget=budget,
                            **timeouts)  # fmt: skip
     # the stand-in does not fetch: a local test repo gets an https name, as in the contract suite
     return PausingCoolify(client, work_dir, poll_interval=0.02, poll_max_interval=0.1, wait_timeout=60.0,
