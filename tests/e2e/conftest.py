@@ -7,10 +7,9 @@ import pytest
 from tests.e2e.coolify import coolify_server
 from tests.support import ServerProc, running_server
 
-COOLIFY = pytest.param("coolify", marks=pytest.mark.slow)
-"""Slow: its server (Coolify stand-in + runner + `inkmcp serve`) takes about a minute to start on 2 cores, and
-its deploys build for real; `-m "not slow"` runs the local provider's suite alone, as before."""
-PROVIDERS = ["local", COOLIFY]
+PROVIDERS = ["local", "coolify"]
+"""Every test of tests/e2e is `slow` already (tests/conftest.py SLOW); `-k "not coolify"` runs the local
+provider's variants alone, as the suite ran before Coolify joined."""
 
 
 @pytest.fixture(scope="session", params=PROVIDERS)
@@ -35,6 +34,5 @@ def coolify_gap(reason: str) -> pytest.MarkDecorator:
     """The test runs on both providers and is expected to fail on Coolify for a documented limit of the Coolify
     provider (`reason`, see provider.py's "Known limits"): strict, so it is noticed the day the gap is closed."""
     return pytest.mark.parametrize(
-        "server", ["local", pytest.param("coolify", marks=[pytest.mark.slow,
-                                                           pytest.mark.xfail(strict=True, reason=reason)])],
+        "server", ["local", pytest.param("coolify", marks=pytest.mark.xfail(strict=True, reason=reason))],
         indirect=True)

@@ -21,8 +21,7 @@ import pytest
 from tests.e2e import apps
 from tests.support import ServerProc, call, call_error, git_repo, mcp_session, running_server, traversable_tmpdir
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow,
-              pytest.mark.parametrize("server", ["coolify"], indirect=True)]
+pytestmark = [pytest.mark.asyncio, pytest.mark.parametrize("server", ["coolify"], indirect=True)]
 
 
 @pytest.fixture
