@@ -267,16 +267,19 @@ async def concurrent(pg: EmbeddedPostgres, n: int) -> None:
             await assert_matches_standin(cf, dep)
         s = cf.standin
         print(f"\n## 3. {n} concurrent deploy calls from 10 accounts over two replicas (stand-in unthrottled)\n")
-        print("| wall time | deployments live | requests | requests per deploy | 429s | duplicate apps |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        queue_full = [r for r in s.throttled() if r.method == "POST" and r.path.endswith("/deploy")]
+        print("| wall time | deployments live | requests | requests per deploy | 429 rate limit | 429 deploy queue "
+              "full (handled) | duplicate apps |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         print(f"| {took:.1f} s | {sum(d.status == 'live' for d in deps)}/{n} | {s.request_count(cf.token)} | "
-              f"{s.request_count(cf.token) / n:.1f} | {len(s.throttled())} | 0 (checked per service) |")
+              f"{s.request_count(cf.token) / n:.1f} | {len(s.throttled()) - len(queue_full)} | {len(queue_full)} | "
+              "0 (checked per service) |")
 
 
 async def rate_limited(pg: EmbeddedPostgres, n: int) -> None:
     """Part 4: Coolify's real 200 requests per 60 s, the replicas' DbBudget at the same."""
     budget = {"INKMCP_COOLIFY_RATE_LIMIT": "200", "INKMCP_COOLIFY_RATE_WINDOW": "60",
-              "REPLICA_COOLIFY_RETRY": "production"}
+              "REPLICA_COOLIFY_RETRY": "production", "REPLICA_RETRY_WINDOW": "900"}  # DeployService's default
     async with coolified(pg, standin_kw={"rate_limit": 200, "rate_window": 60.0},
                          replica_env=lambda url: {**budget, "REPLICA_COOLIFY_BUDGET_URL": url}) as cf:
         r = cf.cluster.repo()
@@ -305,6 +308,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=100, help="concurrent deploys in part 3 (default 100)")
     parser.add_argument("--rate-deploys", type=int, default=30, help="concurrent deploys in part 4 (default 30)")
     parser.add_argument("--skip-rate", action="store_true", help="leave out part 4 (~4 min at 200/min)")
+    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     if args.deploys < 1 or args.concurrent < 1 or args.rate_deploys < 1:
         parser.error("--deploys, --concurrent and --rate-deploys take a positive number")
@@ -317,10 +321,14 @@ def main() -> None:
         url = pg.url("bench").get_secret_value()
         migrate(url)
 
+        parts = set(args.parts.split(","))
+
         async def run() -> None:
-            await in_process(url, base, args.deploys)
-            await concurrent(pg, args.concurrent)
-            if not args.skip_rate:
+            if parts & {"1", "2"}:
+                await in_process(url, base, args.deploys)
+            if "3" in parts:
+                await concurrent(pg, args.concurrent)
+            if "4" in parts and not args.skip_rate:
                 await rate_limited(pg, args.rate_deploys)
 
         asyncio.run(run())

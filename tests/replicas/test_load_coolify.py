@@ -13,16 +13,22 @@ record names; exactly one Coolify build (non-restart deployment) per process; no
 spec.
 
 * `test_concurrent_deploys_from_ten_accounts_over_two_replicas`: 30 deploy calls (10 accounts x 3 services,
-  alternating replicas, all in flight at once; 100 in benchmarks/coolify_deploy.py, which takes ~1 min).
-* `test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without_a_429`: the stand-in throttles at 40
-  requests per 4 s (Coolify's 200/60 s scaled so the run is CI-sized while the limit still binds), the replicas'
-  shared DbBudget is set to the same (INKMCP_COOLIFY_RATE_LIMIT/WINDOW): every deploy goes live, the stand-in
-  answered no 429, its peak rate stayed under the limit, and deployments recorded "waiting" progress.
+  alternating replicas, all in flight at once; 100 in benchmarks/coolify_deploy.py) all go live with the census
+  above, then the same 30 calls on the other replica are all no-ops (no new build).
+* `test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without_a_429`: the stand-in throttles at 60
+  requests per 2 s (Coolify's 200/60 s scaled so the run is CI-sized while the limit still binds; the real 200/60 s
+  runs in the benchmark), the replicas' shared DbBudget is set to the same (INKMCP_COOLIFY_RATE_LIMIT/WINDOW) and
+  their client uses its production retry policy: every deploy goes live reporting queued → building → switching →
+  live, the stand-in answered no 429, its peak rate stayed at or under the limit over several windows, and the
+  clients' logs show the budget holding requests back.
 * `test_fault_at_each_step_of_a_deploy`: per fault kind, the step list is the distinct (method, path pattern)
   requests of a clean deploy recorded by the stand-in (uuids folded into patterns), so a step the provider adds
-  is covered without editing this file; one fault per step is armed, one deploy per step runs concurrently, every
-  fault must have been consumed and every deployment must end live (transient faults) or failed naming the cause
-  (permanent ones), with the census above.
+  is covered without editing this file; one fault per step is armed, one deploy per step runs concurrently (which
+  deploy meets which fault is up to scheduling), every fault must have been consumed and every deployment must end
+  live with the census above. The "timeout before" kind (Coolify carries the request out after the client gave
+  up) is a known gap, marked xfail(strict) with what it leaves behind (LATE_CREATE).
+* Permanent faults: a failed build fails the deployment naming the build's last log line and the next deploy
+  recovers; an unreachable run server fails the deployment with a reason; slow builds wait and go live.
 """
 
 from __future__ import annotations
@@ -106,7 +112,8 @@ async def test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without
     control_pg: EmbeddedPostgres,
 ) -> None:
     budget = {"INKMCP_COOLIFY_RATE_LIMIT": str(RATE_LIMIT), "INKMCP_COOLIFY_RATE_WINDOW": str(RATE_WINDOW),
-              "INKMCP_COOLIFY_RATE_MARGIN": "0.3", "REPLICA_COOLIFY_RETRY": "production"}
+              "INKMCP_COOLIFY_RATE_MARGIN": "0.3", "REPLICA_COOLIFY_RETRY": "production",
+              "REPLICA_RETRY_WINDOW": "600"}
     async with coolified(control_pg, standin_kw={"rate_limit": RATE_LIMIT, "rate_window": RATE_WINDOW},
                          replica_env=lambda url: {**budget, "REPLICA_COOLIFY_BUDGET_URL": url}) as cf:
         repo = cf.cluster.repo()
