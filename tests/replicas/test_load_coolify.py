@@ -98,7 +98,9 @@ async def test_concurrent_deploys_from_ten_accounts_over_two_replicas(cf: Coolif
     assert sum(not d.restart_only for d in cf.standin.deployments.values()) == builds_before
     with cf.standin._lock:
         assert len(cf.standin.applications) == 2 * len(calls)
-    assert cf.standin.throttled() == []
+    # no rate-limit 429; Coolify's "deployment queue is full" (25 queued per server, a 429 of POST /deploy) may
+    # answer under this load: the provider waits and deploys again, every deployment above went live
+    assert [f"{r.method} {r.path}" for r in cf.standin.throttled() if r.path != "/api/v1/deploy"] == []
     assert_clean_wire(cf.standin)
     print(f"\n30 concurrent deploys over two replicas: {took:.1f} s, {cf.standin.request_count()} requests")
 
@@ -254,8 +256,11 @@ async def test_an_unreachable_server_fails_the_deploy_naming_it_and_recovers_whe
     finally:
         cf.standin.set_server_unreachable(server, False)
     assert dep.status == "failed", (dep.status, await cf.cluster.events(str(dep.id)))
-    assert dep.error, dep.error
-    print(f"\nunreachable server: {dep.error}")
+    # ServerCheckJob marked it unusable: placement refuses, naming what the operator must fix
+    assert "no Coolify server can take the service" in (dep.error or "") and "usable" in (dep.error or ""), dep.error
+    with cf.standin._lock:  # refused before anything was created for it in Coolify
+        assert not [a.uuid for a in cf.standin.applications.values()
+                    if str(a.fields.get("name", "")).startswith(f"{dep.service_id}-")]
 
 
 async def test_slow_builds_wait_and_go_live(fault_cluster: tuple[Coolified, list[tuple[str, str]]]) -> None:
