@@ -58,6 +58,13 @@ SLOW: tuple[str, ...] = (
     "tests/runtime/test_gvisor_node.py",
     "tests/runtime/test_node_egress.py",
     "tests/test_requirements.py::test_gvisor_tests_fail_when_runsc_is_missing_and_required",
+    # issue 8's production path: replica processes, Postgres per test, stand-in deployments on a clock
+    "tests/replicas/",
+    "tests/neon/",
+    "tests/placement/test_records.py",
+    "tests/placement/test_drain.py",
+    "tests/coolify/test_budget.py",
+    "tests/coolify/test_reconcile.py",
 )
 
 
