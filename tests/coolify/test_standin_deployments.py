@@ -141,6 +141,8 @@ def test_runtime_logs_last_lines_and_not_running_after_stop(standin: CoolifyStan
     app = team.create_app()
     assert team.client.get(f"/applications/{app}/logs").json() == {"message": "Application is not running."}
     team.wait_deployment(team.deploy(app).json()["deployments"][0]["deployment_uuid"])
+    # an application reads "exited" until its first status refresh: wait for it to run, so "exited" below is the stop
+    wait_for(lambda: team.app(app)["status"].startswith("running"), what="running")
     standin.add_runtime_log(app, "listening on :3000", "GET / 200")
     assert team.client.get(f"/applications/{app}/logs", params={"lines": 2}).json() == {
         "logs": "listening on :3000\nGET / 200"}
