@@ -27,3 +27,9 @@ echo "Installing system packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${need[@]}" >/dev/null
+# Debian's package also enables and starts its own nginx (the default site on port 80). InkMCP runs a private
+# instance of the binary and needs none of that, so the service this script just installed is stopped and
+# disabled; an nginx that was installed before is never touched (nginx is in `need` only when it was missing).
+if [[ " ${need[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  systemctl disable --now nginx.service >/dev/null 2>&1 || true
+fi
