@@ -38,6 +38,7 @@ from inkmcp.settings import Settings
 from inkmcp.store.crypto import MAC_KEY_RELATIVE, SecretBox, check_shared_keys, shared_mac_key
 from inkmcp.store.db import Store, migrate, open_store
 from inkmcp.store.embedded import EmbeddedPostgres
+from inkmcp.store.tenant_server import check_tenant_server
 
 log = logging.getLogger("inkmcp")
 S = TypeVar("S", bound=BaseSettings)
@@ -217,6 +218,10 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     stack.push_async_callback(postgres.close)
     byo = BringYourOwnDatabase()
     default_db, db_providers = _database_providers(stack, settings, postgres)
+    # Replicas share one tenant server (a replica falling back to its own embedded one is refused).
+    if serve:  # CLI commands never create tenant databases (and may run where the tenant server is unreachable)
+        await check_tenant_server(store.sessionmaker, box, admin.get_secret_value(),
+                                  embedded=settings.tenant_database_url is None, own_is_default=default_db is postgres)
 
     compute = await _compute(stack, settings, data, store, control_url)
     metrics = Metrics()
