@@ -10,7 +10,7 @@ from inkmcp.errors import InvalidArgument
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NAME_RULE = "1-63 characters, lowercase letters a-z, digits and '-', starting and ending with a letter or digit"
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
-RESERVED_ENV = frozenset({"PORT", "HOME", "PATH", "VIRTUAL_ENV"})
+RESERVED_ENV = frozenset({"PORT", "HOME", "PATH", "VIRTUAL_ENV", "INKMCP_DEPLOYMENT"})
 
 
 def check_name(value: str, argument: str) -> str:

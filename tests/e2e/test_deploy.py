@@ -69,9 +69,9 @@ async def test_python_app_with_database_env_and_isolation(server: ServerProc, re
         env = via_proxy(server, url, "/env").json()
         assert env["GREETING"] == "hello" and env["PORT"]
         who = via_proxy(server, url, "/whoami").json()
-        # InkMCP's own environment never reaches tenants; on Coolify the one INKMCP_* a container has is the label
-        # of the InkMCP deployment it belongs to (mapping.DEPLOYMENT_ENV), set as an application env var
-        assert who["inkmcp_env"] == ([] if server.compute == "local" else ["INKMCP_DEPLOYMENT"])
+        # InkMCP's own environment never reaches tenants; the one INKMCP_* an app has, on every provider, is the id
+        # of the deployment whose release runs (tenant_env.DEPLOYMENT_ENV, mapping.DEPLOYMENT_ENV)
+        assert who["inkmcp_env"] == ["INKMCP_DEPLOYMENT"]
 
         # same commit, same settings: a no-op returning the same deployment
         again = await call(s, "deploy_app", repo_url=str(repo), database={"type": "postgres"},

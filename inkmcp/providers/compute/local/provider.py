@@ -361,7 +361,7 @@ class LocalComputeProvider:
         assert command is not None
         app_dir = self._app_dir(svc, live.meta)
         env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=live.env,
-                         build_env=live.meta.build_env, port=None)  # fmt: skip
+                         build_env=live.meta.build_env, port=None, deployment_id=live.meta.deployment_id)  # fmt: skip
         watch = self.limits.watch(_build_group(svc.key.service_id))
         before = watch.snapshot() if watch is not None else None
         try:

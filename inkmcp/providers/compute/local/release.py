@@ -113,7 +113,7 @@ class ReleaseRun:
         for name, command, routed in self._commands(app_dir, tenant_python):
             env = tenant_env(
                 home=home, run_as=run_as, service_env=service_env, build_env=meta.build_env,
-                port=port if routed else None,
+                port=port if routed else None, deployment_id=meta.deployment_id,
             )  # fmt: skip
             argv = command if isinstance(command, tuple) else command_argv(command, env)
             config = ProcessConfig(
