@@ -27,6 +27,11 @@ One pass (`Reconciler.run`):
    - `stuck_deployment`: in flight in InkMCP with an expired lease while Coolify says its deployments ended. Never
      repaired here: the lease takeover (`leases.py`) finishes it; reported so an operator sees no replica runs.
    - `awaiting_redeploy`: a service an earlier repair marked (below) that nobody has deployed since.
+   - `interrupted_move`: an application a move (`inkmcp nodes drain`) recorded in the live deployment's ref under
+     `"move"` (the copies on the target, or the old ones awaiting deletion after the switch), older than the grace
+     period. Younger ones are a move in progress (`Report.moving`, not drift). Never repaired here: the move's
+     record says what to finish or undo, and running the drain again does exactly that; deleting its copies from
+     here would leave the move's record pointing at nothing.
 3. **Repair** (`repair=True` only; each step idempotent, re-checked under locks right before it acts):
    - orphan applications older than the grace period are deleted, and their deletion waited for, under the
      service's advisory lock (`leases.lock_service`) with no deployment of the service in flight — the lock is the
@@ -115,6 +120,7 @@ class DriftKind(enum.StrEnum):
     commit_drift = "commit_drift"
     stuck_deployment = "stuck_deployment"
     awaiting_redeploy = "awaiting_redeploy"
+    interrupted_move = "interrupted_move"
 
 
 class Action(enum.StrEnum):
@@ -139,6 +145,8 @@ FIXES = {
     DriftKind.commit_drift: "someone deployed from Coolify's side: call deploy_app again to put InkMCP's release "
                             "back, or find who changed it in Coolify",
     DriftKind.awaiting_redeploy: "its owner calls deploy_app again (the same arguments redeploy)",
+    DriftKind.interrupted_move: "run `inkmcp nodes drain NODE` again for the node the move left (the drift's "
+                                "detail names it): it re-attaches to the recorded move and finishes or undoes it",
     DriftKind.stuck_deployment: "a running `inkmcp serve` takes it over within INKMCP_TAKEOVER_SCAN_SECONDS; if "
                                 "none runs, start one",
 }
@@ -180,6 +188,9 @@ class Report(BaseModel):
     adoptable: list[str] = Field(default_factory=list)
     """Unrecorded applications a deployment in flight may still adopt (uuids): not drift."""
     redeployed: list[str] = Field(default_factory=list)
+    moving: list[str] = Field(default_factory=list)
+    """Applications of a move in progress (younger than the grace period), recorded under a live deployment's
+    `"move"`: not drift (uuids)."""
     """Services marked `needs_redeploy` that were redeployed since: a repair pass clears the mark (ids)."""
     errors: list[str] = Field(default_factory=list)
 
@@ -258,6 +269,9 @@ class _Records(BaseModel):
     """service id -> (project id, coolify service ref, live deployment id)."""
     in_flight: dict[uuid.UUID, list[tuple[uuid.UUID, bool, dict[str, Any]]]]
     """service id -> [(deployment id, lease expired, coolify deployment ref)] of non-terminal deployments."""
+    moving: dict[str, tuple[uuid.UUID, dict[str, Any]]] = Field(default_factory=dict)
+    """Application uuid -> (service id, the move's state) for every application a live deployment's `"move"`
+    names (copies on the target and the old applications awaiting deletion)."""
 
 
 class Reconciler:
@@ -345,10 +359,19 @@ class Reconciler:
                        (Deployment.claimed_by.is_(None) | Deployment.lease_until.is_(None)
                         | (Deployment.lease_until < func.now())).label("expired"))
                 .where(Deployment.status.not_in(list(TERMINAL))))).all()  # fmt: skip
+            live_refs = (await s.execute(
+                select(Deployment.service_id, Deployment.provider_ref)
+                .join(Service, Service.live_deployment_id == Deployment.id))).all()  # fmt: skip
         in_flight: dict[uuid.UUID, list[tuple[uuid.UUID, bool, dict[str, Any]]]] = {}
         for dep_id, sid, ref, expired in rows:
             in_flight.setdefault(sid, []).append((dep_id, bool(expired), ref_of(ref, self.provider)))
-        return _Records(projects=projects, services=services, in_flight=in_flight)
+        moving: dict[str, tuple[uuid.UUID, dict[str, Any]]] = {}
+        for sid, ref in live_refs:
+            move = ref_of(ref, self.provider).get("move")
+            if isinstance(move, dict):
+                for app_uuid in [*(move.get("apps") or {}).values(), *(move.get("old_apps") or {}).values()]:
+                    moving[str(app_uuid)] = (sid, move)
+        return _Records(projects=projects, services=services, in_flight=in_flight, moving=moving)
 
     async def _classify(self, coolify: _Coolify, records: _Records, report: Report) -> None:
         now = time.time()
@@ -376,6 +399,18 @@ class Reconciler:
                 recorded[str(app_uuid)] = (sid, str(process))
         for app_uuid, (cp_uuid, app) in coolify.apps.items():
             if app_uuid in recorded:
+                continue
+            if app_uuid in records.moving:
+                msid, move = records.moving[app_uuid]
+                age = _age(app.created_at, now)
+                if age is not None and age < self.settings.grace_seconds:
+                    report.moving.append(app_uuid)
+                    continue
+                report.drift.append(Drift(
+                    kind=DriftKind.interrupted_move, coolify_project=cp_uuid, application=app_uuid,
+                    service_id=str(msid), project_id=str(coolify.projects[cp_uuid][0]), age_seconds=age,
+                    detail=f"{app.name}: part of a move of service {msid} from server {move.get('from')} to "
+                           f"{move.get('to')} that has not finished"))
                 continue
             name = app.name or ""
             sid = _uuid(name[:36]) if len(name) > 37 and name[36] == "-" else None

@@ -323,6 +323,48 @@ async def test_a_crash_mid_move_resumes_without_duplicates(env: Env, point: str)
     assert env.apps_on(run1) == []
 
 
+@pytest.mark.parametrize("point", ["after_move_healthy", "after_move_switch"])
+async def test_the_reconciler_sees_an_interrupted_move_as_a_move_not_as_orphans(env: Env, point: str) -> None:
+    """A drain that died mid-move leaves two sets of applications for one service (the copies on the target and
+    the old ones), one of them unrecorded in the service's ref. The reconciler must not call them orphans (a
+    repair pass would delete them, and the move's record would then point at nothing): within the grace period they
+    are a move in progress, after it an `interrupted_move` whose fix is the drain, never repaired by deletion. Once
+    the drain runs again, nothing is left to report."""
+    from inkmcp.core.reconcile import Action, DriftKind, Reconciler, ReconcileSettings
+
+    sid = await env.deploy("mover", 2048, worker=True)
+    await env.settled()
+    env.provider.crash_at.add(point)
+    with pytest.raises(Crash):
+        await env.drainer().drain("run-1")
+    await env.settled()
+    both = sorted(a.uuid for a in env.apps_of(sid))
+    _, ref = await env.row(sid)
+    unrecorded = sorted(set(both) - set(ref["apps"].values()))
+    assert len(both) == 4 and len(unrecorded) == 2, (both, ref["apps"])
+
+    def ours(report: Any) -> list[Any]:  # the module's database holds other tests' services too
+        return [d for d in report.drift if d.service_id == str(sid) or d.application in both]
+
+    young = await Reconciler.for_provider(env.store.sessionmaker, env.provider).run()
+    assert ours(young) == [] and sorted(young.moving) == unrecorded, young
+    old = await Reconciler.for_provider(env.store.sessionmaker, env.provider,
+                                        ReconcileSettings(grace_seconds=0)).run()
+    drift = ours(old)
+    assert sorted(d.application for d in drift) == unrecorded, drift
+    assert all(d.kind == DriftKind.interrupted_move and d.action == Action.reported for d in drift), drift
+    assert "inkmcp nodes drain" in drift[0].fix and env.servers[0].uuid in drift[0].detail
+    assert sorted(a.uuid for a in env.apps_of(sid)) == both  # nothing touched
+
+    report = await env.drainer().drain("run-1")
+    assert report.ok, report
+    await env.settled()
+    after = await Reconciler.for_provider(env.store.sessionmaker, env.provider,
+                                          ReconcileSettings(grace_seconds=0)).run()
+    assert ours(after) == [] and after.moving == [], after
+    assert len(env.apps_of(sid)) == 2
+
+
 async def test_a_node_that_is_the_only_fit_names_the_services_that_cannot_move(env: Env) -> None:
     run1 = env.servers[0]
     big = await env.deploy("huge", 6144)  # only run-1 (8192) has room for it
