@@ -11,6 +11,14 @@ Answer **201** {uuid, internal_db_url, external_db_url when public} (the spec sa
 server's IP and public port. `instant_deploy` dispatches StartDatabase: `status_delay` later `running:healthy`.
 GET shows passwords and both URLs only with can_read_sensitive (removeSensitiveData :56-84). DELETE is queued
 like applications (DeleteResourceJob).
+
+The PostgreSQL rules that *are* enforced (:1901-1908, `ValidationPatterns.php:122,129,307-390`): postgres_user and
+postgres_db nullable strings of 1-63 characters matching `^[A-Za-z_][A-Za-z0-9_]{0,62}$`; postgres_password 1-128
+characters among letters, digits and `!@#%^*()_+-=[]{}:,.?/~` (no shell metacharacters); Laravel's default messages
+("The postgres user field format is invalid.", customApiValidator passes only `required`'s). Tags
+(HandlesTagsApi::validateTagsParameter): each at least 2 characters after trim/strip_tags/lower-casing, else 422.
+`server_status` is the model's appended `Server::isFunctional()` (StandalonePostgresql.php:61,151-157): false when
+the server is unreachable, and then StartDatabase cannot start it (the status stays `exited`).
 """
 
 from __future__ import annotations
@@ -36,7 +44,26 @@ DB_ALLOWED = ["name", "description", "image", "public_port", "public_port_timeou
 """create_database, POSTGRESQL branch $allowedFields (:1893)."""
 
 SENSITIVE_DB = {"postgres_password", "internal_db_url", "external_db_url", "init_scripts"}
-IDENTIFIER = r"[A-Za-z0-9_\-]+"
+DB_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+"""ValidationPatterns::DB_IDENTIFIER_PATTERN (fullmatch)."""
+DB_SECRET_CHARS = r"[A-Za-z0-9!@#%^*()_+\-=\[\]{}:,.?/~]+"  # noqa: S105 - a regex
+"""ValidationPatterns::DB_PASSWORD_PATTERN (fullmatch)."""
+
+
+def _laravel_string_rules(key: str, value: Any, pattern: str, max_len: int) -> list[str]:
+    """`nullable|string|min:1|max:N|regex:...` with Laravel 12's default messages (the type message comes from
+    rules.fields)."""
+    if value is None or not isinstance(value, str):
+        return []
+    label = key.replace("_", " ")
+    errors = []
+    if len(value) < 1:
+        errors.append(f"The {label} field must be at least 1 characters.")
+    if len(value) > max_len:
+        errors.append(f"The {label} field must not be greater than {max_len} characters.")
+    if not re.fullmatch(pattern, value):
+        errors.append(f"The {label} field format is invalid.")
+    return errors
 
 
 def _bool(value: Any) -> bool:
@@ -155,16 +182,22 @@ class DatabasesMixin:
             if any(d.server_uuid == server.uuid and d.fields.get("is_public") and d.fields.get("public_port") == port
                    for d in self.databases.values()):
                 return JSONResponse({"message": "Public port already used by another database."}, 400)
+        if "tags" in body:  # validateTagsParameter (after the never-enforced common rules)
+            tags = body["tags"] if isinstance(body["tags"], list) else []
+            names = list(dict.fromkeys(re.sub(r"<[^>]*>", "", str(t)).strip().lower() for t in tags))
+            if any(len(t) < 2 for t in names):
+                return rules.invalid({"tags": ["Each tag name must be at least 2 characters after sanitization."]})
+            body["tags"] = names
         # :1852-1878 the common rules: never enforced ($validator->failed() before validation ran)
         if port and isinstance(port, int) and not 1024 <= port <= 65535:
             return rules.invalid({"public_port": "The public port should be between 1024 and 65535."})
         errors = rules.fields(body, None, {"postgres_user": "string", "postgres_password": "string",
                                            "postgres_db": "string", "postgres_initdb_args": "string",
                                            "postgres_host_auth_method": "string", "postgres_conf": "string"})
-        for key in ("postgres_user", "postgres_db"):
-            if isinstance(body.get(key), str) and not re.fullmatch(IDENTIFIER, body[key]):
-                errors.setdefault(key, []).append(f"The {key.replace('_', ' ')} may only contain letters, numbers, "
-                                                  "dashes and underscores.")
+        for key, pattern, max_len in (("postgres_user", DB_IDENTIFIER, 63), ("postgres_password", DB_SECRET_CHARS, 128),
+                                      ("postgres_db", DB_IDENTIFIER, 63)):
+            for message in _laravel_string_rules(key, body.get(key), pattern, max_len):
+                errors.setdefault(key, []).append(message)
         if errors:
             return rules.invalid(errors)
         conf = None
