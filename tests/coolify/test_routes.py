@@ -1,0 +1,220 @@
+"""The on_demand router on a run server (inkmcp/providers/compute/coolify/routes.py) against a real sshd on
+loopback, and the stand-in's model of that node's Traefik + Sablier (inkmcp/coolify/standin/node_proxy.py) reading
+the very files the writer put there: a request wakes a sleeping app, idleness puts it back to sleep.
+
+The sshd is this machine's OpenSSH with its own config, keys and authorized_keys under a temp dir (the pattern of
+tests/hardening/conftest.py), stopped by PID in teardown."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inkmcp.providers.compute.coolify import routes
+from inkmcp.providers.compute.coolify.routes import NodeAddress, NodeRouteSettings, SshNodeRoutes
+from tests.hardening.conftest import free_port, have_sshd, make_keys, sshd_config, start_sshd, stop_pid
+from tests.requirements import requires
+
+pytestmark = requires("sshd", have_sshd(), "/usr/sbin/sshd or the sftp-server is missing")
+
+
+@dataclass
+class Node:
+    """A run server as InkMCP sees it: an sshd, its proxy's dynamic directory, a known_hosts file naming it."""
+
+    address: NodeAddress
+    dynamic: Path
+    key: Path
+    known_hosts: Path
+    host_pub: str
+    tmp: Path
+
+    def settings(self, **kw: object) -> NodeRouteSettings:
+        base: dict[str, object] = {"ssh_key_file": self.key, "ssh_known_hosts": self.known_hosts,
+                                   "proxy_dynamic_dir": str(self.dynamic), "ssh_timeout": 5.0}
+        return NodeRouteSettings(**{**base, **kw})
+
+
+def start_node(tmp: Path) -> tuple[Node, int]:
+    host_key, client_key = make_keys(tmp)
+    port = free_port()
+    server = start_sshd(tmp, sshd_config(tmp, port, host_key), port, client_key)
+    host_pub = Path(str(host_key) + ".pub").read_text().split()
+    known = tmp / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    dynamic = tmp / "data" / "coolify" / "proxy" / "dynamic"
+    dynamic.mkdir(parents=True)
+    node = Node(NodeAddress(server_uuid="run1uuid0001", host="127.0.0.1", port=port, user="root", name="run-1"),
+                dynamic, client_key, known, f"{host_pub[0]} {host_pub[1]}", tmp)
+    return node, server.pid
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    tmp = tmp_path_factory.mktemp("node")
+    n, pid = start_node(tmp)
+    try:
+        yield n
+    finally:
+        stop_pid(pid)
+
+
+@pytest.fixture
+def clean(node: Node) -> Iterator[Node]:
+    yield node
+    for f in node.dynamic.iterdir():
+        f.unlink()
+
+
+def doc(service: str, host: str = "web-shop.run-1.apps.test") -> dict[str, object]:
+    name = "inkmcp-app0uuid0001"
+    return {"http": {
+        "routers": {name: {"rule": f"Host(`{host}`)", "entryPoints": ["https"], "service": name,
+                           "middlewares": [f"{name}-sablier"], "tls": {"certResolver": "letsencrypt"}}},
+        "middlewares": {f"{name}-sablier": {"plugin": {"sablier": {
+            "sablierUrl": "http://sablier:10000", "group": f"inkmcp-{service}", "sessionDuration": "1m",
+            "blocking": {"timeout": "30s"}}}}},
+        "services": {name: {"loadBalancer": {"servers": [{"url": "http://app0uuid0001:3000"}]}}}}}
+
+
+def test_publish_is_atomic_and_idempotent_and_remove_deletes(clean: Node) -> None:
+    node = clean
+    writer = SshNodeRoutes(node.settings())
+    sid = str(uuid.uuid4())
+    target = node.dynamic / f"inkmcp-{sid}.yml"
+    assert writer.publish(node.address, sid, doc(sid)) is True
+    assert yaml.safe_load(target.read_text()) == doc(sid)
+    assert target.stat().st_mode & 0o777 == 0o644
+    before = os.stat(target)
+    assert writer.publish(node.address, sid, doc(sid)) is False  # same content: not written again
+    after = os.stat(target)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+    # A reader polling the file (as Traefik's watcher does) while it is rewritten never sees a partial document.
+    hosts = [f"h{i}.run-1.apps.test" for i in range(6)]
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.wait(0.002):  # a poll every 2 ms, leaving the GIL to the writer's SSH thread
+            seen.append(target.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    inodes = [before.st_ino]
+    try:
+        for host in hosts:
+            assert writer.publish(node.address, sid, doc(sid, host)) is True
+            inodes.append(os.stat(target).st_ino)
+    finally:
+        stop.set()
+        reader.join()
+    valid = {routes.render(sid, doc(sid, h)) for h in ["web-shop.run-1.apps.test", *hosts]}
+    assert len(seen) > 20 and all(s in valid for s in seen), [s for s in seen if s not in valid][:1]
+    assert all(a != b for a, b in itertools.pairwise(inodes)), inodes  # renamed over, never rewritten
+    assert sorted(p.name for p in node.dynamic.iterdir()) == [target.name]  # no temp file left behind
+
+    other = str(uuid.uuid4())
+    writer.publish(node.address, other, doc(other))
+    (node.dynamic / "coolify.yaml").write_text("http: {}\n")  # Coolify's own file: never listed nor touched
+    for foreign in ("inkmcp-Not_Ours.yml", "inkmcp-x.yaml", f".inkmcp-{sid}.yml.0123.tmp"):
+        (node.dynamic / foreign).write_text("http: {}\n")
+    assert [r.service_id for r in writer.list(node.address)] == sorted([sid, other])
+    assert writer.remove(node.address, sid) is True
+    assert writer.remove(node.address, sid) is False
+    assert not target.exists() and (node.dynamic / f"inkmcp-{other}.yml").exists()
+    assert (node.dynamic / "coolify.yaml").exists()
+    assert [r.service_id for r in writer.list(node.address)] == [other]
+
+
+def test_file_names_come_from_inkmcps_ids_only(clean: Node) -> None:
+    writer = SshNodeRoutes(clean.settings())
+    for evil in ("../../etc/cron.d/x", "x.yml", "inkmcp-a/../../b", "", "A" * 36, "-x", "a" * 64, "a\nb", "abc\n"):
+        with pytest.raises(ValueError, match="not an InkMCP service id"):
+            writer.publish(clean.address, evil, doc("x"))
+    sid = str(uuid.uuid4())
+    # tenant text cannot reach the document either: a rule or a name outside InkMCP's grammar is refused
+    with pytest.raises(ValueError, match="rule part"):
+        writer.publish(clean.address, sid, doc(sid, "a.test`) || PathPrefix(`/"))
+    bad = doc(sid)
+    bad["http"]["routers"] = {"tenant-router": {"rule": "Host(`a.test`)"}}  # type: ignore[index]
+    with pytest.raises(ValueError, match="not an InkMCP name"):
+        writer.publish(clean.address, sid, bad)
+    assert list(clean.dynamic.iterdir()) == []
+    # the name a mapped on_demand service gets depends on its id alone, whatever its project/service names
+    from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
+    from inkmcp.providers.compute.base import Resources, ServiceKey
+    from inkmcp.providers.compute.coolify import mapping
+
+    key = ServiceKey(account_id="a", project_id=str(uuid.uuid4()), service_id=sid,
+                     project_name="../../etc", service_name="x.yml")
+    spec = mapping.AppSpec(key=key, process=mapping.Process("web", None, True), service_type=ServiceType.backend,
+                           mode=Mode.on_demand, plan=BuildPlan(stack=Stack.python, processes=[
+                               ProcessSpec(name="web", command="python app.py", routed=True)], source="call"),
+                           commit="a" * 40, resources=Resources(memory_mb=256, cpus=0.5),
+                           server=mapping.PlacedServer("run1uuid0001", "run-1.apps.test"),
+                           repo_url="https://example.com/r.git")  # fmt: skip
+    assert writer.publish(clean.address, sid, mapping.sablier_router(spec, "app0uuid0001", mapping.MappingSettings()))
+    assert [p.name for p in clean.dynamic.iterdir()] == [f"inkmcp-{sid}.yml"]
+
+
+def test_a_host_key_not_in_known_hosts_is_refused_and_nothing_is_written(clean: Node, tmp_path: Path) -> None:
+    sid = str(uuid.uuid4())
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True, timeout=10)
+    wrong = tmp_path / "known_hosts_wrong"
+    kind, blob = Path(str(stranger) + ".pub").read_text().split()[:2]
+    wrong.write_text(f"[127.0.0.1]:{clean.address.port} {kind} {blob}\n")
+    with pytest.raises(routes.NodeHostKeyRefused, match="differs from the one in") as e:
+        SshNodeRoutes(clean.settings(ssh_known_hosts=wrong)).publish(clean.address, sid, doc(sid))
+    assert str(wrong) in str(e.value) and not e.value.retryable
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    with pytest.raises(routes.NodeHostKeyRefused, match=r"not in .*known_hosts_empty.*ssh-keyscan"):
+        SshNodeRoutes(clean.settings(ssh_known_hosts=empty)).publish(clean.address, sid, doc(sid))
+    assert list(clean.dynamic.iterdir()) == []
+
+
+def test_errors_say_what_to_fix(clean: Node, tmp_path: Path) -> None:
+    sid = str(uuid.uuid4())
+    closed = NodeAddress("run2uuid0002", "127.0.0.1", free_port(), "root", "run-2")
+    with pytest.raises(routes.NodeUnreachable, match=r"run-2 \(root@127.0.0.1:\d+\).*sshd listens on port") as e:
+        SshNodeRoutes(clean.settings()).publish(closed, sid, doc(sid))
+    assert e.value.retryable
+
+    other_key = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True, timeout=10)
+    with pytest.raises(routes.NodeAuthRefused, match=r"refused InkMCP's key .*other for user 'root'.*authorized_keys"):
+        SshNodeRoutes(clean.settings(ssh_key_file=other_key)).publish(clean.address, sid, doc(sid))
+
+    with pytest.raises(routes.NodeDirectoryMissing, match="INKMCP_NODE_PROXY_DYNAMIC_DIR"):
+        SshNodeRoutes(clean.settings(proxy_dynamic_dir=str(clean.tmp / "no" / "such"))).publish(
+            clean.address, sid, doc(sid))
+
+    with pytest.raises(routes.NodeRoutesNotConfigured, match="INKMCP_NODE_SSH_KEY_FILE"):
+        SshNodeRoutes(NodeRouteSettings(ssh_known_hosts=clean.known_hosts)).publish(clean.address, sid, doc(sid))
+    with pytest.raises(ValueError, match="INKMCP_NODE_PROXY_DYNAMIC_DIR"):
+        NodeRouteSettings(proxy_dynamic_dir="data/../dynamic")
+    assert list(clean.dynamic.iterdir()) == []
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, clean: Node) -> None:
+    monkeypatch.setenv("INKMCP_NODE_SSH_KEY_FILE", str(clean.key))
+    monkeypatch.setenv("INKMCP_NODE_SSH_KNOWN_HOSTS", str(clean.known_hosts))
+    monkeypatch.setenv("INKMCP_NODE_SSH_USER", "root")
+    monkeypatch.setenv("INKMCP_NODE_PROXY_DYNAMIC_DIR", str(clean.dynamic))
+    s = NodeRouteSettings()
+    assert (s.ssh_key_file, s.ssh_known_hosts, s.ssh_user, s.proxy_dynamic_dir) == \
+           (clean.key, clean.known_hosts, "root", str(clean.dynamic))
+    assert NodeRouteSettings.model_fields["proxy_dynamic_dir"].default == "/data/coolify/proxy/dynamic"
+    shutil.rmtree(clean.tmp / "unused", ignore_errors=True)
