@@ -23,6 +23,9 @@ from inkmcp.core.databases import DatabaseRequest, DatabaseService
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.projects import ProjectService
 from inkmcp.errors import InkError, InvalidArgument, ProviderError
+from inkmcp.placement.coolify_nodes import CoolifyNodeSource
+from inkmcp.placement.records import PlacementService
+from inkmcp.placement.settings import NodeCapacity, PlacementSettings
 from inkmcp.providers.database.base import Tier
 from inkmcp.providers.database.byo import BringYourOwnDatabase
 from inkmcp.providers.database.coolify import (
@@ -60,10 +63,12 @@ async def make(standin: CoolifyStandin, token: str, spec: CoolifySpec, store: St
     """`make(**settings) -> provider` (a new client each: like a second replica); all spec-checked."""
     made: list[CoolifyDatabaseProvider] = []
 
-    def build(*, timeout: float = 5.0, with_store: bool = True, **settings: object) -> CoolifyDatabaseProvider:
+    def build(*, timeout: float = 5.0, with_store: bool = True, placement: object = None,
+              progress: object = None, **settings: object) -> CoolifyDatabaseProvider:
         client = CoolifyClient(standin.url, token, validate_with=spec, retry=FAST, timeout=timeout)
         provider = CoolifyDatabaseProvider(client, CoolifyDatabaseSettings(**{**QUICK, **settings}),  # type: ignore[arg-type]
-                                           sessions=store.sessionmaker if with_store else None)
+                                           sessions=store.sessionmaker if with_store else None,
+                                           placement=placement, progress=progress)  # type: ignore[arg-type]
         made.append(provider)
         return provider
 
@@ -355,6 +360,48 @@ async def test_missing_read_sensitive_is_named(standin: CoolifyStandin, spec: Co
         assert e.value.argument == "INKMCP_COOLIFY_TOKEN"
     finally:
         await provider.close()
+    assert standin.request_violations == []
+
+
+async def test_new_project_goes_to_placements_roomiest_server(standin: CoolifyStandin, make: Make, store: Store,
+                                                              token: str, spec: CoolifySpec) -> None:
+    """No service placed yet and no server setting: placement's view decides (most free memory among its targets;
+    a server without configured capacity or without a wildcard domain is not a target)."""
+    servers = standin.add_servers(3)
+    bare = standin.add_server("10.77.0.60", name="no-wildcard", usable=True)  # no wildcard domain: never a target
+    settings = PlacementSettings(nodes={"run-1": NodeCapacity(memory_mb=2048, cpus=2),
+                                        "run-2": NodeCapacity(memory_mb=16384, cpus=8),
+                                        "run-3": NodeCapacity(memory_mb=8192, cpus=4),
+                                        "no-wildcard": NodeCapacity(memory_mb=65536, cpus=32)})
+    async with CoolifyClient(standin.url, token, validate_with=spec, retry=FAST) as lister:
+        placement = PlacementService(store.sessionmaker, CoolifyNodeSource(lister, settings), settings.policy())
+        box = SecretBox([Fernet.generate_key()])
+        project_id = await _project(store, box)
+        handle = await make(placement=placement).provision(owner_slug=project_id.hex, tier=Tier.free)
+    assert standin.databases[handle.external_id].server_uuid == servers[1].uuid != bare.uuid
+
+
+async def test_waiting_for_running_reports_progress_and_is_bounded(standin: CoolifyStandin, make: Make,
+                                                                    store: Store) -> None:
+    standin.add_servers(1)
+    standin.status_delay = 30.0  # StartDatabase takes longer than the bound
+    box = SecretBox([Fernet.generate_key()])
+    project_id = await _project(store, box)
+    lines: list[str] = []
+
+    async def progress(line: str) -> None:
+        lines.append(line)
+
+    with pytest.raises(ProviderError) as late:
+        await make(start_timeout=0.5, progress=progress).provision(owner_slug=project_id.hex, tier=Tier.free)
+    assert late.value.argument == "INKMCP_COOLIFY_DB_START_TIMEOUT" and "status exited" in str(late.value)
+    [db] = standin.databases.values()
+    assert lines and lines[0].startswith(f"database {db.uuid}: exited")
+    # the start job was queued by instant_deploy; once it has run, the repeat adopts the same database
+    standin.status_delay = 0.02
+    db.status_at = 0.0
+    handle = await make().provision(owner_slug=project_id.hex, tier=Tier.free)
+    assert handle.external_id == db.uuid and _creates(standin) == 1
 
 
 async def _gone(provider: CoolifyDatabaseProvider, db_uuid: str, timeout: float = 5.0) -> bool:

@@ -109,7 +109,8 @@ Progress = Callable[[str], Awaitable[None]]
 
 class CoolifyDatabaseSettings(BaseSettings):
     """`INKMCP_COOLIFY_DB_*`. The Coolify URL and token are the compute provider's (`INKMCP_COOLIFY_URL`,
-    `INKMCP_COOLIFY_TOKEN`; the token needs read, read:sensitive and write)."""
+    `INKMCP_COOLIFY_TOKEN`; the token needs read, read:sensitive (to read the password back), write, and deploy
+    (`POST /databases/{uuid}/start`))."""
 
     model_config = SettingsConfigDict(env_prefix="INKMCP_COOLIFY_DB_", extra="ignore")
 
@@ -224,7 +225,7 @@ class CoolifyDatabaseProvider:
             return e
         if isinstance(e, CoolifyAuthError | CoolifyPermissionError):
             return ProviderError(f"{what}: {e}", argument="INKMCP_COOLIFY_TOKEN",
-                                 fix="give the token the abilities read, read:sensitive and write (or root)")
+                                 fix="give the token the abilities read, read:sensitive, write and deploy (or root)")
         if isinstance(e, CoolifyError) and e.retryable:
             return ProviderError(f"{what}: {e}", fix="retry later (the next attempt finds what this one created)")
         if isinstance(e, CoolifyValidationError):
