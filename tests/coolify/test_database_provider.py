@@ -415,3 +415,14 @@ async def _gone(provider: CoolifyDatabaseProvider, db_uuid: str, timeout: float 
 async def _until(probe: Callable[[], bool]) -> None:
     while not probe():
         await asyncio.sleep(0.01)
+
+
+async def test_choose_default_picks_coolify_when_configured_and_neon_first(make: Make) -> None:
+    from inkmcp.providers.database.select import choose_default
+
+    coolify = make()
+    own, neon = type("Own", (), {"name": "postgres"})(), type("Neon", (), {"name": "neon"})()
+    default, providers = choose_default(own, coolify=coolify)  # type: ignore[arg-type]
+    assert default is coolify and set(providers) == {"postgres", "coolify"}
+    assert choose_default(own, neon=neon, coolify=coolify)[0] is neon  # type: ignore[arg-type]
+    assert choose_default(own, neon=neon, coolify=coolify, choice="coolify")[0] is coolify  # type: ignore[arg-type]
