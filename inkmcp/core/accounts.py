@@ -23,10 +23,17 @@ from inkmcp.core.principal import Principal
 from inkmcp.errors import NotFound
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Account, ApiKey
+from inkmcp.store.reads import read_pool
 
 KEY_PREFIX = "dk_live_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 DISPLAY_CHARS = 14  # "dk_live_" + 6 characters: enough to tell keys apart, useless to an attacker
+
+
+_AUTHENTICATE = (
+    "SELECT k.id, k.prefix, k.last_used_at, a.id, a.name FROM api_keys k JOIN accounts a ON a.id = k.account_id "
+    "WHERE k.key_hash = %s AND k.revoked_at IS NULL"
+)
 
 
 def hash_key(key: str) -> str:
@@ -146,25 +153,19 @@ class AccountService:
             return (await s.execute(select(ApiKey.id).limit(1))).first() is not None
 
     async def authenticate(self, key: str) -> Principal | None:
-        """Checked on every request, so revocation takes effect at once (no cache to go stale)."""
+        """Checked on every request, so revocation takes effect at once (no cache to go stale). One prepared
+        statement on the read pool (store/reads.py: every MCP request pays for this)."""
         if not key.startswith(KEY_PREFIX) or len(key) > 128:
             return None
-        async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(ApiKey.id, ApiKey.prefix, ApiKey.last_used_at, Account.id, Account.name)
-                    .join(Account)
-                    .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-                )
-            ).first()
-            if row is None:
-                return None
-            key_id, prefix, last_used, account_id, account_name = row
-            now = datetime.now(UTC)
-            if last_used is None or now - last_used > LAST_USED_RESOLUTION:
-                # at most one write per key per minute: operators see stale keys, requests stay reads
+        rows = await read_pool(self._sessions).fetch(_AUTHENTICATE, (hash_key(key),))
+        if not rows:
+            return None
+        key_id, prefix, last_used, account_id, account_name = rows[0]
+        now = datetime.now(UTC)
+        if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+            # at most one write per key per minute: operators see stale keys, requests stay reads
+            async with self._sessions.begin() as s:
                 await s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-                await s.commit()
         return Principal(account_id=account_id, account_name=account_name, actor=prefix)
 
     async def principal_for(self, account_name: str, actor: str) -> Principal:

@@ -26,9 +26,16 @@ from inkmcp.core.principal import Principal
 from inkmcp.core.views import TERMINAL, ProjectView
 from inkmcp.errors import Conflict, NotFound
 from inkmcp.store.crypto import SecretBox
-from inkmcp.store.models import Database, Deployment, Project, Service
+from inkmcp.store.models import Deployment, Project, Service
+from inkmcp.store.reads import read_pool
 
 LIST_LIMIT = 200
+_LIST = (
+    "SELECT p.name, p.repo_url, p.created_at, "
+    "(SELECT count(*) FROM services sv WHERE sv.project_id = p.id), d.provider, count(*) OVER () "
+    "FROM projects p LEFT JOIN databases d ON d.project_id = p.id "
+    "WHERE p.account_id = %s ORDER BY p.name LIMIT %s"
+)
 SUGGESTION_TRIES = 8
 
 
@@ -131,31 +138,21 @@ class ProjectService:
         return project
 
     async def list(self, p: Principal) -> tuple[list[ProjectView], int]:
-        """One round trip: the page and the total (a window count) together."""
-        svc_count = (
-            select(Service.project_id, func.count().label("n")).group_by(Service.project_id).subquery()
-        )
-        q = (
-            select(Project, func.coalesce(svc_count.c.n, 0), Database.provider, func.count().over())
-            .outerjoin(svc_count, svc_count.c.project_id == Project.id)
-            .outerjoin(Database, Database.project_id == Project.id)
-            .where(Project.account_id == p.account_id)
-            .order_by(Project.name)
-            .limit(LIST_LIMIT)
-        )
-        async with self._sessions() as s:
-            rows = (await s.execute(q)).all()
-        total = rows[0][3] if rows else 0
+        """One prepared statement on the read pool (store/reads.py): the page and the total (a window count)
+        together. The database column says what the agent asked for (postgres or byo), never which backend
+        serves it, as get_database_credentials does."""
+        rows = await read_pool(self._sessions).fetch(_LIST, (p.account_id, LIST_LIMIT))
+        total = rows[0][5] if rows else 0
         return [
             ProjectView(
-                name=pr.name,
+                name=name,
                 # stored redacted already; redacting again costs nothing and covers rows written by older code
-                repo_url=redact_url(pr.repo_url) if pr.repo_url else None,
+                repo_url=redact_url(repo_url) if repo_url else None,
                 services=n,
-                database=db,
-                created_at=pr.created_at,
+                database=None if db is None else ("byo" if db == "byo" else "postgres"),
+                created_at=created_at,
             )
-            for pr, n, db, _ in rows
+            for name, repo_url, created_at, n, db, _ in rows
         ], total
 
     # ---------------------------------------------------------------- limits

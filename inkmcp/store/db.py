@@ -105,6 +105,9 @@ class Store:
         return self.sessionmaker()
 
     async def close(self) -> None:
+        from inkmcp.store.reads import close_read_pool
+
+        await close_read_pool(self.engine)
         await self.engine.dispose()
 
 
