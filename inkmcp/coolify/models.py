@@ -16,7 +16,7 @@ import base64
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class _Request(BaseModel):
@@ -402,6 +402,8 @@ class ApplicationUpdate(_ApplicationSettable):
     is_auto_deploy_enabled: bool | None = None
     dockerfile_location: str | None = None
     watch_paths: str | None = None
+    is_consistent_container_name_enabled: bool | None = None
+    """An application setting: the container is named after the application uuid (no rolling update then)."""
 
 
 class ApplicationCreated(_Response):
@@ -430,10 +432,22 @@ class Application(_Response):
     limits_memory_reservation: str | None = None
     limits_cpus: str | None = None
     custom_labels: str | None = Field(default=None, repr=False)
+    """Plain `key=value` lines: Coolify stores and returns them base64-encoded (as requests send them), decoded
+    here so a label can be looked for by text (a base64 substring depends on the label's offset)."""
     environment_id: int | None = None
     destination_id: int | None = None
     destination: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
+
+    @field_validator("custom_labels")
+    @classmethod
+    def _decoded_labels(cls, v: str | None) -> str | None:
+        if not v:
+            return v
+        try:
+            return base64.b64decode(v, validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return v  # already text (an older Coolify, or labels set in its UI)
 
     @property
     def running(self) -> bool:

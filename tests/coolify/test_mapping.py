@@ -59,7 +59,7 @@ CASES = [
     (ServiceType.webapp, Mode.on_demand, WEB, {
         **SOURCE, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
-        "limits_cpus": "1.5", "domains": ""}),
+        "limits_cpus": "1.5", "domains": "", "is_consistent_container_name_enabled": True}),
     (ServiceType.backend, Mode.persistent, WEB, {
         **SOURCE, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
@@ -79,7 +79,7 @@ CASES = [
     (ServiceType.webapp_static, Mode.on_demand, Process("web", None, True), {
         **SOURCE, "build_pack": "static", "is_static": True,
         "publish_directory": "/dist", "ports_exposes": "80", "limits_memory": "768m", "limits_memory_swap": "768m",
-        "limits_cpus": "1.5", "domains": ""}),
+        "limits_cpus": "1.5", "domains": "", "is_consistent_container_name_enabled": True}),
     (ServiceType.webapp_static, Mode.persistent, Process("web", None, True), {
         **SOURCE, "build_pack": "static", "is_static": True,
         "publish_directory": "/dist", "ports_exposes": "80", "limits_memory": "768m", "limits_memory_swap": "768m",
@@ -108,7 +108,8 @@ def test_update_body_per_type_and_mode_is_exact_and_valid(
     create = mapping.create_body(s, COMMON_CREATE["project_uuid"], COMMON_CREATE["environment_uuid"], SETTINGS)
     expected_create = {**COMMON_CREATE, "name": f"svc-1-{process.name}",
                        "description": f"InkMCP api.shop process {process.name}",
-                       **{k: v for k, v in expected.items() if k != "domains"}}  # fmt: skip
+                       **{k: v for k, v in expected.items()
+                          if k not in ("domains", "is_consistent_container_name_enabled")}}  # fmt: skip
     if service_type == ServiceType.webapp_static:
         expected_create["static_image"] = "nginx:alpine"
     if not expected_create.get("pre_deployment_command"):
@@ -209,6 +210,7 @@ def test_sablier_router_routes_the_host_through_sablier_to_the_app() -> None:
     assert router["middlewares"] == ["inkmcp-appaaaaaaaaaaaaaaaaaaaaa-sablier"]
     sablier = doc["http"]["middlewares"]["inkmcp-appaaaaaaaaaaaaaaaaaaaaa-sablier"]["plugin"]["sablier"]
     assert sablier["group"] == mapping.labels(s)["sablier.group"] and sablier["sessionDuration"] == "10m"
+    assert sablier["blocking"] == {"timeout": "1m"} and "dynamic" not in sablier  # API clients get the app's answer
     servers = doc["http"]["services"]["inkmcp-appaaaaaaaaaaaaaaaaaaaaa"]["loadBalancer"]["servers"]
     assert servers == [{"url": "http://appaaaaaaaaaaaaaaaaaaaaa:3000"}]
 
@@ -219,7 +221,7 @@ APP = "/applications/appaaaaaaaaaaaaaaaaaaaaa"
 ATTACKS = [
     ("PATCH", APP, {"custom_docker_run_options": "--privileged"}, "custom_docker_run_options"),
     ("PATCH", APP, {"custom_internal_name": "coolify-proxy"}, "custom_internal_name"),
-    ("PATCH", APP, {"is_consistent_container_name_enabled": True}, "is_consistent_container_name_enabled"),
+    ("PATCH", APP, {"is_consistent_container_name_enabled": "coolify-proxy"}, "is_consistent_container_name_enabled"),
     ("PATCH", APP, {"custom_network_aliases": "coolify-db"}, "custom_network_aliases"),
     ("PATCH", APP, {"ports_mappings": "22:22"}, "ports_mappings"),
     ("PATCH", APP, {"build_pack": "dockercompose"}, "build_pack"),

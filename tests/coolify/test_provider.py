@@ -259,9 +259,22 @@ async def test_on_demand_carries_inkmcps_sablier_labels_and_sleeps(h: CoolifyHar
     book = RefBook()
     key = h.key()
     req = h.request(key, message="one").model_copy(update={"mode": Mode.on_demand})
+    written: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Routes:  # the SSH writer's place (tests/coolify/test_routes.py runs the real one against sshd)
+        async def apublish(self, node: Any, service_id: str, doc: dict[str, Any]) -> bool:
+            written.append((node.host, service_id, doc))
+            return True
+
+    h.provider.node_routes = Routes()  # type: ignore[attr-defined]
     await release(h, book, req)
     uuid = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
     app = h.standin.applications[uuid]
+    assert app.settings.get("is_consistent_container_name_enabled") is True  # the router's stable address
+    server = h.standin.servers[app.server_uuid]
+    assert [(host, sid) for host, sid, _ in written] == [(server.ip, key.service_id)]  # the node that hosts it
+    assert written[0][2]["http"]["services"][f"inkmcp-{uuid}"]["loadBalancer"]["servers"][0]["url"].startswith(
+        f"http://{uuid}:")
     labels = base64.b64decode(app.fields["custom_labels"]).decode().splitlines()
     assert "sablier.enable=true" in labels and f"sablier.group=inkmcp-{key.service_id}" in labels
     assert all(line.split("=", 1)[0] in policy.LABEL_KEYS for line in labels), labels

@@ -7,16 +7,22 @@ tests/hardening/conftest.py), stopped by PID in teardown."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -218,3 +224,180 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, cle
            (clean.key, clean.known_hosts, "root", str(clean.dynamic))
     assert NodeRouteSettings.model_fields["proxy_dynamic_dir"].default == "/data/coolify/proxy/dynamic"
     shutil.rmtree(clean.tmp / "unused", ignore_errors=True)
+
+
+# -- the node's Traefik + Sablier (stand-in) serving what the writer put there ------------------------------------
+
+APP = {"app.py": "import os, time\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n"
+                 "started = time.time()\n"
+                 "class H(BaseHTTPRequestHandler):\n"
+                 "    def do_GET(self):\n"
+                 "        b = f'awake since {started}'.encode()\n"
+                 "        self.send_response(200); self.send_header('Content-Length', str(len(b)))\n"
+                 "        self.end_headers(); self.wfile.write(b)\n"
+                 "HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"}
+
+
+@dataclass
+class Deployed:
+    standin: Any
+    runner: Any
+    provider: Any
+    writer: SshNodeRoutes
+    key: Any
+    app_uuid: str
+    url: str
+    book: Any
+
+
+@pytest.fixture
+async def deployed(clean: Node) -> AsyncIterator[Deployed]:
+    """An on_demand service released by CoolifyComputeProvider on the stand-in, whose run server's address is the
+    sshd above: the provider writes its router there over SSH, the runner runs it, the node proxy serves it."""
+    from pydantic import SecretStr
+
+    from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
+    from inkmcp.coolify.client import CoolifyClient
+    from inkmcp.coolify.standin import CoolifyStandin
+    from inkmcp.coolify.standin.runner import AppRunner, local_repo_url
+    from inkmcp.providers.compute.base import ReleaseRequest, Resources, ServiceKey
+    from inkmcp.providers.compute.coolify import mapping, policy
+    from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+    from tests.contract.conftest import Events, RefBook
+    from tests.support import git_repo, traversable_tmpdir
+
+    root = traversable_tmpdir("inkmcp-routes-")
+    standin = CoolifyStandin(root / "nodes", status_delay=0.05, validation_delay=0.01)
+    standin.start()
+    runner = provider = None
+    try:
+        token = standin.add_token("root")
+        run = standin.add_servers(1, wildcard_base="apps.test")[0]
+        with standin._lock:  # the run server's SSH address is the sshd of this test
+            run.ip, run.port = clean.address.host, clean.address.port
+        standin.add_server("10.77.0.200", name="builder", is_build_server=True, usable=True)
+        runner = AppRunner(root / "runner").attach(standin)
+        runner.node_proxy.dynamic_dirs[run.uuid] = clean.dynamic
+        runner.node_proxy.blocking_refresh = 0.5
+        runner.node_proxy.expiration_interval = 0.1
+        client = CoolifyClient(standin.url, token, transport=policy.PolicyTransport())
+        provider = CoolifyComputeProvider(client, root / "work", settings=mapping.MappingSettings(sablier_session="2s"),
+                                          local_repo_url=local_repo_url, poll_interval=0.1, poll_max_interval=0.3)
+        writer = SshNodeRoutes(clean.settings())
+        provider.node_routes = writer  # type: ignore[attr-defined]
+        repo = git_repo(root / "repos" / "sleepy", APP)
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        key = ServiceKey(account_id="acct", project_id=str(uuid.uuid4()), service_id=str(uuid.uuid4()),
+                         project_name="shop", service_name="sleepy")
+        plan = BuildPlan(stack=Stack.python, source="call",
+                         processes=(ProcessSpec(name="web", command="python app.py", routed=True),))
+        request = ReleaseRequest(deployment_id=uuid.uuid4().hex, key=key, service_type=ServiceType.backend,
+                                 mode=Mode.on_demand, plan=plan, commit=commit, resources=Resources(memory_mb=256,
+                                 cpus=0.5), repo_url=SecretStr(str(repo)), env={}, checkout_dir=None)  # fmt: skip
+        book = RefBook()
+        result = await provider.release(book.request(request), Events(), book.recorder(key, request.deployment_id))
+        ref = book.refs[(routes_scope(), key.service_id)]
+        assert result.url is not None
+        yield Deployed(standin, runner, provider, writer, book.key(key), ref["apps"]["web"], result.url, book)
+    finally:
+        if provider is not None:
+            await provider.close()
+        if runner is not None:
+            runner.close()
+        standin.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert standin.request_violations == [] and standin.response_violations == []
+
+
+def routes_scope() -> Any:
+    from inkmcp.providers.compute.base import RefScope
+
+    return RefScope.service
+
+
+def get(d: Deployed, url: str) -> httpx.Response:
+    host = urlsplit(url).hostname
+    return httpx.get(f"http://127.0.0.1:{d.runner.proxy_port}/", headers={"Host": str(host)}, timeout=30)
+
+
+def until(probe: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := probe():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not within {timeout:g} s")
+
+
+async def test_the_node_proxy_wakes_a_sleeping_app_on_request_and_stops_it_when_idle(deployed: Deployed,
+                                                                                      clean: Node) -> None:
+    from inkmcp.providers.compute.base import RuntimeState
+
+    d = deployed
+    proxy = d.runner.node_proxy
+    path = clean.dynamic / f"inkmcp-{d.key.service_id}.yml"
+    assert path.exists()  # the provider wrote the router over SSH after the release went live
+    first = get(d, d.url)
+    assert first.status_code == 200 and first.text.startswith("awake since"), first.text
+    pid = d.runner.live[d.app_uuid].popen.pid
+
+    # 2 s without a request: Sablier's session expires and it stops the container; Coolify shows it exited
+    until(lambda: ("stop", d.app_uuid) in proxy.events, 15, "the idle app stopped")
+    until(lambda: not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2], 10,
+          "its process gone")
+    deadline = time.monotonic() + 10
+    while (await d.provider.runtime(d.key)).state != RuntimeState.sleeping:
+        assert time.monotonic() < deadline, (await d.provider.runtime(d.key), d.standin.applications[d.app_uuid].status)
+        await asyncio.sleep(0.1)
+
+    woke = time.monotonic()
+    again = await asyncio.to_thread(get, d, d.url)  # the request wakes it and is answered by the app itself
+    assert again.status_code == 200 and again.text.startswith("awake since") and again.text != first.text
+    assert time.monotonic() - woke < 10 and ("start", d.app_uuid) in proxy.events
+    assert proxy.errors == []
+    assert get(d, "https://nothing-here.run-1.apps.test").status_code == 404
+
+
+async def test_a_wrong_router_file_breaks_the_route(deployed: Deployed, clean: Node) -> None:
+    d = deployed
+    from inkmcp.providers.compute.coolify import mapping
+
+    proxy = d.runner.node_proxy
+    node = NodeAddress("x", clean.address.host, clean.address.port, "root")
+    sid = d.key.service_id
+    good = yaml.safe_load((clean.dynamic / f"inkmcp-{sid}.yml").read_text())
+    name = f"inkmcp-{d.app_uuid}"
+    assert get(d, d.url).status_code == 200
+
+    wrong_port = json_copy(good)
+    wrong_port["http"]["services"][name]["loadBalancer"]["servers"][0]["url"] = f"http://{d.app_uuid}:9"
+    d.writer.publish(node, sid, wrong_port)
+    assert get(d, d.url).status_code == 502
+    assert any("listens on" in e for e in proxy.errors), proxy.errors
+
+    # the name Coolify gives a container without a consistent name never resolves
+    wrong_name = json_copy(good)
+    wrong_name["http"]["services"][name]["loadBalancer"]["servers"][0]["url"] = \
+        f"http://{d.app_uuid}-120000123456:{mapping.DEFAULT_PORT}"
+    d.writer.publish(node, sid, wrong_name)
+    assert get(d, d.url).status_code == 502
+    assert any("not the name of a running container" in e for e in proxy.errors), proxy.errors
+
+    other_group = json_copy(good)
+    other_group["http"]["middlewares"][f"{name}-sablier"]["plugin"]["sablier"]["group"] = "inkmcp-someone-else"
+    d.writer.publish(node, sid, other_group)
+    assert get(d, d.url).status_code == 404  # Sablier: no container carries that group
+
+    both = json_copy(good)
+    both["http"]["middlewares"][f"{name}-sablier"]["plugin"]["sablier"]["dynamic"] = {"displayName": "x"}
+    d.writer.publish(node, sid, both)
+    assert get(d, d.url).status_code == 404  # the plugin refuses the middleware: the router is not served
+    assert any("only supply one strategy" in e for e in proxy.errors), proxy.errors
+
+    d.writer.publish(node, sid, good)
+    assert get(d, d.url).text.startswith("awake since")
+
+
+def json_copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))

@@ -15,10 +15,13 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from inkmcp.coolify.standin import CoolifyStandin
 from inkmcp.coolify.standin.runner import AppRunner
+from tests.hardening.conftest import free_port, have_sshd, make_keys, sshd_config, start_sshd, stop_pid
+from tests.requirements import require
 from tests.support import ServerProc, make_server, remove_tenant_users, traversable_tmpdir
 
 NODE = {"memory_mb": 65536, "cpus": 64}
@@ -45,9 +48,12 @@ def coolify_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
     standin.start()
     runner = None
     srv = None
+    sshd_pid = None
     try:
         token = standin.add_token("root")
-        standin.add_servers(1, cpus=NODE["cpus"], memory_mb=NODE["memory_mb"], wildcard_base=WILDCARD_BASE)
+        run = standin.add_servers(1, cpus=NODE["cpus"], memory_mb=NODE["memory_mb"], wildcard_base=WILDCARD_BASE)[0]
+        node_env, sshd_pid = _run_server_sshd(standin, run, root / "sshd")
+        env = {**node_env, **env}
         standin.add_server("10.77.0.200", name="builder", is_build_server=True, usable=True)
         standin.add_private_key()
         base = make_server(prefix, **{
@@ -66,6 +72,8 @@ def coolify_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
         runner = AppRunner(srv.data_dir / "coolify-node").attach(standin)
         srv.runner = runner
         srv.proxy_port = runner.proxy_port
+        runner.node_proxy.blocking_refresh = 1.0  # Sablier re-checks a waking app every second (its default: 5 s)
+        runner.node_proxy.expiration_interval = 0.5  # and sweeps expired sessions twice a second (default: 20 s)
         for account in accounts:
             srv.create_key(account)
         srv.start()
@@ -74,6 +82,8 @@ def coolify_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
         code = srv.stop() if srv is not None and srv.proc is not None else 0
         if runner is not None:
             runner.close()
+        if sshd_pid is not None:
+            stop_pid(sshd_pid)
         standin.stop()
         if srv is not None:
             remove_tenant_users(srv.data_dir)
@@ -82,3 +92,25 @@ def coolify_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
     assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log() if srv else ''}"
     assert standin.request_violations == [], standin.request_violations
     assert standin.response_violations == [], standin.response_violations
+
+
+def _run_server_sshd(standin: Any, run: Any, tmp: Path) -> tuple[dict[str, str], int]:
+    """The run server's SSH side: a real sshd on loopback accepting InkMCP's key (the run server's address in
+    Coolify's record), whose user writes the proxy dynamic directory the stand-in's node proxy reads, and the
+    INKMCP_NODE_* settings that make `inkmcp serve` write on_demand routers there (routes.py). Returns the
+    settings and the sshd's PID (stopped by the caller)."""
+    require("sshd", have_sshd(), "/usr/sbin/sshd or the sftp-server is missing (on_demand routers go over SSH)")
+    tmp.mkdir(parents=True)
+    host_key, client_key = make_keys(tmp)
+    port = free_port()
+    sshd = start_sshd(tmp, sshd_config(tmp, port, host_key), port, client_key)
+    kind, blob = Path(str(host_key) + ".pub").read_text().split()[:2]
+    known = tmp / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+    with standin._lock:
+        run.ip, run.port, run.user = "127.0.0.1", port, "root"
+    dynamic = standin.node_root(run.ip) / "data" / "coolify" / "proxy" / "dynamic"  # the node proxy's default
+    dynamic.mkdir(parents=True, exist_ok=True)
+    return {"INKMCP_NODE_SSH_KEY_FILE": str(client_key), "INKMCP_NODE_SSH_KNOWN_HOSTS": str(known),
+            "INKMCP_NODE_PROXY_DYNAMIC_DIR": str(dynamic),
+            "INKMCP_COOLIFY_SABLIER_SESSION": "3s"}, sshd.pid  # fmt: skip

@@ -112,7 +112,7 @@ async def test_agents_cannot_tell_the_providers_apart(server: ServerProc, repos:
 HOSTILE = "--privileged -v /:/host --name pwned --label traefik.http.routers.evil.rule=Host(`evil.test`)"
 FORBIDDEN_FIELDS = {
     # run options, container names, storages and compose (review infra-2026-11-30 finding 6)
-    "custom_docker_run_options", "custom_network_aliases", "is_consistent_container_name_enabled",
+    "custom_docker_run_options", "custom_network_aliases", "custom_internal_name",
     "docker_compose", "docker_compose_raw", "docker_compose_custom_start_command", "docker_compose_domains",
     "post_deployment_command", "post_deployment_command_container", "pre_deployment_command_container",
     "custom_nginx_configuration", "dockerfile", "docker_registry_image_name", "redirect", "watch_paths",
@@ -170,6 +170,8 @@ async def test_no_tenant_controlled_field_reaches_coolify(server: ServerProc, re
         for path, value in walk(r.body):
             keys = {p for p in path if isinstance(p, str)}
             assert not keys & FORBIDDEN_FIELDS, (r.method, r.path, path)
+            if "is_consistent_container_name_enabled" in keys:  # on_demand's router address: the app's own uuid
+                assert value is True, (r.method, r.path, value)
             if not isinstance(value, str):
                 continue
             if "pwned" in value or "traefik.enable" in value or "coolify-proxy" in value:

@@ -160,8 +160,6 @@ async def test_worker_runs_without_route(server: ServerProc, repos: Path) -> Non
         assert services[0]["type"] == "backend" and services[0]["state"] == "running"
 
 
-@coolify_gap("provider known limit: on_demand gets Sablier labels, but no router is written to the run server's "
-             "proxy, so it is unreachable and never sleeps")
 async def test_on_demand_sleeps_and_wakes(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "sleepy", apps.ON_DEMAND)
     async with mcp_session(server, server.keys["alice"]) as s:

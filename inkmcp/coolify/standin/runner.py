@@ -23,9 +23,11 @@ What it does, for each deployment the stand-in begins (`begin`, called from depl
 5. **Switch** (`finish`, from `_finish`): a finished deployment's process takes the routes of the application's
    `fqdn` hosts and the old process is stopped; a failed one's process is stopped, the old keeps serving.
 
-A small reverse proxy (asyncio, raw TCP after the request head, so websockets pass) routes by `Host` to the
-live process of the application whose `fqdn` names that host, like the run server's Traefik: 404 for an unknown
-host, 502 when the process does not answer. Tests reach a service by sending its URL's Host to the proxy port.
+A reverse proxy (node_proxy.py: asyncio, raw TCP after the request head, so websockets pass) models the run
+servers' Traefik: the docker provider routes the hosts of an application's `fqdn` to its live process, the file
+provider serves the routers InkMCP wrote into a node's proxy dynamic directory, with Sablier starting a sleeping
+on_demand application on request and stopping it after its session; 404 for an unknown host, 502 when nothing
+answers. Tests reach a service by sending its URL's Host to the proxy port.
 
 Processes run as the stand-in's own user, each in its own session; `stop_app` and `close` stop exactly the
 process groups the runner started (SIGTERM, then SIGKILL after a grace period).
@@ -197,11 +199,10 @@ class AppRunner:
             threading.Thread(target=proc.stop, daemon=True).start()
 
     def _route(self, app: Any, port: int, old_port: int | None) -> None:
-        """The application's hosts now go to `port`; whatever went to its old process is dropped."""
-        hosts = {h.lower() for u in str(app.fields.get("fqdn") or "").split(",") if u.strip()
-                 if (h := urlsplit(u.strip()).hostname)}
-        routes = {h: p for h, p in self.routes.items() if h not in hosts and p != old_port}
-        self.routes = {**routes, **{h: port for h in hosts}}  # one assignment: the proxy never sees a half-update
+        """The application's hosts now go to `port` (Traefik's docker provider, node_proxy.docker_route)."""
+        from inkmcp.coolify.standin.node_proxy import docker_route
+
+        docker_route(self, app, port, old_port)
 
     # -- the work of one deployment (its own thread) ------------------------------------------------------
 
@@ -373,86 +374,17 @@ class AppRunner:
             if len(proc.lines) > MAX_LOG_LINES:
                 del proc.lines[: len(proc.lines) - MAX_LOG_LINES]
 
-    # -- the proxy ------------------------------------------------------------------------------------
+    # -- the proxy: node_proxy.py models Traefik (docker + file providers) and Sablier on a Coolify node ----------
 
     def _start_proxy(self) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        from inkmcp.coolify.standin.node_proxy import NodeProxy
 
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.proxy_port))
-                self.proxy_port = server.sockets[0].getsockname()[1]
-            except BaseException as e:  # reported to start()
-                failure.append(e)
-                ready.set()
-                loop.close()
-                return
-            self._loop = loop
-            ready.set()
-            loop.run_forever()
-            server.close()
-            loop.close()
-
-        self._proxy_thread = threading.Thread(target=run, name="standin-runner-proxy", daemon=True)
-        self._proxy_thread.start()
-        ready.wait(10)
-        if failure:
-            raise RuntimeError(f"the stand-in runner's proxy could not listen on port {self.proxy_port}: "
-                               f"{failure[0]}")
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
-            return
-        host = ""
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"host":
-                host = value.strip().decode(errors="replace").lower().rsplit(":", 1)[0] if b"]" not in value \
-                    else value.strip().decode(errors="replace").lower()
-                break
-        port = self.routes.get(host)
-        if port is None:
-            await _answer(writer, 404, "404 page not found\n")
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await _answer(writer, 502, "Bad Gateway\n")
-            return
-        up_writer.write(head)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self.node_proxy = NodeProxy(self, port=self.proxy_port).start()
+        self.proxy_port = self.node_proxy.port
+        self._loop, self._proxy_thread = self.node_proxy.loop, self.node_proxy.thread  # close() stops them
 
 
 def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    from inkmcp.coolify.standin.node_proxy import listening
 
-
-async def _answer(writer: asyncio.StreamWriter, status: int, text: str) -> None:
-    reason = {404: "Not Found", 502: "Bad Gateway"}[status]
-    body = text.encode()
-    writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-    writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
+    return listening(port)

@@ -23,8 +23,9 @@ Mode → run (`run_fields`):
   on_demand   limits without reservation; InkMCP's label set with Sablier's `sablier.enable` / `sablier.group`
               in `custom_labels`, Coolify `domains` left empty (a stopped container leaves Traefik's docker
               provider, so the router must live in the proxy's *file* provider: `sablier_router` renders it).
-              Delivering that file to the node is not done by this provider yet (no Coolify API writes
-              /data/coolify/proxy/dynamic; see provider.py's docstring).
+              No Coolify API writes /data/coolify/proxy/dynamic: routes.py writes it over SSH. Its service URL
+              needs a stable name on the coolify network: `is_consistent_container_name_enabled` on the routed
+              process names its container (and network alias) after the application uuid.
   static      minimal limits (settings.static_memory_mb / static_cpus) whatever the service asked.
 
 `custom_labels` is sent in its own PATCH after the one carrying `domains`: Coolify regenerates custom_labels
@@ -266,6 +267,8 @@ def labels(spec: AppSpec) -> dict[str, str]:
 def routing_fields(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
     """`domains` of one application: the service's host and custom domains on the routed process of a
     persistent/static service; empty otherwise (on_demand is routed by the file provider)."""
+    if spec.process.routed and spec.mode == Mode.on_demand:  # the stable address sablier_router's service uses
+        return {"domains": "", "is_consistent_container_name_enabled": True}
     if not spec.process.routed or spec.mode == Mode.on_demand:
         return {"domains": ""}
     hosts = [hostname(spec.key, spec.server), *custom_domains(spec.domains, spec.server, settings)]
@@ -347,8 +350,12 @@ def env_body(env: Mapping[str, str], *, internal: Mapping[str, str]) -> dict[str
 def sablier_router(spec: AppSpec, app_uuid: str, settings: MappingSettings) -> dict[str, Any]:
     """The proxy file-provider document (`/data/coolify/proxy/dynamic/inkmcp-<app uuid>.yml`) that routes an
     on_demand service's host through Sablier, so a request wakes the sleeping container (NOTES.md §g). The
-    service URL points at the application's container name on the coolify network (Coolify names the container
-    `<app uuid>-<timestamp>`; Coolify's network alias is the app uuid)."""
+    service URL points at the application's container on the coolify network: Coolify names a container
+    `<app uuid>-<timestamp>` (a new name per deployment) unless `is_consistent_container_name_enabled`, which
+    `routing_fields` sets, makes the name and network alias the app uuid (docker.php
+    generateApplicationContainerName). Sablier's *blocking* strategy: the request waits for the container to be
+    ready (at most 1 m) and is then answered by the app, as an API client expects; the dynamic strategy would
+    answer a browser waiting page (HTML, 200) instead."""
     name = f"inkmcp-{app_uuid}"
     hosts = [hostname(spec.key, spec.server), *custom_domains(spec.domains, spec.server, settings)]
     rule = " || ".join(f"Host(`{h}`)" for h in hosts)
@@ -357,6 +364,6 @@ def sablier_router(spec: AppSpec, app_uuid: str, settings: MappingSettings) -> d
                            "middlewares": [f"{name}-sablier"], "tls": {"certResolver": "letsencrypt"}}},
         "middlewares": {f"{name}-sablier": {"plugin": {"sablier": {
             "sablierUrl": "http://sablier:10000", "group": labels(spec)["sablier.group"],
-            "sessionDuration": settings.sablier_session, "dynamic": {"displayName": spec.key.slug}}}}},
+            "sessionDuration": settings.sablier_session, "blocking": {"timeout": "1m"}}}}},
         "services": {name: {"loadBalancer": {"servers": [{"url": f"http://{app_uuid}:{port_of(spec.plan)}"}]}}},
     }}  # fmt: skip

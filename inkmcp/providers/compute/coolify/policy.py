@@ -55,13 +55,16 @@ CREATE_FIELDS = frozenset({
 """Fields `POST /applications/public` may carry."""
 
 UPDATE_FIELDS = (CREATE_FIELDS - {"project_uuid", "server_uuid", "environment_name", "environment_uuid",
-                                  "autogenerate_domain", "static_image"})  # fmt: skip
-"""Fields `PATCH /applications/{uuid}` may carry (Coolify refuses the placement fields there anyway)."""
+                                  "autogenerate_domain", "static_image"}) | {"is_consistent_container_name_enabled"}
+"""Fields `PATCH /applications/{uuid}` may carry (Coolify refuses the placement fields there anyway).
+`is_consistent_container_name_enabled` (true on on_demand's routed process): the container is then named
+after the application's own uuid, which no platform container is, and Coolify ignores `custom_internal_name`
+(ApplicationDeploymentJob.php:265, generateApplicationContainerName); that name is the on_demand router's
+address (routes.py)."""
 
 FORBIDDEN_FIELDS: Mapping[str, str] = {
     "custom_docker_run_options": "docker run options reach the container's compose (privileged, cap_add, devices)",
     "custom_internal_name": "a chosen container name can impersonate a platform container (review finding 6)",
-    "is_consistent_container_name_enabled": "a fixed container name can impersonate a platform container",
     "custom_network_aliases": "network aliases can capture another container's name on the coolify network",
     "ports_mappings": "host port mappings bypass the proxy and the node firewall",
     "connect_to_docker_network": "joins the tenant to the predefined network of every other app",
@@ -225,6 +228,9 @@ def _check_application(where: str, body: Mapping[str, Any], allowed: frozenset[s
             raise PolicyViolation(where, "limits_cpus", f"{value!r}: 0 < cpus <= {limits.max_cpus:g}")
     if "custom_labels" in body:
         parse_labels(str(body["custom_labels"]))
+    if "is_consistent_container_name_enabled" in body and not isinstance(body["is_consistent_container_name_enabled"],
+                                                                        bool):
+        raise PolicyViolation(where, "is_consistent_container_name_enabled", "true or false")
     for key in ("install_command", "build_command", "start_command", "pre_deployment_command"):
         if key in body and body[key] is not None and ("\n" in str(body[key]) or "\r" in str(body[key])):
             raise PolicyViolation(where, key, "one line (Coolify joins lines with spaces, changing the command)")

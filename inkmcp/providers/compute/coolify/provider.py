@@ -363,6 +363,9 @@ class CoolifyComputeProvider:
                                       f"{note}\nlast output:\n{tail}")  # fmt: skip
 
         await progress(Step.switching, "every process's Coolify deployment finished; Coolify switched traffic")
+        from inkmcp.providers.compute.coolify import routes as node_routes  # on_demand: the router on the node
+
+        await node_routes.after_release(self, request, server, apps, specs)  # before the release is recorded live
         routed = next((p for p in processes if p.routed), None)
         url = f"https://{mapping.hostname(key, server)}" if routed is not None else None
         gone = {n: u for n, u in apps.items() if n not in specs}
