@@ -13,7 +13,7 @@ import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
@@ -104,11 +104,23 @@ def _hold_serve_lock(stack: AsyncExitStack, data: Path) -> None:
     stack.callback(os.close, fd)
 
 
+@dataclass
+class _CoolifyParts:
+    """What the Coolify database provider shares with Coolify compute: the settings (URL, token, build server),
+    the request budget of the token (one limit for both), and placement (where a project's database goes)."""
+
+    settings: Any
+    budget: Any
+    placement: Any
+
+
 def _database_providers(
-    stack: AsyncExitStack, settings: Settings, own: PostgresDatabaseProvider
+    stack: AsyncExitStack, settings: Settings, own: PostgresDatabaseProvider, coolify: _CoolifyParts | None,
+    sessions: Any,
 ) -> tuple[DatabaseProvider, dict[str, DatabaseProvider]]:
     """The provider behind `database={"type":"postgres"}` and every configured one by name (a database is
-    dropped by the provider that made it). Setting INKMCP_NEON_API_KEY is enough to make Neon the default."""
+    dropped by the provider that made it). Setting INKMCP_NEON_API_KEY is enough to make Neon the default; with
+    Coolify compute, Coolify-managed Postgres is configured too (the default when Neon is not)."""
     from inkmcp.neon.settings import NeonSettings
     from inkmcp.providers.database.neon import build_neon_provider
     from inkmcp.providers.database.select import choose_default
@@ -117,12 +129,24 @@ def _database_providers(
     neon = build_neon_provider(neon_settings) if neon_settings.enabled else None
     if neon is not None:
         stack.push_async_callback(neon.close)
-    return choose_default(own, neon=neon, choice=settings.database_provider)
+    coolify_db = None
+    if coolify is not None:
+        from inkmcp.coolify.client import CoolifyClient
+        from inkmcp.providers.database.coolify import CoolifyDatabaseSettings, build_coolify_database_provider
+
+        client = CoolifyClient(coolify.settings.url, coolify.settings.token, budget=coolify.budget,
+                               url_setting="INKMCP_COOLIFY_URL", token_setting="INKMCP_COOLIFY_TOKEN")  # noqa: S106
+        coolify_db = build_coolify_database_provider(
+            client, sessions=sessions, placement=coolify.placement,
+            build_server_uuid=coolify.settings.build_server_uuid,
+            settings=_provider_settings(CoolifyDatabaseSettings, "INKMCP_COOLIFY_DB_"))
+        stack.push_async_callback(coolify_db.close)
+    return choose_default(own, neon=neon, coolify=coolify_db, choice=settings.database_provider)
 
 
 async def _compute(
     stack: AsyncExitStack, settings: Settings, data: Path, store: Store, control_url: str
-) -> ComputeProvider:
+) -> tuple[ComputeProvider, _CoolifyParts | None]:
     """The compute provider `settings.compute` names. Coolify's pieces share the control-plane database: the
     request budget (every replica keeps to one token's rate limit together) and placement's reservations."""
     if settings.compute == "coolify":
@@ -141,8 +165,9 @@ async def _compute(
         provider = CoolifyComputeProvider.from_settings(coolify, data / "coolify", budget=budget)
         stack.push_async_callback(provider.close)
         nodes = CoolifyNodeSource(provider.client, placement)
-        provider.place = CoolifyPlacement(PlacementService(store.sessionmaker, nodes, placement.policy()))
-        return provider
+        service = PlacementService(store.sessionmaker, nodes, placement.policy())
+        provider.place = CoolifyPlacement(service)
+        return provider, _CoolifyParts(settings=coolify, budget=budget, placement=service)
 
     from inkmcp.providers.compute.local.provider import LocalComputeProvider
 
@@ -158,7 +183,7 @@ async def _compute(
         pids_max=settings.pids_max,
         max_file_mb=settings.max_file_mb,
         max_build_mb=settings.max_build_mb,
-    )
+    ), None
 
 
 def _provider_settings(cls: type[S], prefix: str) -> S:
@@ -217,13 +242,13 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     postgres = PostgresDatabaseProvider(admin, public_host=public_host, public_port=public_port)
     stack.push_async_callback(postgres.close)
     byo = BringYourOwnDatabase()
-    default_db, db_providers = _database_providers(stack, settings, postgres)
+    compute, coolify_parts = await _compute(stack, settings, data, store, control_url)
+    default_db, db_providers = _database_providers(stack, settings, postgres, coolify_parts, store.sessionmaker)
     # Replicas share one tenant server (a replica falling back to its own embedded one is refused).
     if serve:  # CLI commands never create tenant databases (and may run where the tenant server is unreachable)
         await check_tenant_server(store.sessionmaker, box, admin.get_secret_value(),
                                   embedded=settings.tenant_database_url is None, own_is_default=default_db is postgres)
 
-    compute = await _compute(stack, settings, data, store, control_url)
     metrics = Metrics()
     sessions = store.sessionmaker
     limits = LimitDefaults.from_settings(settings)

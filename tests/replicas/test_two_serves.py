@@ -178,6 +178,7 @@ async def test_two_serves_share_work_and_the_survivor_finishes_a_killed_replicas
         "INKMCP_PLACEMENT_DEFAULT_NODE": '{"memory_mb": 65536, "cpus": 64}',
         "INKMCP_LEASE_SECONDS": LEASE, "INKMCP_HEARTBEAT_SECONDS": "0.5", "INKMCP_TAKEOVER_SCAN_SECONDS": "0.5",
         "INKMCP_DEPLOY_ANSWER_WITHIN": "1",
+        "INKMCP_DATABASE_PROVIDER": "postgres",  # the shared tenant server is this test's subject
     }  # fmt: skip
     with pair(root, shared) as p:
         a, b = p.server("a"), p.server("b")
