@@ -13,8 +13,9 @@ Providers:
          server validating every request and answer against Coolify's spec), through the real CoolifyClient
          with spec validation and InkMCP's policy on the wire. The stand-in does not run code, so
          `TenantStandin` gives its deployments the suite's test-app behaviour (what the fake does with
-         `run_script` / `crash_on_env`): a build or pre-deployment command ending in `exit N` fails the
-         deployment with its echoed output, `CRASH=<process>` makes the new container of that process unhealthy.
+         `run_script` / `crash_on_env`): a build command, or the release command the mapping puts first in the
+         start command, ending in `exit N` fails the deployment with its echoed output, `CRASH=<process>` makes
+         the new container of that process unhealthy.
          Ground truth is the stand-in's state (containers, the env they started with, its deployment rows).
 """
 
@@ -55,6 +56,7 @@ from inkmcp.providers.compute.base import (
     ServiceKey,
     Step,
 )
+from inkmcp.providers.compute.coolify import mapping as coolify_mapping
 from inkmcp.providers.compute.coolify import policy as coolify_policy
 from inkmcp.providers.compute.coolify.provider import CRASH_POINTS as COOLIFY_CRASH_POINTS
 from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
@@ -458,10 +460,12 @@ class TenantStandin(CoolifyStandin):
         if code:
             return f"Building docker image failed: build command exited with code {code}: {' '.join(output)}"
         output = []
-        code = run_script(app.fields.get("pre_deployment_command"), output)
-        if code:
-            return f"Pre-deployment command failed with exit code {code}: {' '.join(output)}"
         env = {e.key: e.value or "" for e in app.envs if not e.is_preview}
+        wrapped = coolify_mapping.release_of(app.fields.get("start_command"))  # the release, first in the container
+        code = run_script(wrapped[1], output) if wrapped and env.get(coolify_mapping.RELEASE_ENV) else 0
+        if code:
+            return (f"New container is not healthy, rolling back to the old container. Container logs: "
+                    f"{coolify_mapping.RELEASE_FAILED} with exit code {code}: {' '.join(output)}")
         failure = crash_on_env(str(app.fields.get("name", "")).rsplit("-", 1)[-1], env)
         if failure:
             return f"New container is not healthy, rolling back to the old container: {failure}"
@@ -497,7 +501,7 @@ class CoolifyHarness(Harness):
         # core's contract tests deploy a local git repo; the stand-in does not fetch, so it gets an https name
         provider = CoolifyComputeProvider(
             client, self.root / "work", poll_interval=0.01, poll_max_interval=0.05, wait_timeout=30.0, limits=limits,
-            queue_full_retry_after=0.05, local_repo_url=lambda path: f"https://git.standin.test/{hashlib.sha256(path.encode()).hexdigest()[:16]}.git")
+            queue_full_retry_after=0.05, env_wait_timeout=2.0, local_repo_url=lambda path: f"https://git.standin.test/{hashlib.sha256(path.encode()).hexdigest()[:16]}.git")
         provider.crash_error = FakeCrash
         self.providers.append(provider)
         return provider

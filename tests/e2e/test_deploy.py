@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from tests.e2e import apps
-from tests.e2e.conftest import coolify_gap, local_only
+from tests.e2e.conftest import local_only
 from tests.e2e.probes import Gate, service_host, wait_env_applied
 from tests.requirements import require, require_root
 from tests.support import ServerProc, call, call_error, git_commit, git_repo, mcp_session, traversable_tmpdir
@@ -195,8 +195,6 @@ async def test_failed_build_keeps_old_version_and_shows_logs(server: ServerProc,
         assert via_proxy(server, good["url"]).text == before  # old version still serving
 
 
-@coolify_gap("provider known limit: no Coolify health check is configured, so a process that never listens "
-             "counts as started and the deployment goes live")
 async def test_app_that_never_listens_fails_health_check(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "deaf", {"main.py": "import time\ntime.sleep(600)\n"})
     async with mcp_session(server, server.keys["alice"]) as s:
@@ -262,8 +260,6 @@ async def test_deploy_answers_before_a_long_build_ends(server: ServerProc, repos
         gate.open_once()
 
 
-@coolify_gap("provider known limit: the release command is Coolify's pre_deployment_command, skipped on a first "
-             "deployment and run in the old container, so the first api release never migrates")
 async def test_manifest_services_node_build_and_release_phase(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "mono", apps.MONOREPO)
     async with mcp_session(server, server.keys["alice"]) as s:
@@ -360,8 +356,6 @@ def tenant_users(server: ServerProc) -> list[str]:
             if line.split(":")[5].startswith(homes)]
 
 
-@coolify_gap("provider known limit: Coolify applies env with a queued deployment (reported pending), and without "
-             "a health check a container that exits on the new env is not caught, so the change is kept")
 async def test_env_update_that_breaks_the_app_changes_nothing(server: ServerProc, repos: Path) -> None:
     app = dict(apps.ON_DEMAND)
     app["app.py"] = "import os, sys\nif os.environ.get('CRASH'):\n    sys.exit('refusing to start')\n" + app["app.py"]

@@ -15,12 +15,24 @@ What it does, for each deployment the stand-in begins (`begin`, called from depl
 3. **Pre-deployment command** as Coolify runs it: in the *currently running* container (old code, old env),
    skipped on a first deployment (ApplicationDeploymentJob::run_pre_deployment_command).
 4. **Start** the start command (or Procfile `web`, or a static file server for `is_static`/`static` apps serving
-   `publish_directory`) with the application's runtime env vars. Deviation: in Coolify every container has its
-   own network namespace, here processes share the host's, so PORT is a free port the runner picks. The
-   deployment finishes once the process listens (no health check is configured by InkMCP, so, like Coolify, a
-   process that never listens still counts as started after `start_timeout`); a process that exits during
-   start fails the deployment ("container exited").
-5. **Switch** (`finish`, from `_finish`): a finished deployment's process takes the routes of the application's
+   `publish_directory`) with the application's runtime env vars and a `TMPDIR` of its own (a container's own
+   /tmp: kept while that "container" lives, new for the next deployment's). Deviation: in Coolify every
+   container has its own network namespace, here processes share the host's, so PORT is a free port the runner
+   picks, and the health check's port (`health_check_port` / the exposed port, 80 for static) is that port.
+5. **Health check**, as ApplicationDeploymentJob::health_check with the compose healthcheck of
+   generate_healthcheck_commands: with `health_check_enabled`, wait `health_check_start_period` s, then up to
+   `health_check_retries` attempts `health_check_interval` s apart, each an HTTP GET of
+   `health_check_path` ("/" when it does not match Coolify's sanitising pattern) that counts when it answers
+   below 400 (`curl -f`); healthy → the rolling update goes on; not healthy when the attempts run out →
+   "New container is not healthy, rolling back to the old container.", the container's last output in the log
+   (Coolify's `query_logs`), the deployment fails and the new process is stopped. Deviation: a process that
+   exits is reported unhealthy at the next attempt (Docker would restart it and its status would not turn
+   healthy before Coolify's attempts ran out: the same outcome, sooner). Without a health check Coolify counts
+   the new container healthy once started (`isHealthcheckDisabled` → newVersionIsHealthy): the deployment
+   finishes even if the process exits; the runner only waits, for tests' sake, up to `start_timeout` for a
+   routed process's port (1 s for others) and marks an application whose process died `degraded:unhealthy`.
+   `time_scale` multiplies every health-check duration (1.0 = Coolify's; tests use less).
+6. **Switch** (`finish`, from `_finish`): a finished deployment's process takes the routes of the application's
    `fqdn` hosts and the old process is stopped; a failed one's process is stopped, the old keeps serving.
 
 A reverse proxy (node_proxy.py: asyncio, raw TCP after the request head, so websockets pass) models the run
@@ -40,6 +52,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,7 +65,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 LOCAL_REPO_HOST = "local-repo.invalid"
+_HEALTH_PATH = re.compile(r"^[a-zA-Z0-9/\-_.~%,;]+$")  # ApplicationDeploymentJob::generate_healthcheck_commands
 MAX_LOG_LINES = 5000
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -117,11 +133,13 @@ class AppRunner:
     """See the module docstring. `attach(standin)` wires it; `close()` stops everything it started."""
 
     def __init__(self, root: Path, *, proxy_port: int = 0, start_timeout: float = 10.0,
-                 build_timeout: float = 600.0) -> None:  # fmt: skip
+                 build_timeout: float = 600.0, time_scale: float = 1.0) -> None:  # fmt: skip
         self.root = Path(root)
         self.proxy_port = proxy_port
         self.start_timeout = start_timeout
         self.build_timeout = build_timeout
+        self.time_scale = time_scale
+        """Multiplies the health check's start period, interval and timeout (1.0 = as Coolify waits)."""
         self.routes: dict[str, int] = {}
         """Host (lowercase, no port) -> the port of the live process serving it."""
         self.live: dict[str, Proc] = {}
@@ -185,6 +203,8 @@ class AppRunner:
             return
         old = self.live.get(app.uuid)
         self.live[app.uuid] = proc
+        if not proc.alive():  # no health check held it back: Coolify went on, the container crash-loops
+            app.status_plan = [(time.monotonic(), "degraded:unhealthy")]
         self._route(app, proc.port, old.port if old is not None else None)
         if app.container is not None:
             proc.lines[:0] = app.container.logs
@@ -208,21 +228,24 @@ class AppRunner:
 
     def _work(self, dep: Any, app_uuid: str, config: dict[str, Any]) -> None:
         lines: list[str] = []
+        errors: list[str] = []
         failure: str | None = None
         proc: Proc | None = None
         try:
             workdir = self._build(app_uuid, dep.commit, config, lines, restart_only=bool(dep.restart_only))
             self._pre_deployment(config, lines)
-            proc = self._start(workdir, config, lines)
+            proc = self._start(workdir, config, lines, dep.deployment_uuid)
         except StepFailed as e:
             failure = str(e)
-            lines += e.output[-40:]
+            errors = e.output[-100:]  # Coolify logs a failed step's output (and query_logs) as stderr
         except Exception as e:  # a bug here must fail the deployment, not hang it
             failure = f"stand-in runner error: {e!r}"
         standin = self._standin
         with standin._lock:
             for line in lines[-200:]:
                 standin._log(dep, line)
+            for line in errors:
+                standin._log(dep, line, "stderr")
             if proc is not None:
                 if dep.status == "in_progress" and not self._closing:
                     self.pending[dep.deployment_uuid] = proc
@@ -345,26 +368,84 @@ class AppRunner:
                 return f"python {name}"
         raise StepFailed("nixpacks: no start command could be found", [])
 
-    def _start(self, workdir: Path, config: dict[str, Any], lines: list[str]) -> Proc:
+    def _start(self, workdir: Path, config: dict[str, Any], lines: list[str], deployment_uuid: str) -> Proc:
         port = _free_port()
-        env = self._base_env({**config["env"], "PORT": str(port)}, workdir / ".venv")
+        tmp = self.root / "containers" / deployment_uuid / "tmp"  # this container's own /tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = self._base_env({**config["env"], "PORT": str(port), "TMPDIR": str(tmp)}, workdir / ".venv")
         command = self._command(workdir, config, port)
+        lines.append("----------------------------------------")
         lines.append("Rolling update started.")
         popen = subprocess.Popen(["sh", "-c", command], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         proc = Proc(popen, port, workdir, env)
         threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
-        routed = bool(config["fields"].get("fqdn"))
+        fields = config["fields"]
+        if fields.get("health_check_enabled") in (True, 1, "1", "true"):
+            try:
+                self._health_check(proc, config, lines)
+            except StepFailed:
+                proc.stop(1.0)  # graceful_shutdown_container of the new one; the old keeps serving
+                raise
+            return proc
+        routed = bool(fields.get("fqdn"))
         deadline = time.monotonic() + (self.start_timeout if routed else 1.0)
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                out = proc.lines[-20:]
-                raise StepFailed(f"New container exited with code {popen.returncode} while starting "
-                                 "(container exited).", out)
+        while time.monotonic() < deadline and proc.alive():  # a test convenience only: Coolify does not wait
             if routed and _listening(port):
                 break
             time.sleep(0.05)
         return proc
+
+    def _health_check(self, proc: Proc, config: dict[str, Any], lines: list[str]) -> None:
+        """ApplicationDeploymentJob::health_check over generate_healthcheck_commands (module docstring, 5)."""
+        fields, settings = config["fields"], config["settings"]
+
+        def seconds(key: str, default: int) -> float:
+            raw = fields.get(key)
+            return float(raw) if isinstance(raw, int | float) or str(raw or "").isdigit() else float(default)
+
+        path = str(fields.get("health_check_path") or "")
+        path = path if _HEALTH_PATH.match(path) else "/"
+        exposed = str(fields.get("health_check_port") or str(fields.get("ports_exposes") or "").split(",")[0])
+        if settings.get("is_static") or fields.get("build_pack") == "static":
+            exposed = "80"
+        start, interval = seconds("health_check_start_period", 5), seconds("health_check_interval", 5)
+        timeout, retries = seconds("health_check_timeout", 5), int(seconds("health_check_retries", 10))
+        lines.append("Waiting for healthcheck to pass on the new container.")
+        lines.append(f"Healthcheck URL (inside the container): GET: http://localhost:{exposed}{path}")
+        lines.append(f"Waiting for the start period ({start:g} seconds) before starting healthcheck.")
+        self._pause(start * self.time_scale)
+        status = "starting"
+        for attempt in range(1, max(retries, 1) + 1):
+            if not proc.alive():
+                status = "unhealthy"
+            else:
+                try:
+                    answer = httpx.get(f"http://127.0.0.1:{proc.port}{path}", headers={"Host": "localhost"},
+                                       timeout=max(timeout * self.time_scale, 0.5))
+                    status = "healthy" if answer.status_code < 400 else "starting"
+                except httpx.HTTPError:
+                    status = "starting"
+            lines.append(f'Attempt {attempt} of {retries} | Healthcheck status: "{status}"')
+            if status == "healthy":
+                lines.append("New container is healthy.")
+                return
+            if status == "unhealthy":
+                lines.append("New container is unhealthy.")
+                break
+            if attempt < retries:
+                self._pause(interval * self.time_scale)
+        output = ["----------------------------------------", "Container logs:", *proc.lines[-100:],
+                  "----------------------------------------"]  # query_logs: docker logs -n 100
+        if not proc.alive():
+            output.append(f"(the container exited with code {proc.popen.returncode})")
+        raise StepFailed("New container is not healthy, rolling back to the old container.", output)
+
+    def _pause(self, seconds: float) -> None:
+        """Coolify's Sleep::for between attempts (cut short when the runner closes)."""
+        deadline = time.monotonic() + seconds
+        while not self._closing and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
     @staticmethod
     def _pump(proc: Proc) -> None:

@@ -5,9 +5,43 @@ the place where InkMCP's model meets Coolify's, so every one is tested as data a
 (`tests/coolify/test_mapping.py`), for every type x mode, without a server.
 
 One Coolify application per *process* of the service (a Coolify application runs one start command in one
-container): Procfile `web` + `worker` → two applications; only the routed process gets `domains` and
-`ports_exposes`, and the release command (Coolify's `pre_deployment_command`) is set on the routed process only,
-so it runs once per release.
+container): Procfile `web` + `worker` → two applications; only the routed process gets `domains`.
+
+Release command (`release_fields`; contract: once per deployment, in the new release, before it gets traffic, a
+failure fails the deployment and the old release keeps serving). Coolify's own `pre_deployment_command` does not
+give that: ApplicationDeploymentJob::run_pre_deployment_command runs it with `docker exec` in the *currently
+running* container (old code, old env) and skips it when none runs (every first deployment). So it is always
+sent empty, and the release runs inside the new container instead, as its start command's first step, on one
+process only (the routed one, else the first): `start_command` becomes
+
+    sh -c '<guard script>' '<the process's command>' '<release command>'
+
+(`release_start_command`). The guard runs the release only when `INKMCP_RELEASE` (the InkMCP deployment id, set
+in that application's env by each release and *absent* from the env an env change, a rollback or a move sends)
+is set and the container has not run it yet (a marker under `${TMPDIR:-/tmp}`, in the container's writable
+layer: a restart of the same container by Docker's restart policy or a Sablier wake skips it, a new container
+of an env change finds no INKMCP_RELEASE). Then it `exec`s the process's own command, unchanged. A failing
+release exits the container (and every restart of that container exits again without rerunning it), so the new
+container never passes its health check: Coolify's rolling update removes it, marks the deployment failed and
+the old container keeps serving (ApplicationDeploymentJob::rolling_update → health_check →
+stop_running_container: "New container is not healthy, rolling back to the old container."). The health check
+(below) is also what keeps traffic off until the release finished: Coolify stops the old container only once the
+new one is healthy, and the app cannot listen before its command is exec'd. Its output is the container's log
+(Coolify copies the last 100 lines into the deployment log when the health check fails, `query_logs`), between
+`inkmcp: release command started` and `… finished` / `… failed`, which the provider shows with the build log.
+
+Health checks (`health_fields`): Coolify's only documented check is HTTP (`curl -f` then `wget` against
+`http://localhost:<health_check_port><health_check_path>` inside the container, generate_healthcheck_commands;
+`cmd` checks exist in the controller but not in the published 4.3.11 spec the client validates against), and it
+gates the rolling update: after `health_check_start_period` s Coolify polls Docker's health status up to
+`health_check_retries` times, `health_check_interval` s apart; "healthy" switches, "unhealthy" or still
+"starting" at the end fails the deployment and removes the new container. So the routed process of a `webapp`
+or `webapp_static` gets it on `/` at its exposed port (Coolify itself probes port 80 for static packs): a
+process that never listens, crashes at start, or whose release fails is caught before it gets traffic. Not for
+workers (no port to ask) nor `backend` services: `curl -f` fails on any 4xx, and an API or websocket server has
+no reason to answer 2xx on `/` (a websocket server answers 426), so it would fail every deployment of a working
+backend; Coolify then counts a new container as healthy once started (health_check(): disabled →
+newVersionIsHealthy), and a crash shows in `runtime()`. Disabled is sent explicitly (absolute values).
 
 Type → build (`build_fields`):
   webapp_static  build pack `static` serving `publish_directory` (the plan's static_dir) with nginx:alpine; with a
@@ -42,6 +76,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +95,33 @@ SHELL_SAFE = re.compile(
 quantifiers: the alternatives start with disjoint characters, so this accepts exactly the same strings, without
 the original's exponential backtracking on a string it refuses (seconds for a 50-character command)."""
 DEFAULT_PORT = 3000
+RELEASE_ENV = "INKMCP_RELEASE"
+"""Env var of the process that runs the release command, set to the InkMCP deployment id by a release only (see
+the module docstring): the guard runs the release when it is set and this container has not run it."""
+RELEASE_STARTED = "inkmcp: release command started"
+RELEASE_FINISHED = "inkmcp: release command finished"
+RELEASE_FAILED = "inkmcp: release command failed"
+RELEASE_GUARD = (
+    'm="${TMPDIR:-/tmp}/.inkmcp-release-$INKMCP_RELEASE"; '
+    'if [ -n "$INKMCP_RELEASE" ] && [ ! -e "$m.done" ]; then '
+    f'if [ -e "$m.failed" ]; then echo "{RELEASE_FAILED} earlier in this container, not starting" >&2; exit 1; fi; '
+    f'echo "{RELEASE_STARTED}"; '
+    f'if sh -c "$1"; then : > "$m.done"; echo "{RELEASE_FINISHED}"; '
+    f'else s=$?; : > "$m.failed"; echo "{RELEASE_FAILED} with exit code $s" >&2; exit $s; fi; fi; '
+    'exec sh -c "$0"'
+)
+"""The start command's first step on the process carrying the release (module docstring); `$0` is the process's
+command, `$1` the release command. No single quote inside, so it is one single-quoted word for Coolify's
+shell-safe pattern."""
+MAX_COMMAND = 1000
+"""Coolify's limit on install/build/start commands (ValidationPatterns::shellSafeCommandRules, max:1000)."""
+
+HEALTH_INTERVAL = 2
+HEALTH_TIMEOUT = 5
+HEALTH_RETRIES = 30
+HEALTH_START_PERIOD = 5
+"""Health check timing (seconds): a first start has start_period + retries x interval = 65 s to answer, while a
+healthy process is seen about `start_period` s after it started (Coolify sleeps the start period first)."""
 
 
 class TenantInputError(ValueError):
@@ -80,6 +142,8 @@ class Process:
     name: str
     command: str | None
     routed: bool
+    release: bool = False
+    """This process's container runs the service's release command (the routed one, else the first)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +181,9 @@ def processes(service_type: ServiceType, plan: BuildPlan) -> list[Process]:
     """The applications a service needs: one per process; a static site is one routed `web`."""
     if service_type == ServiceType.webapp_static:
         return [Process("web", None, True)]
-    return [Process(p.name, p.command, p.routed) for p in plan.processes]
+    carrier = next((p.name for p in plan.processes if p.routed), plan.processes[0].name if plan.processes else None)
+    release = bool((plan.release_command or "").strip())
+    return [Process(p.name, p.command, p.routed, release and p.name == carrier) for p in plan.processes]
 
 
 def app_name(key: ServiceKey, process: str) -> str:
@@ -225,17 +291,70 @@ def build_fields(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
         out["build_pack"] = "nixpacks"
         if plan.build_command:
             out["build_command"] = shell_safe(plan.build_command, "build_command")
-        if spec.process.command:
+        if spec.process.release and spec.process.command:
+            out["start_command"] = release_start_command(plan.release_command or "", spec.process)
+        elif spec.process.command:
             out["start_command"] = shell_safe(spec.process.command, f"command of process {spec.process.name}")
     # Every application exposes the port (Coolify stores ports_exposes non-null); only the routed one gets domains.
     out["ports_exposes"] = str(port_of(plan))
-    # The release command runs once per release: with the routed process (cleared on the others, absolutely).
-    release = plan.release_command or ""
-    if "\n" in release.strip() or "\r" in release:
-        raise TenantInputError("release_command: multi-line commands cannot be sent to Coolify (it joins lines); put "
-                               "the steps in a script in the repo and call it, e.g. './bin/release.sh'")
-    out["pre_deployment_command"] = release.strip() if spec.process.routed else ""
+    # Never Coolify's pre-deployment command (old container, skipped on a first deploy): always cleared.
+    out["pre_deployment_command"] = ""
     return out
+
+
+def _quoted(text: str) -> str:
+    """One single-quoted shell word (a quote inside as `'"'"'`, which Coolify's shell-safe pattern accepts)."""
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def release_start_command(release: str, process: Process) -> str:
+    """The start command of the process carrying the release (module docstring)."""
+    for value, field in ((release, "release_command"), (process.command or "", f"command of process {process.name}")):
+        if "\n" in value.strip() or "\r" in value:
+            raise TenantInputError(f"{field}: multi-line commands cannot be sent to Coolify (it joins lines); put the "
+                                   "steps in a script in the repo and call it, e.g. './bin/release.sh'")
+    command = f"sh -c {_quoted(RELEASE_GUARD)} {_quoted((process.command or '').strip())} {_quoted(release.strip())}"
+    if len(command) > MAX_COMMAND:
+        raise TenantInputError(
+            f"release_command: with the command of process {process.name} it makes a start command of "
+            f"{len(command)} characters, over Coolify's {MAX_COMMAND}; put the release steps in a script in the repo "
+            "and call it, e.g. './bin/release.sh'")
+    if not SHELL_SAFE.match(command):  # cannot happen (three quoted words), but Coolify would refuse it
+        raise TenantInputError("release_command: cannot be passed to Coolify as a shell-safe start command")
+    return command
+
+
+def release_of(start_command: str | None) -> tuple[str, str] | None:
+    """(process command, release command) of a `release_start_command`, None for any other start command (for
+    the reconciler, operators and the stand-in's models of a container)."""
+    if not start_command:
+        return None
+    try:
+        words = shlex.split(start_command)
+    except ValueError:
+        return None
+    if len(words) == 5 and words[:3] == ["sh", "-c", RELEASE_GUARD]:
+        return words[3], words[4]
+    return None
+
+
+def health_fields(spec: AppSpec) -> dict[str, Any]:
+    """Coolify's HTTP health check on the routed process of a webapp / static site; off otherwise (module
+    docstring says why). Absolute values, so a PATCH also turns off one an earlier body turned on."""
+    if not spec.process.routed or spec.service_type == ServiceType.backend:
+        return {"health_check_enabled": False}
+    port = "80" if spec.service_type == ServiceType.webapp_static else str(port_of(spec.plan))
+    return {"health_check_enabled": True, "health_check_path": "/", "health_check_port": port,
+            "health_check_interval": HEALTH_INTERVAL, "health_check_timeout": HEALTH_TIMEOUT,
+            "health_check_retries": HEALTH_RETRIES, "health_check_start_period": HEALTH_START_PERIOD}
+
+
+def health_window(fields: Mapping[str, Any]) -> float:
+    """How long Coolify gives a new container to become healthy, for these fields (0 when disabled)."""
+    if not fields.get("health_check_enabled"):
+        return 0.0
+    return float(fields.get("health_check_start_period") or 0) + \
+        float(fields.get("health_check_retries") or 0) * float(fields.get("health_check_interval") or 0)
 
 
 def run_fields(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
@@ -291,6 +410,7 @@ def create_body(spec: AppSpec, project_uuid: str, environment_uuid: str, setting
         "is_preview_deployments_enabled": False,
         **build_fields(spec, settings),
         **run_fields(spec, settings),
+        **health_fields(spec),
     }
     if not body.get("pre_deployment_command"):
         body.pop("pre_deployment_command", None)
@@ -300,7 +420,8 @@ def create_body(spec: AppSpec, project_uuid: str, environment_uuid: str, setting
 def update_body(spec: AppSpec, settings: MappingSettings) -> dict[str, Any]:
     """`PATCH /applications/{uuid}` of a release: absolute values (a repeat changes nothing), incl. `domains`.
     Without `static_image`: the PATCH schema lacks it (it is set at create, nginx:alpine, and never changes)."""
-    body = {**build_fields(spec, settings), **run_fields(spec, settings), **routing_fields(spec, settings)}
+    body = {**build_fields(spec, settings), **run_fields(spec, settings), **routing_fields(spec, settings),
+            **health_fields(spec)}
     body.pop("static_image", None)
     return body
 

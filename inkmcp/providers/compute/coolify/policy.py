@@ -50,6 +50,7 @@ CREATE_FIELDS = frozenset({
     "is_static", "is_spa", "static_image", "install_command", "build_command", "start_command",
     "pre_deployment_command", "dockerfile_location", "limits_memory", "limits_memory_swap",
     "limits_memory_reservation", "limits_cpus", "health_check_enabled", "health_check_path", "health_check_port",
+    "health_check_interval", "health_check_timeout", "health_check_retries", "health_check_start_period",
     "custom_labels",
 })  # fmt: skip
 """Fields `POST /applications/public` may carry."""
@@ -77,7 +78,7 @@ FORBIDDEN_FIELDS: Mapping[str, str] = {
     "docker_registry_image_tag": "pulls an image InkMCP did not build from the pinned commit",
     "pre_deployment_command_container": "a container name outside the application",
     "post_deployment_command_container": "a container name outside the application",
-    "post_deployment_command": "runs after traffic switched; InkMCP's release command is the pre-deployment one",
+    "post_deployment_command": "runs after traffic switched; InkMCP runs the release in the new container",
     "custom_nginx_configuration": "nginx directives can proxy to the host or other containers",
     "is_gpu_enabled": "GPU devices are host devices", "gpu_driver": "GPU devices are host devices",
     "gpu_count": "GPU devices are host devices", "gpu_device_ids": "GPU devices are host devices",
@@ -231,9 +232,35 @@ def _check_application(where: str, body: Mapping[str, Any], allowed: frozenset[s
     if "is_consistent_container_name_enabled" in body and not isinstance(body["is_consistent_container_name_enabled"],
                                                                         bool):
         raise PolicyViolation(where, "is_consistent_container_name_enabled", "true or false")
+    if body.get("pre_deployment_command"):
+        raise PolicyViolation(where, "pre_deployment_command", "runs in the old container (docker exec); InkMCP only "
+                                                               "clears it (the release runs in the new container)")
+    _check_health(where, body)
     for key in ("install_command", "build_command", "start_command", "pre_deployment_command"):
         if key in body and body[key] is not None and ("\n" in str(body[key]) or "\r" in str(body[key])):
             raise PolicyViolation(where, key, "one line (Coolify joins lines with spaces, changing the command)")
+
+
+_HEALTH_PATH = re.compile(r"^/[a-zA-Z0-9/\-_.~%,;]*$")  # Coolify's rule (api.php), anchored at "/"
+HEALTH_LIMITS = {"health_check_interval": (1, 60), "health_check_timeout": (1, 60), "health_check_retries": (1, 100),
+                 "health_check_start_period": (0, 600)}  # fmt: skip
+"""Bounds InkMCP keeps its health check timing in (Coolify accepts any number; a huge one would hold a
+deployment, and the server's queue, for hours)."""
+
+
+def _check_health(where: str, body: Mapping[str, Any]) -> None:
+    """The health check fields InkMCP sends: an HTTP check of a path on one port, with bounded timing."""
+    if "health_check_enabled" in body and not isinstance(body["health_check_enabled"], bool):
+        raise PolicyViolation(where, "health_check_enabled", "true or false")
+    if "health_check_path" in body and not _HEALTH_PATH.match(str(body["health_check_path"])):
+        raise PolicyViolation(where, "health_check_path", f"{body['health_check_path']!r} is not a plain URL path")
+    if "health_check_port" in body and not re.fullmatch(r"[1-9][0-9]{0,4}", str(body["health_check_port"])):
+        raise PolicyViolation(where, "health_check_port", "one port number")
+    for key, (low, high) in HEALTH_LIMITS.items():
+        if key in body:
+            value = body[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise PolicyViolation(where, key, f"{value!r}: whole seconds (or a count), {low}..{high}")
 
 
 def check_env(where: str, body: Mapping[str, Any]) -> None:

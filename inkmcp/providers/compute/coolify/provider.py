@@ -3,9 +3,20 @@
 Shape (the fake provider, `fake.py`, is the worked example this follows step by step):
 
 * **One Coolify project per InkMCP project** (`inkmcp-<project id>`, recorded in `project_ref`), one
-  **application per process** of a service (Procfile `web` + `worker` → two applications, the route and the
-  release command only on the routed one), all on the server placement chose for the service; a service stays
-  on the server recorded in its `service_ref` across redeploys.
+  **application per process** of a service (Procfile `web` + `worker` → two applications, the route only on the
+  routed one), all on the server placement chose for the service; a service stays on the server recorded in its
+  `service_ref` across redeploys.
+* **Health check and release command** (mapping.py's docstring has the design and Coolify's lines behind it): the
+  routed process of a webapp/static site carries Coolify's HTTP health check, which gates Coolify's rolling
+  update (a new container that is not healthy is removed, the deployment fails, the old one keeps serving); the
+  release command runs in the *new* container, first in the start command of the routed (else first) process,
+  guarded by `INKMCP_RELEASE` = the deployment id, which only a release sets. With a release command that
+  process is deployed first and the others only once it finished (workers never meet an unmigrated database);
+  a failed release is `ReleaseFailed(releasing)` (the guard's marker line in the log Coolify copies from the
+  container), a failed health check `ReleaseFailed(health_check)` naming the port and path Coolify asked.
+* **Env changes** are deployments of the live commit, waited for (`env_wait_timeout`): `restarted` when they
+  finished, `ReleaseFailed` with the previous values put back in Coolify when one failed, `pending` past the
+  bound (`update_env`).
 * **Every remote id is recorded before the next remote step** (`record()`), so a crash or a
   `ProviderUnavailable` at any point leaves enough in core's database to re-attach:
 
@@ -53,15 +64,23 @@ Known limits, left for the next session:
     renders the proxy file-provider router, but nothing writes it to `/data/coolify/proxy/dynamic/` on the run
     server yet (Coolify has no API for it; it needs the node agent / SSH path of `inkmcp nodes`). Until then an
     on_demand service is deployed and sleeps, but is not reachable from outside.
-  - the release command is Coolify's `pre_deployment_command`, which Coolify runs in the *currently running*
-    container (old code) and skips on a first deployment (ApplicationDeploymentJob::run_pre_deployment_command);
-    that differs from the local provider, which runs it in the new release before traffic switches.
   - the branch Coolify clones before checking out the pinned commit is `CoolifySettings.default_branch` (the
     contract carries no branch); Dockerfile detection is not wired (mapping supports `dockerfile_location`;
     the build plan needs a field for it).
-  - no Coolify health check is configured (the plan names no health path, and Coolify's default expects 200 on
-    `/`): Coolify then calls a deployment finished once the new container started, so a process that crashes a
-    moment later shows in `runtime()` (degraded → crashed), not as a failed release.
+  - health checks differ from the local provider's (a TCP connect): Coolify's published check is `curl -f` on
+    `/`, so a webapp whose `/` answers 4xx/5xx fails on Coolify (the failure says so and names
+    service_type='backend'); backends (an API or websocket server need not answer 2xx on `/`) and workers get
+    none, so a process of theirs that crashes after starting shows in `runtime()` (crashed), not as a failed
+    release. The plan names no health path yet (a `health_path` field in inkmcp.yaml would go to
+    `health_check_path`).
+  - the release guard's marker lives in the container's writable layer: an operator's "Restart" in Coolify's UI
+    makes a new container that still has INKMCP_RELEASE and runs the release again (idempotent migrations are
+    the norm); a failing release makes Docker restart the container, so Coolify reports it only when its health
+    window (65 s) ran out. A service with a release command and no routed process has no health gate: its
+    failing release crash-loops the container (`runtime()`), the deployment itself finishes.
+  - an env change still running when `env_wait_timeout` ends is `pending`; if it fails later, Coolify keeps the
+    new values (the provider no longer holds the old ones), which core stored too, so the next release meets the
+    same values and fails its health check the same way, the old container still serving.
   - an env change whose `/deploy` Coolify skips (a deployment of the live commit still running, e.g. an earlier
     env change) is not re-queued; `runtime().env_revision` stays at the base revision until the next release.
 """
@@ -216,8 +235,11 @@ class CoolifyComputeProvider:
                  build_server_uuid: str | None = None, poll_interval: float = 2.0, poll_max_interval: float = 10.0,
                  wait_timeout: float = 1800.0, limits: policy.Limits | None = None,
                  local_repo_url: Callable[[str], str] | None = None,
-                 queue_full_retry_after: float | None = None) -> None:  # fmt: skip
+                 queue_full_retry_after: float | None = None, env_wait_timeout: float = 150.0) -> None:  # fmt: skip
         self.client = client
+        self.env_wait_timeout = env_wait_timeout
+        """How long `update_env` waits for the restart deployments' outcome before answering `pending` (the
+        mapping's health window, 65 s, plus Coolify's queue and container start)."""
         self.work_dir = Path(work_dir)
         self.settings = settings or MappingSettings()
         exclude = frozenset({build_server_uuid}) if build_server_uuid else frozenset()
@@ -330,7 +352,7 @@ class CoolifyComputeProvider:
         if not dep_ref.get("env_written"):  # the env the live release runs with (for a rollback): memory only
             for name in specs:
                 current[name] = await self._call(f"reading env of {name}", self.client.list_envs(apps[name]))
-                snapshot[name] = _values(current[name])
+                snapshot[name] = _values(current[name], without_release=True)
             dep_ref["env_written"] = True  # from here on Coolify may hold the new env: a later attempt has no snapshot
             await record(RefScope.deployment, dep_ref)
         for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
@@ -343,24 +365,30 @@ class CoolifyComputeProvider:
                     app, m.ApplicationUpdate(custom_labels=labels)))
             await self._set_env(app, name, env_bodies[name], current.pop(name, None))
 
-        for name in specs:
-            if name not in started:
-                started[name] = await self._start_deployment(apps[name], name, request.commit, dep_ref, record)
-                await record(RefScope.deployment, dep_ref)
-                self._crash("after_record_deployment")
-
-        final = await self._wait(started, progress)
+        final: dict[str, m.Deployment] = {}
+        groups = _deploy_groups(processes)
+        for number, group in enumerate(groups):
+            if number:
+                await progress(Step.starting, f"the release command finished in {groups[0][0]}; deploying "
+                                              f"{', '.join(group)}")
+            for name in group:
+                if name not in started:
+                    started[name] = await self._start_deployment(apps[name], name, request.commit, dep_ref, record)
+                    await record(RefScope.deployment, dep_ref)
+                    self._crash("after_record_deployment")
+            final.update(await self._wait({n: started[n] for n in group}, progress))
+            if any(final[n].status != "finished" for n in group):
+                break  # a later group never starts: the rollback below handles every process
         self._crash("after_remote_finished")
         failed = {name: dep for name, dep in final.items() if dep.status != "finished"}
         if failed:
-            note = await self._roll_back(apps, final, service_ref, dep_ref, snapshot, record)
+            note = await self._roll_back(apps, final, service_ref, dep_ref, snapshot, record, list(specs))
             name, dep = next(iter(failed.items()))
             entries = dep.log_lines()
-            lines = [line.output for line in entries]
-            tail = "\n".join(lines[-8:])
+            tail = _tail(entries)
             step = _failed_step([e.output for e in entries if e.type == "stderr"])
             raise ReleaseFailed(step, f"process '{name}' failed ({dep.status}); the previous version keeps serving"
-                                      f"{note}\nlast output:\n{tail}")  # fmt: skip
+                                      f"{note}{_hint(step, bodies.get(name))}\nlast output:\n{tail}")  # fmt: skip
 
         await progress(Step.switching, "every process's Coolify deployment finished; Coolify switched traffic")
         from inkmcp.providers.compute.coolify import routes as node_routes  # on_demand: the router on the node
@@ -410,6 +438,8 @@ class CoolifyComputeProvider:
         internal = {DEPLOYMENT_ENV: deployment_id}
         if "PORT" not in values and spec.process.routed:
             internal["PORT"] = str(mapping.port_of(spec.plan))
+        if spec.process.release:  # this release's container runs the release command (mapping docstring)
+            internal[mapping.RELEASE_ENV] = deployment_id
         return mapping.env_body(values, internal=internal)
 
     async def _ensure_server(self, key: ServiceKey, request: ReleaseSpec, service_ref: dict[str, Any],
@@ -547,10 +577,19 @@ class CoolifyComputeProvider:
         return mine[0].deployment_uuid if mine else None
 
     async def _wait(self, deployments: Mapping[str, str], progress: ProgressCallback | None) -> dict[str, m.Deployment]:
+        """Poll until every deployment is done; ProviderUnavailable after `wait_timeout` (see `_poll`)."""
+        final = await self._poll(deployments, progress, self.wait_timeout)
+        if final is None:
+            raise ProviderUnavailable(f"Coolify's deployments did not finish within {self.wait_timeout:g} s; "
+                                      "the next attempt re-attaches to them")
+        return final
+
+    async def _poll(self, deployments: Mapping[str, str], progress: ProgressCallback | None,
+                    timeout: float) -> dict[str, m.Deployment] | None:  # fmt: skip
         """Poll until every deployment is done (interval backing off to poll_max_interval, so a long build costs
-        few requests); report `building` once the first one runs."""
+        few requests), None if they are not within `timeout` s; report `building` once the first one runs."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_timeout
+        deadline = loop.time() + timeout
         interval = self.poll_interval
         reported = progress is None
         final: dict[str, m.Deployment] = {}
@@ -566,31 +605,31 @@ class CoolifyComputeProvider:
             if all(d.finished for d in final.values()):
                 return final
             if loop.time() > deadline:
-                raise ProviderUnavailable(f"Coolify's deployments did not finish within {self.wait_timeout:g} s; "
-                                          "the next attempt re-attaches to them")
-            await asyncio.sleep(interval)
+                return None
+            await asyncio.sleep(min(interval, max(deadline - loop.time(), 0.0) + 0.001))
             interval = min(self.poll_max_interval, interval * 1.5)
 
     async def _roll_back(
         self, apps: dict[str, str], final: Mapping[str, m.Deployment], service_ref: dict[str, Any],
-        dep_ref: dict[str, Any], snapshot: Mapping[str, dict[str, str]], record: Record,
+        dep_ref: dict[str, Any], snapshot: Mapping[str, dict[str, str]], record: Record, names: list[str],
     ) -> str:
-        """All or nothing (module docstring). Returns a note for the failure reason ("" if nothing to say)."""
+        """All or nothing (module docstring), over every process of the release (`names`; those never deployed,
+        because an earlier group failed, only get their settings and env back). Returns a note for the failure
+        reason ("" if nothing to say)."""
         live_commit = service_ref.get("live_commit")
         previous = service_ref.get("live_deployments") or {}
         rollbacks: dict[str, str | None] = dep_ref.setdefault("rollbacks", {})
         note = ""
-        for name, dep in final.items():
+        for name in names:
             app = apps[name]
+            dep = final.get(name)
             if name in previous and live_commit:  # back to the live release's settings, whatever happens next
                 await self._apply_live(app, name, service_ref, str(live_commit), record)
                 if snapshot.get(name):
-                    await self._set_env(app, name, {"data": [
-                        {"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
-                        for k, v in snapshot[name].items()]})
-                elif dep.status == "finished":
+                    await self._set_env(app, name, _env_data(snapshot[name]))
+                elif dep is not None and dep.status == "finished":
                     note = " (the rolled-back process runs the new env vars: InkMCP restarted during this release)"
-            if dep.status != "finished" or name in rollbacks:
+            if dep is None or dep.status != "finished" or name in rollbacks:
                 continue
             if name in previous and live_commit:
                 anchor = dep.deployment_uuid
@@ -752,10 +791,9 @@ class CoolifyComputeProvider:
                         dict(line.split("=", 1) for line in labels[name].splitlines()))})
                     await self._call(f"labelling {name}", self.client.update_application(
                         app, m.ApplicationUpdate(custom_labels=labels[name])))
-                env = _values(await self._call(f"reading env of {name}", self.client.list_envs(old_apps[name])))
-                await self._set_env(app, name, {"data": [
-                    {"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
-                    for k, v in env.items()]})
+                env = _values(await self._call(f"reading env of {name}", self.client.list_envs(old_apps[name])),
+                              without_release=True)  # the release ran already: the copy's container skips it
+                await self._set_env(app, name, _env_data(env))
 
             async def save_intent(scope: RefScope, _ref: Any) -> None:
                 await save()
@@ -924,9 +962,21 @@ class CoolifyComputeProvider:
 
     async def update_env(self, key: ServiceKey, env: dict[str, SecretStr], revision: str, record: Record) -> EnvChange:
         """Coolify applies env only when a new container starts, and that is a queued job; `/deploy` of the live
-        commit (not `/restart`, module docstring) starts it. So: record the write-ahead, set the env, queue one
-        deployment per process, record them, and say `pending`; `runtime().env_revision` turns to `revision`
-        once all of them finished."""
+        commit (not `/restart`, module docstring) starts it. So: record the write-ahead, set the env (keeping the
+        values it replaces, in memory only), queue one deployment per process, record them, then wait up to
+        `env_wait_timeout` for their outcome:
+
+        * every one finished (the routed process's health check passed) → `restarted`;
+        * one failed (Coolify's rolling update removed its new container; the old one still serves the old env)
+          → the previous values go back into Coolify (bulk update, safe to repeat), processes whose new container
+          did start are deployed again with them, and `ReleaseFailed` as the local provider's failed restart, so
+          core puts its stored values back and tells the agent nothing changed. Without this, Coolify would keep
+          the new values and the next deployment or restart would start the crash again;
+        * still running at the bound → `pending` (`runtime().env_revision` turns when they finished; a late
+          failure leaves Coolify's env as core stored it, so the next release meets the same values).
+
+        `POST /deploy` is never repeated after an unclear failure (the client's rule): a ProviderUnavailable then
+        puts the previous values back (best effort) and propagates."""
         service_ref = copy.deepcopy(key.service_ref)
         apps: dict[str, str] = service_ref.get("apps") or {}
         live = service_ref.get("live")
@@ -938,7 +988,7 @@ class CoolifyComputeProvider:
             internal = {DEPLOYMENT_ENV: str(live)}
             if name == service_ref.get("routed") and "PORT" not in values and service_ref.get("port"):
                 internal["PORT"] = str(service_ref["port"])
-            try:
+            try:  # no INKMCP_RELEASE: the new containers do not run the release command again
                 bodies[name] = mapping.env_body(values, internal=internal)
             except mapping.TenantInputError as e:
                 raise ReleaseFailed(Step.starting, str(e)) from None
@@ -949,17 +999,70 @@ class CoolifyComputeProvider:
         service_ref["env_change"] = change
         await record(RefScope.service, service_ref)  # write-ahead, before anything changes remotely
         commit = service_ref.get("live_commit")
-        for name, uuid in apps.items():
-            await self._set_env(uuid, name, bodies[name])
-            if commit:  # the live release's settings: a failed release may have left others on the application
-                await self._apply_live(uuid, name, service_ref, str(commit), record)
-            dep = await self._deploy(uuid, f"redeploying {name} with the new env")
-            self._crash("after_env_deploy_call")
-            if dep is not None:
-                change["deployments"][name] = dep
-                await record(RefScope.service, service_ref)
-        return EnvChange(outcome=EnvOutcome.pending, detail="a Coolify deployment per process is queued; the new "
-                                                            "values apply when each one finishes")
+        previous: dict[str, dict[str, str]] = {}
+        try:
+            for name, uuid in apps.items():
+                current = await self._call(f"reading env of {name}", self.client.list_envs(uuid))
+                previous[name] = _values(current, without_release=True)
+                await self._set_env(uuid, name, bodies[name], current)
+                if commit:  # the live release's settings: a failed release may have left others on the application
+                    await self._apply_live(uuid, name, service_ref, str(commit), record)
+                dep = await self._deploy(uuid, f"redeploying {name} with the new env")
+                self._crash("after_env_deploy_call")
+                if dep is not None:
+                    change["deployments"][name] = dep
+                    await record(RefScope.service, service_ref)
+        except ProviderUnavailable:
+            await self._put_env_back(apps, previous, service_ref, record)
+            raise
+        deployments = dict(change["deployments"])
+        for name, uuid in apps.items():  # skipped ("already queued for this commit"): the queued one applies it
+            if name not in deployments:
+                found = await self._newer(uuid, name, change["after"].get(name), str(commit) if commit else None)
+                if found is not None:
+                    deployments[name] = found
+        log.info("env change of %s: waiting for %d Coolify deployment(s)", key.slug, len(deployments))
+        final = await self._poll(deployments, None, self.env_wait_timeout) if len(deployments) == len(apps) else None
+        if final is None:
+            return EnvChange(outcome=EnvOutcome.pending, detail="a Coolify deployment per process is queued; the new "
+                                                                "values apply when each one finishes")
+        failed = {name: dep for name, dep in final.items() if dep.status != "finished"}
+        if not failed:
+            service_ref["env_revision"] = revision
+            service_ref.pop("env_change", None)
+            await record(RefScope.service, service_ref)
+            return EnvChange(outcome=EnvOutcome.restarted, detail="every process runs a new container with the new "
+                                                                  "values (Coolify's deployments finished)")
+        log.info("env change of %s failed in %s: putting the previous values back", key.slug, ", ".join(failed))
+        await self._put_env_back(apps, previous, service_ref, record)
+        again: dict[str, str] = {}
+        for name, dep in final.items():  # a process that did take the new values goes back to the old ones
+            if dep.status == "finished":
+                found = await self._deploy(apps[name], f"redeploying {name} with its previous env") \
+                    or await self._newer(apps[name], name, dep.deployment_uuid, str(commit) if commit else None)
+                if found:
+                    again[name] = found
+        if again:
+            await self._wait(again, None)
+        name, dep = next(iter(failed.items()))
+        entries = dep.log_lines()
+        step = _failed_step([e.output for e in entries if e.type == "stderr"])
+        body = (service_ref.get("live_config") or {}).get(name)
+        raise ReleaseFailed(step, f"process '{name}' did not start with the new values ({dep.status}): Coolify kept "
+                                  "the previous container serving, and the previous values were put back in Coolify"
+                                  f"{_hint(step, body)}\nlast output:\n{_tail(entries)}")
+
+    async def _put_env_back(self, apps: Mapping[str, str], previous: Mapping[str, dict[str, str]],
+                            service_ref: dict[str, Any], record: Record) -> None:  # fmt: skip
+        """The env an application had before a failed or interrupted env change (bulk update and deletes, safe to
+        repeat); the change is forgotten, so runtime() keeps reporting the previous revision."""
+        try:
+            for name, values in previous.items():
+                await self._set_env(apps[name], name, _env_data(values))
+        except ProviderUnavailable as e:  # the caller's own failure is what the agent must hear about
+            log.warning("could not put the previous env back (%s); core's next apply sends it again", e.reason)
+        service_ref.pop("env_change", None)
+        await record(RefScope.service, service_ref)
 
     # -- queries -------------------------------------------------------------------------------------------
 
@@ -1033,7 +1136,35 @@ class CoolifyComputeProvider:
             except CoolifyError as e:
                 raise _error(e, f"reading the build log of {name}") from None
             lines += [f"{name} | {line.output}" for line in dep.log_lines()]
+            lines += await self._release_output(key.service_ref, name, uuid)
         return lines[-tail:]
+
+    async def _release_output(self, ref: Mapping[str, Any], name: str, deployment_uuid: str) -> list[str]:
+        """The release command's output, which is the new container's own (mapping docstring), shown with the
+        build log of the deployment that runs now: read from the container's log, between the guard's markers.
+        (A failed deployment's log has it already: Coolify copies the container's last lines into it.)"""
+        live_deployments = ref.get("live_deployments") or {}
+        config = (ref.get("live_config") or {}).get(name) or {}
+        app = (ref.get("apps") or {}).get(name)
+        if not app or live_deployments.get(name) != deployment_uuid or not mapping.release_of(
+                config.get("start_command")):
+            return []
+        try:
+            text = await self.client.application_logs(app, lines=2000)
+        except (CoolifyNotFound, CoolifyBadRequest):  # gone, or "Application is not running."
+            return []
+        except CoolifyError as e:
+            raise _error(e, f"reading the release output of {name}") from None
+        out: list[str] = []
+        inside = False
+        for line in text.splitlines():
+            if mapping.RELEASE_STARTED in line:
+                inside = True
+            if inside:
+                out.append(f"{name} | {line}")
+            if mapping.RELEASE_FINISHED in line or mapping.RELEASE_FAILED in line:
+                inside = False
+        return out
 
     # -- removal -------------------------------------------------------------------------------------------
 
@@ -1080,9 +1211,45 @@ async def _no_record(scope: RefScope, ref: Any) -> None:
     """For a move: the project exists (the service is live), so `_ensure_project` returns before recording."""
 
 
-def _values(envs: list[m.EnvVar]) -> dict[str, str]:
-    """Env values as set (`value`, not `real_value`: Coolify quotes a literal's real_value for the shell)."""
-    return {e.key: e.value or "" for e in envs if not e.is_preview and e.value is not None}
+def _values(envs: list[m.EnvVar], *, without_release: bool = False) -> dict[str, str]:
+    """Env values as set (`value`, not `real_value`: Coolify quotes a literal's real_value for the shell).
+    `without_release`: minus INKMCP_RELEASE, for an env a new container of an already released deployment gets
+    (a rollback, an env change, a move), so it does not run that release command again."""
+    return {e.key: e.value or "" for e in envs if not e.is_preview and e.value is not None
+            and not (without_release and e.key == mapping.RELEASE_ENV)}  # fmt: skip
+
+
+def _env_data(values: Mapping[str, str]) -> dict[str, Any]:
+    """A bulk env body of values read back from Coolify (already checked when first set)."""
+    return {"data": [{"key": k, "value": v, "is_preview": False, "is_literal": True, "is_multiline": "\n" in v}
+                     for k, v in values.items()]}  # fmt: skip
+
+
+def _deploy_groups(processes: list[Process]) -> list[list[str]]:
+    """The order of a release's deployments: the process running the release command first, alone, and the others
+    once it finished (its health check passed, so the release is done): a worker never starts new code against
+    a database the release has not migrated yet. Without a release command, all at once."""
+    carrier = next((p.name for p in processes if p.release), None)
+    if carrier is None or len(processes) == 1:
+        return [[p.name for p in processes]]
+    return [[carrier], [p.name for p in processes if p.name != carrier]]
+
+
+def _tail(entries: list[m.DeploymentLogLine], lines: int = 12) -> str:
+    """The last lines of a deployment's log, without Coolify's separators."""
+    return "\n".join([e.output for e in entries if e.output.strip("-")][-lines:])
+
+
+def _hint(step: Step, body: Mapping[str, Any] | None) -> str:
+    """What the agent should change, for a failed health check (the port and path Coolify asked)."""
+    if step == Step.releasing:
+        return "; the release command failed in the new container (see its output below)"
+    if step != Step.health_check or not body or not body.get("health_check_enabled"):
+        return ""
+    window = mapping.health_window(body)
+    return (f"; its health check failed: Coolify asks GET {body.get('health_check_path', '/')} on the app's port "
+            f"(PORT={body.get('health_check_port')}) for a 2xx/3xx answer within {window:g} s. Make the app listen "
+            "on 0.0.0.0 at the PORT env var and answer that path (service_type='backend' is not health-checked)")
 
 
 def _update(body: Mapping[str, Any]) -> m.ApplicationUpdate:
@@ -1109,7 +1276,7 @@ def _failed_step(errors: list[str]) -> Step:
     the pre-deployment command → releasing; the new container not becoming healthy → health_check; anything
     else (the build, the clone, the push) → building."""
     text = "\n".join(errors).lower()
-    if "pre-deployment command" in text:
+    if "pre-deployment command" in text or mapping.RELEASE_FAILED in text:
         return Step.releasing
     if "not healthy" in text or "healthcheck" in text or "container exited" in text:
         return Step.health_check
