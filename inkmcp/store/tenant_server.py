@@ -40,12 +40,22 @@ def _libpq(url: str) -> str:
 
 async def tenant_server_identity(admin_url: str) -> str:
     """The server's identity, created on first use (two replicas creating it at once agree on one row)."""
-    async with await psycopg.AsyncConnection.connect(_libpq(admin_url), autocommit=True) as conn:
-        await conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} "
-                           "(one boolean PRIMARY KEY DEFAULT true CHECK (one), id text NOT NULL)")
-        await conn.execute(f"INSERT INTO {MARKER_TABLE} (id) VALUES (%s) ON CONFLICT DO NOTHING",
-                           (secrets.token_hex(16),))
-        row = await (await conn.execute(f"SELECT id FROM {MARKER_TABLE}")).fetchone()
+    try:
+        async with await psycopg.AsyncConnection.connect(_libpq(admin_url), autocommit=True,
+                                                         connect_timeout=10) as conn:
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} "
+                               "(one boolean PRIMARY KEY DEFAULT true CHECK (one), id text NOT NULL)")
+            await conn.execute(f"INSERT INTO {MARKER_TABLE} (id) VALUES (%s) ON CONFLICT DO NOTHING",
+                               (secrets.token_hex(16),))
+            row = await (await conn.execute(f"SELECT id FROM {MARKER_TABLE}")).fetchone()
+    except psycopg.Error as e:
+        raise InkError(
+            f"cannot read or record the tenant Postgres server's identity ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})",
+            argument="INKMCP_TENANT_DATABASE_URL",
+            fix="point INKMCP_TENANT_DATABASE_URL at a reachable server with a role that may create a table in its "
+            f"database (InkMCP keeps a one-row {MARKER_TABLE} table there), or unset it for the embedded server",
+        ) from None
     assert row is not None
     return str(row[0])
 
