@@ -107,7 +107,7 @@ def test_publish_is_atomic_and_idempotent_and_remove_deletes(clean: Node) -> Non
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     # A reader polling the file (as Traefik's watcher does) while it is rewritten never sees a partial document.
-    hosts = [f"h{i}.run-1.apps.test" for i in range(6)]
+    hosts = [f"h{i}.run-1.apps.test" for i in range(4)]
     seen: list[bytes] = []
     stop = threading.Event()
 
@@ -330,6 +330,7 @@ def until(probe: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"{what} not within {timeout:g} s")
 
 
+@pytest.mark.slow  # a release through the stand-in's runner (a real build and process)
 async def test_the_node_proxy_wakes_a_sleeping_app_on_request_and_stops_it_when_idle(deployed: Deployed,
                                                                                       clean: Node) -> None:
     from inkmcp.providers.compute.base import RuntimeState
@@ -359,6 +360,7 @@ async def test_the_node_proxy_wakes_a_sleeping_app_on_request_and_stops_it_when_
     assert get(d, "https://nothing-here.run-1.apps.test").status_code == 404
 
 
+@pytest.mark.slow  # a release through the stand-in's runner (a real build and process)
 async def test_a_wrong_router_file_breaks_the_route(deployed: Deployed, clean: Node) -> None:
     d = deployed
     from inkmcp.providers.compute.coolify import mapping
@@ -401,3 +403,111 @@ async def test_a_wrong_router_file_breaks_the_route(deployed: Deployed, clean: N
 
 def json_copy(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+class Recording:
+    """A writer that records what the provider asks of it (the SSH path itself is tested above, against sshd)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.docs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def apublish(self, node: NodeAddress, service_id: str, doc: dict[str, Any]) -> bool:
+        self.calls.append(("publish", node.host, service_id))
+        self.docs[(node.host, service_id)] = doc
+        return True
+
+    async def aremove(self, node: NodeAddress, service_id: str) -> bool:
+        self.calls.append(("remove", node.host, service_id))
+        return True
+
+    async def alist(self, node: NodeAddress) -> list[routes.RouteFile]:
+        return []
+
+
+async def test_the_provider_side_publishes_on_the_hosting_node_and_cleans_up_on_mode_change_move_and_delete() -> None:
+    from types import SimpleNamespace
+
+    from pydantic import SecretStr
+
+    from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
+    from inkmcp.coolify import models as m
+    from inkmcp.coolify.client import CoolifyNotFound
+    from inkmcp.providers.compute.base import ProviderRefused, ProviderUnavailable, ReleaseRequest, ServiceKey
+    from inkmcp.providers.compute.coolify import mapping
+
+    servers = {"run1uuid0001": m.Server(uuid="run1uuid0001", ip="192.0.2.10", port=2222, user="root", name="run-1"),
+               "run2uuid0002": m.Server(uuid="run2uuid0002", ip="192.0.2.20", port=22, user="root", name="run-2")}
+
+    class Client:
+        async def get_server(self, uuid: str) -> m.Server:
+            if uuid not in servers:
+                raise CoolifyNotFound("Server not found.", method="GET", path=f"/servers/{uuid}", status=404)
+            return servers[uuid]
+
+    writer = Recording()
+    provider = SimpleNamespace(client=Client(), settings=mapping.MappingSettings(), node_routes=writer)
+    plan = BuildPlan(stack=Stack.python, source="call",
+                     processes=(ProcessSpec(name="web", command="python app.py", routed=True),
+                                ProcessSpec(name="worker", command="python w.py", routed=False)))
+    key = ServiceKey(account_id="a", project_id=str(uuid.uuid4()), service_id=str(uuid.uuid4()), project_name="shop",
+                     service_name="api")
+
+    def request(mode: Mode, ref: dict[str, Any]) -> ReleaseRequest:
+        return ReleaseRequest(deployment_id="d1", key=key.model_copy(update={"service_ref": ref}),
+                              service_type=ServiceType.backend, mode=mode, plan=plan, commit="a" * 40,
+                              repo_url=SecretStr("https://example.com/r.git"), checkout_dir=None)  # fmt: skip
+
+    one = mapping.PlacedServer("run1uuid0001", "run-1.apps.test")
+    two = mapping.PlacedServer("run2uuid0002", "run-2.apps.test")
+
+    def specs(req: ReleaseRequest, server: mapping.PlacedServer) -> dict[str, mapping.AppSpec]:
+        return {p.name: mapping.AppSpec(key=req.key, process=p, service_type=req.service_type, mode=req.mode,
+                                        plan=req.plan, commit=req.commit, resources=req.resources, server=server,
+                                        repo_url="https://example.com/r.git")
+                for p in mapping.processes(req.service_type, req.plan)}  # fmt: skip
+
+    apps = {"web": "appweb000001", "worker": "appwrk000001"}
+    persistent = request(Mode.persistent, {})
+    await routes.after_release(provider, persistent, one, apps, specs(persistent, one))
+    assert writer.calls == []  # never on_demand: no SSH at all
+
+    on_demand = request(Mode.on_demand, {})
+    await routes.after_release(provider, on_demand, one, apps, specs(on_demand, one))
+    assert writer.calls == [("publish", "192.0.2.10", key.service_id)]  # the node that hosts it, once
+    doc = writer.docs[("192.0.2.10", key.service_id)]
+    assert list(doc["http"]["routers"]) == ["inkmcp-appweb000001"]  # the routed process only, never the worker
+    live = {"server_uuid": one.uuid, "routed": "web", "live_labels": {"web": "sablier.enable=true"},
+            "dns_records": [{"name": "www.example.org", "type": "CNAME", "value": "x"}]}
+
+    back = request(Mode.persistent, live)  # on_demand -> persistent: Coolify's label router takes over
+    await routes.after_release(provider, back, one, apps, specs(back, one))
+    assert writer.calls[-1] == ("remove", "192.0.2.10", key.service_id)
+
+    moved = request(Mode.on_demand, live)
+    new_apps = {"web": "appweb000002", "worker": "appwrk000002"}
+    await routes.after_move(provider, moved.key, moved, two, new_apps, one.uuid)
+    assert writer.calls[-2:] == [("publish", "192.0.2.20", key.service_id), ("remove", "192.0.2.10", key.service_id)]
+    rule = writer.docs[("192.0.2.20", key.service_id)]["http"]["routers"]["inkmcp-appweb000002"]["rule"]
+    assert rule == "Host(`api-shop.run-2.apps.test`) || Host(`www.example.org`)"  # custom domain kept
+
+    assert await routes.remove_service(provider, moved.key.model_copy(
+        update={"service_ref": {**live, "server_uuid": two.uuid}})) is True
+    assert writer.calls[-1] == ("remove", "192.0.2.20", key.service_id)
+
+    class Down(Recording):
+        async def apublish(self, node: NodeAddress, service_id: str, doc: dict[str, Any]) -> bool:
+            raise routes.NodeUnreachable("cannot open an SSH session")
+
+    gone = mapping.PlacedServer("gone0uuid0003", "run-3.apps.test")  # a server deleted in Coolify meanwhile
+    with pytest.raises(ProviderRefused, match="Server not found"):
+        await routes.after_release(provider, on_demand, gone, apps, specs(on_demand, gone))
+
+    provider.node_routes = Down()
+    with pytest.raises(ProviderUnavailable, match="cannot open an SSH session"):  # retried by core
+        await routes.after_release(provider, on_demand, one, apps, specs(on_demand, one))
+    provider.node_routes = None  # not configured (INKMCP_NODE_SSH_KEY_FILE unset): the release is refused, saying so
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("INKMCP_NODE_SSH_KEY_FILE", raising=False)
+        with pytest.raises(ProviderRefused, match="INKMCP_NODE_SSH_KEY_FILE"):
+            await routes.after_release(provider, on_demand, one, apps, specs(on_demand, one))

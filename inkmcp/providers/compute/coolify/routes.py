@@ -20,9 +20,11 @@ What a write guarantees:
   * **errors that say what to fix** (`NodeRouteError` and its kinds; `retryable` tells a network problem from a
     configuration one).
 
-Who calls it: the Coolify provider after an on_demand release is live (`after_release`); `remove_service` when a
-service is deleted or moved off a node, and `list_routes` for the reconciler (inkmcp/core/reconcile.py, the
-coordinator's; it may compare the files with its records and `remove_route` what no service owns). The node's
+Who calls it: the Coolify provider after an on_demand release is live (`after_release`, wired in `release`);
+`after_move` when a drain moves a service to another node and `remove_service` when a service is deleted (both
+for the provider's `move` / `remove`: not wired yet, see the report of issue 8 item 4); `list_routes` and
+`remove_route` for the reconciler (inkmcp/core/reconcile.py, the coordinator's: it may compare the files with
+its records and remove what no service owns). The node's
 address is Coolify's server record (`ip`, `port`, `user`), the user overridable by `INKMCP_NODE_SSH_USER` (a
 dedicated user with write access to the dynamic directory instead of Coolify's root).
 
@@ -481,6 +483,40 @@ async def remove_service(provider: Any, key: Any, server_uuid: str | None = None
         return await writer_of(provider).aremove(node, key.service_id)
     except NodeRouteError as e:
         raise _contract_error(e, "removing the on_demand router from the run server's proxy") from None
+
+
+async def after_move(provider: Any, key: Any, spec: Any, target: Any, apps: Mapping[str, str],
+                     old_server_uuid: str | None) -> None:  # fmt: skip
+    """For `move` (inkmcp nodes drain), once the copy on `target` is healthy and before the service's record is
+    switched: an on_demand service's router is written on the target node (same document as a release there
+    would write, custom domains from the live record), and removed from the old node. A failure raises the
+    contract's error, so the move undoes itself or is retried; a service that is not on_demand is left alone."""
+    from inkmcp.build.plan import Mode
+    from inkmcp.coolify.client import CoolifyError
+    from inkmcp.providers.compute.coolify import mapping
+
+    routed = key.service_ref.get("routed")
+    if spec.mode != Mode.on_demand or not routed or routed not in apps:
+        return
+    process = next((p for p in mapping.processes(spec.service_type, spec.plan) if p.name == routed),
+                   mapping.Process(str(routed), None, True))
+    custom = tuple(spec.domains) or tuple(r["name"] for r in key.service_ref.get("dns_records") or [])
+    app_spec = mapping.AppSpec(key=key, process=process, service_type=spec.service_type, mode=spec.mode,
+                               plan=spec.plan, commit=str(key.service_ref.get("live_commit") or spec.commit),
+                               resources=spec.resources, server=target, repo_url="", domains=custom)
+    what = "moving the on_demand router to the new run server's proxy"
+    try:
+        writer = writer_of(provider)
+        doc = mapping.sablier_router(app_spec, apps[routed], provider.settings)
+        await writer.apublish(await node_address(provider.client, target.uuid), key.service_id, doc)
+        if old_server_uuid and old_server_uuid != target.uuid:
+            await writer.aremove(await node_address(provider.client, old_server_uuid), key.service_id)
+    except CoolifyError as e:
+        from inkmcp.providers.compute.coolify.provider import _error
+
+        raise _error(e, "reading a run server's address") from None
+    except NodeRouteError as e:
+        raise _contract_error(e, what) from None
 
 
 async def list_routes(provider: Any, server_uuid: str) -> list[RouteFile]:
