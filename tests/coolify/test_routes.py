@@ -93,7 +93,7 @@ def doc(service: str, host: str = "web-shop.run-1.apps.test") -> dict[str, objec
         "services": {name: {"loadBalancer": {"servers": [{"url": "http://app0uuid0001:3000"}]}}}}}
 
 
-def test_publish_is_atomic_and_idempotent_and_remove_deletes(clean: Node) -> None:
+def test_publish_is_atomic_and_idempotent(clean: Node) -> None:
     node = clean
     writer = SshNodeRoutes(node.settings())
     sid = str(uuid.uuid4())
@@ -130,7 +130,14 @@ def test_publish_is_atomic_and_idempotent_and_remove_deletes(clean: Node) -> Non
     assert all(a != b for a, b in itertools.pairwise(inodes)), inodes  # renamed over, never rewritten
     assert sorted(p.name for p in node.dynamic.iterdir()) == [target.name]  # no temp file left behind
 
-    other = str(uuid.uuid4())
+
+
+def test_list_names_only_inkmcps_files_and_remove_deletes_one(clean: Node) -> None:
+    node = clean
+    writer = SshNodeRoutes(node.settings())
+    sid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    target = node.dynamic / f"inkmcp-{sid}.yml"
+    target.write_text("http: {}\n")
     writer.publish(node.address, other, doc(other))
     (node.dynamic / "coolify.yaml").write_text("http: {}\n")  # Coolify's own file: never listed nor touched
     for foreign in ("inkmcp-Not_Ours.yml", "inkmcp-x.yaml", f".inkmcp-{sid}.yml.0123.tmp"):
