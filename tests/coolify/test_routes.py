@@ -407,6 +407,17 @@ async def test_a_wrong_router_file_breaks_the_route(deployed: Deployed, clean: N
     d.writer.publish(node, sid, good)
     assert get(d, d.url).text.startswith("awake since")
 
+    run = next(iter(s for s in d.standin.servers.values() if s.ip == clean.address.host))
+    d.standin.start_proxy(run.uuid)  # Coolify's default proxy: Traefik without the Sablier plugin
+    assert get(d, d.url).status_code == 404
+    assert any("plugin sablier is not loaded" in e for e in proxy.errors), proxy.errors
+    from inkmcp.coolify.proxy import sablier_flags
+
+    with d.standin._lock:
+        run.running_proxy = {**run.running_proxy, "command": [*run.running_proxy["command"],
+                                                              *sablier_flags("v1.3.0")]}  # fmt: skip
+    assert get(d, d.url).text.startswith("awake since")  # registration's flags: served again
+
 
 def json_copy(value: Any) -> Any:
     return json.loads(json.dumps(value))

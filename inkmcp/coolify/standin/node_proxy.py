@@ -17,7 +17,10 @@ a group no container carries) fails the request as Traefik or Sablier would, and
   `Host(...)` rules joined by `||`, entry points `http`/`https`, `tls.certResolver` `letsencrypt` (Coolify's
   resolver); `http.middlewares` of type `plugin.sablier` only (sablier-traefik-plugin config.go validation:
   `sablierUrl`, `group` or `names`, exactly one of `dynamic`/`blocking`, Go durations); `http.services` with a
-  `loadBalancer.servers[0].url` of `http://<name>:<port>`. `<name>` resolves on the `coolify` network as Docker's
+  `loadBalancer.servers[0].url` of `http://<name>:<port>`. A `plugin.sablier` middleware exists only when the
+  node's proxy loads the plugin (`--experimental.plugins.sablier.*` in the running compose's command, which
+  InkMCP's server registration adds; a proxy the stand-in never started is taken as registered). `<name>`
+  resolves on the `coolify` network as Docker's
   DNS would: to a *running* container whose network alias it is — Coolify names containers `<uuid>-<time>`
   unless `is_consistent_container_name_enabled` makes the name (and alias) the uuid (ApplicationDeploymentJob
   `generate_compose_file`, docker.php `generateApplicationContainerName`). `<port>` must be the port the app
@@ -233,6 +236,16 @@ def load_dynamic_dir(directory: Path) -> FileConfig:
             conf.errors.append(f"{router.source}: router {router.name}: {what} does not exist")
             del conf.routers[router.name]
     return conf
+
+
+def plugin_loaded(server: Any) -> bool | None:
+    """Whether the node's running Traefik loads the Sablier plugin (static configuration, the proxy compose's
+    command); None when the stand-in never started that proxy (then it is taken as registered by InkMCP)."""
+    running = getattr(server, "running_proxy", None)
+    if running is None:
+        return None
+    return any(str(c).lower().startswith("--experimental.plugins.sablier.modulename=github.com/sablierapp/"
+                                         "sablier-traefik-plugin") for c in running.get("command") or [])
 
 
 def labels_of(app: Any) -> dict[str, str]:
@@ -603,6 +616,11 @@ class NodeProxy:
         if found is None:
             raise Refused(404, "404 page not found\n")
         server, router, conf = found
+        if router.middlewares and plugin_loaded(server) is False:
+            self._note([f"{router.source}: router {router.name}: middleware {router.middlewares[0]}: plugin "
+                        f"sablier is not loaded by {server.name}'s proxy (its traefik command lacks "
+                        "--experimental.plugins.sablier.modulename; InkMCP's server registration adds it)"])
+            raise Refused(404, "404 page not found\n")
         for name in router.middlewares:
             await self._wake(server, conf.middlewares[name])
         return self.resolve(server, conf.services[router.service])
