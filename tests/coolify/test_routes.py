@@ -98,6 +98,7 @@ def test_publish_is_atomic_and_idempotent(clean: Node) -> None:
     writer = SshNodeRoutes(node.settings())
     sid = str(uuid.uuid4())
     target = node.dynamic / f"inkmcp-{sid}.yml"
+    (node.dynamic / f".inkmcp-{sid}.yml.0badc0ffee00.tmp").write_text("http:\n  rou")  # a write cut off earlier
     assert writer.publish(node.address, sid, doc(sid)) is True
     assert yaml.safe_load(target.read_text()) == doc(sid)
     assert target.stat().st_mode & 0o777 == 0o644
@@ -504,8 +505,10 @@ async def test_the_provider_side_publishes_on_the_hosting_node_and_cleans_up_on_
 
     moved = request(Mode.on_demand, live)
     new_apps = {"web": "appweb000002", "worker": "appwrk000002"}
-    await routes.after_move(provider, moved.key, moved, two, new_apps, one.uuid)
-    assert writer.calls[-2:] == [("publish", "192.0.2.20", key.service_id), ("remove", "192.0.2.10", key.service_id)]
+    await routes.after_move(provider, moved.key, moved, two, new_apps)
+    assert writer.calls[-1] == ("publish", "192.0.2.20", key.service_id)  # before the switch; the old one stays
+    assert await routes.remove_service(provider, moved.key, one.uuid) is True  # after the switch
+    assert writer.calls[-1] == ("remove", "192.0.2.10", key.service_id)
     rule = writer.docs[("192.0.2.20", key.service_id)]["http"]["routers"]["inkmcp-appweb000002"]["rule"]
     assert rule == "Host(`api-shop.run-2.apps.test`) || Host(`www.example.org`)"  # custom domain kept
 
@@ -518,6 +521,7 @@ async def test_the_provider_side_publishes_on_the_hosting_node_and_cleans_up_on_
             raise routes.NodeUnreachable("cannot open an SSH session")
 
     gone = mapping.PlacedServer("gone0uuid0003", "run-3.apps.test")  # a server deleted in Coolify meanwhile
+    assert await routes.remove_service(provider, moved.key, gone.uuid) is False  # nothing left to clean there
     with pytest.raises(ProviderRefused, match="Server not found"):
         await routes.after_release(provider, on_demand, gone, apps, specs(on_demand, gone))
 

@@ -343,6 +343,11 @@ class SshNodeRoutes:
             finally:
                 with contextlib.suppress(OSError):
                     sftp.remove(tmp)
+            stale = f".{file_name(service_id)}."
+            for name in sftp.listdir(directory):  # temp files of writes whose session broke off (Traefik skips them)
+                if name.startswith(stale) and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        sftp.remove(posixpath.join(directory, name))
             log.info("router of service %s written to %s on %s (sha256 %s)", service_id, path, node.label,
                      hashlib.sha256(data).hexdigest()[:12])
             return True
@@ -472,25 +477,34 @@ async def after_release(provider: Any, request: Any, server: Any, apps: Mapping[
 
 
 async def remove_service(provider: Any, key: Any, server_uuid: str | None = None) -> bool:
-    """Delete the service's router file from the node that hosts it (`server_uuid`, default the service's
-    recorded server): for `remove` and, with the old server, after a `move`. No-op for a service that was
-    never on_demand."""
+    """Delete the service's router file from a node (`server_uuid`, default the service's recorded server): for
+    `remove`, and after a `move` (the old server once switched, the target when the move is undone). No-op for a
+    service whose live release is not on_demand (it never had a file), or a server Coolify no longer has."""
+    from inkmcp.coolify.client import CoolifyError, CoolifyNotFound
+
     server_uuid = server_uuid or key.service_ref.get("server_uuid")
     if not server_uuid or not key.service_ref.get("live_labels"):
         return False
     try:
         node = await node_address(provider.client, str(server_uuid))
         return await writer_of(provider).aremove(node, key.service_id)
+    except CoolifyNotFound:
+        return False  # the server is gone from Coolify, and its proxy with it
+    except CoolifyError as e:
+        from inkmcp.providers.compute.coolify.provider import _error
+
+        raise _error(e, "reading the run server's address") from None
     except NodeRouteError as e:
         raise _contract_error(e, "removing the on_demand router from the run server's proxy") from None
 
 
-async def after_move(provider: Any, key: Any, spec: Any, target: Any, apps: Mapping[str, str],
-                     old_server_uuid: str | None) -> None:  # fmt: skip
+async def after_move(provider: Any, key: Any, spec: Any, target: Any, apps: Mapping[str, str]) -> None:
     """For `move` (inkmcp nodes drain), once the copy on `target` is healthy and before the service's record is
-    switched: an on_demand service's router is written on the target node (same document as a release there
-    would write, custom domains from the live record), and removed from the old node. A failure raises the
-    contract's error, so the move undoes itself or is retried; a service that is not on_demand is left alone."""
+    switched: an on_demand service's router is written on the target node (the document a release there would
+    write, custom domains from the live record). A failure raises the contract's error, so the move undoes
+    itself or is retried; a service that is not on_demand is left alone. The old node's file goes after the
+    switch (`remove_service(provider, key, old server uuid)`, so an undone move keeps its router), and an undone
+    move removes the target's (`remove_service(provider, key, target.uuid)`)."""
     from inkmcp.build.plan import Mode
     from inkmcp.coolify.client import CoolifyError
     from inkmcp.providers.compute.coolify import mapping
@@ -509,8 +523,6 @@ async def after_move(provider: Any, key: Any, spec: Any, target: Any, apps: Mapp
         writer = writer_of(provider)
         doc = mapping.sablier_router(app_spec, apps[routed], provider.settings)
         await writer.apublish(await node_address(provider.client, target.uuid), key.service_id, doc)
-        if old_server_uuid and old_server_uuid != target.uuid:
-            await writer.aremove(await node_address(provider.client, old_server_uuid), key.service_id)
     except CoolifyError as e:
         from inkmcp.providers.compute.coolify.provider import _error
 
