@@ -17,7 +17,8 @@ source line that proves it, never a silent loosening:
   and 500 when a step on the node fails, which NOTES.md does not mention).
 - `DEVIATIONS`: fields the spec types as plain strings that Coolify 4.3.11 returns as null.
 
-Validation uses jsonschema's Draft 2020-12 (OpenAPI 3.1 schemas are 2020-12 schemas; `example` is ignored).
+Validation uses jsonschema's Draft 2020-12 (OpenAPI 3.1 schemas are 2020-12 schemas; `example` is ignored); the
+lookup and schema checks are `inkmcp.openapi`'s, shared with Neon's contract.
 """
 
 from __future__ import annotations
@@ -26,23 +27,19 @@ import copy
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from inkmcp import openapi
 
 SPEC_FILE = Path(__file__).with_name("openapi-4.3.11.json")
 SPEC_SHA256 = "94741780dcae68803a7db94f4b7140a2042069db7385a33b95f6aa7c95726b4c"
 """../shared/coolify/SOURCE.md: sha256 of openapi.json at coollabsio/coolify 379abb2 (Coolify 4.3.11)."""
 ENV_SPEC = "INKMCP_COOLIFY_OPENAPI"
 API_PREFIX = "/api/v1"
-
-_METHODS = ("get", "put", "post", "delete", "patch")
-
 
 @dataclass(frozen=True)
 class Deviation:
@@ -91,56 +88,23 @@ NOTES_RESPONSES: dict[int, dict[str, Any]] = {
 """Statuses any authenticated route can answer (NOTES.md §a), with the body shape real Coolify sends."""
 
 
-class SpecError(ValueError):
-    """A request or response that the contract does not allow. `problems` lists every mismatch found."""
+class SpecError(openapi.SpecError):
+    """A request or response that Coolify's contract does not allow. `problems` lists every mismatch found."""
 
-    def __init__(self, what: str, problems: list[str]) -> None:
-        self.what = what
-        self.problems = problems
-        super().__init__(f"{what} does not match Coolify's OpenAPI spec: " + "; ".join(problems))
+    contract = "Coolify's OpenAPI spec"
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One method + path template of the spec, with its schemas resolved enough to validate against."""
-
-    method: str
-    template: str
-    operation_id: str
-    path_params: tuple[str, ...]
-    query_params: Mapping[str, Mapping[str, Any]]
-    request_schema: Mapping[str, Any] | None
-    request_required: bool
-    responses: Mapping[str, Mapping[str, Any]]
-    bearer: bool
-    pattern: re.Pattern[str] = field(repr=False, compare=False)
-
-    @property
-    def body_keys(self) -> frozenset[str]:
-        """Top-level keys the request body schema lists: what real Coolify's allow-lists accept (NOTES.md §a:
-        any other key answers 422 "This field is not allowed.")."""
-        props = (self.request_schema or {}).get("properties") or {}
-        return frozenset(props)
+Operation = openapi.Operation
 
 
-class CoolifySpec:
+class CoolifySpec(openapi.OpenApiContract):
     """The loaded spec: find an operation for a concrete request and validate bodies against it."""
 
-    def __init__(self, document: Mapping[str, Any], source: str) -> None:
-        self.source = source
-        self.document = self._apply_deviations(document)
-        self._components = self.document.get("components", {})
-        self.operations: list[Operation] = []
-        for template, item in self.document["paths"].items():
-            shared = item.get("parameters", [])
-            for method in _METHODS:
-                if method in item:
-                    self.operations.append(self._operation(method, template, item[method], shared))
-        # Literal segments win over parameters (/servers/hetzner before /servers/{uuid}).
-        self.operations.sort(key=lambda op: (len(op.path_params), op.template))
-        self._validators: dict[int, Draft202012Validator] = {}
+    error = SpecError
+    path_prefix = API_PREFIX
 
-    # -- loading ----------------------------------------------------------------------------------------
+    def __init__(self, document: Mapping[str, Any], source: str) -> None:
+        super().__init__(self._apply_deviations(document), source)
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> CoolifySpec:
@@ -158,86 +122,11 @@ class CoolifySpec:
             node["type"] = list(dev.set_type)
         return doc
 
-    def _deref(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Resolve a top-level `$ref` to components (responses, parameters, requestBodies)."""
-        while "$ref" in obj:
-            ref = obj["$ref"]
-            if not ref.startswith("#/"):
-                raise ValueError(f"external $ref {ref!r} in {self.source}")
-            node: Any = self.document
-            for part in ref[2:].split("/"):
-                node = node[part]
-            obj = node
-        return obj
-
-    def _operation(self, method: str, template: str, raw: Mapping[str, Any],
-                   shared: list[Mapping[str, Any]]) -> Operation:
-        params = [self._deref(p) for p in [*shared, *raw.get("parameters", [])]]
-        path_params = tuple(re.findall(r"{([^}]+)}", template))
-        query = {p["name"]: p.get("schema", {}) for p in params if p.get("in") == "query"}
-        body = self._deref(raw["requestBody"]) if "requestBody" in raw else None
-        request_schema = None
-        if body is not None:
-            request_schema = (body.get("content", {}).get("application/json") or {}).get("schema")
-        regex = "^" + re.sub(r"\\{[^}]+\\}", "([^/]+)", re.escape(template)) + "$"
-        return Operation(
-            method=method.upper(), template=template, operation_id=raw.get("operationId", f"{method} {template}"),
-            path_params=path_params, query_params=query, request_schema=request_schema,
-            request_required=bool(body and body.get("required")),
-            responses={str(k): self._deref(v) for k, v in raw.get("responses", {}).items()},
-            bearer=any("bearerAuth" in s for s in raw.get("security", self.document.get("security", []))),
-            pattern=re.compile(regex))
-
-    # -- lookup -----------------------------------------------------------------------------------------
-
-    def find(self, method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
-        """The operation for a concrete path (with or without the /api/v1 prefix) and its path parameters."""
-        if path.startswith(API_PREFIX):
-            path = path[len(API_PREFIX):] or "/"
-        for op in self.operations:
-            if op.method != method.upper():
-                continue
-            m = op.pattern.match(path)
-            if m:
-                return op, dict(zip(op.path_params, m.groups(), strict=True))
-        return None
-
-    def operation(self, method: str, path: str) -> tuple[Operation, dict[str, str]]:
-        found = self.find(method, path)
-        if found is None:
-            raise SpecError(f"{method.upper()} {path}", [f"no operation {method.upper()} {path} in {self.source}"])
-        return found
-
-    def by_id(self, operation_id: str) -> Operation:
-        for op in self.operations:
-            if op.operation_id == operation_id:
-                return op
-        raise KeyError(f"no operationId {operation_id!r} in {self.source}")
-
-    # -- validation -------------------------------------------------------------------------------------
-
-    def _validator(self, schema: Mapping[str, Any]) -> Draft202012Validator:
-        key = id(schema)
-        if key not in self._validators:
-            # Refs inside operation schemas are document-relative (#/components/...): give the wrapper the
-            # components so the pointer resolves against it.
-            wrapper = {"$schema": "https://json-schema.org/draft/2020-12/schema", "allOf": [schema],
-                       "components": self._components}
-            self._validators[key] = Draft202012Validator(wrapper)
-        return self._validators[key]
-
-    def _schema_problems(self, schema: Mapping[str, Any], value: Any, where: str) -> list[str]:
-        out = []
-        for err in sorted(self._validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path)):
-            loc = "/".join(str(p) for p in err.absolute_path) or "(root)"
-            out.append(f"{where} {loc}: {err.message}")
-        return out
-
-    def request_problems(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+    def request_problems(self, method: str, path: str, *, query: Mapping[str, str] | None = None,  # type: ignore[override]
                          body: Any = None, has_body: bool | None = None, strict_keys: bool = True,
                          authorization: str | None = None) -> list[str]:
         """Every way a request breaks the contract. `strict_keys`: a top-level body key the schema does not list
-        is a problem (real Coolify answers 422 for it)."""
+        is a problem (real Coolify answers 422 "This field is not allowed." for it, NOTES.md §a)."""
         found = self.find(method, path)
         if found is None:
             return [f"no operation {method.upper()} {path} in the spec"]
@@ -246,27 +135,15 @@ class CoolifySpec:
         has_body = body is not None if has_body is None else has_body
         if op.bearer and not (authorization or "").startswith("Bearer "):
             problems.append("no 'Authorization: Bearer <token>' header (the operation requires bearerAuth)")
-        for name, value in (query or {}).items():
-            if name not in op.query_params:
-                problems.append(f"query parameter {name!r} is not defined for {op.operation_id}")
-            else:
-                problems += self._schema_problems(op.query_params[name], _coerce_query(op.query_params[name], value),
-                                                  f"query {name}")
-        if not has_body:
-            if op.request_required:
-                problems.append(f"{op.operation_id} requires a JSON body")
-            return problems
-        if op.request_schema is None:
-            problems.append(f"{op.operation_id} takes no request body")
-            return problems
-        problems += self._schema_problems(op.request_schema, body, "body")
-        if strict_keys and isinstance(body, dict) and op.body_keys:
+        problems += self.query_problems(op, query)
+        problems += self.body_problems(op, body, has_body)
+        if has_body and strict_keys and isinstance(body, dict) and op.body_keys:
             for key in sorted(set(body) - op.body_keys):
                 problems.append(f"body key {key!r} is not in the spec's schema for {op.operation_id} "
                                 "(Coolify answers 422 'This field is not allowed.')")
         return problems
 
-    def response_problems(self, method: str, path: str, status: int, body: Any,
+    def response_problems(self, method: str, path: str, status: int, body: Any,  # type: ignore[override]
                           headers: Mapping[str, str] | None = None) -> list[str]:
         """Every way a response breaks the contract (the operation's documented responses, else NOTES.md §a's
         generic ones)."""
@@ -284,33 +161,16 @@ class CoolifySpec:
             if schema is None:
                 return [*problems, f"status {status} is neither documented for {op.operation_id} nor a generic "
                                    "answer in NOTES.md §a"]
-            return problems + self._schema_problems(schema, body, f"{status} body")
+            return problems + self.schema_problems(schema, body, f"{status} body")
         content = documented.get("content") or {}
         media = content.get("application/json")
         if media is None or "schema" not in media:
             return problems  # documented without a body schema (e.g. PATCH /servers/{uuid}/sentinel 200)
-        return problems + self._schema_problems(media["schema"], body, f"{status} body")
+        return problems + self.schema_problems(media["schema"], body, f"{status} body")
 
-    def check_request(self, method: str, path: str, **kw: Any) -> None:
-        problems = self.request_problems(method, path, **kw)
-        if problems:
-            raise SpecError(f"request {method.upper()} {path}", problems)
-
-    def check_response(self, method: str, path: str, status: int, body: Any,
+    def check_response(self, method: str, path: str, status: int, body: Any,  # type: ignore[override]
                        headers: Mapping[str, str] | None = None) -> None:
-        problems = self.response_problems(method, path, status, body, headers)
-        if problems:
-            raise SpecError(f"response {status} to {method.upper()} {path}", problems)
-
-
-def _coerce_query(schema: Mapping[str, Any], value: str) -> Any:
-    """Query strings are text; the spec types them (boolean, integer)."""
-    kind = schema.get("type")
-    if kind == "boolean" and value in ("true", "false"):
-        return value == "true"
-    if kind == "integer" and re.fullmatch(r"-?\d+", value):
-        return int(value)
-    return value
+        super().check_response(method, path, status, body, headers=headers)
 
 
 @lru_cache(maxsize=4)

@@ -3,7 +3,7 @@
 Why it is here: the Neon client must send only requests the published contract allows, and the test stand-in
 (`inkmcp.neon.standin`) must answer only what that contract allows, so that a passing provider test means
 "valid for Neon's spec", not "valid for our idea of Neon". Both check against this one object, the approach of
-`inkmcp.coolify.spec`.
+`inkmcp.coolify.spec` (both are `inkmcp.openapi.OpenApiContract`s).
 
 The vendored file `openapi-v2-subset.json` holds the operations in `OPERATIONS` and every component they
 reference, cut from Neon's full spec by `subset()` (SOURCE.md: where the full file came from, its SHA-256, and
@@ -23,14 +23,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft7Validator
+from jsonschema.protocols import Validator
+
+from inkmcp import openapi
 
 SPEC_FILE = Path(__file__).with_name("openapi-v2-subset.json")
 SPEC_SHA256 = "b5c156e00cf440bda493ba661d170af7452b31d35b40c9326fccbf365603e9c6"
@@ -53,16 +54,10 @@ OPERATIONS: tuple[tuple[str, str], ...] = (
 )
 """(method, path template) of every Neon operation InkMCP calls; the subset holds exactly these."""
 
-_METHODS = ("get", "put", "post", "delete", "patch")
+class SpecError(openapi.SpecError):
+    """A request or response that Neon's contract does not allow. `problems` lists every mismatch found."""
 
-
-class SpecError(ValueError):
-    """A request or response that the contract does not allow. `problems` lists every mismatch found."""
-
-    def __init__(self, what: str, problems: list[str]) -> None:
-        self.what = what
-        self.problems = problems
-        super().__init__(f"{what} does not match Neon's API v2 spec: " + "; ".join(problems))
+    contract = "Neon's API v2 spec"
 
 
 def _refs(node: Any) -> Iterable[str]:
@@ -119,80 +114,26 @@ def _to_json_schema(node: Any, *, closed: bool) -> Any:
     return out
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One method + path template, with what validation needs."""
-
-    method: str
-    template: str
-    operation_id: str
-    path_params: Mapping[str, Mapping[str, Any]]
-    query_params: Mapping[str, Mapping[str, Any]]
-    required_query: frozenset[str]
-    request_schema: Mapping[str, Any] | None
-    request_required: bool
-    responses: Mapping[str, Mapping[str, Any]]
-    pattern: re.Pattern[str] = field(repr=False, compare=False)
+Operation = openapi.Operation
 
 
-class NeonSpec:
+class NeonSpec(openapi.OpenApiContract):
     """The loaded (subset) spec: find the operation of a concrete request and validate bodies against it."""
 
+    error = SpecError
+
     def __init__(self, document: Mapping[str, Any], source: str) -> None:
-        self.source = source
-        self.document = dict(document)
+        super().__init__(document, source)
         self._open = _to_json_schema(copy.deepcopy(self.document.get("components", {})), closed=False)
         self._closed = _to_json_schema(copy.deepcopy(self.document.get("components", {})), closed=True)
-        self.operations: list[Operation] = []
-        for template, item in self.document["paths"].items():
-            shared = item.get("parameters", [])
-            for method in _METHODS:
-                if method in item:
-                    self.operations.append(self._operation(method, template, item[method], shared))
-        self.operations.sort(key=lambda op: (len(op.path_params), op.template))
-        self._validators: dict[tuple[int, bool], Draft7Validator] = {}
 
     @classmethod
     def load(cls) -> NeonSpec:
         return _load()
 
-    def _deref(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
-        while "$ref" in obj:
-            node: Any = self.document
-            for part in obj["$ref"][2:].split("/"):
-                node = node[part]
-            obj = node
-        return obj
-
-    def _operation(self, method: str, template: str, raw: Mapping[str, Any],
-                   shared: list[Mapping[str, Any]]) -> Operation:
-        params = [self._deref(p) for p in [*shared, *raw.get("parameters", [])]]
-        names = re.findall(r"{([^}]+)}", template)
-        path_params = {p["name"]: p.get("schema", {}) for p in params if p.get("in") == "path"}
-        for name in names:
-            path_params.setdefault(name, {"type": "string"})
-        query = {p["name"]: p.get("schema", {}) for p in params if p.get("in") == "query"}
-        required = frozenset(p["name"] for p in params if p.get("in") == "query" and p.get("required"))
-        body = self._deref(raw["requestBody"]) if "requestBody" in raw else None
-        schema = (body.get("content", {}).get("application/json") or {}).get("schema") if body else None
-        regex = "^" + re.sub(r"\\{[^}]+\\}", "([^/]+)", re.escape(template)) + "$"
-        return Operation(
-            method=method.upper(), template=template, operation_id=raw.get("operationId", f"{method} {template}"),
-            path_params={n: path_params[n] for n in names}, query_params=query, required_query=required,
-            request_schema=schema, request_required=bool(body and body.get("required")),
-            responses={str(k): self._deref(v) for k, v in raw.get("responses", {}).items()},
-            pattern=re.compile(regex))
-
-    def find(self, method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
-        for op in self.operations:
-            if op.method != method.upper():
-                continue
-            m = op.pattern.match(path)
-            if m:
-                return op, dict(zip(op.path_params, m.groups(), strict=True))
-        return None
-
-    def _validator(self, schema: Mapping[str, Any], closed: bool) -> Draft7Validator:
+    def validator(self, schema: Mapping[str, Any], closed: bool) -> Validator:
+        """OpenAPI 3.0 schemas rewritten to JSON Schema draft 7 (`_to_json_schema`); `closed` forbids unlisted
+        keys, in the schema and in every component it references."""
         key = (id(schema), closed)
         if key not in self._validators:
             converted = _to_json_schema(copy.deepcopy(dict(schema)), closed=closed)
@@ -200,14 +141,7 @@ class NeonSpec:
             self._validators[key] = Draft7Validator(wrapper)
         return self._validators[key]
 
-    def _problems(self, schema: Mapping[str, Any], value: Any, where: str, *, closed: bool = False) -> list[str]:
-        out = []
-        for err in sorted(self._validator(schema, closed).iter_errors(value), key=lambda e: list(e.absolute_path)):
-            loc = "/".join(str(p) for p in err.absolute_path) or "(root)"
-            out.append(f"{where} {loc}: {err.message}")
-        return out
-
-    def request_problems(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+    def request_problems(self, method: str, path: str, *, query: Mapping[str, str] | None = None,  # type: ignore[override]
                          body: Any = None, has_body: bool | None = None,
                          authorization: str | None = None) -> list[str]:
         """Every way a request breaks the contract (path parameter patterns, query, body; bearer auth)."""
@@ -219,26 +153,12 @@ class NeonSpec:
         if not (authorization or "").startswith("Bearer "):
             problems.append("no 'Authorization: Bearer <API key>' header (BearerAuth)")
         for name, value in params.items():
-            problems += self._problems(op.path_params[name], value, f"path {name}")
-        query = dict(query or {})
-        for name in sorted(op.required_query - set(query)):
-            problems.append(f"required query parameter {name!r} missing for {op.operation_id}")
-        for name, value in query.items():
-            if name not in op.query_params:
-                problems.append(f"query parameter {name!r} is not defined for {op.operation_id}")
-            else:
-                problems += self._problems(op.query_params[name], _coerce(op.query_params[name], value),
-                                           f"query {name}")
+            problems += self.schema_problems(op.path_params[name], value, f"path {name}")
+        problems += self.query_problems(op, query)
         has_body = body is not None if has_body is None else has_body
-        if not has_body:
-            if op.request_required:
-                problems.append(f"{op.operation_id} requires a JSON body")
-            return problems
-        if op.request_schema is None:
-            return [*problems, f"{op.operation_id} takes no request body"]
-        return problems + self._problems(op.request_schema, body, "body", closed=True)
+        return problems + self.body_problems(op, body, has_body, closed=True)
 
-    def response_problems(self, method: str, path: str, status: int, body: Any) -> list[str]:
+    def response_problems(self, method: str, path: str, status: int, body: Any) -> list[str]:  # type: ignore[override]
         """Every way a response breaks the contract: the documented status's schema, else `default`."""
         found = self.find(method, path)
         if found is None:
@@ -253,26 +173,7 @@ class NeonSpec:
         media = (documented.get("content") or {}).get("application/json")
         if media is None or "schema" not in media:
             return []
-        return self._problems(media["schema"], body, f"{status} body")
-
-    def check_request(self, method: str, path: str, **kw: Any) -> None:
-        problems = self.request_problems(method, path, **kw)
-        if problems:
-            raise SpecError(f"request {method.upper()} {path}", problems)
-
-    def check_response(self, method: str, path: str, status: int, body: Any) -> None:
-        problems = self.response_problems(method, path, status, body)
-        if problems:
-            raise SpecError(f"response {status} to {method.upper()} {path}", problems)
-
-
-def _coerce(schema: Mapping[str, Any], value: str) -> Any:
-    kind = schema.get("type")
-    if kind == "boolean" and value in ("true", "false"):
-        return value == "true"
-    if kind == "integer" and re.fullmatch(r"-?\d+", value):
-        return int(value)
-    return value
+        return self.schema_problems(media["schema"], body, f"{status} body")
 
 
 @lru_cache(maxsize=1)
