@@ -64,6 +64,9 @@ def coolify_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
             "INKMCP_COOLIFY_POLL_MAX_INTERVAL": "1",
             "INKMCP_COOLIFY_RATE_LIMIT": "100000",  # the stand-in's too: the 200/min budget is tests/coolify's subject
             "INKMCP_PLACEMENT_DEFAULT_NODE": json.dumps(NODE),
+            # databases on our own tenant server: the runner's apps are host processes, which cannot resolve a
+            # Coolify-managed database's container host (tests/coolify/test_database_provider.py covers that one)
+            "INKMCP_DATABASE_PROVIDER": "postgres",
             **env,
         })
         srv = CoolifyServerProc(**{k: getattr(base, k) for k in base.__dataclass_fields__}, standin=standin,
