@@ -518,7 +518,7 @@ class NodeProxy:
             if live is not None and live.alive():  # running (e.g. redeployed while asleep): nothing to start
                 return
             old = asleep or live
-        if old is None:
+        if old is None or getattr(runner, "_closing", False):  # nothing to start, or the runner is shutting down
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             old.popen.wait(30)  # still stopping: docker start waits for the stop
@@ -528,8 +528,8 @@ class NodeProxy:
         threading.Thread(target=runner._pump, args=(proc,), daemon=True).start()
         with standin._lock:
             app = standin.applications.get(uuid)
-            if app is None or (runner.live.get(uuid) not in (None, live)):  # deleted or redeployed meanwhile
-                proc.stop(0.5)
+            if app is None or runner.live.get(uuid) not in (None, live) or getattr(runner, "_closing", False):
+                proc.stop(0.5)  # deleted or redeployed meanwhile, or the runner closed: this start is void
                 return
             runner.live[uuid] = proc
             docker_route(runner, app, proc.port, old.port)
