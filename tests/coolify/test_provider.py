@@ -478,6 +478,56 @@ async def test_a_lost_deploy_answer_is_reattached_not_deployed_again(h: CoolifyH
     assert await h.serve(key) == "one"
 
 
+@pytest.mark.parametrize("path", [r"/projects", r"/applications/public", r"/deploy"])
+async def test_a_create_coolify_carries_out_after_the_client_gave_up_is_found_not_made_twice(
+        h: CoolifyHarness, path: str) -> None:  # fmt: skip
+    """Late create: Coolify holds the request past the client's timeout and then carries it out. The retry does not
+    find it at once (it has not happened yet), waits out `late_window` since the request was sent (the mark written
+    before sending), finds it, and sends nothing again: one project, one application, one build."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    h.provider.client.attempt_timeout = 0.5
+    h.provider.late_window = 2.0
+    h.standin.delay_next("POST", path, 1.2)  # the change happens when the delay ends, the client gave up before
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    scope = {r"/projects": RefScope.project, r"/applications/public": RefScope.service,
+             r"/deploy": RefScope.deployment}[path]  # fmt: skip
+    owner = {RefScope.project: key.project_id, RefScope.service: key.service_id,
+             RefScope.deployment: req.deployment_id}[scope]  # fmt: skip
+    assert book.refs[(scope, owner)]["pending"], book.refs[(scope, owner)]  # the write-ahead mark stayed
+    await release(h, book, req)
+
+    async def carried_out() -> bool:  # the held request is logged once Coolify (the stand-in) carried it out
+        return any(s.fault == "delay" for s in h.standin.requests)
+
+    await wait_for(carried_out, what="the held request carried out")
+    sent = [(s.method, s.path) for s in h.standin.requests]
+    assert sent.count(("POST", f"/api/v1{path}")) == 1, sent  # the late one was found, not sent again
+    census = h.census(key)
+    assert census["projects"] == 1 and census["apps"] == {"web": 1}, census
+    app = book.refs[(RefScope.service, key.service_id)]["apps"]["web"]
+    assert len(h.standin.deployments_of(app)) == 1
+    assert await h.serve(key) == "one"
+    assert "pending" not in book.refs[(RefScope.service, key.service_id)]
+    assert "pending" not in book.refs[(RefScope.project, key.project_id)]
+
+
+async def test_a_create_refused_with_an_answer_is_not_waited_for(h: CoolifyHarness) -> None:
+    """A 500 is Coolify's answer: the request is settled, so the retry neither waits nor keeps a mark."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    h.provider.late_window = 3600.0  # a wait would hang the test
+    h.standin.fail_next("POST", r"/applications/public", status=500)
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    assert not book.refs[(RefScope.service, key.service_id)].get("pending")
+    await release(h, book, req)
+    assert h.census(key)["apps"] == {"web": 1}
+
+
 async def test_a_crash_after_the_env_deploy_call_is_found_after_restart(h: CoolifyHarness) -> None:
     book = RefBook()
     key = h.key()

@@ -26,7 +26,8 @@ spec.
   is covered without editing this file; one fault per step is armed, one deploy per step runs concurrently (which
   deploy meets which fault is up to scheduling), every fault must have been consumed and every deployment must end
   live with the census above. The "timeout before" kind (Coolify carries the request out after the client gave
-  up) is a known gap, marked xfail(strict) with what it leaves behind (LATE_CREATE).
+  up) is the provider's late-create case: a retry that does not find what the request would have made waits out
+  the provider's `late_window` since it was sent, looks again, and only then sends it again.
 * Permanent faults: a failed build fails the deployment naming the build's last log line and the next deploy
   recovers; an unreachable run server fails the deployment with a reason; slow builds wait and go live.
 """
@@ -188,12 +189,7 @@ FAULTS = [
 ]
 
 
-LATE_CREATE = ("Known gap (reported, issue 8): a request Coolify holds past the client's timeout and then carries "
-               "out (a slow or queued PHP worker) is not seen by the retry's look-up: POST /projects and POST "
-               "/applications/public leave an unrecorded duplicate (an orphan for the reconciler), a late POST /deploy "
-               "queues a second build of the same commit")
-PARAMS = [pytest.param(f, id=f.name, marks=[pytest.mark.xfail(strict=True, reason=LATE_CREATE)]
-                       if f.name == "timeout before" else []) for f in FAULTS]
+PARAMS = [pytest.param(f, id=f.name) for f in FAULTS]
 
 
 @pytest.mark.parametrize("kind", PARAMS)

@@ -19,7 +19,8 @@ Facts a client must know, as the controller has them:
 * `ports_exposes` is optional: the column is nullable since migration 2026_03_26_000000 (an app created without
   it has no exposed port; the generated labels then carry no port).
 * `health_check_enabled` defaults to false (migration 2024_07_19_132617), so a deployed app without a health
-  check reads `running:unknown`, with one `starting:unknown` then `running:healthy`.
+  check reads `running:unknown`, with one `running` (written when the deployment's health check passed) then
+  `running:healthy`.
 * `instant_deploy` queues a deployment but the answer carries no deployment uuid (:1527-1539).
 * `git_commit_sha` defaults to HEAD; the deployment's `commit` is that sha (queue_application_deployment).
 

@@ -18,8 +18,8 @@ The clock (`_advance`): an `in_progress` deployment ends `build_seconds` after i
 for restart-only; `slow_builds` per app) as `finished`, or `failed` when a build fault is armed or the server is
 unreachable, each with Coolify-shaped log entries; then the server's queue moves (queue_next_deployment). On
 `finished`, the application's container is replaced (it starts with the env revision current at that moment)
-and GetContainersStatus writes, `status_delay` apart: `starting:unknown` then `running:healthy` with a health
-check, `running:unknown` without one (`crash_on_start`: the health check fails the rolling update, or without
+and GetContainersStatus writes, `status_delay` later: `running:healthy` with a health check (which the
+deployment already waited for: health_check() sets `running` when it passes), `running:unknown` without one (`crash_on_start`: the health check fails the rolling update, or without
 one `running:unknown` then `degraded:unhealthy`). A failed deployment leaves the old container and status.
 
 Logs are stored as Coolify does: a JSON string of entries {command, output, type, timestamp, hidden, batch,
@@ -266,9 +266,9 @@ class DeploymentsMixin:
                 app.container.logs.append(crash)
                 app.status_plan = [(at + self.status_delay, "running:unknown"),
                                    (at + 2 * self.status_delay, "degraded:unhealthy")]
-            elif checked:  # ContainerStatusAggregator: health "starting" first, then healthy
-                app.status_plan = [(at + self.status_delay, "starting:unknown"),
-                                   (at + 2 * self.status_delay, "running:healthy")]
+            elif checked:  # the deployment waited for "healthy": health_check() wrote status 'running' then
+                # (ApplicationDeploymentJob.php health_check), the next GetContainersStatus "running:healthy"
+                app.status_plan = [(at, "running"), (at + self.status_delay, "running:healthy")]
             else:
                 app.status_plan = [(at + self.status_delay, "running:unknown")]
         if self.runner is not None:

@@ -20,7 +20,7 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
 * **Every remote id is recorded before the next remote step** (`record()`), so a crash or a
   `ProviderUnavailable` at any point leaves enough in core's database to re-attach:
 
-      project_ref     {"project_uuid", "environment_uuid"}
+      project_ref     {"project_uuid", "environment_uuid", "pending" (late creates, below)}
       service_ref     {"server_uuid", "wildcard_base", "apps": {process: app uuid}, "routed", "port",
                        "live_config": {process: the release's PATCH body without git_repository},
                        "live_labels": {process: custom labels (on_demand)},
@@ -37,6 +37,14 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
   died right after the call) finds its deployment among the application's deployments newer than the anchor,
   for the same commit, instead of queueing a second one. Coolify's own "Deployment already queued for this
   commit." (the client's `skipped`) is handled the same way.
+* **Late creates**: a create (`POST /projects`, `POST /applications/public`) or `POST /deploy` is preceded by a
+  write-ahead mark of when it was sent (`"pending": {"project" | "app:<process>" | "deploy:<process>": unix
+  time}` in the project / service / deployment ref), dropped once Coolify answered. When the answer never came
+  (timeout, lost connection, a proxy's 502/504, or InkMCP died meanwhile), Coolify may still carry the request out
+  after the client gave up (a PHP worker keeps going), so finding nothing by name (or no deployment after the
+  anchor) right away proves nothing: the retry waits until `late_window` after the mark (2 x the client's
+  attempt timeout by default), looks once more, and only then sends the request again. Nothing is duplicated
+  unless Coolify holds a request longer than that window.
 * **Builds never run on a run server**: `use_build_server` on every application, and only the nixpacks/static/
   dockerfile packs; env changes are applied with `POST /deploy` of the live commit, never `/restart`, because
   Coolify's restart runs its helper container (with the Docker socket) on the run server, which the gVisor
@@ -90,11 +98,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import SecretStr
 
 from inkmcp.build.plan import Mode
@@ -109,6 +119,7 @@ from inkmcp.coolify.client import (
     CoolifyNotFound,
     CoolifyPermissionError,
     CoolifyRateLimited,
+    CoolifyUnavailable,
 )
 from inkmcp.coolify.spec import SpecError
 from inkmcp.providers.compute.base import (
@@ -235,8 +246,15 @@ class CoolifyComputeProvider:
                  build_server_uuid: str | None = None, poll_interval: float = 2.0, poll_max_interval: float = 10.0,
                  wait_timeout: float = 1800.0, limits: policy.Limits | None = None,
                  local_repo_url: Callable[[str], str] | None = None,
-                 queue_full_retry_after: float | None = None, env_wait_timeout: float = 150.0) -> None:  # fmt: skip
+                 queue_full_retry_after: float | None = None, env_wait_timeout: float = 150.0,
+                 late_window: float | None = None) -> None:  # fmt: skip
         self.client = client
+        self.late_window = late_window if late_window is not None else \
+            2 * float(getattr(client, "attempt_timeout", 50.0))
+        """How long after a create or deploy request whose answer never came (timeout, lost connection, 502/504,
+        or a crash while it was in flight) Coolify may still carry it out (a PHP worker that took the request keeps
+        going after the client and the proxy gave up): before sending it again, a retry that does not find what
+        it may have made waits until then and looks once more (`_create`)."""
         self.env_wait_timeout = env_wait_timeout
         """How long `update_env` waits for the restart deployments' outcome before answering `pending` (the
         mapping's health window, 65 s, plus Coolify's queue and container start)."""
@@ -461,14 +479,28 @@ class CoolifyComputeProvider:
             return str(project_ref["project_uuid"]), str(project_ref["environment_uuid"])
         name = f"{self.project_prefix}{key.project_id}"
         uuid = project_ref.get("project_uuid")
-        if not uuid:  # find by name first: a create whose answer was lost must not make a second project
+        pending: dict[str, float] = project_ref.setdefault("pending", {})
+
+        async def save() -> None:
+            await record(RefScope.project, project_ref)
+
+        async def find() -> str | None:
             projects = await self._call("listing projects", self.client.list_projects())
-            uuid = next((p.uuid for p in projects if p.name == name), None)
+            return next((p.uuid for p in projects if p.name == name), None)
+
+        if not uuid:  # find by name first: a create whose answer was lost must not make a second project
+            uuid = await find()
+            if not uuid and await self._late("project", pending, "creating the project"):
+                uuid = await find()  # the earlier create, carried out late
         if not uuid:
             body = m.ProjectCreate(name=name, description=f"InkMCP project {key.project_name}")
             self._check("POST", "/projects", body.body())
-            uuid = await self._call("creating the project", self.client.create_project(body))
+            uuid = await self._create("creating the project", self.client.create_project(body), pending, "project",
+                                      save)
             self._crash("after_create_project")
+        pending.pop("project", None)
+        if not pending:
+            project_ref.pop("pending", None)
         project_ref["project_uuid"] = uuid
         await record(RefScope.project, project_ref)
         project = await self._call("reading the project", self.client.get_project(str(uuid)))
@@ -498,20 +530,72 @@ class CoolifyComputeProvider:
         if not missing:
             return apps
         existing = await self._call("listing applications", self.client.list_applications())
+        pending: dict[str, float] = service_ref.setdefault("pending", {})
+
+        async def save() -> None:
+            await record(RefScope.service, service_ref)
+
         for name in missing:
             wanted = mapping.app_name(key, name)
             uuid = next((a.uuid for a in existing if a.name == wanted), None)
+            if uuid is None and await self._late(f"app:{name}", pending, f"creating the application of {name}"):
+                existing = await self._call("listing applications", self.client.list_applications())
+                uuid = next((a.uuid for a in existing if a.name == wanted), None)
             if uuid is None:
                 body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
                 self._check("POST", "/applications/public", body)
-                created = await self._call(f"creating the application of {name}",
-                                           self.client.create_public_application(m.PublicApplicationCreate(**body)))
+                created = await self._create(
+                    f"creating the application of {name}",
+                    self.client.create_public_application(m.PublicApplicationCreate(**body)), pending, f"app:{name}",
+                    save)  # fmt: skip
                 uuid = created.uuid
                 self._crash("after_create_app")
+            pending.pop(f"app:{name}", None)
+            if not pending:
+                service_ref.pop("pending", None)
             apps[name] = uuid
             service_ref["apps"] = apps
             await record(RefScope.service, service_ref)
         return apps
+
+    async def _create(self, what: str, call: Awaitable[T], pending: dict[str, float], mark: str,
+                      save: Callable[[], Awaitable[None]]) -> T:  # fmt: skip
+        """A request that makes something (project, application, deployment), with a write-ahead mark of when it
+        was sent: kept when its outcome is unknown (`_unclear`: Coolify may still carry it out, `late_window`), or
+        when InkMCP dies meanwhile; dropped when Coolify's answer says it is settled."""
+        pending[mark] = time.time()
+        await save()
+        try:
+            result = await call
+        except CoolifyError as e:
+            if not _unclear(e):
+                pending.pop(mark, None)
+                await save()
+            raise self._converted(e, what) from None
+        except (SpecError, policy.PolicyViolation, mapping.TenantInputError) as e:
+            pending.pop(mark, None)
+            await save()
+            raise _error(e, what) from None
+        return result
+
+    def _converted(self, e: CoolifyError, what: str) -> Exception:
+        if isinstance(e, CoolifyRateLimited) and e.queue_full and self.queue_full_retry_after is not None:
+            e.retry_after = self.queue_full_retry_after
+        return _error(e, what)
+
+    async def _late(self, mark: str, pending: Mapping[str, float], what: str) -> bool:
+        """If an earlier attempt's request (`mark`) may still be carried out by Coolify, wait until it can no
+        longer be (its send time + `late_window`, wall clock: another replica may have sent it). True when there
+        was such a request (the caller looks for its result again before sending a new one)."""
+        sent = pending.get(mark)
+        if sent is None:
+            return False
+        left = float(sent) + self.late_window - time.time()
+        if left > 0:
+            log.info("%s: an earlier request got no answer %.1f s ago and Coolify may still carry it out; looking "
+                     "again in %.1f s before sending another", what, time.time() - float(sent), left)
+            await asyncio.sleep(left)
+        return True
 
     async def _set_env(self, app: str, process: str, body: dict[str, Any],
                        current: list[m.EnvVar] | None = None) -> None:  # fmt: skip
@@ -543,15 +627,26 @@ class CoolifyComputeProvider:
     async def _start_deployment(self, app: str, process: str, commit: str, dep_ref: dict[str, Any],
                                 record: Record) -> str:  # fmt: skip
         intent = dep_ref.setdefault("intent", {})
+        pending: dict[str, float] = dep_ref.setdefault("pending", {})
+
+        async def save() -> None:
+            await record(RefScope.deployment, dep_ref)
+
         if process not in intent:  # write-ahead: the newest deployment before we asked
             intent[process] = await self._newest(app, process)
             await record(RefScope.deployment, dep_ref)
         else:  # an earlier attempt got this far: its /deploy may have taken effect (one request saved otherwise)
             found = await self._newer(app, process, intent[process], commit)
+            if found is None and await self._late(f"deploy:{process}", pending, f"deploying {process}"):
+                found = await self._newer(app, process, intent[process], commit)
             if found is not None:
                 return found
-        uuid = await self._deploy(app, f"deploying {process}")
+        self._check("POST", "/deploy", None, {"uuid": app, "force": "false"})
+        result = await self._create(f"deploying {process}", self.client.deploy(app), pending, f"deploy:{process}",
+                                    save)
+        uuid = None if result.skipped else result.deployment_uuid
         self._crash("after_deploy_call")
+        pending.pop(f"deploy:{process}", None)  # settled: the caller records the deployment with it
         if uuid is None:  # "already queued for this commit": ours, from an attempt whose answer was lost
             uuid = await self._newer(app, process, intent[process], commit)
             if uuid is None:
@@ -1209,6 +1304,17 @@ class CoolifyComputeProvider:
 
 async def _no_record(scope: RefScope, ref: Any) -> None:
     """For a move: the project exists (the service is live), so `_ensure_project` returns before recording."""
+
+
+def _unclear(e: CoolifyError) -> bool:
+    """Whether Coolify may still carry out a request that failed so: sent but no answer (a timeout or a lost
+    connection: the client's "no complete answer"), or a proxy's 502/504 (the PHP worker behind it may go on).
+    Not when the connection never opened (nothing was sent) nor when Coolify answered (it is done with it)."""
+    if not isinstance(e, CoolifyUnavailable):
+        return False
+    if e.status is None:
+        return not isinstance(e.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return e.status in (502, 504)
 
 
 def _values(envs: list[m.EnvVar], *, without_release: bool = False) -> dict[str, str]:
