@@ -227,6 +227,24 @@ async def test_an_env_change_waits_for_its_deployments_and_reports_restarted(h: 
     assert (await h.provider.runtime(book.key(key))).env_revision == revision(two)
 
 
+async def test_a_service_released_with_a_pre_deployment_command_still_takes_env_changes(h: CoolifyHarness) -> None:
+    """Records from before the release command moved into the start command carry `pre_deployment_command` in the
+    live release's body; the policy now refuses sending one, so putting the live settings back clears it."""
+    book = RefBook()
+    key = h.key()
+    await release(h, book, h.request(key, message="one"))
+    ref = book.refs[(RefScope.service, key.service_id)]
+    ref["live_config"]["web"]["pre_deployment_command"] = "python manage.py migrate"  # as an older InkMCP recorded
+    since = len(h.standin.requests)
+    two = {"MESSAGE": "two"}
+    change = await h.provider.update_env(book.key(key), {k: SecretStr(v) for k, v in two.items()}, revision(two),
+                                         book.recorder(key, None))  # fmt: skip
+    assert change.outcome == EnvOutcome.restarted
+    patches = [b for m, p, b in app_bodies(h, since) if m == "PATCH" and "pre_deployment_command" in b]
+    assert patches and all(b["pre_deployment_command"] == "" for b in patches)
+    assert_nothing_forbidden(h)
+
+
 async def test_an_env_change_that_crashes_the_app_puts_the_previous_values_back_in_coolify(h: CoolifyHarness) -> None:
     """Coolify's rolling update keeps the old web container when the new one is not healthy, but its stored env
     would stay the new one (the next deploy or restart would start the crash again): the provider puts the

@@ -186,3 +186,35 @@ def test_release_in_the_start_command_runs_in_the_new_container_once_and_a_failu
     assert any(f"{mapping.RELEASE_FAILED} with exit code 2" in line for line in failed.err), failed.err
     assert any("schema broke" in line for line in failed.err)
     assert runner.live["app-1"] is proc and get(runner, HOST).text == "hello"
+
+
+def test_a_fixed_container_name_means_no_rolling_update_and_no_health_gate(runner: AppRunner, repo: Path) -> None:
+    """Coolify's rolling_update(): with `is_consistent_container_name_enabled` the old container is stopped first and
+    the new one started without health_check(), so even a process that never listens "finishes" (what the provider
+    cannot rely on for such an application)."""
+    commit = commit_of(repo)
+    good, app = deploy(runner, repo, commit, **HEALTH)
+    assert good.fail_with is None, good.log
+    old = runner.live["app-1"]
+    app.settings["is_consistent_container_name_enabled"] = True
+
+    def fixed() -> tuple[Any, Any]:
+        dep = SimpleNamespace(deployment_uuid=os.urandom(8).hex(), commit=commit, restart_only=False,
+                              status="in_progress", started_at=time.monotonic(), duration=0.0, fail_with=None, log=[],
+                              err=[])  # fmt: skip
+        app.fields.update(start_command="python deaf.py")
+        runner.begin(dep, app)
+        deadline = time.monotonic() + 60
+        while dep.duration == float("inf") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dep.status = "failed" if dep.fail_with else "finished"
+        runner.finish(dep, app)
+        return dep, app
+
+    runner.start_timeout = 1.0  # the runner's own wait for a port (a test convenience; Coolify does not wait)
+    deaf, _ = fixed()
+    assert deaf.fail_with is None and "Consistent container name feature enabled, rolling update is not " \
+        "supported." in deaf.log, deaf.log
+    assert not any("Healthcheck" in line for line in deaf.log)
+    assert not old.alive() and runner.live["app-1"] is not old  # the old one was stopped before the new started
+    assert get(runner, HOST).status_code == 502  # nothing answers: the switch happened anyway

@@ -19,8 +19,10 @@ for restart-only; `slow_builds` per app) as `finished`, or `failed` when a build
 unreachable, each with Coolify-shaped log entries; then the server's queue moves (queue_next_deployment). On
 `finished`, the application's container is replaced (it starts with the env revision current at that moment)
 and GetContainersStatus writes, `status_delay` later: `running:healthy` with a health check (which the
-deployment already waited for: health_check() sets `running` when it passes), `running:unknown` without one (`crash_on_start`: the health check fails the rolling update, or without
-one `running:unknown` then `degraded:unhealthy`). A failed deployment leaves the old container and status.
+deployment already waited for: health_check() sets `running` when it passes), `running:unknown` without one
+(`crash_on_start`: the health check fails the rolling update, or without one, or without a rolling update at all
+(`no_rolling_update`), `running:unknown` then `degraded:unhealthy`). A failed deployment leaves the old container
+and status.
 
 Logs are stored as Coolify does: a JSON string of entries {command, output, type, timestamp, hidden, batch,
 order} (order from the second entry on, ApplicationDeploymentQueue::addLogEntry:182-217), visible only with
@@ -44,6 +46,15 @@ QUEUE_FULL = "Deployment queue is full. Please wait for existing deployments to 
 
 def _bool(value: Any) -> bool:
     return value in (True, 1, "1", "true", "on", "yes")
+
+def no_rolling_update(app: Any) -> bool:
+    """ApplicationDeploymentJob::rolling_update's condition for stopping the old container first and starting the
+    new one without health_check(): ports mapped to the host, a consistent container name, a custom internal
+    name (pull requests and custom IPs too, which the stand-in does not model)."""
+    settings = getattr(app, "settings", {}) or {}
+    return bool(str(app.fields.get("ports_mappings") or "").strip()) or \
+        bool(settings.get("is_consistent_container_name_enabled")) or bool(settings.get("custom_internal_name"))
+
 
 PROBE_IMAGE = "inkmcp/probe"
 """The image `inkmcp doctor` deploys (hardening/probe): its container prints the kernel it runs on, which on the
@@ -238,7 +249,9 @@ class DeploymentsMixin:
             dep.status = "failed"
         else:
             crash = self._take_crash_fault(app.uuid)
-            checked = bool(app.fields.get("health_check_enabled"))
+            # rolling_update() skips health_check() (and stops the old container first) when the container name is
+            # fixed: "Consistent container name feature enabled, rolling update is not supported."
+            checked = bool(app.fields.get("health_check_enabled")) and not no_rolling_update(app)
             if not dep.restart_only:
                 self._log(dep, "Building docker image completed.")
             self._log(dep, "Rolling update started.")

@@ -31,7 +31,10 @@ What it does, for each deployment the stand-in begins (`begin`, called from depl
    the new container healthy once started (`isHealthcheckDisabled` → newVersionIsHealthy): the deployment
    finishes even if the process exits; the runner only waits, for tests' sake, up to `start_timeout` for a
    routed process's port (1 s for others) and marks an application whose process died `degraded:unhealthy`.
-   `time_scale` multiplies every health-check duration (1.0 = Coolify's; tests use less).
+   `time_scale` multiplies every health-check duration (1.0 = Coolify's; tests use less). With a fixed
+   container name (`is_consistent_container_name_enabled`, `custom_internal_name`) or host port mappings,
+   Coolify does no rolling update: it stops the old container first and starts the new one without
+   health_check() (rolling_update: "… rolling update is not supported."), and so does the runner.
 6. **Switch** (`finish`, from `_finish`): a finished deployment's process takes the routes of the application's
    `fqdn` hosts and the old process is stopped; a failed one's process is stopped, the old keeps serving.
 
@@ -62,10 +65,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from inkmcp.coolify.standin.deployments import no_rolling_update
 
 LOCAL_REPO_HOST = "local-repo.invalid"
 _HEALTH_PATH = re.compile(r"^[a-zA-Z0-9/\-_.~%,;]+$")  # ApplicationDeploymentJob::generate_healthcheck_commands
@@ -369,6 +375,10 @@ class AppRunner:
         raise StepFailed("nixpacks: no start command could be found", [])
 
     def _start(self, workdir: Path, config: dict[str, Any], lines: list[str], deployment_uuid: str) -> Proc:
+        old: Proc | None = config["old"]
+        if old is not None and no_rolling_update(SimpleNamespace(fields=config["fields"],
+                                                                  settings=config["settings"])):
+            old.stop()  # stop_running_container(force: true) before start_by_compose_file
         port = _free_port()
         tmp = self.root / "containers" / deployment_uuid / "tmp"  # this container's own /tmp
         tmp.mkdir(parents=True, exist_ok=True)
@@ -381,7 +391,10 @@ class AppRunner:
         proc = Proc(popen, port, workdir, env)
         threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
         fields = config["fields"]
-        if fields.get("health_check_enabled") in (True, 1, "1", "true"):
+        if no_rolling_update(SimpleNamespace(fields=fields, settings=config["settings"])):
+            # the old container was stopped before this one started, and no health check gates it
+            lines.insert(-1, "Consistent container name feature enabled, rolling update is not supported.")
+        elif fields.get("health_check_enabled") in (True, 1, "1", "true"):
             try:
                 self._health_check(proc, config, lines)
             except StepFailed:

@@ -86,6 +86,14 @@ Known limits, left for the next session:
     the norm); a failing release makes Docker restart the container, so Coolify reports it only when its health
     window (65 s) ran out. A service with a release command and no routed process has no health gate: its
     failing release crash-loops the container (`runtime()`), the deployment itself finishes.
+  - on_demand: the routed application has `is_consistent_container_name_enabled` (its proxy router needs a
+    stable container name, routes.py), and with a fixed name Coolify does no rolling update at all
+    (ApplicationDeploymentJob::rolling_update: "Consistent container name feature enabled, rolling update is not
+    supported." → stop_running_container(force) then start_by_compose_file, no health_check()): the old
+    container is stopped first and nothing gates the new one, so for an on_demand service a process that never
+    listens, a failing release or an env change that crashes it is not a failed deployment but a service that is
+    down (runtime() shows it) until the next good release. Routing by a name that does not disable the rolling
+    update would close this.
   - an env change still running when `env_wait_timeout` ends is `pending`; if it fails later, Coolify keeps the
     new values (the provider no longer holds the old ones), which core stored too, so the next release meets the
     same values and fails its health check the same way, the old container still serving.
@@ -760,7 +768,7 @@ class CoolifyComputeProvider:
 
     async def _apply_live(self, app: str, name: str, service_ref: dict[str, Any], commit: str, record: Record) -> None:
         """Put the live release's settings (and labels, which a domains PATCH regenerates) back on `app`."""
-        body = {**(service_ref.get("live_config") or {}).get(name, {}), "git_commit_sha": commit}
+        body = {**_legacy_free((service_ref.get("live_config") or {}).get(name, {})), "git_commit_sha": commit}
         await self._patch(app, name, body, service_ref, record, f"setting {name} back to the live release")
         labels = (service_ref.get("live_labels") or {}).get(name)
         if labels:
@@ -950,7 +958,7 @@ class CoolifyComputeProvider:
                                plan=spec.plan, commit=str(ref.get("live_commit") or spec.commit),
                                resources=spec.resources, server=target, repo_url=repo, domains=custom)
             if name in live_config:
-                body = {**live_config[name], "git_repository": repo,
+                body = {**_legacy_free(live_config[name]), "git_repository": repo,
                         "git_commit_sha": str(ref.get("live_commit") or spec.commit)}
                 if "domains" in body:
                     body.update(mapping.routing_fields(app_spec, self.settings))
@@ -1304,6 +1312,15 @@ class CoolifyComputeProvider:
 
 async def _no_record(scope: RefScope, ref: Any) -> None:
     """For a move: the project exists (the service is live), so `_ensure_project` returns before recording."""
+
+
+def _legacy_free(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded release body as it may be sent today: releases recorded before the release command moved into
+    the start command carried it as `pre_deployment_command`, which the policy now only lets InkMCP clear."""
+    out = dict(body)
+    if out.get("pre_deployment_command"):
+        out["pre_deployment_command"] = ""
+    return out
 
 
 def _unclear(e: CoolifyError) -> bool:
