@@ -277,7 +277,8 @@ async def test_a_move_whose_new_copy_fails_stops_the_drain_and_the_old_copy_keep
     assert [o.status for o in report.outcomes] == ["not moved", "not tried", "not tried"]
     first = report.outcomes[0]
     assert "keeps running on its server" in first.detail
-    assert ("degraded" in first.detail) if fault == "crash_on_start" else ("did not deploy" in first.detail)
+    # crash_on_start: the new web copy's Coolify health check fails its deployment (the rolling update's gate)
+    assert ("not healthy" in first.detail) if fault == "crash_on_start" else ("did not deploy" in first.detail)
     await env.settled()
     for sid in ids:  # records unchanged, placement unchanged, the old applications untouched and serving
         svc, ref = await env.row(sid)
