@@ -119,7 +119,7 @@ async def test_every_isolation_property_holds_from_the_first_instruction(
         assert rep["fds"] == [0, 1, 2, 3], rep["fds"]  # 3: the listing of /proc/self/fd itself
         assert "INKMCP_SERVER_ONLY_SECRET" not in rep["env"]
         assert set(rep["env"]) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "USER", "LOGNAME", "PORT",
-                                   "TMPDIR", "APP_SETTING"}, sorted(rep["env"])  # fmt: skip
+                                   "TMPDIR", "APP_SETTING", "INKMCP_DEPLOYMENT"}, sorted(rep["env"])  # fmt: skip
         assert rep["env"]["APP_SETTING"] == "v1" and rep["env"]["USER"] == run_as.user
         assert rep["mounts"]["/tmp"]["root"].endswith(f"/services/{key.service_id}/tmp"), rep["mounts"]
         assert rep["mounts"]["/var/tmp"]["root"] == rep["mounts"]["/tmp"]["root"]
