@@ -15,7 +15,7 @@ performs is `tar -x` into a destination only root can reach (0700 dir in a 0700 
 `git archive` running as the tenant, with umask 077 so nothing it writes is group/other readable.
 GNU tar strips `..` and leading `/` from member names and defers symlinks that point outside the
 tree, so even a tree crafted by the tenant (it owns the mirror's object files) cannot make root
-write outside the destination. The tree's size is checked before extraction (`ls-tree -l`) and the
+write outside the destination. The tree's size is checked before extraction (`cat-file`, `ls-tree -l`) and the
 byte stream is bounded again while it flows, because the tenant could swap objects in between.
 
 Security notes, because repo URLs come from AI agents:
@@ -371,8 +371,11 @@ async def _check_local_repo(path: Path, shown: str, ws: SourceWorkspace, deadlin
     if not path.is_absolute():
         raise SourceError(f"{shown!r} is a relative path.", argument="repo_url",
                           fix="pass an absolute path, e.g. /srv/app")
-    proc = await _spawn(["/bin/sh", "-c", _LOCAL_CHECK, "sh", str(path)], ws, {"PATH": "/usr/bin:/bin"})
-    rc, _, _ = await _wait(proc, deadline, f"checking {shown}")
+    if _as_inkmcp(ws):  # the same test as _LOCAL_CHECK, with InkMCP's own rights: no child process needed
+        rc = _local_check(path)
+    else:
+        proc = await _spawn(["/bin/sh", "-c", _LOCAL_CHECK, "sh", str(path)], ws, {"PATH": "/usr/bin:/bin"})
+        rc, _, _ = await _wait(proc, deadline, f"checking {shown}")
     who = f"this project's Unix user ({ws.run_as.user})" if ws.run_as else "the InkMCP server"
     if rc == 3:
         raise SourceError(
@@ -387,6 +390,26 @@ async def _check_local_repo(path: Path, shown: str, ws: SourceWorkspace, deadlin
             argument="repo_url",
             fix=f"run `cd {shown} && git init && git add -A && git commit -m deploy`, then pass that path",
         )
+
+
+def _local_check(path: Path) -> int:
+    """`_LOCAL_CHECK` in this process (its exit codes), for sources read with InkMCP's own rights."""
+    p = str(path)
+    if not (os.path.isdir(p) and os.access(p, os.R_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)):
+        return 3
+    if os.path.exists(os.path.join(p, ".git")):
+        return 0
+    bare = (os.path.isfile(os.path.join(p, "HEAD")) and os.path.isdir(os.path.join(p, "objects"))
+            and os.path.isdir(os.path.join(p, "refs")))  # fmt: skip
+    return 0 if bare else 4
+
+
+def _as_inkmcp(ws: SourceWorkspace) -> bool:
+    """True when the workspace's git processes run with InkMCP's own ids (no tenant: e.g. the Coolify provider,
+    which only reads the repo here). Then the mirrors dir is InkMCP's own, and checks that otherwise run as the
+    tenant (to look at nothing root could see and the tenant could not) can run in this process instead."""
+    run_as = ws.run_as
+    return run_as is None or (run_as.uid == os.geteuid() and run_as.gid == os.getegid())
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -536,16 +559,42 @@ async def _locked(ws: SourceWorkspace, key: str) -> AsyncIterator[None]:
 async def _ensure_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
     """Create the bare mirror if missing or broken (e.g. an earlier run died during `git init`).
 
-    Both the check and the cleanup run as the tenant: root does not look inside the tenant's dir.
+    Both the check and the cleanup run as the tenant: root does not look inside the tenant's dir. A workspace
+    without a tenant (`_as_inkmcp`) is InkMCP's own: a missing mirror is created at once and a complete one used as
+    it is, without a git process for the check (one per deploy).
     """
+    if _as_inkmcp(ws):
+        if not os.path.lexists(mirror):
+            await _init_mirror(mirror, source, ws, deadline)
+            return
+        if _complete_bare(mirror):
+            return
     rc, out, _ = await _git(["rev-parse", "--is-bare-repository"], source, ws, deadline, git_dir=mirror)
     if rc == 0 and out.strip() == "true":
         return
     rm = await _spawn(["rm", "-rf", "--", str(mirror)], ws, {"PATH": "/usr/bin:/bin"})
     await _wait(rm, deadline, "clearing a broken repository cache")
+    await _init_mirror(mirror, source, ws, deadline)
+
+
+async def _init_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
     rc, _, err = await _git(["init", "--bare", "--quiet", str(mirror)], source, ws, deadline)
     if rc != 0:
         raise SourceError(f"could not create the repository cache: {err.strip()}", argument="repo_url")
+
+
+def _complete_bare(mirror: Path) -> bool:
+    """A bare repository `git init --bare` finished writing (its config says so, and HEAD, objects and refs are
+    there): what `rev-parse --is-bare-repository` answers `true` for. Only for InkMCP's own mirrors."""
+    try:
+        if not stat.S_ISDIR(os.lstat(mirror).st_mode):
+            return False
+        if not ((mirror / "HEAD").is_file() and (mirror / "objects").is_dir() and (mirror / "refs").is_dir()):
+            return False
+        config = (mirror / "config").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"^\s*bare\s*=\s*true\s*$", config, re.MULTILINE | re.IGNORECASE) is not None
 
 
 def _fetch_error(source: _Source, stderr: str) -> SourceError:
@@ -602,16 +651,121 @@ async def _fetch(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _
         raise _fetch_error(source, err)
 
 
-async def _rev_parse(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline, rev: str) -> str | None:
+async def _rev_parse(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline, rev: str,
+                     cat: _CatFile | None = None) -> str | None:
+    if cat is not None:
+        (answer,) = await cat.ask([f"info {rev}^{{commit}}"])
+        return answer[0] if answer is not None else None
     rc, out, _ = await _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], source, ws, deadline,
                             git_dir=mirror)
     return out.strip() if rc == 0 and out.strip() else None
 
 
-async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str | None, deadline: _Deadline) -> str:
+class _CatFile:
+    """One `git cat-file --batch-command --buffer` (as the tenant) answering every question about a mirror's
+    objects a deploy has before its checkout: which commit a ref names (all candidates at once) and how big that
+    commit's tree is (the size check). One process instead of a `rev-parse` per candidate plus an `ls-tree`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, source: _Source, deadline: _Deadline) -> None:
+        self._proc = proc
+        self._source = source
+        self._deadline = deadline
+
+    @classmethod
+    async def open(cls, mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> _CatFile:
+        argv = [*_git_base(source), f"--git-dir={mirror}", "cat-file", "--batch-command", "--buffer"]
+        proc = await _spawn(argv, ws, _git_env(source), stdin=asyncio.subprocess.PIPE,
+                            stderr=asyncio.subprocess.DEVNULL)
+        return cls(proc, source, deadline)
+
+    async def ask(self, commands: list[str]) -> list[tuple[str, str, int, bytes | None] | None]:
+        """Answers in order: (oid, type, size, contents for `contents`/None for `info`), None for a missing or
+        ambiguous name."""
+        if not commands:
+            return []
+        try:
+            return await asyncio.wait_for(self._ask(commands), timeout=max(self._deadline.left(), 0.01))
+        except TimeoutError:
+            await kill_process_group(self._proc)
+            raise SourceError(f"reading {self._source.display} did not finish within {self._deadline.seconds:.0f}s.",
+                              argument="repo_url", fix="retry; if the repository is very large, remove big files "
+                              "from it") from None
+
+    async def _ask(self, commands: list[str]) -> list[tuple[str, str, int, bytes | None] | None]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write("".join(f"{c}\n" for c in commands).encode() + b"flush\n")
+        await self._proc.stdin.drain()
+        answers: list[tuple[str, str, int, bytes | None] | None] = []
+        for command in commands:
+            header = (await self._proc.stdout.readline()).decode(errors="replace").rstrip("\n")
+            parts = header.split(" ")
+            if not header or len(parts) != 3 or not parts[2].isdigit():
+                if not header or parts[-1] not in ("missing", "ambiguous"):
+                    raise SourceError(f"could not read {self._source.display}'s objects (git cat-file said "
+                                      f"{_scrub(header, self._source)!r})", argument="repo_url")
+                answers.append(None)
+                continue
+            oid, kind, size = parts[0], parts[1], int(parts[2])
+            body = None
+            if command.startswith("contents "):
+                body = (await self._proc.stdout.readexactly(size + 1))[:-1]
+            answers.append((oid, kind, size, body))
+        return answers
+
+    async def close(self) -> None:
+        if self._proc.returncode is None:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout=max(self._deadline.left(), 0.01))
+            except TimeoutError:
+                await kill_process_group(self._proc)
+
+    async def measure(self, sha: str) -> tuple[int, int]:
+        """(bytes of all files, entries) of commit `sha`'s tree, counted like `ls-tree -r -l` (a submodule is an
+        entry without bytes)."""
+        total = entries = 0
+        trees = [f"{sha}^{{tree}}"]
+        while trees:
+            blobs: list[str] = []
+            subtrees: list[str] = []
+            for answer in await self.ask([f"contents {t}" for t in trees]):
+                if answer is None or answer[1] != "tree" or answer[3] is None:
+                    raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a tree is missing",
+                                      argument="repo_url")
+                for mode, oid in _tree_entries(answer[3]):
+                    if mode == "40000":
+                        subtrees.append(oid)
+                    else:
+                        entries += 1
+                        if mode != "160000":  # a submodule's commit is not in this repository
+                            blobs.append(oid)
+            for answer in await self.ask([f"info {b}" for b in blobs]):
+                if answer is None:
+                    raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a file is missing",
+                                      argument="repo_url")
+                total += answer[2]
+            trees = subtrees
+        return total, entries
+
+
+def _tree_entries(data: bytes) -> list[tuple[str, str]]:
+    """(mode, hex oid) of each entry of a raw tree object ("<mode> <name>\\0<20-byte oid>" repeated)."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        nul = data.index(b"\0", space)
+        out.append((data[i:space].decode(), data[nul + 1:nul + 21].hex()))
+        i = nul + 21
+    return out
+
+
+async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str | None, deadline: _Deadline,
+                   cat: _CatFile | None = None) -> str:
     """Turn `ref` into a full commit sha: default branch, branch, tag, (abbreviated) sha or refs/..."""
     if ref is None or not ref.strip():
-        sha = await _rev_parse(mirror, source, ws, deadline, _HEAD_REF)
+        sha = await _rev_parse(mirror, source, ws, deadline, _HEAD_REF, cat)
         if sha is None:
             raise SourceError(
                 f"{source.display} has no default branch (its HEAD points nowhere).",
@@ -625,14 +779,17 @@ async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str 
     candidates = [f"refs/heads/{ref}", f"refs/tags/{ref}"]
     if ref.startswith("refs/"):
         candidates.insert(0, ref)
-    for candidate in candidates:
-        sha = await _rev_parse(mirror, source, ws, deadline, candidate)
-        if sha:
-            return sha
     if _HEX_SHA.match(ref):
-        sha = await _rev_parse(mirror, source, ws, deadline, ref)
-        if sha:
-            return sha.lower()
+        candidates.append(ref)
+    if cat is not None:  # every candidate in one question; the first that names a commit wins, as below
+        found = [a for a in await cat.ask([f"info {c}^{{commit}}" for c in candidates]) if a is not None]
+        if found:
+            return found[0][0].lower()
+    else:
+        for candidate in candidates:
+            sha = await _rev_parse(mirror, source, ws, deadline, candidate)
+            if sha:
+                return sha.lower()
     # Not a branch/tag/known commit: a full sha not on any branch or a special ref (refs/pull/1/head)
     # may still be fetchable by name.
     if ref.startswith("refs/") or re.fullmatch(r"[0-9a-fA-F]{40}", ref):
@@ -647,16 +804,26 @@ async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str 
 
 
 async def _fetch_and_resolve(
-    repo_url: str, ref: str | None, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline
-) -> tuple[_Source, Path, str]:
+    repo_url: str, ref: str | None, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline, *,
+    measure: bool = False,
+) -> tuple[_Source, Path, str, tuple[int, int] | None]:
+    """Fetch and resolve; with `measure`, also the commit's (bytes, entries) for the size check, read by the same
+    `cat-file` process that resolved the ref (`_CatFile`)."""
     source = await _classify(repo_url, ws, policy, deadline)
     key = _mirror_key(source)
     mirror = ws.mirrors_dir / key
     async with _locked(ws, key):
         await _ensure_mirror(mirror, source, ws, deadline)
         await _fetch(mirror, source, ws, deadline)
-        sha = await _resolve(mirror, source, ws, ref, deadline)
-    return source, mirror, sha
+        if not measure:
+            return source, mirror, await _resolve(mirror, source, ws, ref, deadline), None
+        cat = await _CatFile.open(mirror, source, ws, deadline)
+        try:
+            sha = await _resolve(mirror, source, ws, ref, deadline, cat)
+            size = await cat.measure(sha)
+        finally:
+            await cat.close()
+    return source, mirror, sha, size
 
 
 @dataclass(frozen=True)
@@ -667,6 +834,7 @@ class FetchedCommit:
     source: _Source = field(repr=False)
     mirror: Path
     workspace: SourceWorkspace
+    size: tuple[int, int] | None = None  # (bytes, entries) of its files, measured when it was resolved
 
 
 async def fetch_commit(
@@ -675,10 +843,12 @@ async def fetch_commit(
     """`resolve_commit`, keeping what a following checkout of the same commit needs.
 
     deploy_app resolves the commit first (for its no-op check) and checks out right after: going
-    through this handle saves the second validation, fetch and resolve (four tenant processes).
+    through this handle saves the second validation, fetch and resolve (four tenant processes). The ref is
+    resolved and the commit's size measured by one `git cat-file` process (no `rev-parse` + `ls-tree`).
     """
-    source, mirror, sha = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout))
-    return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace)
+    source, mirror, sha, size = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout),
+                                                         measure=True)
+    return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace, size=size)
 
 
 async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: SourcePolicy, timeout: float = 120) -> None:
@@ -686,7 +856,12 @@ async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: Source
     deadline = _Deadline(timeout)
     _prepare_dest(dest)
     src, ws = fetched.source, fetched.workspace
-    entries = await _check_size(fetched.mirror, src, ws, fetched.sha, policy, deadline)
+    if fetched.size is not None:  # measured when it was resolved (objects of a commit never change)
+        total, entries = fetched.size
+        if total > policy.max_checkout_bytes:
+            raise _too_big(src, fetched.sha, total, policy.max_checkout_bytes)
+    else:
+        entries = await _check_size(fetched.mirror, src, ws, fetched.sha, policy, deadline)
     await _export(fetched.mirror, src, ws, fetched.sha, dest, deadline, policy.max_checkout_bytes, entries)
 
 
@@ -704,7 +879,7 @@ async def resolve_commit(
     or a full ref name such as refs/pull/1/head. Used for "same commit, nothing to do" checks;
     it leaves the mirror updated, so a following `resolve_and_checkout` only pays a no-op fetch.
     """
-    _, _, sha = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout))
+    _, _, sha, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout))
     return sha
 
 
