@@ -8,6 +8,11 @@ Steps (`Drainer.drain`):
 1. Mark the node draining (placement_nodes: no new service is placed there from now on) and take the plan
    (`PlacementService.plan_drain`: targets chosen largest service first, each move applied to the plan before
    the next, so running them in order never overbooks a target). `--dry-run` plans without the mark.
+   A service whose project has a Coolify database is pinned to the database's server (it is reachable only on
+   that server's network): if the database is on the drained node, the service is reported `cannot move`
+   with the reason and never moved (its DATABASE_URL would break); if it is elsewhere, the service moves there
+   (or is stuck when that server has no room). Moving a database is out of scope: an operator does that first
+   (or undrains). The dry run shows the same.
 2. Services to move: the plan's, plus any the node still runs although placement already points elsewhere
    (a crash between placement's commit and the service's record) and any with an unfinished move from this
    node (a crash after the switch, before the old applications were deleted). Those come first.
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.build.plan import BuildPlan, Mode, ServiceType
 from inkmcp.core.leases import lock_service
 from inkmcp.core.views import TERMINAL
+from inkmcp.placement.adapter import DATABASE_WHY
 from inkmcp.placement.models import DrainPlan, Move, Node, PlacementError
 from inkmcp.placement.records import PlacementService
 from inkmcp.providers.compute.base import (
@@ -60,6 +66,7 @@ from inkmcp.providers.compute.base import (
 )
 from inkmcp.providers.compute.coolify.mapping import PlacedServer
 from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider, MoveConflict
+from inkmcp.providers.database.coolify import database_servers_of
 from inkmcp.store.models import Deployment, Project, Service
 from inkmcp.store.refs import check_ref, ref_of, save_ref
 
@@ -133,6 +140,10 @@ class Drainer:
         self.fetch_url = fetch_url
         self.settle_seconds = settle_seconds
 
+    async def affinity(self, project_ids: Sequence[str]) -> dict[str, str]:
+        """The server each project's Coolify database lives on: its services must stay beside it."""
+        return await database_servers_of(self.sessions, project_ids)
+
     @classmethod
     def from_runtime(cls, runtime: Any, settings: DrainSettings | None = None) -> Drainer:
         """From `open_runtime(settings, serve=False)`: the provider is `runtime.compute`, placement the service
@@ -150,7 +161,8 @@ class Drainer:
 
     async def drain(self, name_or_uuid: str, *, dry_run: bool = False, progress: Progress | None = None) -> DrainReport:
         node = await self.placement.resolve(name_or_uuid)
-        plan = await self.placement.plan_drain(node.uuid, mark=not dry_run)
+        plan = await self.placement.plan_drain(node.uuid, mark=not dry_run, affinity=self.affinity,
+                                               affinity_why=DATABASE_WHY)
         names = {n.uuid: n.name for n in await self.placement.nodes()}
         items = await self._items(node, plan)
         report = DrainReport(node=node.name, node_uuid=node.uuid, dry_run=dry_run)

@@ -16,6 +16,13 @@ On request (`Demand.spread`, or `Policy.spread` for all), a project's services g
 its services yet (anti-affinity), best fit among those; when every fitting node already holds one, the node
 with the fewest of them — spreading is a preference, never a reason to refuse.
 
+Affinity (`Demand.require_node`) is a requirement, not a preference: the service goes to that node or nowhere.
+Why: a project's Coolify database is reachable only on its server's Docker network, so a service placed on
+another node would start with a DATABASE_URL that does not resolve. Every other rule still applies on that
+node (room, labels, draining, build server); the refusal says which rule failed and what can be done, without
+naming the server. Spreading yields to it. A service already placed elsewhere is reported (`place` raises), not
+moved: a redeploy never moves a service silently; draining its node moves it to the required node.
+
 Speed: target nodes are kept in two sorted lists, by free memory and by free CPU. A decision bisects to the
 first node with enough of the dominant resource and walks up until a node also passes the other checks
 (the other resource, labels, wake room). In the benchmark the median decision examines 2 nodes (p90 29, p99
@@ -64,6 +71,13 @@ class NodeLoad:
     on_demand_max_memory_mb: int = 0
     on_demand_max_millicpus: int = 0
     services: int = 0
+    databases: int = 0
+    """Reservations that are not services (a project's Coolify database, records.py): charged as persistent,
+    never moved by a drain; they make the node count as in use."""
+
+    @property
+    def in_use(self) -> bool:
+        return self.services > 0 or self.databases > 0
 
 
 @dataclass(slots=True)
@@ -138,7 +152,7 @@ class Engine:
 
     def _lists(self, s: _State) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
         """The index a target node is in: nodes in use, or empty nodes (searched only when no node in use fits)."""
-        if s.load.services > 0:
+        if s.load.in_use:
             return self._by_memory, self._by_cpu
         return self._empty_memory, self._empty_cpu
 
@@ -256,7 +270,7 @@ class Engine:
         return self._reservations.get(service_id)
 
     def nodes_used(self) -> int:
-        return sum(1 for s in self._nodes.values() if s.load.services > 0)
+        return sum(1 for s in self._nodes.values() if s.load.in_use)
 
     # -- decisions -----------------------------------------------------------------------------------------
 
@@ -268,12 +282,17 @@ class Engine:
         s = self._nodes.get(node_uuid)
         if s is None or not s.target or not s.node.matches(demand.labels):
             return False
+        if demand.require_node is not None and node_uuid != demand.require_node:
+            return False
         return s.fits(self.charge(demand), demand.memory_mb, demand.millicpus)
 
     def choose(self, demand: Demand, *, exclude: frozenset[str] = frozenset()) -> Node:
         """The node for a new service (best fit by dominant resource; spread on request). Changes nothing.
 
-        Raises PlacementError when no target node fits."""
+        Raises PlacementError when no target node fits, or when the node the demand requires does not take it.
+        """
+        if demand.require_node is not None:
+            return self._pinned(demand, exclude)
         charge = self.charge(demand)
         spread = demand.spread or self.policy.spread
         by_memory = (charge.memory_mb * max(self._total_cpu, 1)) >= (charge.millicpus * max(self._total_memory, 1))
@@ -315,8 +334,15 @@ class Engine:
         """Put the demand on this node (checked: raises PlacementError if it does not fit there)."""
         s = self._nodes.get(node_uuid)
         charge = self.charge(demand)
+        if demand.require_node is not None and node_uuid != demand.require_node:
+            raise PlacementError(
+                f"this service must run on the run server of {_why(demand)}, not on another one; this is a bug "
+                "in InkMCP's placement, please report it", detail=f"reserve on {node_uuid}, requires "
+                f"{demand.require_node}")
         if s is None or not s.target or not s.node.matches(demand.labels) or \
                 not s.fits(charge, demand.memory_mb, demand.millicpus):
+            if demand.require_node is not None:
+                self._pinned(demand, frozenset())  # raises the reason
             raise self._refusal(demand, charge, frozenset([node_uuid]), frozenset())
         r = reservation_for(demand, node_uuid, charge)
         self.add(r)
@@ -325,11 +351,14 @@ class Engine:
     def place(self, demand: Demand) -> tuple[Reservation, bool]:
         """Sticky placement: a service keeps its node across redeploys (resized in place when its limits
         change) unless the node is gone, draining, unusable or no longer has the labels it asks for; then it is
-        placed anew. Returns (reservation, moved)."""
+        placed anew. A service whose node is fine but is not the node the demand requires is reported
+        (PlacementError from `misplaced`), not moved. Returns (reservation, moved)."""
         old = self._reservations.get(demand.service_id)
         if old is not None:
             s = self._nodes.get(old.node_uuid)
             if s is not None and s.target and s.node.matches(demand.labels):
+                if demand.require_node is not None and old.node_uuid != demand.require_node:
+                    raise self.misplaced(demand, old)
                 if same_demand(old, demand):
                     return old, False
                 self.release(demand.service_id)
@@ -341,7 +370,12 @@ class Engine:
                 self.add(old)
                 raise self.resize_refusal(demand)
             self.release(demand.service_id)
-        node = self.choose(demand)
+        try:
+            node = self.choose(demand)
+        except PlacementError:
+            if old is not None:  # nothing changes on a refusal: the old reservation stays known
+                self.add(old)
+            raise
         return self.reserve(demand, node.uuid), old is not None
 
     def plan_drain(self, node_uuid: str, demands: Mapping[str, Demand] | None = None) -> DrainPlan:
@@ -349,7 +383,9 @@ class Engine:
         dominant resource while the room is there), each move applied to this engine before the next is
         planned, so running the moves in order never overbooks a node. `demands` overrides what a service
         asks (labels/spread) when it differs from its reservation; by default each moves with the limits,
-        labels and spread it was placed with. Services that fit nowhere are `stuck` with the reason."""
+        labels and spread it was placed with; pass `demands` with `require_node` for services pinned to a node
+        (their project's database): pinned to the draining node itself they are `stuck`, never moved (the
+        database does not move with them). Services that fit nowhere are `stuck` with the reason."""
         if node_uuid not in self._nodes:
             raise KeyError(f"no node with uuid {node_uuid!r}")
         self.set_draining(node_uuid, True)
@@ -374,6 +410,81 @@ class Engine:
             new = self.reserve(demand, target.uuid)
             moves.append(Move(r.service_id, r.project_id, node_uuid, target.uuid, new))
         return DrainPlan(node_uuid, tuple(moves), tuple(stuck))
+
+    # -- affinity ------------------------------------------------------------------------------------------
+
+    def _pinned(self, demand: Demand, exclude: frozenset[str]) -> Node:
+        """The node a pinned demand requires, if it takes the demand; else the refusal saying why."""
+        uuid = demand.require_node
+        assert uuid is not None
+        s = self._nodes.get(uuid)
+        charge = self.charge(demand)
+        hints: list[str] = []
+        operator = ""
+        if s is None:
+            problem = "is no longer a run server InkMCP can use"
+            operator = "not listed by the node source (gone from Coolify?)"
+            hints.append("ask the operator: the server is gone from Coolify, so what runs there must be restored")
+        elif uuid in exclude:
+            problem = "is the one being drained, and the service cannot move without it (InkMCP does not move " \
+                      "a project's database)"
+            operator = "excluded (the node being drained)"
+            hints.append("the operator moves the database first, or stops draining the server (inkmcp nodes undrain)")
+        elif (not_target := s.node.why_not_target()) is not None:
+            operator = not_target
+            if not_target == "draining":
+                problem = "is being drained, so it takes no new services"
+                hints.append("ask the operator to stop draining that server (inkmcp nodes undrain); InkMCP does "
+                             "not move a project's database")
+            else:
+                problem = f"cannot take services now ({_agent_reason(not_target)})"
+                hints.append("ask the operator to fix that server (inkmcp nodes list shows why)")
+        elif not s.node.matches(demand.labels):
+            problem = f"does not have the node labels {_labels(demand.labels)} this service asks for"
+            operator = f"labels {_labels(s.node.labels) or 'none'}"
+            hints.append("drop the labels from the service, or ask the operator to label that server")
+        elif not s.fits(charge, demand.memory_mb, demand.millicpus):
+            free_m, free_c = self.room(uuid, charge.hard)
+            problem = (f"has no room for it (it has {free_m} MiB of memory and {free_c / 1000:g} "
+                       "CPUs free for this service)")
+            operator = f"full: load {s.load}"
+            hints.append("lower the service's memory/cpus (resources=…)")
+            if demand.mode is Mode.persistent:
+                hints.append("use mode on_demand (charged a fraction of its limits while it sleeps)")
+            hints.append("or ask the operator to make room on that server (add capacity, or drain other services "
+                         "off it)")
+        else:
+            return s.node
+        asked = _describe(demand, charge, self.policy)
+        name = f"{s.node.name} ({uuid})" if s is not None else uuid
+        raise PlacementError(
+            f"this service must run on the run server of {_why(demand)}, and that server {problem}; the service "
+            f"asks {asked}. Fix: {', '.join(hints)}.",
+            detail=f"required node {name}: {operator}", asked=charge)
+
+    def room(self, node_uuid: str, hard: bool) -> tuple[int, int]:
+        """Free (memory, millicpus) on the node for a new charge: for a hard one, beside the largest on_demand
+        service at its full limits (the rule of `_State.fits`)."""
+        s = self._nodes[node_uuid]
+        free_m, free_c = s.free_memory, s.free_cpu
+        if hard:
+            od_m, od_c = s.od_max()
+            free_m = min(free_m, s.node.memory_mb - s.load.hard_memory_mb - od_m)
+            free_c = min(free_c, s.node.millicpus - s.load.hard_millicpus - od_c)
+        return max(free_m, 0), max(free_c, 0)
+
+    def misplaced(self, demand: Demand, old: Reservation) -> PlacementError:
+        """The error for a service placed on another node than the one it now requires (placed before its
+        project's database existed, or on a spread): reported, never moved by a redeploy."""
+        s = self._nodes.get(old.node_uuid)
+        name = f"{s.node.name} ({old.node_uuid})" if s is not None else old.node_uuid
+        return PlacementError(
+            f"this service runs on another run server than {_why(demand)}, so what is only reachable there (e.g. "
+            "its DATABASE_URL) does not resolve for it; a service keeps its server across redeploys and is not "
+            "moved silently. Fix: ask the operator to drain the service's current server (inkmcp nodes drain moves "
+            f"it next to {_why(demand)} when there is room), or remove the service and deploy it again.",
+            detail=f"service {old.service_id} on {name}, requires {demand.require_node}",
+            asked=self.charge(demand))
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -445,6 +556,11 @@ def demand_of(r: Reservation) -> Demand:
                   millicpus=r.millicpus, labels=dict(r.labels), spread=r.spread)
 
 
+def pinned(demand: Demand, node_uuid: str | None, why: str) -> Demand:
+    """`demand` required on `node_uuid` (unchanged when None)."""
+    return demand if node_uuid is None else replace(demand, require_node=node_uuid, require_why=why)
+
+
 def same_demand(r: Reservation, d: Demand) -> bool:
     """The reservation was made for exactly this demand (a redeploy with unchanged limits)."""
     return (r.mode is d.mode and r.memory_mb == d.memory_mb and r.millicpus == d.millicpus
@@ -461,6 +577,15 @@ def _describe(demand: Demand, charge: Charge, policy: Policy) -> str:
     if demand.labels:
         base += f", on a server labelled {_labels(demand.labels)}"
     return base
+
+
+def _why(demand: Demand) -> str:
+    return demand.require_why or "the service's required server"
+
+
+def _agent_reason(not_target: str) -> str:
+    """`Node.why_not_target` without the operator's setting names."""
+    return not_target.split(" (")[0]
 
 
 def _labels(labels: Mapping[str, str]) -> str:

@@ -67,7 +67,13 @@ class Node:
 @dataclass(frozen=True, slots=True)
 class Demand:
     """What one service asks of placement: its limits (for all its processes together), its mode, the node
-    labels it requires and whether its project's services should land on different nodes."""
+    labels it requires and whether its project's services should land on different nodes.
+
+    `require_node` pins the service to one node (affinity), e.g. the server of its project's Coolify database,
+    which is reachable only on that server's Docker network. Every fit rule still applies there (room, labels,
+    draining): a pinned demand that does not fit on its node is refused, never placed elsewhere, and spreading
+    yields to it. `require_why` names what is there, agent-safe (no server names), for the refusal's message,
+    e.g. "its project's database"."""
 
     service_id: str
     project_id: str
@@ -76,6 +82,8 @@ class Demand:
     millicpus: int
     labels: Mapping[str, str] = field(default_factory=dict)
     spread: bool = False
+    require_node: str | None = None
+    require_why: str = ""
 
     @property
     def cpus(self) -> float:

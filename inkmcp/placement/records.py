@@ -18,6 +18,16 @@ Concurrency scheme (one transaction per decision, READ COMMITTED):
 Locks are always taken in the order service → project → node and a transaction holds at most one node lock,
 so decisions cannot deadlock. A release is a plain `DELETE` (it only frees room; a decision that read the
 higher load is merely conservative). Only this module writes `placements`.
+
+Affinity: a demand with `require_node` (the Coolify provider pins a project's services to the server of its
+database, adapter.py) is decided by the same steps; the engine refuses it with the reason when that node does
+not take it. A service already placed on another node is reported (PlacementError), never moved by a reserve.
+
+A project's database reservation (its memory/CPU counted on its node, `reserve_database`) lives in
+`projects.provider_ref["placement-db"]`, not in `placements`: that table is keyed by service (foreign key to
+`services`) and the migration chain is fixed. One JSON entry per project, written only here under the same
+locks (a per-project key in the service lock space, then the node's row), summed into every node's load by
+`_LOADS`, and gone with the project row (or `release_database`).
 """
 
 from __future__ import annotations
@@ -29,12 +39,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.plan import Mode
-from inkmcp.placement.engine import Engine, NodeLoad, demand_of, reservation_for, same_demand
+from inkmcp.placement.engine import Engine, NodeLoad, demand_of, pinned, reservation_for, same_demand
 from inkmcp.placement.models import (
     Demand,
     DrainPlan,
@@ -49,11 +59,16 @@ from inkmcp.placement.models import (
     millicpus,
 )
 from inkmcp.providers.compute.base import Resources, ServiceKey
-from inkmcp.store.models import Placement, PlacementNode
+from inkmcp.store.models import Placement, PlacementNode, Project
 
 SERVICE_LOCK = zlib.crc32(b"inkmcp.placement.service") & 0x7FFFFFFF
 PROJECT_LOCK = zlib.crc32(b"inkmcp.placement.project") & 0x7FFFFFFF
 """First key of the two-key advisory locks (readable in pg_locks.classid)."""
+
+DB_REF_KEY = "placement-db"
+"""Placement's entry in `projects.provider_ref`: the project database's reservation (module docstring)."""
+
+NIL = "00000000-0000-0000-0000-000000000000"
 
 _LOADS = """
 SELECT node_uuid,
@@ -62,9 +77,18 @@ SELECT node_uuid,
        coalesce(sum(charged_millicpus) FILTER (WHERE mode <> 'on_demand'), 0),
        coalesce(max(memory_mb) FILTER (WHERE mode = 'on_demand'), 0),
        coalesce(max(millicpus) FILTER (WHERE mode = 'on_demand'), 0),
-       count(*)
-FROM placements
-WHERE service_id <> :sid {node_filter}
+       count(*) FILTER (WHERE kind = 's'), count(*) FILTER (WHERE kind = 'd')
+FROM (
+    SELECT 's' AS kind, node_uuid, mode, memory_mb, millicpus, charged_memory_mb, charged_millicpus
+    FROM placements
+    WHERE service_id <> :sid {node_filter}
+    UNION ALL
+    SELECT 'd', r ->> 'node_uuid', 'persistent', (r ->> 'memory_mb')::int, (r ->> 'millicpus')::int,
+           (r ->> 'charged_memory_mb')::int, (r ->> 'charged_millicpus')::int
+    FROM (SELECT provider_ref -> 'placement-db' AS r FROM projects
+          WHERE provider_ref -> 'placement-db' IS NOT NULL AND id <> :pid) d
+    WHERE true {db_node_filter}
+) x
 GROUP BY node_uuid
 """
 
@@ -74,6 +98,11 @@ class NodeStatus:
     node: Node
     load: NodeLoad
     not_target: str | None
+
+
+Affinity = Callable[[Sequence[str]], Awaitable[Mapping[str, str]]]
+"""`await affinity(project_ids)` → {project_id: node uuid} for the projects whose services must run on one node
+(the Coolify database's server: providers.database.coolify.database_servers_of)."""
 
 
 class Placer(Protocol):
@@ -95,13 +124,17 @@ async def _lock(session: AsyncSession, space: int, key: str) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"), {"space": space, "key": key})
 
 
-async def _loads(session: AsyncSession, exclude_service: str, node_uuid: str | None = None) -> dict[str, NodeLoad]:
-    sql = _LOADS.format(node_filter="AND node_uuid = :node" if node_uuid else "")
-    params: dict[str, Any] = {"sid": exclude_service}
+async def _loads(session: AsyncSession, exclude_service: str, node_uuid: str | None = None, *,
+                 exclude_database: str = NIL) -> dict[str, NodeLoad]:
+    """Every node's load (or one node's), services' and projects' databases', leaving out one service's and one
+    project database's own reservation (the one being decided again)."""
+    sql = _LOADS.format(node_filter="AND node_uuid = :node" if node_uuid else "",
+                        db_node_filter="AND r ->> 'node_uuid' = :node" if node_uuid else "")
+    params: dict[str, Any] = {"sid": exclude_service, "pid": uuid.UUID(exclude_database)}
     if node_uuid:
         params["node"] = node_uuid
     rows = (await session.execute(text(sql), params)).all()
-    return {r[0]: NodeLoad(int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]))
+    return {r[0]: NodeLoad(int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), int(r[8]))
             for r in rows}
 
 
@@ -140,18 +173,27 @@ class PlacementService:
 
     # -- the Placer protocol -------------------------------------------------------------------------------
 
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The control-plane store placement records in (the adapter reads the project's database server)."""
+        return self._sessions
+
     async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1,
-                    labels: Mapping[str, str] | None = None, spread: bool | None = None) -> PlacedServer:
+                    labels: Mapping[str, str] | None = None, spread: bool | None = None,
+                    require_node: str | None = None, require_why: str = "") -> PlacedServer:
         """Where the service runs: its existing placement (sticky) or a new one, reserved atomically.
 
         `resources` are per process (one Coolify application each), so `processes` multiplies them. `labels`
         are node labels the service requires; `spread` asks for anti-affinity with the project's services
-        (default: the policy's). Raises PlacementError (nothing fits: agent-safe message) or PlacementBusy."""
+        (default: the policy's); `require_node` pins it to one node (`Demand.require_node`; `require_why` names
+        what is there for the refusal). Raises PlacementError (nothing fits, the required node does not take
+        it, or the service already runs elsewhere: agent-safe message) or PlacementBusy."""
         if processes < 1:
             raise ValueError("processes must be at least 1 (the service's process count)")
         demand = Demand(service_id=key.service_id, project_id=key.project_id, mode=mode,
                         memory_mb=resources.memory_mb * processes, millicpus=millicpus(resources.cpus) * processes,
-                        labels=dict(labels or {}), spread=self.policy.spread if spread is None else spread)
+                        labels=dict(labels or {}), spread=self.policy.spread if spread is None else spread,
+                        require_node=require_node, require_why=require_why)
         return await self.reserve(demand)
 
     async def release(self, key: ServiceKey) -> None:
@@ -177,6 +219,10 @@ class PlacementService:
                 home = by_uuid.get(old.node_uuid) if old else None
                 if old is not None and home is not None and home.why_not_target() is None \
                         and home.matches(demand.labels):
+                    if demand.require_node is not None and old.node_uuid != demand.require_node:
+                        engine = Engine(by_uuid.values(), self.policy)
+                        engine.track(old)
+                        raise engine.misplaced(demand, old)  # reported, not moved (engine module docstring)
                     if same_demand(old, demand):
                         return _placed(home)
                     # new limits: resized in place, checked against the node's fresh load under its lock
@@ -189,10 +235,11 @@ class PlacementService:
                         raise engine.resize_refusal(demand)
                     await self._write(session, demand, home, engine)
                     return _placed(home)
-                if demand.spread:
+                spread = demand.spread and demand.require_node is None  # spreading yields to the requirement
+                if spread:
                     await _lock(session, PROJECT_LOCK, demand.project_id)
                 engine = Engine(by_uuid.values(), self.policy, await _loads(session, demand.service_id))
-                if demand.spread:
+                if spread:
                     for node_uuid, n in await self._project_nodes(session, demand):
                         engine.note_project(demand.project_id, node_uuid, n)
                 target = engine.choose(demand)
@@ -244,7 +291,7 @@ class PlacementService:
         listed = await self._source()
         async with self._sessions() as session:
             nodes = await _with_draining(session, listed)
-            loads = await _loads(session, "00000000-0000-0000-0000-000000000000")
+            loads = await _loads(session, NIL)
         return [NodeStatus(node=n, load=loads.get(n.uuid, NodeLoad()), not_target=n.why_not_target())
                 for n in sorted(nodes, key=lambda n: n.name)]
 
@@ -272,16 +319,20 @@ class PlacementService:
             await session.execute(update(PlacementNode).where(PlacementNode.uuid == node.uuid).values(
                 draining_since=datetime.now(UTC) if draining else None, name=node.name, updated_at=text("now()")))
 
-    async def plan_drain(self, name_or_uuid: str, *, mark: bool = True) -> DrainPlan:
+    async def plan_drain(self, name_or_uuid: str, *, mark: bool = True, affinity: Affinity | None = None,
+                         affinity_why: str = "its project's database") -> DrainPlan:
         """Mark the node draining and plan its moves (engine.plan_drain over the database's current loads).
         Executing the plan (move one service at a time through the provider, health-check, then
-        `commit_move`) is drain.py's job. `mark=False` (a dry run) plans the same without writing the mark."""
+        `commit_move`) is drain.py's job. `mark=False` (a dry run) plans the same without writing the mark.
+        `affinity(project_ids)` → {project_id: node uuid} pins those projects' services to a node
+        (`Demand.require_node`, named `affinity_why`): pinned to the drained node itself, they are stuck with
+        the reason; pinned elsewhere, they move there."""
         node = await self.resolve(name_or_uuid)
         if mark:
             await self.set_draining(node, True)
         nodes = [n if n.uuid != node.uuid else dataclasses.replace(n, draining=True) for n in await self.nodes()]
         async with self._sessions() as session:
-            loads = await _loads(session, "00000000-0000-0000-0000-000000000000")
+            loads = await _loads(session, NIL)
             rows = (await session.execute(select(Placement).where(Placement.node_uuid == node.uuid))).scalars().all()
             on_node = [_reservation(r) for r in rows]
             projects = {r.project_id for r in on_node}
@@ -298,7 +349,10 @@ class PlacementService:
             on_this = sum(1 for r in on_node if r.project_id == project_id and r.node_uuid == node_uuid)
             if n - on_this:
                 engine.note_project(project_id, node_uuid, int(n) - on_this)
-        plan = engine.plan_drain(node.uuid)
+        pins = dict(await affinity(sorted(projects))) if affinity is not None and projects else {}
+        demands = {r.service_id: pinned(demand_of(r), pins.get(r.project_id), affinity_why)
+                   for r in on_node if pins.get(r.project_id)}
+        plan = engine.plan_drain(node.uuid, demands)
         assert {m.service_id for m in plan.moves} | {s for s, _ in plan.stuck} == moving
         return plan
 
@@ -329,6 +383,84 @@ class PlacementService:
                                      "since the plan); plan the drain again", detail=f"node {target.name}")
             await self._write(session, demand, target, engine)
             return reservation_for(demand, target.uuid, engine.charge(demand))
+
+    # -- a project's database ------------------------------------------------------------------------------
+
+    async def reserve_database(self, project_id: str, node_uuid: str, memory_mb: int, cpus: float, *,
+                               check: bool = True) -> Reservation:
+        """Count the project's database (its limits, charged as persistent: a database never sleeps) on its
+        node. Idempotent. `check=True` (before the database is created): under the node's lock against its fresh
+        load, refused with PlacementError when the node is draining, not a target, or has no room. `check=False`
+        records it as is: for a database that already runs there (made before reservations existed, or found
+        again), where counting what really runs beats refusing. A different node or size replaces the entry."""
+        if memory_mb < 1 or cpus <= 0:
+            raise ValueError("a database reservation needs memory_mb >= 1 and cpus > 0 (its Coolify limits)")
+        demand = Demand(service_id=f"database:{project_id}", project_id=project_id, mode=Mode.persistent,
+                        memory_mb=memory_mb, millicpus=millicpus(cpus), require_node=node_uuid,
+                        require_why="the project's services")
+        charge = self.policy.charge(Mode.persistent, demand.memory_mb, demand.millicpus)
+        value = {"node_uuid": node_uuid, "memory_mb": demand.memory_mb, "millicpus": demand.millicpus,
+                 "charged_memory_mb": charge.memory_mb, "charged_millicpus": charge.millicpus}
+        nodes = {n.uuid: n for n in await self.nodes()} if check else {}
+        pid = uuid.UUID(project_id)
+        async with self._sessions() as session, session.begin():
+            await _lock(session, SERVICE_LOCK, demand.service_id)
+            current = (await session.execute(select(Project.provider_ref[DB_REF_KEY]).where(
+                Project.id == pid))).one_or_none()
+            if current is None:
+                raise LookupError(f"no project {project_id}: it was deleted, so its database is not reserved")
+            if current[0] == value:
+                return _db_reservation(project_id, value)
+            if check:
+                node = nodes.get(node_uuid)
+                if node is None or not await _lock_node(session, node):
+                    raise _database_refusal(demand, "is not a run server InkMCP can place on now" if node is None
+                                            else "is being drained", node, None)
+                engine = Engine([node], self.policy, await _loads(session, NIL, node.uuid,
+                                                                  exclude_database=project_id))
+                if not engine.fits_on(demand, node.uuid):
+                    why = node.why_not_target()
+                    raise _database_refusal(demand, f"cannot take it ({why})" if why else "has no room for it",
+                                            node, engine.room(node.uuid, True) if why is None else None)
+            entry = func.jsonb_build_object(DB_REF_KEY, literal(value, JSONB))
+            await session.execute(update(Project).where(Project.id == pid).values(
+                provider_ref=func.coalesce(Project.provider_ref, text("'{}'::jsonb")).op("||")(entry)))
+        return _db_reservation(project_id, value)
+
+    async def release_database(self, project_id: str) -> bool:
+        """Give back the project database's reservation (the database was deleted). Idempotent."""
+        async with self._sessions() as session, session.begin():
+            await _lock(session, SERVICE_LOCK, f"database:{project_id}")
+            got = await session.execute(update(Project).where(
+                Project.id == uuid.UUID(project_id), Project.provider_ref[DB_REF_KEY].is_not(None)).values(
+                provider_ref=Project.provider_ref.op("-")(DB_REF_KEY)))
+            return bool(got.rowcount)  # type: ignore[attr-defined]
+
+    async def database_reservation(self, project_id: str) -> Reservation | None:
+        async with self._sessions() as session:
+            got = (await session.execute(select(Project.provider_ref[DB_REF_KEY]).where(
+                Project.id == uuid.UUID(project_id)))).scalar_one_or_none()
+        return _db_reservation(project_id, got) if isinstance(got, dict) and got else None
+
+
+def _db_reservation(project_id: str, value: Mapping[str, Any]) -> Reservation:
+    return Reservation(service_id=f"database:{project_id}", project_id=project_id, node_uuid=str(value["node_uuid"]),
+                       mode=Mode.persistent, memory_mb=int(value["memory_mb"]), millicpus=int(value["millicpus"]),
+                       charged_memory_mb=int(value["charged_memory_mb"]),
+                       charged_millicpus=int(value["charged_millicpus"]))
+
+
+def _database_refusal(demand: Demand, problem: str, node: Node | None,
+                      room: tuple[int, int] | None) -> PlacementError:
+    """Agent-safe: the database's server is where the project's services run (it is reachable only there)."""
+    free = f" (it has {room[0]} MiB of memory and {room[1] / 1000:g} CPUs free)" if room else ""
+    name = f"{node.name} ({node.uuid})" if node else demand.require_node
+    return PlacementError(
+        f"the project's database must run on the run server of the project's services (it is reachable only on "
+        f"that server's network), and that server {problem}{free}; the database asks {demand.memory_mb} MiB of "
+        f"memory and {demand.cpus:g} CPUs. Fix: ask the operator to make room on that server (add capacity, or "
+        "drain other services off it) or to stop draining it.",
+        detail=f"database of project {demand.project_id} on {name}")
 
 
 def _placed(node: Node, *, moved: bool = False) -> PlacedServer:

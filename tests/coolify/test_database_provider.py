@@ -381,6 +381,58 @@ async def test_new_project_goes_to_placements_roomiest_server(standin: CoolifySt
     assert standin.databases[handle.external_id].server_uuid == servers[1].uuid != bare.uuid
 
 
+async def test_the_databases_limits_are_reserved_on_its_server_refused_when_full_and_released_on_drop(
+        standin: CoolifyStandin, make: Make, store: Store, token: str, spec: CoolifySpec) -> None:
+    """The database's memory/CPU count on its run server in placement (so services are not packed into room it
+    uses), checked before Coolify is asked to create it, given back when it is dropped."""
+    servers = standin.add_servers(2)
+    settings = PlacementSettings(nodes={"run-1": NodeCapacity(memory_mb=2048, cpus=2),
+                                        "run-2": NodeCapacity(memory_mb=1536, cpus=2)}, node_cache_seconds=0)
+    box = SecretBox([Fernet.generate_key()])
+    async with CoolifyClient(standin.url, token, validate_with=spec, retry=FAST) as lister:
+        placement = PlacementService(store.sessionmaker, CoolifyNodeSource(lister, settings), settings.policy())
+
+        def load(server: int) -> tuple[int, int, int]:
+            return next((st.load.memory_mb, st.load.millicpus, st.load.databases) for st in statuses
+                        if st.node.uuid == servers[server].uuid)
+
+        first = await _project(store, box)
+        handle = await make(placement=placement).provision(owner_slug=first.hex, tier=Tier.standard)
+        assert standin.databases[handle.external_id].server_uuid == servers[0].uuid  # the roomiest
+        reserved = await placement.database_reservation(str(first))
+        assert reserved is not None and (reserved.node_uuid, reserved.memory_mb, reserved.millicpus) == (
+            servers[0].uuid, 1024, 1000)
+        statuses = await placement.status()
+        assert load(0) == (1024, 1000, 1) and load(1) == (0, 0, 0)
+
+        # a project whose services run on run-2: its database goes there, and the second one finds no room
+        second, third = await _project(store, box), await _project(store, box)
+        async with store.sessionmaker.begin() as s:
+            for i, pid in enumerate((second, third)):
+                s.add(Service(project_id=pid, name=f"s{i}", service_type="webapp", mode="persistent",
+                              repo_url="https://example.com/r.git",
+                              provider_ref={"coolify": {"server_uuid": servers[1].uuid}}))
+        await make(placement=placement).provision(owner_slug=second.hex, tier=Tier.standard)
+        creates = _creates(standin)
+        with pytest.raises(ProviderError) as full:
+            await make(placement=placement).provision(owner_slug=third.hex, tier=Tier.standard)
+        msg = str(full.value)
+        assert "the project's database must run on the run server of the project's services" in msg
+        assert "has no room for it" in msg and "512 MiB of memory" in msg and "1024 MiB" in msg
+        assert "run-2" not in msg and servers[1].uuid not in msg
+        assert _creates(standin) == creates and await _ref(store, third) == {}  # Coolify was not asked
+        assert await placement.database_reservation(str(third)) is None
+
+        # a repeat of a made one keeps its reservation as is; a drop gives the room back
+        assert (await make(placement=placement).provision(owner_slug=first.hex, tier=Tier.standard)
+                ).external_id == handle.external_id
+        assert await placement.database_reservation(str(first)) == reserved
+        await make(placement=placement).drop(handle.external_id)
+        assert await placement.database_reservation(str(first)) is None
+        statuses = await placement.status()
+        assert load(0) == (0, 0, 0) and load(1) == (1024, 1000, 1)
+
+
 async def test_waiting_for_running_reports_progress_and_is_bounded(standin: CoolifyStandin, make: Make,
                                                                     store: Store) -> None:
     standin.add_servers(1)

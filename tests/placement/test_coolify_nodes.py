@@ -91,8 +91,10 @@ async def test_the_adapter_maps_placement_errors_to_the_compute_contract() -> No
             self.error = error
             self.calls: list[int] = []
 
-        async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int) -> Any:
+        async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int,
+                        require_node: str | None, require_why: str) -> Any:
             self.calls.append(processes)
+            assert require_node is None and require_why == ""  # project "p" has no database
             if self.error:
                 raise self.error
             return PlacedServerOfPlacement(server_uuid="u", wildcard_base=None)

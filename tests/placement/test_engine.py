@@ -293,3 +293,121 @@ def test_random_decisions_keep_every_invariant() -> None:
             check_invariants(e, nodes)
     check_invariants(e, nodes)
     assert len(live) > 100
+
+
+# -- affinity: a demand pinned to one node (its project's database) ---------------------------------------
+
+DB = "its project's database"
+
+
+def test_a_pinned_demand_lands_on_its_node_even_where_best_fit_would_pick_another() -> None:
+    nodes = [node("a", memory=8192), node("b", memory=4096), node("c", memory=2048)]
+    e = Engine(nodes)
+    e.place(demand("filler", memory=1024, project="other"))
+    assert e.reservation("filler").node_uuid == "a"  # best fit opens the largest; the next one packs onto it
+    assert e.choose(demand("free")).uuid == "a"
+    for i, mode in enumerate((Mode.persistent, Mode.on_demand, Mode.static)):
+        r, moved = e.place(demand(f"s{i}", mode, memory=1024, require_node="b", require_why=DB))
+        assert r.node_uuid == "b" and not moved
+    assert e.load("b").services == 3 and e.load("a").services == 1
+    check_invariants(e, nodes)
+    # sticky on its node; a redeploy with new limits is resized there
+    assert e.place(demand("s0", memory=1024, require_node="b", require_why=DB))[0].node_uuid == "b"
+    assert e.place(demand("s0", memory=2048, require_node="b", require_why=DB))[0].node_uuid == "b"
+    assert e.fits_on(demand("x", memory=64, require_node="b"), "b") and \
+        not e.fits_on(demand("x", memory=64, require_node="b"), "a")
+
+
+def test_a_pinned_demand_is_refused_with_the_reason_when_its_node_cannot_take_it() -> None:
+    nodes = [node("big-a", memory=16384), node("full-b", memory=2048, labels={"disk": "ssd"}),
+             node("dr-c", memory=8192, draining=True), node("build-d", memory=8192, is_build_server=True)]
+    e = Engine(nodes)
+    e.reserve(demand("there", memory=1536), "full-b")
+
+    def refusal(d: Demand) -> str:
+        with pytest.raises(PlacementError) as err:
+            e.place(d)
+        msg = str(err.value)
+        assert DB in msg and "Fix:" in msg
+        assert "big-a" not in msg and "name-of" not in msg and "full-b" not in msg  # no server names for agents
+        assert d.require_node in err.value.detail  # the operator's detail names it
+        return msg
+
+    full = refusal(demand("s", memory=1024, require_node="full-b", require_why=DB))
+    assert "has no room" in full and "512 MiB of memory" in full and "1024 MiB" in full
+    assert "lower the service's memory/cpus (resources=" in full and "on_demand" in full and "operator" in full
+    # on_demand at 1/4 would be charged 256 MiB, but it must fit at full limits beside the persistent 1536: no
+    assert "has no room" in refusal(demand("s", Mode.on_demand, memory=1024, require_node="full-b", require_why=DB))
+    assert "is being drained" in refusal(demand("s", memory=64, require_node="dr-c", require_why=DB))
+    assert "build server" in refusal(demand("s", memory=64, require_node="build-d", require_why=DB))
+    labels = refusal(demand("s", memory=64, labels={"disk": "nvme"}, require_node="full-b", require_why=DB))
+    assert "disk=nvme" in labels and "label" in labels
+    assert "no longer a run server" in refusal(demand("s", memory=64, require_node="gone", require_why=DB))
+    # nothing was reserved by any refusal; the same small demand fits (labels match, room there)
+    assert e.load("full-b").services == 1 and e.reservation("s") is None
+    assert e.place(demand("s", memory=512, labels={"disk": "ssd"}, require_node="full-b"))[0].node_uuid == "full-b"
+    check_invariants(e, nodes)
+
+
+def test_spread_yields_to_the_required_node() -> None:
+    nodes = [node(u, memory=8192) for u in "abc"]
+    e = Engine(nodes, Policy(spread=True))
+    got = [e.place(demand(f"s{i}", project="p", spread=True, require_node="b", require_why=DB))[0].node_uuid
+           for i in range(3)]
+    assert got == ["b", "b", "b"]
+    # an unpinned service of the same project still spreads away from b
+    assert e.place(demand("free", project="p", spread=True))[0].node_uuid != "b"
+
+
+def test_a_service_placed_elsewhere_is_reported_not_moved_until_its_node_drains() -> None:
+    nodes = [node("a", memory=8192), node("b", memory=4096)]
+    e = Engine(nodes)
+    first, _ = e.place(demand("s", memory=1024))
+    assert first.node_uuid == "a"
+    with pytest.raises(PlacementError) as err:  # its project's database was made on b afterwards
+        e.place(demand("s", memory=1024, require_node="b", require_why=DB))
+    assert "runs on another run server than its project's database" in str(err.value)
+    assert "inkmcp nodes drain" in str(err.value) and "a (" not in str(err.value)
+    assert e.reservation("s") == first and e.load("b").services == 0
+    # its node drains: the next placement moves it, and to the required node (best fit has no say)
+    e.set_draining("a")
+    moved_to, moved = e.place(demand("s", memory=1024, require_node="b", require_why=DB))
+    assert moved and moved_to.node_uuid == "b" and e.load("a").services == 0
+    # a refused move keeps the old reservation known
+    e2 = Engine([node("a", memory=8192), node("b", memory=512)])
+    old, _ = e2.place(demand("s", memory=1024))
+    e2.set_draining("a")
+    with pytest.raises(PlacementError):
+        e2.place(demand("s", memory=1024, require_node="b", require_why=DB))
+    assert e2.reservation("s") == old
+
+
+def test_drain_plan_keeps_services_pinned_to_the_draining_node_and_moves_others_to_their_node() -> None:
+    nodes = [node("old", memory=8192), node("big", memory=16384), node("db", memory=4096)]
+    e = Engine(nodes)
+    for sid in ("with-db-here", "with-db-there", "free"):  # memory-dominant: best fit by memory
+        e.reserve(demand(sid, memory=1024, cpus=100, project=sid), "old")
+    demands = {"with-db-here": demand("with-db-here", memory=1024, cpus=100, project="with-db-here",
+                                      require_node="old", require_why=DB),
+               "with-db-there": demand("with-db-there", memory=1024, cpus=100, project="with-db-there",
+                                       require_node="db", require_why=DB)}
+    plan = e.plan_drain("old", demands)
+    assert [s for s, _ in plan.stuck] == ["with-db-here"]
+    why = plan.stuck[0][1]
+    assert "being drained" in why and "cannot move without it" in why and DB in why
+    assert "does not move a project's database" in why and "undrain" in why
+    # "free" opens the largest node; best fit would then pack "with-db-there" beside it, but its database is on db
+    assert {m.service_id: m.to_node for m in plan.moves} == {"free": "big", "with-db-there": "db"}
+    assert e.reservation("with-db-here").node_uuid == "old"
+
+
+def test_a_database_reservation_counts_as_load_and_marks_the_node_in_use() -> None:
+    from inkmcp.placement.engine import NodeLoad
+
+    nodes = [node("a", memory=8192), node("b", memory=4096)]
+    db = NodeLoad(memory_mb=3072, millicpus=1000, hard_memory_mb=3072, hard_millicpus=1000, databases=1)
+    e = Engine(nodes, loads={"b": db})
+    assert e.nodes_used() == 1
+    assert e.place(demand("s", memory=1024))[0].node_uuid == "b"  # packs beside the database first
+    with pytest.raises(PlacementError):
+        e.reserve(demand("t", memory=1024), "b")  # 3072 + 1024 + 1024 > 4096

@@ -280,3 +280,101 @@ async def test_status_shows_each_nodes_reservations_and_why_it_takes_nothing(pst
     assert got[a].load.on_demand_max_memory_mb == 2048 and got[a].not_target is None
     assert got[b].not_target == "no capacity configured (INKMCP_PLACEMENT_NODES)"
     assert got[c].not_target == "draining" and got[c].load.services == 0
+
+
+# -- affinity and a project's database ---------------------------------------------------------------------
+
+DB = "its project's database"
+
+
+async def test_a_pinned_service_is_reserved_on_its_node_or_refused_and_never_moved_by_a_reserve(pstore: Store) -> None:
+    a, b = uniq("a"), uniq("b")
+    placer = PlacementService(pstore.sessionmaker, fixed(node(a, memory=8192), node(b, memory=2048)))
+    (s1, p), (s2, _), (s3, _), (s4, _) = await make_services(pstore, 4)
+    res = Resources(memory_mb=1024, cpus=0.5)
+    # best fit would open a (the largest); the requirement puts both on b, spreading yields to it
+    for sid in (s1, s2):
+        placed = await placer.place(key(sid, p), Mode.persistent, res, spread=True, require_node=b, require_why=DB)
+        assert placed.server_uuid == b and not placed.moved
+    assert sorted(str(r.service_id) for r in await rows(pstore, b)) == sorted([s1, s2])
+    # b is full: refused with the reason, nothing written, nothing placed on a instead
+    with pytest.raises(PlacementError) as err:
+        await placer.place(key(s3, p), Mode.persistent, res, require_node=b, require_why=DB)
+    msg = str(err.value)
+    assert "run server of its project's database" in msg and "has no room" in msg and "0 MiB of memory" in msg
+    assert "resources=" in msg and b not in msg and f"name-{b}" in err.value.detail
+    assert await placer.placement_of(s3) is None and await rows(pstore, a) == []
+    # placed on a before the database existed: a later pinned reserve reports it and keeps the row
+    assert (await placer.place(key(s4, p), Mode.persistent, res)).server_uuid == a
+    with pytest.raises(PlacementError, match="runs on another run server than its project's database"):
+        await placer.place(key(s4, p), Mode.persistent, res, require_node=b, require_why=DB)
+    assert (await placer.placement_of(s4)).node_uuid == a  # type: ignore[union-attr]
+    # a draining required node: refused with that reason
+    await placer.release_service(s2)
+    await placer.set_draining(node(b, memory=2048))
+    with pytest.raises(PlacementError, match="is being drained"):
+        await placer.place(key(s3, p), Mode.persistent, res, require_node=b, require_why=DB)
+    assert await placer.placement_of(s3) is None
+
+
+async def test_a_projects_database_is_counted_on_its_node_until_released(pstore: Store) -> None:
+    a, b = uniq("a"), uniq("b")
+    placer = PlacementService(pstore.sessionmaker, fixed(node(a, memory=8192), node(b, memory=4096, cpus=2000)))
+    (s1, p1), (_, p2) = await make_services(pstore, 2, projects=2)
+    got = await placer.reserve_database(p1, b, 3072, 1.5)
+    assert (got.node_uuid, got.charged_memory_mb, got.charged_millicpus) == (b, 3072, 1500)
+    assert await placer.reserve_database(p1, b, 3072, 1.5) == got  # idempotent
+    assert await placer.database_reservation(p1) == got
+    status = {st.node.uuid: st.load for st in await placer.status()}
+    assert (status[b].memory_mb, status[b].hard_memory_mb, status[b].services, status[b].databases) == (
+        3072, 3072, 0, 1)
+    # the database's room is taken: a service of its project pinned there with 1536 MiB does not fit ...
+    with pytest.raises(PlacementError, match="has no room") as err:
+        await placer.place(key(s1, p1), Mode.persistent, Resources(memory_mb=1536, cpus=0.25), require_node=b,
+                           require_why=DB)
+    assert "1024 MiB of memory" in str(err.value)
+    # ... 1024 MiB does
+    assert (await placer.place(key(s1, p1), Mode.persistent, Resources(memory_mb=1024, cpus=0.25), require_node=b,
+                               require_why=DB)).server_uuid == b
+    # a second database on the full node is refused before Coolify is asked; unchecked it is recorded as is
+    with pytest.raises(PlacementError, match="the project's database must run on the run server") as derr:
+        await placer.reserve_database(p2, b, 512, 0.5)
+    assert "has no room for it" in str(derr.value) and await placer.database_reservation(p2) is None
+    assert (await placer.reserve_database(p2, b, 512, 0.5, check=False)).node_uuid == b
+    assert {st.node.uuid: st.load for st in await placer.status()}[b].memory_mb == 3072 + 1024 + 512
+    # released: the room is back; a repeat is harmless
+    assert await placer.release_database(p2) and not await placer.release_database(p2)
+    assert await placer.release_database(p1)
+    assert {st.node.uuid: st.load for st in await placer.status()}[b].memory_mb == 1024
+    # a draining node takes no new database; the project's row going takes its reservation along
+    await placer.set_draining(node(a, memory=8192))
+    with pytest.raises(PlacementError, match="is being drained"):
+        await placer.reserve_database(p2, a, 512, 0.5)
+    await placer.reserve_database(p2, b, 512, 0.5)
+    async with pstore.session() as s, s.begin():
+        await s.execute(text("DELETE FROM projects WHERE id = :p"), {"p": uuid.UUID(p2)})
+    assert {st.node.uuid: st.load for st in await placer.status()}[b].memory_mb == 1024
+    with pytest.raises(LookupError, match="deleted"):
+        await placer.reserve_database(p2, b, 512, 0.5)
+
+
+async def test_drain_plan_keeps_services_whose_database_is_on_the_node_and_moves_others_to_theirs(
+        pstore: Store) -> None:
+    old, big, dbn = uniq("old"), uniq("big"), uniq("db")
+    placer = PlacementService(pstore.sessionmaker, fixed(node(old, memory=8192), node(big, memory=16384),
+                                                         node(dbn, memory=4096)))
+    (here, ph), (there, pt), (free, pf) = await make_services(pstore, 3, projects=3)
+    for sid, pid in ((here, ph), (there, pt), (free, pf)):  # all on old (best fit would open big)
+        assert (await placer.place(key(sid, pid), Mode.persistent, Resources(memory_mb=1024, cpus=0.1),
+                                   require_node=old)).server_uuid == old
+    asked: list[list[str]] = []
+
+    async def affinity(project_ids: Any) -> dict[str, str]:
+        asked.append(list(project_ids))
+        return {ph: old, pt: dbn}
+
+    plan = await placer.plan_drain(old, mark=False, affinity=affinity)
+    assert sorted(asked[0]) == sorted([ph, pt, pf])
+    assert [s for s, _ in plan.stuck] == [here] and "cannot move without it" in plan.stuck[0][1]
+    assert {m.service_id: m.to_node for m in plan.moves} == {there: dbn, free: big}
+

@@ -22,8 +22,11 @@ Layout and why:
   placement, so a project's first service lands beside its database. Core provisions the database *before* the
   first service is placed (deployments.deploy), so for a new project this choice is the project's home; placement
   must then keep the project's services on `projects.provider_ref["coolify-db"].server_uuid`
-  (`database_server_of`), which is the wiring left to the coordinator (see the report).
-  The database's memory is not reserved in `placements` (that table is keyed by service): a known gap.
+  (`database_server_of`): placement's adapter (inkmcp/placement/adapter.py) requires that node for every service
+  of the project, and `inkmcp nodes drain` never moves a service away from its database.
+  The database's own limits count on its node: with placement wired, the server is reserved
+  (`PlacementService.reserve_database`, checked against the node's room under its lock) before Coolify is asked
+  to create the database, recorded as-is for a database found already running, and released on `drop`.
 * **Recorded in the control-plane database**: every remote id goes to `projects.provider_ref["coolify-db"]`
   (`save_ref`, durable before the next remote step): the Coolify project and environment, the server, and the
   database uuid as soon as Coolify answers; core stores the database uuid again as the handle's `external_id`.
@@ -60,7 +63,7 @@ import secrets
 import string
 import uuid as uuidlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -85,6 +88,7 @@ from inkmcp.coolify.client import (
 )
 from inkmcp.coolify.spec import SpecError
 from inkmcp.errors import InvalidArgument, ProviderError
+from inkmcp.placement.models import PlacementError
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
 from inkmcp.providers.database.postgres import database_name_for
 from inkmcp.store.models import Project
@@ -139,9 +143,14 @@ class CoolifyDatabaseSettings(BaseSettings):
 
     def limits(self, tier: Tier) -> tuple[str, str]:
         """(limits_memory, limits_cpus) as Coolify takes them: "256m", "0.5"."""
-        mem, cpus = ((self.standard_memory_mb, self.standard_cpus) if tier == Tier.standard
-                     else (self.free_memory_mb, self.free_cpus))
+        mem, cpus = self.limits_of(tier)
         return f"{mem}m", f"{cpus:g}"
+
+    def limits_of(self, tier: Tier) -> tuple[int, float]:
+        """(memory MiB, cpus) of a database of this tier: what placement reserves on its server."""
+        if tier == Tier.standard:
+            return self.standard_memory_mb, self.standard_cpus
+        return self.free_memory_mb, self.free_cpus
 
 
 class ListedDatabase(BaseModel):
@@ -187,6 +196,19 @@ async def database_server_of(sessions: async_sessionmaker[AsyncSession], project
         refs = (await s.execute(select(Project.provider_ref).where(Project.id == project_id))).scalar_one_or_none()
     server = ref_of(refs, REF_KEY).get("server_uuid")
     return str(server) if server else None
+
+
+async def database_servers_of(sessions: async_sessionmaker[AsyncSession],
+                              project_ids: Sequence[str]) -> dict[str, str]:
+    """`database_server_of` for many projects at once ({project_id: server uuid}, projects without a Coolify
+    database left out): what a drain pins each project's services to (placement.records.Affinity)."""
+    ids = [uuidlib.UUID(p) for p in project_ids]
+    if not ids:
+        return {}
+    async with sessions() as s:
+        rows = (await s.execute(select(Project.id, Project.provider_ref[REF_KEY]["server_uuid"].astext).where(
+            Project.id.in_(ids), Project.provider_ref[REF_KEY]["server_uuid"].is_not(None)))).all()
+    return {str(pid): str(server) for pid, server in rows if server}
 
 
 class CoolifyDatabaseProvider:
@@ -332,6 +354,8 @@ class CoolifyDatabaseProvider:
             if ref.get("database_uuid") != db_uuid:
                 ref["database_uuid"] = db_uuid
                 await self._record(project_id, ref)
+            if ref.get("server_uuid"):  # it runs there already: count it as it is (never refused)
+                await self._reserve(project_id, str(ref["server_uuid"]), tier, check=False)
         running = await self._wait_running(db_uuid, created)
         return DatabaseHandle(provider=self.name, tier=tier, external_id=db_uuid,
                               credentials=self._credentials(running))
@@ -339,6 +363,7 @@ class CoolifyDatabaseProvider:
     async def _create(self, owner_slug: str, name: str, tier: Tier, project_id: uuidlib.UUID | None,
                       ref: dict[str, Any]) -> str:
         server = await self._server_for(project_id, ref)
+        await self._reserve(project_id, server, tier, check=True)
         if ref.get("server_uuid") != server:
             ref["server_uuid"] = server
             await self._record(project_id, ref)
@@ -494,6 +519,20 @@ class CoolifyDatabaseProvider:
         raise ProviderError("no Coolify server can take a database: none is usable, a run server and has a "
                             "wildcard domain", fix="validate a run server in Coolify and set its Wildcard Domain")
 
+    async def _reserve(self, project_id: uuidlib.UUID | None, server: str, tier: Tier, *, check: bool) -> None:
+        """The database's memory/CPU counted on its server in placement (module docstring); refused (ProviderError
+        with placement's agent-safe reason) when `check` and the server has no room or is draining."""
+        if self._placement is None or project_id is None:
+            return
+        memory_mb, cpus = self.settings.limits_of(tier)
+        try:
+            await self._placement.reserve_database(str(project_id), server, memory_mb, cpus, check=check)
+        except PlacementError as e:
+            raise ProviderError(str(e)) from None
+        except LookupError:
+            raise ProviderError("the project was deleted while its database was being made",
+                                fix="deploy the project again") from None
+
     # -- running ---------------------------------------------------------------------------------------------
 
     async def _wait_running(self, db_uuid: str, created: bool) -> ListedDatabase:
@@ -582,6 +621,8 @@ class CoolifyDatabaseProvider:
                 await save_ref(self._sessions, "project", owner[0], REF_KEY, {})
             except RefNotStored:
                 pass
+            if self._placement is not None:  # its room on the server is free again
+                await self._placement.release_database(str(owner[0]))
 
     async def _owner_of(self, db_uuid: str) -> tuple[uuidlib.UUID, dict[str, Any]] | None:
         if self._sessions is None:
