@@ -7,6 +7,12 @@
    HTTP calls to Coolify took as InkMCP saw them (loopback + the stand-in's own service time), and minus the
    provider's poll sleeps (waiting for Coolify's build) = InkMCP's overhead (target < 50 ms p50). The stand-in's
    server-side service time is shown too (the strict floor: overhead vs server time also charges HTTP to InkMCP).
+   Also per deploy: InkMCP's child processes (git by subcommand), control-plane transactions, autocommit statements
+   and connection checkouts, and the request budget's database round trips (`--origins` splits the transactions by
+   the function that opened them; `--profile FILE` writes a cProfile of the timed deploys).
+1b. The "live" answer as an agent hears it: `deploy_app(wait_seconds=60)` returning `live`, after the moment InkMCP
+   read Coolify's last deployment of the release as finished (Coolify's health checks passed); issue 12 item 4 asks
+   for 20 ms.
 2. Requests per deploy sent to Coolify, from the stand-in's log: first deploy (web + worker; web only), the same
    deploy again (a no-op), a redeploy of a new commit, a redeploy with changed env, `update_env_vars` on a live
    service.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import shutil
 import subprocess
 import sys
@@ -105,6 +112,73 @@ class Timed:
         return total
 
 
+class Counted:
+    """Per-deploy counts of what InkMCP itself does: child processes (git by subcommand), control-plane
+    transactions and statements, connection checkouts, and the request budget's database round trips."""
+
+    def __init__(self, origins: bool = False) -> None:
+        self.counts: dict[str, int] = {}
+        self.origins = origins
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def take(self) -> dict[str, int]:
+        counts, self.counts = self.counts, {}
+        return counts
+
+    def watch_processes(self) -> Callable[[], None]:
+        """Count every child started through asyncio (git, tar, sh, setpriv) while a deploy runs."""
+        real = asyncio.create_subprocess_exec
+
+        async def counted(program: Any, *args: Any, **kw: Any) -> Any:
+            argv = [str(program), *map(str, args)]
+            if "--" in argv and "setpriv" in argv[0]:
+                argv = argv[argv.index("--") + 1:]
+            name = Path(argv[0]).name
+            if name == "git":
+                sub = next((a for a in argv[1:] if not a.startswith("-") and argv[argv.index(a) - 1] != "-c"), "?")
+                self.add("git")
+                self.add(f"git {sub}")
+            else:
+                self.add(f"other: {name}")
+            return await real(program, *args, **kw)
+
+        asyncio.create_subprocess_exec = counted  # type: ignore[assignment]
+
+        def undo() -> None:
+            asyncio.create_subprocess_exec = real  # type: ignore[assignment]
+
+        return undo
+
+    def watch_engine(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        sync = engine.sync_engine
+
+        def begin(conn: Any) -> None:
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                self.add("autocommit connections (one statement each, no BEGIN/COMMIT)")
+                return
+            self.add("transactions (BEGIN ... COMMIT/ROLLBACK)")
+            if self.origins:  # the innermost inkmcp function that opened it (the asyncio task's coroutine stack)
+                import greenlet  # SQLAlchemy runs this in a child greenlet; the awaiting coroutines are its parent's
+
+                here = greenlet.getcurrent()
+                frame = here.parent.gr_frame if here.parent is not None else sys._getframe(1)
+                while frame is not None and not (
+                    "/inkmcp/" in frame.f_code.co_filename and "/inkmcp/store/" not in frame.f_code.co_filename
+                ):
+                    frame = frame.f_back
+                where = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}" if frame else "?"
+                self.add(f"  transaction from {where}")
+
+        event.listen(sync, "begin", begin)
+        event.listen(sync, "before_cursor_execute",
+                     lambda conn, cur, stmt, params, ctx, many: self.add("statements"))
+        event.listen(sync.pool, "checkout", lambda *a: self.add("connection checkouts (each pre-pinged)"))
+
+
 class _AsyncioWithTimedSleep:
     """The provider module's `asyncio`, with `sleep` timed (its poll waits for Coolify's builds)."""
 
@@ -125,7 +199,8 @@ def new_commit(path: Path, text: str) -> None:
     subprocess.run([*GIT, "-C", str(path), "commit", "-q", "-m", text], check=True)
 
 
-async def in_process(db_url: str, root: Path, deploys_n: int) -> None:
+async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
+                     origins: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a thread with its clocks at 0."""
     standin = CoolifyStandin(root / "nodes", rate_limit=10_000_000, build_seconds=0.0, restart_seconds=0.0,
                              status_delay=0.0, delete_delay=0.0, stop_delay=0.0, validation_delay=0.0)
@@ -145,6 +220,19 @@ async def in_process(db_url: str, root: Path, deploys_n: int) -> None:
     compute = CoolifyComputeProvider.from_settings(settings, root / "compute", budget=budget)
     http, sleeps = Timed(), Timed()
     compute.client._http.request = http.wrap(compute.client._http.request)  # type: ignore[method-assign]
+    counted = Counted(origins=origins)
+    counted.watch_engine(store.engine)
+    unwatch = counted.watch_processes()
+    finished_at: list[float] = []  # when InkMCP read a Coolify deployment as finished (Coolify's health check passed)
+    real_get_deployment = compute.client.get_deployment
+
+    async def get_deployment(uuid_: str) -> Any:
+        dep = await real_get_deployment(uuid_)
+        if dep.status == "finished":
+            finished_at.append(time.perf_counter())
+        return dep
+
+    compute.client.get_deployment = get_deployment  # type: ignore[method-assign]
     provider_module.asyncio = _AsyncioWithTimedSleep(sleeps)  # type: ignore[attr-defined]
     limits = LimitDefaults(max_projects=1000, max_concurrent_builds=100)
     postgres = PostgresDatabaseProvider(SecretStr("postgresql://unused@127.0.0.1:1/unused"), public_host="127.0.0.1",
@@ -179,16 +267,27 @@ async def in_process(db_url: str, root: Path, deploys_n: int) -> None:
         for i in range(3):
             await deploy(DeployRequest(repo_url=str(repo(root)), project_name=f"warm-{i}"))
         samples: list[dict[str, float]] = []
+        counts: list[dict[str, int]] = []
+        budget_trips = getattr(budget, "round_trips", 0)
+        profiler = cProfile.Profile() if profile else None
         for i in range(deploys_n):
             r = repo(root)
-            http.take(), sleeps.take(), server.take()
+            http.take(), sleeps.take(), server.take(), counted.take()
             before = len(standin.requests_of(token))
+            if profiler is not None:
+                profiler.enable()
             t = time.perf_counter()
             await deploy(DeployRequest(repo_url=str(r), project_name=f"bench-{i}", env_vars={"MESSAGE": str(i)}))
             total = time.perf_counter() - t
+            if profiler is not None:
+                profiler.disable()
             samples.append({"total": total, "http": http.take(), "server": server.take(), "sleep": sleeps.take(),
                             "accept": accepted[-1],
                             "requests": len(standin.requests_of(token)) - before})
+            counts.append(counted.take())
+            trips = getattr(budget, "round_trips", 0)
+            counts[-1]["request budget round trips"] = trips - budget_trips
+            budget_trips = trips
         print(f"\n## 1. InkMCP overhead per deploy over the stand-in ({deploys_n} first deploys, web + worker, "
               f"stand-in clocks at 0, DbBudget on Postgres)\n")
         print("| per deploy | p50 ms | p99 ms |\n| --- | ---: | ---: |")
@@ -207,6 +306,26 @@ async def in_process(db_url: str, root: Path, deploys_n: int) -> None:
         for name, vals in rows.items():
             print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")
         print(f"\nrequests per deploy: {sorted({int(s['requests']) for s in samples})}")
+        print("\n| InkMCP's own work per deploy | median | max |\n| --- | ---: | ---: |")
+        for key in sorted({k for c in counts for k in c}):
+            vals = sorted(c.get(key, 0) for c in counts)
+            print(f"| {key} | {vals[len(vals) // 2]} | {vals[-1]} |")
+        if profiler is not None:
+            profiler.dump_stats(profile)
+            print(f"\ncProfile of the timed deploys written to {profile} (python -m pstats {profile})")
+
+        # 1b. the "live" answer as an agent hears it (deploy_app waiting), against Coolify's health check
+        lags: list[float] = []
+        for i in range(max(5, deploys_n // 2)):
+            finished_at.clear()
+            view = await platform.deploy_app(p, DeployRequest(repo_url=str(repo(root)), project_name=f"lag-{i}"),
+                                             wait_seconds=60)
+            heard = time.perf_counter()
+            assert view.status == "live", view
+            lags.append(heard - finished_at[-1])
+        print(f"\n## 1b. \"live\" heard by deploy_app(wait_seconds=60) after InkMCP read Coolify's deployment as "
+              f"finished (its health check passed), {len(lags)} deploys (issue 12 item 4: within 20 ms)\n")
+        print(f"| p50 ms | p99 ms |\n| ---: | ---: |\n| {pct(lags, 50) * 1000:.1f} | {pct(lags, 99) * 1000:.1f} |")
 
         # 2. requests per deploy, by kind
         counts: list[tuple[str, int, str]] = []
@@ -244,6 +363,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int) -> None:
             print(f"| {name} | {n} | {detail} |")
         assert standin.throttled() == [] and not standin.request_violations, standin.request_violations[:3]
     finally:
+        unwatch()
         provider_module.asyncio = asyncio  # type: ignore[attr-defined]
         await deploys.close()
         await postgres.close()
@@ -308,6 +428,9 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=100, help="concurrent deploys in part 3 (default 100)")
     parser.add_argument("--rate-deploys", type=int, default=30, help="concurrent deploys in part 4 (default 30)")
     parser.add_argument("--skip-rate", action="store_true", help="leave out part 4 (~4 min at 200/min)")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of part 1's timed deploys to FILE")
+    parser.add_argument("--origins", action="store_true", help="count part 1's transactions by the function that "
+                        "opened them")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     if args.deploys < 1 or args.concurrent < 1 or args.rate_deploys < 1:
@@ -325,7 +448,7 @@ def main() -> None:
 
         async def run() -> None:
             if parts & {"1", "2"}:
-                await in_process(url, base, args.deploys)
+                await in_process(url, base, args.deploys, args.profile, args.origins)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:

@@ -32,6 +32,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import delete, func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.detect import derive_plan
@@ -82,8 +83,46 @@ from inkmcp.store.refs import check_ref, ref_of, save_ref
 
 log = logging.getLogger("inkmcp.deploy")
 
+# Fenced writes of a pipeline, each ONE autocommit statement (one round trip, no BEGIN/COMMIT): the UPDATE of the
+# deployment row (or the FOR UPDATE lock of it, for a ref on another row) is conditioned on the lease's replica and
+# epoch, so it is serialised with a takeover exactly like leases.fence's SELECT ... FOR UPDATE + writes in one
+# transaction: either it commits before the takeover, or it finds the row changed, writes nothing and the caller
+# raises LeaseLost. A deploy records ~20 steps and refs; as ORM transactions each cost ~5 round trips.
+_REF_SQL = """
+    WITH f AS MATERIALIZED (
+        SELECT id FROM deployments WHERE id = :dep AND claimed_by = :me AND lease_epoch = :epoch FOR UPDATE
+    ), u AS (
+        UPDATE {table} SET provider_ref = provider_ref || jsonb_build_object(CAST(:provider AS text),
+                                                                              CAST(:ref AS jsonb))
+        WHERE id = :row AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    )
+    SELECT count(*) FROM f
+"""
+_REF_SQL_BY_SCOPE = {scope: text(_REF_SQL.format(table=table)) for scope, table in
+                     (("project", "projects"), ("service", "services"), ("deployment", "deployments"))}
+_LIVE_SQL = text("""
+    WITH d AS (
+        UPDATE deployments SET status = 'live', url = :url, finished_at = :now, updated_at = :now, lease_until = NULL
+        WHERE id = :dep AND claimed_by = :me AND lease_epoch = :epoch
+        RETURNING id, service_id
+    ), old AS (
+        UPDATE deployments o SET status = 'superseded', updated_at = :now
+        FROM d WHERE o.service_id = d.service_id AND o.status = 'live' AND o.id <> d.id
+        RETURNING o.id
+    ), svc AS (
+        UPDATE services SET live_deployment_id = d.id, url = :url FROM d WHERE services.id = d.service_id
+        RETURNING services.id
+    )
+    INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, 'live', :detail FROM d
+    RETURNING deployment_id
+""")
+
 ProgressSink = Callable[[str], Awaitable[None]]
 HISTORY_SHOWN = 12  # results stay small; the full history is in deployment_events
+PLAN_CACHE_SIZE = 512
+"""Build plans kept per (project mirror, commit, plan arguments), for providers that need no checkout here (a
+redeploy of the same commit with other env then reads no files at all)."""
 
 
 class DeployRequest(BaseModel):
@@ -150,6 +189,10 @@ class EnvApplied:
 
 
 class DeployService:
+    poll_seconds = 0.2
+    """How often `wait` reads a deployment's record again when no write of this process woke it (another replica
+    runs the deployment)."""
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -187,6 +230,13 @@ class DeployService:
         self._lost: set[uuid.UUID] = set()  # pipelines cancelled because their lease was taken over
         self._scanning = False  # takeover scans: from restore_all (serve), not in a bare DeployService
         self._maintainer: asyncio.Task[None] | None = None
+        self._plans: OrderedDict[tuple[Any, ...], tuple[BuildPlan, ServiceType]] = OrderedDict()
+        # Fenced pipeline writes go straight to the engine in autocommit (see _REF_SQL), not through a session.
+        self._autocommit = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
+        # Waiters on a deployment this replica runs are woken by its writes (`_changed`), not by a poll tick; the
+        # poll stays for deployments another replica runs.
+        self._changes: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._waiting: dict[uuid.UUID, int] = {}
 
     def _private_checkouts(self) -> None:
         """work/ and work/checkouts: root 0700, so no tenant reaches a checkout before it is handed over."""
@@ -216,10 +266,11 @@ class DeployService:
             if created:  # a typo in repo_url must not leave an empty project (and its user) behind
                 await self._drop_if_empty(project.id)
             raise
-        service_id = await self._ensure_service(project.id, req)
+        # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
+        service_id = await self._ensure_service(project.id, req, with_env=req.database is None)
 
         db = await self._databases.ensure(project.id, req.database) if req.database else None
-        if req.env_vars:
+        if req.env_vars and req.database:
             async with self._sessions.begin() as s:
                 await self._envs.apply(s, project.id, str(service_id), req.env_vars)
 
@@ -232,24 +283,40 @@ class DeployService:
         reusable = await self._reusable(service_id, config_hash)
         if reusable is not None:
             return await self.view(p, reusable, reused=True)
-        checkout = self._checkouts / uuid.uuid4().hex
-        try:
-            await checkout_fetched(fetched, checkout, policy=self._sources)
-            plan, service_type = derive_plan(
-                checkout,
-                service_name=req.service_name,
-                service_type=req.service_type,
-                build_command=req.build_command,
-                start_command=req.start_command,
-                port=req.port,
-            )
-        except BaseException:
-            shutil.rmtree(checkout, ignore_errors=True)
-            raise
+        checkout: Path | None
+        plan_key = (str(fetched.mirror), commit, req.service_name, req.service_type, req.build_command,
+                    req.start_command, req.port)  # fmt: skip
+        cached = self._plans.get(plan_key)
+        if cached is not None and not self._compute.needs_checkout:
+            # A plan is a function of the commit's files and these arguments: no checkout to derive it again.
+            self._plans.move_to_end(plan_key)
+            checkout, plan, service_type = None, cached[0].model_copy(deep=True), cached[1]
+        else:
+            checkout = self._checkouts / uuid.uuid4().hex
+            try:
+                await checkout_fetched(fetched, checkout, policy=self._sources)
+                plan, service_type = derive_plan(
+                    checkout,
+                    service_name=req.service_name,
+                    service_type=req.service_type,
+                    build_command=req.build_command,
+                    start_command=req.start_command,
+                    port=req.port,
+                )
+            except BaseException:
+                shutil.rmtree(checkout, ignore_errors=True)
+                raise
+            self._plans[plan_key] = (plan.model_copy(deep=True), service_type)
+            while len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+            if not self._compute.needs_checkout:  # read for the plan only: the provider fetches the source itself
+                shutil.rmtree(checkout, ignore_errors=True)
+                checkout = None
         mode = req.mode or plan.mode or default_mode(service_type)
         if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
             # A static site has nothing to sleep or keep warm; say so rather than ignore it.
-            shutil.rmtree(checkout, ignore_errors=True)
+            if checkout is not None:
+                shutil.rmtree(checkout, ignore_errors=True)
             raise InvalidArgument(
                 f"mode {req.mode} does not apply to a static site.",
                 argument="mode",
@@ -260,10 +327,12 @@ class DeployService:
                 service_id, commit, config_hash, plan, service_type, mode
             )
         except BaseException:  # e.g. the concurrent-builds limit: the checkout is nobody's now
-            shutil.rmtree(checkout, ignore_errors=True)
+            if checkout is not None:
+                shutil.rmtree(checkout, ignore_errors=True)
             raise
         if lease is None:  # the same deployment was created meanwhile (by this replica or another)
-            shutil.rmtree(checkout, ignore_errors=True)
+            if checkout is not None:
+                shutil.rmtree(checkout, ignore_errors=True)
             return await self.view(p, deployment_id, reused=True)
         log.info(
             "deployment queued",
@@ -312,7 +381,9 @@ class DeployService:
         # keyed, so the stored hash reveals nothing about env values
         return hmac.new(self._mac_key, payload.encode(), hashlib.sha256).hexdigest()
 
-    async def _ensure_service(self, project_id: uuid.UUID, req: DeployRequest) -> uuid.UUID:
+    async def _ensure_service(self, project_id: uuid.UUID, req: DeployRequest, *, with_env: bool = False) -> uuid.UUID:
+        """The service row (created or updated with this request's settings); with `with_env`, the request's env
+        vars stored in the same transaction."""
         shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
         async with self._sessions.begin() as s:
             await self._projects.check_service_quota(s, project_id, req.service_name)
@@ -340,6 +411,8 @@ class DeployService:
             svc.repo_url_enc = url_enc
             svc.ref = req.ref
             svc.settings = self._settings_of(req)
+            if with_env and req.env_vars:
+                await self._envs.apply(s, project_id, str(svc.id), req.env_vars)
             return svc.id
 
     async def effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
@@ -521,12 +594,43 @@ class DeployService:
         status = status.value if isinstance(status, Step) else status
         now = datetime.now(UTC)
         dep_id = lease.deployment_id
-        async with self._sessions.begin() as s:
-            await self._leases.fence(s, lease)
-            await s.execute(
-                update(Deployment).where(Deployment.id == dep_id).values(status=status, updated_at=now, **values)
-            )
-            s.add(DeploymentEvent(deployment_id=dep_id, status=status, detail=detail[:4000]))
+        fenced = (
+            update(Deployment)
+            .where(Deployment.id == dep_id, Deployment.claimed_by == lease.replica_id,
+                   Deployment.lease_epoch == lease.epoch)
+            .values(status=status, updated_at=now, **values)
+            .returning(Deployment.id)
+            .cte("d")
+        )  # fmt: skip
+        statement = (
+            insert(DeploymentEvent)
+            .from_select(["deployment_id", "status", "detail"],
+                         select(fenced.c.id, literal(status), literal(detail[:4000])))
+            .returning(DeploymentEvent.deployment_id)
+        )  # fmt: skip
+        async with self._autocommit.connect() as conn:
+            written = (await conn.execute(statement)).first()
+        if written is None:
+            raise LeaseLost(lease)
+        self._changed(dep_id)
+
+    async def _record_live(self, lease: Lease, url: str | None) -> None:
+        """One fenced statement (_LIVE_SQL): supersede the service's previous live deployment, record this one live
+        with its URL and event, point the service at it. A waiter never sees `live` before the URL is stored."""
+        now = datetime.now(UTC)
+        async with self._autocommit.connect() as conn:
+            written = (await conn.execute(_LIVE_SQL, {
+                "dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch, "url": url, "now": now,
+                "detail": url or "running (no route)"})).first()  # fmt: skip
+        if written is None:
+            raise LeaseLost(lease)
+        self._changed(lease.deployment_id)
+
+    def _changed(self, dep_id: uuid.UUID) -> None:
+        """A write of `dep_id` committed: wake whoever waits on it in this process."""
+        change = self._changes.pop(dep_id, None)
+        if change is not None and not change.done():
+            change.set_result(None)
 
     async def _load(self, dep_id: uuid.UUID) -> tuple[Deployment, Service, Project]:
         async with self._sessions() as s:
@@ -586,23 +690,19 @@ class DeployService:
         and its project, committed before the provider's next step. Inside a pipeline (`lease`) each write is
         fenced: a replica that lost the lease stops here, before the remote step the ref guards."""
         rows = {RefScope.project: project_id, RefScope.service: svc_id, RefScope.deployment: dep_id}
-        models: dict[RefScope, Any] = {RefScope.project: Project, RefScope.service: Service,
-                                       RefScope.deployment: Deployment}  # fmt: skip
 
         async def record(scope: RefScope, ref: ProviderRef) -> None:
             scope = RefScope(scope)
             if lease is None:
                 await save_ref(self._sessions, scope.value, rows[scope], self._compute.name, ref)
                 return
-            # store.refs.save_ref's statement, in the fenced transaction
-            value = json.loads(check_ref(ref))
-            model = models[scope]
-            entry = func.jsonb_build_object(self._compute.name, literal(value, JSONB))
-            async with self._sessions.begin() as s:
-                await self._leases.fence(s, lease)
-                await s.execute(
-                    update(model).where(model.id == rows[scope]).values(provider_ref=model.provider_ref.op("||")(entry))
-                )
+            # store.refs.save_ref's update, fenced, as one statement (_REF_SQL)
+            params = {"dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
+                      "provider": self._compute.name, "ref": check_ref(ref), "row": rows[scope]}  # fmt: skip
+            async with self._autocommit.connect() as conn:
+                fenced = (await conn.execute(_REF_SQL_BY_SCOPE[scope.value], params)).scalar_one()
+            if not fenced:
+                raise LeaseLost(lease)
 
         return record
 
@@ -611,27 +711,9 @@ class DeployService:
         dep_id = lease.deployment_id
         outcome = "failed"
         try:
-            _, svc, _ = await self._load(dep_id)
             await self._wait_turn(lease)
             result = await self._release_with_retries(lease, checkout)
-            now = datetime.now(UTC)
-            async with self._sessions.begin() as s:
-                await self._leases.fence(s, lease)
-                await s.execute(
-                    update(Deployment)
-                    .where(Deployment.service_id == svc.id, Deployment.status == "live", Deployment.id != dep_id)
-                    .values(status="superseded", updated_at=now)
-                )
-                await s.execute(
-                    update(Deployment)
-                    .where(Deployment.id == dep_id)
-                    .values(status="live", url=result.url, finished_at=now, updated_at=now, lease_until=None)
-                )
-                detail = result.url or "running (no route)"
-                s.add(DeploymentEvent(deployment_id=dep_id, status="live", detail=detail))
-                await s.execute(
-                    update(Service).where(Service.id == svc.id).values(live_deployment_id=dep_id, url=result.url)
-                )
+            await self._record_live(lease, result.url)
             outcome = "live"
         except LeaseLost:
             outcome = "lost"
@@ -779,18 +861,32 @@ class DeployService:
     async def wait(
         self, p: Principal, dep_id: uuid.UUID, *, timeout: float, on_progress: ProgressSink | None = None
     ) -> DeploymentView:
-        """Poll the record (works across restarts and processes), reporting each new step."""
+        """Follow the record (works across restarts and processes), reporting each new step.
+
+        A deployment this replica runs wakes the waiter as soon as a step is committed (`_changed`), so `live` is
+        heard right after it is recorded; one another replica runs is read again every `poll_seconds`."""
         deadline = time.monotonic() + timeout
         seen = 0
-        while True:
-            v = await self.view(p, dep_id, history_limit=10_000)
-            if on_progress:
-                for line in v.history[seen:]:
-                    await on_progress(line)
-                seen = len(v.history)
-            if v.done or time.monotonic() >= deadline:
-                return v.model_copy(update={"history": v.history[-HISTORY_SHOWN:]})
-            await asyncio.sleep(0.2)
+        self._waiting[dep_id] = self._waiting.get(dep_id, 0) + 1
+        try:
+            while True:
+                change = self._changes.get(dep_id)
+                if change is None or change.done():  # taken before the read, so no write falls in between
+                    change = self._changes[dep_id] = asyncio.get_running_loop().create_future()
+                v = await self.view(p, dep_id, history_limit=10_000)
+                if on_progress:
+                    for line in v.history[seen:]:
+                        await on_progress(line)
+                    seen = len(v.history)
+                left = deadline - time.monotonic()
+                if v.done or left <= 0:
+                    return v.model_copy(update={"history": v.history[-HISTORY_SHOWN:]})
+                await asyncio.wait([change], timeout=min(self.poll_seconds, left))  # a write here, or a tick
+        finally:
+            self._waiting[dep_id] -= 1
+            if not self._waiting[dep_id]:
+                del self._waiting[dep_id]
+                self._changes.pop(dep_id, None)
 
     async def list_services(self, p: Principal, project_name: str) -> list[ServiceView]:
         project = await self._projects.get(p, project_name)

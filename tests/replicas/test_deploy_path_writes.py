@@ -1,0 +1,151 @@
+"""The deploy path's writes, made cheaper without losing fencing or resumability: the `live` record is one fenced
+statement, a waiter on this replica hears a step from the write itself (not a poll tick), and a redeploy of a
+known commit reuses its build plan instead of checking the commit out again (providers that need no checkout).
+
+Over a real PostgreSQL, with two `DeployService`s standing for two replicas (tests/replicas/test_leases.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inkmcp.build import source as source_mod
+from inkmcp.build.plan import Mode, ServiceType
+from inkmcp.core.accounts import AccountService
+from inkmcp.core.deployments import DeployRequest, DeployService
+from inkmcp.core.leases import LeaseLost
+from inkmcp.core.limits import LimitDefaults
+from inkmcp.core.principal import Principal
+from inkmcp.core.views import TERMINAL
+from inkmcp.providers.compute.base import Step
+from inkmcp.store.db import Store
+from inkmcp.store.models import Project, Service
+from tests.replicas import test_leases as _leases
+from tests.replicas.conftest import wait_for
+from tests.support import git_repo
+
+# The real PostgreSQL and the two-replica factory of test_leases, as fixtures here too.
+embedded_pg_factory = _leases.embedded_pg_factory
+control_pg = _leases.control_pg
+store = _leases.store
+replicas = _leases.replicas
+PLAN, events, new_service, row, set_lease = _leases.PLAN, _leases.events, _leases.new_service, _leases.row, \
+    _leases.set_lease
+
+
+async def live_of(db: Store, service_id: uuid.UUID) -> tuple[uuid.UUID | None, str | None]:
+    async with db.sessionmaker() as s:
+        svc = await s.get(Service, service_id)
+        assert svc is not None
+        return svc.live_deployment_id, svc.url
+
+
+async def test_live_is_one_fenced_write_that_supersedes_the_previous_release(
+    store: Store, replicas: Callable[..., DeployService]
+) -> None:
+    a, b = replicas("a"), replicas("b")
+    sid = await new_service(store, a)
+    first, first_lease = await a._create_or_reuse(sid, "1" * 40, "h1", PLAN, ServiceType.webapp, Mode.persistent)
+    assert first_lease is not None
+    await a._record_live(first_lease, "https://one.example")
+    second, lease = await a._create_or_reuse(sid, "2" * 40, "h2", PLAN, ServiceType.webapp, Mode.persistent)
+    assert lease is not None
+
+    # a paused past its lease; b took the deployment over: a's live write is refused and changes nothing
+    await set_lease(store, second, "a", -1, 1)
+    taken = await b._leases.claim(second)
+    assert taken is not None
+    before = await events(store, second)
+    with pytest.raises(LeaseLost):
+        await a._record_live(lease, "https://late.example")
+    assert (await row(store, second)).status == "queued"
+    assert (await row(store, first)).status == "live"
+    assert await live_of(store, sid) == (first, "https://one.example")
+    assert await events(store, second) == before
+
+    await b._record_live(taken, "https://two.example")
+    done = await row(store, second)
+    assert (done.status, done.url, done.lease_until) == ("live", "https://two.example", None)
+    assert done.finished_at is not None
+    assert (await row(store, first)).status == "superseded"
+    assert await live_of(store, sid) == (second, "https://two.example")
+    assert (await events(store, second))[-1] == ("live", "https://two.example")
+
+
+async def test_a_waiter_hears_each_step_from_the_write_not_from_a_poll(
+    store: Store, replicas: Callable[..., DeployService]
+) -> None:
+    a = replicas("a")
+    a.poll_seconds = 60.0  # only the write's wake-up can answer within the timeouts below
+    sid = await new_service(store, a)
+    async with store.sessionmaker() as s:
+        svc = await s.get(Service, sid)
+        project = await s.get(Project, svc.project_id) if svc is not None else None
+        assert project is not None
+    p = Principal(account_id=project.account_id, account_name="x", actor="test")
+    dep, lease = await a._create_or_reuse(sid, "3" * 40, "h3", PLAN, ServiceType.webapp, Mode.persistent)
+    assert lease is not None
+    heard: list[str] = []
+
+    async def on_progress(line: str) -> None:
+        heard.append(line)
+
+    waiter = asyncio.ensure_future(a.wait(p, dep, timeout=50, on_progress=on_progress))
+
+    async def waiting() -> bool:
+        return dep in a._waiting and bool(heard)
+
+    await wait_for(waiting, 10, "the waiter reading the record once")
+    await a._record(lease, Step.building, "building now")
+    await wait_for(lambda: _async(any(h.startswith("building") for h in heard)), 5, "the building step heard")
+    await a._record_live(lease, "https://three.example")
+    view = await asyncio.wait_for(waiter, 5)
+    assert (view.status, view.url, view.done) == ("live", "https://three.example", True)
+    assert dep not in a._waiting and dep not in a._changes  # nothing left behind for a finished wait
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_a_redeploy_of_a_known_commit_reads_no_files_when_the_provider_needs_no_checkout(
+    store: Store, replicas: Callable[..., DeployService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = replicas("a")
+    assert not a._compute.needs_checkout  # the fake remote fetches the source itself, like Coolify
+    repo = git_repo(tmp_path / "app", {"app.py": "print('hi')\n", "Procfile": "web: python app.py\n"})
+    p = await AccountService(store.sessionmaker, LimitDefaults()).principal_for(f"acct-{uuid.uuid4().hex[:6]}", "t")
+    started: list[str] = []
+    real = source_mod._spawn
+
+    async def spawn(argv: list[str], *args: Any, **kw: Any) -> Any:
+        started.append(" ".join(x for x in argv if not x.startswith("-")))
+        return await real(argv, *args, **kw)
+
+    monkeypatch.setattr(source_mod, "_spawn", spawn)
+
+    async def deploy(message: str) -> Any:
+        view = await a.deploy(p, DeployRequest(repo_url=str(repo), project_name="cached",
+                                               env_vars={"MESSAGE": message}))
+        done = await a.wait(p, uuid.UUID(view.deployment_id), timeout=60)
+        assert done.status == "live", done
+        return done
+
+    first = await deploy("one")
+    assert any("archive" in c for c in started)  # the first deploy of the commit reads its files for the plan
+    assert list((a._checkouts).iterdir()) == []  # and drops them at once: the provider fetches the source itself
+    started.clear()
+    second = await deploy("two")
+    assert second.deployment_id != first.deployment_id and second.commit == first.commit
+    assert not any("archive" in c or "tar" in c for c in started), started  # plan from the cache: no checkout
+    plans = []
+    for d in (first, second):
+        dep = await row(store, uuid.UUID(d.deployment_id))
+        assert dep.status in TERMINAL
+        plans.append(dep.plan)
+    assert plans[0] == plans[1] and plans[0]["processes"][0]["name"] == "web"
