@@ -85,13 +85,19 @@ class Env:
             return svc, ref_of(svc.provider_ref, "coolify")
 
     async def deploy(self, name: str, memory_mb: int, *, worker: bool = False, message: str = "hi",
-                     fails: bool = False, domains: tuple[str, ...] = ()) -> uuid.UUID:
+                     fails: bool = False, domains: tuple[str, ...] = (),
+                     project_id: uuid.UUID | None = None) -> uuid.UUID:
         """A service the way core deploys one: rows first, then the provider's release recording its refs in those
-        rows, then the deployment live."""
+        rows, then the deployment live. In a new project `p-<name>`, or in `project_id`."""
         async with self.store.session() as s, s.begin():
-            project = Project(account_id=self.account_id, name=f"p-{name}")
-            s.add(project)
-            await s.flush()
+            if project_id is None:
+                project = Project(account_id=self.account_id, name=f"p-{name}")
+                s.add(project)
+                await s.flush()
+            else:
+                got = await s.get(Project, project_id)
+                assert got is not None
+                project = got
             svc = Service(project_id=project.id, name=name, service_type="webapp", mode="persistent",
                           repo_url="https://git.example/app.git",
                           settings={"resources": {"memory_mb": memory_mb, "cpus": 0.5}})
@@ -107,7 +113,7 @@ class Env:
             await s.flush()
             ids = (project.id, svc.id, dep.id)
         key = ServiceKey(account_id=str(self.account_id), project_id=str(ids[0]), service_id=str(ids[1]),
-                         project_name=f"p-{name}", service_name=name)
+                         project_name=project.name, service_name=name)
         request = ReleaseRequest(
             deployment_id=str(ids[2]), key=key, service_type=ServiceType.webapp, mode=Mode.persistent, plan=plan,
             commit=COMMIT, env={"MESSAGE": SecretStr(message)}, env_revision="r1",
@@ -502,3 +508,72 @@ async def test_cli_drain_and_undrain_over_the_runtime(env: Env, placement_url: s
     back = await asyncio.to_thread(cli, "undrain", "run-1")
     assert back.exit_code == 0 and "takes new services again" in back.output
     assert {n.node.name: n.not_target for n in await env.placement.status()}["run-1"] is None
+
+
+async def test_a_projects_services_stay_beside_its_coolify_database_when_placed_and_drained(env: Env) -> None:
+    """A project with a Coolify-managed Postgres on run-2 (made by the real database provider over the stand-in):
+    its services land on run-2 although best fit would pack them onto run-1, a service run-2 has no room for is
+    refused with the reason (never placed elsewhere), and draining run-2 leaves them there as `cannot move`
+    (their DATABASE_URL's host exists only on run-2's network). A service whose database is on run-3 moves to
+    run-3 when its node drains, not where best fit would put it."""
+    from inkmcp.providers.compute.base import ComputeError
+    from inkmcp.providers.database.base import Tier
+    from inkmcp.providers.database.coolify import CoolifyDatabaseProvider, CoolifyDatabaseSettings
+
+    run1, run2, run3 = env.servers
+    other = await env.deploy("other", 1024)
+    late = await env.deploy("late", 1024)
+    for sid in (other, late):  # best fit: the largest, then packed beside the first
+        assert (await env.row(sid))[1]["server_uuid"] == run1.uuid
+    async with env.store.session() as s, s.begin():
+        shop = Project(account_id=env.account_id, name="p-shop")
+        s.add(shop)
+        await s.flush()
+    token = env.standin.add_token("read", "read:sensitive", "write", "deploy")
+    databases = CoolifyDatabaseProvider(
+        CoolifyClient(env.standin.url, token, retry=FAST),
+        CoolifyDatabaseSettings(server="run-2", poll_interval=0.02, poll_max_interval=0.1, start_timeout=10.0,
+                                start_grace=0.3), sessions=env.store.sessionmaker, placement=env.placement)
+    try:
+        handle = await databases.provision(owner_slug=shop.id.hex, tier=Tier.free)
+    finally:
+        await databases.close()
+    assert env.standin.databases[handle.external_id].server_uuid == run2.uuid
+    web = await env.deploy("web", 1024, project_id=shop.id)
+    _, ref = await env.row(web)
+    assert ref["server_uuid"] == run2.uuid and [a.server_uuid for a in env.apps_of(web)] == [run2.uuid]
+    # run-2 (4096 MiB) holds the database (256) and web (1024): 3072 more is refused, nothing made anywhere
+    requests = len(env.standin.requests)
+    with pytest.raises(ComputeError) as err:
+        await env.deploy("api", 3072, project_id=shop.id)
+    msg = str(err.value)
+    assert "must run on the run server of its project's database" in msg and "has no room" in msg
+    assert "2816 MiB of memory" in msg and "run-2" not in msg and run2.uuid not in msg
+    assert not [r for r in env.standin.requests[requests:] if r.method == "POST" and "applications" in r.path]
+    assert len(env.apps_on(run1)) == 2 and len(env.apps_on(run3)) == 0
+
+    # draining run-2: web cannot move (dry run and real drain say so, and nothing moves)
+    await env.settled()
+    for dry in (True, False):
+        requests = len(env.standin.requests)
+        report = await env.drainer().drain("run-2", dry_run=dry)
+        [out] = [o for o in report.outcomes if o.service == "web.p-shop"]
+        assert out.status == "cannot move" and not report.ok
+        assert "its project's database" in out.detail and "cannot move without it" in out.detail
+        assert "does not move a project's database" in out.detail
+        assert not [r for r in env.standin.requests[requests:] if r.method != "GET"]
+    await env.settled()
+    _, after = await env.row(web)
+    assert after == ref and [a.server_uuid for a in env.apps_of(web)] == [run2.uuid]
+    assert (await env.placement.placement_of(str(web))).node_uuid == run2.uuid  # type: ignore[union-attr]
+    await env.drainer().undrain("run-2")
+
+    # late was placed on run-1 before its project's database was made on run-3: drained, it goes to run-3
+    svc, _ = await env.row(late)
+    await save_ref(env.store.sessionmaker, "project", svc.project_id, "coolify-db", {"server_uuid": run3.uuid})
+    report = await env.drainer().drain("run-1")
+    assert report.ok, report
+    await env.settled()
+    assert (await env.row(late))[1]["server_uuid"] == run3.uuid  # best fit would have packed it onto run-2
+    assert [a.server_uuid for a in env.apps_of(late)] == [run3.uuid]
+    assert (await env.row(other))[1]["server_uuid"] == run2.uuid

@@ -364,8 +364,9 @@ async def test_drain_plan_keeps_services_whose_database_is_on_the_node_and_moves
     placer = PlacementService(pstore.sessionmaker, fixed(node(old, memory=8192), node(big, memory=16384),
                                                          node(dbn, memory=4096)))
     (here, ph), (there, pt), (free, pf) = await make_services(pstore, 3, projects=3)
-    for sid, pid in ((here, ph), (there, pt), (free, pf)):  # all on old (best fit would open big)
-        assert (await placer.place(key(sid, pid), Mode.persistent, Resources(memory_mb=1024, cpus=0.1),
+    # all on old (best fit would open big); "there" the smallest, so the plan takes it last (largest first)
+    for sid, pid, mb in ((here, ph, 1024), (there, pt, 512), (free, pf, 1024)):
+        assert (await placer.place(key(sid, pid), Mode.persistent, Resources(memory_mb=mb, cpus=0.1),
                                    require_node=old)).server_uuid == old
     asked: list[list[str]] = []
 
@@ -376,5 +377,6 @@ async def test_drain_plan_keeps_services_whose_database_is_on_the_node_and_moves
     plan = await placer.plan_drain(old, mark=False, affinity=affinity)
     assert sorted(asked[0]) == sorted([ph, pt, pf])
     assert [s for s, _ in plan.stuck] == [here] and "cannot move without it" in plan.stuck[0][1]
-    assert {m.service_id: m.to_node for m in plan.moves} == {there: dbn, free: big}
+    # free opens big (the largest empty node); best fit would then pack "there" beside it, but its database is on db
+    assert [(m.service_id, m.to_node) for m in plan.moves] == [(free, big), (there, dbn)]
 
