@@ -578,9 +578,33 @@ async def _ensure_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, dea
 
 
 async def _init_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
+    if _as_inkmcp(ws) and not os.path.lexists(mirror):
+        _write_bare(mirror)
+        return
     rc, _, err = await _git(["init", "--bare", "--quiet", str(mirror)], source, ws, deadline)
     if rc != 0:
         raise SourceError(f"could not create the repository cache: {err.strip()}", argument="repo_url")
+
+
+_BARE_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+
+
+def _write_bare(mirror: Path) -> None:
+    """What `git init --bare` writes (gitrepository-layout: HEAD, config, objects/, refs/; no templates), for an
+    InkMCP-owned mirror, without a git process. Built under a temporary name and renamed into place, so a crash
+    leaves no half-made mirror under the real name."""
+    tmp = mirror.with_name(f".{mirror.name}.{os.getpid()}.{time.monotonic_ns()}.init")
+    try:
+        for d in ("", "objects", "objects/info", "objects/pack", "refs", "refs/heads", "refs/tags"):
+            (tmp / d).mkdir(mode=0o700)
+        for name, content in (("HEAD", "ref: refs/heads/master\n"), ("config", _BARE_CONFIG)):
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+        os.rename(tmp, mirror)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SourceError(f"could not create the repository cache: {e.strerror}", argument="repo_url") from None
 
 
 def _complete_bare(mirror: Path) -> bool:

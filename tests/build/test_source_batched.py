@@ -99,13 +99,17 @@ async def test_refs_resolve_in_one_process_as_rev_parse_does(make_repo: MakeRepo
 
 async def test_a_deploy_of_a_known_repo_starts_four_children(make_repo: MakeRepo, ws: SourceWorkspace,
                                                               tmp_path: Path, children: list[list[str]]) -> None:
-    """fetch, cat-file (resolve + size), archive | tar: no sh, rev-parse, ls-tree or rm for InkMCP's own mirror."""
+    """fetch, cat-file (resolve + size), archive | tar: no sh, init, rev-parse, ls-tree or rm for InkMCP's own
+    mirror, from the first deploy on."""
     repo = make_repo({"app.py": "print('hi')\n"})
     dest_parent = tmp_path / "private"
     dest_parent.mkdir(mode=0o700)
     await resolve_and_checkout(str(repo), None, dest_parent / "one", workspace=ws, policy=ALLOW)
-    assert [c[:2] for c in children] == [["git", "init"], ["git", "fetch"], ["git", "cat-file"],
-                                         ["git", "archive"], ["tar", "-x"]]
+    assert [c[:2] for c in children] == [["git", "fetch"], ["git", "cat-file"], ["git", "archive"], ["tar", "-x"]]
+    (mirror,) = ws.mirrors_dir.iterdir()  # written in-process: git itself takes it for a bare repository
+    assert git(mirror, "rev-parse", "--is-bare-repository") == "true"
+    assert git(mirror, "fsck", "--no-progress") == ""
+    assert {oct(p.stat().st_mode & 0o777) for p in [mirror, *mirror.rglob("*")] if p.is_dir()} == {"0o700"}
     children.clear()
     second = commit(repo, {"app.py": "print('two')\n"})
     fetched = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
@@ -115,7 +119,7 @@ async def test_a_deploy_of_a_known_repo_starts_four_children(make_repo: MakeRepo
     assert [c[:2] for c in children] == [["git", "fetch"], ["git", "cat-file"], ["git", "archive"], ["tar", "-x"]]
 
 
-@pytest.mark.parametrize("damage", ["config", "bare flag", "refs"])
+@pytest.mark.parametrize("damage", ["config", "bare flag", "refs", "leftover"])
 async def test_an_incomplete_own_mirror_is_rebuilt(make_repo: MakeRepo, ws: SourceWorkspace, damage: str) -> None:
     repo = make_repo({"v.txt": "1\n"})
     sha = (await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)).sha
@@ -124,8 +128,11 @@ async def test_an_incomplete_own_mirror_is_rebuilt(make_repo: MakeRepo, ws: Sour
         (mirror / "config").unlink()
     elif damage == "bare flag":  # as if `git init` died before it wrote core.bare
         (mirror / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
-    else:
+    elif damage == "refs":
         shutil.rmtree(mirror / "refs")
+    else:  # a file where the mirror goes (not even a directory)
+        shutil.rmtree(mirror)
+        mirror.write_text("not a repository")
     assert (await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)).sha == sha
     assert "bare = true" in (mirror / "config").read_text()
 
