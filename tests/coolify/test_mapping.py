@@ -152,6 +152,8 @@ def test_release_runs_in_the_new_container_of_the_routed_process_and_commands_ar
     assert web["start_command"] == (f"sh -c '{mapping.RELEASE_GUARD}' 'gunicorn app:app' "
                                     "'python manage.py migrate'")
     assert worker["start_command"] == "python worker.py"
+    # the release's process gets a longer health window (a migration takes its time): 5 + 90 x 2 s
+    assert web["health_check_retries"] == 90 and mapping.health_window(web) == mapping.RELEASE_TIMEOUT == 185
     assert len(web["start_command"]) <= mapping.MAX_COMMAND and mapping.SHELL_SAFE.match(web["start_command"])
     # `;` and `>` fail Coolify's shell-safe rule: sent wrapped, quotes escaped, and the wrapped form passes it
     assert web["build_command"] == "sh -c 'npm run build; echo done >&2'"

@@ -245,6 +245,27 @@ async def test_a_service_released_with_a_pre_deployment_command_still_takes_env_
     assert_nothing_forbidden(h)
 
 
+async def test_a_backend_release_is_confirmed_from_the_guards_report_before_the_worker_deploys(
+        h: CoolifyHarness) -> None:  # fmt: skip
+    """No health check gates a backend's deployment, so the provider reads the release guard's report in the new
+    container's log (modelled by the stand-in without its runner; tests/e2e runs the real guard) before it goes on."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True, release_command="echo migrate")
+    req = req.model_copy(update={"service_type": ServiceType.backend})
+    events = Events()
+    await release(h, book, req, events)
+    assert Step.releasing in events.steps
+    dep_ref = book.refs[(RefScope.deployment, req.deployment_id)]
+    assert dep_ref["released"] is True
+    apps = book.refs[(RefScope.service, key.service_id)]["apps"]
+    assert h.standin.applications[apps["web"]].fields["health_check_enabled"] is False
+    reads = [s for s in h.standin.requests if s.path == f"/api/v1/applications/{apps['web']}/logs"]
+    worker = h.standin.deployments[dep_ref["deployments"]["worker"]]
+    assert reads and worker.started_at is not None and worker.started_at >= reads[-1].at  # after the report
+    assert await h.serve(key) == "one"
+
+
 async def test_an_env_change_that_crashes_the_app_puts_the_previous_values_back_in_coolify(h: CoolifyHarness) -> None:
     """Coolify's rolling update keeps the old web container when the new one is not healthy, but its stored env
     would stay the new one (the next deploy or restart would start the crash again): the provider puts the

@@ -284,6 +284,31 @@ async def test_manifest_services_node_build_and_release_phase(server: ServerProc
         assert via_proxy(server, api["url"]).text == "migrated=r1"
 
 
+async def test_backend_release_phase_gates_the_switch_and_a_failure_keeps_the_previous_version(
+        server: ServerProc, repos: Path) -> None:  # fmt: skip
+    """A backend (not health-checked on Coolify: an API need not answer 2xx on /) with a Procfile release phase:
+    the release runs in the new release before it serves, and a failing one fails the deploy naming the release
+    step while the previous version serves again (on Coolify: InkMCP reads the release guard's report from the
+    container's log and deploys the previous release again)."""
+    files = {k.removeprefix("api/"): v for k, v in apps.MONOREPO.items() if k.startswith("api/")}
+    repo = git_repo(repos / "api-rel", {**files, "Procfile": "web: python server.py\nrelease: python migrate.py\n"})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), service_type="backend", env_vars={"RELEASE_MARK": "r1"})
+        assert via_proxy(server, dep["url"]).text == "migrated=r1"
+        git_commit(repo, {"migrate.py": "raise SystemExit('backend migration broke')\n"})
+        bad = await call(s, "deploy_app", repo_url=str(repo), service_type="backend", env_vars={"RELEASE_MARK": "r1"})
+        while not bad["done"]:
+            bad = await call(s, "wait_for_deployment", deployment_id=bad["deployment_id"])
+        assert bad["status"] == "failed" and "releasing" in bad["error"], bad
+        assert "backend migration broke" in bad["error"] or "get_logs" in bad["next_step"]
+        deadline = time.monotonic() + 30
+        while via_proxy(server, dep["url"]).status_code != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # Coolify: the previous release's container starts again
+        assert via_proxy(server, dep["url"]).text == "migrated=r1"
+        services = (await call(s, "list_services", project_name="api-rel"))["services"]
+        assert services[0]["state"] == "running", services
+
+
 HOG = {
     "app.py": '''
 import os

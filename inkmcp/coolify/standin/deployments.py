@@ -40,12 +40,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from inkmcp.coolify.standin.state import Application, Container, Database, Deployment, NodeServer, Token, new_uuid
+from inkmcp.providers.compute.coolify import mapping
 
 QUEUE_FULL = "Deployment queue is full. Please wait for existing deployments to complete."
 
 
 def _bool(value: Any) -> bool:
     return value in (True, 1, "1", "true", "on", "yes")
+
+def _runs_release(start_command: Any, env: dict[str, str]) -> bool:
+    """The container's start command is InkMCP's release guard with INKMCP_RELEASE set (without the runner nothing
+    runs: a successful release is modelled by the two lines the guard prints; a failing one is a test's fault)."""
+    return bool(mapping.release_of(str(start_command or "")) and env.get(mapping.RELEASE_ENV))
+
 
 def no_rolling_update(app: Any) -> bool:
     """ApplicationDeploymentJob::rolling_update's condition for stopping the old container first and starting the
@@ -272,6 +279,8 @@ class DeploymentsMixin:
             app.container = Container(dep.deployment_uuid, dep.commit, app.env_revision, env, at,
                                       logs=[f"container {app.uuid} started from deployment {dep.deployment_uuid} "
                                             f"(commit {dep.commit}, env revision {app.env_revision})"])
+            if self.runner is None and _runs_release(app.fields.get("start_command"), env):  # what the guard prints
+                app.container.logs += [mapping.RELEASE_STARTED, mapping.RELEASE_FINISHED]
             image = str(app.fields.get("docker_registry_image_name") or "")
             if server is not None and image.endswith(PROBE_IMAGE):  # what hardening/probe/Dockerfile prints
                 app.container.logs.append(f"inkmcp-probe kernel={server.container_kernel}")

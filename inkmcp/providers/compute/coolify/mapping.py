@@ -28,7 +28,8 @@ stop_running_container: "New container is not healthy, rolling back to the old c
 (below) is also what keeps traffic off until the release finished: Coolify stops the old container only once the
 new one is healthy, and the app cannot listen before its command is exec'd. Its output is the container's log
 (Coolify copies the last 100 lines into the deployment log when the health check fails, `query_logs`), between
-`inkmcp: release command started` and `… finished` / `… failed`, which the provider shows with the build log.
+`inkmcp: release command started` and `… finished` / `… failed`, which the provider shows with the build log,
+and reads to learn the outcome where no health check gates the container (backend, worker-only services).
 
 Health checks (`health_fields`): Coolify's only documented check is HTTP (`curl -f` then `wget` against
 `http://localhost:<health_check_port><health_check_path>` inside the container, generate_healthcheck_commands;
@@ -119,9 +120,14 @@ MAX_COMMAND = 1000
 HEALTH_INTERVAL = 2
 HEALTH_TIMEOUT = 5
 HEALTH_RETRIES = 30
+HEALTH_RETRIES_RELEASE = 90
 HEALTH_START_PERIOD = 5
-"""Health check timing (seconds): a first start has start_period + retries x interval = 65 s to answer, while a
-healthy process is seen about `start_period` s after it started (Coolify sleeps the start period first)."""
+"""Health check timing (seconds): a first start has start_period + retries x interval = 65 s to answer (185 s
+for the process that runs the release command first: a migration takes its time), while a healthy process is
+seen about `start_period` s after it started (Coolify sleeps the start period first)."""
+RELEASE_TIMEOUT = float(HEALTH_START_PERIOD + HEALTH_RETRIES_RELEASE * HEALTH_INTERVAL)
+"""How long the release command may take: the health window of the process carrying it (Coolify removes a new
+container not healthy by then); the provider waits as long for the guard's marker where no health check runs."""
 
 
 class TenantInputError(ValueError):
@@ -346,7 +352,8 @@ def health_fields(spec: AppSpec) -> dict[str, Any]:
     port = "80" if spec.service_type == ServiceType.webapp_static else str(port_of(spec.plan))
     return {"health_check_enabled": True, "health_check_path": "/", "health_check_port": port,
             "health_check_interval": HEALTH_INTERVAL, "health_check_timeout": HEALTH_TIMEOUT,
-            "health_check_retries": HEALTH_RETRIES, "health_check_start_period": HEALTH_START_PERIOD}
+            "health_check_retries": HEALTH_RETRIES_RELEASE if spec.process.release else HEALTH_RETRIES,
+            "health_check_start_period": HEALTH_START_PERIOD}
 
 
 def health_window(fields: Mapping[str, Any]) -> float:

@@ -13,7 +13,11 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
   guarded by `INKMCP_RELEASE` = the deployment id, which only a release sets. With a release command that
   process is deployed first and the others only once it finished (workers never meet an unmigrated database);
   a failed release is `ReleaseFailed(releasing)` (the guard's marker line in the log Coolify copies from the
-  container), a failed health check `ReleaseFailed(health_check)` naming the port and path Coolify asked.
+  container), a failed health check `ReleaseFailed(health_check)` naming the port and path Coolify asked. Where
+  no health check gates the release's container (a backend, a worker-only service), Coolify calls the deployment
+  finished once it started, so the provider reads the guard's report in the container's log (`_watch_release`,
+  up to `release_timeout`) before it goes on; a failed release there deploys the previous release again (its
+  container had been replaced) and fails with `releasing`.
 * **Env changes** are deployments of the live commit, waited for (`env_wait_timeout`): `restarted` when they
   finished, `ReleaseFailed` with the previous values put back in Coolify when one failed, `pending` past the
   bound (`update_env`).
@@ -84,8 +88,9 @@ Known limits, left for the next session:
   - the release guard's marker lives in the container's writable layer: an operator's "Restart" in Coolify's UI
     makes a new container that still has INKMCP_RELEASE and runs the release again (idempotent migrations are
     the norm); a failing release makes Docker restart the container, so Coolify reports it only when its health
-    window (65 s) ran out. A service with a release command and no routed process has no health gate: its
-    failing release crash-loops the container (`runtime()`), the deployment itself finishes.
+    window (185 s for that process) ran out, which also bounds how long a release may take. Without a health
+    check (backend, worker-only) the old container is already gone when the release runs: its service answers
+    502 until the release finished, and a failed release is repaired by deploying the previous release again.
   - on_demand: the routed application has `is_consistent_container_name_enabled` (its proxy router needs a
     stable container name, routes.py), and with a fixed name Coolify does no rolling update at all
     (ApplicationDeploymentJob::rolling_update: "Consistent container name feature enabled, rolling update is not
@@ -264,6 +269,8 @@ class CoolifyComputeProvider:
         going after the client and the proxy gave up): before sending it again, a retry that does not find what
         it may have made waits until then and looks once more (`_create`)."""
         self.env_wait_timeout = env_wait_timeout
+        self.release_timeout = mapping.RELEASE_TIMEOUT
+        """How long a release command may run where no health check gates its container (`_watch_release`)."""
         """How long `update_env` waits for the restart deployments' outcome before answering `pending` (the
         mapping's health window, 65 s, plus Coolify's queue and container start)."""
         self.work_dir = Path(work_dir)
@@ -393,6 +400,8 @@ class CoolifyComputeProvider:
 
         final: dict[str, m.Deployment] = {}
         groups = _deploy_groups(processes)
+        carrier = next((p.name for p in processes if p.release), None)
+        release_problem: list[str] | None = None
         for number, group in enumerate(groups):
             if number:
                 await progress(Step.starting, f"the release command finished in {groups[0][0]}; deploying "
@@ -405,7 +414,22 @@ class CoolifyComputeProvider:
             final.update(await self._wait({n: started[n] for n in group}, progress))
             if any(final[n].status != "finished" for n in group):
                 break  # a later group never starts: the rollback below handles every process
+            if carrier in group and not bodies[carrier].get("health_check_enabled") and not dep_ref.get("released"):
+                # no health check held the deployment until the release was done (a backend or worker): the
+                # guard's own report in the container's log says how it went
+                await progress(Step.releasing, f"the release command runs first in the new container of {carrier}")
+                release_problem = await self._watch_release(apps[carrier], carrier)
+                if release_problem is not None:
+                    break
+                dep_ref["released"] = True
+                await record(RefScope.deployment, dep_ref)
         self._crash("after_remote_finished")
+        if release_problem is not None and carrier is not None:
+            note = await self._roll_back(apps, final, service_ref, dep_ref, snapshot, record, list(specs))
+            tail = "\n".join(release_problem)
+            raise ReleaseFailed(Step.releasing, f"process '{carrier}': the release command failed in its new "
+                                                f"container; the previous version (if any) was deployed again{note}"
+                                                f"\nlast output:\n{tail}")
         failed = {name: dep for name, dep in final.items() if dep.status != "finished"}
         if failed:
             note = await self._roll_back(apps, final, service_ref, dep_ref, snapshot, record, list(specs))
@@ -423,6 +447,8 @@ class CoolifyComputeProvider:
         routed = next((p for p in processes if p.routed), None)
         url = f"https://{mapping.hostname(key, server)}" if routed is not None else None
         gone = {n: u for n, u in apps.items() if n not in specs}
+        first = {n: apps[n] for n in specs if n not in (service_ref.get("live_deployments") or {})
+                 and not bodies[n].get("health_check_enabled")}  # fmt: skip
         service_ref.update(
             live=request.deployment_id, live_commit=request.commit, url=url, env_revision=request.env_revision,
             live_deployments={n: started[n] for n in specs}, apps={n: u for n, u in apps.items() if n in specs},
@@ -433,9 +459,34 @@ class CoolifyComputeProvider:
         )  # fmt: skip
         service_ref.pop("env_change", None)
         await record(RefScope.service, service_ref)
+        await self._until_reported(first)
         for name, uuid in gone.items():  # a process the new release no longer has (e.g. worker removed)
             await self._delete_app(uuid, f"deleting the application of process {name}")
         return self._result(service_ref)
+
+    async def _until_reported(self, apps: Mapping[str, str], bound: float = 15.0) -> None:
+        """Coolify marks a deployment finished *before* GetContainersStatus refreshed the application's status
+        (ApplicationDeploymentJob::post_deployment: completeDeployment, then GetContainersStatus::dispatch), so an
+        application's first container without a health check (health_check() writes `running` for checked ones)
+        may still read `exited` when the release returns: wait, up to `bound` s, for the refresh, so `runtime()`
+        right after a release tells what runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        waiting = dict(apps)
+        interval = self.poll_interval
+        while waiting:
+            for name, uuid in list(waiting.items()):
+                try:
+                    app = await self.client.get_application(uuid)
+                except CoolifyError:
+                    waiting.pop(name)  # runtime() reports what it finds; nothing to wait for here
+                    continue
+                if not (app.status or "").startswith("exited"):
+                    waiting.pop(name)
+            if not waiting or loop.time() > deadline:
+                return
+            await asyncio.sleep(interval)
+            interval = min(self.poll_max_interval, interval * 1.5)
 
     @staticmethod
     def _result(service_ref: Mapping[str, Any]) -> ReleaseResult:
@@ -1241,6 +1292,30 @@ class CoolifyComputeProvider:
             lines += [f"{name} | {line.output}" for line in dep.log_lines()]
             lines += await self._release_output(key.service_ref, name, uuid)
         return lines[-tail:]
+
+    async def _watch_release(self, app: str, name: str) -> list[str] | None:
+        """For a release command in a container no health check gates (mapping docstring): poll the container's
+        log (backing off) until the guard reports it finished (None) or failed, or `release_timeout` passed (the
+        last lines, for the failure reason)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.release_timeout
+        interval = self.poll_interval
+        lines: list[str] = []
+        while True:
+            try:
+                lines = (await self.client.application_logs(app, lines=500)).splitlines()
+            except CoolifyBadRequest:  # "Application is not running.": exited (a failed release) or restarting
+                pass
+            except CoolifyError as e:
+                raise _error(e, f"reading the release output of {name}") from None
+            if any(mapping.RELEASE_FINISHED in line for line in lines):
+                return None
+            if any(mapping.RELEASE_FAILED in line for line in lines):
+                return lines[-12:]
+            if loop.time() > deadline:
+                return [*lines[-12:], f"(the release command did not finish within {self.release_timeout:g} s)"]
+            await asyncio.sleep(interval)
+            interval = min(self.poll_max_interval, interval * 1.5)
 
     async def _release_output(self, ref: Mapping[str, Any], name: str, deployment_uuid: str) -> list[str]:
         """The release command's output, which is the new container's own (mapping docstring), shown with the
