@@ -267,7 +267,7 @@ class DeployService:
                 await self._drop_if_empty(project.id)
             raise
         # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
-        service_id = await self._ensure_service(project.id, req, with_env=req.database is None)
+        service_id, new_service = await self._upsert_service(project.id, req, with_env=req.database is None)
 
         db = await self._databases.ensure(project.id, req.database) if req.database else None
         if req.env_vars and req.database:
@@ -280,7 +280,7 @@ class DeployService:
 
         # Fast path without a lock; checked again under the service's lock when the deployment is created,
         # since another call (on this replica or another) may create the same one meanwhile.
-        reusable = await self._reusable(service_id, config_hash)
+        reusable = None if new_service else await self._reusable(service_id, config_hash)  # a new one has none
         if reusable is not None:
             return await self.view(p, reusable, reused=True)
         checkout: Path | None
@@ -339,8 +339,12 @@ class DeployService:
             extra={"deployment": str(deployment_id), "project": project_name, "service": req.service_name,
                    "repo": redact_url(req.repo_url), "commit": commit[:12], "has_db": db is not None},
         )
+        # The view of what was just written (nothing ran yet: the pipeline starts at the next await), without
+        # reading it back.
+        view = _render_view(deployment_id, project.name, req.service_name, Step.queued.value, None, commit, None,
+                            [(Step.queued.value, _queued_detail(commit))], reused=False)
         self._start(lease, checkout)
-        return await self.view(p, deployment_id)
+        return view
 
     async def _drop_if_empty(self, project_id: uuid.UUID) -> None:
         """Undo a project this call created, unless something (another call) attached to it meanwhile."""
@@ -381,13 +385,18 @@ class DeployService:
         # keyed, so the stored hash reveals nothing about env values
         return hmac.new(self._mac_key, payload.encode(), hashlib.sha256).hexdigest()
 
-    async def _ensure_service(self, project_id: uuid.UUID, req: DeployRequest, *, with_env: bool = False) -> uuid.UUID:
-        """The service row (created or updated with this request's settings); with `with_env`, the request's env
-        vars stored in the same transaction."""
+    async def _ensure_service(self, project_id: uuid.UUID, req: DeployRequest) -> uuid.UUID:
+        return (await self._upsert_service(project_id, req))[0]
+
+    async def _upsert_service(
+        self, project_id: uuid.UUID, req: DeployRequest, *, with_env: bool = False
+    ) -> tuple[uuid.UUID, bool]:
+        """The service row (created, or updated with this request's settings) and whether it was created; with
+        `with_env`, the request's env vars stored in the same transaction."""
         shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
         async with self._sessions.begin() as s:
             await self._projects.check_service_quota(s, project_id, req.service_name)
-            await s.execute(
+            created = (await s.execute(
                 insert(Service)
                 .values(
                     id=uuid.uuid4(),
@@ -401,27 +410,33 @@ class DeployService:
                     settings=self._settings_of(req),
                 )
                 .on_conflict_do_nothing(constraint="uq_services_project_name")
-            )
-            svc = (
-                await s.execute(
-                    select(Service).where(Service.project_id == project_id, Service.name == req.service_name)
-                )
-            ).scalar_one()
-            svc.repo_url = shown_url
-            svc.repo_url_enc = url_enc
-            svc.ref = req.ref
-            svc.settings = self._settings_of(req)
+                .returning(Service.id)
+            )).scalar()  # fmt: skip
+            if created is not None:  # inserted with exactly these values
+                service_id = created
+            else:
+                svc = (
+                    await s.execute(
+                        select(Service).where(Service.project_id == project_id, Service.name == req.service_name)
+                    )
+                ).scalar_one()
+                svc.repo_url = shown_url
+                svc.repo_url_enc = url_enc
+                svc.ref = req.ref
+                svc.settings = self._settings_of(req)
+                service_id = svc.id
             if with_env and req.env_vars:
-                await self._envs.apply(s, project_id, str(svc.id), req.env_vars)
-            return svc.id
+                await self._envs.apply(s, project_id, str(service_id), req.env_vars)
+            return service_id, created is not None
 
     async def effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
         """What the service's processes get: DATABASE_URL, then project-wide, then service values."""
         env: dict[str, SecretStr] = {}
-        db = await self._databases.get(project_id)
+        # two independent reads, side by side (each is a round trip on its own connection)
+        db, values = await asyncio.gather(self._databases.get(project_id), self._envs.resolve(project_id, service_id))
         if db:
             env["DATABASE_URL"] = db.url
-        env.update(await self._envs.resolve(project_id, service_id))
+        env.update(values)
         return env
 
     async def _reusable(self, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
@@ -500,7 +515,7 @@ class DeployService:
                 )
             )
             await s.flush()
-            s.add(DeploymentEvent(deployment_id=dep_id, status=Step.queued.value, detail=f"commit {commit[:12]}"))
+            s.add(DeploymentEvent(deployment_id=dep_id, status=Step.queued.value, detail=_queued_detail(commit)))
         return dep_id, lease
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
@@ -834,29 +849,8 @@ class DeployService:
                 )
             ).all()
         dep, service_name, project_name = row
-        done = dep.status in TERMINAL
-        next_step = None
-        if not done:
-            next_step = f"call wait_for_deployment(deployment_id='{dep.id}') to follow it to the end"
-        elif dep.status == "failed":
-            next_step = (
-                f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='build'), "
-                "fix the cause, then call deploy_app again"
-            )
-        history = [f"{st}: {d}" if d else st for st, d in events][-history_limit:]
-        return DeploymentView(
-            deployment_id=str(dep.id),
-            project=project_name,
-            service=service_name,
-            status=dep.status,
-            url=dep.url,
-            commit=dep.commit,
-            error=dep.error,
-            done=done,
-            reused=reused,
-            history=history,
-            next_step=next_step,
-        )
+        return _render_view(dep.id, project_name, service_name, dep.status, dep.url, dep.commit, dep.error,
+                            [tuple(e) for e in events], reused=reused, history_limit=history_limit)
 
     async def wait(
         self, p: Principal, dep_id: uuid.UUID, *, timeout: float, on_progress: ProgressSink | None = None
@@ -1100,3 +1094,37 @@ class DeployService:
 
 async def _none() -> None:
     return None
+
+
+def _queued_detail(commit: str) -> str:
+    return f"commit {commit[:12]}"
+
+
+def _render_view(
+    dep_id: uuid.UUID, project_name: str, service_name: str, status: str, url: str | None, commit: str | None,
+    error: str | None, events: list[tuple[str, str]], *, reused: bool, history_limit: int = HISTORY_SHOWN,
+) -> DeploymentView:
+    """A deployment as agents see it, from its record (`DeployService.view`) or from what `deploy` just wrote."""
+    done = status in TERMINAL
+    next_step = None
+    if not done:
+        next_step = f"call wait_for_deployment(deployment_id='{dep_id}') to follow it to the end"
+    elif status == "failed":
+        next_step = (
+            f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='build'), "
+            "fix the cause, then call deploy_app again"
+        )
+    history = [f"{st}: {d}" if d else st for st, d in events][-history_limit:]
+    return DeploymentView(
+        deployment_id=str(dep_id),
+        project=project_name,
+        service=service_name,
+        status=status,
+        url=url,
+        commit=commit,
+        error=error,
+        done=done,
+        reused=reused,
+        history=history,
+        next_step=next_step,
+    )
