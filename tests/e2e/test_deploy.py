@@ -284,7 +284,7 @@ async def test_manifest_services_node_build_and_release_phase(server: ServerProc
         assert via_proxy(server, api["url"]).text == "migrated=r1"
 
 
-async def test_backend_release_phase_gates_the_switch_and_a_failure_keeps_the_previous_version(
+async def test_backend_release_phase_runs_first_and_a_failure_brings_the_previous_version_back(
         server: ServerProc, repos: Path) -> None:  # fmt: skip
     """A backend (not health-checked on Coolify: an API need not answer 2xx on /) with a Procfile release phase:
     the release runs in the new release before it serves, and a failing one fails the deploy naming the release
