@@ -266,6 +266,25 @@ async def test_a_backend_release_is_confirmed_from_the_guards_report_before_the_
     assert await h.serve(key) == "one"
 
 
+async def test_an_on_demand_release_is_confirmed_from_the_guards_report(h: CoolifyHarness) -> None:
+    """on_demand's routed application has a fixed container name, so Coolify does no rolling update and no health
+    check holds its deployment: the release's outcome is read from the guard's report as for a backend."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", release_command="echo migrate").model_copy(update={"mode": Mode.on_demand})
+
+    class Routes:  # the SSH writer's place (tests/coolify/test_routes.py runs the real one against sshd)
+        async def apublish(self, node: Any, service_id: str, doc: dict[str, Any]) -> bool:
+            return True
+
+    h.provider.node_routes = Routes()  # type: ignore[attr-defined]
+    await release(h, book, req)
+    web = h.standin.applications[book.refs[(RefScope.service, key.service_id)]["apps"]["web"]]
+    assert web.settings.get("is_consistent_container_name_enabled") and web.fields["health_check_enabled"] is True
+    assert book.refs[(RefScope.deployment, req.deployment_id)]["released"] is True
+    assert any(s.path == f"/api/v1/applications/{web.uuid}/logs" for s in h.standin.requests)
+
+
 async def test_an_env_change_that_crashes_the_app_puts_the_previous_values_back_in_coolify(h: CoolifyHarness) -> None:
     """Coolify's rolling update keeps the old web container when the new one is not healthy, but its stored env
     would stay the new one (the next deploy or restart would start the crash again): the provider puts the

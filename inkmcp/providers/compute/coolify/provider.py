@@ -14,7 +14,8 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
   process is deployed first and the others only once it finished (workers never meet an unmigrated database);
   a failed release is `ReleaseFailed(releasing)` (the guard's marker line in the log Coolify copies from the
   container), a failed health check `ReleaseFailed(health_check)` naming the port and path Coolify asked. Where
-  no health check gates the release's container (a backend, a worker-only service), Coolify calls the deployment
+  no health check gates the release's container (a backend, a worker-only service, on_demand's routed process
+  whose fixed container name costs it the rolling update), Coolify calls the deployment
   finished once it started, so the provider reads the guard's report in the container's log (`_watch_release`,
   up to `release_timeout`) before it goes on; a failed release there deploys the previous release again (its
   container had been replaced) and fails with `releasing`.
@@ -414,9 +415,9 @@ class CoolifyComputeProvider:
             final.update(await self._wait({n: started[n] for n in group}, progress))
             if any(final[n].status != "finished" for n in group):
                 break  # a later group never starts: the rollback below handles every process
-            if carrier in group and not bodies[carrier].get("health_check_enabled") and not dep_ref.get("released"):
-                # no health check held the deployment until the release was done (a backend or worker): the
-                # guard's own report in the container's log says how it went
+            if carrier in group and not dep_ref.get("released") and _ungated(bodies[carrier]):
+                # no health check held the deployment until the release was done (a backend or worker, or an
+                # application Coolify gives no rolling update): the guard's report in the container's log says
                 await progress(Step.releasing, f"the release command runs first in the new container of {carrier}")
                 release_problem = await self._watch_release(apps[carrier], carrier)
                 if release_problem is not None:
@@ -448,7 +449,7 @@ class CoolifyComputeProvider:
         url = f"https://{mapping.hostname(key, server)}" if routed is not None else None
         gone = {n: u for n, u in apps.items() if n not in specs}
         first = {n: apps[n] for n in specs if n not in (service_ref.get("live_deployments") or {})
-                 and not bodies[n].get("health_check_enabled")}  # fmt: skip
+                 and _ungated(bodies[n])}  # fmt: skip
         service_ref.update(
             live=request.deployment_id, live_commit=request.commit, url=url, env_revision=request.env_revision,
             live_deployments={n: started[n] for n in specs}, apps={n: u for n, u in apps.items() if n in specs},
@@ -1387,6 +1388,13 @@ class CoolifyComputeProvider:
 
 async def _no_record(scope: RefScope, ref: Any) -> None:
     """For a move: the project exists (the service is live), so `_ensure_project` returns before recording."""
+
+
+def _ungated(body: Mapping[str, Any]) -> bool:
+    """Whether Coolify calls this application's deployment finished without waiting for its health check: none is
+    configured, or the container name is fixed (on_demand's routed process), which makes rolling_update() stop
+    the old container and start the new one without health_check()."""
+    return not body.get("health_check_enabled") or bool(body.get("is_consistent_container_name_enabled"))
 
 
 def _legacy_free(body: Mapping[str, Any]) -> dict[str, Any]:
