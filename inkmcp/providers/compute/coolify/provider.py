@@ -97,9 +97,10 @@ Known limits, left for the next session:
     (ApplicationDeploymentJob::rolling_update: "Consistent container name feature enabled, rolling update is not
     supported." → stop_running_container(force) then start_by_compose_file, no health_check()): the old
     container is stopped first and nothing gates the new one, so for an on_demand service a process that never
-    listens, a failing release or an env change that crashes it is not a failed deployment but a service that is
-    down (runtime() shows it) until the next good release. Routing by a name that does not disable the rolling
-    update would close this.
+    listens or an env change that crashes it is not a failed deployment but a service that is down (runtime()
+    shows it) until the next good release; a failing release is caught from the guard's report and the previous
+    release deployed again, after a downtime. Routing by a name that does not disable the rolling update would
+    close this.
   - an env change still running when `env_wait_timeout` ends is `pending`; if it fails later, Coolify keeps the
     new values (the provider no longer holds the old ones), which core stored too, so the next release meets the
     same values and fails its health check the same way, the old container still serving.
