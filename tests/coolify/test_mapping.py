@@ -378,3 +378,15 @@ def test_a_field_an_earlier_release_set_is_cleared_with_an_empty_string() -> Non
     assert cleared == {**without, "build_command": ""}
     assert mapping.clearing(without, set()) == without
     policy.check_request("PATCH", APP, cleared)
+
+
+def test_the_policy_allows_exactly_the_health_check_fields_the_mapping_sends(spec: CoolifySpec) -> None:
+    """A health field InkMCP does not send (host, method, scheme, cmd checks) stays refused: adding one takes a change
+    to both, reviewed together."""
+    on = mapping.health_fields(spec_of(ServiceType.webapp, Mode.persistent, WEB))
+    off = mapping.health_fields(spec_of(ServiceType.backend, Mode.persistent, WEB))
+    allowed = {f for f in policy.CREATE_FIELDS if f.startswith("health_check_")}
+    assert set(on) == allowed == {f for f in policy.UPDATE_FIELDS if f.startswith("health_check_")}
+    assert off == {"health_check_enabled": False}
+    assert mapping.health_fields(spec_of(ServiceType.webapp, Mode.persistent, WORKER)) == off  # no port to ask
+    assert spec.request_problems("PATCH", APP, body=on, authorization=AUTH) == []
