@@ -418,7 +418,7 @@ class CoolifyComputeProvider:
                 break  # a later group never starts: the rollback below handles every process
             if carrier in group and not dep_ref.get("released") and _ungated(bodies[carrier]):
                 # no health check held the deployment until the release was done (a backend or worker, or an
-                # application Coolify gives no rolling update): the guard's report in the container's log says
+                # application Coolify gives no rolling update): the guard's report in the container's log tells
                 await progress(Step.releasing, f"the release command runs first in the new container of {carrier}")
                 release_problem = await self._watch_release(apps[carrier], carrier)
                 if release_problem is not None:
