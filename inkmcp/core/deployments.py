@@ -79,6 +79,7 @@ from inkmcp.providers.compute.base import (
     Step,
 )
 from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
+from inkmcp.store.reads import read_pool
 from inkmcp.store.refs import check_ref, ref_of, save_ref
 
 log = logging.getLogger("inkmcp.deploy")
@@ -101,6 +102,13 @@ _REF_SQL = """
 """
 _REF_SQL_BY_SCOPE = {scope: text(_REF_SQL.format(table=table)) for scope, table in
                      (("project", "projects"), ("service", "services"), ("deployment", "deployments"))}
+_VIEW_SQL = """
+    SELECT d.status, d.url, d.commit, d.error, s.name, p.name,
+           COALESCE((SELECT json_agg(json_build_array(e.status, e.detail) ORDER BY e.id)
+                     FROM deployment_events e WHERE e.deployment_id = d.id), '[]'::json)
+    FROM deployments d JOIN services s ON s.id = d.service_id JOIN projects p ON p.id = s.project_id
+    WHERE d.id = %s AND p.account_id = %s
+"""
 _LIVE_SQL = text("""
     WITH d AS (
         UPDATE deployments SET status = 'live', url = :url, finished_at = :now, updated_at = :now, lease_until = NULL
@@ -826,31 +834,17 @@ class DeployService:
     async def view(
         self, p: Principal, dep_id: uuid.UUID, *, reused: bool = False, history_limit: int = HISTORY_SHOWN
     ) -> DeploymentView:
-        async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(Deployment, Service.name, Project.name)
-                    .join(Service, Deployment.service_id == Service.id)
-                    .join(Project, Service.project_id == Project.id)
-                    .where(Deployment.id == dep_id, Project.account_id == p.account_id)
-                )
-            ).first()
-            if row is None:
-                raise NotFound(
-                    f"no deployment {dep_id} in this account.",
-                    argument="deployment_id",
-                    fix="use the deployment_id returned by deploy_app, or list_services to see current ones",
-                )
-            events = (
-                await s.execute(
-                    select(DeploymentEvent.status, DeploymentEvent.detail)
-                    .where(DeploymentEvent.deployment_id == dep_id)
-                    .order_by(DeploymentEvent.id)
-                )
-            ).all()
-        dep, service_name, project_name = row
-        return _render_view(dep.id, project_name, service_name, dep.status, dep.url, dep.commit, dep.error,
-                            [tuple(e) for e in events], reused=reused, history_limit=history_limit)
+        # One prepared statement on the read pool (store.reads): `wait` reads this every step and every tick.
+        rows = await read_pool(self._sessions).fetch(_VIEW_SQL, (dep_id, p.account_id))
+        if not rows:
+            raise NotFound(
+                f"no deployment {dep_id} in this account.",
+                argument="deployment_id",
+                fix="use the deployment_id returned by deploy_app, or list_services to see current ones",
+            )
+        status, url, commit, error, service_name, project_name, events = rows[0]
+        return _render_view(dep_id, project_name, service_name, status, url, commit, error,
+                            [(st, d) for st, d in events], reused=reused, history_limit=history_limit)
 
     async def wait(
         self, p: Principal, dep_id: uuid.UUID, *, timeout: float, on_progress: ProgressSink | None = None
