@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import shutil
 import subprocess
 import sys
@@ -200,7 +201,7 @@ def new_commit(path: Path, text: str) -> None:
 
 
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
-                     origins: bool = False) -> None:
+                     origins: bool = False, json_out: str | None = None) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a thread with its clocks at 0."""
     standin = CoolifyStandin(root / "nodes", rate_limit=10_000_000, build_seconds=0.0, restart_seconds=0.0,
                              status_delay=0.0, delete_delay=0.0, stop_delay=0.0, validation_delay=0.0)
@@ -267,7 +268,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         for i in range(3):
             await deploy(DeployRequest(repo_url=str(repo(root)), project_name=f"warm-{i}"))
         samples: list[dict[str, float]] = []
-        counts: list[dict[str, int]] = []
+        work: list[dict[str, int]] = []
         budget_trips = getattr(budget, "round_trips", 0)
         profiler = cProfile.Profile() if profile else None
         for i in range(deploys_n):
@@ -284,9 +285,9 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             samples.append({"total": total, "http": http.take(), "server": server.take(), "sleep": sleeps.take(),
                             "accept": accepted[-1],
                             "requests": len(standin.requests_of(token)) - before})
-            counts.append(counted.take())
+            work.append(counted.take())
             trips = getattr(budget, "round_trips", 0)
-            counts[-1]["request budget round trips"] = trips - budget_trips
+            work[-1]["request budget round trips"] = trips - budget_trips
             budget_trips = trips
         print(f"\n## 1. InkMCP overhead per deploy over the stand-in ({deploys_n} first deploys, web + worker, "
               f"stand-in clocks at 0, DbBudget on Postgres)\n")
@@ -306,9 +307,12 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         for name, vals in rows.items():
             print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")
         print(f"\nrequests per deploy: {sorted({int(s['requests']) for s in samples})}")
+        medians_requests = sorted(int(s["requests"]) for s in samples)[len(samples) // 2]
         print("\n| InkMCP's own work per deploy | median | max |\n| --- | ---: | ---: |")
-        for key in sorted({k for c in counts for k in c}):
-            vals = sorted(c.get(key, 0) for c in counts)
+        medians: dict[str, int] = {"requests to Coolify": medians_requests}
+        for key in sorted({k for c in work for k in c}):
+            vals = sorted(c.get(key, 0) for c in work)
+            medians[key] = vals[len(vals) // 2]
             print(f"| {key} | {vals[len(vals) // 2]} | {vals[-1]} |")
         if profiler is not None:
             profiler.dump_stats(profile)
@@ -326,6 +330,15 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         print(f"\n## 1b. \"live\" heard by deploy_app(wait_seconds=60) after InkMCP read Coolify's deployment as "
               f"finished (its health check passed), {len(lags)} deploys (issue 12 item 4: within 20 ms)\n")
         print(f"| p50 ms | p99 ms |\n| ---: | ---: |\n| {pct(lags, 50) * 1000:.1f} | {pct(lags, 99) * 1000:.1f} |")
+        if json_out:
+            figures = {name.strip(" *"): {"p50_ms": round(pct(v, 50) * 1000, 1), "p99_ms": round(pct(v, 99) * 1000, 1)}
+                       for name, v in rows.items()}
+            figures["live heard after Coolify's health check"] = {"p50_ms": round(pct(lags, 50) * 1000, 1),
+                                                                  "p99_ms": round(pct(lags, 99) * 1000, 1)}
+            Path(json_out).write_text(json.dumps({
+                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "deploys": deploys_n,
+                "load_average": Path("/proc/loadavg").read_text().split()[:3], "figures": figures,
+                "per_deploy_median": medians}, indent=2) + "\n")  # fmt: skip
 
         # 2. requests per deploy, by kind
         counts: list[tuple[str, int, str]] = []
@@ -431,6 +444,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of part 1's timed deploys to FILE")
     parser.add_argument("--origins", action="store_true", help="count part 1's transactions by the function that "
                         "opened them")
+    parser.add_argument("--json", metavar="FILE", help="also write part 1's figures to FILE (benchmarks/baselines/)")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     if args.deploys < 1 or args.concurrent < 1 or args.rate_deploys < 1:
@@ -448,7 +462,7 @@ def main() -> None:
 
         async def run() -> None:
             if parts & {"1", "2"}:
-                await in_process(url, base, args.deploys, args.profile, args.origins)
+                await in_process(url, base, args.deploys, args.profile, args.origins, args.json)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:
