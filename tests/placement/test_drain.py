@@ -86,7 +86,7 @@ class Env:
 
     async def deploy(self, name: str, memory_mb: int, *, worker: bool = False, message: str = "hi",
                      fails: bool = False, domains: tuple[str, ...] = (),
-                     project_id: uuid.UUID | None = None) -> uuid.UUID:
+                     project_id: uuid.UUID | None = None, mode: Mode = Mode.persistent) -> uuid.UUID:
         """A service the way core deploys one: rows first, then the provider's release recording its refs in those
         rows, then the deployment live. In a new project `p-<name>`, or in `project_id`."""
         async with self.store.session() as s, s.begin():
@@ -98,7 +98,7 @@ class Env:
                 got = await s.get(Project, project_id)
                 assert got is not None
                 project = got
-            svc = Service(project_id=project.id, name=name, service_type="webapp", mode="persistent",
+            svc = Service(project_id=project.id, name=name, service_type="webapp", mode=mode.value,
                           repo_url="https://git.example/app.git",
                           settings={"resources": {"memory_mb": memory_mb, "cpus": 0.5}})
             s.add(svc)
@@ -115,7 +115,7 @@ class Env:
         key = ServiceKey(account_id=str(self.account_id), project_id=str(ids[0]), service_id=str(ids[1]),
                          project_name=project.name, service_name=name)
         request = ReleaseRequest(
-            deployment_id=str(ids[2]), key=key, service_type=ServiceType.webapp, mode=Mode.persistent, plan=plan,
+            deployment_id=str(ids[2]), key=key, service_type=ServiceType.webapp, mode=mode, plan=plan,
             commit=COMMIT, env={"MESSAGE": SecretStr(message)}, env_revision="r1",
             resources=Resources(memory_mb=memory_mb // (2 if worker else 1), cpus=0.5),
             repo_url=SecretStr("https://git.example/app.git"), checkout_dir=None, domains=list(domains))
@@ -370,6 +370,45 @@ async def test_the_reconciler_sees_an_interrupted_move_as_a_move_not_as_orphans(
                                           ReconcileSettings(grace_seconds=0)).run()
     assert ours(after) == [] and after.moving == [], after
     assert len(env.apps_of(sid)) == 2
+
+
+class RecordingRoutes:
+    """The node-route writer's interface (routes.NodeRoutes), recording what the provider asks of it (the SSH
+    path itself is tests/coolify/test_routes.py's, against a real sshd)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def apublish(self, node: Any, service_id: str, doc: dict[str, Any]) -> bool:
+        self.calls.append(("publish", node.server_uuid))
+        return True
+
+    async def aremove(self, node: Any, service_id: str) -> bool:
+        self.calls.append(("remove", node.server_uuid))
+        return True
+
+    async def alist(self, node: Any) -> list[Any]:
+        return []
+
+
+async def test_an_on_demand_service_takes_its_router_along_and_leaves_none_behind(env: Env) -> None:
+    """An on_demand service is reached through the Traefik router InkMCP writes on its node: a move writes it on
+    the target before the switch and removes the old node's after it; deleting the service removes it too."""
+    routes = RecordingRoutes()
+    env.provider.node_routes = routes  # type: ignore[attr-defined]
+    run1 = env.servers[0]
+    sid = await env.deploy("sleepy", 1024, mode=Mode.on_demand)
+    await env.settled()
+    assert routes.calls == [("publish", run1.uuid)]
+    report = await env.drainer().drain("run-1")
+    assert report.ok and [o.status for o in report.outcomes] == ["moved"], report
+    svc, ref = await env.row(sid)
+    assert ref["server_uuid"] != run1.uuid
+    assert routes.calls[1:] == [("publish", ref["server_uuid"]), ("remove", run1.uuid)], routes.calls
+    key = ServiceKey(account_id=str(env.account_id), project_id=str(svc.project_id), service_id=str(sid),
+                     project_name="p-sleepy", service_name="sleepy", service_ref=ref)
+    await env.provider.remove(key)
+    assert routes.calls[-1] == ("remove", ref["server_uuid"])
 
 
 async def test_a_node_that_is_the_only_fit_names_the_services_that_cannot_move(env: Env) -> None:

@@ -159,6 +159,7 @@ from inkmcp.providers.compute.base import (
     Step,
 )
 from inkmcp.providers.compute.coolify import mapping, policy
+from inkmcp.providers.compute.coolify import routes as node_routes
 from inkmcp.providers.compute.coolify.mapping import DEPLOYMENT_ENV, AppSpec, MappingSettings, PlacedServer, Process
 
 log = logging.getLogger("inkmcp.coolify.provider")
@@ -443,7 +444,6 @@ class CoolifyComputeProvider:
                                       f"{note}{_hint(step, bodies.get(name))}\nlast output:\n{tail}")  # fmt: skip
 
         await progress(Step.switching, "every process's Coolify deployment finished; Coolify switched traffic")
-        from inkmcp.providers.compute.coolify import routes as node_routes  # on_demand: the router on the node
 
         await node_routes.after_release(self, request, server, apps, specs)  # before the release is recorded live
         routed = next((p for p in processes if p.routed), None)
@@ -890,12 +890,12 @@ class CoolifyComputeProvider:
 
         old_apps: dict[str, str] = dict(ref.get("apps") or {})
         if state is not None and ref.get("server_uuid") == state.get("to") and old_apps == state.get("apps"):
-            await self._finish_move(state, dep_ref, save, progress)  # switched before a crash: clean up only
+            await self._finish_move(state, dep_ref, save, progress, key)  # switched before a crash: clean up only
             return self._result(ref)
         if ref.get("server_uuid") == target.uuid:
             return self._result(ref)  # already there (nothing in flight)
         if state is not None and state.get("to") != target.uuid:  # an attempt aimed elsewhere: undo it first
-            await self._discard_move(state, dep_ref, save)
+            await self._discard_move(state, dep_ref, save, key)
             state = None
         if not ref.get("live") or not old_apps:  # nothing runs: only where the next release goes changes
             for uuid in sorted(old_apps.values()):
@@ -915,7 +915,7 @@ class CoolifyComputeProvider:
         try:
             bodies, labels, hosts = self._move_bodies(key, spec, ref, target)
         except mapping.TenantInputError as e:
-            await self._discard_move(state, dep_ref, save)
+            await self._discard_move(state, dep_ref, save, key)
             raise ReleaseFailed(Step.building, str(e)) from None
         await progress(Step.building, f"creating the service's applications on the new server ({len(old_apps)})")
         apps = await self._move_apps(key, spec, target, state, dep_ref, save)
@@ -963,17 +963,22 @@ class CoolifyComputeProvider:
             name, dep = next(iter(failed.items()))
             entries = dep.log_lines()
             tail = "\n".join(e.output for e in entries[-8:])
-            await self._discard_move(state, dep_ref, save)
+            await self._discard_move(state, dep_ref, save, key)
             raise ReleaseFailed(_failed_step([e.output for e in entries if e.type == "stderr"]),
                                 f"the new copy of process '{name}' did not deploy ({dep.status}); it was deleted and "
                                 f"the service keeps running on its server\nlast output:\n{tail}")
         await progress(Step.health_check, "waiting until every new application runs")
         problem = await self._until_running(apps, settle_seconds)
         if problem is not None:
-            await self._discard_move(state, dep_ref, save)
+            await self._discard_move(state, dep_ref, save, key)
             raise ReleaseFailed(Step.health_check, f"the new copy did not stay running ({problem}); it was deleted and "
                                                    "the service keeps running on its server")
         self._crash("after_move_healthy")
+        try:  # on_demand: the router on the target's proxy before the switch (the old node's goes after it)
+            await node_routes.after_move(self, key, spec, target, apps)
+        except (ProviderUnavailable, ProviderRefused, ReleaseFailed):
+            await self._discard_move(state, dep_ref, save, key)
+            raise
 
         await progress(Step.switching, "switching the service's record to the new server")
         new_ref = copy.deepcopy(ref)
@@ -989,10 +994,10 @@ class CoolifyComputeProvider:
         try:
             await record(RefScope.service, new_ref)
         except MoveConflict:
-            await self._discard_move(state, dep_ref, save)
+            await self._discard_move(state, dep_ref, save, key)
             raise
         self._crash("after_move_switch")
-        await self._finish_move(state, dep_ref, save, progress)
+        await self._finish_move(state, dep_ref, save, progress, key)
         return self._result(new_ref)
 
     def _move_bodies(self, key: ServiceKey, spec: ReleaseRequest, ref: Mapping[str, Any],
@@ -1081,9 +1086,12 @@ class CoolifyComputeProvider:
             interval = min(self.poll_max_interval, interval * 1.5, max(settle_seconds / 4, self.poll_interval))
 
     async def _discard_move(self, state: Mapping[str, Any], dep_ref: dict[str, Any],
-                            save: Callable[[], Awaitable[None]]) -> None:
-        """Undo an unfinished move: delete its new applications and forget it (remembering their uuids, so a
-        later attempt never adopts one that Coolify is still deleting)."""
+                            save: Callable[[], Awaitable[None]], key: ServiceKey) -> None:
+        """Undo an unfinished move: delete its new applications (and an on_demand router written on the target)
+        and forget it (remembering their uuids, so a later attempt never adopts one that Coolify is still
+        deleting)."""
+        if state.get("to"):
+            await node_routes.remove_service(self, key, str(state["to"]))
         released = state.get("domains_released")
         new_routed = (state.get("apps") or {}).get(state.get("routed") or "")
         if released and new_routed:  # the copy lets go of them first: Coolify deletes it later (queued)
@@ -1107,8 +1115,10 @@ class CoolifyComputeProvider:
         await save()
 
     async def _finish_move(self, state: Mapping[str, Any], dep_ref: dict[str, Any],
-                           save: Callable[[], Awaitable[None]], progress: ProgressCallback) -> None:
+                           save: Callable[[], Awaitable[None]], progress: ProgressCallback, key: ServiceKey) -> None:
         await progress(Step.switching, "deleting the old applications")
+        if state.get("from"):  # on_demand: the old node's router (a no-op for other modes)
+            await node_routes.remove_service(self, key, str(state["from"]))
         for uuid in sorted((state.get("old_apps") or {}).values()):
             await self._delete_app(uuid, "deleting an application of the old server")
         dep_ref.pop("move", None)
@@ -1351,6 +1361,7 @@ class CoolifyComputeProvider:
     async def remove(self, key: ServiceKey) -> None:
         """Delete every application of the service: the recorded ones and any an interrupted attempt created
         without recording it (found by name). Coolify deletes asynchronously; a repeat finds them gone."""
+        await node_routes.remove_service(self, key)  # on_demand: no router left pointing at deleted containers
         uuids = set((key.service_ref.get("apps") or {}).values())
         existing = await self._call("listing applications", self.client.list_applications())
         uuids |= {a.uuid for a in existing if (a.name or "").startswith(f"{key.service_id}-")}
