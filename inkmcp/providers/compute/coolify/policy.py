@@ -3,8 +3,9 @@ outgoing request, everything else refused.
 
 Why: Coolify's application API accepts fields that, set by a tenant, give the tenant the run server (review
 infra-2026-11-30 findings 2 and 6): `custom_docker_run_options` (`--privileged`, `--cap-add`, `--device` reach
-the compose file), `custom_internal_name` / `is_consistent_container_name_enabled` (a container named like a
-platform container, trusted by the gVisor selector), host-path or file storages (the Docker socket), labels
+the compose file), `custom_internal_name` (a container named like a platform container, trusted by the gVisor
+selector; `is_consistent_container_name_enabled`, which names the container after the application's own uuid,
+is allowed as a boolean, see UPDATE_FIELDS), host-path or file storages (the Docker socket), labels
 (Traefik routers onto other tenants' hosts, Sablier groups of other tenants), `dockerimage` / `dockercompose`
 build packs and `/restart` (Coolify's helper container with the Docker socket on the *run* server). InkMCP
 builds every body itself from the build plan, so a tenant never names a Coolify field; this module is the

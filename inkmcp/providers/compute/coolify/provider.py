@@ -73,10 +73,12 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
   `policy.py` checks each one before the client sends it (and again on the wire, `PolicyTransport`).
 
 Known limits, left for the next session:
-  - on_demand: the applications carry InkMCP's Sablier labels and no Coolify domains, and `mapping.sablier_router`
-    renders the proxy file-provider router, but nothing writes it to `/data/coolify/proxy/dynamic/` on the run
-    server yet (Coolify has no API for it; it needs the node agent / SSH path of `inkmcp nodes`). Until then an
-    on_demand service is deployed and sleeps, but is not reachable from outside.
+  - on_demand: the applications carry InkMCP's Sablier labels and no Coolify domains; the proxy's file-provider
+    router (`mapping.sablier_router`) is written to the run server's `/data/coolify/proxy/dynamic/` over SSH by
+    `routes.py` (Coolify has no API for it): after a release, on a move (target before the switch, old node
+    after) and removed with the service. It needs INKMCP_NODE_SSH_KEY_FILE and the node's host key in
+    INKMCP_NODE_SSH_KNOWN_HOSTS, and the node's Traefik must load the Sablier plugin (registration's flags); the
+    reconciler does not yet compare router files with services (`routes.list_routes` exists for it).
   - the branch Coolify clones before checking out the pinned commit is `CoolifySettings.default_branch` (the
     contract carries no branch); Dockerfile detection is not wired (mapping supports `dockerfile_location`;
     the build plan needs a field for it).
