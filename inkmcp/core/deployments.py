@@ -274,35 +274,41 @@ class DeployService:
             if created:  # a typo in repo_url must not leave an empty project (and its user) behind
                 await self._drop_if_empty(project.id)
             raise
-        # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
-        service_id, new_service = await self._upsert_service(project.id, req, with_env=req.database is None)
-
-        db = await self._databases.ensure(project.id, req.database) if req.database else None
-        if req.env_vars and req.database:
-            async with self._sessions.begin() as s:
-                await self._envs.apply(s, project.id, str(service_id), req.env_vars)
-
-        settings = self._settings_of(req)
-        env = await self.effective_env(project.id, service_id)
-        config_hash = self._config_hash(commit, settings, env)
-
-        # Fast path without a lock; checked again under the service's lock when the deployment is created,
-        # since another call (on this replica or another) may create the same one meanwhile.
-        reusable = None if new_service else await self._reusable(service_id, config_hash)  # a new one has none
-        if reusable is not None:
-            return await self.view(p, reusable, reused=True)
-        checkout: Path | None
         plan_key = (str(fetched.mirror), commit, req.service_name, req.service_type, req.build_command,
                     req.start_command, req.port)  # fmt: skip
-        cached = self._plans.get(plan_key)
-        if cached is not None and not self._compute.needs_checkout:
-            # A plan is a function of the commit's files and these arguments: no checkout to derive it again.
-            self._plans.move_to_end(plan_key)
-            checkout, plan, service_type = None, cached[0].model_copy(deep=True), cached[1]
-        else:
+        # A plan is a function of the commit's files and these arguments: a provider that needs no checkout here
+        # gets a known commit's plan without one.
+        cached = None if self._compute.needs_checkout else self._plans.get(plan_key)
+        checkout: Path | None = None
+        reading: asyncio.Task[None] | None = None
+        if cached is None:  # the checkout runs while the database work below does; dropped if that says no-op
             checkout = self._checkouts / uuid.uuid4().hex
-            try:
-                await checkout_fetched(fetched, checkout, policy=self._sources)
+            reading = asyncio.ensure_future(checkout_fetched(fetched, checkout, policy=self._sources))
+        try:
+            # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
+            service_id, new_service = await self._upsert_service(project.id, req, with_env=req.database is None)
+
+            db = await self._databases.ensure(project.id, req.database) if req.database else None
+            if req.env_vars and req.database:
+                async with self._sessions.begin() as s:
+                    await self._envs.apply(s, project.id, str(service_id), req.env_vars)
+
+            settings = self._settings_of(req)
+            env = await self.effective_env(project.id, service_id)
+            config_hash = self._config_hash(commit, settings, env)
+
+            # Fast path without a lock; checked again under the service's lock when the deployment is created,
+            # since another call (on this replica or another) may create the same one meanwhile.
+            reusable = None if new_service else await self._reusable(service_id, config_hash)  # a new one has none
+            if reusable is not None:
+                await _drop_checkout(reading, checkout)
+                return await self.view(p, reusable, reused=True)
+            if cached is not None:
+                self._plans.move_to_end(plan_key)
+                plan, service_type = cached[0].model_copy(deep=True), cached[1]
+            else:
+                assert reading is not None and checkout is not None
+                await reading
                 plan, service_type = derive_plan(
                     checkout,
                     service_name=req.service_name,
@@ -311,15 +317,15 @@ class DeployService:
                     start_command=req.start_command,
                     port=req.port,
                 )
-            except BaseException:
-                shutil.rmtree(checkout, ignore_errors=True)
-                raise
-            self._plans[plan_key] = (plan.model_copy(deep=True), service_type)
-            while len(self._plans) > PLAN_CACHE_SIZE:
-                self._plans.popitem(last=False)
-            if not self._compute.needs_checkout:  # read for the plan only: the provider fetches the source itself
-                shutil.rmtree(checkout, ignore_errors=True)
-                checkout = None
+                self._plans[plan_key] = (plan.model_copy(deep=True), service_type)
+                while len(self._plans) > PLAN_CACHE_SIZE:
+                    self._plans.popitem(last=False)
+                if not self._compute.needs_checkout:  # read for the plan only: the provider fetches the source
+                    shutil.rmtree(checkout, ignore_errors=True)
+                    checkout = None
+        except BaseException:
+            await _drop_checkout(reading, checkout)
+            raise
         mode = req.mode or plan.mode or default_mode(service_type)
         if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
             # A static site has nothing to sleep or keep warm; say so rather than ignore it.
@@ -1088,6 +1094,18 @@ class DeployService:
 
 async def _none() -> None:
     return None
+
+
+async def _drop_checkout(reading: asyncio.Task[None] | None, checkout: Path | None) -> None:
+    """Stop a checkout still being written (its git and tar are killed) and remove what it wrote."""
+    try:
+        if reading is not None:
+            if not reading.done():
+                reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+    finally:
+        if checkout is not None:
+            shutil.rmtree(checkout, ignore_errors=True)
 
 
 def _queued_detail(commit: str) -> str:

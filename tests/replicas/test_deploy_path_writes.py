@@ -22,6 +22,7 @@ from inkmcp.core.leases import LeaseLost
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.principal import Principal
 from inkmcp.core.views import TERMINAL
+from inkmcp.errors import InkError
 from inkmcp.providers.compute.base import Step
 from inkmcp.store.db import Store
 from inkmcp.store.models import Project, Service
@@ -149,3 +150,33 @@ async def test_a_redeploy_of_a_known_commit_reads_no_files_when_the_provider_nee
         assert dep.status in TERMINAL
         plans.append(dep.plan)
     assert plans[0] == plans[1] and plans[0]["processes"][0]["name"] == "web"
+
+
+async def test_the_checkout_read_alongside_the_database_work_is_dropped_when_the_deploy_stops_early(
+    store: Store, replicas: Callable[..., DeployService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkout starts right after the fetch, beside the database work; a no-op (found by a replica with no
+    cached plan) and a deploy the service quota refuses leave no checkout behind, and the refusal is the quota's."""
+    a = replicas("a")
+    repo = git_repo(tmp_path / "app", {"app.py": "print('hi')\n", "Procfile": "web: python app.py\n"})
+    p = await AccountService(store.sessionmaker, LimitDefaults()).principal_for(f"acct-{uuid.uuid4().hex[:6]}", "t")
+    req = DeployRequest(repo_url=str(repo), project_name="noop")
+    view = await a.deploy(p, req)
+    assert (await a.wait(p, uuid.UUID(view.deployment_id), timeout=60)).status == "live"
+
+    b = replicas("b")  # another replica: nothing cached, so it starts a checkout before it finds the no-op
+    again = await b.deploy(p, req)
+    assert again.reused and again.deployment_id == view.deployment_id
+    assert list(b._checkouts.iterdir()) == []
+
+    # a second service beyond the quota, as if another call added one after the advisory precheck passed
+    b._projects.limits = LimitDefaults(max_services_per_project=1)
+
+    async def passes(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(b._projects, "precheck_deploy", passes)
+    with pytest.raises(InkError) as err:
+        await b.deploy(p, DeployRequest(repo_url=str(repo), project_name="noop", service_name="second"))
+    assert "INKMCP_MAX_SERVICES_PER_PROJECT" in err.value.render()
+    assert list(b._checkouts.iterdir()) == []
