@@ -1037,10 +1037,11 @@ async def _export(
         await proc.wait()
         return data
 
+    streams = asyncio.gather(pump(), stderr(git), stderr(tar))
+    # cut off by a timeout or a cancel (a deploy that turned out a no-op), it ends in an error nobody reads
+    streams.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
-        _, git_err, tar_err = await asyncio.wait_for(
-            asyncio.gather(pump(), stderr(git), stderr(tar)), timeout=max(deadline.left(), 0.01)
-        )
+        _, git_err, tar_err = await asyncio.wait_for(streams, timeout=max(deadline.left(), 0.01))
     except (TimeoutError, asyncio.CancelledError) as exc:
         await kill_process_group(git)
         await kill_process_group(tar)

@@ -102,6 +102,14 @@ _REF_SQL = """
 """
 _REF_SQL_BY_SCOPE = {scope: text(_REF_SQL.format(table=table)) for scope, table in
                      (("project", "projects"), ("service", "services"), ("deployment", "deployments"))}
+_REUSABLE_SQL = text("""
+    SELECT s.live_deployment_id, d.id, d.status
+    FROM services s LEFT JOIN LATERAL (
+        SELECT id, status FROM deployments WHERE service_id = s.id AND config_hash = :hash
+        ORDER BY created_at DESC LIMIT 1
+    ) d ON true
+    WHERE s.id = :service
+""")
 _VIEW_SQL = """
     SELECT d.status, d.url, d.commit, d.error, s.name, p.name,
            COALESCE((SELECT json_agg(json_build_array(e.status, e.detail) ORDER BY e.id)
@@ -461,18 +469,10 @@ class DeployService:
     async def _reusable_in(s: AsyncSession, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
         """A deployment of the same commit, settings and env that is live or on its way (keyed hash: the MAC
         key is shared by every replica, so a repeat on another replica finds it too)."""
-        row = (
-            await s.execute(
-                select(Deployment.id, Deployment.status)
-                .where(Deployment.service_id == service_id, Deployment.config_hash == config_hash)
-                .order_by(Deployment.created_at.desc())
-                .limit(1)
-            )
-        ).first()
-        live = (await s.execute(select(Service.live_deployment_id).where(Service.id == service_id))).scalar()
-        if row is None:
+        row = (await s.execute(_REUSABLE_SQL, {"service": service_id, "hash": config_hash})).first()
+        if row is None or row[1] is None:
             return None
-        dep_id, status = row
+        live, dep_id, status = row
         if status == "live" and dep_id == live:
             return dep_id
         if status not in TERMINAL:
@@ -514,22 +514,23 @@ class DeployService:
                 if found is not None:
                     return found, None
             await self._projects.check_build_quota(s, service_id)  # account row lock: count and insert together
+            # the service's type and mode, the deployment (claimed) and its first event: one statement
+            kind = (
+                update(Service).where(Service.id == service_id)
+                .values(service_type=service_type.value, mode=mode.value).returning(Service.id).cte("kind")
+            )  # fmt: skip
+            row = (
+                insert(Deployment)
+                .values(id=dep_id, service_id=service_id, status=Step.queued.value, commit=commit,
+                        config_hash=config_hash, plan=plan.model_dump(mode="json"), **claim)
+                .returning(Deployment.id).cte("dep")
+            )  # fmt: skip
             await s.execute(
-                update(Service).where(Service.id == service_id).values(service_type=service_type.value, mode=mode.value)
-            )
-            s.add(
-                Deployment(
-                    id=dep_id,
-                    service_id=service_id,
-                    status=Step.queued.value,
-                    commit=commit,
-                    config_hash=config_hash,
-                    plan=plan.model_dump(mode="json"),
-                    **claim,
-                )
-            )
-            await s.flush()
-            s.add(DeploymentEvent(deployment_id=dep_id, status=Step.queued.value, detail=_queued_detail(commit)))
+                insert(DeploymentEvent)
+                .from_select(["deployment_id", "status", "detail"],
+                             select(row.c.id, literal(Step.queued.value), literal(_queued_detail(commit))))
+                .add_cte(kind)
+            )  # fmt: skip
         return dep_id, lease
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:

@@ -54,8 +54,17 @@ async def test_live_is_one_fenced_write_that_supersedes_the_previous_release(
     first, first_lease = await a._create_or_reuse(sid, "1" * 40, "h1", PLAN, ServiceType.webapp, Mode.persistent)
     assert first_lease is not None
     await a._record_live(first_lease, "https://one.example")
-    second, lease = await a._create_or_reuse(sid, "2" * 40, "h2", PLAN, ServiceType.webapp, Mode.persistent)
+    second, lease = await a._create_or_reuse(sid, "2" * 40, "h2", PLAN, ServiceType.backend, Mode.on_demand)
     assert lease is not None
+    async with store.sessionmaker() as s:  # created in one statement: the service's kind, the row, its event
+        svc = await s.get(Service, sid)
+        assert svc is not None and (svc.service_type, svc.mode) == ("backend", "on_demand")
+    made = await row(store, second)
+    assert (made.status, made.commit, made.config_hash, made.claimed_by, made.lease_epoch) == (
+        "queued", "2" * 40, "h2", "a", 1)
+    assert made.plan == PLAN.model_dump(mode="json") and made.lease_until is not None
+    assert await events(store, second) == [("queued", f"commit {'2' * 12}")]
+    assert await a._create_or_reuse(sid, "2" * 40, "h2", PLAN, ServiceType.backend, Mode.on_demand) == (second, None)
 
     # a paused past its lease; b took the deployment over: a's live write is refused and changes nothing
     await set_lease(store, second, "a", -1, 1)
