@@ -110,6 +110,13 @@ _REUSABLE_SQL = text("""
     ) d ON true
     WHERE s.id = :service
 """)
+_OLDER_SQL = """
+    SELECT o.id, o.claimed_by, (o.claimed_by IS NULL OR o.lease_until IS NULL OR o.lease_until < now()) AS abandoned
+    FROM deployments d JOIN deployments o ON o.service_id = d.service_id
+    WHERE d.id = %s AND o.id <> d.id AND o.status <> ALL(%s)
+      AND (o.created_at, o.id) < (d.created_at, d.id)
+    ORDER BY o.created_at
+"""
 _VIEW_SQL = """
     SELECT d.status, d.url, d.commit, d.error, s.name, p.name,
            COALESCE((SELECT json_agg(json_build_array(e.status, e.detail) ORDER BY e.id)
@@ -594,29 +601,29 @@ class DeployService:
         every older deployment of this service is terminal. An older one nobody runs (unclaimed or expired
         lease) is taken over here rather than waited for."""
         announced = False
-        while True:
-            async with self._sessions() as s:
-                older = (
-                    await s.execute(text("""
-                        SELECT o.id, o.claimed_by, (o.claimed_by IS NULL OR o.lease_until IS NULL
-                                                    OR o.lease_until < now()) AS abandoned
-                        FROM deployments d JOIN deployments o ON o.service_id = d.service_id
-                        WHERE d.id = :id AND o.id <> d.id AND o.status <> ALL(:terminal)
-                          AND (o.created_at, o.id) < (d.created_at, d.id)
-                        ORDER BY o.created_at
-                    """), {"id": lease.deployment_id, "terminal": sorted(TERMINAL)})
-                ).all()
-            if not older:
-                return
-            for dep_id, _, abandoned in older:
-                if abandoned and dep_id not in self._held:
-                    taken = await self._leases.claim(dep_id)
-                    if taken is not None:
-                        await self._take_over([taken])
-            if not announced:
-                announced = True
-                await self._record(lease, Step.queued, "waiting for the previous deployment of this service")
-            await asyncio.sleep(0.2)  # polling another replica's progress (the record is the only signal)
+        watched: set[uuid.UUID] = set()
+        try:
+            while True:
+                # one prepared statement on the read pool (store.reads): it runs per deployment and per tick
+                older = await read_pool(self._sessions).fetch(_OLDER_SQL, (lease.deployment_id, sorted(TERMINAL)))
+                if not older:
+                    return
+                for dep_id, _, abandoned in older:
+                    if abandoned and dep_id not in self._held:
+                        taken = await self._leases.claim(dep_id)
+                        if taken is not None:
+                            await self._take_over([taken])
+                if not announced:
+                    announced = True
+                    await self._record(lease, Step.queued, "waiting for the previous deployment of this service")
+                # an older one this replica runs wakes us with its last write; another replica's is polled
+                for dep_id, _, _ in older:
+                    if dep_id not in watched:
+                        watched.add(dep_id)
+                        self._waiting[dep_id] = self._waiting.get(dep_id, 0) + 1
+                await asyncio.wait([self._change_of(dep_id) for dep_id, _, _ in older], timeout=self.poll_seconds)
+        finally:
+            self._unwatch(watched)
 
     # -------------------------------------------------------------- pipeline
     async def _record(self, lease: Lease, status: Step | str, detail: str = "", **values: Any) -> None:
@@ -865,9 +872,7 @@ class DeployService:
         self._waiting[dep_id] = self._waiting.get(dep_id, 0) + 1
         try:
             while True:
-                change = self._changes.get(dep_id)
-                if change is None or change.done():  # taken before the read, so no write falls in between
-                    change = self._changes[dep_id] = asyncio.get_running_loop().create_future()
+                change = self._change_of(dep_id)  # taken before the read, so no write falls in between
                 v = await self.view(p, dep_id, history_limit=10_000)
                 if on_progress:
                     for line in v.history[seen:]:
@@ -878,6 +883,18 @@ class DeployService:
                     return v.model_copy(update={"history": v.history[-HISTORY_SHOWN:]})
                 await asyncio.wait([change], timeout=min(self.poll_seconds, left))  # a write here, or a tick
         finally:
+            self._unwatch({dep_id})
+
+    def _change_of(self, dep_id: uuid.UUID) -> asyncio.Future[None]:
+        """The future the next committed write of `dep_id` resolves (`_changed`); callers count themselves in
+        `_waiting` and leave through `_unwatch`."""
+        change = self._changes.get(dep_id)
+        if change is None or change.done():
+            change = self._changes[dep_id] = asyncio.get_running_loop().create_future()
+        return change
+
+    def _unwatch(self, dep_ids: set[uuid.UUID]) -> None:
+        for dep_id in dep_ids:
             self._waiting[dep_id] -= 1
             if not self._waiting[dep_id]:
                 del self._waiting[dep_id]

@@ -189,3 +189,24 @@ async def test_the_checkout_read_alongside_the_database_work_is_dropped_when_the
         await b.deploy(p, DeployRequest(repo_url=str(repo), project_name="noop", service_name="second"))
     assert "INKMCP_MAX_SERVICES_PER_PROJECT" in err.value.render()
     assert list(b._checkouts.iterdir()) == []
+
+
+async def test_the_next_release_of_a_service_starts_on_the_previous_ones_last_write_not_a_poll(
+    store: Store, replicas: Callable[..., DeployService]
+) -> None:
+    a = replicas("a")
+    a.poll_seconds = 60.0  # only the write's wake-up can end the wait within the timeout below
+    sid = await new_service(store, a)
+    first, first_lease = await a._create_or_reuse(sid, "4" * 40, "h4", PLAN, ServiceType.webapp, Mode.persistent)
+    second, lease = await a._create_or_reuse(sid, "5" * 40, "h5", PLAN, ServiceType.webapp, Mode.persistent)
+    assert first_lease is not None and lease is not None
+    turn = asyncio.ensure_future(a._wait_turn(lease))
+
+    async def waiting() -> bool:
+        return ("queued", "waiting for the previous deployment of this service") in await events(store, second)
+
+    await wait_for(waiting, 10, "the second deployment waiting for the first")
+    assert not turn.done()
+    await a._record_live(first_lease, "https://four.example")
+    await asyncio.wait_for(turn, 5)
+    assert first not in a._waiting and first not in a._changes
