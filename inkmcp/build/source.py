@@ -737,6 +737,8 @@ class _CatFile:
         return answers
 
     async def close(self) -> None:
+        """cat-file ends at the end of its input; killed if it does not within the deadline or the wait is
+        cancelled (nothing of it outlives the call)."""
         if self._proc.returncode is None:
             if self._proc.stdin is not None:
                 self._proc.stdin.close()
@@ -744,6 +746,9 @@ class _CatFile:
                 await asyncio.wait_for(self._proc.wait(), timeout=max(self._deadline.left(), 0.01))
             except TimeoutError:
                 await kill_process_group(self._proc)
+            except BaseException:
+                await kill_process_group(self._proc)
+                raise
 
     async def measure(self, sha: str) -> tuple[int, int]:
         """(bytes of all files, entries) of commit `sha`'s tree, counted like `ls-tree -r -l` (a submodule is an
