@@ -44,12 +44,13 @@ already write is smaller and fences exactly the writes that matter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ log = logging.getLogger("inkmcp.leases")
 
 REPLICA_ID_FILE = "replica.id"
 SERVICE_LOCK_CLASS = 0x1A7D_0005  # advisory-lock namespace (first key) of per-service locks
+REF_SWITCH_LOCK_CLASS = 0x1A7D_0006
+"""Namespace of the lock an env change holds while it rewrites a live service's provider ref, and a drain's switch
+takes before it rewrites it: the two would otherwise overwrite each other's server (`hold_ref_switch`)."""
 _TERMINAL = tuple(sorted(TERMINAL))
 
 
@@ -163,6 +167,32 @@ class LeaseLost(BaseException):
 def service_lock_key(service_id: uuid.UUID) -> int:
     """Second key of the service's advisory lock: 32 bits of its uuid (a collision only serialises two services)."""
     return int.from_bytes(service_id.bytes[:4], "big", signed=True)
+
+
+@contextlib.asynccontextmanager
+async def hold_ref_switch(sessions: async_sessionmaker[AsyncSession], service_id: uuid.UUID) -> AsyncIterator[None]:
+    """Hold the service's ref-switch lock for a whole env change (session-level, on a connection of its own, across
+    the provider's remote calls): a drain's switch (`lock_ref_switch`, in its transaction) waits for it, then sees the
+    ref the env change wrote and refuses the switch (the move is undone and retried); an env change that starts
+    after a switch reads the new ref. Not the service lock: a deploy_app of the service must not wait for an env
+    change's remote work."""
+    params = {"ns": REF_SWITCH_LOCK_CLASS, "key": service_lock_key(service_id)}
+    # A connection checked out for the whole hold (not a session, which hands its connection back to the pool at
+    # commit: the lock would then travel with it, and be re-entered by whoever got that connection next).
+    async with sessions.kw["bind"].connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), params)
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), params)
+            await conn.commit()
+
+
+async def lock_ref_switch(s: AsyncSession, service_id: uuid.UUID) -> None:
+    """Until the end of `s`'s transaction, no env change of the service is running (`hold_ref_switch`)."""
+    await s.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                    {"ns": REF_SWITCH_LOCK_CLASS, "key": service_lock_key(service_id)})
 
 
 async def lock_service(s: AsyncSession, service_id: uuid.UUID) -> None:

@@ -27,9 +27,10 @@ Steps (`Drainer.drain`):
 Running the drain again continues: moved services are no longer on the node, an interrupted move re-attaches
 to what it recorded (the live deployment's ref, under "move"). `undrain` clears the mark.
 
-Residual race (documented, not closed): an env change (`set_env_vars`) that read the service's ref just before
-the switch commits and records after it overwrites the switch with the old ref. Core's env path would have to take
-the service lock for that; a drain is an operator action, run when tenants are told.
+An env change racing the switch: core's env path holds the service's ref-switch lock for the whole change
+(`leases.hold_ref_switch`), and the switch takes it first (`lock_ref_switch`): a switch waits for a running env change
+and then finds the service's ref changed (`MoveConflict`, the copy is deleted, the drain is run again); an env change
+that starts after the switch reads the new ref.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.plan import BuildPlan, Mode, ServiceType
-from inkmcp.core.leases import lock_service
+from inkmcp.core.leases import lock_ref_switch, lock_service
 from inkmcp.core.views import TERMINAL
 from inkmcp.placement.adapter import DATABASE_WHY
 from inkmcp.placement.models import DrainPlan, Move, Node, PlacementError
@@ -306,6 +307,7 @@ class _Switch:
         name = self.d.provider.name
         value = json.loads(check_ref(ref))
         async with self.d.sessions.begin() as s:
+            await lock_ref_switch(s, self.service_id)  # an env change running now finishes first (then: conflict)
             await lock_service(s, self.service_id)
             # NO KEY UPDATE: placement's own transaction below writes a row referencing this one (FK, KEY SHARE)
             row = (await s.execute(select(Service).where(Service.id == self.service_id)

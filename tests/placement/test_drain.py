@@ -462,6 +462,58 @@ async def test_a_service_changed_during_its_move_is_not_switched(env: Env) -> No
         assert all("move" not in ref_of(d.provider_ref, "coolify") for d in rows)
 
 
+async def test_an_env_change_running_at_the_switch_finishes_first_and_the_move_is_undone(env: Env) -> None:
+    """The race an env change and a drain's switch would otherwise lose silently (the env change recording the
+    old server's ref over the switch): core's env path holds the ref-switch lock for the whole change
+    (`leases.hold_ref_switch`), the switch waits for it (seen as a waiting advisory lock in pg_locks), then
+    finds the ref the env change wrote and undoes the move."""
+    from sqlalchemy import text
+
+    from inkmcp.core.leases import REF_SWITCH_LOCK_CLASS, hold_ref_switch
+
+    run1 = env.servers[0]
+    sid = await env.deploy("envy", 1024)
+    await env.settled()
+    held, finish = asyncio.Event(), asyncio.Event()
+
+    async def env_change() -> None:
+        async with hold_ref_switch(env.store.sessionmaker, sid):
+            held.set()
+            await finish.wait()
+            async with env.store.session() as s, s.begin():  # what it records at its end: the new env revision
+                svc = await s.get(Service, sid)
+                assert svc is not None
+                ref = ref_of(svc.provider_ref, "coolify") | {"env_revision": "r2"}
+                await s.execute(update(Service).where(Service.id == sid).values(
+                    provider_ref={"coolify": json.loads(json.dumps(ref))}))
+
+    changing = asyncio.create_task(env_change())
+    await asyncio.wait_for(held.wait(), 10)
+    drain = asyncio.create_task(env.drainer().drain("run-1"))
+
+    async def switch_waits() -> bool:
+        async with env.store.session() as s:
+            return bool((await s.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = :ns"),
+                {"ns": REF_SWITCH_LOCK_CLASS})).scalar())
+
+    deadline = time.monotonic() + 60
+    while not await switch_waits():
+        assert not drain.done(), drain.result()
+        assert time.monotonic() < deadline, "the switch never reached the ref-switch lock"
+        await asyncio.sleep(0.05)
+    assert not drain.done()
+    finish.set()
+    await changing
+    report = await asyncio.wait_for(drain, 60)
+    assert [o.status for o in report.outcomes] == ["not moved"], report
+    assert "changed during the move" in report.outcomes[0].detail
+    await env.settled()
+    _, ref = await env.row(sid)
+    assert ref["server_uuid"] == run1.uuid and ref["env_revision"] == "r2"
+    assert [a.server_uuid for a in env.apps_of(sid)] == [run1.uuid]
+
+
 async def test_a_service_that_never_went_live_moves_its_reservation_and_its_next_release_goes_to_the_target(
         env: Env) -> None:
     run1 = env.servers[0]
