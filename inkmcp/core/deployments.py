@@ -55,7 +55,7 @@ from inkmcp.build.source import (
 )
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import EnvService, validate_env_payload
-from inkmcp.core.leases import Lease, LeaseConfig, LeaseLost, Leases, lock_service
+from inkmcp.core.leases import Lease, LeaseConfig, LeaseLost, Leases, hold_ref_switch, lock_service
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
@@ -1017,21 +1017,24 @@ class DeployService:
             if svc.live_deployment_id is None:
                 continue
             env = await self.effective_env(project.id, svc.id)
-            async with self._sessions() as s:  # fresh refs: a release may have recorded new ones
-                fresh = await s.get(Service, svc.id)
-            if fresh is None:
-                continue
-            record = self._recorder(svc.live_deployment_id, svc.id, project.id)
-            try:
-                change = await self._compute.update_env(
-                    self.key_of(fresh, project), env, self.env_revision(env), record
-                )
-            except ReleaseFailed as e:
-                done.failed[svc.name] = f"{e.step.value}: {e.reason}"
-                continue
-            except ProviderUnavailable as e:
-                done.unavailable[svc.name] = e.reason
-                continue
+            # The ref is read and rewritten under the service's ref-switch lock: a drain's switch (another
+            # process) waits for this change and then sees its ref, instead of being overwritten by the old one.
+            async with hold_ref_switch(self._sessions, svc.id):
+                async with self._sessions() as s:  # fresh refs: a release or a move may have recorded new ones
+                    fresh = await s.get(Service, svc.id)
+                if fresh is None:
+                    continue
+                record = self._recorder(svc.live_deployment_id, svc.id, project.id)
+                try:
+                    change = await self._compute.update_env(
+                        self.key_of(fresh, project), env, self.env_revision(env), record
+                    )
+                except ReleaseFailed as e:
+                    done.failed[svc.name] = f"{e.step.value}: {e.reason}"
+                    continue
+                except ProviderUnavailable as e:
+                    done.unavailable[svc.name] = e.reason
+                    continue
             {EnvOutcome.restarted: done.restarted, EnvOutcome.pending: done.pending,
              EnvOutcome.next_start: done.next_start}[change.outcome].append(svc.name)  # fmt: skip
         return done

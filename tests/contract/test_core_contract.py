@@ -248,12 +248,37 @@ async def test_a_refusal_of_the_platform_fails_the_deployment_naming_the_operato
     await core.deploys.close()
 
 
+class _WatchingEnv:
+    """The provider, with a look at pg_locks from inside `update_env`: core must hold the service's ref-switch lock
+    there (leases.hold_ref_switch), or a drain's switch could be overwritten by this change's ref."""
+
+    def __init__(self, inner: Any, store: Store) -> None:
+        self.inner, self.store, self.held = inner, store, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update_env(self, key: ServiceKey, *args: Any) -> Any:
+        from sqlalchemy import text
+
+        from inkmcp.core.leases import REF_SWITCH_LOCK_CLASS, service_lock_key
+
+        async with self.store.session() as s:
+            self.held.append((await s.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = :ns "
+                "AND objid = :key"), {"ns": REF_SWITCH_LOCK_CLASS,
+                                      "key": service_lock_key(uuid.UUID(key.service_id)) & 0xFFFFFFFF})).scalar())
+        return await self.inner.update_env(key, *args)
+
+
 async def test_update_env_vars_reports_what_the_provider_really_did(
-    harness: Harness, wire: Callable[[Any], Wired], repo: Path
+    harness: Harness, wire: Callable[[Any], Wired], repo: Path, fresh_store: Store
 ) -> None:
     """`restarted` services serve the new values when the call returns; `pending` ones still serve the old
-    values and list_services says env=pending until they run the new ones, then env=applied."""
-    core = wire(harness.provider)
+    values and list_services says env=pending until they run the new ones, then env=applied. The provider is asked
+    under the service's ref-switch lock."""
+    watching = _WatchingEnv(harness.provider, fresh_store)
+    core = wire(watching)
     p = await core.accounts.principal_for(f"acct-{uuid.uuid4().hex[:8]}", "test")
     name = f"env-{uuid.uuid4().hex[:8]}"
     assert (await deploy(core, p, repo, name, "one")).status == "live"
@@ -275,6 +300,7 @@ async def test_update_env_vars_reports_what_the_provider_really_did(
 
     await wait_for(applied, what="list_services env=applied")
     assert await harness.serve(key) == "two"
+    assert watching.held == [1], watching.held
     await core.deploys.close()
 
 
