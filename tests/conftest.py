@@ -65,6 +65,10 @@ SLOW: tuple[str, ...] = (
     "tests/placement/test_drain.py",
     "tests/coolify/test_budget.py",
     "tests/coolify/test_reconcile.py",
+    "tests/coolify/test_database_provider.py",  # a Coolify database per test, started on the stand-in's clock
+    "tests/coolify/test_routes.py",  # a real sshd per test
+    "tests/store/test_tenant_server.py",  # a second embedded Postgres
+    "tests/hardening/test_ssh_apply.py",  # sshd + a network namespace per test
 )
 
 
