@@ -27,7 +27,7 @@ Fast subset
 -----------
 `slow` marks the tests that start whole servers or daemons (the e2e and red-team suites, real
 dockerd + runsc); `SLOW` below lists them by path, measured with `--durations`. The developer's loop,
-under 5 minutes on 2 cores (2 min 32 s measured on 2026-11-30, ~290 tests; the whole suite took 9 min 12 s):
+under 5 minutes on 2 cores (measured at the end of each session: see the session notes):
 
     make test PYTEST_ARGS='-m "not slow"'        (or .venv/bin/pytest -q -ra -m "not slow")
 
@@ -68,7 +68,8 @@ SLOW: tuple[str, ...] = (
     "tests/coolify/test_database_provider.py",  # a Coolify database per test, started on the stand-in's clock
     "tests/coolify/test_routes.py",  # a real sshd per test
     "tests/store/test_tenant_server.py",  # a second embedded Postgres
-    "tests/hardening/test_ssh_apply.py",  # sshd + a network namespace per test
+    "tests/hardening/",  # sshd, iptables and network namespaces per test
+    "tests/local/test_sandbox.py",  # tenant users, cgroups and a 4 GiB build cap filled per test
 )
 
 

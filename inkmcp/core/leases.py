@@ -14,8 +14,9 @@ clocks never have to agree) and a fencing token (`lease_epoch`, +1 per claim):
   pipelines it runs, each conditioned on the epoch it claimed. A lease the heartbeat no longer finds (taken
   over while this replica was paused or cut off) cancels its pipeline.
 * **Fencing.** Every write of a pipeline (each recorded step, each provider ref, the final live/failed
-  record) runs in a transaction that first locks the deployment row `FOR UPDATE` where `claimed_by` and
-  `lease_epoch` are this pipeline's. A takeover also updates that row, so the two are serialised: either the
+  record) is conditioned on the deployment row's `claimed_by` and `lease_epoch` being this pipeline's: one
+  statement whose row-level update (or a `FOR UPDATE` of the row, where a write spans rows) a takeover's own
+  update of that row is serialised with (core/deployments.py says which write takes which form). Either the
   write commits before the takeover, or it finds the row changed and raises `LeaseLost` without writing.
   The compute provider records its ids through that fenced `record` before every remote step (its
   contract), so a replica that lost its lease stops at its next step. What fencing cannot reach is a remote
