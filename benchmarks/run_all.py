@@ -21,6 +21,7 @@ import httpx
 from mcp import ClientSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tests.support import (
     ServerProc,
@@ -130,23 +131,16 @@ async def bench_wake(server: ServerProc, repos: Path, n: int = 8) -> list[tuple[
 
 
 async def bench_list_projects(server: ServerProc) -> list[tuple[str, str]]:
+    """Real MCP sessions driven by control_plane.py's raw client (the SDK's client would measure its own CPU)."""
+    import control_plane
+
+    await control_plane.ensure_projects(server, server.keys["bench"], "bench")
     rows = []
-    for clients, per_client in ((1, 200), (16, 40), (64, 15)):
-        latencies: list[float] = []
-
-        async def worker(latencies: list[float] = latencies, per_client: int = per_client) -> None:
-            async with mcp_session(server, server.keys["bench"]) as s:
-                for _ in range(per_client):
-                    t0 = time.monotonic()
-                    await call(s, "list_projects")
-                    latencies.append(time.monotonic() - t0)
-
-        t0 = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(clients)]), 300)
-        wall = time.monotonic() - t0
+    for clients, per_client in control_plane.LOADS:
+        m = await control_plane.measure(server, server.keys["bench"], clients, per_client, total=None)
         rows.append((f"list_projects, {clients} concurrent clients",
-                     f"{len(latencies) / wall:.0f} calls/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
-                     f"p99 {pct(latencies, 99) * 1000:.0f} ms ({len(latencies)} calls)"))
+                     f"{m['calls_per_s']:.0f} calls/s, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms, "
+                     f"server CPU {m['server_cpu_ms_per_call']:.1f} ms/call ({m['calls']:.0f} calls)"))
     return rows
 
 
