@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import ServerProc, make_server, remove_tenant_users  # noqa: E402
+from tests.support import ServerProc, dispose_server, make_server  # noqa: E402
 
 PROTOCOL = "2025-06-18"
 PROJECTS = 5
@@ -181,10 +180,7 @@ async def main() -> int:
                     results[name].setdefault(str(clients), []).append(await measure(srv, key, clients, per))
     finally:
         for srv, _ in servers.values():
-            if srv.proc is not None:
-                srv.stop()
-            remove_tenant_users(srv.data_dir)
-            shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
+            dispose_server(srv, clean_stop=False)
         if before_tree is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_tree)],  # noqa: ASYNC221
                            check=False)

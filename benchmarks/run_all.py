@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tests.support import (
     ServerProc,
     call,
+    dispose_server,
     git_repo,
     make_server,
     mcp_session,
-    remove_tenant_users,
     traversable_tmpdir,
 )
 
@@ -188,9 +188,7 @@ async def main(which: list[str]) -> None:
         if "memory" in which:
             rows += await bench_memory(server, repos)
     finally:
-        server.stop()
-        remove_tenant_users(server.data_dir)
-        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+        dispose_server(server, clean_stop=False)
         shutil.rmtree(repos, ignore_errors=True)
     print("\n| benchmark | result |\n| --- | --- |")
     for name, value in rows:

@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support import (
     ServerProc,
     call,
+    dispose_server,
     free_port,
     git_repo,
     make_server,
     mcp_session,
-    remove_tenant_users,
     traversable_tmpdir,
 )
 
@@ -258,10 +258,7 @@ async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
             figures["apps"][name] = row
     finally:
         for k, srv in servers.items():
-            if srv.proc is not None:
-                srv.stop()
-            remove_tenant_users(srv.data_dir)
-            shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
+            dispose_server(srv, clean_stop=False)
             shutil.rmtree(repos[k], ignore_errors=True)
     figures["spawn_ms"] = spawn_cost()
     figures["readiness_ms"] = await readiness_lateness()

@@ -180,11 +180,17 @@ def running_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
     try:
         yield srv
     finally:
-        if srv.proc is not None:
-            code = srv.stop()
-            assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
-        remove_tenant_users(srv.data_dir)
-        shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
+        dispose_server(srv)
+
+
+def dispose_server(srv: ServerProc, *, clean_stop: bool = True) -> None:
+    """Stop the server if it runs (by PID; `clean_stop`: its graceful shutdown must succeed), delete the project
+    users it created and its directory."""
+    if srv.proc is not None:
+        code = srv.stop()
+        assert code == 0 or not clean_stop, f"graceful shutdown failed ({code}):\n{srv.log()}"
+    remove_tenant_users(srv.data_dir)
+    shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

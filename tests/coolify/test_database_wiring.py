@@ -20,15 +20,13 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 @pytest.fixture
 def standin() -> Iterator[CoolifyStandin]:
     root = traversable_tmpdir("inkmcp-dbwire-")
-    s = CoolifyStandin(root / "nodes", rate_limit=100_000, status_delay=0.02, delete_delay=0.05,
-                       stop_delay=0.02, validation_delay=0.0)
-    s.start()
     try:
-        s.add_servers(1, cpus=16, memory_mb=32768, wildcard_base="apps.test")
-        s.add_private_key()
-        yield s
+        with CoolifyStandin(root / "nodes", rate_limit=100_000, status_delay=0.02, delete_delay=0.05,
+                            stop_delay=0.02, validation_delay=0.0) as s:
+            s.add_servers(1, cpus=16, memory_mb=32768, wildcard_base="apps.test")
+            s.add_private_key()
+            yield s
     finally:
-        s.stop()
         shutil.rmtree(root, ignore_errors=True)
     assert s.request_violations == [] and s.response_violations == []
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,10 @@ from tests.store.conftest import create_database
 from tests.support import (
     ServerProc,
     call,
+    dispose_server,
     git_repo,
     make_server,
     mcp_session,
-    remove_tenant_users,
     traversable_tmpdir,
 )
 
@@ -53,47 +53,29 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture
 def standin(root: Path) -> Iterator[CoolifyStandin]:
-    s = CoolifyStandin(root / "nodes", rate_limit=100_000, status_delay=0.05, delete_delay=0.1, stop_delay=0.05,
-                       validation_delay=0.01)
-    s.start()
-    try:
+    with CoolifyStandin(root / "nodes", rate_limit=100_000, status_delay=0.05, delete_delay=0.1, stop_delay=0.05,
+                        validation_delay=0.01) as s:
         s.add_servers(1, cpus=64, memory_mb=65536, wildcard_base="apps.test")
         s.add_server("10.77.0.200", name="builder", is_build_server=True, usable=True)
         s.add_private_key()
         yield s
-    finally:
-        s.stop()
-
-
-class Pair:
-    """Two serves sharing everything an operator shares between replicas; each stopped by its own PID."""
-
-    def __init__(self, root: Path, shared: dict[str, str]) -> None:
-        self.root = root
-        self.shared = shared
-        self.servers: list[ServerProc] = []
-
-    def server(self, name: str, **env: str) -> ServerProc:
-        srv = make_server(f"inkmcp-serve-{name}-", INKMCP_REPLICA_ID=name, **{**self.shared, **env})
-        self.servers.append(srv)
-        return srv
-
-    def close(self) -> None:
-        for srv in self.servers:
-            if srv.proc is not None:
-                code = srv.stop()
-                assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
-            remove_tenant_users(srv.data_dir)
-            shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def pair(root: Path, shared: dict[str, str]) -> Iterator[Pair]:
-    p = Pair(root, shared)
+def replicas(shared: dict[str, str]) -> Iterator[Callable[..., ServerProc]]:
+    """`replica(name, **env)`: a serve sharing everything an operator shares between replicas (`shared`), with
+    its own data dir and ports; every one made is stopped by its own PID and cleaned up at the end."""
+    made: list[ServerProc] = []
+
+    def replica(name: str, **env: str) -> ServerProc:
+        made.append(make_server(f"inkmcp-serve-{name}-", INKMCP_REPLICA_ID=name, **{**shared, **env}))
+        return made[-1]
+
     try:
-        yield p
+        yield replica
     finally:
-        p.close()
+        for srv in made:
+            dispose_server(srv)
 
 
 @pytest.fixture
@@ -102,22 +84,16 @@ def control_url(control_pg: EmbeddedPostgres) -> str:
     return create_database(control_pg, "serves")
 
 
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-async def test_a_replica_falling_back_to_its_own_embedded_tenant_server_refuses_to_start(
-    root: Path, control_url: str
-) -> None:
+async def test_a_replica_falling_back_to_its_own_embedded_tenant_server_refuses_to_start(control_url: str) -> None:
     """The split this prevents: replica B creating databases on its own embedded server that replica A (and the
     agents it serves) cannot reach. The first replica records its tenant server; the second, with another, exits
     non-zero naming the setting to fix; A keeps serving with databases on its server."""
     shared = {"INKMCP_DATABASE_URL": control_url, "INKMCP_ENCRYPTION_KEYS": Fernet.generate_key().decode()}
-    with pair(root, shared) as p:
-        a = p.server("a")
+    with replicas(shared) as replica:
+        a = replica("a")
         a.create_key("alice")
         a.start()
-        b = p.server("b")
+        b = replica("b")
         proc = await asyncio.create_subprocess_exec(b.inkmcp, "serve", env=b.env, cwd="/tmp",
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 120)
@@ -180,8 +156,8 @@ async def test_two_serves_share_work_and_the_survivor_finishes_a_killed_replicas
         "INKMCP_DEPLOY_ANSWER_WITHIN": "1",
         "INKMCP_DATABASE_PROVIDER": "postgres",  # the shared tenant server is this test's subject
     }  # fmt: skip
-    with pair(root, shared) as p:
-        a, b = p.server("a"), p.server("b")
+    with replicas(shared) as replica:
+        a, b = replica("a"), replica("b")
         key = a.create_key("alice")
         a.start()
         b.start()
@@ -226,5 +202,5 @@ async def test_two_serves_share_work_and_the_survivor_finishes_a_killed_replicas
 
         # The tenant server is the shared one for both (no per-replica fallback was made).
         assert not (a.data_dir / "pg" / "tenants").exists() and not (b.data_dir / "pg" / "tenants").exists()
-        with psycopg.connect(_libpq(tenant_url)) as conn:
+        with psycopg.connect(tenant_url) as conn:
             assert conn.execute("SELECT count(*) FROM inkmcp_server_identity").fetchone()[0] == 1
