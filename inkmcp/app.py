@@ -33,7 +33,7 @@ from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.base import DatabaseProvider
 from inkmcp.providers.database.byo import BringYourOwnDatabase
-from inkmcp.providers.database.postgres import PostgresDatabaseProvider
+from inkmcp.providers.database.postgres import PostgresDatabaseProvider, libpq_url
 from inkmcp.settings import Settings
 from inkmcp.store.crypto import MAC_KEY_RELATIVE, SecretBox, check_shared_keys, shared_mac_key
 from inkmcp.store.db import Store, migrate, open_store
@@ -246,7 +246,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     default_db, db_providers = _database_providers(stack, settings, postgres, coolify_parts, store.sessionmaker)
     # Replicas share one tenant server (a replica falling back to its own embedded one is refused).
     if serve:  # CLI commands never create tenant databases (and may run where the tenant server is unreachable)
-        await check_tenant_server(store.sessionmaker, box, admin.get_secret_value(),
+        await check_tenant_server(store.sessionmaker, box, libpq_url(admin.get_secret_value()),
                                   embedded=settings.tenant_database_url is None, own_is_default=default_db is postgres)
 
     metrics = Metrics()

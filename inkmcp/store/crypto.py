@@ -275,7 +275,7 @@ def parse_mac_key(value: str) -> bytes:
     return decoded
 
 
-async def _read_row(sessions: async_sessionmaker[AsyncSession], name: str) -> bytes | None:
+async def read_shared_row(sessions: async_sessionmaker[AsyncSession], name: str) -> bytes | None:
     from sqlalchemy import select
 
     from inkmcp.store.models import SharedKey
@@ -285,7 +285,7 @@ async def _read_row(sessions: async_sessionmaker[AsyncSession], name: str) -> by
     return bytes(value) if value is not None else None
 
 
-async def _insert_row(sessions: async_sessionmaker[AsyncSession], name: str, token: bytes) -> None:
+async def insert_shared_row(sessions: async_sessionmaker[AsyncSession], name: str, token: bytes) -> None:
     """Insert unless a row exists: two replicas starting at once agree on whichever committed first."""
     from sqlalchemy.dialects.postgresql import insert
 
@@ -306,10 +306,10 @@ def _keys_differ(what: str) -> InkError:
 
 async def check_shared_keys(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
     """Refuse to start with encryption keys that cannot read what the database holds (see module docstring)."""
-    token = await _read_row(sessions, BOX_CHECK_ROW)
+    token = await read_shared_row(sessions, BOX_CHECK_ROW)
     if token is None:
-        await _insert_row(sessions, BOX_CHECK_ROW, box.encrypt(secrets.token_bytes(16)))
-        token = await _read_row(sessions, BOX_CHECK_ROW)
+        await insert_shared_row(sessions, BOX_CHECK_ROW, box.encrypt(secrets.token_bytes(16)))
+        token = await read_shared_row(sessions, BOX_CHECK_ROW)
     try:
         box.decrypt(token or b"")
     except DecryptionError:
@@ -323,14 +323,14 @@ async def shared_mac_key(
     configured = KeySettings().mac_key
     if configured is not None:
         return parse_mac_key(configured.get_secret_value())
-    token = await _read_row(sessions, MAC_KEY_ROW)
+    token = await read_shared_row(sessions, MAC_KEY_ROW)
     if token is None:
         key = secrets.token_bytes(MIN_MAC_BYTES)
         if legacy_file is not None and legacy_file.exists():
             key = legacy_file.read_bytes()
             log.info("adopted the MAC key of %s into the control-plane database", legacy_file)
-        await _insert_row(sessions, MAC_KEY_ROW, box.encrypt(key))
-        token = await _read_row(sessions, MAC_KEY_ROW)
+        await insert_shared_row(sessions, MAC_KEY_ROW, box.encrypt(key))
+        token = await read_shared_row(sessions, MAC_KEY_ROW)
     try:
         return box.decrypt(token or b"")
     except DecryptionError:

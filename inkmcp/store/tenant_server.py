@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.errors import InkError
-from inkmcp.store.crypto import DecryptionError, SecretBox, _insert_row, _read_row
+from inkmcp.store.crypto import DecryptionError, SecretBox, insert_shared_row, read_shared_row
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,11 @@ TENANT_SERVER_ROW = "tenant_server"
 MARKER_TABLE = "inkmcp_server_identity"
 
 
-def _libpq(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    return scheme.split("+", 1)[0] + "://" + rest
-
-
 async def tenant_server_identity(admin_url: str) -> str:
-    """The server's identity, created on first use (two replicas creating it at once agree on one row)."""
+    """The server's identity, created on first use (two replicas creating it at once agree on one row).
+    `admin_url` is a libpq URL (`postgresql://`, as `providers.database.postgres.libpq_url` makes one)."""
     try:
-        async with await psycopg.AsyncConnection.connect(_libpq(admin_url), autocommit=True,
+        async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True,
                                                          connect_timeout=10) as conn:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} "
                                "(one boolean PRIMARY KEY DEFAULT true CHECK (one), id text NOT NULL)")
@@ -74,10 +70,10 @@ async def check_tenant_server(
 ) -> str:
     """Record this control plane's tenant server, or refuse a replica whose tenant server is another one."""
     ours = await tenant_server_identity(admin_url)
-    token = await _read_row(sessions, TENANT_SERVER_ROW)
+    token = await read_shared_row(sessions, TENANT_SERVER_ROW)
     if token is None:
-        await _insert_row(sessions, TENANT_SERVER_ROW, box.encrypt(ours.encode()))
-        token = await _read_row(sessions, TENANT_SERVER_ROW)
+        await insert_shared_row(sessions, TENANT_SERVER_ROW, box.encrypt(ours.encode()))
+        token = await read_shared_row(sessions, TENANT_SERVER_ROW)
     try:
         recorded = box.decrypt(token or b"").decode()
     except DecryptionError:

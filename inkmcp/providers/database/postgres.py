@@ -74,7 +74,7 @@ def _check_ours(external_id: str) -> str:
     return external_id
 
 
-def _libpq_url(url: str) -> str:
+def libpq_url(url: str) -> str:
     """SQLAlchemy-style `postgresql+psycopg://` → libpq `postgresql://`."""
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
@@ -101,7 +101,7 @@ class PostgresDatabaseProvider:
         connection_limits: Mapping[Tier, int] | None = None,
         connect_timeout_s: int = 10,
     ) -> None:
-        self._admin_url = SecretStr(_libpq_url(admin_url.get_secret_value()))
+        self._admin_url = SecretStr(libpq_url(admin_url.get_secret_value()))
         self.public_host = public_host
         self.public_port = public_port
         self.connection_limits = dict(connection_limits or DEFAULT_CONNECTION_LIMITS)
