@@ -49,19 +49,25 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def open_session(srv: ServerProc, key: str) -> str:
-    """A real MCP session over streamable HTTP; returns its Mcp-Session-Id."""
+def mcp_headers(key: str, sid: str | None = None) -> dict[str, str]:
+    """What every streamable-HTTP POST of a client carries (the session's headers once it has one)."""
     headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
                "Content-Type": "application/json"}
+    if sid is not None:
+        headers.update({"Mcp-Session-Id": sid, "MCP-Protocol-Version": PROTOCOL})
+    return headers
+
+
+async def open_session(srv: ServerProc, key: str) -> str:
+    """A real MCP session over streamable HTTP; returns its Mcp-Session-Id."""
     async with httpx.AsyncClient(timeout=30) as client:
-        r = await client.post(srv.mcp_url, headers=headers, json={
+        r = await client.post(srv.mcp_url, headers=mcp_headers(key), json={
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
             "params": {"protocolVersion": PROTOCOL, "capabilities": {},
                        "clientInfo": {"name": "bench", "version": "1"}}})
         r.raise_for_status()
         sid = r.headers["mcp-session-id"]
-        headers.update({"Mcp-Session-Id": sid, "MCP-Protocol-Version": PROTOCOL})
-        r = await client.post(srv.mcp_url, headers=headers,
+        r = await client.post(srv.mcp_url, headers=mcp_headers(key, sid),
                               json={"jsonrpc": "2.0", "method": "notifications/initialized"})
         assert r.status_code == 202, r.text
     return sid
@@ -70,9 +76,8 @@ async def open_session(srv: ServerProc, key: str) -> str:
 def call_bytes(srv: ServerProc, key: str, sid: str, call_id: int) -> bytes:
     body = json.dumps({"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
                        "params": {"name": "list_projects", "arguments": {}}}).encode()
-    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nAuthorization: Bearer {key}\r\n"
-            f"Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
-            f"Mcp-Session-Id: {sid}\r\nMCP-Protocol-Version: {PROTOCOL}\r\nContent-Length: {len(body)}\r\n\r\n")
+    lines = "".join(f"{k}: {v}\r\n" for k, v in mcp_headers(key, sid).items())
+    head = f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
@@ -138,9 +143,7 @@ def start(name: str, src: Path | None) -> tuple[ServerProc, str]:
 
 async def ensure_projects(srv: ServerProc, key: str, name: str) -> None:
     """PROJECTS projects through MCP (ensure_project), so every answer has the same size on both servers."""
-    sid = await open_session(srv, key)
-    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
-               "Content-Type": "application/json", "Mcp-Session-Id": sid, "MCP-Protocol-Version": PROTOCOL}
+    headers = mcp_headers(key, await open_session(srv, key))
     async with httpx.AsyncClient(timeout=60) as c:
         for i in range(PROJECTS):
             r = await c.post(srv.mcp_url, headers=headers, json={
