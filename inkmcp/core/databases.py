@@ -46,6 +46,11 @@ class DatabaseInfo(BaseModel):
     created: bool = False
 
 
+def as_requested(provider: str) -> Literal["postgres", "byo"]:
+    """What agents are shown of a database's provider: what they asked for, never which backend serves it."""
+    return "byo" if provider == "byo" else "postgres"
+
+
 def owner_slug(project_id: uuid.UUID) -> str:
     # ids, not names: two accounts may both have a project called "shop"
     return project_id.hex
@@ -75,7 +80,7 @@ class DatabaseService:
     def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
         creds = DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
         return DatabaseInfo(
-            provider="byo" if row.provider == "byo" else "postgres",
+            provider=as_requested(row.provider),
             tier=row.tier,
             host=creds.host,
             port=creds.port,

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from inkmcp.core.databases import as_requested
 from inkmcp.core.limits import AccountLimits, LimitDefaults, lock_account, reached
 from inkmcp.core.names import check_name, has_credentials, is_name, redact_url
 from inkmcp.core.principal import Principal
@@ -149,7 +150,7 @@ class ProjectService:
                 # stored redacted already; redacting again costs nothing and covers rows written by older code
                 repo_url=redact_url(repo_url) if repo_url else None,
                 services=n,
-                database=None if db is None else ("byo" if db == "byo" else "postgres"),
+                database=None if db is None else as_requested(db),
                 created_at=created_at,
             )
             for name, repo_url, created_at, n, db, _ in rows
