@@ -14,7 +14,6 @@ which is safe for a read and replaces SQLAlchemy's per-checkout pre-ping round t
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -35,15 +34,10 @@ class ReadPool:
     def __init__(self, conninfo: str) -> None:
         self._pool = AsyncConnectionPool(conninfo, min_size=MIN_SIZE, max_size=MAX_SIZE, open=False,
                                          kwargs={"autocommit": True, "application_name": "inkmcp-reads"})
-        self._opened = False
-        self._lock = asyncio.Lock()
 
     async def _ready(self) -> AsyncConnectionPool:
-        if not self._opened:
-            async with self._lock:
-                if not self._opened:
-                    await self._pool.open(wait=True, timeout=15)
-                    self._opened = True
+        if self._pool.closed:  # opened on first use; open() is safe to call concurrently (psycopg_pool)
+            await self._pool.open(wait=True, timeout=15)
         return self._pool
 
     async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -61,9 +55,7 @@ class ReadPool:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        if self._opened:
-            await self._pool.close()
-            self._opened = False
+        await self._pool.close()  # a no-op on a pool never opened
 
 
 def read_pool(sessions: async_sessionmaker[AsyncSession]) -> ReadPool:
