@@ -33,7 +33,7 @@ import binascii
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -275,7 +275,7 @@ def parse_mac_key(value: str) -> bytes:
     return decoded
 
 
-async def read_shared_row(sessions: async_sessionmaker[AsyncSession], name: str) -> bytes | None:
+async def _read_row(sessions: async_sessionmaker[AsyncSession], name: str) -> bytes | None:
     from sqlalchemy import select
 
     from inkmcp.store.models import SharedKey
@@ -285,7 +285,7 @@ async def read_shared_row(sessions: async_sessionmaker[AsyncSession], name: str)
     return bytes(value) if value is not None else None
 
 
-async def insert_shared_row(sessions: async_sessionmaker[AsyncSession], name: str, token: bytes) -> None:
+async def _insert_row(sessions: async_sessionmaker[AsyncSession], name: str, token: bytes) -> None:
     """Insert unless a row exists: two replicas starting at once agree on whichever committed first."""
     from sqlalchemy.dialects.postgresql import insert
 
@@ -304,16 +304,24 @@ def _keys_differ(what: str) -> InkError:
     )
 
 
+async def shared_value(sessions: async_sessionmaker[AsyncSession], box: SecretBox, name: str,
+                       first: Callable[[], bytes], what: str) -> bytes:
+    """The value every replica agrees on under `name` in `shared_keys`, sealed by the encryption keys: the first
+    replica's `first()` (two starting at once agree on whichever committed first). Keys that cannot read it are
+    refused, naming INKMCP_ENCRYPTION_KEYS (`what` says what could not be read)."""
+    token = await _read_row(sessions, name)
+    if token is None:
+        await _insert_row(sessions, name, box.encrypt(first()))
+        token = await _read_row(sessions, name)
+    try:
+        return box.decrypt(token or b"")
+    except DecryptionError:
+        raise _keys_differ(what) from None
+
+
 async def check_shared_keys(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
     """Refuse to start with encryption keys that cannot read what the database holds (see module docstring)."""
-    token = await read_shared_row(sessions, BOX_CHECK_ROW)
-    if token is None:
-        await insert_shared_row(sessions, BOX_CHECK_ROW, box.encrypt(secrets.token_bytes(16)))
-        token = await read_shared_row(sessions, BOX_CHECK_ROW)
-    try:
-        box.decrypt(token or b"")
-    except DecryptionError:
-        raise _keys_differ("check value") from None
+    await shared_value(sessions, box, BOX_CHECK_ROW, lambda: secrets.token_bytes(16), "check value")
 
 
 async def shared_mac_key(
@@ -323,15 +331,11 @@ async def shared_mac_key(
     configured = KeySettings().mac_key
     if configured is not None:
         return parse_mac_key(configured.get_secret_value())
-    token = await read_shared_row(sessions, MAC_KEY_ROW)
-    if token is None:
-        key = secrets.token_bytes(MIN_MAC_BYTES)
+
+    def first() -> bytes:
         if legacy_file is not None and legacy_file.exists():
-            key = legacy_file.read_bytes()
             log.info("adopted the MAC key of %s into the control-plane database", legacy_file)
-        await insert_shared_row(sessions, MAC_KEY_ROW, box.encrypt(key))
-        token = await read_shared_row(sessions, MAC_KEY_ROW)
-    try:
-        return box.decrypt(token or b"")
-    except DecryptionError:
-        raise _keys_differ("MAC key") from None
+            return legacy_file.read_bytes()
+        return secrets.token_bytes(MIN_MAC_BYTES)
+
+    return await shared_value(sessions, box, MAC_KEY_ROW, first, "MAC key")

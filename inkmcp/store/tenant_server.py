@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.errors import InkError
-from inkmcp.store.crypto import DecryptionError, SecretBox, insert_shared_row, read_shared_row
+from inkmcp.store.crypto import SecretBox, shared_value
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,7 @@ async def check_tenant_server(
 ) -> str:
     """Record this control plane's tenant server, or refuse a replica whose tenant server is another one."""
     ours = await tenant_server_identity(admin_url)
-    token = await read_shared_row(sessions, TENANT_SERVER_ROW)
-    if token is None:
-        await insert_shared_row(sessions, TENANT_SERVER_ROW, box.encrypt(ours.encode()))
-        token = await read_shared_row(sessions, TENANT_SERVER_ROW)
-    try:
-        recorded = box.decrypt(token or b"").decode()
-    except DecryptionError:
-        raise InkError("this replica's encryption keys cannot read the control plane's tenant-server record.",
-                       argument="INKMCP_ENCRYPTION_KEYS",
-                       fix="give every replica sharing INKMCP_DATABASE_URL the same INKMCP_ENCRYPTION_KEYS") from None
+    recorded = (await shared_value(sessions, box, TENANT_SERVER_ROW, ours.encode, "tenant-server record")).decode()
     if recorded == ours:
         return ours
     held = await _databases_on_own_server(sessions)
