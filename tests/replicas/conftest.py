@@ -55,6 +55,23 @@ async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.
     raise AssertionError(f"{what} not met within {timeout:g} s (last: {last!r})")
 
 
+async def coolify_census(url: str, token: str, prefix: str = "") -> dict[str, Any]:
+    """Coolify's applications whose name starts with `prefix` (InkMCP names them `<service id>-<process>`), counted
+    per process, and the deployments Coolify lists for each (restarts excluded), read through Coolify's API."""
+    from inkmcp.coolify.client import CoolifyClient
+
+    async with CoolifyClient(url, token) as client:
+        apps = [a for a in await client.list_applications() if (a.name or "").startswith(prefix)]
+        counts: dict[str, int] = {}
+        deployments: dict[str, int] = {}
+        for app in apps:
+            process = (app.name or "").rsplit("-", 1)[-1]
+            counts[process] = counts.get(process, 0) + 1
+            page = await client.list_deployments(app.uuid, take=100)
+            deployments[process] = sum(not d.restart_only for d in page.deployments)
+    return {"apps": counts, "deployments": deployments}
+
+
 @dataclass
 class Replica:
     """One replica process and its command channel."""
@@ -214,21 +231,9 @@ class Cluster:
         return {"apps": counts, "deployments": deployments}
 
     async def coolify_census(self, service_id: uuid.UUID) -> dict[str, Any]:
-        """The same census, read from the stand-in through Coolify's API: applications named after the service
-        (one per process) and the deployments Coolify lists for each (restarts excluded)."""
-        from inkmcp.coolify.client import CoolifyClient
-
+        """The same census, read from the stand-in through Coolify's API (`coolify_census`)."""
         assert self.coolify_url is not None and self.coolify_token is not None
-        async with CoolifyClient(self.coolify_url, self.coolify_token) as client:
-            apps = [a for a in await client.list_applications() if (a.name or "").startswith(f"{service_id}-")]
-            counts: dict[str, int] = {}
-            deployments: dict[str, int] = {}
-            for app in apps:
-                process = (app.name or "").rsplit("-", 1)[-1]
-                counts[process] = counts.get(process, 0) + 1
-                page = await client.list_deployments(app.uuid, take=100)
-                deployments[process] = sum(not d.restart_only for d in page.deployments)
-        return {"apps": counts, "deployments": deployments}
+        return await coolify_census(self.coolify_url, self.coolify_token, f"{service_id}-")
 
     async def close(self) -> None:
         for r in self.replicas:

@@ -16,7 +16,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -26,6 +25,7 @@ from inkmcp.coolify.client import CoolifyClient
 from inkmcp.coolify.standin import CoolifyStandin
 from inkmcp.store.embedded import EmbeddedPostgres
 from tests.contract.conftest import APP_FILES, PROCFILE
+from tests.replicas.conftest import coolify_census
 from tests.store import conftest as _store_fixtures
 from tests.store.conftest import create_database
 from tests.support import (
@@ -109,30 +109,17 @@ async def test_a_replica_falling_back_to_its_own_embedded_tenant_server_refuses_
             assert conn.execute("SELECT current_user").fetchone()[0].startswith("ink_")
 
 
-async def _deployment_in_progress(standin_url: str, token: str, prefix: str, timeout: float = 60) -> None:
-    """Until Coolify has a deployment in progress for an application of the service (InkMCP's names start with
-    the service id; here any application counts, the project is the only one)."""
+async def _deployment_in_progress(standin_url: str, token: str, timeout: float = 60) -> None:
+    """Until Coolify has a deployment in progress for an application (the test's project is the only one)."""
     deadline = time.monotonic() + timeout
     async with CoolifyClient(standin_url, token) as client:
         while time.monotonic() < deadline:
             for app in await client.list_applications():
-                if (app.name or "").startswith(prefix):
-                    page = await client.list_deployments(app.uuid, take=10)
-                    if any(d.status == "in_progress" for d in page.deployments):
-                        return
+                page = await client.list_deployments(app.uuid, take=10)
+                if any(d.status == "in_progress" for d in page.deployments):
+                    return
             await asyncio.sleep(0.1)
     raise AssertionError("no Coolify deployment went in progress")
-
-
-async def _census(standin_url: str, token: str) -> dict[str, Any]:
-    """Coolify's applications per InkMCP process name and their (non-restart) deployments."""
-    async with CoolifyClient(standin_url, token) as client:
-        apps = await client.list_applications()
-        out: dict[str, Any] = {"apps": sorted((a.name or "").rsplit("-", 1)[-1] for a in apps), "deployments": {}}
-        for app in apps:
-            page = await client.list_deployments(app.uuid, take=100)
-            out["deployments"][(app.name or "").rsplit("-", 1)[-1]] = sum(not d.restart_only for d in page.deployments)
-    return out
 
 
 async def test_two_serves_share_work_and_the_survivor_finishes_a_killed_replicas_deployment(
@@ -177,7 +164,7 @@ async def test_two_serves_share_work_and_the_survivor_finishes_a_killed_replicas
         async with mcp_session(a, key) as sa:
             dep = await call(sa, "deploy_app", repo_url=str(repo), project_name="shop", service_name="web")
         assert not dep["done"], dep
-        await _deployment_in_progress(standin.url, token, "")
+        await _deployment_in_progress(standin.url, token)
         assert a.proc is not None
         os.kill(a.proc.pid, signal.SIGKILL)  # by PID: the replica we started, mid-build
         a.proc.wait(10)
@@ -196,8 +183,8 @@ async def test_two_serves_share_work_and_the_survivor_finishes_a_killed_replicas
             # B owns it now: a redeploy of the same commit through B is a no-op, not a second build.
             again = await call(sb, "deploy_app", repo_url=str(repo), project_name="shop", service_name="web")
             assert again["reused"] and again["deployment_id"] == dep["deployment_id"], again
-        census = await _census(standin.url, token)
-        assert census["apps"] == ["web", "worker"], census
+        census = await coolify_census(standin.url, token)
+        assert census["apps"] == {"web": 1, "worker": 1}, census
         assert census["deployments"] == {"web": 1, "worker": 1}, census
 
         # The tenant server is the shared one for both (no per-replica fallback was made).
