@@ -177,7 +177,7 @@ class Counted:
         event.listen(sync, "begin", begin)
         event.listen(sync, "before_cursor_execute",
                      lambda conn, cur, stmt, params, ctx, many: self.add("statements"))
-        event.listen(sync.pool, "checkout", lambda *a: self.add("connection checkouts (each pre-pinged)"))
+        event.listen(sync.pool, "checkout", lambda *a: self.add("connection checkouts (no ping round trip)"))
 
 
 class _AsyncioWithTimedSleep:
