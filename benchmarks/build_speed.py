@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -250,6 +251,9 @@ async def run(args: argparse.Namespace) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_table(results, args.rounds)
+    if args.json:  # p50 per variant, for benchmarks/summary.py
+        args.json.write_text(json.dumps({"rounds": args.rounds, "load_average": os.getloadavg(),
+                                         "p50_s": {k: statistics.median(v) for k, v in results.items()}}, indent=2))
     return 0
 
 
@@ -274,6 +278,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="measurements per variant (default 5)")
     parser.add_argument("--only", choices=("all", "build", "deploy"), default="all")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (venvs, caches) for inspection")
+    parser.add_argument("--json", type=Path, help="also write each variant's p50 to this file")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")

@@ -1,0 +1,221 @@
+"""Every speed figure of issues 8 and 12 side by side with its baseline, as ratios from one run (`make bench`).
+
+A figure alone means little on a shared 2-core machine: the load of the moment moves it by 2x. So every row
+puts InkMCP next to a baseline measured in the same run: nginx for the proxy, a bare start for a wake,
+virtualenv + pip for builds. The target is the bar the issue sets, as a ratio. Where the issue sets an
+absolute bar instead (deploy overhead, "live" heard, the control plane's p99), the row says so. The last
+column is the same ratio from the figures kept in `benchmarks/baselines/`, so a regression since then shows.
+
+Each benchmark runs as its own process, with its own cleanup, and writes JSON into a temporary directory.
+This script only reads that JSON and prints the table. A benchmark that fails is reported in its row; the
+others still run.
+
+    .venv/bin/python benchmarks/summary.py                 # all, default sizes (~15 min)
+    .venv/bin/python benchmarks/summary.py --quick         # small sizes, a smoke run (~3 min)
+    .venv/bin/python benchmarks/summary.py proxy wake      # some
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+KEPT = HERE / "baselines"
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    inkmcp: str
+    baseline: str
+    ratio: float | None
+    target: str
+    kept_ratio: float | None = None
+
+    def met(self, bar: Bar) -> str:
+        return "" if self.ratio is None or bar is None else ("✓" if bar(self.ratio) else "✗")
+
+
+Bar = Callable[[float], bool] | None
+"""Whether a ratio meets the issue's target; None where the issue sets none for that row."""
+Rows = list[tuple[Row, Bar]]
+
+
+@dataclass(frozen=True)
+class Bench:
+    argv: Callable[[Path, bool], list[str]]
+    rows: Callable[[dict[str, Any]], Rows]
+
+
+def _kept(name: str) -> dict[str, Any] | None:
+    path = KEPT / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+# ------------------------------------------------------------------------------------------------ proxy (12.1)
+def _proxy_rows(data: dict[str, Any]) -> Rows:
+    kept = (_kept("proxy_speed.json") or {}).get("figures", {})
+    out = []
+    for scenario, targets in data["figures"].items():
+        ink, ngx = targets.get("inkmcp"), targets.get("nginx")
+        if not ink or not ngx:
+            continue
+        old = kept.get(scenario, {})
+        old_rps = _ratio(old.get("inkmcp", {}).get("rps"), old.get("nginx", {}).get("rps"))
+        old_p50 = _ratio(old.get("inkmcp", {}).get("p50"), old.get("nginx", {}).get("p50"))
+        out.append((Row(f"proxy {scenario}: requests/s", f"{ink['rps']:.0f}", f"nginx {ngx['rps']:.0f}",
+                        _ratio(ink["rps"], ngx["rps"]), "≥ 1.0 (3 % noise)", old_rps), lambda r: r >= 0.97))
+        out.append((Row(f"proxy {scenario}: p50 latency", f"{ink['p50']:.3f} ms", f"nginx {ngx['p50']:.3f} ms",
+                        _ratio(ink["p50"], ngx["p50"]), "≤ 1.2", old_p50), lambda r: r <= 1.2))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- wake (12.2)
+def _wake_rows(data: dict[str, Any]) -> Rows:
+    kept = (_kept("wake_speed.json") or {}).get("apps", {})
+    out = []
+    for app, v in data["apps"].items():
+        out.append((Row(f"wake to first byte: {app}", f"{v['wake']['p50']:.0f} ms",
+                        f"bare start {v['bare']['p50']:.0f} ms", _ratio(v["wake"]["p50"], v["bare"]["p50"]),
+                        "≤ 1.3", kept.get(app, {}).get("ratio_p50")), lambda r: r <= 1.3))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- builds (12.3)
+_BUILD_PAIRS = [  # (candidate, baseline, target)
+    ("inkmcp deploy", "baseline cold", "≤ 1.0 (piku's first deploy)"),
+    ("inkmcp 2nd svc", "baseline warm", "≤ 1.0"),
+    ("inkmcp/uv cold", "virtualenv+pip cold", "≤ 1.0"),
+]
+
+
+def _build_rows(data: dict[str, Any]) -> Rows:
+    p50 = data["p50_s"]
+    out = []
+    for cand, base, target in _BUILD_PAIRS:
+        if cand in p50 and base in p50:
+            out.append((Row(f"build: {cand}", f"{p50[cand]:.2f} s", f"{base} {p50[base]:.2f} s",
+                            _ratio(p50[cand], p50[base]), target), lambda r: r <= 1.0))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- control plane (12.4)
+def _control_rows(data: dict[str, Any]) -> Rows:
+    kept_before = (_kept("control_plane.json") or {}).get("before", {})
+    kept_now = (_kept("control_plane.json") or {}).get("now", {})
+    now = data["now"]
+    out = []
+    for clients in sorted(now, key=int):
+        m, b = now[clients], kept_before.get(clients)
+        if b is None:
+            continue
+        out.append((Row(f"list_projects, {clients} client{'s' * (clients != '1')}: calls/s", f"{m['calls_per_s']:.0f}",
+                        f"before issue 12 (kept) {b['calls_per_s']:.0f}", _ratio(m["calls_per_s"], b["calls_per_s"]),
+                        "≥ 3.0" if clients == "64" else "-",
+                        _ratio(kept_now.get(clients, {}).get("calls_per_s"), b["calls_per_s"])),
+                    (lambda r: r >= 3.0) if clients == "64" else None))
+    if "64" in now:
+        p99 = now["64"]["p99_ms"]
+        out.append((Row("list_projects, 64 clients: p99", f"{p99:.0f} ms", "absolute bar 250 ms",
+                        p99 / 250, "≤ 1.0 (< 250 ms)"), lambda r: r <= 1.0))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ Coolify deploy (8)
+def _coolify_rows(data: dict[str, Any]) -> Rows:
+    kept = (_kept("coolify_deploy.json") or {}).get("after") or [{}]
+    kept_figures = kept[-1].get("figures", {})
+    figures = data["figures"]
+    out = []
+    for name, bar_ms, issue in (("InkMCP overhead** (end to end - HTTP - poll sleeps)", 50, "issue 8"),
+                                ("live heard after Coolify's health check", 20, "issue 12.4")):
+        v = figures.get(name)
+        if v is None:
+            continue
+        old = kept_figures.get(name, {}).get("p50_ms")
+        out.append((Row(f"deploy_app over Coolify ({issue}): {name.replace('**', '')}, p50", f"{v['p50_ms']:.0f} ms",
+                        f"absolute bar {bar_ms} ms", v["p50_ms"] / bar_ms, f"≤ 1.0 (< {bar_ms} ms)",
+                        None if old is None else old / bar_ms), lambda r: r <= 1.0))
+    return out
+
+
+BENCHES: dict[str, Bench] = {
+    "proxy": Bench(lambda out, quick: ["proxy_speed.py", "--no-fail", "--save", str(out)]
+                   + (["--rounds", "1", "--seconds", "1"] if quick else []), _proxy_rows),
+    "wake": Bench(lambda out, quick: ["wake_speed.py", "--json", str(out)] + (["--runs", "5"] if quick else []),
+                  _wake_rows),
+    "build": Bench(lambda out, quick: ["build_speed.py", "--json", str(out)]
+                   + (["--rounds", "1", "--only", "build"] if quick else []), _build_rows),
+    "control": Bench(lambda out, quick: ["control_plane.py", "--save", str(out)]
+                     + (["--rounds", "1"] if quick else []), _control_rows),
+    "coolify": Bench(lambda out, quick: ["coolify_deploy.py", "--parts", "1", "--json", str(out)]
+                     + (["--deploys", "10"] if quick else []), _coolify_rows),
+}
+
+
+def run(name: str, work: Path, quick: bool) -> tuple[Rows, str | None]:
+    out = work / f"{name}.json"
+    bench = BENCHES[name]
+    argv = [PYTHON, str(HERE / bench.argv(out, quick)[0]), *bench.argv(out, quick)[1:]]
+    started = time.monotonic()
+    print(f"→ {name}: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
+    done = subprocess.run(argv, cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    print(f"  {name}: {time.monotonic() - started:.0f} s, exit {done.returncode}", file=sys.stderr, flush=True)
+    if not out.exists():
+        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
+        return [], f"{name} wrote no figures (exit {done.returncode}): {tail}"
+    return bench.rows(json.loads(out.read_text())), None
+
+
+def _fmt(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("benches", nargs="*", help=f"default: all ({', '.join(BENCHES)})")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures for a note")
+    args = ap.parse_args()
+    names = args.benches or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark {', '.join(unknown)}: pass some of {', '.join(BENCHES)}, or none for all")
+    load = os.getloadavg()
+    rows: Rows = []
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="inkmcp-bench-") as tmp:
+        for name in names:
+            got, failed = run(name, Path(tmp), args.quick)
+            rows += got
+            if failed:
+                failures.append(failed)
+    print(f"\n# InkMCP speed, one run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start; {os.cpu_count()} CPUs"
+          f"{'; --quick sizes' if args.quick else ''})\n")
+    print("| figure | InkMCP | baseline (same run) | ratio | target | met | ratio in baselines/ |")
+    print("| --- | ---: | --- | ---: | --- | :-: | ---: |")
+    for row, bar in rows:
+        print(f"| {row.figure} | {row.inkmcp} | {row.baseline} | {_fmt(row.ratio)} | {row.target} | "
+              f"{row.met(bar)} | {_fmt(row.kept_ratio)} |")
+    for failed in failures:
+        print(f"\n**{failed}**")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
