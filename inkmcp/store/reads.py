@@ -9,7 +9,8 @@ The pool belongs to the store's engine (`read_pool(sessions)` finds it from any 
 engine), so every caller of AccountService/ProjectService, tests included, takes the same path. It opens on first
 use and is closed by `Store.close()`. Connections are autocommit and read-only by use; a statement that fails
 because the server closed the connection (the embedded server restarted) is retried once on a fresh connection,
-which is safe for a read and replaces SQLAlchemy's per-checkout pre-ping round trip.
+which is safe for a read and costs no liveness round trip (the engine's own pool checks its idle sockets
+instead: store/db.py).
 """
 
 from __future__ import annotations

@@ -15,18 +15,20 @@ from inkmcp.store.db import Store
 
 async def _pooled_backends(store: Store) -> set[int]:
     """Check out several connections at once so the pool holds more than one, and say which backends they are."""
+    together = asyncio.Barrier(4)
+
     async def pid() -> int:
         async with store.session() as s:
             value = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-            await asyncio.sleep(0.05)  # keep the connection checked out while the others are taken
+            await together.wait()  # every connection is checked out at once: four distinct backends
             return int(value)
 
-    return set(await asyncio.gather(*(pid() for _ in range(4))))
+    return set(await asyncio.gather(*(pid() for _ in range(together.parties))))
 
 
 async def test_connections_closed_by_the_server_cost_no_failed_transaction(store: Store) -> None:
     pids = await _pooled_backends(store)
-    assert len(pids) >= 2
+    assert len(pids) == 4
     url = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
         await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [list(pids)])
