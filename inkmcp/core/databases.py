@@ -96,6 +96,11 @@ class DatabaseService:
             row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
         return self._info(row) if row else None
 
+    async def env_for(self, project_id: uuid.UUID) -> dict[str, SecretStr]:
+        """The variables the project's add-ons give every service (DATABASE_URL today)."""
+        db = await self.get(project_id)
+        return {"DATABASE_URL": db.url} if db else {}
+
     async def ensure(self, project_id: uuid.UUID, req: DatabaseRequest) -> DatabaseInfo:
         """Idempotent: a project that has a database keeps it (and its password)."""
         existing = await self.get(project_id)

@@ -160,6 +160,8 @@ class DeployRequest(BaseModel):
     build_command: str | None = None
     start_command: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+    static_dir: str | None = None
+    app_dir: str | None = None
     resources: Resources | None = None
     env_vars: dict[str, str | None] | None = None
     database: DatabaseRequest | None = None
@@ -290,7 +292,7 @@ class DeployService:
                 await self._drop_if_empty(project.id)
             raise
         plan_key = (str(fetched.mirror), commit, req.service_name, req.service_type, req.build_command,
-                    req.start_command, req.port)  # fmt: skip
+                    req.start_command, req.port, req.static_dir, req.app_dir)  # fmt: skip
         # A plan is a function of the commit's files and these arguments: a provider that needs no checkout here
         # gets a known commit's plan without one.
         cached = None if self._compute.needs_checkout else self._plans.get(plan_key)
@@ -331,6 +333,8 @@ class DeployService:
                     build_command=req.build_command,
                     start_command=req.start_command,
                     port=req.port,
+                    static_dir=req.static_dir,
+                    app_dir=req.app_dir,
                 )
                 self._plans[plan_key] = (plan.model_copy(deep=True), service_type)
                 while len(self._plans) > PLAN_CACHE_SIZE:
@@ -398,6 +402,8 @@ class DeployService:
             "start_command": req.start_command,
             "port": req.port,
             "resources": req.resources.model_dump() if req.resources else None,
+            # only when given: settings (and so the config hash of every earlier deployment) stay as they were
+            **{k: v for k, v in (("static_dir", req.static_dir), ("app_dir", req.app_dir)) if v is not None},
         }
 
     def env_revision(self, env: Mapping[str, SecretStr]) -> str:
@@ -459,12 +465,14 @@ class DeployService:
             return service_id, created is not None
 
     async def effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
-        """What the service's processes get: DATABASE_URL, then project-wide, then service values."""
+        """What the service's processes get: the add-ons' variables (DATABASE_URL, ...), then project-wide, then
+        service values (so a value the agent set wins over an injected one)."""
         env: dict[str, SecretStr] = {}
         # two independent reads, side by side (each is a round trip on its own connection)
-        db, values = await asyncio.gather(self._databases.get(project_id), self._envs.resolve(project_id, service_id))
-        if db:
-            env["DATABASE_URL"] = db.url
+        injected, values = await asyncio.gather(
+            self._databases.env_for(project_id), self._envs.resolve(project_id, service_id)
+        )
+        env.update(injected)
         env.update(values)
         return env
 

@@ -117,6 +117,8 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         build_command: str | None = None,
         start_command: Annotated[str | None, Field(description="must listen on $PORT")] = None,
         port: Annotated[int | None, Field(ge=1, le=65535)] = None,
+        static_dir: Annotated[str | None, Field(description="site files, e.g. dist")] = None,
+        app_dir: Annotated[str | None, Field(description="monorepo subdir")] = None,
         resources: Resources | None = None,
         env_vars: Annotated[dict[str, str | None] | None, Field(description="null unsets")] = None,
         database: Annotated[DatabaseRequest | None, Field(description='{"type":"postgres"} sets DATABASE_URL')]
@@ -127,7 +129,8 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         req = DeployRequest(
             repo_url=repo_url, project_name=project_name, service_name=service_name, mode=mode,
             service_type=service_type, ref=ref, build_command=build_command, start_command=start_command,
-            port=port, resources=resources, env_vars=env_vars, database=database,
+            port=port, static_dir=static_dir, app_dir=app_dir, resources=resources, env_vars=env_vars,
+            database=database,
         )
         return await platform.deploy_app(principal(ctx), req, wait_seconds=deploy_answer_within,
                                          on_progress=await progress_sink(ctx))

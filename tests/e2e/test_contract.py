@@ -35,9 +35,10 @@ async def raw_tools_list(server: ServerProc) -> str:
 
 async def test_tools_list_is_small_annotated_and_strict(server: ServerProc) -> None:
     message = await raw_tools_list(server)
-    assert len(message) < 5000, f"tools/list is {len(message)} characters of JSON"
+    # ~1,400 tokens for every tool an agent can call (was 5,000 before deploy_app took static_dir and app_dir)
+    assert len(message) < 5500, f"tools/list is {len(message)} characters of JSON"
     tools_json = json.loads(message)["result"]["tools"]
-    assert len(json.dumps(tools_json, separators=(",", ":"))) < 5000
+    assert len(json.dumps(tools_json, separators=(",", ":"))) < 5500
     async with mcp_session(server, server.keys["alice"]) as s:
         tools = (await s.list_tools()).tools
     names = {t.name for t in tools}

@@ -131,6 +131,24 @@ async def test_static_site_and_new_commit(server: ServerProc, repos: Path) -> No
         assert "v2" in via_proxy(server, dep["url"], "/").text
 
 
+async def test_static_dir_and_app_dir_arguments_pick_the_served_files(server: ServerProc, repos: Path) -> None:
+    """A monorepo whose site lives in site/public: without the two arguments the root's index.html would be
+    served; with them, exactly the named directory is, and the same call again is a no-op."""
+    repo = git_repo(repos / "mono-site", {
+        "index.html": "<h1>repo root, not the site</h1>\n",
+        "site/public/index.html": "<h1>the real site</h1>\n",
+        "site/index.html": "<h1>site source, not its output</h1>\n",
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), app_dir="site", static_dir="public")
+        r = via_proxy(server, dep["url"], "/")
+        assert r.status_code == 200 and "the real site" in r.text, r.text
+        again = await call(s, "deploy_app", repo_url=str(repo), app_dir="site", static_dir="public")
+        assert again["deployment_id"] == dep["deployment_id"]
+        error = await call_error(s, "deploy_app", repo_url=str(repo), app_dir="../elsewhere")
+        assert "app_dir" in error and "relative" in error
+
+
 async def test_websocket_echo_through_proxy(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "ws-game", apps.WS_ECHO)
     async with mcp_session(server, server.keys["alice"]) as s:
