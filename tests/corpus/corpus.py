@@ -1,0 +1,259 @@
+"""The issue 9 corpus: real public sample apps, deployed with one deploy_app call each.
+
+Shared by tests/corpus/test_corpus.py (offered apps, asserts each goes live and serves its page) and
+benchmarks/corpus.py (every app, a table of results and times). The manifest is tests/corpus/apps.toml;
+the apps' code is in one-commit git bundles outside our commits (see the manifest's header for why and
+where): `bundle_dir()` finds them, `clone_app()` turns one into the plain git repo a user would point
+deploy_app at, after checking it holds exactly the upstream tree the manifest records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from mcp import ClientSession
+from pydantic import BaseModel, ConfigDict, Field
+
+from tests.support import ServerProc, ToolFailed, call, share_repo
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = HERE / "apps.toml"
+BUNDLES_ENV = "INKMCP_CORPUS_BUNDLES"
+DEFAULT_BUNDLES = HERE / "bundles"
+
+# How long one app may take from deploy_app to a terminal status: cold builds of Next.js/CRA/NestJS on 2 shared
+# cores with installs from the registries take minutes, not seconds.
+DEPLOY_DEADLINE_S = 900.0
+# After "live", how long the page (or the worker's log line) may take to show: an on_demand service wakes first.
+PAGE_DEADLINE_S = 60.0
+
+
+class App(BaseModel):
+    """One [[app]] of apps.toml (validated: a typo in the manifest is an error, not a silently ignored key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    bundle: str
+    upstream: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    tree: str = Field(pattern=r"^[0-9a-f]{40}$")
+    license: str
+    stack: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    path: str | None = None
+    body: str | None = None
+    log: str | None = None
+    needs: list[str]
+    offered: bool
+    why: str | None = None
+
+    def deploy_args(self, repo: Path, apps_domain: str) -> dict[str, Any]:
+        """What the user passes: the repo plus the manifest's natural arguments ("{apps_domain}" filled in)."""
+
+        def fill(v: Any) -> Any:
+            if isinstance(v, str):
+                return v.replace("{apps_domain}", "." + apps_domain)
+            if isinstance(v, dict):
+                return {k: fill(x) for k, x in v.items()}
+            return v
+
+        return {"repo_url": str(repo), **fill(self.args)}
+
+
+def load_apps() -> list[App]:
+    apps = [App.model_validate(a) for a in tomllib.loads(MANIFEST.read_text())["app"]]
+    names = [a.name for a in apps]
+    assert len(set(names)) == len(names), f"duplicate app names in {MANIFEST.name}"
+    for a in apps:
+        assert (a.path is None) == (a.body is None), f"{a.name}: path and body go together"
+        assert (a.body is None) != (a.log is None), f"{a.name}: give either path+body or log"
+        assert a.offered or a.why, f"{a.name}: offered = false needs a why"
+    return apps
+
+
+def bundle_dir() -> Path:
+    return Path(os.environ.get(BUNDLES_ENV) or DEFAULT_BUNDLES)
+
+
+def missing_bundle_message(app: App) -> str:
+    return (f"corpus bundle {app.bundle} not found in {bundle_dir()}: the corpus apps' code is kept out of the "
+            f"repository (tests/corpus/apps.toml header); put the bundles in tests/corpus/bundles/ or set "
+            f"{BUNDLES_ENV} to the directory holding them")
+
+
+def clone_app(app: App, parent: Path) -> Path:
+    """A non-bare clone of the app's bundle at `parent/<name>`, readable by project users; checks the tree."""
+    bundle = bundle_dir() / app.bundle
+    if not bundle.is_file():
+        raise FileNotFoundError(missing_bundle_message(app))
+    repo = parent / app.name
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(bundle), str(repo)], check=True, capture_output=True)
+    tree = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD^{tree}"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    if tree != app.tree:
+        raise AssertionError(f"{app.bundle} holds tree {tree}, the manifest records {app.tree} (upstream "
+                             f"{app.upstream} at {app.commit}): rebuild the bundle from that commit")
+    share_repo(repo)
+    return repo
+
+
+def apps_domain(server: ServerProc) -> str:
+    return server.env.get("INKMCP_APPS_DOMAIN", "localhost")
+
+
+def via_proxy(server: ServerProc, url: str, path: str) -> httpx.Response:
+    """GET a deployed service: connect to the proxy on loopback, route by the Host of its URL."""
+    host = urlsplit(url).netloc
+    return httpx.get(f"http://127.0.0.1:{server.proxy_port}{path}", headers={"Host": host}, timeout=30)
+
+
+@dataclass
+class Outcome:
+    """What one deploy_app call of one app came to, as the benchmark's table and the test's assertion need it."""
+
+    app: str
+    status: str = "not run"  # live | failed | superseded | tool error | timeout | page
+    page_ok: bool = False
+    cause: str | None = None  # a category: build, start, health, database, page, tool, timeout
+    error: str | None = None
+    next_step: str | None = None
+    history: list[str] = field(default_factory=list)
+    deploy_s: float | None = None
+    redeploy_s: float | None = None
+    redeploy_reused: bool | None = None
+    detail: str | None = None  # what the page check saw
+    log_tail: list[str] = field(default_factory=list)  # the last build/runtime log lines of a failure
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "live" and self.page_ok
+
+
+def cause_of(dep: dict[str, Any]) -> str:
+    """The step a failed deployment stopped at, from its error and history (a category for the report)."""
+    text = " ".join([dep.get("error") or "", *dep.get("history", [])]).lower()
+    for word, cause in (("database", "database"), ("redis", "database"), ("postgres", "database"),
+                        ("building", "build"), ("build", "build"), ("install", "build"),
+                        ("health", "health"), ("listen", "health"), ("crash", "start"), ("exited", "start"),
+                        ("start", "start")):
+        if word in text:
+            return cause
+    return "other"
+
+
+async def deploy_until_done(s: ClientSession, args: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+    dep = await call(s, "deploy_app", **args)
+    deadline = time.monotonic() + deadline_s
+    while not dep["done"] and time.monotonic() < deadline:
+        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"],
+                         timeout_seconds=min(40.0, max(1.0, deadline - time.monotonic())))
+    return dep
+
+
+async def check_page(server: ServerProc, s: ClientSession, app: App, dep: dict[str, Any]) -> tuple[bool, str]:
+    """Poll (deadline) until the app serves its expected page, or its worker logs the expected line."""
+    deadline = time.monotonic() + PAGE_DEADLINE_S
+    seen = ""
+    while True:
+        if app.log is not None:
+            logs = await call(s, "get_logs", project_name=dep["project"], service_name=dep["service"],
+                              scope="runtime", tail=200)
+            lines = logs["lines"]
+            if any(app.log in line for line in lines):
+                return True, f"log shows {app.log!r}"
+            seen = "log: " + " | ".join(lines[-5:])[-400:]
+        elif not dep.get("url"):
+            return False, "live without a URL (the expected page cannot be served)"
+        else:
+            assert app.path is not None and app.body is not None
+            try:
+                r = await asyncio.to_thread(via_proxy, server, dep["url"], app.path)
+                if r.status_code == 200 and app.body in r.text:
+                    return True, f"GET {app.path}: 200 with {app.body!r}"
+                seen = f"GET {app.path}: {r.status_code} {r.text[:300]!r}"
+            except httpx.HTTPError as e:
+                seen = f"GET {app.path}: {type(e).__name__}: {e}"
+        if time.monotonic() > deadline:
+            return False, seen
+        await asyncio.sleep(0.5)
+
+
+async def run_app(server: ServerProc, s: ClientSession, app: App, repo: Path, *, redeploy: bool = False,
+                  deadline_s: float = DEPLOY_DEADLINE_S) -> Outcome:
+    """One deploy_app call (then waits), the page check, and with `redeploy` the same call again (timed)."""
+    out = Outcome(app.name)
+    args = app.deploy_args(repo, apps_domain(server))
+    started = time.monotonic()
+    try:
+        dep = await deploy_until_done(s, args, deadline_s)
+    except ToolFailed as e:
+        out.status, out.cause, out.error = "tool error", "tool", str(e)
+        out.deploy_s = time.monotonic() - started
+        return out
+    out.deploy_s = time.monotonic() - started
+    out.error, out.next_step, out.history = dep.get("error"), dep.get("next_step"), dep.get("history", [])
+    if not dep["done"]:
+        out.status, out.cause = "timeout", "timeout"
+        return out
+    out.status = dep["status"]
+    if out.status != "live":
+        out.cause = cause_of(dep)
+        out.log_tail = await log_tail(s, dep)
+        return out
+    out.page_ok, out.detail = await check_page(server, s, app, dep)
+    if not out.page_ok:
+        out.cause = "page"
+        out.log_tail = await log_tail(s, dep)
+    if redeploy:
+        again_started = time.monotonic()
+        try:
+            again = await deploy_until_done(s, args, deadline_s)
+            out.redeploy_reused = bool(again.get("reused"))
+        except ToolFailed as e:
+            out.redeploy_reused = False
+            out.detail = f"{out.detail}; redeploy: tool error {e}"
+        out.redeploy_s = time.monotonic() - again_started
+    return out
+
+
+async def log_tail(s: ClientSession, dep: dict[str, Any], n: int = 12) -> list[str]:
+    """The last lines of the build and runtime logs of a deployment that did not work (for the report)."""
+    lines: list[str] = []
+    for scope in ("build", "runtime"):
+        try:
+            logs = await call(s, "get_logs", project_name=dep["project"], service_name=dep["service"], scope=scope,
+                              tail=n)
+        except ToolFailed as e:
+            lines.append(f"[{scope}] get_logs failed: {e}")
+            continue
+        lines += [f"[{scope}] {line}" for line in logs["lines"]]
+    return lines
+
+
+def describe(out: Outcome) -> str:
+    """A failure, as the test's assertion message and the status notes show it."""
+    parts = [f"{out.app}: {out.status}"]
+    if out.cause:
+        parts.append(f"cause={out.cause}")
+    if out.error:
+        parts.append(f"error={out.error!r}")
+    if out.next_step:
+        parts.append(f"next_step={out.next_step!r}")
+    if out.detail:
+        parts.append(f"page={out.detail}")
+    if out.history:
+        parts.append("history=" + " / ".join(out.history[-6:]))
+    text = "; ".join(parts)
+    if out.log_tail:
+        text += "\n  " + "\n  ".join(line[:300] for line in out.log_tail)
+    return text
