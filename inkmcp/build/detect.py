@@ -1,13 +1,31 @@
-"""Derive a BuildPlan from call arguments, `inkmcp.yaml`, a Procfile and the repo's files.
+"""Derive a BuildPlan from call arguments, `inkmcp.yaml`, a Procfile, other platforms' files and the repo.
 
-Precedence, field by field: call arguments > the inkmcp.yaml entry for the service > Procfile >
-detection. The stack (which dependency installer runs) is always inferred from the files, even
-when the start command is given, so `start_command="gunicorn app:app"` still gets its
-requirements.txt installed.
+Precedence, field by field (start command, build, release, port, static dir, app dir):
+
+    call arguments > inkmcp.yaml entry for the service > Procfile
+        > other platforms' files (render.yaml, railway.json/railway.toml, fly.toml, app.json;
+          see inkmcp/build/platform_files.py for what each gives and in which order)
+        > framework detection
+
+Env defaults come only from platform files and rank below everything else: the plan carries them in
+`env_defaults` and the pipeline applies them under the agent's env vars and the add-ons' injected env.
+
+The stack (which dependency installer runs) is always inferred from the files, even when the start
+command is given, so `start_command="gunicorn app:app"` still gets its requirements.txt installed.
+
+Framework detection prefers the production server the app lists in its dependencies
+(requirements.txt, PEP 621 `[project]`, `[tool.poetry.dependencies]`, Pipfile `[packages]`) over a
+dev server: gunicorn (WSGI: Flask, Django `<project>.wsgi`), uvicorn/hypercorn (ASGI: FastAPI,
+Starlette, Django `<project>.asgi`), `next start` after `next build`. The app object is found by
+reading (never importing) wsgi.py, asgi.py, app.py, main.py, server.py, application.py, run.py and
+the `app` package: `app = Flask(...)`, `app = create_app()`, a bare `def create_app()` factory, or
+`from x import app` in wsgi.py. `python main.py` is chosen only when no production server is listed.
+A package.json whose `start` is a dev server (vite, react-scripts start, ...) with a `build` script is
+a static site built by `npm run build`.
 
 Detection is deliberately conservative: it only picks a start command when a file says so
-unambiguously, and otherwise fails with an error listing what it looked for, because a wrong
-guess costs an agent a slow failed deploy, while a precise error costs it one retry.
+unambiguously, and otherwise fails with an error listing what it looked for and what it found,
+because a wrong guess costs an agent a slow failed deploy, while a precise error costs it one retry.
 """
 
 from __future__ import annotations
@@ -15,22 +33,62 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from inkmcp.build.manifest import Manifest, ServiceEntry, load_manifest, read_repo_text
 from inkmcp.build.plan import BuildPlan, ProcessSpec, ServiceType, Stack
+from inkmcp.build.platform_files import PlatformService, load_platform_files
 from inkmcp.build.procfile import Procfile, load_procfile
 from inkmcp.errors import BuildPlanError, InkError, InvalidArgument
 
 PYTHON_ENTRYPOINTS = ("app.py", "main.py", "server.py")
+# Where an app object may live, most explicit first (wsgi.py exists only to expose it).
+PYTHON_APP_FILES = (
+    "wsgi.py", "asgi.py", "app.py", "main.py", "server.py", "application.py", "run.py",
+    "app/__init__.py", "app/main.py",
+)  # fmt: skip
 STATIC_DIR_CANDIDATES = ("dist", "build", "out", "public")
-_PY_HINTS = ("python", "python3", "gunicorn", "uvicorn", "hypercorn", "daphne", "flask", "django-admin")
+_PY_HINTS = (
+    "python", "python3", "gunicorn", "uvicorn", "hypercorn", "daphne", "flask", "django-admin", "waitress-serve",
+)  # fmt: skip
 _NODE_HINTS = ("node", "npm", "npx", "yarn", "pnpm", "bun")
 _NOTHING_FOUND_FIX = (
     "pass start_command (e.g. 'python app.py' — the app must listen on $PORT) or add a Procfile with a `web:` line"
 )
+_SHOWN_FILES = (
+    "package.json", "requirements.txt", "pyproject.toml", "Pipfile", "manage.py", "Dockerfile", "index.html",
+)  # fmt: skip
+_WSGI_CLASSES = frozenset({"Flask", "Bottle", "Django"})
+_ASGI_CLASSES = frozenset({"FastAPI", "Starlette", "Litestar", "Quart"})
+_FACTORIES = frozenset({"create_app", "make_app", "get_app", "build_app", "get_application", "create_application"})
+_ASSIGN = re.compile(r"^(?P<var>[A-Za-z_]\w*)\s*(?::\s*[\w.\[\], ]+)?=\s*(?P<call>[A-Za-z_][\w.]*)\(", re.M)
+_FACTORY_DEF = re.compile(r"^(?:async\s+)?def\s+(?P<name>" + "|".join(sorted(_FACTORIES)) + r")\s*\(", re.M)
+_REEXPORT = re.compile(r"^from\s+[\w.]+\s+import\s+(?:\(?[\w\s,]*?\b)?(?P<var>app|application)\b", re.M)
+_MAIN_GUARD = re.compile(r"""__name__\s*==\s*['"]__main__['"]""")
+
+# Dev servers a package.json `start` may run; a `build` script beside one makes a static site.
+_DEV_SERVER = re.compile(
+    r"(^|[\s;&|])(vite(?!\s+(build|preview))(\s|$)|react-scripts\s+start|vue-cli-service\s+serve|ng\s+serve|"
+    r"next\s+dev|nuxt\s+dev|nuxi\s+dev|gatsby\s+develop|astro\s+dev|webpack-dev-server|webpack\s+serve|"
+    r"parcel(?!\s+build)(\s|$)|svelte-kit\s+dev|ember\s+serve|react-app-rewired\s+start|craco\s+start)"
+)
+
+
+def _local_is_dev_server(command: str, package_json: dict[str, Any] | None) -> bool:
+    """Fallback until inkmcp.build.static_output.is_dev_server (H2) exists: the same question."""
+    del package_json
+    return bool(_DEV_SERVER.search(command))
+
+
+def _dev_server_check() -> Callable[[str, dict[str, Any] | None], bool]:
+    try:
+        from inkmcp.build.static_output import is_dev_server  # type: ignore[attr-defined]
+    except ImportError:
+        return _local_is_dev_server
+    return is_dev_server  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -51,35 +109,78 @@ class _Files:
     def exists(self, name: str) -> bool:
         return (self.root / name).is_file()
 
+    @property
+    def node_deps(self) -> dict[str, Any]:
+        package = self.package_json or {}
+        deps: dict[str, Any] = {}
+        for key in ("devDependencies", "dependencies"):
+            if isinstance(package.get(key), dict):
+                deps.update(package[key])
+        return deps
+
+    @property
+    def scripts(self) -> dict[str, str]:
+        scripts = (self.package_json or {}).get("scripts")
+        if not isinstance(scripts, dict):
+            return {}
+        return {k: v for k, v in scripts.items() if isinstance(v, str) and v.strip()}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 def _requirement_names(text: str) -> set[str]:
-    """Distribution names in requirements-style lines (`Django>=4`, `gunicorn[gevent]==21`)."""
+    """Distribution names in requirements-style lines (`Django>=4`, `gunicorn[gevent]==21`).
+
+    `fastapi[standard]` / `fastapi[all]` bring uvicorn with them, so they count as uvicorn too.
+    """
     names = set()
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?", line)
         if match and not line.startswith("-"):
-            names.add(re.sub(r"[-_.]+", "-", match[1]).lower())
+            name = _normalise(match[1])
+            names.add(name)
+            if name == "fastapi" and match[2] and re.search(r"\b(standard|all)\b", match[2]):
+                names.add("uvicorn")
     return names
+
+
+def _toml(files: _Files, name: str, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildPlanError(
+            f"{name} is not valid TOML: {exc}.",
+            argument="repo_url",
+            fix=f"fix {name}, commit and push, then deploy again",
+        ) from None
 
 
 def _scan(root: Path, checkout: Path) -> _Files:
     files = _Files(root=root, checkout=checkout)
     requirements = files.text("requirements.txt")
     pyproject = files.text("pyproject.toml")
-    files.is_python = requirements is not None or pyproject is not None or files.exists("setup.py")
+    pipfile = files.text("Pipfile")
+    files.is_python = any(t is not None for t in (requirements, pyproject, pipfile)) or files.exists("setup.py")
     if requirements is not None:
         files.python_deps |= _requirement_names(requirements)
     if pyproject is not None:
-        try:
-            deps = tomllib.loads(pyproject).get("project", {}).get("dependencies", [])
-            files.python_deps |= _requirement_names("\n".join(d for d in deps if isinstance(d, str)))
-        except tomllib.TOMLDecodeError as exc:
-            raise BuildPlanError(
-                f"pyproject.toml is not valid TOML: {exc}.",
-                argument="repo_url",
-                fix="fix pyproject.toml, commit and push, then deploy again",
-            ) from None
+        data = _toml(files, "pyproject.toml", pyproject)
+        project = data.get("project") if isinstance(data.get("project"), dict) else {}
+        deps = project.get("dependencies") if isinstance(project.get("dependencies"), list) else []
+        files.python_deps |= _requirement_names("\n".join(d for d in deps if isinstance(d, str)))
+        tool = data.get("tool") if isinstance(data.get("tool"), dict) else {}
+        poetry = tool.get("poetry") if isinstance(tool.get("poetry"), dict) else {}
+        poetry_deps = poetry.get("dependencies") if isinstance(poetry.get("dependencies"), dict) else {}
+        files.python_deps |= _requirement_names(
+            "\n".join(f"{k}{_poetry_extras(v)}" for k, v in poetry_deps.items() if k.lower() != "python")
+        )
+    if pipfile is not None:
+        packages = _toml(files, "Pipfile", pipfile).get("packages")
+        if isinstance(packages, dict):
+            files.python_deps |= _requirement_names("\n".join(f"{k}{_poetry_extras(v)}" for k, v in packages.items()))
     package = files.text("package.json")
     if package is not None:
         try:
@@ -96,33 +197,108 @@ def _scan(root: Path, checkout: Path) -> _Files:
     return files
 
 
+def _poetry_extras(spec: Any) -> str:
+    """`{version = "*", extras = ["standard"]}` → `[standard]` (so fastapi[standard] counts as uvicorn)."""
+    if isinstance(spec, dict) and isinstance(spec.get("extras"), list):
+        return "[" + ",".join(str(e) for e in spec["extras"]) + "]"
+    return ""
+
+
+# --- Python ------------------------------------------------------------------------------------
+
+
 def _django_command(files: _Files) -> str:
-    """gunicorn when the app lists it (production server), else Django's own server on $PORT."""
+    """gunicorn (WSGI) or uvicorn/daphne (ASGI) when the app lists one, else Django's own server on $PORT."""
     manage = files.text("manage.py") or ""
     match = re.search(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)\.settings['"]""", manage)
     project = match[1] if match else None
     if project is None:
         wsgi = sorted(p.parent.name for p in files.root.glob("*/wsgi.py"))
         project = wsgi[0] if len(wsgi) == 1 else None
-    if project and "gunicorn" in files.python_deps:
+    deps = files.python_deps
+    if project and "gunicorn" in deps:
+        if "uvicorn" in deps and "uvicorn-worker" in deps and files.exists(f"{project}/asgi.py"):
+            return f"gunicorn {project}.asgi:application -k uvicorn_worker.UvicornWorker --bind 0.0.0.0:$PORT"
         return f"gunicorn {project}.wsgi --bind 0.0.0.0:$PORT"
+    if project and files.exists(f"{project}/asgi.py"):
+        if "uvicorn" in deps:
+            return f"uvicorn {project}.asgi:application --host 0.0.0.0 --port $PORT"
+        if "daphne" in deps:
+            return f"daphne -b 0.0.0.0 -p $PORT {project}.asgi:application"
     return "python manage.py runserver 0.0.0.0:$PORT --noreload"
 
 
-def _python_entry_command(files: _Files, entry: str) -> str:
-    """`python app.py` unless the file only defines an ASGI/WSGI `app` that needs a server to run."""
-    text = files.text(entry) or ""
-    module = entry.removesuffix(".py")
-    if re.search(r"""__name__\s*==\s*['"]__main__['"]""", text):
-        return f"python {entry}"
-    if re.search(r"^app\s*=\s*(fastapi\.)?(FastAPI|Starlette)\(", text, re.M) and "uvicorn" in files.python_deps:
-        return f"uvicorn {module}:app --host 0.0.0.0 --port $PORT"
-    if re.search(r"^app\s*=\s*(flask\.)?Flask\(", text, re.M):
-        if "gunicorn" in files.python_deps:
-            return f"gunicorn {module}:app --bind 0.0.0.0:$PORT"
-        if "flask" in files.python_deps:
-            return f"flask --app {module} run --host 0.0.0.0 --port $PORT"
-    return f"python {entry}"
+@dataclass(frozen=True)
+class _AppObject:
+    """Where the app object is: `module:attr` (attr may be a factory call) and which interface it speaks."""
+
+    file: str
+    module: str
+    attr: str
+    interface: str  # "wsgi" | "asgi"
+    factory: bool = False
+
+
+def _interface_of(files: _Files, called: str) -> str | None:
+    last = called.rsplit(".", 1)[-1]
+    if last in _WSGI_CLASSES:
+        return "wsgi"
+    if last in _ASGI_CLASSES:
+        return "asgi"
+    if last in _FACTORIES:
+        return _framework_interface(files)
+    return None
+
+
+def _framework_interface(files: _Files) -> str | None:
+    deps = files.python_deps
+    if deps & {"fastapi", "starlette", "litestar", "quart"}:
+        return "asgi"
+    if deps & {"flask", "bottle"}:
+        return "wsgi"
+    return None
+
+
+def _find_app_object(files: _Files) -> _AppObject | None:
+    """Read (never import) the usual files for a module-level app object; first hit wins."""
+    for name in PYTHON_APP_FILES:
+        if not files.exists(name):
+            continue
+        text = files.text(name) or ""
+        module = name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for match in _ASSIGN.finditer(text):
+            interface = _interface_of(files, match["call"])
+            if interface:
+                return _AppObject(name, module, match["var"], interface)
+        if name in ("wsgi.py", "asgi.py"):
+            reexport = _REEXPORT.search(text)
+            interface = "asgi" if name == "asgi.py" else "wsgi"
+            if reexport and (_framework_interface(files) or interface) == interface:
+                return _AppObject(name, module, reexport["var"], interface)
+        factory = _FACTORY_DEF.search(text)
+        interface = _framework_interface(files)
+        if factory and interface:
+            return _AppObject(name, module, factory["name"], interface, factory=True)
+    return None
+
+
+def _server_command(files: _Files, app: _AppObject) -> str | None:
+    """The production server the dependencies list for this app object, or None."""
+    deps = files.python_deps
+    target = f"{app.module}:{app.attr}"
+    if app.interface == "asgi":
+        if "uvicorn" in deps:
+            factory = " --factory" if app.factory else ""
+            return f"uvicorn {target}{factory} --host 0.0.0.0 --port $PORT"
+        if "hypercorn" in deps:
+            return f"hypercorn '{target}{'()' if app.factory else ''}' --bind 0.0.0.0:$PORT"
+        return None
+    if "gunicorn" in deps:
+        spec = f"'{target}()'" if app.factory else target  # gunicorn calls `module:factory()` itself
+        return f"gunicorn {spec} --bind 0.0.0.0:$PORT"
+    if "waitress" in deps and not app.factory:
+        return f"waitress-serve --listen=0.0.0.0:$PORT {target}"
+    return None
 
 
 def _detect_python_start(files: _Files) -> str | None:
@@ -130,19 +306,45 @@ def _detect_python_start(files: _Files) -> str | None:
         return None
     if files.exists("manage.py"):
         return _django_command(files)
+    app = _find_app_object(files)
+    if app is not None:
+        text = files.text(app.file) or ""
+        # flask-socketio needs its own runner (websockets); gunicorn's default worker would break it.
+        own_runner = _MAIN_GUARD.search(text) and "flask-socketio" in files.python_deps
+        server = None if own_runner else _server_command(files, app)
+        if server:
+            return server
+        if _MAIN_GUARD.search(text) and "/" not in app.file:
+            return f"python {app.file}"
+        if app.interface == "wsgi" and "flask" in files.python_deps and "/" not in app.file:
+            return f"flask --app {app.module}:{app.attr} run --host 0.0.0.0 --port $PORT"
     for entry in PYTHON_ENTRYPOINTS:
         if files.exists(entry):
-            return _python_entry_command(files, entry)
+            return f"python {entry}"
     return None
 
 
+# --- Node --------------------------------------------------------------------------------------
+
+
 def _detect_node_start(files: _Files) -> str | None:
+    """The command that runs the Node app in production, "" for a static site built by its build script,
+    or None when package.json says nothing runnable."""
     package = files.package_json
     if package is None:
         return None
-    scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
-    if isinstance(scripts.get("start"), str) and scripts["start"].strip():
+    scripts = files.scripts
+    is_next = "next" in files.node_deps
+    start = scripts.get("start")
+    if start is not None and _dev_server_check()(start, package):
+        if is_next:
+            return "npx next start"  # built by `npm run build` (or `next build`) first; reads $PORT
+        if "build" in scripts:
+            return ""  # a dev server in front of a production build: serve the build instead
+    if start is not None:
         return "npm start"
+    if is_next and "build" in scripts:
+        return "npx next start"
     main = package.get("main")
     # `npm init` writes "main": "index.js" into every package.json, frontends included: only trust
     # it when the file exists.
@@ -154,36 +356,37 @@ def _detect_node_start(files: _Files) -> str | None:
 
 
 def _node_build_script(files: _Files) -> str | None:
-    scripts = (files.package_json or {}).get("scripts")
-    if isinstance(scripts, dict) and isinstance(scripts.get("build"), str) and scripts["build"].strip():
+    if "build" in files.scripts:
         return "npm run build"
+    if "next" in files.node_deps and files.package_json is not None:
+        return "npx next build"
     return None
 
 
 def _guess_static_dir(files: _Files) -> str | None:
     """Where a static site's files are (or will be, after the build)."""
+    if files.package_json is not None and _node_build_script(files):
+        deps = files.node_deps
+        if "react-scripts" in deps:
+            return "build"
+        if "next" in deps:
+            return "out"
+        for candidate in STATIC_DIR_CANDIDATES:
+            if (files.root / candidate / "index.html").is_file():
+                return candidate
+        return "dist"
     for candidate in STATIC_DIR_CANDIDATES:
         if (files.root / candidate / "index.html").is_file():
             return candidate
     if files.has_index_html:
         return "."
-    if files.package_json is not None and _node_build_script(files):
-        deps = {
-            **(files.package_json.get("dependencies") or {}),
-            **(files.package_json.get("devDependencies") or {}),
-        }
-        if "react-scripts" in deps:
-            return "build"
-        if "next" in deps:
-            return "out"
-        return "dist"
     return None
 
 
 def _pick_stack(files: _Files, command: str | None, static_only: bool) -> Stack:
     """One installer per service; when both ecosystems are present, the start command decides."""
+    first = (command or "").strip().split(" ", 1)[0].rsplit("/", 1)[-1]
     if files.is_python and files.is_node:
-        first = (command or "").strip().split(" ", 1)[0].rsplit("/", 1)[-1]
         if first in _NODE_HINTS:
             return Stack.node
         if first in _PY_HINTS:
@@ -197,7 +400,6 @@ def _pick_stack(files: _Files, command: str | None, static_only: bool) -> Stack:
         return Stack.node
     if static_only or (files.has_index_html and command is None):
         return Stack.static  # an index.html next to a process to run is a page that app serves, not the app
-    first = (command or "").strip().split(" ", 1)[0].rsplit("/", 1)[-1]
     if first in _PY_HINTS:
         # A dependency-free Python app still needs `python` on PATH (Debian ships only python3):
         # the Python buildpack gives it a virtualenv.
@@ -242,6 +444,45 @@ def _manifest_entry(manifest: Manifest | None, service_name: str, *, required: b
     return entry
 
 
+def _platform_processes(
+    platform: PlatformService, *, service_name: str, single_name: str, routed_single: bool, kind: ServiceType | None
+) -> tuple[ProcessSpec, ...]:
+    assert platform.start is not None
+    if platform.kind == "worker":
+        return (ProcessSpec(name=service_name, command=platform.start, routed=kind == ServiceType.webapp),)
+    main = ProcessSpec(name=single_name, command=platform.start, routed=routed_single)
+    if not routed_single:
+        return (main,)
+    extra = tuple(
+        ProcessSpec(name=name, command=command, routed=False)
+        for name, command in platform.workers.items()
+        if name != single_name
+    )
+    return (main, *extra)
+
+
+def _nothing_found(files: _Files, platform: PlatformService, service_name: str) -> BuildPlanError:
+    """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
+    present = [name for name in _SHOWN_FILES if files.exists(name)]
+    present += [name for name in platform.files if name not in present]
+    found = f" Found: {', '.join(present)}." if present else " Found none of them."
+    why = [e.message for e in platform.errors][:2]
+    why += [n for n in platform.notes if "Docker" in n or "[processes]" in n][:2]
+    if files.package_json is not None:
+        why.append("package.json has no scripts.start, no existing `main` file and there is no server.js")
+    fix = _NOTHING_FOUND_FIX
+    if files.exists("Dockerfile"):
+        fix += "; InkMCP builds from source and does not run the Dockerfile: pass its CMD as start_command"
+    return BuildPlanError(
+        "nothing says how to run this app: looked for a start command in the call, an inkmcp.yaml entry for "
+        f"{service_name!r}, a Procfile, render.yaml, railway.json/railway.toml, fly.toml [processes], "
+        f"package.json scripts.start or main, server.js, {', '.join(PYTHON_ENTRYPOINTS)}, wsgi.py, manage.py, "
+        f"and for index.html (a static site).{found}" + (f" ({'; '.join(why)})" if why else ""),
+        argument="start_command",
+        fix=fix,
+    )
+
+
 def derive_plan(
     checkout: Path,
     *,
@@ -274,14 +515,16 @@ def derive_plan(
     explicit = start_command is not None or service_type == ServiceType.webapp_static
     entry = _manifest_entry(manifest, service_name, required=not explicit)
 
-    kind = service_type or (entry.type if entry else None)
-    rel_dir = app_dir or (entry.path if entry else ".")
+    chosen_dir = app_dir or (entry.path if entry else None)
+    platform = load_platform_files(checkout, service_name=service_name, app_dir=chosen_dir)
+    rel_dir = chosen_dir or platform.root_dir or "."
     root = (checkout / rel_dir).resolve()
     if not root.is_relative_to(checkout.resolve()) or not root.is_dir():
         raise BuildPlanError(
             f"app directory {rel_dir!r} does not exist in the repository.",
             argument="app_dir" if app_dir else "repo_url",
-            fix="pass the directory that holds the app (relative to the repo root), or fix `path:` in inkmcp.yaml",
+            fix="pass the directory that holds the app (relative to the repo root), or fix `path:` in inkmcp.yaml "
+            "(or `rootDir:` in render.yaml)",
         )
     files = _scan(root, checkout)
 
@@ -292,8 +535,9 @@ def derive_plan(
     except InkError as exc:
         procfile_error = exc
 
-    build = build_command or (entry.build if entry else None)
-    release = (entry.release if entry else None) or (procfile.release if procfile else None)
+    kind = service_type or (entry.type if entry else None)
+    build = build_command or (entry.build if entry else None) or platform.build
+    release = (entry.release if entry else None) or (procfile.release if procfile else None) or platform.release
     the_port = port if port is not None else (entry.port if entry else None)
     wanted_static = static_dir or (entry.static_dir if entry else None)
     if entry and entry.type == ServiceType.webapp_static and entry.start and service_type is None:
@@ -307,6 +551,7 @@ def derive_plan(
     source: str | None = None
     routed_single = kind != ServiceType.backend
     single_name = "web" if routed_single else service_name
+    notes = list(platform.notes)
     if kind == ServiceType.webapp_static:
         source = "call" if service_type else "manifest"
     elif start_command:
@@ -323,12 +568,40 @@ def derive_plan(
         else:
             processes = procfile.specs()
         source = "procfile"
+    elif platform.source is not None:
+        source = platform.source
+        if platform.kind == "static":
+            kind = kind or ServiceType.webapp_static
+            wanted_static = wanted_static or platform.static_dir
+        else:
+            if kind is None and platform.kind == "worker":
+                kind = ServiceType.backend
+                routed_single, single_name = False, service_name
+            processes = _platform_processes(
+                platform, service_name=service_name, single_name=single_name, routed_single=routed_single, kind=kind
+            )
+            if the_port is None:
+                the_port = platform.port
     else:
+        if platform.candidates:
+            names = ", ".join(platform.candidates)
+            raise BuildPlanError(
+                f"render.yaml defines several services ({names}) and none is named {service_name!r}.",
+                argument="service_name",
+                fix="pass service_name as the name of the render.yaml service to deploy (one deploy_app call "
+                "per service), or pass start_command",
+            )
         detected = _detect_python_start(files) if files.is_python else None
-        detected = detected or _detect_node_start(files)
+        if not detected:
+            node = _detect_node_start(files)
+            detected = node or None
+            if node == "" and kind in (None, ServiceType.webapp_static):
+                kind = ServiceType.webapp_static
+                notes.append("package.json `start` runs a dev server: serving the output of `npm run build` instead")
         if detected:
             processes = (ProcessSpec(name=single_name, command=detected, routed=routed_single),)
             source = "detected"
+    notes += [f"{e.message} (file skipped)" for e in platform.errors]
 
     is_static = not processes
     command_hint = processes[0].command if processes else None
@@ -346,14 +619,7 @@ def derive_plan(
                     argument="static_dir",
                     fix="pass static_dir (the directory holding index.html after the build, e.g. 'dist')",
                 )
-            raise BuildPlanError(
-                "nothing says how to run this app: looked for a start command in the call, an "
-                f"inkmcp.yaml entry for {service_name!r}, a Procfile, package.json scripts.start or "
-                f"main, server.js, {', '.join(PYTHON_ENTRYPOINTS)}, manage.py, and for index.html "
-                "(a static site).",
-                argument="start_command",
-                fix=_NOTHING_FOUND_FIX,
-            )
+            raise _nothing_found(files, platform, service_name)
         if stack == Stack.static and not (root / the_static_dir / "index.html").is_file() and not build:
             raise BuildPlanError(
                 f"static_dir {the_static_dir!r} has no index.html and there is no build command to make one.",
@@ -389,5 +655,9 @@ def derive_plan(
         django=stack == Stack.python and files.exists("manage.py"),
         source=source or "detected",
         mode=entry.mode if entry else None,
+        static_dir_given=the_static_dir is not None and the_static_dir == wanted_static,
+        env_defaults=platform.env_defaults,
+        wants=tuple(platform.wants),
+        notes=tuple(notes),
     )
     return plan, kind

@@ -59,6 +59,22 @@ class BuildPlan(BaseModel):
     mode: Mode | None = Field(
         default=None, description="mode requested by inkmcp.yaml, if any; the caller's mode argument wins"
     )
+    static_dir_given: bool = Field(
+        default=False,
+        description="static_dir came from the call, inkmcp.yaml or a platform file (render.yaml staticPublishPath): "
+        "served as is; otherwise the build's output decides (static_output.resolve)",
+    )
+    env_defaults: dict[str, str] = Field(
+        default_factory=dict,
+        description="non-secret env defaults from other platforms' files (render.yaml, fly.toml, app.json); the "
+        "lowest-precedence env: any variable the agent or an add-on sets wins",
+    )
+    wants: tuple[str, ...] = Field(
+        default=(), description="add-ons the repo's platform files expect (postgres, redis); a hint, never provisioned"
+    )
+    notes: tuple[str, ...] = Field(
+        default=(), description="what platform files said that was not used, and why (secrets to pass, ...)"
+    )
 
     @property
     def routed_process(self) -> ProcessSpec | None:
