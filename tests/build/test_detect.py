@@ -1,4 +1,4 @@
-"""Plan derivation: call > inkmcp.yaml > Procfile > detection, and every error case."""
+"""Plan derivation: call > inkmcp.yaml > Procfile > other platforms' files > detection, and every error case."""
 
 from __future__ import annotations
 
@@ -306,3 +306,219 @@ def test_index_html_beside_a_start_command_is_not_a_static_site(tmp_path: Path) 
                              build_command=None, start_command="python3 lab.py", port=None)  # fmt: skip
     assert kind == ServiceType.webapp and plan.stack != Stack.static
     assert [p.command for p in plan.processes] == ["python3 lab.py"]
+
+
+# --- precedence over five levels: each level overrides the next ---------------------------------
+
+LEVELS: dict[str, str] = {
+    "inkmcp.yaml": "services:\n  web:\n    start: node manifest.js\n",
+    "Procfile": "web: node procfile.js\n",
+    "render.yaml": "services:\n  - type: web\n    name: site\n    runtime: node\n    startCommand: node render.js\n",
+    "package.json": json.dumps({"scripts": {"start": "node detected.js"}}),
+}
+
+
+@pytest.mark.parametrize(
+    ("present", "source", "command"),
+    [
+        (("inkmcp.yaml", "Procfile", "render.yaml", "package.json"), "manifest", "node manifest.js"),
+        (("Procfile", "render.yaml", "package.json"), "procfile", "node procfile.js"),
+        (("render.yaml", "package.json"), "render.yaml", "node render.js"),
+        (("package.json",), "detected", "npm start"),
+    ],
+)
+def test_precedence_levels(tmp_path: Path, present: tuple[str, ...], source: str, command: str) -> None:
+    plan, _ = plan_for(tmp_path, {name: LEVELS[name] for name in present})
+    assert (plan.source, plan.processes[0].command) == (source, command)
+    plan, _ = plan_for(tmp_path / "call", {name: LEVELS[name] for name in present}, start_command="node call.js")
+    assert (plan.source, plan.processes[0].command) == ("call", "node call.js")
+
+
+def test_release_build_port_precedence(tmp_path: Path) -> None:
+    """Field by field: the manifest's release beats the Procfile's, which beats fly.toml's; the call's build
+    and port beat the platform file's."""
+    files = {
+        "Procfile": "web: node procfile.js\nrelease: node procfile-migrate.js\n",
+        "fly.toml": '[processes]\napp = "node fly.js"\n[deploy]\nrelease_command = "node fly-migrate.js"\n'
+        "[http_service]\ninternal_port = 8080\nprocesses = ['app']\n",
+        "railway.json": json.dumps({"build": {"buildCommand": "npm run railway-build"}}),
+        "package.json": "{}",
+    }
+    plan, _ = plan_for(tmp_path, files)
+    assert (plan.processes[0].command, plan.release_command, plan.build_command, plan.port) == (
+        "node procfile.js",
+        "node procfile-migrate.js",
+        "npm run railway-build",
+        None,  # fly's port goes with fly's command, which the Procfile overrides
+    )
+    (tmp_path / "Procfile").unlink()
+    plan, _ = plan_for(tmp_path, {}, build_command="make", port=9000)
+    assert (plan.processes[0].command, plan.release_command, plan.build_command, plan.port) == (
+        "node fly.js",
+        "node fly-migrate.js",
+        "make",
+        9000,
+    )
+    plan, _ = plan_for(tmp_path, {"inkmcp.yaml": "services:\n  web:\n    release: node manifest-migrate.js\n"})
+    assert (plan.processes[0].command, plan.release_command, plan.port) == (
+        "node fly.js",
+        "node manifest-migrate.js",
+        8080,
+    )
+
+
+def test_env_defaults_come_only_from_platform_files(tmp_path: Path) -> None:
+    files = {
+        "Procfile": "web: gunicorn app:app\n",
+        "requirements.txt": "gunicorn\n",
+        "render.yaml": "services:\n  - type: web\n    name: web\n    envVars:\n"
+        "      - key: MODE\n        value: demo\n",
+    }
+    plan, _ = plan_for(tmp_path, files, start_command="gunicorn other:app")
+    assert plan.source == "call" and plan.env_defaults == {"MODE": "demo"}
+
+
+# --- production servers ------------------------------------------------------------------------
+
+FLASK_MAIN = """from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.route("/")
+def index():
+    return "hi"
+
+
+if __name__ == "__main__":
+    app.run(debug=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("files", "command"),
+    [
+        # the issue's case: gunicorn listed, `python main.py` would be Flask's debug server
+        ({"requirements.txt": "Flask==3.0\ngunicorn==22.0\n", "main.py": FLASK_MAIN},
+         "gunicorn main:app --bind 0.0.0.0:$PORT"),
+        ({"requirements.txt": "Flask\n", "main.py": FLASK_MAIN}, "python main.py"),
+        ({"requirements.txt": "flask\nflask-socketio\ngunicorn\n", "main.py": FLASK_MAIN}, "python main.py"),
+        ({"requirements.txt": "flask\ngunicorn\n",
+          "wsgi.py": "from myapp import create_app\n\napp = create_app()\n", "main.py": FLASK_MAIN},
+         "gunicorn wsgi:app --bind 0.0.0.0:$PORT"),
+        ({"requirements.txt": "flask\ngunicorn\n", "wsgi.py": "from hello import app\n"},
+         "gunicorn wsgi:app --bind 0.0.0.0:$PORT"),
+        ({"requirements.txt": "flask\ngunicorn\n",
+          "app/__init__.py": "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n"},
+         "gunicorn 'app:create_app()' --bind 0.0.0.0:$PORT"),
+        ({"requirements.txt": "flask\n", "server.py": "application = Flask(__name__)\n"},
+         "flask --app server:application run --host 0.0.0.0 --port $PORT"),
+        ({"requirements.txt": "flask\nwaitress\n", "app.py": "app = Flask(__name__)\n"},
+         "waitress-serve --listen=0.0.0.0:$PORT app:app"),
+        ({"requirements.txt": "fastapi[standard]\n", "app/main.py": "from fastapi import FastAPI\napp = FastAPI()\n"},
+         "uvicorn app.main:app --host 0.0.0.0 --port $PORT"),
+        ({"requirements.txt": "fastapi\nuvicorn\n",
+          "main.py": "import uvicorn\napi: FastAPI = FastAPI()\nif __name__ == '__main__':\n    uvicorn.run(api)\n"},
+         "uvicorn main:api --host 0.0.0.0 --port $PORT"),
+        ({"requirements.txt": "starlette\nhypercorn\n", "app.py": "app = Starlette(routes=[])\n"},
+         "hypercorn 'app:app' --bind 0.0.0.0:$PORT"),
+        ({"pyproject.toml": "[tool.poetry]\nname='x'\n[tool.poetry.dependencies]\npython='^3.11'\n"
+                            "flask='^3'\ngunicorn='*'\n", "app.py": FLASK_MAIN},
+         "gunicorn app:app --bind 0.0.0.0:$PORT"),
+        ({"pyproject.toml": "[tool.poetry.dependencies]\nfastapi={version='*', extras=['standard']}\n",
+          "main.py": "app = FastAPI()\n"}, "uvicorn main:app --host 0.0.0.0 --port $PORT"),
+        ({"Pipfile": '[packages]\nflask = "*"\ngunicorn = "*"\n\n[dev-packages]\npytest = "*"\n', "app.py": FLASK_MAIN},
+         "gunicorn app:app --bind 0.0.0.0:$PORT"),
+        ({"requirements.txt": "django\nuvicorn\n", "manage.py": "",
+          "proj/wsgi.py": "", "proj/asgi.py": "application = get_asgi_application()\n"},
+         "uvicorn proj.asgi:application --host 0.0.0.0 --port $PORT"),
+    ],
+)  # fmt: skip
+def test_production_server_preferred(tmp_path: Path, files: dict[str, str], command: str) -> None:
+    plan, kind = plan_for(tmp_path, files)
+    assert (plan.stack, plan.processes[0].command, kind) == (Stack.python, command, ServiceType.webapp)
+
+
+def test_dev_dependencies_do_not_count(tmp_path: Path) -> None:
+    files = {"Pipfile": '[packages]\nflask = "*"\n\n[dev-packages]\ngunicorn = "*"\n', "app.py": FLASK_MAIN}
+    plan, _ = plan_for(tmp_path, files)
+    assert plan.processes[0].command == "python app.py"
+
+
+@pytest.mark.parametrize(
+    ("package", "command", "build"),
+    [
+        ({"dependencies": {"next": "14"}, "scripts": {"dev": "next dev", "build": "next build", "start": "next start"}},
+         "npm start", "npm run build"),
+        ({"dependencies": {"next": "14"}, "scripts": {"start": "next dev", "build": "next build"}},
+         "npx next start", "npm run build"),
+        ({"dependencies": {"next": "14"}, "scripts": {"build": "next build"}}, "npx next start", "npm run build"),
+    ],
+)  # fmt: skip
+def test_next_runs_its_production_server(tmp_path: Path, package: dict[str, Any], command: str, build: str) -> None:
+    plan, kind = plan_for(tmp_path, {"package.json": json.dumps(package)})
+    assert (plan.processes[0].command, plan.build_command, kind) == (command, build, ServiceType.webapp)
+
+
+@pytest.mark.parametrize(
+    "scripts",
+    [
+        {"start": "react-scripts start", "build": "react-scripts build"},
+        {"start": "vite", "build": "vite build", "preview": "vite preview"},
+        {"start": "vue-cli-service serve", "build": "vue-cli-service build"},
+    ],
+)
+def test_dev_server_start_with_a_build_is_a_static_site(tmp_path: Path, scripts: dict[str, str]) -> None:
+    plan, kind = plan_for(tmp_path, {"package.json": json.dumps({"scripts": scripts})})
+    assert (kind, plan.processes, plan.build_command, plan.stack) == (
+        ServiceType.webapp_static,
+        (),
+        "npm run build",
+        Stack.node,
+    )
+    assert plan.static_dir_given is False  # the build's real output decides (H2's static_output)
+    assert any("dev server" in n for n in plan.notes)
+
+
+def test_dev_server_without_a_build_still_runs(tmp_path: Path) -> None:
+    plan, _ = plan_for(tmp_path, {"package.json": json.dumps({"scripts": {"start": "vite"}})})
+    assert plan.processes[0].command == "npm start"
+
+
+def test_nothing_detected_lists_what_was_found(tmp_path: Path) -> None:
+    files = {
+        "Dockerfile": "FROM python:3.12\nCMD python serve.py\n",
+        "package.json": json.dumps({"name": "x", "main": "index.js"}),
+        "fly.toml": FLY_DOCKER_ONLY,
+    }
+    with pytest.raises(BuildPlanError) as err:
+        plan_for(tmp_path, files)
+    message, fix = err.value.message, err.value.fix or ""
+    assert err.value.argument == "start_command"
+    assert "Found: package.json, Dockerfile, fly.toml" in message
+    assert "render.yaml" in message and "fly.toml [processes]" in message  # what it looked for
+    assert "no [processes]" in message and "no scripts.start" in message  # why those gave nothing
+    assert "start_command" in fix and "Dockerfile" in fix
+
+
+FLY_DOCKER_ONLY = """app = 'mario-class'
+primary_region = 'nrt'
+
+[build]
+  dockerfile = "Dockerfile"
+
+[http_service]
+  internal_port = 80
+  force_https = true
+  processes = ["app"]
+"""
+
+
+def test_python_app_reads_are_bounded_by_the_checkout(tmp_path: Path) -> None:
+    """wsgi.py -> /etc/passwd must not be read into a start command or an error."""
+    write_files(tmp_path, {"requirements.txt": "flask\ngunicorn\n"})
+    (tmp_path / "wsgi.py").symlink_to("/etc/passwd")
+    with pytest.raises(BuildPlanError) as err:
+        derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
+                    port=None)  # fmt: skip
+    assert "symlink" in err.value.message and "root:" not in str(err.value)
