@@ -2,9 +2,22 @@
 
 Every error names the argument at fault, what was wrong and what to pass instead, because the
 reader is usually a model deciding its next call, not a human reading a stack trace.
+
+The same reader must never see this server's absolute paths (`/var/lib/inkmcp/compute/services/<id>/
+releases/<id>/src/app.py`): they say nothing it can act on (its files are relative to its repo), and
+they describe the server's layout to whoever deploys there. `scrub_paths` rewrites them into the
+relative forms an agent knows (`./app.py`, `.venv/lib/...`, `~`); components that own a directory
+register it (`register_server_paths`) and every boundary where text leaves for an agent (errors,
+log lines, build output) passes it through `scrub_paths`.
 """
 
 from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
 
 
 class InkError(Exception):
@@ -67,3 +80,48 @@ class ProviderError(InkError):
 
 class Unauthorized(InkError):
     code = "unauthorized"
+
+
+# -- absolute server paths ---------------------------------------------------------------------------
+
+_END = r"(?=/|[^\w.-]|$)"  # a path component ends here: `/srv/x` must not match inside `/srv/xy`
+_paths_lock = threading.Lock()
+_named: dict[str, tuple[re.Pattern[str], str]] = {}  # tried first: the forms an agent can act on
+_fallback: dict[str, tuple[re.Pattern[str], str]] = {}  # then whatever else lies under a registered dir
+
+
+def register_server_paths(root: Path, named: Iterable[tuple[str, str]] = (), *, fallback: str = "<server>") -> None:
+    """Declare a directory of this server whose absolute paths must not reach agents.
+
+    `named`: (regex of a path below `root`, what to show instead), e.g. (r"releases/[^/]+/src", ".")
+    turns `<root>/releases/d1/src/app.py` into `./app.py`; tried before any fallback. Anything else
+    under `root` shows as `fallback` + the rest. Both the path as given and its real path (symlinks
+    resolved) are matched. Idempotent; process-wide, because errors are rendered far from the
+    component that knows the directory.
+    """
+    forms = {os.path.normpath(str(root)), os.path.realpath(root)}
+    with _paths_lock:
+        for form in sorted(forms, key=len, reverse=True):
+            if form in ("/", "."):
+                raise ValueError(f"refusing to scrub {form!r}: every path would match")
+            base = re.escape(form.rstrip("/"))
+            for sub, shown in named:
+                pattern = base + "/" + sub + _END
+                _named.setdefault(pattern, (re.compile(pattern), shown))
+            pattern = base + _END
+            _fallback.setdefault(pattern, (re.compile(pattern), fallback))
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with every registered server path replaced by its relative form (see the module docstring)."""
+    if not text or "/" not in text:
+        return text
+    with _paths_lock:
+        tiers = [list(_named.values()), list(_fallback.values())]
+    for rules in tiers:  # named forms before any fallback; within a tier the deeper directory first
+        for compiled, shown in sorted(rules, key=lambda r: len(r[0].pattern), reverse=True):
+            text = compiled.sub(lambda _m, s=shown: s, text)
+    return text
+
+
+register_server_paths(Path(__file__).resolve().parent, fallback="<inkmcp>")  # spawn/shim errors name files here

@@ -29,7 +29,11 @@ def frame(op, data):
     return head + data
 async def handle(r, w):
     head = await r.readuntil(b"\r\n\r\n")
-    key = next(l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:"))
+    keys = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")]
+    if not keys:  # a plain HTTP request (the deploy's health check): 426, as real WebSocket servers answer
+        w.write(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await w.drain(); w.close(); return
+    key = keys[0]
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
     w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")

@@ -20,11 +20,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from inkmcp.build import static_output
 from inkmcp.build.buildpack import python_shim, run_build
 from inkmcp.build.plan import Mode, RunAs
 from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
 from inkmcp.build.source import SourceWorkspace
-from inkmcp.errors import BuildFailed, InvalidArgument
+from inkmcp.errors import BuildFailed, InvalidArgument, register_server_paths, scrub_paths
 from inkmcp.providers.compute.base import (
     EnvChange,
     EnvOutcome,
@@ -48,6 +49,7 @@ from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
 from inkmcp.providers.compute.local.nginx import make_proxy
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFailed
+from inkmcp.providers.compute.local.readiness import LiveSettings
 from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
 from inkmcp.providers.compute.local.spawn import prepare as prepare_spawn
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
@@ -61,6 +63,18 @@ from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, 
 
 ERROR_TAIL = 15
 DRAIN_TIMEOUT = 2.0  # seconds a blue/green switch waits for connections still on the old version
+RUNTIME_LOGS = "get_logs(scope='runtime') shows all of it"  # where a crash after the build is explained
+# How this provider's paths show to agents (errors, logs, build output): relative to what they know.
+SHOWN_PATHS = (
+    (r"services/[^/\s]+/releases/[^/\s]+/src", "."),  # the checkout, built in place: the repo's root
+    (r"services/[^/\s]+/releases/[^/\s]+", "."),
+    (r"services/[^/\s]+/venvs/[^/\s]+", ".venv"),
+    (r"services/[^/\s]+/tmp", "/tmp"),  # noqa: S108 (shown, not used): the service's /tmp in its sandbox
+    (r"homes/[^/\s]+", "~"),
+    (r"projects/[^/\s]+/cache", "~/.cache"),
+    (r"projects/[^/\s]+/mirrors/[^/\s]+", "<repository>"),
+    (r"bin", "/usr/local/bin"),  # the python shims
+)
 
 
 @dataclass(eq=False)
@@ -120,11 +134,23 @@ class LocalComputeProvider:
         pids_max: int = DEFAULT_PIDS_MAX,
         max_file_mb: int = DEFAULT_MAX_FILE_BYTES // 2**20,
         max_build_mb: int = 4096,
+        stability_window: float | None = None,
     ) -> None:
+        """`stability_window`: seconds every process of a new release must stay up before it goes live
+        (None: INKMCP_STABILITY_WINDOW, `readiness.LiveSettings`)."""
         self.data_dir = Path(data_dir)
+        register_server_paths(self.data_dir, SHOWN_PATHS)
         self.domain = domain.lower().strip(".")
         self.idle_timeout = idle_timeout
         self.health_timeout = health_timeout
+        window = LiveSettings().stability_window if stability_window is None else stability_window
+        if not 0 <= window < health_timeout:
+            raise InvalidArgument(
+                f"the stability window ({window:g}s) must be at least 0 and shorter than the health timeout "
+                f"({health_timeout:g}s)", argument="INKMCP_STABILITY_WINDOW",
+                fix="set INKMCP_STABILITY_WINDOW to a few seconds (default 3), below INKMCP_HEALTH_TIMEOUT",
+            )  # fmt: skip
+        self.stability_window = window
         self.build_timeout = build_timeout
         self.tenant_python = tenant_python
         self.stop_grace = stop_grace
@@ -269,7 +295,7 @@ class LocalComputeProvider:
                 build_log.write(f"[inkmcp] release failed at {exc.step.value}: {exc.reason}")
                 await asyncio.to_thread(shutil.rmtree, svc.layout.release_dir(did), True)
                 svc.layout.meta(did).unlink(missing_ok=True)
-                raise exc from None
+                raise ReleaseFailed(exc.step, scrub_paths(exc.reason)) from None
             finally:
                 build_log.close()
             await progress(Step.live, "live")
@@ -301,10 +327,20 @@ class LocalComputeProvider:
         except (OSError, ValueError) as exc:
             raise ReleaseFailed(Step.building, f"could not prepare the checkout: {exc}") from exc
         app_dir = src / os.path.relpath(checked, request.checkout_dir.resolve())
+        build_started = time.time()
         build_env = await self._run_build(svc, request, app_dir, build_log)
         await self._check_build_size(svc, src, build_env, build_log)
         meta = ReleaseMeta(deployment_id=did, service_type=request.service_type, plan=plan, build_env=build_env)
         if meta.is_static:
+            # Served: what the build wrote (dist/ ahead of a root source index.html), unless static_dir was given.
+            served = await asyncio.to_thread(
+                static_output.resolve, src, os.path.relpath(app_dir, src), plan.static_dir,
+                given=getattr(plan, "static_dir_given", False), built_since=build_started,
+            )  # fmt: skip
+            if served != (plan.static_dir or "."):
+                build_log.write(f"[inkmcp] serving {served!r} (the build's output; planned: {plan.static_dir!r})")
+                plan = plan.model_copy(update={"static_dir": served})
+                meta = meta.model_copy(update={"plan": plan})
             rel = os.path.normpath(os.path.join(os.path.relpath(app_dir, src), plan.static_dir or "."))
             if not is_dir_beneath(src, rel):  # the built tree is the tenant's: no symlink is followed
 
@@ -407,11 +443,18 @@ class LocalComputeProvider:
                 await run.start()
             except OSError as exc:
                 raise ReleaseFailed(Step.starting, f"could not start the processes: {exc}") from exc
-            await report(Step.health_check, f"waiting for port {port}" if port else "checking the worker stays up")
+            window = self.stability_window
+            stays = f"every process to stay up {window:g}s"
+            await report(Step.health_check, f"waiting for port {port} to answer HTTP and {stays}" if port else
+                         f"waiting for {stays}")  # fmt: skip
             try:
-                await run.wait_healthy(self.health_timeout, settle_workers=True)
+                await run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key))
             except HealthFailed as exc:
-                raise ReleaseFailed(Step.health_check, _tail_text(exc.reason, run.recent)) from None
+                kept = "the previous version stays live" if svc.live is not None else "nothing went live"
+                raise ReleaseFailed(
+                    Step.health_check, _tail_text(f"{exc.reason}; {kept}. The build succeeded: the cause is in the "
+                                                  f"app's runtime output ({RUNTIME_LOGS})", run.recent)
+                ) from None
             await report(Step.switching, "switching traffic")
             async with svc.run_lock:
                 if svc.removed:
@@ -555,7 +598,7 @@ class LocalComputeProvider:
                 await run.start()
             except OSError as exc:
                 await self._stop_run(run)
-                raise ReleaseFailed(Step.starting, f"could not start the processes: {exc}") from exc
+                raise ReleaseFailed(Step.starting, scrub_paths(f"could not start the processes: {exc}")) from exc
             run.go_live()  # no health wait: a slow or broken app restarts with backoff, proxy answers 502
             async with svc.run_lock:
                 live.run = run
@@ -589,7 +632,7 @@ class LocalComputeProvider:
                 await self._stop_run(run)
                 if exc.timed_out:
                     raise TimeoutError(exc.reason) from None
-                raise WakeFailed(_tail_text(exc.reason, run.recent, lines=3)) from None
+                raise WakeFailed(scrub_paths(_tail_text(exc.reason, run.recent, lines=3))) from None
             except BaseException:
                 await self._stop_run(run)
                 raise
@@ -645,7 +688,10 @@ class LocalComputeProvider:
                     live.env = dict(env)
                     live.env_revision = revision
                     return EnvChange(outcome=EnvOutcome.next_start, detail="asleep; the next wake uses the new values")
-            await self._roll(svc, _Live(meta=live.meta, env=dict(env), env_revision=revision), None)
+            try:
+                await self._roll(svc, _Live(meta=live.meta, env=dict(env), env_revision=revision), None)
+            except ReleaseFailed as exc:
+                raise ReleaseFailed(exc.step, scrub_paths(exc.reason)) from None
             return EnvChange(outcome=EnvOutcome.restarted, detail="restarted and health-checked")
 
     # -- queries -------------------------------------------------------------------------------
@@ -688,17 +734,20 @@ class LocalComputeProvider:
         deployment_ref: Mapping[str, Any] | None = None,
         tail: int,
     ) -> list[str]:
+        """Agents read these: this server's paths show relative (`errors.scrub_paths`)."""
         layout = ServiceLayout(self.data_dir, key.service_id)
-        if scope == LogScope.runtime:
-            return await asyncio.to_thread(tail_lines, layout.runtime_log, tail)
-        if deployment_id is not None:
-            return await asyncio.to_thread(tail_lines, layout.build_log(deployment_id), tail, include_rotated=False)
 
-        def latest() -> list[str]:
-            logs = sorted(layout.build_logs.glob("*.log"), key=lambda p: p.stat().st_mtime)
-            return tail_lines(logs[-1], tail, include_rotated=False) if logs else []
+        def read() -> list[str]:
+            if scope == LogScope.runtime:
+                lines = tail_lines(layout.runtime_log, tail)
+            elif deployment_id is not None:
+                lines = tail_lines(layout.build_log(deployment_id), tail, include_rotated=False)
+            else:
+                logs = sorted(layout.build_logs.glob("*.log"), key=lambda p: p.stat().st_mtime)
+                lines = tail_lines(logs[-1], tail, include_rotated=False) if logs else []
+            return [scrub_paths(line) for line in lines]
 
-        return await asyncio.to_thread(latest)
+        return await asyncio.to_thread(read)
 
     # -- removal -------------------------------------------------------------------------------
 

@@ -12,6 +12,14 @@ so it can be asked every millisecond. A listener counts only when it belongs to 
 
 Without sock_diag (a kernel without it, a seccomp profile refusing netlink) `ListenProbe.open`
 returns None and the caller falls back to connecting.
+
+Listening is what a *wake* waits for (a request is waiting; the request itself then tests the app).
+A *deploy* asks more before it reports live (`LiveSettings`, `probe_http`): an open port only says
+the app got as far as `bind()`. Apps that crash a second later (a Redis client that cannot connect,
+an unhandled promise rejection), workers that crash-loop, and webs that answer every request with a
+500 (a missing setting) all opened their port or never had one; so every process of the release
+must stay up for a stability window and the web must answer one HTTP request with a status below
+500 before the release replaces the previous one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
+
+import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -135,3 +147,69 @@ def _parse(data: bytes, body: int) -> Listener:
     # after the sockid (48 bytes): expires, rqueue, wqueue, uid, inode
     uid = struct.unpack_from("=I", data, body + 4 + 48 + 12)[0]
     return Listener(family=family, address=address, port=sport, uid=uid)
+
+
+class LiveSettings(BaseSettings):
+    """When a deploy (or an env restart) of the local provider counts as live.
+
+    Read from the environment when a provider is made without an explicit `stability_window`
+    (env INKMCP_STABILITY_WINDOW). Wakes of on_demand services never wait for it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
+
+    stability_window: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="Seconds every process of a new release (web and workers) must stay up, counted from its "
+        "start, before the release goes live and the previous one stops; a process exiting sooner fails the "
+        "deploy at health_check and the previous version keeps serving. Every deploy waits at least this long; "
+        "0 checks only that the processes run and the web answers HTTP.",
+    )
+
+
+PROBE_BODY_BYTES = 2048  # of an error answer: enough for a framework's exception line, bounded
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """What one `GET /` to the app got: a status (None: no HTTP answer at all) and what to quote."""
+
+    status: int | None
+    detail: str  # the start of the body of an error answer, or why there was no answer
+
+    @property
+    def healthy(self) -> bool:
+        """Below 500: the app works. A 404 on `/` is an API without a root page, a 401/403 a login wall,
+        a 3xx a redirect to HTTPS or /login; a 5xx is the app failing (or its own proxy finding nothing)."""
+        return self.status is not None and self.status < 500
+
+
+async def probe_http(port: int, host: str | None, timeout: float) -> HttpAnswer:
+    """One `GET /` to 127.0.0.1:`port` with the public Host header, as the proxy will send it.
+
+    Redirects are not followed (a 301 to https is an answer). No proxy from the environment, no TLS.
+    """
+    headers = {"User-Agent": "inkmcp-health-check", "Accept": "*/*"}
+    if host:
+        headers["Host"] = host
+    try:
+        async with (
+            # Plain HTTP to loopback: no TLS happens; verify=False only skips loading CA files (~30 ms).
+            httpx.AsyncClient(verify=False, trust_env=False, timeout=timeout, follow_redirects=False) as client,  # noqa: S501
+            client.stream("GET", f"http://127.0.0.1:{port}/", headers=headers) as response,
+        ):
+            if response.status_code < 500:
+                return HttpAnswer(response.status_code, "")
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= PROBE_BODY_BYTES:
+                    break
+            text = body[:PROBE_BODY_BYTES].decode(errors="replace").strip()
+            return HttpAnswer(response.status_code, text)
+    except httpx.TimeoutException:
+        return HttpAnswer(None, f"no answer within {timeout:.1f}s")
+    except httpx.HTTPError as exc:
+        return HttpAnswer(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -18,13 +18,15 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, Field, SecretStr
 
+from inkmcp.build import static_output
 from inkmcp.build.plan import BuildPlan, RunAs, ServiceType, Stack
 from inkmcp.build.process import TenantSandbox
 from inkmcp.providers.compute.local.command import command_argv
-from inkmcp.providers.compute.local.readiness import ListenProbe
+from inkmcp.providers.compute.local.readiness import HttpAnswer, ListenProbe, probe_http
 from inkmcp.providers.compute.local.spawn import start_settings
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, Supervisor
 from inkmcp.providers.compute.local.tenant_env import tenant_env
@@ -130,10 +132,10 @@ class ReleaseRun:
         """(name, argv or Procfile command line, routed) per process; a command line becomes an argv
         with the process's env (`command_argv`: exec'd directly unless it needs a shell)."""
         if self.meta.is_static:
+            # The tenant's Python serves the build output (static_output: SPA fallback, the build's 404.html).
             directory = inside(app_dir, self.meta.plan.static_dir)
-            argv = (tenant_python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory),
-                    str(self.port))  # fmt: skip
-            return [(STATIC_PROCESS, argv, True)]
+            fallback = static_output.fallback_page(app_dir, self.meta.plan.static_dir)
+            return [(STATIC_PROCESS, static_output.server_argv(tenant_python, directory, self.port, fallback), True)]
         return [(p.name, p.command, p.routed) for p in self.meta.plan.processes]
 
     @property
@@ -154,21 +156,99 @@ class ReleaseRun:
         for sup in self.supervisors:
             sup.enable_restarts()
 
-    async def wait_healthy(self, timeout: float, *, worker_grace: float = 1.0, settle_workers: bool = False) -> None:
-        """Routed: the port accepts TCP. Workers only: still alive after `worker_grace` seconds.
-
-        With `settle_workers` (a release or an env restart, not a wake that a request is waiting on), the
-        workers of a routed service must also still be alive `worker_grace` seconds after the start: a
-        worker that dies at start-up (a missing setting) fails the release, so every process keeps the
-        previous version, instead of going live and crash-looping. Any process exiting meanwhile fails it
-        at once rather than after the whole timeout.
-        """
+    async def wait_healthy(self, timeout: float, *, worker_grace: float = 1.0) -> None:
+        """What a wake waits for: routed, the port accepts TCP; workers only, still alive after
+        `worker_grace` seconds. A request is waiting on it, so nothing more (see `wait_live`)."""
         await self._wait_routed(timeout, worker_grace)
-        if settle_workers and self.routed is not None and len(self.supervisors) > 1:
-            left = self._started + worker_grace - asyncio.get_running_loop().time()
-            if left > 0:
-                await asyncio.sleep(left)  # the grace period itself, not a synchronisation
-            self._check_alive()
+
+    async def wait_live(self, timeout: float, *, window: float, host: str | None) -> None:
+        """What a release (a deploy or an env restart) waits for before it replaces the previous one.
+
+        Every process (web and workers) must still run `window` seconds after it started, and the
+        routed process must listen on its port and answer `GET /` (Host: `host`) with a status below
+        500 (`readiness.probe_http`). An app answering 5xx is asked again every quarter second until
+        the window ends (it may be warming up), then fails with the status and the start of the
+        body. A process exiting fails it at once (once its last output is read, so the error can
+        quote it); a web that never listens or never answers fails `timeout` seconds after the
+        start. Raises HealthFailed. Restarts stay off throughout: a crash counts instead of being
+        hidden by a restart.
+        """
+        loop = asyncio.get_running_loop()
+        exits = {asyncio.create_task(s.wait_exit(), name=f"exit-{s.name}"): s for s in self.supervisors}
+        try:
+            if self.routed is not None:
+                try:
+                    await self._wait_routed(timeout, 0.0)
+                except HealthFailed as exc:
+                    if exc.timed_out:
+                        raise
+                    await self._raise_exited(exits)
+            window_end = self._started + window
+            deadline = self._started + timeout
+            answered = self.routed is None
+            while True:
+                now = loop.time()
+                if not answered:
+                    assert self.port is not None
+                    if now >= deadline:
+                        raise HealthFailed(self._no_answer(f"no answer within {timeout:g}s"), timed_out=True)
+                    probe = asyncio.create_task(probe_http(self.port, host, deadline - now))
+                    await self._watch(exits, probe)
+                    answer = probe.result()
+                    answered = answer.healthy
+                    if not answered:
+                        if loop.time() >= window_end:
+                            raise HealthFailed(self._bad_answer(answer, window), timed_out=False)
+                        await self._watch(exits, asyncio.create_task(asyncio.sleep(min(0.25, window_end - now))))
+                    continue
+                if now >= window_end:
+                    if any(not s.alive for s in self.supervisors):
+                        await self._raise_exited(exits)
+                    return
+                await self._watch(exits, asyncio.create_task(asyncio.sleep(window_end - now)))  # the window itself
+        finally:
+            for task in exits:
+                task.cancel()
+            await asyncio.gather(*exits, return_exceptions=True)
+
+    async def _watch(self, exits: dict[asyncio.Task[None], Supervisor], task: asyncio.Task[Any]) -> None:
+        """Until `task` finishes; a process exiting first cancels it and raises HealthFailed."""
+        try:
+            await asyncio.wait({task, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if any(t.done() for t in exits):
+            await self._raise_exited(exits)
+
+    async def _raise_exited(self, exits: dict[asyncio.Task[None], Supervisor]) -> NoReturn:
+        """HealthFailed naming the process that exited, after its last output was read (bounded)."""
+        gone = next((s for t, s in exits.items() if t.done()), None)
+        if gone is None:
+            gone = next(s for s in self.supervisors if not s.alive)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait_exit(), 2.0)
+        uptime = asyncio.get_running_loop().time() - self._started
+        raise HealthFailed(
+            f"process '{gone.name}' exited with code {gone.last_exit_code} about {uptime:.1f}s after it started; "
+            "every process must keep running through the stability window before a deployment goes live",
+            timed_out=False,
+        )
+
+    def _no_answer(self, detail: str) -> str:
+        name = self.routed.name if self.routed is not None else STATIC_PROCESS
+        return (f"process '{name}' listens on $PORT={self.port} but did not answer an HTTP GET / ({detail}); it "
+                "must serve HTTP/1.1 on $PORT")  # fmt: skip
+
+    def _bad_answer(self, answer: HttpAnswer, window: float) -> str:
+        if answer.status is None:
+            return self._no_answer(answer.detail)
+        name = self.routed.name if self.routed is not None else STATIC_PROCESS
+        quoted = answer.detail[:800]
+        body = f"; the response began:\n{quoted}" if quoted else " with an empty body"
+        return (f"process '{name}' answered GET / with HTTP {answer.status} (and still did {window:g}s after it "
+                f"started){body}")  # fmt: skip
 
     async def _wait_routed(self, timeout: float, worker_grace: float) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,281 @@
+"""A deployment is live only once every process stayed up and the web answered HTTP (issue 9 item 7).
+
+Real local provider, real processes, real proxy. Each failing case checks the three things an agent
+relies on: the release fails at health_check, the previous version still answers through the proxy
+(HTTP proof, not the provider's word), and the error points at the runtime logs (not the build's)
+and quotes the cause, with this server's paths shown relative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, Stack
+from inkmcp.errors import InvalidArgument, register_server_paths, scrub_paths
+from inkmcp.providers.compute.base import LogScope, ReleaseFailed, RuntimeState, Step
+from inkmcp.providers.compute.local import LocalComputeProvider
+from tests.local.conftest import PY, Events, get, key_for, no_record, request_for, web_plan
+
+# A web app: GET / answers 200 with MESSAGE, except as told by env. CRASH_AFTER: the process dies with a
+# traceback that many seconds after it starts listening (a Redis client giving up, an unhandled
+# rejection). FAIL_ROOT: GET / answers 500 with a framework-style exception line (a missing setting).
+# NO_ROOT: GET / answers 404 and GET /health 200 (an API without a root page).
+APP = """
+import os, sys, threading, time, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        status, body = 200, os.environ.get("MESSAGE", "hello")
+        if os.environ.get("FAIL_ROOT"):
+            status, body = 500, "KeyError: 'SECRET_KEY' (settings.py line 12)"
+        elif os.environ.get("NO_ROOT") and self.path != "/health":
+            status, body = 404, "not found"
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("listening on", os.environ["PORT"], "SECRET_KEY set:", "SECRET_KEY" in os.environ, flush=True)
+def connect_cache():
+    raise ConnectionRefusedError("Error 111 connecting to localhost:6379. Connection refused.")
+if os.environ.get("CRASH_AFTER"):
+    time.sleep(float(os.environ["CRASH_AFTER"]))
+    connect_cache()
+while True:
+    time.sleep(3600)
+"""
+
+# A worker that connects to Redis after a moment and crashes when nobody answers (the issue's case).
+CRASHING_WORKER = """
+import time
+print("worker starting", flush=True)
+time.sleep(0.3)
+raise ConnectionRefusedError("Error 111 connecting to localhost:6379. Connection refused.")
+"""
+
+STEADY_WORKER = """
+import time
+print("worker up", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def worker_plan(worker: str = "worker.py") -> BuildPlan:
+    return web_plan(extra=(ProcessSpec(name="worker", command=f"exec {PY} {worker}", routed=False),))
+
+
+async def deploy_v1(provider: LocalComputeProvider, checkouts, key) -> None:
+    """A healthy first version, proven to answer through the proxy."""
+    await provider.release(request_for(key, checkouts({"app.py": APP}), web_plan(), env={"MESSAGE": "v1"}),
+                           Events(), no_record)  # fmt: skip
+    assert (await get(provider, key)).text == "v1"
+
+
+async def still_serves_v1(provider: LocalComputeProvider, key) -> None:
+    """The proxy, asked like a visitor would, still gets the old version (several fresh connections)."""
+    for _ in range(3):
+        response = await get(provider, key)
+        assert (response.status_code, response.text) == (200, "v1")
+    runtime = await provider.runtime(key)
+    assert runtime.state == RuntimeState.running, runtime
+
+
+def assert_points_at_runtime_logs(reason: str) -> None:
+    assert "get_logs(scope='runtime')" in reason, reason
+    assert "scope='build'" not in reason, reason
+
+
+def assert_no_server_paths(text: str, provider: LocalComputeProvider) -> None:
+    for form in {str(provider.data_dir), str(provider.data_dir.resolve())}:
+        assert form not in text, text
+
+
+async def test_web_that_exits_after_a_second_fails_and_the_old_version_keeps_serving(
+    make_provider, checkouts, project_ids
+):
+    provider = await make_provider(stability_window=2.0)
+    key = key_for(project_ids())
+    await deploy_v1(provider, checkouts, key)
+
+    started = time.monotonic()
+    events = Events()
+    request = request_for(key, checkouts({"app.py": APP}), web_plan(), env={"MESSAGE": "v2", "CRASH_AFTER": "1"})
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request, events, no_record)
+    took = time.monotonic() - started
+
+    assert failed.value.step == Step.health_check
+    assert Step.switching not in events.steps  # never switched: the old run was not touched
+    reason = failed.value.reason
+    assert "process 'web' exited with code 1" in reason, reason
+    assert "the previous version stays live" in reason, reason
+    assert "ConnectionRefusedError: Error 111" in reason, reason  # the cause, quoted from its output
+    assert_points_at_runtime_logs(reason)
+    assert 'File "./app.py", line' in reason, reason  # the traceback's path, relative to the repo
+    assert_no_server_paths(reason, provider)
+    assert took < 2.0 + 1.5, f"a process exiting must fail the release at once, not after the window ({took:.1f}s)"
+    await still_serves_v1(provider, key)
+
+    # The runtime logs an agent reads next show the same traceback, also without server paths.
+    lines = await provider.logs(key, LogScope.runtime, deployment_id=None, tail=200)
+    crash = [line for line in lines if 'File "' in line and "app.py" in line]
+    assert crash and all('File "./app.py"' in line for line in crash), crash
+    assert_no_server_paths("\n".join(lines), provider)
+
+
+async def test_a_crashing_worker_fails_the_deploy(make_provider, checkouts, project_ids):
+    provider = await make_provider(stability_window=1.5)
+    key = key_for(project_ids())
+    await deploy_v1(provider, checkouts, key)
+
+    files = {"app.py": APP, "worker.py": CRASHING_WORKER}
+    request = request_for(key, checkouts(files), worker_plan(), env={"MESSAGE": "v2"})
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request, Events(), no_record)
+
+    reason = failed.value.reason
+    assert failed.value.step == Step.health_check
+    assert "process 'worker' exited with code 1" in reason, reason
+    assert "Connection refused" in reason, reason
+    assert_points_at_runtime_logs(reason)
+    assert_no_server_paths(reason, provider)
+    await still_serves_v1(provider, key)
+    runtime = await provider.runtime(key)
+    assert [p.name for p in runtime.processes] == ["web"], runtime  # the worker of v2 is not running
+
+
+async def test_a_web_answering_500_fails_with_the_body_and_first_log_lines_quoted(
+    make_provider, checkouts, project_ids
+):
+    provider = await make_provider(stability_window=0.5)
+    key = key_for(project_ids())
+    await deploy_v1(provider, checkouts, key)
+
+    request = request_for(key, checkouts({"app.py": APP}), web_plan(), env={"MESSAGE": "v2", "FAIL_ROOT": "1"})
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request, Events(), no_record)
+
+    reason = failed.value.reason
+    assert failed.value.step == Step.health_check
+    assert "answered GET / with HTTP 500" in reason, reason
+    assert "KeyError: 'SECRET_KEY' (settings.py line 12)" in reason, reason  # the body
+    assert "SECRET_KEY set: False" in reason, reason  # the app's own first output
+    assert_points_at_runtime_logs(reason)
+    await still_serves_v1(provider, key)
+
+
+async def test_env_change_that_breaks_the_app_keeps_the_old_env(make_provider, checkouts, project_ids):
+    """update_env restarts blue/green through the same check: a 500 keeps the running processes."""
+    from pydantic import SecretStr
+
+    provider = await make_provider(stability_window=0.3)
+    key = key_for(project_ids())
+    await deploy_v1(provider, checkouts, key)
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.update_env(key, {"MESSAGE": SecretStr("v2"), "FAIL_ROOT": SecretStr("1")}, "r2", no_record)
+    assert "HTTP 500" in failed.value.reason
+    await still_serves_v1(provider, key)
+
+
+async def test_a_healthy_web_and_worker_go_live_after_the_window(make_provider, checkouts, project_ids):
+    window = 1.5
+    provider = await make_provider(stability_window=window)
+    key = key_for(project_ids())
+    files = {"app.py": APP, "worker.py": STEADY_WORKER}
+    # NO_ROOT: an API whose `/` is a 404 works, and must go live.
+    request = request_for(key, checkouts(files), worker_plan(), env={"MESSAGE": "api", "NO_ROOT": "1"})
+    started = time.monotonic()
+    events = Events()
+    await provider.release(request, events, no_record)
+    took = time.monotonic() - started
+
+    assert took >= window, f"went live after {took:.2f}s, before every process was up {window}s"
+    assert events.steps[-3:] == [Step.health_check, Step.switching, Step.live], events.steps
+    runtime = await provider.runtime(key)
+    assert runtime.state == RuntimeState.running, runtime
+    assert sorted(p.name for p in runtime.processes) == ["web", "worker"]
+    assert (await get(provider, key, "/health")).text == "api"
+    assert (await get(provider, key)).status_code == 404
+
+
+async def test_a_worker_only_service_that_exits_fails(make_provider, checkouts, project_ids):
+    provider = await make_provider(stability_window=1.0)
+    key = key_for(project_ids(), service="jobs")
+    plan = BuildPlan(stack=Stack.none, source="call",
+                     processes=(ProcessSpec(name="worker", command=f"exec {PY} worker.py", routed=False),))  # fmt: skip
+    request = request_for(key, checkouts({"worker.py": CRASHING_WORKER}), plan)
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request, Events(), no_record)
+    assert failed.value.step == Step.health_check
+    assert "process 'worker' exited with code 1" in failed.value.reason
+    assert "nothing went live" in failed.value.reason
+    assert (await provider.runtime(key)).deployment_id is None
+
+
+async def test_a_wake_does_not_wait_for_the_window(make_provider, checkouts, project_ids):
+    """The window is for deploys: a request waking an on_demand service waits only for the port."""
+    window = 3.0
+    provider = await make_provider(stability_window=window, idle_timeout=0.3)
+    key = key_for(project_ids())
+    request = request_for(key, checkouts({"app.py": APP}), web_plan(), mode=Mode.on_demand, env={"MESSAGE": "v1"})
+    await provider.release(request, Events(), no_record)
+
+    deadline = time.monotonic() + 15
+    while (await provider.runtime(key)).state != RuntimeState.sleeping:
+        assert time.monotonic() < deadline, "never went to sleep"
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    response = await get(provider, key)
+    took = time.monotonic() - started
+    assert (response.status_code, response.text) == (200, "v1")
+    assert took < window / 2, f"the wake took {took:.2f}s"
+
+
+async def test_a_build_failure_shows_relative_paths_in_the_error_and_build_logs(
+    make_provider, checkouts, project_ids
+):
+    provider = await make_provider(stability_window=0.0)
+    key = key_for(project_ids())
+    plan = BuildPlan(stack=Stack.none, source="call", build_command="echo building in $(pwd) >&2; exit 3",
+                     processes=(ProcessSpec(name="web", command=f"exec {PY} app.py", routed=True),))  # fmt: skip
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts({"app.py": APP}), plan), Events(), no_record)
+    assert failed.value.step == Step.building
+    assert "building in ." in failed.value.reason, failed.value.reason
+    assert_no_server_paths(failed.value.reason, provider)
+    lines = await provider.logs(key, LogScope.build, deployment_id=None, tail=100)
+    assert any("building in ." in line for line in lines), lines
+    assert_no_server_paths("\n".join(lines), provider)
+
+
+def test_scrub_paths_rewrites_only_registered_directories(tmp_path: Path):
+    top = tmp_path / "srv"
+    data = top / "data"
+    register_server_paths(data, [(r"services/[^/\s]+/releases/[^/\s]+/src", "."), (r"homes/[^/\s]+", "~")])
+    register_server_paths(top, [(r"work/checkouts/[0-9a-f]+", ".")], fallback="<data>")
+    src = data / "services" / "s1" / "releases" / "d1" / "src"
+    assert scrub_paths(f'File "{src}/app.py", line 3') == 'File "./app.py", line 3'
+    assert scrub_paths(f"cd {src} && make") == "cd . && make"
+    assert scrub_paths(f"HOME={data}/homes/ink-x/.npm") == "HOME=~/.npm"
+    assert scrub_paths(f"{top}/work/checkouts/abc123/fly.toml") == "./fly.toml"
+    # Not a named form: the deepest registered directory's fallback, never the path itself.
+    assert scrub_paths(f"{data}/services/s1/logs/x.log") == "<server>/services/s1/logs/x.log"
+    assert scrub_paths(f"{top}/other") == "<data>/other"
+    assert scrub_paths(f"{top}x/y") == f"{top}x/y"
+    # A sibling whose name merely starts the same is another directory: untouched.
+    assert scrub_paths(f"{data}x/services/s1") == "<data>/datax/services/s1"  # under `top`, not under `data`
+    assert scrub_paths("/usr/lib/python3.11/json/__init__.py") == "/usr/lib/python3.11/json/__init__.py"
+
+
+async def test_a_window_not_shorter_than_the_health_timeout_is_refused(data_dir):
+    with pytest.raises(InvalidArgument) as refused:
+        LocalComputeProvider(data_dir, proxy_port=0, health_timeout=5.0, stability_window=5.0)
+    assert refused.value.argument == "INKMCP_STABILITY_WINDOW"
