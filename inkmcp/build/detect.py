@@ -51,6 +51,7 @@ PYTHON_APP_FILES = (
     "app/__init__.py", "app/main.py",
 )  # fmt: skip
 STATIC_DIR_CANDIDATES = ("dist", "build", "out", "public")
+MAX_NOTES = 20  # plan.notes reach agents: bounded however many env entries a platform file has
 _PY_HINTS = (
     "python", "python3", "gunicorn", "uvicorn", "hypercorn", "daphne", "flask", "django-admin", "waitress-serve",
 )  # fmt: skip
@@ -594,10 +595,12 @@ def derive_plan(
         detected = _detect_python_start(files) if files.is_python else None
         if not detected:
             node = _detect_node_start(files)
-            detected = node or None
             if node == "" and kind in (None, ServiceType.webapp_static):
                 kind = ServiceType.webapp_static
                 notes.append("package.json `start` runs a dev server: serving the output of `npm run build` instead")
+            elif node == "":  # service_type says a process must run: the agent's choice, run its start script
+                node = "npm start"
+            detected = node or None
         if detected:
             processes = (ProcessSpec(name=single_name, command=detected, routed=routed_single),)
             source = "detected"
@@ -658,6 +661,7 @@ def derive_plan(
         static_dir_given=the_static_dir is not None and the_static_dir == wanted_static,
         env_defaults=platform.env_defaults,
         wants=tuple(platform.wants),
-        notes=tuple(notes),
+        notes=tuple(notes[:MAX_NOTES])
+        + ((f"... and {len(notes) - MAX_NOTES} more",) if len(notes) > MAX_NOTES else ()),
     )
     return plan, kind

@@ -169,13 +169,13 @@ def _add_env(out: PlatformService, file: str, key: str, value: Any) -> None:
         return
     if not _ENV_KEY.match(key) or key in _RESERVED_ENV:
         if key != "PORT":  # PORT is expected in platform files and is always InkMCP's own
-            out.notes.append(f"{file}: env {key!r} not used (not a name InkMCP lets an app set)")
+            out.notes.append(f"{file}: env {key[:60]!r} not used (not a name InkMCP lets an app set)")
         return
     if "${" in text:
-        out.notes.append(f"{file}: env {key} is a placeholder ({text[:40]!r}), not a default: pass it in env_vars")
+        out.notes.append(f"{file}: env {key[:60]} is a placeholder ({text[:40]!r}), not a default: pass it in env_vars")
         return
     if "\x00" in text or len(text.encode()) > MAX_ENV_VALUE_BYTES or len(out.env_defaults) >= MAX_ENV_DEFAULTS:
-        out.notes.append(f"{file}: env {key} not used (too large, or too many variables)")
+        out.notes.append(f"{file}: env {key[:60]} not used (too large, or too many variables)")
         return
     out.env_defaults.setdefault(key, text)
 
@@ -233,19 +233,20 @@ def _render_env(out: PlatformService, svc: _RenderService, by_name: dict[str, _R
     for var in svc.env_vars:
         if not var.key:
             continue
+        key = var.key[:60]  # notes reach agents: bounded
         if var.from_database is not None:
             out.want("postgres")
-            out.notes.append(f"{RENDER}: {var.key} comes from a Render database: pass database={{'type': 'postgres'}}")
+            out.notes.append(f"{RENDER}: {key} comes from a Render database: pass database={{'type': 'postgres'}}")
         elif var.from_service is not None:
             other = by_name.get(str(var.from_service.get("name")))
             kind = str(var.from_service.get("type") or (other.type if other else "")).lower()
             if kind in ("redis", "keyvalue"):
                 out.want("redis")
-                out.notes.append(f"{RENDER}: {var.key} comes from a Render Redis: pass database={{'type': 'redis'}}")
+                out.notes.append(f"{RENDER}: {key} comes from a Render Redis: pass database={{'type': 'redis'}}")
             else:
-                out.notes.append(f"{RENDER}: {var.key} comes from another Render service: pass it in env_vars")
+                out.notes.append(f"{RENDER}: {key} comes from another Render service: pass it in env_vars")
         elif var.generate_value or var.sync is False or var.from_group is not None:
-            out.notes.append(f"{RENDER}: {var.key} is a secret the platform generates or asks for: pass it in env_vars")
+            out.notes.append(f"{RENDER}: {key} is a secret the platform generates or asks for: pass it in env_vars")
         elif var.value is not None:
             _add_env(out, RENDER, var.key, var.value)
 
@@ -283,12 +284,14 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
         elif not webs and len(statics) == 1:
             chosen = statics[0]
         elif any(s.start_command or s.static_publish_path for s in runnable):
-            out.candidates = [f"{s.name} ({s.kind})" for s in runnable]
+            out.candidates = [f"{s.name[:60]} ({s.kind})" for s in runnable[:10]]
             return
         else:  # nothing to choose between: these services leave the commands to Render's dashboard
             return
     if chosen.the_runtime in ("docker", "image"):
-        out.notes.append(f"{RENDER}: service {chosen.name!r} runs a Docker image; InkMCP builds from source instead")
+        out.notes.append(
+            f"{RENDER}: service {chosen.name[:60]!r} runs a Docker image; InkMCP builds from source instead"
+        )
         return
     _render_env(out, chosen, by_name)
     out.root_dir = _relative(RENDER, "rootDir", chosen.root_dir)
@@ -310,7 +313,7 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
 def _take_build(out: PlatformService, file: str, command: str | None) -> str | None:
     rest, dropped = strip_install_steps(command)
     if dropped:
-        out.notes.append(f"{file}: build step(s) {', '.join(repr(d) for d in dropped)} left to InkMCP's installer")
+        out.notes.append(f"{file}: build step(s) {', '.join(repr(d[:80]) for d in dropped)} left to InkMCP's installer")
     return rest
 
 
@@ -406,7 +409,7 @@ def _read_fly(out: PlatformService, text: str, service_name: str) -> dict[str, A
     found: dict[str, Any] = {}
     release = fly.deploy.release_command.strip() if fly.deploy and fly.deploy.release_command else None
     if release and _image_path(release):
-        out.notes.append(f"{FLY}: release_command {release!r} is a path inside the Docker image; not run")
+        out.notes.append(f"{FLY}: release_command {release[:80]!r} is a path inside the Docker image; not run")
     elif release:
         found["release"] = release
     http = fly.http_service if fly.http_service and fly.http_service.internal_port else None
@@ -421,7 +424,7 @@ def _read_fly(out: PlatformService, text: str, service_name: str) -> dict[str, A
         routed_name = next(iter(processes))
     skipped = [n for n, c in processes.items() if _image_path(c)]
     for name in skipped:
-        out.notes.append(f"{FLY}: process {name!r} runs a path inside the Docker image; not used")
+        out.notes.append(f"{FLY}: process {name[:60]!r} runs a path inside the Docker image; not used")
     usable = {n: c.strip() for n, c in processes.items() if n not in skipped and c.strip()}
     if service_name in usable and service_name != routed_name:  # like a Procfile's `worker:` deployed alone
         found["start"], found["kind"] = usable[service_name], "worker"
@@ -467,11 +470,11 @@ def _read_heroku(out: PlatformService, text: str) -> None:
             continue
         entry = _HerokuEnv.model_validate(raw)
         if entry.generator:
-            out.notes.append(f"{HEROKU}: {key} is a generated secret on Heroku: pass it in env_vars")
+            out.notes.append(f"{HEROKU}: {key[:60]} is a generated secret on Heroku: pass it in env_vars")
         elif entry.value is not None:
             _add_env(out, HEROKU, key, entry.value)
         elif entry.required is not False and "description" in raw:
-            out.notes.append(f"{HEROKU}: {key} has no default: pass it in env_vars if the app needs it")
+            out.notes.append(f"{HEROKU}: {key[:60]} has no default: pass it in env_vars if the app needs it")
     for addon in app.addons:
         plan = str(addon.get("plan", "") if isinstance(addon, dict) else addon).lower()
         if "postgres" in plan:

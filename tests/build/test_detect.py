@@ -522,3 +522,9 @@ def test_python_app_reads_are_bounded_by_the_checkout(tmp_path: Path) -> None:
         derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
                     port=None)  # fmt: skip
     assert "symlink" in err.value.message and "root:" not in str(err.value)
+
+
+def test_dev_server_runs_when_the_agent_asks_for_a_process(tmp_path: Path) -> None:
+    package = json.dumps({"scripts": {"start": "vite", "build": "vite build"}})
+    plan, kind = plan_for(tmp_path, {"package.json": package}, service_type=ServiceType.webapp)
+    assert kind == ServiceType.webapp and plan.processes[0].command == "npm start"

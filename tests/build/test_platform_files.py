@@ -649,3 +649,11 @@ def test_commands_are_not_run_while_parsing(tmp_path: Path) -> None:
 )
 def test_install_steps_are_left_to_the_installer(command: str, kept: str | None) -> None:
     assert strip_install_steps(command)[0] == kept
+
+
+def test_notes_are_bounded(tmp_path: Path) -> None:
+    """Notes reach agents: a blueprint with hundreds of generated secrets yields a bounded list."""
+    entries = "".join(f"      - key: SECRET_{i}\n        generateValue: true\n" for i in range(300))
+    blueprint = f"services:\n  - type: web\n    name: web\n    startCommand: node s.js\n    envVars:\n{entries}"
+    plan, _ = plan_for(tmp_path, {"render.yaml": blueprint, "package.json": "{}"})
+    assert len(plan.notes) == 21 and plan.notes[-1] == "... and 280 more"
