@@ -567,7 +567,11 @@ def derive_plan(
             spec = procfile.specs(only=service_name)[0]
             processes = (spec.model_copy(update={"routed": kind == ServiceType.webapp}),)
         else:
-            processes = procfile.specs()
+            processes = tuple(p for p in procfile.specs() if p.name not in platform.scaled_to_zero)
+            notes += [
+                f"app.json formation runs {n!r} with quantity 0: not started"
+                for n in sorted(platform.scaled_to_zero & set(procfile.processes))
+            ]
         source = "procfile"
     elif platform.source is not None:
         source = platform.source

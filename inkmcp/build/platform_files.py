@@ -34,8 +34,9 @@ What is taken from each file:
   read `$PORT` (fly commands usually hard-code `--bind :8080`). Commands starting with an absolute path
   point into the app's Docker image and are skipped. `[build]` is not used (Dockerfile/buildpacks).
 - app.json: `env` values (`"KEY": "v"` or `{"value": "v"}`), `addons` (heroku-postgresql → postgres,
-  *redis* → redis). `scripts.postdeploy` runs once at app creation on Heroku, not per deploy: it is
-  reported in notes, not run. Its process types come from the Procfile.
+  *redis* → redis), `formation` (a Procfile process type with `quantity: 0` is not started).
+  `scripts.postdeploy` runs once at app creation on Heroku, not per deploy: it is reported in notes,
+  not run. Its process types come from the Procfile; `buildpacks` are not used (the stack is detected).
 
 Build commands lose their dependency-install steps (`pip install -r ...`, `npm install`, `npm ci`,
 `yarn`, `poetry install`, ...): InkMCP's installer does that step from the lock file before the build
@@ -111,6 +112,8 @@ class PlatformService:
     errors: list[BuildPlanError] = field(default_factory=list)
     """Files that could not be parsed or validated: skipped (as if absent) with a note; detect quotes them in
     its error when nothing else says how to run the app."""
+    scaled_to_zero: set[str] = field(default_factory=set)
+    """Process types app.json's `formation` runs with quantity 0: the Procfile's line is not started."""
     candidates: list[str] = field(default_factory=list)
     """Service names a file offers when none matched (for the error message)."""
 
@@ -449,6 +452,7 @@ class _Heroku(_Loose):
     env: dict[str, Any] = Field(default_factory=dict)
     addons: list[Any] = Field(default_factory=list)
     scripts: dict[str, Any] = Field(default_factory=dict)
+    formation: dict[str, Any] = Field(default_factory=dict)
 
 
 def _read_heroku(out: PlatformService, text: str) -> None:
@@ -475,6 +479,9 @@ def _read_heroku(out: PlatformService, text: str) -> None:
             _add_env(out, HEROKU, key, entry.value)
         elif entry.required is not False and "description" in raw:
             out.notes.append(f"{HEROKU}: {key[:60]} has no default: pass it in env_vars if the app needs it")
+    for process, scale in app.formation.items():
+        if isinstance(scale, dict) and scale.get("quantity") == 0 and process != "web":
+            out.scaled_to_zero.add(process)
     for addon in app.addons:
         plan = str(addon.get("plan", "") if isinstance(addon, dict) else addon).lower()
         if "postgres" in plan:

@@ -657,3 +657,15 @@ def test_notes_are_bounded(tmp_path: Path) -> None:
     blueprint = f"services:\n  - type: web\n    name: web\n    startCommand: node s.js\n    envVars:\n{entries}"
     plan, _ = plan_for(tmp_path, {"render.yaml": blueprint, "package.json": "{}"})
     assert len(plan.notes) == 21 and plan.notes[-1] == "... and 280 more"
+
+
+def test_heroku_formation_scaled_to_zero(tmp_path: Path) -> None:
+    app = {"formation": {"web": {"quantity": 1}, "worker": {"quantity": 0}, "clock": {"quantity": 1}}}
+    files = {
+        "app.json": json.dumps(app),
+        "Procfile": "web: gunicorn app:app\nworker: python worker.py\nclock: python clock.py\n",
+        "requirements.txt": "gunicorn\n",
+    }
+    plan, _ = plan_for(tmp_path, files)
+    assert [p.name for p in plan.processes] == ["web", "clock"]
+    assert any("'worker' with quantity 0" in n for n in plan.notes)
