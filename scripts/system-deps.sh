@@ -13,6 +13,9 @@ command -v useradd >/dev/null || need+=(passwd)
 # the answers nginx gives itself say `Server: inkmcp`); INKMCP_PROXY_ENGINE=python runs without them.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] || need+=(libnginx-mod-http-headers-more-filter)
+# The Redis add-on (database={"type":"redis"}): Debian's redis-server binary, one process per project started by
+# InkMCP (inkmcp/providers/database/redis.py); the package's own service is stopped below, like nginx's.
+command -v redis-server >/dev/null || need+=(redis-server)
 # A C compiler and static libc: the local provider's exec wrapper (inkmcp-spawn) is compiled at install.
 { command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
 
@@ -32,4 +35,8 @@ apt-get install -y -qq "${need[@]}" >/dev/null
 # disabled; an nginx that was installed before is never touched (nginx is in `need` only when it was missing).
 if [[ " ${need[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   systemctl disable --now nginx.service >/dev/null 2>&1 || true
+fi
+# Same for redis-server: its packaged service (port 6379, no password) is not InkMCP's and is switched off.
+if [[ " ${need[*]} " == *" redis-server "* ]] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  systemctl disable --now redis-server.service >/dev/null 2>&1 || true
 fi

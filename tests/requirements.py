@@ -22,7 +22,7 @@ from typing import Final, Literal, get_args
 
 import pytest
 
-Component = Literal["root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan"]
+Component = Literal["root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis"]
 COMPONENTS: Final[tuple[str, ...]] = get_args(Component)
 
 REQUIRE_ALL_ENV: Final = "INKMCP_REQUIRE_ALL"
@@ -38,6 +38,7 @@ HOW_TO_GET: Final[dict[str, str]] = {
     "cgroups": "run as root on a host with the memory, cpu and pids cgroup controllers mounted",
     "npm": "run scripts/system-deps.sh (installs Debian's npm)",
     "netplan": "run scripts/test-netplan.sh as root (installs Debian's netplan.io)",
+    "redis": "run scripts/system-deps.sh as root (installs Debian's redis-server)",
 }
 
 # Components found missing in this session, with the reason: the root conftest prints them at the end.

@@ -1,4 +1,19 @@
-"""One database per project: provisioned once, credentials stored encrypted, injected as DATABASE_URL."""
+"""A project's add-ons: at most one Postgres and one Redis, provisioned once, credentials stored encrypted, injected
+into every service as environment variables (`env_for`).
+
+How an agent asks: `database={"type":"postgres"}` (or "byo" with a url) for Postgres, `{"type":"redis"}` for
+Redis, and `{"type":["postgres","redis"]}` for both in one deploy_app call. Each kind is idempotent on its own:
+asking for Redis later keeps the project's Postgres (and its password), and a deploy that omits `database` keeps
+every add-on wired. What the services get:
+
+* Postgres: DATABASE_URL and the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE (plus PGSSLMODE
+  and the like when the URL carries those options), for apps that read those rather than DATABASE_URL;
+* Redis: REDIS_URL (`redis://<user>:<password>@host:port/0`, an ACL user of the project's own redis-server; see
+  providers/database/redis.py).
+
+A variable the agent sets itself (update_env_vars / env_vars) wins over the injected one (DeployService.effective_env
+applies these first). Both kinds count against the account's max_databases; bring-your-own Postgres does not.
+"""
 
 from __future__ import annotations
 
@@ -21,20 +36,60 @@ from inkmcp.store.models import Database, Project
 log = logging.getLogger(__name__)
 
 
+Requested = Literal["postgres", "byo", "redis"]
+Kind = Literal["postgres", "redis"]
+"""The slot a request fills: a project holds at most one add-on of each kind (byo fills the postgres slot)."""
+
+LIBPQ_OPTIONS = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "channel_binding": "PGCHANNELBINDING",
+    "options": "PGOPTIONS",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "application_name": "PGAPPNAME",
+}
+"""URL query options that have a libpq environment variable, so PG* alone connects as DATABASE_URL does."""
+
+
+def kind_of(requested: str) -> Kind:
+    return "redis" if requested == "redis" else "postgres"
+
+
 class DatabaseRequest(BaseModel):
     """What an agent asks for in deploy_app(database=...)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["postgres", "byo"] = "postgres"
+    type: Requested | list[Requested] = Field(
+        default="postgres",
+        description='postgres (sets DATABASE_URL, PG*), byo (pass url), redis (REDIS_URL), or a list: '
+        '["postgres","redis"]',
+    )
     tier: Tier = Tier.free
     url: SecretStr | None = Field(default=None, description="for type=byo: postgresql:// connection string")
 
+    def requested(self) -> tuple[Requested, ...]:
+        """The kinds asked for, in order; a clear error for an empty list, a repeat, or postgres with byo."""
+        types = tuple(self.type) if isinstance(self.type, list) else (self.type,)
+        if not types:
+            raise InvalidArgument(
+                "names no add-on.", argument="database.type",
+                fix='pass "postgres", "redis" or a list such as ["postgres", "redis"], or omit database',
+            )
+        kinds = [kind_of(t) for t in types]
+        if len(set(kinds)) != len(kinds):
+            raise InvalidArgument(
+                f"asks for {', '.join(types)}: a project holds one Postgres (managed or byo) and one Redis.",
+                argument="database.type", fix='name each kind once, e.g. ["postgres", "redis"] or ["byo", "redis"]',
+            )
+        return types
+
 
 class DatabaseInfo(BaseModel):
-    provider: Literal["postgres", "byo"] = Field(
+    provider: Literal["postgres", "byo", "redis"] = Field(
         description="what the agent asked for: a managed Postgres (whichever backend serves it: our own server, "
-        "Neon or Coolify; agents are not told, so results do not change with the operator's choice) or byo"
+        "Neon or Coolify; agents are not told, so results do not change with the operator's choice), byo, or redis"
     )
     tier: str
     host: str
@@ -46,9 +101,27 @@ class DatabaseInfo(BaseModel):
     created: bool = False
 
 
-def as_requested(provider: str) -> Literal["postgres", "byo"]:
+def as_requested(provider: str) -> Literal["postgres", "byo", "redis"]:
     """What agents are shown of a database's provider: what they asked for, never which backend serves it."""
-    return "byo" if provider == "byo" else "postgres"
+    if provider in ("byo", "redis"):
+        return provider  # type: ignore[return-value]
+    return "postgres"
+
+
+def postgres_env(creds: DatabaseCredentials) -> dict[str, SecretStr]:
+    """DATABASE_URL and the libpq variables for the same login (apps read one or the other)."""
+    env = {
+        "DATABASE_URL": creds.url(),
+        "PGHOST": SecretStr(creds.host),
+        "PGPORT": SecretStr(str(creds.port)),
+        "PGUSER": SecretStr(creds.user),
+        "PGPASSWORD": creds.password,
+        "PGDATABASE": SecretStr(creds.database),
+    }
+    for option, name in LIBPQ_OPTIONS.items():
+        if option in creds.options:
+            env[name] = SecretStr(creds.options[option])
+    return env
 
 
 def owner_slug(project_id: uuid.UUID) -> str:
@@ -66,19 +139,27 @@ class DatabaseService:
         limits: LimitDefaults | None = None,
         *,
         providers: Mapping[str, DatabaseProvider] | None = None,
+        redis: DatabaseProvider | None = None,
     ) -> None:
         """`postgres` is the configured default that `database={"type":"postgres"}` provisions with (our own
         server, Neon, or Coolify-managed Postgres). `providers` adds every other managed provider by name, so a
-        database made by one that is no longer the default is still dropped by the provider that made it."""
+        database made by one that is no longer the default is still dropped by the provider that made it.
+        `redis` serves `database={"type":"redis"}` (providers/database/redis.py); None: Redis is not offered."""
         self._sessions = sessions
         self._box = box
         self._postgres = postgres
         self._byo = byo
+        self._redis = redis
         self.limits = limits or LimitDefaults()
         self._providers: dict[str, DatabaseProvider] = {**(providers or {}), postgres.name: postgres}
+        if redis is not None:
+            self._providers[redis.name] = redis
+
+    def _creds(self, row: Database) -> DatabaseCredentials:
+        return DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
 
     def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
-        creds = DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
+        creds = self._creds(row)
         return DatabaseInfo(
             provider=as_requested(row.provider),
             tier=row.tier,
@@ -91,28 +172,56 @@ class DatabaseService:
             created=created,
         )
 
-    async def get(self, project_id: uuid.UUID) -> DatabaseInfo | None:
+    async def _rows(self, project_id: uuid.UUID) -> dict[str, Database]:
         async with self._sessions() as s:
-            row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
+            rows = (await s.execute(select(Database).where(Database.project_id == project_id))).scalars().all()
+        return {row.kind: row for row in rows}
+
+    async def get(self, project_id: uuid.UUID, kind: Kind = "postgres") -> DatabaseInfo | None:
+        """The project's Postgres (managed or byo), or with kind="redis" its Redis; None when it has none."""
+        row = (await self._rows(project_id)).get(kind)
         return self._info(row) if row else None
 
+    async def addons(self, project_id: uuid.UUID) -> dict[str, DatabaseInfo]:
+        """Every add-on of the project by kind ("postgres", "redis"), one query."""
+        return {kind: self._info(row) for kind, row in (await self._rows(project_id)).items()}
+
     async def env_for(self, project_id: uuid.UUID) -> dict[str, SecretStr]:
-        """The variables the project's add-ons give every service (DATABASE_URL today)."""
-        db = await self.get(project_id)
-        return {"DATABASE_URL": db.url} if db else {}
+        """The variables the project's add-ons give every service: DATABASE_URL and PG* for its Postgres,
+        REDIS_URL for its Redis (see the module docstring)."""
+        env: dict[str, SecretStr] = {}
+        for kind, row in sorted((await self._rows(project_id)).items()):
+            creds = self._creds(row)
+            if kind == "postgres":
+                env.update(postgres_env(creds))
+            elif kind == "redis":
+                env["REDIS_URL"] = creds.url()
+        return env
 
     async def ensure(self, project_id: uuid.UUID, req: DatabaseRequest) -> DatabaseInfo:
-        """Idempotent: a project that has a database keeps it (and its password)."""
-        existing = await self.get(project_id)
+        """Every add-on `req` names, each idempotent (a project that has one keeps it, and its password).
+        Returns the first one named (its `created` says whether this call made it)."""
+        infos = [await self._ensure_one(project_id, requested, req) for requested in req.requested()]
+        return infos[0]
+
+    async def _ensure_one(self, project_id: uuid.UUID, requested: Requested, req: DatabaseRequest) -> DatabaseInfo:
+        kind = kind_of(requested)
+        existing = await self.get(project_id, kind)
         if existing:
-            if req.type == "byo" and existing.provider != "byo":
+            if requested == "byo" and existing.provider != "byo":
                 raise InvalidArgument(
                     "this project already has a managed postgres database.",
                     argument="database.type",
                     fix="omit database (the existing one stays wired) or delete the project's database first",
                 )
             return existing
-        if req.type == "byo" and req.url is None:
+        if requested == "redis" and self._redis is None:
+            raise InvalidArgument(
+                "this InkMCP server does not offer the Redis add-on.",
+                argument="database.type",
+                fix='omit "redis" (pass database={"type": "postgres"} or none), or ask the operator to enable Redis',
+            )
+        if requested == "byo" and req.url is None:
             raise InvalidArgument(
                 "type 'byo' needs a connection string.",
                 argument="database.url",
@@ -121,19 +230,25 @@ class DatabaseService:
         async with self._sessions.begin() as s:
             # Serialise provisioning per project across concurrent calls and processes.
             await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"db:{project_id}"})
-            row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
+            row = (
+                await s.execute(select(Database).where(Database.project_id == project_id, Database.kind == kind))
+            ).scalar_one_or_none()
             if row is not None:
                 return self._info(row)
-            if req.type == "postgres":
+            if requested != "byo":
                 await self._check_quota(s, project_id, Tier(req.tier))
             handle: DatabaseHandle
-            if req.type == "byo":
+            if requested == "byo":
                 assert req.url is not None
                 handle = await self._byo.register(req.url)
+            elif requested == "redis":
+                assert self._redis is not None
+                handle = await self._redis.provision(owner_slug=owner_slug(project_id), tier=req.tier)
             else:
                 handle = await self._postgres.provision(owner_slug=owner_slug(project_id), tier=req.tier)
             row = Database(
                 project_id=project_id,
+                kind=kind,
                 provider=handle.provider,
                 tier=handle.tier.value,
                 external_id=handle.external_id,
@@ -144,7 +259,7 @@ class DatabaseService:
             return self._info(row, created=True)
 
     async def _check_quota(self, s: AsyncSession, project_id: uuid.UUID, tier: Tier) -> None:
-        """Tier allowed for the account, and one more managed database within max_databases.
+        """Tier allowed for the account, and one more managed add-on (Postgres or Redis) within max_databases.
 
         Runs under the account row lock (core.limits), held until the database row is committed,
         so concurrent provisions in one account cannot overshoot. Bring-your-own databases cost
@@ -197,15 +312,26 @@ class DatabaseService:
             log.info("set the connection limit of %d tenant database roles", changed)
         return changed
 
-    async def drop(self, project_id: uuid.UUID) -> bool:
-        async with self._sessions.begin() as s:
-            row = (await s.execute(select(Database).where(Database.project_id == project_id))).scalar_one_or_none()
-            if row is None:
-                return False
-            if row.provider != "byo":
-                await self._provider_for(row.provider).drop(row.external_id)
-            await s.delete(row)
-        return True
+    async def drop(self, project_id: uuid.UUID, kind: Kind | None = None) -> bool:
+        """Drop the project's add-ons (every kind, or only `kind`) with their data; False when there was none.
+        Each goes in its own transaction, after its provider dropped it, so a failure keeps the row to retry."""
+        dropped = False
+        for row_kind in sorted(await self._rows(project_id)):
+            if kind is not None and row_kind != kind:
+                continue
+            async with self._sessions.begin() as s:
+                row = (
+                    await s.execute(
+                        select(Database).where(Database.project_id == project_id, Database.kind == row_kind)
+                    )
+                ).scalar_one_or_none()
+                if row is None:
+                    continue
+                if row.provider != "byo":
+                    await self._provider_for(row.provider).drop(row.external_id)
+                await s.delete(row)
+                dropped = True
+        return dropped
 
     def _provider_for(self, name: str) -> DatabaseProvider:
         """The provider that made a stored database (its row's `provider`), whichever is the default now."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -71,15 +71,29 @@ class DatabaseView(BaseModel):
     note: str
 
 
-class Credentials(BaseModel):
-    project: str
-    provider: str
+class RedisCredentials(BaseModel):
+    """The project's Redis add-on (what its services get as REDIS_URL)."""
+
     host: str
     port: int
-    database: str
     user: str
     password: str
     url: str
+
+
+class Credentials(BaseModel):
+    """The project's Postgres at the top level (as before Redis existed; None when it has only Redis), its Redis
+    under `redis`."""
+
+    project: str
+    provider: str | None
+    host: str | None
+    port: int | None
+    database: str | None
+    user: str | None
+    password: str | None
+    url: str | None
+    redis: RedisCredentials | None = None
 
 
 class Deleted(BaseModel):
@@ -312,37 +326,48 @@ class Platform:
         )
 
     # ---------------------------------------------------------------- databases
-    async def provision_database(self, p: Principal, project_name: str, tier: Tier) -> DatabaseView:
-        async with self._audited(p, "provision_database", project_name, {"tier": tier.value}):
+    async def provision_database(
+        self, p: Principal, project_name: str, tier: Tier, kind: Literal["postgres", "redis"] = "postgres"
+    ) -> DatabaseView:
+        args = {"tier": tier.value} if kind == "postgres" else {"tier": tier.value, "type": kind}
+        async with self._audited(p, "provision_database", project_name, args):
             project = await self.projects.get(p, project_name)
-            info = await self.databases.ensure(project.id, DatabaseRequest(type="postgres", tier=tier))
+            info = await self.databases.ensure(project.id, DatabaseRequest(type=kind, tier=tier))
+        env_var = "REDIS_URL" if kind == "redis" else "DATABASE_URL"
+        also = "" if kind == "redis" else " (with PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)"
         return DatabaseView(
             project=project.name,
             provider=info.provider,
             tier=info.tier,
             created=info.created,
-            note="DATABASE_URL is injected into this project's services at their next deploy_app",
+            env_var=env_var,
+            note=f"{env_var}{also} is injected into this project's services at their next deploy_app",
         )
 
     async def get_database_credentials(self, p: Principal, project_name: str) -> Credentials:
         project = await self.projects.get(p, project_name)
-        info: DatabaseInfo | None = await self.databases.get(project.id)
-        if info is None:
+        addons = await self.databases.addons(project.id)
+        if not addons:
             raise InvalidArgument(
                 f"project {project_name!r} has no database.",
                 argument="project_name",
                 fix=f"call provision_database(project_name={project_name!r}) first",
             )
         await self.audit.record(p, "get_database_credentials", target=project_name, arguments={})
+        info: DatabaseInfo | None = addons.get("postgres")
+        redis = addons.get("redis")
         return Credentials(
             project=project.name,
-            provider=info.provider,
-            host=info.host,
-            port=info.port,
-            database=info.database,
-            user=info.user,
-            password=info.password.get_secret_value(),
-            url=info.url.get_secret_value(),
+            provider=info.provider if info else None,
+            host=info.host if info else None,
+            port=info.port if info else None,
+            database=info.database if info else None,
+            user=info.user if info else None,
+            password=info.password.get_secret_value() if info else None,
+            url=info.url.get_secret_value() if info else None,
+            redis=None if redis is None else RedisCredentials(
+                host=redis.host, port=redis.port, user=redis.user, password=redis.password.get_secret_value(),
+                url=redis.url.get_secret_value()),
         )
 
     # --------------------------------------------------------------- deletions
@@ -371,7 +396,7 @@ class Platform:
         args = {"project_name": project_name, "delete_database": delete_database}
         async with self._audited(p, "delete_project", project_name, args):
             project = await self.projects.get(p, project_name)
-            db = await self.databases.get(project.id)
+            db = await self.databases.addons(project.id)  # Postgres and/or Redis: both hold data
             if db and not delete_database:
                 raise InvalidArgument(
                     "the project has a database, which would be lost with it.",

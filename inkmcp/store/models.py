@@ -181,10 +181,16 @@ class EnvVar(Base):
 
 
 class Database(TimestampMixin, Base):
+    """A project's add-ons: at most one Postgres (managed or byo) and one Redis (migration 0007 added `kind`)."""
+
     __tablename__ = "databases"
+    __table_args__ = (UniqueConstraint("project_id", "kind", name="uq_databases_project_kind"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), unique=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(
+        String(16), server_default=text("'postgres'"), comment="postgres | redis: one of each per project"
+    )
     provider: Mapped[str] = mapped_column(String(32))
     tier: Mapped[str] = mapped_column(String(32))
     external_id: Mapped[str] = mapped_column(Text)

@@ -29,6 +29,7 @@ from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.local.provider import LocalComputeProvider
+from inkmcp.providers.database.base import DatabaseProvider
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store
@@ -86,7 +87,8 @@ async def make_core(store: Store, tenant_pg: EmbeddedPostgres) -> AsyncIterator[
     work = Path(tempfile.mkdtemp(prefix="inkmcp-core-"))
     providers: list[PostgresDatabaseProvider] = []
 
-    def make(**limits: object) -> Core:
+    def make(redis: DatabaseProvider | None = None, **limits: object) -> Core:
+        """`redis`: the Redis add-on's provider (tests/core/test_addons.py), none by default."""
         defaults = LimitDefaults(**limits)  # type: ignore[arg-type]
         box = SecretBox([Fernet.generate_key()])
         sessions = store.sessionmaker
@@ -95,7 +97,7 @@ async def make_core(store: Store, tenant_pg: EmbeddedPostgres) -> AsyncIterator[
         accounts = AccountService(sessions, defaults)
         projects = ProjectService(sessions, box, defaults)
         envs = EnvService(sessions, box)
-        databases = DatabaseService(sessions, box, postgres, None, defaults)
+        databases = DatabaseService(sessions, box, postgres, None, defaults, redis=redis)
         compute = LocalComputeProvider(work / "compute")
         deploys = DeployService(
             sessions, projects=projects, envs=envs, databases=databases, compute=compute, work_dir=work / "work",

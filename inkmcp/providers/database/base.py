@@ -30,13 +30,19 @@ class DatabaseCredentials(BaseModel):
     options: dict[str, str] = Field(
         default_factory=dict, description="URL query options to keep, e.g. sslmode=require for Neon"
     )
+    scheme: str = Field(
+        default="postgresql",
+        description="URL scheme: postgresql (every Postgres provider; rows stored before this field read as it) "
+        "or redis (the Redis add-on, where `database` is the logical db number)",
+    )
 
     def url(self) -> SecretStr:
-        """postgresql:// URL, what apps read from DATABASE_URL."""
+        """postgresql:// URL, what apps read from DATABASE_URL (redis:// for the Redis add-on's REDIS_URL)."""
         pw = quote(self.password.get_secret_value(), safe="")
         user = quote(self.user, safe="")
         query = f"?{urlencode(self.options)}" if self.options else ""
-        return SecretStr(f"postgresql://{user}:{pw}@{self.host}:{self.port}/{quote(self.database, safe='')}{query}")
+        db = quote(self.database, safe="")
+        return SecretStr(f"{self.scheme}://{user}:{pw}@{self.host}:{self.port}/{db}{query}")
 
 
 class DatabaseHandle(BaseModel):
