@@ -280,7 +280,24 @@ def _find_app_object(files: _Files) -> _AppObject | None:
         interface = _framework_interface(files)
         if factory and interface:
             return _AppObject(name, module, factory["name"], interface, factory=True)
-    return None
+    return _lone_app_module(files)
+
+
+def _lone_app_module(files: _Files) -> _AppObject | None:
+    """`hello_world.py` holding `app = Flask(__name__)` (hexlet-components/python-flask): any top-level
+    module, but only when exactly one of them defines an app object (two would be a guess)."""
+    found: list[_AppObject] = []
+    for path in sorted(files.root.glob("*.py"))[:50]:
+        if path.name in PYTHON_APP_FILES or path.is_symlink() or not path.is_file():
+            continue
+        text = files.text(path.name) or ""
+        for match in _ASSIGN.finditer(text):
+            if (interface := _interface_of(files, match["call"])) and match["call"].rsplit(".", 1)[
+                -1
+            ] not in _FACTORIES:
+                found.append(_AppObject(path.name, path.stem, match["var"], interface))
+                break
+    return found[0] if len(found) == 1 else None
 
 
 def _server_command(files: _Files, app: _AppObject) -> str | None:

@@ -25,7 +25,8 @@ What is taken from each file:
   Docker/image services (`runtime: docker|image`) give no command: we do not build images.
   Which service matches `service_name`: the one with that `name`; else the only web service (then its
   workers with the same rootDir join it as unrouted processes, like a Procfile's `worker:`); else the
-  only static site. Several candidates and no name match is an error naming them (argument service_name).
+  only static site; else the only worker (a backend). Several candidates (with commands) and no name
+  match is an error naming them (argument service_name).
 - railway.json / railway.toml: `build.buildCommand`, `deploy.startCommand`, `deploy.preDeployCommand`
   (a string, or a list: one command per item joined with `&&`; a list of single words is one argv).
 - fly.toml: `[processes]` (the process named in `[http_service].processes` / `[[services]].processes`,
@@ -146,11 +147,11 @@ def _relative(file: str, key: str, value: str | None) -> str | None:
 
 
 def strip_install_steps(command: str | None) -> tuple[str | None, list[str]]:
-    """Drop dependency-install steps from an `a && b && c` build command; return (rest, dropped)."""
+    """Drop dependency-install steps from an `a && b; c` build command; return (rest joined by `&&`, dropped)."""
     if command is None or not command.strip():
         return None, []
     kept, dropped = [], []
-    for part in command.split("&&"):
+    for part in re.split(r"&&|;", command):  # `yarn; yarn build` (render-examples/nextjs-hello-world)
         step = part.strip()
         if not step:
             continue
@@ -286,6 +287,8 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
             workers = [s for s in runnable if s.kind == "worker" and s.root_dir == chosen.root_dir]
         elif not webs and len(statics) == 1:
             chosen = statics[0]
+        elif not webs and not statics and len(runnable) == 1:  # a lone worker (render-examples/ioredis)
+            chosen = runnable[0]
         elif any(s.start_command or s.static_publish_path for s in runnable):
             out.candidates = [f"{s.name[:60]} ({s.kind})" for s in runnable[:10]]
             return

@@ -528,3 +528,16 @@ def test_dev_server_runs_when_the_agent_asks_for_a_process(tmp_path: Path) -> No
     package = json.dumps({"scripts": {"start": "vite", "build": "vite build"}})
     plan, kind = plan_for(tmp_path, {"package.json": package}, service_type=ServiceType.webapp)
     assert kind == ServiceType.webapp and plan.processes[0].command == "npm start"
+
+
+def test_lone_app_module(tmp_path: Path) -> None:
+    """hexlet-components/python-flask: the app is in hello_world.py; two such modules would be a guess."""
+    files = {
+        "pyproject.toml": "[tool.poetry.dependencies]\npython='^3.10'\nFlask='^2.1.3'\ngunicorn='^20.1.0'\n",
+        "hello_world.py": "from flask import Flask\n\napp = Flask(__name__)\n",
+        "__init__.py": "",
+    }
+    plan, _ = plan_for(tmp_path, files)
+    assert plan.processes[0].command == "gunicorn hello_world:app --bind 0.0.0.0:$PORT"
+    with pytest.raises(BuildPlanError):
+        plan_for(tmp_path, {"other.py": "app = Flask(__name__)\n"})

@@ -669,3 +669,68 @@ def test_heroku_formation_scaled_to_zero(tmp_path: Path) -> None:
     plan, _ = plan_for(tmp_path, files)
     assert [p.name for p in plan.processes] == ["web", "clock"]
     assert any("'worker' with quantity 0" in n for n in plan.notes)
+
+
+# render-examples/ioredis render.yaml: a Redis and one background worker, no web service
+RENDER_IOREDIS = """services:
+  # Create Redis service
+  - type: redis
+    name: ioredis-redis
+    ipAllowList: []
+
+  # Create background worker service
+  - type: worker
+    name: ioredis-worker
+    env: node
+    buildCommand: "yarn"
+    startCommand: "yarn run redis-url"
+    envVars:
+      # Set REDIS_URL environment variable
+      - key: REDIS_URL
+        fromService:
+          name: ioredis-redis
+          type: redis
+          # Use connectionString available from Redis service above
+          property: connectionString
+"""
+# render-examples/nextjs-hello-world render.yaml (HEAD of the fetched snapshot): `;` between install and build
+RENDER_NEXT = """services:
+- type: web
+  name: next-js
+  runtime: node
+  plan: starter
+  buildCommand: yarn; yarn build
+  startCommand: yarn start
+  autoDeploy: false
+  envVars:
+  - key: NODE_ENV
+    value: production
+# Uncomment the following to deploy this app as a static site on render
+# - type: web
+#   name: nextjs-static
+#   runtime: static
+#   buildCommand: yarn; yarn build
+#   staticPublishPath: out
+#   pullRequestPreviewsEnabled: true     # optional
+#   envVars:
+#   - key: NODE_ENV
+#     value: production
+
+"""
+
+
+def test_render_lone_worker(tmp_path: Path) -> None:
+    plan, kind = plan_for(tmp_path, {"render.yaml": RENDER_IOREDIS, "package.json": "{}"})
+    assert kind == ServiceType.backend and plan.wants == ("redis",)
+    assert [(p.name, p.command, p.routed) for p in plan.processes] == [("web", "yarn run redis-url", False)]
+    assert plan.build_command is None
+
+
+def test_render_next_build_after_semicolon(tmp_path: Path) -> None:
+    package = json.dumps({"dependencies": {"next": "14"}, "scripts": {"build": "next build", "start": "next start"}})
+    plan, _ = plan_for(tmp_path, {"render.yaml": RENDER_NEXT, "package.json": package})
+    assert (plan.processes[0].command, plan.build_command, plan.env_defaults) == (
+        "yarn start",
+        "yarn build",
+        {"NODE_ENV": "production"},
+    )
