@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from inkmcp.build import buildpack
+from inkmcp.build import buildpack, node_install
 from inkmcp.build.buildpack import node_install_command, run_build
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
 from inkmcp.errors import BuildFailed
@@ -408,12 +408,12 @@ def test_lock_files_choose_the_installer(tmp_path: Path, monkeypatch: pytest.Mon
     assert command({"package-lock.json": "{}"}) == (["npm", "ci"], None)
     assert command({"npm-shrinkwrap.json": "{}"}) == (["npm", "ci"], None)
     assert command({}) == (["npm", "install"], None)
-    monkeypatch.setattr(buildpack, "_node_tool", lambda tool: [tool])
+    monkeypatch.setattr(node_install, "_node_tool", lambda tool, path=None: [tool])
     assert command({"yarn.lock": ""})[0] == ["yarn", "install", "--frozen-lockfile"]
     assert command({"yarn.lock": "", ".yarnrc.yml": ""})[0] == ["yarn", "install", "--immutable"]
     assert command({"yarn.lock": "", "package.json": '{"packageManager": "yarn@4.1.0"}'})[0][-1] == "--immutable"
     assert command({"pnpm-lock.yaml": ""})[0] == ["pnpm", "install", "--frozen-lockfile"]
-    monkeypatch.setattr(buildpack, "_node_tool", lambda tool: None)
+    monkeypatch.setattr(node_install, "_node_tool", lambda tool, path=None: None)
     argv, note = command({"yarn.lock": ""})
     assert argv == ["npm", "install"] and note is not None and "yarn.lock" in note and "corepack" in note
 
