@@ -23,7 +23,7 @@ from inkmcp.core.principal import Principal
 from inkmcp.errors import NotFound
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Account, ApiKey
-from inkmcp.store.reads import read_pool
+from inkmcp.store.statements import statement_pool
 
 KEY_PREFIX = "dk_live_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -154,10 +154,10 @@ class AccountService:
 
     async def authenticate(self, key: str) -> Principal | None:
         """Checked on every request, so revocation takes effect at once (no cache to go stale). One prepared
-        statement on the read pool (store/reads.py: every MCP request pays for this)."""
+        statement on the statement pool (store/statements.py: every MCP request pays for this)."""
         if not key.startswith(KEY_PREFIX) or len(key) > 128:
             return None
-        rows = await read_pool(self._sessions).fetch(_AUTHENTICATE, (hash_key(key),))
+        rows = await statement_pool(self._sessions).fetch(_AUTHENTICATE, (hash_key(key),))
         if not rows:
             return None
         key_id, prefix, last_used, account_id, account_name = rows[0]

@@ -79,8 +79,8 @@ from inkmcp.providers.compute.base import (
     Step,
 )
 from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
-from inkmcp.store.reads import read_pool
 from inkmcp.store.refs import check_ref, ref_of, save_ref
+from inkmcp.store.statements import statement_pool
 
 log = logging.getLogger("inkmcp.deploy")
 
@@ -91,17 +91,36 @@ log = logging.getLogger("inkmcp.deploy")
 # raises LeaseLost. A deploy records ~20 steps and refs; as ORM transactions each cost ~5 round trips.
 _REF_SQL = """
     WITH f AS MATERIALIZED (
-        SELECT id FROM deployments WHERE id = :dep AND claimed_by = :me AND lease_epoch = :epoch FOR UPDATE
+        SELECT id FROM deployments WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s FOR UPDATE
     ), u AS (
-        UPDATE {table} SET provider_ref = provider_ref || jsonb_build_object(CAST(:provider AS text),
-                                                                              CAST(:ref AS jsonb))
-        WHERE id = :row AND EXISTS (SELECT 1 FROM f)
+        UPDATE {table} SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(ref)s::jsonb)
+        WHERE id = %(row)s AND EXISTS (SELECT 1 FROM f)
         RETURNING id
     )
     SELECT count(*) FROM f
 """
-_REF_SQL_BY_SCOPE = {scope: text(_REF_SQL.format(table=table)) for scope, table in
+_REF_SQL_BY_SCOPE = {scope: _REF_SQL.format(table=table) for scope, table in
                      (("project", "projects"), ("service", "services"), ("deployment", "deployments"))}
+# A pipeline step: the fenced status update and its event, one statement. `failed` also ends the lease.
+_STEP_SQL = """
+    WITH d AS (
+        UPDATE deployments SET status = %(status)s, updated_at = %(now)s
+        WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s
+        RETURNING id
+    )
+    INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM d
+    RETURNING deployment_id
+"""
+_FAILED_SQL = """
+    WITH d AS (
+        UPDATE deployments SET status = %(status)s, updated_at = %(now)s, error = %(detail)s, finished_at = %(now)s,
+                               lease_until = NULL
+        WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s
+        RETURNING id
+    )
+    INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM d
+    RETURNING deployment_id
+"""
 _REUSABLE_SQL = text("""
     SELECT s.live_deployment_id, d.id, d.status
     FROM services s LEFT JOIN LATERAL (
@@ -124,22 +143,23 @@ _VIEW_SQL = """
     FROM deployments d JOIN services s ON s.id = d.service_id JOIN projects p ON p.id = s.project_id
     WHERE d.id = %s AND p.account_id = %s
 """
-_LIVE_SQL = text("""
+_LIVE_SQL = """
     WITH d AS (
-        UPDATE deployments SET status = 'live', url = :url, finished_at = :now, updated_at = :now, lease_until = NULL
-        WHERE id = :dep AND claimed_by = :me AND lease_epoch = :epoch
+        UPDATE deployments SET status = 'live', url = %(url)s, finished_at = %(now)s, updated_at = %(now)s,
+                               lease_until = NULL
+        WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s
         RETURNING id, service_id
     ), old AS (
-        UPDATE deployments o SET status = 'superseded', updated_at = :now
+        UPDATE deployments o SET status = 'superseded', updated_at = %(now)s
         FROM d WHERE o.service_id = d.service_id AND o.status = 'live' AND o.id <> d.id
         RETURNING o.id
     ), svc AS (
-        UPDATE services SET live_deployment_id = d.id, url = :url FROM d WHERE services.id = d.service_id
+        UPDATE services SET live_deployment_id = d.id, url = %(url)s FROM d WHERE services.id = d.service_id
         RETURNING services.id
     )
-    INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, 'live', :detail FROM d
+    INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, 'live', %(detail)s FROM d
     RETURNING deployment_id
-""")
+"""
 
 ProgressSink = Callable[[str], Awaitable[None]]
 HISTORY_SHOWN = 12  # results stay small; the full history is in deployment_events
@@ -256,8 +276,6 @@ class DeployService:
         self._scanning = False  # takeover scans: from restore_all (serve), not in a bare DeployService
         self._maintainer: asyncio.Task[None] | None = None
         self._plans: OrderedDict[tuple[Any, ...], tuple[BuildPlan, ServiceType]] = OrderedDict()
-        # Fenced pipeline writes go straight to the engine in autocommit (see _REF_SQL), not through a session.
-        self._autocommit = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
         # Waiters on a deployment this replica runs are woken by its writes (`_changed`), not by a poll tick; the
         # poll stays for deployments another replica runs.
         self._changes: dict[uuid.UUID, asyncio.Future[None]] = {}
@@ -612,8 +630,8 @@ class DeployService:
         watched: set[uuid.UUID] = set()
         try:
             while True:
-                # one prepared statement on the read pool (store.reads): it runs per deployment and per tick
-                older = await read_pool(self._sessions).fetch(_OLDER_SQL, (lease.deployment_id, sorted(TERMINAL)))
+                # one prepared statement on the statement pool (store.statements): it runs per deployment and per tick
+                older = await statement_pool(self._sessions).fetch(_OLDER_SQL, (lease.deployment_id, sorted(TERMINAL)))
                 if not older:
                     return
                 for dep_id, _, abandoned in older:
@@ -634,40 +652,24 @@ class DeployService:
             self._unwatch(watched)
 
     # -------------------------------------------------------------- pipeline
-    async def _record(self, lease: Lease, status: Step | str, detail: str = "", **values: Any) -> None:
-        """Record a step of the pipeline holding `lease` (fenced: raises LeaseLost if it is no longer ours)."""
+    async def _record(self, lease: Lease, status: Step | str, detail: str = "") -> None:
+        """Record a step of the pipeline holding `lease` (fenced: raises LeaseLost if it is no longer ours).
+        `failed` also stores `detail` as the error and ends the lease."""
         status = status.value if isinstance(status, Step) else status
-        now = datetime.now(UTC)
-        dep_id = lease.deployment_id
-        fenced = (
-            update(Deployment)
-            .where(Deployment.id == dep_id, Deployment.claimed_by == lease.replica_id,
-                   Deployment.lease_epoch == lease.epoch)
-            .values(status=status, updated_at=now, **values)
-            .returning(Deployment.id)
-            .cte("d")
-        )  # fmt: skip
-        statement = (
-            insert(DeploymentEvent)
-            .from_select(["deployment_id", "status", "detail"],
-                         select(fenced.c.id, literal(status), literal(detail[:4000])))
-            .returning(DeploymentEvent.deployment_id)
-        )  # fmt: skip
-        async with self._autocommit.connect() as conn:
-            written = (await conn.execute(statement)).first()
-        if written is None:
+        params = {"dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch, "status": status,
+                  "now": datetime.now(UTC), "detail": detail[:4000]}  # fmt: skip
+        sql = _FAILED_SQL if status == Step.failed.value else _STEP_SQL
+        if not await statement_pool(self._sessions).write(sql, params):
             raise LeaseLost(lease)
-        self._changed(dep_id)
+        self._changed(lease.deployment_id)
 
     async def _record_live(self, lease: Lease, url: str | None) -> None:
         """One fenced statement (_LIVE_SQL): supersede the service's previous live deployment, record this one live
         with its URL and event, point the service at it. A waiter never sees `live` before the URL is stored."""
-        now = datetime.now(UTC)
-        async with self._autocommit.connect() as conn:
-            written = (await conn.execute(_LIVE_SQL, {
-                "dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch, "url": url, "now": now,
-                "detail": url or "running (no route)"})).first()  # fmt: skip
-        if written is None:
+        written = await statement_pool(self._sessions).write(_LIVE_SQL, {
+            "dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch, "url": url,
+            "now": datetime.now(UTC), "detail": url or "running (no route)"})  # fmt: skip
+        if not written:
             raise LeaseLost(lease)
         self._changed(lease.deployment_id)
 
@@ -744,9 +746,8 @@ class DeployService:
             # store.refs.save_ref's update, fenced, as one statement (_REF_SQL)
             params = {"dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
                       "provider": self._compute.name, "ref": check_ref(ref), "row": rows[scope]}  # fmt: skip
-            async with self._autocommit.connect() as conn:
-                fenced = (await conn.execute(_REF_SQL_BY_SCOPE[scope.value], params)).scalar_one()
-            if not fenced:
+            fenced = await statement_pool(self._sessions).write(_REF_SQL_BY_SCOPE[scope.value], params)
+            if not fenced[0][0]:
                 raise LeaseLost(lease)
 
         return record
@@ -845,9 +846,8 @@ class DeployService:
 
     async def _fail(self, lease: Lease, reason: str) -> str:
         """Record the failure (fenced); the outcome for metrics: `failed`, or `lost` if the lease went first."""
-        now = datetime.now(UTC)
         try:
-            await self._record(lease, Step.failed, reason, error=reason[:4000], finished_at=now, lease_until=None)
+            await self._record(lease, Step.failed, reason)
         except LeaseLost:
             return "lost"
         return "failed"
@@ -856,8 +856,8 @@ class DeployService:
     async def view(
         self, p: Principal, dep_id: uuid.UUID, *, reused: bool = False, history_limit: int = HISTORY_SHOWN
     ) -> DeploymentView:
-        # One prepared statement on the read pool (store.reads): `wait` reads this every step and every tick.
-        rows = await read_pool(self._sessions).fetch(_VIEW_SQL, (dep_id, p.account_id))
+        # One prepared statement on the statement pool (store.statements): `wait` reads it every step and tick.
+        rows = await statement_pool(self._sessions).fetch(_VIEW_SQL, (dep_id, p.account_id))
         if not rows:
             raise NotFound(
                 f"no deployment {dep_id} in this account.",

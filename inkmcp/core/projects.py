@@ -28,13 +28,13 @@ from inkmcp.core.views import TERMINAL, ProjectView
 from inkmcp.errors import Conflict, NotFound
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.models import Deployment, Project, Service
-from inkmcp.store.reads import read_pool
+from inkmcp.store.statements import statement_pool
 
 LIST_LIMIT = 200
 _LIST = (
     "SELECT p.name, p.repo_url, p.created_at, "
     "(SELECT count(*) FROM services sv WHERE sv.project_id = p.id), d.provider, count(*) OVER () "
-    "FROM projects p LEFT JOIN databases d ON d.project_id = p.id "
+    "FROM projects p LEFT JOIN databases d ON d.project_id = p.id AND d.kind = 'postgres' "
     "WHERE p.account_id = %s ORDER BY p.name LIMIT %s"
 )
 SUGGESTION_TRIES = 8
@@ -139,10 +139,10 @@ class ProjectService:
         return project
 
     async def list(self, p: Principal) -> tuple[list[ProjectView], int]:
-        """One prepared statement on the read pool (store/reads.py): the page and the total (a window count)
+        """One prepared statement on the statement pool (store/statements.py): the page and the total (a window count)
         together. The database column says what the agent asked for (postgres or byo), never which backend
         serves it, as get_database_credentials does."""
-        rows = await read_pool(self._sessions).fetch(_LIST, (p.account_id, LIST_LIMIT))
+        rows = await statement_pool(self._sessions).fetch(_LIST, (p.account_id, LIST_LIMIT))
         total = rows[0][5] if rows else 0
         return [
             ProjectView(

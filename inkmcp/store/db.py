@@ -129,9 +129,9 @@ class Store:
         return self.sessionmaker()
 
     async def close(self) -> None:
-        from inkmcp.store.reads import close_read_pool
+        from inkmcp.store.statements import close_statement_pool
 
-        await close_read_pool(self.engine)
+        await close_statement_pool(self.engine)
         await self.engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""The hot read paths on psycopg's pool (inkmcp/store/reads.py): the same answers as before, revocation still at
+"""The hot read paths on psycopg's pool (inkmcp/store/statements.py): the same answers as before, revocation still at
 once, a server that dropped the pool's connections costs no failed request, and what agents see of a database
 never names the backend."""
 
@@ -17,7 +17,7 @@ from inkmcp.core.projects import ProjectService
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store
 from inkmcp.store.models import Database, Project, Service
-from inkmcp.store.reads import read_pool
+from inkmcp.store.statements import statement_pool
 
 
 async def test_a_revoked_key_fails_on_the_very_next_request(store: Store) -> None:
@@ -40,7 +40,7 @@ async def test_the_pool_survives_the_server_closing_its_connections(store: Store
     url = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
         cur = await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE application_name = 'inkmcp-reads' AND pid <> pg_backend_pid()")
+                                  "WHERE application_name = 'inkmcp-statements' AND pid <> pg_backend_pid()")
         assert any(row[0] for row in await cur.fetchall())
     for _ in range(3):
         assert await accounts.authenticate(issued.key) is not None
@@ -67,4 +67,4 @@ async def test_list_projects_counts_services_and_never_names_the_database_backen
     assert total == 4
     assert [(v.name.split("-")[0], v.services, v.database) for v in listed] == [
         ("a", 0, "byo"), ("b", 2, "postgres"), ("c", 0, None), ("d", 0, "postgres")]
-    assert read_pool(store.sessionmaker) is read_pool(store.sessionmaker)
+    assert statement_pool(store.sessionmaker) is statement_pool(store.sessionmaker)
