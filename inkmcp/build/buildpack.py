@@ -33,10 +33,12 @@ projects, because whatever sits in a cache is installed into the next build that
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -51,11 +53,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from inkmcp.build.node_install import (  # noqa: F401 (node_install_command, _node_tool: re-exported, tests use them)
-    _node_tool,
-    node_install_command,
-    prepare_node,
-)
+from inkmcp.build import python_install as pyi
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
 from inkmcp.build.process import TenantSandbox, kill_process_group, spawn, write_pid_file
 from inkmcp.errors import BuildFailed
@@ -333,10 +331,16 @@ class RepoFiles:
         return list_beneath(self.anchor, self.rel)
 
 
-def dependency_hash(app_dir: Path | RepoFiles, python: str) -> str:
-    """Key of the virtualenv: dependency files + interpreter. Same key, same installed packages."""
+def dependency_hash(app_dir: Path | RepoFiles, python: str, how: str = "") -> str:
+    """Key of the virtualenv: dependency files (every lock file) + interpreter + how it is installed.
+
+    `how` names the installer and, when a build_command installs the dependencies itself, that command:
+    the same files installed another way are another venv.
+    """
     repo = app_dir if isinstance(app_dir, RepoFiles) else RepoFiles(app_dir)
     digest = hashlib.sha256(f"python={python}\n".encode())
+    if how:
+        digest.update(f"how={how}\n".encode())
     names = [*_DEP_FILES, *sorted(n for n in repo.names() if fnmatch.fnmatch(n, "requirements*.txt"))]
     for name in dict.fromkeys(names):
         data = repo.read(name)
@@ -394,17 +398,81 @@ async def _flock(path: Path) -> int:
             await asyncio.sleep(0.1)
 
 
+async def _write_as_tenant(runner: _Runner, path: Path, lines: list[str]) -> None:
+    """Write `lines` to `path` (inside the tenant's venv) as the tenant: root never writes into a tenant's tree."""
+    script = 'f=$1; shift; printf "%s\\n" "$@" > "$f"'
+    await runner.run(["/bin/sh", "-c", script, "sh", str(path), *lines], what=f"writing {path.name}",
+                     argument="repo_url", fix="retry the deployment")  # fmt: skip
+
+
+_FIX_DEPS = (
+    "fix the dependency list in the repo (names, versions, local paths; the log above shows the installer's "
+    "(uv's) error), or pass a build_command that installs the dependencies itself (e.g. 'pip install -r "
+    "requirements.txt'): a build_command that runs pip, uv, poetry or pipenv replaces this step"
+)
+
+
+async def _install(runner: _Runner, repo: RepoFiles, installer: pyi.Installer, install: list[str],
+                   venv: Path, uv: Path, cache: list[str]) -> None:  # fmt: skip
+    """Fill `venv` the way `installer` says (see inkmcp.build.python_install for each)."""
+    uv_env, flags = _pip_settings_for_uv(runner.env)
+    saved_env = runner.env
+    runner.env = {**runner.env, **uv_env}
+    what = f"installing the dependencies from {installer.file}"
+    reqs, cons = venv / "inkmcp-requirements.txt", venv / "inkmcp-constraints.txt"
+    try:
+        if installer.kind == "pip":
+            await runner.run([*install, *flags, "-r", "requirements.txt"],
+                             what="uv pip install -r requirements.txt", argument="repo_url", fix=_FIX_DEPS)  # fmt: skip
+        elif installer.kind == "pipenv":
+            locked = pyi.pipenv_install(repo)
+            if locked.requirements:
+                await _write_as_tenant(runner, reqs, locked.requirements)
+                await runner.run([*install, *flags, *locked.flags, "-r", str(reqs)], what=what,
+                                 argument="repo_url", fix=_FIX_DEPS)  # fmt: skip
+        elif installer.kind == "poetry":
+            locked = pyi.poetry_install(repo)
+            if locked.requirements:
+                await _write_as_tenant(runner, reqs, locked.requirements)
+                await _write_as_tenant(runner, cons, locked.constraints)
+                await runner.run([*install, *flags, *locked.flags, "-r", str(reqs), "-c", str(cons)], what=what,
+                                 argument="repo_url", fix=_FIX_DEPS)  # fmt: skip
+        elif installer.kind == "uv":
+            await runner.run([str(uv), "export", "--frozen", "--no-default-groups", "--no-emit-project",
+                              "--no-header", "--no-python-downloads", *cache, "-o", str(reqs)],
+                             what="uv export --frozen (reading uv.lock)", argument="repo_url",
+                             fix="run `uv lock` and commit uv.lock, or pass a build_command that installs the "
+                             "dependencies itself (e.g. 'uv sync --frozen')")  # fmt: skip
+            await runner.run([*install, *flags, "--no-deps", "-r", str(reqs)], what=what,
+                             argument="repo_url", fix=_FIX_DEPS)  # fmt: skip
+        elif installer.kind == "pyproject":
+            deps = _pyproject_dependencies(repo)
+            if deps:
+                await runner.run([*install, *flags, *deps], what="uv pip install (pyproject dependencies)",
+                                 argument="repo_url", fix=_FIX_DEPS)  # fmt: skip
+        elif installer.kind == "package":
+            await runner.run([*install, *flags, "."], what="uv pip install .", argument="repo_url", fix=_FIX_DEPS)
+        elif installer.kind in ("poetry-unlocked", "pipenv-unlocked"):
+            raise pyi.unlocked_error(installer)
+    finally:
+        runner.env = saved_env
+
+
 async def _python_deps(
     runner: _Runner, repo: RepoFiles, venv_root: Path, state_dir: Path, python: str,
     locate_uv: Callable[[], Path], cache_dir: Path | None,
+    installer: pyi.Installer | None = None, replaced_by: str | None = None,
 ) -> tuple[Path, bool]:
     """Create or reuse the venv for this dependency set; returns (venv dir, reused).
 
     The venv itself is made and filled by the tenant (runner) with uv (`locate_uv`, only called when
     a venv must be built: a reused venv needs no installer); InkMCP keeps the lock and the completion
-    marker in `state_dir`, a directory the tenant cannot write.
+    marker in `state_dir`, a directory the tenant cannot write. With `replaced_by` (a build_command
+    that installs the dependencies itself) the venv gets only pip and uv: the build command fills it
+    (on every build, into the reused venv, as Render and Heroku rerun theirs).
     """
-    key = dependency_hash(repo, python)
+    installer = installer or pyi.choose_installer(repo)
+    key = dependency_hash(repo, python, f"{installer.kind}\n{replaced_by or ''}")
     venv = venv_root / key
     marker = state_dir / f"venv-{key}.ok"
     lock_fd = await _flock(state_dir / f"venv-{key}.lock")
@@ -420,7 +488,7 @@ async def _python_deps(
         await runner.log(f"-> creating virtualenv {venv.name}")
         # The cache dir on the command line: it wins over any uv.toml / [tool.uv] the repo carries.
         cache = ["--cache-dir", str(cache_dir / "uv")] if cache_dir is not None else []
-        fix_env = f"the build server's Python ({python}) or uv is broken; report this to the operator"
+        fix_env = "the build server's Python or uv is broken; report this to the operator"
         await runner.run(
             [str(uv), "venv", "--no-python-downloads", "--python", python, *cache, str(venv)],
             what="creating the virtualenv (uv venv)", argument="repo_url", fix=fix_env,
@@ -431,29 +499,12 @@ async def _python_deps(
         if seeds:  # `pip` in the venv, as `python -m venv` gives it (build commands may call it)
             await runner.run([*install, "--offline", "--no-deps", *map(str, seeds)],
                              what="installing pip into the virtualenv", argument="repo_url", fix=fix_env)  # fmt: skip
-        uv_env, flags = _pip_settings_for_uv(runner.env)
-        saved_env = runner.env
-        runner.env = {**runner.env, **uv_env}
-        fix_deps = (
-            "fix the dependency list (names, versions, local paths) in the repo, or pass a "
-            "build_command; the log above shows the installer's (uv's) error"
-        )
-        try:
-            if repo.has("requirements.txt"):
-                await runner.run([*install, *flags, "-r", "requirements.txt"],
-                                 what="uv pip install -r requirements.txt", argument="repo_url",
-                                 fix=fix_deps)  # fmt: skip
-            elif repo.has("pyproject.toml") or repo.has("setup.py"):
-                deps = _pyproject_dependencies(repo) if repo.has("pyproject.toml") else None
-                if deps is None:
-                    # No PEP 621 metadata (e.g. Poetry-only): let the build backend resolve it.
-                    await runner.run([*install, *flags, "."], what="uv pip install .", argument="repo_url",
-                                     fix=fix_deps)  # fmt: skip
-                elif deps:
-                    await runner.run([*install, *flags, *deps], what="uv pip install (pyproject dependencies)",
-                                     argument="repo_url", fix=fix_deps)  # fmt: skip
-        finally:
-            runner.env = saved_env
+        if replaced_by is not None:
+            # `uv sync` / `uv pip install` in the build command: the pinned uv, from the venv's bin.
+            await runner.run(["/bin/ln", "-sfn", "--", str(uv), str(venv / "bin" / "uv")],
+                             what="linking uv into the virtualenv", argument="repo_url", fix=fix_env)  # fmt: skip
+        else:
+            await _install(runner, repo, installer, install, venv, uv, cache)
         await asyncio.to_thread(_write_marker, marker)
         return venv, False
     finally:
@@ -461,7 +512,117 @@ async def _python_deps(
 
 
 def _has_python_deps(repo: RepoFiles) -> bool:
-    return any(repo.has(f) for f in ("requirements.txt", "pyproject.toml", "setup.py"))
+    return pyi.has_python_deps(repo)
+
+
+def node_install_command(repo: RepoFiles) -> tuple[list[str], str | None]:
+    """The install command for a Node app, and a note for the log when a lock file cannot be honoured.
+
+    A lock file is installed exactly (`npm ci`, `--frozen-lockfile`): a build must not resolve other
+    versions than the ones the app was tested with. yarn and pnpm come from corepack (bundled with
+    Node) pinned to corepack's own known-good versions (COREPACK_DEFAULT_TO_LATEST=0: fetching
+    "latest" needs registry signatures corepack cannot always verify); when neither the tool nor
+    corepack is installed, npm installs from package.json and the log says the lock was not used.
+    """
+    if repo.has("package-lock.json") or repo.has("npm-shrinkwrap.json"):
+        return ["npm", "ci"], None
+    for lock, tool in (("pnpm-lock.yaml", "pnpm"), ("yarn.lock", "yarn")):
+        if not repo.has(lock):
+            continue
+        runner = _node_tool(tool)
+        if runner is None:
+            return ["npm", "install"], (
+                f"{lock} found, but neither {tool} nor corepack is installed on the build server: installing "
+                f"with npm from package.json (the lock file is not used; add a package-lock.json to pin versions)"
+            )
+        if tool == "pnpm":
+            return [*runner, "install", "--frozen-lockfile"], None
+        berry = repo.has(".yarnrc.yml") or _package_manager(repo).startswith(("yarn@2", "yarn@3", "yarn@4"))
+        return [*runner, "install", "--immutable" if berry else "--frozen-lockfile"], None
+    return ["npm", "install"], None
+
+
+def _node_tool(tool: str) -> list[str] | None:
+    """`tool` itself when installed on the build PATH, else `corepack tool`, else None."""
+    if shutil.which(tool, path=BASE_PATH):
+        return [tool]
+    if shutil.which("corepack", path=BASE_PATH):
+        return ["corepack", tool]
+    return None
+
+
+def _package_manager(repo: RepoFiles) -> str:
+    """package.json's `packageManager` field (e.g. "yarn@4.1.0+sha512..."), or ""."""
+    try:
+        value = json.loads(repo.read("package.json") or b"{}").get("packageManager", "")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+async def _pick_python(runner: _Runner, repo: RepoFiles, env: dict[str, str], installer: pyi.Installer,
+                       default: str, search_path: str | None) -> str:  # fmt: skip
+    """The interpreter for this build: `default` unless the repo asks for a version it does not have."""
+    request = await asyncio.to_thread(pyi.python_request, repo, env, installer)
+    if request is None:
+        return default
+    search = search_path if search_path is not None else pyi.PythonBuildSettings().search_path
+    available = await asyncio.to_thread(pyi.interpreters, default, search)
+    chosen = pyi.choose_interpreter(request, available)
+    if chosen is None:
+        error = pyi.version_unavailable(request, available)
+        await runner.log(f"!! {error.message}")
+        raise error
+    note = "" if request.version is None or request.version == chosen.version[: len(request.version)] else \
+        " (another patch release of the same minor version: patch releases are compatible)"  # fmt: skip
+    await runner.log(f"-> Python {chosen.shown}: {request.origin} asks for {request.text}{note}")
+    return chosen.path
+
+
+def _settings_text(repo: RepoFiles) -> str:
+    """The Django settings module's source (as named in manage.py), for advice on a failed collectstatic."""
+    manage = (repo.read("manage.py") or b"").decode(errors="replace")
+    match = re.search(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)['"]""", manage)
+    candidates = []
+    if match:
+        base = match[1].replace(".", "/")
+        candidates += [f"{base}.py", f"{base}/__init__.py", f"{base}/base.py", f"{base}/production.py"]
+    candidates += [f"{name}/settings.py" for name in repo.names()]
+    texts = [(repo.read(c) or b"").decode(errors="replace") for c in dict.fromkeys(candidates)]
+    return "\n".join(t for t in texts if t)
+
+
+async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) -> None:
+    """`manage.py collectstatic`; on failure the error quotes the exception it died with and answers it."""
+    if env.get("DISABLE_COLLECTSTATIC", "").strip().lower() in _TRUE:
+        await runner.log("-> DISABLE_COLLECTSTATIC is set: skipping python manage.py collectstatic")
+        return
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    log = runner.log
+
+    async def keep(line: str) -> None:
+        tail.append(line)
+        await log(line)
+
+    runner.log = keep
+    what = "python manage.py collectstatic --noinput"
+    try:
+        await runner.run(["python", "manage.py", "collectstatic", "--noinput"], what=what, argument="repo_url",
+                         fix="")  # fmt: skip
+    except BuildFailed as exc:
+        if not exc.message.startswith(f"{what} exited with"):
+            raise  # a limit (memory, processes) or the timeout: that error already says so
+        exception = pyi.last_exception(list(tail))
+        if exception is not None:
+            exception = exception.replace(str(runner.app_dir) + "/", "").replace(str(runner.app_dir), ".")
+            if venv := runner.env.get("VIRTUAL_ENV"):
+                exception = exception.replace(venv, "$VIRTUAL_ENV")
+        settings = await asyncio.to_thread(_settings_text, repo)
+        said = f": {exception}" if exception else " (the log above shows why)"
+        raise BuildFailed(f"{exc.message.rstrip('.')}{said}", argument="repo_url",
+                          fix=pyi.collectstatic_fix(exception, settings)) from None  # fmt: skip
+    finally:
+        runner.log = log
 
 
 def python_shim(shim_dir: Path, python: str) -> Path:
@@ -491,6 +652,7 @@ async def run_build(
     run_as: RunAs | None,
     timeout: float,
     python: str = "/usr/bin/python3",
+    python_search_path: str | None = None,
     cache_dir: Path | None = None,
     pid_dir: Path | None = None,
     state_dir: Path | None = None,
@@ -511,8 +673,13 @@ async def run_build(
     and default to inside `venv_root` only when build and InkMCP are the same user.
     `sandbox` confines every step (cgroup, private /tmp, rlimits; see inkmcp.build.process); by
     default steps only run as `run_as`.
+    `python` is the operator's interpreter, used unless the repo asks for another version
+    (`.python-version`, `runtime.txt`, `requires-python`, env PYTHON_VERSION) that one of the
+    interpreters in `python_search_path` (default: PythonBuildSettings, INKMCP_PYTHON_SEARCH_PATH) has.
+    A `build_command` that runs a Python installer (pip/uv/poetry/pipenv) replaces the dependency step.
     Raises BuildFailed naming the step; the caller attaches the log tail.
     """
+    default_python = python
     if run_as is not None and (state_dir is None or shim_dir is None):
         raise ValueError("state_dir and shim_dir are required when the build runs as another user")
     state_dir = state_dir or venv_root
@@ -524,39 +691,50 @@ async def run_build(
     runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir, sandbox)
     output = BuildOutput()
 
-    if plan.stack == Stack.python and not _has_python_deps(repo):
+    installer, replaced_by = pyi.Installer(kind="none", file=None), None
+    if plan.stack == Stack.python:
+        installer = await asyncio.to_thread(pyi.choose_installer, repo)
+        replaced_by = pyi.build_command_installs(plan.build_command)
+        python = await _pick_python(runner, repo, env, installer, python, python_search_path)
+    if plan.stack == Stack.python and installer.kind == "none" and replaced_by is None:
         # Nothing to install: no virtualenv (2-3 s per new service), just `python` on PATH.
         venv_root.mkdir(parents=True, exist_ok=True)
+        if python != default_python:  # another interpreter than the shared shim's: its own shim dir
+            shim_dir = shim_dir / f"py-{hashlib.sha256(python.encode()).hexdigest()[:12]}"
         shim = await asyncio.to_thread(python_shim, shim_dir, python)
         output.env = {"PATH": f"{shim}:{env.get('PATH', BASE_PATH)}"}
         runner.env = {**build_env, **output.env}
     elif plan.stack == Stack.python:
         venv_root.mkdir(parents=True, exist_ok=True)  # normally pre-created (and owned) by the caller
+        if replaced_by is not None:
+            await runner.log(f"-> build_command runs `{replaced_by}`: it installs the dependencies itself, so the "
+                             f"default install{f' from {installer.file}' if installer.file else ''} is skipped "
+                             "(the virtualenv is active for it: pip, uv, poetry and pipenv install into it)")
+        else:
+            await runner.log(f"-> {installer.describe()}")
         # As a tenant: the root-owned copy in shim_dir (root's, 0755) that the tenant can execute.
         locate = find_uv if run_as is None else lambda: tenant_uv(shim_dir, find_uv())
-        venv, reused = await _python_deps(runner, repo, venv_root, state_dir, python, locate, cache_dir)
+        venv, reused = await _python_deps(runner, repo, venv_root, state_dir, python, locate, cache_dir,
+                                          installer, replaced_by)  # fmt: skip
         venv_bin = str(venv / "bin")
         output.env = {"PATH": f"{venv_bin}:{env.get('PATH', BASE_PATH)}", "VIRTUAL_ENV": str(venv)}
         output.reused_venv = reused
         output.venv_dir = str(venv)
-        runner.env = {**build_env, **output.env}
+        # For a build_command's own installer: uv sync and poetry install target this venv, not ./.venv.
+        runner.env = {**build_env, **output.env, "UV_PROJECT_ENVIRONMENT": str(venv),
+                      "POETRY_VIRTUALENVS_CREATE": "false", "PIPENV_VERBOSITY": "-1"}  # fmt: skip
     elif plan.stack == Stack.node:
-        # Which node (engines.node) and which installer (lock file): inkmcp.build.node_install.
-        setup = await prepare_node(
-            repo, app_dir=app_dir, service_env=env, cache_dir=cache_dir, tools_dir=shim_dir.parent / "node",
-            log=runner.log, uv=find_uv,
-        )  # fmt: skip
-        runner.env = {**build_env, **setup.env}
-        if setup.note:
-            await runner.log(f"-> {setup.note}")
+        argv, note = node_install_command(repo)
+        if note:
+            await runner.log(f"-> {note}")
         await runner.run(
-            setup.install,
-            what=" ".join(setup.install),
+            argv,
+            what=" ".join(argv),
             argument="repo_url",
             fix="fix package.json and its lock file (run the same command locally to see the "
             "error), commit and push",
         )
-        output.env = dict(setup.env)
+        output.env = {"PATH": f"{app_dir / 'node_modules' / '.bin'}:{env.get('PATH', BASE_PATH)}"}
 
     if plan.build_command:
         await runner.shell(
@@ -566,11 +744,5 @@ async def run_build(
             fix="fix the build so that it succeeds locally, or pass a different build_command",
         )
     if plan.stack == Stack.python and plan.django:
-        await runner.run(
-            ["python", "manage.py", "collectstatic", "--noinput"],
-            what="python manage.py collectstatic --noinput",
-            argument="repo_url",
-            fix="set STATIC_ROOT in the Django settings (collectstatic needs it) and make sure the "
-            "settings import without errors",
-        )
+        await _collectstatic(runner, repo, env)
     return output
