@@ -389,6 +389,8 @@ def _guess_static_dir(files: _Files) -> str | None:
             return "build"
         if "next" in deps:
             return "out"
+        if "gatsby" in deps:
+            return "public"
         for candidate in STATIC_DIR_CANDIDATES:
             if (files.root / candidate / "index.html").is_file():
                 return candidate

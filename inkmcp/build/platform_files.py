@@ -39,6 +39,8 @@ What is taken from each file:
   `scripts.postdeploy` runs once at app creation on Heroku, not per deploy: it is reported in notes,
   not run. Its process types come from the Procfile; `buildpacks` are not used (the stack is detected).
 
+Commands lose an environment wrapper (`uv run`, `poetry run`, `pipenv run`, `rye run`, `pdm run`): the
+build installed the locked dependencies into the virtualenv on the process's PATH already.
 Build commands lose their dependency-install steps (`pip install -r ...`, `npm install`, `npm ci`,
 `yarn`, `poetry install`, ...): InkMCP's installer does that step from the lock file before the build
 command runs, and a second unpinned install would be slower and could differ.
@@ -228,9 +230,31 @@ class _RenderService(_Loose):
         return None  # redis, keyvalue, cron: not something deploy_app runs as a service
 
 
+class _RenderEnvironment(_Loose):
+    services: list[_RenderService] = Field(default_factory=list)
+    databases: list[Any] = Field(default_factory=list)
+
+
+class _RenderProject(_Loose):
+    environments: list[_RenderEnvironment] = Field(default_factory=list)
+
+
 class _RenderBlueprint(_Loose):
     services: list[_RenderService] = Field(default_factory=list)
     databases: list[Any] = Field(default_factory=list)
+    projects: list[_RenderProject] = Field(default_factory=list)  # newer blueprints: projects[].environments[]
+
+    def all_services(self) -> list[_RenderService]:
+        """Top-level and per-environment services, each name once (the first environment's wins)."""
+        seen: dict[str, _RenderService] = {}
+        nested = [s for p in self.projects for e in p.environments for s in e.services]
+        for svc in [*self.services, *nested]:
+            seen.setdefault(svc.name, svc)
+        return list(seen.values())
+
+    @property
+    def has_databases(self) -> bool:
+        return bool(self.databases) or any(e.databases for p in self.projects for e in p.environments)
 
 
 def _render_env(out: PlatformService, svc: _RenderService, by_name: dict[str, _RenderService]) -> None:
@@ -269,14 +293,15 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
         blueprint = _RenderBlueprint.model_validate(data)
     except ValidationError as exc:
         raise _describe(RENDER, exc) from None
-    if blueprint.databases:
+    services = blueprint.all_services()
+    if blueprint.has_databases:
         out.want("postgres")
-    if any(s.type in ("redis", "keyvalue") for s in blueprint.services):
+    if any(s.type in ("redis", "keyvalue") for s in services):
         out.want("redis")
-    runnable = [s for s in blueprint.services if s.kind is not None]
+    runnable = [s for s in services if s.kind is not None]
     if app_dir not in (None, "."):
         runnable = [s for s in runnable if _relative(RENDER, "rootDir", s.root_dir) == app_dir]
-    by_name = {s.name: s for s in blueprint.services}
+    by_name = {s.name: s for s in services}
     chosen = next((s for s in runnable if s.name == service_name), None)
     workers: list[_RenderService] = []
     if chosen is None:
@@ -559,4 +584,18 @@ def load_platform_files(checkout: Path, *, service_name: str, app_dir: str | Non
             _read_heroku(out, found[1])
     except BuildPlanError as exc:
         out.errors.append(exc)
+    out.start, out.build, out.release = (unwrap_runner(c) for c in (out.start, out.build, out.release))
+    out.workers = {name: unwrap_runner(c) or c for name, c in out.workers.items()}
     return out
+
+
+_RUNNER = re.compile(r"^(uv\s+run|poetry\s+run|pipenv\s+run|rye\s+run|pdm\s+run)\s+(?=[^-\s])")
+
+
+def unwrap_runner(command: str | None) -> str | None:
+    """`uv run uvicorn app:app` → `uvicorn app:app`: the wrapper would make (and fill, over the network) an
+    environment of its own at start time; InkMCP's build already installed the locked dependencies into the
+    virtualenv whose bin/ is on the process's PATH. Wrappers with options (`uv run --with x`) are kept."""
+    if command is None:
+        return None
+    return " && ".join(_RUNNER.sub("", part.strip()) for part in command.split("&&"))

@@ -14,7 +14,7 @@ import pytest
 
 from inkmcp.build.detect import derive_plan
 from inkmcp.build.plan import BuildPlan, ServiceType, Stack
-from inkmcp.build.platform_files import load_platform_files, strip_install_steps
+from inkmcp.build.platform_files import load_platform_files, strip_install_steps, unwrap_runner
 from inkmcp.errors import BuildPlanError
 
 from .conftest import write_files
@@ -734,3 +734,120 @@ def test_render_next_build_after_semicolon(tmp_path: Path) -> None:
         "yarn build",
         {"NODE_ENV": "production"},
     )
+
+
+# render-examples/logfire-pydantic render.yaml (HEAD of the fetched snapshot): the projects/environments form
+RENDER_LOGFIRE = """projects:
+  - name: logfire-render-demo
+    environments:
+      - name: production
+        # PostgreSQL database with pgvector extension
+        databases:
+          - name: logfire-render-db
+            databaseName: render_qa_db
+            user: render_qa_user
+            plan: basic-1gb
+            region: oregon
+            postgresMajorVersion: "17"
+
+        # Services in the production environment
+        services:
+          # Backend API (FastAPI + Pydantic AI + Logfire)
+          - type: web
+            name: logfire-render-api
+            runtime: python
+            plan: starter
+            region: oregon
+            buildCommand: uv sync --no-dev --frozen
+            startCommand: uv run uvicorn backend.main:app --host 0.0.0.0 --port $PORT
+            healthCheckPath: /health
+            envVars:
+              # API Keys (will prompt for values on first deploy)
+              - key: OPENAI_API_KEY
+                sync: false
+              - key: ANTHROPIC_API_KEY
+                sync: false
+              - key: LOGFIRE_TOKEN
+                sync: false
+              - key: LOGFIRE_READ_TOKEN
+                sync: false
+              # Database connection (auto-injected from database)
+              - key: DATABASE_URL
+                fromDatabase:
+                  name: logfire-render-db
+                  property: connectionString
+              # Pipeline configuration
+              - key: QUALITY_THRESHOLD
+                value: "85"
+              - key: ACCURACY_THRESHOLD
+                value: "70"
+              - key: MAX_ITERATIONS
+                value: "1"
+              - key: MAX_TOKENS
+                value: "2000"
+              # RAG configuration
+              - key: RAG_TOP_K
+                value: "20"
+              - key: SIMILARITY_THRESHOLD
+                value: "0.3"
+              - key: VERIFICATION_THRESHOLD
+                value: "0.30"
+              # Performance settings
+              - key: ENABLE_CACHING
+                value: "true"
+              - key: LOG_LEVEL
+                value: INFO
+
+          # Frontend (Next.js Static Site)
+          - type: web
+            runtime: static
+            name: logfire-render-frontend
+            rootDir: frontend
+            buildCommand: rm -rf node_modules/.cache .next out && npm ci && npm run build
+            staticPublishPath: out
+            pullRequestPreviewsEnabled: true
+            envVars:
+              # API URL - full public URL of the backend service
+              - key: NEXT_PUBLIC_API_URL
+                value: https://logfire-render-api-fqx1.onrender.com
+            routes:
+              - type: rewrite
+                source: /*
+                destination: /index.html
+
+"""
+
+
+def test_render_projects_form_and_uv_run(tmp_path: Path) -> None:
+    files = {"render.yaml": RENDER_LOGFIRE, "pyproject.toml": "[project]\nname='x'\ndependencies=['fastapi']\n",
+             "uv.lock": "", "frontend/package.json": json.dumps({"scripts": {"build": "next build"}})}  # fmt: skip
+    plan, kind = plan_for(tmp_path, files)
+    assert kind == ServiceType.webapp and plan.source == "render.yaml" and plan.wants == ("postgres",)
+    # `uv run` dropped: the build's virtualenv is on PATH; `uv sync` is the installer's job
+    assert plan.processes[0].command == "uvicorn backend.main:app --host 0.0.0.0 --port $PORT"
+    assert plan.build_command is None
+    assert plan.env_defaults["QUALITY_THRESHOLD"] == "85" and plan.env_defaults["LOG_LEVEL"] == "INFO"
+    assert "OPENAI_API_KEY" not in plan.env_defaults and "DATABASE_URL" not in plan.env_defaults
+    plan, kind = plan_for(tmp_path, {}, service_name="logfire-render-frontend")
+    assert kind == ServiceType.webapp_static
+    assert (plan.app_dir, plan.static_dir, plan.build_command, plan.stack) == (
+        "frontend",
+        "out",
+        "rm -rf node_modules/.cache .next out && npm run build",
+        Stack.node,
+    )
+    assert plan.env_defaults == {"NEXT_PUBLIC_API_URL": "https://logfire-render-api-fqx1.onrender.com"}
+
+
+@pytest.mark.parametrize(
+    ("command", "unwrapped"),
+    [
+        ("uv run gunicorn --bind=0.0.0.0:8080 app:app", "gunicorn --bind=0.0.0.0:8080 app:app"),
+        ("poetry run python manage.py migrate && poetry run gunicorn x.wsgi",
+         "python manage.py migrate && gunicorn x.wsgi"),
+        ("uv run --with rich python x.py", "uv run --with rich python x.py"),
+        ("npm run start", "npm run start"),
+    ],
+)  # fmt: skip
+def test_environment_wrappers_are_unwrapped(command: str, unwrapped: str) -> None:
+    assert unwrap_runner(command) == unwrapped
