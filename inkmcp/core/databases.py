@@ -9,7 +9,7 @@ every add-on wired. What the services get:
 * Postgres: DATABASE_URL and the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE (plus PGSSLMODE
   and the like when the URL carries those options), for apps that read those rather than DATABASE_URL;
 * Redis: REDIS_URL (`redis://<user>:<password>@host:port/0`, an ACL user of the project's own redis-server; see
-  providers/database/redis.py).
+  providers/database/redis.py), and REDIS_KEY_PREFIX when the operator uses a shared external Redis instead.
 
 A variable the agent sets itself (update_env_vars / env_vars) wins over the injected one (DeployService.effective_env
 applies these first). Both kinds count against the account's max_databases; bring-your-own Postgres does not.
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.core.limits import LimitDefaults, lock_account, reached
 from inkmcp.errors import InvalidArgument, ProviderError
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, DatabaseProvider, Tier
+from inkmcp.providers.database.redis import EXTERNAL_PROVIDER, key_prefix
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.models import Database, Project
 
@@ -103,9 +104,9 @@ class DatabaseInfo(BaseModel):
 
 def as_requested(provider: str) -> Literal["postgres", "byo", "redis"]:
     """What agents are shown of a database's provider: what they asked for, never which backend serves it."""
-    if provider in ("byo", "redis"):
-        return provider  # type: ignore[return-value]
-    return "postgres"
+    if provider == "byo":
+        return "byo"
+    return "redis" if provider.startswith("redis") else "postgres"
 
 
 def postgres_env(creds: DatabaseCredentials) -> dict[str, SecretStr]:
@@ -196,6 +197,8 @@ class DatabaseService:
                 env.update(postgres_env(creds))
             elif kind == "redis":
                 env["REDIS_URL"] = creds.url()
+                if row.provider == EXTERNAL_PROVIDER:  # a shared server: keys must carry the project's prefix
+                    env["REDIS_KEY_PREFIX"] = SecretStr(key_prefix(creds.user))
         return env
 
     async def ensure(self, project_id: uuid.UUID, req: DatabaseRequest) -> DatabaseInfo:

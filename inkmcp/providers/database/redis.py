@@ -26,6 +26,13 @@ it), with the few @dangerous commands apps use on their own data allowed back: I
 version), KEYS, FLUSHDB, FLUSHALL, SORT, SORT_RO, SWAPDB. The password is only in InkMCP's database (encrypted
 like Postgres credentials, see core.databases); the instance keeps its hash.
 
+Production alternative, `INKMCP_REDIS_URL`: an external Redis (7+) that InkMCP administers with an admin ACL user
+(ExternalRedisProvider). There a process per project is not possible, so each project gets an ACL user confined to
+keys and channels `ink_<project id hex>:*` (EXTERNAL_ACL_RULES, which also removes every command that would list,
+scan or watch other projects' keys or reach other dbs), and services get REDIS_KEY_PREFIX beside REDIS_URL: only
+apps that prefix their keys with it work there (most frameworks have a setting for it). Users are persisted with
+ACL SAVE (the server needs an `aclfile`) or else CONFIG REWRITE.
+
 Lifecycle: `provision` creates and starts an instance (a second provision of the same project gives it a new
 password, which is how a crash between creating and recording is recovered, as for Postgres); `start()` (at
 InkMCP start, before apps are restored) starts or adopts every instance on disk; `close()` stops those this
@@ -85,8 +92,17 @@ class RedisSettings(BaseSettings):
     )
     host: str = Field(
         default="127.0.0.1",
-        description="address every instance binds to, and the host in REDIS_URL (apps of the local provider run "
-        "on this machine, so loopback keeps Redis off the network)",
+        description="address every instance binds to (apps of the local provider run on this machine, so loopback "
+        "keeps Redis off the network)",
+    )
+    public_host: str | None = Field(
+        default=None, description="host in REDIS_URL when apps reach the instances by another name; default: host"
+    )
+    url: SecretStr | None = Field(
+        default=None,
+        description="redis:// (or rediss://) URL of an external Redis 7+ with an admin user, for production: "
+        "projects then get an ACL user confined to keys `<REDIS_KEY_PREFIX>*` on it instead of their own "
+        "redis-server (see the module docstring: apps must prefix their keys)",
     )
     port_min: int = Field(default=16400, ge=1024, le=65535, description="first port an instance may get")
     port_max: int = Field(default=16999, ge=1024, le=65535, description="last port an instance may get")
@@ -457,8 +473,8 @@ class RedisProvider:
             provider=self.name,
             tier=tier,
             external_id=ident,
-            credentials=DatabaseCredentials(host=self.settings.host, port=port, database="0", user=ident,
-                                            password=SecretStr(password), scheme="redis"),
+            credentials=DatabaseCredentials(host=self.settings.public_host or self.settings.host, port=port,
+                                            database="0", user=ident, password=SecretStr(password), scheme="redis"),
         )  # fmt: skip
 
     def _check_ours(self, external_id: str) -> str:
@@ -503,3 +519,142 @@ class RedisProvider:
         """Stop the instances this process started (adopted ones belong to whoever started them)."""
         if self._started:
             await asyncio.to_thread(self._stop, sorted(self._started))
+
+
+# ---------------------------------------------------------------------------------------- external server
+
+EXTERNAL_PROVIDER = "redis-external"
+EXTERNAL_ACL_RULES = (
+    "+@all -@admin -@dangerous "
+    # key names of other projects: SCAN/RANDOMKEY ignore key patterns, CLIENT TRACKING BCAST reports every change,
+    # PUBSUB CHANNELS lists everyone's channels; SELECT would reach dbs InkMCP does not clean up
+    "-scan -randomkey -dbsize -client|tracking -pubsub -select -move -copy "
+    # shared server state: functions and the script cache are global, SCRIPT/FUNCTION KILL stop others' scripts
+    "-function|load -function|delete -function|flush -function|restore -function|kill -script|flush -script|kill"
+)
+"""What a project's user may run on a shared server, beside its key and channel patterns."""
+
+
+def key_prefix(ident: str) -> str:
+    return f"{ident}:"
+
+
+class ExternalRedisProvider:
+    """DatabaseProvider (name "redis-external") of ACL users on one Redis InkMCP administers (INKMCP_REDIS_URL)."""
+
+    name = EXTERNAL_PROVIDER
+
+    def __init__(self, admin_url: SecretStr, *, public_host: str | None = None, connect_timeout_s: float = 5) -> None:
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(admin_url.get_secret_value())
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise InvalidArgument("is not a redis:// or rediss:// URL with a host", argument="INKMCP_REDIS_URL",
+                                  fix="set it to redis://ADMIN_USER:PASSWORD@HOST:6379/0, or unset it to run one "
+                                      "redis-server per project here")  # fmt: skip
+        self._host, self._port = parts.hostname, parts.port or 6379
+        self._tls = parts.scheme == "rediss"
+        self._user = unquote(parts.username) if parts.username else None
+        self._password = SecretStr(unquote(parts.password or ""))
+        self._db = int(parts.path.lstrip("/") or 0)
+        self.public_host = public_host or self._host
+        self.connect_timeout_s = connect_timeout_s
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"ExternalRedisProvider({self._host}:{self._port})"
+
+    async def _admin(self) -> RespConnection:
+        import ssl
+
+        try:
+            tls = ssl.create_default_context() if self._tls else None
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._host, self._port, ssl=tls), self.connect_timeout_s
+            )
+        except (OSError, TimeoutError) as e:
+            raise ProviderError(f"cannot reach the Redis server (INKMCP_REDIS_URL): {e}") from None
+        conn = RespConnection(reader, writer)
+        try:
+            password = self._password.get_secret_value()
+            auth = (self._user, password) if self._user else (password,)
+            if any(auth):
+                await conn.execute("AUTH", *auth)
+            await conn.execute("SELECT", self._db)
+        except RedisReplyError as e:
+            await conn.close()
+            raise ProviderError(f"the Redis server (INKMCP_REDIS_URL) refused InkMCP's admin login: {e}",
+                                fix="give INKMCP_REDIS_URL a user that may run ACL, SCAN and UNLINK") from None
+        return conn
+
+    async def _persist(self, conn: RespConnection) -> None:
+        """ACL SAVE when the server has an aclfile, else CONFIG REWRITE: users must outlive a server restart."""
+        try:
+            await conn.execute("ACL", "SAVE")
+        except RedisReplyError:
+            try:
+                await conn.execute("CONFIG", "REWRITE")
+            except RedisReplyError as e:
+                log.warning("external redis: project users are not persisted (no aclfile, CONFIG REWRITE: %s)", e)
+
+    async def provision(self, *, owner_slug: str, tier: Tier) -> DatabaseHandle:
+        tier = Tier(tier)
+        ident = database_name_for(owner_slug)
+        prefix = key_prefix(ident)
+        password = secrets.token_urlsafe(32)
+        async with self._lock:
+            conn = await self._admin()
+            try:
+                await conn.execute("ACL", "SETUSER", ident, "reset", "on", f">{password}", f"~{prefix}*",
+                                   f"&{prefix}*", *EXTERNAL_ACL_RULES.split(),
+                                   f"+select|{self._db}")  # clients that SELECT the URL's db explicitly  # fmt: skip
+                await self._persist(conn)
+            except RedisReplyError as e:
+                raise ProviderError(f"creating the Redis user {ident} failed: {e}") from None
+            finally:
+                await conn.close()
+        return DatabaseHandle(
+            provider=self.name,
+            tier=tier,
+            external_id=ident,
+            credentials=DatabaseCredentials(host=self.public_host, port=self._port, database=str(self._db),
+                                            user=ident, password=SecretStr(password),
+                                            scheme="rediss" if self._tls else "redis"),
+        )  # fmt: skip
+
+    async def drop(self, external_id: str) -> None:
+        """Delete the user (its connections are closed by the server) and every key under its prefix. Idempotent."""
+        if not external_id.startswith("ink_") or ":" in external_id or "*" in external_id:
+            raise InvalidArgument(f"{external_id!r} is not a Redis user this provider created",
+                                  argument="external_id", fix="pass the external_id returned by provision")
+        async with self._lock:
+            conn = await self._admin()
+            try:
+                await conn.execute("ACL", "DELUSER", external_id)
+                await self._persist(conn)
+                cursor: bytes = b"0"
+                while True:
+                    reply = await conn.execute("SCAN", cursor, "MATCH", f"{key_prefix(external_id)}*", "COUNT", 1000)
+                    cursor, keys = reply  # type: ignore[misc]
+                    if keys:
+                        await conn.execute("UNLINK", *keys)
+                    if cursor == b"0":
+                        break
+            except RedisReplyError as e:
+                raise ProviderError(f"deleting the Redis user {external_id} failed: {e}") from None
+            finally:
+                await conn.close()
+
+    async def start(self) -> list[str]:
+        """Nothing to start: the server is someone else's."""
+        return []
+
+    async def close(self) -> None:
+        """Nothing held: connections are opened per operation."""
+
+
+def build_redis_provider(base: Path, settings: RedisSettings) -> RedisProvider | ExternalRedisProvider:
+    """The external server when INKMCP_REDIS_URL is set, else one redis-server per project under `base`."""
+    if settings.url is not None:
+        return ExternalRedisProvider(settings.url, public_host=settings.public_host)
+    return RedisProvider(base, settings)
