@@ -38,7 +38,6 @@ import contextlib
 import fcntl
 import fnmatch
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -54,6 +53,11 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from inkmcp.build import python_install as pyi
+from inkmcp.build.node_install import (  # noqa: F401 (node_install_command, _node_tool: re-exported, tests use them)
+    _node_tool,
+    node_install_command,
+    prepare_node,
+)
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
 from inkmcp.build.process import TenantSandbox, kill_process_group, spawn, write_pid_file
 from inkmcp.errors import BuildFailed
@@ -515,55 +519,13 @@ def _has_python_deps(repo: RepoFiles) -> bool:
     return pyi.has_python_deps(repo)
 
 
-def node_install_command(repo: RepoFiles) -> tuple[list[str], str | None]:
-    """The install command for a Node app, and a note for the log when a lock file cannot be honoured.
-
-    A lock file is installed exactly (`npm ci`, `--frozen-lockfile`): a build must not resolve other
-    versions than the ones the app was tested with. yarn and pnpm come from corepack (bundled with
-    Node) pinned to corepack's own known-good versions (COREPACK_DEFAULT_TO_LATEST=0: fetching
-    "latest" needs registry signatures corepack cannot always verify); when neither the tool nor
-    corepack is installed, npm installs from package.json and the log says the lock was not used.
-    """
-    if repo.has("package-lock.json") or repo.has("npm-shrinkwrap.json"):
-        return ["npm", "ci"], None
-    for lock, tool in (("pnpm-lock.yaml", "pnpm"), ("yarn.lock", "yarn")):
-        if not repo.has(lock):
-            continue
-        runner = _node_tool(tool)
-        if runner is None:
-            return ["npm", "install"], (
-                f"{lock} found, but neither {tool} nor corepack is installed on the build server: installing "
-                f"with npm from package.json (the lock file is not used; add a package-lock.json to pin versions)"
-            )
-        if tool == "pnpm":
-            return [*runner, "install", "--frozen-lockfile"], None
-        berry = repo.has(".yarnrc.yml") or _package_manager(repo).startswith(("yarn@2", "yarn@3", "yarn@4"))
-        return [*runner, "install", "--immutable" if berry else "--frozen-lockfile"], None
-    return ["npm", "install"], None
-
-
-def _node_tool(tool: str) -> list[str] | None:
-    """`tool` itself when installed on the build PATH, else `corepack tool`, else None."""
-    if shutil.which(tool, path=BASE_PATH):
-        return [tool]
-    if shutil.which("corepack", path=BASE_PATH):
-        return ["corepack", tool]
-    return None
-
-
-def _package_manager(repo: RepoFiles) -> str:
-    """package.json's `packageManager` field (e.g. "yarn@4.1.0+sha512..."), or ""."""
-    try:
-        value = json.loads(repo.read("package.json") or b"{}").get("packageManager", "")
-    except (ValueError, AttributeError):
-        return ""
-    return value if isinstance(value, str) else ""
-
-
 async def _pick_python(runner: _Runner, repo: RepoFiles, env: dict[str, str], installer: pyi.Installer,
                        default: str, search_path: str | None) -> str:  # fmt: skip
     """The interpreter for this build: `default` unless the repo asks for a version it does not have."""
-    request = await asyncio.to_thread(pyi.python_request, repo, env, installer)
+    notes: list[str] = []
+    request = await asyncio.to_thread(pyi.python_request, repo, env, installer, notes)
+    for note in notes:
+        await runner.log(f"-> {note}")
     if request is None:
         return default
     search = search_path if search_path is not None else pyi.PythonBuildSettings().search_path
@@ -724,17 +686,22 @@ async def run_build(
         runner.env = {**build_env, **output.env, "UV_PROJECT_ENVIRONMENT": str(venv),
                       "POETRY_VIRTUALENVS_CREATE": "false", "PIPENV_VERBOSITY": "-1"}  # fmt: skip
     elif plan.stack == Stack.node:
-        argv, note = node_install_command(repo)
-        if note:
-            await runner.log(f"-> {note}")
+        # Which node (engines.node) and which installer (lock file): inkmcp.build.node_install.
+        setup = await prepare_node(
+            repo, app_dir=app_dir, service_env=env, cache_dir=cache_dir, tools_dir=shim_dir.parent / "node",
+            log=runner.log, uv=find_uv,
+        )  # fmt: skip
+        runner.env = {**build_env, **setup.env}
+        if setup.note:
+            await runner.log(f"-> {setup.note}")
         await runner.run(
-            argv,
-            what=" ".join(argv),
+            setup.install,
+            what=" ".join(setup.install),
             argument="repo_url",
             fix="fix package.json and its lock file (run the same command locally to see the "
             "error), commit and push",
         )
-        output.env = {"PATH": f"{app_dir / 'node_modules' / '.bin'}:{env.get('PATH', BASE_PATH)}"}
+        output.env = dict(setup.env)
 
     if plan.build_command:
         await runner.shell(

@@ -420,8 +420,13 @@ def _exact(origin: str, text: str, *, fix: str) -> PythonRequest:
     return PythonRequest(origin=origin, text=value, version=_vt(m[1]))
 
 
-def python_request(repo: Repo, env: dict[str, str], installer: Installer | None = None) -> PythonRequest | None:
-    """What the repo asks for (precedence in the module doc), or None when it does not say."""
+def python_request(repo: Repo, env: dict[str, str], installer: Installer | None = None,
+                   notes: list[str] | None = None) -> PythonRequest | None:  # fmt: skip
+    """What the repo asks for (precedence in the module doc), or None when it does not say.
+
+    A `.python-version` naming no CPython version (`system`, a pyenv virtualenv name, `pypy3.10`) is
+    a developer's local setting: it is skipped with a note in `notes` rather than failing the deploy.
+    """
     if env.get("PYTHON_VERSION", "").strip():
         return _exact("PYTHON_VERSION", env["PYTHON_VERSION"],
                       fix="pass env_vars PYTHON_VERSION as a version like '3.11', or unset it (null)")  # fmt: skip
@@ -429,9 +434,10 @@ def python_request(repo: Repo, env: dict[str, str], installer: Installer | None 
     if raw is not None:
         lines = [ln.strip() for ln in raw.decode(errors="replace").splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
-        if lines and lines[0] != "system":
-            return _exact(".python-version", lines[0],
-                          fix="write a version like 3.11 into .python-version (or delete the file), commit and push")
+        if lines and _VERSION_RE.fullmatch(lines[0]):
+            return _exact(".python-version", lines[0], fix="")
+        if lines and notes is not None:
+            notes.append(f".python-version says {lines[0][:40]!r}, not a CPython version: not used")
     raw = repo.read("runtime.txt")
     if raw is not None and raw.strip():
         return _exact("runtime.txt", raw.decode(errors="replace").strip(),

@@ -235,6 +235,16 @@ def test_version_requests_and_choice(tmp_path: Path) -> None:
     assert request({".python-version": "# pyenv\n3.12\n", "runtime.txt": "python-3.9"}).version == (3, 12)  # type: ignore[union-attr]
     assert request({".python-version": "3.12"}, {"PYTHON_VERSION": "3.11"}).origin == "PYTHON_VERSION"  # type: ignore[union-attr]
     assert request({"app.py": ""}) is None
+    notes: list[str] = []
+    app = tmp_path / "venvname"
+    write_files(app, {".python-version": "my-project-env\n", "runtime.txt": "python-3.10\n"})
+    asked = pyi.python_request(RepoFiles(app), {}, None, notes)
+    assert asked == pyi.PythonRequest("runtime.txt", "python-3.10", (3, 10))
+    assert notes == [".python-version says 'my-project-env', not a CPython version: not used"]
+    with pytest.raises(BuildFailed) as err:
+        request({"runtime.txt": "python-three"})
+    assert err.value.message.startswith("runtime.txt asks for Python 'python-three', which is not a version")
+    assert "python-3.11" in (err.value.fix or "")
     ranged = request({"pyproject.toml": "[tool.poetry.dependencies]\npython = '^3.9'\n"})
     assert ranged is not None and ranged.matches((3, 11, 2)) and not ranged.matches((4, 0, 0))
     pep = request({"pyproject.toml": "[project]\nrequires-python = '>= 3.8, !=3.11.*'\n"})
