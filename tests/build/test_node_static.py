@@ -25,7 +25,7 @@ import pytest
 from inkmcp.build import node_install, static_output
 from inkmcp.build.buildpack import BASE_PATH, run_build
 from inkmcp.build.node_install import NodeRange, RangeError, host_node_version, pick
-from inkmcp.build.plan import BuildPlan, Mode, ServiceType, Stack
+from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
 from inkmcp.build.static_output import fallback_page, is_dev_server, resolve
 from inkmcp.errors import BuildFailed
 from tests.local.conftest import (  # noqa: F401 (fixtures used by the provider tests below)
@@ -324,6 +324,7 @@ async def test_vite_app_serves_dist_with_spa_fallback(make_provider, checkouts, 
     assert (await get(provider, key, "/missing.js")).status_code == 404
 
 
+@pytest.mark.slow
 async def test_plain_build_script_output_wins_over_root_index(make_provider, checkouts, project_ids) -> None:  # noqa: F811
     """No framework: `node build.js` writes dist/; the root index.html is the source. No SPA fallback."""
     provider = await make_provider()
@@ -350,3 +351,27 @@ async def test_plain_build_script_output_wins_over_root_index(make_provider, che
 def test_static_server_argv_carries_the_fallback() -> None:
     argv = static_output.server_argv("/usr/bin/python3", Path("/srv/site"), 8123, "index.html")
     assert argv[:3] == ("/usr/bin/python3", "-I", "-c") and argv[-2:] == ("--fallback", "index.html")
+
+
+@pytest.mark.slow
+@requires("npm", HAS_NPM, "no node/npm on PATH (Debian's npm package)")
+async def test_engines_node_runs_the_app_on_the_matching_node(make_provider, checkouts, project_ids) -> None:  # noqa: F811
+    """Through the local provider (as root: built and run by the project's own user): the app's process runs
+    on the Node engines.node asked for, installed into the provider's shared tools dir."""
+    host = host_node_version()
+    assert host is not None
+    major = 22 if host[0] != 22 else 24
+    provider = await make_provider(health_timeout=30.0)
+    key = key_for(project_ids(), service="api")
+    server = ("require('http').createServer((q, s) => s.end(process.version + ' ' + process.execPath))"
+              ".listen(Number(process.env.PORT), '127.0.0.1');")  # fmt: skip
+    checkout = checkouts({
+        "package.json": json.dumps({"name": "api", "version": "1.0.0", "engines": {"node": f">={major} <{major + 1}"}}),
+        "server.js": server,
+    })  # fmt: skip
+    plan = BuildPlan(stack=Stack.node, source="call",
+                     processes=(ProcessSpec(name="web", command="node server.js", routed=True),))  # fmt: skip
+    await provider.release(request_for(key, checkout, plan), Events(), no_record)
+    version, exec_path = (await get(provider, key)).text.split(" ", 1)
+    assert version.startswith(f"v{major}.")
+    assert Path(exec_path).resolve().is_relative_to(provider.data_dir.resolve() / "node")

@@ -335,7 +335,7 @@ class LocalComputeProvider:
             # Served: what the build wrote (dist/ ahead of a root source index.html), unless static_dir was given.
             served = await asyncio.to_thread(
                 static_output.resolve, src, os.path.relpath(app_dir, src), plan.static_dir,
-                given=getattr(plan, "static_dir_given", False), built_since=build_started,
+                given=plan.static_dir_given, built_since=build_started,
             )  # fmt: skip
             if served != (plan.static_dir or "."):
                 build_log.write(f"[inkmcp] serving {served!r} (the build's output; planned: {plan.static_dir!r})")
