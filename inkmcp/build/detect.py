@@ -683,6 +683,7 @@ def derive_plan(
         mode=entry.mode if entry else None,
         static_dir_given=the_static_dir is not None and the_static_dir == wanted_static,
         env_defaults=platform.env_defaults,
+        env_links=platform.env_links,
         wants=tuple(platform.wants),
         notes=tuple(notes[:MAX_NOTES])
         + ((f"... and {len(notes) - MAX_NOTES} more",) if len(notes) > MAX_NOTES else ()),

@@ -69,6 +69,12 @@ class BuildPlan(BaseModel):
         description="non-secret env defaults from other platforms' files (render.yaml, fly.toml, app.json); the "
         "lowest-precedence env: any variable the agent or an add-on sets wins",
     )
+    env_links: dict[str, str] = Field(
+        default_factory=dict,
+        description="app env name -> the injected add-on variable it copies (CELERY_BROKER_URL -> REDIS_URL), from "
+        "render.yaml fromDatabase/fromService; applied only when that variable is injected and the agent did not "
+        "set the name",
+    )
     wants: tuple[str, ...] = Field(
         default=(), description="add-ons the repo's platform files expect (postgres, redis); a hint, never provisioned"
     )

@@ -23,7 +23,10 @@ What is taken from each file:
   (a static site), `type: worker` (a backend), `envVars[].value`; `databases:` and `fromDatabase` say the
   app wants Postgres, a `redis`/`keyvalue` service or `fromService` of that type says it wants Redis.
   Docker/image services (`runtime: docker|image`) give no command: we do not build images.
-  Which service matches `service_name`: the one with that `name`; else the only web service (then its
+  `fromDatabase` (property connectionString/host/port/user/password/database) and `fromService` of a Redis
+  become `env_links` (`CELERY_BROKER_URL` → `REDIS_URL`): the pipeline copies the add-on's injected value.
+  Which service matches `service_name`: the one with that `name`; else the only web service, or among
+  several the only one named web/app/api/server/backend/main (then its
   workers with the same rootDir join it as unrouted processes, like a Procfile's `worker:`); else the
   only static site; else the only worker (a backend). Several candidates (with commands) and no name
   match is an error naming them (argument service_name).
@@ -90,6 +93,8 @@ _INSTALL_STEP = re.compile(
 )
 
 Kind = Literal["web", "worker", "static"]
+# With several render.yaml web services and no name match, one named like the app itself is the app.
+_MAIN_NAMES = frozenset({"web", "app", "api", "server", "backend", "main"})
 
 
 @dataclass
@@ -110,6 +115,9 @@ class PlatformService:
     static_dir: str | None = None
     root_dir: str | None = None
     env_defaults: dict[str, str] = field(default_factory=dict)
+    env_links: dict[str, str] = field(default_factory=dict)
+    """App env name → the add-on variable it is a copy of (`CELERY_BROKER_URL` → `REDIS_URL`), from Render's
+    fromDatabase/fromService: set by the pipeline from the injected add-on env when the add-on exists."""
     wants: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[BuildPlanError] = field(default_factory=list)
@@ -257,6 +265,18 @@ class _RenderBlueprint(_Loose):
         return bool(self.databases) or any(e.databases for p in self.projects for e in p.environments)
 
 
+# Render's `fromDatabase.property` → the variable InkMCP's Postgres add-on injects (core/databases.py).
+_POSTGRES_PROPERTY = {
+    "connectionString": "DATABASE_URL", "host": "PGHOST", "port": "PGPORT", "user": "PGUSER",
+    "password": "PGPASSWORD", "database": "PGDATABASE",
+}  # fmt: skip
+
+
+def _link(out: PlatformService, key: str, injected: str) -> None:
+    if _ENV_KEY.match(key) and key not in _RESERVED_ENV and key != injected:
+        out.env_links.setdefault(key, injected)
+
+
 def _render_env(out: PlatformService, svc: _RenderService, by_name: dict[str, _RenderService]) -> None:
     for var in svc.env_vars:
         if not var.key:
@@ -264,12 +284,17 @@ def _render_env(out: PlatformService, svc: _RenderService, by_name: dict[str, _R
         key = var.key[:60]  # notes reach agents: bounded
         if var.from_database is not None:
             out.want("postgres")
+            injected = _POSTGRES_PROPERTY.get(str(var.from_database.get("property") or "connectionString"))
+            if injected:
+                _link(out, var.key, injected)
             out.notes.append(f"{RENDER}: {key} comes from a Render database: pass database={{'type': 'postgres'}}")
         elif var.from_service is not None:
             other = by_name.get(str(var.from_service.get("name")))
             kind = str(var.from_service.get("type") or (other.type if other else "")).lower()
             if kind in ("redis", "keyvalue"):
                 out.want("redis")
+                if str(var.from_service.get("property") or "connectionString") == "connectionString":
+                    _link(out, var.key, "REDIS_URL")
                 out.notes.append(f"{RENDER}: {key} comes from a Render Redis: pass database={{'type': 'redis'}}")
             else:
                 out.notes.append(f"{RENDER}: {key} comes from another Render service: pass it in env_vars")
@@ -307,6 +332,15 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
     if chosen is None:
         webs = [s for s in runnable if s.kind == "web"]
         statics = [s for s in runnable if s.kind == "static"]
+        main = [s for s in webs if s.name.lower() in _MAIN_NAMES]
+        if len(webs) > 1 and len(main) == 1:  # render-examples/celery: `app` (gunicorn) beside `flower`
+            out.notes.append(
+                f"{RENDER}: deploying service {main[0].name!r}; "
+                + ", ".join(
+                    f"deploy {s.name[:60]!r} with service_name={s.name[:60]!r}" for s in webs if s is not main[0]
+                )
+            )
+            webs = main
         if len(webs) == 1:
             chosen = webs[0]
             workers = [s for s in runnable if s.kind == "worker" and s.root_dir == chosen.root_dir]

@@ -376,12 +376,48 @@ def test_render_worker_chosen_by_name_is_a_backend(tmp_path: Path) -> None:
     ]
 
 
+def test_render_main_web_service_and_its_worker_in_one_call(tmp_path: Path) -> None:
+    """render-examples/celery: `app` (not `flower`) is the app; the worker joins it; the broker URL the app
+    reads is linked to the Redis add-on's REDIS_URL."""
+    plan, kind = plan_for(tmp_path, {"render.yaml": RENDER_CELERY, "requirements.txt": "celery\ngunicorn\n"})
+    assert kind == ServiceType.webapp
+    assert [(p.name, p.command, p.routed) for p in plan.processes] == [
+        ("web", "gunicorn app:app", True),
+        ("queue", "celery --app tasks worker --loglevel info --concurrency 4", False),
+    ]
+    assert plan.env_links == {"CELERY_BROKER_URL": "REDIS_URL"} and plan.wants == ("redis",)
+    assert any("service_name='flower'" in n for n in plan.notes)
+
+
 def test_render_several_web_services_need_a_name(tmp_path: Path) -> None:
+    blueprint = RENDER_CELERY.replace("name: app\n", "name: shop\n")
     with pytest.raises(BuildPlanError) as err:
-        plan_for(tmp_path, {"render.yaml": RENDER_CELERY, "requirements.txt": "celery\n"})
+        plan_for(tmp_path, {"render.yaml": blueprint, "requirements.txt": "celery\n"})
     assert err.value.argument == "service_name"
-    for name in ("queue (worker)", "app (web)", "flower (web)"):
+    for name in ("queue (worker)", "shop (web)", "flower (web)"):
         assert name in err.value.message
+
+
+def test_render_database_properties_are_linked(tmp_path: Path) -> None:
+    blueprint = """services:
+  - type: web
+    name: api
+    runtime: node
+    startCommand: node server.js
+    envVars:
+      - key: DB_URL
+        fromDatabase: {name: db, property: connectionString}
+      - key: DB_HOST
+        fromDatabase: {name: db, property: host}
+      - key: DATABASE_URL
+        fromDatabase: {name: db, property: connectionString}
+      - key: PORT
+        fromDatabase: {name: db, property: port}
+databases:
+  - name: db
+"""
+    plan, _ = plan_for(tmp_path, {"render.yaml": blueprint, "package.json": "{}"})
+    assert plan.env_links == {"DB_URL": "DATABASE_URL", "DB_HOST": "PGHOST"}  # PORT is InkMCP's own
 
 
 def test_render_web_service_takes_its_workers(tmp_path: Path) -> None:
