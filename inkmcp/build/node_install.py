@@ -12,7 +12,7 @@ yarn and pnpm come from corepack (bundled with Node up to 24), at the version pa
 settings make that work against the npm registry as it is reachable from build servers:
 - COREPACK_NPM_REGISTRY: yarn berry is otherwise downloaded from repo.yarnpkg.com, a second host that
   build servers often cannot reach; with it corepack takes `@yarnpkg/cli-dist` from the npm registry.
-- COREPACK_INTEGRITY_KEYS=0 unless `INKMCP_NODE_COREPACK_VERIFY_SIGNATURES=1`: corepack refuses a
+- COREPACK_INTEGRITY_KEYS=0 unless `INKMCP_NODEJS_COREPACK_VERIFY_SIGNATURES=1`: corepack refuses a
   package-manager version whose registry metadata carries no npm signature ("No compatible signature
   found"), and registry mirrors and caching proxies strip those (the registry this was built against
   does). The package manager is then trusted exactly as every dependency `npm ci` installs is: fetched
@@ -47,6 +47,7 @@ import os
 import platform
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -67,9 +68,9 @@ _INDEX_TTL = 600.0
 
 
 class NodeSettings(BaseSettings):
-    """How Node builds get their Node and package managers (env prefix INKMCP_NODE_)."""
+    """How Node builds get their Node and package managers (env prefix INKMCP_NODEJS_)."""
 
-    model_config = SettingsConfigDict(env_prefix="INKMCP_NODE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="INKMCP_NODEJS_", extra="ignore")
 
     tools_dir: Path | None = Field(
         default=None,
@@ -330,7 +331,8 @@ async def available_versions(settings: NodeSettings) -> dict[Version, str]:
     cached = _index_cache.get(url)
     if cached is not None and time.monotonic() - cached[0] < _INDEX_TTL:
         return cached[1]
-    async with httpx.AsyncClient(timeout=30, follow_redirects=True) as client:
+    # The machine's CA store (as uv and corepack use here), so an operator's private index or proxy CA works.
+    async with httpx.AsyncClient(timeout=30, follow_redirects=True, verify=ssl.create_default_context()) as client:
         resp = await client.get(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
         resp.raise_for_status()
         data = resp.json()
@@ -420,7 +422,7 @@ async def choose_node(repo: RepoReader, settings: NodeSettings, tools_dir: Path,
             argument="repo_url",
             fix="retry the deployment; if it persists, widen engines.node to include the server's Node "
             f"({'v' + _fmt(host) if host else 'none installed'}) or ask the operator to check "
-            "INKMCP_NODE_INDEX_URL",
+            "INKMCP_NODEJS_INDEX_URL",
         ) from None
     version = pick(range_, versions)
     if version is None:
@@ -569,7 +571,7 @@ async def prepare_node(
 ) -> NodeSetup:  # fmt: skip
     """Pick the Node (engines.node), install it if needed, and say how to install the app's dependencies.
 
-    `tools_dir` is used unless INKMCP_NODE_TOOLS_DIR names another; it must be writable by InkMCP only.
+    `tools_dir` is used unless INKMCP_NODEJS_TOOLS_DIR names another; it must be writable by InkMCP only.
     """
     settings = settings or NodeSettings()
     tools = settings.tools_dir or tools_dir
