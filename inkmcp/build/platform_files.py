@@ -63,6 +63,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inkmcp.build.manifest import read_repo_text
+from inkmcp.core.names import ENV_KEY, RESERVED_ENV
 from inkmcp.errors import BuildPlanError
 
 RENDER = "render.yaml"
@@ -74,10 +75,10 @@ PLATFORM_FILES = (RENDER, RAILWAY_JSON, RAILWAY_TOML, FLY, HEROKU)
 
 MAX_ENV_DEFAULTS = 200
 MAX_ENV_VALUE_BYTES = 32 * 1024
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
-# Set by InkMCP itself (see inkmcp.core.names.RESERVED_ENV); a platform file's PORT = "8080" is about
-# that platform's container, not about us.
-_RESERVED_ENV = frozenset({"PORT", "HOME", "PATH", "VIRTUAL_ENV", "INKMCP_DEPLOYMENT"})
+# The same rules as an agent's env_vars (inkmcp.core.names): a platform file's PORT = "8080" is about that
+# platform's container, and PATH/HOME/... are InkMCP's own.
+_ENV_KEY = ENV_KEY
+_RESERVED_ENV = RESERVED_ENV
 _INSTALL_STEP = re.compile(
     r"""^(
         (pip3?|python3?\s+-m\s+pip|uv\s+pip)\s+install\b.*
