@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -42,6 +41,7 @@ from inkmcp.build.manifest import Manifest, ServiceEntry, load_manifest, read_re
 from inkmcp.build.plan import BuildPlan, ProcessSpec, ServiceType, Stack
 from inkmcp.build.platform_files import PlatformService, load_platform_files
 from inkmcp.build.procfile import Procfile, load_procfile
+from inkmcp.build.static_output import is_dev_server
 from inkmcp.errors import BuildPlanError, InkError, InvalidArgument
 
 PYTHON_ENTRYPOINTS = ("app.py", "main.py", "server.py")
@@ -69,27 +69,6 @@ _ASSIGN = re.compile(r"^(?P<var>[A-Za-z_]\w*)\s*(?::\s*[\w.\[\], ]+)?=\s*(?P<cal
 _FACTORY_DEF = re.compile(r"^(?:async\s+)?def\s+(?P<name>" + "|".join(sorted(_FACTORIES)) + r")\s*\(", re.M)
 _REEXPORT = re.compile(r"^from\s+[\w.]+\s+import\s+(?:\(?[\w\s,]*?\b)?(?P<var>app|application)\b", re.M)
 _MAIN_GUARD = re.compile(r"""__name__\s*==\s*['"]__main__['"]""")
-
-# Dev servers a package.json `start` may run; a `build` script beside one makes a static site.
-_DEV_SERVER = re.compile(
-    r"(^|[\s;&|])(vite(?!\s+(build|preview))(\s|$)|react-scripts\s+start|vue-cli-service\s+serve|ng\s+serve|"
-    r"next\s+dev|nuxt\s+dev|nuxi\s+dev|gatsby\s+develop|astro\s+dev|webpack-dev-server|webpack\s+serve|"
-    r"parcel(?!\s+build)(\s|$)|svelte-kit\s+dev|ember\s+serve|react-app-rewired\s+start|craco\s+start)"
-)
-
-
-def _local_is_dev_server(command: str, package_json: dict[str, Any] | None) -> bool:
-    """Fallback until inkmcp.build.static_output.is_dev_server (H2) exists: the same question."""
-    del package_json
-    return bool(_DEV_SERVER.search(command))
-
-
-def _dev_server_check() -> Callable[[str, dict[str, Any] | None], bool]:
-    try:
-        from inkmcp.build.static_output import is_dev_server  # type: ignore[attr-defined]
-    except ImportError:
-        return _local_is_dev_server
-    return is_dev_server  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -354,7 +333,7 @@ def _detect_node_start(files: _Files) -> str | None:
     scripts = files.scripts
     is_next = "next" in files.node_deps
     start = scripts.get("start")
-    if start is not None and _dev_server_check()(start, package):
+    if start is not None and is_dev_server(start, package):
         if is_next:
             return "npx next start"  # built by `npm run build` (or `next build`) first; reads $PORT
         if "build" in scripts:
