@@ -691,7 +691,7 @@ async def run_build(
             repo, app_dir=app_dir, service_env=env, cache_dir=cache_dir, tools_dir=shim_dir.parent / "node",
             log=runner.log, uv=find_uv,
         )  # fmt: skip
-        runner.env = {**build_env, **setup.env}
+        runner.env = {**build_env, **setup.env, **setup.build_only}
         if setup.note:
             await runner.log(f"-> {setup.note}")
         await runner.run(

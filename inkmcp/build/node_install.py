@@ -51,7 +51,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -563,6 +563,8 @@ class NodeSetup:
     install: list[str]
     note: str | None
     choice: NodeChoice
+    build_only: dict[str, str] = field(default_factory=dict)
+    """env for the build steps only (not the app's processes)"""
 
 
 async def prepare_node(
@@ -589,4 +591,13 @@ async def prepare_node(
         # then fail at run time). The build already runs the repo's own commands in the tenant's
         # sandbox, so a dependency's script gets no more than that: keep running them, quietly.
         env["npm_config_dangerously_allow_all_scripts"] = "true"
-    return NodeSetup(env=env, install=install, note=note, choice=choice)
+    build_only: dict[str, str] = {}
+    deps = package_json(repo)
+    if "CI" not in service_env and any(
+        isinstance(deps.get(k), dict) and "react-scripts" in deps[k] for k in ("dependencies", "devDependencies")
+    ):
+        # The build env says CI=1 (non-interactive installers); Create React App reads it as "treat every
+        # lint warning as an error", which fails builds that pass on the developer's machine and on
+        # Heroku/Render. CI=false tells react-scripts (and ci-info) otherwise; the service env can set CI.
+        build_only["CI"] = "false"
+    return NodeSetup(env=env, install=install, note=note, choice=choice, build_only=build_only)

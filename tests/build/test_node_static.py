@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from inkmcp.build import node_install, static_output
-from inkmcp.build.buildpack import BASE_PATH, run_build
+from inkmcp.build.buildpack import BASE_PATH, RepoFiles, run_build
 from inkmcp.build.node_install import NodeRange, RangeError, host_node_version, pick
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
 from inkmcp.build.static_output import fallback_page, is_dev_server, resolve
@@ -375,3 +375,22 @@ async def test_engines_node_runs_the_app_on_the_matching_node(make_provider, che
     version, exec_path = (await get(provider, key)).text.split(" ", 1)
     assert version.startswith(f"v{major}.")
     assert Path(exec_path).resolve().is_relative_to(provider.data_dir.resolve() / "node")
+
+
+@requires("npm", HAS_NPM, "no node/npm on PATH (Debian's npm package)")
+async def test_create_react_app_builds_without_ci_warnings_as_errors(tmp_path: Path) -> None:
+    """CI=1 (the build env) makes react-scripts fail a build on any lint warning: CRA builds get CI=false,
+    only for the build, unless the service env sets CI itself."""
+    write_files(tmp_path, {"package.json": json.dumps({"dependencies": {"react-scripts": "5.0.1"}})})
+
+    async def setup(env: dict[str, str]) -> node_install.NodeSetup:
+        return await node_install.prepare_node(
+            RepoFiles(tmp_path), app_dir=tmp_path, service_env=env, cache_dir=None, tools_dir=tmp_path / "tools",
+            log=Log(), uv=lambda: Path("/nonexistent"),
+        )  # fmt: skip
+
+    cra = await setup({})
+    assert cra.build_only == {"CI": "false"} and "CI" not in cra.env  # the app's processes keep the service env's
+    assert (await setup({"CI": "true"})).build_only == {}
+    write_files(tmp_path, {"package.json": json.dumps({"devDependencies": {"vite": "5"}})})
+    assert (await setup({})).build_only == {}
