@@ -230,8 +230,7 @@ class Platform:
         except ProviderUnavailable as e:
             raise unavailable(e, "reading the logs") from None
         secrets = [v.get_secret_value() for v in (await self.deploys.effective_env(project.id, svc.id)).values()]
-        db = await self.databases.get(project.id)
-        if db:
+        for db in (await self.databases.addons(project.id)).values():  # Postgres and Redis passwords, bare too
             secrets += [db.password.get_secret_value(), db.url.get_secret_value()]
         lines, truncated = bound(redact(raw, secrets), tail)
         return LogsView(
