@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from types import SimpleNamespace
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.databases import as_requested
-from inkmcp.core.limits import AccountLimits, LimitDefaults, lock_account, reached
+from inkmcp.core.limits import OVERRIDE_COLUMNS, AccountLimits, LimitDefaults, effective, lock_account, reached
 from inkmcp.core.names import check_name, has_credentials, is_name, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.views import TERMINAL, ProjectView
 from inkmcp.errors import Conflict, NotFound
 from inkmcp.store.crypto import SecretBox
-from inkmcp.store.models import Deployment, Project, Service
+from inkmcp.store.models import Account, Deployment, Project, Service
 from inkmcp.store.statements import statement_pool
 
 LIST_LIMIT = 200
@@ -38,6 +39,19 @@ _LIST = (
     "WHERE p.account_id = %s ORDER BY p.name LIMIT %s"
 )
 SUGGESTION_TRIES = 8
+# deploy_app's advisory checks in one round trip: the name's owner, the account's limit columns, its project count,
+# the named project's service names (when the account owns it) and its deployments in progress.
+_PRECHECK = (
+    "SELECT a.name, a.max_projects, a.max_services_per_project, a.max_databases, a.max_concurrent_builds, "
+    "a.database_tiers, "
+    "(SELECT account_id FROM projects WHERE lower(name) = lower(%(name)s)), "
+    "(SELECT count(*) FROM projects WHERE account_id = a.id), "
+    "(SELECT array_agg(s.name) FROM services s JOIN projects p ON p.id = s.project_id "
+    " WHERE lower(p.name) = lower(%(name)s) AND p.account_id = a.id), "
+    "(SELECT count(*) FROM deployments d JOIN services s ON s.id = d.service_id "
+    " JOIN projects p ON p.id = s.project_id WHERE p.account_id = a.id AND d.status <> ALL(%(terminal)s)) "
+    "FROM accounts a WHERE a.id = %(account)s"
+)
 
 
 class ProjectService:
@@ -165,8 +179,7 @@ class ProjectService:
         ).first()
         if exists is not None:
             return
-        account_id = (await s.execute(select(Project.account_id).where(Project.id == project_id))).scalar_one()
-        limits = await lock_account(s, account_id, self.limits)
+        limits, _ = await self._lock_owner(s, project_id=project_id)
         count = (
             await s.execute(select(func.count()).select_from(Service).where(Service.project_id == project_id))
         ).scalar_one()
@@ -175,32 +188,45 @@ class ProjectService:
     async def check_build_quota(self, s: AsyncSession, service_id: uuid.UUID) -> None:
         """In the caller's transaction, before it inserts a deployment of `service_id`: refuse one more
         deployment in progress than the account's max_concurrent_builds. Locks the account row."""
-        account_id = (
-            await s.execute(
-                select(Project.account_id)
-                .join(Service, Service.project_id == Project.id)
-                .where(Service.id == service_id)
-            )
-        ).scalar_one()
-        limits = await lock_account(s, account_id, self.limits)
+        limits, account_id = await self._lock_owner(s, service_id=service_id)
         _refuse_more_builds(limits, await _builds_in_progress(s, account_id))
+
+    async def _lock_owner(
+        self, s: AsyncSession, *, project_id: uuid.UUID | None = None, service_id: uuid.UUID | None = None
+    ) -> tuple[AccountLimits, uuid.UUID]:
+        """core.limits.lock_account for the account owning the project or service `where` names, found and
+        locked in one statement (the count that follows must run after the lock, so it stays a statement of its
+        own: in READ COMMITTED, a count evaluated with the locking row would not see a concurrent insert)."""
+        query = select(Account).join(Project, Project.account_id == Account.id)
+        if service_id is not None:
+            query = query.join(Service, Service.project_id == Project.id).where(Service.id == service_id)
+        else:
+            query = query.where(Project.id == project_id)
+        # FOR NO KEY UPDATE OF accounts, as lock_account takes it (core.limits: why not FOR UPDATE)
+        account = (await s.execute(query.with_for_update(of=Account, key_share=True))).scalar_one_or_none()
+        if account is None:
+            raise NotFound("the account no longer exists.", argument="account", fix="ask the operator for a new key")
+        return effective(account, self.limits), account.id
 
     async def precheck_deploy(self, p: Principal, project_name: str, service_name: str) -> None:
         """Cheap checks before deploy_app fetches and builds anything: name taken, and limits that
-        are already reached. Advisory only; the transactional checks above decide."""
-        await self.check_available(p, project_name)
-        async with self._sessions() as s:
-            limits = await lock_account(s, p.account_id, self.limits, lock=False)
-            project = (await s.execute(self._by_name(project_name))).scalar_one_or_none()
-            if project is None:
-                _refuse_more_projects(limits, await _project_count(s, p.account_id))
-            else:
-                names = set(
-                    (await s.execute(select(Service.name).where(Service.project_id == project.id))).scalars()
-                )
-                if service_name not in names:
-                    _refuse_more_services(limits, len(names))
-            _refuse_more_builds(limits, await _builds_in_progress(s, p.account_id))
+        are already reached. Advisory only; the transactional checks above decide. One prepared statement
+        (_PRECHECK) on the statement pool: it runs on every deploy_app call."""
+        rows = await statement_pool(self._sessions).fetch(
+            _PRECHECK, {"name": project_name, "account": p.account_id, "terminal": sorted(TERMINAL)}
+        )
+        if not rows:
+            raise NotFound("the account no longer exists.", argument="account", fix="ask the operator for a new key")
+        name, *columns, owner, projects, services, builds = rows[0]
+        if owner is not None and owner != p.account_id:
+            await self.check_available(p, project_name)  # raises the Conflict with a free suggestion
+        limits = effective(SimpleNamespace(name=name, **dict(zip(OVERRIDE_COLUMNS, columns, strict=True))),  # type: ignore[arg-type]
+                           self.limits)  # fmt: skip
+        if owner is None:
+            _refuse_more_projects(limits, projects)
+        elif service_name not in (services or ()):
+            _refuse_more_services(limits, len(services or ()))
+        _refuse_more_builds(limits, builds)
 
     # ------------------------------------------------------ repo URL secrecy
     def seal_repo_url(self, repo_url: str) -> tuple[str, bytes | None]:
