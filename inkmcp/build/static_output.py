@@ -38,7 +38,7 @@ from inkmcp.safefs import _open_dir_beneath, is_dir_beneath, read_beneath
 
 _DEV_SERVER = re.compile(
     r"(?:^|[\s;&|()])(?:npx\s+|pnpm\s+(?:exec\s+)?|yarn\s+)?(?:"
-    r"vite(?:\s+(?:dev|serve))?(?=\s|$)(?!\s+(?:build|preview|optimize))"
+    r"vite(?:\s+(?:dev|serve|preview))?(?=\s|$)(?!\s+(?:build|optimize))|astro\s+preview"
     r"|react-scripts\s+start|react-app-rewired\s+start|craco\s+start"
     r"|vue-cli-service\s+serve|ng\s+serve|next\s+dev|gatsby\s+develop|astro\s+dev"
     r"|nuxt\s+dev|nuxi\s+dev|svelte-kit\s+dev|ember\s+serve|webpack\s+serve|webpack-dev-server"
@@ -49,7 +49,9 @@ _RUN_SCRIPT = re.compile(r"^(?:npm|pnpm|yarn|bun)\s+(?:run\s+|run-script\s+)?(?P
 
 
 def is_dev_server(command: str, package_json: dict[str, Any] | None) -> bool:
-    """True when `command` starts a development server (hot reload, unoptimised bundles).
+    """True when `command` starts a development server (hot reload, unoptimised bundles), or a preview
+    server of the build (`vite preview`, `astro preview`: they serve the same files as the static site,
+    but on their own port and with a warning that they are not for production).
 
     `command` is a start command or a package.json script body. `npm start`, `yarn dev`, `pnpm run
     start` are looked up in package_json["scripts"] first (one level: `start` -> `vite`).

@@ -99,9 +99,9 @@ def test_pick_prefers_a_final_release_over_an_rc_only_upload() -> None:
     ("react-scripts start", True), ("vite", True), ("vite dev --port 3000", True), ("vite --host", True),
     ("vue-cli-service serve", True), ("ng serve", True), ("next dev", True), ("gatsby develop", True),
     ("astro dev", True), ("npx vite", True), ("webpack serve --mode development", True), ("parcel index.html", True),
-    ("vite build", False), ("vite preview", False), ("next start", False), ("node server.js", False),
+    ("vite build", False), ("vite preview", True), ("next start", False), ("node server.js", False),
     ("react-scripts build", False), ("parcel build index.html", False), ("serve -s build", False),
-    ("npm start", True), ("npm run dev", True), ("yarn serve", False), ("pnpm start", True), ("npm run prod", False),
+    ("npm start", True), ("npm run dev", True), ("yarn serve", True), ("pnpm start", True), ("npm run prod", False),
 ])  # fmt: skip
 def test_is_dev_server(command: str, dev: bool) -> None:
     package = {"scripts": {"start": "react-scripts start", "dev": "npm run vite", "vite": "vite",
@@ -201,7 +201,7 @@ _PRINT_MS = "node -e \"process.stdout.write(require('ms/package.json').version)\
     ("yarn", "$ corepack yarn install --frozen-lockfile", _PRINT_MS),  # packageManager yarn@1.22.22
     ("pnpm", "$ corepack pnpm install --frozen-lockfile", _PRINT_MS),  # packageManager pnpm@9.15.0
     ("berry", "$ corepack yarn install --immutable", "corepack " + _PRINT_MS.replace("node -e", "yarn node -e")),
-])  # fmt: skip
+], ids=["npm", "yarn-classic", "pnpm", "yarn-berry"])  # fmt: skip
 async def test_lock_file_installs_the_locked_version(tmp_path: Path, fixture: str, command: str, show: str) -> None:
     app, cache = tmp_path / "app", tmp_path / "cache"
     shutil.copytree(LOCKS / fixture, app)
