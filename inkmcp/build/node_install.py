@@ -340,7 +340,7 @@ async def available_versions(settings: NodeSettings) -> dict[Version, str]:
     out: dict[Version, str] = {}
     for f in data.get("files", []):
         name = f.get("filename", "")
-        if not (name.endswith(".whl") and "linux" in name and arch in name) or f.get("yanked"):
+        if not (name.endswith(".whl") and "manylinux" in name and arch in name) or f.get("yanked"):
             continue
         package_version = name.split("-")[1]
         version = parse_version(package_version)
@@ -519,7 +519,7 @@ async def install_node(package_version: str, tools_dir: Path, settings: NodeSett
         uv_bin = await asyncio.to_thread(uv)
         argv = [str(uv_bin), "pip", "install", "--no-config", "--quiet", "--target", str(tmp), "--no-deps",
                 "--only-binary", ":all:", "--index-url", settings.index_url,
-                "--cache-dir", str(tools_dir / ".uv-cache"), f"{WHEEL_PACKAGE}=={package_version}"]  # fmt: skip
+                "--no-cache", f"{WHEEL_PACKAGE}=={package_version}"]  # fmt: skip (the unpacked copy is the cache)
         env = {"PATH": BASE_PATH, "HOME": str(tools_dir), "LANG": "C.UTF-8", "UV_SYSTEM_CERTS": "1",
                "UV_NO_PROGRESS": "1"}  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
