@@ -161,6 +161,21 @@ _LIVE_SQL = """
     RETURNING deployment_id
 """
 
+def _compose_env(
+    injected: Mapping[str, SecretStr], values: Mapping[str, SecretStr], plan: BuildPlan | None = None
+) -> dict[str, SecretStr]:
+    """Lowest first: the repo's env defaults (platform files: non-secret), the add-ons' variables, the variables
+    the repo links to an add-on's (render.yaml `fromDatabase`: CELERY_BROKER_URL -> REDIS_URL), the agent's."""
+    env: dict[str, SecretStr] = {}
+    if plan is not None:
+        env.update((k, SecretStr(v)) for k, v in plan.env_defaults.items())
+    env.update(injected)
+    if plan is not None:
+        env.update((name, injected[var]) for name, var in plan.env_links.items() if var in injected)
+    env.update(values)
+    return env
+
+
 ProgressSink = Callable[[str], Awaitable[None]]
 HISTORY_SHOWN = 12  # results stay small; the full history is in deployment_events
 PLAN_CACHE_SIZE = 512
@@ -483,16 +498,27 @@ class DeployService:
             return service_id, created is not None
 
     async def effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
-        """What the service's processes get: the add-ons' variables (DATABASE_URL, ...), then project-wide, then
-        service values (so a value the agent set wins over an injected one)."""
-        env: dict[str, SecretStr] = {}
-        # two independent reads, side by side (each is a round trip on its own connection)
+        """What the agent and the add-ons set for the service: the add-ons' variables (DATABASE_URL, ...), then
+        project-wide, then service values (so a value the agent set wins over an injected one). Its keyed hash is
+        the env revision; a release adds its plan's repo defaults and links on top (`_env_of`)."""
+        return _compose_env(*await self._env_parts(project_id, service_id))
+
+    async def _env_parts(
+        self, project_id: uuid.UUID, service_id: uuid.UUID
+    ) -> tuple[dict[str, SecretStr], dict[str, SecretStr]]:
+        """(the add-ons' variables, the agent's values): two independent reads, side by side."""
         injected, values = await asyncio.gather(
             self._databases.env_for(project_id), self._envs.resolve(project_id, service_id)
         )
-        env.update(injected)
-        env.update(values)
-        return env
+        return injected, values
+
+    async def _env_of(
+        self, project_id: uuid.UUID, service_id: uuid.UUID, plan: BuildPlan | None
+    ) -> tuple[dict[str, SecretStr], str]:
+        """The env a release of `plan` runs with, and its revision (that of `effective_env`: the repo's defaults
+        and links are a function of the commit and of the add-ons' values, so they never make it stale)."""
+        injected, values = await self._env_parts(project_id, service_id)
+        return _compose_env(injected, values, plan), self.env_revision(_compose_env(injected, values))
 
     async def _reusable(self, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
         async with self._sessions() as s:
@@ -706,16 +732,17 @@ class DeployService:
 
     async def _release_spec(self, dep: Deployment, svc: Service, project: Project) -> ReleaseSpec:
         resources = svc.settings.get("resources") if svc.settings else None
-        env = await self.effective_env(project.id, svc.id)
+        plan = BuildPlan.model_validate(dep.plan)
+        env, revision = await self._env_of(project.id, svc.id, plan)
         return ReleaseSpec(
             deployment_id=str(dep.id),
             key=self.key_of(svc, project),
             service_type=ServiceType(svc.service_type),
             mode=Mode(svc.mode),
-            plan=BuildPlan.model_validate(dep.plan),
+            plan=plan,
             commit=dep.commit or "",
             env=env,
-            env_revision=self.env_revision(env),
+            env_revision=revision,
             resources=Resources.model_validate(resources) if resources else Resources(),
         )
 
@@ -1014,6 +1041,11 @@ class DeployService:
         )
 
     # ------------------------------------------------------- env & lifecycle
+    async def _plan_of(self, deployment_id: uuid.UUID) -> BuildPlan | None:
+        async with self._sessions() as s:
+            plan = (await s.execute(select(Deployment.plan).where(Deployment.id == deployment_id))).scalar()
+        return BuildPlan.model_validate(plan) if plan else None
+
     async def apply_env(self, project: Project, services: list[Service]) -> EnvApplied:
         """Push the effective env to each live service and say what happened to each (`EnvApplied`).
 
@@ -1024,7 +1056,7 @@ class DeployService:
         for svc in services:
             if svc.live_deployment_id is None:
                 continue
-            env = await self.effective_env(project.id, svc.id)
+            env, revision = await self._env_of(project.id, svc.id, await self._plan_of(svc.live_deployment_id))
             # The ref is read and rewritten under the service's ref-switch lock: a drain's switch (another
             # process) waits for this change and then sees its ref, instead of being overwritten by the old one.
             async with hold_ref_switch(self._sessions, svc.id):
@@ -1034,9 +1066,7 @@ class DeployService:
                     continue
                 record = self._recorder(svc.live_deployment_id, svc.id, project.id)
                 try:
-                    change = await self._compute.update_env(
-                        self.key_of(fresh, project), env, self.env_revision(env), record
-                    )
+                    change = await self._compute.update_env(self.key_of(fresh, project), env, revision, record)
                 except ReleaseFailed as e:
                     done.failed[svc.name] = f"{e.step.value}: {e.reason}"
                     continue

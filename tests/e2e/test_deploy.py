@@ -411,3 +411,55 @@ async def test_env_update_that_breaks_the_app_changes_nothing(server: ServerProc
         env = await call(s, "list_env_vars", project_name="picky", service_name="web", reveal=True)
         assert env["env"] == {"MODE": "a"}
         assert via_proxy(server, dep["url"]).text == before  # the same process still serves
+
+
+RENDER_ENV_APP = {
+    "render.yaml": """services:
+  - type: web
+    name: envecho
+    runtime: python
+    startCommand: python app.py
+    envVars:
+      - key: FLAVOUR
+        value: vanilla
+      - key: TOPPING
+        value: sprinkles
+      - key: DB_CONN
+        fromDatabase:
+          name: envdb
+          property: connectionString
+databases:
+  - name: envdb
+""",
+    "app.py": """import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        e = os.environ
+        body = json.dumps({"FLAVOUR": e.get("FLAVOUR"), "TOPPING": e.get("TOPPING"),
+                           "linked": bool(e.get("DB_CONN")) and e.get("DB_CONN") == e.get("DATABASE_URL"),
+                           "PGDATABASE": e.get("PGDATABASE") is not None}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+""",
+}
+
+
+async def test_platform_file_env_defaults_and_links_sit_below_what_the_agent_sets(
+    server: ServerProc, repos: Path
+) -> None:
+    """render.yaml's `value` defaults and its `fromDatabase` link reach the app; the agent's own values win, at the
+    deploy and after update_env_vars (which restarts with the live deployment's defaults and links kept)."""
+    repo = git_repo(repos / "render-env", RENDER_ENV_APP)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), database={"type": "postgres"}, env_vars={"TOPPING": "agent"})
+        seen = via_proxy(server, dep["url"]).json()
+        assert seen == {"FLAVOUR": "vanilla", "TOPPING": "agent", "linked": True, "PGDATABASE": seen["PGDATABASE"]}
+        await call(s, "update_env_vars", project_name="render-env", env_vars={"FLAVOUR": "chocolate"})
+        await wait_env_applied(s, "render-env")
+        after = via_proxy(server, dep["url"]).json()
+        assert after["FLAVOUR"] == "chocolate" and after["TOPPING"] == "agent" and after["linked"] is True
+        env = await call(s, "list_env_vars", project_name="render-env", service_name="web", reveal=True)
+        assert env["env"] == {"TOPPING": "agent", "FLAVOUR": "chocolate"}  # repo defaults are not stored as env
