@@ -26,6 +26,8 @@ that node builds and runs the app. Otherwise the newest matching Node from the `
 packages on PyPI (official Node builds, wheels for manylinux x86_64/aarch64) is installed once per
 version into a tools directory and put first on PATH for the build and for the app's processes. No
 match: the build fails naming engines.node, the versions there are and how to change the range.
+Without engines.node, `.node-version` / `.nvmrc` are a softer preference (a developer's local setting,
+which Heroku ignores): by major version, honoured when installable, else the server's Node and a log line.
 
 Where those Node versions live: one root-owned directory per version (`<tools_dir>/<version>/`, 0755,
 shared read-only by every tenant), installed by InkMCP itself, never by tenant code. Sharing is safe
@@ -397,6 +399,9 @@ async def choose_node(repo: RepoReader, settings: NodeSettings, tools_dir: Path,
     wanted = engines_node(repo)
     host = await asyncio.to_thread(host_node_version)
     if wanted is None and host is not None:
+        hint = version_file(repo)
+        if hint is not None:
+            return await _soft_choice(hint, host, settings, tools_dir, log, uv)
         return NodeChoice(host, None, "the server's Node (package.json sets no engines.node)")
     try:
         range_ = NodeRange.parse(wanted or "*")
@@ -436,6 +441,58 @@ async def choose_node(repo: RepoReader, settings: NodeSettings, tools_dir: Path,
         )
     bin_dir = await install_node(versions[version], tools_dir, settings, log, uv)
     return NodeChoice(version, bin_dir, f"engines.node {wanted!r}")
+
+
+_LTS = {"argon": 4, "boron": 6, "carbon": 8, "dubnium": 10, "erbium": 12, "fermium": 14, "gallium": 16,
+        "hydrogen": 18, "iron": 20, "jod": 22, "krypton": 24}  # fmt: skip
+
+
+def version_file(repo: RepoReader) -> tuple[str, str] | None:
+    """(file, range) from `.node-version` or `.nvmrc`, as a major-version preference: `v20.11.0` and `20`
+    mean "20.x", `lts/iron` means "20.x"; a range (`>=20`) stays; `lts/*`, `node`, `stable` say nothing."""
+    for name in (".node-version", ".nvmrc"):
+        raw = repo.read(name)
+        if raw is None:
+            continue
+        text = raw.decode(errors="replace").strip().splitlines()[0].strip() if raw.strip() else ""
+        text = text.split("#", 1)[0].strip()
+        if text.lower().startswith("lts/"):
+            major = _LTS.get(text[4:].lower())
+            return (name, f"{major}.x") if major else None
+        if re.fullmatch(r"v?\d+(\.\d+){0,2}", text):
+            return name, f"{text.removeprefix('v').split('.')[0]}.x"
+        if text and re.search(r"\d", text):
+            return name, text
+        return None
+    return None
+
+
+async def _soft_choice(hint: tuple[str, str], host: Version, settings: NodeSettings, tools_dir: Path, log: LogSink,
+                       uv: Callable[[], Path]) -> NodeChoice:  # fmt: skip
+    """`.nvmrc` / `.node-version` are a developer's local preference, not a requirement (Heroku ignores
+    them): honoured when the server's Node matches or a matching one is installable, otherwise the build
+    goes on with the server's Node and the log says so (never fails the build, unlike engines.node)."""
+    name, text = hint
+    try:
+        range_ = NodeRange.parse(text)
+    except RangeError:
+        return NodeChoice(host, None, f"the server's Node ({name} {text!r} is not a version or range)")
+    if range_.satisfied_by(host):
+        return NodeChoice(host, None, f"the server's Node v{_fmt(host)} matches {name} ({text})")
+    installed = await asyncio.to_thread(installed_versions, tools_dir)
+    have = pick(range_, installed)
+    if have is not None:
+        return NodeChoice(have, tools_dir / installed[have] / "bin", f"{name} asks for {text}")
+    try:
+        versions = await available_versions(settings)
+    except (httpx.HTTPError, ValueError):
+        versions = {}
+    version = pick(range_, versions)
+    if version is None:
+        return NodeChoice(host, None, f"the server's Node: {name} asks for {text}, which is not installable here "
+                                      "(set package.json engines.node to require a version)")  # fmt: skip
+    bin_dir = await install_node(versions[version], tools_dir, settings, log, uv)
+    return NodeChoice(version, bin_dir, f"{name} asks for {text}")
 
 
 async def _flock(path: Path, deadline: float) -> int:

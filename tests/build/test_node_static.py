@@ -394,3 +394,36 @@ async def test_create_react_app_builds_without_ci_warnings_as_errors(tmp_path: P
     assert (await setup({"CI": "true"})).build_only == {}
     write_files(tmp_path, {"package.json": json.dumps({"devDependencies": {"vite": "5"}})})
     assert (await setup({})).build_only == {}
+
+
+@pytest.mark.slow
+@requires("npm", HAS_NPM, "no node/npm on PATH (Debian's npm package)")
+async def test_nvmrc_is_a_preference_honoured_when_installable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """.nvmrc without engines.node: a matching Node already in the tools dir builds the app; an .nvmrc nothing
+    matches does not fail the build (the server's Node builds it and the log says why)."""
+    host = host_node_version()
+    assert host is not None
+    other = 22 if host[0] != 22 else 24
+    shims = tmp_path / "shims" / "bin"
+    fake = shims.parent / "node" / f"{other}.99.0"  # a finished install (marker) whose node says who it is
+    write_files(fake, {"bin/node": f"#!/bin/sh\necho v{other}.99.0\n", ".complete": f"{other}.99.0\n"})
+    (fake / "bin" / "node").chmod(0o755)
+
+    async def index(settings: node_install.NodeSettings) -> dict[tuple[int, int, int], str]:
+        return {(20, 18, 0): "20.18.0", (22, 20, 0): "22.20.0", (24, 19, 0): "24.19.0"}
+
+    monkeypatch.setattr(node_install, "available_versions", index)
+    app = tmp_path / "app"
+    write_files(app, {"package.json": "{}", ".nvmrc": f"v{other}.3.1\n"})
+    plan = BuildPlan(stack=Stack.none, source="call", build_command="node --version > v.txt")
+    log = Log()
+    out = await run_build(plan.model_copy(update={"stack": Stack.node}), app, venv_root=tmp_path / "v", env={},
+                          log=log, run_as=None, timeout=120, shim_dir=shims)  # fmt: skip
+    assert (app / "v.txt").read_text().strip() == f"v{other}.99.0" and f".nvmrc asks for {other}.x" in log.text
+    assert out.env["PATH"].split(":")[1] == str(fake / "bin")
+    write_files(app, {".nvmrc": "16\n"})
+    log = Log()
+    await run_build(plan.model_copy(update={"stack": Stack.node}), app, venv_root=tmp_path / "v", env={},
+                    log=log, run_as=None, timeout=120, shim_dir=shims)  # fmt: skip
+    assert (app / "v.txt").read_text().strip() == f"v{'.'.join(map(str, host))}"
+    assert ".nvmrc asks for 16.x, which is not installable here" in log.text
