@@ -53,6 +53,12 @@ LIBPQ_OPTIONS = {
 """URL query options that have a libpq environment variable, so PG* alone connects as DATABASE_URL does."""
 
 
+NOT_SECRET = frozenset({"PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSSLMODE", "PGCONNECT_TIMEOUT",
+                        "PGTARGETSESSIONATTRS", "PGAPPNAME", "PGCHANNELBINDING", "REDIS_KEY_PREFIX"})  # fmt: skip
+"""Injected variables whose values are not secrets: log redaction skips them, or every `127.0.0.1` and port
+number in an app's logs would read [REDACTED] (the passwords and URLs holding them stay redacted)."""
+
+
 def kind_of(requested: str) -> Kind:
     return "redis" if requested == "redis" else "postgres"
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.accounts import AccountService, LimitOverrides
 from inkmcp.core.audit import AuditLog
-from inkmcp.core.databases import DatabaseInfo, DatabaseRequest, DatabaseService
+from inkmcp.core.databases import NOT_SECRET, DatabaseInfo, DatabaseRequest, DatabaseService
 from inkmcp.core.deployments import DeployRequest, DeployService, ProgressSink, unavailable
 from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
 from inkmcp.core.limits import AccountLimits
@@ -229,7 +229,8 @@ class Platform:
             )  # fmt: skip
         except ProviderUnavailable as e:
             raise unavailable(e, "reading the logs") from None
-        secrets = [v.get_secret_value() for v in (await self.deploys.effective_env(project.id, svc.id)).values()]
+        env = await self.deploys.effective_env(project.id, svc.id)
+        secrets = [v.get_secret_value() for k, v in env.items() if k not in NOT_SECRET]  # PGHOST=127.0.0.1 is not
         for db in (await self.databases.addons(project.id)).values():  # Postgres and Redis passwords, bare too
             secrets += [db.password.get_secret_value(), db.url.get_secret_value()]
         lines, truncated = bound(redact(raw, secrets), tail)
