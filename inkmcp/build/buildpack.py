@@ -47,7 +47,7 @@ import stat
 import sys
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -554,11 +554,13 @@ def _settings_text(repo: RepoFiles) -> str:
     return "\n".join(t for t in texts if t)
 
 
-async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) -> None:
-    """`manage.py collectstatic`; on failure the error quotes the exception it died with and answers it."""
-    if env.get("DISABLE_COLLECTSTATIC", "").strip().lower() in _TRUE:
-        await runner.log("-> DISABLE_COLLECTSTATIC is set: skipping python manage.py collectstatic")
-        return
+@contextlib.asynccontextmanager
+async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncIterator[None]:
+    """Run a step whose failure should quote the Python exception it died with (a traceback's last line).
+
+    Only "exited with N" failures are rewritten: a limit or the timeout already says what happened.
+    A Django static files exception gets the collectstatic advice, wherever it was raised.
+    """
     tail: collections.deque[str] = collections.deque(maxlen=400)
     log = runner.log
 
@@ -567,24 +569,37 @@ async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) 
         await log(line)
 
     runner.log = keep
-    what = "python manage.py collectstatic --noinput"
     try:
-        await runner.run(["python", "manage.py", "collectstatic", "--noinput"], what=what, argument="repo_url",
-                         fix="")  # fmt: skip
+        yield
     except BuildFailed as exc:
-        if not exc.message.startswith(f"{what} exited with"):
-            raise  # a limit (memory, processes) or the timeout: that error already says so
+        if " exited with " not in exc.message:
+            raise
         exception = pyi.last_exception(list(tail))
-        if exception is not None:
-            exception = exception.replace(str(runner.app_dir) + "/", "").replace(str(runner.app_dir), ".")
-            if venv := runner.env.get("VIRTUAL_ENV"):
-                exception = exception.replace(venv, "$VIRTUAL_ENV")
-        settings = await asyncio.to_thread(_settings_text, repo)
-        said = f": {exception}" if exception else " (the log above shows why)"
-        raise BuildFailed(f"{exc.message.rstrip('.')}{said}", argument="repo_url",
-                          fix=pyi.collectstatic_fix(exception, settings)) from None  # fmt: skip
+        if exception is None:
+            raise
+        exception = exception.replace(str(runner.app_dir) + "/", "./").replace(str(runner.app_dir), ".")
+        if venv := runner.env.get("VIRTUAL_ENV"):
+            exception = exception.replace(venv, "$VIRTUAL_ENV")
+        fix = exc.fix
+        if step == "collectstatic" or "STATIC_ROOT" in exception or "staticfiles" in exception:
+            settings = await asyncio.to_thread(_settings_text, repo)
+            fix = pyi.collectstatic_fix(exception, settings, in_build_command=step == "build_command")
+        else:
+            fix = pyi.build_exception_fix(exception) or fix
+        raise BuildFailed(f"{exc.message.rstrip('.')}: {exception}", argument=exc.argument, fix=fix) from None
     finally:
         runner.log = log
+
+
+async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) -> None:
+    """`manage.py collectstatic`; on failure the error quotes the exception it died with and answers it."""
+    if env.get("DISABLE_COLLECTSTATIC", "").strip().lower() in _TRUE:
+        await runner.log("-> DISABLE_COLLECTSTATIC is set: skipping python manage.py collectstatic")
+        return
+    async with _failure_quoted(runner, repo, "collectstatic"):
+        await runner.run(["python", "manage.py", "collectstatic", "--noinput"],
+                         what="python manage.py collectstatic --noinput", argument="repo_url",
+                         fix=pyi.collectstatic_fix(None, ""))  # fmt: skip
 
 
 def python_shim(shim_dir: Path, python: str) -> Path:
@@ -656,7 +671,7 @@ async def run_build(
     installer, replaced_by = pyi.Installer(kind="none", file=None), None
     if plan.stack == Stack.python:
         installer = await asyncio.to_thread(pyi.choose_installer, repo)
-        replaced_by = pyi.build_command_installs(plan.build_command)
+        replaced_by = pyi.build_command_installs(plan.build_command, repo.read)
         python = await _pick_python(runner, repo, env, installer, python, python_search_path)
     if plan.stack == Stack.python and installer.kind == "none" and replaced_by is None:
         # Nothing to install: no virtualenv (2-3 s per new service), just `python` on PATH.
@@ -669,7 +684,7 @@ async def run_build(
     elif plan.stack == Stack.python:
         venv_root.mkdir(parents=True, exist_ok=True)  # normally pre-created (and owned) by the caller
         if replaced_by is not None:
-            await runner.log(f"-> build_command runs `{replaced_by}`: it installs the dependencies itself, so the "
+            await runner.log(f"-> build_command runs {replaced_by}: it installs the dependencies itself, so the "
                              f"default install{f' from {installer.file}' if installer.file else ''} is skipped "
                              "(the virtualenv is active for it: pip, uv, poetry and pipenv install into it)")
         else:
@@ -704,12 +719,13 @@ async def run_build(
         output.env = dict(setup.env)
 
     if plan.build_command:
-        await runner.shell(
-            plan.build_command,
-            what=f"build command {plan.build_command!r}",
-            argument="build_command",
-            fix="fix the build so that it succeeds locally, or pass a different build_command",
-        )
+        async with _failure_quoted(runner, repo, "build_command"):
+            await runner.shell(
+                plan.build_command,
+                what=f"build command {plan.build_command!r}",
+                argument="build_command",
+                fix="fix the build so that it succeeds locally, or pass a different build_command",
+            )
     if plan.stack == Stack.python and plan.django:
         await _collectstatic(runner, repo, env)
     return output

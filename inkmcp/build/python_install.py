@@ -38,7 +38,7 @@ import re
 import stat
 import subprocess
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -313,17 +313,31 @@ _INSTALLER_RE = re.compile(
 )
 
 
-def build_command_installs(command: str | None) -> str | None:
+_SCRIPT_RE = re.compile(r"^\s*(?:(?:ba|da)?sh\s+)?(\./)?([\w./-]+\.sh|bin/[\w.-]+|scripts?/[\w./-]+)\b")
+
+
+def build_command_installs(command: str | None, read: Callable[[str], bytes | None] | None = None) -> str | None:
     """The installer call inside a build_command (`pip install ...`, `poetry install`...), or None.
 
     Rule (documented on deploy_app's build_command): a build_command that runs a Python package
     installer replaces the default dependency step — like Render's build command, it is the whole build.
-    Any other build_command runs after the default install.
+    Any other build_command runs after the default install. A build_command that runs a script of the
+    repo (`./build.sh`, `bash bin/build`: Render's examples do) counts by what the script runs.
     """
     if not command:
         return None
     match = _INSTALLER_RE.search(command)
-    return " ".join(match[0].split()) if match else None
+    if match:
+        return f"`{' '.join(match[0].split())}`"
+    script = _SCRIPT_RE.match(command)
+    if script and read is not None and ".." not in script[2]:
+        body = read(script[2])
+        lines = (body or b"").decode(errors="replace").splitlines()
+        code = "\n".join(ln.split("#", 1)[0] for ln in lines)
+        inner = _INSTALLER_RE.search(code)
+        if inner:
+            return f"`{' '.join(inner[0].split())}` (in {script[2]})"
+    return None
 
 
 # --- Python version ----------------------------------------------------------------------------
@@ -585,7 +599,7 @@ def last_exception(lines: Sequence[str]) -> str | None:
     Management commands that raise CommandError print only `CommandError: message`.
     """
     start = max((i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")), default=None)
-    candidates = lines[start + 1:] if start is not None else lines
+    candidates = lines[start + 1:] if start is not None else lines[-15:]  # no traceback: only the very end
     for line in candidates if start is not None else reversed(candidates):
         if start is not None and (line.startswith((" ", "\t")) or not line.strip()):
             continue
@@ -610,31 +624,67 @@ def _guards_of(text: str, setting: str) -> list[str]:
         for prev in reversed(lines[:i]):
             p_indent = len(prev) - len(prev.lstrip())
             if prev.strip() and p_indent < indent:
-                if re.match(r"\s*(if|elif)\b", prev) and ("environ" in prev or "getenv" in prev):
-                    names += re.findall(_ENV_NAME, prev)
+                if re.match(r"\s*(if|elif)\b", prev):
+                    if "environ" in prev or "getenv" in prev:
+                        names += re.findall(_ENV_NAME, prev)
+                    # One step of indirection: `DEBUG = 'RENDER' not in os.environ` ... `if not DEBUG:`.
+                    for var in re.findall(r"\b([A-Z][A-Z0-9_]+)\b", prev):
+                        for assign in re.findall(rf"^{var}\s*=(.*)$", text, re.M):
+                            if "environ" in assign or "getenv" in assign:
+                                names += re.findall(_ENV_NAME, assign)
                 break
     return list(dict.fromkeys(names))
 
 
-def collectstatic_fix(exception: str | None, settings_text: str) -> str:
-    """Advice that addresses the exception collectstatic died with."""
+def _env_advice(var: str) -> str:
+    """How to give the build an env var it lacks: an add-on for the database variables, env_vars otherwise."""
+    if var == "DATABASE_URL" or var in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"):
+        return (f"pass database={{'type': 'postgres'}}: it sets DATABASE_URL and the PG* variables ({var} "
+                "included) for the build and the app")
+    if var == "REDIS_URL":
+        return "pass database={'type': 'redis'}: it sets REDIS_URL for the build and the app"
+    return f"pass env_vars {{'{var}': '...'}}, or give it a default in the settings"
+
+
+def collectstatic_fix(exception: str | None, settings_text: str, *, in_build_command: bool = False) -> str:
+    """Advice that addresses the exception collectstatic (ours, or the build command's) died with."""
     exc = exception or ""
-    skip = "or pass env_vars {'DISABLE_COLLECTSTATIC': '1'} to skip collectstatic"
+    skip = ("or pass a build_command without collectstatic" if in_build_command
+            else "or pass env_vars {'DISABLE_COLLECTSTATIC': '1'} to skip collectstatic")  # fmt: skip
     if "STATIC_ROOT" in exc:
         guards = _guards_of(settings_text, "STATIC_ROOT")
         advice = ("set STATIC_ROOT unconditionally in the Django settings (e.g. STATIC_ROOT = BASE_DIR / "
                   "'staticfiles')")
         if guards:
             var = guards[0]
+            related = [n for n in dict.fromkeys(re.findall(_ENV_NAME, settings_text)) if n.startswith(f"{var}_")]
+            also = (f"; the settings also read {', '.join(related[:3])}: pass {'them' if len(related) > 1 else 'it'}"
+                    " too (e.g. the app's host name)") if related else ""  # fmt: skip
             advice = (f"the settings set STATIC_ROOT only when the env var {var} is set: set STATIC_ROOT "
                       f"unconditionally (e.g. STATIC_ROOT = BASE_DIR / 'staticfiles'), or pass env_vars "
-                      f"{{'{var}': 'true'}} (that also turns on whatever else the settings do under {var})")
+                      f"{{'{var}': 'true'}} (that also turns on whatever else the settings do under {var}{also})")
         return f"{advice}; {skip}"
     if m := re.search(r"No module named '([\w.]+)'", exc):
         return (f"the settings import {m[1]!r}, which is not installed: add its package to the dependency file "
                 f"(requirements.txt / pyproject.toml / lock file), commit and push; {skip}")
     m = re.match(r"KeyError: '([A-Z][A-Z0-9_]*)'", exc) or re.search(r"\b([A-Z][A-Z0-9_]{2,}) (?:setting|env)", exc)
     if m:
-        return (f"the settings need {m[1]} at build time: pass env_vars {{'{m[1]}': '...'}}, or give it a default "
-                f"in the settings; {skip}")
+        return f"the settings need {m[1]} at build time: {_env_advice(m[1])}; {skip}"
+    if exception is None:
+        return ("set STATIC_ROOT in the Django settings (collectstatic needs it) and make sure the settings import "
+                f"without errors (the build log shows collectstatic's error); {skip}")
     return f"fix the exception quoted above in the Django settings or the static files setup; {skip}"
+
+
+def build_exception_fix(exception: str) -> str | None:
+    """Advice for a build_command that died with `exception`, when the exception says what is missing."""
+    if re.search(r"OperationalError|could not connect|Connection refused|DATABASE_URL", exception):
+        return ("the build connects to a database (e.g. `manage.py migrate` in the build command): pass "
+                "database={'type': 'postgres'} so DATABASE_URL is set for the build, or run migrations as a release "
+                "command (Procfile `release:` line) instead of in the build_command")
+    if m := re.search(r"No module named '([\w.]+)'", exception):
+        return (f"the build imports {m[1]!r}, which is not installed: add its package to the dependency file "
+                "(requirements.txt / pyproject.toml / lock file), or install it in the build_command")
+    if m := re.match(r"KeyError: '([A-Z][A-Z0-9_]*)'", exception):
+        return f"the build reads the env var {m[1]}: {_env_advice(m[1])}"
+    return None

@@ -183,15 +183,23 @@ def test_poetry_requirements_from_both_layouts() -> None:
 # --- build_command replaces the default install -----------------------------------------------------------
 
 
-def test_build_command_installs_detection() -> None:
-    assert pyi.build_command_installs("pip install -r requirements.txt && ./manage.py migrate") == "pip install"
-    assert pyi.build_command_installs("python3 -m pip install .") == "python3 -m pip install"
-    assert pyi.build_command_installs("pip install poetry && poetry install --only main") == "pip install"
-    assert pyi.build_command_installs("uv sync --frozen") == "uv sync"
-    assert pyi.build_command_installs("pipenv   sync") == "pipenv sync"
+def test_build_command_installs_detection(tmp_path: Path) -> None:
+    assert pyi.build_command_installs("pip install -r requirements.txt && ./manage.py migrate") == "`pip install`"
+    assert pyi.build_command_installs("python3 -m pip install .") == "`python3 -m pip install`"
+    assert pyi.build_command_installs("pip install poetry && poetry install --only main") == "`pip install`"
+    assert pyi.build_command_installs("uv sync --frozen") == "`uv sync`"
+    assert pyi.build_command_installs("pipenv   sync") == "`pipenv sync`"
     assert pyi.build_command_installs("python manage.py collectstatic") is None
     assert pyi.build_command_installs("npm install && npm run build") is None
     assert pyi.build_command_installs(None) is None
+    # Render's examples: buildCommand "./build.sh", the script installs. Comments do not count.
+    write_files(tmp_path, {"build.sh": "#!/bin/sh\n# use pip install or poetry\npoetry install --no-root\n",
+                           "bin/build": "# pip install x\necho hi\n"})  # fmt: skip
+    read = RepoFiles(tmp_path).read
+    assert pyi.build_command_installs("./build.sh", read) == "`poetry install` (in build.sh)"
+    assert pyi.build_command_installs("bash build.sh", read) == "`poetry install` (in build.sh)"
+    assert pyi.build_command_installs("bin/build", read) is None
+    assert pyi.build_command_installs("./missing.sh", read) is None
 
 
 @pytest.mark.slow
@@ -388,3 +396,33 @@ def test_last_exception_reading() -> None:
     assert "not installed" in pyi.collectstatic_fix("ModuleNotFoundError: No module named 'whitenoise'", "")
     guarded = "import os\nif os.environ.get('RENDER'):\n    DEBUG = False\n    STATIC_ROOT = 'x'\n"
     assert "{'RENDER': 'true'}" in pyi.collectstatic_fix("ImproperlyConfigured: ... STATIC_ROOT setting ...", guarded)
+
+
+async def test_build_command_failure_quotes_the_exception_and_says_what_is_missing(tmp_path: Path) -> None:
+    """A build_command (a repo script, as Render's examples have) dies in Python: the error quotes the
+    exception, without this server's paths, and answers it (a database the build needs)."""
+    app = tmp_path / "app"
+    write_files(app, {"requirements.txt": "", "build.sh": (
+        "set -e\npython -c \"import os, sys; sys.path.insert(0, os.getcwd()); import migrate\"\n"),
+        "migrate.py": "import os\nraise ConnectionRefusedError(\n"
+                      "    f'OperationalError: connection to {os.getcwd()}/db refused')\n",
+    })  # fmt: skip
+    with pytest.raises(BuildFailed) as err:
+        await build(app, tmp_path, plan=python_plan(build_command="sh build.sh"))
+    e = err.value
+    assert e.argument == "build_command"
+    assert e.message == ("build command 'sh build.sh' exited with 1: ConnectionRefusedError: OperationalError: "
+                         "connection to ./db refused")  # fmt: skip
+    assert "database={'type': 'postgres'}" in (e.fix or "")
+    assert str(tmp_path) not in e.render()
+
+
+def test_static_root_guard_behind_a_setting() -> None:
+    """Render's Django example: `DEBUG = 'RENDER' not in os.environ` ... `if not DEBUG: STATIC_ROOT = ...`."""
+    settings = ("import os\nDEBUG = 'RENDER' not in os.environ\nHOST = os.environ.get('RENDER_EXTERNAL_HOSTNAME')\n"
+                "if not DEBUG:\n    STATIC_ROOT = os.path.join(BASE_DIR, 'staticfiles')\n")  # fmt: skip
+    fix = pyi.collectstatic_fix("django.core.exceptions.ImproperlyConfigured: ... STATIC_ROOT setting ...", settings,
+                                in_build_command=True)  # fmt: skip
+    assert "only when the env var RENDER is set" in fix and "{'RENDER': 'true'}" in fix
+    assert "RENDER_EXTERNAL_HOSTNAME" in fix and fix.endswith("or pass a build_command without collectstatic")
+    assert "database={'type': 'postgres'}" in pyi.collectstatic_fix("KeyError: 'PGDATABASE'", "")
