@@ -197,3 +197,18 @@ def test_migration_0007_keeps_existing_databases_and_allows_one_of_each_kind(con
     with psycopg.connect(control_pg.url(urlsplit(url).path.lstrip("/"), driver=None).get_secret_value()) as c:
         cols = c.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'databases'")
         assert "kind" not in {r[0] for r in cols.fetchall()}
+
+
+async def test_concurrent_requests_for_redis_make_one(make_core, redis) -> None:
+    core = make_core(redis=redis)
+    acct = await core.account("conc")
+    project, _ = await core.projects.ensure(acct, core.name("conc"))
+    infos = await asyncio.gather(*[core.databases.ensure(project.id, DatabaseRequest(type="redis"))
+                                   for _ in range(4)])  # fmt: skip
+    assert sum(i.created for i in infos) == 1
+    assert len({i.password.get_secret_value() for i in infos}) == 1  # the stored one is the one that works
+    assert len(redis.idents()) == 1
+    url = urlsplit((await core.databases.env_for(project.id))["REDIS_URL"].get_secret_value())
+    conn = await RespConnection.open(url.hostname, url.port)  # type: ignore[arg-type]
+    assert await conn.execute("AUTH", url.username, url.password) == "OK"  # type: ignore[arg-type]
+    await conn.close()

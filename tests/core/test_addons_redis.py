@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from inkmcp.errors import ProviderError
 from inkmcp.providers.database.base import DatabaseHandle, Tier
 from inkmcp.providers.database.redis import RedisProvider, RedisReplyError, RedisSettings, RespConnection
 from tests.requirements import require, require_root
@@ -225,3 +226,32 @@ def test_settings_reject_a_reversed_port_range_and_an_unknown_policy() -> None:
         RedisSettings(port_min=17000, port_max=16000)
     with pytest.raises(ValueError, match="noeviction"):
         RedisSettings(maxmemory_policy="lru")
+
+
+async def test_concurrent_provisions_give_one_instance_per_project_and_distinct_ports() -> None:
+    async with redis_provider() as provider:
+        same = await asyncio.gather(*[provider.provision(owner_slug="7" * 32, tier=Tier.free) for _ in range(3)])
+        others = await asyncio.gather(*[provider.provision(owner_slug=f"{i}" * 32, tier=Tier.free) for i in (8, 9)])
+        assert provider.idents() == sorted({h.external_id for h in (*same, *others)})
+        assert len({h.credentials.port for h in same}) == 1  # one instance, one port for the project
+        assert len({h.credentials.port for h in (same[0], *others)}) == 3
+        # the last provision's password is the one that works (each call resets it, as Postgres does)
+        winners = []
+        for h in same:
+            probe = await RespConnection.open(h.credentials.host, h.credentials.port)
+            try:
+                pw = h.credentials.password.get_secret_value()
+                winners.append(await probe.execute("AUTH", h.credentials.user, pw))
+            except RedisReplyError:
+                pass
+            await probe.close()
+        assert winners == ["OK"]
+
+
+async def test_a_missing_redis_server_says_which_setting_to_fix() -> None:
+    async with redis_provider() as provider:
+        provider.settings = RedisSettings(server_bin="/nonexistent/redis-server")
+        with pytest.raises(ProviderError, match="INKMCP_REDIS_SERVER_BIN") as e:
+            await provider.provision(owner_slug="a" * 32, tier=Tier.free)
+        assert "redis-server package" in (e.value.fix or "")
+        assert provider.idents() == []  # nothing half-made is left for start() to retry

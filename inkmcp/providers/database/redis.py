@@ -457,12 +457,19 @@ class RedisProvider:
     def _provision(self, ident: str) -> tuple[int, str]:
         with self._locked():
             inst = self.instance(ident)
+            existed = inst.port is not None
             port = inst.port or self._allocate_port()
             password = secrets.token_urlsafe(32)
             inst.stop()  # a re-provision (crash before it was recorded) changes the password: restart with it
-            inst.configure(port=port, password=password)
-            if inst.start():
-                self._started.add(ident)
+            try:
+                inst.configure(port=port, password=password)
+                if inst.start():
+                    self._started.add(ident)
+            except BaseException:
+                if not existed:  # nothing recorded it: leave no half-made instance for start() to retry forever
+                    inst.stop()
+                    shutil.rmtree(inst.dir, ignore_errors=True)
+                raise
             return port, password
 
     async def provision(self, *, owner_slug: str, tier: Tier) -> DatabaseHandle:
