@@ -213,10 +213,17 @@ def fallback_page(app_dir: Path, static_dir: str | None) -> str | None:
         return "200.html"
     if _file_mtime(app_dir, served, "404.html") is not None:
         return None  # the build wrote its own 404 page: a multi-page site
-    deps = _deps(_read_json(app_dir, "package.json"))
-    if deps & _MULTI_PAGE or not deps & _SPA:
+    if not is_spa(_read_json(app_dir, "package.json")):
         return None
     return "index.html" if _file_mtime(app_dir, served) is not None else None
+
+
+def is_spa(package_json: dict[str, Any] | None) -> bool:
+    """True when package.json's dependencies make a client-side-router app (Vite, CRA, Vue CLI, Angular, ...)
+    and no multi-page generator (Next, Astro, Gatsby, Nuxt, Docusaurus, ...): unknown routes need index.html.
+    Also what the Coolify mapping can pass as `is_spa` for a static build."""
+    deps = _deps(package_json or {})
+    return bool(deps & _SPA) and not deps & _MULTI_PAGE
 
 
 # The server the tenant's Python runs (`python -I -c SOURCE ...`): stdlib only, because the tenant
