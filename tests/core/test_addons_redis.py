@@ -9,8 +9,10 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -255,3 +257,29 @@ async def test_a_missing_redis_server_says_which_setting_to_fix() -> None:
             await provider.provision(owner_slug="a" * 32, tier=Tier.free)
         assert "redis-server package" in (e.value.fix or "")
         assert provider.idents() == []  # nothing half-made is left for start() to retry
+
+
+async def test_an_instance_that_dies_is_restarted_with_its_data() -> None:
+    async with redis_provider() as provider:
+        provider.settings = provider.settings.model_copy(update={"watch_seconds": 0.1})
+        assert await provider.start() == []
+        h = await provider.provision(owner_slug="9" * 32, tier=Tier.free)
+        conn = await login(h)
+        await conn.execute("SET", "order:7", "shipped")
+        await conn.close()
+        inst = provider.instance(h.external_id)
+        aof = inst.dir / "appendonlydir"
+        deadline = time.monotonic() + 5
+        while not any(b"order:7" in f.read_bytes() for f in aof.glob("*.incr.aof")):  # fsync'd (everysec)
+            assert time.monotonic() < deadline, "the write never reached the AOF"
+            await asyncio.sleep(0.05)
+        pid = inst.running_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # a crash, not a shutdown
+        deadline = time.monotonic() + 10
+        while (inst.running_pid() in (None, pid)):
+            assert time.monotonic() < deadline, "the watchdog did not restart the instance"
+            await asyncio.sleep(0.05)
+        conn = await login(h)  # same port and password
+        assert await conn.execute("GET", "order:7") == b"shipped"
+        await conn.close()

@@ -115,6 +115,9 @@ class RedisSettings(BaseSettings):
         "silently dropping data; allkeys-lru suits pure caches",
     )
     maxclients: int = Field(default=128, ge=1, description="connections per instance (redis `maxclients`)")
+    watch_seconds: float = Field(
+        default=5.0, ge=0, description="how often a serving InkMCP restarts instances that died (0 = never)"
+    )
 
     @field_validator("maxmemory_policy")
     @classmethod
@@ -408,6 +411,7 @@ class RedisProvider:
         self._user: pwd.struct_passwd | None = None
         self._user_checked = False
         self._started: set[str] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"RedisProvider(base={str(self.base)!r})"
@@ -513,8 +517,37 @@ class RedisProvider:
         return failed
 
     async def start(self) -> list[str]:
-        """Start (or adopt) every instance on disk, e.g. after a reboot; returns the idents that failed."""
-        return await asyncio.to_thread(self._start_all)
+        """Start (or adopt) every instance on disk, e.g. after a reboot, and from then on restart any that dies
+        (every `watch_seconds`: apps whose Redis crashed would otherwise crash-loop until InkMCP restarts).
+        Returns the idents that failed to start."""
+        failed = await asyncio.to_thread(self._start_all)
+        if self.settings.watch_seconds > 0 and self._watch is None:
+            self._watch = asyncio.create_task(self._watchdog(), name="redis-watchdog")
+        return failed
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_seconds)  # a period, not a synchronisation
+            try:
+                await asyncio.to_thread(self._restart_dead)
+            except Exception:
+                log.exception("redis watchdog round failed")
+
+    def _restart_dead(self) -> list[str]:
+        restarted: list[str] = []
+        with self._locked():
+            for ident in self.idents():
+                inst = self.instance(ident)
+                if inst.running_pid() is not None:
+                    continue
+                log.warning("redis instance %s is not running; restarting it", ident)
+                try:
+                    if inst.start():
+                        self._started.add(ident)
+                        restarted.append(ident)
+                except ProviderError:
+                    pass  # logged by the instance; retried next round
+        return restarted
 
     def _stop(self, idents: Sequence[str]) -> None:
         with self._locked():
@@ -523,7 +556,13 @@ class RedisProvider:
                 self._started.discard(ident)
 
     async def close(self) -> None:
-        """Stop the instances this process started (adopted ones belong to whoever started them)."""
+        """Stop the watchdog, then the instances this process started (adopted ones belong to whoever started
+        them)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self._started:
             await asyncio.to_thread(self._stop, sorted(self._started))
 
