@@ -532,7 +532,7 @@ async def _pick_python(runner: _Runner, repo: RepoFiles, env: dict[str, str], in
     available = await asyncio.to_thread(pyi.interpreters, default, search)
     chosen = pyi.choose_interpreter(request, available)
     if chosen is None:
-        error = pyi.version_unavailable(request, available)
+        error = pyi.version_unavailable(request, available, installer)
         await runner.log(f"!! {error.message}")
         raise error
     note = "" if request.version is None or request.version == chosen.version[: len(request.version)] else \

@@ -560,11 +560,17 @@ def choose_interpreter(request: PythonRequest, available: Sequence[Interpreter])
     return max(matching, key=lambda i: i.version)
 
 
-def version_unavailable(request: PythonRequest, available: Iterable[Interpreter]) -> BuildFailed:
+def version_unavailable(request: PythonRequest, available: Iterable[Interpreter],
+                        installer: Installer | None = None) -> BuildFailed:  # fmt: skip
     """The error for a version this server does not have, naming the file, the ask and what there is."""
     have = sorted({i.version[:2] for i in available}, reverse=True)
     shown = ", ".join(".".join(map(str, v)) for v in have) or "none"
     best = ".".join(map(str, have[0])) if have else "3"
+    # A uv.lock made for a newer Python may have no wheels for this one (its native packages then need a
+    # compiler toolchain): resolving anew from pyproject.toml for this Python is the one call that works.
+    relock = (f" (and, since uv.lock was made for Python {request.text}, build_command 'uv pip install -r "
+              f"pyproject.toml' to resolve the dependencies anew for {best})"
+              if installer is not None and installer.kind == "uv" else "")  # fmt: skip
     if request.origin == "PYTHON_VERSION":
         return BuildFailed(
             f"env var PYTHON_VERSION asks for Python {request.text}, which this server does not have "
@@ -576,13 +582,14 @@ def version_unavailable(request: PythonRequest, available: Iterable[Interpreter]
         ".python-version": f"change .python-version to {best}",
         "runtime.txt": f"change runtime.txt to python-{best}",
         "Pipfile.lock": f"set python_version = \"{best}\" in the Pipfile and run `pipenv lock`",
-    }.get(request.origin, f"widen {request.origin} to include {best}")
+    }.get(request.origin)
+    edit = f"{edit} (or remove that file)" if edit else f"widen {request.origin} to include {best}"
     return BuildFailed(
         f"{request.origin} asks for Python {request.text}, which this server does not have "
         f"(available: {shown}; nothing is downloaded).",
         argument="repo_url",
-        fix=f"{edit} (or remove that file), commit and push; or deploy with env_vars "
-        f"{{'PYTHON_VERSION': '{best}'}} to use Python {best} without changing the repo",
+        fix=f"{edit}, commit and push; or deploy with env_vars {{'PYTHON_VERSION': '{best}'}}{relock} to use Python "
+        f"{best} without changing the repo",
     )
 
 

@@ -9,6 +9,7 @@ venv's own interpreter, and an installer that resolved from the manifest would f
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -426,3 +427,20 @@ def test_static_root_guard_behind_a_setting() -> None:
     assert "only when the env var RENDER is set" in fix and "{'RENDER': 'true'}" in fix
     assert "RENDER_EXTERNAL_HOSTNAME" in fix and fix.endswith("or pass a build_command without collectstatic")
     assert "database={'type': 'postgres'}" in pyi.collectstatic_fix("KeyError: 'PGDATABASE'", "")
+
+
+@pytest.mark.slow
+async def test_uv_project_for_a_newer_python_goes_live_with_the_two_arguments_the_error_names(tmp_path: Path) -> None:
+    """requires-python >= 3.99 on a uv project: the error names PYTHON_VERSION and a re-resolving build_command;
+    passing exactly those builds (a lock made for a newer Python may carry no wheels for this one)."""
+    app = app_copy("uvapp", tmp_path)
+    (app / "pyproject.toml").write_text((app / "pyproject.toml").read_text().replace(">=3.9", ">=3.99"))
+    with pytest.raises(BuildFailed) as err:
+        await build(app, tmp_path)
+    fix = err.value.fix or ""
+    assert err.value.message.startswith("requires-python in pyproject.toml asks for Python >=3.99, which this server")
+    env = re.search(r"env_vars (\{'PYTHON_VERSION': '3\.\d+'\})", fix)
+    command = re.search(r"build_command '([^']+)'", fix)
+    assert env and command, fix
+    out = await build(app, tmp_path, env=ast.literal_eval(env[1]), plan=python_plan(build_command=command[1]))
+    assert versions(out.venv_dir, "python-dateutil")["python-dateutil"] is not None
