@@ -178,6 +178,21 @@ class Counted:
         event.listen(sync, "before_cursor_execute",
                      lambda conn, cur, stmt, params, ctx, many: self.add("statements"))
         event.listen(sync.pool, "checkout", lambda *a: self.add("connection checkouts (no ping round trip)"))
+        self._watch_statement_pool()
+
+    def _watch_statement_pool(self) -> None:
+        """Statements on store.statements' psycopg pool bypass the engine: counted here, as statements too."""
+        from inkmcp.store.statements import StatementPool
+
+        for name, label in (("fetch", "reads"), ("write", "writes")):
+            real = getattr(StatementPool, name)
+
+            async def counted(pool: Any, query: str, params: Any = (), _real: Any = real, _label: str = label) -> Any:
+                self.add("statements")
+                self.add(f"statement pool {_label} (prepared, autocommit)")
+                return await _real(pool, query, params)
+
+            setattr(StatementPool, name, counted)
 
 
 class _AsyncioWithTimedSleep:
