@@ -509,6 +509,10 @@ async def _python_deps(
                              what="linking uv into the virtualenv", argument="repo_url", fix=fix_env)  # fmt: skip
         else:
             await _install(runner, repo, installer, install, venv, uv, cache)
+            for name, script in pyi.tool_shims(installer.kind).items():  # `poetry run ...` and friends
+                await _write_as_tenant(runner, venv / "bin" / name, script.splitlines())
+                await runner.run(["/bin/chmod", "0755", "--", str(venv / "bin" / name)], what=f"making the {name} shim",
+                                 argument="repo_url", fix=fix_env)  # fmt: skip
         await asyncio.to_thread(_write_marker, marker)
         return venv, False
     finally:

@@ -316,6 +316,23 @@ _INSTALLER_RE = re.compile(
 _SCRIPT_RE = re.compile(r"^\s*(?:(?:ba|da)?sh\s+)?(\./)?([\w./-]+\.sh|bin/[\w.-]+|scripts?/[\w./-]+)\b")
 
 
+def _command_text(command: str, read: Callable[[str], bytes | None] | None) -> tuple[str, str | None]:
+    """The build_command, plus the repo script it runs (`./build.sh`, `bash bin/build`) without comments."""
+    script = _SCRIPT_RE.match(command)
+    if script and read is not None and ".." not in script[2]:
+        body = read(script[2])
+        if body is not None:
+            lines = body.decode(errors="replace").splitlines()
+            return "\n".join(ln.split("#", 1)[0] for ln in lines), script[2]
+    return command, None
+
+
+def _gets_tool(text: str, tool: str) -> bool:
+    """True when the command installs `tool` itself before using it (`pip install poetry`, pipx, uv tool)."""
+    return bool(re.search(rf"(?:pip3?|pipx|uv\s+tool|uv\s+pip)\s+install\b[^;&|\n]*\b{tool}\b", text)
+                or (tool == "poetry" and "install.python-poetry.org" in text))  # fmt: skip
+
+
 def build_command_installs(command: str | None, read: Callable[[str], bytes | None] | None = None) -> str | None:
     """The installer call inside a build_command (`pip install ...`, `poetry install`...), or None.
 
@@ -323,21 +340,43 @@ def build_command_installs(command: str | None, read: Callable[[str], bytes | No
     installer replaces the default dependency step — like Render's build command, it is the whole build.
     Any other build_command runs after the default install. A build_command that runs a script of the
     repo (`./build.sh`, `bash bin/build`: Render's examples do) counts by what the script runs.
+    `poetry install` / `pipenv install` count only when the command installs that tool first: this server
+    has neither, so otherwise the default install does the job from the lock file and `tool_shims` make
+    those calls (and `poetry run` / `pipenv run` in start commands) work.
     """
     if not command:
         return None
-    match = _INSTALLER_RE.search(command)
-    if match:
-        return f"`{' '.join(match[0].split())}`"
-    script = _SCRIPT_RE.match(command)
-    if script and read is not None and ".." not in script[2]:
-        body = read(script[2])
-        lines = (body or b"").decode(errors="replace").splitlines()
-        code = "\n".join(ln.split("#", 1)[0] for ln in lines)
-        inner = _INSTALLER_RE.search(code)
-        if inner:
-            return f"`{' '.join(inner[0].split())}` (in {script[2]})"
+    text, script = _command_text(command, read)
+    for match in _INSTALLER_RE.finditer(text):
+        found = " ".join(match[0].split())
+        tool = found.split()[0]
+        if tool in ("poetry", "pipenv") and not _gets_tool(text, tool):
+            continue
+        return f"`{found}`" + (f" (in {script})" if script else "")
     return None
+
+
+def tool_shims(kind: str) -> dict[str, str]:
+    """Shell scripts put in the venv's bin for a Poetry or Pipenv app, as neither tool is on this server.
+
+    `poetry install|sync` / `pipenv install|sync` in a build command say the lock was installed already
+    and succeed; `poetry run X` / `pipenv run X` (common in start commands) run X in the venv; any other
+    use fails saying why.
+    """
+    tool, lock = {"poetry": ("poetry", "poetry.lock"), "pipenv": ("pipenv", "Pipfile.lock")}.get(kind, ("", ""))
+    if not tool:
+        return {}
+    script = f"""#!/bin/sh
+# InkMCP: {tool} is not installed on this server; the dependencies came from {lock}.
+case "$1" in
+  install|sync) echo "{tool} $*: nothing to do, InkMCP installed the dependencies from {lock}"; exit 0 ;;
+  run) shift; exec "$@" ;;
+esac
+echo "{tool} is not installed on this server (InkMCP installs {lock} itself): '{tool} $*' cannot run; \
+install it in the build_command (pip install {tool}) or drop this call" >&2
+exit 127
+"""
+    return {tool: script}
 
 
 # --- Python version ----------------------------------------------------------------------------

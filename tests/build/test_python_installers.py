@@ -189,18 +189,24 @@ def test_build_command_installs_detection(tmp_path: Path) -> None:
     assert pyi.build_command_installs("python3 -m pip install .") == "`python3 -m pip install`"
     assert pyi.build_command_installs("pip install poetry && poetry install --only main") == "`pip install`"
     assert pyi.build_command_installs("uv sync --frozen") == "`uv sync`"
-    assert pyi.build_command_installs("pipenv   sync") == "`pipenv sync`"
+    assert pyi.build_command_installs("pip install pipenv; pipenv   sync") == "`pip install`"
     assert pyi.build_command_installs("python manage.py collectstatic") is None
     assert pyi.build_command_installs("npm install && npm run build") is None
     assert pyi.build_command_installs(None) is None
     # Render's examples: buildCommand "./build.sh", the script installs. Comments do not count.
-    write_files(tmp_path, {"build.sh": "#!/bin/sh\n# use pip install or poetry\npoetry install --no-root\n",
-                           "bin/build": "# pip install x\necho hi\n"})  # fmt: skip
+    write_files(tmp_path, {"build.sh": "#!/bin/sh\n# pip install\npip install poetry==1.8.3\npoetry install\n",
+                           "bin/build": "# pip install x\necho hi\n",
+                           "scripts/render.sh": "poetry install --no-root\n"})  # fmt: skip
     read = RepoFiles(tmp_path).read
-    assert pyi.build_command_installs("./build.sh", read) == "`poetry install` (in build.sh)"
-    assert pyi.build_command_installs("bash build.sh", read) == "`poetry install` (in build.sh)"
+    assert pyi.build_command_installs("./build.sh", read) == "`pip install` (in build.sh)"
+    assert pyi.build_command_installs("bash build.sh", read) == "`pip install` (in build.sh)"
     assert pyi.build_command_installs("bin/build", read) is None
     assert pyi.build_command_installs("./missing.sh", read) is None
+    # poetry/pipenv are not on this server: their install calls replace nothing unless the command gets the tool
+    assert pyi.build_command_installs("scripts/render.sh", read) is None
+    assert pyi.build_command_installs("poetry install --only main") is None
+    assert pyi.build_command_installs("pipx install poetry && poetry install") == "`poetry install`"
+    assert pyi.build_command_installs("pipenv sync") is None
 
 
 @pytest.mark.slow
@@ -444,3 +450,22 @@ async def test_uv_project_for_a_newer_python_goes_live_with_the_two_arguments_th
     assert env and command, fix
     out = await build(app, tmp_path, env=ast.literal_eval(env[1]), plan=python_plan(build_command=command[1]))
     assert versions(out.venv_dir, "python-dateutil")["python-dateutil"] is not None
+
+
+@pytest.mark.slow
+async def test_poetry_calls_in_build_and_start_commands_work_without_poetry(tmp_path: Path) -> None:
+    """Render-style: build.sh runs `poetry install`, the start command `poetry run ...`. Poetry is not on this
+    server: the lock is installed by InkMCP, the venv's `poetry` shim says so for install and runs `run`."""
+    app = app_copy("poetry1", tmp_path)
+    write_files(app, {"build.sh": "#!/bin/sh\nset -e\npoetry install --no-root\n"})
+    (app / "build.sh").chmod(0o755)
+    log = Log()
+    out = await build(app, tmp_path, log, plan=python_plan(build_command="./build.sh"))
+    assert "-> installing dependencies from poetry.lock (Poetry)" in log.text
+    assert "poetry install --no-root: nothing to do, InkMCP installed the dependencies from poetry.lock" in log.text
+    env = {"PATH": out.env["PATH"]}
+    ran = subprocess.run(["sh", "-c", "poetry run python -c 'import dateutil; print(dateutil.__version__)'"],
+                         capture_output=True, text=True, env=env, cwd=app)  # fmt: skip
+    assert ran.returncode == 0 and ran.stdout.strip() == "2.8.1", ran.stderr
+    other = subprocess.run(["sh", "-c", "poetry add requests"], capture_output=True, text=True, env=env, cwd=app)
+    assert other.returncode == 127 and "poetry is not installed on this server" in other.stderr
