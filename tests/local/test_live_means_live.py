@@ -9,6 +9,7 @@ and quotes the cause, with this server's paths shown relative.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -22,15 +23,17 @@ from tests.local.conftest import PY, Events, get, key_for, no_record, request_fo
 
 # A web app: GET / answers 200 with MESSAGE, except as told by env. CRASH_AFTER: the process dies with a
 # traceback that many seconds after it starts listening (a Redis client giving up, an unhandled
-# rejection). FAIL_ROOT: GET / answers 500 with a framework-style exception line (a missing setting).
+# rejection). FAIL_ROOT: GET / answers 500 with a framework-style debug page (a missing setting).
 # NO_ROOT: GET / answers 404 and GET /health 200 (an API without a root page).
 APP = """
 import os, sys, threading, time, http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         status, body = 200, os.environ.get("MESSAGE", "hello")
-        if os.environ.get("FAIL_ROOT"):
-            status, body = 500, "KeyError: 'SECRET_KEY' (settings.py line 12)"
+        if os.environ.get("FAIL_ROOT"):  # a framework's debug page: the exception comes after a lot of CSS
+            status, body = 500, ("<html><head><title>KeyError at /</title><style>" + "p { margin: 0 }" * 400 +
+                                 "</style></head><body><pre>KeyError: &#x27;SECRET_KEY&#x27; (settings.py line 12)"
+                                 "</pre></body></html>")
         elif os.environ.get("NO_ROOT") and self.path != "/health":
             status, body = 404, "not found"
         data = body.encode()
@@ -152,6 +155,29 @@ async def test_a_crashing_worker_fails_the_deploy(make_provider, checkouts, proj
     assert [p.name for p in runtime.processes] == ["web"], runtime  # the worker of v2 is not running
 
 
+async def test_a_failed_deploy_on_a_fixed_port_brings_the_old_version_back(make_provider, checkouts, project_ids):
+    """A fixed `port` cannot run blue/green (the old run stops first): a failed release starts it again."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fixed = probe.getsockname()[1]
+    provider = await make_provider(stability_window=0.5)
+    key = key_for(project_ids())
+    plan = web_plan().model_copy(update={"port": fixed})
+    await provider.release(request_for(key, checkouts({"app.py": APP}), plan, env={"MESSAGE": "v1"}), Events(),
+                           no_record)  # fmt: skip
+    assert (await get(provider, key)).text == "v1"
+    request = request_for(key, checkouts({"app.py": APP}), plan, env={"MESSAGE": "v2", "FAIL_ROOT": "1"})
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request, Events(), no_record)
+    # v2 ran on the port (v1's closed connections in TIME_WAIT there did not count as "in use") and failed.
+    assert failed.value.step == Step.health_check and "HTTP 500" in failed.value.reason, failed.value
+    deadline = time.monotonic() + 10  # restarted without a health wait, as at InkMCP start-up: poll until it answers
+    while (response := await get(provider, key)).status_code != 200:
+        assert time.monotonic() < deadline, response
+        await asyncio.sleep(0.05)
+    await still_serves_v1(provider, key)
+
+
 async def test_a_web_answering_500_fails_with_the_body_and_first_log_lines_quoted(
     make_provider, checkouts, project_ids
 ):
@@ -166,7 +192,8 @@ async def test_a_web_answering_500_fails_with_the_body_and_first_log_lines_quote
     reason = failed.value.reason
     assert failed.value.step == Step.health_check
     assert "answered GET / with HTTP 500" in reason, reason
-    assert "KeyError: 'SECRET_KEY' (settings.py line 12)" in reason, reason  # the body
+    assert "KeyError: 'SECRET_KEY' (settings.py line 12)" in reason, reason  # the body, as text
+    assert "margin" not in reason, reason
     assert "SECRET_KEY set: False" in reason, reason  # the app's own first output
     assert_points_at_runtime_logs(reason)
     await still_serves_v1(provider, key)

@@ -14,10 +14,16 @@ import socket
 DEFAULT_RANGE = (20000, 30000)
 
 
-def port_is_free(port: int) -> bool:
-    """True if nothing listens on `port` on loopback or the wildcard address (apps may bind either)."""
+def port_is_free(port: int, *, reuse: bool = False) -> bool:
+    """True if nothing listens on `port` on loopback or the wildcard address (apps may bind either).
+
+    `reuse` (a fixed port the previous release just left): bind with SO_REUSEADDR, as servers do, so
+    connections it closed, lingering in TIME_WAIT on the port for a minute, do not count (a listener
+    still does). Without it, ports handed out fresh are clean even for an app binding without it."""
     for host in ("127.0.0.1", "0.0.0.0"):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if reuse:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:

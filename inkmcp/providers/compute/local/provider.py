@@ -431,10 +431,11 @@ class LocalComputeProvider:
         plan = live.meta.plan
         await report(Step.starting, f"starting processes ({note})" if note else "starting processes")
         port: int | None = None
+        displaced = False  # the previous run was stopped to free a fixed port
         if live.meta.routed:
             if plan.port is not None:
                 port = plan.port
-                await self._free_fixed_port(svc, port)
+                displaced = await self._free_fixed_port(svc, port)
             else:
                 port = self.ports.allocate()
         run = self._make_run(svc, live, port)
@@ -451,9 +452,10 @@ class LocalComputeProvider:
                 await run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key))
             except HealthFailed as exc:
                 kept = "the previous version stays live" if svc.live is not None else "nothing went live"
+                built = "The build succeeded: the" if progress is not None else "The"
                 raise ReleaseFailed(
-                    Step.health_check, _tail_text(f"{exc.reason}; {kept}. The build succeeded: the cause is in the "
-                                                  f"app's runtime output ({RUNTIME_LOGS})", run.recent)
+                    Step.health_check, _tail_text(f"{exc.reason}; {kept}. {built} cause is in the app's runtime "
+                                                  f"output ({RUNTIME_LOGS})", run.recent)
                 ) from None
             await report(Step.switching, "switching traffic")
             async with svc.run_lock:
@@ -464,17 +466,43 @@ class LocalComputeProvider:
                 live.run = run
                 svc.live = live
                 self._point_route(svc, live, port)
-        except BaseException:
+        except BaseException as exc:
             await self._stop_run(run)
+            if displaced and isinstance(exc, ReleaseFailed):
+                await self._bring_back(svc, port)
             raise
         if old is not None:
             if old.port is not None and old.port != port:  # requests forwarded before the switch finish first
                 await self.proxy.drain(old.port, DRAIN_TIMEOUT)
             await self._stop_run(old)
 
-    async def _free_fixed_port(self, svc: _Service, port: int) -> None:
-        """A fixed BuildPlan.port cannot run blue/green: stop the old run first (brief downtime)."""
+    async def _bring_back(self, svc: _Service, port: int | None) -> None:
+        """After a release on a fixed port failed: the previous release runs there again, so a failed
+        deploy still leaves the old version serving. The route points at it once it listens (as after
+        a wake): a request refused meanwhile would make nginx shun the port for a while."""
+        async with svc.run_lock:
+            live = svc.live
+            if live is None or live.run is not None or svc.removed or not svc.always_on:
+                return  # nothing to bring back, or on_demand: the next request wakes it as before
+            if port is not None:
+                self.ports.reserve(port)
+            run = self._make_run(svc, live, port)
+            try:
+                await run.start()
+                await run.wait_healthy(self.health_timeout)
+            except (OSError, HealthFailed) as exc:
+                svc.log.write(f"web | [inkmcp] could not restart the previous release: {exc}")
+                await self._stop_run(run)
+                return
+            run.go_live()
+            live.run = run
+            self._point_route(svc, live, port)
+
+    async def _free_fixed_port(self, svc: _Service, port: int) -> bool:
+        """A fixed BuildPlan.port cannot run blue/green: stop the old run first (brief downtime).
+        True if a running previous release was stopped (`_bring_back` restarts it if the new one fails)."""
         old = svc.live.run if svc.live else None
+        displaced = old is not None and old.port == port
         if old is not None and old.port == port:
             async with svc.run_lock:
                 if svc.live is not None:
@@ -482,13 +510,16 @@ class LocalComputeProvider:
                 if svc.route is not None:
                     svc.route.port = None
             await self._stop_run(old)
-        if not port_is_free(port):
+        if not port_is_free(port, reuse=True):
+            if displaced:
+                await self._bring_back(svc, port)
             raise ReleaseFailed(
                 Step.starting,
                 f"port {port} (the service's fixed `port`, from deploy_app or inkmcp.yaml) is already in use on this "
                 "machine; omit `port` so the app gets a free one in $PORT, or pick another",
             )
         self.ports.reserve(port)
+        return displaced
 
     def _point_route(self, svc: _Service, live: _Live, port: int | None) -> None:
         host = self.host_for(svc.key)

@@ -25,6 +25,8 @@ must stay up for a stability window and the web must answer one HTTP request wit
 from __future__ import annotations
 
 import contextlib
+import html
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -169,7 +171,10 @@ class LiveSettings(BaseSettings):
     )
 
 
-PROBE_BODY_BYTES = 2048  # of an error answer: enough for a framework's exception line, bounded
+PROBE_BODY_BYTES = 32768  # of an error answer read: a framework's debug page puts its exception after its CSS
+QUOTED_CHARS = 600  # of it quoted in the error
+_DROPPED = re.compile(r"<(script|style|svg)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 @dataclass(frozen=True)
@@ -207,9 +212,17 @@ async def probe_http(port: int, host: str | None, timeout: float) -> HttpAnswer:
                 body += chunk
                 if len(body) >= PROBE_BODY_BYTES:
                     break
-            text = body[:PROBE_BODY_BYTES].decode(errors="replace").strip()
-            return HttpAnswer(response.status_code, text)
+            return HttpAnswer(response.status_code, readable(body[:PROBE_BODY_BYTES].decode(errors="replace")))
     except httpx.TimeoutException:
         return HttpAnswer(None, f"no answer within {timeout:.1f}s")
     except httpx.HTTPError as exc:
         return HttpAnswer(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def readable(body: str) -> str:
+    """The start of an error body as text: an HTML page (Django's or Werkzeug's debug page, an nginx error
+    page) loses its scripts, styles and tags, so the quote reaches the exception instead of the CSS."""
+    if "<" in body and ">" in body:
+        body = _TAG.sub(" ", _DROPPED.sub(" ", body))
+        body = html.unescape(body)
+    return " ".join(body.split())[:QUOTED_CHARS]

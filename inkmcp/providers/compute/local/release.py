@@ -166,9 +166,9 @@ class ReleaseRun:
 
         Every process (web and workers) must still run `window` seconds after it started, and the
         routed process must listen on its port and answer `GET /` (Host: `host`) with a status below
-        500 (`readiness.probe_http`). An app answering 5xx is asked again every quarter second until
-        the window ends (it may be warming up), then fails with the status and the start of the
-        body. A process exiting fails it at once (once its last output is read, so the error can
+        500 (`readiness.probe_http`). An app answering 5xx is asked again (0.1 s apart, doubling to
+        1 s) until the window ends (it may be warming up), then fails with the status and the start
+        of the body. A process exiting fails it at once (once its last output is read, so the error can
         quote it); a web that never listens or never answers fails `timeout` seconds after the
         start. Raises HealthFailed. Restarts stay off throughout: a crash counts instead of being
         hidden by a restart.
@@ -186,6 +186,7 @@ class ReleaseRun:
             window_end = self._started + window
             deadline = self._started + timeout
             answered = self.routed is None
+            pause = 0.1  # between GETs answered 5xx: doubling, so a failing app logs a handful of errors, not dozens
             while True:
                 now = loop.time()
                 if not answered:
@@ -199,7 +200,8 @@ class ReleaseRun:
                     if not answered:
                         if loop.time() >= window_end:
                             raise HealthFailed(self._bad_answer(answer, window), timed_out=False)
-                        await self._watch(exits, asyncio.create_task(asyncio.sleep(min(0.25, window_end - now))))
+                        await self._watch(exits, asyncio.create_task(asyncio.sleep(min(pause, window_end - now))))
+                        pause = min(pause * 2, 1.0)
                     continue
                 if now >= window_end:
                     if any(not s.alive for s in self.supervisors):
@@ -245,10 +247,9 @@ class ReleaseRun:
         if answer.status is None:
             return self._no_answer(answer.detail)
         name = self.routed.name if self.routed is not None else STATIC_PROCESS
-        quoted = answer.detail[:800]
-        body = f"; the response began:\n{quoted}" if quoted else " with an empty body"
-        return (f"process '{name}' answered GET / with HTTP {answer.status} (and still did {window:g}s after it "
-                f"started){body}")  # fmt: skip
+        until = f" until the end of the {window:g}s stability window" if window > 0 else ""
+        body = f"; the response began: {answer.detail}" if answer.detail else " with an empty body"
+        return f"process '{name}' answered GET / with HTTP {answer.status}{until}{body}"
 
     async def _wait_routed(self, timeout: float, worker_grace: float) -> None:
         loop = asyncio.get_running_loop()
