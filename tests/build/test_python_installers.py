@@ -18,12 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from inkmcp.build import python_install as pyi
 from inkmcp.build.buildpack import RepoFiles, dependency_hash, run_build
 from inkmcp.build.plan import BuildPlan, Stack
 from inkmcp.errors import BuildFailed
+from tests.support import call, git_commit, git_repo, mcp_session, running_server, traversable_tmpdir
 
 from .conftest import write_files
 from .test_build_installers import data_dir, projects  # noqa: F401 (fixtures: real project users)
@@ -469,3 +471,64 @@ async def test_poetry_calls_in_build_and_start_commands_work_without_poetry(tmp_
     assert ran.returncode == 0 and ran.stdout.strip() == "2.8.1", ran.stderr
     other = subprocess.run(["sh", "-c", "poetry add requests"], capture_output=True, text=True, env=env, cwd=app)
     assert other.returncode == 127 and "poetry is not installed on this server" in other.stderr
+
+
+# --- over MCP: one deploy_app call, as an agent makes it ------------------------------------------------
+
+POETRY_WEB = '''import http.server, os
+import dateutil, six
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"dateutil {dateutil.__version__} six {six.__version__}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+'''
+
+
+@pytest.mark.slow
+async def test_poetry_app_goes_live_over_mcp_and_a_version_error_is_fixed_in_one_more_call() -> None:
+    """A Poetry app (poetry.lock, `poetry run` in its Procfile, no Poetry on the server) goes live from one
+    deploy_app call and serves the locked versions; the same app asking for Python 3.7 fails with the
+    error naming the file and the fix, and the call with the env var the fix names goes live."""
+    repos = traversable_tmpdir("inkmcp-pyinst-")
+    try:
+        files = {p.name: p.read_text() for p in (APPS / "poetry1").iterdir()}
+        procfile = "web: poetry run python app.py\n"
+        repo = git_repo(repos / "poetry-web", {**files, "app.py": POETRY_WEB, "Procfile": procfile})
+        with running_server("inkmcp-pyinst-", ("agent",)) as server:
+            async with mcp_session(server, server.keys["agent"]) as s:
+
+                async def deploy(**args: object) -> dict[str, Any]:
+                    dep = await call(s, "deploy_app", repo_url=str(repo), **args)
+                    while not dep["done"]:
+                        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+                    return dep
+
+                def get(url: str) -> str:
+                    host = httpx.URL(url).netloc.decode()
+                    return httpx.get(f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}, timeout=30).text
+
+                dep = await deploy()
+                assert dep["status"] == "live", dep
+                assert get(dep["url"]) == "dateutil 2.8.1 six 1.15.0"
+
+                git_commit(repo, {".python-version": "3.7\n"})
+                failed = await deploy()
+                assert failed["status"] == "failed", failed
+                text = json.dumps(failed)
+                assert ".python-version asks for Python 3.7, which this server does not have" in text
+                assert str(repos) not in text and "/usr/" not in text
+                fix = re.search(r"env_vars (\{'PYTHON_VERSION': '3\.\d+'\})", text)
+                assert fix, text
+                again = await deploy(env_vars=ast.literal_eval(fix[1]))
+                assert again["status"] == "live", again
+                assert get(again["url"]) == "dateutil 2.8.1 six 1.15.0"
+    finally:
+        shutil.rmtree(repos, ignore_errors=True)
