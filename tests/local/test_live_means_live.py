@@ -9,6 +9,7 @@ and quotes the cause, with this server's paths shown relative.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from inkmcp.errors import InvalidArgument, register_server_paths, scrub_paths
 from inkmcp.providers.compute.base import LogScope, ReleaseFailed, RuntimeState, Step
 from inkmcp.providers.compute.local import LocalComputeProvider
 from tests.local.conftest import PY, Events, get, key_for, no_record, request_for, web_plan
+from tests.support import call, git_repo, mcp_session, running_server, traversable_tmpdir
 
 # A web app: GET / answers 200 with MESSAGE, except as told by env. CRASH_AFTER: the process dies with a
 # traceback that many seconds after it starts listening (a Redis client giving up, an unhandled
@@ -306,3 +308,27 @@ async def test_a_window_not_shorter_than_the_health_timeout_is_refused(data_dir)
     with pytest.raises(InvalidArgument) as refused:
         LocalComputeProvider(data_dir, proxy_port=0, health_timeout=5.0, stability_window=5.0)
     assert refused.value.argument == "INKMCP_STABILITY_WINDOW"
+
+
+@pytest.mark.slow
+async def test_over_mcp_a_crash_after_the_build_is_reported_with_runtime_logs_and_relative_paths():
+    """What an agent sees end to end: one deploy_app of an app that crashes a second after it listens."""
+    repos = traversable_tmpdir("inkmcp-live-repos-")
+    try:
+        repo = git_repo(repos / "crashy", {"app.py": APP, "Procfile": "web: python app.py\n"})
+        with running_server("inkmcp-live-", ("agent",), INKMCP_STABILITY_WINDOW="2") as server:
+            async with mcp_session(server, server.keys["agent"]) as s:
+                dep = await call(s, "deploy_app", repo_url=str(repo), env_vars={"CRASH_AFTER": "1"})
+                while not dep["done"]:
+                    dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+                logs = await call(s, "get_logs", project_name="crashy", scope="runtime")
+        assert dep["status"] == "failed", dep
+        error = dep["error"]
+        assert error.startswith("health_check: process 'web' exited with code 1"), error
+        assert "get_logs(scope='runtime')" in error and 'File "./app.py"' in error, error
+        crash = [line for line in logs["lines"] if 'File "' in line and "app.py" in line]
+        assert crash and all('File "./app.py"' in line for line in crash), logs
+        for shown in (error, "\n".join(logs["lines"])):
+            assert str(server.data_dir) not in shown and "/services/" not in shown, shown
+    finally:
+        shutil.rmtree(repos, ignore_errors=True)
