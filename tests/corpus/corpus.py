@@ -56,9 +56,13 @@ class App(BaseModel):
     needs: list[str]
     offered: bool
     why: str | None = None
+    # the one more call an agent would make after reading the tool's error (benchmarks/corpus.py tries it):
+    # arguments merged over `args`
+    retry: dict[str, Any] = Field(default_factory=dict)
 
-    def deploy_args(self, repo: Path, apps_domain: str) -> dict[str, Any]:
-        """What the user passes: the repo plus the manifest's natural arguments ("{apps_domain}" filled in)."""
+    def deploy_args(self, repo: Path, apps_domain: str, *, retry: bool = False) -> dict[str, Any]:
+        """What the user passes: the repo plus the manifest's natural arguments ("{apps_domain}" filled in);
+        with `retry`, the arguments of the one more call the tool's error led to."""
 
         def fill(v: Any) -> Any:
             if isinstance(v, str):
@@ -67,7 +71,11 @@ class App(BaseModel):
                 return {k: fill(x) for k, x in v.items()}
             return v
 
-        return {"repo_url": str(repo), **fill(self.args)}
+        args = {"repo_url": str(repo), **fill(self.args)}
+        if retry:
+            for k, v in fill(self.retry).items():
+                args[k] = {**args[k], **v} if isinstance(v, dict) and isinstance(args.get(k), dict) else v
+        return args
 
 
 def load_apps() -> list[App]:
@@ -122,6 +130,7 @@ class Outcome:
     """What one deploy_app call of one app came to, as the benchmark's table and the test's assertion need it."""
 
     app: str
+    project: str | None = None  # the project InkMCP made (named after the repo), for the cleanup
     status: str = "not run"  # live | failed | superseded | tool error | timeout | page
     page_ok: bool = False
     cause: str | None = None  # a category: build, start, health, database, page, tool, timeout
@@ -133,6 +142,7 @@ class Outcome:
     redeploy_reused: bool | None = None
     detail: str | None = None  # what the page check saw
     log_tail: list[str] = field(default_factory=list)  # the last build/runtime log lines of a failure
+    retry: Outcome | None = None  # the one more call (apps.toml `retry`), when the first did not work
 
     @property
     def ok(self) -> bool:
@@ -189,10 +199,22 @@ async def check_page(server: ServerProc, s: ClientSession, app: App, dep: dict[s
 
 
 async def run_app(server: ServerProc, s: ClientSession, app: App, repo: Path, *, redeploy: bool = False,
-                  deadline_s: float = DEPLOY_DEADLINE_S) -> Outcome:
-    """One deploy_app call (then waits), the page check, and with `redeploy` the same call again (timed)."""
+                  deadline_s: float = DEPLOY_DEADLINE_S, retry: bool = False) -> Outcome:
+    """One deploy_app call (then waits), the page check, and with `redeploy` the same call again (timed).
+
+    With `retry`, when the call did not work and the manifest names the one more call its error leads to,
+    that call is made too and its outcome kept in `.retry`.
+    """
+    out = await _run_once(server, s, app, repo, redeploy=redeploy, deadline_s=deadline_s, retry=False)
+    if retry and not out.ok and app.retry:
+        out.retry = await _run_once(server, s, app, repo, redeploy=False, deadline_s=deadline_s, retry=True)
+    return out
+
+
+async def _run_once(server: ServerProc, s: ClientSession, app: App, repo: Path, *, redeploy: bool,
+                    deadline_s: float, retry: bool) -> Outcome:
     out = Outcome(app.name)
-    args = app.deploy_args(repo, apps_domain(server))
+    args = app.deploy_args(repo, apps_domain(server), retry=retry)
     started = time.monotonic()
     try:
         dep = await deploy_until_done(s, args, deadline_s)
@@ -201,6 +223,7 @@ async def run_app(server: ServerProc, s: ClientSession, app: App, repo: Path, *,
         out.deploy_s = time.monotonic() - started
         return out
     out.deploy_s = time.monotonic() - started
+    out.project = dep.get("project")
     out.error, out.next_step, out.history = dep.get("error"), dep.get("next_step"), dep.get("history", [])
     if not dep["done"]:
         out.status, out.cause = "timeout", "timeout"
@@ -224,6 +247,18 @@ async def run_app(server: ServerProc, s: ClientSession, app: App, repo: Path, *,
             out.detail = f"{out.detail}; redeploy: tool error {e}"
         out.redeploy_s = time.monotonic() - again_started
     return out
+
+
+async def delete_project(s: ClientSession, project: str | None) -> None:
+    """Delete an app's project and its database: the corpus has more apps than an account's default project limit,
+    and each live app holds processes on a 2-core machine."""
+    if project is None:
+        return
+    try:
+        await call(s, "delete", project_name=project, confirm=project, delete_database=True)
+    except ToolFailed as e:
+        if "no project named" not in str(e):
+            raise
 
 
 async def log_tail(s: ClientSession, dep: dict[str, Any], n: int = 12) -> list[str]:
@@ -253,6 +288,9 @@ def describe(out: Outcome) -> str:
         parts.append(f"page={out.detail}")
     if out.history:
         parts.append("history=" + " / ".join(out.history[-6:]))
+    if out.retry is not None:
+        parts.append(f"one more call: {'live' if out.retry.ok else out.retry.status} "
+                     f"({out.retry.error or out.retry.detail or ''})"[:400])
     text = "; ".join(parts)
     if out.log_tail:
         text += "\n  " + "\n  ".join(line[:300] for line in out.log_tail)
