@@ -508,7 +508,8 @@ async def _python_deps(
             await runner.run(["/bin/ln", "-sfn", "--", str(uv), str(venv / "bin" / "uv")],
                              what="linking uv into the virtualenv", argument="repo_url", fix=fix_env)  # fmt: skip
         else:
-            await _install(runner, repo, installer, install, venv, uv, cache)
+            async with _failure_quoted(runner, repo, "install"):
+                await _install(runner, repo, installer, install, venv, uv, cache)
             for name, script in pyi.tool_shims(installer.kind).items():  # `poetry run ...` and friends
                 await _write_as_tenant(runner, venv / "bin" / name, script.splitlines())
                 await runner.run(["/bin/chmod", "0755", "--", str(venv / "bin" / name)], what=f"making the {name} shim",
@@ -578,6 +579,13 @@ async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncI
     except BuildFailed as exc:
         if " exited with " not in exc.message:
             raise
+        if step == "install":
+            said = pyi.installer_error(list(tail))
+            if said is None:
+                raise
+            used = next((m[1] for ln in tail if (m := re.search(r"Using Python (\d+\.\d+)[\d.]* environment", ln))), "")
+            raise BuildFailed(f"{exc.message.rstrip('.')}: {said}", argument=exc.argument,
+                              fix=pyi.installer_fix(said, used or "of this server") or exc.fix) from None  # fmt: skip
         exception = pyi.last_exception(list(tail))
         if exception is None:
             raise

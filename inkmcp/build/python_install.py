@@ -734,3 +734,29 @@ def build_exception_fix(exception: str) -> str | None:
     if m := re.match(r"KeyError: '([A-Z][A-Z0-9_]*)'", exception):
         return f"the build reads the env var {m[1]}: {_env_advice(m[1])}"
     return None
+
+
+def installer_error(lines: Sequence[str]) -> str | None:
+    """uv's (or pip's) own error from an install's output: its last `error:` line and the first cause after it."""
+    start = max((i for i, ln in enumerate(lines) if ln.startswith(("error:", "ERROR:"))), default=None)  # column 0: uv's own
+    if start is None:
+        return None
+    said = [lines[start].strip().removeprefix("error:").removeprefix("ERROR:").strip()]
+    cause = next((ln.strip() for ln in lines[start + 1:] if ln.strip().startswith(("cause:", "Caused by:"))), None)
+    if cause:
+        said.append(cause.split(":", 1)[1].strip())
+    text = ": ".join(s for s in said if s)
+    return text[:500] + ("..." if len(text) > 500 else "") if text else None
+
+
+def installer_fix(error: str, python: str) -> str | None:
+    """Advice for the two install failures that say what to change: a Python too old, a failed compile."""
+    if m := re.search(r"does not satisfy Python\s*([<>=!~]=?\s*[\d.]+)", error):
+        return (f"a dependency needs Python {m[1]}, which this build's Python {python} is not: pin an older version "
+                "of it that supports this Python in the dependency file (or ask for another Python only if this "
+                "server has it), commit and push")
+    if "Failed to build" in error:
+        return ("a dependency had to be compiled from source here and failed (the build log shows the compiler's "
+                f"error): pin a version that publishes a wheel for Python {python} (e.g. a newer release, or "
+                "psycopg2-binary for psycopg2), commit and push")
+    return None

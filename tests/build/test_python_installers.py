@@ -532,3 +532,25 @@ async def test_poetry_app_goes_live_over_mcp_and_a_version_error_is_fixed_in_one
                 assert get(again["url"]) == "dateutil 2.8.1 six 1.15.0"
     finally:
         shutil.rmtree(repos, ignore_errors=True)
+
+
+async def test_install_failure_quotes_the_installers_error_and_answers_it(tmp_path: Path) -> None:
+    """A dependency that needs a newer Python than the build's: the error quotes uv's resolution failure
+    (not "see the log") and says to pin an older version."""
+    app = tmp_path / "app"
+    write_files(app, {"requirements.txt": "django==6.0\n"})  # Django 6 requires Python >= 3.12
+    with pytest.raises(BuildFailed) as err:
+        await build(app, tmp_path)
+    e = err.value
+    assert e.message.startswith("uv pip install -r requirements.txt exited with 1: No solution found when resolving")
+    assert "does not satisfy Python>=3.12" in e.message
+    assert (e.fix or "").startswith("a dependency needs Python >=3.12, which this build's Python 3.11 is not: pin")
+
+
+def test_installer_error_reading() -> None:
+    compile_output = ["error: Failed to build `psycopg2==2.8.3`", "  cause: The build backend returned an error",
+                      "      error: command 'gcc' failed", "hint: Build failures usually indicate..."]  # fmt: skip
+    said = pyi.installer_error(compile_output)
+    assert said == "Failed to build `psycopg2==2.8.3`: The build backend returned an error"
+    assert "psycopg2-binary" in (pyi.installer_fix(said, "3.11") or "")
+    assert pyi.installer_error(["Resolved 3 packages", "      error: indented, from a build"]) is None
