@@ -34,6 +34,7 @@ from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.base import DatabaseProvider
 from inkmcp.providers.database.byo import BringYourOwnDatabase
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider, libpq_url
+from inkmcp.providers.database.redis import ExternalRedisProvider, RedisProvider, RedisSettings, build_redis_provider
 from inkmcp.settings import Settings
 from inkmcp.store.crypto import MAC_KEY_RELATIVE, SecretBox, check_shared_keys, shared_mac_key
 from inkmcp.store.db import Store, migrate, open_store
@@ -186,6 +187,18 @@ async def _compute(
     ), None
 
 
+def _redis_provider(stack: AsyncExitStack, data: Path, compute: str) -> RedisProvider | ExternalRedisProvider | None:
+    """The Redis add-on: the operator's shared server (INKMCP_REDIS_URL), else one redis-server per project under
+    the data dir, which only apps on this machine can reach: with Coolify compute (apps on other servers) the
+    add-on is offered only with INKMCP_REDIS_URL, and `database={"type":"redis"}` says so otherwise."""
+    settings = _provider_settings(RedisSettings, "INKMCP_REDIS_")
+    if settings.url is None and compute != "local":
+        return None
+    redis = build_redis_provider(data / "redis", settings)
+    stack.push_async_callback(redis.close)  # stops the instances this process started
+    return redis
+
+
 def _provider_settings(cls: type[S], prefix: str) -> S:
     """A provider's own settings class, read from the environment; a bad or missing value is an InkError
     naming the variable (as the main settings' errors do)."""
@@ -244,6 +257,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     byo = BringYourOwnDatabase()
     compute, coolify_parts = await _compute(stack, settings, data, store, control_url)
     default_db, db_providers = _database_providers(stack, settings, postgres, coolify_parts, store.sessionmaker)
+    redis = _redis_provider(stack, data, compute.name)
     # Replicas share one tenant server (a replica falling back to its own embedded one is refused).
     if serve:  # CLI commands never create tenant databases (and may run where the tenant server is unreachable)
         await check_tenant_server(store.sessionmaker, box, libpq_url(admin.get_secret_value()),
@@ -254,7 +268,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     limits = LimitDefaults.from_settings(settings)
     projects = ProjectService(sessions, box, limits)
     envs = EnvService(sessions, box)
-    databases = DatabaseService(sessions, box, default_db, byo, limits, providers=db_providers)
+    databases = DatabaseService(sessions, box, default_db, byo, limits, providers=db_providers, redis=redis)
     deploys = DeployService(
         sessions,
         projects=projects,
@@ -285,6 +299,10 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         stack.push_async_callback(compute.close)
         stack.push_async_callback(deploys.close)  # runs first: stop pipelines, then processes
         await databases.reconcile_connection_limits()  # roles made under older per-tier limits
+        if redis is not None:  # before restore_all: apps that read REDIS_URL need their Redis up
+            failed = await redis.start()
+            if failed:
+                log.warning("Redis instances that did not start (see their server.log): %s", failed)
         restored, resumed = await deploys.restore_all()
         log.info("restored %d services, resumed %d deployments", restored, resumed)
         # --- Issue 8 item 7 (reconciler, inkmcp/core/reconcile.py): with Coolify compute, a periodic pass comparing

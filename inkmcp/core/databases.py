@@ -207,6 +207,27 @@ class DatabaseService:
                     env["REDIS_KEY_PREFIX"] = SecretStr(key_prefix(creds.user))
         return env
 
+    def check_request(self, req: DatabaseRequest) -> None:
+        """What can be refused without a project: an add-on this server does not offer, byo without a URL. deploy_app
+        asks before it creates anything, so a refused request leaves no project or service behind."""
+        for requested in req.requested():
+            self._check_offered(requested, req)
+
+    def _check_offered(self, requested: Requested, req: DatabaseRequest) -> None:
+        if requested == "redis" and self._redis is None:
+            raise InvalidArgument(
+                "this InkMCP server does not offer the Redis add-on.",
+                argument="database.type",
+                fix='omit "redis" (pass database={"type": "postgres"} or none), or ask the operator to enable Redis '
+                "(INKMCP_REDIS_URL)",
+            )
+        if requested == "byo" and req.url is None:
+            raise InvalidArgument(
+                "type 'byo' needs a connection string.",
+                argument="database.url",
+                fix="pass database={'type': 'byo', 'url': 'postgresql://user:pass@host:5432/db'}",
+            )
+
     async def ensure(self, project_id: uuid.UUID, req: DatabaseRequest) -> DatabaseInfo:
         """Every add-on `req` names, each idempotent (a project that has one keeps it, and its password).
         Returns the first one named (its `created` says whether this call made it)."""
@@ -224,18 +245,7 @@ class DatabaseService:
                     fix="omit database (the existing one stays wired) or delete the project's database first",
                 )
             return existing
-        if requested == "redis" and self._redis is None:
-            raise InvalidArgument(
-                "this InkMCP server does not offer the Redis add-on.",
-                argument="database.type",
-                fix='omit "redis" (pass database={"type": "postgres"} or none), or ask the operator to enable Redis',
-            )
-        if requested == "byo" and req.url is None:
-            raise InvalidArgument(
-                "type 'byo' needs a connection string.",
-                argument="database.url",
-                fix="pass database={'type': 'byo', 'url': 'postgresql://user:pass@host:5432/db'}",
-            )
+        self._check_offered(requested, req)
         async with self._sessions.begin() as s:
             # Serialise provisioning per project across concurrent calls and processes.
             await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"db:{project_id}"})

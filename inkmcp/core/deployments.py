@@ -311,6 +311,8 @@ class DeployService:
             validate_env_payload(req.env_vars, self._max_env_bytes)
         if not req.repo_url.strip():
             raise InvalidArgument("repo_url is empty.", argument="repo_url", fix="pass a git URL or a local path")
+        if req.database is not None:
+            self._databases.check_request(req.database)
         # project name held by another account, or an account limit already reached: say so before any fetch
         await self._projects.precheck_deploy(p, project_name, req.service_name)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -121,8 +121,8 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         app_dir: Annotated[str | None, Field(description="monorepo subdir")] = None,
         resources: Resources | None = None,
         env_vars: Annotated[dict[str, str | None] | None, Field(description="null unsets")] = None,
-        database: Annotated[DatabaseRequest | None, Field(description='{"type":"postgres"} sets DATABASE_URL')]
-        = None,
+        database: Annotated[DatabaseRequest | None,
+                            Field(description="type postgres: DATABASE_URL, PG*; redis: REDIS_URL; or both")] = None,
     ) -> DeploymentView:
         """Repo to live URL: project, database, env, build, start. Same commit+settings: no-op.
         Answers within 40s; if not done, call wait_for_deployment."""
@@ -180,10 +180,10 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
 
     @tool(IDEMPOTENT, "Provision database")
     async def provision_database(ctx: Context, project_name: Project,
-                                 tier: Annotated[Tier, Field(description="as allowed for the account")] = Tier.free
-                                 ) -> DatabaseView:
-        """Postgres database for the project (one per project)."""
-        return await platform.provision_database(principal(ctx), project_name, tier)
+                                 tier: Annotated[Tier, Field(description="as allowed for the account")] = Tier.free,
+                                 type: Literal["postgres", "redis"] = "postgres") -> DatabaseView:
+        """Postgres or Redis for the project (one of each)."""
+        return await platform.provision_database(principal(ctx), project_name, tier, kind=type)
 
     @tool(READ, "Get database credentials")
     async def get_database_credentials(ctx: Context, project_name: Project) -> Credentials:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pwd
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -463,3 +464,51 @@ async def test_platform_file_env_defaults_and_links_sit_below_what_the_agent_set
         assert after["FLAVOUR"] == "chocolate" and after["TOPPING"] == "agent" and after["linked"] is True
         env = await call(s, "list_env_vars", project_name="render-env", service_name="web", reveal=True)
         assert env["env"] == {"TOPPING": "agent", "FLAVOUR": "chocolate"}  # repo defaults are not stored as env
+
+
+REDIS_APP = {
+    "requirements.txt": "redis==5.0.8\n",
+    "Procfile": "web: python app.py\nworker: python worker.py\n",
+    "app.py": """import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+import redis
+
+r = redis.Redis.from_url(os.environ["REDIS_URL"])
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"hits": r.incr("hits"), "jobs": int(r.get("jobs") or 0)}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+""",
+    "worker.py": """import os, time
+import redis
+
+r = redis.Redis.from_url(os.environ["REDIS_URL"])
+while True:
+    r.incr("jobs")
+    time.sleep(0.2)
+""",
+}
+
+
+async def test_redis_add_on_from_one_call(server: ServerProc, repos: Path) -> None:
+    """database={"type":"redis"} gives web and worker the project's Redis (REDIS_URL); on Coolify compute without a
+    shared Redis (INKMCP_REDIS_URL) the same call is refused with the argument to change, and nothing is made."""
+    repo = git_repo(repos / "counter", REDIS_APP)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        if server.compute != "local":
+            error = await call_error(s, "deploy_app", repo_url=str(repo), database={"type": "redis"})
+            assert "Redis" in error and "database.type" in error, error
+            assert "counter" not in [p["name"] for p in (await call(s, "list_projects"))["projects"]]
+            return
+        require("redis", shutil.which("redis-server") is not None, "the Redis add-on runs Debian's redis-server")
+        dep = await deploy_live(s, repo_url=str(repo), database={"type": "redis"})
+        first = via_proxy(server, dep["url"]).json()
+        deadline = time.monotonic() + 30
+        while (seen := via_proxy(server, dep["url"]).json())["jobs"] <= first["jobs"]:  # the worker writes too
+            assert time.monotonic() < deadline, seen
+        assert seen["hits"] > first["hits"] >= 1
+        creds = await call(s, "get_database_credentials", project_name="counter")
+        assert creds["redis"]["url"].startswith("redis://")
