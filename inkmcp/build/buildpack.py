@@ -583,6 +583,7 @@ async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncI
             said = pyi.installer_error(list(tail))
             if said is None:
                 raise
+            said = said.replace(f"file://{runner.app_dir}/", "./").replace(str(runner.app_dir) + "/", "./")
             used = next((m[1] for ln in tail if (m := re.search(r"Using Python (\d+\.\d+)[\d.]* environment", ln))), "")
             raise BuildFailed(f"{exc.message.rstrip('.')}: {said}", argument=exc.argument,
                               fix=pyi.installer_fix(said, used or "of this server") or exc.fix) from None  # fmt: skip

@@ -173,8 +173,16 @@ def _poetry_source_url(pkg: dict[str, object]) -> str | None:
     if kind == "url":
         return url
     if kind in ("directory", "file"):
-        return url  # relative to the project root (uv reads it from the app dir)
+        # A path relative to the project root; uv reads the requirements from the app dir's point of view.
+        return url if url.startswith(("/", "./", "../")) else f"./{url}"
     return None
+
+
+def _direct(name: str, extras: str, url: str, develop: bool) -> str:
+    """A requirement line for a git/URL (`name @ url`) or a local path (`./path`, `-e ./path`) dependency."""
+    if url.startswith(("git+", "http://", "https://", "file:")):
+        return f"{name}{extras} @ {url}"
+    return f"{'-e ' if develop else ''}{url}{extras}"
 
 
 def _poetry_python_marker(constraint: str) -> str | None:
@@ -182,8 +190,13 @@ def _poetry_python_marker(constraint: str) -> str | None:
     alts = parse_poetry_constraint(constraint)
     if alts is None:
         return None
-    parts = [" and ".join(f"python_full_version {op} '{v}'" for op, v in alt) or "python_full_version >= '0'"
-             for alt in alts]  # fmt: skip
+    def clause(op: str, v: str) -> str:
+        if op == "!=*":  # `!=3.0.*`, kept as a half-open range [low, high)
+            low, high = v.split(":")
+            return f"(python_full_version < '{low}' or python_full_version >= '{high}')"
+        return f"python_full_version {op} '{v}'"
+
+    parts = [" and ".join(clause(op, v) for op, v in alt) or "python_full_version >= '0'" for alt in alts]
     return " or ".join(f"({p})" for p in parts)
 
 
@@ -224,10 +237,8 @@ def poetry_install(repo: Repo) -> LockedInstall:
                     markers.append(f"({marker})")
             locked = by_name.get(_norm(name))
             url = _poetry_source_url(locked) if locked else None
-            line = f"{name}{extras} @ {url}" if url else f"{name}{extras}"
-            if isinstance(locked, dict) and isinstance(locked.get("develop"), bool) and locked["develop"] and url \
-                    and not url.startswith(("git+", "http")):  # fmt: skip
-                line = f"-e {url}"
+            develop = bool(locked and locked.get("develop") is True)
+            line = _direct(name, extras, url, develop) if url else f"{name}{extras}"
             lines.append(line + (f" ; {' and '.join(markers)}" if markers else ""))
         return lines
 
@@ -245,7 +256,9 @@ def poetry_install(repo: Repo) -> LockedInstall:
                 rest = str(dep)[match.end():]
                 extras = rest[: rest.index("]") + 1] if rest.lstrip().startswith("[") else ""
                 marker = rest.split(";", 1)[1].strip() if ";" in rest else ""
-                out.requirements.append(f"{match[1]}{extras.strip()} @ {url}" + (f" ; {marker}" if marker else ""))
+                develop = bool(locked and locked.get("develop") is True)
+                line = _direct(match[1], extras.strip(), url, develop)
+                out.requirements.append(line + (f" ; {marker}" if marker else ""))
             else:
                 out.requirements.append(str(dep))
     tool = pyproject.get("tool", {})
@@ -738,7 +751,8 @@ def build_exception_fix(exception: str) -> str | None:
 
 def installer_error(lines: Sequence[str]) -> str | None:
     """uv's (or pip's) own error from an install's output: its last `error:` line and the first cause after it."""
-    start = max((i for i, ln in enumerate(lines) if ln.startswith(("error:", "ERROR:"))), default=None)  # column 0: uv's own
+    # Column 0 only: uv's own lines, not the `error:` a compiler prints inside a source build's output.
+    start = max((i for i, ln in enumerate(lines) if ln.startswith(("error:", "ERROR:"))), default=None)
     if start is None:
         return None
     said = [lines[start].strip().removeprefix("error:").removeprefix("ERROR:").strip()]
@@ -755,6 +769,9 @@ def installer_fix(error: str, python: str) -> str | None:
         return (f"a dependency needs Python {m[1]}, which this build's Python {python} is not: pin an older version "
                 "of it that supports this Python in the dependency file (or ask for another Python only if this "
                 "server has it), commit and push")
+    if re.search(r"Failed to build `[^`]* @ (?:\./|file:)", error):
+        return ("a package of the repo itself failed to build (the build log shows why): fix its packaging, commit "
+                "and push")
     if "Failed to build" in error:
         return ("a dependency had to be compiled from source here and failed (the build log shows the compiler's "
                 f"error): pin a version that publishes a wheel for Python {python} (e.g. a newer release, or "

@@ -554,3 +554,87 @@ def test_installer_error_reading() -> None:
     assert said == "Failed to build `psycopg2==2.8.3`: The build backend returned an error"
     assert "psycopg2-binary" in (pyi.installer_fix(said, "3.11") or "")
     assert pyi.installer_error(["Resolved 3 packages", "      error: indented, from a build"]) is None
+
+
+LOCAL_BACKEND = """
+import base64, hashlib, os, zipfile
+FILES = {"localpkg/__init__.py": b"VALUE = 'local'\\n",
+         "localpkg-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\\nName: localpkg\\nVersion: 0.1\\n",
+         "localpkg-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+def _line(n, d):
+    return n + ",sha256=" + base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode() + "," + str(len(d))
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    name = "localpkg-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as zf:
+        for n, d in FILES.items():
+            zf.writestr(n, d)
+        zf.writestr("localpkg-0.1.dist-info/RECORD", "\\n".join([_line(n, d) for n, d in FILES.items()] + ["localpkg-0.1.dist-info/RECORD,,"]))
+    return name
+build_editable = build_wheel
+"""  # noqa: E501
+POETRY_EDGE_PYPROJECT = """
+[tool.poetry]
+name = "edge"
+version = "0.1.0"
+description = ""
+authors = ["x <x@example.com>"]
+
+[tool.poetry.dependencies]
+python = ">=3.9"
+six = {version = "1.15.0", python = "<3.0 || >=3.99"}
+iniconfig = {version = "1.1.1", markers = "sys_platform == 'win32'"}
+localpkg = {path = "libs/localpkg", develop = true}
+python-dateutil = {version = "^2.8", optional = true}
+"""
+POETRY_EDGE_LOCK = """
+[[package]]
+name = "six"
+version = "1.15.0"
+description = ""
+optional = false
+python-versions = "*"
+files = []
+
+[[package]]
+name = "iniconfig"
+version = "1.1.1"
+description = ""
+optional = false
+python-versions = "*"
+files = []
+
+[[package]]
+name = "localpkg"
+version = "0.1"
+description = ""
+optional = false
+python-versions = "*"
+files = []
+develop = true
+
+[package.source]
+type = "directory"
+url = "libs/localpkg"
+
+[metadata]
+lock-version = "2.0"
+python-versions = ">=3.9"
+content-hash = "0"
+"""
+
+
+@pytest.mark.slow
+async def test_poetry_markers_python_constraints_and_path_dependencies(tmp_path: Path) -> None:
+    """What the lock reader writes is what uv reads: a `python` constraint and a marker that exclude a
+    dependency on this Python/platform, a develop path dependency (editable), an optional one skipped."""
+    app = tmp_path / "app"
+    write_files(app, {"pyproject.toml": POETRY_EDGE_PYPROJECT, "poetry.lock": POETRY_EDGE_LOCK,
+                      "libs/localpkg/backend.py": LOCAL_BACKEND,
+                      "libs/localpkg/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                                                      'backend-path = ["."]\n[project]\nname = "localpkg"\n'
+                                                      'version = "0.1"\n'})  # fmt: skip
+    locked = pyi.poetry_install(RepoFiles(app))
+    assert "-e ./libs/localpkg" in locked.requirements and not any("dateutil" in r for r in locked.requirements)
+    out = await build(app, tmp_path)
+    assert versions(out.venv_dir, "six", "iniconfig", "localpkg", "python-dateutil") == {
+        "six": None, "iniconfig": None, "localpkg": "0.1", "python-dateutil": None}
