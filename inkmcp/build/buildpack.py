@@ -112,9 +112,13 @@ class _Runner:
         self.timeout = timeout
         self.end = time.monotonic() + timeout
 
-    async def run(self, argv: list[str], *, what: str, argument: str, fix: str, cwd: Path | None = None) -> None:
-        """Run one step, streaming merged stdout/stderr lines to the log; raise BuildFailed on failure."""
-        await self.log(f"$ {' '.join(argv) if argv[:2] != ['/bin/sh', '-c'] else argv[2]}")
+    async def run(self, argv: list[str], *, what: str, argument: str, fix: str, cwd: Path | None = None,
+                  shown: str | None = None) -> None:  # fmt: skip
+        """Run one step, streaming merged stdout/stderr lines to the log; raise BuildFailed on failure.
+
+        `shown` replaces the command line in the log (for argv that carries data, not a command to read).
+        """
+        await self.log(f"$ {shown or (' '.join(argv) if argv[:2] != ['/bin/sh', '-c'] else argv[2])}")
         limits = self.sandbox.limits
         before = limits.snapshot() if limits is not None else None
         proc, _ = await spawn(argv, cwd=cwd or self.app_dir, env=self.env, sandbox=self.sandbox)
@@ -406,7 +410,8 @@ async def _write_as_tenant(runner: _Runner, path: Path, lines: list[str]) -> Non
     """Write `lines` to `path` (inside the tenant's venv) as the tenant: root never writes into a tenant's tree."""
     script = 'f=$1; shift; printf "%s\\n" "$@" > "$f"'
     await runner.run(["/bin/sh", "-c", script, "sh", str(path), *lines], what=f"writing {path.name}",
-                     argument="repo_url", fix="retry the deployment")  # fmt: skip
+                     argument="repo_url", fix="retry the deployment",
+                     shown=f"(writing {path.name} into the virtualenv: {len(lines)} lines)")  # fmt: skip
 
 
 _FIX_DEPS = (
