@@ -4,8 +4,9 @@ Isolation rules, because the code being built is untrusted tenant code:
 - every subprocess starts from a minimal environment (PATH, HOME, LANG) plus the service's own
   env; InkMCP's environment (database URLs, API tokens) is never inherited;
 - with `run_as`, every subprocess runs as the tenant's uid/gid with no supplementary groups;
-- Python builds use the system interpreter given by `python`, never InkMCP's own venv, so a
-  build cannot see or modify InkMCP's packages;
+- Python builds use a system interpreter (the operator's `python`, or the version the repo asks for
+  when the server has it: inkmcp.build.python_install), never InkMCP's own venv, so a build cannot
+  see or modify InkMCP's packages;
 - every subprocess gets its own session, and the whole process group is killed on timeout.
 
 Python virtualenvs are keyed by a hash of the dependency files and reused across builds and
@@ -24,6 +25,11 @@ pre-releases), which are translated to uv's. One difference is kept on purpose: 
 indexes uv takes a package from the first index that has it (pip mixes versions from all of them,
 the dependency-confusion hole); UV_INDEX_STRATEGY=unsafe-best-match in the service env restores
 pip's behaviour.
+
+Lock files (Pipfile.lock, poetry.lock, uv.lock) are installed exactly, without their tools, and a
+build_command that runs an installer replaces this step: inkmcp.build.python_install says which file
+wins, how each is read, and the rule. A failed install, build command or collectstatic quotes the
+installer's error or the Python exception it died with, with advice that answers it.
 
 Download caches (uv's, npm's, corepack's) live in `cache_dir`: the local provider passes the
 project's own `projects/<pid>/cache/` (tenant 0700 under a root dir), never a cache shared between
