@@ -21,6 +21,12 @@ version and file hash (a wrong hash fails the build), dev groups are never asked
 1.1 (`[metadata.files]`), 2.0 (no groups) and 2.1 read alike. Git, URL and path dependencies are taken
 from the lock's `[package.source]` (the resolved commit for git).
 
+A build_command replaces the install step when it runs an installer itself (`pip install`, `uv sync`,
+`uv pip install`; `poetry install` / `pipenv sync` only when the command installs that tool first, since
+neither is on this server), directly or in a repo script it runs (`./build.sh`). Poetry and Pipenv apps
+get `poetry` / `pipenv` shims in the venv: `install`/`sync` are no-ops after the lock's install, `run X`
+runs X (start commands like `poetry run gunicorn app:app`).
+
 Python version: the first of `PYTHON_VERSION` in the service env (Render's variable; lets an agent
 override the repo without a commit), `.python-version`, `runtime.txt` (`python-3.11.7`), `Pipfile.lock`
 `_meta.requires`, `requires-python` / Poetry's `python` constraint picks one of the interpreters on this
