@@ -571,7 +571,7 @@ def _settings_text(repo: RepoFiles) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncIterator[None]:
+async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncIterator[collections.deque[str]]:
     """Run a step whose failure should quote the Python exception it died with (a traceback's last line).
 
     Only "exited with N" failures are rewritten: a limit or the timeout already says what happened.
@@ -586,7 +586,7 @@ async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncI
 
     runner.log = keep
     try:
-        yield
+        yield tail
     except BuildFailed as exc:
         if " exited with " not in exc.message:
             raise
@@ -620,10 +620,19 @@ async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) 
     if env.get("DISABLE_COLLECTSTATIC", "").strip().lower() in _TRUE:
         await runner.log("-> DISABLE_COLLECTSTATIC is set: skipping python manage.py collectstatic")
         return
-    async with _failure_quoted(runner, repo, "collectstatic"):
-        await runner.run(["python", "manage.py", "collectstatic", "--noinput"],
-                         what="python manage.py collectstatic --noinput", argument="repo_url",
-                         fix=pyi.collectstatic_fix(None, ""))  # fmt: skip
+    tail: collections.deque[str] = collections.deque()
+    try:
+        async with _failure_quoted(runner, repo, "collectstatic") as tail:
+            await runner.run(["python", "manage.py", "collectstatic", "--noinput"],
+                             what="python manage.py collectstatic --noinput", argument="repo_url",
+                             fix=pyi.collectstatic_fix(None, ""))  # fmt: skip
+    except BuildFailed:
+        # An app without django.contrib.staticfiles has no static files to collect (Heroku skips it too).
+        if any("Unknown command: 'collectstatic'" in line for line in tail):
+            await runner.log("-> collectstatic is not available (django.contrib.staticfiles is not in "
+                             "INSTALLED_APPS): nothing to collect, skipped")  # fmt: skip
+            return
+        raise
 
 
 def python_shim(shim_dir: Path, python: str) -> Path:

@@ -391,6 +391,13 @@ async def test_collectstatic_failure_quotes_the_exception_and_answers_it(tmp_pat
     assert (app / "staticfiles" / "site.css").read_text() == "body { color: teal }\n"
     assert "1 static file copied" in log.text
 
+    # An API-only app (no django.contrib.staticfiles): nothing to collect, the build goes on.
+    settings = (app / "site_cfg" / "settings.py").read_text()
+    (app / "site_cfg" / "settings.py").write_text(settings.replace('["django.contrib.staticfiles"]', "[]"))
+    log = Log()
+    await build(app, tmp_path, log, plan=python_plan(django=True))
+    assert "-> collectstatic is not available (django.contrib.staticfiles is not in INSTALLED_APPS)" in log.text
+
 
 def test_last_exception_reading() -> None:
     chained = [
