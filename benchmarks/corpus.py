@@ -132,9 +132,14 @@ def main() -> int:
             if not out.ok:
                 print("\n" + describe(out))
     if a.json:
-        doc = {"summary": s, "apps": [{**dataclasses.asdict(o), "offered": app.offered, "stack": app.stack,
-                                        "upstream": app.upstream, "commit": app.commit, "ok": o.ok}
-                                       for app, o in zip(apps, outs, strict=True)]}
+        def record(app: App, o: Outcome) -> dict[str, Any]:
+            d = {**dataclasses.asdict(o), "offered": app.offered, "stack": app.stack, "upstream": app.upstream,
+                 "commit": app.commit, "ok": o.ok}
+            if o.retry is not None:
+                d["retry"] = {**d["retry"], "ok": o.retry.ok, "args": app.retry}
+            return d
+
+        doc = {"summary": s, "apps": [record(app, o) for app, o in zip(apps, outs, strict=True)]}
         text = json.dumps(doc, indent=2)
         if a.json == "-":
             print(text)

@@ -149,16 +149,21 @@ class Outcome:
         return self.status == "live" and self.page_ok
 
 
+STEP_CAUSE = {"queued": "queue", "provisioning": "database", "database": "database", "building": "build",
+              "starting": "start", "health_check": "health", "switching": "switch"}
+
+
 def cause_of(dep: dict[str, Any]) -> str:
-    """The step a failed deployment stopped at, from its error and history (a category for the report)."""
-    text = " ".join([dep.get("error") or "", *dep.get("history", [])]).lower()
-    for word, cause in (("database", "database"), ("redis", "database"), ("postgres", "database"),
-                        ("building", "build"), ("build", "build"), ("install", "build"),
-                        ("health", "health"), ("listen", "health"), ("crash", "start"), ("exited", "start"),
-                        ("start", "start")):
-        if word in text:
-            return cause
-    return "other"
+    """The step a failed deployment stopped at (a category for the report): the history's last entry reads
+    "failed: <step>: <detail>"; an error naming the database or Redis add-on is `database` whatever the step."""
+    error = (dep.get("error") or "").lower()
+    if "add-on" in error or "database" in error.split(":", 2)[0]:
+        return "database"
+    for entry in reversed(dep.get("history", [])):
+        status, _, rest = entry.partition(": ")
+        if status == "failed":
+            return STEP_CAUSE.get(rest.partition(":")[0].strip(), "other")
+    return STEP_CAUSE.get(error.partition(":")[0].strip(), "other")
 
 
 async def deploy_until_done(s: ClientSession, args: dict[str, Any], deadline_s: float) -> dict[str, Any]:
