@@ -3,7 +3,7 @@
 Shared by tests/corpus/test_corpus.py (offered apps, asserts each goes live and serves its page) and
 benchmarks/corpus.py (every app, a table of results and times). The manifest is tests/corpus/apps.toml;
 the apps' code is in one-commit git bundles outside our commits (see the manifest's header for why and
-where): `bundle_dir()` finds them, `clone_app()` turns one into the plain git repo a user would point
+where): `find_bundle()` finds them, `clone_app()` turns one into the plain git repo a user would point
 deploy_app at, after checking it holds exactly the upstream tree the manifest records.
 """
 
@@ -28,7 +28,9 @@ from tests.support import ServerProc, ToolFailed, call, share_repo
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "apps.toml"
 BUNDLES_ENV = "INKMCP_CORPUS_BUNDLES"
-DEFAULT_BUNDLES = HERE / "bundles"
+# Where the bundles are looked for, first match wins: $INKMCP_CORPUS_BUNDLES, this checkout's (gitignored)
+# tests/corpus/bundles, and the machine's copy that a fresh clone (CI's) finds on the machine they were made on.
+DEFAULT_BUNDLES = (HERE / "bundles", Path("/var/lib/inkmcp-corpus/bundles"))
 
 # How long one app may take from deploy_app to a terminal status: cold builds of Next.js/CRA/NestJS on 2 shared
 # cores with installs from the registries take minutes, not seconds.
@@ -89,21 +91,25 @@ def load_apps() -> list[App]:
     return apps
 
 
-def bundle_dir() -> Path:
-    return Path(os.environ.get(BUNDLES_ENV) or DEFAULT_BUNDLES)
+def bundle_dirs() -> tuple[Path, ...]:
+    if os.environ.get(BUNDLES_ENV):
+        return (Path(os.environ[BUNDLES_ENV]),)
+    return DEFAULT_BUNDLES
 
 
-def missing_bundle_message(app: App) -> str:
-    return (f"corpus bundle {app.bundle} not found in {bundle_dir()}: the corpus apps' code is kept out of the "
-            f"repository (tests/corpus/apps.toml header); put the bundles in tests/corpus/bundles/ or set "
-            f"{BUNDLES_ENV} to the directory holding them")
+def find_bundle(app: App) -> Path:
+    for d in bundle_dirs():
+        if (d / app.bundle).is_file():
+            return d / app.bundle
+    raise FileNotFoundError(
+        f"corpus bundle {app.bundle} not found in {', '.join(map(str, bundle_dirs()))}: the corpus apps' code is "
+        f"kept out of the repository (tests/corpus/apps.toml header says why); put the bundles in one of those "
+        f"directories or set {BUNDLES_ENV} to the directory holding them")
 
 
 def clone_app(app: App, parent: Path) -> Path:
     """A non-bare clone of the app's bundle at `parent/<name>`, readable by project users; checks the tree."""
-    bundle = bundle_dir() / app.bundle
-    if not bundle.is_file():
-        raise FileNotFoundError(missing_bundle_message(app))
+    bundle = find_bundle(app)
     repo = parent / app.name
     subprocess.run(["git", "clone", "-q", "-b", "main", str(bundle), str(repo)], check=True, capture_output=True)
     tree = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD^{tree}"], check=True, capture_output=True,
