@@ -341,8 +341,8 @@ class RepoFiles:
     def has(self, name: str) -> bool:
         return self.read(name) is not None
 
-    def names(self) -> list[str]:
-        return list_beneath(self.anchor, self.rel)
+    def names(self, subdir: str | None = None) -> list[str]:
+        return list_beneath(self.anchor, os.path.join(self.rel, subdir) if subdir else self.rel)
 
 
 def dependency_hash(app_dir: Path | RepoFiles, python: str, how: str = "") -> str:
@@ -529,6 +529,13 @@ async def _python_deps(
         return venv, False
     finally:
         os.close(lock_fd)
+
+
+def _src_layout(repo: RepoFiles) -> bool:
+    """A pyproject/setup project whose packages live under src/ (`src/<pkg>/__init__.py`)."""
+    if not (repo.has("pyproject.toml") or repo.has("setup.py") or repo.has("setup.cfg")):
+        return False
+    return any(repo.has(f"src/{name}/__init__.py") for name in repo.names("src") if name.isidentifier())
 
 
 def _has_python_deps(repo: RepoFiles) -> bool:
@@ -728,6 +735,11 @@ async def run_build(
                                           installer, replaced_by)  # fmt: skip
         venv_bin = str(venv / "bin")
         output.env = {"PATH": f"{venv_bin}:{env.get('PATH', BASE_PATH)}", "VIRTUAL_ENV": str(venv)}
+        if await asyncio.to_thread(_src_layout, repo):
+            # The project itself is never installed into the shared venv (it would pin one commit's code):
+            # a src/ layout is importable through PYTHONPATH, per release, as `pip install .` would make it.
+            output.env["PYTHONPATH"] = ":".join(filter(None, [str(app_dir / "src"), env.get("PYTHONPATH")]))
+            await runner.log("-> src/ layout: src is on PYTHONPATH (the project itself is not installed)")
         output.reused_venv = reused
         output.venv_dir = str(venv)
         # For a build_command's own installer: uv sync and poetry install target this venv, not ./.venv.

@@ -645,3 +645,15 @@ async def test_poetry_markers_python_constraints_and_path_dependencies(tmp_path:
     out = await build(app, tmp_path)
     assert versions(out.venv_dir, "six", "iniconfig", "localpkg", "python-dateutil") == {
         "six": None, "iniconfig": None, "localpkg": "0.1", "python-dateutil": None}
+
+
+async def test_src_layout_is_importable_without_installing_the_project(tmp_path: Path) -> None:
+    """`uv init --package` style (src/<pkg>): the project is importable in the build and at run time through
+    PYTHONPATH of this release, never installed into the shared venv."""
+    app = app_copy("uvapp", tmp_path)
+    write_files(app, {"src/uv_sample/__init__.py": "WHERE = 'release one'\n"})
+    command = "python -c 'import uv_sample; print(uv_sample.WHERE)' > where.txt"
+    out = await build(app, tmp_path, plan=python_plan(build_command=command))
+    assert (app / "where.txt").read_text().strip() == "release one"
+    assert out.env["PYTHONPATH"] == str(app / "src")
+    assert versions(out.venv_dir, "uv-sample") == {"uv-sample": None}
