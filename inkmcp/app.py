@@ -28,7 +28,7 @@ from inkmcp.core.leases import ReplicaSettings
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
-from inkmcp.errors import InkError
+from inkmcp.errors import InkError, register_server_paths
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.base import DatabaseProvider
@@ -215,6 +215,9 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o711)  # noqa: S103 - tenant users traverse to their own (0700) directories, nothing more
+    # Core's checkouts (plan errors name files there) show as `./...` to agents, anything else under the data dir
+    # as `<server>/...` (errors.scrub_paths; the local provider registers its own release dirs).
+    register_server_paths(data, [(r"work/checkouts/[0-9a-f]+", ".")])
     if serve:
         _hold_serve_lock(stack, data)
 

@@ -36,6 +36,7 @@ The whole suite (`make test`) remains what CI runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,11 @@ from tests.requirements import (
     require,
     required_components,
 )
+
+# Local providers built in-process (tests/core, tests/contract, benchmarks' helpers) read the stability window from
+# the env: the suites' apps fail at once or not at all, so 0.3 s instead of the 3 s default keeps every deploy fast
+# (tests/local/test_live_means_live.py sets its own; make_server sets it for served ones).
+os.environ.setdefault("INKMCP_STABILITY_WINDOW", "0.3")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -163,6 +163,9 @@ def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
         "INKMCP_IDLE_TIMEOUT": "3",
         "INKMCP_HEALTH_TIMEOUT": "15",
         "INKMCP_DEPLOY_ANSWER_WITHIN": "10",
+        # "live" waits for every process to stay up this long (default 3 s): long enough for the suites' apps,
+        # which fail at once or not at all; tests/local/test_live_means_live.py checks the window itself.
+        "INKMCP_STABILITY_WINDOW": "0.3",
         # The suites deploy local repos; as root the default would refuse them (a shared machine).
         "INKMCP_ALLOW_LOCAL_SOURCES": "1",
         **env,

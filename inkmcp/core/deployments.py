@@ -60,7 +60,7 @@ from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
-from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError
+from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import (
     ComputeProvider,
@@ -874,7 +874,9 @@ class DeployService:
                     shutil.rmtree(work, ignore_errors=True)
 
     async def _fail(self, lease: Lease, reason: str) -> str:
-        """Record the failure (fenced); the outcome for metrics: `failed`, or `lost` if the lease went first."""
+        """Record the failure (fenced); the outcome for metrics: `failed`, or `lost` if the lease went first.
+        Agents read the reason: the server's own paths in it are shown relative (errors.scrub_paths)."""
+        reason = scrub_paths(reason)
         try:
             await self._record(lease, Step.failed, reason)
         except LeaseLost:
@@ -1183,8 +1185,12 @@ def _render_view(
     if not done:
         next_step = f"call wait_for_deployment(deployment_id='{dep_id}') to follow it to the end"
     elif status == "failed":
+        # starting/health_check: the build passed and the processes crashed or answered 5xx, so the cause is in what
+        # they printed; anything else (building, releasing, a plan error): the build log.
+        after_build = (error or "").split(":", 1)[0] in (Step.starting.value, Step.health_check.value)
+        scope = "runtime" if after_build else "build"
         next_step = (
-            f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='build'), "
+            f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='{scope}'), "
             "fix the cause, then call deploy_app again"
         )
     history = [f"{st}: {d}" if d else st for st, d in events][-history_limit:]

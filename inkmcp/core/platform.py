@@ -25,7 +25,7 @@ from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
-from inkmcp.errors import DeployFailed, InkError, InvalidArgument
+from inkmcp.errors import DeployFailed, InkError, InvalidArgument, scrub_paths
 from inkmcp.providers.compute.base import ComputeProvider, LogScope, ProviderUnavailable
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
@@ -233,7 +233,7 @@ class Platform:
         secrets = [v.get_secret_value() for k, v in env.items() if k not in NOT_SECRET]  # PGHOST=127.0.0.1 is not
         for db in (await self.databases.addons(project.id)).values():  # Postgres and Redis passwords, bare too
             secrets += [db.password.get_secret_value(), db.url.get_secret_value()]
-        lines, truncated = bound(redact(raw, secrets), tail)
+        lines, truncated = bound(redact([scrub_paths(line) for line in raw], secrets), tail)
         return LogsView(
             project=project.name,
             service=svc.name,

@@ -31,7 +31,7 @@ from inkmcp.core.platform import (
 from inkmcp.core.principal import Principal
 from inkmcp.core.types import LogScope, Mode, Resources, ServiceType, Tier
 from inkmcp.core.views import DeploymentView, ServiceView
-from inkmcp.errors import InkError
+from inkmcp.errors import InkError, scrub_paths
 from inkmcp.mcp.auth import PRINCIPAL_KEY
 from inkmcp.metrics import Metrics
 
@@ -68,7 +68,7 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
                     result = await fn(*args, **kwargs)
                 except InkError as e:
                     metrics.tool_calls.labels(fn.__name__, "error").inc()
-                    raise ToolError(e.render()) from None
+                    raise ToolError(scrub_paths(e.render())) from None
                 except ToolError:
                     metrics.tool_calls.labels(fn.__name__, "error").inc()
                     raise

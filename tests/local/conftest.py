@@ -100,6 +100,7 @@ async def make_provider(data_dir: Path, project_ids: Callable[[], str]) -> Async
         options: dict[str, Any] = {
             "proxy_port": 0, "health_timeout": 5.0, "idle_timeout": 300.0, "stop_grace": 2.0,
             "backoff": Backoff(initial=0.2, maximum=2.0, reset_after=60.0),
+            "stability_window": 0.3,  # default 3 s; test_live_means_live passes its own
         }  # fmt: skip
         options.update(kwargs)
         provider = LocalComputeProvider(kwargs.pop("data_dir", data_dir), **options)

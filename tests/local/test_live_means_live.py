@@ -326,6 +326,7 @@ async def test_over_mcp_a_crash_after_the_build_is_reported_with_runtime_logs_an
         error = dep["error"]
         assert error.startswith("health_check: process 'web' exited with code 1"), error
         assert "get_logs(scope='runtime')" in error and 'File "./app.py"' in error, error
+        assert "scope='runtime'" in dep["next_step"], dep  # the build passed: the cause is in the app's output
         crash = [line for line in logs["lines"] if 'File "' in line and "app.py" in line]
         assert crash and all('File "./app.py"' in line for line in crash), logs
         for shown in (error, "\n".join(logs["lines"])):
