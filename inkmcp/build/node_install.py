@@ -611,6 +611,29 @@ async def install_node(package_version: str, tools_dir: Path, settings: NodeSett
 # --- the build step ------------------------------------------------------------------------------------------
 
 
+_SHIMS = {"yarn": "yarn", "yarnpkg": "yarnpkg", "pnpm": "pnpm", "pnpx": "pnpx"}
+
+
+def package_manager_shims(tools_dir: Path) -> Path:
+    """A bin dir (InkMCP's, 0755) whose yarn, yarnpkg, pnpm and pnpx run `corepack <tool>`.
+
+    Corepack's own shims find corepack relative to where they lie, so they cannot be linked elsewhere; these
+    find it on PATH, which is the chosen Node's corepack (its bin dir comes first).
+    """
+    shim_dir = tools_dir / "pm-shims"
+    shim_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name, tool in _SHIMS.items():
+        text = f'#!/bin/sh\nexec corepack {tool} "$@"\n'
+        path = shim_dir / name
+        if not path.is_file() or path.is_symlink() or path.read_text() != text:
+            tmp = shim_dir / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.write_text(text)
+            tmp.chmod(0o755)
+            tmp.replace(path)
+    return shim_dir
+
+
 @dataclass(frozen=True)
 class NodeSetup:
     """What a Node build and the app's processes get: env additions (PATH with the chosen node first,
@@ -640,6 +663,10 @@ async def prepare_node(
     version = f"v{_fmt(choice.version)}" if choice.version else "unknown"
     await log(f"-> Node {version}: {choice.reason}" + (f" (from {choice.bin_dir})" if choice.bin_dir else ""))
     install, note = node_install_command(repo, search)
+    if shutil.which("corepack", path=search):
+        # `yarn build`, `pnpm start` in the repo's own commands (render.yaml, package.json scripts calling
+        # each other): the package managers through corepack, after anything really installed on PATH.
+        search = f"{search}:{await asyncio.to_thread(package_manager_shims, tools)}"
     env = {**corepack_env(settings, cache_dir, service_env),
            "PATH": f"{app_dir / 'node_modules' / '.bin'}:{search}"}  # fmt: skip
     if not any(k.lower() == "npm_config_dangerously_allow_all_scripts" for k in service_env):

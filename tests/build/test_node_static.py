@@ -198,8 +198,9 @@ _PRINT_MS = "node -e \"process.stdout.write(require('ms/package.json').version)\
 @requires("npm", HAS_NPM and HAS_COREPACK, "no npm/corepack on PATH (Debian's npm package; Node ships corepack)")
 @pytest.mark.parametrize(("fixture", "command", "show"), [
     ("npm", "$ npm ci", _PRINT_MS),
-    ("yarn", "$ corepack yarn install --frozen-lockfile", _PRINT_MS),  # packageManager yarn@1.22.22
-    ("pnpm", "$ corepack pnpm install --frozen-lockfile", _PRINT_MS),  # packageManager pnpm@9.15.0
+    # bare `yarn` / `pnpm` in the repo's own commands: corepack's, at package.json's packageManager version
+    ("yarn", "$ corepack yarn install --frozen-lockfile", "yarn --version > pm.txt && " + _PRINT_MS),  # 1.22.22
+    ("pnpm", "$ corepack pnpm install --frozen-lockfile", "pnpm --version > pm.txt && " + _PRINT_MS),  # 9.15.0
     ("berry", "$ corepack yarn install --immutable", "corepack " + _PRINT_MS.replace("node -e", "yarn node -e")),
 ], ids=["npm", "yarn-classic", "pnpm", "yarn-berry"])  # fmt: skip
 async def test_lock_file_installs_the_locked_version(tmp_path: Path, fixture: str, command: str, show: str) -> None:
@@ -216,6 +217,9 @@ async def test_lock_file_installs_the_locked_version(tmp_path: Path, fixture: st
     assert out.env["COREPACK_HOME"] == str(cache / "corepack")  # `yarn start` at run time finds the same yarn
     if fixture != "npm":
         assert (cache / "corepack").is_dir()  # the package manager came into the project's cache
+    if fixture in ("yarn", "pnpm"):
+        wanted = json.loads((app / "package.json").read_text())["packageManager"].split("@")[1].split("+")[0]
+        assert (app / "pm.txt").read_text().strip() == wanted
 
 
 @pytest.mark.slow
