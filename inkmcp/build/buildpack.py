@@ -468,7 +468,12 @@ async def _install(runner: _Runner, repo: RepoFiles, installer: pyi.Installer, i
         elif installer.kind == "package":
             await runner.run([*install, *flags, "."], what="uv pip install .", argument="repo_url", fix=_FIX_DEPS)
         elif installer.kind in ("poetry-unlocked", "pipenv-unlocked"):
-            raise pyi.unlocked_error(installer)
+            await runner.log(f"-> {pyi.unlocked_note(installer)}")
+            locked = pyi.poetry_install(repo) if installer.kind == "poetry-unlocked" else pyi.pipfile_install(repo)
+            if locked.requirements:
+                await _write_as_tenant(runner, reqs, locked.requirements)
+                await runner.run([*install, *flags, *locked.flags, "-r", str(reqs)], what=what, argument="repo_url",
+                                 fix=_FIX_DEPS)  # fmt: skip
     finally:
         runner.env = saved_env
 

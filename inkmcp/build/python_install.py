@@ -8,7 +8,9 @@ Heroku's classic buildpack order, which users of that platform already know):
   2. `requirements.txt`   pip: `uv pip install -r requirements.txt`
   3. `poetry.lock`        Poetry: the main dependencies at the locked versions (see below)
   4. `uv.lock`            uv: `uv export --frozen --no-default-groups`, installed as exported
-  5. `pyproject.toml` with `[project].dependencies`, else `setup.py` / a build backend: `uv pip install`
+  5. `pyproject.toml` with `[project].dependencies`, else `setup.py` / a build backend: `uv pip install`;
+     a Poetry project without poetry.lock, or a Pipfile without Pipfile.lock: the manifest's constraints
+     resolved anew (Poetry's `^`/`~` translated to PEP 440), with a log line saying nothing is pinned
 A `requirements.txt` next to a lock file is nearly always an export of that lock kept for platforms that
 read only pip, so both give the same versions; the build log names the file used and the ones ignored.
 
@@ -141,17 +143,13 @@ def has_python_deps(repo: Repo) -> bool:
     return choose_installer(repo).kind != "none"
 
 
-def unlocked_error(installer: Installer) -> BuildFailed:
-    """A Poetry or Pipenv project without its lock file: say how to lock it or what else to pass."""
-    tool, lock, cmd = (("Poetry", "poetry.lock", "poetry lock") if installer.kind == "poetry-unlocked"
-                       else ("Pipenv", "Pipfile.lock", "pipenv lock"))  # fmt: skip
-    return BuildFailed(
-        f"{installer.file} describes a {tool} project, but the repository has no {lock}: "
-        "there are no locked versions to install.",
-        argument="repo_url",
-        fix=f"run `{cmd}` and commit {lock}; or add a requirements.txt; or pass a build_command that installs "
-        "the dependencies itself (e.g. 'pip install -r requirements.txt')",
-    )
+def unlocked_note(installer: Installer) -> str:
+    """The log line for a Poetry or Pipenv project installed without its lock file."""
+    tool, lock, cmd, table = (("Poetry", "poetry.lock", "poetry lock", "[tool.poetry.dependencies]")
+                              if installer.kind == "poetry-unlocked"
+                              else ("Pipenv", "Pipfile.lock", "pipenv lock", "[packages] of the Pipfile"))  # fmt: skip
+    return (f"{installer.file} describes a {tool} project without {lock}: installing {table} resolved anew "
+            f"(versions are not pinned: run `{cmd}` and commit {lock} to pin them)")
 
 
 # --- Poetry -----------------------------------------------------------------------------------
@@ -206,6 +204,60 @@ def _poetry_python_marker(constraint: str) -> str | None:
     return " or ".join(f"({p})" for p in parts)
 
 
+def _pep440(constraint: str) -> str:
+    """A Poetry constraint (`^1.2`, `~2.0`, `>=1,<2`) as a PEP 440 specifier; "" when it has alternatives."""
+    alts = parse_poetry_constraint(constraint)
+    if alts is None or len(alts) != 1:
+        return ""
+    parts = []
+    for op, v in alts[0]:
+        if op == "!=*":
+            parts.append(f"!={v.split(':')[0]}.*")
+        else:
+            parts.append(f"{op}{v}")
+    return ",".join(parts)
+
+
+def _unlocked_line(name: str, extras: str, spec: object) -> str:
+    """A requirement line from a manifest entry (Poetry or Pipfile style): version, git, or path."""
+    if isinstance(spec, str):
+        version = spec
+    elif isinstance(spec, dict):
+        if spec.get("git"):
+            git = str(spec["git"])
+            ref = spec.get("rev") or spec.get("ref") or spec.get("tag") or spec.get("branch")
+            return f"{name}{extras} @ {git if git.startswith('git+') else 'git+' + git}{f'@{ref}' if ref else ''}"
+        if spec.get("path"):
+            path = str(spec["path"])
+            path = path if path.startswith(("/", "./", "../")) else f"./{path}"
+            return _direct(name, extras, path, bool(spec.get("develop") or spec.get("editable")))
+        version = str(spec.get("version", "*"))
+    else:
+        return f"{name}{extras}"
+    version = version.strip()
+    if version in ("", "*"):
+        return f"{name}{extras}"
+    return f"{name}{extras}{_pep440(version)}"  # Pipfile's "==1.2" stays itself; Poetry's "^1.2" is translated
+
+
+def pipfile_install(repo: Repo) -> LockedInstall:
+    """A Pipfile without its lock: `[packages]` resolved anew (Heroku did this too, before requiring the lock)."""
+    data = _toml(repo, "Pipfile") or {}
+    out = LockedInstall()
+    packages = data.get("packages")
+    for name, spec in (packages.items() if isinstance(packages, dict) else []):
+        extras = f"[{','.join(spec['extras'])}]" if isinstance(spec, dict) and spec.get("extras") else ""
+        marker = f" ; {spec['markers']}" if isinstance(spec, dict) and spec.get("markers") else ""
+        out.requirements.append(_unlocked_line(name, extras, spec) + marker)
+    sources = data.get("source")
+    urls = [str(s["url"]) for s in sources if isinstance(s, dict) and s.get("url")] if isinstance(sources, list) else []
+    if urls and not urls[0].rstrip("/").endswith(("pypi.org/simple", "pypi.python.org/simple")):
+        out.flags += ["--index-url", urls[0]]
+    for url in urls[1:]:
+        out.flags += ["--extra-index-url", url]
+    return out
+
+
 def poetry_install(repo: Repo) -> LockedInstall:
     """Requirements (the root's main dependencies) and constraints (every locked package, with hashes)."""
     lock = _toml(repo, "poetry.lock") or {}
@@ -245,6 +297,8 @@ def poetry_install(repo: Repo) -> LockedInstall:
             url = _poetry_source_url(locked) if locked else None
             develop = bool(locked and locked.get("develop") is True)
             line = _direct(name, extras, url, develop) if url else f"{name}{extras}"
+            if not packages:  # no poetry.lock: the constraint as written, resolved anew
+                line = _unlocked_line(name, extras, one)
             lines.append(line + (f" ; {' and '.join(markers)}" if markers else ""))
         return lines
 

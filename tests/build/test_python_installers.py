@@ -159,8 +159,9 @@ def test_installer_precedence_and_unlocked_projects(tmp_path: Path) -> None:
     assert kind({"pyproject.toml": "[tool.poetry]\nname='x'\n"}).kind == "poetry-unlocked"
     assert kind({"setup.py": ""}).kind == "package"
     assert kind({"app.py": ""}).kind == "none"
-    err = pyi.unlocked_error(kind({"pyproject.toml": "[tool.poetry]\nname='x'\n"}))
-    assert "no poetry.lock" in err.message and "poetry lock" in (err.fix or "") and "build_command" in (err.fix or "")
+    note = pyi.unlocked_note(kind({"pyproject.toml": "[tool.poetry]\nname='x'\n"}))
+    assert "without poetry.lock" in note and "run `poetry lock` and commit poetry.lock" in note
+    assert kind({"Pipfile": ""}).kind == "pipenv-unlocked"
 
 
 def test_venv_key_covers_the_lock_file_and_the_install_method(tmp_path: Path) -> None:
@@ -658,3 +659,30 @@ async def test_src_layout_is_importable_without_installing_the_project(tmp_path:
     assert (app / "where.txt").read_text().strip() == "release one"
     assert out.env["PYTHONPATH"] == str(app / "src")
     assert versions(out.venv_dir, "uv-sample") == {"uv-sample": None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lockless", ["poetry", "pipenv"])
+async def test_poetry_or_pipfile_without_a_lock_resolves_the_manifest(lockless: str, tmp_path: Path) -> None:
+    """No lock file committed: the manifest's constraints (Poetry's caret, Pipfile's ==) are resolved anew,
+    and the log says the versions are not pinned and how to pin them."""
+    app = tmp_path / "app"
+    if lockless == "poetry":
+        write_files(app, {"pyproject.toml": "[tool.poetry]\nname = 'x'\nversion = '0'\n[tool.poetry.dependencies]\n"
+                                            "python = '^3.9'\nsix = '~1.15'\npython-dateutil = {version = '2.8.1'}\n"})
+    else:
+        write_files(app, {"Pipfile": "[packages]\nsix = '==1.15.0'\npython-dateutil = {version = '==2.8.1'}\n"
+                                     "[dev-packages]\niniconfig = '*'\n"})  # fmt: skip
+    log = Log()
+    out = await build(app, tmp_path, log)
+    assert "resolved anew (versions are not pinned: run" in log.text
+    assert versions(out.venv_dir, *LOCKED) == LOCKED
+
+
+def test_manifest_constraints_as_pep440() -> None:
+    assert pyi._unlocked_line("six", "", "^1.15") == "six>=1.15,<2"
+    assert pyi._unlocked_line("six", "", "~1.15.0") == "six>=1.15.0,<1.16"
+    assert pyi._unlocked_line("six", "[x]", {"version": ">=1.2, <2"}) == "six[x]>=1.2,<2"
+    assert pyi._unlocked_line("six", "", "*") == "six"
+    assert pyi._unlocked_line("lib", "", {"git": "https://h/r.git", "rev": "abc"}) == "lib @ git+https://h/r.git@abc"
+    assert pyi._unlocked_line("lib", "", {"path": "libs/lib", "develop": True}) == "-e ./libs/lib"
