@@ -390,9 +390,10 @@ class DeployService:
                 argument="mode",
                 fix="omit mode or pass 'static' for webapp_static services",
             )
+        detail = _queued_detail(commit, _plan_hints(plan, env))
         try:
             deployment_id, lease = await self._create_or_reuse(
-                service_id, commit, config_hash, plan, service_type, mode
+                service_id, commit, config_hash, plan, service_type, mode, detail=detail
             )
         except BaseException:  # e.g. the concurrent-builds limit: the checkout is nobody's now
             if checkout is not None:
@@ -410,7 +411,7 @@ class DeployService:
         # The view of what was just written (nothing ran yet: the pipeline starts at the next await), without
         # reading it back.
         view = _render_view(deployment_id, project.name, req.service_name, Step.queued.value, None, commit, None,
-                            [(Step.queued.value, _queued_detail(commit))], reused=False)
+                            [(Step.queued.value, detail)], reused=False)
         self._start(lease, checkout)
         return view
 
@@ -563,6 +564,7 @@ class DeployService:
         mode: Mode,
         *,
         reuse: bool = True,
+        detail: str | None = None,
     ) -> tuple[uuid.UUID, Lease | None]:
         """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
         deployment claimed by this replica in the same transaction, and its lease."""
@@ -589,7 +591,8 @@ class DeployService:
             await s.execute(
                 insert(DeploymentEvent)
                 .from_select(["deployment_id", "status", "detail"],
-                             select(row.c.id, literal(Step.queued.value), literal(_queued_detail(commit))))
+                             select(row.c.id, literal(Step.queued.value),
+                                    literal(detail or _queued_detail(commit))))
                 .add_cte(kind)
             )  # fmt: skip
         return dep_id, lease
@@ -1171,8 +1174,28 @@ async def _drop_checkout(reading: asyncio.Task[None] | None, checkout: Path | No
             shutil.rmtree(checkout, ignore_errors=True)
 
 
-def _queued_detail(commit: str) -> str:
-    return f"commit {commit[:12]}"
+def _queued_detail(commit: str, hints: list[str] | tuple[str, ...] = ()) -> str:
+    return f"commit {commit[:12]}" + "".join(f"; {hint}" for hint in hints)
+
+
+HINTS_SHOWN = 8
+
+
+def _plan_hints(plan: BuildPlan, env: Mapping[str, SecretStr]) -> list[str]:
+    """What the repo's platform files asked for that this deploy did not take (a secret to pass in env_vars, a
+    database to ask for): shown once, in the queued event, so an agent can act on it. An add-on the project
+    already has, or a variable already set, is not repeated."""
+    hints = []
+    has = {"'type': 'postgres'": "DATABASE_URL" in env, "'type': 'redis'": "REDIS_URL" in env}
+    for note in plan.notes:
+        if any(asked in note and present for asked, present in has.items()):
+            continue
+        if any(f" {key} " in f" {note} " for key in env if len(key) > 2):
+            continue
+        hints.append(note)
+    if len(hints) > HINTS_SHOWN:
+        hints = [*hints[:HINTS_SHOWN], f"{len(hints) - HINTS_SHOWN} more notes on the platform files"]
+    return hints
 
 
 def _render_view(

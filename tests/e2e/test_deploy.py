@@ -429,6 +429,8 @@ RENDER_ENV_APP = {
         fromDatabase:
           name: envdb
           property: connectionString
+      - key: SESSION_SECRET
+        generateValue: true
 databases:
   - name: envdb
 """,
@@ -456,6 +458,8 @@ async def test_platform_file_env_defaults_and_links_sit_below_what_the_agent_set
     repo = git_repo(repos / "render-env", RENDER_ENV_APP)
     async with mcp_session(server, server.keys["alice"]) as s:
         dep = await deploy_live(s, repo_url=str(repo), database={"type": "postgres"}, env_vars={"TOPPING": "agent"})
+        queued = dep["history"][0]  # what the repo asked for and this call did not give, once
+        assert "SESSION_SECRET" in queued and "env_vars" in queued and "'type': 'postgres'" not in queued, queued
         seen = via_proxy(server, dep["url"]).json()
         assert seen == {"FLAVOUR": "vanilla", "TOPPING": "agent", "linked": True, "PGDATABASE": seen["PGDATABASE"]}
         await call(s, "update_env_vars", project_name="render-env", env_vars={"FLAVOUR": "chocolate"})
