@@ -33,8 +33,11 @@ from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, 
 from inkmcp.providers.database.redis import EXTERNAL_PROVIDER, key_prefix
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.models import Database, Project
+from inkmcp.store.statements import statement_pool
 
 log = logging.getLogger(__name__)
+_ROW_COLUMNS = ("id", "kind", "provider", "tier", "external_id", "credentials_enc", "project_id")
+_ROWS = f"SELECT {', '.join(_ROW_COLUMNS)} FROM databases WHERE project_id = %s"
 
 
 Requested = Literal["postgres", "byo", "redis"]
@@ -180,9 +183,10 @@ class DatabaseService:
         )
 
     async def _rows(self, project_id: uuid.UUID) -> dict[str, Database]:
-        async with self._sessions() as s:
-            rows = (await s.execute(select(Database).where(Database.project_id == project_id))).scalars().all()
-        return {row.kind: row for row in rows}
+        """The project's add-on rows (detached): one prepared statement on the statement pool (store.statements),
+        since every deploy and release reads them."""
+        rows = await statement_pool(self._sessions).fetch(_ROWS, (project_id,))
+        return {row[1]: Database(**dict(zip(_ROW_COLUMNS, row, strict=True))) for row in rows}
 
     async def get(self, project_id: uuid.UUID, kind: Kind = "postgres") -> DatabaseInfo | None:
         """The project's Postgres (managed or byo), or with kind="redis" its Redis; None when it has none."""

@@ -17,8 +17,10 @@ from inkmcp.core.names import check_env_key
 from inkmcp.errors import InvalidArgument
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.models import EnvVar
+from inkmcp.store.statements import statement_pool
 
 PROJECT_SCOPE = "*"
+_RESOLVE = "SELECT scope, key, value_enc FROM env_vars WHERE project_id = %s AND scope = ANY(%s)"
 MAX_KEYS = 200
 MAX_VALUE_BYTES = 32 * 1024
 
@@ -113,14 +115,8 @@ class EnvService:
 
     async def resolve(self, project_id: uuid.UUID, service_id: uuid.UUID | None) -> dict[str, SecretStr]:
         scopes = [PROJECT_SCOPE] + ([str(service_id)] if service_id else [])
-        async with self._sessions() as s:
-            rows = (
-                await s.execute(
-                    select(EnvVar.scope, EnvVar.key, EnvVar.value_enc).where(
-                        EnvVar.project_id == project_id, EnvVar.scope.in_(scopes)
-                    )
-                )
-            ).all()
+        # one prepared statement on the statement pool (store.statements): every deploy and release reads this
+        rows = await statement_pool(self._sessions).fetch(_RESOLVE, (project_id, scopes))
         out: dict[str, SecretStr] = {}
         # project-wide first, so service-scoped values overwrite them
         for _scope, key, enc in sorted(rows, key=lambda r: r[0] != PROJECT_SCOPE):
