@@ -39,6 +39,13 @@ DEPLOY_DEADLINE_S = 900.0
 PAGE_DEADLINE_S = 60.0
 
 
+class PostForm(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    form: dict[str, str]
+
+
 class App(BaseModel):
     """One [[app]] of apps.toml (validated: a typo in the manifest is an error, not a silently ignored key)."""
 
@@ -55,6 +62,9 @@ class App(BaseModel):
     path: str | None = None
     body: str | None = None
     log: str | None = None
+    # a form to POST after the page showed, before `log` must show (a web + worker app: the worker's line proves
+    # the job went through the queue)
+    post: PostForm | None = None
     needs: list[str]
     offered: bool
     why: str | None = None
@@ -86,7 +96,9 @@ def load_apps() -> list[App]:
     assert len(set(names)) == len(names), f"duplicate app names in {MANIFEST.name}"
     for a in apps:
         assert (a.path is None) == (a.body is None), f"{a.name}: path and body go together"
-        assert (a.body is None) != (a.log is None), f"{a.name}: give either path+body or log"
+        assert a.body is not None or a.log is not None, f"{a.name}: give path+body, log, or both"
+        assert (a.body is not None and a.log is not None) == (a.post is not None), \
+            f"{a.name}: body and log together need a post (what makes the log line appear)"
         assert a.offered or a.why, f"{a.name}: offered = false needs a why"
     return apps
 
@@ -182,11 +194,31 @@ async def deploy_until_done(s: ClientSession, args: dict[str, Any], deadline_s: 
 
 
 async def check_page(server: ServerProc, s: ClientSession, app: App, dep: dict[str, Any]) -> tuple[bool, str]:
-    """Poll (deadline) until the app serves its expected page, or its worker logs the expected line."""
+    """Poll (deadline) until the app serves its expected page, then (with `post`) posts the form, and until its
+    log shows the expected line."""
+    shown = ""
+    if app.body is not None:
+        ok, shown = await _poll(server, s, app, dep, page=True)
+        if not ok or app.log is None:
+            return ok, shown
+    if app.post is not None:
+        host = urlsplit(dep["url"]).netloc
+        r = await asyncio.to_thread(httpx.post, f"http://127.0.0.1:{server.proxy_port}{app.post.path}",
+                                    data=app.post.form, headers={"Host": host}, timeout=30)
+        if r.status_code >= 400:
+            return False, f"{shown}; POST {app.post.path}: {r.status_code} {r.text[:300]!r}"
+        shown += f"; POST {app.post.path}: {r.status_code}"
+    ok, logged = await _poll(server, s, app, dep, page=False)
+    return ok, f"{shown}; {logged}".lstrip("; ")
+
+
+async def _poll(server: ServerProc, s: ClientSession, app: App, dep: dict[str, Any], *,
+                page: bool) -> tuple[bool, str]:
     deadline = time.monotonic() + PAGE_DEADLINE_S
     seen = ""
     while True:
-        if app.log is not None:
+        if not page:
+            assert app.log is not None
             logs = await call(s, "get_logs", project_name=dep["project"], service_name=dep["service"],
                               scope="runtime", tail=200)
             lines = logs["lines"]
