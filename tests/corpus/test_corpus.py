@@ -26,12 +26,13 @@ APPS = load_apps()
 OFFERED = [a for a in APPS if a.offered]
 
 # The subset measured to fit the suite's budget: one of each kind (pip + Procfile, pip + platform file, Poetry,
-# hashed requirements + FastAPI, Django + Postgres via PG*, Django + whitenoise, Redis web + worker, yarn, npm,
-# pnpm + Vite static + SPA fallback, plain static). The other offered apps are `slow_corpus`.
+# hashed requirements + FastAPI, Django + Postgres via PG* and via DATABASE_URL, Django + whitenoise, Redis web +
+# worker, Redis worker alone, yarn, npm with and without a lock file, pnpm + Vite static + SPA fallback, plain
+# static). The other offered apps are `slow_corpus`.
 CORPUS_FAST: frozenset[str] = frozenset({
     "koyeb-flask", "railway-flask", "hexlet-flask-poetry", "fastapi-deployments-hello", "railway-django",
-    "koyeb-django", "render-celery", "render-ioredis-worker", "render-express-hello-world", "koyeb-expressjs",
-    "vite-vue-pnpm", "mdn-beginner-html-site",
+    "do-sample-django", "koyeb-django", "render-celery", "render-ioredis-worker", "render-express-hello-world",
+    "koyeb-expressjs", "do-sample-nodejs", "vite-vue-pnpm", "mdn-beginner-html-site",
 })
 assert CORPUS_FAST <= {a.name for a in OFFERED}, CORPUS_FAST - {a.name for a in OFFERED}
 CORPUS_ENV = "INKMCP_CORPUS"
