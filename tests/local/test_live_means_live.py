@@ -21,6 +21,7 @@ from inkmcp.errors import InvalidArgument, register_server_paths, scrub_paths
 from inkmcp.providers.compute.base import LogScope, ReleaseFailed, RuntimeState, Step
 from inkmcp.providers.compute.local import LocalComputeProvider
 from tests.local.conftest import PY, Events, get, key_for, no_record, request_for, web_plan
+from tests.requirements import require_root
 from tests.support import call, git_repo, mcp_session, running_server, traversable_tmpdir
 
 # A web app: GET / answers 200 with MESSAGE, except as told by env. CRASH_AFTER: the process dies with a
@@ -333,3 +334,24 @@ async def test_over_mcp_a_crash_after_the_build_is_reported_with_runtime_logs_an
             assert str(server.data_dir) not in shown and "/services/" not in shown, shown
     finally:
         shutil.rmtree(repos, ignore_errors=True)
+
+
+async def test_an_app_bound_to_another_port_is_told_which_and_the_port_it_names_goes_live(
+        make_provider, checkouts, project_ids):
+    """A config that binds a fixed port (DigitalOcean's 8080 in a gunicorn config) instead of $PORT: the error names
+    the port the app's own socket listens on, and the deploy with `port` set to it goes live."""
+    require_root("apps run as a per-project user, so their listening sockets can be told from InkMCP's")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fixed = probe.getsockname()[1]
+    app = APP.replace('int(os.environ["PORT"])', f"{fixed}")
+    provider = await make_provider(health_timeout=1.5, stability_window=0.3)
+    key = key_for(project_ids())
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts({"app.py": app}), web_plan(), env={"MESSAGE": "v1"}),
+                               Events(), no_record)  # fmt: skip
+    assert f"it listens on {fixed} instead: pass port={fixed}" in failed.value.reason, failed.value.reason
+    plan = web_plan().model_copy(update={"port": fixed})
+    await provider.release(request_for(key, checkouts({"app.py": app}), plan, env={"MESSAGE": "v1"}), Events(),
+                           no_record)  # fmt: skip
+    assert (await get(provider, key)).text == "v1"

@@ -301,6 +301,16 @@ class ReleaseRun:
                 return
             now = loop.time()
             if now >= deadline:
+                # only a tenant's own uid: when InkMCP runs apps as itself, its own ports would be listed too
+                tenant = self._uid is not None and self._uid != os.getuid()
+                elsewhere = probe.ports_of(self._uid) if tenant else []
+                if elsewhere:  # e.g. a gunicorn config that binds 0.0.0.0:8080, the port another platform uses
+                    listed = ", ".join(map(str, elsewhere[:5]))
+                    raise HealthFailed(
+                        f"the app never listened on $PORT={self.port} within {timeout:g}s; it listens on {listed} "
+                        f"instead: pass port={elsewhere[0]} to deploy_app, or make it bind the PORT env var",
+                        timed_out=True,
+                    )
                 raise HealthFailed(
                     f"the app never listened on $PORT={self.port} within {timeout:g}s; make sure it binds "
                     "0.0.0.0 or 127.0.0.1 on the PORT env var",
