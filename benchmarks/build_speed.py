@@ -51,7 +51,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.run_all import first_200, pct, until_done
 from inkmcp.build.buildpack import find_uv, run_build
 from inkmcp.build.plan import BuildPlan, Stack
-from tests.support import call, free_port, git_repo, make_server, mcp_session, remove_tenant_users, traversable_tmpdir
+from tests.support import (
+    call,
+    free_port,
+    git_repo,
+    make_server,
+    mcp_session,
+    product_window,
+    remove_tenant_users,
+    traversable_tmpdir,
+)
 
 PYTHON = "/usr/bin/python3"
 REQUIREMENTS = "Flask\ngunicorn\n"
@@ -206,7 +215,7 @@ async def run(args: argparse.Namespace) -> int:
                 "venv+pip cold": lambda r: bench.baseline_build("venv", warm=False),
             }
         if args.only in ("all", "deploy"):
-            server = make_server("inkmcp-buildspeed-srv-", INKMCP_HEALTH_TIMEOUT="120")
+            server = make_server("inkmcp-buildspeed-srv-", INKMCP_HEALTH_TIMEOUT="120", **product_window())
             server.create_key("bench")
             server.start()
             repo = git_repo(work / "repos" / "flaskapp", APP)

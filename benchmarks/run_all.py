@@ -30,6 +30,7 @@ from tests.support import (
     git_repo,
     make_server,
     mcp_session,
+    product_window,
     traversable_tmpdir,
 )
 
@@ -173,7 +174,7 @@ async def bench_memory(server: ServerProc, repos: Path, n: int = 50) -> list[tup
 
 
 async def main(which: list[str]) -> None:
-    server = make_server("inkmcp-bench-", INKMCP_IDLE_TIMEOUT="1")
+    server = make_server("inkmcp-bench-", INKMCP_IDLE_TIMEOUT="1", **product_window())
     repos = traversable_tmpdir("inkmcp-bench-repos-")
     server.create_key("bench")
     server.start()

@@ -152,6 +152,15 @@ def remove_tenant_users(data_dir: Path) -> int:
     return removed
 
 
+def product_window() -> dict[str, str]:
+    """The stability window a product server waits (INKMCP_STABILITY_WINDOW if set, else its default), for benchmarks:
+    make_server's 0.3 s is the suites' setting, and a figure must be measured as operators run it."""
+    from inkmcp.providers.compute.local.readiness import LiveSettings
+
+    default = LiveSettings.model_fields["stability_window"].default
+    return {"INKMCP_STABILITY_WINDOW": os.environ.get("INKMCP_STABILITY_WINDOW", str(default))}
+
+
 def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
     data_dir = traversable_tmpdir(prefix) / "data"
     port, proxy_port = free_port(), free_port()
