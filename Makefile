@@ -6,7 +6,7 @@ VENV := .venv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint install system-deps bench bench-e2e clean
+.PHONY: serve test lint install system-deps bench bench-e2e corpus clean
 
 serve: $(STAMP)
 	$(VENV)/bin/inkmcp serve
@@ -29,6 +29,10 @@ bench: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(VENV)/bin/python benchmarks/run_all.py
+
+# issue 9's corpus: every app in tests/corpus/apps.toml (needs the bundles: see that file's header), ~14 min
+corpus: $(STAMP)
+	$(VENV)/bin/python benchmarks/corpus.py
 
 install: $(STAMP)
 
