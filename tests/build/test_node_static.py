@@ -28,6 +28,7 @@ from inkmcp.build.node_install import NodeRange, RangeError, host_node_version, 
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack
 from inkmcp.build.static_output import fallback_page, is_dev_server, resolve
 from inkmcp.errors import BuildFailed
+from tests.build.test_buildpack import Log
 from tests.local.conftest import (  # noqa: F401 (fixtures used by the provider tests below)
     Events,
     checkouts,
@@ -46,18 +47,6 @@ from .conftest import write_files
 LOCKS = Path(__file__).parent / "node_locks"
 HAS_NPM = shutil.which("npm", path=BASE_PATH) is not None
 HAS_COREPACK = shutil.which("corepack", path=BASE_PATH) is not None
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    async def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 # --- semver ranges -------------------------------------------------------------------------------------------

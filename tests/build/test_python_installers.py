@@ -23,8 +23,9 @@ import pytest
 
 from inkmcp.build import python_install as pyi
 from inkmcp.build.buildpack import RepoFiles, dependency_hash, run_build
-from inkmcp.build.plan import BuildPlan, Stack
+from inkmcp.build.plan import BuildPlan
 from inkmcp.errors import BuildFailed
+from tests.build.test_buildpack import Log, python_plan
 from tests.support import call, git_commit, git_repo, mcp_session, running_server, traversable_tmpdir
 
 from .conftest import write_files
@@ -38,22 +39,6 @@ PROBE = (
     "    except md.PackageNotFoundError: return None\n"
     "print(json.dumps({n: v(n) for n in sys.argv[1:]}))\n"
 )
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    async def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-def python_plan(**kw: object) -> BuildPlan:
-    return BuildPlan(stack=Stack.python, source="call", **kw)  # type: ignore[arg-type]
 
 
 async def build(app: Path, tmp: Path, log: Log | None = None, plan: BuildPlan | None = None, **kw: object):  # type: ignore[no-untyped-def]
