@@ -22,7 +22,7 @@ from typing import Final, Literal, get_args
 
 import pytest
 
-Component = Literal["root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis"]
+Component = Literal["root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis", "chromium", "rsync"]
 COMPONENTS: Final[tuple[str, ...]] = get_args(Component)
 
 REQUIRE_ALL_ENV: Final = "INKMCP_REQUIRE_ALL"
@@ -39,6 +39,8 @@ HOW_TO_GET: Final[dict[str, str]] = {
     "npm": "run scripts/system-deps.sh (installs Debian's npm)",
     "netplan": "run scripts/test-netplan.sh as root (installs Debian's netplan.io)",
     "redis": "run scripts/system-deps.sh as root (installs Debian's redis-server)",
+    "chromium": "run scripts/test-system-deps.sh as root (installs Debian's chromium and chromium-driver)",
+    "rsync": "run scripts/test-system-deps.sh as root (installs Debian's rsync)",
 }
 
 # Components found missing in this session, with the reason: the root conftest prints them at the end.
