@@ -22,7 +22,9 @@ from typing import Final, Literal, get_args
 
 import pytest
 
-Component = Literal["root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis", "chromium", "rsync"]
+Component = Literal[
+    "root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis", "chromium", "rsync"
+]
 COMPONENTS: Final[tuple[str, ...]] = get_args(Component)
 
 REQUIRE_ALL_ENV: Final = "INKMCP_REQUIRE_ALL"
