@@ -6,7 +6,8 @@ Owned by: the GitHub work (inkmcp/github/, models in inkmcp/github/models.py).
   the store's encryption keys (`token_enc`, rotated by `rotate_all` like every `*_enc` column);
 * github_tracking: per service deployed from a GitHub repo, the repo/branch a push redeploys and whether it does;
 * github_deliveries: webhook delivery ids seen, so a replayed delivery is ignored;
-* deployment_triggers: which push (delivery, commit, pusher) started a deployment.
+* deployment_triggers: which push (delivery, commit, pusher) started a deployment;
+* web_sessions: the web UI's server-side sessions (only a hash of each session token; inkmcp/web/models.py).
 
 New tables only: nothing existing is rewritten. Downgrade drops them (stored GitHub tokens are lost: users sign
 in again).
@@ -77,9 +78,25 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["deployment_id"], ["deployments.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("deployment_id"),
     )
+    # web_sessions: the web UI's server-side sessions (model in inkmcp/web/models.py, helper "web")
+    op.create_table(
+        "web_sessions",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("account_id", sa.UUID(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False,
+                  comment="SHA-256 of the session token the signed cookie carries"),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
+    op.create_index(op.f("ix_web_sessions_account_id"), "web_sessions", ["account_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_web_sessions_account_id"), table_name="web_sessions")
+    op.drop_table("web_sessions")
     op.drop_table("deployment_triggers")
     op.drop_table("github_deliveries")
     op.drop_index("ix_github_tracking_repo_branch", table_name="github_tracking")
