@@ -47,6 +47,7 @@ class IssuedKey(BaseModel):
 
 
 class KeyInfo(BaseModel):
+    id: uuid.UUID  # what the dashboard revokes by (a prefix is for people; two keys could share one)
     prefix: str
     account: str
     label: str | None
@@ -130,6 +131,22 @@ class AccountService:
             )
         return res.rowcount
 
+    async def revoke_account_key(self, account_id: uuid.UUID, key_id: uuid.UUID) -> str:
+        """Revoke one of `account_id`'s own keys (the dashboard). The account is part of the UPDATE's condition, so
+        a key id of another account matches nothing and is reported exactly like an unknown one. Returns the
+        revoked key's prefix."""
+        async with self._sessions.begin() as s:
+            prefix = (await s.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+                .returning(ApiKey.prefix)
+            )).scalar_one_or_none()
+        if prefix is None:
+            raise NotFound("no active key of this account has that id.", argument="key",
+                           fix="pick a key from the list on the dashboard (it may be revoked already)")
+        return prefix
+
     async def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
         q = select(ApiKey, Account.name).join(Account).order_by(ApiKey.created_at)
         if account_name:
@@ -138,6 +155,7 @@ class AccountService:
             rows = (await s.execute(q)).all()
         return [
             KeyInfo(
+                id=k.id,
                 prefix=k.prefix,
                 account=name,
                 label=k.label,
