@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.names import redact_url
 from inkmcp.core.principal import Principal
-from inkmcp.store.models import AuditEntry
+from inkmcp.errors import NotFound
+from inkmcp.store.models import Account, AuditEntry
 
 SECRET_ARGS = frozenset({"env_vars", "password", "url", "key"})
 
@@ -28,6 +32,20 @@ def redact_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+class AuditRow(BaseModel):
+    """One audit entry as an operator reads it (`inkmcp audit`): arguments are the stored, redacted ones."""
+
+    id: int
+    at: datetime
+    account: str | None
+    actor: str
+    action: str
+    target: str | None
+    result: str
+    error: str | None
+    arguments: dict[str, Any]
 
 
 class AuditLog:
@@ -55,3 +73,22 @@ class AuditLog:
                     error=error[:2000] if error else None,
                 )
             )
+
+    async def query(self, *, account: str | None = None, since: datetime | None = None,
+                   limit: int = 1000) -> list[AuditRow]:
+        """Entries oldest first (the order things happened in), optionally of one account and from `since` on;
+        at most `limit`, the newest ones when there are more. An unknown account is an error, not an empty list."""
+        async with self._sessions() as s:
+            query = select(AuditEntry, Account.name).outerjoin(Account, Account.id == AuditEntry.account_id)
+            if account is not None:
+                account_id = (await s.execute(select(Account.id).where(Account.name == account))).scalar()
+                if account_id is None:
+                    raise NotFound(f"no account {account!r}.", argument="--account",
+                                   fix="pass an account name `inkmcp keys list` shows")
+                query = query.where(AuditEntry.account_id == account_id)
+            if since is not None:
+                query = query.where(AuditEntry.at >= since)
+            rows = (await s.execute(query.order_by(AuditEntry.id.desc()).limit(limit))).all()
+        return [AuditRow(id=e.id, at=e.at, account=name, actor=e.actor, action=e.action, target=e.target,
+                         result=e.result, error=e.error, arguments=e.arguments or {})
+                for e, name in reversed(rows)]
