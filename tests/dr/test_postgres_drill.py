@@ -1,0 +1,214 @@
+"""The control-plane Postgres drill: the factory's own backup script (inkmcp/infra/factory.py `backup_script`, run
+unchanged) dumps a real PostgreSQL and rsyncs to a Storage Box stand-in (sshd on port 23 in a network namespace);
+the machine is lost; `inkmcp dr restore-postgres` pulls the right dump back into a fresh server, and the restored
+database's `pg_dump` output is byte-identical to the original's.
+
+Point in time: dump A is taken, the box's snapshot plan freezes it, then A ages past the script's 7-day local
+retention and the next run's `rsync --delete` removes it from the box's live directory; asking for "the latest
+dump before T" (T between A and B) must find A in the snapshot through the Hetzner API (zfs_enabled switched on
+for the read, back off after) while "latest" picks B from the live directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from inkmcp.infra.factory import backup_script, shell
+from inkmcp.infra.factory_config import FactoryConfig
+from tests.dr.conftest import BOX_IP, BOX_UID, BOX_USER, Cluster, PgHost, World, make_pghost, pg_bin, run
+from tests.dr.hetzner_standin import State, take_snapshot
+
+pytestmark = pytest.mark.slow
+
+SCHEMA = """
+CREATE TABLE accounts (id serial PRIMARY KEY, name text UNIQUE NOT NULL, created timestamptz NOT NULL DEFAULT now());
+CREATE TABLE api_keys (id serial PRIMARY KEY, account_id int NOT NULL REFERENCES accounts(id), digest bytea NOT NULL,
+                       label text);
+CREATE TABLE audit (id bigserial PRIMARY KEY, account_id int REFERENCES accounts(id), what jsonb NOT NULL);
+CREATE INDEX audit_account ON audit (account_id);
+CREATE VIEW account_keys AS SELECT a.name, count(k.id) AS keys FROM accounts a LEFT JOIN api_keys k
+  ON k.account_id = a.id GROUP BY a.name;
+INSERT INTO accounts (name) SELECT 'acct-' || g FROM generate_series(1, 50) g;
+INSERT INTO api_keys (account_id, digest, label)
+  SELECT g, sha256(('key' || g)::bytea), CASE WHEN g % 3 = 0 THEN NULL ELSE 'läbel ✓ ' || g END
+  FROM generate_series(1, 50) g;
+INSERT INTO audit (account_id, what) SELECT 1 + g % 50, jsonb_build_object('op', 'deploy', 'n', g)
+  FROM generate_series(1, 2000) g;
+"""
+
+
+@dataclass
+class Drill:
+    world: World
+    old: PgHost
+    new: PgHost
+    fresh: Cluster
+    plain_a: str
+    plain_b: str
+    name_a: str
+    name_b: str
+    between: datetime
+    timings: dict[str, float]
+
+    def restore(self, *args: str, database: str = "inkmcp", check: bool = True) -> object:
+        env = self.world.env(INKMCP_DR_BOX_KEY=str(self.new.installed_key), INKMCP_DR_PG_BIN=str(pg_bin()),
+                             PGHOST=str(self.fresh.sock))
+        return self.world.inkmcp("restore-postgres", "--into", database, "--work-dir",
+                                 str(self.world.root / "work" / database), *args, env=env, check=check)
+
+
+def _next_second() -> datetime:
+    """Wait (polling the clock) until a new UTC second starts; dump names have one-second resolution."""
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.01)
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _install(host: PgHost, world: World) -> None:
+    """What pulumi's `backup-job` step runs on the host: `shell(backup_script(conf))` with the secrets on stdin."""
+    conf = FactoryConfig.model_construct()
+    key_b64 = base64.b64encode(world.backup_key.read_bytes()).decode()
+    stdin = f"BACKUP_PRIVATE_KEY_B64={key_b64}\nSTORAGE_BOX_USER={BOX_USER}\nSTORAGE_BOX_HOST={BOX_IP}\n"
+    host.sh(shell(backup_script(conf)), stdin=stdin)
+
+
+@pytest.fixture(scope="module")
+def drill(world: World) -> Iterator[Drill]:
+    timings: dict[str, float] = {}
+    old_pg = Cluster(world.root / "pg-old", world.root / "sock-old")
+    fresh = Cluster(world.root / "pg-new", world.root / "sock-new")
+    try:
+        old_pg.start()
+        old_pg.psql("CREATE ROLE inkmcp LOGIN")
+        old_pg.psql("CREATE DATABASE inkmcp OWNER inkmcp")
+        old_pg.psql(SCHEMA, db="inkmcp", user="inkmcp")
+        old = make_pghost(world, "pghost-old", old_pg.sock)
+        _install(old, world)
+        t0 = time.monotonic()
+        old.sh("/usr/local/sbin/inkmcp-pg-backup")  # what the timer runs: dump A
+        timings["backup"] = time.monotonic() - t0
+        plain_a = old_pg.dump_text("inkmcp")
+        (name_a,) = [p.name for p in old.backups.iterdir()]
+        state = State(world.api_state, world.box_home)
+        with state as data:  # the box's snapshot plan (04:00) freezes dump A
+            take_snapshot(state, data, automatic=True)
+        _next_second()
+        between = datetime.now(UTC).replace(microsecond=0)
+        _next_second()
+        old_pg.psql("UPDATE accounts SET name = name || '-b' WHERE id <= 10; DELETE FROM audit WHERE id % 7 = 0;"
+                    "INSERT INTO accounts (name) VALUES ('late');", db="inkmcp", user="inkmcp")
+        eight_days = time.time() - 8 * 86400
+        os.utime(old.backups / name_a, (eight_days, eight_days))  # past the script's `find -mtime +7 -delete`
+        old.sh("/usr/local/sbin/inkmcp-pg-backup")  # dump B; A leaves the host and, by --delete, the live box dir
+        plain_b = old_pg.dump_text("inkmcp")
+        (name_b,) = [p.name for p in old.backups.iterdir()]
+        # The machine is lost.
+        old_pg.stop()
+        shutil.rmtree(old_pg.data)
+        # Its replacement: a fresh cluster with the role and empty database of the factory's `postgres` step, and
+        # the `backup-job` step re-run by pulumi (it installs the box key the restore uses).
+        t1 = time.monotonic()
+        fresh.start()
+        fresh.psql("CREATE ROLE inkmcp LOGIN")
+        fresh.psql("CREATE DATABASE inkmcp OWNER inkmcp")
+        timings["fresh-server"] = time.monotonic() - t1
+        new = make_pghost(world, "pghost-new", fresh.sock)
+        _install(new, world)
+        yield Drill(world, old, new, fresh, plain_a, plain_b, name_a, name_b, between, timings)
+    finally:
+        old_pg.stop()
+        fresh.stop()
+
+
+def test_backup_script_installs_timer_and_mirrors_to_the_box(drill: Drill) -> None:
+    w = drill.world
+    calls = (drill.old.root / "systemctl.log").read_text().splitlines()
+    assert calls == ["daemon-reload", "enable --now inkmcp-pg-backup.timer"]
+    unit = (drill.old.root / "systemd" / "inkmcp-pg-backup.timer").read_text()
+    assert "OnCalendar=*-*-* 02:30:00" in unit
+    assert oct(drill.old.installed_key.stat().st_mode & 0o777) == "0o600"
+    live = sorted(p.name for p in (w.box_home / "inkmcp-postgres").iterdir())
+    assert live == [drill.name_b], "the second run's rsync --delete must leave only dump B in the live directory"
+    assert (w.box_home / "inkmcp-postgres" / drill.name_b).stat().st_uid == BOX_UID  # written by the box user
+    (snap,) = w.state()["snapshots"]  # type: ignore[misc]
+    frozen = w.api_state / "snapshots" / snap["name"] / "inkmcp-postgres" / drill.name_a
+    assert frozen.read_bytes()[:5] == b"PGDMP"
+    assert drill.name_a < drill.name_b
+
+
+def test_restore_point_in_time_finds_the_dump_in_a_snapshot(drill: Drill) -> None:
+    w = drill.world
+    t0 = time.monotonic()
+    r = drill.restore("--at", drill.between.isoformat())
+    drill.timings["restore-from-snapshot"] = time.monotonic() - t0
+    out = r.stdout  # type: ignore[attr-defined]
+    assert drill.name_a in out and "searching 1 snapshot" in out, out
+    assert drill.fresh.dump_text("inkmcp") == drill.plain_a
+    state = w.state()
+    assert state["violations"] == []
+    toggles = [req["body"] for req in state["requests"]  # type: ignore[attr-defined]
+               if req["path"].endswith("/actions/update_access_settings")]
+    assert toggles == ['{"zfs_enabled": true}', '{"zfs_enabled": false}'] * (len(toggles) // 2) and toggles
+    assert state["box"]["access_settings"]["zfs_enabled"] is False  # type: ignore[index]
+    assert not (w.box_home / ".zfs").exists()
+
+
+def test_restore_refuses_a_database_that_holds_tables(drill: Drill) -> None:
+    before = drill.fresh.dump_text("inkmcp")
+    r = drill.restore(check=False)
+    assert r.returncode == 1  # type: ignore[attr-defined]
+    assert "already holds" in r.stderr and "fresh, empty database" in r.stderr  # type: ignore[attr-defined]
+    assert drill.fresh.dump_text("inkmcp") == before
+
+
+def test_restore_latest_from_the_live_directory(drill: Drill) -> None:
+    drill.fresh.psql("CREATE DATABASE inkmcp_latest OWNER inkmcp;")
+    t0 = time.monotonic()
+    r = drill.restore(database="inkmcp_latest")
+    drill.timings["restore-latest"] = time.monotonic() - t0
+    assert drill.name_b in r.stdout and "live" in r.stdout  # type: ignore[attr-defined]
+    assert drill.fresh.dump_text("inkmcp_latest") == drill.plain_b
+    assert drill.plain_a != drill.plain_b
+    print(f"\nDR drill timings (s): {', '.join(f'{k}={v:.2f}' for k, v in drill.timings.items())}")
+
+
+def test_truncated_dump_is_refused_and_nothing_is_written(drill: Drill) -> None:
+    w = drill.world
+    later = datetime.now(UTC).strftime("inkmcp-%Y%m%dT%H%M%SZ.dump")
+    good = (w.box_home / "inkmcp-postgres" / drill.name_b).read_bytes()
+    cut = w.box_home / "inkmcp-postgres" / later
+    cut.write_bytes(good[: len(good) * 2 // 3])
+    os.chown(cut, BOX_UID, BOX_UID)
+    drill.fresh.psql("CREATE DATABASE inkmcp_cut OWNER inkmcp;")
+    try:
+        r = drill.restore(database="inkmcp_cut", check=False)
+    finally:
+        cut.unlink()
+    assert r.returncode == 1, r.stdout  # type: ignore[attr-defined]
+    assert later in r.stdout and "pg_restore" in r.stderr  # type: ignore[attr-defined]
+    count = drill.fresh.psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                             "WHERE n.nspname = 'public'", db="inkmcp_cut")
+    assert count.strip() == "0", "a failed restore must leave the target database empty"
+
+
+def test_a_key_the_box_does_not_know_cannot_read_the_dumps(drill: Drill, tmp_path: Path) -> None:
+    """The attacker's side: a stranger's key gets no listing, no dump, and the restore says why."""
+    stranger = tmp_path / "stranger"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger))
+    drill.fresh.psql("CREATE DATABASE inkmcp_stranger OWNER inkmcp;")
+    env = drill.world.env(INKMCP_DR_BOX_KEY=str(stranger), INKMCP_DR_PG_BIN=str(pg_bin()),
+                          PGHOST=str(drill.fresh.sock))
+    r = drill.world.inkmcp("restore-postgres", "--into", "inkmcp_stranger", "--no-snapshots", "--work-dir",
+                           str(tmp_path / "work"), env=env, check=False)
+    assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
