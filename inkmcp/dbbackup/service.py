@@ -220,13 +220,16 @@ class DatabaseBackupService:
                              restarted=restarted, note=note)
 
     # ------------------------------------------------------------------------------------------------ schedule
-    async def run_due(self) -> int:
+    async def run_due(self, project_ids: set[uuid.UUID] | None = None) -> int:
         """One scheduled pass: dump every database on our server whose last scheduled dump is older than the
-        interval, prune, sweep the files of deleted projects. Returns how many dumps were made."""
+        interval, prune, sweep the files of deleted projects. Returns how many dumps were made. `project_ids`
+        limits the dumps to those projects (a shared store's other tenants are left alone, e.g. in tests)."""
         await self._fail_stale()
+        query = select(Database).where(Database.provider == "postgres", Database.kind == "postgres")
+        if project_ids is not None:
+            query = query.where(Database.project_id.in_(project_ids))
         async with self._sessions() as s:
-            dbs = (await s.execute(select(Database).where(Database.provider == "postgres",
-                                                          Database.kind == "postgres"))).scalars().all()
+            dbs = (await s.execute(query)).scalars().all()
         made = 0
         for db in dbs:
             try:
@@ -241,6 +244,7 @@ class DatabaseBackupService:
             except InkError as e:
                 log.warning("scheduled dump of project %s failed: %s", db.project_id, e.render())
         await self._sweep()
+        await self._sweep_databases()
         return made
 
     async def _due(self, project_id: uuid.UUID) -> bool:
@@ -274,6 +278,33 @@ class DatabaseBackupService:
         for name in set(names) - alive:
             log.info("removing the database backups of deleted project %s", name)
             await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+
+    async def _sweep_databases(self) -> list[str]:
+        """Drop the scratch (`ink_restore_*`) and replaced (`ink_old_*`) databases a restore that died left behind.
+        Each is owned by the tenant whose restore made it, so holding that tenant's lock (without waiting) proves
+        no restore of it is running, on any replica; one that is running keeps its scratch database."""
+        dropped: list[str] = []
+        try:
+            async with await psycopg.AsyncConnection.connect(self._admin, autocommit=True, connect_timeout=10,
+                                                             application_name="inkmcp-backup") as conn:
+                cur = await conn.execute(
+                    "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                    "WHERE d.datname ~ '^ink_(restore|old)_[0-9a-f]{24}$' AND r.rolname ~ '^ink_'")
+                for datname, owner in await cur.fetchall():
+                    got = await (await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                                    (_LOCK_CLASS, owner))).fetchone()
+                    if not (got and got[0]):
+                        continue
+                    try:
+                        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(datname)))
+                        dropped.append(datname)
+                        log.info("dropped %s, left behind by an interrupted restore", datname)
+                    finally:
+                        await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, owner))
+        except psycopg.Error as e:
+            log.warning("could not sweep interrupted restores: %s", e)
+        return dropped
 
     async def run_forever(self) -> None:
         """The scheduler loop: a pass at start, then one per check period (an interval's quarter, 1 s to 1 h);
