@@ -362,3 +362,21 @@ def core_url_unused():  # the settings are read before anything else is touched
     from pydantic import SecretStr
 
     return SecretStr("postgresql://unused@localhost/x")
+
+
+async def test_a_failed_dump_is_recorded_as_failed_and_leaves_no_file(env: tuple[Core, DatabaseBackupService]
+                                                                      ) -> None:
+    core, svc = env
+    acct, name, _url = await project_with_rows(core)
+    project = await core.projects.get(acct, name)
+    async with core.store.sessionmaker.begin() as s:  # the database vanished from the server behind our back
+        await s.execute(update(Database).where(Database.project_id == project.id).values(
+            external_id=f"ink_{uuid.uuid4().hex}"))
+    with pytest.raises(ProviderError) as e:
+        await svc.backup(acct, name)
+    assert "pg_dump" in e.value.message and "does not exist" in e.value.message
+    listed = await svc.list(acct, name)
+    assert [(b.kind, b.status, b.size_bytes) for b in listed.backups] == [("manual", "failed", None)]
+    assert list((svc.root / project.id.hex).iterdir()) == []
+    with pytest.raises(NotFound):  # a failed dump is not restorable
+        await svc.restore(acct, name, listed.backups[0].id, confirm=name)
