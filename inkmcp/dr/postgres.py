@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -80,11 +81,29 @@ class PgTools:
         return int(self.run("psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql).strip())
 
 
+BACKUP_TIMER = "inkmcp-pg-backup.timer"
+
+
+def _refuse_while_backup_timer_runs() -> None:
+    """The factory's nightly job mirrors the host's dump directory to the box with `rsync --delete`. On a rebuilt
+    host that directory is new: its first run would replace the box's live history with one dump of a database
+    that may not be restored yet. So the timer must be stopped until the restore is done."""
+    if shutil.which("systemctl") is None:
+        return
+    r = subprocess.run(["systemctl", "is-active", "--quiet", BACKUP_TIMER], capture_output=True, timeout=30,
+                       check=False)
+    if r.returncode == 0:
+        raise DrError(f"{BACKUP_TIMER} is active on this host: stop it first (`systemctl stop {BACKUP_TIMER}`); its "
+                      "next run would mirror this host's new, near-empty dump directory over the box's live dumps "
+                      "(rsync --delete). Start it again after the restore.")
+
+
 def restore_postgres(settings: DrSettings, *, at: datetime, work_dir: Path, dump_name: str | None = None,
                      into: str | None = None, run_as: str | None = None, use_snapshots: bool = True,
                      progress: Progress = lambda _m: None) -> RestoreResult:
     """Dumps are chosen by `settings.database` (their name prefix) and restored into `into` (default: the same)."""
     target = into or settings.database
+    _refuse_while_backup_timer_runs()
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     files = BoxFiles(settings)

@@ -103,6 +103,7 @@ class World:
     backup_key: Path
     known_hosts: Path
     pids: list[int] = field(default_factory=list)
+    worker: subprocess.Popen[str] | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment of an `inkmcp dr` run against the stand-ins (Storage Box settings as the runbook sets)."""
@@ -114,16 +115,32 @@ class World:
         env.update(extra)
         return env
 
-    def inkmcp(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """`inkmcp dr …` as a real process inside the client namespace."""
-        r = run("ip", "netns", "exec", self.client_ns, str(REPO / ".venv/bin/inkmcp"), "dr", *args,
-                env=env or self.env(), check=False, timeout=timeout, cwd=str(REPO))
+    def inkmcp(self, *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 120,
+               new_process: bool = False) -> subprocess.CompletedProcess[str]:
+        """`inkmcp dr …` inside the client namespace: through the CLI worker (tests/dr/cli_worker.py), or as the
+        installed entry point in a process of its own (`new_process`)."""
+        if new_process or self.worker is None:
+            r = run("ip", "netns", "exec", self.client_ns, str(REPO / ".venv/bin/inkmcp"), "dr", *args,
+                    env=env or self.env(), check=False, timeout=timeout, cwd=str(REPO))
+        else:
+            r = self._via_worker(["dr", *args], env or self.env(), timeout)
         if check and r.returncode != 0:
             box_log = (self.root / "box" / "sshd" / "sshd.log").read_text()[-1500:]
             raise AssertionError(f"inkmcp dr {' '.join(args)} -> {r.returncode}\nstdout: {r.stdout[-3000:]}\n"
                                  f"stderr: {r.stderr[-3000:]}\nbox sshd log: {box_log}")
         return r
+
+    def _via_worker(self, argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+        import json
+        import select
+
+        assert self.worker is not None and self.worker.stdin is not None and self.worker.stdout is not None
+        self.worker.stdin.write(json.dumps({"args": argv, "env": env}) + "\n")
+        self.worker.stdin.flush()
+        ready, _, _ = select.select([self.worker.stdout], [], [], timeout)
+        assert ready, f"inkmcp {' '.join(argv)}: no answer within {timeout} s"
+        answer = json.loads(self.worker.stdout.readline())
+        return subprocess.CompletedProcess(["inkmcp", *argv], answer["code"], answer["stdout"], answer["stderr"])
 
     def state(self) -> dict[str, object]:
         import json
@@ -213,14 +230,34 @@ def world() -> Iterator[World]:
             text=True)
         w.pids.append(api_proc.pid)
         assert api_proc.stdout is not None and api_proc.stdout.readline().strip() == "ready"
+        w.worker = subprocess.Popen(
+            ["ip", "netns", "exec", cns, sys.executable, "-m", "tests.dr.cli_worker"], cwd=str(REPO),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=w.env())
+        w.pids.append(w.worker.pid)
+        assert w.worker.stdout is not None and "ready" in w.worker.stdout.readline()
         yield w
     finally:
+        if w.worker is not None:
+            assert w.worker.stdin is not None
+            w.worker.stdin.close()
+            _kill(w.worker.pid)
         for proc in (api_proc, sshd_proc):
             if proc is not None:
                 _kill(proc.pid)
         run("ip", "netns", "del", cns, check=False)
         run("ip", "netns", "del", bns, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fresh_cluster(world: World) -> Iterator[Cluster]:
+    """The replacement server's PostgreSQL (the drill restores into it; the Coolify test uses its own databases)."""
+    cluster = Cluster(world.root / "pg-new", world.root / "sock-new")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @dataclass

@@ -59,11 +59,12 @@ class Drill:
     between: datetime
     timings: dict[str, float]
 
-    def restore(self, *args: str, database: str = "inkmcp", check: bool = True) -> object:
+    def restore(self, *args: str, database: str = "inkmcp", check: bool = True, new_process: bool = False) -> object:
         env = self.world.env(INKMCP_DR_BOX_KEY=str(self.new.installed_key), INKMCP_DR_PG_BIN=str(pg_bin()),
                              PGHOST=str(self.fresh.sock))
         return self.world.inkmcp("restore-postgres", "--into", database, "--work-dir",
-                                 str(self.world.root / "work" / database), *args, env=env, check=check)
+                                 str(self.world.root / "work" / database), *args, env=env, check=check,
+                                 new_process=new_process)
 
 
 def _next_second() -> datetime:
@@ -83,10 +84,10 @@ def _install(host: PgHost, world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def drill(world: World) -> Iterator[Drill]:
+def drill(world: World, fresh_cluster: Cluster) -> Iterator[Drill]:
     timings: dict[str, float] = {}
     old_pg = Cluster(world.root / "pg-old", world.root / "sock-old")
-    fresh = Cluster(world.root / "pg-new", world.root / "sock-new")
+    fresh = fresh_cluster
     try:
         old_pg.start()
         old_pg.psql("CREATE ROLE inkmcp LOGIN")
@@ -117,17 +118,13 @@ def drill(world: World) -> Iterator[Drill]:
         shutil.rmtree(old_pg.data)
         # Its replacement: a fresh cluster with the role and empty database of the factory's `postgres` step, and
         # the `backup-job` step re-run by pulumi (it installs the box key the restore uses).
-        t1 = time.monotonic()
-        fresh.start()
         fresh.psql("CREATE ROLE inkmcp LOGIN")
         fresh.psql("CREATE DATABASE inkmcp OWNER inkmcp")
-        timings["fresh-server"] = time.monotonic() - t1
         new = make_pghost(world, "pghost-new", fresh.sock)
         _install(new, world)
         yield Drill(world, old, new, fresh, plain_a, plain_b, name_a, name_b, between, timings)
     finally:
         old_pg.stop()
-        fresh.stop()
 
 
 def test_backup_script_installs_timer_and_mirrors_to_the_box(drill: Drill) -> None:
@@ -149,7 +146,7 @@ def test_backup_script_installs_timer_and_mirrors_to_the_box(drill: Drill) -> No
 def test_restore_point_in_time_finds_the_dump_in_a_snapshot(drill: Drill) -> None:
     w = drill.world
     t0 = time.monotonic()
-    r = drill.restore("--at", drill.between.isoformat())
+    r = drill.restore("--at", drill.between.isoformat(), new_process=True)  # the installed entry point
     drill.timings["restore-from-snapshot"] = time.monotonic() - t0
     out = r.stdout  # type: ignore[attr-defined]
     assert drill.name_a in out and "searching 1 snapshot" in out, out
@@ -212,3 +209,30 @@ def test_a_key_the_box_does_not_know_cannot_read_the_dumps(drill: Drill, tmp_pat
                            str(tmp_path / "work"), env=env, check=False)
     assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_restore_refuses_while_the_nightly_backup_timer_is_active(drill: Drill, tmp_path: Path) -> None:
+    """systemd is not here: a `systemctl` on PATH answers `is-active` for the timer as systemd would (exit 0)."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "systemctl").write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/asked\nexit 0\n')
+    (stub / "systemctl").chmod(0o755)
+    drill.fresh.psql("CREATE DATABASE inkmcp_timer OWNER inkmcp;")
+    env = drill.world.env(INKMCP_DR_BOX_KEY=str(drill.new.installed_key), INKMCP_DR_PG_BIN=str(pg_bin()),
+                          PGHOST=str(drill.fresh.sock), PATH=f"{stub}:{os.environ['PATH']}")
+    r = drill.world.inkmcp("restore-postgres", "--into", "inkmcp_timer", "--work-dir", str(tmp_path / "work"),
+                           env=env, check=False)
+    assert r.returncode == 1 and "systemctl stop inkmcp-pg-backup.timer" in r.stderr, r.stderr
+    assert (tmp_path / "asked").read_text().split() == ["is-active", "--quiet", "inkmcp-pg-backup.timer"]
+    assert not (tmp_path / "work").exists()
+
+
+def test_why_the_timer_must_wait_a_rebuilt_hosts_first_run_replaces_the_live_history(drill: Drill) -> None:
+    """Evidence for the runbook's order (and a note on factory.py): the replacement host's own nightly job, run
+    before anything else, leaves only its own new dump in the box's live directory (`rsync --delete`)."""
+    live = drill.world.box_home / "inkmcp-postgres"
+    assert sorted(p.name for p in live.iterdir()) == [drill.name_b]
+    _next_second()
+    drill.new.sh("/usr/local/sbin/inkmcp-pg-backup")
+    (mine,) = [p.name for p in drill.new.backups.iterdir()]
+    assert sorted(p.name for p in live.iterdir()) == [mine], "dump B left the live directory"
