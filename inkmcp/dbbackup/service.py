@@ -201,9 +201,15 @@ class DatabaseBackupService:
                                       argument="project_name",
                                       fix=f"call provision_database(project_name={project_name!r}), then retry")
             db = self._ours(db, project_name)
-            await say(f"checking backup {backup_id}")
-            path = await self._verified(row)
             async with self._locked(db.external_id) as conn:
+                # checked under the lock: a concurrent restore's retention cannot remove the file after the check
+                await say(f"checking backup {backup_id}")
+                async with self._sessions() as s:
+                    if await s.get(DatabaseBackup, bid) is None:
+                        raise NotFound(f"backup {backup_id!r} was just removed by retention (INKMCP_DB_BACKUP_KEEP).",
+                                       argument="backup_id",
+                                       fix=f"pass an id from list_database_backups(project_name={project_name!r})")
+                path = await self._verified(row)
                 await say("saving the current state as a pre-restore backup")
                 undo = await self._dump(project.id, db, "pre-restore", on_progress)
                 await say("restoring the backup into a scratch database")
