@@ -177,6 +177,8 @@ def revalidate_servers_cmd(
     coolify_url: Annotated[str | None, typer.Option(help="Coolify URL [INKMCP_DR_COOLIFY_API_URL]")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every server")] = 300,
     poll: Annotated[float, typer.Option(help="seconds between status reads")] = 2.0,
+    settle: Annotated[float, typer.Option(help="a server counts as usable only this long after its validation "
+                                                "was queued (the API shows no 'validating' state)")] = 30.0,
 ) -> None:
     """Queue Coolify's validation of every run/build server and wait until each is reachable and usable."""
     from inkmcp.dr.servers import revalidate_servers
@@ -188,7 +190,7 @@ def revalidate_servers_cmd(
         raise typer.Exit(2)
     with _steps("re-validating servers") as progress:
         states = asyncio.run(revalidate_servers(s.coolify_api_url, s.coolify_api_token, timeout=timeout, poll=poll,
-                                                progress=progress))
+                                                settle=settle, progress=progress))
     t = Table("server", "ip", "usable", "validation log")
     for st in states:
         t.add_row(st.name, st.ip, "yes" if st.usable else "[red]no[/red]", st.log[:200])
