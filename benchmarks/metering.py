@@ -1,0 +1,119 @@
+"""Metering overhead (issue 13): database time to charge 10,000 live services for one interval.
+
+Seeds a fresh database (migrated to head) with N services over N/10 accounts (persistent, on_demand with awake samples
+and static, a third each) and charges R consecutive intervals through `charge_interval`, the exact statement the
+metering loop runs: each is one transaction (advisory lock, interval claim, new accounts' rows, one INSERT ... SELECT
+pricing every service and charging every account). Reports, per interval, the wall time of that transaction and the
+server's own execution time of the pricing statement (`pg_stat_statements` is not needed: EXPLAIN ANALYZE of the same
+statement in a rolled-back transaction). Target: under 100 ms.
+
+    .venv/bin/python benchmarks/metering.py                 # an embedded PostgreSQL of its own
+    .venv/bin/python benchmarks/metering.py --url postgresql://...   # an existing empty database
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import text
+
+from inkmcp.billing.metering import charge_interval, charge_params, charge_statement
+from inkmcp.billing.settings import Prices
+from inkmcp.store.db import migrate, open_store
+
+PRICES = Prices(persistent=2, on_demand=3, static=1, build_minute=1, db_gb_month=10)
+SEED = """
+WITH a AS (
+  INSERT INTO accounts (id, name) SELECT gen_random_uuid(), 'bench-' || g FROM generate_series(1, :accounts) g
+  RETURNING id, name
+), p AS (
+  INSERT INTO projects (id, account_id, name) SELECT gen_random_uuid(), a.id, a.name || '-' || g
+  FROM a, generate_series(1, :per) g RETURNING id, name
+), s AS (
+  INSERT INTO services (id, project_id, name, service_type, mode, repo_url, settings)
+  SELECT gen_random_uuid(), p.id, 'web',  'webapp',
+         (ARRAY['persistent', 'on_demand', 'static'])[1 + abs(hashtext(p.name)) % 3], 'https://git.example/x.git',
+         '{"resources": {"memory_mb": 512, "cpus": 1}}'::jsonb
+  FROM p RETURNING id, mode
+), d AS (
+  INSERT INTO deployments (id, service_id, status, config_hash, finished_at)
+  SELECT gen_random_uuid(), s.id, 'live', 'h', now() - interval '1 day' FROM s RETURNING id, service_id
+)
+SELECT count(*) FROM d
+"""
+
+
+async def bench(url: str, services: int = 10_000, rounds: int = 5, start: int = 2_000_000_000) -> dict[str, float]:
+    store = await open_store(url)
+    try:
+        per = 10
+        async with store.engine.begin() as conn:
+            await conn.execute(text(SEED), {"accounts": services // per, "per": per})
+            await conn.execute(text("UPDATE services s SET live_deployment_id = d.id FROM deployments d "
+                                    "WHERE d.service_id = s.id AND s.live_deployment_id IS NULL"))
+            await conn.execute(text(
+                "INSERT INTO billing_awake (service_id, start_s, replica, awake_ms) SELECT id, :s + 60 * g, 'r', 30000 "
+                "FROM services, generate_series(0, :n) g WHERE mode = 'on_demand'"), {"s": start, "n": 2 * rounds})
+            await conn.execute(text("ANALYZE"))
+        walls, server = [], []
+        for r in range(rounds * 2):
+            s = start + 60 * r
+            if r % 2:  # the server's own time for the pricing-and-charging statement, committed like a real pass
+                async with store.engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO billing_intervals (start_s, length_s, replica) "
+                                            "VALUES (:s, 60, 'bench')"), {"s": s})
+                    stmt = text("EXPLAIN (ANALYZE, FORMAT JSON) " + charge_statement(PRICES).text)
+                    plan = (await conn.execute(stmt, charge_params(PRICES, s, 60, 0.0, None))).scalar_one()
+                server.append(plan[0]["Execution Time"] + plan[0]["Planning Time"])
+                if os.environ.get("METERING_PLAN"):
+                    def walk(n: dict, d: int = 0) -> None:
+                        print("  " * d, n["Node Type"], n.get("Relation Name", ""), n["Actual Total Time"])
+                        for c in n.get("Plans", []):
+                            walk(c, d + 1)
+                    walk(plan[0]["Plan"])
+                continue
+            t0 = time.perf_counter()  # the whole pass of one interval as the loop runs it, round trips included
+            async with store.engine.begin() as conn:
+                charged = await charge_interval(conn, PRICES, s, 60, replica="bench", grace_s=0.0)
+            walls.append((time.perf_counter() - t0) * 1000)
+            assert charged is not None and charged.usage_rows >= services * 2 // 3 - services // 20, charged
+        return {"services": services, "wall_ms_median": round(statistics.median(walls), 1),
+                "wall_ms_min": round(min(walls), 1), "server_ms_median": round(statistics.median(server), 1),
+                "server_ms_min": round(min(server), 1)}
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="an empty PostgreSQL database (default: an embedded server of its own)")
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if args.url:
+        migrate(args.url)
+        print(json.dumps(asyncio.run(bench(args.url, args.services, args.rounds))))
+        return
+    from inkmcp.store.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="inkmcp-bench-metering-")) / "pg")
+    pg.start()
+    try:
+        url = pg.url(database="postgres").get_secret_value()
+        migrate(url)
+        print(json.dumps(asyncio.run(bench(url, args.services, args.rounds))))
+    finally:
+        pg.stop()
+
+
+_ = uuid
+if __name__ == "__main__":
+    main()

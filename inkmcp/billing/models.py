@@ -1,0 +1,122 @@
+"""The billing tables (migration 0010) on the shared declarative Base.
+
+`credit_entries` is the ledger: append-only, one row per grant, top-up, usage charge or refund, each with a unique
+`source_id` so that replaying the event that caused it (a webhook, a metering pass, a CLI retry) adds nothing.
+`billing_accounts.balance` is the sum of an account's entries, kept in the same statement that inserts them (so a
+balance check is one indexed row read); tests assert it always equals the sum.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from inkmcp.store.models import Base
+
+
+class CreditEntry(Base):
+    """One ledger entry. Positive amounts add credits (grant, topup, refund), negative ones spend them (usage)."""
+
+    __tablename__ = "credit_entries"
+    __table_args__ = (Index("ix_credit_entries_account_at", "account_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), comment="grant | topup | usage | refund")
+    amount: Mapped[int] = mapped_column(BigInteger, comment="minor units; negative for usage")
+    source_id: Mapped[str] = mapped_column(Text, unique=True, comment="idempotency key, e.g. stripe:evt_...")
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class BillingAccount(Base):
+    """Per-account billing state: the derived balance, the cap, this month's spend and the exact usage total."""
+
+    __tablename__ = "billing_accounts"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    balance: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("0"), comment="sum of credit_entries.amount, updated with each insert"
+    )
+    monthly_cap: Mapped[int | None] = mapped_column(BigInteger, comment="minor units; NULL = INKMCP_MONTHLY_CAP")
+    month_start: Mapped[date | None] = mapped_column(Date, comment="the UTC month month_spend counts")
+    month_spend: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), comment="usage charged that month")
+    usage_micro: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("0"),
+        comment="exact usage ever, in millionths of a minor unit; charges are differences of its floor",
+    )
+    blocked_since: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="out of credits or over the cap since then (metering pass)"
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UsageRecord(Base):
+    """Exact usage of one subject (service, deployment build, database) in one UTC day: each charged interval adds
+    to its day's row (an update that touches no indexed column, so no index grows), which keeps the table at one
+    row per service per day however short the interval."""
+
+    __tablename__ = "billing_usage"
+    __table_args__ = (Index("ix_billing_usage_account_day", "account_id", "day_s"),)
+
+    kind: Mapped[str] = mapped_column(
+        String(16), primary_key=True, comment="persistent | on_demand | static | build | database"
+    )
+    subject_id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, comment="service id, deployment id (build) or database id"
+    )
+    day_s: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, comment="UTC day start, epoch seconds (build: when it finished)"
+    )
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(Text, comment="project/service at charge time, for reports")
+    quantity: Mapped[int] = mapped_column(
+        BigInteger, comment="MiB*s (persistent), awake ms (on_demand), s (static), build ms, MB*s (database)"
+    )
+    micro: Mapped[int] = mapped_column(BigInteger, comment="cost in millionths of a minor unit (floored)")
+
+
+class BillingInterval(Base):
+    """Intervals already charged: a replica claims one by inserting its row in the charging transaction."""
+
+    __tablename__ = "billing_intervals"
+
+    start_s: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    length_s: Mapped[int] = mapped_column(Integer)
+    replica: Mapped[str] = mapped_column(String(128))
+    charged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AwakeSample(Base):
+    """Awake time of an on_demand service in one interval as one replica saw it (the charge takes the max)."""
+
+    __tablename__ = "billing_awake"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    start_s: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    replica: Mapped[str] = mapped_column(String(128), primary_key=True)
+    awake_ms: Mapped[int] = mapped_column(Integer)
+
+
+class DatabaseSize(Base):
+    """Last measured size of a managed database (storage charges read it)."""
+
+    __tablename__ = "billing_db_sizes"
+
+    database_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("databases.id", ondelete="CASCADE"), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,107 @@
+"""Billing configuration: off unless INKMCP_PRICES is set.
+
+With billing off nothing is metered and nothing is refused, so a server without prices behaves exactly as it did
+before issue 13. Amounts are integer minor units of the operator's currency (cents for EUR/USD).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from inkmcp.errors import InkError
+
+MAX_PRICE = 100_000
+"""Keeps every charge computation inside 64-bit integers (price x 16 GiB x 1 h x 10^6 < 2^63)."""
+
+
+class Prices(BaseModel):
+    """INKMCP_PRICES: what one unit of each resource costs, in integer minor units (0 = free)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    persistent: int = Field(
+        default=0, ge=0, le=MAX_PRICE, description="per hour per reserved GiB of memory of a persistent service"
+    )
+    on_demand: int = Field(default=0, ge=0, le=MAX_PRICE, description="per awake hour of an on_demand service")
+    static: int = Field(default=0, ge=0, le=MAX_PRICE, description="per hour of a static site")
+    build_minute: int = Field(default=0, ge=0, le=MAX_PRICE, description="per minute of build step")
+    db_gb_month: int = Field(
+        default=0, ge=0, le=MAX_PRICE, description="per GB (10^9 bytes) of database storage per 30-day month"
+    )
+
+
+class BillingSettings(BaseSettings):
+    """INKMCP_PRICES and the metering, credit and cap settings (docs/billing.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
+
+    prices: Annotated[Prices | None, NoDecode] = Field(
+        default=None, description="JSON object of integer minor units; unset = billing off (nothing metered/refused)"
+    )
+    metering_interval_s: int = Field(default=60, ge=1, le=3600, description="length of one charged interval")
+    metering_catchup_intervals: int = Field(
+        default=1440, ge=1, description="intervals a replica charges after a gap (all replicas down); older are lost"
+    )
+    starter_credits: int = Field(default=0, ge=0, description="granted once to every account (minor units)")
+    grace_s: float = Field(
+        default=3600.0, ge=0, description="how long persistent services of an account out of credits keep running"
+    )
+    monthly_cap: int | None = Field(
+        default=None, ge=0, description="default spend cap per calendar month (UTC), minor units; unset = no cap"
+    )
+    public_url: str | None = Field(
+        default=None, description="where users reach this server; the refusal message links <it>/dashboard"
+    )
+    db_size_every_s: float = Field(
+        default=600.0, gt=0, description="how often database sizes are measured for storage charges"
+    )
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (dict, Prices)):
+            return value
+        text = str(value).strip()
+        if not text:
+            return None
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON ({e.msg} at character {e.pos})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object such as {\"persistent\": 2, \"on_demand\": 3}")
+        for key, v in parsed.items():
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"price {key!r} must be an integer number of minor units, got {v!r}")
+        return parsed
+
+    @property
+    def enabled(self) -> bool:
+        return self.prices is not None
+
+    def dashboard_hint(self, account: str) -> str:
+        """How to add credits: the dashboard when the server has a public URL, else the operator command."""
+        if self.public_url:
+            return f"add credits at {self.public_url.rstrip('/')}/dashboard"
+        return (f"ask the operator to run `inkmcp credits grant --account {account} --amount N --reason TEXT` "
+                "(or raise the cap: `inkmcp credits cap`)")
+
+
+def load_billing_settings() -> BillingSettings:
+    """The settings from the environment; a bad value is an InkError naming the variable and what to set."""
+    try:
+        return BillingSettings()
+    except ValidationError as e:
+        problem = e.errors()[0]
+        loc = [str(x) for x in problem["loc"]]
+        name = "INKMCP_" + loc[0].upper()
+        detail = f" (field {'.'.join(loc[1:])})" if len(loc) > 1 else ""
+        raise InkError(
+            f"invalid configuration {name}{detail}: {problem['msg']}", argument=name,
+            fix='set e.g. INKMCP_PRICES=\'{"persistent": 2, "on_demand": 3, "static": 1, "build_minute": 1, '
+                '"db_gb_month": 10}\' (non-negative integers, minor units), or unset it to turn billing off',
+        ) from None

@@ -1,0 +1,71 @@
+"""The `get_usage` view: balance, cap, spend this month, burn rate, days left, top services by cost. Bounded: a
+fixed handful of numbers and at most TOP services, whatever the account's size."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.billing.ledger import Ledger
+
+TOP = 5
+
+
+class ServiceCost(BaseModel):
+    name: str = Field(description="project/service (project/postgres for storage)")
+    kind: str
+    cost: float = Field(description="this month, minor units")
+
+
+class UsageView(BaseModel):
+    billing: bool = Field(description="false: this server does not charge")
+    balance: int | None = None
+    monthly_cap: int | None = None
+    spent_this_month: int | None = None
+    burn_per_hour: int | None = Field(default=None, description="charged in the last hour, minor units")
+    days_left: float | None = Field(default=None, description="at that rate; null if nothing burns")
+    blocked: bool = False
+    top: list[ServiceCost] = Field(default_factory=list)
+    note: str = ""
+
+
+TOP_SQL = text("""
+SELECT label, kind, CAST(sum(micro) AS bigint) FROM billing_usage
+WHERE account_id = :a AND day_s >= :since GROUP BY label, kind ORDER BY 3 DESC LIMIT :top
+""")
+BURN_SQL = text("SELECT COALESCE(CAST(-sum(amount) AS bigint), 0) FROM credit_entries WHERE account_id = :a "
+                "AND kind = 'usage' AND at >= now() - interval '1 hour'")
+
+
+def _month_start_epoch(now: float) -> int:
+    t = time.gmtime(now)
+    return int(time.mktime((t.tm_year, t.tm_mon, 1, 0, 0, 0, 0, 0, 0)) - time.timezone)
+
+
+async def usage_view(ledger: Ledger | None, account_id: uuid.UUID, account_name: str, *,
+                     sessions: async_sessionmaker[AsyncSession] | None = None, now: float | None = None) -> UsageView:
+    if ledger is None or not ledger.settings.enabled:
+        return UsageView(billing=False, note="this server does not meter or charge (INKMCP_PRICES unset)")
+    now = time.time() if now is None else now
+    st = await ledger.status(account_id)
+    async with (sessions or ledger.sessions)() as s:
+        rows = (await s.execute(TOP_SQL, {"a": account_id, "since": _month_start_epoch(now), "top": TOP})).all()
+        burn = (await s.execute(BURN_SQL, {"a": account_id})).scalar_one()
+    days = None if burn <= 0 else round(max(st.balance, 0) / (burn * 24), 2)
+    note = ""
+    if st.blocked:
+        note = f"{st.reason()}: mutating calls are refused; {ledger.settings.dashboard_hint(account_name)}"
+    return UsageView(
+        billing=True, balance=st.balance, monthly_cap=st.cap, spent_this_month=st.month_spend,
+        burn_per_hour=burn, days_left=days, blocked=st.blocked,
+        top=[ServiceCost(name=r[0], kind=r[1], cost=round(r[2] / 1_000_000, 2)) for r in rows], note=note,
+    )
+
+
+def as_dict(view: UsageView) -> dict[str, Any]:
+    return view.model_dump(mode="json")

@@ -1,0 +1,154 @@
+"""Ledger and metering invariants on the real schema: idempotency under concurrency, exact rounding, caps."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+
+import pytest
+
+from inkmcp.billing.ledger import CreditsExhausted, Ledger
+from inkmcp.billing.metering import Meter, charge_interval
+from inkmcp.core.principal import Principal
+from inkmcp.errors import InvalidArgument, NotFound
+from inkmcp.store.db import open_store
+from tests.billing.conftest import World, settings
+
+pytestmark = pytest.mark.asyncio
+
+BASE = 1_900_000_000  # interval starts far from the wall clock: nothing else charges these
+
+
+async def sums(world: World, account_id: uuid.UUID) -> tuple[int, int, int]:
+    """(cached balance, sum of entries, entries)"""
+    balance = await world.scalar("SELECT balance FROM billing_accounts WHERE account_id = :a", a=account_id)
+    total = await world.scalar("SELECT COALESCE(sum(amount), 0) FROM credit_entries WHERE account_id = :a",
+                               a=account_id)
+    n = await world.scalar("SELECT count(*) FROM credit_entries WHERE account_id = :a", a=account_id)
+    return int(balance), int(total), int(n)  # type: ignore[arg-type]
+
+
+async def test_concurrent_credits_replays_and_two_replicas_charging(world: World) -> None:
+    """50 concurrent credits (30 distinct events, 20 replays of them) while two engines (two replicas' pools)
+    charge the same 20 intervals: every event once, every interval once, balance == sum of distinct entries."""
+    account_id, name = await world.account()
+    await world.live_service(account_id, memory_mb=5120)  # 36/GiB-h at 1 s intervals: 0.05 per interval
+    other = await open_store(world.url)
+    try:
+        ledgers = [Ledger(st.sessionmaker, settings(starter_credits=0)) for st in (world.store, other)]
+        events = [(f"stripe:evt_{i}", 100 + i) for i in range(30)]
+        calls = [ledgers[i % 2].credit(name, amt, source_id=src, kind="topup") for i, (src, amt) in enumerate(events)]
+        calls += [ledgers[i % 2].credit(name, events[i % 7][1], source_id=events[i % 7][0], kind="topup")
+                  for i in range(20)]
+
+        async def replica(st: object, tag: str) -> list[object]:
+            out = []
+            for k in range(40):
+                async with st.engine.begin() as conn:  # type: ignore[attr-defined]
+                    out.append(await charge_interval(conn, settings().prices, BASE + k, 1, replica=tag, grace_s=0))
+            return out
+
+        results = await asyncio.gather(*calls, replica(world.store, "a"), replica(other, "b"))
+    finally:
+        await other.close()
+    credits = results[:50]
+    assert sum(1 for r in credits if r.applied) == 30  # type: ignore[attr-defined]
+    charged_a, charged_b = results[50], results[51]
+    assert all((a is None) != (b is None) for a, b in zip(charged_a, charged_b, strict=True))  # each exactly once
+    balance, total, n = await sums(world, account_id)
+    topups = sum(amt for _, amt in events)
+    assert balance == total == topups - 2  # 40 intervals x 0.05 = exactly 2 minor units of usage
+    assert n == 30 + 2
+    assert await world.scalar("SELECT count(*) FROM billing_intervals") == 40
+    assert await world.scalar("SELECT sum(micro) FROM billing_usage") == 40 * 50_000
+    assert await world.scalar("SELECT count(DISTINCT source_id) FROM credit_entries") == n
+
+
+async def test_tiny_intervals_sum_exactly_without_rounding_against_the_user(world: World) -> None:
+    """0.01 minor units per interval, charged 250 times: exactly 2 units charged (at the 100th and 200th),
+    never 250 (rounded up each time) nor 0 (rounded down each time); the 0.5 left carries over."""
+    account_id, _ = await world.account()
+    await world.live_service(account_id, memory_mb=1024)
+    odd_id, _ = await world.account()
+    await world.live_service(odd_id, memory_mb=100)  # 36*100/1024/3600 = 0.0009765625.. per interval
+    prices = settings().prices
+    for k in range(250):
+        async with world.store.engine.begin() as conn:
+            assert await charge_interval(conn, prices, BASE + 10_000 + k, 1, replica="r", grace_s=0) is not None
+    balance, total, _ = await sums(world, account_id)
+    assert balance == total == -2
+    charges = await world.scalar("SELECT array_agg(amount ORDER BY id) FROM credit_entries WHERE account_id = :a "
+                                 "AND kind = 'usage'", a=account_id)
+    assert charges == [-1, -1]
+    assert await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=account_id) \
+        == 250 * 10_000
+    exact = 250 * 36 * 100 / 1024 / 3600  # 0.2441...: the odd account owes less than one unit so far
+    micro = await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=odd_id)
+    assert exact * 1e6 - 250 <= micro <= exact * 1e6  # floored at 10^-6 per interval, never above the truth
+    assert (await sums(world, odd_id))[0] == math.floor(exact) == 0
+
+
+async def test_replica_catches_up_once_and_never_twice(world: World) -> None:
+    """A replica that was down charges the intervals missed (bounded); two replicas passing at once charge each
+    interval once."""
+    account_id, _ = await world.account()
+    await world.live_service(account_id, memory_mb=1024)
+    now = [float(BASE + 50_000)]
+    cfg = settings(metering_interval_s=10, metering_catchup_intervals=5, starter_credits=1000)
+    a = Meter(world.store.engine, cfg, "a", clock=lambda: now[0])
+    b = Meter(world.store.engine, cfg, "b", clock=lambda: now[0])
+    first = await a.charge_due()
+    assert len(first) == 1  # a fresh start charges only the last finished interval, no history
+    now[0] += 30
+    two = await asyncio.gather(a.charge_due(), b.charge_due())
+    assert sorted(c.start_s for c in two[0] + two[1]) == [first[0].start_s + 10 * i for i in (1, 2, 3)]
+    now[0] += 1000  # a long outage: only the last 5 intervals are caught up
+    late = await b.charge_due()
+    assert len(late) == 5
+    assert await world.scalar("SELECT count(*) FROM billing_intervals") == 9
+    assert await world.scalar("SELECT sum(quantity) FROM billing_usage") == 9 * 10 * 1024  # MiB*s, each once
+    balance, total, _ = await sums(world, account_id)
+    assert balance == total == 1000 - math.floor(9 * 10 * 36 / 3600)  # 9 intervals of 10 s at 0.1: 0.9 -> 0
+
+
+async def test_cap_and_zero_refuse_with_balance_cap_and_how_to_add(world: World, make_ledger: object) -> None:
+    account_id, name = await world.account()
+    ledger: Ledger = make_ledger(starter_credits=50, public_url="https://ink.example")  # type: ignore[operator]
+    p = Principal(account_id=account_id, account_name=name, actor="t")
+    await ledger.check(p, "deploy_app")  # starter credits: allowed
+    assert (await ledger.status(account_id)).balance == 50
+    await ledger.set_cap(name, 0)
+    with pytest.raises(CreditsExhausted) as e:
+        await ledger.check(p, "deploy_app")
+    text = e.value.render()
+    assert "balance 50" in text and "monthly cap 0" in text and "https://ink.example/dashboard" in text
+    await ledger.set_cap(name, None)
+    await ledger.check(p, "deploy_app")
+    async with world.store.engine.begin() as conn:  # a big charge drives the balance below zero
+        await world.live_service(account_id, memory_mb=16384)
+        await charge_interval(conn, ledger.settings.prices, BASE + 90_000, 3600, replica="r", grace_s=0)
+    st = await ledger.status(account_id)
+    assert st.balance == 50 - 36 * 16 and st.month_spend == 36 * 16
+    with pytest.raises(CreditsExhausted) as e:
+        await ledger.check(p, "provision_database")
+    assert f"balance {st.balance}" in e.value.render() and "no credits left" in e.value.render()
+    await ledger.credit(name, 1000, source_id="grant-1", reason="test")
+    await ledger.check(p, "deploy_app")
+
+
+async def test_credit_is_idempotent_and_validates(world: World, make_ledger: object) -> None:
+    _, name = await world.account()
+    ledger: Ledger = make_ledger()  # type: ignore[operator]
+    first = await ledger.credit(name, 500, source_id="stripe:evt_1", kind="topup")
+    again = await ledger.credit(name, 500, source_id="stripe:evt_1", kind="topup")
+    assert first.applied and not again.applied and first.balance == again.balance == 500
+    with pytest.raises(InvalidArgument, match="amount"):
+        await ledger.credit(name, -5, source_id="x")
+    with pytest.raises(InvalidArgument, match="amount"):
+        await ledger.credit(name, 0, source_id="x")
+    with pytest.raises(NotFound, match="no account"):
+        await ledger.credit("nobody-" + uuid.uuid4().hex[:6], 5, source_id="y")
+    assert await world.scalar("SELECT count(*) FROM credit_entries") == 1
+
+

@@ -1,0 +1,27 @@
+"""INKMCP_PRICES and friends: bad values fail with the variable's name and what to set."""
+
+from __future__ import annotations
+
+import pytest
+
+from inkmcp.billing.settings import load_billing_settings
+from inkmcp.errors import InkError
+
+
+def test_prices_setting_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INKMCP_PRICES", "{persistent: 2")
+    with pytest.raises(InkError, match=r"INKMCP_PRICES.*not JSON"):
+        load_billing_settings()
+    monkeypatch.setenv("INKMCP_PRICES", '{"persistent": -2}')
+    with pytest.raises(InkError, match=r"INKMCP_PRICES \(field persistent\).*greater than or equal to 0"):
+        load_billing_settings()
+    monkeypatch.setenv("INKMCP_PRICES", '{"persistant": 2}')
+    with pytest.raises(InkError, match="persistant"):
+        load_billing_settings()
+    monkeypatch.setenv("INKMCP_PRICES", '{"on_demand": 1.5}')
+    with pytest.raises(InkError, match="integer"):
+        load_billing_settings()
+    monkeypatch.delenv("INKMCP_PRICES")
+    assert not load_billing_settings().enabled
+    monkeypatch.setenv("INKMCP_PRICES", '{"persistent": 2, "on_demand": 3}')
+    assert load_billing_settings().prices.on_demand == 3  # type: ignore[union-attr]
