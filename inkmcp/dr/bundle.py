@@ -8,7 +8,9 @@ check; Fernet is authenticated, so a tampered or truncated bundle is refused rat
 copy of the box alone (or of the master's disk) is not enough to read APP_KEY.
 
 Inside (a gzip tar): `manifest.json` (format, Coolify version, host, time, sha256 of every file), `source/.env`,
-`ssh/keys/<name>`.
+`ssh/keys/<name>`, and the newest of Coolify's own database backups when there is one (`db/pg-dump-coolify-<unix
+time>.dmp` from backups/coolify/coolify-db-<ip>/, app/Jobs/DatabaseBackupJob.php:292,313): otherwise that dump lives
+only on the lost master and in S3, and the restore would need both S3 credentials and the bundle.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Bundle:
     def env_text(self) -> str:
         return self.files["source/.env"].decode()
 
+    def db_dump(self) -> tuple[str, bytes] | None:
+        found = sorted((p, b) for p, b in self.files.items() if p.startswith("db/"))
+        return (found[-1][0].split("/", 1)[1], found[-1][1]) if found else None
+
     def ssh_keys(self) -> dict[str, bytes]:
         return {p.split("/", 2)[2]: b for p, b in self.files.items() if p.startswith("ssh/keys/")}
 
@@ -59,7 +65,7 @@ def _box(operator_key: str) -> SecretBox:
                       "(INKMCP_DR_OPERATOR_KEY)") from None
 
 
-def collect(coolify_dir: Path) -> dict[str, bytes]:
+def collect(coolify_dir: Path, *, with_db_backup: bool = True) -> dict[str, bytes]:
     env = coolify_dir / "source" / ".env"
     if not env.is_file():
         raise DrError(f"{env} not found: pass --coolify-dir, the directory holding source/.env (default /data/coolify)")
@@ -69,6 +75,11 @@ def collect(coolify_dir: Path) -> dict[str, bytes]:
         for p in sorted(keys.iterdir()):
             if p.is_file():
                 files[f"ssh/keys/{p.name}"] = p.read_bytes()
+    if with_db_backup:
+        dumps = sorted(coolify_dir.glob("backups/coolify/coolify-db-*/pg-dump-coolify-*.dmp"),
+                       key=lambda p: int(p.stem.rsplit("-", 1)[1]) if p.stem.rsplit("-", 1)[1].isdigit() else 0)
+        if dumps:
+            files[f"db/{dumps[-1].name}"] = dumps[-1].read_bytes()
     return files
 
 

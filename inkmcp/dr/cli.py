@@ -81,6 +81,8 @@ def backup_coolify_cmd(
     box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
     box_known_hosts: KnownHosts = None, coolify_dir: CoolifyDir = None,
     coolify_version: Annotated[str | None, typer.Option(help="default: the tag of `docker inspect coolify`")] = None,
+    no_db_backup: Annotated[bool, typer.Option("--no-db-backup", help="leave out Coolify's newest database backup")]
+    = False,
 ) -> None:
     """On the master: APP_KEY (source/.env) and ssh/keys, encrypted with the operator key, to the Storage Box."""
     from inkmcp.dr.coolify import backup_coolify, detect_version
@@ -91,7 +93,7 @@ def backup_coolify_cmd(
     with _steps("backing up Coolify's secrets") as progress:
         version = coolify_version or detect_version()
         progress(f"Coolify {version}, {s.coolify_dir}")
-        path = backup_coolify(s, coolify_version=version, operator_key=key)
+        path = backup_coolify(s, coolify_version=version, operator_key=key, with_db_backup=not no_db_backup)
     out.print(path, markup=False, highlight=False)
 
 
@@ -132,7 +134,8 @@ def restore_postgres_cmd(
 
 @dr_app.command("restore-coolify")
 def restore_coolify_cmd(
-    dump: Annotated[Path, typer.Option(help="Coolify's own pg_dump (custom format) to restore")],
+    dump: Annotated[Path | None, typer.Option(help="Coolify's own pg_dump (custom format); default: the one in "
+                                                   "the bundle")] = None,
     bundle: Annotated[Path | None, typer.Option(help="a secrets bundle file (default: from the box by --at)")]
     = None,
     at: Annotated[str | None, typer.Option(help="use the latest bundle made at or before this time")] = None,
@@ -164,6 +167,7 @@ def restore_coolify_cmd(
         progress(f"bundle {label}")
         r = restore_coolify(s, dump=dump, bundle_bytes=data, bundle_label=label, operator_key=key,
                             installed_version=version, db=CoolifyDb(parse_exec(db_exec), pg_bin=pg_bin),
+                            work_dir=work_dir,
                             authorized_keys=authorized_keys, progress=progress)
     keys = ", ".join(r.keys_restored) or "none"
     out.print(f"restored Coolify {r.coolify_version}: {r.values_checked} encrypted value(s) decrypt, "

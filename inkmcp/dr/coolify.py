@@ -51,10 +51,11 @@ def detect_version() -> str:
     return image.rsplit(":", 1)[1].lstrip("v")
 
 
-def backup_coolify(settings: DrSettings, *, coolify_version: str, operator_key: str,
+def backup_coolify(settings: DrSettings, *, coolify_version: str, operator_key: str, with_db_backup: bool = True,
                    now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
-    token = seal(collect(settings.coolify_dir), coolify_version=coolify_version, operator_key=operator_key, now=now)
+    token = seal(collect(settings.coolify_dir, with_db_backup=with_db_backup), coolify_version=coolify_version,
+                 operator_key=operator_key, now=now)
     name = bundle_name(now)
     with tempfile.TemporaryDirectory(prefix="inkmcp-dr-") as tmp:
         path = Path(tmp, name)
@@ -125,10 +126,11 @@ class CoolifyRestore:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def restore_coolify(settings: DrSettings, *, dump: Path, bundle_bytes: bytes, bundle_label: str,
-                    operator_key: str, installed_version: str, db: CoolifyDb,
+def restore_coolify(settings: DrSettings, *, dump: Path | None, bundle_bytes: bytes, bundle_label: str,
+                    operator_key: str, installed_version: str, db: CoolifyDb, work_dir: Path,
                     authorized_keys: Path = Path("/root/.ssh/authorized_keys"),
                     progress: Progress = lambda _m: None) -> CoolifyRestore:
+    """`dump` None: the Coolify database backup inside the bundle."""
     t0 = time.monotonic()
     seconds: dict[str, float] = {}
     # 1. Everything that can refuse, before anything is written.
@@ -137,6 +139,15 @@ def restore_coolify(settings: DrSettings, *, dump: Path, bundle_bytes: bytes, bu
         raise DrError(f"the bundle was made on Coolify {bundle.coolify_version}, this install is "
                       f"{installed_version}: install the same version first "
                       f"(`curl -fsSL https://cdn.coollabs.io/coolify/install.sh | bash -s {bundle.coolify_version}`)")
+    if dump is None:
+        inside = bundle.db_dump()
+        if inside is None:
+            raise DrError(f"the bundle {bundle_label} holds no Coolify database backup: pass --dump FILE (Coolify's "
+                          "pg_dump from its S3 backup storage)")
+        work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dump = work_dir / inside[0]
+        dump.write_bytes(inside[1])
+        progress(f"database backup from the bundle: {inside[0]}")
     if not dump.is_file():
         raise DrError(f"--dump {dump}: no such file (Coolify's backups are pg_dump custom-format files, "
                       "/data/coolify/backups/coolify/coolify-db-<ip>/ or its S3 copy)")

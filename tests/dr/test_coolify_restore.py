@@ -111,7 +111,7 @@ class Scene:
 
     def restore(self, *args: str, operator_key: str | None = None, check: bool = True) -> object:
         env = self.world.env(INKMCP_DR_OPERATOR_KEY=operator_key or self.operator_key, PGHOST=str(self.cluster.sock))
-        return self.world.inkmcp("restore-coolify", "--dump", str(self.dump), "--coolify-dir", str(self.new.dir),
+        return self.world.inkmcp("restore-coolify", "--coolify-dir", str(self.new.dir),
                                  "--db-exec", "", "--pg-bin", str(pg_bin()), "--authorized-keys",
                                  str(self.authorized_keys), "--work-dir", str(self.world.root / "coolify-work"),
                                  *args, env=env, check=check)
@@ -129,8 +129,9 @@ def scene(world: World, fresh_cluster: Cluster) -> Iterator[Scene]:
     root.mkdir()
     old = _make_instance(root, "old", c, "coolify", n_servers=3)
     old_plain = c.dump_text("coolify")
-    dump = root / "pg-dump-coolify-1764547200.dmp"
-    # Coolify's own backup command (app/Jobs/DatabaseBackupJob.php:620).
+    dump = old.dir / "backups" / "coolify" / "coolify-db-10.0.1.10" / "pg-dump-coolify-1764547200.dmp"
+    dump.parent.mkdir(parents=True)
+    # Coolify's own scheduled backup: command app/Jobs/DatabaseBackupJob.php:620, path :292 and :313.
     run(str(pg_bin() / "pg_dump"), "--format=custom", "--no-acl", "--no-owner", "--username", "coolify", "-h",
         str(c.sock), "-f", str(dump), "coolify")
     operator_key = new_operator_key()
@@ -151,7 +152,7 @@ def test_bundle_on_the_box_is_encrypted(scene: Scene) -> None:
     assert scene.backup_out.strip().splitlines()[-1] == f"coolify-secrets/{name}"
     blob = (scene.world.box_home / "coolify-secrets" / name).read_bytes()
     assert scene.old.app_key.encode() not in blob and scene.old.app_key[7:].encode() not in blob
-    assert b"PRIVATE KEY" not in blob and b"APP_KEY" not in blob
+    assert b"PRIVATE KEY" not in blob and b"APP_KEY" not in blob and b"coolify-old.example.com" not in blob
 
 
 def test_wrong_operator_key_changes_nothing(scene: Scene) -> None:
@@ -181,7 +182,7 @@ def test_a_bundle_from_another_instance_is_caught_before_env_changes(scene: Scen
                                   INKMCP_DR_OPERATOR_KEY=scene.operator_key))
     remote = made.stdout.strip().splitlines()[-1]  # type: ignore[attr-defined]
     local = scene.world.box_home / remote
-    r = scene.restore("--coolify-version", VERSION, "--bundle", str(local), check=False)
+    r = scene.restore("--coolify-version", VERSION, "--bundle", str(local), "--dump", str(scene.dump), check=False)
     local.unlink()
     assert r.returncode == 1, r.stdout  # type: ignore[attr-defined]
     assert "do not decrypt" in r.stderr and ".env was not changed" in r.stderr  # type: ignore[attr-defined]
@@ -192,6 +193,7 @@ def test_restore_brings_the_database_keys_and_ssh_keys_back(scene: Scene) -> Non
     r = scene.restore("--coolify-version", VERSION)
     out = r.stdout  # type: ignore[attr-defined]
     assert "8 encrypted value(s) decrypt" in out and "1 key(s) in APP_PREVIOUS_KEYS" in out, out
+    assert f"database backup from the bundle: {scene.dump.name}" in out
     assert f"bash -s {VERSION}" in out
     # The database is the old instance's, row for row.
     assert scene.cluster.dump_text("coolify") == scene.old_plain
