@@ -65,6 +65,10 @@ class GitHubSignIn(Protocol):
         """Exchange the code, read the user, store the identity; the account name. Raises SignInError."""
         ...
 
+    async def login_of(self, account_id: uuid.UUID) -> str | None:
+        """The GitHub login bound to an account (None for accounts made with the CLI)."""
+        ...
+
 
 def is_web_path(path: str) -> bool:
     return (path == "/" or path == "/dashboard" or path.startswith(("/dashboard/", "/auth/", "/static/")))
@@ -228,8 +232,9 @@ class WebUI:
                               "site's origin). Reload the dashboard and try again.")
         return me, form
 
-    def _ctx(self, me: SignedIn) -> dict[str, Any]:
-        return {"me": me, "csrf": self.sessions.csrf_token(me.token)}
+    async def _ctx(self, me: SignedIn) -> dict[str, Any]:
+        return {"me": me, "csrf": self.sessions.csrf_token(me.token),
+                "github_login": await self.github.login_of(me.principal.account_id)}
 
     # ------------------------------------------------------------ sign-in
     async def home(self, request: Request) -> Response:
@@ -315,7 +320,8 @@ class WebUI:
                 entry["error"] = e.message
             projects.append(entry)
         return self.page(request, "dashboard.html", status, keys=keys, projects=projects,
-                         more_projects=max(0, listing.total - len(projects)), **self._ctx(me), **extra)
+                         more_projects=max(0, listing.total - len(projects)), **await self._ctx(me),
+                         **extra)
 
     async def create_key(self, request: Request) -> Response:
         checked = await self._form_post(request)
@@ -359,5 +365,5 @@ class WebUI:
                                                 tail=LOG_TAIL)
         except InkError as e:
             return self.error(request, 404, "Logs unavailable", e.message)
-        return self.page(request, "logs.html", view=view, **self._ctx(me))
+        return self.page(request, "logs.html", view=view, **await self._ctx(me))
 

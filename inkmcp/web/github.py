@@ -3,11 +3,13 @@ small interface app.py needs (`GitHubSignIn`), with its errors turned into pages
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.errors import Conflict
 from inkmcp.github.client import GitHubClient, GitHubError
-from inkmcp.github.identity import sign_in
+from inkmcp.github.identity import identity_of, sign_in
 from inkmcp.github.settings import GitHubSettings
 from inkmcp.store.crypto import SecretBox
 from inkmcp.web.app import SignInError
@@ -47,3 +49,7 @@ class GitHubOAuth:
             raise SignInError(f"{e.message} {e.fix or ''}".strip(), status=400 if refused else 502) from None
         except Conflict as e:
             raise SignInError(f"{e.message} {e.fix or ''}".strip(), status=409) from None
+
+    async def login_of(self, account_id: uuid.UUID) -> str | None:
+        user = await identity_of(self._sessions, account_id)
+        return None if user is None else user.login

@@ -15,6 +15,7 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
 
+from inkmcp.core.accounts import AccountService
 from inkmcp.github.standin import StandinGitHub
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store, open_store
@@ -214,3 +215,23 @@ def test_web_paths_have_security_headers_and_the_mcp_checks_stay(web_server: Ser
     assert httpx.post(base(web_server) + "/mcp", json={}, timeout=10).status_code == 401
     assert httpx.get(base(web_server) + "/healthz", timeout=10).json()["status"] == "ok"
     assert httpx.get(base(web_server) + "/nope", timeout=10).status_code == 404
+
+
+async def test_github_user_does_not_take_over_an_operator_account_of_the_same_name(
+        web_server: ServerProc, github_standin: StandinGitHub, server_store: Store) -> None:
+    """An account the operator made with the CLI is not handed to whoever registers that login on GitHub: the
+    GitHub user gets an account of their own and never sees the operator's keys."""
+    from tests.github_support import unique_login
+
+    login = unique_login("ops")
+    accounts = AccountService(server_store.sessionmaker)  # what `inkmcp keys create --account LOGIN` runs
+    operator_key = (await accounts.create_key(login)).key
+    github_standin.add_user(login)
+    client = httpx.Client(base_url=base(web_server), follow_redirects=True, timeout=30)
+    client.get(f"{github_standin.url}/_standin/as/{login}").raise_for_status()
+    page = client.get("/auth/github/login")
+    assert page.url.path == "/dashboard" and f'id="login">{login}<' in page.text
+    account = re.search(r'id="account">([^<]+)<', page.text)
+    assert account and account.group(1).startswith(f"{login}-gh"), page.text[:800]
+    assert operator_key[:14] not in page.text and key_ids(page.text) == []
+    assert [k.prefix for k in await accounts.list_keys(login)] == [operator_key[:14]]
