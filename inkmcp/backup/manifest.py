@@ -190,11 +190,18 @@ def read_manifest(root: Path) -> tuple[Manifest, bytes]:
 
 
 def known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
+    """The alembic revisions this InkMCP ships, read from the migration files' `revision = "..."` lines (loading
+    them through alembic imports every migration: seconds, for a string each)."""
+    import re
 
-    from inkmcp.store.db import alembic_config
+    import inkmcp.store
 
-    return {r.revision for r in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    versions = Path(inkmcp.store.__file__).parent / "migrations" / "versions"  # = store.db.MIGRATIONS_DIR
+    pattern = re.compile(r"^revision(?:\s*:\s*[\w\[\], |]+)?\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+    found = set()
+    for path in versions.glob("*.py"):
+        found.update(pattern.findall(path.read_text()))
+    return found
 
 
 def check_compatible(manifest: Manifest) -> None:

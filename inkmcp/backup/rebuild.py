@@ -27,19 +27,19 @@ _slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 async def rebuild_live(deploys: DeployService, dep: Any, svc: Any, project: Any) -> None:
     async with _slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(2)):
-        work = deploys._checkouts / uuid.uuid4().hex  # noqa: SLF001 - core's private checkout dir, see the docstring
-        data_dir = deploys._checkouts.parent.parent  # noqa: SLF001 - <data_dir>/work/checkouts
+        work = deploys._checkouts / uuid.uuid4().hex
+        data_dir = deploys._checkouts.parent.parent
         try:
-            workspace = await deploys._compute.source_workspace(str(project.id))  # noqa: SLF001
-            origin = await rebuild_checkout(data_dir, str(project.id), dep.commit, deploys._projects.fetch_url(svc),  # noqa: SLF001
-                                            work, workspace=workspace, policy=deploys._sources)  # noqa: SLF001
-            request = await deploys._release_request(dep, svc, project, work)  # noqa: SLF001
+            workspace = await deploys._compute.source_workspace(str(project.id))
+            origin = await rebuild_checkout(data_dir, str(project.id), dep.commit, deploys._projects.fetch_url(svc),
+                                            work, workspace=workspace, policy=deploys._sources)
+            request = await deploys._release_request(dep, svc, project, work)
 
             async def progress(step: Any, detail: str) -> None:
                 log.info("rebuild %s: %s %s", svc.name, getattr(step, "value", step), detail)
 
-            await deploys._compute.release(request, progress,  # noqa: SLF001
-                                           deploys._recorder(dep.id, svc.id, project.id))  # noqa: SLF001
+            await deploys._compute.release(request, progress,
+                                           deploys._recorder(dep.id, svc.id, project.id))
             log.info("rebuilt service from %s", origin, extra={"service": str(svc.id), "commit": dep.commit[:12]})
         except asyncio.CancelledError:
             raise

@@ -88,24 +88,37 @@ async def state(srv: ServerProc, key: str, deployment_id: str) -> dict[str, Any]
             "env": env, "creds": creds, "deployment": {k: dep[k] for k in ("status", "commit", "url", "history")}}
 
 
+T0 = time.monotonic()
+
+
+def mark(what: str) -> None:
+    print(f"[drill {time.monotonic() - T0:6.1f}] {what}", flush=True)
+
+
 def test_restore_drill(tmp_path: Path) -> None:
+    global T0
+    T0 = time.monotonic()
     srv = make_server("inkmcp-drill-")
     repo = git_repo(srv.data_dir.parent / "repo", DRILL_APP)
     sets = srv.data_dir.parent / "sets"
     try:
         key = srv.create_key("alice")
         srv.start()
+        mark("served")
         view = asyncio.run(_deploy(srv, key, repo))
         dep_id = view["deployment_id"]
+        mark("deployed")
         assert [app_json(srv, "/write")["rows"] for _ in range(2)] == [1, 2]
         assert [app_json(srv, "/incr")["hits"] for _ in range(2)] == [1, 2]
         before = asyncio.run(state(srv, key, dep_id))
         audit_before = audit(srv)
+        mark("state read")
         assert any(e["action"] == "deploy_app" for e in audit_before), audit_before
 
         t0 = time.monotonic()
         made = srv.cli("backup", "create", "--to", str(sets))  # while serving
         backup_s = time.monotonic() - t0
+        mark("backed up")
         set_path = Path(made.stdout.strip().splitlines()[-1])
         assert set_path.parent == sets and (set_path / "manifest.json").is_file(), made.stdout
         manifest = json.loads((set_path / "manifest.json").read_text())
@@ -125,18 +138,23 @@ def test_restore_drill(tmp_path: Path) -> None:
         assert app_json(srv, "/incr")["hits"] == 3
         asyncio.run(_set_env(srv, key, "after-backup-greeting"))
         later_key = srv.create_key("bob")
+        mark("post-backup changes")
 
         assert srv.stop() == 0
         remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir)  # the machine's state is lost...
         shutil.rmtree(repo)  # ...and so is the app's source: the set must carry it
+        mark("stopped, lost")
 
         t0 = time.monotonic()
         restored = srv.cli("backup", "restore", "--from", str(set_path))
         restore_s = time.monotonic() - t0
+        mark("restored")
         assert "restored" in restored.stdout, restored.stdout + restored.stderr
         srv.start()
+        mark("served again")
         wait_app(srv, timeout=240)
+        mark("app back")
         rto_s = time.monotonic() - t0
 
         print(f"drill: backup {backup_s:.1f} s, restore {restore_s:.1f} s, restore-to-live {rto_s:.1f} s")
@@ -146,6 +164,7 @@ def test_restore_drill(tmp_path: Path) -> None:
         assert app_json(srv, "/")["GREETING"] == "before-backup-greeting"
         after = asyncio.run(state(srv, key, dep_id))  # the same API key works
         assert after == before
+        mark("checked")
         r = httpx.post(srv.mcp_url, headers={"Authorization": f"Bearer {later_key}"}, json={}, timeout=10)
         assert r.status_code == 401  # the key made after the backup is not in the restored installation
     finally:
