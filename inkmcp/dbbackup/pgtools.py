@@ -124,10 +124,25 @@ async def check_archive(path: Path, *, timeout: float) -> int:
     return sum(1 for line in lines if line and not line.startswith(";"))
 
 
-async def restore(admin_url: str, database: str, role: str, path: Path, *, timeout: float) -> None:
+async def restore(admin_url: str, database: str, role: str, path: Path, *, timeout: float,
+                  on_progress: Progress | None = None) -> None:
     """Restore the archive into the (empty) `database` as `role` (SET ROLE: every object is the tenant's, and the
     dump's SQL runs with the tenant's rights, not the superuser's), all or nothing (one transaction, stop at the
-    first error)."""
+    first error). `on_progress` hears the elapsed time every 2 s (a long restore shows it is moving)."""
     args = [str(bin_dir() / "pg_restore"), "--no-password", f"--dbname={database}", "--no-owner", f"--role={role}",
             "--exit-on-error", "--single-transaction", str(path)]
-    await _run(args, child_env(admin_url), timeout=timeout, what="pg_restore")
+    ticker = asyncio.create_task(_report_elapsed(on_progress)) if on_progress else None
+    try:
+        await _run(args, child_env(admin_url), timeout=timeout, what="pg_restore")
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+
+async def _report_elapsed(on_progress: Progress) -> None:
+    started = asyncio.get_running_loop().time()
+    while True:
+        await asyncio.sleep(2)
+        await on_progress(f"restoring: {asyncio.get_running_loop().time() - started:.0f} s")

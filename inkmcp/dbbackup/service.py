@@ -213,7 +213,7 @@ class DatabaseBackupService:
                 await say("saving the current state as a pre-restore backup")
                 undo = await self._dump(project.id, db, "pre-restore", on_progress)
                 await say("restoring the backup into a scratch database")
-                scratch = await self._restore_scratch(conn, db.external_id, path, backup_id)
+                scratch = await self._restore_scratch(conn, db.external_id, path, backup_id, on_progress)
                 await say("switching the project to the restored database")
                 await self._swap(conn, db.external_id, scratch)
                 await self._prune(project.id, "pre-restore")
@@ -434,7 +434,7 @@ class DatabaseBackupService:
         return path
 
     async def _restore_scratch(self, conn: psycopg.AsyncConnection[Any], ident: str, path: Path,
-                               backup_id: str) -> str:
+                               backup_id: str, on_progress: Progress | None) -> str:
         """A new database owned by the tenant with the backup restored into it (all or nothing); dropped again on
         any failure, so the live database is never touched by a restore that fails."""
         scratch = f"ink_restore_{uuid.uuid4().hex[:24]}"
@@ -443,7 +443,8 @@ class DatabaseBackupService:
             name, owner))
         try:
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
-            await pgtools.restore(self._admin, scratch, ident, path, timeout=self.settings.timeout_s)
+            await pgtools.restore(self._admin, scratch, ident, path, timeout=self.settings.timeout_s,
+                                  on_progress=on_progress)
         except BaseException as e:
             with contextlib.suppress(psycopg.Error):
                 await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
