@@ -24,6 +24,7 @@ from inkmcp.web.sessions import signing_key
 from tests.support import ServerProc, call, mcp_session
 from tests.web.webclient import base, csrf, key_ids, new_key, post, sign_in
 
+pytestmark = pytest.mark.slow  # one real server for the module (the browser test shares it)
 COOKIE = "inkmcp_session"  # INKMCP_PUBLIC_URL is http here, so no __Host- prefix
 
 
