@@ -32,6 +32,12 @@ Security notes, because repo URLs come from AI agents:
   only (never into the mirror's config, FETCH_HEAD or any file), never appear in errors or logs, and
   the mirror is keyed without them. The command line is visible in /proc only to the same uid, the
   tenant, whose token it is.
+- HTTP credentials InkMCP holds for a user (a signed-in user's GitHub token, `GitAuth`, issue 11) reach git only
+  through the environment (GIT_CONFIG_COUNT/KEY/VALUE: an `http.<repo url>.extraHeader` scoped to that one
+  repository URL), never argv, the mirror's config, FETCH_HEAD or an error; the environment of a process is
+  readable in /proc only by its uid, the tenant, whose account's token it is.
+- `SourcePolicy.trusted_origins` are hosts the operator configured (INKMCP_GITHUB_URL, e.g. a GitHub Enterprise on
+  a private network, or the local GitHub stand-in): their addresses are not checked, as for allow_local.
 - the mirror's own config is writable by the tenant (it owns the mirror). Anything planted there
   (url.insteadOf, http.proxy, core.sshCommand) acts with the tenant's own rights and network reach
   only, which its deployed code has anyway; the settings we rely on are given on the command line or
@@ -52,7 +58,7 @@ import socket
 import stat
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -102,6 +108,49 @@ class SourcePolicy:
 
     allow_local: bool  # INKMCP_ALLOW_LOCAL_SOURCES: local paths, file://, non-public addresses
     max_checkout_bytes: int = 1 << 30  # refuse a commit whose files add up to more (before extracting)
+    # issue 11: origins ("scheme://host:port", see `origin_of`) the operator configured as git hosts
+    # (INKMCP_GITHUB_URL): reached without the public-address check, whatever they resolve to
+    trusted_origins: frozenset[str] = frozenset()
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host:port` of an http(s) URL (default port made explicit, host lowercased), else None."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return f"{scheme}://{parts.hostname.lower()}:{port or _DEFAULT_PORTS[scheme]}"
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    """HTTP Basic credentials for one repository URL, handed to git in its environment only (issue 11).
+
+    GitHub accepts a user's OAuth token as the Basic password (any user name; `x-access-token` by convention).
+    """
+
+    token: str = field(repr=False)
+    username: str = "x-access-token"
+
+    @property
+    def header(self) -> str:
+        import base64
+
+        return "Authorization: Basic " + base64.b64encode(f"{self.username}:{self.token}".encode()).decode()
+
+    def env(self, fetch_url: str) -> tuple[tuple[str, str], ...]:
+        """git config through the environment: the header for URLs under `fetch_url` only."""
+        scope = fetch_url.rstrip("/")
+        return (("GIT_CONFIG_COUNT", "1"), ("GIT_CONFIG_KEY_0", f"http.{scope}.extraHeader"),
+                ("GIT_CONFIG_VALUE_0", self.header))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.token, self.header.split(" ", 2)[2])
 
 
 @dataclass(frozen=True)
@@ -135,6 +184,7 @@ class _Source:
     config: tuple[str, ...] = ()  # extra `-c` settings (the curl resolve pin)
     ssh_alias: str | None = None  # the host name ssh checks the key of, when it connects to an IP
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # extra git environment (GitAuth)
 
 
 def redact_url(url: str) -> str:
@@ -347,8 +397,28 @@ def _pinned(target: _Target, addresses: list[str]) -> _Source:
                    ssh_alias=target.host if target.kind == "ssh" else None, secrets=secrets)
 
 
-async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline) -> _Source:
-    """Validate `repo_url` and decide how git reaches it. Raises SourceError(argument=repo_url)."""
+async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline,
+                    auth: GitAuth | None = None) -> _Source:
+    """Validate `repo_url` and decide how git reaches it (with `auth`'s credentials for an http(s) URL). Raises
+    SourceError(argument=repo_url)."""
+    source = await _classify_target(repo_url, ws, policy, deadline)
+    if auth is None:
+        return source
+    if source.local or not source.fetch_url.lower().startswith(("https://", "http://")) \
+            or has_userinfo(source.fetch_url):
+        raise SourceError(f"{source.display!r} cannot use the stored GitHub credentials (not a plain http(s) URL).",
+                          argument="repo_url", fix="pass the repository's https URL without a token in it")
+    return replace(source, env=auth.env(source.fetch_url), secrets=(*source.secrets, *auth.secrets))
+
+
+def has_userinfo(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return False
+
+
+async def _classify_target(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline) -> _Source:
     check_repo_url(repo_url, policy)
     url = repo_url.strip()
     path = _local_path(url, policy)
@@ -356,8 +426,9 @@ async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, de
         await _check_local_repo(path, url, ws, deadline)
         return _Source(fetch_url=str(path), display=str(path), local=True)
     target = _parse_remote(url)
-    if policy.allow_local:
-        # One person's machine: git reaches what that person can reach, as plain git would.
+    if policy.allow_local or (policy.trusted_origins and origin_of(url) in policy.trusted_origins):
+        # One person's machine: git reaches what that person can reach, as plain git would. A trusted origin: the
+        # operator named this host (INKMCP_GITHUB_URL) as the git host, wherever it lives.
         return _Source(fetch_url=url, display=redact_url(url), local=False, secrets=_secrets_of(url))
     return _pinned(target, await _checked_addresses(target, deadline))
 
@@ -443,6 +514,7 @@ def _git_env(source: _Source) -> dict[str, str]:
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_ALLOW_PROTOCOL": protocols,
         "GIT_SSH_COMMAND": ssh,
+        **dict(source.env),
     }
 
 
@@ -834,11 +906,11 @@ async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str 
 
 async def _fetch_and_resolve(
     repo_url: str, ref: str | None, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline, *,
-    measure: bool = False,
+    measure: bool = False, auth: GitAuth | None = None,
 ) -> tuple[_Source, Path, str, tuple[int, int] | None]:
     """Fetch and resolve; with `measure`, also the commit's (bytes, entries) for the size check, read by the same
     `cat-file` process that resolved the ref (`_CatFile`)."""
-    source = await _classify(repo_url, ws, policy, deadline)
+    source = await _classify(repo_url, ws, policy, deadline, auth)
     key = _mirror_key(source)
     mirror = ws.mirrors_dir / key
     async with _locked(ws, key):
@@ -867,7 +939,8 @@ class FetchedCommit:
 
 
 async def fetch_commit(
-    repo_url: str, ref: str | None, *, workspace: SourceWorkspace, policy: SourcePolicy, timeout: float = 120
+    repo_url: str, ref: str | None, *, workspace: SourceWorkspace, policy: SourcePolicy, timeout: float = 120,
+    auth: GitAuth | None = None,
 ) -> FetchedCommit:
     """`resolve_commit`, keeping what a following checkout of the same commit needs.
 
@@ -876,7 +949,7 @@ async def fetch_commit(
     resolved and the commit's size measured by one `git cat-file` process (no `rev-parse` + `ls-tree`).
     """
     source, mirror, sha, size = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout),
-                                                         measure=True)
+                                                         measure=True, auth=auth)
     return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace, size=size)
 
 
@@ -901,6 +974,7 @@ async def resolve_commit(
     workspace: SourceWorkspace,
     policy: SourcePolicy,
     timeout: float = 120,
+    auth: GitAuth | None = None,
 ) -> str:
     """Fetch `repo_url` into the project's mirror (as the project's user) and return the full sha `ref` names.
 
@@ -908,7 +982,7 @@ async def resolve_commit(
     or a full ref name such as refs/pull/1/head. Used for "same commit, nothing to do" checks;
     it leaves the mirror updated, so a following `resolve_and_checkout` only pays a no-op fetch.
     """
-    _, _, sha, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout))
+    _, _, sha, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout), auth=auth)
     return sha
 
 
@@ -920,6 +994,7 @@ async def resolve_and_checkout(
     workspace: SourceWorkspace,
     policy: SourcePolicy,
     timeout: float = 120,
+    auth: GitAuth | None = None,
 ) -> str:
     """Fetch, resolve `ref` and write the files of that commit into `dest`; return the full sha.
 
@@ -930,7 +1005,7 @@ async def resolve_and_checkout(
     anything is written. Submodules and Git LFS objects are not included (git archive exports the
     tree as committed).
     """
-    fetched = await fetch_commit(repo_url, ref, workspace=workspace, policy=policy, timeout=timeout)
+    fetched = await fetch_commit(repo_url, ref, workspace=workspace, policy=policy, timeout=timeout, auth=auth)
     await checkout_fetched(fetched, dest, policy=policy, timeout=timeout)
     return fetched.sha
 

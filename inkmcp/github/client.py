@@ -109,11 +109,13 @@ class GitHubClient:
 
     # -- REST --------------------------------------------------------------------------------------------------
 
-    def _auth(self, token: SecretStr | str) -> dict[str, str]:
+    def _auth(self, token: SecretStr | str | None) -> dict[str, str]:
+        if token is None:  # anonymous: public data only, and GitHub limits it per address
+            return dict(API_HEADERS)
         raw = token.get_secret_value() if isinstance(token, SecretStr) else token
         return {**API_HEADERS, "Authorization": f"Bearer {raw}"}
 
-    async def _get(self, path: str, token: SecretStr | str) -> httpx.Response:
+    async def _get(self, path: str, token: SecretStr | str | None) -> httpx.Response:
         try:
             return await self._http.get(self.settings.api(path), headers=self._auth(token))
         except httpx.HTTPError as e:
@@ -130,9 +132,10 @@ class GitHubClient:
             raise GitHubError(f"GitHub answered {r.status_code} to GET /user.", fix="retry in a minute")
         return GitHubUser.model_validate(body)
 
-    async def repo_access(self, token: SecretStr | str, owner: str, repo: str) -> RepoAccess:
+    async def repo_access(self, token: SecretStr | str | None, owner: str, repo: str) -> RepoAccess:
         """200 → readable (with `private` and `permissions`); 404 → not readable (missing, or private and not
-        shared with this user: GitHub does not say which); 401 → the token is bad (GitHubError)."""
+        shared with this user: GitHub does not say which); 401 → the token is bad (GitHubError). `token` None:
+        asked anonymously (public repositories only)."""
         r = await self._get(f"/repos/{owner}/{repo}", token)
         if r.status_code == 404:
             return RepoAccess(owner=owner, repo=repo, readable=False)

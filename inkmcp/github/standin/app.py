@@ -63,6 +63,7 @@ class Delivery:
     status: int
     body: bytes
     headers: dict[str, str]
+    response_body: bytes = b""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -90,6 +91,7 @@ class StandinGitHub:
         self.api_url = ""
         self.deliveries: list[Delivery] = []
         self.git_requests: list[tuple[str, str, int]] = []  # (method, path, status) of git HTTP requests
+        self.git_latency = 0.0  # seconds added before each git answer (a slow network: lets tests watch a clone)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.app = Starlette(routes=[
@@ -198,7 +200,7 @@ class StandinGitHub:
             headers["X-Hub-Signature-256"] = signature
         async with httpx.AsyncClient(timeout=30) as http:
             r = await http.post(hook.url, content=body, headers=headers)
-        delivery = Delivery(delivery_id, event, hook.url, r.status_code, body, headers)
+        delivery = Delivery(delivery_id, event, hook.url, r.status_code, body, headers, r.content)
         self.deliveries.append(delivery)
         return delivery
 
@@ -361,6 +363,8 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
             self.git_requests.append((request.method, request.url.path, status))
             return response
         body = await request.body()
+        if self.git_latency:
+            await asyncio.sleep(self.git_latency)
         before = self.state.refs(repo) if rest == "git-receive-pack" else {}
         status, headers, out = await _http_backend(request, repo, f"/{repo.path.parent.name}/{repo.path.name}/{rest}",
                                                    body, user)

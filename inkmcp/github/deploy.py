@@ -1,0 +1,184 @@
+"""What the deploy pipeline asks the GitHub integration (issue 11 items 4 and 5).
+
+`DeployService.github` (set by `install`) is a `GitHubDeployHooks`; the pipeline calls it at three points, each
+in a marked block of inkmcp/core/deployments.py:
+
+* `prepare(account_id, repo_url, ref, auto_deploy)` before anything is created: for a repo on INKMCP_GITHUB_URL
+  (`{GITHUB_URL}/OWNER/REPO`, with or without `.git`), checks through `{API}/repos/OWNER/REPO` that the account's
+  GitHub token (stored at sign-in) can read it and returns the `GitAuth` git fetches a private repo with; a repo it
+  cannot read is a tool error naming it and what to do. Accounts without a GitHub identity deploy public repos as
+  before (checked anonymously when GitHub answers; a private one gets the "sign in with GitHub" error).
+* `track(service_id, prepared)` after the service row exists: the repo/branch a push redeploys it for, and its
+  auto-deploy flag (on by default for GitHub repos, `deploy_app(auto_deploy=false)` turns it off).
+* `queued_detail` / `record_trigger` when a deployment is created by a push (webhooks.py sets `PUSH` around the
+  redeploy): the queued event says which push, and `deployment_triggers` keeps delivery, commit and pusher.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inkmcp.build.source import GitAuth, origin_of
+from inkmcp.errors import InvalidArgument, SourceError
+from inkmcp.github.client import GitHubClient, GitHubError
+from inkmcp.github.identity import identity_of, token_for
+from inkmcp.github.models import DeploymentTrigger, GitHubTracking
+from inkmcp.github.settings import GitHubSettings
+from inkmcp.store.crypto import SecretBox
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,99})$")
+
+
+@dataclass(frozen=True)
+class PushTrigger:
+    """The push a redeploy runs for (set by the webhook handler around its deploy_app calls)."""
+
+    delivery_id: str
+    repo: str
+    branch: str
+    commit: str | None
+    pusher: str | None
+
+    def describe(self) -> str:
+        who = f" by {self.pusher}" if self.pusher else ""
+        commit = f" {self.commit[:12]}" if self.commit else ""
+        return f"GitHub push{commit} to {self.repo}@{self.branch}{who} (delivery {self.delivery_id})"
+
+
+PUSH: contextvars.ContextVar[PushTrigger | None] = contextvars.ContextVar("inkmcp_github_push", default=None)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A GitHub repo_url, checked: what to fetch it with and what to track."""
+
+    repo: str  # owner/name, lowercase
+    branch: str | None  # ref asked, or the repo's default branch (None when GitHub could not say)
+    auth: GitAuth | None
+    auto_deploy: bool | None
+
+
+def parse_repo(settings: GitHubSettings, repo_url: str) -> tuple[str, str] | None:
+    """(owner, repo) when `repo_url` is `{GITHUB_URL}/OWNER/REPO[.git][/]` without credentials, else None."""
+    url = repo_url.strip()
+    if origin_of(url) is None or origin_of(url) != origin_of(settings.github_url):
+        return None
+    parts = urlsplit(url)
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        return None
+    base = urlsplit(settings.github_url).path.rstrip("/")  # GitHub Enterprise may live under a path
+    path = parts.path
+    if base and not path.startswith(base + "/"):
+        return None
+    segments = path[len(base):].strip("/").split("/")
+    if len(segments) != 2:
+        return None
+    owner, repo = segments[0], segments[1].removesuffix(".git")
+    if not (_NAME.match(owner) and _NAME.match(repo)) or repo in (".", ".."):
+        return None
+    return owner, repo
+
+
+class GitHubDeployHooks:
+    def __init__(self, settings: GitHubSettings, sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
+        self.settings = settings
+        self._sessions = sessions
+        self._box = box
+
+    def _sign_in_hint(self) -> str:
+        where = f"{self.settings.public_url}/" if self.settings.public_url else "the InkMCP dashboard"
+        return f"sign in with GitHub at {where}"
+
+    async def prepare(self, account_id: uuid.UUID, repo_url: str, ref: str | None,
+                      auto_deploy: bool | None) -> Prepared | None:
+        parsed = parse_repo(self.settings, repo_url)
+        if parsed is None:
+            if auto_deploy:
+                raise InvalidArgument(
+                    "auto_deploy needs a GitHub repository.", argument="auto_deploy",
+                    fix=f"pass repo_url={self.settings.github_url}/OWNER/REPO, or omit auto_deploy")
+            return None
+        owner, name = parsed
+        shown = f"{owner}/{name}"
+        token = await token_for(self._sessions, self._box, account_id)
+        try:
+            async with GitHubClient(self.settings) as gh:
+                access = await gh.repo_access(token, owner, name)
+        except GitHubError as e:
+            if token is None:  # anonymous checks are best effort (GitHub limits them per address)
+                log.info("anonymous GitHub check of %s failed (%s); fetching as before", shown, e.message)
+                return Prepared(shown.lower(), ref, None, auto_deploy)
+            raise SourceError(f"could not check access to GitHub repository {shown}: {e.message}",
+                              argument="repo_url", fix=e.fix or "retry in a minute") from None
+        if not access.readable:
+            if token is None:
+                raise SourceError(
+                    f"GitHub repository {shown} was not found: it does not exist, or it is private and this "
+                    "account has not signed in with GitHub.", argument="repo_url",
+                    fix=f"check the owner/name; for a private repo {self._sign_in_hint()} (as a user who can read "
+                        "it) and deploy again")
+            who = await identity_of(self._sessions, account_id)
+            login = who.login if who else "your GitHub user"
+            raise SourceError(
+                f"GitHub repository {shown} is not readable by {login}, the GitHub user this account signed in "
+                "as: it does not exist, or it is private and not shared with that user.", argument="repo_url",
+                fix=f"check the owner/name; ask the repository's owner to add {login} as a collaborator (or grant "
+                    f"the InkMCP OAuth app access to the organization), or {self._sign_in_hint()} as a user who can "
+                    "read it, then deploy again")
+        auth = GitAuth(token) if token is not None and access.private else None
+        return Prepared(shown.lower(), ref or access.default_branch, auth, auto_deploy)
+
+    async def track(self, service_id: uuid.UUID, prepared: Prepared | None) -> None:
+        """Record (or forget, for a non-GitHub repo) what a push redeploys this service for."""
+        async with self._sessions.begin() as s:
+            if prepared is None or prepared.branch is None:
+                await s.execute(delete(GitHubTracking).where(GitHubTracking.service_id == service_id))
+                return
+            values = {"repo": prepared.repo, "branch": prepared.branch, "updated_at": datetime.now(UTC)}
+            stmt = insert(GitHubTracking).values(service_id=service_id, auto_deploy=prepared.auto_deploy is not False,
+                                                 **values)
+            if prepared.auto_deploy is not None:
+                values["auto_deploy"] = prepared.auto_deploy  # given: set; omitted: keep the service's choice
+            await s.execute(stmt.on_conflict_do_update(index_elements=[GitHubTracking.service_id], set_=values))
+
+    @staticmethod
+    def queued_detail(detail: str) -> str:
+        push = PUSH.get()
+        return detail if push is None else f"{detail}; {push.describe()}"
+
+    async def record_trigger(self, deployment_id: uuid.UUID) -> None:
+        push = PUSH.get()
+        if push is None:
+            return
+        async with self._sessions.begin() as s:
+            await s.execute(insert(DeploymentTrigger).values(
+                deployment_id=deployment_id, delivery_id=push.delivery_id, repo=push.repo, branch=push.branch,
+                commit=push.commit, pusher=push.pusher).on_conflict_do_nothing())
+
+    async def auth_for(self, account_id: uuid.UUID, repo_url: str) -> GitAuth | None:
+        """Credentials to fetch an already-deployed repo again (a resumed or retried release): the account's
+        token for a GitHub repo, without a new access check (the fetch itself fails if access was withdrawn)."""
+        if parse_repo(self.settings, repo_url) is None:
+            return None
+        token = await token_for(self._sessions, self._box, account_id)
+        return GitAuth(token) if token is not None else None
+
+
+async def trigger_of(sessions: async_sessionmaker[AsyncSession], deployment_id: uuid.UUID) -> PushTrigger | None:
+    """Which push started a deployment (None: an agent's deploy_app)."""
+    async with sessions() as s:
+        row = (await s.execute(select(DeploymentTrigger)
+                               .where(DeploymentTrigger.deployment_id == deployment_id))).scalar_one_or_none()
+    return None if row is None else PushTrigger(row.delivery_id, row.repo, row.branch, row.commit, row.pusher)
