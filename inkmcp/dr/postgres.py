@@ -103,7 +103,8 @@ def restore_postgres(settings: DrSettings, *, at: datetime, work_dir: Path, dump
                      progress: Progress = lambda _m: None) -> RestoreResult:
     """Dumps are chosen by `settings.database` (their name prefix) and restored into `into` (default: the same)."""
     target = into or settings.database
-    _refuse_while_backup_timer_runs()
+    if target == settings.database:  # a drill into a scratch database may run next to the live job
+        _refuse_while_backup_timer_runs()
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     files = BoxFiles(settings)
@@ -143,6 +144,11 @@ def restore_postgres(settings: DrSettings, *, at: datetime, work_dir: Path, dump
         pw = pwd.getpwnam(run_as)
         for p in (work_dir, local):
             os.chown(p, pw.pw_uid, pw.pw_gid)
+        readable = subprocess.run(["runuser", "-u", run_as, "--", "test", "-r", str(local)], timeout=30,
+                                  check=False).returncode == 0
+        if not readable:
+            raise DrError(f"--work-dir {work_dir}: the {run_as} user cannot reach it (a parent directory is closed "
+                          "to it); pass a directory it can traverse, e.g. /var/lib/postgresql/inkmcp-restore")
     seconds["copy"] = time.monotonic() - t1
     t2 = time.monotonic()
     try:

@@ -42,8 +42,10 @@ INSERT INTO api_keys (account_id, digest, label)
   SELECT g, sha256(('key' || g)::bytea), CASE WHEN g % 3 = 0 THEN NULL ELSE 'läbel ✓ ' || g END
   FROM generate_series(1, 50) g;
 INSERT INTO audit (account_id, what) SELECT 1 + g % 50, jsonb_build_object('op', 'deploy', 'n', g)
-  FROM generate_series(1, 2000) g;
+  FROM generate_series(1, {rows}) g;
 """
+AUDIT_ROWS = int(os.environ.get("INKMCP_DR_BENCH_AUDIT_ROWS", "2000"))
+"""benchmarks/dr.py raises it to time the same drill on a realistic amount of data."""
 
 
 @dataclass
@@ -92,7 +94,7 @@ def drill(world: World, fresh_cluster: Cluster) -> Iterator[Drill]:
         old_pg.start()
         old_pg.psql("CREATE ROLE inkmcp LOGIN")
         old_pg.psql("CREATE DATABASE inkmcp OWNER inkmcp")
-        old_pg.psql(SCHEMA, db="inkmcp", user="inkmcp")
+        old_pg.psql(SCHEMA.format(rows=AUDIT_ROWS), db="inkmcp", user="inkmcp")
         old = make_pghost(world, "pghost-old", old_pg.sock)
         _install(old, world)
         t0 = time.monotonic()
@@ -176,7 +178,9 @@ def test_restore_latest_from_the_live_directory(drill: Drill) -> None:
     assert drill.name_b in r.stdout and "live" in r.stdout  # type: ignore[attr-defined]
     assert drill.fresh.dump_text("inkmcp_latest") == drill.plain_b
     assert drill.plain_a != drill.plain_b
-    print(f"\nDR drill timings (s): {', '.join(f'{k}={v:.2f}' for k, v in drill.timings.items())}")
+    dump_bytes = (drill.world.box_home / "inkmcp-postgres" / drill.name_b).stat().st_size
+    print(f"\nDR drill timings (s): {', '.join(f'{k}={v:.2f}' for k, v in drill.timings.items())}; "
+          f"dump {dump_bytes} bytes")
 
 
 def test_truncated_dump_is_refused_and_nothing_is_written(drill: Drill) -> None:
@@ -217,14 +221,21 @@ def test_restore_refuses_while_the_nightly_backup_timer_is_active(drill: Drill, 
     stub.mkdir()
     (stub / "systemctl").write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/asked\nexit 0\n')
     (stub / "systemctl").chmod(0o755)
-    drill.fresh.psql("CREATE DATABASE inkmcp_timer OWNER inkmcp;")
     env = drill.world.env(INKMCP_DR_BOX_KEY=str(drill.new.installed_key), INKMCP_DR_PG_BIN=str(pg_bin()),
                           PGHOST=str(drill.fresh.sock), PATH=f"{stub}:{os.environ['PATH']}")
-    r = drill.world.inkmcp("restore-postgres", "--into", "inkmcp_timer", "--work-dir", str(tmp_path / "work"),
-                           env=env, check=False)
+    r = drill.world.inkmcp("restore-postgres", "--work-dir", str(tmp_path / "work"), env=env, check=False)
     assert r.returncode == 1 and "systemctl stop inkmcp-pg-backup.timer" in r.stderr, r.stderr
     assert (tmp_path / "asked").read_text().split() == ["is-active", "--quiet", "inkmcp-pg-backup.timer"]
     assert not (tmp_path / "work").exists()
+    # A drill into a scratch database may run next to the live nightly job.
+    (tmp_path / "asked").unlink()
+    drill.fresh.psql("CREATE DATABASE inkmcp_drill OWNER inkmcp;")
+    r = drill.world.inkmcp("restore-postgres", "--into", "inkmcp_drill", "--work-dir", str(tmp_path / "work"),
+                           env=env, check=False)
+    assert r.returncode == 1 and "the postgres user cannot reach it" in r.stderr, r.stderr  # tmp_path is 0700
+    r = drill.world.inkmcp("restore-postgres", "--into", "inkmcp_drill", "--work-dir",
+                           str(drill.world.root / "work" / "drill"), env=env)
+    assert not (tmp_path / "asked").exists() and drill.name_b in r.stdout
 
 
 def test_why_the_timer_must_wait_a_rebuilt_hosts_first_run_replaces_the_live_history(drill: Drill) -> None:
