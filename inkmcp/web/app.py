@@ -333,6 +333,8 @@ class WebUI:
             return await self._render_dashboard(request, me, 400,
                                                 problem=f"The label is too long: use at most {LABEL_MAX} characters.")
         issued = await self.platform.accounts.create_key(me.principal.account_name, label or "created on the dashboard")
+        await self.platform.audit.record(me.principal, "create_api_key", target=issued.prefix,
+                                         arguments={"label": label})
         log.info("web UI: %s created API key %s", me.principal.account_name, issued.prefix)
         return await self._render_dashboard(request, me, new_key=issued.key)
 
@@ -347,6 +349,7 @@ class WebUI:
         except (ValueError, InkError):
             return await self._render_dashboard(request, me, 404, problem="No active key of yours has that id "
                                                 "(it may be revoked already): pick one from the list below.")
+        await self.platform.audit.record(me.principal, "revoke_api_key", target=prefix, arguments={})
         log.info("web UI: %s revoked API key %s", me.principal.account_name, prefix)
         return await self._render_dashboard(request, me, notice=f"Revoked {prefix}…: requests with it now get 401.")
 

@@ -181,8 +181,16 @@ async def test_sign_in_key_for_mcp_revoke_phone_and_sign_out(web_server: ServerP
     r = httpx.post(root + "/mcp", headers={"Authorization": f"Bearer {key}"}, json={}, timeout=10)
     assert r.status_code == 401 and "revoked" in r.text
 
-    # sign out: back on the home page; the cookie from before no longer opens the dashboard
+    # the GitHub token the sign-in obtained is stored (encrypted) but never shown; no key or token in the server log
+    user_id = github_standin.state.user_by_login(login).id
+    github_tokens = [t for t, uid in github_standin.state.tokens.items() if uid == user_id]
+    assert github_tokens
     cookie = browser.get_cookie("inkmcp_session")
+    server_log = web_server.log_path.read_text(errors="replace")
+    for secret in (key, cookie["value"], *github_tokens):
+        assert secret not in browser.page_source and secret not in server_log
+
+    # sign out: back on the home page; the cookie from before no longer opens the dashboard
     assert cookie and cookie["httpOnly"] and cookie.get("sameSite") == "Lax"
     browser.find_element(By.ID, "logout").click()
     wait(browser, EC.presence_of_element_located((By.ID, "signin")))

@@ -59,3 +59,14 @@ def test_github_unreachable_during_sign_in_shows_a_page_not_a_trace() -> None:
     assert "Sign-in failed" in page.text and "could not be reached" in page.text
     assert "Traceback" not in page.text and "File \"" not in page.text
     assert "secret" not in page.text and "inkmcp_session" not in page.headers.get("set-cookie", "")
+
+
+def test_under_https_the_cookies_are_secure_and_host_only() -> None:
+    client = ui(GitHubSettings(public_url="https://inkmcp.example.com", github_client_id="id",
+                               github_client_secret="secret"))
+    start = client.get("/auth/github/login", follow_redirects=False, headers={"Host": "inkmcp.example.com"})
+    assert start.status_code == 302
+    cookie = start.headers["set-cookie"]
+    assert cookie.startswith("__Host-inkmcp_oauth_state=") and "Secure" in cookie and "HttpOnly" in cookie
+    assert "Path=/" in cookie and "Domain" not in cookie and "max-age=600" in cookie.lower()
+    assert "redirect_uri=https%3A%2F%2Finkmcp.example.com%2Fauth%2Fgithub%2Fcallback" in start.headers["location"]
