@@ -196,6 +196,12 @@ def test_oauth_state_is_bound_to_the_browser_that_started(web_server: ServerProc
     assert "Max-Age=43200" in session_cookie
     # replaying the callback (state cookie used up) does not sign in again
     assert mallory.get(back.headers["location"]).status_code == 400
+    # nor does a used code under a fresh state: GitHub refuses it and the page says to sign in again
+    restart = mallory.get("/auth/github/login", follow_redirects=False)
+    fresh_state = parse_qs(urlsplit(restart.headers["location"]).query)["state"][0]
+    used_code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+    reused = mallory.get("/auth/github/callback", params={"code": used_code, "state": fresh_state})
+    assert reused.status_code == 400 and "Sign-in failed" in reused.text and "bad_verification_code" in reused.text
 
 
 def test_web_paths_have_security_headers_and_the_mcp_checks_stay(web_server: ServerProc) -> None:
