@@ -169,9 +169,11 @@ class WebUI:
     def mount(self, inner: ASGIApp, allowed_hosts: list[str]) -> ASGIApp:
         """`inner` (the MCP app) with the web UI in front for the web paths only."""
         hosts = {h.lower() for h in allowed_hosts}
-        if self.public_url:
-            hosts.add(urlsplit(self.public_url).netloc.lower())
         self.origins = {f"http://{h}" for h in hosts} | {f"https://{h}" for h in hosts}
+        if self.public_url:  # its host, and exactly its origin (no http:// twin of an https URL)
+            public = urlsplit(self.public_url)
+            hosts.add(public.netloc.lower())
+            self.origins.add(f"{public.scheme}://{public.netloc}".lower())
         web = _Guard(self.app, hosts)
 
         async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
