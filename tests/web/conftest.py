@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from inkmcp.github.standin import StandinGitHub
+from inkmcp.store.embedded import EmbeddedPostgres
 from tests.github_support import github_env, github_standin  # noqa: F401 (the session fixture, re-exported)
 from tests.support import ServerProc, dispose_server, make_server
 
@@ -20,8 +21,15 @@ from tests.support import ServerProc, dispose_server, make_server
 def web_server(github_standin: StandinGitHub) -> Iterator[ServerProc]:  # noqa: F811
     srv = make_server("inkmcp-web-")
     srv.env.update(github_env(github_standin, public_url=f"http://127.0.0.1:{srv.port}"))
-    srv.start()
+    started = False
     try:
+        srv.start()
+        started = True
         yield srv
     finally:
-        dispose_server(srv)
+        if not started:  # a server killed while starting leaves its embedded Postgres servers behind
+            if srv.proc is not None:
+                srv.stop()
+            for name in ("control", "tenants"):  # the servers of this data dir only (pg_ctl stop on their pgdata)
+                EmbeddedPostgres(srv.data_dir / "pg" / name).stop()
+        dispose_server(srv, clean_stop=started)
