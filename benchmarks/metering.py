@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -49,6 +50,25 @@ WITH a AS (
 )
 SELECT count(*) FROM d
 """
+
+
+async def baseline_ms(store: Any, rows: int, rounds: int) -> float:
+    """The least any per-service record costs, measured in the same run on the same server: one in-place UPDATE
+    of `rows` rows of a two-index table (server time, best of `rounds`). The ratio to it is what stays comparable
+    between a quiet machine and a loaded one."""
+    best = float("inf")
+    async with store.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE bench_baseline (id uuid PRIMARY KEY, account int, n bigint) "
+                                "WITH (fillfactor = 50)"))
+        await conn.execute(text("CREATE INDEX ON bench_baseline (account)"))
+        await conn.execute(text("INSERT INTO bench_baseline SELECT gen_random_uuid(), g % 1000, 0 "
+                                "FROM generate_series(1, :n) g"), {"n": rows})
+    for _ in range(rounds):
+        async with store.engine.begin() as conn:
+            plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) UPDATE bench_baseline SET n = n + 1")
+                                       )).scalar_one()
+        best = min(best, plan[0]["Execution Time"] + plan[0]["Planning Time"])
+    return best
 
 
 async def bench(url: str, services: int = 10_000, rounds: int = 5, start: int = 2_000_000_000) -> dict[str, float]:
@@ -85,7 +105,9 @@ async def bench(url: str, services: int = 10_000, rounds: int = 5, start: int = 
                 charged = await charge_interval(conn, PRICES, s, 60, replica="bench", grace_s=0.0)
             walls.append((time.perf_counter() - t0) * 1000)
             assert charged is not None and charged.usage_rows >= services * 2 // 3 - services // 20, charged
-        return {"services": services, "wall_ms_median": round(statistics.median(walls), 1),
+        base = await baseline_ms(store, services, rounds)
+        return {"services": services, "baseline_ms_min": round(base, 1),
+                "ratio_min": round(min(server) / base, 2), "wall_ms_median": round(statistics.median(walls), 1),
                 "wall_ms_min": round(min(walls), 1), "server_ms_median": round(statistics.median(server), 1),
                 "server_ms_min": round(min(server), 1)}
     finally:

@@ -85,7 +85,7 @@ def _services_sql(prices: Prices) -> str:
   FROM (SELECT service_id, CAST(LEAST(max(awake_ms), (:e - :s) * 1000) AS bigint) AS ms FROM billing_awake
         WHERE start_s = :s GROUP BY service_id) aw
   JOIN services sv ON sv.id = aw.service_id JOIN projects p ON p.id = sv.project_id
-  WHERE sv.live_deployment_id IS NOT NULL""")
+  WHERE sv.mode = 'on_demand' AND sv.live_deployment_id IS NOT NULL""")
     if prices.build_minute:
         parts.append("""
   SELECT p.account_id, 'build', d.id, p.name || '/' || sv.name,

@@ -1,0 +1,203 @@
+"""End to end through the real MCP transport: a real `inkmcp serve` with prices that make credits run out in
+seconds, real apps behind the local provider's proxy, the operator CLI in its own process.
+
+One server for the whole story (it is the expensive part):
+  alice (persistent): deploy goes live -> balance reaches zero -> the next deploy is refused with the balance, the
+  cap and how to add credits -> after the grace period the service sleeps and answers 402 -> an operator grant ->
+  the service wakes and deploys work again, without redeploying; get_usage shows it all along.
+  then an on_demand service of the same account: asleep costs nothing, awake costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.probes import store_query
+from tests.support import (
+    ServerProc,
+    call,
+    call_error,
+    dispose_server,
+    git_repo,
+    make_server,
+    mcp_session,
+    traversable_tmpdir,
+)
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+APP = {
+    "app.py": '''
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = b"hello from " + os.environ.get("WHO", "?").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+''',
+}
+# persistent: 72,000 per GiB-hour x 0.5 GiB = 10 minor units a second; on_demand: 36,000 per awake hour = 10/s.
+PRICES = {"persistent": 72000, "on_demand": 36000, "static": 0, "build_minute": 0, "db_gb_month": 0}
+STARTER = 40
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProc]:
+    srv = make_server("inkmcp-billing-", INKMCP_PRICES=json.dumps(PRICES), INKMCP_METERING_INTERVAL_S="1",
+                      INKMCP_STARTER_CREDITS=str(STARTER), INKMCP_GRACE_S="2", INKMCP_IDLE_TIMEOUT="2")
+    srv.create_key("alice")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        dispose_server(srv)
+
+
+@pytest.fixture(scope="module")
+def repos() -> Iterator[Path]:
+    """Repos the project users can read (pytest's tmp dirs are 0700 under root)."""
+    base = traversable_tmpdir("inkmcp-billing-repos-")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def repo(base: Path, name: str) -> str:
+    path = base / name
+    git_repo(path, APP)
+    return str(path)
+
+
+def get(server: ServerProc, url: str) -> httpx.Response:
+    host = httpx.URL(url).netloc.decode()
+    return httpx.get(f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}, timeout=30)
+
+
+async def until(what: str, check: Any, timeout: float = 30.0, every: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def test_credits_run_out_refuse_sleep_and_come_back_with_a_grant(server: ServerProc, repos: Path) -> None:
+    async with mcp_session(server, server.keys["alice"]) as s:
+        usage = await call(s, "get_usage")
+        assert usage["billing"] is True and usage["balance"] == STARTER
+
+        shop = repo(repos, "shop")
+        view = await call(s, "deploy_app", repo_url=shop, start_command="python app.py",
+                          mode="persistent", env_vars={"WHO": "alice"})
+        if view["status"] != "live":
+            view = await call(s, "wait_for_deployment", deployment_id=view["deployment_id"], timeout_seconds=50)
+        assert view["status"] == "live", view
+        assert get(server, view["url"]).text == "hello from alice"
+
+        async def broke() -> dict[str, Any] | None:
+            u = await call(s, "get_usage")
+            return u if u["balance"] <= 0 else None
+
+        usage = await until("alice's balance to reach zero", broke)
+        assert usage["blocked"] is True and usage["spent_this_month"] >= STARTER
+        assert usage["top"] and usage["top"][0]["name"] == "shop/web" and usage["top"][0]["kind"] == "persistent"
+        assert "credits grant --account alice" in usage["note"]
+
+        refused = await call_error(s, "deploy_app", repo_url=shop, start_command="python app.py",
+                                   mode="persistent", env_vars={"WHO": "alice-2"})
+        assert "deploy_app refused" in refused and re.search(r"has no credits left \(balance -?\d+,", refused)
+        assert "no monthly cap" in refused and "inkmcp credits grant --account alice" in refused
+        refused_env = await call_error(s, "update_env_vars", project_name="shop", env_vars={"WHO": "x"})
+        assert "update_env_vars refused" in refused_env
+
+        def asleep() -> bool:
+            r = get(server, view["url"])
+            return r.status_code == 402 and "credits" in r.text
+
+        await until("the persistent service to sleep after the grace period", lambda: asyncio.to_thread(asleep))
+        services = await call(s, "list_services", project_name="shop")
+        assert services["services"][0]["name"] == "web"  # nothing deleted
+
+        granted = server.cli("credits", "grant", "--account", "alice", "--amount", "100000", "--reason", "e2e",
+                             "--id", "e2e-1")
+        assert "granted 100000" in granted.stdout, granted.stdout + granted.stderr
+        again = server.cli("credits", "grant", "--account", "alice", "--amount", "100000", "--reason", "e2e",
+                           "--id", "e2e-1")
+        assert "nothing added" in again.stdout
+
+        def awake() -> bool:
+            r = get(server, view["url"])
+            return r.status_code == 200 and r.text == "hello from alice"
+
+        await until("the service to wake without a redeploy", lambda: asyncio.to_thread(awake))
+        usage = await call(s, "get_usage")
+        assert usage["blocked"] is False and 0 < usage["balance"] <= 100000 + STARTER - usage["spent_this_month"]
+        update = await call(s, "update_env_vars", project_name="shop", env_vars={"WHO": "alice-2"})
+        assert update["restarted"] == ["web"]
+        assert get(server, view["url"]).text == "hello from alice-2"
+
+    report = server.cli("usage", "--account", "alice").stdout
+    assert "shop/web" in report and "persistent" in report
+
+
+async def test_on_demand_costs_only_while_awake(server: ServerProc, repos: Path) -> None:
+    """Runs after the story above (alice has credits again)."""
+    async with mcp_session(server, server.keys["alice"]) as s:
+        view = await call(s, "deploy_app", repo_url=repo(repos, "blog"), start_command="python app.py",
+                          mode="on_demand", env_vars={"WHO": "bob"})
+        if view["status"] != "live":
+            view = await call(s, "wait_for_deployment", deployment_id=view["deployment_id"], timeout_seconds=50)
+        assert view["status"] == "live", view
+
+        async def blog_cost() -> float:
+            top = (await call(s, "get_usage"))["top"]
+            return sum(t["cost"] for t in top if t["name"] == "blog/web" and t["kind"] == "on_demand")
+
+        async def sleeping() -> bool:
+            return (await call(s, "list_services", project_name="blog"))["services"][0]["state"] == "sleeping"
+
+        await until("the on_demand service to fall asleep", sleeping)
+        asleep_at = time.time()
+
+        def charged_through(t: float) -> Any:
+            async def check() -> bool:
+                rows = await asyncio.to_thread(store_query, server, "SELECT max(start_s + length_s) FROM "
+                                               "billing_intervals")
+                return rows[0][0] is not None and rows[0][0] >= t
+            return check
+
+        await until("the interval it fell asleep in to be charged", charged_through(asleep_at + 1))
+        before = await blog_cost()
+        await until("four more intervals to be charged", charged_through(asleep_at + 5))
+        assert await blog_cost() == before  # asleep costs nothing
+
+        assert (await asyncio.to_thread(get, server, view["url"])).text == "hello from bob"  # wakes it
+
+        async def charged() -> float | None:
+            cost = await blog_cost()
+            return cost if cost > before else None
+
+        await until("awake time to be charged", charged, timeout=20)
