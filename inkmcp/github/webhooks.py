@@ -10,6 +10,10 @@ ignored) → event: `ping` → 200, anything but `push` → 200 ignored, a push 
 that repo and branch with auto-deploy on is redeployed through `Platform.deploy_app` with its account's principal
 (actor `github-push`), so limits, audit and the GitHub access check apply as for an agent's call. Redeploys run in
 the background (GitHub gives a delivery 10 s); the answer (202) lists the services queued.
+
+A redeploy fetches the branch's head from GitHub with the service's own settings and its account's access; the
+payload only says which repo and branch. So anyone holding the (server-wide) webhook secret can at most cause an
+extra redeploy of a service at the code its owner already pushed, never deploy other code.
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), header.strip().encode())
 
 
+def _json_payload(raw: bytes, content_type: str) -> bytes:
+    """The JSON of a delivery: the body, or its `payload` field for a hook set to application/x-www-form-urlencoded
+    (GitHub signs the raw body either way)."""
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        from urllib.parse import parse_qs
+
+        return parse_qs(raw.decode(), strict_parsing=True).get("payload", [""])[0].encode()
+    return raw
+
+
 def _answer(http_status: int, /, **body: Any) -> JSONResponse:
     return JSONResponse(body, status_code=http_status)
 
@@ -111,8 +125,8 @@ class WebhookHandler:
         if event != "push":
             return _answer(200, status="ignored", reason=f"event {event!r} is not handled")
         try:
-            push = PushEvent.model_validate_json(raw)
-        except ValidationError:
+            push = PushEvent.model_validate_json(_json_payload(raw, request.headers.get("content-type", "")))
+        except (ValidationError, ValueError):
             return _answer(400, error="bad_payload", message="not a push event payload")
         repo = push.repository.full_name.lower()
         if not await self._first_delivery(delivery, event, repo):

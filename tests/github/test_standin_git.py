@@ -156,3 +156,15 @@ def test_signature_check() -> None:
 
 def test_the_stored_github_token_is_rotated_with_the_other_secrets() -> None:
     assert ("github_identities", "account_id", "token_enc") in encrypted_columns()
+
+
+def test_a_form_encoded_delivery_carries_its_json_in_payload() -> None:
+    from urllib.parse import urlencode
+
+    from inkmcp.github.webhooks import PushEvent, _json_payload
+
+    body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "o/r"}})
+    form = urlencode({"payload": body}).encode()
+    assert PushEvent.model_validate_json(_json_payload(form, "application/x-www-form-urlencoded")).ref == \
+        "refs/heads/main"
+    assert _json_payload(body.encode(), "application/json; charset=utf-8") == body.encode()
