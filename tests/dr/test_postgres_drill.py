@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from inkmcp.dr.dumps import dump_time
 from inkmcp.infra.factory import backup_script, shell
 from inkmcp.infra.factory_config import FactoryConfig
 from tests.dr.conftest import BOX_IP, BOX_UID, BOX_USER, Cluster, PgHost, World, make_pghost, pg_bin, run
@@ -69,14 +70,6 @@ class Drill:
                                  new_process=new_process)
 
 
-def _next_second() -> datetime:
-    """Wait (polling the clock) until a new UTC second starts; dump names have one-second resolution."""
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.01)
-    return datetime.now(UTC).replace(microsecond=0)
-
-
 def _install(host: PgHost, world: World) -> None:
     """What pulumi's `backup-job` step runs on the host: `shell(backup_script(conf))` with the secrets on stdin."""
     conf = FactoryConfig.model_construct()
@@ -105,9 +98,10 @@ def drill(world: World, fresh_cluster: Cluster) -> Iterator[Drill]:
         state = State(world.api_state, world.box_home)
         with state as data:  # the box's snapshot plan (04:00) freezes dump A
             take_snapshot(state, data, automatic=True)
-        _next_second()
-        between = datetime.now(UTC).replace(microsecond=0)
-        _next_second()
+        between = dump_time(name_a, "inkmcp")  # "latest at or before this" must be dump A
+        assert between is not None
+        while datetime.now(UTC).replace(microsecond=0) <= between:  # dump B must carry a later second
+            time.sleep(0.01)
         old_pg.psql("UPDATE accounts SET name = name || '-b' WHERE id <= 10; DELETE FROM audit WHERE id % 7 = 0;"
                     "INSERT INTO accounts (name) VALUES ('late');", db="inkmcp", user="inkmcp")
         eight_days = time.time() - 8 * 86400
@@ -163,11 +157,14 @@ def test_restore_point_in_time_finds_the_dump_in_a_snapshot(drill: Drill) -> Non
 
 
 def test_restore_refuses_a_database_that_holds_tables(drill: Drill) -> None:
-    before = drill.fresh.dump_text("inkmcp")
-    r = drill.restore(check=False)
+    drill.fresh.psql("CREATE DATABASE inkmcp_busy OWNER inkmcp;")
+    drill.fresh.psql("CREATE TABLE accounts (id int PRIMARY KEY); INSERT INTO accounts VALUES (7);",
+                     db="inkmcp_busy", user="inkmcp")
+    before = drill.fresh.dump_text("inkmcp_busy")
+    r = drill.restore(database="inkmcp_busy", check=False)
     assert r.returncode == 1  # type: ignore[attr-defined]
-    assert "already holds" in r.stderr and "fresh, empty database" in r.stderr  # type: ignore[attr-defined]
-    assert drill.fresh.dump_text("inkmcp") == before
+    assert "already holds 1 relation" in r.stderr and "fresh, empty database" in r.stderr  # type: ignore[attr-defined]
+    assert drill.fresh.dump_text("inkmcp_busy") == before
 
 
 def test_restore_latest_from_the_live_directory(drill: Drill) -> None:
@@ -243,7 +240,6 @@ def test_why_the_timer_must_wait_a_rebuilt_hosts_first_run_replaces_the_live_his
     before anything else, leaves only its own new dump in the box's live directory (`rsync --delete`)."""
     live = drill.world.box_home / "inkmcp-postgres"
     assert sorted(p.name for p in live.iterdir()) == [drill.name_b]
-    _next_second()
     drill.new.sh("/usr/local/sbin/inkmcp-pg-backup")
     (mine,) = [p.name for p in drill.new.backups.iterdir()]
     assert sorted(p.name for p in live.iterdir()) == [mine], "dump B left the live directory"
