@@ -13,6 +13,7 @@ What goes in (docs/backup.md has the operator's view):
 * redis/<ident>/   each Redis add-on: its port, ACL file (password hashes only) and append-only files;
 * sources/         the git objects of the live deployments' commits (sources.py), so services are rebuilt
                    without their source;
+* backups/databases/  the per-project tenant database dumps (item 2), when kept at their default place;
 * keys/keys.json   the encryption keys (and a legacy mac.key), unless `--keys-to` writes them elsewhere.
 
 Not included, rebuilt or re-made instead: builds, virtualenvs and checkouts (rebuilt from the recorded commits at
@@ -56,6 +57,9 @@ from inkmcp.store.embedded import EmbeddedPostgres
 
 Step = Callable[[str], None]
 SET_PREFIX = "inkmcp-backup-"
+DB_BACKUPS = Path("backups") / "databases"
+"""Per-project dumps of tenant databases (issue 10 item 2, inkmcp/dbbackup) at their default place: their records
+are in the control plane, so the files travel with it."""
 
 
 @dataclass
@@ -253,6 +257,11 @@ def create_backup(settings: Settings, to: Path, *, keys_to: Path | None = None, 
                                                 commits=found))
             shutil.rmtree(stage / ".mirrors", ignore_errors=True)
 
+        db_backups = data / DB_BACKUPS
+        if db_backups.is_dir() and any(db_backups.iterdir()):
+            step("copying the tenant database backups")
+            shutil.copytree(db_backups, stage / DB_BACKUPS, symlinks=False)
+
         legacy_mac = data / MAC_KEY_RELATIVE
         keys_file = KeysFile(set_id=set_id, encryption_keys=keys,
                              legacy_mac_key_b64=base64.b64encode(legacy_mac.read_bytes()).decode()
@@ -321,13 +330,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
+    """Flush every file to disk, and make the tree private (0700 dirs, 0600 files): a set holds the keys (unless
+    --keys-to) and the password verifiers of every tenant role."""
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
             fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
             try:
+                os.fchmod(fd, 0o600)
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        os.chmod(dirpath, 0o700)
         _fsync_dir(Path(dirpath))
 
 

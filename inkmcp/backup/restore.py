@@ -145,6 +145,11 @@ def restore_backup(settings: Settings, path: Path, *, keys_from: Path | None = N
         if m.redis:
             step(f"restoring {len(m.redis)} Redis add-on(s)")
             _restore_redis(root / "redis", tmp / "redis", m.redis)
+        from inkmcp.backup.create import DB_BACKUPS
+
+        if (root / DB_BACKUPS).is_dir():
+            step("restoring the tenant database backups")
+            shutil.copytree(root / DB_BACKUPS, tmp / DB_BACKUPS)
         for mirror in m.sources:
             step(f"restoring the sources of project {mirror.project_id[:8]}")
             sources.extract(root / mirror.file, tmp / sources.RESTORED_SOURCES / mirror.project_id)

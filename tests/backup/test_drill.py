@@ -21,9 +21,20 @@ from typing import Any
 import httpx
 import pytest
 
+from inkmcp.backup.manifest import verify
 from inkmcp.store.embedded import _bin_dir
 from tests.backup.apps import DRILL_APP
-from tests.support import ServerProc, call, dispose_server, git_repo, make_server, mcp_session, remove_tenant_users
+from tests.e2e.probes import metric_value
+from tests.support import (
+    ServerProc,
+    call,
+    dispose_server,
+    git_repo,
+    make_server,
+    mcp_session,
+    remove_tenant_users,
+    traversable_tmpdir,
+)
 
 pytestmark = pytest.mark.slow
 PROJECT = "drill"
@@ -36,7 +47,9 @@ def app_get(srv: ServerProc, path: str, timeout: float = 10) -> httpx.Response:
 
 def app_json(srv: ServerProc, path: str) -> dict[str, Any]:
     r = app_get(srv, path)
-    assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    if r.status_code != 200:  # the app's own output says why
+        logs = srv.cli("logs", PROJECT, "-a", "alice", "--tail", "40", check=False)
+        raise AssertionError(f"{path}: {r.status_code} {r.text[:200]}\napp log:\n{logs.stdout}{logs.stderr}")
     return r.json()
 
 
@@ -98,7 +111,10 @@ def mark(what: str) -> None:
 def test_restore_drill(tmp_path: Path) -> None:
     global T0
     T0 = time.monotonic()
-    srv = make_server("inkmcp-drill-")
+    scheduled = traversable_tmpdir("inkmcp-drill-sched-")
+    # scheduled backups run the whole time too: every 2 s, keeping 1 (retention), reported in /metrics
+    srv = make_server("inkmcp-drill-", INKMCP_BACKUP_DIR=str(scheduled), INKMCP_BACKUP_INTERVAL_S="2",
+                      INKMCP_BACKUP_KEEP="1")
     repo = git_repo(srv.data_dir.parent / "repo", DRILL_APP)
     sets = srv.data_dir.parent / "sets"
     try:
@@ -114,6 +130,9 @@ def test_restore_drill(tmp_path: Path) -> None:
         audit_before = audit(srv)
         mark("state read")
         assert any(e["action"] == "deploy_app" for e in audit_before), audit_before
+
+        check_schedule(srv, scheduled)
+        mark("scheduled backups checked")
 
         t0 = time.monotonic()
         made = srv.cli("backup", "create", "--to", str(sets))  # while serving
@@ -151,7 +170,12 @@ def test_restore_drill(tmp_path: Path) -> None:
         restore_s = time.monotonic() - t0
         mark("restored")
         assert "restored" in restored.stdout, restored.stdout + restored.stderr
-        srv.start()
+        try:
+            srv.start()
+        except RuntimeError:
+            assert srv.log_path is not None
+            print(srv.log_path.read_text()[-20000:])
+            raise
         mark("served again")
         wait_app(srv, timeout=240)
         mark("app back")
@@ -168,7 +192,30 @@ def test_restore_drill(tmp_path: Path) -> None:
         r = httpx.post(srv.mcp_url, headers={"Authorization": f"Bearer {later_key}"}, json={}, timeout=10)
         assert r.status_code == 401  # the key made after the backup is not in the restored installation
     finally:
+        if srv.log_path is not None and srv.log_path.exists():  # kept for a failed run's reader
+            shutil.copy(srv.log_path, Path("/tmp/inkmcp-drill-last.log"))
+        for log in srv.data_dir.glob("redis/*/server.log"):
+            shutil.copy(log, Path("/tmp/inkmcp-drill-last-redis.log"))
         dispose_server(srv, clean_stop=False)
+        shutil.rmtree(scheduled, ignore_errors=True)
+
+
+def check_schedule(srv: ServerProc, scheduled: Path, timeout: float = 120) -> None:
+    """Two scheduled sets completed (the /metrics timestamp moved on), and retention left only the newest."""
+    first = 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamp = metric_value(srv, "inkmcp_backup_last_success_timestamp_seconds")
+        if stamp and not first:
+            first = stamp
+            assert metric_value(srv, "inkmcp_backup_last_size_bytes") > 0
+        if first and stamp > first:
+            kept = sorted(p.name for p in scheduled.iterdir() if not p.name.startswith("."))
+            if len(kept) == 1:
+                assert verify(scheduled / kept[0]).manifest.created_at.timestamp() <= stamp
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no two scheduled backups within {timeout} s:\n{srv.log()}")
 
 
 async def _deploy(srv: ServerProc, key: str, repo: Path) -> dict[str, Any]:
