@@ -46,6 +46,8 @@ def backup_registry(settings: DrSettings, *, snapshot: bool = True,
                       "storage directory (the factory's registry host: /var/lib/registry)")
     api = BoxApi(settings) if snapshot else None
     files = BoxFiles(settings, timeout=6 * 3600)
+    if api is not None:
+        api.box()  # token and box ID work before hours of copying, not after
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     progress(f"copying {src} to {settings.registry_dir}/ (pass 1)")

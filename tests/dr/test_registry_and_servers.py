@@ -48,6 +48,12 @@ def test_registry_copy_and_box_snapshot(world: World, tmp_path: Path) -> None:
     world.inkmcp("backup-registry", "--storage", str(storage), "--no-snapshot", env=env)
     assert _tree(world.box_home / "registry") == _tree(storage)
     assert len(world.state()["snapshots"]) == before + 1  # type: ignore[arg-type]
+    # A token the API refuses: said before anything is copied.
+    tag.write_text("sha256:" + "ab" + "1" * 62)
+    r = world.inkmcp("backup-registry", "--storage", str(storage),
+                     env={**env, "INKMCP_DR_HETZNER_TOKEN": "wrong-token"}, check=False)
+    assert r.returncode == 1 and "Storage Box 4242: unauthorized" in r.stderr, r.stderr
+    assert not (world.box_home / "registry" / tag.relative_to(storage)).exists()
     # Not a registry directory: refused, nothing sent.
     r = world.inkmcp("backup-registry", "--storage", str(tmp_path), env=env, check=False)
     assert r.returncode == 1 and "no docker/registry/v2" in r.stderr
