@@ -9,7 +9,9 @@ Use:
         repo = github_standin.create_repo(alice.login, "app", private=True, files={"app.py": "..."})
         env = github_env(github_standin, public_url="http://127.0.0.1:PORT", webhook_secret="s3cret")
 
-The stand-in is session-scoped (one thread, one port for the whole run): tests make their own users and repos with
+Every REST answer and webhook payload the stand-in makes is checked against GitHub's published OpenAPI descriptions
+(`inkmcp.github.spec`); the fixture asserts at the end that none was off-spec. The stand-in is session-scoped
+(one thread, one port for the whole run): tests make their own users and repos with
 unique names (`unique_login`). It has one OAuth app, CLIENT_ID / CLIENT_SECRET, with no registered callback (any
 redirect_uri is accepted, as tests run InkMCP on ephemeral ports).
 
@@ -59,3 +61,6 @@ def github_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin
         yield standin
     finally:
         standin.stop()
+    # every REST answer and webhook payload it made was valid for GitHub's published spec (inkmcp/github/spec.py)
+    assert standin.response_violations == [], standin.response_violations
+    assert standin.payload_violations == [], standin.payload_violations

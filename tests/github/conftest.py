@@ -1,5 +1,10 @@
 """Fixtures of the GitHub tests: the stand-in (tests/github_support.py) and the store's embedded PostgreSQL."""
 
+from collections.abc import Iterator
+
+import pytest
+
+from inkmcp.github.standin import StandinGitHub
 from tests.github_support import github_standin  # noqa: F401  (fixture)
 from tests.store import conftest as _store_fixtures
 
@@ -7,3 +12,13 @@ embedded_pg_factory = _store_fixtures.embedded_pg_factory
 control_pg = _store_fixtures.control_pg
 store_url = _store_fixtures.store_url
 store = _store_fixtures.store
+
+
+@pytest.fixture(autouse=True)
+def _on_spec(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the stand-in: nothing it answered or sent was off GitHub's published spec."""
+    yield
+    if "github_standin" in request.fixturenames:
+        standin: StandinGitHub = request.getfixturevalue("github_standin")
+        assert standin.response_violations == [], standin.response_violations
+        assert standin.payload_violations == [], standin.payload_violations

@@ -168,3 +168,25 @@ def test_a_form_encoded_delivery_carries_its_json_in_payload() -> None:
     assert PushEvent.model_validate_json(_json_payload(form, "application/x-www-form-urlencoded")).ref == \
         "refs/heads/main"
     assert _json_payload(body.encode(), "application/json; charset=utf-8") == body.encode()
+
+
+def test_the_contract_check_is_not_vacuous(github_standin: StandinGitHub) -> None:
+    """The published schemas catch a body GitHub would never send (so an empty violations list means something)."""
+    from inkmcp.github import spec
+    from inkmcp.github.standin.payloads import full_repository, private_user, push_event
+
+    user = github_standin.add_user(unique_login("spec"))
+    repo = github_standin.create_repo(user.login, "r", files={"a": "a"})
+    good = full_repository(repo, user, github_standin.url, github_standin.api_url, None)
+    assert spec.response_problems("get", "/repos/{owner}/{repo}", 200, good) == []
+    assert spec.response_problems("get", "/repos/{owner}/{repo}", 200, {**good, "private": "no"})
+    assert spec.response_problems("get", "/repos/{owner}/{repo}", 200,
+                                  {k: v for k, v in good.items() if k != "default_branch"})
+    assert spec.response_problems("get", "/repos/{owner}/{repo}", 418, {"message": "teapot"})
+    me = private_user(user, github_standin.url, github_standin.api_url)
+    assert spec.response_problems("get", "/user", 200, me) == []
+    assert spec.response_problems("get", "/user", 200, {**me, "id": "1"})
+    push = push_event(repo, user, user, github_standin.url, github_standin.api_url, branch="main", before="0" * 40,
+                      after="a" * 40, message="m")
+    assert spec.webhook_problems("push", push) == []
+    assert spec.webhook_problems("push", {k: v for k, v in push.items() if k != "pusher"})

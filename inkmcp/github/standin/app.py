@@ -46,6 +46,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from inkmcp.github.spec import response_problems, webhook_problems
+from inkmcp.github.standin.payloads import full_repository, private_user, push_event
 from inkmcp.github.standin.state import Hook, Repo, State, User
 
 API = "/api/v3"
@@ -91,6 +93,8 @@ class StandinGitHub:
         self.api_url = ""
         self.deliveries: list[Delivery] = []
         self.git_requests: list[tuple[str, str, int]] = []  # (method, path, status) of git HTTP requests
+        self.response_violations: list[str] = []  # REST answers GitHub's spec would not allow (inkmcp.github.spec)
+        self.payload_violations: list[str] = []  # webhook payloads GitHub's spec would not allow
         self.git_latency = 0.0  # seconds added before each git answer (a slow network: lets tests watch a clone)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -162,22 +166,11 @@ class StandinGitHub:
 
     def push_payload(self, repo: Repo, branch: str, before: str, after: str, pusher: User,
                      message: str = "") -> dict[str, Any]:
-        owner = self.state.user_by_login(repo.owner)
-        return {
-            "ref": f"refs/heads/{branch}", "before": before, "after": after,
-            "created": before == "0" * 40, "deleted": after == "0" * 40, "forced": False,
-            "base_ref": None, "compare": f"{self.html_url(repo)}/compare/{before[:12]}...{after[:12]}",
-            "commits": [{"id": after, "message": message, "distinct": True}] if after != "0" * 40 else [],
-            "head_commit": {"id": after, "message": message} if after != "0" * 40 else None,
-            "repository": {
-                "id": repo.id, "name": repo.name, "full_name": repo.full_name, "private": repo.private,
-                "owner": {"login": repo.owner, "id": owner.id if owner else 0, "type": "User"},
-                "html_url": self.html_url(repo), "clone_url": self.clone_url(repo),
-                "default_branch": repo.default_branch, "visibility": "private" if repo.private else "public",
-            },
-            "pusher": {"name": pusher.login, "email": f"{pusher.login}@users.noreply.example"},
-            "sender": {"login": pusher.login, "id": pusher.id, "type": "User"},
-        }
+        """GitHub's push payload (checked against the published webhook schema; problems → payload_violations)."""
+        payload = push_event(repo, self.state.user_by_login(repo.owner), pusher, self.url, self.api_url,
+                             branch=branch, before=before, after=after, message=message)
+        self.payload_violations += webhook_problems("push", payload)
+        return payload
 
     async def deliver_push(self, repo: Repo, branch: str, before: str, after: str, pusher: User,
                            *, message: str = "") -> list[Delivery]:
@@ -284,44 +277,45 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
 
     # -- REST ----------------------------------------------------------------------------------------------
 
-    def _caller(self, request: Request) -> tuple[User | None, Response | None]:
+    def _answer(self, template: str, status: int, body: dict[str, Any]) -> JSONResponse:
+        """A REST answer, checked against GitHub's published spec (problems → response_violations)."""
+        self.response_violations += response_problems("get", template, status, body)
+        return JSONResponse(body, status_code=status, headers={"X-GitHub-Media-Type": "github.v3; format=json"})
+
+    def _caller(self, request: Request, template: str) -> tuple[User | None, Response | None]:
         token = _bearer(request)
         if token is None:
             return None, None
         user = self.state.user_by_token(token)
         if user is None:
-            return None, JSONResponse({"message": "Bad credentials", "documentation_url": DOCS, "status": "401"},
-                                      status_code=401)
+            return None, self._answer(template, 401, {"message": "Bad credentials", "documentation_url": DOCS,
+                                                      "status": "401"})
         return user, None
 
     async def _user(self, request: Request) -> Response:
-        user, failed = self._caller(request)
+        user, failed = self._caller(request, "/user")
         if failed:
             return failed
         if user is None:
-            return JSONResponse({"message": "Requires authentication", "documentation_url": DOCS,
-                                 "status": "401"}, status_code=401)
-        return JSONResponse({"login": user.login, "id": user.id, "node_id": f"U_{user.id}", "type": "User",
-                             "site_admin": False, "html_url": f"{self.url}/{user.login}", "name": None})
+            return self._answer("/user", 401, {"message": "Requires authentication", "documentation_url": DOCS,
+                                               "status": "401"})
+        return self._answer("/user", 200, private_user(user, self.url, self.api_url))
 
     async def _repo(self, request: Request) -> Response:
-        user, failed = self._caller(request)
+        template = "/repos/{owner}/{repo}"
+        user, failed = self._caller(request, template)
         if failed:
             return failed
         repo = self.state.repo(request.path_params["owner"], request.path_params["repo"])
         if repo is None or not self.state.can_read(repo, user):
-            return _not_found()
-        body: dict[str, Any] = {
-            "id": repo.id, "node_id": f"R_{repo.id}", "name": repo.name, "full_name": repo.full_name,
-            "private": repo.private, "visibility": "private" if repo.private else "public",
-            "owner": {"login": repo.owner, "type": "User"}, "html_url": self.html_url(repo),
-            "clone_url": self.clone_url(repo), "default_branch": repo.default_branch,
-        }
+            return self._answer(template, 404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"})
+        permissions = None
         if user is not None:
             write = self.state.can_write(repo, user)
             admin = user.login.lower() == repo.owner.lower()
-            body["permissions"] = {"admin": admin, "maintain": admin, "push": write, "triage": write, "pull": True}
-        return JSONResponse(body)
+            permissions = {"admin": admin, "maintain": admin, "push": write, "triage": write, "pull": True}
+        owner = self.state.user_by_login(repo.owner)
+        return self._answer(template, 200, full_repository(repo, owner, self.url, self.api_url, permissions))
 
     # -- git smart HTTP ------------------------------------------------------------------------------------
 
