@@ -211,6 +211,14 @@ def _provider_settings(cls: type[S], prefix: str) -> S:
                        fix=f"set {name} (see `{cls.__module__}` for what it takes)") from None
 
 
+# --- issue 11 (github)
+def _github_trusted_origins() -> frozenset[str]:
+    from inkmcp.github.wiring import trusted_origins
+
+    return trusted_origins()
+# --- end
+
+
 async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -280,7 +288,10 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         compute=compute,
         work_dir=data / "work",
         sources=SourcePolicy(allow_local=bool(settings.allow_local_sources),
-                             max_checkout_bytes=settings.max_checkout_mb * 2**20),
+                             max_checkout_bytes=settings.max_checkout_mb * 2**20,
+                             # --- issue 11 (github): INKMCP_GITHUB_URL's host is a git host the operator chose
+                             trusted_origins=_github_trusted_origins()),
+                             # --- end
         mac_key=mac_key,
         metrics=metrics,
         max_env_bytes=settings.max_env_bytes,
@@ -297,6 +308,29 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         compute=compute,
         max_env_bytes=settings.max_env_bytes,
     )
+    # --- issue 10 (dbbackup): tenant database backups (inkmcp/dbbackup), reached by the MCP tools as
+    # platform.database_backups; dumps of the databases on our own tenant server, over its admin URL.
+    from inkmcp.dbbackup.service import build_database_backups
+
+    platform.database_backups = build_database_backups(platform, admin, data)
+    # --- end
+    # --- issue 11 (github): private GitHub repos with the account's token, push-to-deploy (inkmcp/github/wiring.py);
+    # nothing changes unless INKMCP_GITHUB_CLIENT_ID/SECRET or INKMCP_GITHUB_WEBHOOK_SECRET are set
+    from inkmcp.github.wiring import install as install_github
+
+    github = install_github(platform, box)
+    if github is not None:  # redeploys a push started still running at shutdown are cancelled first
+        stack.push_async_callback(github.webhooks.close)
+    # --- end
+    # --- issue 13 (credits): billing, off unless INKMCP_PRICES is set (inkmcp/billing/service.py); the metering loop
+    # starts below, after the services are restored, and stops first when the runtime closes.
+    from inkmcp.billing.service import build_billing
+
+    platform.billing = build_billing(store.engine, sessions, compute, replica=replica.replica_id,
+                                     tenant_admin_url=libpq_url(admin.get_secret_value()))
+    if platform.billing is not None:
+        deploys.breaker = platform.billing.breaker  # type: ignore[attr-defined]
+    # --- end
     if serve:
         await compute.start()
         stack.push_async_callback(compute.close)
@@ -308,6 +342,14 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
                 log.warning("Redis instances that did not start (see their server.log): %s", failed)
         restored, resumed = await deploys.restore_all()
         log.info("restored %d services, resumed %d deployments", restored, resumed)
+        if platform.billing is not None:  # --- issue 13 (credits): the metering loop --- end
+            platform.billing.start(stack)
+        # --- issue 10 (dbbackup): scheduled dumps of the tenant databases (INKMCP_DB_BACKUP_INTERVAL_S; 0 = off),
+        # cancelled when the runtime closes.
+        from inkmcp.dbbackup.service import start_scheduler
+
+        start_scheduler(stack, platform.database_backups)
+        # --- end
         # --- Issue 8 item 7 (reconciler, inkmcp/core/reconcile.py): with Coolify compute, a periodic pass comparing
         # InkMCP's records with Coolify's; report-only unless INKMCP_RECONCILE_REPAIR=true, every
         # INKMCP_RECONCILE_INTERVAL_SECONDS (0 = off). Cancelled first when the runtime closes.
@@ -316,5 +358,11 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
 
             start_periodic(stack, sessions, compute, _provider_settings(ReconcileSettings, "INKMCP_RECONCILE_"))
         # --- end reconciler
+        # --- issue 10 (backup): scheduled backup sets (INKMCP_BACKUP_DIR / _INTERVAL_S / _KEEP), in /metrics
+        from inkmcp.backup.schedule import start_scheduled
+        from inkmcp.backup.settings import BackupSettings
+
+        start_scheduled(stack, settings, metrics, _provider_settings(BackupSettings, "INKMCP_BACKUP_"))
+        # --- end issue 10
     return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute,
                    _stack=stack)

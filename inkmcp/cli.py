@@ -32,6 +32,37 @@ def _mount_nodes() -> None:
 
 
 _mount_nodes()
+
+# --- issue 13 (credits): `inkmcp credits grant|cap` and `inkmcp usage` (inkmcp/billing/cli.py)
+from inkmcp.billing.cli import credits_app as _credits_app  # noqa: E402
+from inkmcp.billing.cli import usage as _usage  # noqa: E402
+
+app.add_typer(_credits_app, name="credits")
+app.command("usage")(_usage)
+# --- end
+
+
+# --- issue 10 (dr): `inkmcp dr …`, production disaster-recovery steps (runbooks/dr)
+def _mount_dr() -> None:
+    from inkmcp.dr.cli import dr_app
+
+    app.add_typer(dr_app, name="dr", help="Disaster recovery of the factory plane (runbooks/dr).")
+
+
+_mount_dr()
+# --- end
+
+
+# --- issue 10 (backup): `inkmcp backup create|verify|restore` and `inkmcp audit` (inkmcp/backup/cli.py)
+def _mount_backup() -> None:
+    from inkmcp.backup.cli import audit, backup_app
+
+    app.add_typer(backup_app, name="backup")
+    app.command("audit")(audit)
+
+
+_mount_backup()
+# --- end issue 10
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")

@@ -200,6 +200,9 @@ class DeployRequest(BaseModel):
     resources: Resources | None = None
     env_vars: dict[str, str | None] | None = None
     database: DatabaseRequest | None = None
+    # --- issue 11 (github): redeploy on a push to the tracked GitHub branch; None keeps the service's choice (on)
+    auto_deploy: bool | None = None
+    # --- end
 
 
 def default_mode(service_type: ServiceType) -> Mode:
@@ -249,6 +252,10 @@ class EnvApplied:
 
 
 class DeployService:
+    # --- issue 11 (github): inkmcp.github.deploy.GitHubDeployHooks, set by inkmcp.github.wiring.install; None: no
+    # GitHub integration (repos are fetched as before)
+    github: Any = None
+    # --- end
     poll_seconds = 0.2
     """How often `wait` reads a deployment's record again when no write of this process woke it (another replica
     runs the deployment)."""
@@ -317,10 +324,18 @@ class DeployService:
         await self._projects.precheck_deploy(p, project_name, req.service_name)
 
         check_repo_url(req.repo_url, self._sources)  # no project for a URL that can never be fetched
+        # --- issue 11 (github): a GitHub repo must be readable with the account's GitHub access (checked before
+        # anything is created); a private one is fetched with the account's token (git's environment only)
+        gh = await self.github.prepare(p.account_id, req.repo_url, req.ref, req.auto_deploy) if self.github else None
+        if gh is None and req.auto_deploy:
+            raise InvalidArgument("auto_deploy needs a GitHub repository and GitHub configured on this server.",
+                                  argument="auto_deploy", fix="omit auto_deploy")
+        # --- end
         project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
         try:
             workspace = await self._compute.source_workspace(str(project.id))
-            fetched = await fetch_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources)
+            fetched = await fetch_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources,
+                                         auth=gh.auth if gh else None)  # issue 11 (github): auth
             commit = fetched.sha
         except BaseException:
             if created:  # a typo in repo_url must not leave an empty project (and its user) behind
@@ -339,6 +354,10 @@ class DeployService:
         try:
             # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
             service_id, new_service = await self._upsert_service(project.id, req, with_env=req.database is None)
+            # --- issue 11 (github): the repo/branch a push redeploys this service for, and its auto-deploy flag
+            if self.github is not None:
+                await self.github.track(service_id, gh)
+            # --- end
 
             db = await self._databases.ensure(project.id, req.database) if req.database else None
             if req.env_vars and req.database:
@@ -355,6 +374,12 @@ class DeployService:
             if reusable is not None:
                 await _drop_checkout(reading, checkout)
                 return await self.view(p, reusable, reused=True)
+            # --- issue 13 (credits): the retry-loop breaker (inkmcp/billing/breaker.py; app.py sets it when
+            # INKMCP_PRICES is set): the same failing deployment repeated too often is refused before it builds
+            breaker = getattr(self, "breaker", None)
+            if breaker is not None:
+                await breaker(service_id, config_hash, project_name, req.service_name)
+            # --- end
             if cached is not None:
                 self._plans.move_to_end(plan_key)
                 plan, service_type = cached[0].model_copy(deep=True), cached[1]
@@ -391,6 +416,10 @@ class DeployService:
                 fix="omit mode or pass 'static' for webapp_static services",
             )
         detail = _queued_detail(commit, _plan_hints(plan, env))
+        # --- issue 11 (github): a redeploy made by a push says which push (deployment_triggers keeps it too)
+        if self.github is not None:
+            detail = self.github.queued_detail(detail)
+        # --- end
         try:
             deployment_id, lease = await self._create_or_reuse(
                 service_id, commit, config_hash, plan, service_type, mode, detail=detail
@@ -403,6 +432,10 @@ class DeployService:
             if checkout is not None:
                 shutil.rmtree(checkout, ignore_errors=True)
             return await self.view(p, deployment_id, reused=True)
+        # --- issue 11 (github)
+        if self.github is not None:
+            await self.github.record_trigger(deployment_id)
+        # --- end
         log.info(
             "deployment queued",
             extra={"deployment": str(deployment_id), "project": project_name, "service": req.service_name,
@@ -856,8 +889,13 @@ class DeployService:
                 if work is None:
                     work = self._checkouts / uuid.uuid4().hex
                     workspace = await self._compute.source_workspace(str(project.id))
+                    # --- issue 11 (github): a private GitHub repo is fetched again with the account's token
+                    auth = (await self.github.auth_for(project.account_id, self._projects.fetch_url(svc))
+                            if self.github is not None else None)
+                    # --- end
                     await resolve_and_checkout(
-                        self._projects.fetch_url(svc), dep.commit, work, workspace=workspace, policy=self._sources
+                        self._projects.fetch_url(svc), dep.commit, work, workspace=workspace, policy=self._sources,
+                        auth=auth,  # issue 11 (github)
                     )
             try:
                 request = await self._release_request(dep, svc, project, work)
@@ -1127,6 +1165,16 @@ class DeployService:
                 await self._compute.restore(await self._release_spec(dep, svc, project))
                 restored += 1
             except Exception:
+                # --- issue 10 (backup): a restored data dir (inkmcp backup restore) has the records, not the builds:
+                # rebuild the live deployment from its recorded commit, in the background (inkmcp/backup/rebuild.py)
+                if self._compute.needs_checkout and dep.commit:
+                    from inkmcp.backup.rebuild import rebuild_live
+
+                    log.info("service files missing: rebuilding it from its recorded commit",
+                             extra={"service": str(svc.id), "commit": dep.commit[:12]})
+                    self._spawn(rebuild_live(self, dep, svc, project))
+                    continue
+                # --- end issue 10
                 log.exception("could not restore service", extra={"service": str(svc.id)})
         # Unfinished deployments nobody runs: unclaimed (made before leases), expired (a replica died), or ours
         # (this replica's previous run: the replica id is per data dir and one serve holds a data dir).

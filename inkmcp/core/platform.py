@@ -102,6 +102,15 @@ class Deleted(BaseModel):
 
 
 class Platform:
+    # --- issue 10 (dbbackup): the tenant database backups service (inkmcp/dbbackup/service.py), set by app.py;
+    # None where nothing wires it (its MCP tools then say backups are not enabled on this server).
+    database_backups: Any = None
+    # --- end
+    # --- issue 11 (github): inkmcp.github.wiring.GitHubIntegration (deploy hooks, webhook handler), set by
+    # inkmcp.github.wiring.install from app.py; None when GitHub is not configured
+    github: Any = None
+    # --- end
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -124,6 +133,21 @@ class Platform:
         self.deploys = deploys
         self.compute = compute
         self._max_env_bytes = max_env_bytes
+        # --- issue 13 (credits): inkmcp.billing.service.Billing, set by app.py when INKMCP_PRICES is set; None =
+        # billing off: nothing is checked or refused.
+        self.billing: Any = None
+        # --- end
+
+    # --- issue 13 (credits): one cheap query before each mutating call; refused with balance, cap and how to add
+    async def _can_pay(self, p: Principal, action: str) -> None:
+        if self.billing is not None:
+            await self.billing.check(p, action)
+
+    async def get_usage(self, p: Principal) -> Any:
+        from inkmcp.billing.usage import usage_view
+
+        return await usage_view(self.billing.ledger if self.billing else None, p.account_id, p.account_name)
+    # --- end
 
     @asynccontextmanager
     async def _audited(
@@ -168,6 +192,7 @@ class Platform:
     ) -> DeploymentView:
         args = req.model_dump(mode="json", exclude_none=True)
         async with self._audited(p, "deploy_app", f"{req.project_name or req.repo_url}/{req.service_name}", args):
+            await self._can_pay(p, "deploy_app")  # --- issue 13 (credits) --- end
             view = await self.deploys.deploy(p, req)
         if view.done or wait_seconds <= 0:
             return view
@@ -250,6 +275,7 @@ class Platform:
         validate_env_payload(env_vars, self._max_env_bytes)
         args = {"project_name": project_name, "env_vars": env_vars, "service_name": service_name}
         async with self._audited(p, "update_env_vars", project_name, args):
+            await self._can_pay(p, "update_env_vars")  # --- issue 13 (credits) --- end
             project = await self.projects.get(p, project_name)
             if service_name is not None:
                 _, svc = await self.deploys.get_service(p, project_name, service_name)
@@ -331,6 +357,7 @@ class Platform:
     ) -> DatabaseView:
         args = {"tier": tier.value} if kind == "postgres" else {"tier": tier.value, "type": kind}
         async with self._audited(p, "provision_database", project_name, args):
+            await self._can_pay(p, "provision_database")  # --- issue 13 (credits) --- end
             project = await self.projects.get(p, project_name)
             info = await self.databases.ensure(project.id, DatabaseRequest(type=kind, tier=tier))
         env_var = "REDIS_URL" if kind == "redis" else "DATABASE_URL"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -21,6 +21,11 @@ from inkmcp.mcp import schema
 from inkmcp.mcp.auth import BearerAuthMiddleware
 from inkmcp.mcp.tools import register
 from inkmcp.metrics import Metrics
+
+# --- issue 11 (web)
+if TYPE_CHECKING:
+    from inkmcp.web.app import WebUI
+# --- end
 
 INSTRUCTIONS = (
     "Deploy apps from git repos. Start with deploy_app(repo_url=...); add database={'type':'postgres'} for "
@@ -54,6 +59,14 @@ def build_mcp(platform: Platform, metrics: Metrics, *, stdio_principal: Principa
     return server
 
 
+# --- issue 11 (github)
+def _github_routes(platform: Platform) -> list[Route]:
+    from inkmcp.github.webhooks import webhook_routes
+
+    return webhook_routes(platform)
+# --- end
+
+
 def build_http_app(
     server: InkMCPServer,
     platform: Platform,
@@ -62,6 +75,9 @@ def build_http_app(
     host: str,
     port: int,
     allowed_hosts: list[str],
+    # --- issue 11 (web): the web UI (inkmcp/web), served on this port in front of the MCP app
+    web: WebUI | None = None,
+    # --- end
 ) -> Starlette:
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", *allowed_hosts]
     security = TransportSecuritySettings(
@@ -86,9 +102,18 @@ def build_http_app(
         routes=[
             Route("/healthz", healthz),
             Route("/metrics", metrics_endpoint),
+            # --- issue 11 (github): POST /webhooks/github (push-to-deploy; GitHub signs it, so no bearer key)
+            *_github_routes(platform),
+            # --- end
             Mount("/", app=mcp_app),
         ],
         lifespan=lambda _app: server.session_manager.run(),
     )
+    # --- issue 11 (web): sign-in and dashboard paths (/, /auth/..., /dashboard..., /static/...) go to the web UI
+    # (same Host check as /mcp, plus INKMCP_PUBLIC_URL's host); everything else reaches `app` unchanged. The bearer
+    # middleware below guards only /mcp, so the web paths need no exemption there.
+    if web is not None:
+        app = web.mount(app, hosts)  # type: ignore[assignment]
+    # --- end
     return BearerAuthMiddleware(app, platform.accounts.authenticate,  # type: ignore[return-value]
                                 on_reject=metrics.http_unauthorized.inc)

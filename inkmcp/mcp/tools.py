@@ -15,6 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from inkmcp.billing.usage import UsageView  # issue 13 (credits)
 from inkmcp.core.databases import DatabaseRequest
 from inkmcp.core.deployments import DeployRequest
 from inkmcp.core.logs import LogsView
@@ -123,6 +124,9 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         env_vars: Annotated[dict[str, str | None] | None, Field(description="null unsets")] = None,
         database: Annotated[DatabaseRequest | None,
                             Field(description="type postgres: DATABASE_URL, PG*; redis: REDIS_URL; or both")] = None,
+        # --- issue 11 (github): push-to-deploy switch (GitHub repos; default on)
+        auto_deploy: Annotated[bool | None, Field(description="redeploy on GitHub push")] = None,
+        # --- end
     ) -> DeploymentView:
         """Repo to live URL: project, database, env, build, start. Same commit+settings: no-op.
         Answers within 40s; if not done, call wait_for_deployment."""
@@ -131,6 +135,7 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
             service_type=service_type, ref=ref, build_command=build_command, start_command=start_command,
             port=port, static_dir=static_dir, app_dir=app_dir, resources=resources, env_vars=env_vars,
             database=database,
+            auto_deploy=auto_deploy,  # issue 11 (github)
         )
         return await platform.deploy_app(principal(ctx), req, wait_seconds=deploy_answer_within,
                                          on_progress=await progress_sink(ctx))
@@ -190,6 +195,13 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         """The project database's connection details."""
         return await platform.get_database_credentials(principal(ctx), project_name)
 
+    # --- issue 13 (credits): get_usage (inkmcp/billing/usage.py)
+    @tool(READ, "Get usage")
+    async def get_usage(ctx: Context) -> UsageView:
+        """Credits: balance, cap, spend, burn, days left, top costs."""
+        return await platform.get_usage(principal(ctx))
+    # --- end
+
     @tool(DESTRUCTIVE, "Delete")
     async def delete(ctx: Context, project_name: Project, confirm: Annotated[str, Field(description="repeat the name")],
                      service_name: Annotated[str | None, Field(description="omit to delete the project")] = None,
@@ -199,3 +211,32 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         if service_name is not None:
             return await platform.delete_service(p, project_name, service_name, confirm)
         return await platform.delete_project(p, project_name, confirm, delete_database)
+
+    # --- issue 10 (dbbackup): tenant database backups (inkmcp/dbbackup/service.py, reached as
+    # platform.database_backups, which app.py sets). Results are the service's pydantic models, dumped here so this
+    # block needs no import at the top of the module.
+    def db_backups() -> Any:
+        if platform.database_backups is None:
+            raise ToolError("Database backups are not enabled on this server; ask the operator.")
+        return platform.database_backups
+
+    @tool(READ, "List database backups")
+    async def list_database_backups(ctx: Context, project_name: Project,
+                                    limit: Annotated[int, Field(ge=1, le=50)] = 10) -> dict[str, Any]:
+        """Newest first."""
+        return (await db_backups().list(principal(ctx), project_name, limit)).model_dump(mode="json")
+
+    @tool(ToolAnnotations(destructive_hint=False), "Back up database")
+    async def backup_database(ctx: Context, project_name: Project) -> dict[str, Any]:
+        """Dump the database now, e.g. before a migration."""
+        made = await db_backups().backup(principal(ctx), project_name, on_progress=await progress_sink(ctx))
+        return made.model_dump(mode="json")
+
+    @tool(DESTRUCTIVE, "Restore database backup")
+    async def restore_database_backup(ctx: Context, project_name: Project, backup_id: str,
+                                      confirm: Annotated[str, Field(description="repeat the name")]) -> dict[str, Any]:
+        """Replace the database with a backup; saves the current state first (undo_backup_id)."""
+        done = await db_backups().restore(principal(ctx), project_name, backup_id, confirm,
+                                          on_progress=await progress_sink(ctx))
+        return done.model_dump(mode="json")
+    # --- end

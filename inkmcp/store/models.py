@@ -266,3 +266,12 @@ class CoolifyRequestBudget(Base):
         Double, server_default=text("0"), comment="epoch seconds: nobody sends before (a 429's Retry-After)"
     )
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# Tables of other packages on this Base (their migrations: 0008 GitHub and web sessions, 0009 tenant database backups,
+# 0010 credits). Importing them here puts them in Base.metadata wherever the schema is used: the alembic comparison
+# in the migrations' tests, and crypto.encrypted_columns, which finds every *_enc column to re-encrypt on rotation.
+from inkmcp.billing import models as _billing_models  # noqa: E402, F401
+from inkmcp.dbbackup import models as _dbbackup_models  # noqa: E402, F401
+from inkmcp.github import models as _github_models  # noqa: E402, F401
+from inkmcp.web import models as _web_models  # noqa: E402, F401

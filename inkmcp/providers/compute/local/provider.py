@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping  # Awaitable, Callable: issue 13 (credits) wake_gate
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,9 @@ class LocalComputeProvider:
         self._idle_task: asyncio.Task[None] | None = None
         self._root = _is_root()
         self.shim_dir = self.data_dir / "bin"  # root 0755: `python` for apps without a venv
+        # --- issue 13 (credits): asked before each wake; a text refuses it (the proxy answers 402 with it)
+        self.wake_gate: Callable[[ServiceKey], Awaitable[str | None]] | None = None
+        # --- end
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -647,6 +650,12 @@ class LocalComputeProvider:
         return await asyncio.shield(task)
 
     async def _do_wake(self, svc: _Service) -> int:
+        # --- issue 13 (credits): an account out of credits keeps its services asleep
+        if self.wake_gate is not None:
+            refusal = await self.wake_gate(svc.key)
+            if refusal is not None:
+                raise WakeFailed(refusal, status=402, title="Payment Required")
+        # --- end
         async with svc.run_lock:
             if svc.route is not None and svc.route.port is not None:
                 return svc.route.port
@@ -698,6 +707,38 @@ class LocalComputeProvider:
             live.run = None
             svc.log.write(f"{run.supervisors[0].name if run.supervisors else 'web'} | [inkmcp] idle, sleeping")
         await self._stop_run(run)
+
+    # --- issue 13 (credits): what metering samples, and sleep/wake of persistent services at zero credits
+    def awake_services(self) -> list[str]:
+        """Ids of the services with processes running now (metering charges on_demand ones by awake time)."""
+        return [sid for sid, svc in self._services.items() if svc.live is not None and svc.live.run is not None]
+
+    async def suspend(self, service_id: str) -> bool:
+        """Put a running service to sleep like an on_demand one: processes stopped, route kept, the next request
+        goes through wake (and so through `wake_gate`). False if there was nothing running here."""
+        svc = self._services.get(service_id)
+        if svc is None or svc.live is None or svc.route is None:
+            return False
+        async with svc.run_lock:
+            run = svc.live.run if svc.live else None
+            if run is None or svc.route is None:
+                return False
+            svc.route.port = None
+            svc.route.wake = lambda: self._wake(svc)
+            svc.live.run = None
+            name = run.supervisors[0].name if run.supervisors else "web"
+            svc.log.write(f"{name} | [inkmcp] out of credits, sleeping")
+        await self._stop_run(run)
+        return True
+
+    async def resume(self, service_id: str) -> bool:
+        """Wake a service `suspend` put to sleep (an always-on one gets its plain route back on waking)."""
+        svc = self._services.get(service_id)
+        if svc is None or svc.live is None or svc.live.run is not None or not svc.always_on:
+            return False
+        await self._wake(svc)
+        return True
+    # --- end
 
     # -- env -----------------------------------------------------------------------------------
 

@@ -47,9 +47,13 @@ class RouteConflict(Exception):
 class WakeFailed(Exception):
     """The on_demand service could not be started; `reason` is shown to the client."""
 
-    def __init__(self, reason: str) -> None:
+    # --- issue 13 (credits): `status` 402 when the service may not wake (its account is out of credits)
+    def __init__(self, reason: str, *, status: int = 502, title: str = "Bad Gateway") -> None:
         self.reason = reason
+        self.status = status
+        self.title = title
         super().__init__(reason)
+    # --- end
 
 
 @dataclass(eq=False)
@@ -257,7 +261,10 @@ class Proxy:
                     )  # fmt: skip
                     return None
                 except WakeFailed as exc:
-                    await _respond(writer, 502, "Bad Gateway", f"{host} failed to start: {exc.reason}\n")
+                    # --- issue 13 (credits): a refused wake (402) says why, not "failed to start"
+                    text = exc.reason if exc.status != 502 else f"{host} failed to start: {exc.reason}"
+                    await _respond(writer, exc.status, exc.title, f"{text}\n")
+                    # --- end
                     return None
             # Counted from before the connect, so `drain(port)` waits for a connection still being made.
             self._upstreams[port] = self._upstreams.get(port, 0) + 1
