@@ -65,6 +65,25 @@ FROM billing_accounts b WHERE b.account_id = :account
 """)
 
 
+CHECK_AND_TAKE = text("""
+WITH cur AS (
+  SELECT account_id,
+         LEAST(CAST(:burst AS float8), COALESCE(tokens, CAST(:burst AS float8))
+               + CAST(:per_s AS float8) * GREATEST(0, extract(epoch FROM now() - COALESCE(tokens_at, now())))) AS have
+  FROM billing_accounts WHERE account_id = :account FOR UPDATE
+)
+UPDATE billing_accounts b
+SET tokens = CASE WHEN cur.have >= 1 THEN cur.have - 1 ELSE cur.have END, tokens_at = now()
+FROM cur WHERE b.account_id = cur.account_id
+RETURNING b.balance, COALESCE(b.monthly_cap, CAST(:default_cap AS bigint)),
+          CASE WHEN b.month_start = CAST(date_trunc('month', now() AT TIME ZONE 'UTC') AS date)
+               THEN b.month_spend ELSE 0 END,
+          cur.have
+""")
+"""The check before a mutating call, in one round trip: the account's balance, cap and spend, and a token taken from
+its rate-limit bucket (refilled continuously, on the database's clock, so every replica shares one bucket)."""
+
+
 class AccountStatus(BaseModel):
     """What the check before a mutating call reads (one row)."""
 
@@ -87,6 +106,12 @@ class CreditResult(BaseModel):
     applied: bool
     balance: int
     source_id: str
+
+
+class RateLimited(InkError):
+    """Too many mutating calls from one account: a retry loop, most likely."""
+
+    code = "rate_limited"
 
 
 class CreditsExhausted(InkError):
@@ -167,11 +192,29 @@ class Ledger:
         return await self.status(account_id)
 
     async def check(self, p: Principal, action: str) -> None:
-        """Before every mutating call: refuse it, saying why and how to go on, when the account cannot pay."""
-        st = await self.status(p.account_id)
-        if not st.blocked:
-            return
-        raise CreditsExhausted(refusal(p.account_name, action, st), fix=self.settings.dashboard_hint(p.account_name))
+        """Before every mutating call: refuse it, saying why and how to go on, when the account cannot pay or calls
+        faster than INKMCP_RATE_LIMIT_PER_MINUTE (one round trip once the account's billing row exists)."""
+        per_s = self.settings.rate_limit_per_minute / 60
+        burst = self.settings.rate_limit_burst if per_s > 0 else 10**9
+        params = {"account": p.account_id, "default_cap": self.settings.monthly_cap, "burst": burst, "per_s": per_s}
+        async with self.sessions.begin() as s:
+            row = (await s.execute(CHECK_AND_TAKE, params)).first()
+            if row is None:
+                await s.execute(ENSURE_ONE, {"account": p.account_id, "starter": self.settings.starter_credits})
+                row = (await s.execute(CHECK_AND_TAKE, params)).first()
+        assert row is not None
+        st = AccountStatus(balance=row[0], cap=row[1], month_spend=row[2])
+        if st.blocked:
+            raise CreditsExhausted(refusal(p.account_name, action, st),
+                                   fix=self.settings.dashboard_hint(p.account_name))
+        have = float(row[3])
+        if have < 1:
+            wait = max(0.1, (1 - have) / per_s)
+            raise RateLimited(
+                f"{action} refused: account {p.account_name!r} made more than {self.settings.rate_limit_burst} "
+                f"changing calls in a burst ({self.settings.rate_limit_per_minute:g} per minute on average).",
+                fix=f"retry after {wait:.1f} s; if the same call keeps failing, read get_logs instead of repeating it",
+            )
 
 
 def refusal(account: str, action: str, st: AccountStatus) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Date,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -62,6 +63,10 @@ class BillingAccount(Base):
     blocked_since: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), comment="out of credits or over the cap since then (metering pass)"
     )
+    tokens: Mapped[float | None] = mapped_column(
+        Double, comment="rate limit bucket: mutating calls left (refilled at INKMCP_RATE_LIMIT_PER_MINUTE)"
+    )
+    tokens_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), comment="when tokens was computed")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -15,6 +15,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from inkmcp.billing.breaker import Breaker
 from inkmcp.billing.enforce import Enforcer
 from inkmcp.billing.ledger import AccountStatus, CreditKind, CreditResult, Ledger
 from inkmcp.billing.metering import Meter
@@ -29,6 +30,7 @@ class Billing:
     ledger: Ledger
     meter: Meter
     enforcer: Enforcer
+    breaker: Breaker
 
     async def check(self, p: Principal, action: str) -> None:
         """Raise CreditsExhausted (a tool error with balance, cap and how to add credits) if `p` cannot pay."""
@@ -94,4 +96,5 @@ def build_billing(
     meter = Meter(engine, settings, replica, awake_probe=awake_probe if awake is not None else None,
                   size_probe=own_postgres_sizes(tenant_admin_url, sessions) if tenant_admin_url else None,
                   on_pass=enforcer.on_pass)
-    return Billing(settings=settings, ledger=ledger, meter=meter, enforcer=enforcer)
+    return Billing(settings=settings, ledger=ledger, meter=meter, enforcer=enforcer,
+                   breaker=Breaker(sessions, settings))

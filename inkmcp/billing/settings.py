@@ -56,6 +56,16 @@ class BillingSettings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="where users reach this server; the refusal message links <it>/dashboard"
     )
+    retry_breaker_failures: int = Field(
+        default=5, ge=0, description="identical deployments (commit, settings, env) failing at the same step this "
+        "many times within the window make the next identical deploy_app refused; 0 = off",
+    )
+    retry_breaker_window_s: float = Field(default=3600.0, gt=0, description="the breaker's window, seconds")
+    rate_limit_per_minute: float = Field(
+        default=30.0, ge=0,
+        description="mutating calls per account per minute (token bucket, shared by replicas); 0 = off",
+    )
+    rate_limit_burst: int = Field(default=10, ge=1, description="mutating calls an account may make at once")
     db_size_every_s: float = Field(
         default=600.0, gt=0, description="how often database sizes are measured for storage charges"
     )

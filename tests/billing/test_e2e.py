@@ -65,7 +65,8 @@ STARTER = 40
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProc]:
     srv = make_server("inkmcp-billing-", INKMCP_PRICES=json.dumps(PRICES), INKMCP_METERING_INTERVAL_S="1",
-                      INKMCP_STARTER_CREDITS=str(STARTER), INKMCP_GRACE_S="2", INKMCP_IDLE_TIMEOUT="2")
+                      INKMCP_STARTER_CREDITS=str(STARTER), INKMCP_GRACE_S="2", INKMCP_IDLE_TIMEOUT="2",
+                      INKMCP_RETRY_BREAKER_FAILURES="2", INKMCP_RATE_LIMIT_BURST="100")
     srv.create_key("alice")
     srv.start()
     try:
@@ -201,3 +202,21 @@ async def test_on_demand_costs_only_while_awake(server: ServerProc, repos: Path)
             return cost if cost > before else None
 
         await until("awake time to be charged", charged, timeout=20)
+
+
+async def test_retry_loop_breaker_stops_the_same_failing_deploy_until_something_changes(
+        server: ServerProc, repos: Path) -> None:
+    """With INKMCP_RETRY_BREAKER_FAILURES=2 (5 by default: tests/billing/test_ledger.py checks the 6th), the third
+    identical failing deploy is refused naming the failures; changed env vars make another deployment."""
+    crash = {"start_command": "python -c 'import sys; print(\"boom\"); sys.exit(3)'", "mode": "persistent"}
+    broken = repo(repos, "broken")
+    async with mcp_session(server, server.keys["alice"]) as s:
+        for _ in range(2):
+            view = await call(s, "deploy_app", repo_url=broken, **crash)
+            if view["status"] not in ("failed", "live"):
+                view = await call(s, "wait_for_deployment", deployment_id=view["deployment_id"], timeout_seconds=50)
+            assert view["status"] == "failed", view
+        refused = await call_error(s, "deploy_app", repo_url=broken, **crash)
+        assert "already failed 2 times" in refused and "change something first" in refused, refused
+        changed = await call(s, "deploy_app", repo_url=broken, env_vars={"TRY": "3"}, **crash)
+        assert changed["deployment_id"] != view["deployment_id"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 
 import pytest
+from sqlalchemy import text
 
-from inkmcp.billing.ledger import CreditsExhausted, Ledger
+from inkmcp.billing.breaker import Breaker, RetryLoop
+from inkmcp.billing.ledger import CreditsExhausted, Ledger, RateLimited
 from inkmcp.billing.metering import Meter, charge_interval
 from inkmcp.core.principal import Principal
 from inkmcp.errors import InvalidArgument, NotFound
@@ -152,3 +155,50 @@ async def test_credit_is_idempotent_and_validates(world: World, make_ledger: obj
     assert await world.scalar("SELECT count(*) FROM credit_entries") == 1
 
 
+
+
+async def test_rate_limit_is_a_shared_token_bucket_that_says_when_to_retry(world: World, make_ledger: object) -> None:
+    account_id, name = await world.account()
+    ledger: Ledger = make_ledger(starter_credits=100, rate_limit_per_minute=60, rate_limit_burst=3)  # type: ignore
+    other = await open_store(world.url)  # a second replica's pool: the bucket is in the database, not in memory
+    try:
+        twin = Ledger(other.sessionmaker, ledger.settings)
+        p = Principal(account_id=account_id, account_name=name, actor="t")
+        await asyncio.gather(ledger.check(p, "deploy_app"), twin.check(p, "deploy_app"), ledger.check(p, "x"))
+        with pytest.raises(RateLimited) as e:
+            await twin.check(p, "deploy_app")
+        assert "retry after" in e.value.render() and "deploy_app refused" in e.value.render()
+        deadline = time.monotonic() + 10
+        while True:  # one token a second comes back
+            try:
+                await twin.check(p, "deploy_app")
+                break
+            except RateLimited:
+                assert time.monotonic() < deadline, "the bucket never refilled"
+                await asyncio.sleep(0.2)
+    finally:
+        await other.close()
+
+
+async def test_breaker_refuses_the_sixth_identical_failure_and_lets_a_change_through(world: World) -> None:
+    """Five failed deployments of one config hash at the same step: the sixth identical deploy is refused naming
+    them and their cause; another hash (a new commit, settings or env) is not counted."""
+    account_id, _ = await world.account()
+    service_id = await world.live_service(account_id)
+    async with world.store.sessionmaker.begin() as s:
+        for i in range(5):
+            dep = uuid.uuid4()
+            await s.execute(text("INSERT INTO deployments (id, service_id, status, commit, config_hash, error) "
+                                 "VALUES (:d, :s, 'failed', :c, 'samehash', :e)"),
+                            {"d": dep, "s": service_id, "c": "ab" * 20, "e": f"web exited with code 3 (try {i})"})
+            for step in ("queued", "building", "starting", "failed"):
+                await s.execute(text("INSERT INTO deployment_events (deployment_id, status, detail) "
+                                     "VALUES (:d, :st, '')"), {"d": dep, "st": step})
+    breaker = Breaker(world.store.sessionmaker, settings())
+    with pytest.raises(RetryLoop) as e:
+        await breaker(service_id, "samehash", "shop", "web")
+    text_ = e.value.render()
+    assert "already failed 5 times" in text_ and "at step starting" in text_ and "exited with code 3" in text_
+    assert "abababababab" in text_ and "get_logs(project_name='shop'" in text_
+    await breaker(service_id, "otherhash", "shop", "web")  # something changed: allowed
+    await Breaker(world.store.sessionmaker, settings(retry_breaker_failures=6))(service_id, "samehash", "shop", "web")
