@@ -34,7 +34,7 @@ from inkmcp.github.standin.state import Hook
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store, open_store
 from inkmcp.store.embedded import EmbeddedPostgres
-from inkmcp.store.models import Deployment
+from inkmcp.store.models import Account, AuditEntry, Deployment
 from tests.github_support import github_env, unique_login
 from tests.support import ServerProc, ToolFailed, call, call_error, dispose_server, make_server, mcp_session
 
@@ -199,6 +199,11 @@ async def test_private_repo_deploys_with_the_token_and_a_signed_push_redeploys_i
         trigger = (await db.execute(select(DeploymentTrigger).where(
             DeploymentTrigger.deployment_id == uuid.UUID(new["deployment_id"])))).scalar_one()
     assert (trigger.delivery_id, trigger.commit, trigger.pusher) == (deliveries[0].id, after, alice.login)
+    async with world.store.sessionmaker() as db:  # the redeploy went through deploy_app as alice's account: audited
+        audited = (await db.execute(select(AuditEntry.account_id, AuditEntry.result).where(
+            AuditEntry.actor == "github-push", AuditEntry.action == "deploy_app"))).all()
+        alice_id = (await db.execute(select(Account.id).where(Account.name == alice.login))).scalar_one()
+    assert audited == [(alice_id, "ok")], audited
 
     # a replayed delivery (same id, valid signature) is ignored
     count = await deployments_of(world.store)
