@@ -260,3 +260,17 @@ async def test_a_repo_the_account_cannot_read_is_refused_with_what_to_do(world: 
         assert f"{world.alice.login}/vault" in error and "sign in with GitHub" in error, error
         with pytest.raises(ToolFailed, match="auto_deploy"):
             await call(s, "deploy_app", repo_url="https://example.com/x/y.git", auto_deploy=True)
+
+
+async def test_concurrent_copies_of_one_delivery_are_handled_once(world: World,
+                                                                  github_standin: StandinGitHub) -> None:
+    repo = github_standin.create_repo(world.bob.login, "tool", files={"index.html": "x"})
+    head = github_standin.state.head(repo)
+    payload = github_standin.push_payload(repo, "main", "0" * 40, head, world.bob)
+    hook, delivery = Hook(world.hook_url, SECRET), str(uuid.uuid4())
+    answers = await asyncio.gather(*(github_standin.deliver(hook, "push", payload, delivery_id=delivery)
+                                     for _ in range(6)))
+    assert sorted(a.status for a in answers) == [200] * 5 + [202], [a.response_body for a in answers]
+    async with world.store.sessionmaker() as db:
+        assert (await db.execute(select(func.count()).select_from(GitHubDelivery)
+                                 .where(GitHubDelivery.delivery_id == delivery))).scalar_one() == 1
