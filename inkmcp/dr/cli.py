@@ -97,6 +97,27 @@ def backup_coolify_cmd(
     out.print(path, markup=False, highlight=False)
 
 
+@dr_app.command("list-dumps")
+def list_dumps_cmd(
+    database: Annotated[str | None, typer.Option(help="database the dumps were taken of (their name prefix)")]
+    = None,
+    no_snapshots: Annotated[bool, typer.Option("--no-snapshots", help="only the box's live directory")] = False,
+    box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
+    box_known_hosts: KnownHosts = None, box_id: BoxId = None,
+) -> None:
+    """The control-plane dumps on the Storage Box, live and in its snapshots, oldest first (what --at chooses from)."""
+    from inkmcp.dr.postgres import list_dumps
+
+    s = _settings(box_host=box_host, box_user=box_user, box_port=box_port, box_key=box_key,
+                  box_known_hosts=box_known_hosts, box_id=box_id, database=database)
+    with _steps("listing dumps") as progress:
+        dumps = list_dumps(s, snapshots=not no_snapshots, progress=progress)
+    t = Table("taken at (UTC)", "dump", "bytes", "source")
+    for d in dumps:
+        t.add_row(f"{d.taken_at:%Y-%m-%d %H:%M:%S}", d.name, str(d.size), d.source)
+    out.print(t)
+
+
 @dr_app.command("restore-postgres")
 def restore_postgres_cmd(
     at: Annotated[str | None, typer.Option(help="restore the latest dump taken at or before this time (ISO 8601)")]

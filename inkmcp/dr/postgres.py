@@ -56,6 +56,25 @@ def find_dumps(files: BoxFiles, settings: DrSettings, api: BoxApi | None, at: da
         return dumps, chosen
 
 
+def list_dumps(settings: DrSettings, *, snapshots: bool = True, progress: Progress = lambda _m: None) -> list[Dump]:
+    """Every dump on the box: the live directory, then each snapshot's copy (one zfs visibility window)."""
+    files = BoxFiles(settings)
+    db, d = settings.database, settings.postgres_dir
+    dumps = [Dump(f.name, t, f.size, "live", f"{d}/{f.name}") for f in files.list(d)
+             if not f.is_dir and (t := dump_time(f.name, db)) is not None]
+    progress(f"{len(dumps)} dump(s) in {d}/")
+    if snapshots:
+        api = BoxApi(settings)
+        snaps = api.snapshots()
+        with api.snapshot_files_visible():
+            for snap in snaps:
+                base = f".zfs/snapshot/{snap.name}/{d}"
+                dumps += [Dump(f.name, t, f.size, snap.name, f"{base}/{f.name}") for f in files.list(base)
+                          if not f.is_dir and (t := dump_time(f.name, db)) is not None]
+        progress(f"{len(snaps)} snapshot(s) searched")
+    return sorted(dumps, key=lambda x: (x.taken_at, x.source != "live"))
+
+
 class PgTools:
     """pg_restore/psql, run as the postgres OS user when we are root (peer auth on Debian's socket)."""
 
