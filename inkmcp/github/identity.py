@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,7 +52,6 @@ def fallback_name(user: GitHubUser) -> str:
 
 async def _lock_name(s: AsyncSession, name: str) -> None:
     """Serialise sign-ins competing for one account name (advisory, transaction-scoped)."""
-    from sqlalchemy import func
     await s.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"inkmcp-github-account:{name}"))))
 
 
@@ -92,9 +92,8 @@ async def sign_in(sessions: async_sessionmaker[AsyncSession], box: SecretBox, us
                        fix="ask the operator to free one of them (inkmcp keys/accounts); nothing was changed")
 
 
-def _advisory(github_id: int):  # type: ignore[no-untyped-def]
+def _advisory(github_id: int) -> Any:
     """One sign-in per GitHub user at a time (advisory lock, released at commit)."""
-    from sqlalchemy import func
     return func.pg_advisory_xact_lock(func.hashtext("inkmcp-github-user"), github_id % 2**31)
 
 

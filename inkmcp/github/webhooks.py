@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -199,7 +198,3 @@ def webhook_routes(platform: Platform) -> list[Route]:
         return []
     # a bound method: Starlette treats other callables as raw ASGI apps
     return [Route("/webhooks/github", integration.webhooks.handle, methods=["POST"])]
-
-
-def new_delivery_id() -> str:
-    return str(uuid.uuid4())

@@ -30,7 +30,6 @@ import hmac
 import html
 import json
 import os
-import secrets
 import threading
 import time
 import uuid
@@ -319,23 +318,23 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
 
     # -- git smart HTTP ------------------------------------------------------------------------------------
 
-    def _basic_user(self, request: Request) -> tuple[User | None, bool]:
-        """(user, credentials were sent). GitHub takes the token as the Basic password (any username), or as
-        the username with an empty or x-oauth-basic password."""
+    def _basic_user(self, request: Request) -> User | None:
+        """The user whose token the Basic credentials carry. GitHub takes the token as the Basic password (any
+        username), or as the username with an empty or x-oauth-basic password."""
         import base64
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
-            return None, False
+            return None
         try:
             name, _, password = base64.b64decode(value.strip()).decode().partition(":")
         except ValueError:
-            return None, True
+            return None
         for candidate in (password, name):
             user = self.state.user_by_token(candidate) if candidate else None
             if user is not None:
-                return user, True
-        return None, True
+                return user
+        return None
 
     async def _git(self, request: Request) -> Response:
         owner, name, rest = (request.path_params[k] for k in ("owner", "repo", "rest"))
@@ -344,7 +343,7 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
             return _not_found()
         write = rest == "git-receive-pack" or service == "git-receive-pack"
         repo = self.state.repo(owner, name)
-        user, _sent = self._basic_user(request)
+        user = self._basic_user(request)
         challenge = Response("Authentication required\n", status_code=401,
                              headers={"WWW-Authenticate": 'Basic realm="GitHub"'})
         if repo is None or not self.state.can_read(repo, user) or (write and not self.state.can_write(repo, user)):
@@ -404,7 +403,3 @@ async def _http_backend(request: Request, repo: Repo, path_info: str, body: byte
         elif key:
             headers[key.strip()] = value.strip()
     return status, headers, payload
-
-
-def new_secret() -> str:
-    return secrets.token_hex(20)
