@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,8 +21,10 @@ from inkmcp.billing.enforce import Enforcer
 from inkmcp.billing.ledger import AccountStatus, CreditKind, CreditResult, Ledger
 from inkmcp.billing.metering import Meter
 from inkmcp.billing.settings import BillingSettings, load_billing_settings
+from inkmcp.billing.stripe import Stripe, StripeSettings
 from inkmcp.billing.usage import UsageView, usage_view
 from inkmcp.core.principal import Principal
+from inkmcp.errors import InkError
 
 
 @dataclass
@@ -31,6 +34,16 @@ class Billing:
     meter: Meter
     enforcer: Enforcer
     breaker: Breaker
+    stripe: Stripe
+
+    async def checkout_url(self, account: str, amount: int, *, success_url: str, cancel_url: str) -> str:
+        """For the dashboard's "Add credits" button: a Stripe Checkout Session's URL (the webhook credits it)."""
+        return await self.stripe.create_checkout_session(account, amount, success_url=success_url,
+                                                         cancel_url=cancel_url)
+
+    def routes(self) -> list[Any]:
+        """HTTP routes to serve beside /mcp: POST /webhooks/stripe when INKMCP_STRIPE_WEBHOOK_SECRET is set."""
+        return self.stripe.routes() if self.stripe.settings.webhook_secret is not None else []
 
     async def check(self, p: Principal, action: str) -> None:
         """Raise CreditsExhausted (a tool error with balance, cap and how to add credits) if `p` cannot pay."""
@@ -79,6 +92,15 @@ def own_postgres_sizes(admin_libpq_url: str, sessions: async_sessionmaker[AsyncS
     return probe
 
 
+def load_stripe_settings() -> StripeSettings:
+    try:
+        return StripeSettings()
+    except ValidationError as e:
+        name = "INKMCP_STRIPE_" + str(e.errors()[0]["loc"][0]).upper()
+        raise InkError(f"invalid configuration {name}: {e.errors()[0]['msg']}", argument=name,
+                       fix=f"set {name} as docs/billing.md says, or unset it") from None
+
+
 def build_billing(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], compute: Any, *, replica: str,
     tenant_admin_url: str | None = None, settings: BillingSettings | None = None,
@@ -97,4 +119,4 @@ def build_billing(
                   size_probe=own_postgres_sizes(tenant_admin_url, sessions) if tenant_admin_url else None,
                   on_pass=enforcer.on_pass)
     return Billing(settings=settings, ledger=ledger, meter=meter, enforcer=enforcer,
-                   breaker=Breaker(sessions, settings))
+                   breaker=Breaker(sessions, settings), stripe=Stripe(load_stripe_settings(), ledger))

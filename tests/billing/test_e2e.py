@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.billing.stripe_standin import StripeStandIn
 from tests.e2e.probes import store_query
 from tests.support import (
     ServerProc,
@@ -31,6 +32,7 @@ from tests.support import (
     git_repo,
     make_server,
     mcp_session,
+    serving,
     traversable_tmpdir,
 )
 
@@ -62,9 +64,21 @@ PRICES = {"persistent": 72000, "on_demand": 36000, "static": 0, "build_minute": 
 STARTER = 40
 
 
+STRIPE_KEY, STRIPE_SECRET = "sk_test_" + "k" * 24, "whsec_" + "s" * 32
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProc]:
+def stripe() -> Iterator[StripeStandIn]:
+    standin = StripeStandIn(STRIPE_KEY)
+    with serving(standin.server):
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def server(stripe: StripeStandIn) -> Iterator[ServerProc]:
     srv = make_server("inkmcp-billing-", INKMCP_PRICES=json.dumps(PRICES), INKMCP_METERING_INTERVAL_S="1",
+                      INKMCP_STRIPE_API_KEY=STRIPE_KEY, INKMCP_STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
+                      INKMCP_STRIPE_API_BASE=stripe.base,
                       INKMCP_STARTER_CREDITS=str(STARTER), INKMCP_GRACE_S="2", INKMCP_IDLE_TIMEOUT="2",
                       INKMCP_RETRY_BREAKER_FAILURES="2", INKMCP_RATE_LIMIT_BURST="100")
     srv.create_key("alice")
@@ -220,3 +234,73 @@ async def test_retry_loop_breaker_stops_the_same_failing_deploy_until_something_
         assert "already failed 2 times" in refused and "change something first" in refused, refused
         changed = await call(s, "deploy_app", repo_url=broken, env_vars={"TRY": "3"}, **crash)
         assert changed["deployment_id"] != view["deployment_id"]
+
+
+async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerProc, stripe: StripeStandIn) -> None:
+    """Checkout Session through the stand-in; 50 concurrent signed webhook deliveries (30 events, 20 replays) to the
+    real server credit exactly the 30 events; bad and stale signatures get 400 and change nothing."""
+    from inkmcp.billing.ledger import Ledger
+    from inkmcp.billing.settings import BillingSettings, Prices
+    from inkmcp.billing.stripe import Stripe, StripeSettings, sign
+    from inkmcp.store.db import open_store
+    from inkmcp.store.embedded import EmbeddedPostgres
+
+    url = EmbeddedPostgres(server.data_dir / "pg" / "control").url(database="postgres").get_secret_value()
+    store = await open_store(url, pool_size=2, max_overflow=0)
+    try:
+        client = Stripe(StripeSettings(api_key=STRIPE_KEY, webhook_secret=STRIPE_SECRET, api_base=stripe.base),
+                        Ledger(store.sessionmaker, BillingSettings(prices=Prices(**PRICES))))
+        checkout = await client.create_checkout_session("alice", 500, success_url="https://ink.example/ok",
+                                                        cancel_url="https://ink.example/no")
+        sid = checkout.rsplit("/", 1)[-1]
+        assert checkout.startswith(stripe.base) and stripe.sessions[sid]["client_reference_id"] == "alice"
+        assert stripe.sessions[sid]["amount_total"] == 500 and stripe.sessions[sid]["currency"] == "eur"
+        bad_key = Stripe(StripeSettings(api_key="sk_test_wrong", api_base=stripe.base), client.ledger)
+        with pytest.raises(Exception, match="Stripe refused the Checkout Session \\(401"):
+            await bad_key.create_checkout_session("alice", 500, success_url="https://x", cancel_url="https://x")
+    finally:
+        await store.close()
+
+    hook = f"http://127.0.0.1:{server.port}/webhooks/stripe"
+    events = [stripe.complete(sid)]
+    for amount in range(101, 130):
+        other = await asyncio.to_thread(httpx.post, f"{stripe.base}/v1/checkout/sessions", headers={
+            "Authorization": f"Bearer {STRIPE_KEY}"}, data={
+            "mode": "payment", "success_url": "https://x", "client_reference_id": "alice",
+            "line_items[0][quantity]": "1", "line_items[0][price_data][currency]": "eur",
+            "line_items[0][price_data][unit_amount]": str(amount)})
+        events.append(stripe.complete(other.json()["id"]))
+    deliveries = events + [events[i % 7] for i in range(20)]
+    async with httpx.AsyncClient(timeout=30) as c:
+        async def deliver(event: dict[str, Any]) -> int:
+            body = json.dumps(event).encode()
+            r = await c.post(hook, content=body, headers={"Stripe-Signature": sign(body, STRIPE_SECRET,
+                                                                                   int(time.time())),
+                                                          "Content-Type": "application/json"})
+            return r.status_code
+
+        codes = await asyncio.gather(*(deliver(e) for e in deliveries))
+        assert set(codes) == {200}
+        paid = sum(e["data"]["object"]["amount_total"] for e in events)
+        entries = store_query(server, "SELECT count(*), sum(amount) FROM credit_entries WHERE kind = 'topup'")
+        assert entries[0] == (30, paid)
+
+        # what an attacker can send: forged, stale, unsigned; and what Stripe may send that is not a payment
+        forged = json.dumps({**events[0], "id": "evt_forged"}).encode()
+        guessed = sign(forged, "whsec_guess", int(time.time()))
+        r = await c.post(hook, content=forged, headers={"Stripe-Signature": guessed})
+        assert r.status_code == 400
+        stale = json.dumps({**events[1], "id": "evt_stale"}).encode()
+        r = await c.post(hook, content=stale, headers={"Stripe-Signature": sign(stale, STRIPE_SECRET,
+                                                                                int(time.time()) - 3600)})
+        assert r.status_code == 400
+        r = await c.post(hook, content=forged)
+        assert r.status_code == 400
+        other_type = json.dumps({"id": "evt_other", "type": "customer.created", "data": {"object": {}}}).encode()
+        r = await c.post(hook, content=other_type, headers={"Stripe-Signature": sign(other_type, STRIPE_SECRET,
+                                                                                     int(time.time()))})
+        assert r.status_code == 200
+    assert store_query(server, "SELECT count(*), sum(amount) FROM credit_entries WHERE kind = 'topup'")[0] == (30, paid)
+    # metering keeps charging the live services meanwhile; the cached balance is still exactly the ledger's sum
+    assert store_query(server, "SELECT b.balance = (SELECT sum(amount) FROM credit_entries e "
+                               "WHERE e.account_id = b.account_id) FROM billing_accounts b")[0] == (True,)
