@@ -33,25 +33,32 @@ class RestoreResult:
     seconds: dict[str, float]
 
 
+def _dumps_in(files: BoxFiles, directory: str, source: str, database: str) -> list[Dump]:
+    return [Dump(f.name, t, f.size, source, f"{directory}/{f.name}") for f in files.list(directory)
+            if not f.is_dir and (t := dump_time(f.name, database)) is not None]
+
+
 def find_dumps(files: BoxFiles, settings: DrSettings, api: BoxApi | None, at: datetime,
                progress: Progress) -> tuple[list[Dump], Dump | None]:
-    """Live dumps first; the snapshots (through the API) only when no live dump is old enough."""
+    """Live dumps first; the snapshots (through the API) only when no live dump is old enough.
+
+    Snapshot order: those taken after `at`, earliest first (the first one holds the newest dumps before `at`,
+    unless they had already left the live directory), then those taken before `at`, newest first.
+    """
     db, d = settings.database, settings.postgres_dir
-    dumps = [Dump(f.name, t, f.size, "live", f"{d}/{f.name}") for f in files.list(d)
-             if not f.is_dir and (t := dump_time(f.name, db)) is not None]
+    dumps = _dumps_in(files, d, "live", db)
     progress(f"{len(dumps)} dump(s) in {d}/ on the box")
     chosen = latest_before(dumps, at)
     if chosen is not None or api is None:
         return dumps, chosen
-    snaps = [s for s in api.snapshots() if s.created >= at] or api.snapshots()
-    progress(f"no live dump at or before {at:%Y-%m-%dT%H:%M:%SZ}; searching {len(snaps)} snapshot(s)")
+    snaps = api.snapshots()
+    ordered = [s for s in snaps if s.created >= at] + [s for s in reversed(snaps) if s.created < at]
+    progress(f"no live dump at or before {at:%Y-%m-%dT%H:%M:%SZ}; searching {len(ordered)} snapshot(s)")
     with api.snapshot_files_visible():
-        for snap in snaps:
-            base = f".zfs/snapshot/{snap.name}/{d}"
-            dumps += [Dump(f.name, t, f.size, snap.name, f"{base}/{f.name}") for f in files.list(base)
-                      if not f.is_dir and (t := dump_time(f.name, db)) is not None]
+        for snap in ordered:
+            dumps += _dumps_in(files, f".zfs/snapshot/{snap.name}/{d}", snap.name, db)
             chosen = latest_before(dumps, at)
-            if chosen is not None:  # the earliest snapshot after `at` holds the newest dumps before it
+            if chosen is not None:
                 break
         return dumps, chosen
 
@@ -60,17 +67,14 @@ def list_dumps(settings: DrSettings, *, snapshots: bool = True, progress: Progre
     """Every dump on the box: the live directory, then each snapshot's copy (one zfs visibility window)."""
     files = BoxFiles(settings)
     db, d = settings.database, settings.postgres_dir
-    dumps = [Dump(f.name, t, f.size, "live", f"{d}/{f.name}") for f in files.list(d)
-             if not f.is_dir and (t := dump_time(f.name, db)) is not None]
+    dumps = _dumps_in(files, d, "live", db)
     progress(f"{len(dumps)} dump(s) in {d}/")
     if snapshots:
         api = BoxApi(settings)
         snaps = api.snapshots()
         with api.snapshot_files_visible():
             for snap in snaps:
-                base = f".zfs/snapshot/{snap.name}/{d}"
-                dumps += [Dump(f.name, t, f.size, snap.name, f"{base}/{f.name}") for f in files.list(base)
-                          if not f.is_dir and (t := dump_time(f.name, db)) is not None]
+                dumps += _dumps_in(files, f".zfs/snapshot/{snap.name}/{d}", snap.name, db)
         progress(f"{len(snaps)} snapshot(s) searched")
     return sorted(dumps, key=lambda x: (x.taken_at, x.source != "live"))
 
