@@ -6,7 +6,7 @@ network namespace -> restore into a fresh server -> identical pg_dump) with the 
 `restore-from-snapshot` (a fresh `inkmcp dr` process: find the dump in a box snapshot through the Hetzner API,
 copy, pg_restore in one transaction), `restore-latest` (live directory), and the dump's size.
 
-    sudo .venv/bin/python benchmarks/dr.py                # 500k rows, ~80 s on 2 cores
+    sudo .venv/bin/python benchmarks/dr.py                # 500k rows (2.2 MB dump), ~75 s on 2 cores
     sudo .venv/bin/python benchmarks/dr.py --rows 1000000 # ~2 min
 
 The stand-in link is a veth pair (no WAN latency or bandwidth limit): add the copy time for the real box from its
