@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -206,7 +205,7 @@ def create_backup(settings: Settings, to: Path, *, keys_to: Path | None = None, 
     set_id = uuid.uuid4().hex
     try:
         with contextlib.ExitStack() as stack:
-            step("starting the database servers" if not _serving(data) else "reading the running servers")
+            step("reaching the database servers (started for the backup if `inkmcp serve` is not running)")
             control_url, control_kind = _control_url(settings, stack)
             tenant_url, tenant_kind, tenant_port = _tenant_url(settings, stack)
 
@@ -315,12 +314,6 @@ def _with_database(url: str, db: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(db, safe=""), parts.query, parts.fragment))
 
 
-def _serving(data: Path) -> bool:
-    from inkmcp.backup.restore import serve_lock_holder
-
-    return serve_lock_holder(data) is not None
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -352,9 +345,3 @@ def prune(to: Path, keep: int) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
     return old
 
-
-def describe(created: Created) -> str:
-    m = created.manifest
-    return json.dumps({"set": str(created.path), "bytes": created.size, "seconds": round(created.seconds, 2),
-                       "tenant_databases": len(m.tenant_databases), "redis": len(m.redis),
-                       "sources": len(m.sources), "keys": m.keys})

@@ -200,9 +200,3 @@ def _restore_redis(src: Path, dest: Path, idents: list[str]) -> None:
                 for n in [dirpath, *(os.path.join(dirpath, x) for x in [*dirs, *files])]:
                     os.chown(n, user.pw_uid, user.pw_gid)
 
-
-def keys_hint(manifest_keys: str) -> str:
-    return ("the set holds its keys" if manifest_keys == "in-set" else
-            f"the keys were written apart (--keys-to); without them ({ENV_VAR} or the .keys.json file) env vars, "
-            f"database passwords and repository credentials cannot be read. Restored into {KEY_FILE_RELATIVE}")
-
