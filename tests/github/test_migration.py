@@ -1,0 +1,33 @@
+"""Migration 0008: downgrade removes exactly its tables, upgrade brings them back (the schema comparison with the
+models is tests/store/test_migrations.py)."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import create_engine, inspect
+
+from inkmcp.store.db import alembic_config, migrate
+from inkmcp.store.embedded import EmbeddedPostgres
+from tests.store.conftest import create_database
+
+TABLES = {"github_identities", "github_tracking", "github_deliveries", "deployment_triggers", "web_sessions"}
+
+
+def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_0008_down_and_up(control_pg: EmbeddedPostgres) -> None:
+    url = create_database(control_pg, "gh0008")
+    migrate(url)
+    before = tables(url)
+    assert before >= TABLES
+    command.downgrade(alembic_config(url), "0007")
+    after = tables(url)
+    assert not after & TABLES and {"accounts", "services", "deployments"} <= after
+    command.upgrade(alembic_config(url), "head")
+    assert tables(url) == before
