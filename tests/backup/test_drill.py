@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from inkmcp.backup.manifest import verify
@@ -160,6 +161,7 @@ def test_restore_drill(tmp_path: Path) -> None:
         mark("post-backup changes")
 
         assert srv.stop() == 0
+        wait_gone(srv.data_dir)  # a lost machine runs nothing: no old Postgres, Redis or app may linger
         remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir)  # the machine's state is lost...
         shutil.rmtree(repo)  # ...and so is the app's source: the set must carry it
@@ -198,6 +200,23 @@ def test_restore_drill(tmp_path: Path) -> None:
             shutil.copy(log, Path("/tmp/inkmcp-drill-last-redis.log"))
         dispose_server(srv, clean_stop=False)
         shutil.rmtree(scheduled, ignore_errors=True)
+
+
+def lingering(data_dir: Path) -> list[str]:
+    """Processes still running from `data_dir` (their command line or working directory is in it)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(data_dir) in cmdline or (proc.info["cwd"] or "").startswith(str(data_dir)):
+            found.append(f"{proc.info['pid']}: {cmdline[:120]}")
+    return found
+
+
+def wait_gone(data_dir: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := lingering(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"still running after `inkmcp serve` stopped: {left}"
 
 
 def check_schedule(srv: ServerProc, scheduled: Path, timeout: float = 120) -> None:
