@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from inkmcp.core.deployments import DeployRequest
-from inkmcp.errors import InvalidArgument
+from inkmcp.errors import InkError, InvalidArgument
 from inkmcp.github.client import GitHubUser
 from inkmcp.github.deploy import GitHubDeployHooks, Prepared
 from inkmcp.github.identity import sign_in
@@ -63,5 +63,22 @@ async def test_a_private_repo_is_refused_up_front_where_the_provider_fetches_its
     with pytest.raises(InvalidArgument, match=f"{owner.login.lower()}/app is private") as e:
         await core.deploys.deploy(p, DeployRequest(repo_url=github_standin.html_url(repo)))
     assert e.value.argument == "repo_url"
+    async with core.store.sessionmaker() as s:
+        assert (await s.execute(select(Project).where(Project.account_id == p.account_id))).first() is None
+
+
+async def test_a_revoked_github_token_gets_sign_in_again_and_nothing_is_made(
+        make_core: Callable[..., Core], github_standin: StandinGitHub) -> None:
+    core = make_core()
+    core.deploys.github = hooks_for(core, github_standin)
+    owner = github_standin.add_user(unique_login("rev"))
+    repo = github_standin.create_repo(owner.login, "app", private=True, files={"index.html": "x"})
+    token = github_standin.state.issue_token(owner.id)
+    account = await sign_in(core.store.sessionmaker, core.box, GitHubUser(id=owner.id, login=owner.login), token)
+    github_standin.state.revoke(token)  # the user revoked InkMCP's access on GitHub
+    p = await core.accounts.principal_for(account, "test")
+    with pytest.raises(InkError, match="sign in with GitHub again") as e:
+        await core.deploys.deploy(p, DeployRequest(repo_url=github_standin.html_url(repo)))
+    assert token not in e.value.render() and f"{owner.login}/app" in e.value.render()
     async with core.store.sessionmaker() as s:
         assert (await s.execute(select(Project).where(Project.account_id == p.account_id))).first() is None
