@@ -53,35 +53,45 @@ SizeProbe = Callable[[], Awaitable[dict[uuid.UUID, int]]]
 """Size in bytes of each managed database this replica can measure, by `databases.id`."""
 
 
+RATE_DENOMINATOR = 1024 * 3600
+"""`rate_num` is micro-units per second times this, so that every price and memory size gives an integer."""
+
 LIVE = """
   FROM services sv JOIN deployments d ON d.id = sv.live_deployment_id JOIN projects p ON p.id = sv.project_id
-  CROSS JOIN LATERAL (SELECT GREATEST(0, :e - GREATEST(:s, CAST(ceil(extract(epoch FROM
-                        COALESCE(d.finished_at, d.updated_at))) AS bigint))) AS secs) t"""
-"""Live services and the seconds of [:s, :e) they were live (a deployment that went live mid-interval counts from
-then on)."""
+  CROSS JOIN LATERAL (SELECT GREATEST(CAST(:s AS bigint), CAST(ceil(extract(epoch FROM
+                        COALESCE(d.finished_at, d.updated_at))) AS bigint)) AS live_from) t"""
+"""Live services and when in [:s, :e) they went live (a deployment that went live mid-interval counts from then)."""
 
 
-def _services_sql(prices: Prices) -> str:
-    """Every subject priced for [:s, :e), as the CTE `priced`. Kinds with a zero price are left out entirely."""
+def _rated_sql(prices: Prices) -> str:
+    """Persistent and static services as the CTE `cur`: their rate now, and the seconds they ran in [:s, :e)."""
     parts = []
     if prices.persistent:
         parts.append("""
   SELECT p.account_id, 'persistent' AS kind, sv.id AS subject_id, p.name || '/' || sv.name AS label,
-         CAST(:day AS bigint) AS day_s, m.mem * t.secs AS quantity,
-         CAST(:p_persistent AS bigint) * m.mem * t.secs * 1000000 / (1024 * 3600) AS micro""" + LIVE + """
+         CAST(:p_persistent AS bigint) * m.mem * 1000000 AS rate_num, t.live_from, m.mem AS mem""" + LIVE + """
   CROSS JOIN LATERAL (SELECT COALESCE(CAST(sv.settings -> 'resources' ->> 'memory_mb' AS bigint), 512) AS mem) m
   LEFT JOIN billing_accounts b ON b.account_id = p.account_id
   WHERE sv.mode = 'persistent'
     AND NOT (b.blocked_since IS NOT NULL AND b.blocked_since + make_interval(secs => :grace) <= to_timestamp(:s))""")
     if prices.static:
         parts.append("""
-  SELECT p.account_id, 'static', sv.id, p.name || '/' || sv.name, CAST(:day AS bigint), t.secs,
-         CAST(:p_static AS bigint) * t.secs * 1000000 / 3600""" + LIVE + """
+  SELECT p.account_id, 'static', sv.id, p.name || '/' || sv.name, CAST(:p_static AS bigint) * 1024 * 1000000,
+         t.live_from, CAST(1 AS bigint)""" + LIVE + """
   WHERE sv.mode = 'static'""")
+    if not parts:
+        parts.append("SELECT NULL::uuid AS account_id, NULL AS kind, NULL::uuid AS subject_id, NULL AS label, "
+                     "NULL::bigint AS rate_num, NULL::bigint AS live_from, NULL::bigint AS mem WHERE false")
+    return "cur AS (" + "\n  UNION ALL".join(parts) + "\n)"
+
+
+def _other_sql(prices: Prices) -> str:
+    """Usage that varies per interval (awake time, builds, storage) as the CTE `other`, kept per day and subject."""
+    parts = []
     if prices.on_demand:
         parts.append("""
-  SELECT p.account_id, 'on_demand', sv.id, p.name || '/' || sv.name, CAST(:day AS bigint), aw.ms,
-         CAST(:p_on_demand AS bigint) * aw.ms * 1000 / 3600
+  SELECT p.account_id, 'on_demand' AS kind, sv.id AS subject_id, p.name || '/' || sv.name AS label,
+         CAST(:day AS bigint) AS day_s, aw.ms AS quantity, CAST(:p_on_demand AS bigint) * aw.ms * 1000 / 3600 AS micro
   FROM (SELECT service_id, CAST(LEAST(max(awake_ms), (:e - :s) * 1000) AS bigint) AS ms FROM billing_awake
         WHERE start_s = :s GROUP BY service_id) aw
   JOIN services sv ON sv.id = aw.service_id JOIN projects p ON p.id = sv.project_id
@@ -105,14 +115,39 @@ def _services_sql(prices: Prices) -> str:
               AS bigint)
   FROM billing_db_sizes z JOIN databases db ON db.id = z.database_id JOIN projects p ON p.id = db.project_id""")
     if not parts:
-        parts.append("SELECT NULL::uuid, NULL, NULL::uuid, NULL, NULL::bigint, NULL::bigint, NULL::bigint WHERE false")
-    return "WITH priced AS (" + "\n  UNION ALL".join(parts) + "\n)"
+        parts.append("SELECT NULL::uuid AS account_id, NULL AS kind, NULL::uuid AS subject_id, NULL AS label, "
+                     "NULL::bigint AS day_s, NULL::bigint AS quantity, NULL::bigint AS micro WHERE false")
+    return "other AS (" + "\n  UNION ALL".join(parts) + "\n)"
+
+
+def _services_sql(prices: Prices) -> str:
+    """Everything priced for [:s, :e) as the CTE `priced` (kinds with a zero price are left out entirely), with the
+    rate segments of persistent and static services brought up to date (rows written only where a rate changed)."""
+    return "WITH " + _rated_sql(prices) + ",\n" + _other_sql(prices) + """,
+priced AS (
+  SELECT account_id, kind, subject_id, (:e - live_from) * mem AS quantity,
+         rate_num * GREATEST(0, :e - live_from) / """ + str(RATE_DENOMINATOR) + """ AS micro FROM cur
+  UNION ALL
+  SELECT account_id, kind, subject_id, quantity, micro FROM other
+),
+seg_close AS (
+  UPDATE billing_segments g SET to_s = :s
+  WHERE g.to_s IS NULL AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.subject_id = g.subject_id
+                                       AND cur.kind = g.kind AND cur.rate_num = g.rate_num)
+),
+seg_open AS (
+  INSERT INTO billing_segments (account_id, kind, subject_id, label, rate_num, from_s)
+  SELECT account_id, kind, subject_id, label, rate_num, live_from FROM cur
+  WHERE rate_num > 0 AND NOT EXISTS (SELECT 1 FROM billing_segments g WHERE g.to_s IS NULL
+                                     AND g.subject_id = cur.subject_id AND g.kind = cur.kind
+                                     AND g.rate_num = cur.rate_num)
+)"""
 
 
 CHARGE_TAIL = """,
 ins AS (
   INSERT INTO billing_usage AS u (account_id, kind, subject_id, label, day_s, quantity, micro)
-  SELECT account_id, kind, subject_id, label, day_s, quantity, micro FROM priced WHERE micro > 0
+  SELECT account_id, kind, subject_id, label, day_s, quantity, micro FROM other WHERE micro > 0
   ON CONFLICT (kind, subject_id, day_s) DO UPDATE
     SET quantity = u.quantity + EXCLUDED.quantity, micro = u.micro + EXCLUDED.micro
 ),

@@ -95,6 +95,27 @@ class UsageRecord(Base):
     micro: Mapped[int] = mapped_column(BigInteger, comment="cost in millionths of a minor unit (floored)")
 
 
+class RateSegment(Base):
+    """A persistent or static service's cost rate over a span of time, for reports: the rate changes only when the
+    service does (deployed, resized, suspended, deleted), so a metering pass writes a row only then, not per service
+    per interval. Cost over [a, b) = rate_num * (b - a) / RATE_DENOMINATOR millionths of a minor unit."""
+
+    __tablename__ = "billing_segments"
+    __table_args__ = (
+        Index("ix_billing_segments_open", "subject_id", postgresql_where=text("to_s IS NULL")),
+        Index("ix_billing_segments_account_to", "account_id", "to_s"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), comment="persistent | static")
+    subject_id: Mapped[uuid.UUID] = mapped_column(comment="service id")
+    label: Mapped[str] = mapped_column(Text, comment="project/service when the segment opened")
+    rate_num: Mapped[int] = mapped_column(BigInteger, comment="micro-units per second x 3,686,400 (1024 x 3600)")
+    from_s: Mapped[int] = mapped_column(BigInteger, comment="epoch seconds")
+    to_s: Mapped[int | None] = mapped_column(BigInteger, comment="epoch seconds; NULL while the rate holds")
+
+
 class BillingInterval(Base):
     """Intervals already charged: a replica claims one by inserting its row in the charging transaction."""
 

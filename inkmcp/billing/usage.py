@@ -35,9 +35,15 @@ class UsageView(BaseModel):
 
 
 TOP_SQL = text("""
-SELECT label, kind, CAST(sum(micro) AS bigint) FROM billing_usage
-WHERE account_id = :a AND day_s >= :since GROUP BY label, kind ORDER BY 3 DESC LIMIT :top
+SELECT label, kind, CAST(sum(micro) AS bigint) FROM (
+  SELECT label, kind, micro FROM billing_usage WHERE account_id = :a AND day_s >= :since
+  UNION ALL
+  SELECT label, kind, rate_num * GREATEST(0, LEAST(COALESCE(to_s, :now), :now) - GREATEST(from_s, :since)) / 3686400
+  FROM billing_segments WHERE account_id = :a AND (to_s IS NULL OR to_s > :since)
+) x GROUP BY label, kind ORDER BY 3 DESC LIMIT :top
 """)
+"""This month's cost per service: per-day rows (awake time, builds, storage) plus the rate segments of persistent and
+static services (rate x overlap with the month)."""
 BURN_SQL = text("SELECT COALESCE(CAST(-sum(amount) AS bigint), 0) FROM credit_entries WHERE account_id = :a "
                 "AND kind = 'usage' AND at >= now() - interval '1 hour'")
 
@@ -54,7 +60,8 @@ async def usage_view(ledger: Ledger | None, account_id: uuid.UUID, account_name:
     now = time.time() if now is None else now
     st = await ledger.status(account_id)
     async with (sessions or ledger.sessions)() as s:
-        rows = (await s.execute(TOP_SQL, {"a": account_id, "since": _month_start_epoch(now), "top": TOP})).all()
+        rows = (await s.execute(TOP_SQL, {"a": account_id, "since": _month_start_epoch(now), "now": int(now),
+                                          "top": TOP})).all()
         burn = (await s.execute(BURN_SQL, {"a": account_id})).scalar_one()
     days = None if burn <= 0 else round(max(st.balance, 0) / (burn * 24), 2)
     note = ""

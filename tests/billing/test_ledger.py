@@ -64,19 +64,22 @@ async def test_concurrent_credits_replays_and_two_replicas_charging(world: World
     assert balance == total == topups - 2  # 40 intervals x 0.05 = exactly 2 minor units of usage
     assert n == 30 + 2
     assert await world.scalar("SELECT count(*) FROM billing_intervals") == 40
-    assert await world.scalar("SELECT sum(micro) FROM billing_usage") == 40 * 50_000
+    assert await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=account_id) \
+        == 40 * 50_000
+    # one rate segment for the service, opened once, not a row per interval
+    assert await world.scalar("SELECT count(*) FROM billing_segments") == 1
     assert await world.scalar("SELECT count(DISTINCT source_id) FROM credit_entries") == n
 
 
 async def test_tiny_intervals_sum_exactly_without_rounding_against_the_user(world: World) -> None:
-    """0.01 minor units per interval, charged 250 times: exactly 2 units charged (at the 100th and 200th),
-    never 250 (rounded up each time) nor 0 (rounded down each time); the 0.5 left carries over."""
+    """0.02 minor units per interval, charged 125 times: exactly 2 units charged (at the 50th and 100th),
+    never 125 (rounded up each time) nor 0 (rounded down each time); the 0.5 left carries over."""
     account_id, _ = await world.account()
-    await world.live_service(account_id, memory_mb=1024)
+    await world.live_service(account_id, memory_mb=2048)
     odd_id, _ = await world.account()
     await world.live_service(odd_id, memory_mb=100)  # 36*100/1024/3600 = 0.0009765625.. per interval
     prices = settings().prices
-    for k in range(250):
+    for k in range(125):
         async with world.store.engine.begin() as conn:
             assert await charge_interval(conn, prices, BASE + 10_000 + k, 1, replica="r", grace_s=0) is not None
     balance, total, _ = await sums(world, account_id)
@@ -85,10 +88,10 @@ async def test_tiny_intervals_sum_exactly_without_rounding_against_the_user(worl
                                  "AND kind = 'usage'", a=account_id)
     assert charges == [-1, -1]
     assert await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=account_id) \
-        == 250 * 10_000
-    exact = 250 * 36 * 100 / 1024 / 3600  # 0.2441...: the odd account owes less than one unit so far
+        == 125 * 20_000
+    exact = 125 * 36 * 100 / 1024 / 3600  # 0.122...: the odd account owes less than one unit so far
     micro = await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=odd_id)
-    assert exact * 1e6 - 250 <= micro <= exact * 1e6  # floored at 10^-6 per interval, never above the truth
+    assert exact * 1e6 - 125 <= micro <= exact * 1e6  # floored at 10^-6 per interval, never above the truth
     assert (await sums(world, odd_id))[0] == math.floor(exact) == 0
 
 
@@ -110,7 +113,8 @@ async def test_replica_catches_up_once_and_never_twice(world: World) -> None:
     late = await b.charge_due()
     assert len(late) == 5
     assert await world.scalar("SELECT count(*) FROM billing_intervals") == 9
-    assert await world.scalar("SELECT sum(quantity) FROM billing_usage") == 9 * 10 * 1024  # MiB*s, each once
+    assert await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=account_id) \
+        == 9 * 100_000  # 0.1 per 10 s interval, each interval once
     balance, total, _ = await sums(world, account_id)
     assert balance == total == 1000 - math.floor(9 * 10 * 36 / 3600)  # 9 intervals of 10 s at 0.1: 0.9 -> 0
 

@@ -11,13 +11,13 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 
 async def test_charging_10000_services_is_one_set_based_statement(world: World) -> None:
-    """Server time of the pricing-and-charging statement for 10,000 services over 1,000 accounts, against the
-    cheapest possible per-service write measured in the same run (one in-place UPDATE of 10,000 rows).
+    """Server time of the pricing-and-charging statement for 10,000 services over 1,000 accounts (a third each
+    persistent, static, on_demand awake half of every interval), and the cheapest possible per-service write
+    measured in the same run (one in-place UPDATE of 10,000 rows) for comparison.
 
-    The issue's target is 100 ms; on the shared 2-core box (load ~10) this measured 400-600 ms with a baseline of
-    20-30 ms, so the absolute bound here is loose and the ratio carries the check: a per-row round trip, a plan
-    that rescans the ledger or an index grown per interval would each multiply it."""
+    The issue's target is 100 ms. On the shared 2-core box at load ~10 the steady state measured 70-115 ms (the
+    first interval after a change, which opens rate segments, 250-300 ms); the bound leaves room for that load, and
+    a per-row round trip, a plan that rescans the ledger or an index grown per interval would each break it."""
     result = await bench(world.url, services=10_000, rounds=3)
     print(result)
-    assert result["server_ms_min"] < 2000, result
-    assert result["ratio_min"] < 40, result
+    assert result["server_ms_min"] < 250, result

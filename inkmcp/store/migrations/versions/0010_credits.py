@@ -84,6 +84,23 @@ def upgrade() -> None:
     op.execute("ALTER TABLE billing_usage SET (fillfactor = 50)")
     op.execute("ALTER TABLE billing_accounts SET (fillfactor = 50)")
     op.create_table(
+        "billing_segments",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("account_id", UUID, nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False, comment="persistent | static"),
+        sa.Column("subject_id", UUID, nullable=False, comment="service id"),
+        sa.Column("label", sa.Text(), nullable=False, comment="project/service when the segment opened"),
+        sa.Column("rate_num", sa.BigInteger(), nullable=False,
+                  comment="micro-units per second x 3,686,400 (1024 x 3600)"),
+        sa.Column("from_s", sa.BigInteger(), nullable=False, comment="epoch seconds"),
+        sa.Column("to_s", sa.BigInteger(), nullable=True, comment="epoch seconds; NULL while the rate holds"),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_billing_segments_open", "billing_segments", ["subject_id"],
+                    postgresql_where=sa.text("to_s IS NULL"))
+    op.create_index("ix_billing_segments_account_to", "billing_segments", ["account_id", "to_s"])
+    op.create_table(
         "billing_intervals",
         sa.Column("start_s", sa.BigInteger(), nullable=False),
         sa.Column("length_s", sa.Integer(), nullable=False),
@@ -113,6 +130,9 @@ def downgrade() -> None:
     op.drop_table("billing_db_sizes")
     op.drop_table("billing_awake")
     op.drop_table("billing_intervals")
+    op.drop_index("ix_billing_segments_account_to", table_name="billing_segments")
+    op.drop_index("ix_billing_segments_open", table_name="billing_segments")
+    op.drop_table("billing_segments")
     op.drop_index("ix_billing_usage_account_day", table_name="billing_usage")
     op.drop_table("billing_usage")
     op.drop_table("billing_accounts")
