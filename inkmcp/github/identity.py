@@ -9,7 +9,8 @@ Rules, in order, when a GitHub user signs in:
 3. If an account of that name exists but is not bound to this GitHub user (made by the operator's CLI, or bound
    to another GitHub user who has since renamed and left the login free), it is NOT taken over: someone else
    holds the keys and projects there. The user gets their own account `<login>-gh<id>` (the numeric id makes it
-   unique and stable), and a warning is logged so the operator can merge by hand if both are the same person.
+   unique and stable), and a warning is logged. If both are the same person, the operator moves the binding with
+   `inkmcp accounts github-move LOGIN-gh<id> LOGIN` (`move_identity`).
 
 Everything runs in one transaction with the account row inserted ON CONFLICT DO NOTHING, so two concurrent
 sign-ins of the same user end in one account and one identity row. The token is only ever stored encrypted
@@ -29,7 +30,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.names import is_name, slugify
-from inkmcp.errors import Conflict
+from inkmcp.errors import Conflict, NotFound
 from inkmcp.github.client import GitHubUser
 from inkmcp.github.models import GitHubIdentity
 from inkmcp.store.crypto import SecretBox
@@ -111,3 +112,31 @@ async def identity_of(sessions: async_sessionmaker[AsyncSession], account_id: uu
         row = (await s.execute(select(GitHubIdentity.github_id, GitHubIdentity.login)
                                .where(GitHubIdentity.account_id == account_id))).first()
     return None if row is None else GitHubUser(id=row[0], login=row[1])
+
+
+async def move_identity(sessions: async_sessionmaker[AsyncSession], from_account: str, to_account: str) -> GitHubUser:
+    """Operator only (`inkmcp accounts github-move`): bind the GitHub user of `from_account` to `to_account` instead,
+    token included. For the case sign-in refused to take over: an operator-made account `alice` and the GitHub user
+    alice who got `alice-gh<id>` are the same person. The next sign-in of that GitHub user lands on `to_account`;
+    keys and projects stay where they are. `to_account` must exist and have no GitHub binding."""
+    async with sessions.begin() as s:
+        names = [from_account, to_account]
+        rows = dict((await s.execute(select(Account.name, Account.id).where(Account.name.in_(names))
+                                     .with_for_update())).all())
+        for name in (from_account, to_account):
+            if name not in rows:
+                raise NotFound(f"no account named {name!r}.", argument="account",
+                               fix="pass account names as `inkmcp keys list` shows them")
+        identity = (await s.execute(select(GitHubIdentity).where(GitHubIdentity.account_id == rows[from_account])
+                                    .with_for_update())).scalar_one_or_none()
+        if identity is None:
+            raise NotFound(f"account {from_account!r} has no GitHub sign-in to move.", argument="from_account",
+                           fix="pass the account the GitHub user signed in to (e.g. LOGIN-gh<id>)")
+        taken = (await s.execute(select(GitHubIdentity.login).where(GitHubIdentity.account_id == rows[to_account])))
+        if (login := taken.scalar_one_or_none()) is not None:
+            raise Conflict(f"account {to_account!r} is already bound to GitHub user {login!r}.",
+                           argument="to_account", fix="pass an account without a GitHub sign-in")
+        identity.account_id, identity.updated_at = rows[to_account], datetime.now(UTC)
+        log.warning("GitHub user %s (id %d) moved from account %r to %r by the operator", identity.login,
+                    identity.github_id, from_account, to_account)
+        return GitHubUser(id=identity.github_id, login=identity.login)

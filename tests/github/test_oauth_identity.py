@@ -148,3 +148,28 @@ def _user(u: object):  # type: ignore[no-untyped-def]
 async def _account_id(store: Store, name: str) -> uuid.UUID:
     async with store.sessionmaker() as s:
         return (await s.execute(select(Account.id).where(Account.name == name))).scalar_one()
+
+
+async def test_the_operator_moves_a_github_sign_in_onto_its_own_account(store: Store,
+                                                                       github_standin: StandinGitHub) -> None:
+    from inkmcp.errors import NotFound
+    from inkmcp.github.identity import move_identity
+
+    box = SecretBox([Fernet.generate_key()])
+    gina = github_standin.add_user(unique_login("gina"))
+    await AccountService(store.sessionmaker).create_key(gina.login)  # the operator made "gina" for her
+    fallback = await sign_in(store.sessionmaker, box, _user(gina), "gho_gina1")
+    assert fallback == f"{gina.login}-gh{gina.id}"
+    moved = await move_identity(store.sessionmaker, fallback, gina.login)
+    assert (moved.id, moved.login) == (gina.id, gina.login)
+    assert await sign_in(store.sessionmaker, box, _user(gina), "gho_gina2") == gina.login  # lands on hers now
+    assert await token_for(store.sessionmaker, box, await _account_id(store, gina.login)) == "gho_gina2"
+    assert await token_for(store.sessionmaker, box, await _account_id(store, fallback)) is None
+    with pytest.raises(NotFound, match="no GitHub sign-in"):
+        await move_identity(store.sessionmaker, fallback, gina.login)
+    other = github_standin.add_user(unique_login("hal"))
+    bound = await sign_in(store.sessionmaker, box, _user(other), "gho_hal")
+    with pytest.raises(Conflict, match="already bound"):
+        await move_identity(store.sessionmaker, bound, gina.login)
+    with pytest.raises(NotFound, match="no account named"):
+        await move_identity(store.sessionmaker, bound, "no-such-account-x1")
