@@ -121,7 +121,7 @@ def restore_backup(settings: Settings, path: Path, *, keys_from: Path | None = N
             _harden(tenants.socket_url(driver=None).get_secret_value())
             tenants.stop()
             if m.tenant_port is not None:
-                (tmp / "pg" / "tenants.port").write_text(f"{m.tenant_port}\n")
+                (tmp / "pg" / "tenants.port").write_text(str(m.tenant_port))  # as app._stable_port writes it
 
         # The two servers are independent: initialised and filled side by side (initdb dominates a small restore).
         jobs = [fill_control]

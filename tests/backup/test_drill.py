@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -49,7 +50,7 @@ def app_get(srv: ServerProc, path: str, timeout: float = 10) -> httpx.Response:
 def app_json(srv: ServerProc, path: str) -> dict[str, Any]:
     r = app_get(srv, path)
     if r.status_code != 200:  # the app's own output says why
-        logs = srv.cli("logs", PROJECT, "-a", "alice", "--tail", "40", check=False)
+        logs = srv.cli("logs", PROJECT, "-a", "default", "--tail", "40", check=False)
         raise AssertionError(f"{path}: {r.status_code} {r.text[:200]}\napp log:\n{logs.stdout}{logs.stderr}")
     return r.json()
 
@@ -82,7 +83,7 @@ async def deploy(session: Any, repo: Path) -> dict[str, Any]:
 
 
 def audit(srv: ServerProc) -> list[dict[str, Any]]:
-    out = srv.cli("audit", "--account", "alice", "--json").stdout
+    out = srv.cli("audit", "--account", "default", "--json").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -119,8 +120,10 @@ def test_restore_drill(tmp_path: Path) -> None:
     repo = git_repo(srv.data_dir.parent / "repo", DRILL_APP)
     sets = srv.data_dir.parent / "sets"
     try:
-        key = srv.create_key("alice")
-        srv.start()
+        srv.start()  # the first start makes account `default` and prints its key (no CLI start-up, no extra initdb)
+        found = re.search(r"dk_live_[A-Za-z0-9_\-]+", srv.log())
+        assert found, srv.log()
+        key = found.group(0)
         mark("served")
         view = asyncio.run(_deploy(srv, key, repo))
         dep_id = view["deployment_id"]

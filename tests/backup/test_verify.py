@@ -24,6 +24,7 @@ from inkmcp.backup.manifest import BackupInvalid, fingerprint, sha256_file, sign
 from inkmcp.backup.restore import restore_backup
 from inkmcp.errors import InkError
 from inkmcp.settings import Settings
+from inkmcp.store.crypto import KEY_FILE_RELATIVE, ensure_key_file
 from inkmcp.store.embedded import EmbeddedPostgres
 from tests.support import INKMCP, traversable_tmpdir
 
@@ -156,6 +157,21 @@ def test_cli_verify_exits_1_with_the_reason(inst: Installation, tmp_path: Path) 
     target = tmp_path / "new-data"
     done = inst.cli("backup", "restore", "--from", str(damaged), data=target)
     assert done.returncode == 1 and "control.dump" in done.stderr and not target.exists()
+
+
+def test_restore_with_keys_kept_apart(inst: Installation, tmp_path: Path) -> None:
+    """The happy path of --keys-to/--keys-from: the restored data dir gets the installation's keys, its servers and
+    the tenant server's port; no temporary directory is left beside it."""
+    target = tmp_path / "data"
+    done = restore_backup(Settings(data_dir=target), inst.set_apart, keys_from=inst.keys_dir)
+    assert done.keys_written and done.verified.authenticated
+    assert ensure_key_file(target / KEY_FILE_RELATIVE) == ensure_key_file(inst.data / KEY_FILE_RELATIVE)
+    assert (target / "secrets").stat().st_mode & 0o077 == 0
+    assert (target / "pg" / "tenants.port").read_text() == (inst.data / "pg" / "tenants.port").read_text()
+    for server in ("control", "tenants"):
+        pg = EmbeddedPostgres(target / "pg" / server)
+        assert (pg.pgdata / "PG_VERSION").is_file() and pg.pid is None  # filled, and stopped again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_keys_kept_apart(inst: Installation, tmp_path: Path) -> None:
