@@ -3,8 +3,9 @@ seconds, real apps behind the local provider's proxy, the operator CLI in its ow
 
 One server for the whole story (it is the expensive part):
   alice (persistent): deploy goes live -> balance reaches zero -> the next deploy is refused with the balance, the
-  cap and how to add credits -> after the grace period the service sleeps and answers 402 -> an operator grant ->
+  cap and how to add credits -> after the grace period the service sleeps and answers 402 -> a top-up ->
   the service wakes and deploys work again, without redeploying; get_usage shows it all along.
+  "a grant" here is a Stripe top-up: Checkout Session through the stand-in, signed webhook to the server.
   then an on_demand service of the same account: asleep costs nothing, awake costs.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from inkmcp.billing.stripe import sign
 from tests.billing.stripe_standin import StripeStandIn
 from tests.e2e.probes import store_query
 from tests.support import (
@@ -119,7 +121,8 @@ async def until(what: str, check: Any, timeout: float = 30.0, every: float = 0.3
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-async def test_credits_run_out_refuse_sleep_and_come_back_with_a_grant(server: ServerProc, repos: Path) -> None:
+async def test_credits_run_out_refuse_sleep_and_come_back_with_a_top_up(
+        server: ServerProc, repos: Path, stripe: StripeStandIn) -> None:
     async with mcp_session(server, server.keys["alice"]) as s:
         usage = await call(s, "get_usage")
         assert usage["billing"] is True and usage["balance"] == STARTER
@@ -156,12 +159,16 @@ async def test_credits_run_out_refuse_sleep_and_come_back_with_a_grant(server: S
         services = await call(s, "list_services", project_name="shop")
         assert services["services"][0]["name"] == "web"  # nothing deleted
 
-        granted = server.cli("credits", "grant", "--account", "alice", "--amount", "100000", "--reason", "e2e",
-                             "--id", "e2e-1")
-        assert "granted 100000" in granted.stdout, granted.stdout + granted.stderr
-        again = server.cli("credits", "grant", "--account", "alice", "--amount", "100000", "--reason", "e2e",
-                           "--id", "e2e-1")
-        assert "nothing added" in again.stdout
+        # a bad signature changes nothing; a top-up through Stripe (the stand-in) with a signed webhook does
+        event = await asyncio.to_thread(paid_checkout, stripe, "alice", 100000)
+        body = json.dumps(event).encode()
+        hook = f"http://127.0.0.1:{server.port}/webhooks/stripe"
+        forged = await asyncio.to_thread(httpx.post, hook, content=body, headers={
+            "Stripe-Signature": sign(body, "whsec_" + "x" * 32, int(time.time()))})
+        assert forged.status_code == 400 and (await call(s, "get_usage"))["blocked"] is True
+        paid = await asyncio.to_thread(httpx.post, hook, content=body, headers={
+            "Stripe-Signature": sign(body, STRIPE_SECRET, int(time.time()))})
+        assert paid.status_code == 200 and paid.json()["credited"] is True, paid.text
 
         def awake() -> bool:
             r = get(server, view["url"])
@@ -174,8 +181,23 @@ async def test_credits_run_out_refuse_sleep_and_come_back_with_a_grant(server: S
         assert update["restarted"] == ["web"]
         assert get(server, view["url"]).text == "hello from alice-2"
 
+    grant = ("credits", "grant", "--account", "alice", "--amount", "500", "--reason", "e2e", "--id", "e2e-1")
+    granted = server.cli(*grant)
+    assert "granted 500" in granted.stdout, granted.stdout + granted.stderr
+    again = server.cli(*grant)
+    assert "nothing added" in again.stdout
     report = server.cli("usage", "--account", "alice").stdout
     assert "shop/web" in report and "persistent" in report
+    assert "alice" in server.cli("usage").stdout
+
+
+def paid_checkout(stripe: StripeStandIn, account: str, amount: int) -> dict[str, Any]:
+    """A Checkout Session created through Stripe's API (the stand-in), paid: the event Stripe then sends."""
+    r = httpx.post(f"{stripe.base}/v1/checkout/sessions", headers={"Authorization": f"Bearer {STRIPE_KEY}"}, data={
+        "mode": "payment", "success_url": "https://x", "client_reference_id": account, "line_items[0][quantity]": "1",
+        "line_items[0][price_data][currency]": "eur", "line_items[0][price_data][unit_amount]": str(amount)})
+    assert r.status_code == 200, r.text
+    return stripe.complete(r.json()["id"])
 
 
 async def test_on_demand_costs_only_while_awake(server: ServerProc, repos: Path) -> None:
@@ -241,7 +263,7 @@ async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerP
     real server credit exactly the 30 events; bad and stale signatures get 400 and change nothing."""
     from inkmcp.billing.ledger import Ledger
     from inkmcp.billing.settings import BillingSettings, Prices
-    from inkmcp.billing.stripe import Stripe, StripeSettings, sign
+    from inkmcp.billing.stripe import Stripe, StripeSettings
     from inkmcp.store.db import open_store
     from inkmcp.store.embedded import EmbeddedPostgres
 
@@ -271,6 +293,8 @@ async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerP
             "line_items[0][price_data][unit_amount]": str(amount)})
         events.append(stripe.complete(other.json()["id"]))
     deliveries = events + [events[i % 7] for i in range(20)]
+    topups = "SELECT count(*), COALESCE(sum(amount), 0) FROM credit_entries WHERE kind = 'topup'"
+    before = store_query(server, topups)[0]
     async with httpx.AsyncClient(timeout=30) as c:
         async def deliver(event: dict[str, Any]) -> int:
             body = json.dumps(event).encode()
@@ -283,7 +307,7 @@ async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerP
         assert set(codes) == {200}
         paid = sum(e["data"]["object"]["amount_total"] for e in events)
         entries = store_query(server, "SELECT count(*), sum(amount) FROM credit_entries WHERE kind = 'topup'")
-        assert entries[0] == (30, paid)
+        assert entries[0] == (before[0] + 30, before[1] + paid)
 
         # what an attacker can send: forged, stale, unsigned; and what Stripe may send that is not a payment
         forged = json.dumps({**events[0], "id": "evt_forged"}).encode()
@@ -300,7 +324,8 @@ async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerP
         r = await c.post(hook, content=other_type, headers={"Stripe-Signature": sign(other_type, STRIPE_SECRET,
                                                                                      int(time.time()))})
         assert r.status_code == 200
-    assert store_query(server, "SELECT count(*), sum(amount) FROM credit_entries WHERE kind = 'topup'")[0] == (30, paid)
+    after = store_query(server, "SELECT count(*), sum(amount) FROM credit_entries WHERE kind = 'topup'")[0]
+    assert after == (before[0] + 30, before[1] + paid)
     # metering keeps charging the live services meanwhile; the cached balance is still exactly the ledger's sum
     assert store_query(server, "SELECT b.balance = (SELECT sum(amount) FROM credit_entries e "
                                "WHERE e.account_id = b.account_id) FROM billing_accounts b")[0] == (True,)

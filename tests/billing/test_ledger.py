@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from inkmcp.billing.breaker import Breaker, RetryLoop
 from inkmcp.billing.ledger import CreditsExhausted, Ledger, RateLimited
-from inkmcp.billing.metering import Meter, charge_interval
+from inkmcp.billing.metering import Meter, charge_interval, record_sizes
+from inkmcp.billing.service import own_postgres_sizes
 from inkmcp.core.principal import Principal
 from inkmcp.errors import InvalidArgument, NotFound
 from inkmcp.store.db import open_store
@@ -206,3 +207,42 @@ async def test_breaker_refuses_the_sixth_identical_failure_and_lets_a_change_thr
     assert "abababababab" in text_ and "get_logs(project_name='shop'" in text_
     await breaker(service_id, "otherhash", "shop", "web")  # something changed: allowed
     await Breaker(world.store.sessionmaker, settings(retry_breaker_failures=6))(service_id, "samehash", "shop", "web")
+
+
+async def test_builds_and_database_storage_are_charged_from_what_ran(world: World) -> None:
+    """A 90-second build step (deployment_events) at 2/minute costs 3; a database measured with pg_database_size on
+    a real server, at 1000/GB-month, costs size x time; each once, in the interval the build finished / per interval."""
+    account_id, _ = await world.account()
+    service_id = await world.live_service(account_id, mode="on_demand")  # asleep: costs nothing here
+    start = BASE + 200_000
+    dep = uuid.uuid4()
+    async with world.store.sessionmaker.begin() as s:
+        await s.execute(text("INSERT INTO deployments (id, service_id, status, config_hash, finished_at) "
+                             "VALUES (:d, :s, 'live', 'h2', to_timestamp(:f))"), {"d": dep, "s": service_id,
+                                                                                  "f": start + 30})
+        for status, at in (("queued", start - 100), ("building", start - 95), ("releasing", start - 5),
+                           ("live", start + 30)):
+            await s.execute(text("INSERT INTO deployment_events (deployment_id, status, detail, at) "
+                                 "VALUES (:d, :st, '', to_timestamp(:at))"), {"d": dep, "st": status, "at": at})
+        project_id = await s.scalar(text("SELECT project_id FROM services WHERE id = :s"), {"s": service_id})
+        db_name = world.url.rsplit("/", 1)[1].split("?")[0]
+        db_id = await s.scalar(text(
+            "INSERT INTO databases (id, project_id, kind, provider, tier, external_id, credentials_enc) "
+            "VALUES (gen_random_uuid(), :p, 'postgres', 'postgres', 'free', :n, '\\x00') RETURNING id"),
+            {"p": project_id, "n": db_name})
+    admin = world.url.replace("postgresql+psycopg://", "postgresql://")  # a libpq URL, as app.py passes
+    sizes = await own_postgres_sizes(admin, world.store.sessionmaker)()
+    assert set(sizes) == {db_id} and sizes[db_id] > 1_000_000  # a real database is several MB
+    async with world.store.engine.begin() as conn:
+        await record_sizes(conn, sizes)
+    prices = settings(prices={"build_minute": 2, "db_gb_month": 1000, "on_demand": 5}).prices
+    for k in range(2):
+        async with world.store.engine.begin() as conn:
+            await charge_interval(conn, prices, start + 60 * k, 60, replica="r", grace_s=0, starter=10)
+    async with world.store.sessionmaker() as s:
+        rows = dict((await s.execute(text("SELECT kind, sum(micro) FROM billing_usage GROUP BY kind"))).all())
+    assert rows["build"] == 3_000_000  # 90 s at 2 per minute, charged once although two intervals ran
+    per_interval = 1000 * sizes[db_id] * 60 * 1_000_000 // (10**9 * 2592000)
+    assert rows["database"] == 2 * per_interval and "on_demand" not in rows
+    balance, total, _ = await sums(world, account_id)
+    assert balance == total == 10 - (3_000_000 + 2 * per_interval) // 1_000_000
