@@ -26,11 +26,12 @@ def github_move(
     settings = load_settings(data_dir=data_dir)
 
     async def go(p: Any) -> Any:
-        await p.accounts.get_limits(to_account)  # a typo is an error, never a new account
+        # moved first: a typo in either name is an error and creates nothing (principal_for would make the account)
+        user = await move_identity(p.sessions, from_account, to_account)
         principal = await p.accounts.principal_for(to_account, "cli")
-        args = {"from_account": from_account, "to_account": to_account}
-        async with p._audited(principal, "github_move", f"{from_account}->{to_account}", args):
-            return await move_identity(p.sessions, from_account, to_account)
+        await p.audit.record(principal, "github_move", target=f"{from_account}->{to_account}",
+                             arguments={"from_account": from_account, "to_account": to_account, "github_id": user.id})
+        return user
 
     user = run_with_platform(settings, go)
     console.print(f"GitHub user [bold]{user.login}[/bold] (id {user.id}) now signs in to account "

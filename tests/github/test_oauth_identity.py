@@ -173,3 +173,5 @@ async def test_the_operator_moves_a_github_sign_in_onto_its_own_account(store: S
         await move_identity(store.sessionmaker, bound, gina.login)
     with pytest.raises(NotFound, match="no account named"):
         await move_identity(store.sessionmaker, bound, "no-such-account-x1")
+    async with store.sessionmaker() as s:  # a typo creates nothing
+        assert (await s.execute(select(Account).where(Account.name == "no-such-account-x1"))).first() is None
