@@ -90,7 +90,8 @@ def create(
 @backup_app.command("verify")
 def verify_cmd(
     path: Annotated[Path, typer.Argument(help="the backup set directory")],
-    keys_from: Annotated[Path | None, typer.Option("--keys-from", help="where --keys-to wrote the keys")] = None,
+    keys_from: Annotated[Path | None, typer.Option("--keys-from", help="where --keys-to wrote the keys, or an "
+                                                   "installation's secrets/encryption.keys")] = None,
 ) -> None:
     """Check a set without restoring it; exits 1 with the reason on any change, truncation or version mismatch."""
     import os

@@ -224,14 +224,23 @@ class Verified(BaseModel):
     note: str
 
 
-def load_keys(path: Path, set_name: str) -> KeysFile:
-    """Keys given with --keys-from: the `.keys.json` file itself, or the directory --keys-to wrote it into."""
+def load_keys(path: Path, set_name: str, set_id: str) -> KeysFile:
+    """Keys given with --keys-from: the `.keys.json` file itself, the directory --keys-to wrote it into, or an
+    installation's own key file (`<data_dir>/secrets/encryption.keys`: authenticates a set whose keys are inside it
+    against the installation that made it, as long as its primary key has not been rotated since)."""
     file = path / f"{set_name}.keys.json" if path.is_dir() else path
     if not file.is_file():
         raise BackupInvalid(f"no keys for set {set_name} at {path} (looked for {file.name})", argument="--keys-from",
                             fix="pass the directory given to --keys-to when the set was made, or the .keys.json file")
+    raw = file.read_bytes()
+    if not raw.lstrip().startswith(b"{"):
+        from inkmcp.store.crypto import _read_keys
+
+        keys = _read_keys(file)
+        if keys:
+            return KeysFile(set_id=set_id, encryption_keys=keys)
     try:
-        return KeysFile.model_validate_json(file.read_bytes())
+        return KeysFile.model_validate_json(raw)
     except ValidationError:
         raise BackupInvalid(f"{file} is not a keys file of a backup set (truncated or edited)",
                             argument="--keys-from", fix="pass the intact .keys.json file --keys-to wrote") from None
@@ -244,7 +253,7 @@ def verify(root: Path, *, keys_from: Path | None = None, env_keys: list[str] | N
     manifest, data = read_manifest(root)
     keys: KeysFile | None = None
     if keys_from is not None:
-        keys = load_keys(keys_from, root.name)
+        keys = load_keys(keys_from, root.name, manifest.set_id)
         authenticated = True
     elif manifest.keys == "in-set":
         path = root / KEYS_IN_SET

@@ -148,6 +148,33 @@ def test_tampered_set_is_refused_and_restore_writes_nothing(inst: Installation, 
     assert reason in refused_restore(inst, damaged, tmp_path)
 
 
+def test_in_set_keys_authenticated_against_the_installation(inst: Installation, tmp_path: Path) -> None:
+    """Someone who can rewrite a set whose keys are inside it can re-sign it with them (verify says authenticity is
+    not proven); checked against the installation's own key file, the same forgery is refused."""
+    forged = copy_of(inst.set_in, tmp_path)
+    edit_manifest(forged, set_field("created_at", "2020-01-01T00:00:00Z"))
+    theirs = [Fernet.generate_key().decode()]
+    keys = json.loads((forged / "keys" / "keys.json").read_text())
+    keys["encryption_keys"] = theirs  # the attacker's own keys in the set, and a manifest signed with them
+    (forged / "keys" / "keys.json").write_text(json.dumps(keys))
+
+    def resign(m: dict[str, object]) -> None:
+        files = m["files"]
+        assert isinstance(files, list)
+        for f in files:
+            if f["path"] == "keys/keys.json":
+                f["size"], f["sha256"] = sha256_file(forged / "keys" / "keys.json")
+        m["keys_fingerprint"] = fingerprint(theirs)
+
+    edit_manifest(forged, resign)
+    (forged / "manifest.sig").write_text(sign((forged / "manifest.json").read_bytes(), theirs) + "\n")
+    assert not verify(forged).authenticated  # passes on its own keys: nothing inside a set proves it
+    installation_keys = inst.data / KEY_FILE_RELATIVE
+    assert verify(inst.set_in, keys_from=installation_keys).authenticated
+    with pytest.raises(BackupInvalid, match="keys do not belong to this set, or the manifest was edited"):
+        verify(forged, keys_from=installation_keys)
+
+
 def test_cli_verify_exits_1_with_the_reason(inst: Installation, tmp_path: Path) -> None:
     damaged = copy_of(inst.set_in, tmp_path)
     truncate(damaged / "control.dump")
