@@ -194,10 +194,13 @@ def create_backup(settings: Settings, to: Path, *, keys_to: Path | None = None, 
     t0 = time.monotonic()
     data = settings.data_dir
     to = to.absolute()
-    to.mkdir(parents=True, exist_ok=True)
     if to == data or data in to.parents:
         raise InkError(f"--to {to} is inside the data dir {data}: losing the machine would lose the backups too.",
                        argument="--to", fix="pass a directory outside INKMCP_DATA_DIR (another disk, ideally)")
+    if keys_to is not None and keys_to.absolute() == to:
+        raise InkError("--keys-to is the directory the set goes to: one copy would hold both.",
+                       argument="--keys-to", fix="pass another directory (another disk or machine)")
+    to.mkdir(parents=True, exist_ok=True)
     keys, keys_from_env = read_keys(data)
     name = _set_name(to)
     stage = to / f".{name}.partial"
@@ -270,9 +273,6 @@ def create_backup(settings: Settings, to: Path, *, keys_to: Path | None = None, 
             keys_file.write(stage / KEYS_IN_SET)
         else:
             keys_path = keys_to.absolute() / f"{name}.keys.json"
-            if keys_path.parent == to or keys_path.parent == stage:
-                raise InkError("--keys-to is the directory the set goes to: one copy would hold both.",
-                               argument="--keys-to", fix="pass another directory (another disk or machine)")
 
         step("checksumming")
         entries = []

@@ -243,6 +243,15 @@ def test_keys_kept_apart(inst: Installation, tmp_path: Path) -> None:
         verify(inst.set_apart, keys_from=wrong)
 
 
+def test_create_refuses_targets_that_would_be_lost_or_stolen_together(inst: Installation, tmp_path: Path) -> None:
+    with pytest.raises(InkError, match="inside the data dir"):
+        create_backup(Settings(data_dir=inst.data), inst.data / "sets")
+    assert not (inst.data / "sets").exists()
+    with pytest.raises(InkError, match="--keys-to is the directory the set goes to"):
+        create_backup(Settings(data_dir=inst.data), tmp_path / "sets", keys_to=tmp_path / "sets")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_restore_refuses_a_non_empty_data_dir_and_a_running_server(inst: Installation, tmp_path: Path) -> None:
     target = tmp_path / "data"
     target.mkdir()
