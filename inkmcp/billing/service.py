@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from inkmcp.billing.breaker import Breaker
 from inkmcp.billing.enforce import Enforcer
 from inkmcp.billing.ledger import AccountStatus, CreditKind, CreditResult, Ledger
 from inkmcp.billing.metering import Meter
+from inkmcp.billing.probes import awake_probe
 from inkmcp.billing.settings import BillingSettings, load_billing_settings
 from inkmcp.billing.stripe import Stripe, StripeSettings
 from inkmcp.billing.usage import UsageView, usage_view
@@ -110,12 +110,7 @@ def build_billing(
         return None
     ledger = Ledger(sessions, settings)
     enforcer = Enforcer(engine, ledger, compute)
-    awake = getattr(compute, "awake_services", None)
-
-    async def awake_probe() -> Iterable[str]:
-        return awake() if awake is not None else ()
-
-    meter = Meter(engine, settings, replica, awake_probe=awake_probe if awake is not None else None,
+    meter = Meter(engine, settings, replica, awake_probe=awake_probe(compute, sessions),
                   size_probe=own_postgres_sizes(tenant_admin_url, sessions) if tenant_admin_url else None,
                   on_pass=enforcer.on_pass)
     return Billing(settings=settings, ledger=ledger, meter=meter, enforcer=enforcer,

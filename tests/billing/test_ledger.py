@@ -13,9 +13,11 @@ from sqlalchemy import text
 from inkmcp.billing.breaker import Breaker, RetryLoop
 from inkmcp.billing.ledger import CreditsExhausted, Ledger, RateLimited
 from inkmcp.billing.metering import Meter, charge_interval, record_sizes
+from inkmcp.billing.probes import awake_probe
 from inkmcp.billing.service import own_postgres_sizes
 from inkmcp.core.principal import Principal
 from inkmcp.errors import InvalidArgument, NotFound
+from inkmcp.providers.compute.base import RuntimeState, ServiceKey, ServiceRuntime
 from inkmcp.store.db import open_store
 from tests.billing.conftest import World, settings
 
@@ -246,3 +248,34 @@ async def test_builds_and_database_storage_are_charged_from_what_ran(world: Worl
     assert rows["database"] == 2 * per_interval and "on_demand" not in rows
     balance, total, _ = await sums(world, account_id)
     assert balance == total == 10 - (3_000_000 + 2 * per_interval) // 1_000_000
+
+
+async def test_awake_time_from_a_provider_without_memory_of_it(world: World) -> None:
+    """Coolify-like providers: awake = runtime() says running/starting. Only that service's time is charged; one the
+    provider cannot answer for is not (in the user's favour)."""
+    account_id, _ = await world.account()
+    awake, _asleep, unknown = [await world.live_service(account_id, mode="on_demand") for _ in range(3)]
+
+    class Remote:
+        name = "coolify"
+
+        async def runtime(self, key: ServiceKey) -> ServiceRuntime:
+            if key.service_id == str(unknown):
+                raise RuntimeError("API timeout")
+            running = key.service_id == str(awake)
+            return ServiceRuntime(state=RuntimeState.running if running else RuntimeState.sleeping)
+
+    probe = awake_probe(Remote(), world.store.sessionmaker)
+    assert list(await probe()) == [str(awake)]
+    now = [float(BASE + 300_000)]
+    meter = Meter(world.store.engine, settings(prices={"on_demand": 3600}, metering_interval_s=10, starter_credits=5),
+                  "r", awake_probe=probe, clock=lambda: now[0])
+    for _ in range(4):  # samples 2.5 s apart within one interval: awake from the 1st to the 4th, 7.5 s
+        await meter.sample()
+        now[0] += 2.5
+    now[0] += 10
+    assert len(await meter.charge_due()) >= 1
+    async with world.store.sessionmaker() as s:
+        rows = (await s.execute(text("SELECT subject_id, quantity, micro FROM billing_usage"))).all()
+    assert [(r[0], r[1]) for r in rows] == [(awake, 7_500)]  # 7.5 s awake at 1 per second
+    assert rows[0][2] == 7_500_000
