@@ -33,6 +33,16 @@ def _mount_nodes() -> None:
 
 _mount_nodes()
 
+# --- issue 11 (github): `inkmcp accounts github-move FROM TO` (inkmcp/github/cli.py)
+def _mount_github() -> None:
+    from inkmcp.github.cli import github_move
+
+    accounts_app.command("github-move")(github_move)
+
+
+_mount_github()
+# --- end
+
 # --- issue 13 (credits): `inkmcp credits grant|cap` and `inkmcp usage` (inkmcp/billing/cli.py)
 from inkmcp.billing.cli import credits_app as _credits_app  # noqa: E402
 from inkmcp.billing.cli import usage as _usage  # noqa: E402

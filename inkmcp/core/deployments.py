@@ -330,6 +330,11 @@ class DeployService:
         if gh is None and req.auto_deploy:
             raise InvalidArgument("auto_deploy needs a GitHub repository and GitHub configured on this server.",
                                   argument="auto_deploy", fix="omit auto_deploy")
+        if gh is not None and gh.auth is not None and not self._compute.needs_checkout:
+            raise InvalidArgument(
+                f"GitHub repository {gh.repo} is private, and this server's compute platform ({self._compute.name}) "
+                "fetches sources itself, without your GitHub token.", argument="repo_url",
+                fix="deploy a public repository, or ask the operator (private repos need the local compute provider)")
         # --- end
         project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
         try:
@@ -1164,14 +1169,14 @@ class DeployService:
             try:
                 await self._compute.restore(await self._release_spec(dep, svc, project))
                 restored += 1
-            except Exception:
+            except Exception as exc:
                 # --- issue 10 (backup): a restored data dir (inkmcp backup restore) has the records, not the builds:
                 # rebuild the live deployment from its recorded commit, in the background (inkmcp/backup/rebuild.py)
                 if self._compute.needs_checkout and dep.commit:
                     from inkmcp.backup.rebuild import rebuild_live
 
-                    log.info("service files missing: rebuilding it from its recorded commit",
-                             extra={"service": str(svc.id), "commit": dep.commit[:12]})
+                    log.info("could not restore the service (%s); rebuilding it from its recorded commit",
+                             str(exc)[:200], extra={"service": str(svc.id), "commit": dep.commit[:12]})
                     self._spawn(rebuild_live(self, dep, svc, project))
                     continue
                 # --- end issue 10
