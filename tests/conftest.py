@@ -79,6 +79,25 @@ SLOW: tuple[str, ...] = (
 )
 
 
+# Test files (or directories) that measure time against a clock of their own: rate limits over 60-s windows, leases
+# taken over when a heartbeat is late, stand-in deployments that must finish within a deadline. `make test` runs
+# them in a part of their own (`--part=serial`, one process) after the rest has run on two workers
+# (`--part=parallel`), so a neighbour's build cannot push them past their deadlines.
+SERIAL: tuple[str, ...] = (
+    "tests/replicas/",
+    "tests/coolify/test_budget.py",
+    "tests/coolify/test_database_provider.py",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--part", choices=("all", "parallel", "serial"), default="all",
+        help="all tests (default); those that may share the machine (parallel); or those run alone (serial, "
+        "tests/conftest.py SERIAL)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     try:
         required_components()
@@ -93,10 +112,14 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"required components (missing ones fail the run): {', '.join(sorted(required))}"
 
 
-def _is_slow(nodeid: str) -> bool:
+def _in(paths: tuple[str, ...], nodeid: str) -> bool:
     """`nodeid` is relative to the repository root (the rootdir, where pyproject.toml is)."""
     path = nodeid.split("::")[0]
-    return any(nodeid.startswith(p) if p.endswith("/") or "::" in p else path == p for p in SLOW)
+    return any(nodeid.startswith(p) if p.endswith("/") or "::" in p else path == p for p in paths)
+
+
+def _is_slow(nodeid: str) -> bool:
+    return _in(SLOW, nodeid)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,6 +128,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _is_slow(item.nodeid):
             item.add_marker(pytest.mark.slow)
+    part = config.getoption("--part")
+    if part == "all":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if _in(SERIAL, item.nodeid) == (part == "serial") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.hookimpl(tryfirst=True)
