@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -279,3 +280,36 @@ async def test_awake_time_from_a_provider_without_memory_of_it(world: World) -> 
         rows = (await s.execute(text("SELECT subject_id, quantity, micro FROM billing_usage"))).all()
     assert [(r[0], r[1]) for r in rows] == [(awake, 7_500)]  # 7.5 s awake at 1 per second
     assert rows[0][2] == 7_500_000
+
+
+async def test_a_replica_dying_mid_charge_leaves_nothing_and_the_survivor_charges(world: World) -> None:
+    """Replica A claims an interval and dies before committing (its backend is terminated while it holds the lock):
+    nothing of the interval is recorded, B waits on the lock, then charges it exactly once."""
+    account_id, _ = await world.account()
+    await world.live_service(account_id, memory_mb=1024)
+    cfg = settings(metering_interval_s=10, starter_credits=100)
+    now = [float(BASE + 400_000)]
+    survivor = Meter(world.store.engine, cfg, "b", clock=lambda: now[0])
+    start = survivor.due(now[0])
+    dying = await open_store(world.url, pool_size=1, max_overflow=0)
+    try:
+        conn = await dying.engine.connect()
+        await conn.begin()
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert await charge_interval(conn, cfg.prices, start, 10, replica="a", grace_s=0, starter=100) is not None
+        waiting = asyncio.create_task(survivor.charge_due())  # waits for A (its lock, or the rows A wrote)
+        deadline = time.monotonic() + 20
+        while not await world.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+            assert time.monotonic() < deadline and not waiting.done(), "B never waited for A's lock"
+            await asyncio.sleep(0.05)
+        async with world.store.engine.connect() as admin:
+            assert (await admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar_one()
+        charged = await asyncio.wait_for(waiting, 30)
+        with contextlib.suppress(Exception):
+            await conn.close()
+    finally:
+        await dying.close()
+    assert [c.start_s for c in charged] == [start]
+    assert await world.scalar("SELECT replica FROM billing_intervals WHERE start_s = :s", s=start) == "b"
+    assert await world.scalar("SELECT usage_micro FROM billing_accounts WHERE account_id = :a", a=account_id) \
+        == 100_000
