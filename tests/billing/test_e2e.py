@@ -177,8 +177,11 @@ async def test_credits_run_out_refuse_sleep_and_come_back_with_a_top_up(
         await until("the service to wake without a redeploy", lambda: asyncio.to_thread(awake))
         usage = await call(s, "get_usage")
         assert usage["blocked"] is False and 0 < usage["balance"] <= 100000 + STARTER - usage["spent_this_month"]
-        update = await call(s, "update_env_vars", project_name="shop", env_vars={"WHO": "alice-2"})
-        assert update["restarted"] == ["web"]
+        again = await call(s, "deploy_app", repo_url=shop, start_command="python app.py", mode="persistent",
+                           env_vars={"WHO": "alice-2"})  # the deploy refused above
+        if again["status"] != "live":
+            again = await call(s, "wait_for_deployment", deployment_id=again["deployment_id"], timeout_seconds=50)
+        assert again["status"] == "live" and again["deployment_id"] != view["deployment_id"], again
         assert get(server, view["url"]).text == "hello from alice-2"
 
     grant = ("credits", "grant", "--account", "alice", "--amount", "500", "--reason", "e2e", "--id", "e2e-1")
