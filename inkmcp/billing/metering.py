@@ -25,7 +25,6 @@ What counts (prices from INKMCP_PRICES, integer minor units):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -342,8 +341,10 @@ class Meter:
 
     async def run_once(self) -> list[Charged]:
         await self.sample()
-        with contextlib.suppress(Exception):
+        try:
             await self.measure()
+        except Exception as e:  # storage keeps its last measured size; time and awake charges go on
+            log.warning("measuring database sizes failed (%s); charging the last measured sizes", type(e).__name__)
         charged = await self.charge_due()
         if self.on_pass is not None:
             await self.on_pass()
