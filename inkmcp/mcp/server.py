@@ -105,6 +105,9 @@ def build_http_app(
             # --- issue 11 (github): POST /webhooks/github (push-to-deploy; GitHub signs it, so no bearer key)
             *_github_routes(platform),
             # --- end
+            # --- issue 13 (credits): POST /webhooks/stripe when billing and INKMCP_STRIPE_WEBHOOK_SECRET are set
+            *(platform.billing.routes() if platform.billing is not None else []),
+            # --- end
             Mount("/", app=mcp_app),
         ],
         lifespan=lambda _app: server.session_manager.run(),
