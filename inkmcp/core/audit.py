@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.names import redact_url
 from inkmcp.core.principal import Principal
-from inkmcp.errors import NotFound
+from inkmcp.errors import InkError, NotFound
 from inkmcp.store.models import Account, AuditEntry
 
 SECRET_ARGS = frozenset({"env_vars", "password", "url", "key"})
@@ -51,6 +53,21 @@ class AuditRow(BaseModel):
 class AuditLog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+
+    @asynccontextmanager
+    async def recording(
+        self, principal: Principal | None, action: str, target: str | None, arguments: dict[str, Any]
+    ) -> AsyncIterator[None]:
+        """Record the call inside the block: ok, or the error it raised (an InkError as the agent saw it)."""
+        try:
+            yield
+        except InkError as e:
+            await self.record(principal, action, target=target, arguments=arguments, error=e.render())
+            raise
+        except Exception as e:
+            await self.record(principal, action, target=target, arguments=arguments, error=type(e).__name__)
+            raise
+        await self.record(principal, action, target=target, arguments=arguments)
 
     async def record(
         self,

@@ -7,8 +7,7 @@ to the same effect.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -25,7 +24,7 @@ from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
-from inkmcp.errors import DeployFailed, InkError, InvalidArgument, scrub_paths
+from inkmcp.errors import DeployFailed, InvalidArgument, scrub_paths
 from inkmcp.providers.compute.base import ComputeProvider, LogScope, ProviderUnavailable
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
@@ -149,20 +148,10 @@ class Platform:
         return await usage_view(self.billing.ledger if self.billing else None, p.account_id, p.account_name)
     # --- end
 
-    @asynccontextmanager
-    async def _audited(
+    def _audited(
         self, p: Principal, action: str, target: str | None, arguments: dict[str, Any]
-    ) -> AsyncIterator[None]:
-        try:
-            yield
-        except InkError as e:
-            await self.audit.record(p, action, target=target, arguments=arguments, error=e.render())
-            raise
-        except Exception as e:
-            await self.audit.record(p, action, target=target, arguments=arguments, error=type(e).__name__)
-            raise
-        else:
-            await self.audit.record(p, action, target=target, arguments=arguments)
+    ) -> AbstractAsyncContextManager[None]:
+        return self.audit.recording(p, action, target, arguments)
 
     # ---------------------------------------------------------------- projects
     async def ensure_project(self, p: Principal, name: str) -> ProjectResult:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
+from inkmcp.backup.manifest import sha256_file
 from inkmcp.errors import ProviderError
 
 Progress = Callable[[str], Awaitable[None]]
@@ -31,7 +31,6 @@ _ENV_OF = {
     "connect_timeout": "PGCONNECT_TIMEOUT", "channel_binding": "PGCHANNELBINDING",
 }  # fmt: skip
 _TAIL = 8  # stderr lines kept for an error message
-_CHUNK = 1 << 20
 
 
 class PgToolError(ProviderError):
@@ -96,7 +95,7 @@ async def dump(admin_url: str, database: str, dest: Path, *, timeout: float,
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-    return await asyncio.to_thread(file_digest, dest)
+    return await asyncio.to_thread(sha256_file, dest)
 
 
 async def _report_size(path: Path, on_progress: Progress) -> None:
@@ -107,14 +106,6 @@ async def _report_size(path: Path, on_progress: Progress) -> None:
             await on_progress(f"dumping: {path.stat().st_size / 2**20:.1f} MiB written")
 
 
-def file_digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 async def check_archive(path: Path, *, timeout: float) -> int:

@@ -48,6 +48,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from inkmcp.backup.manifest import sha256_file
 from inkmcp.core.principal import Principal
 from inkmcp.dbbackup import pgtools
 from inkmcp.dbbackup.models import DatabaseBackup
@@ -423,7 +424,7 @@ class DatabaseBackupService:
         fix = "pass another backup_id from list_database_backups (e.g. the next older one)"
         if not path.is_file():
             raise ProviderError(damaged.format("the dump file is gone"), argument="backup_id", fix=fix)
-        size, digest = await asyncio.to_thread(pgtools.file_digest, path)
+        size, digest = await asyncio.to_thread(sha256_file, path)
         if size != row.size_bytes or digest != row.sha256:
             raise ProviderError(damaged.format(f"{size} bytes with another checksum than the {row.size_bytes} "
                                                "recorded"), argument="backup_id", fix=fix)
@@ -508,20 +509,9 @@ class DatabaseBackupService:
                              "its next deploy_app" for n, why in problems.items()))
         return applied.restarted + applied.pending, trouble
 
-    @asynccontextmanager
-    async def _audited(self, p: Principal, action: str, target: str, args: dict[str, Any]) -> AsyncIterator[None]:
-        if self._audit is None:
-            yield
-            return
-        try:
-            yield
-        except InkError as e:
-            await self._audit.record(p, action, target=target, arguments=args, error=e.render())
-            raise
-        except Exception as e:
-            await self._audit.record(p, action, target=target, arguments=args, error=type(e).__name__)
-            raise
-        await self._audit.record(p, action, target=target, arguments=args)
+    def _audited(self, p: Principal, action: str, target: str, args: dict[str, Any]
+                 ) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._audit.recording(p, action, target, args) if self._audit else contextlib.nullcontext()
 
 
 async def _quiet(_: str) -> None:

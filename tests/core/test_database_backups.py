@@ -203,7 +203,7 @@ async def test_damaged_dumps_are_refused_and_the_database_is_untouched(env: tupl
     for i in range(len(body) // 2, len(body) // 2 + 64):  # inside the table's compressed data
         body[i] ^= 0x5A
     path.write_bytes(bytes(body))
-    from inkmcp.dbbackup.pgtools import file_digest
+    from inkmcp.backup.manifest import sha256_file as file_digest
 
     size, digest = file_digest(path)
     async with core.store.sessionmaker.begin() as s:
