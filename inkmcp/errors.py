@@ -18,6 +18,10 @@ import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 
 class InkError(Exception):
@@ -125,3 +129,20 @@ def scrub_paths(text: str) -> str:
 
 
 register_server_paths(Path(__file__).resolve().parent, fallback="<inkmcp>")  # spawn/shim errors name files here
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def settings_from_env(cls: type[S], prefix: str, where: str, **overrides: object) -> S:
+    """`cls()` read from the environment; a bad value raises `InkError` naming `<prefix><FIELD>` (never its value)
+    and what to set it to (the field's description, else `where`)."""
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else "?"
+        variable = prefix + field.upper()
+        info = cls.model_fields.get(field)
+        hint = info.description if info is not None and info.description else f"see {where}"
+        raise InkError(str(err["msg"]), argument=variable, fix=f"set {variable} to {hint}") from None

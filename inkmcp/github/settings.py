@@ -13,10 +13,10 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inkmcp.errors import InkError
+from inkmcp.errors import settings_from_env
 
 ENV_PREFIX = "INKMCP_"
 
@@ -101,15 +101,7 @@ class GitHubSettings(BaseSettings):
     @classmethod
     def from_env(cls, **overrides: object) -> GitHubSettings:
         """Read the environment; a bad value raises `InkError` naming INKMCP_<FIELD> (never its value)."""
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = str(err["loc"][0]) if err.get("loc") else "?"
-            variable = ENV_PREFIX + field.upper()
-            info = cls.model_fields.get(field)
-            hint = info.description if info is not None and info.description else "see inkmcp/github/settings.py"
-            raise InkError(str(err["msg"]), argument=variable, fix=f"set {variable} to {hint}") from None
+        return settings_from_env(cls, ENV_PREFIX, "inkmcp/github/settings.py", **overrides)
 
     @property
     def configured(self) -> bool:

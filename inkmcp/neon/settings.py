@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inkmcp.errors import InkError
+from inkmcp.errors import settings_from_env
 
 ENV_PREFIX = "INKMCP_NEON_"
 DEFAULT_API_URL = "https://console.neon.tech/api/v2"
@@ -89,15 +89,7 @@ class NeonSettings(BaseSettings):
     @classmethod
     def from_env(cls, **overrides: object) -> NeonSettings:
         """Read the environment; a bad value raises `InkError` naming INKMCP_NEON_<FIELD> (never its value)."""
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = str(err["loc"][0]) if err.get("loc") else "?"
-            variable = ENV_PREFIX + field.upper()
-            info = cls.model_fields.get(field)
-            hint = info.description if info is not None and info.description else "see inkmcp/neon/settings.py"
-            raise InkError(f"{err['msg']}", argument=variable, fix=f"set {variable} to {hint}") from None
+        return settings_from_env(cls, ENV_PREFIX, "inkmcp/neon/settings.py", **overrides)
 
     @property
     def enabled(self) -> bool:
