@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.dr.hetzner_standin import TOKEN as API_TOKEN
+from tests.hardening.conftest import stop_pid
 from tests.requirements import require, require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,23 +148,6 @@ class World:
         return json.loads((self.api_state / "state.json").read_text())  # type: ignore[no-any-return]
 
 
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="session")
 def world() -> Iterator[World]:
     require_root("network namespaces, a second sshd on port 23 and the postgres OS user")
@@ -240,10 +223,10 @@ def world() -> Iterator[World]:
         if w.worker is not None:
             assert w.worker.stdin is not None
             w.worker.stdin.close()
-            _kill(w.worker.pid)
+            stop_pid(w.worker.pid, wait=5)
         for proc in (api_proc, sshd_proc):
             if proc is not None:
-                _kill(proc.pid)
+                stop_pid(proc.pid, wait=5)
         run("ip", "netns", "del", cns, check=False)
         run("ip", "netns", "del", bns, check=False)
         shutil.rmtree(root, ignore_errors=True)

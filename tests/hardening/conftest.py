@@ -150,13 +150,13 @@ def start_sshd(tmp: Path, config: str, port: int, client_key: Path, netns: str |
     raise RuntimeError("sshd did not start listening within 5 s")
 
 
-def stop_pid(pid: int) -> None:
-    """Stop a process we started, by its PID only."""
+def stop_pid(pid: int, wait: float = 1.0) -> None:
+    """Stop a process we started, by its PID only: SIGTERM, `wait` seconds to exit, then SIGKILL (and reap)."""
     try:
         os.kill(pid, 15)
     except ProcessLookupError:
         return
-    for _ in range(50):
+    for _ in range(max(1, round(wait / 0.02))):
         try:
             done, _status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
