@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import secrets
 import socket
 import tarfile
 from dataclasses import dataclass
@@ -123,13 +124,17 @@ def open_bundle(token: bytes, operator_key: str) -> Bundle:
 
 
 def bundle_name(now: datetime) -> str:
-    return f"{PREFIX}{now:%Y%m%dT%H%M%SZ}.bundle"
+    """`coolify-secrets-<UTC second>-<random>.bundle`: the random part keeps two bundles made in the same second
+    (two masters, or a retry) from replacing one another on the box."""
+    return f"{PREFIX}{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.bundle"
 
 
 def bundle_time(name: str) -> datetime | None:
+    """The time in a bundle's name (with or without the random part), or None for any other file."""
     if not (name.startswith(PREFIX) and name.endswith(".bundle")):
         return None
+    stamp = name[len(PREFIX):-len(".bundle")].split("-", 1)[0]
     try:
-        return datetime.strptime(name[len(PREFIX):-len(".bundle")], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None

@@ -39,3 +39,15 @@ def test_at_accepts_iso_times_and_names_the_format_otherwise() -> None:
     assert abs((parse_at(None) - datetime.now(UTC)).total_seconds()) < 5
     with pytest.raises(DrError, match="--at 'yesterday' is not a time: pass ISO 8601"):
         parse_at("yesterday")
+
+
+def test_two_bundles_made_in_the_same_second_keep_both_names_and_times() -> None:
+    """A second `backup-coolify` within the same second once replaced the first bundle on the box."""
+    from inkmcp.dr.bundle import bundle_name, bundle_time
+
+    now = datetime(2026, 12, 1, 7, 37, 5, 600_000, tzinfo=UTC)
+    first, second = bundle_name(now), bundle_name(now)
+    assert first != second
+    assert bundle_time(first) == bundle_time(second) == now.replace(microsecond=0)
+    assert bundle_time("coolify-secrets-20261201T073705Z.bundle") == now.replace(microsecond=0)  # older names
+    assert bundle_time("coolify-secrets-notatime.bundle") is None
