@@ -63,6 +63,7 @@ class Runtime:
     platform: Platform
     metrics: Metrics
     compute: ComputeProvider
+    box: SecretBox = field(repr=False)  # the encryption keys this runtime was opened with (the web UI's session key)
     _stack: AsyncExitStack = field(repr=False)
 
     async def close(self) -> None:
@@ -364,5 +365,5 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
 
         start_scheduled(stack, settings, metrics, _provider_settings(BackupSettings, "INKMCP_BACKUP_"))
         # --- end issue 10
-    return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute,
+    return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute, box=box,
                    _stack=stack)

@@ -50,11 +50,10 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
         server = build_mcp(rt.platform, rt.metrics, stdio_principal=None,
                            deploy_answer_within=settings.deploy_answer_within)
         # --- issue 11 (web): the web UI (GitHub sign-in, dashboard) on the same port; its session signing key is
-        # a shared_keys row sealed by the encryption keys, so the box is the one app.py loads from the same place
-        from inkmcp.store.crypto import SecretBox
+        # a shared_keys row sealed by the runtime's encryption keys
         from inkmcp.web.build import build_web
 
-        web = await build_web(rt.platform, SecretBox.load(settings.data_dir))
+        web = await build_web(rt.platform, rt.box)
         # --- end
         app = build_http_app(server, rt.platform, rt.metrics, host=settings.host, port=settings.port,
                              allowed_hosts=settings.allowed_hosts, web=web)
