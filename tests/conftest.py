@@ -106,6 +106,26 @@ def pytest_configure(config: pytest.Config) -> None:
         required_components()
     except RequirementSettingError as e:
         raise pytest.UsageError(str(e)) from None
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_MissingFromWorkers(), "inkmcp-missing-from-workers")
+
+
+class _MissingFromWorkers:
+    """Under pytest-xdist the tests (and so `require`) run in worker processes, while the summary below is printed by
+    the controller: each worker hands its MISSING over when it finishes, and the controller merges them. A class
+    registered only when xdist is loaded, because `pytest_testnodedown` is xdist's hook (`-p no:xdist` would
+    otherwise reject it as unknown)."""
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # in a worker
+            workeroutput["inkmcp_missing"] = dict(MISSING)
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        for component, reason in (getattr(node, "workeroutput", None) or {}).get("inkmcp_missing", {}).items():
+            MISSING.setdefault(component, reason)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
