@@ -23,10 +23,8 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from tests.buildpath.conftest import (
     Platform,
     wait_for,
 )
+from tests.hardening.conftest import stop_pid
 from tests.netns import link_standin
 from tests.requirements import require
 
@@ -94,23 +93,6 @@ def _import(docker: list[str], rootfs: Path, env: dict[str, str]) -> None:
     subprocess.run([*docker, "import", "-c", 'CMD ["sh"]', "-", BASE], stdin=tar.stdout, check=True,
                    capture_output=True, env=env)
     tar.wait()
-
-
-def _stop_pid(pid: int, wait: float = 20) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _pids_naming(path: Path) -> list[int]:
@@ -169,9 +151,9 @@ def build_daemon(build_ns: BuildNs, platform: Platform) -> Iterator[BuildDaemon]
             ids = d.docker("ps", "-aq", timeout=30).stdout.split()
             if ids:
                 d.docker("rm", "-f", *ids, timeout=60)
-        _stop_pid(daemon.pid)
+        stop_pid(daemon.pid)
         for pid in _pids_naming(tmp):
-            _stop_pid(pid, wait=5)
+            stop_pid(pid, wait=5)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -289,7 +271,7 @@ def run_box(platform: Platform) -> Iterator[RunBox]:
             sandbox.down(box)
         finally:
             for pid in _pids_naming(box):
-                _stop_pid(pid, wait=5)
+                stop_pid(pid, wait=5)
             shutil.rmtree(box, ignore_errors=True)
 
 

@@ -151,21 +151,34 @@ def start_sshd(tmp: Path, config: str, port: int, client_key: Path, netns: str |
 
 
 def stop_pid(pid: int, wait: float = 1.0) -> None:
-    """Stop a process we started, by its PID only: SIGTERM, `wait` seconds to exit, then SIGKILL (and reap)."""
+    """Stop a process we started, by its PID only: SIGTERM, `wait` seconds to exit, then SIGKILL (and reap).
+
+    The process need not be our child (a daemon that forked away from the test, found by what it was started
+    with): then it cannot be reaped, and whether it is gone is asked with signal 0."""
     try:
         os.kill(pid, 15)
     except ProcessLookupError:
         return
+    child = True
     for _ in range(max(1, round(wait / 0.02))):
-        try:
-            done, _status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
+        if child:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                child = False
+        if not child:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
         time.sleep(0.02)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        return
+    if child:
+        os.waitpid(pid, 0)
 
 
 @pytest.fixture(scope="module")
