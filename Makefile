@@ -28,6 +28,7 @@ lint: $(STAMP)
 # Every speed figure beside its same-run baseline (nginx, bare start, virtualenv + pip) as ratios; then the
 # end-to-end MCP figures (deploy to first 200, redeploy, wake) on a real `inkmcp serve`.
 bench: $(STAMP)
+	@bash scripts/bench-deps.sh
 	$(VENV)/bin/python benchmarks/summary.py
 	$(VENV)/bin/python benchmarks/run_all.py
 
