@@ -1,20 +1,24 @@
 """Stripe top-ups: a Checkout Session per "Add credits", and `POST /webhooks/stripe` crediting paid sessions.
 
-Follows Stripe's published contract (https://docs.stripe.com/api/checkout/sessions/create,
-https://docs.stripe.com/webhooks#verify-manually):
+Both go through Stripe's official Python library (`stripe`, pinned in requirements.lock), as its published contract
+describes (https://docs.stripe.com/api/checkout/sessions/create, https://docs.stripe.com/webhooks#verify-events):
 
-* `create_checkout_session` POSTs form-encoded `mode=payment`, one line item with inline `price_data` (the amount in
-  minor units, INKMCP_STRIPE_CURRENCY) and `client_reference_id=<account name>` to `<INKMCP_STRIPE_API_BASE>/v1/
-  checkout/sessions` with the secret key as Bearer token; the browser is sent to the answer's `url`.
-* The webhook checks `Stripe-Signature: t=<unix time>,v1=<hex>[,v1=...]`: HMAC-SHA256 with the endpoint secret over
-  `<t>.<raw body>`, any v1 matching (constant-time compare), `t` within INKMCP_STRIPE_TOLERANCE_S of now. Bad or stale
-  signatures get 400 and change nothing. `checkout.session.completed` with `payment_status` `paid` credits
-  `amount_total` to the account named by `client_reference_id`, once per event id (`source_id="stripe:<evt id>"`):
-  replays and unknown event types get 200 (Stripe stops retrying), as does a session for an unknown account (logged:
-  retrying cannot fix it).
-
-Stripe's official Python library would do the same two things; it is not a dependency of InkMCP yet, so both are
-done here with httpx and hmac (docs/billing.md).
+* `create_checkout_session`: `StripeClient(api_key, base_addresses={"api": INKMCP_STRIPE_API_BASE},
+  http_client=HTTPXClient(...)).v1.checkout.sessions.create_async(...)` with `mode=payment`, one line item with
+  inline `price_data` (the amount in minor units, INKMCP_STRIPE_CURRENCY) and `client_reference_id=<account name>`;
+  the browser is sent to the answer's `url`. Why `create_async` over HTTPXClient: the library's default client is
+  `requests` (blocking); its httpx client with the `*_async` methods runs on our event loop, so a slow Stripe never
+  stalls the server's other requests. The library adds an `Idempotency-Key` to every POST, so its network retry
+  (INKMCP_STRIPE_RETRIES) never makes a second session. It sends the key only in the Authorization header and logs
+  (logger "stripe", and stderr only with STRIPE_LOG set) method, URL, status and at debug level bodies, never the key.
+* The webhook: `stripe.WebhookSignature.verify_header` checks `Stripe-Signature: t=<unix time>,v1=<hex>[,v1=...]`:
+  HMAC-SHA256 with the endpoint secret over `<t>.<raw body>`, any v1 matching (constant-time compare), refused when
+  `t` is older than INKMCP_STRIPE_TOLERANCE_S (a timestamp ahead of our clock is accepted, as the library does: only
+  the secret's holder can sign one, and the ledger credits an event id once anyway). Bad or stale signatures get 400
+  and change nothing. `checkout.session.completed` with `payment_status` `paid` credits `amount_total` to the account
+  named by `client_reference_id`, once per event id (`source_id="stripe:<evt id>"`): replays and unknown event types
+  get 200 (Stripe stops retrying), as does a session for an unknown account (logged: retrying cannot fix it). The
+  check is a few microseconds of CPU (one HMAC over at most MAX_BODY bytes), so it runs on the event loop.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import hashlib
 import hmac
 import json
 import logging
-import time
-from typing import Any
+from typing import Any, Self
+from urllib.parse import urlsplit
 
-import httpx
-from pydantic import Field, SecretStr
+import stripe
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +42,10 @@ from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError
 
 log = logging.getLogger("inkmcp.billing.stripe")
 MAX_BODY = 256 * 1024
+STRIPE_API = "https://api.stripe.com"
+STRIPE_CHECKOUT = "https://checkout.stripe.com"
+"""Where Stripe's hosted Checkout pages are: the only origin (besides a non-default API base's own, for a stand-in)
+the dashboard redirects a browser to, and the one its CSP `form-action` allows."""
 
 
 class StripeSettings(BaseSettings):
@@ -45,10 +53,32 @@ class StripeSettings(BaseSettings):
 
     api_key: SecretStr | None = Field(default=None, description="secret key (sk_...); unset = no Stripe top-ups")
     webhook_secret: SecretStr | None = Field(default=None, description="the webhook endpoint's signing secret")
-    api_base: str = Field(default="https://api.stripe.com", description="Stripe's API (a stand-in's URL in tests)")
+    api_base: str = Field(default=STRIPE_API, description="Stripe's API (a stand-in's URL in tests)")
     currency: str = Field(default="eur", min_length=3, max_length=3, description="ISO currency of the credits")
     tolerance_s: int = Field(default=300, ge=1, description="oldest Stripe-Signature timestamp accepted, seconds")
     min_topup: int = Field(default=100, ge=1, description="smallest top-up, minor units")
+    max_topup: int = Field(default=100_000, ge=1, le=99_999_999,
+                           description="largest top-up, minor units (Stripe's own limit is 99,999,999)")
+    timeout_s: float = Field(default=20.0, gt=0, le=120, description="timeout of one request to Stripe's API, s")
+    retries: int = Field(default=1, ge=0, le=5, description="network retries of a request to Stripe's API "
+                                                             "(safe: each carries an Idempotency-Key)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_topup > self.max_topup:
+            raise ValueError(f"min_topup ({self.min_topup}) is above max_topup ({self.max_topup})")
+        self.currency = self.currency.lower()
+        return self
+
+    @property
+    def checkout_origins(self) -> set[str]:
+        """Origins a Checkout Session's `url` may have: Stripe's, or the API base's own when it is not Stripe's
+        (a stand-in serves its payment page itself)."""
+        origins = {STRIPE_CHECKOUT}
+        base = urlsplit(self.api_base)
+        if self.api_base.rstrip("/") != STRIPE_API and base.scheme in ("http", "https") and base.netloc:
+            origins.add(f"{base.scheme}://{base.netloc}".lower())
+        return origins
 
 
 class SignatureError(Exception):
@@ -56,70 +86,75 @@ class SignatureError(Exception):
 
 
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
-    """The `Stripe-Signature` header Stripe sends for `payload` (used by the stand-in and the tests)."""
+    """The `Stripe-Signature` header Stripe sends for `payload` (used by the stand-in and the tests; the library
+    verifies but does not make signatures)."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
 
 
-def verify(payload: bytes, header: str | None, secret: str, *, tolerance: int, now: float | None = None) -> None:
-    """Raise SignatureError unless `header` is a valid, fresh Stripe signature of `payload`."""
+def verify(payload: bytes, header: str | None, secret: str, *, tolerance: int) -> None:
+    """Raise SignatureError unless `header` is a valid Stripe signature of `payload`, not older than `tolerance`
+    seconds (Stripe's library does the check)."""
     if not header:
         raise SignatureError("no Stripe-Signature header")
-    parts = [p.split("=", 1) for p in header.split(",") if "=" in p]
-    stamps = [v for k, v in parts if k.strip() == "t"]
-    sigs = [v.strip() for k, v in parts if k.strip() == "v1"]
-    if len(stamps) != 1 or not stamps[0].strip().isdigit() or not sigs:
-        raise SignatureError("malformed Stripe-Signature header")
-    t = int(stamps[0])
-    expected = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, s) for s in sigs):
-        raise SignatureError("signature does not match")
-    if abs((time.time() if now is None else now) - t) > tolerance:
-        raise SignatureError("timestamp outside the tolerance")
+    try:
+        text = payload.decode("utf-8")  # what the library signs over; Stripe's bodies are UTF-8 JSON
+    except UnicodeDecodeError:
+        raise SignatureError("the body is not UTF-8") from None
+    try:
+        stripe.WebhookSignature.verify_header(text, header, secret, tolerance)
+    except stripe.SignatureVerificationError as e:  # its message names the problem, never the secret
+        raise SignatureError(str(e.user_message or "signature does not verify")) from None
 
 
 class Stripe:
-    def __init__(self, settings: StripeSettings, ledger: Ledger, *, transport: httpx.AsyncBaseTransport | None = None
-                 ) -> None:
+    def __init__(self, settings: StripeSettings, ledger: Ledger) -> None:
         self.settings = settings
         self.ledger = ledger
-        self._transport = transport
 
     @property
     def enabled(self) -> bool:
-        return self.settings.api_key is not None
+        """Top-ups work end to end: a key to create sessions and a webhook secret to be told they were paid."""
+        return self.settings.api_key is not None and self.settings.webhook_secret is not None
 
     async def create_checkout_session(self, account: str, amount: int, *, success_url: str, cancel_url: str) -> str:
         """For the dashboard's "Add credits": the Checkout URL to send the browser to."""
-        if self.settings.api_key is None:
+        s = self.settings
+        if s.api_key is None:
             raise InvalidArgument("Stripe is not configured on this server.", argument="INKMCP_STRIPE_API_KEY",
                                   fix="set INKMCP_STRIPE_API_KEY and INKMCP_STRIPE_WEBHOOK_SECRET")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount < self.settings.min_topup:
-            raise InvalidArgument(f"amount {amount!r} is below the smallest top-up.", argument="amount",
-                                  fix=f"pass at least {self.settings.min_topup} (minor units)")
+        if isinstance(amount, bool) or not isinstance(amount, int) or not s.min_topup <= amount <= s.max_topup:
+            raise InvalidArgument(f"amount {amount!r} is outside the top-up range.", argument="amount",
+                                  fix=f"pass {s.min_topup}..{s.max_topup} (minor units)")
         await self.ledger.account_id(account)  # NotFound for a typo
-        form = {
+        params: dict[str, Any] = {
             "mode": "payment",
             "client_reference_id": account,
-            "line_items[0][quantity]": "1",
-            "line_items[0][price_data][currency]": self.settings.currency,
-            "line_items[0][price_data][unit_amount]": str(amount),
-            "line_items[0][price_data][product_data][name]": "InkMCP credits",
+            "line_items": [{"quantity": 1, "price_data": {
+                "currency": s.currency, "unit_amount": amount, "product_data": {"name": "InkMCP credits"}}}],
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
-        headers = {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
+        http = stripe.HTTPXClient(timeout=s.timeout_s)  # async only: a sync call would raise, not block
+        client = stripe.StripeClient(s.api_key.get_secret_value(), base_addresses={"api": s.api_base},
+                                     http_client=http, max_network_retries=s.retries)
         try:
-            async with httpx.AsyncClient(base_url=self.settings.api_base, timeout=20, transport=self._transport) as c:
-                r = await c.post("/v1/checkout/sessions", data=form, headers=headers)
-        except httpx.HTTPError as e:
-            raise ProviderError(f"Stripe is unreachable ({type(e).__name__}).", fix="retry in a minute") from None
-        if r.status_code != 200:
-            message = r.json().get("error", {}).get("message", r.text[:200]) if r.headers.get(
-                "content-type", "").startswith("application/json") else r.text[:200]
-            raise ProviderError(f"Stripe refused the Checkout Session ({r.status_code}: {message}).",
-                                fix="check INKMCP_STRIPE_API_KEY and INKMCP_STRIPE_CURRENCY")
-        return str(r.json()["url"])
+            session = await client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
+        except stripe.APIConnectionError:
+            raise ProviderError("Stripe is unreachable.", fix="retry in a minute") from None
+        except stripe.StripeError as e:
+            raise ProviderError(f"Stripe refused the Checkout Session ({e.http_status}: {e.user_message}).",
+                                fix="check INKMCP_STRIPE_API_KEY and INKMCP_STRIPE_CURRENCY") from None
+        finally:
+            await http.close_async()
+        url = str(session.get("url") or "")
+        parts = urlsplit(url)
+        if f"{parts.scheme}://{parts.netloc}".lower() not in s.checkout_origins:
+            log.error("Stripe answered Checkout Session %s with a URL outside %s", session.get("id"),
+                      sorted(s.checkout_origins))
+            raise ProviderError("Stripe answered a payment page on an unexpected host.",
+                                fix="check INKMCP_STRIPE_API_BASE")
+        return url
 
     async def handle(self, payload: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for one webhook delivery."""
@@ -151,14 +186,18 @@ class Stripe:
             return 200, {"ignored": "unknown account"}
         except InkError as e:
             return 200, {"ignored": e.render()}
+        if result.applied:
+            log.info("Stripe event %s: credited %d to %s", event_id, amount, result.account)
         return 200, {"credited": result.applied, "account": result.account}
 
     def routes(self) -> list[Route]:
         async def webhook(request: Request) -> Response:
-            body = await request.body()
-            if len(body) > MAX_BODY:
-                return JSONResponse({"error": "too large"}, status_code=413)
-            status, answer = await self.handle(body, request.headers.get("stripe-signature"))
+            body = bytearray()
+            async for chunk in request.stream():  # stop reading at the bound, not after a huge body is in memory
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return JSONResponse({"error": "too large"}, status_code=413)
+            status, answer = await self.handle(bytes(body), request.headers.get("stripe-signature"))
             return JSONResponse(answer, status_code=status)
 
         return [Route("/webhooks/stripe", webhook, methods=["POST"])]

@@ -198,7 +198,8 @@ def paid_checkout(stripe: StripeStandIn, account: str, amount: int) -> dict[str,
     """A Checkout Session created through Stripe's API (the stand-in), paid: the event Stripe then sends."""
     r = httpx.post(f"{stripe.base}/v1/checkout/sessions", headers={"Authorization": f"Bearer {STRIPE_KEY}"}, data={
         "mode": "payment", "success_url": "https://x", "client_reference_id": account, "line_items[0][quantity]": "1",
-        "line_items[0][price_data][currency]": "eur", "line_items[0][price_data][unit_amount]": str(amount)})
+        "line_items[0][price_data][currency]": "eur", "line_items[0][price_data][unit_amount]": str(amount),
+        "line_items[0][price_data][product_data][name]": "InkMCP credits"})
     assert r.status_code == 200, r.text
     return stripe.complete(r.json()["id"])
 
@@ -293,7 +294,8 @@ async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerP
             "Authorization": f"Bearer {STRIPE_KEY}"}, data={
             "mode": "payment", "success_url": "https://x", "client_reference_id": "alice",
             "line_items[0][quantity]": "1", "line_items[0][price_data][currency]": "eur",
-            "line_items[0][price_data][unit_amount]": str(amount)})
+            "line_items[0][price_data][unit_amount]": str(amount),
+            "line_items[0][price_data][product_data][name]": "InkMCP credits"})
         events.append(stripe.complete(other.json()["id"]))
     deliveries = events + [events[i % 7] for i in range(20)]
     topups = "SELECT count(*), COALESCE(sum(amount), 0) FROM credit_entries WHERE kind = 'topup'"

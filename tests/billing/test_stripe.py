@@ -1,15 +1,23 @@
-"""The Stripe webhook's decisions on the real ledger (the served endpoint and the stand-in: test_e2e.py)."""
+"""Stripe through its official library, on the real ledger: the webhook's decisions and signature check, and Checkout
+Sessions created against the stand-in (async on our loop, retried safely, the key never logged). The served endpoint
+end to end: test_e2e.py; the dashboard's "Add credits": tests/web/."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from inkmcp.billing.ledger import Ledger
 from inkmcp.billing.stripe import SignatureError, Stripe, StripeSettings, sign, verify
+from inkmcp.errors import InvalidArgument, ProviderError
 from tests.billing.conftest import World
+from tests.billing.stripe_standin import StripeStandIn
+from tests.support import serving
 
 SECRET = "whsec_" + "t" * 32
 
@@ -50,12 +58,114 @@ async def test_webhook_credits_only_paid_sessions_of_known_accounts_once(world: 
 
 
 def test_signature_scheme_follows_stripe() -> None:
+    """What stripe.WebhookSignature.verify_header accepts and refuses, through our wrapper."""
     body = b'{"id":"evt_x"}'
-    good = sign(body, SECRET, 1_700_000_000)
-    verify(body, good, SECRET, tolerance=300, now=1_700_000_100)
-    rotated = f"{good},v1={'0' * 64}"  # Stripe may send several v1 signatures (secret rolling): any may match
-    verify(body, rotated.replace("v1=", "v1=" + "f" * 64 + ",v1=", 1), SECRET, tolerance=300, now=1_700_000_100)
-    for header, now in ((good, 1_700_000_301), (good.replace("v1=", "v0="), 1_700_000_000),
-                        ("t=abc,v1=00", 1_700_000_000), (sign(body, "whsec_other", 1_700_000_000), 1_700_000_000)):
+    now = int(time.time())
+    good = sign(body, SECRET, now)
+    verify(body, good, SECRET, tolerance=300)
+    # Stripe may send several v1 signatures (secret rolling): any may match
+    verify(body, good.replace("v1=", "v1=" + "f" * 64 + ",v1=", 1) + f",v1={'0' * 64}", SECRET, tolerance=300)
+    verify(body, sign(body, SECRET, now - 290), SECRET, tolerance=300)  # old, within the tolerance
+    verify(body, sign(body, SECRET, now + 3600), SECRET, tolerance=300)  # ahead of our clock: the library accepts
+    refused = {
+        "stale": sign(body, SECRET, now - 301),
+        "v0 only": good.replace("v1=", "v0="),
+        "bad timestamp": "t=abc,v1=00",
+        "other secret": sign(body, "whsec_other", now),
+        "no timestamp": good.split(",", 1)[1],
+        "empty": "",
+        "garbage": "not a header",
+    }
+    for what, header in refused.items():
         with pytest.raises(SignatureError):
-            verify(body, header, SECRET, tolerance=300, now=now)
+            verify(body, header, SECRET, tolerance=300)
+        assert what
+    with pytest.raises(SignatureError, match="UTF-8"):
+        verify(b"\xff\xfe", sign(b"\xff\xfe", SECRET, now), SECRET, tolerance=300)
+    with pytest.raises(SignatureError):  # a signature of another body
+        verify(b'{"id":"evt_y"}', good, SECRET, tolerance=300)
+
+
+KEY = "sk_test_" + "q" * 24
+
+
+@pytest.fixture
+def standin() -> Iterator[StripeStandIn]:
+    s = StripeStandIn(KEY)
+    with serving(s.server):
+        yield s
+
+
+@pytest.mark.asyncio
+async def test_checkout_through_the_library_is_async_retried_once_and_never_logs_the_key(
+        world: World, make_ledger: object, standin: StripeStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    _, name = await world.account()
+    ledger: Ledger = make_ledger()  # type: ignore[operator]
+    client = Stripe(StripeSettings(api_key=KEY, webhook_secret=SECRET, api_base=standin.base), ledger)
+    caplog.set_level(logging.DEBUG)  # every logger, the library's ("stripe") and httpx's included, at its most verbose
+
+    # a slow Stripe does not stall the event loop: a ticker keeps running while the call waits
+    standin.delay_s = 0.6
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    started = time.monotonic()
+    url = await client.create_checkout_session(name, 1234, success_url="https://ink.example/ok",
+                                               cancel_url="https://ink.example/no")
+    took = time.monotonic() - started
+    task.cancel()
+    assert took >= 0.6 and ticks >= 0.5 * took / 0.01, (took, ticks)
+    standin.delay_s = 0.0
+
+    sid = url.rsplit("/", 1)[-1]
+    session = standin.sessions[sid]
+    assert url == f"{standin.base}/c/pay/{sid}"
+    assert (session["client_reference_id"], session["amount_total"], session["currency"]) == (name, 1234, "eur")
+    assert session["success_url"] == "https://ink.example/ok" and session["cancel_url"] == "https://ink.example/no"
+    sent = standin.requests[-1]
+    assert sent["User-Agent"].startswith("Stripe/v1 PythonBindings/") and sent["Idempotency-Key"]
+    assert sent["Authorization"] == f"Bearer {KEY}"  # the key goes to Stripe, in this header only
+
+    # the answer is lost once (500 after the session was made): the library retries with the same Idempotency-Key
+    # and Stripe replays the first answer, so there is one session, not two
+    before = len(standin.sessions)
+    standin.fail_next = 1
+    again = await client.create_checkout_session(name, 500, success_url="https://x/ok", cancel_url="https://x/no")
+    assert len(standin.sessions) == before + 1 and again.rsplit("/", 1)[-1] in standin.sessions
+    keys = [r["Idempotency-Key"] for r in standin.requests[-2:]]
+    assert keys[0] == keys[1], keys
+
+    assert caplog.records and "Request to Stripe api" in caplog.text  # the library did log, at DEBUG even
+    assert KEY not in caplog.text and KEY[8:] not in caplog.text
+
+    # refusals: a wrong key, Stripe refusing a parameter, Stripe down, amounts outside the range, unknown account
+    wrong = Stripe(StripeSettings(api_key="sk_test_wrong", api_base=standin.base), ledger)
+    with pytest.raises(ProviderError, match=r"Stripe refused the Checkout Session \(401: Invalid API Key"):
+        await wrong.create_checkout_session(name, 500, success_url="https://x", cancel_url="https://x")
+    odd = Stripe(StripeSettings(api_key=KEY, api_base=standin.base, currency="EU1"), ledger)
+    with pytest.raises(ProviderError, match=r"\(400: Invalid currency: eu1\)"):
+        await odd.create_checkout_session(name, 500, success_url="https://x", cancel_url="https://x")
+    down = Stripe(StripeSettings(api_key=KEY, api_base="http://127.0.0.1:9", retries=0), ledger)
+    with pytest.raises(ProviderError, match="Stripe is unreachable"):
+        await down.create_checkout_session(name, 500, success_url="https://x", cancel_url="https://x")
+    for amount in (99, 100_001, 0, -5, True, 12.5):
+        with pytest.raises(InvalidArgument, match="outside the top-up range"):
+            await client.create_checkout_session(name, amount, success_url="https://x",  # type: ignore[arg-type]
+                                                 cancel_url="https://x")
+    with pytest.raises(Exception, match="no account"):
+        await client.create_checkout_session("nobody-here", 500, success_url="https://x", cancel_url="https://x")
+    assert len(standin.sessions) == before + 1  # none of the refusals made a session
+
+
+def test_checkout_origins_are_stripes_or_the_stand_ins() -> None:
+    assert StripeSettings().checkout_origins == {"https://checkout.stripe.com"}
+    assert StripeSettings(api_base="http://127.0.0.1:4242/").checkout_origins == {
+        "https://checkout.stripe.com", "http://127.0.0.1:4242"}
+    with pytest.raises(ValueError, match="min_topup"):
+        StripeSettings(min_topup=500, max_topup=100)
