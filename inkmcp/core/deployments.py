@@ -330,11 +330,11 @@ class DeployService:
         if gh is None and req.auto_deploy:
             raise InvalidArgument("auto_deploy needs a GitHub repository and GitHub configured on this server.",
                                   argument="auto_deploy", fix="omit auto_deploy")
-        if gh is not None and gh.auth is not None and not self._compute.needs_checkout:
-            raise InvalidArgument(
-                f"GitHub repository {gh.repo} is private, and this server's compute platform ({self._compute.name}) "
-                "fetches sources itself, without your GitHub token.", argument="repo_url",
-                fix="deploy a public repository, or ask the operator (private repos need the local compute provider)")
+        # --- ghkeys (issue 11): a provider that clones itself (Coolify) gets a private repo through the service's
+        # read-only deploy key (inkmcp/github/deploy_keys.py); refused here, naming the repo, when that cannot be
+        keyed = gh is not None and gh.auth is not None and not self._compute.needs_checkout
+        if keyed:
+            await self.github.check_deploy_key(p.account_id, project_name, req.service_name, gh)
         # --- end
         project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
         try:
@@ -362,6 +362,8 @@ class DeployService:
             # --- issue 11 (github): the repo/branch a push redeploys this service for, and its auto-deploy flag
             if self.github is not None:
                 await self.github.track(service_id, gh)
+            if keyed:  # --- ghkeys (issue 11): the service's deploy key on GitHub and in Coolify (made or found)
+                await self.github.ensure_deploy_key(p.account_id, service_id, gh, f"{project_name}/{req.service_name}")
             # --- end
 
             db = await self._databases.ensure(project.id, req.database) if req.database else None

@@ -53,6 +53,15 @@ class RepoAccess(BaseModel):
     permissions: dict[str, bool] = {}
 
 
+class DeployKey(BaseModel):
+    """GitHub's `deploy-key` (the fields InkMCP reads)."""
+
+    id: int
+    key: str
+    title: str
+    read_only: bool
+
+
 class GitHubClient:
     """One httpx.AsyncClient per instance; use as `async with GitHubClient(settings) as gh:`."""
 
@@ -121,6 +130,73 @@ class GitHubClient:
         except httpx.HTTPError as e:
             raise GitHubError(f"GitHub's API ({self.settings.github_api_url}) could not be reached: "
                               f"{type(e).__name__}.", fix="retry; check INKMCP_GITHUB_API_URL") from None
+
+    async def _send(self, method: str, path: str, token: SecretStr | str, body: dict[str, Any] | None = None,
+                    ) -> httpx.Response:
+        try:
+            return await self._http.request(method, self.settings.api(path), headers=self._auth(token), json=body)
+        except httpx.HTTPError as e:
+            raise GitHubError(f"GitHub's API ({self.settings.github_api_url}) could not be reached: "
+                              f"{type(e).__name__}.", fix="retry; check INKMCP_GITHUB_API_URL") from None
+
+    # -- deploy keys (`/repos/{owner}/{repo}/keys`: admin of the repository only; others get 404) -------------
+
+    def _key_error(self, r: httpx.Response, what: str, owner: str, repo: str) -> GitHubError:
+        if r.status_code == 401:
+            return GitHubError("GitHub did not accept your stored GitHub token (revoked or expired).",
+                               fix="sign in with GitHub again on the dashboard")
+        if r.status_code in (403, 404):
+            return GitHubError(
+                f"GitHub refused to {what} deploy keys of {owner}/{repo} ({r.status_code}): only an admin of the "
+                "repository may.", fix=f"ask an admin of {owner}/{repo} to make you one, or have an admin deploy it")
+        body = _json(r) or {}
+        detail = "; ".join(str(e.get("message") or e.get("code")) for e in body.get("errors") or []
+                           if isinstance(e, dict)) or str(body.get("message", ""))[:200]
+        return GitHubError(f"GitHub answered {r.status_code} when asked to {what} a deploy key of {owner}/{repo}"
+                           f"{': ' + detail if detail else ''}.", fix="retry in a minute")
+
+    async def list_deploy_keys(self, token: SecretStr | str, owner: str, repo: str) -> list[DeployKey]:
+        """Every deploy key of the repository (GitHub pages by 30: up to 100 asked for, pages followed)."""
+        keys: list[DeployKey] = []
+        for page in range(1, 51):
+            r = await self._send("GET", f"/repos/{owner}/{repo}/keys?per_page=100&page={page}", token)
+            if r.status_code != 200:
+                raise self._key_error(r, "list", owner, repo)
+            batch = r.json() if isinstance(r.json(), list) else []
+            keys += [DeployKey.model_validate(k) for k in batch]
+            if len(batch) < 100:
+                break
+        return keys
+
+    async def get_deploy_key(self, token: SecretStr | str, owner: str, repo: str, key_id: int) -> DeployKey | None:
+        """The key, or None when it is gone (deleted on GitHub); an error when the repo is out of reach."""
+        r = await self._send("GET", f"/repos/{owner}/{repo}/keys/{key_id}", token)
+        if r.status_code == 200:
+            return DeployKey.model_validate(r.json())
+        if r.status_code == 404:
+            access = await self.repo_access(token, owner, repo)
+            if access.readable and access.permissions.get("admin"):
+                return None  # the repo is there and administrable: the key itself is gone
+        raise self._key_error(r, "read", owner, repo)
+
+    async def create_deploy_key(self, token: SecretStr | str, owner: str, repo: str, *, title: str,
+                                public_key: str) -> DeployKey:
+        """Add a **read-only** deploy key (201). 422 "key is already in use" when the same public key is on a
+        repository already (GitHub allows one repository per key)."""
+        r = await self._send("POST", f"/repos/{owner}/{repo}/keys", token,
+                             {"title": title, "key": public_key, "read_only": True})
+        if r.status_code != 201:
+            raise self._key_error(r, "add", owner, repo)
+        return DeployKey.model_validate(r.json())
+
+    async def delete_deploy_key(self, token: SecretStr | str, owner: str, repo: str, key_id: int) -> bool:
+        """Remove a deploy key (204). False when GitHub says 404 (already gone, or no longer ours to reach)."""
+        r = await self._send("DELETE", f"/repos/{owner}/{repo}/keys/{key_id}", token)
+        if r.status_code == 204:
+            return True
+        if r.status_code == 404:
+            return False
+        raise self._key_error(r, "delete", owner, repo)
 
     async def get_user(self, token: SecretStr | str) -> GitHubUser:
         r = await self._get("/user", token)

@@ -31,10 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.build.source import GitAuth, origin_of
 from inkmcp.errors import InvalidArgument, SourceError
 from inkmcp.github.client import GitHubClient, GitHubError
+from inkmcp.github.deploy_keys import DeployKeys
 from inkmcp.github.identity import identity_of, token_for
-from inkmcp.github.models import DeploymentTrigger, GitHubTracking
+from inkmcp.github.models import DeploymentTrigger, GitHubDeployKey, GitHubTracking
 from inkmcp.github.settings import GitHubSettings
 from inkmcp.store.crypto import SecretBox
+from inkmcp.store.models import Deployment, Project, Service
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Prepared:
     branch: str | None  # ref asked, or the repo's default branch (None when GitHub could not say)
     auth: GitAuth | None
     auto_deploy: bool | None
+    admin: bool = False  # the account's GitHub user administers the repo (may add deploy keys)
+    ref_kind: str = "branch"  # what `branch` names: "branch", "tag" or "commit" (refs.py)
 
 
 def parse_repo(settings: GitHubSettings, repo_url: str) -> tuple[str, str] | None:
@@ -96,6 +100,7 @@ class GitHubDeployHooks:
         self.settings = settings
         self._sessions = sessions
         self._box = box
+        self.deploy_keys: DeployKeys | None = None  # set by wiring.install under Coolify compute
 
     def _sign_in_hint(self) -> str:
         where = f"{self.settings.public_url}/" if self.settings.public_url else "the InkMCP dashboard"
@@ -138,7 +143,54 @@ class GitHubDeployHooks:
                     f"the InkMCP OAuth app access to the organization), or {self._sign_in_hint()} as a user who can "
                     "read it, then deploy again")
         auth = GitAuth(token) if token is not None and access.private else None
-        return Prepared(shown.lower(), ref or access.default_branch, auth, auto_deploy)
+        return Prepared(shown.lower(), ref or access.default_branch, auth, auto_deploy,
+                        admin=bool(access.permissions.get("admin")))
+
+    # -- deploy keys (private repos under a compute platform that clones itself: Coolify) ----------------------
+
+    async def check_deploy_key(self, account_id: uuid.UUID, project_name: str, service_name: str,
+                               prepared: Prepared) -> None:
+        """Before anything is created: can this private repo be given to the compute platform through a deploy
+        key? A tool error naming the repo and what to do when not (no deploy-key support wired, the GitHub user is
+        not an admin of the repo, or an existing service whose applications were made for a public repo)."""
+        if self.deploy_keys is None:
+            raise SourceError(
+                f"GitHub repository {prepared.repo} is private, and this server's compute platform fetches sources "
+                "itself, without your GitHub token.", argument="repo_url",
+                fix="deploy a public repository, or ask the operator (private repos need the local compute provider "
+                    "or Coolify compute with GitHub configured)")
+        if not prepared.admin:
+            who = await identity_of(self._sessions, account_id)
+            login = who.login if who else "your GitHub user"
+            raise SourceError(
+                f"GitHub repository {prepared.repo} is private, and {login} is not an admin of it: the build server "
+                "clones it with a read-only deploy key, and GitHub lets only a repository's admins add one.",
+                argument="repo_url",
+                fix=f"ask an admin of {prepared.repo} to give {login} the admin role (Settings → Collaborators), or "
+                    "have an admin deploy it, or deploy a public repository")
+        async with self._sessions() as s:
+            existing = (await s.execute(
+                select(Service.id, GitHubDeployKey.service_id)
+                .join(Project, Project.id == Service.project_id)
+                .outerjoin(GitHubDeployKey, GitHubDeployKey.service_id == Service.id)
+                .where(Project.account_id == account_id, Project.name == project_name,
+                       Service.name == service_name))).first()
+        if existing is not None and existing[1] is None and existing[0] is not None:
+            async with self._sessions() as s:
+                deployed = (await s.execute(select(Deployment.id).where(Deployment.service_id == existing[0])
+                                            .limit(1))).first()
+            if deployed is not None:
+                raise SourceError(
+                    f"service {project_name}/{service_name} was built from a public repository; its Coolify "
+                    f"applications cannot be switched to the deploy key GitHub repository {prepared.repo} (private) "
+                    "needs.", argument="service_name",
+                    fix=f"deploy it under another service_name, or delete_service {service_name} first")
+
+    async def ensure_deploy_key(self, account_id: uuid.UUID, service_id: uuid.UUID, prepared: Prepared,
+                                slug: str) -> None:
+        """After the service row exists: its deploy key on GitHub and in Coolify (made, or found again)."""
+        assert self.deploy_keys is not None and prepared.auth is not None
+        await self.deploy_keys.ensure(service_id, account_id, prepared.repo, prepared.auth.token, slug)
 
     async def track(self, service_id: uuid.UUID, prepared: Prepared | None) -> None:
         """Record (or forget, for a non-GitHub repo) what a push redeploys this service for."""

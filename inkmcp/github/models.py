@@ -68,3 +68,25 @@ class DeploymentTrigger(Base):
     commit: Mapped[str | None] = mapped_column(String(64), comment="head commit of the push")
     pusher: Mapped[str | None] = mapped_column(Text, comment="GitHub login of who pushed")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class GitHubDeployKey(Base):
+    """The deploy key of a service built from a private GitHub repository under Coolify compute (migration 0011).
+
+    One key pair per service (inkmcp/github/deploy_keys.py says why): the private key sealed here and registered in
+    Coolify (`coolify_key_uuid`), the public key added read-only to the repository on GitHub (`github_key_id`).
+    Each id is recorded as soon as it is known, before the next remote step, so a retry after a crash finds and
+    reuses what was made instead of adding a second key. The only secret is `private_key_enc`."""
+
+    __tablename__ = "github_deploy_keys"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                                  comment="whose GitHub token added (and removes) the key")
+    repo: Mapped[str] = mapped_column(Text, comment="owner/name the key is (to be) added to")
+    public_key: Mapped[str] = mapped_column(Text, comment="OpenSSH public key line")
+    private_key_enc: Mapped[bytes] = mapped_column(LargeBinary, comment="Fernet token of the OpenSSH private key")
+    github_key_id: Mapped[int | None] = mapped_column(BigInteger, comment="GitHub's deploy key id, once added")
+    coolify_key_uuid: Mapped[str | None] = mapped_column(String(64), comment="Coolify private key uuid, once there")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -23,9 +23,14 @@ from typing import Any
 from jsonschema import Draft7Validator, Draft202012Validator
 
 SPEC_FILE = Path(__file__).with_name("github-contract-subset.json")
-SPEC_SHA256 = "8d8bbb10deb914ca1265e09d05524a281232a622aa48f158af2976e750139bcf"
+SPEC_SHA256 = "63d171312907ea4e1b82d7f3c212cab081499161717b7631eba4c0ede81c4dc2"
 """sha256 of the vendored subset (SOURCE.md says how it was cut); checked on load."""
-REST_OPERATIONS: tuple[tuple[str, str], ...] = (("get", "/user"), ("get", "/repos/{owner}/{repo}"))
+REST_OPERATIONS: tuple[tuple[str, str], ...] = (
+    ("get", "/user"), ("get", "/repos/{owner}/{repo}"),
+    # deploy keys (issue 11, private repos under Coolify compute: inkmcp/github/deploy_keys.py)
+    ("get", "/repos/{owner}/{repo}/keys"), ("post", "/repos/{owner}/{repo}/keys"),
+    ("get", "/repos/{owner}/{repo}/keys/{key_id}"), ("delete", "/repos/{owner}/{repo}/keys/{key_id}"),
+)
 WEBHOOKS: tuple[str, ...] = ("push",)
 
 
@@ -68,7 +73,10 @@ def subset(rest: Mapping[str, Any], webhooks: Mapping[str, Any]) -> dict[str, An
     """Cut the vendored file from the two full descriptions (see SOURCE.md)."""
     paths: dict[str, Any] = {}
     for method, template in REST_OPERATIONS:
-        paths.setdefault(template, {})[method] = {"responses": _strip(rest["paths"][template][method]["responses"])}
+        operation = rest["paths"][template][method]
+        paths.setdefault(template, {})[method] = {"responses": _strip(operation["responses"])}
+        if "requestBody" in operation:
+            paths[template][method]["requestBody"] = _strip(operation["requestBody"])
     hooks = {name: _strip(webhooks["webhooks"][name]["post"]["requestBody"]) for name in WEBHOOKS}
     return {
         "rest": {"openapi": rest["openapi"], "info": {"version": rest["info"]["version"]}, "paths": paths,
@@ -115,7 +123,10 @@ def response_problems(method: str, template: str, status: int, body: Any) -> lis
     rest = load()["rest"]
     responses = rest["paths"][template][method]["responses"]
     documented = responses.get(str(status))
-    if documented is None and status == 401:  # "Bad credentials": GitHub's answer to a bad token on any endpoint
+    # "Bad credentials" (401) on any endpoint; "Not Found" (404) on any repository endpoint the caller may not see
+    # or administer (GitHub hides what a token cannot reach rather than answering 403; the deploy-key operations
+    # document only their success codes): both `basic-error`, as GitHub's docs describe
+    if documented is None and (status == 401 or (status == 404 and template.startswith("/repos/"))):
         documented = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/basic-error"}}}}
         rest = {**rest, "components": {**rest["components"], "schemas": {
             **rest["components"]["schemas"], "basic-error": _basic_error()}}}
@@ -127,6 +138,18 @@ def response_problems(method: str, template: str, status: int, body: Any) -> lis
         return []
     root = {**_draft7(schema), "components": _draft7(rest["components"])}
     return [f"{method.upper()} {template} {status}: {'/'.join(map(str, e.absolute_path)) or '(body)'}: {e.message}"
+            for e in Draft7Validator(root).iter_errors(body)]
+
+
+def request_problems(method: str, template: str, body: Any) -> list[str]:
+    """What is wrong with sending `body` as the JSON request body of `method template` (empty: allowed)."""
+    rest = load()["rest"]
+    operation = rest["paths"][template][method]
+    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+    if schema is None:
+        return [] if body is None else [f"{method.upper()} {template}: takes no JSON body"]
+    root = {**_draft7(schema), "components": _draft7(rest["components"])}
+    return [f"{method.upper()} {template} request: {'/'.join(map(str, e.absolute_path)) or '(body)'}: {e.message}"
             for e in Draft7Validator(root).iter_errors(body)]
 
 

@@ -3,7 +3,8 @@
 `trusted_origins()` goes into the SourcePolicy (the configured GitHub host is a git host the operator chose:
 reached without the public-address check, so a GitHub Enterprise on a private network or the local stand-in
 works without INKMCP_ALLOW_LOCAL_SOURCES). `install(platform, box)` attaches the deploy hooks and the webhook
-handler when the operator configured GitHub (OAuth app or webhook secret); otherwise nothing changes.
+handler when the operator configured GitHub (OAuth app or webhook secret); otherwise nothing changes. Under Coolify
+compute it also gives the provider the deploy keys of private repositories (inkmcp/github/deploy_keys.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def install(platform: Platform, box: SecretBox, settings: GitHubSettings | None 
     if not enabled(settings):
         return None
     hooks = GitHubDeployHooks(settings, platform.sessions, box)
+    compute = getattr(platform, "compute", None)
+    if getattr(compute, "name", None) == "coolify":  # Coolify clones itself: private repos through deploy keys
+        from inkmcp.github.deploy_keys import DeployKeys
+        from inkmcp.providers.compute.coolify.deploy_keys import CoolifyKeyRegistry
+
+        keys = DeployKeys(settings, platform.sessions, box, CoolifyKeyRegistry(compute))  # type: ignore[arg-type]
+        hooks.deploy_keys = keys
+        compute.deploy_keys = keys  # type: ignore[union-attr]
     platform.deploys.github = hooks
     integration = GitHubIntegration(settings, hooks, WebhookHandler(platform, settings))
     platform.github = integration

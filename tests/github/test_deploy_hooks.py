@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from inkmcp.core.deployments import DeployRequest
-from inkmcp.errors import InkError, InvalidArgument
+from inkmcp.errors import InkError, SourceError
 from inkmcp.github.client import GitHubUser
 from inkmcp.github.deploy import GitHubDeployHooks, Prepared
 from inkmcp.github.identity import sign_in
@@ -60,9 +60,10 @@ async def test_a_private_repo_is_refused_up_front_where_the_provider_fetches_its
     account = await sign_in(core.store.sessionmaker, core.box, GitHubUser(id=owner.id, login=owner.login),
                             github_standin.state.issue_token(owner.id))
     p = await core.accounts.principal_for(account, "test")
-    with pytest.raises(InvalidArgument, match=f"{owner.login.lower()}/app is private") as e:
+    # no deploy keys wired (GitHub configured without Coolify's key registry): refused, naming the repo
+    with pytest.raises(SourceError, match=f"{owner.login.lower()}/app is private") as e:
         await core.deploys.deploy(p, DeployRequest(repo_url=github_standin.html_url(repo)))
-    assert e.value.argument == "repo_url"
+    assert e.value.argument == "repo_url" and "local compute provider" in (e.value.fix or "")
     async with core.store.sessionmaker() as s:
         assert (await s.execute(select(Project).where(Project.account_id == p.account_id))).first() is None
 

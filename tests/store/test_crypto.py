@@ -84,6 +84,7 @@ def test_encrypted_columns_cover_schema() -> None:
         ("services", "repo_url_enc"),
         ("shared_keys", "value_enc"),  # the MAC key and the key check replicas share (issue 8 item 7)
         ("github_identities", "token_enc"),  # the GitHub token of a signed-in user (issue 11)
+        ("github_deploy_keys", "private_key_enc"),  # --- ghkeys: a service's deploy key (issue 11, Coolify compute)
     }
 
 

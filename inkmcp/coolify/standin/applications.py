@@ -205,6 +205,7 @@ class ApplicationsMixin:
     ROUTES_APPLICATIONS: list[tuple[str, str, str, str]] = [
         ("GET", r"/applications", "read", "_list_applications"),
         ("POST", r"/applications/public", "write", "_create_public"),
+        ("POST", r"/applications/private-deploy-key", "write", "_create_deploy_key"),  # --- ghkeys (issue 11)
         ("POST", r"/applications/dockerfile", "write", "_create_dockerfile"),
         ("POST", r"/applications/dockerimage", "write", "_create_dockerimage"),
         ("GET", r"/applications/(?P<uuid>[^/]+)", "read", "_get_application"),
@@ -355,6 +356,11 @@ class ApplicationsMixin:
     def _create_public(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
         return self._create(token, request, raw, body, "public")
 
+    # --- ghkeys (issue 11): create_application type `private-deploy-key`: a git app cloned over SSH with a team key
+    def _create_deploy_key(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        return self._create(token, request, raw, body, "deploy_key")
+    # --- end
+
     def _create_dockerfile(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
         return self._create(token, request, raw, body, "dockerfile")
 
@@ -396,17 +402,28 @@ class ApplicationsMixin:
                 "The specified server is configured as a build server and cannot host resources."]})
         # one destination per server: destination_uuid is optional and not checked (:1330-1345)
         type_rules = dict(SHARED_RULES)
-        if kind == "public":
+        if kind in ("public", "deploy_key"):  # --- ghkeys (issue 11): deploy_key's rules add private_key_uuid
             type_rules.update(git_repository="string|required", git_branch="string|required",
                               build_pack="string|required")
+            if kind == "deploy_key":
+                type_rules["private_key_uuid"] = "string|required"
         elif kind == "dockerfile":
             type_rules["dockerfile"] = "string|required"
         else:
             type_rules["docker_registry_image_name"] = "string|required"
         errors = rules.fields(body, None, type_rules)
-        errors.update(self._shape_errors(body, kind))
+        errors.update(self._shape_errors(body, "public" if kind == "deploy_key" else kind))  # --- ghkeys
         if errors:
             return rules.invalid(errors)
+        # --- ghkeys (issue 11): the team's private key (404 "Private Key not found." otherwise)
+        deploy_key = None
+        if kind == "deploy_key":
+            key_team = getattr(self, "private_keys", {}).get(body["private_key_uuid"])
+            record = self._key_records().get(body["private_key_uuid"])  # type: ignore[attr-defined]
+            if key_team != token.team_id or record is None:
+                return JSONResponse({"message": "Private Key not found."}, 404)
+            deploy_key = record["id"]
+        # --- end
         if kind == "public" and body["build_pack"] == "dockercompose" and "domains" in body:
             return rules.invalid({"domains": "The domains field cannot be used for dockercompose applications. "
                                              "Use docker_compose_domains instead to set domains for individual "
@@ -426,7 +443,10 @@ class ApplicationsMixin:
             if key in CREATE_ALLOWED and key not in REQUEST_ONLY:
                 app.fields[key] = _column(key, value)
         app.fields["git_commit_sha"] = body.get("git_commit_sha") or "HEAD"
-        if kind == "public":
+        if kind == "deploy_key":  # --- ghkeys (issue 11): the SSH URL as sent, and the key's id
+            name = body.get("name") or _app_name(body["git_repository"], body["git_branch"])
+            app.fields["private_key_id"] = deploy_key
+        elif kind == "public":
             name = body.get("name") or _app_name(body["git_repository"], body["git_branch"])
             repo = body["git_repository"]
             m = re.fullmatch(r"https?://github\.com/([^/]+)/([^/]+?)/?", repo)

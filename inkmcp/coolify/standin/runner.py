@@ -159,6 +159,13 @@ class AppRunner:
         self._proxy_thread: threading.Thread | None = None
         self._standin: Any = None
         self._closing = False
+        # --- ghkeys (issue 11)
+        self.ssh_clone: Any = None
+        """Coolify's clone of a deploy-key application (`git@HOST:OWNER/REPO.git` with the application's private
+        key, GIT_SSH_COMMAND -i): a callable (url, private key) -> the local path of the repository that key may
+        read, or None when the SSH server would refuse the key ("Permission denied (publickey)"). Tests give the
+        GitHub stand-in's check; None (the default) fails such deployments, the stand-in has no network."""
+        # --- end
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -309,6 +316,8 @@ class AppRunner:
         if restart_only:
             raise StepFailed("No image of this commit to restart from.", lines)
         repo = local_repo_path(str(fields.get("git_repository") or ""))
+        if repo is None and str(fields.get("git_repository") or "").startswith("git@"):  # --- ghkeys (issue 11)
+            repo = self._deploy_key_repo(fields, lines)
         if repo is None:
             raise StepFailed(f"the stand-in's runner fetches only local repositories named by the dev hook "
                              f"(https://{LOCAL_REPO_HOST}/…), not {fields.get('git_repository')!r}", lines)
@@ -343,6 +352,24 @@ class AppRunner:
         (src / ".inkmcp-built").touch()
         lines.append("Building docker image completed.")
         return workdir
+
+    # --- ghkeys (issue 11)
+    def _deploy_key_repo(self, fields: dict[str, Any], lines: list[str]) -> Path:
+        """The repository a deploy-key application's key reads (`ssh_clone`), as Coolify clones it."""
+        url = str(fields["git_repository"])
+        with self._standin._lock:
+            record = next((r for r in self._standin._key_records().values()
+                           if r["id"] == fields.get("private_key_id")), None)
+        lines.append(f"Importing {url} (commit sha {fields.get('git_commit_sha')}) to /artifacts with a deploy key.")
+        if record is None or self.ssh_clone is None:
+            raise StepFailed(f"git@: Permission denied (publickey). fatal: Could not read from remote repository "
+                             f"{url}", lines)
+        path = self.ssh_clone(url, record["private_key"])
+        if path is None:
+            raise StepFailed(f"git@: Permission denied (publickey). fatal: Could not read from remote repository "
+                             f"{url}", lines)
+        return Path(path)
+    # --- end
 
     def _pre_deployment(self, config: dict[str, Any], lines: list[str]) -> None:
         command = config["fields"].get("pre_deployment_command")

@@ -59,6 +59,11 @@ class ServersMixin:
         ("PUT", r"/servers/(?P<uuid>[^/]+)/proxy/configuration", "write", "_save_proxy_configuration"),
         ("POST", r"/servers/(?P<uuid>[^/]+)/proxy/restart", "write", "_restart_proxy"),
         ("GET", r"/security/keys", "read", "_list_keys"),
+        # --- ghkeys (issue 11): SecurityController create/show/delete (deploy keys of private repositories)
+        ("POST", r"/security/keys", "write", "_create_key"),
+        ("GET", r"/security/keys/(?P<uuid>[^/]+)", "read", "_get_key"),
+        ("DELETE", r"/security/keys/(?P<uuid>[^/]+)", "write", "_delete_key"),
+        # --- end
     ]
 
     _lock: threading.RLock
@@ -78,6 +83,90 @@ class ServersMixin:
         uuid = new_uuid()
         self.private_keys[uuid] = team_id
         return uuid
+
+    # --- ghkeys (issue 11): keys made through the API keep what was sent (name, description, the key itself)
+    def _advance(self) -> None:
+        raise NotImplementedError
+
+    def key_record(self, uuid: str) -> dict[str, Any] | None:
+        """name, description, private_key, id of a key created through `POST /security/keys` (tests read it)."""
+        with self._lock:
+            record = self._key_records().get(uuid)
+            return dict(record) if record is not None else None
+
+    def _key_records(self) -> dict[str, dict[str, Any]]:
+        records: dict[str, dict[str, Any]] | None = getattr(self, "_api_keys", None)
+        if records is None:
+            records = self._api_keys = {}
+        return records
+
+    def _key_in_use(self, uuid: str) -> bool:
+        """PrivateKey::isInUse: a server, an application (private_key_id) or a GitHub app uses it."""
+        record = self._key_records().get(uuid)
+        if any(getattr(server, "private_key_uuid", None) == uuid for server in self.servers.values()):
+            return True
+        apps = getattr(self, "applications", {})
+        return record is not None and any(app.fields.get("private_key_id") == record["id"] for app in apps.values())
+
+    def _key_json(self, uuid: str, team: int, n: int, sensitive: bool) -> dict[str, Any]:
+        record = self._key_records().get(uuid)
+        item: dict[str, Any] = {"id": record["id"] if record else n, "uuid": uuid,
+                                "name": record["name"] if record else f"key-{n}",
+                                "description": (record or {}).get("description") or "",
+                                "is_git_related": False, "team_id": team,
+                                "created_at": (record or {}).get("created_at") or now_iso(),
+                                "updated_at": (record or {}).get("created_at") or now_iso()}
+        if record is not None:
+            item["public_key"] = record["public_key"]
+            item["fingerprint"] = record["fingerprint"]
+        if sensitive:
+            item["private_key"] = record["private_key"] if record else (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nstand-in\n-----END OPENSSH PRIVATE KEY-----\n")
+        return item
+
+    def _create_key(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
+        """SecurityController::create_key: allow-list (422 per unknown key), `private_key` required and a valid
+        private key (PrivateKey::validatePrivateKey → 422), `name` defaults to a generated one; 201 {uuid}."""
+        bad = rules.incoming(raw, body, request)
+        if bad is not None:
+            return bad
+        errors = rules.fields(body, ["name", "description", "private_key"], {
+            "name": "string", "description": "string|nullable", "private_key": "string|required"})
+        if errors:
+            return rules.invalid(errors)
+        public = _public_key_of(str(body["private_key"]))
+        if public is None:
+            return rules.invalid({"private_key": ["The private key is invalid."]})
+        with self._lock:
+            uuid = new_uuid()
+            self.private_keys[uuid] = token.team_id
+            self._key_records()[uuid] = {
+                "id": self._id(), "name": body.get("name") or f"key-{uuid[:8]}",
+                "description": body.get("description") or "", "private_key": body["private_key"],
+                "public_key": public, "fingerprint": hashlib.sha256(public.encode()).hexdigest(),
+                "created_at": now_iso()}
+        return JSONResponse({"uuid": uuid}, 201)
+
+    def _get_key(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                 uuid: str) -> Response:
+        with self._lock:
+            if self.private_keys.get(uuid) != token.team_id:
+                return JSONResponse({"message": "Private Key not found."}, 404)
+            return JSONResponse(self._key_json(uuid, token.team_id, 0, sensitive))
+
+    def _delete_key(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any,
+                    uuid: str) -> Response:
+        """SecurityController::delete_key: 404 for another team's or an unknown key, 422 while in use."""
+        with self._lock:
+            self._advance()  # queued application deletes that are due
+            if self.private_keys.get(uuid) != token.team_id:
+                return JSONResponse({"message": "Private Key not found."}, 404)
+            if self._key_in_use(uuid):
+                return JSONResponse({"message": "Private Key is in use and cannot be deleted."}, 422)
+            del self.private_keys[uuid]
+            self._key_records().pop(uuid, None)
+        return JSONResponse({"message": "Private Key deleted."})
+    # --- end
 
     def add_server(self, ip: str, *, team_id: int = 0, name: str = "existing", description: str | None = None,
                    is_build_server: bool = False, usable: bool = False, resources: int = 0,
@@ -277,17 +366,8 @@ class ServersMixin:
     def _list_keys(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
         """SecurityController::keys: the team's keys; `private_key` hidden (makeHidden, :13-24) unless the token
         can read sensitive data. The key material is a placeholder: nothing here uses it."""
-        items = []
-        for n, (uuid, team) in enumerate(self.private_keys.items(), start=1):
-            if team != token.team_id:
-                continue
-            item: dict[str, Any] = {"id": n, "uuid": uuid, "name": f"key-{n}", "description": "",
-                                    "is_git_related": False, "team_id": team,
-                                    "created_at": now_iso(), "updated_at": now_iso()}
-            if sensitive:
-                item["private_key"] = ("-----BEGIN OPENSSH PRIVATE KEY-----\nstand-in\n"
-                                       "-----END OPENSSH PRIVATE KEY-----\n")
-            items.append(item)
+        items = [self._key_json(uuid, team, n, sensitive)  # --- ghkeys (issue 11): API-made keys as sent
+                 for n, (uuid, team) in enumerate(self.private_keys.items(), start=1) if team == token.team_id]
         return JSONResponse(items)
 
     def _list_servers(self, token: Token, sensitive: bool, request: Request, raw: bytes, body: Any) -> Response:
@@ -501,3 +581,18 @@ class ServersMixin:
         except ConnectionError:
             server.proxy["status"] = "error"
         return JSONResponse({"message": "Proxy restart queued."})
+
+
+# --- ghkeys (issue 11)
+def _public_key_of(private_key: str) -> str | None:
+    """The OpenSSH public key of an OpenSSH private key (None: not a private key), as PrivateKey::validatePrivateKey
+    and its public-key accessor (phpseclib) read it."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_ssh_private_key(private_key.encode(), password=None)
+    except (ValueError, TypeError):
+        return None
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,  # type: ignore[union-attr]
+                                         serialization.PublicFormat.OpenSSH).decode()
+# --- end

@@ -45,9 +45,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from inkmcp.github.spec import response_problems, webhook_problems
-from inkmcp.github.standin.payloads import full_repository, private_user, push_event
-from inkmcp.github.standin.state import Hook, Repo, State, User
+from inkmcp.github.spec import request_problems, response_problems, webhook_problems
+from inkmcp.github.standin.payloads import full_repository, now, private_user, push_event
+from inkmcp.github.standin.state import DeployKeyRecord, Hook, Repo, State, User, key_blob
 
 API = "/api/v3"
 DOCS = "https://docs.github.com/rest"
@@ -94,6 +94,8 @@ class StandinGitHub:
         self.git_requests: list[tuple[str, str, int]] = []  # (method, path, status) of git HTTP requests
         self.response_violations: list[str] = []  # REST answers GitHub's spec would not allow (inkmcp.github.spec)
         self.payload_violations: list[str] = []  # webhook payloads GitHub's spec would not allow
+        self.request_violations: list[str] = []  # request bodies clients sent that GitHub's spec would not allow
+        self.ssh_clones: list[tuple[str, str]] = []  # (url, repo) of clones a deploy key was accepted for
         self.git_latency = 0.0  # seconds added before each git answer (a slow network: lets tests watch a clone)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -103,6 +105,8 @@ class StandinGitHub:
             Route("/_standin/as/{login}", self._sign_in_as),
             Route(f"{API}/user", self._user),
             Route(API + "/repos/{owner}/{repo}", self._repo),
+            Route(API + "/repos/{owner}/{repo}/keys", self._keys, methods=["GET", "POST"]),
+            Route(API + "/repos/{owner}/{repo}/keys/{key_id}", self._key, methods=["GET", "DELETE"]),
             Route("/{owner}/{repo}/{rest:path}", self._git, methods=["GET", "POST"]),
         ])
 
@@ -140,13 +144,36 @@ class StandinGitHub:
         self.state.add_app(client_id, client_secret, callback_url)
 
     def create_repo(self, owner: str, name: str, *, private: bool = False, files: dict[str, str] | None = None,
-                    branch: str = "main", collaborators: list[str] = ()) -> Repo:  # type: ignore[assignment]
+                    branch: str = "main", collaborators: list[str] = (),  # type: ignore[assignment]
+                    admins: list[str] = ()) -> Repo:  # type: ignore[assignment]
         return self.state.create_repo(owner, name, private=private, files=files, branch=branch,
-                                      collaborators=collaborators)
+                                      collaborators=collaborators, admins=admins)
 
     def add_hook(self, repo: Repo, url: str, secret: str | None, events: tuple[str, ...] = ("push",)) -> None:
         with self.state.lock:
             repo.hooks.append(Hook(url, secret, events))
+
+    def ssh_clone(self, url: str, private_key: str) -> Path | None:
+        """What GitHub's SSH server decides for `git clone git@HOST:OWNER/REPO.git` with `private_key`: the bare
+        repository when that key is a deploy key of exactly that repository, else None ("Permission denied
+        (publickey)" / "Repository not found"). For the Coolify stand-in's runner (`AppRunner.ssh_clone`)."""
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            key = serialization.load_ssh_private_key(private_key.encode(), password=None)
+        except (ValueError, TypeError):
+            return None
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,  # type: ignore[union-attr]
+                                               serialization.PublicFormat.OpenSSH).decode()
+        found = self.state.deploy_key_repo(public)
+        if found is None:
+            return None
+        repo, _record = found
+        _, _, path = url.partition(":")
+        if path.removesuffix(".git").lower() != repo.full_name.lower():
+            return None
+        self.ssh_clones.append((url, repo.full_name))
+        return repo.path
 
     def clone_url(self, repo: Repo) -> str:
         return f"{self.url}/{repo.owner}/{repo.name}.git"
@@ -276,10 +303,13 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
 
     # -- REST ----------------------------------------------------------------------------------------------
 
-    def _answer(self, template: str, status: int, body: dict[str, Any]) -> JSONResponse:
+    def _answer(self, template: str, status: int, body: Any, method: str = "get") -> Response:
         """A REST answer, checked against GitHub's published spec (problems → response_violations)."""
-        self.response_violations += response_problems("get", template, status, body)
-        return JSONResponse(body, status_code=status, headers={"X-GitHub-Media-Type": "github.v3; format=json"})
+        self.response_violations += response_problems(method, template, status, body)
+        headers = {"X-GitHub-Media-Type": "github.v3; format=json"}
+        if body is None:
+            return Response(status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     def _caller(self, request: Request, template: str) -> tuple[User | None, Response | None]:
         token = _bearer(request)
@@ -311,10 +341,87 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
         permissions = None
         if user is not None:
             write = self.state.can_write(repo, user)
-            admin = user.login.lower() == repo.owner.lower()
+            admin = self.state.can_admin(repo, user)
             permissions = {"admin": admin, "maintain": admin, "push": write, "triage": write, "pull": True}
         owner = self.state.user_by_login(repo.owner)
         return self._answer(template, 200, full_repository(repo, owner, self.url, self.api_url, permissions))
+
+    # -- deploy keys (docs "REST API endpoints for deploy keys": admin of the repository only) -----------------
+
+    def _admin_repo(self, request: Request, template: str, method: str) -> tuple[Repo | None, Response | None]:
+        """The repository when the caller administers it; else GitHub's answer: 401 without a (valid) token, 404
+        for a repository the caller cannot see *or* does not administer (GitHub hides it rather than 403)."""
+        user, failed = self._caller(request, template)
+        if failed:
+            return None, failed
+        if user is None:
+            return None, self._answer(template, 401, {"message": "Requires authentication",
+                                                      "documentation_url": DOCS, "status": "401"}, method)
+        repo = self.state.repo(request.path_params["owner"], request.path_params["repo"])
+        if repo is None or not self.state.can_admin(repo, user):
+            return None, self._answer(template, 404, {"message": "Not Found", "documentation_url": DOCS,
+                                                      "status": "404"}, method)
+        return repo, None
+
+    def _key_json(self, repo: Repo, record: DeployKeyRecord) -> dict[str, Any]:
+        return {"id": record.id, "key": record.key, "url": f"{self.api_url}/repos/{repo.full_name}/keys/{record.id}",
+                "title": record.title, "verified": True, "created_at": record.created_at,
+                "read_only": record.read_only, "added_by": record.added_by, "last_used": None, "enabled": True}
+
+    async def _keys(self, request: Request) -> Response:
+        template = "/repos/{owner}/{repo}/keys"
+        method = request.method.lower()
+        body: Any = None
+        if method == "post":
+            try:
+                body = json.loads(await request.body() or b"null")
+            except ValueError:  # GitHub's answer to a body that is not JSON, on any endpoint (not per operation)
+                return JSONResponse({"message": "Problems parsing JSON", "documentation_url": DOCS,
+                                     "status": "400"}, 400)
+            self.request_violations += request_problems(method, template, body)
+        repo, failed = self._admin_repo(request, template, method)
+        if failed:
+            return failed
+        assert repo is not None
+        if method == "get":
+            with self.state.lock:
+                page = [self._key_json(repo, k) for k in repo.deploy_keys]
+            return self._answer(template, 200, page, method)
+        user = self.state.user_by_token(_bearer(request) or "")
+        blob = key_blob(str(body.get("key", ""))) if isinstance(body, dict) else None
+
+        def invalid(message: str) -> Response:
+            return self._answer(template, 422, {
+                "message": "Validation Failed", "documentation_url": DOCS, "status": "422",
+                "errors": [{"resource": "PublicKey", "code": "custom", "field": "key", "message": message}]}, method)
+
+        if blob is None:
+            return invalid("key is invalid. You must supply a key in OpenSSH public key format")
+        with self.state.lock:
+            if self.state.deploy_key_repo(blob) is not None:
+                return invalid("key is already in use")
+            record = DeployKeyRecord(self.state._id(), blob, str(body.get("title") or ""),
+                                     body.get("read_only") is not False, user.login if user else "", now())
+            repo.deploy_keys.append(record)
+        return self._answer(template, 201, self._key_json(repo, record), method)
+
+    async def _key(self, request: Request) -> Response:
+        template = "/repos/{owner}/{repo}/keys/{key_id}"
+        method = request.method.lower()
+        repo, failed = self._admin_repo(request, template, method)
+        if failed:
+            return failed
+        assert repo is not None
+        key_id = request.path_params["key_id"]
+        with self.state.lock:
+            record = next((k for k in repo.deploy_keys if str(k.id) == key_id), None)
+            if record is None:
+                return self._answer(template, 404, {"message": "Not Found", "documentation_url": DOCS,
+                                                    "status": "404"}, method)
+            if method == "delete":
+                repo.deploy_keys.remove(record)
+                return self._answer(template, 204, None, method)
+        return self._answer(template, 200, self._key_json(repo, record), method)
 
     # -- git smart HTTP ------------------------------------------------------------------------------------
 

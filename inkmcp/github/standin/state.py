@@ -52,6 +52,36 @@ class Hook:
 
 
 @dataclass
+class DeployKeyRecord:
+    """A deploy key on a repository (GitHub: an SSH public key granting access to that one repository)."""
+
+    id: int
+    key: str  # "<type> <base64 blob>", without the comment (as GitHub shows it)
+    title: str
+    read_only: bool
+    added_by: str
+    created_at: str
+
+
+def key_blob(public_key: str) -> str | None:
+    """`<type> <base64>` of an OpenSSH public key line (comment dropped), None when it is not one."""
+    import base64
+    import binascii
+
+    parts = public_key.strip().split()
+    if len(parts) < 2 or parts[0] not in ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                                          "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com"):
+        return None
+    try:
+        raw = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw.startswith(len(parts[0]).to_bytes(4, "big") + parts[0].encode()):
+        return None
+    return f"{parts[0]} {parts[1]}"
+
+
+@dataclass
 class Repo:
     id: int
     owner: str
@@ -61,6 +91,8 @@ class Repo:
     default_branch: str = "main"
     collaborators: set[int] = field(default_factory=set)  # user ids with read+write besides the owner
     hooks: list[Hook] = field(default_factory=list)
+    deploy_keys: list[DeployKeyRecord] = field(default_factory=list)
+    admins: set[int] = field(default_factory=set)  # collaborators with admin besides the owner
 
     @property
     def full_name(self) -> str:
@@ -156,12 +188,28 @@ class State:
             return True
         return user is not None and (user.login.lower() == repo.owner.lower() or user.id in repo.collaborators)
 
+    def can_admin(self, repo: Repo, user: User | None) -> bool:
+        return user is not None and (user.login.lower() == repo.owner.lower() or user.id in repo.admins)
+
+    def deploy_key_repo(self, public_key: str) -> tuple[Repo, DeployKeyRecord] | None:
+        """The repository (and key record) a public key is a deploy key of: what GitHub's SSH server checks when
+        a client authenticates with that key (one repository per key)."""
+        blob = key_blob(public_key)
+        with self.lock:
+            for repo in self.repos.values():
+                for record in repo.deploy_keys:
+                    if record.key == blob:
+                        return repo, record
+        return None
+
     def can_write(self, repo: Repo, user: User | None) -> bool:
         return user is not None and (user.login.lower() == repo.owner.lower() or user.id in repo.collaborators)
 
     def create_repo(self, owner: str, name: str, *, private: bool = False, files: dict[str, str] | None = None,
-                    branch: str = "main", collaborators: list[str] = ()) -> Repo:  # type: ignore[assignment]
-        """A bare repository `owner/name` with one commit of `files` on `branch` (none: an empty repository)."""
+                    branch: str = "main", collaborators: list[str] = (),  # type: ignore[assignment]
+                    admins: list[str] = ()) -> Repo:  # type: ignore[assignment]
+        """A bare repository `owner/name` with one commit of `files` on `branch` (none: an empty repository).
+        `collaborators` read and write; `admins` are collaborators with admin (may manage deploy keys)."""
         with self.lock:
             assert self.user_by_login(owner) is not None, f"create the user {owner!r} first"
             path = self.root / owner.lower() / f"{name.lower()}.git"
@@ -169,10 +217,12 @@ class State:
             git("init", "--bare", "-q", "-b", branch, str(path))
             git("config", "http.receivepack", "true", cwd=path)
             repo = Repo(self._id(), owner, name, private, path, branch)
-            for login in collaborators:
+            for login in [*collaborators, *admins]:
                 collaborator = self.user_by_login(login)
                 assert collaborator is not None, login
                 repo.collaborators.add(collaborator.id)
+                if login in admins:
+                    repo.admins.add(collaborator.id)
             self.repos[repo.full_name.lower()] = repo
         if files:
             self.commit(repo, files, "initial commit", branch=branch)

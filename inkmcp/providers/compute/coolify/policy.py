@@ -125,10 +125,62 @@ OPERATIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((m, re.compile(p + "
     ("PATCH", rf"/applications/{_UUID}/envs/bulk"), ("DELETE", rf"/applications/{_UUID}/envs/{_UUID}"),
     ("POST", r"/deploy"), ("GET", rf"/deployments/{_UUID}"), ("GET", rf"/deployments/applications/{_UUID}"),
     ("POST", rf"/deployments/{_UUID}/cancel"),
+    # --- ghkeys (issue 11): private GitHub repos through a deploy key (DEPLOY_KEYS below)
+    ("POST", r"/applications/private-deploy-key"), ("GET", r"/security/keys"), ("POST", r"/security/keys"),
+    ("DELETE", rf"/security/keys/{_UUID}"),
+    # --- end
 ))  # fmt: skip
 """Every request InkMCP's compute provider may make. Not here, hence refused: storages (host paths, files),
 `/restart` and `/start` and rollback (Coolify's helper on the run server, review finding 2), dockerimage /
 dockerfile-inline / compose creation, services, scheduled tasks (commands in any container), clone/move."""
+
+
+# --- ghkeys (issue 11): deploy keys of private GitHub repositories ------------------------------------------
+
+_SSH_REPO = re.compile(r"^git@[A-Za-z0-9.-]{1,253}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,100}\.git$")
+_DEPLOY_KEY_NAME = re.compile(r"^inkmcp-deploy-key-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class DeployKeyAllowList:
+    """The Coolify keys InkMCP made for private GitHub repositories (inkmcp/github/deploy_keys.py), each with the
+    one `git@HOST:OWNER/REPO.git` it reads. Filled by the provider from InkMCP's own records before it sends a
+    request naming one (inkmcp/providers/compute/coolify/deploy_keys.py), so a `private_key_uuid` or SSH
+    `git_repository` reaches Coolify only as a pair InkMCP made: never the operator's server keys (which would let
+    a build clone with the key that logs into the servers), never a key with another repository, and only
+    InkMCP's own keys can be deleted."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+
+    def allow(self, key_uuid: str, git_repository: str) -> None:
+        if not _SSH_REPO.match(git_repository):
+            raise PolicyViolation("deploy key", "git_repository", f"{git_repository!r} is not git@HOST:OWNER/REPO.git")
+        self._keys[key_uuid] = git_repository
+
+    def forget(self, key_uuid: str) -> None:
+        self._keys.pop(key_uuid, None)
+
+    def repository_of(self, key_uuid: str) -> str | None:
+        return self._keys.get(key_uuid)
+
+    def knows_url(self, git_repository: str) -> bool:
+        return git_repository in self._keys.values()
+
+
+DEPLOY_KEYS = DeployKeyAllowList()
+
+
+def _check_security_key(where: str, body: Any) -> None:
+    """`POST /security/keys`: only an InkMCP deploy key (its name, an OpenSSH private key)."""
+    if not isinstance(body, Mapping) or set(body) - {"name", "description", "private_key"}:
+        raise PolicyViolation(where, "body", "only name, description and private_key")
+    if not _DEPLOY_KEY_NAME.match(str(body.get("name", ""))):
+        raise PolicyViolation(where, "name", "only InkMCP's deploy keys (inkmcp-deploy-key-<service id>)")
+    key = str(body.get("private_key", "")).strip()
+    if not (key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+            and key.endswith("-----END OPENSSH PRIVATE KEY-----")):
+        raise PolicyViolation(where, "private_key", "an OpenSSH private key")
+# --- end
 
 
 class PolicyViolation(ValueError):
@@ -204,7 +256,11 @@ def _check_application(where: str, body: Mapping[str, Any], allowed: frozenset[s
         raise PolicyViolation(where, "static_image", "only nginx:alpine")
     if "git_repository" in body:
         repo = urlsplit(str(body["git_repository"]))
-        if repo.scheme != "https" or not repo.hostname:
+        # --- ghkeys (issue 11): or the SSH URL of a deploy key InkMCP made
+        if DEPLOY_KEYS.knows_url(str(body["git_repository"])):
+            pass
+        # --- end
+        elif repo.scheme != "https" or not repo.hostname:
             raise PolicyViolation(where, "git_repository", "only an https:// fetch URL")
     if "git_branch" in body and not _BRANCH.match(str(body["git_branch"])):
         raise PolicyViolation(where, "git_branch", f"{body['git_branch']!r} is not a plain branch name")
@@ -321,6 +377,24 @@ def check_request(method: str, path: str, body: Any = None, query: Mapping[str, 
             raise PolicyViolation(where, "body", "a JSON object")
         _check_application(where, body, CREATE_FIELDS, limits)
         return
+    # --- ghkeys (issue 11): deploy keys
+    if method == "POST" and path == "/applications/private-deploy-key":
+        if not isinstance(body, Mapping):
+            raise PolicyViolation(where, "body", "a JSON object")
+        key_uuid = str(body.get("private_key_uuid", ""))
+        if DEPLOY_KEYS.repository_of(key_uuid) is None:
+            raise PolicyViolation(where, "private_key_uuid", "only a deploy key InkMCP made for this repository")
+        if DEPLOY_KEYS.repository_of(key_uuid) != body.get("git_repository"):
+            raise PolicyViolation(where, "git_repository", "only the repository InkMCP added this deploy key to")
+        _check_application(where, {k: v for k, v in body.items() if k != "private_key_uuid"}, CREATE_FIELDS, limits)
+        return
+    if method == "POST" and path == "/security/keys":
+        _check_security_key(where, body)
+        return
+    if method == "DELETE" and path.startswith("/security/keys/") \
+            and DEPLOY_KEYS.repository_of(path.rsplit("/", 1)[1]) is None:
+        raise PolicyViolation(where, "uuid", "InkMCP deletes only the deploy keys it made")
+    # --- end
     if method == "PATCH" and path.endswith("/envs/bulk"):
         if not isinstance(body, Mapping):
             raise PolicyViolation(where, "body", "a JSON object")

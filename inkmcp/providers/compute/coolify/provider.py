@@ -160,6 +160,7 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
+from inkmcp.providers.compute.coolify import deploy_keys as coolify_deploy_keys  # --- ghkeys (issue 11)
 from inkmcp.providers.compute.coolify import mapping, policy
 from inkmcp.providers.compute.coolify import routes as node_routes
 from inkmcp.providers.compute.coolify.mapping import DEPLOYMENT_ENV, AppSpec, MappingSettings, PlacedServer, Process
@@ -374,6 +375,9 @@ class CoolifyComputeProvider:
             raise ReleaseFailed(Step.building, "the build plan has no process to run (add a Procfile `web:` line or "
                                                "pass start_command)")
         server = await self._ensure_server(key, request, service_ref, record, len(processes))
+        # --- ghkeys (issue 11): a private GitHub repo is cloned by Coolify with the service's deploy key
+        request = await coolify_deploy_keys.keyed(self, request)
+        # --- end
         try:  # tenant input that cannot be sent: fail before anything remote changes
             specs = {p.name: self._app_spec(request, p, server) for p in processes}
             bodies = {name: mapping.update_body(s, self.settings) for name, s in specs.items()}
@@ -502,6 +506,8 @@ class CoolifyComputeProvider:
         parts = urlsplit(url)
         if parts.scheme == "https" and parts.hostname:
             return url
+        if coolify_deploy_keys.known_ssh_url(url):  # --- ghkeys (issue 11): a deploy key's git@HOST:OWNER/REPO.git
+            return url
         if self.local_repo_url is not None and (parts.scheme in ("", "file")):
             return self.local_repo_url(url)
         raise mapping.TenantInputError(
@@ -609,8 +615,9 @@ class CoolifyComputeProvider:
                 self._check("POST", "/applications/public", body)
                 created = await self._create(
                     f"creating the application of {name}",
-                    self.client.create_public_application(m.PublicApplicationCreate(**body)), pending, f"app:{name}",
-                    save)  # fmt: skip
+                    coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
+                    or self.client.create_public_application(m.PublicApplicationCreate(**body)),
+                    pending, f"app:{name}", save)  # fmt: skip
                 uuid = created.uuid
                 self._crash("after_create_app")
             pending.pop(f"app:{name}", None)
@@ -886,6 +893,7 @@ class CoolifyComputeProvider:
         ref = copy.deepcopy(key.service_ref)
         dep_ref = copy.deepcopy(spec.deployment_ref)
         state: dict[str, Any] | None = dep_ref.get("move") or None
+        spec = await coolify_deploy_keys.keyed(self, spec)  # --- ghkeys (issue 11): the deploy key's SSH URL
 
         async def save() -> None:
             await record(RefScope.deployment, dep_ref)
@@ -1051,7 +1059,8 @@ class CoolifyComputeProvider:
                 body = mapping.create_body(app_spec, project_uuid, environment_uuid, self.settings)
                 self._check("POST", "/applications/public", body)
                 created = await self._call(f"creating the application of {name} on the new server",
-                                           self.client.create_public_application(m.PublicApplicationCreate(**body)))
+                                           coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11)
+                                           or self.client.create_public_application(m.PublicApplicationCreate(**body)))
                 uuid = created.uuid
                 self._crash("after_move_create_app")
             apps[name] = uuid
@@ -1369,6 +1378,7 @@ class CoolifyComputeProvider:
         uuids |= {a.uuid for a in existing if (a.name or "").startswith(f"{key.service_id}-")}
         for uuid in sorted(uuids):
             await self._delete_app(uuid, "deleting an application of the service")
+        await coolify_deploy_keys.removed(self, key)  # --- ghkeys (issue 11): its deploy key, GitHub and Coolify
         release = getattr(self.place, "release", None)
         if release is not None:  # placement's reservation for the service (idempotent on its side)
             await release(key)
