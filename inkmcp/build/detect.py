@@ -472,6 +472,10 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
     fix = _NOTHING_FOUND_FIX
     if files.exists("Dockerfile"):
         fix += "; InkMCP builds from source and does not run the Dockerfile: pass its CMD as start_command"
+    # --- mcpbudget (issue 13): deploy_app's app_dir has no description in tools/list (budget); the hint is here
+    if files.root == files.checkout:
+        fix += "; if the app is in a subdirectory (a monorepo), pass app_dir (that directory)"
+    # --- end
     return BuildPlanError(
         "nothing says how to run this app: looked for a start command in the call, an inkmcp.yaml entry for "
         f"{service_name!r}, a Procfile, render.yaml, railway.json/railway.toml, fly.toml [processes], "

@@ -92,6 +92,9 @@ class BackupList(BaseModel):
     total: int
     truncated: bool
     note: str
+    # --- mcpbudget (issue 13): database_backups(create=true) answers with the list and the dump it just made
+    created: BackupView | None = Field(default=None, description="the dump made by this call (create=true)")
+    # --- end
 
 
 class BackupMade(BaseModel):
@@ -164,6 +167,21 @@ class DatabaseBackupService:
         return BackupList(project=project.name, backups=[_view(r) for r in rows], total=total,
                           truncated=total > len(rows), note=note)
 
+    # --- mcpbudget (issue 13): the one `database_backups` tool (listing and dumping were two tools; tools/list budget)
+    async def backups(self, p: Principal, project_name: str, *, create: bool = False, limit: int = 10,
+                      on_progress: Progress | None = None) -> BackupList:
+        """The `database_backups` tool: the newest `limit` backups, after a dump made now when `create` (then the
+        answer's `created` is that dump and its `note` says how to restore it). `limit` is checked before dumping,
+        so a bad call leaves no dump behind."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidArgument(f"limit={limit} is out of range.", argument="limit", fix=f"pass 1..{MAX_LIST}")
+        made = await self.backup(p, project_name, on_progress) if create else None
+        listed = await self.list(p, project_name, limit)
+        if made is not None:
+            listed.created, listed.note = made.backup, made.note
+        return listed
+    # --- end
+
     async def backup(self, p: Principal, project_name: str, on_progress: Progress | None = None) -> BackupMade:
         async with self._audited(p, "backup_database", project_name, {}):
             project = await self._projects.get(p, project_name)
@@ -184,7 +202,7 @@ class DatabaseBackupService:
             bid = uuid.UUID(backup_id)
         except ValueError:
             raise InvalidArgument(f"{backup_id!r} is not a backup id.", argument="backup_id",
-                                  fix=f"pass an id from list_database_backups(project_name={project_name!r})"
+                                  fix=f"pass an id from database_backups(project_name={project_name!r})"
                                   ) from None
         say = on_progress or _quiet
         async with self._audited(p, "restore_database_backup", project_name, {"backup_id": backup_id}):
@@ -195,7 +213,7 @@ class DatabaseBackupService:
                     DatabaseBackup.status == "ok"))).scalar_one_or_none()
             if row is None:  # another account's id reads exactly like a missing one: its project is not this one
                 raise NotFound(f"no backup {backup_id!r} in project {project_name!r}.", argument="backup_id",
-                               fix=f"pass an id from list_database_backups(project_name={project_name!r})")
+                               fix=f"pass an id from database_backups(project_name={project_name!r})")
             db = await self._database(project.id)
             if db is None:
                 raise InvalidArgument(f"project {project_name!r} has no database to restore into.",
@@ -209,7 +227,7 @@ class DatabaseBackupService:
                     if await s.get(DatabaseBackup, bid) is None:
                         raise NotFound(f"backup {backup_id!r} was just removed by retention (INKMCP_DB_BACKUP_KEEP).",
                                        argument="backup_id",
-                                       fix=f"pass an id from list_database_backups(project_name={project_name!r})")
+                                       fix=f"pass an id from database_backups(project_name={project_name!r})")
                 path = await self._verified(row)
                 await say("saving the current state as a pre-restore backup")
                 undo = await self._dump(project.id, db, "pre-restore", on_progress)
@@ -421,7 +439,7 @@ class DatabaseBackupService:
         path = self.root / row.file
         damaged = (f"backup {row.id} is damaged or missing on the server ({{}}); it cannot be restored and nothing "
                    "was changed.")
-        fix = "pass another backup_id from list_database_backups (e.g. the next older one)"
+        fix = "pass another backup_id from database_backups (e.g. the next older one)"
         if not path.is_file():
             raise ProviderError(damaged.format("the dump file is gone"), argument="backup_id", fix=fix)
         size, digest = await asyncio.to_thread(sha256_file, path)
@@ -453,7 +471,7 @@ class DatabaseBackupService:
                 raise ProviderError(
                     f"backup {backup_id} could not be restored ({scrub_paths(e.message)}); nothing was changed: the "
                     "database is as it was.", argument="backup_id",
-                    fix="pass another backup_id from list_database_backups, or ask the operator") from None
+                    fix="pass another backup_id from database_backups, or ask the operator") from None
             if isinstance(e, TimeoutError):
                 raise ProviderError(f"restoring took longer than {self.settings.timeout_s:g} s; nothing was "
                                     "changed.", fix="ask the operator to raise INKMCP_DB_BACKUP_TIMEOUT_S") from None

@@ -2,9 +2,10 @@
 
 Agents pay for every character of tools/list in their context window (the budget is 5,000
 characters for the whole list), so generated JSON schemas are compacted: $refs inlined, no auto
-titles or defaults, no `anyOf [X, null]` for optional arguments. Output schemas are reduced to
-`{"type": "object"}`: the structured result is still returned, and what its fields mean is said once
-in the tool description rather than twice. Unknown arguments are refused with the list of valid ones.
+titles or defaults, no `anyOf [X, null]` for optional arguments or fields (null stays only where it means
+something: a map's value, e.g. env_vars' null unsets). No output schemas: the structured result is still
+returned (inkmcp.mcp.tools.structured), and what its fields mean is said once in the tool description.
+Unknown arguments are refused with the list of valid ones.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     return {k: _inline(v, defs) for k, v in schema.items()}
 
 
-def _compact(schema: Any, *, top: bool) -> Any:
+def _compact(schema: Any, *, top: bool, map_value: bool = False) -> Any:
     if isinstance(schema, list):
         return [_compact(s, top=False) for s in schema]
     if not isinstance(schema, dict):
@@ -44,13 +45,14 @@ def _compact(schema: Any, *, top: bool) -> Any:
         if len(rest) == 1:
             base = {k: v for k, v in schema.items() if k != "anyOf"}
             inner = dict(rest[0])
-            if not top and isinstance(inner.get("type"), str):
-                inner["type"] = [inner["type"], "null"]  # null means something here (e.g. unset)
+            if map_value and isinstance(inner.get("type"), str):
+                inner["type"] = [inner["type"], "null"]  # a map's null value means something (env_vars: unset)
+            # elsewhere an optional field's null is the same as leaving it out, so the schema does not say it
             return _compact({**inner, **base}, top=top)
     out: dict[str, Any] = {}
     for k, v in schema.items():
         if k == "additionalProperties" and isinstance(v, dict):
-            out[k] = _compact(v, top=False)  # a map's value type, e.g. env_vars: string or null
+            out[k] = _compact(v, top=False, map_value=True)  # a map's value type, e.g. env_vars: string or null
             continue
         if k in _DROP or (k == "description" and not top):
             continue
@@ -71,7 +73,10 @@ def input_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if schema is None else {"type": "object"}
+    """None: tools/list carries no outputSchema (optional in MCP; it was the same `{"type": "object"}` on every tool,
+    ~450 characters that told an agent nothing). Results still carry structuredContent; tools.py registers every tool
+    with structured_output=False, so this only matters for a tool registered some other way."""
+    return None
 
 
 def strict_model(model: type[BaseModel]) -> type[BaseModel]:

@@ -1,22 +1,29 @@
-"""The tool surface. Descriptions are terse on purpose: tools/list must stay under 5,000 characters.
+"""The tool surface. Descriptions are terse on purpose: tools/list must stay under 5,000 characters
+(tests/e2e/test_contract.py measures it on the wire and prints each tool's share when it grows).
 
 Each tool is a thin adapter over Platform: resolve the caller, call one method, map domain errors
-to tool errors whose text says which argument to change and how.
+to tool errors whose text says which argument to change and how. Explanations an agent needs only
+when something is wrong live in those errors, not in the descriptions every agent pays for.
+
+Results are typed (each tool's return annotation, validated here) and sent as `structuredContent`
+plus the same JSON as text, without an `outputSchema`: the schema is optional in MCP, and a constant
+`{"type": "object"}` repeated by every tool told an agent nothing for ~450 characters of tools/list.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
+import pydantic_core
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
 
 from inkmcp.billing.usage import UsageView  # issue 13 (credits)
-from inkmcp.core.databases import DatabaseRequest
+from inkmcp.core.databases import DatabaseRequest, Requested
 from inkmcp.core.deployments import DeployRequest
 from inkmcp.core.logs import LogsView
 from inkmcp.core.platform import (
@@ -32,6 +39,7 @@ from inkmcp.core.platform import (
 from inkmcp.core.principal import Principal
 from inkmcp.core.types import LogScope, Mode, Resources, ServiceType, Tier
 from inkmcp.core.views import DeploymentView, ServiceView
+from inkmcp.dbbackup.service import BackupList, DatabaseBackupService, RestoreResult  # issue 10 (dbbackup)
 from inkmcp.errors import InkError, scrub_paths
 from inkmcp.mcp.auth import PRINCIPAL_KEY
 from inkmcp.metrics import Metrics
@@ -43,12 +51,33 @@ DEPLOY = IDEMPOTENT
 DESTRUCTIVE = ToolAnnotations(destructive_hint=True, idempotent_hint=True)
 
 Project = str
-ServiceOpt = Annotated[str | None, Field(description="needed if several")]
+
+
+# deploy_app's `database` as tools/list shows it. DatabaseRequest still validates the call, so what is left out here
+# is still accepted: `tier` (provision_database offers it: provision first, then deploy_app uses that database) and
+# `type` as a single string (what the README and the server's instructions show; the list form covers it). ~110
+# characters fewer for every agent; the errors of DatabaseRequest say what to pass when a value is wrong.
+DATABASE_ARG = {"type": "object", "properties": {
+    "type": {"type": "array", "items": {"enum": list(get_args(Requested)), "type": "string"}},
+    "url": {"type": "string"},
+}}
 
 
 class Services(BaseModel):
     project: str
     services: list[ServiceView]
+
+
+def structured(returns: TypeAdapter[Any], result: Any) -> CallToolResult:
+    """The result as `structuredContent` and, for clients that read only text, the same JSON as text (what the SDK
+    sends for a tool with an output schema). Validated against the tool's return annotation first, so a tool that
+    returns the wrong shape fails here, loudly, as it did when the SDK checked it against the outputSchema."""
+    checked = returns.validate_python(result)
+    # a model dumps itself, so a returned subclass keeps its own fields (as the SDK does)
+    data = (checked.model_dump(mode="json", by_alias=True) if isinstance(checked, BaseModel)
+            else returns.dump_python(checked, mode="json", by_alias=True))
+    text = pydantic_core.to_json(data, indent=2).decode()
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_principal: Principal | None,
@@ -63,10 +92,12 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
 
     def tool(annotations: ToolAnnotations, title: str) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
         def deco(fn: Callable[..., Awaitable[Any]]) -> Any:
+            returns = TypeAdapter(get_type_hints(fn)["return"])
+
             @functools.wraps(fn)
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            async def wrapper(*args: Any, **kwargs: Any) -> CallToolResult:
                 try:
-                    result = await fn(*args, **kwargs)
+                    out = structured(returns, await fn(*args, **kwargs))
                 except InkError as e:
                     metrics.tool_calls.labels(fn.__name__, "error").inc()
                     raise ToolError(scrub_paths(e.render())) from None
@@ -77,9 +108,10 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
                     metrics.tool_calls.labels(fn.__name__, "crash").inc()
                     raise
                 metrics.tool_calls.labels(fn.__name__, "ok").inc()
-                return result
+                return out
 
-            server.add_tool(wrapper, name=fn.__name__, annotations=annotations,
+            # structured_output=False: no outputSchema in tools/list; `structured` still returns structuredContent
+            server.add_tool(wrapper, name=fn.__name__, annotations=annotations, structured_output=False,
                             description=" ".join((fn.__doc__ or "").split()))
             return wrapper
 
@@ -96,9 +128,8 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         return sink
 
     @tool(IDEMPOTENT, "Ensure project")
-    async def ensure_project(name: Annotated[str, Field(description="DNS label, e.g. my-app")], ctx: Context
-                             ) -> ProjectResult:
-        """Create the project if missing. Names are unique across accounts."""
+    async def ensure_project(name: str, ctx: Context) -> ProjectResult:
+        """Create the project if missing."""
         return await platform.ensure_project(principal(ctx), name)
 
     @tool(READ, "List projects")
@@ -110,26 +141,26 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
     async def deploy_app(
         ctx: Context,
         repo_url: Annotated[str, Field(description="git URL or local path")],
-        project_name: Annotated[str | None, Field(description="default: repo name")] = None,
-        service_name: Annotated[str, Field(description="e.g. web, api, worker")] = "web",
+        project_name: str | None = None,
+        service_name: str = "web",
         mode: Mode | None = None,
         service_type: ServiceType | None = None,
-        ref: Annotated[str | None, Field(description="branch, tag or commit")] = None,
+        ref: str | None = None,
         build_command: str | None = None,
         start_command: Annotated[str | None, Field(description="must listen on $PORT")] = None,
         port: Annotated[int | None, Field(ge=1, le=65535)] = None,
-        static_dir: Annotated[str | None, Field(description="site files, e.g. dist")] = None,
-        app_dir: Annotated[str | None, Field(description="monorepo subdir")] = None,
+        static_dir: str | None = None,
+        app_dir: str | None = None,
         resources: Resources | None = None,
-        env_vars: Annotated[dict[str, str | None] | None, Field(description="null unsets")] = None,
-        database: Annotated[DatabaseRequest | None,
-                            Field(description="type postgres: DATABASE_URL, PG*; redis: REDIS_URL; or both")] = None,
+        # values as update_env_vars shows them (string, null unsets); here just "object": a wrong value's error says
+        env_vars: Annotated[dict[str, str | None] | None, WithJsonSchema({"type": "object"})] = None,
+        database: Annotated[DatabaseRequest | None, WithJsonSchema(DATABASE_ARG),
+                            Field(description="sets DATABASE_URL, PG* / REDIS_URL")] = None,
         # --- issue 11 (github): push-to-deploy switch (GitHub repos; default on)
-        auto_deploy: Annotated[bool | None, Field(description="redeploy on GitHub push")] = None,
+        auto_deploy: Annotated[bool | None, Field(description="on GitHub push")] = None,
         # --- end
     ) -> DeploymentView:
-        """Repo to live URL: project, database, env, build, start. Same commit+settings: no-op.
-        Answers within 40s; if not done, call wait_for_deployment."""
+        """Repo to live URL. If not done in 40s, call wait_for_deployment."""
         req = DeployRequest(
             repo_url=repo_url, project_name=project_name, service_name=service_name, mode=mode,
             service_type=service_type, ref=ref, build_command=build_command, start_command=start_command,
@@ -146,13 +177,13 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         deployment_id: str,
         timeout_seconds: Annotated[float, Field(ge=0, le=50)] = 40,
     ) -> DeploymentView:
-        """Deployment status; waits (with progress) until done or timeout."""
+        """Deployment status; waits until done."""
         return await platform.wait_for_deployment(principal(ctx), deployment_id, timeout=timeout_seconds,
                                                   on_progress=await progress_sink(ctx))
 
     @tool(READ, "List services")
     async def list_services(ctx: Context, project_name: Project) -> Services:
-        """Services: URL, mode, state, health, last deployment."""
+        """Services: URL, mode, state, health."""
         return Services(project=project_name, services=await platform.list_services(principal(ctx), project_name))
 
     @tool(READ, "Get logs")
@@ -160,10 +191,10 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         ctx: Context,
         project_name: Project,
         scope: LogScope = LogScope.runtime,
-        service_name: ServiceOpt = None,
+        service_name: str | None = None,
         tail: Annotated[int, Field(ge=1, le=500)] = 100,
     ) -> LogsView:
-        """Log lines, newest last, secrets redacted (build: latest deployment). Untrusted app output."""
+        """Logs, newest last; untrusted app output."""
         return await platform.get_logs(principal(ctx), project_name, scope=scope, service_name=service_name,
                                        tail=tail)
 
@@ -171,72 +202,65 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
     async def update_env_vars(
         ctx: Context,
         project_name: Project,
-        env_vars: Annotated[dict[str, str | None], Field(description="null unsets")],
-        service_name: Annotated[str | None, Field(description="omit for all services")] = None,
+        env_vars: dict[str, str | None],
+        service_name: str | None = None,
     ) -> EnvUpdate:
-        """Set/unset env vars; restarts live services (result says which)."""
+        """Set env vars (null unsets); restarts live services."""
         return await platform.update_env_vars(principal(ctx), project_name, env_vars, service_name)
 
     @tool(READ, "List env vars")
-    async def list_env_vars(ctx: Context, project_name: Project, service_name: ServiceOpt = None,
+    async def list_env_vars(ctx: Context, project_name: Project, service_name: str | None = None,
                             reveal: bool = False) -> EnvList:
-        """Env vars, values masked unless reveal."""
+        """Env vars, masked unless reveal."""
         return await platform.list_env_vars(principal(ctx), project_name, service_name, reveal)
 
     @tool(IDEMPOTENT, "Provision database")
     async def provision_database(ctx: Context, project_name: Project,
-                                 tier: Annotated[Tier, Field(description="as allowed for the account")] = Tier.free,
+                                 tier: Tier = Tier.free,
                                  type: Literal["postgres", "redis"] = "postgres") -> DatabaseView:
-        """Postgres or Redis for the project (one of each)."""
+        """Add Postgres or Redis to the project."""
         return await platform.provision_database(principal(ctx), project_name, tier, kind=type)
 
     @tool(READ, "Get database credentials")
     async def get_database_credentials(ctx: Context, project_name: Project) -> Credentials:
-        """The project database's connection details."""
+        """Database connection details."""
         return await platform.get_database_credentials(principal(ctx), project_name)
 
     # --- issue 13 (credits): get_usage (inkmcp/billing/usage.py)
     @tool(READ, "Get usage")
     async def get_usage(ctx: Context) -> UsageView:
-        """Credits: balance, cap, spend, burn, days left, top costs."""
+        """Credits: balance, cap, spend, top costs."""
         return await platform.get_usage(principal(ctx))
     # --- end
 
     @tool(DESTRUCTIVE, "Delete")
-    async def delete(ctx: Context, project_name: Project, confirm: Annotated[str, Field(description="repeat the name")],
-                     service_name: Annotated[str | None, Field(description="omit to delete the project")] = None,
-                     delete_database: bool = False) -> Deleted:
-        """Delete a service, or a project with its services (its database only if delete_database)."""
+    async def delete(ctx: Context, project_name: Project, confirm: str,
+                     service_name: str | None = None, delete_database: bool = False) -> Deleted:
+        """Delete a service, or the project if no service_name."""
         p = principal(ctx)
         if service_name is not None:
             return await platform.delete_service(p, project_name, service_name, confirm)
         return await platform.delete_project(p, project_name, confirm, delete_database)
 
     # --- issue 10 (dbbackup): tenant database backups (inkmcp/dbbackup/service.py, reached as
-    # platform.database_backups, which app.py sets). Results are the service's pydantic models, dumped here so this
-    # block needs no import at the top of the module.
-    def db_backups() -> Any:
+    # platform.database_backups, which app.py sets). Listing and dumping are one tool (issue 13: tools/list budget);
+    # the restore stays a tool of its own, so its destructive hint never covers a plain listing.
+    def db_backups() -> DatabaseBackupService:
         if platform.database_backups is None:
             raise ToolError("Database backups are not enabled on this server; ask the operator.")
         return platform.database_backups
 
-    @tool(READ, "List database backups")
-    async def list_database_backups(ctx: Context, project_name: Project,
-                                    limit: Annotated[int, Field(ge=1, le=50)] = 10) -> dict[str, Any]:
-        """Newest first."""
-        return (await db_backups().list(principal(ctx), project_name, limit)).model_dump(mode="json")
-
-    @tool(ToolAnnotations(destructive_hint=False), "Back up database")
-    async def backup_database(ctx: Context, project_name: Project) -> dict[str, Any]:
-        """Dump the database now, e.g. before a migration."""
-        made = await db_backups().backup(principal(ctx), project_name, on_progress=await progress_sink(ctx))
-        return made.model_dump(mode="json")
+    @tool(ToolAnnotations(destructive_hint=False), "Database backups")
+    async def database_backups(ctx: Context, project_name: Project, create: bool = False,
+                               limit: Annotated[int, Field(ge=1, le=50)] = 10) -> BackupList:
+        """List Postgres backups; create=true makes one."""
+        return await db_backups().backups(principal(ctx), project_name, create=create, limit=limit,
+                                          on_progress=await progress_sink(ctx) if create else None)
 
     @tool(DESTRUCTIVE, "Restore database backup")
     async def restore_database_backup(ctx: Context, project_name: Project, backup_id: str,
-                                      confirm: Annotated[str, Field(description="repeat the name")]) -> dict[str, Any]:
-        """Replace the database with a backup; saves the current state first (undo_backup_id)."""
-        done = await db_backups().restore(principal(ctx), project_name, backup_id, confirm,
+                                      confirm: str) -> RestoreResult:
+        """Replace the database with a backup (undoable)."""
+        return await db_backups().restore(principal(ctx), project_name, backup_id, confirm,
                                           on_progress=await progress_sink(ctx))
-        return done.model_dump(mode="json")
     # --- end

@@ -135,7 +135,7 @@ async def test_wrong_confirm_and_bad_ids_are_refused_with_what_to_pass(env: tupl
     assert e.value.argument == "confirm" and repr(name) in e.value.render()
     with pytest.raises(InvalidArgument) as e:
         await svc.restore(acct, name, "latest", confirm=name)
-    assert e.value.argument == "backup_id" and "list_database_backups" in e.value.render()
+    assert e.value.argument == "backup_id" and "pass an id from database_backups(" in e.value.render()
     with pytest.raises(InvalidArgument) as e:
         await svc.list(acct, name, limit=500)
     assert e.value.argument == "limit" and "1..50" in e.value.render()

@@ -73,7 +73,9 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
     async with mcp_session(server, server.keys["alice"]) as s:
         tools = {t.name: t for t in (await s.list_tools()).tools}
         assert tools["restore_database_backup"].annotations.destructive_hint is True
-        assert tools["list_database_backups"].annotations.read_only_hint is True
+        # listing and dumping are one tool (issue 13: the tools/list budget): it writes (a dump), never destroys
+        backups_hints = tools["database_backups"].annotations
+        assert backups_hints.destructive_hint is False and not backups_hints.read_only_hint
 
         dep = await call(s, "deploy_app", repo_url=str(repo), project_name="dbb-shop", mode="persistent",
                          start_command="python app.py", database={"type": "postgres"})
@@ -87,10 +89,18 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
             await c.execute("CREATE TABLE orders (id int PRIMARY KEY)")
             await c.execute("INSERT INTO orders SELECT generate_series(1, 5)")
 
-        made = await call(s, "backup_database", progress, project_name="dbb-shop")
-        backup_id = made["backup"]["id"]
-        assert made["backup"]["kind"] == "manual" and made["backup"]["size_bytes"] > 0
+        # a bad limit is refused before anything is dumped
+        msg = await call_error(s, "database_backups", project_name="dbb-shop", create=True, limit=500)
+        assert "limit" in msg
+        assert (await call(s, "database_backups", project_name="dbb-shop"))["created"] is None
+
+        made = await call(s, "database_backups", progress, project_name="dbb-shop", create=True)
+        backup_id = made["created"]["id"]
+        assert made["created"]["kind"] == "manual" and made["created"]["size_bytes"] > 0
+        assert made["backups"][0] == made["created"]  # the answer is the list, the new dump first
+        assert backup_id in made["note"] and "restore_database_backup" in made["note"]
         assert any("dumping the database" in p for p in progress)
+        assert all(b["kind"] != "manual" for b in made["backups"][1:])  # the refused call made none
 
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:  # the bad migration
             await c.execute("DROP TABLE orders")
@@ -108,12 +118,12 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
         after = served(server, dep["url"])
         assert after != before and after.endswith("db=True")  # new processes, on the restored database
 
-        listed = await call(s, "list_database_backups", project_name="dbb-shop", limit=50)
+        listed = await call(s, "database_backups", project_name="dbb-shop", limit=50)
         ids = [b["id"] for b in listed["backups"]]
         assert ids.index(done["undo_backup_id"]) < ids.index(backup_id)  # newest first
         assert [b["created_at"] for b in listed["backups"]] == sorted(
             (b["created_at"] for b in listed["backups"]), reverse=True)
-        one = await call(s, "list_database_backups", project_name="dbb-shop", limit=1)
+        one = await call(s, "database_backups", project_name="dbb-shop", limit=1)
         assert len(one["backups"]) == 1 and one["truncated"] is True and one["total"] == listed["total"]
 
         # the restore itself is undone: the dropped table is dropped again
@@ -127,7 +137,7 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
         await call(b, "provision_database", project_name="dbb-bob")
         bob_url = (await call(b, "get_database_credentials", project_name="dbb-bob"))["url"]
         # alice's project by name: not his (the answer a name nobody has gets)
-        for tool, args in [("list_database_backups", {}), ("backup_database", {}),
+        for tool, args in [("database_backups", {}), ("database_backups", {"create": True}),
                            ("restore_database_backup", {"backup_id": backup_id, "confirm": "dbb-shop"})]:
             err = await call_error(b, tool, project_name="dbb-shop", **args)
             assert "no project named 'dbb-shop'" in err, err
@@ -141,13 +151,13 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
         async with await psycopg.AsyncConnection.connect(bob_url, autocommit=True) as c:
             cur = await c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
             assert (await cur.fetchone()) == (0,)  # alice's tables never reached bob's database
-        theirs = (await call(b, "list_database_backups", project_name="dbb-bob"))["backups"]
+        theirs = (await call(b, "database_backups", project_name="dbb-bob"))["backups"]
         assert backup_id not in [x["id"] for x in theirs] and all(x["kind"] == "scheduled" for x in theirs)
 
     # `serve` runs the schedule: a scheduled dump of each database shows up
     async with mcp_session(server, server.keys["alice"]) as s:
         deadline = time.monotonic() + 30
-        while not any(b["kind"] == "scheduled" for b in (await call(s, "list_database_backups",
+        while not any(b["kind"] == "scheduled" for b in (await call(s, "database_backups",
                                                                     project_name="dbb-shop", limit=50))["backups"]):
             assert time.monotonic() < deadline, "no scheduled dump within 30 s"
             await asyncio.sleep(0.2)
