@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inkmcp.core.platform import Platform
 from inkmcp.errors import InkError
 from inkmcp.providers.compute.base import LogScope
+from inkmcp.web import money
 from inkmcp.web.sessions import SignedIn, WebSessions
 
 log = logging.getLogger("inkmcp.web")
@@ -41,6 +42,11 @@ LOG_TAIL = 200  # lines of a log page (get_logs bounds and redacts them)
 DEPLOYMENTS_SHOWN = 5  # per project
 PROJECTS_DETAILED = 20  # projects whose services and deployments the dashboard loads
 LABEL_MAX = 120  # api_keys.label
+TOPUP_NOTICES = {  # where Stripe Checkout sends the browser back (success_url / cancel_url)
+    "paid": "Payment received by Stripe. Your balance grows as soon as Stripe confirms it to InkMCP, usually within "
+            "seconds: reload this page to see it.",
+    "cancelled": "Payment cancelled: nothing was charged.",
+}
 
 
 class SignInError(Exception):
@@ -98,8 +104,10 @@ class CookieSpec:
         response.delete_cookie(name, path="/", secure=self.secure, httponly=True, samesite="lax")
 
 
-def _security_headers() -> list[tuple[bytes, bytes]]:
-    csp = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+def _security_headers(form_targets: set[str] | None = None) -> list[tuple[bytes, bytes]]:
+    # form-action also governs where a form's POST may redirect: "Add credits" answers 303 to Stripe Checkout
+    targets = "".join(f" {t}" for t in sorted(form_targets or ()))
+    csp = (f"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'{targets}; "
            "frame-ancestors 'none'; base-uri 'none'")
     return [
         (b"content-security-policy", csp.encode()),
@@ -115,10 +123,10 @@ def _security_headers() -> list[tuple[bytes, bytes]]:
 class _Guard:
     """In front of the web app: Host check (DNS rebinding), security headers, no-store on every page."""
 
-    def __init__(self, app: ASGIApp, hosts: set[str]) -> None:
+    def __init__(self, app: ASGIApp, hosts: set[str], form_targets: set[str] | None = None) -> None:
         self.app = app
         self.hosts = hosts
-        self.headers = _security_headers()
+        self.headers = _security_headers(form_targets)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
@@ -160,6 +168,8 @@ class WebUI:
                 Route("/dashboard/keys", self.create_key, methods=["POST"]),
                 Route("/dashboard/keys/revoke", self.revoke_key, methods=["POST"]),
                 Route("/dashboard/logs", self.logs),
+                Route("/dashboard/credits", self.add_credits, methods=["POST"]),
+                Route("/dashboard/cap", self.set_cap, methods=["POST"]),
                 Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
             ],
             exception_handlers={HTTPException: self._http_error, Exception: self._server_error},
@@ -174,7 +184,9 @@ class WebUI:
             public = urlsplit(self.public_url)
             hosts.add(public.netloc.lower())
             self.origins.add(f"{public.scheme}://{public.netloc}".lower())
-        web = _Guard(self.app, hosts)
+        billing = self.billing
+        checkout = billing.stripe.settings.checkout_origins if billing is not None and billing.stripe.enabled else None
+        web = _Guard(self.app, hosts, checkout)
 
         async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http" and is_web_path(scope["path"]):
@@ -183,6 +195,11 @@ class WebUI:
                 await inner(scope, receive, send)
 
         return dispatch
+
+    @property
+    def billing(self) -> Any:
+        """inkmcp.billing.service.Billing, or None when billing is off (INKMCP_PRICES unset)."""
+        return getattr(self.platform, "billing", None)
 
     # ---------------------------------------------------------- rendering
     def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -306,7 +323,8 @@ class WebUI:
         me = await self._signed_in(request)
         if isinstance(me, Response):
             return me
-        return await self._render_dashboard(request, me)
+        topup = TOPUP_NOTICES.get(request.query_params.get("topup", ""))  # fixed texts: nothing from the URL shown
+        return await self._render_dashboard(request, me, **({"notice": topup} if topup else {}))
 
     async def _render_dashboard(self, request: Request, me: SignedIn, status: int = 200, **extra: Any) -> Response:
         p = me.principal
@@ -321,6 +339,7 @@ class WebUI:
             except InkError as e:  # e.g. the compute provider is unreachable: say so for this project only
                 entry["error"] = e.message
             projects.append(entry)
+        extra.setdefault("credits", await self._credits(me))
         return self.page(request, "dashboard.html", status, keys=keys, projects=projects,
                          more_projects=max(0, listing.total - len(projects)), **await self._ctx(me),
                          **extra)
@@ -372,3 +391,112 @@ class WebUI:
             return self.error(request, 404, "Logs unavailable", e.message)
         return self.page(request, "logs.html", view=view, **await self._ctx(me))
 
+
+    # ------------------------------------------------------- credits and cap (issue 13)
+    async def _credits(self, me: SignedIn, **form: Any) -> dict[str, Any]:
+        """What the dashboard's Credits section shows: {"on": False} with billing off; else the account's usage
+        (balance, cap, spend this month: the get_usage view), the currency, and whether card top-ups are set up."""
+        billing = self.billing
+        if billing is None:
+            return {"on": False}
+        try:
+            view = await billing.usage(me.principal)
+        except Exception as e:  # the rest of the dashboard (keys, projects) still works; the log says why
+            log.error("web UI: the usage of %s could not be read: %s", me.principal.account_name, type(e).__name__)
+            return {"on": True, "unavailable": True}
+        stripe = billing.stripe.settings
+        currency = stripe.currency
+
+        def show(minor: int | None) -> str:
+            return money.show(minor, currency)
+
+        reason = None
+        if view.blocked:
+            reason = "no credits left" if (view.balance or 0) <= 0 else "the monthly spend cap is reached"
+        default_cap = billing.settings.monthly_cap
+        return {
+            "on": True, "view": view, "show": show, "currency": currency.upper(), "reason": reason,
+            "topups": billing.stripe.enabled, "min": show(stripe.min_topup), "max": show(stripe.max_topup),
+            "step": "1" if money.decimals(currency) == 0 else "0." + "0" * (money.decimals(currency) - 1) + "1",
+            "min_plain": money.plain(stripe.min_topup, currency), "max_plain": money.plain(stripe.max_topup, currency),
+            "default_cap": "no cap" if default_cap is None else show(default_cap),
+            "amount_value": form.get("amount_value", money.plain(max(stripe.min_topup, min(
+                stripe.max_topup, 10 ** money.decimals(currency) * 10)), currency)),
+            "cap_value": form.get("cap_value", "" if view.monthly_cap is None else money.plain(view.monthly_cap,
+                                                                                               currency)),
+        }
+
+    def _base_url(self, request: Request) -> str:
+        """Where Stripe sends the browser back: INKMCP_PUBLIC_URL, else the Host this request came to (checked)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+    async def add_credits(self, request: Request) -> Response:
+        """"Add credits": a Stripe Checkout Session for the signed-in account (never an account named in the form),
+        then 303 to Stripe's payment page. The webhook credits the payment (inkmcp/billing/stripe.py)."""
+        checked = await self._form_post(request)
+        if isinstance(checked, Response):
+            return checked
+        me, form = checked
+        billing = self.billing
+        if billing is None or not billing.stripe.enabled:
+            return await self._render_dashboard(request, me, 409, problem=(
+                "Card top-ups are not set up on this server. Ask the operator to add credits "
+                f"(`inkmcp credits grant --account {me.principal.account_name} --amount N --reason TEXT`)."))
+        st = billing.stripe.settings
+        typed = str(form.get("amount") or "")[:64]
+        try:
+            amount = money.parse(typed, st.currency)
+            if not st.min_topup <= amount <= st.max_topup:
+                raise ValueError(f"Top-ups are between {money.show(st.min_topup, st.currency)} and "
+                                 f"{money.show(st.max_topup, st.currency)}.")
+        except ValueError as e:
+            return await self._render_dashboard(request, me, 400, problem=f"Add credits: {e}",
+                                                credits=await self._credits(me, amount_value=typed))
+        base = self._base_url(request)
+        try:
+            url = await billing.checkout_url(me.principal.account_name, amount,
+                                             success_url=f"{base}/dashboard?topup=paid",
+                                             cancel_url=f"{base}/dashboard?topup=cancelled")
+        except InkError as e:
+            log.warning("web UI: Stripe Checkout for %s failed: %s", me.principal.account_name, e.message)
+            return await self._render_dashboard(request, me, 502, problem=(
+                f"Stripe could not start the payment: {e.message} Nothing was charged; try again in a minute."),
+                credits=await self._credits(me, amount_value=typed))
+        await self.platform.audit.record(me.principal, "start_topup", target=me.principal.account_name,
+                                         arguments={"amount": amount})
+        log.info("web UI: %s started a Stripe Checkout of %d", me.principal.account_name, amount)
+        return RedirectResponse(url, status_code=303)
+
+    async def set_cap(self, request: Request) -> Response:
+        """The signed-in account's monthly spend cap: set (an amount >= 0) or cleared (back to the server default)."""
+        checked = await self._form_post(request)
+        if isinstance(checked, Response):
+            return checked
+        me, form = checked
+        billing = self.billing
+        if billing is None:
+            return await self._render_dashboard(request, me, 409, problem=(
+                "This server does not charge (billing is off), so there is no spend cap to set."))
+        currency = billing.stripe.settings.currency
+        typed = str(form.get("cap") or "")[:64]
+        cap: int | None = None
+        if form.get("action") != "clear":
+            try:
+                cap = money.parse(typed, currency)
+            except ValueError as e:
+                return await self._render_dashboard(request, me, 400, problem=(
+                    f"Monthly cap: {e} 0 stops every changing call; Remove my cap goes back to the server's "
+                    "default."), credits=await self._credits(me, cap_value=typed))
+        await billing.set_cap(me.principal.account_id, cap)  # by the session's account id, nothing from the form
+        await self.platform.audit.record(me.principal, "set_monthly_cap", target=me.principal.account_name,
+                                         arguments={"cap": cap})
+        log.info("web UI: %s set its monthly cap to %s", me.principal.account_name, cap)
+        if cap is None:
+            default = billing.settings.monthly_cap
+            notice = ("Your own cap is removed: the server's default applies ("
+                      f"{'no cap' if default is None else money.show(default, currency)}).")
+        else:
+            notice = f"Monthly spend cap set to {money.show(cap, currency)}."
+        return await self._render_dashboard(request, me, notice=notice)

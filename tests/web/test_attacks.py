@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -18,8 +17,7 @@ from itsdangerous.timed import TimestampSigner
 from inkmcp.core.accounts import AccountService
 from inkmcp.github.standin import StandinGitHub
 from inkmcp.store.crypto import SecretBox
-from inkmcp.store.db import Store, open_store
-from inkmcp.store.embedded import EmbeddedPostgres
+from inkmcp.store.db import Store
 from inkmcp.web.sessions import signing_key
 from tests.support import ServerProc, call, mcp_session
 from tests.web.webclient import base, csrf, key_ids, new_key, post, sign_in
@@ -39,17 +37,6 @@ def fresh(srv: ServerProc, cookie: str | None = None) -> httpx.Client:
 def is_signed_out(client: httpx.Client) -> bool:
     page = client.get("/dashboard")
     return page.url.path == "/" and 'id="signin"' in page.text and "Dashboard" not in page.text
-
-
-@pytest.fixture
-async def server_store(web_server: ServerProc) -> AsyncIterator[Store]:
-    """The server's own control-plane database (its embedded Postgres, reached over the socket as root)."""
-    control = EmbeddedPostgres(web_server.data_dir / "pg" / "control")
-    store = await open_store(control.url(database="postgres").get_secret_value())
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def test_form_posts_need_the_sessions_csrf_token_and_our_origin(web_server: ServerProc,

@@ -1,7 +1,8 @@
 """The web UI in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against a real
 `inkmcp serve` whose GitHub is the stand-in: sign in through GitHub's authorize page, the dashboard, a key made
 there working for a real MCP client over streamable HTTP (it deploys a site the dashboard then shows with its log),
-revoking it, a phone-sized viewport, sign-out, and the old cookie refused afterwards.
+revoking it, a phone-sized viewport, sign-out, and the old cookie refused afterwards; then the Credits section: the
+monthly cap set by keyboard, Add credits through the Stripe stand-in's Checkout page, the balance after the webhook.
 
 One browser for the module (chromedriver started by us and stopped by its PID). A screenshot of the dashboard is
 written to the test's tmp dir, and also to $INKMCP_WEB_SCREENSHOTS when that is set (for a human to look at).
@@ -30,6 +31,7 @@ from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from inkmcp.github.standin import StandinGitHub
+from tests.billing.stripe_standin import StripeStandIn
 from tests.e2e import apps
 from tests.github_support import unique_login
 from tests.requirements import requires
@@ -198,3 +200,78 @@ async def test_sign_in_key_for_mcp_revoke_phone_and_sign_out(web_server: ServerP
     browser.add_cookie({k: cookie[k] for k in ("name", "value", "path", "httpOnly", "sameSite")})
     browser.get(root + "/dashboard")
     assert browser.current_url == root + "/" and browser.find_elements(By.ID, "signin")
+
+
+def figure_text(driver: WebDriver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+async def test_credits_cap_and_a_stripe_checkout_in_the_browser(web_server: ServerProc, github_standin: StandinGitHub,
+                                                                 stripe_standin: StripeStandIn, browser: WebDriver,
+                                                                 tmp_path: Path) -> None:
+    """Sign in, see balance and cap, set the cap with the keyboard, Add credits -> the stand-in's Checkout page ->
+    Pay -> back on the dashboard, where the balance grows once the signed webhook arrived."""
+    root = base(web_server)
+    login = unique_login("fay")
+    github_standin.add_user(login)
+    browser.get(root + "/")
+    browser.delete_all_cookies()
+    browser.get(root + "/")
+    browser.find_element(By.ID, "signin").click()
+    wait(browser, EC.title_contains("Authorize"))
+    Select(browser.find_element(By.ID, "login")).select_by_value(login)
+    browser.find_element(By.ID, "js-oauth-authorize-btn").click()
+    wait(browser, EC.url_to_be(root + "/dashboard"))
+    assert browser.find_element(By.ID, "login").text == login
+    assert (figure_text(browser, "balance"), figure_text(browser, "cap"), figure_text(browser, "spent")) == (
+        "5.00 EUR", "no cap", "0.00 EUR")
+
+    # the cap, by keyboard: Tab reaches its field right after Add credits' field and button; Enter saves
+    order = tab_to(browser, "cap-amount", limit=20)
+    assert order[-3:] == ["amount", "add-credits", "cap-amount"], order
+    browser.switch_to.active_element.send_keys("25")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    assert wait(browser, EC.presence_of_element_located((By.ID, "notice"))).text == \
+        "Monthly spend cap set to 25.00 EUR."
+    assert figure_text(browser, "cap") == "25.00 EUR"
+
+    # Add credits: 20.00 EUR -> Stripe's (the stand-in's) payment page, for this account
+    amount = browser.find_element(By.ID, "amount")
+    amount.clear()
+    amount.send_keys("20")
+    browser.find_element(By.ID, "add-credits").click()
+    wait(browser, EC.url_contains(stripe_standin.base + "/c/pay/cs_test_"))
+    sid = browser.current_url.rsplit("/", 1)[-1]
+    assert stripe_standin.sessions[sid]["client_reference_id"] == login
+    assert browser.find_element(By.ID, "amount").text == "20.00 EUR"
+    browser.find_element(By.ID, "pay").click()
+    wait(browser, EC.url_to_be(root + "/dashboard?topup=paid"))
+    assert "Payment received by Stripe" in browser.find_element(By.ID, "notice").text
+    deadline = time.monotonic() + 15
+    while figure_text(browser, "balance") != "25.00 EUR" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        browser.refresh()
+    assert figure_text(browser, "balance") == "25.00 EUR"  # 5.00 starter + 20.00 paid, credited by the webhook
+    assert figure_text(browser, "cap") == "25.00 EUR"
+    assert stripe_standin.deliveries and stripe_standin.deliveries[-1][1] == 200
+
+    # a phone: the Credits section does not scroll sideways either
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        browser.get(root + "/dashboard")
+        assert horizontal_overflow(browser) <= 0, "the dashboard scrolls sideways at 375 px"
+        browser.find_element(By.ID, "credits").screenshot(str(tmp_path / "credits-375.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    browser.set_window_size(1280, 1100)
+    try:
+        browser.get(root + "/dashboard")
+        shot = tmp_path / "dashboard-credits.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.set_window_size(1280, 900)
+    if os.environ.get("INKMCP_WEB_SCREENSHOTS"):
+        out = Path(os.environ["INKMCP_WEB_SCREENSHOTS"])
+        shutil.copy(shot, out / "dashboard-credits.png")
+        shutil.copy(tmp_path / "credits-375.png", out / "dashboard-credits-375.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import httpx
@@ -51,3 +52,16 @@ def post(client: httpx.Client, path: str, data: dict[str, str], *, origin: str |
     elif origin is not None:
         headers["Origin"] = origin
     return client.post(path, data=data, headers=headers, follow_redirects=False)
+
+
+def figure(page: str, element_id: str) -> str:
+    """The text of the dashboard's Credits figure `element_id` (balance, cap, spent, burn)."""
+    m = re.search(rf'<dd id="{element_id}">([^<]*)</dd>', page)
+    assert m, page[:3000]
+    return m.group(1)
+
+
+def problem(page: str) -> str:
+    m = re.search(r'id="problem">([^<]*)<', page)
+    assert m, page[:3000]
+    return html.unescape(m.group(1))
