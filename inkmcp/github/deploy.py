@@ -67,11 +67,10 @@ class Prepared:
     """A GitHub repo_url, checked: what to fetch it with and what to track."""
 
     repo: str  # owner/name, lowercase
-    branch: str | None  # ref asked, or the repo's default branch (None when GitHub could not say)
+    branch: str | None  # the branch or tag name a push redeploys for (`tracked_name`); None: not tracked
     auth: GitAuth | None
     auto_deploy: bool | None
     admin: bool = False  # the account's GitHub user administers the repo (may add deploy keys)
-    ref_kind: str = "branch"  # what `branch` names: "branch", "tag" or "commit" (refs.py)
 
 
 def parse_repo(settings: GitHubSettings, repo_url: str) -> tuple[str, str] | None:
@@ -93,6 +92,29 @@ def parse_repo(settings: GitHubSettings, repo_url: str) -> tuple[str, str] | Non
     if not (_NAME.match(owner) and _NAME.match(repo)) or repo in (".", ".."):
         return None
     return owner, repo
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]{7,40}$")
+
+
+def tracked_name(ref: str | None) -> str | None:
+    """The name a push must carry to (possibly) move what `ref` names, or None when no push can (issue 11 item 3).
+
+    deploy_app resolves a ref as git does (inkmcp/build/source.py `_resolve`): `refs/...` as given, else
+    `refs/heads/<ref>`, then `refs/tags/<ref>`, then a commit sha. So the service tracks the plain name, and the
+    webhook redeploys it for a push to `refs/heads/<name>` *or* `refs/tags/<name>` (GitHub sends push events for
+    tags too: a tag created, moved or re-created): either may change what the name resolves to, and the redeploy
+    resolves it again the same way (an unchanged commit is a no-op reuse). A ref of 7 to 40 hex digits is a commit,
+    and a full ref outside heads/tags (refs/pull/1/head) is not pushed to: None, never tracked."""
+    if ref is None or not ref.strip():
+        return None
+    ref = ref.strip()
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref.removeprefix(prefix) or None
+    if ref.startswith("refs/") or _HEX.match(ref):
+        return None
+    return ref
 
 
 class GitHubDeployHooks:
@@ -117,6 +139,13 @@ class GitHubDeployHooks:
             return None
         owner, name = parsed
         shown = f"{owner}/{name}"
+        tracked = tracked_name(ref)
+        if ref and ref.strip() and tracked is None and auto_deploy:
+            raise InvalidArgument(
+                f"ref {ref.strip()!r} names a commit (or a ref other than a branch or tag), which a push never moves: "
+                "auto_deploy could never redeploy it.", argument="auto_deploy",
+                fix="pass a branch (or tag) as ref to redeploy on pushes to it, or omit auto_deploy to deploy this "
+                    "commit as it is")
         token = await token_for(self._sessions, self._box, account_id)
         try:
             async with GitHubClient(self.settings) as gh:
@@ -124,7 +153,7 @@ class GitHubDeployHooks:
         except GitHubError as e:
             if token is None:  # anonymous checks are best effort (GitHub limits them per address)
                 log.info("anonymous GitHub check of %s failed (%s); fetching as before", shown, e.message)
-                return Prepared(shown.lower(), ref, None, auto_deploy)
+                return Prepared(shown.lower(), tracked if ref and ref.strip() else None, None, auto_deploy)
             raise SourceError(f"could not check access to GitHub repository {shown}: {e.message}",
                               argument="repo_url", fix=e.fix or "retry in a minute") from None
         if not access.readable:
@@ -143,7 +172,8 @@ class GitHubDeployHooks:
                     f"the InkMCP OAuth app access to the organization), or {self._sign_in_hint()} as a user who can "
                     "read it, then deploy again")
         auth = GitAuth(token) if token is not None and access.private else None
-        return Prepared(shown.lower(), ref or access.default_branch, auth, auto_deploy,
+        branch = tracked if ref and ref.strip() else access.default_branch
+        return Prepared(shown.lower(), branch, auth, auto_deploy,
                         admin=bool(access.permissions.get("admin")))
 
     # -- deploy keys (private repos under a compute platform that clones itself: Coolify) ----------------------

@@ -130,9 +130,11 @@ class WebhookHandler:
         repo = push.repository.full_name.lower()
         if not await self._first_delivery(delivery, event, repo):
             return _answer(200, status="duplicate", delivery=delivery)
-        if not push.ref.startswith("refs/heads/") or push.deleted:
-            return _answer(200, status="ignored", reason="not a push of a branch commit")
-        branch = push.ref.removeprefix("refs/heads/")
+        if not push.ref.startswith(("refs/heads/", "refs/tags/")) or push.deleted:
+            return _answer(200, status="ignored", reason="not a push of a branch or tag")
+        # a branch or a tag: services track the plain name, which deploy_app resolves as branch first, then tag
+        # (inkmcp/github/deploy.py `tracked_name`), so a push to either may move what a service's ref names
+        branch = push.ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
         trigger = PushTrigger(delivery, repo, branch, push.head_commit.id if push.head_commit else push.after,
                               push.pusher.name if push.pusher else None)
         targets = await self._targets(repo, branch)

@@ -291,3 +291,48 @@ async def test_operator_cli_moves_a_github_sign_in(world: World, github_standin:
         moves = select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "github_move",
                                                                    AuditEntry.result == "ok")
         assert (await db.execute(moves)).scalar_one() == 1
+
+
+async def test_tag_refs_follow_tag_pushes_and_commit_refs_are_never_tracked(world: World,
+                                                                             github_standin: StandinGitHub) -> None:
+    """Issue 11 item 3: a service deployed from a tag is redeployed when a push moves that tag (GitHub sends
+    `refs/tags/<name>` push events), not by pushes to branches; a commit ref refuses auto_deploy=true and is not
+    tracked when it is omitted."""
+    alice = world.alice
+    repo = github_standin.create_repo(alice.login, "tagged", files={"index.html": "<h1>tag one</h1>\n"})
+    github_standin.add_hook(repo, world.hook_url, SECRET)
+    one = github_standin.state.head(repo)
+    github_standin.state.tag(repo, "v1", one)
+    async with mcp_session(world.server, world.alice_key) as s:
+        dep = await deploy_live(s, repo_url=github_standin.html_url(repo), service_type="webapp_static", ref="v1")
+    assert dep["commit"] == one
+
+    # a push to the branch: the tag did not move, the service is not redeployed
+    two = github_standin.state.commit(repo, {"index.html": "<h1>tag two</h1>\n"}, "two")
+    branch_push = await github_standin.deliver_push(repo, "main", one, two, alice)
+    assert [json.loads(d.response_body)["services"] for d in branch_push] == [[]]
+    # the tag moves to the new commit (GitHub's push event for refs/tags/v1): redeployed at what v1 names now
+    github_standin.state.tag(repo, "v1", two)
+    tag_push = await github_standin.deliver_push(repo, "refs/tags/v1", one, two, alice)
+    assert [json.loads(d.response_body)["services"] for d in tag_push] == [["tagged/web"]], tag_push
+    async with mcp_session(world.server, world.alice_key) as s:
+        async def moved() -> bool:
+            web = (await call(s, "list_services", project_name="tagged"))["services"][0]
+            return web["commit"] == two[:12] and web["deployment_status"] == "live"
+
+        await until("the moved tag to go live", moved)
+        assert "tag two" in via_proxy(world.server, dep["url"]).text
+
+        # a commit: auto_deploy=true is refused with what to pass instead, nothing made for that service
+        error = await call_error(s, "deploy_app", repo_url=github_standin.html_url(repo), service_name="pinned",
+                                 service_type="webapp_static", ref=one[:12], auto_deploy=True)
+        assert "commit" in error and "auto_deploy" in error and "branch" in error, error
+        services = (await call(s, "list_services", project_name="tagged"))["services"]
+        assert [x["name"] for x in services] == ["web"]
+        # omitted: deployed as it is and not tracked; a push to main never redeploys it
+        pinned = await deploy_live(s, repo_url=github_standin.html_url(repo), service_name="pinned",
+                                   service_type="webapp_static", ref=one[:12])
+    assert pinned["commit"] == one
+    three = github_standin.state.commit(repo, {"index.html": "<h1>three</h1>\n"}, "three")
+    later = await github_standin.deliver_push(repo, "main", two, three, alice)
+    assert [json.loads(d.response_body)["services"] for d in later] == [[]]

@@ -83,7 +83,7 @@ def full_repository(repo: Repo, owner: User | None, web: str, api: str,
 
 def push_event(repo: Repo, owner: User | None, pusher: User, web: str, api: str, *, branch: str, before: str,
                after: str, message: str) -> dict[str, Any]:
-    """The `push` webhook payload for one branch update."""
+    """The `push` webhook payload for one branch update (`branch` a full `refs/tags/<name>`: a tag's)."""
     zero = "0" * 40
     person = {"name": pusher.login, "email": f"{pusher.id}+{pusher.login}@users.noreply.example",
               "username": pusher.login}
@@ -94,7 +94,8 @@ def push_event(repo: Repo, owner: User | None, pusher: User, web: str, api: str,
                   "master_branch": repo.default_branch}
     repository["owner"] = {**repository["owner"], "name": repo.owner, "email": None}
     return {
-        "ref": f"refs/heads/{branch}", "before": before, "after": after, "created": before == zero,
+        "ref": branch if branch.startswith("refs/") else f"refs/heads/{branch}",
+        "before": before, "after": after, "created": before == zero,
         "deleted": after == zero, "forced": False, "base_ref": None,
         "compare": f"{web}/{repo.full_name}/compare/{before[:12]}...{after[:12]}",
         "commits": [commit] if after != zero else [], "head_commit": commit if after != zero else None,

@@ -248,6 +248,11 @@ class State:
             git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=work)
             return git("rev-parse", "HEAD", cwd=work)
 
+    def tag(self, repo: Repo, name: str, commit: str) -> None:
+        """Create or move the lightweight tag `name` to `commit` (no webhook: StandinGitHub.deliver_push with
+        branch=`refs/tags/<name>` sends GitHub's push event for it)."""
+        git("tag", "-f", name, commit, cwd=repo.path)
+
     def head(self, repo: Repo, branch: str | None = None) -> str:
         return git("rev-parse", f"refs/heads/{branch or repo.default_branch}", cwd=repo.path)
 
