@@ -26,7 +26,15 @@ from typing import Any
 
 from sqlalchemy import text
 
-from inkmcp.billing.metering import charge_interval, charge_params, charge_statement
+from inkmcp.billing.ledger import ENSURE_ALL
+from inkmcp.billing.metering import (
+    CLAIM,
+    LOCK,
+    METERING_LOCK_KEY,
+    charge_interval,
+    charge_params,
+    charge_statement,
+)
 from inkmcp.billing.settings import Prices
 from inkmcp.store.db import migrate, open_store
 
@@ -71,45 +79,93 @@ async def baseline_ms(store: Any, rows: int, rounds: int) -> float:
     return best
 
 
-async def bench(url: str, services: int = 10_000, rounds: int = 5, start: int = 2_000_000_000) -> dict[str, float]:
+async def transaction_ms(conn: Any, prices: Prices, s: int, replica: str = "bench") -> float:
+    """Server time (planning + execution, EXPLAIN ANALYZE) of every statement of one charging transaction, in the
+    order `charge_interval` runs them: advisory lock, interval claim, new accounts' rows, the charge itself."""
+    steps = [(LOCK, {"k": METERING_LOCK_KEY}), (CLAIM, {"s": s, "l": 60, "r": replica}), (ENSURE_ALL, {"starter": 0}),
+             (charge_statement(prices), charge_params(prices, s, 60, 0.0, None))]
+    total = 0.0
+    for stmt, params in steps:
+        plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + stmt.text), params)).scalar_one()
+        total += plan[0]["Execution Time"] + plan[0]["Planning Time"]
+        if os.environ.get("METERING_PLAN") and stmt.text.startswith("WITH"):
+            def walk(n: dict, d: int = 0) -> None:
+                print("  " * d, n["Node Type"], n.get("Relation Name", ""), n.get("CTE Name", ""),
+                      n["Actual Total Time"], n.get("Actual Rows"))
+                for c in n.get("Plans", []):
+                    walk(c, d + 1)
+            walk(plan[0]["Plan"])
+    return total
+
+
+HISTORY = 240
+"""Earlier intervals with awake samples (4 hours of 60 s intervals: 800,000 rows for 3,333 on_demand services), so
+that a plan reading the whole `billing_awake` table instead of one interval's rows shows in the figure."""
+
+CHANGE_ALL = """
+UPDATE services SET
+  mode = CASE mode WHEN 'static' THEN 'persistent' ELSE mode END,
+  settings = jsonb_set(settings, '{resources,memory_mb}', CASE mode WHEN 'static' THEN '256' ELSE '1024' END::jsonb)
+WHERE mode IN ('persistent', 'static')
+"""
+"""Every service that has a rate changes it at once (persistent ones resized, static ones made persistent), now:
+inside the interval charged next, so that interval holds two segments for each of them (the closed and the new)."""
+
+
+async def bench(url: str, services: int = 10_000, rounds: int = 5, first_rounds: int = 3) -> dict[str, float]:
+    """Steady state: `rounds` intervals charged as the loop does (wall time) alternating with `rounds` measured as
+    server time; then every rated service changes its rate (CHANGE_ALL, timed: the rate bookkeeping that happens
+    then, PostgreSQL's trigger) and the interval holding the change is measured `first_rounds` times, each in a
+    rolled-back transaction so that each measures the same first charge."""
     store = await open_store(url)
     try:
         per = 10
+        current = int(time.time()) // 60 * 60  # the interval holding "now": CHANGE_ALL's segments begin/end in it
+        start = current - 60 * 2 * rounds
         async with store.engine.begin() as conn:
             await conn.execute(text(SEED), {"accounts": services // per, "per": per})
             await conn.execute(text("UPDATE services s SET live_deployment_id = d.id FROM deployments d "
                                     "WHERE d.service_id = s.id AND s.live_deployment_id IS NULL"))
-            await conn.execute(text(
+            await conn.execute(text(  # plus HISTORY older intervals' samples, as the table holds in production
                 "INSERT INTO billing_awake (service_id, start_s, replica, awake_ms) SELECT id, :s + 60 * g, 'r', 30000 "
-                "FROM services, generate_series(0, :n) g WHERE mode = 'on_demand'"), {"s": start, "n": 2 * rounds})
+                "FROM services, generate_series(-CAST(:h AS int), CAST(:n AS int)) g WHERE mode = 'on_demand'"),
+                {"s": start, "n": 2 * rounds, "h": HISTORY})
             await conn.execute(text("ANALYZE"))
         walls, server = [], []
         for r in range(rounds * 2):
             s = start + 60 * r
-            if r % 2:  # the server's own time for the pricing-and-charging statement, committed like a real pass
+            if r % 2:  # the server's own time for the charging transaction's statements, committed like a real pass
                 async with store.engine.begin() as conn:
-                    await conn.execute(text("INSERT INTO billing_intervals (start_s, length_s, replica) "
-                                            "VALUES (:s, 60, 'bench')"), {"s": s})
-                    stmt = text("EXPLAIN (ANALYZE, FORMAT JSON) " + charge_statement(PRICES).text)
-                    plan = (await conn.execute(stmt, charge_params(PRICES, s, 60, 0.0, None))).scalar_one()
-                server.append(plan[0]["Execution Time"] + plan[0]["Planning Time"])
-                if os.environ.get("METERING_PLAN"):
-                    def walk(n: dict, d: int = 0) -> None:
-                        print("  " * d, n["Node Type"], n.get("Relation Name", ""), n["Actual Total Time"])
-                        for c in n.get("Plans", []):
-                            walk(c, d + 1)
-                    walk(plan[0]["Plan"])
+                    server.append(await transaction_ms(conn, PRICES, s))
                 continue
             t0 = time.perf_counter()  # the whole pass of one interval as the loop runs it, round trips included
             async with store.engine.begin() as conn:
                 charged = await charge_interval(conn, PRICES, s, 60, replica="bench", grace_s=0.0)
             walls.append((time.perf_counter() - t0) * 1000)
             assert charged is not None and charged.usage_rows >= services * 2 // 3 - services // 20, charged
+        async with store.engine.begin() as conn:
+            plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + CHANGE_ALL))).scalar_one()
+            change_ms = plan[0]["Execution Time"] + plan[0]["Planning Time"]
+            changed = plan[0]["Plan"]["Plans"][0]["Actual Rows"] if plan[0]["Plan"].get("Plans") else None
+        first = []
+        for _ in range(first_rounds):
+            conn = await store.engine.connect()
+            try:
+                trans = await conn.begin()
+                first.append(await transaction_ms(conn, PRICES, current))
+                segs = (await conn.execute(text("SELECT count(*) FROM billing_segments WHERE to_s IS NULL OR "
+                                                "to_s > :s"), {"s": current})).scalar_one()
+                await trans.rollback()
+            finally:
+                await conn.close()
         base = await baseline_ms(store, services, rounds)
         return {"services": services, "baseline_ms_min": round(base, 1),
                 "ratio_min": round(min(server) / base, 2), "wall_ms_median": round(statistics.median(walls), 1),
                 "wall_ms_min": round(min(walls), 1), "server_ms_median": round(statistics.median(server), 1),
-                "server_ms_min": round(min(server), 1)}
+                "server_ms_min": round(min(server), 1), "server_ms_max": round(max(server), 1),
+                "changed_services": changed, "change_ms": round(change_ms, 1),
+                "first_segments": segs, "first_server_ms_median": round(statistics.median(first), 1),
+                "first_server_ms_max": round(max(first), 1)}
     finally:
         await store.close()
 

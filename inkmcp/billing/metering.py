@@ -7,11 +7,13 @@ over (plus a settling margin for the last awake samples) by whichever replica ge
   `billing_intervals` (`ON CONFLICT DO NOTHING`): a second replica waits for the lock, finds the row and skips.
   A replica that dies mid-transaction leaves nothing (rollback); the survivor charges the interval at its next
   pass. Intervals missed while no replica ran are caught up, at most INKMCP_METERING_CATCHUP_INTERVALS of them.
-* One statement then prices every live service (and finished builds, and database storage) into `billing_usage`,
-  keyed UNIQUE (kind, subject, interval): exact cost in millionths of a minor unit (floored at 10^-6). From the
-  rows it inserted it adds to each account's exact total `usage_micro` and charges the account the difference of
-  floor(total / 10^6) before and after: fractions of a minor unit carry over to the next interval instead of being
-  rounded up (or lost) each time, so a month of tiny intervals costs exactly what one long interval would.
+* One statement then prices the interval and charges every account. Persistent and static services are read from
+  their rate segments (`billing_segments`), which PostgreSQL keeps when a service's rate changes (migration 0012's
+  trigger on `services`), not here: an interval costs the same whether no service or every service changed. Awake
+  time, builds and storage go to per-day rows (`billing_usage`, UNIQUE (kind, subject, day)). The statement adds
+  to each account's exact total `usage_micro` (millionths of a minor unit) and charges the account the difference
+  of floor(total / 10^6) before and after: fractions of a minor unit carry over to the next interval instead of
+  being rounded up (or lost) each time, so a month of tiny intervals costs exactly what one long interval would.
 
 What counts (prices from INKMCP_PRICES, integer minor units):
   persistent  reserved memory (resources.memory_mb, default 512 MiB) x time live, per GiB-hour; not while the
@@ -53,35 +55,32 @@ SizeProbe = Callable[[], Awaitable[dict[uuid.UUID, int]]]
 
 
 RATE_DENOMINATOR = 1024 * 3600
-"""`rate_num` is micro-units per second times this, so that every price and memory size gives an integer."""
-
-LIVE = """
-  FROM services sv JOIN deployments d ON d.id = sv.live_deployment_id JOIN projects p ON p.id = sv.project_id
-  CROSS JOIN LATERAL (SELECT GREATEST(CAST(:s AS bigint), CAST(ceil(extract(epoch FROM
-                        COALESCE(d.finished_at, d.updated_at))) AS bigint)) AS live_from) t"""
-"""Live services and when in [:s, :e) they went live (a deployment that went live mid-interval counts from then)."""
+"""A segment's cost per second is price x units x 10^6 / this (units: MiB reserved, or 1024 for a static service)."""
 
 
 def _rated_sql(prices: Prices) -> str:
-    """Persistent and static services as the CTE `cur`: their rate now, and the seconds they ran in [:s, :e)."""
-    parts = []
-    if prices.persistent:
-        parts.append("""
-  SELECT p.account_id, 'persistent' AS kind, sv.id AS subject_id, p.name || '/' || sv.name AS label,
-         CAST(:p_persistent AS bigint) * m.mem * 1000000 AS rate_num, t.live_from, m.mem AS mem""" + LIVE + """
-  CROSS JOIN LATERAL (SELECT COALESCE(CAST(sv.settings -> 'resources' ->> 'memory_mb' AS bigint), 512) AS mem) m
-  LEFT JOIN billing_accounts b ON b.account_id = p.account_id
-  WHERE sv.mode = 'persistent'
-    AND NOT (b.blocked_since IS NOT NULL AND b.blocked_since + make_interval(secs => :grace) <= to_timestamp(:s))""")
-    if prices.static:
-        parts.append("""
-  SELECT p.account_id, 'static', sv.id, p.name || '/' || sv.name, CAST(:p_static AS bigint) * 1024 * 1000000,
-         t.live_from, CAST(1 AS bigint)""" + LIVE + """
-  WHERE sv.mode = 'static'""")
-    if not parts:
-        parts.append("SELECT NULL::uuid AS account_id, NULL AS kind, NULL::uuid AS subject_id, NULL AS label, "
-                     "NULL::bigint AS rate_num, NULL::bigint AS live_from, NULL::bigint AS mem WHERE false")
-    return "cur AS (" + "\n  UNION ALL".join(parts) + "\n)"
+    """Persistent and static services as the CTE `rated`: per account, the exact cost in [:s, :e) of the rate
+    segments overlapping it (`pm` persistent, `sm` static; MiB-seconds summed exactly, priced and floored at 10^-6
+    once per account and kind, so never above the exact cost) and how many segments there were.
+
+    Segments are kept by PostgreSQL when a service's rate basis changes (migration 0012's trigger on `services`:
+    deployed, resized, mode changed, undeployed, deleted), so this only reads them: the open ones plus those closed
+    inside the interval (index on `to_s`), a few thousand rows for 10,000 services, however many changed."""
+    kinds = [k for k, p in (("persistent", prices.persistent), ("static", prices.static)) if p]
+    if not kinds:
+        return ("rated AS (SELECT NULL::uuid AS account_id, CAST(0 AS bigint) AS pm, CAST(0 AS bigint) AS sm, "
+                "CAST(0 AS bigint) AS n WHERE false)")
+    micro = ("CAST(floor(sum(CASE WHEN g.kind = '{k}' THEN g.units * (LEAST(COALESCE(g.to_s, :e), :e) - "
+             "GREATEST(g.from_s, :s)) ELSE 0 END) * CAST(:p_{k} AS bigint) * 1000000 / "
+             + str(RATE_DENOMINATOR) + ") AS bigint)")  # sum() is numeric: no overflow, floored once
+    return """rated AS (
+  SELECT g.account_id, """ + micro.format(k="persistent") + """ AS pm, """ + micro.format(k="static") + """ AS sm,
+         count(*) AS n
+  FROM billing_segments g
+  WHERE (g.to_s IS NULL OR g.to_s > :s) AND g.from_s < :e AND g.kind IN (""" + ", ".join(
+        f"'{k}'" for k in kinds) + """)
+  GROUP BY g.account_id
+)"""
 
 
 def _other_sql(prices: Prices) -> str:
@@ -120,42 +119,37 @@ def _other_sql(prices: Prices) -> str:
 
 
 def _services_sql(prices: Prices) -> str:
-    """Everything priced for [:s, :e) as the CTE `priced` (kinds with a zero price are left out entirely), with the
-    rate segments of persistent and static services brought up to date (rows written only where a rate changed)."""
-    return "WITH " + _rated_sql(prices) + ",\n" + _other_sql(prices) + """,
-priced AS (
-  SELECT account_id, kind, subject_id, (:e - live_from) * mem AS quantity,
-         rate_num * GREATEST(0, :e - live_from) / """ + str(RATE_DENOMINATOR) + """ AS micro FROM cur
-  UNION ALL
-  SELECT account_id, kind, subject_id, quantity, micro FROM other
-),
-seg_close AS (
-  UPDATE billing_segments g SET to_s = :s
-  WHERE g.to_s IS NULL AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.subject_id = g.subject_id
-                                       AND cur.kind = g.kind AND cur.rate_num = g.rate_num)
-),
-seg_open AS (
-  INSERT INTO billing_segments (account_id, kind, subject_id, label, rate_num, from_s)
-  SELECT account_id, kind, subject_id, label, rate_num, live_from FROM cur
-  WHERE rate_num > 0 AND NOT EXISTS (SELECT 1 FROM billing_segments g WHERE g.to_s IS NULL
-                                     AND g.subject_id = cur.subject_id AND g.kind = cur.kind
-                                     AND g.rate_num = cur.rate_num)
-)"""
+    """Everything priced for [:s, :e): `rated` (per account) and `other` (per subject, kinds with a zero price left
+    out entirely)."""
+    return "WITH " + _rated_sql(prices) + ",\n" + _other_sql(prices)
 
 
 CHARGE_TAIL = """,
-ins AS (
+upd AS (  -- the day's row of each subject, updated in place (HOT: fillfactor 50, no indexed column changes)
+  UPDATE billing_usage u SET quantity = u.quantity + o.quantity, micro = u.micro + o.micro
+  FROM other o WHERE o.micro > 0 AND u.kind = o.kind AND u.subject_id = o.subject_id AND u.day_s = o.day_s
+),
+ins AS (  -- the first interval of a day (the same snapshot: rows the UPDATE above did not find)
   INSERT INTO billing_usage AS u (account_id, kind, subject_id, label, day_s, quantity, micro)
-  SELECT account_id, kind, subject_id, label, day_s, quantity, micro FROM other WHERE micro > 0
+  SELECT account_id, kind, subject_id, label, day_s, quantity, micro FROM other o
+  WHERE micro > 0 AND NOT EXISTS (SELECT 1 FROM billing_usage x WHERE x.kind = o.kind AND x.subject_id = o.subject_id
+                                  AND x.day_s = o.day_s)
   ON CONFLICT (kind, subject_id, day_s) DO UPDATE
     SET quantity = u.quantity + EXCLUDED.quantity, micro = u.micro + EXCLUDED.micro
 ),
-agg AS (SELECT account_id, CAST(sum(micro) AS bigint) AS m, count(*) AS n FROM priced WHERE micro > 0
+agg AS (SELECT account_id, CAST(sum(pm) AS bigint) AS pm, CAST(sum(om) AS bigint) AS om, CAST(sum(n) AS bigint) AS n
+        FROM (SELECT account_id, pm, sm AS om, n FROM rated
+              UNION ALL
+              SELECT account_id, 0, micro, 1 FROM other WHERE micro > 0) x
         GROUP BY account_id),
-calc AS (
-  SELECT b.account_id, b.usage_micro + agg.m AS total, agg.n,
-         (b.usage_micro + agg.m) / 1000000 - b.usage_micro / 1000000 AS amount
+paid AS (  -- persistent services cost nothing once their account is past its grace period (they are put to sleep)
+  SELECT b.account_id, b.usage_micro, agg.n, agg.om + CASE WHEN b.blocked_since IS NOT NULL
+           AND b.blocked_since + make_interval(secs => :grace) <= to_timestamp(:s) THEN 0 ELSE agg.pm END AS m
   FROM billing_accounts b JOIN agg ON agg.account_id = b.account_id
+),
+calc AS (
+  SELECT account_id, usage_micro + m AS total, n, (usage_micro + m) / 1000000 - usage_micro / 1000000 AS amount
+  FROM paid WHERE m > 0
 ),
 led AS (
   INSERT INTO credit_entries (account_id, kind, amount, source_id, reason)
@@ -191,6 +185,13 @@ WHERE sv.mode = 'persistent' AND sv.live_deployment_id IS NOT NULL
 BLOCKED_ACCOUNTS = text("SELECT CAST(account_id AS text) FROM billing_accounts WHERE blocked_since IS NOT NULL")
 
 
+LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+CLAIM = text("INSERT INTO billing_intervals (start_s, length_s, replica) VALUES (:s, :l, :r) "
+             "ON CONFLICT (start_s) DO NOTHING RETURNING start_s")
+"""The charging transaction's statements, in order: LOCK, CLAIM, ENSURE_ALL, `charge_statement` (benchmarks/metering.py
+times exactly these)."""
+
+
 @dataclass
 class Charged:
     start_s: int
@@ -222,10 +223,8 @@ async def charge_interval(
     """Charge [start_s, start_s + length_s) in the caller's transaction; None if another pass charged it already.
 
     The caller commits (or rolls back: then nothing of the interval is recorded and a later pass redoes it)."""
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": METERING_LOCK_KEY})
-    claimed = (await conn.execute(text(
-        "INSERT INTO billing_intervals (start_s, length_s, replica) VALUES (:s, :l, :r) "
-        "ON CONFLICT (start_s) DO NOTHING RETURNING start_s"), {"s": start_s, "l": length_s, "r": replica})).first()
+    await conn.execute(LOCK, {"k": METERING_LOCK_KEY})
+    claimed = (await conn.execute(CLAIM, {"s": start_s, "l": length_s, "r": replica})).first()
     if claimed is None:
         return None
     # Accounts made since the last pass get their billing row (and starter credits) before they are charged.

@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB  # --- billcore: billing_suspensions.detail
 from sqlalchemy.orm import Mapped, mapped_column
 
 from inkmcp.store.models import Base
@@ -98,12 +99,15 @@ class UsageRecord(Base):
 class RateSegment(Base):
     """A persistent or static service's cost rate over a span of time, for reports: the rate changes only when the
     service does (deployed, resized, suspended, deleted), so a metering pass writes a row only then, not per service
-    per interval. Cost over [a, b) = rate_num * (b - a) / RATE_DENOMINATOR millionths of a minor unit."""
+    per interval. Cost over [a, b) = price * units * 10^6 * (b - a) / RATE_DENOMINATOR millionths of a minor unit
+    (billcore, 0012: written by a trigger on `services` when the basis changes)."""
 
     __tablename__ = "billing_segments"
     __table_args__ = (
-        Index("ix_billing_segments_open", "subject_id", postgresql_where=text("to_s IS NULL")),
         Index("ix_billing_segments_account_to", "account_id", "to_s"),
+        # --- billcore: 0012, the charge reads segments overlapping [s, e); the trigger finds a service's segments
+        Index("ix_billing_segments_to", "to_s"),
+        Index("ix_billing_segments_subject", "subject_id", "to_s"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -111,8 +115,12 @@ class RateSegment(Base):
     kind: Mapped[str] = mapped_column(String(16), comment="persistent | static")
     subject_id: Mapped[uuid.UUID] = mapped_column(comment="service id")
     label: Mapped[str] = mapped_column(Text, comment="project/service when the segment opened")
-    rate_num: Mapped[int] = mapped_column(BigInteger, comment="micro-units per second x 3,686,400 (1024 x 3600)")
-    from_s: Mapped[int] = mapped_column(BigInteger, comment="epoch seconds")
+    # --- billcore: migration 0012 keeps segments by trigger when a rate changes, with the rate's basis, not money
+    units: Mapped[int] = mapped_column(
+        BigInteger, comment="rate basis: reserved MiB (persistent) or 1024 (static); the charge is price x units x "
+                            "10^6 / (1024 x 3600) millionths of a minor unit per second")
+    from_s: Mapped[int] = mapped_column(BigInteger, comment="epoch seconds (when the rate took effect)")
+    # --- end billcore
     to_s: Mapped[int | None] = mapped_column(BigInteger, comment="epoch seconds; NULL while the rate holds")
 
 
@@ -131,6 +139,7 @@ class AwakeSample(Base):
     """Awake time of an on_demand service in one interval as one replica saw it (the charge takes the max)."""
 
     __tablename__ = "billing_awake"
+    __table_args__ = (Index("ix_billing_awake_start", "start_s"),)  # --- billcore: 0012, one interval's samples
 
     service_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     start_s: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -146,3 +155,26 @@ class DatabaseSize(Base):
     database_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("databases.id", ondelete="CASCADE"), primary_key=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- billcore: migration 0012, what InkMCP suspended because an account could not pay (issue 13 item 4)
+class BillingSuspension(Base):
+    """A service InkMCP put to sleep (persistent, past the grace period) or stopped waking (on_demand) because its
+    account could not pay: recorded before the remote change, removed once it was undone, so any replica (or this
+    one after a restart) resumes exactly what was suspended."""
+
+    __tablename__ = "billing_suspensions"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(32), comment="compute provider name (local, coolify)")
+    mode: Mapped[str] = mapped_column(String(16), comment="persistent | on_demand")
+    token: Mapped[str] = mapped_column(String(64), unique=True,
+                                       comment="opaque id of the service's 402 page (/_inkmcp/suspended/<token>)")
+    state: Mapped[str] = mapped_column(String(16),
+                                       comment="suspending (recorded, remote change under way) | suspended")
+    detail: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"),
+                                         comment="what was changed and how to undo it (apps stopped, router document)")
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+# --- end billcore

@@ -38,12 +38,15 @@ TOP_SQL = text("""
 SELECT label, kind, CAST(sum(micro) AS bigint) FROM (
   SELECT label, kind, micro FROM billing_usage WHERE account_id = :a AND day_s >= :since
   UNION ALL
-  SELECT label, kind, rate_num * GREATEST(0, LEAST(COALESCE(to_s, :now), :now) - GREATEST(from_s, :since)) / 3686400
+  SELECT label, kind, CASE WHEN kind = 'persistent' THEN CAST(:p_persistent AS bigint)
+                           ELSE CAST(:p_static AS bigint) END * units * 1000000
+                      * GREATEST(0, LEAST(COALESCE(to_s, :now), :now) - GREATEST(from_s, :since)) / 3686400
   FROM billing_segments WHERE account_id = :a AND (to_s IS NULL OR to_s > :since)
 ) x GROUP BY label, kind ORDER BY 3 DESC LIMIT :top
 """)
 """This month's cost per service: per-day rows (awake time, builds, storage) plus the rate segments of persistent and
-static services (rate x overlap with the month)."""
+static services (today's price x the segment's basis x overlap with the month: a price change re-prices the
+month's report, not the ledger)."""
 BURN_SQL = text("SELECT COALESCE(CAST(-sum(amount) AS bigint), 0) FROM credit_entries WHERE account_id = :a "
                 "AND kind = 'usage' AND at >= now() - interval '1 hour'")
 
@@ -60,8 +63,10 @@ async def usage_view(ledger: Ledger | None, account_id: uuid.UUID, account_name:
     now = time.time() if now is None else now
     st = await ledger.status(account_id)
     async with (sessions or ledger.sessions)() as s:
+        prices = ledger.settings.prices
         rows = (await s.execute(TOP_SQL, {"a": account_id, "since": _month_start_epoch(now), "now": int(now),
-                                          "top": TOP})).all()
+                                          "top": TOP, "p_persistent": prices.persistent if prices else 0,
+                                          "p_static": prices.static if prices else 0})).all()
         burn = (await s.execute(BURN_SQL, {"a": account_id})).scalar_one()
     days = None if burn <= 0 else round(max(st.balance, 0) / (burn * 24), 2)
     note = ""
