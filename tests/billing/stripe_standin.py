@@ -1,6 +1,11 @@
 """A Stripe stand-in for tests, from Stripe's published API: Checkout Sessions, the hosted payment page, and the
 signed `checkout.session.completed` event Stripe sends to a webhook endpoint when the customer pays.
 
+Its objects are Stripe's published examples (`stripe-fixtures.json`: the `checkout.session` and `event` resources of
+https://github.com/stripe/openapi openapi/fixtures3.json, which stripe-mock answers) with this stand-in's values, so
+they have every field Stripe's have and no other; the parameters it takes are checked against the official library's
+generated `SessionCreateParams` (tests/billing/test_stripe.py).
+
 * `POST /v1/checkout/sessions` (https://docs.stripe.com/api/checkout/sessions/create): form-encoded with Stripe's
   bracket notation (`line_items[0][price_data][unit_amount]`), the secret key as Bearer token (401 with Stripe's
   error object otherwise). Parameters Stripe does not know get 400 `Received unknown parameter: X`, missing or
@@ -23,6 +28,7 @@ signed `checkout.session.completed` event Stripe sends to a webhook endpoint whe
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import re
@@ -30,6 +36,7 @@ import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -46,6 +53,18 @@ CREATE_PARAMS = {  # top-level parameters of "Create a Checkout Session" (a subs
 LINE_ITEM_PARAMS = {"quantity", "price", "price_data"}
 PRICE_DATA_PARAMS = {"currency", "unit_amount", "unit_amount_decimal", "product", "product_data", "tax_behavior"}
 PRODUCT_DATA_PARAMS = {"name", "description", "images", "metadata", "tax_code"}
+
+
+FIXTURES: dict[str, Any] = json.loads((Path(__file__).parent / "stripe-fixtures.json").read_text())
+"""Stripe's published example objects (stripe/openapi fixtures3.json): every session and event this stand-in answers
+has exactly their fields (tests/billing/test_stripe.py checks it), with this stand-in's values."""
+
+
+def _fill(example: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of Stripe's example object with `values` put in; a field Stripe's object does not have is a bug here."""
+    unknown = set(values) - set(example)
+    assert not unknown, f"not fields of Stripe's object: {sorted(unknown)}"
+    return {**copy.deepcopy(example), **values}
 
 
 def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -122,6 +141,7 @@ class StripeStandIn:
         self.deliveries: list[tuple[str, int]] = []
         self.requests: list[dict[str, str]] = []  # headers of every API request (the tests look for secrets)
         self.delay_s = 0.0  # answer API requests this late (a slow Stripe)
+        self.pay_base: str | None = None  # where sessions' `url` points (None: here); a test points it elsewhere
         self.fail_next = 0  # make the session, then answer 500 this many times (a lost answer; Stripe's client retries)
         self.lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -266,20 +286,29 @@ class StripeStandIn:
             raise _invalid("client_reference_id must be at most 200 characters.", "client_reference_id")
         sid = "cs_test_" + secrets.token_hex(16)
         created = int(time.time())
-        return {
-            "id": sid, "object": "checkout.session", "after_expiration": None, "allow_promotion_codes": None,
+        return _fill(FIXTURES["checkout.session"], {
+            "id": sid, "adaptive_pricing": {"enabled": False}, "after_expiration": None, "allow_promotion_codes": None,
             "amount_subtotal": total, "amount_total": total,
-            "automatic_tax": {"enabled": False, "liability": None, "status": None},
-            "billing_address_collection": None, "cancel_url": form.get("cancel_url"),
-            "client_reference_id": reference, "created": created, "currency": currencies.pop(),
+            "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
+            "billing_address_collection": None, "cancel_url": form.get("cancel_url"), "client_reference_id": reference,
+            "client_secret": None, "collected_information": None, "consent": None, "consent_collection": None,
+            "created": created, "currency": currencies.pop(), "custom_fields": [], "custom_text": {
+                "after_submit": None, "shipping_address": None, "submit": None, "terms_of_service_acceptance": None},
             "customer": None, "customer_creation": "if_required", "customer_details": None, "customer_email": None,
-            "expires_at": created + 86400, "invoice": None, "livemode": False, "locale": None,
-            "metadata": form.get("metadata") or {}, "mode": mode, "payment_intent": None, "payment_link": None,
-            "payment_method_types": ["card"], "payment_status": "unpaid", "status": "open",
-            "success_url": form["success_url"], "total_details": {"amount_discount": 0, "amount_shipping": 0,
-                                                                  "amount_tax": 0},
-            "ui_mode": "hosted", "url": f"{self.base}/c/pay/{sid}",
-        }
+            "discounts": [], "expires_at": created + 86400, "invoice": None,
+            "invoice_creation": {"enabled": False, "invoice_data": {
+                "account_tax_ids": None, "custom_fields": None, "description": None, "footer": None, "issuer": None,
+                "metadata": {}, "rendering_options": None}},
+            "livemode": False, "locale": None, "metadata": form.get("metadata") or {}, "mode": mode,
+            "payment_intent": None, "payment_link": None, "payment_method_collection": "if_required",
+            "payment_method_configuration_details": None, "payment_method_options": {},
+            "payment_method_types": ["card"], "payment_status": "unpaid", "phone_number_collection": {"enabled": False},
+            "recovered_from": None, "saved_payment_method_options": None, "setup_intent": None,
+            "shipping_address_collection": None, "shipping_cost": None, "shipping_options": [], "status": "open",
+            "submit_type": None, "subscription": None, "success_url": form["success_url"],
+            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}, "ui_mode": "hosted",
+            "url": f"{self.pay_base or self.base}/c/pay/{sid}",
+        })
 
     def complete(self, sid: str) -> dict[str, Any]:
         """The customer paid: the event Stripe sends to the webhook endpoint."""
@@ -288,9 +317,10 @@ class StripeStandIn:
             session.update(payment_status="paid", status="complete", payment_intent="pi_" + secrets.token_hex(12),
                            customer_details={"email": "buyer@example.com", "name": None})
             obj = dict(session)
-        return {"id": "evt_" + secrets.token_hex(12), "object": "event", "type": "checkout.session.completed",
-                "api_version": API_VERSION, "created": int(time.time()), "livemode": False, "pending_webhooks": 1,
-                "request": {"id": None, "idempotency_key": None}, "data": {"object": obj}}
+        return _fill(FIXTURES["event"], {
+            "id": "evt_" + secrets.token_hex(12), "object": "event", "type": "checkout.session.completed",
+            "api_version": API_VERSION, "created": int(time.time()), "livemode": False, "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None}, "data": {"object": obj}})
 
     def deliver(self, event: dict[str, Any]) -> int:
         """POST the event to the webhook endpoint, signed with its secret, as Stripe does; the HTTP status."""

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from inkmcp.billing.ledger import Ledger
@@ -154,6 +155,11 @@ async def test_checkout_through_the_library_is_async_retried_once_and_never_logs
     down = Stripe(StripeSettings(api_key=KEY, api_base="http://127.0.0.1:9", retries=0), ledger)
     with pytest.raises(ProviderError, match="Stripe is unreachable"):
         await down.create_checkout_session(name, 500, success_url="https://x", cancel_url="https://x")
+    standin.pay_base = "https://checkout.stripe.com.evil.example"  # a session URL we would not send a browser to
+    with pytest.raises(ProviderError, match="unexpected host"):
+        await client.create_checkout_session(name, 500, success_url="https://x", cancel_url="https://x")
+    standin.pay_base = None
+    before += 1  # that session exists at Stripe (unpaid; it expires), the browser just never goes there
     for amount in (99, 100_001, 0, -5, True, 12.5):
         with pytest.raises(InvalidArgument, match="outside the top-up range"):
             await client.create_checkout_session(name, amount, success_url="https://x",  # type: ignore[arg-type]
@@ -169,3 +175,54 @@ def test_checkout_origins_are_stripes_or_the_stand_ins() -> None:
         "https://checkout.stripe.com", "http://127.0.0.1:4242"}
     with pytest.raises(ValueError, match="min_topup"):
         StripeSettings(min_topup=500, max_topup=100)
+
+
+def test_the_stand_in_answers_stripes_published_objects_and_takes_the_librarys_parameters(
+        standin: StripeStandIn) -> None:
+    """Fields of the stand-in's session and event = those of Stripe's published examples (stripe/openapi fixtures),
+    with the same JSON types where both are set; the parameters it accepts are ones the official library's generated
+    SessionCreateParams (from Stripe's OpenAPI spec) declares."""
+    from stripe.params.checkout import _session_create_params as p
+
+    from tests.billing.stripe_standin import (
+        CREATE_PARAMS,
+        FIXTURES,
+        LINE_ITEM_PARAMS,
+        PRICE_DATA_PARAMS,
+        PRODUCT_DATA_PARAMS,
+    )
+
+    def kind(v: object) -> str:
+        return "number" if isinstance(v, int) and not isinstance(v, bool) else type(v).__name__
+
+    r = httpx.post(f"{standin.base}/v1/checkout/sessions", headers={"Authorization": f"Bearer {KEY}"},
+                                 data={"mode": "payment", "success_url": "https://x/ok", "line_items[0][quantity]": "2",
+                                       "line_items[0][price_data][currency]": "eur",
+                                       "line_items[0][price_data][unit_amount]": "150",
+                                       "line_items[0][price_data][product_data][name]": "InkMCP credits"})
+    assert r.status_code == 200 and r.headers["Request-Id"].startswith("req_")
+    session = r.json()
+    event = standin.complete(session["id"])
+    for ours, theirs in ((session, FIXTURES["checkout.session"]), (event, FIXTURES["event"])):
+        assert set(ours) == set(theirs), set(ours) ^ set(theirs)
+        mismatched = {k: (kind(ours[k]), kind(theirs[k])) for k in ours
+                      if ours[k] is not None and theirs[k] is not None and kind(ours[k]) != kind(theirs[k])}
+        assert not mismatched, mismatched
+    assert session["amount_total"] == 300 and event["data"]["object"]["payment_status"] == "paid"
+
+    request_options = set(p.RequestOptions.__annotations__)
+    assert CREATE_PARAMS <= set(p.SessionCreateParams.__annotations__) - request_options
+    assert LINE_ITEM_PARAMS <= set(p.SessionCreateParamsLineItem.__annotations__)
+    assert PRICE_DATA_PARAMS <= set(p.SessionCreateParamsLineItemPriceData.__annotations__)
+    assert PRODUCT_DATA_PARAMS <= set(p.SessionCreateParamsLineItemPriceDataProductData.__annotations__)
+    # what Stripe requires, the stand-in requires: price_data's currency, product_data's name
+    assert p.SessionCreateParamsLineItemPriceData.__required_keys__ == {"currency"}
+    assert p.SessionCreateParamsLineItemPriceDataProductData.__required_keys__ == {"name"}
+    for missing in ("line_items[0][price_data][currency]", "line_items[0][price_data][product_data][name]"):
+        form = {"mode": "payment", "success_url": "https://x", "line_items[0][quantity]": "1",
+                "line_items[0][price_data][currency]": "eur", "line_items[0][price_data][unit_amount]": "1",
+                "line_items[0][price_data][product_data][name]": "n"}
+        del form[missing]
+        refused = httpx.post(f"{standin.base}/v1/checkout/sessions", data=form,
+                                           headers={"Authorization": f"Bearer {KEY}"})
+        assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error", missing
