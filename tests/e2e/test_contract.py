@@ -102,6 +102,14 @@ async def test_tools_list_is_annotated_self_explanatory_and_strict(server: Serve
         assert by_name["restore_database_backup"].input_schema["required"] == ["project_name", "backup_id", "confirm"]
         assert by_name["update_env_vars"].input_schema["properties"]["env_vars"]["additionalProperties"] == {
             "type": ["string", "null"]}
+        # deploy_app's database shows the list form of `type` only, and no tier (provision_database has it): both
+        # are still understood, as the README and the server's instructions show them (refused here on the tier
+        # value alone, before anything is made)
+        database = by_name["deploy_app"].input_schema["properties"]["database"]
+        assert database["properties"]["type"]["items"]["enum"] == ["postgres", "byo", "redis"]
+        msg = await call_error(s, "deploy_app", repo_url="https://example.invalid/x.git",
+                               database={"type": "postgres", "tier": "gold"})
+        assert "Argument 'database.tier'" in msg and "'standard'" in msg, msg
         # results: structuredContent (typed on the server side), and the same JSON as text for text-only clients
         listed = await s.call_tool("list_projects", {})
         assert not listed.is_error and set(listed.structured_content) >= {"projects", "total", "truncated"}
