@@ -417,7 +417,10 @@ class Platform:
                 raise InvalidArgument(
                     "the project has a database, which would be lost with it.",
                     argument="delete_database",
-                    fix="pass delete_database=true to delete it too, or delete services one by one with delete_service",
+                    # --- mcpbudget (issue 13): the tool is delete(service_name=...); there is no delete_service tool
+                    fix="pass delete_database=true to delete it too, or delete services one by one with "
+                        f"delete(project_name={project_name!r}, service_name=..., confirm=<the service name>)",
+                    # --- end
                 )
             async with self.sessions() as s:
                 services = (await s.execute(select(Service).where(Service.project_id == project.id))).scalars().all()

@@ -116,6 +116,21 @@ async def test_tools_list_is_annotated_self_explanatory_and_strict(server: Serve
         assert json.loads(listed.content[0].text) == listed.structured_content
 
 
+async def test_explanations_left_to_errors_name_real_tools(server: ServerProc) -> None:
+    """What descriptions no longer say (to fit the budget) an error says when it matters, naming a call that exists:
+    deleting a project that holds a database."""
+    project = f"keepdb-{uuid.uuid4().hex[:6]}"
+    async with mcp_session(server, server.keys["alice"]) as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        await call(s, "ensure_project", name=project)
+        await call(s, "provision_database", project_name=project)
+        msg = await call_error(s, "delete", project_name=project, confirm=project)
+        assert "delete_database=true" in msg and f"delete(project_name={project!r}, service_name=" in msg, msg
+        assert "delete" in names and "delete_service" not in names
+        assert (await call(s, "delete", project_name=project, confirm=project, delete_database=True))[
+            "database_deleted"] is True
+
+
 async def test_missing_invalid_and_revoked_keys_get_401(server: ServerProc) -> None:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
