@@ -142,6 +142,24 @@ async def test_wrong_confirm_and_bad_ids_are_refused_with_what_to_pass(env: tupl
     assert await items(url) == [1, 2, 3]
 
 
+async def test_database_backups_lists_and_creates_and_refuses_a_bad_limit_before_dumping(
+        env: tuple[Core, DatabaseBackupService]) -> None:
+    """The one `database_backups` tool (issue 13 folded list + backup): the list, or a dump first and then the list
+    with it on top; a limit out of range is refused before a dump is made (the tool's arguments are bounded too, but
+    the service is the last line)."""
+    core, svc = env
+    acct, name, _ = await project_with_rows(core)
+    assert (await svc.backups(acct, name)).total == 0
+    with pytest.raises(InvalidArgument) as e:
+        await svc.backups(acct, name, create=True, limit=0)
+    assert e.value.argument == "limit"
+    listed = await svc.backups(acct, name)
+    assert listed.total == 0 and listed.created is None and "every 1 h" in listed.note
+    made = await svc.backups(acct, name, create=True, limit=1)
+    assert made.created is not None and made.created.kind == "manual" and made.backups == [made.created]
+    assert made.total == 1 and made.created.id in made.note and "restore_database_backup(" in made.note
+
+
 async def test_another_account_cannot_list_restore_or_use_a_backup_id(env: tuple[Core, DatabaseBackupService]
                                                                       ) -> None:
     core, svc = env
