@@ -408,7 +408,13 @@ async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, de
             or has_userinfo(source.fetch_url):
         raise SourceError(f"{source.display!r} cannot use the stored GitHub credentials (not a plain http(s) URL).",
                           argument="repo_url", fix="pass the repository's https URL without a token in it")
-    return replace(source, env=auth.env(source.fetch_url), secrets=(*source.secrets, *auth.secrets))
+    # --- ghkeys (issue 11): the token stays in InkMCP's process: git (the tenant's uid) reads through a loopback
+    # proxy that adds it (inkmcp/github/git_proxy.py), so /proc/PID/{environ,cmdline,mem} of git never hold it
+    from inkmcp.github.git_proxy import git_env
+
+    env, base = await git_env(source.fetch_url, auth.header, ttl=max(deadline.left(), 1.0) + 30.0)
+    return replace(source, env=env, secrets=(*source.secrets, *auth.secrets, base))
+    # --- end
 
 
 def has_userinfo(url: str) -> bool:
