@@ -195,6 +195,110 @@ class Counted:
             setattr(StatementPool, name, counted)
 
 
+class Steps:
+    """`--steps`: per deploy, the wall time spent inside named steps of deploy_app and its pipeline (inclusive: a
+    step inside another counts in both), and the part of it spent in Coolify HTTP calls (`http`). Steps a version
+    of InkMCP does not have are left out, so the same table can be printed for two versions side by side."""
+
+    def __init__(self, http: Timed) -> None:
+        self.http = http
+        self.per: dict[str, list[float]] = {}  # name -> [wall, http, calls] of the running deploy
+        self.samples: list[dict[str, list[float]]] = []
+        self.order: list[str] = []
+        self._undo: list[tuple[Any, str, Any, bool]] = []
+
+    def wrap(self, name: str, owner: Any, attr: str) -> None:
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            return
+        self.order.append(name)
+        own = attr in getattr(owner, "__dict__", {})
+        steps = self
+
+        def add(t: float, h: float) -> None:
+            entry = steps.per.setdefault(name, [0.0, 0.0, 0.0])
+            entry[0] += time.perf_counter() - t
+            entry[1] += steps.http.total - h
+            entry[2] += 1
+
+        if asyncio.iscoroutinefunction(fn):
+            async def timed(*a: Any, **kw: Any) -> Any:
+                t, h = time.perf_counter(), steps.http.total
+                try:
+                    return await fn(*a, **kw)
+                finally:
+                    add(t, h)
+        else:
+            def timed(*a: Any, **kw: Any) -> Any:  # type: ignore[misc]
+                t, h = time.perf_counter(), steps.http.total
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    add(t, h)
+
+        self._undo.append((owner, attr, getattr(owner, "__dict__", {}).get(attr), own))
+        setattr(owner, attr, timed)
+
+    def take(self) -> None:
+        self.samples.append(self.per)
+        self.per = {}
+
+    def undo(self) -> None:
+        for owner, attr, old, own in reversed(self._undo):
+            if own:
+                setattr(owner, attr, old)
+            else:
+                delattr(owner, attr)
+
+    def print(self) -> None:
+        print("\n| step (inclusive; indented = inside the one above) | calls | wall p50 ms | of which HTTP p50 ms | "
+              "not HTTP p50 ms |\n| --- | ---: | ---: | ---: | ---: |")
+        for name in self.order:
+            vals = [s.get(name, [0.0, 0.0, 0.0]) for s in self.samples]
+            if not any(v[2] for v in vals):
+                continue
+            print(f"| {name} | {pct([v[2] for v in vals], 50):.0f} | {pct([v[0] for v in vals], 50) * 1000:.1f} | "
+                  f"{pct([v[1] for v in vals], 50) * 1000:.1f} | {pct([v[0] - v[1] for v in vals], 50) * 1000:.1f} |")
+
+
+def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, compute: Any, budget: Any) -> None:
+    """The steps `--steps` times (whichever of them this version of InkMCP has)."""
+    from inkmcp.core import deployments as dmod
+    from inkmcp.store.statements import StatementPool
+
+    for name, owner, attr in (
+        ("deploy_app (until it answers)", platform, "deploy_app"),
+        ("  precheck_deploy", projects, "precheck_deploy"),
+        ("  projects.ensure", projects, "ensure"),
+        ("  fetch_commit (git fetch, resolve, size)", dmod, "fetch_commit"),
+        ("  checkout_fetched (runs beside the database work)", dmod, "checkout_fetched"),
+        ("  read_plan_files (runs beside the database work)", dmod, "read_plan_files"),
+        ("  _upsert_service", deploys, "_upsert_service"),
+        ("  effective_env", deploys, "effective_env"),
+        ("  _reusable", deploys, "_reusable"),
+        ("  derive_plan", dmod, "derive_plan"),
+        ("  _create_or_reuse", deploys, "_create_or_reuse"),
+        ("pipeline: _wait_turn", deploys, "_wait_turn"),
+        ("pipeline: _load", deploys, "_load"),
+        ("pipeline: _release_request", deploys, "_release_request"),
+        ("pipeline: compute.release", compute, "release"),
+        ("  _ensure_server (placement)", compute, "_ensure_server"),
+        ("  _ensure_project", compute, "_ensure_project"),
+        ("  _ensure_apps", compute, "_ensure_apps"),
+        ("  _patch (configure)", compute, "_patch"),
+        ("  _set_env", compute, "_set_env"),
+        ("  _start_deployment", compute, "_start_deployment"),
+        ("  _wait (poll until finished)", compute, "_wait"),
+        ("  _until_reported", compute, "_until_reported"),
+        ("pipeline: _record (progress steps)", deploys, "_record"),
+        ("pipeline: _record_live", deploys, "_record_live"),
+        ("any: statement pool write (fenced steps, refs)", StatementPool, "write"),
+        ("any: statement pool read", StatementPool, "fetch"),
+        ("any: request budget reserve", budget, "reserve"),
+    ):
+        steps.wrap(name, owner, attr)
+
+
 class _AsyncioWithTimedSleep:
     """The provider module's `asyncio`, with `sleep` timed (its poll waits for Coolify's builds)."""
 
@@ -216,7 +320,7 @@ def new_commit(path: Path, text: str) -> None:
 
 
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
-                     origins: bool = False, json_out: str | None = None) -> None:
+                     origins: bool = False, json_out: str | None = None, steps_wanted: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a thread with its clocks at 0."""
     standin = CoolifyStandin(root / "nodes", rate_limit=10_000_000, build_seconds=0.0, restart_seconds=0.0,
                              status_delay=0.0, delete_delay=0.0, stop_delay=0.0, validation_delay=0.0)
@@ -264,6 +368,9 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                         databases=databases, deploys=deploys, compute=compute, max_env_bytes=65536)  # fmt: skip
     await deploys.restore_all()  # as `inkmcp serve` starts: heartbeat and takeover scans
     p = await accounts.principal_for("bench", "bench")
+    steps = Steps(http)
+    if steps_wanted:
+        watch_steps(steps, platform, deploys, projects, compute, budget)
 
     accepted: list[float] = []
 
@@ -289,6 +396,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         for i in range(deploys_n):
             r = repo(root)
             http.take(), sleeps.take(), server.take(), counted.take()
+            steps.per.clear()
             before = len(standin.requests_of(token))
             if profiler is not None:
                 profiler.enable()
@@ -297,6 +405,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             total = time.perf_counter() - t
             if profiler is not None:
                 profiler.disable()
+            steps.take()
             samples.append({"total": total, "http": http.take(), "server": server.take(), "sleep": sleeps.take(),
                             "accept": accepted[-1],
                             "requests": len(standin.requests_of(token)) - before})
@@ -329,6 +438,9 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             vals = sorted(c.get(key, 0) for c in work)
             medians[key] = vals[len(vals) // 2]
             print(f"| {key} | {vals[len(vals) // 2]} | {vals[-1]} |")
+        if steps_wanted:
+            steps.print()
+            steps.undo()
         if profiler is not None:
             profiler.dump_stats(profile)
             print(f"\ncProfile of the timed deploys written to {profile} (python -m pstats {profile})")
@@ -461,6 +573,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of part 1's timed deploys to FILE")
     parser.add_argument("--origins", action="store_true", help="count part 1's transactions by the function that "
                         "opened them")
+    parser.add_argument("--steps", action="store_true", help="time part 1's deploys by step (deploy_app's and the "
+                        "pipeline's, with the HTTP inside each)")
     parser.add_argument("--json", metavar="FILE", help="also write part 1's figures to FILE (benchmarks/baselines/)")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
@@ -479,7 +593,7 @@ def main() -> None:
 
         async def run() -> None:
             if parts & {"1", "2"}:
-                await in_process(url, base, args.deploys, args.profile, args.origins, args.json)
+                await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:

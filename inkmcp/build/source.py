@@ -57,7 +57,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -831,29 +831,110 @@ class _CatFile:
     async def measure(self, sha: str) -> tuple[int, int]:
         """(bytes of all files, entries) of commit `sha`'s tree, counted like `ls-tree -r -l` (a submodule is an
         entry without bytes)."""
-        total = entries = 0
-        trees = [f"{sha}^{{tree}}"]
+        listing = await self.listing(sha)
+        return sum(size for _, _, _, size in listing), len(listing)
+
+    async def listing(self, sha: str) -> list[tuple[tuple[bytes, ...], str, str, int]]:
+        """Every entry of commit `sha`'s tree but directories: (path parts, mode, oid, bytes), read level by level
+        (one question per level for the trees, one for the sizes of their files); a submodule has no bytes."""
+        out: list[tuple[tuple[bytes, ...], str, str, int]] = []
+        trees: list[tuple[tuple[bytes, ...], str]] = [((), f"{sha}^{{tree}}")]
         while trees:
-            blobs: list[str] = []
-            subtrees: list[str] = []
-            for answer in await self.ask([f"contents {t}" for t in trees]):
+            blobs: list[tuple[tuple[bytes, ...], str, str]] = []
+            subtrees: list[tuple[tuple[bytes, ...], str]] = []
+            for (where, _), answer in zip(trees, await self.ask([f"contents {t}" for _, t in trees]), strict=True):
                 if answer is None or answer[1] != "tree" or answer[3] is None:
                     raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a tree is missing",
                                       argument="repo_url")
-                for mode, oid in _tree_entries(answer[3]):
+                for mode, name, oid in _named_tree_entries(answer[3]):
                     if mode == "40000":
-                        subtrees.append(oid)
+                        subtrees.append(((*where, name), oid))
+                    elif mode == "160000":  # a submodule's commit is not in this repository
+                        out.append(((*where, name), mode, oid, 0))
                     else:
-                        entries += 1
-                        if mode != "160000":  # a submodule's commit is not in this repository
-                            blobs.append(oid)
-            for answer in await self.ask([f"info {b}" for b in blobs]):
+                        blobs.append(((*where, name), mode, oid))
+            for (path, mode, oid), answer in zip(blobs, await self.ask([f"info {b}" for _, _, b in blobs]),
+                                                 strict=True):
                 if answer is None:
                     raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a file is missing",
                                       argument="repo_url")
-                total += answer[2]
+                out.append((path, mode, oid, answer[2]))
             trees = subtrees
-        return total, entries
+        return out
+
+    async def write_files(self, sha: str, listing: list[tuple[tuple[bytes, ...], str, str, int]], dest: Path,
+                          cap: int) -> None:
+        """Write the files of `listing` (commit `sha`) into `dest`, a private empty directory (`_prepare_dest`), as
+        `git archive | tar -x` would (files, symlinks as links, a submodule as an empty directory), read through
+        this process. Every directory is opened beneath `dest` with O_NOFOLLOW and every entry created with
+        O_EXCL/O_NOFOLLOW relative to its directory's fd, so nothing is written outside `dest` whatever the tree
+        names; a name git itself refuses to check out (`.`, `..`, `.git`, a slash) fails the call. `cap` bounds
+        the bytes read: the objects are the tenant's and may change between the size check and this read."""
+        root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        dirs: dict[tuple[bytes, ...], int] = {(): root}
+
+        def dir_of(parts: tuple[bytes, ...]) -> int:
+            fd = dirs.get(parts)
+            if fd is None:
+                parent = dir_of(parts[:-1])
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(parts[-1], 0o700, dir_fd=parent)
+                fd = dirs[parts] = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                           dir_fd=parent)
+            return fd
+
+        try:
+            for path, _, _, _ in listing:
+                if any(not _checkout_name(part) for part in path):
+                    raise SourceError(f"commit {sha[:12]} of {self._source.display} names a path git refuses to "
+                                      f"check out ({b'/'.join(path).decode(errors='replace')[:200]!r})",
+                                      argument="repo_url", fix="fix the repository's tree, then deploy again")
+            read = 0
+            for start in range(0, len(listing), 256):
+                chunk = listing[start:start + 256]
+                wanted = [e for e in chunk if e[1] != "160000"]
+                answers = iter(await self.ask([f"contents {oid}" for _, _, oid, _ in wanted]))
+                for path, mode, _, _ in chunk:
+                    parent = dir_of(path[:-1])
+                    if mode == "160000":
+                        dir_of(path)
+                        continue
+                    answer = next(answers)
+                    if answer is None or answer[1] != "blob" or answer[3] is None:
+                        raise SourceError(f"could not read {sha[:12]} of {self._source.display}: a file is missing",
+                                          argument="repo_url")
+                    read += len(answer[3])
+                    if read > cap:
+                        raise _too_big(self._source, sha, None, cap)
+                    if mode == "120000":
+                        os.symlink(answer[3], path[-1], dir_fd=parent)
+                        continue
+                    fd = os.open(path[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o700 if mode == "100755" else 0o600, dir_fd=parent)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(answer[3])
+        finally:
+            for fd in dirs.values():
+                os.close(fd)
+
+
+def _named_tree_entries(data: bytes) -> list[tuple[str, bytes, str]]:
+    """(mode, name, hex oid) of each entry of a raw tree object ("<mode> <name>\\0<20-byte oid>" repeated)."""
+    out: list[tuple[str, bytes, str]] = []
+    i = 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        nul = data.index(b"\0", space)
+        out.append((data[i:space].decode(), data[space + 1:nul], data[nul + 1:nul + 21].hex()))
+        i = nul + 21
+    return out
+
+
+def _checkout_name(name: bytes) -> bool:
+    """A path component git would check out (its verify_path: no empty, `.`, `..` or `.git` in any case, no
+    slash or NUL)."""
+    return bool(name) and name not in (b".", b"..") and name.lower() != b".git" and b"/" not in name \
+        and b"\0" not in name
 
 
 def _tree_entries(data: bytes) -> list[tuple[str, str]]:
@@ -910,12 +991,19 @@ async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str 
     raise SourceError(f"{ref!r} is not a branch, tag or commit of {source.display}.", argument="ref", fix=_REF_FIX)
 
 
+FILES_MAX_BYTES = 16 << 20
+FILES_MAX_ENTRIES = 5000
+"""Up to this size, `fetch_commit(files_for=...)` writes a commit's files through the `cat-file` process it already
+has open (no `git archive` and `tar`); a bigger commit is left to `checkout_fetched`."""
+
+
 async def _fetch_and_resolve(
     repo_url: str, ref: str | None, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline, *,
-    measure: bool = False, auth: GitAuth | None = None,
-) -> tuple[_Source, Path, str, tuple[int, int] | None]:
+    measure: bool = False, auth: GitAuth | None = None, files_for: FilesFor | None = None,
+) -> tuple[_Source, Path, str, tuple[int, int] | None, Path | None]:
     """Fetch and resolve; with `measure`, also the commit's (bytes, entries) for the size check, read by the same
-    `cat-file` process that resolved the ref (`_CatFile`)."""
+    `cat-file` process that resolved the ref (`_CatFile`), and with `files_for` the commit's files written where it
+    says (the last item: None if it said nowhere, or the commit is too big for this path)."""
     source = await _classify(repo_url, ws, policy, deadline, auth)
     key = _mirror_key(source)
     mirror = ws.mirrors_dir / key
@@ -923,14 +1011,26 @@ async def _fetch_and_resolve(
         await _ensure_mirror(mirror, source, ws, deadline)
         await _fetch(mirror, source, ws, deadline)
         if not measure:
-            return source, mirror, await _resolve(mirror, source, ws, ref, deadline), None
+            return source, mirror, await _resolve(mirror, source, ws, ref, deadline), None, None
         cat = await _CatFile.open(mirror, source, ws, deadline)
+        written = None
         try:
             sha = await _resolve(mirror, source, ws, ref, deadline, cat)
-            size = await cat.measure(sha)
+            listing = await cat.listing(sha)
+            size = (sum(n for _, _, _, n in listing), len(listing))
+            dest = files_for(mirror, sha) if files_for is not None else None
+            if dest is not None and size[0] <= min(FILES_MAX_BYTES, policy.max_checkout_bytes) \
+                    and size[1] <= FILES_MAX_ENTRIES:
+                _prepare_dest(dest)
+                await cat.write_files(sha, listing, dest, policy.max_checkout_bytes)
+                written = dest
         finally:
             await cat.close()
-    return source, mirror, sha, size
+    return source, mirror, sha, size, written
+
+
+FilesFor = Callable[[Path, str], Path | None]
+"""Given (mirror, resolved sha), where `fetch_commit` should write that commit's files (None: nowhere)."""
 
 
 @dataclass(frozen=True)
@@ -942,21 +1042,26 @@ class FetchedCommit:
     mirror: Path
     workspace: SourceWorkspace
     size: tuple[int, int] | None = None  # (bytes, entries) of its files, measured when it was resolved
+    files: Path | None = None  # where fetch_commit(files_for=...) wrote its files, if it did
 
 
 async def fetch_commit(
     repo_url: str, ref: str | None, *, workspace: SourceWorkspace, policy: SourcePolicy, timeout: float = 120,
-    auth: GitAuth | None = None,
+    auth: GitAuth | None = None, files_for: FilesFor | None = None,
 ) -> FetchedCommit:
     """`resolve_commit`, keeping what a following checkout of the same commit needs.
 
     deploy_app resolves the commit first (for its no-op check) and checks out right after: going
     through this handle saves the second validation, fetch and resolve (four tenant processes). The ref is
     resolved and the commit's size measured by one `git cat-file` process (no `rev-parse` + `ls-tree`).
+    `files_for`: where to write the commit's files right away, through that same process (a checkout read for a
+    build plan; see `_CatFile.write_files` and FILES_MAX_BYTES): `FetchedCommit.files` says if it did. Unlike
+    `git archive`, this ignores `export-ignore`/`export-subst` attributes: the files are the commit's as a clone
+    has them.
     """
-    source, mirror, sha, size = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout),
-                                                         measure=True, auth=auth)
-    return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace, size=size)
+    source, mirror, sha, size, files = await _fetch_and_resolve(
+        repo_url, ref, workspace, policy, _Deadline(timeout), measure=True, auth=auth, files_for=files_for)
+    return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace, size=size, files=files)
 
 
 async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: SourcePolicy, timeout: float = 120) -> None:
@@ -988,7 +1093,7 @@ async def resolve_commit(
     or a full ref name such as refs/pull/1/head. Used for "same commit, nothing to do" checks;
     it leaves the mirror updated, so a following `resolve_and_checkout` only pays a no-op fetch.
     """
-    _, _, sha, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout), auth=auth)
+    _, _, sha, _, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout), auth=auth)
     return sha
 
 

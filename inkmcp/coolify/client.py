@@ -360,6 +360,10 @@ class CoolifyClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url + API_PREFIX, timeout=timeout, transport=transport, follow_redirects=False,
             headers={"Accept": "application/json", "User-Agent": "inkmcp-coolify-client"})
+        self.before_write: Callable[[], Awaitable[None]] | None = None
+        """Awaited before every request that may change something in Coolify (any method but GET/HEAD), before
+        its budget slot is taken: the Coolify provider flushes the refs it recorded since the last such request
+        there (`provider._RefBatch`), so each is durable before the remote step that depends on it."""
 
     def __repr__(self) -> str:
         return f"CoolifyClient(base_url={self.base_url!r})"
@@ -421,6 +425,8 @@ class CoolifyClient:
         response or raise a `CoolifyError`."""
         method = method.upper()
         idempotent = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        if self.before_write is not None and method not in ("GET", "HEAD"):
+            await self.before_write()
         auth = f"Bearer {self._token.get_secret_value()}"
         if self.spec is not None:
             self._check_spec(method, path, params, json, auth)

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.build.detect import derive_plan
 from inkmcp.build.plan import BuildPlan, Mode, ServiceType
 from inkmcp.build.source import (
+    FetchedCommit,
     SourcePolicy,
     check_repo_url,
     checkout_fetched,
@@ -58,7 +59,7 @@ from inkmcp.core.envvars import EnvService, validate_env_payload
 from inkmcp.core.leases import Lease, LeaseConfig, LeaseLost, Leases, hold_ref_switch, lock_service
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
-from inkmcp.core.projects import ProjectService
+from inkmcp.core.projects import Prechecked, ProjectService
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
 from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
 from inkmcp.metrics import Metrics
@@ -78,7 +79,7 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
-from inkmcp.store.models import Deployment, DeploymentEvent, Project, Service
+from inkmcp.store.models import Deployment, DeploymentEvent, EnvVar, Project, Service
 from inkmcp.store.refs import check_ref, ref_of, save_ref
 from inkmcp.store.statements import statement_pool
 
@@ -101,6 +102,27 @@ _REF_SQL = """
 """
 _REF_SQL_BY_SCOPE = {scope: _REF_SQL.format(table=table) for scope, table in
                      (("project", "projects"), ("service", "services"), ("deployment", "deployments"))}
+# Several refs of one release (a provider's coalesced writes: the Coolify provider flushes the refs it recorded since
+# its last remote change before the next one) in one fenced statement: a NULL ref leaves its row alone.
+_REFS_SQL = """
+    WITH f AS MATERIALIZED (
+        SELECT id FROM deployments WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s FOR UPDATE
+    ), p AS (
+        UPDATE projects SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(project)s::jsonb)
+        WHERE id = %(project_row)s AND %(project)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    ), s AS (
+        UPDATE services SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(service)s::jsonb)
+        WHERE id = %(service_row)s AND %(service)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    ), d AS (
+        UPDATE deployments
+        SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(deployment)s::jsonb)
+        WHERE id = %(dep)s AND %(deployment)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    )
+    SELECT count(*) FROM f
+"""
 # A pipeline step: the fenced status update and its event, one statement. `failed` also ends the lease.
 _STEP_SQL = """
     WITH d AS (
@@ -321,7 +343,7 @@ class DeployService:
         if req.database is not None:
             self._databases.check_request(req.database)
         # project name held by another account, or an account limit already reached: say so before any fetch
-        await self._projects.precheck_deploy(p, project_name, req.service_name)
+        prechecked = await self._projects.precheck_deploy(p, project_name, req.service_name)
 
         check_repo_url(req.repo_url, self._sources)  # no project for a URL that can never be fetched
         # --- issue 11 (github): a GitHub repo must be readable with the account's GitHub access (checked before
@@ -336,29 +358,51 @@ class DeployService:
         if keyed:
             await self.github.check_deploy_key(p.account_id, project_name, req.service_name, gh)
         # --- end
-        project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
-        try:
-            workspace = await self._compute.source_workspace(str(project.id))
-            fetched = await fetch_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources,
-                                         auth=gh.auth if gh else None)  # issue 11 (github): auth
-            commit = fetched.sha
-        except BaseException:
-            if created:  # a typo in repo_url must not leave an empty project (and its user) behind
-                await self._drop_if_empty(project.id)
-            raise
-        plan_key = (str(fetched.mirror), commit, req.service_name, req.service_type, req.build_command,
-                    req.start_command, req.port, req.static_dir, req.app_dir)  # fmt: skip
+        plan_args = (req.service_name, req.service_type, req.build_command, req.start_command, req.port,
+                     req.static_dir, req.app_dir)  # fmt: skip
+        written: list[Path] = []
+
+        def files_for(mirror: Path, sha: str) -> Path | None:
+            """A provider that needs no checkout here gets the plan's files written by the fetch's own cat-file
+            process (no archive and tar), unless the plan of that commit is known already."""
+            if self._compute.needs_checkout or (str(mirror), sha, *plan_args) in self._plans:
+                return None
+            written.append(self._checkouts / uuid.uuid4().hex)
+            return written[-1]
+
+        auth = gh.auth if gh else None  # issue 11 (github): a private repo's token
+        upserted: tuple[uuid.UUID, bool] | None = None
+        if not self._compute.needs_checkout and req.database is None and self.github is None:
+            project, created, fetched, upserted = await self._fetch_beside_records(
+                p, req, project_name, prechecked, auth, files_for, written)
+        else:
+            project, created = await self._projects.ensure(p, project_name, repo_url=req.repo_url)
+            try:
+                workspace = await self._compute.source_workspace(str(project.id))
+                fetched = await fetch_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources,
+                                             auth=auth, files_for=files_for)
+            except BaseException:
+                _remove(written)
+                if created:  # a typo in repo_url must not leave an empty project (and its user) behind
+                    await self._drop_if_empty(project.id)
+                raise
+        commit = fetched.sha
+        plan_key = (str(fetched.mirror), commit, *plan_args)
         # A plan is a function of the commit's files and these arguments: a provider that needs no checkout here
         # gets a known commit's plan without one.
         cached = None if self._compute.needs_checkout else self._plans.get(plan_key)
-        checkout: Path | None = None
+        checkout: Path | None = fetched.files
+        if cached is not None and checkout is not None:  # planned meanwhile by another call
+            _remove([checkout])
+            checkout = None
         reading: asyncio.Task[None] | None = None
-        if cached is None:  # the checkout runs while the database work below does; dropped if that says no-op
+        if cached is None and checkout is None:  # runs while the database work below does; dropped on a no-op
             checkout = self._checkouts / uuid.uuid4().hex
             reading = asyncio.ensure_future(checkout_fetched(fetched, checkout, policy=self._sources))
         try:
             # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
-            service_id, new_service = await self._upsert_service(project.id, req, with_env=req.database is None)
+            service_id, new_service = upserted or await self._upsert_service(project.id, req,
+                                                                             with_env=req.database is None)
             # --- issue 11 (github): the repo/branch a push redeploys this service for, and its auto-deploy flag
             if self.github is not None:
                 await self.github.track(service_id, gh)
@@ -391,8 +435,9 @@ class DeployService:
                 self._plans.move_to_end(plan_key)
                 plan, service_type = cached[0].model_copy(deep=True), cached[1]
             else:
-                assert reading is not None and checkout is not None
-                await reading
+                assert checkout is not None
+                if reading is not None:
+                    await reading
                 plan, service_type = derive_plan(
                     checkout,
                     service_name=req.service_name,
@@ -454,6 +499,70 @@ class DeployService:
                             [(Step.queued.value, detail)], reused=False)
         self._start(lease, checkout)
         return view
+
+    async def _fetch_beside_records(
+        self, p: Principal, req: DeployRequest, project_name: str, prechecked: Prechecked, auth: Any,
+        files_for: Callable[[Path, str], Path | None], written: list[Path],
+    ) -> tuple[Project, bool, FetchedCommit, tuple[uuid.UUID, bool] | None]:
+        """The fetch (and the plan's files) while the project and a new service are recorded: deploy_app waits for
+        the longer of the two instead of their sum (issue 12 item 4). For a provider whose workspace is InkMCP's own
+        directory (no tenant user is made for it), so fetching into the workspace of a project that is only being
+        created costs nothing to undo. A new project gets the id its workspace was named for; an existing
+        service is updated only once its source is fetched (a failed fetch leaves it as it was), and a new one
+        this call recorded goes again if the fetch fails, with a project this call created (as before: a typo in
+        repo_url leaves nothing behind). Returns (project, created, fetched, (service id, new) or None)."""
+        proposed = prechecked.project_id or uuid.uuid4()
+        workspace = await self._compute.source_workspace(str(proposed))
+        fetching = asyncio.ensure_future(fetch_commit(req.repo_url, req.ref, workspace=workspace,
+                                                      policy=self._sources, auth=auth, files_for=files_for))
+        upserted: tuple[uuid.UUID, bool] | None = None
+        try:
+            # an id that was never a project's (never that of a project deleted meanwhile: Coolify may still hold
+            # an application named after it)
+            project, created = await self._projects.ensure(
+                p, project_name, repo_url=req.repo_url, new_id=proposed if prechecked.project_id is None else None)
+            if project.id == proposed and not prechecked.service_exists:
+                upserted = await self._upsert_service(project.id, req, with_env=True)
+        except BaseException:
+            await _drop_fetch(fetching, written)
+            if prechecked.project_id is None and not await self._project_exists(proposed):
+                _remove([workspace.mirrors_dir, workspace.locks_dir])
+            raise
+        try:
+            if project.id != proposed:  # made by another call meanwhile: fetch into that project's workspace
+                await _drop_fetch(fetching, written)
+                if prechecked.project_id is None:
+                    _remove([workspace.mirrors_dir, workspace.locks_dir])
+                workspace = await self._compute.source_workspace(str(project.id))
+                fetched = await fetch_commit(req.repo_url, req.ref, workspace=workspace, policy=self._sources,
+                                             auth=auth, files_for=files_for)
+            else:
+                fetched = await fetching
+        except BaseException:
+            await _drop_fetch(fetching, written)
+            if upserted is not None and upserted[1]:
+                await self._drop_new_service(project.id, upserted[0])
+            if created:  # a typo in repo_url must not leave an empty project behind
+                await self._drop_if_empty(project.id)
+            raise
+        return project, created, fetched, upserted
+
+    async def _project_exists(self, project_id: uuid.UUID) -> bool:
+        async with self._sessions() as s:
+            return (await s.execute(select(Project.id).where(Project.id == project_id))).first() is not None
+
+    async def _drop_new_service(self, project_id: uuid.UUID, service_id: uuid.UUID) -> None:
+        """Undo a service this call recorded (with its env values) before its source could be fetched, unless a
+        deployment of it exists meanwhile (another call got further with it)."""
+        async with self._sessions.begin() as s:
+            gone = (await s.execute(
+                delete(Service).where(Service.id == service_id)
+                .where(~select(Deployment.id).where(Deployment.service_id == service_id).exists())
+                .returning(Service.id)
+            )).first()  # fmt: skip
+            if gone is not None:
+                await s.execute(delete(EnvVar).where(EnvVar.project_id == project_id,
+                                                     EnvVar.scope == str(service_id)))
 
     async def _drop_if_empty(self, project_id: uuid.UUID) -> None:
         """Undo a project this call created, unless something (another call) attached to it meanwhile."""
@@ -822,6 +931,22 @@ class DeployService:
             if not fenced[0][0]:
                 raise LeaseLost(lease)
 
+        async def many(refs: Mapping[RefScope, ProviderRef]) -> None:
+            """Several scopes' refs, committed together (one fenced statement in a pipeline)."""
+            if lease is None:
+                for scope, ref in refs.items():
+                    await record(scope, ref)
+                return
+            texts = {RefScope(scope).value: check_ref(ref) for scope, ref in refs.items()}
+            params = {"dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
+                      "provider": self._compute.name, "project": texts.get("project"), "project_row": project_id,
+                      "service": texts.get("service"), "service_row": svc_id,
+                      "deployment": texts.get("deployment")}  # fmt: skip
+            fenced = await statement_pool(self._sessions).write(_REFS_SQL, params)
+            if not fenced[0][0]:
+                raise LeaseLost(lease)
+
+        record.many = many  # type: ignore[attr-defined]
         return record
 
     async def _run(self, lease: Lease, checkout: Path | None) -> None:
@@ -1215,6 +1340,21 @@ class DeployService:
 
 async def _none() -> None:
     return None
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _drop_fetch(fetching: asyncio.Future[Any], written: list[Path]) -> None:
+    """Stop a fetch still running (its git processes are killed) and remove the files it wrote."""
+    try:
+        if not fetching.done():
+            fetching.cancel()
+        await asyncio.gather(fetching, return_exceptions=True)
+    finally:
+        _remove(written)
 
 
 async def _drop_checkout(reading: asyncio.Task[None] | None, checkout: Path | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 from sqlalchemy import func, select
@@ -40,11 +41,12 @@ _LIST = (
 )
 SUGGESTION_TRIES = 8
 # deploy_app's advisory checks in one round trip: the name's owner, the account's limit columns, its project count,
-# the named project's service names (when the account owns it) and its deployments in progress.
+# the named project's id and service names (when the account owns it) and its deployments in progress.
 _PRECHECK = (
     "SELECT a.name, a.max_projects, a.max_services_per_project, a.max_databases, a.max_concurrent_builds, "
     "a.database_tiers, "
     "(SELECT account_id FROM projects WHERE lower(name) = lower(%(name)s)), "
+    "(SELECT id FROM projects WHERE lower(name) = lower(%(name)s) AND account_id = a.id), "
     "(SELECT count(*) FROM projects WHERE account_id = a.id), "
     "(SELECT array_agg(s.name) FROM services s JOIN projects p ON p.id = s.project_id "
     " WHERE lower(p.name) = lower(%(name)s) AND p.account_id = a.id), "
@@ -52,6 +54,15 @@ _PRECHECK = (
     " JOIN projects p ON p.id = s.project_id WHERE p.account_id = a.id AND d.status <> ALL(%(terminal)s)) "
     "FROM accounts a WHERE a.id = %(account)s"
 )
+
+
+@dataclass(frozen=True)
+class Prechecked:
+    """What `precheck_deploy` saw: the account's project of that name (None: no such project of this account),
+    and whether it has the service."""
+
+    project_id: uuid.UUID | None
+    service_exists: bool
 
 
 class ProjectService:
@@ -70,9 +81,13 @@ class ProjectService:
     def _by_name(name: str):  # type: ignore[no-untyped-def]
         return select(Project).where(func.lower(Project.name) == name.lower())
 
-    async def ensure(self, p: Principal, name: str, repo_url: str | None = None) -> tuple[Project, bool]:
+    async def ensure(
+        self, p: Principal, name: str, repo_url: str | None = None, new_id: uuid.UUID | None = None
+    ) -> tuple[Project, bool]:
         """Returns (project, created). Concurrent calls for one name yield exactly one row, and only
-        its owner gets it back: any other account gets a Conflict naming a free alternative."""
+        its owner gets it back: any other account gets a Conflict naming a free alternative. `new_id`: the id a
+        project created here gets (deploy_app fetches into that project's workspace meanwhile); an existing
+        project keeps its own."""
         check_name(name, "project_name")
         shown = redact_url(repo_url) if repo_url else None
         async with self._sessions.begin() as s:
@@ -87,7 +102,7 @@ class ProjectService:
             if project is None:
                 res = await s.execute(
                     insert(Project)
-                    .values(id=uuid.uuid4(), account_id=p.account_id, name=name, repo_url=shown)
+                    .values(id=new_id or uuid.uuid4(), account_id=p.account_id, name=name, repo_url=shown)
                     .on_conflict_do_nothing()  # the only other unique key is the id: conflict = name taken
                     .returning(Project.id)
                 )
@@ -208,16 +223,17 @@ class ProjectService:
             raise NotFound("the account no longer exists.", argument="account", fix="ask the operator for a new key")
         return effective(account, self.limits), account.id
 
-    async def precheck_deploy(self, p: Principal, project_name: str, service_name: str) -> None:
+    async def precheck_deploy(self, p: Principal, project_name: str, service_name: str) -> Prechecked:
         """Cheap checks before deploy_app fetches and builds anything: name taken, and limits that
         are already reached. Advisory only; the transactional checks above decide. One prepared statement
-        (_PRECHECK) on the statement pool: it runs on every deploy_app call."""
+        (_PRECHECK) on the statement pool: it runs on every deploy_app call. Returns what it saw of the project
+        and service (deploy_app plans its work with it; `ensure` and the service's upsert still decide)."""
         rows = await statement_pool(self._sessions).fetch(
             _PRECHECK, {"name": project_name, "account": p.account_id, "terminal": sorted(TERMINAL)}
         )
         if not rows:
             raise NotFound("the account no longer exists.", argument="account", fix="ask the operator for a new key")
-        name, *columns, owner, projects, services, builds = rows[0]
+        name, *columns, owner, own_id, projects, services, builds = rows[0]
         if owner is not None and owner != p.account_id:
             await self.check_available(p, project_name)  # raises the Conflict with a free suggestion
         limits = effective(SimpleNamespace(name=name, **dict(zip(OVERRIDE_COLUMNS, columns, strict=True))),  # type: ignore[arg-type]
@@ -227,6 +243,7 @@ class ProjectService:
         elif service_name not in (services or ()):
             _refuse_more_services(limits, len(services or ()))
         _refuse_more_builds(limits, builds)
+        return Prechecked(project_id=own_id, service_exists=service_name in (services or ()))
 
     # ------------------------------------------------------ repo URL secrecy
     def seal_repo_url(self, repo_url: str) -> tuple[str, bytes | None]:

@@ -21,6 +21,7 @@ from inkmcp.core.deployments import DeployRequest, DeployService
 from inkmcp.core.leases import LeaseLost
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.principal import Principal
+from inkmcp.core.projects import Prechecked  # --- overhead
 from inkmcp.core.views import TERMINAL
 from inkmcp.errors import InkError
 from inkmcp.providers.compute.base import Step
@@ -138,6 +139,16 @@ async def test_a_redeploy_of_a_known_commit_reads_no_files_when_the_provider_nee
         return await real(argv, *args, **kw)
 
     monkeypatch.setattr(source_mod, "_spawn", spawn)
+    # --- overhead (issue 12 item 4): the plan's files are written by the fetch's own cat-file process now
+    written: list[str] = []
+    real_write = source_mod._CatFile.write_files
+
+    async def write_files(cat: Any, sha: str, *args: Any, **kw: Any) -> None:
+        written.append(sha)
+        await real_write(cat, sha, *args, **kw)
+
+    monkeypatch.setattr(source_mod._CatFile, "write_files", write_files)
+    # --- end
 
     async def deploy(message: str) -> Any:
         view = await a.deploy(p, DeployRequest(repo_url=str(repo), project_name="cached",
@@ -147,12 +158,15 @@ async def test_a_redeploy_of_a_known_commit_reads_no_files_when_the_provider_nee
         return done
 
     first = await deploy("one")
-    assert any("archive" in c for c in started)  # the first deploy of the commit reads its files for the plan
+    # the first deploy of the commit reads its files for the plan (through the fetch's cat-file: overhead)
+    assert written == [first.commit] and not any("archive" in c or "tar" in c for c in started), started
     assert list((a._checkouts).iterdir()) == []  # and drops them at once: the provider fetches the source itself
     started.clear()
+    written.clear()
     second = await deploy("two")
     assert second.deployment_id != first.deployment_id and second.commit == first.commit
     assert not any("archive" in c or "tar" in c for c in started), started  # plan from the cache: no checkout
+    assert written == []  # --- overhead: nor the fetch's cat-file
     plans = []
     for d in (first, second):
         dep = await row(store, uuid.UUID(d.deployment_id))
@@ -181,8 +195,8 @@ async def test_the_checkout_read_alongside_the_database_work_is_dropped_when_the
     # a second service beyond the quota, as if another call added one after the advisory precheck passed
     b._projects.limits = LimitDefaults(max_services_per_project=1)
 
-    async def passes(*args: Any) -> None:
-        return None
+    async def passes(*args: Any) -> Prechecked:  # --- overhead: what precheck_deploy returns now
+        return Prechecked(project_id=None, service_exists=False)
 
     monkeypatch.setattr(b._projects, "precheck_deploy", passes)
     with pytest.raises(InkError) as err:

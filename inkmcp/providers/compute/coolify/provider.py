@@ -113,6 +113,7 @@ Known limits, left for the next session:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import logging
 import time
@@ -182,6 +183,45 @@ class MoveConflict(ProviderRefused):
     """Raised by the `record` a drain passes to `move` when the service changed while its new copy was built (a
     deployment or env change started, the target filled up): the move undoes itself, the old copy keeps
     serving, and running the drain again moves the service as it is now."""
+
+
+class _RefBatch:
+    """The ref writes of one `release` attempt, coalesced (issue 12 item 4: ~16 fenced writes per first deploy
+    became ~7). `record` keeps the ref of each scope (the dict itself: it is written as it stands when flushed);
+    `flush` writes every kept one, in one fenced statement when core's `record` offers `many`. Flushed before every
+    request that may change something in Coolify (the client's `before_write`, through `_BATCH`), and when the
+    attempt ends other than by a crash, so each ref is durable before the remote step that depends on it and
+    before core records the outcome. A read needs nothing recorded before it: what a crash loses of refs recorded
+    since the last change is found again the way a lost answer is (by name, or after the write-ahead `intent` and
+    `pending` marks, which are flushed before the request they announce)."""
+
+    def __init__(self, record: Record) -> None:
+        self._record = record
+        self._dirty: dict[RefScope, Any] = {}
+
+    async def __call__(self, scope: RefScope, ref: Any) -> None:
+        self._dirty[RefScope(scope)] = ref
+
+    async def flush(self) -> None:
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        many = getattr(self._record, "many", None)
+        if many is not None:
+            await many(dirty)
+            return
+        for scope, ref in dirty.items():
+            await self._record(scope, ref)
+
+
+_BATCH: contextvars.ContextVar[_RefBatch | None] = contextvars.ContextVar("inkmcp_coolify_ref_batch", default=None)
+
+
+async def _flush_batch() -> None:
+    """The client's `before_write`: flush the refs of the release this task runs, if any."""
+    batch = _BATCH.get()
+    if batch is not None:
+        await batch.flush()
 
 
 class Crash(BaseException):
@@ -268,6 +308,7 @@ class CoolifyComputeProvider:
                  queue_full_retry_after: float | None = None, env_wait_timeout: float = 150.0,
                  late_window: float | None = None) -> None:  # fmt: skip
         self.client = client
+        client.before_write = _flush_batch  # refs recorded during a release are durable before each remote change
         self.late_window = late_window if late_window is not None else \
             2 * float(getattr(client, "attempt_timeout", 50.0))
         """How long after a create or deploy request whose answer never came (timeout, lost connection, 502/504,
@@ -365,6 +406,19 @@ class CoolifyComputeProvider:
     # -- release -------------------------------------------------------------------------------------------
 
     async def release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
+        batch = _RefBatch(record)
+        token = _BATCH.set(batch)
+        try:
+            result = await self._release(request, progress, batch)
+        except Exception:
+            await batch.flush()  # what this attempt made stays known to the next one (and to later releases)
+            raise
+        finally:
+            _BATCH.reset(token)
+        await batch.flush()  # before core records the release live
+        return result
+
+    async def _release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
         key = request.key
         service_ref = copy.deepcopy(key.service_ref)
         dep_ref = copy.deepcopy(request.deployment_ref)
@@ -387,13 +441,15 @@ class CoolifyComputeProvider:
             raise ReleaseFailed(Step.building, str(e)) from None
 
         project_uuid, environment_uuid = await self._ensure_project(key, record)
-        apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record)
+        fresh: set[str] = set()  # applications this attempt created: no env and no deployment in them yet
+        apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh)
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
         snapshot: dict[str, dict[str, str]] = {}
         current: dict[str, list[m.EnvVar]] = {}
         if not dep_ref.get("env_written"):  # the env the live release runs with (for a rollback): memory only
             for name in specs:
-                current[name] = await self._call(f"reading env of {name}", self.client.list_envs(apps[name]))
+                current[name] = [] if name in fresh else \
+                    await self._call(f"reading env of {name}", self.client.list_envs(apps[name]))
                 snapshot[name] = _values(current[name], without_release=True)
             dep_ref["env_written"] = True  # from here on Coolify may hold the new env: a later attempt has no snapshot
             await record(RefScope.deployment, dep_ref)
@@ -591,9 +647,10 @@ class CoolifyComputeProvider:
 
     async def _ensure_apps(self, key: ServiceKey, project_uuid: str, environment_uuid: str,
                            specs: Mapping[str, AppSpec], service_ref: dict[str, Any],
-                           record: Record) -> dict[str, str]:  # fmt: skip
+                           record: Record, created: set[str] | None = None) -> dict[str, str]:  # fmt: skip
         """One application per process. Names are deterministic, so one created by an attempt whose answer was
-        lost (or that died before recording it) is found by name, not created twice."""
+        lost (or that died before recording it) is found by name, not created twice. `created` gets the processes
+        whose application this call created (Coolify answered the create: nothing else can be in it yet)."""
         apps: dict[str, str] = dict(service_ref.get("apps") or {})
         missing = [name for name in specs if name not in apps]
         if not missing:
@@ -613,12 +670,14 @@ class CoolifyComputeProvider:
             if uuid is None:
                 body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
                 self._check("POST", "/applications/public", body)
-                created = await self._create(
+                answer = await self._create(
                     f"creating the application of {name}",
                     coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
                     or self.client.create_public_application(m.PublicApplicationCreate(**body)),
                     pending, f"app:{name}", save)  # fmt: skip
-                uuid = created.uuid
+                uuid = answer.uuid
+                if created is not None:
+                    created.add(name)
                 self._crash("after_create_app")
             pending.pop(f"app:{name}", None)
             if not pending:
