@@ -13,6 +13,8 @@ random token backed by a database row (sessions.py).
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,33 @@ LOG_TAIL = 200  # lines of a log page (get_logs bounds and redacts them)
 DEPLOYMENTS_SHOWN = 5  # per project
 PROJECTS_DETAILED = 20  # projects whose services and deployments the dashboard loads
 LABEL_MAX = 120  # api_keys.label
+CHECKOUT_BURST = 5  # Checkout Sessions an account may start at once ...
+CHECKOUT_EVERY_S = 12.0  # ... then one per this many seconds (per replica)
+
+
+class _Bucket:
+    """A small per-account token bucket in memory: "Add credits" costs a Stripe API call, and Stripe's rate limit is
+    shared by every account, so one signed-in user pressing it in a loop must not use it up. Per replica (a restart
+    refills it); the bound is loose on purpose: a person never notices it."""
+
+    def __init__(self, burst: int, every_s: float) -> None:
+        self.burst, self.every_s = burst, every_s
+        self._state: dict[uuid.UUID, tuple[float, float]] = {}  # account -> (tokens, at)
+
+    def take(self, key: uuid.UUID) -> float:
+        """0 if a token was taken, else the seconds until one is there."""
+        now = time.monotonic()
+        tokens, at = self._state.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) / self.every_s)
+        if tokens < 1:
+            self._state[key] = (tokens, now)
+            return (1 - tokens) * self.every_s
+        self._state[key] = (tokens - 1, now)
+        if len(self._state) > 10_000:  # full buckets carry no information: forget them
+            self._state = {k: v for k, v in self._state.items() if v[0] + (now - v[1]) / self.every_s < self.burst}
+        return 0.0
+
+
 TOPUP_NOTICES = {  # where Stripe Checkout sends the browser back (success_url / cancel_url)
     "paid": "Payment received by Stripe. Your balance grows as soon as Stripe confirms it to InkMCP, usually within "
             "seconds: reload this page to see it.",
@@ -156,6 +185,7 @@ class WebUI:
         self.public_url = public_url
         self.cookies = CookieSpec(secure=bool(public_url and public_url.startswith("https://")))
         self.origins: set[str] = set()  # mount() fills it: the origins a POST may come from
+        self.checkouts = _Bucket(CHECKOUT_BURST, CHECKOUT_EVERY_S)
         env = Environment(loader=PackageLoader("inkmcp.web", "templates"), autoescape=select_autoescape(default=True))
         self.templates = Jinja2Templates(env=env)
         self.app = Starlette(
@@ -454,6 +484,12 @@ class WebUI:
         except ValueError as e:
             return await self._render_dashboard(request, me, 400, problem=f"Add credits: {e}",
                                                 credits=await self._credits(me, amount_value=typed))
+        wait = self.checkouts.take(me.principal.account_id)
+        if wait:
+            return await self._render_dashboard(request, me, 429, problem=(
+                f"You started {CHECKOUT_BURST} payments in a short time: wait {math.ceil(wait)} s, then press Add "
+                "credits again. Payments you completed are credited anyway."),
+                credits=await self._credits(me, amount_value=typed))
         base = self._base_url(request)
         try:
             url = await billing.checkout_url(me.principal.account_name, amount,

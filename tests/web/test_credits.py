@@ -116,6 +116,13 @@ async def test_add_credits_refuses_bad_amounts_forged_posts_and_never_pays_for_a
     # a paid session's URL opened by someone else pays nothing twice: the page is gone once complete
     again = httpx.get(r.headers["location"], timeout=10)
     assert again.status_code == 410
+
+    # pressing Add credits in a loop: 5 payment pages, then a wait (Stripe's rate limit is shared by all accounts)
+    started = len(stripe_standin.sessions)
+    codes = [post(alice, "/dashboard/credits", {"amount": "3", "csrf_token": token}) for _ in range(6)]
+    assert [c.status_code for c in codes] == [303] * 5 + [429]
+    assert problem(codes[-1].text).startswith("You started 5 payments in a short time: wait ")
+    assert len(stripe_standin.sessions) == started + 5
     stripe_standin.join()
 
 
