@@ -42,8 +42,12 @@ class Billing:
                                                          cancel_url=cancel_url)
 
     def routes(self) -> list[Any]:
-        """HTTP routes to serve beside /mcp: POST /webhooks/stripe when INKMCP_STRIPE_WEBHOOK_SECRET is set."""
-        return self.stripe.routes() if self.stripe.settings.webhook_secret is not None else []
+        """HTTP routes to serve beside /mcp: POST /webhooks/stripe when INKMCP_STRIPE_WEBHOOK_SECRET is set, and
+        /_inkmcp/suspended/{token} (the 402 page of a suspended service under Coolify)."""
+        stripe = self.stripe.routes() if self.stripe.settings.webhook_secret is not None else []
+        # --- billcore (issue 13): the 402 page Coolify routers of suspended services point at
+        return [*stripe, *self.enforcer.routes()]
+        # --- end billcore
 
     async def check(self, p: Principal, action: str) -> None:
         """Raise CreditsExhausted (a tool error with balance, cap and how to add credits) if `p` cannot pay."""

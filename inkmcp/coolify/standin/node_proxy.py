@@ -103,6 +103,26 @@ class Sablier:
     display_name: str
 
 
+# --- billcore (issue 13): Traefik's `replacePath` middleware and a service outside the coolify network (InkMCP's
+# public URL, `passHostHeader: false`): the router of a service whose account cannot pay sends it to InkMCP's 402 page
+@dataclass
+class ReplacePath:
+    """One `replacePath` middleware (Traefik: the request's path becomes `path`, the query is kept)."""
+
+    name: str
+    path: str
+
+
+def _middleware(name: str, spec: Any, source: str) -> Sablier | ReplacePath:
+    if isinstance(spec, dict) and set(spec) == {"replacePath"}:
+        conf = spec["replacePath"]
+        if not isinstance(conf, dict) or set(conf) != {"path"} or not str(conf["path"]).startswith("/"):
+            raise ValueError(f"{source}: middleware {name}: replacePath needs exactly `path` (an absolute path)")
+        return ReplacePath(name, str(conf["path"]))
+    return _sablier(name, spec, source)
+# --- end billcore
+
+
 @dataclass
 class Router:
     name: str
@@ -117,9 +137,10 @@ class FileConfig:
     """The merged file-provider configuration of one node."""
 
     routers: dict[str, Router] = field(default_factory=dict)
-    middlewares: dict[str, Sablier] = field(default_factory=dict)
+    middlewares: dict[str, Sablier | ReplacePath] = field(default_factory=dict)  # billcore: | ReplacePath
     services: dict[str, str] = field(default_factory=dict)
     """name -> the first server URL of its loadBalancer."""
+    own_host: set[str] = field(default_factory=set)  # --- billcore: services with passHostHeader false
     errors: list[str] = field(default_factory=list)
 
 
@@ -210,7 +231,8 @@ def load_dynamic_dir(directory: Path) -> FileConfig:
         if not isinstance(http, dict):
             conf.errors.append(f"{source}: http must be a mapping")
             continue
-        for section, build, into in (("middlewares", _sablier, conf.middlewares), ("routers", _router, conf.routers)):
+        for section, build, into in (("middlewares", _middleware, conf.middlewares),  # billcore: _middleware
+                                     ("routers", _router, conf.routers)):
             for name, spec in (http.get(section) or {}).items():
                 if name in into:
                     conf.errors.append(f"{source}: {section[:-1]} {name} defined more than once; the first is kept")
@@ -229,6 +251,8 @@ def load_dynamic_dir(directory: Path) -> FileConfig:
                 conf.errors.append(f"{source}: service {name} defined more than once; the first is kept")
                 continue
             conf.services[str(name)] = str(url)
+            if spec["loadBalancer"].get("passHostHeader") is False:  # --- billcore
+                conf.own_host.add(str(name))
     for router in list(conf.routers.values()):  # a router whose parts are missing is in error: not served
         missing = [m for m in router.middlewares if m not in conf.middlewares]
         if missing or router.service not in conf.services:
@@ -559,6 +583,10 @@ class NodeProxy:
         port); Refused(502) when no running container answers there."""
         parts = urlsplit(url)
         name, port = (parts.hostname or "").lower(), parts.port or 80
+        # --- billcore: an address outside the coolify network (InkMCP's public URL in tests: 127.0.0.1:<port>)
+        if re.fullmatch(r"[0-9.]+", name):
+            return port
+        # --- end billcore
         with self._standin._lock:
             for app in self._standin.applications.values():
                 proc = self.runner.live.get(app.uuid)
@@ -600,6 +628,7 @@ class NodeProxy:
             port = self.runner.routes.get(host)
             if port is None:
                 port = await self._file_port(host)
+                head = self._rewritten(host, head)  # --- billcore: replacePath / passHostHeader false
         except Refused as r:
             await _answer(writer, r.status, r.text, r.headers)
             return
@@ -610,6 +639,25 @@ class NodeProxy:
             return
         up_writer.write(head)
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    # --- billcore (issue 13): what Traefik changes in a request on a router with replacePath / passHostHeader false
+    def _rewritten(self, host: str, head: bytes) -> bytes:
+        found = self.file_route(host)
+        if found is None:
+            return head
+        _, router, conf = found
+        lines = head.split(b"\r\n")
+        method, target, version = lines[0].split(b" ", 2)
+        for name in router.middlewares:
+            mw = conf.middlewares.get(name)
+            if isinstance(mw, ReplacePath):
+                query = target.partition(b"?")[2]
+                target = mw.path.encode() + (b"?" + query if query else b"")
+        if router.service in conf.own_host:
+            netloc = urlsplit(conf.services[router.service]).netloc.encode()
+            lines = [b"Host: " + netloc if ln.lower().startswith(b"host:") else ln for ln in lines]
+        return b"\r\n".join([b" ".join([method, target, version]), *lines[1:]])
+    # --- end billcore
 
     async def _file_port(self, host: str) -> int:
         found = await asyncio.to_thread(self.file_route, host)
@@ -622,7 +670,9 @@ class NodeProxy:
                         "--experimental.plugins.sablier.modulename; InkMCP's server registration adds it)"])
             raise Refused(404, "404 page not found\n")
         for name in router.middlewares:
-            await self._wake(server, conf.middlewares[name])
+            mw = conf.middlewares[name]
+            if isinstance(mw, Sablier):  # --- billcore: replacePath changes the request only (_rewritten)
+                await self._wake(server, mw)
         return self.resolve(server, conf.services[router.service])
 
 

@@ -185,6 +185,7 @@ class RuntimeState(StrEnum):
     crashed = "crashed"  # exited, or restarting with backoff
     stopped = "stopped"
     unknown = "unknown"  # the provider could not tell (a remote status not refreshed yet)
+    suspended = "suspended"  # --- billcore (issue 13): its account cannot pay (billing's enforcer reports it)
 
 
 class ProcessRuntime(BaseModel):

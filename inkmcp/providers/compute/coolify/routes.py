@@ -383,6 +383,19 @@ class SshNodeRoutes:
                                      int(e.st_mtime or 0)))
         return sorted(out, key=lambda r: r.service_id)
 
+    # --- billcore (issue 13): the suspension of an on_demand service keeps the router it replaces, to put it back
+    def read(self, node: NodeAddress, service_id: str) -> bytes | None:
+        """The service's router file on `node` as it is now (None: there is none)."""
+        with self._sftp(node) as sftp:
+            try:
+                return _read(sftp, posixpath.join(self._check_dir(sftp, node), file_name(service_id)))
+            except PermissionError:
+                raise NodePermissionDenied(self._denied(self.settings.proxy_dynamic_dir, node)) from None
+
+    async def aread(self, node: NodeAddress, service_id: str) -> bytes | None:
+        return await asyncio.to_thread(self.read, node, service_id)
+    # --- end billcore
+
     async def apublish(self, node: NodeAddress, service_id: str, doc: Mapping[str, Any]) -> bool:
         return await asyncio.to_thread(self.publish, node, service_id, doc)
 
