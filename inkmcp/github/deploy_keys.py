@@ -188,11 +188,18 @@ class DeployKeys:
         assert current is not None
         return current
 
-    async def source(self, service_id: uuid.UUID) -> KeySource | None:
-        """The recorded key of a service (None: the service has none, it is built from a public repository)."""
+    async def source(self, service_id: uuid.UUID, repo_url: str | None = None) -> KeySource | None:
+        """The recorded key of a service, for `repo_url` (the release's https URL): None when the service has
+        none, or when it is now built from another repository than the key's (a public one: fetched as such)."""
         row = await self._row(service_id)
         if row is None or row.coolify_key_uuid is None or row.github_key_id is None:
             return None
+        if repo_url is not None:
+            from inkmcp.github.deploy import parse_repo
+
+            parsed = parse_repo(self.settings, repo_url)
+            if parsed is None or "/".join(parsed).lower() != row.repo.lower():
+                return None
         return KeySource(ssh_url(self.settings, row.repo), row.coolify_key_uuid)
 
     async def remove(self, service_id: uuid.UUID) -> None:

@@ -11,6 +11,10 @@ uvicorn, 127.0.0.1) playing github.com and its REST API, following GitHub's publ
   `GET /user`, `GET /repos/{owner}/{repo}` — 401 `{"message":"Bad credentials"}` for an unknown token, 404
   `{"message":"Not Found"}` for a private repository the caller cannot read (GitHub hides it), 200 with
   `private`, `visibility`, `default_branch`, `permissions` otherwise.
+* Deploy keys: `GET|POST /repos/{owner}/{repo}/keys`, `GET|DELETE /repos/{owner}/{repo}/keys/{key_id}`, for admins
+  of the repository (the owner and `admins` collaborators); anyone else 404 (GitHub hides it), no token 401; 422
+  "key is already in use" (one repository per key) or "key is invalid…". `ssh_clone` is GitHub's SSH side for a
+  deploy key (the Coolify stand-in's runner clones through it).
 * git smart HTTP at `/{owner}/{repo}(.git)/…` through `git http-backend` (CGI): public repositories clone
   anonymously; private ones need HTTP Basic auth whose password is a token of a user with access (GitHub accepts
   any username with a token as password), else 401 with `WWW-Authenticate: Basic realm="GitHub"` (git then

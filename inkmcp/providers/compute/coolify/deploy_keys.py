@@ -97,7 +97,7 @@ async def keyed(provider: CoolifyComputeProvider, request: ReleaseRequest) -> Re
     keys = _keys(provider)
     if keys is None:
         return request
-    source = await keys.source(uuid.UUID(request.key.service_id))
+    source = await keys.source(uuid.UUID(request.key.service_id), request.repo_url.get_secret_value())
     if source is None:
         return request
     policy.DEPLOY_KEYS.allow(source.private_key_uuid, source.git_repository)
