@@ -55,8 +55,10 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
 
         web = await build_web(rt.platform, rt.box)
         # --- end
+        # cpthroughput: verified keys are cached, emptied by the revocation notices heard on this URL (mcp/auth.py)
+        keys_conninfo = rt.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         app = build_http_app(server, rt.platform, rt.metrics, host=settings.host, port=settings.port,
-                             allowed_hosts=settings.allowed_hosts, web=web)
+                             allowed_hosts=settings.allowed_hosts, web=web, keys_conninfo=keys_conninfo)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=10, lifespan="on")
         log.info("serving", extra={"mcp": f"http://{settings.host}:{settings.port}/mcp",

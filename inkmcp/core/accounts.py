@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +28,12 @@ from inkmcp.store.statements import statement_pool
 KEY_PREFIX = "dk_live_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 DISPLAY_CHARS = 14  # "dk_live_" + 6 characters: enough to tell keys apart, useless to an attacker
+# --- cpthroughput (issue 12 item 4): serving processes cache verified keys for a few seconds (mcp/auth.py
+# VerifiedKeys); a revocation notifies them on this channel in its own transaction: PostgreSQL delivers it to every
+# listening server when the revocation commits, and each empties its cache on hearing it
+KEYS_CHANNEL = "inkmcp_api_keys"
+_NOTIFY_REVOKED = text(f"SELECT pg_notify('{KEYS_CHANNEL}', '')")
+# --- end
 
 
 _AUTHENTICATE = (
@@ -123,6 +129,7 @@ class AccountService:
             res = await s.execute(
                 update(ApiKey).where(cond, ApiKey.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
             )
+            await s.execute(_NOTIFY_REVOKED)  # cpthroughput: empties the serving processes' key caches
         if res.rowcount == 0:
             raise NotFound(
                 f"no active key matches {key_or_prefix[:DISPLAY_CHARS]!r}.",
@@ -142,6 +149,7 @@ class AccountService:
                 .values(revoked_at=datetime.now(UTC))
                 .returning(ApiKey.prefix)
             )).scalar_one_or_none()
+            await s.execute(_NOTIFY_REVOKED)  # cpthroughput: empties the serving processes' key caches
         if prefix is None:
             raise NotFound("no active key of this account has that id.", argument="key",
                            fix="pick a key from the list on the dashboard (it may be revoked already)")
