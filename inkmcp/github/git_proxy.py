@@ -21,6 +21,7 @@ One proxy per event loop, started on first use (a coroutine server on 127.0.0.1,
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import time
@@ -53,7 +54,8 @@ class GitCredentialProxy:
         self._starting: asyncio.Lock = asyncio.Lock()
         self._http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(60.0, connect=15.0))
         self.port = 0
-        self.requests: list[tuple[str, str, int]] = []  # (method, path without the secret, status), for tests
+        # (method, path without the secret, status) of the latest requests, for tests and debugging (bounded)
+        self.requests: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=256)
 
     async def start(self) -> None:
         async with self._starting:

@@ -172,3 +172,31 @@ async def test_a_tenant_process_never_sees_the_token_during_a_private_fetch(
     assert any("git" in s and ("fetch" in s or "remote-http" in s) for s in seen), seen  # it watched git run
     assert hits == [], hits
     assert sys.platform == "linux"
+
+
+async def test_the_proxy_reads_only_the_registered_repository_and_only_until_it_expires(
+        github_standin: StandinGitHub) -> None:
+    """What the secret URL is worth to whoever reads it: upload-pack reads of that one repository, for the fetch."""
+    import httpx
+
+    from inkmcp.github.git_proxy import proxy
+
+    owner = github_standin.add_user(unique_login("px"))
+    repo = github_standin.create_repo(owner.login, "app", private=True, files={"a": "a"})
+    other = github_standin.create_repo(owner.login, "other", private=True, files={"b": "b"})
+    header = GitAuth(owner.token).header
+    base = await proxy().register(github_standin.html_url(repo), header, ttl=30)
+    async with httpx.AsyncClient(timeout=10) as http:
+        ok = await http.get(f"{base}/info/refs", params={"service": "git-upload-pack"})
+        assert ok.status_code == 200 and b"refs/heads/main" in ok.content
+        for method, path in (("GET", "/info/refs?service=git-receive-pack"), ("POST", "/git-receive-pack"),
+                             ("GET", "/HEAD"), ("GET", "/../other/info/refs?service=git-upload-pack")):
+            assert (await http.request(method, base + path)).status_code == 404, path
+        forged = base.rsplit("/", 1)[0] + "/" + "x" * 43
+        assert (await http.get(f"{forged}/info/refs", params={"service": "git-upload-pack"})).status_code == 404
+        proxy().revoke(base)
+        assert (await http.get(f"{base}/info/refs", params={"service": "git-upload-pack"})).status_code == 404
+        expired = await proxy().register(github_standin.html_url(other), header, ttl=0.0)
+        time.sleep(0.01)
+        assert (await http.get(f"{expired}/info/refs", params={"service": "git-upload-pack"})).status_code == 404
+    assert "x-access-token" not in repr(proxy().requests) and owner.token not in repr(proxy().requests)
