@@ -26,3 +26,4 @@ def _on_spec(request: pytest.FixtureRequest) -> Iterator[None]:
         standin: StandinGitHub = request.getfixturevalue("github_standin")
         assert standin.response_violations == [], standin.response_violations
         assert standin.payload_violations == [], standin.payload_violations
+        assert standin.request_violations == [], standin.request_violations  # what InkMCP sent GitHub
