@@ -81,7 +81,7 @@ class GitCredentialProxy:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request, body = await self._read_request(conn, reader)
+                request, body = await self._read_request(conn, reader, writer)
                 if request is None:
                     return
                 await self._answer(conn, writer, request, body)
@@ -96,7 +96,7 @@ class GitCredentialProxy:
             writer.close()
 
     async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                            ) -> tuple[h11.Request | None, bytes]:
+                            writer: asyncio.StreamWriter) -> tuple[h11.Request | None, bytes]:
         request: h11.Request | None = None
         body = bytearray()
         while True:
@@ -109,6 +109,8 @@ class GitCredentialProxy:
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                if conn.they_are_waiting_for_100_continue:  # libcurl's `Expect: 100-continue` on a big POST
+                    writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_REQUEST:

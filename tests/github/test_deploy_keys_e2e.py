@@ -157,4 +157,14 @@ async def test_private_repo_deploys_through_a_deploy_key_and_others_are_refused(
     for secret in (alice_token, bob_token, key_body(pem)):
         for text in (*results, metrics, log):
             assert not leaked(secret, text)
+    # nor in clear anywhere in the server's data dir (its database files included); the runner's directory there
+    # plays Coolify's servers, which hold the key by design
+    needles = [alice_token.encode(), key_body(pem)[:40].encode()]
+    for path in server.data_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "coolify-node" not in path.parts:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            assert not any(n in data for n in needles), path
     assert github_standin.request_violations == []
