@@ -42,7 +42,8 @@ log = logging.getLogger("inkmcp.billing")
 ENFORCE_LOCK_KEY = zlib.crc32(b"inkmcp.billing.enforce")
 
 WANTED = text("""
-SELECT CAST(sv.id AS text), sv.mode FROM services sv JOIN projects p ON p.id = sv.project_id
+SELECT CAST(sv.id AS text), sv.mode, CAST(sv.live_deployment_id AS text) FROM services sv
+JOIN projects p ON p.id = sv.project_id
 JOIN billing_accounts b ON b.account_id = p.account_id
 WHERE sv.live_deployment_id IS NOT NULL AND b.blocked_since IS NOT NULL
   AND (sv.mode = 'on_demand' OR (sv.mode = 'persistent' AND b.blocked_since + make_interval(secs => :grace) <= now()))
@@ -63,7 +64,7 @@ ON CONFLICT (service_id) DO NOTHING
 """)
 SAVE = text("UPDATE billing_suspensions SET detail = CAST(:detail AS jsonb), updated_at = now() "
             "WHERE service_id = CAST(:sid AS uuid)")
-DONE = text("UPDATE billing_suspensions SET state = 'suspended', updated_at = now() "
+DONE = text("UPDATE billing_suspensions SET state = 'suspended', detail = CAST(:detail AS jsonb), updated_at = now() "
             "WHERE service_id = CAST(:sid AS uuid)")
 FORGET = text("DELETE FROM billing_suspensions WHERE service_id = CAST(:sid AS uuid)")
 BY_TOKEN = text("""
@@ -224,18 +225,24 @@ class Enforcer:
     async def _converge(self) -> None:
         provider = self.suspender.name
         async with self.engine.connect() as conn:
-            wanted = {r[0]: r[1] for r in await conn.execute(WANTED, {"grace": self.ledger.settings.grace_s})}
+            found = (await conn.execute(WANTED, {"grace": self.ledger.settings.grace_s})).all()
+            wanted = {r[0]: r[1] for r in found}
+            live = {r[0]: r[2] for r in found}
             have = {r[0]: (r[1], r[2], r[3], dict(r[4] or {}))
                     for r in await conn.execute(HAVE, {"provider": provider})}
             ids = sorted(set(wanted) | set(have))
             keys = {r[0]: r for r in await conn.execute(KEYS, {"ids": ids})} if ids else {}
         for sid, mode in sorted(wanted.items()):
             if sid in have and have[sid][1] == "suspended" and have[sid][0] == mode:
-                continue
+                if have[sid][3].get("live") == live[sid]:
+                    continue
+                # a release that was under way when the account was blocked went live since (its router and
+                # containers are the new release's): suspend that one, reading its router again
+                have[sid] = (mode, "suspending", have[sid][2], {**have[sid][3], "reread": True})
             if sid in have and have[sid][0] != mode:  # the mode changed under the suspension: undo, then redo
                 await self._resume(sid, have[sid], keys)
                 have.pop(sid, None)
-            await self._suspend(sid, mode, have.get(sid), keys)
+            await self._suspend(sid, mode, live[sid], have.get(sid), keys)
         for sid in sorted(set(have) - set(wanted)):
             await self._resume(sid, have[sid], keys)
 
@@ -251,12 +258,12 @@ class Enforcer:
 
         return save
 
-    async def _suspend(self, sid: str, mode: str, had: tuple[str, str, str, dict[str, Any]] | None,
+    async def _suspend(self, sid: str, mode: str, live: str, had: tuple[str, str, str, dict[str, Any]] | None,
                        keys: dict[str, Any]) -> None:
         if sid not in keys:
             return
         token = had[2] if had else secrets.token_urlsafe(24)
-        detail = had[3] if had else {}
+        detail = {**(had[3] if had else {}), "live": live}
         if had is None:
             async with self.engine.begin() as conn:
                 await conn.execute(RECORD, {"sid": sid, "provider": self.suspender.name, "mode": mode,
@@ -267,7 +274,7 @@ class Enforcer:
             log.exception("could not suspend service %s (its account cannot pay); retrying at the next pass", sid)
             return
         async with self.engine.begin() as conn:
-            await conn.execute(DONE, {"sid": sid})
+            await conn.execute(DONE, {"sid": sid, "detail": json.dumps(detail)})  # with the release it suspended
         log.info("service %s (%s) suspended: its account cannot pay", sid, mode)
 
     async def _resume(self, sid: str, had: tuple[str, str, str, dict[str, Any]], keys: dict[str, Any]) -> None:

@@ -71,7 +71,9 @@ async def usage_view(ledger: Ledger | None, account_id: uuid.UUID, account_name:
     days = None if burn <= 0 else round(max(st.balance, 0) / (burn * 24), 2)
     note = ""
     if st.blocked:
-        note = f"{st.reason()}: mutating calls are refused; {ledger.settings.dashboard_hint(account_name)}"
+        note = (f"{st.reason()}: mutating calls are refused, on_demand services answer 402 instead of waking and "
+                f"persistent ones are suspended after the grace period (list_services: state suspended); "
+                f"{ledger.settings.dashboard_hint(account_name)}")
     return UsageView(
         billing=True, balance=st.balance, monthly_cap=st.cap, spent_this_month=st.month_spend,
         burn_per_hour=burn, days_left=days, blocked=st.blocked,

@@ -91,7 +91,7 @@ async def test_recorded_before_the_remote_change_and_finished_after_a_failure(wo
     await e.on_pass()
     first = await rows(world)
     assert set(first) == {on_demand} and first[on_demand][1] == "suspending"  # recorded, the remote call failed
-    assert first[on_demand][3] == {"stopped": [f"app-{on_demand[:8]}"]}  # what it was about to change, saved
+    assert first[on_demand][3]["stopped"] == [f"app-{on_demand[:8]}"]  # what it was about to change, saved
     await block(world, account_id, ago_s=120)  # past the grace period: the persistent one too
     await e.on_pass()
     await e.on_pass()
@@ -99,10 +99,22 @@ async def test_recorded_before_the_remote_change_and_finished_after_a_failure(wo
     assert {k: v[1] for k, v in done.items()} == {on_demand: "suspended", persistent: "suspended"}
     assert done[on_demand][2] == first[on_demand][2]  # the same 402 page (token) across the retries
     retries = [c for c in remote.calls if c[1] == on_demand]
-    assert retries[-1][3] == {"stopped": [f"app-{on_demand[:8]}"]}  # the retry started from the saved step
+    assert retries[-1][3]["stopped"] == [f"app-{on_demand[:8]}"]  # the retry started from the saved step
     before = len(remote.calls)
     await e.on_pass()
     assert len(remote.calls) == before  # converged: nothing repeated
+    # a release that was under way when the account was blocked goes live: that release is suspended again
+    did = uuid.uuid4()
+    async with world.store.sessionmaker.begin() as s:
+        await s.execute(text("INSERT INTO deployments (id, service_id, status, config_hash, finished_at) "
+                             "VALUES (:d, :s, 'live', 'h2', now())"), {"d": did, "s": persistent})
+        await s.execute(text("UPDATE services SET live_deployment_id = :d WHERE id = :s"), {"d": did, "s": persistent})
+    await e.on_pass()
+    again = remote.calls[before:]
+    assert [(c[0], c[1]) for c in again] == [("suspend", persistent)] and again[0][3]["reread"] is True
+    assert (await rows(world))[persistent][3]["live"] == str(did)
+    await e.on_pass()
+    assert len(remote.calls) == before + 1
 
 
 async def test_two_replicas_never_both_act_and_a_restart_resumes_from_the_database(world: World) -> None:

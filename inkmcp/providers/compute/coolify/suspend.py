@@ -104,6 +104,7 @@ class CoolifySuspender:
         if mode == "on_demand":
             await self._reroute(key, token, detail, save)
             return
+        detail.pop("reread", None)  # a new release went live: its applications are the ones to stop
         apps = sorted(set((key.service_ref.get("apps") or {}).values()))
         if detail.get("stopped") != apps:
             detail["stopped"] = apps
@@ -130,15 +131,16 @@ class CoolifySuspender:
         if node is None:
             return
         writer = self._writer()
-        if "original" not in detail:
+        if "original" not in detail or detail.get("reread"):
             reader = getattr(writer, "aread", None)
             if reader is None:
                 raise ProviderRefused("the node-route writer cannot read routers back; use routes.SshNodeRoutes")
             data = await reader(node, key.service_id)
-            original = yaml.safe_load(data) if data else None
-            if original is not None and _is_suspended(original):
-                original = None  # ours from an earlier suspension whose record was lost: nothing to put back
-            detail["original"] = original
+            current = yaml.safe_load(data) if data else None
+            if current is not None and _is_suspended(current):
+                current = detail.get("original")  # our own page: keep the router it replaced (None if unknown)
+            detail["original"] = current
+            detail.pop("reread", None)
             await save(detail)
         doc = suspended_document(detail["original"], f"inkmcp-{key.service_id}", hosts_of(key), self.public_url,
                                  token)
