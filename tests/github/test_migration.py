@@ -31,3 +31,17 @@ def test_0008_down_and_up(control_pg: EmbeddedPostgres) -> None:
     assert not after & TABLES and {"accounts", "services", "deployments"} <= after
     command.upgrade(alembic_config(url), "head")
     assert tables(url) == before
+
+
+def test_0011_down_and_up(control_pg: EmbeddedPostgres) -> None:
+    """Migration 0011 (deploy keys, issue 11): downgrade drops only github_deploy_keys, upgrade brings it back."""
+    url = create_database(control_pg, "gh0011")
+    migrate(url)
+    before = tables(url)
+    assert "github_deploy_keys" in before
+    command.downgrade(alembic_config(url), "0011")  # later revisions (0012, ...) are not this test's
+    at_0011 = tables(url)
+    command.downgrade(alembic_config(url), "0010")
+    assert tables(url) == at_0011 - {"github_deploy_keys"}
+    command.upgrade(alembic_config(url), "head")
+    assert tables(url) == before
