@@ -29,11 +29,11 @@ import hmac
 import json
 import logging
 import platform
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -65,12 +65,19 @@ class StripeSettings(BaseSettings):
     retries: int = Field(default=1, ge=0, le=5, description="network retries of a request to Stripe's API "
                                                              "(safe: each carries an Idempotency-Key)")
 
-    @model_validator(mode="after")
-    def _bounds(self) -> Self:
-        if self.min_topup > self.max_topup:
-            raise ValueError(f"min_topup ({self.min_topup}) is above max_topup ({self.max_topup})")
-        self.currency = self.currency.lower()
-        return self
+    @field_validator("currency")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("max_topup")
+    @classmethod
+    def _bounds(cls, value: int, info: ValidationInfo) -> int:
+        """A field error (not a model one), so the start-up message names INKMCP_STRIPE_MAX_TOPUP."""
+        low = info.data.get("min_topup")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least INKMCP_STRIPE_MIN_TOPUP ({low})")
+        return value
 
     @property
     def checkout_origins(self) -> set[str]:

@@ -175,8 +175,21 @@ def test_checkout_origins_are_stripes_or_the_stand_ins() -> None:
     assert StripeSettings().checkout_origins == {"https://checkout.stripe.com"}
     assert StripeSettings(api_base="http://127.0.0.1:4242/").checkout_origins == {
         "https://checkout.stripe.com", "http://127.0.0.1:4242"}
-    with pytest.raises(ValueError, match="min_topup"):
+    with pytest.raises(ValueError, match="must be at least INKMCP_STRIPE_MIN_TOPUP"):
         StripeSettings(min_topup=500, max_topup=100)
+
+
+def test_bad_stripe_settings_stop_the_start_with_the_variable_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inkmcp.billing.service import load_stripe_settings
+    from inkmcp.errors import InkError
+
+    monkeypatch.setenv("INKMCP_STRIPE_MIN_TOPUP", "500")
+    monkeypatch.setenv("INKMCP_STRIPE_MAX_TOPUP", "100")
+    with pytest.raises(InkError, match=r"invalid configuration INKMCP_STRIPE_MAX_TOPUP: .*at least"):
+        load_stripe_settings()
+    monkeypatch.setenv("INKMCP_STRIPE_MAX_TOPUP", "1000")
+    monkeypatch.setenv("INKMCP_STRIPE_CURRENCY", "EUR")
+    assert load_stripe_settings().currency == "eur"
 
 
 def test_the_stand_in_answers_stripes_published_objects_and_takes_the_librarys_parameters(
