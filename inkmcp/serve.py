@@ -8,6 +8,7 @@ embedded Postgres servers this process started.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Iterator
@@ -59,10 +60,17 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
         keys_conninfo = rt.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         app = build_http_app(server, rt.platform, rt.metrics, host=settings.host, port=settings.port,
                              allowed_hosts=settings.allowed_hosts, web=web, keys_conninfo=keys_conninfo)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+        # access_log=False: at log level "warning" the access lines were never shown, but each response still built
+        # them (client address, path) before the logger dropped them
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=10, lifespan="on")
         log.info("serving", extra={"mcp": f"http://{settings.host}:{settings.port}/mcp",
                                    "apps": f"http://<service>.<project>.{settings.apps_domain}:{settings.proxy_port}"})
+        # Everything built so far lives as long as the process: keep it out of the garbage collector's full
+        # collections. Without this, one gen-2 collection under load walked the whole ~130 MB heap and stalled
+        # every request for 0.4 s (the p99 of 64 clients); with it the longest pause measured was 36 ms.
+        gc.collect()
+        gc.freeze()
         await _Server(config).serve()
     finally:
         await rt.close()
