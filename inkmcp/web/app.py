@@ -447,8 +447,6 @@ class WebUI:
         return {
             "on": True, "view": view, "show": show, "currency": currency.upper(), "reason": reason,
             "topups": billing.stripe.enabled, "min": show(stripe.min_topup), "max": show(stripe.max_topup),
-            "step": "1" if money.decimals(currency) == 0 else "0." + "0" * (money.decimals(currency) - 1) + "1",
-            "min_plain": money.plain(stripe.min_topup, currency), "max_plain": money.plain(stripe.max_topup, currency),
             "default_cap": "no cap" if default_cap is None else show(default_cap),
             "amount_value": form.get("amount_value", money.plain(max(stripe.min_topup, min(
                 stripe.max_topup, 10 ** money.decimals(currency) * 10)), currency)),
