@@ -74,6 +74,9 @@ def test_add_credits_checkout_for_the_signed_in_account_then_the_webhook_raises_
     odd = alice.get("/dashboard", params={"topup": "<script>alert(1)</script>"})
     assert "<script>" not in odd.text and 'id="notice"' not in odd.text  # only fixed texts, nothing reflected
     assert STRIPE_KEY not in web_server.log_path.read_text(errors="replace")
+    # the webhook endpoint stops reading an oversized body (256 KiB bound) and changes nothing
+    big = httpx.post(f"{base(web_server)}/webhooks/stripe", content=b"{" + b" " * 300_000 + b"}", timeout=30)
+    assert big.status_code == 413
 
 
 async def test_add_credits_refuses_bad_amounts_forged_posts_and_never_pays_for_another_account(
