@@ -126,6 +126,7 @@ class GitCredentialProxy:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         secret, _, rest = path.lstrip("/").partition("/")
+        rest = rest.lstrip("/")  # a repo URL given with a trailing slash: git asks for <base>//info/refs
         grant = self._grants.get(secret)
         allowed = (method == "GET" and rest == "info/refs" and query == "service=git-upload-pack") or \
             (method == "POST" and rest == "git-upload-pack" and not query)
