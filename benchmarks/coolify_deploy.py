@@ -263,6 +263,7 @@ class Steps:
 
 def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, compute: Any, budget: Any) -> None:
     """The steps `--steps` times (whichever of them this version of InkMCP has)."""
+    from inkmcp.build import source as smod
     from inkmcp.core import deployments as dmod
     from inkmcp.store.statements import StatementPool
 
@@ -270,9 +271,14 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         ("deploy_app (until it answers)", platform, "deploy_app"),
         ("  precheck_deploy", projects, "precheck_deploy"),
         ("  projects.ensure", projects, "ensure"),
+        ("  projects.ensure_with (the project and a new service, one transaction)", projects, "ensure_with"),
+        ("    _upsert_service_in", deploys, "_upsert_service_in"),
         ("  fetch_commit (git fetch, resolve, size)", dmod, "fetch_commit"),
+        ("    git fetch", smod, "_fetch"),
+        ("    git cat-file: resolve the ref", smod, "_resolve"),
+        ("    git cat-file: list the commit's files", smod._CatFile, "listing"),
+        ("    git cat-file: write the plan's files", smod._CatFile, "write_files"),
         ("  checkout_fetched (runs beside the database work)", dmod, "checkout_fetched"),
-        ("  read_plan_files (runs beside the database work)", dmod, "read_plan_files"),
         ("  _upsert_service", deploys, "_upsert_service"),
         ("  effective_env", deploys, "effective_env"),
         ("  _reusable", deploys, "_reusable"),

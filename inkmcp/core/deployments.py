@@ -515,14 +515,18 @@ class DeployService:
         workspace = await self._compute.source_workspace(str(proposed))
         fetching = asyncio.ensure_future(fetch_commit(req.repo_url, req.ref, workspace=workspace,
                                                       policy=self._sources, auth=auth, files_for=files_for))
+
+        async def new_service(s: AsyncSession, project: Project) -> tuple[uuid.UUID, bool] | None:
+            if project.id != proposed or prechecked.service_exists:
+                return None  # an existing service is updated only once its source is fetched
+            return await self._upsert_service_in(s, project.id, req, with_env=True)
+
         upserted: tuple[uuid.UUID, bool] | None = None
         try:
             # an id that was never a project's (never that of a project deleted meanwhile: Coolify may still hold
-            # an application named after it)
-            project, created = await self._projects.ensure(
-                p, project_name, repo_url=req.repo_url, new_id=proposed if prechecked.project_id is None else None)
-            if project.id == proposed and not prechecked.service_exists:
-                upserted = await self._upsert_service(project.id, req, with_env=True)
+            # an application named after it); the project and a new service in one transaction
+            project, created, upserted = await self._projects.ensure_with(
+                p, project_name, req.repo_url, proposed if prechecked.project_id is None else None, new_service)
         except BaseException:
             await _drop_fetch(fetching, written)
             if prechecked.project_id is None and not await self._project_exists(proposed):
@@ -542,8 +546,10 @@ class DeployService:
             await _drop_fetch(fetching, written)
             if upserted is not None and upserted[1]:
                 await self._drop_new_service(project.id, upserted[0])
-            if created:  # a typo in repo_url must not leave an empty project behind
+            if created:  # a typo in repo_url must not leave an empty project behind, nor its workspace
                 await self._drop_if_empty(project.id)
+                if not await self._project_exists(project.id):
+                    _remove([workspace.mirrors_dir, workspace.locks_dir])
             raise
         return project, created, fetched, upserted
 
@@ -613,41 +619,47 @@ class DeployService:
     ) -> tuple[uuid.UUID, bool]:
         """The service row (created, or updated with this request's settings) and whether it was created; with
         `with_env`, the request's env vars stored in the same transaction."""
-        shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
         async with self._sessions.begin() as s:
-            await self._projects.check_service_quota(s, project_id, req.service_name)
-            created = (await s.execute(
-                insert(Service)
-                .values(
-                    id=uuid.uuid4(),
-                    project_id=project_id,
-                    name=req.service_name,
-                    service_type=(req.service_type or ServiceType.webapp).value,
-                    mode=(req.mode or Mode.persistent).value,
-                    repo_url=shown_url,
-                    repo_url_enc=url_enc,
-                    ref=req.ref,
-                    settings=self._settings_of(req),
+            return await self._upsert_service_in(s, project_id, req, with_env=with_env)
+
+    async def _upsert_service_in(
+        self, s: AsyncSession, project_id: uuid.UUID, req: DeployRequest, *, with_env: bool = False
+    ) -> tuple[uuid.UUID, bool]:
+        """`_upsert_service` in the caller's transaction."""
+        shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
+        await self._projects.check_service_quota(s, project_id, req.service_name)
+        created = (await s.execute(
+            insert(Service)
+            .values(
+                id=uuid.uuid4(),
+                project_id=project_id,
+                name=req.service_name,
+                service_type=(req.service_type or ServiceType.webapp).value,
+                mode=(req.mode or Mode.persistent).value,
+                repo_url=shown_url,
+                repo_url_enc=url_enc,
+                ref=req.ref,
+                settings=self._settings_of(req),
+            )
+            .on_conflict_do_nothing(constraint="uq_services_project_name")
+            .returning(Service.id)
+        )).scalar()  # fmt: skip
+        if created is not None:  # inserted with exactly these values
+            service_id = created
+        else:
+            svc = (
+                await s.execute(
+                    select(Service).where(Service.project_id == project_id, Service.name == req.service_name)
                 )
-                .on_conflict_do_nothing(constraint="uq_services_project_name")
-                .returning(Service.id)
-            )).scalar()  # fmt: skip
-            if created is not None:  # inserted with exactly these values
-                service_id = created
-            else:
-                svc = (
-                    await s.execute(
-                        select(Service).where(Service.project_id == project_id, Service.name == req.service_name)
-                    )
-                ).scalar_one()
-                svc.repo_url = shown_url
-                svc.repo_url_enc = url_enc
-                svc.ref = req.ref
-                svc.settings = self._settings_of(req)
-                service_id = svc.id
-            if with_env and req.env_vars:
-                await self._envs.apply(s, project_id, str(service_id), req.env_vars)
-            return service_id, created is not None
+            ).scalar_one()
+            svc.repo_url = shown_url
+            svc.repo_url_enc = url_enc
+            svc.ref = req.ref
+            svc.settings = self._settings_of(req)
+            service_id = svc.id
+        if with_env and req.env_vars:
+            await self._envs.apply(s, project_id, str(service_id), req.env_vars)
+        return service_id, created is not None
 
     async def effective_env(self, project_id: uuid.UUID, service_id: uuid.UUID) -> dict[str, SecretStr]:
         """What the agent and the add-ons set for the service: the add-ons' variables (DATABASE_URL, ...), then

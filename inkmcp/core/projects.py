@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -32,6 +34,7 @@ from inkmcp.store.crypto import SecretBox
 from inkmcp.store.models import Account, Deployment, Project, Service
 from inkmcp.store.statements import statement_pool
 
+T = TypeVar("T")
 LIST_LIMIT = 200
 _LIST = (
     "SELECT p.name, p.repo_url, p.created_at, "
@@ -88,6 +91,15 @@ class ProjectService:
         its owner gets it back: any other account gets a Conflict naming a free alternative. `new_id`: the id a
         project created here gets (deploy_app fetches into that project's workspace meanwhile); an existing
         project keeps its own."""
+        project, created, _ = await self.ensure_with(p, name, repo_url, new_id)
+        return project, created
+
+    async def ensure_with(
+        self, p: Principal, name: str, repo_url: str | None = None, new_id: uuid.UUID | None = None,
+        then: Callable[[AsyncSession, Project], Awaitable[T]] | None = None,
+    ) -> tuple[Project, bool, T | None]:
+        """`ensure`, then `then(session, project)` in the same transaction (deploy_app records its service there:
+        one commit instead of two, and a service the quota refuses takes a project this call made with it)."""
         check_name(name, "project_name")
         shown = redact_url(repo_url) if repo_url else None
         async with self._sessions.begin() as s:
@@ -119,7 +131,7 @@ class ProjectService:
                 raise await self._taken(s, name, p)
             if shown and not project.repo_url:
                 project.repo_url = shown
-            return project, created
+            return project, created, (await then(s, project) if then is not None else None)
 
     async def check_available(self, p: Principal, name: str) -> None:
         """Fail fast (before a fetch or build) if another account holds `name`; `ensure` still decides."""

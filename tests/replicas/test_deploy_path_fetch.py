@@ -1,0 +1,103 @@
+"""deploy_app with a provider that needs no checkout here (Coolify; the fake stands for it): the fetch runs beside
+the project's and a new service's records (one transaction), so a fetch that fails must take back exactly what this
+call recorded and nothing else: a new project and service go, an existing project stays, an existing service keeps
+its settings and env (it is updated only after its source was fetched).
+
+Over a real PostgreSQL and real git repositories, with the replica factory of tests/replicas/test_leases.py."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select
+
+from inkmcp.core.accounts import AccountService
+from inkmcp.core.deployments import DeployRequest, DeployService
+from inkmcp.core.limits import LimitDefaults
+from inkmcp.errors import InkError
+from inkmcp.store.db import Store
+from inkmcp.store.models import EnvVar, Project, Service
+from tests.replicas import test_leases as _leases
+from tests.support import git_repo
+
+embedded_pg_factory = _leases.embedded_pg_factory
+control_pg = _leases.control_pg
+store = _leases.store
+replicas = _leases.replicas
+
+
+async def rows(db: Store, name: str) -> tuple[Project | None, list[Service], list[EnvVar]]:
+    async with db.sessionmaker() as s:
+        project = (await s.execute(select(Project).where(Project.name == name))).scalar_one_or_none()
+        if project is None:
+            return None, [], []
+        services = list((await s.execute(select(Service).where(Service.project_id == project.id))).scalars())
+        envs = list((await s.execute(select(EnvVar).where(EnvVar.project_id == project.id))).scalars())
+        return project, services, envs
+
+
+async def test_a_failed_fetch_takes_back_only_what_the_call_recorded(
+    store: Store, replicas: Callable[..., DeployService], tmp_path: Path
+) -> None:
+    a = replicas("a")
+    assert not a._compute.needs_checkout
+    repo = git_repo(tmp_path / "app", {"app.py": "print('hi')\n", "Procfile": "web: python app.py\n"})
+    p = await AccountService(store.sessionmaker, LimitDefaults()).principal_for(f"acct-{uuid.uuid4().hex[:6]}", "t")
+    mirrors = a._compute.work_dir / "mirrors"  # type: ignore[attr-defined]
+
+    # a new project and service, a ref that does not exist: nothing is left, not even the workspace it fetched into
+    before = set(mirrors.iterdir()) if mirrors.exists() else set()
+    try:
+        await a.deploy(p, DeployRequest(repo_url=str(repo), project_name="fresh", ref="no-such-branch",
+                                        env_vars={"SECRET": "one"}))
+        raise AssertionError("the deploy should have failed")
+    except InkError as e:
+        assert "no-such-branch" in e.render()
+    assert await rows(store, "fresh") == (None, [], [])
+    assert (set(mirrors.iterdir()) if mirrors.exists() else set()) == before
+
+    # the project and its service deployed; then a bad ref for a second, new service and for the first one
+    view = await a.deploy(p, DeployRequest(repo_url=str(repo), project_name="kept", env_vars={"SECRET": "one"}))
+    assert (await a.wait(p, uuid.UUID(view.deployment_id), timeout=60)).status == "live"
+    project, services, envs = await rows(store, "kept")
+    assert project is not None and [s.name for s in services] == ["web"]
+    settings = services[0].settings
+    for service_name in ("second", "web"):
+        try:
+            await a.deploy(p, DeployRequest(repo_url=str(repo), project_name="kept", service_name=service_name,
+                                            ref="no-such-branch", start_command="python other.py",
+                                            env_vars={"SECRET": "two"}))
+            raise AssertionError("the deploy should have failed")
+        except InkError as e:
+            assert "no-such-branch" in e.render()
+        again, services_now, envs_now = await rows(store, "kept")
+        assert again is not None and again.id == project.id
+        assert [s.name for s in services_now] == ["web"] and services_now[0].settings == settings
+        assert [(e.scope, e.key, e.value_enc) for e in envs_now] == [(e.scope, e.key, e.value_enc) for e in envs]
+    assert list(a._checkouts.iterdir()) == []
+
+
+async def test_a_project_made_meanwhile_by_another_call_is_fetched_into_its_own_workspace(
+    store: Store, replicas: Callable[..., DeployService], tmp_path: Path
+) -> None:
+    """precheck saw no project; another call made it before this one's ensure: this call fetches again into that
+    project's workspace (its proposed one is removed) and deploys the service there."""
+    a = replicas("a")
+    repo = git_repo(tmp_path / "app", {"app.py": "print('hi')\n", "Procfile": "web: python app.py\n"})
+    p = await AccountService(store.sessionmaker, LimitDefaults()).principal_for(f"acct-{uuid.uuid4().hex[:6]}", "t")
+    real = a._projects.precheck_deploy
+
+    async def blind(*args: object) -> object:
+        seen = await real(*args)  # type: ignore[arg-type]
+        await a._projects.ensure(p, "raced", repo_url=str(repo))  # the other call, right after the precheck
+        return seen
+
+    a._projects.precheck_deploy = blind  # type: ignore[method-assign]
+    view = await a.deploy(p, DeployRequest(repo_url=str(repo), project_name="raced"))
+    assert (await a.wait(p, uuid.UUID(view.deployment_id), timeout=60)).status == "live"
+    project, services, _ = await rows(store, "raced")
+    assert project is not None and [s.name for s in services] == ["web"]
+    mirrors = a._compute.work_dir / "mirrors"  # type: ignore[attr-defined]
+    assert sorted(d.name for d in mirrors.iterdir()) == [str(project.id)]
