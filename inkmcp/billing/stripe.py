@@ -29,10 +29,9 @@ import hmac
 import json
 import logging
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import stripe
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
@@ -41,6 +40,9 @@ from starlette.routing import Route
 
 from inkmcp.billing.ledger import Ledger
 from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError
+
+if TYPE_CHECKING:
+    import stripe
 
 log = logging.getLogger("inkmcp.billing.stripe")
 MAX_BODY = 256 * 1024
@@ -110,6 +112,8 @@ def verify(payload: bytes, header: str | None, secret: str, *, tolerance: int) -
         text = payload.decode("utf-8")  # what the library signs over; Stripe's bodies are UTF-8 JSON
     except UnicodeDecodeError:
         raise SignatureError("the body is not UTF-8") from None
+    import stripe  # loaded at start by Stripe() when configured (see there); cached afterwards
+
     try:
         stripe.WebhookSignature.verify_header(text, header, secret, tolerance)
     except stripe.SignatureVerificationError as e:  # its message names the problem, never the secret
@@ -120,6 +124,10 @@ class Stripe:
     def __init__(self, settings: StripeSettings, ledger: Ledger) -> None:
         self.settings = settings
         self.ledger = ledger
+        if settings.api_key is not None or settings.webhook_secret is not None:
+            # the library takes ~40 ms to import: at start, when Stripe is configured, rather than on the event loop
+            # at the first webhook; never, when it is not (every `inkmcp serve` builds this object)
+            import stripe  # noqa: F401
 
     @property
     def enabled(self) -> bool:
@@ -144,6 +152,8 @@ class Stripe:
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
+        import stripe
+
         http, client = await asyncio.to_thread(self._client, s.api_key.get_secret_value())
         try:
             session = await client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
@@ -167,6 +177,8 @@ class Stripe:
         """Built in a worker thread, because both steps block: the httpx client loads Stripe's CA bundle (~12 ms each
         time), and the first one imports the library's lazily loaded modules (~0.6 s; measured on the event loop as
         a 0.54 s stall before this moved here). The request itself then runs on the loop (`create_async`)."""
+        import stripe
+
         http = stripe.HTTPXClient(timeout=self.settings.timeout_s)  # async only: a sync call would raise, not block
         client = stripe.StripeClient(api_key, base_addresses={"api": self.settings.api_base}, http_client=http,
                                      max_network_retries=self.settings.retries)
