@@ -5,7 +5,8 @@
 
 prints the INKMCP_* settings that point an InkMCP server at it, and each user's personal token. Repositories
 start empty: push to them with `git push http://x:TOKEN@127.0.0.1:8700/alice/app.git main` (a push through HTTP
-delivers the `push` webhook to the repo's hooks, signed with --webhook-secret).
+delivers the `push` webhook to the repo's hooks, signed with --webhook-secret). `--collaborator alice/app=bob:admin`
+shares a repo (admins may manage its deploy keys, `/api/v3/repos/OWNER/NAME/keys`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user", action="append", default=[], help="a user login (repeatable)")
     parser.add_argument("--repo", action="append", default=[], help="OWNER/NAME[:private] (repeatable)")
     parser.add_argument("--hook", action="append", default=[], help="OWNER/NAME=URL: push webhook (repeatable)")
+    parser.add_argument("--collaborator", action="append", default=[],
+                        help="OWNER/NAME=LOGIN[:admin]: read and write, or admin (may add deploy keys) (repeatable)")
     args = parser.parse_args(argv)
     client_secret = args.client_secret or secrets.token_hex(20)
     webhook_secret = args.webhook_secret or secrets.token_hex(20)
@@ -41,6 +44,15 @@ def main(argv: list[str] | None = None) -> None:
         name, _, flag = spec.partition(":")
         owner, _, repo = name.partition("/")
         repos[name.lower()] = standin.create_repo(owner, repo, private=flag == "private")
+    for spec in args.collaborator:
+        name, _, who = spec.partition("=")
+        login, _, role = who.partition(":")
+        user = standin.state.user_by_login(login)
+        if user is None:
+            parser.error(f"--collaborator {spec}: add the user with --user {login} first")
+        repos[name.lower()].collaborators.add(user.id)
+        if role == "admin":
+            repos[name.lower()].admins.add(user.id)
     for spec in args.hook:
         name, _, url = spec.partition("=")
         standin.add_hook(repos[name.lower()], url, webhook_secret)
