@@ -214,7 +214,8 @@ class GitHubDeployHooks:
                     f"service {project_name}/{service_name} was built from a public repository; its Coolify "
                     f"applications cannot be switched to the deploy key GitHub repository {prepared.repo} (private) "
                     "needs.", argument="service_name",
-                    fix=f"deploy it under another service_name, or delete_service {service_name} first")
+                    fix=f"deploy it under another service_name, or first delete(project_name='{project_name}', "
+                        f"service_name='{service_name}', confirm='{service_name}')")
 
     async def ensure_deploy_key(self, account_id: uuid.UUID, service_id: uuid.UUID, prepared: Prepared,
                                 slug: str) -> None:
