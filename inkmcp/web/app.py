@@ -353,8 +353,10 @@ class WebUI:
         me = await self._signed_in(request)
         if isinstance(me, Response):
             return me
-        topup = TOPUP_NOTICES.get(request.query_params.get("topup", ""))  # fixed texts: nothing from the URL shown
-        return await self._render_dashboard(request, me, **({"notice": topup} if topup else {}))
+        which = request.query_params.get("topup", "")
+        topup = TOPUP_NOTICES.get(which)  # fixed texts: nothing from the URL is shown
+        return await self._render_dashboard(request, me, **({"notice": topup, "reload_link": which == "paid"}
+                                                            if topup else {}))
 
     async def _render_dashboard(self, request: Request, me: SignedIn, status: int = 200, **extra: Any) -> Response:
         p = me.principal

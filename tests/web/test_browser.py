@@ -247,6 +247,8 @@ async def test_credits_cap_and_a_stripe_checkout_in_the_browser(web_server: Serv
     browser.find_element(By.ID, "pay").click()
     wait(browser, EC.url_to_be(root + "/dashboard?topup=paid"))
     assert "Payment received by Stripe" in browser.find_element(By.ID, "notice").text
+    browser.find_element(By.ID, "reload").send_keys(Keys.ENTER)  # the notice's Reload link, by keyboard
+    wait(browser, EC.url_to_be(root + "/dashboard#credits"))
     deadline = time.monotonic() + 15
     while figure_text(browser, "balance") != "25.00 EUR" and time.monotonic() < deadline:
         time.sleep(0.2)
