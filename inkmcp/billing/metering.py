@@ -84,16 +84,17 @@ def _rated_sql(prices: Prices) -> str:
 
 
 def _other_sql(prices: Prices) -> str:
-    """Usage that varies per interval (awake time, builds, storage) as the CTE `other`, kept per day and subject."""
+    """Usage that varies per interval (awake time, builds, storage) as the CTE `other`, kept per day and subject.
+    Awake time counts for services live on_demand now: their open segment (units 0, kept by the trigger like the
+    others) gives account and label without reading `services`."""
     parts = []
     if prices.on_demand:
         parts.append("""
-  SELECT p.account_id, 'on_demand' AS kind, sv.id AS subject_id, p.name || '/' || sv.name AS label,
+  SELECT g.account_id, 'on_demand' AS kind, g.subject_id, g.label,
          CAST(:day AS bigint) AS day_s, aw.ms AS quantity, CAST(:p_on_demand AS bigint) * aw.ms * 1000 / 3600 AS micro
   FROM (SELECT service_id, CAST(LEAST(max(awake_ms), (:e - :s) * 1000) AS bigint) AS ms FROM billing_awake
         WHERE start_s = :s GROUP BY service_id) aw
-  JOIN services sv ON sv.id = aw.service_id JOIN projects p ON p.id = sv.project_id
-  WHERE sv.mode = 'on_demand' AND sv.live_deployment_id IS NOT NULL""")
+  JOIN billing_segments g ON g.subject_id = aw.service_id AND g.kind = 'on_demand' AND g.to_s IS NULL""")
     if prices.build_minute:
         parts.append("""
   SELECT p.account_id, 'build', d.id, p.name || '/' || sv.name,

@@ -117,8 +117,9 @@ class RateSegment(Base):
     label: Mapped[str] = mapped_column(Text, comment="project/service when the segment opened")
     # --- billcore: migration 0012 keeps segments by trigger when a rate changes, with the rate's basis, not money
     units: Mapped[int] = mapped_column(
-        BigInteger, comment="rate basis: reserved MiB (persistent) or 1024 (static); the charge is price x units x "
-                            "10^6 / (1024 x 3600) millionths of a minor unit per second")
+        BigInteger, comment="rate basis: reserved MiB (persistent), 1024 (static), 0 (on_demand: charged by awake "
+                            "time); the charge is price x units x 10^6 / (1024 x 3600) millionths of a minor unit "
+                            "per second")
     from_s: Mapped[int] = mapped_column(BigInteger, comment="epoch seconds (when the rate took effect)")
     # --- end billcore
     to_s: Mapped[int | None] = mapped_column(BigInteger, comment="epoch seconds; NULL while the rate holds")

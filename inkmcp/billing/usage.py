@@ -41,7 +41,7 @@ SELECT label, kind, CAST(sum(micro) AS bigint) FROM (
   SELECT label, kind, CASE WHEN kind = 'persistent' THEN CAST(:p_persistent AS bigint)
                            ELSE CAST(:p_static AS bigint) END * units * 1000000
                       * GREATEST(0, LEAST(COALESCE(to_s, :now), :now) - GREATEST(from_s, :since)) / 3686400
-  FROM billing_segments WHERE account_id = :a AND (to_s IS NULL OR to_s > :since)
+  FROM billing_segments WHERE account_id = :a AND (to_s IS NULL OR to_s > :since) AND units > 0
 ) x GROUP BY label, kind ORDER BY 3 DESC LIMIT :top
 """)
 """This month's cost per service: per-day rows (awake time, builds, storage) plus the rate segments of persistent and

@@ -69,7 +69,8 @@ async def test_changes_that_do_not_touch_the_rate_write_nothing(world: World) ->
 
 async def test_every_way_a_rate_ends_closes_its_segment(world: World) -> None:
     """Undeployed (live_deployment_id cleared, as reconcile does), deleted, deleted with its project (cascade),
-    turned on_demand: each closes the open segment; on_demand opens none; back to persistent opens a new one."""
+    turned on_demand: each closes the open segment; on_demand opens one without a rate (units 0: awake time is what
+    it costs); back to persistent opens a new one, from the moment of the change."""
     account_id, _ = await world.account()
     undeployed, deleted, cascaded, flipped = [await world.live_service(account_id) for _ in range(4)]
     static = await world.live_service(account_id, mode="static")
@@ -78,12 +79,14 @@ async def test_every_way_a_rate_ends_closes_its_segment(world: World) -> None:
     await run(world, "DELETE FROM services WHERE id = :s", s=deleted)
     await run(world, "DELETE FROM projects WHERE id = (SELECT project_id FROM services WHERE id = :s)", s=cascaded)
     await run(world, "UPDATE services SET mode = 'on_demand' WHERE id = :s", s=flipped)
-    for sid in (undeployed, deleted, cascaded, flipped):
+    for sid in (undeployed, deleted, cascaded):
         rows = await segments(world, sid)
         assert len(rows) == 1 and rows[0][4] is not None, rows
+    (_, k1, _, _, t1), (_, k2, u2, f2, t2) = await segments(world, flipped)
+    assert (k1, k2, u2, t2) == ("persistent", "on_demand", 0, None) and t1 == f2  # no rate: charged while awake
     await run(world, "UPDATE services SET mode = 'persistent' WHERE id = :s", s=flipped)
     rows = await segments(world, flipped)
-    assert len(rows) == 2 and rows[1][4] is None and rows[1][3] == rows[0][4]
+    assert len(rows) == 3 and rows[2][4] is None and rows[2][3] == rows[1][4] == rows[0][4]
     assert await world.scalar("SELECT count(*) FROM billing_segments WHERE to_s IS NULL") == 2  # flipped, static
 
 

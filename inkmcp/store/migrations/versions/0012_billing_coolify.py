@@ -10,8 +10,9 @@ Owned by: the billing work (helper "billcore"; docs/billing.md "Metering" and "C
    only reads the segments (issue 13: "charging 10,000 services ... under 100 ms of database time", also in the
    first interval after all of them changed). A segment now holds the rate's *basis* (`units`: reserved MiB for a
    persistent service, 1024 for a static one), not money: the price is applied when charging, so an operator's
-   price change needs no rewrite. Existing segments (priced under 0010's scheme) are replaced by one open segment
-   per live persistent/static service, from the moment its deployment finished.
+   price change needs no rewrite. A live on_demand service has a segment too (units 0: no rate), which is what the
+   charge joins its awake samples with (account, label), instead of reading `services`. Existing segments (priced
+   under 0010's scheme) are replaced by one open segment per live service, from the moment its deployment finished.
 2. `billing_awake` gets an index on `start_s` (the charge reads one interval's samples).
 3. `billing_suspensions`: what InkMCP suspended because an account could not pay (persistent services past the grace
    period, on_demand services' wake-up routes), recorded before the remote change and removed after it was undone,
@@ -49,7 +50,7 @@ BEGIN
          OR n.settings -> 'resources' -> 'memory_mb' IS DISTINCT FROM o.settings -> 'resources' -> 'memory_mb';
   ELSIF TG_OP = 'INSERT' THEN
     SELECT array_agg(n.id) INTO ids FROM billing_new n
-      WHERE n.live_deployment_id IS NOT NULL AND n.mode IN ('persistent', 'static');
+      WHERE n.live_deployment_id IS NOT NULL AND n.mode IN ('persistent', 'static', 'on_demand');
   ELSE
     SELECT array_agg(o.id) INTO ids FROM billing_old o;
   END IF;
@@ -59,11 +60,12 @@ BEGIN
   WITH want AS (
     SELECT sv.id AS subject_id, p.account_id, sv.mode AS kind, p.name || '/' || sv.name AS label,
            CASE WHEN sv.mode = 'persistent'
-                THEN COALESCE(CAST(sv.settings -> 'resources' ->> 'memory_mb' AS bigint), 512) ELSE 1024 END AS units,
+                THEN COALESCE(CAST(sv.settings -> 'resources' ->> 'memory_mb' AS bigint), 512)
+                WHEN sv.mode = 'static' THEN 1024 ELSE 0 END AS units,
            LEAST(now_s, CAST(floor(extract(epoch FROM COALESCE(d.finished_at, now()))) AS bigint)) AS live_s
     FROM unnest(ids) AS t(id) JOIN services sv ON sv.id = t.id JOIN projects p ON p.id = sv.project_id
     JOIN deployments d ON d.id = sv.live_deployment_id
-    WHERE sv.mode IN ('persistent', 'static')
+    WHERE sv.mode IN ('persistent', 'static', 'on_demand')
   ), closed AS (
     UPDATE billing_segments g SET to_s = GREATEST(g.from_s, now_s)
     WHERE g.subject_id = ANY (ids) AND g.to_s IS NULL
@@ -96,18 +98,20 @@ SEED = """
 INSERT INTO billing_segments (account_id, kind, subject_id, label, units, from_s)
 SELECT p.account_id, sv.mode, sv.id, p.name || '/' || sv.name,
        CASE WHEN sv.mode = 'persistent'
-            THEN COALESCE(CAST(sv.settings -> 'resources' ->> 'memory_mb' AS bigint), 512) ELSE 1024 END,
+            THEN COALESCE(CAST(sv.settings -> 'resources' ->> 'memory_mb' AS bigint), 512)
+            WHEN sv.mode = 'static' THEN 1024 ELSE 0 END,
        LEAST(floor(extract(epoch FROM now())), floor(extract(epoch FROM COALESCE(d.finished_at, now()))))
 FROM services sv JOIN projects p ON p.id = sv.project_id JOIN deployments d ON d.id = sv.live_deployment_id
-WHERE sv.mode IN ('persistent', 'static')
+WHERE sv.mode IN ('persistent', 'static', 'on_demand')
 """
 
 
 def upgrade() -> None:
     op.execute("DELETE FROM billing_segments")
     op.alter_column("billing_segments", "rate_num", new_column_name="units",
-                    comment="rate basis: reserved MiB (persistent) or 1024 (static); the charge is price x units x "
-                            "10^6 / (1024 x 3600) millionths of a minor unit per second")
+                    comment="rate basis: reserved MiB (persistent), 1024 (static), 0 (on_demand: charged by awake "
+                            "time); the charge is price x units x 10^6 / (1024 x 3600) millionths of a minor unit "
+                            "per second")
     op.alter_column("billing_segments", "from_s", comment="epoch seconds (when the rate took effect)")
     op.create_index("ix_billing_segments_to", "billing_segments", ["to_s"])
     # The trigger looks up a service's open segment and whether it ever had one: both by subject (0010's partial
