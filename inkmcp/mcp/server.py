@@ -222,7 +222,8 @@ def build_http_app(
             # --- issue 13 (credits): POST /webhooks/stripe when billing and INKMCP_STRIPE_WEBHOOK_SECRET are set
             *(platform.billing.routes() if platform.billing is not None else []),
             # --- end
-            Route("/mcp", endpoint=mcp_endpoint),  # cpthroughput: the SDK's own route (reached for "/mcp/" only)
+            # cpthroughput: requests to /mcp itself never get here (_mcp_first); the route keeps /mcp/ -> /mcp
+            Route("/mcp", endpoint=mcp_endpoint),
         ],
         lifespan=lambda _app: _serving(manager, keys),
     )

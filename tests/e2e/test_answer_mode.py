@@ -111,5 +111,7 @@ async def test_the_direct_route_keeps_sessions_host_check_and_401(server: Server
         assert r.status_code == 200
         r = await c.post(server.mcp_url, headers=headers(server, sid), json=call("list_projects", 5))
         assert r.status_code == 404
+        r = await c.post(server.mcp_url + "/", headers=headers(server), json=call("list_projects", 6))
+        assert r.status_code == 307 and r.headers["location"].endswith("/mcp")  # Starlette's redirect, as before
         health = await c.get(f"http://127.0.0.1:{server.port}/healthz")
         assert health.json()["status"] == "ok"
