@@ -134,6 +134,8 @@ class Enforcer:
     suspended: dict[str, str] = field(default_factory=dict)
     """service id -> mode, as recorded in billing_suspensions at the last pass (what `runtime()` reports)."""
     suspender: Any = None
+    _failing: dict[str, str] = field(default_factory=dict)
+    """service id -> the last failure logged for it (a failure repeated every pass is logged once)."""
 
     def __post_init__(self) -> None:
         if self.suspender is None:
@@ -246,6 +248,12 @@ class Enforcer:
         for sid in sorted(set(have) - set(wanted)):
             await self._resume(sid, have[sid], keys)
 
+    def _failed(self, sid: str, e: Exception, message: str) -> None:
+        what = f"{type(e).__name__}: {e}"
+        if self._failing.get(sid) != what:  # each pass retries; the same failure is logged once
+            self._failing[sid] = what
+            log.error(message + ": %s", sid, what, exc_info=e)
+
     def _key(self, row: Any) -> ServiceKey:
         name = self.suspender.name
         return ServiceKey(account_id=row[6], project_id=row[3], service_id=row[0], project_name=row[4],
@@ -270,9 +278,10 @@ class Enforcer:
                                             "token": token})
         try:
             await self.suspender.suspend(self._key(keys[sid]), mode, token, detail, self._saver(sid))
-        except Exception:
-            log.exception("could not suspend service %s (its account cannot pay); retrying at the next pass", sid)
+        except Exception as e:
+            self._failed(sid, e, "could not suspend service %s (its account cannot pay); retrying at the next pass")
             return
+        self._failing.pop(sid, None)
         async with self.engine.begin() as conn:
             await conn.execute(DONE, {"sid": sid, "detail": json.dumps(detail)})  # with the release it suspended
         log.info("service %s (%s) suspended: its account cannot pay", sid, mode)
@@ -281,10 +290,11 @@ class Enforcer:
         if sid in keys:
             try:
                 await self.suspender.resume(self._key(keys[sid]), had[0], had[3], self._saver(sid))
-            except Exception:
-                log.exception("could not resume service %s (its account can pay again); retrying at the next pass",
-                              sid)
+            except Exception as e:
+                self._failed(sid, e, "could not resume service %s (its account can pay again); retrying at the next "
+                                     "pass")
                 return
+            self._failing.pop(sid, None)
         async with self.engine.begin() as conn:
             await conn.execute(FORGET, {"sid": sid})
         log.info("service %s resumed: its account can pay again", sid)
