@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable
@@ -135,6 +136,9 @@ class Enforcer:
     """service id -> mode, as recorded in billing_suspensions at the last pass (what `runtime()` reports)."""
     suspender: Any = None
     _failing: dict[str, str] = field(default_factory=dict)
+    _pages: dict[str, tuple[float, int, str]] = field(default_factory=dict)
+    """token -> (until, status, text): a page is read from the database at most once a second per token, so a flood
+    of requests to a suspended service's host costs the database nothing more."""
     """service id -> the last failure logged for it (a failure repeated every pass is logged once)."""
 
     def __post_init__(self) -> None:
@@ -179,6 +183,17 @@ class Enforcer:
         to): 402 while the account cannot pay; 503 with a retry hint once it can (the router is being put back)."""
         if not token or len(token) > 64:
             return 404, "not found\n"
+        now = time.monotonic()
+        cached = self._pages.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        if len(self._pages) > 10_000:
+            self._pages = {k: v for k, v in self._pages.items() if v[0] > now}
+        answer = await self._page(token)
+        self._pages[token] = (now + 1.0, *answer)
+        return answer
+
+    async def _page(self, token: str) -> tuple[int, str]:
         async with self.engine.connect() as conn:
             row = (await conn.execute(BY_TOKEN, {"token": token})).first()
         if row is None:

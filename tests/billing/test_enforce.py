@@ -160,6 +160,8 @@ async def test_the_402_page_and_the_reported_state(world: World) -> None:
     assert (await e.compute.runtime(other)).state == RuntimeState.running
     async with world.store.sessionmaker.begin() as s:
         await s.execute(text("UPDATE billing_accounts SET balance = 100 WHERE account_id = :a"), {"a": account_id})
+    assert (await e.page(token))[0] == 402  # read from the database at most once a second per token
+    await asyncio.sleep(1.1)
     assert (await e.page(token))[0] == 503  # paid again: "waking up, retry" until the router is back
     await top_up(world, account_id, amount=0)  # the next metering pass sees the account can pay
     await e.on_pass()
