@@ -136,10 +136,10 @@ class Enforcer:
     """service id -> mode, as recorded in billing_suspensions at the last pass (what `runtime()` reports)."""
     suspender: Any = None
     _failing: dict[str, str] = field(default_factory=dict)
+    """service id -> the last failure logged for it (a failure repeated every pass is logged once)."""
     _pages: dict[str, tuple[float, int, str]] = field(default_factory=dict)
     """token -> (until, status, text): a page is read from the database at most once a second per token, so a flood
     of requests to a suspended service's host costs the database nothing more."""
-    """service id -> the last failure logged for it (a failure repeated every pass is logged once)."""
 
     def __post_init__(self) -> None:
         if self.suspender is None:
