@@ -16,6 +16,11 @@ it is in the git process's environment) is a read of this repository for a coupl
 is deploying anyway. Other uids on the machine cannot read the environment, so they cannot use it.
 
 One proxy per event loop, started on first use (a coroutine server on 127.0.0.1, port chosen by the kernel).
+
+Any local process of any uid can connect to the port, so a request is judged on its request line alone: without a
+live secret (or for another path) it is answered 404 and the connection closed *before* its body is read (no 100
+Continue, nothing buffered), and a connection idle for IDLE_S is dropped. Only a holder of a live secret can make the
+proxy hold a body (up to MAX_REQUEST) or an upstream request.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "git-protocol", "content-
                              "user-agent")
 FORWARDED_RESPONSE_HEADERS = ("content-type", "cache-control", "expires", "pragma", "content-encoding")
 MAX_REQUEST = 64 << 20  # an upload-pack request (wants/haves) is small; a bound against a flood
+IDLE_S = 60.0  # a connection that sends nothing this long is closed (git's requests are back to back)
 
 
 @dataclass
@@ -81,34 +87,53 @@ class GitCredentialProxy:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request, body = await self._read_request(conn, reader, writer)
+                request, grant, body = await self._read_request(conn, reader, writer)
                 if request is None:
                     return
-                await self._answer(conn, writer, request, body)
+                await self._answer(conn, writer, request, grant, body)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (h11.RemoteProtocolError, ConnectionError, asyncio.IncompleteReadError):
+        except (h11.RemoteProtocolError, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             return
         except Exception:
             log.exception("git credential proxy: a request failed")
         finally:
             writer.close()
 
-    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> tuple[h11.Request | None, bytes]:
+    def _grant(self, request: h11.Request) -> tuple[_Grant, str, str] | None:
+        """(grant, path after the secret, query) when the request line names a live secret and one of the two
+        upload-pack reads; None otherwise (answered 404 without reading the body)."""
+        method = request.method.decode()
+        path, _, query = request.target.decode("latin-1").partition("?")
+        secret, _, rest = path.lstrip("/").partition("/")
+        rest = rest.lstrip("/")  # a repo URL given with a trailing slash: git asks for <base>//info/refs
+        grant = self._grants.get(secret)
+        allowed = (method == "GET" and rest == "info/refs" and query == "service=git-upload-pack") or \
+            (method == "POST" and rest == "git-upload-pack" and not query)
+        if grant is None or grant.expires < time.monotonic() or not allowed:
+            return None
+        return grant, rest, query
+
+    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            ) -> tuple[h11.Request | None, tuple[_Grant, str, str] | None, bytes]:
         request: h11.Request | None = None
+        grant: tuple[_Grant, str, str] | None = None
         body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await reader.read(65536)
+                async with asyncio.timeout(IDLE_S):
+                    data = await reader.read(65536)
                 conn.receive_data(data)
                 if not data and conn.their_state is h11.IDLE:
-                    return None, b""
+                    return None, None, b""
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                grant = self._grant(request)
+                if grant is None:  # judged on the request line: no body of a stranger is read or held
+                    return request, None, b""
                 if conn.they_are_waiting_for_100_continue:  # libcurl's `Expect: 100-continue` on a big POST
                     writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif isinstance(event, h11.Data):
@@ -116,24 +141,20 @@ class GitCredentialProxy:
                 if len(body) > MAX_REQUEST:
                     raise h11.RemoteProtocolError("request body too large")
             elif isinstance(event, h11.EndOfMessage):
-                return request, bytes(body)
+                return request, grant, bytes(body)
             elif isinstance(event, h11.ConnectionClosed):
-                return None, b""
+                return None, None, b""
 
     async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
-                      body: bytes) -> None:
+                      granted: tuple[_Grant, str, str] | None, body: bytes) -> None:
         method = request.method.decode()
-        target = request.target.decode("latin-1")
-        path, _, query = target.partition("?")
-        secret, _, rest = path.lstrip("/").partition("/")
-        rest = rest.lstrip("/")  # a repo URL given with a trailing slash: git asks for <base>//info/refs
-        grant = self._grants.get(secret)
-        allowed = (method == "GET" and rest == "info/refs" and query == "service=git-upload-pack") or \
-            (method == "POST" and rest == "git-upload-pack" and not query)
-        if grant is None or grant.expires < time.monotonic() or not allowed:
-            self.requests.append((method, rest, 404))
-            await self._send(conn, writer, 404, [("content-type", "text/plain")], [b"Not found\n"])
+        if granted is None:
+            path = request.target.decode("latin-1").partition("?")[0].lstrip("/")
+            self.requests.append((method, path.partition("/")[2].lstrip("/"), 404))  # never the secret part
+            await self._send(conn, writer, 404, [("content-type", "text/plain"), ("connection", "close")],
+                             [b"Not found\n"])
             return
+        grant, rest, query = granted
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         forward = {k: headers[k] for k in FORWARDED_REQUEST_HEADERS if k in headers}
         name, _, value = grant.header.partition(": ")

@@ -200,3 +200,25 @@ async def test_the_proxy_reads_only_the_registered_repository_and_only_until_it_
         time.sleep(0.01)
         assert (await http.get(f"{expired}/info/refs", params={"service": "git-upload-pack"})).status_code == 404
     assert "x-access-token" not in repr(proxy().requests) and owner.token not in repr(proxy().requests)
+
+
+async def test_a_stranger_without_the_secret_cannot_make_the_proxy_hold_a_body() -> None:
+    """Any local uid can reach the proxy's port. A POST announcing 60 MB without a live secret is answered 404 on
+    its request line, with no `100 Continue` and the connection closed: the proxy never waits for, nor buffers,
+    a stranger's body (before, it read up to 64 MiB per connection first, then said 404)."""
+    import asyncio
+
+    from inkmcp.github.git_proxy import proxy
+
+    await proxy().start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy().port)
+    try:
+        writer.write(b"POST /" + b"x" * 43 + b"/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-git-upload-pack-request\r\nContent-Length: 60000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # to EOF: the proxy closes without the body
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]
+    assert b" 100 " not in answer.split(b"\r\n", 1)[0] and b"100 Continue" not in answer
