@@ -16,7 +16,9 @@ describes (https://docs.stripe.com/api/checkout/sessions/create, https://docs.st
   `t` is older than INKMCP_STRIPE_TOLERANCE_S (a timestamp ahead of our clock is accepted, as the library does: only
   the secret's holder can sign one, and the ledger credits an event id once anyway). Bad or stale signatures get 400
   and change nothing. `checkout.session.completed` with `payment_status` `paid` credits `amount_total` to the account
-  named by `client_reference_id`, once per event id (`source_id="stripe:<evt id>"`): replays and unknown event types
+  named by `client_reference_id`, once per event id (`source_id="stripe:<evt id>"`), when the session's `currency` is
+  INKMCP_STRIPE_CURRENCY (the Stripe account may sell other things, in other currencies, and `amount_total` counts
+  the session's own minor units; another currency is logged, not credited): replays and unknown event types
   get 200 (Stripe stops retrying), as does a session for an unknown account (logged: retrying cannot fix it). The
   check is a few microseconds of CPU (one HMAC over at most MAX_BODY bytes), so it runs on the event loop.
 """
@@ -211,6 +213,11 @@ class Stripe:
         account, amount = session.get("client_reference_id"), session.get("amount_total")
         if not isinstance(account, str) or not isinstance(amount, int) or amount <= 0:
             return 200, {"ignored": "no client_reference_id or amount_total"}
+        currency = str(session.get("currency") or "").lower()
+        if currency != self.settings.currency:  # 500 JPY is not 5.00 EUR: amount_total is in the session's currency
+            log.warning("Stripe event %s pays %d in %r, not %s; not credited (refund it or credit it by hand)",
+                        event_id, amount, currency, self.settings.currency)
+            return 200, {"ignored": f"currency {currency!r}"}
         try:
             result = await self.ledger.credit(account, amount, source_id=f"stripe:{event_id}", kind="topup",
                                               reason=f"Stripe Checkout {session.get('id', '?')}")

@@ -24,10 +24,10 @@ SECRET = "whsec_" + "t" * 32
 
 
 def event(account: str, amount: int, *, status: str = "paid", kind: str = "checkout.session.completed",
-          eid: str = "evt_1") -> bytes:
+          eid: str = "evt_1", currency: str = "eur") -> bytes:
     return json.dumps({"id": eid, "object": "event", "type": kind, "data": {"object": {
         "id": "cs_test_1", "object": "checkout.session", "client_reference_id": account, "amount_total": amount,
-        "payment_status": status}}}).encode()
+        "currency": currency, "payment_status": status}}}).encode()
 
 
 @pytest.mark.asyncio
@@ -54,6 +54,8 @@ async def test_webhook_credits_only_paid_sessions_of_known_accounts_once(world: 
     assert (await hook.handle(body, None))[0] == 400
     tampered = event(name, 70000, eid="evt_5")
     assert (await hook.handle(tampered, signed(body)))[0] == 400  # a signature of another body
+    yen = event(name, 70000, eid="evt_6", currency="jpy")  # 70,000 JPY is not 700.00 EUR
+    assert (await hook.handle(yen, signed(yen)))[1] == {"ignored": "currency 'jpy'"}
     assert await world.scalar("SELECT count(*) FROM credit_entries") == 1
     assert await world.scalar("SELECT sum(amount) FROM credit_entries") == 700
 
