@@ -4,16 +4,18 @@ on the server, not on the client.
 Why a raw client: the MCP SDK's Python client costs 5-8 ms of CPU per call on this 2-core machine (more than the
 server itself after issue 12), so a load generator built on it measures its own CPU. Here each client is a
 real MCP session (initialize + notifications/initialized through streamable HTTP, with the server's session id
-and a Bearer key), then sends `tools/call list_projects` as pre-built HTTP/1.1 requests on a kept-alive socket
-and reads the server-sent-event answer (chunked, until its end), checking that every answer is the JSON-RPC
-result naming the projects. What the server does per call is exactly what an agent's call costs it.
+and a Bearer key), opened before the clock starts, then sends `tools/call list_projects` as HTTP/1.1 requests on
+a kept-alive socket and reads the answer (one JSON body, or a chunked server-sent-event stream until its end:
+the server picks per request), checking that every answer is the JSON-RPC result naming the projects. What the
+server does per call is exactly what an agent's call costs it. The client's own CPU per call is reported too, so
+a run where the client, not the server, is the limit shows.
 
 Same run, interleaved: the server of this tree ("now") and, with --before REV, a server run from a git worktree
 of that revision ("before"), on the same machine and load, so the ratio is meaningful on a noisy box. Figures:
 calls/s, p50/p99 latency, and the server's CPU per call (from /proc, the server process alone).
 
     .venv/bin/python benchmarks/control_plane.py                    # this tree
-    .venv/bin/python benchmarks/control_plane.py --before 4e51b8d   # before/after, ratios
+    .venv/bin/python benchmarks/control_plane.py --before 4e51b8d   # before/after, ratios (4e51b8d: before issue 12)
     .venv/bin/python benchmarks/control_plane.py --save benchmarks/baselines/control_plane.json
 """
 
@@ -168,6 +170,11 @@ async def ensure_projects(srv: ServerProc, key: str, name: str) -> None:
             assert r.status_code == 200 and '"isError":false' in r.text.replace(" ", ""), r.text[:300]
 
 
+def git_head() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def worktree(rev: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix="inkmcp-cp-before-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
@@ -221,7 +228,12 @@ async def main() -> int:
             b, n = summary["before"][str(clients)], summary["now"][str(clients)]
             print(f"| {clients} | {n['calls_per_s'] / b['calls_per_s']:.2f} | {n['p99_ms'] / b['p99_ms']:.2f} |")
     if args.save:
-        args.save.write_text(json.dumps(summary, indent=2) + "\n")
+        before = f", before = {args.before} (a git worktree of it, run with this venv)" if args.before else ""
+        label = {"label": f"benchmarks/control_plane.py {' '.join(sys.argv[1:])}: now = {git_head()}{before}; "
+                          f"medians of {args.rounds} interleaved rounds, sessions opened before the clock",
+                 "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "load_average_1min": round(os.getloadavg()[0], 1)}
+        args.save.write_text(json.dumps({**label, **summary}, indent=2) + "\n")
     return 0
 
 
