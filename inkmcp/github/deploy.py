@@ -104,8 +104,10 @@ def tracked_name(ref: str | None) -> str | None:
     `refs/heads/<ref>`, then `refs/tags/<ref>`, then a commit sha. So the service tracks the plain name, and the
     webhook redeploys it for a push to `refs/heads/<name>` *or* `refs/tags/<name>` (GitHub sends push events for
     tags too: a tag created, moved or re-created): either may change what the name resolves to, and the redeploy
-    resolves it again the same way (an unchanged commit is a no-op reuse). A ref of 7 to 40 hex digits is a commit,
-    and a full ref outside heads/tags (refs/pull/1/head) is not pushed to: None, never tracked."""
+    resolves it again the same way (an unchanged commit is a no-op reuse). A ref of 7 to 40 hex digits is taken for a
+    commit, and a full ref outside heads/tags (refs/pull/1/head) is not pushed to: None, never tracked. (deploy_app
+    would still resolve a *branch* named like a commit, `cafe123`, as the branch: to track one, pass
+    `refs/heads/cafe123`, which the auto_deploy refusal says.)"""
     if ref is None or not ref.strip():
         return None
     ref = ref.strip()
@@ -144,8 +146,8 @@ class GitHubDeployHooks:
             raise InvalidArgument(
                 f"ref {ref.strip()!r} names a commit (or a ref other than a branch or tag), which a push never moves: "
                 "auto_deploy could never redeploy it.", argument="auto_deploy",
-                fix="pass a branch (or tag) as ref to redeploy on pushes to it, or omit auto_deploy to deploy this "
-                    "commit as it is")
+                fix="pass a branch (or tag) as ref to redeploy on pushes to it (a branch whose name is 7-40 hex "
+                    f"digits: ref='refs/heads/{ref.strip()}'), or omit auto_deploy to deploy this commit as it is")
         token = await token_for(self._sessions, self._box, account_id)
         try:
             async with GitHubClient(self.settings) as gh:
