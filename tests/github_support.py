@@ -25,10 +25,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inkmcp.github.standin import StandinGitHub
+from tests.support import call
 
 CLIENT_ID = "Iv1.standin0client"
 CLIENT_SECRET = "standin-client-secret-" + "0" * 18
@@ -49,6 +51,15 @@ def github_env(standin: StandinGitHub, *, public_url: str | None = None,
     if webhook_secret:
         env["INKMCP_GITHUB_WEBHOOK_SECRET"] = webhook_secret
     return env
+
+
+async def deploy_live(s: Any, **args: Any) -> dict[str, Any]:
+    """deploy_app over the MCP session `s`, waited for until it is done; asserts it went live."""
+    dep = await call(s, "deploy_app", **args)
+    while not dep["done"]:
+        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+    assert dep["status"] == "live", dep
+    return dep
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import open_store
 from inkmcp.store.embedded import EmbeddedPostgres
 from tests.e2e.coolify import CoolifyServerProc, coolify_server
-from tests.github_support import github_env, unique_login
+from tests.github_support import deploy_live, github_env, unique_login
 from tests.support import call, call_error, mcp_session
 
 pytestmark = pytest.mark.slow
@@ -58,14 +58,6 @@ async def signed_in(srv: CoolifyServerProc, standin: StandinGitHub, login: str) 
     finally:
         await store.close()
     return key, token, user
-
-
-async def deploy_live(s: Any, **args: Any) -> dict[str, Any]:
-    dep = await call(s, "deploy_app", **args)
-    while not dep["done"]:
-        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
-    assert dep["status"] == "live", dep
-    return dep
 
 
 def key_body(pem: str) -> str:

@@ -35,7 +35,7 @@ from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store, open_store
 from inkmcp.store.embedded import EmbeddedPostgres
 from inkmcp.store.models import Account, AuditEntry, Deployment
-from tests.github_support import github_env, unique_login
+from tests.github_support import deploy_live, github_env, unique_login
 from tests.support import ServerProc, ToolFailed, call, call_error, dispose_server, make_server, mcp_session
 
 pytestmark = pytest.mark.slow
@@ -97,14 +97,6 @@ async def until(what: str, check: Any, timeout: float = 60, detail: Any = lambda
             return got
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {detail()}"
         await asyncio.sleep(0.2)
-
-
-async def deploy_live(s: Any, **args: Any) -> dict[str, Any]:
-    dep = await call(s, "deploy_app", **args)
-    while not dep["done"]:
-        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
-    assert dep["status"] == "live", dep
-    return dep
 
 
 class ArgvWatcher:
