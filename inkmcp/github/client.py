@@ -125,14 +125,10 @@ class GitHubClient:
         return {**API_HEADERS, "Authorization": f"Bearer {raw}"}
 
     async def _get(self, path: str, token: SecretStr | str | None) -> httpx.Response:
-        try:
-            return await self._http.get(self.settings.api(path), headers=self._auth(token))
-        except httpx.HTTPError as e:
-            raise GitHubError(f"GitHub's API ({self.settings.github_api_url}) could not be reached: "
-                              f"{type(e).__name__}.", fix="retry; check INKMCP_GITHUB_API_URL") from None
+        return await self._send("GET", path, token)
 
-    async def _send(self, method: str, path: str, token: SecretStr | str, body: dict[str, Any] | None = None,
-                    ) -> httpx.Response:
+    async def _send(self, method: str, path: str, token: SecretStr | str | None,
+                    body: dict[str, Any] | None = None) -> httpx.Response:
         try:
             return await self._http.request(method, self.settings.api(path), headers=self._auth(token), json=body)
         except httpx.HTTPError as e:
