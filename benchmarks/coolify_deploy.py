@@ -284,6 +284,8 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         ("  _reusable", deploys, "_reusable"),
         ("  derive_plan", dmod, "derive_plan"),
         ("  _create_or_reuse", deploys, "_create_or_reuse"),
+        ("  source_workspace", compute, "source_workspace"),
+        ("  audit record (after the call)", platform.audit, "record"),
         ("pipeline: _wait_turn", deploys, "_wait_turn"),
         ("pipeline: _load", deploys, "_load"),
         ("pipeline: _release_request", deploys, "_release_request"),

@@ -183,6 +183,17 @@ _LIVE_SQL = """
     RETURNING deployment_id
 """
 
+_LOAD_COLUMNS = [(model, [(attr.key, attr.columns[0].name) for attr in model.__mapper__.column_attrs])
+                 for model in (Deployment, Service, Project)]  # fmt: skip
+_LOAD_SQL = (
+    "SELECT " + ", ".join(f'{alias}."{column}"' for (_, columns), alias in zip(_LOAD_COLUMNS, "dsp", strict=True)
+                          for _, column in columns)
+    + " FROM deployments d JOIN services s ON s.id = d.service_id JOIN projects p ON p.id = s.project_id"
+    " WHERE d.id = %s"
+)
+"""`DeployService._load`: every column of the three rows, in the models' order (so a new column is read too)."""
+
+
 def _compose_env(
     injected: Mapping[str, SecretStr], values: Mapping[str, SecretStr], plan: BuildPlan | None = None
 ) -> dict[str, SecretStr]:
@@ -872,16 +883,16 @@ class DeployService:
             change.set_result(None)
 
     async def _load(self, dep_id: uuid.UUID) -> tuple[Deployment, Service, Project]:
-        async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(Deployment, Service, Project)
-                    .join(Service, Deployment.service_id == Service.id)
-                    .join(Project, Service.project_id == Project.id)
-                    .where(Deployment.id == dep_id)
-                )
-            ).one()
-        return row[0], row[1], row[2]
+        """The deployment, its service and project as they are now (each attempt of a release reads them again:
+        the refs the previous one recorded). One prepared statement on the statement pool (every release reads
+        it); the rows come back as detached model objects, read only."""
+        rows = await statement_pool(self._sessions).fetch(_LOAD_SQL, (dep_id,))
+        if not rows:
+            raise NotFound(f"no deployment {dep_id}.", argument="deployment_id", fix="deploy again")
+        values = iter(rows[0])
+        dep, svc, project = (model(**{key: next(values) for key, _ in columns})
+                             for model, columns in _LOAD_COLUMNS)  # fmt: skip
+        return dep, svc, project  # type: ignore[return-value]
 
     def key_of(self, svc: Service, project: Project) -> ServiceKey:
         """The provider's view of a service: ids, names and the refs it recorded (from these rows)."""

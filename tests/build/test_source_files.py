@@ -130,3 +130,35 @@ async def test_a_tree_naming_a_path_git_refuses_writes_nothing(make_repo: MakeRe
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not (private / "owned").exists() and not (private / "p" / "owned").exists()
     assert [p for p in (private / "p").rglob("*")] == []
+
+
+async def test_a_fetch_skips_gits_auto_maintenance_only_when_it_would_find_nothing(
+        make_repo: MakeRepo, ws: SourceWorkspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """InkMCP-owned mirrors: `--no-auto-maintenance` while gc --auto's own test says nothing to do (loose objects
+    sampled in objects/17, packs); past either threshold the fetch runs git's maintenance as before."""
+    repo = make_repo({"app.py": "print('hi')\n"})
+    argvs: list[list[str]] = []
+    real = source_mod._spawn
+
+    async def spawn(argv: list[str], *a: object, **kw: object) -> object:
+        argvs.append(argv)
+        return await real(argv, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source_mod, "_spawn", spawn)
+    fetched = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    fetches = [a for a in argvs if "fetch" in a]
+    assert len(fetches) == 1 and "--no-auto-maintenance" in fetches[0]
+    sample = fetched.mirror / "objects" / "17"
+    sample.mkdir(exist_ok=True)
+    for i in range(source_mod._GC_AUTO_LOOSE):
+        (sample / f"{i:038x}").write_bytes(b"")
+    assert source_mod._needs_maintenance(fetched.mirror)
+    argvs.clear()
+    await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    assert not any("--no-auto-maintenance" in a for a in argvs if "fetch" in a)
+    for f in sample.iterdir():
+        f.unlink()
+    packs = fetched.mirror / "objects" / "pack"
+    for i in range(source_mod._GC_AUTO_PACKS + 1):
+        (packs / f"pack-{i:040x}.pack").write_bytes(b"")
+    assert source_mod._needs_maintenance(fetched.mirror)
