@@ -36,6 +36,10 @@ class GitHubError(InkError):
     code = "github_error"
 
 
+class DeployKeyInUse(GitHubError):
+    """422 "key is already in use": the public key is a deploy key of another repository (GitHub allows one)."""
+
+
 class GitHubUser(BaseModel):
     id: int
     login: str
@@ -148,8 +152,11 @@ class GitHubClient:
         body = _json(r) or {}
         detail = "; ".join(str(e.get("message") or e.get("code")) for e in body.get("errors") or []
                            if isinstance(e, dict)) or str(body.get("message", ""))[:200]
-        return GitHubError(f"GitHub answered {r.status_code} when asked to {what} a deploy key of {owner}/{repo}"
-                           f"{': ' + detail if detail else ''}.", fix="retry in a minute")
+        message = (f"GitHub answered {r.status_code} when asked to {what} a deploy key of {owner}/{repo}"
+                   f"{': ' + detail if detail else ''}.")
+        if r.status_code == 422 and "already in use" in detail:  # retrying cannot help: say what can
+            return DeployKeyInUse(message, fix="remove that key from the repository it is on (Settings → Deploy keys)")
+        return GitHubError(message, fix="retry in a minute")
 
     async def list_deploy_keys(self, token: SecretStr | str, owner: str, repo: str) -> list[DeployKey]:
         """Every deploy key of the repository (GitHub pages by 30: up to 100 asked for, pages followed)."""

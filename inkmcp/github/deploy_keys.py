@@ -14,7 +14,9 @@ half in Coolify (`POST /security/keys`) and creates the application with `POST /
   Coolify, and one leaked key (Coolify's database) exposes one repository, named in the key's title on GitHub
   ("InkMCP <project>/<service> (<service id>)"), so the repository's admin sees which service reads with it.
 * If the service's repository changes, the same pair moves: the key leaves the old repository first (GitHub would
-  refuse it on two), then is added to the new one; the Coolify key (same private key) stays.
+  refuse it on two), then is added to the new one; the Coolify key (same private key) stays. When the old
+  repository keeps it (the user lost admin there, so GitHub answers 404), every add is a 422 "key is already in
+  use": the tool error names the key's title and says to remove it there (retrying alone never helps).
 
 Crash safety: the pair is generated and stored (private key sealed with the SecretBox, like env vars and the GitHub
 token) *before* anything remote; the GitHub key id and the Coolify key uuid are recorded as soon as they are known.
@@ -43,7 +45,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.errors import SourceError
-from inkmcp.github.client import GitHubClient, GitHubError
+from inkmcp.github.client import DeployKeyInUse, GitHubClient, GitHubError
 from inkmcp.github.identity import token_for
 from inkmcp.github.models import GitHubDeployKey
 from inkmcp.github.settings import GitHubSettings
@@ -130,9 +132,11 @@ class DeployKeys:
             row = await self._row(service_id)  # the pair a concurrent attempt stored first wins
             assert row is not None
         owner, name = repo.split("/", 1)
+        previous: str | None = None
         try:
             async with GitHubClient(self.settings) as gh:
                 if row.repo.lower() != repo.lower():  # the service now builds another repository: the key moves
+                    previous = row.repo
                     if row.github_key_id is not None:
                         await self._forget_on_github(gh, row, token)
                     await self._set(service_id, repo=repo, github_key_id=None, account_id=account_id)
@@ -147,6 +151,13 @@ class DeployKeys:
                     key_id = await self._add_on_github(gh, token, owner, name, row.public_key,
                                                        f"InkMCP {slug} ({service_id})")
                     await self._set(service_id, github_key_id=key_id, account_id=account_id)
+        except DeployKeyInUse:  # the key is still on the repo the service was built from (its removal failed)
+            where = previous or "the repository this service was built from before"
+            raise SourceError(
+                f"the deploy key of this service is still on {where} on GitHub, which allows a key on one repository "
+                f"only, so it cannot be added to {repo}.", argument="repo_url",
+                fix=f"remove the deploy key titled 'InkMCP {slug} ({service_id})' from {where} (Settings → Deploy "
+                    "keys), then deploy again; or deploy this repository under another service_name") from None
         except GitHubError as e:
             raise SourceError(f"could not set up the deploy key of GitHub repository {repo}: {e.message}",
                               argument="repo_url", fix=e.fix or "retry in a minute") from None

@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 
 from inkmcp.coolify.client import CoolifyClient
 from inkmcp.coolify.spec import CoolifySpec
+from inkmcp.errors import SourceError
 from inkmcp.github.client import GitHubClient, GitHubError, GitHubUser
 from inkmcp.github.deploy_keys import DeployKeys, blob, key_name, new_key_pair
 from inkmcp.github.identity import sign_in
@@ -171,6 +172,39 @@ async def test_concurrent_first_deploys_make_one_key_on_each_side(world: dict[st
     assert len({s.private_key_uuid for s in sources}) == 1
     assert len(world["repo"].deploy_keys) == 1 and len(coolify_keys(world["standin"], world["service"])) == 1
     await keys.remove(world["service"])
+
+
+async def test_a_key_left_on_the_old_repository_says_where_to_remove_it(
+        world: dict[str, Any], github_standin: StandinGitHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service moved to another private repo whose key could not be removed from the first one (its user lost
+    admin there: GitHub answers 404, as for a key already gone) cannot add the key to the second (GitHub: one
+    repository per key, 422 on every try). The error names the key's title and where to remove it, not "retry in a
+    minute"; once it is removed there, the next deploy moves it."""
+    keys: DeployKeys = world["keys"]
+    user, service, first = world["user"], world["service"], world["repo"]
+    await keys.ensure(service, world["account"], first.full_name.lower(), user.token, "p/web")
+    second = github_standin.create_repo(user.login, "app2", private=True, files={"a": "a"})
+
+    async def not_removed(*_: Any) -> None:  # what a 404 from GitHub leaves: the key still on the first repo
+        return None
+
+    monkeypatch.setattr(DeployKeys, "_forget_on_github", not_removed)
+    messages = []
+    for _ in range(2):  # the first attempt and a retry give the same advice
+        with pytest.raises(SourceError) as e:
+            await keys.ensure(service, world["account"], second.full_name.lower(), user.token, "p/web")
+        assert f"'InkMCP p/web ({service})'" in (e.value.fix or "") and "Deploy keys" in (e.value.fix or "")
+        assert "retry" not in (e.value.fix or ""), e.value.fix
+        messages.append(e.value.message)
+    assert first.full_name.lower() in messages[0], messages
+    assert len(first.deploy_keys) == 1 and second.deploy_keys == []
+    monkeypatch.undo()
+
+    first.deploy_keys.clear()  # the user removes it by hand, as told
+    await keys.ensure(service, world["account"], second.full_name.lower(), user.token, "p/web")
+    assert len(second.deploy_keys) == 1
+    await keys.remove(service)
+    assert second.deploy_keys == [] and coolify_keys(world["standin"], service) == []
 
 
 def test_the_coolify_policy_lets_through_only_deploy_keys_inkmcp_made() -> None:
