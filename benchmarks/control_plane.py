@@ -215,13 +215,13 @@ async def main() -> int:
     for name, per_load in results.items():
         summary[name] = {c: {k: statistics.median(m[k] for m in runs) for k in runs[0]} for c, runs in per_load.items()}
     print(f"\nlist_projects over MCP (streamable HTTP), medians of {args.rounds} rounds, load {os.getloadavg()[0]:.1f}")
-    print("| clients | tree | calls/s | p50 ms | p99 ms | server CPU ms/call |")
-    print("|--:|---|--:|--:|--:|--:|")
+    print("| clients | tree | calls/s | p50 ms | p99 ms | server CPU ms/call | client CPU ms/call |")
+    print("|--:|---|--:|--:|--:|--:|--:|")
     for clients, _ in LOADS:
         for name in trees:
             m = summary[name][str(clients)]
             print(f"| {clients} | {name} | {m['calls_per_s']:.0f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
-                  f"{m['server_cpu_ms_per_call']:.2f} |")
+                  f"{m['server_cpu_ms_per_call']:.2f} | {m['client_cpu_ms_per_call']:.2f} |")
     if "before" in summary:
         print("\n| clients | calls/s now ÷ before | p99 now ÷ before |\n|--:|--:|--:|")
         for clients, _ in LOADS:
