@@ -134,8 +134,10 @@ async def test_zero_credits_under_coolify_stop_and_402_then_a_top_up_brings_both
         assert page.startswith("web.shop is asleep")
         shop_app = app_of(server, shop["url"])
 
-        def stopped() -> bool:
-            return str(server.standin.applications[shop_app.uuid].status).startswith("exited")
+        def stopped() -> bool:  # as Coolify's API reports it
+            r = httpx.get(f"{server.standin.url}/api/v1/applications/{shop_app.uuid}",
+                          headers={"Authorization": f"Bearer {server.token}"}, timeout=10)
+            return str(r.json()["status"]).startswith("exited")
 
         await until("Coolify to show the persistent application stopped", lambda: asyncio.to_thread(stopped))
         stops = [r for r in server.standin.requests if r.method == "POST" and r.path.endswith("/stop")]

@@ -132,10 +132,11 @@ async def test_persistent_is_stopped_then_deployed_from_its_image_without_a_new_
     page = writer.doc(key.service_id)
     assert page is not None and f"Host(`web-{key.project_name}.run-1.apps.test`)" in str(page)
 
-    def all_stopped() -> bool:
-        return all(str(h.standin.applications[u].status).startswith("exited") for u in apps.values())
+    async def all_stopped() -> bool:
+        return all([str((await h.provider.client.get_application(u)).status).startswith("exited")
+                    for u in apps.values()])
 
-    await wait_for(lambda: _sync(all_stopped), what="Coolify to show every application stopped")
+    await wait_for(all_stopped, what="Coolify to report every application stopped")
     since = len(h.standin.requests)
     await s.resume(book.key(key), "persistent", saved.detail, saved)
     assert writer.doc(key.service_id) is None  # the page's router is gone before the apps come back
@@ -146,14 +147,11 @@ async def test_persistent_is_stopped_then_deployed_from_its_image_without_a_new_
     await wait_for(lambda: h.serve(key), what="the service to answer again")
     assert await h.serve(key) == "one"
 
-    def all_running() -> bool:
-        return all(str(h.standin.applications[u].status).startswith("running") for u in apps.values())
+    async def all_running() -> bool:  # as Coolify reports it (the stand-in's status job runs on requests)
+        return all([str((await h.provider.client.get_application(u)).status).startswith("running")
+                    for u in apps.values()])
 
-    await wait_for(lambda: _sync(all_running), what="every application running")
+    await wait_for(all_running, what="Coolify to report every application running")
     since = len(h.standin.requests)
     await s.resume(book.key(key), "persistent", saved.detail, saved)  # a repeat: everything runs already
     assert not posts(h, since, "/deploy")
-
-
-async def _sync(check: Any) -> bool:
-    return bool(check())
