@@ -44,7 +44,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inkmcp.errors import SourceError
+from inkmcp.errors import NotFound, SourceError
 from inkmcp.github.client import DeployKeyInUse, GitHubClient, GitHubError
 from inkmcp.github.identity import token_for
 from inkmcp.github.models import GitHubDeployKey
@@ -101,6 +101,12 @@ class KeySource:
     private_key_uuid: str
 
 
+def _deleted() -> NotFound:
+    return NotFound("the service was deleted while this deploy was setting up its deploy key; what this deploy "
+                    "added for it on GitHub and in Coolify is removed again.", argument="service_name",
+                    fix="deploy again to make the service anew")
+
+
 class DeployKeys:
     def __init__(self, settings: GitHubSettings, sessions: async_sessionmaker[AsyncSession], box: SecretBox,
                  registry: KeyRegistry) -> None:
@@ -151,6 +157,9 @@ class DeployKeys:
                     key_id = await self._add_on_github(gh, token, owner, name, row.public_key,
                                                        f"InkMCP {slug} ({service_id})")
                     await self._set(service_id, github_key_id=key_id, account_id=account_id)
+                    if await self._row(service_id) is None:  # deleted meanwhile: its removal ran before this add
+                        await gh.delete_deploy_key(token, owner, name, key_id)
+                        raise _deleted()
         except DeployKeyInUse:  # the key is still on the repo the service was built from (its removal failed)
             where = previous or "the repository this service was built from before"
             raise SourceError(
@@ -191,9 +200,12 @@ class DeployKeys:
                 .returning(GitHubDeployKey.coolify_key_uuid))).scalar_one_or_none()
             if won is None:
                 current = (await s.execute(select(GitHubDeployKey.coolify_key_uuid).where(
-                    GitHubDeployKey.service_id == service_id))).scalar_one()
+                    GitHubDeployKey.service_id == service_id))).scalar_one_or_none()
             else:
                 current = won
+        if current is None:  # the service was deleted meanwhile (its removal found no key yet): nobody else will
+            await self.registry.delete(made, ssh_url(self.settings, row.repo))
+            raise _deleted()
         if current != made and found is None:  # a concurrent attempt registered its copy first: drop ours
             await self.registry.delete(made, ssh_url(self.settings, row.repo))
         assert current is not None

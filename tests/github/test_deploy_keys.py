@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from inkmcp.coolify.client import CoolifyClient
 from inkmcp.coolify.spec import CoolifySpec
-from inkmcp.errors import SourceError
+from inkmcp.errors import NotFound, SourceError
 from inkmcp.github.client import GitHubClient, GitHubError, GitHubUser
 from inkmcp.github.deploy_keys import DeployKeys, blob, key_name, new_key_pair
 from inkmcp.github.identity import sign_in
@@ -205,6 +205,42 @@ async def test_a_key_left_on_the_old_repository_says_where_to_remove_it(
     assert len(second.deploy_keys) == 1
     await keys.remove(service)
     assert second.deploy_keys == [] and coolify_keys(world["standin"], service) == []
+
+
+@pytest.mark.parametrize("step", ["github", "coolify"])
+async def test_a_service_deleted_during_its_first_deploy_leaves_no_key_anywhere(
+        world: dict[str, Any], step: str) -> None:
+    """delete_service (its removal, then the service row) runs while deploy_app is between two steps of the key's
+    setup: before the GitHub add, or before the Coolify register. The deploy's next step finds the record gone and
+    takes back what it made itself (before: the key stayed on GitHub, or in Coolify with a crash on the missing
+    row), so no private key that reads the repository is left behind."""
+    keys: DeployKeys = world["keys"]
+    repo, user, service, store = world["repo"], world["user"], world["service"], world["store"]
+
+    async def delete_service() -> None:
+        await keys.remove(service)
+        async with store.sessionmaker.begin() as s:
+            await s.execute(text("DELETE FROM services WHERE id = :s"), {"s": service})
+
+    if step == "github":
+        real_add = keys._add_on_github
+
+        async def add_after_delete(*args: Any) -> int:
+            await delete_service()
+            return await real_add(*args)
+
+        keys._add_on_github = add_after_delete  # type: ignore[method-assign]
+    else:
+        real_register = keys.registry.register
+
+        async def register_after_delete(*args: Any) -> str:
+            await delete_service()
+            return await real_register(*args)
+
+        keys.registry.register = register_after_delete  # type: ignore[method-assign]
+    with pytest.raises(NotFound, match="deleted while this deploy"):
+        await keys.ensure(service, world["account"], repo.full_name.lower(), user.token, "p/web")
+    assert repo.deploy_keys == [] and coolify_keys(world["standin"], service) == []
 
 
 def test_the_coolify_policy_lets_through_only_deploy_keys_inkmcp_made() -> None:
