@@ -161,6 +161,11 @@ class Stripe:
             session = await client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
         except stripe.APIConnectionError:
             raise ProviderError("Stripe is unreachable.", fix="retry in a minute") from None
+        except stripe.AuthenticationError as e:  # Stripe's message shows the key's last characters: log, not show
+            log.error("Stripe did not accept INKMCP_STRIPE_API_KEY (%s: %s)", e.http_status, e.user_message)
+            raise ProviderError("Stripe did not accept this server's Stripe API key.",
+                                fix="ask the operator to check INKMCP_STRIPE_API_KEY (the server log says more)"
+                                ) from None
         except stripe.StripeError as e:
             raise ProviderError(f"Stripe refused the Checkout Session ({e.http_status}: {e.user_message}).",
                                 fix="check INKMCP_STRIPE_API_KEY and INKMCP_STRIPE_CURRENCY") from None

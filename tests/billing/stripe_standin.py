@@ -174,8 +174,10 @@ class StripeStandIn:
                     standin.requests.append(dict(self.headers.items()))
                 if self.headers.get("Authorization") == f"Bearer {standin.api_key}":
                     return True
+                sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                shown = sent[:8] + "*" * max(0, len(sent) - 12) + sent[-4:]  # Stripe shows the key's last 4
                 self._send(401, {"error": {"type": "invalid_request_error",
-                                           "message": "Invalid API Key provided: sk_test_****"}})
+                                           "message": f"Invalid API Key provided: {shown}"}})
                 return False
 
             def _body(self) -> str:
