@@ -179,8 +179,9 @@ class AccountService:
             return (await s.execute(select(ApiKey.id).limit(1))).first() is not None
 
     async def authenticate(self, key: str) -> Principal | None:
-        """Checked on every request, so revocation takes effect at once (no cache to go stale). One prepared
-        statement on the statement pool (store/statements.py: every MCP request pays for this)."""
+        """The database's answer, every time (no cache here). One prepared statement on the statement pool
+        (store/statements.py). `inkmcp serve` asks it through mcp/auth.py's VerifiedKeys, which keeps accepted keys
+        a few seconds and forgets them when a revocation's NOTIFY (KEYS_CHANNEL, below) arrives."""
         if not key.startswith(KEY_PREFIX) or len(key) > 128:
             return None
         rows = await statement_pool(self._sessions).fetch(_AUTHENTICATE, (hash_key(key),))

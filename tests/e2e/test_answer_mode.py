@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from inkmcp.mcp.server import answers_as_json
 from tests.support import ServerProc, running_server
 
-pytestmark = pytest.mark.asyncio
 PROTOCOL = "2025-06-18"
 
 
@@ -115,3 +115,19 @@ async def test_the_direct_route_keeps_sessions_host_check_and_401(server: Server
         assert r.status_code == 307 and r.headers["location"].endswith("/mcp")  # Starlette's redirect, as before
         health = await c.get(f"http://127.0.0.1:{server.port}/healthz")
         assert health.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(("message", "as_json"), [
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_projects", "arguments": {}}}, True),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, True),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+      "params": {"name": "list_projects", "arguments": {}, "_meta": {"progressToken": 7}}}, False),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {"progressToken": "t"}}}, False),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "deploy_app", "arguments": {}}}, False),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "no_such_tool"}}, False),
+    ({"jsonrpc": "2.0", "method": "notifications/initialized"}, False),
+    ([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}], False),
+])
+def test_which_requests_are_answered_as_json(message: Any, as_json: bool) -> None:
+    assert answers_as_json(json.dumps(message).encode()) is as_json
+    assert answers_as_json(b"{not json") is False
