@@ -20,6 +20,8 @@ why and how to add credits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -137,6 +139,7 @@ class Enforcer:
     suspender: Any = None
     _failing: dict[str, str] = field(default_factory=dict)
     """service id -> the last failure logged for it (a failure repeated every pass is logged once)."""
+    _task: asyncio.Task[None] | None = None
     _pages: dict[str, tuple[float, int, str]] = field(default_factory=dict)
     """token -> (until, status, text): a page is read from the database at most once a second per token, so a flood
     of requests to a suspended service's host costs the database nothing more."""
@@ -219,25 +222,54 @@ class Enforcer:
 
     async def on_pass(self) -> None:
         """After each metering pass: refresh the blocked accounts, then suspend what should be and resume what
-        no longer should be (see the module docstring)."""
+        no longer should be (see the module docstring). A remote provider's work (Coolify's API, SSH to run
+        servers) runs in a task of its own, one at a time, so a slow or unreachable node never holds up the
+        metering loop (whose awake samples count the time between two passes)."""
         async with self.engine.connect() as conn:
             self.blocked = {r[0] for r in await conn.execute(BLOCKED_ACCOUNTS)}
         if self.suspender is not None:
             if getattr(self.suspender, "remote", False):
-                async with self.engine.connect() as lock_conn:
-                    got = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                                   {"k": ENFORCE_LOCK_KEY})).scalar()
-                    await lock_conn.commit()
-                    if got:
-                        try:
-                            await self._converge()
-                        finally:
-                            await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ENFORCE_LOCK_KEY})
-                            await lock_conn.commit()
+                if self._task is None or self._task.done():
+                    self._task = asyncio.create_task(self._remote_pass(), name="billing-enforce")
             else:
                 await self._converge()
+        await self._refresh()
+
+    async def settle(self) -> None:
+        """Wait for the remote pass under way, if any (tests; shutdown)."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def _refresh(self) -> None:
         async with self.engine.connect() as conn:
             self.suspended = {r[0]: r[1] for r in await conn.execute(SUSPENDED_IDS)}
+
+    async def _remote_pass(self) -> None:
+        """One replica at a time (session advisory lock; the others skip this pass)."""
+        try:
+            async with self.engine.connect() as lock_conn:
+                got = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                               {"k": ENFORCE_LOCK_KEY})).scalar()
+                await lock_conn.commit()
+                if not got:
+                    return
+                try:
+                    await self._converge()
+                finally:
+                    await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ENFORCE_LOCK_KEY})
+                    await lock_conn.commit()
+            await self._refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("enforcement pass failed; retrying at the next metering pass")
 
     async def _converge(self) -> None:
         provider = self.suspender.name

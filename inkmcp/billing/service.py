@@ -73,6 +73,7 @@ class Billing:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await self.enforcer.close()  # --- billcore: its remote pass runs in a task of its own
 
         stack.push_async_callback(stop)
 

@@ -67,6 +67,13 @@ async def block(world: World, account_id: uuid.UUID, ago_s: int) -> None:
                              "secs => :ago) WHERE account_id = :a"), {"a": account_id, "ago": ago_s})
 
 
+async def passed(e: Enforcer) -> None:
+    """One metering pass's enforcement, waited for (a remote provider's runs in a task of its own)."""
+    await e.on_pass()
+    await e.settle()
+    await e._refresh()
+
+
 async def top_up(world: World, account_id: uuid.UUID, amount: int = 105) -> None:
     """Credits added, then what the next metering pass does first (MARK_BLOCKED: the account is no longer blocked)."""
     async with world.store.sessionmaker.begin() as s:
@@ -88,20 +95,20 @@ async def test_recorded_before_the_remote_change_and_finished_after_a_failure(wo
     remote = Remote(fail=2)
     e = enforcer(world, remote)
     await block(world, account_id, ago_s=10)  # within the grace period: only on_demand stops waking
-    await e.on_pass()
+    await passed(e)
     first = await rows(world)
     assert set(first) == {on_demand} and first[on_demand][1] == "suspending"  # recorded, the remote call failed
     assert first[on_demand][3]["stopped"] == [f"app-{on_demand[:8]}"]  # what it was about to change, saved
     await block(world, account_id, ago_s=120)  # past the grace period: the persistent one too
-    await e.on_pass()
-    await e.on_pass()
+    await passed(e)
+    await passed(e)
     done = await rows(world)
     assert {k: v[1] for k, v in done.items()} == {on_demand: "suspended", persistent: "suspended"}
     assert done[on_demand][2] == first[on_demand][2]  # the same 402 page (token) across the retries
     retries = [c for c in remote.calls if c[1] == on_demand]
     assert retries[-1][3]["stopped"] == [f"app-{on_demand[:8]}"]  # the retry started from the saved step
     before = len(remote.calls)
-    await e.on_pass()
+    await passed(e)
     assert len(remote.calls) == before  # converged: nothing repeated
     # a release that was under way when the account was blocked goes live: that release is suspended again
     did = uuid.uuid4()
@@ -109,11 +116,11 @@ async def test_recorded_before_the_remote_change_and_finished_after_a_failure(wo
         await s.execute(text("INSERT INTO deployments (id, service_id, status, config_hash, finished_at) "
                              "VALUES (:d, :s, 'live', 'h2', now())"), {"d": did, "s": persistent})
         await s.execute(text("UPDATE services SET live_deployment_id = :d WHERE id = :s"), {"d": did, "s": persistent})
-    await e.on_pass()
+    await passed(e)
     again = remote.calls[before:]
     assert [(c[0], c[1]) for c in again] == [("suspend", persistent)] and again[0][3]["reread"] is True
     assert (await rows(world))[persistent][3]["live"] == str(did)
-    await e.on_pass()
+    await passed(e)
     assert len(remote.calls) == before + 1
 
 
@@ -125,7 +132,8 @@ async def test_two_replicas_never_both_act_and_a_restart_resumes_from_the_databa
     other = await open_store(world.url)
     try:
         a, b = Remote(delay=0.2), Remote(delay=0.2)
-        await asyncio.gather(enforcer(world, a).on_pass(), enforcer(world, b, engine=other.engine).on_pass())
+        ea, eb = enforcer(world, a), enforcer(world, b, engine=other.engine)
+        await asyncio.gather(passed(ea), passed(eb))
         suspends = [c[1] for c in a.calls + b.calls if c[0] == "suspend"]
         assert sorted(suspends) == sorted(sids) and bool(a.calls) != bool(b.calls)  # one replica, once each
     finally:
@@ -133,7 +141,7 @@ async def test_two_replicas_never_both_act_and_a_restart_resumes_from_the_databa
     await top_up(world, account_id)  # while no process runs
     fresh = Remote()
     e = enforcer(world, fresh)  # a new process: nothing in memory
-    await e.on_pass()
+    await passed(e)
     assert sorted(c[1] for c in fresh.calls if c[0] == "resume") == sorted(sids)
     assert all(c[3] for c in fresh.calls)  # each resume got what its suspension saved
     assert await rows(world) == {}
@@ -148,7 +156,7 @@ async def test_the_402_page_and_the_reported_state(world: World) -> None:
     await block(world, account_id, ago_s=0)
     e = enforcer(world, Remote())
     e.install()
-    await e.on_pass()
+    await passed(e)
     token = (await rows(world))[sid][2]
     status, body = await e.page(token)
     assert status == 402 and "is asleep: its account has no credits left (balance -5)" in body
@@ -164,5 +172,5 @@ async def test_the_402_page_and_the_reported_state(world: World) -> None:
     await asyncio.sleep(1.1)
     assert (await e.page(token))[0] == 503  # paid again: "waking up, retry" until the router is back
     await top_up(world, account_id, amount=0)  # the next metering pass sees the account can pay
-    await e.on_pass()
+    await passed(e)
     assert (await e.compute.runtime(key)).state == RuntimeState.running
