@@ -72,6 +72,19 @@ async def test_github_deploy_keys_admins_only_one_repository_per_key(github_stan
     assert github_standin.request_violations == []
 
 
+async def test_list_deploy_keys_follows_githubs_pages(github_standin: StandinGitHub) -> None:
+    """GitHub pages the list (per_page at most 100): a repository with 105 keys is read in two pages, each key
+    once. A retry looks its key up in this list, so a missed or repeated page would add a second key or fail."""
+    owner = github_standin.add_user(unique_login("pages"))
+    github_standin.create_repo(owner.login, "many", private=True, files={"a": "a"})
+    async with GitHubClient(settings_for(github_standin)) as gh:
+        made = {(await gh.create_deploy_key(owner.token, owner.login, "many", title=f"k{i}",
+                                            public_key=new_key_pair("t")[0])).id for i in range(105)}
+        listed = [k.id for k in await gh.list_deploy_keys(owner.token, owner.login, "many")]
+    assert len(listed) == 105 and set(listed) == made
+    assert github_standin.request_violations == []
+
+
 @pytest.fixture
 async def world(store: Store, standin: CoolifyStandin, token: str, spec: CoolifySpec,
                 github_standin: StandinGitHub, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:

@@ -387,9 +387,15 @@ repositories (scope <code>{html.escape(params.get('scope', ''))}</code>) and wil
         if failed:
             return failed
         assert repo is not None
-        if method == "get":
+        if method == "get":  # GitHub pages lists: per_page (default 30, at most 100) and page (from 1)
+            try:
+                per_page = min(100, max(1, int(request.query_params.get("per_page", "30"))))
+                number = max(1, int(request.query_params.get("page", "1")))
+            except ValueError:
+                per_page, number = 30, 1
             with self.state.lock:
-                page = [self._key_json(repo, k) for k in repo.deploy_keys]
+                keys = repo.deploy_keys[(number - 1) * per_page:number * per_page]
+                page = [self._key_json(repo, k) for k in keys]
             return self._answer(template, 200, page, method)
         user = self.state.user_by_token(_bearer(request) or "")
         blob = key_blob(str(body.get("key", ""))) if isinstance(body, dict) else None
