@@ -345,9 +345,3 @@ class Enforcer:
         async with self.engine.begin() as conn:
             await conn.execute(FORGET, {"sid": sid})
         log.info("service %s resumed: its account can pay again", sid)
-
-
-async def blocked_now(engine: AsyncEngine) -> set[str]:
-    async with engine.connect() as conn:
-        return {r[0] for r in await conn.execute(text("SELECT CAST(account_id AS text) FROM billing_accounts "
-                                                      "WHERE blocked_since IS NOT NULL"))}

@@ -176,13 +176,6 @@ UPDATE billing_accounts b SET blocked_since = CASE WHEN {BLOCKED} THEN COALESCE(
 WHERE ({BLOCKED}) <> (b.blocked_since IS NOT NULL)
 """)
 
-SUSPENDED_SERVICES = text("""
-SELECT CAST(sv.id AS text), CAST(p.account_id AS text) FROM services sv JOIN projects p ON p.id = sv.project_id
-JOIN billing_accounts b ON b.account_id = p.account_id
-WHERE sv.mode = 'persistent' AND sv.live_deployment_id IS NOT NULL
-  AND b.blocked_since IS NOT NULL AND b.blocked_since + make_interval(secs => :grace) <= now()
-""")
-
 BLOCKED_ACCOUNTS = text("SELECT CAST(account_id AS text) FROM billing_accounts WHERE blocked_since IS NOT NULL")
 
 
