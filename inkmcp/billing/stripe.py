@@ -16,9 +16,11 @@ describes (https://docs.stripe.com/api/checkout/sessions/create, https://docs.st
   `t` is older than INKMCP_STRIPE_TOLERANCE_S (a timestamp ahead of our clock is accepted, as the library does: only
   the secret's holder can sign one, and the ledger credits an event id once anyway). Bad or stale signatures get 400
   and change nothing. `checkout.session.completed` with `payment_status` `paid` credits `amount_total` to the account
-  named by `client_reference_id`, once per event id (`source_id="stripe:<evt id>"`), when the session's `currency` is
-  INKMCP_STRIPE_CURRENCY (the Stripe account may sell other things, in other currencies, and `amount_total` counts
-  the session's own minor units; another currency is logged, not credited): replays and unknown event types
+  named by `client_reference_id`, once per event id (`source_id="stripe:<evt id>"`), when the session is one InkMCP
+  made (its `metadata.inkmcp_account` is that account: the endpoint gets every Checkout of the Stripe account, and
+  another product's `client_reference_id` may happen to equal an account name) and its `currency` is
+  INKMCP_STRIPE_CURRENCY (`amount_total` counts the session's own minor units; another currency is logged, not
+  credited): replays and unknown event types
   get 200 (Stripe stops retrying), as does a session for an unknown account (logged: retrying cannot fix it). The
   check is a few microseconds of CPU (one HMAC over at most MAX_BODY bytes), so it runs on the event loop.
 """
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inkmcp.billing.stripe")
 MAX_BODY = 256 * 1024
+METADATA_ACCOUNT = "inkmcp_account"
+"""The Checkout Session metadata key InkMCP sets to the account it credits (and the webhook requires)."""
 STRIPE_API = "https://api.stripe.com"
 STRIPE_CHECKOUT = "https://checkout.stripe.com"
 """Where Stripe's hosted Checkout pages are: the only origin (besides a non-default API base's own, for a stand-in)
@@ -149,6 +153,7 @@ class Stripe:
         params: dict[str, Any] = {
             "mode": "payment",
             "client_reference_id": account,
+            "metadata": {METADATA_ACCOUNT: account},  # marks the session as an InkMCP top-up (the webhook checks it)
             "line_items": [{"quantity": 1, "price_data": {
                 "currency": s.currency, "unit_amount": amount, "product_data": {"name": "InkMCP credits"}}}],
             "success_url": success_url,
@@ -216,6 +221,9 @@ class Stripe:
         if session.get("payment_status") != "paid":
             return 200, {"ignored": f"payment_status {session.get('payment_status')!r}"}
         account, amount = session.get("client_reference_id"), session.get("amount_total")
+        metadata = session.get("metadata")
+        if not isinstance(metadata, dict) or metadata.get(METADATA_ACCOUNT) != account:
+            return 200, {"ignored": "not an InkMCP top-up"}  # another Checkout of the same Stripe account
         if not isinstance(account, str) or not isinstance(amount, int) or amount <= 0:
             return 200, {"ignored": "no client_reference_id or amount_total"}
         currency = str(session.get("currency") or "").lower()

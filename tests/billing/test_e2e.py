@@ -198,6 +198,7 @@ def paid_checkout(stripe: StripeStandIn, account: str, amount: int) -> dict[str,
     """A Checkout Session created through Stripe's API (the stand-in), paid: the event Stripe then sends."""
     r = httpx.post(f"{stripe.base}/v1/checkout/sessions", headers={"Authorization": f"Bearer {STRIPE_KEY}"}, data={
         "mode": "payment", "success_url": "https://x", "client_reference_id": account, "line_items[0][quantity]": "1",
+        "metadata[inkmcp_account]": account,  # what InkMCP's own sessions carry (inkmcp/billing/stripe.py)
         "line_items[0][price_data][currency]": "eur", "line_items[0][price_data][unit_amount]": str(amount),
         "line_items[0][price_data][product_data][name]": "InkMCP credits"})
     assert r.status_code == 200, r.text
@@ -293,6 +294,7 @@ async def test_stripe_checkout_and_webhook_top_up_once_per_event(server: ServerP
         other = await asyncio.to_thread(httpx.post, f"{stripe.base}/v1/checkout/sessions", headers={
             "Authorization": f"Bearer {STRIPE_KEY}"}, data={
             "mode": "payment", "success_url": "https://x", "client_reference_id": "alice",
+            "metadata[inkmcp_account]": "alice",
             "line_items[0][quantity]": "1", "line_items[0][price_data][currency]": "eur",
             "line_items[0][price_data][unit_amount]": str(amount),
             "line_items[0][price_data][product_data][name]": "InkMCP credits"})

@@ -24,10 +24,11 @@ SECRET = "whsec_" + "t" * 32
 
 
 def event(account: str, amount: int, *, status: str = "paid", kind: str = "checkout.session.completed",
-          eid: str = "evt_1", currency: str = "eur") -> bytes:
+          eid: str = "evt_1", currency: str = "eur", marked: bool = True) -> bytes:
     return json.dumps({"id": eid, "object": "event", "type": kind, "data": {"object": {
         "id": "cs_test_1", "object": "checkout.session", "client_reference_id": account, "amount_total": amount,
-        "currency": currency, "payment_status": status}}}).encode()
+        "currency": currency, "payment_status": status,
+        "metadata": {"inkmcp_account": account} if marked else {}}}}).encode()
 
 
 @pytest.mark.asyncio
@@ -56,6 +57,9 @@ async def test_webhook_credits_only_paid_sessions_of_known_accounts_once(world: 
     assert (await hook.handle(tampered, signed(body)))[0] == 400  # a signature of another body
     yen = event(name, 70000, eid="evt_6", currency="jpy")  # 70,000 JPY is not 700.00 EUR
     assert (await hook.handle(yen, signed(yen)))[1] == {"ignored": "currency 'jpy'"}
+    # another product's Checkout of the same Stripe account whose client_reference_id happens to be this account
+    stranger_sale = event(name, 70000, eid="evt_7", marked=False)
+    assert (await hook.handle(stranger_sale, signed(stranger_sale)))[1] == {"ignored": "not an InkMCP top-up"}
     assert await world.scalar("SELECT count(*) FROM credit_entries") == 1
     assert await world.scalar("SELECT sum(amount) FROM credit_entries") == 700
 
@@ -132,6 +136,7 @@ async def test_checkout_through_the_library_is_async_retried_once_and_never_logs
     session = standin.sessions[sid]
     assert url == f"{standin.base}/c/pay/{sid}"
     assert (session["client_reference_id"], session["amount_total"], session["currency"]) == (name, 1234, "eur")
+    assert session["metadata"] == {"inkmcp_account": name}  # what the webhook credits only with
     assert session["success_url"] == "https://ink.example/ok" and session["cancel_url"] == "https://ink.example/no"
     sent = standin.requests[-1]
     assert sent["User-Agent"].startswith("Stripe/v1 PythonBindings/") and sent["Idempotency-Key"]
