@@ -6,7 +6,13 @@
    Per deploy: wall time from the `deploy_app` call until the pipeline recorded `live`; minus the time InkMCP's
    HTTP calls to Coolify took as InkMCP saw them (loopback + the stand-in's own service time), and minus the
    provider's poll sleeps (waiting for Coolify's build) = InkMCP's overhead (target < 50 ms p50). The stand-in's
-   server-side service time is shown too (the strict floor: overhead vs server time also charges HTTP to InkMCP).
+   server-side service time is shown too (the strict floor: overhead vs server time also charges HTTP to InkMCP),
+   and the stand-in's whole answer at its ASGI boundary (routing, controller, spec checks, JSON; without uvicorn's
+   socket and HTTP parsing). Where the line falls: "HTTP as InkMCP saw them" is the time inside httpx's
+   `AsyncClient.request`, so httpx, h11 and InkMCP's PolicyTransport wire check count as Coolify's there, while
+   JSON decoding and the pydantic models of the answers count as InkMCP's; the stand-in runs in a thread of this
+   process, so its uvicorn work shares the GIL with InkMCP. `--steps` times each step of deploy_app and of the
+   pipeline (wall, and the HTTP inside it), for a per-step table of two versions side by side.
    Also per deploy: InkMCP's child processes (git by subcommand), control-plane transactions, autocommit statements
    and connection checkouts, and the request budget's database round trips (`--origins` splits the transactions by
    the function that opened them; `--profile FILE` writes a cProfile of the timed deploys).
@@ -307,6 +313,22 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         steps.wrap(name, owner, attr)
 
 
+class _TimedApp:
+    """An ASGI app timed by a `Timed` (uvicorn takes a callable object, not a wrapped function)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], timer: Timed) -> None:
+        self.app = app
+        self.timer = timer
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        t = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.timer.total += time.perf_counter() - t
+            self.timer.count += 1
+
+
 class _AsyncioWithTimedSleep:
     """The provider module's `asyncio`, with `sleep` timed (its poll waits for Coolify's builds)."""
 
@@ -335,6 +357,8 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
     server = Timed()  # the stand-in's own work per request: its controller and both spec checks
     standin._dispatch = server.wrap_sync(standin._dispatch)  # type: ignore[method-assign]
     standin._check_response = server.wrap_sync(standin._check_response)  # type: ignore[method-assign]
+    asgi = Timed()  # the stand-in's whole answer at its ASGI boundary: routing, controller, spec checks, JSON
+    standin._asgi = _TimedApp(standin._asgi, asgi)  # type: ignore[method-assign]
     standin.start()
     token = standin.add_token("root")
     standin.add_servers(1)
@@ -403,7 +427,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         profiler = cProfile.Profile() if profile else None
         for i in range(deploys_n):
             r = repo(root)
-            http.take(), sleeps.take(), server.take(), counted.take()
+            http.take(), sleeps.take(), server.take(), counted.take(), asgi.take()
             steps.per.clear()
             before = len(standin.requests_of(token))
             if profiler is not None:
@@ -415,6 +439,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                 profiler.disable()
             steps.take()
             samples.append({"total": total, "http": http.take(), "server": server.take(), "sleep": sleeps.take(),
+                            "asgi": asgi.take(),
                             "accept": accepted[-1],
                             "requests": len(standin.requests_of(token)) - before})
             work.append(counted.take())
@@ -429,12 +454,15 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             "  of which deploy_app until it answers (resolve commit, plan, record; no Coolify call)":
                 [s["accept"] for s in samples],
             "Coolify HTTP calls as InkMCP saw them": [s["http"] for s in samples],
+            "  of which the stand-in's answer at its ASGI boundary": [s["asgi"] for s in samples],
             "  of which the stand-in's own service time": [s["server"] for s in samples],
             "poll sleeps (waiting for Coolify's build)": [s["sleep"] for s in samples],
             "**InkMCP overhead** (end to end - HTTP - poll sleeps)": [s["total"] - s["http"] - s["sleep"]
                                                                     for s in samples],
             "overhead incl. HTTP transport (end to end - service - sleeps)": [s["total"] - s["server"] - s["sleep"]
                                                                              for s in samples],
+            "overhead over the stand-in's ASGI answers (end to end - ASGI - sleeps)":
+                [s["total"] - s["asgi"] - s["sleep"] for s in samples],
         }
         for name, vals in rows.items():
             print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")
