@@ -112,7 +112,7 @@ WHERE mode IN ('persistent', 'static')
 inside the interval charged next, so that interval holds two segments for each of them (the closed and the new)."""
 
 
-async def bench(url: str, services: int = 10_000, rounds: int = 5, first_rounds: int = 3) -> dict[str, float]:
+async def bench(url: str, services: int = 10_000, rounds: int = 5, first_rounds: int = 5) -> dict[str, float]:
     """Steady state: `rounds` intervals charged as the loop does (wall time) alternating with `rounds` measured as
     server time; then every rated service changes its rate (CHANGE_ALL, timed: the rate bookkeeping that happens
     then, PostgreSQL's trigger) and the interval holding the change is measured `first_rounds` times, each in a
