@@ -69,7 +69,7 @@ class DeployKey(BaseModel):
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """One TLS context for every GitHubClient. httpx builds a new one per client by default, loading the whole CA
     bundle each time: ~50 ms of CPU on the event loop (measured on the 2-core box), and a client is made per
     deploy_app of a GitHub repo (twice with a deploy key), per push webhook and per sign-in. The same defaults
@@ -82,7 +82,7 @@ class GitHubClient:
 
     def __init__(self, settings: GitHubSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
-        self._http = httpx.AsyncClient(timeout=settings.github_timeout, transport=transport, verify=_tls(),
+        self._http = httpx.AsyncClient(timeout=settings.github_timeout, transport=transport, verify=tls_context(),
                                        headers={"User-Agent": API_HEADERS["User-Agent"]})
 
     async def __aenter__(self) -> GitHubClient:

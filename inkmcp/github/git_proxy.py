@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 
+from inkmcp.github.client import tls_context
+
 log = logging.getLogger(__name__)
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "git-protocol", "content-encoding", "accept-encoding",
@@ -58,7 +60,8 @@ class GitCredentialProxy:
         self._grants: dict[str, _Grant] = {}
         self._server: asyncio.Server | None = None
         self._starting: asyncio.Lock = asyncio.Lock()
-        self._http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(60.0, connect=15.0))
+        self._http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(60.0, connect=15.0),
+                                       verify=tls_context())  # the shared one: no CA bundle load on the loop
         self.port = 0
         # (method, path without the secret, status) of the latest requests, for tests and debugging (bounded)
         self.requests: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=256)
