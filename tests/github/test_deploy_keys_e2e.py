@@ -137,9 +137,7 @@ async def test_private_repo_deploys_through_a_deploy_key_and_others_are_refused(
     # deleting the service removes its key from GitHub and from Coolify
     key_uuid = next(u for u, r in standin._key_records().items() if r["id"] == app.fields["private_key_id"])
     async with mcp_session(server, alice_key) as s:
-        tools = {t.name for t in (await s.list_tools()).tools}
-        deleting = "delete_service" if "delete_service" in tools else "delete"  # the tool's name before/after #12
-        results.append(json.dumps(await call(s, deleting, project_name="site", service_name="web", confirm="web")))
+        results.append(json.dumps(await call(s, "delete", project_name="site", service_name="web", confirm="web")))
     assert repo.deploy_keys == []
     assert key_uuid not in standin.private_keys
 
