@@ -223,7 +223,11 @@ class Stripe:
         account, amount = session.get("client_reference_id"), session.get("amount_total")
         metadata = session.get("metadata")
         if not isinstance(metadata, dict) or metadata.get(METADATA_ACCOUNT) != account:
-            return 200, {"ignored": "not an InkMCP top-up"}  # another Checkout of the same Stripe account
+            # another Checkout of the same Stripe account (logged: a session made before the marker existed is
+            # found here, to credit by hand)
+            log.info("Stripe event %s (session %s) is not an InkMCP top-up; not credited", event_id,
+                     session.get("id", "?"))
+            return 200, {"ignored": "not an InkMCP top-up"}
         if not isinstance(account, str) or not isinstance(amount, int) or amount <= 0:
             return 200, {"ignored": "no client_reference_id or amount_total"}
         currency = str(session.get("currency") or "").lower()
