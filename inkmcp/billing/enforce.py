@@ -124,7 +124,7 @@ def suspender_for(compute: Any, public_url: str | None) -> Any:
 
 def page_text(service_name: str, project_name: str, status: AccountStatus, hint: str) -> str:
     """The 402 page's text, the same on both providers."""
-    return (f"{service_name}.{project_name} is asleep: its account has {status.reason()} "
+    return (f"{service_name}.{project_name} is asleep: {status.reason()} on its account "
             f"(balance {status.balance}). It wakes once credits are added: {hint}.")
 
 

@@ -128,7 +128,7 @@ async def test_zero_credits_under_coolify_stop_and_402_then_a_top_up_brings_both
             return lambda: asyncio.to_thread(check)
 
         page = await until("the on_demand service to answer 402 instead of waking", answers_402(blog["url"]))
-        assert page.startswith("web.blog is asleep: its account has no credits left") and "dashboard" in page
+        assert page.startswith("web.blog is asleep: no credits left on its account") and "dashboard" in page
         page = await until("the persistent service to answer 402 after the grace period", answers_402(shop["url"]),
                            timeout=40)
         assert page.startswith("web.shop is asleep")
@@ -184,3 +184,39 @@ def _router(server: Any, project: str) -> dict[str, Any]:
     import yaml
 
     return yaml.safe_load(path.read_text())  # type: ignore[no-any-return]
+
+
+async def test_a_restart_while_suspended_resumes_from_the_database(server: Any) -> None:
+    """Runs after the story above (alice can pay, both services answer). A monthly cap below this month's spend
+    blocks the account at once; with both services suspended the server is stopped, the cap lifted by the operator
+    CLI while it is down, and the restarted server (nothing in its memory) puts both back from billing_suspensions."""
+    urls = {p: r[0] for p in ("blog", "shop") for r in store_query(
+        server, "SELECT sv.url FROM services sv JOIN projects p ON p.id = sv.project_id WHERE p.name = %s", (p,))}
+    capped = server.cli("credits", "cap", "--account", "alice", "--amount", "1")
+    assert capped.returncode == 0, capped.stdout + capped.stderr
+
+    def page(url: str) -> Any:
+        def check() -> bool:
+            r = get(server, url)
+            return r.status_code == 402 and "monthly spend cap is reached" in r.text
+        return lambda: asyncio.to_thread(check)
+
+    for p in ("blog", "shop"):
+        await until(f"{p} to answer 402 at the cap", page(urls[p]), timeout=40)
+    assert store_query(server, "SELECT count(*) FROM billing_suspensions WHERE state = 'suspended'")[0][0] == 2
+    assert server.stop() == 0
+    lifted = server.cli("credits", "cap", "--account", "alice", "--reset")
+    assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+    server.start()
+
+    def answers(url: str, text: str) -> Any:
+        def check() -> bool:
+            r = get(server, url)
+            return r.status_code == 200 and r.text == text
+        return lambda: asyncio.to_thread(check)
+
+    await until("the persistent service to run again after the restart", answers(urls["shop"], "hello from alice"),
+                timeout=60)
+    await until("the on_demand service to wake again after the restart", answers(urls["blog"], "hello from bob"),
+                timeout=60)
+    assert store_query(server, "SELECT count(*) FROM billing_suspensions")[0][0] == 0
