@@ -123,9 +123,10 @@ def suspender_for(compute: Any, public_url: str | None) -> Any:
 
 
 def page_text(service_name: str, project_name: str, status: AccountStatus, hint: str) -> str:
-    """The 402 page's text, the same on both providers."""
-    return (f"{service_name}.{project_name} is asleep: {status.reason()} on its account "
-            f"(balance {status.balance}). It wakes once credits are added: {hint}.")
+    """The 402 page's text, the same on both providers. Anyone who visits the tenant's host reads it, so it says why
+    and what to do, never the account's balance (its owner sees that on the dashboard and through get_usage)."""
+    return (f"{service_name}.{project_name} is asleep: {status.reason()} on its account. "
+            f"It wakes once credits are added: {hint}.")
 
 
 @dataclass
