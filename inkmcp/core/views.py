@@ -20,7 +20,8 @@ class ServiceView(BaseModel):
     type: str
     mode: str
     url: str | None
-    state: str = Field(description="running | sleeping | starting | crashed | stopped | unknown | not_deployed")
+    state: str = Field(description="running | sleeping | suspended (its account cannot pay) | starting | crashed | "
+                       "stopped | unknown | not_deployed")
     health: str = Field(description="ok | failing | unknown")
     deployment_id: str | None = None
     deployment_status: str | None = None
