@@ -124,6 +124,31 @@ _REFS_SQL = """
     SELECT count(*) FROM f
 """
 # A pipeline step: the fenced status update and its event, one statement. `failed` also ends the lease.
+# The same, with a pipeline step of the deployment (its status and event) in the same statement: a provider's last
+# refs of a release and its `switching` step are one write.
+_REFS_STEP_SQL = """
+    WITH f AS MATERIALIZED (
+        SELECT id FROM deployments WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s FOR UPDATE
+    ), p AS (
+        UPDATE projects SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(project)s::jsonb)
+        WHERE id = %(project_row)s AND %(project)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    ), s AS (
+        UPDATE services SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(service)s::jsonb)
+        WHERE id = %(service_row)s AND %(service)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    ), d AS (
+        UPDATE deployments
+        SET provider_ref = CASE WHEN %(deployment)s::jsonb IS NULL THEN provider_ref
+                                ELSE provider_ref || jsonb_build_object(%(provider)s::text, %(deployment)s::jsonb) END,
+            status = %(status)s, updated_at = %(now)s
+        WHERE id = %(dep)s AND EXISTS (SELECT 1 FROM f)
+        RETURNING id
+    ), e AS (
+        INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM d
+    )
+    SELECT count(*) FROM f
+"""
 _STEP_SQL = """
     WITH d AS (
         UPDATE deployments SET status = %(status)s, updated_at = %(now)s
@@ -954,22 +979,30 @@ class DeployService:
             if not fenced[0][0]:
                 raise LeaseLost(lease)
 
-        async def many(refs: Mapping[RefScope, ProviderRef]) -> None:
-            """Several scopes' refs, committed together (one fenced statement in a pipeline)."""
+        async def many(refs: Mapping[RefScope, ProviderRef], step: tuple[Step, str] | None = None) -> None:
+            """Several scopes' refs, committed together (one fenced statement in a pipeline); with `step`, a
+            non-terminal step of the pipeline (status and event, as `progress` records it) in the same statement."""
             if lease is None:
                 for scope, ref in refs.items():
                     await record(scope, ref)
                 return
             texts = {RefScope(scope).value: check_ref(ref) for scope, ref in refs.items()}
-            params = {"dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
-                      "provider": self._compute.name, "project": texts.get("project"), "project_row": project_id,
-                      "service": texts.get("service"), "service_row": svc_id,
-                      "deployment": texts.get("deployment")}  # fmt: skip
-            fenced = await statement_pool(self._sessions).write(_REFS_SQL, params)
+            params: dict[str, Any] = {
+                "dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
+                "provider": self._compute.name, "project": texts.get("project"), "project_row": project_id,
+                "service": texts.get("service"), "service_row": svc_id, "deployment": texts.get("deployment")}
+            if step is not None:
+                if Step(step[0]) in (Step.live, Step.failed):  # core's to record, with the URL or the error
+                    raise ValueError(f"a provider does not record the {Step(step[0]).value} step")
+                params.update(status=Step(step[0]).value, detail=step[1][:4000], now=datetime.now(UTC))
+            fenced = await statement_pool(self._sessions).write(_REFS_SQL if step is None else _REFS_STEP_SQL, params)
             if not fenced[0][0]:
                 raise LeaseLost(lease)
+            if step is not None:
+                self._changed(lease.deployment_id)
 
         record.many = many  # type: ignore[attr-defined]
+        record.with_steps = lease is not None  # type: ignore[attr-defined]
         return record
 
     async def _run(self, lease: Lease, checkout: Path | None) -> None:

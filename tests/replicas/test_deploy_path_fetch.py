@@ -11,12 +11,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from inkmcp.build.plan import Mode, ServiceType
 from inkmcp.core.accounts import AccountService
 from inkmcp.core.deployments import DeployRequest, DeployService
+from inkmcp.core.leases import LeaseLost
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.errors import InkError
+from inkmcp.providers.compute.base import RefScope, Step
 from inkmcp.store.db import Store
 from inkmcp.store.models import EnvVar, Project, Service
 from tests.replicas import test_leases as _leases
@@ -101,3 +105,40 @@ async def test_a_project_made_meanwhile_by_another_call_is_fetched_into_its_own_
     assert project is not None and [s.name for s in services] == ["web"]
     mirrors = a._compute.work_dir / "mirrors"  # type: ignore[attr-defined]
     assert sorted(d.name for d in mirrors.iterdir()) == [str(project.id)]
+
+
+async def test_refs_of_several_rows_and_a_step_are_one_fenced_write(
+    store: Store, replicas: Callable[..., DeployService]
+) -> None:
+    """`record.many` (the Coolify provider's coalesced ref writes): every scope's ref in one statement, with a step
+    when asked; a replica whose lease was taken over writes nothing of it (LeaseLost), and the terminal steps stay
+    core's."""
+    a = replicas("a")
+    sid = await _leases.new_service(store, a)
+    dep_id, lease = await a._create_or_reuse(sid, "1" * 40, "h", _leases.PLAN, ServiceType.webapp, Mode.persistent)
+    assert lease is not None
+    async with store.sessionmaker() as s:
+        svc = await s.get(Service, sid)
+        assert svc is not None
+        project_id = svc.project_id
+    record = a._recorder(dep_id, sid, project_id, lease)
+    name = a._compute.name
+    await record.many({RefScope.project: {"p": 1}, RefScope.service: {"s": 2}, RefScope.deployment: {"d": 3}})
+    await record.many({RefScope.service: {"s": 4}, RefScope.deployment: {"d": 5}}, (Step.switching, "traffic"))
+    async with store.sessionmaker() as s:
+        project = await s.get(Project, project_id)
+        service = await s.get(Service, sid)
+        assert project is not None and service is not None
+        assert project.provider_ref[name] == {"p": 1} and service.provider_ref[name] == {"s": 4}
+    dep = await _leases.row(store, dep_id)
+    assert dep.provider_ref[name] == {"d": 5} and dep.status == Step.switching.value
+    assert (await _leases.events(store, dep_id))[-1] == (Step.switching.value, "traffic")
+    with pytest.raises(ValueError):
+        await record.many({}, (Step.live, "no"))
+    await _leases.set_lease(store, dep_id, "b", 30, lease.epoch + 1)  # replica b took it over
+    with pytest.raises(LeaseLost):
+        await record.many({RefScope.service: {"s": 6}}, (Step.building, "late"))
+    async with store.sessionmaker() as s:
+        service = await s.get(Service, sid)
+        assert service is not None and service.provider_ref[name] == {"s": 4}
+    assert (await _leases.events(store, dep_id))[-1] == (Step.switching.value, "traffic")

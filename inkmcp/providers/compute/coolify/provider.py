@@ -186,14 +186,15 @@ class MoveConflict(ProviderRefused):
 
 
 class _RefBatch:
-    """The ref writes of one `release` attempt, coalesced (issue 12 item 4: ~16 fenced writes per first deploy
-    became ~7). `record` keeps the ref of each scope (the dict itself: it is written as it stands when flushed);
-    `flush` writes every kept one, in one fenced statement when core's `record` offers `many`. Flushed before every
-    request that may change something in Coolify (the client's `before_write`, through `_BATCH`), and when the
-    attempt ends other than by a crash, so each ref is durable before the remote step that depends on it and
-    before core records the outcome. A read needs nothing recorded before it: what a crash loses of refs recorded
-    since the last change is found again the way a lost answer is (by name, or after the write-ahead `intent` and
-    `pending` marks, which are flushed before the request they announce)."""
+    """The ref writes of one `release` attempt, coalesced (issue 12 item 4: a first web + worker deploy's 18
+    fenced ref writes became 7 statements, the last one with the `switching` step). `record` keeps the ref of each
+    scope (the dict itself: it is written as it stands when flushed); `flush` writes every kept one, in one fenced
+    statement when core's `record` offers `many`. Flushed before every request that may change something in
+    Coolify (the client's `before_write`, through `_BATCH`), and when the attempt ends other than by a crash, so
+    each ref is durable before the remote step that depends on it and before core records the outcome. A read
+    needs nothing recorded before it: what a crash loses of refs recorded since the last change is found again the
+    way a lost answer is (by name, or after the write-ahead `intent` and `pending` marks, which are flushed before
+    the request they announce)."""
 
     def __init__(self, record: Record) -> None:
         self._record = record
@@ -212,6 +213,17 @@ class _RefBatch:
             return
         for scope, ref in dirty.items():
             await self._record(scope, ref)
+
+    async def flush_with_step(self, progress: ProgressCallback, step: Step, detail: str) -> None:
+        """The kept refs and a progress step: one statement where core's `record` records steps with refs
+        (`record.many(refs, step)` in a pipeline); else the step, then the refs."""
+        many = getattr(self._record, "many", None)
+        if many is None or not getattr(self._record, "with_steps", False):
+            await progress(step, detail)
+            await self.flush()
+            return
+        dirty, self._dirty = self._dirty, {}
+        await many(dirty, (step, detail))
 
 
 _BATCH: contextvars.ContextVar[_RefBatch | None] = contextvars.ContextVar("inkmcp_coolify_ref_batch", default=None)
@@ -453,6 +465,18 @@ class CoolifyComputeProvider:
                 snapshot[name] = _values(current[name], without_release=True)
             dep_ref["env_written"] = True  # from here on Coolify may hold the new env: a later attempt has no snapshot
             await record(RefScope.deployment, dep_ref)
+        # the optional fields every process's PATCH sets, recorded at once before the first (what `_patch` records
+        # before each: a repeat after a crash still knows what to clear; one write instead of one per process)
+        fields: dict[str, list[str]] = service_ref.setdefault("set_fields", {})
+        announced = False
+        for name in specs:
+            earlier = set(fields.get(name, []))
+            now = {k for k, v in bodies[name].items() if v and k in mapping.CLEARABLE}
+            if now - earlier:
+                fields[name] = sorted(now | earlier)
+                announced = True
+        if announced:
+            await record(RefScope.service, service_ref)
         for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
             app = apps[name]
             await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
@@ -505,8 +529,6 @@ class CoolifyComputeProvider:
             raise ReleaseFailed(step, f"process '{name}' failed ({dep.status}); the previous version keeps serving"
                                       f"{note}{_hint(step, bodies.get(name))}\nlast output:\n{tail}")  # fmt: skip
 
-        await progress(Step.switching, "every process's Coolify deployment finished; Coolify switched traffic")
-
         await node_routes.after_release(self, request, server, apps, specs)  # before the release is recorded live
         routed = next((p for p in processes if p.routed), None)
         url = f"https://{mapping.hostname(key, server)}" if routed is not None else None
@@ -523,6 +545,11 @@ class CoolifyComputeProvider:
         )  # fmt: skip
         service_ref.pop("env_change", None)
         await record(RefScope.service, service_ref)
+        switching = "every process's Coolify deployment finished; Coolify switched traffic"
+        if isinstance(record, _RefBatch):  # the release's last refs and its switching step: one write
+            await record.flush_with_step(progress, Step.switching, switching)
+        else:
+            await progress(Step.switching, switching)
         await self._until_reported(first)
         for name, uuid in gone.items():  # a process the new release no longer has (e.g. worker removed)
             await self._delete_app(uuid, f"deleting the application of process {name}")
