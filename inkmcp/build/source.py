@@ -185,6 +185,7 @@ class _Source:
     ssh_alias: str | None = None  # the host name ssh checks the key of, when it connects to an IP
     secrets: tuple[str, ...] = field(default=(), repr=False)
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # extra git environment (GitAuth)
+    grant: str | None = field(default=None, repr=False)  # the fetch proxy's secret base URL (GitAuth), revoked after
 
 
 def redact_url(url: str) -> str:
@@ -413,8 +414,16 @@ async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, de
     from inkmcp.github.git_proxy import git_env
 
     env, base = await git_env(source.fetch_url, auth.header, ttl=max(deadline.left(), 1.0) + 30.0)
-    return replace(source, env=env, secrets=(*source.secrets, *auth.secrets, base))
+    return replace(source, env=env, secrets=(*source.secrets, *auth.secrets, base), grant=base)
     # --- end
+
+
+def _revoke_grant(source: _Source) -> None:
+    """The proxy's secret URL dies with the fetch that needed it, not at its deadline (git is done with it)."""
+    if source.grant is not None:
+        from inkmcp.github.git_proxy import proxy
+
+        proxy().revoke(source.grant)
 
 
 def has_userinfo(url: str) -> bool:
@@ -1027,6 +1036,16 @@ async def _fetch_and_resolve(
     `cat-file` process that resolved the ref (`_CatFile`), and with `files_for` the commit's files written where it
     says (the last item: None if it said nowhere, or the commit is too big for this path)."""
     source = await _classify(repo_url, ws, policy, deadline, auth)
+    try:
+        return await _fetch_and_resolve_from(source, ref, ws, policy, deadline, measure=measure, files_for=files_for)
+    finally:
+        _revoke_grant(source)  # git is done with the remote (resolving may fetch a sha or refs/... by name)
+
+
+async def _fetch_and_resolve_from(
+    source: _Source, ref: str | None, ws: SourceWorkspace, policy: SourcePolicy, deadline: _Deadline, *,
+    measure: bool, files_for: FilesFor | None,
+) -> tuple[_Source, Path, str, tuple[int, int] | None, Path | None]:
     key = _mirror_key(source)
     mirror = ws.mirrors_dir / key
     async with _locked(ws, key):

@@ -172,6 +172,10 @@ async def test_a_tenant_process_never_sees_the_token_during_a_private_fetch(
     assert any("git" in s and ("fetch" in s or "remote-http" in s) for s in seen), seen  # it watched git run
     assert hits == [], hits
     assert sys.platform == "linux"
+    # the secret URL git was given dies with the fetch: a copy read from git's environment opens nothing after it
+    from inkmcp.github.git_proxy import proxy
+
+    assert proxy()._grants == {}, "the fetch's proxy grant outlived the fetch"
 
 
 async def test_the_proxy_reads_only_the_registered_repository_and_only_until_it_expires(
