@@ -286,6 +286,9 @@ def test_the_coolify_policy_lets_through_only_deploy_keys_inkmcp_made() -> None:
         policy.check_request("POST", "/applications/private-deploy-key", body)
         policy.check_request("PATCH", f"/applications/{'a' * 24}", {"git_repository": url})
         policy.check_request("DELETE", f"/security/keys/{key}")
+        with pytest.raises(policy.PolicyViolation, match="git_repository"):  # a known SSH URL, but no key named:
+            policy.check_request("POST", "/applications/public",  # Coolify would pick the key itself
+                                 {k: v for k, v in body.items() if k != "private_key_uuid"})
         with pytest.raises(policy.PolicyViolation, match="git_repository"):  # the key with another repository
             policy.check_request("POST", "/applications/private-deploy-key",
                                  {**body, "git_repository": "git@github.com:alice/other.git"})

@@ -256,8 +256,9 @@ def _check_application(where: str, body: Mapping[str, Any], allowed: frozenset[s
         raise PolicyViolation(where, "static_image", "only nginx:alpine")
     if "git_repository" in body:
         repo = urlsplit(str(body["git_repository"]))
-        # --- ghkeys (issue 11): or the SSH URL of a deploy key InkMCP made
-        if DEPLOY_KEYS.knows_url(str(body["git_repository"])):
+        # --- ghkeys (issue 11): or the SSH URL of a deploy key InkMCP made (never on a public create: an SSH URL
+        # there would be cloned with whatever key Coolify picks)
+        if DEPLOY_KEYS.knows_url(str(body["git_repository"])) and where != "POST /applications/public":
             pass
         # --- end
         elif repo.scheme != "https" or not repo.hostname:

@@ -696,12 +696,11 @@ class CoolifyComputeProvider:
                 uuid = next((a.uuid for a in existing if a.name == wanted), None)
             if uuid is None:
                 body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
-                self._check("POST", "/applications/public", body)
-                answer = await self._create(
-                    f"creating the application of {name}",
-                    coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
-                    or self.client.create_public_application(m.PublicApplicationCreate(**body)),
-                    pending, f"app:{name}", save)  # fmt: skip
+                call = coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
+                if call is None:
+                    self._check("POST", "/applications/public", body)
+                    call = self.client.create_public_application(m.PublicApplicationCreate(**body))
+                answer = await self._create(f"creating the application of {name}", call, pending, f"app:{name}", save)
                 uuid = answer.uuid
                 if created is not None:
                     created.add(name)
@@ -1143,10 +1142,11 @@ class CoolifyComputeProvider:
                                    resources=spec.resources, server=target,
                                    repo_url=self._repo_url(spec.repo_url.get_secret_value()))
                 body = mapping.create_body(app_spec, project_uuid, environment_uuid, self.settings)
-                self._check("POST", "/applications/public", body)
-                created = await self._call(f"creating the application of {name} on the new server",
-                                           coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11)
-                                           or self.client.create_public_application(m.PublicApplicationCreate(**body)))
+                call = coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11)
+                if call is None:
+                    self._check("POST", "/applications/public", body)
+                    call = self.client.create_public_application(m.PublicApplicationCreate(**body))
+                created = await self._call(f"creating the application of {name} on the new server", call)
                 uuid = created.uuid
                 self._crash("after_move_create_app")
             apps[name] = uuid
