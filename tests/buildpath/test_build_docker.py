@@ -151,7 +151,7 @@ def build_daemon(build_ns: BuildNs, platform: Platform) -> Iterator[BuildDaemon]
             ids = d.docker("ps", "-aq", timeout=30).stdout.split()
             if ids:
                 d.docker("rm", "-f", *ids, timeout=60)
-        stop_pid(daemon.pid)
+        stop_pid(daemon.pid, wait=20)
         for pid in _pids_naming(tmp):
             stop_pid(pid, wait=5)
         log.close()

@@ -48,7 +48,8 @@ from tests.buildpath.conftest import (
     wait_for,
     write_files,
 )
-from tests.buildpath.test_build_docker import BASE, RUN_PROBES, _import, _pids_naming, _rootfs, _stop_pid
+from tests.buildpath.test_build_docker import BASE, RUN_PROBES, _import, _pids_naming, _rootfs
+from tests.hardening.conftest import stop_pid
 from tests.netns import link_standin, sh
 from tests.requirements import require
 
@@ -173,7 +174,7 @@ def _box_builder(platform: Platform) -> Iterator[Builder]:
             for ns in (alias, host_ns):
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
             for pid in _pids_naming(box):
-                _stop_pid(pid, wait=5)
+                stop_pid(pid, wait=5)
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -224,9 +225,9 @@ def _debian_builder(build_ns: BuildNs) -> Iterator[Builder]:
         yield Builder(name="docker20", tmp=work, config=config, link="uplink0=192.168.254.2/30",
                       own_address=SELF_PROBE.split(":")[0], run_build=run_build)
     finally:
-        _stop_pid(daemon.pid)
+        stop_pid(daemon.pid, wait=20)
         for pid in _pids_naming(work):
-            _stop_pid(pid, wait=5)
+            stop_pid(pid, wait=5)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
