@@ -1197,7 +1197,9 @@ class DeployService:
             state = rt.state.value if rt else "not_deployed"
             health = "unknown"
             if rt and rt.state != RuntimeState.unknown:
-                health = "ok" if rt.state in (RuntimeState.running, RuntimeState.sleeping) else "failing"
+                # asleep or suspended (its account cannot pay) is not a failing app
+                healthy = (RuntimeState.running, RuntimeState.sleeping, RuntimeState.suspended)
+                health = "ok" if rt.state in healthy else "failing"
             last_id, last_status = latest.get(svc.id, (None, None))
             views.append(
                 ServiceView(

@@ -144,7 +144,8 @@ async def test_zero_credits_under_coolify_stop_and_402_then_a_top_up_brings_both
         assert [r.path for r in stops] == [f"/api/v1/applications/{shop_app.uuid}/stop"]
         assert all(r.query.get("docker_cleanup") == "false" for r in stops)  # nothing pruned
         for p in ("blog", "shop"):
-            assert (await call(s, "list_services", project_name=p))["services"][0]["state"] == "suspended"
+            view = (await call(s, "list_services", project_name=p))["services"][0]
+            assert view["state"] == "suspended" and view["health"] == "ok", view  # paused, not failing
         assert "sablier" not in json.dumps(_router(server, "blog"))  # Sablier is no longer asked to start it
 
         event = await asyncio.to_thread(paid_checkout, stripe, "alice", 100000)
