@@ -103,8 +103,9 @@ _REF_SQL = """
 _REF_SQL_BY_SCOPE = {scope: _REF_SQL.format(table=table) for scope, table in
                      (("project", "projects"), ("service", "services"), ("deployment", "deployments"))}
 # Several refs of one release (a provider's coalesced writes: the Coolify provider flushes the refs it recorded since
-# its last remote change before the next one) in one fenced statement: a NULL ref leaves its row alone.
-_REFS_SQL = """
+# its last remote change before the next one) in one fenced statement: a NULL ref leaves its row alone. The fence and
+# the project/service writes are the same in both statements; they differ in what they do to the deployment row.
+_REFS_FENCED = """
     WITH f AS MATERIALIZED (
         SELECT id FROM deployments WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s FOR UPDATE
     ), p AS (
@@ -115,7 +116,8 @@ _REFS_SQL = """
         UPDATE services SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(service)s::jsonb)
         WHERE id = %(service_row)s AND %(service)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
         RETURNING id
-    ), d AS (
+    )"""
+_REFS_SQL = _REFS_FENCED + """, d AS (
         UPDATE deployments
         SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(deployment)s::jsonb)
         WHERE id = %(dep)s AND %(deployment)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
@@ -123,21 +125,9 @@ _REFS_SQL = """
     )
     SELECT count(*) FROM f
 """
-# A pipeline step: the fenced status update and its event, one statement. `failed` also ends the lease.
 # The same, with a pipeline step of the deployment (its status and event) in the same statement: a provider's last
 # refs of a release and its `switching` step are one write.
-_REFS_STEP_SQL = """
-    WITH f AS MATERIALIZED (
-        SELECT id FROM deployments WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s FOR UPDATE
-    ), p AS (
-        UPDATE projects SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(project)s::jsonb)
-        WHERE id = %(project_row)s AND %(project)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
-        RETURNING id
-    ), s AS (
-        UPDATE services SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(service)s::jsonb)
-        WHERE id = %(service_row)s AND %(service)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM f)
-        RETURNING id
-    ), d AS (
+_REFS_STEP_SQL = _REFS_FENCED + """, d AS (
         UPDATE deployments
         SET provider_ref = CASE WHEN %(deployment)s::jsonb IS NULL THEN provider_ref
                                 ELSE provider_ref || jsonb_build_object(%(provider)s::text, %(deployment)s::jsonb) END,
@@ -149,6 +139,7 @@ _REFS_STEP_SQL = """
     )
     SELECT count(*) FROM f
 """
+# A pipeline step: the fenced status update and its event, one statement. `failed` also ends the lease.
 _STEP_SQL = """
     WITH d AS (
         UPDATE deployments SET status = %(status)s, updated_at = %(now)s
