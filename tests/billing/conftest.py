@@ -7,7 +7,7 @@ from one migrated template (CREATE DATABASE ... TEMPLATE: ~0.1 s instead of a mi
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -19,8 +19,10 @@ from inkmcp.billing.ledger import Ledger
 from inkmcp.billing.settings import BillingSettings, Prices
 from inkmcp.store.db import Store, migrate, open_store
 from inkmcp.store.embedded import EmbeddedPostgres
+from tests.billing.stripe_standin import StripeStandIn
 from tests.store import conftest as _store_fixtures
 from tests.store.conftest import create_database
+from tests.support import serving
 
 embedded_pg_factory = _store_fixtures.embedded_pg_factory
 control_pg = _store_fixtures.control_pg
@@ -91,3 +93,15 @@ def settings(**kw: object) -> BillingSettings:
 @pytest.fixture
 def make_ledger(world: World) -> Callable[..., Ledger]:
     return lambda **kw: Ledger(world.store.sessionmaker, settings(**kw))
+
+
+STRIPE_KEY, STRIPE_SECRET = "sk_test_" + "k" * 24, "whsec_" + "s" * 32
+"""The e2e servers' Stripe key and webhook secret (the stand-in checks the key; the server signs nothing)."""
+
+
+@pytest.fixture(scope="module")
+def stripe() -> Iterator[StripeStandIn]:
+    """A Stripe stand-in per test module, serving until the module is done."""
+    standin = StripeStandIn(STRIPE_KEY)
+    with serving(standin.server):
+        yield standin

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from inkmcp.billing.stripe import sign
+from tests.billing.conftest import STRIPE_KEY, STRIPE_SECRET
 from tests.billing.stripe_standin import StripeStandIn
 from tests.e2e.probes import store_query
 from tests.support import (
@@ -34,7 +35,6 @@ from tests.support import (
     git_repo,
     make_server,
     mcp_session,
-    serving,
     traversable_tmpdir,
 )
 
@@ -64,16 +64,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 # persistent: 72,000 per GiB-hour x 0.5 GiB = 10 minor units a second; on_demand: 36,000 per awake hour = 10/s.
 PRICES = {"persistent": 72000, "on_demand": 36000, "static": 0, "build_minute": 0, "db_gb_month": 0}
 STARTER = 40
-
-
-STRIPE_KEY, STRIPE_SECRET = "sk_test_" + "k" * 24, "whsec_" + "s" * 32
-
-
-@pytest.fixture(scope="module")
-def stripe() -> Iterator[StripeStandIn]:
-    standin = StripeStandIn(STRIPE_KEY)
-    with serving(standin.server):
-        yield standin
 
 
 @pytest.fixture(scope="module")

@@ -25,24 +25,18 @@ import httpx
 import pytest
 
 from inkmcp.billing.stripe import sign
+from tests.billing.conftest import STRIPE_KEY, STRIPE_SECRET
 from tests.billing.stripe_standin import StripeStandIn
-from tests.billing.test_e2e import APP, STRIPE_KEY, STRIPE_SECRET, paid_checkout, until
+from tests.billing.test_e2e import APP, paid_checkout, until
 from tests.e2e import coolify as e2e_coolify
 from tests.e2e.probes import store_query
-from tests.support import ServerProc, call, call_error, git_repo, mcp_session, serving, traversable_tmpdir
+from tests.support import ServerProc, call, call_error, git_repo, mcp_session, traversable_tmpdir
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 # persistent: 72,000 per GiB-hour x 0.5 GiB = 10 minor units a second; on_demand: 36,000 per awake hour = 10/s.
 PRICES = {"persistent": 72000, "on_demand": 36000, "static": 0, "build_minute": 0, "db_gb_month": 0}
 STARTER = 150
-
-
-@pytest.fixture(scope="module")
-def stripe() -> Iterator[StripeStandIn]:
-    standin = StripeStandIn(STRIPE_KEY)
-    with serving(standin.server):
-        yield standin
 
 
 @pytest.fixture(scope="module")
