@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from inkmcp.build.source import SourceWorkspace
+
 GIT = ["git", "-c", "user.email=test@example.com", "-c", "user.name=Test", "-c", "init.defaultBranch=main"]
 
 
@@ -45,3 +47,13 @@ def make_repo(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
         return repo
 
     return _make
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> SourceWorkspace:
+    """A source workspace with no tenant: git runs with the test process's own ids, as with the Coolify provider
+    (test_source.py has its own, which can also run git as a tenant user)."""
+    mirrors, locks = tmp_path / "mirrors", tmp_path / "locks"
+    mirrors.mkdir(mode=0o700)
+    locks.mkdir(mode=0o700)
+    return SourceWorkspace(mirrors_dir=mirrors, locks_dir=locks, run_as=None)

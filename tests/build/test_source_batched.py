@@ -25,15 +25,6 @@ ALLOW = SourcePolicy(allow_local=True)
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> SourceWorkspace:
-    """No tenant: git runs with the test process's own ids, as with the Coolify provider."""
-    mirrors, locks = tmp_path / "mirrors", tmp_path / "locks"
-    mirrors.mkdir(mode=0o700)
-    locks.mkdir(mode=0o700)
-    return SourceWorkspace(mirrors_dir=mirrors, locks_dir=locks, run_as=None)
-
-
-@pytest.fixture
 def children(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """argv of every child process inkmcp.build.source starts (git with its -c options stripped)."""
     started: list[list[str]] = []

@@ -27,14 +27,6 @@ ALLOW = SourcePolicy(allow_local=True)
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> SourceWorkspace:
-    mirrors, locks = tmp_path / "mirrors", tmp_path / "locks"
-    mirrors.mkdir(mode=0o700)
-    locks.mkdir(mode=0o700)
-    return SourceWorkspace(mirrors_dir=mirrors, locks_dir=locks, run_as=None)
-
-
-@pytest.fixture
 def private(tmp_path: Path) -> Path:
     """A parent only this process can write, as deploy_app's checkouts dir."""
     d = tmp_path / "checkouts"
