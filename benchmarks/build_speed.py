@@ -26,6 +26,7 @@ stays on loopback; the installers reach PyPI. Must run as root (the whole-path d
 
     .venv/bin/python benchmarks/build_speed.py                # 5 rounds
     .venv/bin/python benchmarks/build_speed.py --rounds 3 --only build
+    .venv/bin/python benchmarks/build_speed.py --rounds 3 --only deploy --steps   # + where each deploy's time goes
 """
 
 from __future__ import annotations
@@ -225,10 +226,25 @@ async def run(args: argparse.Namespace) -> int:
 
             async def deploy(r: int, service: str) -> float:
                 t0 = time.monotonic()
-                answer = await call(session, "deploy_app", repo_url=str(repo), project_name=f"flask-{r}",
-                                    service_name=service)  # fmt: skip
-                dep = await until_done(session, answer)
-                return await first_200(client, server, dep["url"], t0 + 600) - t0
+                seen: list[tuple[float, str]] = []
+
+                async def on_progress(_p: float, _total: float | None, message: str | None) -> None:
+                    if message:
+                        seen.append((time.monotonic() - t0, message))
+
+                result = await session.call_tool(
+                    "deploy_app", {"repo_url": str(repo), "project_name": f"flask-{r}", "service_name": service},
+                    progress_callback=on_progress if args.steps else None,
+                )  # fmt: skip
+                assert not result.is_error, result.content
+                dep = await until_done(session, result.structured_content or json.loads(result.content[0].text))
+                done = time.monotonic() - t0
+                took = await first_200(client, server, dep["url"], t0 + 600) - t0
+                if args.steps:  # where the time went: each progress message as it arrived, then "live" and 200
+                    for at, message in seen:
+                        say(f"    {at:6.2f} s  {message[:110]}")
+                    say(f"    {done:6.2f} s  (deploy_app answered: {dep['status']})\n    {took:6.2f} s  (first 200)")
+                return took
 
             variants |= {
                 "inkmcp deploy": lambda r: deploy(r, "web"),
@@ -288,6 +304,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("all", "build", "deploy"), default="all")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (venvs, caches) for inspection")
     parser.add_argument("--json", type=Path, help="also write each variant's p50 to this file")
+    parser.add_argument("--steps", action="store_true",
+                        help="print each InkMCP deploy's progress messages with their time since the call")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")

@@ -4,6 +4,10 @@ Real local provider, real processes, real proxy. Each failing case checks the th
 relies on: the release fails at health_check, the previous version still answers through the proxy
 (HTTP proof, not the provider's word), and the error points at the runtime logs (not the build's)
 and quotes the cause, with this server's paths shown relative.
+
+A redeploy waits the whole stability window (the previous version serves meanwhile); a first deploy,
+with nothing serving to protect, only a short settle (issue 12 item 3), and a crash after it went live
+shows the way any crash of a live service does.
 """
 
 from __future__ import annotations
@@ -215,20 +219,37 @@ async def test_env_change_that_breaks_the_app_keeps_the_old_env(make_provider, c
     await still_serves_v1(provider, key)
 
 
-async def test_a_healthy_web_and_worker_go_live_after_the_window(make_provider, checkouts, project_ids):
-    window = 1.5
-    provider = await make_provider(stability_window=window)
+class TimedEvents(Events):
+    """Progress steps with the time each arrived and its detail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[Step, float] = {}
+        self.detail: dict[Step, str] = {}
+
+    async def __call__(self, step: Step, detail: str) -> None:
+        await super().__call__(step, detail)
+        self.at[step] = time.monotonic()
+        self.detail[step] = detail
+
+
+async def test_a_first_deploy_goes_live_after_the_settle_not_the_window(make_provider, checkouts, project_ids):
+    """Nothing serves yet, so nothing is protected by waiting: live once the web answers and every process
+    (the worker too) has been up for the settle, well before the window ends."""
+    window, settle = 3.0, 0.4
+    provider = await make_provider(stability_window=window, first_deploy_settle=settle)
     key = key_for(project_ids())
     files = {"app.py": APP, "worker.py": STEADY_WORKER}
     # NO_ROOT: an API whose `/` is a 404 works, and must go live.
     request = request_for(key, checkouts(files), worker_plan(), env={"MESSAGE": "api", "NO_ROOT": "1"})
-    started = time.monotonic()
-    events = Events()
+    events = TimedEvents()
     await provider.release(request, events, no_record)
-    took = time.monotonic() - started
 
-    assert took >= window, f"went live after {took:.2f}s, before every process was up {window}s"
-    assert events.steps[-3:] == [Step.health_check, Step.switching, Step.live], events.steps
+    assert events.steps[-4:] == [Step.starting, Step.health_check, Step.switching, Step.live], events.steps
+    checked = events.at[Step.switching] - events.at[Step.starting]
+    assert settle <= checked < window - 1.0, f"went live {checked:.2f}s after the start (settle {settle}s)"
+    assert "no previous version is serving" in events.detail[Step.health_check], events.detail
+    assert f"stay up {settle:g}s" in events.detail[Step.health_check], events.detail
     runtime = await provider.runtime(key)
     assert runtime.state == RuntimeState.running, runtime
     assert sorted(p.name for p in runtime.processes) == ["web", "worker"]
@@ -236,8 +257,97 @@ async def test_a_healthy_web_and_worker_go_live_after_the_window(make_provider, 
     assert (await get(provider, key)).status_code == 404
 
 
+async def test_a_redeploy_waits_the_whole_window_while_the_old_version_serves(make_provider, checkouts, project_ids):
+    window = 1.5
+    provider = await make_provider(stability_window=window, first_deploy_settle=0.2)
+    key = key_for(project_ids())
+    await deploy_v1(provider, checkouts, key)
+
+    files = {"app.py": APP, "worker.py": STEADY_WORKER}
+    request = request_for(key, checkouts(files), worker_plan(), env={"MESSAGE": "v2"})
+    events = TimedEvents()
+    release = asyncio.create_task(provider.release(request, events, no_record))
+    while Step.health_check not in events.at:
+        assert not release.done(), release
+        await asyncio.sleep(0.01)
+    assert f"stay up {window:g}s while the previous version keeps serving" in events.detail[Step.health_check]
+    await asyncio.sleep(window / 2)
+    assert not release.done(), "a redeploy went live before the window ended"
+    assert (await get(provider, key)).text == "v1"  # the old version answers while the new one proves itself
+    await release
+
+    checked = events.at[Step.switching] - events.at[Step.starting]
+    assert checked >= window, f"went live {checked:.2f}s after the start, before every process was up {window}s"
+    assert (await get(provider, key)).text == "v2"
+    assert sorted(p.name for p in (await provider.runtime(key)).processes) == ["web", "worker"]
+
+
+async def test_a_first_deploy_whose_web_dies_at_start_fails_with_its_output(make_provider, checkouts, project_ids):
+    """The common crash on start (an import error) fails a first deploy at health_check, quoting it."""
+    provider = await make_provider(stability_window=3.0, first_deploy_settle=1.0)
+    key = key_for(project_ids())
+    app = 'print("booting", flush=True)\nimport flask_sqlalchemy_not_installed\n' + APP
+    events = Events()
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts({"app.py": app}), web_plan()), events, no_record)
+    reason = failed.value.reason
+    assert failed.value.step == Step.health_check
+    assert Step.switching not in events.steps
+    assert "process 'web' exited with code 1" in reason, reason
+    assert "ModuleNotFoundError: No module named 'flask_sqlalchemy_not_installed'" in reason, reason
+    assert "nothing went live" in reason, reason
+    assert_points_at_runtime_logs(reason)
+    assert_no_server_paths(reason, provider)
+    assert (await provider.runtime(key)).deployment_id is None
+    assert (await get(provider, key)).status_code == 404  # no route was made
+
+
+async def test_a_first_deploy_whose_worker_dies_within_the_settle_fails(make_provider, checkouts, project_ids):
+    """The web answers at once, the worker dies ~0.3 s after its start (a missing Redis): inside the settle,
+    so the deploy fails, though the web alone would have gone live. (A settle of 2.5 s: on a loaded 2-core box
+    the worker's Python start alone can take most of a second.)"""
+    provider = await make_provider(stability_window=3.0, first_deploy_settle=2.5)
+    key = key_for(project_ids())
+    files = {"app.py": APP, "worker.py": CRASHING_WORKER}
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts(files), worker_plan()), Events(), no_record)
+    reason = failed.value.reason
+    assert failed.value.step == Step.health_check
+    assert "process 'worker' exited with code 1" in reason, reason
+    assert "must keep running for 2.5s after its start" in reason, reason
+    assert "Connection refused" in reason and "nothing went live" in reason, reason
+    assert (await provider.runtime(key)).deployment_id is None
+
+
+async def test_a_crash_after_a_first_deploy_went_live_shows_as_crashed_with_its_logs(
+    make_provider, checkouts, project_ids
+):
+    """Past the settle, a crash is a live service's crash: restarted with backoff, the runtime says crashed
+    (what list_services turns into health 'failing'), and the traceback is in the runtime logs."""
+    provider = await make_provider(stability_window=3.0, first_deploy_settle=0.3)
+    key = key_for(project_ids())
+    request = request_for(key, checkouts({"app.py": APP}), web_plan(), env={"MESSAGE": "v1", "CRASH_AFTER": "1.0"})
+    await provider.release(request, Events(), no_record)  # live before the crash
+    assert (await get(provider, key)).text == "v1"
+
+    deadline = time.monotonic() + 10
+    while (runtime := await provider.runtime(key)).state != RuntimeState.crashed:
+        assert time.monotonic() < deadline, runtime
+        await asyncio.sleep(0.02)
+    assert "web exited with code 1" in (runtime.detail or ""), runtime
+    assert runtime.processes[0].state == RuntimeState.crashed, runtime
+    deadline = time.monotonic() + 10
+    while (runtime := await provider.runtime(key)).restarts < 1:  # the supervisor restarts it (backoff 0.2 s)
+        assert time.monotonic() < deadline, runtime
+        await asyncio.sleep(0.05)
+    lines = await provider.logs(key, LogScope.runtime, deployment_id=None, tail=200)
+    assert any("ConnectionRefusedError: Error 111" in line for line in lines), lines
+    assert any("[inkmcp] exited with code 1" in line and "restarting in" in line for line in lines), lines
+    assert_no_server_paths("\n".join(lines), provider)
+
+
 async def test_a_worker_only_service_that_exits_fails(make_provider, checkouts, project_ids):
-    provider = await make_provider(stability_window=1.0)
+    provider = await make_provider(stability_window=1.0, first_deploy_settle=1.0)
     key = key_for(project_ids(), service="jobs")
     plan = BuildPlan(stack=Stack.none, source="call",
                      processes=(ProcessSpec(name="worker", command=f"exec {PY} worker.py", routed=False),))  # fmt: skip
@@ -312,17 +422,33 @@ async def test_a_window_not_shorter_than_the_health_timeout_is_refused(data_dir)
 
 
 @pytest.mark.slow
-async def test_over_mcp_a_crash_after_the_build_is_reported_with_runtime_logs_and_relative_paths():
-    """What an agent sees end to end: one deploy_app of an app that crashes a second after it listens."""
+async def test_over_mcp_a_crash_at_start_fails_and_a_crash_after_live_shows_failing():
+    """What an agent sees end to end, on first deploys: an app that dies right after it listens fails with its
+    runtime output quoted; one that dies a second later (past the settle) goes live, then list_services shows
+    it failing and get_logs the crash."""
     repos = traversable_tmpdir("inkmcp-live-repos-")
     try:
         repo = git_repo(repos / "crashy", {"app.py": APP, "Procfile": "web: python app.py\n"})
-        with running_server("inkmcp-live-", ("agent",), INKMCP_STABILITY_WINDOW="2") as server:
+        with running_server("inkmcp-live-", ("agent",), INKMCP_STABILITY_WINDOW="3",
+                            INKMCP_FIRST_DEPLOY_SETTLE="0.5") as server:  # fmt: skip
             async with mcp_session(server, server.keys["agent"]) as s:
-                dep = await call(s, "deploy_app", repo_url=str(repo), env_vars={"CRASH_AFTER": "1"})
+                dep = await call(s, "deploy_app", repo_url=str(repo), env_vars={"CRASH_AFTER": "0.05"})
                 while not dep["done"]:
                     dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
                 logs = await call(s, "get_logs", project_name="crashy", scope="runtime")
+
+                later = await call(s, "deploy_app", repo_url=str(repo), project_name="crashy-later",
+                                   env_vars={"CRASH_AFTER": "1.5"})  # fmt: skip
+                while not later["done"]:
+                    later = await call(s, "wait_for_deployment", deployment_id=later["deployment_id"])
+                assert later["status"] == "live", later
+                deadline = time.monotonic() + 15
+                while (svc := (await call(s, "list_services", project_name="crashy-later"))["services"][0])[
+                    "health"
+                ] != "failing":
+                    assert time.monotonic() < deadline, svc
+                    await asyncio.sleep(0.05)
+                later_logs = await call(s, "get_logs", project_name="crashy-later", scope="runtime")
         assert dep["status"] == "failed", dep
         error = dep["error"]
         assert error.startswith("health_check: process 'web' exited with code 1"), error
@@ -332,6 +458,10 @@ async def test_over_mcp_a_crash_after_the_build_is_reported_with_runtime_logs_an
         assert crash and all('File "./app.py"' in line for line in crash), logs
         for shown in (error, "\n".join(logs["lines"])):
             assert str(server.data_dir) not in shown and "/services/" not in shown, shown
+
+        assert svc["state"] == "crashed", svc
+        assert any("ConnectionRefusedError: Error 111" in line for line in later_logs["lines"]), later_logs
+        assert any("[inkmcp] exited with code 1" in line for line in later_logs["lines"]), later_logs
     finally:
         shutil.rmtree(repos, ignore_errors=True)
 

@@ -135,15 +135,21 @@ class LocalComputeProvider:
         max_file_mb: int = DEFAULT_MAX_FILE_BYTES // 2**20,
         max_build_mb: int = 4096,
         stability_window: float | None = None,
+        first_deploy_settle: float | None = None,
     ) -> None:
-        """`stability_window`: seconds every process of a new release must stay up before it goes live
-        (None: INKMCP_STABILITY_WINDOW, `readiness.LiveSettings`)."""
+        """`stability_window`: seconds every process of a new release must stay up before it replaces a
+        serving previous version; `first_deploy_settle`: the same when nothing serves (a first deploy),
+        capped at the window (None: INKMCP_STABILITY_WINDOW, INKMCP_FIRST_DEPLOY_SETTLE, `readiness.LiveSettings`)."""
         self.data_dir = Path(data_dir)
         register_server_paths(self.data_dir, SHOWN_PATHS)
         self.domain = domain.lower().strip(".")
         self.idle_timeout = idle_timeout
         self.health_timeout = health_timeout
-        window = LiveSettings().stability_window if stability_window is None else stability_window
+        if stability_window is None or first_deploy_settle is None:
+            settings = LiveSettings()
+            stability_window = settings.stability_window if stability_window is None else stability_window
+            first_deploy_settle = settings.first_deploy_settle if first_deploy_settle is None else first_deploy_settle
+        window, settle = stability_window, first_deploy_settle
         if not 0 <= window < health_timeout:
             raise InvalidArgument(
                 f"the stability window ({window:g}s) must be at least 0 and shorter than the health timeout "
@@ -151,6 +157,10 @@ class LocalComputeProvider:
                 fix="set INKMCP_STABILITY_WINDOW to a few seconds (default 3), below INKMCP_HEALTH_TIMEOUT",
             )  # fmt: skip
         self.stability_window = window
+        if settle < 0:
+            raise InvalidArgument(f"the first-deploy settle ({settle:g}s) must be at least 0",
+                                  argument="INKMCP_FIRST_DEPLOY_SETTLE", fix="set INKMCP_FIRST_DEPLOY_SETTLE to 1")
+        self.first_deploy_settle = min(settle, window)
         self.build_timeout = build_timeout
         self.tenant_python = tenant_python
         self.stop_grace = stop_grace
@@ -433,6 +443,8 @@ class LocalComputeProvider:
 
         plan = live.meta.plan
         await report(Step.starting, f"starting processes ({note})" if note else "starting processes")
+        # Decided before a fixed port displaces the running version: that one is brought back on failure.
+        protects = _serving(svc)
         port: int | None = None
         displaced = False  # the previous run was stopped to free a fixed port
         if live.meta.routed:
@@ -448,11 +460,16 @@ class LocalComputeProvider:
             except OSError as exc:
                 raise ReleaseFailed(Step.starting, f"could not start the processes: {exc}") from exc
             window = self.stability_window
-            stays = f"every process to stay up {window:g}s"
+            if protects:
+                stays = f"every process to stay up {window:g}s while the previous version keeps serving"
+            else:  # nothing serving to protect: waiting out the window would only delay the URL
+                stays = (f"every process to stay up {self.first_deploy_settle:g}s (no previous version is serving, "
+                         f"so no {window:g}s stability window; a later crash restarts with backoff)")  # fmt: skip
             await report(Step.health_check, f"waiting for port {port} to answer HTTP and {stays}" if port else
                          f"waiting for {stays}")  # fmt: skip
             try:
-                await run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key))
+                await run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key),
+                                    settle=None if protects else self.first_deploy_settle)  # fmt: skip
             except HealthFailed as exc:
                 kept = "the previous version stays live" if svc.live is not None else "nothing went live"
                 built = "The build succeeded: the" if progress is not None else "The"
@@ -848,6 +865,21 @@ class LocalComputeProvider:
         await delete_project_user(project_id, self.data_dir / "homes")
         # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
+
+
+def _serving(svc: _Service) -> bool:
+    """Whether a previous version of `svc` serves now, so a new release must prove itself through the whole
+    stability window before replacing it: its web process runs (workers only: any of them runs), or it sleeps
+    on demand (a request wakes it). Not: no release yet, or one crash-looping, stopped or suspended."""
+    live = svc.live
+    if live is None:
+        return False
+    run = live.run
+    if run is None:
+        return not svc.always_on and svc.route is not None and svc.route.wake is not None
+    if run.routed is not None:
+        return run.routed.alive
+    return any(s.alive for s in run.supervisors)
 
 
 def _process_names(meta: ReleaseMeta) -> list[tuple[str, bool]]:

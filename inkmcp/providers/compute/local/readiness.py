@@ -158,10 +158,18 @@ def _parse(data: bytes, body: int) -> Listener:
 
 
 class LiveSettings(BaseSettings):
+    # --- firstlive: a first deploy (nothing serving to protect) waits a short settle, not the whole window
     """When a deploy (or an env restart) of the local provider counts as live.
 
-    Read from the environment when a provider is made without an explicit `stability_window`
-    (env INKMCP_STABILITY_WINDOW). Wakes of on_demand services never wait for it.
+    Read from the environment when a provider is made without explicit values (env
+    INKMCP_STABILITY_WINDOW, INKMCP_FIRST_DEPLOY_SETTLE). Wakes of on_demand services wait for neither.
+
+    The window protects a previous version that serves: it keeps serving while the new one proves
+    itself, so the wait costs no downtime. With nothing serving (a service's first deploy, or one whose
+    live version is crash-looping or stopped) the wait would protect nothing and only delay the URL, so
+    the release goes live once the web answers and every process has stayed up `first_deploy_settle`.
+    A process that crashes after that is restarted with backoff like any crash of a live service
+    (list_services shows it failing, get_logs the crash).
     """
 
     model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
@@ -171,10 +179,25 @@ class LiveSettings(BaseSettings):
         ge=0,
         le=600,
         description="Seconds every process of a new release (web and workers) must stay up, counted from its "
-        "start, before the release goes live and the previous one stops; a process exiting sooner fails the "
-        "deploy at health_check and the previous version keeps serving. Every deploy waits at least this long; "
-        "0 checks only that the processes run and the web answers HTTP.",
+        "start, before the release replaces a previous version that is serving; a process exiting sooner fails "
+        "the deploy at health_check and the previous version keeps serving. Also how long a web answering 5xx is "
+        "asked again (any deploy). 0 checks only that the processes run and the web answers HTTP.",
     )
+    first_deploy_settle: float = Field(
+        # 1 s: on this 2-core box under load (~3), a worker that imports Flask and then dies on a missing
+        # setting exits 0.6-0.8 s after its start (p50; max 1.3 s), a Node app on a missing module or an
+        # unhandled rejection right after listen 0.2-0.4 s, a Python import error 0.02-0.04 s; gunicorn's
+        # "Worker failed to boot" takes 0.9-1.3 s but never answers HTTP meanwhile, so it fails either way.
+        # A gunicorn + Flask web needs ~0.4-1 s to answer anyway, so the settle rarely adds time to it.
+        default=1.0,
+        ge=0,
+        le=600,
+        description="Seconds every process of a FIRST deploy (no previous version serving) must stay up, counted "
+        "from its start, before it goes live (capped at the stability window): long enough to catch a crash on "
+        "start (import error, missing setting, 'Worker failed to boot'), which fails the deploy at health_check "
+        "with its output. A crash after going live restarts with backoff and shows in list_services and get_logs.",
+    )
+    # --- end
 
 
 PROBE_BODY_BYTES = 32768  # of an error answer read: a framework's debug page puts its exception after its CSS

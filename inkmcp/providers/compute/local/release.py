@@ -103,6 +103,7 @@ class ReleaseRun:
         self.meta = meta
         self.port = port
         self._started = 0.0
+        self._uptime_needed = 0.0  # what the running wait_live asks of every process (for its error)
         self._recent: deque[str] = deque(maxlen=30)
 
         def capture(line: str) -> None:
@@ -161,19 +162,21 @@ class ReleaseRun:
         `worker_grace` seconds. A request is waiting on it, so nothing more (see `wait_live`)."""
         await self._wait_routed(timeout, worker_grace)
 
-    async def wait_live(self, timeout: float, *, window: float, host: str | None) -> None:
-        """What a release (a deploy or an env restart) waits for before it replaces the previous one.
+    async def wait_live(self, timeout: float, *, window: float, host: str | None, settle: float | None = None) -> None:
+        """What a release (a deploy or an env restart) waits for before it goes live.
 
-        Every process (web and workers) must still run `window` seconds after it started, and the
-        routed process must listen on its port and answer `GET /` (Host: `host`) with a status below
-        500 (`readiness.probe_http`). An app answering 5xx is asked again (0.1 s apart, doubling to
-        1 s) until the window ends (it may be warming up), then fails with the status and the start
-        of the body. A process exiting fails it at once (once its last output is read, so the error can
-        quote it); a web that never listens or never answers fails `timeout` seconds after the
-        start. Raises HealthFailed. Restarts stay off throughout: a crash counts instead of being
-        hidden by a restart.
+        Every process (web and workers) must still run `window` seconds after it started (`settle`
+        seconds instead, when given: a first deploy, which has no previous version to protect), and
+        the routed process must listen on its port and answer `GET /` (Host: `host`) with a status
+        below 500 (`readiness.probe_http`). An app answering 5xx is asked again (0.1 s apart, doubling
+        to 1 s) until `window` seconds after the start, settle or not (it may be warming up), then
+        fails with the status and the start of the body. A process exiting fails it at once (once its
+        last output is read, so the error can quote it); a web that never listens or never answers
+        fails `timeout` seconds after the start. Raises HealthFailed. Restarts stay off throughout: a
+        crash counts instead of being hidden by a restart.
         """
         loop = asyncio.get_running_loop()
+        self._uptime_needed = window if settle is None else min(settle, window)
         exits = {asyncio.create_task(s.wait_exit(), name=f"exit-{s.name}"): s for s in self.supervisors}
         try:
             if self.routed is not None:
@@ -183,7 +186,8 @@ class ReleaseRun:
                     if exc.timed_out:
                         raise
                     await self._raise_exited(exits)
-            window_end = self._started + window
+            up_until = self._started + self._uptime_needed  # every process up this long: live
+            patience_end = self._started + window  # 5xx answers asked again until then
             deadline = self._started + timeout
             answered = self.routed is None
             pause = 0.1  # between GETs answered 5xx: doubling, so a failing app logs a handful of errors, not dozens
@@ -198,16 +202,16 @@ class ReleaseRun:
                     answer = probe.result()
                     answered = answer.healthy
                     if not answered:
-                        if loop.time() >= window_end:
+                        if loop.time() >= patience_end:
                             raise HealthFailed(self._bad_answer(answer, window), timed_out=False)
-                        await self._watch(exits, asyncio.create_task(asyncio.sleep(min(pause, window_end - now))))
+                        await self._watch(exits, asyncio.create_task(asyncio.sleep(min(pause, patience_end - now))))
                         pause = min(pause * 2, 1.0)
                     continue
-                if now >= window_end:
+                if now >= up_until:
                     if any(not s.alive for s in self.supervisors):
                         await self._raise_exited(exits)
                     return
-                await self._watch(exits, asyncio.create_task(asyncio.sleep(window_end - now)))  # the window itself
+                await self._watch(exits, asyncio.create_task(asyncio.sleep(up_until - now)))  # the window itself
         finally:
             for task in exits:
                 task.cancel()
@@ -234,7 +238,8 @@ class ReleaseRun:
         uptime = asyncio.get_running_loop().time() - self._started
         raise HealthFailed(
             f"process '{gone.name}' exited with code {gone.last_exit_code} about {uptime:.1f}s after it started; "
-            "every process must keep running through the stability window before a deployment goes live",
+            f"every process must keep running for {self._uptime_needed:g}s after its start before a deployment "
+            "goes live",
             timed_out=False,
         )
 
@@ -247,7 +252,7 @@ class ReleaseRun:
         if answer.status is None:
             return self._no_answer(answer.detail)
         name = self.routed.name if self.routed is not None else STATIC_PROCESS
-        until = f" until the end of the {window:g}s stability window" if window > 0 else ""
+        until = f" for {window:g}s after it started" if window > 0 else ""
         body = f"; the response began: {answer.detail}" if answer.detail else " with an empty body"
         return f"process '{name}' answered GET / with HTTP {answer.status}{until}{body}"
 
