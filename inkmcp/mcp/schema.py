@@ -2,10 +2,15 @@
 
 Agents pay for every character of tools/list in their context window (the budget is 5,000
 characters for the whole list), so generated JSON schemas are compacted: $refs inlined, no auto
-titles or defaults, no `anyOf [X, null]` for optional arguments or fields (null stays only where it means
-something: a map's value, e.g. env_vars' null unsets). No output schemas: the structured result is still
-returned (inkmcp.mcp.tools.structured), and what its fields mean is said once in the tool description.
+titles or defaults, no `anyOf [X, null]` for optional arguments or fields. No output schemas: the structured
+result is still returned (inkmcp.mcp.tools.structured), and what its fields mean is said once in the tool description.
 Unknown arguments are refused with the list of valid ones.
+
+The result stays inside what the strictest clients take: Gemini's function declarations (a subset of OpenAPI 3.0's
+schema object) refuse a list as `type` ("Proto field is not repeating") and an unknown key such as
+`additionalProperties`, and some clients refuse `anyOf`/`oneOf`/`allOf`; one such schema got the whole tool (or the
+whole list) rejected. `input_schema` checks its own output (`strict_subset`), so a new argument that does not fit
+fails when the server is built, not in someone's client.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 # Bounds and `additionalProperties: false` are still enforced (arguments are validated server-side,
 # unknown ones refused with an explained error); they are left out of the schema because every tool
-# would pay for them in every agent's context. `env_vars` keeps its value type (string or null).
+# would pay for them in every agent's context (and `additionalProperties` is refused by Gemini).
 _DROP = {"title", "default", "format", "writeOnly", "$defs", "maximum", "minimum", "exclusiveMinimum",
          "additionalProperties"}
 
@@ -34,7 +39,7 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     return {k: _inline(v, defs) for k, v in schema.items()}
 
 
-def _compact(schema: Any, *, top: bool, map_value: bool = False) -> Any:
+def _compact(schema: Any, *, top: bool) -> Any:
     if isinstance(schema, list):
         return [_compact(s, top=False) for s in schema]
     if not isinstance(schema, dict):
@@ -44,16 +49,10 @@ def _compact(schema: Any, *, top: bool, map_value: bool = False) -> Any:
         rest = [s for s in any_of if s != {"type": "null"}]
         if len(rest) == 1:
             base = {k: v for k, v in schema.items() if k != "anyOf"}
-            inner = dict(rest[0])
-            if map_value and isinstance(inner.get("type"), str):
-                inner["type"] = [inner["type"], "null"]  # a map's null value means something (env_vars: unset)
-            # elsewhere an optional field's null is the same as leaving it out, so the schema does not say it
-            return _compact({**inner, **base}, top=top)
+            # an optional field's null is the same as leaving it out, so the schema does not say it
+            return _compact({**rest[0], **base}, top=top)
     out: dict[str, Any] = {}
     for k, v in schema.items():
-        if k == "additionalProperties" and isinstance(v, dict):
-            out[k] = _compact(v, top=False, map_value=True)  # a map's value type, e.g. env_vars: string or null
-            continue
         if k in _DROP or (k == "description" and not top):
             continue
         if k == "properties" and isinstance(v, dict):
@@ -69,7 +68,29 @@ def input_schema(schema: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "object", "properties": props}
     if inlined.get("required"):
         out["required"] = inlined["required"]
+    problems = strict_subset(out)
+    if problems:
+        raise ValueError(f"input schema outside the strict subset strict clients accept: {'; '.join(problems)}")
     return out
+
+
+_STRICT_KEYS = {"type", "properties", "required", "items", "enum", "description"}
+
+
+def strict_subset(schema: Any, at: str = "") -> list[str]:
+    """Where a schema leaves the subset every client takes: each node one string `type`, and only the keys in
+    _STRICT_KEYS (no type lists, no anyOf/oneOf/allOf/$ref, no additionalProperties). Empty when it fits."""
+    if not isinstance(schema, dict):
+        return [f"{at or '/'}: not an object"]
+    problems = [f"{at or '/'}: {key!r} is not accepted" for key in sorted(set(schema) - _STRICT_KEYS)]
+    kind = schema.get("type")
+    if not isinstance(kind, str):
+        problems.append(f"{at or '/'}: 'type' must be one string, got {kind!r}")
+    for name, sub in (schema.get("properties") or {}).items():
+        problems += strict_subset(sub, f"{at}/{name}")
+    if "items" in schema:
+        problems += strict_subset(schema["items"], f"{at}/items")
+    return problems
 
 
 def output_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -40,7 +40,7 @@ from inkmcp.core.principal import Principal
 from inkmcp.core.types import LogScope, Mode, Resources, ServiceType, Tier
 from inkmcp.core.views import DeploymentView, ServiceView
 from inkmcp.dbbackup.service import BackupList, DatabaseBackupService, RestoreResult  # issue 10 (dbbackup)
-from inkmcp.errors import InkError, scrub_paths
+from inkmcp.errors import InkError, InvalidArgument, scrub_paths
 from inkmcp.mcp.auth import PRINCIPAL_KEY
 from inkmcp.metrics import Metrics
 
@@ -61,6 +61,27 @@ DATABASE_ARG = {"type": "object", "properties": {
     "type": {"type": "array", "items": {"enum": list(get_args(Requested)), "type": "string"}},
     "url": {"type": "string"},
 }}
+
+
+STRICT_MAP = {"type": "object"}
+"""A name -> value map as tools/list shows it. Not `additionalProperties: {"type": ["string", "null"]}`: Gemini's
+function declarations (an OpenAPI 3.0 subset) refuse a list as `type` and do not know `additionalProperties`, and
+some clients refuse `anyOf` too, so a whole tool (or the whole tools/list) was rejected there. The values are strings,
+which the tool description says; unsetting is a list of names (`unset`), not a null value. A null value is still
+accepted (callers from before `unset`), only no longer advertised."""
+
+
+def env_changes(env_vars: dict[str, str | None] | None, unset: list[str] | None) -> dict[str, str | None]:
+    """update_env_vars' two arguments as the one map Platform applies (a name -> None unsets it)."""
+    changes = dict(env_vars or {})
+    both = sorted(name for name in unset or () if changes.get(name) is not None)
+    if both:
+        raise InvalidArgument(f"{', '.join(both)} is both set in env_vars and named in unset.", argument="unset",
+                              fix="name a variable in env_vars (to set it) or in unset (to remove it), not both")
+    if not changes and not unset:
+        raise InvalidArgument("nothing to change.", argument="env_vars",
+                              fix='pass env_vars={"NAME": "value"} to set, or unset=["NAME"] to remove')
+    return {**changes, **dict.fromkeys(unset or ())}
 
 
 class Services(BaseModel):
@@ -152,8 +173,8 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         static_dir: str | None = None,
         app_dir: str | None = None,
         resources: Resources | None = None,
-        # values as update_env_vars shows them (string, null unsets); here just "object": a wrong value's error says
-        env_vars: Annotated[dict[str, str | None] | None, WithJsonSchema({"type": "object"})] = None,
+        # as update_env_vars shows it (STRICT_MAP): string values; a wrong value's error says what to pass
+        env_vars: Annotated[dict[str, str | None] | None, WithJsonSchema(STRICT_MAP)] = None,
         database: Annotated[DatabaseRequest | None, WithJsonSchema(DATABASE_ARG),
                             Field(description="sets DATABASE_URL, PG* / REDIS_URL")] = None,
         # --- issue 11 (github): push-to-deploy switch (GitHub repos; default on)
@@ -202,11 +223,14 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
     async def update_env_vars(
         ctx: Context,
         project_name: Project,
-        env_vars: dict[str, str | None],
+        # shown as a plain "object" (see STRICT_MAP); a null value still unsets, as before `unset` existed
+        env_vars: Annotated[dict[str, str | None] | None, WithJsonSchema(STRICT_MAP)] = None,
+        unset: list[str] | None = None,
         service_name: str | None = None,
     ) -> EnvUpdate:
-        """Set env vars (null unsets); restarts live services."""
-        return await platform.update_env_vars(principal(ctx), project_name, env_vars, service_name)
+        """Set env vars (string values), unset names; restarts live services."""
+        return await platform.update_env_vars(principal(ctx), project_name, env_changes(env_vars, unset),
+                                              service_name)
 
     @tool(READ, "List env vars")
     async def list_env_vars(ctx: Context, project_name: Project, service_name: str | None = None,

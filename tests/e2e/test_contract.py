@@ -61,6 +61,26 @@ HINTS = {
 }
 
 
+STRICT_KEYS = {"type", "properties", "required", "items", "enum", "description"}
+
+
+def strict_client_refuses(schema: Any, at: str = "") -> list[str]:
+    """What in an input schema a strict client refuses, written here independently of inkmcp.mcp.schema: Gemini's
+    function declarations (an OpenAPI 3.0 subset) take one string `type` per node and refuse unknown keys such as
+    `additionalProperties` ("Unknown name ...") or a type list ("Proto field is not repeating"); anyOf/oneOf/allOf
+    are refused by others."""
+    if not isinstance(schema, dict):
+        return [f"{at}: {schema!r}"]
+    out = [f"{at}/{key}" for key in set(schema) - STRICT_KEYS]
+    if not isinstance(schema.get("type"), str):
+        out.append(f"{at}: type {schema.get('type')!r}")
+    for name, sub in schema.get("properties", {}).items():
+        out += strict_client_refuses(sub, f"{at}/{name}")
+    if "items" in schema:
+        out += strict_client_refuses(schema["items"], f"{at}/items")
+    return out
+
+
 def sizes_table(tools: list[dict[str, Any]]) -> str:
     """Each tool's share of tools/list (its compact JSON), biggest first: who grew, when the budget fails."""
     sizes = {t["name"]: len(json.dumps(t, separators=(",", ":"))) for t in tools}
@@ -100,8 +120,14 @@ async def test_tools_list_is_annotated_self_explanatory_and_strict(server: Serve
             assert t.output_schema is None, t.name
         assert by_name["deploy_app"].input_schema["required"] == ["repo_url"]
         assert by_name["restore_database_backup"].input_schema["required"] == ["project_name", "backup_id", "confirm"]
-        assert by_name["update_env_vars"].input_schema["properties"]["env_vars"]["additionalProperties"] == {
-            "type": ["string", "null"]}
+        # every schema inside the subset the strictest clients take (Gemini's function declarations refuse a list as
+        # `type` and `additionalProperties`; some clients refuse anyOf): env_vars' values were ["string", "null"]
+        for t in tools:
+            assert strict_client_refuses(t.input_schema) == [], (t.name, t.input_schema)
+        assert by_name["update_env_vars"].input_schema["properties"]["env_vars"] == {"type": "object"}
+        assert by_name["update_env_vars"].input_schema["properties"]["unset"] == {
+            "type": "array", "items": {"type": "string"}}
+        assert by_name["update_env_vars"].input_schema["required"] == ["project_name"]
         # deploy_app's database shows the list form of `type` only, and no tier (provision_database has it): both
         # are still understood, as the README and the server's instructions show them (refused here on the tier
         # value alone, before anything is made)
@@ -217,6 +243,27 @@ async def test_env_payload_limits(server: ServerProc) -> None:
         assert "reserved" in msg
         r = await call(s, "update_env_vars", project_name="envlimits", env_vars={"A": "1", "B": None})
         assert r["set"] == ["A"] and r["unset"] == [] and r["restarted"] == []
+
+
+async def test_env_unset_by_name(server: ServerProc) -> None:
+    """`unset` (a list of names) removes variables; a null value in env_vars still does (callers from before `unset`,
+    no longer advertised); a name both set and unset, or a call that changes nothing, is refused with what to pass."""
+    async with mcp_session(server, server.keys["alice"]) as s:
+        await call(s, "ensure_project", name="envunset")
+        r = await call(s, "update_env_vars", project_name="envunset", env_vars={"A": "1", "B": "2", "C": "3"})
+        assert r["set"] == ["A", "B", "C"], r
+        r = await call(s, "update_env_vars", project_name="envunset", env_vars={"D": "4"}, unset=["A"])
+        assert r["set"] == ["D"] and r["unset"] == ["A"], r
+        r = await call(s, "update_env_vars", project_name="envunset", env_vars={"B": None})
+        assert r["unset"] == ["B"], r
+        assert sorted((await call(s, "list_env_vars", project_name="envunset"))["env"]) == ["C", "D"]
+        msg = await call_error(s, "update_env_vars", project_name="envunset", env_vars={"C": "x"}, unset=["C"])
+        assert "Argument 'unset'" in msg and "C is both set" in msg and "not both" in msg, msg
+        msg = await call_error(s, "update_env_vars", project_name="envunset")
+        assert "nothing to change" in msg and 'unset=["NAME"]' in msg, msg
+        msg = await call_error(s, "update_env_vars", project_name="envunset", unset=["1BAD"])
+        assert "not a valid environment variable name" in msg, msg
+        assert sorted((await call(s, "list_env_vars", project_name="envunset"))["env"]) == ["C", "D"]
 
 
 async def test_metrics_and_audit(server: ServerProc) -> None:
