@@ -564,6 +564,11 @@ class CoolifyHarness(Harness):
             return
         kind, op = scenario.split(":")
         method, path = self.ROUTES[op]
+        # --- overhead: a first release no longer lists the deployments of applications it just created (nothing
+        # can be in them); the list is read when an attempt is retried after its /deploy, so fail one /deploy too
+        if scenario == "unavailable:list_deployments":
+            self.standin.fail_next(*self.ROUTES["deploy"], status=500)
+        # --- end overhead
         if kind == "unavailable":  # a 500: not retried by the client even for idempotent calls
             self.standin.fail_next(method, path, status=500)
         else:  # the call takes effect, the answer is lost; enough times to outlast the client's own retries

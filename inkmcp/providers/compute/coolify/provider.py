@@ -497,7 +497,8 @@ class CoolifyComputeProvider:
                                               f"{', '.join(group)}")
             for name in group:
                 if name not in started:
-                    started[name] = await self._start_deployment(apps[name], name, request.commit, dep_ref, record)
+                    started[name] = await self._start_deployment(apps[name], name, request.commit, dep_ref, record,
+                                                                 fresh=name in fresh)
                     await record(RefScope.deployment, dep_ref)
                     self._crash("after_record_deployment")
             final.update(await self._wait({n: started[n] for n in group}, progress))
@@ -677,13 +678,22 @@ class CoolifyComputeProvider:
                            record: Record, created: set[str] | None = None) -> dict[str, str]:  # fmt: skip
         """One application per process. Names are deterministic, so one created by an attempt whose answer was
         lost (or that died before recording it) is found by name, not created twice. `created` gets the processes
-        whose application this call created (Coolify answered the create: nothing else can be in it yet)."""
+        whose application this call created (Coolify answered the create: nothing else can be in it yet).
+
+        The list is read only when an earlier attempt's write-ahead mark (`pending["app:<process>"]`) says it
+        sent a create whose outcome was not recorded: the mark is durable before the create is sent (`_create`,
+        the batch flushed before every write request), it is dropped in the same write that records the uuid,
+        the name is the service's id, and releases of one service run one at a time (core's `_wait_turn`); so
+        without a mark no InkMCP attempt ever asked Coolify for this application, and the list (one request of
+        the 200 a minute, and the team's whole application list to decode) would find nothing."""
         apps: dict[str, str] = dict(service_ref.get("apps") or {})
         missing = [name for name in specs if name not in apps]
         if not missing:
             return apps
-        existing = await self._call("listing applications", self.client.list_applications())
         pending: dict[str, float] = service_ref.setdefault("pending", {})
+        existing: list[m.Application] = []
+        if any(f"app:{name}" in pending for name in missing):
+            existing = await self._call("listing applications", self.client.list_applications())
 
         async def save() -> None:
             await record(RefScope.service, service_ref)
@@ -780,7 +790,9 @@ class CoolifyComputeProvider:
         return None if result.skipped else result.deployment_uuid
 
     async def _start_deployment(self, app: str, process: str, commit: str, dep_ref: dict[str, Any],
-                                record: Record) -> str:  # fmt: skip
+                                record: Record, *, fresh: bool = False) -> str:  # fmt: skip
+        """`fresh`: this attempt created `app` (Coolify answered the create), so it has no deployment yet and the
+        anchor is None without asking (one request less per process of a first deploy)."""
         intent = dep_ref.setdefault("intent", {})
         pending: dict[str, float] = dep_ref.setdefault("pending", {})
 
@@ -788,7 +800,7 @@ class CoolifyComputeProvider:
             await record(RefScope.deployment, dep_ref)
 
         if process not in intent:  # write-ahead: the newest deployment before we asked
-            intent[process] = await self._newest(app, process)
+            intent[process] = None if fresh else await self._newest(app, process)
             await record(RefScope.deployment, dep_ref)
         else:  # an earlier attempt got this far: its /deploy may have taken effect (one request saved otherwise)
             found = await self._newer(app, process, intent[process], commit)
