@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -59,7 +60,7 @@ from inkmcp.core.envvars import EnvService, validate_env_payload
 from inkmcp.core.leases import Lease, LeaseConfig, LeaseLost, Leases, hold_ref_switch, lock_service
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
-from inkmcp.core.projects import Prechecked, ProjectService
+from inkmcp.core.projects import Prechecked, ProjectService, _refuse_more_builds
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
 from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
 from inkmcp.metrics import Metrics
@@ -167,6 +168,32 @@ _REUSABLE_SQL = text("""
     ) d ON true
     WHERE s.id = :service
 """)
+_REUSE_OR_LOCK_SQL = text("""
+    SELECT s.live_deployment_id, d.id, d.status, a.id, a.max_concurrent_builds
+    FROM services s JOIN projects p ON p.id = s.project_id JOIN accounts a ON a.id = p.account_id
+    LEFT JOIN LATERAL (
+        SELECT id, status FROM deployments WHERE service_id = s.id AND config_hash = :hash
+        ORDER BY created_at DESC LIMIT 1
+    ) d ON true
+    WHERE s.id = :service
+    FOR NO KEY UPDATE OF a
+""")
+"""_REUSABLE_SQL and the account row lock of `ProjectService.check_build_quota` (FOR NO KEY UPDATE, core.limits:
+why not FOR UPDATE) in one statement, run after the service's advisory lock (so the read sees every deployment of
+the service committed before). The count of the account's builds cannot join it: in READ COMMITTED a count in the
+statement that waited for the row lock would not see a concurrent insert; it runs in the next statement."""
+
+
+def _reusable_of(live: uuid.UUID | None, dep_id: uuid.UUID | None, status: str | None) -> uuid.UUID | None:
+    if dep_id is None:
+        return None
+    if status == "live" and dep_id == live:
+        return dep_id
+    if status not in TERMINAL:
+        return dep_id  # the same deployment is already on its way
+    return None
+
+
 _OLDER_SQL = """
     SELECT o.id, o.claimed_by, (o.claimed_by IS NULL OR o.lease_until IS NULL OR o.lease_until < now()) AS abandoned
     FROM deployments d JOIN deployments o ON o.service_id = d.service_id
@@ -720,14 +747,8 @@ class DeployService:
         """A deployment of the same commit, settings and env that is live or on its way (keyed hash: the MAC
         key is shared by every replica, so a repeat on another replica finds it too)."""
         row = (await s.execute(_REUSABLE_SQL, {"service": service_id, "hash": config_hash})).first()
-        if row is None or row[1] is None:
-            return None
-        live, dep_id, status = row
-        if status == "live" and dep_id == live:
-            return dep_id
-        if status not in TERMINAL:
-            return dep_id  # the same deployment is already on its way
-        return None
+        return None if row is None else _reusable_of(*row)
+
 
     async def _create_deployment(
         self,
@@ -758,14 +779,28 @@ class DeployService:
         deployment claimed by this replica in the same transaction, and its lease."""
         dep_id = uuid.uuid4()
         claim, lease = self._leases.new_claim(dep_id)
+        # Three statements (were five): the service's advisory lock; the reusable deployment and the account row
+        # lock (_REUSE_OR_LOCK_SQL); the account's builds in progress counted in the statement that writes the
+        # service's type and mode, the deployment (claimed) and its first event. The count's snapshot is taken
+        # after the account lock was granted, so it sees every deployment a concurrent call committed under that
+        # lock; over the limit, the transaction is rolled back (nothing of the statement stays).
         async with self._sessions.begin() as s:
             await lock_service(s, service_id)
+            found = (await s.execute(_REUSE_OR_LOCK_SQL, {"service": service_id, "hash": config_hash})).first()
+            if found is None:
+                raise NotFound("the account no longer exists.", argument="account",
+                               fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
+            live, reuse_id, reuse_status, account_id, own_limit = found
             if reuse:
-                found = await self._reusable_in(s, service_id, config_hash)
-                if found is not None:
-                    return found, None
-            await self._projects.check_build_quota(s, service_id)  # account row lock: count and insert together
-            # the service's type and mode, the deployment (claimed) and its first event: one statement
+                reusable = _reusable_of(live, reuse_id, reuse_status)
+                if reusable is not None:
+                    return reusable, None
+            max_builds = own_limit if own_limit is not None else self._projects.limits.max_concurrent_builds
+            running = (
+                select(func.count().label("n")).select_from(Deployment)
+                .join(Service, Deployment.service_id == Service.id).join(Project, Service.project_id == Project.id)
+                .where(Project.account_id == account_id, Deployment.status.not_in(list(TERMINAL))).cte("running")
+            )  # fmt: skip
             kind = (
                 update(Service).where(Service.id == service_id)
                 .values(service_type=service_type.value, mode=mode.value).returning(Service.id).cte("kind")
@@ -776,13 +811,16 @@ class DeployService:
                         config_hash=config_hash, plan=plan.model_dump(mode="json"), **claim)
                 .returning(Deployment.id).cte("dep")
             )  # fmt: skip
-            await s.execute(
+            builds = (await s.execute(
                 insert(DeploymentEvent)
                 .from_select(["deployment_id", "status", "detail"],
                              select(row.c.id, literal(Step.queued.value),
                                     literal(detail or _queued_detail(commit))))
-                .add_cte(kind)
-            )  # fmt: skip
+                .add_cte(kind).add_cte(running)
+                .returning(select(running.c.n).scalar_subquery())
+            )).scalar_one()  # fmt: skip
+            # raises LimitReached (ProjectService's message): the rollback takes the statement's rows back
+            _refuse_more_builds(SimpleNamespace(max_concurrent_builds=max_builds), builds)  # type: ignore[arg-type]
         return dep_id, lease
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
