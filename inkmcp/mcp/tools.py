@@ -267,17 +267,19 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         return await platform.delete_project(p, project_name, confirm, delete_database)
 
     # --- issue 10 (dbbackup): tenant database backups (inkmcp/dbbackup/service.py, reached as
-    # platform.database_backups, which app.py sets). Listing and dumping are one tool (issue 13: tools/list budget);
-    # the restore stays a tool of its own, so its destructive hint never covers a plain listing.
+    # platform.database_backups, which app.py sets). Listing and dumping are one tool (issue 13: tools/list budget).
+    # Its hint is destructive: create=true runs the retention, which deletes the oldest manual dumps beyond
+    # INKMCP_DB_BACKUP_KEEP (files and rows). A hint says what a tool may do, so the listing shares it; a split into a
+    # read-only list tool and a destructive create tool would be exact but costs ~250 characters of tools/list.
     def db_backups() -> DatabaseBackupService:
         if platform.database_backups is None:
             raise ToolError("Database backups are not enabled on this server; ask the operator.")
         return platform.database_backups
 
-    @tool(ToolAnnotations(destructive_hint=False), "Database backups")
+    @tool(ToolAnnotations(destructive_hint=True), "Database backups")
     async def database_backups(ctx: Context, project_name: Project, create: bool = False,
                                limit: Annotated[int, Field(ge=1, le=50)] = 10) -> BackupList:
-        """List Postgres backups; create=true makes one."""
+        """List Postgres backups; create=true makes one, deleting the oldest past the kept count."""
         return await db_backups().backups(principal(ctx), project_name, create=create, limit=limit,
                                           on_progress=await progress_sink(ctx) if create else None)
 

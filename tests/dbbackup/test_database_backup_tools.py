@@ -73,9 +73,10 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
     async with mcp_session(server, server.keys["alice"]) as s:
         tools = {t.name: t for t in (await s.list_tools()).tools}
         assert tools["restore_database_backup"].annotations.destructive_hint is True
-        # listing and dumping are one tool (issue 13: the tools/list budget): it writes (a dump), never destroys
+        # listing and dumping are one tool (issue 13: the tools/list budget); create=true runs the retention, which
+        # deletes old dumps (shown at the end), so the hint says destructive
         backups_hints = tools["database_backups"].annotations
-        assert backups_hints.destructive_hint is False and not backups_hints.read_only_hint
+        assert backups_hints.destructive_hint is True and not backups_hints.read_only_hint
 
         dep = await call(s, "deploy_app", repo_url=str(repo), project_name="dbb-shop", mode="persistent",
                          start_command="python app.py", database={"type": "postgres"})
@@ -161,6 +162,15 @@ async def _scenario(server: ServerProc, repo: Path) -> None:
                                                                     project_name="dbb-shop", limit=50))["backups"]):
             assert time.monotonic() < deadline, "no scheduled dump within 30 s"
             await asyncio.sleep(0.2)
+        # why database_backups is annotated destructive: with 2 kept per kind, two more create=true calls delete the
+        # first manual dump (its row and its file)
+        [first_file] = (server.data_dir / "backups" / "databases").glob(f"*/{uuid.UUID(backup_id).hex}.dump")
+        for _ in range(2):
+            await call(s, "database_backups", project_name="dbb-shop", create=True)
+        manual = [b["id"] for b in (await call(s, "database_backups", project_name="dbb-shop", limit=50))["backups"]
+                  if b["kind"] == "manual"]
+        assert len(manual) == 2 and backup_id not in manual, manual
+        assert not first_file.exists()
 
     # the dumps: 0700 directories, 0600 files, owned by the server's user; a tenant's Unix user cannot read them
     root = server.data_dir / "backups" / "databases"

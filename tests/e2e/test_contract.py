@@ -56,7 +56,7 @@ HINTS = {
     "get_database_credentials": (True, None, None),
     "get_usage": (True, None, None),
     "delete": (False, True, True),
-    "database_backups": (False, False, False),
+    "database_backups": (False, True, False),  # create=true deletes the oldest dumps past the kept count
     "restore_database_backup": (False, True, True),
 }
 
