@@ -8,14 +8,6 @@ set -euo pipefail
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "Missing system packages for the benchmarks: ${need[*]} (install them with apt-get as root)" >&2
-  exit 1
-fi
-echo "Installing system packages for the benchmarks: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq "${need[@]}" >/dev/null
+# shellcheck source-path=SCRIPTDIR source=apt-install-missing.sh
+. "$(dirname "$0")/apt-install-missing.sh"
+apt_install_missing --recommends --announce "${need[@]}"

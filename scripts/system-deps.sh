@@ -19,20 +19,13 @@ command -v redis-server >/dev/null || need+=(redis-server)
 # A C compiler and static libc: the local provider's exec wrapper (inkmcp-spawn) is compiled at install.
 { command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "Missing system packages: ${need[*]} (install them with apt-get as root)" >&2
-  exit 1
-fi
-echo "Installing system packages: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq "${need[@]}" >/dev/null
-# Debian's package also enables and starts its own nginx (the default site on port 80). InkMCP runs a private
-# instance of the binary and needs none of that, so the service this script just installed is stopped and
-# disabled; an nginx that was installed before is never touched (nginx is in `need` only when it was missing).
+# shellcheck source-path=SCRIPTDIR source=apt-install-missing.sh
+. "$(dirname "$0")/apt-install-missing.sh"
+apt_install_missing --recommends --announce "${need[@]}"
+# Debian's package also enables its own nginx (the default site on port 80; apt_install_missing keeps it from
+# starting now). InkMCP runs a private instance of the binary and needs none of that, so the service this script
+# just installed is disabled (and stopped, should it run); an nginx that was installed before is never touched
+# (nginx is in `need` only when it was missing).
 if [[ " ${need[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   systemctl disable --now nginx.service >/dev/null 2>&1 || true
 fi
