@@ -7,6 +7,8 @@ Hetzner token, the Coolify token and the operator key are read from INKMCP_DR_* 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,13 +27,49 @@ dr_app = typer.Typer(no_args_is_help=True, help="Disaster recovery of the factor
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-BoxHost = Annotated[str | None, typer.Option("--box-host", help="Storage Box host [INKMCP_DR_BOX_HOST]")]
-BoxUser = Annotated[str | None, typer.Option("--box-user", help="Storage Box user [INKMCP_DR_BOX_USER]")]
-BoxPort = Annotated[int | None, typer.Option("--box-port", help="SSH port of the box (23) [INKMCP_DR_BOX_PORT]")]
-BoxKey = Annotated[Path | None, typer.Option("--box-key", help="private key for the box [INKMCP_DR_BOX_KEY]")]
-KnownHosts = Annotated[Path | None, typer.Option("--box-known-hosts", help="known_hosts for the box")]
+# Options more than one command takes, each defined once (name, help, default). A None default means "not given":
+# _settings then falls back to the INKMCP_DR_* variable or DrSettings' default.
 BoxId = Annotated[int | None, typer.Option("--box-id", help="Storage Box ID (Hetzner API) [INKMCP_DR_BOX_ID]")]
+BOX_OPTIONS: dict[str, Any] = {
+    "box_host": Annotated[str | None, typer.Option("--box-host", help="Storage Box host [INKMCP_DR_BOX_HOST]")],
+    "box_user": Annotated[str | None, typer.Option("--box-user", help="Storage Box user [INKMCP_DR_BOX_USER]")],
+    "box_port": Annotated[int | None, typer.Option("--box-port", help="SSH port of the box (23) [INKMCP_DR_BOX_PORT]")],
+    "box_key": Annotated[Path | None, typer.Option("--box-key", help="private key for the box [INKMCP_DR_BOX_KEY]")],
+    "box_known_hosts": Annotated[Path | None, typer.Option("--box-known-hosts", help="known_hosts for the box")],
+}
 CoolifyDir = Annotated[Path | None, typer.Option("--coolify-dir", help="Coolify's data dir (/data/coolify)")]
+CoolifyVersion = Annotated[str | None, typer.Option(
+    help="Coolify's installed version (default: the tag of `docker inspect coolify`)")]
+Database = Annotated[str | None, typer.Option(help="database the dumps were taken of (their name prefix)")]
+NoSnapshots = Annotated[bool, typer.Option("--no-snapshots", help="search only the box's live directory")]
+At = Annotated[str | None, typer.Option(help="use the latest one made at or before this time (ISO 8601)")]
+Box = dict[str, Any]
+"""The Storage Box options of a command decorated with @storage_box, by DrSettings field name."""
+
+
+def storage_box(*, box_id: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the Storage Box options (BOX_OPTIONS, and --box-id for the commands that use the Hetzner API),
+    after its own, and hand them to it as one `box` dict.
+
+    Typer reads a command's parameters from its signature, so the wrapper shows a signature with the options in
+    place of `box`: defined once instead of repeated on (and passed on by) every command that reaches the box."""
+    options = BOX_OPTIONS | ({"box_id": BoxId} if box_id else {})
+
+    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in sig.parameters.items() if name != "box"]
+        params = own + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+                        for name, kind in options.items()]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            fn(box={name: kwargs.pop(name) for name in options}, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return command
+
+    return deco
 
 
 def _settings(**overrides: Any) -> DrSettings:
@@ -77,18 +115,16 @@ def keygen() -> None:
 
 
 @dr_app.command("backup-coolify")
+@storage_box()
 def backup_coolify_cmd(
-    box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
-    box_known_hosts: KnownHosts = None, coolify_dir: CoolifyDir = None,
-    coolify_version: Annotated[str | None, typer.Option(help="default: the tag of `docker inspect coolify`")] = None,
+    box: Box, coolify_dir: CoolifyDir = None, coolify_version: CoolifyVersion = None,
     no_db_backup: Annotated[bool, typer.Option("--no-db-backup", help="leave out Coolify's newest database backup")]
     = False,
 ) -> None:
     """On the master: APP_KEY (source/.env) and ssh/keys, encrypted with the operator key, to the Storage Box."""
     from inkmcp.dr.coolify import backup_coolify, detect_version
 
-    s = _settings(box_host=box_host, box_user=box_user, box_port=box_port, box_key=box_key,
-                  box_known_hosts=box_known_hosts, coolify_dir=coolify_dir)
+    s = _settings(**box, coolify_dir=coolify_dir)
     key = _operator_key()
     with _steps("backing up Coolify's secrets") as progress:
         version = coolify_version or detect_version()
@@ -98,18 +134,12 @@ def backup_coolify_cmd(
 
 
 @dr_app.command("list-dumps")
-def list_dumps_cmd(
-    database: Annotated[str | None, typer.Option(help="database the dumps were taken of (their name prefix)")]
-    = None,
-    no_snapshots: Annotated[bool, typer.Option("--no-snapshots", help="only the box's live directory")] = False,
-    box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
-    box_known_hosts: KnownHosts = None, box_id: BoxId = None,
-) -> None:
+@storage_box(box_id=True)
+def list_dumps_cmd(box: Box, database: Database = None, no_snapshots: NoSnapshots = False) -> None:
     """The control-plane dumps on the Storage Box, live and in its snapshots, oldest first (what --at chooses from)."""
     from inkmcp.dr.postgres import list_dumps
 
-    s = _settings(box_host=box_host, box_user=box_user, box_port=box_port, box_key=box_key,
-                  box_known_hosts=box_known_hosts, box_id=box_id, database=database)
+    s = _settings(**box, database=database)
     with _steps("listing dumps") as progress:
         dumps = list_dumps(s, snapshots=not no_snapshots, progress=progress)
     t = Table("taken at (UTC)", "dump", "bytes", "source")
@@ -119,29 +149,25 @@ def list_dumps_cmd(
 
 
 @dr_app.command("restore-postgres")
+@storage_box(box_id=True)
 def restore_postgres_cmd(
-    at: Annotated[str | None, typer.Option(help="restore the latest dump taken at or before this time (ISO 8601)")]
-    = None,
+    box: Box,
+    at: At = None,
     dump: Annotated[str | None, typer.Option(help="restore this dump file name instead of choosing by --at")] = None,
     work_dir: Annotated[Path, typer.Option(help="where the dump is copied to")]
     = Path("/var/lib/postgresql/inkmcp-restore"),
     run_as: Annotated[str | None, typer.Option(help="OS user running pg_restore/psql (default: postgres when root)")]
     = None,
-    database: Annotated[str | None, typer.Option(help="database the dumps were taken of (their name prefix)")]
-    = None,
+    database: Database = None,
     into: Annotated[str | None, typer.Option(help="empty database to restore into (default: --database)")] = None,
     pg_bin: Annotated[Path | None, typer.Option(help="directory of pg_restore/psql")] = None,
-    no_snapshots: Annotated[bool, typer.Option("--no-snapshots", help="search only the box's live directory")]
-    = False,
-    box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
-    box_known_hosts: KnownHosts = None, box_id: BoxId = None,
+    no_snapshots: NoSnapshots = False,
 ) -> None:
     """On a fresh Postgres host: the control-plane database from the Storage Box (live dumps, then snapshots)."""
     from inkmcp.dr.dumps import parse_at
     from inkmcp.dr.postgres import restore_postgres
 
-    s = _settings(box_host=box_host, box_user=box_user, box_port=box_port, box_key=box_key,
-                  box_known_hosts=box_known_hosts, box_id=box_id, database=database, pg_bin=pg_bin)
+    s = _settings(**box, database=database, pg_bin=pg_bin)
     user = run_as if run_as is not None else ("postgres" if os.geteuid() == 0 else None)
     with _steps("restoring the control-plane database") as progress:
         when = parse_at(at)
@@ -154,29 +180,27 @@ def restore_postgres_cmd(
 
 
 @dr_app.command("restore-coolify")
+@storage_box()
 def restore_coolify_cmd(
+    box: Box,
     dump: Annotated[Path | None, typer.Option(help="Coolify's own pg_dump (custom format); default: the one in "
                                                    "the bundle")] = None,
     bundle: Annotated[Path | None, typer.Option(help="a secrets bundle file (default: from the box by --at)")]
     = None,
-    at: Annotated[str | None, typer.Option(help="use the latest bundle made at or before this time")] = None,
-    coolify_version: Annotated[str | None, typer.Option(help="this install's version (default: docker inspect)")]
-    = None,
+    at: At = None,
+    coolify_version: CoolifyVersion = None,
     db_exec: Annotated[str | None, typer.Option(help="command prefix reaching Coolify's database")] = None,
     pg_bin: Annotated[Path | None, typer.Option(help="directory of pg_restore/psql (inside --db-exec)")] = None,
     authorized_keys: Annotated[Path, typer.Option(help="root's authorized_keys on this host")]
     = Path("/root/.ssh/authorized_keys"),
     work_dir: Annotated[Path, typer.Option(help="where the bundle is copied to")] = Path("/root/inkmcp-dr"),
     coolify_dir: CoolifyDir = None,
-    box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
-    box_known_hosts: KnownHosts = None,
 ) -> None:
     """On a fresh master (same Coolify version): restore its database, APP_PREVIOUS_KEYS and SSH keys."""
     from inkmcp.dr.coolify import CoolifyDb, detect_version, fetch_bundle, parse_exec, restore_coolify
     from inkmcp.dr.dumps import parse_at
 
-    s = _settings(box_host=box_host, box_user=box_user, box_port=box_port, box_key=box_key,
-                  box_known_hosts=box_known_hosts, coolify_dir=coolify_dir)
+    s = _settings(**box, coolify_dir=coolify_dir)
     key = _operator_key()
     with _steps("restoring Coolify") as progress:
         version = coolify_version or detect_version()
@@ -228,17 +252,16 @@ def revalidate_servers_cmd(
 
 
 @dr_app.command("backup-registry")
+@storage_box(box_id=True)
 def backup_registry_cmd(
+    box: Box,
     storage: Annotated[Path | None, typer.Option(help="registry storage directory (/var/lib/registry)")] = None,
     no_snapshot: Annotated[bool, typer.Option("--no-snapshot", help="copy only, no Storage Box snapshot")] = False,
-    box_host: BoxHost = None, box_user: BoxUser = None, box_port: BoxPort = None, box_key: BoxKey = None,
-    box_known_hosts: KnownHosts = None, box_id: BoxId = None,
 ) -> None:
     """On the registry host: copy its storage to the Storage Box and snapshot the box (Volumes have no snapshots)."""
     from inkmcp.dr.registry import backup_registry
 
-    s = _settings(box_host=box_host, box_user=box_user, box_port=box_port, box_key=box_key,
-                  box_known_hosts=box_known_hosts, box_id=box_id, registry_storage=storage)
+    s = _settings(**box, registry_storage=storage)
     with _steps("backing up the registry") as progress:
         r = backup_registry(s, snapshot=not no_snapshot, progress=progress)
     out.print(f"{r.files} file(s), {r.bytes} bytes on the box"
