@@ -13,10 +13,9 @@ import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import SecretStr, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import SecretStr
 
 from inkmcp.build.source import SourcePolicy
 from inkmcp.core.accounts import AccountService
@@ -28,7 +27,7 @@ from inkmcp.core.leases import ReplicaSettings
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
-from inkmcp.errors import InkError, register_server_paths
+from inkmcp.errors import InkError, register_server_paths, settings_from_env
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.base import DatabaseProvider
@@ -42,7 +41,6 @@ from inkmcp.store.embedded import EmbeddedPostgres
 from inkmcp.store.tenant_server import check_tenant_server
 
 log = logging.getLogger("inkmcp")
-S = TypeVar("S", bound=BaseSettings)
 
 
 def _stable_port(path: Path) -> int:
@@ -141,7 +139,8 @@ def _database_providers(
         coolify_db = build_coolify_database_provider(
             client, sessions=sessions, placement=coolify.placement,
             build_server_uuid=coolify.settings.build_server_uuid,
-            settings=_provider_settings(CoolifyDatabaseSettings, "INKMCP_COOLIFY_DB_"))
+            settings=settings_from_env(CoolifyDatabaseSettings, "INKMCP_COOLIFY_DB_",
+                                       "inkmcp/providers/database/coolify.py"))
         stack.push_async_callback(coolify_db.close)
     return choose_default(own, neon=neon, coolify=coolify_db, choice=settings.database_provider)
 
@@ -160,8 +159,8 @@ async def _compute(
         from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
         from inkmcp.providers.compute.coolify.settings import CoolifySettings
 
-        coolify = _provider_settings(CoolifySettings, "INKMCP_COOLIFY_")
-        placement = _provider_settings(PlacementSettings, "INKMCP_PLACEMENT_")
+        coolify = settings_from_env(CoolifySettings, "INKMCP_COOLIFY_", "inkmcp/providers/compute/coolify/settings.py")
+        placement = settings_from_env(PlacementSettings, "INKMCP_PLACEMENT_", "inkmcp/placement/settings.py")
         budget = DbBudget.from_url(control_url, key=budget_key(coolify.token.get_secret_value()))
         stack.push_async_callback(budget.aclose)
         provider = CoolifyComputeProvider.from_settings(coolify, data / "coolify", budget=budget)
@@ -192,24 +191,12 @@ def _redis_provider(stack: AsyncExitStack, data: Path, compute: str) -> RedisPro
     """The Redis add-on: the operator's shared server (INKMCP_REDIS_URL), else one redis-server per project under
     the data dir, which only apps on this machine can reach: with Coolify compute (apps on other servers) the
     add-on is offered only with INKMCP_REDIS_URL, and `database={"type":"redis"}` says so otherwise."""
-    settings = _provider_settings(RedisSettings, "INKMCP_REDIS_")
+    settings = settings_from_env(RedisSettings, "INKMCP_REDIS_", "inkmcp/providers/database/redis.py")
     if settings.url is None and compute != "local":
         return None
     redis = build_redis_provider(data / "redis", settings)
     stack.push_async_callback(redis.close)  # stops the instances this process started
     return redis
-
-
-def _provider_settings(cls: type[S], prefix: str) -> S:
-    """A provider's own settings class, read from the environment; a bad or missing value is an InkError
-    naming the variable (as the main settings' errors do)."""
-    try:
-        return cls()
-    except ValidationError as e:
-        problem = e.errors()[0]
-        name = prefix + "_".join(str(x) for x in problem["loc"]).upper()
-        raise InkError(f"invalid configuration {name}: {problem['msg']}", argument=name,
-                       fix=f"set {name} (see `{cls.__module__}` for what it takes)") from None
 
 
 # --- issue 11 (github)
@@ -357,13 +344,15 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         if compute.name == "coolify":
             from inkmcp.core.reconcile import ReconcileSettings, start_periodic
 
-            start_periodic(stack, sessions, compute, _provider_settings(ReconcileSettings, "INKMCP_RECONCILE_"))
+            start_periodic(stack, sessions, compute, settings_from_env(ReconcileSettings, "INKMCP_RECONCILE_",
+                                                                       "inkmcp/core/reconcile.py"))
         # --- end reconciler
         # --- issue 10 (backup): scheduled backup sets (INKMCP_BACKUP_DIR / _INTERVAL_S / _KEEP), in /metrics
         from inkmcp.backup.schedule import start_scheduled
         from inkmcp.backup.settings import BackupSettings
 
-        start_scheduled(stack, settings, metrics, _provider_settings(BackupSettings, "INKMCP_BACKUP_"))
+        start_scheduled(stack, settings, metrics, settings_from_env(BackupSettings, "INKMCP_BACKUP_",
+                                                                     "inkmcp/backup/settings.py"))
         # --- end issue 10
     return Runtime(settings=settings, store=store, platform=platform, metrics=metrics, compute=compute, box=box,
                    _stack=stack)

@@ -33,14 +33,25 @@ def test_refused_unless_coolify_is_on_loopback(url: str) -> None:
         CoolifySettings(url=url, token=TOKEN, dev_local_repos=True)
 
 
-def test_the_composition_root_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from inkmcp.app import _provider_settings
+async def test_the_composition_root_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """app.py reads CoolifySettings through inkmcp.errors.settings_from_env (the one reader of a settings class from
+    the environment; app.py had a near-twin of it): the error names the variable and says what it takes."""
+    from contextlib import AsyncExitStack
+
+    from inkmcp.app import _compute
+    from inkmcp.settings import Settings
 
     monkeypatch.setenv("INKMCP_COOLIFY_URL", "https://coolify.example.com")
     monkeypatch.setenv("INKMCP_COOLIFY_TOKEN", TOKEN)
     monkeypatch.setenv("INKMCP_COOLIFY_DEV_LOCAL_REPOS", "1")
-    with pytest.raises(InkError, match="INKMCP_COOLIFY_DEV_LOCAL_REPOS"):
-        _provider_settings(CoolifySettings, "INKMCP_COOLIFY_")
+    settings = Settings(data_dir=tmp_path, compute="coolify")
+    async with AsyncExitStack() as stack:
+        with pytest.raises(InkError) as caught:
+            await _compute(stack, settings, tmp_path, None, "postgresql://unused")  # type: ignore[arg-type]
+    assert caught.value.argument == "INKMCP_COOLIFY_DEV_LOCAL_REPOS"
+    assert "loopback" in caught.value.message
+    assert caught.value.fix is not None and caught.value.fix.startswith(
+        "set INKMCP_COOLIFY_DEV_LOCAL_REPOS to development and tests only")  # the field's own description
 
 
 async def test_production_refuses_local_paths(tmp_path: Path) -> None:
