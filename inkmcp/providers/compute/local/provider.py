@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import SecretStr
 
 from inkmcp.build import static_output
@@ -52,7 +53,14 @@ from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFaile
 from inkmcp.providers.compute.local.readiness import LiveSettings
 from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
 from inkmcp.providers.compute.local.spawn import prepare as prepare_spawn
-from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, ProcState, reap_stale, run_once
+from inkmcp.providers.compute.local.supervisor import (
+    Backoff,
+    ProcessConfig,
+    ProcState,
+    Supervisor,
+    reap_stale,
+    run_once,
+)
 from inkmcp.providers.compute.local.tenant_env import tenant_env
 from inkmcp.providers.compute.local.users import (
     delete_project_user,
@@ -477,7 +485,9 @@ class LocalComputeProvider:
                     Step.health_check, _tail_text(f"{exc.reason}; {kept}. {built} cause is in the app's runtime "
                                                   f"output ({RUNTIME_LOGS})", run.recent)
                 ) from None
-            await report(Step.switching, "switching traffic")
+            answered = f"the web answered {run.answered_after:.2f}s after its start; " if run.answered_after else ""
+            await report(Step.switching, f"switching traffic ({answered}every process up "
+                         f"{window if protects else self.first_deploy_settle:g}s)")  # fmt: skip
             async with svc.run_lock:
                 if svc.removed:
                     raise ReleaseFailed(Step.switching, "the service was removed during the release")
@@ -802,15 +812,22 @@ class LocalComputeProvider:
                          for name, routed in _process_names(live.meta)]  # fmt: skip
             return ServiceRuntime(state=state, processes=processes, detail=detail, **common)
         down_states = (ProcState.backoff, ProcState.exited)
+        # A process restarted after a crash that has not stayed up through the window yet counts as crashed
+        # too: a crash loop would otherwise show `running` (health ok) for most of each short life.
+        flapping = {s.name: up for s in run.supervisors if (up := _restarted_uptime(s, self.stability_window))}
         processes = [
             ProcessRuntime(name=s.name, routed=s is run.routed, restarts=s.restarts,
-                           state=RuntimeState.crashed if s.state in down_states else RuntimeState.running)
+                           state=RuntimeState.crashed if s.state in down_states or s.name in flapping
+                           else RuntimeState.running)
             for s in run.supervisors
         ]  # fmt: skip
         if any(p.state == RuntimeState.crashed for p in processes):
-            down = [f"{s.name} exited with code {s.exit_code}" for s in run.supervisors if not s.alive]
+            down = [f"{s.name} exited with code {s.exit_code}; restarting with backoff"
+                    for s in run.supervisors if not s.alive]  # fmt: skip
+            down += [f"{s.name} crashed and was restarted (restarts: {s.restarts}), up only {flapping[s.name]:.1f}s "
+                     "since" for s in run.supervisors if s.name in flapping]  # fmt: skip
             return ServiceRuntime(state=RuntimeState.crashed, restarts=run.restarts, processes=processes,
-                                  detail=f"{detail}: {'; '.join(down)}; restarting with backoff", **common)  # fmt: skip
+                                  detail=f"{detail}: {'; '.join(down)}", **common)  # fmt: skip
         return ServiceRuntime(state=RuntimeState.running, restarts=run.restarts, processes=processes,
                               detail=f"{detail}, pids {run.pids}", **common)  # fmt: skip
 
@@ -880,6 +897,19 @@ def _serving(svc: _Service) -> bool:
     if run.routed is not None:
         return run.routed.alive
     return any(s.alive for s in run.supervisors)
+
+
+def _restarted_uptime(sup: Supervisor, window: float) -> float | None:
+    """Seconds the current instance of `sup` has been up, if it was restarted after a crash and is younger than
+    `window` (at least 1 s); else None."""
+    pid = sup.pid
+    if sup.restarts == 0 or pid is None or pid <= 0 or not sup.alive:
+        return None
+    try:
+        up = time.time() - psutil.Process(pid).create_time()  # our own unreaped child: its pid is not reused
+    except psutil.Error:
+        return None
+    return max(up, 0.01) if up < max(window, 1.0) else None
 
 
 def _process_names(meta: ReleaseMeta) -> list[tuple[str, bool]]:

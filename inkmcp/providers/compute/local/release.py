@@ -104,6 +104,7 @@ class ReleaseRun:
         self.port = port
         self._started = 0.0
         self._uptime_needed = 0.0  # what the running wait_live asks of every process (for its error)
+        self.answered_after: float | None = None  # seconds from the start to the web's first answer below 500
         self._recent: deque[str] = deque(maxlen=30)
 
         def capture(line: str) -> None:
@@ -201,6 +202,8 @@ class ReleaseRun:
                     await self._watch(exits, probe)
                     answer = probe.result()
                     answered = answer.healthy
+                    if answered:
+                        self.answered_after = loop.time() - self._started
                     if not answered:
                         if loop.time() >= patience_end:
                             raise HealthFailed(self._bad_answer(answer, window), timed_out=False)
