@@ -27,6 +27,7 @@ stays on loopback; the installers reach PyPI. Must run as root (the whole-path d
     .venv/bin/python benchmarks/build_speed.py                # 5 rounds
     .venv/bin/python benchmarks/build_speed.py --rounds 3 --only build
     .venv/bin/python benchmarks/build_speed.py --rounds 3 --only deploy --steps   # + where each deploy's time goes
+    .venv/bin/python benchmarks/build_speed.py --rounds 3 --only deploy --settle 3   # first deploys wait the window
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ async def run(args: argparse.Namespace) -> int:
                 "venv+pip cold": lambda r: bench.baseline_build("venv", warm=False),
             }
         if args.only in ("all", "deploy"):
-            server = make_server("inkmcp-buildspeed-srv-", INKMCP_HEALTH_TIMEOUT="120", **product_window())
+            settle = {"INKMCP_FIRST_DEPLOY_SETTLE": str(args.settle)} if args.settle is not None else {}
+            server = make_server("inkmcp-buildspeed-srv-", INKMCP_HEALTH_TIMEOUT="120", **product_window(), **settle)
             server.create_key("bench")
             server.start()
             repo = git_repo(work / "repos" / "flaskapp", APP)
@@ -277,7 +279,7 @@ async def run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print_table(results, args.rounds)
     if args.json:  # p50 per variant, for benchmarks/summary.py
-        args.json.write_text(json.dumps({"rounds": args.rounds, "load_average": os.getloadavg(),
+        args.json.write_text(json.dumps({"rounds": args.rounds, "load_average": os.getloadavg(), "settle": args.settle,
                                          "p50_s": {k: statistics.median(v) for k, v in results.items()}}, indent=2))
     return 0
 
@@ -304,6 +306,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("all", "build", "deploy"), default="all")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (venvs, caches) for inspection")
     parser.add_argument("--json", type=Path, help="also write each variant's p50 to this file")
+    parser.add_argument("--settle", type=float, help="INKMCP_FIRST_DEPLOY_SETTLE for the server (default: the "
+                        "product's); 3 (= the window) reproduces first deploys before issue 12 item 3")
     parser.add_argument("--steps", action="store_true",
                         help="print each InkMCP deploy's progress messages with their time since the call")
     args = parser.parse_args()
