@@ -74,6 +74,7 @@ class Billing:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await self.enforcer.close()  # --- billcore: its remote pass runs in a task of its own
+            await self.stripe.aclose()  # the kept Stripe client's connections
 
         stack.push_async_callback(stop)
 

@@ -130,6 +130,10 @@ class Stripe:
     def __init__(self, settings: StripeSettings, ledger: Ledger) -> None:
         self.settings = settings
         self.ledger = ledger
+        # the library's client, built at the first "Add credits" and reused (see _stripe_client)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = asyncio.Lock()
+        self._built: tuple[stripe.HTTPXClient, stripe.StripeClient] | None = None
         if settings.api_key is not None or settings.webhook_secret is not None:
             # the library takes ~40 ms to import: at start, when Stripe is configured, rather than on the event loop
             # at the first webhook; never, when it is not (every `inkmcp serve` builds this object)
@@ -161,7 +165,7 @@ class Stripe:
         }
         import stripe
 
-        http, client = await asyncio.to_thread(self._client, s.api_key.get_secret_value())
+        client = await self._stripe_client(s.api_key)
         try:
             session = await client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
         except stripe.APIConnectionError:
@@ -174,8 +178,6 @@ class Stripe:
         except stripe.StripeError as e:
             raise ProviderError(f"Stripe refused the Checkout Session ({e.http_status}: {e.user_message}).",
                                 fix="check INKMCP_STRIPE_API_KEY and INKMCP_STRIPE_CURRENCY") from None
-        finally:
-            await http.close_async()
         url = str(session.get("url") or "")
         parts = urlsplit(url)
         if f"{parts.scheme}://{parts.netloc}".lower() not in s.checkout_origins:
@@ -185,10 +187,29 @@ class Stripe:
                                 fix="check INKMCP_STRIPE_API_BASE")
         return url
 
+    async def _stripe_client(self, api_key: SecretStr) -> stripe.StripeClient:
+        """The library's client for these settings, built once (it was built, and its CA bundle loaded, per "Add
+        credits": ~12 ms of CPU each) and reused, with its kept-alive connection to Stripe. Bound to the event loop
+        it was first used on (httpx's connection pool is): a use from another loop (tests run one loop a test) builds
+        a new one. The lock keeps concurrent first clicks from building two."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._lock, self._built = loop, asyncio.Lock(), None
+        async with self._lock:
+            if self._built is None:
+                self._built = await asyncio.to_thread(self._client, api_key.get_secret_value())
+        return self._built[1]
+
+    async def aclose(self) -> None:
+        """Close the kept connections (when the runtime closes; a later "Add credits" would build a new client)."""
+        built, self._built = self._built, None
+        if built is not None and self._loop is asyncio.get_running_loop():
+            await built[0].close_async()
+
     def _client(self, api_key: str) -> tuple[stripe.HTTPXClient, stripe.StripeClient]:
-        """Built in a worker thread, because both steps block: the httpx client loads Stripe's CA bundle (~12 ms each
-        time), and the first one imports the library's lazily loaded modules (~0.6 s; measured on the event loop as
-        a 0.54 s stall before this moved here). The request itself then runs on the loop (`create_async`)."""
+        """Built in a worker thread, because both steps block: the httpx client loads Stripe's CA bundle (~12 ms),
+        and the first one imports the library's lazily loaded modules (~0.6 s; measured on the event loop as a
+        0.54 s stall before this moved here). The request itself then runs on the loop (`create_async`)."""
         import stripe
 
         http = stripe.HTTPXClient(timeout=self.settings.timeout_s)  # async only: a sync call would raise, not block

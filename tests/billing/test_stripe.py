@@ -180,6 +180,36 @@ async def test_checkout_through_the_library_is_async_retried_once_and_never_logs
     assert len(standin.sessions) == before + 1  # none of the refusals made a session
 
 
+@pytest.mark.asyncio
+async def test_the_library_client_is_built_once_and_reused(
+        world: World, make_ledger: object, standin: StripeStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was built (the CA bundle loaded: ~12 ms of CPU) for every "Add credits" and closed after it. Now one per
+    Stripe object (the app's, settings-bound): concurrent first clicks build one, later ones reuse it, aclose closes
+    its connections (the runtime calls it at shutdown)."""
+    _, name = await world.account()
+    ledger: Ledger = make_ledger()  # type: ignore[operator]
+    client = Stripe(StripeSettings(api_key=KEY, webhook_secret=SECRET, api_base=standin.base), ledger)
+    built: list[tuple[object, object]] = []
+    real = Stripe._client
+
+    def counting(self: Stripe, api_key: str) -> tuple[object, object]:
+        built.append(real(self, api_key))
+        return built[-1]
+
+    monkeypatch.setattr(Stripe, "_client", counting)
+    urls = await asyncio.gather(*(client.create_checkout_session(name, 500 + i, success_url="https://x/ok",
+                                                                 cancel_url="https://x/no") for i in range(3)))
+    urls.append(await client.create_checkout_session(name, 600, success_url="https://x/ok", cancel_url="https://x/no"))
+    assert len(built) == 1 and len(set(urls)) == 4 and len(standin.sessions) == 4
+    http = built[0][0]
+    assert not http._client_async.is_closed  # type: ignore[attr-defined]
+    await client.aclose()
+    assert http._client_async.is_closed  # type: ignore[attr-defined]
+    await client.create_checkout_session(name, 700, success_url="https://x/ok", cancel_url="https://x/no")
+    assert len(built) == 2  # after a close, the next click builds a new one
+    await client.aclose()
+
+
 def test_checkout_origins_are_stripes_or_the_stand_ins() -> None:
     assert StripeSettings().checkout_origins == {"https://checkout.stripe.com"}
     assert StripeSettings(api_base="http://127.0.0.1:4242/").checkout_origins == {
