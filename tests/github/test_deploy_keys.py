@@ -191,6 +191,29 @@ async def test_a_retry_after_a_crash_at_each_step_adds_no_second_key(world: dict
         assert (await s.execute(select(GitHubDeployKey).where(GitHubDeployKey.service_id == service))).first() is None
 
 
+async def test_coolify_s_key_list_is_read_only_while_no_uuid_is_recorded(world: dict[str, Any]) -> None:
+    """`CoolifyKeyRegistry.find` lists every private key of the Coolify team (the operator's server keys too): the API
+    has no lookup by name, and `GET /security/keys/{uuid}` needs the uuid. So it runs only while InkMCP has no uuid
+    recorded (a first registration, or the retry after a crash before the record); with one recorded, the deploys
+    and the removal use it and never list."""
+    keys: DeployKeys = world["keys"]
+    standin: CoolifyStandin = world["standin"]
+    name = world["repo"].full_name.lower()
+
+    def listings() -> int:
+        return standin.request_count(method="GET", path="/security/keys")
+
+    before = listings()
+    source = await keys.ensure(world["service"], world["account"], name, world["user"].token, "p/web")
+    assert listings() == before + 1  # nothing recorded yet: the one lookup by name (a crashed attempt's key?)
+    for _ in range(2):
+        assert await keys.ensure(world["service"], world["account"], name, world["user"].token, "p/web") == source
+    await keys.remove(world["service"])
+    assert listings() == before + 1
+    assert standin.request_count(method="DELETE", path=f"/security/keys/{source.private_key_uuid}") == 1
+    assert coolify_keys(standin, world["service"]) == []
+
+
 async def test_concurrent_first_deploys_make_one_key_on_each_side(world: dict[str, Any]) -> None:
     keys: DeployKeys = world["keys"]
     name = world["repo"].full_name.lower()

@@ -49,6 +49,10 @@ class CoolifyKeyRegistry:
         self.in_use_timeout = in_use_timeout
 
     async def find(self, name: str) -> str | None:
+        """The uuid of the key named `name`. Coolify has no lookup by name (`GET /security/keys/{uuid}` needs the
+        uuid, and the list takes no filter), so this reads the team's whole list, the operator's server keys
+        included (never logged, kept only as uuid and name). DeployKeys calls it only while no uuid is recorded:
+        a first registration, or the retry after a crash between Coolify's answer and the record."""
         self.provider._check("GET", "/security/keys")
         try:
             r = await self.provider.client.request("GET", "/security/keys")
