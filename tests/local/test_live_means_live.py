@@ -282,6 +282,49 @@ async def test_a_redeploy_waits_the_whole_window_while_the_old_version_serves(ma
     assert sorted(p.name for p in (await provider.runtime(key)).processes) == ["web", "worker"]
 
 
+async def test_a_redeploy_over_a_crash_looping_version_waits_only_the_settle(make_provider, checkouts, project_ids):
+    """A live version that crash-loops serves nothing worth protecting: its fix goes live after the settle."""
+    window = 2.5
+    provider = await make_provider(stability_window=window, first_deploy_settle=0.3)
+    key = key_for(project_ids())
+    # Crashes 0.8 s after its first start, and at once on every restart (a marker file in its own directory).
+    looping = ('import os, sys\nif os.path.exists("crashed-once"):\n    sys.exit("still broken")\n'
+               'open("crashed-once", "w").close()\n' + APP)  # fmt: skip
+    await provider.release(request_for(key, checkouts({"app.py": looping}), web_plan(),
+                                       env={"MESSAGE": "v1", "CRASH_AFTER": "0.8"}), Events(), no_record)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while (runtime := await provider.runtime(key)).restarts < 1 or runtime.state != RuntimeState.crashed:
+        assert time.monotonic() < deadline, runtime
+        await asyncio.sleep(0.05)
+
+    events = TimedEvents()
+    await provider.release(request_for(key, checkouts({"app.py": APP}), web_plan(), env={"MESSAGE": "v2"}), events,
+                           no_record)  # fmt: skip
+    assert "no previous version is serving" in events.detail[Step.health_check], events.detail
+    checked = events.at[Step.switching] - events.at[Step.starting]
+    assert checked < window - 0.5, f"the fix went live {checked:.2f}s after its start"
+    assert (await get(provider, key)).text == "v2"
+
+
+async def test_a_redeploy_of_a_sleeping_on_demand_service_waits_the_whole_window(make_provider, checkouts, project_ids):
+    """Asleep is still serving (a request wakes it), so the new version proves itself through the window."""
+    window = 1.2
+    provider = await make_provider(stability_window=window, first_deploy_settle=0.2, idle_timeout=0.3)
+    key = key_for(project_ids())
+    await provider.release(request_for(key, checkouts({"app.py": APP}), web_plan(), mode=Mode.on_demand,
+                                       env={"MESSAGE": "v1"}), Events(), no_record)  # fmt: skip
+    deadline = time.monotonic() + 15
+    while (await provider.runtime(key)).state != RuntimeState.sleeping:
+        assert time.monotonic() < deadline, "never went to sleep"
+        await asyncio.sleep(0.05)
+    events = TimedEvents()
+    await provider.release(request_for(key, checkouts({"app.py": APP}), web_plan(), mode=Mode.on_demand,
+                                       env={"MESSAGE": "v2"}), events, no_record)  # fmt: skip
+    assert "while the previous version keeps serving" in events.detail[Step.health_check], events.detail
+    assert events.at[Step.switching] - events.at[Step.starting] >= window
+    assert (await get(provider, key)).text == "v2"
+
+
 async def test_a_first_deploy_whose_web_dies_at_start_fails_with_its_output(make_provider, checkouts, project_ids):
     """The common crash on start (an import error) fails a first deploy at health_check, quoting it."""
     provider = await make_provider(stability_window=3.0, first_deploy_settle=1.0)

@@ -452,7 +452,7 @@ class LocalComputeProvider:
         plan = live.meta.plan
         await report(Step.starting, f"starting processes ({note})" if note else "starting processes")
         # Decided before a fixed port displaces the running version: that one is brought back on failure.
-        protects = _serving(svc)
+        protects = _serving(svc, self.stability_window)
         port: int | None = None
         displaced = False  # the previous run was stopped to free a fixed port
         if live.meta.routed:
@@ -884,19 +884,24 @@ class LocalComputeProvider:
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
 
 
-def _serving(svc: _Service) -> bool:
+def _serving(svc: _Service, window: float) -> bool:
     """Whether a previous version of `svc` serves now, so a new release must prove itself through the whole
     stability window before replacing it: its web process runs (workers only: any of them runs), or it sleeps
-    on demand (a request wakes it). Not: no release yet, or one crash-looping, stopped or suspended."""
+    on demand (a request wakes it). Not: no release yet, or one stopped, suspended or crash-looping (down, or
+    restarted and not yet up through the window: what `runtime` reports as crashed)."""
     live = svc.live
     if live is None:
         return False
     run = live.run
     if run is None:
         return not svc.always_on and svc.route is not None and svc.route.wake is not None
+
+    def up(sup: Supervisor) -> bool:
+        return sup.alive and _restarted_uptime(sup, window) is None
+
     if run.routed is not None:
-        return run.routed.alive
-    return any(s.alive for s in run.supervisors)
+        return up(run.routed)
+    return any(up(s) for s in run.supervisors)
 
 
 def _restarted_uptime(sup: Supervisor, window: float) -> float | None:
