@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from pydantic import SecretStr
 
 from inkmcp.build import static_output
@@ -485,7 +484,8 @@ class LocalComputeProvider:
                     Step.health_check, _tail_text(f"{exc.reason}; {kept}. {built} cause is in the app's runtime "
                                                   f"output ({RUNTIME_LOGS})", run.recent)
                 ) from None
-            answered = f"the web answered {run.answered_after:.2f}s after its start; " if run.answered_after else ""
+            after = run.answered_after
+            answered = f"the web answered {after:.2f}s after its start; " if after is not None else ""
             await report(Step.switching, f"switching traffic ({answered}every process up "
                          f"{window if protects else self.first_deploy_settle:g}s)")  # fmt: skip
             async with svc.run_lock:
@@ -910,11 +910,22 @@ def _restarted_uptime(sup: Supervisor, window: float) -> float | None:
     pid = sup.pid
     if sup.restarts == 0 or pid is None or pid <= 0 or not sup.alive:
         return None
+    up = _process_age(pid)  # our own unreaped child: its pid is not reused
+    return max(up, 0.01) if up is not None and up < max(window, 1.0) else None
+
+
+def _process_age(pid: int) -> float | None:
+    """Seconds since `pid` started, to the clock tick (psutil's create_time is wall-clock from a boot time
+    rounded to the second, too coarse against a window of a few seconds)."""
     try:
-        up = time.time() - psutil.Process(pid).create_time()  # our own unreaped child: its pid is not reused
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the name may hold spaces
+    except (OSError, ValueError, IndexError):
         return None
-    return max(up, 0.01) if up < max(window, 1.0) else None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _process_names(meta: ReleaseMeta) -> list[tuple[str, bool]]:
