@@ -2,7 +2,8 @@
 
 1. Overhead per deploy: N sequential first deploys (web + worker, one new service each) through DeployService /
    Platform.deploy_app wired as `inkmcp serve` wires it for Coolify (`CoolifyComputeProvider.from_settings` with
-   CoolifySettings' production poll schedule, the shared DbBudget on the control-plane Postgres). The stand-in runs
+   CoolifySettings' production poll schedule, the shared DbBudget on the control-plane Postgres, placement with its
+   reservations in the control plane and the node list cached as configured by default). The stand-in runs
    in a process of its own (benchmarks/standin_process.py: its clocks at 0, every request and answer checked
    against Coolify's spec), so none of its work shares this process's GIL.
    Per deploy, **InkMCP's overhead** = wall time from the `deploy_app` call until the pipeline recorded `live`
@@ -15,7 +16,8 @@
    uvicorn's parsing in the stand-in's process), JSON decoding and pydantic models of the answers, the database,
    git, and any poll sleep (InkMCP waiting before it looks at a build again) are all InkMCP's. For comparison the
    table also gives the time inside httpx's `AsyncClient.request` ("HTTP as InkMCP saw it") and end to end minus
-   that (the definition used before the stand-in had its own process). `--steps` times each step of deploy_app
+   that (the definition used before the stand-in had its own process), and the CPU time of InkMCP's process
+   per deploy, which a busy machine inflates less than wall time. `--steps` times each step of deploy_app
    and of the pipeline (wall, and the HTTP inside it), for a per-step table of two versions side by side.
    Also per deploy: InkMCP's child processes (git by subcommand), control-plane transactions, autocommit statements
    and connection checkouts, and the request budget's database round trips (`--origins` splits the transactions by
@@ -71,6 +73,10 @@ from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
 from inkmcp.metrics import Metrics
+from inkmcp.placement.adapter import CoolifyPlacement
+from inkmcp.placement.coolify_nodes import CoolifyNodeSource
+from inkmcp.placement.records import PlacementService
+from inkmcp.placement.settings import NodeCapacity, PlacementSettings
 from inkmcp.providers.compute.coolify import provider as provider_module
 from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
 from inkmcp.providers.compute.coolify.settings import CoolifySettings
@@ -350,6 +356,10 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
     settings = CoolifySettings(url=standin.url, token=SecretStr(token), dev_local_repos=True, use_build_server=False)
     budget = make_budget(token, db_url, settings=BudgetSettings(limit=10_000_000))
     compute = CoolifyComputeProvider.from_settings(settings, root / "compute", budget=budget)
+    # placement as `inkmcp serve` wires it (app._compute): reservations in the control plane, the node list cached
+    placement = PlacementSettings(default_node=NodeCapacity(memory_mb=10_000_000, cpus=1000))
+    compute.place = CoolifyPlacement(PlacementService(sessions, CoolifyNodeSource(compute.client, placement),
+                                                      placement.policy()))
     http, sleeps = Timed(), Timed()
     compute.client._http.request = http.wrap(compute.client._http.request)  # type: ignore[method-assign]
     counted = Counted(origins=origins)
@@ -412,15 +422,16 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             before = standin.count()
             if profiler is not None:
                 profiler.enable()
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             await deploy(DeployRequest(repo_url=str(r), project_name=f"bench-{i}", env_vars={"MESSAGE": str(i)}))
-            total = time.perf_counter() - t
+            total, cpu = time.perf_counter() - t, time.process_time() - cpu
             if profiler is not None:
                 profiler.disable()
             steps.take()
             seen = standin.requests_since(before, token)  # after the timed window: the admin route is not timed
             samples.append({"total": total, "http": http.take(), "sleep": sleeps.take(),
-                            "asgi": sum(r.asgi for r in seen), "accept": accepted[-1], "requests": len(seen)})
+                            "asgi": sum(r.asgi for r in seen), "accept": accepted[-1], "requests": len(seen),
+                            "cpu": cpu})
             work.append(counted.take())
             trips = getattr(budget, "round_trips", 0)
             work[-1]["request budget round trips"] = trips - budget_trips
@@ -439,6 +450,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                 [s["total"] - s["asgi"] for s in samples],
             "overhead without HTTP transport (end to end - HTTP as InkMCP saw it)":
                 [s["total"] - s["http"] for s in samples],
+            "CPU time of InkMCP's process (all threads; not git, not PostgreSQL)": [s["cpu"] for s in samples],
         }
         for name, vals in rows.items():
             print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 90) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")

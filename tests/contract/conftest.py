@@ -573,7 +573,11 @@ class CoolifyHarness(Harness):
             self.standin.fail_next(method, path, status=500)
         else:  # the call takes effect, the answer is lost; enough times to outlast the client's own retries
             idempotent = method in ("GET", "DELETE") or op == "set_envs"  # what the client repeats by itself
-            self.standin.drop_next(method, path, times=self.RETRY.attempts if idempotent else 1, after=True)
+            # --- overhead: the processes' env updates go side by side, so the lost answers must outlast the
+            # retries of both (web + worker), else the two share them and each gets through
+            times = self.RETRY.attempts * (2 if op == "set_envs" else 1) if idempotent else 1
+            # --- end overhead
+            self.standin.drop_next(method, path, times=times, after=True)
 
     ABILITY = {"deploy": "deploy"}
 

@@ -30,6 +30,8 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
                        "live_config": {process: the release's PATCH body without git_repository},
                        "live_labels": {process: custom labels (on_demand)},
                        "set_fields": {process: optional fields InkMCP set, to clear when a release drops them},
+                       "create_answered_error": true while an application create answered with an error may
+                       have made it all the same (look by name before creating again),
                        "live": deployment id,
                        "live_commit", "live_deployments": {process: Coolify deployment uuid}, "url",
                        "dns_records", "env_revision", "env_change": {"revision", "after": {process: uuid|None},
@@ -199,20 +201,24 @@ class _RefBatch:
     def __init__(self, record: Record) -> None:
         self._record = record
         self._dirty: dict[RefScope, Any] = {}
+        self._writing = asyncio.Lock()
+        """Steps of several processes run side by side (`_together`): a flush waits for one in flight, so a
+        request never goes out while a ref recorded before it is still being written by another step's flush."""
 
     async def __call__(self, scope: RefScope, ref: Any) -> None:
         self._dirty[RefScope(scope)] = ref
 
     async def flush(self) -> None:
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, {}
-        many = getattr(self._record, "many", None)
-        if many is not None:
-            await many(dirty)
-            return
-        for scope, ref in dirty.items():
-            await self._record(scope, ref)
+        async with self._writing:
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, {}
+            many = getattr(self._record, "many", None)
+            if many is not None:
+                await many(dirty)
+                return
+            for scope, ref in dirty.items():
+                await self._record(scope, ref)
 
     async def flush_with_step(self, progress: ProgressCallback, step: Step, detail: str) -> None:
         """The kept refs and a progress step: one statement where core's `record` records steps with refs
@@ -222,8 +228,28 @@ class _RefBatch:
             await progress(step, detail)
             await self.flush()
             return
-        dirty, self._dirty = self._dirty, {}
-        await many(dirty, (step, detail))
+        async with self._writing:
+            dirty, self._dirty = self._dirty, {}
+            await many(dirty, (step, detail))
+
+
+async def _together(*calls: Awaitable[Any]) -> list[Any]:
+    """Independent steps of a release's processes (configuring their applications, reading their deployments),
+    run at once: the wait is one process's requests instead of every process's in turn. The first failure
+    (a crash included) cancels the others and is raised as itself, as the steps in turn would have raised it; a
+    cancelled request is one whose outcome is unknown, which every such step already survives (absolute values,
+    or a read)."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]  # type: ignore[arg-type]
+    except BaseExceptionGroup as failed:
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
 
 
 _BATCH: contextvars.ContextVar[_RefBatch | None] = contextvars.ContextVar("inkmcp_coolify_ref_batch", default=None)
@@ -477,7 +503,7 @@ class CoolifyComputeProvider:
                 announced = True
         if announced:
             await record(RefScope.service, service_ref)
-        for name, s in specs.items():  # configure: absolute values, safe to repeat on every attempt
+        async def configure(name: str, s: AppSpec) -> None:  # absolute values, safe to repeat on every attempt
             app = apps[name]
             await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
             labels = mapping.labels_plain(s)
@@ -486,6 +512,10 @@ class CoolifyComputeProvider:
                 await self._call(f"labelling {name}", self.client.update_application(
                     app, m.ApplicationUpdate(custom_labels=labels)))
             await self._set_env(app, name, env_bodies[name], current.pop(name, None))
+
+        # the processes' applications are configured side by side (each one's requests stay in order): a web +
+        # worker release waits for two rounds of requests here instead of four
+        await _together(*(configure(name, s) for name, s in specs.items()))
 
         final: dict[str, m.Deployment] = {}
         groups = _deploy_groups(processes)
@@ -680,19 +710,20 @@ class CoolifyComputeProvider:
         lost (or that died before recording it) is found by name, not created twice. `created` gets the processes
         whose application this call created (Coolify answered the create: nothing else can be in it yet).
 
-        The list is read only when an earlier attempt's write-ahead mark (`pending["app:<process>"]`) says it
-        sent a create whose outcome was not recorded: the mark is durable before the create is sent (`_create`,
-        the batch flushed before every write request), it is dropped in the same write that records the uuid,
-        the name is the service's id, and releases of one service run one at a time (core's `_wait_turn`); so
-        without a mark no InkMCP attempt ever asked Coolify for this application, and the list (one request of
-        the 200 a minute, and the team's whole application list to decode) would find nothing."""
+        The list is read only when an earlier attempt sent a create whose result was not recorded: its write-ahead
+        mark (`pending["app:<process>"]`, durable before the create is sent: `_create`, the batch flushed before
+        every write request; dropped in the same write that records the uuid) or, when Coolify answered it with
+        an error, `create_answered_error` (a 500 may come after the insert). The name is the service's id and
+        releases of one service run one at a time (core's `_wait_turn`): without either, no InkMCP attempt ever
+        asked Coolify for these applications, and the list (one request of the 200 a minute, and the team's whole
+        application list to decode) would find nothing."""
         apps: dict[str, str] = dict(service_ref.get("apps") or {})
         missing = [name for name in specs if name not in apps]
         if not missing:
             return apps
         pending: dict[str, float] = service_ref.setdefault("pending", {})
         existing: list[m.Application] = []
-        if any(f"app:{name}" in pending for name in missing):
+        if service_ref.get("create_answered_error") or any(f"app:{name}" in pending for name in missing):
             existing = await self._call("listing applications", self.client.list_applications())
 
         async def save() -> None:
@@ -710,7 +741,8 @@ class CoolifyComputeProvider:
                 if call is None:
                     self._check("POST", "/applications/public", body)
                     call = self.client.create_public_application(m.PublicApplicationCreate(**body))
-                answer = await self._create(f"creating the application of {name}", call, pending, f"app:{name}", save)
+                answer = await self._create(f"creating the application of {name}", call, pending, f"app:{name}", save,
+                                            service_ref)
                 uuid = answer.uuid
                 if created is not None:
                     created.add(name)
@@ -721,13 +753,17 @@ class CoolifyComputeProvider:
             apps[name] = uuid
             service_ref["apps"] = apps
             await record(RefScope.service, service_ref)
+        if service_ref.pop("create_answered_error", None):  # every application is recorded now
+            await record(RefScope.service, service_ref)
         return apps
 
     async def _create(self, what: str, call: Awaitable[T], pending: dict[str, float], mark: str,
-                      save: Callable[[], Awaitable[None]]) -> T:  # fmt: skip
+                      save: Callable[[], Awaitable[None]], answered: dict[str, Any] | None = None) -> T:  # fmt: skip
         """A request that makes something (project, application, deployment), with a write-ahead mark of when it
         was sent: kept when its outcome is unknown (`_unclear`: Coolify may still carry it out, `late_window`), or
-        when InkMCP dies meanwhile; dropped when Coolify's answer says it is settled."""
+        when InkMCP dies meanwhile; dropped when Coolify's answer says it is settled. A settled error may still
+        have made the thing (a 500 after Coolify's insert): `answered["create_answered_error"]` then tells the
+        next attempt to look by name before creating again (`_ensure_apps`)."""
         pending[mark] = time.time()
         await save()
         try:
@@ -735,6 +771,8 @@ class CoolifyComputeProvider:
         except CoolifyError as e:
             if not _unclear(e):
                 pending.pop(mark, None)
+                if answered is not None:
+                    answered["create_answered_error"] = True
                 await save()
             raise self._converted(e, what) from None
         except (SpecError, policy.PolicyViolation, mapping.TenantInputError) as e:
@@ -855,11 +893,12 @@ class CoolifyComputeProvider:
         interval = self.poll_interval
         reported = progress is None
         final: dict[str, m.Deployment] = {}
-        while True:
-            for name, uuid in deployments.items():  # a finished deployment is not read again
-                if name not in final or not final[name].finished:
-                    final[name] = await self._call(f"reading the deployment of {name}",
-                                                   self.client.get_deployment(uuid))
+        async def read(name: str, uuid: str) -> None:
+            final[name] = await self._call(f"reading the deployment of {name}", self.client.get_deployment(uuid))
+
+        while True:  # the processes' deployments are read side by side; a finished one is not read again
+            await _together(*(read(name, uuid) for name, uuid in deployments.items()
+                              if name not in final or not final[name].finished))
             if not reported and any(d.status != "queued" for d in final.values()):
                 reported = True
                 assert progress is not None
