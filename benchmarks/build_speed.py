@@ -16,7 +16,9 @@ build only (environment created and filled; InkMCP's buildpack as root, no tenan
 
 first deploy → first 200 (whole path)
   inkmcp deploy     `deploy_app` of a new project on a real `inkmcp serve` as root (tenant user, cgroup,
-                    sandbox, git, build, gunicorn start, health check, proxy) until the proxy answers 200
+                    sandbox, git, build, gunicorn start, health check, proxy) until the proxy answers 200;
+                    a first deploy goes live once gunicorn answers and has been up INKMCP_FIRST_DEPLOY_SETTLE
+                    (1 s), not the 3 s stability window that protects a serving previous version
   inkmcp 2nd svc    a second service of that project (new venv, warm project cache)
   virtualenv+pip+gunicorn   the baseline's environment + install, then gunicorn until it answers 200
                     (cold and warm pip cache); piku also receives a git push, which this leaves out
