@@ -241,9 +241,11 @@ def _listen_as(uid: int, family: int, host: str) -> tuple[subprocess.Popen[bytes
     return proc, int(proc.stdout.readline())
 
 
-def test_a_listener_counts_only_for_its_own_uid_and_v4_loopback_is_certain():
-    """sock_diag readiness: another user's socket on the port is not the app; an IPv6-only listener needs
-    the confirming connect (the proxy connects to 127.0.0.1)."""
+def test_a_listener_counts_only_for_its_own_uid_and_only_where_127_0_0_1_reaches_it():
+    """sock_diag readiness asks the kernel which listener a connection to 127.0.0.1:port would reach (the
+    proxy's connection): another user's socket on the port is not the app; a dual-stack [::] socket is
+    reached; one on ::1 or 127.0.0.2 is not (a connect to 127.0.0.1 would be refused), and each answer is
+    checked against a real connect."""
     probe = ListenProbe.open()
     require("netns", probe is not None, "the kernel refuses NETLINK_SOCK_DIAG here")
     assert probe is not None
@@ -253,9 +255,16 @@ def test_a_listener_counts_only_for_its_own_uid_and_v4_loopback_is_certain():
         procs.append(mine)
         assert probe.ready(port, os.geteuid()) == (True, True)
         assert probe.ready(port, os.geteuid() + 4242) == (False, False)
-        v6, port6 = _listen_as(os.geteuid(), socket.AF_INET6, "::1")
-        procs.append(v6)
-        assert probe.ready(port6, os.geteuid()) == (True, False)
+        for family, host, reached in ((socket.AF_INET6, "::1", False), (socket.AF_INET, "127.0.0.2", False),
+                                      (socket.AF_INET6, "::", True), (socket.AF_INET, "0.0.0.0", True)):
+            other_addr, other_port = _listen_as(os.geteuid(), family, host)
+            procs.append(other_addr)
+            assert probe.ready(other_port, os.geteuid()) == (reached, reached), host
+            with socket.socket() as client:
+                assert client.connect_ex(("127.0.0.1", other_port)) == (0 if reached else 111), host
+        with socket.socket() as bound:  # bound but not listening yet: not ready
+            bound.bind(("127.0.0.1", 0))
+            assert probe.ready(bound.getsockname()[1], os.geteuid()) == (False, False)
         mine.kill()
         mine.wait()
         assert probe.ready(port, os.geteuid()) == (False, False)  # gone with its process

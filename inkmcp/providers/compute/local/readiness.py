@@ -4,11 +4,13 @@ The health check used to try a TCP connect every 5 ms doubling to 50 ms: a wake 
 half a polling interval too long, and every probe that succeeded was a real connection the app had
 to accept and tear down (a single-threaded app serves it before the request that woke it). Here
 the kernel's socket table is read through netlink sock_diag (`NETLINK_SOCK_DIAG`, the interface
-`ss` uses): one dump of TCP sockets in LISTEN state costs tens of microseconds and opens nothing,
-so it can be asked every millisecond. A listener counts only when it belongs to the tenant's uid
-(a socket somebody else opened on the port is not the app), and when it listens on 0.0.0.0 or
-127.0.0.1 it is certain to accept the proxy's connection to 127.0.0.1; on any other address
-(an IPv6 socket, a specific address) one connect confirms it, as before.
+`ss` uses), which opens nothing, so it can be asked every millisecond. `ListenProbe.ready` asks for
+one socket, not a dump: the listener the kernel would hand a connection to 127.0.0.1:port (the
+same hash lookup an incoming SYN gets, ~6 us; a dump of every listening socket walks the whole
+listening table, ~20 us per address family, and could not tell whether a listener on another
+address is reachable). So a socket on 0.0.0.0, on 127.0.0.1 or a dual-stack [::] counts, and a
+socket on ::1 alone or 127.0.0.2 does not (the proxy could not reach it). A listener counts only
+when it belongs to the tenant's uid (a socket somebody else opened on the port is not the app).
 
 Without sock_diag (a kernel without it, a seccomp profile refusing netlink) `ListenProbe.open`
 returns None and the caller falls back to connecting.
@@ -48,6 +50,9 @@ _NLMSG = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBBBI48s")  # inet_diag_req_v2: family, protocol, ext, pad, states, inet_diag_sockid
 _MSG_HEAD = struct.Struct("=BBBB")  # inet_diag_msg: family, state, timer, retrans; then the sockid
 _V4_LOOPBACK_OR_ANY = (b"\x00\x00\x00\x00", b"\x7f\x00\x00\x01")
+_LOOPBACK_V4_16 = b"\x7f\x00\x00\x01" + b"\x00" * 12  # an inet_diag_sockid address field
+_NO_COOKIE = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE, both halves
+ENOENT = 2
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,53 @@ class ListenProbe:
                 offset += (length + 3) & ~3
 
     def ready(self, port: int, uid: int | None) -> tuple[bool, bool]:
-        """(something of `uid` listens on `port`, and a connect to 127.0.0.1 is certain to reach it)."""
-        mine = [x for x in self.listeners(port) if uid is None or x.uid == uid]
-        return bool(mine), any(x.reaches_loopback_v4 for x in mine)
+        """(something of `uid` listens on `port`, and a connect to 127.0.0.1 is certain to reach it).
+
+        The kernel's own lookup for a connection to 127.0.0.1:`port` (`reachable`): the answer is the
+        listener that connection would reach, so whenever it belongs to `uid` both are True. A kernel
+        refusing the single-socket request (never seen) falls back to the dump of every listener.
+        """
+        try:
+            found = self.reachable(port)
+        except OSError:
+            mine = [x for x in self.listeners(port) if uid is None or x.uid == uid]
+            return bool(mine), any(x.reaches_loopback_v4 for x in mine)
+        yes = found is not None and (uid is None or found.uid == uid)
+        return yes, yes
+
+    def reachable(self, port: int) -> Listener | None:
+        """The TCP socket in LISTEN state that a connection to 127.0.0.1:`port` would reach, or None.
+
+        One SOCK_DIAG_BY_FAMILY request without NLM_F_DUMP for the exact socket id (source
+        127.0.0.1:port, peer 127.0.0.1:0): the kernel runs its inet lookup for it, so a listener on
+        0.0.0.0, on 127.0.0.1 or on a dual-stack [::] is found, one on ::1 only is not. The peer port
+        0 matches no established connection. Raises OSError for any refusal other than "none".
+        """
+        self._seq += 1
+        seq = self._seq
+        sockid = (struct.pack("!HH", port, 0) + _LOOPBACK_V4_16 + _LOOPBACK_V4_16
+                  + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE))  # fmt: skip
+        req = _REQ.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN, sockid)
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + req)
+        while True:
+            data = self._sock.recv(65536)
+            offset = 0
+            while offset + _NLMSG.size <= len(data):
+                length, kind, _flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
+                if length < _NLMSG.size:
+                    raise OSError("malformed sock_diag answer")
+                body = offset + _NLMSG.size
+                if got_seq == seq:
+                    if kind == NLMSG_ERROR:
+                        (errno,) = struct.unpack_from("=i", data, body)
+                        if errno in (0, -ENOENT):
+                            return None
+                        raise OSError(-errno, "sock_diag refused the request")
+                    if kind == SOCK_DIAG_BY_FAMILY:
+                        listener = _parse(data, body)
+                        state = data[body + 1]
+                        return listener if state == TCP_LISTEN and listener.port == port else None
+                offset += (length + 3) & ~3
 
 
 def _parse(data: bytes, body: int) -> Listener:
