@@ -94,6 +94,7 @@ class Supervisor:
         self._leader_exited = asyncio.Event()
         self._group_live = False
         self._exited = asyncio.Event()
+        self._pid_write: asyncio.Future[bool] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -165,7 +166,7 @@ class Supervisor:
         if self._transport is not None:
             self._transport.close()  # a daemonised grandchild may still hold the pipe: let go of it
             self._transport = None
-        self._clear_pid()
+        await self._clear_pid()
 
     async def _respawn(self) -> bool:
         """Restart after a crash; False when stopping. A spawn error counts as another crash."""
@@ -243,14 +244,26 @@ class Supervisor:
         if self._pump is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._pump, 1.0)
-        self._clear_pid()
+        await self._clear_pid()
         self.state = ProcState.stopped
 
     def _record_pid(self, pid: int) -> None:
-        if self.config.pid_file is not None:
-            write_pid_file(self.config.pid_file, pid)
+        """Write the pid file in a worker thread, beside the process's own start instead of before it.
 
-    def _clear_pid(self) -> None:
+        It costs 0.5-1.3 ms here (psutil's create time, a file created on disk), on the path of every
+        on_demand wake, where a request waits; the file only matters if InkMCP dies, and it is written
+        while the app is still starting (tens of ms). `_clear_pid` waits for it, so a process that exits
+        at once never leaves its file behind.
+        """
+        if self.config.pid_file is not None:
+            loop = asyncio.get_running_loop()
+            self._pid_write = loop.run_in_executor(None, write_pid_file, self.config.pid_file, pid)
+
+    async def _clear_pid(self) -> None:
+        if self._pid_write is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._pid_write)
+            self._pid_write = None
         if self.config.pid_file is not None:
             self.config.pid_file.unlink(missing_ok=True)
 
