@@ -62,6 +62,10 @@ HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
 RELOAD_TIMEOUT = 10.0
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+WAKE_RELOAD_WAIT = 0.05  # --- wake: see _reload_loop
+# What nginx itself answers with here (parse errors, the Host check, 431, upstream failures, TRACE's 405).
+OWN_STATUSES = (400, 404, 405, 408, 411, 413, 414, 416, 421, 431, 494, 500, 501, 502, 503, 504, 505, 507)
+_MAP_WORDS = frozenset({"default", "hostnames", "include", "volatile"})
 _HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
 
 
@@ -125,12 +129,20 @@ _CONF = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, k
 {% if user %}user {{ user }};
 {% endif %}worker_processes {{ workers }};
 pid {{ dir }}/nginx.pid;
+# The Host check's regexes (below) compiled to machine code: only a Host that is not a routed name reaches them.
+pcre_jit on;
 error_log {{ dir }}/error.log warn;
 load_module {{ headers_more }};
 events { worker_connections 8192; }
 http {
     access_log off;
     server_tokens off;
+    # Sized for the longest routed name (a DNS name may have 253 characters; nginx's default buckets hold
+    # ~46, and a longer name made every reload fail with "could not build server_names_hash").
+    server_names_hash_bucket_size {{ hash_bucket }};
+    server_names_hash_max_size {{ hash_max }};
+    map_hash_bucket_size {{ hash_bucket }};
+    map_hash_max_size {{ hash_max }};
     client_body_temp_path {{ dir }}/tmp/body;
     proxy_temp_path {{ dir }}/tmp/proxy;
     fastcgi_temp_path {{ dir }}/tmp/fastcgi;
@@ -140,7 +152,10 @@ http {
     # no header rewritten or dropped, no timeout on a quiet upgraded connection.
     client_max_body_size 0;
     client_header_timeout {{ head_timeout }}s;
-    client_header_buffer_size 4k;
+    # nginx's default (1k, what the baseline nginx in benchmarks/proxy_speed.py uses): a buffer malloc'd and
+    # freed for every request on a kept-alive connection; 4k cost ~400 instructions a request more (past
+    # glibc's per-thread cache). A longer head moves into one of the large buffers, up to {{ head_kb }} KiB.
+    client_header_buffer_size 1k;
     large_client_header_buffers 4 {{ head_kb }}k;
     client_body_timeout 1h;
     send_timeout 1h;
@@ -165,16 +180,23 @@ http {
     proxy_set_header Connection $inkmcp_connection;
     proxy_pass_header Date;
     map $http_upgrade $inkmcp_connection { default upgrade; "" ""; }
-    # nginx's own answers say "Server: inkmcp"; an app's (or the slow path's) Server header passes as is.
+    # nginx's own answers say "Server: inkmcp"; an app's (or the slow path's) Server header passes as is
+    # (none stays none). Cost per request, measured with callgrind (benchmarks/proxy_speed.py --cost): the
+    # $upstream_status map on every response was ~1,900 instructions of ~24,000; here the common path reads
+    # only $upstream_http_server, and the map runs only for the statuses nginx itself can answer with.
     map $upstream_status $inkmcp_server { "" inkmcp; default $upstream_http_server; }
-    more_set_headers "Server: $inkmcp_server";
+    more_set_headers "Server: $upstream_http_server";
+    more_set_headers -s "{{ own_statuses }}" "Server: $inkmcp_server";
     log_format inkmcp_idle '$server_name';
     # RFC 9112 3.2: a Host that is not host[:port] is answered 400, never routed on what nginx makes of it
     # (it would read "alice:80.mallory" as alice). Empty: HTTP/1.0 without Host, or an absolute-form target.
+    # Each routed name, bare and with the proxy's port, is an exact (hashed) key: the usual Host never
+    # reaches the regexes (~1,400 instructions a request, callgrind), which still judge every other value.
     map $http_host $inkmcp_bad_host {
         default 1;
         "" 0;
-        "~^[A-Za-z0-9.-]+(:[0-9]{1,5})?$" 0;
+{% for key in host_keys %}        "{{ key }}" 0;
+{% endfor %}        "~^[A-Za-z0-9.-]+(:[0-9]{1,5})?$" 0;
         "~^\\[[0-9A-Fa-f:.]+\\](:[0-9]{1,5})?$" 0;
     }
 
@@ -188,7 +210,10 @@ http {
     }
 {% endif %}{% endfor %}
     server {
-        listen {{ listen }} default_server backlog=1024{{ " reuseport" if reuseport else "" }};
+        # deferred (TCP_DEFER_ACCEPT): a connection is handed to nginx once its first bytes are in, so the
+        # worker reads the request at once instead of one more epoll round (2 of 13 syscalls a new
+        # connection, strace). HTTP clients speak first; a connection that never sends costs nginx nothing.
+        listen {{ listen }} default_server backlog=1024 deferred{{ " reuseport" if reuseport else "" }};
         server_name "";
         error_page 494 =431 @inkmcp_431;
         if ($inkmcp_bad_host) { return 400 "invalid Host header\\n"; }
@@ -403,7 +428,16 @@ class NginxProxy:
                 continue
             routes.append({"name": self._names.get(id(route)) or "inkmcp_slow", "host": host, "port": route.port,
                            "track": route.wake is not None})  # fmt: skip
+        names = [r["host"] for r in routes]
+        # Exact keys of the Host map: each name bare and with the proxy's port (nginx lowercases both sides).
+        # A name spelled like one of map's own parameters is left to the regexes, which judge it the same.
+        host_keys = [k for h in names for k in (h, f"{h}:{self.port}") if k not in _MAP_WORDS]
+        longest = max((len(k) for k in host_keys), default=0)
         return _CONF.render(
+            hash_bucket=_hash_bucket(longest),
+            hash_max=max(2048, 4 * len(host_keys)),
+            host_keys=host_keys,
+            own_statuses=" ".join(map(str, OWN_STATUSES)),
             user="nobody nogroup" if os.geteuid() == 0 else "",
             workers=self.settings.workers or "auto",
             dir=str(self.dir),
@@ -447,6 +481,14 @@ class NginxProxy:
         self._applied = self._generation
 
     async def _reload_loop(self) -> None:
+        # --- wake: a route that just woke changes while the slow path still carries the waking request; a
+        # reload then (new config rendered, nginx re-reads it and forks workers) competes for the CPU with the
+        # woken app's first answer (~3 ms of a ~100 ms wake, measured). The slow path routes correctly in the
+        # meantime, so the reload waits until no request is in it for an awake route (at most WAKE_RELOAD_WAIT).
+        deadline = time.monotonic() + WAKE_RELOAD_WAIT
+        while any(r.held and r.port for r in self.slow.routes()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)  # (a Route's `held` has no event to await)
+        # --- end
         while self._dirty:
             self._dirty = False
             if self._proc is None or self._proc.returncode is not None:
@@ -522,6 +564,16 @@ class NginxProxy:
     def nginx_pid(self) -> int | None:
         """The master's pid while it runs (tests check it is gone after close)."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+
+def _hash_bucket(longest: int) -> int:
+    """nginx's hash bucket size (bytes) that holds a key of `longest` characters: a pointer and the key
+    rounded up to 8 per entry, plus the bucket's end marker; a power of two, at least nginx's default 64."""
+    need = 8 + ((longest + 2 + 7) // 8) * 8 + 8
+    size = 64
+    while size < need:
+        size *= 2
+    return size
 
 
 def _die_with_parent() -> list[str]:
