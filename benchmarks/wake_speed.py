@@ -15,7 +15,11 @@ is what InkMCP adds to a process start (spawn, confinement, readiness detection,
 prints the cost of one confined spawn alone from a process holding a server-sized heap (old path: fork
 with a preexec_fn; new path: vfork + the exec wrapper), and the server's RSS.
 
-    .venv/bin/python benchmarks/wake_speed.py [--runs 20] [--flask] [--compare] [--save-baseline]
+    .venv/bin/python benchmarks/wake_speed.py [--runs 20] [--flask] [--compare] [--before REV] [--save-baseline]
+
+`--before REV` also wakes a server running the code of git revision REV (exported with `git archive`
+to a temporary directory, imported through PYTHONPATH with this venv) in the same rounds: before and
+after of a change, measured side by side on the same machine and load.
 
 `--save-baseline` writes the figures to benchmarks/baselines/wake_speed.json (today's numbers for
 the before/after table); every run prints them next to the stored baseline.
@@ -33,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,8 @@ from tests.support import (
 )
 
 BASELINE = Path(__file__).with_name("baselines") / "wake_speed.json"
+LOAD_AT_START = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+SETTLE = 0.2  # s of quiet before each measurement
 REQUEST = "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
 
 TINY_APP = {
@@ -213,12 +220,23 @@ async def deploy_apps(server: ServerProc, repos: Path, with_flask: bool) -> list
     return apps
 
 
-async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
+def exported(rev: str) -> Path:
+    """The tree of git revision `rev` in a temporary directory (no worktree: nothing added to .git)."""
+    root = Path(__file__).resolve().parent.parent
+    dest = Path(tempfile.mkdtemp(prefix="inkmcp-wake-before-src-"))
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+async def measure(runs: int, with_flask: bool, compare: bool, before: Path | None = None) -> dict[str, Any]:
     """`compare`: a second server on the previous paths (fork + preexec_fn, connect polling), woken in
-    the same rounds, so before and after come from one run."""
+    the same rounds, so before and after come from one run. `before`: a server running that source tree."""
     servers = {"wake": make_server("inkmcp-wake-", INKMCP_IDLE_TIMEOUT="1")}
     if compare:
         servers["wake_old"] = make_server("inkmcp-wake-old-", INKMCP_IDLE_TIMEOUT="1", **OLD_PATHS)
+    if before is not None:
+        servers["wake_before"] = make_server("inkmcp-wake-before-", INKMCP_IDLE_TIMEOUT="1", PYTHONPATH=str(before))
     repos = {k: traversable_tmpdir(f"inkmcp-{k}-repos-") for k in servers}
     for srv in servers.values():
         srv.create_key("bench")
@@ -232,7 +250,7 @@ async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
         async with contextlib.AsyncExitStack() as stack:
             opened = {k: await stack.enter_async_context(mcp_session(srv, srv.keys["bench"]))
                       for k, srv in servers.items()}
-            for _ in range(runs):
+            for round_no in range(runs):
                 for i, (name, project, _host, argv) in enumerate(apps["wake"]):
                     env = base_env
                     if name in venv_of:
@@ -241,8 +259,13 @@ async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
                     for k in servers:
                         await until_state(opened[k], project, "sleeping")
                     cwd = repos["wake"] / project.removeprefix("wake-")  # the app's files, as deployed
+                    # A pause before each measurement lets the previous one's aftermath (an app answering, a proxy
+                    # reloading its routes) settle; the servers take turns going first.
+                    await asyncio.sleep(SETTLE)
                     samples[name]["bare"].append(await asyncio.to_thread(bare, argv, cwd, env))
-                    for k, srv in servers.items():
+                    order = list(servers.items())
+                    for k, srv in order if round_no % 2 == 0 else reversed(order):
+                        await asyncio.sleep(SETTLE)
                         host = apps[k][i][2]
                         samples[name][k].append(await asyncio.to_thread(wake, srv.proxy_port, host))
         proc = servers["wake"].proc
@@ -252,7 +275,7 @@ async def measure(runs: int, with_flask: bool, compare: bool) -> dict[str, Any]:
             row: dict[str, Any] = {k: {"p50": statistics.median(v) * 1000, "p99": pct(v, 99) * 1000}
                                    for k, v in got.items()}
             for k in servers:
-                suffix = "" if k == "wake" else "_old"
+                suffix = k.removeprefix("wake")
                 row[f"ratio_p50{suffix}"] = row[k]["p50"] / row["bare"]["p50"]
                 row[f"ratio_p99{suffix}"] = row[k]["p99"] / row["bare"]["p99"]
             figures["apps"][name] = row
@@ -331,9 +354,11 @@ def table(now: dict[str, Any], before: dict[str, Any] | None) -> str:
         lines.append(f"| {name} | {row['bare']['p50']:.0f} / {row['bare']['p99']:.0f} | "
                      f"{row['wake']['p50']:.0f} / {row['wake']['p99']:.0f} | "
                      f"{row['ratio_p50']:.2f} / {row['ratio_p99']:.2f} | {was} |")
-        if "wake_old" in row:
-            lines.append(f"| {name}, previous paths in this run | | {row['wake_old']['p50']:.0f} / "
-                         f"{row['wake_old']['p99']:.0f} | {row['ratio_p50_old']:.2f} / {row['ratio_p99_old']:.2f} | |")
+        for key, label in (("_old", "previous paths"), ("_before", f"revision {now.get('before', '?')}")):
+            if f"wake{key}" in row:
+                lines.append(f"| {name}, {label} in this run | | {row[f'wake{key}']['p50']:.0f} / "
+                             f"{row[f'wake{key}']['p99']:.0f} | {row[f'ratio_p50{key}']:.2f} / "
+                             f"{row[f'ratio_p99{key}']:.2f} | |")
     lines.append("")
     lines.append("| confined spawn of /bin/true from a 130 MB process | p50 ms | p99 ms | baseline p50 ms |")
     lines.append("| --- | --- | --- | --- |")
@@ -358,14 +383,25 @@ def main() -> None:
     parser.add_argument("--flask", action="store_true", help="also a Flask + gunicorn app (needs PyPI)")
     parser.add_argument("--compare", action="store_true",
                         help="also wake a server on the previous paths (preexec fork, connect polling) in the same run")
+    parser.add_argument("--before", metavar="REV",
+                        help="also wake a server running git revision REV in the same rounds (before/after)")
     parser.add_argument("--save-baseline", action="store_true", help=f"write the figures to {BASELINE}")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1 (20 or more for a meaningful p99)")
-    figures = asyncio.run(measure(args.runs, args.flask, args.compare))
-    before = json.loads(BASELINE.read_text()) if BASELINE.exists() else None
-    print(table(figures, before))
+    before = exported(args.before) if args.before else None
+    try:
+        figures = asyncio.run(measure(args.runs, args.flask, args.compare, before))
+    finally:
+        if before is not None:
+            shutil.rmtree(before, ignore_errors=True)
+    figures["load_at_start"] = LOAD_AT_START
+    if args.before:
+        figures["before"] = args.before
+    stored = json.loads(BASELINE.read_text()) if BASELINE.exists() else None
+    print(f"load average at the start: {LOAD_AT_START}")
+    print(table(figures, stored))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     if args.save_baseline:
