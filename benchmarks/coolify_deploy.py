@@ -25,6 +25,9 @@
 1b. The "live" answer as an agent hears it: `deploy_app(wait_seconds=60)` returning `live`, after the moment InkMCP
    read Coolify's last deployment of the release as finished (Coolify's health checks passed); issue 12 item 4 asks
    for 20 ms.
+1c. With a simulated build time (`--build-lag`, default 3 s): how long after the stand-in's build ended InkMCP's
+   polling (production schedule) read it finished, measured and as the schedule computes it. This lag is InkMCP's
+   overhead too (it is not in part 1, where builds take 0 s and the first poll finds them done).
 2. Requests per deploy sent to Coolify, from the stand-in's log: first deploy (web + worker; web only), the same
    deploy again (a no-op), a redeploy of a new commit, a redeploy with changed env, `update_env_vars` on a live
    service.
@@ -94,6 +97,15 @@ GIT = ["git", "-c", "user.email=b@example.com", "-c", "user.name=b"]
 def pct(samples: list[float], p: float) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def schedule_lag(build: float, first: float, most: float) -> tuple[float, int]:
+    """The provider's poll schedule (`_poll`: a read right after /deploy, then sleeps of `first` s growing x1.5 to
+    `most`): how long after a build of `build` s ends the first read that finds it done comes, and the reads made."""
+    t, interval, polls = 0.0, first, 1
+    while t < build:
+        t, interval, polls = t + interval, min(most, interval * 1.5), polls + 1
+    return t - build, polls
 
 
 class Timed:
@@ -344,7 +356,8 @@ def new_commit(path: Path, text: str) -> None:
 
 
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
-                     origins: bool = False, json_out: str | None = None, steps_wanted: bool = False) -> None:
+                     origins: bool = False, json_out: str | None = None, steps_wanted: bool = False,
+                     build_lag: list[float] | None = None, build_lag_deploys: int = 2) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a process of its own (clocks at 0)."""
     standin = StandinProcess(root / "nodes", servers=1)
     token = standin.token
@@ -366,12 +379,14 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
     counted.watch_engine(store.engine)
     unwatch = counted.watch_processes()
     finished_at: list[float] = []  # when InkMCP read a Coolify deployment as finished (Coolify's health check passed)
+    first_finished: dict[str, float] = {}  # Coolify deployment uuid -> when InkMCP first read it finished (monotonic)
     real_get_deployment = compute.client.get_deployment
 
     async def get_deployment(uuid_: str) -> Any:
         dep = await real_get_deployment(uuid_)
         if dep.status == "finished":
             finished_at.append(time.perf_counter())
+            first_finished.setdefault(uuid_, time.monotonic())
         return dep
 
     compute.client.get_deployment = get_deployment  # type: ignore[method-assign]
@@ -492,6 +507,31 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                 "load_average": Path("/proc/loadavg").read_text().split()[:3], "figures": figures,
                 "per_deploy_median": medians}, indent=2) + "\n")  # fmt: skip
 
+        # 1c. how late InkMCP's polling (production schedule) notices the end of a build that takes time
+        if build_lag:
+            print(f"\n## 1c. Build end noticed by InkMCP's polling (CoolifySettings' schedule: "
+                  f"{settings.poll_interval:g} s, x1.5, up to {settings.poll_max_interval:g} s), after the stand-in's "
+                  "simulated build ended\n")
+            print("| simulated build | deploys | lag p50 s | lag max s | schedule's lag (computed) s | polls per "
+                  "deployment |\n| ---: | ---: | ---: | ---: | ---: | ---: |")
+            for seconds in build_lag:
+                standin.set_build_seconds(seconds)
+                late: list[float] = []
+                for i in range(build_lag_deploys):
+                    first_finished.clear()
+                    await deploy(DeployRequest(repo_url=str(repo(root)), project_name=f"slow-{seconds:g}-{i}"))
+                    ends = standin.build_ends()
+                    late += [seen - ends[dep_uuid] for dep_uuid, seen in first_finished.items()]
+                lag, polls = schedule_lag(seconds, settings.poll_interval, settings.poll_max_interval)
+                print(f"| {seconds:g} s | {build_lag_deploys} | {pct(late, 50):.2f} | {max(late):.2f} | {lag:.2f} | "
+                      f"{polls} |")
+            standin.set_build_seconds(0.0)
+            print("\n| build (computed from the schedule, not run) | lag s | polls per deployment |\n"
+                  "| ---: | ---: | ---: |")
+            for seconds in (10, 30, 60, 120, 180, 300, 600):
+                lag, polls = schedule_lag(seconds, settings.poll_interval, settings.poll_max_interval)
+                print(f"| {seconds} s | {lag:.2f} | {polls} |")
+
         # 2. requests per deploy, by kind
         counts: list[tuple[str, int, str]] = []
 
@@ -601,6 +641,9 @@ def main() -> None:
     parser.add_argument("--steps", action="store_true", help="time part 1's deploys by step (deploy_app's and the "
                         "pipeline's, with the HTTP inside each)")
     parser.add_argument("--json", metavar="FILE", help="also write part 1's figures to FILE (benchmarks/baselines/)")
+    parser.add_argument("--build-lag", default="3", metavar="SECONDS[,SECONDS]",
+                        help="part 1c: simulated build times whose end InkMCP's polling must notice (default 3; '' "
+                             "leaves 1c out; two deploys each)")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     if args.deploys < 1 or args.concurrent < 1 or args.rate_deploys < 1:
@@ -618,7 +661,8 @@ def main() -> None:
 
         async def run() -> None:
             if parts & {"1", "2"}:
-                await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps)
+                lag = [float(x) for x in args.build_lag.split(",") if x] if args.build_lag else []
+                await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:

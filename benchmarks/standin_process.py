@@ -12,6 +12,10 @@ caller's). The benchmark reads the request log, these times and the spec violati
 `GET /_bench/requests?since=N`, which bypasses the stand-in (never logged, never counted against a token);
 it asks only between timed deploys.
 
+`GET /_bench/build_seconds?seconds=S` sets the simulated build time of deployments started after it (part 1c of
+coolify_deploy.py: how late InkMCP's polling notices a build's end), and the snapshot's `build_ends` says when each
+deployment's build ended on the stand-in's clock (time.monotonic, the same clock in every process here).
+
 The child stops when its stdin closes (the parent's `stop()`, or the parent's death).
 """
 
@@ -55,6 +59,11 @@ def serve(root: Path, servers: int) -> None:
 
     async def admin(scope: Any, receive: Any, send: Any) -> None:
         query = dict(p.split("=", 1) for p in scope.get("query_string", b"").decode().split("&") if "=" in p)
+        if scope["path"] == "/_bench/build_seconds":  # the simulated build time of deployments started from now on
+            with standin._lock:
+                standin.build_seconds = float(query["seconds"])
+            await JSONResponse({"build_seconds": standin.build_seconds})(scope, receive, send)
+            return
         since = int(query.get("since", "0"))
         with standin._lock:
             rows = [{"method": s.method, "path": s.path, "operation": s.operation, "status": s.status,
@@ -62,11 +71,14 @@ def serve(root: Path, servers: int) -> None:
                      "asgi": getattr(s, "timing", {}).get("asgi", 0.0)} for s in standin.requests[since:]]
             body = {"total": len(standin.requests), "requests": rows,
                     "request_violations": list(standin.request_violations),
-                    "response_violations": list(standin.response_violations)}
+                    "response_violations": list(standin.response_violations),
+                    # when each deployment's simulated build ended (time.monotonic: one clock for every process)
+                    "build_ends": {d.deployment_uuid: d.started_at + d.duration
+                                   for d in standin.deployments.values() if d.started_at is not None}}
         await JSONResponse(body)(scope, receive, send)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/_bench/requests":
+        if scope["type"] == "http" and scope["path"] in ("/_bench/requests", "/_bench/build_seconds"):
             await admin(scope, receive, send)
             return
         timing = {"asgi": 0.0}
@@ -115,6 +127,13 @@ class StandinProcess:
 
     def count(self) -> int:
         return int(self.snapshot(10**12)["total"])
+
+    def set_build_seconds(self, seconds: float) -> None:
+        self._admin.get("/_bench/build_seconds", params={"seconds": seconds}).raise_for_status()
+
+    def build_ends(self) -> dict[str, float]:
+        """Deployment uuid -> when its simulated build ended (time.monotonic)."""
+        return dict(self.snapshot(10**12)["build_ends"])
 
     def requests_since(self, since: int, token: str | None = None) -> list[SimpleNamespace]:
         """The requests logged after the first `since` (of `token`, when given), as objects with the log's fields

@@ -439,9 +439,9 @@ class CoolifyClient:
             started = time.monotonic()
             try:
                 try:
-                    response = await asyncio.wait_for(
-                        self._http.request(method, path, json=json, params=params, headers=headers),
-                        self.attempt_timeout)
+                    # asyncio.timeout, not wait_for: no task of its own per request (two event-loop turns less)
+                    async with asyncio.timeout(self.attempt_timeout):
+                        response = await self._http.request(method, path, json=json, params=params, headers=headers)
                 finally:
                     await self._settle(grant, method, path)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
