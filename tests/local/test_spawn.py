@@ -80,24 +80,34 @@ def use_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
 
 
 @ROOT
-@pytest.mark.parametrize("path", ["wrapper", "preexec"])
+@pytest.mark.parametrize("path", ["wrapper", "preexec", "prepared"])
 async def test_every_isolation_property_holds_from_the_first_instruction(
     make_provider, checkouts, project_ids, data_dir, monkeypatch, path
 ):
-    """Both start paths confine identically: ids without groups, the service's cgroups (for a child forked
+    """Every start path confines identically: ids without groups, the service's cgroups (for a child forked
     at once too), RLIMIT_CORE 0 + RLIMIT_FSIZE, umask 077, own session, fds 0-2 only, the env built for the
     tenant and nothing of the server's, private /tmp, /var/tmp, /dev/shm and /proc; the wrapper path
-    additionally execs the Procfile command directly (the app is the supervised pid, the server its parent)."""
-    use_path(monkeypatch, path)
+    additionally execs the Procfile command directly (the app is the supervised pid, the server its parent).
+    "prepared": an on_demand service asleep has its next start confined and waiting; the wake hands it the
+    command, and the app it runs is that very process, confined the same."""
+    from inkmcp.build.plan import Mode
+
+    use_path(monkeypatch, "wrapper" if path == "prepared" else path)
     monkeypatch.setenv("INKMCP_SERVER_ONLY_SECRET", "server-secret-value")  # the server's env must not leak
-    provider = await make_provider()
+    provider = await make_provider(idle_timeout=0.3) if path == "prepared" else await make_provider()
     key = key_for(project_ids())
-    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), env={"APP_SETTING": "v1"})
+    mode = {"mode": Mode.on_demand} if path == "prepared" else {}
+    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), env={"APP_SETTING": "v1"}, **mode)
     await provider.release(request, Events(), no_record)
-    assert (await get(provider, key)).status_code == 200
-    svc = provider._services[key.service_id]
-    run = svc.live.run  # type: ignore[union-attr]
     src = data_dir / "services" / key.service_id / "releases" / request.deployment_id / "src"
+    svc = provider._services[key.service_id]
+    prepared = None
+    if path == "prepared":
+        prepared = await _asleep_with_a_prepared_start(provider, svc)
+        for name in ("app.json", "child.json"):
+            (src / name).unlink()
+    assert (await get(provider, key)).status_code == 200
+    run = svc.live.run  # type: ignore[union-attr]
     app, child = (json.loads((src / f"{n}.json").read_text()) for n in ("app", "child"))
     run_as = svc.run_as
     assert run_as is not None
@@ -129,10 +139,24 @@ async def test_every_isolation_property_holds_from_the_first_instruction(
                 rep["mounts"]["/proc"]["options"])
     assert app["sid"] == app["pgid"] == app["pid"]  # its own session: the group is killable as one
     assert child["sid"] == app["sid"]
-    if path == "wrapper":
+    if path != "preexec":
         assert spawn_mod.find_wrapper() is not None, spawn_mod.unavailable_reason()
         assert run.pids == [app["pid"]]  # no /bin/sh in between: the supervised pid is the app
         assert app["ppid"] == os.getpid()  # the server's own child (exit codes stay the server's)
+    if path == "prepared":
+        assert app["pid"] == prepared  # the process that waited is the app
+        assert spawn_mod.prepared_pid(provider._sandbox(svc)) is None  # used up, not started twice
+
+
+async def _asleep_with_a_prepared_start(provider, svc) -> int:  # type: ignore[no-untyped-def]
+    """Wait until the idle loop put `svc` to sleep and its next start waits, confined; return its pid."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while svc.live.run is not None or spawn_mod.prepared_pid(provider._sandbox(svc)) is None:
+        assert asyncio.get_running_loop().time() < deadline, "no start was prepared while the service slept"
+        await asyncio.sleep(0.02)
+    pid = spawn_mod.prepared_pid(provider._sandbox(svc))
+    assert pid is not None
+    return pid
 
 
 @ROOT
@@ -321,3 +345,87 @@ async def test_kill_all_ends_the_users_processes_as_the_user_and_refuses_root(da
         for proc in (victim, bystander):
             proc.kill()
             proc.wait()
+
+
+ATTACK = r"""
+import ctypes, os, signal, sys
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+out["ptrace"] = 0 if libc.ptrace(16, pid, None, None) == 0 else ctypes.get_errno()  # PTRACE_ATTACH
+for what in ("environ", "fd", "mem"):
+    try:
+        if what == "fd":
+            os.listdir(f"/proc/{pid}/fd")
+        else:
+            open(f"/proc/{pid}/{what}", "rb").read(1)
+        out[what] = 0
+    except OSError as exc:
+        out[what] = exc.errno
+os.kill(pid, signal.SIGKILL)  # allowed: it is the project's own uid (a project can only stop its own app)
+print(out)
+"""
+
+
+@ROOT
+async def test_a_prepared_start_cannot_be_traced_or_read_by_the_tenant_and_a_killed_one_is_replaced(
+    make_provider, checkouts, project_ids
+):
+    """Attack from the tenant's side on the process waiting for the next wake (already the tenant's uid):
+    ptrace attach, reading its environment, fds and memory all fail (it is not dumpable); killing it is
+    allowed, and the next wake then starts a fresh process that serves; the next sleep prepares again."""
+    import errno
+
+    from inkmcp.build.plan import Mode
+
+    provider = await make_provider(idle_timeout=0.3)
+    key = key_for(project_ids())
+    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), mode=Mode.on_demand)
+    await provider.release(request, Events(), no_record)
+    svc = provider._services[key.service_id]
+    run_as = svc.run_as
+    assert run_as is not None
+    prepared = await _asleep_with_a_prepared_start(provider, svc)
+    deadline = asyncio.get_running_loop().time() + 5
+    while Path(f"/proc/{prepared}/status").read_text().split("Uid:")[1].split()[:3] != [str(run_as.uid)] * 3:
+        assert asyncio.get_running_loop().time() < deadline, "the prepared start never dropped to the tenant"
+        await asyncio.sleep(0.01)  # still joining the cgroups as root (the wait it is there to take early)
+    attack = await asyncio.to_thread(
+        subprocess.run, [PY, "-c", ATTACK, str(prepared)], capture_output=True, text=True, timeout=30,
+        user=run_as.uid, group=run_as.gid, extra_groups=[], cwd="/",
+    )  # fmt: skip
+    assert attack.returncode == 0, attack.stderr
+    seen = eval(attack.stdout)  # noqa: S307 - our own script's dict literal
+    assert seen == {"ptrace": errno.EPERM, "environ": errno.EACCES, "fd": errno.EACCES, "mem": errno.EACCES}, seen
+    deadline = asyncio.get_running_loop().time() + 5
+    while spawn_mod.prepared_pid(provider._sandbox(svc)) is not None:  # its exit is noticed and it is forgotten
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    response = await asyncio.wait_for(get(provider, key), 20)
+    assert response.status_code == 200 and response.text == "ok"
+    assert svc.live.run is not None and svc.live.run.pids != [prepared]  # type: ignore[union-attr]
+    assert await _asleep_with_a_prepared_start(provider, svc) != prepared
+
+
+@ROOT
+async def test_a_prepared_start_whose_pipe_closes_runs_nothing_and_exits(data_dir):
+    """If InkMCP goes away (its end of the pipe closes) the waiting wrapper exits 0 without running anything;
+    a command handed over runs with exactly the environment and directory given then."""
+    sandbox = TenantSandbox(run_as=None)
+    assert await spawn_mod.prepare_start(sandbox)
+    entry = spawn_mod._prepared.pop(tuple(spawn_mod.confinement(sandbox)))
+    os.close(entry.start_fd)
+    entry.start_fd = -1
+    assert await asyncio.wait_for(entry.proc.wait(), 5) == 0
+    assert await entry.proc.stdout.read() == b""  # type: ignore[union-attr]
+    entry.transport.close()
+    assert await spawn_mod.prepare_start(sandbox)
+    waiting = spawn_mod.prepared_pid(sandbox)
+    env = {"ONLY_THIS": "given", "PATH": "/usr/bin:/bin"}
+    command = ("/bin/sh", "-c", "echo $ONLY_THIS; pwd; env | wc -l")
+    proc, transport = await spawn_mod.spawn(command, cwd=data_dir, env=env, sandbox=sandbox)
+    assert proc.pid == waiting
+    out = await proc.stdout.read()  # type: ignore[union-attr]
+    assert await proc.wait() == 0
+    transport.close()
+    assert out.decode().split() == ["given", str(data_dir), "3"]  # ONLY_THIS, PATH and the shell's own PWD

@@ -23,6 +23,14 @@
  * to stderr and exits 126 (nothing of the tenant ran); a command that cannot be executed exits 127
  * (not found) or 126, like a shell would. Session, umask and the std streams are set by the caller.
  *
+ * With --wait-fd N (no --env-fd, --chdir or command): a start prepared ahead of need. Steps 1-4 run at
+ * once (the slow ones: joining a cgroup waits for an RCU grace period, 4-11 ms here), then the process
+ * blocks reading one message from fd N: a 4-byte little-endian length, then the working directory, the
+ * argv entries and an empty entry, then the environment entries, each NUL-terminated. With it, steps 5
+ * and 6 run as above. End of file before a message (InkMCP closed its end, or exited) exits 0 and runs
+ * nothing. While it waits it is already the tenant's uid but not dumpable (its ids changed from root),
+ * so the tenant's other processes cannot ptrace it or open its fds.
+ *
  * With --kill-all (and --ids), no command: after the drop it SIGKILLs every process the tenant may
  * signal, in one pass inside the kernel (kill(-1)), and exits 0; how a project's processes are ended
  * when the project is deleted (users.py), without forking the server for it.
@@ -30,6 +38,7 @@
  * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--cgroup PROCS_FILE]... [--tmp DIR
  *        [--var-tmp PATH] [--shm PATH --shm-options OPTS] [--hide-pids]] [--ids UID:GID]
  *        [--chdir DIR] -- COMMAND [ARG]...
+ *        inkmcp-spawn [--fsize ...same confinement options...] --wait-fd N
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -112,12 +121,66 @@ static char **read_env(int fd) {
     return envp;
 }
 
+/* Split a message's NUL-terminated entries into an array (NULL-terminated) starting at data[*at]; an empty
+ * entry ends the list when stop_at_empty is set (argv), else the end of the data does (environment). */
+static char **entries(char *data, size_t size, size_t *at, int stop_at_empty) {
+    size_t count = 0;
+    for (size_t i = *at; i < size; i++) count += data[i] == '\0';
+    char **list = calloc(count + 2, sizeof(char *));
+    if (list == NULL) fail("reading the start message", ENOMEM);
+    size_t k = 0;
+    while (*at < size) {
+        size_t len = strlen(data + *at);
+        char *entry = data + *at;
+        *at += len + 1;
+        if (len == 0) {
+            if (stop_at_empty) break;
+            continue;
+        }
+        list[k++] = entry;
+    }
+    list[k] = NULL;
+    return list;
+}
+
+/* Block until InkMCP sends the start message on fd; returns 0 with the parts filled, 1 on end of file. */
+static int read_start(int fd, char **cwd, char ***command, char ***envp) {
+    unsigned char head[4];
+    size_t got = 0;
+    while (got < sizeof head) {
+        ssize_t n = read(fd, head + got, sizeof head - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0 && got == 0) return 1;
+        if (n <= 0) fail("reading the start message", n < 0 ? errno : EIO);
+        got += (size_t)n;
+    }
+    size_t size = (size_t)head[0] | (size_t)head[1] << 8 | (size_t)head[2] << 16 | (size_t)head[3] << 24;
+    if (size == 0 || size > 2 * (size_t)MAX_ENV_BYTES) fail("reading the start message", E2BIG);
+    char *data = malloc(size + 1);
+    if (data == NULL) fail("reading the start message", ENOMEM);
+    got = 0;
+    while (got < size) {
+        ssize_t n = read(fd, data + got, size - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) fail("reading the start message", n < 0 ? errno : EIO);
+        got += (size_t)n;
+    }
+    data[size] = '\0';
+    close(fd);
+    size_t at = strlen(data) + 1;
+    *cwd = data;
+    *command = entries(data, size, &at, 1);
+    *envp = entries(data, size, &at, 0);
+    if ((*command)[0] == NULL) fail("reading the start message", EINVAL);
+    return 0;
+}
+
 static void check(int rc, const char *step) {
     if (rc != 0) fail(step, errno);
 }
 
 int main(int argc, char **argv) {
-    int env_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0, kill_all = 0;
+    int env_fd = -1, wait_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0, kill_all = 0;
     unsigned long long fsize = 0;
     const char *cgroups[MAX_CGROUPS];
     int ncgroups = 0;
@@ -133,6 +196,7 @@ int main(int argc, char **argv) {
         if (i + 1 >= argc) usage("an option is missing its value");
         const char *v = argv[++i];
         if (strcmp(a, "--env-fd") == 0) env_fd = (int)number(v, "--env-fd takes a file descriptor");
+        else if (strcmp(a, "--wait-fd") == 0) wait_fd = (int)number(v, "--wait-fd takes a file descriptor");
         else if (strcmp(a, "--fsize") == 0) { fsize = number(v, "--fsize takes bytes"); have_fsize = 1; }
         else if (strcmp(a, "--cgroup") == 0) {
             if (ncgroups == MAX_CGROUPS) usage("too many --cgroup");
@@ -154,7 +218,9 @@ int main(int argc, char **argv) {
         else usage("unknown option");
     }
     if (kill_all && (!have_ids || uid == 0)) usage("--kill-all needs --ids with a uid other than 0");
-    if (i >= argc && !kill_all) usage("no command after --");
+    if (wait_fd >= 0 && (kill_all || env_fd >= 0 || cwd != NULL || i < argc))
+        usage("--wait-fd takes the directory, command and environment from its message");
+    if (i >= argc && !kill_all && wait_fd < 0) usage("no command after --");
     char **command = argv + i;
 
     char *empty[] = {NULL};
@@ -193,6 +259,11 @@ int main(int argc, char **argv) {
     if (kill_all) {
         if (kill(-1, SIGKILL) != 0 && errno != ESRCH) fail("killing the user's processes", errno);
         _exit(0);
+    }
+    if (wait_fd >= 0) {
+        char *given_cwd = NULL;
+        if (read_start(wait_fd, &given_cwd, &command, &envp) != 0) _exit(0); /* not needed after all */
+        cwd = given_cwd;
     }
     if (cwd != NULL && chdir(cwd) != 0) {
         char step[4096];

@@ -51,6 +51,7 @@ from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFailed
 from inkmcp.providers.compute.local.readiness import LiveSettings
 from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
+from inkmcp.providers.compute.local.spawn import discard_prepared, prepare_start  # --- wake
 from inkmcp.providers.compute.local.spawn import prepare as prepare_spawn
 from inkmcp.providers.compute.local.supervisor import (
     Backoff,
@@ -216,6 +217,7 @@ class LocalComputeProvider:
             if svc.wake_task is not None and not svc.wake_task.done():
                 svc.wake_task.cancel()
         await asyncio.gather(*(self._stop_service(svc) for svc in services), return_exceptions=True)
+        await discard_prepared([self._sandbox(svc) for svc in services])  # --- wake: prepared starts end too
         for svc in services:
             svc.log.close()
         self._services.clear()
@@ -652,6 +654,7 @@ class LocalComputeProvider:
             if not svc.always_on and meta.routed:
                 async with svc.run_lock:
                     self._point_route(svc, live, None)  # asleep until the first request
+                await self._prepare_wake(svc)  # --- wake
                 return
             port = (meta.plan.port or self.ports.allocate()) if meta.routed else None
             run = self._make_run(svc, live, port)
@@ -734,6 +737,16 @@ class LocalComputeProvider:
             live.run = None
             svc.log.write(f"{run.supervisors[0].name if run.supervisors else 'web'} | [inkmcp] idle, sleeping")
         await self._stop_run(run)
+        await self._prepare_wake(svc)  # --- wake: the next wake's process, confined ahead of the request
+
+    # --- wake: see spawn.prepare_start (the cgroup join's RCU wait, 4-11 ms, happens before the request)
+    async def _prepare_wake(self, svc: _Service) -> None:
+        if not svc.removed and not svc.always_on:
+            with contextlib.suppress(OSError):
+                await prepare_start(self._sandbox(svc))
+            if svc.removed:  # removed meanwhile: its cgroup may already have been emptied
+                await discard_prepared([self._sandbox(svc)])
+    # --- end
 
     # --- issue 13 (credits): what metering samples, and sleep/wake of persistent services at zero credits
     def awake_services(self) -> list[str]:
@@ -866,6 +879,7 @@ class LocalComputeProvider:
             if svc.route is not None:
                 self.proxy.remove_route(svc.route.host, svc.route.owner)  # only its own route
             await self._stop_service(svc)
+            await discard_prepared([self._sandbox(svc)])  # --- wake: its prepared start, if one waits
             svc.live = None
             svc.log.close()
         # Whatever the supervisors did not reach (double-forked setsid daemons, a build or release

@@ -26,7 +26,7 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.build.process import TenantSandbox, write_pid_file
-from inkmcp.providers.compute.local.spawn import spawn
+from inkmcp.providers.compute.local.spawn import ExitAwareProtocol, spawn
 
 LineSink = Callable[[str], None]
 
@@ -140,11 +140,12 @@ class Supervisor:
         cfg = self.config
         # The sandbox joins the cgroup in the child, before exec and before dropping root: a process
         # moved from outside after spawning could already have forked children that escape it.
-        protocol = _ExitAwareProtocol(asyncio.get_running_loop())
+        protocol = ExitAwareProtocol(asyncio.get_running_loop())
         proc, transport = await spawn(cfg.argv, cwd=cfg.cwd, env=cfg.env, sandbox=cfg.confinement, protocol=protocol)
+        used = transport.get_protocol()  # a start prepared ahead of need comes with its own (spawn.prepare_start)
         self._proc = proc
         self._transport = transport
-        self._leader_exited = protocol.exited
+        self._leader_exited = used.exited if isinstance(used, ExitAwareProtocol) else protocol.exited
         self._group_live = True
         self.state = ProcState.running
         self.exit_code = None
@@ -266,18 +267,6 @@ class Supervisor:
             self._pid_write = None
         if self.config.pid_file is not None:
             self.config.pid_file.unlink(missing_ok=True)
-
-
-class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Signals the moment the process exits, independent of its output pipes closing."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=65536, loop=loop)
-        self.exited = asyncio.Event()
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        self.exited.set()
 
 
 class _FailedSpawn:
