@@ -370,3 +370,108 @@ def test_slow_path_asks_the_app_to_close_after_each_answer_behind_nginx():
     assert close_after(plain) == b"GET / HTTP/1.1\r\nHost: a.p.localhost\r\nX-A: 1\r\nConnection: close\r\n\r\n"
     upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     assert close_after(upgrade) == upgrade
+
+
+# A raw app whose answers carry exactly the headers it writes: no Server header on "/", its own Server
+# header on its own 502 ("/bad"). http.server always adds one, so it cannot show "none stays none".
+RAW_APP = r'''
+import asyncio, os
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nbare\n"
+BAD = b"HTTP/1.1 502 Bad Gateway\r\nServer: app-own/1\r\nContent-Length: 4\r\n\r\nbad\n"
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t, self.buf = t, b""
+    def data_received(self, data):
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            self.t.write(BAD if head.startswith(b"GET /bad ") else OK)
+async def main():
+    server = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(os.environ["PORT"]))
+    await server.serve_forever()
+asyncio.run(main())
+'''
+
+
+def _raw_exchange(port: int, head: bytes, *, pause: float = 0.0) -> bytes:
+    """One request on a new connection (after `pause` s of silence), the whole answer (nginx closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        time.sleep(pause)
+        sock.sendall(head)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+async def test_server_header_and_host_check_on_a_routed_name(nginx_proxy):
+    """The per-request work nginx does for a routed name was cut (issue 12: a cheaper Server-header rule,
+    a cheaper Host check); what it decides is the same: an app's answer without a Server header gets none,
+    an app's own 502 keeps the app's Server header, nginx's own refusals say `Server: inkmcp`, and a Host
+    whose "port" is not a port is refused with 400 before it reaches the app (RFC 9112 3.2)."""
+    proxy = nginx_proxy
+    port = _free_port()
+    app = subprocess.Popen([PY, "-c", RAW_APP], env={**os.environ, "PORT": str(port)})
+    try:
+        await until(lambda: _connects(port))
+        proxy.set_route(Route(host="raw.p.localhost", port=port, owner="svc-raw"))
+        assert await proxy.settled()
+
+        def ask(host: str, path: str = "/") -> tuple[int, str | None, bytes]:
+            head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            data = _raw_exchange(proxy.port, head.encode())
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            server = [v.strip() for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "server"]
+            assert len(server) <= 1, lines
+            return int(lines[0].split()[1]), (server[0] if server else None), body
+
+        for host in ("raw.p.localhost", f"raw.p.localhost:{proxy.port}", "RAW.p.localhost:80", "raw.p.localhost."):
+            assert await asyncio.to_thread(ask, host) == (200, None, b"bare\n"), host
+        assert await asyncio.to_thread(ask, "raw.p.localhost", "/bad") == (502, "app-own/1", b"bad\n")
+        for host in ("raw.p.localhost:80.evil.example", "raw.p.localhost:", "raw.p.localhost:123456",
+                     "raw.p.localhost:80:81"):  # fmt: skip
+            status, server, _ = await asyncio.to_thread(ask, host)
+            assert (status, server) == (400, "inkmcp"), host
+        # an upstream that is gone: nginx's 502 (after the slow path's own) never carries "nginx"
+        app.terminate()
+        app.wait(10)
+        status, server, _ = await asyncio.to_thread(ask, "raw.p.localhost")
+        assert status == 502 and server == "inkmcp"
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            app.wait(10)
+
+
+async def test_a_253_character_hostname_is_served_by_nginx_itself(nginx_proxy, apps):
+    """DNS allows 253 characters and project/service names 63 each; nginx's default server-name hash
+    buckets hold ~46, and such a name made every reload fail ("could not build server_names_hash"):
+    nginx kept serving the old config and every later route change waited out RELOAD_TIMEOUT."""
+    proxy = nginx_proxy
+    apps.append(await App("long").ready())
+    long_host = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 51, "localhost"])
+    assert len(long_host) == 253
+    proxy.set_route(Route(host=long_host, port=apps[0].port, owner="svc-long"))
+    proxy.set_route(Route(host="short.p.localhost", port=apps[0].port, owner="svc-short"))
+    assert await proxy.settled(timeout=5)  # the generation nginx confirmed is the one with both names
+    conf = (proxy.dir / "nginx.conf").read_text()
+    assert f"server_name {long_host};" in conf
+    assert f"server 127.0.0.1:{apps[0].port} max_fails=0;" in conf
+    for host in (long_host, "short.p.localhost"):
+        resp = await fetch(proxy, f"{host}:{proxy.port}")
+        assert resp.status_code == 200 and resp.text == "long\n"
+
+
+async def test_a_client_that_waits_before_sending_is_still_served(nginx_proxy, apps):
+    """The listening socket defers accept until the first bytes arrive (TCP_DEFER_ACCEPT): set on the
+    socket InkMCP bound and nginx inherited, and a client that connects, stays silent, then sends, is
+    answered as before."""
+    proxy = nginx_proxy
+    assert proxy._listener is not None
+    assert proxy._listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    apps.append(await App("patient").ready())
+    proxy.set_route(Route(host="patient.p.localhost", port=apps[0].port, owner="svc-patient"))
+    assert await proxy.settled()
+    head = b"GET / HTTP/1.1\r\nHost: patient.p.localhost\r\nConnection: close\r\n\r\n"
+    data = await asyncio.to_thread(_raw_exchange, proxy.port, head, pause=1.5)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"patient\n")
