@@ -429,3 +429,37 @@ async def test_a_prepared_start_whose_pipe_closes_runs_nothing_and_exits(data_di
     assert await proc.wait() == 0
     transport.close()
     assert out.decode().split() == ["given", str(data_dir), "3"]  # ONLY_THIS, PATH and the shell's own PWD
+
+
+async def test_the_pid_file_is_written_beside_the_start_and_never_left_behind(tmp_path):
+    """The pid file (what a restarted InkMCP reaps after a crash) is written on the loop's next turn after the
+    spawn, off the wake's path; it names the process with its create time, and it is gone after a stop and
+    after a process that exited at once (its write cancelled or undone), never left behind."""
+    import psutil
+
+    from inkmcp.providers.compute.local.supervisor import ProcessConfig, Supervisor, reap_stale
+
+    def config(name: str, argv: tuple[str, ...]) -> ProcessConfig:
+        return ProcessConfig(name=name, argv=argv, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, run_as=None,
+                             pid_file=tmp_path / "pids" / f"{name}.pid")  # fmt: skip
+
+    sup = Supervisor(config("long", ("/bin/sleep", "30")), lambda line: None)
+    await sup.start()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    record = json.loads((tmp_path / "pids" / "long.pid").read_text())
+    assert record["pid"] == sup.pid and abs(record["create_time"] - psutil.Process(sup.pid).create_time()) < 0.01
+    await sup.stop(1.0)
+    assert not (tmp_path / "pids" / "long.pid").exists()
+    quick = Supervisor(config("quick", ("/bin/true",)), lambda line: None)
+    await quick.start()
+    await asyncio.wait_for(quick.wait_exit(), 5)
+    await quick.stop(1.0)
+    assert not (tmp_path / "pids" / "quick.pid").exists()
+    crashed = Supervisor(config("left", ("/bin/sleep", "30")), lambda line: None)  # InkMCP dies: file stays
+    await crashed.start()
+    await asyncio.sleep(0.05)
+    pid = crashed.pid
+    assert pid is not None and reap_stale(tmp_path / "pids") == 1
+    await asyncio.wait_for(crashed.wait_exit(), 5)
+    await crashed.stop(1.0)
