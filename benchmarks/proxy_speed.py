@@ -23,6 +23,17 @@ this 2-core machine hits all alike; figures are medians over rounds.
     .venv/bin/python benchmarks/proxy_speed.py                  # table on stdout
     .venv/bin/python benchmarks/proxy_speed.py --save benchmarks/baselines/proxy_speed.json
     .venv/bin/python benchmarks/proxy_speed.py --compare benchmarks/baselines/proxy_speed.json
+    .venv/bin/python benchmarks/proxy_speed.py --targets nginx,inkmcp --before 6118318   # + inkmcp-before, same run
+    .venv/bin/python benchmarks/proxy_speed.py --cost           # instructions and syscalls per request (valgrind)
+
+--before REV adds the target `inkmcp-before`: the proxy of that revision (its `inkmcp` and this script, from
+`git archive`, run with this venv), interleaved with the others, so a change is judged in one run.
+
+--cost answers what a noisy 2-core box cannot: how much work each nginx config does per request. Each config
+(the baseline's, InkMCP's as rendered for the benchmark route, and --before's) runs as one nginx process
+(`master_process off`) under valgrind's callgrind and under strace, and the same requests are sent to each:
+user-space instructions and system calls per kept-alive request, per request on a new connection, and per
+WebSocket echo. Deterministic to a few instructions, so it attributes a cost that throughput cannot resolve.
 
 Exits 1 when `inkmcp` misses issue 12's bar in a scenario (throughput below nginx's, or p50 above 1.2x
 nginx's), unless --no-fail.
@@ -49,6 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+ROOT = Path(__file__).resolve().parent.parent
 HOST = "bench.demo.localhost"
 WS_CLIENT_PROCS = 16  # connections per WebSocket client process
 
@@ -177,6 +189,162 @@ async def serve_proxy(engine: str, app_port: int, port_file: Path, runtime_dir: 
     await proxy.close()
 
 
+def servers(args: argparse.Namespace, targets: list[str], work: Path) -> list[tuple[str, str, Path]]:
+    """(target, engine, the proxy_speed.py whose --serve runs it) for the InkMCP targets asked for."""
+    out = [(name, engine, Path(__file__)) for name, engine in
+           (("inkmcp", os.environ.get("INKMCP_PROXY_ENGINE", "nginx")), ("inkmcp-python", "python"))
+           if name in targets or (args.cost and name == "inkmcp")]  # fmt: skip
+    if args.before:
+        src = work / "before-src"  # `inkmcp` and `benchmarks` of that revision; .git is left alone (no worktree)
+        src.mkdir()
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "inkmcp", "benchmarks"],
+                             capture_output=True, check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+        out.append(("inkmcp-before", "nginx", src / "benchmarks" / "proxy_speed.py"))
+    return out
+
+
+def start_server(
+    script: Path, name: str, engine: str, app_port: int, work: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A --serve child of `script` (its own tree's `inkmcp` comes first on its sys.path); its port."""
+    port_file = work / f"{name}.port"
+    child = subprocess.Popen([sys.executable, str(script), "--serve", engine, str(app_port), str(port_file),
+                              str(work / name)])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not port_file.exists() or not port_file.read_text():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise RuntimeError(f"the {name} proxy did not start")
+        time.sleep(0.02)
+    return child, int(port_file.read_text())
+
+
+# -- cost per request (--cost): one nginx process under callgrind / strace ------------------------------
+
+
+def _cost_configs(work: Path, app_port: int, ports: dict[str, int]) -> dict[str, str]:
+    """Each nginx config to cost, rewritten for one process on a port of its own in a directory of its own."""
+    configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}")}
+    for name in ("inkmcp", "inkmcp-before"):
+        conf = work / name / "nginx.conf"
+        if name not in ports or not conf.exists():
+            continue
+        text = conf.read_text().replace(str(work / name), "{dir}").replace(f":{ports[name]}", ":{port}")
+        text = re.sub(r"\n    server \{\n        listen unix:.*?\n    \}", "", text, flags=re.S)  # its control socket
+        text = re.sub(r"^user .*\n", "", text, flags=re.M)
+        configs[name] = text
+    return {name: re.sub(r"worker_processes \S+;", "worker_processes 1; master_process off;", text)
+            for name, text in configs.items()}  # fmt: skip
+
+
+def _cost_load(port: int, mode: str, n: int) -> None:
+    """`n` kept-alive requests, `n` requests on new connections, or `n` WebSocket echoes of one connection."""
+    def answer(sock: socket.socket, until_close: bool) -> None:
+        buf = b""
+        while not buf.endswith(b"hello, world\n"):
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError(f"the connection closed: {buf[:200]!r}")
+            buf += data
+        if until_close:
+            while sock.recv(65536):
+                pass
+
+    head = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bench\r\nAccept: */*\r\n".encode()
+    if mode == "new connection":
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(head + b"Connection: close\r\n\r\n")
+                answer(s, True)
+        return
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if mode == "keep-alive":
+            for _ in range(n):
+                s.sendall(head + b"\r\n")
+                answer(s, False)
+            return
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(4096)
+        for _ in range(n):
+            s.sendall(_FRAME)
+            echoed = 0
+            while echoed < _ECHO_LEN:
+                echoed += len(s.recv(4096))
+
+
+COST_MODES = ("keep-alive", "new connection", "websocket")
+
+
+def _cost_of(conf: str, run_dir: Path, tool: str, n: int) -> dict[str, float]:
+    """Per request of each mode: callgrind's instruction count (tool "callgrind") or strace's syscall count."""
+    run_dir.mkdir()
+    (run_dir / "tmp").mkdir()
+    port = free_port()
+    (run_dir / "nginx.conf").write_text(conf.replace("{dir}", str(run_dir)).replace("{port}", str(port)))
+    nginx = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"),
+             "-e", str(run_dir / "error.log"), "-g", "daemon off;"]  # fmt: skip
+    out = run_dir / "callgrind.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *nginx] if tool == "callgrind" else nginx
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result: dict[str, float] = {}
+    try:
+        wait_port(port, proc, timeout=60)
+        for mode in COST_MODES:  # warm: the upstream keepalive pool, allocator caches
+            _cost_load(port, mode, 50)
+        for mode in COST_MODES:
+            if tool == "callgrind":
+                subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+                _cost_load(port, mode, n)
+                subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+                total = 0
+                deadline = time.monotonic() + 30
+                while not total and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    for dump in run_dir.glob("callgrind.out.*"):
+                        m = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
+                        if m:
+                            total += int(m.group(1))
+                            dump.unlink()
+                result[mode] = total / n
+            else:
+                log = run_dir / f"strace-{mode.replace(' ', '-')}.txt"
+                st = subprocess.Popen(["strace", "-c", "-o", str(log), "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
+                time.sleep(0.5)  # attached
+                _cost_load(port, mode, n)
+                time.sleep(0.2)
+                st.send_signal(signal.SIGINT)
+                st.wait(30)
+                m = re.search(r"^100\.00\s+\S+\s+\S+\s+(\d+)", log.read_text(), re.M)
+                result[mode] = int(m.group(1)) / n if m else float("nan")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return result
+
+
+def cost_report(work: Path, app_port: int, ports: dict[str, int], n: int) -> str:
+    missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if shutil.which(tool) is None]
+    if missing:
+        return f"--cost needs {', '.join(missing)} (apt-get install valgrind strace)"
+    configs = _cost_configs(work, app_port, ports)
+    rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n) for tool in ("callgrind", "strace")}
+            for name, conf in configs.items()}  # fmt: skip
+    base = rows["nginx"]["callgrind"]
+    lines = [f"Work per request of one nginx worker ({n} requests per mode; user-space instructions by callgrind, "
+             "system calls by strace)", "",
+             "| config | mode | instructions | ÷ nginx | syscalls |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for name, r in rows.items():
+        for mode in COST_MODES:
+            ir = r["callgrind"][mode]
+            lines.append(f"| {name} | {mode} | {ir:,.0f} | {ir / base[mode]:.2f} | {r['strace'][mode]:.1f} |")
+    return "\n".join(lines)
+
+
 # -- load ---------------------------------------------------------------------------------------------
 
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -289,6 +457,9 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, help="a file --save wrote earlier: print its inkmcp figures next to these")
     ap.add_argument("--label", default="", help="stored with --save (e.g. the commit measured)")
     ap.add_argument("--no-fail", action="store_true")
+    ap.add_argument("--before", metavar="REV", help="also run the InkMCP proxy of this git revision (inkmcp-before)")
+    ap.add_argument("--cost", action="store_true", help="work per request under valgrind/strace instead of load")
+    ap.add_argument("--cost-requests", type=int, default=300, help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=4, metavar=("ENGINE", "APP_PORT", "PORT_FILE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -300,6 +471,8 @@ def main() -> int:
         return 2
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     targets = args.targets.split(",")
+    if args.before and "inkmcp-before" not in targets:
+        targets.append("inkmcp-before")
     work = Path(tempfile.mkdtemp(prefix="inkmcp-proxy-bench-", dir="/tmp"))
     work.chmod(0o711)
     procs: list[subprocess.Popen[bytes]] = []
@@ -320,19 +493,12 @@ def main() -> int:
                                     str(ngx_dir / "error.log"), "-g", "daemon off;"])  # fmt: skip
             procs.append(ngx)
             wait_port(ports["nginx"], ngx)
-        for name, engine in (("inkmcp", os.environ.get("INKMCP_PROXY_ENGINE", "nginx")), ("inkmcp-python", "python")):
-            if name not in targets:
-                continue
-            port_file = work / f"{name}.port"
-            child = subprocess.Popen([sys.executable, __file__, "--serve", engine, str(app_port), str(port_file),
-                                      str(work / name)])  # fmt: skip
+        for name, engine, script in servers(args, targets, work):
+            child, ports[name] = start_server(script, name, engine, app_port, work)
             procs.append(child)
-            deadline = time.monotonic() + 30
-            while not port_file.exists() or not port_file.read_text():
-                if child.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {name} proxy did not start")
-                time.sleep(0.02)
-            ports[name] = int(port_file.read_text())
+        if args.cost:
+            print(cost_report(work, app_port, ports, args.cost_requests))
+            return 0
         order = [t for t in targets if t in ports]
         wanted = {w.strip() for w in args.scenarios.split(",") if w.strip()}
         scenarios = [(c, m) for c, m in SCENARIOS if not wanted or f"{c} {m}" in wanted]
