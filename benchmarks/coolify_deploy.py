@@ -221,6 +221,14 @@ class Counted:
                 return await _real(pool, query, params)
 
             setattr(StatementPool, name, counted)
+        real_tx = getattr(StatementPool, "transaction", None)
+        if real_tx is not None:  # several statements with BEGIN and COMMIT in one round trip (pipeline mode)
+            async def transaction(pool: Any, statements: Any, _real: Any = real_tx) -> Any:
+                self.add("statements", len(statements))
+                self.add("statement pool pipelined transactions (one round trip each)")
+                return await _real(pool, statements)
+
+            StatementPool.transaction = transaction  # type: ignore[method-assign]
 
 
 class Steps:

@@ -40,8 +40,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import delete, func, literal, select, text, update
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -57,7 +58,16 @@ from inkmcp.build.source import (
 )
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import EnvService, validate_env_payload
-from inkmcp.core.leases import Lease, LeaseConfig, LeaseLost, Leases, hold_ref_switch, lock_service
+from inkmcp.core.leases import (
+    SERVICE_LOCK_CLASS,
+    Lease,
+    LeaseConfig,
+    LeaseLost,
+    Leases,
+    hold_ref_switch,
+    lock_service,
+    service_lock_key,
+)
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import Prechecked, ProjectService, _refuse_more_builds
@@ -80,7 +90,7 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
-from inkmcp.store.models import Deployment, DeploymentEvent, EnvVar, Project, Service
+from inkmcp.store.models import Deployment, EnvVar, Project, Service
 from inkmcp.store.refs import check_ref, ref_of, save_ref
 from inkmcp.store.statements import statement_pool
 
@@ -168,20 +178,44 @@ _REUSABLE_SQL = text("""
     ) d ON true
     WHERE s.id = :service
 """)
-_REUSE_OR_LOCK_SQL = text("""
-    SELECT s.live_deployment_id, d.id, d.status, a.id, a.max_concurrent_builds
-    FROM services s JOIN projects p ON p.id = s.project_id JOIN accounts a ON a.id = p.account_id
-    LEFT JOIN LATERAL (
-        SELECT id, status FROM deployments WHERE service_id = s.id AND config_hash = :hash
+_LOCK_OWNER_SQL = """
+    SELECT a.id FROM accounts a JOIN projects p ON p.account_id = a.id JOIN services s ON s.project_id = p.id
+    WHERE s.id = %s FOR NO KEY UPDATE OF a
+"""
+_NEW_DEPLOYMENT_SQL = """
+    WITH svc AS (
+        SELECT s.live_deployment_id, p.account_id, COALESCE(a.max_concurrent_builds, %(default_max)s) AS max_builds
+        FROM services s JOIN projects p ON p.id = s.project_id JOIN accounts a ON a.id = p.account_id
+        WHERE s.id = %(service)s
+    ), last AS (
+        SELECT id, status FROM deployments WHERE service_id = %(service)s AND config_hash = %(hash)s
         ORDER BY created_at DESC LIMIT 1
-    ) d ON true
-    WHERE s.id = :service
-    FOR NO KEY UPDATE OF a
-""")
-"""_REUSABLE_SQL and the account row lock of `ProjectService.check_build_quota` (FOR NO KEY UPDATE, core.limits:
-why not FOR UPDATE) in one statement, run after the service's advisory lock (so the read sees every deployment of
-the service committed before). The count of the account's builds cannot join it: in READ COMMITTED a count in the
-statement that waited for the row lock would not see a concurrent insert; it runs in the next statement."""
+    ), reusable AS (
+        SELECT last.id FROM last, svc
+        WHERE %(reuse)s AND ((last.status = 'live' AND last.id = svc.live_deployment_id)
+                             OR last.status <> ALL(%(terminal)s))
+    ), running AS (
+        SELECT count(*) AS n FROM deployments d JOIN services s ON s.id = d.service_id
+        JOIN projects p ON p.id = s.project_id
+        WHERE p.account_id = (SELECT account_id FROM svc) AND d.status <> ALL(%(terminal)s)
+    ), go AS (
+        SELECT 1 FROM svc, running WHERE NOT EXISTS (SELECT 1 FROM reusable) AND running.n < svc.max_builds
+    ), kind AS (
+        UPDATE services SET service_type = %(type)s, mode = %(mode)s
+        WHERE id = %(service)s AND EXISTS (SELECT 1 FROM go) RETURNING id
+    ), dep AS (
+        INSERT INTO deployments (id, service_id, status, commit, config_hash, plan, claimed_by, lease_epoch,
+                                 lease_until)
+        SELECT %(dep)s, %(service)s, %(status)s, %(commit)s, %(hash)s, %(plan)s, %(me)s, 1,
+               now() + make_interval(secs => %(lease_seconds)s)
+        FROM go RETURNING id
+    ), event AS (
+        INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM dep
+    )
+    SELECT (SELECT id FROM reusable), (SELECT id FROM dep), (SELECT n FROM running), (SELECT max_builds FROM svc)
+"""
+"""_create_or_reuse's third statement: what _reusable_of decides, ProjectService.check_build_quota's count and
+limit (the account's own, else the default), and the writes, all on one snapshot taken after the locks."""
 
 
 def _reusable_of(live: uuid.UUID | None, dep_id: uuid.UUID | None, status: str | None) -> uuid.UUID | None:
@@ -778,49 +812,32 @@ class DeployService:
         """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
         deployment claimed by this replica in the same transaction, and its lease."""
         dep_id = uuid.uuid4()
-        claim, lease = self._leases.new_claim(dep_id)
-        # Three statements (were five): the service's advisory lock; the reusable deployment and the account row
-        # lock (_REUSE_OR_LOCK_SQL); the account's builds in progress counted in the statement that writes the
-        # service's type and mode, the deployment (claimed) and its first event. The count's snapshot is taken
-        # after the account lock was granted, so it sees every deployment a concurrent call committed under that
-        # lock; over the limit, the transaction is rolled back (nothing of the statement stays).
-        async with self._sessions.begin() as s:
-            await lock_service(s, service_id)
-            found = (await s.execute(_REUSE_OR_LOCK_SQL, {"service": service_id, "hash": config_hash})).first()
-            if found is None:
-                raise NotFound("the account no longer exists.", argument="account",
-                               fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
-            live, reuse_id, reuse_status, account_id, own_limit = found
-            if reuse:
-                reusable = _reusable_of(live, reuse_id, reuse_status)
-                if reusable is not None:
-                    return reusable, None
-            max_builds = own_limit if own_limit is not None else self._projects.limits.max_concurrent_builds
-            running = (
-                select(func.count().label("n")).select_from(Deployment)
-                .join(Service, Deployment.service_id == Service.id).join(Project, Service.project_id == Project.id)
-                .where(Project.account_id == account_id, Deployment.status.not_in(list(TERMINAL))).cte("running")
-            )  # fmt: skip
-            kind = (
-                update(Service).where(Service.id == service_id)
-                .values(service_type=service_type.value, mode=mode.value).returning(Service.id).cte("kind")
-            )  # fmt: skip
-            row = (
-                insert(Deployment)
-                .values(id=dep_id, service_id=service_id, status=Step.queued.value, commit=commit,
-                        config_hash=config_hash, plan=plan.model_dump(mode="json"), **claim)
-                .returning(Deployment.id).cte("dep")
-            )  # fmt: skip
-            builds = (await s.execute(
-                insert(DeploymentEvent)
-                .from_select(["deployment_id", "status", "detail"],
-                             select(row.c.id, literal(Step.queued.value),
-                                    literal(detail or _queued_detail(commit))))
-                .add_cte(kind).add_cte(running)
-                .returning(select(running.c.n).scalar_subquery())
-            )).scalar_one()  # fmt: skip
-            # raises LimitReached (ProjectService's message): the rollback takes the statement's rows back
+        lease = Lease(dep_id, self._leases.me, 1)  # as Leases.new_claim: inserted claimed, epoch 1
+        # One transaction of three statements sent at once with its BEGIN and COMMIT (one round trip; were five
+        # statements in an ORM transaction): the service's advisory lock; the account row lock (core.limits: FOR NO
+        # KEY UPDATE); then, on a snapshot taken after both were granted, the reusable deployment, the account's
+        # builds in progress, and only if nothing is reusable and the limit is not reached, the service's type
+        # and mode, the deployment (claimed by this replica) and its first event (_NEW_DEPLOYMENT_SQL).
+        params = {"service": service_id, "hash": config_hash, "reuse": reuse, "terminal": sorted(TERMINAL),
+                  "default_max": self._projects.limits.max_concurrent_builds, "type": service_type.value,
+                  "mode": mode.value, "dep": dep_id, "status": Step.queued.value, "commit": commit,
+                  "plan": Jsonb(plan.model_dump(mode="json")), "me": self._leases.me,
+                  "lease_seconds": float(self._leases.config.lease_seconds),
+                  "detail": detail or _queued_detail(commit)}  # fmt: skip
+        results = await statement_pool(self._sessions).transaction([
+            ("SELECT pg_advisory_xact_lock(%s, %s)", (SERVICE_LOCK_CLASS, service_lock_key(service_id))),
+            (_LOCK_OWNER_SQL, (service_id,)),
+            (_NEW_DEPLOYMENT_SQL, params),
+        ])  # fmt: skip
+        if not results[1]:
+            raise NotFound("the account no longer exists.", argument="account",
+                           fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
+        reused, inserted, builds, max_builds = results[2][0]
+        if reused is not None:
+            return reused, None
+        if inserted is None:  # the limit is reached: nothing was written (LimitReached, ProjectService's message)
             _refuse_more_builds(SimpleNamespace(max_concurrent_builds=max_builds), builds)  # type: ignore[arg-type]
+            raise AssertionError(f"no deployment inserted with {builds} of {max_builds} builds running")
         return dep_id, lease
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:

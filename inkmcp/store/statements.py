@@ -65,6 +65,21 @@ class StatementPool:
             cur = await conn.execute(query, params, prepare=True)  # type: ignore[arg-type]
             return await cur.fetchall()
 
+    async def transaction(self, statements: Sequence[tuple[str, Sequence[Any] | Mapping[str, Any]]]
+                          ) -> list[list[tuple[Any, ...]]]:
+        """Several statements in one transaction, sent at once with its BEGIN and COMMIT (psycopg's pipeline
+        mode): one round trip for all of them. PostgreSQL still runs them one after the other, each on a snapshot
+        of its own taken when it starts (READ COMMITTED), so a statement after one that waited for a lock sees
+        what was committed meanwhile. A failing statement rolls the whole transaction back and raises. Not
+        retried. Returns each statement's rows (empty for one without rows)."""
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            cursors = []
+            async with conn.pipeline(), conn.transaction():
+                for query, params in statements:
+                    cursors.append(await conn.execute(query, params, prepare=True))  # type: ignore[arg-type]
+            return [await cur.fetchall() if cur.description is not None else [] for cur in cursors]
+
     async def close(self) -> None:
         await self._pool.close()  # a no-op on a pool never opened
 
