@@ -463,3 +463,15 @@ async def test_the_pid_file_is_written_beside_the_start_and_never_left_behind(tm
     assert pid is not None and reap_stale(tmp_path / "pids") == 1
     await asyncio.wait_for(crashed.wait_exit(), 5)
     await crashed.stop(1.0)
+
+
+@ROOT
+async def test_prepared_starts_can_be_turned_off_and_never_exist_without_the_wrapper(monkeypatch):
+    """INKMCP_TENANT_PRESPAWN=false, or the preexec path: nothing waits, every start is a direct one."""
+    sandbox = TenantSandbox(run_as=None)
+    for settings in (StartSettings(tenant_prespawn=False), StartSettings(tenant_spawn="preexec")):  # type: ignore[arg-type]
+        monkeypatch.setattr(spawn_mod, "start_settings", lambda settings=settings: settings)
+        assert not await spawn_mod.prepare_start(sandbox)
+        assert spawn_mod.prepared_pid(sandbox) is None
+    monkeypatch.setenv("INKMCP_TENANT_PRESPAWN", "false")
+    assert StartSettings().tenant_prespawn is False
