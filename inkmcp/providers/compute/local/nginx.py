@@ -28,6 +28,9 @@ than chase a C event loop in Python, the bytes go through nginx itself, configur
   nginx one group's CPU share against everything else and 0.4-0.7x nginx's throughput in the benchmark.
 - Responses nginx generates itself say `Server: inkmcp` (headers-more module), as the Python proxy's
   do; an app's own `Server` header passes unchanged.
+- What nginx does per request is measured, not guessed: `benchmarks/proxy_speed.py --cost` counts each
+  config's user-space instructions (callgrind) and syscalls (strace) per request against the baseline's;
+  the comments in the template below give each choice's measured cost (docs/serving.md, "The front proxy").
 
 `make_proxy` chooses nginx or the Python proxy from `ProxySettings` (INKMCP_PROXY_ENGINE).
 """
