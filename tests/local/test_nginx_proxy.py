@@ -432,7 +432,7 @@ async def test_server_header_and_host_check_on_a_routed_name(nginx_proxy):
                      "raw.p.localhost:80:81"):  # fmt: skip
             status, server, _ = await asyncio.to_thread(ask, host)
             assert (status, server) == (400, "inkmcp"), host
-        # an upstream that is gone: nginx's 502 (after the slow path's own) never carries "nginx"
+        # the app gone: the 502 comes from the slow path (nginx's backup) and says so, never "nginx"
         app.terminate()
         app.wait(10)
         status, server, _ = await asyncio.to_thread(ask, "raw.p.localhost")
