@@ -229,6 +229,13 @@ class Counted:
                 return await _real(pool, statements)
 
             StatementPool.transaction = transaction  # type: ignore[method-assign]
+        real_conn = getattr(StatementPool, "connection", None)
+        if real_conn is not None:  # an interactive transaction (placement's reserve: a few pipelined round trips)
+            def connection(pool: Any, _real: Any = real_conn) -> Any:
+                self.add("statement pool interactive transactions (placement reserve)")
+                return _real(pool)
+
+            StatementPool.connection = connection  # type: ignore[method-assign]
 
 
 class Steps:

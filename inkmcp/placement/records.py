@@ -39,6 +39,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import delete, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -60,6 +62,7 @@ from inkmcp.placement.models import (
 )
 from inkmcp.providers.compute.base import Resources, ServiceKey
 from inkmcp.store.models import Placement, PlacementNode, Project
+from inkmcp.store.statements import statement_pool
 
 SERVICE_LOCK = zlib.crc32(b"inkmcp.placement.service") & 0x7FFFFFFF
 PROJECT_LOCK = zlib.crc32(b"inkmcp.placement.project") & 0x7FFFFFFF
@@ -91,6 +94,59 @@ FROM (
 ) x
 GROUP BY node_uuid
 """
+
+
+# The same statements for `reserve` on the statement pool's psycopg connection (PlacementService.reserve).
+_PG_LOCK = "SELECT pg_advisory_xact_lock(%s::int, hashtext(%s::text))"
+_PG_DRAINING = "SELECT uuid FROM placement_nodes WHERE draining_since IS NOT NULL"
+_PG_ROW = ("SELECT service_id, project_id, node_uuid, mode, memory_mb, millicpus, charged_memory_mb, "
+           "charged_millicpus, labels, spread FROM placements WHERE service_id = %s")
+_PG_PROJECT_NODES = ("SELECT node_uuid, count(*) FROM placements WHERE project_id = %s AND service_id <> %s "
+                     "GROUP BY node_uuid")
+_PG_NODE_ROW = "INSERT INTO placement_nodes (uuid, name) VALUES (%s, %s) ON CONFLICT (uuid) DO NOTHING"
+_PG_NODE_LOCK = "SELECT draining_since FROM placement_nodes WHERE uuid = %s FOR UPDATE"
+_PG_WRITE = (
+    "INSERT INTO placements (service_id, project_id, node_uuid, mode, memory_mb, millicpus, charged_memory_mb, "
+    "charged_millicpus, labels, spread) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (service_id) DO UPDATE SET project_id = excluded.project_id, node_uuid = excluded.node_uuid, "
+    "mode = excluded.mode, memory_mb = excluded.memory_mb, millicpus = excluded.millicpus, "
+    "charged_memory_mb = excluded.charged_memory_mb, charged_millicpus = excluded.charged_millicpus, "
+    "labels = excluded.labels, spread = excluded.spread, updated_at = now()")
+
+
+def _pg_params(sql: str) -> str:
+    return sql.replace(":sid", "%(sid)s").replace(":pid", "%(pid)s").replace(":node", "%(node)s")
+
+
+_PG_LOADS_ALL = _pg_params(_LOADS.format(node_filter="", db_node_filter=""))
+_PG_LOADS_NODE = _pg_params(_LOADS.format(node_filter="AND node_uuid = :node",
+                                          db_node_filter="AND r ->> 'node_uuid' = :node"))
+
+
+def _load_rows(rows: Sequence[Sequence[Any]]) -> dict[str, NodeLoad]:
+    return {r[0]: NodeLoad(int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), int(r[8]))
+            for r in rows}
+
+
+def _reservation_of(row: Sequence[Any]) -> Reservation:
+    """`_reservation` of a `_PG_ROW` row."""
+    return Reservation(service_id=str(row[0]), project_id=str(row[1]), node_uuid=row[2], mode=Mode(row[3]),
+                       memory_mb=row[4], millicpus=row[5], charged_memory_mb=row[6], charged_millicpus=row[7],
+                       labels=dict(row[8] or {}), spread=row[9])
+
+
+async def _pg_lock_node(conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline, node: Node,
+                        exclude_service: uuid.UUID) -> tuple[bool, dict[str, NodeLoad]]:
+    """`_lock_node` and the node's fresh load in one round trip: PostgreSQL runs the load statement after the lock
+    statement was granted, on a snapshot of its own (READ COMMITTED), so it sees every reservation committed by
+    whoever held the lock before. (False, …) if the node is draining (checked under the lock)."""
+    await conn.execute(_PG_NODE_ROW, (node.uuid, node.name), prepare=True)
+    lock_cur = await conn.execute(_PG_NODE_LOCK, (node.uuid,), prepare=True)
+    loads_cur = await conn.execute(_PG_LOADS_NODE, {"sid": exclude_service, "pid": uuid.UUID(NIL),
+                                                    "node": node.uuid}, prepare=True)
+    await pipe.sync()
+    draining = (await lock_cur.fetchone() or (None,))[0]
+    return draining is None, _load_rows(await loads_cur.fetchall())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,57 +264,93 @@ class PlacementService:
             return await _with_draining(session, listed)
 
     async def reserve(self, demand: Demand) -> PlacedServer:
-        """Reserve room for `demand` (idempotent per service; sticky across redeploys). See the module doc."""
+        """Reserve room for `demand` (idempotent per service; sticky across redeploys). See the module doc.
+
+        One interactive transaction on the statement pool's psycopg connection in pipeline mode (store.statements),
+        each step's statements sent together: (1) the service lock, the draining marks and the service's row;
+        (2) a new placement's loads (with the project lock and the project's nodes when it spreads); (3) the node's
+        row lock and its fresh load, in one round trip but run in that order by PostgreSQL, so the load statement's
+        snapshot is taken after the lock was granted (READ COMMITTED); (4) the write with COMMIT. A first placement
+        is four round trips where the ORM session took eleven (issue 8, benchmarks/coolify_deploy.py --steps)."""
         listed = await self._source()
+        pool = statement_pool(self._sessions)
+        broken = False
         for _ in range(self._attempts):
-            async with self._sessions() as session, session.begin():
-                await _lock(session, SERVICE_LOCK, demand.service_id)
-                by_uuid = {n.uuid: n for n in await _with_draining(session, listed)}
-                row = await session.get(Placement, uuid.UUID(demand.service_id), populate_existing=True)
-                old = _reservation(row) if row is not None else None
-                home = by_uuid.get(old.node_uuid) if old else None
-                if old is not None and home is not None and home.why_not_target() is None \
-                        and home.matches(demand.labels):
-                    if demand.require_node is not None and old.node_uuid != demand.require_node:
-                        engine = Engine(by_uuid.values(), self.policy)
-                        engine.track(old)
-                        raise engine.misplaced(demand, old)  # reported, not moved (engine module docstring)
-                    if same_demand(old, demand):
-                        return _placed(home)
-                    # new limits: resized in place, checked against the node's fresh load under its lock
-                    if not await _lock_node(session, home):
-                        self.retries += 1
-                        continue  # it started draining meanwhile: the next attempt moves the service
-                    engine = Engine([home], self.policy, await _loads(session, demand.service_id, home.uuid))
-                    if not engine.fits_on(demand, home.uuid):
-                        engine.add(old)
-                        raise engine.resize_refusal(demand)
-                    await self._write(session, demand, home, engine)
-                    return _placed(home)
-                spread = demand.spread and demand.require_node is None  # spreading yields to the requirement
-                if spread:
-                    await _lock(session, PROJECT_LOCK, demand.project_id)
-                engine = Engine(by_uuid.values(), self.policy, await _loads(session, demand.service_id))
-                if spread:
-                    for node_uuid, n in await self._project_nodes(session, demand):
-                        engine.note_project(demand.project_id, node_uuid, n)
-                target = engine.choose(demand)
-                if not await _lock_node(session, target):
-                    self.retries += 1
-                    continue  # it started draining meanwhile: the next attempt reads the mark
-                fresh = Engine([target], self.policy, await _loads(session, demand.service_id, target.uuid))
-                if not fresh.fits_on(demand, target.uuid):
-                    self.retries += 1
-                    continue  # another replica took the room: decide again with fresh loads
-                await self._write(session, demand, target, fresh)
-                return _placed(target, moved=old is not None)
+            try:
+                async with pool.connection() as conn, conn.pipeline() as pipe, conn.transaction():
+                    placed = await self._decide(conn, pipe, demand, listed)
+            except psycopg.OperationalError:
+                if broken:
+                    raise
+                broken = True  # a connection the server closed (restart): once more on a fresh one (idempotent)
+                await pool.check()
+                continue
+            if placed is not None:
+                return placed
+            self.retries += 1
         raise PlacementBusy("placement is busy (other deployments took the chosen room first); retry shortly")
 
-    async def _project_nodes(self, session: AsyncSession, demand: Demand) -> Sequence[tuple[str, int]]:
-        rows = await session.execute(text(
-            "SELECT node_uuid, count(*) FROM placements WHERE project_id = :p AND service_id <> :s "
-            "GROUP BY node_uuid"), {"p": demand.project_id, "s": demand.service_id})
-        return [(r[0], int(r[1])) for r in rows]
+    async def _decide(self, conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline, demand: Demand,
+                      listed: Sequence[Node]) -> PlacedServer | None:
+        """One attempt of `reserve` inside its transaction; None: decide again (the chosen node filled up or
+        started draining meanwhile; the transaction commits nothing and releases its locks)."""
+        sid = uuid.UUID(demand.service_id)
+        await conn.execute(_PG_LOCK, (SERVICE_LOCK, demand.service_id), prepare=True)
+        draining_cur = await conn.execute(_PG_DRAINING, prepare=True)
+        row_cur = await conn.execute(_PG_ROW, (sid,), prepare=True)
+        await pipe.sync()  # round trip 1
+        draining = {r[0] for r in await draining_cur.fetchall()}
+        by_uuid = {n.uuid: dataclasses.replace(n, draining=True) if n.uuid in draining else n for n in listed}
+        got = await row_cur.fetchall()
+        old = _reservation_of(got[0]) if got else None
+        home = by_uuid.get(old.node_uuid) if old else None
+        if old is not None and home is not None and home.why_not_target() is None and home.matches(demand.labels):
+            if demand.require_node is not None and old.node_uuid != demand.require_node:
+                engine = Engine(by_uuid.values(), self.policy)
+                engine.track(old)
+                raise engine.misplaced(demand, old)  # reported, not moved (engine module docstring)
+            if same_demand(old, demand):
+                return _placed(home)
+            # new limits: resized in place, checked against the node's fresh load under its lock
+            free, loads = await _pg_lock_node(conn, pipe, home, sid)
+            if not free:
+                return None  # it started draining meanwhile: the next attempt moves the service
+            engine = Engine([home], self.policy, loads)
+            if not engine.fits_on(demand, home.uuid):
+                engine.add(old)
+                raise engine.resize_refusal(demand)
+            await self._pg_write(conn, pipe, demand, home, engine)
+            return _placed(home)
+        spread = demand.spread and demand.require_node is None  # spreading yields to the requirement
+        project_cur = None
+        if spread:
+            await conn.execute(_PG_LOCK, (PROJECT_LOCK, demand.project_id), prepare=True)
+            project_cur = await conn.execute(_PG_PROJECT_NODES, (uuid.UUID(demand.project_id), sid), prepare=True)
+        loads_cur = await conn.execute(_PG_LOADS_ALL, {"sid": sid, "pid": uuid.UUID(NIL)}, prepare=True)
+        await pipe.sync()  # round trip 2
+        engine = Engine(by_uuid.values(), self.policy, _load_rows(await loads_cur.fetchall()))
+        if project_cur is not None:
+            for node_uuid, n in await project_cur.fetchall():
+                engine.note_project(demand.project_id, node_uuid, int(n))
+        target = engine.choose(demand)
+        free, loads = await _pg_lock_node(conn, pipe, target, sid)  # round trip 3
+        if not free:
+            return None  # it started draining meanwhile: the next attempt reads the mark
+        fresh = Engine([target], self.policy, loads)
+        if not fresh.fits_on(demand, target.uuid):
+            return None  # another replica took the room: decide again with fresh loads
+        await self._pg_write(conn, pipe, demand, target, fresh)  # round trip 4, with COMMIT
+        return _placed(target, moved=old is not None)
+
+    async def _pg_write(self, conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline, demand: Demand,
+                        node: Node, engine: Engine) -> None:
+        r = reservation_for(demand, node.uuid, engine.charge(demand))
+        await conn.execute(_PG_WRITE, (uuid.UUID(r.service_id), uuid.UUID(r.project_id), r.node_uuid, r.mode.value,
+                                       r.memory_mb, r.millicpus, r.charged_memory_mb, r.charged_millicpus,
+                                       Jsonb(dict(r.labels)), r.spread), prepare=True)
+        if self._before_commit is not None:
+            await pipe.sync()  # written (not committed) before the hook runs
+            await self._before_commit(demand, node)
 
     async def _write(self, session: AsyncSession, demand: Demand, node: Node, engine: Engine) -> None:
         r = reservation_for(demand, node.uuid, engine.charge(demand))

@@ -18,8 +18,9 @@ broke), its error goes to the caller as it would from the ORM.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -79,6 +80,20 @@ class StatementPool:
                 for query, params in statements:
                     cursors.append(await conn.execute(query, params, prepare=True))  # type: ignore[arg-type]
             return [await cur.fetchall() if cur.description is not None else [] for cur in cursors]
+
+    # --- overhead2: placement's reserve runs one interactive transaction on this pool (a few pipelined round
+    # trips instead of an ORM session's one per statement): inkmcp/placement/records.py
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """One autocommit connection of the pool, for a caller that runs its own `conn.transaction()`."""
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            yield conn
+
+    async def check(self) -> None:
+        """Drop connections the server closed (after an OperationalError), as `fetch` does before its retry."""
+        await (await self._ready()).check()
+    # --- end overhead2
 
     async def close(self) -> None:
         await self._pool.close()  # a no-op on a pool never opened
