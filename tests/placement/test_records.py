@@ -18,6 +18,7 @@ from inkmcp.placement.records import PlacementService
 from inkmcp.providers.compute.base import Resources, ServiceKey
 from inkmcp.store.db import Store, open_store
 from inkmcp.store.models import Placement, PlacementNode, Service
+from inkmcp.store.statements import statement_pool
 from tests.placement import replica
 from tests.placement.conftest import make_services
 
@@ -159,6 +160,30 @@ async def test_a_second_replica_waits_for_the_node_lock_and_then_sees_the_room_t
         go_on.set()
         await store2.close()
     assert [r.service_id for r in await rows(pstore, n)] == [uuid.UUID(s1)]
+
+
+async def test_a_reserve_after_the_server_closed_its_connection_goes_through_on_a_fresh_one(
+        pstore: Store, placement_url: str) -> None:
+    """`reserve` runs on the statement pool's psycopg connections (no liveness ping on checkout). After the server
+    closed the pooled connection (a restart; here pg_terminate_backend on exactly that backend), the next reserve
+    fails on it once, drops it and decides again on a fresh connection: it answers, and records exactly one row."""
+    n = uniq("n")
+    (s1, p1), (s2, p2) = await make_services(pstore, 2)
+    own = await open_store(placement_url, pool_size=1, max_overflow=0)
+    try:
+        placer = PlacementService(own.sessionmaker, fixed(node(n, memory=4096)))
+        assert (await placer.place(key(s1, p1), Mode.persistent, Resources(memory_mb=512, cpus=0.5))).server_uuid == n
+        async with statement_pool(own.sessionmaker).connection() as conn:
+            backend = conn.info.backend_pid
+        async with pstore.session() as s:
+            assert (await s.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})).scalar_one()
+        placed = await placer.place(key(s2, p2), Mode.persistent, Resources(memory_mb=512, cpus=0.5))
+        assert placed.server_uuid == n
+        async with statement_pool(own.sessionmaker).connection() as conn:
+            assert conn.info.backend_pid != backend
+    finally:
+        await own.close()
+    assert sorted(r.service_id for r in await rows(pstore, n)) == sorted([uuid.UUID(s1), uuid.UUID(s2)])
 
 
 async def test_spread_holds_when_replicas_place_a_projects_services_at_once(pstore: Store,
