@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import shutil
@@ -231,9 +232,27 @@ class Counted:
             StatementPool.transaction = transaction  # type: ignore[method-assign]
         real_conn = getattr(StatementPool, "connection", None)
         if real_conn is not None:  # an interactive transaction (placement's reserve: a few pipelined round trips)
-            def connection(pool: Any, _real: Any = real_conn) -> Any:
-                self.add("statement pool interactive transactions (placement reserve)")
-                return _real(pool)
+            add = self.add
+
+            class Counted:
+                """The connection, counting its statements (as statements too)."""
+
+                def __init__(self, conn: Any) -> None:
+                    self._conn = conn
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(self._conn, name)
+
+                async def execute(self, *args: Any, **kw: Any) -> Any:
+                    add("statements")
+                    add("statement pool statements in interactive transactions (pipelined)")
+                    return await self._conn.execute(*args, **kw)
+
+            @contextlib.asynccontextmanager
+            async def connection(pool: Any, _real: Any = real_conn) -> Any:
+                add("statement pool interactive transactions (placement reserve)")
+                async with _real(pool) as conn:
+                    yield Counted(conn)
 
             StatementPool.connection = connection  # type: ignore[method-assign]
 
