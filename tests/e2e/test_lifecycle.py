@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -187,6 +188,26 @@ async def test_stdio_transport() -> None:
     finally:
         remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
+
+
+async def test_the_test_server_starts_again_when_its_port_was_taken() -> None:
+    """tests.support's free_port can lose its port to any outgoing connection before serve binds it (CI run 31):
+    the harness must start the same server on a fresh port, not fail the test that wanted a server."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        srv = make_server("inkmcp-porttaken-", INKMCP_PORT=str(taken))
+        srv.port = taken
+        try:
+            await asyncio.to_thread(srv.start)
+            assert srv.port != taken and srv.env["INKMCP_PORT"] == str(srv.port)
+            assert httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).json()["status"] == "ok"
+            assert "address already in use" in srv.log_path.read_text()  # the first attempt really hit it
+        finally:
+            if srv.proc is not None:
+                srv.stop()
+            shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
 async def test_healthz_and_metrics_reflect_services(srv: ServerProc, keeper: Keeper) -> None:
