@@ -31,6 +31,7 @@ import html
 import re
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -124,6 +125,23 @@ class ListenProbe:
         header = _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         self._sock.send(header + req)
         found: list[Listener] = []
+        for kind, data, body in self._answers(seq):
+            if kind == NLMSG_DONE:
+                return found
+            if kind == NLMSG_ERROR:
+                (errno,) = struct.unpack_from("=i", data, body)
+                if errno:
+                    raise OSError(-errno, "sock_diag refused the request")
+                return found
+            if kind == SOCK_DIAG_BY_FAMILY:
+                listener = _parse(data, body)
+                if port is None or listener.port == port:
+                    found.append(listener)
+        raise AssertionError("unreachable")  # _answers never ends
+
+    def _answers(self, seq: int) -> Iterator[tuple[int, bytes, int]]:
+        """(message type, datagram, offset of the body) of each netlink message answering request `seq`,
+        reading datagrams until the caller stops; answers to other requests are skipped."""
         while True:
             data = self._sock.recv(65536)
             offset = 0
@@ -131,19 +149,8 @@ class ListenProbe:
                 length, kind, _flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
                 if length < _NLMSG.size:
                     raise OSError("malformed sock_diag answer")
-                body = offset + _NLMSG.size
                 if got_seq == seq:
-                    if kind == NLMSG_DONE:
-                        return found
-                    if kind == NLMSG_ERROR:
-                        (errno,) = struct.unpack_from("=i", data, body)
-                        if errno:
-                            raise OSError(-errno, "sock_diag refused the request")
-                        return found
-                    if kind == SOCK_DIAG_BY_FAMILY:
-                        listener = _parse(data, body)
-                        if port is None or listener.port == port:
-                            found.append(listener)
+                    yield kind, data, offset + _NLMSG.size
                 offset += (length + 3) & ~3
 
     def ready(self, port: int, uid: int | None) -> tuple[bool, bool]:
@@ -175,25 +182,17 @@ class ListenProbe:
                   + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE))  # fmt: skip
         req = _REQ.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN, sockid)
         self._sock.send(_NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + req)
-        while True:
-            data = self._sock.recv(65536)
-            offset = 0
-            while offset + _NLMSG.size <= len(data):
-                length, kind, _flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
-                if length < _NLMSG.size:
-                    raise OSError("malformed sock_diag answer")
-                body = offset + _NLMSG.size
-                if got_seq == seq:
-                    if kind == NLMSG_ERROR:
-                        (errno,) = struct.unpack_from("=i", data, body)
-                        if errno in (0, -ENOENT):
-                            return None
-                        raise OSError(-errno, "sock_diag refused the request")
-                    if kind == SOCK_DIAG_BY_FAMILY:
-                        listener = _parse(data, body)
-                        state = data[body + 1]
-                        return listener if state == TCP_LISTEN and listener.port == port else None
-                offset += (length + 3) & ~3
+        for kind, data, body in self._answers(seq):
+            if kind == NLMSG_ERROR:
+                (errno,) = struct.unpack_from("=i", data, body)
+                if errno in (0, -ENOENT):
+                    return None
+                raise OSError(-errno, "sock_diag refused the request")
+            if kind == SOCK_DIAG_BY_FAMILY:
+                listener = _parse(data, body)
+                state = data[body + 1]
+                return listener if state == TCP_LISTEN and listener.port == port else None
+        raise AssertionError("unreachable")  # _answers never ends
 
 
 def _parse(data: bytes, body: int) -> Listener:
