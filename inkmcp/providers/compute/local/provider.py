@@ -51,7 +51,7 @@ from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFailed
 from inkmcp.providers.compute.local.readiness import LiveSettings
 from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
-from inkmcp.providers.compute.local.spawn import discard_prepared, prepare_start  # --- wake
+from inkmcp.providers.compute.local.spawn import confinement, discard_prepared, prepare_start  # --- wake
 from inkmcp.providers.compute.local.spawn import prepare as prepare_spawn
 from inkmcp.providers.compute.local.supervisor import (
     Backoff,
@@ -109,6 +109,7 @@ class _Service:
     route: Route | None = None
     wake_task: asyncio.Task[int] | None = None
     removed: bool = False
+    prepared: tuple[str, ...] | None = None  # the confinement its prepared start waits under (spawn.prepare_start)
 
     @property
     def always_on(self) -> bool:
@@ -217,7 +218,7 @@ class LocalComputeProvider:
             if svc.wake_task is not None and not svc.wake_task.done():
                 svc.wake_task.cancel()
         await asyncio.gather(*(self._stop_service(svc) for svc in services), return_exceptions=True)
-        await discard_prepared([self._sandbox(svc) for svc in services])  # --- wake: prepared starts end too
+        await self._discard_prepared(services)  # --- wake: prepared starts end too
         for svc in services:
             svc.log.close()
         self._services.clear()
@@ -317,6 +318,7 @@ class LocalComputeProvider:
                 build_log.write(f"[inkmcp] release failed at {exc.step.value}: {exc.reason}")
                 await asyncio.to_thread(shutil.rmtree, svc.layout.release_dir(did), True)
                 svc.layout.meta(did).unlink(missing_ok=True)
+                await self._prepare_wake(svc)  # --- wake: a failed start over a sleeping version used its start up
                 raise ReleaseFailed(exc.step, scrub_paths(exc.reason)) from None
             finally:
                 build_log.close()
@@ -700,6 +702,7 @@ class LocalComputeProvider:
                 await run.wait_healthy(self.health_timeout)
             except HealthFailed as exc:
                 await self._stop_run(run)
+                await self._prepare_wake(svc)  # --- wake: the failed start used the prepared one up
                 if exc.timed_out:
                     raise TimeoutError(exc.reason) from None
                 raise WakeFailed(scrub_paths(_tail_text(exc.reason, run.recent, lines=3))) from None
@@ -741,11 +744,29 @@ class LocalComputeProvider:
 
     # --- wake: see spawn.prepare_start (the cgroup join's RCU wait, 4-11 ms, happens before the request)
     async def _prepare_wake(self, svc: _Service) -> None:
-        if not svc.removed and not svc.always_on:
-            with contextlib.suppress(OSError):
-                await prepare_start(self._sandbox(svc))
-            if svc.removed:  # removed meanwhile: its cgroup may already have been emptied
-                await discard_prepared([self._sandbox(svc)])
+        """Make sure exactly one start waits for a sleeping on_demand service's next wake, confined as it would
+        be now. Called when it goes to sleep and after anything changed while it slept (an env update, a
+        redeploy or wake that failed and used the waiting process up). A process prepared under another
+        confinement (file-size cap, uid, cgroups) is ended first, by its pid: it would never be used. Its env,
+        directory and command are not part of it (they travel at the wake), and its limits are its cgroup's."""
+        if svc.removed or svc.always_on or not _asleep(svc):
+            return
+        sandbox = self._sandbox(svc)
+        key = tuple(confinement(sandbox))
+        if svc.prepared is not None and svc.prepared != key:
+            await discard_prepared(keys=[svc.prepared])
+        svc.prepared = key
+        with contextlib.suppress(OSError):
+            await prepare_start(sandbox)
+        if svc.removed:  # removed meanwhile: its cgroup may already have been emptied
+            await self._discard_prepared([svc])
+
+    async def _discard_prepared(self, services: list[_Service]) -> None:
+        """End the starts prepared for `services`, under their current confinement and the one recorded."""
+        keys = [svc.prepared for svc in services if svc.prepared is not None]
+        await discard_prepared([self._sandbox(svc) for svc in services], keys=keys)
+        for svc in services:
+            svc.prepared = None
     # --- end
 
     # --- issue 13 (credits): what metering samples, and sleep/wake of persistent services at zero credits
@@ -796,10 +817,13 @@ class LocalComputeProvider:
                 live = svc.live
                 if live is None:  # removed while this call waited for the release lock
                     return EnvChange(outcome=EnvOutcome.next_start, detail="not running on this machine")
-                if live.run is None:  # sleeping on_demand: the next wake starts with the new env
+                asleep = live.run is None
+                if asleep:  # sleeping on_demand: the next wake starts with the new env
                     live.env = dict(env)
                     live.env_revision = revision
-                    return EnvChange(outcome=EnvOutcome.next_start, detail="asleep; the next wake uses the new values")
+            if asleep:
+                await self._prepare_wake(svc)  # --- wake: still one waiting start, confined as the service is now
+                return EnvChange(outcome=EnvOutcome.next_start, detail="asleep; the next wake uses the new values")
             try:
                 await self._roll(svc, _Live(meta=live.meta, env=dict(env), env_revision=revision), None)
             except ReleaseFailed as exc:
@@ -879,7 +903,7 @@ class LocalComputeProvider:
             if svc.route is not None:
                 self.proxy.remove_route(svc.route.host, svc.route.owner)  # only its own route
             await self._stop_service(svc)
-            await discard_prepared([self._sandbox(svc)])  # --- wake: its prepared start, if one waits
+            await self._discard_prepared([svc])  # --- wake: its prepared start, if one waits
             svc.live = None
             svc.log.close()
         # Whatever the supervisors did not reach (double-forked setsid daemons, a build or release
@@ -896,6 +920,12 @@ class LocalComputeProvider:
         await delete_project_user(project_id, self.data_dir / "homes")
         # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
+
+
+def _asleep(svc: _Service) -> bool:
+    """An on_demand service with a live release, no processes running and a route that wakes it."""
+    live, route = svc.live, svc.route
+    return live is not None and live.run is None and route is not None and route.wake is not None
 
 
 def _serving(svc: _Service, window: float) -> bool:

@@ -446,10 +446,16 @@ def _discard(entry: _Prepared) -> None:
     _close(entry)
 
 
-async def discard_prepared(sandboxes: list[TenantSandbox] | None = None) -> None:
-    """Kill the starts prepared for `sandboxes` (default: all) and wait for them (provider close)."""
-    keys = list(_prepared) if sandboxes is None else [tuple(confinement(s)) for s in sandboxes]
-    entries = [e for e in (_prepared.pop(k, None) for k in keys) if e is not None]
+async def discard_prepared(
+    sandboxes: list[TenantSandbox] | None = None, *, keys: list[tuple[str, ...]] | None = None
+) -> None:
+    """Kill the starts prepared for `sandboxes` and `keys` (`confinement` tuples; neither given: all) and wait
+    for them. Each is the process `prepare_start` started, killed by its own pid (process group)."""
+    if sandboxes is None and keys is None:
+        wanted = list(_prepared)
+    else:
+        wanted = [tuple(confinement(s)) for s in sandboxes or []] + list(keys or [])
+    entries = [e for e in (_prepared.pop(k, None) for k in dict.fromkeys(wanted)) if e is not None]
     for entry in entries:
         _discard(entry)
     for entry in entries:
