@@ -185,6 +185,7 @@ async def test_update_env_restarts_with_new_value(make_provider, checkouts, proj
     assert (await provider.runtime(key)).env_revision == "rev-2"
     resp = await get(provider, key)
     assert resp.text == "new\n" and int(resp.headers["x-pid"]) != old_pid
+    await provider._retired(provider._services[key.service_id])  # the old one stops after "restarted"
     assert not psutil.pid_exists(old_pid)
 
 

@@ -141,6 +141,7 @@ async def test_a_build_does_not_compete_with_the_live_release_for_memory(make_pr
     await provider.release(with_resources(request_for(key, checkouts({"app.py": WEB_APP}), plan(build=build)),
                                           memory_mb=64), Events(), no_record)  # fmt: skip
     assert (kills() if kills else 0) == before, "the live release was OOM-killed by the build"
+    await provider._retired(provider._services[key.service_id])  # the old version stops after "live"
     assert not psutil.pid_exists(web_pid) or gone(psutil.Process(web_pid))  # replaced by the new version
     assert (await get(provider, key)).status_code == 200
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -69,6 +70,8 @@ from inkmcp.providers.compute.local.users import (
 )
 from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, move_into, tree_bytes
 
+log = logging.getLogger(__name__)
+
 ERROR_TAIL = 15
 DRAIN_TIMEOUT = 2.0  # seconds a blue/green switch waits for connections still on the old version
 RUNTIME_LOGS = "get_logs(scope='runtime') shows all of it"  # where a crash after the build is explained
@@ -110,6 +113,7 @@ class _Service:
     wake_task: asyncio.Task[int] | None = None
     removed: bool = False
     prepared: tuple[str, ...] | None = None  # the confinement its prepared start waits under (spawn.prepare_start)
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # previous versions stopping after a switch
 
     @property
     def always_on(self) -> bool:
@@ -232,6 +236,7 @@ class LocalComputeProvider:
                 svc.route.port = None
         if run is not None:
             await self._stop_run(run)
+        await self._retired(svc)
 
     async def _stop_run(self, run: ReleaseRun) -> None:
         await run.stop(self.stop_grace)
@@ -453,6 +458,7 @@ class LocalComputeProvider:
                 await progress(step, detail)
 
         plan = live.meta.plan
+        await self._retired(svc)  # a version replaced just before is stopped first: at most two run side by side
         await report(Step.starting, f"starting processes ({note})" if note else "starting processes")
         # Decided before a fixed port displaces the running version: that one is brought back on failure.
         protects = _serving(svc, self.stability_window)
@@ -506,9 +512,35 @@ class LocalComputeProvider:
                 await self._bring_back(svc, port)
             raise
         if old is not None:
-            if old.port is not None and old.port != port:  # requests forwarded before the switch finish first
+            if old.port is not None and old.port != port:
+                # "live" means every new request reaches the new version: the proxy serves the new route and
+                # requests forwarded before the switch have their answers. Only the old one's stop is left.
                 await self.proxy.drain(old.port, DRAIN_TIMEOUT)
+            self._retire(svc, old)
+
+    def _retire(self, svc: _Service, old: ReleaseRun) -> None:
+        """Stop the version a switch replaced, in the background: no request reaches it any more, so "live" is
+        not held up by its graceful stop (gunicorn: ~0.3 s after SIGTERM, up to `stop_grace`). Never
+        cancelled: whatever waits for it (`_retired`: the service's next release or env restart, restore,
+        remove, close) waits until its processes are stopped and reaped and its port is free."""
+        task = asyncio.create_task(self._stop_retired(svc, old), name=f"retire-{svc.key.service_id}")
+        svc.retiring.add(task)
+        task.add_done_callback(svc.retiring.discard)
+
+    async def _stop_retired(self, svc: _Service, old: ReleaseRun) -> None:
+        name = old.supervisors[0].name if old.supervisors else "web"
+        pids = old.pids
+        try:
             await self._stop_run(old)
+        except Exception as exc:  # the release is live already: recorded and logged, never raised into it
+            message = f"could not stop the previous version ({old.meta.deployment_id}, pids {pids}): {exc}"
+            svc.log.write(f"{name} | [inkmcp] {scrub_paths(message)}")
+            log.warning("service %s: %s", svc.key.service_id, message)
+
+    async def _retired(self, svc: _Service) -> None:
+        """Until the versions `_retire` is stopping for `svc` are stopped."""
+        while svc.retiring:
+            await asyncio.wait(list(svc.retiring))
 
     async def _bring_back(self, svc: _Service, port: int | None) -> None:
         """After a release on a fixed port failed: the previous release runs there again, so a failed
@@ -639,6 +671,7 @@ class LocalComputeProvider:
         await self._apply_limits(spec)
         svc = await self._service(spec)
         async with svc.release_lock:
+            await self._retired(svc)
             meta = ReleaseMeta.read(svc.layout.meta(spec.deployment_id))
             if meta is None or not is_dir_beneath(svc.layout.release_dir(spec.deployment_id), "src"):
                 raise ReleaseFailed(
