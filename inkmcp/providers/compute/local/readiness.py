@@ -4,7 +4,8 @@ The health check used to try a TCP connect every 5 ms doubling to 50 ms: a wake 
 half a polling interval too long, and every probe that succeeded was a real connection the app had
 to accept and tear down (a single-threaded app serves it before the request that woke it). Here
 the kernel's socket table is read through netlink sock_diag (`NETLINK_SOCK_DIAG`, the interface
-`ss` uses), which opens nothing, so it can be asked every millisecond. `ListenProbe.ready` asks for
+`ss` uses), which opens nothing, so it can be asked every millisecond (at first: the pause then grows
+with the wait, `release.listen_poll_pause`). `ListenProbe.ready` asks for
 one socket, not a dump: the listener the kernel would hand a connection to 127.0.0.1:port (the
 same hash lookup an incoming SYN gets, ~6 us; a dump of every listening socket walks the whole
 listening table, ~20 us per address family, and could not tell whether a listener on another

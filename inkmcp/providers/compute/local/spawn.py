@@ -88,7 +88,8 @@ class StartSettings(BaseSettings):
     )
     tenant_readiness: Literal["sock_diag", "connect"] = Field(
         default="sock_diag",
-        description="sock_diag: ask the kernel for the app's listening socket every millisecond; connect: "
+        description="sock_diag: ask the kernel for the app's listening socket (every millisecond at first, then "
+        "2 % of the time waited); connect: "
         "try a TCP connect every 5 ms doubling to 50 ms",
     )
 
