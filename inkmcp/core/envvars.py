@@ -35,9 +35,10 @@ def validate_env_payload(env: Mapping[str, str | None], max_bytes: int) -> None:
     total = 0
     for k, v in env.items():
         check_env_key(k)
-        if v is not None and not isinstance(v, str):
+        if v is not None and not isinstance(v, str):  # (None still unsets: callers from before `unset`)
             raise InvalidArgument(
-                f"value of {k} must be a string or null.", argument="env_vars", fix='pass "value" or null to unset'
+                f"value of {k} must be a string, not {type(v).__name__}.", argument="env_vars",
+                fix=f'pass it as a string (e.g. "{v}"); to remove a variable, call update_env_vars with unset=["{k}"]',
             )
         size = len(k) + (len(v.encode()) if v else 0)
         if v is not None and len(v.encode()) > MAX_VALUE_BYTES:
