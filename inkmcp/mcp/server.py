@@ -134,6 +134,21 @@ class _AnswerModeTransport(StreamableHTTPServerTransport):
 
 
 class _SessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, whose session transports choose their answer mode per request.
+
+    Why the `__class__` swap: the official `mcp` SDK (2.3.0, read in `mcp/server/streamable_http_manager.py` and
+    `streamable_http.py`) offers the answer mode only as one bool per manager (`json_response`), copied into every
+    transport it builds, and builds the session's `StreamableHTTPServerTransport` itself inside `_admit_session`,
+    with no transport class or factory parameter (the stateless path and the 2026 "modern" path likewise). Setting
+    `transport.is_json_response_enabled` per POST would race: one session serves concurrent POSTs, and the
+    session's router task reads the flag too. The alternative, re-implementing `_admit_session` to construct
+    `_AnswerModeTransport`, would copy the SDK's private session bookkeeping (`_server_instances`,
+    `_session_owners`, the session limit), which drifts silently on an upgrade. The swap keeps the SDK's object,
+    state and registration: `_AnswerModeTransport` adds no instance state and neither class has `__slots__`, so
+    the layouts are the same. On an SDK upgrade, re-check that `_admit_session` still returns the new transport
+    (tests/e2e/test_answer_mode.py fails if JSON answers stop) and whether a supported per-request mode exists.
+    """
+
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         transport = super()._admit_session(requestor)
         if transport is not None:  # same object and state, its answer mode per request (no state of its own)
