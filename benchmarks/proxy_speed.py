@@ -9,6 +9,8 @@ target pays the same app cost):
                   (nginx's documented setup; the same knobs InkMCP's config uses, nothing InkMCP-specific)
     inkmcp        the proxy `LocalComputeProvider` starts today (`make_proxy`, INKMCP_PROXY_ENGINE's default)
     inkmcp-python InkMCP's asyncio proxy (INKMCP_PROXY_ENGINE=python), the proxy before issue 12
+    nginx-again   a second nginx with the baseline's config (not run unless asked): an A/A check, its
+                  ratio to nginx shows how far this machine's noise moves a ratio that should be 1.00
 
 Each InkMCP proxy runs in a child process (this script with --serve), with one route for
 bench.demo.localhost, so it never shares an event loop or a GIL with the load generator.
@@ -19,13 +21,21 @@ latency percentiles), 1 and 32 connections, keep-alive and a new connection per 
 one process per 16 connections, one 16-byte message in flight per connection) measures echo round trips;
 it costs the same for every target. Rounds interleave the targets (A B C D, D C B A, ...) so drift on
 this 2-core machine hits all alike; figures are medians over rounds, and a ratio to nginx is the median over
-rounds of that round's ratio (see `paired_ratios`).
+rounds of that round's ratio (see `paired_ratios`), printed with the interquartile range of those per-round
+ratios ("spread"; every round's ratio is in the saved JSON under "rounds_ratios").
+
+Placement (--layout, see `Layout`): by default the load generator runs on one CPU and the app with the proxy
+under test (one nginx worker, for the baseline and for InkMCP alike) on another, so every target gets the
+same placement. --nice N puts the run in a session of its own at autogroup nice N, so other sessions on a
+shared machine take less of those CPUs (root for N < 0). `--targets nginx,nginx-again,inkmcp` adds an A/A
+pair: a second nginx with the baseline's config, whose ratio to nginx shows this machine's noise.
 
     .venv/bin/python benchmarks/proxy_speed.py                  # table on stdout
     .venv/bin/python benchmarks/proxy_speed.py --save benchmarks/baselines/proxy_speed.json
     .venv/bin/python benchmarks/proxy_speed.py --compare benchmarks/baselines/proxy_speed.json
     .venv/bin/python benchmarks/proxy_speed.py --targets nginx,inkmcp --before 6118318   # + inkmcp-before, same run
     .venv/bin/python benchmarks/proxy_speed.py --cost           # instructions and syscalls per request (valgrind)
+    .venv/bin/python benchmarks/proxy_speed.py --targets nginx,nginx-again,inkmcp --rounds 9 --seconds 2 --nice -10
 
 --before REV adds the target `inkmcp-before`: the proxy of that revision (its `inkmcp` and this script, from
 `git archive`, run with this venv), interleaved with the others, so a change is judged in one run.
@@ -119,7 +129,7 @@ asyncio.run(main())
 '''
 
 NGINX_CONF = """\
-worker_processes auto;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 8192; }}
@@ -147,6 +157,65 @@ http {{
 """
 
 SCENARIOS = [(c, mode) for c in (1, 32) for mode in ("keep-alive", "new connection", "websocket")]
+
+
+class Layout:
+    """Which CPUs the load generator and the servers run on; the same for every target.
+
+    split (the default on 2+ CPUs): the load generator (wrk, the WebSocket clients, this script) on one CPU,
+    the app and the proxy under test (its master and one worker) on another. Unpinned, the scheduler placed
+    wrk, nginx's two workers and the app differently in each 3 s window (same core or not, which worker
+    took the one connection), and a single row's same-run ratio swung +-10 % between runs on this 2-core
+    box. Pinned, each target gets the same placement, and the proxy's own CPU per request shows: it shares
+    its core with the app, as on a small server, so a proxy that works more per request leaves the app less.
+    One worker because the proxy has one core; the baseline nginx gets exactly the same (worker_processes 1,
+    same CPU), which is what `worker_processes auto` gives a one-CPU machine.
+
+    free: nothing pinned, worker_processes auto for both (the layout before 2026-12-01's fifth session).
+    """
+
+    def __init__(self, name: str) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if name == "split" and len(cpus) < 2:
+            raise SystemExit("--layout split needs two CPUs; use --layout free")
+        self.name = name
+        self.load_cpu = cpus[0] if name == "split" else None
+        self.server_cpu = cpus[1] if name == "split" else None
+        self.workers = "1" if name == "split" else "auto"
+
+    def server(self, argv: list[str]) -> list[str]:
+        return ["taskset", "-c", str(self.server_cpu), *argv] if self.server_cpu is not None else argv
+
+    def load(self, argv: list[str]) -> list[str]:
+        return ["taskset", "-c", str(self.load_cpu), *argv] if self.load_cpu is not None else argv
+
+    def pin_load_here(self) -> None:
+        """This process (and the WebSocket client processes it forks later) on the load generator's CPU."""
+        if self.load_cpu is not None:
+            os.sched_setaffinity(0, {self.load_cpu})
+
+    def describe(self) -> str:
+        if self.server_cpu is None:
+            return "layout free: nothing pinned, worker_processes auto for nginx and InkMCP's nginx"
+        return (f"layout split: load generator on CPU {self.load_cpu}; app + proxy on CPU {self.server_cpu}, "
+                "worker_processes 1 for both nginx configs")
+
+
+def own_session(nice: int) -> None:
+    """This process (re-executed under setsid(1) if it leads a process group) in a session of its own, and
+    that session's autogroup at `nice`. Why: with autogroup scheduling (Debian's default) every session is
+    one scheduling group, so on a shared box a busy test session takes half a CPU from the whole benchmark
+    (generator, proxy, app: one session) whatever their nice values; the group's own nice is what moves that.
+    Everything this script starts inherits the session, so every target runs at the same priority."""
+    if os.getsid(0) != os.getpid():
+        try:
+            os.setsid()
+        except PermissionError:  # a process-group leader (started from a shell): setsid(1) forks first
+            os.execvp("setsid", ["setsid", "--wait", sys.executable, *sys.argv])  # noqa: S606 - argv, no shell
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError as exc:
+        raise SystemExit(f"--nice {nice}: cannot set the autogroup nice ({exc}); run as root, or no --nice") from exc
 
 
 def free_port() -> int:
@@ -206,12 +275,16 @@ def servers(args: argparse.Namespace, targets: list[str], work: Path) -> list[tu
 
 
 def start_server(
-    script: Path, name: str, engine: str, app_port: int, work: Path
+    script: Path, name: str, engine: str, app_port: int, work: Path, layout: Layout
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A --serve child of `script` (its own tree's `inkmcp` comes first on its sys.path); its port."""
+    """A --serve child of `script` (its own tree's `inkmcp` comes first on its sys.path); its port.
+
+    On the layout's server CPU (nginx inherits it), with the layout's worker count (INKMCP_PROXY_WORKERS,
+    which any revision's ProxySettings reads, so --before gets the same)."""
     port_file = work / f"{name}.port"
-    child = subprocess.Popen([sys.executable, str(script), "--serve", engine, str(app_port), str(port_file),
-                              str(work / name)])  # fmt: skip
+    env = {**os.environ, "INKMCP_PROXY_WORKERS": "0" if layout.workers == "auto" else layout.workers}
+    child = subprocess.Popen(layout.server([sys.executable, str(script), "--serve", engine, str(app_port),
+                                            str(port_file), str(work / name)]), env=env)  # fmt: skip
     deadline = time.monotonic() + 30
     while not port_file.exists() or not port_file.read_text():
         if child.poll() is not None or time.monotonic() > deadline:
@@ -226,7 +299,7 @@ def start_server(
 
 def _cost_configs(work: Path, app_port: int, ports: dict[str, int]) -> dict[str, str]:
     """Each nginx config to cost, rewritten for one process on a port of its own in a directory of its own."""
-    configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}")}
+    configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1)}
     for name in ("inkmcp", "inkmcp-before"):
         conf = work / name / "nginx.conf"
         if name not in ports or not conf.exists():
@@ -281,7 +354,7 @@ def _cost_load(port: int, mode: str, n: int) -> None:
 COST_MODES = ("keep-alive", "new connection", "websocket")
 
 
-def _cost_of(conf: str, run_dir: Path, tool: str, n: int) -> dict[str, float]:
+def _cost_of(conf: str, run_dir: Path, tool: str, n: int, keep: Path | None = None) -> dict[str, float]:
     """Per request of each mode: callgrind's instruction count (tool "callgrind") or strace's syscall count."""
     run_dir.mkdir()
     (run_dir / "tmp").mkdir()
@@ -310,6 +383,9 @@ def _cost_of(conf: str, run_dir: Path, tool: str, n: int) -> dict[str, float]:
                         m = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
                         if m:
                             total += int(m.group(1))
+                            if keep is not None:  # --cost-keep: for callgrind_annotate
+                                keep.mkdir(parents=True, exist_ok=True)
+                                shutil.copy(dump, keep / f"{run_dir.name}-{mode.replace(' ', '-')}.callgrind")
                             dump.unlink()
                 result[mode] = total / n
             else:
@@ -328,13 +404,13 @@ def _cost_of(conf: str, run_dir: Path, tool: str, n: int) -> dict[str, float]:
     return result
 
 
-def cost_report(work: Path, app_port: int, ports: dict[str, int], n: int) -> str:
+def cost_report(work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None) -> str:
     missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if shutil.which(tool) is None]
     if missing:
         return f"--cost needs {', '.join(missing)} (apt-get install valgrind strace)"
     configs = _cost_configs(work, app_port, ports)
-    rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n) for tool in ("callgrind", "strace")}
-            for name, conf in configs.items()}  # fmt: skip
+    rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n, keep)
+                   for tool in ("callgrind", "strace")} for name, conf in configs.items()}  # fmt: skip
     base = rows["nginx"]["callgrind"]
     lines = [f"Work per request of one nginx worker ({n} requests per mode; user-space instructions by callgrind, "
              "system calls by strace)", "",
@@ -358,12 +434,13 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
-def run_wrk(port: int, conns: int, keepalive: bool, seconds: float) -> dict[str, float]:
+def run_wrk(port: int, conns: int, keepalive: bool, seconds: float, layout: Layout) -> dict[str, float]:
     args = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency",
             "-H", f"Host: {HOST}"]
     if not keepalive:
         args += ["-H", "Connection: close"]
-    out = subprocess.run([*args, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(layout.load([*args, f"http://127.0.0.1:{port}/"]), capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -442,10 +519,10 @@ def run_ws(port: int, conns: int, seconds: float) -> dict[str, float]:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def measure(port: int, conns: int, mode: str, seconds: float) -> dict[str, float]:
+def measure(port: int, conns: int, mode: str, seconds: float, layout: Layout) -> dict[str, float]:
     if mode == "websocket":
-        return run_ws(port, conns, seconds)
-    return run_wrk(port, conns, mode == "keep-alive", seconds)
+        return run_ws(port, conns, seconds)  # forked from this process: on the load generator's CPU
+    return run_wrk(port, conns, mode == "keep-alive", seconds, layout)
 
 
 def main() -> int:
@@ -458,9 +535,18 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, help="a file --save wrote earlier: print its inkmcp figures next to these")
     ap.add_argument("--label", default="", help="stored with --save (e.g. the commit measured)")
     ap.add_argument("--no-fail", action="store_true")
+    ap.add_argument("--nice", type=int, default=0, metavar="N",
+                    help="run in a session of its own whose autogroup has this nice value (-20..19; root for < 0), "
+                    "so other sessions' work on a shared machine takes less of the measured CPUs; the same for every "
+                    "target")
+    ap.add_argument("--layout", choices=("split", "free"), default="split" if len(os.sched_getaffinity(0)) >= 2
+                    else "free", help="split: load generator on one CPU, app + proxy (1 worker) on another, "
+                    "the same for every target (default on 2+ CPUs); free: nothing pinned, worker_processes auto")
     ap.add_argument("--before", metavar="REV", help="also run the InkMCP proxy of this git revision (inkmcp-before)")
     ap.add_argument("--cost", action="store_true", help="work per request under valgrind/strace instead of load")
     ap.add_argument("--cost-requests", type=int, default=300, help=argparse.SUPPRESS)
+    ap.add_argument("--cost-keep", type=Path, metavar="DIR",
+                    help="--cost: keep each config's callgrind dump per mode here (read with callgrind_annotate)")
     ap.add_argument("--serve", nargs=4, metavar=("ENGINE", "APP_PORT", "PORT_FILE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -470,7 +556,13 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
+    if args.nice and not args.cost:
+        own_session(args.nice)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    layout = Layout("free" if args.cost else args.layout)
+    load_at_start = os.getloadavg()
+    print(f"load average at the start: {' '.join(f'{v:.2f}' for v in load_at_start)}; {layout.describe()}",
+          file=sys.stderr)  # fmt: skip
     targets = args.targets.split(",")
     if args.before and "inkmcp-before" not in targets:
         targets.append("inkmcp-before")
@@ -481,44 +573,48 @@ def main() -> int:
     try:
         (work / "app.py").write_text(APP)
         app_port = free_port()
-        app = subprocess.Popen([sys.executable, str(work / "app.py"), str(app_port)])
+        app = subprocess.Popen(layout.server([sys.executable, str(work / "app.py"), str(app_port)]))
         procs.append(app)
         wait_port(app_port, app)
         ports["direct"] = app_port
-        if "nginx" in targets:
-            ngx_dir = work / "nginx"
+        for name in ("nginx", "nginx-again"):  # nginx-again: a second baseline, the noise floor (A/A)
+            if name not in targets:
+                continue
+            ngx_dir = work / name
             ngx_dir.mkdir()
-            ports["nginx"] = free_port()
-            (ngx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngx_dir, app_port=app_port, port=ports["nginx"]))
-            ngx = subprocess.Popen([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"), "-e",
-                                    str(ngx_dir / "error.log"), "-g", "daemon off;"])  # fmt: skip
+            ports[name] = free_port()
+            (ngx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngx_dir, app_port=app_port, port=ports[name],
+                                                                  workers=layout.workers))  # fmt: skip
+            ngx = subprocess.Popen(layout.server([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"), "-e",
+                                                  str(ngx_dir / "error.log"), "-g", "daemon off;"]))  # fmt: skip
             procs.append(ngx)
-            wait_port(ports["nginx"], ngx)
+            wait_port(ports[name], ngx)
         for name, engine, script in servers(args, targets, work):
-            child, ports[name] = start_server(script, name, engine, app_port, work)
+            child, ports[name] = start_server(script, name, engine, app_port, work, layout)
             procs.append(child)
         if args.cost:
-            print(cost_report(work, app_port, ports, args.cost_requests))
+            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep))
             return 0
+        layout.pin_load_here()
         order = [t for t in targets if t in ports]
         wanted = {w.strip() for w in args.scenarios.split(",") if w.strip()}
         scenarios = [(c, m) for c, m in SCENARIOS if not wanted or f"{c} {m}" in wanted]
         results: dict[str, dict[str, list[dict[str, float]]]] = {}
         for conns, mode in scenarios:  # warm-up: connections, pools, caches
             for t in order:
-                measure(ports[t], conns, mode, 1.0)
+                measure(ports[t], conns, mode, 1.0, layout)
         for rnd in range(args.rounds):
             seq = order if rnd % 2 == 0 else order[::-1]
             for conns, mode in scenarios:
                 for t in seq:
-                    r = measure(ports[t], conns, mode, args.seconds)
+                    r = measure(ports[t], conns, mode, args.seconds, layout)
                     results.setdefault(f"{conns} {mode}", {}).setdefault(t, []).append(r)
                     print(f"round {rnd + 1} {conns:>2} {mode:14} {t:14} {r['rps']:9.0f} req/s  p50 {r['p50']:.3f} ms"
                           f"  p99 {r['p99']:.3f} ms  errors {r['errors']:.0f}", file=sys.stderr)  # fmt: skip
     finally:
         for p in reversed(procs):
             if p.poll() is None:
-                p.send_signal(signal.SIGQUIT if p.args[0] == nginx else signal.SIGTERM)
+                p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGTERM)
                 try:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
@@ -531,18 +627,41 @@ def main() -> int:
                    for t, runs in by_target.items()}
         for scenario, by_target in results.items()
     }  # fmt: skip
+    rounds = round_ratios(results)
     paired = paired_ratios(results)
     before = json.loads(args.compare.read_text())["figures"] if args.compare else {}
-    print(report(summary, paired, before, args))
+    print(report(summary, paired, before, args, rounds, layout, load_at_start))
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps({"label": args.label, "rounds": args.rounds, "seconds": args.seconds,
                                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                         "figures": summary, "paired": paired}, indent=2) + "\n")  # fmt: skip
+                                         "load_at_start": load_at_start, "layout": layout.describe(),
+                                         "figures": summary, "paired": paired, "rounds_ratios": rounds},
+                                        indent=2) + "\n")  # fmt: skip
     missed = [s for s, f in paired.items() if "inkmcp" in f and (f["inkmcp"]["rps"] < 0.97 or f["inkmcp"]["p50"] > 1.2)]
     if missed:
         print(f"issue 12 bar missed in: {', '.join(missed)} (3 % noise allowed on throughput)", file=sys.stderr)
     return 1 if missed and not args.no_fail else 0
+
+
+def round_ratios(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per scenario and target: each round's (target ÷ nginx), in round order (see `paired_ratios`)."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for scenario, by_target in results.items():
+        ngx = by_target.get("nginx")
+        if not ngx:
+            continue
+        out[scenario] = {t: {k: [r[k] / n[k] for r, n in zip(runs, ngx, strict=True) if n[k]] for k in ("rps", "p50")}
+                         for t, runs in by_target.items() if t != "nginx"}  # fmt: skip
+    return out
+
+
+def spread(values: list[float]) -> str:
+    """The interquartile range of per-round ratios ("q1-q3"), or the one value."""
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else ""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{q1:.2f}-{q3:.2f}"
 
 
 def paired_ratios(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -570,13 +689,19 @@ def report(
     paired: dict[str, dict[str, dict[str, float]]],
     before: dict,  # type: ignore[type-arg]
     args: argparse.Namespace,
+    rounds: dict[str, dict[str, dict[str, list[float]]]] | None = None,
+    layout: Layout | None = None,
+    load: tuple[float, ...] = (),
 ) -> str:
+    rounds = rounds or {}
     lines = [
         f"Proxy speed ({args.rounds} interleaved rounds x {args.seconds:g} s, medians; latency in ms; "
-        "÷ nginx: median over rounds of the same round's ratio)",
+        "÷ nginx: median over rounds of the same round's ratio, its interquartile range in the next column)",
+        f"{layout.describe() if layout else ''}; load average at the start "
+        f"{' '.join(f'{v:.2f}' for v in load)}; {os.cpu_count()} CPUs",
         "",
-        "| scenario | target | req/s | p50 | p99 | req/s ÷ nginx | p50 ÷ nginx | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | target | req/s | p50 | p99 | req/s ÷ nginx | spread | p50 ÷ nginx | spread | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario, by_target in summary.items():
         ngx = by_target.get("nginx")
@@ -584,6 +709,8 @@ def report(
         if scenario in before and "inkmcp" in before[scenario]:
             rows.append((f"inkmcp (saved: {args.compare.name})", before[scenario]["inkmcp"]))
         for t, f in rows:
+            per_round = rounds.get(scenario, {}).get(t, {})
+            spreads = (spread(per_round.get("rps", [])), spread(per_round.get("p50", [])))
             if t == "nginx":
                 ratio = ("1.00", "1.00")
             elif ngx is not None and t in paired.get(scenario, {}):
@@ -593,7 +720,7 @@ def report(
             else:
                 ratio = ("", "")
             lines.append(f"| {scenario} | {t} | {f['rps']:.0f} | {f['p50']:.3f} | {f['p99']:.3f} | {ratio[0]} | "
-                         f"{ratio[1]} | {f['errors']:.0f} |")  # fmt: skip
+                         f"{spreads[0]} | {ratio[1]} | {spreads[1]} | {f['errors']:.0f} |")  # fmt: skip
     return "\n".join(lines)
 
 
