@@ -157,6 +157,12 @@ http {
     # glibc's per-thread cache). A longer head moves into one of the large buffers, up to {{ head_kb }} KiB.
     client_header_buffer_size 1k;
     large_client_header_buffers 4 {{ head_kb }}k;
+    # Each request's memory pool (nginx's default: 4k) in one piece: a proxied request here needs 6-8k for
+    # the small benchmark request and ~12k for a browser's (16 headers, a 1.3 KB cookie), so with 4k nginx
+    # malloc'd one to three more blocks a request. 16k: one malloc and free a request, ~1,250 instructions
+    # fewer for the small request and ~1,500 for the browser's (callgrind, proxy_speed.py --cost); memory per
+    # request in flight 16k instead of 8-12k. Buffers of a page or more (the upstream buffer) are separate.
+    request_pool_size 16k;
     client_body_timeout 1h;
     send_timeout 1h;
     keepalive_timeout 75s;
@@ -208,10 +214,12 @@ http {
     }
 {% endif %}{% endfor %}
     server {
-        # deferred (TCP_DEFER_ACCEPT): a connection is handed to nginx once its first bytes are in, so the
-        # worker reads the request at once instead of one more epoll round (2 of 13 syscalls a new
-        # connection, strace). HTTP clients speak first; a connection that never sends costs nginx nothing.
-        listen {{ listen }} default_server backlog=1024 deferred{{ " reuseport" if reuseport else "" }};
+        # Not `deferred` (TCP_DEFER_ACCEPT), though it saves 2 of 13 syscalls a new connection: it moves the
+        # kernel's creation of the connection and nginx's accept behind the request's first bytes, onto the
+        # request's own path. Measured (load generator and nginx on separate CPUs, 10 alternating rounds, as
+        # proxy_speed.py --layout split): p50 of a request on a new connection 1.15x the baseline nginx's with
+        # it (1.16-1.29x in three benchmark runs), 0.98x without; requests/s equal within noise at 1 and 32.
+        listen {{ listen }} default_server backlog=1024{{ " reuseport" if reuseport else "" }};
         server_name "";
         error_page 494 =431 @inkmcp_431;
         if ($inkmcp_bad_host) { return 400 "invalid Host header\\n"; }
