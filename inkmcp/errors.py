@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -134,15 +134,24 @@ register_server_paths(Path(__file__).resolve().parent, fallback="<inkmcp>")  # s
 S = TypeVar("S", bound=BaseSettings)
 
 
-def settings_from_env(cls: type[S], prefix: str, where: str, **overrides: object) -> S:
-    """`cls()` read from the environment; a bad value raises `InkError` naming `<prefix><FIELD>` (never its value)
-    and what to set it to (the field's description, else `where`)."""
+def settings_from_env(
+    cls: type[S], prefix: str, where: str, fixes: Mapping[str, str] | None = None, /, **overrides: object
+) -> S:
+    """`cls(**overrides)` read from the environment: the one reader of a settings class for every component.
+
+    A bad value raises `InkError` naming `<prefix><FIELD>` (never its value; for a value with parts, such as
+    a JSON object, the part as "(field a.b)"), and what to set it to: `fixes[field]` when given (say, an
+    example), else the field's description, else `where`. `fixes` is positional-only, so `overrides` may
+    name any field.
+    """
     try:
         return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
         err = e.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else "?"
-        variable = prefix + field.upper()
-        info = cls.model_fields.get(field)
+        loc = [str(part) for part in err.get("loc") or ()] or ["?"]
+        variable = prefix + loc[0].upper()
+        detail = f" (field {'.'.join(loc[1:])})" if len(loc) > 1 else ""
+        info = cls.model_fields.get(loc[0])
         hint = info.description if info is not None and info.description else f"see {where}"
-        raise InkError(str(err["msg"]), argument=variable, fix=f"set {variable} to {hint}") from None
+        fix = (fixes or {}).get(loc[0]) or f"set {variable} to {hint}"
+        raise InkError(f"invalid configuration {variable}{detail}: {err['msg']}", argument=variable, fix=fix) from None

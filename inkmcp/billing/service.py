@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -24,7 +23,7 @@ from inkmcp.billing.settings import BillingSettings, load_billing_settings
 from inkmcp.billing.stripe import Stripe, StripeSettings
 from inkmcp.billing.usage import UsageView, usage_view
 from inkmcp.core.principal import Principal
-from inkmcp.errors import InkError
+from inkmcp.errors import settings_from_env
 
 
 @dataclass
@@ -99,12 +98,8 @@ def own_postgres_sizes(admin_libpq_url: str, sessions: async_sessionmaker[AsyncS
 
 
 def load_stripe_settings() -> StripeSettings:
-    try:
-        return StripeSettings()
-    except ValidationError as e:
-        name = "INKMCP_STRIPE_" + str(e.errors()[0]["loc"][0]).upper()
-        raise InkError(f"invalid configuration {name}: {e.errors()[0]['msg']}", argument=name,
-                       fix=f"set {name} as docs/billing.md says, or unset it") from None
+    """A bad value is an InkError naming INKMCP_STRIPE_<FIELD> and what it takes (its description)."""
+    return settings_from_env(StripeSettings, "INKMCP_STRIPE_", "docs/billing.md")
 
 
 def build_billing(

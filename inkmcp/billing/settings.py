@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from inkmcp.errors import InkError
+from inkmcp.errors import settings_from_env
 
 MAX_PRICE = 100_000
 """Keeps every charge computation inside 64-bit integers (price x 16 GiB x 1 h x 10^6 < 2^63)."""
@@ -102,16 +102,10 @@ class BillingSettings(BaseSettings):
 
 
 def load_billing_settings() -> BillingSettings:
-    """The settings from the environment; a bad value is an InkError naming the variable and what to set."""
-    try:
-        return BillingSettings()
-    except ValidationError as e:
-        problem = e.errors()[0]
-        loc = [str(x) for x in problem["loc"]]
-        name = "INKMCP_" + loc[0].upper()
-        detail = f" (field {'.'.join(loc[1:])})" if len(loc) > 1 else ""
-        raise InkError(
-            f"invalid configuration {name}{detail}: {problem['msg']}", argument=name,
-            fix='set e.g. INKMCP_PRICES=\'{"persistent": 2, "on_demand": 3, "static": 1, "build_minute": 1, '
-                '"db_gb_month": 10}\' (non-negative integers, minor units), or unset it to turn billing off',
-        ) from None
+    """The settings from the environment; a bad value is an InkError naming the variable and what to set (for
+    INKMCP_PRICES an example, for the others their description)."""
+    return settings_from_env(BillingSettings, "INKMCP_", "docs/billing.md", {"prices": PRICES_FIX})
+
+
+PRICES_FIX = ('set e.g. INKMCP_PRICES=\'{"persistent": 2, "on_demand": 3, "static": 1, "build_minute": 1, '
+              '"db_gb_month": 10}\' (non-negative integers, minor units), or unset it to turn billing off')

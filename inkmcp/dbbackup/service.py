@@ -52,7 +52,7 @@ from inkmcp.backup.manifest import sha256_file
 from inkmcp.core.principal import Principal
 from inkmcp.dbbackup import pgtools
 from inkmcp.dbbackup.models import DatabaseBackup
-from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
+from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError, scrub_paths, settings_from_env
 from inkmcp.providers.database.postgres import _LOCK_CLASS, libpq_url
 from inkmcp.store.models import Database, Project, Service
 
@@ -555,15 +555,8 @@ def start_scheduler(stack: AsyncExitStack, service: DatabaseBackupService) -> as
 def build_database_backups(platform: Any, admin_url: SecretStr, data_dir: Path) -> DatabaseBackupService:
     """What app.py calls: the service over the tenant server's admin URL, settings from INKMCP_DB_BACKUP_* (a bad
     value is an InkError naming the variable)."""
-    from pydantic import ValidationError
-
-    try:
-        settings = DatabaseBackupSettings()
-    except ValidationError as e:
-        problem = e.errors()[0]
-        name = "INKMCP_DB_BACKUP_" + "_".join(str(x) for x in problem["loc"]).upper()
-        raise InkError(f"invalid configuration {name}: {problem['msg']}", argument=name,
-                       fix=f"set {name} as documented in inkmcp/dbbackup/service.py (DatabaseBackupSettings)") from None
+    settings = settings_from_env(DatabaseBackupSettings, "INKMCP_DB_BACKUP_",
+                                 "inkmcp/dbbackup/service.py (DatabaseBackupSettings)")
     return DatabaseBackupService(platform.sessions, projects=platform.projects, admin_url=admin_url,
                                  root=settings.root(data_dir), settings=settings, deploys=platform.deploys,
                                  audit=platform.audit)

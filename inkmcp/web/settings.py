@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inkmcp.errors import InkError
+from inkmcp.errors import settings_from_env
 
 
 class WebSettings(BaseSettings):
@@ -30,12 +30,4 @@ class WebSettings(BaseSettings):
     @classmethod
     def from_env(cls) -> WebSettings:
         """A bad value is an InkError naming INKMCP_WEB_<FIELD> and what it takes."""
-        try:
-            return cls()
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = str(err["loc"][0]) if err.get("loc") else "?"
-            variable = "INKMCP_WEB_" + field.upper()
-            info = cls.model_fields.get(field)
-            raise InkError(f"invalid {variable}: {err['msg']}", argument=variable,
-                           fix=f"set {variable} to {info.description if info else 'a valid value'}") from None
+        return settings_from_env(cls, "INKMCP_WEB_", "inkmcp/web/settings.py")
