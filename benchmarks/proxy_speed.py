@@ -28,7 +28,9 @@ Placement (--layout, see `Layout`): by default the load generator runs on one CP
 under test (one nginx worker, for the baseline and for InkMCP alike) on another, so every target gets the
 same placement. --nice N puts the run in a session of its own at autogroup nice N, so other sessions on a
 shared machine take less of those CPUs (root for N < 0). `--targets nginx,nginx-again,inkmcp` adds an A/A
-pair: a second nginx with the baseline's config, whose ratio to nginx shows this machine's noise.
+pair: a second nginx with the baseline's config, whose ratio to nginx shows this machine's noise. Each
+window also reads the CPU time the target's nginx processes spent (/proc/PID/schedstat, user + kernel) and
+reports it per request ("nginx CPU µs/req"): it moves far less with other sessions' load than req/s does.
 
     .venv/bin/python benchmarks/proxy_speed.py                  # table on stdout
     .venv/bin/python benchmarks/proxy_speed.py --save benchmarks/baselines/proxy_speed.json
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -156,6 +159,7 @@ http {{
 }}
 """
 
+FIGURES = ("rps", "p50", "p99", "errors", "cpu")
 SCENARIOS = [(c, mode) for c in (1, 32) for mode in ("keep-alive", "new connection", "websocket")]
 
 
@@ -519,10 +523,40 @@ def run_ws(port: int, conns: int, seconds: float) -> dict[str, float]:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def measure(port: int, conns: int, mode: str, seconds: float, layout: Layout) -> dict[str, float]:
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return out
+
+
+def nginx_cpu_ns(root: int | None) -> int:
+    """CPU time (ns, the scheduler's own account in /proc/PID/schedstat) of every nginx process under `root`."""
+    total = 0
+    for pid in _descendants(root) if root else []:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx":
+                total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    return total
+
+
+def measure(
+    port: int, conns: int, mode: str, seconds: float, layout: Layout, root: int | None = None
+) -> dict[str, float]:
+    """One window of load; with `root` (the target's process) also "cpu": its nginx processes' CPU time per
+    request in µs, user and kernel. Throughput on a shared box moves with other sessions' load; the CPU a
+    proxy spends per request moves much less, so its ratio says whether a difference is the proxy's."""
+    before = nginx_cpu_ns(root)
     if mode == "websocket":
-        return run_ws(port, conns, seconds)  # forked from this process: on the load generator's CPU
-    return run_wrk(port, conns, mode == "keep-alive", seconds, layout)
+        r = run_ws(port, conns, seconds)  # forked from this process: on the load generator's CPU
+    else:
+        r = run_wrk(port, conns, mode == "keep-alive", seconds, layout)
+    spent = nginx_cpu_ns(root) - before
+    r["cpu"] = spent / 1000 / (r["rps"] * seconds) if spent and r["rps"] else 0.0
+    return r
 
 
 def main() -> int:
@@ -570,6 +604,7 @@ def main() -> int:
     work.chmod(0o711)
     procs: list[subprocess.Popen[bytes]] = []
     ports: dict[str, int] = {}
+    roots: dict[str, int] = {}  # target -> the process its nginx processes descend from
     try:
         (work / "app.py").write_text(APP)
         app_port = free_port()
@@ -588,10 +623,12 @@ def main() -> int:
             ngx = subprocess.Popen(layout.server([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"), "-e",
                                                   str(ngx_dir / "error.log"), "-g", "daemon off;"]))  # fmt: skip
             procs.append(ngx)
+            roots[name] = ngx.pid  # taskset execs nginx: the same pid
             wait_port(ports[name], ngx)
         for name, engine, script in servers(args, targets, work):
             child, ports[name] = start_server(script, name, engine, app_port, work, layout)
             procs.append(child)
+            roots[name] = child.pid
         if args.cost:
             print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep))
             return 0
@@ -607,10 +644,11 @@ def main() -> int:
             seq = order if rnd % 2 == 0 else order[::-1]
             for conns, mode in scenarios:
                 for t in seq:
-                    r = measure(ports[t], conns, mode, args.seconds, layout)
+                    r = measure(ports[t], conns, mode, args.seconds, layout, roots.get(t))
                     results.setdefault(f"{conns} {mode}", {}).setdefault(t, []).append(r)
                     print(f"round {rnd + 1} {conns:>2} {mode:14} {t:14} {r['rps']:9.0f} req/s  p50 {r['p50']:.3f} ms"
-                          f"  p99 {r['p99']:.3f} ms  errors {r['errors']:.0f}", file=sys.stderr)  # fmt: skip
+                          f"  p99 {r['p99']:.3f} ms  nginx CPU {r['cpu']:.1f} µs/request  errors {r['errors']:.0f}",
+                          file=sys.stderr)  # fmt: skip
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -623,7 +661,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     summary = {
-        scenario: {t: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "errors")}
+        scenario: {t: {k: statistics.median(r.get(k, 0.0) for r in runs) for k in FIGURES}
                    for t, runs in by_target.items()}
         for scenario, by_target in results.items()
     }  # fmt: skip
@@ -651,7 +689,8 @@ def round_ratios(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[
         ngx = by_target.get("nginx")
         if not ngx:
             continue
-        out[scenario] = {t: {k: [r[k] / n[k] for r, n in zip(runs, ngx, strict=True) if n[k]] for k in ("rps", "p50")}
+        out[scenario] = {t: {k: [r[k] / n[k] for r, n in zip(runs, ngx, strict=True) if n.get(k) and r.get(k)]
+                             for k in ("rps", "p50", "cpu")}
                          for t, runs in by_target.items() if t != "nginx"}  # fmt: skip
     return out
 
@@ -673,15 +712,8 @@ def paired_ratios(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict
     with like, and the median over rounds drops the rounds a burst hit. Seen on 2026-12-01: 32 new
     connections, per-round ratios 1.04 0.82 1.10 1.07 0.99 (median 1.04) while the medians' ratio said 0.82.
     """
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for scenario, by_target in results.items():
-        ngx = by_target.get("nginx")
-        if not ngx:
-            continue
-        out[scenario] = {t: {k: statistics.median(r[k] / n[k] for r, n in zip(runs, ngx, strict=True) if n[k])
-                             for k in ("rps", "p50")}
-                         for t, runs in by_target.items() if t != "nginx"}  # fmt: skip
-    return out
+    return {scenario: {t: {k: statistics.median(v) for k, v in ratios.items() if v} for t, ratios in by_target.items()}
+            for scenario, by_target in round_ratios(results).items()}  # fmt: skip
 
 
 def report(
@@ -700,8 +732,9 @@ def report(
         f"{layout.describe() if layout else ''}; load average at the start "
         f"{' '.join(f'{v:.2f}' for v in load)}; {os.cpu_count()} CPUs",
         "",
-        "| scenario | target | req/s | p50 | p99 | req/s ÷ nginx | spread | p50 ÷ nginx | spread | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | target | req/s | p50 | p99 | req/s ÷ nginx | spread | p50 ÷ nginx | spread "
+        "| nginx CPU µs/req | ÷ nginx | spread | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario, by_target in summary.items():
         ngx = by_target.get("nginx")
@@ -711,16 +744,20 @@ def report(
         for t, f in rows:
             per_round = rounds.get(scenario, {}).get(t, {})
             spreads = (spread(per_round.get("rps", [])), spread(per_round.get("p50", [])))
+            cpu = (f"{f['cpu']:.1f}" if f.get("cpu") else "", "", spread(per_round.get("cpu", [])))
             if t == "nginx":
                 ratio = ("1.00", "1.00")
             elif ngx is not None and t in paired.get(scenario, {}):
                 ratio = (f"{paired[scenario][t]['rps']:.2f}", f"{paired[scenario][t]['p50']:.2f}")
+                if "cpu" in paired[scenario][t]:
+                    cpu = (cpu[0], f"{paired[scenario][t]['cpu']:.2f}", cpu[2])
             elif ngx is not None and "saved" not in t:
                 ratio = (f"{f['rps'] / ngx['rps']:.2f}", f"{f['p50'] / ngx['p50']:.2f}")
             else:
                 ratio = ("", "")
             lines.append(f"| {scenario} | {t} | {f['rps']:.0f} | {f['p50']:.3f} | {f['p99']:.3f} | {ratio[0]} | "
-                         f"{spreads[0]} | {ratio[1]} | {spreads[1]} | {f['errors']:.0f} |")  # fmt: skip
+                         f"{spreads[0]} | {ratio[1]} | {spreads[1]} | {cpu[0]} | "
+                         f"{'1.00' if t == 'nginx' else cpu[1]} | {cpu[2]} | {f['errors']:.0f} |")  # fmt: skip
     return "\n".join(lines)
 
 
