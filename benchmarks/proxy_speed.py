@@ -19,10 +19,11 @@ Load: HTTP with `wrk` (Debian's package; C, epoll, two threads: it is not the bo
 latency percentiles), 1 and 32 connections, keep-alive and a new connection per request
 (`Connection: close`). WebSocket: wrk cannot, so a small client here (raw sockets, pre-masked frames,
 one process per 16 connections, one 16-byte message in flight per connection) measures echo round trips;
-it costs the same for every target. Rounds interleave the targets (A B C D, D C B A, ...) so drift on
-this 2-core machine hits all alike; figures are medians over rounds, and a ratio to nginx is the median over
-rounds of that round's ratio (see `paired_ratios`), printed with the interquartile range of those per-round
-ratios ("spread"; every round's ratio is in the saved JSON under "rounds_ratios").
+it costs the same for every target. Rounds interleave the targets (A B C, C B A, B C A, A C B, ...:
+`round_order`) so drift on this 2-core machine hits all alike; figures are medians over rounds, and a ratio
+to nginx is the median over rounds of that round's ratio (see `paired_ratios`), printed with the
+interquartile range of those per-round ratios ("spread"; each round's ratio is in the saved JSON under
+"rounds_ratios").
 
 Placement (--layout, see `Layout`): by default the load generator runs on one CPU and the app with the proxy
 under test (one nginx worker, for the baseline and for InkMCP alike) on another, so every target gets the
@@ -641,7 +642,7 @@ def main() -> int:
             for t in order:
                 measure(ports[t], conns, mode, 1.0, layout)
         for rnd in range(args.rounds):
-            seq = order if rnd % 2 == 0 else order[::-1]
+            seq = round_order(order, rnd)
             for conns, mode in scenarios:
                 for t in seq:
                     r = measure(ports[t], conns, mode, args.seconds, layout, roots.get(t))
@@ -682,6 +683,16 @@ def main() -> int:
     return 1 if missed and not args.no_fail else 0
 
 
+def round_order(order: list[str], rnd: int) -> list[str]:
+    """The targets' order in round `rnd`: rotated by one every two rounds, reversed every other round. With
+    three targets, forward/backward alone always put the middle one in the middle (a second baseline placed
+    there read 0.90 of the first in one run); this way, over 2 x len(order) rounds, each target takes each
+    place equally often and each runs before each other as often as after."""
+    k = (rnd // 2) % len(order)
+    seq = order[k:] + order[:k]
+    return seq[::-1] if rnd % 2 else seq
+
+
 def round_ratios(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Per scenario and target: each round's (target ÷ nginx), in round order (see `paired_ratios`)."""
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -708,7 +719,7 @@ def paired_ratios(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict
 
     Why not the ratio of the two medians: on a shared box the load moves between rounds (other sessions'
     tests), so each target's median can come from a different round, and that ratio then compares two
-    loads. Within a round the targets run back to back (A B C, then C B A), so a round's ratio compares like
+    loads. Within a round the targets run back to back (`round_order`), so a round's ratio compares like
     with like, and the median over rounds drops the rounds a burst hit. Seen on 2026-12-01: 32 new
     connections, per-round ratios 1.04 0.82 1.10 1.07 0.99 (median 1.04) while the medians' ratio said 0.82.
     """
