@@ -129,7 +129,9 @@ async def test_checkout_through_the_library_is_async_retried_once_and_never_logs
                                                cancel_url="https://ink.example/no")
     took = time.monotonic() - started
     task.cancel()
-    assert took >= 0.6 and len(gaps) >= 0.5 * took / 0.01 and max(gaps) < 0.3, (took, len(gaps), max(gaps))
+    # the ticker ran through the whole call (its gaps add up to the call's time) and never waited 0.3 s for the loop;
+    # counting its ticks instead would measure the box's load (CI run 34: 88 ticks in 1.9 s at load 10, max gap 0.13 s)
+    assert took >= 0.6 and sum(gaps) >= took - 0.3 and max(gaps) < 0.3, (took, len(gaps), sum(gaps), max(gaps))
     standin.delay_s = 0.0
 
     sid = url.rsplit("/", 1)[-1]
