@@ -97,6 +97,10 @@ ANY_V4, ANY_V6 = "0.0.0.0/0", "::/0"
 
 READ_SECRETS = 'while IFS="=" read -r k v; do [ -n "$k" ] && export "$k=$v"; done\n'
 """Shell prelude: read `KEY=value` lines from stdin into the environment (stdin is a secret input)."""
+BOX_KNOWN_HOSTS = "/root/.ssh/inkmcp-storagebox.known_hosts"
+"""The Storage Box's pinned host keys (`storageBox.hostKeys`); also what `inkmcp dr --box-known-hosts` can read."""
+MIRRORED = "/root/.inkmcp-pg-backup.mirrored"
+"""The dumps the backup job mirrored last (root's): the box loses only names listed here and pruned since."""
 
 
 def shell(script: str) -> str:
@@ -565,25 +569,54 @@ echo "postgres ready"
 def backup_script(conf: FactoryConfig) -> str:
     """Nightly pg_dump to the Volume, mirrored to the Storage Box with rsync over SSH (port 23).
 
-    Local dumps are kept 7 days and mirrored with --delete; history beyond that comes from the Storage Box's
-    snapshot plan, so a compromised host cannot erase the snapshots.
+    Local dumps are kept 7 days; history beyond that comes from the Storage Box's snapshot plan, so a compromised
+    host cannot erase the snapshots.
+
+    What the mirror deletes on the box: only dumps **this host** mirrored before and has pruned since (its 7-day
+    retention), as listed in `MIRRORED`. It used to be `rsync --delete` of the whole directory, which deleted
+    whatever the host did not hold: a rebuilt host (a new Volume, or one that did not mount) holds one dump of a
+    new, empty database, and its first nightly run replaced the box's live dumps with it, the copies a restore
+    needs (those since the last snapshot were gone for good). Now a new host adds its dumps beside the old ones.
+
+    The box's host key: pinned when `storageBox.hostKeys` is set (a known_hosts file of its own, rewritten by
+    this step, StrictHostKeyChecking=yes); else trusted on first use (accept-new). Neither the Hetzner API nor the
+    pulumi provider reports a Storage Box's host key, so the stack cannot pin it without the operator.
     """
     db = conf.postgres_database
+    box = getattr(conf, "storage_box", None)  # (the DR drill renders the script from a config without one)
+    keys = box.host_keys if box is not None else ()
+    known_hosts = ""
+    trust = "-o StrictHostKeyChecking=accept-new"
+    if keys:
+        lines = "".join(f"  printf '[%s]:23 %s\\n' \"$STORAGE_BOX_HOST\" {shlex.quote(k)}\n" for k in keys)
+        known_hosts = f"{{\n{lines}}} > {BOX_KNOWN_HOSTS}.new\nmv {BOX_KNOWN_HOSTS}.new {BOX_KNOWN_HOSTS}\n"
+        trust = f"-o UserKnownHostsFile={BOX_KNOWN_HOSTS} -o StrictHostKeyChecking=yes"
     return READ_SECRETS + f"""
 install -d -m 700 /root/.ssh /var/lib/postgresql/backups
 chown postgres /var/lib/postgresql/backups
 umask 077
 printf '%s\\n' "$BACKUP_PRIVATE_KEY_B64" | base64 -d > /root/.ssh/inkmcp-storagebox.new
 mv /root/.ssh/inkmcp-storagebox.new /root/.ssh/inkmcp-storagebox
-umask 022
+{known_hosts}umask 022
 cat > /usr/local/sbin/inkmcp-pg-backup <<EOF
 #!/bin/bash
 set -euo pipefail
 dir=/var/lib/postgresql/backups
+mirrored={MIRRORED}
 runuser -u postgres -- pg_dump -Fc -f "\\$dir/{db}-\\$(date -u +%Y%m%dT%H%M%SZ).dump" {db}
 find "\\$dir" -name '*.dump' -mtime +7 -delete
-rsync -a --delete -e "ssh -p 23 -i /root/.ssh/inkmcp-storagebox -o StrictHostKeyChecking=accept-new" \\
+# The box gets every local dump and loses only what this host mirrored before and has pruned since.
+rules=\\$(mktemp)
+trap 'rm -f "\\$rules"' EXIT
+find "\\$dir" -maxdepth 1 -name '*.dump' -printf '+ /%f\\n' > "\\$rules"
+if [ -f "\\$mirrored" ]; then
+  while read -r name; do [ -e "\\$dir/\\$name" ] || printf '+ /%s\\n' "\\$name"; done < "\\$mirrored" >> "\\$rules"
+fi
+echo '- *' >> "\\$rules"
+rsync -a --delete --filter="merge \\$rules" -e "ssh -p 23 -i /root/.ssh/inkmcp-storagebox {trust}" \\
   "\\$dir/" "$STORAGE_BOX_USER@$STORAGE_BOX_HOST:inkmcp-postgres/"
+find "\\$dir" -maxdepth 1 -name '*.dump' -printf '%f\\n' > "\\$mirrored.new"
+mv "\\$mirrored.new" "\\$mirrored"
 EOF
 chmod 700 /usr/local/sbin/inkmcp-pg-backup
 cat > /etc/systemd/system/inkmcp-pg-backup.service <<'EOF'

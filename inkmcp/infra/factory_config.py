@@ -220,11 +220,30 @@ class StorageBoxSpec(ConfigModel):
     location: str = "fsn1"
     backup_public_key: str
     keep_snapshots: int = Field(default=14, ge=1, le=100)
+    host_keys: tuple[str, ...] = Field(
+        default=(), description="the box's SSH host keys (port 23), one 'type base64' line each, as "
+        "`ssh-keyscan -p 23 <box>` prints them after their fingerprints were compared with Hetzner's published "
+        "ones; set: the backup job trusts only these; unset: it trusts the key it sees first (accept-new)",
+    )
 
     @field_validator("backup_public_key")
     @classmethod
     def _openssh(cls, v: str) -> str:
         return check_openssh_key(v)
+
+    @field_validator("host_keys")
+    @classmethod
+    def _host_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """Only the key type and its base64 are kept: a host name or comment in the line would be written into
+        known_hosts as a second field."""
+        kept = []
+        for key in keys:
+            try:
+                kept.append(" ".join(check_openssh_key(key).split()[:2]))
+            except ValueError:
+                raise ValueError("a host key line is its type and base64 ('ssh-ed25519 AAAA...'): drop the host name "
+                                 "`ssh-keyscan` prints before it") from None
+        return tuple(kept)
 
 
 RUNSC_MIN_BUILD = 20240729
