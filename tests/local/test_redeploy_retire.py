@@ -63,10 +63,14 @@ def gone(pid: int) -> bool:
     return not psutil.pid_exists(pid)
 
 
-async def deploy(provider: LocalComputeProvider, key, checkouts, message: str) -> tuple[int, float]:  # type: ignore[no-untyped-def]
-    """Release `message`; returns the new version's pid and the seconds from "switching" to "live"."""
+async def deploy(provider: LocalComputeProvider, key, checkouts, message: str, stop_delay: float = 0.4  # type: ignore[no-untyped-def]
+                 ) -> tuple[int, float]:
+    """Release `message` (an app whose graceful stop takes `stop_delay` s; 1.5 where a test looks at it while it
+    stops: a loaded box may take more than 0.4 s to get there); returns its pid and the seconds from "switching"
+    to "live"."""
     timed = Timed()
-    request = request_for(key, checkouts({"app.py": GRACEFUL_APP}), plan(), env={"MESSAGE": message})
+    env = {"MESSAGE": message, "STOP_DELAY": str(stop_delay)}
+    request = request_for(key, checkouts({"app.py": GRACEFUL_APP}), plan(), env=env)
     await provider.release(request, timed, no_record)
     response = await get(provider, key)
     assert response.text == f"{message}\n"
@@ -78,10 +82,10 @@ async def test_live_does_not_wait_for_the_old_versions_stop_and_the_stop_still_c
 ):
     provider = await make_provider()
     key = key_for(project_ids())
-    v1, _ = await deploy(provider, key, checkouts, "v1")
-    v2, switch_to_live = await deploy(provider, key, checkouts, "v2")
+    v1, _ = await deploy(provider, key, checkouts, "v1", stop_delay=1.5)
+    v2, switch_to_live = await deploy(provider, key, checkouts, "v2", stop_delay=1.5)
     svc = provider._services[key.service_id]
-    assert svc.retiring and psutil.pid_exists(v1)  # "live" came while v1 was still in its 0.4 s graceful stop
+    assert svc.retiring and psutil.pid_exists(v1)  # "live" came while v1 was still in its graceful stop
     assert switch_to_live < 2.0, switch_to_live  # (the drain only: was the drain + v1's stop)
     await asyncio.wait_for(provider._retired(svc), 10)
     assert gone(v1) and not svc.retiring
@@ -121,7 +125,7 @@ async def test_a_failed_background_stop_is_logged_and_close_waits_for_the_stop(
         raise OSError(5, "Input/output error")
 
     old.stop = failing_stop  # type: ignore[method-assign]
-    await deploy(provider, key, checkouts, "v2")
+    await deploy(provider, key, checkouts, "v2", stop_delay=1.5)
     await asyncio.wait_for(provider._retired(svc), 10)
     assert gone(v1)
     logs = "\n".join(await provider.logs(key, LogScope.runtime, deployment_id=None, tail=20))
@@ -130,10 +134,40 @@ async def test_a_failed_background_stop_is_logged_and_close_waits_for_the_stop(
                                                   for r in caplog.records)
     assert (await get(provider, key)).text == "v2\n"  # the release stayed live
 
-    # close() right after a switch: returns only once the old version stopped (a stop takes 0.4 s here)
+    # close() right after a switch: returns only once the old version stopped (its stop takes 1.5 s)
     v2 = svc.live.run.pids[0]  # type: ignore[union-attr]
     await deploy(provider, key, checkouts, "v3")
     assert svc.retiring and psutil.pid_exists(v2)
     await provider.close()
     assert gone(v2) and not svc.retiring
     assert not os.path.exists(f"/proc/{v2}")
+
+
+async def test_an_env_restart_of_a_worker_only_service_keeps_the_new_workers_pid_file(
+    make_provider, checkouts, project_ids, data_dir
+):
+    """The pid file is what a restarted InkMCP reaps after a crash. A worker-only service has no port, so both
+    versions of an env restart used the same file name, and the old version's stop (after the new one started)
+    deleted the new worker's file: a crash then left the new worker running unreaped."""
+    import json
+
+    from pydantic import SecretStr
+
+    from inkmcp.build.plan import ServiceType
+
+    provider = await make_provider()
+    key = key_for(project_ids(), service="jobs")
+    worker = BuildPlan(stack=Stack.none, source="call",
+                       processes=(ProcessSpec(name="worker", command=f"exec {PY} -c 'import time; time.sleep(600)'",
+                                              routed=False),))  # fmt: skip
+    request = request_for(key, checkouts({"app.py": ""}), worker, service_type=ServiceType.backend)
+    await provider.release(request, Timed(), no_record)
+    svc = provider._services[key.service_id]
+    old = svc.live.run.pids  # type: ignore[union-attr]
+    await provider.update_env(key, {"X": SecretStr("2")}, "rev-2", no_record)
+    await asyncio.wait_for(provider._retired(svc), 10)
+    new = svc.live.run.pids  # type: ignore[union-attr]
+    assert new != old and all(gone(p) for p in old)
+    await asyncio.sleep(0.05)  # (the pid file is written on the loop's next turn)
+    recorded = [json.loads(p.read_text())["pid"] for p in svc.layout.run_dir.glob("*.pid")]
+    assert recorded == new, (recorded, new)

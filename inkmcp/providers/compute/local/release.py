@@ -114,6 +114,9 @@ class ReleaseRun:
         self.supervisors: list[Supervisor] = []
         self.routed: Supervisor | None = None
         self._uid = run_as.uid if run_as is not None else os.geteuid()  # whose listener counts as the app's
+        # Its own pid files: two runs of one release side by side (an env restart of a worker-only service, no
+        # port to tell them apart) would otherwise share a name, and the old run's stop deleted the new one's file.
+        run_id = os.urandom(3).hex()
         for name, command, routed in self._commands(app_dir, tenant_python):
             env = tenant_env(
                 home=home, run_as=run_as, service_env=service_env, build_env=meta.build_env,
@@ -122,7 +125,7 @@ class ReleaseRun:
             argv = command if isinstance(command, tuple) else command_argv(command, env)
             config = ProcessConfig(
                 name=name, argv=argv, cwd=app_dir, env=env, run_as=run_as,
-                pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}.pid", cgroup_procs=cgroup_procs,
+                pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}-{run_id}.pid", cgroup_procs=cgroup_procs,
                 sandbox=sandbox,
             )  # fmt: skip
             sup = Supervisor(config, capture, backoff=backoff)
