@@ -48,7 +48,9 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -107,6 +109,31 @@ def schedule_lag(build: float, first: float, most: float) -> tuple[float, int]:
     while t < build:
         t, interval, polls = t + interval, min(most, interval * 1.5), polls + 1
     return t - build, polls
+
+
+class GcClock:
+    """Seconds Python's cyclic garbage collector ran (gc.callbacks), per deploy: a full collection walks every object
+    the process holds, so its cost grows with what the process keeps (spec, models, modules)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.full = 0
+        self._started = 0.0
+        gc.callbacks.append(self._on)
+
+    def _on(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
+            self.full += info.get("generation") == 2
+
+    def take(self) -> float:
+        total, self.total = self.total, 0.0
+        return total
+
+
+gc_clock = GcClock()
 
 
 class Timed:
@@ -461,6 +488,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         for i in range(3):
             await deploy(DeployRequest(repo_url=str(repo(root)), project_name=f"warm-{i}"))
         samples: list[dict[str, float]] = []
+        kinds_seen: list[list[str]] = []
         work: list[dict[str, int]] = []
         budget_trips = getattr(budget, "round_trips", 0)
         profiler = cProfile.Profile() if profile else None
@@ -471,16 +499,21 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             before = standin.count()
             if profiler is not None:
                 profiler.enable()
-            t, cpu = time.perf_counter(), time.process_time()
+            gc_clock.take()
+            t, cpu, ru = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
             await deploy(DeployRequest(repo_url=str(r), project_name=f"bench-{i}", env_vars={"MESSAGE": str(i)}))
             total, cpu = time.perf_counter() - t, time.process_time() - cpu
+            ru_end = resource.getrusage(resource.RUSAGE_SELF)
+            kernel = ru_end.ru_stime - ru.ru_stime
+            gc_seconds = gc_clock.take()
             if profiler is not None:
                 profiler.disable()
             steps.take()
             seen = standin.requests_since(before, token)  # after the timed window: the admin route is not timed
             samples.append({"total": total, "http": http.take(), "sleep": sleeps.take(),
                             "asgi": sum(r.asgi for r in seen), "accept": accepted[-1], "requests": len(seen),
-                            "cpu": cpu})
+                            "cpu": cpu, "kernel": kernel, "gc": gc_seconds})
+            kinds_seen.append([f"{r.method} {r.operation or r.path} {r.status}" for r in seen])
             work.append(counted.take())
             trips = getattr(budget, "round_trips", 0)
             work[-1]["request budget round trips"] = trips - budget_trips
@@ -500,11 +533,16 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             "overhead without HTTP transport (end to end - HTTP as InkMCP saw it)":
                 [s["total"] - s["http"] for s in samples],
             "CPU time of InkMCP's process (all threads; not git, not PostgreSQL)": [s["cpu"] for s in samples],
+            "  of which in the kernel (system calls: sockets, fork/exec, files)": [s["kernel"] for s in samples],
+            "Python's garbage collector (wall, inside the deploy)": [s["gc"] for s in samples],
         }
         for name, vals in rows.items():
             print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 90) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")
         print(f"\nrequests per deploy: {sorted({int(s['requests']) for s in samples})}")
         medians_requests = sorted(int(s["requests"]) for s in samples)[len(samples) // 2]
+        for kinds in kinds_seen:  # a deploy that sent more or fewer requests than most: which ones
+            if len(kinds) != medians_requests:
+                print(f"  a deploy with {len(kinds)} requests: {', '.join(kinds)}")
         print("\n| InkMCP's own work per deploy | median | max |\n| --- | ---: | ---: |")
         medians: dict[str, int] = {"requests to Coolify": medians_requests}
         for key in sorted({k for c in work for k in c}):

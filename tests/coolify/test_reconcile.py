@@ -217,9 +217,13 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
     await h.settle()
     b_row = await service_row(fresh_store, platform, p, b)
     b_orphan = next(u for u, app in h.standin.applications.items() if app.fields.get("name") == f"{b_row.id}-web")
+    # its worker's create went out beside the web's (one write-ahead write for both): in flight at the kill, made too
+    b_worker = next(u for u, app in h.standin.applications.items()
+                    if app.fields.get("name") == f"{b_row.id}-worker")  # fmt: skip
     assert "apps" not in coolify_ref(b_row)
     with h.standin._lock:  # as old as any orphan: only the deployment in flight protects it
         h.standin.applications[b_orphan].created_at = OLD
+        h.standin.applications[b_worker].created_at = OLD
 
     op = Operator(h)
     try:
@@ -265,7 +269,7 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
         "commit_drift": [a_apps["web"]],
         "stuck_deployment": [c_dep],
     }, report.drift
-    assert report.adoptable == [b_orphan]
+    assert sorted(report.adoptable) == sorted([b_orphan, b_worker])
     assert all(d.action == Action.reported for d in report.drift)
     assert [s.path for s in h.standin.requests[since:] if s.method != "GET"] == []
     assert len(report.remaining) == 9
@@ -283,7 +287,7 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
                              + [f"/api/v1/projects/{x}" for x in (empty[0], full[0])])  # fmt: skip
     for gone in (stray, dup, in_full):
         assert not alive(h, gone)
-    for kept in (young, b_orphan, foreign_app, lookalike_app, a_apps["web"]):
+    for kept in (young, b_orphan, b_worker, foreign_app, lookalike_app, a_apps["web"]):
         assert alive(h, kept), kept
     assert set(h.standin.projects) >= {foreign[0], lookalike[0], a_project["project_uuid"]}
     assert not {empty[0], full[0]} & set(h.standin.projects)
@@ -306,7 +310,7 @@ async def test_drift_is_reported_then_exactly_the_orphans_are_repaired_and_every
     for dep in (b_dep, c_dep):
         assert (await platform.deploys.wait(p, uuid.UUID(dep), timeout=60)).status == "live"
     b_apps = coolify_ref(await service_row(fresh_store, platform, p, b))["apps"]
-    assert b_apps["web"] == b_orphan and h.census(h.key().model_copy(update={"service_id": str(b_row.id)}))["apps"] \
+    assert b_apps["web"] == b_orphan and b_apps["worker"] == b_worker and h.census(h.key().model_copy(update={"service_id": str(b_row.id)}))["apps"] \
         == {"web": 1, "worker": 1}  # fmt: skip
     again = await deploy(platform, p, repo, a)
     assert again.status == "live" and again.deployment_id != str(a_row.live_deployment_id)

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from inkmcp.coolify.spec import API_PREFIX
+from inkmcp.coolify.transport import LeanTransport
 
 # -- labels ---------------------------------------------------------------------------------------------------
 
@@ -415,7 +416,7 @@ class PolicyTransport(httpx.AsyncBaseTransport):
     the wire, whatever code path built the request."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, limits: Limits = Limits()) -> None:
-        self.inner = inner or httpx.AsyncHTTPTransport()
+        self.inner = inner or LeanTransport()  # keep-alive HTTP/1.1 at a fraction of httpcore's CPU per request
         self.limits = limits
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

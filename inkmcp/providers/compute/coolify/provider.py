@@ -117,6 +117,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -250,6 +251,21 @@ async def _together(*calls: Awaitable[Any]) -> list[Any]:
             first = first.exceptions[0]
         raise first from None
     return [task.result() for task in tasks]
+
+
+async def _settled(*calls: Awaitable[Any]) -> list[Any]:
+    """Requests that make something in Coolify (applications, deployments), sent side by side after their
+    write-ahead marks were made durable together (one write for all). Unlike `_together`, a failure does not
+    cancel the others: each runs until Coolify answered it (or its own error), so no request is left with an
+    unknown outcome because of another one's failure (its mark would make the next attempt wait `late_window`
+    before sending it again). Then the first failure, in call order, is raised as itself."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 _BATCH: contextvars.ContextVar[_RefBatch | None] = contextvars.ContextVar("inkmcp_coolify_ref_batch", default=None)
@@ -466,7 +482,11 @@ class CoolifyComputeProvider:
         if not processes:
             raise ReleaseFailed(Step.building, "the build plan has no process to run (add a Procfile `web:` line or "
                                                "pass start_command)")
-        server = await self._ensure_server(key, request, service_ref, record, len(processes))
+        if key.project_ref.get("project_uuid"):
+            server, listed = await self._ensure_server(key, request, service_ref, record, len(processes)), None
+        else:  # the project list `_ensure_project` reads first, beside placement (a read and a database step)
+            server, listed = await _together(self._ensure_server(key, request, service_ref, record, len(processes)),
+                                             self._find_project(key))
         # --- ghkeys (issue 11): a private GitHub repo is cloned by Coolify with the service's deploy key
         request = await coolify_deploy_keys.keyed(self, request)
         # --- end
@@ -478,7 +498,7 @@ class CoolifyComputeProvider:
         except mapping.TenantInputError as e:
             raise ReleaseFailed(Step.building, str(e)) from None
 
-        project_uuid, environment_uuid = await self._ensure_project(key, record)
+        project_uuid, environment_uuid = await self._ensure_project(key, record, listed)
         fresh: set[str] = set()  # applications this attempt created: no env and no deployment in them yet
         apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh)
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
@@ -525,13 +545,17 @@ class CoolifyComputeProvider:
             if number:
                 await progress(Step.starting, f"the release command finished in {groups[0][0]}; deploying "
                                               f"{', '.join(group)}")
-            for name in group:
-                if name not in started:
-                    started[name] = await self._start_deployment(apps[name], name, request.commit, dep_ref, record,
-                                                                 fresh=name in fresh)
+            todo = {name: apps[name] for name in group if name not in started}
+            if todo:  # the group's deployments start side by side (one write-ahead write, one round of /deploys)
+                try:
+                    await self._start_deployments(todo, request.commit, dep_ref, record, fresh=fresh, into=started)
+                finally:  # a deployment started before another process's /deploy failed is recorded too
                     await record(RefScope.deployment, dep_ref)
-                    self._crash("after_record_deployment")
-            final.update(await self._wait({n: started[n] for n in group}, progress))
+                self._crash("after_record_deployment")
+            # the group's deployments, recorded beside the first read of them (durable then, as when each /deploy
+            # flushed the one before it: what the reconciler and a takeover find recorded)
+            _, done = await _together(_flush_batch(), self._wait({n: started[n] for n in group}, progress))
+            final.update(done)
             if any(final[n].status != "finished" for n in group):
                 break  # a later group never starts: the rollback below handles every process
             if carrier in group and not dep_ref.get("released") and _ungated(bodies[carrier]):
@@ -577,11 +601,12 @@ class CoolifyComputeProvider:
         service_ref.pop("env_change", None)
         await record(RefScope.service, service_ref)
         switching = "every process's Coolify deployment finished; Coolify switched traffic"
-        if isinstance(record, _RefBatch):  # the release's last refs and its switching step: one write
-            await record.flush_with_step(progress, Step.switching, switching)
+        # the release's last refs and its switching step (one write), beside the wait for Coolify's status refresh
+        # of first containers (a read: it needs nothing recorded before it)
+        if isinstance(record, _RefBatch):
+            await _together(record.flush_with_step(progress, Step.switching, switching), self._until_reported(first))
         else:
-            await progress(Step.switching, switching)
-        await self._until_reported(first)
+            await _together(progress(Step.switching, switching), self._until_reported(first))
         for name, uuid in gone.items():  # a process the new release no longer has (e.g. worker removed)
             await self._delete_app(uuid, f"deleting the application of process {name}")
         return self._result(service_ref)
@@ -656,11 +681,18 @@ class CoolifyComputeProvider:
         await record(RefScope.service, service_ref)
         return placed
 
-    async def _ensure_project(self, key: ServiceKey, record: Record) -> tuple[str, str]:
+    async def _find_project(self, key: ServiceKey) -> tuple[str | None]:
+        """The uuid of the Coolify project named for `key`'s project, if one exists (in a tuple: "looked")."""
+        name = f"{self.project_prefix}{key.project_id}"
+        projects = await self._call("listing projects", self.client.list_projects())
+        return (next((p.uuid for p in projects if p.name == name), None),)
+
+    async def _ensure_project(self, key: ServiceKey, record: Record,
+                              listed: tuple[str | None] | None = None) -> tuple[str, str]:  # fmt: skip
+        """`listed`: what `_find_project` found just before (the caller read it beside placement)."""
         project_ref = dict(key.project_ref)
         if project_ref.get("project_uuid") and project_ref.get("environment_uuid"):
             return str(project_ref["project_uuid"]), str(project_ref["environment_uuid"])
-        name = f"{self.project_prefix}{key.project_id}"
         uuid = project_ref.get("project_uuid")
         pending: dict[str, float] = project_ref.setdefault("pending", {})
 
@@ -668,15 +700,15 @@ class CoolifyComputeProvider:
             await record(RefScope.project, project_ref)
 
         async def find() -> str | None:
-            projects = await self._call("listing projects", self.client.list_projects())
-            return next((p.uuid for p in projects if p.name == name), None)
+            return (await self._find_project(key))[0]
 
         if not uuid:  # find by name first: a create whose answer was lost must not make a second project
-            uuid = await find()
+            uuid = listed[0] if listed is not None else await find()
             if not uuid and await self._late("project", pending, "creating the project"):
                 uuid = await find()  # the earlier create, carried out late
         if not uuid:
-            body = m.ProjectCreate(name=name, description=f"InkMCP project {key.project_name}")
+            body = m.ProjectCreate(name=f"{self.project_prefix}{key.project_id}",
+                                   description=f"InkMCP project {key.project_name}")
             self._check("POST", "/projects", body.body())
             uuid = await self._create("creating the project", self.client.create_project(body), pending, "project",
                                       save)
@@ -729,43 +761,70 @@ class CoolifyComputeProvider:
         async def save() -> None:
             await record(RefScope.service, service_ref)
 
-        for name in missing:
-            wanted = mapping.app_name(key, name)
-            uuid = next((a.uuid for a in existing if a.name == wanted), None)
-            if uuid is None and await self._late(f"app:{name}", pending, f"creating the application of {name}"):
-                existing = await self._call("listing applications", self.client.list_applications())
-                uuid = next((a.uuid for a in existing if a.name == wanted), None)
-            if uuid is None:
-                body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
-                call = coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
-                if call is None:
-                    self._check("POST", "/applications/public", body)
-                    call = self.client.create_public_application(m.PublicApplicationCreate(**body))
-                answer = await self._create(f"creating the application of {name}", call, pending, f"app:{name}", save,
-                                            service_ref)
-                uuid = answer.uuid
-                if created is not None:
-                    created.add(name)
-                self._crash("after_create_app")
+        def found(name: str, uuid: str) -> None:
             pending.pop(f"app:{name}", None)
             if not pending:
                 service_ref.pop("pending", None)
             apps[name] = uuid
             service_ref["apps"] = apps
+
+        to_create: dict[str, Awaitable[Any]] = {}
+        try:
+            for name in missing:
+                wanted = mapping.app_name(key, name)
+                uuid = next((a.uuid for a in existing if a.name == wanted), None)
+                if uuid is None and await self._late(f"app:{name}", pending, f"creating the application of {name}"):
+                    existing = await self._call("listing applications", self.client.list_applications())
+                    uuid = next((a.uuid for a in existing if a.name == wanted), None)
+                if uuid is not None:
+                    found(name, uuid)
+                    continue
+                body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
+                call = coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
+                if call is None:
+                    self._check("POST", "/applications/public", body)
+                    call = self.client.create_public_application(m.PublicApplicationCreate(**body))
+                to_create[name] = call
+            if to_create:
+                # every create's write-ahead mark durable in one write, then the creates side by side (a web +
+                # worker service waits for one create instead of two in turn, and for one write instead of two)
+                for name in to_create:
+                    pending[f"app:{name}"] = time.time()
+                await save()
+                await _flush_batch()
+
+                async def create(name: str, call: Awaitable[Any]) -> None:
+                    answer = await self._create(f"creating the application of {name}", call, pending,
+                                                f"app:{name}", save, service_ref, marked=True)
+                    if created is not None:
+                        created.add(name)
+                    found(name, answer.uuid)
+                    await record(RefScope.service, service_ref)
+                    self._crash("after_create_app")
+
+                await _settled(*(create(name, call) for name, call in to_create.items()))
+        finally:
+            for call in to_create.values():  # never sent (an earlier step failed): no "never awaited" warning
+                if inspect.iscoroutine(call) and inspect.getcoroutinestate(call) == inspect.CORO_CREATED:
+                    call.close()
+        if missing:
             await record(RefScope.service, service_ref)
         if service_ref.pop("create_answered_error", None):  # every application is recorded now
             await record(RefScope.service, service_ref)
         return apps
 
     async def _create(self, what: str, call: Awaitable[T], pending: dict[str, float], mark: str,
-                      save: Callable[[], Awaitable[None]], answered: dict[str, Any] | None = None) -> T:  # fmt: skip
+                      save: Callable[[], Awaitable[None]], answered: dict[str, Any] | None = None, *,
+                      marked: bool = False) -> T:  # fmt: skip
         """A request that makes something (project, application, deployment), with a write-ahead mark of when it
         was sent: kept when its outcome is unknown (`_unclear`: Coolify may still carry it out, `late_window`), or
         when InkMCP dies meanwhile; dropped when Coolify's answer says it is settled. A settled error may still
         have made the thing (a 500 after Coolify's insert): `answered["create_answered_error"]` then tells the
-        next attempt to look by name before creating again (`_ensure_apps`)."""
-        pending[mark] = time.time()
-        await save()
+        next attempt to look by name before creating again (`_ensure_apps`). `marked`: the caller set the mark and
+        made it durable already (with those of requests sent beside this one)."""
+        if not marked:
+            pending[mark] = time.time()
+            await save()
         try:
             result = await call
         except CoolifyError as e:
@@ -829,35 +888,67 @@ class CoolifyComputeProvider:
 
     async def _start_deployment(self, app: str, process: str, commit: str, dep_ref: dict[str, Any],
                                 record: Record, *, fresh: bool = False) -> str:  # fmt: skip
-        """`fresh`: this attempt created `app` (Coolify answered the create), so it has no deployment yet and the
-        anchor is None without asking (one request less per process of a first deploy)."""
+        """`_start_deployments` of one application."""
+        started = await self._start_deployments({process: app}, commit, dep_ref, record,
+                                                fresh={process} if fresh else set())  # fmt: skip
+        return started[process]
+
+    async def _start_deployments(self, apps: Mapping[str, str], commit: str, dep_ref: dict[str, Any],
+                                 record: Record, *, fresh: set[str] | frozenset[str] = frozenset(),
+                                 into: dict[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+        """The deployment of each process's application (`apps`: process -> application uuid), started side by
+        side: every write-ahead record (`intent`: the newest deployment before we asked; `pending`: when the
+        /deploy went out) is durable in one write before the first /deploy, then the /deploys go out together
+        (`_settled`: each runs until Coolify answered it). A process an earlier attempt got this far with is
+        re-attached to the deployment its /deploy made, if any, instead of deploying again.
+
+        `fresh`: processes whose application this attempt created (Coolify answered the create), so they have no
+        deployment yet and the anchor is None without asking (one request less per process of a first deploy).
+        `into` gets each deployment as soon as it is known (a failure of another process's /deploy keeps it)."""
         intent = dep_ref.setdefault("intent", {})
         pending: dict[str, float] = dep_ref.setdefault("pending", {})
+        started: dict[str, str] = into if into is not None else {}
 
         async def save() -> None:
             await record(RefScope.deployment, dep_ref)
 
-        if process not in intent:  # write-ahead: the newest deployment before we asked
-            intent[process] = None if fresh else await self._newest(app, process)
-            await record(RefScope.deployment, dep_ref)
-        else:  # an earlier attempt got this far: its /deploy may have taken effect (one request saved otherwise)
+        async def anchor(process: str, app: str) -> None:  # reads only: side by side
+            if process not in intent:
+                intent[process] = None if process in fresh else await self._newest(app, process)
+                return
+            # an earlier attempt got this far: its /deploy may have taken effect (one request saved otherwise)
             found = await self._newer(app, process, intent[process], commit)
             if found is None and await self._late(f"deploy:{process}", pending, f"deploying {process}"):
                 found = await self._newer(app, process, intent[process], commit)
             if found is not None:
-                return found
-        self._check("POST", "/deploy", None, {"uuid": app, "force": "false"})
-        result = await self._create(f"deploying {process}", self.client.deploy(app), pending, f"deploy:{process}",
-                                    save)
-        uuid = None if result.skipped else result.deployment_uuid
-        self._crash("after_deploy_call")
-        pending.pop(f"deploy:{process}", None)  # settled: the caller records the deployment with it
-        if uuid is None:  # "already queued for this commit": ours, from an attempt whose answer was lost
-            uuid = await self._newer(app, process, intent[process], commit)
-            if uuid is None:
-                raise ProviderUnavailable(f"deploying {process}: Coolify says a deployment of this commit is queued "
-                                          "but lists none newer than the last one recorded; retrying")
-        return uuid
+                started[process] = found
+
+        await _together(*(anchor(process, app) for process, app in apps.items()))
+        todo = {process: app for process, app in apps.items() if process not in started}
+        if not todo:
+            return {process: started[process] for process in apps}
+        for app in todo.values():
+            self._check("POST", "/deploy", None, {"uuid": app, "force": "false"})
+        for process in todo:
+            pending[f"deploy:{process}"] = time.time()
+        await save()  # the anchors and marks, durable before the first /deploy
+        await _flush_batch()
+
+        async def deploy(process: str, app: str) -> None:
+            result = await self._create(f"deploying {process}", self.client.deploy(app), pending,
+                                        f"deploy:{process}", save, marked=True)
+            uuid = None if result.skipped else result.deployment_uuid
+            self._crash("after_deploy_call")
+            pending.pop(f"deploy:{process}", None)  # settled: recorded with the deployment
+            if uuid is None:  # "already queued for this commit": ours, from an attempt whose answer was lost
+                uuid = await self._newer(app, process, intent[process], commit)
+                if uuid is None:
+                    raise ProviderUnavailable(f"deploying {process}: Coolify says a deployment of this commit is "
+                                              "queued but lists none newer than the last one recorded; retrying")
+            started[process] = uuid
+
+        await _settled(*(deploy(process, app) for process, app in todo.items()))
+        return {process: started[process] for process in apps}
 
     async def _deployments(self, app: str, process: str) -> list[m.Deployment]:
         page = await self._call(f"listing deployments of {process}", self.client.list_deployments(app, take=50))

@@ -1,0 +1,241 @@
+"""The Coolify client's HTTP/1.1 transport (inkmcp/coolify/transport.py) against real sockets: a small asyncio
+server per test that answers as told (Content-Length, chunked, until close, gzip, a close of an idle connection,
+silence), so each framing rule and each error the client's retry rules depend on is seen on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from inkmcp.coolify.transport import LeanTransport
+
+Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+"""Gets a request's head (its body is read by the server loop), writes an answer; False ends the connection."""
+
+
+class Server:
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+                self.heads.append(head)
+                self.bodies.append(await reader.readexactly(length))
+                if not await self.answer(head, reader, writer):
+                    return
+        finally:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[Server]]]:
+    servers: list[Server] = []
+
+    async def start(answer: Answer) -> Server:
+        s = Server(answer)
+        s.server = await asyncio.start_server(s._serve, "127.0.0.1", 0)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        assert s.server is not None
+        s.server.close()
+
+
+def json_answer(payload: object, status: int = 200, extra: bytes = b"") -> Answer:
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        body = json.dumps(payload).encode()
+        writer.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+                     % (status, len(body), extra) + body)
+        await writer.drain()
+        return b"close" not in extra.lower()
+
+    return answer
+
+
+async def test_keep_alive_one_connection_for_many_requests_with_bodies_and_headers_as_sent(serve) -> None:
+    s = await serve(json_answer({"uuid": "u1"}))
+    transport = LeanTransport()
+    async with httpx.AsyncClient(base_url=s.url, transport=transport) as c:
+        for i in range(5):
+            r = await c.post("/api/v1/projects", json={"name": f"p{i}"}, params={"a": "b c"},
+                             headers={"Authorization": "Bearer t"})
+            assert r.status_code == 200 and r.json() == {"uuid": "u1"}
+    assert s.connections == 1 and transport.connects == 1
+    assert [json.loads(b) for b in s.bodies] == [{"name": f"p{i}"} for i in range(5)]
+    first = s.heads[0].split(b"\r\n")
+    assert first[0] == b"POST /api/v1/projects?a=b+c HTTP/1.1"
+    assert b"Authorization: Bearer t" in first and any(h.lower().startswith(b"host: 127.0.0.1:") for h in first)
+
+
+async def test_chunked_gzip_and_until_close_bodies_are_read_whole(serve) -> None:
+    payload = {"data": ["x" * 100] * 50}
+    raw = gzip.compress(json.dumps(payload).encode())
+
+    async def chunked(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(raw), 700):
+            part = raw[i:i + 700]
+            writer.write(b"%x;ext=1\r\n%s\r\n" % (len(part), part))
+        writer.write(b"0\r\nX-Trailer: y\r\n\r\n")
+        await writer.drain()
+        return True
+
+    s = await serve(chunked)
+    transport = LeanTransport()
+    async with httpx.AsyncClient(base_url=s.url, transport=transport) as c:
+        assert (await c.get("/a")).json() == payload
+        assert (await c.get("/b")).json() == payload
+    assert s.connections == 1  # a chunked answer read to its end leaves the connection usable
+
+    async def until_close(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + json.dumps(payload).encode())
+        await writer.drain()
+        return False  # the end of the connection ends the body
+
+    s2 = await serve(until_close)
+    async with httpx.AsyncClient(base_url=s2.url, transport=LeanTransport()) as c:
+        assert (await c.get("/a")).json() == payload
+        assert (await c.get("/b")).json() == payload
+    assert s2.connections == 2  # never reused
+
+
+async def test_connection_close_and_a_server_closed_idle_connection_get_a_fresh_connection(serve) -> None:
+    s = await serve(json_answer({"ok": 1}, extra=b"Connection: close\r\n"))
+    transport = LeanTransport()
+    async with httpx.AsyncClient(base_url=s.url, transport=transport) as c:
+        for _ in range(3):
+            assert (await c.get("/x")).json() == {"ok": 1}
+    assert s.connections == 3
+
+    answered = 0
+
+    async def once(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        nonlocal answered
+        answered += 1
+        await json_answer({"n": answered})(head, reader, writer)
+        return False  # the server closes the kept-alive connection right after answering (its idle timeout)
+
+    s2 = await serve(once)
+    transport = LeanTransport()
+    async with httpx.AsyncClient(base_url=s2.url, transport=transport) as c:
+        assert (await c.get("/x")).json() == {"n": 1}
+        await asyncio.sleep(0.05)  # the EOF reaches the client's event loop
+        assert (await c.post("/y", json={})).json() == {"n": 2}  # not sent on the dead connection: no error
+    assert s2.connections == 2 and transport.connects == 2
+
+
+async def test_idle_connections_past_keepalive_expiry_are_not_reused(serve) -> None:
+    s = await serve(json_answer({}))
+    transport = LeanTransport(keepalive_expiry=0.05)
+    async with httpx.AsyncClient(base_url=s.url, transport=transport) as c:
+        await c.get("/a")
+        await asyncio.sleep(0.1)
+        await c.get("/b")
+    assert transport.connects == 2
+
+
+async def test_errors_are_httpx_errors_the_client_retry_rules_know(serve) -> None:
+    # nothing listens: ConnectError (nothing sent)
+    probe = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=LeanTransport()) as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.get("/")
+
+    async def silent(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await reader.read(1)  # until the client gives up and closes
+        return False
+
+    s = await serve(silent)
+    async with httpx.AsyncClient(base_url=s.url, transport=LeanTransport(), timeout=httpx.Timeout(5, read=0.2)) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get("/")
+
+    async def hang_up(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        return False  # closes without a byte: the request may have been processed
+
+    s2 = await serve(hang_up)
+    async with httpx.AsyncClient(base_url=s2.url, transport=LeanTransport()) as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await c.post("/deploy", json={})
+
+    async def short(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        await writer.drain()
+        return False
+
+    s3 = await serve(short)
+    async with httpx.AsyncClient(base_url=s3.url, transport=LeanTransport()) as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="ended early"):
+            await c.get("/")
+
+    async def garbage(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+        return False
+
+    s4 = await serve(garbage)
+    async with httpx.AsyncClient(base_url=s4.url, transport=LeanTransport()) as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="not valid HTTP"):
+            await c.get("/")
+
+
+async def test_a_cancelled_request_closes_its_connection_and_the_next_one_works(serve) -> None:
+    slow = asyncio.Event()
+
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if b"/slow" in head:
+            slow.set()
+            await asyncio.sleep(1)
+        return await json_answer({"path": head.split(b" ")[1].decode()})(head, reader, writer)
+
+    s = await serve(answer)
+    transport = LeanTransport()
+    async with httpx.AsyncClient(base_url=s.url, transport=transport) as c:
+        task = asyncio.ensure_future(c.get("/slow"))
+        await slow.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # the answer to /slow, arriving later, must never be read as the answer to /next
+        assert (await c.get("/next")).json() == {"path": "/next"}
+    assert transport.connects == 2
+
+
+async def test_the_coolify_client_over_it_against_the_stand_in(standin, token: str) -> None:  # type: ignore[no-untyped-def]
+    from inkmcp.coolify.client import CoolifyClient
+    from inkmcp.providers.compute.coolify import policy
+
+    transport = policy.PolicyTransport()
+    assert isinstance(transport.inner, LeanTransport)  # what `from_settings` wires in production
+    async with CoolifyClient(standin.url, token, transport=transport) as c:
+        servers = await c.list_servers()
+        projects = [await c.list_projects() for _ in range(3)]
+    assert servers is not None and all(p == projects[0] for p in projects)
+    assert transport.inner.connects == 1
