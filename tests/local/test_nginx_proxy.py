@@ -522,3 +522,40 @@ async def test_a_head_larger_than_a_request_pool_reaches_the_app_whole(nginx_pro
     finally:
         app.terminate()
         app.wait(10)
+
+
+# A raw app whose answer has a head of HEAD_BYTES bytes (one long header).
+BIG_HEAD_APP = r'''
+import asyncio, os
+filler = int(os.environ["HEAD_BYTES"]) - 60
+R = b"HTTP/1.1 200 OK\r\nX-Big: " + b"c" * filler + b"\r\nContent-Length: 3\r\n\r\nok\n"
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t, self.buf = t, b""
+    def data_received(self, data):
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            _, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            self.t.write(R)
+async def main():
+    server = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(os.environ["PORT"]))
+    await server.serve_forever()
+asyncio.run(main())
+'''
+
+
+async def test_an_answer_with_a_12_kb_head_passes(nginx_proxy):
+    """nginx reads an answer's head into one buffer; at its default (4k) an app answering with a 5 KB head
+    (cookies, a CSP) got nginx's 502 where the Python proxy passed it. 12 KB passes whole now."""
+    proxy = nginx_proxy
+    port = _free_port()
+    app = subprocess.Popen([PY, "-c", BIG_HEAD_APP], env={**os.environ, "PORT": str(port), "HEAD_BYTES": "12000"})
+    try:
+        await until(lambda: _connects(port))
+        proxy.set_route(Route(host="bighead.p.localhost", port=port, owner="svc-bighead"))
+        assert await proxy.settled()
+        resp = await fetch(proxy, "bighead.p.localhost")
+        assert resp.status_code == 200 and resp.text == "ok\n"
+        assert resp.headers["x-big"] == "c" * (12000 - 60)
+    finally:
+        app.terminate()
+        app.wait(10)
