@@ -171,3 +171,24 @@ async def test_an_env_restart_of_a_worker_only_service_keeps_the_new_workers_pid
     await asyncio.sleep(0.05)  # (the pid file is written on the loop's next turn)
     recorded = [json.loads(p.read_text())["pid"] for p in svc.layout.run_dir.glob("*.pid")]
     assert recorded == new, (recorded, new)
+
+
+async def test_a_drain_that_fails_after_the_switch_neither_fails_the_release_nor_leaves_the_old_version(
+    make_provider, checkouts, project_ids, monkeypatch
+):
+    """After the switch the new version is live: an error from the proxy's drain (injected: OSError) is logged; the
+    release still reports live, keeps its files (a failed release deletes its release dir) and the old version is
+    still stopped."""
+    provider = await make_provider()
+    key = key_for(project_ids())
+    v1, _ = await deploy(provider, key, checkouts, "v1")
+
+    async def broken_drain(port: int, timeout: float) -> bool:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(provider.proxy, "drain", broken_drain)
+    await deploy(provider, key, checkouts, "v2")
+    svc = provider._services[key.service_id]
+    await asyncio.wait_for(provider._retired(svc), 10)
+    assert gone(v1)
+    assert svc.layout.src(svc.live.meta.deployment_id).is_dir()  # type: ignore[union-attr]

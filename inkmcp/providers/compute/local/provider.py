@@ -512,11 +512,15 @@ class LocalComputeProvider:
                 await self._bring_back(svc, port)
             raise
         if old is not None:
-            if old.port is not None and old.port != port:
-                # "live" means every new request reaches the new version: the proxy serves the new route and
-                # requests forwarded before the switch have their answers. Only the old one's stop is left.
-                await self.proxy.drain(old.port, DRAIN_TIMEOUT)
-            self._retire(svc, old)
+            try:
+                if old.port is not None and old.port != port:
+                    # "live" means every new request reaches the new version: the proxy serves the new route and
+                    # requests forwarded before the switch have their answers. Only the old one's stop is left.
+                    await self.proxy.drain(old.port, DRAIN_TIMEOUT)
+            except Exception as exc:  # the new version is live: a failed drain must not fail (and undo) the release
+                log.warning("service %s: draining port %s failed: %s", svc.key.service_id, old.port, exc)
+            finally:  # stopped even if this release is cancelled here
+                self._retire(svc, old)
 
     def _retire(self, svc: _Service, old: ReleaseRun) -> None:
         """Stop the version a switch replaced, in the background: no request reaches it any more, so "live" is
