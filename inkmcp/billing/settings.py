@@ -2,6 +2,14 @@
 
 With billing off nothing is metered and nothing is refused, so a server without prices behaves exactly as it did
 before issue 13. Amounts are integer minor units of the operator's currency (cents for EUR/USD).
+
+One part runs with billing off too, on purpose: migration 0012's statement triggers on `services`, which keep each
+service's rate segment (`billing_segments`) when its mode, memory or live deployment changes. They cost ~0.07 ms
+of database time per statement that changes nothing billable and ~0.3 ms per one that does (EXPLAIN ANALYZE,
+2026-12-01; a deploy runs 3-4 statements on `services`), and one small row per rate change. Turning them off with
+billing would be a per-database switch driven by a per-process setting: one replica without INKMCP_PRICES would stop
+the segments of replicas that charge, and switching billing on later would need a reconciliation of every
+service's segment history. Kept, the segments are right on the day billing is switched on.
 """
 
 from __future__ import annotations
