@@ -6,10 +6,12 @@ placement kept across redeploys, custom domains with their DNS record, on_demand
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -74,8 +76,10 @@ async def test_release_sends_exactly_the_mapped_bodies_and_records_every_id(h: C
     service_ref = book.refs[(RefScope.service, key.service_id)]
     specs = {p.name: h.provider._app_spec(req, p, placed) for p in mapping.processes(req.service_type, req.plan)}
     creates = [b for m, p, b in app_bodies(h, since) if p == "/api/v1/applications/public"]
-    assert creates == [mapping.create_body(specs[n], project_ref["project_uuid"], project_ref["environment_uuid"],
-                                           mapping.MappingSettings()) for n in ("web", "worker")]  # fmt: skip
+    # sent side by side: in whichever order they reached Coolify
+    assert sorted(creates, key=lambda b: b["name"]) == [mapping.create_body(
+        specs[n], project_ref["project_uuid"], project_ref["environment_uuid"], mapping.MappingSettings())
+        for n in ("web", "worker")]  # fmt: skip
     for name in ("web", "worker"):
         app = service_ref["apps"][name]
         patches = [b for m, p, b in app_bodies(h, since) if m == "PATCH" and p == f"/api/v1/applications/{app}"]
@@ -666,3 +670,57 @@ async def test_a_redeploy_costs_five_requests_per_process_besides_polling(h: Coo
     assert sorted(seen) == sorted(2 * ["update-application-by-uuid", "list-envs-by-application-uuid",
                                        "update-envs-by-application-uuid", "list-deployments-by-app-uuid",
                                        "deploy-by-tag-or-uuid"])  # fmt: skip
+
+
+async def test_a_first_release_sends_its_creates_and_deploys_side_by_side_each_after_its_marks_are_recorded(
+        h: CoolifyHarness) -> None:  # fmt: skip
+    """Issue 8 (overhead): a first web + worker release creates both applications at once and starts both
+    deployments at once, and every such request leaves InkMCP only after the write-ahead marks of *both* are
+    recorded (one write for the two): a crash while one is in flight finds both marks. Also the exact requests
+    of a first release besides polling (nothing added by running steps side by side)."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+    in_flight: dict[str, int] = {}
+    most: dict[str, int] = {}
+    seen_marks: list[tuple[str, Any]] = []
+
+    async def watched(request: httpx.Request) -> httpx.Response:
+        kind = {"/api/v1/applications/public": "create", "/api/v1/deploy": "deploy"}.get(request.url.path)
+        if kind is None or request.method != "POST":
+            return await real(request)
+        if kind == "create":  # what is recorded (durable) at the moment the create leaves
+            ref = book.refs.get((RefScope.service, key.service_id), {})
+            seen_marks.append((kind, sorted(ref.get("pending", {}))))
+        else:
+            ref = book.refs.get((RefScope.deployment, req.deployment_id), {})
+            seen_marks.append((kind, (sorted(ref.get("pending", {})), ref.get("intent"))))
+        in_flight[kind] = in_flight.get(kind, 0) + 1
+        most[kind] = max(most.get(kind, 0), in_flight[kind])
+        try:
+            await asyncio.sleep(0.05)  # long enough for the other process's request to leave meanwhile
+            return await real(request)
+        finally:
+            in_flight[kind] -= 1
+
+    transport.handle_async_request = watched
+    since = len(h.standin.requests)
+    try:
+        await release(h, book, req)
+    finally:
+        transport.handle_async_request = real
+    assert most == {"create": 2, "deploy": 2}, most  # side by side
+    assert seen_marks.count(("create", ["app:web", "app:worker"])) == 2, seen_marks
+    assert seen_marks.count(("deploy", (["deploy:web", "deploy:worker"], {"web": None, "worker": None}))) == 2, \
+        seen_marks  # fmt: skip
+    polls = ("get-deployment-by-uuid", "get-application-by-uuid")  # as many as the stand-in's build clock needs
+    ops = sorted(s.operation for s in h.standin.requests[since:] if s.operation not in polls)
+    assert ops == sorted(["list-servers", "list-projects", "create-project", "get-project-by-uuid"]  # placement: 1st
+                         + 2 * ["create-public-application", "update-application-by-uuid",
+                                "update-envs-by-application-uuid", "deploy-by-tag-or-uuid"]), ops  # fmt: skip
+    refs = book.refs[(RefScope.service, key.service_id)]
+    assert "pending" not in refs and set(refs["apps"]) == {"web", "worker"}
+    assert set(book.refs[(RefScope.deployment, req.deployment_id)]["deployments"]) == {"web", "worker"}
+    assert await h.serve(key) == "one"
