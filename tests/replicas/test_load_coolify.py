@@ -131,7 +131,7 @@ async def test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without
             events = await cf.cluster.events(str(dep.id))
             assert dep.status == "live", (dep.error, events)
             await assert_matches_standin(cf, dep)
-            assert [st for _, st, _ in events] == ["queued", "building", "switching", "live"], events  # progress
+            assert_progress(events)
         s = cf.standin
         assert s.throttled() == [], [f"{r.method} {r.path}" for r in s.throttled()][:5]  # no 429, not even once
         assert s.peak_rate(cf.token) <= RATE_LIMIT
@@ -145,6 +145,24 @@ async def test_thirty_concurrent_deploys_under_the_rate_limit_all_finish_without
 
 
 # -- (c) faults at each step ------------------------------------------------------------------------------------
+
+
+STEPS = ["queued", "building", "switching", "live"]
+
+
+def assert_progress(events: list[tuple[int, str, str]]) -> None:
+    """The deployment went through every step, in order, once. A replica whose heartbeat came late under load may
+    have its lease taken over by the other (a correct hand-over: the deploy still finishes once, which the caller
+    checks against the stand-in); then the steps go on from the hand-over's event, forward only (a step the first
+    replica finished may be skipped), to `live`."""
+    states = [st for _, st, _ in events]
+    handovers = [i for i, (_, _, msg) in enumerate(events) if "taken over by replica" in msg]
+    if not handovers:
+        assert states == STEPS, events
+        return
+    after = states[handovers[-1]:]
+    steps = [st for i, st in enumerate(after) if i == 0 or st != after[i - 1]]
+    assert states[0] == "queued" and steps == [st for st in STEPS if st in steps] and steps[-1] == "live", events
 
 
 def pattern_of(path: str) -> str:

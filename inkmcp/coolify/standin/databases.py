@@ -131,6 +131,11 @@ class DatabasesMixin:
 
     def _advance_databases(self, now: float) -> None:
         for db in list(self.databases.values()):
+            lost = self.servers.get(db.server_uuid) is not None and self.servers[db.server_uuid].unreachable
+            if lost and db.pending_status is not None and db.pending_status.startswith("running"):
+                # StartDatabase works over SSH for `status_delay`: a server lost meanwhile fails the start (it stays
+                # `exited`); it must not come up later on its own once the server is back
+                db.pending_status, db.status_at = None, None
             if db.pending_status is not None and db.status_at is not None and db.status_at <= now:
                 db.status, db.pending_status, db.status_at = db.pending_status, None, None
             if db.status.startswith("running") and self.servers.get(db.server_uuid) is not None \
