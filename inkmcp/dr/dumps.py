@@ -1,9 +1,10 @@
 """Which control-plane dump to restore: the latest one taken at or before a point in time.
 
 The factory's nightly job (inkmcp/infra/factory.py `backup_script`) names each dump
-`<db>-YYYYmmddTHHMMSSZ.dump` (UTC), keeps 7 days on the host and mirrors them with `rsync --delete`, so the
-box's live directory holds the last 7 days and older dumps survive only in the box's snapshots (14 daily by
-default). We read the time from the name, never from file times (rsync -a keeps them, a copy may not).
+`<db>-YYYYmmddTHHMMSSZ.dump` (UTC), keeps 7 days on the host and mirrors them to the box, deleting there only
+dumps the host itself mirrored and has since pruned; so the box's live directory holds the last 7 days (and a
+previous host's dumps until an operator removes them), and older dumps survive only in the box's snapshots (14
+daily by default). We read the time from the name, never from file times (rsync -a keeps them, a copy may not).
 """
 
 from __future__ import annotations

@@ -108,17 +108,17 @@ BACKUP_TIMER = "inkmcp-pg-backup.timer"
 
 
 def _refuse_while_backup_timer_runs() -> None:
-    """The factory's nightly job mirrors the host's dump directory to the box with `rsync --delete`. On a rebuilt
-    host that directory is new: its first run would replace the box's live history with one dump of a database
-    that may not be restored yet. So the timer must be stopped until the restore is done."""
+    """The factory's nightly job uploads the host's new dumps to the box. On a rebuilt host its first run would
+    upload a dump of a database that may not be restored yet, and that dump would be the box's newest ("latest").
+    So the timer must be stopped until the restore is done."""
     if shutil.which("systemctl") is None:
         return
     r = subprocess.run(["systemctl", "is-active", "--quiet", BACKUP_TIMER], capture_output=True, timeout=30,
                        check=False)
     if r.returncode == 0:
         raise DrError(f"{BACKUP_TIMER} is active on this host: stop it first (`systemctl stop {BACKUP_TIMER}`); its "
-                      "next run would mirror this host's new, near-empty dump directory over the box's live dumps "
-                      "(rsync --delete). Start it again after the restore.")
+                      "next run would upload a dump of this host's new, near-empty database, which would then be "
+                      "the box's newest. Start it again after the restore.")
 
 
 def restore_postgres(settings: DrSettings, *, at: datetime, work_dir: Path, dump_name: str | None = None,

@@ -4,9 +4,9 @@ the machine is lost; `inkmcp dr restore-postgres` pulls the right dump back into
 database's `pg_dump` output is byte-identical to the original's.
 
 Point in time: dump A is taken, the box's snapshot plan freezes it, then A ages past the script's 7-day local
-retention and the next run's `rsync --delete` removes it from the box's live directory; asking for "the latest
-dump before T" (T between A and B) must find A in the snapshot through the Hetzner API (zfs_enabled switched on
-for the read, back off after) while "latest" picks B from the live directory.
+retention and the next run removes it (this host mirrored and pruned it) from the box's live directory; asking
+for "the latest dump before T" (T between A and B) must find A in the snapshot through the Hetzner API
+(zfs_enabled switched on for the read, back off after) while "latest" picks B from the live directory.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def drill(world: World, fresh_cluster: Cluster) -> Iterator[Drill]:
                     "INSERT INTO accounts (name) VALUES ('late');", db="inkmcp", user="inkmcp")
         eight_days = time.time() - 8 * 86400
         os.utime(old.backups / name_a, (eight_days, eight_days))  # past the script's `find -mtime +7 -delete`
-        old.sh("/usr/local/sbin/inkmcp-pg-backup")  # dump B; A leaves the host and, by --delete, the live box dir
+        old.sh("/usr/local/sbin/inkmcp-pg-backup")  # dump B; A leaves the host and, as this host pruned it, the box dir
         plain_b = old_pg.dump_text("inkmcp")
         (name_b,) = [p.name for p in old.backups.iterdir()]
         # The machine is lost.
@@ -132,7 +132,7 @@ def test_backup_script_installs_timer_and_mirrors_to_the_box(drill: Drill) -> No
     assert "OnCalendar=*-*-* 02:30:00" in unit
     assert oct(drill.old.installed_key.stat().st_mode & 0o777) == "0o600"
     live = sorted(p.name for p in (w.box_home / "inkmcp-postgres").iterdir())
-    assert live == [drill.name_b], "the second run's rsync --delete must leave only dump B in the live directory"
+    assert live == [drill.name_b], "the second run must delete dump A (mirrored and pruned by this host) from the box"
     assert (w.box_home / "inkmcp-postgres" / drill.name_b).stat().st_uid == BOX_UID  # written by the box user
     (snap,) = w.state()["snapshots"]  # type: ignore[misc]
     frozen = w.api_state / "snapshots" / snap["name"] / "inkmcp-postgres" / drill.name_a
@@ -248,16 +248,13 @@ def test_restore_refuses_while_the_nightly_backup_timer_is_active(drill: Drill, 
     assert not (tmp_path / "asked").exists() and drill.name_b in r.stdout
 
 
-def test_why_the_timer_must_wait_a_rebuilt_hosts_first_run_replaces_the_live_history(drill: Drill) -> None:
-    """Evidence for the runbook's order (and a note on factory.py): the replacement host's own nightly job, run
-    before anything else, leaves only its own new dump in the box's live directory (`rsync --delete`)."""
+def test_why_the_timer_must_wait_a_rebuilt_hosts_first_run_makes_the_newest_dump_empty(drill: Drill) -> None:
+    """Evidence for the runbook's order: the replacement host's own nightly job, run before anything else, keeps
+    the old host's dumps on the box (a host deletes there only dumps it mirrored itself and pruned since) but adds
+    a dump of its near-empty database, which is now the newest: the one "latest" would restore."""
     live = drill.world.box_home / "inkmcp-postgres"
     assert sorted(p.name for p in live.iterdir()) == [drill.name_b]
     drill.new.sh("/usr/local/sbin/inkmcp-pg-backup")
     (mine,) = [p.name for p in drill.new.backups.iterdir()]
-    # --- mender3: factory.py's job no longer mirrors with a plain `rsync --delete` (a host deletes on the box only
-    # dumps it mirrored itself and pruned since): dump B stays. The timer must still wait: the new host's dump of
-    # its near-empty database is now the newest, the one "latest" would restore (tests/stacks/test_factory_backup_box)
     assert sorted(p.name for p in live.iterdir()) == sorted([drill.name_b, mine]), "dump B left the live directory"
     assert dump_time(mine, "inkmcp") > dump_time(drill.name_b, "inkmcp")  # type: ignore[operator]
-    # --- end
