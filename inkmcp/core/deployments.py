@@ -361,6 +361,29 @@ class EnvApplied:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
+class _FirstReads:
+    """A pipeline's first reads, started before its turn is known (`DeployService._run`): the deployment's rows,
+    and its service's env parts when the ids were known. `drop` cancels what is still running and swallows what
+    failed (the attempt then reads for itself)."""
+
+    def __init__(self, load: Awaitable[Any], env: Awaitable[Any] | None,
+                 ids: tuple[uuid.UUID, uuid.UUID] | None) -> None:  # fmt: skip
+        self.load: asyncio.Future[Any] = asyncio.ensure_future(load)
+        self.env: asyncio.Future[Any] | None = asyncio.ensure_future(env) if env is not None else None
+        self.ids = ids
+
+    def matches(self, svc: Any, project: Any) -> bool:
+        return self.env is not None and self.ids == (project.id, svc.id)
+
+    def drop(self) -> None:
+        for task in (self.load, self.env):
+            if task is None:
+                continue
+            if not task.done():
+                task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 class DeployService:
     # --- issue 11 (github): inkmcp.github.deploy.GitHubDeployHooks, set by inkmcp.github.wiring.install; None: no
     # GitHub integration (repos are fetched as before)
@@ -585,7 +608,7 @@ class DeployService:
         # reading it back.
         view = _render_view(deployment_id, project.name, req.service_name, Step.queued.value, None, commit, None,
                             [(Step.queued.value, detail)], reused=False)
-        self._start(lease, checkout)
+        self._start(lease, checkout, (project.id, service_id))
         return view
 
     async def _fetch_beside_records(
@@ -847,9 +870,11 @@ class DeployService:
         return task
 
     # -------------------------------------------------------------- replicas
-    def _start(self, lease: Lease, checkout: Path | None) -> None:
-        """Run the pipeline of a deployment whose lease this replica holds; keep the lease alive meanwhile."""
-        task = self._spawn(self._run(lease, checkout))
+    def _start(self, lease: Lease, checkout: Path | None,
+               ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> None:  # fmt: skip
+        """Run the pipeline of a deployment whose lease this replica holds; keep the lease alive meanwhile.
+        `ids`: its (project, service), when the caller knows them (the pipeline reads their env at once)."""
+        task = self._spawn(self._run(lease, checkout, ids))
         self._held[lease.deployment_id] = (lease, task)
         self._maintain()
 
@@ -896,18 +921,20 @@ class DeployService:
             log.info("deployment claimed", extra={"deployment": str(lease.deployment_id), "detail": detail})
             self._start(lease, None)
 
-    async def _wait_turn(self, lease: Lease) -> None:
+    async def _wait_turn(self, lease: Lease) -> bool:
         """Releases of one service run one at a time, oldest first, whichever replica runs them: wait until
         every older deployment of this service is terminal. An older one nobody runs (unclaimed or expired
-        lease) is taken over here rather than waited for."""
+        lease) is taken over here rather than waited for. True if there was an older one."""
         announced = False
         watched: set[uuid.UUID] = set()
+        waited = False
         try:
             while True:
                 # one prepared statement on the statement pool (store.statements): it runs per deployment and per tick
                 older = await statement_pool(self._sessions).fetch(_OLDER_SQL, (lease.deployment_id, sorted(TERMINAL)))
                 if not older:
-                    return
+                    return waited
+                waited = True
                 for dep_id, _, abandoned in older:
                     if abandoned and dep_id not in self._held:
                         taken = await self._leases.claim(dep_id)
@@ -978,10 +1005,17 @@ class DeployService:
             service_ref=ref_of(svc.provider_ref, name),
         )
 
-    async def _release_spec(self, dep: Deployment, svc: Service, project: Project) -> ReleaseSpec:
+    async def _release_spec(self, dep: Deployment, svc: Service, project: Project,
+                            env_parts: tuple[dict[str, SecretStr], dict[str, SecretStr]] | None = None,
+                            ) -> ReleaseSpec:  # fmt: skip
+        """`env_parts`: `_env_parts` of this service, read already (the pipeline's first attempt)."""
         resources = svc.settings.get("resources") if svc.settings else None
         plan = BuildPlan.model_validate(dep.plan)
-        env, revision = await self._env_of(project.id, svc.id, plan)
+        if env_parts is not None:
+            injected, values = env_parts
+            env, revision = _compose_env(injected, values, plan), self.env_revision(_compose_env(injected, values))
+        else:
+            env, revision = await self._env_of(project.id, svc.id, plan)
         return ReleaseSpec(
             deployment_id=str(dep.id),
             key=self.key_of(svc, project),
@@ -995,9 +1029,10 @@ class DeployService:
         )
 
     async def _release_request(
-        self, dep: Deployment, svc: Service, project: Project, checkout: Path | None
+        self, dep: Deployment, svc: Service, project: Project, checkout: Path | None,
+        env_parts: tuple[dict[str, SecretStr], dict[str, SecretStr]] | None = None,
     ) -> ReleaseRequest:
-        spec = await self._release_spec(dep, svc, project)
+        spec = await self._release_spec(dep, svc, project, env_parts)
         return ReleaseRequest(
             **dict(spec),
             repo_url=SecretStr(self._projects.fetch_url(svc)),
@@ -1051,13 +1086,20 @@ class DeployService:
         record.with_steps = lease is not None  # type: ignore[attr-defined]
         return record
 
-    async def _run(self, lease: Lease, checkout: Path | None) -> None:
+    async def _run(self, lease: Lease, checkout: Path | None,
+                   ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> None:  # fmt: skip
         started = time.monotonic()
         dep_id = lease.deployment_id
         outcome = "failed"
+        # the first attempt's reads (its rows; its env when the ids are known) go out beside the check for an
+        # older deployment of the service: three reads in one round trip's time instead of three in turn; used
+        # only when there was nothing older to wait for (else read again after the wait, as every attempt does)
+        first: _FirstReads | None = _FirstReads(self._load(dep_id), self._env_parts(*ids) if ids else None, ids)
         try:
-            await self._wait_turn(lease)
-            result = await self._release_with_retries(lease, checkout)
+            if await self._wait_turn(lease):  # read again after the wait, as every attempt does
+                first.drop()
+                first = None
+            result = await self._release_with_retries(lease, checkout, first)
             await self._record_live(lease, result.url)
             outcome = "live"
         except LeaseLost:
@@ -1086,6 +1128,8 @@ class DeployService:
             outcome = "interrupted"  # the process is going down (or a test simulates it): resumable
             raise
         finally:
+            if first is not None:
+                first.drop()
             if checkout is not None:
                 shutil.rmtree(checkout, ignore_errors=True)
             if self._held.get(dep_id, (None,))[0] == lease:
@@ -1097,7 +1141,8 @@ class DeployService:
             if outcome not in ("interrupted", "lost"):
                 self._metrics.deploy_duration.labels(outcome=outcome).observe(time.monotonic() - started)
 
-    async def _release_with_retries(self, lease: Lease, checkout: Path | None) -> Any:
+    async def _release_with_retries(self, lease: Lease, checkout: Path | None,
+                                    first: _FirstReads | None = None) -> Any:  # fmt: skip
         """`release` until it returns, fails for good, or `ProviderUnavailable` outlasts the retry window.
 
         Every attempt reloads the rows, so it passes the refs the previous attempt recorded: the
@@ -1116,7 +1161,9 @@ class DeployService:
                 await self._record(lease, step, detail)
 
         while True:
-            dep, svc, project = await self._load(dep_id)
+            reads, first = first, None
+            dep, svc, project = await reads.load if reads is not None else await self._load(dep_id)
+            env_parts = await reads.env if reads is not None and reads.matches(svc, project) else None
             work: Path | None = None
             if self._compute.needs_checkout:
                 work = checkout if checkout is not None and checkout.exists() else None
@@ -1132,7 +1179,7 @@ class DeployService:
                         auth=auth,  # issue 11 (github)
                     )
             try:
-                request = await self._release_request(dep, svc, project, work)
+                request = await self._release_request(dep, svc, project, work, env_parts)
                 return await self._compute.release(
                     request, progress, self._recorder(dep_id, svc.id, project.id, lease)
                 )

@@ -224,3 +224,62 @@ async def test_the_next_release_of_a_service_starts_on_the_previous_ones_last_wr
     await a._record_live(first_lease, "https://four.example")
     await asyncio.wait_for(turn, 5)
     assert first not in a._waiting and first not in a._changes
+
+
+async def test_a_release_that_waited_for_the_previous_one_reads_its_refs_and_env_after_the_wait(
+    store: Store, replicas: Callable[..., DeployService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8 (overhead): a pipeline reads its rows and env beside the check for an older deployment of its
+    service. When there was one to wait for, what it read before is stale (the older release recorded the
+    service's provider ids, the agent changed an env var): the release must get what is recorded after the wait,
+    or it would create the service's applications a second time. Without an older one it uses the early reads."""
+    a = replicas("a")
+    sid = await new_service(store, a)
+    async with store.sessionmaker() as s:
+        project_id = (await s.get(Service, sid)).project_id
+    first, first_lease = await a._create_or_reuse(sid, "6" * 40, "h6", PLAN, ServiceType.webapp, Mode.persistent)
+    second, lease = await a._create_or_reuse(sid, "7" * 40, "h7", PLAN, ServiceType.webapp, Mode.persistent)
+    assert first_lease is not None and lease is not None
+    seen: list[tuple[dict[str, Any], dict[str, str]]] = []
+
+    async def release(request: Any, progress: Any, record: Any) -> Any:  # the provider's view of each release
+        seen.append((dict(request.key.service_ref), {k: v.get_secret_value() for k, v in request.env.items()}))
+        from inkmcp.providers.compute.base import ReleaseResult
+
+        return ReleaseResult(url=None)
+
+    monkeypatch.setattr(a._compute, "release", release)
+    loads: list[uuid.UUID] = []
+    real_load = a._load
+
+    async def load(dep_id: uuid.UUID) -> Any:
+        loads.append(dep_id)
+        return await real_load(dep_id)
+
+    monkeypatch.setattr(a, "_load", load)
+    a._start(lease, None, (project_id, sid))  # reads its rows and env at once, then waits for `first`
+
+    async def waiting() -> bool:
+        return ("queued", "waiting for the previous deployment of this service") in await events(store, second)
+
+    await wait_for(waiting, 10, "the second deployment waiting for the first")
+    assert loads == [second]  # the early read went out
+    # meanwhile the first release records the service's provider ids and the agent sets an env var
+    await a._recorder(first, sid, project_id, first_lease)("service", {"apps": {"web": "app-1"}})
+    async with store.sessionmaker.begin() as s:
+        await a._envs.apply(s, project_id, str(sid), {"LATE": "yes"})
+    await a._record_live(first_lease, None)
+    await wait_for(lambda: asyncio.sleep(0, bool(seen)), 10, "the second release")
+    ref, env = seen[0]
+    assert ref.get("apps") == {"web": "app-1"}  # read after the wait, not before
+    assert env.get("LATE") == "yes"
+    assert loads == [second, second]  # read again after the wait
+
+    # a release with nothing older to wait for uses its early reads: one load only
+    third, lease3 = await a._create_or_reuse(sid, "8" * 40, "h8", PLAN, ServiceType.webapp, Mode.persistent)
+    await wait_for(lambda: asyncio.sleep(0, second not in a._held), 10, "the second pipeline ended")
+    assert lease3 is not None
+    loads.clear()
+    a._start(lease3, None, (project_id, sid))
+    await wait_for(lambda: asyncio.sleep(0, len(seen) == 2), 10, "the third release")
+    assert loads == [third] and seen[1][1].get("LATE") == "yes"
