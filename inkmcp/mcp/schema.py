@@ -108,14 +108,37 @@ def strict_model(model: type[BaseModel]) -> type[BaseModel]:
 def explain(e: ValidationError, valid: list[str]) -> str:
     """One line per problem: argument, what was wrong, what to pass instead."""
     parts = []
+    # A union argument (deploy_app's `database.type`: one type or a list of them) fails once per member, each at a
+    # loc ending in pydantic's tag for the member ("literal['postgres','byo','redis']", "list[...]"): an agent saw
+    # "Argument 'database.type.literal['postgres','byo','redis']'" and a second line for the list. One line per
+    # argument instead, naming it as the agent spells it, with each accepted form.
+    wrong: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
+    slot: dict[str, int] = {}
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "arguments"
+        loc = ".".join(str(x) for x in err["loc"] if not _is_union_tag(x)) or "arguments"
         if err["type"] == "extra_forbidden":
             parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
         elif err["type"] == "missing":
             parts.append(f"Argument '{loc}' is required. Fix: pass it.")
         else:
-            got = err.get("input")
-            shown = repr(got)[:80] if got is not None else "null"
-            parts.append(f"Argument '{loc}': {err['msg']} (got {shown}).")
+            if loc not in wrong:
+                slot[loc] = len(parts)
+                parts.append("")  # filled below, once every member's message is known
+            wrong.setdefault(loc, []).append(err["msg"])
+            inputs.setdefault(loc, err.get("input"))
+    for loc, msgs in wrong.items():
+        got = inputs[loc]
+        shown = repr(got)[:80] if got is not None else "null"
+        msg = msgs[0] + "".join(f"; or {m[:1].lower()}{m[1:]}" for m in msgs[1:])
+        parts[slot[loc]] = f"Argument '{loc}': {msg} (got {shown})."
     return " ".join(parts)
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "tuple", "set"}
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic's name for a union member in an error's loc (never an argument name: those are DNS-label-like
+    identifiers without brackets or quotes)."""
+    return isinstance(part, str) and ("[" in part or "'" in part or part in _UNION_TAGS)

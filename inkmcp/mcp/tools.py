@@ -151,7 +151,10 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
     @tool(IDEMPOTENT, "Ensure project")
     async def ensure_project(name: str, ctx: Context) -> ProjectResult:
         """Create the project if missing."""
-        return await platform.ensure_project(principal(ctx), name)
+        try:
+            return await platform.ensure_project(principal(ctx), name)
+        except InkError as e:
+            raise as_argument(e, "project_name", "name") from None
 
     @tool(READ, "List projects")
     async def list_projects(ctx: Context) -> ProjectList:
@@ -290,3 +293,15 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         return await db_backups().restore(principal(ctx), project_name, backup_id, confirm,
                                           on_progress=await progress_sink(ctx))
     # --- end
+
+
+def as_argument(e: InkError, internal: str, public: str) -> InkError:
+    """`e` naming the argument as this tool spells it: the domain says `project_name` everywhere, but
+    ensure_project's argument is `name`, and an agent told "pass project_name='x-bob'" to ensure_project gets
+    "Argument 'project_name' is not accepted" next (seen by a new user: a taken or invalid name)."""
+    if e.argument != internal:
+        return e
+    e.argument = public
+    e.fix = e.fix.replace(f"{internal}=", f"{public}=") if e.fix else None
+    e.args = (e.render(),)
+    return e

@@ -189,7 +189,8 @@ async def test_dns_rebinding_protection_rejects_foreign_host(server: ServerProc)
 async def test_invalid_names_unknown_args_and_unknown_project(server: ServerProc) -> None:
     async with mcp_session(server, server.keys["alice"]) as s:
         msg = await call_error(s, "ensure_project", name="My_App")
-        assert "Argument 'project_name'" in msg and "lowercase" in msg and "my-app" in msg
+        # ensure_project's argument is `name`: the error names it so (it said 'project_name' until a new user saw it)
+        assert "Argument 'name'" in msg and "lowercase" in msg and "my-app" in msg
         msg = await call_error(s, "ensure_project", name="ok-name", colour="blue")
         assert "colour" in msg and "not accepted" in msg and "name" in msg
         msg = await call_error(s, "list_services", project_name="does-not-exist")
@@ -198,6 +199,16 @@ async def test_invalid_names_unknown_args_and_unknown_project(server: ServerProc
         assert "tail" in msg
         msg = await call_error(s, "delete", project_name="x", confirm="y")
         assert "confirm" in msg
+
+
+async def test_union_argument_error_is_one_line_naming_the_argument(server: ServerProc) -> None:
+    """deploy_app's `database.type` takes one type or a list of them; a wrong value used to come back as
+    "Argument 'database.type.literal['postgres','byo','redis']': ... Argument 'database.type.list[literal[...]]': ..."
+    (pydantic's union member tags in the argument's name). It must name `database.type` once, with the choices."""
+    async with mcp_session(server, server.keys["alice"]) as s:
+        msg = await call_error(s, "deploy_app", repo_url="https://example.invalid/x.git", database={"type": "mysql"})
+        assert msg.count("Argument 'database.type'") == 1 and "literal[" not in msg, msg
+        assert "'postgres', 'byo' or 'redis'" in msg and "list" in msg and "'mysql'" in msg, msg
 
 
 async def test_concurrent_ensure_project_creates_exactly_one(server: ServerProc) -> None:
@@ -225,6 +236,7 @@ async def test_accounts_are_isolated(server: ServerProc) -> None:
         # project names are global (they form the URLs): bob is told to pick another, and given a free one
         msg = await call_error(b, "ensure_project", name="alice-secret")
         assert "project name 'alice-secret' is taken; try 'alice-secret-bob'" in msg, msg
+        assert "Argument 'name'" in msg and "pass name='alice-secret-bob'" in msg and "project_name" not in msg, msg
         assert (await call(b, "ensure_project", name="alice-secret-bob"))["created"] is True
         env = await call(a, "list_env_vars", project_name="alice-secret")
         assert env["env"]["TOKEN"] != "alice-token-123" and env["masked"] is True
