@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import shlex
 import signal
+import sys
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -37,6 +39,19 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def keys_create_line(settings: Settings) -> str:
+    """The exact command that makes a key for this server. A new user restarting `make serve` saw nothing about
+    keys once the first start's key scrolled away; and a bare `inkmcp keys create` without this server's data dir
+    makes a key in another installation (the default dir), whose "claude mcp add" line names the default port."""
+    env = [f"INKMCP_{name.upper()}={value}" for name, value, default in (
+        ("port", settings.port, Settings.model_fields["port"].default),
+        ("host", settings.host, Settings.model_fields["host"].default),
+    ) if value != default]
+    exe = sys.argv[0] if sys.argv and sys.argv[0].endswith("inkmcp") else "inkmcp"
+    return " ".join([*env, shlex.quote(exe), "keys", "create", "--account", "NAME", "--data-dir",
+                     shlex.quote(str(settings.data_dir))])
+
+
 async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> None:
     rt = await open_runtime(settings, serve=True)
     try:
@@ -48,6 +63,9 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
                 "First start: created account 'default' and an API key (shown once, store it now):\n"
                 f"  {issued.key}\nConnect Claude Code with:\n  {claude_line(settings, issued.key)}"
             )
+        else:
+            announce(f"API keys are shown once, when made (a lost one cannot be shown again); a new one:\n  "
+                     f"{keys_create_line(settings)}")
         server = build_mcp(rt.platform, rt.metrics, stdio_principal=None,
                            deploy_answer_within=settings.deploy_answer_within)
         # --- issue 11 (web): the web UI (GitHub sign-in, dashboard) on the same port; its session signing key is

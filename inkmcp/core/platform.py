@@ -308,6 +308,12 @@ class Platform:
                          f"list_services(project_name={project.name!r}) shows env='applied' once they run the new ones")
         if notes:
             note = "; ".join(notes)
+        elif not set_keys and not unset_keys:
+            # unset of a name never set (or the same values again) said "stored; sleeping services pick the values
+            # up when they wake": an agent took it for a change and waited for one
+            absent = sorted(k for k, v in env_vars.items() if v is None)
+            note = "nothing changed: " + (f"not set, so nothing to unset: {', '.join(absent)}; " if absent else "") + \
+                "list_env_vars shows the current names"
         elif live:
             note = "stored; sleeping services pick the values up when they wake"
         else:

@@ -269,6 +269,11 @@ async def test_env_unset_by_name(server: ServerProc) -> None:
         r = await call(s, "update_env_vars", project_name="envunset", env_vars={"B": None})
         assert r["unset"] == ["B"], r
         assert sorted((await call(s, "list_env_vars", project_name="envunset"))["env"]) == ["C", "D"]
+        # unsetting a name that is not set changes nothing, and says so (it said "stored; applied at the next
+        # deploy_app", and with live services "sleeping services pick the values up when they wake")
+        r = await call(s, "update_env_vars", project_name="envunset", unset=["NEVER_SET"])
+        assert r["unset"] == [] and r["restarted"] == [], r
+        assert r["note"].startswith("nothing changed") and "NEVER_SET" in r["note"], r
         msg = await call_error(s, "update_env_vars", project_name="envunset", env_vars={"C": "x"}, unset=["C"])
         assert "Argument 'unset'" in msg and "C is both set" in msg and "not both" in msg, msg
         msg = await call_error(s, "update_env_vars", project_name="envunset")

@@ -1,0 +1,58 @@
+"""What a new user sees in `inkmcp serve`'s output, first start and later ones (found following the README).
+
+The first start prints the default account's key once. A later start printed nothing about keys, so a user whose
+key had scrolled away had to find `inkmcp keys create` in the README, and run without this server's data dir it
+makes a key in another installation. Each later start now prints the exact command, and the command works.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+from tests.support import ServerProc, call, dispose_server, make_server, mcp_session
+
+KEY = re.compile(r"dk_live_[A-Za-z0-9_\-]+")
+
+
+def _said(srv: ServerProc, since: int) -> str:
+    assert srv.log_path is not None
+    return srv.log_path.read_text(errors="replace")[since:]
+
+
+async def test_later_start_prints_a_keys_create_command_that_works() -> None:
+    srv = make_server("inkmcp-first-start-")
+    try:
+        srv.start()
+        first = _said(srv, 0)
+        assert "First start: created account 'default'" in first, first
+        first_key = KEY.search(first)
+        assert first_key and f"http://localhost:{srv.port}/mcp" in first, first
+        assert "keys create" not in first, first  # the key itself is shown: no second instruction
+        assert srv.stop() == 0
+
+        offset = len(srv.log_path.read_text(errors="replace")) if srv.log_path else 0
+        srv.start()
+        later = _said(srv, offset)
+        assert not KEY.search(later), later  # shown once: a restart never prints a key
+        line = next((ln.strip() for ln in later.splitlines() if " keys create " in ln), None)
+        assert line is not None, later
+        assert f"--data-dir {srv.data_dir}" in line and f"INKMCP_PORT={srv.port}" in line, line
+
+        # run the printed command as a user would (NAME filled in), in an environment without this server's
+        # settings: the data dir and port come from the line itself
+        words = shlex.split(line.replace("NAME", "carol"))
+        env = {k: v for k, v in srv.env.items() if not k.startswith("INKMCP_")}
+        env.update(w.split("=", 1) for w in words if re.fullmatch(r"INKMCP_[A-Z_]+=.*", w))
+        argv = [w for w in words if not re.fullmatch(r"INKMCP_[A-Z_]+=.*", w)]
+        argv[0] = srv.inkmcp  # the line names serve's own argv[0]; the test runs the same executable by path
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=True, cwd="/tmp").stdout
+        key = KEY.search(out)
+        assert key and f"http://localhost:{srv.port}/mcp" in out, out
+        async with mcp_session(srv, key.group(0)) as s:
+            assert (await call(s, "list_projects"))["projects"] == []
+        async with mcp_session(srv, first_key.group(0)) as s:
+            assert (await call(s, "list_projects"))["total"] == 0
+    finally:
+        dispose_server(srv)
