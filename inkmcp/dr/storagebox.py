@@ -55,7 +55,8 @@ class BoxFiles:
                           "(on the Postgres host the factory installs /root/.ssh/inkmcp-storagebox)")
         self.target = f"{settings.box_user}@{settings.box_host}"
         ssh = ["ssh", "-p", str(settings.box_port), "-i", str(settings.box_key), "-o", "IdentitiesOnly=yes",
-               "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15"]
+               "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+               "-o", f"StrictHostKeyChecking={'yes' if settings.box_keys_pinned else 'accept-new'}"]
         if settings.box_known_hosts is not None:
             ssh += ["-o", f"UserKnownHostsFile={settings.box_known_hosts}"]
         self._ssh = " ".join(shlex.quote(a) for a in ssh)

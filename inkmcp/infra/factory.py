@@ -56,6 +56,7 @@ import pulumi
 import pulumi_hcloud as hcloud
 from pulumi_command import remote
 
+from inkmcp.dr.settings import PINNED_BOX_KNOWN_HOSTS
 from inkmcp.infra.coolify_server_provider import CoolifyServer, CoolifyServerProvider
 from inkmcp.infra.factory_config import (
     RUNSC_MIN_BUILD,
@@ -97,8 +98,8 @@ ANY_V4, ANY_V6 = "0.0.0.0/0", "::/0"
 
 READ_SECRETS = 'while IFS="=" read -r k v; do [ -n "$k" ] && export "$k=$v"; done\n'
 """Shell prelude: read `KEY=value` lines from stdin into the environment (stdin is a secret input)."""
-BOX_KNOWN_HOSTS = "/root/.ssh/inkmcp-storagebox.known_hosts"
-"""The Storage Box's pinned host keys (`storageBox.hostKeys`); also what `inkmcp dr --box-known-hosts` can read."""
+BOX_KNOWN_HOSTS = str(PINNED_BOX_KNOWN_HOSTS)
+"""The Storage Box's pinned host keys (`storageBox.hostKeys`); the `inkmcp dr` commands trust only them when present."""
 MIRRORED = "/root/.inkmcp-pg-backup.mirrored"
 """The dumps the backup job mirrored last (root's): the box loses only names listed here and pruned since."""
 

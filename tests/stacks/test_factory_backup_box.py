@@ -215,3 +215,42 @@ def test_host_keys_config_keeps_type_and_key_and_refuses_a_keyscan_line() -> Non
     with pytest.raises(ValueError, match="drop the host name"):
         StorageBoxSpec(backup_public_key=f"ssh-ed25519 {pub} b",
                        host_keys=(f"[u1.your-storagebox.de]:23 ssh-ed25519 {pub}",))
+
+
+def test_dr_commands_on_a_pinned_host_trust_only_the_pinned_keys(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`inkmcp dr` on the Postgres host reads the box through the same pinned keys the backup job uses: a box
+    answering with another key gets no connection (and no new known_hosts entry); with no pinned file, ssh's own
+    first-use trust stays as before."""
+    from inkmcp.dr import settings as dr_settings
+    from inkmcp.dr.errors import DrError
+    from inkmcp.dr.storagebox import BoxFiles
+
+    root, box, _ = world
+    other = root / "keys" / "impostor-dr"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other))
+    impostor_key = " ".join(other.with_suffix(".pub").read_text().split()[:2])
+    pinned = root / "dr-pinned" / "known_hosts"
+    pinned.parent.mkdir()
+    monkeypatch.setattr(dr_settings, "PINNED_BOX_KNOWN_HOSTS", pinned)
+
+    def settings() -> dr_settings.DrSettings:
+        return dr_settings.DrSettings(box_host=BOX_IP, box_user=BOX_USER, box_key=box.backup_key)
+
+    assert settings().box_known_hosts is None and not settings().box_keys_pinned  # no pinned file: as before
+
+    pinned.write_text(f"[{BOX_IP}]:23 {impostor_key}\n")  # pinned, but the box answers with its own key
+    s = settings()
+    assert s.box_known_hosts == pinned and s.box_keys_pinned
+    with pytest.raises(DrError, match="Host key verification failed"):
+        BoxFiles(s).list("inkmcp-postgres")
+    assert pinned.read_text() == f"[{BOX_IP}]:23 {impostor_key}\n"  # nothing learnt
+
+    pinned.write_text(f"[{BOX_IP}]:23 {box.host_key}\n")
+    if not box.live.exists():  # as the job would make it: the box user's
+        box.live.mkdir()
+        os.chown(box.live, BOX_UID, BOX_UID)
+    (box.live / "probe.dump").write_text("x")
+    try:
+        assert "probe.dump" in {f.name for f in BoxFiles(settings()).list("inkmcp-postgres")}
+    finally:
+        (box.live / "probe.dump").unlink()
