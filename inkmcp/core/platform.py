@@ -24,7 +24,7 @@ from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
-from inkmcp.errors import DeployFailed, InvalidArgument, scrub_paths
+from inkmcp.errors import DeployFailed, InvalidArgument, NotFound, scrub_paths
 from inkmcp.providers.compute.base import ComputeProvider, LogScope, ProviderUnavailable
 from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
@@ -220,7 +220,12 @@ class Platform:
         """Build scope shows the service's latest deployment, the one an agent is fixing."""
         if not 1 <= tail <= MAX_TAIL:
             raise InvalidArgument(f"tail={tail} is out of range.", argument="tail", fix=f"pass 1..{MAX_TAIL}")
-        project, svc = await self.deploys.get_service(p, project_name, service_name)
+        try:
+            project, svc = await self.deploys.get_service(p, project_name, service_name)
+        except NotFound as e:
+            if e.argument == "service_name" and service_name is not None:
+                raise await self._process_not_service(p, project_name, service_name) or e from None
+            raise
         deployment_id = None
         deployment_ref = None
         if scope == LogScope.build:
@@ -256,6 +261,31 @@ class Platform:
             lines=lines,
             truncated=truncated or len(raw) > tail,
         )
+
+    async def _process_not_service(self, p: Principal, project_name: str, name: str) -> NotFound | None:
+        """A Procfile's `worker:` (or inkmcp.yaml-less web + worker repo) runs as a process of service `web`, not a
+        service of its own; a new user's agent asked get_logs(service_name='worker') and was told only "no service
+        'worker'; pass one of: web". Say where that process's output is instead."""
+        project = await self.projects.get(p, project_name)
+        async with self.sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Service.name, Deployment.plan)
+                    .join(Deployment, Deployment.service_id == Service.id)
+                    .where(Service.project_id == project.id)
+                    .order_by(Service.name, Deployment.created_at.desc())
+                    .distinct(Service.name)
+                )
+            ).all()
+        for service, plan in rows:
+            if any(proc.get("name") == name for proc in (plan or {}).get("processes") or ()):
+                return NotFound(
+                    f"{name!r} is a process of service {service!r} in project {project_name!r}, not a service.",
+                    argument="service_name",
+                    fix=f"pass service_name={service!r}: its logs hold every process's lines, those of this one "
+                    f"prefixed '{name} | '",
+                )
+        return None
 
     # ----------------------------------------------------------------- env vars
     async def update_env_vars(

@@ -179,6 +179,40 @@ async def test_worker_runs_without_route(server: ServerProc, repos: Path) -> Non
         assert services[0]["type"] == "backend" and services[0]["state"] == "running"
 
 
+WEB_AND_WORKER = {
+    "app.py": "import http.server, os\n"
+              "class H(http.server.BaseHTTPRequestHandler):\n"
+              "    def do_GET(self):\n"
+              "        self.send_response(200); self.end_headers(); self.wfile.write(b'web ok')\n"
+              "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+    "worker.py": apps.WORKER["worker.py"],
+    "Procfile": "web: python app.py\nworker: python worker.py\n",
+}
+
+
+@local_only("the 'worker | ' prefix of the local provider's process log lines")
+async def test_procfile_worker_is_a_process_of_web_and_get_logs_says_so(server: ServerProc, repos: Path) -> None:
+    """A Procfile with `web` and `worker` deploys one service, `web`, running both. A new user's agent then asked
+    get_logs(service_name='worker') and heard only "no service 'worker'; pass one of: web": the error now says
+    'worker' is a process of `web` and where its lines are, and those lines are there."""
+    repo = git_repo(repos / "webwork", WEB_AND_WORKER)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo))
+        assert dep["service"] == "web" and via_proxy(server, dep["url"]).text == "web ok"
+        msg = await call_error(s, "get_logs", project_name="webwork", service_name="worker")
+        assert "'worker' is a process of service 'web'" in msg and "service_name='web'" in msg, msg
+        assert "'worker | '" in msg, msg
+        msg = await call_error(s, "get_logs", project_name="webwork", service_name="nope")
+        assert "no service 'nope'" in msg and "pass one of: web" in msg, msg
+        deadline = time.monotonic() + 20
+        while True:
+            lines = (await call(s, "get_logs", project_name="webwork", service_name="web", tail=50))["lines"]
+            if any(line.startswith("worker | tick") for line in lines) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        assert any(line.startswith("worker | tick") for line in lines), lines
+
+
 async def test_on_demand_sleeps_and_wakes(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "sleepy", apps.ON_DEMAND)
     async with mcp_session(server, server.keys["alice"]) as s:
