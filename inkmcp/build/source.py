@@ -708,8 +708,32 @@ def _complete_bare(mirror: Path) -> bool:
     return re.search(r"^\s*bare\s*=\s*true\s*$", config, re.MULTILINE | re.IGNORECASE) is not None
 
 
+# git's closing words after any failed SSH (or other) transport: the cause is on the lines before them. Taking the
+# last three lines of stderr kept only these and "" (a new user's `git@github.com:...` gave "could not fetch
+# git@github.com:owner/repo.git:  Please make sure you have the correct access rights and the repository exists.").
+_GIT_BOILERPLATE = re.compile(
+    r"^(please make sure you have the correct access rights|and the repository exists\.?)$", re.IGNORECASE
+)
+
+
+def _https_equivalent(display: str) -> str | None:
+    """The https URL of an SSH remote (`git@host:owner/repo.git`, `ssh://git@host[:port]/owner/repo.git`), for the
+    fix: InkMCP holds no SSH key of the caller's, so a public repo is fetched over https, a private one with a token."""
+    if display.lower().startswith("ssh://"):
+        parts = urlsplit(display)
+        host, path = parts.hostname, parts.path.lstrip("/")
+    elif "://" not in display and (m := _SCP_LIKE.match(display)):
+        host, path = m.group("host"), m.group("path").lstrip("/")
+    else:
+        return None
+    if not host or not path:
+        return None
+    return f"https://{_bracketed(host) if ':' in host else host}/{path}"
+
+
 def _fetch_error(source: _Source, stderr: str) -> SourceError:
-    tail = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:])
+    said = [line.strip() for line in stderr.strip().splitlines()]
+    tail = " ".join([line for line in said if line and not _GIT_BOILERPLATE.match(line)][-3:])
     lowered = stderr.lower()
     if "couldn't find remote ref head" in lowered:
         return SourceError(
@@ -732,6 +756,13 @@ def _fetch_error(source: _Source, stderr: str) -> SourceError:
         hint = "check the host name; the repository must be reachable from the InkMCP server"
     else:
         hint = "check the URL"
+    if https := _https_equivalent(source.display):
+        return SourceError(
+            f"could not fetch {source.display}: {tail or 'git fetch failed'}",
+            argument="repo_url",
+            fix=f"pass the https URL {https}: InkMCP has no SSH key of yours (for a private repo, "
+            f"{https.replace('https://', 'https://<token>@', 1)}); {hint}",
+        )
     return SourceError(
         f"could not fetch {source.display}: {tail or 'git fetch failed'}",
         argument="repo_url",

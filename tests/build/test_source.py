@@ -660,6 +660,22 @@ async def test_unreachable_repo_hides_credentials(ws: SourceWorkspace) -> None:
     assert redact_url(url).startswith("https://127.0.0.1:")
 
 
+async def test_ssh_url_failure_keeps_the_cause_and_offers_the_https_url(ws: SourceWorkspace) -> None:
+    """A new user's agent passed `git@github.com:owner/repo.git`: the error kept only git's closing words ("Please
+    make sure you have the correct access rights and the repository exists.") and suggested checking the host name.
+    It must keep ssh's own line (here: the refused connection) and offer the https URL, since InkMCP has no SSH key
+    of the caller's. Real git and ssh, to a closed loopback port."""
+    port = closed_port()
+    with pytest.raises(SourceError) as err:
+        await resolve_commit(f"ssh://git@127.0.0.1:{port}/owner/repo.git", None, workspace=ws, policy=ALLOW,
+                             timeout=20)
+    said = err.value.render()
+    assert err.value.argument == "repo_url"
+    assert "connection refused" in err.value.message.lower() and f"port {port}" in err.value.message, said
+    assert "https://127.0.0.1/owner/repo.git" in (err.value.fix or "") and "SSH key" in (err.value.fix or ""), said
+    assert "https://<token>@127.0.0.1/owner/repo.git" in (err.value.fix or ""), said
+
+
 async def test_hanging_remote_times_out_and_git_is_killed(ws: SourceWorkspace) -> None:
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(30)
