@@ -27,7 +27,7 @@ from inkmcp.core.leases import ReplicaSettings
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
-from inkmcp.errors import InkError, register_server_paths, settings_from_env
+from inkmcp.errors import InkError, InvalidArgument, register_server_paths, settings_from_env
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
 from inkmcp.providers.database.base import DatabaseProvider
@@ -209,6 +209,14 @@ def _github_trusted_origins() -> frozenset[str]:
 
 async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
     data = settings.data_dir
+    if serve and settings.compute != "coolify" and os.geteuid() == 0:
+        # The local provider refuses such a data dir when it starts (its tenants would see their private /tmp
+        # there); say so before two embedded PostgreSQL clusters are made in it (a new user's first `make serve`
+        # with INKMCP_DATA_DIR=/var/tmp/... spent ~3 s on initdb and left them behind before this error).
+        from inkmcp.build.process import private_tmp_conflict
+
+        if conflict := private_tmp_conflict(data / "compute"):
+            raise InvalidArgument(conflict, argument="INKMCP_DATA_DIR", fix="set INKMCP_DATA_DIR=/var/lib/inkmcp")
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o711)  # noqa: S103 - tenant users traverse to their own (0700) directories, nothing more
     # Core's checkouts (plan errors name files there) show as `./...` to agents, anything else under the data dir

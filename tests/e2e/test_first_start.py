@@ -7,11 +7,16 @@ makes a key in another installation. Each later start now prints the exact comma
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
-from tests.support import ServerProc, call, dispose_server, make_server, mcp_session
+from tests.requirements import require_root
+from tests.support import INKMCP, ServerProc, call, dispose_server, make_server, mcp_session
 
 KEY = re.compile(r"dk_live_[A-Za-z0-9_\-]+")
 
@@ -56,3 +61,20 @@ async def test_later_start_prints_a_keys_create_command_that_works() -> None:
             assert (await call(s, "list_projects"))["total"] == 0
     finally:
         dispose_server(srv)
+
+
+def test_data_dir_under_var_tmp_is_refused_before_anything_is_made() -> None:
+    """As root, a data dir under /var/tmp (where a new user put one) is refused, as before, but now before two
+    embedded PostgreSQL clusters are initialised there (that took seconds and left them behind)."""
+    require_root("the private-/tmp refusal applies to a root server, whose tenants get a private /tmp")
+    base = Path(tempfile.mkdtemp(prefix="inkmcp-vartmp-", dir="/var/tmp"))
+    try:
+        data = base / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INKMCP_")}
+        env |= {"INKMCP_DATA_DIR": str(data), "INKMCP_PORT": "1", "INKMCP_PROXY_PORT": "2"}
+        out = subprocess.run([INKMCP, "serve"], env=env, capture_output=True, text=True, timeout=60, cwd="/tmp")
+        assert out.returncode == 1, out
+        assert "Argument 'INKMCP_DATA_DIR'" in out.stderr and "outside /tmp and /var/tmp" in out.stderr, out.stderr
+        assert "initdb" not in out.stderr and not data.exists(), (out.stderr, list(base.rglob("*"))[:5])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
