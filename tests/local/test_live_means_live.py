@@ -533,3 +533,48 @@ async def test_an_app_bound_to_another_port_is_told_which_and_the_port_it_names_
     await provider.release(request_for(key, checkouts({"app.py": app}), plan, env={"MESSAGE": "v1"}), Events(),
                            no_record)  # fmt: skip
     assert (await get(provider, key)).text == "v1"
+
+
+async def test_an_app_bound_to_another_port_fails_after_the_grace_not_the_health_timeout(
+        make_provider, checkouts, project_ids, monkeypatch):
+    """A new user's app hard-wired to port 5999 failed only at the health timeout (60 s by default) though the error
+    knew the port: it fails once its own processes have listened elsewhere, and not on $PORT, for WRONG_PORT_GRACE
+    (15 s; 2 s here), naming the port. Not counted: the version being replaced, which listens as the same uid."""
+    require_root("apps run as a per-project user, so their listening sockets can be told from InkMCP's")
+    from inkmcp.providers.compute.local import release as release_mod
+
+    monkeypatch.setattr(release_mod, "WRONG_PORT_GRACE", 2.0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fixed = probe.getsockname()[1]
+    wrong = APP.replace('int(os.environ["PORT"])', f"{fixed}")
+    provider = await make_provider(health_timeout=30, stability_window=0.3)
+    key = key_for(project_ids())
+    started = time.monotonic()
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts({"app.py": wrong}), web_plan(), env={"MESSAGE": "v0"}),
+                               Events(), no_record)  # fmt: skip
+    took = time.monotonic() - started
+    assert f"the app listened on {fixed} and not on $PORT=" in failed.value.reason, failed.value.reason
+    assert f"pass port={fixed}" in failed.value.reason, failed.value.reason
+    assert took < 12, took  # the 2 s grace (looked at once a second), not the 30 s health timeout
+
+    def later(extra: str) -> str:  # binds $PORT 5 s after its start, `extra` first
+        out = APP.replace("server = http.server.ThreadingHTTPServer(",
+                          f"{extra}time.sleep(5)\nserver = http.server.ThreadingHTTPServer(", 1)
+        assert out != APP
+        return out
+
+    # v1 live; v2 binds $PORT 5 s late while v1 serves as the same uid: v1's port is not v2's, so v2 goes live
+    await provider.release(request_for(key, checkouts({"app.py": APP}), web_plan(), env={"MESSAGE": "v1"}),
+                           Events(), no_record)  # fmt: skip
+    await provider.release(request_for(key, checkouts({"app.py": later("")}), web_plan(), env={"MESSAGE": "v2"}),
+                           Events(), no_record)  # fmt: skip
+    assert (await get(provider, key)).text == "v2"
+    # v3 opens a side port of its own first: past the grace it fails naming it, and v2 keeps serving
+    side = later("import socket as _s\n_x = _s.socket()\n_x.bind(('127.0.0.1', 0))\n_x.listen()\n")
+    with pytest.raises(ReleaseFailed) as failed:
+        await provider.release(request_for(key, checkouts({"app.py": side}), web_plan(), env={"MESSAGE": "v3"}),
+                               Events(), no_record)  # fmt: skip
+    assert "and not on $PORT=" in failed.value.reason, failed.value.reason
+    assert (await get(provider, key)).text == "v2"

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
 from pydantic import BaseModel, Field, SecretStr
 
 from inkmcp.build import static_output
@@ -32,6 +33,8 @@ from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, Su
 from inkmcp.providers.compute.local.tenant_env import tenant_env
 
 STATIC_PROCESS = "web"
+WRONG_PORT_GRACE = 15.0
+"""Seconds a release's processes may listen on other ports (and not on $PORT) before its start fails naming them."""
 
 
 class ReleaseMeta(BaseModel):
@@ -312,12 +315,29 @@ class ReleaseRun:
         assert self.port is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
+        next_look, elsewhere_since = started + 1.0, None
         while True:
             self._check_alive()
             mine, certain = probe.ready(self.port, self._uid)
             if certain or (mine and await _accepts(self.port)):
                 return
             now = loop.time()
+            if now >= next_look and self._uid is not None and self._uid != os.getuid():
+                # An app hard-wired to another port (3000, 5000, 8080: a common first-deploy mistake) was reported
+                # only at the health timeout (60 s by default), though it listened there within a second. Once this
+                # release's own processes have listened elsewhere, and not on $PORT, for WRONG_PORT_GRACE, say so.
+                # Their own sockets only: the project's other services and the version being replaced listen as
+                # the same uid. An app that opens a side port (metrics, admin) first has that long to bind $PORT.
+                next_look = now + 1.0
+                ports = [p for p in _listening_ports(self.pids) if p != self.port]
+                elsewhere_since = (now if elsewhere_since is None else elsewhere_since) if ports else None
+                if elsewhere_since is not None and now - elsewhere_since >= min(WRONG_PORT_GRACE, timeout):
+                    raise HealthFailed(
+                        f"the app listened on {', '.join(map(str, ports[:5]))} and not on $PORT={self.port} for "
+                        f"{now - elsewhere_since:.0f}s: pass port={ports[0]} to deploy_app, or make it bind the PORT "
+                        "env var",
+                        timed_out=True,
+                    )
             if now >= deadline:
                 # only a tenant's own uid: when InkMCP runs apps as itself, its own ports would be listed too
                 tenant = self._uid is not None and self._uid != os.getuid()
@@ -364,3 +384,18 @@ async def _accepts(port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+def _listening_ports(pids: list[int]) -> list[int]:
+    """TCP ports the processes `pids` and their descendants listen on (their own sockets, from /proc as root)."""
+    ports: set[int] = set()
+    for pid in pids:
+        try:
+            leader = psutil.Process(pid)
+            family = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in family:
+            with contextlib.suppress(psutil.Error, OSError):
+                ports.update(c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN)
+    return sorted(ports)
