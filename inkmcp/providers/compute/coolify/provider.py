@@ -525,13 +525,18 @@ class CoolifyComputeProvider:
             await record(RefScope.service, service_ref)
         async def configure(name: str, s: AppSpec) -> None:  # absolute values, safe to repeat on every attempt
             app = apps[name]
-            await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
-            labels = mapping.labels_plain(s)
-            if labels is not None:  # after the domains PATCH, which regenerates labels (mapping docstring)
-                self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
-                await self._call(f"labelling {name}", self.client.update_application(
-                    app, m.ApplicationUpdate(custom_labels=labels)))
-            await self._set_env(app, name, env_bodies[name], current.pop(name, None))
+
+            async def settings() -> None:
+                await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
+                labels = mapping.labels_plain(s)
+                if labels is not None:  # after the domains PATCH, which regenerates labels (mapping docstring)
+                    self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
+                    await self._call(f"labelling {name}", self.client.update_application(
+                        app, m.ApplicationUpdate(custom_labels=labels)))
+
+            # the application's settings and its env are separate resources in Coolify: both absolute, so they go
+            # out side by side (each after what is recorded before it: the batch is flushed before every write)
+            await _together(settings(), self._set_env(app, name, env_bodies[name], current.pop(name, None)))
 
         # the processes' applications are configured side by side (each one's requests stay in order): a web +
         # worker release waits for two rounds of requests here instead of four
