@@ -689,6 +689,14 @@ async def test_a_first_release_sends_its_creates_and_deploys_side_by_side_each_a
 
     async def watched(request: httpx.Request) -> httpx.Response:
         kind = {"/api/v1/applications/public": "create", "/api/v1/deploy": "deploy"}.get(request.url.path)
+        if request.method == "PATCH":  # each application's settings and env, of both processes: four at once
+            in_flight["patch"] = in_flight.get("patch", 0) + 1
+            most["patch"] = max(most.get("patch", 0), in_flight["patch"])
+            try:
+                await asyncio.sleep(0.05)
+                return await real(request)
+            finally:
+                in_flight["patch"] -= 1
         if kind is None or request.method != "POST":
             return await real(request)
         if kind == "create":  # what is recorded (durable) at the moment the create leaves
@@ -711,7 +719,7 @@ async def test_a_first_release_sends_its_creates_and_deploys_side_by_side_each_a
         await release(h, book, req)
     finally:
         transport.handle_async_request = real
-    assert most == {"create": 2, "deploy": 2}, most  # side by side
+    assert most == {"create": 2, "deploy": 2, "patch": 4}, most  # side by side
     assert seen_marks.count(("create", ["app:web", "app:worker"])) == 2, seen_marks
     assert seen_marks.count(("deploy", (["deploy:web", "deploy:worker"], {"web": None, "worker": None}))) == 2, \
         seen_marks  # fmt: skip
