@@ -258,13 +258,15 @@ async def _settled(*calls: Awaitable[Any]) -> list[Any]:
     write-ahead marks were made durable together (one write for all). Unlike `_together`, a failure does not
     cancel the others: each runs until Coolify answered it (or its own error), so no request is left with an
     unknown outcome because of another one's failure (its mark would make the next attempt wait `late_window`
-    before sending it again). Then the first failure, in call order, is raised as itself."""
+    before sending it again). Then the first failure, in call order, is raised as itself; a death (a
+    BaseException that is no Exception, e.g. a test's injected crash) before any ordinary error, so nothing
+    records what came after it."""
     if len(calls) == 1:
         return [await calls[0]]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise next((f for f in failures if not isinstance(f, Exception)), failures[0])
     return results
 
 
