@@ -3,8 +3,8 @@ seconds from "switching" to "live" and release() in all, over N redeploys of an 
 (SIGTERM, then 0.3 s of graceful work). Compare two revisions in one sitting by exporting the older one:
 
     mkdir /tmp/before && git archive <rev> inkmcp | tar -x -C /tmp/before
-    flock /tmp/inkmcp-bench.lock sh -c 'BENCH_INKMCP=/tmp/before .venv/bin/python -m tests.local.bench_redeploy 8; \
-        .venv/bin/python -m tests.local.bench_redeploy 8'
+    flock /tmp/inkmcp-bench.lock sh -c 'BENCH_INKMCP=/tmp/before .venv/bin/python benchmarks/redeploy_speed.py 8; \
+        .venv/bin/python benchmarks/redeploy_speed.py 8'
 
 (the benchmark's own imports come from this checkout; `inkmcp` from $BENCH_INKMCP when set). As root: it creates
 and deletes a tenant user.
@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo: tests' helpers
 if os.environ.get("BENCH_INKMCP"):  # the revision to measure, ahead of this checkout's package
     sys.path.insert(0, os.environ["BENCH_INKMCP"])
 
@@ -66,7 +67,7 @@ async def main(n: int) -> None:
         await provider.close()
         shutil.rmtree(data, True)
         shutil.rmtree(checkouts, True)
-        subprocess.run(["/usr/sbin/userdel", project_user_name(project)], check=False, capture_output=True)
+        subprocess.run(["/usr/sbin/userdel", project_user_name(project)], check=False, capture_output=True)  # noqa: ASYNC221 (cleanup once, after the timing)
     print(f"switching -> live p50 {statistics.median(switch_to_live) * 1000:.0f} ms "
           f"(all: {[round(x * 1000) for x in switch_to_live]})")
     print(f"release() in all  p50 {statistics.median(total) * 1000:.0f} ms")
