@@ -21,6 +21,7 @@ from inkmcp.providers.compute.local.readiness import ListenProbe
 from inkmcp.providers.compute.local.release import ReleaseMeta, ReleaseRun, listen_poll_pause
 from inkmcp.providers.compute.local.supervisor import Backoff
 from tests.local.conftest import PY
+from tests.requirements import require
 
 APP = """
 import os, socket, sys, time
@@ -46,8 +47,7 @@ async def test_a_listen_is_noticed_within_2_percent_and_a_long_start_costs_few_p
     port = PortAllocator((20000, 30000)).allocate()
     run = ReleaseRun(meta, app_dir=tmp_path, service_env={}, run_as=None, home=str(tmp_path), port=port,
                      sink=lines.append, run_dir=tmp_path, tenant_python=PY, backoff=Backoff())  # fmt: skip
-    if ListenProbe.open() is None:
-        pytest.skip("no sock_diag here: the connect fallback is used")
+    require("netns", ListenProbe.open() is not None, "the kernel refuses NETLINK_SOCK_DIAG here")
     lookups = 0
     real_ready = ListenProbe.ready
 
