@@ -93,6 +93,46 @@ class Cluster:
                    "-d", db).stdout
 
 
+def start_box_sshd(sshd_dir: Path, *, user: str, uid: int, home: Path, address: str, authorized_key: Path,
+                   overlay: str, netns: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """An sshd playing a Storage Box on `address`:23 (in `netns` when given): key-only login of `user` (home
+    `home`, which the caller makes) with `authorized_key`, sftp, nothing else. The user exists only inside sshd's
+    private mount namespace: an overlay on /etc whose upper layer holds passwd and group with the user added (a
+    bind mount of the files alone would be bypassed as soon as anything on the host rewrites /etc/passwd by rename,
+    as useradd does). Returns the running sshd and its host key ("type base64"); stopped again by its PID if it
+    does not come up."""
+    (sshd_dir / "authorized_keys").mkdir(parents=True)
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_ed25519"))
+    host_key = " ".join((sshd_dir / "host_ed25519.pub").read_text().split()[:2])
+    shutil.copy(authorized_key, sshd_dir / "authorized_keys" / user)
+    upper, work = sshd_dir / "etc-upper", sshd_dir / "etc-work"
+    upper.mkdir()
+    work.mkdir()
+    (upper / "passwd").write_text(Path("/etc/passwd").read_text()
+                                  + f"{user}:x:{uid}:{uid}:Storage Box stand-in:{home}:/bin/sh\n")
+    (upper / "group").write_text(Path("/etc/group").read_text() + f"{user}:x:{uid}:\n")
+    (sshd_dir / "sshd_config").write_text(
+        f"Port 23\nListenAddress {address}\nHostKey {sshd_dir}/host_ed25519\nPidFile {sshd_dir}/sshd.pid\n"
+        f"AuthorizedKeysFile {sshd_dir}/authorized_keys/%u\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin no\n"
+        f"AllowUsers {user}\nX11Forwarding no\nAllowTcpForwarding no\nSubsystem sftp internal-sftp\n")
+    run("/usr/sbin/sshd", "-t", "-f", str(sshd_dir / "sshd_config"))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    with open(sshd_dir / "sshd.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*(["ip", "netns", "exec", netns] if netns else []), "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", f"mount -t overlay {overlay} -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
+             f"exec /usr/sbin/sshd -D -e -f {sshd_dir}/sshd_config"], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: b"Server listening" in (sshd_dir / "sshd.log").read_bytes() or proc.poll() is not None,
+                   10, "the Storage Box stand-in's sshd")
+        assert proc.poll() is None, (sshd_dir / "sshd.log").read_text()
+    except BaseException:
+        stop_pid(proc.pid, wait=5)
+        raise
+    return proc, host_key
+
+
 @dataclass
 class World:
     root: Path
@@ -174,39 +214,13 @@ def world() -> Iterator[World]:
         # Keys: the backup key (what the factory's backupPrivateKey holds) and the box's host key.
         (root / "keys").mkdir()
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "inkmcp-backup", "-f", str(w.backup_key))
-        sshd_dir = root / "box" / "sshd"
-        (sshd_dir / "authorized_keys").mkdir(parents=True)
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_ed25519"))
-        shutil.copy(w.backup_key.with_suffix(".pub"), sshd_dir / "authorized_keys" / BOX_USER)
         w.box_home.mkdir(parents=True)
         os.chown(w.box_home, BOX_UID, BOX_UID)
         w.box_home.chmod(0o750)
-        # The box user exists only inside sshd's private mount namespace: an overlay on /etc whose upper layer holds
-        # passwd and group with the user added (a bind mount of the files alone would be bypassed as soon as
-        # anything on the host rewrites /etc/passwd by rename, as useradd does).
-        upper, work = sshd_dir / "etc-upper", sshd_dir / "etc-work"
-        upper.mkdir()
-        work.mkdir()
-        (upper / "passwd").write_text(Path("/etc/passwd").read_text()
-                                      + f"{BOX_USER}:x:{BOX_UID}:{BOX_UID}:Storage Box stand-in:{w.box_home}:/bin/sh\n")
-        (upper / "group").write_text(Path("/etc/group").read_text() + f"{BOX_USER}:x:{BOX_UID}:\n")
-        (sshd_dir / "sshd_config").write_text(
-            f"Port 23\nListenAddress {BOX_IP}\nHostKey {sshd_dir}/host_ed25519\nPidFile {sshd_dir}/sshd.pid\n"
-            f"AuthorizedKeysFile {sshd_dir}/authorized_keys/%u\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin no\n"
-            f"AllowUsers {BOX_USER}\nX11Forwarding no\nAllowTcpForwarding no\nSubsystem sftp internal-sftp\n")
-        run("/usr/sbin/sshd", "-t", "-f", str(sshd_dir / "sshd_config"))
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        log = open(sshd_dir / "sshd.log", "wb")
-        sshd_proc = subprocess.Popen(
-            ["ip", "netns", "exec", bns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f"mount -t overlay inkmcp-dr-etc -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
-             f"exec /usr/sbin/sshd -D -e -f {sshd_dir}/sshd_config"], stdout=log, stderr=log)
-        log.close()
+        sshd_proc, _ = start_box_sshd(root / "box" / "sshd", user=BOX_USER, uid=BOX_UID, home=w.box_home,
+                                      address=BOX_IP, authorized_key=w.backup_key.with_suffix(".pub"),
+                                      overlay="inkmcp-dr-etc", netns=bns)
         w.pids.append(sshd_proc.pid)
-        wait_until(lambda: b"Server listening" in (sshd_dir / "sshd.log").read_bytes() or sshd_proc.poll() is not None,
-                   10, "the Storage Box stand-in's sshd")
-        assert sshd_proc.poll() is None, (sshd_dir / "sshd.log").read_text()
         api_proc = subprocess.Popen(
             ["ip", "netns", "exec", cns, sys.executable, "-m", "tests.dr.hetzner_standin", str(w.api_state),
              str(w.box_home), str(API_PORT)], cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

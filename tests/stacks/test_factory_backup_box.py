@@ -30,7 +30,7 @@ import pytest
 
 from inkmcp.infra.factory import BOX_KNOWN_HOSTS, backup_script, shell
 from inkmcp.infra.factory_config import FactoryConfig, StorageBoxSpec
-from tests.dr.conftest import Cluster, pg_bin, run, wait_until
+from tests.dr.conftest import Cluster, pg_bin, run, start_box_sshd
 from tests.hardening.conftest import stop_pid
 from tests.requirements import require, require_root
 
@@ -92,34 +92,12 @@ def world() -> Iterator[tuple[Path, Box, Cluster]]:
     cluster = Cluster(root / "pg", root / "pgsock")
     try:
         keys.mkdir()
-        (sshd_dir / "authorized_keys").mkdir(parents=True)
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "inkmcp-backup", "-f", str(box.backup_key))
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_ed25519"))
-        box.host_key = " ".join((sshd_dir / "host_ed25519.pub").read_text().split()[:2])
-        shutil.copy(box.backup_key.with_suffix(".pub"), sshd_dir / "authorized_keys" / BOX_USER)
         box.home.mkdir()
         os.chown(box.home, BOX_UID, BOX_UID)
-        upper, work = sshd_dir / "etc-upper", sshd_dir / "etc-work"
-        upper.mkdir()
-        work.mkdir()
-        (upper / "passwd").write_text(Path("/etc/passwd").read_text()
-                                      + f"{BOX_USER}:x:{BOX_UID}:{BOX_UID}:box:{box.home}:/bin/sh\n")
-        (upper / "group").write_text(Path("/etc/group").read_text() + f"{BOX_USER}:x:{BOX_UID}:\n")
-        (sshd_dir / "sshd_config").write_text(
-            f"Port 23\nListenAddress {BOX_IP}\nHostKey {sshd_dir}/host_ed25519\nPidFile {sshd_dir}/sshd.pid\n"
-            f"AuthorizedKeysFile {sshd_dir}/authorized_keys/%u\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin no\n"
-            f"AllowUsers {BOX_USER}\nX11Forwarding no\nAllowTcpForwarding no\nSubsystem sftp internal-sftp\n")
-        run("/usr/sbin/sshd", "-t", "-f", str(sshd_dir / "sshd_config"))
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        with open(sshd_dir / "sshd.log", "wb") as log:
-            sshd = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                 f"mount -t overlay inkmcp-boxjob-etc -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
-                 f"exec /usr/sbin/sshd -D -e -f {sshd_dir}/sshd_config"], stdout=log, stderr=log)
-        wait_until(lambda: b"Server listening" in (sshd_dir / "sshd.log").read_bytes() or sshd.poll() is not None,
-                   10, "the Storage Box stand-in's sshd")
-        assert sshd.poll() is None, (sshd_dir / "sshd.log").read_text()
+        sshd, box.host_key = start_box_sshd(sshd_dir, user=BOX_USER, uid=BOX_UID, home=box.home, address=BOX_IP,
+                                            authorized_key=box.backup_key.with_suffix(".pub"),
+                                            overlay="inkmcp-boxjob-etc")
         cluster.start()
         cluster.psql("CREATE ROLE inkmcp LOGIN")
         cluster.psql("CREATE DATABASE inkmcp OWNER inkmcp")
