@@ -109,20 +109,14 @@ class ListenProbe:
             found += self._dump(family, port)
         return found
 
-    def ports_of(self, uid: int) -> list[int]:
-        """Every port a socket of `uid` listens on (for telling an app that bound the wrong port where it is)."""
-        found = self._dump(socket.AF_INET, None) + self._dump(socket.AF_INET6, None)
-        return sorted({x.port for x in found if x.uid == uid})
-
-    def _dump(self, family: int, port: int | None) -> list[Listener]:
+    def _dump(self, family: int, port: int) -> list[Listener]:
         self._seq += 1
         seq = self._seq
         req = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN, b"\0" * 48)
-        if port is not None:
-            # The kernel filters by port itself (INET_DIAG_BC_S_EQ, the bytecode `ss sport = :P` sends),
-            # so only the matching sockets cross into Python.
-            code = struct.pack("=BBHBBH", INET_DIAG_BC_S_EQ, 8, 12, 0, 0, port)
-            req += struct.pack("=HH", 4 + len(code), INET_DIAG_REQ_BYTECODE) + code
+        # The kernel filters by port itself (INET_DIAG_BC_S_EQ, the bytecode `ss sport = :P` sends), so only
+        # the matching sockets cross into Python.
+        code = struct.pack("=BBHBBH", INET_DIAG_BC_S_EQ, 8, 12, 0, 0, port)
+        req += struct.pack("=HH", 4 + len(code), INET_DIAG_REQ_BYTECODE) + code
         header = _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         self._sock.send(header + req)
         found: list[Listener] = []
@@ -136,7 +130,7 @@ class ListenProbe:
                 return found
             if kind == SOCK_DIAG_BY_FAMILY:
                 listener = _parse(data, body)
-                if port is None or listener.port == port:
+                if listener.port == port:
                     found.append(listener)
         raise AssertionError("unreachable")  # _answers never ends
 

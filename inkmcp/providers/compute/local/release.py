@@ -316,20 +316,22 @@ class ReleaseRun:
         loop = asyncio.get_running_loop()
         started = loop.time()
         next_look, elsewhere_since = started + 1.0, None
+        # apps run as a tenant's own uid: only then are other ports named (as InkMCP's uid, its own would be too)
+        tenant = self._uid is not None and self._uid != os.getuid()
         while True:
             self._check_alive()
             mine, certain = probe.ready(self.port, self._uid)
             if certain or (mine and await _accepts(self.port)):
                 return
             now = loop.time()
-            if now >= next_look and self._uid is not None and self._uid != os.getuid():
+            if now >= next_look and tenant:
                 # An app hard-wired to another port (3000, 5000, 8080: a common first-deploy mistake) was reported
                 # only at the health timeout (60 s by default), though it listened there within a second. Once this
                 # release's own processes have listened elsewhere, and not on $PORT, for WRONG_PORT_GRACE, say so.
                 # Their own sockets only: the project's other services and the version being replaced listen as
                 # the same uid. An app that opens a side port (metrics, admin) first has that long to bind $PORT.
                 next_look = now + 1.0
-                ports = [p for p in _listening_ports(self.pids) if p != self.port]
+                ports = self._ports_elsewhere()
                 elsewhere_since = (now if elsewhere_since is None else elsewhere_since) if ports else None
                 if elsewhere_since is not None and now - elsewhere_since >= min(WRONG_PORT_GRACE, timeout):
                     raise HealthFailed(
@@ -339,9 +341,7 @@ class ReleaseRun:
                         timed_out=True,
                     )
             if now >= deadline:
-                # only a tenant's own uid: when InkMCP runs apps as itself, its own ports would be listed too
-                tenant = self._uid is not None and self._uid != os.getuid()
-                elsewhere = probe.ports_of(self._uid) if tenant else []
+                elsewhere = self._ports_elsewhere() if tenant else []
                 if elsewhere:  # e.g. a gunicorn config that binds 0.0.0.0:8080, the port another platform uses
                     listed = ", ".join(map(str, elsewhere[:5]))
                     raise HealthFailed(
@@ -355,6 +355,11 @@ class ReleaseRun:
                     timed_out=True,
                 )
             await asyncio.sleep(listen_poll_pause(now - started))
+
+    def _ports_elsewhere(self) -> list[int]:
+        """Ports this release's own processes listen on other than $PORT (not the version being replaced nor the
+        project's other services, which run as the same uid): for telling an app that bound the wrong port."""
+        return [p for p in _listening_ports(self.pids) if p != self.port]
 
     def _check_alive(self) -> None:
         for sup in self.supervisors:
