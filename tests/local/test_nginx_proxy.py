@@ -8,6 +8,7 @@ without a failed request, keep WebSocket connections, and stop exactly the proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -403,18 +404,30 @@ def _raw_exchange(port: int, head: bytes, *, pause: float = 0.0) -> bytes:
     return out
 
 
+@contextlib.asynccontextmanager
+async def routed_app(proxy: NginxProxy, code: str, host: str, **env: str) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """An app run from `code` on a free $PORT, routed at `host` once it accepts connections; stopped by its PID
+    afterwards unless the test stopped it already."""
+    port = _free_port()
+    app = subprocess.Popen([PY, "-c", code], env={**os.environ, "PORT": str(port), **env})
+    try:
+        await until(lambda: _connects(port))
+        proxy.set_route(Route(host=host, port=port, owner=f"svc-{host.split('.')[0]}"))
+        assert await proxy.settled()
+        yield app
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            app.wait(10)
+
+
 async def test_server_header_and_host_check_on_a_routed_name(nginx_proxy):
     """The per-request work nginx does for a routed name was cut (issue 12: a cheaper Server-header rule,
     a cheaper Host check); what it decides is the same: an app's answer without a Server header gets none,
     an app's own 502 keeps the app's Server header, nginx's own refusals say `Server: inkmcp`, and a Host
     whose "port" is not a port is refused with 400 before it reaches the app (RFC 9112 3.2)."""
     proxy = nginx_proxy
-    port = _free_port()
-    app = subprocess.Popen([PY, "-c", RAW_APP], env={**os.environ, "PORT": str(port)})
-    try:
-        await until(lambda: _connects(port))
-        proxy.set_route(Route(host="raw.p.localhost", port=port, owner="svc-raw"))
-        assert await proxy.settled()
+    async with routed_app(proxy, RAW_APP, "raw.p.localhost") as app:
 
         def ask(host: str, path: str = "/") -> tuple[int, str | None, bytes]:
             head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
@@ -437,10 +450,6 @@ async def test_server_header_and_host_check_on_a_routed_name(nginx_proxy):
         app.wait(10)
         status, server, _ = await asyncio.to_thread(ask, "raw.p.localhost")
         assert status == 502 and server == "inkmcp"
-    finally:
-        if app.poll() is None:
-            app.terminate()
-            app.wait(10)
 
 
 async def test_a_253_character_hostname_is_served_by_nginx_itself(nginx_proxy, apps):
@@ -503,12 +512,7 @@ async def test_a_head_larger_than_a_request_pool_reaches_the_app_whole(nginx_pro
     a request whose head needs several (60 headers, 20 KB of cookies) still reaches the app with every
     header line and every cookie byte, on a kept-alive connection and again on the next request."""
     proxy = nginx_proxy
-    port = _free_port()
-    app = subprocess.Popen([PY, "-c", ECHO_HEAD_APP], env={**os.environ, "PORT": str(port)})
-    try:
-        await until(lambda: _connects(port))
-        proxy.set_route(Route(host="heads.p.localhost", port=port, owner="svc-heads"))
-        assert await proxy.settled()
+    async with routed_app(proxy, ECHO_HEAD_APP, "heads.p.localhost"):
         headers = {f"X-Extra-{i}": "v" * 40 for i in range(57)}
         headers["Cookie"] = "; ".join(f"c{i}={'k' * 190}" for i in range(100))
         async with httpx.AsyncClient(timeout=15.0) as client:
@@ -519,9 +523,6 @@ async def test_a_head_larger_than_a_request_pool_reaches_the_app_whole(nginx_pro
                 # the app sees ours, plus Host, Connection, and httpx's Accept, Accept-Encoding, User-Agent
                 assert resp.status_code == 200 and lines >= len(headers) + 2
                 assert cookie == len("cookie: ") + len(headers["Cookie"])
-    finally:
-        app.terminate()
-        app.wait(10)
 
 
 # A raw app whose answer has a head of HEAD_BYTES bytes (one long header).
@@ -547,15 +548,7 @@ async def test_an_answer_with_a_12_kb_head_passes(nginx_proxy):
     """nginx reads an answer's head into one buffer; at its default (4k) an app answering with a 5 KB head
     (cookies, a CSP) got nginx's 502 where the Python proxy passed it. 12 KB passes whole now."""
     proxy = nginx_proxy
-    port = _free_port()
-    app = subprocess.Popen([PY, "-c", BIG_HEAD_APP], env={**os.environ, "PORT": str(port), "HEAD_BYTES": "12000"})
-    try:
-        await until(lambda: _connects(port))
-        proxy.set_route(Route(host="bighead.p.localhost", port=port, owner="svc-bighead"))
-        assert await proxy.settled()
+    async with routed_app(proxy, BIG_HEAD_APP, "bighead.p.localhost", HEAD_BYTES="12000"):
         resp = await fetch(proxy, "bighead.p.localhost")
         assert resp.status_code == 200 and resp.text == "ok\n"
         assert resp.headers["x-big"] == "c" * (12000 - 60)
-    finally:
-        app.terminate()
-        app.wait(10)
