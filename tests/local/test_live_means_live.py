@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from inkmcp.providers.compute.base import LogScope, ReleaseFailed, RuntimeState,
 from inkmcp.providers.compute.local import LocalComputeProvider
 from tests.local.conftest import PY, Events, get, key_for, no_record, request_for, web_plan
 from tests.requirements import require_root
-from tests.support import call, git_repo, mcp_session, running_server, traversable_tmpdir
+from tests.support import call, free_port, git_repo, mcp_session, running_server, traversable_tmpdir
 
 # A web app: GET / answers 200 with MESSAGE, except as told by env. CRASH_AFTER: the process dies with a
 # traceback that many seconds after it starts listening (a Redis client giving up, an unhandled
@@ -164,9 +163,7 @@ async def test_a_crashing_worker_fails_the_deploy(make_provider, checkouts, proj
 
 async def test_a_failed_deploy_on_a_fixed_port_brings_the_old_version_back(make_provider, checkouts, project_ids):
     """A fixed `port` cannot run blue/green (the old run stops first): a failed release starts it again."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        fixed = probe.getsockname()[1]
+    fixed = free_port()
     provider = await make_provider(stability_window=0.5)
     key = key_for(project_ids())
     plan = web_plan().model_copy(update={"port": fixed})
@@ -519,9 +516,7 @@ async def test_an_app_bound_to_another_port_is_told_which_and_the_port_it_names_
     """A config that binds a fixed port (DigitalOcean's 8080 in a gunicorn config) instead of $PORT: the error names
     the port the app's own socket listens on, and the deploy with `port` set to it goes live."""
     require_root("apps run as a per-project user, so their listening sockets can be told from InkMCP's")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        fixed = probe.getsockname()[1]
+    fixed = free_port()
     app = APP.replace('int(os.environ["PORT"])', f"{fixed}")
     provider = await make_provider(health_timeout=1.5, stability_window=0.3)
     key = key_for(project_ids())
@@ -544,9 +539,7 @@ async def test_an_app_bound_to_another_port_fails_after_the_grace_not_the_health
     from inkmcp.providers.compute.local import release as release_mod
 
     monkeypatch.setattr(release_mod, "WRONG_PORT_GRACE", 2.0)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        fixed = probe.getsockname()[1]
+    fixed = free_port()
     wrong = APP.replace('int(os.environ["PORT"])', f"{fixed}")
     provider = await make_provider(health_timeout=30, stability_window=0.3)
     key = key_for(project_ids())
