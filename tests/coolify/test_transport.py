@@ -177,33 +177,22 @@ async def test_errors_are_httpx_errors_the_client_retry_rules_know(serve) -> Non
         with pytest.raises(httpx.ReadTimeout):
             await c.get("/")
 
-    async def hang_up(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        return False  # closes without a byte: the request may have been processed
+    # an answer that is no whole HTTP answer: RemoteProtocolError (the request may have been processed)
+    for method, answer, match in (
+        ("POST", b"", "without sending a response"),  # closes without a byte
+        ("GET", b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"a":', "ended early"),
+        ("GET", b"SSH-2.0-OpenSSH\r\n\r\n", "not valid HTTP"),
+    ):
+        async def reply(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        answer: bytes = answer) -> bool:  # fmt: skip
+            writer.write(answer)
+            await writer.drain()
+            return False
 
-    s2 = await serve(hang_up)
-    async with httpx.AsyncClient(base_url=s2.url, transport=LeanTransport()) as c:
-        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
-            await c.post("/deploy", json={})
-
-    async def short(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\":")
-        await writer.drain()
-        return False
-
-    s3 = await serve(short)
-    async with httpx.AsyncClient(base_url=s3.url, transport=LeanTransport()) as c:
-        with pytest.raises(httpx.RemoteProtocolError, match="ended early"):
-            await c.get("/")
-
-    async def garbage(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        return False
-
-    s4 = await serve(garbage)
-    async with httpx.AsyncClient(base_url=s4.url, transport=LeanTransport()) as c:
-        with pytest.raises(httpx.RemoteProtocolError, match="not valid HTTP"):
-            await c.get("/")
+        server = await serve(reply)
+        async with httpx.AsyncClient(base_url=server.url, transport=LeanTransport()) as c:
+            with pytest.raises(httpx.RemoteProtocolError, match=match):
+                await c.request(method, "/deploy", json={} if method == "POST" else None)
 
 
 async def test_a_cancelled_request_closes_its_connection_and_the_next_one_works(serve) -> None:
