@@ -86,7 +86,7 @@ async def test_every_way_a_rate_ends_closes_its_segment(world: World) -> None:
     assert (k1, k2, u2, t2) == ("persistent", "on_demand", 0, None) and t1 == f2  # no rate: charged while awake
     await run(world, "UPDATE services SET mode = 'persistent' WHERE id = :s", s=flipped)
     rows = await segments(world, flipped)
-    assert len(rows) == 3 and rows[2][4] is None and rows[2][3] == rows[1][4] == rows[0][4]
+    assert len(rows) == 3 and rows[2][4] is None and rows[2][3] == rows[1][4] and rows[1][3] == rows[0][4]
     assert await world.scalar("SELECT count(*) FROM billing_segments WHERE to_s IS NULL") == 2  # flipped, static
 
 
