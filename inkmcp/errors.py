@@ -71,7 +71,20 @@ class BuildPlanError(InkError):
 
 
 class BuildFailed(InkError):
+    """The app's build failed (its dependencies, lock files, build scripts), never a malformed call.
+
+    `argument="repo_url"` here means the repo's files: the URL itself was fetched fine, so the message is
+    not prefixed "Argument 'repo_url'", which an agent reads as "pass another repo_url" (a new user's agent
+    did). The message says which step failed and how; the caller appends the build output's last lines.
+    A failure an argument of the call did cause (build_command, env_vars) names it as every InkError does.
+    """
+
     code = "build_failed"
+
+    def render(self) -> str:
+        if self.argument != "repo_url":
+            return super().render()
+        return " ".join([self.message, *([f"Fix: {self.fix}"] if self.fix else [])])
 
 
 class DeployFailed(InkError):

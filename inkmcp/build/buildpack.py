@@ -421,10 +421,19 @@ async def _write_as_tenant(runner: _Runner, path: Path, lines: list[str]) -> Non
 
 
 _FIX_DEPS = (
-    "fix the dependency list in the repo (names, versions, local paths; the log above shows the installer's "
-    "(uv's) error), or pass a build_command that installs the dependencies itself (e.g. 'pip install -r "
-    "requirements.txt'): a build_command that runs pip, uv, poetry or pipenv replaces this step"
+    "fix the dependency list in the repo (names, versions, local paths; the installer's (uv's) own error is in "
+    "the build output: its last lines follow, get_logs(scope='build') has all of it), or pass a build_command "
+    "that installs the dependencies itself (e.g. 'pip install -r requirements.txt'): a build_command that runs "
+    "pip, uv, poetry or pipenv replaces this step"
 )
+
+
+def _dependencies_failed(exc: BuildFailed, source: str | None) -> BuildFailed:
+    """`exc` saying first what failed: the app's dependencies, from which file. "uv pip install … exited with 1"
+    alone names a tool, not the app's problem, and an agent took it for a fault of InkMCP or of its repo_url."""
+    where = f" (from {source})" if source else ""
+    return BuildFailed(f"the app's dependencies{where} did not install: {exc.message}", argument=exc.argument,
+                       fix=exc.fix)  # fmt: skip
 
 
 async def _install(runner: _Runner, repo: RepoFiles, installer: pyi.Installer, install: list[str],
@@ -524,8 +533,11 @@ async def _python_deps(
             await runner.run(["/bin/ln", "-sfn", "--", str(uv), str(venv / "bin" / "uv")],
                              what="linking uv into the virtualenv", argument="repo_url", fix=fix_env)  # fmt: skip
         else:
-            async with _failure_quoted(runner, repo, "install"):
-                await _install(runner, repo, installer, install, venv, uv, cache)
+            try:
+                async with _failure_quoted(runner, repo, "install"):
+                    await _install(runner, repo, installer, install, venv, uv, cache)
+            except BuildFailed as exc:
+                raise _dependencies_failed(exc, installer.file) from None
             for name, script in pyi.tool_shims(installer.kind).items():  # `poetry run ...` and friends
                 await _write_as_tenant(runner, venv / "bin" / name, script.splitlines())
                 await runner.run(["/bin/chmod", "0755", "--", str(venv / "bin" / name)], what=f"making the {name} shim",
@@ -759,13 +771,17 @@ async def run_build(
         runner.env = {**build_env, **setup.env, **setup.build_only}
         if setup.note:
             await runner.log(f"-> {setup.note}")
-        await runner.run(
-            setup.install,
-            what=" ".join(setup.install),
-            argument="repo_url",
-            fix="fix package.json and its lock file (run the same command locally to see the "
-            "error), commit and push",
-        )
+        try:
+            await runner.run(
+                setup.install,
+                what=" ".join(setup.install),
+                argument="repo_url",
+                fix="fix package.json and its lock file (the installer's error is in the build output: its last "
+                "lines follow, get_logs(scope='build') has all of it; the same command run locally shows it too), "
+                "commit and push",
+            )
+        except BuildFailed as exc:
+            raise _dependencies_failed(exc, "package.json") from None
         output.env = dict(setup.env)
 
     if plan.build_command:

@@ -536,7 +536,8 @@ async def test_install_failure_quotes_the_installers_error_and_answers_it(tmp_pa
     with pytest.raises(BuildFailed) as err:
         await build(app, tmp_path)
     e = err.value
-    assert e.message.startswith("uv pip install -r requirements.txt exited with 1: No solution found when resolving")
+    assert e.message.startswith("the app's dependencies (from requirements.txt) did not install: "
+                                "uv pip install -r requirements.txt exited with 1: No solution found when resolving")
     assert "does not satisfy Python>=3.12" in e.message
     assert (e.fix or "").startswith("a dependency needs Python >=3.12, which this build's Python 3.11 is not: pin")
 
