@@ -58,6 +58,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from inkmcp.build import node_install
 from inkmcp.build import python_install as pyi
 from inkmcp.build.node_install import (  # noqa: F401 (node_install_command, _node_tool: re-exported, tests use them)
     _node_tool,
@@ -207,7 +208,10 @@ def _base_env(env: dict[str, str], home: str, cache_dir: Path | None) -> dict[st
         base["UV_CACHE_DIR"] = str(cache_dir / "uv")
         base["COREPACK_HOME"] = str(cache_dir / "corepack")
         base["YARN_CACHE_FOLDER"] = str(cache_dir / "yarn")
-        base["npm_config_store_dir"] = str(cache_dir / "pnpm-store")
+        # pnpm 11+ reads its settings from pnpm_config_* (and ignores npm_config_store_dir); npm never reads
+        # this one, so npm builds stay free of `Unknown env config "store-dir"`. pnpm 10 and older read only
+        # npm_config_*: run_build adds npm_config_store_dir for a repo that uses pnpm (_pnpm_store_for_old).
+        base["pnpm_config_store_dir"] = str(cache_dir / "pnpm-store")
         base["YARN_GLOBAL_FOLDER"] = str(cache_dir / "yarn-berry")
     base["COREPACK_ENABLE_DOWNLOAD_PROMPT"] = "0"
     base["COREPACK_DEFAULT_TO_LATEST"] = "0"
@@ -217,6 +221,20 @@ def _base_env(env: dict[str, str], home: str, cache_dir: Path | None) -> dict[st
     if (bundle := _system_ca_bundle()) is not None:
         base["NODE_EXTRA_CA_CERTS"] = bundle
     return {**base, **env}
+
+
+def _pnpm_store_for_old(repo: RepoFiles, install: list[str], build_env: dict[str, str]) -> dict[str, str]:
+    """`npm_config_store_dir` for a repo that uses pnpm (its install runs pnpm, or package.json's packageManager
+    names it): pnpm 10 and older take the store dir only from npm_config_* (or .npmrc), and without it a
+    build's `pnpm install` would fill a store under the tenant's HOME instead of the project's cache. npm
+    warns about it on every run (`Unknown env config "store-dir"`), so only a pnpm repo gets it, and a
+    value from the service env wins."""
+    store = build_env.get("pnpm_config_store_dir")
+    if store is None or "npm_config_store_dir" in build_env:
+        return {}
+    manager = node_install.package_json(repo).get("packageManager")
+    pnpm = any(Path(arg).name == "pnpm" for arg in install[:2])
+    return {"npm_config_store_dir": store} if pnpm or str(manager).startswith("pnpm@") else {}
 
 
 def _system_ca_bundle() -> str | None:
@@ -768,7 +786,8 @@ async def run_build(
             repo, app_dir=app_dir, service_env=env, cache_dir=cache_dir, tools_dir=shim_dir.parent / "node",
             log=runner.log, uv=find_uv,
         )  # fmt: skip
-        runner.env = {**build_env, **setup.env, **setup.build_only}
+        runner.env = {**build_env, **_pnpm_store_for_old(repo, setup.install, build_env), **setup.env,
+                      **setup.build_only}  # fmt: skip
         if setup.note:
             await runner.log(f"-> {setup.note}")
         try:
