@@ -15,12 +15,19 @@ process (coalesced into shared round trips); and how many round trips the client
 
     .venv/bin/python benchmarks/coolify_client.py            # table on stdout
     .venv/bin/python benchmarks/coolify_client.py --calls 500
+
+`--transports`: instead, the CPU time of this process per request for each httpx transport the Coolify client
+could run on (issue 8): `httpx` (httpx's own, httpcore), `lean` (inkmcp/coolify/transport.py), and `aiohttp`
+(httpx-aiohttp's AiohttpTransport, when importable: it is not in the lock file), each under a plain
+httpx.AsyncClient, alternating GET /applications/{uuid} and PATCH /applications/{uuid} with a small JSON body,
+against the stand-in in a process of its own (benchmarks/standin_process.py), so only the client's side is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +41,7 @@ import httpx
 import psycopg
 from sqlalchemy import text
 
+from benchmarks.standin_process import StandinProcess
 from inkmcp.coolify.budget import BudgetSettings, DbBudget, LocalBudget
 from inkmcp.coolify.client import CoolifyClient
 from inkmcp.coolify.models import ProjectCreate, PublicApplicationCreate
@@ -152,11 +160,84 @@ async def run(calls: int, rounds: int, db_url: str, standin: CoolifyStandin) -> 
         await b.aclose()
 
 
+def _transports() -> dict[str, Callable[[], httpx.AsyncBaseTransport]]:
+    from inkmcp.coolify.transport import LeanTransport
+
+    made: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
+        "httpx": lambda: httpx.AsyncHTTPTransport(trust_env=False), "lean": lambda: LeanTransport(trust_env=False)}
+    try:
+        from httpx_aiohttp import AiohttpTransport
+    except ImportError:
+        print("httpx-aiohttp is not installed here: its row is left out (a scratch venv: uv pip install httpx-aiohttp)")
+    else:
+        made["aiohttp"] = AiohttpTransport
+    return made
+
+
+async def run_transports(calls: int, rounds: int, root: Path) -> None:
+    """CPU time of this process per request, per transport (module docstring, `--transports`)."""
+    standin = StandinProcess(root / "nodes", servers=1)
+    try:
+        async with CoolifyClient(standin.url, standin.token) as setup:
+            server = (await setup.list_servers())[0]
+            project = await setup.create_project(ProjectCreate(name="bench"))
+            env = (await setup.get_project(project)).environments[0]
+            assert env.uuid
+            app = (await setup.create_public_application(PublicApplicationCreate(
+                project_uuid=project, server_uuid=server.uuid, environment_name="production",
+                environment_uuid=env.uuid, git_repository="https://github.com/inkmcp/hello", git_branch="main",
+                build_pack="nixpacks", ports_exposes="3000"))).uuid
+        clients = {name: httpx.AsyncClient(base_url=standin.url + "/api/v1", transport=make(), headers={
+            "Accept": "application/json", "Authorization": f"Bearer {standin.token}"})
+            for name, make in _transports().items()}  # fmt: skip
+        cpu: dict[str, list[float]] = {name: [] for name in clients}
+        wall: dict[str, list[float]] = {name: [] for name in clients}
+
+        async def batch(name: str, n: int, keep: bool) -> None:
+            c = clients[name]
+            for i in range(n):
+                t, w = time.process_time(), time.perf_counter()
+                if i % 2:
+                    r = await c.patch(f"/applications/{app}", json={"description": f"bench {i}"})
+                else:
+                    r = await c.get(f"/applications/{app}")
+                r.raise_for_status()
+                r.json()
+                if keep:
+                    cpu[name].append(time.process_time() - t)
+                    wall[name].append(time.perf_counter() - w)
+
+        for name in clients:  # warm up: connections, imports
+            await batch(name, 20, keep=False)
+        order = list(clients)
+        for r in range(rounds):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                await batch(name, calls // rounds, keep=True)
+        print(f"GET + PATCH /applications/{{uuid}} over the stand-in process, {calls} calls per transport in "
+              f"{rounds} interleaved rounds; CPU of this process only")
+        print(f"{'transport':<10}{'CPU p50 ms':>12}{'CPU mean ms':>13}{'wall p50 ms':>13}")
+        for name in clients:
+            print(f"{name:<10}{pct(cpu[name], 50):>12.3f}{statistics.mean(cpu[name]) * 1000:>13.3f}"
+                  f"{pct(wall[name], 50):>13.3f}")
+        for c in clients.values():
+            await c.aclose()
+    finally:
+        standin.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=600, help="calls per target (default 600)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--transports", action="store_true", help="CPU per request of each httpx transport")
     args = parser.parse_args()
+    if args.transports:
+        base = Path(tempfile.mkdtemp(prefix="inkmcp-bench-coolify-"))
+        try:
+            asyncio.run(run_transports(args.calls, args.rounds, base))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     base = Path(tempfile.mkdtemp(prefix="inkmcp-bench-coolify-"))
     pg = EmbeddedPostgres(base / "pg")
     pg.start()

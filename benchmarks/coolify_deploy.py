@@ -63,6 +63,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 import psycopg
 from pydantic import SecretStr
 
@@ -83,6 +84,7 @@ from inkmcp.placement.adapter import CoolifyPlacement
 from inkmcp.placement.coolify_nodes import CoolifyNodeSource
 from inkmcp.placement.records import PlacementService
 from inkmcp.placement.settings import NodeCapacity, PlacementSettings
+from inkmcp.providers.compute.coolify import policy as policy_module
 from inkmcp.providers.compute.coolify import provider as provider_module
 from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
 from inkmcp.providers.compute.coolify.settings import CoolifySettings
@@ -702,6 +704,16 @@ async def rate_limited(pg: EmbeddedPostgres, n: int) -> None:
               f"{s.peak_rate(cf.token, 60.0)} | {len(s.throttled()) - len(queue_full)} | {len(queue_full)} | {waits} |")
 
 
+def use_transport(name: str) -> None:
+    """The transport the provider's PolicyTransport wraps (issue 8: LeanTransport against the libraries)."""
+    if name == "httpx":
+        policy_module.LeanTransport = httpx.AsyncHTTPTransport  # type: ignore[attr-defined,misc]
+    elif name == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport  # not in the lock file: a scratch venv with httpx-aiohttp
+
+        policy_module.LeanTransport = AiohttpTransport  # type: ignore[attr-defined,misc]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deploys", type=int, default=30, help="sequential deploys timed in part 1 (default 30)")
@@ -717,8 +729,12 @@ def main() -> None:
     parser.add_argument("--build-lag", default="3", metavar="SECONDS[,SECONDS]",
                         help="part 1c: simulated build times whose end InkMCP's polling must notice (default 3; '' "
                              "leaves 1c out; two deploys each)")
+    parser.add_argument("--transport", choices=("lean", "httpx", "aiohttp"), default="lean",
+                        help="part 1/2: the HTTP transport under the Coolify client's policy check: InkMCP's "
+                             "LeanTransport (default), httpx's own (httpcore), or httpx-aiohttp's (if installed)")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
+    use_transport(args.transport)
     if args.deploys < 1 or args.concurrent < 1 or args.rate_deploys < 1:
         parser.error("--deploys, --concurrent and --rate-deploys take a positive number")
     base = Path(tempfile.mkdtemp(prefix="inkmcp-bench-coolify-deploy-"))

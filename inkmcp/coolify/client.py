@@ -444,9 +444,12 @@ class CoolifyClient:
                         response = await self._http.request(method, path, json=json, params=params, headers=headers)
                 finally:
                     await self._settle(grant, method, path)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as e:
                 # Not sent: safe to repeat, but only calls marked idempotent are (the caller decides the rest).
-                last = CoolifyUnavailable(f"cannot connect to {self.base_url}: {type(e).__name__}",
+                # ProxyError: the proxy (HTTPS_PROXY) refused the tunnel to Coolify, before the request went in.
+                via = " through the proxy (HTTP(S)_PROXY; NO_PROXY lists hosts that go direct)" \
+                    if isinstance(e, httpx.ProxyError) else ""
+                last = CoolifyUnavailable(f"cannot connect to {self.base_url}{via}: {type(e).__name__}",
                                           method=method, path=path)
                 if not idempotent:
                     raise last from e

@@ -17,6 +17,18 @@ idle longer than `keepalive_expiry` (5 s, httpx's default and uvicorn's keep-ali
 closed meanwhile (EOF seen by the event loop) is closed instead of reused, as httpcore does. A request cancelled
 in flight (the client's attempt timeout, a sibling step's failure) closes its connection: its state is unknown.
 Response decoding (gzip etc.) stays httpx's (`httpx.Response` decodes by the headers).
+
+Proxies: an origin the environment sends through a proxy (`HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY`, either case,
+minus `NO_PROXY`; read when the transport is made, as httpx reads them when a client is made) goes through httpx's
+own transport with that proxy (httpcore's forwarding and CONNECT tunnels, its exceptions). Only direct origins take
+the lean path: an operator who reaches Coolify through a proxy gets it, at httpx's CPU cost per request.
+
+Why not a library instead (issue 8, measured 2026-12-01): `httpx-aiohttp` 0.2.0 (aiohttp's C parser under httpx)
+costs ~0.9 ms of CPU per request here against this transport's ~0.6 ms (httpx's own: ~1.8 ms;
+benchmarks/coolify_client.py `--transports`), adds eight packages, and maps aiohttp's `ServerDisconnectedError`
+(the server hung up after the request was sent) and write errors to `httpx.ConnectTimeout`, which the client's
+retry rules read as "nothing was sent": a create could be sent twice. It would need its own exception mapping
+on top, so the plumbing would not go away.
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Mapping
 
 import httpx
 
@@ -48,6 +61,21 @@ class _Conn:
         self.writer.close()
 
 
+def env_proxy(url: httpx.URL, proxies: Mapping[str, str] | None = None) -> str | None:
+    """The proxy the environment names for `url` (`proxies`: `urllib.request.getproxies_environment()`, i.e.
+    `http_proxy`, `https_proxy`, `all_proxy`, `no_proxy` in either case), or None when it goes direct: no proxy
+    for its scheme, or its host (with or without port) matches a `NO_PROXY` entry (`*`, a name and its
+    subdomains, an address)."""
+    proxies = urllib.request.getproxies_environment() if proxies is None else proxies
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = url.host if url.port is None else f"{url.host}:{url.port}"
+    if urllib.request.proxy_bypass_environment(host, dict(proxies)):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 def _timeouts(request: httpx.Request) -> dict[str, float | None]:
     t = request.extensions.get("timeout") or {}
     return {k: t.get(k) for k in ("connect", "read", "write", "pool")}
@@ -58,8 +86,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
     waits for a free one up to the pool timeout (`httpx.PoolTimeout`, nothing sent)."""
 
     def __init__(self, *, verify: ssl.SSLContext | bool = True, max_connections: int = 100,
-                 max_keepalive: int = 20, keepalive_expiry: float = 5.0) -> None:  # fmt: skip
+                 max_keepalive: int = 20, keepalive_expiry: float = 5.0, trust_env: bool = True) -> None:  # fmt: skip
+        """`trust_env`: honour the environment's proxy settings (module docstring), as httpx's clients do."""
         self._verify = verify
+        self._proxies: dict[str, str] = urllib.request.getproxies_environment() if trust_env else {}
+        self._via: dict[tuple[bytes, bytes, int], httpx.AsyncBaseTransport | None] = {}
+        self._proxied: dict[str, httpx.AsyncBaseTransport] = {}
         self._ssl: ssl.SSLContext | None = None
         self._max_connections = max_connections
         self._max_keepalive = max_keepalive
@@ -115,6 +147,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"the URL's scheme must be http or https, not {url.scheme!r}")
         port = url.port or (443 if scheme == b"https" else 80)
         key = (scheme, url.raw_host, port)
+        via = self._via.get(key, self) if self._proxies else None
+        if via is self:
+            via = self._via[key] = self._proxy_transport(url)
+        if via is not None:
+            return await via.handle_async_request(request)
         timeouts = _timeouts(request)
         slots = self._slots.get(key)
         if slots is None:
@@ -171,7 +208,22 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except OSError as e:
             raise httpx.ReadError(f"reading Coolify's answer failed: {e}") from e
 
+    def _proxy_transport(self, url: httpx.URL) -> httpx.AsyncBaseTransport | None:
+        """httpx's own transport through the proxy the environment names for `url`'s origin; None: go direct."""
+        proxy = env_proxy(url, self._proxies)
+        if proxy is None:
+            return None
+        if proxy not in self._proxied:
+            self._proxied[proxy] = httpx.AsyncHTTPTransport(
+                proxy=httpx.Proxy(proxy), verify=self._ssl_context(), trust_env=False,
+                limits=httpx.Limits(max_connections=self._max_connections,
+                                    max_keepalive_connections=self._max_keepalive,
+                                    keepalive_expiry=self.keepalive_expiry))  # fmt: skip
+        return self._proxied[proxy]
+
     async def aclose(self) -> None:
+        for proxied in self._proxied.values():
+            await proxied.aclose()
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -228,3 +228,79 @@ async def test_the_coolify_client_over_it_against_the_stand_in(standin, token: s
         projects = [await c.list_projects() for _ in range(3)]
     assert servers is not None and all(p == projects[0] for p in projects)
     assert transport.inner.connects == 1
+
+
+def test_env_proxy_follows_the_proxy_variables_and_no_proxy() -> None:
+    from inkmcp.coolify.transport import env_proxy
+
+    url = httpx.URL("https://coolify.example.com/api/v1/projects")
+    assert env_proxy(url, {}) is None
+    assert env_proxy(url, {"http": "http://p:3128"}) is None  # no proxy for https
+    assert env_proxy(url, {"https": "p:3128"}) == "http://p:3128"
+    assert env_proxy(url, {"all": "socks5://p:1080"}) == "socks5://p:1080"
+    assert env_proxy(url, {"https": "http://a:1", "all": "http://b:2"}) == "http://a:1"
+    for no in ("*", "coolify.example.com", "example.com", ".example.com", "other.org, example.com"):
+        assert env_proxy(url, {"https": "http://p:3128", "no": no}) is None, no
+    for no in ("other.org", "ample.com.evil", "coolify.example.com:8000"):
+        assert env_proxy(url, {"https": "http://p:3128", "no": no}) == "http://p:3128", no
+    private = httpx.URL("http://10.0.1.10:8000/api/v1/projects")
+    assert env_proxy(private, {"http": "http://p:3128", "no": "10.0.1.10"}) is None
+    assert env_proxy(private, {"http": "http://p:3128", "no": "10.0.1.11"}) == "http://p:3128"
+
+
+async def test_the_coolify_url_goes_through_the_environments_proxy_unless_no_proxy_names_it(
+        serve, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The provider as `inkmcp serve` builds it (`from_settings`: PolicyTransport over LeanTransport): with
+    HTTP_PROXY set, the request reaches the proxy in absolute form and Coolify sees no connection; with NO_PROXY
+    naming Coolify's host it goes direct, on the lean path."""
+    from pydantic import SecretStr
+
+    from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+    from inkmcp.providers.compute.coolify.settings import CoolifySettings
+
+    coolify, proxy = await serve(json_answer([])), await serve(json_answer([]))
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+
+    async def list_projects() -> None:
+        settings = CoolifySettings(url=coolify.url, token=SecretStr("1|proxytest"))
+        provider = CoolifyComputeProvider.from_settings(settings, tmp_path)
+        try:
+            assert await provider.client.list_projects() == []
+        finally:
+            await provider.client.aclose()
+
+    await list_projects()
+    assert coolify.connections == 0 and len(proxy.heads) == 1
+    assert proxy.heads[0].startswith(f"GET {coolify.url}/api/v1/projects HTTP/1.1\r\n".encode())
+
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    await list_projects()
+    assert len(proxy.heads) == 1 and coolify.connections == 1
+    assert coolify.heads[0].startswith(b"GET /api/v1/projects HTTP/1.1\r\n")
+
+
+async def test_an_https_coolify_url_is_tunnelled_and_a_refused_tunnel_is_not_sent(
+        serve, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """HTTPS_PROXY: a CONNECT to Coolify's host (the name, never resolved here); a proxy that refuses the tunnel
+    is "nothing sent" to the client (CoolifyUnavailable naming the proxy), so even a create may be tried again."""
+    from inkmcp.coolify.client import CoolifyClient, CoolifyUnavailable, RetryPolicy
+    from inkmcp.coolify.models import ProjectCreate
+    from inkmcp.providers.compute.coolify import policy
+
+    async def refuse(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        return False
+
+    proxy = await serve(refuse)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    async with CoolifyClient("https://coolify.invalid", "1|proxytest", transport=policy.PolicyTransport(),
+                             retry=RetryPolicy(attempts=1)) as c:  # fmt: skip
+        with pytest.raises(CoolifyUnavailable, match="through the proxy"):
+            await c.create_project(ProjectCreate(name="p-1", description="d"))
+    assert len(proxy.heads) == 1
+    assert proxy.heads[0].startswith(b"CONNECT coolify.invalid:443 HTTP/1.1\r\n")
