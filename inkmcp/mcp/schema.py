@@ -106,33 +106,69 @@ def strict_model(model: type[BaseModel]) -> type[BaseModel]:
 
 
 def explain(e: ValidationError, valid: list[str]) -> str:
-    """One line per problem: argument, what was wrong, what to pass instead."""
-    parts = []
-    # A union argument (deploy_app's `database.type`: one type or a list of them) fails once per member, each at a
-    # loc ending in pydantic's tag for the member ("literal['postgres','byo','redis']", "list[...]"): an agent saw
-    # "Argument 'database.type.literal['postgres','byo','redis']'" and a second line for the list. One line per
-    # argument instead, naming it as the agent spells it, with each accepted form.
-    wrong: dict[str, list[str]] = {}
+    """One line per argument: what was wrong, what to pass instead.
+
+    A union argument (deploy_app's `database.type`: one type or a list of them) fails once per member, each at a
+    loc ending in pydantic's tag for the member ("literal['postgres','byo','redis']", "list[...]"): an agent saw
+    "Argument 'database.type.literal['postgres','byo','redis']'" and a second line for the list. A list's bad
+    item came back as a second argument too (`database.type=["x"]`: "Argument 'database.type'" for the scalar
+    member and "Argument 'database.type.0'" for the item). The argument is the loc up to the first union tag or
+    list index, named as the agent spells it; what lies below (the item) is said inside its one line.
+    """
+    parts: list[str] = []
+    wrong: dict[str, list[tuple[str, str, Any]]] = {}  # argument -> (where inside it, message, input there)
     inputs: dict[str, Any] = {}
     slot: dict[str, int] = {}
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not _is_union_tag(x)) or "arguments"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
-        elif err["type"] == "missing":
-            parts.append(f"Argument '{loc}' is required. Fix: pass it.")
-        else:
-            if loc not in wrong:
-                slot[loc] = len(parts)
-                parts.append("")  # filled below, once every member's message is known
-            wrong.setdefault(loc, []).append(err["msg"])
+        if err["type"] in ("extra_forbidden", "missing"):
+            loc = ".".join(str(x) for x in err["loc"] if not _is_union_tag(x)) or "arguments"
+            if err["type"] == "extra_forbidden":
+                parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
+            else:
+                parts.append(f"Argument '{loc}' is required. Fix: pass it.")
+            continue
+        head, inner = _split_loc(err["loc"])
+        loc = ".".join(head) or "arguments"
+        if loc not in wrong:
+            slot[loc] = len(parts)
+            parts.append("")  # filled below, once every member's message is known
+            wrong[loc] = []
+        wrong[loc].append((inner, err["msg"], err.get("input")))
+        if not inner:
             inputs.setdefault(loc, err.get("input"))
-    for loc, msgs in wrong.items():
-        got = inputs[loc]
-        shown = repr(got)[:80] if got is not None else "null"
+    for loc, found in wrong.items():
+        # A problem inside the value (an item of a list) means the value had the member's shape: the other
+        # members' "should be a string" about the whole list would only mislead.
+        inside = [f for f in found if f[0]]
+        if inside:
+            by_msg: dict[str, list[str]] = {}
+            for where, msg, got in inside:
+                by_msg.setdefault(msg, []).append(f"{where} ({_shown(got)})")
+            said = "; ".join(f"{', '.join(wheres)}: {msg[:1].lower()}{msg[1:]}" for msg, wheres in by_msg.items())
+            parts[slot[loc]] = f"Argument '{loc}': {said}."
+            continue
+        msgs = list(dict.fromkeys(msg for _, msg, _ in found))
         msg = msgs[0] + "".join(f"; or {m[:1].lower()}{m[1:]}" for m in msgs[1:])
-        parts[slot[loc]] = f"Argument '{loc}': {msg} (got {shown})."
+        parts[slot[loc]] = f"Argument '{loc}': {msg} (got {_shown(inputs.get(loc))})."
     return " ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:80] if value is not None else "null"
+
+
+def _split_loc(loc: tuple[int | str, ...]) -> tuple[list[str], str]:
+    """(the argument's path, where inside its value): the argument ends at the first union tag or list index;
+    what follows reads "item 0", "item 0.name"."""
+    head: list[str] = []
+    rest = list(loc)
+    while rest and not (_is_union_tag(rest[0]) or isinstance(rest[0], int)):
+        head.append(str(rest.pop(0)))
+    inner = [x for x in rest if not _is_union_tag(x)]
+    where = ""
+    for x in inner:
+        where += f"item {x}" if isinstance(x, int) and not where else f"[{x}]" if isinstance(x, int) else f".{x}"
+    return head, where
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "tuple", "set"}

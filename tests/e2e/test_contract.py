@@ -209,6 +209,13 @@ async def test_union_argument_error_is_one_line_naming_the_argument(server: Serv
         msg = await call_error(s, "deploy_app", repo_url="https://example.invalid/x.git", database={"type": "mysql"})
         assert msg.count("Argument 'database.type'") == 1 and "literal[" not in msg, msg
         assert "'postgres', 'byo' or 'redis'" in msg and "list" in msg and "'mysql'" in msg, msg
+        # A list with bad items: still one line for the argument, naming each bad item, and no word about the
+        # scalar form the agent did not use (it came back as "Argument 'database.type'" + "'database.type.0'").
+        msg = await call_error(s, "deploy_app", repo_url="https://example.invalid/x.git",
+                               database={"type": ["postgres", "x", 3]})  # fmt: skip
+        assert msg.count("Argument '") == 1 and "database.type.1" not in msg, msg
+        assert msg == ("Argument 'database.type': item 1 ('x'), item 2 (3): input should be 'postgres', 'byo' or "
+                       "'redis'."), msg
 
 
 async def test_concurrent_ensure_project_creates_exactly_one(server: ServerProc) -> None:
