@@ -3,6 +3,7 @@
     data_dir/                          0711 when root (tenants traverse, cannot list)
       bin/                             root 0755: `python`/`python3` shims for apps without a venv
       homes/<ink-user>/                tenant 0700, the project user's HOME
+      proxy/                           root:nogroup 0710: nginx's config, error log and control socket
       projects/<project_id>/           root 0711
         mirrors/                       tenant 0700: git mirrors of this project (git runs as the tenant)
         locks/                         root 0700: flock files for those mirrors
@@ -32,6 +33,7 @@ project's user only.
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 from pathlib import Path
@@ -45,7 +47,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def safe_id(value: str, argument: str) -> str:
     """Ids become path components: refuse anything that could escape the layout."""
-    if not _SAFE_ID.match(value) or ".." in value:
+    if not _SAFE_ID.fullmatch(value) or ".." in value:
         raise InvalidArgument(f"{value!r} is not a safe identifier", argument=argument,
                               fix="use letters, digits, '-', '_' or '.'")  # fmt: skip
     return value
@@ -121,6 +123,7 @@ def prepare_data_dir(data_dir: Path, *, root: bool) -> None:
     for d in (data_dir, data_dir / "services", data_dir / "homes", data_dir / "projects"):
         os.chown(d, 0, 0, follow_symlinks=False)
         d.chmod(0o711)
+    prepare_proxy_dir(data_dir / "proxy")
     for parent in data_dir.resolve().parents:
         if not parent.stat().st_mode & 0o001:
             raise InvalidArgument(
@@ -128,3 +131,23 @@ def prepare_data_dir(data_dir: Path, *, root: bool) -> None:
                 argument="data_dir",
                 fix=f"chmod o+x {parent} or choose a data_dir under a world-traversable path",
             )
+
+
+def prepare_proxy_dir(path: Path) -> None:
+    """The proxy's runtime dir, closed to tenants: root 0710, group nogroup (nginx's workers, which send
+    idle-tracking lines to its idle.sock and keep request bodies in its tmp/).
+
+    It was 0711 like the rest of the data dir, and nginx writes its files with the server's umask: any
+    tenant read error.log (every other account's failed request lines, query strings and all: OAuth codes,
+    reset tokens), nginx.conf (every routed hostname and its app's loopback port) and spoke to ctl.sock
+    (red team 2026-12-01). Made before the proxy starts; nginx's own mkdir(exist_ok) keeps this mode.
+    """
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chown(path, 0, 0, follow_symlinks=False)
+    try:
+        workers = grp.getgrnam("nogroup").gr_gid
+    except KeyError:  # no nginx workers to let in (the nginx proxy needs the group and says so)
+        path.chmod(0o700)
+        return
+    os.chown(path, 0, workers, follow_symlinks=False)
+    path.chmod(0o710)
