@@ -3,27 +3,89 @@
 Tenant output is unbounded, the disk is not: each log rotates at `max_bytes` keeping one old file,
 so a chatty app costs at most ~2x the cap. Lines are written whole and flushed at once because
 agents read logs right after something fails.
+
+Writing is not free for InkMCP: each line costs the server ~5-10 us of its one event loop (split,
+decode, write, flush). A tenant printing empty lines as fast as it can (`yes ""`) kept the loop busy
+enough that the MCP endpoint's /healthz timed out for every account (red team 2026-12-01). So each
+process's output, and each build's, goes through an `OutputBudget`: a token bucket of lines and bytes
+per second. Past it InkMCP stops reading for a moment; the tenant's pipe fills and its writes block,
+so the flood slows the flooding process (its own CPU quota), not the server and the other accounts.
+Nothing is dropped: every line still reaches the log, only later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 MAX_LOG_BYTES = 5 * 1024 * 1024
 MAX_LINE_CHARS = 8192
+# Per process (or build), sustained and burst. 2,000 lines/s is ~2 % of a core at ~8.5 us a line (measured
+# with pump_lines into a RotatingLog); the burst lets a start-up dump or a traceback storm through at once.
+LINES_PER_SECOND = 2000.0
+BURST_LINES = 20000.0
+BYTES_PER_SECOND = 2.0 * 1024 * 1024
+BURST_BYTES = 8.0 * 1024 * 1024
+YIELD_EVERY = 256  # lines written between two turns of the event loop, even within the budget
+
+
+class OutputBudget:
+    """A token bucket of lines and bytes: how much of one process's output InkMCP writes per second.
+
+    `take` spends and says how long to wait before reading more (0 while within the budget); `spend`
+    is the awaiting form for async writers (a build's output). Waiting is the backpressure: the tenant's
+    pipe fills while InkMCP sleeps, so the flooding process blocks on its own writes.
+    """
+
+    def __init__(self, *, lines_per_second: float = LINES_PER_SECOND, burst_lines: float = BURST_LINES,
+                 bytes_per_second: float = BYTES_PER_SECOND, burst_bytes: float = BURST_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rates = (lines_per_second, bytes_per_second)
+        self.bursts = (burst_lines, burst_bytes)
+        self.levels = [burst_lines, burst_bytes]
+        self.clock = clock
+        self.last = clock()
+        self.throttled = 0  # how many times a writer had to wait (the provider notes the first in the log)
+        self._unyielded = 0
+
+    def take(self, lines: int, nbytes: int) -> float:
+        now = self.clock()
+        elapsed, self.last = max(now - self.last, 0.0), now
+        wait = 0.0
+        for i, spent in enumerate((lines, nbytes)):
+            level = min(self.bursts[i], self.levels[i] + elapsed * self.rates[i]) - spent
+            self.levels[i] = level
+            if level < 0:
+                wait = max(wait, -level / self.rates[i])
+        if wait > 0:
+            self.throttled += 1
+        return wait
+
+    async def spend(self, lines: int, nbytes: int) -> None:
+        wait = self.take(lines, nbytes)
+        self._unyielded += lines
+        if wait > 0:
+            self._unyielded = 0
+            await asyncio.sleep(wait)
+        elif self._unyielded >= YIELD_EVERY:
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
 
 class RotatingLog:
     """Append-only line log rotating to `<name>.1` when it exceeds `max_bytes`."""
 
-    def __init__(self, path: Path, *, max_bytes: int = MAX_LOG_BYTES) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = MAX_LOG_BYTES, budget: OutputBudget | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._file: TextIO | None = None
         self._size = 0
+        self.budget = budget or OutputBudget()  # paces `awrite` (a build's output); `write` is never paced
 
     def _open(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -47,8 +109,9 @@ class RotatingLog:
         self._size += len(data.encode("utf-8", errors="replace"))
 
     async def awrite(self, line: str) -> None:
-        """Async sink form, as the buildpack's `log` callback expects."""
+        """Async sink form, as the buildpack's `log` callback expects; paced by `budget` (module docstring)."""
         self.write(line)
+        await self.budget.spend(1, len(line) + 1)
 
     def _rotate(self) -> None:
         self.close()

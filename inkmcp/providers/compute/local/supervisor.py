@@ -26,9 +26,11 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.build.process import TenantSandbox, write_pid_file
+from inkmcp.providers.compute.local.logs import BYTES_PER_SECOND, LINES_PER_SECOND, YIELD_EVERY, OutputBudget
 from inkmcp.providers.compute.local.spawn import ExitAwareProtocol, spawn
 
 LineSink = Callable[[str], None]
+PACING_NOTE_EVERY = 60.0  # seconds between two notes that a process's output is being paced
 
 
 @dataclass(frozen=True)
@@ -278,8 +280,16 @@ class _FailedSpawn:
         return 127
 
 
-async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink) -> None:
-    """Forward output line by line as `name | line`; chunked reads so huge lines cannot wedge it."""
+async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink,
+                     budget: OutputBudget | None = None) -> None:
+    """Forward output line by line as `name | line`; chunked reads so huge lines cannot wedge it.
+
+    Paced by `budget` (logs.py): past it, the next read waits, so a process flooding its output
+    blocks on its own pipe instead of keeping InkMCP's event loop busy for every account. The first
+    wait of each minute is noted in the log, so the app's owner sees why its writes were slow.
+    """
+    budget = budget or OutputBudget()
+    noted = -PACING_NOTE_EVERY
     pending = b""
     while True:
         chunk = await stream.read(65536)
@@ -287,11 +297,19 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink) ->
             break
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            sink(f"{name} | {raw.decode(errors='replace').rstrip(chr(13))}")
         if len(pending) > 65536:
-            sink(f"{name} | {pending.decode(errors='replace')}")
+            lines.append(pending)
             pending = b""
+        for start in range(0, len(lines), YIELD_EVERY):
+            part = lines[start:start + YIELD_EVERY]
+            for raw in part:
+                sink(f"{name} | {raw.decode(errors='replace').rstrip(chr(13))}")
+            wait = budget.take(len(part), sum(len(raw) + 1 for raw in part))
+            if wait > 0 and budget.clock() - noted >= PACING_NOTE_EVERY:
+                noted = budget.clock()
+                sink(f"{name} | [inkmcp] output over {LINES_PER_SECOND:g} lines/s or {BYTES_PER_SECOND / 2**20:g} "
+                     "MiB/s: InkMCP reads it more slowly, so the process's writes wait (nothing is dropped)")
+            await asyncio.sleep(wait)  # 0 still yields: other accounts' requests get the loop between slices
     if pending:
         sink(f"{name} | {pending.decode(errors='replace')}")
 
