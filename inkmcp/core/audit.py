@@ -42,6 +42,21 @@ def redact_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- attacker: PostgreSQL text and jsonb cannot hold NUL. A name like "shop\x00" was refused by check_name, then
+# recording that refusal failed in the INSERT: the agent got a bare "Error executing tool" instead of the
+# refusal, and the call left no audit row. NUL is written as the visible escape "\\x00" instead.
+def storable(value: Any) -> Any:
+    """`value` with every NUL in its strings (dict keys included) replaced by the text \\x00."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+# --- end attacker
+
+
 class AuditRow(BaseModel):
     """One audit entry as an operator reads it (`inkmcp audit`): arguments are the stored, redacted ones."""
 
@@ -91,10 +106,10 @@ class AuditLog:
             principal.account_id if principal else None,
             principal.actor if principal else "anonymous",
             action,
-            redact_url(target) if target else None,
-            Jsonb(redact_arguments(arguments)),
+            storable(redact_url(target)) if target else None,  # --- attacker: storable (NUL)
+            Jsonb(storable(redact_arguments(arguments))),
             "error" if error else "ok",
-            error[:2000] if error else None,
+            storable(error[:2000]) if error else None,
         ))
 
     async def query(self, *, account: str | None = None, since: datetime | None = None,

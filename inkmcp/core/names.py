@@ -13,16 +13,33 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 RESERVED_ENV = frozenset({"PORT", "HOME", "PATH", "VIRTUAL_ENV", "INKMCP_DEPLOYMENT"})
 
 
+# --- attacker: fullmatch, not match: `$` also matches before a trailing newline, so "shop\n" passed as a
+# name (stored, made a Unix user's project, put into a hostname) and "PATH\n" slipped past RESERVED_ENV.
 def check_name(value: str, argument: str) -> str:
-    if not isinstance(value, str) or not _LABEL.match(value):
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
         suggestion = slugify(value) if isinstance(value, str) else ""
         fix = f"use a DNS label ({NAME_RULE})" + (f", e.g. '{suggestion}'" if suggestion else "")
         raise InvalidArgument(f"{value!r} is not a valid name.", argument=argument, fix=fix)
+    if _reserved_label(value):
+        raise InvalidArgument(
+            f"{value!r} is not a valid name: '--' as its third and fourth characters marks an internationalized "
+            "DNS label ('xn--' is punycode), which browsers show as other letters or refuse.",
+            argument=argument, fix=f"use a name without '--' there, e.g. '{slugify(value)}'",
+        )  # fmt: skip
     return value
 
 
 def is_name(value: str) -> bool:
-    return bool(_LABEL.match(value))
+    return bool(_LABEL.fullmatch(value)) and not _reserved_label(value)
+
+
+def _reserved_label(value: str) -> bool:
+    """A "reserved LDH label" (RFC 5890 2.3.1): '--' in the third and fourth positions, the form of IDNA's
+    A-labels ('xn--…', punycode). A name becomes a DNS label (`<service>.<project>.<domain>`), and
+    `xn--80ak6aa92e` shows in a browser's address bar as Cyrillic letters that read "apple", so a tenant could
+    name a project after another brand's look-alike; `xn--abc` is not even valid punycode. slugify() never
+    makes one (it folds '--' into '-')."""
+    return value[2:4] == "--"
 
 
 def slugify(value: str) -> str:
@@ -63,7 +80,7 @@ def has_credentials(url: str) -> bool:
 
 
 def check_env_key(key: str) -> str:
-    if not ENV_KEY.match(key):
+    if not ENV_KEY.fullmatch(key):
         raise InvalidArgument(
             f"{key!r} is not a valid environment variable name.",
             argument="env_vars",
