@@ -552,3 +552,141 @@ async def test_an_answer_with_a_12_kb_head_passes(nginx_proxy):
         resp = await fetch(proxy, "bighead.p.localhost")
         assert resp.status_code == 200 and resp.text == "ok\n"
         assert resp.headers["x-big"] == "c" * (12000 - 60)
+
+
+# A raw app that tells each request which port nginx's connection to it came from ("peer N"): after a 101
+# (raw bytes, nginx relays them as an upgraded connection), or as the answer to a request whose body it read
+# whole (Content-Length or chunked).
+PEER_APP = r'''
+import asyncio, os
+class P(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.buf, self.up, self.peer = t, b"", False, t.get_extra_info("peername")[1]
+    def data_received(self, data):
+        self.buf += data
+        while not self.up and b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            low = head.lower()
+            if b"\r\nupgrade:" in low:
+                self.up = True
+                self.t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\n"
+                             b"peer %d\n" % self.peer)
+                return
+            if b"transfer-encoding: chunked" in low:
+                end = rest.find(b"\r\n0\r\n\r\n")
+                if end < 0:
+                    return
+                rest = rest[end + 7:]
+            elif b"content-length:" in low:
+                n = int(low.split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) < n:
+                    return
+                rest = rest[n:]
+            self.buf = rest
+            body = b"peer %d\n" % self.peer
+            self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+async def main():
+    server = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(os.environ["PORT"]))
+    await server.serve_forever()
+asyncio.run(main())
+'''
+_PIDFD_GETFD = 438  # Linux >= 5.6, the same number on every architecture
+
+
+def _nginx_tcp_sockets(proxy: NginxProxy) -> dict[tuple[int, int], int]:
+    """(local port, peer port) -> TCP_NODELAY of every connected TCP socket nginx's workers hold, read from
+    the workers' own file descriptors (pidfd_getfd gives this test a duplicate; closing it leaves nginx's)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: dict[tuple[int, int], int] = {}
+    for pid in proxy._workers():
+        pidfd = os.pidfd_open(pid)
+        try:
+            for entry in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if not os.readlink(entry).startswith("socket:"):
+                        continue
+                fd = libc.syscall(_PIDFD_GETFD, pidfd, int(entry.name), 0)
+                if fd < 0:
+                    raise OSError(ctypes.get_errno(), f"pidfd_getfd({pid}, {entry.name})")
+                with socket.socket(fileno=fd) as sock:
+                    if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+                        continue
+                    with contextlib.suppress(OSError):  # a listening socket has no peer
+                        peer = sock.getpeername()[1]
+                        out[(sock.getsockname()[1], peer)] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            os.close(pidfd)
+    return out
+
+
+@pytest.mark.parametrize("reuseport", [False, True], ids=["inherited-listener", "reuseport"])
+async def test_nodelay_on_every_client_socket_and_where_the_app_gets_small_writes(run_dir, reuseport):
+    """TCP_NODELAY where Nagle would hold a small write back until the peer's delayed ACK (up to 40 ms): on
+    every client connection (streamed answers), and on nginx's connection to the app for an upgraded
+    (WebSocket) connection and for a request body streamed to the app, chunked or with a length.
+
+    Why it can break: nginx sets TCP_NODELAY itself only under `tcp_nodelay on`, and a change that saves its
+    setsockopt per new connection (issue 12: `tcp_nodelay off`, the client side covered by the listening
+    socket's flag, which Linux copies to accepted sockets) must still route every request with an Upgrade or
+    a body to a location with `tcp_nodelay on`. Read here from nginx's own descriptors; the version with
+    `tcp_nodelay off` and three `if`s failed this test when any one `if` was missing."""
+    settings = ProxySettings(reuseport=reuseport)
+    proxy = NginxProxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=run_dir / "proxy", settings=settings)
+    await proxy.start()
+    try:
+        async with routed_app(proxy, PEER_APP, "plain.p.localhost"):
+            # a route (so an upstream pool) of its own per kind: no request reuses a connection to the app that
+            # another kind's request left with TCP_NODELAY on
+            route = proxy.get_route("plain.p.localhost")
+            assert route is not None
+            for kind in ("upgrade", "chunked", "length"):
+                proxy.set_route(Route(host=f"{kind}.p.localhost", port=route.port, owner=f"svc-{kind}"))
+            assert await proxy.settled()
+
+            def read_peer(sock: socket.socket) -> int:
+                got = b""
+                while not got.endswith(b"\n") or b"peer " not in got:
+                    chunk = sock.recv(4096)
+                    assert chunk, got
+                    got += chunk
+                return int(got.rsplit(b"peer ", 1)[1])
+
+            def exchange() -> dict[str, tuple[int, int]]:
+                """Per kind of request: (the client's own port, the port nginx's connection to the app came from),
+                each connection left open."""
+                conns: dict[str, tuple[int, int]] = {}
+                kinds = {
+                    "plain": [b"GET / HTTP/1.1\r\nHost: plain.p.localhost\r\n\r\n"],
+                    "upgrade": [b"GET /ws HTTP/1.1\r\nHost: upgrade.p.localhost\r\nUpgrade: websocket\r\n"
+                                b"Connection: Upgrade\r\n\r\n"],
+                    "chunked": [b"POST / HTTP/1.1\r\nHost: chunked.p.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"5\r\nhello\r\n", b"5\r\nworld\r\n0\r\n\r\n"],
+                    "length": [b"POST / HTTP/1.1\r\nHost: length.p.localhost\r\nContent-Length: 10\r\n\r\nhello",
+                               b"world"],
+                }  # fmt: skip
+                for kind, parts in kinds.items():
+                    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                    held.append(sock)
+                    for i, part in enumerate(parts):
+                        if i:
+                            time.sleep(0.05)  # the body's second part after nginx has sent the first on
+                        sock.sendall(part)
+                    conns[kind] = (sock.getsockname()[1], read_peer(sock))
+                return conns
+
+            held: list[socket.socket] = []
+            try:
+                conns = await asyncio.to_thread(exchange)
+                nodelay = await asyncio.to_thread(_nginx_tcp_sockets, proxy)
+                for kind, (client_port, upstream_port) in conns.items():
+                    assert nodelay[(proxy.port, client_port)] == 1, f"{kind}: client side without TCP_NODELAY"
+                    if kind != "plain":
+                        upstream = [v for (local, _), v in nodelay.items() if local == upstream_port]
+                        assert upstream == [1], f"{kind}: nginx -> app without TCP_NODELAY: {upstream}"
+            finally:
+                for sock in held:
+                    sock.close()
+    finally:
+        await proxy.close()

@@ -169,6 +169,15 @@ http {
     keepalive_requests 100000;
     underscores_in_headers on;
     ignore_invalid_headers off;
+    # Kept on, measured (proxy_speed.py --cost, 2026-12-01): with proxy_buffering off nginx sets TCP_NODELAY on
+    # each new client connection (13 syscalls a request on a new connection, the baseline's 12). `tcp_nodelay
+    # off` would save it (the listening socket's flag, which accepted sockets inherit, covers the client side),
+    # but nginx's connection to the app must keep TCP_NODELAY for an upgrade (WebSocket) and for a body streamed
+    # to the app (proxy_request_buffering off), or Nagle holds the next small write until the app's delayed ACK
+    # (up to 40 ms); sending those requests to a `tcp_nodelay on` location took three server-level `if`s
+    # ($http_upgrade, $content_length, $http_transfer_encoding): +452 instructions on every request (+2.3 %,
+    # kept-alive ones included) for one ~0.4 us syscall per connection. A map over the three headers cost
+    # +1,136, the `if`s inside the location +589. tests/local/test_nginx_proxy.py checks every such socket.
     tcp_nodelay on;
     proxy_http_version 1.1;
     proxy_buffering off;
@@ -610,6 +619,12 @@ def _listen(host: str, port: int, *, reuseport: bool) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         if not reuseport:
+            # Every accepted socket inherits it (Linux): a client connection has TCP_NODELAY from its first byte,
+            # whatever nginx writes before (or instead of) a proxied answer. nginx still sets it again on the
+            # first answer (`tcp_nodelay on`): dropping that setsockopt per connection needs `tcp_nodelay off`
+            # plus a check of every request for an Upgrade or a body (those need TCP_NODELAY towards the app),
+            # which costs more per request than the one syscall per connection (see `tcp_nodelay` in the template).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.listen(1024)
     except OSError as exc:
         sock.close()
