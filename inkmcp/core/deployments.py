@@ -2,8 +2,10 @@
 
 Steps, each recorded before the next starts (deployments.status + deployment_events):
 resolve commit → (no-op if the same commit, settings and env are already live or on their way)
-→ ensure database → store env (encrypted) → check out → BuildPlan → provider release (build →
-release command → start → health check → switch traffic → stop old) → live.
+→ BuildPlan → ensure database → the deployment, with the service's settings and env (encrypted) written in the
+same statement → provider release (build → release command → start → health check → switch traffic → stop old)
+→ live. A call refused before its deployment exists (a plan error, the retry-loop breaker, the account's
+concurrent-builds limit, ...) changes no setting or env var, and takes back a service or project it made.
 A failure leaves the previous version serving and the deployment `failed` with a reason an agent
 can act on. Deployments interrupted by a restart are resumed from their record at start-up.
 
@@ -72,7 +74,7 @@ from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import Prechecked, ProjectService, _refuse_more_builds
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
-from inkmcp.errors import InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
+from inkmcp.errors import Conflict, InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import (
     ComputeProvider,
@@ -201,8 +203,20 @@ _NEW_DEPLOYMENT_SQL = """
     ), go AS (
         SELECT 1 FROM svc, running WHERE NOT EXISTS (SELECT 1 FROM reusable) AND running.n < svc.max_builds
     ), kind AS (
-        UPDATE services SET service_type = %(type)s, mode = %(mode)s
-        WHERE id = %(service)s AND EXISTS (SELECT 1 FROM go) RETURNING id
+        UPDATE services SET service_type = %(type)s, mode = %(mode)s,
+                            repo_url = CASE WHEN %(write)s THEN %(repo_url)s ELSE repo_url END,
+                            repo_url_enc = CASE WHEN %(write)s THEN %(repo_url_enc)s::bytea ELSE repo_url_enc END,
+                            ref = CASE WHEN %(write)s THEN %(ref)s ELSE ref END,
+                            settings = CASE WHEN %(write)s THEN %(settings)s::jsonb ELSE settings END
+        WHERE id = %(service)s AND EXISTS (SELECT 1 FROM go) RETURNING id, project_id
+    ), env_set AS (
+        INSERT INTO env_vars (id, project_id, scope, key, value_enc)
+        SELECT gen_random_uuid(), kind.project_id, %(scope)s, x.k, x.v
+        FROM kind, unnest(%(set_keys)s::text[], %(set_values)s::bytea[]) AS x(k, v)
+        ON CONFLICT ON CONSTRAINT uq_env_vars_scope_key DO UPDATE SET value_enc = EXCLUDED.value_enc, updated_at = now()
+    ), env_unset AS (
+        DELETE FROM env_vars e USING kind
+        WHERE e.project_id = kind.project_id AND e.scope = %(scope)s AND e.key = ANY(%(unset_keys)s::text[])
     ), dep AS (
         INSERT INTO deployments (id, service_id, status, commit, config_hash, plan, claimed_by, lease_epoch,
                                  lease_until)
@@ -215,7 +229,10 @@ _NEW_DEPLOYMENT_SQL = """
     SELECT (SELECT id FROM reusable), (SELECT id FROM dep), (SELECT n FROM running), (SELECT max_builds FROM svc)
 """
 """_create_or_reuse's third statement: what _reusable_of decides, ProjectService.check_build_quota's count and
-limit (the account's own, else the default), and the writes, all on one snapshot taken after the locks."""
+limit (the account's own, else the default), and the writes, all on one snapshot taken after the locks. The writes
+happen only when the deployment is inserted (`kind` is empty otherwise): the service's type and mode, and with
+`write` the call's settings (repo URL, ref, settings) and its env vars (pre-encrypted: `EnvService.seal`), so a call
+refused here (the limit), or reusing a deployment, or refused before it got here, changed none of them."""
 
 
 def _reusable_of(live: uuid.UUID | None, dep_id: uuid.UUID | None, status: str | None) -> uuid.UUID | None:
@@ -284,6 +301,47 @@ def _compose_env(
         env.update((name, injected[var]) for name, var in plan.env_links.items() if var in injected)
     env.update(values)
     return env
+
+
+def _overlay(shared: Mapping[str, SecretStr], own: Mapping[str, SecretStr],
+             change: Mapping[str, str | None]) -> dict[str, SecretStr]:
+    """The agent's values for a service (project-wide, then the service's own) once `change` is applied to the
+    service's own: a value sets, None unsets (the project-wide value of that key, if any, shows again)."""
+    mine = {k: v for k, v in own.items() if k not in change}
+    mine.update((k, SecretStr(v)) for k, v in change.items() if v is not None)
+    return {**shared, **mine}
+
+
+@dataclass(frozen=True)
+class ServiceWrite:
+    """What a deploy_app call sets on its service, written only with the deployment it makes (_NEW_DEPLOYMENT_SQL):
+    the repo URL (shown, and whole only encrypted), ref, settings, and its env vars, already encrypted."""
+
+    repo_url: str
+    repo_url_enc: bytes | None
+    ref: str | None
+    settings: dict[str, Any]
+    set_keys: list[str]
+    set_values: list[bytes]
+    unset_keys: list[str]
+
+
+@dataclass
+class _Made:
+    """What a deploy_app call made for itself before its deployment, to take back if it is refused."""
+
+    project_id: uuid.UUID
+    created_project: bool
+    service_id: uuid.UUID | None = None
+    new_service: bool = False
+    keyed: bool = False  # --- ghkeys (issue 11): a deploy key was (being) set up for the service
+
+
+def _service_gone(name: str | None = None) -> Conflict:
+    what = f"service {name!r}" if name else "the service"
+    return Conflict(
+        f"{what} was removed while this deploy_app was setting it up (deleted, or made by a concurrent deploy_app that "
+        "was refused); nothing was deployed.", argument="service_name", fix="call deploy_app again")
 
 
 ProgressSink = Callable[[str], Awaitable[None]]
@@ -510,38 +568,10 @@ class DeployService:
         if cached is None and checkout is None:  # runs while the database work below does; dropped on a no-op
             checkout = self._checkouts / uuid.uuid4().hex
             reading = asyncio.ensure_future(checkout_fetched(fetched, checkout, policy=self._sources))
-        try:
-            # env goes in the service's transaction, unless a database is ensured first (its outcome decides)
-            service_id, new_service = upserted or await self._upsert_service(project.id, req,
-                                                                             with_env=req.database is None)
-            # --- issue 11 (github): the repo/branch a push redeploys this service for, and its auto-deploy flag
-            if self.github is not None:
-                await self.github.track(service_id, gh)
-            if keyed:  # --- ghkeys (issue 11): the service's deploy key on GitHub and in Coolify (made or found)
-                await self.github.ensure_deploy_key(p.account_id, service_id, gh, f"{project_name}/{req.service_name}")
-            # --- end
 
-            db = await self._databases.ensure(project.id, req.database) if req.database else None
-            if req.env_vars and req.database:
-                async with self._sessions.begin() as s:
-                    await self._envs.apply(s, project.id, str(service_id), req.env_vars)
-
-            settings = self._settings_of(req)
-            env = await self.effective_env(project.id, service_id)
-            config_hash = self._config_hash(commit, settings, env)
-
-            # Fast path without a lock; checked again under the service's lock when the deployment is created,
-            # since another call (on this replica or another) may create the same one meanwhile.
-            reusable = None if new_service else await self._reusable(service_id, config_hash)  # a new one has none
-            if reusable is not None:
-                await _drop_checkout(reading, checkout)
-                return await self.view(p, reusable, reused=True)
-            # --- issue 13 (credits): the retry-loop breaker (inkmcp/billing/breaker.py; app.py sets it when
-            # INKMCP_PRICES is set): the same failing deployment repeated too often is refused before it builds
-            breaker = getattr(self, "breaker", None)
-            if breaker is not None:
-                await breaker(service_id, config_hash, project_name, req.service_name)
-            # --- end
+        async def plan_of() -> tuple[BuildPlan, ServiceType, Mode]:
+            """The build plan, its service type and mode; refuses what the repo or the arguments get wrong."""
+            nonlocal checkout
             if cached is not None:
                 self._plans.move_to_end(plan_key)
                 plan, service_type = cached[0].model_copy(deep=True), cached[1]
@@ -565,32 +595,64 @@ class DeployService:
                 if not self._compute.needs_checkout:  # read for the plan only: the provider fetches the source
                     shutil.rmtree(checkout, ignore_errors=True)
                     checkout = None
-        except BaseException:
-            await _drop_checkout(reading, checkout)
-            raise
-        mode = req.mode or plan.mode or default_mode(service_type)
-        if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
-            # A static site has nothing to sleep or keep warm; say so rather than ignore it.
-            if checkout is not None:
-                shutil.rmtree(checkout, ignore_errors=True)
-            raise InvalidArgument(
-                f"mode {req.mode} does not apply to a static site.",
-                argument="mode",
-                fix="omit mode or pass 'static' for webapp_static services",
-            )
-        detail = _queued_detail(commit, _plan_hints(plan, env))
-        # --- issue 11 (github): a redeploy made by a push says which push (deployment_triggers keeps it too)
-        if self.github is not None:
-            detail = self.github.queued_detail(detail)
-        # --- end
+            if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
+                # A static site has nothing to sleep or keep warm; say so rather than ignore it.
+                raise InvalidArgument(
+                    f"mode {req.mode} does not apply to a static site.",
+                    argument="mode",
+                    fix="omit mode or pass 'static' for webapp_static services",
+                )
+            return plan, service_type, req.mode or plan.mode or default_mode(service_type)
+
+        # Nothing below writes the service's settings or env vars before the deployment is created: they go in
+        # _create_or_reuse's transaction, with it. A call refused on the way leaves them as they were, and takes
+        # back the service (and project) it made for itself (`_undo_refused`).
+        made = _Made(project.id, created, *(upserted or (None, False)))
         try:
+            planned: tuple[BuildPlan, ServiceType, Mode] | None = None
+            db = None
+            if req.database is not None:  # the plan first: a call refused for its plan makes no database
+                planned = await plan_of()
+                db = await self._databases.ensure(project.id, req.database)
+            (service_id, shared, own), injected = await asyncio.gather(
+                self._service_and_env(project.id, req, prechecked, made), self._databases.env_for(project.id))
+            settings = self._settings_of(req)
+            # the env this deployment runs with: what is stored, with this call's changes on top
+            env = _compose_env(injected, _overlay(shared, own, req.env_vars or {}))
+            config_hash = self._config_hash(commit, settings, env)
+
+            # Fast path without a lock; checked again under the service's lock when the deployment is created,
+            # since another call (on this replica or another) may create the same one meanwhile.
+            reusable = None if made.new_service else await self._reusable(service_id, config_hash)
+            if reusable is not None:
+                await _drop_checkout(reading, checkout)
+                checkout = None
+                await self._track(service_id, gh)
+                return await self.view(p, reusable, reused=True)
+            # --- issue 13 (credits): the retry-loop breaker (inkmcp/billing/breaker.py; app.py sets it when
+            # INKMCP_PRICES is set): the same failing deployment repeated too often is refused before it builds
+            breaker = getattr(self, "breaker", None)
+            if breaker is not None:
+                await breaker(service_id, config_hash, project_name, req.service_name)
+            # --- end
+            plan, service_type, mode = planned or await plan_of()
+            if keyed:  # --- ghkeys (issue 11): the service's deploy key on GitHub and in Coolify (made or found)
+                made.keyed = True
+                await self.github.ensure_deploy_key(p.account_id, service_id, gh, f"{project_name}/{req.service_name}")
+            # --- end
+            detail = _queued_detail(commit, _plan_hints(plan, env))
+            # --- issue 11 (github): a redeploy made by a push says which push (deployment_triggers keeps it too)
+            if self.github is not None:
+                detail = self.github.queued_detail(detail)
+            # --- end
             deployment_id, lease = await self._create_or_reuse(
-                service_id, commit, config_hash, plan, service_type, mode, detail=detail
-            )
-        except BaseException:  # e.g. the concurrent-builds limit: the checkout is nobody's now
-            if checkout is not None:
-                shutil.rmtree(checkout, ignore_errors=True)
+                service_id, commit, config_hash, plan, service_type, mode, detail=detail,
+                write=self._write_of(req))  # fmt: skip
+        except BaseException:  # refused (or failed) before a deployment was made: the checkout is nobody's now
+            await _drop_checkout(reading, checkout)
+            await self._undo_refused(made)
             raise
+        await self._track(service_id, gh)
         if lease is None:  # the same deployment was created meanwhile (by this replica or another)
             if checkout is not None:
                 shutil.rmtree(checkout, ignore_errors=True)
@@ -611,6 +673,62 @@ class DeployService:
         self._start(lease, checkout, (project.id, service_id))
         return view
 
+    async def _track(self, service_id: uuid.UUID, gh: Any) -> None:
+        """--- issue 11 (github): the repo/branch a push redeploys this service for, and its auto-deploy flag;
+        recorded once the call is accepted (a refused call leaves the service's tracking as it was)."""
+        if self.github is not None:
+            await self.github.track(service_id, gh)
+
+    async def _service_and_env(
+        self, project_id: uuid.UUID, req: DeployRequest, prechecked: Prechecked, made: _Made
+    ) -> tuple[uuid.UUID, dict[str, SecretStr], dict[str, SecretStr]]:
+        """(the service's id, the project-wide env values, the service's own), the service made here (with this
+        call's settings, no env) when the project has none of that name; `made` says whether this call made it.
+        An existing service is only read: its settings and env change with the deployment (_create_or_reuse)."""
+        found: uuid.UUID | None = None
+        shared: dict[str, SecretStr] = {}
+        own: dict[str, SecretStr] = {}
+        if made.service_id is not None or prechecked.service_exists:  # one statement: the id and the env values
+            found, shared, own = await self._envs.resolve_named(project_id, req.service_name)
+        if found is None:
+            async with self._sessions.begin() as s:
+                sid, new = await self._upsert_service_in(s, project_id, req, update=False)
+            if new:
+                made.service_id, made.new_service = sid, True
+            found, shared, own = await self._envs.resolve_named(project_id, req.service_name)
+            if found is None:
+                raise _service_gone(req.service_name)
+        if found != made.service_id:  # an existing service, or the one this call made was replaced meanwhile
+            made.service_id, made.new_service = found, False
+        return found, shared, own
+
+    def _write_of(self, req: DeployRequest) -> ServiceWrite:
+        shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)
+        keys, values, unset = self._envs.seal(req.env_vars or {})
+        return ServiceWrite(shown_url, url_enc, req.ref, self._settings_of(req), keys, values, unset)
+
+    async def _undo_refused(self, made: _Made) -> None:
+        """After a refusal: the service this call made (and its deploy key), then the project this call made, go
+        again, unless another call got further with them meanwhile (a deployment of the service, or another service
+        in the project). Best effort: a failure here is logged and the refusal is what the agent sees."""
+        try:
+            if made.new_service and made.service_id is not None:
+                if made.keyed and not await self._has_deployment(made.service_id):  # --- ghkeys (issue 11)
+                    await self.github.deploy_keys.remove(made.service_id)
+                await self._drop_new_service(made.project_id, made.service_id)
+            if made.created_project and await self._drop_if_empty(made.project_id) \
+                    and not self._compute.needs_checkout:  # its workspace is InkMCP's own directory
+                workspace = await self._compute.source_workspace(str(made.project_id))
+                _remove([workspace.mirrors_dir, workspace.locks_dir])
+        except Exception:
+            log.exception("could not take back what a refused deploy_app made",
+                          extra={"project": str(made.project_id), "service": str(made.service_id)})
+
+    async def _has_deployment(self, service_id: uuid.UUID) -> bool:
+        async with self._sessions() as s:
+            return (await s.execute(
+                select(Deployment.id).where(Deployment.service_id == service_id).limit(1))).first() is not None
+
     async def _fetch_beside_records(
         self, p: Principal, req: DeployRequest, project_name: str, prechecked: Prechecked, auth: Any,
         files_for: Callable[[Path, str], Path | None], written: list[Path],
@@ -619,7 +737,7 @@ class DeployService:
         the longer of the two instead of their sum (issue 12 item 4). For a provider whose workspace is InkMCP's own
         directory (no tenant user is made for it), so fetching into the workspace of a project that is only being
         created costs nothing to undo. A new project gets the id its workspace was named for; an existing
-        service is updated only once its source is fetched (a failed fetch leaves it as it was), and a new one
+        service is not written here (its settings and env change with its deployment), and a new one
         this call recorded goes again if the fetch fails, with a project this call created (as before: a typo in
         repo_url leaves nothing behind). Returns (project, created, fetched, (service id, new) or None)."""
         proposed = prechecked.project_id or uuid.uuid4()
@@ -629,8 +747,9 @@ class DeployService:
 
         async def new_service(s: AsyncSession, project: Project) -> tuple[uuid.UUID, bool] | None:
             if project.id != proposed or prechecked.service_exists:
-                return None  # an existing service is updated only once its source is fetched
-            return await self._upsert_service_in(s, project.id, req, with_env=True)
+                return None  # an existing service is only read, once its source is fetched
+            # no env, and a service made meanwhile by another call is left as it is: both go with the deployment
+            return await self._upsert_service_in(s, project.id, req, update=False)
 
         upserted: tuple[uuid.UUID, bool] | None = None
         try:
@@ -668,21 +787,25 @@ class DeployService:
         async with self._sessions() as s:
             return (await s.execute(select(Project.id).where(Project.id == project_id))).first() is not None
 
-    async def _drop_new_service(self, project_id: uuid.UUID, service_id: uuid.UUID) -> None:
-        """Undo a service this call recorded (with its env values) before its source could be fetched, unless a
-        deployment of it exists meanwhile (another call got further with it)."""
+    async def _drop_new_service(self, project_id: uuid.UUID, service_id: uuid.UUID) -> bool:
+        """Undo a service this call recorded, unless a deployment of it exists meanwhile (another call got further
+        with it). Under the service's lock, as _create_or_reuse takes it: a concurrent call's deployment is either
+        made first (the service stays) or finds the service gone (`_service_gone`: it says to call again)."""
         async with self._sessions.begin() as s:
+            await lock_service(s, service_id)
             gone = (await s.execute(
                 delete(Service).where(Service.id == service_id)
                 .where(~select(Deployment.id).where(Deployment.service_id == service_id).exists())
                 .returning(Service.id)
             )).first()  # fmt: skip
-            if gone is not None:
+            if gone is not None:  # values of a service recorded by older code (with its env); none now
                 await s.execute(delete(EnvVar).where(EnvVar.project_id == project_id,
                                                      EnvVar.scope == str(service_id)))
+        return gone is not None
 
-    async def _drop_if_empty(self, project_id: uuid.UUID) -> None:
-        """Undo a project this call created, unless something (another call) attached to it meanwhile."""
+    async def _drop_if_empty(self, project_id: uuid.UUID) -> bool:
+        """Undo a project this call created, unless something (another call) attached to it meanwhile. True if it
+        went."""
         async with self._sessions.begin() as s:
             gone = (
                 await s.execute(
@@ -694,6 +817,7 @@ class DeployService:
             ).first()
         if gone is not None:
             await self._compute.remove_project(str(project_id), ref_of(gone[1], self._compute.name))
+        return gone is not None
 
     def _settings_of(self, req: DeployRequest) -> dict[str, Any]:
         return {
@@ -734,9 +858,11 @@ class DeployService:
             return await self._upsert_service_in(s, project_id, req, with_env=with_env)
 
     async def _upsert_service_in(
-        self, s: AsyncSession, project_id: uuid.UUID, req: DeployRequest, *, with_env: bool = False
+        self, s: AsyncSession, project_id: uuid.UUID, req: DeployRequest, *, with_env: bool = False,
+        update: bool = True,
     ) -> tuple[uuid.UUID, bool]:
-        """`_upsert_service` in the caller's transaction."""
+        """`_upsert_service` in the caller's transaction. `update=False`: an existing service is left as it is
+        (deploy_app: its settings change only with the deployment they belong to, `_create_or_reuse`)."""
         shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
         await self._projects.check_service_quota(s, project_id, req.service_name)
         created = (await s.execute(
@@ -757,6 +883,9 @@ class DeployService:
         )).scalar()  # fmt: skip
         if created is not None:  # inserted with exactly these values
             service_id = created
+        elif not update:
+            service_id = (await s.execute(select(Service.id).where(
+                Service.project_id == project_id, Service.name == req.service_name))).scalar_one()
         else:
             svc = (
                 await s.execute(
@@ -831,9 +960,11 @@ class DeployService:
         *,
         reuse: bool = True,
         detail: str | None = None,
+        write: ServiceWrite | None = None,
     ) -> tuple[uuid.UUID, Lease | None]:
         """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
-        deployment claimed by this replica in the same transaction, and its lease."""
+        deployment claimed by this replica in the same transaction, and its lease; with `write`, the call's
+        settings and env vars written in the same statement as the deployment (nothing when none is made)."""
         dep_id = uuid.uuid4()
         lease = Lease(dep_id, self._leases.me, 1)  # as Leases.new_claim: inserted claimed, epoch 1
         # One transaction of three statements sent at once with its BEGIN and COMMIT (one round trip; were five
@@ -846,16 +977,22 @@ class DeployService:
                   "mode": mode.value, "dep": dep_id, "status": Step.queued.value, "commit": commit,
                   "plan": Jsonb(plan.model_dump(mode="json")), "me": self._leases.me,
                   "lease_seconds": float(self._leases.config.lease_seconds),
-                  "detail": detail or _queued_detail(commit)}  # fmt: skip
+                  "detail": detail or _queued_detail(commit), "write": write is not None, "scope": str(service_id),
+                  "repo_url": write and write.repo_url, "repo_url_enc": write and write.repo_url_enc,
+                  "ref": write and write.ref, "settings": Jsonb(write.settings) if write else None,
+                  "set_keys": write.set_keys if write else [], "set_values": write.set_values if write else [],
+                  "unset_keys": write.unset_keys if write else []}  # fmt: skip
         results = await statement_pool(self._sessions).transaction([
             ("SELECT pg_advisory_xact_lock(%s, %s)", (SERVICE_LOCK_CLASS, service_lock_key(service_id))),
             (_LOCK_OWNER_SQL, (service_id,)),
             (_NEW_DEPLOYMENT_SQL, params),
         ])  # fmt: skip
+        reused, inserted, builds, max_builds = results[2][0]
+        if max_builds is None:  # no service row (and so no owner row locked): removed meanwhile
+            raise _service_gone()
         if not results[1]:
             raise NotFound("the account no longer exists.", argument="account",
                            fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
-        reused, inserted, builds, max_builds = results[2][0]
         if reused is not None:
             return reused, None
         if inserted is None:  # the limit is reached: nothing was written (LimitReached, ProjectService's message)

@@ -21,6 +21,12 @@ from inkmcp.store.statements import statement_pool
 
 PROJECT_SCOPE = "*"
 _RESOLVE = "SELECT scope, key, value_enc FROM env_vars WHERE project_id = %s AND scope = ANY(%s)"
+# A service's id and the agent's values for it (project-wide and its own), by name: one statement for deploy_app
+_RESOLVE_NAMED = (
+    "SELECT s.id, e.scope, e.key, e.value_enc FROM services s LEFT JOIN env_vars e "
+    "ON e.project_id = s.project_id AND (e.scope = %(project_scope)s OR e.scope = s.id::text) "
+    "WHERE s.project_id = %(project)s AND s.name = %(name)s"
+)
 MAX_KEYS = 200
 MAX_VALUE_BYTES = 32 * 1024
 
@@ -113,6 +119,29 @@ class EnvService:
             await s.execute(delete(EnvVar).where(EnvVar.project_id == project_id))
             for scope, key, enc in rows:
                 s.add(EnvVar(project_id=project_id, scope=scope, key=key, value_enc=enc))
+
+    def seal(self, env: Mapping[str, str | None]) -> tuple[list[str], list[bytes], list[str]]:
+        """(keys set, their values encrypted, keys unset) of a service-scoped change, for a caller that writes it
+        in a statement of its own (deploy_app: with the deployment it belongs to, `DeployService._create_or_reuse`)."""
+        sets = sorted((k, v) for k, v in env.items() if v is not None)
+        return [k for k, _ in sets], [self._box.encrypt(v.encode()) for _, v in sets], \
+            sorted(k for k, v in env.items() if v is None)
+
+    async def resolve_named(
+        self, project_id: uuid.UUID, service_name: str
+    ) -> tuple[uuid.UUID | None, dict[str, SecretStr], dict[str, SecretStr]]:
+        """(the service's id, the project-wide values, the service's own values), in one statement; (None, {}, {})
+        when the project has no service of that name."""
+        rows = await statement_pool(self._sessions).fetch(
+            _RESOLVE_NAMED, {"project": project_id, "name": service_name, "project_scope": PROJECT_SCOPE})
+        if not rows:
+            return None, {}, {}
+        shared: dict[str, SecretStr] = {}
+        own: dict[str, SecretStr] = {}
+        for _id, scope, key, enc in rows:
+            if key is not None:
+                (shared if scope == PROJECT_SCOPE else own)[key] = SecretStr(self._box.decrypt(enc).decode())
+        return rows[0][0], shared, own
 
     async def resolve(self, project_id: uuid.UUID, service_id: uuid.UUID | None) -> dict[str, SecretStr]:
         scopes = [PROJECT_SCOPE] + ([str(service_id)] if service_id else [])
