@@ -638,7 +638,11 @@ class DeployService:
             plan, service_type, mode = planned or await plan_of()
             if keyed:  # --- ghkeys (issue 11): the service's deploy key on GitHub and in Coolify (made or found)
                 made.keyed = True
-                await self.github.ensure_deploy_key(p.account_id, service_id, gh, f"{project_name}/{req.service_name}")
+                try:
+                    await self.github.ensure_deploy_key(p.account_id, service_id, gh,
+                                                        f"{project_name}/{req.service_name}")
+                except ProviderUnavailable as e:  # Coolify's key registration: a tool error, not a bare failure
+                    raise unavailable(e, "deploy_app (setting up the repository's deploy key)") from None
             # --- end
             detail = _queued_detail(commit, _plan_hints(plan, env))
             # --- issue 11 (github): a redeploy made by a push says which push (deployment_triggers keeps it too)
