@@ -109,12 +109,30 @@ def run_with_platform(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> 
         raise typer.Exit(1) from None
 
 
-def claude_line(settings: Settings, key: str) -> str:
-    host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
-    return (
-        f'claude mcp add --transport http mcpdeploy http://{host}:{settings.port}/mcp '
-        f'--header "Authorization: Bearer {key}"'
-    )
+def claude_line(settings: Settings, key: str, url: str | None = None) -> str:
+    from inkmcp.serve import mcp_url
+
+    url = url or mcp_url(settings)
+    return f'claude mcp add --transport http mcpdeploy {url} --header "Authorization: Bearer {key}"'
+
+
+def _url_for_keys(settings: Settings, configured: bool) -> tuple[str, str | None]:
+    """The MCP URL for the printed `claude mcp add` line, and a note when it is a guess.
+
+    The server running on this data dir says where it listens (serve.json); without one, the settings this
+    command was given; with neither (no INKMCP_PORT/INKMCP_HOST, no --port/--host) the default, said as such,
+    since a bare `keys create` printed port 8081 for a server on another port and the user's client failed."""
+    from inkmcp.serve import mcp_url, running_address
+
+    running = running_address(settings.data_dir)
+    if running is not None:
+        return running[1], None
+    url = mcp_url(settings)
+    if configured:
+        return url, None
+    return url, (f"No `inkmcp serve` is running on {settings.data_dir}, so this line assumes the default address "
+                 f"{url}. If your server listens elsewhere, use its URL, or run this command with its settings: "
+                 "--port / --host (or INKMCP_PORT / INKMCP_HOST).")
 
 
 @app.command()
@@ -144,15 +162,28 @@ def serve(
 
 
 @keys_app.command("create")
-def keys_create(account: Account, label: Annotated[str | None, typer.Option()] = None, data_dir: DataDir = None
-                ) -> None:
-    """Create the account if needed and print a new key (shown once)."""
-    settings = load_settings(data_dir=data_dir)
+def keys_create(
+    account: Account,
+    label: Annotated[str | None, typer.Option()] = None,
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="the server's MCP host, for the printed line (default: the "
+                                                   "running server's, else 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="the server's MCP port, for the printed line (default: the "
+                                                  "running server's, else 8081)")] = None,
+) -> None:
+    """Create the account if needed and print a new key (shown once) with the line that connects Claude Code."""
+    import os
+
+    settings = load_settings(data_dir=data_dir, host=host, port=port)
+    configured = host is not None or port is not None or any(os.environ.get(v) for v in ("INKMCP_PORT", "INKMCP_HOST"))
     issued = run_with_platform(settings, lambda p: p.accounts.create_key(account, label))
     console.print(f"API key for account [bold]{issued.account}[/bold] (shown once, store it now):")
     print(issued.key)
+    url, note = _url_for_keys(settings, configured)
     console.print("\nAdd it to Claude Code:")
-    print(claude_line(settings, issued.key))
+    print(claude_line(settings, issued.key, url))
+    if note:
+        err.print(note, highlight=False)
 
 
 @keys_app.command("revoke")
