@@ -377,6 +377,14 @@ def default_mode(service_type: ServiceType) -> Mode:
     return Mode.static if service_type == ServiceType.webapp_static else Mode.persistent
 
 
+class ProcessNotService(NotFound):
+    """A service name that is a process of service `service` (a Procfile's `worker:` inside `web`)."""
+
+    def __init__(self, message: str, *, argument: str, fix: str, service: str) -> None:
+        super().__init__(message, argument=argument, fix=fix)
+        self.service = service
+
+
 class ComputeUnavailable(ProviderError):
     """The compute platform is unavailable right now; the same call can succeed later. Nothing was changed."""
 
@@ -1503,8 +1511,34 @@ class DeployService:
         for svc in services:
             if svc.name == service_name:
                 return project, svc
-        raise NotFound(
-            f"no service {service_name!r} in project {project_name!r}.",
+        raise await self.no_such_service(project, service_name, names)
+
+    async def no_such_service(self, project: Project, name: str, names: list[str]) -> NotFound:
+        """The error for a service name the project does not have, saying what it has: a Procfile's `worker:` (or
+        any process of a multi-process plan) runs inside its service (`web`), it is not a service of its own, and a
+        new user's agent asked for service 'worker' and heard only "no service 'worker'". Reads each service's
+        latest plan (only on this error path)."""
+        async with self._sessions() as s:
+            rows = (await s.execute(
+                select(Service.name, Deployment.plan).join(Deployment, Deployment.service_id == Service.id)
+                .where(Service.project_id == project.id)
+                .ext(distinct_on(Service.name)).order_by(Service.name, Deployment.created_at.desc())
+            )).all()  # fmt: skip
+        processes = {svc: [str(proc.get("name")) for proc in (plan or {}).get("processes") or ()]
+                     for svc, plan in rows}  # fmt: skip
+        for svc, procs in processes.items():
+            if name in procs and name != svc:
+                return ProcessNotService(
+                    f"{name!r} is a process of service {svc!r} in project {project.name!r}, not a service (service "
+                    f"{svc!r} runs {', '.join(procs)}).",
+                    argument="service_name",
+                    fix=f"pass service_name={svc!r}: a tool acts on the whole service, every process of it",
+                    service=svc,
+                )
+        shown = [f"{n} (processes: {', '.join(processes[n])})" if len(processes.get(n, ())) > 1 else n for n in names]
+        return NotFound(
+            f"no service {name!r} in project {project.name!r}"
+            + (f"; it has {len(names)}: {'; '.join(shown)}." if names else "; it has no services yet."),
             argument="service_name",
             fix=f"pass one of: {', '.join(names)}" if names else "deploy it first with deploy_app",
         )

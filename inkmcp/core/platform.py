@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.core.accounts import AccountService, LimitOverrides
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import NOT_SECRET, DatabaseInfo, DatabaseRequest, DatabaseService
-from inkmcp.core.deployments import DeployRequest, DeployService, ProgressSink, unavailable
+from inkmcp.core.deployments import DeployRequest, DeployService, ProcessNotService, ProgressSink, unavailable
 from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
 from inkmcp.core.limits import AccountLimits
 from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
@@ -222,10 +222,10 @@ class Platform:
             raise InvalidArgument(f"tail={tail} is out of range.", argument="tail", fix=f"pass 1..{MAX_TAIL}")
         try:
             project, svc = await self.deploys.get_service(p, project_name, service_name)
-        except NotFound as e:
-            if e.argument == "service_name" and service_name is not None:
-                raise await self._process_not_service(p, project_name, service_name) or e from None
-            raise
+        except ProcessNotService as e:  # its lines are in its service's logs, prefixed with its name
+            raise NotFound(e.message, argument="service_name",
+                           fix=f"pass service_name={e.service!r}: its logs hold every process's lines, those of "
+                               f"this one prefixed '{service_name} | '") from None
         deployment_id = None
         deployment_ref = None
         if scope == LogScope.build:
@@ -261,31 +261,6 @@ class Platform:
             lines=lines,
             truncated=truncated or len(raw) > tail,
         )
-
-    async def _process_not_service(self, p: Principal, project_name: str, name: str) -> NotFound | None:
-        """A Procfile's `worker:` (or inkmcp.yaml-less web + worker repo) runs as a process of service `web`, not a
-        service of its own; a new user's agent asked get_logs(service_name='worker') and was told only "no service
-        'worker'; pass one of: web". Say where that process's output is instead."""
-        project = await self.projects.get(p, project_name)
-        async with self.sessions() as s:
-            rows = (
-                await s.execute(
-                    select(Service.name, Deployment.plan)
-                    .join(Deployment, Deployment.service_id == Service.id)
-                    .where(Service.project_id == project.id)
-                    .order_by(Service.name, Deployment.created_at.desc())
-                    .distinct(Service.name)
-                )
-            ).all()
-        for service, plan in rows:
-            if any(proc.get("name") == name for proc in (plan or {}).get("processes") or ()):
-                return NotFound(
-                    f"{name!r} is a process of service {service!r} in project {project_name!r}, not a service.",
-                    argument="service_name",
-                    fix=f"pass service_name={service!r}: its logs hold every process's lines, those of this one "
-                    f"prefixed '{name} | '",
-                )
-        return None
 
     # ----------------------------------------------------------------- env vars
     async def update_env_vars(

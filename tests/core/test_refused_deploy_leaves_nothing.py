@@ -31,15 +31,15 @@ from inkmcp.build.source import SourcePolicy
 from inkmcp.core.accounts import AccountService
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
-from inkmcp.core.deployments import DeployRequest, DeployService, ProviderRetry
+from inkmcp.core.deployments import DeployRequest, DeployService, ProcessNotService, ProviderRetry
 from inkmcp.core.envvars import EnvService
 from inkmcp.core.limits import LimitDefaults, LimitReached
 from inkmcp.core.platform import Platform
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
-from inkmcp.errors import BuildPlanError, InvalidArgument
+from inkmcp.errors import BuildPlanError, InvalidArgument, NotFound
 from inkmcp.metrics import Metrics
-from inkmcp.providers.compute.base import ReleaseRequest
+from inkmcp.providers.compute.base import LogScope, ReleaseRequest
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store
@@ -303,3 +303,30 @@ async def test_the_same_deploy_again_is_still_a_no_op(world: World) -> None:
     newer = await w.deploy(name, env_vars={"MESSAGE": "two"})
     assert not newer.reused and newer.status == "live"
     assert (await w.stored(name))[0] == {"MESSAGE": "two"} and await w.serves(name) == "two"
+
+
+@pytest.mark.parametrize("world", ["coolify"], indirect=True)
+async def test_a_missing_service_name_says_which_services_and_processes_exist(world: World) -> None:
+    """`worker` of a Procfile runs inside service `web`: every tool asked for service 'worker' says so (before, only
+    get_logs did; update_env_vars and the rest said "no service 'worker'"), and a name that is neither lists the
+    services with their processes."""
+    w = world
+    name = w.name("procs")
+    assert (await w.deploy(name, env_vars={"MESSAGE": "one"})).status == "live"
+    site = git_repo(w.repo.parent / f"site-{uuid.uuid4().hex[:6]}", {"index.html": "<h1>hi</h1>\n"})
+    assert (await w.deploy(name, "site", repo=site)).status == "live"
+    with pytest.raises(ProcessNotService) as e:
+        await w.platform.update_env_vars(w.p, name, {"X": "1"}, "worker")
+    assert e.value.argument == "service_name" and e.value.service == "web"
+    assert "'worker' is a process of service 'web'" in e.value.message and "web, worker" in e.value.message
+    assert "service_name='web'" in (e.value.fix or "")
+    assert (await w.stored(name))[0] == {"MESSAGE": "one"}  # and nothing was stored anywhere
+    with pytest.raises(NotFound) as logs:
+        await w.platform.get_logs(w.p, name, scope=LogScope.runtime, service_name="worker", tail=10)
+    assert "'worker | '" in (logs.value.fix or "")  # get_logs says where that process's lines are
+    with pytest.raises(NotFound) as missing:
+        await w.deploys.get_service(w.p, name, "nope")
+    assert not isinstance(missing.value, ProcessNotService)
+    assert "no service 'nope'" in missing.value.message
+    assert "it has 2: site; web (processes: web, worker)" in missing.value.message, missing.value.message
+    assert missing.value.fix == "pass one of: site, web"
