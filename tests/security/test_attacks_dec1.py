@@ -38,11 +38,13 @@ import pytest
 from tests.security.conftest import (
     LAB_START,
     ROOT,
+    SHARED_ENV,
     deploy_live,
     lab_exec,
     lab_live,
     lab_repo,
     refused,
+    security_server,
     session,
     via_proxy,
 )
@@ -305,3 +307,69 @@ async def test_names_with_a_trailing_newline_or_lookalikes_are_refused(server: S
     names = [p["name"] for p in projects["projects"]]
     assert not [n for n in names if "evil" in n or "\n" in n or "\x00" in n], names
     assert "\\n" not in json.dumps(env) and "/tmp/evil" not in json.dumps(env), env
+
+
+# Inside mallory's app: a double-forked setsid daemon (out of every supervised process family) that
+# tries to bind the MCP server's port every 50 ms for 120 s and keeps what it gets in $HOME/squat.log.
+SQUATTER = r'''
+import os, socket, time
+log_path = os.path.join(os.environ["HOME"], "squat.log")
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    with open(log_path, "a", buffering=1) as log:
+        log.write(f"PID {os.getpid()}\n")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                sock.bind(("127.0.0.1", ARGS["port"]))
+            except OSError:
+                time.sleep(0.05)
+                continue
+            sock.listen(5)
+            log.write("BOUND\n")
+            conn, _ = sock.accept()
+            log.write(f"GOT {conn.recv(4096)!r}\n")
+            break
+    os._exit(0)
+os.waitpid(pid, 0)
+for _ in range(100):
+    if os.path.exists(log_path) and open(log_path).read().startswith("PID "):
+        break
+    time.sleep(0.05)
+result = int(open(log_path).read().split()[1])
+'''
+
+
+async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path) -> None:
+    """mallory plants a double-forked daemon that waits for the MCP server's port. Before the fix it
+    outlived the graceful stop, held the port and read the next agent's Bearer key (and the restarted
+    server could not bind it); now it dies with its service's cgroup at stop, the restarted server gets
+    its own port back and answers, and the daemon read nothing."""
+    with security_server("inkmcp-sec-squat-", ("mallory",), **SHARED_ENV) as srv:
+        async with session(srv, "mallory") as m:
+            lab = await lab_live(m, lab_repo(repos, "dec1-squat"), "mallory", project_name="dec1-squat")
+        daemon = lab_exec(srv, lab["url"], SQUATTER, port=srv.port)
+        assert Path(f"/proc/{daemon}").exists(), "the daemon did not start"
+        home = next((srv.data_dir / "compute" / "homes").iterdir())
+        port = srv.port
+        assert srv.stop() == 0, srv.log()
+        await asyncio.sleep(1)  # time for a survivor to bind (it retries every 50 ms)
+        assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(f"/proc/{daemon}/status").read_text(), \
+            f"mallory's daemon {daemon} outlived the server"
+        # (It may bind the port between uvicorn closing it and the provider's close killing the cgroups, a
+        # window of a second or two at shutdown: the report's residual item; the serve command would have
+        # to keep the listening socket open until the provider has closed.)
+        srv.start()
+        assert srv.port == port, f"the restarted server lost its port {port} (moved to {srv.port})"
+        r = httpx.post(f"http://127.0.0.1:{port}/mcp", json={}, headers={"Authorization": "Bearer dk_live_probe"},
+                       timeout=10)
+        assert r.status_code == 401, (r.status_code, r.text[:200])  # InkMCP's own answer, not a squatter's
+        assert "GOT" not in (home / "squat.log").read_text()

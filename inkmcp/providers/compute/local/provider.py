@@ -45,7 +45,7 @@ from inkmcp.providers.compute.base import (
     Step,
 )
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
-from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, Cgroups
+from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
 from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
 from inkmcp.providers.compute.local.nginx import make_proxy
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
@@ -209,6 +209,23 @@ class LocalComputeProvider:
     def _reap_stale(self) -> None:
         for run_dir in (self.data_dir / "services").glob("*/run"):
             reap_stale(run_dir)
+        self._kill_leftovers()  # a crashed InkMCP ran no close(): its tenants' daemons may hold its ports
+
+    def _kill_leftovers(self) -> None:
+        """Kill whatever is left in every service's cgroups (blocking; at close and at start).
+
+        Stopping a service's supervisors ends its process families, not a double-forked `setsid` daemon:
+        one lived on after InkMCP stopped, bound the MCP server's port the moment it was free and read the
+        next agent's `Authorization: Bearer` key (red team 2026-12-01). On restart InkMCP would have failed
+        with "address in use", or, on another port, left the squatter to whoever trusted the old one.
+        The daemon stays in its service's cgroup, so killing the groups whole (as `remove` does) ends it.
+        """
+        for service_dir in (self.data_dir / "services").iterdir() if (self.data_dir / "services").is_dir() else ():
+            for group in (service_dir.name, _build_group(service_dir.name)):
+                try:
+                    self.limits.kill_all(group)
+                except (CgroupKillError, OSError) as exc:
+                    log.warning("could not end the processes left in cgroup %s: %s", group, exc)
 
     async def close(self) -> None:
         if self._idle_task is not None:
@@ -223,6 +240,7 @@ class LocalComputeProvider:
                 svc.wake_task.cancel()
         await asyncio.gather(*(self._stop_service(svc) for svc in services), return_exceptions=True)
         await self._discard_prepared(services)  # --- wake: prepared starts end too
+        await asyncio.to_thread(self._kill_leftovers)
         for svc in services:
             svc.log.close()
         self._services.clear()
