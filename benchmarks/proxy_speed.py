@@ -224,6 +224,16 @@ def own_session(nice: int) -> None:
         raise SystemExit(f"--nice {nice}: cannot set the autogroup nice ({exc}); run as root, or no --nice") from exc
 
 
+def cpu_stat() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: the share of time the hypervisor gave to other guests
+    while this VM wanted to run. Printed with the run (steal bursts on this Firecracker VM moved whole runs'
+    baseline from ~6,300 to ~1,000 req/s while the load average read under 1)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[7], sum(fields[:8])
+    return 0, 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -603,6 +613,7 @@ def main() -> int:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     layout = Layout("free" if args.cost else args.layout)
     load_at_start = os.getloadavg()
+    stat_at_start = cpu_stat()
     print(f"load average at the start: {' '.join(f'{v:.2f}' for v in load_at_start)}; {layout.describe()}",
           file=sys.stderr)  # fmt: skip
     targets = args.targets.split(",")
@@ -676,12 +687,18 @@ def main() -> int:
     rounds = round_ratios(results)
     paired = paired_ratios(results)
     before = json.loads(args.compare.read_text())["figures"] if args.compare else {}
+    stat_at_end = cpu_stat()
+    elapsed = stat_at_end[1] - stat_at_start[1]
+    steal = 100 * (stat_at_end[0] - stat_at_start[0]) / elapsed if elapsed > 0 else float("nan")
     print(report(summary, paired, before, args, rounds, layout, load_at_start))
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; steal time during the run: "
+          f"{steal:.1f} % of CPU time (/proc/stat)")  # fmt: skip
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps({"label": args.label, "rounds": args.rounds, "seconds": args.seconds,
                                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                         "load_at_start": load_at_start, "layout": layout.describe(),
+                                         "load_at_start": load_at_start, "load_at_end": os.getloadavg(),
+                                         "steal_pct": steal, "layout": layout.describe(),
                                          "figures": summary, "paired": paired, "rounds_ratios": rounds},
                                         indent=2) + "\n")  # fmt: skip
     # With an A/A pair (nginx-again) in the run, a scenario whose pair strays more than 3 % is not judged:
