@@ -373,3 +373,35 @@ async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path)
                        timeout=10)
         assert r.status_code == 401, (r.status_code, r.text[:200])  # InkMCP's own answer, not a squatter's
         assert "GOT" not in (home / "squat.log").read_text()
+
+
+# Inside mallory's app: the task limits above her service's group, as the kernel enforces them on her forks.
+TASK_LIMITS = r'''
+import os
+lines = open("/proc/self/cgroup").read().splitlines()
+path = next((l.split(":", 2)[2] for l in lines if l.split(":")[1] == "pids"), None)
+base = "/sys/fs/cgroup/pids" if path is not None else "/sys/fs/cgroup"
+path = path if path is not None else next(l.split(":", 2)[2] for l in lines if l.startswith("0::"))
+caps = {}
+while path not in ("", "/"):
+    with open(f"{base}{path}/pids.max") as f:
+        caps[path] = f.read().strip()
+    path = os.path.dirname(path)
+result = {"caps": caps, "pid_max": int(open("/proc/sys/kernel/pid_max").read()),
+          "threads_max": int(open("/proc/sys/kernel/threads-max").read())}
+'''
+
+
+async def test_all_tenants_together_cannot_take_every_pid(server: ServerProc, world: dict[str, Any]) -> None:
+    """One account may run 20 projects x 10 services x INKMCP_PIDS_MAX (512) = 102,400 tasks, more than this
+    machine's pid_max (32,768 here): forking that many would stop every process on the host from forking,
+    InkMCP and PostgreSQL included. Exhausting the shared test box is not an option, so mallory's app reads
+    the limits the kernel applies to her forks: her service's 512, and above it a cap on all tenants
+    together that leaves a quarter of the machine's tasks to the host."""
+    seen = lab_exec(server, world["mallory"]["url"], TASK_LIMITS)
+    caps = {path: int(v) for path, v in seen["caps"].items() if v != "max"}
+    machine = min(seen["pid_max"], seen["threads_max"])
+    own = [v for path, v in caps.items() if path.count("/") == 2]
+    parent = [v for path, v in caps.items() if path.count("/") == 1]
+    assert own == [512], seen
+    assert parent and parent[0] <= machine * 3 // 4, f"no cap on all tenants together below {machine}: {seen}"

@@ -40,6 +40,22 @@ DEFAULT_PIDS_MAX = 512
 V1_REQUIRED = ("memory", "cpu", "pids")
 V1_OPTIONAL = ("freezer",)  # without it kill_all still works, by killing until the group is empty
 V2_CONTROLLERS = ("memory", "cpu", "pids")
+KERNEL = Path("/proc/sys/kernel")
+TENANT_TASK_SHARE = 0.75
+"""Of the machine's task limit (the lower of kernel.pid_max and kernel.threads-max), what all tenants together
+may hold: the parent group's pids.max. Per service is INKMCP_PIDS_MAX (512), but one account may run 20 projects
+x 10 services, 102,400 tasks, and pid_max is 32,768 on a kernel nobody raised it on (this test box): with every
+PID taken, nothing on the machine forks, InkMCP's spawns, nginx and PostgreSQL's backends included (red team
+2026-12-01). The remaining quarter is the host's and the control plane's."""
+
+
+def tenant_task_budget(kernel: Path = KERNEL) -> int | None:
+    """TENANT_TASK_SHARE of min(pid_max, threads-max), or None when neither can be read."""
+    limits = []
+    for name in ("pid_max", "threads-max"):
+        with contextlib.suppress(OSError, ValueError):
+            limits.append(int((kernel / name).read_text()))
+    return int(min(limits) * TENANT_TASK_SHARE) if limits else None
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,7 @@ class Cgroups:
                 self._enable_v2(base)
                 self.version = 2
                 self.controllers = V2_CONTROLLERS
+                self._cap_tenants(base / "pids.max")
                 return
             except OSError as e:
                 self.reason = f"cgroup v2 controllers cannot be delegated: {e.strerror}"
@@ -106,12 +123,26 @@ class Cgroups:
                 self.version = 1
                 self.controllers = tuple(present)
                 self.reason = ""
+                self._cap_tenants(self.root / "pids" / self.parent / "pids.max")
                 return
             except OSError as e:
                 self.reason = f"cgroup v1 hierarchy is not writable: {e.strerror}"
         elif not self.reason:
             missing = ", ".join(c for c in V1_REQUIRED if c not in present)
             self.reason = f"no cgroup {missing} controller on this host (memory, cpu and pids are needed)"
+
+    @staticmethod
+    def _cap_tenants(pids_max: Path) -> None:
+        """All tenants' tasks together stay under `tenant_task_budget` (best effort: never lowers a smaller cap)."""
+        budget = tenant_task_budget()
+        if budget is None or not pids_max.exists():
+            return
+        try:
+            current = pids_max.read_text().strip()
+            if current == "max" or int(current) > budget:
+                pids_max.write_text(str(budget))
+        except (OSError, ValueError) as e:
+            log.warning("could not cap all tenants' processes at %d (%s): %s", budget, pids_max, e)
 
     @staticmethod
     def _enable_v2(group: Path) -> None:
