@@ -44,7 +44,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -186,7 +186,8 @@ _LOCK_OWNER_SQL = """
 """
 _NEW_DEPLOYMENT_SQL = """
     WITH svc AS (
-        SELECT s.live_deployment_id, p.account_id, COALESCE(a.max_concurrent_builds, %(default_max)s) AS max_builds
+        SELECT s.live_deployment_id, p.account_id, COALESCE(a.max_concurrent_builds, %(default_max)s) AS max_builds,
+               s.name, s.removing_since, p.name AS project_name
         FROM services s JOIN projects p ON p.id = s.project_id JOIN accounts a ON a.id = p.account_id
         WHERE s.id = %(service)s
     ), last AS (
@@ -202,6 +203,7 @@ _NEW_DEPLOYMENT_SQL = """
         WHERE p.account_id = (SELECT account_id FROM svc) AND d.status <> ALL(%(terminal)s)
     ), go AS (
         SELECT 1 FROM svc, running WHERE NOT EXISTS (SELECT 1 FROM reusable) AND running.n < svc.max_builds
+                                         AND svc.removing_since IS NULL
     ), kind AS (
         UPDATE services SET service_type = %(type)s, mode = %(mode)s,
                             repo_url = CASE WHEN %(write)s THEN %(repo_url)s ELSE repo_url END,
@@ -226,7 +228,8 @@ _NEW_DEPLOYMENT_SQL = """
     ), event AS (
         INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM dep
     )
-    SELECT (SELECT id FROM reusable), (SELECT id FROM dep), (SELECT n FROM running), (SELECT max_builds FROM svc)
+    SELECT (SELECT id FROM reusable), (SELECT id FROM dep), (SELECT n FROM running), (SELECT max_builds FROM svc),
+           (SELECT name FROM svc), (SELECT removing_since FROM svc), (SELECT project_name FROM svc)
 """
 """_create_or_reuse's third statement: what _reusable_of decides, ProjectService.check_build_quota's count and
 limit (the account's own, else the default), and the writes, all on one snapshot taken after the locks. The writes
@@ -342,6 +345,16 @@ def _service_gone(name: str | None = None) -> Conflict:
     return Conflict(
         f"{what} was removed while this deploy_app was setting it up (deleted, or made by a concurrent deploy_app that "
         "was refused); nothing was deployed.", argument="service_name", fix="call deploy_app again")
+
+
+def _being_removed(project: str, name: str, since: datetime) -> Conflict:
+    return Conflict(
+        f"service {name!r} is being deleted (since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC); nothing was "
+        "deployed.",
+        argument="service_name",
+        fix="wait for the deletion to finish, then call deploy_app again to make the service anew; if the deletion "
+            f"was interrupted, call delete(project_name={project!r}, service_name={name!r}, confirm={name!r}) again "
+            "first")
 
 
 ProgressSink = Callable[[str], Awaitable[None]]
@@ -999,9 +1012,11 @@ class DeployService:
             (_LOCK_OWNER_SQL, (service_id,)),
             (_NEW_DEPLOYMENT_SQL, params),
         ])  # fmt: skip
-        reused, inserted, builds, max_builds = results[2][0]
+        reused, inserted, builds, max_builds, name, removing, project_name = results[2][0]
         if max_builds is None:  # no service row (and so no owner row locked): removed meanwhile
             raise _service_gone()
+        if removing is not None:  # remove_service's mark: nothing was written
+            raise _being_removed(project_name, name, removing)
         if not results[1]:
             raise NotFound("the account no longer exists.", argument="account",
                            fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
@@ -1581,8 +1596,14 @@ class DeployService:
         return done
 
     async def remove_service(self, project: Project, svc: Service) -> None:
-        """Wait for the service's deployments in progress (on any replica), then remove it. The service's
-        advisory lock is held from the check to the delete, so no deployment of it starts in between."""
+        """Wait for the service's deployments in progress (on any replica), then remove it.
+
+        Under the service's advisory lock (the one creating a deployment takes): the check that no deployment is in
+        progress, and the mark `removing_since`, from which on `_create_or_reuse` refuses deployments of it. The
+        removal at the compute platform then runs without the lock: under Coolify it includes the deploy key's
+        delete, which waits up to minutes for the applications' queued deletes, and a deploy_app of the service
+        used to wait all that time on the lock, holding a statement-pool connection. A removal that fails clears
+        the mark (the service stays as it was); the row goes once the platform's side is gone."""
         while True:
             async with self._sessions.begin() as s:
                 await lock_service(s, svc.id)
@@ -1593,15 +1614,22 @@ class DeployService:
                     )
                 ).scalar_one()
                 if not busy:
-                    fresh = await s.get(Service, svc.id)  # fresh refs: the last pipeline may have recorded some
-                    try:
-                        await self._compute.remove(self.key_of(fresh or svc, project))
-                    except ProviderUnavailable as e:
-                        raise unavailable(e, f"deleting service {svc.name!r}") from None
-                    await s.execute(delete(Service).where(Service.id == svc.id))
-                    return
+                    await s.execute(update(Service).where(Service.id == svc.id).values(removing_since=func.now()))
+                    break
             # the lock went with the transaction: a pipeline (maybe on another replica) is still releasing it
             await asyncio.sleep(0.2)
+        async with self._sessions() as s:
+            fresh = await s.get(Service, svc.id)  # fresh refs: the last pipeline may have recorded some
+        try:
+            await self._compute.remove(self.key_of(fresh or svc, project))
+        except BaseException as e:
+            async with self._sessions.begin() as s:
+                await s.execute(update(Service).where(Service.id == svc.id).values(removing_since=None))
+            if isinstance(e, ProviderUnavailable):
+                raise unavailable(e, f"deleting service {svc.name!r}") from None
+            raise
+        async with self._sessions.begin() as s:
+            await s.execute(delete(Service).where(Service.id == svc.id))
 
     async def restore_all(self) -> tuple[int, int]:
         """At start-up: bring live services back and resume interrupted deployments."""

@@ -112,6 +112,12 @@ class Service(TimestampMixin, Base):
     provider_ref: Mapped[dict[str, Any]] = mapped_column(
         server_default=text("'{}'::jsonb"), comment=PROVIDER_REF_COMMENT
     )
+    # --- envfix (migration 0013): set while delete removes the service at the compute platform, outside the
+    # service's lock; deploy_app refuses the service meanwhile (DeployService.remove_service)
+    removing_since: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="set while the service is being deleted; deploy_app refuses it meanwhile"
+    )
+    # --- end envfix
 
 
 class Deployment(TimestampMixin, Base):

@@ -31,15 +31,15 @@ from inkmcp.build.source import SourcePolicy
 from inkmcp.core.accounts import AccountService
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
-from inkmcp.core.deployments import DeployRequest, DeployService, ProcessNotService, ProviderRetry
+from inkmcp.core.deployments import ComputeUnavailable, DeployRequest, DeployService, ProcessNotService, ProviderRetry
 from inkmcp.core.envvars import EnvService
 from inkmcp.core.limits import LimitDefaults, LimitReached
 from inkmcp.core.platform import Platform
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
-from inkmcp.errors import BuildPlanError, InvalidArgument, NotFound
+from inkmcp.errors import BuildPlanError, Conflict, InvalidArgument, NotFound
 from inkmcp.metrics import Metrics
-from inkmcp.providers.compute.base import LogScope, ReleaseRequest
+from inkmcp.providers.compute.base import LogScope, ProviderUnavailable, ReleaseRequest
 from inkmcp.providers.database.postgres import PostgresDatabaseProvider
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store
@@ -61,9 +61,21 @@ class Gated:
         self.open = asyncio.Event()
         self.open.set()
         self.before_fetch: Callable[[], Awaitable[None]] | None = None
+        self.removal = asyncio.Event()  # removals at the platform proceed once set
+        self.removal.set()
+        self.removing = asyncio.Event()  # a removal has begun
+        self.removal_fails: BaseException | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    async def remove(self, key: Any) -> None:
+        self.removing.set()
+        await self.removal.wait()
+        failure, self.removal_fails = self.removal_fails, None
+        if failure is not None:
+            raise failure
+        await self._inner.remove(key)
 
     async def source_workspace(self, project_id: str) -> Any:
         step, self.before_fetch = self.before_fetch, None
@@ -136,6 +148,7 @@ async def world(request: pytest.FixtureRequest, store: Store, tenant_pg: Embedde
         yield World(harness, compute, deploys, platform, p, repo)
     finally:
         compute.open.set()
+        compute.removal.set()
         await deploys.close()
         await postgres.close()
         await harness.teardown()
@@ -330,3 +343,36 @@ async def test_a_missing_service_name_says_which_services_and_processes_exist(wo
     assert "no service 'nope'" in missing.value.message
     assert "it has 2: site; web (processes: web, worker)" in missing.value.message, missing.value.message
     assert missing.value.fix == "pass one of: site, web"
+
+
+@pytest.mark.parametrize("world", ["coolify"], indirect=True)
+async def test_a_deploy_during_the_service_s_deletion_is_refused_at_once_not_kept_waiting(world: World) -> None:
+    """delete held the service's lock for the whole removal at Coolify (the deploy key's delete waits up to 300 s
+    for the applications' queued deletes), so a deploy_app of the service waited that long on the lock, holding a
+    statement-pool connection. Now the removal runs outside the lock, the service marked; a deploy meanwhile is
+    refused at once and writes nothing, and a removal that fails leaves the service as it was."""
+    w = world
+    name = w.name("del")
+    first = await w.deploy(name, env_vars={"MESSAGE": "one"})
+    assert first.status == "live"
+
+    w.compute.removal_fails = ProviderUnavailable("503 Service Unavailable", retry_after=1)
+    with pytest.raises(ComputeUnavailable):
+        await w.platform.delete_service(w.p, name, "web", "web")
+    again = await w.deploy(name, env_vars={"MESSAGE": "one"})  # a failed deletion leaves it deployable, as before
+    assert (again.reused, again.deployment_id) == (True, first.deployment_id)
+
+    w.compute.removal.clear()
+    w.compute.removing.clear()
+    deleting = asyncio.ensure_future(w.platform.delete_service(w.p, name, "web", "web"))
+    await asyncio.wait_for(w.compute.removing.wait(), 20)
+    with pytest.raises(Conflict, match="is being deleted") as refused:
+        await asyncio.wait_for(w.deploy(name, wait=0, env_vars={"MESSAGE": "two"}), 10)
+    assert f"delete(project_name={name!r}, service_name='web', confirm='web')" in (refused.value.fix or "")
+    assert (await w.stored(name))[0] == {"MESSAGE": "one"}
+    assert [d.deployment_id for d in await w.platform.list_deployments(w.p, name, "web")] == [first.deployment_id]
+    w.compute.removal.set()
+    await asyncio.wait_for(deleting, 30)
+    assert "web" not in await w.services(name)
+    anew = await w.deploy(name, env_vars={"MESSAGE": "two"})
+    assert anew.status == "live" and await w.serves(name) == "two"
