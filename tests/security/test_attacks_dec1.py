@@ -16,10 +16,18 @@ Found broken and fixed here:
                   bursts of 20,000 lines / 8 MiB): past it InkMCP reads later and the flooder's writes block.
     names         `re.match` with `$` accepts a trailing newline: "shop\\n" was a valid project or service
                   name (stored, given a Unix user and a hostname "web.shop\\n.localhost") and "PATH\\n" a
-                  valid env var name next to the reserved PATH. Fix: fullmatch in core/names.py.
+                  valid env var name next to the reserved PATH. Fix: fullmatch in core/names.py. A NUL in a
+                  refused name broke the audit INSERT (bare "Error executing tool", no audit row): audit.storable.
+    squatting     A double-forked setsid daemon outlived InkMCP's graceful stop, bound the MCP server's port
+                  and read the next agent's Bearer key; the restarted server could not bind its port. Fix:
+                  the provider kills every service's cgroups whole at close and at start (_kill_leftovers).
+    pids          One account may hold 102,400 tasks (20 x 10 x 512), over this host's pid_max (32,768).
+                  Fix: the parent group's pids.max is 3/4 of the machine's task limit (not exhausted here:
+                  it would stop the shared box; the test reads the caps from mallory's app).
 
 Held (no test covered them): a WebSocket upgrade or an absolute-form request naming alice's `backend`
-service or the MCP server's own port through the proxy; unicode look-alike, NUL and path-part names.
+service or the MCP server's own port through the proxy; unicode look-alike, NUL and path-part names;
+writes to cgroup files (own limits, the parent's, freezing or joining alice's group).
 """
 
 from __future__ import annotations
@@ -405,3 +413,61 @@ async def test_all_tenants_together_cannot_take_every_pid(server: ServerProc, wo
     parent = [v for path, v in caps.items() if path.count("/") == 1]
     assert own == [512], seen
     assert parent and parent[0] <= machine * 3 // 4, f"no cap on all tenants together below {machine}: {seen}"
+
+
+# Inside mallory's app: write the cgroup files that would lift her limits or stop alice (found from her own
+# /proc/self/cgroup; alice's service id is handed over, as a listing of the parent group would show it).
+CGROUP_WRITES = r'''
+import os
+lines = open("/proc/self/cgroup").read().splitlines()
+v1 = {l.split(":")[1]: l.split(":", 2)[2] for l in lines if l.split(":")[1]}
+def path(controller, group):
+    own = v1.get(controller)
+    if own is None:  # v2: one tree
+        own = next(l.split(":", 2)[2] for l in lines if l.startswith("0::"))
+        return "/sys/fs/cgroup" + os.path.join(os.path.dirname(own), group)
+    return f"/sys/fs/cgroup/{controller}" + os.path.join(os.path.dirname(own), group)
+own = os.path.basename(v1.get("pids") or next(l.split(":", 2)[2] for l in lines if l.startswith("0::")))
+alice = ARGS["alice"]
+v2 = "pids" not in v1
+def write(p, text):
+    with open(p, "w") as f:
+        f.write(text)
+tries = {
+    "own pids.max": (path("pids", own) + "/pids.max", "max"),
+    "parent pids.max": (os.path.dirname(path("pids", own)) + "/pids.max", "max"),
+    "own memory limit": (path("memory", own) + "/memory.max", "max") if v2
+    else (path("memory", own) + "/memory.limit_in_bytes", "-1"),
+    "freeze alice": (path("memory", alice) + "/cgroup.freeze", "1") if v2
+    else (path("freezer", alice) + "/freezer.state", "FROZEN"),
+    "join alice": (path("pids", alice) + "/cgroup.procs", str(os.getpid())),
+    "leave own group": (os.path.dirname(path("pids", own)) + "/cgroup.procs", str(os.getpid())),
+}
+result = {name: attempt(write, p, text) for name, (p, text) in tries.items()}
+result["remove alice"] = attempt(os.rmdir, path("pids", alice))
+result["own"] = own
+'''
+
+
+async def test_tenant_cannot_rewrite_cgroup_limits_or_freeze_another(server: ServerProc, world: dict[str, Any]) -> None:
+    """From her app mallory raises her own and the parent's pids.max and her memory limit, freezes alice's
+    service, moves herself into alice's group or out of her own, removes alice's group: each refused."""
+    services = await _service_ids(server)
+    seen = lab_exec(server, world["mallory"]["url"], CGROUP_WRITES, alice=services["alice-web"])
+    assert seen.pop("own") == services["mallory-web"], seen
+    for name, outcome in seen.items():
+        assert outcome[0] in ("EACCES", "EPERM"), f"{name}: {outcome}"
+    assert via_proxy(server, world["web"]["url"], timeout=10).text == "alice says hi"
+
+
+async def _service_ids(server: ServerProc) -> dict[str, str]:
+    """alice's web and mallory's web service ids, from their processes' cgroups (as root)."""
+    out = {}
+    for name, account, project in (("alice-web", "alice", ALICE), ("mallory-web", "mallory", MALLORY)):
+        async with session(server, account) as s:
+            services = await call(s, "list_services", project_name=project)
+        assert any(svc["name"] == "web" and svc["state"] == "running" for svc in services["services"]), services
+        who = via_proxy(server, f"http://web.{project}.localhost:{server.proxy_port}", "/whoami").json()
+        line = next(x for x in who["cgroup"].splitlines() if ":pids:" in x or x.startswith("0::"))
+        out[name] = line.rsplit("/", 1)[1]
+    return out
