@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from inkmcp.app import open_runtime
+from inkmcp.errors import InkError
 from inkmcp.mcp.server import build_http_app, build_mcp
 from inkmcp.settings import Settings
 
@@ -148,11 +149,51 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
 
 
 async def serve_stdio(settings: Settings, account: str) -> None:
-    rt = await open_runtime(settings, serve=True)
     try:
-        principal = await rt.platform.accounts.principal_for(account, "stdio")
+        rt = await open_runtime(settings, serve=True)
+    except InkError as e:
+        await refuse_stdio(_stdio_refusal(settings, e))
+        raise SystemExit(1) from None
+    try:
+        try:
+            principal = await rt.platform.accounts.principal_for(account, "stdio")
+        except InkError as e:
+            await refuse_stdio(e.render())
+            raise SystemExit(1) from None
         server = build_mcp(rt.platform, rt.metrics, stdio_principal=principal,
                            deploy_answer_within=settings.deploy_answer_within)
         await server.run_stdio_async()
     finally:
         await rt.close()
+
+
+def _stdio_refusal(settings: Settings, e: InkError) -> str:
+    """The start-up error as the stdio client should show it; beside a running `inkmcp serve`, how to reach that
+    one instead (its URL from serve.json, and the command that makes it a key)."""
+    running = running_address(settings.data_dir)
+    if running is None:
+        return e.render()
+    way = (f"connect this client to that server over HTTP instead: {running[1]}, with a key from "
+           f"`{keys_create_line(settings)}`")
+    return type(e)(e.message, argument=e.argument, fix=f"{e.fix}; or {way}" if e.fix else way).render()
+
+
+async def refuse_stdio(message: str) -> None:
+    """Answer every request on stdin with a JSON-RPC error carrying `message`, until the client closes stdin.
+
+    A stdio server that fails to start and exits shows the MCP client only "Connection closed" (the reason went
+    to stderr, which clients hide or drop). Answering `initialize` (and anything after it) with an error is what
+    the protocol has for "this server cannot serve you": the client's connect fails with this text. Notifications
+    get no answer, as JSON-RPC requires. The text goes to stderr at once too (the operator's terminal or the
+    client's log); the caller exits non-zero when the client hangs up.
+    """
+    import mcp_types as types
+    from mcp.server.stdio import stdio_server
+    from mcp.shared.message import SessionMessage
+
+    error = types.ErrorData(code=types.INTERNAL_ERROR, message=f"inkmcp cannot start: {message}")
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    async with stdio_server() as (read, write), write:  # closing `write` ends the transport's writer at EOF
+        async for item in read:
+            if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCRequest):
+                await write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=error)))
