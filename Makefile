@@ -45,20 +45,29 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
+# The install runs once (again only when the lock file, pyproject.toml or the wrapper's source change). It takes
+# a minute or two the first time, so each step says what it does and uv shows its own progress (bars on a
+# terminal; resolved/prepared/installed counts otherwise); a run with nothing to install prints nothing of it.
 $(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/providers/compute/local/inkspawn.c
+	@echo "==> installing InkMCP into $(VENV) (first run or changed dependencies: a minute or two; later runs skip this)"
 	@bash scripts/system-deps.sh
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
-	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(VENV)/bin/python -r requirements.lock
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	@test -x $(VENV)/bin/python || { echo "==> creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@echo "==> installing uv $(UV_VERSION) (the installer) into $(VENV)"
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	@echo "==> installing the Python packages pinned in requirements.lock (the long step)"
+	@$(VENV)/bin/uv pip install --compile-bytecode --python $(VENV)/bin/python -r requirements.lock
+	@$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
 	@# bytecode now, once: where PYTHONDONTWRITEBYTECODE is set (CI images, this dev box) every `inkmcp` process,
 	@# replica and test subprocess would otherwise compile each module it imports again (measured: 9.2 s -> 2.8 s
 	@# to import the server under load)
-	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/python -m compileall -q -j 0 inkmcp tests benchmarks >/dev/null
+	@echo "==> compiling InkMCP's own modules"
+	@PYTHONDONTWRITEBYTECODE= $(VENV)/bin/python -m compileall -q -j 0 inkmcp tests benchmarks >/dev/null
 	@# the local provider's exec wrapper (static C); used only as root, where it confines tenant processes
-	if [ "$$(id -u)" -eq 0 ]; then $(VENV)/bin/python -m inkmcp.providers.compute.local.wrapper_build; fi
-	touch $(STAMP)
+	@if [ "$$(id -u)" -eq 0 ]; then echo "==> building the local provider's exec wrapper"; \
+	  $(VENV)/bin/python -m inkmcp.providers.compute.local.wrapper_build; fi
+	@touch $(STAMP)
+	@echo "==> installed"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
