@@ -1081,10 +1081,19 @@ async def _fetch_and_resolve_from(
     mirror = ws.mirrors_dir / key
     async with _locked(ws, key):
         await _ensure_mirror(mirror, source, ws, deadline)
-        await _fetch(mirror, source, ws, deadline)
-        if not measure:
+        # the cat-file process starts while git fetches (its start is off the deploy's path): it is asked nothing
+        # before the fetch is done, and git looks objects and refs up when asked (a pack it has not seen yet is
+        # found by the rescan git does on a miss), as when `_resolve` fetches a sha into a mirror it has open
+        opening = asyncio.ensure_future(_CatFile.open(mirror, source, ws, deadline)) if measure else None
+        try:
+            await _fetch(mirror, source, ws, deadline)
+        except BaseException:
+            if opening is not None:
+                await _close_opening(opening)
+            raise
+        if opening is None:
             return source, mirror, await _resolve(mirror, source, ws, ref, deadline), None, None
-        cat = await _CatFile.open(mirror, source, ws, deadline)
+        cat = await opening
         written = None
         try:
             sha = await _resolve(mirror, source, ws, ref, deadline, cat)
@@ -1099,6 +1108,28 @@ async def _fetch_and_resolve_from(
         finally:
             await cat.close()
     return source, mirror, sha, size, written
+
+
+async def _close_opening(opening: asyncio.Future[_CatFile]) -> None:
+    """End a cat-file process whose start is in flight (or failed): awaited, never cancelled mid-spawn (a child
+    started as the cancel lands would be nobody's), then closed."""
+    try:
+        cat = await asyncio.shield(opening)
+    except Exception:  # it never started: nothing to close
+        return
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_later)
+        raise
+    await cat.close()
+
+
+def _close_later(opening: asyncio.Future[_CatFile]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        _background.add(task := asyncio.ensure_future(opening.result().close()))
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[None]] = set()
 
 
 FilesFor = Callable[[Path, str], Path | None]

@@ -280,6 +280,10 @@ async def _flush_batch() -> None:
         await batch.flush()
 
 
+_PROBE_SERVER = PlacedServer(uuid="probe", wildcard_base="probe.invalid")
+"""Where a release's input is checked before placement answered: nothing in it but custom domains depends on it."""
+
+
 class Crash(BaseException):
     """An injected death of the InkMCP process (tests only). A BaseException, so nothing records a failure."""
 
@@ -484,23 +488,28 @@ class CoolifyComputeProvider:
         if not processes:
             raise ReleaseFailed(Step.building, "the build plan has no process to run (add a Procfile `web:` line or "
                                                "pass start_command)")
-        if key.project_ref.get("project_uuid"):
-            server, listed = await self._ensure_server(key, request, service_ref, record, len(processes)), None
-        else:  # the project list `_ensure_project` reads first, beside placement (a read and a database step)
-            server, listed = await _together(self._ensure_server(key, request, service_ref, record, len(processes)),
-                                             self._find_project(key))
         # --- ghkeys (issue 11): a private GitHub repo is cloned by Coolify with the service's deploy key
         request = await coolify_deploy_keys.keyed(self, request)
         # --- end
-        try:  # tenant input that cannot be sent: fail before anything remote changes
-            specs = {p.name: self._app_spec(request, p, server) for p in processes}
-            bodies = {name: mapping.update_body(s, self.settings) for name, s in specs.items()}
-            env_bodies = {name: self._env(request.env, request.deployment_id, s) for name, s in specs.items()}
-            hosts = mapping.custom_domains(request.domains, server, self.settings)
-        except mapping.TenantInputError as e:
-            raise ReleaseFailed(Step.building, str(e)) from None
 
-        project_uuid, environment_uuid = await self._ensure_project(key, record, listed)
+        def placing() -> Awaitable[PlacedServer]:
+            return self._ensure_server(key, request, service_ref, record, len(processes))
+
+        project: tuple[str, str] | None = None
+        if key.project_ref.get("project_uuid") and key.project_ref.get("environment_uuid"):
+            server, project = await placing(), self._project_of(key)
+        elif not request.domains:
+            # the Coolify project (list, create, read) beside placement (its database transaction). Tenant input
+            # that cannot be sent fails before anything remote changes: checked first with a stand-in server (only
+            # custom domains depend on the real one's wildcard base; with domains the project waits). Settled, not
+            # cancelled by a failure beside it: a cancelled create would cost the next attempt a late_window
+            self._inputs(request, processes, _PROBE_SERVER)
+            server, project = await _settled(placing(), self._ensure_project(key, record))
+        else:
+            server = await placing()
+        specs, bodies, env_bodies, hosts = self._inputs(request, processes, server)
+        project_uuid, environment_uuid = project or await self._ensure_project(key, record)
+
         fresh: set[str] = set()  # applications this attempt created: no env and no deployment in them yet
         apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh)
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
@@ -660,6 +669,19 @@ class CoolifyComputeProvider:
             "repo_url: Coolify builds on the build server and fetches the repository itself, over https; "
             f"a {parts.scheme or 'local'} URL cannot be fetched there. Pass the https:// clone URL of the repository")
 
+    def _inputs(self, request: ReleaseRequest, processes: list[Process], server: PlacedServer) -> tuple[
+            dict[str, AppSpec], dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
+        """Each process's application spec, settings body and env body, and the custom domains' hosts; tenant
+        input that cannot be sent raises ReleaseFailed (building, not retryable)."""
+        try:
+            specs = {p.name: self._app_spec(request, p, server) for p in processes}
+            bodies = {name: mapping.update_body(s, self.settings) for name, s in specs.items()}
+            env_bodies = {name: self._env(request.env, request.deployment_id, s) for name, s in specs.items()}
+            hosts = mapping.custom_domains(request.domains, server, self.settings)
+        except mapping.TenantInputError as e:
+            raise ReleaseFailed(Step.building, str(e)) from None
+        return specs, bodies, env_bodies, hosts
+
     def _app_spec(self, request: ReleaseRequest, process: Process, server: PlacedServer) -> AppSpec:
         return AppSpec(key=request.key, process=process, service_type=request.service_type, mode=request.mode,
                        plan=request.plan, commit=request.commit, resources=request.resources, server=server,
@@ -694,12 +716,15 @@ class CoolifyComputeProvider:
         projects = await self._call("listing projects", self.client.list_projects())
         return (next((p.uuid for p in projects if p.name == name), None),)
 
-    async def _ensure_project(self, key: ServiceKey, record: Record,
-                              listed: tuple[str | None] | None = None) -> tuple[str, str]:  # fmt: skip
-        """`listed`: what `_find_project` found just before (the caller read it beside placement)."""
+    @staticmethod
+    def _project_of(key: ServiceKey) -> tuple[str, str]:
+        return str(key.project_ref["project_uuid"]), str(key.project_ref["environment_uuid"])
+
+    async def _ensure_project(self, key: ServiceKey, record: Record) -> tuple[str, str]:
+        """The project's Coolify project and environment uuids, made if missing."""
         project_ref = dict(key.project_ref)
         if project_ref.get("project_uuid") and project_ref.get("environment_uuid"):
-            return str(project_ref["project_uuid"]), str(project_ref["environment_uuid"])
+            return self._project_of(key)
         uuid = project_ref.get("project_uuid")
         pending: dict[str, float] = project_ref.setdefault("pending", {})
 
@@ -710,7 +735,7 @@ class CoolifyComputeProvider:
             return (await self._find_project(key))[0]
 
         if not uuid:  # find by name first: a create whose answer was lost must not make a second project
-            uuid = listed[0] if listed is not None else await find()
+            uuid = await find()
             if not uuid and await self._late("project", pending, "creating the project"):
                 uuid = await find()  # the earlier create, carried out late
         if not uuid:
