@@ -48,6 +48,9 @@ reports it per request ("nginx CPU µs/req", user + kernel; it too moves with ot
 (`master_process off`) under valgrind's callgrind and under strace, and the same requests are sent to each:
 user-space instructions and system calls per kept-alive request, per request on a new connection, and per
 WebSocket echo. Deterministic to a few instructions, so it attributes a cost that throughput cannot resolve.
+--cost-cache adds callgrind's simulated L1 and last-level cache misses per request: code a config runs that the
+baseline does not (the Host check's regex, the Server rule) also costs instruction-cache misses (+48 L1 misses a
+request on 2026-12-01, nearly all instruction fetches, +4.5 %), which instruction counts do not show.
 
 Exits 1 when `inkmcp` misses issue 12's bar in a scenario (throughput below nginx's, or p50 above 1.2x
 nginx's), unless --no-fail. With nginx-again among the targets, a scenario whose A/A req/s ratio is off by more
@@ -370,8 +373,14 @@ def _cost_load(port: int, mode: str, n: int) -> None:
 COST_MODES = ("keep-alive", "new connection", "websocket")
 
 
-def _cost_of(conf: str, run_dir: Path, tool: str, n: int, keep: Path | None = None) -> dict[str, float]:
-    """Per request of each mode: callgrind's instruction count (tool "callgrind") or strace's syscall count."""
+def _cost_of(
+    conf: str, run_dir: Path, tool: str, n: int, keep: Path | None = None, cache: bool = False
+) -> dict[str, float]:
+    """Per request of each mode: callgrind's instruction count (tool "callgrind") or strace's syscall count.
+
+    cache (--cost-cache): callgrind also simulates the caches; "<mode> L1" and "<mode> LL" are its first-level
+    (instruction + data) and last-level misses per request, a deterministic stand-in for the cache footprint
+    that instruction counts miss (a bigger config's code paths can cost more than their instructions)."""
     run_dir.mkdir()
     (run_dir / "tmp").mkdir()
     port = free_port()
@@ -379,7 +388,8 @@ def _cost_of(conf: str, run_dir: Path, tool: str, n: int, keep: Path | None = No
     nginx = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"),
              "-e", str(run_dir / "error.log"), "-g", "daemon off;"]  # fmt: skip
     out = run_dir / "callgrind.out"
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *nginx] if tool == "callgrind" else nginx
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *(["--cache-sim=yes"] if cache else [])]
+    cmd = [*grind, *nginx] if tool == "callgrind" else nginx
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result: dict[str, float] = {}
     try:
@@ -392,18 +402,28 @@ def _cost_of(conf: str, run_dir: Path, tool: str, n: int, keep: Path | None = No
                 _cost_load(port, mode, n)
                 subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
                 total = 0
+                events: dict[str, int] = {}
                 deadline = time.monotonic() + 30
                 while not total and time.monotonic() < deadline:
                     time.sleep(0.2)
                     for dump in run_dir.glob("callgrind.out.*"):
-                        m = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
+                        text = dump.read_text(errors="replace")
+                        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
                         if m:
                             total += int(m.group(1))
+                            names = re.search(r"^events: (.*)$", text, re.M)
+                            sums = re.search(r"^(?:summary|totals): (.*)$", text, re.M)
+                            if names and sums:
+                                for name, value in zip(names.group(1).split(), sums.group(1).split(), strict=False):
+                                    events[name] = events.get(name, 0) + int(value)
                             if keep is not None:  # --cost-keep: for callgrind_annotate
                                 keep.mkdir(parents=True, exist_ok=True)
                                 shutil.copy(dump, keep / f"{run_dir.name}-{mode.replace(' ', '-')}.callgrind")
                             dump.unlink()
                 result[mode] = total / n
+                if cache:
+                    result[f"{mode} L1"] = sum(events.get(k, 0) for k in ("I1mr", "D1mr", "D1mw")) / n
+                    result[f"{mode} LL"] = sum(events.get(k, 0) for k in ("ILmr", "DLmr", "DLmw")) / n
             else:
                 log = run_dir / f"strace-{mode.replace(' ', '-')}.txt"
                 st = subprocess.Popen(["strace", "-c", "-o", str(log), "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
@@ -423,21 +443,29 @@ def _cost_of(conf: str, run_dir: Path, tool: str, n: int, keep: Path | None = No
     return result
 
 
-def cost_report(work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None) -> str:
+def cost_report(
+    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False
+) -> str:
     missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if shutil.which(tool) is None]
     if missing:
         return f"--cost needs {', '.join(missing)} (apt-get install valgrind strace)"
     configs = _cost_configs(work, app_port, ports)
-    rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n, keep)
+    rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n, keep, cache)
                    for tool in ("callgrind", "strace")} for name, conf in configs.items()}  # fmt: skip
     base = rows["nginx"]["callgrind"]
+    extra = " | L1 misses | ÷ nginx | LL misses" if cache else ""
     lines = [f"Work per request of one nginx worker ({n} requests per mode; user-space instructions by callgrind, "
-             "system calls by strace)", "",
-             "| config | mode | instructions | ÷ nginx | syscalls |", "|---|---|---:|---:|---:|"]  # fmt: skip
+             f"system calls by strace{'; simulated cache misses by callgrind --cache-sim' if cache else ''})", "",
+             f"| config | mode | instructions | ÷ nginx | syscalls{extra} |",
+             "|---|---|---:|---:|---:" + ("|---:|---:|---:" if cache else "") + "|"]  # fmt: skip
     for name, r in rows.items():
         for mode in COST_MODES:
             ir = r["callgrind"][mode]
-            lines.append(f"| {name} | {mode} | {ir:,.0f} | {ir / base[mode]:.2f} | {r['strace'][mode]:.1f} |")
+            row = f"| {name} | {mode} | {ir:,.0f} | {ir / base[mode]:.2f} | {r['strace'][mode]:.1f} |"
+            if cache:
+                l1, b1 = r["callgrind"][f"{mode} L1"], base[f"{mode} L1"]
+                row += f" {l1:,.1f} | {l1 / b1 if b1 else float('nan'):.2f} | {r['callgrind'][f'{mode} LL']:,.1f} |"
+            lines.append(row)
     return "\n".join(lines)
 
 
@@ -599,6 +627,8 @@ def main() -> int:
     ap.add_argument("--cost-keep", type=Path, metavar="DIR",
                     help="--cost: keep each config's callgrind dump (for callgrind_annotate) and strace -c table "
                     "per mode here")
+    ap.add_argument("--cost-cache", action="store_true",
+                    help="--cost: also simulate the caches (callgrind --cache-sim): L1 and LL misses per request")
     ap.add_argument("--serve", nargs=4, metavar=("ENGINE", "APP_PORT", "PORT_FILE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -649,7 +679,7 @@ def main() -> int:
             procs.append(child)
             roots[name] = child.pid
         if args.cost:
-            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep))
+            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache))
             return 0
         layout.pin_load_here()
         order = [t for t in targets if t in ports]
