@@ -20,7 +20,8 @@ Found broken and fixed here:
                   refused name broke the audit INSERT (bare "Error executing tool", no audit row): audit.storable.
     squatting     A double-forked setsid daemon outlived InkMCP's graceful stop, bound the MCP server's port
                   and read the next agent's Bearer key; the restarted server could not bind its port. Fix:
-                  the provider kills every service's cgroups whole at close and at start (_kill_leftovers).
+                  the provider kills every service's cgroups whole at close (before the proxy gives up its
+                  port) and at start (_kill_leftovers).
     pids          One account may hold 102,400 tasks (20 x 10 x 512), over this host's pid_max (32,768).
                   Fix: the parent group's pids.max is 3/4 of the machine's task limit (not exhausted here:
                   it would stop the shared box; the test reads the caps from mallory's app).
@@ -317,10 +318,10 @@ async def test_names_with_a_trailing_newline_or_lookalikes_are_refused(server: S
     assert "\\n" not in json.dumps(env) and "/tmp/evil" not in json.dumps(env), env
 
 
-# Inside mallory's app: a double-forked setsid daemon (out of every supervised process family) that
-# tries to bind the MCP server's port every 50 ms for 120 s and keeps what it gets in $HOME/squat.log.
+# Inside mallory's app: a double-forked setsid daemon (out of every supervised process family) that tries
+# to bind the MCP server's port and the proxy's every 50 ms for 120 s, and logs what it gets in $HOME/squat.log.
 SQUATTER = r'''
-import os, socket, time
+import os, select, socket, time
 log_path = os.path.join(os.environ["HOME"], "squat.log")
 pid = os.fork()
 if pid == 0:
@@ -332,20 +333,27 @@ if pid == 0:
         os.dup2(devnull, fd)
     with open(log_path, "a", buffering=1) as log:
         log.write(f"PID {os.getpid()}\n")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound = {}
         deadline = time.time() + 120
         while time.time() < deadline:
-            try:
-                sock.bind(("127.0.0.1", ARGS["port"]))
-            except OSError:
-                time.sleep(0.05)
-                continue
-            sock.listen(5)
-            log.write("BOUND\n")
-            conn, _ = sock.accept()
-            log.write(f"GOT {conn.recv(4096)!r}\n")
-            break
+            for port in ARGS["ports"]:
+                if port in bound:
+                    continue
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    sock.close()
+                    continue
+                sock.listen(5)
+                bound[port] = sock
+                log.write(f"BOUND {port}\n")
+            ready = select.select(list(bound.values()), [], [], 0.05)[0] if bound else time.sleep(0.05) or []
+            for sock in ready:
+                conn, _ = sock.accept()
+                log.write(f"GOT {sock.getsockname()[1]} {conn.recv(4096)!r}\n")
+                conn.close()
     os._exit(0)
 os.waitpid(pid, 0)
 for _ in range(100):
@@ -357,29 +365,32 @@ result = int(open(log_path).read().split()[1])
 
 
 async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path) -> None:
-    """mallory plants a double-forked daemon that waits for the MCP server's port. Before the fix it
-    outlived the graceful stop, held the port and read the next agent's Bearer key (and the restarted
-    server could not bind it); now it dies with its service's cgroup at stop, the restarted server gets
-    its own port back and answers, and the daemon read nothing."""
+    """mallory plants a double-forked daemon that waits for the MCP server's port and the proxy's. Before
+    the fix it outlived the graceful stop, held the ports and read the next agent's Bearer key (and the
+    restarted server could not bind them); now it dies with its service's cgroup before the proxy gives
+    up its port, the restarted server gets both ports back and answers, and the daemon read nothing."""
     with security_server("inkmcp-sec-squat-", ("mallory",), **SHARED_ENV) as srv:
         async with session(srv, "mallory") as m:
             lab = await lab_live(m, lab_repo(repos, "dec1-squat"), "mallory", project_name="dec1-squat")
-        daemon = lab_exec(srv, lab["url"], SQUATTER, port=srv.port)
+        ports = (srv.port, srv.proxy_port)
+        daemon = lab_exec(srv, lab["url"], SQUATTER, ports=list(ports))
         assert Path(f"/proc/{daemon}").exists(), "the daemon did not start"
         home = next((srv.data_dir / "compute" / "homes").iterdir())
-        port = srv.port
         assert srv.stop() == 0, srv.log()
         await asyncio.sleep(1)  # time for a survivor to bind (it retries every 50 ms)
         assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(f"/proc/{daemon}/status").read_text(), \
             f"mallory's daemon {daemon} outlived the server"
-        # (It may bind the port between uvicorn closing it and the provider's close killing the cgroups, a
-        # window of a second or two at shutdown: the report's residual item; the serve command would have
-        # to keep the listening socket open until the provider has closed.)
+        squat = (home / "squat.log").read_text()
+        assert f"BOUND {srv.proxy_port}" not in squat, squat
+        # (The MCP port may be bound for the second or two between uvicorn closing it and the provider's close
+        # killing the cgroups: the report's residual item; serve would have to keep its socket until then.)
         srv.start()
-        assert srv.port == port, f"the restarted server lost its port {port} (moved to {srv.port})"
-        r = httpx.post(f"http://127.0.0.1:{port}/mcp", json={}, headers={"Authorization": "Bearer dk_live_probe"},
+        assert (srv.port, srv.proxy_port) == ports, f"the restarted server lost its ports {ports}"
+        r = httpx.post(f"http://127.0.0.1:{srv.port}/mcp", json={}, headers={"Authorization": "Bearer dk_live_probe"},
                        timeout=10)
         assert r.status_code == 401, (r.status_code, r.text[:200])  # InkMCP's own answer, not a squatter's
+        r = httpx.get(f"http://127.0.0.1:{srv.proxy_port}/", headers={"Host": "nobody.localhost"}, timeout=10)
+        assert r.status_code == 404 and r.headers.get("server") == "inkmcp", (r.status_code, r.headers)
         assert "GOT" not in (home / "squat.log").read_text()
 
 

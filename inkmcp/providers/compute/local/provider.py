@@ -188,6 +188,7 @@ class LocalComputeProvider:
         self._service_create = asyncio.Lock()
         self._idle_task: asyncio.Task[None] | None = None
         self._root = _is_root()
+        self._closing = False  # set by close(): no wake may start a service any more
         self.shim_dir = self.data_dir / "bin"  # root 0755: `python` for apps without a venv
         # --- issue 13 (credits): asked before each wake; a text refuses it (the proxy answers 402 with it)
         self.wake_gate: Callable[[ServiceKey], Awaitable[str | None]] | None = None
@@ -228,12 +229,12 @@ class LocalComputeProvider:
                     log.warning("could not end the processes left in cgroup %s: %s", group, exc)
 
     async def close(self) -> None:
+        self._closing = True
         if self._idle_task is not None:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
             self._idle_task = None
-        await self.proxy.close()
         services = list(self._services.values())
         for svc in services:
             if svc.wake_task is not None and not svc.wake_task.done():
@@ -241,6 +242,10 @@ class LocalComputeProvider:
         await asyncio.gather(*(self._stop_service(svc) for svc in services), return_exceptions=True)
         await self._discard_prepared(services)  # --- wake: prepared starts end too
         await asyncio.to_thread(self._kill_leftovers)
+        # The proxy's port is given up last: while nginx holds it no tenant process can bind it, and by now none
+        # is left that could (a daemon waiting for it got every request sent to the old URLs until the restart).
+        # Meanwhile a request for a stopped on_demand service is refused (`_do_wake`), not a new start.
+        await self.proxy.close()
         for svc in services:
             svc.log.close()
         self._services.clear()
@@ -737,6 +742,8 @@ class LocalComputeProvider:
         return await asyncio.shield(task)
 
     async def _do_wake(self, svc: _Service) -> int:
+        if self._closing:
+            raise WakeFailed("InkMCP is shutting down; retry in a moment", status=503, title="Service Unavailable")
         # --- issue 13 (credits): an account out of credits keeps its services asleep
         if self.wake_gate is not None:
             refusal = await self.wake_gate(svc.key)
