@@ -60,23 +60,37 @@ SELECT count(*) FROM d
 """
 
 
-async def baseline_ms(store: Any, rows: int, rounds: int) -> float:
-    """The least any per-service record costs, measured in the same run on the same server: one in-place UPDATE
-    of `rows` rows of a two-index table (server time, best of `rounds`). The ratio to it is what stays comparable
-    between a quiet machine and a loaded one."""
-    best = float("inf")
+# --- mender4: the baseline is measured beside each measured round (right before and right after it; the least of
+# the two), so each ratio compares two times taken under the same load. One baseline after all rounds read 200 ms at
+# load 10 while the charge beside it had read 142 (ratio 0.7), and 13-25 ms at load 4 while the charge read 36-127
+# (ratio 1.2-5.9): as a bound it failed on a busy box and could not tell a 5x slower charge from noise.
+async def baseline_table(store: Any, rows: int) -> None:
+    """The baseline's table: `rows` rows of a two-index table, updated in place (HOT) by `baseline_once`."""
     async with store.engine.begin() as conn:
         await conn.execute(text("CREATE TABLE bench_baseline (id uuid PRIMARY KEY, account int, n bigint) "
                                 "WITH (fillfactor = 50)"))
         await conn.execute(text("CREATE INDEX ON bench_baseline (account)"))
         await conn.execute(text("INSERT INTO bench_baseline SELECT gen_random_uuid(), g % 1000, 0 "
                                 "FROM generate_series(1, :n) g"), {"n": rows})
-    for _ in range(rounds):
-        async with store.engine.begin() as conn:
-            plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) UPDATE bench_baseline SET n = n + 1")
-                                       )).scalar_one()
-        best = min(best, plan[0]["Execution Time"] + plan[0]["Planning Time"])
-    return best
+        await conn.execute(text("ANALYZE bench_baseline"))
+
+
+async def baseline_once(store: Any) -> float:
+    """The least any per-service record costs, measured on the same server as the charge: one in-place UPDATE of
+    every row of `bench_baseline` (server time). The ratio to it is what stays comparable between a quiet machine and
+    a loaded one, when both are measured at the same moment."""
+    async with store.engine.begin() as conn:
+        plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) UPDATE bench_baseline SET n = n + 1")
+                                   )).scalar_one()
+    return plan[0]["Execution Time"] + plan[0]["Planning Time"]
+
+
+async def paired(store: Any, measure: Any) -> tuple[float, float]:
+    """(`await measure()`, the baseline beside it: the lesser of one measured just before and one just after)."""
+    before = await baseline_once(store)
+    took = await measure()
+    return took, min(before, await baseline_once(store))
+# --- end mender4
 
 
 async def transaction_ms(conn: Any, prices: Prices, s: int, replica: str = "bench") -> float:
@@ -131,12 +145,17 @@ async def bench(url: str, services: int = 10_000, rounds: int = 5, first_rounds:
                 "FROM services, generate_series(-CAST(:h AS int), CAST(:n AS int)) g WHERE mode = 'on_demand'"),
                 {"s": start, "n": 2 * rounds, "h": HISTORY})
             await conn.execute(text("ANALYZE"))
-        walls, server = [], []
+        await baseline_table(store, services)  # mender4
+        walls, server, bases = [], [], []
         for r in range(rounds * 2):
             s = start + 60 * r
             if r % 2:  # the server's own time for the charging transaction's statements, committed like a real pass
-                async with store.engine.begin() as conn:
-                    server.append(await transaction_ms(conn, PRICES, s))
+                async def committed(s: int = s) -> float:
+                    async with store.engine.begin() as conn:
+                        return await transaction_ms(conn, PRICES, s)
+                took, base = await paired(store, committed)  # mender4: a baseline beside each round
+                server.append(took)
+                bases.append(base)
                 continue
             t0 = time.perf_counter()  # the whole pass of one interval as the loop runs it, round trips included
             async with store.engine.begin() as conn:
@@ -147,20 +166,34 @@ async def bench(url: str, services: int = 10_000, rounds: int = 5, first_rounds:
             plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + CHANGE_ALL))).scalar_one()
             change_ms = plan[0]["Execution Time"] + plan[0]["Planning Time"]
             changed = plan[0]["Plan"]["Plans"][0]["Actual Rows"] if plan[0]["Plan"].get("Plans") else None
-        first = []
+        first, first_bases, segs = [], [], None
         for _ in range(first_rounds):
-            conn = await store.engine.connect()
-            try:
-                trans = await conn.begin()
-                first.append(await transaction_ms(conn, PRICES, current))
-                segs = (await conn.execute(text("SELECT count(*) FROM billing_segments WHERE units > 0 AND "
-                                                "(to_s IS NULL OR to_s > :s)"), {"s": current})).scalar_one()
-                await trans.rollback()
-            finally:
-                await conn.close()
-        base = await baseline_ms(store, services, rounds)
+            async def rolled_back() -> float:
+                nonlocal segs
+                conn = await store.engine.connect()
+                try:
+                    trans = await conn.begin()
+                    took = await transaction_ms(conn, PRICES, current)
+                    segs = (await conn.execute(text("SELECT count(*) FROM billing_segments WHERE units > 0 AND "
+                                                    "(to_s IS NULL OR to_s > :s)"), {"s": current})).scalar_one()
+                    await trans.rollback()
+                    return took
+                finally:
+                    await conn.close()
+            took, base = await paired(store, rolled_back)  # mender4: a baseline beside each round
+            first.append(took)
+            first_bases.append(base)
+        # --- mender4: each round's ratio to the baseline beside it; the least is what tests judge (noise only adds
+        # time), the median shows the spread
+        ratios = [t / b for t, b in zip(server, bases, strict=True)]
+        first_ratios = [t / b for t, b in zip(first, first_bases, strict=True)]
+        base = min(bases + first_bases)
         return {"services": services, "baseline_ms_min": round(base, 1),
-                "ratio_min": round(min(server) / base, 2), "wall_ms_median": round(statistics.median(walls), 1),
+                "ratio_min": round(min(ratios), 2), "ratio_median": round(statistics.median(ratios), 2),
+                "first_ratio_min": round(min(first_ratios), 2),
+                "first_ratio_median": round(statistics.median(first_ratios), 2),
+                # --- end mender4
+                "wall_ms_median": round(statistics.median(walls), 1),
                 "wall_ms_min": round(min(walls), 1), "server_ms_median": round(statistics.median(server), 1),
                 "server_ms_min": round(min(server), 1), "server_ms_max": round(max(server), 1),
                 "changed_services": changed, "change_ms": round(change_ms, 1),
