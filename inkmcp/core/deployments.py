@@ -635,8 +635,14 @@ class DeployService:
             if req.database is not None:  # the plan first: a call refused for its plan makes no database
                 planned = await plan_of()
                 db = await self._databases.ensure(project.id, req.database)
-            (service_id, shared, own), injected = await asyncio.gather(
-                self._service_and_env(project.id, req, prechecked, made), self._databases.env_for(project.id))
+            # both finished before either's error is raised: `made` then says all the first one made
+            found, injected = await asyncio.gather(
+                self._service_and_env(project.id, req, prechecked, made), self._databases.env_for(project.id),
+                return_exceptions=True)
+            for result in (found, injected):
+                if isinstance(result, BaseException):
+                    raise result
+            service_id, shared, own = found  # type: ignore[misc]
             settings = self._settings_of(req)
             # the env this deployment runs with: what is stored, with this call's changes on top
             env = _compose_env(injected, _overlay(shared, own, req.env_vars or {}))
