@@ -233,13 +233,14 @@ async def test_the_server_starts_the_wrapper_in_a_way_cpython_vforks(data_dir, m
 
 
 def test_procfile_lines_run_directly_only_when_a_shell_adds_nothing():
-    env = {"PORT": "8123", "HOME": "/home/x", "SPACED": "a b", "GLOB": "*.py"}
+    env = {"PORT": "8123", "HOME": "/home/x", "SPACED": "a b", "GLOB": "*.py", "NL": "x\n"}
     assert command_argv("gunicorn -b 0.0.0.0:$PORT app:app", env) == ("gunicorn", "-b", "0.0.0.0:8123", "app:app")
     assert direct_argv("exec python app.py --port=${PORT}", env) == ("python", "app.py", "--port=8123")
     for needs_shell in (
         "python app.py && echo done", "echo $SPACED", "ls $GLOB", "echo $UNSET", "FOO=1 python app.py",
         "cd sub; python app.py", "python 'app.py'", "python app.py > log", "python ~/app.py",
         "python app.py # comment", "echo ${PORT:-80}", "export X=1", "python app.py &", "exec",
+        "python app.py\n", "echo $NL",  # a final newline is shell syntax too (`$` alone would admit it)
     ):  # fmt: skip
         assert direct_argv(needs_shell, env) is None, needs_shell
         assert command_argv(needs_shell, env) == ("/bin/sh", "-c", needs_shell)

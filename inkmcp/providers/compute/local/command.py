@@ -24,9 +24,9 @@ import re
 SHELL = "/bin/sh"
 _WORD = r"[A-Za-z0-9_\-./:=,@%+]"
 _VAR = r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
-_PLAIN = re.compile(rf"^(?:{_WORD}|{_VAR}| )+$")
+_PLAIN = re.compile(rf"(?:{_WORD}|{_VAR}| )+")  # fullmatch: `$` would admit a final newline
 _REF = re.compile(_VAR)
-_SAFE_VALUE = re.compile(rf"^{_WORD}+$")
+_SAFE_VALUE = re.compile(rf"{_WORD}+")
 # POSIX special builtins, common regular builtins and reserved words: their meaning needs a shell.
 _SHELL_WORDS = frozenset({
     ".", ":", "break", "continue", "eval", "export", "readonly", "return", "set", "shift", "times", "trap",
@@ -44,11 +44,11 @@ def command_argv(command: str, env: dict[str, str]) -> tuple[str, ...]:
 
 def direct_argv(command: str, env: dict[str, str]) -> tuple[str, ...] | None:
     """The words a POSIX shell would exec for `command`, or None when only a shell can say."""
-    if not _PLAIN.match(command):
+    if not _PLAIN.fullmatch(command):
         return None
     for name in _REF.findall(command):
         value = env.get(name.strip("${}"))
-        if value is None or not _SAFE_VALUE.match(value):
+        if value is None or not _SAFE_VALUE.fullmatch(value):
             return None
     words = [_REF.sub(lambda m: env[m.group(0).strip("${}")], w) for w in command.split()]
     if words and words[0] == "exec":
