@@ -376,3 +376,48 @@ async def test_a_deploy_during_the_service_s_deletion_is_refused_at_once_not_kep
     assert "web" not in await w.services(name)
     anew = await w.deploy(name, env_vars={"MESSAGE": "two"})
     assert anew.status == "live" and await w.serves(name) == "two"
+
+
+async def test_a_refused_call_takes_back_its_new_service_and_a_concurrent_call_using_it_is_told_to_call_again(
+        world: World) -> None:
+    """Call A makes service `api` and is then refused (a broken Procfile); call B, meanwhile, found `api` (A's) and
+    got as far as creating its deployment. A takes `api` back under the service's lock, so B finds it gone: B is
+    refused with "call deploy_app again" and writes nothing (before this change A left `api` behind, with B's
+    settings and A's env), and B's repeat makes `api` anew and deploys it."""
+    w = world
+    name = w.name("race")
+    assert (await w.deploy(name, env_vars={"MESSAGE": "one"})).status == "live"
+    broken = git_repo(w.repo.parent / f"broken-{uuid.uuid4().hex[:6]}", {**APP_FILES, "Procfile": "web python3\n"})
+    reached: list[uuid.UUID] = []
+    b_found_it, a_done = asyncio.Event(), asyncio.Event()
+
+    async def breaker(service_id: uuid.UUID, config_hash: str, project_name: str, service_name: str) -> None:
+        reached.append(service_id)  # the last step before the plan (A's refusal) and the deployment (B's)
+        if len(reached) == 1:
+            await b_found_it.wait()
+        else:
+            b_found_it.set()
+            await a_done.wait()
+
+    w.deploys.breaker = breaker  # type: ignore[attr-defined]
+
+    async def call_a() -> None:
+        try:
+            await w.deploy(name, "api", repo=broken, env_vars={"A_ONLY": "a"})
+        finally:
+            a_done.set()
+
+    a = asyncio.ensure_future(call_a())
+    while not reached:
+        await asyncio.sleep(0.01)
+    with pytest.raises(Conflict, match="was removed while this deploy_app was setting it up") as told:
+        await asyncio.wait_for(w.deploy(name, "api", wait=0, env_vars={"MESSAGE": "b"}), 30)
+    assert told.value.fix == "call deploy_app again"
+    with pytest.raises(BuildPlanError):
+        await a
+    assert reached[0] == reached[1]  # B had found the service A made
+    assert sorted(await w.services(name)) == ["web"]
+    w.deploys.breaker = None  # type: ignore[attr-defined]
+    again = await w.deploy(name, "api", env_vars={"MESSAGE": "b"})
+    assert again.status == "live" and await w.serves(name, "api") == "b"
+    assert (await w.stored(name, "api"))[0] == {"MESSAGE": "b"}  # nothing of A's
