@@ -178,7 +178,7 @@ _REUSABLE_SQL = text("""
         SELECT id, status FROM deployments WHERE service_id = s.id AND config_hash = :hash
         ORDER BY created_at DESC LIMIT 1
     ) d ON true
-    WHERE s.id = :service
+    WHERE s.id = :service AND s.removing_since IS NULL
 """)
 _LOCK_OWNER_SQL = """
     SELECT a.id FROM accounts a JOIN projects p ON p.account_id = a.id JOIN services s ON s.project_id = p.id
@@ -962,7 +962,8 @@ class DeployService:
     @staticmethod
     async def _reusable_in(s: AsyncSession, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
         """A deployment of the same commit, settings and env that is live or on its way (keyed hash: the MAC
-        key is shared by every replica, so a repeat on another replica finds it too)."""
+        key is shared by every replica, so a repeat on another replica finds it too). None for a service being
+        deleted (remove_service's mark): the call goes on to _create_or_reuse, which says so."""
         row = (await s.execute(_REUSABLE_SQL, {"service": service_id, "hash": config_hash})).first()
         return None if row is None else _reusable_of(*row)
 

@@ -368,6 +368,8 @@ async def test_a_deploy_during_the_service_s_deletion_is_refused_at_once_not_kep
     await asyncio.wait_for(w.compute.removing.wait(), 20)
     with pytest.raises(Conflict, match="is being deleted") as refused:
         await asyncio.wait_for(w.deploy(name, wait=0, env_vars={"MESSAGE": "two"}), 10)
+    with pytest.raises(Conflict, match="is being deleted"):  # the same deploy again is no longer a no-op either
+        await asyncio.wait_for(w.deploy(name, wait=0, env_vars={"MESSAGE": "one"}), 10)
     assert f"delete(project_name={name!r}, service_name='web', confirm='web')" in (refused.value.fix or "")
     assert (await w.stored(name))[0] == {"MESSAGE": "one"}
     assert [d.deployment_id for d in await w.platform.list_deployments(w.p, name, "web")] == [first.deployment_id]
