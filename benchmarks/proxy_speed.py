@@ -294,16 +294,16 @@ def servers(args: argparse.Namespace, targets: list[str], work: Path) -> list[tu
 
 
 def start_server(
-    script: Path, name: str, engine: str, app_port: int, work: Path, layout: Layout
+    script: Path, name: str, engine: str, app_port: int, work: Path, layout: Layout, run: str = ""
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A --serve child of `script` (its own tree's `inkmcp` comes first on its sys.path); its port.
 
     On the layout's server CPU (nginx inherits it), with the layout's worker count (INKMCP_PROXY_WORKERS,
     which any revision's ProxySettings reads, so --before gets the same)."""
-    port_file = work / f"{name}.port"
+    port_file = work / f"{name}{run}.port"
     env = {**os.environ, "INKMCP_PROXY_WORKERS": "0" if layout.workers == "auto" else layout.workers}
     child = subprocess.Popen(layout.server([sys.executable, str(script), "--serve", engine, str(app_port),
-                                            str(port_file), str(work / name)]), env=env)  # fmt: skip
+                                            str(port_file), str(work / f"{name}{run}")]), env=env)  # fmt: skip
     deadline = time.monotonic() + 30
     while not port_file.exists() or not port_file.read_text():
         if child.poll() is not None or time.monotonic() > deadline:
@@ -621,6 +621,10 @@ def main() -> int:
     ap.add_argument("--layout", choices=("split", "free"), default="split" if len(os.sched_getaffinity(0)) >= 2
                     else "free", help="split: load generator on one CPU, app + proxy (1 worker) on another, "
                     "the same for every target (default on 2+ CPUs); free: nothing pinned, worker_processes auto")
+    ap.add_argument("--fresh", type=int, default=0, metavar="K",
+                    help="start every target anew (new processes, ports, memory) every K rounds: one process's "
+                    "placement biased a whole run by up to 19 %% in the A/A pair (2026-12-01), so more instances "
+                    "average it out; 0 = one instance per target for the whole run")
     ap.add_argument("--before", metavar="REV", help="also run the InkMCP proxy of this git revision (inkmcp-before)")
     ap.add_argument("--cost", action="store_true", help="work per request under valgrind/strace instead of load")
     ap.add_argument("--cost-requests", type=int, default=300, help=argparse.SUPPRESS)
@@ -661,23 +665,32 @@ def main() -> int:
         procs.append(app)
         wait_port(app_port, app)
         ports["direct"] = app_port
-        for name in ("nginx", "nginx-again"):  # nginx-again: a second baseline, the noise floor (A/A)
-            if name not in targets:
-                continue
-            ngx_dir = work / name
-            ngx_dir.mkdir()
-            ports[name] = free_port()
-            (ngx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngx_dir, app_port=app_port, port=ports[name],
-                                                                  workers=layout.workers))  # fmt: skip
-            ngx = subprocess.Popen(layout.server([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"), "-e",
-                                                  str(ngx_dir / "error.log"), "-g", "daemon off;"]))  # fmt: skip
-            procs.append(ngx)
-            roots[name] = ngx.pid  # taskset execs nginx: the same pid
-            wait_port(ports[name], ngx)
-        for name, engine, script in servers(args, targets, work):
-            child, ports[name] = start_server(script, name, engine, app_port, work, layout)
-            procs.append(child)
-            roots[name] = child.pid
+        inkmcp_servers = servers(args, targets, work)
+
+        def start_targets(run: str) -> list[subprocess.Popen[bytes]]:
+            """Every target but the app, in directories (and on ports) of their own for this `run`."""
+            started: list[subprocess.Popen[bytes]] = []
+            for name in ("nginx", "nginx-again"):  # nginx-again: a second baseline, the noise floor (A/A)
+                if name not in targets:
+                    continue
+                ngx_dir = work / f"{name}{run}"
+                ngx_dir.mkdir()
+                ports[name] = free_port()
+                (ngx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngx_dir, app_port=app_port,
+                                                                      port=ports[name], workers=layout.workers))
+                ngx = subprocess.Popen(layout.server([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"),
+                                                      "-e", str(ngx_dir / "error.log"), "-g", "daemon off;"]))
+                started.append(ngx)
+                roots[name] = ngx.pid  # taskset execs nginx: the same pid
+                wait_port(ports[name], ngx)
+            for name, engine, script in inkmcp_servers:
+                child, ports[name] = start_server(script, name, engine, app_port, work, layout, run)
+                started.append(child)
+                roots[name] = child.pid
+            return started
+
+        targets_procs = start_targets("")
+        procs += targets_procs
         if args.cost:
             print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache))
             return 0
@@ -690,6 +703,12 @@ def main() -> int:
             for t in order:
                 measure(ports[t], conns, mode, 1.0, layout)
         for rnd in range(args.rounds):
+            if args.fresh and rnd and rnd % args.fresh == 0:  # new processes: another instance of each target
+                stop_all(targets_procs, nginx)
+                targets_procs = start_targets(f"-{rnd}")
+                procs += targets_procs
+                for t in order:
+                    _cost_load(ports[t], "keep-alive", 50)
             seq = round_order(order, rnd)
             for conns, mode in scenarios:
                 for t in seq:
@@ -699,14 +718,7 @@ def main() -> int:
                           f"  p99 {r['p99']:.3f} ms  nginx CPU {r['cpu']:.1f} µs/request  errors {r['errors']:.0f}",
                           file=sys.stderr)  # fmt: skip
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_all(procs, nginx)
         shutil.rmtree(work, ignore_errors=True)
 
     summary = {
@@ -728,7 +740,7 @@ def main() -> int:
         args.save.write_text(json.dumps({"label": args.label, "rounds": args.rounds, "seconds": args.seconds,
                                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                          "load_at_start": load_at_start, "load_at_end": os.getloadavg(),
-                                         "steal_pct": steal, "layout": layout.describe(),
+                                         "steal_pct": steal, "fresh": args.fresh, "layout": layout.describe(),
                                          "figures": summary, "paired": paired, "rounds_ratios": rounds},
                                         indent=2) + "\n")  # fmt: skip
     # With an A/A pair (nginx-again) in the run, a scenario whose pair strays more than 3 % is not judged:
@@ -741,6 +753,18 @@ def main() -> int:
     if missed:
         print(f"issue 12 bar missed in: {', '.join(missed)} (3 % noise allowed on throughput)", file=sys.stderr)
     return 1 if missed and not args.no_fail else 0
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], nginx: str) -> None:
+    """Stop the processes this script started (by their Popen), last started first."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def round_order(order: list[str], rnd: int) -> list[str]:
@@ -798,7 +822,9 @@ def report(
 ) -> str:
     rounds = rounds or {}
     lines = [
-        f"Proxy speed ({args.rounds} interleaved rounds x {args.seconds:g} s, medians; latency in ms; "
+        f"Proxy speed ({args.rounds} interleaved rounds x {args.seconds:g} s"
+        f"{f', every target started anew every {args.fresh} rounds' if getattr(args, 'fresh', 0) else ''}, "
+        "medians; latency in ms; "
         "÷ nginx: median over rounds of the same round's ratio, its interquartile range in the next column)",
         f"{layout.describe() if layout else ''}; load average at the start "
         f"{' '.join(f'{v:.2f}' for v in load)}; {os.cpu_count()} CPUs",

@@ -201,10 +201,12 @@ BENCHES: dict[str, Bench] = {
     # --- proxy3: InkMCP and nginx (and the app alone) only, 7 rounds of 2 s: ~4.5 min; proxy_speed.py pins the
     # load generator and the servers to separate CPUs (its --layout split)
     # --- proxy4: nginx-again instead of direct (the rows never used the app alone): the A/A pair that tells
-    # whether this run can judge the 3 % bar at all (see AA_RPS_NOISE); same run time
+    # whether this run can judge the 3 % bar at all (see AA_RPS_NOISE); same run time. --fresh 2: each target
+    # starts anew every two rounds (four instances each), so one process's placement does not bias the whole run
     "proxy": Bench(lambda out, quick: ["proxy_speed.py", "--no-fail", "--save", str(out),
                                        "--targets", "nginx,nginx-again,inkmcp"]
-                   + (["--rounds", "1", "--seconds", "1"] if quick else ["--rounds", "7", "--seconds", "2"]),
+                   + (["--rounds", "1", "--seconds", "1"] if quick
+                      else ["--rounds", "7", "--seconds", "2", "--fresh", "2"]),
                    _proxy_rows),
     "wake": Bench(lambda out, quick: ["wake_speed.py", "--json", str(out)] + (["--runs", "5"] if quick else []),
                   _wake_rows),
