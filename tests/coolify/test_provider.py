@@ -590,6 +590,39 @@ async def test_a_create_refused_with_an_answer_is_not_waited_for(h: CoolifyHarne
     assert h.census(key)["apps"] == {"web": 1}
 
 
+async def test_the_project_mark_is_durable_when_its_create_leaves_and_a_failed_lookup_leaves_none(
+        h: CoolifyHarness) -> None:  # fmt: skip
+    """The project's write-ahead mark is written beside the lookup by name (GET /projects), not after it: it must
+    still be recorded when POST /projects leaves. A lookup that fails (Coolify's 500) created nothing, so it takes
+    its mark back: the retry neither waits `late_window` nor makes a second project."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one")
+    h.provider.late_window = 3600.0  # a wait would hang the test
+    h.standin.fail_next("GET", r"/projects", status=500)
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    assert not book.refs.get((RefScope.project, key.project_id), {}).get("pending")
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+    marks: list[Any] = []
+
+    async def watched(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/api/v1/projects":
+            marks.append(dict(book.refs.get((RefScope.project, key.project_id), {}).get("pending", {})))
+        return await real(request)
+
+    transport.handle_async_request = watched
+    try:
+        await release(h, book, req)
+    finally:
+        transport.handle_async_request = real
+    assert len(marks) == 1 and set(marks[0]) == {"project"}, marks
+    assert h.census(key)["projects"] == 1
+    assert "pending" not in book.refs[(RefScope.project, key.project_id)]
+    assert await h.serve(key) == "one"
+
+
 async def test_a_crash_after_the_env_deploy_call_is_found_after_restart(h: CoolifyHarness) -> None:
     book = RefBook()
     key = h.key()

@@ -734,16 +734,33 @@ class CoolifyComputeProvider:
         async def find() -> str | None:
             return (await self._find_project(key))[0]
 
-        if not uuid:  # find by name first: a create whose answer was lost must not make a second project
+        body = m.ProjectCreate(name=f"{self.project_prefix}{key.project_id}",
+                               description=f"InkMCP project {key.project_name}")
+        marked = False
+        if not uuid and "project" in pending:  # an earlier attempt's create may still be carried out by Coolify
             uuid = await find()
             if not uuid and await self._late("project", pending, "creating the project"):
                 uuid = await find()  # the earlier create, carried out late
+        elif not uuid:
+            # find by name first (a create whose answer was lost must not make a second project), with the create's
+            # write-ahead mark made durable beside that read instead of after it: when the project is found the
+            # mark goes again in the next write, and one left by a crash in between costs a late_window wait
+            self._check("POST", "/projects", body.body())
+            pending["project"] = time.time()
+            await save()
+            try:
+                uuid, _ = await _settled(find(), _flush_batch())  # settled: a flush is never cancelled mid-write
+            except Exception:  # nothing was created: no mark for the next attempt to wait on (flushed on the way out)
+                pending.pop("project", None)
+                if not pending:
+                    project_ref.pop("pending", None)
+                await save()
+                raise
+            marked = True
         if not uuid:
-            body = m.ProjectCreate(name=f"{self.project_prefix}{key.project_id}",
-                                   description=f"InkMCP project {key.project_name}")
             self._check("POST", "/projects", body.body())
             uuid = await self._create("creating the project", self.client.create_project(body), pending, "project",
-                                      save)
+                                      save, marked=marked)
             self._crash("after_create_project")
         pending.pop("project", None)
         if not pending:
