@@ -139,3 +139,42 @@ class Settings(BaseSettings):
     @property
     def public_port_suffix(self) -> str:
         return "" if self.proxy_port == 80 else f":{self.proxy_port}"
+
+
+# --- pglimits: limits of the tenant PostgreSQL server (red team 2026-12-01: one free-tier role took the CPU, and
+# work_mem/temp files were unbounded). Read by PostgresDatabaseProvider (per-role limits, per tier) and by
+# inkmcp.store.tenant_server.confine_tenant_server (the embedded server's cgroup); both construct it themselves, so
+# no wiring in app.py is needed. Per-tier maps are JSON in the environment, e.g.
+# INKMCP_TENANT_PG_TEMP_FILE_LIMIT_MB='{"free": 512, "standard": 4096}'; a tier left out keeps its default.
+class TenantPostgresSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INKMCP_TENANT_PG_", extra="ignore")
+
+    temp_file_limit_mb: dict[Tier, int] = Field(
+        default_factory=lambda: {Tier.free: 1024, Tier.standard: 8192},
+        description="temp_file_limit per backend (MiB of temporary files one session may hold; -1 = none). "
+        "Superuser-only, so a tenant cannot lift it",
+    )
+    statement_timeout_s: dict[Tier, float] = Field(
+        default_factory=lambda: {Tier.free: 60.0, Tier.standard: 300.0},
+        description="default statement_timeout per role, in seconds (0 = none); a tenant can still SET it",
+    )
+    idle_in_transaction_timeout_s: dict[Tier, float] = Field(
+        default_factory=lambda: {Tier.free: 300.0, Tier.standard: 900.0},
+        description="default idle_in_transaction_session_timeout per role, in seconds (0 = none)",
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, le=1024,
+        description="CPU quota of the embedded tenant server, all its backends together (cgroup cpu.max), in cores. "
+        "Unset: all cores but one (half a core on a one-core machine)",
+    )  # fmt: skip
+    cpu_weight: int = Field(
+        default=50, ge=1, le=10000,
+        description="its CPU weight beside other groups when the machine is busy (cgroup v2 cpu.weight, 100 = "
+        "an ordinary group; cpu.shares on v1)",
+    )  # fmt: skip
+    memory_mb: int | None = Field(
+        default=None, ge=256,
+        description="memory cap of the embedded tenant server, shared buffers and page cache included (cgroup "
+        "memory.max). Unset: half the machine's RAM",
+    )  # fmt: skip
+# --- end pglimits

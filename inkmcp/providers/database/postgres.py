@@ -7,6 +7,13 @@ One tenant = one login role + one database owned by it, both named `ink_<slug>`.
   and `template1` databases, which PUBLIC can otherwise connect to.
 * Tenant roles are NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT with a per-tier CONNECTION LIMIT
   (`DEFAULT_CONNECTION_LIMITS`; `ensure_connection_limit` corrects roles made under older limits).
+* Per-role resource limits, per tier (`inkmcp.settings.TenantPostgresSettings`), set by us as superuser with
+  `ALTER ROLE ... SET` (red team 2026-12-01: one free-tier role ran the host's CPU and temp disk):
+  `temp_file_limit` is superuser-only, so the tenant can neither SET it in a session nor ALTER/RESET it on its
+  own role: a query spilling more than that to disk fails. `statement_timeout` and
+  `idle_in_transaction_session_timeout` are only defaults: a tenant may SET them (like `work_mem`) in its
+  session. What holds however a tenant sets those is the embedded server's cgroup (CPU and memory of all
+  backends together, `inkmcp.store.tenant_server.confine_tenant_server`) and the connection limit.
 * Schema `public`: since PostgreSQL 15 it is owned by `pg_database_owner` and PUBLIC has no CREATE
   on it, so in a tenant database only the tenant (as database owner) can create objects there;
   nothing further to revoke (verified in tests/store/test_postgres_provider.py).
@@ -32,6 +39,7 @@ from pydantic import SecretStr
 
 from inkmcp.errors import InvalidArgument, ProviderError
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
+from inkmcp.settings import TenantPostgresSettings
 
 PREFIX = "ink_"
 _MAX_IDENT = 63
@@ -44,6 +52,28 @@ DEFAULT_CONNECTION_LIMITS: Mapping[Tier, int] = {Tier.free: 5, Tier.standard: 20
 for the superuser: with the default account limits (5 databases, tier free only) one account holds at
 most 5 x 5 = 25 connections, an eighth of the server, so no single account can starve the others;
 an account granted `standard` holds at most 5 x 20 = 100. Apps needing more pool their connections."""
+
+
+ROLE_SETTINGS = ("temp_file_limit", "statement_timeout", "idle_in_transaction_session_timeout")
+"""The parameters InkMCP sets on every tenant role (and only these: anything else on the role is the tenant's)."""
+
+
+def role_settings(limits: TenantPostgresSettings, tier: Tier) -> dict[str, str]:
+    """The `ALTER ROLE ... SET` values of a tier, in the form PostgreSQL keeps them (pg_db_role_setting).
+
+    A tier left out of a configured map keeps its default, so setting only `free` does not unlimit `standard`."""
+    defaults = TenantPostgresSettings.model_construct()
+
+    def pick(configured: Mapping[Tier, float], default: Mapping[Tier, float]) -> float:
+        return configured.get(tier, default.get(tier, 0))
+
+    temp_mb = int(pick(limits.temp_file_limit_mb, defaults.temp_file_limit_mb))
+    return {
+        "temp_file_limit": "-1" if temp_mb < 0 else f"{temp_mb}MB",
+        "statement_timeout": f"{int(pick(limits.statement_timeout_s, defaults.statement_timeout_s) * 1000)}ms",
+        "idle_in_transaction_session_timeout":
+            f"{int(pick(limits.idle_in_transaction_timeout_s, defaults.idle_in_transaction_timeout_s) * 1000)}ms",
+    }
 
 
 def database_name_for(owner_slug: str) -> str:
@@ -99,12 +129,14 @@ class PostgresDatabaseProvider:
         public_host: str,
         public_port: int,
         connection_limits: Mapping[Tier, int] | None = None,
+        role_limits: TenantPostgresSettings | None = None,
         connect_timeout_s: int = 10,
     ) -> None:
         self._admin_url = SecretStr(libpq_url(admin_url.get_secret_value()))
         self.public_host = public_host
         self.public_port = public_port
         self.connection_limits = dict(connection_limits or DEFAULT_CONNECTION_LIMITS)
+        self.role_limits = role_limits or TenantPostgresSettings()  # INKMCP_TENANT_PG_* from the environment
         self.connect_timeout_s = connect_timeout_s
 
     def __repr__(self) -> str:
@@ -143,6 +175,7 @@ class PostgresDatabaseProvider:
             ).format(sql.Literal(limit), sql.Literal(verifier))
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             await conn.execute(sql.SQL("{} {} WITH {}").format(verb, role, options))
+            await self._set_role_limits(conn, ident, tier, current=None)
             db_exists = await (
                 await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ident,))
             ).fetchone()
@@ -176,28 +209,54 @@ class PostgresDatabaseProvider:
     def connection_limit(self, tier: Tier) -> int:
         return self.connection_limits.get(Tier(tier), -1)
 
-    async def ensure_connection_limit(self, external_id: str, tier: Tier) -> bool:
-        """Set the role's CONNECTION LIMIT to its tier's if it differs (roles made under older limits).
+    def role_settings(self, tier: Tier) -> dict[str, str]:
+        return role_settings(self.role_limits, Tier(tier))
 
-        Idempotent; returns True when it changed something. Existing sessions stay; the limit applies
-        to new connections.
+    async def _set_role_limits(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str, tier: Tier,
+        current: Mapping[str, str] | None,
+    ) -> bool:
+        """`ALTER ROLE ident SET` each of ROLE_SETTINGS that differs from `current` (None: set them all)."""
+        changed = False
+        for name, value in self.role_settings(tier).items():
+            if current is not None and current.get(name) == value:
+                continue
+            # name comes from ROLE_SETTINGS (a fixed list), the value is a literal
+            await conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                sql.Identifier(ident), sql.Identifier(name), sql.Literal(value)))
+            changed = True
+        return changed
+
+    async def ensure_connection_limit(self, external_id: str, tier: Tier) -> bool:
+        """Bring the role's limits to its tier's where they differ (roles made under older limits, or before
+        per-role limits existed): its CONNECTION LIMIT and its ROLE_SETTINGS (temp_file_limit, timeouts).
+
+        Core runs it for every managed role at start (`DatabaseService.reconcile_connection_limits`). Idempotent;
+        returns True when it changed something. Existing sessions stay; the limits apply to new connections.
         """
         ident = _check_ours(external_id)
         limit = self.connection_limit(tier)
         conn = await self._connect()
         try:
             await self._lock(conn, ident)
-            cur = await conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (ident,))
+            cur = await conn.execute(
+                "SELECT r.rolconnlimit, s.setconfig FROM pg_roles r LEFT JOIN pg_db_role_setting s "
+                "ON s.setrole = r.oid AND s.setdatabase = 0 WHERE r.rolname = %s", (ident,))
             row = await cur.fetchone()
-            if row is None or row[0] == limit:
+            if row is None:
                 return False
-            await conn.execute(
-                sql.SQL("ALTER ROLE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(ident), sql.Literal(limit))
-            )
-            return True
+            connlimit, setconfig = row
+            current = dict(item.split("=", 1) for item in (setconfig or []) if isinstance(item, str) and "=" in item)
+            changed = await self._set_role_limits(conn, ident, tier, current)
+            if connlimit != limit:
+                await conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(ident), sql.Literal(limit))
+                )
+                changed = True
+            return changed
         except psycopg.Error as e:
             reason = e.diag.message_primary or e
-            raise ProviderError(f"setting the connection limit of {ident} failed: {reason}") from None
+            raise ProviderError(f"setting the limits of {ident} failed: {reason}") from None
         finally:
             await conn.close()
 
