@@ -745,6 +745,8 @@ class DeployService:
         try:
             if made.new_service and made.service_id is not None:
                 if made.keyed and not await self._has_deployment(made.service_id):  # --- ghkeys (issue 11)
+                    # the key first: if its removal fails, the service stays with the key's record, and deleting
+                    # the service later removes both (dropping the row would forget a key left on GitHub)
                     await self.github.deploy_keys.remove(made.service_id)
                 await self._drop_new_service(made.project_id, made.service_id)
             if made.created_project and await self._drop_if_empty(made.project_id) \
