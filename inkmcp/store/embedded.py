@@ -189,6 +189,13 @@ class EmbeddedPostgres:
             self._wait_ready()
             if password is not None:
                 self._set_superuser_password(password)
+            # --- pglimits: a TCP server is a tenant server; its backends run tenants' queries outside their
+            # services' cgroups, so the postmaster (and every backend it forks) goes into a capped group of its own
+            if self.port is not None:
+                from inkmcp.store.tenant_server import confine_tenant_server
+
+                confine_tenant_server(self.pgdata, self._running_pid(), max_connections=self.max_connections)
+            # --- end pglimits
 
     def stop(self) -> None:
         """Stop with `pg_ctl -m fast` (disconnects clients, clean shutdown); no-op if not running."""

@@ -13,19 +13,33 @@ server (backups, a moved disk, a new IP) is still recognised, and a wiped one is
 
 Relaxed only where no split can happen: when our own server is not the default provider (Neon or Coolify-managed
 Postgres is) and the control plane records no database on it, a mismatch is logged, not refused.
+
+The embedded tenant server also runs in a cgroup of its own (`confine_tenant_server`): its backends run as
+`inkmcp-pg`, outside every tenant's service cgroup, so without one a free-tier role's queries took the host's CPU
+while the app that sent them had a 0.25-CPU quota (red team 2026-12-01). The group caps all backends together
+(memory.max, cpu.max, a lower CPU weight, pids.max); per-role limits are in providers/database/postgres.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import psutil
 import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.errors import InkError
 from inkmcp.store.crypto import SecretBox, shared_value
+
+if TYPE_CHECKING:
+    from inkmcp.providers.compute.local.limits import Cgroups
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +103,96 @@ async def check_tenant_server(
         "replica's), or make Neon the default (INKMCP_NEON_API_KEY); if that server's data was lost, restore it "
         "from a backup rather than starting an empty one",
     )
+
+
+# --- the embedded tenant server's cgroup --------------------------------------------------------------------------
+
+CGROUP_PARENT = "inkmcp-tenant-pg"
+"""Beside the local provider's `inkmcp` parent (whose groups are services), so its sweeps never see this one."""
+BACKGROUND_TASKS = 100
+"""pids.max headroom over max_connections: checkpointer, walwriter, autovacuum and parallel workers."""
+_SWEEP_AGE_S = 120
+"""An empty group is removed only when older than this, so one created by a server starting right now stays."""
+
+
+def tenant_server_cgroup(pgdata: Path) -> str:
+    """The group of the server on `pgdata`: one per data dir, so two servers on a host (tests) have their own caps."""
+    return "pg-" + hashlib.sha256(str(Path(pgdata).absolute()).encode()).hexdigest()[:12]
+
+
+def default_caps(cpus: float | None, memory_mb: int | None) -> tuple[float, int]:
+    """Configured caps, else all cores but one (at least half a core) and half the RAM."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return (cpus if cpus is not None else max(0.5, cores - 1.0),
+            memory_mb if memory_mb is not None else max(256, ram_mb // 2))
+
+
+def confine_tenant_server(pgdata: Path, postmaster: int | None, *, max_connections: int) -> str | None:
+    """Move the postmaster and its children into the server's capped cgroup; returns the group (None: not capped).
+
+    Idempotent: run on every start, adopted servers included (a server started before this existed is moved on the
+    next InkMCP start). The postmaster moves first, so every backend it forks afterwards is born inside; the
+    children that exist already are moved next. Best effort like the local provider's limits: without root or
+    cgroup controllers it logs why and the server runs uncapped (per-role limits still hold).
+    """
+    from inkmcp.providers.compute.base import Resources
+    from inkmcp.providers.compute.local.limits import Cgroups
+    from inkmcp.settings import TenantPostgresSettings
+
+    if postmaster is None:
+        return None
+    settings = TenantPostgresSettings()
+    cgroups = Cgroups(CGROUP_PARENT, pids_max=max_connections + BACKGROUND_TASKS)
+    if not cgroups.available:
+        log.warning("tenant Postgres runs without a CPU/memory cap: %s", cgroups.reason)
+        return None
+    cpus, memory_mb = default_caps(settings.cpus, settings.memory_mb)
+    group = tenant_server_cgroup(pgdata)
+    _sweep_empty(cgroups, keep=group)
+    # model_construct: Resources' bounds are a service's (at most 16 GiB, 16 cores); a host's share may exceed them
+    cgroups.ensure(group, Resources.model_construct(memory_mb=memory_mb, cpus=cpus))
+    _set_weight(cgroups, group, settings.cpu_weight)
+    cgroups.attach(group, postmaster)
+    try:
+        children = psutil.Process(postmaster).children(recursive=True)
+    except psutil.Error:
+        children = []
+    for child in children:
+        cgroups.attach(group, child.pid)
+    log.info("tenant Postgres %s capped in cgroup %s/%s: %.2f CPUs, %d MiB", pgdata, CGROUP_PARENT, group, cpus,
+             memory_mb)
+    return group
+
+
+def _set_weight(cgroups: Cgroups, group: str, weight: int) -> None:
+    """cpu.weight (v2, 1..10000, 100 = default) or cpu.shares (v1, 1024 = default)."""
+    cpu = cgroups.procs_files(group)
+    if not cpu:
+        return
+    if cgroups.version == 2:
+        path, value = Path(cpu[0]).with_name("cpu.weight"), str(weight)
+    else:
+        path = cgroups.root / "cpu" / cgroups.parent / group / "cpu.shares"
+        value = str(max(2, weight * 1024 // 100))
+    try:
+        path.write_text(value)
+    except OSError as e:
+        log.warning("could not set the tenant Postgres CPU weight (%s): %s", path, e.strerror)
+
+
+def _sweep_empty(cgroups: Cgroups, keep: str) -> None:
+    """Remove empty groups of servers that are gone (tests start many); a non-empty one cannot be removed anyway."""
+    base = cgroups.root / CGROUP_PARENT if cgroups.version == 2 else cgroups.root / "memory" / CGROUP_PARENT
+    try:
+        entries = [d for d in base.iterdir() if d.is_dir() and d.name.startswith("pg-") and d.name != keep]
+    except OSError:
+        return
+    now = time.time()
+    for d in entries:
+        try:
+            if now - d.stat().st_mtime < _SWEEP_AGE_S or cgroups.pids(d.name):
+                continue
+        except OSError:
+            continue
+        cgroups.remove(d.name)
