@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: starts its o
 ATTACKER = "mallory-pg"
 TEMP_LIMIT_MB = 8
 CPU_CAP = 0.5
-MEMORY_CAP_MB = 768
+MEMORY_CAP_MB = 512
 ENV = {
     "INKMCP_TENANT_PG_TEMP_FILE_LIMIT_MB": f'{{"free": {TEMP_LIMIT_MB}}}',
     "INKMCP_TENANT_PG_STATEMENT_TIMEOUT_S": '{"free": 45}',
@@ -220,3 +220,35 @@ async def test_existing_roles_get_the_limits_at_start(server: ServerProc, creds:
                  for name in ROLE_SETTINGS}
     assert shown == {"temp_file_limit": f"{TEMP_LIMIT_MB}MB", "statement_timeout": "45s",
                      "idle_in_transaction_session_timeout": "5min"}
+
+
+def _oom_kills(group: str) -> int:
+    """The group's OOM-kill counter (memory.events on v2, memory.oom_control on v1)."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    path = _group_dir("memory", group) / ("memory.events" if v2 else "memory.oom_control")
+    counters = dict(line.split() for line in path.read_text().splitlines())
+    return int(counters["oom_kill"])
+
+
+async def test_a_memory_hog_is_stopped_at_the_cap(server: ServerProc, creds: dict[str, Any]) -> None:
+    """The finding's memory attack: work_mem is the tenant's to set, so it sets 4 GB and grows one backend with a
+    huge hash aggregate. The kernel kills that backend at the group's cap (512 MiB for the whole server), not
+    when the host runs out. Postgres then restarts its sessions (crash recovery), so this test runs last here."""
+    require("root", Cgroups(CGROUP_PARENT).available, "cgroups cannot be created on this host")
+    group = tenant_server_cgroup(server.data_dir / "pg" / "tenants")
+    before = _oom_kills(group)
+    with connect(creds) as c:
+        c.execute("SET work_mem = '4GB'")  # allowed: only a default
+        c.execute("SET statement_timeout = '60s'")
+        with pytest.raises(psycopg.OperationalError, match="server closed the connection unexpectedly"):
+            c.execute("SELECT count(*) FROM (SELECT g, count(*) FROM generate_series(1, 40000000) g GROUP BY g) s")
+    assert _oom_kills(group) > before  # killed by the group's limit
+    deadline = time.monotonic() + 60
+    while True:  # the server recovers on its own and the tenant can connect again
+        try:
+            with connect(creds) as c:
+                assert c.execute("SELECT 1").fetchone() == (1,)
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline, "the tenant server did not come back after the OOM kill"
+            await asyncio.sleep(0.2)
