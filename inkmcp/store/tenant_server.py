@@ -145,7 +145,9 @@ def confine_tenant_server(pgdata: Path, postmaster: int | None, *, max_connectio
     settings = TenantPostgresSettings()
     cgroups = Cgroups(CGROUP_PARENT, pids_max=max_connections + BACKGROUND_TASKS)
     if not cgroups.available:
-        log.warning("tenant Postgres runs without a CPU/memory cap: %s", cgroups.reason)
+        # as a normal user (one person's machine) that is expected; as root it means the host lacks the controllers
+        log.log(logging.WARNING if os.geteuid() == 0 else logging.INFO,
+                "tenant Postgres runs without a CPU/memory cap: %s", cgroups.reason)
         return None
     cpus, memory_mb = default_caps(settings.cpus, settings.memory_mb)
     group = tenant_server_cgroup(pgdata)

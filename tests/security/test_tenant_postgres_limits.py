@@ -114,11 +114,16 @@ async def test_a_query_spilling_past_the_limit_is_refused(creds: dict[str, Any])
         assert c.execute("SELECT 1").fetchone() == (1,)  # the session itself goes on
 
 
-def _group_dir(controller: str, group: str) -> Path:
-    root = Path("/sys/fs/cgroup")
-    if (root / "cgroup.controllers").exists():
-        return root / CGROUP_PARENT / group
-    return root / controller / CGROUP_PARENT / group
+@pytest.fixture(scope="module")
+def cg() -> Cgroups:
+    """The tenant server's cgroup parent as InkMCP sees it (version 1 or 2); the cgroup tests need it working."""
+    cgroups = Cgroups(CGROUP_PARENT)
+    require("root", cgroups.available, f"cgroups cannot be created on this host: {cgroups.reason}")
+    return cgroups
+
+
+def _group_dir(cg: Cgroups, controller: str, group: str) -> Path:
+    return cg.root / CGROUP_PARENT / group if cg.version == 2 else cg.root / controller / CGROUP_PARENT / group
 
 
 def _cgroup_of(pid: int) -> dict[str, str]:
@@ -131,25 +136,24 @@ def _cgroup_of(pid: int) -> dict[str, str]:
     return found
 
 
-async def test_backends_run_in_the_capped_cgroup(server: ServerProc, creds: dict[str, Any]) -> None:
+async def test_backends_run_in_the_capped_cgroup(server: ServerProc, creds: dict[str, Any], cg: Cgroups) -> None:
     """The tenant's own backend (pg_backend_pid, from the attacker's login) is in the tenant server's group,
     whose cpu and memory limits are the configured caps."""
-    require("root", Cgroups(CGROUP_PARENT).available, "cgroups cannot be created on this host")
     group = tenant_server_cgroup(server.data_dir / "pg" / "tenants")
     with connect(creds) as c:
         backend = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         where = _cgroup_of(backend)
     expected = f"/{CGROUP_PARENT}/{group}"
-    if "" in where and where[""] != "/":  # cgroup v2
+    if cg.version == 2:
         assert where[""] == expected, where
-        d = _group_dir("", group)
+        d = _group_dir(cg, "", group)
         quota, period = (d / "cpu.max").read_text().split()
         assert int(quota) / int(period) == CPU_CAP
         assert int((d / "memory.max").read_text()) == MEMORY_CAP_MB * 2**20
         assert int((d / "cpu.weight").read_text()) == 50
     else:  # cgroup v1: one hierarchy per controller
         assert where["memory"] == expected and where["cpu"] == expected and where["pids"] == expected, where
-        cpu, mem = _group_dir("cpu", group), _group_dir("memory", group)
+        cpu, mem = _group_dir(cg, "cpu", group), _group_dir(cg, "memory", group)
         quota = int((cpu / "cpu.cfs_quota_us").read_text()) / int((cpu / "cpu.cfs_period_us").read_text())
         assert quota == CPU_CAP
         assert int((mem / "memory.limit_in_bytes").read_text()) == MEMORY_CAP_MB * 2**20
@@ -160,10 +164,9 @@ async def test_backends_run_in_the_capped_cgroup(server: ServerProc, creds: dict
     assert _cgroup_of(postmaster) == where
 
 
-async def test_two_cpu_hogs_share_the_cap(creds: dict[str, Any]) -> None:
+async def test_two_cpu_hogs_share_the_cap(creds: dict[str, Any], cg: Cgroups) -> None:
     """The red team's attack again: two busy generate_series queries. Their backends together get at most the
     server's quota (0.5 CPU), not the 68% + 55% of one core each they got before."""
-    require("root", Cgroups(CGROUP_PARENT).available, "cgroups cannot be created on this host")
     conns = [connect(creds) for _ in range(2)]
     try:
         pids = [c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in conns]
@@ -222,27 +225,25 @@ async def test_existing_roles_get_the_limits_at_start(server: ServerProc, creds:
                      "idle_in_transaction_session_timeout": "5min"}
 
 
-def _oom_kills(group: str) -> int:
+def _oom_kills(cg: Cgroups, group: str) -> int:
     """The group's OOM-kill counter (memory.events on v2, memory.oom_control on v1)."""
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
-    path = _group_dir("memory", group) / ("memory.events" if v2 else "memory.oom_control")
+    path = _group_dir(cg, "memory", group) / ("memory.events" if cg.version == 2 else "memory.oom_control")
     counters = dict(line.split() for line in path.read_text().splitlines())
     return int(counters["oom_kill"])
 
 
-async def test_a_memory_hog_is_stopped_at_the_cap(server: ServerProc, creds: dict[str, Any]) -> None:
+async def test_a_memory_hog_is_stopped_at_the_cap(server: ServerProc, creds: dict[str, Any], cg: Cgroups) -> None:
     """The finding's memory attack: work_mem is the tenant's to set, so it sets 4 GB and grows one backend with a
     huge hash aggregate. The kernel kills that backend at the group's cap (512 MiB for the whole server), not
     when the host runs out. Postgres then restarts its sessions (crash recovery), so this test runs last here."""
-    require("root", Cgroups(CGROUP_PARENT).available, "cgroups cannot be created on this host")
     group = tenant_server_cgroup(server.data_dir / "pg" / "tenants")
-    before = _oom_kills(group)
+    before = _oom_kills(cg, group)
     with connect(creds) as c:
         c.execute("SET work_mem = '4GB'")  # allowed: only a default
         c.execute("SET statement_timeout = '60s'")
         with pytest.raises(psycopg.OperationalError, match="server closed the connection unexpectedly"):
             c.execute("SELECT count(*) FROM (SELECT g, count(*) FROM generate_series(1, 40000000) g GROUP BY g) s")
-    assert _oom_kills(group) > before  # killed by the group's limit
+    assert _oom_kills(cg, group) > before  # killed by the group's limit
     deadline = time.monotonic() + 60
     while True:  # the server recovers on its own and the tenant can connect again
         try:
