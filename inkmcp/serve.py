@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,24 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    held: list[int]
+    """Duplicates of the listening sockets' fds, closed by `release_port` only after the compute provider's close.
+
+    uvicorn closes its listening sockets as it stops; the provider kills the tenants' cgroups later (rt.close).
+    In between, a tenant's double-forked daemon could bind the MCP port and read the next agent's Bearer key.
+    A duplicate fd keeps the socket (and so the port) bound and listening until every tenant process is gone:
+    a connection arriving then waits in the backlog and is reset at release, never reaching a tenant."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.held = [os.dup(sock.fileno()) for srv in getattr(self, "servers", []) for sock in srv.sockets or ()]
+
+    def release_port(self) -> None:
+        for fd in getattr(self, "held", []):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held = []
 
 
 ADDRESS_FILE = "serve.json"
@@ -106,6 +125,7 @@ def keys_create_line(settings: Settings) -> str:
 
 async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> None:
     rt = await open_runtime(settings, serve=True)
+    uvicorn_server: _Server | None = None
     try:
         if not await rt.platform.accounts.has_any_key():
             issued = await rt.platform.accounts.create_key("default", "created on first start")
@@ -141,10 +161,15 @@ async def serve_http(settings: Settings, *, announce: Callable[[str], None]) -> 
         # every request for 0.4 s (the p99 of 64 clients); with it the longest pause measured was 36 ms.
         gc.collect()
         gc.freeze()
+        uvicorn_server = _Server(config)
         with address_recorded(settings):
-            await _Server(config).serve()
+            await uvicorn_server.serve()
     finally:
-        await rt.close()
+        try:
+            await rt.close()
+        finally:
+            if uvicorn_server is not None:
+                uvicorn_server.release_port()  # only now: no tenant process is left to bind the port
         log.info("stopped")
 
 

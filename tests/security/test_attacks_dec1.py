@@ -333,18 +333,21 @@ if pid == 0:
         os.dup2(devnull, fd)
     with open(log_path, "a", buffering=1) as log:
         log.write(f"PID {os.getpid()}\n")
-        bound = {}
+        bound, errors = {}, {}
         deadline = time.time() + 120
         while time.time() < deadline:
-            for port in ARGS["ports"]:
+            for port, reuse in ((p, r) for p in ARGS["ports"] for r in (socket.SO_REUSEADDR, socket.SO_REUSEPORT)):
                 if port in bound:
                     continue
                 sock = socket.socket()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, reuse, 1)
                 try:
                     sock.bind(("127.0.0.1", port))
-                except OSError:
+                except OSError as e:
                     sock.close()
+                    if errors.get((port, reuse)) != e.errno:  # each new outcome once: the attempts are seen
+                        errors[(port, reuse)] = e.errno
+                        log.write(f"REFUSED {port} {reuse} {e.errno}\n")
                     continue
                 sock.listen(5)
                 bound[port] = sock
@@ -367,8 +370,9 @@ result = int(open(log_path).read().split()[1])
 async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path) -> None:
     """mallory plants a double-forked daemon that waits for the MCP server's port and the proxy's. Before
     the fix it outlived the graceful stop, held the ports and read the next agent's Bearer key (and the
-    restarted server could not bind them); now it dies with its service's cgroup before the proxy gives
-    up its port, the restarted server gets both ports back and answers, and the daemon read nothing."""
+    restarted server could not bind them); now it dies with its service's cgroup before the proxy or the
+    MCP server gives up its port (serve holds its listening socket until the provider's close returns), the
+    restarted server gets both ports back and answers, and the daemon bound and read nothing."""
     with security_server("inkmcp-sec-squat-", ("mallory",), **SHARED_ENV) as srv:
         async with session(srv, "mallory") as m:
             lab = await lab_live(m, lab_repo(repos, "dec1-squat"), "mallory", project_name="dec1-squat")
@@ -381,9 +385,14 @@ async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path)
         assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(f"/proc/{daemon}/status").read_text(), \
             f"mallory's daemon {daemon} outlived the server"
         squat = (home / "squat.log").read_text()
-        assert f"BOUND {srv.proxy_port}" not in squat, squat
-        # (The MCP port may be bound for the second or two between uvicorn closing it and the provider's close
-        # killing the cgroups: the report's residual item; serve would have to keep its socket until then.)
+        # From the daemon's side: it kept trying both ports (with SO_REUSEADDR and with SO_REUSEPORT) until it
+        # died, and every bind was refused with EADDRINUSE. The MCP port too: uvicorn closes its listening
+        # socket before the provider's close kills the cgroups, and for that second or two serve keeps a
+        # duplicate of the socket open (released after the provider's close), so the port is never free.
+        for port in ports:
+            assert f"REFUSED {port} " in squat, squat
+            assert f"BOUND {port}" not in squat, squat
+        assert {line.split()[3] for line in squat.splitlines() if line.startswith("REFUSED")} == {"98"}, squat
         srv.start()
         assert (srv.port, srv.proxy_port) == ports, f"the restarted server lost its ports {ports}"
         r = httpx.post(f"http://127.0.0.1:{srv.port}/mcp", json={}, headers={"Authorization": "Bearer dk_live_probe"},
