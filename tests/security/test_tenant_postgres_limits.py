@@ -223,6 +223,15 @@ async def test_existing_roles_get_the_limits_at_start(server: ServerProc, creds:
                  for name in ROLE_SETTINGS}
     assert shown == {"temp_file_limit": f"{TEMP_LIMIT_MB}MB", "statement_timeout": "45s",
                      "idle_in_transaction_session_timeout": "5min"}
+    # The tenant's own default for a setting it may change anyway is kept; the superuser-only one is not.
+    with connect(creds) as c:
+        c.execute("ALTER ROLE CURRENT_USER SET statement_timeout = 0")  # e.g. for a long migration
+    with psycopg.connect(admin.get_secret_value(), autocommit=True) as su:  # a limit from an older configuration
+        su.execute(psycopg.sql.SQL("ALTER ROLE {} SET temp_file_limit = '64GB'").format(psycopg.sql.Identifier(role)))
+    assert await provider.ensure_connection_limit(role, Tier.free) is True
+    with connect(creds) as c:
+        assert c.execute("SHOW statement_timeout").fetchone() == ("0",)
+        assert c.execute("SHOW temp_file_limit").fetchone() == (f"{TEMP_LIMIT_MB}MB",)
 
 
 def _oom_kills(cg: Cgroups, group: str) -> int:

@@ -12,8 +12,9 @@ One tenant = one login role + one database owned by it, both named `ink_<slug>`.
   `temp_file_limit` is superuser-only, so the tenant can neither SET it in a session nor ALTER/RESET it on its
   own role: a query spilling more than that to disk fails. `statement_timeout` and
   `idle_in_transaction_session_timeout` are only defaults: a tenant may SET them (like `work_mem`) in its
-  session. What holds however a tenant sets those is the embedded server's cgroup (CPU and memory of all
-  backends together, `inkmcp.store.tenant_server.confine_tenant_server`) and the connection limit.
+  session or on its own role (which InkMCP then leaves alone). What holds however a tenant sets those is the
+  embedded server's cgroup (CPU and memory of all backends together,
+  `inkmcp.store.tenant_server.confine_tenant_server`) and the connection limit.
 * Schema `public`: since PostgreSQL 15 it is owned by `pg_database_owner` and PUBLIC has no CREATE
   on it, so in a tenant database only the tenant (as database owner) can create objects there;
   nothing further to revoke (verified in tests/store/test_postgres_provider.py).
@@ -56,6 +57,8 @@ an account granted `standard` holds at most 5 x 20 = 100. Apps needing more pool
 
 ROLE_SETTINGS = ("temp_file_limit", "statement_timeout", "idle_in_transaction_session_timeout")
 """The parameters InkMCP sets on every tenant role (and only these: anything else on the role is the tenant's)."""
+ENFORCED = frozenset({"temp_file_limit"})
+"""Of those, the superuser-only ones: a tenant cannot change them, so InkMCP resets them whenever they differ."""
 
 
 def role_settings(limits: TenantPostgresSettings, tier: Tier) -> dict[str, str]:
@@ -175,7 +178,7 @@ class PostgresDatabaseProvider:
             ).format(sql.Literal(limit), sql.Literal(verifier))
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             await conn.execute(sql.SQL("{} {} WITH {}").format(verb, role, options))
-            await self._set_role_limits(conn, ident, tier, current=None)
+            await self._set_role_limits(conn, ident, tier)
             db_exists = await (
                 await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ident,))
             ).fetchone()
@@ -212,14 +215,23 @@ class PostgresDatabaseProvider:
     def role_settings(self, tier: Tier) -> dict[str, str]:
         return role_settings(self.role_limits, Tier(tier))
 
-    async def _set_role_limits(
-        self, conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str, tier: Tier,
-        current: Mapping[str, str] | None,
-    ) -> bool:
-        """`ALTER ROLE ident SET` each of ROLE_SETTINGS that differs from `current` (None: set them all)."""
+    async def _set_role_limits(self, conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str, tier: Tier) -> bool:
+        """`ALTER ROLE ident SET` the tier's ROLE_SETTINGS; returns True when it changed one.
+
+        ENFORCED ones (superuser-only) are set whenever they differ. The others are defaults the tenant may change,
+        even on its own role (`ALTER ROLE CURRENT_USER SET statement_timeout = 0` for a long migration): they are
+        set only when the role has none, so a restart does not undo the tenant's choice; enforcing them would buy
+        nothing, since a session can SET them anyway. A changed tier default thus reaches roles without one.
+        """
+        cur = await conn.execute(
+            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON s.setrole = r.oid "
+            "WHERE r.rolname = %s AND s.setdatabase = 0", (ident,))
+        row = await cur.fetchone()
+        setconfig = row[0] if row is not None and isinstance(row[0], list) else []
+        current = dict(str(item).split("=", 1) for item in setconfig if "=" in str(item))
         changed = False
         for name, value in self.role_settings(tier).items():
-            if current is not None and current.get(name) == value:
+            if current.get(name) == value or (name not in ENFORCED and name in current):
                 continue
             # name comes from ROLE_SETTINGS (a fixed list), the value is a literal
             await conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(
@@ -239,16 +251,12 @@ class PostgresDatabaseProvider:
         conn = await self._connect()
         try:
             await self._lock(conn, ident)
-            cur = await conn.execute(
-                "SELECT r.rolconnlimit, s.setconfig FROM pg_roles r LEFT JOIN pg_db_role_setting s "
-                "ON s.setrole = r.oid AND s.setdatabase = 0 WHERE r.rolname = %s", (ident,))
+            cur = await conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (ident,))
             row = await cur.fetchone()
             if row is None:
                 return False
-            connlimit, setconfig = row
-            current = dict(item.split("=", 1) for item in (setconfig or []) if isinstance(item, str) and "=" in item)
-            changed = await self._set_role_limits(conn, ident, tier, current)
-            if connlimit != limit:
+            changed = await self._set_role_limits(conn, ident, tier)
+            if row[0] != limit:
                 await conn.execute(
                     sql.SQL("ALTER ROLE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(ident), sql.Literal(limit))
                 )
