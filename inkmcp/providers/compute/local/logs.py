@@ -11,6 +11,11 @@ process's output, and each build's, goes through an `OutputBudget`: a token buck
 per second. Past it InkMCP stops reading for a moment; the tenant's pipe fills and its writes block,
 so the flood slows the flooding process (its own CPU quota), not the server and the other accounts.
 Nothing is dropped: every line still reaches the log, only later.
+
+Per process is not enough: an account may run 200 services (20 projects x 10), each flooding within its
+own budget (~400,000 lines/s together, ~3.4 cores of InkMCP's time). So every process's and build's budget
+draws on its account's budget too (`OutputBudget(parent=...)`, one per account in the provider): all of an
+account's output together is paced at ACCOUNT_* rates, and another account's budget is untouched by it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ LINES_PER_SECOND = 2000.0
 BURST_LINES = 20000.0
 BYTES_PER_SECOND = 2.0 * 1024 * 1024
 BURST_BYTES = 8.0 * 1024 * 1024
+# Per account: every process and build of one account together (a few flooding processes' worth: ~7 % of a core).
+ACCOUNT_LINES_PER_SECOND = 8000.0
+ACCOUNT_BURST_LINES = 40000.0
+ACCOUNT_BYTES_PER_SECOND = 8.0 * 1024 * 1024
+ACCOUNT_BURST_BYTES = 16.0 * 1024 * 1024
 YIELD_EVERY = 256  # lines written between two turns of the event loop, even within the budget
 
 
@@ -40,18 +50,29 @@ class OutputBudget:
     `take` spends and says how long to wait before reading more (0 while within the budget); `spend`
     is the awaiting form for async writers (a build's output). Waiting is the backpressure: the tenant's
     pipe fills while InkMCP sleeps, so the flooding process blocks on its own writes.
+
+    With a `parent` (the account's budget), every take spends from both and waits for the longer: the
+    parent's level goes into debt as its children take, so N flooding children each wait ~N times longer
+    and together get the parent's rate.
     """
 
     def __init__(self, *, lines_per_second: float = LINES_PER_SECOND, burst_lines: float = BURST_LINES,
                  bytes_per_second: float = BYTES_PER_SECOND, burst_bytes: float = BURST_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, parent: OutputBudget | None = None) -> None:
         self.rates = (lines_per_second, bytes_per_second)
         self.bursts = (burst_lines, burst_bytes)
         self.levels = [burst_lines, burst_bytes]
         self.clock = clock
         self.last = clock()
         self.throttled = 0  # how many times a writer had to wait (the provider notes the first in the log)
+        self.parent = parent
         self._unyielded = 0
+
+    @classmethod
+    def for_account(cls, *, clock: Callable[[], float] = time.monotonic) -> OutputBudget:
+        """The budget all of one account's processes and builds draw on (their `parent`)."""
+        return cls(lines_per_second=ACCOUNT_LINES_PER_SECOND, burst_lines=ACCOUNT_BURST_LINES,
+                   bytes_per_second=ACCOUNT_BYTES_PER_SECOND, burst_bytes=ACCOUNT_BURST_BYTES, clock=clock)
 
     def take(self, lines: int, nbytes: int) -> float:
         now = self.clock()
@@ -62,6 +83,8 @@ class OutputBudget:
             self.levels[i] = level
             if level < 0:
                 wait = max(wait, -level / self.rates[i])
+        if self.parent is not None:
+            wait = max(wait, self.parent.take(lines, nbytes))
         if wait > 0:
             self.throttled += 1
         return wait

@@ -46,7 +46,7 @@ from inkmcp.providers.compute.base import (
 )
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
 from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
-from inkmcp.providers.compute.local.logs import RotatingLog, tail_lines
+from inkmcp.providers.compute.local.logs import OutputBudget, RotatingLog, tail_lines
 from inkmcp.providers.compute.local.nginx import make_proxy
 from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFailed
@@ -106,6 +106,7 @@ class _Service:
     home: str
     layout: ServiceLayout
     log: RotatingLog
+    output: OutputBudget  # its account's: every process's and build's own budget draws on it (logs.py)
     release_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     run_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     live: _Live | None = None
@@ -154,6 +155,7 @@ class LocalComputeProvider:
         serving previous version; `first_deploy_settle`: the same when nothing serves (a first deploy),
         capped at the window (None: INKMCP_STABILITY_WINDOW, INKMCP_FIRST_DEPLOY_SETTLE, `readiness.LiveSettings`)."""
         self.data_dir = Path(data_dir)
+        self._account_output: dict[str, OutputBudget] = {}  # per account: all its output together is paced
         register_server_paths(self.data_dir, SHOWN_PATHS)
         self.domain = domain.lower().strip(".")
         self.idle_timeout = idle_timeout
@@ -299,7 +301,9 @@ class LocalComputeProvider:
                 layout = ServiceLayout(self.data_dir, key.service_id)
                 await asyncio.to_thread(layout.prepare, run_as)
                 svc = _Service(key=key, mode=request.mode, run_as=run_as, home=home, layout=layout,
-                               log=RotatingLog(layout.runtime_log))  # fmt: skip
+                               log=RotatingLog(layout.runtime_log),
+                               output=self._account_output.setdefault(key.account_id,
+                                                                      OutputBudget.for_account()))  # fmt: skip
                 self._services[key.service_id] = svc
         if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
             try:  # renamed: the route follows, unless another service holds the new hostname
@@ -322,7 +326,7 @@ class LocalComputeProvider:
             did = request.deployment_id
             if svc.live is not None and svc.live.meta.deployment_id == did:
                 return ReleaseResult(url=self.url_for(request.key) if svc.live.meta.routed else None)
-            build_log = RotatingLog(svc.layout.build_log(did))
+            build_log = RotatingLog(svc.layout.build_log(did), budget=OutputBudget(parent=svc.output))
             current = Step.queued
 
             async def track(step: Step, detail: str) -> None:
@@ -454,7 +458,7 @@ class LocalComputeProvider:
         before = watch.snapshot() if watch is not None else None
         try:
             code = await run_once(self._config("release", ("/bin/sh", "-c", command), app_dir, svc, env),
-                                  build_log.write, timeout=self.build_timeout)  # fmt: skip
+                                  build_log.write, timeout=self.build_timeout, account_output=svc.output)  # fmt: skip
         except TimeoutError:
             raise ReleaseFailed(
                 Step.releasing, _with_tail(f"the release command ran longer than {self.build_timeout:g}s", build_log)
@@ -636,6 +640,7 @@ class LocalComputeProvider:
             live.meta, app_dir=self._app_dir(svc, live.meta), service_env=live.env, run_as=svc.run_as,
             home=svc.home, port=port, sink=svc.log.write, run_dir=svc.layout.run_dir,
             tenant_python=self.tenant_python, backoff=self.backoff, sandbox=self._sandbox(svc),
+            account_output=svc.output,
         )  # fmt: skip
 
     def _app_dir(self, svc: _Service, meta: ReleaseMeta) -> Path:

@@ -27,6 +27,7 @@ from inkmcp.build import static_output
 from inkmcp.build.plan import BuildPlan, RunAs, ServiceType, Stack
 from inkmcp.build.process import TenantSandbox
 from inkmcp.providers.compute.local.command import command_argv
+from inkmcp.providers.compute.local.logs import OutputBudget
 from inkmcp.providers.compute.local.readiness import HttpAnswer, ListenProbe, probe_http
 from inkmcp.providers.compute.local.spawn import start_settings
 from inkmcp.providers.compute.local.supervisor import Backoff, ProcessConfig, Supervisor
@@ -102,6 +103,7 @@ class ReleaseRun:
         backoff: Backoff,
         cgroup_procs: tuple[str, ...] = (),
         sandbox: TenantSandbox | None = None,
+        account_output: OutputBudget | None = None,
     ) -> None:
         self.meta = meta
         self.port = port
@@ -131,7 +133,7 @@ class ReleaseRun:
                 pid_file=run_dir / f"{meta.deployment_id}-{name}-{port or 0}-{run_id}.pid", cgroup_procs=cgroup_procs,
                 sandbox=sandbox,
             )  # fmt: skip
-            sup = Supervisor(config, capture, backoff=backoff)
+            sup = Supervisor(config, capture, backoff=backoff, account_output=account_output)
             self.supervisors.append(sup)
             if routed:
                 self.routed = sup

@@ -26,7 +26,13 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.build.process import TenantSandbox, write_pid_file
-from inkmcp.providers.compute.local.logs import BYTES_PER_SECOND, LINES_PER_SECOND, YIELD_EVERY, OutputBudget
+from inkmcp.providers.compute.local.logs import (
+    ACCOUNT_LINES_PER_SECOND,
+    BYTES_PER_SECOND,
+    LINES_PER_SECOND,
+    YIELD_EVERY,
+    OutputBudget,
+)
 from inkmcp.providers.compute.local.spawn import ExitAwareProtocol, spawn
 
 LineSink = Callable[[str], None]
@@ -77,8 +83,11 @@ class Supervisor:
     instead of flapping; the provider turns it on once the release is live.
     """
 
-    def __init__(self, config: ProcessConfig, sink: LineSink, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, config: ProcessConfig, sink: LineSink, *, backoff: Backoff | None = None,
+                 account_output: OutputBudget | None = None) -> None:
+        """`account_output`: the budget of the account's output that each instance's own budget draws on."""
         self.config = config
+        self._account_output = account_output
         self.name = config.name
         self._sink = sink
         self._backoff = backoff or Backoff()
@@ -153,7 +162,8 @@ class Supervisor:
         self.exit_code = None
         self._record_pid(proc.pid)
         assert proc.stdout is not None
-        self._pump = asyncio.create_task(pump_lines(proc.stdout, self.name, self._sink))
+        self._pump = asyncio.create_task(pump_lines(proc.stdout, self.name, self._sink,
+                                                    OutputBudget(parent=self._account_output)))
 
     async def _reap(self) -> None:
         """After the leader exited: kill what is left of its group, drain output, release pipes."""
@@ -308,7 +318,9 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink,
             if wait > 0 and budget.clock() - noted >= PACING_NOTE_EVERY:
                 noted = budget.clock()
                 sink(f"{name} | [inkmcp] output over {LINES_PER_SECOND:g} lines/s or {BYTES_PER_SECOND / 2**20:g} "
-                     "MiB/s: InkMCP reads it more slowly, so the process's writes wait (nothing is dropped)")
+                     f"MiB/s (or all of this account's processes and builds together over "
+                     f"{ACCOUNT_LINES_PER_SECOND:g} lines/s): InkMCP reads it more slowly, so the process's writes "
+                     "wait (nothing is dropped)")
             await asyncio.sleep(wait)  # 0 still yields: other accounts' requests get the loop between slices
     if pending:
         sink(f"{name} | {pending.decode(errors='replace')}")
@@ -386,12 +398,13 @@ def reap_stale(pid_dir: Path) -> int:
     return killed
 
 
-async def run_once(config: ProcessConfig, sink: LineSink, *, timeout: float, grace: float = 5.0) -> int:
+async def run_once(config: ProcessConfig, sink: LineSink, *, timeout: float, grace: float = 5.0,
+                   account_output: OutputBudget | None = None) -> int:
     """Run a one-shot command (the release command) to completion; kill its group on timeout.
 
     Returns the exit code; raises TimeoutError after killing it if it ran longer than `timeout`.
     """
-    sup = Supervisor(config, sink)
+    sup = Supervisor(config, sink, account_output=account_output)
     await sup.start()
     try:
         await asyncio.wait_for(sup.wait_exit(), timeout)
