@@ -330,9 +330,9 @@ class DatabaseService:
             try:
                 changed += bool(await ensure(external_id, Tier(tier)))
             except Exception:
-                log.exception("could not set the connection limit of %s", external_id)
+                log.exception("could not set the connection and role limits of %s", external_id)
         if changed:
-            log.info("set the connection limit of %d tenant database roles", changed)
+            log.info("set the connection and role limits (temp files, timeouts) of %d tenant database roles", changed)
         return changed
 
     async def drop(self, project_id: uuid.UUID, kind: Kind | None = None) -> bool:
