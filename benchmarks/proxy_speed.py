@@ -271,6 +271,10 @@ async def serve_proxy(engine: str, app_port: int, port_file: Path, runtime_dir: 
     settled = getattr(proxy, "settled", None)
     if settled is not None:
         await settled()
+    # nginx's master tells the workers of the route-less first config to quit ~100 ms after the reload; until
+    # then one may still accept a connection, and closes it unanswered when told to quit (seen: the first
+    # request to a restarted target, --fresh, got an empty close). Port 0: nothing is connected to it.
+    await proxy.drain(0, 5.0)
     port_file.write_text(str(proxy.port))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
