@@ -639,6 +639,11 @@ _TEMPLATES: list[tuple[str, str, int]] = [
     ("20auto-upgrades.j2", "/etc/apt/apt.conf.d/20auto-upgrades", 0o644),
     ("52inkmcp-unattended-upgrades.j2", "/etc/apt/apt.conf.d/52inkmcp-unattended-upgrades", 0o644),
     ("sysctl-hardening.conf.j2", "/etc/sysctl.d/60-inkmcp-hardening.conf", 0o644),
+    # --- mender5: with cron or at on the host, any local uid could schedule jobs that run from the daemon, outside
+    # every sandbox and cgroup; their allow files admit root alone (harmless without the tools, binding if installed)
+    ("cron.allow.j2", "/etc/cron.allow", 0o644),
+    ("at.allow.j2", "/etc/at.allow", 0o644),
+    # --- end mender5
 ]
 _SCRIPTS: list[tuple[str, str, int]] = [
     ("inkmcp-docker-user-apply", f"{HOST_SBIN_DIR}/inkmcp-docker-user-apply", 0o755),

@@ -54,7 +54,8 @@ def test_drift_converge_and_silent_second_run(conn: Connection, tmp_path: Path) 
     drift = check_host(conn, params, timeout=10)
     kinds = {(d.kind, d.detail) for d in drift}
     assert ("file", "missing") in kinds and ("daemon.json", "missing") in kinds
-    assert len([d for d in drift if d.kind == "file"]) == 10  # 8 templates (incl. the IPv6 rules) + 2 scripts
+    # 10 templates (incl. the IPv6 rules, cron.allow and at.allow) + 2 scripts
+    assert len([d for d in drift if d.kind == "file"]) == 12
 
     first = apply_host(conn, params, timeout=10)
     assert f"{root}/etc/docker/daemon.json" in first.changes
@@ -65,6 +66,10 @@ def test_drift_converge_and_silent_second_run(conn: Connection, tmp_path: Path) 
     assert second.changes == [] and second.summary() == "no changes"
 
     assert os.stat(root / "usr/local/sbin/inkmcp-docker-user-apply").st_mode & 0o777 == 0o755
+    # cron and at admit root alone: a tenant uid's `crontab -` / `at` job would run outside every sandbox
+    for name in ("cron.allow", "at.allow"):
+        assert (root / "etc" / name).read_text() == "root\n"
+        assert os.stat(root / "etc" / name).st_mode & 0o777 == 0o644
     daemon = json.loads((root / "etc/docker/daemon.json").read_text())
     assert daemon["runtimes"]["runsc"]["runtimeArgs"] == ["--network=host"]
     assert not Path("/etc/inkmcp/hardening/docker-user.rules").exists(), "a staged apply touched /etc"

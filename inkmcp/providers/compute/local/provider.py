@@ -67,6 +67,7 @@ from inkmcp.providers.compute.local.users import (
     delete_project_user,
     ensure_project_user,
     project_user_name,
+    restrict_schedulers,
 )
 from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, move_into, tree_bytes
 
@@ -203,6 +204,8 @@ class LocalComputeProvider:
         if conflict is not None:  # tenants would see their private /tmp instead of their files: refuse at start
             raise InvalidArgument(conflict, argument="INKMCP_DATA_DIR", fix="set INKMCP_DATA_DIR=/var/lib/inkmcp")
         await asyncio.to_thread(prepare_data_dir, self.data_dir, root=self._root)
+        if self._root:  # tenant users must not schedule jobs that run outside their sandbox (cron, at)
+            await asyncio.to_thread(restrict_schedulers)
         await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
         await asyncio.to_thread(prepare_spawn, self.shim_dir)  # the exec wrapper, built before the first wake
         await asyncio.to_thread(self._reap_stale)

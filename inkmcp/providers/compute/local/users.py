@@ -42,6 +42,40 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+SCHEDULER_ALLOW_FILES = ("cron.allow", "at.allow")
+
+
+def restrict_schedulers(etc: Path = Path("/etc")) -> list[Path]:
+    """Make `cron.allow` and `at.allow` admit root and never a tenant user; the files changed.
+
+    With cron or at on the host, a tenant's code could run `crontab -` or `at now` as its project user:
+    the job then runs from the cron/at daemon, outside the service's cgroups and sandbox (no memory,
+    CPU or pids cap, not killed with the service, alive after its removal). Both tools admit only the
+    users listed in their allow file once it exists. A missing file is created with "root" alone (also
+    when neither tool is installed: harmless, and it already holds if one is installed later); an
+    operator's existing file keeps its entries but loses any tenant user's (`ink-...`). Written
+    atomically, root-owned, 0644 (crontab(1) reads it as the calling user).
+    """
+    changed = []
+    for name in SCHEDULER_ALLOW_FILES:
+        path = etc / name
+        try:
+            current = path.read_text()
+        except FileNotFoundError:
+            current = None
+        kept = ["root"] if current is None else [
+            line for line in current.splitlines() if not line.strip().startswith(USER_PREFIX)]
+        text = "\n".join(kept or ["root"]) + "\n"
+        if text == current:
+            continue
+        tmp = path.with_name(f".{name}.inkmcp-{os.getpid()}")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        changed.append(path)
+    return changed
+
+
 def project_user_name(project_id: str) -> str:
     """`ink-` + the first 12 hex digits of the project id (a hash of it if it has fewer)."""
     digits = re.sub(r"[^0-9a-f]", "", project_id.lower())
