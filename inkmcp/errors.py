@@ -64,27 +64,37 @@ class SourceError(InkError):
     code = "source_error"
 
 
-class BuildPlanError(InkError):
-    """Nothing in the call or the repo says what to run."""
-
-    code = "build_plan_error"
-
-
-class BuildFailed(InkError):
-    """The app's build failed (its dependencies, lock files, build scripts), never a malformed call.
+class _AboutTheRepoFiles(InkError):
+    """An error in the repo's files (a manifest, a lock file, the dependencies), not in the call.
 
     `argument="repo_url"` here means the repo's files: the URL itself was fetched fine, so the message is
     not prefixed "Argument 'repo_url'", which an agent reads as "pass another repo_url" (a new user's agent
-    did). The message says which step failed and how; the caller appends the build output's last lines.
-    A failure an argument of the call did cause (build_command, env_vars) names it as every InkError does.
+    did). The message names the file and what is wrong with it; the fix says what to change and push.
+    Any other argument (build_command, env_vars, start_command) is named as every InkError does.
     """
-
-    code = "build_failed"
 
     def render(self) -> str:
         if self.argument != "repo_url":
             return super().render()
         return " ".join([self.message, *([f"Fix: {self.fix}"] if self.fix else [])])
+
+
+class BuildPlanError(_AboutTheRepoFiles):
+    """Nothing in the call or the repo says what to run, or a file that says it is invalid (inkmcp.yaml,
+    package.json, pyproject.toml, a platform file): with `argument="repo_url"` rendered without the prefix."""
+
+    code = "build_plan_error"
+
+
+class BuildFailed(_AboutTheRepoFiles):
+    """The app's build failed (its dependencies, lock files, build scripts), never a malformed call.
+
+    With `argument="repo_url"` (the repo's files) rendered without the argument prefix (`_AboutTheRepoFiles`);
+    the message says which step failed and how; the caller appends the build output's last lines.
+    A failure an argument of the call did cause (build_command, env_vars) names it as every InkError does.
+    """
+
+    code = "build_failed"
 
 
 class DeployFailed(InkError):
