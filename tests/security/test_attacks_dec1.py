@@ -21,7 +21,8 @@ Found broken and fixed here:
     squatting     A double-forked setsid daemon outlived InkMCP's graceful stop, bound the MCP server's port
                   and read the next agent's Bearer key; the restarted server could not bind its port. Fix:
                   the provider kills every service's cgroups whole at close (before the proxy gives up its
-                  port) and at start (_kill_leftovers).
+                  port) and at start (_kill_leftovers); serve holds a dup of the MCP listening socket until
+                  the provider's close returns (the second or two after uvicorn stops listening).
     pids          One account may hold 102,400 tasks (20 x 10 x 512), over this host's pid_max (32,768).
                   Fix: the parent group's pids.max is 3/4 of the machine's task limit (not exhausted here:
                   it would stop the shared box; the test reads the caps from mallory's app).
