@@ -23,12 +23,13 @@ minus `NO_PROXY`; read when the transport is made, as httpx reads them when a cl
 own transport with that proxy (httpcore's forwarding and CONNECT tunnels, its exceptions). Only direct origins take
 the lean path: an operator who reaches Coolify through a proxy gets it, at httpx's CPU cost per request.
 
-Why not a library instead (issue 8, measured 2026-12-01): `httpx-aiohttp` 0.2.0 (aiohttp's C parser under httpx)
-costs ~0.9 ms of CPU per request here against this transport's ~0.6 ms (httpx's own: ~1.8 ms;
-benchmarks/coolify_client.py `--transports`), adds eight packages, and maps aiohttp's `ServerDisconnectedError`
-(the server hung up after the request was sent) and write errors to `httpx.ConnectTimeout`, which the client's
-retry rules read as "nothing was sent": a create could be sent twice. It would need its own exception mapping
-on top, so the plumbing would not go away.
+Why not a library instead (issue 8, measured 2026-12-01 with benchmarks/coolify_client.py `--transports`, CPU per
+request): `httpx-aiohttp` 0.2.0 (aiohttp's C parser under httpx) 0.62 ms against this transport's 0.49 ms and
+httpx's own 1.09 ms at load 2.6 (1.48 / 0.79 / 1.92 at load 6); per first deploy (coolify_deploy.py `--transport`)
+~6 ms more CPU. Close, but it maps aiohttp's `ServerDisconnectedError` (the server hung up after the request was
+sent) and `ClientOSError` (a failed write) to `httpx.ConnectTimeout`, which the client's retry rules read as
+"nothing was sent": a create could be sent twice. It would need an exception mapping of our own on top and eight
+more packages, so the plumbing would not go away.
 """
 
 from __future__ import annotations
