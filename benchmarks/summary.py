@@ -79,10 +79,13 @@ in whole runs (2026-12-01), and a ratio judged against a 3 % bar in such a run i
 AA_P50_NOISE = 0.10  # the p50 bar is 1.2x, so its A/A may stray further before the p50 row means nothing
 
 
-def _aa_note(aa: dict[str, float], figure: str) -> str:
-    """The mark "noisy, not judged" when the A/A pair says this run cannot resolve the bar, else ""."""
+def _aa_note(aa: dict[str, float], figure: str, aa_rounds: dict[str, list[float]] | None = None) -> str:
+    """The mark "noisy, not judged" when the A/A pair says this run cannot resolve the bar, else "": its req/s
+    median off by more than 3 %, or that median's standard error above 3 % (proxy_speed.aa_noisy)."""
+    from benchmarks.proxy_speed import aa_noisy
+
     rps, p50 = aa.get("rps"), aa.get("p50")
-    if rps is not None and abs(rps - 1) > AA_RPS_NOISE:
+    if rps is not None and (abs(rps - 1) > AA_RPS_NOISE or aa_noisy(aa, aa_rounds or {})):
         return "noisy, not judged"
     if figure == "p50" and p50 is not None and abs(p50 - 1) > AA_P50_NOISE:
         return "noisy, not judged"
@@ -114,17 +117,23 @@ def _proxy_rows(data: dict[str, Any]) -> Rows:
         # --- proxy4: the A/A pair (nginx-again ÷ nginx, same rounds) printed above the scenario's rows; when it
         # strays further than the noise allows, the InkMCP rows say "noisy, not judged" instead of ✓/✗
         aa = data.get("paired", {}).get(scenario, {}).get("nginx-again", {})
+        aa_rounds = data.get("rounds_ratios", {}).get(scenario, {}).get("nginx-again", {})
         if aa:
             again = targets.get("nginx-again", {})
-            out.append((Row(f"proxy {scenario}: A/A, a second nginx ÷ nginx, requests/s (p50 {aa.get('p50', 0):.2f})",
+            from benchmarks.proxy_speed import median_error
+
+            err = median_error(aa_rounds.get("rps", []))
+            out.append((Row(f"proxy {scenario}: A/A, a second nginx ÷ nginx, requests/s (median's error "
+                            f"{err:.3f}; p50 {aa.get('p50', 0):.2f})",
                             f"nginx-again {again.get('rps', 0):.0f}", f"nginx {ngx['rps']:.0f}", aa.get("rps"),
                             f"1.00 ± {AA_RPS_NOISE:.2f} (noise floor)",
-                            unjudged="noisy" if _aa_note(aa, "rps") else "calm"), None))
+                            unjudged="noisy" if _aa_note(aa, "rps", aa_rounds) else "calm"), None))
         out.append((Row(f"proxy {scenario}: requests/s{iqr.get('rps', '')}", f"{ink['rps']:.0f}",
-                        f"nginx {ngx['rps']:.0f}", rps_ratio, "≥ 1.0 (3 % noise)", old_rps, _aa_note(aa, "rps")),
+                        f"nginx {ngx['rps']:.0f}", rps_ratio, "≥ 1.0 (3 % noise)", old_rps,
+                        _aa_note(aa, "rps", aa_rounds)),
                     lambda r: r >= 0.97))
         out.append((Row(f"proxy {scenario}: p50 latency{iqr.get('p50', '')}", f"{ink['p50']:.3f} ms",
-                        f"nginx {ngx['p50']:.3f} ms", p50_ratio, "≤ 1.2", old_p50, _aa_note(aa, "p50")),
+                        f"nginx {ngx['p50']:.3f} ms", p50_ratio, "≤ 1.2", old_p50, _aa_note(aa, "p50", aa_rounds)),
                     lambda r: r <= 1.2))
         # --- end
     return out
