@@ -70,13 +70,13 @@ from inkmcp.errors import SourceError
 _REMOTE_SCHEMES = ("https", "http", "ssh", "git")
 _DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_NUMERIC_LABELS = re.compile(r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+))*$")
-_USERINFO = re.compile(r"^[A-Za-z0-9._~%!$&'()*+,;=:-]*$")
-_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$")
-_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\\].*)$")
-_SAFE_REF = re.compile(r"^[A-Za-z0-9._/@+-]+$")
-_HEX_SHA = re.compile(r"^[0-9a-fA-F]{4,40}$")
+_DNS_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\Z")
+_NUMERIC_LABELS = re.compile(r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+))*\Z")
+_USERINFO = re.compile(r"^[A-Za-z0-9._~%!$&'()*+,;=:-]*\Z")
+_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._~-]*\Z")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\\].*)\Z")
+_SAFE_REF = re.compile(r"^[A-Za-z0-9._/@+-]+\Z")
+_HEX_SHA = re.compile(r"^[0-9a-fA-F]{4,40}\Z")
 _REDIRECT = re.compile(r"returned error: 30[12378]\b")
 _HEAD_REF = "refs/inkmcp/HEAD"
 _SETTING = "INKMCP_ALLOW_LOCAL_SOURCES"

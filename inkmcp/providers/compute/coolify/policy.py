@@ -40,7 +40,7 @@ LABEL_KEYS = frozenset({"sablier.enable", "sablier.group", "inkmcp.managed", "in
 """The only container labels InkMCP sets (through `custom_labels`). Sablier's two select what it may stop and
 start; the `inkmcp.*` ones let an operator (and the reconciler) tell InkMCP's containers apart. No `traefik.*`:
 on_demand routers live in the proxy's file provider, persistent ones are Coolify's own generated labels."""
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 # -- fields -------------------------------------------------------------------------------------------------
 
@@ -102,20 +102,20 @@ BUILD_PACKS = frozenset({"nixpacks", "static", "dockerfile"})
 dockercompose deploy through Coolify's helper on the run server."""
 
 ENV_ITEM_FIELDS = frozenset({"key", "value", "is_preview", "is_literal", "is_multiline", "is_shown_once"})
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 RESERVED_ENV_PREFIXES = ("COOLIFY_", "SERVICE_FQDN_", "SERVICE_URL_", "SOURCE_COMMIT", "INKMCP_")
 """Env keys Coolify or InkMCP set themselves: a tenant value there would spoof them."""
 
-_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_DIR = re.compile(r"^/([A-Za-z0-9._\-/~@+]*)?$")  # Coolify's DIRECTORY_PATH_PATTERN
-_COMMIT = re.compile(r"^[0-9a-f]{7,64}$")
+_HOST = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
+_DIR = re.compile(r"^/([A-Za-z0-9._\-/~@+]*)?\Z")  # Coolify's DIRECTORY_PATH_PATTERN
+_COMMIT = re.compile(r"^[0-9a-f]{7,64}\Z")
 _UUID = r"[a-z0-9]{8,64}"
-_PROJECT_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
-_SIZE = re.compile(r"^([0-9]+)m$")
-_CPUS = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+_PROJECT_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}\Z")
+_SIZE = re.compile(r"^([0-9]+)m\Z")
+_CPUS = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 
-OPERATIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((m, re.compile(p + "$")) for m, p in (
+OPERATIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((m, re.compile(p + r"\Z")) for m, p in (
     ("GET", r"/version"), ("GET", r"/servers"), ("GET", rf"/servers/{_UUID}"),
     ("GET", r"/projects"), ("GET", rf"/projects/{_UUID}"), ("POST", r"/projects"),
     ("DELETE", rf"/projects/{_UUID}"),
@@ -138,8 +138,8 @@ dockerfile-inline / compose creation, services, scheduled tasks (commands in any
 
 # --- ghkeys (issue 11): deploy keys of private GitHub repositories ------------------------------------------
 
-_SSH_REPO = re.compile(r"^git@[A-Za-z0-9.-]{1,253}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,100}\.git$")
-_DEPLOY_KEY_NAME = re.compile(r"^inkmcp-deploy-key-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_SSH_REPO = re.compile(r"^git@[A-Za-z0-9.-]{1,253}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,100}\.git\Z")
+_DEPLOY_KEY_NAME = re.compile(r"^inkmcp-deploy-key-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 class DeployKeyAllowList:
@@ -300,7 +300,7 @@ def _check_application(where: str, body: Mapping[str, Any], allowed: frozenset[s
             raise PolicyViolation(where, key, "one line (Coolify joins lines with spaces, changing the command)")
 
 
-_HEALTH_PATH = re.compile(r"^/[a-zA-Z0-9/\-_.~%,;]*$")  # Coolify's rule (api.php), anchored at "/"
+_HEALTH_PATH = re.compile(r"^/[a-zA-Z0-9/\-_.~%,;]*\Z")  # Coolify's rule (api.php), anchored at "/"
 HEALTH_LIMITS = {"health_check_interval": (1, 60), "health_check_timeout": (1, 60), "health_check_retries": (1, 100),
                  "health_check_start_period": (0, 600)}  # fmt: skip
 """Bounds InkMCP keeps its health check timing in (Coolify accepts any number; a huge one would hold a

@@ -59,13 +59,13 @@ log = logging.getLogger("inkmcp.coolify.routes")
 DEFAULT_DYNAMIC_DIR = "/data/coolify/proxy/dynamic"
 """Coolify's proxy dynamic directory on a node (`Server::proxyPath()` + `/dynamic`, mounted as /traefik/dynamic)."""
 FILE_PREFIX = "inkmcp-"
-_SERVICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SERVICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 """InkMCP's service ids (uuids in core's database): lowercase letters, digits and hyphens only, so an id can name
 neither another directory nor another extension."""
-_FILE = re.compile(r"^inkmcp-([a-z0-9][a-z0-9-]{0,62})\.yml$")
-_NAME = re.compile(r"^inkmcp-[a-z0-9][a-z0-9-]{0,120}(-sablier)?$")
-_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
-_RULE_PART = re.compile(r"^Host\(`([^`]+)`\)$")
+_FILE = re.compile(r"^inkmcp-([a-z0-9][a-z0-9-]{0,62})\.yml\Z")
+_NAME = re.compile(r"^inkmcp-[a-z0-9][a-z0-9-]{0,120}(-sablier)?\Z")
+_HOST = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}\Z")
+_RULE_PART = re.compile(r"^Host\(`([^`]+)`\)\Z")
 HEADER = "# Written by InkMCP (inkmcp/providers/compute/coolify/routes.py) for service {service_id}; do not edit:\n" \
          "# the next release rewrites it, and a removed service's file is deleted.\n"  # fmt: skip
 

@@ -68,7 +68,7 @@ STOP_TIMEOUT = 5.0
 WAKE_RELOAD_WAIT = 0.05  # --- wake: see _reload_loop
 # What nginx itself answers with here (parse errors, the Host check, 431, upstream failures, TRACE's 405).
 OWN_STATUSES = (400, 404, 405, 408, 411, 413, 414, 416, 421, 431, 494, 500, 501, 502, 503, 504, 505, 507)
-_HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+_HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
 
 
 class ProxySettings(BaseSettings):
