@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.accounts import AccountService, LimitOverrides
@@ -30,6 +30,15 @@ from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
 from inkmcp.store.refs import ref_of
 
+_RETIRE_NOOP_HASHES = text("""
+    UPDATE deployments SET config_hash = md5(config_hash || clock_timestamp()::text)
+    WHERE service_id = ANY(:services) AND status <> 'failed'
+""")
+"""update_env_vars changed what these services run with, so no earlier deployment is "the same deploy" any more:
+deploy_app's no-op check (`DeployService._reusable`) compares the call's commit + settings + env hash with its
+deployments', and a repeat of the call that set GREETING=hi, made after update_env_vars set GREETING=hello2,
+matched the live deployment and answered `reused` while "hello2" was served. An md5 (32 hex) never equals a
+keyed sha256 (64 hex); failed deployments keep theirs, which the retry breaker (billing/breaker.py) counts."""
 
 class ProjectResult(BaseModel):
     project: str
@@ -283,6 +292,8 @@ class Platform:
             before = await self.envs.snapshot(project.id)
             async with self.sessions.begin() as s:
                 set_keys, unset_keys = await self.envs.apply(s, project.id, scope, env_vars)
+                if set_keys or unset_keys:
+                    await s.execute(_RETIRE_NOOP_HASHES, {"services": [t.id for t in targets]})
             restarted: list[str] = []
             pending: list[str] = []
             if set_keys or unset_keys:
