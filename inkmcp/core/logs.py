@@ -29,6 +29,24 @@ class LogsView(BaseModel):
     untrusted: bool = True
 
 
+PLAIN_VALUES = frozenset({
+    "true", "false", "yes", "no", "on", "off", "none", "null",
+    "production", "prod", "development", "dev", "staging", "test", "testing", "local",
+    "debug", "info", "warn", "warning", "error", "critical", "trace", "verbose", "silent",
+    "json", "text", "utf-8", "utf8", "http", "https", "localhost", "0.0.0.0", "127.0.0.1",
+})
+"""Env values that are configuration words, not secrets: redacting them blanked every `INFO` of an app run with
+LOG_LEVEL=INFO ("web | [REDACTED]:     Application startup complete.") and every "production" of NODE_ENV's.
+Still redacted under a key that names a secret (`_SECRET_KEY`), whatever the value."""
+_SECRET_KEY = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|AUTH|CREDENTIAL|PRIVATE|SIGNATURE|SALT|COOKIE|SESSION|DSN",
+                         re.IGNORECASE)
+
+
+def secret_values(env: Iterable[tuple[str, str]]) -> list[str]:
+    """The values of (key, value) env pairs that `redact` hides: all but configuration words under plain keys."""
+    return [v for k, v in env if v.lower() not in PLAIN_VALUES or _SECRET_KEY.search(k)]
+
+
 def redact(lines: Iterable[str], secrets: Iterable[str]) -> list[str]:
     # longest first, so a value containing another is replaced whole
     values = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
