@@ -126,6 +126,17 @@ def test_update_body_per_type_and_mode_is_exact_and_valid(
     assert spec.request_problems("POST", "/applications/public", body=create, authorization=AUTH) == []
     policy.check_request("POST", "/applications/public", create)
 
+    # a release's create carries the routing too (issue 8: no settings PATCH after it), every field of the PATCH
+    released = mapping.release_create_body(s, COMMON_CREATE["project_uuid"], COMMON_CREATE["environment_uuid"],
+                                           SETTINGS)  # fmt: skip
+    assert released == {**expected_create, **{k: v for k, v in expected.items()
+                                              if k in ("domains", "is_consistent_container_name_enabled")}}
+    assert mapping.covers(released, body)
+    routed = bool(body["domains"]) or "is_consistent_container_name_enabled" in body
+    assert mapping.covers(create, body) is not routed  # the plain create leaves a routed process's PATCH to do
+    assert spec.request_problems("POST", "/applications/public", body=released, authorization=AUTH) == []
+    policy.check_request("POST", "/applications/public", released)
+
     labels = mapping.labels_body(s)
     if mode == Mode.on_demand:
         assert labels is not None

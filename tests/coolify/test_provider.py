@@ -77,19 +77,22 @@ async def test_release_sends_exactly_the_mapped_bodies_and_records_every_id(h: C
     specs = {p.name: h.provider._app_spec(req, p, placed) for p in mapping.processes(req.service_type, req.plan)}
     creates = [b for m, p, b in app_bodies(h, since) if p == "/api/v1/applications/public"]
     # sent side by side: in whichever order they reached Coolify
-    assert sorted(creates, key=lambda b: b["name"]) == [mapping.create_body(
+    assert sorted(creates, key=lambda b: b["name"]) == [mapping.release_create_body(
         specs[n], project_ref["project_uuid"], project_ref["environment_uuid"], mapping.MappingSettings())
         for n in ("web", "worker")]  # fmt: skip
     for name in ("web", "worker"):
         app = service_ref["apps"][name]
         patches = [b for m, p, b in app_bodies(h, since) if m == "PATCH" and p == f"/api/v1/applications/{app}"]
-        assert patches == [mapping.update_body(specs[name], mapping.MappingSettings())]
+        # issue 8: the create carried every setting of the release's PATCH (routing included), so none is sent
+        assert patches == []
+        assert mapping.covers(next(b for b in creates if b["name"] == mapping.app_name(key, name)),
+                              mapping.update_body(specs[name], mapping.MappingSettings()))
         stored = h.standin.applications[app]
         assert stored.fields["git_commit_sha"] == req.commit  # Coolify builds exactly the commit InkMCP pinned
         assert stored.settings["is_build_server_enabled"] is True
         # never Coolify's pre-deployment command (old container): "" clears it (ConvertEmptyStringsToNull → null);
         # the release runs first in web's new container, guarded by INKMCP_RELEASE = this deployment's id
-        assert stored.fields["pre_deployment_command"] is None
+        assert stored.fields.get("pre_deployment_command") is None
         env = {e.key: e.value for e in stored.envs if not e.is_preview}
         if name == "web":
             assert stored.fields["start_command"].startswith(f"sh -c '{mapping.RELEASE_GUARD}' ")
@@ -485,12 +488,13 @@ async def test_throttling_is_waited_out_and_a_long_one_is_a_retryable_error(h: C
 async def test_500s_are_retryable_and_refusals_name_the_operators_fix(h: CoolifyHarness) -> None:
     book = RefBook()
     key = h.key()
-    req = h.request(key, message="one")
+    await release(h, book, h.request(key, message="one"))
+    req = h.request(key, message="two")  # a redeploy PATCHes the settings (a first release creates with them)
     h.standin.fail_next("PATCH", r"/applications/[^/]+", status=500)
     with pytest.raises(ProviderUnavailable):
         await release(h, book, req)
     await release(h, book, req)
-    assert await h.serve(key) == "one"
+    assert await h.serve(key) == "two"
 
     # a token without `write`: Coolify's 403, permanent, naming the abilities to give
     read_only = h.standin.add_token("read", "read:sensitive", "deploy")
@@ -500,12 +504,12 @@ async def test_500s_are_retryable_and_refusals_name_the_operators_fix(h: Coolify
                                       local_repo_url=h.providers[0].local_repo_url)  # fmt: skip
     try:
         with pytest.raises(ProviderRefused) as refused:
-            await release(h, book, h.request(key, message="two"), provider=provider)
+            await release(h, book, h.request(key, message="three"), provider=provider)
         assert not refused.value.retryable
         assert "Missing required permissions: write" in refused.value.reason and "abilities" in refused.value.reason
     finally:
         await provider.close()
-    assert await h.serve(key) == "one"
+    assert await h.serve(key) == "two"
 
 
 async def test_static_site_is_served_by_the_static_pack_with_minimal_limits(h: CoolifyHarness) -> None:
@@ -722,7 +726,8 @@ async def test_a_first_release_sends_its_creates_and_deploys_side_by_side_each_a
 
     async def watched(request: httpx.Request) -> httpx.Response:
         kind = {"/api/v1/applications/public": "create", "/api/v1/deploy": "deploy"}.get(request.url.path)
-        if request.method == "PATCH":  # each application's settings and env, of both processes: four at once
+        if request.method == "PATCH":  # each application's env, of both processes, at once (the settings went
+            # with the creates: issue 8)
             in_flight["patch"] = in_flight.get("patch", 0) + 1
             most["patch"] = max(most.get("patch", 0), in_flight["patch"])
             try:
@@ -752,15 +757,15 @@ async def test_a_first_release_sends_its_creates_and_deploys_side_by_side_each_a
         await release(h, book, req)
     finally:
         transport.handle_async_request = real
-    assert most == {"create": 2, "deploy": 2, "patch": 4}, most  # side by side
+    assert most == {"create": 2, "deploy": 2, "patch": 2}, most  # side by side
     assert seen_marks.count(("create", ["app:web", "app:worker"])) == 2, seen_marks
     assert seen_marks.count(("deploy", (["deploy:web", "deploy:worker"], {"web": None, "worker": None}))) == 2, \
         seen_marks  # fmt: skip
     polls = ("get-deployment-by-uuid", "get-application-by-uuid")  # as many as the stand-in's build clock needs
     ops = sorted(s.operation for s in h.standin.requests[since:] if s.operation not in polls)
     assert ops == sorted(["list-servers", "list-projects", "create-project", "get-project-by-uuid"]  # placement: 1st
-                         + 2 * ["create-public-application", "update-application-by-uuid",
-                                "update-envs-by-application-uuid", "deploy-by-tag-or-uuid"]), ops  # fmt: skip
+                         + 2 * ["create-public-application", "update-envs-by-application-uuid",
+                                "deploy-by-tag-or-uuid"]), ops  # fmt: skip
     refs = book.refs[(RefScope.service, key.service_id)]
     assert "pending" not in refs and set(refs["apps"]) == {"web", "worker"}
     assert set(book.refs[(RefScope.deployment, req.deployment_id)]["deployments"]) == {"web", "worker"}

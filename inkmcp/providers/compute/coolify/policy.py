@@ -53,9 +53,10 @@ CREATE_FIELDS = frozenset({
     "pre_deployment_command", "dockerfile_location", "limits_memory", "limits_memory_swap",
     "limits_memory_reservation", "limits_cpus", "health_check_enabled", "health_check_path", "health_check_port",
     "health_check_interval", "health_check_timeout", "health_check_retries", "health_check_start_period",
-    "custom_labels",
+    "custom_labels", "is_consistent_container_name_enabled",
 })  # fmt: skip
-"""Fields `POST /applications/public` may carry."""
+"""Fields `POST /applications/public` may carry (`is_consistent_container_name_enabled`: a release creates an
+on_demand routed application with it, as its PATCH would set it; see UPDATE_FIELDS)."""
 
 UPDATE_FIELDS = (CREATE_FIELDS - {"project_uuid", "server_uuid", "environment_name", "environment_uuid",
                                   "autogenerate_domain", "static_image"}) | {"is_consistent_container_name_enabled"}

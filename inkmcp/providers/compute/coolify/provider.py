@@ -511,7 +511,9 @@ class CoolifyComputeProvider:
         project_uuid, environment_uuid = project or await self._ensure_project(key, record)
 
         fresh: set[str] = set()  # applications this attempt created: no env and no deployment in them yet
-        apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh)
+        created_with: dict[str, dict[str, Any]] = {}  # the body each create sent
+        apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh,
+                                       created_with)
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
         snapshot: dict[str, dict[str, str]] = {}
         current: dict[str, list[m.EnvVar]] = {}
@@ -538,7 +540,10 @@ class CoolifyComputeProvider:
             app = apps[name]
 
             async def settings() -> None:
-                await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
+                made_with = created_with.get(name) if name in fresh else None
+                if made_with is None or not mapping.covers(made_with, bodies[name]):
+                    await self._patch(app, name, bodies[name], service_ref, record, f"configuring {name}")
+                # else created by this attempt with every field of the PATCH (mapping.release_create_body)
                 labels = mapping.labels_plain(s)
                 if labels is not None:  # after the domains PATCH, which regenerates labels (mapping docstring)
                     self._check("PATCH", f"/applications/{app}", mapping.labels_body(s))
@@ -786,10 +791,12 @@ class CoolifyComputeProvider:
 
     async def _ensure_apps(self, key: ServiceKey, project_uuid: str, environment_uuid: str,
                            specs: Mapping[str, AppSpec], service_ref: dict[str, Any],
-                           record: Record, created: set[str] | None = None) -> dict[str, str]:  # fmt: skip
-        """One application per process. Names are deterministic, so one created by an attempt whose answer was
-        lost (or that died before recording it) is found by name, not created twice. `created` gets the processes
-        whose application this call created (Coolify answered the create: nothing else can be in it yet).
+                           record: Record, created: set[str] | None = None,
+                           sent: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:  # fmt: skip
+        """One application per process (`sent` gets each create's body). Names are deterministic, so one created
+        by an attempt whose answer was lost (or that died before recording it) is found by name, not created
+        twice. `created` gets the processes whose application this call created (Coolify answered the create:
+        nothing else can be in it yet).
 
         The list is read only when an earlier attempt sent a create whose result was not recorded: its write-ahead
         mark (`pending["app:<process>"]`, durable before the create is sent: `_create`, the batch flushed before
@@ -828,7 +835,9 @@ class CoolifyComputeProvider:
                 if uuid is not None:
                     found(name, uuid)
                     continue
-                body = mapping.create_body(specs[name], project_uuid, environment_uuid, self.settings)
+                body = mapping.release_create_body(specs[name], project_uuid, environment_uuid, self.settings)
+                if sent is not None:
+                    sent[name] = body
                 call = coolify_deploy_keys.create_call(self, key, body)  # --- ghkeys (issue 11): private-deploy-key
                 if call is None:
                     self._check("POST", "/applications/public", body)
