@@ -114,6 +114,13 @@ class EnvService:
             )
             return [(r[0], r[1], r[2]) for r in rows]
 
+    async def by_scope(self, project_id: uuid.UUID) -> dict[str, dict[str, SecretStr]]:
+        """Every value of the project, decrypted, by scope (PROJECT_SCOPE or a service id)."""
+        out: dict[str, dict[str, SecretStr]] = {}
+        for scope, key, enc in await self.snapshot(project_id):
+            out.setdefault(scope, {})[key] = SecretStr(self._box.decrypt(enc).decode())
+        return out
+
     async def restore(self, project_id: uuid.UUID, rows: list[tuple[str, str, bytes]]) -> None:
         async with self._sessions.begin() as s:
             await s.execute(delete(EnvVar).where(EnvVar.project_id == project_id))

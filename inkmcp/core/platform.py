@@ -10,7 +10,7 @@ import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -68,6 +68,10 @@ class EnvList(BaseModel):
     scope: str
     env: dict[str, str] = Field(description="masked unless reveal=true")
     masked: bool
+    services: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="without service_name: each service's own values (deploy_app's env_vars), which override env "
+        "for that service; they read as lost when only the project-wide ones were shown")
 
 
 class DatabaseView(BaseModel):
@@ -353,13 +357,25 @@ class Platform:
             _, svc = await self.deploys.get_service(p, project_name, service_name)
             svc_id = svc.id
         env = await self.envs.resolve(project.id, svc_id)
+        own: dict[str, dict[str, SecretStr]] = {}
+        if service_name is None:  # deploy_app stores its env_vars on the service: show them beside the shared ones
+            async with self.sessions() as s:
+                names = {str(i): n for i, n in await s.execute(
+                    select(Service.id, Service.name).where(Service.project_id == project.id))}
+            own = {names[scope]: values for scope, values in (await self.envs.by_scope(project.id)).items()
+                   if scope in names}
         if reveal:
             await self.audit.record(p, "reveal_env_vars", target=project_name, arguments={"service_name": service_name})
+
+        def shown(values: dict[str, SecretStr]) -> dict[str, str]:
+            return {k: (v.get_secret_value() if reveal else mask(v.get_secret_value())) for k, v in values.items()}
+
         return EnvList(
             project=project.name,
             scope=service_name or "project",
-            env={k: (v.get_secret_value() if reveal else mask(v.get_secret_value())) for k, v in env.items()},
+            env=shown(env),
             masked=not reveal,
+            services={name: shown(values) for name, values in sorted(own.items())},
         )
 
     # ---------------------------------------------------------------- databases

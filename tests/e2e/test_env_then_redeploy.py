@@ -51,3 +51,23 @@ async def test_deploy_after_update_env_vars_applies_the_calls_env(server: Server
         # and the same call once more is the no-op the README promises
         third = await deploy_live(s, **first)
         assert third["reused"] and third["deployment_id"] == again["deployment_id"], third
+
+
+@local_only("list_env_vars reads the core's store")
+@pytest.mark.asyncio
+async def test_list_env_vars_shows_deploy_apps_values(server: ServerProc, repos: Path) -> None:
+    """deploy_app(env_vars=...) stores them on the service; list_env_vars(project_name) answered `env: {}`, which an
+    agent reads as "my env vars were lost". Without service_name it now shows each service's own values too."""
+    repo = git_repo(repos / "lister", apps.PY_WEB)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        await deploy_live(s, repo_url=str(repo), project_name="envlister", env_vars={"MSG": "yo-value-1"})
+        await call(s, "update_env_vars", project_name="envlister", env_vars={"SHARED": "everyone-1"})
+        listed = await call(s, "list_env_vars", project_name="envlister")
+        assert listed["env"] == {"SHARED": listed["env"]["SHARED"]} and listed["env"]["SHARED"] != "everyone-1"
+        assert list(listed["services"]) == ["web"] and list(listed["services"]["web"]) == ["MSG"], listed
+        assert listed["services"]["web"]["MSG"] != "yo-value-1"  # masked
+        revealed = await call(s, "list_env_vars", project_name="envlister", reveal=True)
+        assert revealed["services"] == {"web": {"MSG": "yo-value-1"}}, revealed
+        one = await call(s, "list_env_vars", project_name="envlister", service_name="web", reveal=True)
+        assert one["env"] == {"SHARED": "everyone-1", "MSG": "yo-value-1"} and one["services"] == {}, one
+
