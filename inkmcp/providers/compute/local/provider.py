@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping  # Awaitable, Callable: issue 13 (credits) wake_gate
@@ -1068,6 +1069,17 @@ def _with_tail(message: str, log: RotatingLog, lines: int = ERROR_TAIL) -> str:
     return _tail_text(message, tail_lines(log.path, lines, include_rotated=False))
 
 
+_NOISE = re.compile(r"^(?:[\w.-]+ \| )?npm notice\b")
+"""npm's update notice (five lines after every failed `npm start`): it pushed the app's own error (the first
+line of a Node stack, "Error: listen EADDRINUSE ...") out of the quoted tail. get_logs still has it."""
+_PORT_TAKEN = re.compile(r"EADDRINUSE|[Aa]ddress already in use")
+
+
 def _tail_text(message: str, recent: list[str], lines: int = ERROR_TAIL) -> str:
-    tail = recent[-lines:]
+    kept = [line for line in recent if not _NOISE.match(line)]
+    tail = kept[-lines:]
+    if any(_PORT_TAKEN.search(line) for line in kept):
+        # a port written into the app is shared by every service on this machine: name the way out
+        message += (" (the app binds a port that is already in use on this server, by another service: make it "
+                    "listen on the PORT env var, which is this service's alone)")
     return message + ("\nlast output:\n" + "\n".join(tail) if tail else "")
