@@ -2,7 +2,7 @@
 
 Why: httpx's default transport (httpcore over anyio, h11 parsing each event) costs ~1-1.5 ms of CPU per request on
 the 2-core VM we measure on, ~0.3 ms with this one (benchmarks/coolify_deploy.py, issue 8: a first web + worker
-deploy sends 14 requests, and InkMCP's overhead per deploy is counted against a 50 ms target). Coolify's API is
+deploy sends 12 requests, and InkMCP's overhead per deploy is counted against a 50 ms target). Coolify's API is
 plain JSON over HTTP/1.1 with small bodies, so the transport needs only: keep-alive connections per origin,
 Content-Length / chunked / read-until-close bodies, TLS, timeouts, and httpx's exceptions, so that the client's
 retry rules (`CoolifyClient.request`: not sent → safe to repeat; sent without an answer → only idempotent calls)
