@@ -460,6 +460,44 @@ def _platform_processes(
     return (main, *extra)
 
 
+_PACKAGE_APP_FILES = ("main.py", "app.py", "asgi.py", "wsgi.py", "server.py", "api.py")
+
+
+def _packaged_app_command(files: _Files) -> tuple[str, str] | None:
+    """(start command, where its app object is) for an app object in a package, `src/<pkg>/main.py` or
+    `<pkg>/main.py`, served by the production server the dependencies list; None when there is not exactly one.
+    Only a hint in the refusal: a FastAPI app in a src layout (no Procfile) was refused with "e.g. 'python
+    app.py'", which does not run an ASGI app; the agent now gets the command to pass."""
+    found: list[tuple[str, str]] = []
+    for base in ("src/", ""):
+        if base and not (files.root / "src").is_dir():
+            continue
+        packages = sorted(p for p in (files.root / base).iterdir() if p.is_dir() and not p.is_symlink())[:30]
+        for package in packages:
+            if not (package / "__init__.py").is_file() or package.name in ("src", "tests", "test"):
+                continue
+            for name in _PACKAGE_APP_FILES:
+                rel = f"{base}{package.name}/{name}"
+                text = files.text(rel) if files.exists(rel) else None
+                match = next((m for m in _ASSIGN.finditer(text or "")
+                              if m["call"].rsplit(".", 1)[-1] not in _FACTORIES and _interface_of(files, m["call"])),
+                             None)
+                if match is None:
+                    continue
+                server = _server_command(files, _AppObject(rel, f"{package.name}.{name.removesuffix('.py')}",
+                                                           match["var"], _interface_of(files, match["call"]) or ""))
+                if server is None:
+                    continue
+                if base:  # the project itself is not installed: the server imports from src/
+                    server = server.replace(" --host ", " --app-dir src --host ", 1) if server.startswith(
+                        "uvicorn ") else server.replace(" --bind ", " --chdir src --bind ", 1) if server.startswith(
+                        "gunicorn ") else ""
+                if server:
+                    found.append((server, f"`{match['var']} = {match['call']}(` in {rel}"))
+                break
+    return found[0] if len(found) == 1 else None
+
+
 def _nothing_found(files: _Files, platform: PlatformService, service_name: str) -> BuildPlanError:
     """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
     present = [name for name in _SHOWN_FILES if files.exists(name)]
@@ -470,6 +508,9 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
     if files.package_json is not None:
         why.append("package.json has no scripts.start, no existing `main` file and there is no server.js")
     fix = _NOTHING_FOUND_FIX
+    packaged = _packaged_app_command(files) if files.is_python else None
+    if packaged is not None:
+        fix = f"pass start_command={packaged[0]!r} (found {packaged[1]}), or add a Procfile with that `web:` line"
     if files.exists("Dockerfile"):
         fix += "; InkMCP builds from source and does not run the Dockerfile: pass its CMD as start_command"
     # --- mcpbudget (issue 13): deploy_app's app_dir has no description in tools/list (budget); the hint is here
