@@ -387,7 +387,7 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         ("  _ensure_apps", compute, "_ensure_apps"),
         ("  _patch (configure)", compute, "_patch"),
         ("  _set_env", compute, "_set_env"),
-        ("  _start_deployment", compute, "_start_deployment"),
+        ("  _start_deployments (write-ahead marks, the /deploys side by side)", compute, "_start_deployments"),
         ("  _wait (poll until finished)", compute, "_wait"),
         ("  _until_reported", compute, "_until_reported"),
         ("pipeline: _record (progress steps)", deploys, "_record"),
