@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from inkmcp.providers.compute.local.users import restrict_schedulers
-from tests.local.conftest import is_root
+from tests.requirements import is_root, requires
 
 
 def test_allow_files_are_created_root_only_and_idempotent(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_an_operators_allow_file_keeps_its_users_but_never_a_tenants(tmp_path: P
 
 
 @pytest.mark.asyncio
-@pytest.mark.skipif(not is_root(), reason="the provider writes /etc only as root")
+@requires("root", is_root(), "the provider writes /etc only as root")
 async def test_the_provider_restricts_the_hosts_schedulers_at_start(make_provider) -> None:
     files = [Path("/etc", name) for name in ("cron.allow", "at.allow")]
     before = {p: p.read_text() for p in files if p.exists()}
