@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.coolify import coolify_server
-from tests.support import ServerProc, running_server
+from tests.support import ServerProc, running_server, traversable_tmpdir
 
 PROVIDERS = ["local", "coolify"]
 """Every test of tests/e2e is `slow` already (tests/conftest.py SLOW); `-k "not coolify"` runs the local
@@ -22,6 +24,16 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProc]:
     else:
         with coolify_server("inkmcp-e2e-c-", ("alice", "bob")) as srv:
             yield srv
+
+
+@pytest.fixture(scope="module")
+def repos(request: pytest.FixtureRequest, server: ServerProc) -> Iterator[Path]:
+    """Test repos of one module and one provider's run (projects are named after their repo, so each server gets
+    its own), in a directory tenant users can traverse."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    d = traversable_tmpdir(f"inkmcp-{module}-{server.compute}-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def local_only(reason: str) -> pytest.MarkDecorator:

@@ -8,22 +8,13 @@ that really are about an argument (a wrong repo_url, a failing build_command) st
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from inkmcp.errors import BuildFailed, InvalidArgument
 from tests.e2e.conftest import local_only
-from tests.support import ServerProc, call, call_error, git_repo, mcp_session, traversable_tmpdir
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Iterator[Path]:
-    d = traversable_tmpdir(f"inkmcp-buildmsg-{server.compute}-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+from tests.support import ServerProc, call, call_error, git_repo, mcp_session
 
 
 async def finished(s, dep: dict) -> dict:  # type: ignore[no-untyped-def]

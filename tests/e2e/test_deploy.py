@@ -18,19 +18,9 @@ from tests.e2e import apps
 from tests.e2e.conftest import local_only
 from tests.e2e.probes import Gate, service_host, wait_env_applied
 from tests.requirements import require, require_root
-from tests.support import ServerProc, call, call_error, git_commit, git_repo, mcp_session, traversable_tmpdir
+from tests.support import ServerProc, call, call_error, git_commit, git_repo, mcp_session
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Path:
-    """Test repos of one provider's run (projects are named after their repo, so each server gets its own)."""
-    d = traversable_tmpdir(f"inkmcp-repos-{server.compute}-")
-    yield d
-    import shutil
-
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def via_proxy(server: ServerProc, url: str, path: str = "/") -> httpx.Response:

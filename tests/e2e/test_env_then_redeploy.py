@@ -9,8 +9,6 @@ hash still matched the first call's), stored nothing, and the app kept serving "
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,7 @@ import pytest
 from tests.e2e import apps
 from tests.e2e.conftest import local_only
 from tests.e2e.test_deploy import deploy_live, via_proxy
-from tests.support import ServerProc, call, git_repo, mcp_session, traversable_tmpdir
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Iterator[Path]:
-    d = traversable_tmpdir(f"inkmcp-envredeploy-{server.compute}-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+from tests.support import ServerProc, call, git_repo, mcp_session
 
 
 @local_only("the no-op hash is the core's; the provider only restarts")

@@ -10,15 +10,13 @@ secret; the app's real secret, printed on the same line, is still hidden (proof 
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import local_only
 from tests.e2e.test_deploy import deploy_live
-from tests.support import ServerProc, call, git_repo, mcp_session, traversable_tmpdir
+from tests.support import ServerProc, call, git_repo, mcp_session
 
 SECRET = "tok-9f3a1c77e2"
 APP = {
@@ -29,13 +27,6 @@ APP = {
     "    time.sleep(0.3)\n",
     "Procfile": "worker: python worker.py\n",
 }
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Iterator[Path]:
-    d = traversable_tmpdir(f"inkmcp-redactwords-{server.compute}-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @local_only("redaction is the core's; the provider only hands over the lines")

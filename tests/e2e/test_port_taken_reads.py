@@ -9,22 +9,13 @@ to listen on $PORT. The test holds the port itself (what another service would),
 
 from __future__ import annotations
 
-import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import local_only
-from tests.support import ServerProc, call, git_repo, mcp_session, traversable_tmpdir
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Iterator[Path]:
-    d = traversable_tmpdir(f"inkmcp-porttaken-{server.compute}-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+from tests.support import ServerProc, call, git_repo, mcp_session
 
 
 def node_app(port: int) -> dict[str, str]:

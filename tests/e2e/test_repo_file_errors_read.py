@@ -8,21 +8,12 @@ what to change in it, without the argument prefix; a repo_url that really is wro
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from inkmcp.errors import BuildFailed, BuildPlanError, InvalidArgument, SourceError
-from tests.support import ServerProc, call_error, git_repo, mcp_session, traversable_tmpdir
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Iterator[Path]:
-    d = traversable_tmpdir(f"inkmcp-repofiles-{server.compute}-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+from tests.support import ServerProc, call_error, git_repo, mcp_session
 
 
 @pytest.mark.asyncio

@@ -9,15 +9,13 @@ which does not run an ASGI app. The refusal now says start_command='uvicorn api.
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import local_only
 from tests.e2e.test_deploy import deploy_live, via_proxy
-from tests.support import ServerProc, call_error, git_repo, mcp_session, traversable_tmpdir
+from tests.support import ServerProc, call_error, git_repo, mcp_session
 
 SRC_LAYOUT = {
     "pyproject.toml": '[project]\nname = "api"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
@@ -26,13 +24,6 @@ SRC_LAYOUT = {
     "src/api/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n\n\n@app.get('/')\n"
     "def root():\n    return {'layout': 'src'}\n",
 }
-
-
-@pytest.fixture(scope="module")
-def repos(server: ServerProc) -> Iterator[Path]:
-    d = traversable_tmpdir(f"inkmcp-srclayout-{server.compute}-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @local_only("detection is the provider-independent build plan; one provider shows it")
