@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from inkmcp.github.standin import StandinGitHub
-from tests.e2e.coolify import CoolifyServerProc, coolify_server
-from tests.github.test_deploy_keys_e2e import SITE, signed_in
-from tests.github_support import deploy_live, github_env
+from tests.e2e.coolify import CoolifyServerProc
+from tests.github.test_deploy_keys_e2e import SITE, keyed_coolify_server, signed_in
+from tests.github_support import deploy_live
 from tests.support import call, call_error, mcp_session
 
 pytestmark = pytest.mark.slow
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(github_standin: StandinGitHub) -> Iterator[CoolifyServerProc]:
-    env = github_env(github_standin)
-    with coolify_server("inkmcp-ghkeyfail-", (), INKMCP_ALLOW_LOCAL_SOURCES="0", **env) as srv:
-        srv.runner.ssh_clone = github_standin.ssh_clone  # Coolify's SSH clone meets GitHub's deploy keys
+    with keyed_coolify_server(github_standin, "inkmcp-ghkeyfail-") as srv:
         yield srv
 
 

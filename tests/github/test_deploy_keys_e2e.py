@@ -14,6 +14,7 @@ the server's log.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -37,11 +38,18 @@ pytestmark = pytest.mark.slow
 SITE = {"index.html": "<!doctype html><h1>deploy-key site v1</h1>\n"}
 
 
+@contextlib.contextmanager
+def keyed_coolify_server(github_standin: StandinGitHub, prefix: str) -> Iterator[CoolifyServerProc]:
+    """A real serve over the Coolify stand-in, with GitHub configured and Coolify's SSH clone meeting GitHub's
+    deploy keys."""
+    with coolify_server(prefix, (), INKMCP_ALLOW_LOCAL_SOURCES="0", **github_env(github_standin)) as srv:
+        srv.runner.ssh_clone = github_standin.ssh_clone
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def server(github_standin: StandinGitHub) -> Iterator[CoolifyServerProc]:
-    env = github_env(github_standin)
-    with coolify_server("inkmcp-ghkeys-", (), INKMCP_ALLOW_LOCAL_SOURCES="0", **env) as srv:
-        srv.runner.ssh_clone = github_standin.ssh_clone  # Coolify's SSH clone meets GitHub's deploy keys
+    with keyed_coolify_server(github_standin, "inkmcp-ghkeys-") as srv:
         yield srv
 
 
