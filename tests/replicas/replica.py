@@ -15,6 +15,11 @@ Test hooks, from the environment (never set outside these tests):
                                   `REPLICA_PAUSE_MARK` is written, then the whole event loop blocks (no heartbeat
                                   either, as in a stopped or partitioned process) until `REPLICA_RESUME` exists
                                   (or for good if that is unset: the test kills it with -9).
+  REPLICA_HOLD=<file>             every `release` waits (asynchronously: the process keeps answering) until <file>
+                                  exists. A pause freezes the whole process, and a pipeline can reach its crash
+                                  point before its own deploy call has written its reply (the call still awaits
+                                  its audit row when the pipeline first runs); a test holds the pipelines until it
+                                  has every reply it needs, then lets them go.
   REPLICA_BARRIER=<dir>           `deploy` waits before creating its deployment until every replica has reached
                                   that point (files in <dir>, REPLICA_BARRIER_COUNT of them), so concurrent
                                   deploys really race for the service's lock.
@@ -72,12 +77,26 @@ def pause_at(point: str) -> None:
         time.sleep(0.05)
 
 
+async def held() -> None:
+    """REPLICA_HOLD: wait, without blocking the process, until the test lets pipelines go."""
+    hold = os.environ.get("REPLICA_HOLD")
+    deadline = time.monotonic() + PAUSE_DEADLINE
+    while hold and not Path(hold).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"REPLICA_HOLD {hold} never appeared")
+        await asyncio.sleep(0.02)
+
+
 class PausingProvider(FakeComputeProvider):
     """FakeComputeProvider whose crash point REPLICA_PAUSE_AT freezes the process instead of raising."""
 
     def _crash(self, point: str) -> None:
         pause_at(point)
         super()._crash(point)
+
+    async def release(self, *args: Any, **kwargs: Any) -> Any:
+        await held()
+        return await super().release(*args, **kwargs)
 
 
 def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
@@ -95,6 +114,10 @@ def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
         def _crash(self, point: str) -> None:
             pause_at(point)
             super()._crash(point)
+
+        async def release(self, *args: Any, **kwargs: Any) -> Any:
+            await held()
+            return await super().release(*args, **kwargs)
 
     limits = policy.Limits()
     # REPLICA_COOLIFY_BUDGET_URL: the request budget shared through that database (DbBudget, as `inkmcp serve`

@@ -38,12 +38,14 @@ async def live(cluster: Cluster, dep_id: str, timeout: float = 60.0) -> object:
 async def test_a_replica_killed_between_two_steps_has_its_deployment_finished_once_by_the_other(
     cluster: Cluster, point: str
 ) -> None:
-    mark = cluster.root / "paused"
-    a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark)),
-                                cluster.replica("b"))
+    mark, hold = cluster.root / "paused", cluster.root / "go"
+    a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark),
+                                                REPLICA_HOLD=str(hold)),
+                                cluster.replica("b"))  # fmt: skip
     account, project = f"acct-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
     view = await a.call("deploy", account=account, repo=cluster.repo(), project=project, message="one", wait=0)
     dep_id = view["deployment_id"]
+    hold.touch()  # only now may its pipeline reach the point where the whole process freezes
     await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, f"replica a paused at {point}")
     a.kill9()
     await a.proc.wait()
@@ -115,13 +117,15 @@ async def test_the_same_deploy_again_on_the_other_replica_is_a_no_op(cluster: Cl
 async def test_a_replica_whose_lease_was_taken_over_writes_nothing_afterwards(cluster: Cluster) -> None:
     """a freezes right after asking the remote to deploy (before recording it); b takes over and finishes; then a
     wakes up: its next write is fenced (LeaseLost), so the records b made stay exactly as they were."""
-    mark, resume = cluster.root / "paused", cluster.root / "resume"
+    mark, resume, hold = cluster.root / "paused", cluster.root / "resume", cluster.root / "go"
     a, _ = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT="after_deploy_call",
-                                                REPLICA_PAUSE_MARK=str(mark), REPLICA_RESUME=str(resume)),
+                                                REPLICA_PAUSE_MARK=str(mark), REPLICA_RESUME=str(resume),
+                                                REPLICA_HOLD=str(hold)),
                                 cluster.replica("b"))  # fmt: skip
     account, project, repo = f"acct-{uuid.uuid4().hex[:6]}", f"fence-{uuid.uuid4().hex[:6]}", cluster.repo()
     view = await a.call("deploy", account=account, repo=repo, project=project, message="one", wait=0)
     dep_id = view["deployment_id"]
+    hold.touch()
     await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, "replica a paused")
 
     dep = await live(cluster, dep_id, timeout=30 + LEASE)
@@ -168,13 +172,14 @@ async def test_many_concurrent_deploys_over_two_replicas_make_one_deployment_eac
 async def test_a_killed_replica_with_several_deployments_in_flight_has_each_finished_once(cluster: Cluster) -> None:
     """a takes four deployments; the first to reach `after_deploy_call` freezes the whole process (the others
     wherever they were), then a is killed. b takes each over (scans) and finishes it once."""
-    mark = cluster.root / "paused"
-    pause = {"REPLICA_PAUSE_AT": "after_deploy_call", "REPLICA_PAUSE_MARK": str(mark)}
+    mark, hold = cluster.root / "paused", cluster.root / "go"
+    pause = {"REPLICA_PAUSE_AT": "after_deploy_call", "REPLICA_PAUSE_MARK": str(mark), "REPLICA_HOLD": str(hold)}
     a, b = await asyncio.gather(cluster.replica("a", **pause), cluster.replica("b"))
     repo = cluster.repo()
     calls = [(f"acct-{i}-{uuid.uuid4().hex[:4]}", f"inflight-{i}-{uuid.uuid4().hex[:4]}") for i in range(4)]
     views = await asyncio.gather(*(a.call("deploy", account=acct, repo=repo, project=project, message="m", wait=0)
                                    for acct, project in calls))  # fmt: skip
+    hold.touch()  # all four answered; now the first to reach the point freezes the others wherever they are
     await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, "replica a paused")
     a.kill9()
     await a.proc.wait()
@@ -201,12 +206,14 @@ async def test_over_coolify_a_replica_killed_between_two_steps_has_its_deploymen
 
     assert point in COOLIFY_CRASH_POINTS
     cluster = coolify_cluster
-    mark = cluster.root / "paused"
-    a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark)),
-                                cluster.replica("b"))
+    mark, hold = cluster.root / "paused", cluster.root / "go"
+    a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark),
+                                                REPLICA_HOLD=str(hold)),
+                                cluster.replica("b"))  # fmt: skip
     account, project = f"acct-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
     view = await a.call("deploy", account=account, repo=cluster.repo(), project=project, message="one", wait=0)
     dep_id = view["deployment_id"]
+    hold.touch()  # only now may its pipeline reach the point where the whole process freezes
     await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, f"replica a paused at {point}")
     a.kill9()
     await a.proc.wait()
