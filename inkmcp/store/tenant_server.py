@@ -154,7 +154,7 @@ def confine_tenant_server(pgdata: Path, postmaster: int | None, *, max_connectio
     _sweep_empty(cgroups, keep=group)
     # model_construct: Resources' bounds are a service's (at most 16 GiB, 16 cores); a host's share may exceed them
     cgroups.ensure(group, Resources.model_construct(memory_mb=memory_mb, cpus=cpus))
-    _set_weight(cgroups, group, settings.cpu_weight)
+    cgroups.set_weight(group, settings.cpu_weight)
     cgroups.attach(group, postmaster)
     try:
         children = psutil.Process(postmaster).children(recursive=True)
@@ -165,22 +165,6 @@ def confine_tenant_server(pgdata: Path, postmaster: int | None, *, max_connectio
     log.info("tenant Postgres %s capped in cgroup %s/%s: %.2f CPUs, %d MiB", pgdata, CGROUP_PARENT, group, cpus,
              memory_mb)
     return group
-
-
-def _set_weight(cgroups: Cgroups, group: str, weight: int) -> None:
-    """cpu.weight (v2, 1..10000, 100 = default) or cpu.shares (v1, 1024 = default)."""
-    cpu = cgroups.procs_files(group)
-    if not cpu:
-        return
-    if cgroups.version == 2:
-        path, value = Path(cpu[0]).with_name("cpu.weight"), str(weight)
-    else:
-        path = cgroups.root / "cpu" / cgroups.parent / group / "cpu.shares"
-        value = str(max(2, weight * 1024 // 100))
-    try:
-        path.write_text(value)
-    except OSError as e:
-        log.warning("could not set the tenant Postgres CPU weight (%s): %s", path, e.strerror)
 
 
 def _sweep_empty(cgroups: Cgroups, keep: str) -> None:

@@ -195,6 +195,26 @@ class Cgroups:
         (cpu / "cpu.cfs_quota_us").write_text(str(quota))
         (pids / "pids.max").write_text(str(self.pids_max))
 
+    def set_weight(self, group: str, weight: int) -> None:
+        """The group's CPU weight beside its siblings when the machine is busy (after `ensure`; best effort).
+
+        `weight` is on cgroup v2's scale (cpu.weight, 1..10000, 100 = an ordinary group); on v1 it becomes
+        cpu.shares on that scale (1024 = ordinary, at least 2). A host that refuses the write logs why: the
+        group's hard caps (`ensure`) still hold, only its share of a contended CPU stays the default.
+        """
+        if not self.available:
+            return
+        if not 1 <= weight <= 10_000:
+            raise ValueError(f"CPU weight {weight} is outside 1..10000 (cgroup v2 cpu.weight)")
+        if self.version == 2:
+            path, value = self._dir("cpu", group) / "cpu.weight", str(weight)
+        else:
+            path, value = self._dir("cpu", group) / "cpu.shares", str(max(2, weight * 1024 // 100))
+        try:
+            path.write_text(value)
+        except OSError as e:
+            log.warning("could not set the CPU weight of cgroup %s (%s): %s", group, path, e.strerror)
+
     def watch(self, group: str) -> LimitWatch | None:
         """What the sandbox uses to explain a failure by this group's limits (None before `ensure`)."""
         resources = self.applied.get(group)
