@@ -5,7 +5,6 @@ Every provider, data dir and system user a test creates is torn down by the fixt
 
 from __future__ import annotations
 
-import os
 import pwd
 import shutil
 import subprocess
@@ -178,7 +177,3 @@ async def get(
         return await client.get(
             f"http://127.0.0.1:{provider.proxy.port}{path}", headers={"Host": provider.host_for(key), **(headers or {})}
         )
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
