@@ -18,7 +18,38 @@ from inkmcp.errors import BuildPlanError
 
 PROCFILE = "Procfile"
 _LINE = re.compile(r"^(?P<type>[A-Za-z0-9_-]+)\s*:\s*(?P<command>.*)$")
-_FIX = "make each Procfile line `type: command` (e.g. `web: gunicorn app:app`), or pass start_command"
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_OTHERWISE = "or pass start_command to run something else"
+
+
+def _error(message: str, fix: str) -> BuildPlanError:
+    """An error in the repo's Procfile, not in the call: `argument="repo_url"` renders it without an
+    "Argument '...'" prefix (errors._AboutTheRepoFiles), so the agent reads "fix the Procfile", not "change an
+    argument it never passed"."""
+    return BuildPlanError(message, argument="repo_url", fix=fix)
+
+
+def _malformed(filename: str, number: int, line: str) -> BuildPlanError:
+    """What is wrong with a line that is not `type: command`, and the line to write instead."""
+    kind, colon, command = line.partition(":")
+    kind, command = kind.strip(), command.strip()
+    first, *rest = line.split(None, 1)
+    if (not colon or " " in kind or "\t" in kind) and _NAME.match(first) and rest:
+        why = f"has no `:` after the process type {first!r}"
+        example = f"{first}: {rest[0].strip()}"
+    elif not colon:
+        why = "has no process type and `:` before the command"
+        example = f"web: {line}"
+    elif not kind:
+        why = "has no process type before the `:`"
+        example = f"web: {command}"
+    else:
+        why = f"has the process type {kind!r}, which is not only letters, digits, `_` and `-`"
+        example = f"{re.sub(r'[^A-Za-z0-9_-]+', '_', kind)}: {command}"
+    return _error(
+        f"{filename} line {number} ({line[:80]!r}) {why}: each Procfile line is `type: command`.",
+        f"change line {number} of {filename} to `{example[:80]}` and push, {_OTHERWISE}",
+    )
 
 
 class Procfile(BaseModel):
@@ -50,33 +81,30 @@ def parse_procfile(text: str, *, filename: str = PROCFILE) -> Procfile:
             continue
         match = _LINE.match(line)
         if not match:
-            raise BuildPlanError(
-                f"{filename} line {number} ({line[:80]!r}) is not `type: command`.",
-                argument="start_command",
-                fix=_FIX,
-            )
+            raise _malformed(filename, number, line)
         kind, command = match["type"], match["command"].strip()
         if not command:
-            raise BuildPlanError(
+            raise _error(
                 f"{filename} line {number}: process type {kind!r} has an empty command.",
-                argument="start_command",
-                fix=_FIX,
+                f"put the command after `{kind}:` on line {number} of {filename} (e.g. `{kind}: python app.py`), "
+                f"or remove that line, and push; {_OTHERWISE}",
             )
         if kind == "release":
             release = command
             continue
         if kind in processes:
-            raise BuildPlanError(
-                f"{filename} line {number}: process type {kind!r} is defined twice.",
-                argument="start_command",
-                fix="keep one line per process type in the Procfile",
+            first = next(n for n, raw_first in enumerate(text.splitlines(), start=1)
+                         if (m := _LINE.match(raw_first.strip())) and m["type"] == kind)  # fmt: skip
+            raise _error(
+                f"{filename} line {number}: process type {kind!r} is defined twice (lines {first} and {number}).",
+                f"keep one `{kind}:` line in {filename} (give the other process a name of its own, e.g. "
+                f"`{kind}2:`) and push",
             )
         processes[kind] = command
     if not processes and release is None:
-        raise BuildPlanError(
-            f"{filename} defines no processes.",
-            argument="start_command",
-            fix="add a line such as `web: python app.py` to the Procfile, or pass start_command",
+        raise _error(
+            f"{filename} defines no processes (no `type: command` line).",
+            f"add a line such as `web: python app.py` to {filename} and push, {_OTHERWISE}",
         )
     return Procfile(processes=processes, release=release)
 
@@ -87,4 +115,8 @@ def load_procfile(app_dir: Path, *, checkout: Path | None = None) -> Procfile | 
     `checkout` (default `app_dir`) bounds where a symlinked Procfile may point.
     """
     text = read_repo_text(app_dir, PROCFILE, root=checkout)
-    return None if text is None else parse_procfile(text)
+    if text is None:
+        return None
+    # named as the repo has it (apps/api/Procfile in a monorepo), so the agent knows which file to change
+    where = app_dir.resolve().relative_to((checkout or app_dir).resolve())
+    return parse_procfile(text, filename=str(where / PROCFILE))
