@@ -184,6 +184,8 @@ async def _compute(
         pids_max=settings.pids_max,
         max_file_mb=settings.max_file_mb,
         max_build_mb=settings.max_build_mb,
+        max_disk_mb=settings.max_disk_mb,  # --- quota: a filesystem per project (diskquota.py)
+        disk_reserve_mb=settings.disk_reserve_mb,  # --- quota
     ), None
 
 

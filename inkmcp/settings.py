@@ -69,6 +69,19 @@ class Settings(BaseSettings):
     max_build_mb: int = Field(
         default=4096, ge=1, description="largest release on disk (checkout + build output + venv), in MiB"
     )
+    # --- quota: a filesystem of its own per project on the local provider (providers/compute/local/diskquota.py)
+    max_disk_mb: int = Field(
+        default=4096, ge=0,
+        description="disk one project may fill on the local provider, in MiB: everything its services write (releases, "
+        "venvs, caches, git mirrors, HOME, /tmp) is on an ext4 image of this size, loop-mounted (root only); a full "
+        "one gives its own processes ENOSPC. 0: not limited",
+    )  # fmt: skip
+    disk_reserve_mb: int = Field(
+        default=2048, ge=0,
+        description="MiB of the data dir's filesystem that projects' disks are never promised (the control plane's): "
+        "a new project's disk is refused when free space minus this cannot hold it and what existing ones may grow",
+    )  # fmt: skip
+    # --- end
     max_checkout_mb: int = Field(
         default=1024, ge=1, description="largest commit (sum of its files, in MiB) deploy_app checks out"
     )

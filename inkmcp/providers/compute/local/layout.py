@@ -13,12 +13,18 @@
           <deployment_id>/             tenant 0700 (made by root through an O_NOFOLLOW fd)
             src/                       the checkout, built in place; renamed in by root through dir fds
         venvs/                         tenant 0700: buildpack venv_root, reused across releases
-        tmp/                           tenant 0700: the service's private /tmp and /var/tmp
+        tmp/                           tenant 0700: the service's private /tmp, /var/tmp and /run/lock
+        staging/<deployment_id>/       root 0700: a checkout copied onto the project's filesystem, renamed to src/
         meta/<deployment_id>.json      root 0700: build-complete marker + build output env
         meta/venv-<hash>.ok            root 0700: "this venv finished installing" markers
         logs/runtime.log[.1]           root 0700: process output, `name | line`
         logs/builds/<deployment_id>.log
         run/*.pid, run/*.lock          root 0700: live pids (reaped after an InkMCP crash), venv locks
+
+With a disk limit per project (INKMCP_MAX_DISK_MB, diskquota.py), `projects/<project_id>/` is the mount point
+of the project's own ext4 image (`disks/<project_id>.img`, root 0700), and `homes/<ink-user>/` and each
+`services/<service_id>/` are bind mounts of directories on it: every leaf above that a tenant can write, and
+its services' logs and metadata, are on the project's filesystem; nothing of a tenant is on the data dir's.
 
 The rule (docs/trust-boundary.md): every directory root writes into or names an entry of is one
 only root can write. A tenant owns only leaves of this tree (its release dirs, venvs, tmp, mirrors,
@@ -36,6 +42,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import shutil
 from pathlib import Path
 
 from inkmcp.build.plan import RunAs
@@ -64,6 +71,7 @@ class ServiceLayout:
         self.runtime_log = self.logs / "runtime.log"
         self.run_dir = self.root / "run"
         self.tmp = self.root / "tmp"
+        self.staging = self.root / "staging"
 
     def release_dir(self, deployment_id: str) -> Path:
         return self.releases / safe_id(deployment_id, "deployment_id")
@@ -77,6 +85,23 @@ class ServiceLayout:
     def build_log(self, deployment_id: str) -> Path:
         return self.build_logs / f"{safe_id(deployment_id, 'deployment_id')}.log"
 
+    def stage(self, checkout: Path, deployment_id: str) -> Path:
+        """Where the checkout can be renamed into `releases/<deployment_id>/src` from (blocking).
+
+        The checkout itself when it is on the same filesystem as the releases (no disk limit); else (the
+        service's dir is on its project's own filesystem, and rename(2) cannot cross filesystems or mounts) a
+        copy in `staging/<deployment_id>`, root 0700: symlinks are copied as links, never followed, and
+        nothing of it is reachable by the tenant until it is renamed into place.
+        """
+        if os.stat(checkout).st_dev == os.stat(self.releases).st_dev:
+            return checkout
+        staged = self.staging / safe_id(deployment_id, "deployment_id")
+        shutil.rmtree(staged, ignore_errors=True)
+        self.staging.mkdir(mode=0o700, exist_ok=True)
+        shutil.copytree(checkout, staged, symlinks=True)
+        staged.chmod(0o700)
+        return staged
+
     def prepare(self, run_as: RunAs | None) -> None:
         """Create the directories with their owners and modes (blocking; run in a thread).
 
@@ -85,7 +110,7 @@ class ServiceLayout:
         """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root.chmod(0o711 if run_as is not None else 0o700)
-        for private in (self.meta_dir, self.logs, self.build_logs, self.run_dir):
+        for private in (self.meta_dir, self.logs, self.build_logs, self.run_dir, self.staging):
             private.mkdir(mode=0o700, exist_ok=True)
         ensure_owned_dir(self.root, self.releases.name, None, 0o711 if run_as is not None else 0o700)
         for tenant_dir in (self.venvs, self.tmp):

@@ -45,6 +45,7 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
+from inkmcp.providers.compute.local.diskquota import ProjectDisks  # --- quota: a filesystem per project
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
 from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
 from inkmcp.providers.compute.local.logs import OutputBudget, RotatingLog, tail_lines
@@ -150,6 +151,8 @@ class LocalComputeProvider:
         pids_max: int = DEFAULT_PIDS_MAX,
         max_file_mb: int = DEFAULT_MAX_FILE_BYTES // 2**20,
         max_build_mb: int = 4096,
+        max_disk_mb: int = 0,  # --- quota: per project (diskquota.py); 0 = not limited (INKMCP_MAX_DISK_MB sets it)
+        disk_reserve_mb: int = 2048,  # --- quota: host space new projects' disks never promise away
         stability_window: float | None = None,
         first_deploy_settle: float | None = None,
     ) -> None:
@@ -185,6 +188,9 @@ class LocalComputeProvider:
         self.limits = Cgroups(pids_max=pids_max)
         self.max_file_bytes = max_file_mb * 2**20  # RLIMIT_FSIZE of every tenant process
         self.max_build_bytes = max_build_mb * 2**20  # what one release may keep on disk
+        # --- quota: every tenant-writable leaf on a filesystem of its project's own, of max_disk_mb
+        self.disks = ProjectDisks(self.data_dir, size_mb=max_disk_mb, reserve_mb=disk_reserve_mb)
+        # --- end
         self.proxy = make_proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0,
                                 runtime_dir=self.data_dir / "proxy")  # nginx, or Python (INKMCP_PROXY_ENGINE)
         self.ports = PortAllocator(port_range)
@@ -205,6 +211,16 @@ class LocalComputeProvider:
         if conflict is not None:  # tenants would see their private /tmp instead of their files: refuse at start
             raise InvalidArgument(conflict, argument="INKMCP_DATA_DIR", fix="set INKMCP_DATA_DIR=/var/lib/inkmcp")
         await asyncio.to_thread(prepare_data_dir, self.data_dir, root=self._root)
+        # --- quota: the projects' filesystems back before anything looks into services/ or homes/
+        if self.disks.enforced:
+            mounted = await asyncio.to_thread(self.disks.mount_all)
+            log.info("disk per project: %s MiB (INKMCP_MAX_DISK_MB); %d project filesystems mounted",
+                     self.disks.size_mb, mounted)
+        else:
+            log.warning("tenant disk usage is NOT limited (%s): one project can fill this machine's disk; run "
+                        "InkMCP as root with INKMCP_MAX_DISK_MB > 0 to give each project a filesystem of its own",
+                        self.disks.reason)
+        # --- end
         if self._root:  # tenant users must not schedule jobs that run outside their sandbox (cron, at)
             await asyncio.to_thread(restrict_schedulers)
         await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
@@ -255,6 +271,7 @@ class LocalComputeProvider:
         for svc in services:
             svc.log.close()
         self._services.clear()
+        await asyncio.to_thread(self.disks.unmount_all)  # --- quota: every mount of this data dir, by exact path
 
     async def _stop_service(self, svc: _Service) -> None:
         async with svc.run_lock:
@@ -287,9 +304,22 @@ class LocalComputeProvider:
     async def source_workspace(self, project_id: str) -> SourceWorkspace:
         """The project's own git mirrors, fetched with its user's rights (created on first use)."""
         run_as = await ensure_project_user(project_id, self.data_dir / "homes")
+        await self._project_disk(project_id, run_as)  # --- quota: the mirrors are on the project's filesystem
         layout = ProjectLayout(self.data_dir, project_id)
         await asyncio.to_thread(layout.prepare, run_as)
         return SourceWorkspace(mirrors_dir=layout.mirrors, locks_dir=layout.locks, run_as=run_as)
+
+    # --- quota: see diskquota.py
+    async def _project_disk(self, project_id: str, run_as: RunAs | None) -> None:
+        """Mount the project's filesystem and put its HOME on it (no-op when disks are not enforced)."""
+        if not self.disks.enforced:
+            return
+        home = self.data_dir / "homes" / project_user_name(project_id)
+        try:
+            await asyncio.to_thread(self.disks.bind_home, project_id, home, run_as)
+        except OSError as exc:
+            raise ReleaseFailed(Step.building, f"could not mount the project's disk: {exc}") from exc
+    # --- end
 
     # -- service registry ----------------------------------------------------------------------
 
@@ -303,6 +333,10 @@ class LocalComputeProvider:
                 if run_as is None:
                     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
                 layout = ServiceLayout(self.data_dir, key.service_id)
+                # --- quota: the home and the service's dir on the project's filesystem before anything is made
+                await self._project_disk(key.project_id, run_as)
+                await asyncio.to_thread(self.disks.bind_service, key.project_id, layout.root)
+                # --- end
                 await asyncio.to_thread(layout.prepare, run_as)
                 svc = _Service(key=key, mode=request.mode, run_as=run_as, home=home, layout=layout,
                                log=RotatingLog(layout.runtime_log),
@@ -351,6 +385,11 @@ class LocalComputeProvider:
             except (ReleaseFailed, OSError) as exc:
                 if isinstance(exc, OSError):  # disk full, permissions...: still a failed release, not a crash
                     exc = ReleaseFailed(current, f"{type(exc).__name__}: {exc}")
+                    # --- quota: a full project disk says which limit and what to do
+                    pid = request.key.project_id
+                    if self.disks.explains(pid, exc.reason):
+                        exc = ReleaseFailed(current, f"{self.disks.full_message(pid)} ({exc.reason})")
+                    # --- end
                 build_log.write(f"[inkmcp] release failed at {exc.step.value}: {exc.reason}")
                 await asyncio.to_thread(shutil.rmtree, svc.layout.release_dir(did), True)
                 svc.layout.meta(did).unlink(missing_ok=True)
@@ -376,17 +415,30 @@ class LocalComputeProvider:
         await asyncio.to_thread(shutil.rmtree, release_dir, True)
         await asyncio.to_thread(ensure_owned_dir, layout.releases, did, None, 0o711 if svc.run_as else 0o700)
         src = layout.src(did)
+        # --- quota: near the project's disk limit, releases kept only for comparison go first
+        space = self.disks.usage(svc.key.project_id)
+        if space is not None and space[1] < space[2] // 2:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._prune, svc, 1)
+        # --- end
         try:
             checked = inside(request.checkout_dir, plan.app_dir)  # resolved while still root-private
             if not checked.is_dir():
                 raise ReleaseFailed(
                     Step.building, f"app_dir {plan.app_dir!r} is not a directory in the repository"
                 )
-            await asyncio.to_thread(chown_private_tree, request.checkout_dir, svc.run_as)
-            await asyncio.to_thread(move_into, request.checkout_dir, release_dir, "src")
+            rel_app = os.path.relpath(checked, request.checkout_dir.resolve())
+            # --- quota: on the project's own filesystem the checkout cannot be renamed in: copied to a
+            # root-private staging dir on the same mount first (layout.staging), then renamed from there
+            staged = await asyncio.to_thread(layout.stage, request.checkout_dir, did)
+            # --- end
+            await asyncio.to_thread(chown_private_tree, staged, svc.run_as)
+            await asyncio.to_thread(move_into, staged, release_dir, "src")
         except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and self.disks.explains(svc.key.project_id, str(exc)):  # --- quota
+                raise ReleaseFailed(Step.building, self.disks.full_message(svc.key.project_id)) from exc
             raise ReleaseFailed(Step.building, f"could not prepare the checkout: {exc}") from exc
-        app_dir = src / os.path.relpath(checked, request.checkout_dir.resolve())
+        app_dir = src / rel_app
         build_started = time.time()
         build_env = await self._run_build(svc, request, app_dir, build_log)
         await self._check_build_size(svc, src, build_env, build_log)
@@ -427,6 +479,11 @@ class LocalComputeProvider:
                 sandbox=self._sandbox(svc, build=True),
             )  # fmt: skip
         except BuildFailed as exc:
+            # --- quota: a build stopped by its project's full disk is told so, with the limit and the way out
+            if self.disks.explains(svc.key.project_id, exc.render() + "\n".join(tail_lines(build_log.path, 40))):
+                raise ReleaseFailed(Step.building, _with_tail(
+                    f"{exc.render()}: {self.disks.full_message(svc.key.project_id)}", build_log)) from exc
+            # --- end
             raise ReleaseFailed(Step.building, _with_tail(exc.render(), build_log)) from exc
         except TimeoutError:
             raise ReleaseFailed(
@@ -692,15 +749,16 @@ class LocalComputeProvider:
         res = request.resources
         if not self._root:
             return ("isolation and resource limits not enforced: InkMCP is not running as root, so processes run "
-                    "as the current user with the shared /tmp and no memory, CPU or process limits")  # fmt: skip
+                    "as the current user with the shared /tmp and no memory, CPU, process or disk limits")  # fmt: skip
         conflict = private_tmp_conflict(self.data_dir)
         if conflict is not None:
             raise ReleaseFailed(Step.building, conflict)
         if not self.limits.available:
-            return f"resource limits not enforced: {self.limits.reason}"
+            return f"resource limits not enforced: {self.limits.reason}; {self.disks.note()}"  # --- quota: + disk
         await asyncio.to_thread(self.limits.ensure, request.key.service_id, res)
         await asyncio.to_thread(self.limits.ensure, _build_group(request.key.service_id), res)
-        return f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU, {self.limits.pids_max} processes"
+        return (f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU, {self.limits.pids_max} processes, "
+                f"{self.disks.note()}")  # --- quota: + disk
 
     async def restore(self, spec: ReleaseSpec) -> None:
         """Start the kept release of `spec.deployment_id` again (its processes stopped with InkMCP)."""
@@ -983,12 +1041,17 @@ class LocalComputeProvider:
             await asyncio.to_thread(self.limits.kill_all, group)
         layout = ServiceLayout(self.data_dir, key.service_id)
         await asyncio.to_thread(shutil.rmtree, layout.root, True)
+        await asyncio.to_thread(self.disks.drop_service, key.project_id, layout.root)  # --- quota: its bind mount
         for group in (key.service_id, _build_group(key.service_id)):
             await asyncio.to_thread(self.limits.remove, group)
 
     async def remove_project(self, project_id: str, project_ref: Mapping[str, Any] | None = None) -> None:
         """After a project's last service is gone: end its user's last processes, delete the user and its home."""
         await delete_project_user(project_id, self.data_dir / "homes")
+        # --- quota: its filesystem (home, services, mirrors, caches) goes with its image
+        await asyncio.to_thread(self.disks.remove_project, project_id,
+                                self.data_dir / "homes" / project_user_name(project_id))
+        # --- end
         # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
 

@@ -27,6 +27,7 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.errors import ProviderError
+from inkmcp.providers.compute.local.diskquota import is_mounted, unmount
 from inkmcp.providers.compute.local.spawn import find_wrapper
 from inkmcp.safefs import ensure_owned_dir
 
@@ -174,6 +175,11 @@ async def delete_project_user(project_id: str, homes_dir: Path | None = None, *,
 def _remove_home(home: Path) -> None:
     if not shutil.rmtree.avoids_symlink_attacks:  # not Linux: refuse rather than follow tenant symlinks
         raise ProviderError(f"cannot remove {home} safely on this platform (shutil.rmtree follows symlinks)")
+    if is_mounted(home):  # on the project's own filesystem (diskquota.py): its files go with its image
+        try:
+            unmount(home)
+        except OSError as e:
+            raise ProviderError(f"could not unmount the project's home {home}: {e.strerror}") from e
     try:
         shutil.rmtree(home)
     except FileNotFoundError:

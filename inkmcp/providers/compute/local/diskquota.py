@@ -1,0 +1,419 @@
+"""A hard disk limit per project: every byte a project's code can write lands on a filesystem of its own.
+
+Why: tenants wrote wherever their Unix user could (HOME, releases, venvs, caches, the service's /tmp), all on
+the data dir's filesystem, which also holds the control-plane PostgreSQL. `INKMCP_MAX_BUILD_MB` is checked only
+after a build, so an app `posix_fallocate`d 5 x 1 GiB at runtime (red team 2026-12-01) and one tenant could fill
+the disk for every account. `fallocate` is instant: only the filesystem itself can refuse it in time.
+
+How: each project gets an ext4 image, `data_dir/disks/<project_id>.img`, of INKMCP_MAX_DISK_MB, loop-mounted
+on the project's own directory `projects/<project_id>/` (its git mirrors and download caches). Inside it, a
+root 0700 `.disk/` holds the project's HOME and each service's directory; those are bind-mounted on the paths
+the layout already uses (`homes/<ink-user>`, `services/<service_id>`), so no path changes and every tenant-
+writable leaf of layout.py (home, mirrors, cache, releases, venvs, tmp, and through the sandbox's private
+/tmp and /var/tmp the service's temp files) is on the project's filesystem. A full one gives that project's
+processes ENOSPC; nothing else shares it. What InkMCP writes there as root (a service's logs, metadata) has the
+filesystem's reserved blocks (2 %), so a tenant filling its space cannot stop its own logs.
+
+Why images and not user quotas on one filesystem (each project already has its own uid): the kernels this
+runs on do not all have quota formats (this box's 6.18 has CONFIG_QUOTA but not CONFIG_QFMT_V2, so ext4
+refuses `usrquota`), and an image per project isolates inodes as well as bytes. The images are sparse: a
+project's image takes on the host only what it holds. So that they can never together take the host's last
+bytes, a new one is created only if the host's free space minus INKMCP_DISK_RESERVE_MB covers the new image
+and every existing image's unallocated part (`_admit`).
+
+The mounts live in the host's mount namespace. They are made when a project is first used (`ensure_project`,
+`bind`) and at start for every image found (`mount_all`), and removed by exact path at close (`unmount_all`),
+with the project (`remove_project`) and with a service (`drop_service`). A loop device already attached to an
+image (say a lazily detached mount of a crashed InkMCP) is reused, never a second one: two block devices on
+one image would corrupt it.
+
+An existing data dir (before this module): a project's home and service directories are copied into its new
+filesystem the first time the provider touches them after the upgrade (`bind`, `cp -a` as root), then
+removed from the host filesystem; its mirrors and caches are dropped (they are fetched again). A tree larger
+than the limit is left where it was, unlimited, with a warning naming it (the operator raises the limit or
+deletes files, and the next start tries again).
+
+Without root (or with INKMCP_MAX_DISK_MB=0) nothing is mounted: `enforced` is False and `reason` says why; the
+provider logs it at start and in each deployment's limits note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+from inkmcp.build.plan import RunAs
+from inkmcp.errors import ProviderError
+from inkmcp.safefs import ensure_owned_dir
+
+log = logging.getLogger(__name__)
+
+DISKS = "disks"  # data_dir/disks/<project_id>.img (root 0700)
+INNER = ".disk"  # projects/<project_id>/.disk: root 0700, the sources of the bind mounts
+RESERVED_PERCENT = 2  # ext4 blocks only root may use: InkMCP's logs and metadata of the project's services
+MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"
+_MS_BIND = 4096
+_MNT_DETACH = 2
+NO_SPACE = re.compile(r"No space left on device|ENOSPC|Disk quota exceeded|EDQUOT")
+_PATH = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _bind_mount(source: Path, target: Path) -> None:
+    if _libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind-mounting {source} on {target}: {os.strerror(err)}")
+
+
+def unmount(target: Path) -> None:
+    """Unmount `target` (one mount, by its exact path); lazily if something still holds it (it then goes
+    when the last user does: the loop device of an image stays attached until then, and is reused)."""
+    path = os.fsencode(target)
+    if _libc().umount2(path, 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EBUSY and _libc().umount2(path, _MNT_DETACH) == 0:
+        log.warning("%s was busy; detached lazily", target)
+        return
+    if err in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
+        return
+    raise OSError(err, f"unmounting {target}: {os.strerror(err)}")
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points() -> set[str]:
+    """Every mount point of this mount namespace (/proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo") as f:
+        return {_unescape(line.split()[4]) for line in f}
+
+
+def is_mounted(path: Path, points: set[str] | None = None) -> bool:
+    return str(path) in (points if points is not None else mount_points())
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, env=_PATH, check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise ProviderError(f"{' '.join(argv[:2])} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+
+
+def _attached_loop(image: Path) -> str | None:
+    """A loop device already attached to `image`, if any (`losetup -j`)."""
+    done = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, env=_PATH, check=False)
+    for line in done.stdout.splitlines():
+        device = line.split(":", 1)[0].strip()
+        if device.startswith("/dev/loop"):
+            return device
+    return None
+
+
+def _tree_has_entries(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+class ProjectDisks:
+    """The per-project filesystems of one data dir (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, *, size_mb: int, reserve_mb: int = 2048) -> None:
+        self.data_dir = data_dir
+        self.size_mb = size_mb
+        self.reserve_mb = reserve_mb
+        self.dir = data_dir / DISKS
+        self._lock = threading.RLock()  # disk operations of this process, one at a time (each takes ms)
+        self.reason = self._why_not()
+
+    @property
+    def enforced(self) -> bool:
+        return not self.reason
+
+    def _why_not(self) -> str:
+        if self.size_mb <= 0:
+            return "INKMCP_MAX_DISK_MB=0"
+        if os.geteuid() != 0:
+            return "InkMCP is not running as root, so it cannot mount a filesystem per project"
+        missing = [tool for tool in ("mkfs.ext4", "mount", "losetup") if shutil.which(tool, path=_PATH["PATH"]) is None]
+        if missing:
+            return f"{', '.join(missing)} not found (install e2fsprogs and mount: scripts/system-deps.sh does)"
+        if not Path("/dev/loop-control").exists():
+            return "no loop devices (/dev/loop-control is missing; load the loop module)"
+        return ""
+
+    def note(self) -> str:
+        """For the deployment history and the start-up log."""
+        if self.enforced:
+            return f"{self.size_mb} MiB disk per project"
+        return f"disk per project not limited: {self.reason}"
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def image(self, project_id: str) -> Path:
+        return self.dir / f"{project_id}.img"
+
+    def mount_point(self, project_id: str) -> Path:
+        return self.data_dir / "projects" / project_id
+
+    def inner(self, project_id: str) -> Path:
+        return self.mount_point(project_id) / INNER
+
+    @contextlib.contextmanager
+    def _locked(self, project_id: str) -> Iterator[None]:
+        """This process's lock, then a file lock shared with any other InkMCP process on this data dir."""
+        with self._lock:
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(self.dir / f".{project_id}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # -- a project's filesystem ---------------------------------------------------------------
+
+    def ensure_project(self, project_id: str) -> Path | None:
+        """The project's filesystem, created and mounted if needed; None when not enforced (blocking)."""
+        if not self.enforced:
+            return None
+        with self._locked(project_id):
+            return self._ensure_project(project_id)
+
+    def _ensure_project(self, project_id: str) -> Path:
+        target = self.mount_point(project_id)
+        if is_mounted(target):
+            return target
+        image = self.image(project_id)
+        if not image.exists():
+            self._admit(project_id)
+            self._create(image)
+        (self.data_dir / "projects").mkdir(mode=0o711, exist_ok=True)
+        if _tree_has_entries(target):  # before this module: mirrors and caches only, fetched again
+            log.info("project %s: dropping its old mirrors and caches (they are fetched again on its "
+                     "new filesystem)", project_id)
+            shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(mode=0o711, exist_ok=True)
+        device = _attached_loop(image)
+        if device is not None:  # attached already (a lazily detached mount): the same device, never a second
+            _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS.replace("loop,", ""), device, str(target)])
+        else:
+            _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(target)])
+        os.chown(target, 0, 0)
+        target.chmod(0o711)
+        ensure_owned_dir(target, INNER, None, 0o700)
+        ensure_owned_dir(target / INNER, "services", None, 0o700)
+        return target
+
+    def _create(self, image: Path) -> None:
+        tmp = image.with_name(f".{image.name}.new")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, self.size_mb * 2**20)  # sparse: the host gives blocks as the project writes
+        finally:
+            os.close(fd)
+        try:
+            _run(["mkfs.ext4", "-q", "-F", "-m", str(RESERVED_PERCENT), "-E",
+                  "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", str(tmp)])
+            os.replace(tmp, image)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _admit(self, project_id: str) -> None:
+        """Refuse a new image the host could not hold together with what the existing ones may still grow by."""
+        st = os.statvfs(self.dir)
+        free = st.f_bavail * st.f_frsize
+        promised = 0
+        for other in self.dir.glob("*.img"):
+            with contextlib.suppress(OSError):
+                s = other.stat()
+                promised += max(0, s.st_size - s.st_blocks * 512)
+        need = self.size_mb * 2**20 + promised + self.reserve_mb * 2**20
+        if free < need:
+            raise ProviderError(
+                f"this server has no disk space left for another project's {self.size_mb} MiB "
+                f"(INKMCP_MAX_DISK_MB): {free // 2**20} MiB free, {promised // 2**20} MiB promised to existing "
+                f"projects, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete a "
+                "project you no longer need, or ask the operator to free disk space or lower INKMCP_MAX_DISK_MB"
+            )
+
+    # -- bind mounts of a project's home and services --------------------------------------------
+
+    def bind(self, project_id: str, name: str, target: Path, *, mode: int = 0o700) -> bool:
+        """Put `target` (a home or a service dir) on the project's filesystem (`.disk/<name>`); True if it is.
+
+        Blocking. A `target` with files from before the upgrade is copied in (module docstring); a copy that
+        does not fit leaves it where it was and returns False.
+        """
+        if not self.enforced:
+            return False
+        with self._locked(project_id):
+            base = self._ensure_project(project_id)
+            points = mount_points()
+            if is_mounted(target, points):
+                return True
+            source = base / INNER / name
+            source.parent.mkdir(mode=0o700, exist_ok=True)
+            source.mkdir(mode=mode, exist_ok=True)
+            old: Path | None = None
+            if _tree_has_entries(target):
+                old = target.with_name(f".{target.name}.pre-disk")
+                shutil.rmtree(old, ignore_errors=True)  # an earlier attempt's, already copied back or not
+                os.rename(target, old)
+            target.mkdir(mode=mode, exist_ok=True)
+            _bind_mount(source, target)
+            if old is None:
+                return True
+            return self._migrate(project_id, old, target, source)
+
+    def _migrate(self, project_id: str, old: Path, target: Path, source: Path) -> bool:
+        st = old.lstat()
+        done = subprocess.run(["cp", "-a", f"{old}/.", f"{target}/"], capture_output=True, text=True,
+                              env=_PATH, check=False)  # fmt: skip
+        if done.returncode == 0:
+            os.chown(target, st.st_uid, st.st_gid)
+            target.chmod(st.st_mode & 0o7777)
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("project %s: moved %s onto its own filesystem", project_id, target)
+            return True
+        unmount(target)  # does not fit (or cannot be copied): keep the old tree in place, say so
+        with contextlib.suppress(OSError):
+            target.rmdir()
+        os.rename(old, target)
+        shutil.rmtree(source, ignore_errors=True)
+        log.warning("project %s: %s could not be moved onto its own %s MiB filesystem (%s); it stays on the "
+                    "data dir's filesystem WITHOUT a disk limit until it is smaller (delete files, or raise "
+                    "INKMCP_MAX_DISK_MB) and InkMCP starts again", project_id, target, self.size_mb,
+                    done.stderr.strip()[-300:])  # fmt: skip
+        return False
+
+    def bind_home(self, project_id: str, home: Path, run_as: RunAs | None) -> None:
+        if self.bind(project_id, "home", home) and run_as is not None:
+            ensure_owned_dir(home.parent, home.name, run_as, 0o700)
+
+    def bind_service(self, project_id: str, service_root: Path) -> None:
+        self.bind(project_id, f"services/{service_root.name}", service_root)
+
+    def drop_service(self, project_id: str, service_root: Path) -> None:
+        """After a service's removal: its bind mount and its directory on the project's filesystem."""
+        if not self.enforced:
+            return
+        with self._locked(project_id):
+            unmount(service_root)
+            with contextlib.suppress(OSError):
+                service_root.rmdir()
+            if is_mounted(self.mount_point(project_id)):
+                shutil.rmtree(self.inner(project_id) / "services" / service_root.name, ignore_errors=True)
+
+    def remove_project(self, project_id: str, home: Path) -> None:
+        """After the project's removal (its processes are gone): unmount everything of it, delete its image."""
+        if not self.enforced and not self.image(project_id).exists():
+            return
+        with self._locked(project_id):
+            unmount(home)
+            unmount(self.mount_point(project_id))
+            self.image(project_id).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.dir / f".{project_id}.lock").unlink()
+
+    # -- all of them ----------------------------------------------------------------------------
+
+    def mount_all(self, home_of: dict[str, str] | None = None) -> int:
+        """At start: mount every project's image and bind its home and services back; returns how many.
+
+        `home_of` maps a project id to its home dir name (users.project_user_name); blocking.
+        """
+        if not self.enforced or not self.dir.is_dir():
+            return 0
+        from inkmcp.providers.compute.local.users import project_user_name
+
+        count = 0
+        for image in sorted(self.dir.glob("*.img")):
+            project_id = image.name[: -len(".img")]
+            try:
+                base = self.ensure_project(project_id)
+                assert base is not None
+                services = base / INNER / "services"
+                for service in sorted(services.iterdir()) if services.is_dir() else ():
+                    self.bind(project_id, f"services/{service.name}", self.data_dir / "services" / service.name)
+                if (base / INNER / "home").is_dir():
+                    name = (home_of or {}).get(project_id) or project_user_name(project_id)
+                    self.bind(project_id, "home", self.data_dir / "homes" / name)
+                count += 1
+            except (OSError, ProviderError) as exc:
+                log.warning("could not mount the filesystem of project %s: %s", project_id, exc)
+        return count
+
+    def unmount_all(self) -> int:
+        """At close: every mount of this data dir (service and home binds first, then the projects' images),
+        by exact path; returns how many were unmounted. Blocking."""
+        if not self.enforced:
+            return 0
+        with self._lock:
+            points = mount_points()
+            ours = []
+            for parent in ("services", "homes", "projects"):
+                prefix = str(self.data_dir / parent) + "/"
+                ours += [p for p in points if p.startswith(prefix) and "/" not in p[len(prefix):]]
+            for point in ours:
+                try:
+                    unmount(Path(point))
+                except OSError as exc:
+                    log.warning("could not unmount %s: %s", point, exc)
+            return len(ours)
+
+    # -- usage ------------------------------------------------------------------------------------
+
+    def usage(self, project_id: str) -> tuple[int, int, int] | None:
+        """(bytes used, bytes the project's processes may still write, filesystem size); None if not mounted."""
+        target = self.mount_point(project_id)
+        if not self.enforced or not is_mounted(target):
+            return None
+        st = os.statvfs(target)
+        size = st.f_blocks * st.f_frsize
+        return size - st.f_bfree * st.f_frsize, st.f_bavail * st.f_frsize, size
+
+    def is_full(self, project_id: str, *, margin: int = 4 * 2**20) -> bool:
+        """True when the project's processes cannot write (much) more: its bytes or its inodes are used up."""
+        target = self.mount_point(project_id)
+        if not self.enforced or not is_mounted(target):
+            return False
+        st = os.statvfs(target)
+        return st.f_bavail * st.f_frsize <= margin or st.f_favail <= 16
+
+    def explains(self, project_id: str, output: str) -> bool:
+        """Whether a failed build failed for lack of space: the project's filesystem is full now, or the build
+        said ENOSPC and less than a fifth is left (a tool may have removed its partial files already)."""
+        if self.is_full(project_id):
+            return True
+        used = self.usage(project_id)
+        return used is not None and bool(NO_SPACE.search(output)) and used[1] < used[2] // 5
+
+    def full_message(self, project_id: str) -> str:
+        used = self.usage(project_id)
+        figures = f"{used[0] / 2**20:.0f} MiB used of {used[2] / 2**20:.0f} MiB" if used else "full"
+        return (
+            f"this project's disk is full ({figures}; the limit is INKMCP_MAX_DISK_MB={self.size_mb} per project, "
+            "for everything its services write: releases, venvs and dependencies, download caches, git mirrors, "
+            "its HOME and /tmp). Delete files the app wrote in its HOME or /tmp, remove services of this project "
+            "you no longer need (delete_service), or ask the operator to raise INKMCP_MAX_DISK_MB"
+        )
