@@ -62,6 +62,15 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("/components/schemas/ServerSetting/properties/wildcard_domain", ["string", "null"],
               "server_settings.wildcard_domain is a nullable column with no default: null until an operator "
               "sets Settings > Wildcard Domain"),
+    # --- mender6: the Coolify stand-in reads these back as null when unset, as Coolify does
+    *(Deviation(f"/components/schemas/Application/properties/{column}", ["string", "null"],
+                "the applications migration that adds post_deployment_command(_container) and "
+                "pre_deployment_command(_container) makes them ->nullable() string columns without a default, and "
+                "GET /applications/{uuid} serialises the model: an app created without one reads back null (the "
+                "spec says `nullable: true`, which OpenAPI 3.1 ignores)")
+      for column in ("pre_deployment_command", "pre_deployment_command_container", "post_deployment_command",
+                     "post_deployment_command_container")),
+    # --- end
 )
 
 

@@ -167,6 +167,11 @@ SENSITIVE_APP = {"custom_labels", "dockerfile", "docker_compose", "docker_compos
                  "http_basic_auth_password"}
 """removeSensitiveData (:100-138): visible only with can_read_sensitive."""
 
+# --- mender6: the nullable columns the spec types `nullable: true` that _app_json shows as null when unset
+NULL_WHEN_UNSET = ("pre_deployment_command", "pre_deployment_command_container", "post_deployment_command",
+                   "post_deployment_command_container")
+# --- end
+
 ENV_ITEM_KEYS = ("key", "value", "is_preview", "is_literal", "is_multiline", "is_shown_once", "is_runtime",
                  "is_buildtime", "comment")
 ENV_RULES = {"key": "string|required", "value": "string|nullable", "is_preview": "boolean", "is_literal": "boolean",
@@ -329,6 +334,11 @@ class ApplicationsMixin:
             if value is None or (key in SENSITIVE_APP and not sensitive):
                 continue
             out[key] = value
+        # --- mender6: real Coolify serialises these nullable columns as null when unset (an app created without
+        # a pre_deployment_command reads back `"pre_deployment_command": null`), not absent
+        for key in NULL_WHEN_UNSET:
+            out.setdefault(key, None)
+        # --- end
         if isinstance(out.get("health_check_port"), int):
             out["health_check_port"] = str(out["health_check_port"])
         out["settings"] = dict(app.settings)
