@@ -211,6 +211,14 @@ def _github_trusted_origins() -> frozenset[str]:
 
 async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Runtime:
     data = settings.data_dir
+    # --- mender6: the per-account output budget's rates (INKMCP_ACCOUNT_OUTPUT_*), checked before anything starts
+    if settings.compute != "coolify":
+        from inkmcp.providers.compute.local.logs import configure_account_rates
+        from inkmcp.settings import AccountOutputSettings
+
+        configure_account_rates(
+            settings_from_env(AccountOutputSettings, "INKMCP_ACCOUNT_OUTPUT_", "inkmcp/settings.py").rates())
+    # --- end mender6
     if serve and settings.compute != "coolify" and os.geteuid() == 0:
         # The local provider refuses such a data dir when it starts (its tenants would see their private /tmp
         # there); say so before two embedded PostgreSQL clusters are made in it (a new user's first `make serve`

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:  # --- mender6
+    from inkmcp.providers.compute.local.logs import AccountRates
 
 from inkmcp.providers.database.base import Tier
 
@@ -191,3 +194,40 @@ class TenantPostgresSettings(BaseSettings):
         "memory.max). Unset: half the machine's RAM",
     )  # fmt: skip
 # --- end pglimits
+
+
+# --- mender6: the per-account output budget's rates (logs.OutputBudget.for_account), once module constants.
+# All of one account's processes and builds together write at most this much to their logs per second; past it
+# InkMCP reads their pipes more slowly (nothing is dropped), so one account's floods cannot take the server's
+# event loop from the others (red team 2026-12-01). Read and applied by app.py (local compute only). The defaults are
+# logs.ACCOUNT_* (tests/local/test_account_output_settings.py checks they agree).
+class AccountOutputSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INKMCP_ACCOUNT_OUTPUT_", extra="ignore")
+
+    lines_per_second: float = Field(
+        default=8000.0, gt=0, allow_inf_nan=False,
+        description="a positive number of log lines per second for all of one account's processes and builds "
+        "together (default 8000, ~7% of a core of InkMCP's time)",
+    )  # fmt: skip
+    burst_lines: float = Field(
+        default=40000.0, gt=0, allow_inf_nan=False,
+        description="a positive number of lines an account may write at once above its rate (default 40000)",
+    )  # fmt: skip
+    mib_per_second: float = Field(
+        default=8.0, gt=0, allow_inf_nan=False,
+        description="a positive number of MiB of log output per second for one account (default 8)",
+    )  # fmt: skip
+    burst_mib: float = Field(
+        default=16.0, gt=0, allow_inf_nan=False,
+        description="a positive number of MiB an account may write at once above its rate (default 16)",
+    )  # fmt: skip
+
+    def rates(self) -> AccountRates:
+        """As the local provider's budgets take them (imported here: the provider package is heavy to import)."""
+        from inkmcp.providers.compute.local.logs import AccountRates
+
+        return AccountRates(lines_per_second=self.lines_per_second, burst_lines=self.burst_lines,
+                                 bytes_per_second=self.mib_per_second * 2**20, burst_bytes=self.burst_mib * 2**20)
+
+
+# --- end mender6

@@ -3,7 +3,7 @@
 Each process's output is paced on its own (logs.OutputBudget, 2,000 lines/s); an account with 200 services
 could still make InkMCP write ~400,000 lines/s. Every process's budget now draws on its account's budget too.
 Real provider, real tenant processes (`yes`), real pipes and log files; only the account's rates are lowered
-(monkeypatched constants) so the test's floods stay cheap.
+(INKMCP_ACCOUNT_OUTPUT_*, as an operator sets them) so the test's floods stay cheap.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from inkmcp.build.plan import BuildPlan, ProcessSpec, ServiceType, Stack
 from inkmcp.providers.compute.local import logs
 from inkmcp.providers.compute.local.layout import ServiceLayout
 from inkmcp.providers.compute.local.logs import OutputBudget
+from inkmcp.settings import AccountOutputSettings
 from tests.local.conftest import PY, Events, key_for, no_record, request_for
 
 ACCOUNT_RATE = 1000.0  # lines/s for the whole account in this test; each process alone may write 2,000/s
@@ -43,8 +44,11 @@ async def test_one_accounts_floods_are_paced_together_and_another_accounts_logs_
     """mallory's two services each run `yes`: together they get the account's rate (each alone would get
     2,000 lines/s, 4,000 together). alice's worker, another account, prints a monotonic stamp every 0.1 s:
     each line reaches her log within a fraction of a second throughout the flood."""
-    monkeypatch.setattr(logs, "ACCOUNT_LINES_PER_SECOND", ACCOUNT_RATE)
-    monkeypatch.setattr(logs, "ACCOUNT_BURST_LINES", ACCOUNT_RATE)
+    # the operator's settings, applied as app.py applies them (the test's own rates are restored afterwards)
+    monkeypatch.setenv("INKMCP_ACCOUNT_OUTPUT_LINES_PER_SECOND", str(ACCOUNT_RATE))
+    monkeypatch.setenv("INKMCP_ACCOUNT_OUTPUT_BURST_LINES", str(ACCOUNT_RATE))
+    monkeypatch.setattr(logs, "_account_rates", logs.account_rates())
+    logs.configure_account_rates(AccountOutputSettings().rates())
     provider = await make_provider()
     mallory = [key_for(project_ids(), service=f"flood{i}").model_copy(update={"account_id": "mallory"})
                for i in range(2)]
@@ -76,7 +80,9 @@ async def test_one_accounts_floods_are_paced_together_and_another_accounts_logs_
     assert len(delays) >= 30, delays  # ~40 ticks in 4 s
     assert max(delays) < 0.4, f"alice's lines were held back during mallory's flood: {sorted(delays)[-5:]}"
     notes = [line for p in flood_logs for line in p.read_text().splitlines() if "[inkmcp] output over" in line]
-    assert notes and all("all of this account's processes" in line for line in notes), notes
+    # the note names the account's configured rate, not the default 8000
+    assert notes and all(f"all of this account's processes and builds together over {ACCOUNT_RATE:g} lines/s" in line
+                         for line in notes), notes  # fmt: skip
 
 
 def test_children_share_their_parents_rate_and_other_parents_are_untouched() -> None:

@@ -15,16 +15,19 @@ Nothing is dropped: every line still reaches the log, only later.
 Per process is not enough: an account may run 200 services (20 projects x 10), each flooding within its
 own budget (~400,000 lines/s together, ~3.4 cores of InkMCP's time). So every process's and build's budget
 draws on its account's budget too (`OutputBudget(parent=...)`, one per account in the provider): all of an
-account's output together is paced at ACCOUNT_* rates, and another account's budget is untouched by it.
+account's output together is paced at the account rates (INKMCP_ACCOUNT_OUTPUT_*, `AccountRates`), and another
+account's budget is untouched by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -37,11 +40,47 @@ BURST_LINES = 20000.0
 BYTES_PER_SECOND = 2.0 * 1024 * 1024
 BURST_BYTES = 8.0 * 1024 * 1024
 # Per account: every process and build of one account together (a few flooding processes' worth: ~7 % of a core).
+# The defaults of the operator's settings (settings.AccountOutputSettings, INKMCP_ACCOUNT_OUTPUT_*), which app.py
+# applies with `configure_account_rates` before the local provider starts.
 ACCOUNT_LINES_PER_SECOND = 8000.0
 ACCOUNT_BURST_LINES = 40000.0
 ACCOUNT_BYTES_PER_SECOND = 8.0 * 1024 * 1024
 ACCOUNT_BURST_BYTES = 16.0 * 1024 * 1024
 YIELD_EVERY = 256  # lines written between two turns of the event loop, even within the budget
+
+
+@dataclass(frozen=True)
+class AccountRates:
+    """The rates every account's budget is made with (`OutputBudget.for_account`): sustained and burst, lines and
+    bytes. All positive: a zero rate would make every take wait forever (a tenant's first line would block its
+    process for good)."""
+
+    lines_per_second: float = ACCOUNT_LINES_PER_SECOND
+    burst_lines: float = ACCOUNT_BURST_LINES
+    bytes_per_second: float = ACCOUNT_BYTES_PER_SECOND
+    burst_bytes: float = ACCOUNT_BURST_BYTES
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"AccountRates.{name} must be a positive number, not {value!r}")
+
+
+_account_rates = AccountRates()
+
+
+def configure_account_rates(rates: AccountRates) -> None:
+    """Set the rates of account budgets made from now on (app.py, once at start, from the operator's settings).
+
+    Module state rather than a provider argument: the budgets are made where the provider first sees an account,
+    and the rates are one per process like the per-process constants above."""
+    global _account_rates
+    _account_rates = rates
+
+
+def account_rates() -> AccountRates:
+    """The rates `OutputBudget.for_account` uses now (the supervisor's pacing note shows them)."""
+    return _account_rates
 
 
 class OutputBudget:
@@ -69,10 +108,13 @@ class OutputBudget:
         self._unyielded = 0
 
     @classmethod
-    def for_account(cls, *, clock: Callable[[], float] = time.monotonic) -> OutputBudget:
-        """The budget all of one account's processes and builds draw on (their `parent`)."""
-        return cls(lines_per_second=ACCOUNT_LINES_PER_SECOND, burst_lines=ACCOUNT_BURST_LINES,
-                   bytes_per_second=ACCOUNT_BYTES_PER_SECOND, burst_bytes=ACCOUNT_BURST_BYTES, clock=clock)
+    def for_account(cls, *, rates: AccountRates | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> OutputBudget:
+        """The budget all of one account's processes and builds draw on (their `parent`): `rates`, else the
+        configured ones (`configure_account_rates`; the defaults until app.py applies the operator's)."""
+        r = rates or _account_rates
+        return cls(lines_per_second=r.lines_per_second, burst_lines=r.burst_lines,
+                   bytes_per_second=r.bytes_per_second, burst_bytes=r.burst_bytes, clock=clock)
 
     def take(self, lines: int, nbytes: int) -> float:
         now = self.clock()

@@ -27,11 +27,11 @@ import psutil
 from inkmcp.build.plan import RunAs
 from inkmcp.build.process import TenantSandbox, write_pid_file
 from inkmcp.providers.compute.local.logs import (
-    ACCOUNT_LINES_PER_SECOND,
     BYTES_PER_SECOND,
     LINES_PER_SECOND,
     YIELD_EVERY,
     OutputBudget,
+    account_rates,
 )
 from inkmcp.providers.compute.local.spawn import ExitAwareProtocol, spawn
 
@@ -317,9 +317,11 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink,
             wait = budget.take(len(part), sum(len(raw) + 1 for raw in part))
             if wait > 0 and budget.clock() - noted >= PACING_NOTE_EVERY:
                 noted = budget.clock()
+                # --- mender6: the account budget's rate (INKMCP_ACCOUNT_OUTPUT_LINES_PER_SECOND)
+                account_rate = budget.parent.rates[0] if budget.parent is not None else account_rates().lines_per_second
                 sink(f"{name} | [inkmcp] output over {LINES_PER_SECOND:g} lines/s or {BYTES_PER_SECOND / 2**20:g} "
                      f"MiB/s (or all of this account's processes and builds together over "
-                     f"{ACCOUNT_LINES_PER_SECOND:g} lines/s): InkMCP reads it more slowly, so the process's writes "
+                     f"{account_rate:g} lines/s): InkMCP reads it more slowly, so the process's writes "
                      "wait (nothing is dropped)")
             await asyncio.sleep(wait)  # 0 still yields: other accounts' requests get the loop between slices
     if pending:
