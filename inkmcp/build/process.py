@@ -51,6 +51,45 @@ SANDBOX_EXIT = 126  # the child could not be confined; nothing of the tenant ran
 TMP, VAR_TMP, DEV_SHM = "/tmp", "/var/tmp", "/dev/shm"  # noqa: S108
 PRIVATE_TMP_MOUNTS = (TMP, VAR_TMP)
 
+# --- quota: the host's other world-writable dirs, which the sandbox also replaces with the service's own tmp
+_SCAN_PARENTS = ("/", "/var", "/run", "/srv", "/opt", "/home", "/mnt", "/media", "/usr/local")
+_SCAN_DEEPER = ("/var/lib", "/var/cache", "/var/spool", "/var/local")
+
+
+@lru_cache(maxsize=1)
+def shared_writable_dirs() -> tuple[str, ...]:
+    """Directories every user may write on the host besides /tmp and /dev/shm: /var/tmp, and others such as
+    /run/lock (= /var/lock; on this box on the root filesystem itself), found once per process among the
+    children of a few system dirs (and grandchildren under /var/lib, /var/cache, /var/spool).
+
+    A tenant's files there would land on a host filesystem outside its project's disk limit (diskquota.py)
+    and could fill the one the control plane is on. The sandbox mounts the service's own temp dir over each
+    (like /var/tmp), so those writes count against the project's space. Real dirs only (symlinks such as
+    /var/lock resolve to one found anyway); /tmp, /dev/shm, /proc, /sys and /dev are handled apart.
+    """
+    found: list[str] = []
+    parents = [*_SCAN_PARENTS]
+    for deeper in _SCAN_DEEPER:
+        with contextlib.suppress(OSError):
+            parents += [e.path for e in os.scandir(deeper) if e.is_dir(follow_symlinks=False)]
+    for parent in parents:
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            path = entry.path.replace("//", "/")
+            if path in (TMP, DEV_SHM, "/proc", "/sys", "/dev") or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mode & 0o002:
+                    found.append(path)
+    if VAR_TMP in found:  # first: the historic one, mounted from /tmp like the others
+        found.remove(VAR_TMP)
+        found.insert(0, VAR_TMP)
+    return tuple(dict.fromkeys(found))
+# --- end
+
 _CLONE_NEWNS = 0x00020000
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -187,7 +226,7 @@ class _ChildSetup:
         self.fsize = sandbox.max_file_bytes
         self.procs = tuple(os.fsencode(p) for p in sandbox.cgroup_procs)
         self.tmp = os.fsencode(sandbox.tmp_dir) if sandbox.tmp_dir is not None else None
-        self.var_tmp = os.fsencode(VAR_TMP) if os.path.isdir(VAR_TMP) and not os.path.islink(VAR_TMP) else None
+        self.var_tmps = tuple(os.fsencode(d) for d in shared_writable_dirs())  # --- quota: /var/tmp, /run/lock...
         self.shm = os.fsencode(DEV_SHM) if os.path.isdir(DEV_SHM) else None
         self.shm_options = f"size={sandbox.shm_bytes},mode=1777".encode()
         self.hide_pids = sandbox.run_as is not None and _proc_has_private_options()
@@ -222,8 +261,8 @@ class _ChildSetup:
                 self._check(self.unshare(_CLONE_NEWNS), b"entering a private mount namespace")
                 self._check(self.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), b"making mounts private")
                 self._check(self.mount(self.tmp, b"/tmp", None, _MS_BIND, None), b"mounting the private /tmp")
-                if self.var_tmp is not None:  # the same dir: /tmp now is it (the source may lie under /tmp)
-                    self._check(self.mount(b"/tmp", self.var_tmp, None, _MS_BIND, None), b"mounting /var/tmp")
+                for var_tmp in self.var_tmps:  # the same dir: /tmp now is it (the source may lie under /tmp)
+                    self._check(self.mount(b"/tmp", var_tmp, None, _MS_BIND, None), b"mounting /var/tmp")
                 if self.shm is not None:
                     rc = self.mount(b"tmpfs", self.shm, b"tmpfs", _MS_NOSUID | _MS_NODEV, self.shm_options)
                     self._check(rc, b"mounting a private /dev/shm")

@@ -414,6 +414,6 @@ class ProjectDisks:
         return (
             f"this project's disk is full ({figures}; the limit is INKMCP_MAX_DISK_MB={self.size_mb} per project, "
             "for everything its services write: releases, venvs and dependencies, download caches, git mirrors, "
-            "its HOME and /tmp). Delete files the app wrote in its HOME or /tmp, remove services of this project "
-            "you no longer need (delete_service), or ask the operator to raise INKMCP_MAX_DISK_MB"
+            "its HOME and /tmp). Delete files the app wrote in its HOME or /tmp, delete services of this project "
+            "you no longer need (delete with service_name), or ask the operator to raise INKMCP_MAX_DISK_MB"
         )

@@ -13,7 +13,8 @@
  *   2. joins the service's cgroups (--cgroup, one per v1 controller): whatever the tenant forks,
  *      even before its first line of code, starts inside them;
  *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), the service's tmp dir
- *      on /tmp and /var/tmp, a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort);
+ *      on /tmp and on each --var-tmp (/var/tmp, /run/lock: the host's other world-writable dirs),
+ *      a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort);
  *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid;
  *   5. chdir (--chdir) as the tenant: root never resolves a tenant-owned path;
  *   6. closes every fd above 2 and execs the command with the tenant's environment, searching the
@@ -57,6 +58,7 @@
 
 #define SANDBOX_EXIT 126
 #define MAX_CGROUPS 16
+#define MAX_VAR_TMPS 32 /* --- quota: /var/tmp and the host's other world-writable dirs (/run/lock, ...) */
 #define MAX_ENV_BYTES (16 * 1024 * 1024)
 
 extern char **environ;
@@ -184,7 +186,9 @@ int main(int argc, char **argv) {
     unsigned long long fsize = 0;
     const char *cgroups[MAX_CGROUPS];
     int ncgroups = 0;
-    const char *tmp = NULL, *var_tmp = NULL, *shm = NULL, *shm_options = NULL, *cwd = NULL;
+    const char *var_tmps[MAX_VAR_TMPS];
+    int nvar_tmps = 0;
+    const char *tmp = NULL, *shm = NULL, *shm_options = NULL, *cwd = NULL;
     uid_t uid = 0;
     gid_t gid = 0;
     int i = 1;
@@ -203,7 +207,10 @@ int main(int argc, char **argv) {
             cgroups[ncgroups++] = v;
         }
         else if (strcmp(a, "--tmp") == 0) tmp = v;
-        else if (strcmp(a, "--var-tmp") == 0) var_tmp = v;
+        else if (strcmp(a, "--var-tmp") == 0) {
+            if (nvar_tmps == MAX_VAR_TMPS) usage("too many --var-tmp");
+            var_tmps[nvar_tmps++] = v;
+        }
         else if (strcmp(a, "--shm") == 0) shm = v;
         else if (strcmp(a, "--shm-options") == 0) shm_options = v;
         else if (strcmp(a, "--chdir") == 0) cwd = v;
@@ -243,8 +250,8 @@ int main(int argc, char **argv) {
         check(unshare(CLONE_NEWNS), "entering a private mount namespace");
         check(mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL), "making mounts private");
         check(mount(tmp, "/tmp", NULL, MS_BIND, NULL), "mounting the private /tmp");
-        if (var_tmp != NULL) /* the same dir: /tmp now is it (the source may lie under /tmp) */
-            check(mount("/tmp", var_tmp, NULL, MS_BIND, NULL), "mounting /var/tmp");
+        for (int k = 0; k < nvar_tmps; k++) /* the same dir: /tmp now is it (the source may lie under /tmp) */
+            check(mount("/tmp", var_tmps[k], NULL, MS_BIND, NULL), "mounting /var/tmp");
         if (shm != NULL)
             check(mount("tmpfs", shm, "tmpfs", MS_NOSUID | MS_NODEV, shm_options ? shm_options : ""),
                   "mounting a private /dev/shm");

@@ -55,7 +55,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inkmcp.build.process import DEV_SHM, VAR_TMP, TenantSandbox, _proc_has_private_options
+from inkmcp.build.process import (
+    DEV_SHM,
+    TenantSandbox,
+    _proc_has_private_options,
+    shared_writable_dirs,  # --- quota
+)
 from inkmcp.build.process import spawn as preexec_spawn
 
 log = logging.getLogger(__name__)
@@ -233,8 +238,8 @@ def confinement(sandbox: TenantSandbox) -> list[str]:
         argv += ["--cgroup", procs]
     if sandbox.tmp_dir is not None:
         argv += ["--tmp", str(sandbox.tmp_dir)]
-        if os.path.isdir(VAR_TMP) and not os.path.islink(VAR_TMP):
-            argv += ["--var-tmp", VAR_TMP]
+        for shared in shared_writable_dirs():  # --- quota: /var/tmp and the host's other world-writable dirs
+            argv += ["--var-tmp", shared]
         if os.path.isdir(DEV_SHM):
             argv += ["--shm", DEV_SHM, "--shm-options", f"size={sandbox.shm_bytes},mode=1777"]
         if sandbox.run_as is not None and _proc_has_private_options():
