@@ -28,20 +28,28 @@ Security notes, because repo URLs come from AI agents:
   to exactly the checked address (curl's resolve pin for http(s), the IP itself for git:// and ssh),
   so DNS rebinding between the check and the connect changes nothing; redirects are never followed.
   A refused address gets one message whatever the port and whether anything listens there.
-- credentials embedded in a URL (https://user:token@host/...) are passed to git on its command line
-  only (never into the mirror's config, FETCH_HEAD or any file), never appear in errors or logs, and
-  the mirror is keyed without them. The command line is visible in /proc only to the same uid, the
-  tenant, whose token it is.
+- credentials embedded in an http(s) URL (https://user:token@host/...) reach git as an Authorization header in
+  its environment (GIT_CONFIG_COUNT: `http.<URL without them>.extraHeader`), never its command line, the mirror's
+  config, FETCH_HEAD or any file; they never appear in errors or logs, and the mirror is keyed without them.
+  Why not argv: /proc/PID/cmdline is world-readable on a normal /proc (no hidepid), so any local process of another
+  uid read `git fetch http://alice:<token>@...` while alice's fetch ran (red team dec2); /proc/PID/environ is
+  readable by the same uid (alice's project user) and root only.
 - HTTP credentials InkMCP holds for a user (a signed-in user's GitHub token, `GitAuth`, issue 11) reach git only
   through the environment (GIT_CONFIG_COUNT/KEY/VALUE: an `http.<repo url>.extraHeader` scoped to that one
   repository URL), never argv, the mirror's config, FETCH_HEAD or an error; the environment of a process is
   readable in /proc only by its uid, the tenant, whose account's token it is.
 - `SourcePolicy.trusted_origins` are hosts the operator configured (INKMCP_GITHUB_URL, e.g. a GitHub Enterprise on
   a private network, or the local GitHub stand-in): their addresses are not checked, as for allow_local.
-- the mirror's own config is writable by the tenant (it owns the mirror). Anything planted there
-  (url.insteadOf, http.proxy, core.sshCommand) acts with the tenant's own rights and network reach
-  only, which its deployed code has anyway; the settings we rely on are given on the command line or
-  in the environment, which take precedence.
+- the mirror's own config and hooks are writable by the tenant (it owns the mirror, and its build finds it beside
+  the build caches). Settings planted there (url.insteadOf, http.proxy) act with the tenant's own rights and network
+  reach only, which its deployed code has anyway; the settings we rely on are given on the command line or in the
+  environment, which take precedence. But git runs here OUTSIDE the tenant's sandbox (no cgroup, the host's /proc
+  without hidepid, the host's /tmp), so nothing the tenant wrote may make it run a command: hooks are off
+  (core.hooksPath=/dev/null), so are core.fsmonitor, core.alternateRefsCommand and core.gitProxy
+  (GIT_PROXY_COMMAND=""; the config's value would win over `-c`), submodules are not fetched, and `git archive`,
+  the one step that applies filter drivers (`.gitattributes` filter=x + the config's filter.x.smudge/process), runs
+  against a neutral git dir of InkMCP's with the mirror's objects only (`_neutral_git_dir`). Red team dec2: a
+  reference-transaction hook her build put in her mirror ran in InkMCP's next fetch and read alice's token from /proc.
 """
 
 from __future__ import annotations
@@ -61,10 +69,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from inkmcp.build.plan import RunAs
-from inkmcp.build.process import kill_process_group
+from inkmcp.build.process import TMP, kill_process_group
 from inkmcp.errors import SourceError
 
 _REMOTE_SCHEMES = ("https", "http", "ssh", "git")
@@ -404,7 +412,7 @@ async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, de
     SourceError(argument=repo_url)."""
     source = await _classify_target(repo_url, ws, policy, deadline)
     if auth is None:
-        return source
+        return _userinfo_to_header(source)
     if source.local or not source.fetch_url.lower().startswith(("https://", "http://")) \
             or has_userinfo(source.fetch_url):
         raise SourceError(f"{source.display!r} cannot use the stored GitHub credentials (not a plain http(s) URL).",
@@ -416,6 +424,20 @@ async def _classify(repo_url: str, ws: SourceWorkspace, policy: SourcePolicy, de
     env, base = await git_env(source.fetch_url, auth.header, ttl=max(deadline.left(), 1.0) + 30.0)
     return replace(source, env=env, secrets=(*source.secrets, *auth.secrets, base), grant=base)
     # --- end
+
+
+def _userinfo_to_header(source: _Source) -> _Source:
+    """An http(s) source whose URL holds `user:token@`: the same fetch with the credentials moved from the URL (git's
+    argv, world-readable in /proc) into an Authorization header in git's environment (see the module docstring)."""
+    parts = urlsplit(source.fetch_url)
+    if source.local or parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return source
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    auth = GitAuth(token=unquote(password), username=unquote(user))
+    return replace(source, fetch_url=bare, env=(*source.env, *auth.env(bare)),
+                   secrets=(*source.secrets, *(s for s in auth.secrets if len(s) >= 3)))
 
 
 def _revoke_grant(source: _Source) -> None:
@@ -529,6 +551,7 @@ def _git_env(source: _Source) -> dict[str, str]:
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_ALLOW_PROTOCOL": protocols,
         "GIT_SSH_COMMAND": ssh,
+        "GIT_PROXY_COMMAND": "",  # set (even empty), it wins over a core.gitProxy the tenant put in the mirror's config
         **dict(source.env),
     }
 
@@ -541,6 +564,11 @@ def _git_base(source: _Source) -> list[str]:
         "-c", "gc.autoDetach=false",
         "-c", "http.followRedirects=false",  # a redirect could lead anywhere, after our address check
         "-c", "http.proxy=",
+        # Nothing the tenant wrote into the mirror may run a command outside its sandbox (module docstring).
+        "-c", "core.hooksPath=/dev/null",
+        "-c", "core.fsmonitor=false",
+        "-c", "core.alternateRefsCommand=true",
+        "-c", "fetch.recurseSubmodules=false",
     ]
     if source.local:
         # Only local sources need the file transport (also for repos that use local submodules).
@@ -1245,6 +1273,39 @@ def _prepare_dest(dest: Path) -> None:
         os.close(fd)
 
 
+_NEUTRAL: Path | None = None
+
+
+def _neutral_git_dir() -> Path:
+    """An empty bare repository of InkMCP's (root-owned, world-readable, nobody else may write it) for `git archive`.
+
+    Why: `git archive` applies the filter drivers the tree's .gitattributes name, with the commands of the
+    repository's config (`filter.<name>.smudge` / `.process`), and the mirror's config is the tenant's to write.
+    Run with this git dir and GIT_OBJECT_DIRECTORY=<mirror>/objects, git reads the commit's objects from the mirror
+    but config, attributes and hooks from here, where no driver is defined (the names are the tenant's, so they
+    cannot be switched off one by one with `-c`). Made once per process, in a fresh mkdtemp dir under /tmp (InkMCP's
+    own: git runs in InkMCP's mount namespace, not the tenant's sandbox).
+    """
+    global _NEUTRAL
+    if _NEUTRAL is None or not (_NEUTRAL / "HEAD").is_file():
+        import atexit
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="inkmcp-neutral-git-", dir=TMP))  # TMPDIR might not be traversable
+        git_dir = base / "git"
+        (git_dir / "objects").mkdir(parents=True)
+        (git_dir / "refs").mkdir()
+        (git_dir / "HEAD").write_text("ref: refs/heads/none\n")
+        (git_dir / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = true\n")
+        for path in (base, git_dir, git_dir / "objects", git_dir / "refs"):
+            path.chmod(0o755)
+        for path in (git_dir / "HEAD", git_dir / "config"):
+            path.chmod(0o644)
+        atexit.register(shutil.rmtree, base, True)
+        _NEUTRAL = git_dir
+    return _NEUTRAL
+
+
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("bytes", "KiB", "MiB", "GiB"):
@@ -1293,8 +1354,10 @@ async def _export(
     The count is a backstop to the size check: the tenant owns the mirror's object files and could
     swap them between the check and the archive.
     """
-    git = await _spawn([*_git_base(source), f"--git-dir={mirror}", "archive", "--format=tar", sha],
-                       ws, _git_env(source))
+    # The neutral git dir's config (no filter drivers) and attributes, the mirror's objects: see _neutral_git_dir.
+    env = {**_git_env(source), "GIT_OBJECT_DIRECTORY": str(mirror / "objects")}
+    git = await _spawn([*_git_base(source), "-c", "safe.directory=*", f"--git-dir={_neutral_git_dir()}", "archive",
+                        "--format=tar", sha], ws, env)
     tar = await _spawn(
         ["tar", "-x", "--no-same-owner", "--no-same-permissions", "-C", str(dest)],
         None,

