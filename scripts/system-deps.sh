@@ -19,6 +19,12 @@ command -v redis-server >/dev/null || need+=(redis-server)
 # A C compiler and static libc: the local provider's exec wrapper (inkmcp-spawn) is compiled at install.
 { command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
 
+# --- quota: the local provider's disk per project (diskquota.py): an ext4 image per project, made with mkfs.ext4
+# (e2fsprogs) and loop-mounted with mount/losetup (mount); both are in a standard Debian, checked all the same.
+command -v mkfs.ext4 >/dev/null || [ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
+{ command -v losetup >/dev/null || [ -x /sbin/losetup ]; } || need+=(mount)
+# --- end
+
 # shellcheck source-path=SCRIPTDIR source=apt-install-missing.sh
 . "$(dirname "$0")/apt-install-missing.sh"
 apt_install_missing --recommends --announce "${need[@]}"

@@ -310,8 +310,8 @@ class ProjectDisks:
         if self.bind(project_id, "home", home) and run_as is not None:
             ensure_owned_dir(home.parent, home.name, run_as, 0o700)
 
-    def bind_service(self, project_id: str, service_root: Path) -> None:
-        self.bind(project_id, f"services/{service_root.name}", service_root)
+    def bind_service(self, project_id: str, service_root: Path) -> bool:
+        return self.bind(project_id, f"services/{service_root.name}", service_root)
 
     def drop_service(self, project_id: str, service_root: Path) -> None:
         """After a service's removal: its bind mount and its directory on the project's filesystem."""

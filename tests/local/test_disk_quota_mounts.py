@@ -1,0 +1,139 @@
+"""diskquota.ProjectDisks on its own: the mounts it makes, the upgrade of an existing data dir, what it refuses.
+
+Real ext4 images, loop devices and bind mounts (root). Every test unmounts what it made by exact path
+(`unmount_all` of its own data dir) and checks that no mount and no loop device of its images is left.
+tests/security/test_disk_quota.py attacks the limit from a tenant's side through a real server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inkmcp.errors import ProviderError
+from inkmcp.providers.compute.local import diskquota
+from inkmcp.providers.compute.local.diskquota import ProjectDisks, mount_points
+from tests.requirements import is_root, requires
+from tests.support import traversable_tmpdir
+
+pytestmark = requires("root", is_root(), "loop devices and mounts need root")
+
+OWNER = (4242, 4243)  # a uid/gid no test user has: ownership must survive the move
+
+
+def _ours(data: Path) -> list[str]:
+    return sorted(p for p in mount_points() if p.startswith(str(data) + "/"))
+
+
+def _attached(image: Path) -> str:
+    return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False).stdout.strip()
+
+
+@pytest.fixture
+def data() -> Iterator[Path]:
+    root = traversable_tmpdir("inkmcp-diskq-")
+    data = root / "compute"
+    for name in ("services", "homes", "projects"):
+        (data / name).mkdir(mode=0o711, parents=True)
+    yield data
+    ProjectDisks(data, size_mb=1).unmount_all()
+    left = _ours(data)
+    images = list((data / "disks").glob("*.img")) if (data / "disks").is_dir() else []
+    attached = [a for a in (_attached(i) for i in images) if a]
+    shutil.rmtree(root, ignore_errors=True)
+    assert not left and not attached, (left, attached)
+
+
+def _old_tree(path: Path, files: dict[str, bytes]) -> None:
+    """A home or service dir as an InkMCP before diskquota left it: files of the tenant's uid on the host fs."""
+    path.mkdir(mode=0o700)
+    for rel, content in files.items():
+        f = path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(content)
+        os.chown(f, *OWNER)
+    os.symlink("/etc/shadow", path / "planted-link")  # copied as a link, never followed
+    os.lchown(path / "planted-link", *OWNER)
+    os.chown(path, *OWNER)
+
+
+def test_an_upgrade_moves_homes_and_services_onto_the_projects_filesystem(data: Path) -> None:
+    """A data dir from before: its home and service files end up on the project's own filesystem, owners,
+    modes and links as they were, nothing left on the host's; a restart (unmount_all, mount_all) finds them."""
+    home, service = data / "homes" / "ink-0123456789ab", data / "services" / "svc-1"
+    _old_tree(home, {"notes.txt": b"mine", ".cache/x": b"y" * 5000})
+    _old_tree(service, {"releases/d1/src/app.py": b"print(1)", "venvs/v/bin/python": b"#!"})
+    disks = ProjectDisks(data, size_mb=32)
+    disks.bind("p1", "home", home)
+    disks.bind_service("p1", service)
+
+    host = os.stat(data).st_dev
+    for tree, probe in ((home, "notes.txt"), (service, "releases/d1/src/app.py")):
+        st = os.stat(tree / probe)
+        assert st.st_dev != host and (st.st_uid, st.st_gid) == OWNER, (tree, st)
+        assert os.stat(tree).st_mode & 0o777 == 0o700 and os.stat(tree).st_uid == OWNER[0]
+        assert os.readlink(tree / "planted-link") == "/etc/shadow"
+        assert not (tree.parent / f".{tree.name}.pre-disk").exists()
+    assert _ours(data) == sorted([str(home), str(service), str(data / "projects" / "p1")])
+
+    assert disks.unmount_all() == 3 and _ours(data) == []
+    assert not _attached(disks.image("p1"))
+    assert disks.mount_all({"p1": home.name}) == 1
+    assert (home / "notes.txt").read_bytes() == b"mine" and (service / "venvs/v/bin/python").exists()
+
+
+def test_a_tree_larger_than_the_limit_stays_where_it_was(data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """40 MiB of old files into a 24 MiB filesystem: not moved, kept in place (unlimited), and the log says so."""
+    service = data / "services" / "big"
+    _old_tree(service, {"releases/blob": os.urandom(40 * 2**20)})
+    disks = ProjectDisks(data, size_mb=24)
+    with caplog.at_level(logging.WARNING, logger=diskquota.__name__):
+        assert disks.bind_service("p2", service) is False
+    assert str(service) not in _ours(data)
+    assert (service / "releases" / "blob").stat().st_size == 40 * 2**20
+    assert os.stat(service / "releases" / "blob").st_dev == os.stat(data).st_dev
+    assert "WITHOUT a disk limit" in caplog.text and "INKMCP_MAX_DISK_MB" in caplog.text, caplog.text
+    assert not (disks.inner("p2") / "services" / "big").exists()  # the partial copy is gone from the project's fs
+
+
+def test_a_disk_the_host_cannot_hold_is_refused_with_the_settings_named(data: Path) -> None:
+    disks = ProjectDisks(data, size_mb=64, reserve_mb=10**9)
+    with pytest.raises(ProviderError) as refused:
+        disks.ensure_project("p3")
+    text = str(refused.value)
+    assert "INKMCP_MAX_DISK_MB" in text and "INKMCP_DISK_RESERVE_MB" in text and "Delete a project" in text, text
+    assert not disks.image("p3").exists() and _ours(data) == []
+
+
+def test_a_busy_image_is_reused_never_attached_twice(data: Path) -> None:
+    """A process still holds a file on the project's filesystem at close: the unmount is lazy and the loop device
+    stays. The next mount must use that device: a second one on the same image would corrupt it."""
+    disks = ProjectDisks(data, size_mb=32)
+    base = disks.ensure_project("p4")
+    assert base is not None
+    held = open(base / "held", "w")  # held open across the unmount on purpose
+    try:
+        disks.unmount_all()
+        first = _attached(disks.image("p4"))
+        assert first.count("/dev/loop") == 1, first
+        disks.ensure_project("p4")
+        assert _attached(disks.image("p4")) == first
+        assert (base / "held").exists()
+    finally:
+        held.close()
+    disks.unmount_all()
+
+
+def test_not_enforced_without_root_or_with_zero_and_says_why(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ProjectDisks(data, size_mb=0).note() == "disk per project not limited: INKMCP_MAX_DISK_MB=0"
+    monkeypatch.setattr(diskquota.os, "geteuid", lambda: 1000)
+    disks = ProjectDisks(data, size_mb=64)
+    assert not disks.enforced and "not running as root" in disks.reason
+    assert disks.ensure_project("p5") is None and disks.usage("p5") is None and not disks.is_full("p5")
+    assert not (data / "disks").exists() and _ours(data) == []
