@@ -113,6 +113,23 @@ def _assert_nothing_mounted(srv: ServerProc) -> None:
     assert data not in attached, attached
 
 
+KEEP = "import os\nopen(os.path.join(os.environ['HOME'], 'keep'), 'w').write('kept')\nresult = 1"
+HOME_DEV = "import os\nresult = os.stat(os.environ['HOME']).st_dev"
+
+
+async def _answers(srv: ServerProc, url: str, text: str, timeout: float = 60) -> None:
+    """Until the app at `url` answers `text` (after a restart its release is restored in the background)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            if via_proxy(srv, url, timeout=10).text == text:
+                return
+        except httpx.HTTPError:
+            pass
+        assert asyncio.get_running_loop().time() < deadline, srv.log()
+        await asyncio.sleep(0.5)
+
+
 def _host_dev(srv: ServerProc) -> int:
     return os.stat(srv.data_dir).st_dev
 
@@ -183,10 +200,9 @@ async def test_limit_holds_across_a_new_release_and_a_restart(qserver: ServerPro
     """mallory keeps a file in HOME, redeploys (a new release), fills again: ENOSPC within the limit, the file
     kept. Then InkMCP restarts: her release runs again from its (re-mounted) filesystem, still limited."""
     repo = lab_repo(repos, "q-redeploy")
-    keep = "import os\nopen(os.path.join(os.environ['HOME'], 'keep'), 'w').write('kept')\nresult = 1"
     async with session(qserver, "mallory") as m:
         lab = await lab_live(m, repo, "mallory", project_name="q-redeploy")
-        await asyncio.to_thread(lab_exec, qserver, lab["url"], keep)
+        await asyncio.to_thread(lab_exec, qserver, lab["url"], KEEP)
         git_commit(repo, {"extra.txt": "a new release"})
         again = await lab_live(m, repo, "mallory", project_name="q-redeploy")
         assert again["deployment_id"] != lab["deployment_id"]
@@ -198,15 +214,7 @@ async def test_limit_holds_across_a_new_release_and_a_restart(qserver: ServerPro
     assert qserver.stop() == 0, qserver.log()
     _assert_nothing_mounted(qserver)
     qserver.start()
-    deadline = asyncio.get_running_loop().time() + 60
-    while True:  # restored in the background after start
-        try:
-            if via_proxy(qserver, again["url"], timeout=10).text == "mallory says hi":
-                break
-        except httpx.HTTPError:
-            pass
-        assert asyncio.get_running_loop().time() < deadline, qserver.log()
-        await asyncio.sleep(0.5)
+    await _answers(qserver, again["url"], "mallory says hi")
     seen = await asyncio.to_thread(lab_exec, qserver, again["url"], FILL, 240)
     assert seen["home"][1] == "ENOSPC" and seen["fs_mb"] <= LIMIT_MB, seen
     assert all(dev != _host_dev(qserver) for dev in seen["dev"].values()), seen["dev"]
@@ -232,3 +240,61 @@ async def test_deleting_the_project_removes_its_filesystem(qserver: ServerProc, 
     assert str(qserver.data_dir / "compute" / "projects" / project_id) not in points
     attached = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False).stdout
     assert not attached.strip(), attached
+
+
+SHM = r'''
+import os
+
+def shmem():
+    """This process's memory cgroup's shmem bytes (cgroup v1 or v2)."""
+    for line in open("/proc/self/cgroup").read().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base = "/sys/fs/cgroup/memory" + path
+            break
+    else:
+        base = "/sys/fs/cgroup" + open("/proc/self/cgroup").read().split("0::", 1)[1].split()[0]
+    stat = dict(line.split() for line in open(os.path.join(base, "memory.stat")))
+    return int(stat["shmem"])
+
+before = shmem()
+with open("/dev/shm/held", "wb") as f:
+    f.write(b"\x5a" * (48 * 2**20))
+during = shmem()
+os.unlink("/dev/shm/held")
+result = {"before": before, "during": during, "after": shmem()}
+'''
+
+
+async def test_dev_shm_is_charged_to_the_services_memory(qserver: ServerProc, repos: Path) -> None:
+    """/dev/shm is a private tmpfs (64 MiB) per start, not disk: verified that what the app puts there is charged
+    to its service's memory cgroup (so its memory limit bounds it too), from the app's own cgroup files."""
+    repo = lab_repo(repos, "q-shm")
+    async with session(qserver, "mallory") as m:
+        lab = await lab_live(m, repo, "mallory", project_name="q-shm")
+    seen = await asyncio.to_thread(lab_exec, qserver, lab["url"], SHM)
+    assert seen["during"] - seen["before"] >= 40 * 2**20, seen
+    assert seen["during"] - seen["after"] >= 40 * 2**20, seen
+
+
+async def test_an_upgraded_data_dir_keeps_tenant_files_and_gets_the_limit(repos: Path) -> None:
+    """An operator upgrades: a server without the limit (INKMCP_MAX_DISK_MB=0) ran mallory's app, which kept a
+    file in HOME; the server restarts with the limit. Her app is back with its file (copied onto the project's new
+    filesystem), and her writes now end in ENOSPC within the limit."""
+    repo = lab_repo(repos, "q-upgrade")
+    with security_server("inkmcp-quota-up-", ("mallory",), INKMCP_MAX_DISK_MB="0") as srv:
+        async with session(srv, "mallory") as m:
+            lab = await lab_live(m, repo, "mallory", project_name="q-upgrade")
+        await asyncio.to_thread(lab_exec, srv, lab["url"], KEEP)
+        seen = await asyncio.to_thread(lab_exec, srv, lab["url"], HOME_DEV)
+        assert seen == _host_dev(srv)  # control: before the upgrade HOME is on the data dir's filesystem
+        assert srv.stop() == 0, srv.log()
+        srv.env["INKMCP_MAX_DISK_MB"] = str(LIMIT_MB)
+        srv.start()
+        await _answers(srv, lab["url"], "mallory says hi")
+        seen = await asyncio.to_thread(lab_exec, srv, lab["url"], FILL, 240)
+        assert seen["home"][1] == "ENOSPC" and seen["fs_mb"] <= LIMIT_MB, seen
+        assert all(dev != _host_dev(srv) for dev in seen["dev"].values()), seen["dev"]
+        cleaned = await asyncio.to_thread(lab_exec, srv, lab["url"], CLEAN)
+        assert cleaned["kept"], cleaned
+    _assert_nothing_mounted(srv)
