@@ -69,6 +69,7 @@ def test_an_upgrade_moves_homes_and_services_onto_the_projects_filesystem(data: 
     home, service = data / "homes" / "ink-0123456789ab", data / "services" / "svc-1"
     _old_tree(home, {"notes.txt": b"mine", ".cache/x": b"y" * 5000})
     _old_tree(service, {"releases/d1/src/app.py": b"print(1)", "venvs/v/bin/python": b"#!"})
+    _old_tree(data / "projects" / "p1", {"mirrors/repo.git/HEAD": b"ref: refs/heads/main"})  # a backup's restore
     disks = ProjectDisks(data, size_mb=32)
     disks.bind("p1", "home", home)
     disks.bind_service("p1", service)
@@ -81,6 +82,9 @@ def test_an_upgrade_moves_homes_and_services_onto_the_projects_filesystem(data: 
         assert os.readlink(tree / "planted-link") == "/etc/shadow"
         assert not (tree.parent / f".{tree.name}.pre-disk").exists()
     assert _ours(data) == sorted([str(home), str(service), str(data / "projects" / "p1")])
+    mirror = data / "projects" / "p1" / "mirrors" / "repo.git" / "HEAD"
+    assert mirror.read_bytes() == b"ref: refs/heads/main" and mirror.stat().st_dev != host
+    assert not list((data / "projects").glob(".*pre-disk*")), list((data / "projects").iterdir())
 
     assert disks.unmount_all() == 3 and _ours(data) == []
     assert not _attached(disks.image("p1"))

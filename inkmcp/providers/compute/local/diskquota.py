@@ -27,11 +27,12 @@ with the project (`remove_project`) and with a service (`drop_service`). A loop 
 image (say a lazily detached mount of a crashed InkMCP) is reused, never a second one: two block devices on
 one image would corrupt it.
 
-An existing data dir (before this module): a project's home and service directories are copied into its new
-filesystem the first time the provider touches them after the upgrade (`bind`, `cp -a` as root), then
-removed from the host filesystem; its mirrors and caches are dropped (they are fetched again). A tree larger
-than the limit is left where it was, unlimited, with a warning naming it (the operator raises the limit or
-deletes files, and the next start tries again).
+An existing data dir (before this module, or just restored from a backup): a project's mirrors and caches,
+its home and its service directories are copied into its new filesystem the first time the provider touches
+them after the upgrade (`_ensure_project`, `bind`: `cp -a` as root), then removed from the host filesystem. A
+home or service tree larger than the limit is left where it was, unlimited, with a warning naming it (the
+operator raises the limit or deletes files, and the next start tries again); mirrors and caches that do not
+fit are kept set aside beside the mount point (`.<id>.pre-disk`), with a warning, and fetched again as needed.
 
 Without root (or with INKMCP_MAX_DISK_MB=0) nothing is mounted: `enforced` is False and `reason` says why; the
 provider logs it at start and in each deployment's limits note.
@@ -133,6 +134,35 @@ def _tree_has_entries(path: Path) -> bool:
         return False
 
 
+def _set_aside(target: Path) -> Path | None:
+    """Rename a non-empty `target` (a plain directory from before, about to become a mount point) to a fresh
+    name beside it, in its root-owned parent; None if it is empty or missing. An earlier attempt's set-aside
+    tree (a crash mid-copy) is never touched: it may hold the only full copy."""
+    if not _tree_has_entries(target):
+        return None
+    for n in range(1000):
+        old = target.with_name(f".{target.name}.pre-disk{'-' + str(n) if n else ''}")
+        if not os.path.lexists(old):
+            os.rename(target, old)
+            return old
+    raise ProviderError(f"too many set-aside copies of {target}; remove the old .pre-disk ones")
+
+
+def _copy_in(old: Path, target: Path) -> bool:
+    """Copy `old`'s tree into the mounted `target` as root (`cp -a`: owners, modes, times, links as links),
+    give `target` old's owner and mode, remove `old`; False (old kept) if it did not fit or failed."""
+    st = old.lstat()
+    done = subprocess.run(["cp", "-a", f"{old}/.", f"{target}/"], capture_output=True, text=True, env=_PATH,
+                          check=False)  # fmt: skip
+    if done.returncode != 0:
+        log.warning("copying %s into %s failed: %s", old, target, done.stderr.strip()[-300:])
+        return False
+    os.chown(target, st.st_uid, st.st_gid)
+    target.chmod(st.st_mode & 0o7777)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
 class ProjectDisks:
     """The per-project filesystems of one data dir (see the module docstring)."""
 
@@ -207,10 +237,7 @@ class ProjectDisks:
             self._admit(project_id)
             self._create(image)
         (self.data_dir / "projects").mkdir(mode=0o711, exist_ok=True)
-        if _tree_has_entries(target):  # before this module: mirrors and caches only, fetched again
-            log.info("project %s: dropping its old mirrors and caches (they are fetched again on its "
-                     "new filesystem)", project_id)
-            shutil.rmtree(target, ignore_errors=True)
+        old = _set_aside(target)  # before this module (or restored from a backup): its mirrors, caches
         target.mkdir(mode=0o711, exist_ok=True)
         device = _attached_loop(image)
         if device is not None:  # attached already (a lazily detached mount): the same device, never a second
@@ -221,6 +248,11 @@ class ProjectDisks:
         target.chmod(0o711)
         ensure_owned_dir(target, INNER, None, 0o700)
         ensure_owned_dir(target / INNER, "services", None, 0o700)
+        if old is not None and not _copy_in(old, target):
+            # What did not fit stays set aside (nothing is lost); the mirrors are fetched again as needed.
+            log.warning("project %s: its old files in %s did not all fit on its own %s MiB filesystem; they are "
+                        "kept in %s for the operator (delete them, or raise INKMCP_MAX_DISK_MB)", project_id,
+                        target, self.size_mb, old)  # fmt: skip
         return target
 
     def _create(self, image: Path) -> None:
@@ -274,11 +306,7 @@ class ProjectDisks:
             source = base / INNER / name
             source.parent.mkdir(mode=0o700, exist_ok=True)
             source.mkdir(mode=mode, exist_ok=True)
-            old: Path | None = None
-            if _tree_has_entries(target):
-                old = target.with_name(f".{target.name}.pre-disk")
-                shutil.rmtree(old, ignore_errors=True)  # an earlier attempt's, already copied back or not
-                os.rename(target, old)
+            old = _set_aside(target)
             target.mkdir(mode=mode, exist_ok=True)
             _bind_mount(source, target)
             if old is None:
@@ -286,13 +314,7 @@ class ProjectDisks:
             return self._migrate(project_id, old, target, source)
 
     def _migrate(self, project_id: str, old: Path, target: Path, source: Path) -> bool:
-        st = old.lstat()
-        done = subprocess.run(["cp", "-a", f"{old}/.", f"{target}/"], capture_output=True, text=True,
-                              env=_PATH, check=False)  # fmt: skip
-        if done.returncode == 0:
-            os.chown(target, st.st_uid, st.st_gid)
-            target.chmod(st.st_mode & 0o7777)
-            shutil.rmtree(old, ignore_errors=True)
+        if _copy_in(old, target):
             log.info("project %s: moved %s onto its own filesystem", project_id, target)
             return True
         unmount(target)  # does not fit (or cannot be copied): keep the old tree in place, say so
@@ -300,10 +322,9 @@ class ProjectDisks:
             target.rmdir()
         os.rename(old, target)
         shutil.rmtree(source, ignore_errors=True)
-        log.warning("project %s: %s could not be moved onto its own %s MiB filesystem (%s); it stays on the "
+        log.warning("project %s: %s could not be moved onto its own %s MiB filesystem; it stays on the "
                     "data dir's filesystem WITHOUT a disk limit until it is smaller (delete files, or raise "
-                    "INKMCP_MAX_DISK_MB) and InkMCP starts again", project_id, target, self.size_mb,
-                    done.stderr.strip()[-300:])  # fmt: skip
+                    "INKMCP_MAX_DISK_MB) and InkMCP starts again", project_id, target, self.size_mb)  # fmt: skip
         return False
 
     def bind_home(self, project_id: str, home: Path, run_as: RunAs | None) -> None:
