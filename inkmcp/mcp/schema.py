@@ -105,8 +105,12 @@ def strict_model(model: type[BaseModel]) -> type[BaseModel]:
     return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid", arbitrary_types_allowed=True)})
 
 
-def explain(e: ValidationError, valid: list[str]) -> str:
-    """One line per argument: what was wrong, what to pass instead.
+def explain(e: ValidationError, valid: list[str], schema: dict[str, Any] | None = None) -> str:
+    """One line per argument: what was wrong, and a `Fix:` saying what to pass instead, as InkMCP's own errors do.
+
+    `schema` is the tool's full argument schema (`arguments_schema`: bounds and enums included, unlike tools/list's
+    compacted one); the fix is built from the failed checks (an enum's choices, a bound, the expected type) and
+    from it, so "Input should be less than or equal to 65535" comes with "Fix: pass a whole number from 1 to 65535".
 
     A union argument (deploy_app's `database.type`: one type or a list of them) fails once per member, each at a
     loc ending in pydantic's tag for the member ("literal['postgres','byo','redis']", "list[...]"): an agent saw
@@ -116,16 +120,19 @@ def explain(e: ValidationError, valid: list[str]) -> str:
     list index, named as the agent spells it; what lies below (the item) is said inside its one line.
     """
     parts: list[str] = []
-    wrong: dict[str, list[tuple[str, str, Any]]] = {}  # argument -> (where inside it, message, input there)
+    wrong: dict[str, list[tuple[str, str, Any, dict[str, Any]]]] = {}  # argument -> (where inside, msg, input, err)
     inputs: dict[str, Any] = {}
     slot: dict[str, int] = {}
+    heads: dict[str, list[str]] = {}
     for err in e.errors():
         if err["type"] in ("extra_forbidden", "missing"):
             loc = ".".join(str(x) for x in err["loc"] if not _is_union_tag(x)) or "arguments"
             if err["type"] == "extra_forbidden":
                 parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
             else:
-                parts.append(f"Argument '{loc}' is required. Fix: pass it.")
+                node = _node(schema, [str(x) for x in err["loc"] if not _is_union_tag(x)])
+                what = _kind(node) if node is not None else None
+                parts.append(f"Argument '{loc}' is required. Fix: pass {loc}" + (f" ({what})." if what else "."))
             continue
         head, inner = _split_loc(err["loc"])
         loc = ".".join(head) or "arguments"
@@ -133,24 +140,149 @@ def explain(e: ValidationError, valid: list[str]) -> str:
             slot[loc] = len(parts)
             parts.append("")  # filled below, once every member's message is known
             wrong[loc] = []
-        wrong[loc].append((inner, err["msg"], err.get("input")))
+            heads[loc] = head
+        wrong[loc].append((inner, err["msg"], err.get("input"), dict(err)))
         if not inner:
             inputs.setdefault(loc, err.get("input"))
     for loc, found in wrong.items():
         # A problem inside the value (an item of a list) means the value had the member's shape: the other
         # members' "should be a string" about the whole list would only mislead.
         inside = [f for f in found if f[0]]
+        node = _node(schema, heads[loc])
         if inside:
             by_msg: dict[str, list[str]] = {}
-            for where, msg, got in inside:
+            for where, msg, got, _ in inside:
                 by_msg.setdefault(msg, []).append(f"{where} ({_shown(got)})")
             said = "; ".join(f"{', '.join(wheres)}: {msg[:1].lower()}{msg[1:]}" for msg, wheres in by_msg.items())
-            parts[slot[loc]] = f"Argument '{loc}': {said}."
+            items = _wanted([err for *_, err in inside], None)
+            parts[slot[loc]] = f"Argument '{loc}': {said}. Fix: make each item {items or 'of the listed kind'}."
             continue
-        msgs = list(dict.fromkeys(msg for _, msg, _ in found))
+        msgs = list(dict.fromkeys(msg for _, msg, _, _ in found))
         msg = msgs[0] + "".join(f"; or {m[:1].lower()}{m[1:]}" for m in msgs[1:])
-        parts[slot[loc]] = f"Argument '{loc}': {msg} (got {_shown(inputs.get(loc))})."
+        fix = _wanted([err for *_, err in found], node) or (_kind(node) if node is not None else None)
+        fix_text = f"pass {fix}" if fix else f"pass a value of the type tools/list shows for {loc}"
+        if len(heads[loc]) == 1 and schema is not None and heads[loc][0] not in schema.get("required", ()):
+            fix_text += ", or leave it out"
+        parts[slot[loc]] = f"Argument '{loc}': {msg} (got {_shown(inputs.get(loc))}). Fix: {fix_text}."
     return " ".join(parts)
+
+
+def arguments_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A tool's argument model as one JSON schema with its $refs inlined: what `explain` reads the fixes from."""
+    full = model.model_json_schema()
+    return dict(_inline(full, full.get("$defs", {})))
+
+
+def _node(schema: dict[str, Any] | None, path: list[str]) -> dict[str, Any] | None:
+    """The schema of the argument at `path` (through optional wrappers and maps' values), None if unknown."""
+    node: Any = schema
+    for part in path:
+        node = _present(node)
+        if not isinstance(node, dict):
+            return None
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        node = props.get(part) if part in props else extra if isinstance(extra, dict) else None
+    node = _present(node)
+    return node if isinstance(node, dict) else None
+
+
+def _present(node: Any) -> Any:
+    """An optional argument's schema without its null member (null is the same as leaving it out)."""
+    if isinstance(node, dict) and isinstance(node.get("anyOf"), list):
+        rest = [s for s in node["anyOf"] if s != {"type": "null"}]
+        if len(rest) == 1:
+            return {**{k: v for k, v in node.items() if k != "anyOf"}, **rest[0]}
+        return {**node, "anyOf": rest}
+    return node
+
+
+_KINDS = {"string": "a string", "integer": "a whole number", "number": "a number", "boolean": "true or false",
+          "array": "a list", "object": "an object"}
+_TYPE_ERRORS = {
+    "string_type": "string", "int_type": "integer", "int_parsing": "integer", "int_from_float": "integer",
+    "float_type": "number", "float_parsing": "number", "bool_type": "boolean", "bool_parsing": "boolean",
+    "list_type": "array", "dict_type": "object", "model_type": "object", "model_attributes_type": "object",
+}
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _wanted(errors: list[dict[str, Any]], node: dict[str, Any] | None) -> str | None:
+    """What to pass, from the checks that failed: the choices of a literal or enum, the bounds of a number, the
+    length of a string, the expected type; members of a union joined with "or"."""
+    said: list[str] = []
+    choices = next((err["ctx"]["expected"] for err in errors if err["type"] in ("literal_error", "enum")
+                    and err.get("ctx", {}).get("expected")), None)  # fmt: skip
+    if choices:
+        said.append(f"one of {choices}")
+    for err in errors:
+        kind, ctx = err["type"], err.get("ctx") or {}
+        if kind in _BOUND_ERRORS:
+            said.append(_bounded(node, kind, ctx))
+        elif kind in ("string_too_long", "too_long"):
+            said.append(f"at most {ctx.get('max_length')} " + ("characters" if kind.startswith("string") else "items"))
+        elif kind in ("string_too_short", "too_short"):
+            said.append(f"at least {ctx.get('min_length')} " + ("characters" if kind.startswith("string") else "items"))
+        elif kind in _TYPE_ERRORS:
+            wanted = _TYPE_ERRORS[kind]
+            if wanted == "array" and choices:
+                said.append("a list of them")
+            elif node is not None and node.get("type") == wanted:
+                said.append(_kind(node))  # "a list of strings", "an object with the keys memory_mb, cpus"
+            else:
+                said.append(_KINDS[wanted])
+    said = list(dict.fromkeys(said))
+    return ", or ".join(said) if said else None
+
+
+def _bounded(node: dict[str, Any] | None, kind: str, ctx: dict[str, Any]) -> str:
+    """"a whole number from 1 to 65535": both bounds from the schema when it has them, else the one that failed."""
+    node = node or {}
+    noun = "a whole number" if node.get("type") == "integer" else "a number"
+    low = ("from", node["minimum"]) if "minimum" in node else ("above", node["exclusiveMinimum"]) \
+        if "exclusiveMinimum" in node else None
+    high = ("to", node["maximum"]) if "maximum" in node else ("below", node["exclusiveMaximum"]) \
+        if "exclusiveMaximum" in node else None
+    if low is None and high is None:
+        word = {"greater_than": "above", "greater_than_equal": "at least", "less_than": "below",
+                "less_than_equal": "at most"}[kind]
+        value = next(iter(ctx.values()), "?")
+        return f"{noun} {word} {_num(value)}"
+    if low and high:
+        joint = " " if low[0] == "from" and high[0] == "to" else " and "
+        high_word = "at most" if high[0] == "to" and low[0] != "from" else high[0]
+        return f"{noun} {low[0]} {_num(low[1])}{joint}{high_word} {_num(high[1])}"
+    word, value = low or high  # type: ignore[misc]
+    word = {"from": "of at least", "to": "of at most"}.get(word, word)
+    return f"{noun} {word} {_num(value)}"
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _kind(node: dict[str, Any]) -> str:
+    """What an argument's schema asks for, in words ("one of 'build', 'runtime'", "an object with keys ...")."""
+    if "enum" in node:
+        return "one of " + ", ".join(repr(v) for v in node["enum"])
+    if isinstance(node.get("anyOf"), list):
+        return " or ".join(_kind(s) for s in node["anyOf"] if isinstance(s, dict))
+    kind = node.get("type")
+    if kind in ("integer", "number") and any(k in node for k in ("minimum", "maximum", "exclusiveMinimum")):
+        return _bounded(node, "", {})
+    if kind == "object" and node.get("properties"):
+        return "an object with the keys " + ", ".join(node["properties"])
+    if kind == "object":  # a name -> value map (env_vars)
+        return 'an object of names to string values, e.g. {"NAME": "value"}'
+    if kind == "array" and isinstance(node.get("items"), dict):
+        items = node["items"]
+        plain = _PLURALS.get(items.get("type")) if set(items) <= {"type", "description"} else None
+        return f"a list of {plain}" if plain else f"a list whose items are each {_kind(items)}"
+    return _KINDS.get(kind, "a value") if isinstance(kind, str) else "a value"
+
+
+_PLURALS = {"string": "strings", "integer": "whole numbers", "number": "numbers", "boolean": "true/false values",
+            "object": "objects"}
 
 
 def _shown(value: Any) -> str:

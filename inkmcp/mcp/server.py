@@ -48,6 +48,15 @@ INSTRUCTIONS = (
 class InkMCPServer(MCPServer):
     """MCPServer that refuses unknown arguments and explains invalid ones argument by argument."""
 
+    _schemas: dict[str, dict[str, Any]]
+
+    def _arguments_schema(self, tool: Any) -> dict[str, Any]:
+        """The tool's full argument schema (bounds, enums), made on its first refused call and kept."""
+        schemas = self.__dict__.setdefault("_schemas", {})
+        if tool.name not in schemas:
+            schemas[tool.name] = schema.arguments_schema(tool.fn_metadata.arg_model)
+        return schemas[tool.name]
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         tool = self._tool_manager.get_tool(name)
         if tool is not None:
@@ -55,7 +64,7 @@ class InkMCPServer(MCPServer):
                 tool.fn_metadata.arg_model.model_validate(arguments)
             except ValidationError as e:
                 valid = sorted(tool.parameters.get("properties", {}))
-                raise ToolError(schema.explain(e, valid)) from None
+                raise ToolError(schema.explain(e, valid, self._arguments_schema(tool))) from None
         return await super().call_tool(name, arguments, context)
 
 

@@ -215,7 +215,7 @@ async def test_union_argument_error_is_one_line_naming_the_argument(server: Serv
                                database={"type": ["postgres", "x", 3]})  # fmt: skip
         assert msg.count("Argument '") == 1 and "database.type.1" not in msg, msg
         assert msg == ("Argument 'database.type': item 1 ('x'), item 2 (3): input should be 'postgres', 'byo' or "
-                       "'redis'."), msg
+                       "'redis'. Fix: make each item one of 'postgres', 'byo' or 'redis'."), msg  # --- mender6: Fix
 
 
 async def test_concurrent_ensure_project_creates_exactly_one(server: ServerProc) -> None:
