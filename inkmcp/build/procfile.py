@@ -48,7 +48,7 @@ def _malformed(filename: str, number: int, line: str) -> BuildPlanError:
         example = f"{re.sub(r'[^A-Za-z0-9_-]+', '_', kind)}: {command}"
     return _error(
         f"{filename} line {number} ({line[:80]!r}) {why}: each Procfile line is `type: command`.",
-        f"change line {number} of {filename} to `{example[:80]}` and push, {_OTHERWISE}",
+        f"change line {number} of {filename} to `{example[:80]}`, commit and push, {_OTHERWISE}",
     )
 
 
@@ -87,7 +87,7 @@ def parse_procfile(text: str, *, filename: str = PROCFILE) -> Procfile:
             raise _error(
                 f"{filename} line {number}: process type {kind!r} has an empty command.",
                 f"put the command after `{kind}:` on line {number} of {filename} (e.g. `{kind}: python app.py`), "
-                f"or remove that line, and push; {_OTHERWISE}",
+                f"or remove that line; commit and push; {_OTHERWISE}",
             )
         if kind == "release":
             release = command
@@ -98,13 +98,13 @@ def parse_procfile(text: str, *, filename: str = PROCFILE) -> Procfile:
             raise _error(
                 f"{filename} line {number}: process type {kind!r} is defined twice (lines {first} and {number}).",
                 f"keep one `{kind}:` line in {filename} (give the other process a name of its own, e.g. "
-                f"`{kind}2:`) and push",
+                f"`{kind}2:`), commit and push",
             )
         processes[kind] = command
     if not processes and release is None:
         raise _error(
             f"{filename} defines no processes (no `type: command` line).",
-            f"add a line such as `web: python app.py` to {filename} and push, {_OTHERWISE}",
+            f"add a line such as `web: python app.py` to {filename}, commit and push, {_OTHERWISE}",
         )
     return Procfile(processes=processes, release=release)
 

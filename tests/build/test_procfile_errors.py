@@ -25,9 +25,9 @@ def refusal(root: Path, files: dict[str, str], **kw: str) -> str:
     ("procfile", "says", "fix"),
     [
         ("# app\nweb gunicorn app:app\n", "Procfile line 2 ('web gunicorn app:app') has no `:` after the process "
-         "type 'web'", "change line 2 of Procfile to `web: gunicorn app:app` and push"),
+         "type 'web'", "change line 2 of Procfile to `web: gunicorn app:app`, commit and push"),
         ("web.1: python app.py\n", "has the process type 'web.1', which is not only letters",
-         "change line 1 of Procfile to `web_1: python app.py` and push"),
+         "change line 1 of Procfile to `web_1: python app.py`, commit and push"),
         (": python app.py\n", "has no process type before the `:`",
          "change line 1 of Procfile to `web: python app.py`"),
         ("web:\n", "Procfile line 1: process type 'web' has an empty command",
