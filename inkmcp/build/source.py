@@ -116,6 +116,10 @@ class SourcePolicy:
 
     allow_local: bool  # INKMCP_ALLOW_LOCAL_SOURCES: local paths, file://, non-public addresses
     max_checkout_bytes: int = 1 << 30  # refuse a commit whose files add up to more (before extracting)
+    # --- attacker2: refuse a commit with more files and directories than this, found while listing its trees (red
+    # team dec2: a 3-level tree of 1,000 x 1,000 x 1,000 empty files is a few KB in git and 1e9 paths; listing it
+    # would fill InkMCP's memory, and 200,000 empty files already cost ~15 s of CPU and 200,000 inodes per deploy)
+    max_checkout_entries: int = 100_000
     # issue 11: origins ("scheme://host:port", see `origin_of`) the operator configured as git hosts
     # (INKMCP_GITHUB_URL): reached without the public-address check, whatever they resolve to
     trusted_origins: frozenset[str] = frozenset()
@@ -918,31 +922,43 @@ class _CatFile:
                 await kill_process_group(self._proc)
                 raise
 
-    async def measure(self, sha: str) -> tuple[int, int]:
+    async def measure(self, sha: str, limit: int | None = None) -> tuple[int, int]:
         """(bytes of all files, entries) of commit `sha`'s tree, counted like `ls-tree -r -l` (a submodule is an
-        entry without bytes)."""
-        listing = await self.listing(sha)
+        entry without bytes). `limit`: see `listing`."""
+        listing = await self.listing(sha, limit)
         return sum(size for _, _, _, size in listing), len(listing)
 
-    async def listing(self, sha: str) -> list[tuple[tuple[bytes, ...], str, str, int]]:
+    async def listing(self, sha: str, limit: int | None = None) -> list[tuple[tuple[bytes, ...], str, str, int]]:
         """Every entry of commit `sha`'s tree but directories: (path parts, mode, oid, bytes), read level by level
-        (one question per level for the trees, one for the sizes of their files); a submodule has no bytes."""
+        (one question per level for the trees, one for the sizes of their files); a submodule has no bytes.
+
+        `limit`: raise (`_too_many`) as soon as more files and directories than this are seen. Trees are asked for
+        in batches, so a tree that names one subtree many times (a few KB in git, 1e9 paths) stops within a batch
+        of the limit instead of after expanding a whole level in memory.
+        """
         out: list[tuple[tuple[bytes, ...], str, str, int]] = []
         trees: list[tuple[tuple[bytes, ...], str]] = [((), f"{sha}^{{tree}}")]
+        seen = 0
         while trees:
             blobs: list[tuple[tuple[bytes, ...], str, str]] = []
             subtrees: list[tuple[tuple[bytes, ...], str]] = []
-            for (where, _), answer in zip(trees, await self.ask([f"contents {t}" for _, t in trees]), strict=True):
-                if answer is None or answer[1] != "tree" or answer[3] is None:
-                    raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a tree is missing",
-                                      argument="repo_url")
-                for mode, name, oid in _named_tree_entries(answer[3]):
-                    if mode == "40000":
-                        subtrees.append(((*where, name), oid))
-                    elif mode == "160000":  # a submodule's commit is not in this repository
-                        out.append(((*where, name), mode, oid, 0))
-                    else:
-                        blobs.append(((*where, name), mode, oid))
+            for start in range(0, len(trees), _TREES_PER_ASK):
+                batch = trees[start:start + _TREES_PER_ASK]
+                for (where, _), answer in zip(batch, await self.ask([f"contents {t}" for _, t in batch]), strict=True):
+                    if answer is None or answer[1] != "tree" or answer[3] is None:
+                        raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a tree is missing",
+                                          argument="repo_url")
+                    entries = _named_tree_entries(answer[3])
+                    seen += len(entries)
+                    if limit is not None and seen > limit:
+                        raise _too_many(self._source, sha, limit)
+                    for mode, name, oid in entries:
+                        if mode == "40000":
+                            subtrees.append(((*where, name), oid))
+                        elif mode == "160000":  # a submodule's commit is not in this repository
+                            out.append(((*where, name), mode, oid, 0))
+                        else:
+                            blobs.append(((*where, name), mode, oid))
             for (path, mode, oid), answer in zip(blobs, await self.ask([f"info {b}" for _, _, b in blobs]),
                                                  strict=True):
                 if answer is None:
@@ -1125,7 +1141,7 @@ async def _fetch_and_resolve_from(
         written = None
         try:
             sha = await _resolve(mirror, source, ws, ref, deadline, cat)
-            listing = await cat.listing(sha)
+            listing = await cat.listing(sha, policy.max_checkout_entries)
             size = (sum(n for _, _, _, n in listing), len(listing))
             dest = files_for(mirror, sha) if files_for is not None else None
             if dest is not None and size[0] <= min(FILES_MAX_BYTES, policy.max_checkout_bytes) \
@@ -1204,6 +1220,8 @@ async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: Source
         total, entries = fetched.size
         if total > policy.max_checkout_bytes:
             raise _too_big(src, fetched.sha, total, policy.max_checkout_bytes)
+        if entries > policy.max_checkout_entries:
+            raise _too_many(src, fetched.sha, policy.max_checkout_entries)
     else:
         entries = await _check_size(fetched.mirror, src, ws, fetched.sha, policy, deadline)
     await _export(fetched.mirror, src, ws, fetched.sha, dest, deadline, policy.max_checkout_bytes, entries)
@@ -1315,6 +1333,19 @@ def _human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+_TREES_PER_ASK = 256  # trees asked for at once while listing: the entry limit is checked between batches
+
+
+def _too_many(source: _Source, sha: str, cap: int) -> SourceError:
+    return SourceError(
+        f"commit {sha[:12]} of {source.display} has more than {cap:,} files and directories, over this server's "
+        "cap on files per checkout.",
+        argument="repo_url",
+        fix="keep generated and vendored files out of the repository (node_modules, build outputs, data sets: "
+        ".gitignore them and install or fetch them at build time), or deploy a smaller repository",
+    )
+
+
 def _too_big(source: _Source, sha: str, size: int | None, cap: int) -> SourceError:
     held = f"holds {_human(size)} of files" if size is not None else "expands to more"
     return SourceError(
@@ -1328,18 +1359,14 @@ def _too_big(source: _Source, sha: str, size: int | None, cap: int) -> SourceErr
 async def _check_size(
     mirror: Path, source: _Source, ws: SourceWorkspace, sha: str, policy: SourcePolicy, deadline: _Deadline
 ) -> int:
-    """Refuse a tree whose files add up to more than the cap, before writing anything; return its entry count."""
-    rc, out, err = await _git(["ls-tree", "-r", "-l", "-z", sha], source, ws, deadline, git_dir=mirror)
-    if rc != 0:
-        raise SourceError(f"could not list {sha[:12]} of {source.display}: {err.strip()}", argument="repo_url")
-    total = entries = 0
-    for record in out.split("\0"):
-        if not record:
-            continue
-        entries += 1
-        size = record.split("\t", 1)[0].split()[-1]
-        if size.isdigit():  # submodule entries have "-"
-            total += int(size)
+    """Refuse a tree whose files add up to more than the cap, or that has more entries than the entry cap, before
+    writing anything; return its entry count. Listed through cat-file with the entry cap checked while listing
+    (`ls-tree -r` would print every path of a tree bomb into InkMCP's memory first)."""
+    cat = await _CatFile.open(mirror, source, ws, deadline)
+    try:
+        total, entries = await cat.measure(sha, policy.max_checkout_entries)
+    finally:
+        await cat.close()
     if total > policy.max_checkout_bytes:
         raise _too_big(source, sha, total, policy.max_checkout_bytes)
     return entries

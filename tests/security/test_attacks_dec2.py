@@ -17,10 +17,15 @@ Found broken and fixed here:
                  attribute in mallory's .gitattributes and `filter.evil.smudge` in her mirror's config ran her
                  command outside her sandbox. Fix: source._export runs git archive against a neutral git dir of
                  InkMCP's (no drivers) with the mirror's objects (GIT_OBJECT_DIRECTORY).
+    tree bomb    Nothing counted a commit's files, only their bytes: a few-KB repo of 1,000 x 1,000 x 1,000 empty
+                 files passed the byte cap and would be listed into InkMCP's memory and written by root's tar
+                 (200,000 files: ~15 s CPU and 200,000 inodes per deploy). Fix: SourcePolicy.max_checkout_entries
+                 (100,000), checked while the trees are listed, in batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import secrets
@@ -32,9 +37,20 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
 import pytest
 
-from tests.security.conftest import LAB_START, ROOT, deploy, deploy_live, lab_exec, lab_repo, session
+from tests.security.conftest import (
+    LAB_START,
+    ROOT,
+    deploy,
+    deploy_failure,
+    deploy_live,
+    lab_exec,
+    lab_repo,
+    session,
+)
 from tests.support import ServerProc, git_commit, git_repo
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: shares the real root server
@@ -199,3 +215,63 @@ async def test_filter_drivers_in_the_tenants_mirror_never_run(server: ServerProc
     seen = lab_exec(server, labs["mallory"]["url"], READ_REPORT)
     assert seen["big"] == ["ok", 17 << 20], seen  # the commit was checked out (through git archive)
     assert seen["smudge.txt"][0] == "ENOENT", f"mallory's filter ran in InkMCP's git archive: {seen['smudge.txt']}"
+
+
+def tree_bomb(path: Path, fanout: int, depth: int) -> Path:
+    """A repo whose commit holds fanout**depth empty files in a few KB: every level is one tree naming the level below
+    `fanout` times (git stores each tree once), plus app.py."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+
+    def git(*args: str, stdin: str = "") -> str:
+        return subprocess.run(["git", "-C", str(path), *args], input=stdin, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    empty = git("hash-object", "-w", "--stdin")
+    app = git("hash-object", "-w", "--stdin", stdin="print('bomb')\n")
+    node = git("mktree", stdin="".join(f"100644 blob {empty}\tf{i}\n" for i in range(fanout)))
+    for _ in range(depth - 1):
+        node = git("mktree", stdin="".join(f"040000 tree {node}\td{i}\n" for i in range(fanout)))
+    top = git("mktree", stdin=f"100644 blob {app}\tapp.py\n040000 tree {node}\tbomb\n")
+    commit = git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit-tree", top, "-m", "bomb")
+    git("update-ref", "refs/heads/main", commit)
+    subprocess.run(["chmod", "-R", "go+rX", str(path)], check=True)
+    return path
+
+
+async def test_a_tree_bomb_is_refused_before_it_is_listed_or_written(server: ServerProc, repos: Path) -> None:
+    """mallory deploys a repo of a few KB whose commit holds 1,000 x 1,000 x 1,000 empty files (one tree per level,
+    named 1,000 times by the level above). The byte cap sees 0 bytes. Before the fix nothing counted files: InkMCP
+    listed every path into its memory (`cat-file` levels, or `ls-tree -r` into one string), and root's tar wrote
+    them; 200,000 files alone cost ~15 s of CPU and 200,000 inodes per deploy (measured on the source functions).
+    Now mallory's deployment fails within seconds naming the file cap, InkMCP's memory stays flat and /healthz
+    keeps answering."""
+    assert server.proc is not None
+    repo = tree_bomb(repos / "dec2-bomb", fanout=1000, depth=3)
+    proc = psutil.Process(server.proc.pid)
+    rss0 = proc.memory_info().rss
+    health: list[float] = []
+
+    async def probe() -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                t = time.monotonic()
+                r = await client.get(f"http://127.0.0.1:{server.port}/healthz")
+                assert r.status_code == 200
+                health.append(time.monotonic() - t)
+                await asyncio.sleep(0.2)
+
+    prober = asyncio.create_task(probe())
+    t0 = time.monotonic()
+    try:
+        async with session(server, "mallory") as m:
+            text = await deploy_failure(m, repo_url=str(repo), project_name="dec2-bomb", service_type="backend",
+                                        start_command="python3 app.py")
+    finally:
+        prober.cancel()
+    elapsed = time.monotonic() - t0
+    assert "more than 100,000 files and directories" in text and "repo_url" in text, text
+    assert elapsed < 60, f"the refusal took {elapsed:.0f} s"
+    grew = proc.memory_info().rss - rss0
+    assert grew < 150 << 20, f"InkMCP grew by {grew >> 20} MiB while refusing the tree bomb"
+    assert health and max(health) < 2.5, health
