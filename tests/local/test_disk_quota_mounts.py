@@ -141,3 +141,16 @@ def test_not_enforced_without_root_or_with_zero_and_says_why(data: Path, monkeyp
     assert not disks.enforced and "not running as root" in disks.reason
     assert disks.ensure_project("p5") is None and disks.usage("p5") is None and not disks.is_full("p5")
     assert not (data / "disks").exists() and _ours(data) == []
+
+
+def test_a_data_dir_through_a_symlink_is_mounted_once(data: Path) -> None:
+    """mountinfo lists real paths: a data dir named through a symlink must still find its mounts (a miss would
+    stack a second mount on the first at every call)."""
+    link = data.parent / "via-link"
+    link.symlink_to(data.parent)
+    disks = ProjectDisks(link / "compute", size_mb=32)
+    for _ in range(2):
+        disks.ensure_project("p6")
+        disks.bind_service("p6", link / "compute" / "services" / "s6")
+    assert _ours(data) == sorted([str(data / "projects" / "p6"), str(data / "services" / "s6")])
+    assert disks.unmount_all() == 2 and _ours(data) == []

@@ -107,7 +107,9 @@ def mount_points() -> set[str]:
 
 
 def is_mounted(path: Path, points: set[str] | None = None) -> bool:
-    return str(path) in (points if points is not None else mount_points())
+    """Whether `path` is a mount point; compared resolved (mountinfo lists real paths, a data dir may be given
+    relative or through a symlink: a miss would stack a second mount on the first)."""
+    return os.path.realpath(path) in (points if points is not None else mount_points())
 
 
 def _run(argv: list[str]) -> None:
@@ -393,7 +395,7 @@ class ProjectDisks:
             points = mount_points()
             ours = []
             for parent in ("services", "homes", "projects"):
-                prefix = str(self.data_dir / parent) + "/"
+                prefix = os.path.realpath(self.data_dir / parent) + "/"
                 ours += [p for p in points if p.startswith(prefix) and "/" not in p[len(prefix):]]
             for point in ours:
                 try:
