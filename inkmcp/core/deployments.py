@@ -280,6 +280,33 @@ _LIVE_SQL = """
     RETURNING deployment_id
 """
 
+_NEW_PROJECT_SQL = """
+    WITH acc AS (
+        SELECT COALESCE(a.max_projects, %(max_projects)s) AS max_projects,
+               COALESCE(a.max_services_per_project, %(max_services)s) AS max_services
+        FROM accounts a WHERE a.id = %(account)s::uuid
+    ), p AS (
+        INSERT INTO projects (id, account_id, name, repo_url)
+        SELECT %(project)s::uuid, %(account)s::uuid, %(name)s::text, %(shown)s::text FROM acc
+        WHERE acc.max_services > 0
+          AND NOT EXISTS (SELECT 1 FROM projects WHERE lower(name) = lower(%(name)s::text))
+          AND (SELECT count(*) FROM projects WHERE account_id = %(account)s::uuid) < acc.max_projects
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ), s AS (
+        INSERT INTO services (id, project_id, name, service_type, mode, repo_url, repo_url_enc, ref, settings)
+        SELECT %(service)s, p.id, %(service_name)s, %(type)s, %(mode)s, %(repo_url)s, %(repo_url_enc)s::bytea,
+               %(ref)s, %(settings)s::jsonb
+        FROM p
+        RETURNING id
+    )
+    SELECT (SELECT id FROM s)
+"""
+"""`DeployService._new_project_and_service`'s second statement, run after the account row is locked (FOR NO KEY
+UPDATE, as core.limits.lock_account takes it) on a snapshot taken after that lock: the project and its first service
+are inserted only if the name is free, the account is below its project limit and a project may hold a service at
+all. Anything else inserts nothing (the caller then takes ProjectService.ensure_with's path, which says why)."""
+
 _LOAD_COLUMNS = [(model, [(attr.key, attr.columns[0].name) for attr in model.__mapper__.column_attrs])
                  for model in (Deployment, Service, Project)]  # fmt: skip
 _LOAD_SQL = (
@@ -635,13 +662,20 @@ class DeployService:
             if req.database is not None:  # the plan first: a call refused for its plan makes no database
                 planned = await plan_of()
                 db = await self._databases.ensure(project.id, req.database)
-            # both finished before either's error is raised: `made` then says all the first one made
-            found, injected = await asyncio.gather(
-                self._service_and_env(project.id, req, prechecked, made), self._databases.env_for(project.id),
-                return_exceptions=True)
-            for result in (found, injected):
-                if isinstance(result, BaseException):
-                    raise result
+            if created and made.new_service and made.service_id is not None and db is None:
+                # a project this call created with this service, a moment ago, in one transaction: no env vars and
+                # no add-ons yet, nothing to read (one round trip less). One set meanwhile by another call is as one
+                # set just after the read would be: the release reads the env it runs with, and a deployment's hash
+                # only ever makes a later identical call deploy again, never reuse wrongly.
+                found, injected = (made.service_id, {}, {}), {}
+            else:
+                # both finished before either's error is raised: `made` then says all the first one made
+                found, injected = await asyncio.gather(
+                    self._service_and_env(project.id, req, prechecked, made), self._databases.env_for(project.id),
+                    return_exceptions=True)
+                for result in (found, injected):
+                    if isinstance(result, BaseException):
+                        raise result
             service_id, shared, own = found  # type: ignore[misc]
             settings = self._settings_of(req)
             # the env this deployment runs with: what is stored, with this call's changes on top
@@ -786,10 +820,17 @@ class DeployService:
 
         upserted: tuple[uuid.UUID, bool] | None = None
         try:
-            # an id that was never a project's (never that of a project deleted meanwhile: Coolify may still hold
-            # an application named after it); the project and a new service in one transaction
-            project, created, upserted = await self._projects.ensure_with(
-                p, project_name, req.repo_url, proposed if prechecked.project_id is None else None, new_service)
+            # a new project and its first service: one round trip when nothing stands in the way; else (name
+            # taken meanwhile, a limit, the account gone) ProjectService's transaction, which says why
+            fast = None if prechecked.project_id is not None else \
+                await self._new_project_and_service(p, project_name, req, proposed)
+            if fast is not None:
+                project, created, upserted = fast
+            else:
+                # an id that was never a project's (never that of a project deleted meanwhile: Coolify may still
+                # hold an application named after it); the project and a new service in one transaction
+                project, created, upserted = await self._projects.ensure_with(
+                    p, project_name, req.repo_url, proposed if prechecked.project_id is None else None, new_service)
         except BaseException:
             await _drop_fetch(fetching, written)
             if prechecked.project_id is None and not await self._project_exists(proposed):
@@ -815,6 +856,32 @@ class DeployService:
                     _remove([workspace.mirrors_dir, workspace.locks_dir])
             raise
         return project, created, fetched, upserted
+
+    async def _new_project_and_service(
+        self, p: Principal, project_name: str, req: DeployRequest, project_id: uuid.UUID
+    ) -> tuple[Project, bool, tuple[uuid.UUID, bool]] | None:
+        """ProjectService.ensure_with making a new project with `new_service`'s service, as one transaction of two
+        statements sent at once (issue 8 overhead: was ~11 ORM round trips beside the fetch): the account's row
+        lock, then _NEW_PROJECT_SQL. None when it inserted nothing (the name is taken, by this account or another;
+        a limit; the account gone): the caller then takes ensure_with's path, which decides and says why, exactly as
+        before. Same locks, same limits, same rows as that path's insert of a new project and service."""
+        shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
+        limits = self._projects.limits
+        service_id = uuid.uuid4()
+        params = {"account": p.account_id, "max_projects": limits.max_projects,
+                  "max_services": limits.max_services_per_project, "project": project_id, "name": project_name,
+                  "shown": redact_url(req.repo_url), "service": service_id, "service_name": req.service_name,
+                  "type": (req.service_type or ServiceType.webapp).value, "mode": (req.mode or Mode.persistent).value,
+                  "repo_url": shown_url, "repo_url_enc": url_enc, "ref": req.ref,
+                  "settings": Jsonb(self._settings_of(req))}  # fmt: skip
+        results = await statement_pool(self._sessions).transaction([
+            ("SELECT id FROM accounts WHERE id = %s FOR NO KEY UPDATE", (p.account_id,)),
+            (_NEW_PROJECT_SQL, params),
+        ])  # fmt: skip
+        if results[1][0][0] is None:
+            return None
+        project = Project(id=project_id, account_id=p.account_id, name=project_name, repo_url=params["shown"])
+        return project, True, (service_id, True)
 
     async def _project_exists(self, project_id: uuid.UUID) -> bool:
         async with self._sessions() as s:
