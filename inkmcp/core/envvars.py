@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 
 from pydantic import SecretStr
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +29,13 @@ _RESOLVE_NAMED = (
 )
 MAX_KEYS = 200
 MAX_VALUE_BYTES = 32 * 1024
+# --- attacker2: what a project may hold in all (its own scope and every service's). The caps above are per call
+# only: red team dec2 stored 6,000 variables (1.8 MB) in one project with 30 update_env_vars calls, each 64 KB
+# more of the control database that every account shares, with nothing but the call rate to stop it. A process
+# cannot even start with more than ~2 MB of environment (Linux ARG_MAX), so no working app needs more.
+MAX_PROJECT_KEYS = 1000
+MAX_PROJECT_STORED_BYTES = 2 * 1024 * 1024  # encrypted (Fernet), about 1.4 MB of values
+# --- end
 
 
 def validate_env_payload(env: Mapping[str, str | None], max_bytes: int) -> None:
@@ -68,6 +75,25 @@ def mask(value: str) -> str:
     return "****" if len(value) < 12 else value[:2] + "****" + f"({len(value)} chars)"
 
 
+async def check_project_totals(s: AsyncSession, project_id: uuid.UUID) -> None:
+    """Raise (the caller's transaction then rolls the change back) when the project now holds more variables or
+    stored bytes than MAX_PROJECT_KEYS / MAX_PROJECT_STORED_BYTES. Concurrent calls each see their own rows, so
+    together they may pass the cap by one call's worth (MAX_KEYS); it still bounds what an account can store."""
+    count, stored = (await s.execute(
+        select(func.count(), func.coalesce(func.sum(func.octet_length(EnvVar.value_enc)), 0))
+        .where(EnvVar.project_id == project_id)
+    )).one()
+    if count > MAX_PROJECT_KEYS or stored > MAX_PROJECT_STORED_BYTES:
+        raise InvalidArgument(
+            f"this project would hold {count:,} env vars ({stored / 2**20:.1f} MiB stored); at most "
+            f"{MAX_PROJECT_KEYS:,} variables and {MAX_PROJECT_STORED_BYTES // 2**20} MiB (about 1.4 MB of values) "
+            "are kept per project, for all its services together.",
+            argument="env_vars",
+            fix="unset variables you no longer need (update_env_vars(unset=[...])), and keep large data in the "
+            "database or a file in the repo, not in env vars",
+        )
+
+
 class EnvService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
         self._sessions = sessions
@@ -104,6 +130,8 @@ class EnvService:
                 .on_conflict_do_update(constraint="uq_env_vars_scope_key", set_={"value_enc": enc})
             )
             set_keys.append(k)
+        if set_keys:
+            await check_project_totals(s, project_id)  # --- attacker2 (see MAX_PROJECT_KEYS)
         return set_keys, sorted(set(unset_keys))
 
     async def snapshot(self, project_id: uuid.UUID) -> list[tuple[str, str, bytes]]:

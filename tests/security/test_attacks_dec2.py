@@ -21,6 +21,9 @@ Found broken and fixed here:
                  files passed the byte cap and would be listed into InkMCP's memory and written by root's tar
                  (200,000 files: ~15 s CPU and 200,000 inodes per deploy). Fix: SourcePolicy.max_checkout_entries
                  (100,000), checked while the trees are listed, in batches.
+    env pile-up  update_env_vars capped one call (200 variables, 64 KB) but not a project: 12 calls stored 2,400
+                 variables in the control database every account shares. Fix: envvars.check_project_totals (1,000
+                 variables, 2 MiB stored per project), in the call's transaction.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from tests.security.conftest import (
     lab_repo,
     session,
 )
-from tests.support import ServerProc, git_commit, git_repo
+from tests.support import ServerProc, call, git_commit, git_repo
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: shares the real root server
 
@@ -275,3 +278,26 @@ async def test_a_tree_bomb_is_refused_before_it_is_listed_or_written(server: Ser
     grew = proc.memory_info().rss - rss0
     assert grew < 150 << 20, f"InkMCP grew by {grew >> 20} MiB while refusing the tree bomb"
     assert health and max(health) < 2.5, health
+
+
+async def test_env_vars_cannot_pile_up_in_the_shared_control_database(server: ServerProc) -> None:
+    """The per-call caps (200 variables, 64 KB) held, but nothing bounded a project's total: mallory stored 200 new
+    variables per update_env_vars call, 12 calls in a row all accepted (2,400 variables), each call 64 KB more of the
+    control database every account shares. Now the call that would pass 1,000 variables in the project is refused,
+    saying what to do, and changes nothing; the project keeps what it had."""
+    value = "v" * 250
+    async with session(server, "mallory") as m:
+        await call(m, "ensure_project", name="dec2-envfill")
+        outcomes = []
+        for n in range(12):
+            result = await m.call_tool("update_env_vars", {
+                "project_name": "dec2-envfill", "env_vars": {f"FILL_{n}_{i}": value for i in range(200)}})
+            text = " ".join(getattr(c, "text", "") for c in result.content)
+            outcomes.append(("refused", text) if result.is_error else ("ok", ""))
+            if result.is_error:
+                break
+        env = await call(m, "list_env_vars", project_name="dec2-envfill")
+    assert [o for o, _ in outcomes] == ["ok"] * 5 + ["refused"], outcomes
+    said = outcomes[-1][1]
+    assert "at most 1,000 variables" in said and "unset" in said, said
+    assert len(env["env"]) == 1000 and "FILL_5_0" not in env["env"], len(env["env"])
