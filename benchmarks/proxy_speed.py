@@ -40,6 +40,12 @@ reports it per request ("nginx CPU µs/req", user + kernel; it too moves with ot
     .venv/bin/python benchmarks/proxy_speed.py --cost           # instructions and syscalls per request (valgrind)
     .venv/bin/python benchmarks/proxy_speed.py --targets nginx,nginx-again,inkmcp --rounds 9 --seconds 2 --nice -10
 
+--module SO (an experiment, not what InkMCP runs): adds `inkmcp-module`, InkMCP's config as rendered for the
+benchmark route with its per-request rules (the Host check, the Server-header rule, the client-side TCP_NODELAY
+setsockopt) done by the small C module in benchmarks/nginx_module (built by its build.sh for the installed nginx)
+instead of the regex `if`, the map and headers-more; to --cost, and as a load target (a plain nginx with that
+config, needs `inkmcp` among the targets). It shows what those rules cost as InkMCP writes them today.
+
 --before REV adds the target `inkmcp-before`: the proxy of that revision (its `inkmcp` and this script, from
 `git archive`, run with this venv), interleaved with the others, so a change is judged in one run.
 
@@ -320,7 +326,25 @@ def start_server(
 # -- cost per request (--cost): one nginx process under callgrind / strace ------------------------------
 
 
-def _cost_configs(work: Path, app_port: int, ports: dict[str, int]) -> dict[str, str]:
+def module_config(text: str, module: Path) -> str:
+    """InkMCP's rendered nginx config with its per-request rules done by benchmarks/nginx_module (--module): the
+    module loaded instead of headers-more, its three directives instead of the Server rules, the Host map and
+    the Host checks' `if`s. Everything else (routing, upstreams, buffers, timeouts) stays as rendered."""
+    out = re.sub(r"^load_module \S*headers_more\S*;", f"load_module {module};", text, flags=re.M)
+    out = re.sub(r"\n[ ]*more_set_headers [^\n]*", "", out)
+    out = re.sub(r"\n[ ]*map \$upstream_status [^\n]*", "", out)
+    out = re.sub(r"\n    map \$http_host \$inkmcp_bad_host \{.*?\n    \}", "", out, flags=re.S)
+    out = re.sub(r"\n[ ]*if \(\$(?:inkmcp_bad_host|http_host)[^\n]*", "", out)
+    out = out.replace("proxy_pass_header Server;\n", "proxy_pass_header Server;\n    inkmcp_server_header on;\n"
+                      "    inkmcp_inherited_nodelay on;\n    inkmcp_host_check on;\n")
+    left = [line for line in out.splitlines() if not line.lstrip().startswith("#")
+            and re.search(r"more_set_headers|\$inkmcp_bad_host|\bif \(|headers_more", line)]
+    if left or "inkmcp_host_check on;" not in out:
+        raise SystemExit(f"--module: InkMCP's config changed shape, module_config needs updating: {left}")
+    return out
+
+
+def _cost_configs(work: Path, app_port: int, ports: dict[str, int], module: Path | None = None) -> dict[str, str]:
     """Each nginx config to cost, rewritten for one process on a port of its own in a directory of its own."""
     configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1)}
     for name in ("inkmcp", "inkmcp-before"):
@@ -331,6 +355,8 @@ def _cost_configs(work: Path, app_port: int, ports: dict[str, int]) -> dict[str,
         text = re.sub(r"\n    server \{\n        listen unix:.*?\n    \}", "", text, flags=re.S)  # its control socket
         text = re.sub(r"^user .*\n", "", text, flags=re.M)
         configs[name] = text
+    if module is not None and "inkmcp" in configs:
+        configs["inkmcp-module"] = module_config(configs["inkmcp"], module)
     return {name: re.sub(r"worker_processes \S+;", "worker_processes 1; master_process off;", text)
             for name, text in configs.items()}  # fmt: skip
 
@@ -448,12 +474,13 @@ def _cost_of(
 
 
 def cost_report(
-    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False
+    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False,
+    module: Path | None = None,
 ) -> str:
     missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if shutil.which(tool) is None]
     if missing:
         return f"--cost needs {', '.join(missing)} (apt-get install valgrind strace)"
-    configs = _cost_configs(work, app_port, ports)
+    configs = _cost_configs(work, app_port, ports, module)
     rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n, keep, cache)
                    for tool in ("callgrind", "strace")} for name, conf in configs.items()}  # fmt: skip
     base = rows["nginx"]["callgrind"]
@@ -630,6 +657,10 @@ def main() -> int:
                     "placement biased a whole run by up to 19 %% in the A/A pair (2026-12-01), so more instances "
                     "average it out; 0 = one instance per target for the whole run")
     ap.add_argument("--before", metavar="REV", help="also run the InkMCP proxy of this git revision (inkmcp-before)")
+    ap.add_argument("--module", type=Path, metavar="SO",
+                    help="an experiment: also cost and run `inkmcp-module`, InkMCP's config with its per-request rules "
+                    "done by benchmarks/nginx_module (this .so, built by its build.sh) instead of regexes and "
+                    "headers-more; needs `inkmcp` among the targets")
     ap.add_argument("--cost", action="store_true", help="work per request under valgrind/strace instead of load")
     ap.add_argument("--cost-requests", type=int, default=300, help=argparse.SUPPRESS)
     ap.add_argument("--cost-keep", type=Path, metavar="DIR",
@@ -657,6 +688,13 @@ def main() -> int:
     targets = args.targets.split(",")
     if args.before and "inkmcp-before" not in targets:
         targets.append("inkmcp-before")
+    if args.module is not None:
+        args.module = args.module.resolve()
+        if not args.module.is_file() or "inkmcp" not in targets:
+            raise SystemExit("--module needs the built module (benchmarks/nginx_module/build.sh) and `inkmcp` "
+                             "among the --targets")
+        if "inkmcp-module" not in targets:
+            targets.append("inkmcp-module")
     work = Path(tempfile.mkdtemp(prefix="inkmcp-proxy-bench-", dir="/tmp"))
     work.chmod(0o711)
     procs: list[subprocess.Popen[bytes]] = []
@@ -691,12 +729,25 @@ def main() -> int:
                 child, ports[name] = start_server(script, name, engine, app_port, work, layout, run)
                 started.append(child)
                 roots[name] = child.pid
+            if args.module is not None and not args.cost:  # InkMCP's config as just rendered, on a nginx of its own
+                src_dir, mod_dir = work / f"inkmcp{run}", work / f"inkmcp-module{run}"
+                (mod_dir / "tmp").mkdir(parents=True)
+                ports["inkmcp-module"] = free_port()
+                text = (src_dir / "nginx.conf").read_text().replace(str(src_dir), str(mod_dir))
+                text = text.replace(f":{ports['inkmcp']}", f":{ports['inkmcp-module']}")
+                (mod_dir / "nginx.conf").write_text(module_config(text, args.module))
+                ngx = subprocess.Popen(layout.server([nginx, "-p", str(mod_dir), "-c", str(mod_dir / "nginx.conf"),
+                                                      "-e", str(mod_dir / "error.log"), "-g", "daemon off;"]))
+                started.append(ngx)
+                roots["inkmcp-module"] = ngx.pid
+                wait_port(ports["inkmcp-module"], ngx)
             return started
 
         targets_procs = start_targets("")
         procs += targets_procs
         if args.cost:
-            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache))
+            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache,
+                              args.module))
             return 0
         layout.pin_load_here()
         order = [t for t in targets if t in ports]
