@@ -698,3 +698,44 @@ async def test_nodelay_on_every_client_socket_and_where_the_app_gets_small_write
                     sock.close()
     finally:
         await proxy.close()
+
+
+def test_the_module_experiment_still_fits_the_rendered_config(tmp_path):
+    """benchmarks/proxy_speed.py --module (issue 12's measured alternative, benchmarks/nginx_module) rewrites the
+    config InkMCP renders, dropping the Host checks' map and `if`s and the headers-more rules for the module's
+    directives; a change to the template that the rewrite no longer covers fails here, not in a benchmark run
+    that would compare a config still carrying the regexes (its rewrite refuses a leftover rule)."""
+    import importlib.util
+
+    speed = Path(__file__).parents[2] / "benchmarks" / "proxy_speed.py"
+    spec = importlib.util.spec_from_file_location("proxy_speed", speed)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    async def wake() -> int:
+        return 1
+
+    proxy = NginxProxy("127.0.0.1", 0, wake_timeout=1.0, runtime_dir=tmp_path / "run")
+    proxy._listener = socket.socket()
+    try:
+        proxy._listener.bind(("127.0.0.1", 0))
+        proxy.port = proxy._listener.getsockname()[1]
+        proxy.set_route(Route(host="awake.p.localhost", port=4321, owner="svc-awake"))
+        proxy.set_route(Route(host="asleep.p.localhost", port=None, owner="svc-asleep", wake=wake))
+        rendered = proxy._config()
+    finally:
+        proxy._listener.close()
+    assert 'if ($http_host ~ ":(?![0-9]{1,5}$)")' in rendered and "more_set_headers" in rendered
+    out = bench.module_config(rendered, Path("/nowhere/ngx_http_inkmcp_module.so"))
+    rules = [line.strip() for line in out.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert "load_module /nowhere/ngx_http_inkmcp_module.so;" in rules
+    assert {"inkmcp_server_header on;", "inkmcp_inherited_nodelay on;", "inkmcp_host_check on;"} <= set(rules)
+    assert not [r for r in rules if r.startswith(("if ", "more_set_headers", "map $http_host", "map $upstream_status"))]
+    # everything else stays: routing, the wake path's backup and the idle log of the on_demand host
+    for kept in ("server_name awake.p.localhost;", "server_name asleep.p.localhost;", "proxy_pass_header Server;",
+                 "server 127.0.0.1:4321 max_fails=0;", "error_page 494 =431 @inkmcp_431;"):  # fmt: skip
+        assert kept in rules, kept
+    assert any(r.startswith("access_log syslog:") for r in rules)
+    with pytest.raises(SystemExit):  # a rule the rewrite does not know is refused
+        bench.module_config(rendered.replace("proxy_pass_header Server;", "proxy_pass_header X;"), Path("/x.so"))
