@@ -30,10 +30,18 @@ from inkmcp.providers.database.base import Tier
 from inkmcp.store.models import Deployment, Service
 from inkmcp.store.refs import ref_of
 
+# --- overhead6: only the rows a later call could still reuse (_reusable_of: the service's live deployment, and
+# deployments on their way), not every non-failed row of the service's history on every env change: a terminal row
+# that is not the live one never becomes reusable again (only _LIVE_SQL sets `live`, on the deployment it releases;
+# the reconciler only clears live_deployment_id), so the newest row of a hash being one of those means "deploy".
+# The status list is core.views.TERMINAL (tests/replicas/test_deploy_path_new_project.py checks they agree).
 _RETIRE_NOOP_HASHES = text("""
-    UPDATE deployments SET config_hash = md5(config_hash || clock_timestamp()::text)
-    WHERE service_id = ANY(:services) AND status <> 'failed'
+    UPDATE deployments d SET config_hash = md5(d.config_hash || clock_timestamp()::text)
+    FROM services s
+    WHERE s.id = ANY(:services) AND d.service_id = s.id
+      AND (d.id = s.live_deployment_id OR d.status NOT IN ('live', 'failed', 'superseded'))
 """)
+# --- end overhead6
 """update_env_vars changed what these services run with, so no earlier deployment is "the same deploy" any more:
 deploy_app's no-op check (`DeployService._reusable`) compares the call's commit + settings + env hash with its
 deployments', and a repeat of the call that set GREETING=hi, made after update_env_vars set GREETING=hello2,
@@ -198,7 +206,12 @@ class Platform:
             view = await self.deploys.deploy(p, req)
         if view.done or wait_seconds <= 0:
             return view
-        return await self.deploys.wait(p, uuid.UUID(view.deployment_id), timeout=wait_seconds, on_progress=on_progress)
+        # --- overhead6: a call that joined an identical deployment (made before it, or by a concurrent identical
+        # call) says so after waiting too: `wait` renders the record, which does not know which call made it
+        waited = await self.deploys.wait(p, uuid.UUID(view.deployment_id), timeout=wait_seconds,
+                                         on_progress=on_progress)
+        return waited.model_copy(update={"reused": True}) if view.reused else waited
+        # --- end overhead6
 
     async def wait_for_deployment(
         self, p: Principal, deployment_id: str, *, timeout: float, on_progress: ProgressSink | None = None
