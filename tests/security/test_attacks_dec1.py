@@ -385,7 +385,11 @@ async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path)
         await asyncio.sleep(1)  # time for a survivor to bind (it retries every 50 ms)
         assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(f"/proc/{daemon}/status").read_text(), \
             f"mallory's daemon {daemon} outlived the server"
+        # --- quota: HOME is on the project's own filesystem, unmounted while InkMCP is stopped; the daemon is
+        # dead (above), so its log is read once the restarted server has mounted it again
+        srv.start()
         squat = (home / "squat.log").read_text()
+        # --- end
         # From the daemon's side: it kept trying both ports (with SO_REUSEADDR and with SO_REUSEPORT) until it
         # died, and every bind was refused with EADDRINUSE. The MCP port too: uvicorn closes its listening
         # socket before the provider's close kills the cgroups, and for that second or two serve keeps a
@@ -394,7 +398,6 @@ async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path)
             assert f"REFUSED {port} " in squat, squat
             assert f"BOUND {port}" not in squat, squat
         assert {line.split()[3] for line in squat.splitlines() if line.startswith("REFUSED")} == {"98"}, squat
-        srv.start()
         assert (srv.port, srv.proxy_port) == ports, f"the restarted server lost its ports {ports}"
         r = httpx.post(f"http://127.0.0.1:{srv.port}/mcp", json={}, headers={"Authorization": "Bearer dk_live_probe"},
                        timeout=10)

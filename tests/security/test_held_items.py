@@ -471,7 +471,16 @@ def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
     1 MiB blocks that overlap by the longest needle (other modules' checkouts can be large)."""
     overlap = max(len(n) for n in needles)
     hits: dict[str, list[str]] = {}
-    for dirpath, _, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):  # --- quota: dirnames pruned below
+        # --- quota: a project's disk image (compute/disks/) holds its filesystem, whose files this walk reads
+        # through their mount points (homes/, services/); read raw, or again through the bind mounts' sources
+        # (projects/<id>/.disk/), it would show the same files twice (and the image GiBs of holes)
+        here = Path(dirpath)
+        if here.name == "compute":
+            dirnames[:] = [d for d in dirnames if d != "disks"]
+        elif here.parent.name == "projects":
+            dirnames[:] = [d for d in dirnames if d != ".disk"]
+        # --- end
         for name in filenames:
             path = Path(dirpath, name)
             found: set[bytes] = set()
