@@ -220,6 +220,11 @@ def dispose_server(srv: ServerProc, *, clean_stop: bool = True) -> None:
         code = srv.stop()
         assert code == 0 or not clean_stop, f"graceful shutdown failed ({code}):\n{srv.log()}"
     remove_tenant_users(srv.data_dir)
+    # --- mender6: the cgroups of the server's local services, by exact path (they outlived every test before)
+    from tests.cgroup_cleanup import remove_service_cgroups
+
+    remove_service_cgroups(srv.data_dir / "compute")
+    # --- end
     shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 

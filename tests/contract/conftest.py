@@ -71,6 +71,7 @@ from inkmcp.providers.compute.fake import (
 )
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.supervisor import Backoff
+from tests.cgroup_cleanup import remove_service_cgroups  # --- mender6
 from tests.support import remove_tenant_users, traversable_tmpdir
 
 PROVIDERS = ["local", "fake", "coolify"]
@@ -318,6 +319,7 @@ class LocalHarness(Harness):
         for provider in self.providers:
             await provider.close()
         remove_tenant_users(self.data_dir)
+        remove_service_cgroups(self.data_dir)  # --- mender6: its services' cgroups, by exact path
         shutil.rmtree(self.root, ignore_errors=True)
 
     def checkout(self) -> Path:

@@ -34,6 +34,7 @@ from inkmcp.providers.database.postgres import PostgresDatabaseProvider
 from inkmcp.store.crypto import SecretBox
 from inkmcp.store.db import Store
 from inkmcp.store.embedded import EmbeddedPostgres
+from tests.cgroup_cleanup import remove_service_cgroups  # --- mender6
 from tests.store import conftest as _store_fixtures
 
 # The embedded servers and the migrated store of tests/store, as fixtures of tests/core too.
@@ -114,4 +115,5 @@ async def make_core(store: Store, tenant_pg: EmbeddedPostgres) -> AsyncIterator[
     yield make
     for p in providers:
         await p.close()
+    remove_service_cgroups(work / "compute")  # --- mender6: the local compute's service cgroups, by exact path
     shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ from inkmcp.providers.compute.base import ProviderRef, RefScope, ReleaseRequest,
 from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.supervisor import Backoff
 from inkmcp.providers.compute.local.users import project_user_name
+from tests.cgroup_cleanup import remove_service_cgroups
 from tests.support import traversable_tmpdir
 
 PY = "/usr/bin/python3"
@@ -69,6 +70,7 @@ def data_dir() -> Iterator[Path]:
     # under /tmp as root either: tenant processes get their service's private /tmp mounted there.
     path = traversable_tmpdir("inkmcp-local-")
     yield path
+    remove_service_cgroups(path)  # after make_provider closed its providers; exact paths of this dir's services
     shutil.rmtree(path, ignore_errors=True)
 
 

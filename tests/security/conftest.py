@@ -46,6 +46,7 @@ import httpx
 import pytest
 from mcp import ClientSession
 
+from tests.cgroup_cleanup import remove_service_cgroups  # --- mender6
 from tests.requirements import is_root, require_root, requires
 from tests.support import (
     ServerProc,
@@ -173,6 +174,7 @@ def security_server(prefix: str, accounts: tuple[str, ...], *, unset: tuple[str,
                 code = srv.stop()
         finally:
             remove_tenant_users(srv.data_dir)
+            remove_service_cgroups(srv.data_dir / "compute")  # --- mender6: its services' cgroups, by exact path
             shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
     assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
 

@@ -41,6 +41,8 @@ V1_REQUIRED = ("memory", "cpu", "pids")
 V1_OPTIONAL = ("freezer",)  # without it kill_all still works, by killing until the group is empty
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 KERNEL = Path("/proc/sys/kernel")
+PARENT_MODE = 0o711
+"""InkMCP's parent groups (`inkmcp`, `inkmcp-tenant-pg`): traversable, not listable by tenants (`Cgroups._unlisted`)."""
 TENANT_TASK_SHARE = 0.75
 """Of the machine's task limit (the lower of kernel.pid_max and kernel.threads-max), what all tenants together
 may hold: the parent group's pids.max. Per service is INKMCP_PIDS_MAX (512), but one account may run 20 projects
@@ -108,6 +110,7 @@ class Cgroups:
                 self._enable_v2(self.root)
                 base = self.root / self.parent
                 base.mkdir(exist_ok=True)
+                self._unlisted(base)
                 self._enable_v2(base)
                 self.version = 2
                 self.controllers = V2_CONTROLLERS
@@ -120,6 +123,7 @@ class Cgroups:
             try:
                 for c in present:
                     (self.root / c / self.parent).mkdir(exist_ok=True)
+                    self._unlisted(self.root / c / self.parent)
                 self.version = 1
                 self.controllers = tuple(present)
                 self.reason = ""
@@ -130,6 +134,19 @@ class Cgroups:
         elif not self.reason:
             missing = ", ".join(c for c in V1_REQUIRED if c not in present)
             self.reason = f"no cgroup {missing} controller on this host (memory, cpu and pids are needed)"
+
+    @staticmethod
+    def _unlisted(parent: Path) -> None:
+        """PARENT_MODE on InkMCP's parent group: its children are named after service ids, and a 0755 directory
+        let any tenant list every other tenant's (red team 2026-12-01; hidepid covers /proc, not cgroupfs). The
+        kernel does not check these bits for its own use, and root (InkMCP, which writes every control file and
+        joins processes to groups) bypasses them; a tenant still reaches its own group by its path (the x bit), as
+        /proc/self/cgroup names it. cgroup v2 behaves alike (kernfs directories honour chmod there too)."""
+        try:
+            if parent.stat().st_mode & 0o777 != PARENT_MODE:
+                parent.chmod(PARENT_MODE)
+        except OSError as e:
+            log.warning("could not make cgroup %s unlistable (mode %o): %s", parent, PARENT_MODE, e.strerror)
 
     @staticmethod
     def _cap_tenants(pids_max: Path) -> None:
