@@ -54,6 +54,7 @@ config, needs `inkmcp` among the targets). It shows what those rules cost as Ink
 (`master_process off`) under valgrind's callgrind and under strace, and the same requests are sent to each:
 user-space instructions and system calls per kept-alive request, per request on a new connection, and per
 WebSocket echo. Deterministic to a few instructions, so it attributes a cost that throughput cannot resolve.
+The cost table also has `nginx-routed` (see `routed_baseline`): the baseline routing by Host, for information.
 --cost-cache adds callgrind's simulated L1 and last-level cache misses per request: code a config runs that the
 baseline does not (the Host check's regex, the Server rule) also costs instruction-cache misses (+48 L1 misses a
 request on 2026-12-01, nearly all instruction fetches, +4.5 %), which instruction counts do not show.
@@ -326,6 +327,19 @@ def start_server(
 # -- cost per request (--cost): one nginx process under callgrind / strace ------------------------------
 
 
+def routed_baseline(conf: str) -> str:
+    """--cost's informational row `nginx-routed`: the baseline config as it would be in front of more than one
+    site, its server named HOST beside a default server for other hosts. Routing by Host (the virtual-server
+    lookup, which nginx skips when an address has one server) is work every multi-tenant proxy does and the
+    baseline does not; the bar stays the baseline itself, this row only says how much of InkMCP's extra work is
+    routing (2026-12-01: +373 instructions kept-alive, +435 on a new connection)."""
+    listen = "        listen 127.0.0.1:{port} backlog=1024;\n"
+    assert listen in conf
+    return conf.replace(listen, f"{listen}        server_name {HOST};\n").replace(
+        "    server {\n", '    server {\n        listen 127.0.0.1:{port} default_server;\n        server_name "";\n'
+        "        return 404;\n    }\n    server {\n", 1)
+
+
 def module_config(text: str, module: Path) -> str:
     """InkMCP's rendered nginx config with its per-request rules done by benchmarks/nginx_module (--module): the
     module loaded instead of headers-more, its three directives instead of the Server rules, the Host map and
@@ -347,6 +361,7 @@ def module_config(text: str, module: Path) -> str:
 def _cost_configs(work: Path, app_port: int, ports: dict[str, int], module: Path | None = None) -> dict[str, str]:
     """Each nginx config to cost, rewritten for one process on a port of its own in a directory of its own."""
     configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1)}
+    configs["nginx-routed"] = routed_baseline(configs["nginx"])
     for name in ("inkmcp", "inkmcp-before"):
         conf = work / name / "nginx.conf"
         if name not in ports or not conf.exists():
