@@ -298,3 +298,24 @@ async def test_an_upgraded_data_dir_keeps_tenant_files_and_gets_the_limit(repos:
         cleaned = await asyncio.to_thread(lab_exec, srv, lab["url"], CLEAN)
         assert cleaned["kept"], cleaned
     _assert_nothing_mounted(srv)
+
+
+async def test_a_project_disk_the_host_cannot_hold_is_refused_with_what_to_do(repos: Path) -> None:
+    """When the host cannot hold another project's disk and INKMCP_DISK_RESERVE_MB (here: a reserve larger than
+    any disk), a new project is refused: the agent's error names both settings and what to do; nothing is
+    mounted, no image is left, and the server keeps answering."""
+    repo = lab_repo(repos, "q-refused")
+    with security_server("inkmcp-quota-full-", ("mallory",), INKMCP_MAX_DISK_MB="64",
+                         INKMCP_DISK_RESERVE_MB=str(10**9)) as srv:  # fmt: skip
+        async with session(srv, "mallory") as m:
+            result = await m.call_tool("deploy_app", {"repo_url": str(repo), "project_name": "q-refused",
+                                                      "start_command": "python3 lab.py"})
+            text = " ".join(getattr(c, "text", "") for c in result.content)
+            if not result.is_error:  # accepted, then failed: the deployment's error says it
+                dep = await deploy(m, repo_url=str(repo), project_name="q-refused", start_command="python3 lab.py")
+                assert dep["status"] == "failed", dep
+                text = str(dep["error"])
+        assert "INKMCP_MAX_DISK_MB" in text and "INKMCP_DISK_RESERVE_MB" in text and "Delete a project" in text, text
+        assert not list((srv.data_dir / "compute" / "disks").glob("*.img"))
+        assert httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=10).status_code == 200
+    _assert_nothing_mounted(srv)

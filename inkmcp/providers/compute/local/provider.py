@@ -27,7 +27,7 @@ from inkmcp.build.buildpack import python_shim, run_build
 from inkmcp.build.plan import Mode, RunAs
 from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
 from inkmcp.build.source import SourceWorkspace
-from inkmcp.errors import BuildFailed, InvalidArgument, register_server_paths, scrub_paths
+from inkmcp.errors import BuildFailed, InvalidArgument, ProviderError, register_server_paths, scrub_paths
 from inkmcp.providers.compute.base import (
     EnvChange,
     EnvOutcome,
@@ -310,15 +310,18 @@ class LocalComputeProvider:
         return SourceWorkspace(mirrors_dir=layout.mirrors, locks_dir=layout.locks, run_as=run_as)
 
     # --- quota: see diskquota.py
-    async def _project_disk(self, project_id: str, run_as: RunAs | None) -> None:
-        """Mount the project's filesystem and put its HOME on it (no-op when disks are not enforced)."""
+    async def _project_disk(self, project_id: str, run_as: RunAs | None, service_root: Path | None = None) -> None:
+        """Mount the project's filesystem and put its HOME (and `service_root`) on it; no-op when disks are not
+        enforced. Raises ProviderError with the reason (a new disk the host cannot hold says what to do)."""
         if not self.disks.enforced:
             return
         home = self.data_dir / "homes" / project_user_name(project_id)
         try:
             await asyncio.to_thread(self.disks.bind_home, project_id, home, run_as)
+            if service_root is not None:
+                await asyncio.to_thread(self.disks.bind_service, project_id, service_root)
         except OSError as exc:
-            raise ReleaseFailed(Step.building, f"could not mount the project's disk: {exc}") from exc
+            raise ProviderError(f"could not mount the project's disk: {exc}") from exc
     # --- end
 
     # -- service registry ----------------------------------------------------------------------
@@ -334,8 +337,10 @@ class LocalComputeProvider:
                     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
                 layout = ServiceLayout(self.data_dir, key.service_id)
                 # --- quota: the home and the service's dir on the project's filesystem before anything is made
-                await self._project_disk(key.project_id, run_as)
-                await asyncio.to_thread(self.disks.bind_service, key.project_id, layout.root)
+                try:
+                    await self._project_disk(key.project_id, run_as, layout.root)
+                except ProviderError as exc:  # a failed deployment with the reason, never retried as transient
+                    raise ReleaseFailed(Step.building, str(exc)) from None
                 # --- end
                 await asyncio.to_thread(layout.prepare, run_as)
                 svc = _Service(key=key, mode=request.mode, run_as=run_as, home=home, layout=layout,
