@@ -173,7 +173,8 @@ class ProjectDisks:
         self.size_mb = size_mb
         self.reserve_mb = reserve_mb
         self.dir = data_dir / DISKS
-        self._lock = threading.RLock()  # disk operations of this process, one at a time (each takes ms)
+        self._lock = threading.Lock()  # guards `_project_locks`
+        self._project_locks: dict[str, threading.RLock] = {}  # one project's operations, one at a time
         self.reason = self._why_not()
 
     @property
@@ -213,6 +214,8 @@ class ProjectDisks:
     def _locked(self, project_id: str) -> Iterator[None]:
         """This process's lock, then a file lock shared with any other InkMCP process on this data dir."""
         with self._lock:
+            lock = self._project_locks.setdefault(project_id, threading.RLock())
+        with lock:  # per project: an upgrade's copy of one project's files does not hold up the others
             self.dir.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.dir / f".{project_id}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
@@ -391,18 +394,17 @@ class ProjectDisks:
         by exact path; returns how many were unmounted. Blocking."""
         if not self.enforced:
             return 0
-        with self._lock:
-            points = mount_points()
-            ours = []
-            for parent in ("services", "homes", "projects"):
-                prefix = os.path.realpath(self.data_dir / parent) + "/"
-                ours += [p for p in points if p.startswith(prefix) and "/" not in p[len(prefix):]]
-            for point in ours:
-                try:
-                    unmount(Path(point))
-                except OSError as exc:
-                    log.warning("could not unmount %s: %s", point, exc)
-            return len(ours)
+        points = mount_points()
+        ours = []
+        for parent in ("services", "homes", "projects"):
+            prefix = os.path.realpath(self.data_dir / parent) + "/"
+            ours += [p for p in points if p.startswith(prefix) and "/" not in p[len(prefix):]]
+        for point in ours:
+            try:
+                unmount(Path(point))
+            except OSError as exc:
+                log.warning("could not unmount %s: %s", point, exc)
+        return len(ours)
 
     # -- usage ------------------------------------------------------------------------------------
 
