@@ -1305,7 +1305,8 @@ def _neutral_git_dir() -> Path:
     own: git runs in InkMCP's mount namespace, not the tenant's sandbox).
     """
     global _NEUTRAL
-    if _NEUTRAL is None or not (_NEUTRAL / "HEAD").is_file():
+    if _NEUTRAL is None or not all((_NEUTRAL / name).exists() for name in ("HEAD", "config", "objects", "refs")):
+        # (first use, or a /tmp cleaner removed part of it: a fresh one)
         import atexit
         import tempfile
 

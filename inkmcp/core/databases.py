@@ -168,6 +168,12 @@ class DatabaseService:
     def _creds(self, row: Database) -> DatabaseCredentials:
         return DatabaseCredentials.model_validate_json(self._box.decrypt(row.credentials_enc))
 
+    def login_of(self, row: Database) -> tuple[str, SecretStr]:
+        """(role, password) the tenant's own connections use: how a restore logs in (dbbackup: never as the
+        superuser with SET ROLE, which tenant code undoes with RESET ROLE; red team dec2)."""
+        creds = self._creds(row)
+        return creds.user, creds.password
+
     def _info(self, row: Database, created: bool = False) -> DatabaseInfo:
         creds = self._creds(row)
         return DatabaseInfo(

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import SecretStr
 
 from inkmcp.backup.manifest import sha256_file
 from inkmcp.errors import ProviderError
@@ -115,16 +116,24 @@ async def check_archive(path: Path, *, timeout: float) -> int:
     return sum(1 for line in lines if line and not line.startswith(";"))
 
 
-async def restore(admin_url: str, database: str, role: str, path: Path, *, timeout: float,
+async def restore(admin_url: str, database: str, role: str, path: Path, *, password: SecretStr, timeout: float,
                   on_progress: Progress | None = None) -> None:
-    """Restore the archive into the (empty) `database` as `role` (SET ROLE: every object is the tenant's, and the
-    dump's SQL runs with the tenant's rights, not the superuser's), all or nothing (one transaction, stop at the
-    first error). `on_progress` hears the elapsed time every 2 s (a long restore shows it is moving)."""
-    args = [str(bin_dir() / "pg_restore"), "--no-password", f"--dbname={database}", "--no-owner", f"--role={role}",
+    """Restore the archive into the (empty) `database`, logged in as the tenant's `role` with its own `password`
+    (host and port from `admin_url`): every object is the tenant's and the dump's SQL, and any tenant function it
+    runs, has the tenant's rights only. All or nothing (one transaction, stop at the first error). `on_progress`
+    hears the elapsed time every 2 s (a long restore shows it is moving).
+
+    --- attacker2: not the superuser with `--role` (SET ROLE) as before: the dump is the tenant's own data, a CHECK
+    constraint is evaluated for every restored row, and a plpgsql function it calls may run RESET ROLE, which goes
+    back to the session's user. Red team dec2: mallory's constraint did that and ran ALTER ROLE <her> SUPERUSER,
+    then read alice's database. Logged in as the tenant, RESET ROLE leaves her the tenant.
+    """
+    args = [str(bin_dir() / "pg_restore"), "--no-password", f"--dbname={database}", "--no-owner",
             "--exit-on-error", "--single-transaction", str(path)]
+    env = {**child_env(admin_url), "PGUSER": role, "PGPASSWORD": password.get_secret_value()}
     ticker = asyncio.create_task(_report_elapsed(on_progress)) if on_progress else None
     try:
-        await _run(args, child_env(admin_url), timeout=timeout, what="pg_restore")
+        await _run(args, env, timeout=timeout, what="pg_restore")
     finally:
         if ticker is not None:
             ticker.cancel()

@@ -134,7 +134,7 @@ class DatabaseBackupService:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, projects: Any, admin_url: SecretStr,
                  root: Path, settings: DatabaseBackupSettings | None = None, deploys: Any = None,
-                 audit: Any = None) -> None:
+                 audit: Any = None, databases: Any = None) -> None:
         self._sessions = sessions
         self._projects = projects
         self._admin = libpq_url(admin_url.get_secret_value())
@@ -142,6 +142,9 @@ class DatabaseBackupService:
         self.settings = settings or DatabaseBackupSettings()
         self._deploys = deploys
         self._audit = audit
+        # --- attacker2: `databases` (core.databases.DatabaseService) gives a restore the tenant's own login
+        # (`login_of`); without it restores are refused (pgtools.restore says why the superuser must not restore)
+        self._databases = databases
 
     # ------------------------------------------------------------------------------------------ agent operations
     async def list(self, p: Principal, project_name: str, limit: int = 10) -> BackupList:
@@ -232,7 +235,7 @@ class DatabaseBackupService:
                 await say("saving the current state as a pre-restore backup")
                 undo = await self._dump(project.id, db, "pre-restore", on_progress)
                 await say("restoring the backup into a scratch database")
-                scratch = await self._restore_scratch(conn, db.external_id, path, backup_id, on_progress)
+                scratch = await self._restore_scratch(conn, db, path, backup_id, on_progress)
                 await say("switching the project to the restored database")
                 await self._swap(conn, db.external_id, scratch)
                 await self._prune(project.id, "pre-restore")
@@ -452,17 +455,22 @@ class DatabaseBackupService:
             raise ProviderError(damaged.format(scrub_paths(e.message)), argument="backup_id", fix=fix) from None
         return path
 
-    async def _restore_scratch(self, conn: psycopg.AsyncConnection[Any], ident: str, path: Path,
+    async def _restore_scratch(self, conn: psycopg.AsyncConnection[Any], db: Database, path: Path,
                                backup_id: str, on_progress: Progress | None) -> str:
-        """A new database owned by the tenant with the backup restored into it (all or nothing); dropped again on
-        any failure, so the live database is never touched by a restore that fails."""
+        """A new database owned by the tenant with the backup restored into it (all or nothing), by the tenant's own
+        login; dropped again on any failure, so the live database is never touched by a restore that fails."""
+        if self._databases is None:
+            raise ProviderError("restores are not set up on this server (no tenant login to restore with).",
+                                fix="ask the operator")
+        ident = db.external_id
+        role, password = self._databases.login_of(db)
         scratch = f"ink_restore_{uuid.uuid4().hex[:24]}"
         name, owner = sql.Identifier(scratch), sql.Identifier(ident)
         await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template1").format(
             name, owner))
         try:
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
-            await pgtools.restore(self._admin, scratch, ident, path, timeout=self.settings.timeout_s,
+            await pgtools.restore(self._admin, scratch, role, path, password=password, timeout=self.settings.timeout_s,
                                   on_progress=on_progress)
         except BaseException as e:
             with contextlib.suppress(psycopg.Error):
@@ -559,4 +567,4 @@ def build_database_backups(platform: Any, admin_url: SecretStr, data_dir: Path) 
                                  "inkmcp/dbbackup/service.py (DatabaseBackupSettings)")
     return DatabaseBackupService(platform.sessions, projects=platform.projects, admin_url=admin_url,
                                  root=settings.root(data_dir), settings=settings, deploys=platform.deploys,
-                                 audit=platform.audit)
+                                 audit=platform.audit, databases=platform.databases)

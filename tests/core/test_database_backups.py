@@ -29,7 +29,8 @@ def make_service(core: Core, root: Path, **settings: object) -> DatabaseBackupSe
     return DatabaseBackupService(
         core.store.sessionmaker, projects=core.projects, admin_url=core.tenant_pg.url(), root=root,
         settings=DatabaseBackupSettings(**settings),  # type: ignore[arg-type]
-        deploys=core.deploys, audit=core.platform.audit)
+        deploys=core.deploys, audit=core.platform.audit,
+        databases=core.databases)  # --- attacker2: restores log in as the tenant (pgtools.restore)
 
 
 @pytest.fixture

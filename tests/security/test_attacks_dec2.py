@@ -24,6 +24,10 @@ Found broken and fixed here:
     env pile-up  update_env_vars capped one call (200 variables, 64 KB) but not a project: 12 calls stored 2,400
                  variables in the control database every account shares. Fix: envvars.check_project_totals (1,000
                  variables, 2 MiB stored per project), in the call's transaction.
+    restore      (critical) restore_database_backup ran pg_restore as the tenant server's superuser with --role
+                 (SET ROLE). A CHECK constraint in mallory's dump called her plpgsql function for every restored
+                 row; it ran RESET ROLE (back to the superuser) and ALTER ROLE <her role> SUPERUSER, and she read
+                 alice's database. Fix: pgtools.restore logs in as the tenant's own role (DatabaseService.login_of).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from typing import Any
 
 import httpx
 import psutil
+import psycopg
+import psycopg.sql
 import pytest
 
 from tests.security.conftest import (
@@ -301,3 +307,68 @@ async def test_env_vars_cannot_pile_up_in_the_shared_control_database(server: Se
     said = outcomes[-1][1]
     assert "at most 1,000 variables" in said and "unset" in said, said
     assert len(env["env"]) == 1000 and "FILL_5_0" not in env["env"], len(env["env"])
+
+
+# mallory's database, made to escalate when a superuser session restores it: a CHECK constraint whose function
+# resets the role to the session's (pg_restore --role only issues SET ROLE after the superuser connects) and makes
+# her role a superuser. Run now, by her own session, it changes nothing (the error is swallowed).
+ESCALATE = """
+CREATE FUNCTION dec2_check(v int) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  BEGIN
+    RESET ROLE;
+    EXECUTE format('ALTER ROLE %I SUPERUSER', {role});
+  EXCEPTION WHEN others THEN NULL;
+  END;
+  RETURN true;
+END $f$;
+CREATE TABLE dec2_rows (v int CHECK (dec2_check(v)));
+INSERT INTO dec2_rows VALUES (1);
+"""
+
+
+def pg_connect(creds: dict[str, Any], **override: Any) -> psycopg.Connection[Any]:
+    args = {"host": creds["host"], "port": creds["port"], "user": creds["user"], "password": creds["password"],
+            "dbname": creds["database"], "connect_timeout": 5, "autocommit": True, **override}
+    return psycopg.connect(**args)
+
+
+async def test_restoring_a_backup_never_runs_tenant_code_as_the_superuser(server: ServerProc) -> None:
+    """mallory's database has a CHECK constraint whose plpgsql function runs RESET ROLE and ALTER ROLE ... SUPERUSER.
+    She dumps it (database_backups create=true) and restores it (restore_database_backup): pg_restore connects as
+    the tenant server's superuser and only SETs ROLE to hers, so the constraint, checked on every restored row, ran
+    her function, which reset the role to the superuser's. With a superuser role she then reads alice's database.
+    Now her role stays an ordinary one and alice's database stays closed to her."""
+    account = "dec2-mallory-pg"  # an account of its own: the shared mallory's database count is other modules'
+    if account not in server.keys:
+        server.create_key(account)
+    secret = f"ALICE_ROW_{secrets.token_hex(6)}"
+    async with session(server, "alice") as a:
+        await call(a, "ensure_project", name="dec2-alice-db")
+        await call(a, "provision_database", project_name="dec2-alice-db")
+        alice = await call(a, "get_database_credentials", project_name="dec2-alice-db")
+    with pg_connect(alice) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS private (secret text)")
+        conn.execute("INSERT INTO private VALUES (%s)", (secret,))
+    async with session(server, account) as m:
+        await call(m, "ensure_project", name="dec2-pgroot")
+        await call(m, "provision_database", project_name="dec2-pgroot")
+        mine = await call(m, "get_database_credentials", project_name="dec2-pgroot")
+        with pg_connect(mine) as conn:
+            conn.execute(ESCALATE.replace("{role}", psycopg.sql.quote(mine["user"])))
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+        backups = await call(m, "database_backups", project_name="dec2-pgroot", create=True)
+        backup_id = backups["backups"][0]["id"]
+        restore = await m.call_tool("restore_database_backup", {"project_name": "dec2-pgroot", "backup_id": backup_id,
+                                                                "confirm": "dec2-pgroot"})
+    said = " ".join(getattr(c, "text", "") for c in restore.content)
+    with pg_connect(mine) as conn:
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        try:
+            with pg_connect(mine, dbname=alice["database"]) as theirs:
+                stolen = theirs.execute("SELECT secret FROM private").fetchall()
+        except psycopg.Error as e:
+            stolen = [("refused", str(e).strip().splitlines()[0])]
+    assert superuser == (False,), f"mallory's role became a superuser by restoring her backup ({said[:300]})"
+    assert not restore.is_error, said  # the restore itself still works, with her rights
+    assert secret not in str(stolen), f"mallory read alice's database: {stolen}"
