@@ -372,3 +372,24 @@ async def test_restoring_a_backup_never_runs_tenant_code_as_the_superuser(server
     assert superuser == (False,), f"mallory's role became a superuser by restoring her backup ({said[:300]})"
     assert not restore.is_error, said  # the restore itself still works, with her rights
     assert secret not in str(stolen), f"mallory read alice's database: {stolen}"
+
+
+async def test_racing_another_account_for_a_project_name_gives_one_owner(server: ServerProc) -> None:
+    """Held: alice and mallory each call ensure_project for the same new name 25 times at once (50 concurrent calls
+    over two sessions). One account owns it; every call of the other is told the name is taken (with a free
+    suggestion), none gets a bare server error, and only the owner lists it."""
+    name = f"dec2-race-{secrets.token_hex(3)}"
+
+    async def burst(account: str) -> list[tuple[bool, str]]:
+        async with session(server, account) as s:
+            results = await asyncio.gather(*(s.call_tool("ensure_project", {"name": name}) for _ in range(25)))
+            listed = [p["name"] for p in (await call(s, "list_projects"))["projects"]]
+        return [(r.is_error, " ".join(getattr(c, "text", "") for c in r.content)) for r in results] + \
+            [(False, f"LISTED {name in listed}")]
+
+    alice, mallory = await asyncio.gather(burst("alice"), burst("mallory"))
+    owner, other = (alice, mallory) if not alice[0][0] else (mallory, alice)
+    assert all(not err for err, _ in owner[:-1]), owner
+    assert owner[-1][1] == "LISTED True" and other[-1][1] == "LISTED False", (owner[-1], other[-1])
+    for err, text in other[:-1]:
+        assert err and f"project name {name!r} is taken; try" in text, text
