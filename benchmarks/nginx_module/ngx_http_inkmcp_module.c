@@ -147,7 +147,9 @@ ngx_http_inkmcp_post_read(ngx_http_request_t *r)
         ngx_memzero(&cv, sizeof(cv));
         cv.value = ngx_http_inkmcp_bad_host;
         r->keepalive = 0;
-        return ngx_http_send_response(r, NGX_HTTP_BAD_REQUEST, &ngx_http_inkmcp_text, &cv);
+        /* The request ends here: in this phase NGX_OK would go on to the next phase (and the app). */
+        ngx_http_finalize_request(r, ngx_http_send_response(r, NGX_HTTP_BAD_REQUEST, &ngx_http_inkmcp_text, &cv));
+        return NGX_DONE;
     }
     return NGX_DECLINED;
 }
