@@ -186,6 +186,7 @@ async def _compute(
         max_build_mb=settings.max_build_mb,
         max_disk_mb=settings.max_disk_mb,  # --- quota: a filesystem per project (diskquota.py)
         disk_reserve_mb=settings.disk_reserve_mb,  # --- quota
+        disk_overcommit=settings.disk_overcommit,  # --- quota
     ), None
 
 

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="MiB of the data dir's filesystem that projects' disks are never promised (the control plane's): "
         "a new project's disk is refused when free space minus this cannot hold it and what existing ones may grow",
     )  # fmt: skip
+    disk_overcommit: float = Field(
+        default=1.0, ge=1.0,
+        description="divides what projects' disks are promised: 1 = every project could fill its disk at once and "
+        "the host keeps INKMCP_DISK_RESERVE_MB; above 1 more projects fit (thin provisioning, the host then is "
+        "protected only while they are not all full; each project's own limit stays hard)",
+    )  # fmt: skip
     # --- end
     max_checkout_mb: int = Field(
         default=1024, ge=1, description="largest commit (sum of its files, in MiB) deploy_app checks out"

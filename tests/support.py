@@ -195,6 +195,10 @@ def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
         "INKMCP_STABILITY_WINDOW": "0.3",
         # The suites deploy local repos; as root the default would refuse them (a shared machine).
         "INKMCP_ALLOW_LOCAL_SOURCES": "1",
+        # --- quota: the suites' servers make dozens of projects each, which with 4 GiB each (INKMCP_MAX_DISK_MB) would
+        # be refused beyond what this machine's free disk can promise (diskquota._admit); they hold a few MB each
+        "INKMCP_DISK_OVERCOMMIT": "64",
+        # --- end
         **env,
     }
     return ServerProc(data_dir=data_dir, port=port, proxy_port=proxy_port, env=full_env)

@@ -154,3 +154,16 @@ def test_a_data_dir_through_a_symlink_is_mounted_once(data: Path) -> None:
         disks.bind_service("p6", link / "compute" / "services" / "s6")
     assert _ours(data) == sorted([str(data / "projects" / "p6"), str(data / "services" / "s6")])
     assert disks.unmount_all() == 2 and _ours(data) == []
+
+
+def test_overcommit_admits_what_the_disk_could_not_hold_at_once(data: Path) -> None:
+    """With the reserve 100 MiB below the free space, a 1 GiB disk is refused at INKMCP_DISK_OVERCOMMIT=1 and
+    admitted at 64 (1/64 of it promised); the refusal names the setting only when it is in play."""
+    st = os.statvfs(data)
+    reserve = st.f_bavail * st.f_frsize // 2**20 - 100
+    with pytest.raises(ProviderError) as refused:
+        ProjectDisks(data, size_mb=1024, reserve_mb=reserve).ensure_project("p7")
+    assert "INKMCP_DISK_OVERCOMMIT" not in str(refused.value)
+    disks = ProjectDisks(data, size_mb=1024, reserve_mb=reserve, overcommit=64)
+    assert disks.ensure_project("p7") is not None
+    assert disks.usage("p7") is not None and disks.usage("p7")[2] > 900 * 2**20  # type: ignore[index]

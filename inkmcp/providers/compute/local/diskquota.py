@@ -19,7 +19,9 @@ runs on do not all have quota formats (this box's 6.18 has CONFIG_QUOTA but not 
 refuses `usrquota`), and an image per project isolates inodes as well as bytes. The images are sparse: a
 project's image takes on the host only what it holds. So that they can never together take the host's last
 bytes, a new one is created only if the host's free space minus INKMCP_DISK_RESERVE_MB covers the new image
-and every existing image's unallocated part (`_admit`).
+and every existing image's unallocated part (`_admit`). INKMCP_DISK_OVERCOMMIT (default 1) divides that promise:
+above 1, more projects fit than the disk could hold were they all full, and the host is protected only as long
+as they are not (thin provisioning, the operator's choice; the per-project limit stays hard either way).
 
 The mounts live in the host's mount namespace. They are made when a project is first used (`ensure_project`,
 `bind`) and at start for every image found (`mount_all`), and removed by exact path at close (`unmount_all`),
@@ -168,10 +170,11 @@ def _copy_in(old: Path, target: Path) -> bool:
 class ProjectDisks:
     """The per-project filesystems of one data dir (see the module docstring)."""
 
-    def __init__(self, data_dir: Path, *, size_mb: int, reserve_mb: int = 2048) -> None:
+    def __init__(self, data_dir: Path, *, size_mb: int, reserve_mb: int = 2048, overcommit: float = 1.0) -> None:
         self.data_dir = data_dir
         self.size_mb = size_mb
         self.reserve_mb = reserve_mb
+        self.overcommit = max(1.0, overcommit)
         self.dir = data_dir / DISKS
         self._lock = threading.Lock()  # guards `_project_locks`
         self._project_locks: dict[str, threading.RLock] = {}  # one project's operations, one at a time
@@ -284,13 +287,14 @@ class ProjectDisks:
             with contextlib.suppress(OSError):
                 s = other.stat()
                 promised += max(0, s.st_size - s.st_blocks * 512)
-        need = self.size_mb * 2**20 + promised + self.reserve_mb * 2**20
+        need = (self.size_mb * 2**20 + promised) / self.overcommit + self.reserve_mb * 2**20
         if free < need:
+            over = f", divided by INKMCP_DISK_OVERCOMMIT={self.overcommit:g}" if self.overcommit > 1 else ""
             raise ProviderError(
                 f"this server has no disk space left for another project's {self.size_mb} MiB "
                 f"(INKMCP_MAX_DISK_MB): {free // 2**20} MiB free, {promised // 2**20} MiB promised to existing "
-                f"projects, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete a "
-                "project you no longer need, or ask the operator to free disk space or lower INKMCP_MAX_DISK_MB"
+                f"projects{over}, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete "
+                "a project you no longer need, or ask the operator to free disk space or lower INKMCP_MAX_DISK_MB"
             )
 
     # -- bind mounts of a project's home and services --------------------------------------------

@@ -153,6 +153,7 @@ class LocalComputeProvider:
         max_build_mb: int = 4096,
         max_disk_mb: int = 0,  # --- quota: per project (diskquota.py); 0 = not limited (INKMCP_MAX_DISK_MB sets it)
         disk_reserve_mb: int = 2048,  # --- quota: host space new projects' disks never promise away
+        disk_overcommit: float = 1.0,  # --- quota: > 1 promises more than the disk holds (thin provisioning)
         stability_window: float | None = None,
         first_deploy_settle: float | None = None,
     ) -> None:
@@ -189,7 +190,8 @@ class LocalComputeProvider:
         self.max_file_bytes = max_file_mb * 2**20  # RLIMIT_FSIZE of every tenant process
         self.max_build_bytes = max_build_mb * 2**20  # what one release may keep on disk
         # --- quota: every tenant-writable leaf on a filesystem of its project's own, of max_disk_mb
-        self.disks = ProjectDisks(self.data_dir, size_mb=max_disk_mb, reserve_mb=disk_reserve_mb)
+        self.disks = ProjectDisks(self.data_dir, size_mb=max_disk_mb, reserve_mb=disk_reserve_mb,
+                                  overcommit=disk_overcommit)
         # --- end
         self.proxy = make_proxy(proxy_host, proxy_port, wake_timeout=health_timeout + 5.0,
                                 runtime_dir=self.data_dir / "proxy")  # nginx, or Python (INKMCP_PROXY_ENGINE)
