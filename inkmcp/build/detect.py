@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from inkmcp.build.manifest import Manifest, ServiceEntry, load_manifest, read_repo_text
-from inkmcp.build.plan import BuildPlan, ProcessSpec, ServiceType, Stack
+from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack, check_mode
 from inkmcp.build.platform_files import PlatformService, load_platform_files
 from inkmcp.build.procfile import Procfile, load_procfile
 from inkmcp.build.static_output import is_dev_server
@@ -712,4 +712,23 @@ def derive_plan(
         notes=tuple(notes[:MAX_NOTES])
         + ((f"... and {len(notes) - MAX_NOTES} more",) if len(notes) > MAX_NOTES else ()),
     )
+    # --- mender6 (item 1): inkmcp.yaml's mode must describe what runs (the call's is checked by plan.resolve_mode)
+    if entry is not None and entry.mode is not None:
+        _check_manifest_mode(entry.mode, service_name, kind, processes)
+    # --- end mender6
     return plan, kind
+
+
+def _check_manifest_mode(mode: Mode, service_name: str, kind: ServiceType, processes: tuple[ProcessSpec, ...]) -> None:
+    """inkmcp.yaml's `mode:` for the service contradicts what it is: the repo's file is wrong, not the call."""
+    try:
+        check_mode(mode, static_site=kind == ServiceType.webapp_static,
+                   runs=processes[0].command if processes else None)  # fmt: skip
+    except InvalidArgument as e:
+        what = "it serves files" if kind == ServiceType.webapp_static else "it runs a process"
+        raise BuildPlanError(
+            f"inkmcp.yaml service {service_name!r} has `mode: {mode}`, but {what}: {e.message}",
+            argument="repo_url",
+            fix=f"change or remove `mode:` of {service_name!r} in inkmcp.yaml (static for a site of files; "
+            "persistent or on_demand for a server), commit and push",
+        ) from None

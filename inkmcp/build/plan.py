@@ -10,6 +10,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inkmcp.errors import InvalidArgument  # --- mender6 (item 1): check_mode
+
 
 class ServiceType(StrEnum):
     webapp_static = "webapp_static"
@@ -96,3 +98,50 @@ class RunAs(BaseModel):
     uid: int
     gid: int
     home: str
+
+
+# --- mender6 (item 1): which mode a service runs in, and the modes that cannot describe it.
+# `mode="static"` on a server app was accepted and ignored: the app ran as a server while list_services said
+# `mode: static` (newuser2); the reverse (on_demand on a static site) was already refused. Both directions are
+# checked here, for the call's mode and for inkmcp.yaml's, so the reported mode is always what runs.
+
+
+def default_mode(service_type: ServiceType) -> Mode:
+    """A static site is served from files; anything that runs a process stays up (persistent)."""
+    return Mode.static if service_type == ServiceType.webapp_static else Mode.persistent
+
+
+def check_mode(requested: Mode | None, *, static_site: bool | None, runs: str | None = None) -> None:
+    """Refuse a mode that contradicts what the service is: `static_site` True (files only), False (a process
+    runs: `runs` is its command, if known), None (not known yet: nothing to check)."""
+    if requested is None or static_site is None:
+        return
+    if static_site and requested != Mode.static:
+        # A static site has nothing to sleep or keep warm; say so rather than ignore it.
+        raise InvalidArgument(
+            f"mode {requested} does not apply to a static site.",
+            argument="mode",
+            fix="omit mode or pass 'static' for webapp_static services",
+        )
+    if not static_site and requested == Mode.static:
+        shown = f" (`{runs[:80]}`)" if runs else ""
+        raise InvalidArgument(
+            f"mode static serves files and runs no process, but this service runs one{shown}.",
+            argument="mode",
+            fix="omit mode (a server then runs persistent), or pass 'persistent' to keep it running or 'on_demand' "
+            "to let it sleep when idle; to serve files instead, pass service_type='webapp_static' (and static_dir)",
+        )
+
+
+def resolve_mode(service_type: ServiceType, requested: Mode | None, plan: BuildPlan) -> Mode:
+    """The mode a deployment runs in: the call's, else inkmcp.yaml's (`plan.mode`), else the type's default.
+
+    Raises InvalidArgument (argument `mode`) when the call's mode contradicts the service; inkmcp.yaml's was
+    checked when the plan was made (`detect.derive_plan`)."""
+    command = (plan.routed_process or (plan.processes[0] if plan.processes else None))
+    check_mode(requested, static_site=service_type == ServiceType.webapp_static,
+               runs=command.command if command else None)  # fmt: skip
+    return requested or plan.mode or default_mode(service_type)
+
+
+# --- end mender6

@@ -23,6 +23,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
 
 from inkmcp.billing.usage import UsageView  # issue 13 (credits)
+from inkmcp.build.plan import check_mode
 from inkmcp.core.databases import DatabaseRequest, Requested
 from inkmcp.core.deployments import DeployRequest
 from inkmcp.core.logs import LogsView
@@ -185,6 +186,11 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         # --- end
     ) -> DeploymentView:
         """Repo to live URL. If not done in 40s, call wait_for_deployment."""
+        # a mode the call itself contradicts (mode='static' with a start_command), refused before any work; what the
+        # repo turns out to be is checked once planned (plan.resolve_mode)
+        known = service_type == ServiceType.webapp_static if service_type else \
+            (False if start_command and start_command.strip() else None)
+        check_mode(mode, static_site=known, runs=start_command)
         req = DeployRequest(
             repo_url=repo_url, project_name=project_name, service_name=service_name, mode=mode,
             service_type=service_type, ref=ref, build_command=build_command, start_command=start_command,
