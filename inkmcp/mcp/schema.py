@@ -128,7 +128,13 @@ def explain(e: ValidationError, valid: list[str], schema: dict[str, Any] | None 
         if err["type"] in ("extra_forbidden", "missing"):
             loc = ".".join(str(x) for x in err["loc"] if not _is_union_tag(x)) or "arguments"
             if err["type"] == "extra_forbidden":
-                parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
+                path = [str(x) for x in err["loc"] if not _is_union_tag(x)]
+                inner = _node(schema, path[:-1]) if len(path) > 1 else None
+                if inner is not None and inner.get("properties"):  # a key inside an object argument (resources.gpu)
+                    keys = ", ".join(inner["properties"])
+                    parts.append(f"Argument '{loc}' is not accepted. Fix: use only {keys} in {'.'.join(path[:-1])}.")
+                else:
+                    parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
             else:
                 node = _node(schema, [str(x) for x in err["loc"] if not _is_union_tag(x)])
                 what = _kind(node) if node is not None else None

@@ -73,6 +73,10 @@ async def test_every_refused_argument_says_what_to_pass(server: ServerProc) -> N
         said = lines(error.removeprefix("Error executing tool deploy_app: "))
         assert sorted(line.split("'")[1] for line in said) == ["colour", "mode", "port"], error
         assert all(" Fix: " in line for line in said), error
+        # a key an object argument does not take: the fix lists that object's keys, not the tool's arguments
+        error = await call_error(s, "deploy_app", repo_url=URL, resources={"memory_mb": 128, "gpu": 1})
+        said = "Argument 'resources.gpu' is not accepted. Fix: use only memory_mb, cpus in resources."
+        assert error.endswith(said), error
         # a missing argument names what it takes
         error = await call_error(s, "get_logs")
         assert error.endswith("Argument 'project_name' is required. Fix: pass project_name (a string)."), error
