@@ -979,6 +979,17 @@ class _CatFile:
         root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         dirs: dict[tuple[bytes, ...], int] = {(): root}
 
+        def forget_dirs() -> None:
+            """--- attacker2: keep at most _OPEN_DIRS directory fds (a re-open walks down from `dest` again, with
+            O_NOFOLLOW). Every directory's fd stayed open to the end: a commit of 4,900 directories of one file each
+            held 4,900 fds, and under systemd's default soft limit (1,024) that ran the whole server out of fds
+            (EMFILE for every account's connections, the deploy failing with a bare OSError). Red team dec2."""
+            if len(dirs) > _OPEN_DIRS:
+                for parts, fd in list(dirs.items()):
+                    if parts:
+                        os.close(fd)
+                        del dirs[parts]
+
         def dir_of(parts: tuple[bytes, ...]) -> int:
             fd = dirs.get(parts)
             if fd is None:
@@ -1001,6 +1012,7 @@ class _CatFile:
                 wanted = [e for e in chunk if e[1] != "160000"]
                 answers = iter(await self.ask([f"contents {oid}" for _, _, oid, _ in wanted]))
                 for path, mode, _, _ in chunk:
+                    forget_dirs()
                     parent = dir_of(path[:-1])
                     if mode == "160000":
                         dir_of(path)
@@ -1334,6 +1346,7 @@ def _human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+_OPEN_DIRS = 64  # directory fds `write_files` keeps open at most (beyond: closed, re-opened when needed)
 _TREES_PER_ASK = 256  # trees asked for at once while listing: the entry limit is checked between batches
 
 

@@ -28,6 +28,9 @@ Found broken and fixed here:
                  (SET ROLE). A CHECK constraint in mallory's dump called her plpgsql function for every restored
                  row; it ran RESET ROLE (back to the superuser) and ALTER ROLE <her role> SUPERUSER, and she read
                  alice's database. Fix: pgtools.restore logs in as the tenant's own role (DatabaseService.login_of).
+    fds          Checking out a commit from memory kept one fd open per directory: 4,900 directories ran a server
+                 under systemd's default soft limit (1,024 fds) out of fds. Fix: _CatFile.write_files keeps at
+                 most 64 directory fds open.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import resource
 import secrets
 import subprocess
 import threading
@@ -50,8 +54,11 @@ import psycopg
 import psycopg.sql
 import pytest
 
+from tests.e2e.coolify import coolify_server
+from tests.requirements import require_root
 from tests.security.conftest import (
     LAB_START,
+    NEEDS_ROOT,
     ROOT,
     deploy,
     deploy_failure,
@@ -393,3 +400,38 @@ async def test_racing_another_account_for_a_project_name_gives_one_owner(server:
     assert owner[-1][1] == "LISTED True" and other[-1][1] == "LISTED False", (owner[-1], other[-1])
     for err, text in other[:-1]:
         assert err and f"project name {name!r} is taken; try" in text, text
+
+
+def many_dirs(path: Path, count: int) -> Path:
+    """A repo of `count` directories with one small file each, plus app.py (fast-import: seconds, not minutes)."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    app = "import time\nwhile True: time.sleep(60)"
+    stream = ["blob", "mark :1", "data 2", "x", "", "commit refs/heads/main", "committer t <t@example.com> 0 +0000",
+              "data 4", "dirs", "M 100644 inline app.py", f"data {len(app)}", app]
+    stream += [f"M 100644 :1 d{i}/f" for i in range(count)] + [""]
+    subprocess.run(["git", "-C", str(path), "fast-import", "--quiet"], input="\n".join(stream) + "\n", text=True,
+                   check=True)
+    subprocess.run(["chmod", "-R", "go+rX", str(path)], check=True)
+    return path
+
+
+async def test_a_repo_of_many_directories_never_runs_the_server_out_of_fds(repos: Path) -> None:
+    """mallory deploys a commit of 4,900 directories with one file each (under the 5,000 entries and 16 MiB that are
+    checked out from memory, as InkMCP does to plan a deploy for a provider that builds elsewhere: Coolify, the
+    production one). InkMCP kept one fd open per directory while writing them: under systemd's default soft limit of
+    1,024 fds (set on this server), the server ran out of fds, for every account's connections at that moment, and
+    the deploy failed with a bare "[Errno 24] Too many open files". Now it goes live and the server keeps answering."""
+    require_root(NEEDS_ROOT)
+    with coolify_server("inkmcp-sec-fds-", ("mallory",), INKMCP_ALLOW_LOCAL_SOURCES="1") as srv:
+        assert srv.proc is not None
+        hard = resource.prlimit(srv.proc.pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_NOFILE, (1024, hard))  # systemd's default for a service
+        repo = many_dirs(repos / "dec2-dirs", 4900)
+        async with session(srv, "mallory") as m:
+            dep = await deploy(m, repo_url=str(repo), project_name="dec2-dirs", service_type="backend",
+                               start_command="python3 app.py", mode="persistent")
+        assert "Too many open files" not in str(dep) and "Too many open files" not in srv.log(), dep
+        assert dep["status"] == "live", dep
+        r = httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=10)
+        assert r.status_code == 200, r.text
