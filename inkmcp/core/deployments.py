@@ -152,6 +152,24 @@ _REFS_STEP_SQL = _REFS_FENCED + """, d AS (
     )
     SELECT count(*) FROM f
 """
+# A provider's claim of the right to create its remote project (overhead6): the project's ref is written, fenced,
+# only if the stored one records no remote project, no create of one in flight (`pending.project`) and no create
+# whose answer was an error that may still have made it (`create_answered_error`). Two pipelines of one project's
+# services (on one replica or two) race here, not at the remote: the winner alone creates without looking first.
+_CLAIM_PROJECT_SQL = """
+    WITH f AS MATERIALIZED (
+        SELECT id FROM deployments WHERE id = %(dep)s AND claimed_by = %(me)s AND lease_epoch = %(epoch)s FOR UPDATE
+    ), u AS (
+        UPDATE projects SET provider_ref = provider_ref || jsonb_build_object(%(provider)s::text, %(ref)s::jsonb)
+        WHERE id = %(row)s AND EXISTS (SELECT 1 FROM f)
+          AND NOT COALESCE(provider_ref -> %(provider)s::text ? 'project_uuid', false)
+          AND NOT COALESCE(provider_ref -> %(provider)s::text -> 'pending' ? 'project', false)
+          AND NOT COALESCE(provider_ref -> %(provider)s::text ? 'create_answered_error', false)
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM u)
+"""
+_PROJECT_REF_SQL = "SELECT provider_ref -> %s::text FROM projects WHERE id = %s"
 # A pipeline step: the fenced status update and its event, one statement. `failed` also ends the lease.
 _STEP_SQL = """
     WITH d AS (
@@ -1322,8 +1340,24 @@ class DeployService:
             if step is not None:
                 self._changed(lease.deployment_id)
 
+        async def claim_project(ref: ProviderRef) -> tuple[bool, dict[str, Any]]:
+            """(True, ref) when `ref` was written as the project's (fenced) because the stored one records no remote
+            project and no create of one (_CLAIM_PROJECT_SQL); else (False, the stored ref as it is now)."""
+            assert lease is not None
+            params = {"dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
+                      "provider": self._compute.name, "ref": check_ref(ref), "row": project_id}  # fmt: skip
+            fenced, won = (await statement_pool(self._sessions).write(_CLAIM_PROJECT_SQL, params))[0]
+            if not fenced:
+                raise LeaseLost(lease)
+            if won:
+                return True, dict(ref)
+            rows = await statement_pool(self._sessions).fetch(_PROJECT_REF_SQL, (self._compute.name, project_id))
+            return False, dict(rows[0][0] or {}) if rows else {}
+
         record.many = many  # type: ignore[attr-defined]
         record.with_steps = lease is not None  # type: ignore[attr-defined]
+        if lease is not None:  # --- overhead6: a claim is fenced; outside a pipeline the provider looks first
+            record.claim_project = claim_project  # type: ignore[attr-defined]
         return record
 
     async def _run(self, lease: Lease, checkout: Path | None,

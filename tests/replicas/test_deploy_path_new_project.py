@@ -9,6 +9,7 @@ Over a real PostgreSQL, with `DeployService`s standing for replicas (tests/repli
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -169,3 +170,48 @@ async def test_the_project_limit_holds_for_concurrent_new_projects(
         n = (await s.execute(select(func.count()).select_from(Project)
                              .where(Project.account_id == p.account_id))).scalar_one()
     assert n == 2
+
+
+async def test_the_project_claim_is_a_fenced_compare_and_set(
+    store: Store, replicas: Callable[..., DeployService]
+) -> None:
+    """core's `record.claim_project` (overhead6, the Coolify provider's project create without a lookup): of two
+    pipelines of one project's services claiming at once, one writes its ref and the other gets that ref back; a ref
+    recording a project, a create in flight or a create answered with an error is never overwritten; a pipeline
+    whose lease was taken writes nothing."""
+    from inkmcp.build.plan import Mode, ServiceType
+    from inkmcp.core.leases import LeaseLost
+
+    a, b = replicas("a"), replicas("b")
+    web = await _leases.new_service(store, a)
+    async with store.sessionmaker() as s:
+        project_id = (await s.get(Service, web)).project_id  # type: ignore[union-attr]
+    api = await a._ensure_service(project_id, DeployRequest(repo_url="https://git.example/app.git",
+                                                            service_name="api"))  # fmt: skip
+    (d1, l1), (d2, l2) = [await d._create_or_reuse(sid, "0" * 40, uuid.uuid4().hex, _leases.PLAN, ServiceType.webapp,
+                                                   Mode.persistent) for d, sid in ((a, web), (b, api))]  # fmt: skip
+    rec1, rec2 = a._recorder(d1, web, project_id, l1), b._recorder(d2, api, project_id, l2)
+    name = a._compute.name
+    mine, theirs = {"pending": {"project": 1.0}}, {"pending": {"project": 2.0}}
+    results = await asyncio.gather(rec1.claim_project(mine), rec2.claim_project(theirs))
+    assert sorted(won for won, _ in results) == [False, True], results
+    winner = mine if results[0][0] else theirs
+    assert [ref for won, ref in results if not won] == [winner]  # the loser sees the winner's ref
+    async with store.sessionmaker() as s:
+        assert (await s.get(Project, project_id)).provider_ref[name] == winner  # type: ignore[union-attr]
+
+    for stored in ({"project_uuid": "p1", "environment_uuid": "e1"}, {"create_answered_error": True}, winner):
+        async with store.sessionmaker.begin() as s:
+            await s.execute(text("UPDATE projects SET provider_ref = jsonb_build_object(CAST(:n AS text), "
+                                 "CAST(:r AS jsonb)) WHERE id = :id"),
+                            {"n": name, "r": json.dumps(stored), "id": project_id})  # fmt: skip
+        assert await rec1.claim_project({"pending": {"project": 3.0}}) == (False, stored)
+
+    async with store.sessionmaker.begin() as s:  # a free ref again, and l1's lease taken by b
+        await s.execute(text("UPDATE projects SET provider_ref = '{}'::jsonb WHERE id = :id"), {"id": project_id})
+    await _leases.set_lease(store, d1, "a", -1, 1)
+    assert await b._leases.claim(d1) is not None
+    with pytest.raises(LeaseLost):
+        await rec1.claim_project(mine)
+    async with store.sessionmaker() as s:
+        assert (await s.get(Project, project_id)).provider_ref == {}  # type: ignore[union-attr]
