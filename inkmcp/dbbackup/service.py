@@ -479,7 +479,10 @@ class DatabaseBackupService:
                 raise ProviderError(
                     f"backup {backup_id} could not be restored ({scrub_paths(e.message)}); nothing was changed: the "
                     "database is as it was.", argument="backup_id",
-                    fix="pass another backup_id from database_backups, or ask the operator") from None
+                    # --- attacker2: the restore logs in as the tenant, so the role's connection limit counts
+                    fix="stop the project's services (or shrink their connection pools) so a connection is free, "
+                    "then retry" if "too many connections" in e.message else
+                    "pass another backup_id from database_backups, or ask the operator") from None
             if isinstance(e, TimeoutError):
                 raise ProviderError(f"restoring took longer than {self.settings.timeout_s:g} s; nothing was "
                                     "changed.", fix="ask the operator to raise INKMCP_DB_BACKUP_TIMEOUT_S") from None
