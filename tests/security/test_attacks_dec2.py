@@ -346,11 +346,13 @@ async def test_restoring_a_backup_never_runs_tenant_code_as_the_superuser(server
     the tenant server's superuser and only SETs ROLE to hers, so the constraint, checked on every restored row, ran
     her function, which reset the role to the superuser's. With a superuser role she then reads alice's database.
     Now her role stays an ordinary one and alice's database stays closed to her."""
-    account = "dec2-mallory-pg"  # an account of its own: the shared mallory's database count is other modules'
-    if account not in server.keys:
-        server.create_key(account)
+    # accounts of their own: the shared alice's and mallory's database counts are other modules' (limit 4)
+    account, victim = "dec2-mallory-pg", "dec2-alice-pg"
+    for name in (account, victim):
+        if name not in server.keys:
+            server.create_key(name)
     secret = f"ALICE_ROW_{secrets.token_hex(6)}"
-    async with session(server, "alice") as a:
+    async with session(server, victim) as a:
         await call(a, "ensure_project", name="dec2-alice-db")
         await call(a, "provision_database", project_name="dec2-alice-db")
         alice = await call(a, "get_database_credentials", project_name="dec2-alice-db")
