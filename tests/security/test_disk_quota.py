@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,10 @@ def _assert_nothing_mounted(srv: ServerProc) -> None:
     with open("/proc/self/mountinfo") as f:
         left = [line.split()[4] for line in f if line.split()[4].startswith(data + "/")]
     assert not left, left
-    attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
-    assert data not in attached, attached
+    deadline = time.monotonic() + 10  # the kernel lets go of an unmounted image's loop device just after
+    while data in (attached := subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout):
+        assert time.monotonic() < deadline, attached
+        time.sleep(0.2)
 
 
 KEEP = "import os\nopen(os.path.join(os.environ['HOME'], 'keep'), 'w').write('kept')\nresult = 1"

@@ -52,6 +52,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -120,14 +121,18 @@ def _run(argv: list[str]) -> None:
         raise ProviderError(f"{' '.join(argv[:2])} failed: {(done.stderr or done.stdout).strip()[-500:]}")
 
 
+def attached_loops() -> dict[str, str]:
+    """Backing file -> loop device, for every attached loop device (/sys/block/loop*/loop/backing_file)."""
+    found = {}
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            found[backing.read_text().strip()] = f"/dev/{backing.parent.parent.name}"
+    return found
+
+
 def _attached_loop(image: Path) -> str | None:
-    """A loop device already attached to `image`, if any (`losetup -j`)."""
-    done = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, env=_PATH, check=False)
-    for line in done.stdout.splitlines():
-        device = line.split(":", 1)[0].strip()
-        if device.startswith("/dev/loop"):
-            return device
-    return None
+    """A loop device already attached to `image`, if any."""
+    return attached_loops().get(os.path.realpath(image))
 
 
 def _tree_has_entries(path: Path) -> bool:
@@ -189,7 +194,7 @@ class ProjectDisks:
             return "INKMCP_MAX_DISK_MB=0"
         if os.geteuid() != 0:
             return "InkMCP is not running as root, so it cannot mount a filesystem per project"
-        missing = [tool for tool in ("mkfs.ext4", "mount", "losetup") if shutil.which(tool, path=_PATH["PATH"]) is None]
+        missing = [tool for tool in ("mkfs.ext4", "mount") if shutil.which(tool, path=_PATH["PATH"]) is None]
         if missing:
             return f"{', '.join(missing)} not found (install e2fsprogs and mount: scripts/system-deps.sh does)"
         if not Path("/dev/loop-control").exists():
@@ -247,11 +252,7 @@ class ProjectDisks:
         (self.data_dir / "projects").mkdir(mode=0o711, exist_ok=True)
         old = _set_aside(target)  # before this module (or restored from a backup): its mirrors, caches
         target.mkdir(mode=0o711, exist_ok=True)
-        device = _attached_loop(image)
-        if device is not None:  # attached already (a lazily detached mount): the same device, never a second
-            _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS.replace("loop,", ""), device, str(target)])
-        else:
-            _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(target)])
+        self._mount(image, target)
         os.chown(target, 0, 0)
         target.chmod(0o711)
         ensure_owned_dir(target, INNER, None, 0o700)
@@ -262,6 +263,24 @@ class ProjectDisks:
                         "kept in %s for the operator (delete them, or raise INKMCP_MAX_DISK_MB)", project_id,
                         target, self.size_mb, old)  # fmt: skip
         return target
+
+    @staticmethod
+    def _mount(image: Path, target: Path, attempts: int = 30) -> None:
+        """Loop-mount `image` on `target`. A loop device still attached to it (a lazily detached mount of an
+        earlier run, or one the kernel is releasing right after an unmount) is used, never a second one: two
+        block devices on one image would corrupt it. One being released fails the mount: tried again."""
+        for attempt in range(attempts):
+            device = _attached_loop(image)
+            try:
+                if device is not None:
+                    _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS.replace("loop,", ""), device, str(target)])
+                else:
+                    _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(target)])
+                return
+            except ProviderError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     def _create(self, image: Path) -> None:
         tmp = image.with_name(f".{image.name}.new")
@@ -408,7 +427,17 @@ class ProjectDisks:
                 unmount(Path(point))
             except OSError as exc:
                 log.warning("could not unmount %s: %s", point, exc)
+        self._wait_detached()
         return len(ours)
+
+    def _wait_detached(self, timeout: float = 3.0) -> None:
+        """Until the kernel has let go of this data dir's images (it releases an autoclear loop device just after
+        the last unmount), so a restart or a test finds none attached; bounded: a lazily detached mount's device
+        stays until its last user goes (and is then reused, `_mount`)."""
+        images = {os.path.realpath(p) for p in self.dir.glob("*.img")} if self.dir.is_dir() else set()
+        deadline = time.monotonic() + timeout
+        while images & attached_loops().keys() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     # -- usage ------------------------------------------------------------------------------------
 
