@@ -468,7 +468,8 @@ class ProjectDisks:
 
     def full_message(self, project_id: str) -> str:
         used = self.usage(project_id)
-        figures = f"{used[0] / 2**20:.0f} MiB used of {used[2] / 2**20:.0f} MiB" if used else "full"
+        figures = "full" if used is None else (
+            f"{used[0] / 2**20:.0f} MiB used of the {used[2] / 2**20:.0f} MiB its filesystem holds")
         return (
             f"this project's disk is full ({figures}; the limit is INKMCP_MAX_DISK_MB={self.size_mb} per project, "
             "for everything its services write: releases, venvs and dependencies, download caches, git mirrors, "

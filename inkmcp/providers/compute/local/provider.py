@@ -489,7 +489,8 @@ class LocalComputeProvider:
             # --- quota: a build stopped by its project's full disk is told so, with the limit and the way out
             if self.disks.explains(svc.key.project_id, exc.render() + "\n".join(tail_lines(build_log.path, 40))):
                 raise ReleaseFailed(Step.building, _with_tail(
-                    f"{exc.render()}: {self.disks.full_message(svc.key.project_id)}", build_log)) from exc
+                    f"{self.disks.full_message(svc.key.project_id)}. The build stopped there: {exc.message}",
+                    build_log)) from exc
             # --- end
             raise ReleaseFailed(Step.building, _with_tail(exc.render(), build_log)) from exc
         except TimeoutError:
