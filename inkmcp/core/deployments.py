@@ -683,8 +683,8 @@ class DeployService:
             if created and made.new_service and made.service_id is not None and db is None:
                 # a project this call created with this service, a moment ago, in one transaction: no env vars and
                 # no add-ons yet, nothing to read (one round trip less). One set meanwhile by another call is as one
-                # set just after the read would be: the release reads the env it runs with, and a deployment's hash
-                # only ever makes a later identical call deploy again, never reuse wrongly.
+                # set just after the read would be (the same race as with the read): the release reads the env it
+                # runs with, and update_env_vars retires the hash of a deployment on its way (core/platform.py).
                 found, injected = (made.service_id, {}, {}), {}
             else:
                 # both finished before either's error is raised: `made` then says all the first one made
