@@ -167,3 +167,20 @@ def test_overcommit_admits_what_the_disk_could_not_hold_at_once(data: Path) -> N
     disks = ProjectDisks(data, size_mb=1024, reserve_mb=reserve, overcommit=64)
     assert disks.ensure_project("p7") is not None
     assert disks.usage("p7") is not None and disks.usage("p7")[2] > 900 * 2**20  # type: ignore[index]
+
+
+def test_a_raised_limit_grows_existing_projects_when_mounted(data: Path) -> None:
+    """INKMCP_MAX_DISK_MB raised (the refusal's advice) grows a project made under the old value, files kept; a
+    lowered one leaves it as it is."""
+    small = ProjectDisks(data, size_mb=32)
+    base = small.ensure_project("p8")
+    assert base is not None
+    (base / "kept").write_text("yes")
+    before = small.usage("p8")[2]  # type: ignore[index]
+    small.unmount_all()
+    ProjectDisks(data, size_mb=64).ensure_project("p8")
+    grown = small.usage("p8")[2]  # type: ignore[index]
+    assert grown > before + 28 * 2**20 and (base / "kept").read_text() == "yes", (before, grown)
+    small.unmount_all()
+    ProjectDisks(data, size_mb=16).ensure_project("p8")
+    assert small.usage("p8")[2] == grown  # type: ignore[index]
