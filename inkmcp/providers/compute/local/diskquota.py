@@ -36,6 +36,9 @@ home or service tree larger than the limit is left where it was, unlimited, with
 operator raises the limit or deletes files, and the next start tries again); mirrors and caches that do not
 fit are kept set aside beside the mount point (`.<id>.pre-disk`), with a warning, and fetched again as needed.
 
+A raised INKMCP_MAX_DISK_MB grows existing images when they are next mounted (`_grow`); a lowered one leaves
+them as they are.
+
 Without root (or with INKMCP_MAX_DISK_MB=0) nothing is mounted: `enforced` is False and `reason` says why; the
 provider logs it at start and in each deployment's limits note.
 """
