@@ -116,10 +116,14 @@ def restore_backup(settings: Settings, path: Path, *, keys_from: Path | None = N
             tenants.start()
             pgtools.restore_globals(tenants.socket_url(driver=None).get_secret_value(), root / m.tenant_globals)
             template1 = tenants.socket_url(database="template1", driver=None).get_secret_value()
-            with ThreadPoolExecutor(max_workers=3) as dbs:  # independent databases, restored side by side
-                for future in [dbs.submit(pgtools.restore_database, template1, root / db.file)
-                               for db in m.tenant_databases]:
-                    future.result()
+            # --- restore2: each tenant database is restored logged in as its owner (pgtools.restore_database
+            # says why); the owners are lent a one-time login for it and put back exactly as the globals made them
+            with pgtools.OwnerLogins(template1) as logins:
+                logins.open([root / db.file for db in m.tenant_databases])
+                with ThreadPoolExecutor(max_workers=3) as dbs:  # independent databases, restored side by side
+                    for future in [dbs.submit(pgtools.restore_database, template1, root / db.file, logins)
+                                   for db in m.tenant_databases]:
+                        future.result()
             _harden(tenants.socket_url(driver=None).get_secret_value())
             tenants.stop()
             if m.tenant_port is not None:
