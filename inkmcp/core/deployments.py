@@ -49,7 +49,7 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.build.detect import derive_plan
-from inkmcp.build.plan import BuildPlan, Mode, ServiceType
+from inkmcp.build.plan import BuildPlan, Mode, ServiceType, resolve_mode
 from inkmcp.build.source import (
     FetchedCommit,
     SourcePolicy,
@@ -59,7 +59,13 @@ from inkmcp.build.source import (
     resolve_and_checkout,
 )
 from inkmcp.core.databases import DatabaseRequest, DatabaseService
-from inkmcp.core.envvars import EnvService, validate_env_payload
+from inkmcp.core.envvars import (
+    MAX_PROJECT_KEYS,
+    MAX_PROJECT_STORED_BYTES,
+    EnvService,
+    project_totals_error,
+    validate_env_payload,
+)
 from inkmcp.core.leases import (
     SERVICE_LOCK_CLASS,
     Lease,
@@ -205,9 +211,19 @@ _LOCK_OWNER_SQL = """
 _NEW_DEPLOYMENT_SQL = """
     WITH svc AS (
         SELECT s.live_deployment_id, p.account_id, COALESCE(a.max_concurrent_builds, %(default_max)s) AS max_builds,
-               s.name, s.removing_since, p.name AS project_name
+               s.name, s.removing_since, p.name AS project_name, s.project_id
         FROM services s JOIN projects p ON p.id = s.project_id JOIN accounts a ON a.id = p.account_id
         WHERE s.id = %(service)s
+    ), env_total AS (
+        SELECT count(e.id) + cardinality(%(set_keys)s::text[]) AS n,
+               COALESCE(sum(octet_length(e.value_enc)), 0)
+               + (SELECT COALESCE(sum(octet_length(v)), 0) FROM unnest(%(set_values)s::bytea[]) AS v) AS b
+        FROM svc LEFT JOIN env_vars e ON e.project_id = svc.project_id
+                                      AND NOT (e.scope = %(scope)s AND e.key = ANY(%(set_keys)s::text[]))
+                                      AND NOT (e.scope = %(scope)s AND e.key = ANY(%(unset_keys)s::text[]))
+    ), env_fits AS (
+        SELECT cardinality(%(set_keys)s::text[]) = 0 OR (n <= %(max_env_keys)s AND b <= %(max_env_bytes)s) AS ok
+        FROM env_total
     ), last AS (
         SELECT id, status FROM deployments WHERE service_id = %(service)s AND config_hash = %(hash)s
         ORDER BY created_at DESC LIMIT 1
@@ -220,8 +236,8 @@ _NEW_DEPLOYMENT_SQL = """
         JOIN projects p ON p.id = s.project_id
         WHERE p.account_id = (SELECT account_id FROM svc) AND d.status <> ALL(%(terminal)s)
     ), go AS (
-        SELECT 1 FROM svc, running WHERE NOT EXISTS (SELECT 1 FROM reusable) AND running.n < svc.max_builds
-                                         AND svc.removing_since IS NULL
+        SELECT 1 FROM svc, running, env_fits WHERE NOT EXISTS (SELECT 1 FROM reusable) AND running.n < svc.max_builds
+                                                   AND svc.removing_since IS NULL AND env_fits.ok
     ), kind AS (
         UPDATE services SET service_type = %(type)s, mode = %(mode)s,
                             repo_url = CASE WHEN %(write)s THEN %(repo_url)s ELSE repo_url END,
@@ -247,13 +263,16 @@ _NEW_DEPLOYMENT_SQL = """
         INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM dep
     )
     SELECT (SELECT id FROM reusable), (SELECT id FROM dep), (SELECT n FROM running), (SELECT max_builds FROM svc),
-           (SELECT name FROM svc), (SELECT removing_since FROM svc), (SELECT project_name FROM svc)
+           (SELECT name FROM svc), (SELECT removing_since FROM svc), (SELECT project_name FROM svc),
+           (SELECT ok FROM env_fits), (SELECT n FROM env_total), (SELECT b FROM env_total)
 """
 """_create_or_reuse's third statement: what _reusable_of decides, ProjectService.check_build_quota's count and
 limit (the account's own, else the default), and the writes, all on one snapshot taken after the locks. The writes
 happen only when the deployment is inserted (`kind` is empty otherwise): the service's type and mode, and with
 `write` the call's settings (repo URL, ref, settings) and its env vars (pre-encrypted: `EnvService.seal`), so a call
-refused here (the limit), or reusing a deployment, or refused before it got here, changed none of them."""
+refused here (the limit, or the project's env totals: `env_total` counts the project's variables as they would be
+after this call's writes, as envvars.check_project_totals does for update_env_vars), or reusing a deployment, or
+refused before it got here, changed none of them."""
 
 
 def _reusable_of(live: uuid.UUID | None, dep_id: uuid.UUID | None, status: str | None) -> uuid.UUID | None:
@@ -429,10 +448,6 @@ class DeployRequest(BaseModel):
     # --- issue 11 (github): redeploy on a push to the tracked GitHub branch; None keeps the service's choice (on)
     auto_deploy: bool | None = None
     # --- end
-
-
-def default_mode(service_type: ServiceType) -> Mode:
-    return Mode.static if service_type == ServiceType.webapp_static else Mode.persistent
 
 
 class ProcessNotService(NotFound):
@@ -661,14 +676,7 @@ class DeployService:
                 if not self._compute.needs_checkout:  # read for the plan only: the provider fetches the source
                     shutil.rmtree(checkout, ignore_errors=True)
                     checkout = None
-            if service_type == ServiceType.webapp_static and req.mode not in (None, Mode.static):
-                # A static site has nothing to sleep or keep warm; say so rather than ignore it.
-                raise InvalidArgument(
-                    f"mode {req.mode} does not apply to a static site.",
-                    argument="mode",
-                    fix="omit mode or pass 'static' for webapp_static services",
-                )
-            return plan, service_type, req.mode or plan.mode or default_mode(service_type)
+            return plan, service_type, resolve_mode(service_type, req.mode, plan)
 
         # Nothing below writes the service's settings or env vars before the deployment is created: they go in
         # _create_or_reuse's transaction, with it. A call refused on the way leaves them as they were, and takes
@@ -1100,13 +1108,14 @@ class DeployService:
                   "repo_url": write and write.repo_url, "repo_url_enc": write and write.repo_url_enc,
                   "ref": write and write.ref, "settings": Jsonb(write.settings) if write else None,
                   "set_keys": write.set_keys if write else [], "set_values": write.set_values if write else [],
-                  "unset_keys": write.unset_keys if write else []}  # fmt: skip
+                  "unset_keys": write.unset_keys if write else [], "max_env_keys": MAX_PROJECT_KEYS,
+                  "max_env_bytes": MAX_PROJECT_STORED_BYTES}  # fmt: skip
         results = await statement_pool(self._sessions).transaction([
             ("SELECT pg_advisory_xact_lock(%s, %s)", (SERVICE_LOCK_CLASS, service_lock_key(service_id))),
             (_LOCK_OWNER_SQL, (service_id,)),
             (_NEW_DEPLOYMENT_SQL, params),
         ])  # fmt: skip
-        reused, inserted, builds, max_builds, name, removing, project_name = results[2][0]
+        reused, inserted, builds, max_builds, name, removing, project_name, env_fits, env_n, env_b = results[2][0]
         if max_builds is None:  # no service row (and so no owner row locked): removed meanwhile
             raise _service_gone()
         if removing is not None:  # remove_service's mark: nothing was written
@@ -1116,6 +1125,8 @@ class DeployService:
                            fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
         if reused is not None:
             return reused, None
+        if inserted is None and env_fits is False:  # the project's env totals: nothing was written
+            raise project_totals_error(env_n, env_b)
         if inserted is None:  # the limit is reached: nothing was written (LimitReached, ProjectService's message)
             _refuse_more_builds(SimpleNamespace(max_concurrent_builds=max_builds), builds)  # type: ignore[arg-type]
             raise AssertionError(f"no deployment inserted with {builds} of {max_builds} builds running")

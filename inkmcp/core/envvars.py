@@ -75,23 +75,29 @@ def mask(value: str) -> str:
     return "****" if len(value) < 12 else value[:2] + "****" + f"({len(value)} chars)"
 
 
+def project_totals_error(count: int, stored: int) -> InvalidArgument:
+    """The refusal for a project past MAX_PROJECT_KEYS / MAX_PROJECT_STORED_BYTES (update_env_vars and deploy_app)."""
+    return InvalidArgument(
+        f"this project would hold {count:,} env vars ({stored / 2**20:.1f} MiB stored); at most "
+        f"{MAX_PROJECT_KEYS:,} variables and {MAX_PROJECT_STORED_BYTES // 2**20} MiB (about 1.4 MB of values) "
+        "are kept per project, for all its services together.",
+        argument="env_vars",
+        fix="unset variables you no longer need (update_env_vars(unset=[...])), and keep large data in the "
+        "database or a file in the repo, not in env vars",
+    )
+
+
 async def check_project_totals(s: AsyncSession, project_id: uuid.UUID) -> None:
     """Raise (the caller's transaction then rolls the change back) when the project now holds more variables or
     stored bytes than MAX_PROJECT_KEYS / MAX_PROJECT_STORED_BYTES. Concurrent calls each see their own rows, so
-    together they may pass the cap by one call's worth (MAX_KEYS); it still bounds what an account can store."""
+    together they may pass the cap by one call's worth (MAX_KEYS); it still bounds what an account can store.
+    deploy_app's env write checks the same totals inside its one statement (deployments._NEW_DEPLOYMENT_SQL)."""
     count, stored = (await s.execute(
         select(func.count(), func.coalesce(func.sum(func.octet_length(EnvVar.value_enc)), 0))
         .where(EnvVar.project_id == project_id)
     )).one()
     if count > MAX_PROJECT_KEYS or stored > MAX_PROJECT_STORED_BYTES:
-        raise InvalidArgument(
-            f"this project would hold {count:,} env vars ({stored / 2**20:.1f} MiB stored); at most "
-            f"{MAX_PROJECT_KEYS:,} variables and {MAX_PROJECT_STORED_BYTES // 2**20} MiB (about 1.4 MB of values) "
-            "are kept per project, for all its services together.",
-            argument="env_vars",
-            fix="unset variables you no longer need (update_env_vars(unset=[...])), and keep large data in the "
-            "database or a file in the repo, not in env vars",
-        )
+        raise project_totals_error(count, stored)
 
 
 class EnvService:

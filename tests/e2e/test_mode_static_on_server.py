@@ -3,8 +3,7 @@
 It was accepted: the app ran as a server and list_services said `mode: static` (newuser2). A call whose own
 arguments say a process runs (start_command, service_type webapp/backend) is refused by the tool layer before any
 work; nothing is made. An app the repo makes a server (a Procfile `web:` line) is refused once planned: that check
-is `plan.resolve_mode`, which core's deploy must call (the patch for inkmcp/core/deployments.py is in mender6's
-report); until it does, that case is a strict xfail, so it is noticed the day it passes.
+is `plan.resolve_mode`, which core's deploy calls when it plans the service.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ async def test_static_mode_with_a_start_command_is_refused_and_makes_nothing(ser
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(strict=True, reason="needs inkmcp/core/deployments.py to call plan.resolve_mode (mender6 report)")
 async def test_static_mode_on_a_detected_server_is_refused(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "procfile-server", {"app.py": APP, "Procfile": "web: python3 app.py\n"})
     project = "mode-static-detected"

@@ -316,6 +316,40 @@ async def test_env_vars_cannot_pile_up_in_the_shared_control_database(server: Se
     assert len(env["env"]) == 1000 and "FILL_5_0" not in env["env"], len(env["env"])
 
 
+async def test_deploy_app_env_vars_count_against_the_project_cap(server: ServerProc, repos: Path) -> None:
+    """The same pile-up through deploy_app: its env_vars are written with the deployment (one statement, not
+    update_env_vars), and passed the project cap. mallory fills a project to 1,000 variables with update_env_vars,
+    then deploys with one variable more: refused with the cap's message, and nothing of the call is kept (no
+    service, no deployment, the 1,000 variables unchanged). A deploy whose env_vars replace the service's own
+    values in place (same keys) stays within the cap and goes through."""
+    repo = git_repo(repos / "dec2-envdeploy", {"app.py": "print('hi')\n"})
+    value = "v" * 250
+    async with session(server, "mallory") as m:
+        await call(m, "ensure_project", name="dec2-envdeploy")
+        for n in range(4):
+            await call(m, "update_env_vars", project_name="dec2-envdeploy",
+                       env_vars={f"FILL_{n}_{i}": value for i in range(200)})
+        await call(m, "deploy_app", repo_url=str(repo), project_name="dec2-envdeploy", service_name="worker",
+                   service_type="backend", start_command="python3 app.py",
+                   env_vars={f"OWN_{i}": "x" for i in range(200)})
+        result = await m.call_tool("deploy_app", {
+            "repo_url": str(repo), "project_name": "dec2-envdeploy", "service_name": "web", "service_type": "backend",
+            "start_command": "python3 app.py", "env_vars": {"ONE_MORE": "x"}})
+        said = " ".join(getattr(c, "text", "") for c in result.content)
+        services = await call(m, "list_services", project_name="dec2-envdeploy")
+        env = await call(m, "list_env_vars", project_name="dec2-envdeploy")
+        again = await m.call_tool("deploy_app", {
+            "repo_url": str(repo), "project_name": "dec2-envdeploy", "service_name": "worker",
+            "service_type": "backend", "start_command": "python3 app.py",
+            "env_vars": {f"OWN_{i}": "y" for i in range(200)}})
+    assert result.is_error, said
+    assert "at most 1,000 variables" in said and "unset" in said, said
+    names = [svc["name"] for svc in services["services"]]
+    assert names == ["worker"], names  # the refused call made no service "web"
+    assert len(env["env"]) == 800 and "ONE_MORE" not in str(env), len(env["env"])
+    assert not again.is_error, " ".join(getattr(c, "text", "") for c in again.content)
+
+
 # mallory's database, made to escalate when a superuser session restores it: a CHECK constraint whose function
 # resets the role to the session's (pg_restore --role only issues SET ROLE after the superuser connects) and makes
 # her role a superuser. Run now, by her own session, it changes nothing (the error is swallowed).
