@@ -177,6 +177,7 @@ def _database_lent(admin_url: str) -> Iterator[None]:
 # --- restore2: the DR restore's owner-by-owner steps (see restore_database)
 _KINDS_ACL = ("ACL ", "DEFAULT ACL ", "ACL LANGUAGE ")
 _KINDS_POST_ACL = ("MATERIALIZED VIEW DATA ", "EVENT TRIGGER ")
+_EXTENSION = ("EXTENSION - ", "COMMENT - EXTENSION ")
 _TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.+)$")
 
 
@@ -251,6 +252,11 @@ def _steps(entries: list[TocEntry], db_owner: str, logins: OwnerLogins) -> list[
             if e.kind != kind:
                 continue
             login, no_owner = logins.login_for(e.owner, db_owner)
+            if e.rest.startswith(_EXTENSION):
+                # CREATE EXTENSION (an operator's pgvector; no extension here is trusted, so no tenant made one):
+                # only a superuser may, as when it was made. pg_dump puts extensions before every type, function
+                # and table, so its script meets none of the tenant's code (its search_path is its schema)
+                login, no_owner = None, False
             last = steps[-1]
             if last.kind == kind and last.login == login and last.no_owner == no_owner:
                 last.entries.append(e)

@@ -121,6 +121,10 @@ class Restored:
     carol: Tenant
 
 
+def su(server: EmbeddedPostgres, database: str = "postgres") -> psycopg.Connection[Any]:
+    return psycopg.connect(server.socket_url(database=database, driver=None).get_secret_value(), autocommit=True)
+
+
 @pytest.fixture(scope="module")
 def restored() -> Iterator[Restored]:
     base = traversable_tmpdir("inkmcp-drown-")
@@ -148,8 +152,11 @@ def restored() -> Iterator[Restored]:
             conn.execute(CAROL_GRANTS.replace("{db}", carol.database).replace("{mallory}", mallory.user))
         with connect_as(Tenant(mallory.user, mallory.password, carol.database), port) as conn:
             conn.execute(MALLORY_IN_CAROLS.replace("{role}", sql.quote(mallory.user)).replace("{carol}", carol.user))
+        with su(source, alice.database) as conn:  # an operator's extension (only a superuser may create it)
+            conn.execute("CREATE EXTENSION vector")
         with connect_as(alice, port) as conn:
-            conn.execute("CREATE TABLE private (secret text); INSERT INTO private VALUES ('alice-only')")
+            conn.execute("CREATE TABLE private (secret text, v vector(2)); "
+                         "INSERT INTO private VALUES ('alice-only', '[1,2]')")
         with connect_as(mallory, port) as conn:
             conn.execute(MALLORY.replace("{role}", sql.quote(mallory.user)).replace("{db}", mallory.database))
             assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
@@ -167,10 +174,6 @@ def restored() -> Iterator[Restored]:
             if (server.pgdata / "PG_VERSION").exists():
                 server.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def su(server: EmbeddedPostgres, database: str = "postgres") -> psycopg.Connection[Any]:
-    return psycopg.connect(server.socket_url(database=database, driver=None).get_secret_value(), autocommit=True)
 
 
 def test_the_restore_runs_her_check_function_as_her_and_she_stays_an_ordinary_role(restored: Restored) -> None:
@@ -215,6 +218,8 @@ def test_every_database_and_role_comes_back_as_dumped(restored: Restored) -> Non
         if tenant is restored.mallory:  # her settings that would lock a restore out came back too
             assert "SET default_transaction_read_only TO 'on'" in after and "IN DATABASE" in after, after
             assert "CREATE INDEX dr_rows_twice" in after and "dr_view" in after and "COPY public.dr_rows" in after
+        if tenant is restored.alice:
+            assert "CREATE EXTENSION IF NOT EXISTS vector" in after and "[1,2]" in after, after
     with su(src) as a, su(dst) as b:
         assert a.execute(GLOBALS).fetchall() == b.execute(GLOBALS).fetchall()
     # mallory's own password logs her in on the restored server (socket: it listens on no port here)
