@@ -42,11 +42,17 @@ def _run(argv: list[str], what: str, timeout: float = 3600, env: dict[str, str] 
 
 @contextlib.contextmanager
 def snapshot(url: str) -> Iterator[tuple[psycopg.Connection, str, datetime]]:
-    """An open REPEATABLE READ, READ ONLY transaction on `url`: (connection, exported snapshot id, its time)."""
+    """An open REPEATABLE READ, READ ONLY transaction on `url`: (connection, exported snapshot id, its time).
+
+    --- restore2: `url` is a tenant's database and the session the superuser's: the tenant's ALTER DATABASE SET
+    search_path = public, pg_catalog applies to it, and an unqualified now() then called her public.now(), as
+    the superuser (read-only does not stop COPY ... TO PROGRAM). Both calls are qualified (the session's
+    search_path stays: the control plane's caller reads its tables by their plain names), and the tenant's
+    session runs nothing else (tests/security/test_dr_restore_as_owner.py)."""
     with psycopg.connect(url, connect_timeout=10) as conn:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        row = conn.execute("SELECT pg_export_snapshot(), now()").fetchone()
+        row = conn.execute("SELECT pg_catalog.pg_export_snapshot(), pg_catalog.now()").fetchone()
         assert row is not None
         try:
             yield conn, row[0], row[1]
@@ -154,24 +160,28 @@ def _database_lent(admin_url: str) -> Iterator[None]:
     would fail or change the restore: it runs on PostgreSQL's defaults, as one superuser session did). Then the
     dumped ones back exactly (the catalog rows as they were). On a failure the restore's whole temporary data dir
     goes, so nothing needs putting back then."""
-    off = "-c default_transaction_read_only=off"  # the database's own (a tenant's) setting binds this session
+    # the database's own (a tenant's) settings bind these superuser sessions: read-only off, and every name
+    # resolved in pg_catalog alone (qualified too), whatever search_path the tenant set on her database
+    off = "-c default_transaction_read_only=off -c search_path=pg_catalog"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10, options=off) as conn:
-        row = conn.execute("SELECT oid, datacl::text[], datconnlimit FROM pg_database "
-                           "WHERE datname = current_database()").fetchone()
+        row = conn.execute("SELECT oid, datacl::pg_catalog.text[], datconnlimit FROM pg_catalog.pg_database "
+                           "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()").fetchone()
         assert row is not None
         oid, acl, limit = row
-        settings = conn.execute("SELECT setrole, setconfig FROM pg_db_role_setting WHERE setdatabase = %s",
-                                (oid,)).fetchall()
+        settings = conn.execute("SELECT setrole, setconfig FROM pg_catalog.pg_db_role_setting "
+                                "WHERE setdatabase OPERATOR(pg_catalog.=) %s", (oid,)).fetchall()
         with conn.transaction():
-            conn.execute("DELETE FROM pg_db_role_setting WHERE setdatabase = %s", (oid,))
-            conn.execute("UPDATE pg_database SET datacl = NULL, datconnlimit = -1 WHERE oid = %s", (oid,))
+            conn.execute("DELETE FROM pg_catalog.pg_db_role_setting WHERE setdatabase OPERATOR(pg_catalog.=) %s",
+                         (oid,))
+            conn.execute("UPDATE pg_catalog.pg_database SET datacl = NULL, datconnlimit = -1 "
+                         "WHERE oid OPERATOR(pg_catalog.=) %s", (oid,))
     yield
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10, options=off) as conn, conn.transaction():
-        conn.execute("UPDATE pg_database SET datacl = %s::text[]::aclitem[], datconnlimit = %s WHERE oid = %s",
-                     (acl, limit, oid))
+        conn.execute("UPDATE pg_catalog.pg_database SET datacl = %s::pg_catalog.text[]::pg_catalog.aclitem[], "
+                     "datconnlimit = %s WHERE oid OPERATOR(pg_catalog.=) %s", (acl, limit, oid))
         for role, config in settings:
-            conn.execute("INSERT INTO pg_db_role_setting (setdatabase, setrole, setconfig) VALUES (%s, %s, %s)",
-                         (oid, role, config))
+            conn.execute("INSERT INTO pg_catalog.pg_db_role_setting (setdatabase, setrole, setconfig) "
+                         "VALUES (%s, %s, %s)", (oid, role, config))
 
 
 # --- restore2: the DR restore's owner-by-owner steps (see restore_database)

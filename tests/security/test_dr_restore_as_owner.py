@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -65,6 +67,15 @@ CREATE SEQUENCE dr_seq; SELECT setval('dr_seq', 42);
 GRANT SELECT ON dr_rows TO PUBLIC;
 REVOKE ALL ON FUNCTION dr_check(int) FROM PUBLIC;
 COMMENT ON TABLE dr_rows IS 'rows';
+CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE plpgsql AS $f$
+BEGIN
+  BEGIN
+    EXECUTE format('COPY (SELECT session_user) TO %L', {proof});
+  EXCEPTION WHEN others THEN NULL;
+  END;
+  RETURN pg_catalog.now();
+END $f$;
+ALTER DATABASE {db} SET search_path = public, pg_catalog;
 COMMENT ON DATABASE {db} IS 'mallory''s';
 ALTER DATABASE {db} SET default_transaction_read_only = on;
 ALTER DATABASE {db} SET work_mem = '5MB';
@@ -119,6 +130,7 @@ class Restored:
     mallory: Tenant
     alice: Tenant
     carol: Tenant
+    proof: Path  # where her public.now() writes, if a superuser session calls it
 
 
 def su(server: EmbeddedPostgres, database: str = "postgres") -> psycopg.Connection[Any]:
@@ -131,6 +143,7 @@ def restored() -> Iterator[Restored]:
     data = base / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("INKMCP_")}
     servers: list[EmbeddedPostgres] = []
+    proof = Path(f"/tmp/inkmcp-drown-proof-{secrets.token_hex(6)}")  # a place the server's OS user can write
     try:
         made = subprocess.run([INKMCP, "keys", "create", "--account", "alice"], capture_output=True, text=True,
                               timeout=120, check=False, cwd="/tmp", env={**env, "INKMCP_DATA_DIR": str(data)})
@@ -158,7 +171,8 @@ def restored() -> Iterator[Restored]:
             conn.execute("CREATE TABLE private (secret text, v vector(2)); "
                          "INSERT INTO private VALUES ('alice-only', '[1,2]')")
         with connect_as(mallory, port) as conn:
-            conn.execute(MALLORY.replace("{role}", sql.quote(mallory.user)).replace("{db}", mallory.database))
+            conn.execute(MALLORY.replace("{role}", sql.quote(mallory.user)).replace("{db}", mallory.database)
+                         .replace("{proof}", sql.quote(str(proof))))
             assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
 
         the_set = create_backup(Settings(data_dir=data), base / "sets").path
@@ -168,12 +182,13 @@ def restored() -> Iterator[Restored]:
         servers.append(after)
         servers.append(EmbeddedPostgres(target / "pg" / "control"))
         after.start()
-        yield Restored(source, after, mallory, alice, carol)
+        yield Restored(source, after, mallory, alice, carol, proof)
     finally:
         for server in servers:
             if (server.pgdata / "PG_VERSION").exists():
                 server.stop()
         shutil.rmtree(base, ignore_errors=True)
+        proof.unlink(missing_ok=True)
 
 
 def test_the_restore_runs_her_check_function_as_her_and_she_stays_an_ordinary_role(restored: Restored) -> None:
@@ -204,6 +219,14 @@ def test_her_objects_in_another_tenants_database_are_restored_as_her(restored: R
     assert supers == [], supers
     assert seen and set(seen) == {(m.user, m.user, False)}, seen
     assert owner == (m.user,), owner
+
+
+def test_backing_up_never_calls_her_functions_as_the_superuser(restored: Restored) -> None:
+    """The backup side: `inkmcp backup create` opens each tenant database as the superuser to export a snapshot.
+    Her ALTER DATABASE SET search_path = public, pg_catalog applies to that session, so an unqualified now() in it
+    called her public.now(), which wrote a file as the superuser (COPY TO; TO PROGRAM runs a shell the same way).
+    Now the file never appears."""
+    assert not restored.proof.exists(), f"her function ran as {restored.proof.read_text().strip()!r}"
 
 
 def test_every_database_and_role_comes_back_as_dumped(restored: Restored) -> None:
