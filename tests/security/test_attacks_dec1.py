@@ -380,7 +380,8 @@ async def test_daemons_die_with_the_server_and_never_squat_its_port(repos: Path)
         ports = (srv.port, srv.proxy_port)
         daemon = lab_exec(srv, lab["url"], SQUATTER, ports=list(ports))
         assert Path(f"/proc/{daemon}").exists(), "the daemon did not start"
-        home = next((srv.data_dir / "compute" / "homes").iterdir())
+        homes = srv.data_dir / "compute" / "homes"  # mallory's HOME: the one user dir (beside .users.lock)
+        (home,) = [h for h in homes.iterdir() if h.is_dir() and not h.name.startswith(".")]
         assert srv.stop() == 0, srv.log()
         await asyncio.sleep(1)  # time for a survivor to bind (it retries every 50 ms)
         assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(f"/proc/{daemon}/status").read_text(), \
