@@ -139,7 +139,9 @@ async def test_a_late_answer_holds_its_slot_from_the_answer(store_url: str) -> N
             answered = time.monotonic()
             await budget.settle(grant)
             wait = (await budget.reserve()).wait
-            assert 0.4 < wait <= 0.55, type(budget).__name__  # from the answer (+ the grant's round trip), not 0.25
+            # from the answer, not 0.25; plus the grant's round trip (`slack`: DbBudget's stamp is on the database's
+            # clock somewhere in it, so settle counts it in; the first grant's includes connecting: 59 ms once in CI)
+            assert 0.4 < wait <= 0.55 + grant.slack, (type(budget).__name__, wait, grant.slack)
             await asyncio.sleep(wait)
             assert (await budget.reserve()).granted
             assert time.monotonic() - answered >= 0.48  # (clock granularity between the two clocks)
