@@ -10,6 +10,7 @@ import pytest
 
 from inkmcp.coolify.client import CoolifyClient, RetryPolicy
 from inkmcp.coolify.spec import CoolifySpec
+from tests.contract.conftest import CoolifyHarness
 from tests.coolify_standin import CoolifyStandin
 
 FAST = RetryPolicy(attempts=4, backoff_initial=0.01, backoff_max=0.05, max_total_wait=5.0)
@@ -46,3 +47,14 @@ async def client(standin: CoolifyStandin, token: str, spec: CoolifySpec) -> Asyn
     async with CoolifyClient(standin.url, token, validate_with=spec, retry=FAST) as c:
         yield c
     assert standin.request_violations == []
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[CoolifyHarness]:
+    """The Coolify compute provider over a stand-in, as the contract suite builds it (tests/contract/conftest.py)."""
+    harness = CoolifyHarness()
+    await harness.setup()
+    try:
+        yield harness
+    finally:
+        await harness.teardown()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -47,16 +46,6 @@ class ClaimBook(RefBook):
 
         record.claim_project = claim_project  # type: ignore[attr-defined]
         return record
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[CoolifyHarness]:
-    harness = CoolifyHarness()
-    await harness.setup()
-    try:
-        yield harness
-    finally:
-        await harness.teardown()
 
 
 def ops(h: CoolifyHarness, since: int = 0) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -33,16 +32,6 @@ from inkmcp.providers.compute.coolify import mapping, policy
 from inkmcp.providers.compute.coolify.mapping import PlacedServer
 from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
 from tests.contract.conftest import CoolifyHarness, Events, RefBook, release, revision, wait_for
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[CoolifyHarness]:
-    harness = CoolifyHarness()
-    await harness.setup()
-    try:
-        yield harness
-    finally:
-        await harness.teardown()
 
 
 def writes(h: CoolifyHarness, since: int = 0) -> list[Seen]:

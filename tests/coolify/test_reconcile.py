@@ -55,16 +55,6 @@ SETTINGS = ReconcileSettings(grace_seconds=3600, delete_wait_seconds=10, poll_se
 
 
 @pytest.fixture
-async def h() -> AsyncIterator[CoolifyHarness]:
-    harness = CoolifyHarness()
-    await harness.setup()
-    try:
-        yield harness
-    finally:
-        await harness.teardown()
-
-
-@pytest.fixture
 def fresh_url(control_pg: EmbeddedPostgres) -> str:
     url = _store_fixtures.create_database(control_pg, "reconcile")
     migrate(url)
