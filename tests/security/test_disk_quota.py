@@ -137,6 +137,16 @@ def _host_dev(srv: ServerProc) -> int:
     return os.stat(srv.data_dir).st_dev
 
 
+async def _fills_only_its_own_disk(srv: ServerProc, url: str) -> None:
+    """mallory's app fills its disk again: HOME ends in ENOSPC within the limit, on no filesystem of the host's;
+    then it frees what it wrote, and the file it kept in HOME (KEEP) is still there."""
+    seen = await asyncio.to_thread(lab_exec, srv, url, FILL, 240)
+    assert seen["home"][1] == "ENOSPC" and seen["fs_mb"] <= LIMIT_MB, seen
+    assert all(dev != _host_dev(srv) for dev in seen["dev"].values()), seen["dev"]
+    cleaned = await asyncio.to_thread(lab_exec, srv, url, CLEAN)
+    assert cleaned["kept"], cleaned
+
+
 async def test_runtime_fill_ends_with_enospc_in_its_own_space(qserver: ServerProc, repos: Path) -> None:
     """The red team's attack from mallory's app, with alice deploying and the MCP server answering meanwhile."""
     mallory_repo = lab_repo(repos, "q-mallory")
@@ -209,20 +219,13 @@ async def test_limit_holds_across_a_new_release_and_a_restart(qserver: ServerPro
         git_commit(repo, {"extra.txt": "a new release"})
         again = await lab_live(m, repo, "mallory", project_name="q-redeploy")
         assert again["deployment_id"] != lab["deployment_id"]
-    seen = await asyncio.to_thread(lab_exec, qserver, again["url"], FILL, 240)
-    assert seen["home"][1] == "ENOSPC" and seen["fs_mb"] <= LIMIT_MB, seen
-    cleaned = await asyncio.to_thread(lab_exec, qserver, again["url"], CLEAN)
-    assert cleaned["kept"], cleaned
+    await _fills_only_its_own_disk(qserver, again["url"])
 
     assert qserver.stop() == 0, qserver.log()
     _assert_nothing_mounted(qserver)
     qserver.start()
     await _answers(qserver, again["url"], "mallory says hi")
-    seen = await asyncio.to_thread(lab_exec, qserver, again["url"], FILL, 240)
-    assert seen["home"][1] == "ENOSPC" and seen["fs_mb"] <= LIMIT_MB, seen
-    assert all(dev != _host_dev(qserver) for dev in seen["dev"].values()), seen["dev"]
-    cleaned = await asyncio.to_thread(lab_exec, qserver, again["url"], CLEAN)
-    assert cleaned["kept"], cleaned
+    await _fills_only_its_own_disk(qserver, again["url"])
 
 
 async def test_deleting_the_project_removes_its_filesystem(qserver: ServerProc, repos: Path) -> None:
@@ -295,11 +298,7 @@ async def test_an_upgraded_data_dir_keeps_tenant_files_and_gets_the_limit(repos:
         srv.env["INKMCP_MAX_DISK_MB"] = str(LIMIT_MB)
         srv.start()
         await _answers(srv, lab["url"], "mallory says hi")
-        seen = await asyncio.to_thread(lab_exec, srv, lab["url"], FILL, 240)
-        assert seen["home"][1] == "ENOSPC" and seen["fs_mb"] <= LIMIT_MB, seen
-        assert all(dev != _host_dev(srv) for dev in seen["dev"].values()), seen["dev"]
-        cleaned = await asyncio.to_thread(lab_exec, srv, lab["url"], CLEAN)
-        assert cleaned["kept"], cleaned
+        await _fills_only_its_own_disk(srv, lab["url"])
     _assert_nothing_mounted(srv)
 
 
