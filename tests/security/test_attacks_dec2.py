@@ -41,7 +41,6 @@ import contextlib
 import resource
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -67,7 +66,7 @@ from tests.security.conftest import (
     lab_repo,
     session,
 )
-from tests.support import ServerProc, call, git_commit, git_repo
+from tests.support import ServerProc, call, git_commit, git_repo, serving
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: shares the real root server
 
@@ -95,14 +94,8 @@ def slow_git_host(root: Path, delay: float, auth: list[str]) -> Iterator[int]:
         def log_message(self, fmt: str, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as port:
+        yield port
 
 
 def bare_copy(src: Path, dest: Path) -> Path:
