@@ -321,6 +321,34 @@ def _detect_python_start(files: _Files) -> str | None:
     return None
 
 
+def _detect_bare_python_start(files: _Files) -> str | None:
+    """`python app.py` for a dependency-free app: an app.py/main.py/server.py and no requirements file,
+    package.json or index.html (a new user's agent wrote a stdlib http.server app.py and was told "looked for
+    ... app.py ... Found none of them"). Only a file that runs something when executed (a `__main__` guard or
+    top-level code that is not only definitions) counts, so a lone helper module is not started."""
+    if files.is_python or files.is_node or files.has_index_html:
+        return None
+    for entry in PYTHON_ENTRYPOINTS:
+        if files.exists(entry) and _runs_when_executed(files.text(entry) or ""):
+            return f"python {entry}"
+    return None
+
+
+_TOP_LEVEL_DEFINITION = re.compile(r"^(?:import\s|from\s|def\s|async\s+def\s|class\s|@|#|[A-Za-z_]\w*\s*(?::[^=]*)?=)")
+
+
+def _runs_when_executed(text: str) -> bool:
+    """Whether executing the module does something beyond defining names (a call, a loop, a main guard)."""
+    if _MAIN_GUARD.search(text):
+        return True
+    for line in text.splitlines():
+        if not line or line[0].isspace() or line.startswith((")", "]", "}", '"', "'")):
+            continue
+        if not _TOP_LEVEL_DEFINITION.match(line):
+            return True
+    return False
+
+
 # --- Node --------------------------------------------------------------------------------------
 
 
@@ -502,12 +530,22 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
     """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
     present = [name for name in _SHOWN_FILES if files.exists(name)]
     present += [name for name in platform.files if name not in present]
+    entries = [name for name in PYTHON_ENTRYPOINTS if files.exists(name)]
+    present += [name for name in entries if name not in present]
     found = f" Found: {', '.join(present)}." if present else " Found none of them."
     why = [e.message for e in platform.errors][:2]
     why += [n for n in platform.notes if "Docker" in n or "[processes]" in n][:2]
     if files.package_json is not None:
         why.append("package.json has no scripts.start, no existing `main` file and there is no server.js")
+    bare_app = _find_app_object(files) if entries and not files.is_python else None
+    if entries and not files.is_python:
+        why.append(f"{entries[0]} only defines names (no `if __name__ == '__main__':` and no top-level call) and "
+                   "there is no requirements.txt or pyproject.toml naming the packages it needs")
     fix = _NOTHING_FOUND_FIX
+    if bare_app is not None:
+        server = "uvicorn" if bare_app.interface == "asgi" else "gunicorn"
+        fix = (f"add a requirements.txt listing the packages {bare_app.file} imports and {server} (InkMCP installs it "
+               f"and runs the app with {server}), or {fix}")
     packaged = _packaged_app_command(files) if files.is_python else None
     if packaged is not None:
         fix = f"pass start_command={packaged[0]!r} (found {packaged[1]}), or add a Procfile with that `web:` line"
@@ -639,7 +677,7 @@ def derive_plan(
                 fix="pass service_name as the name of the render.yaml service to deploy (one deploy_app call "
                 "per service), or pass start_command",
             )
-        detected = _detect_python_start(files) if files.is_python else None
+        detected = _detect_python_start(files) if files.is_python else _detect_bare_python_start(files)
         if not detected:
             node = _detect_node_start(files)
             if node == "" and kind in (None, ServiceType.webapp_static):

@@ -1,0 +1,53 @@
+"""A new user's agent deploying apps the other suites have not seen (newuser, 2026-12-02).
+
+Each test is something that went wrong when an app of a kind the corpus and the other e2e tests do not cover was
+deployed through a real `inkmcp serve` (local provider) with the official MCP client: what the agent saw, and that
+it now goes live or reads as what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import local_only
+from tests.e2e.test_deploy import deploy_live, via_proxy
+from tests.support import ServerProc, call_error, git_repo, mcp_session
+
+STDLIB_APP = {
+    "app.py": '''import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"stdlib only"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8000"))), H).serve_forever()
+''',
+}
+FLASK_WITHOUT_REQUIREMENTS = {
+    "app.py": "from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.get('/')\ndef index():\n    return 'hi'\n",
+}
+
+
+@local_only("detection is the provider-independent build plan; one provider shows it")
+@pytest.mark.asyncio
+async def test_a_dependency_free_app_py_goes_live_without_a_start_command(server: ServerProc, repos: Path) -> None:
+    """An agent's first app is often a stdlib `app.py` with no requirements.txt. It was refused with "looked for
+    ... app.py ... Found none of them" although app.py was there; it now runs as `python app.py`. A Flask module
+    with nothing listing Flask is still refused, but the refusal says app.py was found and what to add."""
+    repo = git_repo(repos / "stdlib-app", STDLIB_APP)
+    flask = git_repo(repos / "flask-bare", FLASK_WITHOUT_REQUIREMENTS)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo))
+        assert via_proxy(server, dep["url"]).text == "stdlib only"
+        error = await call_error(s, "deploy_app", repo_url=str(flask))
+        assert "Found: app.py." in error and "Found none" not in error, error
+        assert "add a requirements.txt listing the packages app.py imports and gunicorn" in error, error
