@@ -126,6 +126,20 @@ NOT_OURS = {
 """What an agent is told for a database whose backups are not InkMCP's (see the module docstring)."""
 
 
+# --- mender7: a restore keeps the live database's own settings (see _swap). Catalog rows copied exactly (ALTER
+# DATABASE SET would re-quote list values) by the superuser's session: no tenant code runs in a catalog write.
+_KEEP_DATABASE_SETTINGS = """
+INSERT INTO pg_catalog.pg_db_role_setting (setdatabase, setrole, setconfig)
+SELECT n.oid, s.setrole, s.setconfig FROM pg_catalog.pg_db_role_setting s
+JOIN pg_catalog.pg_database l ON l.oid = s.setdatabase AND l.datname = %(live)s
+JOIN pg_catalog.pg_database n ON n.datname = %(scratch)s
+"""
+_KEEP_DATABASE_LIMITS = """
+UPDATE pg_catalog.pg_database d SET datconnlimit = l.datconnlimit, datacl = l.datacl
+FROM pg_catalog.pg_database l WHERE d.datname = %(scratch)s AND l.datname = %(live)s
+"""
+
+
 class DatabaseBackupService:
     """Dumps, lists and restores the managed Postgres of projects on our own tenant server.
 
@@ -466,8 +480,15 @@ class DatabaseBackupService:
         role, password = self._databases.login_of(db)
         scratch = f"ink_restore_{uuid.uuid4().hex[:24]}"
         name, owner = sql.Identifier(scratch), sql.Identifier(ident)
-        await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template1").format(
-            name, owner))
+        # --- tenantdisk: on the live database's own disk (its tablespace), so neither the restore nor, after the swap,
+        # the restored database can fill the filesystem every tenant shares (store/tenant_disks.py)
+        spc = await (await conn.execute("SELECT t.spcname FROM pg_database d JOIN pg_tablespace t ON "
+                                        "t.oid = d.dattablespace WHERE d.datname = %s", (ident,))).fetchone()
+        space = (sql.SQL(" TABLESPACE {}").format(sql.Identifier(str(spc[0]))) if spc and spc[0] != "pg_default"
+                 else sql.SQL(""))
+        await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template1{}").format(
+            name, owner, space))
+        # --- end tenantdisk
         try:
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
             await pgtools.restore(self._admin, scratch, role, path, password=password, timeout=self.settings.timeout_s,
@@ -492,6 +513,11 @@ class DatabaseBackupService:
     async def _swap(self, conn: psycopg.AsyncConnection[Any], ident: str, scratch: str) -> None:
         """Put `scratch` in place of `ident` in one transaction (both renames or neither), then drop the old one.
 
+        The live database's own settings go with its name, in that same transaction: its `ALTER DATABASE ... SET`
+        and `ALTER ROLE ... IN DATABASE ... SET` values, CONNECTION LIMIT and ACL (all its owner may set; a dump of
+        the contents holds none of them, and the scratch database was made with none). They are the live ones,
+        not the backup's: settings are configuration, the backup restores data.
+
         New connections to the old database are refused first and its sessions terminated; a client that gets
         in between is terminated again (renaming needs a database nobody is connected to), within a deadline."""
         old = f"ink_old_{uuid.uuid4().hex[:24]}"
@@ -505,6 +531,8 @@ class DatabaseBackupService:
                 await conn.execute(terminate, ([ident, scratch],))
                 try:
                     async with conn.transaction():
+                        await conn.execute(_KEEP_DATABASE_SETTINGS, {"live": ident, "scratch": scratch})
+                        await conn.execute(_KEEP_DATABASE_LIMITS, {"live": ident, "scratch": scratch})
                         await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(live, gone))
                         await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(new, live))
                     break

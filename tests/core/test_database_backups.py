@@ -399,3 +399,35 @@ async def test_a_failed_dump_is_recorded_as_failed_and_leaves_no_file(env: tuple
     assert list((svc.root / project.id.hex).iterdir()) == []
     with pytest.raises(NotFound):  # a failed dump is not restorable
         await svc.restore(acct, name, listed.backups[0].id, confirm=name)
+
+
+async def test_a_restore_keeps_the_databases_own_settings(env: tuple[Core, DatabaseBackupService]) -> None:
+    """What the owner set on the database itself (ALTER DATABASE SET, ALTER ROLE IN DATABASE SET, CONNECTION LIMIT,
+    a GRANT on it) is configuration, not data: the database put in place by a restore keeps it (mender7: the scratch
+    database came without any, so every such setting was gone after a restore)."""
+    core, svc = env
+    acct, name, url = await project_with_rows(core)
+    made = await svc.backup(acct, name)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:  # as the tenant, the owner
+        db, me = (await (await c.execute("SELECT current_database(), current_user")).fetchone())  # type: ignore[misc]
+        await c.execute(f'ALTER DATABASE "{db}" SET lock_timeout = \'17s\'')
+        await c.execute(f'ALTER DATABASE "{db}" SET search_path = public, "$user"')
+        await c.execute(f'ALTER ROLE "{me}" IN DATABASE "{db}" SET work_mem = \'7MB\'')
+        await c.execute(f'ALTER DATABASE "{db}" CONNECTION LIMIT 9')
+        await c.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO PUBLIC')
+
+    async def settings() -> tuple[object, ...]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            row = await (await c.execute(
+                "SELECT current_setting('lock_timeout'), current_setting('search_path'), "
+                "current_setting('work_mem'), d.datconnlimit, d.datacl::text, "
+                "(SELECT array_agg(s.setconfig::text ORDER BY s.setrole) FROM pg_db_role_setting s "
+                " WHERE s.setdatabase = d.oid) FROM pg_database d WHERE d.datname = current_database()")).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    before = await settings()
+    assert before[:4] == ("17s", 'public, "$user"', "7MB", 9) and "=T/" in before[4]
+    await svc.restore(acct, name, made.backup.id, confirm=name)
+    assert await settings() == before
+    assert await items(url) == [1, 2, 3]
