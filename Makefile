@@ -48,7 +48,8 @@ system-deps:
 # The install runs once (again only when the lock file, pyproject.toml or the wrapper's source change). It takes
 # a minute or two the first time, so each step says what it does and uv shows its own progress (bars on a
 # terminal; resolved/prepared/installed counts otherwise); a run with nothing to install prints nothing of it.
-$(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/providers/compute/local/inkspawn.c
+$(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/providers/compute/local/inkspawn.c \
+  inkmcp/providers/compute/local/nginx_module/ngx_http_inkmcp_module.c
 	@echo "==> installing InkMCP into $(VENV) (first run or changed dependencies: a minute or two; later runs skip this)"
 	@bash scripts/system-deps.sh
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -66,6 +67,13 @@ $(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/provide
 	@# the local provider's exec wrapper (static C); used only as root, where it confines tenant processes
 	@if [ "$$(id -u)" -eq 0 ]; then echo "==> building the local provider's exec wrapper"; \
 	  $(VENV)/bin/python -m inkmcp.providers.compute.local.wrapper_build; fi
+	@# --- proxy6: InkMCP's nginx module, compiled for the installed nginx (nginx-dev source of its exact version,
+	@# ~20 s). Without it the proxy runs the same rules as headers-more directives (and says so at start), so a failed
+	@# build does not fail the install; tests/local/test_nginx_module.py fails CI when it is missing.
+	@if [ "$$(id -u)" -eq 0 ]; then echo "==> building InkMCP's nginx module for the installed nginx"; \
+	  $(VENV)/bin/python -m inkmcp.providers.compute.local.nginx_module \
+	  || echo "(the proxy runs its headers-more config instead: same answers, ~1,500 instructions a request more)"; fi
+	@# --- end
 	@touch $(STAMP)
 	@echo "==> installed"
 

@@ -40,11 +40,9 @@ reports it per request ("nginx CPU µs/req", user + kernel; it too moves with ot
     .venv/bin/python benchmarks/proxy_speed.py --cost           # instructions and syscalls per request (valgrind)
     .venv/bin/python benchmarks/proxy_speed.py --targets nginx,nginx-again,inkmcp --rounds 9 --seconds 2 --nice -10
 
---module SO (an experiment, not what InkMCP runs): adds `inkmcp-module`, InkMCP's config as rendered for the
-benchmark route with its per-request rules (the Host check, the Server-header rule, the client-side TCP_NODELAY
-setsockopt) done by the small C module in benchmarks/nginx_module (built by its build.sh for the installed nginx)
-instead of the regex `if`, the map and headers-more; to --cost, and as a load target (a plain nginx with that
-config, needs `inkmcp` among the targets). It shows what those rules cost as InkMCP writes them today.
+`inkmcp-fallback` (a target, and a --cost row when asked for): InkMCP's proxy with INKMCP_PROXY_MODULE=off, the
+config it runs when InkMCP's nginx module is not built for the installed nginx (the Host check as regexes, the
+Server rule with headers-more). `inkmcp` loads the module when `make install` built it (its log says otherwise).
 
 --before REV adds the target `inkmcp-before`: the proxy of that revision (its `inkmcp` and this script, from
 `git archive`, run with this venv), interleaved with the others, so a change is judged in one run.
@@ -292,7 +290,8 @@ async def serve_proxy(engine: str, app_port: int, port_file: Path, runtime_dir: 
 def servers(args: argparse.Namespace, targets: list[str], work: Path) -> list[tuple[str, str, Path]]:
     """(target, engine, the proxy_speed.py whose --serve runs it) for the InkMCP targets asked for."""
     out = [(name, engine, Path(__file__)) for name, engine in
-           (("inkmcp", os.environ.get("INKMCP_PROXY_ENGINE", "nginx")), ("inkmcp-python", "python"))
+           (("inkmcp", os.environ.get("INKMCP_PROXY_ENGINE", "nginx")), ("inkmcp-python", "python"),
+            ("inkmcp-fallback", "nginx"))
            if name in targets or (args.cost and name == "inkmcp")]  # fmt: skip
     if args.before:
         src = work / "before-src"  # `inkmcp` and `benchmarks` of that revision; .git is left alone (no worktree)
@@ -313,6 +312,8 @@ def start_server(
     which any revision's ProxySettings reads, so --before gets the same)."""
     port_file = work / f"{name}{run}.port"
     env = {**os.environ, "INKMCP_PROXY_WORKERS": "0" if layout.workers == "auto" else layout.workers}
+    if name == "inkmcp-fallback":
+        env["INKMCP_PROXY_MODULE"] = "off"
     child = subprocess.Popen(layout.server([sys.executable, str(script), "--serve", engine, str(app_port),
                                             str(port_file), str(work / f"{name}{run}")]), env=env)  # fmt: skip
     deadline = time.monotonic() + 30
@@ -340,29 +341,11 @@ def routed_baseline(conf: str) -> str:
         "        return 404;\n    }\n    server {\n", 1)
 
 
-def module_config(text: str, module: Path) -> str:
-    """InkMCP's rendered nginx config with its per-request rules done by benchmarks/nginx_module (--module): the
-    module loaded instead of headers-more, its three directives instead of the Server rules, the Host map and
-    the Host checks' `if`s. Everything else (routing, upstreams, buffers, timeouts) stays as rendered."""
-    out = re.sub(r"^load_module \S*headers_more\S*;", f"load_module {module};", text, flags=re.M)
-    out = re.sub(r"\n[ ]*more_set_headers [^\n]*", "", out)
-    out = re.sub(r"\n[ ]*map \$upstream_status [^\n]*", "", out)
-    out = re.sub(r"\n    map \$http_host \$inkmcp_bad_host \{.*?\n    \}", "", out, flags=re.S)
-    out = re.sub(r"\n[ ]*if \(\$(?:inkmcp_bad_host|http_host)[^\n]*", "", out)
-    out = out.replace("proxy_pass_header Server;\n", "proxy_pass_header Server;\n    inkmcp_server_header on;\n"
-                      "    inkmcp_inherited_nodelay on;\n    inkmcp_host_check on;\n")
-    left = [line for line in out.splitlines() if not line.lstrip().startswith("#")
-            and re.search(r"more_set_headers|\$inkmcp_bad_host|\bif \(|headers_more", line)]
-    if left or "inkmcp_host_check on;" not in out:
-        raise SystemExit(f"--module: InkMCP's config changed shape, module_config needs updating: {left}")
-    return out
-
-
-def _cost_configs(work: Path, app_port: int, ports: dict[str, int], module: Path | None = None) -> dict[str, str]:
+def _cost_configs(work: Path, app_port: int, ports: dict[str, int]) -> dict[str, str]:
     """Each nginx config to cost, rewritten for one process on a port of its own in a directory of its own."""
     configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1)}
     configs["nginx-routed"] = routed_baseline(configs["nginx"])
-    for name in ("inkmcp", "inkmcp-before"):
+    for name in ("inkmcp", "inkmcp-fallback", "inkmcp-before"):
         conf = work / name / "nginx.conf"
         if name not in ports or not conf.exists():
             continue
@@ -370,8 +353,6 @@ def _cost_configs(work: Path, app_port: int, ports: dict[str, int], module: Path
         text = re.sub(r"\n    server \{\n        listen unix:.*?\n    \}", "", text, flags=re.S)  # its control socket
         text = re.sub(r"^user .*\n", "", text, flags=re.M)
         configs[name] = text
-    if module is not None and "inkmcp" in configs:
-        configs["inkmcp-module"] = module_config(configs["inkmcp"], module)
     return {name: re.sub(r"worker_processes \S+;", "worker_processes 1; master_process off;", text)
             for name, text in configs.items()}  # fmt: skip
 
@@ -489,13 +470,12 @@ def _cost_of(
 
 
 def cost_report(
-    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False,
-    module: Path | None = None,
+    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False
 ) -> str:
     missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if shutil.which(tool) is None]
     if missing:
         return f"--cost needs {', '.join(missing)} (apt-get install valgrind strace)"
-    configs = _cost_configs(work, app_port, ports, module)
+    configs = _cost_configs(work, app_port, ports)
     rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n, keep, cache)
                    for tool in ("callgrind", "strace")} for name, conf in configs.items()}  # fmt: skip
     base = rows["nginx"]["callgrind"]
@@ -672,10 +652,6 @@ def main() -> int:
                     "placement biased a whole run by up to 19 %% in the A/A pair (2026-12-01), so more instances "
                     "average it out; 0 = one instance per target for the whole run")
     ap.add_argument("--before", metavar="REV", help="also run the InkMCP proxy of this git revision (inkmcp-before)")
-    ap.add_argument("--module", type=Path, metavar="SO",
-                    help="an experiment: also cost and run `inkmcp-module`, InkMCP's config with its per-request rules "
-                    "done by benchmarks/nginx_module (this .so, built by its build.sh) instead of regexes and "
-                    "headers-more; needs `inkmcp` among the targets")
     ap.add_argument("--cost", action="store_true", help="work per request under valgrind/strace instead of load")
     ap.add_argument("--cost-requests", type=int, default=300, help=argparse.SUPPRESS)
     ap.add_argument("--cost-keep", type=Path, metavar="DIR",
@@ -703,13 +679,6 @@ def main() -> int:
     targets = args.targets.split(",")
     if args.before and "inkmcp-before" not in targets:
         targets.append("inkmcp-before")
-    if args.module is not None:
-        args.module = args.module.resolve()
-        if not args.module.is_file() or "inkmcp" not in targets:
-            raise SystemExit("--module needs the built module (benchmarks/nginx_module/build.sh) and `inkmcp` "
-                             "among the --targets")
-        if "inkmcp-module" not in targets:
-            targets.append("inkmcp-module")
     work = Path(tempfile.mkdtemp(prefix="inkmcp-proxy-bench-", dir="/tmp"))
     work.chmod(0o711)
     procs: list[subprocess.Popen[bytes]] = []
@@ -744,25 +713,12 @@ def main() -> int:
                 child, ports[name] = start_server(script, name, engine, app_port, work, layout, run)
                 started.append(child)
                 roots[name] = child.pid
-            if args.module is not None and not args.cost:  # InkMCP's config as just rendered, on a nginx of its own
-                src_dir, mod_dir = work / f"inkmcp{run}", work / f"inkmcp-module{run}"
-                (mod_dir / "tmp").mkdir(parents=True)
-                ports["inkmcp-module"] = free_port()
-                text = (src_dir / "nginx.conf").read_text().replace(str(src_dir), str(mod_dir))
-                text = text.replace(f":{ports['inkmcp']}", f":{ports['inkmcp-module']}")
-                (mod_dir / "nginx.conf").write_text(module_config(text, args.module))
-                ngx = subprocess.Popen(layout.server([nginx, "-p", str(mod_dir), "-c", str(mod_dir / "nginx.conf"),
-                                                      "-e", str(mod_dir / "error.log"), "-g", "daemon off;"]))
-                started.append(ngx)
-                roots["inkmcp-module"] = ngx.pid
-                wait_port(ports["inkmcp-module"], ngx)
             return started
 
         targets_procs = start_targets("")
         procs += targets_procs
         if args.cost:
-            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache,
-                              args.module))
+            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache))
             return 0
         layout.pin_load_here()
         order = [t for t in targets if t in ports]

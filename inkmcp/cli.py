@@ -443,6 +443,11 @@ def doctor(
 
     setup_logging("WARNING", json_logs=False)
     report = asyncio.run(go())
+    # --- proxy6: the local provider's proxy (InkMCP's nginx module or the headers-more fallback, and why)
+    from inkmcp.doctor import check_local_proxy
+
+    check_local_proxy(report)
+    # --- end
     colour = {Status.ok: "green", Status.warn: "yellow", Status.fail: "red", Status.skipped: "dim"}
     table = Table("check", "result", "detail", "fix")
     for c in report.checks:

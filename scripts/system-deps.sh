@@ -25,6 +25,15 @@ command -v mkfs.ext4 >/dev/null || [ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 { command -v losetup >/dev/null || [ -x /sbin/losetup ]; } || need+=(mount)
 # --- end
 
+# --- proxy6: InkMCP's nginx module (inkmcp/providers/compute/local/nginx_module), built by `make install` for the
+# installed nginx from the nginx-dev source of its exact version (apt-get download, unpacked, not installed: the
+# package's own Depends are ~56 packages only Debian's module builds need). nginx's configure needs these headers.
+[ -f /usr/include/pcre2.h ] || need+=(libpcre2-dev)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+[ -f /usr/include/zlib.h ] || need+=(zlib1g-dev)
+command -v make >/dev/null || need+=(make)
+# --- end
+
 # shellcheck source-path=SCRIPTDIR source=apt-install-missing.sh
 . "$(dirname "$0")/apt-install-missing.sh"
 apt_install_missing --recommends --announce "${need[@]}"

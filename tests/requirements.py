@@ -23,7 +23,8 @@ from typing import Final, Literal, get_args
 import pytest
 
 Component = Literal[
-    "root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis", "chromium", "rsync"
+    "root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis", "chromium", "rsync",
+    "nginx_module",  # --- proxy6: InkMCP's nginx module, built for the installed nginx by `make install`
 ]
 COMPONENTS: Final[tuple[str, ...]] = get_args(Component)
 
@@ -43,6 +44,9 @@ HOW_TO_GET: Final[dict[str, str]] = {
     "redis": "run scripts/system-deps.sh as root (installs Debian's redis-server)",
     "chromium": "run scripts/test-system-deps.sh as root (installs Debian's chromium and chromium-driver)",
     "rsync": "run scripts/test-system-deps.sh as root (installs Debian's rsync)",
+    # --- proxy6: the local provider's proxy runs without it (headers-more config), so only its tests need it
+    "nginx_module": "run `make install` as root (scripts/system-deps.sh installs the headers nginx's configure needs; "
+    "`python -m inkmcp.providers.compute.local.nginx_module` builds InkMCP's module for the installed nginx)",
 }
 
 # Components found missing in this session, with the reason: the root conftest prints them at the end.

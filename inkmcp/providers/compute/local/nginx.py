@@ -26,8 +26,12 @@ than chase a C event loop in Python, the bytes go through nginx itself, configur
   (INKMCP_PROXY_REUSEPORT=true: one SO_REUSEPORT socket per worker instead).
 - nginx stays in InkMCP's session: with the kernel's autogroup scheduling, a session of its own gave
   nginx one group's CPU share against everything else and 0.4-0.7x nginx's throughput in the benchmark.
-- Responses nginx generates itself say `Server: inkmcp` (headers-more module), as the Python proxy's
-  do; an app's own `Server` header passes unchanged.
+- Responses nginx generates itself say `Server: inkmcp`, as the Python proxy's do; an app's own `Server`
+  header passes unchanged. InkMCP's own nginx module (nginx_module/, built for the installed nginx by
+  `make install`) does that, the Host check and the client sockets' TCP_NODELAY in C: 0.95x a plain
+  nginx's instructions a request. Without a build for this nginx (INKMCP_PROXY_MODULE=off, a new nginx
+  from apt, no compiler), the same rules run as directives with the headers-more module (1.02x), the
+  reason logged once at start and shown by `inkmcp doctor`.
 - What nginx does per request is measured, not guessed: `benchmarks/proxy_speed.py --cost` counts each
   config's user-space instructions (callgrind) and syscalls (strace) per request against the baseline's;
   the comments in the template below give each choice's measured cost (docs/serving.md, "The front proxy").
@@ -57,6 +61,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.errors import InvalidArgument
+from inkmcp.providers.compute.local import nginx_module
 from inkmcp.providers.compute.local.proxy import HEAD_TIMEOUT, MAX_HEAD_BYTES, Proxy, Route, RouteConflict
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,12 @@ class ProxySettings(BaseSettings):
         Path(HEADERS_MORE),
         description="nginx's headers-more module (Debian: libnginx-mod-http-headers-more-filter), which lets the "
         "responses nginx makes itself say `Server: inkmcp`.",
+    )
+    module: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: load InkMCP's nginx module when `make install` built it for this nginx (the Host check "
+        "and the Server rule in C), else the headers-more config, with the reason logged at start. off: always "
+        "the headers-more config.",
     )
     workers: int = Field(0, ge=0, le=64, description="nginx worker processes; 0 = one per CPU (`auto`).")
     reuseport: bool = Field(
@@ -134,7 +145,7 @@ pid {{ dir }}/nginx.pid;
 # The Host checks' regexes (below; one runs for every request) compiled to machine code.
 pcre_jit on;
 error_log {{ dir }}/error.log warn;
-load_module {{ headers_more }};
+load_module {{ module or headers_more }};
 events { worker_connections 8192; }
 http {
     access_log off;
@@ -210,13 +221,18 @@ http {
     # `proxy_pass_header Server`: an app's header is copied by nginx itself into the answer's Server slot, which
     # the rule below then rewrites in place; measured ~100 instructions a request fewer even for the benchmark's
     # app, which sends no Server header (callgrind, 2026-12-01). The answer is the same.
-    # Together the two rules still cost ~830 a request and the Host check ~700 (of ~19,700): what a
-    # purpose-built module would save is in benchmarks/nginx_module/ (measured, not used: it needs nginx-dev).
+    # Together the two rules still cost ~830 a request and the Host check ~700 (of ~19,700): InkMCP's module
+    # (nginx_module/, built by `make install`) does all three in C when it is built for this nginx.
     proxy_pass_header Server;
-    map $upstream_status $inkmcp_server { "" inkmcp; default $upstream_http_server; }
+{% if module %}    # InkMCP's module (nginx_module/): the Server rule, the Host check (RFC 9112 3.2: a Host that is not
+    # host[:port] is answered 400, never routed on what nginx makes of it) and the client sockets' TCP_NODELAY
+    # taken from the listening socket, in C: 0.95x the plain nginx's instructions a request (--cost).
+    inkmcp_server_header on;
+    inkmcp_host_check on;
+    inkmcp_inherited_nodelay on;
+{% else %}    map $upstream_status $inkmcp_server { "" inkmcp; default $upstream_http_server; }
     more_set_headers "Server: $upstream_http_server";
     more_set_headers -s "{{ own_statuses }}" "Server: $inkmcp_server";
-    log_format inkmcp_idle '$server_name';
     # RFC 9112 3.2: a Host that is not host[:port] is answered 400, never routed on what nginx makes of it
     # (it would read "alice:80.mallory" as alice). Empty: HTTP/1.0 without Host, or an absolute-form target.
     # (The default server's check; a routed name's server needs less, see there.)
@@ -226,6 +242,7 @@ http {
         "~^[A-Za-z0-9.-]+(:[0-9]{1,5})?$" 0;
         "~^\\[[0-9A-Fa-f:.]+\\](:[0-9]{1,5})?$" 0;
     }
+{% endif %}    log_format inkmcp_idle '$server_name';
 
     upstream inkmcp_slow { server 127.0.0.1:{{ slow_port }}; }
 {% for r in routes %}{% if r.port %}
@@ -245,8 +262,8 @@ http {
         listen {{ listen }} default_server backlog=1024{{ " reuseport" if reuseport else "" }};
         server_name "";
         error_page 494 =431 @inkmcp_431;
-        if ($inkmcp_bad_host) { return 400 "invalid Host header\\n"; }
-        location / { proxy_pass http://inkmcp_slow; }
+{% if not module %}        if ($inkmcp_bad_host) { return 400 "invalid Host header\\n"; }
+{% endif %}        location / { proxy_pass http://inkmcp_slow; }
         location @inkmcp_431 { default_type text/plain; return 431 "request head exceeds {{ head_kb }} KiB\\n"; }
     }
 {% for r in routes %}
@@ -258,8 +275,8 @@ http {
         # so only a port that is not 1-5 digits is left to refuse (~700 instructions a request fewer than
         # the map's lowercase-and-hash, callgrind). With an absolute-form target (routed by the target's
         # host), a Host with a colon not followed by a port is refused: stricter than the map for "[::1]".
-        if ($http_host ~ ":(?![0-9]{1,5}$)") { return 400 "invalid Host header\\n"; }
-        location / {
+{% if not module %}        if ($http_host ~ ":(?![0-9]{1,5}$)") { return 400 "invalid Host header\\n"; }
+{% endif %}        location / {
             proxy_pass http://{{ r.name if r.port else "inkmcp_slow" }};
 {% if r.track %}            access_log syslog:server=unix:{{ dir }}/idle.sock,nohostname,tag=inkmcp inkmcp_idle;
 {% endif %}        }
@@ -312,6 +329,8 @@ class NginxProxy:
         self._listener: socket.socket | None = None
         self._idle: asyncio.DatagramTransport | None = None
         self._started = False
+        self.module: Path | None = None  # InkMCP's nginx module while it is loaded
+        self.module_reason = "not started"  # why it is not, when it is not
 
     # -- routing table (the slow path's table is the one table) ---------------------------------------
 
@@ -411,9 +430,11 @@ class NginxProxy:
                 fix="run `make install` (or `apt-get install nginx libnginx-mod-http-headers-more-filter`), "
                 "point INKMCP_PROXY_NGINX at the binary, or set INKMCP_PROXY_ENGINE=python",
             )
-        if not more.is_file():
+        found = await asyncio.to_thread(self._find_module)
+        self.module, self.module_reason = found.path, found.reason
+        if self.module is None and not more.is_file():
             raise InvalidArgument(
-                f"nginx's headers-more module is missing at {more}",
+                f"nginx's headers-more module is missing at {more} (and {found.reason})",
                 argument="INKMCP_PROXY_HEADERS_MORE",
                 fix="run `make install` (or `apt-get install libnginx-mod-http-headers-more-filter`), "
                 "or set INKMCP_PROXY_ENGINE=python",
@@ -425,13 +446,36 @@ class NginxProxy:
             self.port = self._listener.getsockname()[1]
             self._idle = await self._open_idle_socket()
             self._write_config()
-            await self._spawn()
+            try:
+                await self._spawn()
+            except RuntimeError as exc:
+                if self.module is None or not more.is_file():
+                    raise
+                # A build nginx refuses (it should not happen: the build's name is its nginx's `nginx -V`): the
+                # same rules as directives, rather than no proxy.
+                self.module, self.module_reason = None, f"nginx did not start with {self.module.name}: {exc}"
+                proc, self._proc = self._proc, None
+                if proc is not None and proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                self._write_config()
+                await self._spawn()
+            if self.module is None:
+                log.log(logging.INFO if self.settings.module == "off" else logging.WARNING,
+                        "nginx proxy: InkMCP's nginx module is not used (%s); the same rules run as "
+                        "directives with headers-more (~1,500 instructions a request more). To build it: %s",
+                        self.module_reason, nginx_module.HOW_TO_BUILD)  # fmt: skip
             self._started = True
             if self._dirty:
                 self._changed()
         except BaseException:
             await self.close()
             raise
+
+    def _find_module(self) -> nginx_module.Found:
+        if self.settings.module == "off":
+            return nginx_module.Found(None, "INKMCP_PROXY_MODULE=off")
+        return nginx_module.find(self.settings.nginx)
 
     def _prepare_dir(self) -> None:
         root = os.geteuid() == 0
@@ -469,6 +513,7 @@ class NginxProxy:
             workers=self.settings.workers or "auto",
             dir=str(self.dir),
             headers_more=str(self.settings.headers_more),
+            module=str(self.module) if self.module else "",
             head_kb=MAX_HEAD_BYTES // 1024,
             head_timeout=int(HEAD_TIMEOUT),
             port_suffix="" if self.port == 80 else f":{self.port}",
