@@ -638,8 +638,8 @@ async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncI
                 raise
             said = said.replace(f"file://{runner.app_dir}/", "./").replace(str(runner.app_dir) + "/", "./")
             used = next((m[1] for ln in tail if (m := re.search(r"Using Python (\d+\.\d+)[\d.]* environment", ln))), "")
-            raise BuildFailed(f"{exc.message.rstrip('.')}: {said}", argument=exc.argument,
-                              fix=pyi.installer_fix(said, used or "of this server") or exc.fix) from None  # fmt: skip
+            fix = pyi.installer_fix(said, used or "of this server", list(tail)) or exc.fix
+            raise BuildFailed(f"{exc.message.rstrip('.')}: {said}", argument=exc.argument, fix=fix) from None
         exception = pyi.last_exception(list(tail))
         if exception is None:
             raise

@@ -823,8 +823,37 @@ def installer_error(lines: Sequence[str]) -> str | None:
     return text[:500] + ("..." if len(text) > 500 else "") if text else None
 
 
-def installer_fix(error: str, python: str) -> str | None:
-    """Advice for the two install failures that say what to change: a Python too old, a failed compile."""
+# What a source build prints when a system library or its headers are missing (InkMCP installs none).
+_MISSING_SYSTEM_LIBRARY = (
+    re.compile(r"Can ?not find valid pkg-config name"),
+    re.compile(r"Package '?(?P<what>[\w.+-]+)'?,? (?:was not found in the pkg-config search path|not found)"),
+    re.compile(r"(?P<what>pg_config|mysql_config|xml2-config|xslt-config|curl-config|krb5-config)\b.*not found"),
+    re.compile(r"fatal error: (?P<what>[\w/.+-]+\.h): No such file or directory"),
+    re.compile(r"cannot find -l(?P<what>[\w.+-]+)"),
+)
+# Packages that need a system library, and what installs from a wheel or is pure Python instead.
+_WHEEL_INSTEAD = {
+    "mysqlclient": "PyMySQL (pure Python; Django: `import pymysql; pymysql.install_as_MySQLdb()` in settings)",
+    "mysql-python": "PyMySQL (pure Python; Django: `import pymysql; pymysql.install_as_MySQLdb()` in settings)",
+    "psycopg2": "psycopg2-binary, or psycopg[binary] (psycopg 3)",
+    "python-ldap": "ldap3 (pure Python)",
+    "pycairo": "a release with a wheel for this Python, or drop it",
+}
+
+
+def _missing_system_library(output: Sequence[str]) -> str | None:
+    """What a failed source build said is missing from the system (a header, a library, a *-config tool)."""
+    for line in reversed(output[-200:]):
+        for pattern in _MISSING_SYSTEM_LIBRARY:
+            if m := pattern.search(line):
+                return (m.groupdict().get("what") or "a library pkg-config could not find").strip()
+    return None
+
+
+def installer_fix(error: str, python: str, output: Sequence[str] = ()) -> str | None:
+    """Advice for the install failures that say what to change: a Python too old, a failed compile (a missing
+    system library named as such: a new user's mysqlclient was told to "pin a version that publishes a wheel",
+    and mysqlclient publishes none for Linux)."""
     if m := re.search(r"does not satisfy Python\s*([<>=!~]=?\s*[\d.]+)", error):
         return (f"a dependency needs Python {m[1]}, which this build's Python {python} is not: pin an older version "
                 "of it that supports this Python in the dependency file (or ask for another Python only if this "
@@ -832,6 +861,17 @@ def installer_fix(error: str, python: str) -> str | None:
     if re.search(r"Failed to build `[^`]* @ (?:\./|file:)", error):
         return ("a package of the repo itself failed to build (the build log shows why): fix its packaging, commit "
                 "and push")
+    missing = _missing_system_library(output) if "Failed to build" in error else None
+    if missing is not None:
+        m = re.search(r"Failed to build `([A-Za-z0-9._-]+)", error)
+        package = m[1] if m else "a dependency"
+        name = re.split(r"[=<>!~ ]", package, maxsplit=1)[0].lower().replace("_", "-")
+        instead = _WHEEL_INSTEAD.get(name)
+        other = f"a newer release with a wheel for Python {python}, a -binary variant, or another library"
+        return (f"{package} compiles against a system library this server does not have ({missing}) and InkMCP "
+                "installs no system packages: replace it in the dependency file with a package that installs from "
+                f"a wheel or is pure Python ({instead or other}), "
+                "commit and push")
     if "Failed to build" in error:
         return ("a dependency had to be compiled from source here and failed (the build log shows the compiler's "
                 f"error): pin a version that publishes a wheel for Python {python} (e.g. a newer release, or "

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import local_only
 from tests.e2e.test_deploy import deploy_live, via_proxy
-from tests.support import ServerProc, call_error, git_repo, mcp_session
+from tests.support import ServerProc, call, call_error, git_repo, mcp_session
 
 STDLIB_APP = {
     "app.py": '''import os
@@ -51,3 +51,25 @@ async def test_a_dependency_free_app_py_goes_live_without_a_start_command(server
         error = await call_error(s, "deploy_app", repo_url=str(flask))
         assert "Found: app.py." in error and "Found none" not in error, error
         assert "add a requirements.txt listing the packages app.py imports and gunicorn" in error, error
+
+
+async def finished(s, dep: dict) -> dict:  # type: ignore[no-untyped-def]
+    while not dep["done"]:
+        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+    return dep
+
+
+@local_only("reads the local build's error text (a Coolify build fails inside Coolify)")
+@pytest.mark.asyncio
+async def test_a_dependency_that_needs_a_system_library_says_so(server: ServerProc, repos: Path) -> None:
+    """mysqlclient (Django's MySQL driver) compiles against libmysqlclient, which the server does not have. The
+    agent was told to "pin a version that publishes a wheel", and mysqlclient publishes none for Linux: a loop of
+    failed builds. The error now says a system library is missing and names the pure-Python replacement."""
+    repo = git_repo(repos / "mysql-app", {"requirements.txt": "mysqlclient==2.2.4\n", **STDLIB_APP})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await finished(s, await call(s, "deploy_app", repo_url=str(repo)))
+        assert dep["status"] == "failed", dep
+        head = dep["error"].partition("\nlast output:\n")[0]
+        assert "Failed to build `mysqlclient==2.2.4`" in head, head
+        assert "mysqlclient compiles against a system library this server does not have" in head, head
+        assert "PyMySQL" in head and "publishes a wheel" not in head, head
