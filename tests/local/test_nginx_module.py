@@ -167,6 +167,15 @@ HOSTILE = [
     b"alice..p.localhost", b"alice.p.localhost/../x", b"alice.p.localhost\\x", b":80",
     b"alice.p.localhost:" + b"9" * 5000, b"a" * 7000, b"alice.p.localhost:80" + b"0" * 300,
 ]
+# A refused request whose body is another request: the body must be read and dropped, never parsed as the next
+# request (it would reach the app past the Host check); then a good request on the same connection.
+_INNER = b"GET /smuggled HTTP/1.1\r\nHost: alice.p.localhost\r\n\r\n"
+SMUGGLE = [
+    b"POST /refused HTTP/1.1\r\nHost: alice.p.localhost:80.x\r\nContent-Length: %d\r\n\r\n" % len(_INNER) + _INNER
+    + _get(HOST.encode(), b"/after-smuggle"),
+    b"POST /refused HTTP/1.1\r\nHost: x!y\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(_INNER) + _INNER
+    + b"\r\n0\r\n\r\n" + _get(HOST.encode(), b"/after-smuggle"),
+]
 NORMAL = [
     b"alice.p.localhost", b"ALICE.P.LOCALHOST", b"alice.p.localhost:80", b"alice.p.localhost:65535",
     b"alice.p.localhost.", b"alice.p.localhost:00080", b"unknown.p.localhost", b"[::1]:80", b"[::1]", b"127.0.0.1",
@@ -191,6 +200,7 @@ async def test_answers_match_the_headers_more_config_byte_for_byte(pair: Pair):
         # a refusal, then a good request on the same connection
         b"GET / HTTP/1.1\r\nHost: alice.p.localhost:80.x\r\n\r\n" + _get(HOST.encode()),
         b"GET / HTTP/1.1\r\nHost: x!y\r\n\r\n" + _get(HOST.encode()),
+        *SMUGGLE,
     ]
     differ = []
     for data in cases:
@@ -228,9 +238,13 @@ async def test_hostile_hosts_never_reach_the_app(pair: Pair):
         assert b"\r\nServer: inkmcp\r\n" in answer, (host[:60], answer[:300])
     answer = await asyncio.to_thread(exchange, pair.module.port, _get(HOST.encode(), b"/after"))
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nServer:" not in answer
+    for data in SMUGGLE:  # the refusal, then the good request's answer on the same connection; no smuggled one
+        answer = await asyncio.to_thread(exchange, pair.module.port, data)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 2, answer
+        assert b"\r\n\r\nGET /after-smuggle HTTP/1.1\r\n" in answer, answer
     received = pair.received()
-    assert b"GET /after HTTP/1.1" in received
-    assert not [r for r in received if r.startswith(b"GET /hostile-")], received
+    assert b"GET /after HTTP/1.1" in received and received.count(b"GET /after-smuggle HTTP/1.1") == 2
+    assert not [r for r in received if r.startswith((b"GET /hostile-", b"GET /smuggled", b"POST /refused"))], received
 
 
 @needs_module
