@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import IsolationLevel, sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from inkmcp.errors import InkError
 from inkmcp.store.embedded import _bin_dir
@@ -38,6 +38,18 @@ def _run(argv: list[str], what: str, timeout: float = 3600, env: dict[str, str] 
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.strip().splitlines()[-3:])
         raise DumpFailed(f"{what} failed: {tail or f'exit {proc.returncode}'}")
+
+
+def _login(url: str) -> tuple[str, dict[str, str]]:
+    """--- mender7: (`url` without its password, the child's environment with it as PGPASSWORD). A command line is
+    world-readable here (/proc/PID/cmdline, `ps`): an external server's URL with its password in pg_dump's argv
+    (`inkmcp backup create`, scheduled while serving) showed the control plane's password to every local user."""
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo("", **params), env
 
 
 @contextlib.contextmanager
@@ -61,14 +73,16 @@ def snapshot(url: str) -> Iterator[tuple[psycopg.Connection, str, datetime]]:
 
 
 def dump_database(url: str, out: Path, snapshot_id: str) -> None:
+    conninfo, env = _login(url)
     _run([str(_bin_dir() / "pg_dump"), "--format=custom", "--compress=6", f"--snapshot={snapshot_id}",
-          f"--file={out}", f"--dbname={url}"], f"pg_dump of {out.stem}")
+          f"--file={out}", f"--dbname={conninfo}"], f"pg_dump of {out.stem}", env=env)
 
 
 def dump_globals(url: str, out: Path) -> None:
     """Roles (with their SCRAM verifiers, so tenant DATABASE_URLs keep working) and tablespaces."""
-    _run([str(_bin_dir() / "pg_dumpall"), "--globals-only", f"--file={out}", f"--dbname={url}"],
-         "pg_dumpall --globals-only")
+    conninfo, env = _login(url)
+    _run([str(_bin_dir() / "pg_dumpall"), "--globals-only", f"--file={out}", f"--dbname={conninfo}"],
+         "pg_dumpall --globals-only", env=env)
 
 
 def databases(url: str) -> list[str]:
@@ -79,16 +93,28 @@ def databases(url: str) -> list[str]:
 
 
 def restore_globals(url: str, sql_file: Path) -> None:
-    """Replay pg_dumpall's globals into a fresh server; the bootstrap superuser exists already there."""
+    """Replay pg_dumpall's globals into a fresh server; the bootstrap superuser exists already there.
+
+    --- mender7: a login that reaches the server with a password (an external server: docs/backup.md "External
+    servers") keeps its own: the set's ALTER ROLE for it carries the old server's verifier, and replaying it locked
+    the restore out of the server it was filling (every later step failed password authentication). The replay
+    ends by putting the login's own verifier back, in psql's session. The replay file is a private temporary one
+    (it was written into the set, which may be read-only, and a file left there fails the set's verification)."""
     text = sql_file.read_text()
     lines = [ln for ln in text.splitlines() if ln.strip() not in ("CREATE ROLE postgres;",)]
-    fixed = sql_file.with_name(sql_file.name + ".replay")
-    fixed.write_text("\n".join(lines) + "\n")
-    try:
-        _run([str(_bin_dir() / "psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", f"--dbname={url}",
-              f"--file={fixed}"], "replaying the tenant server's roles")
-    finally:
-        fixed.unlink(missing_ok=True)
+    conninfo, env = _login(url)
+    if "password" in conninfo_to_dict(url):
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT rolname, rolpassword FROM pg_catalog.pg_authid "
+                               "WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER").fetchone()
+            if row is not None and row[1] is not None:
+                lines.append(sql.SQL("ALTER ROLE {} PASSWORD {};").format(
+                    sql.Identifier(row[0]), sql.Literal(row[1])).as_string(conn))
+    with tempfile.NamedTemporaryFile("w", prefix="inkmcp-globals-", suffix=".sql") as fixed:
+        fixed.write("\n".join(lines) + "\n")
+        fixed.flush()
+        _run([str(_bin_dir() / "psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", f"--dbname={conninfo}",
+              f"--file={fixed.name}"], "replaying the tenant server's roles", env=env)
 
 
 def restore_database(admin_url_template1: str, dump: Path, logins: OwnerLogins) -> None:
@@ -124,13 +150,14 @@ def restore_database(admin_url_template1: str, dump: Path, logins: OwnerLogins) 
     entries = toc(dump)
     database = next((e for e in entries if e.kind == "database"), None)
     if database is None or logins.is_superuser(database.owner):
+        conninfo, env = _login(admin_url_template1)
         _run([str(_bin_dir() / "pg_restore"), "--clean", "--if-exists", "--create", "--exit-on-error",
-              f"--dbname={admin_url_template1}", str(dump)], f"pg_restore of {dump.name}")
+              f"--dbname={conninfo}", str(dump)], f"pg_restore of {dump.name}", env=env)
         return
     name = _database_name(database)
     steps = _steps(entries, database.owner, logins)
     _restore_step(dump, steps[0], logins, admin_url_template1, name)  # create, as the superuser
-    with _database_lent(logins.connect(admin_url_template1, None, name)[0]):
+    with _database_lent(make_conninfo(admin_url_template1, dbname=name)):
         for step in steps[1:]:
             _restore_step(dump, step, logins, admin_url_template1, name)
 
@@ -327,16 +354,22 @@ class OwnerLogins:
         return db_owner, owner in self._superusers or owner in self._roles
 
     def connect(self, admin_url: str, login: str | None, database: str | None) -> tuple[str, dict[str, str]]:
-        """(conninfo, environment) for pg_restore: the superuser's socket URL, or `login` with its lent password
-        in PGPASSWORD (never in the argv, which other local users can read)."""
-        params: dict[str, Any] = {}
+        """(conninfo, environment) for pg_restore: the superuser's URL, or `login` with its lent password, the
+        password in PGPASSWORD (never in the argv, which other local users can read).
+
+        --- mender7: the admin URL's own password (an external server's) is taken out of the conninfo: it went to
+        pg_restore's argv, and for an owner's login it overrode the lent password (libpq prefers the conninfo's)."""
+        params: dict[str, Any] = conninfo_to_dict(admin_url)
+        admin_password = params.pop("password", None)
         if database is not None:
             params["dbname"] = database
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         if login is not None:
             params["user"] = login
             env["PGPASSWORD"] = self._passwords[login]
-        return make_conninfo(admin_url, **params), env
+        elif admin_password is not None:
+            env["PGPASSWORD"] = str(admin_password)
+        return make_conninfo("", **params), env
 
     def open(self, dumps: list[Path]) -> OwnerLogins:
         owners = {e.owner for d in dumps for e in toc(d)}
@@ -390,5 +423,6 @@ class OwnerLogins:
 
 def restore_into(url: str, dump: Path) -> None:
     """Restore into an existing, empty database (the control plane's `postgres`), in one transaction."""
+    conninfo, env = _login(url)
     _run([str(_bin_dir() / "pg_restore"), "--single-transaction", "--exit-on-error", "--no-owner",
-          f"--dbname={url}", str(dump)], f"pg_restore of {dump.name}")
+          f"--dbname={conninfo}", str(dump)], f"pg_restore of {dump.name}", env=env)

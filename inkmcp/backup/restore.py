@@ -86,8 +86,9 @@ def restore_backup(settings: Settings, path: Path, *, keys_from: Path | None = N
     if settings.database_url is not None or settings.tenant_database_url is not None:
         raise InkError("restore fills the embedded servers of a one-machine installation, and INKMCP_DATABASE_URL or "
                        "INKMCP_TENANT_DATABASE_URL is set.", argument="INKMCP_DATABASE_URL",
-                       fix="unset them for the restore, or restore external servers with their own tools (pg_restore "
-                       "of the set's control.dump and tenants/)")
+                       fix="unset them for the restore, or restore external servers as docs/backup.md \"External "
+                       "servers\" says: each tenant database logged in as its owner "
+                       "(inkmcp.backup.pgtools.restore_database), never a plain pg_restore as the superuser")
     env = os.environ.get(ENV_VAR, "").strip()
     env_keys = [k.strip() for k in env.split(",") if k.strip()] if env else None
     step("verifying the set")

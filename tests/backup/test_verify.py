@@ -274,6 +274,15 @@ def test_restore_refuses_a_non_empty_data_dir_and_a_running_server(inst: Install
         os.close(fd)
     assert sorted(p.name for p in busy.iterdir()) == ["serve.lock"]
 
+    # an external tenant server: refused, and the fix says how to restore it safely (each tenant database as its
+    # owner), never "pg_restore" alone, which done as the superuser runs the tenants' code as the superuser
+    external = tmp_path / "external"
+    with pytest.raises(InkError) as refused:
+        restore_backup(Settings(data_dir=external, tenant_database_url="postgresql://postgres@db.internal/postgres"),
+                       inst.set_in)
+    assert "pgtools.restore_database" in refused.value.render() and "as its owner" in refused.value.render()
+    assert not external.exists()
+
 
 def test_audit_cli_refuses_an_unknown_account_and_a_bad_since(inst: Installation) -> None:
     done = inst.cli("audit", "--account", "nobody")

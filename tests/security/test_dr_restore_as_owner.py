@@ -30,6 +30,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from inkmcp.backup import pgtools
 from inkmcp.backup.create import create_backup
 from inkmcp.backup.restore import restore_backup
 from inkmcp.providers.database.base import Tier
@@ -131,6 +132,7 @@ class Restored:
     alice: Tenant
     carol: Tenant
     proof: Path  # where her public.now() writes, if a superuser session calls it
+    the_set: Path  # the backup set the restore came from
 
 
 def su(server: EmbeddedPostgres, database: str = "postgres") -> psycopg.Connection[Any]:
@@ -182,7 +184,7 @@ def restored() -> Iterator[Restored]:
         servers.append(after)
         servers.append(EmbeddedPostgres(target / "pg" / "control"))
         after.start()
-        yield Restored(source, after, mallory, alice, carol, proof)
+        yield Restored(source, after, mallory, alice, carol, proof, the_set)
     finally:
         for server in servers:
             if (server.pgdata / "PG_VERSION").exists():
@@ -253,3 +255,49 @@ def test_every_database_and_role_comes_back_as_dumped(restored: Restored) -> Non
         with pytest.raises(psycopg.Error):  # and alice's database stays closed to her
             psycopg.connect(host=str(dst.socket_dir), port=dst.socket_port, user=m.user, password=m.password,
                             dbname=restored.alice.database, connect_timeout=10).close()
+
+
+def test_the_documented_external_restore_runs_her_code_as_her(restored: Restored, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """docs/backup.md's procedure for an external tenant server (the snippet under "External servers", run as written)
+    into a fresh server reached over TCP with the superuser's password in the URL: her function runs as her, she
+    stays an ordinary role, alice's data is there, and no password (the superuser's or a lent one) is ever on a
+    command line (mender7: the doc said "restore their dumps with pg_restore", i.e. as the superuser, the attack
+    above; and the admin URL's password went into pg_dump's/pg_restore's argv, where `ps` shows it)."""
+    doc = (Path(__file__).parents[2] / "docs" / "backup.md").read_text()
+    snippet = doc.split("## External servers", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    base = traversable_tmpdir("inkmcp-drext-")
+    server = EmbeddedPostgres(base / "pg", port=free_port())
+    argvs: list[list[str]] = []
+    real_run = pgtools.subprocess.run
+
+    def recording_run(argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        argvs.append([str(a) for a in argv])
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(pgtools.subprocess, "run", recording_run)
+    try:
+        server.start()
+        admin = server.url(database="template1", driver=None).get_secret_value()
+        password = psycopg.conninfo.conninfo_to_dict(admin)["password"]
+        assert password and "@127.0.0.1:" in admin  # TCP, with a password: as an external server is reached
+        code = (snippet.replace('Path("/mnt/backups/inkmcp-backup-…")', "Path(THE_SET)")
+                .replace('"postgresql://postgres:…@tenant-db.internal:5432/template1"', "ADMIN"))
+        assert "THE_SET" in code and "ADMIN" in code, snippet
+        exec(compile(code, "docs/backup.md", "exec"), {"THE_SET": str(restored.the_set), "ADMIN": admin})  # noqa: S102 (the doc's own code)
+
+        m = restored.mallory
+        with su(server) as conn:
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (m.user,)).fetchone() == (False,)
+        with su(server, m.database) as conn:
+            seen = conn.execute("SELECT session_role, current_role_, superuser FROM dr_seen "
+                                "WHERE app = 'pg_restore'").fetchall()
+        assert len(seen) == 3 and set(seen) == {(m.user, m.user, False)}, seen
+        with su(server, restored.alice.database) as conn:
+            assert conn.execute("SELECT secret FROM private").fetchall() == [("alice-only",)]
+        assert any("pg_restore" in a[0] for a in argvs) and any("psql" in a[0] for a in argvs)
+        assert not [a for a in argvs if any(password in part for part in a)], "a password on a command line"
+    finally:
+        if (server.pgdata / "PG_VERSION").exists():
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
