@@ -129,9 +129,10 @@ def run_dir() -> Iterator[Path]:
 async def pair(run_dir: Path) -> AsyncIterator[Pair]:
     port, log = _free_port(), run_dir / "app.log"
     app = subprocess.Popen([PY, "-c", ECHO_APP], env={**os.environ, "PORT": str(port), "LOG": str(log)})
-    proxies = [NginxProxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=run_dir / name,
-                          settings=ProxySettings(module=mode))  # type: ignore[arg-type]
-               for name, mode in (("module", "auto"), ("fallback", "off"))]  # fmt: skip
+    # the module proxy with the default settings: what the local provider runs (INKMCP_PROXY_MODULE=auto)
+    proxies = [NginxProxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=run_dir / "module", settings=ProxySettings()),
+               NginxProxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=run_dir / "fallback",
+                          settings=ProxySettings(module="off"))]  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         while not _connects(port):
@@ -442,3 +443,24 @@ def test_doctor_says_which_config_the_proxy_runs(run_dir: Path, monkeypatch):
     monkeypatch.setenv("INKMCP_PROXY_MODULE", "off")
     check = check_local_proxy(DoctorReport())
     assert check.status == Status.ok and "INKMCP_PROXY_MODULE=off" in check.detail
+
+
+@needs_module
+def test_the_build_is_hardened_like_the_binary_and_loads(run_dir: Path):
+    """The build takes the binary's own compiler and linker flags (`nginx -V`): the .so nginx's root master loads
+    has the stack protector, full RELRO and no executable stack; `nginx -t` loads it, and refuses a file that is
+    not a module (the check the build runs before installing it)."""
+    assert _FOUND.path is not None
+    opts = " ".join(nginx_module._binary_opts(nginx_module.nginx_version_output(ProxySettings().nginx)))
+    assert "-fstack-protector-strong" in opts and "-D_FORTIFY_SOURCE=2" in opts and "-z,now" in opts
+    dynamic = subprocess.run(["readelf", "-d", str(_FOUND.path)], capture_output=True, text=True, check=True).stdout
+    segments = subprocess.run(["readelf", "-lW", str(_FOUND.path)], capture_output=True, text=True, check=True).stdout
+    symbols = subprocess.run(["nm", "-D", str(_FOUND.path)], capture_output=True, text=True, check=True).stdout
+    assert "BIND_NOW" in dynamic and "GNU_RELRO" in segments and "__stack_chk_fail" in symbols
+    stack = next(line for line in segments.splitlines() if "GNU_STACK" in line)
+    assert " RW " in stack and "RWE" not in stack
+    nginx_module.check_loads(ProxySettings().nginx, _FOUND.path, run_dir)
+    junk = run_dir / "junk.so"
+    junk.write_bytes(b"\x7fELF junk")
+    with pytest.raises(RuntimeError, match="loading the module"):
+        nginx_module.check_loads(ProxySettings().nginx, junk, run_dir)

@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from inkmcp.providers.compute.local.nginx import ProxySettings
 from inkmcp.providers.compute.local.nginx_module import PACKAGE_BIN, build
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m inkmcp.providers.compute.local.nginx_module")
-    ap.add_argument("--nginx", type=Path, default=Path("/usr/sbin/nginx"), help="the nginx binary to build for")
+    ap.add_argument("--nginx", type=Path, default=ProxySettings().nginx,
+                    help="the nginx binary to build for (default: INKMCP_PROXY_NGINX's, %(default)s)")
     ap.add_argument("dir", nargs="?", type=Path, default=PACKAGE_BIN, help="where to put it (default: %(default)s)")
     args = ap.parse_args()
     started = time.monotonic()
