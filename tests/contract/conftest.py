@@ -26,7 +26,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -655,7 +654,3 @@ async def release(h: Harness, book: RefBook, request: ReleaseRequest, events: Ev
     checkout = h.checkout() if provider.needs_checkout else None
     return await provider.release(book.request(request, checkout), events or Events(),  # type: ignore[no-any-return]
                                   book.recorder(request.key, request.deployment_id))
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0

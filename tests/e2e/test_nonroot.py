@@ -86,3 +86,12 @@ async def test_deploy_as_a_normal_user(user_server: ServerProc) -> None:
             assert os.stat(f"/proc/{pid}").st_uid == uid
     finally:
         shutil.rmtree(repos, ignore_errors=True)
+
+
+def test_start_warns_that_the_disk_is_not_limited(user_server: ServerProc) -> None:
+    """Without root there is no filesystem per project (diskquota): `serve` says so at start, with the reason and
+    what to do, rather than leaving an operator to believe INKMCP_MAX_DISK_MB holds."""
+    assert user_server.log_path is not None
+    text = user_server.log_path.read_text(errors="replace")
+    assert "tenant disk usage is NOT limited" in text, text[-3000:]
+    assert "not running as root" in text and "INKMCP_MAX_DISK_MB" in text, text[-3000:]
