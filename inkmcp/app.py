@@ -270,7 +270,13 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         await _embedded(stack, tenants)
         admin = SecretStr(tenants.socket_url(driver=None).get_secret_value())
         public_host, public_port = settings.tenant_database_public_host, port
-    postgres = PostgresDatabaseProvider(admin, public_host=public_host, public_port=public_port)
+    # --- tenantdisk: each database on the embedded tenant server gets a tablespace on an image of its own
+    from inkmcp.store.tenant_disks import tablespace_disks
+
+    postgres = PostgresDatabaseProvider(admin, public_host=public_host, public_port=public_port,
+                                        tablespaces=tablespace_disks(data) if settings.tenant_database_url is None
+                                        else None)
+    # --- end tenantdisk
     stack.push_async_callback(postgres.close)
     byo = BringYourOwnDatabase()
     compute, coolify_parts = await _compute(stack, settings, data, store, control_url)

@@ -175,6 +175,13 @@ class EmbeddedPostgres:
             self._check_version()
             password = self._superuser_password() if self.port is not None else None
             self._write_config()
+            # --- tenantdisk: a tenant server's databases live on images of their own (store/tenant_disks.py),
+            # mounted before it starts (crash recovery and every tenant's query need their files) ...
+            if self.port is not None:
+                from inkmcp.store.tenant_disks import mount_tablespaces
+
+                mount_tablespaces(self.pgdata)
+            # --- end tenantdisk
             pid = self._running_pid()
             if pid is not None and not self._matches_config():
                 log.info("embedded postgres %s runs with other settings; restarting", self.pgdata)
@@ -202,6 +209,12 @@ class EmbeddedPostgres:
         with self._locked():
             if self._running_pid() is not None:
                 self._pg_ctl_stop()
+            # --- tenantdisk: ... and unmounted only once it stopped (never under a running server)
+            if self.port is not None and self._running_pid() is None:
+                from inkmcp.store.tenant_disks import unmount_tablespaces
+
+                unmount_tablespaces(self.pgdata)
+            # --- end tenantdisk
 
     def url(self, database: str = "postgres", driver: str | None = "psycopg") -> SecretStr:
         """SQLAlchemy/libpq URL for the superuser. TCP with password when a port is set, else socket.
@@ -327,6 +340,12 @@ class EmbeddedPostgres:
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
             "log_min_error_statement = panic\n"  # never echo failing statements (may hold passwords)
         )
+        if self.port is not None:
+            # --- tenantdisk: a tenant's `RAISE WARNING` (or LOG, or an uncaught EXCEPTION) of any size, in a loop, went
+            # to server.log on the data dir's filesystem, past every tenant disk limit; FATAL and PANIC (start-up
+            # failures, the server's own) are still logged, tenant code cannot raise those
+            conf += "log_min_messages = fatal\n"
+            # --- end tenantdisk
         self._write_file(self.pgdata / "inkmcp.conf", conf)
         hba = (
             "# Written by InkMCP on every start; edits are overwritten.\n"

@@ -19,6 +19,13 @@ One tenant = one login role + one database owned by it, both named `ink_<slug>`.
   on it, so in a tenant database only the tenant (as database owner) can create objects there;
   nothing further to revoke (verified in tests/store/test_postgres_provider.py).
 
+* Disk (tenantdisk): on the embedded tenant server (`tablespaces` given) each database has a tablespace of its own,
+  named like it, on an ext4 image of its own (INKMCP_TENANT_PG_DISK_MB; store/tenant_disks.py says why and how), and
+  is created with it as its default: its tables, indexes and temporary files cannot fill the filesystem every other
+  tenant and the control plane share; a full one says "could not extend file ...: No space left on device" to its
+  tenant only. Only the superuser may CREATE in a tablespace, so a tenant cannot put a table in `pg_default` or
+  another tenant's. A database made before that is moved onto its image at the next start (`_move_into`).
+
 Passwords are hashed client-side (libpq's PQencryptPasswordConn, SCRAM-SHA-256) before they are
 sent, so the plaintext never appears in server logs or pg_stat_activity.
 
@@ -28,10 +35,14 @@ so two provisions of one slug produce one database (the later one resets the pas
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -41,6 +52,11 @@ from pydantic import SecretStr
 from inkmcp.errors import InvalidArgument, ProviderError
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
 from inkmcp.settings import TenantPostgresSettings
+
+if TYPE_CHECKING:
+    from inkmcp.providers.compute.local.diskquota import NamedDisks
+
+log = logging.getLogger(__name__)
 
 PREFIX = "ink_"
 _MAX_IDENT = 63
@@ -134,6 +150,7 @@ class PostgresDatabaseProvider:
         connection_limits: Mapping[Tier, int] | None = None,
         role_limits: TenantPostgresSettings | None = None,
         connect_timeout_s: int = 10,
+        tablespaces: NamedDisks | None = None,
     ) -> None:
         self._admin_url = SecretStr(libpq_url(admin_url.get_secret_value()))
         self.public_host = public_host
@@ -141,6 +158,7 @@ class PostgresDatabaseProvider:
         self.connection_limits = dict(connection_limits or DEFAULT_CONNECTION_LIMITS)
         self.role_limits = role_limits or TenantPostgresSettings()  # INKMCP_TENANT_PG_* from the environment
         self.connect_timeout_s = connect_timeout_s
+        self.tablespaces = tablespaces  # the embedded server's per-database images; None: no disk limit
 
     def __repr__(self) -> str:
         return f"PostgresDatabaseProvider(public={self.public_host}:{self.public_port})"
@@ -167,6 +185,7 @@ class PostgresDatabaseProvider:
         password = secrets.token_urlsafe(32)
         limit = self.connection_limit(tier)
         role = sql.Identifier(ident)
+        location = await self._disk(ident)  # refused here (nothing made) when the host cannot hold another image
         conn = await self._connect()
         try:
             await self._lock(conn, ident)
@@ -182,16 +201,27 @@ class PostgresDatabaseProvider:
             db_exists = await (
                 await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ident,))
             ).fetchone()
+            space = sql.SQL("")
+            if location is not None:
+                await self._ensure_tablespace(conn, ident, location)
+                space = sql.SQL(" TABLESPACE {}").format(role)
             if not db_exists:
-                await conn.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template1").format(role, role)
-                )
+                await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template1{}").format(
+                    role, role, space))
             else:
                 await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(role, role))
+                if location is not None:
+                    await self._move_into(conn, ident)
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(role))
-            for shared in ("postgres", "template1"):
-                await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
-                    sql.Identifier(shared)))
+            # one provision at a time here: two sessions updating one pg_database row fail "tuple concurrently
+            # updated" (two accounts' provisions at once, seen once the tablespace made provisions slower)
+            await conn.execute("SELECT pg_advisory_lock(%s, 0)", (_LOCK_CLASS,))
+            try:
+                for shared in ("postgres", "template1"):
+                    await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                        sql.Identifier(shared)))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s, 0)", (_LOCK_CLASS,))
         except psycopg.Error as e:
             raise ProviderError(f"provisioning database {ident} failed: {e.diag.message_primary or e}") from None
         finally:
@@ -208,6 +238,71 @@ class PostgresDatabaseProvider:
                 password=SecretStr(password),
             ),
         )
+
+    # --- tenantdisk: a tablespace per database on an image of its own ------------------------------------------
+
+    async def _disk(self, ident: str) -> str | None:
+        """The database's image created (admitted) and mounted; the tablespace's location, None when not limited."""
+        if self.tablespaces is None or not self.tablespaces.enforced:
+            return None
+        try:
+            path = await asyncio.to_thread(self.tablespaces.ensure, ident)
+        except OSError as e:
+            raise ProviderError(f"the disk of database {ident} could not be prepared: {e.strerror or e}",
+                                fix="retry; if it persists the operator finds the cause in InkMCP's log") from None
+        return None if path is None else str(path)
+
+    @staticmethod
+    async def _ensure_tablespace(conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str, location: str) -> None:
+        """`CREATE TABLESPACE ident LOCATION` (owned by the superuser: only the database's default uses it)."""
+        cur = await conn.execute("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = %s", (ident,))
+        row = await cur.fetchone()
+        if row is None:
+            await conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
+                sql.Identifier(ident), sql.Literal(location)))
+        elif Path(str(row[0])) != Path(location):
+            log.warning("tablespace %s is at %s, not on its image at %s; left as it is", ident, row[0], location)
+
+    @staticmethod
+    async def tablespace_of(conn: psycopg.AsyncConnection[tuple[object, ...]], database: str) -> str | None:
+        cur = await conn.execute("SELECT t.spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+                                 "WHERE d.datname = %s", (database,))  # fmt: skip
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def _move_into(self, conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str,
+                         deadline_s: float = 30) -> bool:
+        """A database made before its tablespace (an upgrade, a DR restore) moved onto it; True when it moved.
+
+        `ALTER DATABASE ... SET TABLESPACE` copies its files and needs nobody connected: the tenant's sessions are
+        terminated (its apps reconnect; this runs at start, before InkMCP restores them), again if one gets in
+        between, within a deadline. One that does not fit stays where it was, unlimited, with a warning."""
+        current = await self.tablespace_of(conn, ident)
+        if current is None or current == ident:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        while True:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                               "AND pid <> pg_backend_pid()", (ident,))  # fmt: skip
+            try:
+                await conn.execute(sql.SQL("ALTER DATABASE {} SET TABLESPACE {}").format(
+                    sql.Identifier(ident), sql.Identifier(ident)))
+                log.info("database %s moved onto its own disk (tablespace %s)", ident, ident)
+                return True
+            except psycopg.errors.ObjectInUse:
+                if loop.time() > deadline:
+                    log.warning("database %s stays in %s without a disk limit: sessions kept reconnecting while it "
+                                "was to move onto its own disk; the next start tries again", ident, current)
+                    return False
+                await asyncio.sleep(0.1)
+            except (psycopg.errors.DiskFull, psycopg.errors.InsufficientResources) as e:
+                log.warning("database %s stays in %s WITHOUT a disk limit: it does not fit on its own %s MiB disk "
+                            "(%s); raise INKMCP_TENANT_PG_DISK_MB and restart", ident, current,
+                            self.tablespaces.size_mb if self.tablespaces else "?", e.diag.message_primary or e)
+                return False
+
+    # --- end tenantdisk
 
     def connection_limit(self, tier: Tier) -> int:
         return self.connection_limits.get(Tier(tier), -1)
@@ -256,6 +351,14 @@ class PostgresDatabaseProvider:
             if row is None:
                 return False
             changed = await self._set_role_limits(conn, ident, tier)
+            try:  # --- tenantdisk: a database from before moves onto its own disk
+                location = await self._disk(ident)
+            except ProviderError as e:  # the host cannot hold its image: it stays where it is, the limits still apply
+                log.warning("database %s stays without a disk limit: %s", ident, e)
+                location = None
+            if location is not None and await self.tablespace_of(conn, ident) is not None:
+                await self._ensure_tablespace(conn, ident, location)
+                changed = await self._move_into(conn, ident) or changed
             if row[0] != limit:
                 await conn.execute(
                     sql.SQL("ALTER ROLE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(ident), sql.Literal(limit))
@@ -276,11 +379,22 @@ class PostgresDatabaseProvider:
             await self._lock(conn, ident)
             # WITH (FORCE) terminates the tenant's connections first (PostgreSQL 13+).
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(ident)))
+            # --- tenantdisk: leftovers of its backup restores (dbbackup's scratch and replaced copies) are on its disk
+            cur = await conn.execute(
+                "SELECT d.datname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+                "WHERE t.spcname = %s AND (d.datname LIKE 'ink\\_restore\\_%%' OR d.datname LIKE 'ink\\_old\\_%%')",
+                (ident,))
+            for (left,) in await cur.fetchall():
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(left)))
+            await conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(ident)))
+            # --- end tenantdisk
             await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ident)))
         except psycopg.Error as e:
             raise ProviderError(f"dropping database {ident} failed: {e.diag.message_primary or e}") from None
         finally:
             await conn.close()
+        if self.tablespaces is not None:  # --- tenantdisk: its image, once the server let go of its files
+            await asyncio.to_thread(self.tablespaces.remove, ident)
 
     async def close(self) -> None:
         """Nothing to release: connections are opened per operation (provisioning is rare)."""

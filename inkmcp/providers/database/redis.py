@@ -33,6 +33,16 @@ scan or watch other projects' keys or reach other dbs), and services get REDIS_K
 apps that prefix their keys with it work there (most frameworks have a setting for it). Users are persisted with
 ACL SAVE (the server needs an `aclfile`) or else CONFIG REWRITE.
 
+Disk (tenantdisk): `maxmemory` bounds the data set, but not its files: the AOF grows with every write (a tenant SETs
+and DELs one big value in a loop: memory stays flat, the file grows until the next rewrite, and a rewrite that fails
+leaves it growing), and all of it was on the data dir's filesystem, shared with every tenant and the control plane.
+Each instance directory is now an ext4 image of its own (`compute/disks/redis/<ident>.img`, INKMCP_REDIS_DISK_MB,
+the projects' disk machinery: `diskquota.NamedDisks`), mounted on `<data_dir>/redis/<ident>/` before the instance
+starts and unmounted after it stopped (an instance outlives InkMCP when it was adopted: its mount stays with it). A
+full one makes Redis refuse writes ("MISCONF Errors writing to the AOF file: No space left on device") for that
+project only. Memory beside `maxmemory`: client buffers (a 1 GiB query buffer per connection by default) are capped
+together by `maxmemory-clients` (Redis disconnects the largest clients past it).
+
 Lifecycle: `provision` creates and starts an instance (a second provision of the same project gives it a new
 password, which is how a crash between creating and recording is recovered, as for Postgres); `start()` (at
 InkMCP start, before apps are restored) starts or adopts every instance on disk; `close()` stops those this
@@ -63,6 +73,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.errors import InvalidArgument, ProviderError
+from inkmcp.providers.compute.local.diskquota import NamedDisks, unmount
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
 from inkmcp.providers.database.postgres import database_name_for
 
@@ -115,6 +126,17 @@ class RedisSettings(BaseSettings):
         "silently dropping data; allkeys-lru suits pure caches",
     )
     maxclients: int = Field(default=128, ge=1, description="connections per instance (redis `maxclients`)")
+    disk_mb: int = Field(
+        default=256, ge=0,
+        description="disk of each project's instance (its append-only files, on an ext4 image of this size; root "
+        "only), MiB; keep it above 3 x maxmemory_mb (the AOF's base, its growth until a rewrite, a rewrite's new "
+        "base). 0: not limited",
+    )  # fmt: skip
+    client_memory_mb: int = Field(
+        default=64, ge=1,
+        description="memory all connections' buffers of one instance may hold together (redis `maxmemory-clients`); "
+        "past it Redis disconnects the largest",
+    )  # fmt: skip
     watch_seconds: float = Field(
         default=5.0, ge=0, description="how often a serving InkMCP restarts instances that died (0 = never)"
     )
@@ -289,6 +311,9 @@ class RedisInstance:
             f"maxmemory {s.maxmemory_mb}mb",
             f"maxmemory-policy {s.maxmemory_policy}",
             f"maxclients {s.maxclients}",
+            f"maxmemory-clients {s.client_memory_mb}mb",  # --- tenantdisk: every client's buffers, together
+            "auto-aof-rewrite-percentage 100",
+            "auto-aof-rewrite-min-size 32mb",
             "enable-debug-command no",
             "enable-module-command no",
             "enable-protected-configs no",
@@ -405,9 +430,10 @@ class RedisProvider:
 
     name = "redis"
 
-    def __init__(self, base: Path, settings: RedisSettings | None = None) -> None:
+    def __init__(self, base: Path, settings: RedisSettings | None = None, *, disks: NamedDisks | None = None) -> None:
         self.base = Path(base).absolute()
         self.settings = settings or RedisSettings()
+        self.disks = disks  # --- tenantdisk: each instance directory on an image of its own; None: not limited
         self._user: pwd.struct_passwd | None = None
         self._user_checked = False
         self._started: set[str] = set()
@@ -443,9 +469,21 @@ class RedisProvider:
             os.close(fd)
 
     def idents(self) -> list[str]:
+        """Every instance: a directory with its instance file, or an image (whose directory is mounted on start)."""
+        imaged = set(self.disks.names()) if self.disks is not None and self.disks.enforced else set()
         if not self.base.is_dir():
-            return []
-        return sorted(d.name for d in self.base.iterdir() if (d / _INSTANCE_FILE).exists())
+            return sorted(imaged)
+        return sorted(imaged | {d.name for d in self.base.iterdir() if (d / _INSTANCE_FILE).exists()})
+
+    def _mount(self, ident: str) -> None:
+        """--- tenantdisk: the instance's directory on its own filesystem, before anything reads or starts it."""
+        if self.disks is not None:
+            self.disks.ensure(ident)
+
+    def _unmount(self, ident: str) -> None:
+        """--- tenantdisk: after the instance stopped (never under a running one)."""
+        if self.disks is not None and self.disks.enforced and self.instance(ident).running_pid() is None:
+            unmount(self.disks.mount_point(ident))
 
     def _allocate_port(self) -> int:
         used = {p for p in (self.instance(i).port for i in self.idents()) if p is not None}
@@ -461,8 +499,15 @@ class RedisProvider:
     def _provision(self, ident: str) -> tuple[int, str]:
         with self._locked():
             inst = self.instance(ident)
+            imaged = self.disks is not None and self.disks.image(ident).exists()
+            self._mount(ident)  # refused here (nothing made) when the host cannot hold another image
             existed = inst.port is not None
-            port = inst.port or self._allocate_port()
+            try:
+                port = inst.port or self._allocate_port()
+            except ProviderError:
+                if not existed and not imaged and self.disks is not None:
+                    self.disks.remove(ident)
+                raise
             password = secrets.token_urlsafe(32)
             inst.stop()  # a re-provision (crash before it was recorded) changes the password: restart with it
             try:
@@ -473,6 +518,8 @@ class RedisProvider:
                 if not existed:  # nothing recorded it: leave no half-made instance for start() to retry forever
                     inst.stop()
                     shutil.rmtree(inst.dir, ignore_errors=True)
+                    if self.disks is not None:
+                        self.disks.remove(ident)
                 raise
             return port, password
 
@@ -499,6 +546,8 @@ class RedisProvider:
             inst = self.instance(ident)
             inst.stop()
             self._started.discard(ident)
+            if self.disks is not None:  # --- tenantdisk: its filesystem and image go with it
+                self.disks.remove(ident)
             shutil.rmtree(inst.dir, ignore_errors=True)
 
     async def drop(self, external_id: str) -> None:
@@ -510,9 +559,10 @@ class RedisProvider:
         with self._locked():
             for ident in self.idents():
                 try:
+                    self._mount(ident)
                     if self.instance(ident).start():
                         self._started.add(ident)
-                except ProviderError:
+                except (ProviderError, OSError):
                     failed.append(ident)  # logged by the instance; the other projects' Redis still start
         return failed
 
@@ -542,10 +592,11 @@ class RedisProvider:
                     continue
                 log.warning("redis instance %s is not running; restarting it", ident)
                 try:
+                    self._mount(ident)
                     if inst.start():
                         self._started.add(ident)
                         restarted.append(ident)
-                except ProviderError:
+                except (ProviderError, OSError):
                     pass  # logged by the instance; retried next round
         return restarted
 
@@ -554,6 +605,7 @@ class RedisProvider:
             for ident in idents:
                 self.instance(ident).stop()
                 self._started.discard(ident)
+                self._unmount(ident)
 
     async def close(self) -> None:
         """Stop the watchdog, then the instances this process started (adopted ones belong to whoever started
@@ -703,4 +755,14 @@ def build_redis_provider(base: Path, settings: RedisSettings) -> RedisProvider |
     """The external server when INKMCP_REDIS_URL is set, else one redis-server per project under `base`."""
     if settings.url is not None:
         return ExternalRedisProvider(settings.url, public_host=settings.public_host)
-    return RedisProvider(base, settings)
+    # --- tenantdisk: each instance on an image of its own, beside the projects' (INKMCP_REDIS_DISK_MB)
+    from inkmcp.errors import settings_from_env
+    from inkmcp.store.tenant_disks import TenantDiskSettings
+
+    host = settings_from_env(TenantDiskSettings, "INKMCP_", "inkmcp/store/tenant_disks.py")
+    user = _ensure_user()
+    disks = NamedDisks(Path(base).absolute().parent / "compute", "redis", Path(base).absolute(),
+                       size_mb=settings.disk_mb, setting="INKMCP_REDIS_DISK_MB", what="Redis instance",
+                       owner=None if user is None else (user.pw_uid, user.pw_gid), reserve_mb=host.disk_reserve_mb,
+                       overcommit=host.disk_overcommit, inner=None)  # fmt: skip
+    return RedisProvider(base, settings, disks=disks)

@@ -178,6 +178,9 @@ def _copy_in(old: Path, target: Path) -> bool:
 class ProjectDisks:
     """The per-project filesystems of one data dir (see the module docstring)."""
 
+    what = "project"  # in the admission's refusal: "no disk space left for another project's 4096 MiB"
+    setting = "INKMCP_MAX_DISK_MB"
+
     def __init__(self, data_dir: Path, *, size_mb: int, reserve_mb: int = 2048, overcommit: float = 1.0) -> None:
         self.data_dir = data_dir
         self.size_mb = size_mb
@@ -324,10 +327,12 @@ class ProjectDisks:
 
     def _admit(self, project_id: str) -> None:
         """Refuse a new image the host could not hold together with what the existing ones may still grow by."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.statvfs(self.dir)
         free = st.f_bavail * st.f_frsize
         promised = 0
-        for other in self.dir.glob("*.img"):
+        # --- tenantdisk: every image of the data dir (projects', tenant databases' and Redis's, disks/**) is promised
+        for other in (self.data_dir / DISKS).rglob("*.img"):
             with contextlib.suppress(OSError):
                 s = other.stat()
                 promised += max(0, s.st_size - s.st_blocks * 512)
@@ -335,10 +340,10 @@ class ProjectDisks:
         if free < need:
             over = f", divided by INKMCP_DISK_OVERCOMMIT={self.overcommit:g}" if self.overcommit > 1 else ""
             raise ProviderError(
-                f"this server has no disk space left for another project's {self.size_mb} MiB "
-                f"(INKMCP_MAX_DISK_MB): {free // 2**20} MiB free, {promised // 2**20} MiB promised to existing "
-                f"projects{over}, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete "
-                "a project you no longer need, or ask the operator to free disk space or lower INKMCP_MAX_DISK_MB"
+                f"this server has no disk space left for another {self.what}'s {self.size_mb} MiB "
+                f"({self.setting}): {free // 2**20} MiB free, {promised // 2**20} MiB promised to existing "
+                f"disks{over}, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete "
+                f"a project you no longer need, or ask the operator to free disk space or lower {self.setting}"
             )
 
     # -- bind mounts of a project's home and services --------------------------------------------
@@ -501,3 +506,126 @@ class ProjectDisks:
             "its HOME and /tmp). Delete files the app wrote in its HOME or /tmp, delete services of this project "
             "you no longer need (delete with service_name), or ask the operator to raise INKMCP_MAX_DISK_MB"
         )
+
+
+class NamedDisks(ProjectDisks):
+    """Images of one kind beside the projects' (`<disks>/<kind>/<name>.img`), each mounted on `mount_root/<name>`,
+    with a directory `data/` in it owned by the process that fills it: a tenant database's tablespace (the embedded
+    tenant PostgreSQL server's user) or a project's Redis data (the Redis user).
+
+    Why not the project's own image: those servers run beside InkMCP, not inside it. The tenant PostgreSQL server
+    outlives `inkmcp serve` (adopted at the next start), is started before the projects' images are mounted, is
+    started by `inkmcp backup create` without any of them, and serves Coolify-deployed projects that have no image;
+    a project image unmounted under a running server (InkMCP's close) would make its next file open fail
+    (checkpoints, crash recovery: every tenant's database down). Images of their own follow the server's life
+    instead: mounted before it starts, unmounted only after it stopped (`mount_all`/`unmount_all`), so a tenant's
+    database and its Redis files are always on their own filesystem, and full means ENOSPC for that tenant only.
+
+    Living in the same `disks/` tree as the projects' images, they are counted by the same admission (`_admit`):
+    the host's free space minus INKMCP_DISK_RESERVE_MB holds what every image may still grow by.
+    """
+
+    def __init__(self, data_dir: Path, kind: str, mount_root: Path, *, size_mb: int, setting: str, what: str,
+                 owner: tuple[int, int] | None, reserve_mb: int = 2048, overcommit: float = 1.0,
+                 inner: str | None = "data") -> None:
+        super().__init__(data_dir, size_mb=size_mb, reserve_mb=reserve_mb, overcommit=overcommit)
+        self.inner_name = inner  # None: the mount point itself is the owner's (0700)
+        self.dir = data_dir / DISKS / kind
+        self.mount_root = mount_root
+        self.setting = setting
+        self.what = what
+        self.owner = owner
+
+    def mount_point(self, project_id: str) -> Path:
+        return self.mount_root / project_id
+
+    @contextlib.contextmanager
+    def _locked(self, project_id: str) -> Iterator[None]:
+        # the compute dir as the local provider makes it (0711: tenants traverse it), perhaps before it ran
+        self.data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        (self.data_dir / DISKS).mkdir(mode=0o700, exist_ok=True)
+        with super()._locked(project_id):
+            yield
+
+    def location(self, name: str) -> Path:
+        """Where the server keeps the name's files: `data/` on the name's own filesystem (or its root)."""
+        return self.mount_point(name) / self.inner_name if self.inner_name else self.mount_point(name)
+
+    def names(self) -> list[str]:
+        return sorted(p.name[: -len(".img")] for p in self.dir.glob("*.img")) if self.dir.is_dir() else []
+
+    def ensure(self, name: str) -> Path | None:
+        """The name's filesystem created (admitted first) and mounted, its `data/` owned by `owner` (0700); that
+        directory, or None when not enforced. Blocking; idempotent."""
+        if not self.enforced:
+            return None
+        with self._locked(name):
+            target = self.mount_point(name)
+            old = None
+            if not is_mounted(target):
+                image = self.image(name)
+                if not image.exists():
+                    self._admit(name)
+                    self._create(image)
+                self.mount_root.mkdir(mode=0o711, parents=True, exist_ok=True)
+                old = _set_aside(target)  # files from before the upgrade: copied in below
+                target.mkdir(mode=0o711, exist_ok=True)
+                self._grow(name, image)
+                self._mount(image, target)
+            data = self.location(name)
+            if data != target:
+                os.chown(target, 0, 0)
+                target.chmod(0o711)  # the owner traverses to data/; nobody lists it
+                data.mkdir(mode=0o700, exist_ok=True)
+            if old is not None and not _copy_in(old, data):
+                unmount(target)  # does not fit: the old files stay in use where they were, unlimited, said loudly
+                with contextlib.suppress(OSError):
+                    target.rmdir()
+                os.rename(old, target)
+                log.warning("%s %s: its files in %s could not be moved onto its own %s MiB filesystem; they stay on "
+                            "the data dir's filesystem WITHOUT a disk limit (raise %s, or delete data, and restart)",
+                            self.what, name, target, self.size_mb, self.setting)  # fmt: skip
+                return target
+            if self.owner is not None:
+                os.chown(data, *self.owner)
+            data.chmod(0o700)
+            return data
+
+    def remove(self, name: str) -> None:
+        """After the server let go of the name's files: unmount, delete the image and the empty mount point."""
+        if not self.enforced and not self.image(name).exists():
+            return
+        with self._locked(name):
+            target = self.mount_point(name)
+            unmount(target)
+            self.image(name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        with contextlib.suppress(OSError):
+            (self.dir / f".{name}.lock").unlink()
+
+    def mount_all(self, home_of: dict[str, str] | None = None) -> int:
+        """Mount every image of this kind (before its server starts); returns how many are mounted. A failure is
+        logged: that tenant's data is unreachable until the next start, the others' are not."""
+        count = 0
+        for name in self.names():
+            try:
+                if self.ensure(name) is not None:
+                    count += 1
+            except (OSError, ProviderError) as exc:
+                log.warning("could not mount the %s filesystem of %s: %s", self.what, name, exc)
+        return count
+
+    def unmount_all(self) -> int:
+        """Unmount every mount of this kind (after its server stopped), by exact path; returns how many."""
+        if not self.enforced:
+            return 0
+        prefix = os.path.realpath(self.mount_root) + "/"
+        ours = [p for p in mount_points() if p.startswith(prefix) and "/" not in p[len(prefix):]]
+        for point in ours:
+            try:
+                unmount(Path(point))
+            except OSError as exc:
+                log.warning("could not unmount %s: %s", point, exc)
+        self._wait_detached()
+        return len(ours)
