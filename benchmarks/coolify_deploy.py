@@ -293,7 +293,8 @@ class Steps:
 
     def __init__(self, http: Timed) -> None:
         self.http = http
-        self.per: dict[str, list[float]] = {}  # name -> [wall, http, calls] of the running deploy
+        self.per: dict[str, list[float]] = {}  # name -> [wall, http, calls, first start, last end] of the deploy
+        self.started = 0.0  # when the running deploy started (perf_counter): starts and ends are offsets from it
         self.samples: list[dict[str, list[float]]] = []
         self.order: list[str] = []
         self._undo: list[tuple[Any, str, Any, bool]] = []
@@ -307,10 +308,12 @@ class Steps:
         steps = self
 
         def add(t: float, h: float) -> None:
-            entry = steps.per.setdefault(name, [0.0, 0.0, 0.0])
-            entry[0] += time.perf_counter() - t
+            now = time.perf_counter()
+            entry = steps.per.setdefault(name, [0.0, 0.0, 0.0, t - steps.started, 0.0])
+            entry[0] += now - t
             entry[1] += steps.http.total - h
             entry[2] += 1
+            entry[4] = now - steps.started
 
         if asyncio.iscoroutinefunction(fn):
             async def timed(*a: Any, **kw: Any) -> Any:
@@ -343,13 +346,15 @@ class Steps:
 
     def print(self) -> None:
         print("\n| step (inclusive; indented = inside the one above) | calls | wall p50 ms | of which HTTP p50 ms | "
-              "not HTTP p50 ms |\n| --- | ---: | ---: | ---: | ---: |")
+              "not HTTP p50 ms | first start p50 ms | last end p50 ms |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name in self.order:
-            vals = [s.get(name, [0.0, 0.0, 0.0]) for s in self.samples]
+            vals = [s.get(name, [0.0, 0.0, 0.0, 0.0, 0.0]) for s in self.samples]
             if not any(v[2] for v in vals):
                 continue
             print(f"| {name} | {pct([v[2] for v in vals], 50):.0f} | {pct([v[0] for v in vals], 50) * 1000:.1f} | "
-                  f"{pct([v[1] for v in vals], 50) * 1000:.1f} | {pct([v[0] - v[1] for v in vals], 50) * 1000:.1f} |")
+                  f"{pct([v[1] for v in vals], 50) * 1000:.1f} | {pct([v[0] - v[1] for v in vals], 50) * 1000:.1f} | "
+                  f"{pct([v[3] for v in vals], 50) * 1000:.1f} | {pct([v[4] for v in vals], 50) * 1000:.1f} |")
 
 
 def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, compute: Any, budget: Any) -> None:
@@ -398,8 +403,13 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         ("any: statement pool write (fenced steps, refs)", StatementPool, "write"),
         ("any: statement pool read", StatementPool, "fetch"),
         ("any: request budget reserve", budget, "reserve"),
+        ("pipeline: _run (the whole pipeline task)", deploys, "_run"),
     ):
         steps.wrap(name, owner, attr)
+    for attr in ("list_servers", "list_projects", "create_project", "get_project", "create_public_application",
+                 "list_applications", "update_application", "list_envs", "update_envs", "list_deployments", "deploy",
+                 "get_deployment", "get_application"):  # each Coolify call (its HTTP, JSON and model)
+        steps.wrap(f"client.{attr}", compute.client, attr)
 
 
 class _AsyncioWithTimedSleep:
@@ -441,7 +451,10 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
     compute.place = CoolifyPlacement(PlacementService(sessions, CoolifyNodeSource(compute.client, placement),
                                                       placement.policy()))
     http, sleeps = Timed(), Timed()
-    compute.client._http.request = http.wrap(compute.client._http.request)  # type: ignore[method-assign]
+    if hasattr(compute.client, "_send"):  # each attempt's HTTP exchange (the client's direct transport path)
+        compute.client._send = http.wrap(compute.client._send)  # type: ignore[method-assign]
+    else:  # an older InkMCP (A/B runs against an earlier commit): httpx's client
+        compute.client._http.request = http.wrap(compute.client._http.request)  # type: ignore[method-assign]
     counted = Counted(origins=origins)
     counted.watch_engine(store.engine)
     unwatch = counted.watch_processes()
@@ -502,6 +515,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             r = repo(root)
             http.take(), sleeps.take(), counted.take()
             steps.per.clear()
+            steps.started = time.perf_counter()
             before = standin.count()
             if profiler is not None:
                 profiler.enable()
