@@ -15,6 +15,7 @@ fails when the server is built, not in someone's client.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -163,7 +164,8 @@ def explain(e: ValidationError, valid: list[str], schema: dict[str, Any] | None 
             items = _wanted([err for *_, err in inside], None)
             parts[slot[loc]] = f"Argument '{loc}': {said}. Fix: make each item {items or 'of the listed kind'}."
             continue
-        msgs = list(dict.fromkeys(msg for _, msg, _, _ in found))
+        # "Input should be a valid dictionary or instance of DatabaseRequest": the class name is ours, not the agent's
+        msgs = list(dict.fromkeys(re.sub(r" or instance of \w+", "", msg) for _, msg, _, _ in found))
         msg = msgs[0] + "".join(f"; or {m[:1].lower()}{m[1:]}" for m in msgs[1:])
         fix = _wanted([err for *_, err in found], node) or (_kind(node) if node is not None else None)
         fix_text = f"pass {fix}" if fix else f"pass a value of the type tools/list shows for {loc}"

@@ -20,7 +20,7 @@ import pydantic_core
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter, WithJsonSchema
 
 from inkmcp.billing.usage import UsageView  # issue 13 (credits)
 from inkmcp.build.plan import check_mode
@@ -62,6 +62,15 @@ DATABASE_ARG = {"type": "object", "properties": {
     "type": {"type": "array", "items": {"enum": list(get_args(Requested)), "type": "string"}},
     "url": {"type": "string"},
 }}
+
+
+def database_shorthand(value: Any) -> Any:
+    """deploy_app(database="postgres") / (database=["postgres", "redis"]) as {"type": ...}: what agents pass first
+    (a new user's agent did, and read "Input should be a valid dictionary or instance of DatabaseRequest"). Not in
+    tools/list (DATABASE_ARG stays an object, the budget); only accepted."""
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return {"type": value}
+    return value
 
 
 STRICT_MAP = {"type": "object"}
@@ -179,7 +188,7 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
         resources: Resources | None = None,
         # as update_env_vars shows it (STRICT_MAP): string values; a wrong value's error says what to pass
         env_vars: Annotated[dict[str, str | None] | None, WithJsonSchema(STRICT_MAP)] = None,
-        database: Annotated[DatabaseRequest | None, WithJsonSchema(DATABASE_ARG),
+        database: Annotated[DatabaseRequest | None, BeforeValidator(database_shorthand), WithJsonSchema(DATABASE_ARG),
                             Field(description="sets DATABASE_URL, PG* / REDIS_URL")] = None,
         # --- issue 11 (github): push-to-deploy switch (GitHub repos; default on)
         auto_deploy: Annotated[bool | None, Field(description="on GitHub push")] = None,

@@ -73,3 +73,37 @@ async def test_a_dependency_that_needs_a_system_library_says_so(server: ServerPr
         assert "Failed to build `mysqlclient==2.2.4`" in head, head
         assert "mysqlclient compiles against a system library this server does not have" in head, head
         assert "PyMySQL" in head and "publishes a wheel" not in head, head
+
+
+DB_PROBE = {
+    "app.py": '''import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("database " + ("set" if os.environ.get("DATABASE_URL") else "missing")).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+''',
+}
+
+
+@local_only("argument handling is the provider-independent tool surface; one provider shows it")
+@pytest.mark.asyncio
+async def test_database_as_a_plain_string_is_understood(server: ServerProc, repos: Path) -> None:
+    """`database="postgres"` is what an agent passes first; it was refused with pydantic's "Input should be a valid
+    dictionary or instance of DatabaseRequest" (our class name). The string (or a list of them) now means
+    {"type": ...}; a value of another kind is refused without the class name."""
+    repo = git_repo(repos / "db-string", DB_PROBE)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), start_command="python app.py", database="postgres")
+        assert via_proxy(server, dep["url"]).text == "database set"
+        error = await call_error(s, "deploy_app", repo_url=str(repo), database=5)
+        assert "Argument 'database'" in error and "DatabaseRequest" not in error, error
+        assert "Fix: pass an object with the keys type, url" in error, error
