@@ -91,6 +91,36 @@ def load_settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_SLAVE = 0x4000, 0x80000
+
+
+def private_mounts() -> bool:
+    """--- mender7: put this CLI process in a mount namespace of its own (root only), whose mounts never reach the
+    host's and go when the process ends. Why: with `serve` stopped, the projects' filesystems are unmounted
+    (diskquota), so a command reading tenant files (`inkmcp logs`) saw none; the provider now mounts what it
+    needs (LocalComputeProvider._offline_files). Made in the host's namespace those mounts would outlive the
+    command, and a `serve` stopping later would find (and unmount) mounts it never made. `serve`'s own mounts
+    made later still reach this namespace (slave propagation), never the other way.
+
+    Called before any thread starts (unshare applies to the calling thread; threads started later inherit it).
+    False, and nothing changed, when not root or the kernel refuses (then nothing is mounted either: without
+    root `ProjectDisks.enforced` is False)."""
+    import ctypes
+    import os
+
+    if os.geteuid() != 0:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
+        errno = ctypes.get_errno()
+        raise InkError(f"could not make this command's mounts private: {os.strerror(errno)}",
+                       fix="start `inkmcp serve` and run the command again (it reads the mounted files then)")
+    return True
+
+
 def run_with_platform(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from inkmcp.app import open_runtime
 
@@ -103,6 +133,7 @@ def run_with_platform(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> 
 
     setup_logging("WARNING", json_logs=False)
     try:
+        private_mounts()  # --- mender7: a stopped serve's tenant files mounted for this command only
         return asyncio.run(main())
     except InkError as e:
         err.print(f"[red]error:[/red] {e.render()}")

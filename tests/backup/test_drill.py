@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from inkmcp.backup.manifest import verify
+from inkmcp.providers.compute.local.diskquota import mount_points
 from inkmcp.store.embedded import _bin_dir
 from tests.backup.apps import DRILL_APP
 from tests.e2e.probes import metric_value
@@ -165,6 +166,13 @@ def test_restore_drill(tmp_path: Path) -> None:
 
         assert srv.stop() == 0
         wait_gone(srv.data_dir)  # a lost machine runs nothing: no old Postgres, Redis or app may linger
+        # with serve stopped the projects' filesystems are unmounted: `inkmcp logs` mounts the service's files for
+        # itself, in a mount namespace of its own (mender7: it printed nothing), and leaves no mount behind
+        offline = srv.cli("logs", PROJECT, "-a", "default", "--scope", "build", "--tail", "40")
+        assert "build complete" in offline.stdout, offline.stdout + offline.stderr
+        assert not [p for p in mount_points() if p.startswith(f"{srv.data_dir}/")], mount_points()
+        wait_gone(srv.data_dir)  # the command's own Postgres servers stopped with it
+        mark("offline logs read")
         remove_tenant_users(srv.data_dir)
         shutil.rmtree(srv.data_dir)  # the machine's state is lost...
         shutil.rmtree(repo)  # ...and so is the app's source: the set must carry it

@@ -201,6 +201,7 @@ class LocalComputeProvider:
         self._idle_task: asyncio.Task[None] | None = None
         self._root = _is_root()
         self._closing = False  # set by close(): no wake may start a service any more
+        self._started = False  # --- mender7: start() mounted the projects' filesystems (see _offline_files)
         self.shim_dir = self.data_dir / "bin"  # root 0755: `python` for apps without a venv
         # --- issue 13 (credits): asked before each wake; a text refuses it (the proxy answers 402 with it)
         self.wake_gate: Callable[[ServiceKey], Awaitable[str | None]] | None = None
@@ -223,6 +224,7 @@ class LocalComputeProvider:
                         "InkMCP as root with INKMCP_MAX_DISK_MB > 0 to give each project a filesystem of its own",
                         self.disks.reason)
         # --- end
+        self._started = True
         if self._root:  # tenant users must not schedule jobs that run outside their sandbox (cron, at)
             await asyncio.to_thread(restrict_schedulers)
         await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
@@ -254,6 +256,7 @@ class LocalComputeProvider:
 
     async def close(self) -> None:
         self._closing = True
+        self._started = False
         if self._idle_task is not None:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1016,6 +1019,7 @@ class LocalComputeProvider:
     ) -> list[str]:
         """Agents read these: this server's paths show relative (`errors.scrub_paths`)."""
         layout = ServiceLayout(self.data_dir, key.service_id)
+        await asyncio.to_thread(self._offline_files, key)  # --- mender7: `inkmcp logs` with serve stopped
 
         def read() -> list[str]:
             if scope == LogScope.runtime:
@@ -1031,7 +1035,30 @@ class LocalComputeProvider:
 
     # -- removal -------------------------------------------------------------------------------
 
+    def _offline_files(self, key: ServiceKey) -> None:
+        """--- mender7: a provider that was not started (a CLI command while `serve` is stopped) mounts the
+        service's files itself: the projects' filesystems are mounted by `start` only and unmounted at close, so
+        `inkmcp logs` read an empty mount point and saw no line, and a removal deleted the empty mount point and
+        left the service's files on the project's image until the project went. Blocking.
+
+        The mounts made here stay until someone unmounts them: `inkmcp` CLI commands run in a mount namespace
+        of their own (cli.private_mounts), where they vanish with the command, never seen by a `serve` (which,
+        starting meanwhile, reuses the loop device already attached: diskquota._mount). A started provider has
+        them mounted already; a service with no directory on its project's filesystem gets none."""
+        if self._started or not self.disks.enforced or not self.disks.image(key.project_id).exists():
+            return
+        try:
+            self.disks.ensure_project(key.project_id)
+            if (self.disks.inner(key.project_id) / "services" / key.service_id).is_dir():
+                self.disks.bind_service(key.project_id, ServiceLayout(self.data_dir, key.service_id).root)
+        except (OSError, ProviderError) as exc:
+            raise ProviderError(f"the files of service {key.service_name!r} are on its project's own filesystem, "
+                                f"which could not be mounted: {exc}",
+                                fix="start `inkmcp serve` (it mounts every project's filesystem) and retry"
+                                ) from None
+
     async def remove(self, key: ServiceKey) -> None:
+        await asyncio.to_thread(self._offline_files, key)  # --- mender7: its files on the image go too
         svc = self._services.pop(key.service_id, None)
         if svc is not None:
             svc.removed = True
