@@ -141,7 +141,9 @@ async def pair(run_dir: Path) -> AsyncIterator[Pair]:
         for proxy in proxies:
             await proxy.start()
             proxy.set_route(Route(host=HOST, port=port, owner="svc-alice"))
-            assert await proxy.settled()
+            # settled: the new config answers; drain: no worker of the route-less first config takes a request
+            # any more (for ~100 ms after a reload they still do, and send it down the slow path)
+            assert await proxy.settled() and await proxy.drain(0, 10.0)
         assert proxies[0].module is not None, proxies[0].module_reason
         assert proxies[1].module is None and proxies[1].module_reason == "INKMCP_PROXY_MODULE=off"
         yield Pair(proxies[0], proxies[1], log)
@@ -304,7 +306,7 @@ async def _serve_one(proxy: NginxProxy, run_dir: Path) -> bytes:
             await asyncio.sleep(0.01)
         await proxy.start()
         proxy.set_route(Route(host=HOST, port=port, owner="svc-alice"))
-        assert await proxy.settled()
+        assert await proxy.settled() and await proxy.drain(0, 10.0)
         bad = await asyncio.to_thread(exchange, proxy.port, _get(b"alice.p.localhost:80.evil"))
         good = await asyncio.to_thread(exchange, proxy.port, _get(HOST.encode(), b"/server"))
         return normal(bad, proxy) + b"|" + normal(good, proxy)
