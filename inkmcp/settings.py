@@ -237,3 +237,75 @@ class AccountOutputSettings(BaseSettings):
 
 
 # --- end mender6
+
+
+# --- gitjail: limits of the git processes InkMCP runs to read tenants' repositories (build/source.py, gitjail.py).
+# A tenant chooses the repository a deploy fetches (any URL, its own git server included): a crafted pack (a delta
+# that expands to GiBs, a chain of thousands of deltas), a huge tree object or many fetches at once ran in InkMCP's
+# own cgroup with no limit. Read once, at the first git process (`git_settings()`); no wiring in app.py.
+class GitSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
+
+    git_jail: bool = Field(
+        default=True,
+        description="start every git process through the jail (a small starter process in a cgroup of its own, "
+        "whose limits they inherit); false: directly from the server, unlimited (only to compare or as an escape "
+        "hatch)",
+    )  # fmt: skip
+    git_timeout: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="seconds one fetch (with resolving the ref) or one checkout of a repository may take; each git "
+        "process's CPU time is capped at twice this (RLIMIT_CPU)",
+    )  # fmt: skip
+    git_memory_mb: int = Field(
+        default=2048, ge=64,
+        description="memory all git processes together may use, in MiB (their cgroup's limit: past it the kernel "
+        "kills the largest of them, never InkMCP)",
+    )  # fmt: skip
+    git_process_memory_mb: int = Field(
+        default=1024, ge=64,
+        description="memory one git process may allocate, in MiB (RLIMIT_DATA): an object that needs more to unpack "
+        "fails its fetch, naming this setting",
+    )  # fmt: skip
+    git_pids_max: int = Field(
+        default=256, ge=16,
+        description="processes plus threads of all git processes together (their cgroup's pids.max)",
+    )  # fmt: skip
+    git_cpu_weight: int = Field(
+        default=100, ge=1, le=10000,
+        description="CPU weight of all git processes together beside InkMCP and tenants when the machine is busy "
+        "(cgroup v2 scale, 100 = an ordinary group)",
+    )  # fmt: skip
+    git_max_file_mb: int = Field(
+        default=4096, ge=1,
+        description="largest file one git process may write, in MiB (RLIMIT_FSIZE: a pack in a repository cache, "
+        "a file of a checkout)",
+    )  # fmt: skip
+    max_checkout_entries: int = Field(
+        default=100_000, ge=1,
+        description="files and directories one deployed commit may hold (counted while its trees are listed)",
+    )  # fmt: skip
+    git_max_trees_mb: int = Field(
+        default=16, ge=1,
+        description="bytes of a commit's git tree objects (its directory listings) read into InkMCP's memory to "
+        "count and plan its files, in MiB",
+    )  # fmt: skip
+
+
+_git_settings: GitSettings | None = None
+
+
+def git_settings() -> GitSettings:
+    """The environment's GitSettings, read once (tests replace them with `set_git_settings`)."""
+    global _git_settings
+    if _git_settings is None:
+        _git_settings = GitSettings()
+    return _git_settings
+
+
+def set_git_settings(settings: GitSettings | None) -> None:
+    global _git_settings
+    _git_settings = settings
+
+
+# --- end gitjail

@@ -43,25 +43,34 @@ Security notes, because repo URLs come from AI agents:
 - the mirror's own config and hooks are writable by the tenant (it owns the mirror, and its build finds it beside
   the build caches). Settings planted there (url.insteadOf, http.proxy) act with the tenant's own rights and network
   reach only, which its deployed code has anyway; the settings we rely on are given on the command line or in the
-  environment, which take precedence. But git runs here OUTSIDE the tenant's sandbox (no cgroup, the host's /proc
-  without hidepid, the host's /tmp), so nothing the tenant wrote may make it run a command: hooks are off
+  environment, which take precedence. But git runs here OUTSIDE the tenant's sandbox (in the git jail's cgroup, not
+  the tenant's; the host's /proc without hidepid, the host's /tmp), so nothing the tenant wrote may make it run a
+  command: hooks are off
   (core.hooksPath=/dev/null), so are core.fsmonitor, core.alternateRefsCommand and core.gitProxy
   (GIT_PROXY_COMMAND=""; the config's value would win over `-c`), submodules are not fetched, and `git archive`,
   the one step that applies filter drivers (`.gitattributes` filter=x + the config's filter.x.smudge/process), runs
   against a neutral git dir of InkMCP's with the mirror's objects only (`_neutral_git_dir`). Red team dec2: a
   reference-transaction hook her build put in her mirror ran in InkMCP's next fetch and read alice's token from /proc.
+- the repository's contents are the tenant's too (gitjail, red team dec2): every git process runs in the git jail
+  (`gitjail.py`: one cgroup for all of them with a memory limit, pids.max and a CPU weight; RLIMIT_DATA, RLIMIT_CPU
+  and RLIMIT_FSIZE per process), so a pack whose deltas expand to GiBs or take minutes to resolve fails its own
+  fetch, naming the limit (`_limit_hit`); a fetch and a checkout each have INKMCP_GIT_TIMEOUT. What InkMCP reads
+  into its own memory is checked before it is read: tree objects against INKMCP_GIT_MAX_TREES_MB, each file of a
+  checkout written from memory against the size it was listed with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import ipaddress
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import time
@@ -71,9 +80,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from inkmcp.build import gitjail
 from inkmcp.build.plan import RunAs
 from inkmcp.build.process import TMP, kill_process_group
 from inkmcp.errors import SourceError
+from inkmcp.settings import git_settings
 
 _REMOTE_SCHEMES = ("https", "http", "ssh", "git")
 _DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
@@ -119,7 +130,10 @@ class SourcePolicy:
     # --- attacker2: refuse a commit with more files and directories than this, found while listing its trees (red
     # team dec2: a 3-level tree of 1,000 x 1,000 x 1,000 empty files is a few KB in git and 1e9 paths; listing it
     # would fill InkMCP's memory, and 200,000 empty files already cost ~15 s of CPU and 200,000 inodes per deploy)
-    max_checkout_entries: int = 100_000
+    # --- gitjail: INKMCP_MAX_CHECKOUT_ENTRIES (settings.GitSettings; app.py does not pass it)
+    max_checkout_entries: int = field(default_factory=lambda: git_settings().max_checkout_entries)
+    # bytes of tree objects (directory listings) read into InkMCP's memory for one commit: INKMCP_GIT_MAX_TREES_MB
+    max_tree_bytes: int = field(default_factory=lambda: git_settings().git_max_trees_mb << 20)
     # issue 11: origins ("scheme://host:port", see `origin_of`) the operator configured as git hosts
     # (INKMCP_GITHUB_URL): reached without the public-address check, whatever they resolve to
     trusted_origins: frozenset[str] = frozenset()
@@ -525,6 +539,11 @@ def _as_inkmcp(ws: SourceWorkspace) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ processes
+def _timeout(timeout: float | None) -> float:
+    """A call's time budget: as given, else INKMCP_GIT_TIMEOUT (120 s)."""
+    return timeout if timeout is not None else git_settings().git_timeout
+
+
 class _Deadline:
     """One time budget shared by every git call of a request, so `timeout` bounds the whole call."""
 
@@ -573,6 +592,10 @@ def _git_base(source: _Source) -> list[str]:
         "-c", "core.fsmonitor=false",
         "-c", "core.alternateRefsCommand=true",
         "-c", "fetch.recurseSubmodules=false",
+        # --- gitjail: a fetched pack is always kept and indexed (index-pack hashes it, streaming big blobs),
+        # never exploded into loose objects: unpack-objects deflates every object again (a 1 KB pack whose delta
+        # expands to 600 MiB took 22 s of it, index-pack 3 s)
+        "-c", "fetch.unpackLimit=1",
     ]
     if source.local:
         # Only local sources need the file transport (also for repos that use local submodules).
@@ -603,12 +626,18 @@ def _as_tenant(argv: list[str], ws: SourceWorkspace | None) -> tuple[list[str], 
 
 async def _spawn(
     argv: list[str], ws: SourceWorkspace | None, env: dict[str, str], **kw: Any
-) -> asyncio.subprocess.Process:
-    """Start a child in its own session, umask 077, cwd /, as the workspace's user (None: as InkMCP)."""
+) -> Any:
+    """Start a child in its own session, umask 077, cwd /, as the workspace's user (None: as InkMCP).
+
+    --- gitjail: through the git jail (build/gitjail.py: a cgroup and resource limits every child inherits, set
+    once on a small starter process), unless INKMCP_GIT_JAIL=false or the uid switch needs Popen(user=) (no
+    setpriv). Returns an asyncio subprocess or a `gitjail.JailedProcess` (the same use)."""
     kw.setdefault("stdin", asyncio.subprocess.DEVNULL)
     kw.setdefault("stdout", asyncio.subprocess.PIPE)
     kw.setdefault("stderr", asyncio.subprocess.PIPE)
     argv, identity = _as_tenant(argv, ws)
+    if not identity and gitjail.enabled():
+        return await gitjail.spawn(argv, env, stdin=kw["stdin"], stdout=kw["stdout"], stderr=kw["stderr"])
     return await asyncio.create_subprocess_exec(
         *argv, env=env, cwd="/", umask=0o077, start_new_session=True, **identity, **kw
     )
@@ -763,6 +792,48 @@ def _https_equivalent(display: str) -> str | None:
     return f"https://{_bracketed(host) if ':' in host else host}/{path}"
 
 
+_SIGNALLED = re.compile(r"died of signal (\d+)")
+_OOM = ("out of memory", "cannot allocate memory", "malloc failed")
+
+
+def _limit_hit(source: _Source, doing: str, returncode: int | None, stderr: str, oom_before: int | None = None,
+               ) -> SourceError | None:
+    """--- gitjail: the error for a git process stopped by one of the git jail's limits (build/gitjail.py), naming
+    the limit and its setting; None when the failure was something else. git reports its helpers' deaths
+    ("index-pack died of signal 9"); a process of ours that died shows as a negative return code."""
+    lowered = stderr.lower()
+    signals = {int(n) for n in _SIGNALLED.findall(lowered)}
+    if returncode is not None and returncode < 0:
+        signals.add(-returncode)
+    s = git_settings()
+    repo_fix = "remove huge files from the repository's history (git filter-repo), or deploy a smaller repository"
+    if any(word in lowered for word in _OOM):
+        return SourceError(
+            f"{doing} needed more memory than one git process may use on this server "
+            f"({s.git_process_memory_mb} MiB, INKMCP_GIT_PROCESS_MEMORY_MB): the repository holds an object that "
+            "expands to more than that (a huge file, or a crafted pack).",
+            argument="repo_url", fix=f"{repo_fix}; or (operator) raise INKMCP_GIT_PROCESS_MEMORY_MB")
+    if signal.SIGXCPU in signals:
+        return SourceError(
+            f"{doing} used more CPU time than one git process may on this server ({int(s.git_timeout * 2)} s, twice "
+            "INKMCP_GIT_TIMEOUT): a repository that is very expensive to unpack (e.g. very long delta chains).",
+            argument="repo_url", fix=f"repack it with normal settings (git gc --aggressive) or {repo_fix}; or "
+            "(operator) raise INKMCP_GIT_TIMEOUT")
+    if signal.SIGXFSZ in signals or "file size limit exceeded" in lowered:
+        return SourceError(
+            f"{doing} wrote a file bigger than git may write on this server ({s.git_max_file_mb} MiB, "
+            "INKMCP_GIT_MAX_FILE_MB).", argument="repo_url", fix=f"{repo_fix}; or (operator) raise "
+            "INKMCP_GIT_MAX_FILE_MB")
+    if signal.SIGKILL in signals or (oom_before is not None and gitjail.oom_kills() > oom_before):
+        return SourceError(
+            f"{doing} was stopped: git was killed, most likely because all git processes together reached this "
+            f"server's memory limit for them ({s.git_memory_mb} MiB, INKMCP_GIT_MEMORY_MB), e.g. while several "
+            "large repositories were fetched at once.",
+            argument="repo_url", fix=f"retry in a minute; if it fails again, {repo_fix}; or (operator) raise "
+            "INKMCP_GIT_MEMORY_MB")
+    return None
+
+
 def _fetch_error(source: _Source, stderr: str) -> SourceError:
     said = [line.strip() for line in stderr.strip().splitlines()]
     tail = " ".join([line for line in said if line and not _GIT_BOILERPLATE.match(line)][-3:])
@@ -836,6 +907,7 @@ async def _fetch(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _
     args.insert(2, "--prune")
     if _as_inkmcp(ws) and not _needs_maintenance(mirror):
         args.insert(2, "--no-auto-maintenance")  # one git process fewer per deploy; it would have found nothing
+    oom_before = gitjail.oom_kills()  # --- gitjail: git's helpers killed for the group's memory say nothing of it
     rc, _, err = await _git(args, source, ws, deadline, git_dir=mirror)
     if rc != 0 and "couldn't find remote ref head" in err.lower():
         # A remote whose HEAD points at a missing branch still has usable branches/tags.
@@ -844,7 +916,7 @@ async def _fetch(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _
             return
         err = err2 or err
     if rc != 0:
-        raise _fetch_error(source, err)
+        raise _limit_hit(source, f"fetching {source.display}", rc, err, oom_before) or _fetch_error(source, err)
 
 
 async def _rev_parse(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline, rev: str,
@@ -874,39 +946,69 @@ class _CatFile:
                             stderr=asyncio.subprocess.DEVNULL)
         return cls(proc, source, deadline)
 
-    async def ask(self, commands: list[str]) -> list[tuple[str, str, int, bytes | None] | None]:
+    async def ask(self, commands: list[str], *, max_bytes: int | None = None, sizes: list[int] | None = None,
+                  too_big: Callable[[], SourceError] | None = None) -> list[tuple[str, str, int, bytes | None] | None]:
         """Answers in order: (oid, type, size, contents for `contents`/None for `info`), None for a missing or
-        ambiguous name."""
+        ambiguous name.
+
+        --- gitjail: an object's contents are read into InkMCP's memory only after its size (cat-file's header) is
+        checked: `max_bytes` bounds the contents of all answers together (`too_big()` is raised past it), `sizes`
+        gives each `contents` answer's expected size (as listed: the tenant owns the objects and could swap one for
+        a bigger one in between). Past either, cat-file is killed with its output unread."""
         if not commands:
             return []
         try:
-            return await asyncio.wait_for(self._ask(commands), timeout=max(self._deadline.left(), 0.01))
+            return await asyncio.wait_for(self._ask(commands, max_bytes, sizes, too_big),
+                                          timeout=max(self._deadline.left(), 0.01))
         except TimeoutError:
             await kill_process_group(self._proc)
             raise SourceError(f"reading {self._source.display} did not finish within {self._deadline.seconds:.0f}s.",
                               argument="repo_url", fix="retry; if the repository is very large, remove big files "
                               "from it") from None
 
-    async def _ask(self, commands: list[str]) -> list[tuple[str, str, int, bytes | None] | None]:
+    async def _ask(self, commands: list[str], max_bytes: int | None, sizes: list[int] | None,
+                   too_big: Callable[[], SourceError] | None) -> list[tuple[str, str, int, bytes | None] | None]:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write("".join(f"{c}\n" for c in commands).encode() + b"flush\n")
         await self._proc.stdin.drain()
         answers: list[tuple[str, str, int, bytes | None] | None] = []
-        for command in commands:
+        left = max_bytes
+        for i, command in enumerate(commands):
             header = (await self._proc.stdout.readline()).decode(errors="replace").rstrip("\n")
             parts = header.split(" ")
             if not header or len(parts) != 3 or not parts[2].isdigit():
                 if not header or parts[-1] not in ("missing", "ambiguous"):
-                    raise SourceError(f"could not read {self._source.display}'s objects (git cat-file said "
-                                      f"{_scrub(header, self._source)!r})", argument="repo_url")
+                    raise await self._broken(header)
                 answers.append(None)
                 continue
             oid, kind, size = parts[0], parts[1], int(parts[2])
             body = None
             if command.startswith("contents "):
+                if sizes is not None and size != sizes[i]:
+                    await kill_process_group(self._proc)
+                    raise SourceError(f"the objects of {self._source.display} changed while they were read (one is "
+                                      f"{size:,} bytes, listed as {sizes[i]:,})", argument="repo_url",
+                                      fix="deploy again, and do not change the repository cache during a deploy")
+                if left is not None:
+                    left -= size
+                    if left < 0:
+                        await kill_process_group(self._proc)
+                        raise too_big() if too_big is not None else SourceError(
+                            f"an object of {self._source.display} is too big to read", argument="repo_url")
                 body = (await self._proc.stdout.readexactly(size + 1))[:-1]
             answers.append((oid, kind, size, body))
         return answers
+
+    async def _broken(self, header: str) -> SourceError:
+        """cat-file answered nothing or nonsense: if it died of one of the git limits, an error naming the limit."""
+        if not header:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), timeout=min(2.0, max(self._deadline.left(), 0.01)))
+            hit = _limit_hit(self._source, f"reading {self._source.display}", self._proc.returncode, "")
+            if hit is not None:
+                return hit
+        return SourceError(f"could not read {self._source.display}'s objects (git cat-file said "
+                           f"{_scrub(header, self._source)!r})", argument="repo_url")
 
     async def close(self) -> None:
         """cat-file ends at the end of its input; killed if it does not within the deadline or the wait is
@@ -922,13 +1024,15 @@ class _CatFile:
                 await kill_process_group(self._proc)
                 raise
 
-    async def measure(self, sha: str, limit: int | None = None) -> tuple[int, int]:
+    async def measure(self, sha: str, limit: int | None = None, max_tree_bytes: int | None = None,
+                      ) -> tuple[int, int]:
         """(bytes of all files, entries) of commit `sha`'s tree, counted like `ls-tree -r -l` (a submodule is an
-        entry without bytes). `limit`: see `listing`."""
-        listing = await self.listing(sha, limit)
+        entry without bytes). `limit`, `max_tree_bytes`: see `listing`."""
+        listing = await self.listing(sha, limit, max_tree_bytes)
         return sum(size for _, _, _, size in listing), len(listing)
 
-    async def listing(self, sha: str, limit: int | None = None) -> list[tuple[tuple[bytes, ...], str, str, int]]:
+    async def listing(self, sha: str, limit: int | None = None, max_tree_bytes: int | None = None,
+                      ) -> list[tuple[tuple[bytes, ...], str, str, int]]:
         """Every entry of commit `sha`'s tree but directories: (path parts, mode, oid, bytes), read level by level
         (one question per level for the trees, one for the sizes of their files); a submodule has no bytes.
 
@@ -938,20 +1042,32 @@ class _CatFile:
         """
         out: list[tuple[tuple[bytes, ...], str, str, int]] = []
         trees: list[tuple[tuple[bytes, ...], str]] = [((), f"{sha}^{{tree}}")]
-        seen = 0
+        seen = depth = 0
+        depth_cap = _MEAN_DEPTH * (limit if limit is not None else git_settings().max_checkout_entries)
+        tree_bytes = max_tree_bytes if max_tree_bytes is not None else git_settings().git_max_trees_mb << 20
         while trees:
             blobs: list[tuple[tuple[bytes, ...], str, str]] = []
             subtrees: list[tuple[tuple[bytes, ...], str]] = []
             for start in range(0, len(trees), _TREES_PER_ASK):
                 batch = trees[start:start + _TREES_PER_ASK]
-                for (where, _), answer in zip(batch, await self.ask([f"contents {t}" for _, t in batch]), strict=True):
+                # --- gitjail: a tree object is read whole, so its size is checked first (a 1 GB tree is one object)
+                answers = await self.ask([f"contents {t}" for _, t in batch], max_bytes=tree_bytes,
+                                         too_big=lambda: _trees_too_big(self._source, sha, max_tree_bytes
+                                                                        or git_settings().git_max_trees_mb << 20))
+                for (where, _), answer in zip(batch, answers, strict=True):
                     if answer is None or answer[1] != "tree" or answer[3] is None:
                         raise SourceError(f"could not list {sha[:12]} of {self._source.display}: a tree is missing",
                                           argument="repo_url")
-                    entries = _named_tree_entries(answer[3])
+                    tree_bytes -= answer[2]
+                    entries = _named_tree_entries(answer[3], None if limit is None else limit - seen + 1)
                     seen += len(entries)
                     if limit is not None and seen > limit:
                         raise _too_many(self._source, sha, limit)
+                    # --- gitjail: each entry keeps its whole path (a tuple of its directories): a chain of 1,000
+                    # directories with 100,000 files at its end is 1e8 tuple slots. Bounded on average per entry.
+                    depth += len(entries) * (len(where) + 1)
+                    if depth > depth_cap:
+                        raise _too_deep(self._source, sha, _MEAN_DEPTH)
                     for mode, name, oid in entries:
                         if mode == "40000":
                             subtrees.append(((*where, name), oid))
@@ -1010,37 +1126,69 @@ class _CatFile:
             for start in range(0, len(listing), 256):
                 chunk = listing[start:start + 256]
                 wanted = [e for e in chunk if e[1] != "160000"]
-                answers = iter(await self.ask([f"contents {oid}" for _, _, oid, _ in wanted]))
+                # --- gitjail: each file's size is checked against the listing before it is read into memory
+                answers = iter(await self.ask([f"contents {oid}" for _, _, oid, _ in wanted],
+                                              sizes=[n for _, _, _, n in wanted]))
                 for path, mode, _, _ in chunk:
                     forget_dirs()
-                    parent = dir_of(path[:-1])
-                    if mode == "160000":
-                        dir_of(path)
-                        continue
-                    answer = next(answers)
-                    if answer is None or answer[1] != "blob" or answer[3] is None:
+                    answer = next(answers) if mode != "160000" else None
+                    if mode != "160000" and (answer is None or answer[1] != "blob" or answer[3] is None):
                         raise SourceError(f"could not read {sha[:12]} of {self._source.display}: a file is missing",
                                           argument="repo_url")
-                    read += len(answer[3])
-                    if read > cap:
-                        raise _too_big(self._source, sha, None, cap)
-                    if mode == "120000":
-                        os.symlink(answer[3], path[-1], dir_fd=parent)
-                        continue
-                    fd = os.open(path[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 0o700 if mode == "100755" else 0o600, dir_fd=parent)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(answer[3])
+                    if answer is not None and answer[3] is not None:
+                        read += len(answer[3])
+                        if read > cap:
+                            raise _too_big(self._source, sha, None, cap)
+                    try:
+                        parent = dir_of(path[:-1])
+                        if mode == "160000":
+                            dir_of(path)
+                        elif answer is not None and answer[3] is not None:
+                            _write_entry(parent, path[-1], mode, answer[3])
+                    except OSError as e:  # --- gitjail: a clear refusal naming the path, not a bare OSError
+                        raise _unwritable(self._source, sha, path, e) from None
         finally:
             for fd in dirs.values():
                 os.close(fd)
 
 
-def _named_tree_entries(data: bytes) -> list[tuple[str, bytes, str]]:
-    """(mode, name, hex oid) of each entry of a raw tree object ("<mode> <name>\\0<20-byte oid>" repeated)."""
+def _write_entry(parent: int, name: bytes, mode: str, data: bytes) -> None:
+    """One file or symlink of a checkout, created (never replaced, never followed) in the directory `parent`."""
+    if mode == "120000":
+        os.symlink(data, name, dir_fd=parent)
+        return
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o700 if mode == "100755" else 0o600, dir_fd=parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+_CLASHES = (errno.EEXIST, errno.ENOTDIR, errno.ELOOP, errno.EISDIR)
+
+
+def _unwritable(source: _Source, sha: str, path: tuple[bytes, ...], e: OSError) -> SourceError:
+    """--- gitjail: why an entry of a checkout could not be written. A crafted tree names a path twice (duplicate
+    entries) or as a link and then as a directory: the second one clashes with the first (git itself refuses such
+    trees: `git fsck` reports duplicateEntries)."""
+    shown = b"/".join(path).decode(errors="replace")[:200]
+    if e.errno in _CLASHES:
+        return SourceError(
+            f"commit {sha[:12]} of {source.display} names {shown!r} twice, or a path inside a file or symlink "
+            f"({e.strerror}): a malformed tree git itself cannot check out.",
+            argument="repo_url",
+            fix="fix the repository (`git fsck` names the bad tree; recreate the commit from a normal checkout), "
+            "then deploy again",
+        )
+    return SourceError(f"could not write {shown!r} of commit {sha[:12]} of {source.display}: {e.strerror}",
+                       argument="repo_url", fix="retry; if it persists, tell the operator (the server's disk)")
+
+
+def _named_tree_entries(data: bytes, most: int | None = None) -> list[tuple[str, bytes, str]]:
+    """(mode, name, hex oid) of each entry of a raw tree object ("<mode> <name>\\0<20-byte oid>" repeated); at most
+    `most` of them (the caller's entry cap is passed once that many are seen)."""
     out: list[tuple[str, bytes, str]] = []
     i = 0
-    while i < len(data):
+    while i < len(data) and (most is None or len(out) < most):
         space = data.index(b" ", i)
         nul = data.index(b"\0", space)
         out.append((data[i:space].decode(), data[space + 1:nul], data[nul + 1:nul + 21].hex()))
@@ -1153,7 +1301,7 @@ async def _fetch_and_resolve_from(
         written = None
         try:
             sha = await _resolve(mirror, source, ws, ref, deadline, cat)
-            listing = await cat.listing(sha, policy.max_checkout_entries)
+            listing = await cat.listing(sha, policy.max_checkout_entries, policy.max_tree_bytes)
             size = (sum(n for _, _, _, n in listing), len(listing))
             dest = files_for(mirror, sha) if files_for is not None else None
             if dest is not None and size[0] <= min(FILES_MAX_BYTES, policy.max_checkout_bytes) \
@@ -1205,7 +1353,7 @@ class FetchedCommit:
 
 
 async def fetch_commit(
-    repo_url: str, ref: str | None, *, workspace: SourceWorkspace, policy: SourcePolicy, timeout: float = 120,
+    repo_url: str, ref: str | None, *, workspace: SourceWorkspace, policy: SourcePolicy, timeout: float | None = None,
     auth: GitAuth | None = None, files_for: FilesFor | None = None,
 ) -> FetchedCommit:
     """`resolve_commit`, keeping what a following checkout of the same commit needs.
@@ -1219,13 +1367,15 @@ async def fetch_commit(
     has them.
     """
     source, mirror, sha, size, files = await _fetch_and_resolve(
-        repo_url, ref, workspace, policy, _Deadline(timeout), measure=True, auth=auth, files_for=files_for)
+        repo_url, ref, workspace, policy, _Deadline(_timeout(timeout)), measure=True, auth=auth,
+        files_for=files_for)
     return FetchedCommit(sha=sha, source=source, mirror=mirror, workspace=workspace, size=size, files=files)
 
 
-async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: SourcePolicy, timeout: float = 120) -> None:
+async def checkout_fetched(fetched: FetchedCommit, dest: Path, *, policy: SourcePolicy,
+                           timeout: float | None = None) -> None:
     """Write the files of `fetched` into `dest` (see `resolve_and_checkout` for what `dest` must be)."""
-    deadline = _Deadline(timeout)
+    deadline = _Deadline(_timeout(timeout))
     _prepare_dest(dest)
     src, ws = fetched.source, fetched.workspace
     if fetched.size is not None:  # measured when it was resolved (objects of a commit never change)
@@ -1245,7 +1395,7 @@ async def resolve_commit(
     *,
     workspace: SourceWorkspace,
     policy: SourcePolicy,
-    timeout: float = 120,
+    timeout: float | None = None,
     auth: GitAuth | None = None,
 ) -> str:
     """Fetch `repo_url` into the project's mirror (as the project's user) and return the full sha `ref` names.
@@ -1254,7 +1404,8 @@ async def resolve_commit(
     or a full ref name such as refs/pull/1/head. Used for "same commit, nothing to do" checks;
     it leaves the mirror updated, so a following `resolve_and_checkout` only pays a no-op fetch.
     """
-    _, _, sha, _, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, _Deadline(timeout), auth=auth)
+    deadline = _Deadline(_timeout(timeout))
+    _, _, sha, _, _ = await _fetch_and_resolve(repo_url, ref, workspace, policy, deadline, auth=auth)
     return sha
 
 
@@ -1265,7 +1416,7 @@ async def resolve_and_checkout(
     *,
     workspace: SourceWorkspace,
     policy: SourcePolicy,
-    timeout: float = 120,
+    timeout: float | None = None,
     auth: GitAuth | None = None,
 ) -> str:
     """Fetch, resolve `ref` and write the files of that commit into `dest`; return the full sha.
@@ -1353,10 +1504,35 @@ _TREES_PER_ASK = 256  # trees asked for at once while listing: the entry limit i
 def _too_many(source: _Source, sha: str, cap: int) -> SourceError:
     return SourceError(
         f"commit {sha[:12]} of {source.display} has more than {cap:,} files and directories, over this server's "
-        "cap on files per checkout.",
+        "cap on files per checkout (INKMCP_MAX_CHECKOUT_ENTRIES).",
         argument="repo_url",
         fix="keep generated and vendored files out of the repository (node_modules, build outputs, data sets: "
-        ".gitignore them and install or fetch them at build time), or deploy a smaller repository",
+        ".gitignore them and install or fetch them at build time), or deploy a smaller repository; or (operator) "
+        "raise INKMCP_MAX_CHECKOUT_ENTRIES",
+    )
+
+
+_MEAN_DEPTH = 32  # directory levels per entry on average, at most (a listing's memory grows with its paths' depth)
+
+
+def _too_deep(source: _Source, sha: str, mean: int) -> SourceError:
+    """--- gitjail: paths nested so deep that listing them would take InkMCP's memory (see `listing`)."""
+    return SourceError(
+        f"commit {sha[:12]} of {source.display} nests its files too deeply (more than {mean} directory levels per "
+        "file on average, over this server's cap): a crafted or generated tree.",
+        argument="repo_url", fix="flatten the directory structure, or deploy a smaller repository",
+    )
+
+
+def _trees_too_big(source: _Source, sha: str, cap: int) -> SourceError:
+    """--- gitjail: a commit whose directory listings (tree objects) are bigger than InkMCP reads into memory."""
+    return SourceError(
+        f"commit {sha[:12]} of {source.display} has directory listings (git tree objects) of more than "
+        f"{_human(cap)}, over this server's cap (INKMCP_GIT_MAX_TREES_MB): a single directory with a huge number "
+        "of entries, or a crafted tree.",
+        argument="repo_url",
+        fix="split huge directories and keep generated files out of the repository, or deploy a smaller "
+        "repository; or (operator) raise INKMCP_GIT_MAX_TREES_MB",
     )
 
 
@@ -1378,7 +1554,7 @@ async def _check_size(
     (`ls-tree -r` would print every path of a tree bomb into InkMCP's memory first)."""
     cat = await _CatFile.open(mirror, source, ws, deadline)
     try:
-        total, entries = await cat.measure(sha, policy.max_checkout_entries)
+        total, entries = await cat.measure(sha, policy.max_checkout_entries, policy.max_tree_bytes)
     finally:
         await cat.close()
     if total > policy.max_checkout_bytes:
@@ -1454,4 +1630,8 @@ async def _export(
         raise _too_big(source, sha, None, cap)
     if git.returncode != 0 or tar.returncode != 0:
         detail = _scrub((git_err or tar_err).decode(errors="replace").strip(), source)
+        hit = _limit_hit(source, f"checking out {sha[:12]} of {source.display}", git.returncode or tar.returncode,
+                         detail)
+        if hit is not None:
+            raise hit
         raise SourceError(f"could not check out {sha[:12]} of {source.display}: {detail}", argument="repo_url")

@@ -1,0 +1,109 @@
+"""The git jail's starter: a small process, started once, whose children are every git process InkMCP runs.
+
+Run by path (`python -I -S _gitjail_child.py FD LIMITS_JSON`), never imported: it must not load InkMCP (its
+memory is what every start borrows) and it needs nothing but the standard library. See `gitjail.py` for why it
+exists. What it does:
+
+- at start: sets its own resource limits (LIMITS_JSON: {"RLIMIT_DATA": n, ...}), which every child inherits at
+  fork, dies with its parent (PR_SET_PDEATHSIG), ignores SIGXCPU for itself (its children get it back at default:
+  the CPU limit is theirs, not the starter's accumulated time);
+- reads requests from FD (a SOCK_SEQPACKET socket InkMCP holds the other end of): a JSON message
+  {"argv": [...], "env": {...}} with three file descriptors (stdin, stdout, stderr) attached;
+- starts each with posix_spawn (vfork-like: nothing of this process is copied), in a new session, signals at their
+  defaults and unblocked, the three fds as 0/1/2 and no other fd (received fds are close-on-exec), and answers
+  {"pid": n} or {"error": "..."} in order;
+- when a child exits (its pidfd becomes readable), reaps it and sends {"exit": pid, "status": waitstatus}.
+
+The cgroup (memory, pids, CPU weight) is joined by InkMCP moving this process into it once, before its first
+request: children are born in it, so no start pays a cgroup migration.
+"""
+
+import array
+import ctypes
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+
+PR_SET_PDEATHSIG = 1
+MAX_MESSAGE = 1 << 20
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    limits = json.loads(sys.argv[2])
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # InkMCP died before the prctl took effect
+        os._exit(0)
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    for name, value in limits.items():
+        which = getattr(resource, name)
+        _, hard = resource.getrlimit(which)
+        soft = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+        # the CPU limit's hard value stays (this process's own CPU time grows with every start; it ignores the
+        # soft limit's SIGXCPU, its children do not); the others are hard too, so no child can raise them
+        resource.setrlimit(which, (soft, hard if name == "RLIMIT_CPU" else soft))
+    os.umask(0o077)
+    os.chdir("/")
+    os.set_inheritable(fd, False)  # passed to this process inheritable; none of its children may hold it
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, None)
+    defaults = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                try:
+                    data, fds = receive(sock)
+                except OSError:
+                    return
+                if not data:
+                    return  # InkMCP closed its end
+                sock.send(json.dumps(start(data, fds, defaults, sel)).encode())
+            else:
+                pid, pidfd = key.data
+                sel.unregister(key.fileobj)
+                os.close(pidfd)
+                _, status = os.waitpid(pid, 0)
+                sock.send(json.dumps({"exit": pid, "status": status}).encode())
+
+
+def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One request and its fds, received close-on-exec (socket.recv_fds drops its flags argument on 3.11): no
+    child ever inherits another's pipes."""
+    size = array.array("i").itemsize
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(3 * size), socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % size)])
+    return data, list(fds)
+
+
+def start(data: bytes, fds: list[int], defaults: set[int], sel: selectors.BaseSelector) -> dict[str, object]:
+    try:
+        request = json.loads(data)
+        if len(fds) != 3:
+            return {"error": f"expected 3 file descriptors, got {len(fds)}"}
+        actions = [(os.POSIX_SPAWN_DUP2, f, i) for i, f in enumerate(fds)]
+        try:
+            pid = os.posix_spawn(request["argv"][0], request["argv"], request["env"], file_actions=actions,
+                                 setsid=True, setsigdef=defaults, setsigmask=())
+        except OSError as e:
+            return {"error": f"{request['argv'][0]}: {e.strerror}"}
+        pidfd = os.pidfd_open(pid)
+        sel.register(pidfd, selectors.EVENT_READ, (pid, pidfd))
+        return {"pid": pid}
+    finally:
+        for f in fds:
+            os.close(f)
+
+
+if __name__ == "__main__":
+    main()
