@@ -525,6 +525,12 @@ class CoolifyClient:
 
     async def _call(self, model: type[M] | TypeAdapter[Any], method: str, path: str, **kw: Any) -> Any:
         response = await self.request(method, path, **kw)
+        try:  # pydantic parses the JSON and builds the model in one pass (issue 8: no dict of the answer between)
+            if isinstance(model, TypeAdapter):
+                return model.validate_json(response.content)
+            return model.model_validate_json(response.content)
+        except ValidationError:
+            pass  # the answer read as plain JSON below, to tell "not JSON" from "not the shape InkMCP expects"
         try:
             body = response.json()
         except ValueError as e:

@@ -759,3 +759,49 @@ async def test_a_first_release_sends_its_creates_and_deploys_side_by_side_each_a
     assert "pending" not in refs and set(refs["apps"]) == {"web", "worker"}
     assert set(book.refs[(RefScope.deployment, req.deployment_id)]["deployments"]) == {"web", "worker"}
     assert await h.serve(key) == "one"
+
+
+@pytest.mark.parametrize("build_seconds", [0.0, 0.3])
+async def test_a_build_done_at_the_first_look_records_building_beside_what_follows_and_in_order(
+        h: CoolifyHarness, build_seconds: float) -> None:  # fmt: skip
+    """Issue 8 (overhead7): when the first read of a release's deployments finds them finished already (the
+    stand-in's 0 s builds), the `building` step is written beside what follows (the wait for Coolify's status of the
+    worker's first container) instead of before it, and still before the switching step, never lost. A build still
+    running at the first look is reported building as before, while it runs (before the switching step's write
+    starts, with nothing sent meanwhile that waits for it)."""
+    h.standin.build_seconds = build_seconds
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    log: list[tuple[str, Any]] = []
+
+    async def progress(step: Step, detail: str) -> None:
+        log.append(("step starts", step))
+        if step == Step.building:
+            await asyncio.sleep(0.3)  # a slow write: what the release sends meanwhile shows whether it waited
+        log.append(("step written", step))
+
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+
+    async def watched(request: httpx.Request) -> httpx.Response:
+        log.append(("sent", f"{request.method} {request.url.path}"))
+        return await real(request)
+
+    transport.handle_async_request = watched
+    try:
+        await h.provider.release(book.request(req), progress, book.recorder(key, req.deployment_id))
+    finally:
+        transport.handle_async_request = real
+    written = [s for kind, s in log if kind == "step written"]
+    assert written == [Step.building, Step.switching], log
+    building = log.index(("step starts", Step.building))
+    built = log.index(("step written", Step.building))
+    assert log.index(("step starts", Step.switching)) > built, log  # in order
+    meanwhile = [what for kind, what in log[building:built] if kind == "sent"]
+    if build_seconds == 0.0:  # the worker's status read went out while the building step was being written
+        assert any(what.startswith("GET /api/v1/applications/") for what in meanwhile), log
+    else:  # reported while the build ran: written before Coolify's deployments were read finished
+        assert meanwhile == [], log
+        assert any(kind == "sent" and what.startswith("GET /api/v1/deployments/") for kind, what in log[built:]), log
+    assert await h.serve(key) == "one"

@@ -199,17 +199,51 @@ class _RefBatch:
     way a lost answer is (by name, or after the write-ahead `intent` and `pending` marks, which are flushed before
     the request they announce)."""
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, progress: ProgressCallback | None = None) -> None:
         self._record = record
         self._dirty: dict[RefScope, Any] = {}
         self._writing = asyncio.Lock()
         """Steps of several processes run side by side (`_together`): a flush waits for one in flight, so a
         request never goes out while a ref recorded before it is still being written by another step's flush."""
+        self._progress = progress
+        self._later: list[asyncio.Task[None]] = []
+        """Progress steps being written beside what follows them (`later`), oldest first."""
 
     async def __call__(self, scope: RefScope, ref: Any) -> None:
         self._dirty[RefScope(scope)] = ref
 
+    async def ordered(self, step: Step, detail: str) -> None:
+        """The release's progress callback: a step, recorded after every step still being written (`later`)."""
+        await self.settle()
+        assert self._progress is not None
+        await self._progress(step, detail)
+
+    def defers(self, progress: ProgressCallback | None) -> bool:
+        """Whether `progress` is this batch's `ordered` (a step of it may be written `later`)."""
+        return self._progress is not None and progress == self.ordered
+
+    def later(self, step: Step, detail: str) -> None:
+        """--- overhead7 (issue 8): record `step` beside what follows instead of before it: the write starts now
+        and the batch's next write (a flush, or the next step through `ordered`) waits for it, so steps and refs
+        are recorded in the order they happened. For a step nothing remote depends on: the `building` step of a
+        build already finished at the first look (one write less in turn on the release's way)."""
+        assert self._progress is not None
+        self._later.append(asyncio.ensure_future(self._progress(step, detail)))
+
+    async def settle(self) -> None:
+        """Wait for the steps being written `later` (their errors, e.g. LeaseLost, are raised here)."""
+        while self._later:
+            await self._later[0]
+            self._later.pop(0)
+
+    def abandon(self) -> None:
+        """The release ends without settling (a death, a cancellation): stop the steps still being written."""
+        for task in self._later:
+            task.cancel()
+        self._later.clear()
+
     async def flush(self) -> None:
+        await self.settle()
         async with self._writing:
             if not self._dirty:
                 return
@@ -238,6 +272,7 @@ class _RefBatch:
     async def flush_with_step(self, progress: ProgressCallback, step: Step, detail: str) -> None:
         """The kept refs and a progress step: one statement where core's `record` records steps with refs
         (`record.many(refs, step)` in a pipeline); else the step, then the refs."""
+        await self.settle()
         many = getattr(self._record, "many", None)
         if many is None or not getattr(self._record, "with_steps", False):
             await progress(step, detail)
@@ -480,16 +515,17 @@ class CoolifyComputeProvider:
     # -- release -------------------------------------------------------------------------------------------
 
     async def release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
-        batch = _RefBatch(record)
+        batch = _RefBatch(record, progress)
         token = _BATCH.set(batch)
         try:
-            result = await self._release(request, progress, batch)
+            result = await self._release(request, batch.ordered, batch)
+            await batch.flush()  # before core records the release live
         except Exception:
             await batch.flush()  # what this attempt made stays known to the next one (and to later releases)
             raise
         finally:
+            batch.abandon()  # nothing left after a flush; a death or a cancellation stops what is
             _BATCH.reset(token)
-        await batch.flush()  # before core records the release live
         return result
 
     async def _release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
@@ -1111,11 +1147,16 @@ class CoolifyComputeProvider:
         while True:  # the processes' deployments are read side by side; a finished one is not read again
             await _together(*(read(name, uuid) for name, uuid in deployments.items()
                               if name not in final or not final[name].finished))
+            done = all(d.finished for d in final.values())
             if not reported and any(d.status != "queued" for d in final.values()):
                 reported = True
                 assert progress is not None
-                await progress(Step.building, "Coolify is building on the build server")
-            if all(d.finished for d in final.values()):
+                batch = _BATCH.get()
+                if done and batch is not None and batch.defers(progress):  # --- overhead7 (issue 8)
+                    batch.later(Step.building, "Coolify is building on the build server")
+                else:
+                    await progress(Step.building, "Coolify is building on the build server")
+            if done:
                 return final
             if loop.time() > deadline:
                 return None
