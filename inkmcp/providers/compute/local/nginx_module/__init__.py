@@ -181,8 +181,13 @@ def _fetch_source(nginx: Path, work: Path, want: str) -> Path:
     debs.mkdir()
     # apt's download sandbox user (_apt) cannot write into our private temp dir; the file comes from apt's
     # configured, signature-checked archive either way.
-    _run(["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", f"nginx-dev={version}"], debs,
-         f"downloading nginx-dev {version}")  # fmt: skip
+    download = ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", f"nginx-dev={version}"]
+    try:
+        _run(download, debs, f"downloading nginx-dev {version}")
+    except RuntimeError:  # stale package lists: refresh once, as scripts/apt-install-missing.sh does
+        subprocess.run(["apt-get", "-qq", "update"], capture_output=True, timeout=BUILD_TIMEOUT, check=False)
+        _run(download, debs, f"downloading nginx-dev {version} (the installed nginx's version; if apt no longer "
+             f"has it, upgrade nginx with `apt-get install --only-upgrade {_pkg}` and build again)")  # fmt: skip
     deb = next(debs.glob("nginx-dev_*.deb"), None)
     if deb is None:
         raise RuntimeError(f"apt-get download nginx-dev={version} left no .deb")
