@@ -526,6 +526,33 @@ def _packaged_app_command(files: _Files) -> tuple[str, str] | None:
     return found[0] if len(found) == 1 else None
 
 
+_APP_MARKERS = ("package.json", "requirements.txt", "pyproject.toml", "Pipfile", "manage.py", "Procfile",
+                "index.html", *PYTHON_ENTRYPOINTS)
+_NOT_APPS = frozenset({"node_modules", "docs", "doc", "tests", "test", "scripts", "examples", ".github", ".git"})
+
+
+def _app_subdirectories(root: Path) -> list[tuple[str, str]]:
+    """(directory, the file that marks it as an app) for the repo's first-level subdirectories, sorted, bounded."""
+    found: list[tuple[str, str]] = []
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())[:100]
+    except OSError:
+        return []
+    for child in children:
+        if child.name.startswith(".") or child.name.lower() in _NOT_APPS:
+            continue
+        marker = next((m for m in _APP_MARKERS if (child / m).is_file() and not (child / m).is_symlink()), None)
+        if marker is not None:
+            found.append((child.name, marker))
+    return found
+
+
+def _service_name_for(directory: str) -> str:
+    """A DNS-label service name for an app directory ("Backend_API" -> "backend-api")."""
+    name = re.sub(r"[^a-z0-9]+", "-", directory.lower()).strip("-")[:63].strip("-")
+    return name or "web"
+
+
 def _nothing_found(files: _Files, platform: PlatformService, service_name: str) -> BuildPlanError:
     """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
     present = [name for name in _SHOWN_FILES if files.exists(name)]
@@ -553,7 +580,15 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
         fix += "; InkMCP builds from source and does not run the Dockerfile: pass its CMD as start_command"
     # --- mcpbudget (issue 13): deploy_app's app_dir has no description in tools/list (budget); the hint is here
     if files.root == files.checkout:
-        fix += "; if the app is in a subdirectory (a monorepo), pass app_dir (that directory)"
+        apps = _app_subdirectories(files.root)
+        if apps and not present:
+            # a monorepo's root (backend/ + frontend/): name the directories, one deploy_app call each
+            shown = ", ".join(f"{name} ({marker})" for name, marker in apps[:6])
+            first = apps[0][0]
+            fix = (f"the apps are in subdirectories: pass app_dir as one of {shown}, with a service_name per app "
+                   f"(e.g. app_dir={first!r}, service_name={_service_name_for(first)!r}); or {fix}")
+        else:
+            fix += "; if the app is in a subdirectory (a monorepo), pass app_dir (that directory)"
     # --- end
     return BuildPlanError(
         "nothing says how to run this app: looked for a start command in the call, an inkmcp.yaml entry for "

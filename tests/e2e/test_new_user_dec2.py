@@ -107,3 +107,19 @@ async def test_database_as_a_plain_string_is_understood(server: ServerProc, repo
         error = await call_error(s, "deploy_app", repo_url=str(repo), database=5)
         assert "Argument 'database'" in error and "DatabaseRequest" not in error, error
         assert "Fix: pass an object with the keys type, url" in error, error
+
+
+@local_only("detection is the provider-independent build plan; one provider shows it")
+@pytest.mark.asyncio
+async def test_a_monorepo_root_refusal_names_the_app_directories(server: ServerProc, repos: Path) -> None:
+    """A repo with backend/ and frontend/ and nothing at its root was refused with "Found none of them" and a
+    generic "pass app_dir (that directory)": the agent had to guess the directory. The refusal now names each
+    subdirectory holding an app, and the call it suggests goes live."""
+    repo = git_repo(repos / "two-apps", {"README.md": "# two apps\n", "frontend/index.html": "<h1>front</h1>\n",
+                                         **{f"backend/{k}": v for k, v in STDLIB_APP.items()}})  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        error = await call_error(s, "deploy_app", repo_url=str(repo))
+        assert "pass app_dir as one of backend (app.py), frontend (index.html)" in error, error
+        assert "e.g. app_dir='backend', service_name='backend'" in error, error
+        dep = await deploy_live(s, repo_url=str(repo), app_dir="backend", service_name="backend")
+        assert via_proxy(server, dep["url"]).text == "stdlib only"
