@@ -466,3 +466,26 @@ def test_the_build_is_hardened_like_the_binary_and_loads(run_dir: Path):
     junk.write_bytes(b"\x7fELF junk")
     with pytest.raises(RuntimeError, match="loading the module"):
         nginx_module.check_loads(ProxySettings().nginx, junk, run_dir)
+
+
+def test_the_doctor_command_prints_the_local_proxy_row(monkeypatch):
+    """`inkmcp doctor` prints the local proxy's row after Coolify's checks (those replaced here by an empty report:
+    they need a Coolify; tests/coolify/test_doctor.py runs them against the stand-in)."""
+    from typer.testing import CliRunner
+
+    import inkmcp.doctor
+    from inkmcp.cli import app
+    from inkmcp.doctor import DoctorReport
+
+    async def no_coolify_checks(client, *, probe=None):  # type: ignore[no-untyped-def]
+        return DoctorReport()
+
+    monkeypatch.setattr(inkmcp.doctor, "run_doctor", no_coolify_checks)
+    monkeypatch.setenv("COLUMNS", "250")
+    result = CliRunner().invoke(app, ["doctor", "--url", "http://127.0.0.1:9", "--token", "1|x", "--no-probe"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "local proxy (nginx module)" in line)
+    if _FOUND.path is not None:
+        assert " ok " in row and "InkMCP's nginx module loaded" in row
+    else:
+        assert " warn " in row and "headers-more config" in row
