@@ -54,6 +54,15 @@ $(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/provide
 	@bash scripts/system-deps.sh
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	@test -x $(VENV)/bin/python || { echo "==> creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@# --- proxy6: InkMCP's nginx module, compiled for the installed nginx from the nginx-dev source of its exact
+	@# version (nginx_module/build.py, standard library only): 20-35 s, mostly nginx's configure, so it runs beside
+	@# the Python packages' install and its outcome is printed at the end. Without it the proxy runs the same rules
+	@# as headers-more directives (and says so at start): a failed build does not fail the install, but
+	@# tests/local/test_nginx_module.py fails CI (component nginx_module).
+	@if [ "$$(id -u)" -eq 0 ]; then rm -f $(VENV)/nginx-module.rc; \
+	  { $(PY) inkmcp/providers/compute/local/nginx_module/build.py >$(VENV)/nginx-module.log 2>&1; \
+	    echo $$? >$(VENV)/nginx-module.rc; } </dev/null & fi
+	@# --- end
 	@echo "==> installing uv $(UV_VERSION) (the installer) into $(VENV)"
 	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 	@echo "==> installing the Python packages pinned in requirements.lock (the long step)"
@@ -67,11 +76,10 @@ $(STAMP): requirements.lock pyproject.toml scripts/system-deps.sh inkmcp/provide
 	@# the local provider's exec wrapper (static C); used only as root, where it confines tenant processes
 	@if [ "$$(id -u)" -eq 0 ]; then echo "==> building the local provider's exec wrapper"; \
 	  $(VENV)/bin/python -m inkmcp.providers.compute.local.wrapper_build; fi
-	@# --- proxy6: InkMCP's nginx module, compiled for the installed nginx (nginx-dev source of its exact version,
-	@# ~20 s). Without it the proxy runs the same rules as headers-more directives (and says so at start), so a failed
-	@# build does not fail the install; tests/local/test_nginx_module.py fails CI when it is missing.
-	@if [ "$$(id -u)" -eq 0 ]; then echo "==> building InkMCP's nginx module for the installed nginx"; \
-	  $(VENV)/bin/python -m inkmcp.providers.compute.local.nginx_module \
+	@# --- proxy6: the nginx module's build, started above
+	@if [ "$$(id -u)" -eq 0 ]; then echo "==> InkMCP's nginx module for the installed nginx"; \
+	  for _ in $$(seq 1200); do [ -s $(VENV)/nginx-module.rc ] && break; sleep 0.5; done; \
+	  cat $(VENV)/nginx-module.log; [ "$$(cat $(VENV)/nginx-module.rc 2>/dev/null)" = 0 ] \
 	  || echo "(the proxy runs its headers-more config instead: same answers, ~1,500 instructions a request more)"; fi
 	@# --- end
 	@touch $(STAMP)
