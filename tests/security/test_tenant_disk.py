@@ -264,3 +264,27 @@ async def test_upgrade_restart_and_delete(server: ServerProc, creds: dict[str, d
     with superuser(server) as su:
         assert su.execute("SELECT count(*) FROM pg_tablespace WHERE spcname = %s", (m["database"],)).fetchone() == (0,)
     healthy(server)
+
+
+async def test_a_restored_backup_stays_on_its_own_disk(server: ServerProc) -> None:
+    """restore_database_backup builds the restored copy beside the live one and swaps it in: both on the tenant's
+    own disk (a copy in pg_default would have taken the database off its limit), and the limit holds after."""
+    creds = await _database(server, ALICE, "td-restore")
+    with connect(creds) as c:
+        c.execute("CREATE TABLE kept (x text); INSERT INTO kept VALUES ('in the backup')")
+        assert fill(c, cap_mb=8) == (8, None)
+    async with session(server, ALICE) as s:
+        backups = await call(s, "database_backups", project_name="td-restore", create=True)
+        with connect(creds) as c:
+            c.execute("INSERT INTO kept VALUES ('after the backup')")
+        await call(s, "restore_database_backup", project_name="td-restore", backup_id=backups["backups"][0]["id"],
+                   confirm="td-restore")
+    assert tablespace(server, creds["database"])[0] == creds["database"]
+    with superuser(server) as su:  # no other database (the scratch copy, the replaced one) is left in pg_default
+        left = su.execute("SELECT datname FROM pg_database WHERE datname LIKE 'ink\\_%%' AND dattablespace = "
+                          "(SELECT oid FROM pg_tablespace WHERE spcname = 'pg_default')").fetchall()
+    assert not left, left
+    with connect(creds) as c:
+        assert c.execute("SELECT x FROM kept").fetchall() == [("in the backup",)]
+        _, err = fill(c)
+        assert err is not None and err.sqlstate == "53100", err

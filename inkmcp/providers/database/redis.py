@@ -73,7 +73,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.errors import InvalidArgument, ProviderError
-from inkmcp.providers.compute.local.diskquota import NamedDisks, unmount
+from inkmcp.providers.compute.local.diskquota import NamedDisks, unmount_patiently
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
 from inkmcp.providers.database.postgres import database_name_for
 
@@ -483,7 +483,7 @@ class RedisProvider:
     def _unmount(self, ident: str) -> None:
         """--- tenantdisk: after the instance stopped (never under a running one)."""
         if self.disks is not None and self.disks.enforced and self.instance(ident).running_pid() is None:
-            unmount(self.disks.mount_point(ident))
+            unmount_patiently(self.disks.mount_point(ident))
 
     def _allocate_port(self) -> int:
         used = {p for p in (self.instance(i).port for i in self.idents()) if p is not None}

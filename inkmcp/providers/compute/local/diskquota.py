@@ -597,7 +597,7 @@ class NamedDisks(ProjectDisks):
             return
         with self._locked(name):
             target = self.mount_point(name)
-            unmount(target)
+            unmount_patiently(target)
             self.image(name).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 target.rmdir()
@@ -624,8 +624,21 @@ class NamedDisks(ProjectDisks):
         ours = [p for p in mount_points() if p.startswith(prefix) and "/" not in p[len(prefix):]]
         for point in ours:
             try:
-                unmount(Path(point))
+                unmount_patiently(Path(point))
             except OSError as exc:
                 log.warning("could not unmount %s: %s", point, exc)
         self._wait_detached()
         return len(ours)
+
+
+def unmount_patiently(target: Path, wait: float = 2.0) -> None:
+    """Unmount `target` once the server that just stopped let go of it (a process that exited may take a moment
+    to release its files: Redis's AOF-rewrite child, PostgreSQL's last backends); lazily only past `wait`."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if _libc().umount2(os.fsencode(target), 0) == 0:
+            return
+        if ctypes.get_errno() != errno.EBUSY:
+            break
+        time.sleep(0.05)
+    unmount(target)
