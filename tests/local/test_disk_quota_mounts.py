@@ -184,3 +184,78 @@ def test_a_raised_limit_grows_existing_projects_when_mounted(data: Path) -> None
     small.unmount_all()
     ProjectDisks(data, size_mb=16).ensure_project("p8")
     assert small.usage("p8")[2] == grown  # type: ignore[index]
+
+
+# --- tenantdisk: NamedDisks, the images of tenant databases (tablespaces) and Redis instances beside the projects'
+
+
+@pytest.fixture
+def named(data: Path) -> Iterator[diskquota.NamedDisks]:
+    """Tablespace-like images of `data`'s tree (disks/tenant-pg), mounted under a sibling `pg/tablespaces`."""
+    disks = diskquota.NamedDisks(data, "tenant-pg", data.parent / "pg" / "tablespaces", size_mb=32,
+                                 setting="INKMCP_TENANT_PG_DISK_MB", what="tenant database", owner=OWNER)
+    yield disks
+    disks.unmount_all()
+    left = sorted(p for p in mount_points() if p.startswith(str(data.parent) + "/"))
+    attached = [a for a in (_attached(i) for i in (data / "disks").rglob("*.img")) if a]
+    assert not left and not attached, (left, attached)
+
+
+def test_named_disks_mount_before_and_unmount_after_their_server(named: diskquota.NamedDisks) -> None:
+    """ensure: an image, mounted, its data/ the owner's 0700 (the mount point root's 0711) and full at its size;
+    unmount_all then mount_all (a server's stop and start): the same files back; remove: image, mount, dir gone."""
+    location = named.ensure("ink_a")
+    assert location == named.mount_point("ink_a") / "data" and location is not None
+    st = location.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (*OWNER, 0o700)
+    assert named.mount_point("ink_a").stat().st_mode & 0o777 == 0o711
+    assert os.stat(location).st_dev != os.stat(named.data_dir).st_dev
+    (location / "relation").write_bytes(b"x" * 2**20)
+    with pytest.raises(OSError) as full, open(location / "big", "wb") as f:
+        f.write(b"\0" * 64 * 2**20)
+        f.flush()
+        os.fsync(f.fileno())
+    assert full.value.errno == 28  # ENOSPC within its 32 MiB
+    assert named.unmount_all() == 1 and not (named.mount_point("ink_a") / "data").exists()
+    assert named.mount_all() == 1 and (location / "relation").stat().st_size == 2**20
+    named.remove("ink_a")
+    assert not named.image("ink_a").exists() and not named.mount_point("ink_a").exists()
+    assert not diskquota.is_mounted(named.mount_point("ink_a"))
+
+
+def test_named_disks_are_promised_like_projects(data: Path, named: diskquota.NamedDisks) -> None:
+    """The admission counts every image of the tree: with ~3 GiB free past the reserve, a 2 GiB tenant database's
+    image is admitted, and then a 2 GiB project's is refused (its refusal names the project setting), as it would
+    be after another project's."""
+    st = os.statvfs(data)
+    reserve = st.f_bavail * st.f_frsize // 2**20 - 3000
+    big = diskquota.NamedDisks(data, "tenant-pg", named.mount_root, size_mb=2048, setting="INKMCP_TENANT_PG_DISK_MB",
+                               what="tenant database", owner=OWNER, reserve_mb=reserve)  # fmt: skip
+    assert big.ensure("ink_b") is not None
+    with pytest.raises(ProviderError) as refused:
+        ProjectDisks(data, size_mb=2048, reserve_mb=reserve).ensure_project("p9")
+    assert "INKMCP_MAX_DISK_MB" in str(refused.value) and "another project's" in str(refused.value)
+    with pytest.raises(ProviderError) as refused:
+        big.ensure("ink_c")
+    assert "INKMCP_TENANT_PG_DISK_MB" in str(refused.value) and "another tenant database's" in str(refused.value)
+    big.remove("ink_b")
+
+
+def test_a_redis_dir_from_before_is_moved_onto_its_own_image(data: Path) -> None:
+    """inner=None (Redis: the instance dir itself is the mount point): its files from before the upgrade are copied
+    onto the new image, owners kept, and the host copy removed."""
+    root = data.parent / "redis"
+    root.mkdir(mode=0o711)
+    _old_tree(root / "ink_r", {"redis.conf": b"port 1\n", "appendonlydir/x.aof": b"*1\r\n"})
+    disks = diskquota.NamedDisks(data, "redis", root, size_mb=16, setting="INKMCP_REDIS_DISK_MB",
+                                 what="Redis instance", owner=OWNER, inner=None)  # fmt: skip
+    try:
+        assert disks.ensure("ink_r") == root / "ink_r"
+        assert diskquota.is_mounted(root / "ink_r")
+        assert (root / "ink_r" / "appendonlydir" / "x.aof").read_bytes() == b"*1\r\n"
+        assert (root / "ink_r" / "redis.conf").stat().st_uid == OWNER[0]
+        assert (root / "ink_r").stat().st_mode & 0o777 == 0o700
+        assert not list(root.glob(".ink_r.pre-disk*"))
+    finally:
+        disks.remove("ink_r")
+    assert not disks.image("ink_r").exists() and not diskquota.is_mounted(root / "ink_r")
