@@ -599,6 +599,29 @@ async def _pick_python(runner: _Runner, repo: RepoFiles, env: dict[str, str], in
     return chosen.path
 
 
+_INSTALL_CHOICES = ("npm_config_include", "npm_config_omit", "npm_config_production", "npm_config_dev",
+                    "yarn_production")
+
+
+def _dev_dependencies_for_the_build(plan: BuildPlan, env: dict[str, str], install: list[str]) -> dict[str, str]:
+    """Install env that keeps devDependencies when the service sets NODE_ENV=production and a build runs.
+
+    npm, pnpm and yarn classic skip devDependencies under NODE_ENV=production, and the build's tools (vite, tsc,
+    webpack) are devDependencies: a new user's vite site with env_vars {"NODE_ENV": "production"} failed with
+    "vite: not found" and the advice "fix the build so that it succeeds locally" (it did). Heroku and Render
+    install them for the build too. An explicit npm/yarn setting in the service env is left to decide."""
+    if not plan.build_command or env.get("NODE_ENV", "").strip().lower() != "production":
+        return {}
+    if any(k.lower() in _INSTALL_CHOICES for k in env):
+        return {}
+    # each tool's own switch (npm 11 warns about `production`, pnpm does not know `include`)
+    if "pnpm" in install:
+        return {"npm_config_production": "false"}
+    if "yarn" in install:
+        return {"YARN_PRODUCTION": "false"}
+    return {"npm_config_include": "dev"}
+
+
 def _settings_text(repo: RepoFiles) -> str:
     """The Django settings module's source (as named in manage.py), for advice on a failed collectstatic."""
     manage = (repo.read("manage.py") or b"").decode(errors="replace")
@@ -787,9 +810,13 @@ async def run_build(
             log=runner.log, uv=find_uv,
         )  # fmt: skip
         runner.env = {**build_env, **_pnpm_store_for_old(repo, setup.install, build_env), **setup.env,
-                      **setup.build_only}  # fmt: skip
+                      **setup.build_only, **_dev_dependencies_for_the_build(plan, env, setup.install)}  # fmt: skip
         if setup.note:
             await runner.log(f"-> {setup.note}")
+        if _dev_dependencies_for_the_build(plan, env, setup.install):
+            await runner.log(f"-> NODE_ENV=production: devDependencies are installed too, since the build "
+                             f"({plan.build_command}) needs its tools (vite, tsc, ...); the app still runs with "
+                             "NODE_ENV=production")
         try:
             await runner.run(
                 setup.install,

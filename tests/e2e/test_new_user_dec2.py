@@ -123,3 +123,29 @@ async def test_a_monorepo_root_refusal_names_the_app_directories(server: ServerP
         assert "e.g. app_dir='backend', service_name='backend'" in error, error
         dep = await deploy_live(s, repo_url=str(repo), app_dir="backend", service_name="backend")
         assert via_proxy(server, dep["url"]).text == "stdlib only"
+
+
+DEV_DEPENDENCY_BUILD = {
+    "package.json": '{"name": "site", "version": "1.0.0", "private": true, "scripts": {"build": "build-site"}, '
+    '"devDependencies": {"builder": "file:builder"}}\n',
+    "package-lock.json": '{"name": "site", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {'
+    '"": {"name": "site", "version": "1.0.0", "devDependencies": {"builder": "file:builder"}}, '
+    '"builder": {"version": "1.0.0", "dev": true, "bin": {"build-site": "cli.js"}}, '
+    '"node_modules/builder": {"resolved": "builder", "link": true}}}\n',
+    "builder/package.json": '{"name": "builder", "version": "1.0.0", "bin": {"build-site": "cli.js"}}\n',
+    "builder/cli.js": "#!/usr/bin/env node\nconst fs = require('fs');\nfs.mkdirSync('dist', {recursive: true});\n"
+    "fs.writeFileSync('dist/index.html', '<h1>built by ' + process.env.NODE_ENV + '</h1>');\n",
+}
+
+
+@local_only("runs the local Node build (npm ci, npm run build)")
+@pytest.mark.asyncio
+async def test_node_env_production_still_installs_the_builds_dev_dependencies(server: ServerProc, repos: Path) -> None:
+    """A vite site deployed with env_vars {"NODE_ENV": "production"} (what an agent sets for production) failed:
+    `npm ci` skips devDependencies under NODE_ENV=production, the build's tool is one, and the error said "vite:
+    not found ... fix the build so that it succeeds locally". The build's install now keeps them (as Heroku and
+    Render do); the build still sees NODE_ENV=production."""
+    repo = git_repo(repos / "devdep-site", DEV_DEPENDENCY_BUILD)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), env_vars={"NODE_ENV": "production"})
+        assert via_proxy(server, dep["url"]).text == "<h1>built by production</h1>"
