@@ -21,7 +21,10 @@ One `inkmcp serve` of its own, two accounts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +204,42 @@ async def test_a_tenant_filling_its_redis_gets_enospc_within_its_own_disk(server
     with connect(creds["alice"]) as c:
         c.execute("CREATE TABLE IF NOT EXISTS after_redis (x int)")
     healthy(server)
+
+
+async def test_redis_client_buffers_are_capped_together(server: ServerProc,
+                                                        creds: dict[str, dict[str, Any]]) -> None:
+    """Memory beside the disk: a SET announcing a 400 MB value makes Redis reserve its query buffer at once. Before,
+    two such connections held 805 MB of the host's RAM (maxclients 128: ~50 GB); now `maxmemory-clients` evicts
+    them and the instance's memory stays small."""
+    r = creds["mallory"]["redis"]
+    auth = (f"*3\r\n$4\r\nAUTH\r\n${len(r['user'])}\r\n{r['user']}\r\n${len(r['password'])}\r\n"
+            f"{r['password']}\r\n").encode()
+    socks = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection((r["host"], r["port"]), timeout=5)
+            s.sendall(auth)
+            assert s.recv(100).startswith(b"+OK")
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$400000000\r\n")
+            socks.append(s)
+        for _ in range(8):
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"a" * 2**20)
+        await asyncio.sleep(0.5)
+        conn = await RespConnection.open(r["host"], r["port"])
+        try:
+            await conn.execute("AUTH", r["user"], r["password"])
+            memory = str(await conn.execute("INFO", "memory"))
+            stats = str(await conn.execute("INFO", "stats"))
+        finally:
+            await conn.close()
+    finally:
+        for s in socks:
+            s.close()
+    used = int(re.search(r"used_memory:(\d+)", memory).group(1))  # type: ignore[union-attr]
+    evicted = int(re.search(r"evicted_clients:(\d+)", stats).group(1))  # type: ignore[union-attr]
+    assert evicted >= 3 and used < 128 * 2**20, (evicted, used)
 
 
 def _mounted(path: Path) -> bool:
