@@ -53,7 +53,7 @@ import stat
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -599,6 +599,29 @@ async def _pick_python(runner: _Runner, repo: RepoFiles, env: dict[str, str], in
     return chosen.path
 
 
+_NOT_FOUND = re.compile(r"(?:^|: )(?P<cmd>[\w.@/+-]+): (?:\d+: )?(?:command )?not found\s*$")
+
+
+def _command_not_found(tail: Iterable[str]) -> str | None:
+    """The command a shell could not find (`sh: 1: vite: not found`, `bash: tsc: command not found`), last one."""
+    found = None
+    for line in tail:
+        if m := _NOT_FOUND.search(line.strip()):
+            found = m["cmd"]
+    return found
+
+
+def _not_found_fix(command: str, env: dict[str, str]) -> str:
+    """What to do when the build ran a command nothing installed: the package that provides it belongs in the
+    repo's dependency file (the server has node, npm, python and git, not the app's tools)."""
+    node = "node_modules/.bin" in env.get("PATH", "")
+    where = ("add the npm package that provides it to package.json (devDependencies are installed for the build), "
+             "commit and push" if node else
+             "add the package that provides it to the dependency file (requirements.txt / pyproject.toml), or "
+             "install it in the build_command, commit and push")  # fmt: skip
+    return f"{where}; or pass a build_command that does not need {command!r}"
+
+
 _INSTALL_CHOICES = ("npm_config_include", "npm_config_omit", "npm_config_production", "npm_config_dev",
                     "yarn_production")
 
@@ -663,6 +686,9 @@ async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncI
             used = next((m[1] for ln in tail if (m := re.search(r"Using Python (\d+\.\d+)[\d.]* environment", ln))), "")
             fix = pyi.installer_fix(said, used or "of this server", list(tail)) or exc.fix
             raise BuildFailed(f"{exc.message.rstrip('.')}: {said}", argument=exc.argument, fix=fix) from None
+        if " exited with 127" in exc.message and (missing := _command_not_found(tail)):
+            raise BuildFailed(f"{exc.message.rstrip('.')}: `{missing}` is not installed in the build",
+                              argument=exc.argument, fix=_not_found_fix(missing, runner.env)) from None
         exception = pyi.last_exception(list(tail))
         if exception is None:
             raise

@@ -64,3 +64,14 @@ def test_a_module_that_only_defines_names_is_not_started(tmp_path) -> None:  # t
 def test_an_index_html_beside_app_py_stays_a_static_site(tmp_path) -> None:  # type: ignore[no-untyped-def]
     plan = _plan(tmp_path, {"index.html": "<h1>x</h1>", "server.py": "import http.server\nhttp.server.test()\n"})
     assert plan.processes == () and plan.static_dir == "."
+
+
+def test_the_command_a_shell_could_not_find() -> None:
+    from inkmcp.build.buildpack import _command_not_found, _not_found_fix
+
+    assert _command_not_found(["> vite build", "sh: 1: vite: not found"]) == "vite"
+    assert _command_not_found(["bash: tsc: command not found"]) == "tsc"
+    assert _command_not_found(["/bin/sh: 1: webpack-cli: not found", "npm error code 127"]) == "webpack-cli"
+    assert _command_not_found(["Error: Cannot find module 'x'", "module not found"]) is None
+    assert "package.json" in _not_found_fix("tsc", {"PATH": "/srv/app/node_modules/.bin:/usr/bin"})
+    assert "requirements.txt" in _not_found_fix("sass", {"PATH": "/venv/bin:/usr/bin"})

@@ -149,3 +149,23 @@ async def test_node_env_production_still_installs_the_builds_dev_dependencies(se
     async with mcp_session(server, server.keys["alice"]) as s:
         dep = await deploy_live(s, repo_url=str(repo), env_vars={"NODE_ENV": "production"})
         assert via_proxy(server, dep["url"]).text == "<h1>built by production</h1>"
+
+
+@local_only("reads the local build's error text (a Coolify build fails inside Coolify)")
+@pytest.mark.asyncio
+async def test_a_build_tool_that_is_not_installed_is_named(server: ServerProc, repos: Path) -> None:
+    """A TypeScript app whose build runs `tsc` without typescript in package.json failed with "build command 'npm run
+    build' exited with 127. Fix: fix the build so that it succeeds locally" (it does there: tsc is global on the
+    developer's machine). The error now names the missing command and where its package belongs."""
+    repo = git_repo(repos / "ts-app", {
+        "package.json": '{"name": "ts-app", "version": "1.0.0", '
+        '"scripts": {"build": "tsc", "start": "node dist/index.js"}}\n',
+        "index.ts": "console.log('hi')\n",
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await finished(s, await call(s, "deploy_app", repo_url=str(repo)))
+        assert dep["status"] == "failed", dep
+        head = dep["error"].partition("\nlast output:\n")[0]
+        assert "build command 'npm run build' exited with 127: `tsc` is not installed in the build" in head, head
+        assert "add the npm package that provides it to package.json" in head, head
+        assert "succeeds locally" not in head, head
