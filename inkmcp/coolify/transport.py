@@ -157,11 +157,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = asyncio.Semaphore(self._max_connections)
-        try:
-            async with asyncio.timeout(timeouts["pool"]):
-                await slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no free connection to Coolify within the pool timeout") from None
+        if slots.locked():  # a timer only when there is a wait (each costs the event loop a heap entry)
+            try:
+                async with asyncio.timeout(timeouts["pool"]):
+                    await slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection to Coolify within the pool timeout") from None
+        else:
+            await slots.acquire()  # free: taken at once, no suspension
         try:
             conn = self._take_idle(key) or await self._connect(scheme, url.raw_host, port, timeouts["connect"])
             body = await request.aread()
@@ -184,11 +187,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes, is_head: bool,
                         timeouts: dict[str, float | None]) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool]:
         try:
-            async with asyncio.timeout(timeouts["write"]):
-                conn.writer.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    conn.writer.write(body)
-                await conn.writer.drain()
+            conn.writer.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                conn.writer.write(body)
+            if conn.writer.transport.get_write_buffer_size():  # the kernel did not take it all: wait, bounded
+                async with asyncio.timeout(timeouts["write"]):
+                    await conn.writer.drain()
+            elif conn.writer.is_closing():  # the write failed at once (asyncio closed the transport)
+                raise OSError("the connection to Coolify closed while sending")
         except TimeoutError:
             raise httpx.WriteTimeout("sending the request to Coolify timed out") from None
         except OSError as e:

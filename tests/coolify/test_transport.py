@@ -304,3 +304,35 @@ async def test_an_https_coolify_url_is_tunnelled_and_a_refused_tunnel_is_not_sen
             await c.create_project(ProjectCreate(name="p-1", description="d"))
     assert len(proxy.heads) == 1
     assert proxy.heads[0].startswith(b"CONNECT coolify.invalid:443 HTTP/1.1\r\n")
+
+
+async def test_a_send_or_a_free_connection_that_does_not_come_in_time_is_still_bounded() -> None:
+    """Issue 8 (overhead7): the transport sets a write timer only when the kernel did not take the whole request at
+    once, and a pool timer only when every connection is busy (one heap entry each on the event loop otherwise);
+    both waits stay bounded: a peer that never reads gives WriteTimeout, a pool that stays busy PoolTimeout."""
+    release = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(base_url=url, transport=LeanTransport(),
+                                     timeout=httpx.Timeout(5, write=0.3)) as c:  # fmt: skip
+            with pytest.raises(httpx.WriteTimeout):
+                await c.post("/big", content=b"x" * (64 << 20))  # far more than the socket buffers hold
+        async with httpx.AsyncClient(base_url=url, transport=LeanTransport(max_connections=1),
+                                     timeout=httpx.Timeout(5, pool=0.3)) as c:  # fmt: skip
+            first = asyncio.ensure_future(c.get("/first"))  # holds the only connection: nobody answers
+            await asyncio.sleep(0.1)
+            with pytest.raises(httpx.PoolTimeout):
+                await c.get("/second")
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
