@@ -4,7 +4,8 @@ One embedded tenant server in a scratch data dir; rounds alternate between a pro
 way: the database in pg_default) and one with them (an image created, mounted, a tablespace made, the database
 created in it), so both see the same load. Per round and mode: `provision` of a new database, 16 MiB written by
 its tenant (1 MiB INSERTs of incompressible text), `drop`. Then a Redis instance provisioned and dropped with and
-without its image. Run as root (images need mounts), under the shared lock:
+without its image; and what the tenant server's start/stop add for 10 databases (mount_all/unmount_all). Run as
+root (images need mounts), under the shared lock:
 
     flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/tenant_disk.py --rounds 5
 """
@@ -97,6 +98,19 @@ async def main(rounds: int) -> None:
             for mode, rmode in (("pg_default", "no image"), ("own disk", "own disk")):
                 await redis_round(redis_modes[rmode], f"bench-r{r}-{mode.replace(' ', '').replace('_', '')}",
                                   results[mode])
+        # what a tenant server's start and stop add: mounting (and unmounting) 10 databases' images
+        disks = tablespace_disks(data, TenantDiskSettings(tenant_pg_disk_mb=1024, disk_overcommit=64))
+        for i in range(10):
+            disks.ensure(f"ink_bench_mount_{i}")
+        t0 = time.perf_counter()
+        disks.unmount_all()
+        unmount_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        disks.mount_all()
+        print(f"10 database images: mount_all {(time.perf_counter() - t0) * 1000:.0f} ms, "
+              f"unmount_all {unmount_s * 1000:.0f} ms")
+        for i in range(10):
+            disks.remove(f"ink_bench_mount_{i}")
         for mode, res in results.items():
             print(f"== {mode} ({rounds} rounds)")
             for what, xs in res.items():
