@@ -26,6 +26,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from inkmcp.errors import InvalidArgument
+from inkmcp.providers.compute.local import nginx_module
 from inkmcp.providers.compute.local.nginx import NginxProxy, ProxySettings, established_to
 from inkmcp.providers.compute.local.proxy import Route, close_after
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, no_record, request_for, web_plan
@@ -88,6 +89,7 @@ async def nginx_proxy(run_dir: Path) -> AsyncIterator[NginxProxy]:
     proxy = NginxProxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=run_dir / "proxy")
     await proxy.start()
     try:
+        assert_module_as_built(proxy)
         yield proxy
     finally:
         await proxy.close()
@@ -284,6 +286,14 @@ POST_APP = WEB_APP.replace("    def log_message", """    def do_POST(self):
     def log_message""")
 
 
+def assert_module_as_built(proxy: object) -> None:
+    """The provider's proxy runs InkMCP's nginx module exactly when it is built for this nginx (and not switched off):
+    these tests then check the module's answers (tests/local/test_nginx_module.py compares them with the fallback's)."""
+    settings = ProxySettings()
+    want = nginx_module.find(settings.nginx).path if settings.module == "auto" else None
+    assert getattr(proxy, "module", None) == want, getattr(proxy, "module_reason", "")
+
+
 @pytest.mark.slow
 async def test_hammered_service_redeployed_three_times_fails_no_request(make_provider, checkouts, project_ids):
     """Eight clients hammer a service while it is redeployed three times: three GET and two POST (20 kB
@@ -301,6 +311,7 @@ async def test_hammered_service_redeployed_three_times_fails_no_request(make_pro
     url = f"http://127.0.0.1:{provider.proxy.port}/"
     await provider.release(request_for(key, checkouts({"app.py": POST_APP}), web_plan(), env={"MESSAGE": "v0"}),
                            Events(), no_record)  # fmt: skip
+    assert_module_as_built(provider.proxy)
     failures: list[str] = []
     seen: set[str] = set()
     counts = {"requests": 0, "retries": 0}
@@ -353,6 +364,7 @@ async def test_websocket_survives_another_services_deploy(make_provider, checkou
     provider = await make_provider()
     ws_key, other = key_for(project_ids(), service="ws"), key_for(project_ids(), service="web")
     await provider.release(request_for(ws_key, checkouts({"app.py": WS_ECHO}), web_plan()), Events(), no_record)
+    assert_module_as_built(provider.proxy)
     sock = socket.create_connection(("127.0.0.1", provider.proxy.port))
     async with ws_connect(f"ws://{provider.host_for(ws_key)}:{provider.proxy.port}/", sock=sock) as ws:
         await ws.send("before")
