@@ -73,7 +73,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.errors import InvalidArgument, ProviderError
-from inkmcp.providers.compute.local.diskquota import NamedDisks, unmount_patiently
+from inkmcp.providers.compute.local.diskquota import NamedDisks, is_mounted, unmount_patiently
 from inkmcp.providers.database.base import DatabaseCredentials, DatabaseHandle, Tier
 from inkmcp.providers.database.postgres import database_name_for
 
@@ -476,9 +476,17 @@ class RedisProvider:
         return sorted(imaged | {d.name for d in self.base.iterdir() if (d / _INSTANCE_FILE).exists()})
 
     def _mount(self, ident: str) -> None:
-        """--- tenantdisk: the instance's directory on its own filesystem, before anything reads or starts it."""
-        if self.disks is not None:
-            self.disks.ensure(ident)
+        """--- tenantdisk: the instance's directory on its own filesystem, before anything reads or starts it.
+
+        An instance from before (its directory on the host's filesystem) that is running is stopped first (SIGTERM:
+        it flushes its AOF), so its files are copied while nothing writes them; the caller starts it again."""
+        if self.disks is None or not self.disks.enforced:
+            return
+        inst = self.instance(ident)
+        if not is_mounted(self.disks.mount_point(ident)) and inst.running_pid() is not None:
+            log.info("redis instance %s moves onto its own disk: stopping it for the copy", ident)
+            inst.stop()
+        self.disks.ensure(ident)
 
     def _unmount(self, ident: str) -> None:
         """--- tenantdisk: after the instance stopped (never under a running one)."""
