@@ -275,3 +275,44 @@ def test_token_format_is_checked() -> None:
         check_token("1|abc\n")
     with pytest.raises(ValueError, match="empty"):
         check_token(" ")
+
+
+async def test_a_transport_of_the_callers_gets_exactly_the_request_httpx_would_have_sent() -> None:
+    """Issue 8 (overhead7): with a transport of its caller's (the provider's PolicyTransport), the client hands each
+    attempt straight to it instead of through httpx.AsyncClient; what reaches the transport is byte for byte what
+    the httpx client built before (URL with the base path and percent-encoded segments, query, headers as spelled
+    and in their order, JSON body, timeouts), and the answer reads the same; a transport error names its request."""
+    import httpx
+
+    seen: list[tuple[str, str, list[tuple[bytes, bytes]], bytes, dict[str, object]]] = []
+
+    class Recording(httpx.AsyncBaseTransport):
+        fail = False
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if self.fail:
+                raise httpx.ConnectError("refused")
+            seen.append((request.method, str(request.url), list(request.headers.raw), await request.aread(),
+                         dict(request.extensions)))  # fmt: skip
+            return httpx.Response(200, json={"uuid": "u" * 24, "message": "ok é"})
+
+    transport = Recording()
+    c = CoolifyClient("http://127.0.0.1:9/base/", "1|tok", transport=transport)
+    auth = {"Authorization": "Bearer 1|tok"}
+    try:
+        for method, path, body, query in (("GET", "/applications/abc", None, None),
+                                          ("POST", "/deploy", None, {"uuid": "a b", "force": "false"}),
+                                          ("PATCH", "/applications/abc/envs/bulk",
+                                           {"data": [{"key": "K", "value": "vé\n"}]}, None),
+                                          ("GET", "servers/ä x", None, None)):  # fmt: skip
+            direct = await c._send(method, path, body, query, dict(auth))
+            through = await c._http.request(method, path, json=body, params=query, headers=dict(auth))
+            assert seen[-2] == seen[-1], (seen[-2], seen[-1])
+            assert direct.status_code == through.status_code and direct.json() == through.json()
+        assert seen[0][1] == "http://127.0.0.1:9/base/api/v1/applications/abc"
+        transport.fail = True
+        with pytest.raises(httpx.ConnectError) as caught:
+            await c._send("GET", "/servers", None, None, dict(auth))
+        assert caught.value.request.url.path == "/base/api/v1/servers"
+    finally:
+        await c.aclose()
