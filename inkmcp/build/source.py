@@ -1004,9 +1004,18 @@ class _CatFile:
         if not header:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._proc.wait(), timeout=min(2.0, max(self._deadline.left(), 0.01)))
-            hit = _limit_hit(self._source, f"reading {self._source.display}", self._proc.returncode, "")
+            rc = self._proc.returncode
+            hit = _limit_hit(self._source, f"reading {self._source.display}", rc, "")
             if hit is not None:
                 return hit
+            if rc:  # its stderr is not read (git says "Out of memory" there): the likely causes, with the settings
+                s = git_settings()
+                return SourceError(
+                    f"reading {self._source.display}'s objects failed: git stopped (exit status {rc}). An object in "
+                    "the repository may need more memory to unpack than one git process may use here "
+                    f"({s.git_process_memory_mb} MiB, INKMCP_GIT_PROCESS_MEMORY_MB), or its cache is damaged.",
+                    argument="repo_url", fix="remove huge files from the repository's history, or deploy a smaller "
+                    "repository; or (operator) raise INKMCP_GIT_PROCESS_MEMORY_MB")
         return SourceError(f"could not read {self._source.display}'s objects (git cat-file said "
                            f"{_scrub(header, self._source)!r})", argument="repo_url")
 

