@@ -14,16 +14,34 @@ PROVIDERS = ["local", "coolify"]
 provider's variants alone, as the suite ran before Coolify joined."""
 
 
+# The shared servers hold every module's projects and databases of a worker (not one module's): the per-account
+# defaults (20 projects, 5 databases) are not what these tests check (tests/core and tests/security do, on servers
+# of their own), so these servers allow more.
+SHARED_LIMITS = {"INKMCP_MAX_PROJECTS_PER_ACCOUNT": "400", "INKMCP_MAX_DATABASES_PER_ACCOUNT": "100"}
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Iterator[ServerProc]:
+    with running_server("inkmcp-e2e-", ("alice", "bob"), **SHARED_LIMITS) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def coolify_server_() -> Iterator[ServerProc]:
+    with coolify_server("inkmcp-e2e-c-", ("alice", "bob"), **SHARED_LIMITS) as srv:
+        yield srv
+
+
 @pytest.fixture(scope="session", params=PROVIDERS)
-def server(request: pytest.FixtureRequest) -> Iterator[ServerProc]:
+def server(request: pytest.FixtureRequest) -> ServerProc:
     """One real `inkmcp serve` per compute provider, with two accounts: every test using it runs against the
-    local provider and against Coolify (the stand-in, with its runner really running what is deployed)."""
-    if request.param == "local":
-        with running_server("inkmcp-e2e-", ("alice", "bob")) as srv:
-            yield srv
-    else:
-        with coolify_server("inkmcp-e2e-c-", ("alice", "bob")) as srv:
-            yield srv
+    local provider and against Coolify (the stand-in, with its runner really running what is deployed).
+
+    Both stay up for the whole session (mender7): with `--dist loadfile` a worker runs one file's [local] tests,
+    then its [coolify] tests, then the next file's; a parametrized session fixture keeps one param's value at a
+    time, so each file stopped one server and started the other, twice (~20 s each, ~40 s per file and worker).
+    Now this fixture only picks one of two session servers."""
+    return request.getfixturevalue("local_server" if request.param == "local" else "coolify_server_")
 
 
 @pytest.fixture(scope="module")
