@@ -11,7 +11,7 @@ exists. What it does:
   {"argv": [...], "env": {...}} with three file descriptors (stdin, stdout, stderr) attached;
 - starts each with posix_spawn (vfork-like: nothing of this process is copied), in a new session, signals at their
   defaults and unblocked, the three fds as 0/1/2 and no other fd (received fds are close-on-exec), and answers
-  {"pid": n} or {"error": "..."} in order;
+  {"pid": n} or {"error": "...", "errno": n} in order;
 - when a child exits (its pidfd becomes readable), reaps it and sends {"exit": pid, "status": waitstatus}.
 
 The cgroup (memory, pids, CPU weight) is joined by InkMCP moving this process into it once, before its first
@@ -96,7 +96,7 @@ def start(data: bytes, fds: list[int], defaults: set[int], sel: selectors.BaseSe
             pid = os.posix_spawn(request["argv"][0], request["argv"], request["env"], file_actions=actions,
                                  setsid=True, setsigdef=defaults, setsigmask=())
         except OSError as e:
-            return {"error": f"{request['argv'][0]}: {e.strerror}"}
+            return {"error": f"{request['argv'][0]}: {e.strerror}", "errno": e.errno}
         pidfd = os.pidfd_open(pid)
         sel.register(pidfd, selectors.EVENT_READ, (pid, pidfd))
         return {"pid": pid}

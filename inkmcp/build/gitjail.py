@@ -53,7 +53,11 @@ PIPE, DEVNULL = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
 
 
 class JailError(RuntimeError):
-    """The starter could not start a process (it said why), or is gone."""
+    """The starter could not start a process (it said why, with the errno), or is gone."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,7 @@ class _Starter:
                     self.exits[message["pid"]] = (loop, exited)
                     _resolve(loop, started, message["pid"])
                 else:
-                    _resolve(loop, started, JailError(message.get("error", "could not start")))
+                    _resolve(loop, started, JailError(message.get("error", "could not start"), message.get("errno", 0)))
         with self.lock:  # the starter is gone: nobody will report these exits
             self.dead = True
             for loop, started, _ in self.pending:
@@ -401,7 +405,7 @@ async def spawn(argv: list[str], env: dict[str, str], *, stdin: int = DEVNULL, s
             if fd is not None:
                 os.close(fd)
         if isinstance(exc, JailError):
-            raise OSError(f"could not start {argv[0]}: {exc}") from None
+            raise OSError(exc.errno, f"could not start {argv[0]}: {exc}") from None
         started.add_done_callback(_kill_unowned)  # cancelled while it started: nobody will own it
         raise
     return JailedProcess(pid, exited, await _writer(loop, ours[0]), await _reader(loop, ours[1]),

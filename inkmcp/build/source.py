@@ -637,7 +637,12 @@ async def _spawn(
     kw.setdefault("stderr", asyncio.subprocess.PIPE)
     argv, identity = _as_tenant(argv, ws)
     if not identity and gitjail.enabled():
-        return await gitjail.spawn(argv, env, stdin=kw["stdin"], stdout=kw["stdout"], stderr=kw["stderr"])
+        try:
+            return await gitjail.spawn(argv, env, stdin=kw["stdin"], stdout=kw["stdout"], stderr=kw["stderr"])
+        except OSError as e:
+            if e.errno == errno.EAGAIN:  # the git group's pids.max: every git process of this server at once
+                raise _too_many_processes() from None
+            raise
     return await asyncio.create_subprocess_exec(
         *argv, env=env, cwd="/", umask=0o077, start_new_session=True, **identity, **kw
     )
@@ -824,6 +829,8 @@ def _limit_hit(source: _Source, doing: str, returncode: int | None, stderr: str,
             f"{doing} wrote a file bigger than git may write on this server ({s.git_max_file_mb} MiB, "
             "INKMCP_GIT_MAX_FILE_MB).", argument="repo_url", fix=f"{repo_fix}; or (operator) raise "
             "INKMCP_GIT_MAX_FILE_MB")
+    if any(word in lowered for word in ("cannot fork", "unable to fork", "resource temporarily unavailable")):
+        return _too_many_processes()
     if signal.SIGKILL in signals or (oom_before is not None and gitjail.oom_kills() > oom_before):
         return SourceError(
             f"{doing} was stopped: git was killed, most likely because all git processes together reached this "
@@ -832,6 +839,13 @@ def _limit_hit(source: _Source, doing: str, returncode: int | None, stderr: str,
             argument="repo_url", fix=f"retry in a minute; if it fails again, {repo_fix}; or (operator) raise "
             "INKMCP_GIT_MEMORY_MB")
     return None
+
+
+def _too_many_processes() -> SourceError:
+    return SourceError(
+        f"git could not start another process: all git processes of this server together are at their limit "
+        f"({git_settings().git_pids_max} processes and threads, INKMCP_GIT_PIDS_MAX), e.g. many deploys fetching "
+        "at once.", argument="repo_url", fix="retry in a minute; or (operator) raise INKMCP_GIT_PIDS_MAX")
 
 
 def _fetch_error(source: _Source, stderr: str) -> SourceError:

@@ -17,7 +17,7 @@ import pytest
 from inkmcp.build import gitjail, source
 from inkmcp.build.process import kill_process_group
 from inkmcp.settings import GitSettings, set_git_settings
-from tests.requirements import is_root
+from tests.requirements import is_root, require_root
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "INKMCP_TEST_MARK": "jailed"}
 
@@ -129,3 +129,23 @@ async def test_the_starter_outlives_the_loop_and_thread_that_started_it(jail: Gi
     await asyncio.sleep(0.3)
     assert gitjail.starter_pid() == first and psutil.pid_exists(first)
     assert await long_run.wait() == 3
+
+
+async def test_past_the_groups_process_limit_a_start_is_refused_naming_the_setting(jail: GitSettings) -> None:
+    """All git processes of the server share pids.max (INKMCP_GIT_PIDS_MAX): many fetches at once cannot take the
+    machine's PIDs; the start past it fails with an error naming the setting (the kernel's EAGAIN, not a crash)."""
+    require_root("the git processes' pids.max is a cgroup's")
+    from inkmcp.errors import SourceError
+
+    gitjail.shutdown()
+    set_git_settings(GitSettings(git_jail=True, git_pids_max=16))
+    held: list[gitjail.JailedProcess] = []
+    try:
+        with pytest.raises(SourceError) as refused:
+            for _ in range(40):
+                held.append(await source._spawn(["sleep", "30"], None, ENV))
+        assert "INKMCP_GIT_PIDS_MAX" in f"{refused.value} {refused.value.fix}" and "16 processes" in str(refused.value)
+        assert 10 <= len(held) < 16, len(held)  # the starter itself is one of the 16
+    finally:
+        for proc in held:
+            await kill_process_group(proc)  # type: ignore[arg-type]
