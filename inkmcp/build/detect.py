@@ -127,6 +127,73 @@ def _requirement_names(text: str) -> set[str]:
     return names
 
 
+_INCLUDE = re.compile(r"^(?:-r|--requirement)(?:\s+|=)(?P<file>\S+)")
+_LOCAL_PROJECT = re.compile(
+    r"^(?:(?:-e|--editable)(?:\s+|=))?(?:file:)?(?P<dir>\.{1,2}(?:/[\w.-]*)*)/?(?:\[[^\]]*\])?$")
+_SETUP_REQUIRES = re.compile(r"install_requires\s*=\s*\[(?P<list>[^\]]*)\]", re.S)
+MAX_REQUIREMENT_FILES = 10
+
+
+def _requirements_deps(files: _Files, name: str, seen: set[str]) -> set[str]:
+    """Distribution names a requirements file installs, following `-r other.txt` (a new user's requirements.txt
+    was `-r requirements/prod.txt`, whose gunicorn detection did not see: the app ran as `python app.py` and
+    exited) and a local project line (`-e .`: its setup.py install_requires / pyproject dependencies)."""
+    key = str(PurePosixPath(name))
+    if key in seen or len(seen) >= MAX_REQUIREMENT_FILES:
+        return set()
+    seen.add(key)
+    text = files.text(name)
+    if text is None:
+        return set()
+    names = _requirement_names(text)
+    base = PurePosixPath(name).parent
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if m := _INCLUDE.match(line):
+            names |= _requirements_deps(files, _joined(base, m["file"]), seen)
+        elif m := _LOCAL_PROJECT.match(line):
+            names |= _local_project_deps(files, _joined(base, m["dir"]))
+    return names
+
+
+def _joined(base: PurePosixPath, relative: str) -> str:
+    """`relative` (from a requirements line) against the including file's directory, normalised (`a/../b` -> `b`;
+    reads stay inside the checkout: read_repo_text refuses a path that leaves it)."""
+    parts: list[str] = []
+    for part in (base / relative).parts:
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            else:
+                parts.append(part)
+        elif part != ".":
+            parts.append(part)
+    return "/".join(parts) or "."
+
+
+def _local_project_deps(files: _Files, directory: str) -> set[str]:
+    """The dependencies a local project line installs: setup.py `install_requires=[...]` (read, never run) and
+    pyproject.toml `[project] dependencies`."""
+    prefix = "" if directory == "." else f"{directory}/"
+    names: set[str] = set()
+    names |= _setup_py_deps(files.text(f"{prefix}setup.py"))
+    if prefix and (pyproject := files.text(f"{prefix}pyproject.toml")):  # the root's is read by _scan
+        try:
+            project = tomllib.loads(pyproject).get("project")
+        except tomllib.TOMLDecodeError:
+            project = None
+        deps = project.get("dependencies") if isinstance(project, dict) else None
+        if isinstance(deps, list):
+            names |= _requirement_names("\n".join(d for d in deps if isinstance(d, str)))
+    return names
+
+
+def _setup_py_deps(text: str | None) -> set[str]:
+    """setup.py's `install_requires=[...]` string literals (read as text, never run)."""
+    m = _SETUP_REQUIRES.search(text or "")
+    return _requirement_names("\n".join(re.findall(r"""['"]([^'"]+)['"]""", m["list"]))) if m else set()
+
+
 def _toml(files: _Files, name: str, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -145,7 +212,9 @@ def _scan(root: Path, checkout: Path) -> _Files:
     pipfile = files.text("Pipfile")
     files.is_python = any(t is not None for t in (requirements, pyproject, pipfile)) or files.exists("setup.py")
     if requirements is not None:
-        files.python_deps |= _requirement_names(requirements)
+        files.python_deps |= _requirements_deps(files, "requirements.txt", set())
+    elif pyproject is None and pipfile is None:
+        files.python_deps |= _setup_py_deps(files.text("setup.py")) if files.exists("setup.py") else set()
     if pyproject is not None:
         data = _toml(files, "pyproject.toml", pyproject)
         project = data.get("project") if isinstance(data.get("project"), dict) else {}
@@ -316,7 +385,10 @@ def _detect_python_start(files: _Files) -> str | None:
         if app.interface == "wsgi" and "flask" in files.python_deps and "/" not in app.file:
             return f"flask --app {app.module}:{app.attr} run --host 0.0.0.0 --port $PORT"
     for entry in PYTHON_ENTRYPOINTS:
-        if files.exists(entry):
+        # a module holding an app object nothing serves exits at once under `python`: the deploy failed at
+        # health_check with "exited with code 0"; refused instead (_nothing_found says what would serve it)
+        idle = app is not None and app.file == entry and not _runs_when_executed(files.text(entry) or "")
+        if files.exists(entry) and not idle:
             return f"python {entry}"
     return None
 
@@ -553,6 +625,13 @@ def _service_name_for(directory: str) -> str:
     return name or "web"
 
 
+def _with_dep(files: _Files, name: str) -> _Files:
+    """The same files as if the dependencies also listed `name` (for the command the refusal suggests)."""
+    return _Files(root=files.root, checkout=files.checkout, package_json=files.package_json,
+                  python_deps=files.python_deps | {name}, is_python=files.is_python, is_node=files.is_node,
+                  has_index_html=files.has_index_html)  # fmt: skip
+
+
 def _nothing_found(files: _Files, platform: PlatformService, service_name: str) -> BuildPlanError:
     """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
     present = [name for name in _SHOWN_FILES if files.exists(name)]
@@ -564,15 +643,23 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
     why += [n for n in platform.notes if "Docker" in n or "[processes]" in n][:2]
     if files.package_json is not None:
         why.append("package.json has no scripts.start, no existing `main` file and there is no server.js")
-    bare_app = _find_app_object(files) if entries and not files.is_python else None
+    bare_app = _find_app_object(files) if entries else None
     if entries and not files.is_python:
         why.append(f"{entries[0]} only defines names (no `if __name__ == '__main__':` and no top-level call) and "
                    "there is no requirements.txt or pyproject.toml naming the packages it needs")
+    elif bare_app is not None:
+        why.append(f"{bare_app.file} defines `{bare_app.attr}` ({bare_app.interface.upper()}) but does not run it, "
+                   "and the dependencies list no server for it (gunicorn, uvicorn, hypercorn, waitress)")
     fix = _NOTHING_FOUND_FIX
-    if bare_app is not None:
+    if bare_app is not None and not files.is_python:
         server = "uvicorn" if bare_app.interface == "asgi" else "gunicorn"
         fix = (f"add a requirements.txt listing the packages {bare_app.file} imports and {server} (InkMCP installs it "
                f"and runs the app with {server}), or {fix}")
+    elif bare_app is not None:
+        server = "uvicorn" if bare_app.interface == "asgi" else "gunicorn"
+        command = _server_command(_with_dep(files, server), bare_app)
+        fix = (f"add {server} to the dependencies (InkMCP then runs `{command}`), or pass start_command={command!r} "
+               f"with {server} in the dependencies")
     packaged = _packaged_app_command(files) if files.is_python else None
     if packaged is not None:
         fix = f"pass start_command={packaged[0]!r} (found {packaged[1]}), or add a Procfile with that `web:` line"

@@ -75,3 +75,41 @@ def test_the_command_a_shell_could_not_find() -> None:
     assert _command_not_found(["Error: Cannot find module 'x'", "module not found"]) is None
     assert "package.json" in _not_found_fix("tsc", {"PATH": "/srv/app/node_modules/.bin:/usr/bin"})
     assert "requirements.txt" in _not_found_fix("sass", {"PATH": "/venv/bin:/usr/bin"})
+
+
+@pytest.mark.parametrize("files", [
+    {"requirements.txt": "-r requirements/prod.txt\n", "requirements/prod.txt": "-r base.txt\ngunicorn\n",
+     "requirements/base.txt": "flask\n"},
+    {"requirements.txt": "--requirement=reqs.txt # pinned\n", "reqs.txt": "Flask\ngunicorn==22\n"},
+    {"requirements.txt": "-e .\n", "setup.py": "from setuptools import setup\nsetup(name='x', "
+     "install_requires=[\n    'flask>=3',\n    \"gunicorn\",\n])\n"},
+    {"requirements.txt": "-e ./lib[extra]\n", "lib/pyproject.toml": "[project]\nname='lib'\n"
+     "dependencies=['flask', 'gunicorn']\n"},
+    {"setup.py": "from setuptools import setup\nsetup(name='x', install_requires=['flask', 'gunicorn'])\n"},
+])  # fmt: skip
+def test_dependencies_behind_includes_and_local_projects_count(tmp_path, files: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    plan = _plan(tmp_path, {**files, "app.py": "from flask import Flask\napp = Flask(__name__)\n"})
+    assert [p.command for p in plan.processes] == ["gunicorn app:app --bind 0.0.0.0:$PORT"]
+
+
+def test_an_include_cycle_and_a_missing_include_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = {"requirements.txt": "-r a.txt\n-r missing.txt\n", "a.txt": "-r requirements.txt\ngunicorn\nflask\n",
+             "app.py": "from flask import Flask\napp = Flask(__name__)\n"}
+    plan = _plan(tmp_path, files)
+    assert [p.command for p in plan.processes] == ["gunicorn app:app --bind 0.0.0.0:$PORT"]
+
+
+def test_an_app_object_nothing_serves_is_refused_with_the_server_to_add(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inkmcp.errors import BuildPlanError
+
+    with pytest.raises(BuildPlanError) as err:
+        _plan(tmp_path, {"requirements.txt": "bottle\n", "app.py": "import bottle\napp = Bottle()\n"
+                         "@app.get('/')\ndef i():\n    return 'x'\n"})  # fmt: skip
+    assert "app.py defines `app` (WSGI) but does not run it" in err.value.message
+    assert (err.value.fix or "").startswith("add gunicorn to the dependencies (InkMCP then runs `gunicorn app:app "
+                                            "--bind 0.0.0.0:$PORT`)"), err.value.fix
+    # the same module that runs itself at the end is started as before
+    plan = _plan(tmp_path, {"app.py": "import bottle\napp = Bottle()\napp.run(port=8000)\n"})
+    assert [p.command for p in plan.processes] == ["python app.py"]

@@ -169,3 +169,26 @@ async def test_a_build_tool_that_is_not_installed_is_named(server: ServerProc, r
         assert "build command 'npm run build' exited with 127: `tsc` is not installed in the build" in head, head
         assert "add the npm package that provides it to package.json" in head, head
         assert "succeeds locally" not in head, head
+
+
+FLASK_APP = "from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.get('/')\ndef index():\n    return 'served'\n"
+
+
+@local_only("detection is the provider-independent build plan; one provider shows it")
+@pytest.mark.asyncio
+async def test_requirements_that_include_other_files_are_read_for_the_server(server: ServerProc, repos: Path) -> None:
+    """requirements.txt holding `-r requirements/prod.txt` (gunicorn and flask in there): detection read only the top
+    file, found no server, ran `python app.py`, which defines the app and exits, and the deploy failed at
+    health_check with "exited with code 0" (the agent never saw which command ran). The includes are followed now
+    (and `-e .` reads the project's setup.py), so it goes live under gunicorn in one call."""
+    repo = git_repo(repos / "nested-reqs", {
+        "requirements.txt": "-r requirements/prod.txt\n",
+        "requirements/prod.txt": "-r base.txt\ngunicorn\n",
+        "requirements/base.txt": "flask>=3\n",
+        "app.py": FLASK_APP,
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo))
+        assert via_proxy(server, dep["url"]).text == "served"
+        logs = await call(s, "get_logs", project_name=dep["project"], scope="runtime", tail=50)
+        assert any("gunicorn" in line.lower() for line in logs["lines"]), logs
