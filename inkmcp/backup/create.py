@@ -239,6 +239,11 @@ def create_backup(settings: Settings, to: Path, *, keys_to: Path | None = None, 
                 (stage / "tenants" / "tenants.port").write_text(f"{tenant_port}\n")
 
             redis: list[str] = []
+            # --- tenantdisk: each Redis instance directory is an image of its own, unmounted while InkMCP is stopped
+            from inkmcp.providers.database.redis import redis_files_mounted
+
+            stack.enter_context(redis_files_mounted(data / "redis"))
+            # --- end tenantdisk
             for inst in sorted((data / "redis").glob("*/instance.json")):
                 step(f"copying Redis add-on {inst.parent.name}")
                 _copy_redis(inst.parent, stage / "redis" / inst.parent.name)

@@ -3,7 +3,8 @@
 An instance made before (its directory on the data dir's filesystem) and still running when the new InkMCP starts
 is stopped (its AOF flushed), copied onto its new image and started again: its data is there, its files are on the
 image, nothing is left on the host filesystem; the provider's close unmounts what it stopped, and a drop removes
-image and mount. Real redis-server, real ext4 image and loop device (root).
+image and mount; with InkMCP stopped, `inkmcp backup create` mounts the images to read the instances' files.
+Real redis-server, real ext4 image and loop device (root).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import pytest
 
 from inkmcp.providers.compute.local.diskquota import NamedDisks, is_mounted
 from inkmcp.providers.database.base import Tier
-from inkmcp.providers.database.redis import RedisProvider, RedisSettings, RespConnection, _ensure_user
+from inkmcp.providers.database.redis import (
+    RedisProvider,
+    RedisSettings,
+    RespConnection,
+    _ensure_user,
+    redis_files_mounted,
+)
 from tests.requirements import is_root, requires
 from tests.support import traversable_tmpdir
 
@@ -59,6 +66,10 @@ async def test_a_running_instance_from_before_moves_onto_its_own_image() -> None
 
         await new.close()  # stops what it started, then unmounts it
         assert not is_mounted(directory) and new.instance(handle.external_id).running_pid() is None
+        assert not (directory / "instance.json").exists()  # what `inkmcp backup create` saw with InkMCP stopped
+        with redis_files_mounted(data / "redis"):  # what it does now (a marked block in backup/create.py)
+            assert (directory / "instance.json").exists() and (directory / "appendonlydir").is_dir()
+        assert not is_mounted(directory)
         assert await new.start() == [] and is_mounted(directory)  # mounted again before it starts
         await new.drop(handle.external_id)
         assert not is_mounted(directory) and not directory.exists()

@@ -759,18 +759,44 @@ class ExternalRedisProvider:
         """Nothing held: connections are opened per operation."""
 
 
-def build_redis_provider(base: Path, settings: RedisSettings) -> RedisProvider | ExternalRedisProvider:
-    """The external server when INKMCP_REDIS_URL is set, else one redis-server per project under `base`."""
-    if settings.url is not None:
-        return ExternalRedisProvider(settings.url, public_host=settings.public_host)
-    # --- tenantdisk: each instance on an image of its own, beside the projects' (INKMCP_REDIS_DISK_MB)
+def redis_disks(base: Path, settings: RedisSettings) -> NamedDisks:
+    """--- tenantdisk: the instances' images of `base` (`<data_dir>/redis`), beside the projects'
+    (INKMCP_REDIS_DISK_MB)."""
     from inkmcp.errors import settings_from_env
     from inkmcp.store.tenant_disks import TenantDiskSettings
 
     host = settings_from_env(TenantDiskSettings, "INKMCP_", "inkmcp/store/tenant_disks.py")
     user = _ensure_user()
-    disks = NamedDisks(Path(base).absolute().parent / "compute", "redis", Path(base).absolute(),
-                       size_mb=settings.disk_mb, setting="INKMCP_REDIS_DISK_MB", what="Redis instance",
-                       owner=None if user is None else (user.pw_uid, user.pw_gid), reserve_mb=host.disk_reserve_mb,
-                       overcommit=host.disk_overcommit, inner=None)  # fmt: skip
-    return RedisProvider(base, settings, disks=disks)
+    base = Path(base).absolute()
+    return NamedDisks(base.parent / "compute", "redis", base, size_mb=settings.disk_mb, setting="INKMCP_REDIS_DISK_MB",
+                      what="Redis instance", owner=None if user is None else (user.pw_uid, user.pw_gid),
+                      reserve_mb=host.disk_reserve_mb, overcommit=host.disk_overcommit, inner=None)  # fmt: skip
+
+
+@contextlib.contextmanager
+def redis_files_mounted(base: Path) -> Iterator[None]:
+    """--- tenantdisk: for a reader of the instance directories while InkMCP may be stopped (`inkmcp backup create`):
+    every instance's image mounted meanwhile; those mounted here are unmounted again after (their instance is not
+    running: a running one's image is mounted already)."""
+    disks = redis_disks(base, RedisSettings())
+    if not disks.enforced:
+        yield
+        return
+    here = [n for n in disks.names() if not is_mounted(disks.mount_point(n))]
+    for name in here:
+        try:
+            disks.ensure(name)
+        except (OSError, ProviderError) as exc:
+            log.warning("could not mount the Redis files of %s: %s", name, exc)
+    try:
+        yield
+    finally:
+        for name in here:
+            unmount_patiently(disks.mount_point(name))
+
+
+def build_redis_provider(base: Path, settings: RedisSettings) -> RedisProvider | ExternalRedisProvider:
+    """The external server when INKMCP_REDIS_URL is set, else one redis-server per project under `base`."""
+    if settings.url is not None:
+        return ExternalRedisProvider(settings.url, public_host=settings.public_host)
+    return RedisProvider(base, settings, disks=redis_disks(base, settings))  # --- tenantdisk
