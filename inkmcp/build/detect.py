@@ -811,6 +811,9 @@ def derive_plan(
         if detected:
             processes = (ProcessSpec(name=single_name, command=detected, routed=routed_single),)
             source = "detected"
+            # shown in the deployment's queued event: a detected command that fails ("exited with code 0") was
+            # otherwise never named to the agent, who could not tell what ran
+            notes.insert(0, f"runs `{detected}` (detected; start_command overrides)")
     notes += [f"{e.message} (file skipped)" for e in platform.errors]
 
     is_static = not processes

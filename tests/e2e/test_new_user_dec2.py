@@ -190,5 +190,7 @@ async def test_requirements_that_include_other_files_are_read_for_the_server(ser
     async with mcp_session(server, server.keys["alice"]) as s:
         dep = await deploy_live(s, repo_url=str(repo))
         assert via_proxy(server, dep["url"]).text == "served"
+        # the command detection chose is named in the history (it was named nowhere)
+        assert "runs `gunicorn app:app --bind 0.0.0.0:$PORT` (detected; start_command overrides)" in dep["history"][0]
         logs = await call(s, "get_logs", project_name=dep["project"], scope="runtime", tail=50)
         assert any("gunicorn" in line.lower() for line in logs["lines"]), logs
