@@ -128,7 +128,11 @@ async def main(rounds: int, weight: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--no-cgroup", action="store_true",
+                        help="B without the cgroup (the starter and the resource limits only): what the group costs")
     parser.add_argument("--weight", type=int, default=GitSettings().git_cpu_weight,
                         help="the git group's CPU weight (INKMCP_GIT_CPU_WEIGHT; default: the setting's)")
     args = parser.parse_args()
+    if args.no_cgroup:
+        gitjail._join_cgroup = lambda pid, limits: ("", [])  # type: ignore[assignment]
     asyncio.run(main(args.rounds, args.weight))
