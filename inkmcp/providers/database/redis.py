@@ -438,6 +438,7 @@ class RedisProvider:
         self._user_checked = False
         self._started: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"RedisProvider(base={str(self.base)!r})"
@@ -578,6 +579,7 @@ class RedisProvider:
         """Start (or adopt) every instance on disk, e.g. after a reboot, and from then on restart any that dies
         (every `watch_seconds`: apps whose Redis crashed would otherwise crash-loop until InkMCP restarts).
         Returns the idents that failed to start."""
+        self._closing = False
         failed = await asyncio.to_thread(self._start_all)
         if self.settings.watch_seconds > 0 and self._watch is None:
             self._watch = asyncio.create_task(self._watchdog(), name="redis-watchdog")
@@ -594,6 +596,10 @@ class RedisProvider:
     def _restart_dead(self) -> list[str]:
         restarted: list[str] = []
         with self._locked():
+            # --- tenantdisk: a round already in its thread when close() cancelled the watchdog must not start (and
+            # mount) an instance after close() stopped them: it would outlive InkMCP with its image mounted
+            if self._closing:
+                return restarted
             for ident in self.idents():
                 inst = self.instance(ident)
                 if inst.running_pid() is not None:
@@ -608,9 +614,10 @@ class RedisProvider:
                     pass  # logged by the instance; retried next round
         return restarted
 
-    def _stop(self, idents: Sequence[str]) -> None:
+    def _stop(self, idents: Sequence[str] | None = None) -> None:
+        """Stop `idents`, or (None) every instance this process started, read under the lock."""
         with self._locked():
-            for ident in idents:
+            for ident in sorted(self._started) if idents is None else idents:
                 self.instance(ident).stop()
                 self._started.discard(ident)
                 self._unmount(ident)
@@ -618,13 +625,14 @@ class RedisProvider:
     async def close(self) -> None:
         """Stop the watchdog, then the instances this process started (adopted ones belong to whoever started
         them)."""
+        self._closing = True
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
-        if self._started:
-            await asyncio.to_thread(self._stop, sorted(self._started))
+        if self._started or (self.base / ".lock").exists():  # read again under the lock (a round in flight)
+            await asyncio.to_thread(self._stop)
 
 
 # ---------------------------------------------------------------------------------------- external server
