@@ -73,15 +73,18 @@ def snapshot(url: str) -> Iterator[tuple[psycopg.Connection, str, datetime]]:
 
 
 def dump_database(url: str, out: Path, snapshot_id: str) -> None:
+    # --- tenantdisk: --no-tablespaces: a tenant database's tablespace is an image of the server it was dumped from
+    # (store/tenant_disks.py); restored into pg_default, the next `inkmcp serve` moves it onto an image of its own
     conninfo, env = _login(url)
     _run([str(_bin_dir() / "pg_dump"), "--format=custom", "--compress=6", f"--snapshot={snapshot_id}",
-          f"--file={out}", f"--dbname={conninfo}"], f"pg_dump of {out.stem}", env=env)
+          "--no-tablespaces", f"--file={out}", f"--dbname={conninfo}"], f"pg_dump of {out.stem}", env=env)
 
 
 def dump_globals(url: str, out: Path) -> None:
     """Roles (with their SCRAM verifiers, so tenant DATABASE_URLs keep working) and tablespaces."""
     conninfo, env = _login(url)
-    _run([str(_bin_dir() / "pg_dumpall"), "--globals-only", f"--file={out}", f"--dbname={conninfo}"],
+    _run([str(_bin_dir() / "pg_dumpall"), "--globals-only", "--no-tablespaces",  # --- tenantdisk: as above
+          f"--file={out}", f"--dbname={conninfo}"],
          "pg_dumpall --globals-only", env=env)
 
 
