@@ -35,12 +35,21 @@ async def test_later_start_prints_a_keys_create_command_that_works() -> None:
         first_key = KEY.search(first)
         assert first_key and f"http://localhost:{srv.port}/mcp" in first, first
         assert "keys create" not in first, first  # the key itself is shown: no second instruction
+        # the line a Claude Code user pastes: this server's URL and the key (tests/e2e/test_lifecycle.py had this
+        # on a fresh server of its own; merged here by mender7, same first and second start)
+        claude = next(x.strip() for x in first.splitlines() if x.strip().startswith("claude mcp add"))
+        assert claude.startswith(f"claude mcp add --transport http mcpdeploy http://localhost:{srv.port}/mcp "
+                                 '--header "Authorization: Bearer dk_live_'), claude
+        claude_key = claude.split("Bearer ")[1].rstrip('"')
+        async with mcp_session(srv, claude_key) as s:
+            assert (await call(s, "list_projects"))["total"] == 0
         assert srv.stop() == 0
 
         offset = len(srv.log_path.read_text(errors="replace")) if srv.log_path else 0
         srv.start()
         later = _said(srv, offset)
         assert not KEY.search(later), later  # shown once: a restart never prints a key
+        assert _said(srv, 0).count("claude mcp add") == 1  # nor the claude line
         line = next((ln.strip() for ln in later.splitlines() if " keys create " in ln), None)
         assert line is not None, later
         assert f"--data-dir {srv.data_dir}" in line and f"INKMCP_PORT={srv.port}" in line, line

@@ -281,24 +281,3 @@ async def test_deployment_interrupted_by_restart_is_resumed(srv: ServerProc) -> 
     finally:
         gate.open_once()
         shutil.rmtree(repos, ignore_errors=True)
-
-
-async def test_first_start_prints_a_key_and_the_claude_line() -> None:
-    srv = make_server("inkmcp-first-")
-    srv.start()
-    try:
-        log = srv.log()
-        line = next(x.strip() for x in log.splitlines() if x.strip().startswith("claude mcp add"))
-        assert line.startswith(f"claude mcp add --transport http mcpdeploy http://localhost:{srv.port}/mcp "
-                               '--header "Authorization: Bearer dk_live_')
-        key = line.split("Bearer ")[1].rstrip('"')
-        async with mcp_session(srv, key) as s:
-            assert (await call(s, "list_projects"))["total"] == 0
-        assert srv.stop() == 0
-        srv.start()  # not on the second start
-        assert srv.log().count("claude mcp add") == 1
-    finally:
-        if srv.proc is not None:
-            srv.stop()
-        remove_tenant_users(srv.data_dir)
-        shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
