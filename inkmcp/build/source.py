@@ -838,6 +838,17 @@ def _limit_hit(source: _Source, doing: str, returncode: int | None, stderr: str,
             "large repositories were fetched at once.",
             argument="repo_url", fix=f"retry in a minute; if it fails again, {repo_fix}; or (operator) raise "
             "INKMCP_GIT_MEMORY_MB")
+    said = [line.strip() for line in lowered.splitlines() if line.strip().startswith(("fatal:", "error:"))]
+    if "invalid index-pack output" in lowered and not signals and len(said) == 1:  # index-pack killed without a
+        # word (a failure of its own says why first); the memory group's kills are counted above, a failed
+        # allocation says "out of memory": CPU time or file size is left
+        return SourceError(
+            f"{doing} was stopped while git unpacked the repository: it reached one of this server's limits for git, "
+            f"its CPU time ({int(s.git_timeout * 2)} s per process, twice INKMCP_GIT_TIMEOUT) or the largest file "
+            f"it may write ({s.git_max_file_mb} MiB, INKMCP_GIT_MAX_FILE_MB): a repository very expensive to unpack "
+            "(e.g. very long delta chains) or a huge one.",
+            argument="repo_url", fix=f"repack it with normal settings (git gc --aggressive) or {repo_fix}; or "
+            "(operator) raise INKMCP_GIT_TIMEOUT or INKMCP_GIT_MAX_FILE_MB")
     return None
 
 

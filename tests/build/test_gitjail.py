@@ -149,3 +149,26 @@ async def test_past_the_groups_process_limit_a_start_is_refused_naming_the_setti
     finally:
         for proc in held:
             await kill_process_group(proc)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("rc", "stderr", "named"), [
+    (128, "fatal: Out of memory, malloc failed (tried to allocate 536870912 bytes)\nfatal: index-pack failed",
+     "INKMCP_GIT_PROCESS_MEMORY_MB"),
+    (128, "error: index-pack died of signal 24\nfatal: index-pack failed", "INKMCP_GIT_TIMEOUT"),
+    (128, "fatal: fetch-pack: invalid index-pack output", "INKMCP_GIT_TIMEOUT"),
+    (128, "error: index-pack died of signal 25", "INKMCP_GIT_MAX_FILE_MB"),
+    (128, "error: cannot fork() for index-pack: Resource temporarily unavailable", "INKMCP_GIT_PIDS_MAX"),
+    (-9, "", "INKMCP_GIT_MEMORY_MB"),
+    (128, "fatal: pack has bad object at offset 12: inflate returned -3\nfatal: fetch-pack: invalid index-pack output",
+     None),
+    (128, "fatal: repository 'x' not found", None),
+])
+def test_what_git_said_names_the_limit_it_hit(rc: int, stderr: str, named: str | None) -> None:
+    """git's own words (or a signal) for each limit become an error naming its setting; other failures (a corrupt
+    pack, a missing repository) are left to the ordinary fetch errors."""
+    src = source._Source(fetch_url="https://git.example/x.git", display="https://git.example/x.git", local=False)
+    hit = source._limit_hit(src, "fetching x", rc, stderr)
+    if named is None:
+        assert hit is None, hit
+    else:
+        assert hit is not None and named in f"{hit} {hit.fix}" and hit.argument == "repo_url", hit
