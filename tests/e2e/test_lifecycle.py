@@ -32,6 +32,7 @@ from tests.support import (
     INKMCP,
     ServerProc,
     call,
+    dispose_server,
     free_port,
     git_repo,
     make_server,
@@ -190,26 +191,6 @@ async def test_stdio_transport() -> None:
         shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 
-async def test_the_test_server_starts_again_when_its_port_was_taken() -> None:
-    """tests.support's free_port can lose its port to any outgoing connection before serve binds it (CI run 31):
-    the harness must start the same server on a fresh port, not fail the test that wanted a server."""
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
-        srv = make_server("inkmcp-porttaken-", INKMCP_PORT=str(taken))
-        srv.port = taken
-        try:
-            await asyncio.to_thread(srv.start)
-            assert srv.port != taken and srv.env["INKMCP_PORT"] == str(srv.port)
-            assert httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).json()["status"] == "ok"
-            assert "address already in use" in srv.log_path.read_text()  # the first attempt really hit it
-        finally:
-            if srv.proc is not None:
-                srv.stop()
-            shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
-
-
 async def test_healthz_and_metrics_reflect_services(srv: ServerProc, keeper: Keeper) -> None:
     async with httpx.AsyncClient() as c:
         m = (await c.get(f"http://127.0.0.1:{srv.port}/metrics")).text
@@ -220,8 +201,29 @@ async def test_healthz_and_metrics_reflect_services(srv: ServerProc, keeper: Kee
 
 
 async def test_encryption_key_rotation() -> None:
-    """Rotate, restart, retire, restart: every secret is re-encrypted under the new key and still readable."""
-    with running_server("inkmcp-rot-", ("rita",)) as srv:
+    """Rotate, restart, retire, restart: every secret is re-encrypted under the new key and still readable.
+
+    Its server is also the harness's port check (mender7: it was a test of its own that started one more fresh
+    server for it): tests.support's free_port can lose its port to any outgoing connection before serve binds it
+    (CI run 31), and the harness must start the same server on a fresh port, not fail the test that wanted one."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        srv = make_server("inkmcp-rot-", INKMCP_PORT=str(taken))
+        srv.port = taken
+        srv.create_key("rita")
+        try:
+            await asyncio.to_thread(srv.start)
+        except BaseException:
+            dispose_server(srv, clean_stop=False)
+            raise
+    try:
+        assert srv.port != taken and srv.env["INKMCP_PORT"] == str(srv.port)
+        assert httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).json()["status"] == "ok"
+        assert srv.log_path is not None
+        assert "address already in use" in srv.log_path.read_text()  # the first attempt really hit it
+
         async with mcp_session(srv, srv.keys["rita"]) as s:
             await call(s, "ensure_project", name="rotating")
             await call(s, "update_env_vars", project_name="rotating", env_vars={"KEEP": "value-across-rotation"})
@@ -252,6 +254,8 @@ async def test_encryption_key_rotation() -> None:
             assert env["env"]["KEEP"] == "value-across-rotation"
             creds = await call(s, "get_database_credentials", project_name="rotating")
             assert creds["password"] == password
+    finally:
+        dispose_server(srv)
 
 
 async def test_deployment_interrupted_by_restart_is_resumed(srv: ServerProc) -> None:
