@@ -19,6 +19,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from inkmcp.settings import git_settings
+
+_PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin")
+
 RESTORED_SOURCES = Path("work") / "restored-sources"
 """Where a restore puts the mirrors (relative to the data dir): root-private, beside the checkouts."""
 
@@ -47,10 +51,21 @@ def _copy_mirror(src: Path, dest: Path) -> None:
 
 
 def _git(mirror: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git on a copy of a tenant's mirror, under the git jail's per-process memory and CPU limits.
+
+    The objects are the tenant's: peeling `sha^{commit}` parses the whole object, and a loose or packed object
+    that inflates to GiBs (build/gitjail.py's attacks) would be expanded here as root with no limit. `prlimit`
+    (util-linux) sets them on the one process: a backup is not a hot path, and preexec_fn would fork the server
+    when a scheduled backup runs inside `serve`. Over a limit, git fails and the mirror counts as not holding
+    the commit (only that tenant's own sources are left out of the set)."""
     env = {"PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
            "HOME": "/nonexistent", "LC_ALL": "C"}
-    return subprocess.run(["git", "-c", "safe.directory=*", f"--git-dir={mirror}", *args], capture_output=True,
-                          text=True, env=env, timeout=120, check=False, stdin=subprocess.DEVNULL)
+    limits = git_settings()
+    jail = [_PRLIMIT, f"--data={limits.git_process_memory_mb * 2**20}", f"--cpu={max(1, int(limits.git_timeout))}",
+            "--core=0", "--"] if _PRLIMIT else []
+    return subprocess.run([*jail, "git", "-c", "safe.directory=*", f"--git-dir={mirror}", *args],
+                          capture_output=True, text=True, env=env, timeout=limits.git_timeout, check=False,
+                          stdin=subprocess.DEVNULL)
 
 
 def has_commit(mirror: Path, sha: str) -> bool:
