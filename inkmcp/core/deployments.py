@@ -58,7 +58,7 @@ from inkmcp.build.source import (
     fetch_commit,
     resolve_and_checkout,
 )
-from inkmcp.core.databases import DatabaseRequest, DatabaseService
+from inkmcp.core.databases import NOT_SECRET, DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import (
     MAX_PROJECT_KEYS,
     MAX_PROJECT_STORED_BYTES,
@@ -76,6 +76,7 @@ from inkmcp.core.leases import (
     lock_service,
     service_lock_key,
 )
+from inkmcp.core.logs import redact, secret_values
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import Prechecked, ProjectService, _refuse_more_builds
@@ -292,6 +293,11 @@ _OLDER_SQL = """
       AND (o.created_at, o.id) < (d.created_at, d.id)
     ORDER BY o.created_at
 """
+_SERVICE_OF_DEPLOYMENT_SQL = (
+    "SELECT s.project_id, s.id FROM deployments d JOIN services s ON s.id = d.service_id WHERE d.id = %s"
+)
+"""(project, service) of a deployment: whose secrets its failure's reason must hide (`_fail`)."""
+
 _VIEW_SQL = """
     SELECT d.status, d.url, d.commit, d.error, s.name, p.name,
            COALESCE((SELECT json_agg(json_build_array(e.status, e.detail) ORDER BY e.id)
@@ -1033,6 +1039,15 @@ class DeployService:
         the env revision; a release adds its plan's repo defaults and links on top (`_env_of`)."""
         return _compose_env(*await self._env_parts(project_id, service_id))
 
+    async def secrets_of(self, project_id: uuid.UUID, service_id: uuid.UUID) -> list[str]:
+        """The values output shown to agents hides (get_logs, a failure's reason): the service's env values that
+        are not configuration words, and its add-ons' passwords and URLs (bare too: an app may print either)."""
+        env = await self.effective_env(project_id, service_id)
+        secrets = secret_values((k, v.get_secret_value()) for k, v in env.items() if k not in NOT_SECRET)  # PGHOST
+        for db in (await self._databases.addons(project_id)).values():
+            secrets += [db.password.get_secret_value(), db.url.get_secret_value()]
+        return secrets
+
     async def _env_parts(
         self, project_id: uuid.UUID, service_id: uuid.UUID
     ) -> tuple[dict[str, SecretStr], dict[str, SecretStr]]:
@@ -1482,8 +1497,20 @@ class DeployService:
 
     async def _fail(self, lease: Lease, reason: str) -> str:
         """Record the failure (fenced); the outcome for metrics: `failed`, or `lost` if the lease went first.
-        Agents read the reason: the server's own paths in it are shown relative (errors.scrub_paths)."""
+        Agents read the reason: the server's own paths in it are shown relative (errors.scrub_paths), and the
+        service's secrets are hidden as get_logs hides them: a reason quotes the build's or the app's last output,
+        which may print its env (DATABASE_URL with its password, an API token), and it is kept in the record."""
         reason = scrub_paths(reason)
+        try:
+            rows = await statement_pool(self._sessions).fetch(_SERVICE_OF_DEPLOYMENT_SQL, (lease.deployment_id,))
+            if rows:
+                reason = "\n".join(redact(reason.split("\n"), await self.secrets_of(rows[0][0], rows[0][1])))
+        except Exception:  # never keep output that could not be checked; the record must still end
+            log.exception("could not read the secrets to hide", extra={"deployment": str(lease.deployment_id)})
+            step = reason.split(":", 1)[0]
+            reason = (f"{step}: " if step in {x.value for x in Step} else "") + (
+                "the deployment failed; its output is not shown here because its secrets could not be read to hide "
+                "them. Call get_logs(scope='build') or get_logs(scope='runtime') for the output")
         try:
             await self._record(lease, Step.failed, reason)
         except LeaseLost:

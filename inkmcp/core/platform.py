@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inkmcp.core.accounts import AccountService, LimitOverrides
 from inkmcp.core.audit import AuditLog
-from inkmcp.core.databases import NOT_SECRET, DatabaseInfo, DatabaseRequest, DatabaseService
+from inkmcp.core.databases import DatabaseInfo, DatabaseRequest, DatabaseService
 from inkmcp.core.deployments import DeployRequest, DeployService, ProcessNotService, ProgressSink, unavailable
 from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
 from inkmcp.core.limits import AccountLimits
-from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact, secret_values
+from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import ProjectService
 from inkmcp.core.views import DeploymentSummary, DeploymentView, ProjectView, ServiceView
@@ -274,10 +274,7 @@ class Platform:
             )  # fmt: skip
         except ProviderUnavailable as e:
             raise unavailable(e, "reading the logs") from None
-        env = await self.deploys.effective_env(project.id, svc.id)
-        secrets = secret_values((k, v.get_secret_value()) for k, v in env.items() if k not in NOT_SECRET)  # PGHOST
-        for db in (await self.databases.addons(project.id)).values():  # Postgres and Redis passwords, bare too
-            secrets += [db.password.get_secret_value(), db.url.get_secret_value()]
+        secrets = await self.deploys.secrets_of(project.id, svc.id)
         lines, truncated = bound(redact([scrub_paths(line) for line in raw], secrets), tail)
         return LogsView(
             project=project.name,

@@ -197,11 +197,6 @@ async def test_requirements_that_include_other_files_are_read_for_the_server(ser
 
 
 @local_only("reads the local build's failure text")
-@pytest.mark.xfail(strict=True, reason="newuser's report: a failed deployment's error quotes the build's last output "
-                   "unredacted (DATABASE_URL's password, the agent's env_vars secrets), in the deploy_app/"
-                   "wait_for_deployment result and in deployments.error at rest; get_logs redacts the same lines. "
-                   "The fix is in DeployService._fail (inkmcp/core/deployments.py, overhead7's): redact the reason "
-                   "with logs.secret_values of the deployment's env before recording it")
 @pytest.mark.asyncio
 async def test_a_failed_builds_quoted_output_hides_the_secrets_get_logs_hides(server: ServerProc, repos: Path) -> None:
     repo = git_repo(repos / "leaky-build", STDLIB_APP)
