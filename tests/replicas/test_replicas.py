@@ -31,7 +31,14 @@ async def live(cluster: Cluster, dep_id: str, timeout: float = 60.0) -> object:
         dep = await cluster.deployment(dep_id)
         return dep if dep.status in ("live", "failed") else None
 
-    return await wait_for(done, timeout, f"deployment {dep_id} finished")
+    try:
+        return await wait_for(done, timeout, f"deployment {dep_id} finished")
+    except AssertionError as e:  # what the replicas did meanwhile (CI run 43: a survivor that never finished)
+        dep = await cluster.deployment(dep_id)
+        logs = "\n".join(f"--- replica {r.name} (exit {r.proc.returncode}):\n{r.log.read_text()[-2500:]}"
+                          for r in cluster.replicas)  # fmt: skip
+        raise AssertionError(f"{e}\nrecord: status={dep.status} claimed_by={dep.claimed_by} "
+                             f"epoch={dep.lease_epoch}\nevents: {await cluster.events(dep_id)}\n{logs}") from None
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
