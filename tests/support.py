@@ -113,7 +113,7 @@ class ServerProc:
         raise RuntimeError(f"inkmcp serve found its port taken three times in a row:\n{self.log()}")
 
     def _start_once(self, timeout: float) -> bool:
-        """True when serve exited because its MCP port was taken (self.port is then a fresh one to retry on)."""
+        """True when serve exited because its MCP or proxy port was taken (then a fresh one to retry on)."""
         assert self.proc is None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         log = self.log_path.open("ab")
@@ -129,6 +129,14 @@ class ServerProc:
                     self.proc = None
                     self.port = free_port()
                     self.env["INKMCP_PORT"] = str(self.port)
+                    return True
+                # the same race for the proxy's port (CI run 44: "the proxy cannot listen on 127.0.0.1:N: Address
+                # already in use" failed a whole module's server)
+                proxy_taken = f"the proxy cannot listen on 127.0.0.1:{self.proxy_port}: address already in use"
+                if proxy_taken in said.lower() and self.env.get("INKMCP_PROXY_PORT") == str(self.proxy_port):
+                    self.proc = None
+                    self.proxy_port = free_port()
+                    self.env["INKMCP_PROXY_PORT"] = str(self.proxy_port)
                     return True
                 raise RuntimeError(f"inkmcp serve exited {self.proc.returncode}:\n{self.log()}")
             try:

@@ -351,6 +351,11 @@ class RedisInstance:
         if self._user is not None:
             kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        server_log = self.dir / "server.log"
+        try:
+            offset = server_log.stat().st_size
+        except OSError:
+            offset = 0
         t0 = time.monotonic()
         proc = subprocess.run(
             [self.binary(), str(self.dir / "redis.conf")], cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
@@ -361,7 +366,9 @@ class RedisInstance:
             raise self._failed(f"redis-server exited with {proc.returncode}: {proc.stdout.strip()[-500:]}")
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.running_pid() is not None and _answers(self.settings.host, port):
+            # answering is not ready: the port is open while the AOF loads, and every command but AUTH gets
+            # "-LOADING" until Redis logs that it is ready (CI run 44: a restarted instance's first GET did)
+            if self.running_pid() is not None and _answers(self.settings.host, port) and _ready(server_log, offset):
                 log.info("redis instance %s started on port %d in %.2fs", self.ident, port, time.monotonic() - t0)
                 return True
             time.sleep(0.02)
@@ -412,6 +419,16 @@ def _answers(host: str, port: int) -> bool:
         with socket.create_connection((host, port), timeout=1) as s:
             s.sendall(b"*1\r\n$4\r\nPING\r\n")
             return s.recv(64)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
+def _ready(server_log: Path, offset: int) -> bool:
+    """redis-server logged, after `offset`, that it loaded its data and accepts commands."""
+    try:
+        with server_log.open("rb") as f:
+            f.seek(offset)
+            return b"Ready to accept connections" in f.read(1 << 20)
     except OSError:
         return False
 
