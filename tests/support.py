@@ -70,6 +70,15 @@ def traversable_tmpdir(prefix: str) -> Path:
     return d
 
 
+PORT_TAKEN = (
+    # (serve's message when the port was taken, lower-cased; the ServerProc attribute; the setting naming it)
+    ("error while attempting to bind on address ('127.0.0.1', {port}): address already in use", "port", "INKMCP_PORT"),
+    # CI run 44: "the proxy cannot listen on 127.0.0.1:N: Address already in use" failed a whole module's server
+    ("the proxy cannot listen on 127.0.0.1:{port}: address already in use", "proxy_port", "INKMCP_PROXY_PORT"),
+)
+"""The ports `ServerProc.start` moves to a fresh one when serve exits because another process took it first."""
+
+
 @dataclass
 class ServerProc:
     data_dir: Path
@@ -123,21 +132,14 @@ class ServerProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                said = self.log_path.read_bytes()[offset:].decode(errors="replace")
-                taken = f"error while attempting to bind on address ('127.0.0.1', {self.port}): address already in use"
-                if taken in said.lower() and self.env.get("INKMCP_PORT") == str(self.port):
-                    self.proc = None
-                    self.port = free_port()
-                    self.env["INKMCP_PORT"] = str(self.port)
-                    return True
-                # the same race for the proxy's port (CI run 44: "the proxy cannot listen on 127.0.0.1:N: Address
-                # already in use" failed a whole module's server)
-                proxy_taken = f"the proxy cannot listen on 127.0.0.1:{self.proxy_port}: address already in use"
-                if proxy_taken in said.lower() and self.env.get("INKMCP_PROXY_PORT") == str(self.proxy_port):
-                    self.proc = None
-                    self.proxy_port = free_port()
-                    self.env["INKMCP_PROXY_PORT"] = str(self.proxy_port)
-                    return True
+                said = self.log_path.read_bytes()[offset:].decode(errors="replace").lower()
+                for message, attribute, setting in PORT_TAKEN:
+                    port = getattr(self, attribute)
+                    if message.format(port=port) in said and self.env.get(setting) == str(port):
+                        self.proc = None
+                        setattr(self, attribute, free_port())
+                        self.env[setting] = str(getattr(self, attribute))
+                        return True
                 raise RuntimeError(f"inkmcp serve exited {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:

@@ -65,6 +65,14 @@ async def no_record(scope: RefScope, ref: ProviderRef) -> None:
 
 
 @pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A traversable scratch dir for a proxy's runtime files and the test's own (config, logs, sockets)."""
+    path = traversable_tmpdir("inkmcp-nginx-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def data_dir() -> Iterator[Path]:
     # Not tmp_path: pytest makes its parents 0700, and tenant users must traverse to their files. Not
     # under /tmp as root either: tenant processes get their service's private /tmp mounted there.

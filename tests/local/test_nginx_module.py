@@ -16,11 +16,10 @@ import logging
 import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from inkmcp.providers.compute.local.nginx import OWN_STATUSES, NginxProxy, Proxy
 from inkmcp.providers.compute.local.proxy import Route
 from tests.local.conftest import PY
 from tests.requirements import requires
-from tests.support import traversable_tmpdir
+from tests.support import free_port
 
 _FOUND = nginx_module.find(ProxySettings().nginx)
 needs_module = requires("nginx_module", _FOUND.path is not None, _FOUND.reason)
@@ -70,12 +69,6 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 '''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _connects(port: int) -> bool:
@@ -119,15 +112,8 @@ class Pair:
 
 
 @pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = traversable_tmpdir("inkmcp-ngxmod-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def pair(run_dir: Path) -> AsyncIterator[Pair]:
-    port, log = _free_port(), run_dir / "app.log"
+    port, log = free_port(), run_dir / "app.log"
     app = subprocess.Popen([PY, "-c", ECHO_APP], env={**os.environ, "PORT": str(port), "LOG": str(log)})
     # the module proxy with the default settings: what the local provider runs (INKMCP_PROXY_MODULE=auto)
     proxies = [NginxProxy("127.0.0.1", 0, wake_timeout=10.0, runtime_dir=run_dir / "module", settings=ProxySettings()),
@@ -298,7 +284,7 @@ def test_own_statuses_are_the_configs():
 
 async def _serve_one(proxy: NginxProxy, run_dir: Path) -> bytes:
     """Start `proxy`, route HOST to a small app, return its answer to a hostile Host and to a good request."""
-    port, log = _free_port(), run_dir / "fb-app.log"
+    port, log = free_port(), run_dir / "fb-app.log"
     app = subprocess.Popen([PY, "-c", ECHO_APP], env={**os.environ, "PORT": str(port), "LOG": str(log)})
     try:
         while not _connects(port):

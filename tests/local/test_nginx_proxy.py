@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -31,7 +30,7 @@ from inkmcp.providers.compute.local.nginx import NginxProxy, ProxySettings, esta
 from inkmcp.providers.compute.local.proxy import Route, close_after
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, no_record, request_for, web_plan
 from tests.local.test_provider_lifecycle import WS_ECHO
-from tests.support import traversable_tmpdir
+from tests.support import free_port
 
 # nginx is not optional: the local provider runs on it (scripts/system-deps.sh installs it), so no skip.
 
@@ -50,7 +49,7 @@ class App:
     """A stdlib HTTP app on its own port, answering `name` (a process this test starts and stops)."""
 
     def __init__(self, name: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {**os.environ, "PORT": str(self.port), "MESSAGE": name}
         self.proc = subprocess.Popen([PY, "-c", WEB_APP], env=env, stdout=subprocess.DEVNULL)
 
@@ -69,19 +68,6 @@ class App:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = traversable_tmpdir("inkmcp-nginx-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -188,7 +174,7 @@ async def test_idle_tracking_sees_requests_and_open_connections(nginx_proxy):
     a long-lived upgraded connection counts as active until it closes, so the service never sleeps
     under a WebSocket client."""
     proxy = nginx_proxy
-    port = _free_port()
+    port = free_port()
     ws_app = subprocess.Popen([PY, "-c", WS_ECHO], env={**os.environ, "PORT": str(port)})
     try:
         await until(lambda: _connects(port))
@@ -420,7 +406,7 @@ def _raw_exchange(port: int, head: bytes, *, pause: float = 0.0) -> bytes:
 async def routed_app(proxy: NginxProxy, code: str, host: str, **env: str) -> AsyncIterator[subprocess.Popen[bytes]]:
     """An app run from `code` on a free $PORT, routed at `host` once it accepts connections; stopped by its PID
     afterwards unless the test stopped it already."""
-    port = _free_port()
+    port = free_port()
     app = subprocess.Popen([PY, "-c", code], env={**os.environ, "PORT": str(port), **env})
     try:
         await until(lambda: _connects(port))
