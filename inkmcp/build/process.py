@@ -106,7 +106,39 @@ async def kill_process_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-    await proc.wait()
+    await reap(proc)
+
+
+REAP_DRAIN_SECONDS = 5.0
+
+
+async def reap(proc: asyncio.subprocess.Process, drain_seconds: float = REAP_DRAIN_SECONDS) -> int:
+    """Wait for a process that was just killed, whatever is left in its pipes.
+
+    On Python 3.11 `Process.wait()` returns only once every pipe of the process has been closed, and a
+    pipe whose unread output filled the reader's buffer is paused and never reads its EOF: a killed git
+    that had printed more than 64 KiB nobody read left `wait()` pending forever (the poisoned-tree test of
+    tests/security/test_git_limits.py hung that way). So the pipes are drained (their contents dropped)
+    beside the wait; if a descendant that left the process group still holds a pipe open after
+    `drain_seconds`, the pipes are closed from this side instead.
+    """
+    drains = [_discard(s) for s in (proc.stdout, proc.stderr) if s is not None]
+    try:
+        await asyncio.wait_for(asyncio.gather(proc.wait(), *drains), drain_seconds)
+    except TimeoutError:
+        transport = getattr(proc, "_transport", None)  # asyncio's own; no public way to close a process's pipes
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd) if transport is not None else None
+            if pipe is not None:
+                pipe.close()
+    return await proc.wait()
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    # RuntimeError: another coroutine is reading this stream already, and will see its EOF itself
+    with contextlib.suppress(RuntimeError, ConnectionError):
+        while await stream.read(1 << 16):
+            pass
 
 
 def write_pid_file(path: Path, pid: int) -> bool:

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from inkmcp.backup.manifest import sha256_file
+from inkmcp.build.process import reap
 from inkmcp.errors import ProviderError
 
 Progress = Callable[[str], Awaitable[None]]
@@ -67,7 +68,7 @@ async def _run(args: list[str], env: dict[str, str], *, timeout: float, stdout: 
     except (TimeoutError, asyncio.CancelledError):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        await reap(proc)  # not a bare wait(): a killed pg_dump's unread output would keep it pending
         raise
     lines = (err or b"").decode(errors="replace").strip().splitlines()
     if proc.returncode != 0:
