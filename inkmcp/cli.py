@@ -444,23 +444,49 @@ def rotate_encryption_key(
 
 @app.command("doctor")
 def doctor(
-    url: Annotated[str, typer.Option("--url", envvar="INKMCP_COOLIFY_URL", help="Coolify's base URL")],
-    token: Annotated[str, typer.Option("--token", envvar="INKMCP_COOLIFY_TOKEN", help="Coolify API token",
-                                       show_default=False)],
+    url: Annotated[str | None, typer.Option("--url", envvar="INKMCP_COOLIFY_URL", help="Coolify's base URL (unset: "
+                                            "check this machine for the local provider)")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="INKMCP_COOLIFY_TOKEN", help="Coolify API token",
+                                              show_default=False)] = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="run the gVisor probe on every run server")] = True,
     probe_image: Annotated[str | None, typer.Option(envvar="INKMCP_DOCTOR_PROBE_IMAGE",
                                                     help="probe image (hardening/probe), without tag")] = None,
     probe_tag: Annotated[str | None, typer.Option(envvar="INKMCP_DOCTOR_PROBE_TAG")] = None,
     probe_timeout: Annotated[float | None, typer.Option(help="seconds to wait for each probe")] = None,
+    data_dir: DataDir = None,
 ) -> None:
-    """Check that Coolify can be InkMCP's production compute: API, token abilities, servers, gVisor.
+    """Check the installation and print what to fix for each failure; exits 1 if any check fails.
 
-    Exits 1 if any check fails, printing what to fix for each.
+    With Coolify (--url/--token or INKMCP_COOLIFY_URL/TOKEN): can it be InkMCP's production compute (API, token
+    abilities, servers, gVisor). Without: can this machine run apps with the local provider, safely (control-plane
+    PostgreSQL, root, cgroups, the tenant sandbox, disk per project and free disk, proxy, ports, tools).
     """
-    from inkmcp.coolify.client import CoolifyClient
-    from inkmcp.doctor import GvisorProbe, ProbeSettings, Status, run_doctor
+    from inkmcp.doctor import Status
 
-    overrides = {"image": probe_image, "tag": probe_tag, "timeout": probe_timeout}
+    if url:
+        if not token:
+            err.print("[red]error:[/red] --url needs --token (or INKMCP_COOLIFY_TOKEN): a Coolify API token")
+            raise typer.Exit(2)
+        report = _coolify_doctor(url, token, probe, {"image": probe_image, "tag": probe_tag, "timeout": probe_timeout})
+    else:  # --- mender8: the local provider's own checks (a local-only operator could not run the doctor at all)
+        from inkmcp.doctor_local import run_local_doctor
+
+        settings = load_settings(data_dir=data_dir)
+        setup_logging("WARNING", json_logs=False)
+        report = run_local_doctor(settings)
+    colour = {Status.ok: "green", Status.warn: "yellow", Status.fail: "red", Status.skipped: "dim"}
+    table = Table("check", "result", "detail", "fix")
+    for c in report.checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status.value}[/]", c.detail, c.fix)
+    console.print(table)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _coolify_doctor(url: str, token: str, probe: bool, overrides: dict[str, Any]) -> Any:
+    from inkmcp.coolify.client import CoolifyClient
+    from inkmcp.doctor import GvisorProbe, ProbeSettings, check_local_proxy, run_doctor
+
     probe_settings = ProbeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
     async def go() -> Any:
@@ -474,18 +500,8 @@ def doctor(
 
     setup_logging("WARNING", json_logs=False)
     report = asyncio.run(go())
-    # --- proxy6: the local provider's proxy (InkMCP's nginx module or the headers-more fallback, and why)
-    from inkmcp.doctor import check_local_proxy
-
-    check_local_proxy(report)
-    # --- end
-    colour = {Status.ok: "green", Status.warn: "yellow", Status.fail: "red", Status.skipped: "dim"}
-    table = Table("check", "result", "detail", "fix")
-    for c in report.checks:
-        table.add_row(c.name, f"[{colour[c.status]}]{c.status.value}[/]", c.detail, c.fix)
-    console.print(table)
-    if not report.ok:
-        raise typer.Exit(1)
+    check_local_proxy(report)  # --- proxy6: the local provider's proxy (InkMCP's nginx module or headers-more, why)
+    return report
 
 
 @app.command("reconcile")

@@ -303,21 +303,22 @@ def _skip(report: DoctorReport, *names: str) -> DoctorReport:
 
 
 # --- proxy6: the local provider's front proxy (issue 12): is InkMCP's nginx module built for the nginx that runs
-def check_local_proxy(report: DoctorReport) -> Check:
+def check_local_proxy(report: DoctorReport, *, required: bool = False) -> Check:
     """What the local provider's proxy will run: nginx with InkMCP's module (ok), or the headers-more config and
-    why (warn: same answers, ~1,500 instructions a request more), or nothing it can start (warn: the local
-    provider needs it; Coolify does not)."""
+    why (warn: same answers, ~1,500 instructions a request more), or nothing it can start (warn beside Coolify,
+    which does not need it; fail when `required`, the local provider's own doctor: `serve` cannot start)."""
     import os
 
     from inkmcp.providers.compute.local import nginx_module
     from inkmcp.providers.compute.local.nginx import ProxySettings
 
     name = "local proxy (nginx module)"
+    cannot = Status.fail if required else Status.warn  # --- mender8: the local provider needs a proxy it can start
     settings = ProxySettings()
     if settings.engine == "python":
         return report.add(name, Status.skipped, "INKMCP_PROXY_ENGINE=python: InkMCP's asyncio proxy, no nginx")
     if not os.access(settings.nginx, os.X_OK):
-        return report.add(name, Status.warn, f"no nginx at {settings.nginx}: the local provider cannot start its "
+        return report.add(name, cannot, f"no nginx at {settings.nginx}: the local provider cannot start its "
                           "proxy", "run `make install` as root, or point INKMCP_PROXY_NGINX at nginx")  # fmt: skip
     if settings.module == "off":
         return report.add(name, Status.ok, "INKMCP_PROXY_MODULE=off: the headers-more config (same answers)")
@@ -326,6 +327,7 @@ def check_local_proxy(report: DoctorReport) -> Check:
         return report.add(name, Status.ok, f"InkMCP's nginx module loaded: {found.path}")
     more = "" if settings.headers_more.is_file() else (
         f"; headers-more is missing too ({settings.headers_more}): the proxy cannot start")
-    return report.add(name, Status.warn, f"the proxy runs the headers-more config (same answers, ~1,500 "
-                      f"instructions a request more): {found.reason}{more}", nginx_module.HOW_TO_BUILD)  # fmt: skip
+    status = cannot if more else Status.warn
+    return report.add(name, status, f"the proxy runs the headers-more config (same answers, ~1,500 instructions "
+                      f"a request more): {found.reason}{more}", nginx_module.HOW_TO_BUILD)  # fmt: skip
 # --- end

@@ -1,0 +1,132 @@
+"""`inkmcp doctor` with no Coolify settings: the local provider's checks, through the command an operator runs.
+
+Each broken setup here is real (a PostgreSQL URL nobody answers, a taken port, a missing nginx, a reserve the disk
+cannot hold, a process without CAP_SYS_ADMIN whose tenant sandbox cannot make its mount namespace, a data dir
+under /var/tmp): the doctor must fail its row with the fix and exit 1. A fit machine passes every row, exit 0, and
+the embedded control-plane server it had to start for the check is stopped again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inkmcp.store.embedded import EmbeddedPostgres
+from tests.requirements import is_root, requires
+from tests.support import REPO, free_port, traversable_tmpdir
+
+pytestmark = requires("root", is_root(), "the local provider's sandbox checks need root")
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = traversable_tmpdir("inkmcp-doctor-")
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INKMCP_")}
+    return {**env, "INKMCP_DATA_DIR": str(data_dir), "INKMCP_PORT": str(free_port()),
+            "INKMCP_PROXY_PORT": str(free_port()), "COLUMNS": "400", **extra}  # fmt: skip
+
+
+def doctor(env: dict[str, str], *prefix: str) -> tuple[int, dict[str, tuple[str, str, str]]]:
+    """Run `inkmcp doctor`; its exit code and its rows as {check: (result, detail, fix)}."""
+    done = subprocess.run([*prefix, sys.executable, "-m", "inkmcp.cli", "doctor"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=REPO)  # fmt: skip
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 4 and cells[0]:
+            rows[cells[0]] = (cells[1], cells[2], cells[3])
+    assert rows, done.stdout + done.stderr
+    return done.returncode, rows
+
+
+def test_a_fit_machine_passes_and_the_embedded_server_is_stopped_again(data_dir: Path) -> None:
+    control = EmbeddedPostgres(data_dir / "pg" / "control")
+    control.start()  # an installation whose serve is stopped: the doctor starts the server to ask it, then stops it
+    control.stop()
+    code, rows = doctor(_env(data_dir))
+    assert code == 0, rows
+    assert {r[0] for r in rows.values()} <= {"ok", "warn"}, rows
+    for name in ("root", "data dir", "MCP port", "proxy port", "control-plane PostgreSQL", "cgroups",
+                 "tenant sandbox", "disk per project", "free disk", "local proxy (nginx module)", "git",
+                 "tenant python"):  # fmt: skip
+        assert rows[name][0] == "ok", (name, rows[name])
+    assert "PostgreSQL 18" in rows["control-plane PostgreSQL"][1] and "answers" in rows["control-plane PostgreSQL"][1]
+    assert "ran as nobody, private /tmp, in cgroup inkmcp/doctor-" in rows["tenant sandbox"][1]
+    assert control.pid is None  # stopped again: the doctor leaves the installation as it found it
+
+    control.start()  # serve's server, running: adopted and left running
+    try:
+        code, rows = doctor(_env(data_dir))
+        assert code == 0 and "answers" in rows["control-plane PostgreSQL"][1], rows
+        assert control.pid is not None
+    finally:
+        control.stop()
+
+
+def test_a_broken_machine_names_each_failure_and_its_fix(data_dir: Path) -> None:
+    with socket.socket() as closed, socket.socket() as squatter:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        env = _env(
+            data_dir,
+            INKMCP_DATABASE_URL=f"postgresql://inkmcp:pw@127.0.0.1:{closed.getsockname()[1]}/inkmcp",
+            INKMCP_PROXY_PORT=str(squatter.getsockname()[1]),
+            INKMCP_PROXY_NGINX="/nonexistent/nginx",
+            INKMCP_DISK_RESERVE_MB=str(2**40),
+            INKMCP_TENANT_PYTHON="/nonexistent/python3",
+        )
+        code, rows = doctor(env)
+    assert code == 1, rows
+    expected = {
+        "control-plane PostgreSQL": ("does not answer", "check INKMCP_DATABASE_URL"),
+        "proxy port": ("Address already in use", "set INKMCP_PROXY_PORT"),
+        "local proxy (nginx module)": ("no nginx at /nonexistent/nginx", "INKMCP_PROXY_NGINX"),
+        "free disk": ("the control plane's reserve is already taken", "INKMCP_DISK_RESERVE_MB"),
+        "tenant python": ("/nonexistent/python3 is not an executable", "INKMCP_TENANT_PYTHON"),
+    }
+    for name, (detail, fix) in expected.items():
+        result, said, how = rows[name]
+        assert result == "fail" and detail in said and fix in how, (name, rows[name])
+    assert rows["MCP port"][0] == "ok" and rows["tenant sandbox"][0] == "ok"  # only what is broken fails
+
+
+def test_a_sandbox_that_cannot_make_its_mount_namespace_fails(data_dir: Path) -> None:
+    """The doctor run without CAP_SYS_ADMIN (a container that dropped it): tenants' processes could not get their
+    private /tmp, and the doctor's probe, started the way the provider starts them, says so."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is missing"
+    code, rows = doctor(_env(data_dir), setpriv, "--inh-caps=-sys_admin", "--bounding-set=-sys_admin")
+    assert code == 1, rows
+    result, said, fix = rows["tenant sandbox"]
+    assert result == "fail" and "private mount namespace: Operation not permitted" in said, rows["tenant sandbox"]
+    assert "CAP_SYS_ADMIN" in fix
+
+
+def test_a_data_dir_tenants_cannot_reach_fails_first() -> None:
+    code, rows = doctor(_env(Path("/var/tmp/inkmcp-doctor-never-made")))
+    assert code == 1
+    assert rows["data dir"][0] == "fail" and "INKMCP_DATA_DIR=/var/lib/inkmcp" in rows["data dir"][2]
+    assert rows["control-plane PostgreSQL"][0] == "skipped" and rows["tenant sandbox"][0] == "skipped"
+    assert not Path("/var/tmp/inkmcp-doctor-never-made").exists()
+
+
+def test_coolify_settings_select_the_coolify_checks() -> None:
+    """A URL without a token is refused up front (exit 2); the Coolify checks themselves run against the stand-in
+    in tests/coolify/test_doctor.py."""
+    env = {**_env(Path("/nonexistent")), "INKMCP_COOLIFY_URL": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "inkmcp.cli", "doctor"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=REPO)  # fmt: skip
+    assert done.returncode == 2 and "--url needs --token" in done.stderr, done.stdout + done.stderr
