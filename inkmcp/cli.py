@@ -473,6 +473,11 @@ def doctor(
 
         settings = load_settings(data_dir=data_dir)
         setup_logging("WARNING", json_logs=False)
+        try:
+            private_mounts()  # the disk probe's mount goes with this process even if it is killed
+        except InkError as e:
+            err.print(f"[red]error:[/red] {e.render()}")
+            raise typer.Exit(1) from None
         report = run_local_doctor(settings)
     colour = {Status.ok: "green", Status.warn: "yellow", Status.fail: "red", Status.skipped: "dim"}
     table = Table("check", "result", "detail", "fix")

@@ -327,8 +327,35 @@ def check_project_disks(report: DoctorReport, settings: Settings) -> None:
                    "load the loop module with more devices (`modprobe loop max_loop=256`), or free some "
                    "(`losetup -a` lists them)")  # fmt: skip
         return
-    report.add(name, Status.ok, f"{settings.max_disk_mb} MiB ext4 image per project, loop-mounted (next free "
-               f"device {done.stdout.strip()})")  # fmt: skip
+    if problem := _probe_disk(settings):
+        report.add(name, Status.fail, f"a project's filesystem cannot be made: {problem}",
+                   "see the message: every new project's first deploy fails the same way (a container without "
+                   "CAP_SYS_ADMIN cannot mount)")  # fmt: skip
+        return
+    report.add(name, Status.ok, f"{settings.max_disk_mb} MiB ext4 image per project, loop-mounted (a 16 MiB one made, "
+               "mounted, written and removed)")  # fmt: skip
+
+
+def _probe_disk(settings: Settings) -> str:
+    """Make a small project filesystem the way the provider makes each project's (`ProjectDisks`), beside the data
+    dir, write to it, and remove it; the error, or "" when all of it worked."""
+    from inkmcp.errors import ProviderError
+    from inkmcp.providers.compute.local.diskquota import ProjectDisks
+
+    base = next(p for p in (settings.data_dir, *settings.data_dir.parents) if p.exists())
+    tmp = Path(tempfile.mkdtemp(prefix=".inkmcp-doctor-disk-", dir=base))
+    disks = ProjectDisks(tmp, size_mb=16, reserve_mb=0)
+    try:
+        mounted = disks.ensure_project("doctor")
+        assert mounted is not None  # enforced: checked by the caller
+        (mounted / "written").write_bytes(b"x" * 4096)
+        return ""
+    except (OSError, ProviderError) as e:
+        return str(e)[:300]
+    finally:
+        with contextlib.suppress(OSError, ProviderError):
+            disks.remove_project("doctor", tmp / "no-home")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_free_disk(report: DoctorReport, settings: Settings) -> None:

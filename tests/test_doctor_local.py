@@ -64,6 +64,8 @@ def test_a_fit_machine_passes_and_the_embedded_server_is_stopped_again(data_dir:
         assert rows[name][0] == "ok", (name, rows[name])
     assert "PostgreSQL 18" in rows["control-plane PostgreSQL"][1] and "answers" in rows["control-plane PostgreSQL"][1]
     assert "ran as nobody, private /tmp, in cgroup inkmcp/doctor-" in rows["tenant sandbox"][1]
+    assert "mounted, written and removed" in rows["disk per project"][1]
+    assert not [p for p in data_dir.iterdir() if p.name.startswith(".inkmcp-doctor-disk-")]  # the probe is gone
     assert control.pid is None  # stopped again: the doctor leaves the installation as it found it
 
     control.start()  # serve's server, running: adopted and left running
@@ -113,6 +115,8 @@ def test_a_sandbox_that_cannot_make_its_mount_namespace_fails(data_dir: Path) ->
     result, said, fix = rows["tenant sandbox"]
     assert result == "fail" and "private mount namespace: Operation not permitted" in said, rows["tenant sandbox"]
     assert "CAP_SYS_ADMIN" in fix
+    result, said, _ = rows["disk per project"]  # nor could a project's filesystem be mounted
+    assert result == "fail" and "a project's filesystem cannot be made" in said, rows["disk per project"]
 
 
 def test_a_data_dir_tenants_cannot_reach_fails_first() -> None:
