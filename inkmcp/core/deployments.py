@@ -58,6 +58,7 @@ from inkmcp.build.source import (
     fetch_commit,
     resolve_and_checkout,
 )
+from inkmcp.core.checkout_slots import CheckoutSlots
 from inkmcp.core.databases import NOT_SECRET, DatabaseRequest, DatabaseService
 from inkmcp.core.envvars import (
     MAX_PROJECT_KEYS,
@@ -562,6 +563,7 @@ class DeployService:
         # Checkouts are staged where only InkMCP can reach them (the provider hands them to the tenant).
         self._checkouts = work_dir / "checkouts"
         self._private_checkouts()
+        self._checkout_slots = CheckoutSlots()  # an account's undecided checkouts on this disk (checkout_slots.py)
         # Mirrors now live per project, fetched as its user; the old shared cache was world-readable.
         shutil.rmtree(work_dir / "git-cache", ignore_errors=True)
         self._sources = sources
@@ -652,7 +654,14 @@ class DeployService:
             _remove([checkout])
             checkout = None
         reading: asyncio.Task[None] | None = None
+        give_back_slot: Callable[[], None] | None = None
+        made = _Made(project.id, created, *(upserted or (None, False)))
         if cached is None and checkout is None:  # runs while the database work below does; dropped on a no-op
+            try:
+                give_back_slot = await self._checkout_slots.take(p.account_id)  # held until the call is decided
+            except BaseException:  # cancelled while waiting for a slot: as if refused
+                await self._undo_refused(made)
+                raise
             checkout = self._checkouts / uuid.uuid4().hex
             reading = asyncio.ensure_future(checkout_fetched(fetched, checkout, policy=self._sources))
 
@@ -687,7 +696,6 @@ class DeployService:
         # Nothing below writes the service's settings or env vars before the deployment is created: they go in
         # _create_or_reuse's transaction, with it. A call refused on the way leaves them as they were, and takes
         # back the service (and project) it made for itself (`_undo_refused`).
-        made = _Made(project.id, created, *(upserted or (None, False)))
         try:
             planned: tuple[BuildPlan, ServiceType, Mode] | None = None
             db = None
@@ -749,6 +757,9 @@ class DeployService:
             await _drop_checkout(reading, checkout)
             await self._undo_refused(made)
             raise
+        finally:  # decided: a checkout that goes on to build counts against the builds limit from here on
+            if give_back_slot is not None:
+                give_back_slot()
         await self._track(service_id, gh)
         if lease is None:  # the same deployment was created meanwhile (by this replica or another)
             if checkout is not None:
