@@ -61,6 +61,7 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inkmcp.build.process import reap
 from inkmcp.errors import BuildFailed
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -587,7 +588,7 @@ async def install_node(package_version: str, tools_dir: Path, settings: NodeSett
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-            await proc.wait()
+            await reap(proc)  # not a bare wait(): uv's unread output would keep it pending (process.reap)
             out, proc.returncode = b"timed out", -1
         if proc.returncode != 0:
             for line in out.decode(errors="replace").splitlines()[-20:]:
