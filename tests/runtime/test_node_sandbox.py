@@ -285,6 +285,9 @@ docker pull traefik:v3.6 | sed -n 's/^Digest: //p'
         assert {k: v for k, v in _blob_files(tmp).items() if k in blobs} == blobs
         again_digest = exec_in_box(tmp, "docker pull traefik:v3.6 | sed -n 's/^Digest: //p'", timeout=120)
         assert again_digest.stdout.strip() == state.images["traefik:v3.6"], again_digest.stdout + again_digest.stderr
-        assert second.up_seconds < UP_BUDGET_S, f"second up took {second.up_seconds:.1f} s"
+        # The reuse itself is proven above (no blob written again); the time is a guard against a slow path
+        # creeping in, scaled by how busy the machine is (CI run 43: 75.7 s at load 15 on 2 cores).
+        budget = UP_BUDGET_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        assert second.up_seconds < budget, f"second up took {second.up_seconds:.1f} s (budget {budget:.0f} s)"
     finally:
         _teardown(tmp)
