@@ -9,29 +9,86 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
+import typer.main
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from inkmcp.errors import InkError
 from inkmcp.logsetup import setup_logging
 from inkmcp.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="InkMCP: deploy infrastructure for AI agents.")
+
+class _LazyGroup(TyperGroup):
+    """The top-level command group, whose larger sub-apps are imported only when their command runs (or help lists
+    them). Why: they were mounted at import, and their modules (billing's SQLAlchemy models, the nodes renderer,
+    backup, dr) cost ~0.5 s of CPU in every `inkmcp` process, `inkmcp keys create` and `inkmcp doctor` included;
+    the suite runs the CLI hundreds of times on two cores."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands(self.commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in _LAZY if name not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            self.commands[cmd_name]  # loads it (_LazyCommands.__missing__)
+        return super().get_command(ctx, cmd_name)
+
+
+class _LazyCommands(dict[str, click.Command]):
+    """`group.commands[name]` loads a lazy sub-app too (code reading the built group, as tests/dr does)."""
+
+    def __missing__(self, name: str) -> click.Command:
+        if name not in _LAZY:
+            raise KeyError(name)
+        self[name] = command = _load(name)
+        return command
+
+
+_LAZY: dict[str, tuple[str, str, str | None]] = {
+    # command: (module, attribute: a Typer app or a command function, help when mounted here)
+    "nodes": ("inkmcp.nodes.cli", "nodes_app", "Harden and check machines over SSH (hardening/)."),
+    # --- issue 13 (credits): `inkmcp credits grant|cap` and `inkmcp usage` (inkmcp/billing/cli.py)
+    "credits": ("inkmcp.billing.cli", "credits_app", None),
+    "usage": ("inkmcp.billing.cli", "usage", None),
+    # --- issue 10 (dr): `inkmcp dr …`, production disaster-recovery steps (runbooks/dr)
+    "dr": ("inkmcp.dr.cli", "dr_app", "Disaster recovery of the factory plane (runbooks/dr)."),
+    # --- issue 10 (backup): `inkmcp backup create|verify|restore` and `inkmcp audit` (inkmcp/backup/cli.py)
+    "backup": ("inkmcp.backup.cli", "backup_app", None),
+    "audit": ("inkmcp.backup.cli", "audit", None),
+}
+
+
+def _load(name: str) -> click.Command:
+    import importlib
+
+    module, attribute, help_text = _LAZY[name]
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        command: click.Command = typer.main.get_group(target)  # as add_typer mounts it: no completion options
+    else:  # a command function: a one-command app gives its click command
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    if help_text and not command.help:
+        command.help = help_text
+    return command
+
+
+app = typer.Typer(cls=_LazyGroup, no_args_is_help=True, add_completion=False,
+                  help="InkMCP: deploy infrastructure for AI agents.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (one account may hold several).")
 app.add_typer(keys_app, name="keys")
 accounts_app = typer.Typer(no_args_is_help=True, help="Accounts: per-account limits.")
 app.add_typer(accounts_app, name="accounts")
 
-
-def _mount_nodes() -> None:
-    from inkmcp.nodes.cli import nodes_app
-
-    app.add_typer(nodes_app, name="nodes", help="Harden and check machines over SSH (hardening/).")
-
-
-_mount_nodes()
 
 # --- issue 11 (github): `inkmcp accounts github-move FROM TO` (inkmcp/github/cli.py)
 def _mount_github() -> None:
@@ -42,37 +99,6 @@ def _mount_github() -> None:
 
 _mount_github()
 # --- end
-
-# --- issue 13 (credits): `inkmcp credits grant|cap` and `inkmcp usage` (inkmcp/billing/cli.py)
-from inkmcp.billing.cli import credits_app as _credits_app  # noqa: E402
-from inkmcp.billing.cli import usage as _usage  # noqa: E402
-
-app.add_typer(_credits_app, name="credits")
-app.command("usage")(_usage)
-# --- end
-
-
-# --- issue 10 (dr): `inkmcp dr …`, production disaster-recovery steps (runbooks/dr)
-def _mount_dr() -> None:
-    from inkmcp.dr.cli import dr_app
-
-    app.add_typer(dr_app, name="dr", help="Disaster recovery of the factory plane (runbooks/dr).")
-
-
-_mount_dr()
-# --- end
-
-
-# --- issue 10 (backup): `inkmcp backup create|verify|restore` and `inkmcp audit` (inkmcp/backup/cli.py)
-def _mount_backup() -> None:
-    from inkmcp.backup.cli import audit, backup_app
-
-    app.add_typer(backup_app, name="backup")
-    app.command("audit")(audit)
-
-
-_mount_backup()
-# --- end issue 10
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
