@@ -592,10 +592,13 @@ def _git_base(source: _Source) -> list[str]:
         "-c", "core.fsmonitor=false",
         "-c", "core.alternateRefsCommand=true",
         "-c", "fetch.recurseSubmodules=false",
-        # --- gitjail: a fetched pack is always kept and indexed (index-pack hashes it, streaming big blobs),
-        # never exploded into loose objects: unpack-objects deflates every object again (a 1 KB pack whose delta
-        # expands to 600 MiB took 22 s of it, index-pack 3 s)
-        "-c", "fetch.unpackLimit=1",
+        # fetch.unpackLimit stays git's (100 objects): a fetch of fewer objects (a redeploy, a small repo) is
+        # written as loose objects, which git does not fsync, not as a pack and index it fsyncs (core.fsync's
+        # default). With `fetch.unpackLimit=1` (gitjail, so that unpack-objects never deflated a bomb again) every
+        # deploy's fetch paid two fsyncs: `git fetch` 21.6 -> 36.2 ms p50 on a quiet box (overhead8). A bomb costs
+        # no more than before: one over INKMCP_GIT_PROCESS_MEMORY_MB fails at its allocation either way (0.1 s),
+        # one under it costs unpack-objects up to ~2.5x index-pack's time (900 MiB: 26 s vs 11 s), and any fetch
+        # stops at INKMCP_GIT_TIMEOUT and RLIMIT_CPU, which a delta chain reaches with index-pack too.
     ]
     if source.local:
         # Only local sources need the file transport (also for repos that use local submodules).

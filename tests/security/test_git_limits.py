@@ -234,6 +234,61 @@ async def test_a_long_delta_chain_stops_at_the_cpu_and_time_limits(limits: Any, 
     assert time.monotonic() - t0 < 15
 
 
+async def test_a_small_bomb_unpacked_into_loose_objects_stops_at_the_cpu_and_memory_limits(limits: Any,
+                                                                                        tmp_path: Path) -> None:
+    """overhead8: a fetch of fewer than git's fetch.unpackLimit (100) objects is written by `unpack-objects` as loose
+    objects (no pack to fsync: `fetch.unpackLimit=1` made every deploy's fetch write and fsync a pack and its index,
+    21.6 -> 36.2 ms per fetch on a quiet box). unpack-objects deflates each object again, so a few crafted objects
+    cost it more CPU than index-pack; the jail's limits bound it the same way. Performed over a local path (upload-pack
+    and unpack-objects, as a deploy of a path runs them): a 512 MiB delta bomb fails at the per-process memory
+    limit (128 MiB) in seconds; a chain of 60 deltas of a 4 MiB blob (~0.3 MB on the wire, ~60 x 4 MiB to deflate)
+    is killed at RLIMIT_CPU (2 s here), each named in the error."""
+    require_root(NEEDS_ROOT)
+    bomb = gitbombs.delta_bomb(tmp_path / "bomb.git", 512 * MIB)
+    limits(git_jail=True, git_process_memory_mb=128)
+    t0 = time.monotonic()
+    with Watch() as watch, pytest.raises(SourceError) as refused:
+        await fetch(str(bomb), workspace(tmp_path / "mem"))
+    text = f"{refused.value} {refused.value.fix}"
+    assert "INKMCP_GIT_PROCESS_MEMORY_MB" in text and "128 MiB" in text, text
+    assert watch.peak_git < 160 * MIB, f"a jailed git process reached {watch.peak_git >> 20} MiB"
+    assert time.monotonic() - t0 < 30
+
+    chain = gitbombs.delta_chain(tmp_path / "chain.git", 60, 4 * MIB)
+    limits(git_jail=True, git_timeout=1)  # RLIMIT_CPU 2 s; the call's own wall limit set high to see the CPU's
+    t0 = time.monotonic()
+    with pytest.raises(SourceError) as refused:
+        await fetch(str(chain), workspace(tmp_path / "cpu"), timeout=300)
+    text = f"{refused.value} {refused.value.fix}"
+    assert "more CPU time" in text and "INKMCP_GIT_TIMEOUT" in text, text
+    assert time.monotonic() - t0 < 60
+
+
+async def test_a_small_fetch_writes_loose_objects_not_a_pack(limits: Any, tmp_path: Path) -> None:
+    """overhead8: a deploy's fetch of a few objects leaves them loose in the mirror, as git does by default: git
+    fsyncs a pack and its index (core.fsync's default covers packs, not loose objects), two fsyncs per deploy that
+    took `git fetch` inside deploy_app from 21.6 to 36.2 ms p50 while `fetch.unpackLimit=1` forced a pack. A fetch
+    of more objects than fetch.unpackLimit (a real repository's first deploy) still arrives as one pack."""
+    require_root(NEEDS_ROOT)
+    repo = gitbombs._bare(tmp_path / "small.git")
+    gitbombs._commit(repo, [])
+    limits(git_jail=True)
+    ws = workspace(tmp_path / "w")
+    await fetch(str(repo), ws)
+    (mirror,) = [p for p in ws.mirrors_dir.iterdir() if not p.name.startswith(".")]
+    assert not list((mirror / "objects" / "pack").glob("*.pack"))
+    assert len([p for p in (mirror / "objects").glob("??/*")]) == 3  # commit, tree, app.py
+
+    big = gitbombs._bare(tmp_path / "big.git")
+    blobs = [subprocess.run(["git", f"--git-dir={big}", "hash-object", "-w", "--stdin"], input=f"{i}\n".encode(),
+                            capture_output=True, check=True).stdout.decode().strip() for i in range(150)]
+    gitbombs._commit(big, [("100644", sha, f"f{i}.txt") for i, sha in enumerate(blobs)])
+    ws2 = workspace(tmp_path / "w2")
+    await fetch(str(big), ws2)
+    (mirror,) = [p for p in ws2.mirrors_dir.iterdir() if not p.name.startswith(".")]
+    assert len(list((mirror / "objects" / "pack").glob("*.pack"))) == 1
+
+
 async def test_a_poisoned_object_in_the_tenants_own_mirror_stops_at_the_memory_limit(limits: Any,
                                                                                      tmp_path: Path) -> None:
     """On the local provider the tenant owns its mirror (its build finds it beside its caches): it can add a pack
