@@ -542,6 +542,11 @@ async def _python_deps(
         )  # fmt: skip
         venv_python = str(venv / "bin" / "python")
         install = [str(uv), "pip", "install", "--python", venv_python, *cache]
+        if cache_dir is not None and not await asyncio.to_thread(same_mount, cache_dir, venv_root):
+            # --- newuser2: uv hardlinks from its cache, which fails across mounts (as root the project's cache
+            # and the service's venvs are separate mounts of its disk): it then copies anyway, after a three-line
+            # "Failed to hardlink files" warning in every build log. Copying outright says nothing and costs the same.
+            install.append("--link-mode=copy")
         seeds = await asyncio.to_thread(bundled_seed_wheels, python)
         if seeds:  # `pip` in the venv, as `python -m venv` gives it (build commands may call it)
             await runner.run([*install, "--offline", "--no-deps", *map(str, seeds)],
@@ -645,6 +650,20 @@ def _dev_dependencies_for_the_build(plan: BuildPlan, env: dict[str, str], instal
     return {"npm_config_include": "dev"}
 
 
+STATIC_NOT_SERVED = (
+    "-> note: collectstatic filled STATIC_ROOT, but nothing serves it: with DEBUG off Django serves no static files "
+    "and InkMCP does not either, so STATIC_URL (/static/...) answers 404. Add whitenoise to the dependencies and "
+    "'whitenoise.middleware.WhiteNoiseMiddleware' to MIDDLEWARE (right after SecurityMiddleware)"
+)
+
+
+def _serves_static(repo: RepoFiles) -> bool:
+    """Whether the Django project serves its static files itself (WhiteNoise, or a static() URL pattern)."""
+    settings = _settings_text(repo)
+    urls = "\n".join((repo.read(f"{name}/urls.py") or b"").decode(errors="replace") for name in repo.names())
+    return "whitenoise" in settings.lower() or "staticfiles_urlpatterns" in urls or "static(settings.STATIC" in urls
+
+
 def _settings_text(repo: RepoFiles) -> str:
     """The Django settings module's source (as named in manage.py), for advice on a failed collectstatic."""
     manage = (repo.read("manage.py") or b"").decode(errors="replace")
@@ -706,6 +725,22 @@ async def _failure_quoted(runner: _Runner, repo: RepoFiles, step: str) -> AsyncI
         runner.log = log
 
 
+def _mount_point(path: Path, mounts: list[str]) -> str:
+    text = str(path)
+    return max((m for m in mounts if text == m or text.startswith(m.rstrip("/") + "/")), key=len, default="/")
+
+
+def same_mount(a: Path, b: Path) -> bool:
+    """Whether two absolute paths lie under the same mount (hardlinks between them can work), from mountinfo:
+    a bind mount of the same filesystem has the same st_dev, and link() across it still fails with EXDEV."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            mounts = [line.split()[4].encode().decode("unicode_escape") for line in f if len(line.split()) > 4]
+    except OSError:
+        return True
+    return _mount_point(a, mounts) == _mount_point(b, mounts)
+
+
 async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) -> None:
     """`manage.py collectstatic`; on failure the error quotes the exception it died with and answers it."""
     if env.get("DISABLE_COLLECTSTATIC", "").strip().lower() in _TRUE:
@@ -717,6 +752,10 @@ async def _collectstatic(runner: _Runner, repo: RepoFiles, env: dict[str, str]) 
             await runner.run(["python", "manage.py", "collectstatic", "--noinput"],
                              what="python manage.py collectstatic --noinput", argument="repo_url",
                              fix=pyi.collectstatic_fix(None, ""))  # fmt: skip
+        # --- newuser2: collected files are served by nobody unless the app does it (Django serves none with
+        # DEBUG off, gunicorn/uvicorn none at all): /static/... answered 404 with nothing in the logs saying why
+        if any("static file" in line and "copied" in line for line in tail) and not _serves_static(repo):
+            await runner.log(STATIC_NOT_SERVED)
     except BuildFailed:
         # An app without django.contrib.staticfiles has no static files to collect (Heroku skips it too).
         if any("Unknown command: 'collectstatic'" in line for line in tail):

@@ -31,6 +31,7 @@ because a wrong guess costs an agent a slow failed deploy, while a precise error
 from __future__ import annotations
 
 import json
+import platform as _platform
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -632,8 +633,102 @@ def _with_dep(files: _Files, name: str) -> _Files:
                   has_index_html=files.has_index_html)  # fmt: skip
 
 
+# --- newuser2: a repo in a language InkMCP does not build (its marker file, the language, whether a committed
+# static binary is a way out). The error said only "pass start_command (e.g. 'python app.py')", and an agent
+# then passed `go run .` and got "could not run go" at health_check.
+_FOREIGN = (
+    ("go.mod", "Go", "go", "CGO_ENABLED=0 GOOS=linux GOARCH={arch} go build -o bin/server ."),
+    ("Cargo.toml", "Rust", "cargo", "cargo build --release --target {arch}-unknown-linux-musl, copied to bin/server"),
+    ("Gemfile", "Ruby", "ruby/bundle", None),
+    ("composer.json", "PHP", "php", None),
+    ("index.php", "PHP", "php", None),
+    ("pom.xml", "Java", "java/mvn", None),
+    ("build.gradle", "Java/Kotlin", "java/gradle", None),
+    ("build.gradle.kts", "Kotlin", "java/gradle", None),
+    ("mix.exs", "Elixir", "mix", None),
+    ("deno.json", "Deno", "deno", None),
+    ("deno.jsonc", "Deno", "deno", None),
+    ("pubspec.yaml", "Dart", "dart", None),
+)
+SUPPORTED = ("Python (requirements.txt, pyproject.toml, Pipfile, poetry.lock, uv.lock or setup.py), "
+             "Node.js (package.json with a start script, or a build script for a static site) and static sites "
+             "(index.html)")
+
+
+def _foreign_language(files: _Files) -> tuple[str, str, str, str | None] | None:
+    """(marker file, language, its commands, how to build a static binary) of a language InkMCP cannot build."""
+    for marker, language, tools, binary in _FOREIGN:
+        if files.exists(marker):
+            return marker, language, tools, binary
+    try:
+        dotnet = next((p.name for p in files.root.iterdir() if p.suffix in (".csproj", ".fsproj", ".sln")), None)
+    except OSError:
+        dotnet = None
+    return (dotnet, ".NET", "dotnet", None) if dotnet else None
+
+
+def _unsupported_language(files: _Files, foreign: tuple[str, str, str, str | None]) -> BuildPlanError:
+    """The refusal for a Go/Ruby/PHP/... repo: what it is, what InkMCP builds, and the ways to deploy it anyway."""
+    marker, language, tools, binary = foreign
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(_platform.machine(), _platform.machine())
+    ways = []
+    if binary is not None:
+        target = "x86_64" if arch == "amd64" else "aarch64"
+        ways.append("build a static Linux binary yourself (" + binary.format(arch=arch if "go" in binary else target)
+                    + "), commit it and pass start_command='./bin/server' (it must listen on $PORT)")
+    apps = _app_subdirectories(files.root) if files.root == files.checkout else []
+    if apps:
+        shown = ", ".join(f"{name} ({m})" for name, m in apps[:6])
+        ways.append(f"deploy the repo's Python/Node part: pass app_dir as one of {shown}")
+    else:
+        ways.append("put a Python or Node.js app in the repo (e.g. a requirements.txt or package.json with its "
+                    "code; in a subdirectory: pass app_dir)")
+    return BuildPlanError(
+        f"this looks like a {language} app ({marker}), and InkMCP has no {language} builder: it builds "
+        f"{SUPPORTED}. It installs no {language} toolchain: a start_command or build_command running "
+        f"{' or '.join(f'`{t}`' for t in tools.split('/'))} works only if the operator installed it on the server "
+        "(else: 'could not run ...: No such file or directory').",
+        argument="repo_url",
+        fix="; or ".join(ways),
+    )
+
+
+def _workspace_apps(files: _Files) -> list[str]:
+    """npm/yarn/pnpm workspace directories (package.json `workspaces`) whose package.json has a start script."""
+    spec = (files.package_json or {}).get("workspaces")
+    patterns = spec.get("packages") if isinstance(spec, dict) else spec
+    if not isinstance(patterns, list):
+        return []
+    found: list[str] = []
+    for pattern in patterns[:20]:
+        if not isinstance(pattern, str) or pattern.startswith(("/", "!")) or ".." in pattern:
+            continue
+        try:
+            dirs = sorted(files.root.glob(pattern.rstrip("/")))[:50]
+        except (ValueError, OSError):
+            continue
+        for d in dirs:
+            package = d / "package.json"
+            if d.is_symlink() or not package.is_file() or package.is_symlink():
+                continue
+            rel = d.relative_to(files.root).as_posix()
+            text = read_repo_text(files.root, f"{rel}/package.json", root=files.checkout)
+            try:
+                scripts = json.loads(text or "{}").get("scripts") or {}
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(scripts, dict) and (scripts.get("start") or scripts.get("build")) and rel not in found:
+                found.append(rel)
+    return found[:8]
+# --- end newuser2
+
+
 def _nothing_found(files: _Files, platform: PlatformService, service_name: str) -> BuildPlanError:
     """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
+    foreign = _foreign_language(files)
+    if foreign is not None and not files.is_python and not _workspace_apps(files) and not (
+            files.package_json and (files.scripts.get("build") or files.scripts.get("start"))):
+        return _unsupported_language(files, foreign)
     present = [name for name in _SHOWN_FILES if files.exists(name)]
     present += [name for name in platform.files if name not in present]
     entries = [name for name in PYTHON_ENTRYPOINTS if files.exists(name)]
@@ -674,6 +769,11 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
             first = apps[0][0]
             fix = (f"the apps are in subdirectories: pass app_dir as one of {shown}, with a service_name per app "
                    f"(e.g. app_dir={first!r}, service_name={_service_name_for(first)!r}); or {fix}")
+        elif workspaces := _workspace_apps(files):
+            # --- newuser2: an npm workspaces root (apps in packages/*): name them, as for a plain monorepo
+            fix = (f"this is a workspaces root: pass app_dir as one of {', '.join(workspaces)} (the install runs "
+                   f"from this root's lock file), with a service_name per app (e.g. app_dir={workspaces[0]!r}, "
+                   f"service_name={_service_name_for(PurePosixPath(workspaces[0]).name)!r}); or {fix}")
         else:
             fix += "; if the app is in a subdirectory (a monorepo), pass app_dir (that directory)"
     # --- end

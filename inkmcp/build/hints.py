@@ -1,0 +1,91 @@
+"""Advice for a release that failed at start, read from the app's own output (what an agent can act on).
+
+The health_check failure quotes the app's last output lines; these hints add the one fact the agent cannot
+get from them: a command not found names the dependency to add (or says the server has no such toolchain),
+a missing table names the release command that would create it, an unset env var names the argument that
+sets it, and the app's own error line is quoted when its tail (a Node error object dump) pushed it out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_PREFIX = re.compile(r"^[\w.-]+ \| ")
+_NOT_FOUND = re.compile(r"inkmcp: could not run (?P<cmd>\S+): No such file or directory")
+# Python servers and tools a start command names, each installed from the app's dependencies (its pip name).
+_PYTHON_TOOLS = {
+    "gunicorn": "gunicorn", "uvicorn": "uvicorn", "hypercorn": "hypercorn", "daphne": "daphne",
+    "waitress-serve": "waitress", "flask": "flask", "celery": "celery", "streamlit": "streamlit",
+    "django-admin": "django", "fastapi": "fastapi[standard]", "granian": "granian", "rq": "rq", "dramatiq": "dramatiq",
+    "alembic": "alembic", "huey_consumer": "huey", "panel": "panel", "gradio": "gradio",
+}  # fmt: skip
+_NODE_TOOLS = frozenset({
+    "next", "nuxt", "nodemon", "ts-node", "tsx", "vite", "serve", "pm2", "pm2-runtime", "nest", "remix-serve",
+    "astro", "react-scripts", "http-server", "concurrently", "prisma", "knex", "sequelize", "typeorm",
+})  # fmt: skip
+_TOOLCHAINS = {
+    "go": "Go", "cargo": "Rust", "rustc": "Rust", "ruby": "Ruby", "bundle": "Ruby", "rails": "Ruby", "rake": "Ruby",
+    "puma": "Ruby", "php": "PHP", "composer": "PHP", "java": "Java", "mvn": "Java", "gradle": "Java",
+    "dotnet": ".NET", "mix": "Elixir", "elixir": "Elixir", "deno": "Deno", "bun": "Bun", "dart": "Dart",
+}  # fmt: skip
+_NO_TABLE = re.compile(
+    r"""relation "(?P<pg>[^"]+)" does not exist|no such table: (?P<lite>[\w.]+)|Table '(?P<my>[^']+)' doesn't exist"""
+)
+_ENV_KEY = re.compile(r"^KeyError: '(?P<name>[A-Z][A-Z0-9_]*)'$")
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception)|error|Error)(?: \[\w+\])?: \S")
+
+
+def _text(line: str) -> str:
+    return _PREFIX.sub("", line, count=1).strip()
+
+
+def missing_command_fix(command: str) -> str:
+    """What to do when the start (or release) command's program is on no PATH the app sees."""
+    name = command.rsplit("/", 1)[-1]
+    if name in _PYTHON_TOOLS:
+        return (f"`{name}` is not installed: add {_PYTHON_TOOLS[name]} to the app's Python dependencies "
+                "(requirements.txt or pyproject.toml), which the build installs into the app's virtualenv")
+    if name in _NODE_TOOLS:
+        return (f"`{name}` is not installed: add the package that provides it to package.json's dependencies "
+                "(npm ci installs them; its bin is on the app's PATH), or start with `node <file>`")
+    if name in _TOOLCHAINS:
+        return (f"`{name}` is not on this server: InkMCP builds Python and Node.js apps and installs no "
+                f"{_TOOLCHAINS[name]} toolchain; commit a static Linux binary and start it (e.g. "
+                "start_command='./bin/server'), or deploy a Python/Node.js app")
+    if "/" in command:
+        return (f"`{command}` is not in the commit: commit it (with its executable bit and a #! line for a script) "
+                "or correct the path, relative to the app directory")
+    return (f"`{name}` is neither in the app's dependencies (its virtualenv or node_modules/.bin) nor on the "
+            "server: add the package that provides it to the dependencies, or run a file of the repo "
+            "(`python x.py`, `node x.js`, `./bin/x`)")
+
+
+def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
+    """One sentence of advice for the app's output `recent` (whose last lines, `tail`, the error quotes)."""
+    texts = [_text(line) for line in recent]
+    hints: list[str] = []
+    for text in texts:
+        if (m := _NOT_FOUND.search(text)) is not None:
+            hints.append(missing_command_fix(m.group("cmd")))
+            break
+    for text in reversed(texts):
+        if (m := _NO_TABLE.search(text)) is not None:
+            table = m.group("pg") or m.group("lite") or m.group("my")
+            hints.append(f"the table {table!r} does not exist yet: run the app's migrations once per deployment, "
+                         "before traffic switches, with a release command: a Procfile line such as "
+                         "`release: python manage.py migrate`, `release: npm run migrate` or "
+                         "`release: alembic upgrade head` (or inkmcp.yaml's `release:`), beside its `web:` line")
+            break
+    for i, text in enumerate(texts):
+        if (m := _ENV_KEY.match(text)) is not None and any("environ" in t for t in texts[max(0, i - 6):i]):
+            hints.append(f"the app reads the env var {m.group('name')}, which is not set: pass "
+                         f"env_vars={{'{m.group('name')}': '...'}} to deploy_app (or call update_env_vars)")
+            break
+    shown = {_text(line) for line in tail}
+    error = next((t for t in texts if _ERROR_LINE.match(t)), None)
+    if error is not None and error not in shown and not hints:
+        hints.append(f"the app's error, above the lines quoted: {error[:300]}")
+    elif error is not None and error not in shown:
+        hints[-1] += f" (its error, above the lines quoted: {error[:300]})"
+    return "; ".join(hints) if hints else None
