@@ -199,6 +199,13 @@ class TenantPostgresSettings(BaseSettings):
         description="memory cap of the embedded tenant server, shared buffers and page cache included (cgroup "
         "memory.max). Unset: half the machine's RAM",
     )  # fmt: skip
+    # --- pgmemory (store/tenant_memory.py): one backend's own memory, so one tenant's query fails alone
+    backend_memory_mb: int | None = Field(
+        default=None, ge=0,
+        description="memory one backend of the embedded tenant server may allocate beyond shared memory "
+        "(RLIMIT_AS; past it the query fails with 'out of memory' instead of the kernel killing it, which "
+        "restarts every tenant's sessions). 0 = no limit. Unset: the server's memory cap / 8",
+    )  # fmt: skip
 # --- end pglimits
 
 
