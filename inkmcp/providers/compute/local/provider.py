@@ -201,6 +201,7 @@ class LocalComputeProvider:
         self._idle_task: asyncio.Task[None] | None = None
         self._root = _is_root()
         self._closing = False  # set by close(): no wake may start a service any more
+        self._recoveries: set[asyncio.Task[None]] = set()  # --- redteam2 (portguard): restarts on a new port
         self._started = False  # --- mender7: start() mounted the projects' filesystems (see _offline_files)
         self.shim_dir = self.data_dir / "bin"  # root 0755: `python` for apps without a venv
         # --- issue 13 (credits): asked before each wake; a text refuses it (the proxy answers 402 with it)
@@ -266,6 +267,9 @@ class LocalComputeProvider:
         for svc in services:
             if svc.wake_task is not None and not svc.wake_task.done():
                 svc.wake_task.cancel()
+        for task in list(self._recoveries):  # --- redteam2 (portguard): each stops the run it was starting
+            task.cancel()
+        await asyncio.gather(*self._recoveries, return_exceptions=True)
         await asyncio.gather(*(self._stop_service(svc) for svc in services), return_exceptions=True)
         await self._discard_prepared(services)  # --- wake: prepared starts end too
         await asyncio.to_thread(self._kill_leftovers)
@@ -708,12 +712,62 @@ class LocalComputeProvider:
         svc.route = route
 
     def _make_run(self, svc: _Service, live: _Live, port: int | None) -> ReleaseRun:
-        return ReleaseRun(
+        run = ReleaseRun(
             live.meta, app_dir=self._app_dir(svc, live.meta), service_env=live.env, run_as=svc.run_as,
             home=svc.home, port=port, sink=svc.log.write, run_dir=svc.layout.run_dir,
             tenant_python=self.tenant_python, backoff=self.backoff, sandbox=self._sandbox(svc),
             account_output=svc.output,
         )  # fmt: skip
+        run.on_routed_crash = lambda: self._recover_soon(svc, run)  # --- redteam2 (portguard)
+        return run
+
+    # --- redteam2 (portguard): a crashed routed process restarts on a new port, never on its old one
+    def _recover_soon(self, svc: _Service, crashed: ReleaseRun) -> None:
+        if self._closing or svc.removed:
+            return
+        task = asyncio.create_task(self._recover(svc, crashed), name=f"recover-{svc.key.service_id}")
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, svc: _Service, crashed: ReleaseRun) -> None:
+        """The routed process of the live run `crashed` died while InkMCP held its listening socket (portguard):
+        start the release again on a new port after the backoff's delay, wait until it listens, move the route,
+        then stop `crashed`, which lets go of the old port only now that no route points at it. Retried while
+        it fails; ends as soon as a deploy, sleep, suspend, removal or close replaced `crashed`."""
+        restarts = crashed.routed.restarts if crashed.routed is not None else 0
+        while True:
+            delay = min(self.backoff.initial * 2 ** min(restarts, 16), self.backoff.maximum)
+            await asyncio.sleep(delay)
+            restarts += 1
+            if crashed.routed is not None:  # what runtime() reports while the service is down
+                crashed.routed.restarts = restarts
+            live = svc.live
+            if self._closing or svc.removed or live is None or live.run is not crashed:
+                return
+            port = self.ports.allocate()
+            run = self._make_run(svc, live, port)
+            switched = False
+            try:
+                if run.routed is not None:
+                    run.routed.restarts = restarts
+                await run.start()
+                await run.wait_healthy(self.health_timeout)
+                async with svc.run_lock:
+                    if svc.removed or self._closing or svc.live is not live or live.run is not crashed:
+                        return
+                    run.go_live()
+                    live.run = run
+                    self._point_route(svc, live, port)
+                    switched = True
+            except (OSError, HealthFailed, ReleaseFailed) as exc:
+                svc.log.write(f"web | [inkmcp] could not restart on a new port: {scrub_paths(str(exc))}")
+                continue
+            finally:
+                if not switched:
+                    await self._stop_run(run)
+            await self._stop_run(crashed)  # the route left its port: the held socket closes with it
+            return
+    # --- end
 
     def _app_dir(self, svc: _Service, meta: ReleaseMeta) -> Path:
         return inside(svc.layout.src(meta.deployment_id), meta.plan.app_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pydantic import BaseModel, Field, SecretStr
 from inkmcp.build import static_output
 from inkmcp.build.plan import BuildPlan, RunAs, ServiceType, Stack
 from inkmcp.build.process import TenantSandbox
+from inkmcp.providers.compute.local import portguard
 from inkmcp.providers.compute.local.command import command_argv
 from inkmcp.providers.compute.local.logs import OutputBudget
 from inkmcp.providers.compute.local.readiness import HttpAnswer, ListenProbe, probe_http
@@ -118,6 +120,11 @@ class ReleaseRun:
 
         self.supervisors: list[Supervisor] = []
         self.routed: Supervisor | None = None
+        # --- redteam2 (portguard): the routed process's listening socket, held while this run is live
+        self.guard: socket.socket | None = None
+        self.on_routed_crash: Callable[[], None] | None = None  # set by the provider: restart on a new port
+        self._guarded = run_as is not None and port is not None and meta.plan.port is None
+        # --- end
         self._uid = run_as.uid if run_as is not None else os.geteuid()  # whose listener counts as the app's
         # Its own pid files: two runs of one release side by side (an env restart of a worker-only service, no
         # port to tell them apart) would otherwise share a name, and the old run's stop deleted the new one's file.
@@ -162,7 +169,17 @@ class ReleaseRun:
             await sup.start()
 
     def go_live(self) -> None:
-        """From now on crashed processes restart with backoff."""
+        """From now on crashed processes restart with backoff.
+
+        A tenant's routed process on a port InkMCP chose: its listening socket is held from now on
+        (portguard), so the port cannot be taken by another tenant when the process dies, and a crash of
+        it calls `on_routed_crash` (the provider starts the release again on a new port) instead of a
+        restart in place."""
+        if self._guarded and self.guard is None and self.routed is not None and self.port is not None:
+            pid = self.routed.pid
+            self.guard = portguard.hold(self.port, self._uid, [pid] if pid else [])
+            if self.guard is not None and self.on_routed_crash is not None:
+                self.routed.on_crash = self.on_routed_crash
         for sup in self.supervisors:
             sup.enable_restarts()
 
@@ -369,7 +386,12 @@ class ReleaseRun:
                 raise HealthFailed(f"process '{sup.name}' exited with code {sup.last_exit_code}", timed_out=False)
 
     async def stop(self, grace: float) -> None:
-        await asyncio.gather(*(s.stop(grace) for s in self.supervisors))
+        try:
+            await asyncio.gather(*(s.stop(grace) for s in self.supervisors))
+        finally:
+            if self.guard is not None:  # --- redteam2 (portguard): the route left this port before the stop
+                self.guard.close()
+                self.guard = None
 
     @property
     def restarts(self) -> int:

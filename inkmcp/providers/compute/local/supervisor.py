@@ -92,6 +92,10 @@ class Supervisor:
         self._sink = sink
         self._backoff = backoff or Backoff()
         self.keep_alive = False
+        # --- redteam2 (portguard): set by ReleaseRun when it holds this process's listening port; a crash then
+        # calls it instead of restarting in place (the held port is not free to rebind: the release moves)
+        self.on_crash: Callable[[], None] | None = None
+        # --- end
         self.restarts = 0
         self.state = ProcState.idle
         self.exit_code: int | None = None
@@ -215,6 +219,13 @@ class Supervisor:
             if not self.keep_alive:
                 self.state = ProcState.exited
                 self._sink(f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s")
+                return
+            if self.on_crash is not None:  # --- redteam2 (portguard): the provider restarts it on a new port
+                self.state = ProcState.backoff
+                wait = min(self._backoff.initial * 2 ** min(self.restarts, 16), self._backoff.maximum)  # as _recover
+                self._sink(f"{self.name} | [inkmcp] exited with code {code} after {uptime:.1f}s; restarting in "
+                           f"{wait:g}s on a new port")
+                self.on_crash()
                 return
             if uptime >= self._backoff.reset_after:
                 delay = self._backoff.initial
