@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from inkmcp.build import static_output
 from inkmcp.build.buildpack import python_shim, run_build
+from inkmcp.build.hints import runtime_hint  # --- newuser2
 from inkmcp.build.plan import Mode, RunAs
 from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
 from inkmcp.build.source import SourceWorkspace
@@ -582,6 +583,8 @@ class LocalComputeProvider:
             window = self.stability_window
             if protects:
                 stays = f"every process to stay up {window:g}s while the previous version keeps serving"
+            elif self.first_deploy_settle >= window:  # --- newuser2: "stay up 1s (... so no 1s stability window)"
+                stays = f"every process to stay up {self.first_deploy_settle:g}s"
             else:  # nothing serving to protect: waiting out the window would only delay the URL
                 stays = (f"every process to stay up {self.first_deploy_settle:g}s (no previous version is serving, "
                          f"so no {window:g}s stability window; a later crash restarts with backoff)")  # fmt: skip
@@ -1234,4 +1237,9 @@ def _tail_text(message: str, recent: list[str], lines: int = ERROR_TAIL) -> str:
         # a port written into the app is shared by every service on this machine: name the way out
         message += (" (the app binds a port that is already in use on this server, by another service: make it "
                     "listen on the PORT env var, which is this service's alone)")
+    # --- newuser2: advice read from the app's output (command not found, missing table, unset env var, the
+    # error line a Node error dump pushed out of the tail): inkmcp/build/hints.py
+    if (hint := runtime_hint(kept, tail)) is not None:
+        message += f". Hint: {hint}"
+    # --- end newuser2
     return message + ("\nlast output:\n" + "\n".join(tail) if tail else "")
