@@ -26,6 +26,7 @@ service's advisory lock, so two replicas deploying the same thing at once make o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -223,6 +224,7 @@ _NEW_DEPLOYMENT_SQL = """
         FROM svc LEFT JOIN env_vars e ON e.project_id = svc.project_id
                                       AND NOT (e.scope = %(scope)s AND e.key = ANY(%(set_keys)s::text[]))
                                       AND NOT (e.scope = %(scope)s AND e.key = ANY(%(unset_keys)s::text[]))
+        WHERE cardinality(%(set_keys)s::text[]) > 0  -- no key set: nothing to count (one row of 0 all the same)
     ), env_fits AS (
         SELECT cardinality(%(set_keys)s::text[]) = 0 OR (n <= %(max_env_keys)s AND b <= %(max_env_bytes)s) AS ok
         FROM env_total
@@ -360,6 +362,17 @@ _LOAD_SQL = (
     " WHERE d.id = %s"
 )
 """`DeployService._load`: every column of the three rows, in the models' order (so a new column is read too)."""
+_LOAD_FIRST_SQL = (
+    _LOAD_SQL.split(" WHERE d.id = %s")[0]
+    + " LEFT JOIN LATERAL (SELECT array_agg(o.id ORDER BY o.created_at) AS ids,"
+    " array_agg(o.claimed_by IS NULL OR o.lease_until IS NULL OR o.lease_until < now() ORDER BY o.created_at) AS gone"
+    " FROM deployments o WHERE o.service_id = d.service_id AND o.id <> d.id AND o.status <> ALL(%s)"
+    " AND (o.created_at, o.id) < (d.created_at, d.id)) older ON true"
+    " WHERE d.id = %s"
+).replace(" FROM deployments d JOIN", ", older.ids, older.gone FROM deployments d JOIN", 1)
+"""--- overhead8 (issue 8): a pipeline's first read, `_LOAD_SQL` and `_OLDER_SQL` in one statement (its rows and
+the service's older deployments not yet terminal, as (id, claimed_by placeholder, abandoned)): one prepared statement
+and one pool connection fewer per deployment. Later ticks of `_wait_turn` and later attempts read them apart."""
 
 
 def _compose_env(
@@ -508,9 +521,9 @@ class EnvApplied:
 
 
 class _FirstReads:
-    """A pipeline's first reads, started before its turn is known (`DeployService._run`): the deployment's rows,
-    and its service's env parts when the ids were known. `drop` cancels what is still running and swallows what
-    failed (the attempt then reads for itself)."""
+    """A pipeline's first reads, started before its turn is known (`DeployService._run`): the deployment's rows
+    with the service's older deployments (`_load_first`), and its service's env parts when the ids were known. `drop`
+    cancels what is still running and swallows what failed (the attempt then reads for itself)."""
 
     def __init__(self, load: Awaitable[Any], env: Awaitable[Any] | None,
                  ids: tuple[uuid.UUID, uuid.UUID] | None) -> None:  # fmt: skip
@@ -1216,17 +1229,26 @@ class DeployService:
             log.info("deployment claimed", extra={"deployment": str(lease.deployment_id), "detail": detail})
             self._start(lease, None)
 
-    async def _wait_turn(self, lease: Lease) -> bool:
+    async def _wait_turn(self, lease: Lease, first: _FirstReads | None = None) -> bool:
         """Releases of one service run one at a time, oldest first, whichever replica runs them: wait until
         every older deployment of this service is terminal. An older one nobody runs (unclaimed or expired
-        lease) is taken over here rather than waited for. True if there was an older one."""
+        lease) is taken over here rather than waited for. True if there was an older one. `first`: the pipeline's
+        first reads, whose statement also read the older deployments (`_LOAD_FIRST_SQL`): the first look uses them
+        (if that read failed, the look reads them itself, and the attempt meets the failure when it reads again)."""
         announced = False
         watched: set[uuid.UUID] = set()
         waited = False
         try:
             while True:
-                # one prepared statement on the statement pool (store.statements): it runs per deployment and per tick
-                older = await statement_pool(self._sessions).fetch(_OLDER_SQL, (lease.deployment_id, sorted(TERMINAL)))
+                older = None
+                if first is not None:
+                    reads, first = first, None
+                    with contextlib.suppress(Exception):
+                        older = (await reads.load)[1]
+                if older is None:
+                    # one prepared statement on the statement pool (store.statements): it runs per deployment and tick
+                    older = await statement_pool(self._sessions).fetch(_OLDER_SQL,
+                                                                       (lease.deployment_id, sorted(TERMINAL)))
                 if not older:
                     return waited
                 waited = True
@@ -1274,6 +1296,17 @@ class DeployService:
         change = self._changes.pop(dep_id, None)
         if change is not None and not change.done():
             change.set_result(None)
+
+    async def _load_first(self, dep_id: uuid.UUID) -> tuple[tuple[Deployment, Service, Project],
+                                                            list[tuple[uuid.UUID, None, bool]]]:
+        """`_load` and the service's older deployments not yet terminal (`_wait_turn`'s rows) in one statement."""
+        rows = await statement_pool(self._sessions).fetch(_LOAD_FIRST_SQL, (sorted(TERMINAL), dep_id))
+        if not rows:
+            raise NotFound(f"no deployment {dep_id}.", argument="deployment_id", fix="deploy again")
+        *columns, ids, gone = rows[0]
+        values = iter(columns)
+        dep, svc, project = (model(**{key: next(values) for key, _ in cols}) for model, cols in _LOAD_COLUMNS)
+        return (dep, svc, project), [(i, None, g) for i, g in zip(ids or [], gone or [], strict=True)]  # type: ignore
 
     async def _load(self, dep_id: uuid.UUID) -> tuple[Deployment, Service, Project]:
         """The deployment, its service and project as they are now (each attempt of a release reads them again:
@@ -1405,9 +1438,10 @@ class DeployService:
         # the first attempt's reads (its rows; its env when the ids are known) go out beside the check for an
         # older deployment of the service: three reads in one round trip's time instead of three in turn; used
         # only when there was nothing older to wait for (else read again after the wait, as every attempt does)
-        first: _FirstReads | None = _FirstReads(self._load(dep_id), self._env_parts(*ids) if ids else None, ids)
+        first: _FirstReads | None = _FirstReads(self._load_first(dep_id), self._env_parts(*ids) if ids else None,
+                                                ids)
         try:
-            if await self._wait_turn(lease):  # read again after the wait, as every attempt does
+            if await self._wait_turn(lease, first):  # read again after the wait, as every attempt does
                 first.drop()
                 first = None
             result = await self._release_with_retries(lease, checkout, first)
@@ -1473,7 +1507,7 @@ class DeployService:
 
         while True:
             reads, first = first, None
-            dep, svc, project = await reads.load if reads is not None else await self._load(dep_id)
+            dep, svc, project = (await reads.load)[0] if reads is not None else await self._load(dep_id)
             env_parts = await reads.env if reads is not None and reads.matches(svc, project) else None
             work: Path | None = None
             if self._compute.needs_checkout:

@@ -16,6 +16,7 @@ import pytest
 
 from inkmcp.build import source as source_mod
 from inkmcp.build.plan import Mode, ServiceType
+from inkmcp.core import deployments as deployments_module
 from inkmcp.core.accounts import AccountService
 from inkmcp.core.deployments import DeployRequest, DeployService
 from inkmcp.core.leases import LeaseLost
@@ -27,6 +28,7 @@ from inkmcp.errors import InkError
 from inkmcp.providers.compute.base import Step
 from inkmcp.store.db import Store
 from inkmcp.store.models import Project, Service
+from inkmcp.store.statements import StatementPool
 from tests.replicas import test_leases as _leases
 from tests.replicas.conftest import wait_for
 from tests.support import git_repo
@@ -257,6 +259,22 @@ async def test_a_release_that_waited_for_the_previous_one_reads_its_refs_and_env
         return await real_load(dep_id)
 
     monkeypatch.setattr(a, "_load", load)
+    real_first = a._load_first
+
+    async def load_first(dep_id: uuid.UUID) -> Any:  # the early read: the rows and the older deployments at once
+        loads.append(dep_id)
+        return await real_first(dep_id)
+
+    monkeypatch.setattr(a, "_load_first", load_first)
+    older_reads: list[int] = []
+    real_fetch = StatementPool.fetch
+
+    async def fetch(pool: Any, query: str, params: Any = ()) -> Any:
+        if query == deployments_module._OLDER_SQL:
+            older_reads.append(1)
+        return await real_fetch(pool, query, params)
+
+    monkeypatch.setattr(StatementPool, "fetch", fetch)
     a._start(lease, None, (project_id, sid))  # reads its rows and env at once, then waits for `first`
 
     async def waiting() -> bool:
@@ -280,6 +298,11 @@ async def test_a_release_that_waited_for_the_previous_one_reads_its_refs_and_env
     await wait_for(lambda: asyncio.sleep(0, second not in a._held), 10, "the second pipeline ended")
     assert lease3 is not None
     loads.clear()
+    assert older_reads  # the second one's ticks while it waited
+    before = len(older_reads)
     a._start(lease3, None, (project_id, sid))
     await wait_for(lambda: asyncio.sleep(0, len(seen) == 2), 10, "the third release")
     assert loads == [third] and seen[1][1].get("LATE") == "yes"
+    # overhead8: the early read brought the older deployments along (one statement, _LOAD_FIRST_SQL): with none
+    # to wait for, _OLDER_SQL never went out; the second pipeline read it only on its ticks after its first look
+    assert len(older_reads) == before
