@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from inkmcp.build.plan import Mode
 from inkmcp.placement.models import PlacementBusy, PlacementError
-from inkmcp.placement.records import PlacementService
+from inkmcp.placement.records import Pin, PlacementService
 from inkmcp.providers.compute.base import ProviderRefused, ProviderUnavailable, Resources, ServiceKey
 from inkmcp.providers.compute.coolify.mapping import PlacedServer
 from inkmcp.providers.database.coolify import REF_KEY as DATABASE_REF_KEY
@@ -29,6 +29,9 @@ from inkmcp.store.statements import statement_pool
 
 DATABASE_WHY = "its project's database (reachable only on that server's network)"
 """How a refusal names what the service is pinned to (agent-safe: no server names)."""
+
+_DATABASE_NODE_SQL = "SELECT provider_ref -> %s ->> 'server_uuid' FROM projects WHERE id = %s"
+"""`database_server_of` as one prepared statement: the server the project's Coolify database is on, or NULL."""
 
 DatabaseNode = Callable[[str], Awaitable[str | None]]
 """`await database_node(project_id)` → the uuid of the server holding the project's database, or None."""
@@ -53,17 +56,28 @@ class CoolifyPlacement:
             return None
         # `database_server_of` as one prepared statement on the statement pool (store.statements): it runs before
         # every first placement, where an ORM session costs a millisecond more of this process's CPU
-        rows = await statement_pool(self.service.sessions).fetch(
-            "SELECT provider_ref -> %s ->> 'server_uuid' FROM projects WHERE id = %s", (DATABASE_REF_KEY, pid))
+        rows = await statement_pool(self.service.sessions).fetch(_DATABASE_NODE_SQL, (DATABASE_REF_KEY, pid))
         return rows[0][0] if rows and rows[0][0] else None
+
+    @staticmethod
+    def _pin(project_id: str) -> Pin | None:
+        """--- overhead8: `_coolify_database_node`'s read as a statement of placement's first round trip (records.Pin):
+        one round trip fewer before every first placement. None for a key that is no project row of this store."""
+        try:
+            pid = uuid.UUID(project_id)
+        except ValueError:
+            return None
+        return Pin(_DATABASE_NODE_SQL, (DATABASE_REF_KEY, pid), DATABASE_WHY)
 
     async def __call__(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1) -> PlacedServer:
         """`resources` are one application's limits; pass `processes` (the service's process count, one Coolify
         application each) so the reservation covers all of them."""
-        node = await self.database_node(key.project_id)
+        in_reserve = self.database_node == self._coolify_database_node  # --- overhead8: the default read, in reserve's
+        pin = self._pin(key.project_id) if in_reserve else None
+        node = None if in_reserve else await self.database_node(key.project_id)
         try:
             placed = await self.service.place(key, mode, resources, processes=processes, require_node=node,
-                                              require_why=DATABASE_WHY if node else "")
+                                              require_why=DATABASE_WHY if node else "", pin=pin)
         except PlacementError as e:
             raise ProviderRefused(str(e)) from None
         except PlacementBusy as e:

@@ -210,6 +210,18 @@ async def _with_draining(session: AsyncSession, nodes: list[Node]) -> list[Node]
     return [dataclasses.replace(n, draining=True) if n.uuid in draining else n for n in nodes]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pin:
+    """--- overhead8: where a demand must go, read inside `reserve`'s first round trip: `query` (with `params`)
+    answers the node's uuid in its first row's first column, or NULL / no row for none; `why` names what is there
+    (`Demand.require_why`). The adapter's read of the project's Coolify database server, which was a round trip
+    of its own before every first placement."""
+
+    query: str
+    params: Sequence[Any]
+    why: str
+
+
 class PlacementService:
     """Placement over the database and a node source: the `Placer` the Coolify provider uses, and the drain
     plan `inkmcp nodes drain` will execute."""
@@ -236,13 +248,14 @@ class PlacementService:
 
     async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int = 1,
                     labels: Mapping[str, str] | None = None, spread: bool | None = None,
-                    require_node: str | None = None, require_why: str = "") -> PlacedServer:
+                    require_node: str | None = None, require_why: str = "", pin: Pin | None = None) -> PlacedServer:
         """Where the service runs: its existing placement (sticky) or a new one, reserved atomically.
 
         `resources` are per process (one Coolify application each), so `processes` multiplies them. `labels`
         are node labels the service requires; `spread` asks for anti-affinity with the project's services
         (default: the policy's); `require_node` pins it to one node (`Demand.require_node`; `require_why` names
-        what is there for the refusal). Raises PlacementError (nothing fits, the required node does not take
+        what is there for the refusal; `pin`: the same read by one statement of the first round trip, see
+        `reserve`). Raises PlacementError (nothing fits, the required node does not take
         it, or the service already runs elsewhere: agent-safe message) or PlacementBusy."""
         if processes < 1:
             raise ValueError("processes must be at least 1 (the service's process count)")
@@ -250,7 +263,7 @@ class PlacementService:
                         memory_mb=resources.memory_mb * processes, millicpus=millicpus(resources.cpus) * processes,
                         labels=dict(labels or {}), spread=self.policy.spread if spread is None else spread,
                         require_node=require_node, require_why=require_why)
-        return await self.reserve(demand)
+        return await self.reserve(demand, pin=pin)
 
     async def release(self, key: ServiceKey) -> None:
         await self.release_service(key.service_id)
@@ -263,7 +276,7 @@ class PlacementService:
         async with self._sessions() as session:
             return await _with_draining(session, listed)
 
-    async def reserve(self, demand: Demand) -> PlacedServer:
+    async def reserve(self, demand: Demand, *, pin: Pin | None = None) -> PlacedServer:
         """Reserve room for `demand` (idempotent per service; sticky across redeploys). See the module doc.
 
         One interactive transaction on the statement pool's psycopg connection in pipeline mode (store.statements),
@@ -271,14 +284,21 @@ class PlacementService:
         (2) a new placement's loads (with the project lock and the project's nodes when it spreads); (3) the node's
         row lock and its fresh load, in one round trip but run in that order by PostgreSQL, so the load statement's
         snapshot is taken after the lock was granted (READ COMMITTED); (4) the write with COMMIT. A first placement
-        is four round trips where the ORM session took eleven (issue 8, benchmarks/coolify_deploy.py --steps)."""
+        is four round trips where the ORM session took eleven (issue 8, benchmarks/coolify_deploy.py --steps).
+
+        --- overhead8: a new placement's reads of (2) go out with (1), after the service lock in the same pipeline (a
+        first placement is what the provider asks for: it reuses the server it recorded), and `pin` (the adapter's
+        read of where the project's database lives, `Pin`) is one more statement of (1): three round trips, where
+        the adapter's read and these four were five in turn. The project lock of a spreading demand is taken in (1)
+        before the pin is known; a pinned demand does not spread, and holding that lock too changes no order
+        (service, project, node)."""
         listed = await self._source()
         pool = statement_pool(self._sessions)
         broken = False
         for _ in range(self._attempts):
             try:
                 async with pool.connection() as conn, conn.pipeline() as pipe, conn.transaction():
-                    placed = await self._decide(conn, pipe, demand, listed)
+                    placed = await self._decide(conn, pipe, demand, listed, pin)
             except psycopg.OperationalError:
                 if broken:
                     raise
@@ -291,14 +311,24 @@ class PlacementService:
         raise PlacementBusy("placement is busy (other deployments took the chosen room first); retry shortly")
 
     async def _decide(self, conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline, demand: Demand,
-                      listed: Sequence[Node]) -> PlacedServer | None:
+                      listed: Sequence[Node], pin: Pin | None = None) -> PlacedServer | None:
         """One attempt of `reserve` inside its transaction; None: decide again (the chosen node filled up or
         started draining meanwhile; the transaction commits nothing and releases its locks)."""
         sid = uuid.UUID(demand.service_id)
         await conn.execute(_PG_LOCK, (SERVICE_LOCK, demand.service_id), prepare=True)
+        pin_cur = await conn.execute(pin.query, pin.params, prepare=True) if pin is not None else None
         draining_cur = await conn.execute(_PG_DRAINING, prepare=True)
         row_cur = await conn.execute(_PG_ROW, (sid,), prepare=True)
+        project_cur = None
+        if demand.spread and demand.require_node is None:  # before the pin is known (see `reserve`)
+            await conn.execute(_PG_LOCK, (PROJECT_LOCK, demand.project_id), prepare=True)
+            project_cur = await conn.execute(_PG_PROJECT_NODES, (uuid.UUID(demand.project_id), sid), prepare=True)
+        loads_cur = await conn.execute(_PG_LOADS_ALL, {"sid": sid, "pid": uuid.UUID(NIL)}, prepare=True)
         await pipe.sync()  # round trip 1
+        if pin_cur is not None:
+            pinned_to = await pin_cur.fetchall()
+            if pinned_to and pinned_to[0][0]:
+                demand = dataclasses.replace(demand, require_node=str(pinned_to[0][0]), require_why=pin.why)
         draining = {r[0] for r in await draining_cur.fetchall()}
         by_uuid = {n.uuid: dataclasses.replace(n, draining=True) if n.uuid in draining else n for n in listed}
         got = await row_cur.fetchall()
@@ -322,24 +352,18 @@ class PlacementService:
             await self._pg_write(conn, pipe, demand, home, engine)
             return _placed(home)
         spread = demand.spread and demand.require_node is None  # spreading yields to the requirement
-        project_cur = None
-        if spread:
-            await conn.execute(_PG_LOCK, (PROJECT_LOCK, demand.project_id), prepare=True)
-            project_cur = await conn.execute(_PG_PROJECT_NODES, (uuid.UUID(demand.project_id), sid), prepare=True)
-        loads_cur = await conn.execute(_PG_LOADS_ALL, {"sid": sid, "pid": uuid.UUID(NIL)}, prepare=True)
-        await pipe.sync()  # round trip 2
         engine = Engine(by_uuid.values(), self.policy, _load_rows(await loads_cur.fetchall()))
-        if project_cur is not None:
+        if project_cur is not None and spread:
             for node_uuid, n in await project_cur.fetchall():
                 engine.note_project(demand.project_id, node_uuid, int(n))
         target = engine.choose(demand)
-        free, loads = await _pg_lock_node(conn, pipe, target, sid)  # round trip 3
+        free, loads = await _pg_lock_node(conn, pipe, target, sid)  # round trip 2
         if not free:
             return None  # it started draining meanwhile: the next attempt reads the mark
         fresh = Engine([target], self.policy, loads)
         if not fresh.fits_on(demand, target.uuid):
             return None  # another replica took the room: decide again with fresh loads
-        await self._pg_write(conn, pipe, demand, target, fresh)  # round trip 4, with COMMIT
+        await self._pg_write(conn, pipe, demand, target, fresh)  # round trip 3, with COMMIT
         return _placed(target, moved=old is not None)
 
     async def _pg_write(self, conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline, demand: Demand,

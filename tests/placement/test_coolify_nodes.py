@@ -92,9 +92,10 @@ async def test_the_adapter_maps_placement_errors_to_the_compute_contract() -> No
             self.calls: list[int] = []
 
         async def place(self, key: ServiceKey, mode: Mode, resources: Resources, *, processes: int,
-                        require_node: str | None, require_why: str) -> Any:
+                        require_node: str | None, require_why: str, pin: Any = None) -> Any:
             self.calls.append(processes)
             assert require_node is None and require_why == ""  # project "p" has no database
+            assert pin is None  # "p" is no project row of a store: nothing to read
             if self.error:
                 raise self.error
             return PlacedServerOfPlacement(server_uuid="u", wildcard_base=None)

@@ -342,6 +342,52 @@ async def test_a_pinned_service_is_reserved_on_its_node_or_refused_and_never_mov
     assert await placer.placement_of(s3) is None
 
 
+async def test_a_first_placement_through_the_adapter_is_three_round_trips_and_honours_the_database_pin(
+        pstore: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """overhead8 (issue 8): the adapter's read of where the project's Coolify database lives is a statement of
+    reserve's first round trip (records.Pin), and a new placement's loads go out with it: three round trips
+    (pipeline syncs) and no read of its own, where the read and reserve were five in turn. The pin still decides:
+    with the database on the smaller node the service goes there (best fit would open the larger one), and a
+    project without a database is placed freely."""
+    import psycopg
+
+    from inkmcp.placement.adapter import CoolifyPlacement
+    from inkmcp.providers.database.coolify import REF_KEY
+    from inkmcp.store.statements import StatementPool
+
+    big, small = uniq("big"), uniq("small")
+    service = PlacementService(pstore.sessionmaker, fixed(node(big, memory=8192), node(small, memory=4096)))
+    place = CoolifyPlacement(service)
+    (s1, p1), = await make_services(pstore, 1)
+    (s2, p2), = await make_services(pstore, 1)
+    async with pstore.session() as s, s.begin():
+        await s.execute(text("UPDATE projects SET provider_ref = jsonb_build_object(CAST(:k AS text), "
+                             "jsonb_build_object('server_uuid', CAST(:n AS text))) WHERE id = :p"),
+                        {"k": REF_KEY, "n": small, "p": uuid.UUID(p1)})
+    syncs: list[int] = []
+    reads: list[str] = []
+    real_sync, real_fetch = psycopg.AsyncPipeline.sync, StatementPool.fetch
+
+    async def sync(pipe: Any) -> None:
+        syncs.append(1)
+        await real_sync(pipe)
+
+    async def fetch(pool: Any, query: str, params: Any = ()) -> Any:
+        reads.append(query)
+        return await real_fetch(pool, query, params)
+
+    monkeypatch.setattr(psycopg.AsyncPipeline, "sync", sync)
+    monkeypatch.setattr(StatementPool, "fetch", fetch)
+    res = Resources(memory_mb=1024, cpus=0.5)
+    free = await place(key(s2, p2), Mode.persistent, res)
+    assert free.uuid == big  # no database: best fit opens the larger node
+    assert len(syncs) == 2 and reads == [], (syncs, reads)  # two syncs, then the write goes with the COMMIT
+    pinned = await place(key(s1, p1), Mode.persistent, res)
+    assert pinned.uuid == small  # best fit would have packed it beside the first, on the open larger node
+    assert len(syncs) == 4 and reads == [], (syncs, reads)
+    assert (await service.placement_of(s1)).node_uuid == small  # type: ignore[union-attr]
+
+
 async def test_a_projects_database_is_counted_on_its_node_until_released(pstore: Store) -> None:
     a, b = uniq("a"), uniq("b")
     placer = PlacementService(pstore.sessionmaker, fixed(node(a, memory=8192), node(b, memory=4096, cpus=2000)))
