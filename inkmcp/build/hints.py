@@ -33,6 +33,12 @@ _NO_TABLE = re.compile(
     r"""relation "(?P<pg>[^"]+)" does not exist|no such table: (?P<lite>[\w.]+)|Table '(?P<my>[^']+)' doesn't exist"""
 )
 _ENV_KEY = re.compile(r"^KeyError: '(?P<name>[A-Z][A-Z0-9_]*)'$")
+_ADDON_VARS = {"DATABASE_URL": "postgres", "REDIS_URL": "redis"}
+_LOCAL_SERVICE = re.compile(
+    r"ECONNREFUSED (?:127\.0\.0\.1|::1):(?P<port>5432|6379)\b"
+    r"|connecting to (?:localhost|127\.0\.0\.1):(?P<port2>6379)\b"
+    r"|connection to server at \"(?:localhost|127\.0\.0\.1|::1)\"(?: \([^)]*\))?, port (?P<port3>5432)\b"
+)
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception)|error|Error)(?: \[\w+\])?: \S")
 
 
@@ -79,8 +85,21 @@ def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
             break
     for i, text in enumerate(texts):
         if (m := _ENV_KEY.match(text)) is not None and any("environ" in t for t in texts[max(0, i - 6):i]):
-            hints.append(f"the app reads the env var {m.group('name')}, which is not set: pass "
-                         f"env_vars={{'{m.group('name')}': '...'}} to deploy_app (or call update_env_vars)")
+            name = m.group("name")
+            addon = _ADDON_VARS.get(name) or ("postgres" if name.startswith("PG") else None)
+            if addon is not None:
+                hints.append(f"the app reads the env var {name}, which is not set: pass database={addon!r} to "
+                             f"deploy_app, which provisions {addon} for the project and sets {name}")
+            else:
+                hints.append(f"the app reads the env var {name}, which is not set: pass "
+                             f"env_vars={{'{name}': '...'}} to deploy_app (or call update_env_vars)")
+            break
+    for text in texts:
+        if (m := _LOCAL_SERVICE.search(text)) is not None:
+            port = m.group("port") or m.group("port2") or m.group("port3")
+            addon, var = ("redis", "REDIS_URL") if port == "6379" else ("postgres", "DATABASE_URL")
+            hints.append(f"the app connects to {addon} on localhost:{port}, and nothing runs there: "
+                         f"pass database={addon!r} to deploy_app and make the app read {var}, which that sets")
             break
     shown = {_text(line) for line in tail}
     error = next((t for t in texts if _ERROR_LINE.match(t)), None)

@@ -216,7 +216,9 @@ class ProjectService:
         """In the caller's transaction, before it inserts a deployment of `service_id`: refuse one more
         deployment in progress than the account's max_concurrent_builds. Locks the account row."""
         limits, account_id = await self._lock_owner(s, service_id=service_id)
-        _refuse_more_builds(limits, await _builds_in_progress(s, account_id))
+        running = await _builds_in_progress(s, account_id)
+        named = await _builds_named(s, account_id) if running >= limits.max_concurrent_builds else None  # newuser2
+        _refuse_more_builds(limits, running, named)
 
     async def _lock_owner(
         self, s: AsyncSession, *, project_id: uuid.UUID | None = None, service_id: uuid.UUID | None = None
@@ -254,7 +256,11 @@ class ProjectService:
             _refuse_more_projects(limits, projects)
         elif service_name not in (services or ()):
             _refuse_more_services(limits, len(services or ()))
-        _refuse_more_builds(limits, builds)
+        in_flight: list[str] = []
+        if builds >= limits.max_concurrent_builds:  # --- newuser2: name them (the refusal path only)
+            async with self._sessions() as s:
+                in_flight = await _builds_named(s, p.account_id)
+        _refuse_more_builds(limits, builds, in_flight)
         return Prechecked(project_id=own_id, service_exists=service_name in (services or ()))
 
     # ------------------------------------------------------ repo URL secrecy
@@ -297,6 +303,21 @@ async def _builds_in_progress(s: AsyncSession, account_id: uuid.UUID) -> int:
     ).scalar_one()
 
 
+async def _builds_named(s: AsyncSession, account_id: uuid.UUID) -> list[str]:
+    """--- newuser2: the account's deployments in progress, `project/service <id> (status)`, oldest first (5 at
+    most): the refusal said "wait for a deployment to finish (wait_for_deployment)", and wait_for_deployment
+    needs an id the agent may not have (another session's deploy, or a deploy_app call that timed out)."""
+    rows = (await s.execute(
+        select(Deployment.id, Deployment.status, Project.name, Service.name)
+        .join(Service, Deployment.service_id == Service.id)
+        .join(Project, Service.project_id == Project.id)
+        .where(Project.account_id == account_id, Deployment.status.not_in(list(TERMINAL)))
+        .order_by(Deployment.created_at).limit(5)
+    )).all()  # fmt: skip
+    return [f"{project}/{service} {dep_id} ({getattr(status, 'value', status)})"
+            for dep_id, status, project, service in rows]
+
+
 def _refuse_more_projects(limits: AccountLimits, count: int) -> None:
     if count >= limits.max_projects:
         raise reached("projects", limits.max_projects, "max_projects", "delete a project")
@@ -310,12 +331,14 @@ def _refuse_more_services(limits: AccountLimits, count: int) -> None:
         )
 
 
-def _refuse_more_builds(limits: AccountLimits, running: int) -> None:
+def _refuse_more_builds(limits: AccountLimits, running: int, in_flight: list[str] | None = None) -> None:
     if running >= limits.max_concurrent_builds:
-        raise reached(
-            "concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
-            "wait for a deployment to finish (wait_for_deployment)",
-        )
+        error = reached("concurrent builds", limits.max_concurrent_builds, "max_concurrent_builds",
+                        "wait for a deployment to finish (wait_for_deployment)")
+        if in_flight:  # --- newuser2: the ids wait_for_deployment takes
+            error = type(error)(f"{error.message} In progress (wait_for_deployment(deployment_id=...) follows one): "
+                                f"{'; '.join(in_flight)}.")
+        raise error
 
 
 def _join(name: str, suffix: str) -> str:

@@ -7,6 +7,7 @@ call it suggests is made and goes live.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import local_only
 from tests.e2e.test_deploy import deploy_live, via_proxy
-from tests.support import ServerProc, call, call_error, git_commit, git_repo, mcp_session
+from tests.support import ServerProc, ToolFailed, call, call_error, git_commit, git_repo, mcp_session
 
 SERVE = '''import os
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -224,3 +225,42 @@ async def test_collected_static_files_nobody_serves_are_explained(server: Server
         logs = await call(s, "get_logs", project_name="static-404", scope="build", tail=200)
         assert any("static file copied" in line for line in logs["lines"]), logs
         assert not any("nothing serves it" in line for line in logs["lines"]), logs
+
+
+@local_only("the account's build limit is provider-independent; one provider shows it")
+@pytest.mark.asyncio
+async def test_the_concurrent_builds_refusal_names_the_deployments_in_progress(server: ServerProc, repos: Path) -> None:
+    """A third deploy_app while two of the account's deployments were in progress was refused with "wait for a
+    deployment to finish (wait_for_deployment)", and wait_for_deployment needs an id the agent may not have (another
+    session started them, or its own call was cut off). The refusal now lists them; following one works."""
+    slow = serve("'warm'", setup="import time\ntime.sleep(8)\n")
+    repos_ = [git_repo(repos / f"slow-{i}", {"requirements.txt": "", "app.py": slow}) for i in range(3)]
+
+    async def deploy(repo: Path) -> dict:
+        async with mcp_session(server, server.keys["alice"]) as s:
+            return await finished(s, await call(s, "deploy_app", repo_url=str(repo), start_command="python app.py"))
+
+    first = [asyncio.create_task(deploy(r)) for r in repos_[:2]]
+    try:
+        async with mcp_session(server, server.keys["alice"]) as s:
+            services: list[dict] = []
+            for _ in range(150):
+                try:
+                    services = [await call(s, "list_services", project_name=f"slow-{i}") for i in range(2)]
+                except ToolFailed:  # a project deploy_app has not made yet
+                    services = []
+                if services and all(v["services"] and v["services"][0]["deployment_id"]
+                                    and v["services"][0]["deployment_status"] not in ("live", "failed")
+                                    for v in services):  # fmt: skip
+                    break
+                await asyncio.sleep(0.2)
+            error = await call_error(s, "deploy_app", repo_url=str(repos_[2]), start_command="python app.py")
+            assert "account limit reached: 2 concurrent builds" in error, error
+            ids = [v["services"][0]["deployment_id"] for v in services]
+            for i, dep_id in enumerate(ids):
+                assert f"slow-{i}/web {dep_id} (" in error, error
+            followed = await call(s, "wait_for_deployment", deployment_id=ids[0])
+            assert followed["status"] == "live", followed
+    finally:
+        done = await asyncio.gather(*first, return_exceptions=True)
+    assert all(isinstance(d, dict) and d["status"] == "live" for d in done), done

@@ -94,3 +94,25 @@ def test_same_mount_reads_mountinfo() -> None:
     assert not same_mount(Path("/proc/self"), Path("/"))
     if os.path.ismount("/sys"):
         assert not same_mount(Path("/sys/kernel"), Path("/proc"))
+
+
+@pytest.mark.parametrize(("line", "addon"), [
+    ("Error: connect ECONNREFUSED 127.0.0.1:5432", "postgres"),
+    ("Error: connect ECONNREFUSED ::1:6379", "redis"),
+    ("redis.exceptions.ConnectionError: Error 111 connecting to localhost:6379. Connection refused.", "redis"),
+    ('psycopg.OperationalError: connection failed: connection to server at "127.0.0.1", port 5432 failed', "postgres"),
+    ('django.db.utils.OperationalError: connection to server at "localhost" (127.0.0.1), port 5432 failed', "postgres"),
+])  # fmt: skip
+def test_a_database_expected_on_localhost_names_the_add_on(line: str, addon: str) -> None:
+    assert f"pass database={addon!r} to deploy_app" in (runtime_hint([f"web | {line}"], []) or "")
+
+
+def test_a_remote_database_refusing_is_not_called_local() -> None:
+    assert runtime_hint(["web | Error: connect ECONNREFUSED 10.0.0.5:5432"], []) is None or "database=" not in (
+        runtime_hint(["web | Error: connect ECONNREFUSED 10.0.0.5:5432"], []) or "")
+
+
+def test_an_unset_add_on_variable_names_the_add_on_not_env_vars() -> None:
+    lines = ["worker |     print(os.environ['REDIS_URL'])", "worker | KeyError: 'REDIS_URL'"]
+    hint = runtime_hint(lines, lines) or ""
+    assert "pass database='redis' to deploy_app" in hint and "env_vars" not in hint, hint
