@@ -5,6 +5,7 @@ Servers are started as subprocesses and stopped by PID in teardown; nothing else
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +44,20 @@ def serving(server: ThreadingHTTPServer) -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition",
+                   interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy, and return that (no fixed sleeps as synchronisation);
+    past `timeout` an AssertionError names `what` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout:g} s (last: {last!r})")
 
 
 def free_port() -> int:

@@ -61,21 +61,19 @@ class NodeError(RuntimeError):
 @cache
 def daemon_json_tool() -> ModuleType:
     """The host-side merge script, imported here so check and the host use the exact same logic."""
-    path = SCRIPTS_DIR / "inkmcp-daemon-json"
-    loader = importlib.machinery.SourceFileLoader("inkmcp_daemon_json", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return _script_module("inkmcp-daemon-json", "inkmcp_daemon_json")
 
 
 @cache
 def pin_tool() -> ModuleType:
     """The node-side pin script (hardening/scripts/inkmcp-pin-platform), imported so check and apply blank the
     node-resolved fields exactly as the node writes them."""
-    path = SCRIPTS_DIR / "inkmcp-pin-platform"
-    loader = importlib.machinery.SourceFileLoader("inkmcp_pin_platform", str(path))
+    return _script_module("inkmcp-pin-platform", "inkmcp_pin_platform")
+
+
+def _script_module(script: str, name: str) -> ModuleType:
+    """A script of hardening/scripts (no .py suffix: it is installed on nodes as a command) loaded as module `name`."""
+    loader = importlib.machinery.SourceFileLoader(name, str(SCRIPTS_DIR / script))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)

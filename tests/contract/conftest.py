@@ -21,15 +21,13 @@ Providers:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import hashlib
 import json
 import shutil
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +70,7 @@ from inkmcp.providers.compute.local import LocalComputeProvider
 from inkmcp.providers.compute.local.supervisor import Backoff
 from tests.cgroup_cleanup import remove_service_cgroups  # --- mender6
 from tests.support import remove_tenant_users, traversable_tmpdir
+from tests.support import wait_for as wait_for  # one poller for the suite; tests/coolify imports it from here
 
 PROVIDERS = ["local", "fake", "coolify"]
 REMOTE_PROVIDERS = ["fake", "coolify"]  # providers whose work is queued at a remote API
@@ -125,18 +124,6 @@ def plan(*, worker: bool = False, build_command: str | None = None, release_comm
 
 def revision(env: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
-
-
-async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy (no fixed sleeps as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout:g} s (last: {last!r})")
 
 
 class Events:

@@ -17,6 +17,7 @@ from inkmcp.build.plan import Mode, ProcessSpec
 from inkmcp.providers.compute.base import EnvOutcome, ReleaseFailed, RuntimeState, Step
 from tests.local.conftest import PY, WEB_APP, Events, get, key_for, no_record, request_for, web_plan
 from tests.requirements import requires
+from tests.support import wait_for
 
 WS_ECHO = r"""
 import asyncio, base64, hashlib, os
@@ -60,16 +61,6 @@ def pid_of(runtime_detail: str) -> list[int]:
     return [int(p) for p in runtime_detail.split("pids ")[1].strip("[]").split(",")]
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
 async def test_websocket_passes_through(make_provider, checkouts, project_ids):
     provider = await make_provider()
     key = key_for(project_ids(), service="ws")
@@ -93,14 +84,14 @@ async def test_persistent_restarts_after_kill9(make_provider, checkouts, project
         rt = await provider.runtime(key)
         return rt if rt.state == RuntimeState.running and rt.restarts >= 1 else None
 
-    rt = await wait_for(back_up)
+    rt = await wait_for(back_up, timeout=10, what="the crashed process back up")
     assert rt.restarts == 1
 
     async def serving():  # "running" is the process; it answers once it has bound its port
         resp = await get(provider, key)
         return resp if resp.status_code == 200 else None
 
-    resp = await wait_for(serving)
+    resp = await wait_for(serving, timeout=10, what="the service serving")
     assert int(resp.headers["x-pid"]) != first
 
 
@@ -259,7 +250,7 @@ async def test_restore_on_a_new_provider(make_provider, checkouts, project_ids, 
         resp = await get(second, key)
         return resp if resp.status_code == 200 else None
 
-    assert (await wait_for(serving)).text == "restored\n"
+    assert (await wait_for(serving, timeout=10, what="the restored service serving")).text == "restored\n"
     assert (await get(second, sleepy)).text == "lazy\n"
 
 

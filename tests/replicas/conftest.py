@@ -17,9 +17,8 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,24 +34,13 @@ from tests.contract.conftest import APP_FILES, PROCFILE
 from tests.replicas.remote import RemoteClient
 from tests.store import conftest as _store_fixtures
 from tests.support import git_repo
+from tests.support import wait_for as wait_for  # every caller here passes its own timeout
 
 embedded_pg_factory = _store_fixtures.embedded_pg_factory
 control_pg = _store_fixtures.control_pg
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = 2.0  # seconds; heartbeat and scans every 0.3 s: a dead replica's work moves within ~2.5 s
-
-
-async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy (no fixed sleeps as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout:g} s (last: {last!r})")
 
 
 async def coolify_census(url: str, token: str, prefix: str = "") -> dict[str, Any]:

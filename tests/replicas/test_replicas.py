@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -41,21 +42,27 @@ async def live(cluster: Cluster, dep_id: str, timeout: float = 60.0) -> object:
                              f"epoch={dep.lease_epoch}\nevents: {await cluster.events(dep_id)}\n{logs}") from None
 
 
-@pytest.mark.parametrize("point", KILL_POINTS)
-async def test_a_replica_killed_between_two_steps_has_its_deployment_finished_once_by_the_other(
-    cluster: Cluster, point: str
-) -> None:
+async def _deploy_on_a_killed_at(cluster: Cluster, point: str) -> tuple[Any, str, str]:
+    """Replicas a and b; a deploys, freezes at crash point `point` and is killed with -9 there. Returns b, the
+    account and the deployment id (b is to finish it)."""
     mark, hold = cluster.root / "paused", cluster.root / "go"
     a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark),
                                                 REPLICA_HOLD=str(hold)),
                                 cluster.replica("b"))  # fmt: skip
     account, project = f"acct-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
     view = await a.call("deploy", account=account, repo=cluster.repo(), project=project, message="one", wait=0)
-    dep_id = view["deployment_id"]
     hold.touch()  # only now may its pipeline reach the point where the whole process freezes
     await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, f"replica a paused at {point}")
     a.kill9()
     await a.proc.wait()
+    return b, account, view["deployment_id"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+async def test_a_replica_killed_between_two_steps_has_its_deployment_finished_once_by_the_other(
+    cluster: Cluster, point: str
+) -> None:
+    b, account, dep_id = await _deploy_on_a_killed_at(cluster, point)
 
     dep = await live(cluster, dep_id, timeout=30 + LEASE)
     assert dep.status == "live", (dep.status, dep.error, await cluster.events(dep_id))
@@ -213,17 +220,7 @@ async def test_over_coolify_a_replica_killed_between_two_steps_has_its_deploymen
 
     assert point in COOLIFY_CRASH_POINTS
     cluster = coolify_cluster
-    mark, hold = cluster.root / "paused", cluster.root / "go"
-    a, b = await asyncio.gather(cluster.replica("a", REPLICA_PAUSE_AT=point, REPLICA_PAUSE_MARK=str(mark),
-                                                REPLICA_HOLD=str(hold)),
-                                cluster.replica("b"))  # fmt: skip
-    account, project = f"acct-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
-    view = await a.call("deploy", account=account, repo=cluster.repo(), project=project, message="one", wait=0)
-    dep_id = view["deployment_id"]
-    hold.touch()  # only now may its pipeline reach the point where the whole process freezes
-    await wait_for(lambda: asyncio.sleep(0, mark.exists()), 30, f"replica a paused at {point}")
-    a.kill9()
-    await a.proc.wait()
+    b, _, dep_id = await _deploy_on_a_killed_at(cluster, point)
 
     dep = await live(cluster, dep_id, timeout=60 + LEASE)
     assert dep.status == "live", (dep.status, dep.error, await cluster.events(dep_id), b.log.read_text()[-2000:])
