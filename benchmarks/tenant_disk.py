@@ -78,7 +78,7 @@ async def main(rounds: int) -> None:
         "pg_default": PostgresDatabaseProvider(server.url(driver=None), public_host="127.0.0.1", public_port=port),
         "own disk": PostgresDatabaseProvider(
             server.url(driver=None), public_host="127.0.0.1", public_port=port,
-            tablespaces=tablespace_disks(data, TenantDiskSettings(tenant_pg_disk_mb=1024, disk_overcommit=64))),
+            tablespaces=tablespace_disks(data, TenantDiskSettings(tenant_pg_disk_mb=1024), overcommit=64)),
     }
     settings = RedisSettings(port_min=26400, port_max=26499, watch_seconds=0)
     user = _ensure_user()
@@ -99,7 +99,7 @@ async def main(rounds: int) -> None:
                 await redis_round(redis_modes[rmode], f"bench-r{r}-{mode.replace(' ', '').replace('_', '')}",
                                   results[mode])
         # what a tenant server's start and stop add: mounting (and unmounting) 10 databases' images
-        disks = tablespace_disks(data, TenantDiskSettings(tenant_pg_disk_mb=1024, disk_overcommit=64))
+        disks = tablespace_disks(data, TenantDiskSettings(tenant_pg_disk_mb=1024), overcommit=64)
         for i in range(10):
             disks.ensure(f"ink_bench_mount_{i}")
         t0 = time.perf_counter()

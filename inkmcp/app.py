@@ -190,14 +190,16 @@ async def _compute(
     ), None
 
 
-def _redis_provider(stack: AsyncExitStack, data: Path, compute: str) -> RedisProvider | ExternalRedisProvider | None:
+def _redis_provider(stack: AsyncExitStack, data: Path, compute: str,
+                    host: Settings) -> RedisProvider | ExternalRedisProvider | None:
     """The Redis add-on: the operator's shared server (INKMCP_REDIS_URL), else one redis-server per project under
     the data dir, which only apps on this machine can reach: with Coolify compute (apps on other servers) the
     add-on is offered only with INKMCP_REDIS_URL, and `database={"type":"redis"}` says so otherwise."""
     settings = settings_from_env(RedisSettings, "INKMCP_REDIS_", "inkmcp/providers/database/redis.py")
     if settings.url is None and compute != "local":
         return None
-    redis = build_redis_provider(data / "redis", settings)
+    redis = build_redis_provider(data / "redis", settings, reserve_mb=host.disk_reserve_mb,  # --- tenantdisk2
+                                 overcommit=host.disk_overcommit)
     stack.push_async_callback(redis.close)  # stops the instances this process started
     return redis
 
@@ -268,20 +270,37 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         port = _stable_port(data / "pg" / "tenants.port")
         tenants = EmbeddedPostgres(data / "pg" / "tenants", port=port)
         await _embedded(stack, tenants)
+        # --- tenantdisk2: a tenant server that went down (its own crash recovery failed, or it was killed) is
+        # started again, its tablespaces' headroom released for that start (store/tenant_disks.py)
+        if serve:
+            import contextlib
+
+            from inkmcp.store.tenant_disks import supervise
+
+            watcher = asyncio.create_task(supervise(tenants), name="tenant-pg-supervisor")
+
+            async def _stop_supervising() -> None:  # before the server's own stop (the stack unwinds backwards)
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+            stack.push_async_callback(_stop_supervising)
+        # --- end tenantdisk2
         admin = SecretStr(tenants.socket_url(driver=None).get_secret_value())
         public_host, public_port = settings.tenant_database_public_host, port
     # --- tenantdisk: each database on the embedded tenant server gets a tablespace on an image of its own
     from inkmcp.store.tenant_disks import tablespace_disks
 
     postgres = PostgresDatabaseProvider(admin, public_host=public_host, public_port=public_port,
-                                        tablespaces=tablespace_disks(data) if settings.tenant_database_url is None
-                                        else None)
+                                        tablespaces=tablespace_disks(data, reserve_mb=settings.disk_reserve_mb,
+                                                                     overcommit=settings.disk_overcommit)
+                                        if settings.tenant_database_url is None else None)  # fmt: skip
     # --- end tenantdisk
     stack.push_async_callback(postgres.close)
     byo = BringYourOwnDatabase()
     compute, coolify_parts = await _compute(stack, settings, data, store, control_url)
     default_db, db_providers = _database_providers(stack, settings, postgres, coolify_parts, store.sessionmaker)
-    redis = _redis_provider(stack, data, compute.name)
+    redis = _redis_provider(stack, data, compute.name, settings)  # --- tenantdisk2: the host's disk admission
     # Replicas share one tenant server (a replica falling back to its own embedded one is refused).
     if serve:  # CLI commands never create tenant databases (and may run where the tenant server is unreachable)
         await check_tenant_server(store.sessionmaker, box, libpq_url(admin.get_secret_value()),

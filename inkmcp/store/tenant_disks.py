@@ -18,27 +18,50 @@ tenant server starts and unmounted only after it stopped (`mount_tablespaces`/`u
 `EmbeddedPostgres.start/stop` for the tenant server, whoever starts it: `inkmcp serve`, `inkmcp backup create`).
 A database made before this (or restored by `inkmcp backup restore`, whose dumps carry no tablespaces) is moved
 onto its own image the next time InkMCP starts (`PostgresDatabaseProvider.ensure_connection_limit`).
+
+Crash recovery (tenantdisk2): WAL replay writes into the tablespaces, and needs MORE room than the files hold at the
+crash: a relation written and dropped since the last checkpoint is written again before its drop is replayed, a
+relation map is rewritten through a new file. Measured: a tenant fills her image to ENOSPC, the server is killed -9,
+the next start fails ("could not write file pg_tblspc/.../pg_filenode.map.tmp: No space left on device", startup
+process exit 1, "shutting down due to startup process failure"): every tenant's database down, at every start.
+So each image has HEADROOM on top of the limit that the tenant cannot use: a file of root's (`.headroom`, allocated,
+never written: the image stays sparse) beside `data/`. Before the server starts (`EmbeddedPostgres.start`, whoever
+calls it) it is released; once the server is ready (recovery and its end-of-recovery checkpoint done) it is taken
+back (`keep_headroom`). What replay needs beyond the crash-time files is at most what was written since the last
+checkpoint, so the tenant server's `max_wal_size` is bounded too (`server_config`): headroom = 2 x max_wal_size.
+A backend crash (an OOM kill) makes the postmaster itself re-run recovery with the headroom still held; should
+that fail, the postmaster exits, and `inkmcp serve` starts it again within seconds, headroom released
+(`supervise`, which also takes headroom back that a tenant held while it was released).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.providers.compute.local.diskquota import NamedDisks
 
+if TYPE_CHECKING:
+    from inkmcp.store.embedded import EmbeddedPostgres
+
 log = logging.getLogger(__name__)
 
 KIND = "tenant-pg"
 SETTING = "INKMCP_TENANT_PG_DISK_MB"
+MAX_WAL_MB = 64
+"""The tenant server's max_wal_size: WAL between checkpoints, so what a crash recovery may write on top of the files
+(a checkpoint starts after ~max_wal_size/1.9 of WAL; recovery starts at the last completed one's redo point)."""
 
 
 class TenantDiskSettings(BaseSettings):
-    """INKMCP_TENANT_PG_DISK_MB, with the host-protection settings the projects' disks use too."""
+    """INKMCP_TENANT_PG_DISK_MB and its headroom (read by every process that starts the tenant server). The host's
+    admission (INKMCP_DISK_RESERVE_MB / _OVERCOMMIT) is `inkmcp.settings.Settings`', passed in by app.py."""
 
     model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
 
@@ -48,8 +71,18 @@ class TenantDiskSettings(BaseSettings):
         "indexes and temporary files are on an ext4 image of this size, a tablespace of its own; root only). 0: not "
         "limited",
     )  # fmt: skip
-    disk_reserve_mb: int = Field(default=2048, ge=0, description="see INKMCP_DISK_RESERVE_MB (inkmcp/settings.py)")
-    disk_overcommit: float = Field(default=1.0, ge=1.0, description="see INKMCP_DISK_OVERCOMMIT (inkmcp/settings.py)")
+    tenant_pg_disk_headroom_mb: int = Field(
+        default=2 * MAX_WAL_MB, ge=0,
+        description="room on each tenant database's image beyond INKMCP_TENANT_PG_DISK_MB that the tenant cannot use, "
+        "released to the server's crash recovery (which writes more than the files hold); twice the tenant server's "
+        f"max_wal_size ({MAX_WAL_MB} MiB) covers it. 0: none (a tenant that fills its disk can then keep the shared "
+        "server from coming back after a crash)",
+    )  # fmt: skip
+
+
+def server_config() -> str:
+    """The tenant server's settings this module relies on (EmbeddedPostgres writes them into inkmcp.conf)."""
+    return f"max_wal_size = {MAX_WAL_MB}MB\nmin_wal_size = 32MB\n"
 
 
 def _server_user() -> tuple[int, int] | None:
@@ -61,16 +94,18 @@ def _server_user() -> tuple[int, int] | None:
     return user.pw_uid, user.pw_gid
 
 
-def tablespace_disks(data_dir: Path, settings: TenantDiskSettings | None = None) -> NamedDisks:
-    """The tenant databases' images of the data dir `data_dir` (INKMCP_DATA_DIR)."""
+def tablespace_disks(data_dir: Path, settings: TenantDiskSettings | None = None, *, reserve_mb: int = 2048,
+                     overcommit: float = 1.0) -> NamedDisks:
+    """The tenant databases' images of the data dir `data_dir` (INKMCP_DATA_DIR). `reserve_mb`/`overcommit`:
+    INKMCP_DISK_RESERVE_MB / _OVERCOMMIT (Settings), for new images; mounting existing ones needs neither."""
     if settings is None:
         from inkmcp.errors import settings_from_env
 
         settings = settings_from_env(TenantDiskSettings, "INKMCP_", "inkmcp/store/tenant_disks.py")
     return NamedDisks(Path(data_dir) / "compute", KIND, Path(data_dir) / "pg" / "tablespaces",
                       size_mb=settings.tenant_pg_disk_mb, setting=SETTING, what="tenant database",
-                      owner=_server_user(), reserve_mb=settings.disk_reserve_mb,
-                      overcommit=settings.disk_overcommit)  # fmt: skip
+                      owner=_server_user(), reserve_mb=reserve_mb, overcommit=overcommit,
+                      headroom_mb=settings.tenant_pg_disk_headroom_mb)  # fmt: skip
 
 
 def server_disks(pgdata: Path) -> NamedDisks | None:
@@ -92,7 +127,52 @@ def mount_tablespaces(pgdata: Path) -> int:
     return mounted
 
 
+def release_headroom(pgdata: Path) -> None:
+    """Right before the postmaster starts (it runs crash recovery first if it was not shut down cleanly)."""
+    disks = server_disks(pgdata)
+    for name in disks.names() if disks is not None and disks.enforced else ():
+        try:
+            disks.release_headroom(name)
+        except OSError as exc:
+            log.warning("could not release the headroom of tenant database %s: %s", name, exc)
+
+
+def keep_headroom(pgdata: Path) -> int:
+    """Once the server is ready (and every few seconds while `serve` runs): each image's headroom taken back;
+    returns the bytes held on all of them."""
+    disks = server_disks(pgdata)
+    held = 0
+    for name in disks.names() if disks is not None and disks.enforced else ():
+        try:
+            held += disks.keep_headroom(name)
+        except OSError as exc:
+            log.warning("could not take back the headroom of tenant database %s: %s", name, exc)
+    return held
+
+
 def unmount_tablespaces(pgdata: Path) -> int:
     """After the tenant server stopped: its tenant databases' images unmounted."""
     disks = server_disks(pgdata)
     return 0 if disks is None else disks.unmount_all()
+
+
+async def supervise(server: EmbeddedPostgres, interval: float = 2.0, headroom_every: int = 5) -> None:
+    """While `inkmcp serve` runs: the tenant server started again when it is down (a postmaster whose crash
+    recovery failed exits; so does one killed), its headroom released for that start; the headroom taken back
+    on every image every `headroom_every` rounds otherwise. Runs until cancelled; a failed start is logged and
+    tried again next round."""
+    rounds = 0
+    while True:
+        await asyncio.sleep(interval)
+        rounds += 1
+        try:
+            if await asyncio.to_thread(lambda: server.pid) is None:
+                log.warning("the tenant PostgreSQL server %s is not running; starting it again", server.pgdata)
+                await asyncio.to_thread(server.start)
+                log.warning("the tenant PostgreSQL server %s runs again (pid %s)", server.pgdata, server.pid)
+            elif rounds % headroom_every == 0:
+                await asyncio.to_thread(keep_headroom, server.pgdata)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged; the next round tries again
+            log.error("the tenant PostgreSQL server %s could not be started again: %s", server.pgdata, exc)

@@ -264,3 +264,67 @@ def test_a_redis_dir_from_before_is_moved_onto_its_own_image(data: Path) -> None
     finally:
         disks.remove("ink_r")
     assert not disks.image("ink_r").exists() and not diskquota.is_mounted(root / "ink_r")
+
+
+# --- tenantdisk2: admission is one step across processes
+
+
+_RACER = """
+import os, sys, time
+from pathlib import Path
+from inkmcp.errors import ProviderError
+from inkmcp.providers.compute.local import diskquota
+data, kind, name, reserve, go = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
+if os.environ.get("RACER_UNLOCKED"):  # the code before tenantdisk2, to show the race this test catches
+    def _unlocked(self, name, image):
+        self._admit(name)
+        self._create(image)
+    diskquota.ProjectDisks._admit_and_create = _unlocked
+if kind == "project":
+    disks = diskquota.ProjectDisks(data, size_mb=256, reserve_mb=reserve)
+    make = disks.ensure_project
+else:
+    disks = diskquota.NamedDisks(data, kind, data.parent / kind, size_mb=256, setting="X", what=kind, owner=None,
+                                 reserve_mb=reserve)
+    make = disks.ensure
+(go.parent / f"ready-{name}").touch()
+while not go.exists():
+    time.sleep(0.001)
+try:
+    make(name)
+    print("admitted")
+except ProviderError as e:
+    print("refused:", e)
+"""
+
+
+def test_concurrent_admissions_from_several_processes_never_promise_more_than_fits(data: Path) -> None:
+    """Four processes (two `serve` replicas' worth of project and tenant-database images, on one host) admit a
+    256 MiB image each at the same instant, with room for one past INKMCP_DISK_RESERVE_MB: exactly one is admitted
+    (before, each saw the free space without the others' promise and several passed: 4 of 4 here, with the lock
+    taken out by RACER_UNLOCKED=1)."""
+    import sys
+
+    st = os.statvfs(data)
+    reserve = st.f_bavail * st.f_frsize // 2**20 - 384  # one 256 MiB image fits, two do not (other writers: ±100)
+    go = data.parent / "go"
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(data), kind, name, str(reserve), str(go)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for kind, name in (("project", "r1"), ("project", "r2"), ("tenant-pg", "r3"), ("redis", "r4"))]
+    deadline = time.monotonic() + 60
+    while len(list(data.parent.glob("ready-*"))) < len(racers):  # every racer imported and waiting
+        assert time.monotonic() < deadline and all(r.poll() is None for r in racers), [r.poll() for r in racers]
+        time.sleep(0.05)
+    go.touch()
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=60)
+        results.append(out.strip() or err.strip()[-500:])
+    try:
+        assert sum(r == "admitted" for r in results) == 1, results
+        assert all(r == "admitted" or "INKMCP_DISK_RESERVE_MB" in r for r in results), results
+        assert len(list((data / "disks").rglob("*.img"))) == 1
+    finally:
+        for kind in ("tenant-pg", "redis"):
+            diskquota.NamedDisks(data, kind, data.parent / kind, size_mb=64, setting="X", what=kind,
+                                 owner=None).unmount_all()  # fmt: skip

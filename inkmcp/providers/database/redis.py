@@ -784,18 +784,15 @@ class ExternalRedisProvider:
         """Nothing held: connections are opened per operation."""
 
 
-def redis_disks(base: Path, settings: RedisSettings) -> NamedDisks:
+def redis_disks(base: Path, settings: RedisSettings, *, reserve_mb: int = 2048, overcommit: float = 1.0) -> NamedDisks:
     """--- tenantdisk: the instances' images of `base` (`<data_dir>/redis`), beside the projects'
-    (INKMCP_REDIS_DISK_MB)."""
-    from inkmcp.errors import settings_from_env
-    from inkmcp.store.tenant_disks import TenantDiskSettings
-
-    host = settings_from_env(TenantDiskSettings, "INKMCP_", "inkmcp/store/tenant_disks.py")
+    (INKMCP_REDIS_DISK_MB). `reserve_mb`/`overcommit`: INKMCP_DISK_RESERVE_MB / _OVERCOMMIT (inkmcp.settings.Settings,
+    passed by app.py), for new images; mounting existing ones needs neither."""
     user = _ensure_user()
     base = Path(base).absolute()
     return NamedDisks(base.parent / "compute", "redis", base, size_mb=settings.disk_mb, setting="INKMCP_REDIS_DISK_MB",
                       what="Redis instance", owner=None if user is None else (user.pw_uid, user.pw_gid),
-                      reserve_mb=host.disk_reserve_mb, overcommit=host.disk_overcommit, inner=None)  # fmt: skip
+                      reserve_mb=reserve_mb, overcommit=overcommit, inner=None)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -820,8 +817,11 @@ def redis_files_mounted(base: Path) -> Iterator[None]:
             unmount_patiently(disks.mount_point(name))
 
 
-def build_redis_provider(base: Path, settings: RedisSettings) -> RedisProvider | ExternalRedisProvider:
-    """The external server when INKMCP_REDIS_URL is set, else one redis-server per project under `base`."""
+def build_redis_provider(base: Path, settings: RedisSettings, *, reserve_mb: int = 2048,
+                         overcommit: float = 1.0) -> RedisProvider | ExternalRedisProvider:
+    """The external server when INKMCP_REDIS_URL is set, else one redis-server per project under `base`
+    (`reserve_mb`/`overcommit`: the host's disk admission, `redis_disks`)."""
     if settings.url is not None:
         return ExternalRedisProvider(settings.url, public_host=settings.public_host)
-    return RedisProvider(base, settings, disks=redis_disks(base, settings))  # --- tenantdisk
+    return RedisProvider(base, settings, disks=redis_disks(base, settings, reserve_mb=reserve_mb,  # --- tenantdisk
+                                                           overcommit=overcommit))

@@ -67,6 +67,8 @@ from inkmcp.safefs import ensure_owned_dir
 log = logging.getLogger(__name__)
 
 DISKS = "disks"  # data_dir/disks/<project_id>.img (root 0700)
+ADMISSION_LOCK = ".admission.lock"  # disks/.admission.lock: one admission at a time per data dir (`_admit_and_create`)
+HEADROOM = ".headroom"  # on a NamedDisks image with headroom: root's file holding space its owner cannot use
 INNER = ".disk"  # projects/<project_id>/.disk: root 0700, the sources of the bind mounts
 RESERVED_PERCENT = 2  # ext4 blocks only root may use: InkMCP's logs and metadata of the project's services
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"
@@ -207,6 +209,11 @@ class ProjectDisks:
             return "no loop devices (/dev/loop-control is missing; load the loop module)"
         return ""
 
+    @property
+    def image_mb(self) -> int:
+        """The image's size: the limit (a NamedDisks' adds its headroom)."""
+        return self.size_mb
+
     def note(self) -> str:
         """For the deployment history and the start-up log."""
         if self.enforced:
@@ -253,8 +260,7 @@ class ProjectDisks:
             return target
         image = self.image(project_id)
         if not image.exists():
-            self._admit(project_id)
-            self._create(image)
+            self._admit_and_create(project_id, image)
         (self.data_dir / "projects").mkdir(mode=0o711, exist_ok=True)
         old = _set_aside(target)  # before this module (or restored from a backup): its mirrors, caches
         target.mkdir(mode=0o711, exist_ok=True)
@@ -294,7 +300,7 @@ class ProjectDisks:
         file extended, `e2fsck -f -p`, `resize2fs`: offline, ~20 ms; online resizing was refused here with
         EPERM): "ask the operator to raise INKMCP_MAX_DISK_MB" must help existing projects too. Not while a loop
         device still holds the image, and a smaller setting never shrinks one (its files would have to move)."""
-        want = self.size_mb * 2**20
+        want = self.image_mb * 2**20
         if image.stat().st_size >= want or _attached_loop(image) is not None:
             return
         try:
@@ -315,7 +321,7 @@ class ProjectDisks:
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.ftruncate(fd, self.size_mb * 2**20)  # sparse: the host gives blocks as the project writes
+            os.ftruncate(fd, self.image_mb * 2**20)  # sparse: the host gives blocks as the project writes
         finally:
             os.close(fd)
         try:
@@ -324,6 +330,23 @@ class ProjectDisks:
             os.replace(tmp, image)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _admit_and_create(self, name: str, image: Path) -> None:
+        """Admission and creation as one step for every InkMCP process on this data dir (`serve` replicas, the
+        CLI): a file lock over the whole `disks/` tree, held until the new image is in place and so counted by the
+        next admission. Before (tenantdisk2), two images admitted at the same time could both pass when together
+        they did not fit: each saw the host's free space without the other's promise."""
+        root = self.data_dir / DISKS
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(root / ADMISSION_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if image.exists():  # made by another process while this one waited
+                return
+            self._admit(name)
+            self._create(image)
+        finally:
+            os.close(fd)
 
     def _admit(self, project_id: str) -> None:
         """Refuse a new image the host could not hold together with what the existing ones may still grow by."""
@@ -336,11 +359,11 @@ class ProjectDisks:
             with contextlib.suppress(OSError):
                 s = other.stat()
                 promised += max(0, s.st_size - s.st_blocks * 512)
-        need = (self.size_mb * 2**20 + promised) / self.overcommit + self.reserve_mb * 2**20
+        need = (self.image_mb * 2**20 + promised) / self.overcommit + self.reserve_mb * 2**20
         if free < need:
             over = f", divided by INKMCP_DISK_OVERCOMMIT={self.overcommit:g}" if self.overcommit > 1 else ""
             raise ProviderError(
-                f"this server has no disk space left for another {self.what}'s {self.size_mb} MiB "
+                f"this server has no disk space left for another {self.what}'s {self.image_mb} MiB "
                 f"({self.setting}): {free // 2**20} MiB free, {promised // 2**20} MiB promised to existing "
                 f"disks{over}, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete "
                 f"a project you no longer need, or ask the operator to free disk space or lower {self.setting}"
@@ -449,16 +472,24 @@ class ProjectDisks:
             return 0
         points = mount_points()
         ours = []
-        for parent in ("services", "homes", "projects"):
-            prefix = os.path.realpath(self.data_dir / parent) + "/"
+        for parent in self._mount_parents():
+            prefix = os.path.realpath(parent) + "/"
             ours += [p for p in points if p.startswith(prefix) and "/" not in p[len(prefix):]]
         for point in ours:
             try:
-                unmount(Path(point))
+                self._unmount_one(Path(point))
             except OSError as exc:
                 log.warning("could not unmount %s: %s", point, exc)
         self._wait_detached()
         return len(ours)
+
+    def _mount_parents(self) -> list[Path]:
+        """Where this kind's mounts are, in unmount order (binds before the images they come from)."""
+        return [self.data_dir / "services", self.data_dir / "homes", self.data_dir / "projects"]
+
+    @staticmethod
+    def _unmount_one(point: Path) -> None:
+        unmount(point)
 
     def _wait_detached(self, timeout: float = 3.0) -> None:
         """Until the kernel has let go of this data dir's images (it releases an autoclear loop device just after
@@ -527,8 +558,10 @@ class NamedDisks(ProjectDisks):
 
     def __init__(self, data_dir: Path, kind: str, mount_root: Path, *, size_mb: int, setting: str, what: str,
                  owner: tuple[int, int] | None, reserve_mb: int = 2048, overcommit: float = 1.0,
-                 inner: str | None = "data") -> None:
+                 inner: str | None = "data", headroom_mb: int = 0) -> None:
         super().__init__(data_dir, size_mb=size_mb, reserve_mb=reserve_mb, overcommit=overcommit)
+        self.headroom_mb = headroom_mb if size_mb > 0 else 0  # on top of size_mb, root's: `keep_headroom`
+        self._short: dict[str, int] = {}  # name -> headroom bytes last reported missing
         self.inner_name = inner  # None: the mount point itself is the owner's (0700)
         self.dir = data_dir / DISKS / kind
         self.mount_root = mount_root
@@ -538,6 +571,10 @@ class NamedDisks(ProjectDisks):
 
     def mount_point(self, project_id: str) -> Path:
         return self.mount_root / project_id
+
+    @property
+    def image_mb(self) -> int:
+        return self.size_mb + self.headroom_mb
 
     @contextlib.contextmanager
     def _locked(self, project_id: str) -> Iterator[None]:
@@ -561,12 +598,12 @@ class NamedDisks(ProjectDisks):
             return None
         with self._locked(name):
             target = self.mount_point(name)
-            old = None
+            old, created = None, False
             if not is_mounted(target):
                 image = self.image(name)
-                if not image.exists():
-                    self._admit(name)
-                    self._create(image)
+                created = not image.exists()
+                if created:
+                    self._admit_and_create(name, image)
                 self.mount_root.mkdir(mode=0o711, parents=True, exist_ok=True)
                 old = _set_aside(target)  # files from before the upgrade: copied in below
                 target.mkdir(mode=0o711, exist_ok=True)
@@ -589,6 +626,8 @@ class NamedDisks(ProjectDisks):
             if self.owner is not None:
                 os.chown(data, *self.owner)
             data.chmod(0o700)
+            if created:  # a new name of a running server (an existing one's is kept by whoever starts the server)
+                self.keep_headroom(name)
             return data
 
     def remove(self, name: str) -> None:
@@ -616,19 +655,53 @@ class NamedDisks(ProjectDisks):
                 log.warning("could not mount the %s filesystem of %s: %s", self.what, name, exc)
         return count
 
-    def unmount_all(self) -> int:
-        """Unmount every mount of this kind (after its server stopped), by exact path; returns how many."""
-        if not self.enforced:
+    # unmount_all (ProjectDisks'): every mount of this kind, after its server stopped, patiently
+    def _mount_parents(self) -> list[Path]:
+        return [self.mount_root]
+
+    @staticmethod
+    def _unmount_one(point: Path) -> None:
+        unmount_patiently(point)
+
+    # -- headroom: space on the image its owner's processes cannot use, released to the server's crash recovery --
+
+    def release_headroom(self, name: str) -> None:
+        """Before the server starts: the name's headroom given back to the filesystem (its crash recovery may need
+        it, see store/tenant_disks.py)."""
+        if self.headroom_mb > 0 and is_mounted(self.mount_point(name)):
+            (self.mount_point(name) / HEADROOM).unlink(missing_ok=True)
+
+    def keep_headroom(self, name: str) -> int:
+        """Once the server runs: the headroom taken back (root's file of `headroom_mb`, allocated, not written: the
+        host file stays sparse), as much of it as is free; returns the bytes it holds. Idempotent, cheap when full."""
+        target = self.mount_point(name)
+        if self.headroom_mb <= 0 or not is_mounted(target):
             return 0
-        prefix = os.path.realpath(self.mount_root) + "/"
-        ours = [p for p in mount_points() if p.startswith(prefix) and "/" not in p[len(prefix):]]
-        for point in ours:
-            try:
-                unmount_patiently(Path(point))
-            except OSError as exc:
-                log.warning("could not unmount %s: %s", point, exc)
-        self._wait_detached()
-        return len(ours)
+        want = self.headroom_mb * 2**20
+        fd = os.open(target / HEADROOM, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            held = os.fstat(fd).st_blocks * 512
+            if held < want:
+                st = os.statvfs(target)
+                # what the owner could still write (root's fallocate would otherwise dip into ext4's own reserve)
+                room = st.f_bavail * st.f_frsize
+                grow = min(want, held + room) // 2**20 * 2**20
+                if grow > held:
+                    with contextlib.suppress(OSError):
+                        os.posix_fallocate(fd, 0, grow)
+                    held = os.fstat(fd).st_blocks * 512
+        finally:
+            os.close(fd)
+        short = want - held if held < want else 0
+        if short != self._short.get(name, 0):  # said once per change, not at every round of a caller's loop
+            if short:
+                log.warning("%s %s: %d of its %d MiB headroom held (the rest is in use: by a crash recovery, or by "
+                            "its owner while the headroom was released; taken back as space is freed)", self.what,
+                            name, held // 2**20, self.headroom_mb)  # fmt: skip
+            else:
+                log.info("%s %s: its %d MiB headroom is held again", self.what, name, self.headroom_mb)
+            self._short[name] = short
+        return held
 
 
 def unmount_patiently(target: Path, wait: float = 2.0) -> None:
