@@ -206,12 +206,15 @@ async def test_encryption_key_rotation() -> None:
     Its server is also the harness's port check (mender7: it was a test of its own that started one more fresh
     server for it): tests.support's free_port can lose its port to any outgoing connection before serve binds it
     (CI run 31), and the harness must start the same server on a fresh port, not fail the test that wanted one."""
-    with socket.socket() as squatter:
+    with socket.socket() as squatter, socket.socket() as proxy_squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        srv = make_server("inkmcp-rot-", INKMCP_PORT=str(taken))
-        srv.port = taken
+        proxy_squatter.bind(("127.0.0.1", 0))  # the proxy's port too (CI run 44): each taken port is retried
+        proxy_squatter.listen()
+        proxy_taken = proxy_squatter.getsockname()[1]
+        srv = make_server("inkmcp-rot-", INKMCP_PORT=str(taken), INKMCP_PROXY_PORT=str(proxy_taken))
+        srv.port, srv.proxy_port = taken, proxy_taken
         srv.create_key("rita")
         try:
             await asyncio.to_thread(srv.start)
@@ -220,9 +223,12 @@ async def test_encryption_key_rotation() -> None:
             raise
     try:
         assert srv.port != taken and srv.env["INKMCP_PORT"] == str(srv.port)
+        assert srv.proxy_port != proxy_taken and srv.env["INKMCP_PROXY_PORT"] == str(srv.proxy_port)
         assert httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).json()["status"] == "ok"
         assert srv.log_path is not None
-        assert "address already in use" in srv.log_path.read_text()  # the first attempt really hit it
+        said = srv.log_path.read_text()
+        assert "address already in use" in said.lower()  # the first attempt really hit it
+        assert f"the proxy cannot listen on 127.0.0.1:{proxy_taken}" in said  # and one attempt hit the proxy's
 
         async with mcp_session(srv, srv.keys["rita"]) as s:
             await call(s, "ensure_project", name="rotating")
