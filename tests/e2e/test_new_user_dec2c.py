@@ -264,3 +264,25 @@ async def test_the_concurrent_builds_refusal_names_the_deployments_in_progress(s
     finally:
         done = await asyncio.gather(*first, return_exceptions=True)
     assert all(isinstance(d, dict) and d["status"] == "live" for d in done), done
+
+
+@local_only("reads the local release step's failure text")
+@pytest.mark.asyncio
+async def test_a_first_deploys_failed_release_says_nothing_went_live(server: ServerProc, repos: Path) -> None:
+    """A Procfile `release:` failing on a first deploy read "the release command exited with code 1; the previous
+    version keeps serving" (there was none), named no command, and quoted the dependency install's last lines
+    (` + package==version`) above the release's own output. Now: the command, "nothing went live", its output."""
+    repo = git_repo(repos / "release-fails", {
+        "requirements.txt": "",
+        "migrate.py": "import sys\nprint('applying 0002')\nsys.exit('0002 failed: column \"title\" missing')\n",
+        "app.py": serve("'up'"),
+        "Procfile": "release: python migrate.py\nweb: python app.py\n",
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await finished(s, await call(s, "deploy_app", repo_url=str(repo)))
+        assert dep["status"] == "failed", dep
+        head, _, quoted = dep["error"].partition("\nlast output:\n")
+        assert "the release command `python migrate.py` exited with code 1" in head, head
+        assert "nothing went live" in head and "previous version" not in head, head
+        assert 'release | 0002 failed: column "title" missing' in quoted, quoted
+        assert all(line.startswith(("release | ", "[inkmcp] releasing")) for line in quoted.splitlines()), quoted

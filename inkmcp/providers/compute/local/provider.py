@@ -548,11 +548,15 @@ class LocalComputeProvider:
                 Step.releasing, _with_tail(f"{hit.message}; {hit.fix}. The previous version keeps serving.", build_log)
             )
         if code != 0:
-            raise ReleaseFailed(
-                Step.releasing,
-                _with_tail(f"the release command exited with code {code}; the previous version keeps serving",
-                           build_log),
-            )  # fmt: skip
+            # --- newuser2: a first deploy's failed release said "the previous version keeps serving" (there was
+            # none), did not name the command, and quoted the dependency install's last lines above its output
+            kept = "the previous version keeps serving" if svc.live is not None else "nothing went live"
+            said = [line for line in tail_lines(build_log.path, 200, include_rotated=False)
+                    if line.startswith(("release | ", "[inkmcp] releasing"))]  # fmt: skip
+            raise ReleaseFailed(Step.releasing, _tail_text(
+                f"the release command `{command}` exited with code {code} (it runs once per deployment, after the "
+                f"build, before any process starts); {kept}", said))
+            # --- end newuser2
 
     async def _roll(self, svc: _Service, live: _Live, progress: ProgressCallback | None, note: str = "") -> None:
         """Start `live` next to the current run, health-check it, switch the route, stop the old one."""
