@@ -136,6 +136,6 @@ async def test_a_crashed_apps_port_cannot_be_squatted_by_another_tenant(server: 
             if services["web"]["state"] == "running":
                 break
             time.sleep(0.5)
-        logs = await call(a, "get_logs", project_name=ALICE, service_name="web", scope="runtime", tail=50)
+        logs = await call(a, "get_logs", project_name=ALICE, service_name="web", scope="runtime", tail=500)
     assert services["web"]["state"] == "running" and services["web"]["restarts"] >= 1, services["web"]
-    assert any("restarting on a new port" in line for line in logs["lines"]), logs["lines"][-10:]
+    assert any("; restarting in " in line and "on a new port" in line for line in logs["lines"]), logs["lines"][-10:]

@@ -113,8 +113,16 @@ def hold(port: int, uid: int, pids: Iterable[int]) -> socket.socket | None:
             except OSError as exc:
                 log.warning("could not hold the listening socket of port %s (pid %s): %s", port, pid, exc)
                 return None
-            sock = socket.socket(fileno=fd)
-            if sock.getsockname()[1] != port:  # the fd was reused between readlink and getfd
+            try:  # the tenant may have reused the fd number between readlink and getfd: check what we got
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                ok = sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == port
+            except (OSError, IndexError):
+                ok = False
+            if not ok:
                 sock.close()
                 continue
             return sock

@@ -77,6 +77,7 @@ from inkmcp.safefs import chown_private_tree, ensure_owned_dir, is_dir_beneath, 
 log = logging.getLogger(__name__)
 
 ERROR_TAIL = 15
+RELOAD_WAIT = 10.0  # --- redteam2 (portguard): seconds a crashed run's port stays held for nginx's reload
 DRAIN_TIMEOUT = 2.0  # seconds a blue/green switch waits for connections still on the old version
 RUNTIME_LOGS = "get_logs(scope='runtime') shows all of it"  # where a crash after the build is explained
 # How this provider's paths show to agents (errors, logs, build output): relative to what they know.
@@ -772,6 +773,9 @@ class LocalComputeProvider:
             finally:
                 if not switched:
                     await self._stop_run(run)
+            switched = getattr(self.proxy, "switched", None)  # nginx: the new routes served, old workers told to quit
+            if switched is not None:
+                await switched(RELOAD_WAIT)
             await self._stop_run(crashed)  # the route left its port: the held socket closes with it
             return
     # --- end

@@ -124,6 +124,7 @@ class ReleaseRun:
         self.guard: socket.socket | None = None
         self.on_routed_crash: Callable[[], None] | None = None  # set by the provider: restart on a new port
         self._guarded = run_as is not None and port is not None and meta.plan.port is None
+        self._stopped = False
         # --- end
         self._uid = run_as.uid if run_as is not None else os.geteuid()  # whose listener counts as the app's
         # Its own pid files: two runs of one release side by side (an env restart of a worker-only service, no
@@ -176,12 +177,18 @@ class ReleaseRun:
         it calls `on_routed_crash` (the provider starts the release again on a new port) instead of a
         restart in place."""
         if self._guarded and self.guard is None and self.routed is not None and self.port is not None:
-            pid = self.routed.pid
-            self.guard = portguard.hold(self.port, self._uid, [pid] if pid else [])
-            if self.guard is not None and self.on_routed_crash is not None:
-                self.routed.on_crash = self.on_routed_crash
+            # On the loop's next turn: a wake's request is forwarded first (reading /proc costs ~1 ms).
+            asyncio.get_running_loop().call_soon(self._hold_port)
         for sup in self.supervisors:
             sup.enable_restarts()
+
+    def _hold_port(self) -> None:
+        routed = self.routed
+        if self.guard is not None or routed is None or self.port is None or not routed.alive or self._stopped:
+            return
+        self.guard = portguard.hold(self.port, self._uid, [routed.pid] if routed.pid else [])
+        if self.guard is not None and self.on_routed_crash is not None:
+            routed.on_crash = self.on_routed_crash
 
     async def wait_healthy(self, timeout: float, *, worker_grace: float = 1.0) -> None:
         """What a wake waits for: routed, the port accepts TCP; workers only, still alive after
@@ -386,6 +393,7 @@ class ReleaseRun:
                 raise HealthFailed(f"process '{sup.name}' exited with code {sup.last_exit_code}", timed_out=False)
 
     async def stop(self, grace: float) -> None:
+        self._stopped = True
         try:
             await asyncio.gather(*(s.stop(grace) for s in self.supervisors))
         finally:
