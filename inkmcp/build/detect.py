@@ -824,8 +824,15 @@ def derive_plan(
     rel_dir = chosen_dir or platform.root_dir or "."
     root = (checkout / rel_dir).resolve()
     if not root.is_relative_to(checkout.resolve()) or not root.is_dir():
+        # --- newuser2: name the directories that do hold an app (first level, and workspaces)
+        apps = [f"{name} ({marker})" for name, marker in _app_subdirectories(checkout)]
+        try:
+            apps += _workspace_apps(_scan(checkout, checkout))
+        except InkError:  # a root package.json that is not JSON: no workspaces to name
+            pass
         raise BuildPlanError(
-            f"app directory {rel_dir!r} does not exist in the repository.",
+            f"app directory {rel_dir!r} does not exist in the repository"
+            + (f"; directories holding an app: {', '.join(apps[:8])}." if apps else "."),
             argument="app_dir" if app_dir else "repo_url",
             fix="pass the directory that holds the app (relative to the repo root), or fix `path:` in inkmcp.yaml "
             "(or `rootDir:` in render.yaml)",

@@ -164,6 +164,11 @@ def _file_mtime(anchor: Path, rel_dir: str, name: str = "index.html") -> float |
     return st.st_mtime if stat.S_ISREG(st.st_mode) else None
 
 
+def index_mtime(anchor: Path, rel_dir: str) -> float | None:
+    """mtime of `rel_dir/index.html` beneath `anchor` (no symlink followed), None if there is none."""
+    return _file_mtime(anchor, rel_dir)
+
+
 def resolve(anchor: Path, app_rel: str, static_dir: str | None, *, given: bool, built_since: float | None) -> str:
     """The directory to serve, relative to the app directory.
 

@@ -286,3 +286,25 @@ async def test_a_first_deploys_failed_release_says_nothing_went_live(server: Ser
         assert "nothing went live" in head and "previous version" not in head, head
         assert 'release | 0002 failed: column "title" missing' in quoted, quoted
         assert all(line.startswith(("release | ", "[inkmcp] releasing")) for line in quoted.splitlines()), quoted
+
+
+BUILT_SITE = {
+    "package.json": '{"name": "built-site", "version": "1.0.0", "scripts": {"build": "node build.js"}}\n',
+    "build.js": "const fs = require('fs');\nfs.mkdirSync('dist', {recursive: true});\n"
+    "fs.writeFileSync('dist/index.html', '<h1>built</h1>');\n",
+}
+
+
+@local_only("reads the local build's failure text")
+@pytest.mark.asyncio
+async def test_a_wrong_static_dir_names_where_the_build_wrote(server: ServerProc, repos: Path) -> None:
+    """A site whose `npm run build` writes dist/, deployed with static_dir='public' (the agent's guess, from
+    create-react-app habits): "static_dir 'public' does not exist after the build", and nothing said where the
+    build's output was. The failure names dist now; that call goes live."""
+    repo = git_repo(repos / "built-site", BUILT_SITE)
+    async with mcp_session(server, server.keys["alice"]) as s:
+        head = await failed_head(s, repo_url=str(repo), static_dir="public")
+        assert "static_dir 'public' does not exist after the build" in head, head
+        assert "the build's index.html is in 'dist': pass static_dir='dist', or omit static_dir" in head, head
+        dep = await deploy_live(s, repo_url=str(repo), static_dir="dist")
+        assert via_proxy(server, dep["url"]).text == "<h1>built</h1>"

@@ -116,3 +116,15 @@ def test_an_unset_add_on_variable_names_the_add_on_not_env_vars() -> None:
     lines = ["worker |     print(os.environ['REDIS_URL'])", "worker | KeyError: 'REDIS_URL'"]
     hint = runtime_hint(lines, lines) or ""
     assert "pass database='redis' to deploy_app" in hint and "env_vars" not in hint, hint
+
+
+def test_an_app_dir_that_does_not_exist_names_the_ones_that_do(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text('{"private": true, "workspaces": ["packages/*"]}')
+    (tmp_path / "packages" / "api").mkdir(parents=True)
+    (tmp_path / "packages" / "api" / "package.json").write_text('{"scripts": {"start": "node s.js"}}')
+    (tmp_path / "docs-site").mkdir()
+    (tmp_path / "docs-site" / "index.html").write_text("<h1>docs</h1>")
+    with pytest.raises(BuildPlanError) as caught:
+        derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
+                    port=None, app_dir="packages/web")  # fmt: skip
+    assert "directories holding an app: docs-site (index.html), packages/api." in str(caught.value), caught.value

@@ -473,7 +473,13 @@ class LocalComputeProvider:
             if not is_dir_beneath(src, rel):  # the built tree is the tenant's: no symlink is followed
 
                 missing = plan.static_dir or "."
-                raise ReleaseFailed(Step.building, f"static_dir {missing!r} does not exist after the build")
+                # --- newuser2: name where the build did write its index.html (the agent guessed 'public')
+                found = await asyncio.to_thread(static_output.resolve, src, os.path.relpath(app_dir, src), None,
+                                                given=False, built_since=build_started)  # fmt: skip
+                there = os.path.normpath(os.path.join(os.path.relpath(app_dir, src), found))
+                wrote = (f"; the build's index.html is in {found!r}: pass static_dir={found!r}, or omit static_dir"
+                         if found != missing and static_output.index_mtime(src, there) is not None else "")
+                raise ReleaseFailed(Step.building, f"static_dir {missing!r} does not exist after the build{wrote}")
         meta.write(layout.meta(did))
         build_log.write("[inkmcp] build complete")
         return meta
