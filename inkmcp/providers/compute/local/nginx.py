@@ -379,6 +379,20 @@ class NginxProxy:
             await asyncio.sleep(0.005)
         return True
 
+    # --- redteam2 (portguard): what a crashed run's held port waits for before it is let go
+    async def switched(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until nginx serves the current routes and no worker of an older config
+        takes new requests; unlike `drain`, connections already made to the old port are not waited for (a
+        crashed process's held socket has them queued, unanswered: they are reset when it closes)."""
+        deadline = time.monotonic() + timeout
+        await self.settled(timeout)
+        while self._old_workers_serving():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+    # --- end
+
     def _old_workers_serving(self) -> bool:
         """Whether a worker of a config before the last reload still takes new requests."""
         for pid in list(self._old_workers):
