@@ -210,6 +210,17 @@ http {
     proxy_ignore_client_abort on;
     proxy_next_upstream_tries 2;
     proxy_set_header Host $host{{ port_suffix }};
+    # --- redteam2: the X-Forwarded-* an app reads are the proxy's, never the client's (nginx passed a client's
+    # X-Forwarded-Host/-Proto/-For through untouched and added none: an app trusting its one proxy hop, as on the
+    # Coolify path, where Traefik overwrites them for untrusted clients, took an attacker's X-Forwarded-Host into
+    # its password-reset links). This proxy is the edge: the client's own values are replaced, `Forwarded` dropped.
+    proxy_set_header X-Forwarded-For $remote_addr;
+    proxy_set_header X-Real-IP $remote_addr;
+    proxy_set_header X-Forwarded-Host $host{{ port_suffix }};
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Port $server_port;
+    proxy_set_header Forwarded "";
+    # --- end
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection $inkmcp_connection;
     proxy_pass_header Date;
