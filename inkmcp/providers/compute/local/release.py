@@ -314,7 +314,7 @@ class ReleaseRun:
                 if loop.time() >= deadline:
                     raise HealthFailed(
                         f"the app never listened on $PORT={self.port} within {timeout:g}s; make sure it binds "
-                        "0.0.0.0 or 127.0.0.1 on the PORT env var",
+                        "0.0.0.0 or 127.0.0.1 on the PORT env var" + _slow_start(timeout),
                         timed_out=True,
                     ) from None
                 await asyncio.sleep(pause)
@@ -377,7 +377,7 @@ class ReleaseRun:
                     )
                 raise HealthFailed(
                     f"the app never listened on $PORT={self.port} within {timeout:g}s; make sure it binds "
-                    "0.0.0.0 or 127.0.0.1 on the PORT env var",
+                    "0.0.0.0 or 127.0.0.1 on the PORT env var" + _slow_start(timeout),
                     timed_out=True,
                 )
             await asyncio.sleep(listen_poll_pause(now - started))
@@ -436,3 +436,11 @@ def _listening_ports(pids: list[int]) -> list[int]:
             with contextlib.suppress(psutil.Error, OSError):
                 ports.update(c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN)
     return sorted(ports)
+
+
+def _slow_start(timeout: float) -> str:
+    """--- newuser2: an app still running at the health timeout may bind $PORT and only start slowly (a model
+    load, a cache warm-up): "make sure it binds ... $PORT" alone sent the agent checking a bind that was right."""
+    return (f"; its processes were still running, so if it does bind $PORT it starts slower than this server allows "
+            f"({timeout:g}s, INKMCP_HEALTH_TIMEOUT): make it listen first and do slow start-up work after (or in a "
+            "release command)")
