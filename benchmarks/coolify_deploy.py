@@ -387,6 +387,8 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         ("  audit record (after the call)", platform.audit, "record"),
         ("pipeline: _wait_turn", deploys, "_wait_turn"),
         ("pipeline: _load", deploys, "_load"),
+        ("pipeline: _load_first (the rows and the service's older deployments, one statement)", deploys,
+         "_load_first"),
         ("pipeline: _release_request", deploys, "_release_request"),
         ("pipeline: compute.release", compute, "release"),
         ("  _ensure_server (placement)", compute, "_ensure_server"),
