@@ -12,7 +12,10 @@ import re
 from collections.abc import Sequence
 
 _PREFIX = re.compile(r"^[\w.-]+ \| ")
-_NOT_FOUND = re.compile(r"inkmcp: could not run (?P<cmd>\S+): No such file or directory")
+_NOT_FOUND = re.compile(
+    r"inkmcp: could not run (?P<cmd>\S+): No such file or directory"  # the start command's own program
+    r"|^(?:/bin/)?(?:ba)?sh: (?:\d+: |line \d+: )?(?P<cmd2>[\w./@+-]+): (?:command )?not found$"  # npm start's shell
+)
 # Python servers and tools a start command names, each installed from the app's dependencies (its pip name).
 _PYTHON_TOOLS = {
     "gunicorn": "gunicorn", "uvicorn": "uvicorn", "hypercorn": "hypercorn", "daphne": "daphne",
@@ -73,7 +76,7 @@ def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
     hints: list[str] = []
     for text in texts:
         if (m := _NOT_FOUND.search(text)) is not None:
-            hints.append(missing_command_fix(m.group("cmd")))
+            hints.append(missing_command_fix(m.group("cmd") or m.group("cmd2")))
             break
     for text in reversed(texts):
         if (m := _NO_TABLE.search(text)) is not None:

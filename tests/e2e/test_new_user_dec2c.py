@@ -308,3 +308,23 @@ async def test_a_wrong_static_dir_names_where_the_build_wrote(server: ServerProc
         assert "the build's index.html is in 'dist': pass static_dir='dist', or omit static_dir" in head, head
         dep = await deploy_live(s, repo_url=str(repo), static_dir="dist")
         assert via_proxy(server, dep["url"]).text == "<h1>built</h1>"
+
+
+@local_only("reads the local runtime's failure text")
+@pytest.mark.asyncio
+async def test_a_start_script_whose_command_is_missing_names_it(server: ServerProc, repos: Path) -> None:
+    """`npm start` running `nodemon server.js` (a dev tool the app never listed): npm's shell said "sh: 1: nodemon:
+    not found" and the deploy failed "exited with code 127"; the failure now says where the package belongs."""
+    repo = git_repo(repos / "nodemon-start", {
+        "package.json": '{"name": "nodemon-start", "version": "1.0.0", "scripts": {"start": "nodemon server.js"}}\n',
+        "server.js": "require('http').createServer((q, s) => s.end('up')).listen(process.env.PORT);\n",
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        head = await failed_head(s, repo_url=str(repo))
+        assert "Hint: `nodemon` is not installed: add the package that provides it to package.json's dependencies" \
+            in head, head
+        assert "or start with `node <file>`" in head, head
+        git_commit(repo, {"package.json": '{"name": "nodemon-start", "version": "1.0.0", '
+                                          '"scripts": {"start": "node server.js"}}\n'})  # fmt: skip
+        dep = await deploy_live(s, repo_url=str(repo))
+        assert via_proxy(server, dep["url"]).text == "up"

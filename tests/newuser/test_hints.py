@@ -128,3 +128,12 @@ def test_an_app_dir_that_does_not_exist_names_the_ones_that_do(tmp_path: Path) -
         derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
                     port=None, app_dir="packages/web")  # fmt: skip
     assert "directories holding an app: docs-site (index.html), packages/api." in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("web | sh: 1: nodemon: not found", "`nodemon` is not installed: add the package that provides it to package.json"),
+    ("web | /bin/sh: 1: gunicorn: not found", "add gunicorn to the app's Python dependencies"),
+    ("release | bash: line 1: go: command not found", "installs no Go toolchain"),
+])  # fmt: skip
+def test_a_shells_command_not_found_gets_the_same_advice(line: str, says: str) -> None:
+    assert says in (runtime_hint([line], [line]) or "")
