@@ -9,7 +9,16 @@ process, so machine load hits both alike; the figures are medians and the differ
    `files_for` of a small repo already in the mirror, as deploy_app runs it per deploy (`git fetch` that finds
    nothing new, one `cat-file` process resolving the ref, listing the tree and writing the files).
 
+   With `--new-commit`, a new commit is made in the repo before each deploy (outside the timing), so each fetch
+   writes objects, as a redeploy of a changed repo does (overhead8: a no-op fetch did not see that
+   `fetch.unpackLimit=1` made every such fetch write and fsync a pack and its index).
+
     flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 200
+    flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 50 --new-commit
+   `--ab-config fetch.unpackLimit=1`: A = the jail as configured, B = the jail with that `git -c` setting added
+   (same-run A/B of a git setting; e.g. the pack fsyncs of unpackLimit=1, or core.fsync=none).
+    flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 50 --new-commit \
+        --ab-config fetch.unpackLimit=1
 """
 
 from __future__ import annotations
@@ -82,9 +91,17 @@ async def one_deploy(repo: Path, ws: source.SourceWorkspace, checkouts: Path, n:
     shutil.rmtree(dest)
 
 
-async def main(rounds: int, weight: int) -> None:
+def new_commit(repo: Path, n: int) -> None:
+    (repo / "CHANGES").write_text(f"change {n}\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@example.com"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", f"change {n}"], check=True)
+
+
+async def main(rounds: int, weight: int, commits: bool = False, extra: str | None = None) -> None:
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
     root = Path(tempfile.mkdtemp(prefix="inkmcp-gitjail-bench-"))
+    base = source._git_base
     try:
         repo = make_repo(root)
         for d in ("mirrors", "locks", "checkouts"):
@@ -92,6 +109,10 @@ async def main(rounds: int, weight: int) -> None:
         ws = source.SourceWorkspace(mirrors_dir=root / "mirrors", locks_dir=root / "locks", run_as=None)
         env = source._git_env(source._Source(fetch_url="x", display="x", local=True))
         modes = {"A direct": GitSettings(git_jail=False), "B jail": GitSettings(git_jail=True, git_cpu_weight=weight)}
+        if extra is not None:  # A: the jail as it is; B: the jail with `-c extra`
+            modes = {"A direct": GitSettings(git_jail=True, git_cpu_weight=weight),
+                     "B jail": GitSettings(git_jail=True, git_cpu_weight=weight)}
+            print(f"A = the jail as configured, B = the jail with `git -c {extra}`")
         times: dict[str, dict[str, list[tuple[float, float, float]]]] = {
             m: {"process": [], "deploy": []} for m in modes}
         for settings in modes.values():  # warm both paths (the starter starts, the mirror is made)
@@ -101,13 +122,18 @@ async def main(rounds: int, weight: int) -> None:
         for r in range(rounds):
             for mode, settings in (modes.items() if r % 2 == 0 else reversed(modes.items())):
                 set_git_settings(settings)
+                if extra is not None:
+                    source._git_base = (lambda src, _b=base: [*_b(src), "-c", extra]) if mode == "B jail" else base
                 times[mode]["process"].append(await timed(one_process(env)))
+                if commits:
+                    new_commit(repo, 2 * r + (mode == "B jail"))
                 times[mode]["deploy"].append(await timed(one_deploy(repo, ws, root / "checkouts", r + 1)))
         print(f"{rounds} rounds, A and B alternating. wall: median (p90); CPU: mean of InkMCP's process, and of the "
               "git processes (with the starter's own); all in ms")
         for what in ("process", "deploy"):
             a, b = times["A direct"][what], times["B jail"][what]
-            label = "one git process (start, read, exit)" if what == "process" else "one deploy's git work (Coolify)"
+            label = "one git process (start, read, exit)" if what == "process" else "one deploy's git work (Coolify)" \
+                + (", a new commit each" if what == "deploy" and commits else "")
             print(f"  {label}")
             for name, runs in (("A direct", a), ("B jail", b)):
                 wall = [w for w, _, _ in runs]
@@ -121,6 +147,7 @@ async def main(rounds: int, weight: int) -> None:
             print(f"    B-A       wall {dw * 1e3:+7.2f}            CPU InkMCP {dc * 1e3:+6.2f}   git {dg * 1e3:+6.2f}")
         print(f"load average at end: {Path('/proc/loadavg').read_text().strip()}")
     finally:
+        source._git_base = base
         gitjail.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -132,7 +159,11 @@ if __name__ == "__main__":
                         help="B without the cgroup (the starter and the resource limits only): what the group costs")
     parser.add_argument("--weight", type=int, default=GitSettings().git_cpu_weight,
                         help="the git group's CPU weight (INKMCP_GIT_CPU_WEIGHT; default: the setting's)")
+    parser.add_argument("--new-commit", action="store_true",
+                        help="a new commit before each deploy: every fetch writes objects (not a no-op fetch)")
+    parser.add_argument("--ab-config", metavar="KEY=VALUE",
+                        help="A/B a git setting instead of the jail: A the jail as configured, B with `-c KEY=VALUE`")
     args = parser.parse_args()
     if args.no_cgroup:
         gitjail._join_cgroup = lambda pid, limits: ("", [])  # type: ignore[assignment]
-    asyncio.run(main(args.rounds, args.weight))
+    asyncio.run(main(args.rounds, args.weight, args.new_commit, args.ab_config))
