@@ -328,3 +328,23 @@ async def test_a_start_script_whose_command_is_missing_names_it(server: ServerPr
                                           '"scripts": {"start": "node server.js"}}\n'})  # fmt: skip
         dep = await deploy_live(s, repo_url=str(repo))
         assert via_proxy(server, dep["url"]).text == "up"
+
+
+@local_only("reads the local runtime's failure text")
+@pytest.mark.asyncio
+async def test_flasks_development_server_is_answered_with_the_production_command(
+        server: ServerProc, repos: Path) -> None:  # fmt: skip
+    """start_command='flask run' listens on 127.0.0.1:5000: the failure said "pass port=5000 to deploy_app", which
+    works only until another service of the machine takes 5000, and runs the development server. The failure now
+    names the production command, which goes live."""
+    repo = git_repo(repos / "flask-run", {
+        "requirements.txt": "flask\ngunicorn\n",
+        "app.py": "from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.get('/')\ndef i():\n    return 'prod'\n",
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        head = await failed_head(s, repo_url=str(repo), start_command="flask run")
+        assert "this is Flask's development server" in head, head
+        command = "gunicorn app:app --bind 0.0.0.0:$PORT"
+        assert f"start_command='{command}'" in head, head
+        dep = await deploy_live(s, repo_url=str(repo), start_command=command)
+        assert via_proxy(server, dep["url"]).text == "prod"

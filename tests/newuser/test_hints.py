@@ -137,3 +137,12 @@ def test_an_app_dir_that_does_not_exist_names_the_ones_that_do(tmp_path: Path) -
 ])  # fmt: skip
 def test_a_shells_command_not_found_gets_the_same_advice(line: str, says: str) -> None:
     assert says in (runtime_hint([line], [line]) or "")
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("web | WARNING: This is a development server. Do not use it in a production deployment.", "gunicorn app:app"),
+    ("web | Starting development server at http://127.0.0.1:8000/", "gunicorn <project>.wsgi"),
+    ("web |   ➜  Network: use --host to expose", "serves what it writes (dist/)"),
+])  # fmt: skip
+def test_a_development_server_is_named_with_the_production_command(line: str, says: str) -> None:
+    assert says in (runtime_hint([line], [line]) or "")
