@@ -100,15 +100,25 @@ def check_data_dir(report: DoctorReport, settings: Settings) -> bool:
     return True
 
 
-def check_serve(report: DoctorReport, settings: Settings) -> tuple[int, str] | None:
-    from inkmcp.serve import running_address
-
-    running = running_address(settings.data_dir)
-    if running is None:
+def check_serve(report: DoctorReport, settings: Settings) -> int | None:
+    """Whether an `inkmcp serve` holds this data dir: the flock it holds on `serve.lock` while serving
+    (`app._hold_serve_lock`), looked up in /proc/locks (never taken here: a serve starting at that instant would
+    find it held and refuse to start). The holder's pid, or None."""
+    lock = settings.data_dir / "serve.lock"
+    try:
+        st = lock.stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:  # never served here (or no /proc/locks: said as not running)
         report.add("inkmcp serve", Status.ok, f"not running on {settings.data_dir}")
-    else:
-        report.add("inkmcp serve", Status.ok, f"running (pid {running[0]}) at {running[1]}")
-    return running
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in locks.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            report.add("inkmcp serve", Status.ok, f"running on {settings.data_dir} (pid {fields[4]})")
+            return int(fields[4])
+    report.add("inkmcp serve", Status.ok, f"not running on {settings.data_dir}")
+    return None
 
 
 def check_ports(report: DoctorReport, settings: Settings) -> None:

@@ -134,3 +134,25 @@ def test_coolify_settings_select_the_coolify_checks() -> None:
     done = subprocess.run([sys.executable, "-m", "inkmcp.cli", "doctor"], env=env, capture_output=True, text=True,
                           timeout=60, cwd=REPO)  # fmt: skip
     assert done.returncode == 2 and "--url needs --token" in done.stderr, done.stdout + done.stderr
+
+
+def test_ports_held_by_this_data_dirs_serve_are_not_a_failure(data_dir: Path) -> None:
+    """While a serve holds the data dir (its flock on serve.lock, taken here the way `app._hold_serve_lock` takes
+    it), its ports are in use by it: the doctor names the holder and does not fail them."""
+    import fcntl
+
+    data_dir.mkdir(parents=True)
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with socket.socket() as mcp:
+        mcp.bind(("127.0.0.1", 0))
+        mcp.listen()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, str(os.getpid()).encode())
+            code, rows = doctor(_env(data_dir, INKMCP_PORT=str(mcp.getsockname()[1])))
+        finally:
+            os.close(fd)
+        assert rows["inkmcp serve"][1] == f"running on {data_dir} (pid {os.getpid()})", rows["inkmcp serve"]
+        assert "MCP port" not in rows and "proxy port" not in rows and code == 0, rows
+        code, rows = doctor(_env(data_dir, INKMCP_PORT=str(mcp.getsockname()[1])))  # lock gone: the port is taken
+    assert code == 1 and rows["MCP port"][0] == "fail" and "not running" in rows["inkmcp serve"][1], rows
