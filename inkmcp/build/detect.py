@@ -723,6 +723,34 @@ def _workspace_apps(files: _Files) -> list[str]:
 # --- end newuser2
 
 
+def _code_in_subdirectory(files: _Files) -> tuple[str, str] | None:
+    """--- newuser2: (directory, start command) when the root lists the dependencies (requirements.txt with gunicorn)
+    and the app object is in a first-level subdirectory (backend/app.py): app_dir there would lose the root's
+    requirements, so the command runs from the root with the server's own directory switch."""
+    if files.root != files.checkout or not files.is_python:
+        return None
+    for directory, _marker in _app_subdirectories(files.root)[:10]:
+        sub = _Files(root=files.root / directory, checkout=files.checkout, python_deps=files.python_deps,
+                     is_python=True)  # fmt: skip
+        app = _find_app_object(sub)
+        command = _server_command(sub, app) if app is not None else None
+        if command is None:
+            continue
+        if command.startswith("gunicorn "):
+            return directory, command.replace("gunicorn ", f"gunicorn --chdir {directory} ", 1)
+        if command.startswith("uvicorn "):
+            return directory, command.replace("uvicorn ", f"uvicorn --app-dir {directory} ", 1)
+    return None
+
+
+def _root_dependencies(files: _Files) -> str | None:
+    """--- newuser2: the dependency file of the repo root when app_dir points below it and has none of its own."""
+    if files.root == files.checkout or files.is_python:
+        return None
+    return next((name for name in ("requirements.txt", "pyproject.toml", "Pipfile")
+                 if (files.checkout / name).is_file()), None)  # fmt: skip
+
+
 def _nothing_found(files: _Files, platform: PlatformService, service_name: str) -> BuildPlanError:
     """The error when nothing says how to run the app: what was looked for, what was found, what to pass."""
     foreign = _foreign_language(files)
@@ -758,6 +786,15 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
     packaged = _packaged_app_command(files) if files.is_python else None
     if packaged is not None:
         fix = f"pass start_command={packaged[0]!r} (found {packaged[1]}), or add a Procfile with that `web:` line"
+    if (below := _code_in_subdirectory(files)) is not None and not entries:  # --- newuser2
+        fix = (f"the dependencies are at the root and the app in {below[0]}/: pass start_command={below[1]!r} and no "
+               f"app_dir (so the root's {', '.join(n for n in _SHOWN_FILES if files.exists(n))} is installed), or "
+               f"{fix}")
+    elif (deps := _root_dependencies(files)) is not None and bare_app is not None:  # --- newuser2
+        fix = (f"the repo root's {deps} is not read for app_dir {files.root.relative_to(files.checkout).as_posix()!r}:"
+               f" omit app_dir and pass start_command naming the directory, e.g. "
+               f"'gunicorn --chdir {files.root.relative_to(files.checkout).as_posix()} {bare_app.module}:"
+               f"{bare_app.attr} --bind 0.0.0.0:$PORT' (or uvicorn's --app-dir), or {fix}")
     if files.exists("Dockerfile"):
         fix += "; InkMCP builds from source and does not run the Dockerfile: pass its CMD as start_command"
     # --- mcpbudget (issue 13): deploy_app's app_dir has no description in tools/list (budget); the hint is here
@@ -774,7 +811,7 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
             fix = (f"this is a workspaces root: pass app_dir as one of {', '.join(workspaces)} (the install runs "
                    f"from this root's lock file), with a service_name per app (e.g. app_dir={workspaces[0]!r}, "
                    f"service_name={_service_name_for(PurePosixPath(workspaces[0]).name)!r}); or {fix}")
-        else:
+        elif below is None:
             fix += "; if the app is in a subdirectory (a monorepo), pass app_dir (that directory)"
     # --- end
     return BuildPlanError(

@@ -348,3 +348,27 @@ async def test_flasks_development_server_is_answered_with_the_production_command
         assert f"start_command='{command}'" in head, head
         dep = await deploy_live(s, repo_url=str(repo), start_command=command)
         assert via_proxy(server, dep["url"]).text == "prod"
+
+
+@local_only("detection is the provider-independent build plan; one provider shows it")
+@pytest.mark.asyncio
+async def test_root_dependencies_with_the_app_in_a_subdirectory(server: ServerProc, repos: Path) -> None:
+    """requirements.txt (flask, gunicorn) at the root, the Flask app in backend/app.py: at the root the refusal said
+    "Found: requirements.txt ... if the app is in a subdirectory, pass app_dir"; with app_dir='backend' it said
+    "there is no requirements.txt" (the root's is not read there). Either way the agent had no call that works.
+    Both refusals now give the command that runs the app from the root, which goes live."""
+    repo = git_repo(repos / "py-backend-dir", {
+        "requirements.txt": "flask\ngunicorn\n",
+        "backend/app.py": "from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.get('/')\ndef i():\n"
+                          "    return 'from backend'\n",
+    })  # fmt: skip
+    command = "gunicorn --chdir backend app:app --bind 0.0.0.0:$PORT"
+    async with mcp_session(server, server.keys["alice"]) as s:
+        error = await call_error(s, "deploy_app", repo_url=str(repo))
+        assert f"the dependencies are at the root and the app in backend/: pass start_command={command!r}" in error
+        assert "pass app_dir (that directory)" not in error, error
+        error = await call_error(s, "deploy_app", repo_url=str(repo), app_dir="backend")
+        assert "the repo root's requirements.txt is not read for app_dir 'backend'" in error, error
+        assert command in error, error
+        dep = await deploy_live(s, repo_url=str(repo), start_command=command)
+        assert via_proxy(server, dep["url"]).text == "from backend"
