@@ -11,7 +11,15 @@ from __future__ import annotations
 import random
 import socket
 
+from inkmcp.errors import ProviderError
+
 DEFAULT_RANGE = (20000, 30000)
+
+
+class NoFreePort(ProviderError):
+    """Every port of the range is bound (redteam2: one tenant's app bound all 9,982 free ones with plain bind()
+    calls, and every account's deploy, env restart and wake then failed with a bare "Error executing tool"). The
+    loopback is shared, so that is not preventable here; the agent and the operator are told what happened."""
 
 
 def port_is_free(port: int, *, reuse: bool = False) -> bool:
@@ -53,7 +61,12 @@ class PortAllocator:
             if port_is_free(port):
                 self._reserved.add(port)
                 return port
-        raise RuntimeError(f"no free port in {self._low}-{self._high - 1}")
+        raise NoFreePort(
+            f"no free port for the app's $PORT on this machine: every port of {self._low}-{self._high - 1} is bound "
+            "by some process; nothing was changed",
+            fix="retry in a few minutes; if it persists, ask the operator: some process on the machine holds the "
+            "whole range (list them with `ss -tanp state bound-inactive`, iproute2 6.5+)",
+        )
 
     def reserve(self, port: int) -> None:
         """Mark a fixed port (BuildPlan.port) as taken by us."""

@@ -51,7 +51,7 @@ from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, 
 from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
 from inkmcp.providers.compute.local.logs import OutputBudget, RotatingLog, tail_lines
 from inkmcp.providers.compute.local.nginx import make_proxy
-from inkmcp.providers.compute.local.ports import PortAllocator, port_is_free
+from inkmcp.providers.compute.local.ports import NoFreePort, PortAllocator, port_is_free
 from inkmcp.providers.compute.local.proxy import Route, RouteConflict, WakeFailed
 from inkmcp.providers.compute.local.readiness import LiveSettings
 from inkmcp.providers.compute.local.release import STATIC_PROCESS, HealthFailed, ReleaseMeta, ReleaseRun, inside
@@ -758,7 +758,11 @@ class LocalComputeProvider:
             live = svc.live
             if self._closing or svc.removed or live is None or live.run is not crashed:
                 return
-            port = self.ports.allocate()
+            try:
+                port = self.ports.allocate()
+            except NoFreePort as exc:
+                svc.log.write(f"web | [inkmcp] could not restart on a new port: {exc.message}")
+                continue
             run = self._make_run(svc, live, port)
             switched = False
             try:
