@@ -36,6 +36,7 @@ from tests.support import (
     make_server,
     mcp_session,
     traversable_tmpdir,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -101,14 +102,8 @@ def get(server: ServerProc, url: str) -> httpx.Response:
 
 
 async def until(what: str, check: Any, timeout: float = 30.0, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    """`tests.support.wait_for`, the thing waited for named first (it reads as the sentence)."""
+    return await wait_for(check, timeout, what, every)
 
 
 async def test_credits_run_out_refuse_sleep_and_come_back_with_a_top_up(
