@@ -55,5 +55,5 @@ def test_a_range_bound_by_another_process_is_refused_with_an_actionable_error(he
         PortAllocator((low, high)).allocate()
     err = refused.value
     assert isinstance(err, InkError), type(err)  # reaches the agent as a tool error, not "Error executing tool"
-    assert f"every port of {low}-{high - 1} is bound" in err.message and "nothing was changed" in err.message
+    assert f"every port of {low}-{high - 1} is bound" in err.message and "could be started" in err.message
     assert err.fix is not None and "retry" in err.fix and "operator" in err.fix

@@ -63,7 +63,7 @@ class PortAllocator:
                 return port
         raise NoFreePort(
             f"no free port for the app's $PORT on this machine: every port of {self._low}-{self._high - 1} is bound "
-            "by some process; nothing was changed",
+            "by some process, so no process of the service could be started",
             fix="retry in a few minutes; if it persists, ask the operator: some process on the machine holds the "
             "whole range (list them with `ss -tanp state bound-inactive`, iproute2 6.5+)",
         )
