@@ -868,6 +868,8 @@ async def run_build(
         # For a build_command's own installer: uv sync and poetry install target this venv, not ./.venv.
         runner.env = {**build_env, **output.env, "UV_PROJECT_ENVIRONMENT": str(venv),
                       "POETRY_VIRTUALENVS_CREATE": "false", "PIPENV_VERBOSITY": "-1"}  # fmt: skip
+        if cache_dir is not None and "UV_LINK_MODE" not in runner.env and not same_mount(cache_dir, venv_root):
+            runner.env["UV_LINK_MODE"] = "copy"  # --- newuser2: a build_command's `uv sync` too (see _python_deps)
     elif plan.stack == Stack.node:
         # Which node (engines.node) and which installer (lock file): inkmcp.build.node_install.
         setup = await prepare_node(

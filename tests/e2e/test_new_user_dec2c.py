@@ -372,3 +372,21 @@ async def test_root_dependencies_with_the_app_in_a_subdirectory(server: ServerPr
         assert command in error, error
         dep = await deploy_live(s, repo_url=str(repo), start_command=command)
         assert via_proxy(server, dep["url"]).text == "from backend"
+
+
+@local_only("reads the local build's log")
+@pytest.mark.asyncio
+async def test_a_build_commands_own_uv_install_prints_no_hardlink_warning(server: ServerProc, repos: Path) -> None:
+    """build_command='uv pip install -r requirements.txt' (replacing InkMCP's install): as root every such build
+    logged uv's three-line "Failed to hardlink files; falling back to full copy" (the project's cache and the
+    service's virtualenvs are separate mounts). UV_LINK_MODE=copy is set for it there now; the app goes live."""
+    repo = git_repo(repos / "own-uv", {
+        "requirements.txt": "flask\ngunicorn\n",
+        "app.py": "from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.get('/')\ndef i():\n    return 'uv'\n",
+    })  # fmt: skip
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), build_command="uv pip install -r requirements.txt")
+        assert via_proxy(server, dep["url"]).text == "uv"
+        logs = await call(s, "get_logs", project_name="own-uv", scope="build", tail=200)
+        assert any("uv pip install -r requirements.txt" in line for line in logs["lines"]), logs
+        assert not any("Failed to hardlink" in line for line in logs["lines"]), logs
