@@ -9,6 +9,7 @@ the embedded control-plane server it had to start for the check is stopped again
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -32,10 +33,25 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _quiet_port() -> int:
+    """A free port below the kernel's ephemeral range (and the provider's app ports, 20000-30000): `free_port`'s
+    ephemeral port can be handed to any outgoing connection before the doctor checks it (CI run 31's race), and
+    the fit machine's "port free" row would then fail for a reason that is not the machine's."""
+    for _ in range(100):
+        port = random.randint(10000, 15999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INKMCP_")}
-    return {**env, "INKMCP_DATA_DIR": str(data_dir), "INKMCP_PORT": str(free_port()),
-            "INKMCP_PROXY_PORT": str(free_port()), "COLUMNS": "400", **extra}  # fmt: skip
+    return {**env, "INKMCP_DATA_DIR": str(data_dir), "INKMCP_PORT": str(_quiet_port()),
+            "INKMCP_PROXY_PORT": str(_quiet_port()), "COLUMNS": "400", **extra}  # fmt: skip
 
 
 def doctor(env: dict[str, str], *prefix: str) -> tuple[int, dict[str, tuple[str, str, str]]]:
