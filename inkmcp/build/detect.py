@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
 from inkmcp.build.manifest import Manifest, ServiceEntry, load_manifest, read_repo_text
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack, check_mode
 from inkmcp.build.platform_files import PlatformService, load_platform_files
@@ -697,6 +699,12 @@ def _workspace_apps(files: _Files) -> list[str]:
     """npm/yarn/pnpm workspace directories (package.json `workspaces`) whose package.json has a start script."""
     spec = (files.package_json or {}).get("workspaces")
     patterns = spec.get("packages") if isinstance(spec, dict) else spec
+    if not isinstance(patterns, list) and (pnpm := files.text("pnpm-workspace.yaml")) is not None:
+        try:  # pnpm keeps its workspaces in pnpm-workspace.yaml, not package.json
+            loaded = yaml.safe_load(pnpm)
+        except yaml.YAMLError:
+            loaded = None
+        patterns = loaded.get("packages") if isinstance(loaded, dict) else None
     if not isinstance(patterns, list):
         return []
     found: list[str] = []

@@ -146,3 +146,12 @@ def test_a_shells_command_not_found_gets_the_same_advice(line: str, says: str) -
 ])  # fmt: skip
 def test_a_development_server_is_named_with_the_production_command(line: str, says: str) -> None:
     assert says in (runtime_hint([line], [line]) or "")
+
+
+def test_a_pnpm_workspace_root_names_its_apps(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text('{"private": true}')
+    (tmp_path / "pnpm-workspace.yaml").write_text("packages:\n  - 'apps/*'\n")
+    for name, scripts in (("web", '{"build": "vite build"}'), ("api", '{"start": "node s.js"}'), ("lib", "{}")):
+        (tmp_path / "apps" / name).mkdir(parents=True)
+        (tmp_path / "apps" / name / "package.json").write_text(f'{{"scripts": {scripts}}}')
+    assert "this is a workspaces root: pass app_dir as one of apps/api, apps/web" in _plan_error(tmp_path)
