@@ -40,6 +40,8 @@ from urllib.parse import quote
 import psutil
 from pydantic import SecretStr
 
+from inkmcp.store import tenant_memory
+
 log = logging.getLogger(__name__)
 
 PG_MAJOR = 18
@@ -144,6 +146,10 @@ class EmbeddedPostgres:
         )
         self.socket_dir = _socket_dir_for(self.pgdata)
         self.log_file = self.pgdata / "server.log"
+        if port is not None:  # --- tenantdisk2: a tenant server logs onto a small disk of its own (tenant_disks.py)
+            from inkmcp.store.tenant_disks import log_file
+
+            self.log_file = log_file(self.pgdata) or self.log_file
         self._lock_file = self.pgdata.with_name(self.pgdata.name + ".lock")
         self._bin = _bin_dir()
         self._user: pwd.struct_passwd | None = None
@@ -183,17 +189,28 @@ class EmbeddedPostgres:
                 mount_tablespaces(self.pgdata)
             # --- end tenantdisk
             pid = self._running_pid()
-            if pid is not None and not self._matches_config():
+            if pid is not None and not (self._matches_config() and self._matches_memory_limit(pid)):
                 log.info("embedded postgres %s runs with other settings; restarting", self.pgdata)
                 self._pg_ctl_stop()
                 pid = None
             if pid is None:
                 self._clear_stale_pid_file()
+                # --- tenantdisk2: crash recovery may write more than the tablespaces hold: their headroom is free
+                # while the server starts, and held again once it is ready (store/tenant_disks.py)
+                if self.port is not None:
+                    from inkmcp.store.tenant_disks import release_headroom
+
+                    release_headroom(self.pgdata)
+                # --- end tenantdisk2
                 self._pg_ctl_start()
             else:
                 # Adopted: pick up pg_hba.conf changes without a restart.
                 self._run([str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "reload"], check=False)
             self._wait_ready()
+            if self.port is not None:  # --- tenantdisk2 (above)
+                from inkmcp.store.tenant_disks import keep_headroom
+
+                keep_headroom(self.pgdata)
             if password is not None:
                 self._set_superuser_password(password)
             # --- pglimits: a TCP server is a tenant server; its backends run tenants' queries outside their
@@ -341,11 +358,13 @@ class EmbeddedPostgres:
             "log_min_error_statement = panic\n"  # never echo failing statements (may hold passwords)
         )
         if self.port is not None:
-            # --- tenantdisk: a tenant's `RAISE WARNING` (or LOG, or an uncaught EXCEPTION) of any size, in a loop, went
-            # to server.log on the data dir's filesystem, past every tenant disk limit; FATAL and PANIC (start-up
-            # failures, the server's own) are still logged, tenant code cannot raise those
-            conf += "log_min_messages = fatal\n"
-            # --- end tenantdisk
+            # --- tenantdisk2: the server's own messages at PostgreSQL's default level (a backend's OOM kill, a failed
+            # checkpoint or recovery); tenant roles log only FATAL (set on each role by the provider) and the log is on
+            # a small disk of its own; WAL bounded (crash recovery's room): store/tenant_disks.py
+            from inkmcp.store.tenant_disks import server_config
+
+            conf += server_config()
+            # --- end tenantdisk2
         self._write_file(self.pgdata / "inkmcp.conf", conf)
         hba = (
             "# Written by InkMCP on every start; edits are overwritten.\n"
@@ -477,10 +496,53 @@ class EmbeddedPostgres:
                 log.warning("embedded postgres %s: removing stale %s", self.pgdata, path.name)
                 path.unlink(missing_ok=True)
 
+    # --- pgmemory (store/tenant_memory.py): every backend of a tenant server under an address-space limit
+    _LIMIT_FILE = "inkmcp-memory-limit"
+
+    def _memory_limit(self) -> int | None:
+        """The tenant server's per-process limit, computed before it starts (and recorded in the data dir, so an
+        adopting start can tell whether the running server has it). None: not a tenant server, or no limit."""
+        if self.port is None:
+            return None
+        from inkmcp.settings import TenantPostgresSettings
+        from inkmcp.store.tenant_server import default_caps
+
+        settings = TenantPostgresSettings()
+        budget = tenant_memory.backend_budget_mb(settings.backend_memory_mb,
+                                                 default_caps(settings.cpus, settings.memory_mb)[1])
+        shown = self._run([str(self._bin / "postgres"), "-D", str(self.pgdata), "-C", "shared_memory_size"],
+                          check=False)
+        shm = tenant_memory.parse_shared_memory_mb(shown.stdout) if shown.returncode == 0 else None
+        limit = tenant_memory.address_space_limit(shm, budget) if shm is not None else None
+        if shm is None:
+            log.warning("embedded postgres %s: shared memory size unknown (%s); its backends run without a memory "
+                        "limit of their own", self.pgdata, shown.stdout.strip()[:200])
+        self._write_file(self.pgdata / self._LIMIT_FILE, f"{limit or 0} {budget}\n")
+        return limit
+
+    def _matches_memory_limit(self, pid: int) -> bool:
+        """A running tenant server has the limit this configuration gives (the one recorded at its start, if the
+        budget is unchanged); a server started before this existed has none and is restarted once."""
+        if self.port is None:
+            return True
+        from inkmcp.settings import TenantPostgresSettings
+        from inkmcp.store.tenant_server import default_caps
+
+        settings = TenantPostgresSettings()
+        budget = tenant_memory.backend_budget_mb(settings.backend_memory_mb,
+                                                 default_caps(settings.cpus, settings.memory_mb)[1])
+        try:
+            recorded, recorded_budget = (int(x) for x in (self.pgdata / self._LIMIT_FILE).read_text().split())
+        except (OSError, ValueError):
+            return False
+        return recorded_budget == budget and tenant_memory.address_space_limit_of(pid) == (recorded or None)
+    # --- end pgmemory
+
     def _pg_ctl_start(self) -> None:
         t0 = time.monotonic()
         argv = [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_file),
                 "-w", "-t", str(_START_TIMEOUT_S), "start"]
+        argv = tenant_memory.limited_argv(argv, self._memory_limit())  # pgmemory: a tenant server's backends
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             proc = self._run(argv, check=False, timeout=_START_TIMEOUT_S + 10)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inkmcp.errors import ProviderError
 from inkmcp.providers.compute.local.diskquota import NamedDisks
 
 if TYPE_CHECKING:
@@ -77,6 +78,12 @@ class TenantDiskSettings(BaseSettings):
         "released to the server's crash recovery (which writes more than the files hold); twice the tenant server's "
         f"max_wal_size ({MAX_WAL_MB} MiB) covers it. 0: none (a tenant that fills its disk can then keep the shared "
         "server from coming back after a crash)",
+    )  # fmt: skip
+    tenant_pg_log_mb: int = Field(
+        default=64, ge=0,
+        description="the embedded tenant PostgreSQL server's own log (server.log) is on an ext4 image of this size, "
+        "so no tenant can fill the host's disk through it (root only); trimmed to its newest lines at each start "
+        "and while `inkmcp serve` runs. 0: not limited",
     )  # fmt: skip
 
 
@@ -119,6 +126,7 @@ def server_disks(pgdata: Path) -> NamedDisks | None:
 def mount_tablespaces(pgdata: Path) -> int:
     """Before the tenant server starts: every tenant database's image mounted (its tablespace reachable). A server
     started without them would fail its crash recovery, or its tenants' first queries, for want of their files."""
+    prepare_log(pgdata)
     disks = server_disks(pgdata)
     if disks is None or not disks.names():
         return 0
@@ -151,9 +159,91 @@ def keep_headroom(pgdata: Path) -> int:
 
 
 def unmount_tablespaces(pgdata: Path) -> int:
-    """After the tenant server stopped: its tenant databases' images unmounted."""
+    """After the tenant server stopped: its tenant databases' images unmounted (and its log's)."""
     disks = server_disks(pgdata)
-    return 0 if disks is None else disks.unmount_all()
+    if disks is None:
+        return 0
+    logs = log_disk(pgdata.absolute().parent.parent)
+    return disks.unmount_all() + logs.unmount_all()
+
+
+# --- the tenant server's own log, on a small image of its own ------------------------------------------------------
+# Why (tenantdisk2): `log_min_messages = fatal` kept a tenant's RAISE loops out of server.log, and with them the
+# server's own LOG and ERROR lines (a backend's OOM kill, a failed checkpoint, a failed crash recovery's cause). Now
+# the server logs at PostgreSQL's default level (WARNING), every tenant ROLE has `log_min_messages = fatal` (set by
+# the superuser; a tenant cannot reset it: it is a superuser-only parameter), so its own sessions' RAISEs are not
+# logged; what a tenant can still get logged (an autovacuum worker evaluating its index expressions, connection
+# attempts) lands on this image: full means lines lost, never the host's disk. Trimmed to its newest part at each
+# start and by `supervise`.
+
+LOG_KIND = "tenant-pg-log"
+LOG_NAME = "server"
+LOG_KEEP = 2**20  # bytes of the newest lines kept in server.log.1 when server.log is trimmed
+
+
+def log_disk(data_dir: Path, settings: TenantDiskSettings | None = None) -> NamedDisks:
+    """The image holding the tenant server's log (`<data>/pg/logs/server/`)."""
+    if settings is None:
+        from inkmcp.errors import settings_from_env
+
+        settings = settings_from_env(TenantDiskSettings, "INKMCP_", "inkmcp/store/tenant_disks.py")
+    return NamedDisks(Path(data_dir) / "compute", LOG_KIND, Path(data_dir) / "pg" / "logs",
+                      size_mb=settings.tenant_pg_log_mb, setting="INKMCP_TENANT_PG_LOG_MB",
+                      what="tenant server log", owner=_server_user(), inner=None)  # fmt: skip
+
+
+def log_file(pgdata: Path) -> Path | None:
+    """Where the data dir's tenant server on `pgdata` logs; None for any other server (its pgdata/server.log)."""
+    pgdata = Path(pgdata).absolute()
+    if pgdata.name != "tenants" or pgdata.parent.name != "pg":
+        return None
+    return pgdata.parent / "logs" / LOG_NAME / "server.log"
+
+
+def prepare_log(pgdata: Path) -> None:
+    """Before the tenant server starts: its log's image mounted (created the first time; refused by the host's
+    admission or without root it is a plain directory, unlimited, said in the log), trimmed, and
+    `pgdata/server.log` a link to it (where older InkMCPs and operators look)."""
+    path = log_file(pgdata)
+    if path is None:
+        return
+    disks = log_disk(pgdata.absolute().parent.parent)
+    try:
+        if disks.ensure(LOG_NAME) is None:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if (owner := _server_user()) is not None:
+                os.chown(path.parent, *owner)
+    except (OSError, ProviderError) as exc:
+        log.warning("the tenant server's log has no disk of its own (%s); it is on the data dir's filesystem", exc)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if (owner := _server_user()) is not None:
+            os.chown(path.parent, *owner)
+    trim_log(path, disks.size_mb * 2**20 // 2 if disks.enforced else 64 * 2**20)
+    old = Path(pgdata).absolute() / "server.log"
+    if old.is_symlink():
+        return
+    if old.exists():  # a log from before: kept beside, out of the way
+        os.replace(old, old.with_name("server.log.before-log-disk"))
+    old.symlink_to(path)
+
+
+def trim_log(path: Path, limit: int) -> bool:
+    """Above `limit` bytes: the newest LOG_KEEP bytes copied to `server.log.1`, server.log emptied in place (the
+    server appends, O_APPEND, so it goes on at the new end). True when trimmed."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size <= limit:
+        return False
+    with open(path, "rb") as f:
+        f.seek(max(0, size - LOG_KEEP))
+        tail = f.read(LOG_KEEP)
+    rotated = path.with_name(path.name + ".1")
+    rotated.write_bytes(tail)
+    os.truncate(path, 0)
+    log.info("trimmed the tenant server's log %s (%d MiB; its newest MiB is in %s)", path, size // 2**20, rotated)
+    return True
 
 
 async def supervise(server: EmbeddedPostgres, interval: float = 2.0, headroom_every: int = 5) -> None:
@@ -172,6 +262,9 @@ async def supervise(server: EmbeddedPostgres, interval: float = 2.0, headroom_ev
                 log.warning("the tenant PostgreSQL server %s runs again (pid %s)", server.pgdata, server.pid)
             elif rounds % headroom_every == 0:
                 await asyncio.to_thread(keep_headroom, server.pgdata)
+                if (path := log_file(server.pgdata)) is not None:
+                    limit = log_disk(server.pgdata.parent.parent).size_mb * 2**20 // 2 or 64 * 2**20
+                    await asyncio.to_thread(trim_log, path, limit)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # logged; the next round tries again

@@ -198,6 +198,7 @@ class PostgresDatabaseProvider:
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             await conn.execute(sql.SQL("{} {} WITH {}").format(verb, role, options))
             await self._set_role_limits(conn, ident, tier)
+            await self._quiet(conn, ident)  # --- tenantdisk2
             db_exists = await (
                 await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ident,))
             ).fetchone()
@@ -302,6 +303,20 @@ class PostgresDatabaseProvider:
                             self.tablespaces.size_mb if self.tablespaces else "?", e.diag.message_primary or e)
                 return False
 
+    async def _quiet(self, conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str) -> bool:
+        """--- tenantdisk2: on the embedded server, the role's sessions log only FATAL (`log_min_messages`, a
+        superuser-only parameter: the tenant can neither SET nor RESET it), so its RAISE loops never reach the server's
+        log while the server's own messages do (store/tenant_disks.py). True when it was set now."""
+        if self.tablespaces is None:
+            return False
+        cur = await conn.execute("SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON s.setrole = r.oid WHERE "
+                                 "r.rolname = %s AND s.setdatabase = 0 AND 'log_min_messages=fatal' = ANY(s.setconfig)",
+                                 (ident,))  # fmt: skip
+        if await cur.fetchone() is not None:
+            return False
+        await conn.execute(sql.SQL("ALTER ROLE {} SET log_min_messages = 'fatal'").format(sql.Identifier(ident)))
+        return True
+
     # --- end tenantdisk
 
     def connection_limit(self, tier: Tier) -> int:
@@ -351,6 +366,7 @@ class PostgresDatabaseProvider:
             if row is None:
                 return False
             changed = await self._set_role_limits(conn, ident, tier)
+            changed = await self._quiet(conn, ident) or changed  # --- tenantdisk2
             try:  # --- tenantdisk: a database from before moves onto its own disk
                 location = await self._disk(ident)
             except ProviderError as e:  # the host cannot hold its image: it stays where it is, the limits still apply

@@ -325,11 +325,14 @@ class ProjectDisks:
         finally:
             os.close(fd)
         try:
-            _run(["mkfs.ext4", "-q", "-F", "-m", str(RESERVED_PERCENT), "-E",
+            _run(["mkfs.ext4", "-q", "-F", *self._mkfs_options(), "-E",
                   "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", str(tmp)])
             os.replace(tmp, image)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _mkfs_options(self) -> list[str]:
+        return ["-m", str(RESERVED_PERCENT)]
 
     def _admit_and_create(self, name: str, image: Path) -> None:
         """Admission and creation as one step for every InkMCP process on this data dir (`serve` replicas, the
@@ -576,6 +579,15 @@ class NamedDisks(ProjectDisks):
     def image_mb(self) -> int:
         return self.size_mb + self.headroom_mb
 
+    def _mkfs_options(self) -> list[str]:
+        """With headroom, what the owner may fill stays about what `size_mb` alone gave (48 MiB: 39 MiB, was 38; 1024:
+        957, was 937): the headroom is the root reserve (no ext4 one), and inodes and journal are sized for `size_mb`
+        (mke2fs's defaults grow with the image: 48 + 128 MiB left the tenant 28 MiB)."""
+        if self.headroom_mb <= 0:
+            return super()._mkfs_options()
+        return ["-m", "0", "-T", "default", "-N", str(max(16384, self.size_mb * 64)),
+                "-J", f"size={_journal_mb(self.size_mb)}"]
+
     @contextlib.contextmanager
     def _locked(self, project_id: str) -> Iterator[None]:
         # the compute dir as the local provider makes it (0711: tenants traverse it), perhaps before it ran
@@ -702,6 +714,15 @@ class NamedDisks(ProjectDisks):
                 log.info("%s %s: its %d MiB headroom is held again", self.what, name, self.headroom_mb)
             self._short[name] = short
         return held
+
+
+def _journal_mb(size_mb: int) -> int:
+    """mke2fs's default journal size for a filesystem of `size_mb` (4 KiB blocks; ext2fs_default_journal_size)."""
+    blocks = size_mb * 256
+    for limit, journal in ((32768, 4), (256 * 1024, 16), (512 * 1024, 32), (4096 * 1024, 64), (8192 * 1024, 128)):
+        if blocks < limit:
+            return journal
+    return 256
 
 
 def unmount_patiently(target: Path, wait: float = 2.0) -> None:
