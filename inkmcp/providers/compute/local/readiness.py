@@ -63,6 +63,7 @@ class Listener:
     address: bytes  # 4 or 16 bytes, network order
     port: int
     uid: int
+    inode: int = 0  # --- redteam2 (portguard): the socket's inode, to find the process holding it
 
     @property
     def reaches_loopback_v4(self) -> bool:
@@ -196,8 +197,8 @@ def _parse(data: bytes, body: int) -> Listener:
     sport = struct.unpack_from("!H", data, body + 4)[0]
     address = bytes(data[body + 8 : body + 8 + (4 if family == socket.AF_INET else 16)])
     # after the sockid (48 bytes): expires, rqueue, wqueue, uid, inode
-    uid = struct.unpack_from("=I", data, body + 4 + 48 + 12)[0]
-    return Listener(family=family, address=address, port=sport, uid=uid)
+    uid, inode = struct.unpack_from("=II", data, body + 4 + 48 + 12)
+    return Listener(family=family, address=address, port=sport, uid=uid, inode=inode)
 
 
 class LiveSettings(BaseSettings):
