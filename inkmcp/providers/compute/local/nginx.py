@@ -160,7 +160,7 @@ http {
     uwsgi_temp_path {{ dir }}/tmp/uwsgi;
     scgi_temp_path {{ dir }}/tmp/scgi;
     # What the Python proxy allowed: any body size, a {{ head_kb }} KiB head read within {{ head_timeout }} s,
-    # no header rewritten or dropped, no timeout on a quiet upgraded connection.
+    # no header rewritten or dropped but X-Forwarded-* (below), no timeout on a quiet upgraded connection.
     client_max_body_size 0;
     client_header_timeout {{ head_timeout }}s;
     # nginx's default (1k, what the baseline nginx in benchmarks/proxy_speed.py uses): a buffer malloc'd and
