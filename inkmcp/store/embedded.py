@@ -207,9 +207,11 @@ class EmbeddedPostgres:
                 # Adopted: pick up pg_hba.conf changes without a restart.
                 self._run([str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "reload"], check=False)
             self._wait_ready()
-            if self.port is not None:  # --- tenantdisk2 (above)
-                from inkmcp.store.tenant_disks import keep_headroom
+            if self.port is not None:  # --- tenantdisk2 (above); each tenant database opened first (its init file)
+                from inkmcp.store.tenant_disks import keep_headroom, open_each_database
 
+                if pid is None:
+                    open_each_database(self.pgdata, f"host={self.socket_dir} port={self.socket_port} user={SUPERUSER}")
                 keep_headroom(self.pgdata)
             if password is not None:
                 self._set_superuser_password(password)

@@ -158,6 +158,28 @@ def keep_headroom(pgdata: Path) -> int:
     return held
 
 
+def open_each_database(pgdata: Path, conninfo: str) -> int:
+    """After a start, before the headroom is taken back: one superuser connection to each tenant database on an
+    image, so PostgreSQL writes its relation-cache init file (removed at every start) while there is room. A tenant
+    whose disk was full could not connect at all otherwise ("FATAL: could not write init file: No space left on
+    device"), so not even to delete rows. Returns how many were opened."""
+    import psycopg
+
+    disks = server_disks(pgdata)
+    names = set(disks.names()) if disks is not None and disks.enforced else set()
+    if not names:
+        return 0
+    opened = 0
+    for name in sorted(names):
+        try:
+            with psycopg.connect(f"{conninfo} dbname={name}", connect_timeout=10) as conn:
+                conn.execute("SELECT 1")
+            opened += 1
+        except psycopg.Error as exc:  # a database being dropped, or not made yet: nothing to warm
+            log.info("could not open tenant database %s after the start: %s", name, str(exc).strip()[:200])
+    return opened
+
+
 def unmount_tablespaces(pgdata: Path) -> int:
     """After the tenant server stopped: its tenant databases' images unmounted (and its log's)."""
     disks = server_disks(pgdata)

@@ -216,6 +216,37 @@ async def test_the_servers_own_errors_are_logged(server: ServerProc, creds: dict
     assert "database system was not properly shut down" in text or "all server processes terminated" in text, text
 
 
+async def test_the_tenant_server_killed_with_a_full_tenant_disk_comes_back(server: ServerProc,
+                                                                          creds: dict[str, dict[str, Any]]) -> None:
+    """Mallory fills her disk to ENOSPC again, then the tenant server's postmaster is killed -9 (by its PID, as a
+    crash would): `inkmcp serve` starts it again with her tablespace's headroom released for the crash recovery;
+    alice's database is back, and mallory is still held to her limit."""
+    with connect(creds["mallory"]) as c:
+        _, err = fill(c)
+        assert err is not None and err.sqlstate == "53100", err
+    with connect(creds["alice"]) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS crash (x text); INSERT INTO crash VALUES ('before the kill')")
+    pid_file = server.data_dir / "pg" / "tenants" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    os.kill(postmaster, 9)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with connect(creds["alice"]) as c:
+                assert ("before the kill",) in c.execute("SELECT x FROM crash").fetchall()
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.5)
+    assert int(pid_file.read_text().split()[0]) != postmaster
+    with connect(creds["mallory"]) as c:
+        with pytest.raises(psycopg.Error) as refused:
+            c.execute(FILL_ROW)
+        assert refused.value.sqlstate == "53100", refused.value
+        c.execute("DROP TABLE fill")
+    healthy(server)
+
+
 async def test_a_tenant_filling_its_redis_gets_enospc_within_its_own_disk(server: ServerProc,
                                                                          creds: dict[str, dict[str, Any]]) -> None:
     """SET and DEL 4 MiB in a loop (memory flat, the AOF grows): Redis refuses writes once her REDIS_MB disk is
