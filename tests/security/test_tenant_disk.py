@@ -416,3 +416,28 @@ async def test_a_restored_backup_stays_on_its_own_disk(server: ServerProc) -> No
         assert c.execute("SELECT x FROM kept").fetchall() == [("in the backup",)]
         _, err = fill(c)
         assert err is not None and err.sqlstate == "53100", err
+
+
+async def test_a_sigkilled_serve_leaves_the_tenant_server_and_the_next_one_adopts_it(server: ServerProc) -> None:
+    """`inkmcp serve` killed -9: the tenant server (its own session) and its images' mounts stay; the next serve
+    adopts that same postmaster, mounts nothing twice, and tenants' data is there."""
+    creds = await _database(server, ALICE, "td-adopt")
+    with connect(creds) as c:
+        c.execute("CREATE TABLE kept (x text); INSERT INTO kept VALUES ('across a killed serve')")
+    pid_file = server.data_dir / "pg" / "tenants" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    ours = os.path.realpath(server.data_dir) + "/"
+    before = sorted(p for p in mount_points() if p.startswith(ours))
+    assert server.proc is not None
+    server.proc.kill()  # SIGKILL to serve alone (the harness started it; its PID)
+    server.proc.wait(10)
+    server.proc = None
+    os.kill(postmaster, 0)  # still running
+    assert sorted(p for p in mount_points() if p.startswith(ours)) == before
+    server.start()
+    assert int(pid_file.read_text().split()[0]) == postmaster  # adopted, not restarted
+    after = [p for p in mount_points() if p.startswith(ours)]
+    assert len(after) == len(set(after)) and set(before) <= set(after), (before, after)  # nothing stacked twice
+    with connect(creds) as c:
+        assert c.execute("SELECT x FROM kept").fetchone() == ("across a killed serve",)
+    healthy(server)
