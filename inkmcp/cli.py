@@ -577,5 +577,21 @@ def reconcile(
     if left:
         raise typer.Exit(1)
 
+# --- tenantdisk2: stop the embedded tenant server (and unmount its disks) when no `inkmcp serve` follows
+@app.command("stop-tenant-server")
+def stop_tenant_server_command(data_dir: DataDir = None) -> None:
+    """Stop the embedded tenant PostgreSQL server and unmount its databases' disks (refused while `inkmcp serve`
+    runs). For when no serve follows one that was killed (or one that had adopted the server and stopped)."""
+    from inkmcp.store.tenant_disks import stop_tenant_server
+
+    settings = load_settings(data_dir=data_dir)
+    setup_logging("WARNING", json_logs=False)
+    try:  # in the host's mount namespace (not private_mounts): the mounts to remove are the host's
+        console.print(stop_tenant_server(settings.data_dir))
+    except InkError as e:
+        err.print(f"[red]error:[/red] {e.render()}")
+        raise typer.Exit(1) from None
+# --- end tenantdisk2
+
 if __name__ == "__main__":
     app()

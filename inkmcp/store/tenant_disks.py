@@ -291,3 +291,42 @@ async def supervise(server: EmbeddedPostgres, interval: float = 2.0, headroom_ev
             raise
         except Exception as exc:  # logged; the next round tries again
             log.error("the tenant PostgreSQL server %s could not be started again: %s", server.pgdata, exc)
+
+
+def stop_tenant_server(data_dir: Path) -> str:
+    """`inkmcp stop-tenant-server`: the data dir's embedded tenant server stopped (`pg_ctl -m fast`) and its images
+    unmounted, for when no `inkmcp serve` follows: a SIGKILLed serve leaves them (its successor would adopt them),
+    and so does a stopped serve that had adopted them. Refused while a serve runs on the data dir (it uses them).
+    Returns what was done, for the operator."""
+    import fcntl
+
+    from inkmcp.errors import InkError
+    from inkmcp.store.embedded import EmbeddedPostgres
+
+    data_dir = Path(data_dir).absolute()
+    lock = data_dir / "serve.lock"
+    if lock.exists():
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InkError(f"`inkmcp serve` runs on {data_dir} and uses the tenant server",
+                           argument="--data-dir", fix="stop `inkmcp serve` first (or leave the server to it)") from None
+        finally:
+            os.close(fd)
+    port_file = data_dir / "pg" / "tenants.port"
+    if not port_file.exists():
+        return f"no embedded tenant server in {data_dir}"
+    server = EmbeddedPostgres(data_dir / "pg" / "tenants", port=int(port_file.read_text().strip()))
+    pid = server.pid
+    server.stop()  # its images are unmounted once it stopped
+    left = [p for p in _mounts_under(data_dir / "pg")]
+    done = f"stopped the tenant server (pid {pid})" if pid is not None else "the tenant server was not running"
+    return done + (f"; still mounted: {', '.join(left)}" if left else "; its disks are unmounted")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    from inkmcp.providers.compute.local.diskquota import mount_points
+
+    prefix = os.path.realpath(path) + "/"
+    return sorted(p for p in mount_points() if p.startswith(prefix))

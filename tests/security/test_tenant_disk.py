@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -441,3 +442,28 @@ async def test_a_sigkilled_serve_leaves_the_tenant_server_and_the_next_one_adopt
     with connect(creds) as c:
         assert c.execute("SELECT x FROM kept").fetchone() == ("across a killed serve",)
     healthy(server)
+
+
+async def test_stop_tenant_server_when_no_serve_follows(server: ServerProc) -> None:
+    """`inkmcp stop-tenant-server`: refused while serve runs; after serve is killed -9, it stops the tenant server
+    it left and unmounts its databases' and log's disks; a later serve starts it again with the data."""
+    creds = await _database(server, MALLORY, "td-stop")  # (alice holds her 3 databases)
+    with connect(creds) as c:
+        c.execute("CREATE TABLE kept (x text); INSERT INTO kept VALUES ('across a stop')")
+    refused = server.cli("stop-tenant-server", check=False)
+    assert refused.returncode == 1 and "stop `inkmcp serve` first" in refused.stderr, refused
+    pid_file = server.data_dir / "pg" / "tenants" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait(10)
+    server.proc = None
+    done = server.cli("stop-tenant-server")
+    assert f"stopped the tenant server (pid {postmaster})" in done.stdout, done
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone, or a zombie its (non-reaping) new parent keeps
+        assert psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+    pg = os.path.realpath(server.data_dir / "pg") + "/"
+    assert not [p for p in mount_points() if p.startswith(pg)]
+    server.start()
+    with connect(creds) as c:
+        assert c.execute("SELECT x FROM kept").fetchone() == ("across a stop",)
