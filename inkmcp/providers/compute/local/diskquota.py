@@ -18,10 +18,12 @@ Why images and not user quotas on one filesystem (each project already has its o
 runs on do not all have quota formats (this box's 6.18 has CONFIG_QUOTA but not CONFIG_QFMT_V2, so ext4
 refuses `usrquota`), and an image per project isolates inodes as well as bytes. The images are sparse: a
 project's image takes on the host only what it holds. So that they can never together take the host's last
-bytes, a new one is created only if the host's free space minus INKMCP_DISK_RESERVE_MB covers the new image
-and every existing image's unallocated part (`_admit`). INKMCP_DISK_OVERCOMMIT (default 1) divides that promise:
-above 1, more projects fit than the disk could hold were they all full, and the host is protected only as long
-as they are not (thin provisioning, the operator's choice; the per-project limit stays hard either way).
+bytes, a new one is created only if the host's free space minus INKMCP_DISK_RESERVE_MB covers the new image and
+every existing image's unallocated part (`_admit`), one admission at a time for every InkMCP process on the data
+dir (`_admit_and_create`: a file lock held until the new image is in place). INKMCP_DISK_OVERCOMMIT (default 1)
+divides that promise: above 1, more projects fit than the disk could hold were they all full, and the host is
+protected only as long as they are not (thin provisioning, the operator's choice; the per-project limit stays
+hard either way).
 
 The mounts live in the host's mount namespace. They are made when a project is first used (`ensure_project`,
 `bind`) and at start for every image found (`mount_all`), and removed by exact path at close (`unmount_all`),
