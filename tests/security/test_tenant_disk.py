@@ -191,6 +191,36 @@ async def test_raise_warning_does_not_fill_the_server_log(server: ServerProc, cr
     assert log.stat().st_size - before < 64 * 1024, log.stat().st_size - before
 
 
+async def test_autovacuum_running_her_functions_does_not_log_them(server: ServerProc,
+                                                                   creds: dict[str, dict[str, Any]]) -> None:
+    """Her RAISE through a process that is not her session: an index on a function that RAISEs 1 MiB, which
+    autovacuum's ANALYZE evaluates (as the table's owner, in an autovacuum worker). Measured before her database got
+    `log_min_messages = fatal` too: 54 MB in 15 s. Now the log does not grow by it (autovacuum_naptime 1 s here)."""
+    log = server.data_dir / "pg" / "tenants" / "server.log"
+    with superuser(server) as su:
+        su.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        su.execute("SELECT pg_reload_conf()")
+    try:
+        before = log.stat().st_size
+        with connect(creds["mallory"]) as c:
+            c.execute("CREATE FUNCTION noisy(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$BEGIN "
+                      "RAISE WARNING '%', repeat('a', 1024 * 1024); RAISE LOG '%', repeat('l', 1024 * 1024); "
+                      "RETURN $1; END$$")
+            c.execute("CREATE TABLE noisy_t (x int); CREATE INDEX ON noisy_t (noisy(x))")
+            c.execute("INSERT INTO noisy_t SELECT g FROM generate_series(1, 2000) g")
+            deadline = time.monotonic() + 30
+            while c.execute("SELECT last_autoanalyze FROM pg_stat_user_tables WHERE relname = 'noisy_t'"
+                            ).fetchone() == (None,):  # fmt: skip
+                assert time.monotonic() < deadline, "autovacuum never analyzed the table"
+                await asyncio.sleep(0.5)
+            c.execute("DROP TABLE noisy_t; DROP FUNCTION noisy(int)")
+        assert log.stat().st_size - before < 64 * 1024, log.stat().st_size - before
+    finally:
+        with superuser(server) as su:
+            su.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            su.execute("SELECT pg_reload_conf()")
+
+
 async def test_the_servers_own_errors_are_logged(server: ServerProc, creds: dict[str, dict[str, Any]]) -> None:
     """What `log_min_messages = fatal` hid: a tenant backend killed as the OOM killer would (kill -9 by its PID)
     appears in the server log, with the server's crash recovery, and every tenant is back after it."""
