@@ -16,7 +16,8 @@ process, so machine load hits both alike; the figures are medians and the differ
     flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 200
     flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 50 --new-commit
    `--ab-config fetch.unpackLimit=1`: A = the jail as configured, B = the jail with that `git -c` setting added
-   (same-run A/B of a git setting; e.g. the pack fsyncs of unpackLimit=1, or core.fsync=none).
+   (same-run A/B of a git setting; e.g. the pack fsyncs of unpackLimit=1, or core.fsync=none). `--fresh-mirror`:
+   each deploy fetches into a new, empty mirror (a project's first deploy, as benchmarks/coolify_deploy.py's are).
     flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 50 --new-commit \
         --ab-config fetch.unpackLimit=1
 """
@@ -98,7 +99,16 @@ def new_commit(repo: Path, n: int) -> None:
     subprocess.run([*git, "commit", "-q", "-m", f"change {n}"], check=True)
 
 
-async def main(rounds: int, weight: int, commits: bool = False, extra: str | None = None) -> None:
+def fresh_workspace(root: Path, n: int) -> source.SourceWorkspace:
+    """A workspace with an empty mirrors dir: the fetch makes a new mirror, as a project's first deploy does."""
+    d = root / "fresh" / str(n)
+    for sub in ("mirrors", "locks"):
+        (d / sub).mkdir(mode=0o700, parents=True)
+    return source.SourceWorkspace(mirrors_dir=d / "mirrors", locks_dir=d / "locks", run_as=None)
+
+
+async def main(rounds: int, weight: int, commits: bool = False, extra: str | None = None,
+               fresh: bool = False) -> None:
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
     root = Path(tempfile.mkdtemp(prefix="inkmcp-gitjail-bench-"))
     base = source._git_base
@@ -127,13 +137,15 @@ async def main(rounds: int, weight: int, commits: bool = False, extra: str | Non
                 times[mode]["process"].append(await timed(one_process(env)))
                 if commits:
                     new_commit(repo, 2 * r + (mode == "B jail"))
-                times[mode]["deploy"].append(await timed(one_deploy(repo, ws, root / "checkouts", r + 1)))
+                where = fresh_workspace(root, 2 * r + (mode == "B jail")) if fresh else ws
+                times[mode]["deploy"].append(await timed(one_deploy(repo, where, root / "checkouts", r + 1)))
         print(f"{rounds} rounds, A and B alternating. wall: median (p90); CPU: mean of InkMCP's process, and of the "
               "git processes (with the starter's own); all in ms")
         for what in ("process", "deploy"):
             a, b = times["A direct"][what], times["B jail"][what]
             label = "one git process (start, read, exit)" if what == "process" else "one deploy's git work (Coolify)" \
-                + (", a new commit each" if what == "deploy" and commits else "")
+                + (", a new commit each" if what == "deploy" and commits else "") \
+                + (", into a new mirror each" if what == "deploy" and fresh else "")
             print(f"  {label}")
             for name, runs in (("A direct", a), ("B jail", b)):
                 wall = [w for w, _, _ in runs]
@@ -163,7 +175,9 @@ if __name__ == "__main__":
                         help="a new commit before each deploy: every fetch writes objects (not a no-op fetch)")
     parser.add_argument("--ab-config", metavar="KEY=VALUE",
                         help="A/B a git setting instead of the jail: A the jail as configured, B with `-c KEY=VALUE`")
+    parser.add_argument("--fresh-mirror", action="store_true",
+                        help="each deploy fetches into a new, empty mirror (a project's first deploy)")
     args = parser.parse_args()
     if args.no_cgroup:
         gitjail._join_cgroup = lambda pid, limits: ("", [])  # type: ignore[assignment]
-    asyncio.run(main(args.rounds, args.weight, args.new_commit, args.ab_config))
+    asyncio.run(main(args.rounds, args.weight, args.new_commit, args.ab_config, args.fresh_mirror))
