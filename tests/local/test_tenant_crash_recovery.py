@@ -208,3 +208,33 @@ def test_without_headroom_one_full_tenant_keeps_the_server_down(no_headroom: Sha
     assert "could not start server" in str(failed.value), failed.value
     with pytest.raises(psycopg.OperationalError):
         connect(no_headroom.alice)
+
+
+def test_a_database_too_big_for_its_disk_is_not_copied_at_every_start(shared: Shared,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A database from before the disks (pg_default) holding more than its limit: the start-up reconcile says so and
+    leaves it where it is without copying it onto its disk first (before: copied until ENOSPC, at every start)."""
+    import logging
+
+    ident = shared.mallory.database
+    disks = tenant_disks.tablespace_disks(shared.data, overcommit=64)
+    with psycopg.connect(shared.pg.socket_url(driver=None).get_secret_value(), autocommit=True) as su:
+        su.execute(f'ALTER DATABASE "{ident}" SET TABLESPACE pg_default')
+        su.execute(f'DROP TABLESPACE "{ident}"')
+    disks.remove(ident)
+    with connect(shared.mallory) as m:  # as an older InkMCP left it: no limit
+        m.execute("CREATE TABLE big (b text STORAGE EXTERNAL)")
+        for _ in range(DB_MB + 8):
+            m.execute(BIG.format("big"))
+    provider = PostgresDatabaseProvider(SecretStr(shared.pg.socket_url(driver=None).get_secret_value()),
+                                        public_host="127.0.0.1", public_port=shared.pg.socket_port, tablespaces=disks)
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(provider.ensure_connection_limit(ident, Tier.free))
+    assert "do not fit on its own disk" in caplog.text, caplog.text
+    assert not list(disks.location(ident).glob("PG_*/*"))  # no database directory: nothing was copied onto it
+    with psycopg.connect(shared.pg.socket_url(driver=None).get_secret_value(), autocommit=True) as su:
+        row = su.execute("SELECT t.spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+                         "WHERE d.datname = %s", (ident,)).fetchone()  # fmt: skip
+    assert row == ("pg_default",)
+    with connect(shared.mallory) as m:
+        assert m.execute("SELECT count(*) FROM big").fetchone() == (DB_MB + 8,)

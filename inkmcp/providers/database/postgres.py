@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -271,6 +272,16 @@ class PostgresDatabaseProvider:
         row = await cur.fetchone()
         return None if row is None else str(row[0])
 
+    def _room(self, ident: str) -> int | None:
+        """--- tenantdisk2: bytes the database's own disk can still take (None: not limited, or not mounted)."""
+        if self.tablespaces is None or not self.tablespaces.enforced:
+            return None
+        try:
+            st = os.statvfs(self.tablespaces.location(ident))
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     async def _move_into(self, conn: psycopg.AsyncConnection[tuple[object, ...]], ident: str,
                          deadline_s: float = 30) -> bool:
         """A database made before its tablespace (an upgrade, a DR restore) moved onto it; True when it moved.
@@ -281,6 +292,16 @@ class PostgresDatabaseProvider:
         current = await self.tablespace_of(conn, ident)
         if current is None or current == ident:
             return False
+        # --- tenantdisk2: one that cannot fit is not copied at all (it was copied, and refused, at every start)
+        size = await (await conn.execute("SELECT pg_database_size(%s)", (ident,))).fetchone()
+        room = await asyncio.to_thread(self._room, ident)
+        if size is not None and room is not None and int(size[0]) > room:
+            log.warning("database %s stays in %s WITHOUT a disk limit: its %d MiB do not fit on its own disk (%d MiB "
+                        "free of INKMCP_TENANT_PG_DISK_MB=%s); raise the limit, or delete data, and restart", ident,
+                        current, int(size[0]) // 2**20, room // 2**20,
+                        self.tablespaces.size_mb if self.tablespaces else "?")  # fmt: skip
+            return False
+        # --- end tenantdisk2
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
         while True:
