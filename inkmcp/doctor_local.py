@@ -376,11 +376,9 @@ def check_free_disk(report: DoctorReport, settings: Settings) -> None:
     existing = next(p for p in (settings.data_dir, *settings.data_dir.parents) if p.exists())
     st = os.statvfs(existing)
     free = st.f_bavail * st.f_frsize
-    promised = 0
-    for image in (settings.data_dir / "compute" / "disks").rglob("*.img"):
-        with contextlib.suppress(OSError):
-            s = image.stat()
-            promised += max(0, s.st_size - s.st_blocks * 512)
+    from inkmcp.providers.compute.local.diskquota import promised_bytes
+
+    promised = promised_bytes(settings.data_dir / "compute")
     reserve = settings.disk_reserve_mb * MIB
     said = (f"{free // MIB} MiB free on {existing}'s filesystem, {promised // MIB} MiB promised to existing disks, "
             f"INKMCP_DISK_RESERVE_MB={settings.disk_reserve_mb}")

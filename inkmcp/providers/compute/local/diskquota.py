@@ -179,6 +179,17 @@ def _copy_in(old: Path, target: Path) -> bool:
     return True
 
 
+def promised_bytes(data_dir: Path) -> int:
+    """What every image under `data_dir/disks` (projects', tenant databases' and Redis's) may still grow by: the
+    host admission's sum (`_admit`), also shown by `inkmcp doctor`. Images are sparse; their unwritten part counts."""
+    promised = 0
+    for image in (data_dir / DISKS).rglob("*.img"):
+        with contextlib.suppress(OSError):
+            s = image.stat()
+            promised += max(0, s.st_size - s.st_blocks * 512)
+    return promised
+
+
 class ProjectDisks:
     """The per-project filesystems of one data dir (see the module docstring)."""
 
@@ -358,12 +369,7 @@ class ProjectDisks:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.statvfs(self.dir)
         free = st.f_bavail * st.f_frsize
-        promised = 0
-        # --- tenantdisk: every image of the data dir (projects', tenant databases' and Redis's, disks/**) is promised
-        for other in (self.data_dir / DISKS).rglob("*.img"):
-            with contextlib.suppress(OSError):
-                s = other.stat()
-                promised += max(0, s.st_size - s.st_blocks * 512)
+        promised = promised_bytes(self.data_dir)
         need = (self.image_mb * 2**20 + promised) / self.overcommit + self.reserve_mb * 2**20
         if free < need:
             over = f", divided by INKMCP_DISK_OVERCOMMIT={self.overcommit:g}" if self.overcommit > 1 else ""
