@@ -506,12 +506,7 @@ class EmbeddedPostgres:
         adopting start can tell whether the running server has it). None: not a tenant server, or no limit."""
         if self.port is None:
             return None
-        from inkmcp.settings import TenantPostgresSettings
-        from inkmcp.store.tenant_server import default_caps
-
-        settings = TenantPostgresSettings()
-        budget = tenant_memory.backend_budget_mb(settings.backend_memory_mb,
-                                                 default_caps(settings.cpus, settings.memory_mb)[1])
+        budget = tenant_memory.configured_budget_mb()
         shown = self._run([str(self._bin / "postgres"), "-D", str(self.pgdata), "-C", "shared_memory_size"],
                           check=False)
         shm = tenant_memory.parse_shared_memory_mb(shown.stdout) if shown.returncode == 0 else None
@@ -527,12 +522,7 @@ class EmbeddedPostgres:
         budget is unchanged); a server started before this existed has none and is restarted once."""
         if self.port is None:
             return True
-        from inkmcp.settings import TenantPostgresSettings
-        from inkmcp.store.tenant_server import default_caps
-
-        settings = TenantPostgresSettings()
-        budget = tenant_memory.backend_budget_mb(settings.backend_memory_mb,
-                                                 default_caps(settings.cpus, settings.memory_mb)[1])
+        budget = tenant_memory.configured_budget_mb()
         try:
             recorded, recorded_budget = (int(x) for x in (self.pgdata / self._LIMIT_FILE).read_text().split())
         except (OSError, ValueError):

@@ -40,6 +40,15 @@ def backend_budget_mb(configured: int | None, server_cap_mb: int) -> int:
     return max(MIN_BUDGET_MB, server_cap_mb // DEFAULT_SHARE)
 
 
+def configured_budget_mb() -> int:
+    """This configuration's budget: INKMCP_TENANT_PG_BACKEND_MEMORY_MB, else a share of the server's memory cap."""
+    from inkmcp.settings import TenantPostgresSettings
+    from inkmcp.store.tenant_server import default_caps
+
+    settings = TenantPostgresSettings()
+    return backend_budget_mb(settings.backend_memory_mb, default_caps(settings.cpus, settings.memory_mb)[1])
+
+
 def address_space_limit(shared_memory_mb: int, budget_mb: int) -> int | None:
     """RLIMIT_AS in bytes for the postmaster and every backend; None when the budget is 0 (no limit)."""
     if budget_mb <= 0:
