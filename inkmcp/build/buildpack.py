@@ -66,8 +66,15 @@ from inkmcp.build.node_install import (  # noqa: F401 (node_install_command, _no
     prepare_node,
 )
 from inkmcp.build.plan import BuildPlan, RunAs, Stack
-from inkmcp.build.process import TenantSandbox, kill_process_group, spawn, write_pid_file
-from inkmcp.errors import BuildFailed
+from inkmcp.build.process import (
+    ExitAwareProtocol,
+    TenantSandbox,
+    close_pipes,
+    kill_process_group,
+    spawn,
+    write_pid_file,
+)
+from inkmcp.errors import BuildFailed, ProviderError
 from inkmcp.safefs import list_beneath, read_beneath
 
 LogSink = Callable[[str], Awaitable[None]]
@@ -85,6 +92,8 @@ _DEP_FILES = (
     "constraints.txt",
 )
 _MAX_LINE = 8192
+# How long the output of a step that exited may go on before what holds it open is stopped (see _Runner._follow).
+LEFTOVER_GRACE_SECONDS = 3.0
 
 
 class BuildOutput(BaseModel):
@@ -128,10 +137,11 @@ class _Runner:
         await self.log(f"$ {shown or (' '.join(argv) if argv[:2] != ['/bin/sh', '-c'] else argv[2])}")
         limits = self.sandbox.limits
         before = limits.snapshot() if limits is not None else None
-        proc, _ = await spawn(argv, cwd=cwd or self.app_dir, env=self.env, sandbox=self.sandbox)
+        protocol = ExitAwareProtocol(asyncio.get_running_loop())
+        proc, _ = await spawn(argv, cwd=cwd or self.app_dir, env=self.env, sandbox=self.sandbox, protocol=protocol)
         pid_file = self._record(proc.pid)
         try:
-            await asyncio.wait_for(self._pump(proc), timeout=max(self.end - time.monotonic(), 0.01))
+            await asyncio.wait_for(self._follow(proc, protocol, what), timeout=max(self.end - time.monotonic(), 0.01))
         except (TimeoutError, asyncio.CancelledError) as exc:
             await kill_process_group(proc)
             if isinstance(exc, asyncio.CancelledError):
@@ -146,9 +156,11 @@ class _Runner:
         finally:
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
-        # A step's leftovers (`cmd &`) die with it rather than run on, unowned, in the service's cgroup.
+        # A step's leftovers (`cmd &`, and daemons that left its process group) die with it rather than run
+        # on, unowned, in the service's build cgroup.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        await self._end_leftovers()
         if proc.returncode != 0:
             hit = limits.exceeded(before, "the build") if limits is not None else None
             if hit is not None:
@@ -163,6 +175,52 @@ class _Runner:
             return None
         path = self.pid_dir / f"build-{pid}.pid"
         return path if write_pid_file(path, pid) else None
+
+    async def _follow(self, proc: asyncio.subprocess.Process, protocol: ExitAwareProtocol, what: str) -> None:
+        """Forward the step's output until it exits and its output ends.
+
+        The output pipe is shared by everything the step started: a daemon it left running (`setsid`, a
+        double fork, a server started "in the background") holds it open after the step exited, and
+        waiting for its end kept the deployment "building" until the build timeout. So once the step
+        exited its output gets a short grace to end; then the leftovers are stopped, and the pipe is let
+        go from this side if something still holds it.
+        """
+        pump = asyncio.create_task(self._pump(proc))
+        try:
+            await protocol.exited.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), LEFTOVER_GRACE_SECONDS)
+            if not pump.done():
+                await self.log(
+                    f"!! {what} exited but left a process running in the background that still holds the build's "
+                    "output (a daemon or server started by the step); InkMCP stopped it. Build steps must not start "
+                    "servers: start them from the Procfile or the start command instead"
+                )
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await self._end_leftovers()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(pump), LEFTOVER_GRACE_SECONDS)
+                if not pump.done():  # no cgroup to empty (not root): stop reading instead
+                    close_pipes(proc)
+            await pump
+        finally:
+            if not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        await proc.wait()
+
+    async def _end_leftovers(self) -> None:
+        """Empty the step's cgroup: what the step's process group kill cannot reach (the build cgroup holds
+        only this build's steps: builds of one service are serialised)."""
+        limits = self.sandbox.limits
+        if limits is None:
+            return
+        try:
+            await asyncio.to_thread(limits.end_leftovers)
+        except ProviderError as exc:  # stuck in the kernel: they stay capped by the service's limits
+            await self.log(f"!! {exc}")
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         """Forward output line by line; long lines (progress bars, minified code) are split, not lost."""
@@ -179,7 +237,6 @@ class _Runner:
                 pending = pending[_MAX_LINE:]
         if pending:
             await self.log(pending.decode(errors="replace"))
-        await proc.wait()
 
     async def shell(self, command: str, *, what: str, argument: str, fix: str) -> None:
         await self.run(["/bin/sh", "-c", command], what=what, argument=argument, fix=fix)

@@ -126,11 +126,7 @@ async def reap(proc: asyncio.subprocess.Process, drain_seconds: float = REAP_DRA
     try:
         await asyncio.wait_for(asyncio.gather(proc.wait(), *drains), drain_seconds)
     except TimeoutError:
-        transport = getattr(proc, "_transport", None)  # asyncio's own; no public way to close a process's pipes
-        for fd in (1, 2):
-            pipe = transport.get_pipe_transport(fd) if transport is not None else None
-            if pipe is not None:
-                pipe.close()
+        close_pipes(proc)
     return await proc.wait()
 
 
@@ -139,6 +135,35 @@ async def _discard(stream: asyncio.StreamReader) -> None:
     with contextlib.suppress(RuntimeError, ConnectionError):
         while await stream.read(1 << 16):
             pass
+
+
+class ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Signals the moment the process exits, independent of its output pipes closing.
+
+    On Python 3.11 `Process.wait()` returns only once every pipe is closed too, and a daemon the
+    process left behind can hold them for as long as it lives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=65536, loop=loop)
+        self.exited = asyncio.Event()
+        self.on_exit: list[Callable[[], None]] = []  # run once it exited (a prepared start cleans up)
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+        for callback in self.on_exit:
+            callback()
+        self.on_exit.clear()
+
+
+def close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Let go of a process's stdout/stderr from this side: their readers see EOF now, whoever else
+    still holds the other end (a descendant that left the process group)."""
+    transport = getattr(proc, "_transport", None)  # asyncio's own; no public way to close a process's pipes
+    for fd in (1, 2):
+        pipe = transport.get_pipe_transport(fd) if transport is not None else None
+        if pipe is not None:
+            pipe.close()
 
 
 def write_pid_file(path: Path, pid: int) -> bool:
@@ -159,6 +184,13 @@ class LimitProbe(Protocol):
     def snapshot(self) -> object: ...
 
     def exceeded(self, since: object, what: str) -> LimitExplanation | None: ...
+
+    def end_leftovers(self) -> int:
+        """Kill every process still in the group (blocking); how many there were.
+
+        A build step's own process group dies with it, but a daemon (`setsid`, double fork) left the
+        group and only the cgroup still holds it."""
+        ...
 
 
 class LimitExplanation(Protocol):

@@ -402,6 +402,9 @@ class LimitWatch:
         before = since if isinstance(since, LimitEvents) else LimitEvents()
         return self.cgroups.explain(self.group, before, self.resources, what)
 
+    def end_leftovers(self) -> int:
+        return self.cgroups.kill_all(self.group)
+
 
 def _read_int(path: Path) -> int | None:
     try:

@@ -46,7 +46,6 @@ import struct
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +56,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.build.process import (
     DEV_SHM,
+    ExitAwareProtocol,
     TenantSandbox,
     _proc_has_private_options,
     shared_writable_dirs,  # --- quota
@@ -325,22 +325,6 @@ async def _exec(
 
 
 # -- starts prepared ahead of need -------------------------------------------------------------------
-
-
-class ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Signals the moment the process exits, independent of its output pipes closing."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=65536, loop=loop)
-        self.exited = asyncio.Event()
-        self.on_exit: list[Callable[[], None]] = []  # run once it exited (a prepared start cleans up)
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        self.exited.set()
-        for callback in self.on_exit:
-            callback()
-        self.on_exit.clear()
 
 
 @dataclass
