@@ -6,9 +6,10 @@ obscure error in the middle of the first deployment.
 
 from __future__ import annotations
 
+import ipaddress  # --- egress
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple  # --- egress: NamedTuple
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -316,3 +317,112 @@ def set_git_settings(settings: GitSettings | None) -> None:
 
 
 # --- end gitjail
+
+
+# --- egress: what local tenants' processes may connect to (providers/compute/local/egress.py). Without it every app,
+# worker, release command and build reached the cloud metadata service (the VM's credentials), the host's private
+# networks and its non-loopback listeners; the Coolify run servers refuse these through hardening/ (docker-user.rules).
+# Read by the local provider at start (as root), which converges the kernel's rules to it.
+class TenantEgressSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INKMCP_", extra="ignore")
+
+    tenant_egress: Literal["block-private", "off"] = Field(
+        default="block-private",
+        description="block-private (tenants' processes may not open connections to the cloud metadata service, "
+        "RFC 1918 / CGNAT / link-local / IPv6 ULA and link-local ranges, this host's non-loopback addresses or "
+        "SMTP; loopback, DNS to this host's resolvers and INKMCP_TENANT_EGRESS_ALLOW stay open) or off (no "
+        "rules: the next start removes them)",
+    )  # fmt: skip
+    tenant_egress_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated destinations tenants may reach although private: a CIDR or address, "
+        "optionally with a port (TCP and UDP), e.g. 10.0.1.13:5432,10.0.2.0/24,[fd00:1::5]:6379",
+    )  # fmt: skip
+    tenant_egress_smtp_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [25, 465, 587],
+        description="comma-separated TCP ports tenants may not reach anywhere (outbound mail: spam from one tenant "
+        "gets this host's addresses blocklisted for all); empty allows mail",
+    )  # fmt: skip
+
+    @field_validator("tenant_egress_allow", mode="before")
+    @classmethod
+    def _allow_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [e.strip() for e in v.split(",") if e.strip()]
+        if isinstance(v, list):
+            return [str(parse_egress_allow(str(e))) for e in v]
+        return v
+
+    @field_validator("tenant_egress_smtp_ports", mode="before")
+    @classmethod
+    def _ports(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("tenant_egress_smtp_ports")
+    @classmethod
+    def _port_range(cls, v: list[int]) -> list[int]:
+        bad = [p for p in v if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a TCP port (1..65535)")
+        return v
+
+    def allow_entries(self) -> list[EgressAllow]:
+        return [parse_egress_allow(e) for e in self.tenant_egress_allow]
+
+
+_METADATA_NETS = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"),
+                  ipaddress.ip_network("fd00:ec2::254/128"), ipaddress.ip_network("fd20:ce::254/128"))
+
+
+class EgressAllow(NamedTuple):
+    """One allow-list entry: a network and, optionally, one port (TCP and UDP)."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    port: int | None
+
+    def __str__(self) -> str:
+        net = str(self.network)
+        if self.port is None:
+            return net
+        return f"[{net}]:{self.port}" if self.network.version == 6 else f"{net}:{self.port}"
+
+
+def parse_egress_allow(text: str) -> EgressAllow:
+    """`10.0.1.13`, `10.0.1.13:5432`, `10.0.2.0/24`, `10.0.2.0/24:5432`, `fd00:1::5`, `[fd00:1::/64]:5432`.
+
+    Link-local ranges (the metadata service lives there) are never opened, as on the run servers (nodes/render.py)."""
+    raw = text.strip()
+    port: int | None = None
+    addr = raw
+    if raw.startswith("["):
+        close = raw.find("]")
+        if close < 0 or (raw[close + 1:] and not raw[close + 1:].startswith(":")):
+            raise ValueError(f"tenant egress allow entry {raw!r}: write [IPv6 address or CIDR]:PORT, "
+                             "e.g. [fd00:1::5]:5432")
+        addr, rest = raw[1:close], raw[close + 2:]
+        port = int(rest) if rest.isdigit() else None
+        if rest and port is None:
+            raise ValueError(f"tenant egress allow entry {raw!r}: {rest!r} is not a port")
+    elif raw.count(":") == 1:
+        addr, rest = raw.split(":")
+        if not rest.isdigit():
+            raise ValueError(f"tenant egress allow entry {raw!r}: {rest!r} is not a port")
+        port = int(rest)
+    try:
+        network = ipaddress.ip_network(addr, strict=False)
+    except ValueError:
+        raise ValueError(f"tenant egress allow entry {raw!r}: {addr!r} is not an IP address or CIDR (host names "
+                         "are not resolved: write the address, e.g. 10.0.1.13:5432)") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"tenant egress allow entry {raw!r}: port {port} is outside 1..65535")
+    if network.prefixlen == 0:
+        raise ValueError(f"tenant egress allow entry {raw!r}: opens everything; set INKMCP_TENANT_EGRESS=off instead")
+    if any(network.version == m.version and network.overlaps(m) for m in _METADATA_NETS):  # type: ignore[arg-type]
+        raise ValueError(f"tenant egress allow entry {raw!r}: link-local and cloud metadata addresses are never "
+                         "opened to tenants (the metadata service hands out this machine's credentials)")
+    return EgressAllow(network, port)
+
+
+# --- end egress

@@ -27,6 +27,7 @@ import psutil
 
 from inkmcp.build.plan import RunAs
 from inkmcp.errors import ProviderError
+from inkmcp.providers.compute.local import egress  # --- egress
 from inkmcp.providers.compute.local.diskquota import is_mounted, unmount
 from inkmcp.providers.compute.local.spawn import find_wrapper
 from inkmcp.safefs import ensure_owned_dir
@@ -140,6 +141,11 @@ async def ensure_project_user(project_id: str, homes_dir: Path) -> RunAs | None:
                     if code not in (0, 9):
                         raise ProviderError(f"could not create system user {name}: {out or f'exit {code}'}")
                     entry = _lookup(name)
+                    if entry is not None:  # --- egress: restricted before any of its code runs (egress.py)
+                        try:
+                            await asyncio.to_thread(egress.track_uid, entry.pw_uid)
+                        except egress.EgressError as e:
+                            raise ProviderError(f"could not restrict the connections of new user {name}: {e}") from e
             finally:
                 os.close(fd)
         if entry is None:
@@ -168,6 +174,7 @@ async def delete_project_user(project_id: str, homes_dir: Path | None = None, *,
             code, out = await _run(_USERDEL, name)
             if code not in (0, 6):  # 6: user does not exist
                 raise ProviderError(f"could not delete system user {name}: {out or f'exit {code}'}")
+            await asyncio.to_thread(egress.untrack_uid, entry.pw_uid)  # --- egress: the uid may be reused
     if home is not None:
         await asyncio.to_thread(_remove_home, home)
 

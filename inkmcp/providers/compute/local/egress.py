@@ -1,0 +1,356 @@
+"""What local tenants' processes may connect to: an nftables table the local provider converges at every start.
+
+Why: on the local provider every app, Procfile worker, release command, build step and wake ran with the host's
+full network. On a cloud VM that meant the metadata service (169.254.169.254, fd00:ec2::254: the VM's credentials),
+the provider's private networks (RFC 1918, CGNAT, IPv6 ULA), link-local neighbours and any service listening on the
+host's own non-loopback addresses. The Coolify run servers refuse the same destinations through hardening/
+(docker-user.rules); this is that policy for tenants that are Unix users on this machine.
+
+How, and why this way (rather than a cgroup match or a cgroup BPF connect hook):
+- Tenants are matched by the socket's owner: `meta skuid @tenants`, a set holding the uid of every per-project user
+  (`ink-<hex>`, users.py). The uid is the one thing every tenant process has wherever it runs: in its service's
+  cgroup, in a build, in a git fetch, on a cgroup v1 host (this test box is one; `socket cgroupv2` and BPF cgroup
+  hooks see only the unified hierarchy, where v1 hosts put nobody). useradd --system hands out uids downwards
+  between the packages' own system users, so they are not contiguous: the set is rebuilt from /etc/passwd at every
+  start and kept current by `track_uid`/`untrack_uid`, called where users.py creates and deletes the users.
+  Root's and InkMCP's own connections, the tenant PostgreSQL server's, Redis's and nginx's are not in the set.
+- Kernel rules live on after InkMCP stops: a restart (or a crash) leaves running tenants covered, and processes
+  started before the rules are covered at their next connection. The table is replaced whole in one `nft -f`
+  transaction, so there is never a moment without it and never a duplicate rule.
+- Only a TCP SYN (and every UDP/other datagram) is looked at: the rest of a TCP stream cannot reach a destination
+  its handshake could not (tenants have no raw sockets), and skipping it keeps bulk transfers at one set lookup per
+  packet. No conntrack: the host pays nothing for it where nothing else loads it.
+- Refused connects fail at once: a TCP SYN gets a reset (connect() -> ECONNREFUSED), a datagram is refused in the
+  output path (sendmsg() -> EPERM). Each refusal is noted in a per-table timeout set (uid, address, protocol,
+  port); `DeniedWatcher` reads it and the provider writes one line to that project's services' logs saying what
+  was refused and which setting opens it.
+
+Allowed, in order: loopback (the control plane, tenant PostgreSQL, Redis, the proxy and the apps themselves), DNS
+(port 53) to the resolvers /etc/resolv.conf names at start, the operator's INKMCP_TENANT_EGRESS_ALLOW; then refused:
+the special-purpose ranges below, the host's own local/broadcast/multicast addresses, SMTP ports anywhere; the rest
+(the public internet) is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from inkmcp.settings import TenantEgressSettings
+
+log = logging.getLogger(__name__)
+
+TABLE = "inkmcp_egress"
+USER_PREFIX = "ink-"  # users.USER_PREFIX (not imported: users.py imports this module)
+NFT_TIMEOUT = 15.0
+DENIED_TTL = 3600  # seconds a refused (uid, address, protocol, port) stays noted: one log line per hour at most
+DENIED_SIZE = 4096
+POLL_SECONDS = 2.0
+
+# Refused on the run servers too (nodes/render.py BLOCKED_RANGES; tests assert this list covers it): RFC 1918, CGNAT
+# (RFC 6598, Alibaba's metadata 100.100.100.200), link-local (AWS/GCP/Azure metadata), this-network, IETF protocol
+# assignments (Oracle's metadata 192.0.0.192), benchmarking, multicast, reserved, broadcast. 127.0.0.0/8 is there as
+# well but loopback is accepted before this set is consulted.
+BLOCKED_V4 = tuple(ipaddress.IPv4Network(c) for c in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+))
+# IPv6: unspecified, IPv4-mapped (sent as IPv4, refused there too), local-use NAT64 (RFC 8215: may map private
+# IPv4), discard-only, unique-local (fd00:ec2::254 is AWS's metadata, fd20:ce::254 GCP's), link-local, the old
+# site-local, multicast.
+BLOCKED_V6 = tuple(ipaddress.IPv6Network(c) for c in (
+    "::/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+))
+
+RULESET = jinja2.Template("""\
+# Managed by InkMCP (inkmcp/providers/compute/local/egress.py): what local tenants' processes may connect to.
+# Replaced whole at every start of the local provider; INKMCP_TENANT_EGRESS=off removes it.
+table inet {{ table }}
+delete table inet {{ table }}
+table inet {{ table }} {
+  set tenants {
+    type uid
+{%- if uids %}
+    elements = { {{ uids | join(", ") }} }
+{%- endif %}
+  }
+  set blocked4 {
+    type ipv4_addr; flags interval
+    elements = { {{ blocked4 | join(", ") }} }
+  }
+  set blocked6 {
+    type ipv6_addr; flags interval
+    elements = { {{ blocked6 | join(", ") }} }
+  }
+  set denied4 {
+    type uid . ipv4_addr . inet_proto . inet_service
+    size {{ size }}; flags dynamic, timeout; timeout {{ ttl }}s
+  }
+  set denied6 {
+    type uid . ipv6_addr . inet_proto . inet_service
+    size {{ size }}; flags dynamic, timeout; timeout {{ ttl }}s
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    meta skuid @tenants jump tenant
+  }
+  chain tenant {
+    meta l4proto tcp tcp flags & (syn | ack) != syn accept
+    ip daddr 127.0.0.0/8 accept
+    ip6 daddr ::1 accept
+{%- for r in resolvers %}
+    {{ "ip" if r.version == 4 else "ip6" }} daddr {{ r }} meta l4proto { tcp, udp } th dport 53 accept
+{%- endfor %}
+{%- for a in allow %}
+    {{ "ip" if a.network.version == 4 else "ip6" }} daddr {{ a.network }}
+    {%- if a.port %} meta l4proto { tcp, udp } th dport {{ a.port }}{% endif %} accept
+{%- endfor %}
+    ip daddr @blocked4 goto deny
+    ip6 daddr @blocked6 goto deny
+    fib daddr type { local, broadcast, multicast, anycast } goto deny
+{%- if smtp_ports %}
+    tcp dport { {{ smtp_ports | join(", ") }} } goto deny
+{%- endif %}
+  }
+  chain deny {
+    meta nfproto ipv4 add @denied4 { meta skuid . ip daddr . meta l4proto . th dport }
+    meta nfproto ipv6 add @denied6 { meta skuid . ip6 daddr . meta l4proto . th dport }
+    meta l4proto tcp reject with tcp reset
+    reject with icmpx type admin-prohibited
+  }
+}
+""")
+
+
+class EgressError(RuntimeError):
+    """The rules could not be applied or read (nft missing, a kernel without nf_tables, ...)."""
+
+
+@dataclass(frozen=True)
+class EgressState:
+    """What the kernel holds now, for `inkmcp doctor`, the provider's start log and tests."""
+
+    active: bool
+    tenants: int = 0
+    detail: str = ""
+
+
+def nft_path() -> str | None:
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+
+
+def _nft(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    nft = nft_path()
+    if nft is None:
+        raise EgressError("the nft command is missing (Debian package nftables: apt-get install nftables)")
+    return subprocess.run([nft, *args], input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT,
+                          check=False)  # fmt: skip
+
+
+def tenant_uids() -> list[int]:
+    """Every per-project user's uid on this machine (all data dirs share /etc/passwd and the `ink-` names)."""
+    return sorted({e.pw_uid for e in pwd.getpwall() if e.pw_name.startswith(USER_PREFIX) and e.pw_uid != 0})
+
+
+def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The `nameserver` addresses tenants resolve names through (they read the host's /etc/resolv.conf)."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    try:
+        lines = resolv_conf.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                addr = ipaddress.ip_address(parts[1].split("%", 1)[0])
+                if addr not in found:
+                    found.append(addr)
+    return found
+
+
+def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = TABLE,
+           resolvers: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None) -> str:
+    """The whole ruleset as `nft -f` takes it (one transaction: the old table goes, the new one comes)."""
+    return RULESET.render(
+        table=table, uids=sorted(set(uids)), blocked4=BLOCKED_V4, blocked6=BLOCKED_V6, size=DENIED_SIZE,
+        ttl=DENIED_TTL, resolvers=list(host_resolvers() if resolvers is None else resolvers),
+        allow=settings.allow_entries(), smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)),
+    )
+
+
+def apply(settings: TenantEgressSettings | None = None, *, table: str = TABLE) -> EgressState:
+    """Converge the kernel to `settings` (read from the environment when None): the table replaced whole, or removed
+    when INKMCP_TENANT_EGRESS=off. Idempotent; raises EgressError when nft refuses."""
+    settings = settings or TenantEgressSettings()
+    if settings.tenant_egress == "off":
+        remove(table=table)
+        return EgressState(active=False, detail="INKMCP_TENANT_EGRESS=off: tenants' connections are not restricted")
+    uids = tenant_uids()
+    r = _nft("-f", "-", stdin=render(settings, uids, table=table))
+    if r.returncode != 0:
+        raise EgressError(f"nft refused the tenant egress rules: {r.stderr.strip()[-600:]}")
+    # A user another InkMCP process created while this one read /etc/passwd is in neither list: add it now.
+    late = sorted(set(tenant_uids()) - set(uids))
+    if late:
+        _element("add", ",".join(map(str, late)), table)
+    return state(table=table)
+
+
+def remove(*, table: str = TABLE) -> bool:
+    """Delete the table (True when there was one)."""
+    r = _nft("delete", "table", "inet", table)
+    if r.returncode == 0:
+        return True
+    if "No such file or directory" in r.stderr:
+        return False
+    raise EgressError(f"nft could not delete table inet {table}: {r.stderr.strip()[-600:]}")
+
+
+def state(*, table: str = TABLE) -> EgressState:
+    """Whether the table is in the kernel with its tenant chain, and how many tenant uids it covers."""
+    try:
+        r = _nft("-j", "list", "table", "inet", table)
+    except EgressError as e:
+        return EgressState(active=False, detail=str(e))
+    if r.returncode != 0:
+        return EgressState(active=False, detail=f"no table inet {table} in the kernel")
+    items = json.loads(r.stdout).get("nftables", [])
+    sets = {i["set"]["name"]: i["set"] for i in items if "set" in i}
+    chains = {i["chain"]["name"] for i in items if "chain" in i}
+    hooked = any(i["chain"].get("hook") == "output" for i in items if "chain" in i)
+    if not ({"tenants", "blocked4", "blocked6"} <= sets.keys() and {"tenant", "deny"} <= chains and hooked):
+        return EgressState(active=False, detail=f"table inet {table} is incomplete (edited by hand?)")
+    tenants = len(sets["tenants"].get("elem", []))
+    return EgressState(active=True, tenants=tenants, detail=f"table inet {table}: {tenants} tenant users covered")
+
+
+def _element(verb: str, uid: int | str, table: str) -> None:
+    r = _nft(verb, "element", "inet", table, "tenants", f"{{ {uid} }}")
+    if r.returncode != 0 and "No such file or directory" not in r.stderr:
+        raise EgressError(f"nft could not {verb} uid {uid} in the tenant set: {r.stderr.strip()[-300:]}")
+
+
+def track_uid(uid: int, *, table: str = TABLE) -> None:
+    """A new per-project user: its connections are restricted from now on (no-op when the table is absent)."""
+    if nft_path() is not None:
+        _element("add", uid, table)
+
+
+def untrack_uid(uid: int, *, table: str = TABLE) -> None:
+    """A deleted per-project user: its uid may be handed to a package's system user next, which must not be
+    restricted. Best effort (the next start rebuilds the set from /etc/passwd anyway)."""
+    if nft_path() is None:
+        return
+    try:
+        _element("delete", uid, table)
+    except EgressError as e:
+        log.warning("%s", e)
+
+
+@dataclass(frozen=True)
+class Denied:
+    """One refused destination of one tenant user."""
+
+    uid: int
+    address: str
+    protocol: str
+    port: int
+
+    def message(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        opens = f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        return (f"egress to {host}:{self.port}/{self.protocol} is blocked by the platform (private networks, the "
+                f"cloud metadata service, this host's own addresses and mail ports are closed to apps); if this app "
+                f"must reach it, the operator allows it with INKMCP_TENANT_EGRESS_ALLOW={opens} and restarts InkMCP")
+
+
+def read_denied(*, table: str = TABLE) -> list[Denied]:
+    """The refusals the kernel noted (each at most once per DENIED_TTL)."""
+    found = []
+    for name in ("denied4", "denied6"):
+        r = _nft("-j", "list", "set", "inet", table, name)
+        if r.returncode != 0:
+            continue
+        for item in json.loads(r.stdout).get("nftables", []):
+            for elem in item.get("set", {}).get("elem", []):
+                value = elem.get("elem", {}).get("val", elem) if isinstance(elem, dict) else elem
+                parts = value.get("concat") if isinstance(value, dict) else None
+                if isinstance(parts, list) and len(parts) == 4:
+                    uid, addr, proto, port = parts
+                    found.append(Denied(int(uid), str(addr), str(proto), int(port)))
+    return found
+
+
+@dataclass
+class DeniedWatcher:
+    """Polls the noted refusals and hands each new one to `sink` once (per DENIED_TTL)."""
+
+    sink: Callable[[Denied], None]
+    table: str = TABLE
+    interval: float = POLL_SECONDS
+    _seen: dict[Denied, float] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def poll(self) -> list[Denied]:
+        """One round (blocking): the refusals not reported yet."""
+        now = time.monotonic()
+        self._seen = {d: t for d, t in self._seen.items() if now - t < DENIED_TTL}
+        fresh = [d for d in read_denied(table=self.table) if d not in self._seen]
+        for d in fresh:
+            self._seen[d] = now
+        return fresh
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="tenant-egress-denied")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                for d in await asyncio.to_thread(self.poll):
+                    self.sink(d)
+            except Exception:  # a failed round must not end the watcher: the next one may work
+                log.warning("reading the tenant egress refusals failed", exc_info=True)
+            await asyncio.sleep(self.interval)
+
+
+async def converge(sink: Callable[[Denied], None], *, table: str = TABLE,
+                   settings: TenantEgressSettings | None = None) -> DeniedWatcher | None:
+    """The local provider's start (as root): apply the environment's policy and watch for refusals.
+
+    A failure is logged loudly and start goes on (as a missing disk quota is): `inkmcp doctor` shows the row red.
+    Refusing to start would take every running app down on a host that merely lacks the nft command."""
+    try:
+        done = await asyncio.to_thread(apply, settings, table=table)
+    except (EgressError, OSError, subprocess.SubprocessError) as e:
+        log.error("tenant egress is NOT restricted: apps can reach the cloud metadata service and private networks "
+                  "(%s); install nftables (apt-get install nftables) and restart InkMCP", e)
+        return None
+    if not done.active:
+        log.warning("tenant egress is not restricted: %s", done.detail)
+        return None
+    log.info("tenant egress restricted (%s)", done.detail)
+    watcher = DeniedWatcher(sink, table=table)
+    watcher.start()
+    return watcher
