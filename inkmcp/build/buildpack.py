@@ -72,6 +72,7 @@ from inkmcp.build.process import (
     close_pipes,
     kill_process_group,
     spawn,
+    tenant_line,
     write_pid_file,
 )
 from inkmcp.errors import BuildFailed, ProviderError
@@ -231,12 +232,12 @@ class _Runner:
             *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
             for line in lines:
                 if line:
-                    await self.log(line.decode(errors="replace"))
+                    await self.log(tenant_line(line.decode(errors="replace")))
             while len(pending) > _MAX_LINE:
-                await self.log(pending[:_MAX_LINE].decode(errors="replace"))
+                await self.log(tenant_line(pending[:_MAX_LINE].decode(errors="replace")))
                 pending = pending[_MAX_LINE:]
         if pending:
-            await self.log(pending.decode(errors="replace"))
+            await self.log(tenant_line(pending.decode(errors="replace")))
 
     async def shell(self, command: str, *, what: str, argument: str, fix: str) -> None:
         await self.run(["/bin/sh", "-c", command], what=what, argument=argument, fix=fix)

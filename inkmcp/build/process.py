@@ -166,6 +166,21 @@ def close_pipes(proc: asyncio.subprocess.Process) -> None:
             pipe.close()
 
 
+# How InkMCP's own lines in a service's logs begin (after the `name | ` prefix of runtime lines): statements
+# of the platform ("[inkmcp] out of credits, sleeping") and a build's failure reasons ("!! ...").
+PLATFORM_MARKERS = ("[inkmcp]", "!!")
+TENANT_MARK = "(app) "
+
+
+def tenant_line(text: str) -> str:
+    """A line of tenant output as it goes into a log that InkMCP writes to as well.
+
+    get_logs shows both in one stream, and an agent acts on the platform's lines; so a tenant line that
+    begins like one (printed by the app itself, or a visitor's input it logs raw) is marked as the app's
+    instead of passing for InkMCP's."""
+    return TENANT_MARK + text if text.startswith(PLATFORM_MARKERS) else text
+
+
 def write_pid_file(path: Path, pid: int) -> bool:
     """Record a running process as {pid, create_time}: the create time lets a later reaper (the local
     provider's `reap_stale`) tell the process from an unrelated one that reused its pid."""

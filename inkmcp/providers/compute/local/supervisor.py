@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from inkmcp.build.plan import RunAs
-from inkmcp.build.process import TenantSandbox, write_pid_file
+from inkmcp.build.process import TenantSandbox, tenant_line, write_pid_file
 from inkmcp.providers.compute.local.logs import (
     BYTES_PER_SECOND,
     LINES_PER_SECOND,
@@ -324,7 +324,7 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink,
         for start in range(0, len(lines), YIELD_EVERY):
             part = lines[start:start + YIELD_EVERY]
             for raw in part:
-                sink(f"{name} | {raw.decode(errors='replace').rstrip(chr(13))}")
+                sink(f"{name} | {tenant_line(raw.decode(errors='replace').rstrip(chr(13)))}")
             wait = budget.take(len(part), sum(len(raw) + 1 for raw in part))
             if wait > 0 and budget.clock() - noted >= PACING_NOTE_EVERY:
                 noted = budget.clock()
@@ -336,7 +336,7 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, sink: LineSink,
                      "wait (nothing is dropped)")
             await asyncio.sleep(wait)  # 0 still yields: other accounts' requests get the loop between slices
     if pending:
-        sink(f"{name} | {pending.decode(errors='replace')}")
+        sink(f"{name} | {tenant_line(pending.decode(errors='replace'))}")
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
