@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 ERROR_TAIL = 15
 RELOAD_WAIT = 10.0  # --- redteam2 (portguard): seconds a crashed run's port stays held for nginx's reload
 DRAIN_TIMEOUT = 2.0  # seconds a blue/green switch waits for connections still on the old version
+HEALTH_PROGRESS_EVERY = 10.0  # seconds between two "still waiting" lines while a release's health check runs
 RUNTIME_LOGS = "get_logs(scope='runtime') shows all of it"  # where a crash after the build is explained
 # How this provider's paths show to agents (errors, logs, build output): relative to what they know.
 SHOWN_PATHS = (
@@ -602,8 +603,11 @@ class LocalComputeProvider:
             await report(Step.health_check, f"waiting for port {port} to answer HTTP and {stays}" if port else
                          f"waiting for {stays}")  # fmt: skip
             try:
-                await run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key),
-                                    settle=None if protects else self.first_deploy_settle)  # fmt: skip
+                await _with_heartbeat(
+                    run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key),
+                                  settle=None if protects else self.first_deploy_settle),
+                    lambda waited: report(Step.health_check, _still_waiting(waited, self.health_timeout, port, run)),
+                )  # fmt: skip
             except HealthFailed as exc:
                 kept = "the previous version stays live" if svc.live is not None else "nothing went live"
                 built = "The build succeeded: the" if progress is not None else "The"
@@ -1221,6 +1225,36 @@ def _process_names(meta: ReleaseMeta) -> list[tuple[str, bool]]:
     if meta.is_static:
         return [(STATIC_PROCESS, True)]
     return [(p.name, p.routed) for p in meta.plan.processes]
+
+
+async def _with_heartbeat(waiting: Awaitable[None], beat: Callable[[float], Awaitable[None]]) -> None:
+    """Await `waiting`, calling `beat(seconds waited)` every HEALTH_PROGRESS_EVERY seconds until it ends.
+
+    An app may take most of the health timeout to start (a big framework, migrations at boot): without a
+    line now and then the agent sees nothing between "waiting for port ..." and the outcome, and cannot
+    tell a slow start from a hung call."""
+    task = asyncio.ensure_future(waiting)
+    started = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEALTH_PROGRESS_EVERY)
+            if done:
+                return task.result()
+            await beat(time.monotonic() - started)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _still_waiting(waited: float, timeout: float, port: int | None, run: ReleaseRun) -> str:
+    """The heartbeat's line: how long, against what limit, and what is still missing (never the app's output:
+    progress lines are kept in the deployment's history, where a secret the app printed must not go)."""
+    missing = (f"port {port} does not answer yet" if port is not None and run.answered_after is None
+               else "the processes must stay up a little longer")  # fmt: skip
+    return (f"still waiting after {waited:.0f}s of the {timeout:g}s health timeout (INKMCP_HEALTH_TIMEOUT): {missing}; "
+            f"get_logs(scope='runtime') shows the app's output so far")
 
 
 def _build_group(service_id: str) -> str:
