@@ -18,6 +18,8 @@ process, so machine load hits both alike; the figures are medians and the differ
    `--ab-config fetch.unpackLimit=1`: A = the jail as configured, B = the jail with that `git -c` setting added
    (same-run A/B of a git setting; e.g. the pack fsyncs of unpackLimit=1, or core.fsync=none). `--fresh-mirror`:
    each deploy fetches into a new, empty mirror (a project's first deploy, as benchmarks/coolify_deploy.py's are).
+   `--ab-fast-fetch`: A = git's own fetch storage, B = InkMCP's (`source._FAST_FETCH`: one pack, not fsynced).
+    flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 40 --fresh-mirror --ab-fast-fetch
     flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/git_jail_cost.py --rounds 50 --new-commit \
         --ab-config fetch.unpackLimit=1
 """
@@ -107,11 +109,14 @@ def fresh_workspace(root: Path, n: int) -> source.SourceWorkspace:
     return source.SourceWorkspace(mirrors_dir=d / "mirrors", locks_dir=d / "locks", run_as=None)
 
 
-async def main(rounds: int, weight: int, commits: bool = False, extra: str | None = None,
-               fresh: bool = False) -> None:
+async def main(rounds: int, weight: int, commits: bool = False, extra: list[str] | None = None,
+               fresh: bool = False, fast_fetch: bool = False) -> None:
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
     root = Path(tempfile.mkdtemp(prefix="inkmcp-gitjail-bench-"))
     base = source._git_base
+    fast = list(source._FAST_FETCH)
+    if fast_fetch:  # A: git's own fetch storage (fetch.unpackLimit 100, packs fsynced); B: InkMCP's `_FAST_FETCH`
+        extra = []
     try:
         repo = make_repo(root)
         for d in ("mirrors", "locks", "checkouts"):
@@ -119,10 +124,11 @@ async def main(rounds: int, weight: int, commits: bool = False, extra: str | Non
         ws = source.SourceWorkspace(mirrors_dir=root / "mirrors", locks_dir=root / "locks", run_as=None)
         env = source._git_env(source._Source(fetch_url="x", display="x", local=True))
         modes = {"A direct": GitSettings(git_jail=False), "B jail": GitSettings(git_jail=True, git_cpu_weight=weight)}
-        if extra is not None:  # A: the jail as it is; B: the jail with `-c extra`
+        if extra is not None:  # A: the jail as it is; B: the jail with each `-c extra`
             modes = {"A direct": GitSettings(git_jail=True, git_cpu_weight=weight),
                      "B jail": GitSettings(git_jail=True, git_cpu_weight=weight)}
-            print(f"A = the jail as configured, B = the jail with `git -c {extra}`")
+            print(f"A = the jail as configured, B = the jail with `{' '.join(f'git -c {e}' for e in extra)}`"
+                  if not fast_fetch else f"A = git's own fetch storage, B = InkMCP's `{' '.join(fast)}`")
         times: dict[str, dict[str, list[tuple[float, float, float]]]] = {
             m: {"process": [], "deploy": []} for m in modes}
         for settings in modes.values():  # warm both paths (the starter starts, the mirror is made)
@@ -132,8 +138,11 @@ async def main(rounds: int, weight: int, commits: bool = False, extra: str | Non
         for r in range(rounds):
             for mode, settings in (modes.items() if r % 2 == 0 else reversed(modes.items())):
                 set_git_settings(settings)
-                if extra is not None:
-                    source._git_base = (lambda src, _b=base: [*_b(src), "-c", extra]) if mode == "B jail" else base
+                if fast_fetch:
+                    source._FAST_FETCH[:] = fast if mode == "B jail" else []
+                elif extra is not None:
+                    added = [a for e in extra for a in ("-c", e)]
+                    source._git_base = (lambda src, _b=base, _a=added: [*_b(src), *_a]) if mode == "B jail" else base
                 times[mode]["process"].append(await timed(one_process(env)))
                 if commits:
                     new_commit(repo, 2 * r + (mode == "B jail"))
@@ -160,6 +169,7 @@ async def main(rounds: int, weight: int, commits: bool = False, extra: str | Non
         print(f"load average at end: {Path('/proc/loadavg').read_text().strip()}")
     finally:
         source._git_base = base
+        source._FAST_FETCH[:] = fast
         gitjail.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -173,11 +183,15 @@ if __name__ == "__main__":
                         help="the git group's CPU weight (INKMCP_GIT_CPU_WEIGHT; default: the setting's)")
     parser.add_argument("--new-commit", action="store_true",
                         help="a new commit before each deploy: every fetch writes objects (not a no-op fetch)")
-    parser.add_argument("--ab-config", metavar="KEY=VALUE",
-                        help="A/B a git setting instead of the jail: A the jail as configured, B with `-c KEY=VALUE`")
+    parser.add_argument("--ab-config", metavar="KEY=VALUE", action="append",
+                        help="A/B a git setting instead of the jail: A the jail as configured, B with `-c KEY=VALUE` "
+                             "(repeat it for several settings at once)")
     parser.add_argument("--fresh-mirror", action="store_true",
                         help="each deploy fetches into a new, empty mirror (a project's first deploy)")
+    parser.add_argument("--ab-fast-fetch", action="store_true",
+                        help="A/B InkMCP's fetch storage (source._FAST_FETCH: one pack, not fsynced) against git's own "
+                             "(loose objects under 100, packs fsynced), on an InkMCP-owned mirror")
     args = parser.parse_args()
     if args.no_cgroup:
         gitjail._join_cgroup = lambda pid, limits: ("", [])  # type: ignore[assignment]
-    asyncio.run(main(args.rounds, args.weight, args.new_commit, args.ab_config, args.fresh_mirror))
+    asyncio.run(main(args.rounds, args.weight, args.new_commit, args.ab_config, args.fresh_mirror, args.ab_fast_fetch))

@@ -154,3 +154,100 @@ async def test_a_fetch_skips_gits_auto_maintenance_only_when_it_would_find_nothi
     for i in range(source_mod._GC_AUTO_PACKS + 1):
         (packs / f"pack-{i:040x}.pack").write_bytes(b"")
     assert source_mod._needs_maintenance(fetched.mirror)
+
+
+def _fsyncs(trace: Path) -> int:
+    """Hardware flushes git reported (trace2's `fsync/hardware-flush` counter, one per fsync it made)."""
+    text = trace.read_text() if trace.exists() else ""
+    return sum(int(n) for n in __import__("re").findall(r"fsync/hardware-flush:(\d+)", text))
+
+
+async def test_a_new_mirrors_first_fetch_is_one_pack_without_fsync_and_a_redeploys_stays_loose(
+        make_repo: MakeRepo, ws: SourceWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """overhead9 (issue 8): a project's first fetch into an InkMCP-owned mirror is written as one pack by index-pack
+    (not as a loose file per object by unpack-objects), and git fsyncs neither the pack nor its index, as it never
+    fsyncs loose objects; a redeploy's fetch of a few objects stays loose (git's own storage, as before). Seen from
+    git's side: its trace2 fsync counter and the mirror's files. Fails with `_FAST_FETCH` taken out (loose objects,
+    no pack) or with the fsync setting taken out (2 fsyncs)."""
+    repo = make_repo({"app.py": "print('hi')\n", "Procfile": "web: python app.py\n", "lib/util.py": "X = 1\n"})
+    trace = tmp_path / "trace2.txt"
+    real_env = source_mod._git_env
+    monkeypatch.setattr(source_mod, "_git_env", lambda src: {**real_env(src), "GIT_TRACE2_PERF": str(trace)})
+    fetched = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    objects = fetched.mirror / "objects"
+    assert len(list((objects / "pack").glob("*.pack"))) == 1 and len(list((objects / "pack").glob("*.idx"))) == 1
+    assert not list(objects.glob("??/*")), "a first fetch left loose objects"
+    assert "index-pack" in trace.read_text() and "unpack-objects" not in trace.read_text()
+    assert _fsyncs(trace) == 0, trace.read_text()[-2000:]
+
+    trace.unlink()
+    (repo / "app.py").write_text("print('v2')\n")
+    git(repo, "commit", "-qam", "v2")
+    again = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    assert again.sha != fetched.sha
+    assert len(list((objects / "pack").glob("*.pack"))) == 1  # the redeploy's 3 objects: loose, no second pack
+    assert len(list(objects.glob("??/*"))) == 3
+    assert "unpack-objects" in trace.read_text() and _fsyncs(trace) == 0
+
+
+@pytest.mark.parametrize("damage", ["pack emptied", "pack truncated", "index emptied", "loose object emptied"])
+async def test_a_mirror_an_unclean_shutdown_broke_is_fetched_again(
+        make_repo: MakeRepo, ws: SourceWorkspace, private: Path, damage: str) -> None:
+    """overhead9 (issue 8): what an unclean shutdown can leave of files git did not fsync (a pack and its index of a
+    first fetch, loose objects of later ones, as git has always written those): an empty or truncated file under
+    the mirror's refs. The next fetch finds the mirror broken, removes it and fetches into a new one: the deploy
+    goes on with the right files. git heals a pack it cannot read by itself here (it no longer claims the commits
+    in it, so the remote sends them again); an empty loose object it does not: before, every later deploy of the
+    project failed ("loose object ... is corrupt") until someone removed the mirror by hand."""
+    repo = make_repo({"app.py": "print('hi')\n", "Procfile": "web: python app.py\n"})
+    first = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    objects = first.mirror / "objects"
+    if damage == "loose object emptied":
+        (repo / "app.py").write_text("print('v2')\n")
+        git(repo, "commit", "-qam", "v2")
+        second = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+        loose = [p for p in objects.glob("??/*") if p.parent.name + p.name == second.sha]
+        assert loose, "the redeploy's commit is loose"
+        loose[0].chmod(0o600)
+        loose[0].write_bytes(b"")
+    else:
+        pack = next((objects / "pack").glob("*.pack"))
+        target = pack if damage.startswith("pack") else pack.with_suffix(".idx")
+        target.chmod(0o600)
+        size = target.stat().st_size
+        with open(target, "r+b") as f:
+            f.truncate(size // 2 if damage == "pack truncated" else 0)
+    (repo / "Procfile").write_text("web: python app.py --v3\n")
+    git(repo, "commit", "-qam", "v3")
+    fetched = await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW,
+                                 files_for=lambda mirror, sha: private / "p")
+    assert fetched.sha == git(repo, "rev-parse", "HEAD")
+    assert (private / "p" / "Procfile").read_text() == "web: python app.py --v3\n"
+    assert fetched.mirror == first.mirror
+
+
+async def test_a_remote_that_stays_broken_is_fetched_again_once_then_refused(
+        make_repo: MakeRepo, ws: SourceWorkspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """overhead9: a source whose own objects are broken makes git name a broken object too: the mirror is fetched
+    anew once (not in a loop), then the error is the fetch's, naming the repository."""
+    repo = make_repo({"app.py": "print('hi')\n"})
+    await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    (repo / "app.py").write_text("print('v2')\n")
+    git(repo, "commit", "-qam", "v2")
+    tree = git(repo, "rev-parse", "HEAD^{tree}")
+    loose = repo / ".git" / "objects" / tree[:2] / tree[2:]
+    loose.chmod(0o600)
+    loose.write_bytes(b"")  # the source's new tree object: upload-pack cannot send it
+    fetches = 0
+    real = source_mod._fetch
+
+    async def counted(*a: object, **kw: object) -> None:
+        nonlocal fetches
+        fetches += 1
+        await real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source_mod, "_fetch", counted)
+    with pytest.raises(SourceError) as refused:
+        await fetch_commit(str(repo), None, workspace=ws, policy=ALLOW)
+    assert fetches == 2
+    assert str(repo) in refused.value.render()

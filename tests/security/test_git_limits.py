@@ -234,41 +234,57 @@ async def test_a_long_delta_chain_stops_at_the_cpu_and_time_limits(limits: Any, 
     assert time.monotonic() - t0 < 15
 
 
+async def _redeployed(path: Path, ws: SourceWorkspace) -> None:
+    """--- overhead9: the repository at `path` deployed once (a plain commit), then removed: a bomb made at the same
+    path afterwards comes in a redeploy's fetch, into a mirror that holds objects already. (A new mirror's first fetch
+    is one pack, indexed by index-pack: source._FAST_FETCH.)"""
+    gitbombs._commit(gitbombs._bare(path), [])
+    await fetch(str(path), ws)
+    subprocess.run(["rm", "-rf", "--", str(path)], check=True)
+
+
 async def test_a_small_bomb_unpacked_into_loose_objects_stops_at_the_cpu_and_memory_limits(limits: Any,
                                                                                         tmp_path: Path) -> None:
-    """overhead8: a fetch of fewer than git's fetch.unpackLimit (100) objects is written by `unpack-objects` as loose
-    objects (no pack to fsync: `fetch.unpackLimit=1` made every deploy's fetch write and fsync a pack and its index,
-    21.6 -> 36.2 ms per fetch on a quiet box). unpack-objects deflates each object again, so a few crafted objects
-    cost it more CPU than index-pack; the jail's limits bound it the same way. Performed over a local path (upload-pack
-    and unpack-objects, as a deploy of a path runs them): a 512 MiB delta bomb fails at the per-process memory
-    limit (128 MiB) in seconds; a chain of 60 deltas of a 4 MiB blob (~0.3 MB on the wire, ~60 x 4 MiB to deflate)
-    is killed at RLIMIT_CPU (2 s here), each named in the error."""
+    """overhead8: a redeploy's fetch of fewer than git's fetch.unpackLimit (100) objects is written by `unpack-objects`
+    as loose objects (no pack to fsync: `fetch.unpackLimit=1` made every deploy's fetch write and fsync a pack and its
+    index, 21.6 -> 36.2 ms per fetch on a quiet box). unpack-objects deflates each object again, so a few crafted
+    objects cost it more CPU than index-pack; the jail's limits bound it the same way. Performed over a local path
+    (upload-pack and unpack-objects, as a redeploy of a path runs them): a 512 MiB delta bomb fails at the
+    per-process memory limit (128 MiB) in seconds; a chain of 60 deltas of a 4 MiB blob (~0.3 MB on the wire, ~60 x
+    4 MiB to deflate) is killed at RLIMIT_CPU (2 s here), each named in the error."""
     require_root(NEEDS_ROOT)
+    limits(git_jail=True)
+    mem = workspace(tmp_path / "mem")
+    await _redeployed(tmp_path / "bomb.git", mem)  # --- overhead9: a redeploy, so that unpack-objects gets it
     bomb = gitbombs.delta_bomb(tmp_path / "bomb.git", 512 * MIB)
     limits(git_jail=True, git_process_memory_mb=128)
     t0 = time.monotonic()
     with Watch() as watch, pytest.raises(SourceError) as refused:
-        await fetch(str(bomb), workspace(tmp_path / "mem"))
+        await fetch(str(bomb), mem)
     text = f"{refused.value} {refused.value.fix}"
     assert "INKMCP_GIT_PROCESS_MEMORY_MB" in text and "128 MiB" in text, text
     assert watch.peak_git < 160 * MIB, f"a jailed git process reached {watch.peak_git >> 20} MiB"
     assert time.monotonic() - t0 < 30
 
+    limits(git_jail=True)
+    cpu = workspace(tmp_path / "cpu")
+    await _redeployed(tmp_path / "chain.git", cpu)  # --- overhead9
     chain = gitbombs.delta_chain(tmp_path / "chain.git", 60, 4 * MIB)
     limits(git_jail=True, git_timeout=1)  # RLIMIT_CPU 2 s; the call's own wall limit set high to see the CPU's
     t0 = time.monotonic()
     with pytest.raises(SourceError) as refused:
-        await fetch(str(chain), workspace(tmp_path / "cpu"), timeout=300)
+        await fetch(str(chain), cpu, timeout=300)
     text = f"{refused.value} {refused.value.fix}"
     assert "more CPU time" in text and "INKMCP_GIT_TIMEOUT" in text, text
     assert time.monotonic() - t0 < 60
 
 
 async def test_a_small_fetch_writes_loose_objects_not_a_pack(limits: Any, tmp_path: Path) -> None:
-    """overhead8: a deploy's fetch of a few objects leaves them loose in the mirror, as git does by default: git
+    """overhead8: a redeploy's fetch of a few objects leaves them loose in the mirror, as git does by default: git
     fsyncs a pack and its index (core.fsync's default covers packs, not loose objects), two fsyncs per deploy that
     took `git fetch` inside deploy_app from 21.6 to 36.2 ms p50 while `fetch.unpackLimit=1` forced a pack. A fetch
-    of more objects than fetch.unpackLimit (a real repository's first deploy) still arrives as one pack."""
+    of more objects than fetch.unpackLimit still arrives as one pack. --- overhead9: a new mirror's first fetch is
+    one pack (index-pack), not fsynced (source._FAST_FETCH; tests/build/test_source_files.py counts the fsyncs)."""
     require_root(NEEDS_ROOT)
     repo = gitbombs._bare(tmp_path / "small.git")
     gitbombs._commit(repo, [])
@@ -276,17 +292,18 @@ async def test_a_small_fetch_writes_loose_objects_not_a_pack(limits: Any, tmp_pa
     ws = workspace(tmp_path / "w")
     await fetch(str(repo), ws)
     (mirror,) = [p for p in ws.mirrors_dir.iterdir() if not p.name.startswith(".")]
-    assert not list((mirror / "objects" / "pack").glob("*.pack"))
-    assert len([p for p in (mirror / "objects").glob("??/*")]) == 3  # commit, tree, app.py
-
-    big = gitbombs._bare(tmp_path / "big.git")
-    blobs = [subprocess.run(["git", f"--git-dir={big}", "hash-object", "-w", "--stdin"], input=f"{i}\n".encode(),
-                            capture_output=True, check=True).stdout.decode().strip() for i in range(150)]
-    gitbombs._commit(big, [("100644", sha, f"f{i}.txt") for i, sha in enumerate(blobs)])
-    ws2 = workspace(tmp_path / "w2")
-    await fetch(str(big), ws2)
-    (mirror,) = [p for p in ws2.mirrors_dir.iterdir() if not p.name.startswith(".")]
+    assert len(list((mirror / "objects" / "pack").glob("*.pack"))) == 1  # --- overhead9: the first fetch
+    assert not list((mirror / "objects").glob("??/*"))
+    gitbombs._commit(repo, [("100644", gitbombs._git(repo, "hash-object", "-w", "--stdin", stdin=b"v2\n"), "v2")])
+    await fetch(str(repo), ws)
     assert len(list((mirror / "objects" / "pack").glob("*.pack"))) == 1
+    assert len([p for p in (mirror / "objects").glob("??/*")]) == 3  # commit, tree, v2 (app.py is there already)
+
+    blobs = [subprocess.run(["git", f"--git-dir={repo}", "hash-object", "-w", "--stdin"], input=f"{i}\n".encode(),
+                            capture_output=True, check=True).stdout.decode().strip() for i in range(150)]
+    gitbombs._commit(repo, [("100644", sha, f"f{i}.txt") for i, sha in enumerate(blobs)])
+    await fetch(str(repo), ws)
+    assert len(list((mirror / "objects" / "pack").glob("*.pack"))) == 2
 
 
 async def test_a_poisoned_object_in_the_tenants_own_mirror_stops_at_the_memory_limit(limits: Any,
