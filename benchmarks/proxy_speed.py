@@ -5,8 +5,14 @@ target pays the same app cost):
 
     direct        the app's own port (the floor)
     nginx         Debian's nginx, started here with a plain reverse-proxy config: `worker_processes auto`,
-                  an upstream with `keepalive`, HTTP/1.1 and the WebSocket Upgrade/Connection headers
-                  (nginx's documented setup; the same knobs InkMCP's config uses, nothing InkMCP-specific)
+                  an upstream with `keepalive`, HTTP/1.1, the WebSocket Upgrade/Connection headers (nginx's
+                  documented setup; the same knobs InkMCP's config uses, nothing InkMCP-specific) and the
+                  forwarded headers every edge proxy in front of apps sets, as six `proxy_set_header` lines:
+                  X-Forwarded-For/X-Real-IP = $remote_addr, X-Forwarded-Host, -Proto, -Port, `Forwarded` dropped.
+                  InkMCP must set them (an app trusting its one proxy hop must not see a visitor's forged values,
+                  tests/security/test_redteam2_forwarded_headers.py), so the bar is nginx doing the same job.
+    nginx-bare    the same nginx without the forwarded headers (the baseline before 2026-12-02), for
+                  information: a --cost row always, a load target when asked for; never the bar
     inkmcp        the proxy `LocalComputeProvider` starts today (`make_proxy`, INKMCP_PROXY_ENGINE's default)
     inkmcp-python InkMCP's asyncio proxy (INKMCP_PROXY_ENGINE=python), the proxy before issue 12
     nginx-again   a second nginx with the baseline's config (not run unless asked): an A/A check, its
@@ -38,6 +44,8 @@ reports it per request ("nginx CPU µs/req", user + kernel; it too moves with ot
     .venv/bin/python benchmarks/proxy_speed.py --compare benchmarks/baselines/proxy_speed.json
     .venv/bin/python benchmarks/proxy_speed.py --targets nginx,inkmcp --before 6118318   # + inkmcp-before, same run
     .venv/bin/python benchmarks/proxy_speed.py --cost           # instructions and syscalls per request (valgrind)
+    .venv/bin/python benchmarks/proxy_speed.py --cost --cost-requests 1000 --targets nginx,inkmcp,inkmcp-fallback
+    .venv/bin/python benchmarks/proxy_speed.py --targets nginx,nginx-again,nginx-bare,inkmcp   # + the bare row
     .venv/bin/python benchmarks/proxy_speed.py --targets nginx,nginx-again,inkmcp --rounds 9 --seconds 2 --nice -10
 
 `inkmcp-fallback` (a target, and a --cost row when asked for): InkMCP's proxy with INKMCP_PROXY_MODULE=off, the
@@ -52,7 +60,8 @@ Server rule with headers-more). `inkmcp` loads the module when `make install` bu
 (`master_process off`) under valgrind's callgrind and under strace, and the same requests are sent to each:
 user-space instructions and system calls per kept-alive request, per request on a new connection, and per
 WebSocket echo. Deterministic to a few instructions, so it attributes a cost that throughput cannot resolve.
-The cost table also has `nginx-routed` (see `routed_baseline`): the baseline routing by Host, for information.
+The cost table also has `nginx-bare` (the baseline without the forwarded headers) and `nginx-routed` (see
+`routed_baseline`: the baseline routing by Host), for information.
 --cost-cache adds callgrind's simulated L1 and last-level cache misses per request: code a config runs that the
 baseline does not (the Host check's regex, the Server rule) also costs instruction-cache misses (+48 L1 misses a
 request on 2026-12-01, nearly all instruction fetches, +4.5 %), which instruction counts do not show.
@@ -141,7 +150,8 @@ async def main():
 asyncio.run(main())
 '''
 
-NGINX_CONF = """\
+# The baseline: nginx's documented reverse proxy plus the forwarded headers (NGINX_FORWARDED), as in production.
+NGINX_BARE_CONF = """\
 worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -168,6 +178,18 @@ http {{
     }}
 }}
 """
+NGINX_FORWARDED = """\
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Host $host:{port};
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header Forwarded "";
+"""
+NGINX_CONF = NGINX_BARE_CONF.replace("            proxy_set_header Upgrade $http_upgrade;\n",
+                                     NGINX_FORWARDED + "            proxy_set_header Upgrade $http_upgrade;\n")
+assert NGINX_CONF != NGINX_BARE_CONF
+BASELINES = {"nginx": NGINX_CONF, "nginx-again": NGINX_CONF, "nginx-bare": NGINX_BARE_CONF}
 
 FIGURES = ("rps", "p50", "p99", "errors", "cpu")
 SCENARIOS = [(c, mode) for c in (1, 32) for mode in ("keep-alive", "new connection", "websocket")]
@@ -343,7 +365,8 @@ def routed_baseline(conf: str) -> str:
 
 def _cost_configs(work: Path, app_port: int, ports: dict[str, int]) -> dict[str, str]:
     """Each nginx config to cost, rewritten for one process on a port of its own in a directory of its own."""
-    configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1)}
+    configs = {"nginx": NGINX_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1),
+               "nginx-bare": NGINX_BARE_CONF.format(dir="{dir}", app_port=app_port, port="{port}", workers=1)}
     configs["nginx-routed"] = routed_baseline(configs["nginx"])
     for name in ("inkmcp", "inkmcp-fallback", "inkmcp-before"):
         conf = work / name / "nginx.conf"
@@ -470,14 +493,20 @@ def _cost_of(
 
 
 def cost_report(
-    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False
+    work: Path, app_port: int, ports: dict[str, int], n: int, keep: Path | None = None, cache: bool = False,
+    save: Path | None = None,
 ) -> str:
+    """The --cost table; with `save`, its figures as JSON too ({"cost": {config: {tool: {mode: per request}}}})."""
     missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if shutil.which(tool) is None]
     if missing:
         return f"--cost needs {', '.join(missing)} (apt-get install valgrind strace)"
     configs = _cost_configs(work, app_port, ports)
     rows = {name: {tool: _cost_of(conf, work / f"cost-{name}-{tool}", tool, n, keep, cache)
                    for tool in ("callgrind", "strace")} for name, conf in configs.items()}  # fmt: skip
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                    "requests": n, "cost": rows}, indent=2) + "\n")  # fmt: skip
     base = rows["nginx"]["callgrind"]
     extra = " | L1 misses | ÷ nginx | LL misses" if cache else ""
     lines = [f"Work per request of one nginx worker ({n} requests per mode; user-space instructions by callgrind, "
@@ -696,14 +725,14 @@ def main() -> int:
         def start_targets(run: str) -> list[subprocess.Popen[bytes]]:
             """Every target but the app, in directories (and on ports) of their own for this `run`."""
             started: list[subprocess.Popen[bytes]] = []
-            for name in ("nginx", "nginx-again"):  # nginx-again: a second baseline, the noise floor (A/A)
+            for name, conf in BASELINES.items():  # nginx-again: a second baseline, the noise floor (A/A)
                 if name not in targets:
                     continue
                 ngx_dir = work / f"{name}{run}"
                 ngx_dir.mkdir()
                 ports[name] = free_port()
-                (ngx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngx_dir, app_port=app_port,
-                                                                      port=ports[name], workers=layout.workers))
+                (ngx_dir / "nginx.conf").write_text(conf.format(dir=ngx_dir, app_port=app_port,
+                                                                port=ports[name], workers=layout.workers))
                 ngx = subprocess.Popen(layout.server([nginx, "-p", str(ngx_dir), "-c", str(ngx_dir / "nginx.conf"),
                                                       "-e", str(ngx_dir / "error.log"), "-g", "daemon off;"]))
                 started.append(ngx)
@@ -718,7 +747,8 @@ def main() -> int:
         targets_procs = start_targets("")
         procs += targets_procs
         if args.cost:
-            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache))
+            print(cost_report(work, app_port, ports, args.cost_requests, args.cost_keep, args.cost_cache,
+                              args.save))
             return 0
         layout.pin_load_here()
         order = [t for t in targets if t in ports]

@@ -38,8 +38,8 @@ HOST = "alice.p.localhost"
 OTHER = "mallory.p.localhost"
 
 # Answers with what it received (so a difference in what the proxy forwards shows), logs every request line to
-# $LOG (the proof a refused request never arrived); /server answers with its own Server header, /bad with a 502
-# of its own, /ws switches to an echo of raw bytes.
+# $LOG (the proof a refused request never arrived) and an Upgrade's whole head on one line ("WS-HEAD ...");
+# /server answers with its own Server header, /bad with a 502 of its own, /ws switches to an echo of raw bytes.
 ECHO_APP = r'''
 import asyncio, os
 LOG = open(os.environ["LOG"], "ab", buffering=0)
@@ -55,6 +55,7 @@ class P(asyncio.Protocol):
             LOG.write(head.split(b"\r\n", 1)[0] + b"\n")
             path = head.split(b" ", 2)[1]
             if path == b"/ws":
+                LOG.write(b"WS-HEAD " + head.replace(b"\r\n", b" | ") + b"\n")
                 self.t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                 self.raw = True
                 if self.buf:
@@ -275,6 +276,35 @@ async def test_websocket_upgrade_and_echo_are_the_same(pair: Pair):
     assert module[0].startswith(b"HTTP/1.1 101 ") and module[1] == b"ping-0;ping-1;ping-2;"
 
 
+@needs_module
+async def test_forged_forwarded_headers_are_replaced_by_both_configs(pair: Pair):
+    """redteam2's attack in every form (tests/local/test_proxy_forwarded.FORGED: duplicates, odd casing, `_` for `-`,
+    Forwarded, X-Forwarded-Prefix/-Ssl/...), on two kept-alive requests and on a WebSocket upgrade, through the
+    module's `$inkmcp_forwarded` and through the fallback's directives: the app gets exactly the proxy's five
+    headers (X-Forwarded-For = the connecting address, replaced), the same bytes from both, nothing forged."""
+    from tests.local.test_proxy_forwarded import FORGED, expected, forwarded_view
+
+    two = (b"GET /fwd1 HTTP/1.1\r\nHost: alice.p.localhost\r\n" + FORGED + b"\r\n"
+           + _get(HOST.encode(), b"/fwd2", FORGED))  # fmt: skip
+    ws = (b"GET /ws HTTP/1.1\r\nHost: alice.p.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + FORGED
+          + b"\r\n")  # fmt: skip
+    module, fallback = await asyncio.to_thread(pair.both, two)
+    assert module == fallback
+    for proxy in (pair.module, pair.fallback):
+        answer = await asyncio.to_thread(exchange, proxy.port, two)
+        heads = [part.partition(b"\r\n\r\n")[2].rstrip(b"\n") for part in answer.split(b"HTTP/1.1 200 OK\r\n")[1:]]
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/fwd1", b"/fwd2"], answer[:500]
+        for head in heads:
+            assert forwarded_view(head) == expected(proxy.port), head
+            assert b"evil" not in head and b"6.6.6" not in head, head
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            sock.sendall(ws)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        upgraded = [ln for ln in pair.received() if ln.startswith(b"WS-HEAD ")][-1][8:].replace(b" | ", b"\r\n")
+        assert forwarded_view(upgraded) == expected(proxy.port), upgraded
+        assert b"evil" not in upgraded and b"6.6.6" not in upgraded
+
+
 def test_own_statuses_are_the_configs():
     """The C module's list of nginx's own statuses (Server: inkmcp) is nginx.OWN_STATUSES, the fallback's `-s` list."""
     source = (nginx_module.HERE / "ngx_http_inkmcp_module.c").read_text()
@@ -403,10 +433,13 @@ def test_the_two_configs_differ_only_in_the_rules(tmp_path: Path):
                 or "headers_more" in r]  # fmt: skip
     only_fb = [r for r in fb if r not in mod]
     only_mod = [r for r in mod if r not in fb]
-    assert only_mod == ["load_module /nowhere/ngx_http_inkmcp_module-x.so;", "inkmcp_server_header on;",
+    assert only_mod == ["load_module /nowhere/ngx_http_inkmcp_module-x.so;",
+                        "proxy_set_header X-Forwarded-For $inkmcp_forwarded;", "inkmcp_server_header on;",
                         "inkmcp_host_check on;", "inkmcp_inherited_nodelay on;"]  # fmt: skip
-    assert all(r.startswith(("load_module ", "map ", "more_set_headers", "default 1;", '"" 0;', '"~^', "}", "if ("))
+    assert all(r.startswith(("load_module ", "map ", "more_set_headers", "default 1;", '"" 0;', '"~^', "}", "if (",
+                             'proxy_set_header X-Forwarded-For "$remote_addr\\r\\nX-Real-IP: $remote_addr'))
                for r in only_fb), only_fb  # fmt: skip
+    assert len([r for r in fb if r.startswith("proxy_set_header X-Forwarded-For ")]) == 1
     assert len([r for r in fb if r.startswith("if (")]) == 3  # the default server's and each routed name's
     for kept in ("server_name awake.p.localhost;", "server_name asleep.p.localhost;", "proxy_pass_header Server;",
                  "server 127.0.0.1:4321 max_fails=0;", "error_page 494 =431 @inkmcp_431;"):  # fmt: skip

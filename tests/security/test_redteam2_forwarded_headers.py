@@ -68,3 +68,30 @@ async def test_a_visitors_forwarded_headers_never_reach_the_app_as_the_proxys(se
     assert got.get("x-forwarded-proto") == "http" and got.get("x-forwarded-port") == str(server.proxy_port), got
     assert "forwarded" not in got, got
     assert not [v for v in got.values() if "evil.example" in v or "6.6.6.6" in v], got
+
+
+async def test_duplicates_odd_casing_and_underscore_spellings_never_reach_the_app(server: ServerProc,
+                                                                                 alice_site: dict[str, Any]) -> None:
+    """proxy12 (2026-12-02): the same attack in the forms a header filter can miss, sent raw (httpx would merge
+    them): each forwarded header twice in different casings, `X_Forwarded_Host` (a WSGI server reads it as
+    HTTP_X_FORWARDED_HOST; nginx passes underscores here), `Forwarded` twice, X-Forwarded-Prefix/-Ssl/-Server.
+    Alice's app sees the proxy's five headers once each and not one forged value."""
+    import socket
+
+    from tests.local.test_proxy_forwarded import FORGED, forwarded_view
+
+    marker = f"/reset-{secrets.token_hex(4)}"
+    host = host_of(alice_site["url"])
+    raw = (f"GET {marker} HTTP/1.1\r\nHost: {host}\r\n".encode() + FORGED + b"Connection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.proxy_port), timeout=30) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(f"{OWNER} captured {marker}".encode()), answer
+    got = await captured(server, marker)
+    view = forwarded_view(b"X\r\n" + "\r\n".join(f"{k}: {v}" for k, v in got.items()).encode())
+    assert sorted(view) == sorted([(b"x-forwarded-for", b"127.0.0.1"), (b"x-real-ip", b"127.0.0.1"),
+                                   (b"x-forwarded-host", host.encode()), (b"x-forwarded-proto", b"http"),
+                                   (b"x-forwarded-port", str(server.proxy_port).encode())]), got  # fmt: skip
+    assert not [v for v in got.values() if "evil" in v or "6.6.6" in v], got

@@ -62,7 +62,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inkmcp.errors import InvalidArgument
 from inkmcp.providers.compute.local import nginx_module
-from inkmcp.providers.compute.local.proxy import HEAD_TIMEOUT, MAX_HEAD_BYTES, Proxy, Route, RouteConflict
+from inkmcp.providers.compute.local.proxy import (
+    FORWARDED_ONLY_DROPPED,
+    FORWARDED_SET,
+    HEAD_TIMEOUT,
+    MAX_HEAD_BYTES,
+    Proxy,
+    Route,
+    RouteConflict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,25 @@ WAKE_RELOAD_WAIT = 0.05  # --- wake: see _reload_loop
 # What nginx itself answers with here (parse errors, the Host check, 431, upstream failures, TRACE's 405).
 OWN_STATUSES = (400, 404, 405, 408, 411, 413, 414, 416, 421, 431, 494, 500, 501, 502, 503, 504, 505, 507)
 _HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
+# --- proxy12: the forwarded headers the proxy owns (see the template): it sets proxy.FORWARDED_SET and drops every
+# other spelling of those and of proxy.FORWARDED_ONLY_DROPPED (the Python proxy, facing clients, drops the same).
+
+
+def _spellings(name: str) -> list[str]:
+    """`name` with each `-` as `-` or `_` (X-Real-IP, X_Real-IP, X-Real_IP, X_Real_IP)."""
+    parts = name.split("-")
+    return ["".join(p + s for p, s in zip(parts, (*seps, ""), strict=True))
+            for seps in itertools.product("-_", repeat=len(parts) - 1)]  # fmt: skip
+
+
+# The fallback's X-Forwarded-For value (a quoted nginx string: `\r\n` is CR LF) with the four lines after it; the
+# module's $inkmcp_forwarded is the same bytes (tests/local/test_nginx_module.py compares them). {suffix}: the port.
+FORWARDED_VALUE = (r"$remote_addr\r\nX-Real-IP: $remote_addr\r\nX-Forwarded-Host: $host{suffix}\r\n"
+                   r"X-Forwarded-Proto: $scheme\r\nX-Forwarded-Port: $server_port")
+FORWARDED_DROP = tuple(
+    s for name in (*FORWARDED_SET, *FORWARDED_ONLY_DROPPED) for s in _spellings(name) if s not in FORWARDED_SET
+)
+# --- end
 
 
 class ProxySettings(BaseSettings):
@@ -114,7 +141,7 @@ def make_proxy(
     """The data plane `ProxySettings` asks for; both have the same routing API (see `Proxy`)."""
     settings = settings or ProxySettings()
     if settings.engine == "python":
-        return Proxy(host, port, wake_timeout=wake_timeout)
+        return Proxy(host, port, wake_timeout=wake_timeout, edge=True)  # --- proxy12: it faces the clients
     return NginxProxy(host, port, wake_timeout=wake_timeout, runtime_dir=runtime_dir, settings=settings)
 
 
@@ -214,13 +241,22 @@ http {
     # X-Forwarded-Host/-Proto/-For through untouched and added none: an app trusting its one proxy hop, as on the
     # Coolify path, where Traefik overwrites them for untrusted clients, took an attacker's X-Forwarded-Host into
     # its password-reset links). This proxy is the edge: the client's own values are replaced, `Forwarded` dropped.
-    proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Real-IP $remote_addr;
-    proxy_set_header X-Forwarded-Host $host{{ port_suffix }};
-    proxy_set_header X-Forwarded-Proto $scheme;
-    proxy_set_header X-Forwarded-Port $server_port;
-    proxy_set_header Forwarded "";
-    # --- end
+    # --- proxy12: X-Forwarded-For is the connecting address alone (replaced, not appended: nothing in front of
+    # this proxy is trusted, so a client's list would be the client's word). Every name set here, with an empty
+    # value or not, is in the proxy module's hash of names it never copies from the client: any casing, every
+    # duplicate. The `_` spellings are dropped too: WSGI/CGI servers map `X_Forwarded_For` to the same
+    # HTTP_X_FORWARDED_FOR (nginx would pass them: underscores_in_headers on), and names a proxy-trusting app
+    # may read (Traefik's X-Forwarded-Server/-Uri/-Method, Werkzeug's X-Forwarded-Prefix) are dropped as well.
+    # Static empty values cost nothing a request (no script runs; the names only join the hash it looks up anyway).
+    # X-Forwarded-For's value carries the four lines after it (X-Real-IP, X-Forwarded-Host, -Proto, -Port), whose
+    # own names are set to "" below so the client's are dropped: one header script instead of five. With InkMCP's
+    # module the whole value is one variable of its own ($inkmcp_forwarded, the same bytes): ~2,400 instructions
+    # a request fewer than five `proxy_set_header` lines with variables (benchmarks/proxy_speed.py --cost).
+{% if module %}    proxy_set_header X-Forwarded-For $inkmcp_forwarded;
+{% else %}    proxy_set_header X-Forwarded-For "{{ forwarded_value }}";
+{% endif %}{% for name in forwarded_set %}    proxy_set_header {{ name }} "";
+{% endfor %}{% for name in forwarded_drop %}    proxy_set_header {{ name }} "";
+{% endfor %}    # --- end
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection $inkmcp_connection;
     proxy_pass_header Date;
@@ -539,6 +575,9 @@ class NginxProxy:
             dir=str(self.dir),
             headers_more=str(self.settings.headers_more),
             module=str(self.module) if self.module else "",
+            forwarded_set=FORWARDED_SET[1:],
+            forwarded_value=FORWARDED_VALUE.format(suffix="" if self.port == 80 else f":{self.port}"),
+            forwarded_drop=FORWARDED_DROP,
             head_kb=MAX_HEAD_BYTES // 1024,
             head_timeout=int(HEAD_TIMEOUT),
             port_suffix="" if self.port == 80 else f":{self.port}",

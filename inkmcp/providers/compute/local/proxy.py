@@ -14,6 +14,12 @@ old process stops, and the client's next connection reaches the new one.
 Routes carry what idle detection needs (open connections, last byte seen) and, for on_demand
 services, a `wake` callback the proxy awaits when the route has no port.
 
+Facing clients itself (`edge=True`, INKMCP_PROXY_ENGINE=python) it sets the forwarded headers an app behind one
+proxy trusts, as nginx does (`with_forwarded`): the client's own X-Forwarded-*, X-Real-IP and Forwarded (any
+casing, `_` spellings, duplicates) never reach the app. Since it rewrites only the head it reads, it then serves
+one request per connection (`Connection: close` to the app, nothing of the client's sent after that request's
+body), and an Upgrade request's connection becomes a tunnel only if the app answers 101.
+
 Every route has an `owner` (the service id). A hostname held by one owner is never handed to another:
 `set_route` refuses it (RouteConflict) and `remove_route(host, owner)` removes only the caller's own
 route, so nothing one tenant's service does (deploy, rename, delete) can move or drop another's URL,
@@ -34,6 +40,14 @@ MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 CHUNK = 256 * 1024
+
+# --- proxy12: the forwarded headers this proxy owns when it faces clients (nginx.py renders the same names for
+# nginx): the ones it sets from the connection, and names a proxy-trusting app may read that it only drops.
+FORWARDED_SET = ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port")
+FORWARDED_ONLY_DROPPED = ("Forwarded", "X-Forwarded-Server", "X-Forwarded-Uri", "X-Forwarded-Method",
+                          "X-Forwarded-Prefix", "X-Forwarded-Ssl", "X-Forwarded-Scheme")  # fmt: skip
+_FORWARDED_KEYS = frozenset(n.lower().encode() for n in (*FORWARDED_SET, *FORWARDED_ONLY_DROPPED))
+# --- end
 
 
 class RouteConflict(Exception):
@@ -103,13 +117,18 @@ _ROUTING_FIELDS = frozenset({"port", "wake", "host"})
 class Proxy:
     """Asyncio TCP server routing HTTP/1.x connections by Host header."""
 
-    def __init__(self, host: str, port: int, *, wake_timeout: float, one_request: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, *, wake_timeout: float, one_request: bool = False, edge: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.wake_timeout = wake_timeout
-        self.one_request = one_request
+        self.one_request = one_request or edge
         """Behind nginx (nginx.NginxProxy): ask the app to close after its answer (`Connection: close`), so
         a connection nginx keeps in a pool never stays spliced to an upstream that a switch retired."""
+        self.edge = edge
+        """Facing clients (INKMCP_PROXY_ENGINE=python): set the forwarded headers (`with_forwarded`) and pass
+        one request per connection (module docstring). Behind nginx it is False: nginx set them already."""
         self._routes: dict[str, Route] = {}
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -233,6 +252,9 @@ class Proxy:
             up_reader, up_writer = upstream
             up_port = up_writer.get_extra_info("peername")[1]
             try:
+                if self.edge:
+                    await self._edge_exchange(head, host, reader, writer, up_reader, up_writer, route)
+                    return
                 up_writer.write(close_after(head) if self.one_request else head)
                 await _splice(reader, writer, up_reader, up_writer, route)
             finally:
@@ -284,6 +306,41 @@ class Proxy:
             return up_reader, up_writer  # still counted: _handle forgets it when the splice ends
         return None
 
+    # --- proxy12: the forwarded headers when this proxy faces clients
+    async def _edge_exchange(
+        self,
+        head: bytes,
+        host: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+        route: Route,
+    ) -> None:
+        """One request with the proxy's forwarded headers. Only this head is rewritten, so nothing else of the
+        client's may reach the app as a request of its own: the app is asked to close after its answer, and of
+        the client's bytes after the head only the body the head declares goes up (none, Content-Length bytes,
+        or a chunked body as it comes, the app closing after it). An Upgrade request without a body turns
+        into a tunnel only once the app answers 101; any other answer is passed and the connection ends."""
+        peer = writer.get_extra_info("peername")
+        local = writer.get_extra_info("sockname")
+        head = with_forwarded(head, client=str(peer[0]) if peer else "", host=host, port=int(local[1]) if local else 0)
+        body, upgrade = _body_of(head)
+        if upgrade and body == 0:
+            up_writer.write(head)
+            first = await _answer_start(up_reader)
+            writer.write(first)
+            await writer.drain()
+            if first[9:12] == b"101" and first.startswith(b"HTTP/1."):
+                await _splice(reader, writer, up_reader, up_writer, route)
+            else:
+                await _answer_only(reader, writer, up_reader, up_writer, route)
+            return
+        up_writer.write(close_after(_without_upgrade(head) if upgrade else head))
+        await _splice(reader, writer, up_reader, up_writer, route, upload_limit=body)
+
+    # --- end
+
     def _forget(self, port: int) -> None:
         left = self._upstreams[port] - 1
         if left:
@@ -298,13 +355,16 @@ async def _splice(
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
     route: Route,
+    upload_limit: int | None = None,
 ) -> None:
     """Copy both directions until the upstream is done.
 
     The client may half-close after its request (we pass the EOF on and keep reading the
     response); once the upstream side ends nothing more can be answered, so everything closes.
+    `upload_limit`: copy at most that many of the client's bytes up (None: all), then stop reading them.
     """
-    upload = asyncio.create_task(_pipe(reader, up_writer, route))
+    upload = asyncio.create_task(_pipe(reader, up_writer, route) if upload_limit is None
+                                 else _pipe_exactly(reader, up_writer, route, upload_limit))  # fmt: skip
     try:
         await _pipe(up_reader, writer, route)
     finally:
@@ -327,6 +387,109 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, route: Rou
     with contextlib.suppress(OSError, RuntimeError):
         if dst.can_write_eof():
             dst.write_eof()
+
+
+# --- proxy12: the edge's request handling (Proxy._edge_exchange)
+async def _pipe_exactly(src: asyncio.StreamReader, dst: asyncio.StreamWriter, route: Route, n: int) -> None:
+    """Copy `n` bytes (a body of declared length), then nothing more: a pipelined request after it never goes up
+    with headers this proxy did not rewrite. The client's EOF before that is passed on, as `_pipe` does."""
+    try:
+        while n > 0:
+            data = await src.read(min(n, CHUNK))
+            if not data:
+                with contextlib.suppress(OSError, RuntimeError):
+                    if dst.can_write_eof():
+                        dst.write_eof()
+                return
+            n -= len(data)
+            route.last_activity = time.monotonic()
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, OSError):
+        return
+    await asyncio.Event().wait()  # until the answer ends (the splice cancels this)
+
+
+async def _answer_start(up_reader: asyncio.StreamReader) -> bytes:
+    """The first bytes of the app's answer, at least its status line's code (or all there is before EOF)."""
+    data = b""
+    while len(data) < 12:
+        more = await asyncio.wait_for(up_reader.read(CHUNK), HEAD_TIMEOUT)
+        if not more:
+            break
+        data += more
+    return data
+
+
+async def _answer_only(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    route: Route,
+) -> None:
+    """An Upgrade the app did not accept: its answer passes, nothing more of the client's goes up. If the client
+    sends anything more (its next request) the connection ends (clients retry on a new one); its EOF is passed
+    on and the answer finishes."""
+    download = asyncio.create_task(_pipe(up_reader, writer, route))
+    watch = asyncio.create_task(reader.read(1))
+    try:
+        await asyncio.wait({download, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch.done() and not watch.exception() and watch.result() == b"" and not download.done():
+            with contextlib.suppress(OSError, RuntimeError):
+                up_writer.write_eof()
+            await download
+    finally:
+        for task in (download, watch):
+            task.cancel()
+        await asyncio.gather(download, watch, return_exceptions=True)
+
+
+def _header_lines(head: bytes) -> list[bytes]:
+    return [line for line in head.split(b"\r\n")[1:] if line]
+
+
+def with_forwarded(head: bytes, *, client: str, host: str, port: int, scheme: str = "http") -> bytes:
+    """`head` with the proxy's forwarded headers, as nginx sets them (nginx.py): every client line whose name, in any
+    casing and with `_` for `-`, is one of FORWARDED_SET or FORWARDED_ONLY_DROPPED removed, then X-Forwarded-For and
+    X-Real-IP = the connecting address (replaced, never appended: nothing in front of this proxy is trusted),
+    X-Forwarded-Host = the routed host (with the proxy's port unless 80), -Proto and -Port from the connection.
+    `head` passed `parse_host` (no obs-fold, no space before a colon), so each line's name is what precedes ":"."""
+    lines = head.split(b"\r\n")
+    kept = [line for line in lines[1:]
+            if line and line.split(b":", 1)[0].lower().replace(b"_", b"-") not in _FORWARDED_KEYS]  # fmt: skip
+    fwd_host = host if port == 80 else f"{host}:{port}"
+    added = (f"X-Forwarded-For: {client}\r\nX-Real-IP: {client}\r\nX-Forwarded-Host: {fwd_host}\r\n"
+             f"X-Forwarded-Proto: {scheme}\r\nX-Forwarded-Port: {port}").encode("latin-1")  # fmt: skip
+    return b"\r\n".join([lines[0], *kept, added, b"", b""])
+
+
+def _body_of(head: bytes) -> tuple[int | None, bool]:
+    """(the body's length as the head declares it: 0 for none, None for chunked, odd or conflicting lengths;
+    whether it asks for an Upgrade)."""
+    lengths: set[bytes] = set()
+    chunked = upgrade = False
+    for line in _header_lines(head):
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"transfer-encoding":
+            chunked = True
+        elif name == b"content-length":
+            lengths.add(value.strip(b" \t"))
+        elif name == b"upgrade":
+            upgrade = True
+    if chunked or len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
+        return None, upgrade  # the app reads it and closes after its answer
+    return (int(lengths.pop()) if lengths else 0), upgrade
+
+
+def _without_upgrade(head: bytes) -> bytes:
+    lines = head.split(b"\r\n")
+    kept = [line for line in lines[1:] if line and line.split(b":", 1)[0].lower() != b"upgrade"]
+    return b"\r\n".join([lines[0], *kept, b"", b""])
+
+
+# --- end
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
