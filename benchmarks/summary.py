@@ -206,6 +206,31 @@ def _coolify_rows(data: dict[str, Any]) -> Rows:
     return out
 
 
+# --- proxy12: the proxy's work per request (proxy_speed.py --cost: callgrind's instructions, deterministic on a
+# noisy box) against nginx doing the same job (the forwarded headers set), nginx without them beside it
+
+
+def _proxy_cost_rows(data: dict[str, Any]) -> Rows:
+    cost = data.get("cost", {})
+    kept = (_kept("proxy_cost.json") or {}).get("cost", {})
+    out: Rows = []
+    for mode in ("keep-alive", "new connection", "websocket"):
+        ngx = cost.get("nginx", {}).get("callgrind", {}).get(mode)
+        bare = cost.get("nginx-bare", {}).get("callgrind", {}).get(mode)
+        for name, what in (("inkmcp", "InkMCP (its nginx module)"), ("inkmcp-fallback", "InkMCP without the module")):
+            ink = cost.get(name, {}).get("callgrind", {}).get(mode)
+            if ink is None or not ngx:
+                continue
+            old = _ratio(kept.get(name, {}).get("callgrind", {}).get(mode),
+                         kept.get("nginx", {}).get("callgrind", {}).get(mode))
+            out.append((Row(f"proxy work per request, {mode}: {what}, instructions (callgrind)", f"{ink:,.0f}",
+                            f"nginx {ngx:,.0f}" + (f" (without forwarded headers {bare:,.0f})" if bare else ""),
+                            ink / ngx, "≤ 1.0 (±1 %: a few instructions move)" if name == "inkmcp" else "", old),
+                        (lambda r: r <= 1.01) if name == "inkmcp" else None))
+    return out
+
+
+# --- end
 BENCHES: dict[str, Bench] = {
     # --- proxy3: InkMCP and nginx (and the app alone) only, 7 rounds of 2 s: ~4.5 min; proxy_speed.py pins the
     # load generator and the servers to separate CPUs (its --layout split)
@@ -217,6 +242,11 @@ BENCHES: dict[str, Bench] = {
                    + (["--rounds", "1", "--seconds", "1"] if quick
                       else ["--rounds", "7", "--seconds", "2", "--fresh", "2"]),
                    _proxy_rows),
+    # --- proxy12: ~1-2 min (valgrind and strace; scripts/bench-deps.sh installs them)
+    "proxy-cost": Bench(lambda out, quick: ["proxy_speed.py", "--cost", "--targets", "nginx,inkmcp,inkmcp-fallback",
+                                            "--cost-requests", "300" if quick else "1000", "--save", str(out)],
+                        _proxy_cost_rows),
+    # --- end
     "wake": Bench(lambda out, quick: ["wake_speed.py", "--json", str(out)] + (["--runs", "5"] if quick else []),
                   _wake_rows),
     "build": Bench(lambda out, quick: ["build_speed.py", "--json", str(out)]

@@ -28,10 +28,12 @@ than chase a C event loop in Python, the bytes go through nginx itself, configur
   nginx one group's CPU share against everything else and 0.4-0.7x nginx's throughput in the benchmark.
 - Responses nginx generates itself say `Server: inkmcp`, as the Python proxy's do; an app's own `Server`
   header passes unchanged. InkMCP's own nginx module (nginx_module/, built for the installed nginx by
-  `make install`) does that, the Host check and the client sockets' TCP_NODELAY in C: 0.95x a plain
-  nginx's instructions a request. Without a build for this nginx (INKMCP_PROXY_MODULE=off, a new nginx
-  from apt, no compiler), the same rules run as directives with the headers-more module (1.02x), the
-  reason logged once at start and shown by `inkmcp doctor`.
+  `make install`) does that, the Host check, the client sockets' TCP_NODELAY and the forwarded headers
+  (X-Forwarded-*, X-Real-IP from the connection; a client's own never reach the app) in C: 0.88x the
+  instructions a request of an nginx setting the same forwarded headers, 0.99x of one setting none. Without
+  a build for this nginx (INKMCP_PROXY_MODULE=off, a new nginx from apt, no compiler), the same rules run
+  as directives with the headers-more module (0.99x), the reason logged once at start and shown by
+  `inkmcp doctor`.
 - What nginx does per request is measured, not guessed: `benchmarks/proxy_speed.py --cost` counts each
   config's user-space instructions (callgrind) and syscalls (strace) per request against the baseline's;
   the comments in the template below give each choice's measured cost (docs/serving.md, "The front proxy").
@@ -112,7 +114,8 @@ class ProxySettings(BaseSettings):
         "nginx",
         description="nginx: Debian's nginx carries the traffic, InkMCP configures it and wakes on_demand services "
         "(installed by `make install` / scripts/system-deps.sh). python: InkMCP's own asyncio proxy, slower, "
-        "no system package needed.",
+        "no system package needed; it sets the same forwarded headers and so serves one request per client "
+        "connection (no keep-alive).",
     )
     nginx: Path = Field(Path("/usr/sbin/nginx"), description="The nginx binary (engine=nginx).")
     headers_more: Path = Field(
@@ -273,7 +276,8 @@ http {
     proxy_pass_header Server;
 {% if module %}    # InkMCP's module (nginx_module/): the Server rule, the Host check (RFC 9112 3.2: a Host that is not
     # host[:port] is answered 400, never routed on what nginx makes of it) and the client sockets' TCP_NODELAY
-    # taken from the listening socket, in C: 0.95x the plain nginx's instructions a request (--cost).
+    # taken from the listening socket, in C (and $inkmcp_forwarded, above): 0.88x the instructions a request
+    # of an nginx that sets the same forwarded headers (--cost).
     inkmcp_server_header on;
     inkmcp_host_check on;
     inkmcp_inherited_nodelay on;
@@ -524,7 +528,7 @@ class NginxProxy:
             if self.module is None:
                 log.log(logging.INFO if self.settings.module == "off" else logging.WARNING,
                         "nginx proxy: InkMCP's nginx module is not used (%s); the same rules run as "
-                        "directives with headers-more (~1,500 instructions a request more). To build it: %s",
+                        "directives with headers-more (~2,500 instructions a request more). To build it: %s",
                         self.module_reason, nginx_module.HOW_TO_BUILD)  # fmt: skip
             self._started = True
             if self._dirty:

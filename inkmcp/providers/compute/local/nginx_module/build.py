@@ -187,6 +187,7 @@ def check_loads(nginx: Path, module: Path, work: Path) -> None:
     conf.write_text(
         f"load_module {module};\npid {work}/check.pid;\nerror_log {work}/check.log;\nevents {{}}\n"
         f"http {{ inkmcp_server_header on; inkmcp_inherited_nodelay on; inkmcp_host_check on;\n"
+        f"  proxy_set_header X-Forwarded-For $inkmcp_forwarded;\n"
         f"  server {{ listen unix:{work}/check.sock; }} }}\n"
     )
     _run([str(nginx), "-t", "-q", "-p", str(work), "-e", str(work / "check.log"), "-c", str(conf)], work,
