@@ -19,8 +19,11 @@ functions, never a second opinion), with the setting or command that fixes a fai
   INKMCP_DISK_RESERVE_MB and one more project's INKMCP_MAX_DISK_MB;
 - the front proxy (nginx, InkMCP's module or headers-more), git, the tenant Python, redis-server.
 
-The local provider has no gVisor and no egress rules of its own (those are the Coolify run servers', checked by
-`inkmcp nodes check` and the Coolify doctor's probe), so nothing here asks about runsc or iptables.
+- tenant egress (egress.py): whether the kernel holds the nftables table that keeps tenants' connections off the
+  metadata service and private networks, and covers every project user.
+
+The local provider has no gVisor (that is the Coolify run servers', checked by `inkmcp nodes check` and the Coolify
+doctor's probe), so nothing here asks about runsc.
 
 The checks only read, except three things `serve` does itself at start: the embedded control server is started
 (and stopped again) when it exists and is not running, the cgroup parent `inkmcp` gets its controllers enabled
@@ -65,8 +68,9 @@ def run_local_doctor(settings: Settings) -> DoctorReport:
             cgroups_ok = check_cgroups(report)
             check_sandbox(report, settings, cgroups=cgroups_ok)
             check_project_disks(report, settings)
+            check_tenant_egress(report, serving=serving is not None)  # --- egress
         else:
-            for name in ("cgroups", "tenant sandbox", "disk per project"):
+            for name in ("cgroups", "tenant sandbox", "disk per project", "tenant egress"):  # --- egress: + its row
                 report.add(name, Status.skipped, "needs root (see root)")
         check_free_disk(report, settings)
     check_local_proxy(report, required=True)
@@ -424,3 +428,44 @@ def check_tools(report: DoctorReport, settings: Settings) -> None:
                    "install redis-server (scripts/system-deps.sh does), or set INKMCP_REDIS_SERVER_BIN")
     else:
         report.add("redis", Status.ok, found)
+
+
+# --- egress
+def check_tenant_egress(report: DoctorReport, *, serving: bool) -> None:
+    """Whether the kernel refuses tenants' connections to the metadata service and private networks now (the table
+    `inkmcp serve` converges at start, egress.py), and whether every project user on this machine is covered."""
+    from inkmcp.errors import settings_from_env
+    from inkmcp.providers.compute.local import egress
+    from inkmcp.settings import TenantEgressSettings
+
+    name = "tenant egress"
+    wanted = settings_from_env(TenantEgressSettings, "INKMCP_", "inkmcp/settings.py")
+    state = egress.state()
+    if wanted.tenant_egress == "off":
+        report.add(name, Status.warn, "INKMCP_TENANT_EGRESS=off: apps can reach the cloud metadata service (this "
+                   "machine's credentials on a cloud VM), private networks and this host's own addresses"
+                   + (" (the rules are still in the kernel until the next start)" if state.active else ""),
+                   "unset INKMCP_TENANT_EGRESS (block-private is the default) and restart inkmcp serve; open what apps "
+                   "need with INKMCP_TENANT_EGRESS_ALLOW")  # fmt: skip
+        return
+    if egress.nft_path() is None:
+        report.add(name, Status.fail, "the nft command is missing: apps' connections are not restricted",
+                   "apt-get install nftables (scripts/system-deps.sh), then restart inkmcp serve")
+        return
+    if not state.active:
+        report.add(name, Status.fail if serving else Status.warn,
+                   f"{state.detail}: apps can reach the cloud metadata service and private networks"
+                   + ("" if serving else " (inkmcp serve applies it at start)"),
+                   "restart inkmcp serve as root and read its log for 'tenant egress'")  # fmt: skip
+        return
+    covered = set(egress.covered_uids())
+    missing = [uid for uid in egress.tenant_uids() if uid not in covered]
+    if missing:
+        report.add(name, Status.fail, f"{len(missing)} project users are not in the tenant set (uids "
+                   f"{', '.join(map(str, missing[:5]))}): their apps' connections are not restricted",
+                   "restart inkmcp serve (it rebuilds the set from /etc/passwd)")
+        return
+    allow = ", ".join(wanted.tenant_egress_allow) or "none"
+    report.add(name, Status.ok, f"{state.tenants} project users refused private addresses; allow-list: {allow}")
+
+# --- end egress

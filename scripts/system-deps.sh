@@ -25,6 +25,10 @@ command -v mkfs.ext4 >/dev/null || [ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 { command -v losetup >/dev/null || [ -x /sbin/losetup ]; } || need+=(mount)
 # --- end
 
+# --- egress: the local provider's tenant egress rules (inkmcp/providers/compute/local/egress.py) are loaded with nft
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# --- end
+
 # --- proxy6: InkMCP's nginx module (inkmcp/providers/compute/local/nginx_module), built by `make install` for the
 # installed nginx from the nginx-dev source of its exact version (apt-get download, unpacked, not installed: the
 # package's own Depends are ~56 packages only Debian's module builds need). nginx's configure needs these headers.

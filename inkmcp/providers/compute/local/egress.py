@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import json
 import logging
@@ -58,7 +59,8 @@ USER_PREFIX = "ink-"  # users.USER_PREFIX (not imported: users.py imports this m
 NFT_TIMEOUT = 15.0
 DENIED_TTL = 3600  # seconds a refused (uid, address, protocol, port) stays noted: one log line per hour at most
 DENIED_SIZE = 4096
-POLL_SECONDS = 2.0
+POLICY_TAG = "inkmcp-egress policy "
+POLL_SECONDS = 3.0  # two nft runs (~6 ms of CPU each) per round
 
 # Refused on the run servers too (nodes/render.py BLOCKED_RANGES; tests assert this list covers it): RFC 1918, CGNAT
 # (RFC 6598, Alibaba's metadata 100.100.100.200), link-local (AWS/GCP/Azure metadata), this-network, IETF protocol
@@ -105,7 +107,7 @@ table inet {{ table }} {
   }
   chain output {
     type filter hook output priority filter; policy accept;
-    meta skuid @tenants jump tenant
+    meta skuid @tenants jump tenant comment "{{ policy }}"
   }
   chain tenant {
     meta l4proto tcp tcp flags & (syn | ack) != syn accept
@@ -185,22 +187,48 @@ def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[ipaddre
 def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = TABLE,
            resolvers: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None) -> str:
     """The whole ruleset as `nft -f` takes it (one transaction: the old table goes, the new one comes)."""
-    return RULESET.render(
-        table=table, uids=sorted(set(uids)), blocked4=BLOCKED_V4, blocked6=BLOCKED_V6, size=DENIED_SIZE,
-        ttl=DENIED_TTL, resolvers=list(host_resolvers() if resolvers is None else resolvers),
+    values = dict(
+        table=table, blocked4=BLOCKED_V4, blocked6=BLOCKED_V6, size=DENIED_SIZE, ttl=DENIED_TTL,
+        resolvers=list(host_resolvers() if resolvers is None else resolvers),
         allow=settings.allow_entries(), smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)),
     )
+    # The policy without its uids, hashed into a rule comment: a start whose policy is the one in the kernel only
+    # brings the uid set up to date, and keeps the refusals noted so far (another InkMCP on this machine starting,
+    # or a restart, does not wipe what the running one has yet to report).
+    digest = hashlib.sha256(RULESET.render(uids=[], policy="", **values).encode()).hexdigest()[:32]
+    return RULESET.render(uids=sorted(set(uids)), policy=f"{POLICY_TAG}{digest}", **values)
+
+
+def _policy_in_kernel(table: str) -> str | None:
+    r = _nft("-j", "list", "chain", "inet", table, "output")
+    if r.returncode != 0:
+        return None
+    for item in json.loads(r.stdout).get("nftables", []):
+        comment = item.get("rule", {}).get("comment", "")
+        if comment.startswith(POLICY_TAG):
+            return str(comment)
+    return None
+
+
+def _policy_of(text: str) -> str:
+    start = text.index(POLICY_TAG)
+    return text[start:text.index('"', start)]
 
 
 def apply(settings: TenantEgressSettings | None = None, *, table: str = TABLE) -> EgressState:
-    """Converge the kernel to `settings` (read from the environment when None): the table replaced whole, or removed
-    when INKMCP_TENANT_EGRESS=off. Idempotent; raises EgressError when nft refuses."""
+    """Converge the kernel to `settings` (read from the environment when None): the table replaced whole when its
+    policy differs (or is missing), else only its uid set brought up to date; removed when INKMCP_TENANT_EGRESS=off.
+    Idempotent; raises EgressError when nft refuses."""
     settings = settings or TenantEgressSettings()
     if settings.tenant_egress == "off":
         remove(table=table)
         return EgressState(active=False, detail="INKMCP_TENANT_EGRESS=off: tenants' connections are not restricted")
     uids = tenant_uids()
-    r = _nft("-f", "-", stdin=render(settings, uids, table=table))
+    text = render(settings, uids, table=table)
+    if _policy_in_kernel(table) == _policy_of(text) and state(table=table).active:
+        sync_uids(table=table)
+        return state(table=table)
+    r = _nft("-f", "-", stdin=text)
     if r.returncode != 0:
         raise EgressError(f"nft refused the tenant egress rules: {r.stderr.strip()[-600:]}")
     # A user another InkMCP process created while this one read /etc/passwd is in neither list: add it now.
@@ -208,6 +236,16 @@ def apply(settings: TenantEgressSettings | None = None, *, table: str = TABLE) -
     if late:
         _element("add", ",".join(map(str, late)), table)
     return state(table=table)
+
+
+def sync_uids(*, table: str = TABLE) -> None:
+    """The tenant set made equal to the project users in /etc/passwd: new ones added, deleted ones (whose uid a
+    package's system user may get next) removed."""
+    want, have = set(tenant_uids()), set(covered_uids(table=table))
+    if want - have:
+        _element("add", ",".join(map(str, sorted(want - have))), table)
+    for uid in sorted(have - want):
+        untrack_uid(uid, table=table)
 
 
 def remove(*, table: str = TABLE) -> bool:
@@ -236,6 +274,15 @@ def state(*, table: str = TABLE) -> EgressState:
         return EgressState(active=False, detail=f"table inet {table} is incomplete (edited by hand?)")
     tenants = len(sets["tenants"].get("elem", []))
     return EgressState(active=True, tenants=tenants, detail=f"table inet {table}: {tenants} tenant users covered")
+
+
+def covered_uids(*, table: str = TABLE) -> list[int]:
+    """The uids the kernel restricts now (empty without the table)."""
+    r = _nft("-j", "list", "set", "inet", table, "tenants")
+    if r.returncode != 0:
+        return []
+    items = json.loads(r.stdout).get("nftables", [])
+    return [int(e) for i in items if "set" in i for e in i["set"].get("elem", []) if isinstance(e, int)]
 
 
 def _element(verb: str, uid: int | str, table: str) -> None:
