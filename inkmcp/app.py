@@ -237,6 +237,13 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
     register_server_paths(data, [(r"work/checkouts/[0-9a-f]+", ".")])
     if serve:
         _hold_serve_lock(stack, data)
+        if settings.compute != "coolify" and os.geteuid() == 0:
+            # Unmounts (a deleted project's image, a tenant database's) must reach the tenants' mount namespaces,
+            # or the images stay attached to their loop devices (providers/compute/local/propagation.py).
+            from inkmcp.providers.compute.local import propagation
+
+            propagation.share(data)
+            stack.callback(propagation.release, data)  # last out: after every image of the data dir is unmounted
 
     if settings.database_url is not None:
         control_url = settings.database_url.get_secret_value()
