@@ -191,6 +191,27 @@ def test_a_raised_limit_grows_existing_projects_when_mounted(data: Path) -> None
     assert small.usage("p8")[2] == grown  # type: ignore[index]
 
 
+def test_deleted_files_give_the_host_its_space_back(data: Path) -> None:
+    """An image kept its high-water mark: a project that wrote and deleted 24 MiB still held 24 MiB of the host's disk
+    (the image file is sparse; the `discard` mount option punches the freed blocks out of it)."""
+    disks = ProjectDisks(data, size_mb=64)
+    base = disks.ensure_project("p9")
+    assert base is not None
+    image = disks.image("p9")
+    empty = image.stat().st_blocks * 512
+    (base / "big").write_bytes(os.urandom(24 * 2**20))
+    os.sync()
+    full = image.stat().st_blocks * 512
+    assert full - empty >= 24 * 2**20, (empty, full)
+    (base / "big").unlink()
+    os.sync()
+    deadline = time.monotonic() + 10
+    while (now := image.stat().st_blocks * 512) - empty > 4 * 2**20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert now - empty <= 4 * 2**20, (empty, full, now)
+    disks.unmount_all()
+
+
 # --- tenantdisk: NamedDisks, the images of tenant databases (tablespaces) and Redis instances beside the projects'
 
 

@@ -73,7 +73,10 @@ ADMISSION_LOCK = ".admission.lock"  # disks/.admission.lock: one admission at a 
 HEADROOM = ".headroom"  # on a NamedDisks image with headroom: root's file holding space its owner cannot use
 INNER = ".disk"  # projects/<project_id>/.disk: root 0700, the sources of the bind mounts
 RESERVED_PERCENT = 2  # ext4 blocks only root may use: InkMCP's logs and metadata of the project's services
-MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"
+# discard: a file deleted inside the image punches a hole in the (sparse) image file, so the host gets the space back;
+# without it an image kept its high-water mark for good (a project that once wrote 900 MiB held 900 MiB of the host's
+# disk after deleting it). Cost measured on this host: removing 20,000 small files 0.95 -> 1.12 s.
+MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable,discard"
 _MS_BIND = 4096
 _MNT_DETACH = 2
 NO_SPACE = re.compile(r"No space left on device|ENOSPC|Disk quota exceeded|EDQUOT")
