@@ -180,6 +180,13 @@ class EmbeddedPostgres:
                 self._initdb()
             self._check_version()
             password = self._superuser_password() if self.port is not None else None
+            if self.port is not None and os.geteuid() == 0:
+                # --- svcports: tenants' bind() of this port is refused by the bind guard (compute/local/
+                # bindguard.py); a port chosen with bind(0) is an ephemeral one, which listen() on an unbound socket
+                # could still get while the server is down: the kernel's ephemeral choice skips it from now on
+                from inkmcp.providers.compute.local.bindguard import reserve_port
+
+                reserve_port(self.port)
             self._write_config()
             # --- tenantdisk: a tenant server's databases live on images of their own (store/tenant_disks.py),
             # mounted before it starts (crash recovery and every tenant's query need their files) ...

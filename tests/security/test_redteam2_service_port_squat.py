@@ -9,18 +9,23 @@ then hands its credentials to mallory: Redis sends `AUTH <user> <password>` in c
 cleartext-password request with the password (DATABASE_URL sets no `require_auth`). The restart then fails on the
 taken port, so mallory keeps it.
 
-Found by redteam2 and NOT fixed: the fix belongs to the Redis and PostgreSQL providers (another helper's files).
-Before (attacker-side proof, this module's attack by hand on a real root server): mallory's squatter captured
-`*3 AUTH ink_7f4f... I0uhXEyz...` (alice's REDIS_URL password) and `p ... tmKs1qsr...` (alice's DATABASE_URL
-password, after sending AuthenticationCleartextPassword); no redis-server ran for alice afterwards. Direction: a
-socket InkMCP holds for the server's whole life in front of each one (as nginx's port and portguard do for apps),
-e.g. InkMCP listening on the public port and splicing to the server's unix socket, so a dying server never frees
-the port; for PostgreSQL also `require_auth=scram-sha-256` in DATABASE_URL (libpq 16+), so a fake server gets no
-password. Both tests are strict xfails: they start passing when that lands.
+Found by redteam2 (strict xfails then). Before (attacker-side proof, this module's attack on a real root server):
+mallory's squatter captured `*3 AUTH ink_7f4f... I0uhXEyz...` (alice's REDIS_URL password) and `p ... tmKs1qsr...`
+(alice's DATABASE_URL password, after sending AuthenticationCleartextPassword); no redis-server ran for alice
+afterwards.
+
+Fixed by svcports (2026-12-02): the bind guard (`providers/compute/local/bindguard.py`), a cgroup BPF hook on
+bind(), lets a project user's process bind only its own runs' $PORT (or port 0): mallory's squatter gets EPERM on
+every try, so it never holds the port, captures nothing, and the watchdog (Redis) or the supervisor (PostgreSQL)
+brings alice's server back on the same port, where her client's retries then succeed. These tests perform the same
+attack and assert that from mallory's side (never bound, the last bind() error EPERM, nothing captured) and that
+the server listens on its port again with a new process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import time
@@ -78,7 +83,8 @@ def squat():
         try:
             s.bind(("127.0.0.1", port))
             s.listen(16)
-        except OSError:
+        except OSError as e:
+            STATE["bind_errno"] = e.errno
             s.close()
             time.sleep(0.0005)
             continue
@@ -98,7 +104,7 @@ def squat():
         s.close()
 
 
-for key in ("stop", "bound", "captured", "errors"):
+for key in ("stop", "bound", "captured", "errors", "bind_errno"):
     STATE.pop(key, None)
 threading.Thread(target=squat, daemon=True).start()
 result = "armed"
@@ -106,7 +112,8 @@ result = "armed"
 
 REPORT = r'''
 STATE["stop"] = True
-result = {"bound": STATE.get("bound"), "captured": STATE.get("captured", []), "errors": STATE.get("errors", [])}
+result = {"bound": STATE.get("bound"), "captured": STATE.get("captured", []), "errors": STATE.get("errors", []),
+          "bind_errno": STATE.get("bind_errno")}
 '''
 
 # Inside alice's app: what her code does with its URL (a Redis AUTH, psql with DATABASE_URL), retried while the
@@ -116,7 +123,7 @@ import socket, subprocess, time, urllib.parse
 
 u = urllib.parse.urlsplit(ARGS["service_url"])
 out = []
-for _ in range(20):
+for _ in range(60):  # until the server is back (Redis: the watchdog, every 5 s; PostgreSQL: the supervisor)
     try:
         if ARGS["kind"] == "redis":
             s = socket.create_connection((u.hostname, u.port), timeout=2)
@@ -184,21 +191,152 @@ async def _attack(srv: ServerProc, world: dict[str, Any], kind: str) -> dict[str
     os.kill(victim, signal.SIGKILL)  # alice's Redis / the tenant PostgreSQL dies, as in a crash or an OOM kill
     time.sleep(0.5)
     said = lab_exec(srv, world["alice"]["url"], CLIENT, service_url=url, kind=kind)
-    report = lab_exec(srv, world["mallory"]["url"], REPORT)  # stops the squatter: InkMCP may restart the server
+    report = lab_exec(srv, world["mallory"]["url"], REPORT)  # stops the squatter
     password = urlsplit(url).password
     assert password
-    return {"said": said, "report": report, "leaked": [c for c in report["captured"] if password in c]}
+    return {"said": said, "report": report, "leaked": [c for c in report["captured"] if password in c],
+            "port": port, "victim": victim}
 
 
-@pytest.mark.xfail(strict=True, reason="redteam2: a dead Redis instance's port is free for another tenant to bind")
+def _came_back(got: dict[str, Any], timeout: float = 20.0) -> int:
+    """The pid now listening on the attacked port: a new process of the same server (never mallory's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid = _listener_pid(got["port"])
+            if pid != got["victim"]:
+                return pid
+        except AssertionError:
+            pass
+        assert time.monotonic() < deadline, f"nothing listens on port {got['port']} again: {got}"
+        time.sleep(0.2)
+
+
+def _assert_refused(got: dict[str, Any]) -> None:
+    report = got["report"]
+    assert not got["leaked"], f"mallory captured alice's password: {got}"
+    assert report["bound"] is None and not report["captured"], f"mallory held the port: {got}"
+    assert report["bind_errno"] == errno.EPERM, f"mallory's bind() was not refused by the guard: {got}"
+
+
 async def test_a_dead_redis_instances_port_never_gets_alices_password(own_server: ServerProc,
                                                                       world: dict[str, Any]) -> None:
     got = await _attack(own_server, world, "redis")
-    assert not got["leaked"], f"mallory captured alice's REDIS_URL password: {got}"
+    _assert_refused(got)
+    server = psutil.Process(_came_back(got))
+    assert "redis-server" in server.name(), server
+    assert any("NOAUTH" not in reply and reply.startswith("+OK") for reply in got["said"]), got["said"]
 
 
-@pytest.mark.xfail(strict=True, reason="redteam2: a dead tenant PostgreSQL server's port is free for another tenant")
 async def test_a_dead_tenant_postgres_port_never_gets_alices_password(own_server: ServerProc,
                                                                       world: dict[str, Any]) -> None:
     got = await _attack(own_server, world, "postgres")
-    assert not got["leaked"], f"mallory captured alice's DATABASE_URL password: {got}"
+    _assert_refused(got)
+    server = psutil.Process(_came_back(got))
+    assert server.name() in ("postgres", "postmaster"), server
+    assert [0, ""] in [[r[0], ""] for r in got["said"] if isinstance(r, list)], f"alice's psql never got in: {got}"
+
+
+# Inside a tenant's app: what bind() says for each port (errno, or 0 when it bound), and for a free stretch of the
+# app range, what redteam2's "hold every app port" attack (#4) still gets (bound-only sockets, no listen).
+PROBE = r'''
+import errno, os, socket
+
+
+def try_bind(port, family=socket.AF_INET, host="127.0.0.1", kind=socket.SOCK_STREAM):
+    s = socket.socket(family, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+        return 0
+    except OSError as e:
+        return e.errno
+    finally:
+        s.close()
+
+
+others = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[7]) != os.getuid():
+            others.add(int(f[1].split(":")[1], 16))
+held = []
+for port in range(ARGS["low"], ARGS["low"] + 200):
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", port))
+        held.append(s)
+    except OSError as e:
+        s.close()
+own = int(os.environ["PORT"])
+result = {
+    "own": own,
+    "own_port": try_bind(own),  # our own listener has it: EADDRINUSE, i.e. the guard let the bind through
+    "others": {p: try_bind(p) for p in sorted(others)},
+    "others_v6": {p: try_bind(p, socket.AF_INET6, "::") for p in sorted(others)},
+    "extra": {p: try_bind(p) for p in ARGS["extra"]},
+    "ephemeral": try_bind(0),
+    "udp": try_bind(ARGS["extra"][0], kind=socket.SOCK_DGRAM),
+    "held": len(held),
+}
+for s in held:
+    s.close()
+'''
+
+
+def _probe(srv: ServerProc, url: str, extra: list[int], low: int = 27000) -> dict[str, Any]:
+    got = lab_exec(srv, url, PROBE, extra=extra, low=low)
+    for field in ("others", "others_v6", "extra"):
+        got[field] = {int(k): v for k, v in got[field].items()}
+    return got
+
+
+async def test_a_tenant_binds_its_own_port_and_nothing_else(own_server: ServerProc, world: dict[str, Any]) -> None:
+    """Every other listener of the machine (alice's app, her Redis, the tenant PostgreSQL server, nginx's, the MCP
+    port) answers mallory's bind() with EPERM before the kernel even looks for a conflict; a free port of the app
+    range too, so holding the range (redteam2 #4) gets nothing; her own $PORT, port 0 and UDP pass."""
+    redis, pg = urlsplit(world["redis"]).port, urlsplit(world["postgres"]).port
+    got = _probe(own_server, world["mallory"]["url"], extra=[redis, pg, 16999, 20001, 29998])
+    assert got["own_port"] == errno.EADDRINUSE, got  # allowed by the guard; taken by her own listener
+    assert {redis, pg, own_server.port, own_server.proxy_port} <= set(got["others"]), got
+    assert set(got["others"].values()) == {errno.EPERM}, got
+    assert set(got["others_v6"].values()) == {errno.EPERM}, got  # [::] would take the IPv4 port too
+    assert set(got["extra"].values()) == {errno.EPERM}, got
+    assert got["held"] == 0, f"mallory still holds app ports: {got}"
+    assert got["ephemeral"] == 0 and got["udp"] == 0, got
+    reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports").read_text()
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if low <= pg <= high:  # listen() on an unbound socket never picks the tenant server's port
+        assert any(int(a) <= pg <= int(b or a) for a, _, b in (s.partition("-") for s in reserved.strip().split(","))
+                   if a), reserved
+
+
+async def test_after_a_crash_restart_on_a_new_port_the_old_one_is_refused(own_server: ServerProc,
+                                                                          world: dict[str, Any]) -> None:
+    """portguard restarts a crashed app on a new port: the new $PORT is the app's, the old one no longer is."""
+    before = _probe(own_server, world["alice"]["url"], extra=[20001])
+    old = before["own"]
+    os.kill(_app_pid(old), signal.SIGKILL)  # alice's app dies (a crash, an OOM kill)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = _probe(own_server, world["alice"]["url"], extra=[old])
+            if after["own"] != old:
+                break
+        except (AssertionError, OSError):
+            pass
+        assert time.monotonic() < deadline, "alice's app never came back on a new port"
+        time.sleep(0.5)
+    assert after["own_port"] == errno.EADDRINUSE, after  # the new port is hers (her listener holds it)
+    assert after["extra"] == {old: errno.EPERM}, after  # the old one is not any more
+
+
+def _app_pid(port: int) -> int:
+    """The tenant process listening on `port` (InkMCP's held duplicate of its socket is root's)."""
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(conn.pid).uids().real != 0:
+                    return conn.pid
+    raise AssertionError(f"no tenant process listens on {port}")

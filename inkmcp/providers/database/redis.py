@@ -346,6 +346,10 @@ class RedisInstance:
         if port is None or not (self.dir / "users.acl").exists():
             raise ProviderError(f"Redis instance {self.ident} has no configuration; provision it again")
         self.configure(port=port, password=None)
+        if os.geteuid() == 0:  # svcports: a port inside the ephemeral range (INKMCP_REDIS_PORT_MIN/MAX) kept off it
+            from inkmcp.providers.compute.local.bindguard import reserve_port
+
+            reserve_port(port)
         (self.dir / "redis.pid").unlink(missing_ok=True)
         kwargs: dict[str, object] = {}
         if self._user is not None:

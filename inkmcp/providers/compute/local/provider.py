@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd  # --- svcports
 import re
 import shutil
 import time
@@ -46,6 +47,7 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
+from inkmcp.providers.compute.local import bindguard  # --- svcports: tenants bind only their own ports
 from inkmcp.providers.compute.local.diskquota import ProjectDisks  # --- quota: a filesystem per project
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
 from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
@@ -210,6 +212,10 @@ class LocalComputeProvider:
         # --- issue 13 (credits): asked before each wake; a text refuses it (the proxy answers 402 with it)
         self.wake_gate: Callable[[ServiceKey], Awaitable[str | None]] | None = None
         # --- end
+        # --- svcports: the bind guard (bindguard.py), opened by start(); the (uid, port) each run was granted
+        self._binds: bindguard.BindGuard | None = None
+        self._bind_grants: dict[int, tuple[int, int]] = {}  # id(run) -> (uid, port), until _stop_run
+        # --- end
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -234,6 +240,8 @@ class LocalComputeProvider:
         await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
         await asyncio.to_thread(prepare_spawn, self.shim_dir)  # the exec wrapper, built before the first wake
         await asyncio.to_thread(self._reap_stale)
+        if self._root:  # --- svcports: before any tenant process starts (the leftovers are gone: _reap_stale)
+            self._binds = await asyncio.to_thread(bindguard.open_guard)
         await self.proxy.start()
         self._idle_task = asyncio.create_task(self._idle_loop(), name="local-idle")
 
@@ -284,6 +292,10 @@ class LocalComputeProvider:
             svc.log.close()
         self._services.clear()
         await asyncio.to_thread(self.disks.unmount_all)  # --- quota: every mount of this data dir, by exact path
+        if self._binds is not None:  # --- svcports: no tenant process is left: the hook goes (bindguard.py)
+            self._binds.close()
+            self._binds = None
+            self._bind_grants.clear()
 
     async def _stop_service(self, svc: _Service) -> None:
         async with svc.run_lock:
@@ -299,6 +311,9 @@ class LocalComputeProvider:
     async def _stop_run(self, run: ReleaseRun) -> None:
         await run.stop(self.stop_grace)
         self.ports.release(run.port)
+        granted = self._bind_grants.pop(id(run), None)  # --- svcports: its processes are gone, so is its port
+        if granted is not None and self._binds is not None:
+            self._binds.revoke(*granted)
 
     # -- naming --------------------------------------------------------------------------------
 
@@ -316,6 +331,7 @@ class LocalComputeProvider:
     async def source_workspace(self, project_id: str) -> SourceWorkspace:
         """The project's own git mirrors, fetched with its user's rights (created on first use)."""
         run_as = await ensure_project_user(project_id, self.data_dir / "homes")
+        self._bind_mark(run_as)  # --- svcports
         await self._project_disk(project_id, run_as)  # --- quota: the mirrors are on the project's filesystem
         layout = ProjectLayout(self.data_dir, project_id)
         await asyncio.to_thread(layout.prepare, run_as)
@@ -344,6 +360,7 @@ class LocalComputeProvider:
             svc = self._services.get(key.service_id)
             if svc is None:
                 run_as = await ensure_project_user(key.project_id, self.data_dir / "homes")
+                self._bind_mark(run_as)  # --- svcports
                 home = run_as.home if run_as else str(self.data_dir / "homes" / project_user_name(key.project_id))
                 if run_as is None:
                     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -612,8 +629,8 @@ class LocalComputeProvider:
                 kept = "the previous version stays live" if svc.live is not None else "nothing went live"
                 built = "The build succeeded: the" if progress is not None else "The"
                 raise ReleaseFailed(
-                    Step.health_check, _tail_text(f"{exc.reason}; {kept}. {built} cause is in the app's runtime "
-                                                  f"output ({RUNTIME_LOGS})", run.recent)
+                    Step.health_check, _tail_text(f"{exc.reason}{self._bind_refusal(svc, port)}; {kept}. {built} "
+                                                  f"cause is in the app's runtime output ({RUNTIME_LOGS})", run.recent)
                 ) from None
             after = run.answered_after
             answered = f"the web answered {after:.2f}s after its start; " if after is not None else ""
@@ -737,7 +754,43 @@ class LocalComputeProvider:
             account_output=svc.output,
         )  # fmt: skip
         run.on_routed_crash = lambda: self._recover_soon(svc, run)  # --- redteam2 (portguard)
+        if self._binds is not None and svc.run_as is not None:  # --- svcports: its $PORT, before it starts
+            self._binds.take_refused(svc.run_as.uid)  # what an earlier run was refused is not this one's
+            if port is not None:
+                self._binds.grant(svc.run_as.uid, port)  # revoked by _stop_run
+                self._bind_grants[id(run)] = (svc.run_as.uid, port)
         return run
+
+    # --- svcports: a project user binds only its runs' ports from before any of its code runs (bindguard.py)
+    def _bind_mark(self, run_as: RunAs | None) -> None:
+        if self._binds is not None and run_as is not None:
+            self._binds.mark(run_as.uid)
+
+    def _bind_refusal(self, svc: _Service, port: int | None) -> str:
+        """Why an app that bound a port other than its own failed (the kernel said only EPERM), logged once too."""
+        refused = self._binds.take_refused(svc.run_as.uid) if self._binds and svc.run_as else None
+        if refused is None:
+            return ""
+        own = f"$PORT={port}" if port is not None else "no port (it is not the routed process)"
+        note = (f"; it tried to listen on port {refused}, which is not its own (a tenant's process may bind only its "
+                f"service's port, here {own}, or port 0): pass port={refused} to deploy_app, or make it bind the PORT "
+                "env var")
+        svc.log.write(f"web | [inkmcp] bind() of port {refused} refused: a tenant's process may bind only its "
+                      f"service's port ({own}) or port 0")
+        return note
+
+    def _log_bind_refusals(self) -> None:
+        """A running app's refused second listener (a metrics or debug port) gets a line in its runtime log."""
+        if self._binds is None:
+            return
+        for svc in list(self._services.values()):
+            if svc.run_as is not None and svc.live is not None and svc.live.run is not None:
+                run = svc.live.run
+                refused = self._binds.take_refused(svc.run_as.uid)
+                if refused is not None:
+                    svc.log.write(f"web | [inkmcp] bind() of port {refused} refused: a tenant's process may bind "
+                                  f"only its service's port ($PORT={run.port}) or port 0")
+    # --- end
 
     # --- redteam2 (portguard): a crashed routed process restarts on a new port, never on its old one
     def _recover_soon(self, svc: _Service, crashed: ReleaseRun) -> None:
@@ -937,6 +990,8 @@ class LocalComputeProvider:
         interval = max(0.1, min(5.0, self.idle_timeout / 4))
         while True:
             await asyncio.sleep(interval)
+            with contextlib.suppress(OSError):  # --- svcports
+                self._log_bind_refusals()
             now = time.monotonic()
             for svc in list(self._services.values()):
                 route = svc.route
@@ -1161,6 +1216,11 @@ class LocalComputeProvider:
 
     async def remove_project(self, project_id: str, project_ref: Mapping[str, Any] | None = None) -> None:
         """After a project's last service is gone: end its user's last processes, delete the user and its home."""
+        # --- svcports: its uid may go to another user next: its bind guard entries go with it
+        if self._binds is not None:
+            with contextlib.suppress(KeyError):
+                self._binds.forget(pwd.getpwnam(project_user_name(project_id)).pw_uid)
+        # --- end
         await delete_project_user(project_id, self.data_dir / "homes")
         # --- quota: its filesystem (home, services, mirrors, caches) goes with its image
         await asyncio.to_thread(self.disks.remove_project, project_id,
