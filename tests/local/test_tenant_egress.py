@@ -395,7 +395,7 @@ def test_refused_ranges_cover_the_run_servers_and_the_rendered_rules_name_them()
 
     assert set(BLOCKED_RANGES) <= set(egress.BLOCKED_V4)
     text = egress.render(TenantEgressSettings(tenant_egress_allow="10.0.1.13:5432"), [1234, 1234, 99],
-                         resolvers=[])
+                         resolvers=[], endpoints=[])
     assert "elements = { 99, 1234 }" in text
     assert "ip daddr 10.0.1.13/32 meta l4proto { tcp, udp } th dport 5432 accept" in text
     assert text.index("10.0.1.13/32") < text.index("goto deny")  # the allow-list comes before every refusal
@@ -429,3 +429,13 @@ def test_doctor_says_whether_the_policy_is_active(monkeypatch):
         assert status == Status.warn and "INKMCP_TENANT_EGRESS=off" in detail
     finally:
         egress.apply(TenantEgressSettings(tenant_egress="block-private"))  # the default, as the next start would
+
+
+def test_apps_keep_a_private_database_or_redis_the_operator_configured(monkeypatch):
+    """INKMCP_TENANT_DATABASE_URL / INKMCP_REDIS_URL on another machine of the private network: InkMCP hands apps
+    that host in DATABASE_URL / REDIS_URL, so it is opened (that host and port only); a public one needs nothing."""
+    monkeypatch.setenv("INKMCP_TENANT_DATABASE_URL", "postgresql://admin:pw@10.0.3.4:6432/postgres")
+    monkeypatch.setenv("INKMCP_REDIS_URL", "redis://admin:pw@198.51.100.7:6380")
+    assert [str(e) for e in egress.platform_endpoints()] == ["10.0.3.4/32:6432"]
+    text = egress.render(TenantEgressSettings(), [], resolvers=[])
+    assert "ip daddr 10.0.3.4/32 meta l4proto { tcp, udp } th dport 6432 accept" in text

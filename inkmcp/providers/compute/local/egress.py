@@ -42,6 +42,7 @@ import logging
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -50,7 +51,7 @@ from pathlib import Path
 
 import jinja2
 
-from inkmcp.settings import TenantEgressSettings
+from inkmcp.settings import EgressAllow, TenantEgressSettings
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,68 @@ def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[ipaddre
     return found
 
 
+def platform_endpoints() -> list[EgressAllow]:
+    """Where InkMCP itself points tenants' apps (their DATABASE_URL's and REDIS_URL's host and port) when that is a
+    private, non-loopback address: opened like an allow-list entry, or every app of an operator whose tenant
+    PostgreSQL or Redis lives on another machine of the private network would lose its database."""
+    from urllib.parse import urlsplit
+
+    from inkmcp.providers.database.redis import RedisSettings
+    from inkmcp.settings import Settings
+
+    wanted: list[tuple[str, int]] = []
+    try:
+        host = Settings()
+        if host.tenant_database_url is not None:
+            parts = urlsplit(host.tenant_database_url.get_secret_value())
+            wanted.append((parts.hostname or host.tenant_database_public_host, parts.port or 5432))
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                port = int((host.data_dir / "pg" / "tenants.port").read_text().strip())
+                wanted.append((host.tenant_database_public_host, port))
+        redis = RedisSettings()
+        if redis.url is not None:
+            parts = urlsplit(redis.url.get_secret_value())
+            wanted.append((parts.hostname or "", parts.port or 6379))
+    except Exception as e:  # a bad setting fails the start elsewhere, with its own message
+        log.debug("tenant egress: platform endpoints not read: %s", e)
+        return []
+    found: list[EgressAllow] = []
+    for name, port in wanted:
+        try:
+            infos = socket.getaddrinfo(name, port, proto=socket.IPPROTO_TCP) if name else []
+        except OSError:
+            log.warning("tenant egress: %s (apps' database or Redis) does not resolve; if it is private, open it "
+                        "with INKMCP_TENANT_EGRESS_ALLOW", name)
+            continue
+        for info in infos:
+            addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if addr.is_loopback or not (any(addr in n for n in (*BLOCKED_V4, *BLOCKED_V6)) or _is_local(addr)):
+                continue
+            entry = EgressAllow(ipaddress.ip_network(addr), port)
+            if entry not in found:
+                found.append(entry)
+    return found
+
+
+def _is_local(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """One of this host's own addresses (refused by the fib rule)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
+                                                     socket.SOCK_DGRAM) as s:
+        s.bind((str(addr), 0))
+        return True
+    return False
+
+
 def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = TABLE,
-           resolvers: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None) -> str:
+           resolvers: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None,
+           endpoints: Iterable[EgressAllow] | None = None) -> str:
     """The whole ruleset as `nft -f` takes it (one transaction: the old table goes, the new one comes)."""
     values = dict(
         table=table, blocked4=BLOCKED_V4, blocked6=BLOCKED_V6, size=DENIED_SIZE, ttl=DENIED_TTL,
         resolvers=list(host_resolvers() if resolvers is None else resolvers),
-        allow=settings.allow_entries(), smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)),
+        allow=[*settings.allow_entries(), *(platform_endpoints() if endpoints is None else endpoints)],
+        smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)),
     )
     # The policy without its uids, hashed into a rule comment: a start whose policy is the one in the kernel only
     # brings the uid set up to date, and keeps the refusals noted so far (another InkMCP on this machine starting,
