@@ -191,24 +191,23 @@ def platform_endpoints() -> list[EgressAllow]:
     PostgreSQL or Redis lives on another machine of the private network would lose its database."""
     from urllib.parse import urlsplit
 
-    from inkmcp.providers.database.redis import RedisSettings
-    from inkmcp.settings import Settings
+    from inkmcp.settings import default_data_dir
 
+    env = os.environ  # as Settings and RedisSettings read them (not built here: RedisSettings' module is heavy)
+    public_host = env.get("INKMCP_TENANT_DATABASE_PUBLIC_HOST", "127.0.0.1")
     wanted: list[tuple[str, int]] = []
     try:
-        host = Settings()
-        if host.tenant_database_url is not None:
-            parts = urlsplit(host.tenant_database_url.get_secret_value())
-            wanted.append((parts.hostname or host.tenant_database_public_host, parts.port or 5432))
+        if env.get("INKMCP_TENANT_DATABASE_URL"):
+            parts = urlsplit(env["INKMCP_TENANT_DATABASE_URL"])
+            wanted.append((parts.hostname or public_host, parts.port or 5432))
         else:
+            data = Path(env["INKMCP_DATA_DIR"]) if env.get("INKMCP_DATA_DIR") else default_data_dir()
             with contextlib.suppress(OSError, ValueError):
-                port = int((host.data_dir / "pg" / "tenants.port").read_text().strip())
-                wanted.append((host.tenant_database_public_host, port))
-        redis = RedisSettings()
-        if redis.url is not None:
-            parts = urlsplit(redis.url.get_secret_value())
+                wanted.append((public_host, int((data / "pg" / "tenants.port").read_text().strip())))
+        if env.get("INKMCP_REDIS_URL"):
+            parts = urlsplit(env["INKMCP_REDIS_URL"])
             wanted.append((parts.hostname or "", parts.port or 6379))
-    except Exception as e:  # a bad setting fails the start elsewhere, with its own message
+    except ValueError as e:  # a bad URL fails the start elsewhere, with its own message
         log.debug("tenant egress: platform endpoints not read: %s", e)
         return []
     found: list[EgressAllow] = []
@@ -255,17 +254,6 @@ def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = 
     return RULESET.render(uids=sorted(set(uids)), policy=f"{POLICY_TAG}{digest}", **values)
 
 
-def _policy_in_kernel(table: str) -> str | None:
-    r = _nft("-j", "list", "chain", "inet", table, "output")
-    if r.returncode != 0:
-        return None
-    for item in json.loads(r.stdout).get("nftables", []):
-        comment = item.get("rule", {}).get("comment", "")
-        if comment.startswith(POLICY_TAG):
-            return str(comment)
-    return None
-
-
 def _policy_of(text: str) -> str:
     start = text.index(POLICY_TAG)
     return text[start:text.index('"', start)]
@@ -281,9 +269,10 @@ def apply(settings: TenantEgressSettings | None = None, *, table: str = TABLE) -
         return EgressState(active=False, detail="INKMCP_TENANT_EGRESS=off: tenants' connections are not restricted")
     uids = tenant_uids()
     text = render(settings, uids, table=table)
-    if _policy_in_kernel(table) == _policy_of(text) and state(table=table).active:
-        sync_uids(table=table)
-        return state(table=table)
+    now = _snapshot(table)
+    if now.state.active and now.policy == _policy_of(text):  # the same policy: only the users may have changed
+        sync_uids(table=table, covered=now.uids)
+        return _snapshot(table).state if set(uids) != now.uids else now.state
     r = _nft("-f", "-", stdin=text)
     if r.returncode != 0:
         raise EgressError(f"nft refused the tenant egress rules: {r.stderr.strip()[-600:]}")
@@ -294,10 +283,11 @@ def apply(settings: TenantEgressSettings | None = None, *, table: str = TABLE) -
     return state(table=table)
 
 
-def sync_uids(*, table: str = TABLE) -> None:
+def sync_uids(*, table: str = TABLE, covered: Iterable[int] | None = None) -> None:
     """The tenant set made equal to the project users in /etc/passwd: new ones added, deleted ones (whose uid a
     package's system user may get next) removed."""
-    want, have = set(tenant_uids()), set(covered_uids(table=table))
+    want = set(tenant_uids())
+    have = set(covered_uids(table=table) if covered is None else covered)
     if want - have:
         _element("add", ",".join(map(str, sorted(want - have))), table)
     for uid in sorted(have - want):
@@ -314,22 +304,37 @@ def remove(*, table: str = TABLE) -> bool:
     raise EgressError(f"nft could not delete table inet {table}: {r.stderr.strip()[-600:]}")
 
 
-def state(*, table: str = TABLE) -> EgressState:
-    """Whether the table is in the kernel with its tenant chain, and how many tenant uids it covers."""
+@dataclass(frozen=True)
+class _Snapshot:
+    state: EgressState
+    policy: str | None = None
+    uids: frozenset[int] = frozenset()
+
+
+def _snapshot(table: str) -> _Snapshot:
+    """The table as the kernel holds it, read with one `nft` run."""
     try:
         r = _nft("-j", "list", "table", "inet", table)
     except EgressError as e:
-        return EgressState(active=False, detail=str(e))
+        return _Snapshot(EgressState(active=False, detail=str(e)))
     if r.returncode != 0:
-        return EgressState(active=False, detail=f"no table inet {table} in the kernel")
+        return _Snapshot(EgressState(active=False, detail=f"no table inet {table} in the kernel"))
     items = json.loads(r.stdout).get("nftables", [])
     sets = {i["set"]["name"]: i["set"] for i in items if "set" in i}
     chains = {i["chain"]["name"] for i in items if "chain" in i}
     hooked = any(i["chain"].get("hook") == "output" for i in items if "chain" in i)
     if not ({"tenants", "blocked4", "blocked6"} <= sets.keys() and {"tenant", "deny"} <= chains and hooked):
-        return EgressState(active=False, detail=f"table inet {table} is incomplete (edited by hand?)")
-    tenants = len(sets["tenants"].get("elem", []))
-    return EgressState(active=True, tenants=tenants, detail=f"table inet {table}: {tenants} tenant users covered")
+        return _Snapshot(EgressState(active=False, detail=f"table inet {table} is incomplete (edited by hand?)"))
+    uids = frozenset(e for e in sets["tenants"].get("elem", []) if isinstance(e, int))
+    policy = next((str(i["rule"]["comment"]) for i in items
+                   if "rule" in i and str(i["rule"].get("comment", "")).startswith(POLICY_TAG)), None)
+    detail = f"table inet {table}: {len(uids)} tenant users covered"
+    return _Snapshot(EgressState(active=True, tenants=len(uids), detail=detail), policy, uids)
+
+
+def state(*, table: str = TABLE) -> EgressState:
+    """Whether the table is in the kernel with its tenant chain, and how many tenant uids it covers."""
+    return _snapshot(table).state
 
 
 def covered_uids(*, table: str = TABLE) -> list[int]:
