@@ -17,6 +17,15 @@ Layout of one server, e.g. `<data_dir>/pg/control`:
 Root: PostgreSQL refuses to run as root, so when euid is 0 every binary runs as the system user
 `inkmcp-pg` (created on demand) and pgdata is chowned to it; ancestors of pgdata get o+x (traverse
 only, never read) so that user can reach it.
+
+The tenant server's port (svcports): DATABASE_URLs carry it, so it is chosen once and kept; while the server is down
+(a crash, an OOM kill, a restart InkMCP makes) it is free. Tenants cannot take it and ask the next client for its
+password in clear: the local provider's bind guard (`providers/compute/local/bindguard.py`) refuses a project user's
+bind() of any port but its own service's, and the port, picked from the kernel's ephemeral range, is put into
+`ip_local_reserved_ports` at every start, so listen() on an unbound socket (no bind(), no hook) never gets it. Not
+done: `require_auth=scram-sha-256` in DATABASE_URL (libpq 16+): asyncpg sends unknown URL options to the server as
+settings (the connection then fails: "unrecognized configuration parameter"), and psycopg2/psycopg on an older libpq
+refuse it ("invalid connection option"), so it would break working apps.
 """
 
 from __future__ import annotations

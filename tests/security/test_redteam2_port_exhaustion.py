@@ -6,11 +6,15 @@ limit (20,000) and bind() a TCP socket (no listen) on every free port of 20000-2
 update_env_vars" (the allocator's RuntimeError "no free port in 20000-29999" in the server log); every account's
 deploy, env restart, on_demand wake and crash recovery failed the same way until mallory let go.
 
-Not prevented (the loopback and its ports are shared by every Unix user; bound-only sockets are not even listed in
-/proc/net/tcp): open, in redteam2's report. What changed: the allocator's refusal is a ProviderError that says what
-happened and what to do, so the agent gets it instead of a bare error, and a crash recovery waiting for a port keeps
-retrying instead of dying. This test holds a small range itself (holding the real one would stop every other test's
-deploys on this machine) and checks what the allocator says.
+Prevented since svcports (2026-12-02) where InkMCP runs as root with cgroup BPF: the bind guard
+(`providers/compute/local/bindguard.py`) refuses a project user's bind() of any port but its own runs' $PORT (and
+port 0) with EPERM, so mallory's loop holds nothing: checked from inside her deployed app in
+`test_redteam2_service_port_squat.py::test_a_tenant_binds_its_own_port_and_nothing_else` (200 free ports of the
+app range: none held). Still true where the guard cannot run (not root) or for a process that is not a project user:
+the allocator's refusal is a ProviderError that says what happened and what to do, so the agent gets it instead of a
+bare error, and a crash recovery waiting for a port keeps retrying instead of dying. This test holds a small range
+itself, as root (not a tenant: the guard lets it; holding the real range would stop every other test's deploys on
+this machine), and checks what the allocator says.
 """
 
 from __future__ import annotations

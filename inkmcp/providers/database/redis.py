@@ -43,6 +43,13 @@ full one makes Redis refuse writes ("MISCONF Errors writing to the AOF file: No 
 project only. Memory beside `maxmemory`: client buffers (a 1 GiB query buffer per connection by default) are capped
 together by `maxmemory-clients` (Redis disconnects the largest clients past it).
 
+Port (svcports): an instance keeps its port for life (REDIS_URL carries it), so while it is down (a crash, an OOM
+kill, the watchdog's restart) the port is free. Tenants cannot take it: the local provider's bind guard
+(`compute/local/bindguard.py`) refuses a project user's bind() of any port but its own service's, and a port inside
+the kernel's ephemeral range (only if INKMCP_REDIS_PORT_MIN/MAX put it there) is also reserved from the kernel's own
+choice (`reserve_port`), which listen() without bind() would use. Before, another tenant's app spinning on bind()
+took it and read the next client's `AUTH` (redteam2).
+
 Lifecycle: `provision` creates and starts an instance (a second provision of the same project gives it a new
 password, which is how a crash between creating and recording is recovered, as for Postgres); `start()` (at
 InkMCP start, before apps are restored) starts or adopts every instance on disk; `close()` stops those this

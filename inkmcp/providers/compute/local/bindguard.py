@@ -142,6 +142,7 @@ class BindGuard:
         self._marked: set[int] = set()
         self._links: list[int] = []
         self._refused: cb.HashMap | None = None
+        self.program_ids: tuple[int, ...] = ()  # the IPv4 and IPv6 hooks (for `inkmcp doctor` and benchmarks)
 
     @classmethod
     def open(cls) -> BindGuard:
@@ -157,12 +158,14 @@ class BindGuard:
             table.close()
             raise
         links: list[int] = []
+        program_ids: list[int] = []
         try:
             for attach_type, suffix in _ATTACH_TYPES.items():
                 fd = cb.load_program(program(table.fd, refused.fd), prog_type=cb.PROG_TYPE_CGROUP_SOCK_ADDR,
                                      attach_type=attach_type, name=f"{PROG_PREFIX}{suffix}")
                 try:
                     links.append(cb.link(root, fd, attach_type))
+                    program_ids.append(cb.program_info(fd).id)
                 finally:
                     os.close(fd)  # the link holds the program
         except OSError:
@@ -173,6 +176,7 @@ class BindGuard:
             raise
         guard = cls(table, cookie)
         guard._refused = refused
+        guard.program_ids = tuple(program_ids)
         guard._links = links
         return guard
 

@@ -28,6 +28,7 @@ MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY,
 PROG_ATTACH, PROG_DETACH = 8, 9
 PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, PROG_QUERY = 13, 14, 15, 16
 LINK_CREATE = 28
+ENABLE_STATS = 32
 
 MAP_TYPE_HASH = 1
 MAP_F_NO_PREALLOC = 1
@@ -265,6 +266,22 @@ def program_info(fd: int) -> ProgramInfo:
     count = struct.unpack_from("<I", info, 52)[0]
     name = info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
     return ProgramInfo(prog_id, name, tuple(maps[: min(count, 8)]))
+
+
+def program_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program: counted only while some process holds `enable_stats()`'s fd."""
+    info = ctypes.create_string_buffer(256)
+    attr = _attr()
+    struct.pack_into("<IIQ", attr, 0, fd, len(info), _addr(info))
+    bpf(OBJ_GET_INFO_BY_FD, attr, "reading a BPF program's info")
+    return struct.unpack_from("<QQ", info, 192)
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS (run time): the kernel counts every program's runs and time while the fd is open."""
+    attr = _attr()
+    struct.pack_into("<I", attr, 0, 0)
+    return bpf(ENABLE_STATS, attr, "enabling BPF run-time statistics")
 
 
 def find_programs(cgroup: Path, attach_type: int, prefix: str) -> list[tuple[int, ProgramInfo]]:
