@@ -42,6 +42,7 @@ VETH_HOST, VETH_NS = "inkegh0", "inkegn0"
 METADATA4, METADATA6 = "169.254.169.254", "fd00:ec2::254"
 PRIVATE4, PRIVATE6 = "10.199.77.1", "fd00:199::1"
 PUBLIC4, PUBLIC6 = "198.51.100.2", "2001:db8:ee::2"  # documentation ranges: outside every refused range
+HOST_PUBLIC4 = "198.51.100.1"  # the veth's host end: one of this host's own addresses, not a special one
 
 PROBE_APP = r"""
 import errno, json, os, random, socket, struct, time, http.server, urllib.parse
@@ -207,7 +208,9 @@ def topology() -> Iterator[dict[str, Listener | int]]:
             ("loop4", "127.0.0.1"), ("loop6", "::1"))}
         listeners.extend(named.values())
         named["private4_other"] = Listener(PRIVATE4)  # a second port on the private address (allow-list: only one)
-        listeners.append(named["private4_other"])
+        named["host_https"] = Listener(HOST_PUBLIC4, 443)  # this host's own public address: its HTTPS port is open
+        named["host_other"] = Listener(HOST_PUBLIC4)  # ... and nothing else of it
+        listeners.extend((named["private4_other"], named["host_https"], named["host_other"]))
         public_port = named["loop4"].port  # any port: the namespace is empty
         proc = subprocess.Popen(["ip", "netns", "exec", NETNS, sys.executable, "-c", NS_LISTENER, str(public_port),
                                  PUBLIC4, PUBLIC6], stdout=subprocess.PIPE, text=True)
@@ -282,10 +285,12 @@ async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dn
 
     attacks = [(topology[n].addr, topology[n].port, proto)
                for n in ("metadata4", "metadata6", "private4", "private6") for proto in ("tcp", "udp")]
+    attacks += [(f"::ffff:{PRIVATE4}", topology["private4"].port, "tcp"),  # IPv4-mapped, from an IPv6 socket
+                (HOST_PUBLIC4, topology["host_other"].port, "tcp"), (HOST_PUBLIC4, topology["host_other"].port, "udp")]
     results = await probe(provider, key, attacks)
     for target, result in zip(attacks, results, strict=True):
         assert refused_fast(result), (target, result)
-    for n in ("metadata4", "metadata6", "private4", "private6"):
+    for n in ("metadata4", "metadata6", "private4", "private6", "host_other"):
         assert topology[n].seen == [], f"{n} was reached by the tenant: {topology[n].seen}"
     # The release command (same user, same path) was refused too, and said so in the build log.
     build = await provider.logs(key, LogScope.build, deployment_id=None, tail=100)
@@ -302,6 +307,7 @@ async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dn
     allowed = [(loop4.addr, loop4.port, "tcp"), (loop6.addr, loop6.port, "tcp"), (loop4.addr, loop4.port, "udp"),
                (PUBLIC4, pub, "tcp"), (PUBLIC4, pub, "udp"), (PUBLIC6, pub, "tcp"), (PUBLIC6, pub, "udp")]
     allowed += [(str(r), 53, "dns") for r in resolvers]
+    allowed.append((HOST_PUBLIC4, 443, "tcp"))  # an app calling a public URL that resolves to this host
     results = await probe(provider, key, allowed)
     for target, result in zip(allowed, results, strict=True):
         assert result["ok"], (target, result)

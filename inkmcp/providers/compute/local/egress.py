@@ -26,7 +26,9 @@ How, and why this way (rather than a cgroup match or a cgroup BPF connect hook):
   was refused and which setting opens it.
 
 Allowed, in order: loopback (the control plane, tenant PostgreSQL, Redis, the proxy and the apps themselves), DNS
-(port 53) to the resolvers /etc/resolv.conf names at start, the operator's INKMCP_TENANT_EGRESS_ALLOW; then refused:
+(port 53) to the resolvers /etc/resolv.conf names at start, the operator's INKMCP_TENANT_EGRESS_ALLOW, the host and
+port of the apps' database and Redis when InkMCP hands out a private one, and TCP 80, 443 and the proxy's port on
+this host's own public (non-special) addresses (an app calling its own public URL); then refused:
 the special-purpose ranges below, the host's own local/broadcast/multicast addresses, SMTP ports anywhere; the rest
 (the public internet) is open.
 """
@@ -121,6 +123,8 @@ table inet {{ table }} {
     {{ "ip" if a.network.version == 4 else "ip6" }} daddr {{ a.network }}
     {%- if a.port %} meta l4proto { tcp, udp } th dport {{ a.port }}{% endif %} accept
 {%- endfor %}
+    fib daddr type local ip daddr != @blocked4 tcp dport { {{ proxy_ports | join(", ") }} } accept
+    fib daddr type local ip6 daddr != @blocked6 tcp dport { {{ proxy_ports | join(", ") }} } accept
     ip daddr @blocked4 goto deny
     ip6 daddr @blocked6 goto deny
     fib daddr type { local, broadcast, multicast, anycast } goto deny
@@ -237,6 +241,16 @@ def _is_local(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return False
 
 
+def proxy_ports() -> list[int]:
+    """TCP ports of this host's own public addresses tenants may reach: HTTP, HTTPS and InkMCP's proxy port, so an
+    app calling its own (or another app's) public URL, which resolves to this host, still works (the run servers
+    open 80 and 443 to containers alike: hardening's host_input_tcp_ports)."""
+    ports = {80, 443}
+    with contextlib.suppress(ValueError):
+        ports.add(int(os.environ.get("INKMCP_PROXY_PORT", "8080")))
+    return sorted(p for p in ports if 0 < p < 65536)
+
+
 def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = TABLE,
            resolvers: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None,
            endpoints: Iterable[EgressAllow] | None = None) -> str:
@@ -245,7 +259,7 @@ def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = 
         table=table, blocked4=BLOCKED_V4, blocked6=BLOCKED_V6, size=DENIED_SIZE, ttl=DENIED_TTL,
         resolvers=list(host_resolvers() if resolvers is None else resolvers),
         allow=[*settings.allow_entries(), *(platform_endpoints() if endpoints is None else endpoints)],
-        smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)),
+        smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)), proxy_ports=proxy_ports(),
     )
     # The policy without its uids, hashed into a rule comment: a start whose policy is the one in the kernel only
     # brings the uid set up to date, and keeps the refusals noted so far (another InkMCP on this machine starting,
