@@ -23,9 +23,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +44,7 @@ VETH_HOST, VETH_NS = "inkegh0", "inkegn0"
 METADATA4, METADATA6 = "169.254.169.254", "fd00:ec2::254"
 PRIVATE4, PRIVATE6 = "10.199.77.1", "fd00:199::1"
 PUBLIC4, PUBLIC6 = "198.51.100.2", "2001:db8:ee::2"  # documentation ranges: outside every refused range
+REMOTE4, REMOTE6 = "10.199.88.2", "fd00:199:88::2"  # private hosts elsewhere on the network (in the namespace)
 HOST_PUBLIC4 = "198.51.100.1"  # the veth's host end: one of this host's own addresses, not a special one
 
 PROBE_APP = r"""
@@ -100,19 +103,20 @@ except OSError as e:
 
 NS_LISTENER = r"""
 import socket, sys, threading
-def tcp(s):
+log = open(sys.argv[1], "a", buffering=1)  # one line per connection or datagram: who was reached
+def tcp(s, addr):
     while True:
-        c, _ = s.accept(); c.sendall(b"public"); c.close()
-def udp(s):
+        c, _ = s.accept(); log.write(f"tcp {addr}\n"); c.sendall(b"public"); c.close()
+def udp(s, addr):
     while True:
-        _, peer = s.recvfrom(64); s.sendto(b"public", peer)
-for addr in sys.argv[2:]:
+        _, peer = s.recvfrom(64); log.write(f"udp {addr}\n"); s.sendto(b"public", peer)
+for addr in sys.argv[3:]:
     fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
     t = socket.socket(fam, socket.SOCK_STREAM); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind((addr, int(sys.argv[1]))); t.listen(16)
-    u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((addr, int(sys.argv[1])))
-    threading.Thread(target=tcp, args=(t,), daemon=True).start()
-    threading.Thread(target=udp, args=(u,), daemon=True).start()
+    t.bind((addr, int(sys.argv[2]))); t.listen(16)
+    u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((addr, int(sys.argv[2])))
+    threading.Thread(target=tcp, args=(t, addr), daemon=True).start()
+    threading.Thread(target=udp, args=(u, addr), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
 """
@@ -189,6 +193,7 @@ def topology() -> Iterator[dict[str, Listener | int]]:
     _remove_topology()  # a crashed earlier run's, by name
     listeners: list[Listener] = []
     pid = None
+    reached: Path | None = None
     try:
         sh("ip", "netns", "add", NETNS)
         sh("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS, "netns", NETNS)
@@ -203,6 +208,10 @@ def topology() -> Iterator[dict[str, Listener | int]]:
         sh("ip", "-n", NETNS, "addr", "add", f"{PUBLIC6}/64", "dev", VETH_NS, "nodad")
         sh("ip", "-n", NETNS, "link", "set", VETH_NS, "up")
         sh("ip", "-n", NETNS, "link", "set", "lo", "up")
+        sh("ip", "-n", NETNS, "addr", "add", f"{REMOTE4}/32", "dev", "lo")
+        sh("ip", "-n", NETNS, "addr", "add", f"{REMOTE6}/128", "dev", "lo")
+        sh("ip", "route", "add", f"{REMOTE4}/32", "via", PUBLIC4, "src", HOST_PUBLIC4)
+        sh("ip", "-6", "route", "add", f"{REMOTE6}/128", "via", PUBLIC6, "src", "2001:db8:ee::1")
         named = {name: Listener(addr) for name, addr in (
             ("metadata4", METADATA4), ("metadata6", METADATA6), ("private4", PRIVATE4), ("private6", PRIVATE6),
             ("loop4", "127.0.0.1"), ("loop6", "::1"))}
@@ -212,12 +221,17 @@ def topology() -> Iterator[dict[str, Listener | int]]:
         named["host_other"] = Listener(HOST_PUBLIC4)  # ... and nothing else of it
         listeners.extend((named["private4_other"], named["host_https"], named["host_other"]))
         public_port = named["loop4"].port  # any port: the namespace is empty
-        proc = subprocess.Popen(["ip", "netns", "exec", NETNS, sys.executable, "-c", NS_LISTENER, str(public_port),
-                                 PUBLIC4, PUBLIC6], stdout=subprocess.PIPE, text=True)
+        reached = Path(tempfile.mkdtemp(prefix="inkmcp-egress-")) / "reached"
+        reached.touch()
+        argv = [str(reached), str(public_port), PUBLIC4, PUBLIC6, REMOTE4, REMOTE6]
+        proc = subprocess.Popen(["ip", "netns", "exec", NETNS, sys.executable, "-c", NS_LISTENER, *argv],
+                                stdout=subprocess.PIPE, text=True)
         pid = proc.pid
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield {**named, "public_port": public_port}
+        yield {**named, "public_port": public_port, "reached": reached}
     finally:
+        if reached is not None:
+            shutil.rmtree(reached.parent, ignore_errors=True)
         for listener in listeners:
             listener.close()
         if pid is not None:
@@ -248,7 +262,7 @@ def root_reaches(addr: str, port: int, proto: str) -> bool:
         s.connect((addr, port))
         if proto == "udp":
             s.send(b"ping")
-        return s.recv(64) == b"listener"
+        return s.recv(64) in (b"listener", b"public")
     finally:
         s.close()
 
@@ -285,6 +299,8 @@ async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dn
 
     attacks = [(topology[n].addr, topology[n].port, proto)
                for n in ("metadata4", "metadata6", "private4", "private6") for proto in ("tcp", "udp")]
+    pub = topology["public_port"]
+    attacks += [(REMOTE4, pub, "tcp"), (REMOTE4, pub, "udp"), (REMOTE6, pub, "tcp"), (REMOTE6, pub, "udp")]
     attacks += [(f"::ffff:{PRIVATE4}", topology["private4"].port, "tcp"),  # IPv4-mapped, from an IPv6 socket
                 (HOST_PUBLIC4, topology["host_other"].port, "tcp"), (HOST_PUBLIC4, topology["host_other"].port, "udp")]
     results = await probe(provider, key, attacks)
@@ -292,6 +308,7 @@ async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dn
         assert refused_fast(result), (target, result)
     for n in ("metadata4", "metadata6", "private4", "private6", "host_other"):
         assert topology[n].seen == [], f"{n} was reached by the tenant: {topology[n].seen}"
+    assert topology["reached"].read_text() == "", "a private host elsewhere on the network was reached"
     # The release command (same user, same path) was refused too, and said so in the build log.
     build = await provider.logs(key, LogScope.build, deployment_id=None, tail=100)
     assert any("release probe: ECONNREFUSED after 0.0" in line for line in build), build
@@ -299,9 +316,10 @@ async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dn
     # The listeners were there: root (InkMCP, the test) reaches every one of them.
     for addr, port, proto in attacks:
         assert root_reaches(addr, port, proto), (addr, port, proto)
+    assert sorted(topology["reached"].read_text().split("\n")[:-1]) == sorted(
+        f"{proto} {addr}" for addr in (REMOTE4, REMOTE6) for proto in ("tcp", "udp"))
 
     # What the app legitimately uses keeps working: loopback (database, Redis, proxy), its resolver, the public net.
-    pub = topology["public_port"]
     resolvers = egress.host_resolvers()
     loop4, loop6 = topology["loop4"], topology["loop6"]
     allowed = [(loop4.addr, loop4.port, "tcp"), (loop6.addr, loop6.port, "tcp"), (loop4.addr, loop4.port, "udp"),
