@@ -49,6 +49,7 @@ from inkmcp.providers.compute.base import (
 )
 from inkmcp.providers.compute.local import bindguard  # --- svcports: tenants bind only their own ports
 from inkmcp.providers.compute.local.diskquota import ProjectDisks  # --- quota: a filesystem per project
+from inkmcp.providers.compute.local.egress import Denied, DeniedWatcher, converge  # --- egress: tenants' connections
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
 from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
 from inkmcp.providers.compute.local.logs import OutputBudget, RotatingLog, tail_lines
@@ -212,6 +213,7 @@ class LocalComputeProvider:
         # --- issue 13 (credits): asked before each wake; a text refuses it (the proxy answers 402 with it)
         self.wake_gate: Callable[[ServiceKey], Awaitable[str | None]] | None = None
         # --- end
+        self._egress: DeniedWatcher | None = None  # --- egress: started by start() as root
         # --- svcports: the bind guard (bindguard.py), opened by start(); the (uid, port) each run was granted
         self._binds: bindguard.BindGuard | None = None
         self._bind_grants: dict[int, tuple[int, int]] = {}  # id(run) -> (uid, port), until _stop_run
@@ -237,6 +239,8 @@ class LocalComputeProvider:
         self._started = True
         if self._root:  # tenant users must not schedule jobs that run outside their sandbox (cron, at)
             await asyncio.to_thread(restrict_schedulers)
+        if self._root:  # --- egress: what tenants may connect to (egress.py), before any tenant process starts
+            self._egress = await converge(self._egress_refused)
         await asyncio.to_thread(python_shim, self.shim_dir, self.tenant_python)
         await asyncio.to_thread(prepare_spawn, self.shim_dir)  # the exec wrapper, built before the first wake
         await asyncio.to_thread(self._reap_stale)
@@ -244,6 +248,13 @@ class LocalComputeProvider:
             self._binds = await asyncio.to_thread(bindguard.open_guard)
         await self.proxy.start()
         self._idle_task = asyncio.create_task(self._idle_loop(), name="local-idle")
+
+    def _egress_refused(self, denied: Denied) -> None:  # --- egress: once per refusal, in the project's logs
+        for svc in list(self._services.values()):
+            if svc.run_as is not None and svc.run_as.uid == denied.uid and not svc.removed:
+                run = svc.live.run if svc.live else None
+                svc.log.write(f"{run.supervisors[0].name if run and run.supervisors else 'web'} | [inkmcp] "
+                              f"{denied.message()}")
 
     def _reap_stale(self) -> None:
         for run_dir in (self.data_dir / "services").glob("*/run"):
@@ -269,6 +280,9 @@ class LocalComputeProvider:
     async def close(self) -> None:
         self._closing = True
         self._started = False
+        if self._egress is not None:  # --- egress: the rules stay in the kernel; only the log watcher stops
+            await self._egress.stop()
+            self._egress = None
         if self._idle_task is not None:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
