@@ -27,7 +27,7 @@ How, and why this way (rather than a cgroup match or a cgroup BPF connect hook):
 
 Allowed, in order: loopback (the control plane, tenant PostgreSQL, Redis, the proxy and the apps themselves), DNS
 (port 53) to the resolvers /etc/resolv.conf names at start, the operator's INKMCP_TENANT_EGRESS_ALLOW, the host and
-port of the apps' database and Redis when InkMCP hands out a private one, and TCP 80, 443 and the proxy's port on
+port of the apps' database and Redis when InkMCP hands out a private one, and TCP 80, 443 and 8080 on
 this host's own public (non-special) addresses (an app calling its own public URL); then refused:
 the special-purpose ranges below, the host's own local/broadcast/multicast addresses, SMTP ports anywhere; the rest
 (the public internet) is open.
@@ -241,14 +241,12 @@ def _is_local(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return False
 
 
-def proxy_ports() -> list[int]:
-    """TCP ports of this host's own public addresses tenants may reach: HTTP, HTTPS and InkMCP's proxy port, so an
-    app calling its own (or another app's) public URL, which resolves to this host, still works (the run servers
-    open 80 and 443 to containers alike: hardening's host_input_tcp_ports)."""
-    ports = {80, 443}
-    with contextlib.suppress(ValueError):
-        ports.add(int(os.environ.get("INKMCP_PROXY_PORT", "8080")))
-    return sorted(p for p in ports if 0 < p < 65536)
+HOST_TCP_PORTS = (80, 443, 8080)
+"""TCP ports of this host's own public (non-special) addresses tenants may reach: HTTP, HTTPS and the proxy's default
+port, so an app calling its own (or another app's) public URL, which resolves to this host, still works (the run
+servers open 80 and 443 to containers alike: hardening's host_input_tcp_ports). Fixed, not read from
+INKMCP_PROXY_PORT: the policy must be the same for every InkMCP on the machine, or each start would replace the table
+(and the refusals noted in it) of the others."""
 
 
 def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = TABLE,
@@ -259,7 +257,7 @@ def render(settings: TenantEgressSettings, uids: Iterable[int], *, table: str = 
         table=table, blocked4=BLOCKED_V4, blocked6=BLOCKED_V6, size=DENIED_SIZE, ttl=DENIED_TTL,
         resolvers=list(host_resolvers() if resolvers is None else resolvers),
         allow=[*settings.allow_entries(), *(platform_endpoints() if endpoints is None else endpoints)],
-        smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)), proxy_ports=proxy_ports(),
+        smtp_ports=sorted(set(settings.tenant_egress_smtp_ports)), proxy_ports=HOST_TCP_PORTS,
     )
     # The policy without its uids, hashed into a rule comment: a start whose policy is the one in the kernel only
     # brings the uid set up to date, and keeps the refusals noted so far (another InkMCP on this machine starting,
