@@ -436,7 +436,8 @@ def new_commit(path: Path, text: str) -> None:
 
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
                      origins: bool = False, json_out: str | None = None, steps_wanted: bool = False,
-                     build_lag: list[float] | None = None, build_lag_deploys: int = 2) -> None:
+                     build_lag: list[float] | None = None, build_lag_deploys: int = 2,
+                     ab_async_commit: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a process of its own (clocks at 0)."""
     standin = StandinProcess(root / "nodes", servers=1)
     token = standin.token
@@ -515,6 +516,11 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         profiler = cProfile.Profile() if profile else None
         for i in range(deploys_n):
             r = repo(root)
+            if ab_async_commit:  # odd deploys with every commit of the control plane asynchronous (no WAL flush)
+                with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
+                    admin.execute(f"ALTER SYSTEM SET synchronous_commit = {'off' if i % 2 else 'on'}")
+                    admin.execute("SELECT pg_reload_conf()")
+                await asyncio.sleep(0.05)  # the backends take the reloaded setting at their next statement
             http.take(), sleeps.take(), counted.take()
             steps.per.clear()
             steps.started = time.perf_counter()
@@ -540,6 +546,18 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             trips = getattr(budget, "round_trips", 0)
             work[-1]["request budget round trips"] = trips - budget_trips
             budget_trips = trips
+        if ab_async_commit:
+            with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute("ALTER SYSTEM RESET synchronous_commit")
+                admin.execute("SELECT pg_reload_conf()")
+            print("\n## --ab-async-commit: every commit a WAL flush (A, even deploys) or none (B, odd; "
+                  "synchronous_commit = off for the whole control plane, an upper bound of what the marks alone "
+                  "could save)\n\n| p50 ms | A: synchronous | B: asynchronous | B - A |\n| --- | ---: | ---: | ---: |")
+            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
+                                                                                    "accept")):  # fmt: skip
+                vals = [s["total"] - s["asgi"] if key is None else s[key] for s in samples]
+                a, b = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
+                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
         print(f"\n## 1. InkMCP overhead per deploy over the stand-in ({deploys_n} first deploys, web + worker, "
               f"stand-in clocks at 0, DbBudget on Postgres)\n")
         print("| per deploy | p50 ms | p90 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
@@ -752,6 +770,9 @@ def main() -> None:
     parser.add_argument("--transport", choices=("lean", "httpx", "aiohttp"), default="lean",
                         help="part 1/2: the HTTP transport under the Coolify client's policy check: InkMCP's "
                              "LeanTransport (default), httpx's own (httpcore), or httpx-aiohttp's (if installed)")
+    parser.add_argument("--ab-async-commit", action="store_true",
+                        help="part 1: even deploys as configured, odd ones with the control plane's synchronous_commit "
+                             "off (no WAL flush per commit): a same-run A/B of what the fenced writes' flushes cost")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     use_transport(args.transport)
@@ -771,7 +792,8 @@ def main() -> None:
         async def run() -> None:
             if parts & {"1", "2"}:
                 lag = [float(x) for x in args.build_lag.split(",") if x] if args.build_lag else []
-                await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag)
+                await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag,
+                                 ab_async_commit=args.ab_async_commit)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:

@@ -147,8 +147,9 @@ _REFS_SQL = _REFS_FENCED + """, d AS (
     )
     SELECT count(*) FROM f
 """
-# The same, with a pipeline step of the deployment (its status and event) in the same statement: a provider's last
-# refs of a release and its `switching` step are one write.
+# The same, with pipeline steps of the deployment (the last one's status, an event each, in order) in the same
+# statement: a provider's last refs of a release and its `switching` step are one write (--- overhead9: with the
+# `building` step of a build Coolify had finished at the first look before them, when there is one).
 _REFS_STEP_SQL = _REFS_FENCED + """, d AS (
         UPDATE deployments
         SET provider_ref = CASE WHEN %(deployment)s::jsonb IS NULL THEN provider_ref
@@ -157,7 +158,10 @@ _REFS_STEP_SQL = _REFS_FENCED + """, d AS (
         WHERE id = %(dep)s AND EXISTS (SELECT 1 FROM f)
         RETURNING id
     ), e AS (
-        INSERT INTO deployment_events (deployment_id, status, detail) SELECT id, %(status)s, %(detail)s FROM d
+        INSERT INTO deployment_events (deployment_id, status, detail)
+        SELECT d.id, s.status, s.detail
+        FROM d, unnest(%(statuses)s::text[], %(details)s::text[]) WITH ORDINALITY AS s(status, detail, n)
+        ORDER BY s.n
     )
     SELECT count(*) FROM f
 """
@@ -1388,9 +1392,11 @@ class DeployService:
             if not fenced[0][0]:
                 raise LeaseLost(lease)
 
-        async def many(refs: Mapping[RefScope, ProviderRef], step: tuple[Step, str] | None = None) -> None:
+        async def many(refs: Mapping[RefScope, ProviderRef],
+                       step: tuple[Step, str] | list[tuple[Step, str]] | None = None) -> None:
             """Several scopes' refs, committed together (one fenced statement in a pipeline); with `step`, a
-            non-terminal step of the pipeline (status and event, as `progress` records it) in the same statement."""
+            non-terminal step of the pipeline (status and event, as `progress` records it) in the same statement, or
+            several in order (--- overhead9: an event each, the last one's status)."""
             if lease is None:
                 for scope, ref in refs.items():
                     await record(scope, ref)
@@ -1400,14 +1406,17 @@ class DeployService:
                 "dep": lease.deployment_id, "me": lease.replica_id, "epoch": lease.epoch,
                 "provider": self._compute.name, "project": texts.get("project"), "project_row": project_id,
                 "service": texts.get("service"), "service_row": svc_id, "deployment": texts.get("deployment")}
-            if step is not None:
-                if Step(step[0]) in (Step.live, Step.failed):  # core's to record, with the URL or the error
-                    raise ValueError(f"a provider does not record the {Step(step[0]).value} step")
-                params.update(status=Step(step[0]).value, detail=step[1][:4000], now=datetime.now(UTC))
-            fenced = await statement_pool(self._sessions).write(_REFS_SQL if step is None else _REFS_STEP_SQL, params)
+            steps = [step] if isinstance(step, tuple) else list(step or [])
+            if steps:
+                for status, _ in steps:
+                    if Step(status) in (Step.live, Step.failed):  # core's to record, with the URL or the error
+                        raise ValueError(f"a provider does not record the {Step(status).value} step")
+                params.update(status=Step(steps[-1][0]).value, statuses=[Step(st).value for st, _ in steps],
+                              details=[detail[:4000] for _, detail in steps], now=datetime.now(UTC))
+            fenced = await statement_pool(self._sessions).write(_REFS_SQL if not steps else _REFS_STEP_SQL, params)
             if not fenced[0][0]:
                 raise LeaseLost(lease)
-            if step is not None:
+            if steps:
                 self._changed(lease.deployment_id)
 
         async def claim_project(ref: ProviderRef) -> tuple[bool, dict[str, Any]]:

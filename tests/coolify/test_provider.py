@@ -30,7 +30,7 @@ from inkmcp.providers.compute.base import (
 )
 from inkmcp.providers.compute.coolify import mapping, policy
 from inkmcp.providers.compute.coolify.mapping import PlacedServer
-from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider
+from inkmcp.providers.compute.coolify.provider import CoolifyComputeProvider, Crash
 from tests.contract.conftest import CoolifyHarness, Events, RefBook, release, revision, wait_for
 
 
@@ -804,4 +804,155 @@ async def test_a_build_done_at_the_first_look_records_building_beside_what_follo
     else:  # reported while the build ran: written before Coolify's deployments were read finished
         assert meanwhile == [], log
         assert any(kind == "sent" and what.startswith("GET /api/v1/deployments/") for kind, what in log[built:]), log
+    assert await h.serve(key) == "one"
+
+
+@pytest.mark.parametrize("build_seconds", [0.0, 0.3])
+async def test_where_core_writes_refs_and_steps_together_a_build_done_at_the_first_look_adds_no_write(
+        h: CoolifyHarness, build_seconds: float) -> None:  # fmt: skip
+    """Issue 8 (overhead9): with core's `record.many(refs, steps)` (a pipeline's recorder), the `building` step of a
+    build Coolify had finished at the first look (the stand-in's 0 s builds) is not a write of its own: it goes,
+    first, in the release's next write, here the last refs with the `switching` step, so the events keep their
+    order and the release makes one fenced write less. A build still running at the first look is written at once,
+    on its own, while it runs (an agent sees `building` during the build, as before)."""
+    h.standin.build_seconds = build_seconds
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    writes: list[tuple[list[str], list[str]]] = []  # (scopes, steps) per write, in order
+    inner = book.recorder(key, req.deployment_id)
+
+    async def record(scope: RefScope, ref: Any) -> None:
+        writes.append(([RefScope(scope).value], []))
+        await inner(scope, ref)
+
+    async def many(refs: dict[RefScope, Any], step: Any = None) -> None:
+        steps = [step] if isinstance(step, tuple) else list(step or [])
+        writes.append(([RefScope(sc).value for sc in refs], [Step(st).value for st, _ in steps]))
+        for scope, ref in refs.items():
+            await inner(scope, ref)
+
+    record.many = many  # type: ignore[attr-defined]
+    record.with_steps = True  # type: ignore[attr-defined]
+
+    async def progress(step: Step, detail: str) -> None:
+        writes.append(([], [step.value]))
+
+    await h.provider.release(book.request(req), progress, record)
+    steps = [st for _, sts in writes for st in sts]
+    assert steps == ["building", "switching"], writes
+    if build_seconds == 0.0:
+        assert [sts for _, sts in writes if sts] == [["building", "switching"]], writes  # one write, in order
+    else:
+        assert ([], ["building"]) in writes, writes  # while the build ran, on its own
+    assert await h.serve(key) == "one"
+
+
+def _pipeline_recorder(book: RefBook, key: Any, req: Any, writes: list[tuple[list[str], list[str]]],
+                       log: list[str] | None = None) -> Any:
+    """A recorder shaped as core's in a pipeline (`record.many(refs, steps)`, `with_steps`), over `book`, logging
+    each write as (scopes, steps), and as "write" in `log`."""
+    inner = book.recorder(key, req.deployment_id)
+
+    async def record(scope: RefScope, ref: Any) -> None:
+        writes.append(([RefScope(scope).value], []))
+        if log is not None:
+            log.append("write")
+        await inner(scope, ref)
+
+    async def many(refs: dict[RefScope, Any], step: Any = None) -> None:
+        steps = [step] if isinstance(step, tuple) else list(step or [])
+        writes.append((sorted(RefScope(sc).value for sc in refs), [Step(st).value for st, _ in steps]))
+        if log is not None:
+            log.append("write")
+        for scope, ref in refs.items():
+            await inner(scope, ref)
+
+    record.many = many  # type: ignore[attr-defined]
+    record.with_steps = True  # type: ignore[attr-defined]
+    return record
+
+
+async def test_a_first_deploy_records_its_new_applications_with_the_deployments_marks(h: CoolifyHarness) -> None:
+    """Issue 8 (overhead9): a first deploy's applications, created by its own attempt, are configured (env PATCHes)
+    without a write before: their uuids, `env_written` and `set_fields` go in one write with the deployments'
+    write-ahead marks, before the first /deploy. A redeploy writes before its PATCHes as before."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    writes: list[tuple[list[str], list[str]]] = []
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+    order: list[str] = []
+
+    async def watched(request: httpx.Request) -> httpx.Response:
+        if request.method != "GET":
+            order.append(f"{request.method} {request.url.path.split('/')[-1]}")
+        return await real(request)
+
+    async def progress(step: Step, detail: str) -> None:
+        writes.append(([], [step.value]))
+
+    transport.handle_async_request = watched
+    try:
+        await h.provider.release(book.request(req), progress, _pipeline_recorder(book, key, req, writes, order))
+        created = max(i for i, what in enumerate(order) if what == "POST public")
+        first = order.index("write", created + 1)  # the first write after the creates
+        assert order[first - 2:first] == ["PATCH bulk", "PATCH bulk"] and order[first + 1] == "POST deploy", order
+        marks = book.refs[(RefScope.deployment, req.deployment_id)]
+        assert marks["env_written"] and set(marks["intent"]) == {"web", "worker"}
+        assert set(book.refs[(RefScope.service, key.service_id)]["apps"]) == {"web", "worker"}
+        assert await h.serve(key) == "one"
+
+        order.clear()
+        key2 = book.key(key)
+        req2 = h.request(key2, message="two", worker=True)
+        await h.provider.release(book.request(req2), progress, _pipeline_recorder(book, key2, req2, writes, order))
+        assert "write" in order[:order.index("PATCH bulk")], order  # a redeploy: env_written before its PATCHes
+        assert await h.serve(key) == "two"
+    finally:
+        transport.handle_async_request = real
+
+
+async def test_a_death_after_a_first_deploys_env_patches_finds_its_applications_again(h: CoolifyHarness) -> None:
+    """overhead9: InkMCP dies right after a first deploy's env PATCHes, whose applications' uuids were not written
+    yet (`_RefBatch.keep`): the next attempt follows the applications' durable write-ahead marks, waits out
+    `late_window`, finds both by name, configures them again and deploys: one application per process, one
+    deployment each, serving the new release."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    h.provider.late_window = 0.5
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+    patched = 0
+
+    async def dying(request: httpx.Request) -> httpx.Response:
+        nonlocal patched
+        response = await real(request)
+        if request.method == "PATCH" and request.url.path.endswith("/envs/bulk"):
+            patched += 1
+            if patched == 2:
+                raise Crash("died after the env PATCHes")
+        return response
+
+    writes: list[tuple[list[str], list[str]]] = []
+
+    async def progress(step: Step, detail: str) -> None:
+        writes.append(([], [step.value]))
+
+    transport.handle_async_request = dying
+    try:
+        with pytest.raises(Crash):
+            await h.provider.release(book.request(req), progress, _pipeline_recorder(book, key, req, writes))
+    finally:
+        transport.handle_async_request = real
+    service_ref = book.refs[(RefScope.service, key.service_id)]
+    assert "apps" not in service_ref and set(service_ref["pending"]) == {"app:web", "app:worker"}, service_ref
+    await h.provider.release(book.request(req), progress, _pipeline_recorder(book, book.key(key), req, writes))
+    census = h.census(key)
+    assert census["apps"] == {"web": 1, "worker": 1}, census
+    for app in book.refs[(RefScope.service, key.service_id)]["apps"].values():
+        assert len(h.standin.deployments_of(app)) == 1
+    assert "pending" not in book.refs[(RefScope.service, key.service_id)]
     assert await h.serve(key) == "one"

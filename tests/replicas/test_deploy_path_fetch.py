@@ -133,12 +133,23 @@ async def test_refs_of_several_rows_and_a_step_are_one_fenced_write(
     dep = await _leases.row(store, dep_id)
     assert dep.provider_ref[name] == {"d": 5} and dep.status == Step.switching.value
     assert (await _leases.events(store, dep_id))[-1] == (Step.switching.value, "traffic")
+    # overhead9: several steps in one write (a held `building` and `switching`): an event each, in order
+    await record.many({RefScope.deployment: {"d": 6}}, [(Step.building, "built"), (Step.switching, "traffic 2")])
+    dep = await _leases.row(store, dep_id)
+    assert dep.provider_ref[name] == {"d": 6} and dep.status == Step.switching.value
+    assert (await _leases.events(store, dep_id))[-2:] == [(Step.building.value, "built"),
+                                                         (Step.switching.value, "traffic 2")]
+    await record.many({}, [(Step.building, "again")])  # steps without refs: the refs stay as they are
+    assert (await _leases.row(store, dep_id)).provider_ref[name] == {"d": 6}
     with pytest.raises(ValueError):
         await record.many({}, (Step.live, "no"))
+    with pytest.raises(ValueError):
+        await record.many({}, [(Step.building, "x"), (Step.failed, "no")])
+    assert (await _leases.events(store, dep_id))[-1] == (Step.building.value, "again")
     await _leases.set_lease(store, dep_id, "b", 30, lease.epoch + 1)  # replica b took it over
     with pytest.raises(LeaseLost):
         await record.many({RefScope.service: {"s": 6}}, (Step.building, "late"))
     async with store.sessionmaker() as s:
         service = await s.get(Service, sid)
         assert service is not None and service.provider_ref[name] == {"s": 4}
-    assert (await _leases.events(store, dep_id))[-1] == (Step.switching.value, "traffic")
+    assert (await _leases.events(store, dep_id))[-1] == (Step.building.value, "again")

@@ -52,6 +52,14 @@ Shape (the fake provider, `fake.py`, is the worked example this follows step by 
   anchor) right away proves nothing: the retry waits until `late_window` after the mark (2 x the client's
   attempt timeout by default), looks once more, and only then sends the request again. Nothing is duplicated
   unless Coolify holds a request longer than that window.
+* **Which writes wait for which** (`_RefBatch`): every write-ahead mark above is durable (a fenced, committed
+  statement: core's `record`) before the request it announces. Refs that only record an answer (a uuid Coolify
+  gave back, a step) go with the next write instead, because losing them sends the next attempt back to a mark
+  that still stands: a first deploy's env PATCHes of the applications its own attempt created go out before
+  their uuids are written (`_RefBatch.keep`), and the `building` step of a build finished at the first look goes
+  in the next write (overhead9, issue 8). The marks' commits stay synchronous (PostgreSQL's
+  `synchronous_commit`): a mark lost to a crash of the control-plane PostgreSQL after its request went out would
+  make the next attempt create or deploy a second time.
 * **Builds never run on a run server**: `use_build_server` on every application, and only the nixpacks/static/
   dockerfile packs; env changes are applied with `POST /deploy` of the live commit, never `/restart`, because
   Coolify's restart runs its helper container (with the Docker socket) on the run server, which the gVisor
@@ -115,12 +123,13 @@ Known limits, left for the next session:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import copy
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -208,12 +217,40 @@ class _RefBatch:
         self._progress = progress
         self._later: list[asyncio.Task[None]] = []
         """Progress steps being written beside what follows them (`later`), oldest first."""
+        self._held: list[tuple[Step, str]] = []
+        """--- overhead9: steps `later` keeps for the batch's next write (core's `record.many` with steps)."""
+        self._keeping = False
+        """--- overhead9: while True (`keep`), a flush before a Coolify write writes nothing."""
+
+    @contextlib.contextmanager
+    def keep(self) -> Iterator[None]:
+        """--- overhead9 (issue 8): the refs recorded before and during this block are written with the batch's next
+        flush after it, not before the Coolify writes inside it. Only for writes whose refs a crash may lose: a
+        first deploy's configuration of the applications its own attempt created (their env PATCHes, absolute
+        values). What such a crash loses (the applications' uuids, `env_written`, `set_fields`) the next attempt
+        finds again from what is durable: the applications' write-ahead marks send it to look them up by name, it
+        PATCHes their settings and env again (absolute), and no process has a live release whose env a rollback
+        would need (`snapshot`). One fenced write less on every first deploy's way."""
+        self._keeping = True
+        try:
+            yield
+        finally:
+            self._keeping = False
 
     async def __call__(self, scope: RefScope, ref: Any) -> None:
         self._dirty[RefScope(scope)] = ref
 
+    def _folds(self) -> bool:
+        """Whether core's `record` writes refs and steps in one statement (`record.many(refs, steps)`)."""
+        return getattr(self._record, "many", None) is not None and getattr(self._record, "with_steps", False)
+
     async def ordered(self, step: Step, detail: str) -> None:
         """The release's progress callback: a step, recorded after every step still being written (`later`)."""
+        if self._held:  # --- overhead9: the held steps and this one, one write
+            async with self._writing:
+                held, self._held = self._held, []
+                await self._record.many({}, [*held, (step, detail)])  # type: ignore[attr-defined]
+            return
         await self.settle()
         assert self._progress is not None
         await self._progress(step, detail)
@@ -226,31 +263,48 @@ class _RefBatch:
         """--- overhead7 (issue 8): record `step` beside what follows instead of before it: the write starts now
         and the batch's next write (a flush, or the next step through `ordered`) waits for it, so steps and refs
         are recorded in the order they happened. For a step nothing remote depends on: the `building` step of a
-        build already finished at the first look (one write less in turn on the release's way)."""
+        build already finished at the first look (one write less in turn on the release's way).
+        --- overhead9: where core writes refs and steps in one statement, the step is not written on its own: it
+        goes in the batch's next write (a flush before the next Coolify change, the release's last refs with its
+        `switching` step, or the next step), as the first of its events. With a 0 s build (the benchmark's stand-in)
+        this took one more fenced write onto the release's way, which a real build has written minutes before."""
         assert self._progress is not None
+        if self._folds():
+            self._held.append((step, detail))
+            return
         self._later.append(asyncio.ensure_future(self._progress(step, detail)))
 
     async def settle(self) -> None:
-        """Wait for the steps being written `later` (their errors, e.g. LeaseLost, are raised here)."""
+        """Wait for the steps being written `later` (their errors, e.g. LeaseLost, are raised here), and write the
+        held ones (overhead9) if no other write takes them."""
         while self._later:
             await self._later[0]
             self._later.pop(0)
+        if self._held:
+            async with self._writing:
+                held, self._held = self._held, []
+                if held:
+                    await self._record.many({}, held)  # type: ignore[attr-defined]
 
     def abandon(self) -> None:
         """The release ends without settling (a death, a cancellation): stop the steps still being written."""
         for task in self._later:
             task.cancel()
         self._later.clear()
+        self._held.clear()
 
     async def flush(self) -> None:
-        await self.settle()
+        while self._later:  # (settle's first half: the held steps go with the refs below)
+            await self._later[0]
+            self._later.pop(0)
         async with self._writing:
-            if not self._dirty:
+            if self._keeping or (not self._dirty and not self._held):
                 return
             dirty, self._dirty = self._dirty, {}
+            held, self._held = self._held, []
             many = getattr(self._record, "many", None)
             if many is not None:
-                await many(dirty)
+                await (many(dirty, held) if held else many(dirty))
                 return
             for scope, ref in dirty.items():
                 await self._record(scope, ref)
@@ -272,15 +326,19 @@ class _RefBatch:
     async def flush_with_step(self, progress: ProgressCallback, step: Step, detail: str) -> None:
         """The kept refs and a progress step: one statement where core's `record` records steps with refs
         (`record.many(refs, step)` in a pipeline); else the step, then the refs."""
-        await self.settle()
         many = getattr(self._record, "many", None)
         if many is None or not getattr(self._record, "with_steps", False):
+            await self.settle()
             await progress(step, detail)
             await self.flush()
             return
+        while self._later:
+            await self._later[0]
+            self._later.pop(0)
         async with self._writing:
             dirty, self._dirty = self._dirty, {}
-            await many(dirty, (step, detail))
+            held, self._held = self._held, []
+            await many(dirty, [*held, (step, detail)])  # --- overhead9: with a held `building` step, if any
 
 
 async def _together(*calls: Awaitable[Any]) -> list[Any]:
@@ -606,7 +664,11 @@ class CoolifyComputeProvider:
 
         # the processes' applications are configured side by side (each one's requests stay in order): a web +
         # worker release waits for two rounds of requests here instead of four
-        await _together(*(configure(name, s) for name, s in specs.items()))
+        made_here = isinstance(record, _RefBatch) and set(specs) <= fresh and not service_ref.get("live_deployments")
+        with record.keep() if made_here else contextlib.nullcontext():  # type: ignore[union-attr]
+            # --- overhead9: a first deploy's applications, created by this attempt: what was recorded since their
+            # creates goes with the deployments' write-ahead marks (`_RefBatch.keep`)
+            await _together(*(configure(name, s) for name, s in specs.items()))
 
         final: dict[str, m.Deployment] = {}
         groups = _deploy_groups(processes)
