@@ -24,6 +24,7 @@ the server listens on its port again with a new process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -305,6 +306,18 @@ async def test_a_tenant_binds_its_own_port_and_nothing_else(own_server: ServerPr
     assert set(got["extra"].values()) == {errno.EPERM}, got
     assert got["held"] == 0, f"mallory still holds app ports: {got}"
     assert got["ephemeral"] == 0 and got["udp"] == 0, got
+    # the app's own runtime log says what the kernel only answered with EPERM (InkMCP looks every few seconds)
+    deadline = time.monotonic() + 30
+    async with session(own_server, "mallory") as m:
+        while True:
+            logs = await call(m, "get_logs", project_name=MALLORY, service_name="web", scope="runtime", tail=100)
+            said = [line for line in logs["lines"] if "[inkmcp] bind() of port" in line]
+            if said:
+                break
+            assert time.monotonic() < deadline, f"no line about the refused binds in mallory's log: {logs['lines']}"
+            await asyncio.sleep(1)
+    assert "refused: a tenant's process may bind only its service's port" in said[-1], said
+    assert f"($PORT={got['own']})" in said[-1], said
     reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports").read_text()
     low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     if low <= pg <= high:  # listen() on an unbound socket never picks the tenant server's port
