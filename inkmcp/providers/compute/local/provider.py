@@ -797,8 +797,11 @@ class LocalComputeProvider:
         """A running app's refused second listener (a metrics or debug port) gets a line in its runtime log."""
         if self._binds is None:
             return
-        for svc in list(self._services.values()):
-            if svc.run_as is not None and svc.live is not None and svc.live.run is not None:
+        services = list(self._services.values())
+        # a project with a release under way: its failure names the port (`_bind_refusal`), so it is left to it
+        busy = {svc.run_as.uid for svc in services if svc.run_as is not None and svc.release_lock.locked()}
+        for svc in services:
+            if svc.run_as is not None and svc.run_as.uid not in busy and svc.live is not None and svc.live.run:
                 run = svc.live.run
                 refused = self._binds.take_refused(svc.run_as.uid)
                 if refused is not None:
