@@ -250,6 +250,11 @@ class EmbeddedPostgres:
 
                 unmount_tablespaces(self.pgdata)
             # --- end tenantdisk
+            if self.port is not None and self._running_pid() is None and os.geteuid() == 0:
+                # --- svcports: reserved again by the next start, before the server listens
+                from inkmcp.providers.compute.local.bindguard import release_port
+
+                release_port(self.port)
 
     def url(self, database: str = "postgres", driver: str | None = "psycopg") -> SecretStr:
         """SQLAlchemy/libpq URL for the superuser. TCP with password when a port is set, else socket.

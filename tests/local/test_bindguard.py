@@ -200,3 +200,8 @@ def test_reserve_port_keeps_the_ephemeral_choice_off_a_service_port(tmp_path: Pa
     reserved.write_text("\n")
     assert bindguard.reserve_port(45000, reserved=reserved, port_range=span)
     assert reserved.read_text() == "45000\n"
+    bindguard.release_port(45000, reserved=reserved)  # the server stopped for good
+    assert reserved.read_text() == "\n"
+    reserved.write_text("40000-40003,50000\n")
+    bindguard.release_port(40001, reserved=reserved)
+    assert reserved.read_text() == "40000,40002-40003,50000\n"

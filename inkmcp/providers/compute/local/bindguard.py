@@ -319,3 +319,15 @@ def reserve_port(port: int, *, reserved: Path = RESERVED_PORTS, port_range: Path
         log.warning("could not reserve port %d from the kernel's ephemeral ports (%s): a tenant's listen() on an "
                     "unbound socket may get it while its server is down", port, exc)
         return False
+
+
+def release_port(port: int, *, reserved: Path = RESERVED_PORTS) -> None:
+    """Undo `reserve_port` once the server stopped for good (its data dir's next start reserves it again): test
+    servers come and go by the hundred, each with a port of its own, and the list is the whole machine's."""
+    try:
+        with _locked():
+            current = _parse_ports(reserved.read_text())
+            if port in current:
+                reserved.write_text(_format_ports(current - {port}) + "\n")
+    except (OSError, ValueError) as exc:
+        log.warning("could not give port %d back to the kernel's ephemeral ports: %s", port, exc)
