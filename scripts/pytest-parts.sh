@@ -11,10 +11,13 @@ pytest=.venv/bin/pytest
 if [ "$workers" = "0" ]; then
   exec "$pytest" -q -ra --durations=40 "$@"
 fi
-"$pytest" -q -ra --durations=40 -n "$workers" --dist loadfile --part=parallel "$@"
+# --no-loadscope-reorder: files go out in the order tests/conftest.py gives them (heaviest first, a shared server's
+# package together), not xdist's (most tests first); --file-durations: the data behind that order
+"$pytest" -q -ra --durations=40 --file-durations=40 -n "$workers" --dist loadfile --no-loadscope-reorder \
+  --part=parallel "$@"
 first=$?
 echo "--- the tests run alone (tests/conftest.py SERIAL)"
-"$pytest" -q -ra --durations=15 --part=serial "$@"
+"$pytest" -q -ra --durations=15 --file-durations=15 --part=serial "$@"
 second=$?
 if [ "$first" -eq 5 ] && [ "$second" -eq 5 ]; then
   echo "no tests selected" >&2

@@ -37,6 +37,7 @@ The whole suite (`make test`) remains what CI runs.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,102 @@ SERIAL: tuple[str, ...] = (
     # --- issue 13 (credits): measures the server time of the metering statement (a bound that load would break)
     "tests/billing/test_metering_speed.py",
     # --- end
+    # --- egress: switches the machine-wide tenant egress table (allow-list, off); another worker's provider start
+    # would put the default back in the middle
+    "tests/local/test_tenant_egress.py",
+    # --- end
 )
+
+
+# --- suitetime: the order in which pytest-xdist hands out whole files (scripts/pytest-parts.sh: `--dist loadfile
+# --no-loadscope-reorder`). xdist's own order (files with the most tests first) put the files of one or two tests
+# last, and those are this suite's heaviest (a server of their own, minutes each), so one worker ran alone at the end;
+# and it scattered the files of a package whose server is package-scoped (tests/security, tests/web) among other
+# packages' files, so each worker stopped and started that server again at every switch (CI run 48: ~10 starts of
+# ~20-30 s plus their teardowns, the `setup` lines of tests/security/* in its slowest 40).
+# Now the heaviest go first (longest first: the tail is the cheap files), and a shared package's files are handed
+# out together (one server start per worker). Seconds per file, measured: CI runs 47/48's slowest 40 (setup + call +
+# teardown) and a `-m "not slow"` run (suitetime, 2026-12-02); a file not listed counts per test
+# (_DEFAULT_TEST_SECONDS). Refresh from a CI log's "slowest files" section (`--file-durations`, printed by
+# scripts/pytest-parts.sh) when the suite changes much: a wrong figure costs only balance at the end, never a test.
+SHARED_SERVER_PACKAGES: tuple[str, ...] = ("tests/security/", "tests/web/")
+"""Packages whose tests share a package-scoped server: their files are handed out one after another."""
+
+FILE_SECONDS: dict[str, float] = {
+    # rough CI seconds (2 workers on 2 cores): CI run 48's slowest 40 and the set-ups they show, scaled by the file's
+    # number of tests; the `-m "not slow"` files from a run at load ~6, halved
+    "tests/runtime/test_coolify_replay_box.py": 480,
+    "tests/e2e/test_deploy.py": 200,
+    "tests/e2e/test_contract.py": 150,
+    "tests/e2e/test_lifecycle.py": 150,
+    "tests/runtime/test_node_attacks.py": 150,
+    "tests/runtime/test_gvisor_node.py": 150,
+    "tests/security/test_tenant_disk.py": 150,
+    "tests/security/test_disk_quota.py": 140,
+    "tests/github/test_e2e.py": 130,
+    "tests/e2e/test_new_user_dec2c.py": 120,
+    "tests/buildpath/test_build_sandboxed.py": 120,
+    "tests/security/test_git_limits.py": 120,
+    "tests/runtime/test_box_standins.py": 110,
+    "tests/runtime/test_node_sandbox.py": 110,
+    "tests/security/test_redteam2_port_squat.py": 90,
+    "tests/security/test_attacks_dec1.py": 90,
+    "tests/test_doctor_local.py": 80,
+    "tests/security/test_tenant_postgres_limits.py": 80,
+    "tests/billing/test_e2e_coolify.py": 70,
+    "tests/dbbackup/test_database_backup_tools.py": 70,
+    "tests/security/test_attacks_dec2.py": 70,
+    "tests/security/test_redteam2_service_port_squat.py": 70,
+    "tests/backup/test_drill.py": 60,
+    "tests/e2e/test_coolify.py": 60,
+    "tests/hardening/test_pin_platform.py": 60,
+    "tests/runtime/test_box_pin.py": 50,
+    "tests/hardening/test_selector_rules.py": 40,
+    "tests/e2e/test_checkout_space.py": 40,
+    "tests/test_make_install.py": 35,
+    "tests/stacks/test_factory_stack.py": 28,
+    "tests/backup/test_verify.py": 26,
+    "tests/test_requirements.py": 24,
+    "tests/placement/test_migration.py": 23,
+    "tests/core/test_refused_deploy_leaves_nothing.py": 23,
+    "tests/store/test_embedded.py": 19,
+    "tests/local/test_live_means_live.py": 19,
+    "tests/local/test_account_output_settings.py": 18,
+    "tests/web/test_web_settings.py": 17,
+    "tests/contract/test_core_contract.py": 15,
+    "tests/hardening/test_render.py": 10,
+}
+"""Seconds per test file (all its tests, set-up and teardown included); see above."""
+
+_DEFAULT_TEST_SECONDS = {True: 3.5, False: 0.4}
+"""A file not in FILE_SECONDS: seconds per test, by whether it is `slow` (CI run 48: ~2,500 s over 712 slow tests)."""
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def _schedule_key(path: str) -> str:
+    return next((p for p in SHARED_SERVER_PACKAGES if path.startswith(p)), path)
+
+
+def heaviest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """`items` reordered for `--dist loadfile`: units (a file, or a whole shared-server package) by their measured
+    cost, longest first; within a unit, collection order (a module's and a package's fixtures stay shared)."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(_schedule_key(_file_of(item.nodeid)), []).append(item)
+
+    def cost(unit: list[pytest.Item]) -> float:
+        files: dict[str, float] = {}
+        for item in unit:
+            path = _file_of(item.nodeid)
+            files[path] = files.get(path, 0.0) + _DEFAULT_TEST_SECONDS[_is_slow(item.nodeid)]
+        return sum(FILE_SECONDS.get(path, seconds) for path, seconds in files.items())
+
+    ordered = sorted(units.values(), key=cost, reverse=True)  # stable: equal costs keep collection order
+    return [item for unit in ordered for item in unit]
+# --- end suitetime
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -98,6 +194,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--part", choices=("all", "parallel", "serial"), default="all",
         help="all tests (default); those that may share the machine (parallel); or those run alone (serial, "
         "tests/conftest.py SERIAL)",
+    )
+    parser.addoption(  # --- suitetime
+        "--file-durations", type=int, default=0, metavar="N",
+        help="list the N slowest test files (setup + call + teardown of all their tests) and each xdist worker's "
+        "busy time and finish time: the data behind tests/conftest.py FILE_SECONDS",
     )
 
 
@@ -108,6 +209,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(e)) from None
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_MissingFromWorkers(), "inkmcp-missing-from-workers")
+    count = config.getoption("--file-durations", 0)
+    if count and not hasattr(config, "workerinput"):  # --- suitetime: in the process that prints the summary
+        config.pluginmanager.register(_FileDurations(count), "inkmcp-file-durations")
 
 
 class _MissingFromWorkers:
@@ -160,6 +264,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if hasattr(config, "workerinput"):  # --- suitetime: an xdist worker (each one orders alike; xdist checks)
+        items[:] = heaviest_first(items)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """--- suitetime: `--part=serial` does not import what it would deselect anyway: collecting the whole suite to
+    keep its 92 tests cost that part ~25-30 s (every test module and what it imports), for nothing."""
+    if config.getoption("--part", "all") != "serial" or config.rootpath != ROOT:
+        return None
+    try:
+        rel = collection_path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return None
+    if collection_path.is_dir():
+        wanted = any(p.startswith(rel + "/") or rel.startswith(p.rstrip("/") + "/") or p.rstrip("/") == rel
+                     for p in SERIAL)
+    else:
+        wanted = not collection_path.name.startswith("test_") or _in(SERIAL, rel)
+    return None if wanted else True
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -167,6 +290,36 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Apply `@requires(...)` markers before any fixture runs, as `skipif` would."""
     for mark in item.iter_markers("requires"):
         require(*mark.args)
+
+
+class _FileDurations:
+    """`--file-durations=N` (suitetime): time per test file and per xdist worker, from the reports the controller
+    receives (under xdist each report carries its worker as `node`)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.start = time.monotonic()
+        self.files: dict[str, float] = {}
+        self.busy: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        path = _file_of(report.nodeid)
+        self.files[path] = self.files.get(path, 0.0) + report.duration
+        node = getattr(report, "node", None)
+        worker = getattr(getattr(node, "gateway", None), "id", "main")
+        self.busy[worker] = self.busy.get(worker, 0.0) + report.duration
+        self.finished[worker] = time.monotonic() - self.start
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        terminalreporter.section(f"slowest {self.count} files (setup + call + teardown)")
+        for path, seconds in sorted(self.files.items(), key=lambda kv: -kv[1])[: self.count]:
+            terminalreporter.write_line(f"{seconds:8.1f}s {path}")
+        for worker in sorted(self.busy):
+            terminalreporter.write_line(f"worker {worker}: busy {self.busy[worker]:.0f} s, last report at "
+                                        f"{self.finished[worker]:.0f} s")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

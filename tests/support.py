@@ -6,6 +6,7 @@ Servers are started as subprocesses and stopped by PID in teardown; nothing else
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -106,6 +108,11 @@ class ServerProc:
     inkmcp: str = INKMCP
     run_as: tuple[int, int] | None = None  # (uid, gid): run the CLI and the server as this user
     compute: str = "local"  # the compute provider the server runs on (tests/e2e/coolify.py: "coolify")
+    initdb_template: bool = True
+    """Before the first `inkmcp` process touches the data dir, its two embedded clusters (control plane, tenants) are
+    copies of one cluster this test process initialised with the product's own `EmbeddedPostgres._initdb` (see
+    `initdb_template`): the same files initdb would write there, ~1.5 s of CPU and fsync less per server. False:
+    the product runs initdb itself (tests/e2e/test_first_start.py keeps that path covered)."""
 
     def _user_kwargs(self) -> dict[str, Any]:
         if self.run_as is None:
@@ -117,15 +124,63 @@ class ServerProc:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        self._prepare_clusters()
         return subprocess.run([self.inkmcp, *args], env=self.env, capture_output=True, text=True, timeout=120,
                               check=check, cwd="/tmp", **self._user_kwargs())
 
     def create_key(self, account: str) -> str:
-        out = self.cli("keys", "create", "--account", account).stdout
-        key = re.search(r"dk_live_[A-Za-z0-9_\-]+", out)
-        assert key, out
-        self.keys[account] = key.group(0)
-        return key.group(0)
+        """A new API key for `account` (made if needed), kept in `keys`.
+
+        While the server runs (as root, the usual case), the key is made in this process by the product's own
+        `AccountService.create_key` on the server's control-plane database, which is what `inkmcp keys create`
+        runs too: each CLI process cost ~4 s (~3 s of CPU importing `inkmcp.app`) per key and account, the largest
+        part of most test servers' set-up. Before the first start (no control plane yet) or for a server run as
+        another user, the CLI makes it (tests/e2e/test_keys_create_url.py and others test the command itself)."""
+        if self.proc is not None and self.run_as is None:
+            [key] = issue_keys(self.control_url(), account)
+        else:
+            out = self.cli("keys", "create", "--account", account).stdout
+            found = re.search(r"dk_live_[A-Za-z0-9_\-]+", out)
+            assert found, out
+            key = found.group(0)
+        self.keys[account] = key
+        return key
+
+    def create_keys(self, accounts: tuple[str, ...] | list[str]) -> None:
+        """A key per account (`create_key`), in one connection when the server runs."""
+        if self.proc is not None and self.run_as is None:
+            self.keys.update(zip(accounts, issue_keys(self.control_url(), *accounts), strict=True))
+        else:
+            for account in accounts:
+                self.create_key(account)
+
+    def control_url(self) -> str:
+        """The control-plane database's URL as `inkmcp serve` opens it (INKMCP_DATABASE_URL, else the embedded
+        cluster's socket, where the superuser is trusted: the harness runs as the server's user or root)."""
+        if self.env.get("INKMCP_DATABASE_URL"):
+            return self.env["INKMCP_DATABASE_URL"]
+        from inkmcp.store.embedded import EmbeddedPostgres
+
+        return EmbeddedPostgres(self.data_dir / "pg" / "control").url(database="postgres").get_secret_value()
+
+    def _prepare_clusters(self) -> None:
+        """Copy the template cluster in as the control-plane and tenant clusters, once, before any `inkmcp` process
+        runs on a new data dir (`initdb_template`). Not for a server with its own database URLs (it makes no
+        embedded cluster of that kind) or run as another user (the copies would be owned by `inkmcp-pg`)."""
+        pg = self.data_dir / "pg"
+        if not self.initdb_template or self.run_as is not None or self.data_dir.exists():
+            return
+        self.initdb_template = False  # once: the data dir is the product's from here on
+        kinds = [name for name, setting in (("control", "INKMCP_DATABASE_URL"),
+                                            ("tenants", "INKMCP_TENANT_DATABASE_URL")) if not self.env.get(setting)]
+        if not kinds:
+            return
+        template = initdb_template()
+        self.data_dir.mkdir(mode=0o711)
+        self.data_dir.chmod(0o711)  # as serve makes it (app.py: tenant users traverse it)
+        pg.mkdir()
+        for name in kinds:
+            subprocess.run(["cp", "-a", "--reflink=auto", str(template), str(pg / name)], check=True)
 
     def start(self, timeout: float = 60) -> None:
         """Start `inkmcp serve` and wait for /healthz. `free_port` hands out a port the kernel may give to any
@@ -139,6 +194,7 @@ class ServerProc:
     def _start_once(self, timeout: float) -> bool:
         """True when serve exited because its MCP or proxy port was taken (then a fresh one to retry on)."""
         assert self.proc is None
+        self._prepare_clusters()
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         log = self.log_path.open("ab")
         offset = log.tell()
@@ -204,6 +260,48 @@ def product_window() -> dict[str, str]:
     return {"INKMCP_STABILITY_WINDOW": os.environ.get("INKMCP_STABILITY_WINDOW", str(default))}
 
 
+def issue_keys(control_url: str, *accounts: str) -> list[str]:
+    """A new API key per account in `accounts` (each account made if needed), in that order, by the product's
+    `AccountService.create_key`, the code `inkmcp keys create` runs, on the control-plane database at `control_url`.
+    Runs its own event loop in a thread, so it can be called from async tests too."""
+
+    async def issue() -> list[str]:
+        from inkmcp.core.accounts import AccountService
+        from inkmcp.store.db import open_store
+
+        store = await open_store(control_url, pool_size=1, max_overflow=0)
+        try:
+            service = AccountService(store.sessionmaker)
+            return [(await service.create_key(account)).key for account in accounts]
+        finally:
+            await store.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, issue()).result(timeout=120)
+
+
+_TEMPLATE: Path | None = None
+_TEMPLATE_LOCK = threading.Lock()
+
+
+def initdb_template() -> Path:
+    """A cluster made by the product's own initdb step (`EmbeddedPostgres._initdb`: the same initdb command and
+    the same `include_if_exists` line every embedded server gets), once per test process, never started; test
+    servers' clusters are copies of it (`ServerProc.initdb_template`). Everything else a start needs (inkmcp.conf,
+    pg_hba.conf, the superuser password, tablespaces) the product writes at every start, as on a first start.
+    Removed when this process exits."""
+    global _TEMPLATE
+    with _TEMPLATE_LOCK:
+        if _TEMPLATE is None or not (_TEMPLATE / "PG_VERSION").exists():
+            from inkmcp.store.embedded import EmbeddedPostgres
+
+            base = traversable_tmpdir("inkmcp-pg-template-")
+            atexit.register(shutil.rmtree, base, ignore_errors=True)
+            EmbeddedPostgres(base / "pgdata")._initdb()
+            _TEMPLATE = base / "pgdata"
+        return _TEMPLATE
+
+
 def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
     data_dir = traversable_tmpdir(prefix) / "data"
     port, proxy_port = free_port(), free_port()
@@ -233,13 +331,12 @@ def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
 def running_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterator[ServerProc]:
     """A started `inkmcp serve` with a key per account; stopped by PID and cleaned up afterwards."""
     srv = make_server(prefix, **env)
-    for account in accounts:
-        srv.create_key(account)
-    srv.start()
     try:
+        srv.start()
+        srv.create_keys(accounts)  # after the start: made in this process (ServerProc.create_key)
         yield srv
     finally:
-        dispose_server(srv)
+        dispose_server(srv, clean_stop=srv.proc is not None)
 
 
 def dispose_server(srv: ServerProc, *, clean_stop: bool = True) -> None:

@@ -74,9 +74,9 @@ def server(stripe: StripeStandIn) -> Iterator[ServerProc]:
                       INKMCP_STRIPE_API_BASE=stripe.base,
                       INKMCP_STARTER_CREDITS=str(STARTER), INKMCP_GRACE_S="2", INKMCP_IDLE_TIMEOUT="2",
                       INKMCP_RETRY_BREAKER_FAILURES="2", INKMCP_RATE_LIMIT_BURST="100")
-    srv.create_key("alice")
-    srv.start()
     try:
+        srv.start()
+        srv.create_key("alice")  # after the start: made in this process (tests.support.ServerProc.create_key)
         yield srv
     finally:
         dispose_server(srv)

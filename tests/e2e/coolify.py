@@ -78,9 +78,8 @@ def coolify_server(prefix: str, accounts: tuple[str, ...], **env: str) -> Iterat
         srv.proxy_port = runner.proxy_port
         runner.node_proxy.blocking_refresh = 1.0  # Sablier re-checks a waking app every second (its default: 5 s)
         runner.node_proxy.expiration_interval = 0.5  # and sweeps expired sessions twice a second (default: 20 s)
-        for account in accounts:
-            srv.create_key(account)
         srv.start()
+        srv.create_keys(accounts)  # after the start: made in this process (tests.support.ServerProc.create_key)
         yield srv
     finally:
         code = srv.stop() if srv is not None and srv.proc is not None else 0

@@ -28,6 +28,7 @@ def _said(srv: ServerProc, since: int) -> str:
 
 async def test_later_start_prints_a_keys_create_command_that_works() -> None:
     srv = make_server("inkmcp-first-start-")
+    srv.initdb_template = False  # the product's whole first start, initdb of both clusters included
     try:
         srv.start()
         first = _said(srv, 0)

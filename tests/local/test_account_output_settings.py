@@ -57,6 +57,7 @@ def test_serve_refuses_a_zero_rate_before_it_starts_anything() -> None:
     """A zero rate would block every tenant process at its first line; `inkmcp serve` says which variable to fix
     and exits before it makes its data dir's databases."""
     srv = make_server("inkmcp-acctout-", **{PREFIX + "LINES_PER_SECOND": "0"})
+    srv.initdb_template = False  # serve's own first start: the data dir must stay without clusters
     try:
         with pytest.raises(RuntimeError) as err:
             srv.start(timeout=30)

@@ -37,7 +37,6 @@ import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -155,8 +154,9 @@ def security_server(prefix: str, accounts: tuple[str, ...], *, unset: tuple[str,
     """A started `inkmcp serve` as root with a key per account; stopped by PID and cleaned up afterwards.
 
     `unset` removes variables the shared helpers may add, so a fixture can test a setting's default.
-    Keys are created after the server is up, in parallel: each `inkmcp keys create` is a process that
-    imports InkMCP and opens the store, the slowest part of starting a test server.
+    Keys are created after the server is up, in this process (tests.support.ServerProc.create_keys: the product's
+    AccountService on the server's control plane): an `inkmcp keys create` process per account was the slowest
+    part of starting a test server.
     """
     require_root(NEEDS_ROOT)
     srv = make_server(prefix, **env)
@@ -165,8 +165,7 @@ def security_server(prefix: str, accounts: tuple[str, ...], *, unset: tuple[str,
     code = 0
     try:
         srv.start()
-        with ThreadPoolExecutor(max_workers=len(accounts)) as pool:
-            list(pool.map(srv.create_key, accounts))
+        srv.create_keys(accounts)
         yield srv
     finally:
         try:
