@@ -9,8 +9,9 @@ Redis and the proxy are), the host's resolver on port 53 (a private address on t
 address: one in a network namespace behind that veth, since an address on an interface here would be one of this
 host's own addresses, which the policy refuses by design.
 
-Serial (tests/conftest.py SERIAL): the table is machine-wide, and this file switches it (allow-list, off) while other
-workers' providers would put the default back at their start.
+The table is machine-wide and this file switches it (allow-list, off): those tests hold the machine's egress lock
+(`egress.exclusive`), so another worker's provider start waits instead of putting the default back in the middle
+(and the file is in tests/conftest.py SERIAL, run alone in CI).
 """
 
 from __future__ import annotations
@@ -355,49 +356,51 @@ def _set_elements(name: str, table: str = egress.TABLE) -> list[str]:
 async def test_rules_survive_restart_once_allow_list_opens_exactly_one_port_and_off_removes_them(
     make_provider, checkouts, project_ids, topology, monkeypatch
 ):
-    monkeypatch.delenv("INKMCP_TENANT_EGRESS", raising=False)
-    monkeypatch.delenv("INKMCP_TENANT_EGRESS_ALLOW", raising=False)
-    private, other = topology["private4"], topology["private4_other"]
-    first = await make_provider()
-    rules = chain_rules()
-    key = await deploy_probe(first, project_ids, checkouts)
-    uid = pwd.getpwnam(project_user_name(key.project_id)).pw_uid
-    await first.close()
+    with egress.exclusive():  # other processes' starts wait: they would put the default policy back
+        monkeypatch.delenv("INKMCP_TENANT_EGRESS", raising=False)
+        monkeypatch.delenv("INKMCP_TENANT_EGRESS_ALLOW", raising=False)
+        private, other = topology["private4"], topology["private4_other"]
+        first = await make_provider()
+        rules = chain_rules()
+        key = await deploy_probe(first, project_ids, checkouts)
+        uid = pwd.getpwnam(project_user_name(key.project_id)).pw_uid
+        await first.close()
 
-    # InkMCP stopped: the kernel still refuses the project's user (a daemon that outlived it stays confined).
-    assert egress.state().active
-    outside = subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", PY, "-c",
-         f"import socket; s = socket.socket(); s.settimeout(3); s.connect(('{PRIVATE4}', {private.port}))"],
-        capture_output=True, text=True, timeout=10, check=False)
-    assert "ConnectionRefusedError" in outside.stderr, outside.stderr
-    assert private.seen == []
+        # InkMCP stopped: the kernel still refuses the project's user (a daemon that outlived it stays confined).
+        assert egress.state().active
+        outside = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", PY, "-c",
+             f"import socket; s = socket.socket(); s.settimeout(3); s.connect(('{PRIVATE4}', {private.port}))"],
+            capture_output=True, text=True, timeout=10, check=False)
+        assert "ConnectionRefusedError" in outside.stderr, outside.stderr
+        assert private.seen == []
 
-    # A restart converges to the same table: same rules, nothing duplicated.
-    await (await make_provider()).close()
-    assert chain_rules() == rules
+        # A restart converges to the same table: same rules, nothing duplicated.
+        await (await make_provider()).close()
+        assert chain_rules() == rules
 
-    # The operator opens one private port: exactly that one (TCP and UDP), nothing next to it.
-    monkeypatch.setenv("INKMCP_TENANT_EGRESS_ALLOW", f"{PRIVATE4}:{private.port}")
-    opened = await make_provider()
-    key = await deploy_probe(opened, project_ids, checkouts)
-    results = await probe(opened, key, [(PRIVATE4, private.port, "tcp"), (PRIVATE4, private.port, "udp"),
-                                        (PRIVATE4, other.port, "tcp"), (METADATA4, topology["metadata4"].port, "tcp")])
-    assert results[0]["ok"] and results[0]["data"] == "listener", results
-    assert results[1]["ok"] and results[1]["data"] == "listener", results
-    assert refused_fast(results[2]) and refused_fast(results[3]), results
-    assert other.seen == [] and topology["metadata4"].seen == []
-    assert len(chain_rules()) == len(rules) + 1
-    await opened.close()
+        # The operator opens one private port: exactly that one (TCP and UDP), nothing next to it.
+        monkeypatch.setenv("INKMCP_TENANT_EGRESS_ALLOW", f"{PRIVATE4}:{private.port}")
+        opened = await make_provider()
+        key = await deploy_probe(opened, project_ids, checkouts)
+        meta4 = topology["metadata4"]
+        results = await probe(opened, key, [(PRIVATE4, private.port, "tcp"), (PRIVATE4, private.port, "udp"),
+                                            (PRIVATE4, other.port, "tcp"), (METADATA4, meta4.port, "tcp")])
+        assert results[0]["ok"] and results[0]["data"] == "listener", results
+        assert results[1]["ok"] and results[1]["data"] == "listener", results
+        assert refused_fast(results[2]) and refused_fast(results[3]), results
+        assert other.seen == [] and topology["metadata4"].seen == []
+        assert len(chain_rules()) == len(rules) + 1
+        await opened.close()
 
-    # Off: the table goes (the next start of a provider with the default puts it back).
-    monkeypatch.setenv("INKMCP_TENANT_EGRESS", "off")
-    unrestricted = await make_provider()
-    assert not egress.state().active
-    assert sh("nft", "list", "table", "inet", egress.TABLE, check=False).returncode != 0
-    key = await deploy_probe(unrestricted, project_ids, checkouts)
-    results = await probe(unrestricted, key, [(PRIVATE4, other.port, "tcp")])
-    assert results[0]["ok"], results  # proof that "off" means no restriction, not a leftover rule
+        # Off: the table goes (the next start of a provider with the default puts it back).
+        monkeypatch.setenv("INKMCP_TENANT_EGRESS", "off")
+        unrestricted = await make_provider()
+        assert not egress.state().active
+        assert sh("nft", "list", "table", "inet", egress.TABLE, check=False).returncode != 0
+        key = await deploy_probe(unrestricted, project_ids, checkouts)
+        results = await probe(unrestricted, key, [(PRIVATE4, other.port, "tcp")])
+        assert results[0]["ok"], results  # proof that "off" means no restriction, not a leftover rule
 
 
 def test_allow_list_entries_parse_or_say_what_to_write():
@@ -440,7 +443,7 @@ def test_doctor_says_whether_the_policy_is_active(monkeypatch):
         (check,) = report.checks
         return check.status, check.detail
 
-    try:
+    with egress.exclusive():  # other processes' starts wait: they would put the table back
         egress.apply(TenantEgressSettings())
         status, detail = row(serving=True)
         assert status == Status.ok and "project users refused private addresses" in detail, detail
@@ -451,7 +454,6 @@ def test_doctor_says_whether_the_policy_is_active(monkeypatch):
         monkeypatch.setenv("INKMCP_TENANT_EGRESS", "off")
         status, detail = row(serving=True)
         assert status == Status.warn and "INKMCP_TENANT_EGRESS=off" in detail
-    finally:
         egress.apply(TenantEgressSettings(tenant_egress="block-private"))  # the default, as the next start would
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -46,8 +47,9 @@ import pwd
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,7 @@ NFT_TIMEOUT = 15.0
 DENIED_TTL = 3600  # seconds a refused (uid, address, protocol, port) stays noted: one log line per hour at most
 DENIED_SIZE = 4096
 POLICY_TAG = "inkmcp-egress policy "
+LOCK_FILE = Path("/run/inkmcp-egress.lock")
 POLL_SECONDS = 3.0  # two nft runs (~6 ms of CPU each) per round
 
 # Refused on the run servers too (nodes/render.py BLOCKED_RANGES; tests assert this list covers it): RFC 1918, CGNAT
@@ -271,10 +274,47 @@ def _policy_of(text: str) -> str:
     return text[start:text.index('"', start)]
 
 
+_lock_guard = threading.Lock()
+_lock_depth = 0
+_lock_fd: int | None = None
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path = LOCK_FILE) -> Iterator[None]:
+    """The machine's tenant egress lock, held across processes (flock): two InkMCP processes starting at once apply
+    one after the other, never one's snapshot and the other's replacement interleaved. Re-entrant within a process
+    (a test holds it while its providers start, to keep a policy other than the default in place while it checks
+    it; other processes' starts wait)."""
+    global _lock_depth, _lock_fd
+    with _lock_guard:
+        if _lock_depth == 0:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            _lock_fd = fd
+        _lock_depth += 1
+    try:
+        yield
+    finally:
+        with _lock_guard:
+            _lock_depth -= 1
+            if _lock_depth == 0 and _lock_fd is not None:
+                os.close(_lock_fd)  # releases the flock
+                _lock_fd = None
+
+
 def apply(settings: TenantEgressSettings | None = None, *, table: str = TABLE) -> EgressState:
     """Converge the kernel to `settings` (read from the environment when None): the table replaced whole when its
     policy differs (or is missing), else only its uid set brought up to date; removed when INKMCP_TENANT_EGRESS=off.
-    Idempotent; raises EgressError when nft refuses."""
+    Idempotent, under the machine's lock (`exclusive`); raises EgressError when nft refuses."""
+    with exclusive():
+        return _apply(settings, table=table)
+
+
+def _apply(settings: TenantEgressSettings | None, *, table: str) -> EgressState:
     settings = settings or TenantEgressSettings()
     if settings.tenant_egress == "off":
         remove(table=table)
