@@ -305,6 +305,50 @@ async def test_forged_forwarded_headers_are_replaced_by_both_configs(pair: Pair)
         assert b"evil" not in upgraded and b"6.6.6" not in upgraded
 
 
+@needs_module
+async def test_forwarded_headers_of_an_ipv6_client_are_the_same_from_both_configs(run_dir: Path):
+    """The proxy on [::1]: `$inkmcp_forwarded` writes the client's IPv6 address (nginx's text form, as
+    `$remote_addr`) and the port it was reached on, byte for byte as the fallback's directives do."""
+    from tests.local.test_proxy_forwarded import FORGED, forwarded_view
+
+    port, log = free_port(), run_dir / "v6-app.log"
+    app = subprocess.Popen([PY, "-c", ECHO_APP], env={**os.environ, "PORT": str(port), "LOG": str(log)})
+    proxies = [NginxProxy("::1", 0, wake_timeout=10.0, runtime_dir=run_dir / name, settings=ProxySettings(module=m))
+               for name, m in (("v6-module", "auto"), ("v6-fallback", "off"))]  # fmt: skip
+    try:
+        while not _connects(port):
+            assert app.poll() is None
+            await asyncio.sleep(0.01)
+        answers = []
+        for proxy in proxies:
+            await proxy.start()
+            proxy.set_route(Route(host=HOST, port=port, owner="svc-alice"))
+            assert await proxy.settled() and await proxy.drain(0, 10.0)
+
+            def ask(proxy: NginxProxy = proxy) -> bytes:
+                with socket.create_connection(("::1", proxy.port), timeout=5) as sock:
+                    sock.sendall(_get(HOST.encode(), b"/v6", FORGED))
+                    out = b""
+                    while chunk := sock.recv(65536):
+                        out += chunk
+                return out
+
+            answer = await asyncio.to_thread(ask)
+            head = answer.partition(b"\r\n\r\n")[2].rstrip(b"\n")
+            assert forwarded_view(head) == [
+                (b"x-forwarded-for", b"::1"), (b"x-real-ip", b"::1"),
+                (b"x-forwarded-host", f"{HOST}:{proxy.port}".encode()), (b"x-forwarded-proto", b"http"),
+                (b"x-forwarded-port", str(proxy.port).encode())], head  # fmt: skip
+            answers.append(normal(answer, proxy))
+        assert proxies[0].module is not None and proxies[1].module is None
+        assert answers[0] == answers[1]
+    finally:
+        for proxy in proxies:
+            await proxy.close()
+        app.terminate()
+        app.wait(10)
+
+
 def test_own_statuses_are_the_configs():
     """The C module's list of nginx's own statuses (Server: inkmcp) is nginx.OWN_STATUSES, the fallback's `-s` list."""
     source = (nginx_module.HERE / "ngx_http_inkmcp_module.c").read_text()
