@@ -128,6 +128,18 @@ def _proxy_rows(data: dict[str, Any]) -> Rows:
                             f"nginx-again {again.get('rps', 0):.0f}", f"nginx {ngx['rps']:.0f}", aa.get("rps"),
                             f"1.00 ± {AA_RPS_NOISE:.2f} (noise floor)",
                             unjudged="noisy" if _aa_note(aa, "rps", aa_rounds) else "calm"), None))
+        # --- proxy12: InkMCP against both baselines at once (proxy_speed.both_baselines: per round, ÷ the geometric
+        # mean of nginx and nginx-again), for information beside the A/A row: one baseline instance's luck drops out
+        both = data.get("rounds_ratios_both", {}).get(scenario, {}).get("inkmcp", {})
+        if both.get("rps"):
+            from statistics import median
+
+            from benchmarks.proxy_speed import median_error, spread
+
+            out.append((Row(f"proxy {scenario}: requests/s ÷ both nginx (rounds' IQR {spread(both['rps'])}, median's "
+                            f"error {median_error(both['rps']):.3f}; p50 {median(both['p50']):.2f})", "",
+                            "nginx and nginx-again", median(both["rps"]), "information"), None))
+        # --- end
         out.append((Row(f"proxy {scenario}: requests/s{iqr.get('rps', '')}", f"{ink['rps']:.0f}",
                         f"nginx {ngx['rps']:.0f}", rps_ratio, "≥ 1.0 (3 % noise)", old_rps,
                         _aa_note(aa, "rps", aa_rounds)),
