@@ -287,7 +287,7 @@ async def wait_for_line(provider, key, needle: str, timeout: float = 10.0) -> li
 
 
 async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dns_and_public_work(
-    make_provider, checkouts, project_ids, topology, monkeypatch
+    topology, make_provider, checkouts, project_ids, monkeypatch
 ):
     monkeypatch.delenv("INKMCP_TENANT_EGRESS", raising=False)
     monkeypatch.delenv("INKMCP_TENANT_EGRESS_ALLOW", raising=False)
@@ -354,7 +354,7 @@ def _set_elements(name: str, table: str = egress.TABLE) -> list[str]:
 
 
 async def test_rules_survive_restart_once_allow_list_opens_exactly_one_port_and_off_removes_them(
-    make_provider, checkouts, project_ids, topology, monkeypatch
+    topology, make_provider, checkouts, project_ids, monkeypatch
 ):
     with egress.exclusive():  # other processes' starts wait: they would put the default policy back
         monkeypatch.delenv("INKMCP_TENANT_EGRESS", raising=False)
