@@ -14,11 +14,18 @@ How, and why this way (rather than a cgroup match or a cgroup BPF connect hook):
   between the packages' own system users, so they are not contiguous: the set is rebuilt from /etc/passwd at every
   start and kept current by `track_uid`/`untrack_uid`, called where users.py creates and deletes the users.
   Root's and InkMCP's own connections, the tenant PostgreSQL server's, Redis's and nginx's are not in the set.
+- nftables rather than a BPF connect hook: interval sets of CIDRs, IPv4 and IPv6 in one `inet` table, reject with
+  a reset, noting refusals in a set, and an operator can read it all with `nft list table inet inkmcp_egress`; a
+  BPF program would be hand-written bytecode with LPM tries for the same (svcports' bind hook, which needs the
+  uid and port only, is BPF; both key on the uid).
 - Kernel rules live on after InkMCP stops: a restart (or a crash) leaves running tenants covered, and processes
-  started before the rules are covered at their next connection. The table is replaced whole in one `nft -f`
-  transaction, so there is never a moment without it and never a duplicate rule.
+  started before the rules are covered at their next connection (a TCP connection already established before the
+  rules first went in is not cut). A start whose policy differs replaces the table whole in one `nft -f`
+  transaction (never a moment without it, never a duplicate rule); one whose policy is already there (a hash in a
+  rule comment) only syncs the uid set, keeping the refusals noted so far. Applies are serialised by a lock file.
 - Only a TCP SYN (and every UDP/other datagram) is looked at: the rest of a TCP stream cannot reach a destination
-  its handshake could not (tenants have no raw sockets), and skipping it keeps bulk transfers at one set lookup per
+  its handshake could not (tenants have no raw sockets; even ping's, which its file capability allows, belong to
+  the tenant's uid and are refused alike), and skipping it keeps bulk transfers at one set lookup per
   packet. No conntrack: the host pays nothing for it where nothing else loads it.
 - Refused connects fail at once: a TCP SYN gets a reset (connect() -> ECONNREFUSED), a datagram is refused in the
   output path (sendmsg() -> EPERM). Each refusal is noted in a per-table timeout set (uid, address, protocol,
