@@ -24,9 +24,9 @@ How, and why this way (rather than a cgroup match or a cgroup BPF connect hook):
   transaction (never a moment without it, never a duplicate rule); one whose policy is already there (a hash in a
   rule comment) only syncs the uid set, keeping the refusals noted so far. Applies are serialised by a lock file.
 - Only a TCP SYN (and every UDP/other datagram) is looked at: the rest of a TCP stream cannot reach a destination
-  its handshake could not (tenants have no raw sockets; even ping's, which its file capability allows, belong to
-  the tenant's uid and are refused alike), and skipping it keeps bulk transfers at one set lookup per
-  packet. No conntrack: the host pays nothing for it where nothing else loads it.
+  its handshake could not (tenants have no CAP_NET_RAW to forge a segment; any socket they do get, an ICMP one
+  included, is owned by their uid and checked), and skipping it keeps bulk transfers at one set lookup per packet.
+  No conntrack: the host pays nothing for it where nothing else loads it.
 - Refused connects fail at once: a TCP SYN gets a reset (connect() -> ECONNREFUSED), a datagram is refused in the
   output path (sendmsg() -> EPERM). Each refusal is noted in a per-table timeout set (uid, address, protocol,
   port); `DeniedWatcher` reads it and the provider writes one line to that project's services' logs saying what
