@@ -5,27 +5,34 @@ every tool that may run long; sessions, the Host check and 401s unchanged on the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from inkmcp.mcp.server import answers_as_json
-from tests.support import ServerProc, running_server
+from tests.support import ServerProc
 
 PROTOCOL = "2025-06-18"
 
 
+ACCOUNT = f"answer-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProc]:
-    with running_server("inkmcp-answer-", ("alice",)) as srv:
-        yield srv
+def server(local_server: ServerProc) -> ServerProc:
+    """The session's local server (tests/e2e/conftest.py; suitetime: this module started one of its own, ~20 s of
+    CI time, for settings it does not change), with an account of this module's own, so it has no projects
+    whatever the other modules made there."""
+    if ACCOUNT not in local_server.keys:
+        local_server.create_key(ACCOUNT)
+    return local_server
 
 
 def headers(server: ServerProc, sid: str | None = None, **extra: str) -> dict[str, str]:
     h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-         "Authorization": f"Bearer {server.keys['alice']}", **extra}
+         "Authorization": f"Bearer {server.keys[ACCOUNT]}", **extra}
     if sid:
         h.update({"Mcp-Session-Id": sid, "MCP-Protocol-Version": PROTOCOL})
     return h

@@ -2,7 +2,7 @@
 nothing a tenant controls reaches Coolify as a field of its own.
 
 Both run a real `inkmcp serve` on Coolify (the stand-in, its runner really running what is deployed); the
-parity test also starts a local-provider server of its own and makes the same calls on both.
+parity test makes the same calls on the session's local-provider server too (a new account on each).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import apps
-from tests.support import ServerProc, call, call_error, git_repo, mcp_session, running_server, traversable_tmpdir
+from tests.support import ServerProc, call, call_error, git_repo, mcp_session, traversable_tmpdir
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.parametrize("server", ["coolify"], indirect=True)]
 
@@ -83,14 +83,17 @@ async def transcript(srv: ServerProc, repo: Path, empty: Path) -> dict[str, Any]
     return out
 
 
-async def test_agents_cannot_tell_the_providers_apart(server: ServerProc, repos: Path) -> None:
+async def test_agents_cannot_tell_the_providers_apart(server: ServerProc, local_server: ServerProc,
+                                                      repos: Path) -> None:
     """Same tool list (names, schemas, annotations, descriptions), same error texts, same result structure and
-    the same values where they are not provider facts (URL host, ids, times, log text)."""
+    the same values where they are not provider facts (URL host, ids, times, log text).
+
+    `server` is the session's Coolify server, `local_server` the session's local one (tests/e2e/conftest.py: the
+    same settings; suitetime: this test started a local server of its own, ~20 s of CI time)."""
     repo = git_repo(repos / "site", apps.STATIC_SITE)
     empty = git_repo(repos / "empty", {"README.md": "docs only\n"})
     coolify = await transcript(server, repo, empty)
-    with running_server("inkmcp-parity-", ()) as local_server:
-        local = await transcript(local_server, repo, empty)
+    local = await transcript(local_server, repo, empty)
 
     assert coolify["tools"] == local["tools"]
     assert coolify["errors"] == local["errors"]
