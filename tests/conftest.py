@@ -155,11 +155,25 @@ FILE_SECONDS: dict[str, float] = {
     "tests/web/test_web_settings.py": 17,
     "tests/contract/test_core_contract.py": 15,
     "tests/hardening/test_render.py": 10,
+    "tests/local/test_prepared_start_lifecycle.py": 30,  # CI run 44: a 47.8 s teardown
+    "tests/runtime/test_box_sablier.py": 40,  # one test, but the session's box (~20-40 s) if its worker has none yet
 }
 """Seconds per test file (all its tests, set-up and teardown included); see above."""
 
 _DEFAULT_TEST_SECONDS = {True: 3.5, False: 0.4}
-"""A file not in FILE_SECONDS: seconds per test, by whether it is `slow` (CI run 48: ~2,500 s over 712 slow tests)."""
+"""A file not in FILE_SECONDS: seconds per test, by whether it is `slow` (CI run 48: ~2,500 s over 712 slow tests)..."""
+_SERVER_SECONDS = 30.0
+"""... plus this for each place its source starts an `inkmcp serve` of its own (a new file with a server of its own
+is not last in line just because it has one test: CI run 48's tail was such files)."""
+_SERVER_STARTS = ("make_server(", "running_server(", "security_server(", "coolify_server(")
+
+
+def _servers_started_in(path: str) -> int:
+    try:
+        source = (ROOT / path).read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(source.count(call) for call in _SERVER_STARTS)
 
 
 def _file_of(nodeid: str) -> str:
@@ -182,7 +196,8 @@ def heaviest_first(items: list[pytest.Item]) -> list[pytest.Item]:
         for item in unit:
             path = _file_of(item.nodeid)
             files[path] = files.get(path, 0.0) + _DEFAULT_TEST_SECONDS[_is_slow(item.nodeid)]
-        return sum(FILE_SECONDS.get(path, seconds) for path, seconds in files.items())
+        return sum(FILE_SECONDS.get(path, seconds + _SERVER_SECONDS * _servers_started_in(path))
+                   for path, seconds in files.items())
 
     ordered = sorted(units.values(), key=cost, reverse=True)  # stable: equal costs keep collection order
     return [item for unit in ordered for item in unit]
