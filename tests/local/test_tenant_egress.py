@@ -10,8 +10,9 @@ address: one in a network namespace behind that veth, since an address on an int
 host's own addresses, which the policy refuses by design.
 
 The table is machine-wide and this file switches it (allow-list, off): those tests hold the machine's egress lock
-(`egress.exclusive`), so another worker's provider start waits instead of putting the default back in the middle
-(and the file is in tests/conftest.py SERIAL, run alone in CI).
+(`egress.exclusive`), so another worker's provider start waits instead of putting the default back in the middle.
+A start with the default policy while the default is in force changes nothing but the uid set, so the other tests
+need no lock.
 """
 
 from __future__ import annotations
