@@ -12,7 +12,7 @@ host's own addresses, which the policy refuses by design.
 The table is machine-wide and this file switches it (allow-list, off): those tests hold the machine's egress lock
 (`egress.exclusive`), so another worker's provider start waits instead of putting the default back in the middle.
 A start with the default policy while the default is in force changes nothing but the uid set, so the other tests
-need no lock.
+need no lock. (The file is also in tests/conftest.py SERIAL, from before the lock; it would run safely beside others.)
 """
 
 from __future__ import annotations
