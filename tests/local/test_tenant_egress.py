@@ -466,3 +466,21 @@ def test_apps_keep_a_private_database_or_redis_the_operator_configured(monkeypat
     assert [str(e) for e in egress.platform_endpoints()] == ["10.0.3.4/32:6432"]
     text = egress.render(TenantEgressSettings(), [], resolvers=[])
     assert "ip daddr 10.0.3.4/32 meta l4proto { tcp, udp } th dport 6432 accept" in text
+
+
+def test_a_deleted_project_users_uid_leaves_the_set():
+    """A uid in the set that is no project user any more (userdel'd; a package's system user may get it next) is
+    dropped at the next start's sync; a new project user's uid is added at once by track_uid."""
+    require("root", os.geteuid() == 0, "the kernel firewall needs root")
+    require("netns", egress.nft_path() is not None, "nft (Debian's nftables, scripts/system-deps.sh) is needed")
+    stale = 64998
+    assert stale not in egress.tenant_uids()
+    with egress.exclusive():
+        egress.apply(TenantEgressSettings(tenant_egress="block-private"))
+        egress.track_uid(stale)
+        assert stale in egress.covered_uids()
+        users = set(egress.tenant_uids())
+        egress.apply(TenantEgressSettings(tenant_egress="block-private"))  # same policy: only the set is synced
+        covered = set(egress.covered_uids())
+        assert stale not in covered
+        assert users - covered <= users - set(egress.tenant_uids())  # every project user covered (bar one deleted)
