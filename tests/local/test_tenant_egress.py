@@ -348,6 +348,14 @@ async def test_tenant_cannot_reach_metadata_or_private_addresses_but_loopback_dn
     assert len([line for line in lines if needle in line]) == 1
     assert any(f"egress to [{METADATA6}]:" in line for line in lines)
 
+    # Another tool flushes the table (`nft flush ruleset`, a firewall reload): the running provider puts it back.
+    egress.remove()
+    deadline = time.monotonic() + egress.POLL_SECONDS * 3
+    while not egress.state().active and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert egress.state().active
+    assert refused_fast((await probe(provider, key, attacks[:1]))[0])
+
 
 def _set_elements(name: str, table: str = egress.TABLE) -> list[str]:
     items = json.loads(sh("nft", "-j", "list", "set", "inet", table, name).stdout)["nftables"]

@@ -445,12 +445,14 @@ class Denied:
                 f"must reach it, the operator allows it with INKMCP_TENANT_EGRESS_ALLOW={opens} and restarts InkMCP")
 
 
-def read_denied(*, table: str = TABLE) -> list[Denied]:
-    """The refusals the kernel noted (each at most once per DENIED_TTL)."""
+def read_denied(*, table: str = TABLE) -> list[Denied] | None:
+    """The refusals the kernel noted (each at most once per DENIED_TTL); None when the table is gone."""
     found = []
     for name in ("denied4", "denied6"):
         r = _nft("-j", "list", "set", "inet", table, name)
         if r.returncode != 0:
+            if "No such file or directory" in r.stderr:
+                return None
             continue
         for item in json.loads(r.stdout).get("nftables", []):
             for elem in item.get("set", {}).get("elem", []):
@@ -464,11 +466,14 @@ def read_denied(*, table: str = TABLE) -> list[Denied]:
 
 @dataclass
 class DeniedWatcher:
-    """Polls the noted refusals and hands each new one to `sink` once (per DENIED_TTL)."""
+    """Polls the noted refusals and hands each new one to `sink` once (per DENIED_TTL). Finding the table gone (an
+    `nft flush ruleset`, a firewall tool reloading its rules) it applies the policy again at once, so tenants are
+    unrestricted for at most one round, not until InkMCP's next start."""
 
     sink: Callable[[Denied], None]
     table: str = TABLE
     interval: float = POLL_SECONDS
+    settings: TenantEgressSettings | None = None
     _seen: dict[Denied, float] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
@@ -476,7 +481,13 @@ class DeniedWatcher:
         """One round (blocking): the refusals not reported yet."""
         now = time.monotonic()
         self._seen = {d: t for d, t in self._seen.items() if now - t < DENIED_TTL}
-        fresh = [d for d in read_denied(table=self.table) if d not in self._seen]
+        noted = read_denied(table=self.table)
+        if noted is None:
+            done = apply(self.settings, table=self.table)
+            log.warning("the tenant egress table was gone from the kernel (flushed by another tool?): applied again "
+                        "(%s)", done.detail)
+            return []
+        fresh = [d for d in noted if d not in self._seen]
         for d in fresh:
             self._seen[d] = now
         return fresh
@@ -518,6 +529,6 @@ async def converge(sink: Callable[[Denied], None], *, table: str = TABLE,
         log.warning("tenant egress is not restricted: %s", done.detail)
         return None
     log.info("tenant egress restricted (%s)", done.detail)
-    watcher = DeniedWatcher(sink, table=table)
+    watcher = DeniedWatcher(sink, table=table, settings=settings)
     watcher.start()
     return watcher
