@@ -350,6 +350,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
+def local_server():
+    """One real `inkmcp serve` (local provider, accounts alice and bob, tests.support.SHARED_SERVER_LIMITS) per worker
+    for the whole session: tests/e2e's `server` (with its Coolify twin) and any test that needs a served server with
+    no setting of its own, using an account of its own (suitetime: a server costs ~20 s of CI time)."""
+    from tests.support import SHARED_SERVER_LIMITS, running_server
+
+    with running_server("inkmcp-e2e-", ("alice", "bob"), **SHARED_SERVER_LIMITS) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
 def run_server_box():
     """The session's run-server box (tests/runtime/shared_box.py), brought up on first use, down at the end."""
     from tests.runtime import shared_box

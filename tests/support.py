@@ -260,6 +260,11 @@ def product_window() -> dict[str, str]:
     return {"INKMCP_STABILITY_WINDOW": os.environ.get("INKMCP_STABILITY_WINDOW", str(default))}
 
 
+SHARED_SERVER_LIMITS = {"INKMCP_MAX_PROJECTS_PER_ACCOUNT": "400", "INKMCP_MAX_DATABASES_PER_ACCOUNT": "100"}
+"""The session's shared servers (tests/conftest.py `local_server`, tests/e2e/conftest.py) hold many modules' projects:
+the per-account defaults are not what their tests check (tests/core and tests/security do, on servers of their own)."""
+
+
 def issue_keys(control_url: str, *accounts: str) -> list[str]:
     """A new API key per account in `accounts` (each account made if needed), in that order, by the product's
     `AccountService.create_key`, the code `inkmcp keys create` runs, on the control-plane database at `control_url`.

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from inkmcp.build.buildpack import RepoFiles, dependency_hash, run_build
 from inkmcp.build.plan import BuildPlan
 from inkmcp.errors import BuildFailed
 from tests.build.test_buildpack import Log, python_plan
-from tests.support import call, git_commit, git_repo, mcp_session, running_server, traversable_tmpdir
+from tests.support import ServerProc, call, git_commit, git_repo, mcp_session, traversable_tmpdir
 
 from .conftest import write_files
 from .test_build_installers import data_dir, projects  # noqa: F401 (fixtures: real project users)
@@ -487,43 +488,47 @@ http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).s
 
 
 @pytest.mark.slow
-async def test_poetry_app_goes_live_over_mcp_and_a_version_error_is_fixed_in_one_more_call() -> None:
+async def test_poetry_app_goes_live_over_mcp_and_a_version_error_is_fixed_in_one_more_call(
+        local_server: ServerProc) -> None:
     """A Poetry app (poetry.lock, `poetry run` in its Procfile, no Poetry on the server) goes live from one
     deploy_app call and serves the locked versions; the same app asking for Python 3.7 fails with the
-    error naming the file and the fix, and the call with the env var the fix names goes live."""
+    error naming the file and the fix, and the call with the env var the fix names goes live.
+
+    On the session's local server (tests/conftest.py), as an account of its own (suitetime: it started a server of
+    its own with no setting of its own)."""
     repos = traversable_tmpdir("inkmcp-pyinst-")
     try:
         files = {p.name: p.read_text() for p in (APPS / "poetry1").iterdir()}
         procfile = "web: poetry run python app.py\n"
         repo = git_repo(repos / "poetry-web", {**files, "app.py": POETRY_WEB, "Procfile": procfile})
-        with running_server("inkmcp-pyinst-", ("agent",)) as server:
-            async with mcp_session(server, server.keys["agent"]) as s:
+        server = local_server
+        async with mcp_session(server, server.create_key(f"pyinst-{uuid.uuid4().hex[:8]}")) as s:
 
-                async def deploy(**args: object) -> dict[str, Any]:
-                    dep = await call(s, "deploy_app", repo_url=str(repo), **args)
-                    while not dep["done"]:
-                        dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
-                    return dep
+            async def deploy(**args: object) -> dict[str, Any]:
+                dep = await call(s, "deploy_app", repo_url=str(repo), **args)
+                while not dep["done"]:
+                    dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+                return dep
 
-                def get(url: str) -> str:
-                    host = httpx.URL(url).netloc.decode()
-                    return httpx.get(f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}, timeout=30).text
+            def get(url: str) -> str:
+                host = httpx.URL(url).netloc.decode()
+                return httpx.get(f"http://127.0.0.1:{server.proxy_port}/", headers={"Host": host}, timeout=30).text
 
-                dep = await deploy()
-                assert dep["status"] == "live", dep
-                assert get(dep["url"]) == "dateutil 2.8.1 six 1.15.0"
+            dep = await deploy()
+            assert dep["status"] == "live", dep
+            assert get(dep["url"]) == "dateutil 2.8.1 six 1.15.0"
 
-                git_commit(repo, {".python-version": "3.7\n"})
-                failed = await deploy()
-                assert failed["status"] == "failed", failed
-                text = json.dumps(failed)
-                assert ".python-version asks for Python 3.7, which this server does not have" in text
-                assert str(repos) not in text and "/usr/" not in text
-                fix = re.search(r"env_vars (\{'PYTHON_VERSION': '3\.\d+'\})", text)
-                assert fix, text
-                again = await deploy(env_vars=ast.literal_eval(fix[1]))
-                assert again["status"] == "live", again
-                assert get(again["url"]) == "dateutil 2.8.1 six 1.15.0"
+            git_commit(repo, {".python-version": "3.7\n"})
+            failed = await deploy()
+            assert failed["status"] == "failed", failed
+            text = json.dumps(failed)
+            assert ".python-version asks for Python 3.7, which this server does not have" in text
+            assert str(repos) not in text and "/usr/" not in text
+            fix = re.search(r"env_vars (\{'PYTHON_VERSION': '3\.\d+'\})", text)
+            assert fix, text
+            again = await deploy(env_vars=ast.literal_eval(fix[1]))
+            assert again["status"] == "live", again
+            assert get(again["url"]) == "dateutil 2.8.1 six 1.15.0"
     finally:
         shutil.rmtree(repos, ignore_errors=True)
 

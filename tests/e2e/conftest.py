@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.coolify import coolify_server
-from tests.support import ServerProc, running_server, traversable_tmpdir
+from tests.support import SHARED_SERVER_LIMITS, ServerProc, traversable_tmpdir
 
 PROVIDERS = ["local", "coolify"]
 """Every test of tests/e2e is `slow` already (tests/conftest.py SLOW); `-k "not coolify"` runs the local
@@ -16,14 +16,9 @@ provider's variants alone, as the suite ran before Coolify joined."""
 
 # The shared servers hold every module's projects and databases of a worker (not one module's): the per-account
 # defaults (20 projects, 5 databases) are not what these tests check (tests/core and tests/security do, on servers
-# of their own), so these servers allow more.
-SHARED_LIMITS = {"INKMCP_MAX_PROJECTS_PER_ACCOUNT": "400", "INKMCP_MAX_DATABASES_PER_ACCOUNT": "100"}
-
-
-@pytest.fixture(scope="session")
-def local_server() -> Iterator[ServerProc]:
-    with running_server("inkmcp-e2e-", ("alice", "bob"), **SHARED_LIMITS) as srv:
-        yield srv
+# of their own), so these servers allow more. `local_server` is in tests/conftest.py (suitetime: other packages'
+# tests that need no setting of their own use it too).
+SHARED_LIMITS = SHARED_SERVER_LIMITS
 
 
 @pytest.fixture(scope="session")
