@@ -68,6 +68,7 @@ import psycopg
 from pydantic import SecretStr
 
 from benchmarks.standin_process import StandinProcess
+from inkmcp.build import source as smod
 from inkmcp.build.source import SourcePolicy
 from inkmcp.coolify.budget import BudgetSettings, make_budget
 from inkmcp.core.accounts import AccountService
@@ -414,6 +415,19 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         steps.wrap(f"client.{attr}", compute.client, attr)
 
 
+_FAST_FETCH = list(smod._FAST_FETCH)
+_KEEP, _FOLDS = provider_module._RefBatch.keep, provider_module._RefBatch._folds
+
+
+def set_overhead9(on: bool) -> None:
+    """overhead9's three changes on or off (`--ab-overhead9`): a new mirror's first fetch as one pack without fsync
+    (source._FAST_FETCH), a first deploy's env PATCHes before its applications' uuids are written (_RefBatch.keep),
+    a `building` step of a build done at the first look held for the batch's next write (_RefBatch._folds)."""
+    smod._FAST_FETCH[:] = _FAST_FETCH if on else []
+    provider_module._RefBatch.keep = _KEEP if on else (lambda self: contextlib.nullcontext())  # type: ignore
+    provider_module._RefBatch._folds = _FOLDS if on else (lambda self: False)  # type: ignore
+
+
 class _AsyncioWithTimedSleep:
     """The provider module's `asyncio`, with `sleep` timed (its poll waits for Coolify's builds)."""
 
@@ -437,7 +451,7 @@ def new_commit(path: Path, text: str) -> None:
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
                      origins: bool = False, json_out: str | None = None, steps_wanted: bool = False,
                      build_lag: list[float] | None = None, build_lag_deploys: int = 2,
-                     ab_async_commit: bool = False) -> None:
+                     ab_async_commit: bool = False, ab_overhead9: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a process of its own (clocks at 0)."""
     standin = StandinProcess(root / "nodes", servers=1)
     token = standin.token
@@ -516,6 +530,8 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         profiler = cProfile.Profile() if profile else None
         for i in range(deploys_n):
             r = repo(root)
+            if ab_overhead9:  # odd deploys without overhead9's three changes (A), even ones with them (B)
+                set_overhead9(on=i % 2 == 0)
             if ab_async_commit:  # odd deploys with every commit of the control plane asynchronous (no WAL flush)
                 with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
                     admin.execute(f"ALTER SYSTEM SET synchronous_commit = {'off' if i % 2 else 'on'}")
@@ -546,6 +562,17 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             trips = getattr(budget, "round_trips", 0)
             work[-1]["request budget round trips"] = trips - budget_trips
             budget_trips = trips
+        if ab_overhead9:
+            set_overhead9(on=True)
+            print("\n## --ab-overhead9: A (odd deploys) without, B (even deploys) with overhead9's changes (a new "
+                  "mirror's fetch as one unsynced pack, a first deploy's env PATCHes before its apps' uuids are "
+                  "written, a building step held for the next write)\n\n| p50 ms | A: without | B: with | B - A |\n"
+                  "| --- | ---: | ---: | ---: |")
+            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
+                              "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
+                vals = [s["total"] - s["asgi"] if key is None else s[key] for s in samples]
+                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
+                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
         if ab_async_commit:
             with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
                 admin.execute("ALTER SYSTEM RESET synchronous_commit")
@@ -773,6 +800,8 @@ def main() -> None:
     parser.add_argument("--ab-async-commit", action="store_true",
                         help="part 1: even deploys as configured, odd ones with the control plane's synchronous_commit "
                              "off (no WAL flush per commit): a same-run A/B of what the fenced writes' flushes cost")
+    parser.add_argument("--ab-overhead9", action="store_true",
+                        help="part 1: a same-run A/B of overhead9's changes (odd deploys without them, even with)")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     use_transport(args.transport)
@@ -793,7 +822,7 @@ def main() -> None:
             if parts & {"1", "2"}:
                 lag = [float(x) for x in args.build_lag.split(",") if x] if args.build_lag else []
                 await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag,
-                                 ab_async_commit=args.ab_async_commit)
+                                 ab_async_commit=args.ab_async_commit, ab_overhead9=args.ab_overhead9)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:
