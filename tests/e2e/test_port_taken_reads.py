@@ -4,11 +4,13 @@ Seen by driving a real `inkmcp serve` as an agent: a Node app (`npm start`, no P
 while another tenant's service ran on 3000 failed with a quoted tail of npm's update notice ("npm notice New
 minor version of npm available! ..."), which pushed the app's own "Error: listen EADDRINUSE" out of the quote;
 the agent had to guess. The quoted tail now skips npm's notice lines, and the error says the port is taken and
-to listen on $PORT. The test holds the port itself (what another service would), on a real server.
+to listen on $PORT. The test holds the port itself (what another service would), on a real server. As root the
+bind guard refuses the port before the app could find it taken (EPERM: not its own), and the error says so.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -26,7 +28,7 @@ def node_app(port: int) -> dict[str, str]:
     return {
         "package.json": '{"name": "fixed-port", "version": "1.0.0", "scripts": {"start": "node server.js"}}\n',
         "server.js": "const s = require('http').createServer((q, r) => r.end('hi'));\n"
-        f"s.on('error', (e) => {{ console.error('Error: listen ' + e.code + ': address already in use :::{port}');"
+        f"s.on('error', (e) => {{ console.error('Error: listen ' + e.code + ' :::{port}');"
         f" {notice} process.exit(1); }});\n"
         f"s.listen({port});\n",
     }
@@ -52,7 +54,12 @@ async def test_a_taken_fixed_port_is_named(server: ServerProc, repos: Path) -> N
         holder.close()
     assert dep["status"] == "failed", dep
     error = dep["error"]
-    assert "already in use on this server" in error and "listen on the PORT env var" in error, error
     quoted = error.partition("\nlast output:\n")[2]
-    assert f"EADDRINUSE: address already in use :::{port}" in quoted, error
     assert "npm notice" not in quoted, error
+    if os.geteuid() == 0:  # the bind guard (bindguard.py): a port not its own is refused before it could be taken
+        assert f"it tried to listen on port {port}, which is not its own" in error, error
+        assert f"pass port={port} to deploy_app, or make it bind the PORT env var" in error, error
+        assert f"Error: listen EPERM :::{port}" in quoted, error
+    else:
+        assert "already in use on this server" in error and "listen on the PORT env var" in error, error
+        assert f"Error: listen EADDRINUSE :::{port}" in quoted, error
