@@ -929,18 +929,17 @@ def _needs_maintenance(mirror: Path) -> bool:
         return False
 
 
-# --- overhead9 (issue 8): how an InkMCP-owned mirror's fetch stores what it receives. `fetch.unpackLimit=1`: always
-# one pack, indexed by `index-pack` (one pass; the jail's choice for bombs: a 600 MiB delta costs index-pack 6.9 s
-# and unpack-objects 13.5 s), instead of `unpack-objects` writing each object of a small fetch as a loose file and
-# deflating it again. `core.fsync=-pack,-pack-metadata`: that pack and its index are not fsynced, exactly as git
-# never fsyncs loose objects or refs (core.fsync's default is `committed,-loose-object`; refs are not in it), so a
-# mirror is as durable as with git's own setting for every fetch of fewer than 100 objects. Together, a deploy's git
-# work into a new mirror: git CPU 34.8 -> 26.0 and 33.8 -> 27.5 ms in two same-run A/Bs, wall -5.4 / -16 ms at load
-# 1.6 / 2.3 (benchmarks/git_jail_cost.py --fresh-mirror --ab-fast-fetch). Only with
-# `--no-auto-maintenance`: `-c` reaches every git child, and a gc (repack, then old objects deleted) must keep its
-# pack fsynced. Only for a new mirror's first fetch (`_empty`): the project's first deploy, the one that brings the
-# whole history; a redeploy's few objects stay loose, as git writes them. A mirror an unclean shutdown broke (an
-# empty or truncated object file or pack) is not trusted: the
+# --- overhead9 (issue 8): how an InkMCP-owned mirror's fetch stores what it receives. `fetch.unpackLimit=1`: always one
+# pack, indexed by `index-pack` (one pass; the jail's choice for bombs: a 600 MiB delta costs index-pack 6.9 s and
+# unpack-objects 13.5 s), instead of `unpack-objects` writing each object of a small fetch as a loose file and deflating
+# it again. `core.fsync=-pack,-pack-metadata`: that pack and its index are not fsynced, exactly as git never fsyncs
+# loose objects or refs (core.fsync's default is `committed,-loose-object`; refs are not in it), so a mirror is as
+# durable as with git's own setting for every fetch of fewer than 100 objects. Together, a deploy's git work into a new
+# mirror: git CPU 34.8 -> 26.0 and 33.8 -> 27.5 ms in two same-run A/Bs, wall -5.4 / -16 ms at load 1.6 / 2.3
+# (benchmarks/git_jail_cost.py --fresh-mirror --ab-fast-fetch). Only with `--no-auto-maintenance`: `-c` reaches every
+# git child, and a gc (repack, then old objects deleted) must keep its pack fsynced. Only for a new mirror's first fetch
+# (`_empty`): the project's first deploy, the one that brings the whole history; a redeploy's few objects stay loose, as
+# git writes them. A mirror an unclean shutdown broke (an empty or truncated object file or pack) is not trusted: the
 # fetch that finds it so removes it and fetches again into a new one (`_BrokenMirror`).
 _FAST_FETCH = ["-c", "fetch.unpackLimit=1", "-c", "core.fsync=-pack,-pack-metadata"]
 _BROKEN = re.compile(
