@@ -157,6 +157,9 @@ FILE_SECONDS: dict[str, float] = {
     "tests/hardening/test_render.py": 10,
     "tests/local/test_prepared_start_lifecycle.py": 30,  # CI run 44: a 47.8 s teardown
     "tests/runtime/test_box_sablier.py": 40,  # one test, but the session's box (~20-40 s) if its worker has none yet
+    # new this session, measured in a `-m "not slow"` run at load 4-5 (suitetime)
+    "tests/local/test_health_progress.py": 38,
+    "tests/local/test_redis_disk.py": 33,
 }
 """Seconds per test file (all its tests, set-up and teardown included); see above."""
 
