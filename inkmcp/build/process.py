@@ -12,7 +12,8 @@ the tenant's:
    service's own tmp dir on /tmp and /var/tmp and a fresh size-capped tmpfs on /dev/shm, so tenants
    share no temp files with each other or with the host, and its own /proc with hidepid=2, so other
    users' processes are invisible;
-4. drops to the tenant (setgroups([]), setresgid, setresuid);
+4. drops to the tenant (setgroups([]), setresgid, setresuid) and sets PR_SET_NO_NEW_PRIVS, so no setuid or
+   file-capability binary can raise its rights again;
 5. only then chdirs to the working directory (a tenant-owned path: root never resolves it);
 6. execs.
 
@@ -91,6 +92,7 @@ def shared_writable_dirs() -> tuple[str, ...]:
 # --- end
 
 _CLONE_NEWNS = 0x00020000
+_PR_SET_NO_NEW_PRIVS = 38
 _MS_NOSUID = 2
 _MS_NODEV = 4
 _MS_NOEXEC = 8
@@ -285,8 +287,8 @@ def _proc_has_private_options() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _libc() -> tuple[Callable[..., int], Callable[..., int]]:
-    """unshare(2) and mount(2), loaded once in the parent (Python 3.11 has no os.unshare)."""
+def _libc() -> tuple[Callable[..., int], Callable[..., int], Callable[..., int]]:
+    """unshare(2), mount(2) and prctl(2), loaded once in the parent (Python 3.11 has no os.unshare)."""
     libc = ctypes.CDLL(None, use_errno=True)
     unshare = libc.unshare
     unshare.argtypes = [ctypes.c_int]
@@ -294,14 +296,17 @@ def _libc() -> tuple[Callable[..., int], Callable[..., int]]:
     mount = libc.mount
     mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     mount.restype = ctypes.c_int
-    return unshare, mount
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return unshare, mount, prctl
 
 
 class _ChildSetup:
     """The preexec_fn: everything is prepared here, in the parent; `__call__` runs in the child."""
 
     def __init__(self, sandbox: TenantSandbox, cwd: Path) -> None:
-        self.unshare, self.mount = _libc()
+        self.unshare, self.mount, self.prctl = _libc()
         self.fsize = sandbox.max_file_bytes
         self.procs = tuple(os.fsencode(p) for p in sandbox.cgroup_procs)
         self.tmp = os.fsencode(sandbox.tmp_dir) if sandbox.tmp_dir is not None else None
@@ -356,6 +361,9 @@ class _ChildSetup:
                 os.setgroups([])
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
+                # No setuid-root or file-capability binary can give the tenant's code more than its own rights
+                # (the egress table and the bind guard match the uid; `ping`'s cap_net_raw would be a raw socket).
+                self._check(self.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), b"forbidding new privileges")
             step = b"entering the working directory " + self.cwd
             os.chdir(self.cwd)
         except OSError as e:

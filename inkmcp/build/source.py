@@ -615,16 +615,18 @@ _SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
 def _as_tenant(argv: list[str], ws: SourceWorkspace | None) -> tuple[list[str], dict[str, Any]]:
     """argv and Popen arguments that make a child run as the project's user, with no supplementary groups.
 
-    util-linux's `setpriv` (Essential on Debian) switches real, effective, saved and fs ids and clears
-    the groups, then execs. Going through it instead of Popen(user=, group=, extra_groups=) keeps
-    CPython on its vfork path: a full fork of the ~130 MB server costs 25-35 ms per child, and a deploy
-    runs several git steps (measured in benchmarks/isolation_cost.py).
+    util-linux's `setpriv` (Essential on Debian) switches real, effective, saved and fs ids, clears
+    the groups and sets no_new_privs (no setuid binary, e.g. one a hook runs, gives the tenant more), then
+    execs. Going through it instead of Popen(user=, group=, extra_groups=) keeps CPython on its vfork path: a
+    full fork of the ~130 MB server costs 25-35 ms per child, and a deploy runs several git steps (measured in
+    benchmarks/isolation_cost.py).
     """
     run_as = ws.run_as if ws is not None else None
     if run_as is None or (run_as.uid == os.geteuid() and run_as.gid == os.getegid()):
         return argv, {}
     if _SETPRIV is not None and os.geteuid() == 0:
-        return [_SETPRIV, f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups", "--", *argv], {}
+        return [_SETPRIV, f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups", "--no-new-privs", "--",
+                *argv], {}  # fmt: skip
     return argv, {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
 
 

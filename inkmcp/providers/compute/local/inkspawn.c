@@ -15,7 +15,7 @@
  *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), the service's tmp dir
  *      on /tmp and on each --var-tmp (/var/tmp, /run/lock: the host's other world-writable dirs),
  *      a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort);
- *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid;
+ *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid, then PR_SET_NO_NEW_PRIVS;
  *   5. chdir (--chdir) as the tenant: root never resolves a tenant-owned path;
  *   6. closes every fd above 2 and execs the command with the tenant's environment, searching the
  *      tenant's PATH.
@@ -51,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -262,6 +263,8 @@ int main(int argc, char **argv) {
         check(setgroups(0, NULL), "switching to the project's user");
         check(setresgid(gid, gid, gid), "switching to the project's user");
         check(setresuid(uid, uid, uid), "switching to the project's user");
+        /* no setuid-root or file-capability binary gives the tenant more than its own rights */
+        check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "forbidding new privileges");
     }
     if (kill_all) {
         if (kill(-1, SIGKILL) != 0 && errno != ESRCH) fail("killing the user's processes", errno);
