@@ -294,7 +294,8 @@ def initdb_template() -> Path:
     the same `include_if_exists` line every embedded server gets), once per test process, never started; test
     servers' clusters are copies of it (`ServerProc.initdb_template`). Everything else a start needs (inkmcp.conf,
     pg_hba.conf, the superuser password, tablespaces) the product writes at every start, as on a first start.
-    Removed when this process exits."""
+    Removed by `remove_initdb_template` (tests/conftest.py's pytest_sessionfinish: xdist workers end without running
+    atexit handlers) or at exit."""
     global _TEMPLATE
     with _TEMPLATE_LOCK:
         if _TEMPLATE is None or not (_TEMPLATE / "PG_VERSION").exists():
@@ -305,6 +306,15 @@ def initdb_template() -> Path:
             EmbeddedPostgres(base / "pgdata")._initdb()
             _TEMPLATE = base / "pgdata"
         return _TEMPLATE
+
+
+def remove_initdb_template() -> None:
+    """Delete this process's template cluster, if it made one (it is never started: nothing runs on it)."""
+    global _TEMPLATE
+    with _TEMPLATE_LOCK:
+        if _TEMPLATE is not None:
+            shutil.rmtree(_TEMPLATE.parent, ignore_errors=True)
+            _TEMPLATE = None
 
 
 def make_server(prefix: str = "inkmcp-e2e-", **env: str) -> ServerProc:
