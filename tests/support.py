@@ -237,6 +237,23 @@ class ServerProc:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path else ""
 
 
+def unmount_beneath(root: Path) -> list[str]:
+    """After a test server stopped: every mount at or under `root` that is still there, deepest first, by exact path
+    (a serve killed -9 leaves its images mounted for the next one to adopt, and the data dir's own shared bind
+    mount, providers/compute/local/propagation.py, stays while anything is mounted beneath it). Returns them."""
+    if os.geteuid() != 0:
+        return []
+    from inkmcp.errors import ProviderError
+    from inkmcp.providers.compute.local.diskquota import mount_points, unmount
+
+    base = os.path.realpath(root)
+    left = sorted((p for p in mount_points() if p == base or p.startswith(base + "/")), key=len, reverse=True)
+    for point in left:
+        with contextlib.suppress(OSError, ProviderError):
+            unmount(Path(point))
+    return left
+
+
 def remove_tenant_users(data_dir: Path) -> int:
     """Delete the per-project Unix users a test server created (their homes live in its data dir).
 
@@ -366,6 +383,7 @@ def dispose_server(srv: ServerProc, *, clean_stop: bool = True) -> None:
 
     remove_service_cgroups(srv.data_dir / "compute")
     # --- end
+    unmount_beneath(srv.data_dir)
     shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
 
 

@@ -56,6 +56,7 @@ from tests.support import (
     mcp_session,
     remove_tenant_users,
     traversable_tmpdir,
+    unmount_beneath,
 )
 
 ALICE_SECRET = "ALICE_FILE_SECRET_42"
@@ -174,6 +175,7 @@ def security_server(prefix: str, accounts: tuple[str, ...], *, unset: tuple[str,
         finally:
             remove_tenant_users(srv.data_dir)
             remove_service_cgroups(srv.data_dir / "compute")  # --- mender6: its services' cgroups, by exact path
+            unmount_beneath(srv.data_dir)
             shutil.rmtree(srv.data_dir.parent, ignore_errors=True)
     assert code == 0, f"graceful shutdown failed ({code}):\n{srv.log()}"
 
