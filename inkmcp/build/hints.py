@@ -44,14 +44,17 @@ _LOCAL_SERVICE = re.compile(
 )
 # A development server listens on its own port (5000, 8000, 5173) and on 127.0.0.1 only, as it is meant to: its
 # output names it, and the way out is the production command, not port=5000 (a port every service here shares).
+# Needles from before the bind too: where the bind guard refuses the port (EPERM), a server never gets to its banner.
 _DEV_SERVERS = (
-    ("This is a development server", "this is Flask's development server (`flask run`, `app.run()`): start the "
+    (("This is a development server", "* Serving Flask app", "* Debug mode: "),
+     "this is Flask's development server (`flask run`, `app.run()`): start the "
      "production server instead, start_command='gunicorn app:app --bind 0.0.0.0:$PORT' (module:variable of the Flask "
      "app, with gunicorn in the dependencies), or `flask run --host 0.0.0.0 --port $PORT`"),
-    ("Starting development server at", "this is Django's development server (`manage.py runserver`): start "
+    (("Starting development server at",), "this is Django's development server (`manage.py runserver`): start "
      "start_command='gunicorn <project>.wsgi --bind 0.0.0.0:$PORT' (with gunicorn in the dependencies), or omit "
      "start_command and let InkMCP detect it"),
-    ("use --host to expose", "this is Vite's development server: omit start_command (and port), and InkMCP runs "
+    (("use --host to expose", "error when starting dev server"),
+     "this is Vite's development server: omit start_command (and port), and InkMCP runs "
      "the build script and serves what it writes (dist/)"),
 )
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception)|error|Error)(?: \[\w+\])?: \S")
@@ -116,8 +119,8 @@ def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
             hints.append(f"the app connects to {addon} on localhost:{port}, and nothing runs there: "
                          f"pass database={addon!r} to deploy_app and make the app read {var}, which that sets")
             break
-    for needle, advice in _DEV_SERVERS:
-        if any(needle in text for text in texts):
+    for needles, advice in _DEV_SERVERS:
+        if any(needle in text for text in texts for needle in needles):
             hints.append(advice)
             break
     shown = {_text(line) for line in tail}

@@ -103,6 +103,10 @@ def test_proxy_tag_moving_under_coolify_is_refused_and_the_digest_pin_holds(targ
     finally:
         exec_in_box(box, f"docker pull -q {original} >/dev/null", timeout=120)
         _retag_proxy(box, original)
+        # the proxy starts above pulled the moved tag into the box's own image store too: put the local
+        # `traefik:v3.6` back on the stand-in, or a later test of the same box runs the attacker's image under it
+        # (CI run 50: test_box_standins' proxy failed with `error finding executable "--ping=true"`)
+        exec_in_box(box, f"docker tag {original} traefik:v3.6", timeout=60)
         target.docker("rm", "-f", "coolify-proxy")
 
 

@@ -10,6 +10,7 @@ process-global: call `install()` from an autouse fixture and build components in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,7 +125,15 @@ class RecordingMonitor(pmocks.MockMonitor):
 def install(stack_outputs: Mapping[str, Mapping[str, Any]] | None = None,
             extra_state: Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]] | None = None,
             ) -> RecordingMonitor:
-    """Install fresh mocks (process-global) and return the monitor that records registrations."""
+    """Install fresh mocks (process-global) and return the monitor that records registrations.
+
+    Pulumi's mocks make futures on the thread's current event loop. A pytest-asyncio test that ran before in the
+    same process leaves none set (`set_event_loop(None)` at its loop's teardown), and asyncio then refuses to make
+    one (CI run 50, where the file order put async tests first on that worker): a loop is set here if none is."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks(stack_outputs, extra_state)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="inkmcp", stack="test", preview=False, monitor=monitor)
