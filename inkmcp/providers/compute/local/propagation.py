@@ -16,25 +16,16 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
-from functools import lru_cache
 from pathlib import Path
+
+from inkmcp.providers.compute.local.diskquota import _MS_BIND, _libc, _unescape
 
 log = logging.getLogger(__name__)
 
-_MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
 # Present while the data dir's own bind mount is InkMCP's (never unmount an operator's own mount of it).
 MARKER = ".shared-mount"
-
-
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return libc
 
 
 def _mounts() -> list[tuple[str, bool]]:
@@ -44,7 +35,7 @@ def _mounts() -> list[tuple[str, bool]]:
         for line in f:
             fields = line.split()
             optional = fields[6 : fields.index("-")]
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # spaces etc. as \\040
+            point = _unescape(fields[4])
             found.append((point, any(tag.startswith("shared:") for tag in optional)))
     return found
 
