@@ -79,3 +79,35 @@ async def test_a_daemon_left_by_a_build_step_neither_holds_the_deployment_nor_su
     build_group = provider.limits.pids(f"{key.service_id}.build")
     assert build_group == set(), build_group
 
+
+
+async def test_a_daemon_left_by_the_release_command_does_not_survive_it(
+    make_provider, checkouts, project_ids, data_dir
+):
+    """The release command runs in the build's cgroup too: a daemon it starts ends with it.
+
+    Before, `run_once` killed only the command's process group, so a `setsid` daemon started by a
+    release command (a migration tool's "background worker", a forgotten `&`) ran on in the service's
+    build cgroup, unowned, for as long as the machine lived.
+    """
+    provider = await make_provider(build_timeout=120.0)
+    key = key_for(project_ids())
+    plan = BuildPlan(
+        stack=Stack.none, source="call", release_command=f"{PY} daemons.py",
+        processes=(ProcessSpec(name="web", command=f"exec {PY} app.py", routed=True),),
+    )  # fmt: skip
+    request = request_for(key, checkouts({"app.py": WEB_APP, "daemons.py": DAEMONS}), plan)
+    started = time.monotonic()
+    await provider.release(request, Events(), no_record)
+    took = time.monotonic() - started
+    assert took < 60, f"the release took {took:.1f} s: it waited for the daemon"
+    assert (await get(provider, key)).status_code == 200
+
+    src = data_dir / "services" / key.service_id / "releases" / request.deployment_id / "src"
+    pids = {name: int((src / f"{name}.pid").read_text()) for name in ("holder", "quiet")}
+    assert all(_gone(pid) for pid in pids.values()), {n: p for n, p in pids.items() if not _gone(p)}
+    build_log = "\n".join(p.read_text() for p in (data_dir / "services" / key.service_id).rglob("*.log"))
+    assert "STEP-DONE" in build_log
+    assert "left a process running in the background" in build_log
+    build_group = provider.limits.pids(f"{key.service_id}.build")
+    assert build_group == set(), build_group

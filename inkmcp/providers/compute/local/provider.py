@@ -51,7 +51,7 @@ from inkmcp.providers.compute.local import bindguard  # --- svcports: tenants bi
 from inkmcp.providers.compute.local.diskquota import ProjectDisks  # --- quota: a filesystem per project
 from inkmcp.providers.compute.local.egress import Denied, DeniedWatcher, converge  # --- egress: tenants' connections
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
-from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups
+from inkmcp.providers.compute.local.limits import DEFAULT_PIDS_MAX, CgroupKillError, Cgroups, LimitWatch
 from inkmcp.providers.compute.local.logs import OutputBudget, RotatingLog, tail_lines
 from inkmcp.providers.compute.local.nginx import make_proxy
 from inkmcp.providers.compute.local.ports import NoFreePort, PortAllocator, port_is_free
@@ -581,6 +581,9 @@ class LocalComputeProvider:
             ) from None
         except OSError as exc:
             raise ReleaseFailed(Step.releasing, f"could not run the release command: {exc}") from exc
+        finally:
+            if watch is not None:
+                await self._end_release_leftovers(watch, build_log)
         hit = watch.exceeded(before, "the release command") if watch is not None and code != 0 else None
         if hit is not None:
             raise ReleaseFailed(
@@ -596,6 +599,27 @@ class LocalComputeProvider:
                 f"the release command `{command}` exited with code {code} (it runs once per deployment, after the "
                 f"build, before any process starts); {kept}", said))
             # --- end newuser2
+
+    @staticmethod
+    async def _end_release_leftovers(watch: LimitWatch, build_log: RotatingLog) -> None:
+        """Empty the build cgroup once the release command is over, as every build step's end does.
+
+        `run_once` stops the command's process group only; a daemon it started (`setsid`, a double
+        fork, a migration tool's "background worker") left that group and ran on in the service's
+        build cgroup, unowned and outside any run InkMCP stops, for as long as the machine lived.
+        """
+        try:
+            killed = await asyncio.to_thread(watch.end_leftovers)
+        except ProviderError as exc:  # stuck in the kernel: they stay capped by the service's limits
+            build_log.write(f"!! {exc}")
+            return
+        if killed:
+            build_log.write(
+                f"!! the release command left a process running in the background ({killed} process"
+                f"{'es' if killed > 1 else ''}: a daemon or server it started); InkMCP stopped it. The release "
+                "command runs once per deployment and must not start servers: start them from the Procfile or the "
+                "start command instead"
+            )
 
     async def _roll(self, svc: _Service, live: _Live, progress: ProgressCallback | None, note: str = "") -> None:
         """Start `live` next to the current run, health-check it, switch the route, stop the old one."""
@@ -671,8 +695,27 @@ class LocalComputeProvider:
                     await self.proxy.drain(old.port, DRAIN_TIMEOUT)
             except Exception as exc:  # the new version is live: a failed drain must not fail (and undo) the release
                 log.warning("service %s: draining port %s failed: %s", svc.key.service_id, old.port, exc)
+                # --- suitefast: ... but "live" still means new requests reach the new version. A drain that failed
+                # before nginx served the new route reported "live" (and stopped the old version) while nginx's
+                # workers still sent requests to the old port, which answered them: the switch alone is waited for
+                await self._switched(svc)
+                # --- end
             finally:  # stopped even if this release is cancelled here
                 self._retire(svc, old)
+
+    async def _switched(self, svc: _Service) -> None:
+        """--- suitefast: until the proxy serves the current routes (nginx: the new config loaded and its older
+        workers told to quit; the Python proxy's table is current at once), at most DRAIN_TIMEOUT. An error here
+        is logged: the route is already switched in InkMCP's table, which nginx's backup (the slow path) serves."""
+        switched = getattr(self.proxy, "switched", None)
+        if switched is None:
+            return
+        try:
+            if not await switched(DRAIN_TIMEOUT):
+                log.warning("service %s: the proxy did not serve the new route within %gs", svc.key.service_id,
+                            DRAIN_TIMEOUT)
+        except Exception as exc:
+            log.warning("service %s: waiting for the proxy's switch failed: %s", svc.key.service_id, exc)
 
     def _retire(self, svc: _Service, old: ReleaseRun) -> None:
         """Stop the version a switch replaced, in the background: no request reaches it any more, so "live" is
