@@ -1350,7 +1350,36 @@ async def _resolve(mirror: Path, source: _Source, ws: SourceWorkspace, ref: str 
             sha = await _rev_parse(mirror, source, ws, deadline, fetched)
             if sha:
                 return sha
-    raise SourceError(f"{ref!r} is not a branch, tag or commit of {source.display}.", argument="ref", fix=_REF_FIX)
+    raise SourceError(f"{ref!r} is not a branch, tag or commit of {source.display}.", argument="ref",
+                      fix=await _ref_fix(mirror, source, ws, deadline))
+
+
+_REF_FIX_BRANCHES = 8
+
+
+async def _ref_fix(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> str:
+    """The unknown-ref fix with the repository's own branches: "e.g. main" sent agents whose repository's
+    default is `master` (or `trunk`) into a second failure. Only on this error path, so one more git process."""
+    try:
+        rc, out, _ = await _git(
+            ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", _HEAD_REF], source, ws, deadline,
+            git_dir=mirror,
+        )
+    except SourceError:
+        return _REF_FIX
+    refs = [line.split(" ", 1) for line in out.splitlines() if " " in line] if rc == 0 else []
+    head = next((sha for sha, name in refs if name == _HEAD_REF), None)
+    branches = [(sha, name.removeprefix("refs/heads/")) for sha, name in refs if name.startswith("refs/heads/")]
+    if not branches:
+        return _REF_FIX
+    at_head = [name for sha, name in branches if sha == head]  # the fetch keeps HEAD's commit, not its name
+    default = next((name for name in ("main", "master", "trunk") if name in at_head), min(at_head, default=None))
+    named = [default] if default else []
+    named += sorted(name for _, name in branches if name != default)[: _REF_FIX_BRANCHES - len(named)]
+    listed = ", ".join(f"{name} (the default)" if name == default else name for name in named)
+    more = f" and {len(branches) - len(named)} more" if len(branches) > len(named) else ""
+    return f"pass a branch, tag or commit that exists (this repository's branches: {listed}{more}), or omit ref for " \
+        "the default branch"
 
 
 FILES_MAX_BYTES = 16 << 20

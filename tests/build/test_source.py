@@ -202,10 +202,34 @@ async def test_unknown_ref(make_repo: MakeRepo, tmp_path: Path, ws: SourceWorksp
     with pytest.raises(SourceError) as err:
         await checkout(str(repo), "no-such-branch", tmp_path / "out", ws)
     assert err.value.argument == "ref"
-    assert "e.g. main" in (err.value.fix or "")
+    default = git(repo, "symbolic-ref", "--short", "HEAD")
+    assert f"this repository's branches: {default} (the default)" in (err.value.fix or "")
     with pytest.raises(SourceError) as err:
         await checkout(str(repo), "--upload-pack=evil", tmp_path / "out2", ws)
     assert err.value.argument == "ref"
+
+
+async def test_an_unknown_ref_is_answered_with_the_repositorys_own_branches(
+    tmp_path: Path, ws: SourceWorkspace
+) -> None:
+    """A repository whose default branch is `trunk`: the fix names it (it said "e.g. main", which the agent
+    then passed and failed again), then the others, and says how many more there are."""
+    repo = tmp_path / "trunky"
+    repo.mkdir()
+    git(repo, "init", "-q", "--initial-branch=trunk")
+    commit(repo, {"v.txt": "1\n"}, "initial")
+    for i in range(10):
+        git(repo, "branch", f"feature-{i:02d}")
+    commit(repo, {"v.txt": "2\n"}, "trunk moves on")
+    with pytest.raises(SourceError) as err:
+        await checkout(str(repo), "main", tmp_path / "out", ws)
+    fix = err.value.fix or ""
+    assert err.value.argument == "ref"
+    assert "this repository's branches: trunk (the default), feature-00, feature-01" in fix, fix
+    assert "feature-06 and 3 more" in fix, fix  # 11 branches, 8 named
+    assert "e.g. main" not in fix
+    # The fix's first name works.
+    assert await checkout(str(repo), "trunk", tmp_path / "out2", ws) == git(repo, "rev-parse", "HEAD")
 
 
 async def test_plain_directory_is_refused_with_git_init_hint(tmp_path: Path, ws: SourceWorkspace) -> None:
