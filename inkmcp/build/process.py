@@ -12,6 +12,16 @@ the tenant's:
    service's own tmp dir on /tmp and /var/tmp and a fresh size-capped tmpfs on /dev/shm, so tenants
    share no temp files with each other or with the host, and its own /proc with hidepid=2, so other
    users' processes are invisible;
+3b. enters a private IPC namespace. SysV shared memory, message queues and semaphore sets, and POSIX
+   message queues, belong to the IPC namespace, not to the mount namespace or a cgroup. In the host's, a
+   tenant's objects are seen by every other tenant (a key and mode 0666 are all it takes: a channel past
+   every other wall), outlive its processes, service and deleted project (nobody removes them; their pages
+   stay charged to a cgroup that is gone, so deploy-fill-delete repeats without bound), and count against
+   the host's limits: 4096 shm ids (kernel.shmmni), 256 POSIX queues. A tenant holding every shm id leaves
+   PostgreSQL unable to start (its postmaster needs one SysV segment: "could not create shared memory
+   segment: No space left on device"), so the control plane and every tenant database stay down after
+   their next restart. In a namespace of its own the objects count against its own limits, nobody else
+   sees them, and the kernel frees them when its last process exits (tests/security/test_redteam3_ipc.py);
 4. drops to the tenant (setgroups([]), setresgid, setresuid) and sets PR_SET_NO_NEW_PRIVS, so no setuid or
    file-capability binary can raise its rights again;
 5. only then chdirs to the working directory (a tenant-owned path: root never resolves it);
@@ -92,6 +102,7 @@ def shared_writable_dirs() -> tuple[str, ...]:
 # --- end
 
 _CLONE_NEWNS = 0x00020000
+_CLONE_NEWIPC = 0x08000000
 _PR_SET_NO_NEW_PRIVS = 38
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -343,6 +354,7 @@ class _ChildSetup:
                     os.close(fd)
             if self.tmp is not None:
                 self._check(self.unshare(_CLONE_NEWNS), b"entering a private mount namespace")
+                self._check(self.unshare(_CLONE_NEWIPC), b"entering a private IPC namespace")  # redteam3
                 self._check(self.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), b"making mounts private")
                 self._check(self.mount(self.tmp, b"/tmp", None, _MS_BIND, None), b"mounting the private /tmp")
                 for var_tmp in self.var_tmps:  # the same dir: /tmp now is it (the source may lie under /tmp)

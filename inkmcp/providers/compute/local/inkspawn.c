@@ -14,7 +14,9 @@
  *      even before its first line of code, starts inside them;
  *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), the service's tmp dir
  *      on /tmp and on each --var-tmp (/var/tmp, /run/lock: the host's other world-writable dirs),
- *      a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort);
+ *      a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort), and a private IPC
+ *      namespace: SysV shm, queues and semaphores and POSIX queues of its own, freed when its last
+ *      process exits (why: inkmcp/build/process.py, step 3b);
  *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid, then PR_SET_NO_NEW_PRIVS;
  *   5. chdir (--chdir) as the tenant: root never resolves a tenant-owned path;
  *   6. closes every fd above 2 and execs the command with the tenant's environment, searching the
@@ -249,6 +251,7 @@ int main(int argc, char **argv) {
     }
     if (tmp != NULL) {
         check(unshare(CLONE_NEWNS), "entering a private mount namespace");
+        check(unshare(CLONE_NEWIPC), "entering a private IPC namespace");
         check(mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL), "making mounts private");
         check(mount(tmp, "/tmp", NULL, MS_BIND, NULL), "mounting the private /tmp");
         for (int k = 0; k < nvar_tmps; k++) /* the same dir: /tmp now is it (the source may lie under /tmp) */
