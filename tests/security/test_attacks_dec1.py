@@ -154,16 +154,16 @@ result = {"dir": proxy, "list": attempt(os.listdir, proxy), "error.log": attempt
 
 
 async def test_proxy_error_log_and_config_are_unreadable_to_tenants(server: ServerProc, world: dict[str, Any]) -> None:
-    """A request of alice's users fails upstream, so nginx logs its request line with alice's OAuth code;
+    """A request of alice's users fails upstream (nginx used to log its request line with alice's OAuth code);
     mallory's app then tries the proxy's error.log, nginx.conf, its listing and ctl.sock: EACCES each."""
     r = via_proxy(server, world["auth"]["url"], f"/callback?code={OAUTH_CODE}", timeout=30)
     assert r.status_code >= 500, (r.status_code, r.text[:200])
     proxy_dir = server.data_dir / "compute" / "proxy"
     error_log = proxy_dir / "error.log"
-    deadline = time.monotonic() + 10
-    while OAUTH_CODE not in error_log.read_text(errors="replace"):  # control: the secret is there to steal
-        assert time.monotonic() < deadline, f"nginx never logged the failed request:\n{error_log.read_text()[-2000:]}"
-        await asyncio.sleep(0.2)
+    # --- redteam3: nginx no longer logs an app's failed requests at all (error_log crit: test_redteam3_proxy_log),
+    # so the secret is not even written; the rights on what it does write are checked below
+    assert OAUTH_CODE not in (error_log.read_text(errors="replace") if error_log.exists() else "")
+    # --- end
     seen = lab_exec(server, world["mallory"]["url"], READ_PROXY_FILES)
     assert seen["dir"] == str(proxy_dir), seen["dir"]
     for what in ("list", "error.log", "nginx.conf", "ctl.sock"):

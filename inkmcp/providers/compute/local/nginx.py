@@ -174,7 +174,13 @@ _CONF = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, k
 pid {{ dir }}/nginx.pid;
 # The Host checks' regexes (below; one runs for every request) compiled to machine code.
 pcre_jit on;
-error_log {{ dir }}/error.log warn;
+# --- redteam3: crit, not warn. Every request an app fails (it closes without answering, sends a bad head) was
+# an `error` line of up to 2 KiB, the request's path and all, in a file nothing rotates, on the data dir's
+# filesystem (the control plane's): anyone could grow it by sending requests to a failing app (4 KiB a request
+# measured; tests/security/test_redteam3_proxy_log.py). What is left is nginx's own trouble: start-up,
+# configuration, resources. An app's failures are its visitors' 502s and its own runtime log.
+error_log {{ dir }}/error.log crit;
+# --- end
 load_module {{ module or headers_more }};
 events { worker_connections 8192; }
 http {
@@ -669,10 +675,13 @@ class NginxProxy:
         return False
 
     def _error_tail(self, lines: int = 5) -> str:
+        """The last lines of nginx's error log and stderr, read from the last 64 KiB of each (redteam3: the
+        whole file was read into memory, and a log grown by requests can be gigabytes)."""
         out: list[str] = []
         for name in ("error.log", "nginx.stderr"):
-            with contextlib.suppress(OSError):
-                out += (self.dir / name).read_text(errors="replace").splitlines()[-lines:]
+            with contextlib.suppress(OSError), open(self.dir / name, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                out += f.read().decode(errors="replace").splitlines()[-lines:]
         return " | ".join(out[-lines:]) or "nothing in its error log"
 
     async def close(self) -> None:
