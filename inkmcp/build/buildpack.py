@@ -95,6 +95,10 @@ _DEP_FILES = (
 _MAX_LINE = 8192
 # How long the output of a step that exited may go on before what holds it open is stopped (see _Runner._follow).
 LEFTOVER_GRACE_SECONDS = 3.0
+# --- newuser3: a build step still running after this long is announced to the caller's progress (`on_step`): an
+# agent's deploy_app showed "building: building" and then nothing for the 40-60 s of an npm install and a tsc build
+STEP_PROGRESS_AFTER = 2.0
+# --- end
 
 
 class BuildOutput(BaseModel):
@@ -108,6 +112,28 @@ class BuildOutput(BaseModel):
     venv_dir: str | None = Field(default=None, description="virtualenv used by a Python service")
 
 
+class _Announcement:
+    """--- newuser3: a step's `what` told to `on_step` once the step has run for STEP_PROGRESS_AFTER seconds, so the
+    deployment's progress (and history) names the long steps (`npm ci`, the build command) and only those: a fast
+    build adds nothing. `settle` at the step's end drops an announcement not yet begun and lets one under way finish
+    (it records the step: cut off mid-write, it would leave the caller's record half done)."""
+
+    def __init__(self, on_step: LogSink, what: str) -> None:
+        self.begun = False
+        self.task = asyncio.create_task(self._later(on_step, what))
+
+    async def _later(self, on_step: LogSink, what: str) -> None:
+        await asyncio.sleep(STEP_PROGRESS_AFTER)
+        self.begun = True
+        await on_step(what)
+
+    async def settle(self) -> None:
+        if not self.begun:
+            self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
 class _Runner:
     """Runs build steps with one environment, sandbox, log sink and time budget.
 
@@ -117,8 +143,10 @@ class _Runner:
     """
 
     def __init__(self, app_dir: Path, env: dict[str, str], log: LogSink, run_as: RunAs | None, timeout: float,
-                 pid_dir: Path | None = None, sandbox: TenantSandbox | None = None) -> None:
+                 pid_dir: Path | None = None, sandbox: TenantSandbox | None = None,
+                 on_step: LogSink | None = None) -> None:  # fmt: skip
         self.app_dir = app_dir
+        self.on_step = on_step  # --- newuser3: told each step (its `what`) still running after STEP_PROGRESS_AFTER
         self.pid_dir = pid_dir
         self.env = env
         self.log = log
@@ -136,6 +164,14 @@ class _Runner:
         `shown` replaces the command line in the log (for argv that carries data, not a command to read).
         """
         await self.log(f"$ {shown or (' '.join(argv) if argv[:2] != ['/bin/sh', '-c'] else argv[2])}")
+        announce = _Announcement(self.on_step, what) if self.on_step is not None else None  # --- newuser3
+        try:
+            await self._run(argv, what=what, argument=argument, fix=fix, cwd=cwd)
+        finally:
+            if announce is not None:
+                await announce.settle()
+
+    async def _run(self, argv: list[str], *, what: str, argument: str, fix: str, cwd: Path | None) -> None:
         limits = self.sandbox.limits
         before = limits.snapshot() if limits is not None else None
         protocol = ExitAwareProtocol(asyncio.get_running_loop())
@@ -857,6 +893,7 @@ async def run_build(
     shim_dir: Path | None = None,
     anchor: Path | None = None,
     sandbox: TenantSandbox | None = None,
+    on_step: LogSink | None = None,
 ) -> BuildOutput:
     """Install dependencies and run the build command of `plan` inside `app_dir`.
 
@@ -871,6 +908,7 @@ async def run_build(
     and default to inside `venv_root` only when build and InkMCP are the same user.
     `sandbox` confines every step (cgroup, private /tmp, rlimits; see inkmcp.build.process); by
     default steps only run as `run_as`.
+    `on_step` is told what each step does (`npm ci`, the build command) once it has run for STEP_PROGRESS_AFTER s.
     `python` is the operator's interpreter, used unless the repo asks for another version
     (`.python-version`, `runtime.txt`, `requires-python`, env PYTHON_VERSION) that one of the
     interpreters in `python_search_path` (default: PythonBuildSettings, INKMCP_PYTHON_SEARCH_PATH) has.
@@ -886,7 +924,7 @@ async def run_build(
     # HOME receives pip/npm caches when no cache_dir is given: keep them out of the app dir.
     home = run_as.home if run_as else str(cache_dir / "home" if cache_dir else venv_root)
     build_env = _base_env(env, home, cache_dir)
-    runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir, sandbox)
+    runner = _Runner(app_dir, build_env, log, run_as, timeout, pid_dir, sandbox, on_step)
     output = BuildOutput()
 
     installer, replaced_by = pyi.Installer(kind="none", file=None), None

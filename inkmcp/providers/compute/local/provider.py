@@ -424,7 +424,7 @@ class LocalComputeProvider:
             try:
                 note = await self._apply_limits(request)  # first: the build runs in the service's cgroup
                 await track(Step.building, "building")
-                meta = await self._build(svc, request, build_log)
+                meta = await self._build(svc, request, build_log, on_step=lambda what: progress(Step.building, what))
                 live = _Live(meta=meta, env=dict(request.env), env_revision=request.env_revision)
                 if meta.plan.release_command:
                     await track(Step.releasing, "running the release command")
@@ -450,7 +450,8 @@ class LocalComputeProvider:
                 await asyncio.to_thread(self._prune, svc)
         return ReleaseResult(url=self.url_for(request.key) if meta.routed else None)
 
-    async def _build(self, svc: _Service, request: ReleaseRequest, build_log: RotatingLog) -> ReleaseMeta:
+    async def _build(self, svc: _Service, request: ReleaseRequest, build_log: RotatingLog,
+                     on_step: Callable[[str], Awaitable[None]] | None = None) -> ReleaseMeta:  # fmt: skip
         """Put the checkout in the release dir and build it there.
 
         Trust boundary: `releases/` and `releases/<did>/` are root's; only `src/` is the tenant's.
@@ -488,7 +489,7 @@ class LocalComputeProvider:
             raise ReleaseFailed(Step.building, f"could not prepare the checkout: {exc}") from exc
         app_dir = src / rel_app
         build_started = time.time()
-        build_env = await self._run_build(svc, request, app_dir, build_log)
+        build_env = await self._run_build(svc, request, app_dir, build_log, on_step)
         await self._check_build_size(svc, src, build_env, build_log)
         meta = ReleaseMeta(deployment_id=did, service_type=request.service_type, plan=plan, build_env=build_env)
         if meta.is_static:
@@ -517,7 +518,8 @@ class LocalComputeProvider:
         return meta
 
     async def _run_build(
-        self, svc: _Service, request: ReleaseRequest, app_dir: Path, build_log: RotatingLog
+        self, svc: _Service, request: ReleaseRequest, app_dir: Path, build_log: RotatingLog,
+        on_step: Callable[[str], Awaitable[None]] | None = None,
     ) -> dict[str, str]:
         env = tenant_env(home=svc.home, run_as=svc.run_as, service_env=request.env, build_env={}, port=None)
         # Download caches (uv, npm) are the project's own: a cache shared with another project would let
@@ -531,6 +533,7 @@ class LocalComputeProvider:
                 cache_dir=project.cache, pid_dir=svc.layout.run_dir,
                 state_dir=svc.layout.run_dir, shim_dir=self.shim_dir, anchor=svc.layout.src(request.deployment_id),
                 sandbox=self._sandbox(svc, build=True),
+                on_step=on_step,  # --- newuser3: long steps named in the deployment's progress
             )  # fmt: skip
         except BuildFailed as exc:
             # --- quota: a build stopped by its project's full disk is told so, with the limit and the way out

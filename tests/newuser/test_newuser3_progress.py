@@ -1,0 +1,70 @@
+"""A new user's agent following deploy_app's progress through a long build (newuser3, 2026-12-02): a real
+`inkmcp serve` (the session's local server, an account of this file's own) and the official MCP client over
+streamable HTTP.
+
+An Express + TypeScript app's first deploy_app showed "queued", "building: building", then nothing for 55 s (npm
+install 23 s, tsc, then the answer at 40 s saying "building"); a Vite site's, nothing for 23 s. The progress now names
+each build step still running after STEP_PROGRESS_AFTER seconds (`npm install`, the build command), and only those.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from inkmcp.build.buildpack import STEP_PROGRESS_AFTER
+from tests.e2e.test_deploy import deploy_live, via_proxy
+from tests.support import ServerProc, git_repo, mcp_session, traversable_tmpdir
+
+ACCOUNT = f"newuser3-{uuid.uuid4().hex[:8]}"
+
+APP = """import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = open("built.txt").read().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def server(local_server: ServerProc) -> ServerProc:
+    if ACCOUNT not in local_server.keys:
+        local_server.create_key(ACCOUNT)
+    return local_server
+
+
+@pytest.fixture(scope="module")
+def repos() -> Path:
+    return traversable_tmpdir("inkmcp-newuser3-progress-")
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_long_build_step_is_named_in_the_progress(server: ServerProc, repos: Path) -> None:
+    build = f"sleep {STEP_PROGRESS_AFTER + 1.5:g} && echo built > built.txt"
+    repo = git_repo(repos / "slow-build", {"requirements.txt": "", "app.py": APP})
+    project = f"nu3-progress-{uuid.uuid4().hex[:6]}"
+    progress: list[str] = []
+    async with mcp_session(server, server.keys[ACCOUNT]) as s:
+        dep = await deploy_live(s, progress, repo_url=str(repo), project_name=project, build_command=build,
+                                start_command="python app.py")  # fmt: skip
+        assert via_proxy(server, dep["url"]).text == "built\n"
+    step = f"building: build command {build!r}"
+    assert step in progress, progress
+    assert step in dep["history"], dep["history"]
+    # in its place: after "building: building", before the processes start
+    assert progress.index("building: building") < progress.index(step) < next(
+        i for i, line in enumerate(progress) if line.startswith("starting:")), progress
+    # a step that took less (none else here: no dependencies to install) is not announced
+    assert [line for line in progress if line.startswith("building:")] == ["building: building", step], progress
