@@ -384,6 +384,7 @@ def watch_steps(steps: Steps, platform: Any, deploys: Any, projects: Any, comput
         ("  _reusable", deploys, "_reusable"),
         ("  derive_plan", dmod, "derive_plan"),
         ("  _create_or_reuse", deploys, "_create_or_reuse"),
+        ("  _create_with_reads (with the pipeline's first reads)", deploys, "_create_with_reads"),
         ("  source_workspace", compute, "source_workspace"),
         ("  audit record (after the call)", platform.audit, "record"),
         ("pipeline: _wait_turn", deploys, "_wait_turn"),
@@ -428,6 +429,24 @@ def set_overhead9(on: bool) -> None:
     provider_module._RefBatch._folds = _FOLDS if on else (lambda self: False)  # type: ignore
 
 
+_OVERHEAD8 = {"on": True, "switched": False}
+
+
+def set_overhead8(on: bool) -> None:
+    """overhead8's changes (this session) on or off (`--ab-overhead8`): a new deployment's pipeline's first reads
+    made by the transaction that creates it (DeployService._create_with_reads with the project's id). The switch is
+    put in on the first call (before `--steps` wraps the instance's methods)."""
+    _OVERHEAD8["on"] = on
+    real = getattr(DeployService, "_create_with_reads", None)
+    if real is not None and not _OVERHEAD8["switched"]:
+        _OVERHEAD8["switched"] = True
+
+        async def switched(self: Any, *a: Any, project_id: Any = None, **kw: Any) -> Any:
+            return await real(self, *a, project_id=project_id if _OVERHEAD8["on"] else None, **kw)
+
+        DeployService._create_with_reads = switched  # type: ignore[method-assign]
+
+
 class _AsyncioWithTimedSleep:
     """The provider module's `asyncio`, with `sleep` timed (its poll waits for Coolify's builds)."""
 
@@ -451,7 +470,7 @@ def new_commit(path: Path, text: str) -> None:
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
                      origins: bool = False, json_out: str | None = None, steps_wanted: bool = False,
                      build_lag: list[float] | None = None, build_lag_deploys: int = 2,
-                     ab_async_commit: bool = False, ab_overhead9: bool = False) -> None:
+                     ab_async_commit: bool = False, ab_overhead9: bool = False, ab_overhead8: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a process of its own (clocks at 0)."""
     standin = StandinProcess(root / "nodes", servers=1)
     token = standin.token
@@ -503,6 +522,8 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
     await deploys.restore_all()  # as `inkmcp serve` starts: heartbeat and takeover scans
     p = await accounts.principal_for("bench", "bench")
     steps = Steps(http)
+    if ab_overhead8:
+        set_overhead8(on=True)
     if steps_wanted:
         watch_steps(steps, platform, deploys, projects, compute, budget)
 
@@ -532,6 +553,8 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             r = repo(root)
             if ab_overhead9:  # odd deploys without overhead9's three changes (A), even ones with them (B)
                 set_overhead9(on=i % 2 == 0)
+            if ab_overhead8:  # odd deploys without overhead8's changes (A), even ones with them (B)
+                set_overhead8(on=i % 2 == 0)
             if ab_async_commit:  # odd deploys with every commit of the control plane asynchronous (no WAL flush)
                 with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
                     admin.execute(f"ALTER SYSTEM SET synchronous_commit = {'off' if i % 2 else 'on'}")
@@ -562,6 +585,16 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             trips = getattr(budget, "round_trips", 0)
             work[-1]["request budget round trips"] = trips - budget_trips
             budget_trips = trips
+        if ab_overhead8:
+            set_overhead8(on=True)
+            print("\n## --ab-overhead8: A (odd deploys) without, B (even deploys) with overhead8's changes (the "
+                  "pipeline's first reads in the transaction that creates the deployment)\n\n"
+                  "| p50 ms | A: without | B: with | B - A |\n| --- | ---: | ---: | ---: |")
+            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
+                              "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
+                vals = [s["total"] - s["asgi"] if key is None else s[key] for s in samples]
+                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
+                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
         if ab_overhead9:
             set_overhead9(on=True)
             print("\n## --ab-overhead9: A (odd deploys) without, B (even deploys) with overhead9's changes (a new "
@@ -802,6 +835,8 @@ def main() -> None:
                              "off (no WAL flush per commit): a same-run A/B of what the fenced writes' flushes cost")
     parser.add_argument("--ab-overhead9", action="store_true",
                         help="part 1: a same-run A/B of overhead9's changes (odd deploys without them, even with)")
+    parser.add_argument("--ab-overhead8", action="store_true",
+                        help="part 1: a same-run A/B of overhead8's changes (odd deploys without them, even with)")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     use_transport(args.transport)
@@ -822,7 +857,8 @@ def main() -> None:
             if parts & {"1", "2"}:
                 lag = [float(x) for x in args.build_lag.split(",") if x] if args.build_lag else []
                 await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag,
-                                 ab_async_commit=args.ab_async_commit, ab_overhead9=args.ab_overhead9)
+                                 ab_async_commit=args.ab_async_commit, ab_overhead9=args.ab_overhead9,
+                                 ab_overhead8=args.ab_overhead8)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:

@@ -21,7 +21,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import func, select, text
@@ -191,8 +191,17 @@ class DatabaseService:
     async def _rows(self, project_id: uuid.UUID) -> dict[str, Database]:
         """The project's add-on rows (detached): one prepared statement on the statement pool (store.statements),
         since every deploy and release reads them."""
-        rows = await statement_pool(self._sessions).fetch(_ROWS, (project_id,))
+        return self._by_kind(await statement_pool(self._sessions).fetch(_ROWS, (project_id,)))
+
+    @staticmethod
+    def _by_kind(rows: list[tuple[Any, ...]]) -> dict[str, Database]:
         return {row[1]: Database(**dict(zip(_ROW_COLUMNS, row, strict=True))) for row in rows}
+
+    @staticmethod
+    def env_statement(project_id: uuid.UUID) -> tuple[str, tuple[Any, ...]]:
+        """--- overhead8: the statement and parameters whose rows `env_from` turns into `env_for`'s answer (deploy_app
+        reads them in the transaction that creates the deployment)."""
+        return _ROWS, (project_id,)
 
     async def get(self, project_id: uuid.UUID, kind: Kind = "postgres") -> DatabaseInfo | None:
         """The project's Postgres (managed or byo), or with kind="redis" its Redis; None when it has none."""
@@ -206,8 +215,15 @@ class DatabaseService:
     async def env_for(self, project_id: uuid.UUID) -> dict[str, SecretStr]:
         """The variables the project's add-ons give every service: DATABASE_URL and PG* for its Postgres,
         REDIS_URL for its Redis (see the module docstring)."""
+        return self._env_of(await self._rows(project_id))
+
+    def env_from(self, rows: list[tuple[Any, ...]]) -> dict[str, SecretStr]:
+        """--- overhead8: `env_for`'s answer from the rows of `env_statement`."""
+        return self._env_of(self._by_kind(rows))
+
+    def _env_of(self, by_kind: dict[str, Database]) -> dict[str, SecretStr]:
         env: dict[str, SecretStr] = {}
-        for kind, row in sorted((await self._rows(project_id)).items()):
+        for kind, row in sorted(by_kind.items()):
             creds = self._creds(row)
             if kind == "postgres":
                 env.update(postgres_env(creds))

@@ -547,6 +547,34 @@ class _FirstReads:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
+@dataclass(frozen=True)
+class _Preread:
+    """--- overhead8 (issue 8): a new deployment's pipeline's first reads, made by the transaction that created it
+    (`_create_with_reads`), after its writes: what `_load_first` and `_env_parts` would read right after its commit
+    (the service's lock was held until then, so no older deployment of the service can have been made meanwhile;
+    one that ends meanwhile is read again by `_wait_turn`'s next look, as after `_load_first`)."""
+
+    load: tuple[tuple[Deployment, Service, Project], list[tuple[uuid.UUID, None, bool]]]
+    ids: tuple[uuid.UUID, uuid.UUID]
+    env: tuple[dict[str, SecretStr], dict[str, SecretStr]]
+
+
+def _first_of(rows: list[tuple[Any, ...]]) -> tuple[tuple[Deployment, Service, Project],
+                                                      list[tuple[uuid.UUID, None, bool]]]:  # fmt: skip
+    """`_LOAD_FIRST_SQL`'s row: the deployment, its service and project (detached models), and the service's older
+    deployments not yet terminal as (id, claimed_by placeholder, abandoned)."""
+    *columns, ids, gone = rows[0]
+    values = iter(columns)
+    dep, svc, project = (model(**{key: next(values) for key, _ in cols}) for model, cols in _LOAD_COLUMNS)
+    return (dep, svc, project), [(i, None, g) for i, g in zip(ids or [], gone or [], strict=True)]  # type: ignore
+
+
+def _done(value: Any) -> asyncio.Future[Any]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
 class DeployService:
     # --- issue 11 (github): inkmcp.github.deploy.GitHubDeployHooks, set by inkmcp.github.wiring.install; None: no
     # GitHub integration (repos are fetched as before)
@@ -767,9 +795,9 @@ class DeployService:
             if self.github is not None:
                 detail = self.github.queued_detail(detail)
             # --- end
-            deployment_id, lease = await self._create_or_reuse(
+            deployment_id, lease, first = await self._create_with_reads(
                 service_id, commit, config_hash, plan, service_type, mode, detail=detail,
-                write=self._write_of(req))  # fmt: skip
+                write=self._write_of(req), project_id=project.id)  # fmt: skip
         except BaseException:  # refused (or failed) before a deployment was made: the checkout is nobody's now
             await _drop_checkout(reading, checkout)
             await self._undo_refused(made)
@@ -795,7 +823,7 @@ class DeployService:
         # reading it back.
         view = _render_view(deployment_id, project.name, req.service_name, Step.queued.value, None, commit, None,
                             [(Step.queued.value, detail)], reused=False)
-        self._start(lease, checkout, (project.id, service_id))
+        self._start(lease, checkout, (project.id, service_id), first)
         return view
 
     async def _track(self, service_id: uuid.UUID, gh: Any) -> None:
@@ -1135,6 +1163,27 @@ class DeployService:
         """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
         deployment claimed by this replica in the same transaction, and its lease; with `write`, the call's
         settings and env vars written in the same statement as the deployment (nothing when none is made)."""
+        dep_id, lease, _ = await self._create_with_reads(service_id, commit, config_hash, plan, service_type, mode,
+                                                         reuse=reuse, detail=detail, write=write)
+        return dep_id, lease
+
+    async def _create_with_reads(
+        self,
+        service_id: uuid.UUID,
+        commit: str,
+        config_hash: str,
+        plan: BuildPlan,
+        service_type: ServiceType,
+        mode: Mode,
+        *,
+        reuse: bool = True,
+        detail: str | None = None,
+        write: ServiceWrite | None = None,
+        project_id: uuid.UUID | None = None,
+    ) -> tuple[uuid.UUID, Lease | None, _Preread | None]:
+        """`_create_or_reuse`; with `project_id` (the service's project), a new deployment's pipeline's first reads
+        too (--- overhead8, issue 8: `_Preread`), as statements of the same transaction after the writes: no
+        round trip (and no three pool connections) between deploy_app's answer and the release."""
         dep_id = uuid.uuid4()
         lease = Lease(dep_id, self._leases.me, 1)  # as Leases.new_claim: inserted claimed, epoch 1
         # One transaction of three statements sent at once with its BEGIN and COMMIT (one round trip; were five
@@ -1153,11 +1202,16 @@ class DeployService:
                   "set_keys": write.set_keys if write else [], "set_values": write.set_values if write else [],
                   "unset_keys": write.unset_keys if write else [], "max_env_keys": MAX_PROJECT_KEYS,
                   "max_env_bytes": MAX_PROJECT_STORED_BYTES}  # fmt: skip
-        results = await statement_pool(self._sessions).transaction([
+        statements: list[tuple[str, Any]] = [
             ("SELECT pg_advisory_xact_lock(%s, %s)", (SERVICE_LOCK_CLASS, service_lock_key(service_id))),
             (_LOCK_OWNER_SQL, (service_id,)),
             (_NEW_DEPLOYMENT_SQL, params),
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if project_id is not None:  # --- overhead8: what `_run` reads first (nothing when no deployment was made)
+            statements += [(_LOAD_FIRST_SQL, (sorted(TERMINAL), dep_id)),
+                           self._envs.resolve_statement(project_id, service_id),
+                           self._databases.env_statement(project_id)]
+        results = await statement_pool(self._sessions).transaction(statements)
         reused, inserted, builds, max_builds, name, removing, project_name, env_fits, env_n, env_b = results[2][0]
         if max_builds is None:  # no service row (and so no owner row locked): removed meanwhile
             raise _service_gone()
@@ -1167,13 +1221,16 @@ class DeployService:
             raise NotFound("the account no longer exists.", argument="account",
                            fix="ask the operator for a new key")  # as ProjectService.check_build_quota says
         if reused is not None:
-            return reused, None
+            return reused, None, None
         if inserted is None and env_fits is False:  # the project's env totals: nothing was written
             raise project_totals_error(env_n, env_b)
         if inserted is None:  # the limit is reached: nothing was written (LimitReached, ProjectService's message)
             _refuse_more_builds(SimpleNamespace(max_concurrent_builds=max_builds), builds)  # type: ignore[arg-type]
             raise AssertionError(f"no deployment inserted with {builds} of {max_builds} builds running")
-        return dep_id, lease
+        if project_id is None or not results[3]:
+            return dep_id, lease, None
+        return dep_id, lease, _Preread(_first_of(results[3]), (project_id, service_id),
+                                       (self._databases.env_from(results[5]), self._envs.resolved(results[4])))
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -1183,10 +1240,11 @@ class DeployService:
 
     # -------------------------------------------------------------- replicas
     def _start(self, lease: Lease, checkout: Path | None,
-               ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> None:  # fmt: skip
+               ids: tuple[uuid.UUID, uuid.UUID] | None = None, preread: _Preread | None = None) -> None:  # fmt: skip
         """Run the pipeline of a deployment whose lease this replica holds; keep the lease alive meanwhile.
-        `ids`: its (project, service), when the caller knows them (the pipeline reads their env at once)."""
-        task = self._spawn(self._run(lease, checkout, ids))
+        `ids`: its (project, service), when the caller knows them (the pipeline reads their env at once);
+        `preread`: its first reads, read by the transaction that created it."""
+        task = self._spawn(self._run(lease, checkout, ids, preread))
         self._held[lease.deployment_id] = (lease, task)
         self._maintain()
 
@@ -1307,10 +1365,7 @@ class DeployService:
         rows = await statement_pool(self._sessions).fetch(_LOAD_FIRST_SQL, (sorted(TERMINAL), dep_id))
         if not rows:
             raise NotFound(f"no deployment {dep_id}.", argument="deployment_id", fix="deploy again")
-        *columns, ids, gone = rows[0]
-        values = iter(columns)
-        dep, svc, project = (model(**{key: next(values) for key, _ in cols}) for model, cols in _LOAD_COLUMNS)
-        return (dep, svc, project), [(i, None, g) for i, g in zip(ids or [], gone or [], strict=True)]  # type: ignore
+        return _first_of(rows)
 
     async def _load(self, dep_id: uuid.UUID) -> tuple[Deployment, Service, Project]:
         """The deployment, its service and project as they are now (each attempt of a release reads them again:
@@ -1439,16 +1494,19 @@ class DeployService:
             record.claim_project = claim_project  # type: ignore[attr-defined]
         return record
 
-    async def _run(self, lease: Lease, checkout: Path | None,
-                   ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> None:  # fmt: skip
+    async def _run(self, lease: Lease, checkout: Path | None, ids: tuple[uuid.UUID, uuid.UUID] | None = None,
+                   preread: _Preread | None = None) -> None:  # fmt: skip
         started = time.monotonic()
         dep_id = lease.deployment_id
         outcome = "failed"
         # the first attempt's reads (its rows; its env when the ids are known) go out beside the check for an
         # older deployment of the service: three reads in one round trip's time instead of three in turn; used
-        # only when there was nothing older to wait for (else read again after the wait, as every attempt does)
-        first: _FirstReads | None = _FirstReads(self._load_first(dep_id), self._env_parts(*ids) if ids else None,
-                                                ids)
+        # only when there was nothing older to wait for (else read again after the wait, as every attempt does).
+        # --- overhead8: read already by the transaction that created the deployment (`preread`), when it did
+        if preread is not None:
+            first: _FirstReads | None = _FirstReads(_done(preread.load), _done(preread.env), preread.ids)
+        else:
+            first = _FirstReads(self._load_first(dep_id), self._env_parts(*ids) if ids else None, ids)
         try:
             if await self._wait_turn(lease, first):  # read again after the wait, as every attempt does
                 first.drop()

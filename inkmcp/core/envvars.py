@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy import delete, func, select
@@ -187,9 +188,18 @@ class EnvService:
     async def resolve(self, project_id: uuid.UUID, service_id: uuid.UUID | None) -> dict[str, SecretStr]:
         scopes = [PROJECT_SCOPE] + ([str(service_id)] if service_id else [])
         # one prepared statement on the statement pool (store.statements): every deploy and release reads this
-        rows = await statement_pool(self._sessions).fetch(_RESOLVE, (project_id, scopes))
+        return self.resolved(await statement_pool(self._sessions).fetch(_RESOLVE, (project_id, scopes)))
+
+    def resolved(self, rows: list[tuple[Any, ...]]) -> dict[str, SecretStr]:
+        """`resolve`'s answer from its statement's rows (`resolve_statement`), read by a caller in a transaction of
+        its own (--- overhead8: deploy_app reads them in the transaction that creates the deployment)."""
         out: dict[str, SecretStr] = {}
         # project-wide first, so service-scoped values overwrite them
         for _scope, key, enc in sorted(rows, key=lambda r: r[0] != PROJECT_SCOPE):
             out[key] = SecretStr(self._box.decrypt(enc).decode())
         return out
+
+    @staticmethod
+    def resolve_statement(project_id: uuid.UUID, service_id: uuid.UUID) -> tuple[str, tuple[Any, ...]]:
+        """--- overhead8: `resolve`'s statement and parameters (its rows go to `resolved`)."""
+        return _RESOLVE, (project_id, [PROJECT_SCOPE, str(service_id)])
