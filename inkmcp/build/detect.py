@@ -607,19 +607,38 @@ _NOT_APPS = frozenset({"node_modules", "docs", "doc", "tests", "test", "scripts"
 
 
 def _app_subdirectories(root: Path) -> list[tuple[str, str]]:
-    """(directory, the file that marks it as an app) for the repo's first-level subdirectories, sorted, bounded."""
+    """(directory, the file that marks it as an app) for the repo's first-level subdirectories, sorted, bounded;
+    --- newuser3: and for the second level beneath a first-level directory that is no app itself (`services/api`,
+    `apps/web`: a monorepo's usual layouts, whose root refusal named no directory at all)."""
     found: list[tuple[str, str]] = []
-    try:
-        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())[:100]
-    except OSError:
-        return []
-    for child in children:
-        if child.name.startswith(".") or child.name.lower() in _NOT_APPS:
-            continue
-        marker = next((m for m in _APP_MARKERS if (child / m).is_file() and not (child / m).is_symlink()), None)
+    containers = 0
+    for child in _subdirectories(root, 100):
+        marker = _app_marker(child)
         if marker is not None:
             found.append((child.name, marker))
-    return found
+        elif containers < _CONTAINERS_SCANNED:
+            containers += 1
+            inner = [d for d in _subdirectories(child, 30) if d.name.lower() not in _NOT_APPS_BELOW]
+            found += [(f"{child.name}/{d.name}", m) for d in inner if (m := _app_marker(d)) is not None]
+    return sorted(found)
+
+
+# an app's own page directories (a package's templates/index.html), not apps of a monorepo
+_NOT_APPS_BELOW = frozenset({"templates", "static", "public", "assets", "dist", "build"})
+_CONTAINERS_SCANNED = 20  # --- newuser3: first-level directories without an app whose own subdirectories are read
+
+
+def _subdirectories(directory: Path, limit: int) -> list[Path]:
+    """The subdirectories that may hold an app (not hidden, docs, tests, node_modules, ...), sorted, at most `limit`."""
+    try:
+        children = sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())[:limit * 2]
+    except OSError:
+        return []
+    return [c for c in children if not c.name.startswith(".") and c.name.lower() not in _NOT_APPS][:limit]
+
+
+def _app_marker(directory: Path) -> str | None:
+    return next((m for m in _APP_MARKERS if (directory / m).is_file() and not (directory / m).is_symlink()), None)
 
 
 def _service_name_for(directory: str) -> str:
@@ -813,7 +832,8 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
             shown = ", ".join(f"{name} ({marker})" for name, marker in apps[:6])
             first = apps[0][0]
             fix = (f"the apps are in subdirectories: pass app_dir as one of {shown}, with a service_name per app "
-                   f"(e.g. app_dir={first!r}, service_name={_service_name_for(first)!r}); or {fix}")
+                   f"(e.g. app_dir={first!r}, service_name={_service_name_for(PurePosixPath(first).name)!r}); "
+                   f"or {fix}")
         elif workspaces := _workspace_apps(files):
             # --- newuser2: an npm workspaces root (apps in packages/*): name them, as for a plain monorepo
             fix = (f"this is a workspaces root: pass app_dir as one of {', '.join(workspaces)} (the install runs "
@@ -870,11 +890,13 @@ def derive_plan(
     root = (checkout / rel_dir).resolve()
     if not root.is_relative_to(checkout.resolve()) or not root.is_dir():
         # --- newuser2: name the directories that do hold an app (first level, and workspaces)
-        apps = [f"{name} ({marker})" for name, marker in _app_subdirectories(checkout)]
         try:
-            apps += _workspace_apps(_scan(checkout, checkout))
+            workspaces = _workspace_apps(_scan(checkout, checkout))
         except InkError:  # a root package.json that is not JSON: no workspaces to name
-            pass
+            workspaces = []
+        # --- newuser3: a workspace the second level names too (packages/api) is named once, as a workspace
+        apps = [f"{name} ({marker})" for name, marker in _app_subdirectories(checkout) if name not in workspaces]
+        apps += workspaces
         raise BuildPlanError(
             f"app directory {rel_dir!r} does not exist in the repository"
             + (f"; directories holding an app: {', '.join(apps[:8])}." if apps else "."),
