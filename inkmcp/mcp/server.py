@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,17 @@ class InkMCPServer(MCPServer):
             except ValidationError as e:
                 valid = sorted(tool.parameters.get("properties", {}))
                 raise ToolError(schema.explain(e, valid, self._arguments_schema(tool))) from None
+        else:
+            raise ToolError(self._unknown_tool(name))
         return await super().call_tool(name, arguments, context)
+
+    def _unknown_tool(self, name: str) -> str:
+        """The SDK's "Unknown tool: deploy" left the agent to guess; name the likely one and list the rest, as
+        refused arguments do."""
+        names = sorted(tool.name for tool in self._tool_manager.list_tools())
+        close = difflib.get_close_matches(name, names, n=2, cutoff=0.5) or [n for n in names if name and name in n][:2]
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        return f"Unknown tool {name[:80]!r}.{hint} Fix: call one of: {', '.join(names)} (tools/list describes them)."
 
 
 def build_mcp(platform: Platform, metrics: Metrics, *, stdio_principal: Principal | None,

@@ -96,3 +96,17 @@ async def test_a_broken_procfile_reads_as_the_repo_file(server: ServerProc, repo
     assert "Argument '" not in error, error
     assert "Fix: change line 2 of Procfile to `web: python3 app.py`, commit and push" in error, error
     assert str(repos) not in error
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_tool_names_the_likely_one_and_lists_the_rest(server: ServerProc) -> None:
+    """The SDK said only "Unknown tool: deploy"; the agent had to list the tools to find deploy_app."""
+    async with mcp_session(server, server.keys["alice"]) as s:
+        listed = sorted(tool.name for tool in (await s.list_tools()).tools)
+        error = await call_error(s, "deploy", repo_url=URL)
+        assert error.startswith("Unknown tool 'deploy'. Did you mean deploy_app"), error
+        assert error.endswith(f"Fix: call one of: {', '.join(listed)} (tools/list describes them)."), error
+        error = await call_error(s, "getLogs")
+        assert "Did you mean get_logs" in error, error
+        error = await call_error(s, "x" * 500)  # nothing close: only the list, and the name is not echoed whole
+        assert "Did you mean" not in error and "x" * 81 not in error and "Fix: call one of: " in error, error
