@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -57,6 +58,45 @@ def storable(value: Any) -> Any:
 # --- end attacker
 
 
+# --- redteam3: a refused call's arguments are the caller's to choose, and every call is audited. Unbounded, one
+# key filled the control database every account shares: ensure_project(name=<1 MB of random text>) and deploy_app
+# with a 1 MB build_command, refused in milliseconds, stored ~1.6 MB each (the name twice: arguments and target;
+# random text does not compress). tests/security/test_redteam3_audit_flood.py.
+AUDIT_STRING_CHARS = 1000
+"""Longest string (argument value, dict key, target) stored whole; a longer one keeps its start and its length."""
+AUDIT_ARGUMENTS_BYTES = 16 << 10
+"""Largest arguments object stored (as JSON); past it, lists and objects inside keep their first AUDIT_ITEMS."""
+AUDIT_ITEMS = 50
+
+
+def bounded(value: Any, items: int | None = None) -> Any:
+    """`value` with each string cut to AUDIT_STRING_CHARS (saying how much was cut) and, with `items`, each list
+    and object cut to its first `items` entries (with an entry saying how many there were): what an operator needs
+    to read what a call was, at a size the caller cannot choose."""
+    if isinstance(value, str):
+        cut = len(value) - AUDIT_STRING_CHARS
+        return value if cut <= 0 else f"{value[:AUDIT_STRING_CHARS]}... ({cut} more characters)"
+    if isinstance(value, dict):
+        out = {bounded(k): bounded(v, items) for k, v in list(value.items())[:items]}
+        if items is not None and len(value) > items:
+            out["..."] = f"{len(value) - items} more entries"
+        return out
+    if isinstance(value, list | tuple):
+        kept = [bounded(v, items) for v in list(value)[:items]]
+        return [*kept, f"... {len(value) - items} more items"] if items is not None and len(value) > items else kept
+    return value
+
+
+def bounded_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as stored: strings bounded always, entries too when the whole would pass AUDIT_ARGUMENTS_BYTES
+    (100,000 env var names), and only the argument names when even that does."""
+    for candidate in (bounded(arguments), bounded(arguments, AUDIT_ITEMS)):
+        if len(json.dumps(candidate, default=str)) <= AUDIT_ARGUMENTS_BYTES:
+            return candidate  # type: ignore[no-any-return]
+    return {"...": "arguments too large to keep", "names": bounded(list(arguments), AUDIT_ITEMS)}
+# --- end
+
+
 class AuditRow(BaseModel):
     """One audit entry as an operator reads it (`inkmcp audit`): arguments are the stored, redacted ones."""
 
@@ -106,8 +146,9 @@ class AuditLog:
             principal.account_id if principal else None,
             principal.actor if principal else "anonymous",
             action,
-            storable(redact_url(target)) if target else None,  # --- attacker: storable (NUL)
-            Jsonb(storable(redact_arguments(arguments))),
+            # --- attacker: storable (NUL); redteam3: bounded
+            storable(bounded(redact_url(target))) if target else None,
+            Jsonb(storable(bounded_arguments(redact_arguments(arguments)))),
             "error" if error else "ok",
             storable(error[:2000]) if error else None,
         ))
