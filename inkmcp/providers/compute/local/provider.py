@@ -781,10 +781,14 @@ class LocalComputeProvider:
         if not port_is_free(port, reuse=True):
             if displaced:
                 await self._bring_back(svc, port)
-            raise ReleaseFailed(
+            raise ReleaseFailed(  # --- newuser3: "omit `port`, or pick another" failed for a hard-coded port too
                 Step.starting,
                 f"port {port} (the service's fixed `port`, from deploy_app or inkmcp.yaml) is already in use on this "
-                "machine; omit `port` so the app gets a free one in $PORT, or pick another",
+                "machine (another service listens there). An app that hard-codes its port cannot move "
+                "off it, so omitting `port` or picking another fails too: make the app listen on the PORT env var "
+                "InkMCP sets (process.env.PORT in Node, int(os.environ['PORT']) in Python, `--port $PORT` in a "
+                "start_command) and omit `port`; an app that takes its port from a setting can get another free "
+                "one with `port` and that setting",
             )
         self.ports.reserve(port)
         return displaced
