@@ -915,10 +915,11 @@ async def test_a_first_deploy_records_its_new_applications_with_the_deployments_
 
 
 async def test_a_death_after_a_first_deploys_env_patches_finds_its_applications_again(h: CoolifyHarness) -> None:
-    """overhead9: InkMCP dies right after a first deploy's env PATCHes, whose applications' uuids were not written
-    yet (`_RefBatch.keep`): the next attempt follows the applications' durable write-ahead marks, waits out
-    `late_window`, finds both by name, configures them again and deploys: one application per process, one
-    deployment each, serving the new release."""
+    """overhead9: InkMCP dies right after a first deploy's env PATCHes. overhead8: the applications' uuids went
+    with the deployments' write-ahead marks, written beside those PATCHes (before, the applications' own marks were
+    all that was durable): the next attempt finds both applications recorded, configures them again, looks for the
+    deployments its marks may have made (none), waits out `late_window` and deploys: one application per process,
+    one deployment each, serving the new release."""
     book = RefBook()
     key = h.key()
     req = h.request(key, message="one", worker=True)
@@ -948,11 +949,71 @@ async def test_a_death_after_a_first_deploys_env_patches_finds_its_applications_
     finally:
         transport.handle_async_request = real
     service_ref = book.refs[(RefScope.service, key.service_id)]
-    assert "apps" not in service_ref and set(service_ref["pending"]) == {"app:web", "app:worker"}, service_ref
+    assert set(service_ref["apps"]) == {"web", "worker"} and "pending" not in service_ref, service_ref
+    marks = book.refs[(RefScope.deployment, req.deployment_id)]
+    assert set(marks["pending"]) == {"deploy:web", "deploy:worker"} and not marks.get("deployments"), marks
     await h.provider.release(book.request(req), progress, _pipeline_recorder(book, book.key(key), req, writes))
     census = h.census(key)
     assert census["apps"] == {"web": 1, "worker": 1}, census
     for app in book.refs[(RefScope.service, key.service_id)]["apps"].values():
         assert len(h.standin.deployments_of(app)) == 1
     assert "pending" not in book.refs[(RefScope.service, key.service_id)]
+    assert await h.serve(key) == "one"
+
+
+async def test_a_first_deploys_deployment_marks_are_written_beside_its_env_patches(h: CoolifyHarness) -> None:
+    """overhead8 (issue 8): a first deploy's deployments' write-ahead marks (with the refs kept since the creates)
+    are written while its env PATCHes are on their way, not after them; every /deploy still leaves after its mark
+    is durable."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+    during: list[set[str]] = []
+    at_deploy: list[set[str]] = []
+
+    def marks() -> set[str]:
+        return set(book.refs.get((RefScope.deployment, req.deployment_id), {}).get("pending") or {})
+
+    async def watched(request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH" and request.url.path.endswith("/envs/bulk"):
+            await asyncio.sleep(0.3)  # the PATCH on its way: the marks' write goes on meanwhile
+            during.append(marks())
+        if request.method == "POST" and request.url.path.endswith("/deploy"):
+            at_deploy.append(marks())
+        return await real(request)
+
+    async def progress(step: Step, detail: str) -> None:
+        pass
+
+    transport.handle_async_request = watched
+    try:
+        await h.provider.release(book.request(req), progress, _pipeline_recorder(book, key, req, []))
+    finally:
+        transport.handle_async_request = real
+    assert during == [{"deploy:web", "deploy:worker"}] * 2, during
+    assert len(at_deploy) == 2 and all({"deploy:web", "deploy:worker"} <= m for m in at_deploy), at_deploy
+    assert await h.serve(key) == "one"
+
+
+async def test_a_failed_env_patch_beside_the_deployment_marks_takes_them_back(h: CoolifyHarness) -> None:
+    """overhead8: the env PATCH beside a first deploy's deployment marks fails (Coolify's 500): no /deploy went out,
+    so the marks (and their anchors) are taken back; the retry does not wait `late_window` for them and deploys once
+    per process."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    h.provider.late_window = 3600.0  # a wait would hang the test
+    h.standin.fail_next("PATCH", r"/applications/[^/]+/envs/bulk", status=500)
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    marks = book.refs.get((RefScope.deployment, req.deployment_id), {})
+    assert not marks.get("pending") and not marks.get("intent"), marks
+    before = len(h.standin.requests)
+    await release(h, book, req)
+    sent = [(s.method, s.path) for s in h.standin.requests[before:]]
+    assert sent.count(("POST", "/api/v1/deploy")) == 2, sent
+    for app in book.refs[(RefScope.service, key.service_id)]["apps"].values():
+        assert len(h.standin.deployments_of(app)) == 1
     assert await h.serve(key) == "one"

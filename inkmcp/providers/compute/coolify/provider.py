@@ -293,12 +293,17 @@ class _RefBatch:
         self._later.clear()
         self._held.clear()
 
-    async def flush(self) -> None:
+    async def flush(self, force: bool = False) -> None:
+        """`force`: write inside `keep` too (--- overhead8: a first deploy's deployment marks, written beside its env
+        PATCHes). A flush inside `keep` that is not forced writes nothing and waits for no write in flight (the
+        Coolify writes inside `keep` depend on nothing recorded since it began)."""
+        if self._keeping and not force:
+            return
         while self._later:  # (settle's first half: the held steps go with the refs below)
             await self._later[0]
             self._later.pop(0)
         async with self._writing:
-            if self._keeping or (not self._dirty and not self._held):
+            if (self._keeping and not force) or (not self._dirty and not self._held):
                 return
             dirty, self._dirty = self._dirty, {}
             held, self._held = self._held, []
@@ -380,11 +385,12 @@ async def _settled(*calls: Awaitable[Any]) -> list[Any]:
 _BATCH: contextvars.ContextVar[_RefBatch | None] = contextvars.ContextVar("inkmcp_coolify_ref_batch", default=None)
 
 
-async def _flush_batch() -> None:
-    """The client's `before_write`: flush the refs of the release this task runs, if any."""
+async def _flush_batch(force: bool = False) -> None:
+    """The client's `before_write`: flush the refs of the release this task runs, if any (`force`: also inside
+    `_RefBatch.keep`)."""
     batch = _BATCH.get()
     if batch is not None:
-        await batch.flush()
+        await batch.flush(force=force)
 
 
 _PROBE_SERVER = PlacedServer(uuid="probe", wildcard_base="probe.invalid")
@@ -532,6 +538,10 @@ class CoolifyComputeProvider:
                    poll_max_interval=settings.poll_max_interval, wait_timeout=settings.wait_timeout, limits=limits,
                    local_repo_url=repo_hook)
 
+    early_marks = True
+    """--- overhead8: a first deploy's deployment marks written beside its env PATCHes (`_release`); False: after
+    them, as before (benchmarks/coolify_deploy.py --ab-overhead8)."""
+
     async def start(self) -> None:
         """Nothing to start: Coolify runs the services."""
 
@@ -665,13 +675,32 @@ class CoolifyComputeProvider:
         # the processes' applications are configured side by side (each one's requests stay in order): a web +
         # worker release waits for two rounds of requests here instead of four
         made_here = isinstance(record, _RefBatch) and set(specs) <= fresh and not service_ref.get("live_deployments")
+        groups = _deploy_groups(processes)
+        # --- overhead8 (issue 8): a first deploy's first group of deployments is marked beside its configuration
+        # (the marks' write goes out with the env PATCHes instead of after them); the /deploys still go out after
+        # both, so each mark is durable before its request. What went beside the marks failing takes them back
+        # (no /deploy was sent); a death in between leaves them, and the next attempt looks for deployments it
+        # may have made (none) and waits out `late_window`, as after a death during the /deploys.
+        premarked: dict[str, str] | None = None
+        early = {name: apps[name] for name in groups[0] if name not in started} if made_here else {}
         with record.keep() if made_here else contextlib.nullcontext():  # type: ignore[union-attr]
             # --- overhead9: a first deploy's applications, created by this attempt: what was recorded since their
             # creates goes with the deployments' write-ahead marks (`_RefBatch.keep`)
-            await _together(*(configure(name, s) for name, s in specs.items()))
+            if early and set(early) <= fresh and self.early_marks:
+                anchored = {name for name in early if name not in (dep_ref.get("intent") or {})}
+                try:
+                    _, premarked = await _settled(
+                        _together(*(configure(name, s) for name, s in specs.items())),
+                        self._mark_deployments(early, request.commit, dep_ref, record, fresh=fresh, into=started,
+                                               force=True))  # fmt: skip
+                except Exception:
+                    self._unmark_deployments(early, dep_ref, anchored)
+                    await record(RefScope.deployment, dep_ref)
+                    raise
+            else:
+                await _together(*(configure(name, s) for name, s in specs.items()))
 
         final: dict[str, m.Deployment] = {}
-        groups = _deploy_groups(processes)
         carrier = next((p.name for p in processes if p.release), None)
         release_problem: list[str] | None = None
         for number, group in enumerate(groups):
@@ -681,7 +710,12 @@ class CoolifyComputeProvider:
             todo = {name: apps[name] for name in group if name not in started}
             if todo:  # the group's deployments start side by side (one write-ahead write, one round of /deploys)
                 try:
-                    await self._start_deployments(todo, request.commit, dep_ref, record, fresh=fresh, into=started)
+                    if number == 0 and premarked is not None:  # --- overhead8: marked beside the configuration
+                        if premarked:
+                            await self._send_deployments(premarked, request.commit, dep_ref, record, into=started)
+                    else:
+                        await self._start_deployments(todo, request.commit, dep_ref, record, fresh=fresh,
+                                                      into=started)
                 finally:  # a deployment started before another process's /deploy failed is recorded too
                     await record(RefScope.deployment, dep_ref)
                 self._crash("after_record_deployment")
@@ -1124,9 +1158,22 @@ class CoolifyComputeProvider:
         `fresh`: processes whose application this attempt created (Coolify answered the create), so they have no
         deployment yet and the anchor is None without asking (one request less per process of a first deploy).
         `into` gets each deployment as soon as it is known (a failure of another process's /deploy keeps it)."""
+        started: dict[str, str] = into if into is not None else {}
+        todo = await self._mark_deployments(apps, commit, dep_ref, record, fresh=fresh, into=started)
+        if todo:
+            await self._send_deployments(todo, commit, dep_ref, record, into=started)
+        return {process: started[process] for process in apps}
+
+    async def _mark_deployments(self, apps: Mapping[str, str], commit: str, dep_ref: dict[str, Any],
+                                record: Record, *, fresh: set[str] | frozenset[str], into: dict[str, str],
+                                force: bool = False) -> dict[str, str]:  # fmt: skip
+        """`_start_deployments`' first half: each process's anchor (or the deployment an earlier attempt's /deploy
+        made, into `into`), then the marks of those still to deploy, durable in one write. Returns those (process
+        -> application uuid). `force`: written even inside `_RefBatch.keep` (overhead8: beside a first deploy's env
+        PATCHes; the marks go with the refs kept so far)."""
         intent = dep_ref.setdefault("intent", {})
         pending: dict[str, float] = dep_ref.setdefault("pending", {})
-        started: dict[str, str] = into if into is not None else {}
+        started = into
 
         async def save() -> None:
             await record(RefScope.deployment, dep_ref)
@@ -1145,13 +1192,34 @@ class CoolifyComputeProvider:
         await _together(*(anchor(process, app) for process, app in apps.items()))
         todo = {process: app for process, app in apps.items() if process not in started}
         if not todo:
-            return {process: started[process] for process in apps}
+            return todo
         for app in todo.values():
             self._check("POST", "/deploy", None, {"uuid": app, "force": "false"})
         for process in todo:
             pending[f"deploy:{process}"] = time.time()
         await save()  # the anchors and marks, durable before the first /deploy
-        await _flush_batch()
+        await _flush_batch(force=force)
+        return todo
+
+    def _unmark_deployments(self, todo: Mapping[str, str], dep_ref: dict[str, Any], anchored: set[str]) -> None:
+        """overhead8: the marks `_mark_deployments` made for `todo` whose /deploys were never sent (what went beside
+        them failed): taken back, with the anchors it set (`anchored`), so the next attempt neither waits
+        `late_window` for them nor lists deployments it never asked for. The caller records the ref."""
+        pending = dep_ref.get("pending") or {}
+        for process in todo:
+            pending.pop(f"deploy:{process}", None)
+            if process in anchored:
+                (dep_ref.get("intent") or {}).pop(process, None)
+
+    async def _send_deployments(self, todo: Mapping[str, str], commit: str, dep_ref: dict[str, Any], record: Record,
+                                *, into: dict[str, str]) -> None:  # fmt: skip
+        """`_start_deployments`' second half: the /deploys of `todo`, whose marks are durable, side by side."""
+        intent = dep_ref.setdefault("intent", {})
+        pending: dict[str, float] = dep_ref.setdefault("pending", {})
+        started = into
+
+        async def save() -> None:
+            await record(RefScope.deployment, dep_ref)
 
         async def deploy(process: str, app: str) -> None:
             result = await self._create(f"deploying {process}", self.client.deploy(app), pending,
@@ -1167,7 +1235,6 @@ class CoolifyComputeProvider:
             started[process] = uuid
 
         await _settled(*(deploy(process, app) for process, app in todo.items()))
-        return {process: started[process] for process in apps}
 
     async def _deployments(self, app: str, process: str) -> list[m.Deployment]:
         page = await self._call(f"listing deployments of {process}", self.client.list_deployments(app, take=50))
