@@ -57,6 +57,47 @@ _DEV_SERVERS = (
      "this is Vite's development server: omit start_command (and port), and InkMCP runs "
      "the build script and serves what it writes (dist/)"),
 )
+# --- newuser3: an import of a package the dependencies do not list (`import yaml` with only flask in
+# requirements.txt; `require('express')` with no dependencies): the app died quoting the error and nothing said
+# which file to change, nor that the import's name is not always the package's.
+_PY_NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '(?P<name>[\w.]+)'")
+_NODE_NO_MODULE = re.compile(r"^Error: Cannot find module '(?P<name>[^']+)'")
+_PIP_NAMES = {
+    "yaml": "PyYAML", "PIL": "Pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn",
+    "bs4": "beautifulsoup4", "dotenv": "python-dotenv", "jwt": "PyJWT", "dateutil": "python-dateutil",
+    "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "magic": "python-magic", "jose": "python-jose",
+    "multipart": "python-multipart", "google.protobuf": "protobuf", "attr": "attrs", "Crypto": "pycryptodome",
+    "OpenSSL": "pyOpenSSL", "serial": "pyserial", "dns": "dnspython", "zmq": "pyzmq", "docx": "python-docx",
+    "telegram": "python-telegram-bot", "discord": "discord.py", "slugify": "python-slugify", "git": "GitPython",
+}  # fmt: skip
+
+
+def _missing_module(text: str) -> str | None:
+    """What to add for an import the app's dependencies do not provide, or None."""
+    if (m := _PY_NO_MODULE.match(text)) is not None:
+        name = m.group("name")
+        top = name.split(".")[0]
+        package = _PIP_NAMES.get(name) or _PIP_NAMES.get(top) or top
+        named = f"{package} (the package that provides `{top}`)" if package != top else package
+        return (f"the app imports `{name}`, which is not installed: add {named} to the app's Python dependencies "
+                "(requirements.txt or pyproject.toml), which the build installs; if it is the app's own module, "
+                "commit it (files listed in .gitignore are not deployed) or correct the import")
+    if (m := _NODE_NO_MODULE.match(text)) is not None:
+        name = m.group("name")
+        if name.startswith((".", "/")):
+            shown = re.sub(r"^/.*?/src/", "./", name)
+            return (f"`{shown}` is not in the deployed files: a file the build writes (dist/, build/) needs the "
+                    "build script in package.json (scripts.build, which InkMCP runs) or a build_command; a file "
+                    "listed in .gitignore is not deployed: commit it, or correct the path")
+        package = name if name.startswith("@") else name.split("/")[0]
+        if name.startswith("@"):
+            package = "/".join(name.split("/")[:2])
+        return (f"the app requires `{name}`, which is not installed: add {package} to package.json's "
+                "\"dependencies\" (`npm install " + package + "` writes it and the lock file), commit both, and "
+                "deploy again")
+    return None
+
+
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception)|error|Error)(?: \[\w+\])?: \S")
 
 
@@ -92,6 +133,10 @@ def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
     for text in texts:
         if (m := _NOT_FOUND.search(text)) is not None:
             hints.append(missing_command_fix(m.group("cmd") or m.group("cmd2")))
+            break
+    for text in texts:  # --- newuser3
+        if (missing := _missing_module(text)) is not None:
+            hints.append(missing)
             break
     for text in reversed(texts):
         if (m := _NO_TABLE.search(text)) is not None:
