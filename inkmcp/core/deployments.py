@@ -83,7 +83,7 @@ from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import Prechecked, ProjectService, _refuse_more_builds
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
-from inkmcp.errors import Conflict, InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
+from inkmcp.errors import BuildPlanError, Conflict, InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import (
     ComputeProvider,
@@ -451,6 +451,39 @@ PLAN_CACHE_SIZE = 512
 """Build plans kept per (project mirror, commit, plan arguments), for providers that need no checkout here (a
 redeploy of the same commit with other env then reads no files at all)."""
 
+# --- redteam3: the control database every account shares kept whatever size a call or a repo gave a deployment's
+# settings and plan: a deploy_app with a 1 MB start_command stored it twice (the service's settings and the
+# deployment's plan) and failed a second later ("Argument list too long": the kernel takes at most 128 KiB for one
+# argument, so it could never have run); each retry with another comment stored another MB, and deployments are
+# never pruned. tests/security/test_redteam3_plan_size.py.
+ARGUMENT_CHARS = {"build_command": 8192, "start_command": 8192, "repo_url": 4096, "ref": 1024, "static_dir": 1024,
+                  "app_dir": 1024}
+"""The longest value deploy_app takes for each of these arguments (characters)."""
+MAX_PLAN_BYTES = 64 << 10
+"""The largest build plan (as JSON) a deployment records: commands, processes and platform files' settings of the
+repo together (a Procfile of thousands of processes, a render.yaml of megabytes of env defaults)."""
+
+
+def check_argument_sizes(req: DeployRequest) -> None:
+    """Refuse a deploy_app argument longer than ARGUMENT_CHARS says, before anything is fetched or written."""
+    for name, cap in ARGUMENT_CHARS.items():
+        value = getattr(req, name)
+        if value is not None and len(value) > cap:
+            raise InvalidArgument(f"{name} is {len(value):,} characters long; at most {cap:,} are accepted.",
+                                  argument=name, fix=f"pass a shorter {name} (a long command belongs in a script "
+                                  "in the repository)")
+
+
+def check_plan_size(plan: BuildPlan) -> None:
+    """Refuse a plan (what the repo's files and the arguments made of it) larger than MAX_PLAN_BYTES."""
+    size = len(plan.model_dump_json())
+    if size > MAX_PLAN_BYTES:
+        raise BuildPlanError(f"the build plan this repository gives is {size:,} bytes (its commands, processes and "
+                             f"platform files' settings); at most {MAX_PLAN_BYTES:,} are accepted.",
+                             argument="repo_url", fix="shorten the commands and settings in inkmcp.yaml, Procfile, "
+                             "package.json scripts or the platform files (a long command belongs in a script)")
+# --- end
+
 
 class DeployRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -639,6 +672,7 @@ class DeployService:
         project_name = req.project_name or project_name_from_repo(req.repo_url)
         check_name(project_name, "project_name")
         check_name(req.service_name, "service_name")
+        check_argument_sizes(req)  # --- redteam3
         if req.env_vars:
             validate_env_payload(req.env_vars, self._max_env_bytes)
         if not req.repo_url.strip():
@@ -730,6 +764,7 @@ class DeployService:
                     static_dir=req.static_dir,
                     app_dir=req.app_dir,
                 )
+                check_plan_size(plan)  # --- redteam3
                 self._plans[plan_key] = (plan.model_copy(deep=True), service_type)
                 while len(self._plans) > PLAN_CACHE_SIZE:
                     self._plans.popitem(last=False)
