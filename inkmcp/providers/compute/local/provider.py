@@ -645,6 +645,15 @@ class LocalComputeProvider:
             else:
                 port = self.ports.allocate()
         run = self._make_run(svc, live, port)
+        # --- newuser3: where each version begins in the runtime log: after update_env_vars (or a redeploy) the old
+        # processes' last lines and the new ones' first lines were interleaved with nothing saying which was which
+        shown_as = live.meta.plan.processes[0].name if live.meta.plan.processes else "web"
+        svc.log.write(f"{shown_as} | [inkmcp] " + (
+            f"starting deployment {live.meta.deployment_id}" if progress is not None else
+            "restarting with the new env vars (update_env_vars)") + (
+            "; the previous processes serve until these pass the health check"
+            if svc.live is not None and svc.live.run is not None else ""))  # (a fixed port stopped them first)
+        # --- end
         try:
             try:
                 await run.start()
@@ -685,6 +694,8 @@ class LocalComputeProvider:
                 live.run = run
                 svc.live = live
                 self._point_route(svc, live, port)
+                if old is not None:  # --- newuser3
+                    svc.log.write(f"{shown_as} | [inkmcp] switched to the new processes; the previous ones stop")
         except BaseException as exc:
             await self._stop_run(run)
             if displaced and isinstance(exc, ReleaseFailed):
