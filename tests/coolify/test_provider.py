@@ -1017,3 +1017,64 @@ async def test_a_failed_env_patch_beside_the_deployment_marks_takes_them_back(h:
     for app in book.refs[(RefScope.service, key.service_id)]["apps"].values():
         assert len(h.standin.deployments_of(app)) == 1
     assert await h.serve(key) == "one"
+
+
+async def test_a_first_releases_application_marks_are_written_beside_its_new_projects_read(h: CoolifyHarness) -> None:
+    """overhead8 (issue 8): a first release's applications' write-ahead marks (with the service's placement) are
+    written while the read of its new Coolify project is on its way, and the creates follow that read with no write
+    in between; every create still leaves after its mark is durable."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    transport = h.provider.client._http._transport
+    real = transport.handle_async_request
+    during: list[dict[str, Any]] = []
+    at_create: list[set[str]] = []
+    order: list[str] = []
+
+    def service() -> dict[str, Any]:
+        return dict(book.refs.get((RefScope.service, key.service_id), {}))
+
+    async def watched(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.startswith("/api/v1/projects/"):
+            await asyncio.sleep(0.3)  # the read on its way: the marks' write goes on meanwhile
+            during.append(service())
+        if request.method == "POST" and request.url.path.endswith("/applications/public"):
+            at_create.append(set(service().get("pending") or {}))
+        if request.method != "GET" or request.url.path.startswith("/api/v1/projects/"):
+            order.append(f"{request.method} {request.url.path.split('/')[-1]}" if request.method != "GET" else "read")
+        return await real(request)
+
+    async def progress(step: Step, detail: str) -> None:
+        pass
+
+    transport.handle_async_request = watched
+    try:
+        await h.provider.release(book.request(req), progress, _pipeline_recorder(book, key, req, [], order))
+    finally:
+        transport.handle_async_request = real
+    assert len(during) == 1 and set(during[0].get("pending") or {}) == {"app:web", "app:worker"}, during
+    assert during[0].get("server_uuid"), during  # the placement went with the marks
+    assert at_create == [{"app:web", "app:worker"}] * 2, at_create
+    read = order.index("read")
+    assert order[read + 1:read + 3] == ["POST public", "POST public"], order  # no write between read and creates
+    assert h.census(key)["apps"] == {"web": 1, "worker": 1}
+    assert await h.serve(key) == "one"
+
+
+async def test_a_failed_project_read_beside_the_application_marks_takes_them_back(h: CoolifyHarness) -> None:
+    """overhead8: the read of the new project beside a first release's applications' marks fails (Coolify's 500):
+    no create went out, so the marks are taken back; the retry does not wait `late_window` for them, and makes one
+    application per process."""
+    book = RefBook()
+    key = h.key()
+    req = h.request(key, message="one", worker=True)
+    h.provider.late_window = 3600.0  # a wait would hang the test
+    h.standin.fail_next("GET", r"/projects/[^/]+", status=500)
+    with pytest.raises(ProviderUnavailable):
+        await release(h, book, req)
+    assert not book.refs.get((RefScope.service, key.service_id), {}).get("pending"), book.refs
+    await release(h, book, req)
+    assert h.census(key)["apps"] == {"web": 1, "worker": 1}
+    assert not book.refs[(RefScope.service, key.service_id)].get("pending")
+    assert await h.serve(key) == "one"

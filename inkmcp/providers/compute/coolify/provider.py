@@ -614,6 +614,7 @@ class CoolifyComputeProvider:
             return self._ensure_server(key, request, service_ref, record, len(processes))
 
         project: tuple[str, str] | None = None
+        premarked: dict[str, Any] = {}  # --- overhead8: the applications marked beside the project's read
         if key.project_ref.get("project_uuid") and key.project_ref.get("environment_uuid"):
             server, project = await placing(), self._project_of(key)
         elif not request.domains:
@@ -622,7 +623,17 @@ class CoolifyComputeProvider:
             # custom domains depend on the real one's wildcard base; with domains the project waits). Settled, not
             # cancelled by a failure beside it: a cancelled create would cost the next attempt a late_window
             self._inputs(request, processes, _PROBE_SERVER)
-            server, project = await _settled(placing(), self._ensure_project(key, record))
+
+            async def mark_apps() -> None:  # --- overhead8: beside the read of the new project (below)
+                await self._premark_apps([p.name for p in processes], service_ref, record, premarked)
+
+            try:
+                server, project = await _settled(placing(), self._ensure_project(
+                    key, record, beside=mark_apps if self.early_marks and isinstance(record, _RefBatch) else None))
+            except Exception:  # no create was sent: the applications' marks go again (recorded on the way out)
+                self._unmark_apps(premarked, service_ref)
+                await record(RefScope.service, service_ref)
+                raise
         else:
             server = await placing()
         specs, bodies, env_bodies, hosts = self._inputs(request, processes, server)
@@ -630,8 +641,12 @@ class CoolifyComputeProvider:
 
         fresh: set[str] = set()  # applications this attempt created: no env and no deployment in them yet
         created_with: dict[str, dict[str, Any]] = {}  # the body each create sent
-        apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh,
-                                       created_with)
+        # --- overhead8: the applications' marks and the service's placement are durable (written beside the project's
+        # read): what is recorded from here on goes with the deployments' marks (`_RefBatch.keep`, as below)
+        keep_creates = premarked.get("server") is True and isinstance(record, _RefBatch)
+        with record.keep() if keep_creates else contextlib.nullcontext():  # type: ignore[union-attr]
+            apps = await self._ensure_apps(key, project_uuid, environment_uuid, specs, service_ref, record, fresh,
+                                           created_with, premarked=set(premarked.get("names") or ()))
         started: dict[str, str] = dep_ref.setdefault("deployments", {})
         snapshot: dict[str, dict[str, str]] = {}
         current: dict[str, list[m.EnvVar]] = {}
@@ -871,8 +886,10 @@ class CoolifyComputeProvider:
     def _project_of(key: ServiceKey) -> tuple[str, str]:
         return str(key.project_ref["project_uuid"]), str(key.project_ref["environment_uuid"])
 
-    async def _ensure_project(self, key: ServiceKey, record: Record) -> tuple[str, str]:
-        """The project's Coolify project and environment uuids, made if missing."""
+    async def _ensure_project(self, key: ServiceKey, record: Record,
+                              beside: Callable[[], Awaitable[None]] | None = None) -> tuple[str, str]:
+        """The project's Coolify project and environment uuids, made if missing. `beside`: run beside the read of
+        a project this call found or made (--- overhead8: a first release's applications' marks), not otherwise."""
         project_ref = dict(key.project_ref)
         if project_ref.get("project_uuid") and project_ref.get("environment_uuid"):
             return self._project_of(key)
@@ -937,7 +954,8 @@ class CoolifyComputeProvider:
         project_ref.pop("create_answered_error", None)  # overhead6: the project is recorded now
         project_ref["project_uuid"] = uuid
         await record(RefScope.project, project_ref)
-        project = await self._call("reading the project", self.client.get_project(str(uuid)))
+        reading = self._call("reading the project", self.client.get_project(str(uuid)))
+        project = (await _settled(reading, beside()))[0] if beside is not None else await reading
         env = next((e for e in project.environments if e.name == self.settings.environment), None)
         if env is None or not env.uuid:
             env_uuid = await self._call("creating the environment", self._create_environment(str(uuid)))
@@ -977,6 +995,36 @@ class CoolifyComputeProvider:
                       if p.name == body.name), None)
         return ref, found, False
 
+    async def _premark_apps(self, names: list[str], service_ref: dict[str, Any], record: Record,
+                            premarked: dict[str, Any]) -> None:
+        """--- overhead8 (issue 8): a first release's applications' write-ahead marks, made durable beside the read of
+        its new Coolify project instead of after it (one write fewer in turn before the creates), when nothing of
+        an earlier attempt's creates is recorded (no application, no mark, no create answered with an error: then
+        `_ensure_apps` looks first, as before). `premarked` gets the names, and `server: True` when the service's
+        placement was recorded before that write (it went with it, so the creates need no write before them)."""
+        pending = service_ref.get("pending") or {}
+        if service_ref.get("apps") or service_ref.get("create_answered_error") \
+                or any(k.startswith("app:") for k in pending):
+            return
+        marks = service_ref.setdefault("pending", {})
+        now = time.time()
+        for name in names:
+            marks[f"app:{name}"] = now
+        premarked["names"] = list(names)
+        placed = bool(service_ref.get("server_uuid"))
+        await record(RefScope.service, service_ref)
+        await _flush_batch()
+        premarked["server"] = placed
+
+    @staticmethod
+    def _unmark_apps(premarked: Mapping[str, Any], service_ref: dict[str, Any]) -> None:
+        """--- overhead8: `_premark_apps`' marks, taken back (no create was sent)."""
+        pending = service_ref.get("pending") or {}
+        for name in premarked.get("names") or ():
+            pending.pop(f"app:{name}", None)
+        if "pending" in service_ref and not pending:
+            service_ref.pop("pending", None)
+
     async def _create_environment(self, project_uuid: str) -> str:
         try:
             return await self.client.create_environment(project_uuid, self.settings.environment)
@@ -987,7 +1035,8 @@ class CoolifyComputeProvider:
     async def _ensure_apps(self, key: ServiceKey, project_uuid: str, environment_uuid: str,
                            specs: Mapping[str, AppSpec], service_ref: dict[str, Any],
                            record: Record, created: set[str] | None = None,
-                           sent: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:  # fmt: skip
+                           sent: dict[str, dict[str, Any]] | None = None,
+                           premarked: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:  # fmt: skip
         """One application per process (`sent` gets each create's body). Names are deterministic, so one created
         by an attempt whose answer was lost (or that died before recording it) is found by name, not created
         twice. `created` gets the processes whose application this call created (Coolify answered the create:
@@ -999,14 +1048,16 @@ class CoolifyComputeProvider:
         an error, `create_answered_error` (a 500 may come after the insert). The name is the service's id and
         releases of one service run one at a time (core's `_wait_turn`): without either, no InkMCP attempt ever
         asked Coolify for these applications, and the list (one request of the 200 a minute, and the team's whole
-        application list to decode) would find nothing."""
+        application list to decode) would find nothing. `premarked`: processes whose marks this attempt made durable
+        already (--- overhead8, `_premark_apps`): nothing of theirs to look for or wait on."""
         apps: dict[str, str] = dict(service_ref.get("apps") or {})
         missing = [name for name in specs if name not in apps]
         if not missing:
             return apps
         pending: dict[str, float] = service_ref.setdefault("pending", {})
         existing: list[m.Application] = []
-        if service_ref.get("create_answered_error") or any(f"app:{name}" in pending for name in missing):
+        if service_ref.get("create_answered_error") or any(f"app:{name}" in pending for name in missing
+                                                           if name not in premarked):
             existing = await self._call("listing applications", self.client.list_applications())
 
         async def save() -> None:
@@ -1024,7 +1075,8 @@ class CoolifyComputeProvider:
             for name in missing:
                 wanted = mapping.app_name(key, name)
                 uuid = next((a.uuid for a in existing if a.name == wanted), None)
-                if uuid is None and await self._late(f"app:{name}", pending, f"creating the application of {name}"):
+                if uuid is None and name not in premarked \
+                        and await self._late(f"app:{name}", pending, f"creating the application of {name}"):
                     existing = await self._call("listing applications", self.client.list_applications())
                     uuid = next((a.uuid for a in existing if a.name == wanted), None)
                 if uuid is not None:
@@ -1041,10 +1093,11 @@ class CoolifyComputeProvider:
             if to_create:
                 # every create's write-ahead mark durable in one write, then the creates side by side (a web +
                 # worker service waits for one create instead of two in turn, and for one write instead of two)
-                for name in to_create:
-                    pending[f"app:{name}"] = time.time()
-                await save()
-                await _flush_batch()
+                if set(to_create) - set(premarked):  # (--- overhead8: premarked ones are durable already)
+                    for name in to_create:
+                        pending[f"app:{name}"] = time.time()
+                    await save()
+                    await _flush_batch()
 
                 async def create(name: str, call: Awaitable[Any]) -> None:
                     answer = await self._create(f"creating the application of {name}", call, pending,
