@@ -435,10 +435,11 @@ _OVERHEAD8 = {"on": True, "switched": False}
 def set_overhead8(on: bool) -> None:
     """overhead8's changes (this session) on or off (`--ab-overhead8`): a new deployment's pipeline's first reads
     made by the transaction that creates it (DeployService._create_with_reads with the project's id; the switch is
-    put in on the first call, before `--steps` wraps the instance's methods), and a first deploy's deployment marks
-    written beside its env PATCHes (CoolifyComputeProvider.early_marks)."""
+    put in on the first call, before `--steps` wraps the instance's methods), and a first release's write-ahead marks
+    written beside what precedes them (CoolifyComputeProvider.early_marks: its applications' marks beside the read of
+    its new Coolify project, its deployments' marks beside its env PATCHes)."""
     _OVERHEAD8["on"] = on
-    CoolifyComputeProvider.early_marks = on  # a first deploy's deployment marks beside its env PATCHes
+    CoolifyComputeProvider.early_marks = on  # a first release's marks beside the project read and the env PATCHes
     real = getattr(DeployService, "_create_with_reads", None)
     if real is not None and not _OVERHEAD8["switched"]:
         _OVERHEAD8["switched"] = True
@@ -590,8 +591,8 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         if ab_overhead8:
             set_overhead8(on=True)
             print("\n## --ab-overhead8: A (odd deploys) without, B (even deploys) with overhead8's changes (the "
-                  "pipeline's first reads in the transaction that creates the deployment, the deployment marks beside "
-                  "the env PATCHes)\n\n"
+                  "pipeline's first reads in the transaction that creates the deployment, the write-ahead marks "
+                  "beside the project read and the env PATCHes)\n\n"
                   "| p50 ms | A: without | B: with | B - A |\n| --- | ---: | ---: | ---: |")
             for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
                               "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
