@@ -69,8 +69,10 @@ def run_local_doctor(settings: Settings) -> DoctorReport:
             check_sandbox(report, settings, cgroups=cgroups_ok)
             check_project_disks(report, settings)
             check_tenant_egress(report, serving=serving is not None)  # --- egress
+            check_port_guards(report, settings, serving=serving is not None)  # --- loopback
         else:
-            for name in ("cgroups", "tenant sandbox", "disk per project", "tenant egress"):  # --- egress: + its row
+            for name in ("cgroups", "tenant sandbox", "disk per project", "tenant egress", "bind guard",
+                         "loopback guard"):  # --- egress, loopback: + their rows
                 report.add(name, Status.skipped, "needs root (see root)")
         check_free_disk(report, settings)
     check_local_proxy(report, required=True)
@@ -469,3 +471,66 @@ def check_tenant_egress(report: DoctorReport, *, serving: bool) -> None:
     report.add(name, Status.ok, f"{state.tenants} project users refused private addresses; allow-list: {allow}")
 
 # --- end egress
+
+
+# --- loopback: the bind guard's and the loopback guard's rows (bindguard.py, loopguard.py)
+def check_port_guards(report: DoctorReport, settings: Settings, *, serving: bool) -> None:
+    """Whether the cgroup BPF hooks of the serving InkMCP are attached now: which ports a tenant may bind, and what it
+    may connect to on this machine. They live in the `inkmcp serve` process (gone with it), which writes their
+    program ids to <data>/compute/guards.json; each must still be attached to the cgroup2 root."""
+    import json
+
+    from inkmcp.providers.compute.local import cgroup_bpf as cb
+
+    rows = {
+        "bind guard": ("bind", "a tenant's process can bind any free port above 1023: another tenant's Redis or "
+                       "PostgreSQL port while it restarts, or every app port", "INKMCP_BIND_GUARD"),
+        "loopback guard": ("loopback", "a tenant's process can connect to another tenant's app port directly "
+                           "(forging X-Forwarded-For past the proxy), to the MCP port and other projects' Redis",
+                           "INKMCP_LOOPBACK_GUARD"),
+    }
+    if not serving:
+        for name in rows:
+            report.add(name, Status.warn, "not serving: `inkmcp serve` (as root) loads it at start and holds it")
+        return
+    try:
+        state = json.loads((settings.data_dir / "compute" / "guards.json").read_text())
+    except (OSError, ValueError):
+        state = None
+    root = cb.cgroup2_root()
+    attached: set[int] = set()
+    if root is not None:
+        for attach_type in (cb.ATTACH_INET4_BIND, cb.ATTACH_INET6_BIND, cb.ATTACH_INET4_CONNECT,
+                            cb.ATTACH_INET6_CONNECT, cb.ATTACH_INET4_POST_BIND, cb.ATTACH_INET6_POST_BIND):
+            with contextlib.suppress(OSError):
+                attached.update(cb.attached(root, attach_type))
+    for name, (key, risk, setting) in rows.items():
+        entry = (state or {}).get(key)
+        if entry is None:
+            report.add(name, Status.warn, f"the serving InkMCP wrote no state ({settings.data_dir}/compute/"
+                       f"guards.json: an older version, or not the local provider as root); if it runs tenants here, "
+                       f"{risk}", "restart inkmcp serve as root (this version) and read its log")
+            continue
+        programs = [int(p) for p in entry.get("programs", [])]
+        if not programs:
+            why = str(entry.get("why") or "off")
+            off = why.startswith(f"{setting}=0") or why == "the bind guard is off"
+            report.add(name, Status.warn if off else Status.fail, f"OFF ({why}): {risk}",
+                       f"unset {setting} and restart inkmcp serve" if off else
+                       "run InkMCP as root on Linux 5.14+ with a cgroup2 hierarchy mounted, then restart it")
+            continue
+        missing = [p for p in programs if p not in attached]
+        if missing:
+            report.add(name, Status.fail, f"programs {missing} of the serving InkMCP are not attached to the "
+                       f"cgroup2 root any more: {risk}", "restart inkmcp serve")
+            continue
+        if key == "bind":
+            report.add(name, Status.ok, "on: a tenant's process binds only its own services' ports and port 0")
+        elif entry.get("mode") == "strict":
+            report.add(name, Status.ok, "strict: a tenant's process connects on this machine only to its own "
+                       "project's listeners, its database and Redis, the proxy and DNS")
+        else:
+            report.add(name, Status.ok, "on: other tenants' listeners, the MCP port, the proxy's slow path and other "
+                       "projects' Redis are refused to a tenant's process; the operator's own loopback services are "
+                       "not (INKMCP_LOOPBACK_GUARD=strict refuses them too)")
+# --- end loopback

@@ -71,6 +71,9 @@ class GitCredentialProxy:
             if self._server is None:
                 self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
                 self.port = self._server.sockets[0].getsockname()[1]
+                from inkmcp.providers.compute.local import loopguard  # --- loopback: tenants' git reaches it
+
+                loopguard.share_port(self.port)
 
     async def register(self, upstream: str, header: str, ttl: float) -> str:
         """A base URL that reads `upstream` with `header` for `ttl` seconds (module docstring)."""

