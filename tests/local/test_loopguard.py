@@ -22,7 +22,6 @@ import pytest
 from inkmcp.providers.compute.local import loopguard
 from inkmcp.providers.compute.local.bindguard import BindGuard
 from inkmcp.providers.compute.local.loopguard import LoopbackGuard
-from tests.local.test_bindguard import _free_uid
 from tests.requirements import requires
 from tests.support import free_port, traversable_tmpdir
 
@@ -97,6 +96,18 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 out["udp"] = u.sendto(b"x", ("127.0.0.1", targets["udp"])) and 0
 print(json.dumps(out))
 """
+
+
+def _free_uid(after: int = 0) -> int:
+    """A uid no user has, in a range of this file's own (the bind guard's tests use 61000-61999 at the same time)."""
+    import pwd
+
+    for uid in range(62500 + after, 63000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise AssertionError("no free uid in 62500-62999")
 
 
 def _as(uid: int) -> list[str]:

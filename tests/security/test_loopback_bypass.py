@@ -43,6 +43,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]
 
 ALICE = "lb-alice"
 MALLORY = "lb-mallory"
+VICTIM_ACCOUNT, ATTACKER = "lb-alice", "lb-mallory"
 FORGED = "203.0.113.66"
 
 # alice's app: listens on [::] (dual stack: 127.0.0.1, ::1 and the host's addresses all reach it) and keeps every
@@ -176,14 +177,16 @@ def _slow_path_port(srv: ServerProc) -> int:
 
 @pytest.fixture(scope="module")
 async def world(server: ServerProc, repos: Path) -> dict[str, Any]:
-    async with session(server, "alice") as a:
+    if ATTACKER not in server.keys:  # accounts of this module's own: the shared ones' database limits are others'
+        server.create_keys((VICTIM_ACCOUNT, ATTACKER))
+    async with session(server, VICTIM_ACCOUNT) as a:
         victim = await deploy_live(a, repo_url=str(git_repo(repos / "lb-victim", {"app.py": VICTIM})),
                                    project_name=ALICE, start_command="python3 app.py", mode="persistent",
                                    database={"type": "redis"})
         alice_db = await call(a, "get_database_credentials", project_name=ALICE)
     files = {**LAB_FILES, "worker.py": WORKER, "Procfile": "web: python3 lab.py\nworker: python3 worker.py\n"}
     lab = git_repo(repos / "lb-mallory", files)
-    async with session(server, "mallory") as m:
+    async with session(server, ATTACKER) as m:
         web = await deploy_live(m, repo_url=str(lab), project_name=MALLORY, service_name="web", mode="persistent",
                                 env_vars={"LAB_OWNER": "mallory"}, database={"type": "redis"})
         api = await deploy_live(m, repo_url=str(lab), project_name=MALLORY, service_name="api", mode="persistent",
@@ -264,7 +267,7 @@ async def test_another_tenants_app_port_is_refused_and_its_own_traffic_still_flo
 
     # the refusal is named in mallory's runtime log (the kernel only said EPERM)
     deadline = time.monotonic() + 30
-    async with session(server, "mallory") as m:
+    async with session(server, ATTACKER) as m:
         while True:
             logs = await call(m, "get_logs", project_name=MALLORY, service_name="web", scope="runtime", tail=200)
             said = [line for line in logs["lines"] if "[inkmcp] connect() to port" in line]
