@@ -42,6 +42,13 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 """
 
+SERVING_WHILE_STOPPING_APP = GRACEFUL_APP.replace(
+    "def graceful(*_):\n    time.sleep(",
+    "import threading\ndef graceful(*_):\n    threading.Thread(target=finish).start()\ndef finish():\n    time.sleep(",
+)
+"""GRACEFUL_APP that keeps accepting and answering requests during its graceful stop (as a server that finishes a
+grace period before closing its listener): a request the proxy still sends to it after "live" gets its answer."""
+
 
 def plan() -> BuildPlan:
     return BuildPlan(stack=Stack.none, source="call",
@@ -63,14 +70,14 @@ def gone(pid: int) -> bool:
     return not psutil.pid_exists(pid)
 
 
-async def deploy(provider: LocalComputeProvider, key, checkouts, message: str, stop_delay: float = 0.4  # type: ignore[no-untyped-def]
-                 ) -> tuple[int, float]:
+async def deploy(provider: LocalComputeProvider, key, checkouts, message: str, stop_delay: float = 0.4,  # type: ignore[no-untyped-def]
+                 app: str = GRACEFUL_APP) -> tuple[int, float]:
     """Release `message` (an app whose graceful stop takes `stop_delay` s; 1.5 where a test looks at it while it
     stops: a loaded box may take more than 0.4 s to get there); returns its pid and the seconds from "switching"
     to "live"."""
     timed = Timed()
     env = {"MESSAGE": message, "STOP_DELAY": str(stop_delay)}
-    request = request_for(key, checkouts({"app.py": GRACEFUL_APP}), plan(), env=env)
+    request = request_for(key, checkouts({"app.py": app}), plan(), env=env)
     await provider.release(request, timed, no_record)
     response = await get(provider, key)
     assert response.text == f"{message}\n"
@@ -178,16 +185,18 @@ async def test_a_drain_that_fails_after_the_switch_neither_fails_the_release_nor
 ):
     """After the switch the new version is live: an error from the proxy's drain (injected: OSError) is logged; the
     release still reports live, keeps its files (a failed release deletes its release dir) and the old version is
-    still stopped."""
+    still stopped. "live" still means a new request reaches the new version: v1 keeps answering during its 1.5 s
+    graceful stop, so a request nginx sent to the old port because "live" came before nginx served the new route
+    (the failed drain was what waited for that) gets v1's answer (suitefast: the flake this was, made certain)."""
     provider = await make_provider()
     key = key_for(project_ids())
-    v1, _ = await deploy(provider, key, checkouts, "v1")
+    v1, _ = await deploy(provider, key, checkouts, "v1", stop_delay=1.5, app=SERVING_WHILE_STOPPING_APP)
 
     async def broken_drain(port: int, timeout: float) -> bool:
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(provider.proxy, "drain", broken_drain)
-    await deploy(provider, key, checkouts, "v2")
+    await deploy(provider, key, checkouts, "v2")  # its first request, right after "live", is answered by v2
     svc = provider._services[key.service_id]
     await asyncio.wait_for(provider._retired(svc), 10)
     assert gone(v1)
