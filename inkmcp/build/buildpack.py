@@ -968,9 +968,14 @@ async def run_build(
             runner.env["UV_LINK_MODE"] = "copy"  # --- newuser2: a build_command's `uv sync` too (see _python_deps)
     elif plan.stack == Stack.node:
         # Which node (engines.node) and which installer (lock file): inkmcp.build.node_install.
+        async def node_log(line: str) -> None:  # --- newuser3: a Node download (engines.node) is a step too
+            await runner.log(line)
+            if on_step is not None and line.startswith("-> installing Node "):
+                await on_step(line[3:].partition(" (")[0])
+
         setup = await prepare_node(
             repo, app_dir=app_dir, service_env=env, cache_dir=cache_dir, tools_dir=shim_dir.parent / "node",
-            log=runner.log, uv=find_uv,
+            log=node_log, uv=find_uv,
         )  # fmt: skip
         runner.env = {**build_env, **_pnpm_store_for_old(repo, setup.install, build_env), **setup.env,
                       **setup.build_only, **_dev_dependencies_for_the_build(plan, env, setup.install)}  # fmt: skip

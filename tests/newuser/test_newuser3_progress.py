@@ -4,18 +4,25 @@ streamable HTTP.
 
 An Express + TypeScript app's first deploy_app showed "queued", "building: building", then nothing for 55 s (npm
 install 23 s, tsc, then the answer at 40 s saying "building"); a Vite site's, nothing for 23 s. The progress now names
-each build step still running after STEP_PROGRESS_AFTER seconds (`npm install`, the build command), and only those.
+each build step still running after STEP_PROGRESS_AFTER seconds (`npm install`, the build command), and only those;
+and the download of the Node that package.json's engines.node asks for (17 s, silent, for `"node": ">=22"`).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from inkmcp.build.buildpack import STEP_PROGRESS_AFTER
+from inkmcp.build.buildpack import BASE_PATH, STEP_PROGRESS_AFTER, run_build
+from inkmcp.build.node_install import host_node_version
+from inkmcp.build.plan import BuildPlan, Stack
+from tests.build.test_buildpack import Log
 from tests.e2e.test_deploy import deploy_live, via_proxy
+from tests.requirements import requires
 from tests.support import ServerProc, git_repo, mcp_session, traversable_tmpdir
 
 ACCOUNT = f"newuser3-{uuid.uuid4().hex[:8]}"
@@ -68,3 +75,23 @@ async def test_a_long_build_step_is_named_in_the_progress(server: ServerProc, re
         i for i, line in enumerate(progress) if line.startswith("starting:")), progress
     # a step that took less (none else here: no dependencies to install) is not announced
     assert [line for line in progress if line.startswith("building:")] == ["building: building", step], progress
+
+
+@pytest.mark.slow
+@requires("npm", shutil.which("npm", path=BASE_PATH) is not None, "no node/npm on PATH (Debian's npm package)")
+async def test_the_download_of_the_node_engines_asks_for_is_a_step(tmp_path: Path) -> None:
+    host = host_node_version()
+    assert host is not None
+    major = 22 if host[0] != 22 else 24  # a major the server's node is not: InkMCP installs one from PyPI
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text(json.dumps({"name": "e", "version": "1.0.0", "engines": {"node": f"{major}.x"}}))
+    steps: list[str] = []
+
+    async def on_step(what: str) -> None:
+        steps.append(what)
+
+    await run_build(BuildPlan(stack=Stack.node, source="call"), app, venv_root=tmp_path / "venvs", env={}, log=Log(),
+                    run_as=None, timeout=600, cache_dir=tmp_path / "cache", shim_dir=tmp_path / "shims" / "bin",
+                    on_step=on_step)  # fmt: skip
+    assert steps and steps[0].startswith(f"installing Node {major}."), steps
