@@ -47,7 +47,10 @@ from inkmcp.providers.compute.base import (
     ServiceRuntime,
     Step,
 )
-from inkmcp.providers.compute.local import bindguard  # --- svcports: tenants bind only their own ports
+from inkmcp.providers.compute.local import (
+    bindguard,  # --- svcports: tenants bind only their own ports
+    loopguard,  # --- loopback: tenants connect only to their own listeners
+)
 from inkmcp.providers.compute.local.diskquota import ProjectDisks  # --- quota: a filesystem per project
 from inkmcp.providers.compute.local.egress import Denied, DeniedWatcher, converge  # --- egress: tenants' connections
 from inkmcp.providers.compute.local.layout import ProjectLayout, ServiceLayout, prepare_data_dir
@@ -218,6 +221,7 @@ class LocalComputeProvider:
         self._binds: bindguard.BindGuard | None = None
         self._bind_grants: dict[int, tuple[int, int]] = {}  # id(run) -> (uid, port), until _stop_run
         # --- end
+        self._loop: loopguard.LoopbackGuard | None = None  # --- loopback: opened by start() beside the bind guard
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -246,7 +250,14 @@ class LocalComputeProvider:
         await asyncio.to_thread(self._reap_stale)
         if self._root:  # --- svcports: before any tenant process starts (the leftovers are gone: _reap_stale)
             self._binds = await asyncio.to_thread(bindguard.open_guard)
+            self._loop = await asyncio.to_thread(loopguard.open_guard, self._binds)  # --- loopback
         await self.proxy.start()
+        if self._loop is not None:  # --- loopback: what every tenant may reach on this machine (the proxy's port known)
+            self._loop.open_ports(self._open_loopback_ports())
+            self._loop.open_others(loopguard.mode() != "strict")
+            self._loop_closed()
+        if self._root:  # --- loopback: what `inkmcp doctor` reads (the hooks live in this process only)
+            await asyncio.to_thread(self._write_guards)
         self._idle_task = asyncio.create_task(self._idle_loop(), name="local-idle")
 
     def _egress_refused(self, denied: Denied) -> None:  # --- egress: once per refusal, in the project's logs
@@ -306,6 +317,11 @@ class LocalComputeProvider:
             svc.log.close()
         self._services.clear()
         await asyncio.to_thread(self.disks.unmount_all)  # --- quota: every mount of this data dir, by exact path
+        if self._loop is not None:  # --- loopback: its hooks read the bind guard's map: they go first
+            self._loop.close()
+            self._loop = None
+        with contextlib.suppress(OSError):  # --- loopback: nothing of this process is attached any more
+            (self.data_dir / self.GUARDS_FILE).unlink()
         if self._binds is not None:  # --- svcports: no tenant process is left: the hook goes (bindguard.py)
             self._binds.close()
             self._binds = None
@@ -391,6 +407,7 @@ class LocalComputeProvider:
                                output=self._account_output.setdefault(key.account_id,
                                                                       OutputBudget.for_account()))  # fmt: skip
                 self._services[key.service_id] = svc
+        self._loop_give(key.project_id, svc.run_as)  # --- loopback: its Redis, for the build and the release
         if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
             try:  # renamed: the route follows, unless another service holds the new hostname
                 self.proxy.move_route(svc.route, self.host_for(key))
@@ -714,27 +731,8 @@ class LocalComputeProvider:
                 # workers still sent requests to the old port, which answered them: the switch alone is waited for
                 await self._switched(svc)
                 # --- end
-                # --- suitefast: ... but "live" still means new requests reach the new version. A drain that failed
-                # before nginx served the new route reported "live" (and stopped the old version) while nginx's
-                # workers still sent requests to the old port, which answered them: the switch alone is waited for
-                await self._switched(svc)
-                # --- end
             finally:  # stopped even if this release is cancelled here
                 self._retire(svc, old)
-
-    async def _switched(self, svc: _Service) -> None:
-        """--- suitefast: until the proxy serves the current routes (nginx: the new config loaded and its older
-        workers told to quit; the Python proxy's table is current at once), at most DRAIN_TIMEOUT. An error here
-        is logged: the route is already switched in InkMCP's table, which nginx's backup (the slow path) serves."""
-        switched = getattr(self.proxy, "switched", None)
-        if switched is None:
-            return
-        try:
-            if not await switched(DRAIN_TIMEOUT):
-                log.warning("service %s: the proxy did not serve the new route within %gs", svc.key.service_id,
-                            DRAIN_TIMEOUT)
-        except Exception as exc:
-            log.warning("service %s: waiting for the proxy's switch failed: %s", svc.key.service_id, exc)
 
     async def _switched(self, svc: _Service) -> None:
         """--- suitefast: until the proxy serves the current routes (nginx: the new config loaded and its older
@@ -848,12 +846,106 @@ class LocalComputeProvider:
             account_output=svc.output,
         )  # fmt: skip
         run.on_routed_crash = lambda: self._recover_soon(svc, run)  # --- redteam2 (portguard)
+        self._loop_give(svc.key.project_id, svc.run_as)  # --- loopback: its Redis (REDIS_URL), before it starts
         if self._binds is not None and svc.run_as is not None:  # --- svcports: its $PORT, before it starts
             self._binds.take_refused(svc.run_as.uid)  # what an earlier run was refused is not this one's
             if port is not None:
                 self._binds.grant(svc.run_as.uid, port)  # revoked by _stop_run
                 self._bind_grants[id(run)] = (svc.run_as.uid, port)
         return run
+
+    # --- loopback (loopguard.py): beside its own listeners, what a project's processes may connect to here
+    def _open_loopback_ports(self) -> set[int]:
+        """Ports every tenant may reach on this machine when no tenant listens there: the proxy's (and the public
+        HTTP ports an app's own URL resolves to), DNS, the tenant PostgreSQL server apps get in DATABASE_URL, the
+        operator's INKMCP_TENANT_DATABASE_URL / INKMCP_REDIS_URL when on loopback, and the loopback entries of
+        INKMCP_TENANT_EGRESS_ALLOW that name a port."""
+        import ipaddress
+        from urllib.parse import urlsplit
+
+        from inkmcp.providers.compute.local.egress import HOST_TCP_PORTS
+        from inkmcp.settings import TenantEgressSettings
+
+        ports = {self.proxy.port, 53, *HOST_TCP_PORTS}
+        with contextlib.suppress(OSError, ValueError):
+            ports.add(int((self.data_dir.parent / "pg" / "tenants.port").read_text().strip()))
+        for name in ("INKMCP_TENANT_DATABASE_URL", "INKMCP_REDIS_URL"):
+            with contextlib.suppress(ValueError):
+                parts = urlsplit(os.environ.get(name, ""))
+                if parts.hostname in ("localhost", "127.0.0.1", "::1") and parts.port:
+                    ports.add(parts.port)
+        try:
+            allow = TenantEgressSettings().allow_entries()
+        except ValueError:  # refused at start elsewhere, with its own message
+            allow = []
+        for entry in allow:
+            if entry.port and any(ipaddress.ip_address(a) in entry.network for a in ("127.0.0.1", "::1")
+                                  if ipaddress.ip_address(a).version == entry.network.version):
+                ports.add(entry.port)
+        return ports
+
+    GUARDS_FILE = "guards.json"
+
+    def _write_guards(self) -> None:
+        """The bind and loopback guards' state for `inkmcp doctor` (another process: it checks the programs named
+        here are still attached to the cgroup2 root). Removed at close."""
+        import json
+
+        def why(guard: object, reason: str | None) -> str:
+            return "" if guard is not None else (reason or "the kernel refused it (see the server log)")
+
+        state = {
+            "bind": {"programs": list(self._binds.program_ids) if self._binds else [],
+                     "why": why(self._binds, bindguard.available())},
+            "loopback": {"programs": list(self._loop.program_ids) if self._loop else [], "mode": loopguard.mode(),
+                         "why": why(self._loop, "the bind guard is off" if self._binds is None
+                                    else loopguard.available())},
+        }
+        path = self.data_dir / self.GUARDS_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(state) + "\n")
+        os.replace(tmp, path)
+
+    def _redis_ports(self) -> dict[str, int]:
+        """Every Redis instance's port by its ident (`ink_<project id hex>`), from the files only root reads."""
+        import json
+
+        found = {}
+        for info in (self.data_dir.parent / "redis").glob("*/instance.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                found[info.parent.name] = int(json.loads(info.read_text())["port"])
+        return found
+
+    def _loop_closed(self) -> None:
+        """InkMCP's own ports, refused to every tenant even where other listeners are open (the default mode): the
+        MCP server's (its /metrics needs no key), the proxy's slow path (it passes forwarded headers through and
+        wakes any service by Host), and every project's Redis instance, each given back to its own project (also
+        one provisioned while the project's apps run: this runs every few seconds)."""
+        guard = self._loop
+        if guard is None:
+            return
+        closed = set()
+        with contextlib.suppress(ValueError):
+            closed.add(int(os.environ.get("INKMCP_PORT", "8081")))
+        slow = getattr(self.proxy, "slow", None)
+        if slow is not None and getattr(slow, "port", None):
+            closed.add(int(slow.port))
+        redis = self._redis_ports()
+        closed.update(redis.values())
+        guard.close_ports(closed - {self.proxy.port})
+        for svc in list(self._services.values()):
+            if svc.run_as is not None and not svc.removed:
+                port = redis.get(_redis_ident(svc.key.project_id))
+                guard.give(svc.run_as.uid, [port] if port else [])
+
+    def _loop_give(self, project_id: str, run_as: RunAs | None) -> None:
+        """The project's own Redis instance: the one non-tenant listener beside the open ports that this project,
+        and no other, may reach (given at each build and run start, and refreshed by `_loop_closed`)."""
+        if self._loop is None or run_as is None:
+            return
+        port = self._redis_ports().get(_redis_ident(project_id))
+        self._loop.give(run_as.uid, [port] if port else [])
+        self._loop_closed()  # a Redis instance provisioned since: closed to the others
 
     # --- svcports: a project user binds only its runs' ports from before any of its code runs (bindguard.py)
     def _bind_mark(self, run_as: RunAs | None) -> None:
@@ -887,6 +979,13 @@ class LocalComputeProvider:
                 if refused is not None:
                     svc.log.write(f"web | [inkmcp] bind() of port {refused} refused: a tenant's process may bind "
                                   f"only its service's port ($PORT={run.port}) or port 0")
+        for svc in services if self._loop is not None else ():  # --- loopback: a refused connect() here, once
+            if svc.run_as is not None and not svc.removed:
+                port = self._loop.take_refused(svc.run_as.uid)  # type: ignore[union-attr]
+                if port is not None:
+                    svc.log.write(f"web | [inkmcp] connect() to port {port} on this machine refused: a tenant's "
+                                  "process may connect here only to its own project's listeners, its database "
+                                  "and Redis, and the proxy (call other apps by their public URL)")
     # --- end
 
     # --- redteam2 (portguard): a crashed routed process restarts on a new port, never on its old one
@@ -1089,6 +1188,8 @@ class LocalComputeProvider:
             await asyncio.sleep(interval)
             with contextlib.suppress(OSError):  # --- svcports
                 self._log_bind_refusals()
+            with contextlib.suppress(OSError):  # --- loopback: a Redis instance provisioned since is closed to others
+                await asyncio.to_thread(self._loop_closed)
             now = time.monotonic()
             for svc in list(self._services.values()):
                 route = svc.route
@@ -1316,7 +1417,10 @@ class LocalComputeProvider:
         # --- svcports: its uid may go to another user next: its bind guard entries go with it
         if self._binds is not None:
             with contextlib.suppress(KeyError):
-                self._binds.forget(pwd.getpwnam(project_user_name(project_id)).pw_uid)
+                uid = pwd.getpwnam(project_user_name(project_id)).pw_uid
+                self._binds.forget(uid)
+                if self._loop is not None:  # --- loopback
+                    self._loop.forget(uid)
         # --- end
         await delete_project_user(project_id, self.data_dir / "homes")
         # --- quota: its filesystem (home, services, mirrors, caches) goes with its image
@@ -1325,6 +1429,17 @@ class LocalComputeProvider:
         # --- end
         # Its git mirrors too: files of a deleted uid would be readable by the next user given that uid.
         await asyncio.to_thread(shutil.rmtree, ProjectLayout(self.data_dir, project_id).root, True)
+
+
+def _redis_ident(project_id: str) -> str:  # --- loopback: as providers/database/redis.py names its instances
+    import uuid
+
+    from inkmcp.providers.database.postgres import database_name_for
+
+    try:
+        return database_name_for(uuid.UUID(str(project_id)).hex)
+    except ValueError:
+        return ""
 
 
 def _asleep(svc: _Service) -> bool:
