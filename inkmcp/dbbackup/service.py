@@ -159,6 +159,8 @@ class DatabaseBackupService:
         # --- attacker2: `databases` (core.databases.DatabaseService) gives a restore the tenant's own login
         # (`login_of`); without it restores are refused (pgtools.restore says why the superuser must not restore)
         self._databases = databases
+        # --- redteam3: the host's disk reserve (_check_room); None: no check (a caller without a data dir)
+        self.reserve: tuple[Path, int, float] | None = None
 
     # ------------------------------------------------------------------------------------------ agent operations
     async def list(self, p: Principal, project_name: str, limit: int = 10) -> BackupList:
@@ -407,6 +409,7 @@ class DatabaseBackupService:
         bid = uuid.uuid4()
         rel = f"{project_id.hex}/{bid.hex}.dump"
         path = self._project_dir(project_id) / f"{bid.hex}.dump"
+        await self._check_room(db)  # --- redteam3
         async with self._sessions.begin() as s:
             s.add(DatabaseBackup(id=bid, project_id=project_id, database_name=db.external_id, provider=db.provider,
                                  kind=kind, status="running", file=rel))
@@ -436,6 +439,41 @@ class DatabaseBackupService:
         if on_progress:
             await on_progress(f"dumped {size / 2**20:.2f} MiB")
         return fresh
+
+    # --- redteam3
+    async def _check_room(self, db: Database) -> None:
+        """Refuse a dump the backups' filesystem cannot take without eating into the host's reserve.
+
+        Dumps are files on the data dir's filesystem (by default), the control plane's, outside every tenant disk,
+        and each database keeps up to INKMCP_DB_BACKUP_KEEP of each kind (manual, pre-restore, scheduled): one
+        account filling its 5 databases with 1 GiB of random data and asking for dumps and restores wrote ~100 GiB
+        there, and the projects' sparse disks, promised that space by their admission (INKMCP_DISK_RESERVE_MB), then
+        got ENOSPC with the control plane. A dump is now refused, saying why, when the free space minus the
+        database's size would fall under the reserve plus what the disks on that filesystem are still promised.
+        tests/security/test_redteam3_backup_disk.py."""
+        if self.reserve is None:
+            return
+        compute, reserve_mb, overcommit = self.reserve
+        async with await psycopg.AsyncConnection.connect(self._admin, autocommit=True, connect_timeout=10,
+                                                         application_name="inkmcp-backup") as conn:
+            found = await (await conn.execute("SELECT pg_database_size(%s)", (db.external_id,))).fetchone()
+        need = int(found[0]) if found else 0
+        st = await asyncio.to_thread(os.statvfs, self.root)
+        free = st.f_bavail * st.f_frsize
+        promised = 0
+        with contextlib.suppress(OSError):
+            if os.stat(self.root).st_dev == os.stat(compute).st_dev:
+                from inkmcp.providers.compute.local.diskquota import promised_bytes
+
+                promised = int(await asyncio.to_thread(promised_bytes, compute) / overcommit)
+        keep = reserve_mb * 2**20 + promised
+        if free - need < keep:
+            raise ProviderError(
+                f"no room for a backup of this database ({need / 2**20:.0f} MiB): the server has {free / 2**20:.0f} "
+                f"MiB free and keeps {keep / 2**20:.0f} MiB for itself and the projects' disks "
+                "(INKMCP_DISK_RESERVE_MB); nothing was dumped.",
+                fix="delete data the database no longer needs, or ask the operator for disk space")
+    # --- end
 
     async def _prune(self, project_id: uuid.UUID, kind: str) -> None:
         """Keep the newest `keep` good dumps of this kind (and as many failed rows); delete the rest with files."""
@@ -596,6 +634,13 @@ def build_database_backups(platform: Any, admin_url: SecretStr, data_dir: Path) 
     value is an InkError naming the variable)."""
     settings = settings_from_env(DatabaseBackupSettings, "INKMCP_DB_BACKUP_",
                                  "inkmcp/dbbackup/service.py (DatabaseBackupSettings)")
-    return DatabaseBackupService(platform.sessions, projects=platform.projects, admin_url=admin_url,
-                                 root=settings.root(data_dir), settings=settings, deploys=platform.deploys,
-                                 audit=platform.audit, databases=platform.databases)
+    service = DatabaseBackupService(platform.sessions, projects=platform.projects, admin_url=admin_url,
+                                    root=settings.root(data_dir), settings=settings, deploys=platform.deploys,
+                                    audit=platform.audit, databases=platform.databases)
+    # --- redteam3: the host's reserve, as the disks' admission keeps it (_check_room)
+    from inkmcp.settings import Settings
+
+    host = settings_from_env(Settings, "INKMCP_", "inkmcp/settings.py (Settings)")
+    service.reserve = (data_dir / "compute", host.disk_reserve_mb, host.disk_overcommit)
+    # --- end
+    return service
