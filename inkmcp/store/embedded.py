@@ -195,7 +195,7 @@ class EmbeddedPostgres:
                 # could still get while the server is down: the kernel's ephemeral choice skips it from now on
                 from inkmcp.providers.compute.local.bindguard import reserve_port
 
-                reserve_port(self.port)
+                reserve_port(self.port, owner=str(self.pgdata))  # suitefast: InkMCP's entry, for this server
             self._write_config()
             # --- tenantdisk: a tenant server's databases live on images of their own (store/tenant_disks.py),
             # mounted before it starts (crash recovery and every tenant's query need their files) ...
@@ -229,6 +229,11 @@ class EmbeddedPostgres:
                 if pid is None:
                     open_each_database(self.pgdata, f"host={self.socket_dir} port={self.socket_port} user={SUPERUSER}")
                 keep_headroom(self.pgdata)
+            if self.port is not None and os.geteuid() == 0:  # --- suitefast: held while the postmaster lives too
+                from inkmcp.providers.compute.local.bindguard import hold_port
+
+                if (postmaster := self._running_pid()) is not None:
+                    hold_port(self.port, postmaster)
             if password is not None:
                 self._set_superuser_password(password)
             # --- pglimits: a TCP server is a tenant server; its backends run tenants' queries outside their
@@ -250,11 +255,12 @@ class EmbeddedPostgres:
 
                 unmount_tablespaces(self.pgdata)
             # --- end tenantdisk
-            if self.port is not None and self._running_pid() is None and os.geteuid() == 0:
-                # --- svcports: reserved again by the next start, before the server listens
+            if self._running_pid() is None and os.geteuid() == 0:
+                # --- svcports: reserved again by the next start, before the server listens. suitefast: what InkMCP
+                # reserved for this pgdata, also when this object was made without the port (a harness's stop)
                 from inkmcp.providers.compute.local.bindguard import release_port
 
-                release_port(self.port)
+                release_port(self.port, owner=str(self.pgdata))
 
     def url(self, database: str = "postgres", driver: str | None = "psycopg") -> SecretStr:
         """SQLAlchemy/libpq URL for the superuser. TCP with password when a port is set, else socket.

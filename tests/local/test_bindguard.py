@@ -187,21 +187,23 @@ def test_without_root_the_guard_is_off_and_says_why() -> None:
 
 
 def test_reserve_port_keeps_the_ephemeral_choice_off_a_service_port(tmp_path: Path) -> None:
-    """The tenant PostgreSQL port was chosen with bind(0): listen() on an unbound socket could get it (no bind)."""
-    reserved, span = tmp_path / "reserved", tmp_path / "range"
+    """The tenant PostgreSQL port was chosen with bind(0): listen() on an unbound socket could get it (no bind).
+    (Which entries are InkMCP's to give back, however the server stopped: tests/local/test_reserved_ports.py.)"""
+    reserved, span, record = tmp_path / "reserved", tmp_path / "range", tmp_path / "record.json"
     span.write_text("32768\t60999\n")
     reserved.write_text("40000-40002,50000\n")
-    assert bindguard.reserve_port(40003, reserved=reserved, port_range=span)
+    assert bindguard.reserve_port(40003, reserved=reserved, port_range=span, record=record)
     assert reserved.read_text() == "40000-40003,50000\n"
-    assert bindguard.reserve_port(50000, reserved=reserved, port_range=span)  # already: unchanged
+    assert bindguard.reserve_port(50000, reserved=reserved, port_range=span, record=record)  # already: unchanged
     assert reserved.read_text() == "40000-40003,50000\n"
-    assert not bindguard.reserve_port(16400, reserved=reserved, port_range=span)  # outside: nothing to do
+    assert not bindguard.reserve_port(16400, reserved=reserved, port_range=span, record=record)  # outside
     assert reserved.read_text() == "40000-40003,50000\n"
     reserved.write_text("\n")
-    assert bindguard.reserve_port(45000, reserved=reserved, port_range=span)
+    assert bindguard.reserve_port(45000, reserved=reserved, port_range=span, record=record)
     assert reserved.read_text() == "45000\n"
-    bindguard.release_port(45000, reserved=reserved)  # the server stopped for good
+    bindguard.release_port(45000, reserved=reserved, record=record)  # the server stopped for good
     assert reserved.read_text() == "\n"
-    reserved.write_text("40000-40003,50000\n")
-    bindguard.release_port(40001, reserved=reserved)
-    assert reserved.read_text() == "40000,40002-40003,50000\n"
+    reserved.write_text("40000,40002-40003,45000,50000\n")
+    assert bindguard.reserve_port(40001, reserved=reserved, port_range=span, record=record)
+    bindguard.release_port(40001, reserved=reserved, record=record)
+    assert reserved.read_text() == "40000,40002-40003,45000,50000\n"

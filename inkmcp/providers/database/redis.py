@@ -356,7 +356,7 @@ class RedisInstance:
         if os.geteuid() == 0:  # svcports: a port inside the ephemeral range (INKMCP_REDIS_PORT_MIN/MAX) kept off it
             from inkmcp.providers.compute.local.bindguard import reserve_port
 
-            reserve_port(port)
+            reserve_port(port, owner=str(self.dir))
         (self.dir / "redis.pid").unlink(missing_ok=True)
         kwargs: dict[str, object] = {}
         if self._user is not None:
@@ -380,6 +380,11 @@ class RedisInstance:
             # answering is not ready: the port is open while the AOF loads, and every command but AUTH gets
             # "-LOADING" until Redis logs that it is ready (CI run 44: a restarted instance's first GET did)
             if self.running_pid() is not None and _answers(self.settings.host, port) and _ready(server_log, offset):
+                if os.geteuid() == 0:  # --- suitefast: its reservation (if any) held while redis-server lives
+                    from inkmcp.providers.compute.local.bindguard import hold_port
+
+                    if (pid := self.running_pid()) is not None:
+                        hold_port(port, pid)
                 log.info("redis instance %s started on port %d in %.2fs", self.ident, port, time.monotonic() - t0)
                 return True
             time.sleep(0.02)
@@ -399,16 +404,19 @@ class RedisInstance:
     def stop(self) -> None:
         """SIGTERM (redis-server flushes the AOF and exits), SIGKILL if it is still there at the deadline."""
         pid = self.running_pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if _gone(pid, _STOP_TIMEOUT_S):
-            return
-        log.warning("redis instance %s did not stop in %.0fs; killing pid %d", self.ident, _STOP_TIMEOUT_S, pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _gone(pid, 5)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not _gone(pid, _STOP_TIMEOUT_S):
+                log.warning("redis instance %s did not stop in %.0fs; killing pid %d", self.ident, _STOP_TIMEOUT_S,
+                            pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _gone(pid, 5)
+        if os.geteuid() == 0:  # --- suitefast: the reservation `start` made (bindguard.reserve_port), if any
+            from inkmcp.providers.compute.local.bindguard import release_port
+
+            release_port(owner=str(self.dir))
 
 
 def _gone(pid: int, timeout: float) -> bool:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -303,15 +304,139 @@ def _format_ports(ports: set[int]) -> str:
     return ",".join(spans)
 
 
-def reserve_port(port: int, *, reserved: Path = RESERVED_PORTS, port_range: Path = PORT_RANGE) -> bool:
+# --- suitefast: the reservations InkMCP made, recorded, so every one is given back however its server stopped
+RECORD = Path("/run/inkmcp-reserved-ports.json")
+"""Which entries of `ip_local_reserved_ports` InkMCP added, for which server (`owner`: its data directory) and which
+processes hold them (the process that reserved, the server's own): {"boot": boot id, "ports": {port: {"owner": ...,
+"holders": [[pid, start time], ...]}}}. Why: the kernel's list is the whole machine's, and a reservation was given
+back only by `EmbeddedPostgres.stop` with the port known: a tenant server killed -9 (with the serve that started it),
+or stopped another way (pg_ctl, `EmbeddedPostgres(pgdata).stop()` without its port), left its port reserved until
+the next reboot. Each `reserve_port` first gives back the entries no living holder keeps (`repair_reserved_ports`).
+Under /run, cleared at boot like the kernel's list; the boot id guards a /run that is not."""
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _record_for(reserved: Path, record: Path | None) -> Path:
+    """The record that goes with `reserved`: RECORD for the kernel's list, a file beside any other (a test's copy),
+    so entries recorded for one list never give back ports of another."""
+    if record is not None:
+        return record
+    return RECORD if reserved == RESERVED_PORTS else reserved.with_name(reserved.name + ".inkmcp.json")
+
+
+def _started(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot, /proc/PID/stat field 22): a reused pid is another process.
+    None when it is gone or a zombie (a killed postmaster's new parent may never reap it)."""
+    try:
+        fields = (stat := Path(f"/proc/{pid}/stat").read_text())[stat.rindex(")") + 2:].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(holder: list[int]) -> bool:
+    pid, started = holder
+    return started is not None and _started(pid) == started
+
+
+def _holder(pid: int) -> list[int] | None:
+    started = _started(pid)
+    return None if started is None else [pid, started]
+
+
+def _boot() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _read_record(record: Path) -> dict[str, dict[str, object]]:
+    """The recorded ports of this boot ({} for another boot's or an unreadable record: nothing of it is ours now)."""
+    try:
+        data = json.loads(record.read_text())
+        if data.get("boot") != _boot():
+            return {}
+        return {str(int(port)): dict(entry) for port, entry in dict(data["ports"]).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write_record(record: Path, ports: dict[str, dict[str, object]]) -> None:
+    tmp = record.with_name(f".{record.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"boot": _boot(), "ports": ports}))
+    tmp.chmod(0o600)
+    os.replace(tmp, record)
+
+
+def _give_back(reserved: Path, ports: set[int]) -> None:
+    if not ports:
+        return
+    current = _parse_ports(reserved.read_text())
+    if current & ports:
+        reserved.write_text(_format_ports(current - ports) + "\n")
+
+
+def repair_reserved_ports(*, reserved: Path = RESERVED_PORTS, record: Path | None = None) -> list[int]:
+    """Give back the reservations InkMCP recorded whose holders are all gone (a server killed -9 with the process
+    that started it, a server stopped without `release_port`); returns those ports. An entry InkMCP did not add (an
+    operator's) is never touched. Takes the lock: `reserve_port` calls `_repair` under its own."""
+    try:
+        with _locked():
+            return _repair(reserved, _record_for(reserved, record))
+    except (OSError, ValueError) as exc:
+        log.warning("could not check the kernel's reserved ports for InkMCP's stale entries: %s", exc)
+        return []
+
+
+def _repair(reserved: Path, record: Path) -> list[int]:
+    ports = _read_record(record)
+    stale = {port for port, entry in ports.items()
+             if not any(_alive(list(h)) for h in entry.get("holders") or ())}  # type: ignore[union-attr]
+    if not stale:
+        if not ports:
+            record.unlink(missing_ok=True)  # another boot's record, or an empty one
+        return []
+    _give_back(reserved, {int(p) for p in stale})
+    for port in stale:
+        del ports[port]
+    if ports:
+        _write_record(record, ports)
+    else:
+        record.unlink(missing_ok=True)
+    log.info("gave back ports %s that an earlier InkMCP reserved for a server no longer running",
+             ", ".join(sorted(stale, key=int)))
+    return sorted(int(p) for p in stale)
+# --- end suitefast
+
+
+def reserve_port(port: int, *, owner: str = "", reserved: Path = RESERVED_PORTS, port_range: Path = PORT_RANGE,
+                 record: Path | None = None) -> bool:
     """Keep the kernel's ephemeral choice (listen/connect on an unbound socket) off `port`, when it lies inside
-    `ip_local_port_range`: there no bind() happens, so the hook cannot refuse it. True if it is reserved now."""
+    `ip_local_port_range`: there no bind() happens, so the hook cannot refuse it. True if it is reserved now.
+
+    suitefast: the entry is recorded as InkMCP's, for `owner` (the server's data directory), held by this process
+    (`hold_port` adds the server's own process); an entry that was there already and is not InkMCP's is an
+    operator's, left alone by `release_port` and `repair_reserved_ports`. Stale entries go first."""
     try:
         low, high = (int(x) for x in port_range.read_text().split())
         if not low <= port <= high:
             return False
+        record = _record_for(reserved, record)
         with _locked():
+            _repair(reserved, record)
             current = _parse_ports(reserved.read_text())
+            ports = _read_record(record)
+            if port in current and str(port) not in ports:
+                return True  # an operator's (or another program's) reservation: theirs to give back
+            # recorded first: a crash in between leaves a record of a port not reserved (harmless, repaired), never
+            # a reservation that looks like an operator's
+            entry = ports.get(str(port)) or {}
+            kept = [list(h) for h in entry.get("holders") or () if _alive(list(h))] \
+                if entry.get("owner") == owner else []  # type: ignore[union-attr]  # a restart: they still hold it
+            me = _holder(os.getpid())
+            ports[str(port)] = {"owner": owner, "holders": kept + ([me] if me and me not in kept else [])}
+            _write_record(record, ports)
             if port not in current:
                 reserved.write_text(_format_ports(current | {port}) + "\n")
         return True
@@ -321,13 +446,48 @@ def reserve_port(port: int, *, reserved: Path = RESERVED_PORTS, port_range: Path
         return False
 
 
-def release_port(port: int, *, reserved: Path = RESERVED_PORTS) -> None:
-    """Undo `reserve_port` once the server stopped for good (its data dir's next start reserves it again): test
-    servers come and go by the hundred, each with a port of its own, and the list is the whole machine's."""
+def hold_port(port: int, pid: int, *, record: Path = RECORD) -> None:
+    """suitefast: the server's own process `pid` holds InkMCP's reservation of `port` too (it outlives the process
+    that started it: a CLI command, a serve killed -9 whose successor adopts the server)."""
     try:
         with _locked():
-            current = _parse_ports(reserved.read_text())
-            if port in current:
-                reserved.write_text(_format_ports(current - {port}) + "\n")
+            ports = _read_record(record)
+            entry = ports.get(str(port))
+            holder = _holder(pid)
+            if entry is None or holder is None:
+                return
+            holders = [list(h) for h in entry.get("holders") or () if _alive(list(h))]  # type: ignore[union-attr]
+            if holder not in holders:
+                holders.append(holder)
+            entry["holders"] = holders
+            _write_record(record, ports)
     except (OSError, ValueError) as exc:
-        log.warning("could not give port %d back to the kernel's ephemeral ports: %s", port, exc)
+        log.warning("could not record the holder of reserved port %d: %s", port, exc)
+
+
+def release_port(port: int | None = None, *, owner: str | None = None, reserved: Path = RESERVED_PORTS,
+                 record: Path | None = None) -> None:
+    """Undo `reserve_port` once the server stopped for good (its data dir's next start reserves it again): test
+    servers come and go by the hundred, each with a port of its own, and the list is the whole machine's.
+
+    suitefast: only InkMCP's own entries: `port` if InkMCP reserved it (for `owner`, when given), or with no port
+    every one reserved for `owner` (a server stopped by its data directory alone). An operator's entry stays."""
+    record = _record_for(reserved, record)
+    try:
+        with _locked():
+            ports = _read_record(record)
+            mine = {p for p, entry in ports.items()
+                    if (port is None or p == str(port)) and (owner is None or entry.get("owner") == owner)}
+            if port is None and owner is None:
+                mine = set()
+            if not mine:
+                return
+            _give_back(reserved, {int(p) for p in mine})
+            for p in mine:
+                del ports[p]
+            if ports:
+                _write_record(record, ports)
+            else:
+                record.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        log.warning("could not give port %s back to the kernel's ephemeral ports: %s", port, exc)
