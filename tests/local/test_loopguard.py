@@ -30,7 +30,7 @@ pytestmark = [ROOT]
 
 PY = "/usr/bin/python3"
 
-# A tenant's listener: its $PORT on [::] (dual stack: 127.0.0.1 and ::1 reach it) and a port-0
+# A tenant's listener: its $PORT on [::] (dual stack: 127.0.0.1, ::1 and the host's addresses reach it) and a port-0
 # one (a worker's); every connection it accepts is written to a file, so "it saw nothing" is read from its side.
 LISTENER = r"""
 import socket, sys, threading
@@ -120,6 +120,18 @@ def _probe(uid: int, connect: list[tuple[str, int]], *, udp: int, pending: list[
     return json.loads(out.stdout)
 
 
+def _host_addresses() -> list[str]:
+    """This host's own non-loopback addresses, IPv4 and IPv6 (not link-local: they need a scope)."""
+    import psutil
+
+    found = []
+    for nic in psutil.net_if_addrs().values():
+        for a in nic:
+            if a.family in (socket.AF_INET, socket.AF_INET6) and not a.address.startswith(("127.", "::1", "fe80")):
+                found.append(a.address.split("%")[0])
+    return found
+
+
 @pytest.fixture
 def guards() -> Iterator[tuple[BindGuard, LoopbackGuard]]:
     binds = BindGuard.open()
@@ -168,6 +180,7 @@ def test_another_tenants_listeners_are_refused_on_every_local_address(guards, se
     try:
         targets = [("127.0.0.1", app), ("::1", app), ("::ffff:127.0.0.1", app), ("0.0.0.0", app), ("::", app),
                    ("127.0.0.2", app), ("127.0.0.1", listener.worker)]
+        targets += [(a, app) for a in _host_addresses()]  # the listener is on all addresses
         got = _probe(attacker, targets, udp=listener.worker)
         for host_, port in targets:
             assert got[f"{host_} {port}"] == errno.EPERM, (host_, port, got)

@@ -73,6 +73,8 @@ STAMP_NAME = "inkmcp_owner"
 REFUSED_NAME = "inkmcp_connno"
 MAX_GRANTS = 16384
 MAX_REFUSED = 8192
+LOCAL_NAME = "inkmcp_local"
+MAX_ADDRESSES = 4096
 EVERYONE = 0  # the uid in a grant's key that means "every tenant" (root is never a marked tenant)
 CLOSED = 0xFFFFFFFF  # ... and "no tenant": InkMCP's own ports, closed even where other listeners are open
 _ONE = struct.pack("<I", 1)
@@ -129,7 +131,22 @@ def stamp_program(bind_fd: int, stamp_fd: int) -> list[Insn]:
     ])
 
 
-def _v4_lookup(addr_reg: int, p: str) -> list[Insn | Jump | str]:
+def _local(map_fd: int, key_off: int, p: str) -> list[Insn | Jump | str]:
+    """Not loopback: the destination is this machine if it is one of its addresses (`local`, kept by the provider)."""
+    return [
+        Insn(0x79, 1, 10, _LOOP),
+        Jump(0x55, f"{p}local", 1, imm=0),
+        *cb.ld_map_fd(1, map_fd),
+        Insn(0xBF, 2, 10),
+        Insn(0x07, 2, 0, 0, key_off),
+        Insn(0x85, 0, 0, 0, cb.FUNC_MAP_LOOKUP_ELEM),
+        Jump(0x15, f"{p}local", 0, imm=0),
+        Insn(0x7A, 10, 0, _LOOP, 1),
+        f"{p}local",
+    ]
+
+
+def _v4_lookup(addr_reg: int, p: str, local4_fd: int) -> list[Insn | Jump | str]:
     """The IPv4 destination in `addr_reg`: loopback flag, 0.0.0.0 -> 127.0.0.1, the 12-byte tuple, the lookup."""
     return [
         Insn(0x7A, 10, 0, _LOOP, 0),
@@ -148,19 +165,21 @@ def _v4_lookup(addr_reg: int, p: str) -> list[Insn | Jump | str]:
         Insn(0x62, 10, 0, _TUPLE + 8, 0),  # sport, dport
         Insn(0x63, 10, 2, _TUPLE + 4),  # daddr
         Insn(0x6B, 10, 7, _TUPLE + 10),  # dport (network order, as user_port holds it)
+        *_local(local4_fd, _TUPLE + 4, p),
         Insn(0xB7, 3, 0, 0, 12),
         Jump(0x05, "lookup"),
     ]
 
 
-def connect_program(bind_fd: int, grants_fd: int, stamp_fd: int, refused_fd: int, *, v6: bool) -> list[Insn]:
+def connect_program(bind_fd: int, grants_fd: int, stamp_fd: int, refused_fd: int, local4_fd: int, local6_fd: int,
+                    *, v6: bool) -> list[Insn]:
     """connect (r1 = struct bpf_sock_addr *): 1 allows, 0 refuses with EPERM (module docstring)."""
     items: list[Insn | Jump | str] = [
         *_prologue(bind_fd, ctx_type_off=32),
         Insn(0x61, 7, 6, 24),  # r7 = user_port
     ]
     if not v6:
-        items += [Insn(0x61, 5, 6, 4), *_v4_lookup(5, "a")]  # user_ip4
+        items += [Insn(0x61, 5, 6, 4), *_v4_lookup(5, "a", local4_fd)]  # user_ip4
     else:
         items += [
             Insn(0x61, 2, 6, 8), Insn(0x61, 3, 6, 12), Insn(0x61, 4, 6, 16), Insn(0x61, 5, 6, 20),  # user_ip6
@@ -183,10 +202,11 @@ def connect_program(bind_fd: int, grants_fd: int, stamp_fd: int, refused_fd: int
             Insn(0x63, 10, 2, _TUPLE + 16), Insn(0x63, 10, 3, _TUPLE + 20),
             Insn(0x63, 10, 4, _TUPLE + 24), Insn(0x63, 10, 5, _TUPLE + 28),  # daddr
             Insn(0x6B, 10, 7, _TUPLE + 34),  # dport
+            *_local(local6_fd, _TUPLE + 16, "six"),
             Insn(0xB7, 3, 0, 0, 36),
             Jump(0x05, "lookup"),
             "mapped",
-            *_v4_lookup(5, "m"),
+            *_v4_lookup(5, "m", local4_fd),
         ]
     items += [
         "lookup",  # r3 = the tuple's size
@@ -285,12 +305,14 @@ class LoopbackGuard:
     """The process's handle on its connect hooks: which listeners on this machine each project user may reach."""
 
     def __init__(self, binds: BindGuard, grants: cb.HashMap, stamp: cb.SkStorage, refused: cb.HashMap,
-                 links: list[int], program_ids: tuple[int, ...]) -> None:
+                 local: tuple[cb.HashMap, cb.HashMap], links: list[int], program_ids: tuple[int, ...]) -> None:
         self._binds = binds
         self._cookie = binds._cookie
         self._grants = grants
         self._stamp = stamp
         self._refused = refused
+        self._local4, self._local6 = local
+        self._addresses: set[bytes] = set()
         self._links = links
         self.program_ids = program_ids  # post_bind 4/6, connect 4/6 (for `inkmcp doctor` and benchmarks)
         self._lock = threading.Lock()
@@ -313,14 +335,17 @@ class LoopbackGuard:
             made.append(refused)
             stamp = cb.SkStorage.create_storage(STAMP_NAME)
             made.append(stamp)
+            local4 = cb.HashMap.create(LOCAL_NAME + "4", 4, 4, MAX_ADDRESSES)
+            made.append(local4)
+            local6 = cb.HashMap.create(LOCAL_NAME + "6", 16, 4, MAX_ADDRESSES)
+            made.append(local6)
             bind_fd = binds._map.fd
+            maps = (bind_fd, grants.fd, stamp.fd, refused.fd, local4.fd, local6.fd)
             programs = [
                 (stamp_program(bind_fd, stamp.fd), cb.PROG_TYPE_CGROUP_SOCK, cb.ATTACH_INET4_POST_BIND, "4"),
                 (stamp_program(bind_fd, stamp.fd), cb.PROG_TYPE_CGROUP_SOCK, cb.ATTACH_INET6_POST_BIND, "6"),
-                (connect_program(bind_fd, grants.fd, stamp.fd, refused.fd, v6=False), cb.PROG_TYPE_CGROUP_SOCK_ADDR,
-                 cb.ATTACH_INET4_CONNECT, "4"),
-                (connect_program(bind_fd, grants.fd, stamp.fd, refused.fd, v6=True), cb.PROG_TYPE_CGROUP_SOCK_ADDR,
-                 cb.ATTACH_INET6_CONNECT, "6"),
+                (connect_program(*maps, v6=False), cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_INET4_CONNECT, "4"),
+                (connect_program(*maps, v6=True), cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_INET6_CONNECT, "6"),
             ]  # the stamps first: a listener bound while the connect hooks go in is already known
             ids: list[int] = []
             for insns, prog_type, attach_type, suffix in programs:
@@ -337,7 +362,32 @@ class LoopbackGuard:
             for m in made:
                 m.close()
             raise
-        return cls(binds, grants, stamp, refused, links, tuple(ids))
+        guard = cls(binds, grants, stamp, refused, (local4, local6), links, tuple(ids))
+        guard.refresh_addresses()
+        return guard
+
+    def refresh_addresses(self, addresses: Iterable[str] | None = None) -> None:
+        """This machine's own addresses (every interface's, as psutil lists them), so a connect() to one of them is
+        judged as one to loopback is: an app listening on all addresses is reached on each. The provider calls this
+        every few seconds (an address added meanwhile is still refused to other tenants' private ranges by the egress
+        table, but for 80, 443 and 8080)."""
+        if addresses is None:
+            import psutil
+
+            addresses = [a.address for nic in psutil.net_if_addrs().values() for a in nic
+                         if a.family in (socket.AF_INET, socket.AF_INET6)]
+        want: set[bytes] = set()
+        for text in addresses:
+            with contextlib.suppress(OSError, ValueError):
+                text = text.split("%", 1)[0]
+                want.add(socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text))
+        with self._lock:
+            for raw in want - self._addresses:
+                (self._local6 if len(raw) == 16 else self._local4).put(raw, _ONE)
+            for raw in self._addresses - want:
+                with contextlib.suppress(OSError):
+                    (self._local6 if len(raw) == 16 else self._local4).delete(raw)
+            self._addresses = want
 
     def open_ports(self, ports: Iterable[int]) -> None:
         """Every tenant may connect to these ports when a non-tenant listens there (the proxy, PostgreSQL, DNS)."""
@@ -420,7 +470,7 @@ class LoopbackGuard:
         for fd in self._links:
             os.close(fd)
         self._links = []
-        for m in (self._grants, self._refused, self._stamp):
+        for m in (self._grants, self._refused, self._stamp, self._local4, self._local6):
             m.close()
 
 

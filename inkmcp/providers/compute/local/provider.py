@@ -932,6 +932,7 @@ class LocalComputeProvider:
             closed.add(int(slow.port))
         redis = self._redis_ports()
         closed.update(redis.values())
+        guard.refresh_addresses()  # this machine's own addresses (an address added since: judged as loopback)
         guard.close_ports(closed - {self.proxy.port})
         for svc in list(self._services.values()):
             if svc.run_as is not None and not svc.removed:
