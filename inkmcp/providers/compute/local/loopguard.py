@@ -16,8 +16,9 @@ like the bind guard (`bindguard.py`, whose map marks the project users of this I
   stamped with the port the kernel gave it; a duplicate InkMCP holds (portguard) is the same socket);
 - connect (BPF_CGROUP_INET4/6_CONNECT): for a marked user's TCP connect(), the kernel's own listener lookup for the
   destination (`bpf_sk_lookup_tcp`, as an arriving SYN would be matched) finds what would answer on this machine:
-  * nothing listens there, or a listener on all addresses and the destination is not loopback (a remote host whose
-    port number happens to be used here): not this hook's business (the egress table's, egress.py);
+  * nothing listens there, or a listener on all addresses and the destination is neither loopback nor one of this
+    machine's own addresses (`refresh_addresses`: a remote host whose port number happens to be used here): not
+    this hook's business (the egress table's, egress.py);
   * a listener stamped by a project user: allowed only if it is the caller's own uid (its project's processes: a
     web process and its worker on a port-0 socket, its services' ports), else refused;
   * any other listener (root, nginx, PostgreSQL, Redis, the operator's services, another InkMCP's tenants):
