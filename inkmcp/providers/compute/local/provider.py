@@ -882,7 +882,9 @@ class LocalComputeProvider:
             if entry.port and any(ipaddress.ip_address(a) in entry.network for a in ("127.0.0.1", "::1")
                                   if ipaddress.ip_address(a).version == entry.network.version):
                 ports.add(entry.port)
-        return ports
+        with contextlib.suppress(ValueError):  # the MCP server on 80, 443 or 8080: still closed (`_loop_closed`)
+            ports.discard(int(os.environ.get("INKMCP_PORT", "8081")))
+        return ports | {self.proxy.port}
 
     GUARDS_FILE = "guards.json"
 
