@@ -7,9 +7,9 @@ tenant disk's default) holds ~100 GiB of dumps there; nothing checked the free s
 INKMCP_DISK_RESERVE_MB (the control plane's) and the space the projects' sparse disks had been promised by their
 admission, and those then got ENOSPC.
 
-Here the backups' filesystem is a 400 MiB tmpfs and the reserve 100 MiB: mallory fills her database with ~130 MiB of
+Here the backups' filesystem is a 220 MiB tmpfs and the reserve 50 MiB: mallory fills her database with ~65 MiB of
 random bytes and asks for dumps until one is refused. Before the fix the third dump filled the filesystem (0 MiB
-free while it was written) and failed with ENOSPC; now the third is refused before it starts, naming
+free while it was written, then ENOSPC); now the third is refused before it starts, naming
 INKMCP_DISK_RESERVE_MB, and the reserve stays free throughout. Fix: `dbbackup/service.py` `_check_room`.
 """
 
@@ -29,11 +29,11 @@ import pytest
 from tests.security.conftest import ROOT, security_server, session
 from tests.support import ServerProc, call, traversable_tmpdir
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: a server of its own, 130 MiB dumped twice
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, ROOT]  # slow: a server of its own, 65 MiB dumped twice
 
-FS_MB = 400
-RESERVE_MB = 100
-FILL_MB = 130
+FS_MB = 220
+RESERVE_MB = 50
+FILL_MB = 65
 PROJECT = "rt3-dumps"
 
 
