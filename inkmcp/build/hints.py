@@ -69,7 +69,11 @@ _PIP_NAMES = {
     "multipart": "python-multipart", "google.protobuf": "protobuf", "attr": "attrs", "Crypto": "pycryptodome",
     "OpenSSL": "pyOpenSSL", "serial": "pyserial", "dns": "dnspython", "zmq": "pyzmq", "docx": "python-docx",
     "telegram": "python-telegram-bot", "discord": "discord.py", "slugify": "python-slugify", "git": "GitPython",
+    "psycopg": "psycopg[binary]",  # plain psycopg needs the system's libpq
 }  # fmt: skip
+# SQLAlchemy 2.1 opens a `postgresql://` URL (what DATABASE_URL is) with psycopg 3: an app that installs only
+# psycopg2-binary, as SQLAlchemy 1.x/2.0 apps do, dies on `import psycopg` inside SQLAlchemy's dialect
+_SQLALCHEMY_PSYCOPG = "sqlalchemy/dialects/postgresql/psycopg.py"
 
 
 def _missing_module(text: str) -> str | None:
@@ -136,6 +140,10 @@ def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
             break
     for text in texts:  # --- newuser3
         if (missing := _missing_module(text)) is not None:
+            if text.endswith("'psycopg'") and any(_SQLALCHEMY_PSYCOPG in t for t in texts):
+                missing = ("SQLAlchemy 2.1+ connects a postgresql:// URL (DATABASE_URL is one) with psycopg 3, which "
+                           "is not installed: add psycopg[binary] to the app's Python dependencies (requirements.txt "
+                           "or pyproject.toml); or, to keep psycopg2, pin sqlalchemy<2.1")
             hints.append(missing)
             break
     for text in reversed(texts):

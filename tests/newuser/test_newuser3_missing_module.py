@@ -3,7 +3,12 @@ flask and gunicorn in requirements.txt, and an Express app with no "dependencies
 `ModuleNotFoundError: No module named 'yaml'` / `Error: Cannot find module 'express'` and nothing else: which file to
 change, and that `yaml` is installed as PyYAML, the agent had to know. The failure now says both; the Python one's fix
 goes live (a real `inkmcp serve`, the session's local server with an account of this file's own, and the official
-MCP client over streamable HTTP). The Node wording is checked on the hint (units below)."""
+MCP client over streamable HTTP). The Node wording is checked on the hint (units below).
+
+And a Flask-SQLAlchemy app with psycopg2-binary, as SQLAlchemy 2.0 apps have it, given database='postgres': SQLAlchemy
+2.1 (what `flask-sqlalchemy` installs today) opens DATABASE_URL's postgresql:// with psycopg 3, so the app died on
+"No module named 'psycopg'" inside SQLAlchemy, which it never imports itself. The failure now says why and both ways
+out; adding psycopg[binary] goes live."""
 
 from __future__ import annotations
 
@@ -103,3 +108,28 @@ def test_a_python_import_names_its_package(module: str, package: str) -> None:
     lines = [f"web | ModuleNotFoundError: No module named '{module}'"]
     hint = runtime_hint(lines, lines) or ""
     assert f"the app imports `{module}`, which is not installed: add {package}" in hint, hint
+
+
+ENGINE = "import sqlalchemy\n\nENGINE = sqlalchemy.create_engine(os.environ['DATABASE_URL'])\n"
+QUERY = 'str(ENGINE.connect().execute(sqlalchemy.text("SELECT 40 + 2")).scalar())'
+SQLA_APP = APP.replace("import yaml\n", ENGINE).replace('yaml.safe_dump({"up": True})', QUERY)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_sqlalchemy_on_psycopg2_only_says_why_it_wants_psycopg(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "sqla-psycopg2", {"requirements.txt": "sqlalchemy\npsycopg2-binary\n", "app.py": SQLA_APP})
+    project = f"nu3-sqla-{uuid.uuid4().hex[:6]}"
+    async with mcp_session(server, server.keys[ACCOUNT]) as s:
+        dep = await call(s, "deploy_app", repo_url=str(repo), project_name=project, start_command="python app.py",
+                         database="postgres")  # fmt: skip
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "failed", dep
+        head = dep["error"].partition("\nlast output:\n")[0]
+        assert "Hint: SQLAlchemy 2.1+ connects a postgresql:// URL (DATABASE_URL is one) with psycopg 3, which is " \
+               "not installed: add psycopg[binary] to the app's Python dependencies" in head, head
+        assert "the app imports `psycopg`" not in head, head
+        git_commit(repo, {"requirements.txt": "sqlalchemy\npsycopg2-binary\npsycopg[binary]\n"})
+        dep = await deploy_live(s, repo_url=str(repo), project_name=project, start_command="python app.py")
+        assert via_proxy(server, dep["url"]).text == "42"
