@@ -160,6 +160,10 @@ FILE_SECONDS: dict[str, float] = {
     # new this session, measured in a `-m "not slow"` run at load 4-5 (suitetime)
     "tests/local/test_health_progress.py": 38,
     "tests/local/test_redis_disk.py": 33,
+    # --- redteam3: measured alone at load ~4 (setup + call + teardown)
+    "tests/security/test_redteam3_backup_disk.py": 100,  # a server of its own, 2 x 65 MiB dumped
+    "tests/security/test_redteam3_ipc.py": 50,  # three labs deployed
+    # --- end
 }
 """Seconds per test file (all its tests, set-up and teardown included); see above."""
 
