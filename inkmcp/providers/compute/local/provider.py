@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from inkmcp.build import static_output
 from inkmcp.build.buildpack import python_shim, run_build
 from inkmcp.build.hints import runtime_hint  # --- newuser2
-from inkmcp.build.plan import Mode, RunAs
+from inkmcp.build.plan import BuildPlan, Mode, RunAs
 from inkmcp.build.process import DEFAULT_MAX_FILE_BYTES, TenantSandbox, private_tmp_conflict
 from inkmcp.build.source import SourceWorkspace
 from inkmcp.errors import BuildFailed, InvalidArgument, ProviderError, register_server_paths, scrub_paths
@@ -697,7 +697,8 @@ class LocalComputeProvider:
                 built = "The build succeeded: the" if progress is not None else "The"
                 raise ReleaseFailed(
                     Step.health_check, _tail_text(f"{exc.reason}{self._bind_refusal(svc, port)}; {kept}. {built} "
-                                                  f"cause is in the app's runtime output ({RUNTIME_LOGS})", run.recent)
+                                                  f"cause is in the app's runtime output ({RUNTIME_LOGS})"
+                                                  f"{_django_unmigrated(plan, exc.reason)}", run.recent)
                 ) from None
             after = run.answered_after
             answered = f"the web answered {after:.2f}s after its start; " if after is not None else ""
@@ -1530,6 +1531,19 @@ def _still_waiting(waited: float, timeout: float, port: int | None, run: Release
                else "the processes must stay up a little longer")  # fmt: skip
     return (f"still waiting after {waited:.0f}s of the {timeout:g}s health timeout (INKMCP_HEALTH_TIMEOUT): {missing}; "
             f"get_logs(scope='runtime') shows the app's output so far")
+
+
+def _django_unmigrated(plan: BuildPlan, reason: str) -> str:
+    """--- newuser3: a Django app deployed without a release command answered 500 at its start: its tables were never
+    made (nothing ran `migrate`), and Django with DEBUG off prints no traceback, so the runtime log was empty of any
+    cause. Said when the plan is Django's, runs no release command and the health check saw a 5xx."""
+    if not plan.django or plan.release_command or not re.search(r"answered GET / with HTTP 5\d\d", reason):
+        return ""
+    web = plan.routed_process.command if plan.routed_process is not None else "gunicorn <project>.wsgi"
+    return (". Hint: this Django app answered 5xx, and no release command ran its migrations (nothing in the repo "
+            "names one), so its tables may not exist yet: commit a Procfile with the lines `release: python manage.py "
+            f"migrate` and `web: {web}`, then deploy again. With DEBUG off Django prints no traceback: a LOGGING "
+            "setting with a console handler puts it in get_logs")
 
 
 def _build_group(service_id: str) -> str:
