@@ -53,9 +53,9 @@ while True:
 
 
 def error_log(server: ServerProc) -> Path:
-    logs = [p for p in server.data_dir.rglob("error.log") if p.parent.name == "proxy"]
-    assert len(logs) == 1, logs
-    return logs[0]
+    proxy = server.data_dir / "compute" / "proxy"  # layout.prepare_proxy_dir
+    assert (proxy / "nginx.conf").is_file(), f"no nginx proxy at {proxy}"
+    return proxy / "error.log"
 
 
 @pytest.fixture(scope="module")
