@@ -624,11 +624,18 @@ class CoolifyComputeProvider:
             # cancelled by a failure beside it: a cancelled create would cost the next attempt a late_window
             self._inputs(request, processes, _PROBE_SERVER)
 
-            async def mark_apps() -> None:  # --- overhead8: beside the read of the new project (below)
+            placement = asyncio.ensure_future(placing())
+
+            async def mark_apps() -> None:  # --- overhead8: beside the read of the new project (below), once the
+                # service's placement is recorded (it goes in the same write: the creates need no write before them)
+                try:
+                    await asyncio.shield(placement)
+                except Exception:
+                    return  # raised by _settled below
                 await self._premark_apps([p.name for p in processes], service_ref, record, premarked)
 
             try:
-                server, project = await _settled(placing(), self._ensure_project(
+                server, project = await _settled(placement, self._ensure_project(
                     key, record, beside=mark_apps if self.early_marks and isinstance(record, _RefBatch) else None))
             except Exception:  # no create was sent: the applications' marks go again (recorded on the way out)
                 self._unmark_apps(premarked, service_ref)
