@@ -62,7 +62,8 @@ for _ in range(int(sys.argv[2])):
     s = socket.socket()
     s.setblocking(False)  # the hook runs in connect() itself; nobody accepts these
     try:
-        s.connect(("127.0.0.1", int(sys.argv[1])))
+        port = int(sys.argv[1])
+        s.connect(("127.0.0.1", port) if port > 0 else ("198.51.100.7", -port))
     except OSError:
         pass
     s.close()
@@ -161,7 +162,8 @@ def _hook_times(loop: LoopbackGuard, port: int, add) -> None:  # type: ignore[no
         for label, uid, p in (("tenant to a root listener given to it", UID, given),
                               ("tenant to a port nothing listens on", UID, nothing),
                               ("tenant to a root listener not given (refused)", UID, not_given),
-                              ("root (not a tenant)", None, given)):
+                              ("root (not a tenant)", None, given),
+                              ("tenant to a remote address (no lookup)", UID, -given)):
             ns0, n0 = cgroup_bpf.program_stats(connect4)
             subprocess.run([*_as(uid), PY, "-S", "-c", TRY, str(p), "1000"], check=True)
             ns1, n1 = cgroup_bpf.program_stats(connect4)

@@ -16,9 +16,9 @@ like the bind guard (`bindguard.py`, whose map marks the project users of this I
   stamped with the port the kernel gave it; a duplicate InkMCP holds (portguard) is the same socket);
 - connect (BPF_CGROUP_INET4/6_CONNECT): for a marked user's TCP connect(), the kernel's own listener lookup for the
   destination (`bpf_sk_lookup_tcp`, as an arriving SYN would be matched) finds what would answer on this machine:
-  * nothing listens there, or a listener on all addresses and the destination is neither loopback nor one of this
-    machine's own addresses (`refresh_addresses`: a remote host whose port number happens to be used here): not
-    this hook's business (the egress table's, egress.py);
+  * the destination is neither loopback nor one of this machine's own addresses (`refresh_addresses`), or nothing
+    listens there: not this hook's business (the egress table's, egress.py), and no lookup is made for a remote
+    address (a listener on all addresses here would match any address with its port: git over ssh while sshd runs);
   * a listener stamped by a project user: allowed only if it is the caller's own uid (its project's processes: a
     web process and its worker on a port-0 socket, its services' ports), else refused;
   * any other listener (root, nginx, PostgreSQL, Redis, the operator's services, another InkMCP's tenants):
@@ -40,10 +40,11 @@ Why this and not the alternatives (measured, benchmarks/loopguard_cost.py):
 - a network namespace per tenant: every app, build step, database and Redis connection and the proxy's upstreams
   would go through veths and addresses of their own: a rebuild of the provider's networking, not a guard.
 Cost (`flock /tmp/inkmcp-bench.lock .venv/bin/python benchmarks/loopguard_cost.py --rounds 5 --per-round 3000`,
-load 9-11 on 2 cores, kernel-counted run time per call): a tenant's connect() 0.6-1.3 us (nothing listening / a
-given root listener / its own listener / refused), root's 0.2 us, the stamp at a tenant's bind() 1.7 us (it allocates
-the socket's storage); against a loopback connect+accept+close of 240-265 us, the same-run wall-clock A/B is within
-noise (1.017x with the hooks, 0.92x for the nftables set). Loading and linking the four programs: 14-24 ms per start.
+load 7-11 on 2 cores, three runs, kernel-counted run time per call): a tenant's connect() to a remote address 0.43
+us, on this machine 0.6-1.4 us (nothing listening / a given root listener / its own listener / refused), root's
+0.2 us, the stamp at a tenant's bind() 1.6-1.7 us (it allocates the socket's storage); against a loopback
+connect+accept+close of 180-290 us the same-run wall-clock A/B is within noise (0.90-1.02x with the hooks,
+0.92-1.24x for the nftables set). Loading and linking the four programs: 8-37 ms per start.
 Only SOCK_STREAM (TCP, MPTCP) is checked, as the bind guard does: UDP between tenants on loopback is not.
 
 Lifetime: as the bind guard's (each LocalComputeProvider holds its own programs and maps through BPF links; they go
@@ -144,6 +145,8 @@ def _local(map_fd: int, key_off: int, p: str) -> list[Insn | Jump | str]:
         Jump(0x15, f"{p}local", 0, imm=0),
         Insn(0x7A, 10, 0, _LOOP, 1),
         f"{p}local",
+        Insn(0x79, 1, 10, _LOOP),
+        Jump(0x15, "allow", 1, imm=0),  # not this machine: the egress table's business, no lookup
     ]
 
 
@@ -219,18 +222,6 @@ def connect_program(bind_fd: int, grants_fd: int, stamp_fd: int, refused_fd: int
         Insn(0x85, 0, 0, 0, cb.FUNC_SK_LOOKUP_TCP),
         Jump(0x15, "allow", 0, imm=0),  # nothing listens there on this machine
         Insn(0xBF, 9, 0),  # r9 = the listener (released on every path below)
-        Insn(0x79, 2, 10, _LOOP),
-        Jump(0x55, "stamp", 2, imm=0),
-        # not loopback: only a listener bound to that very address says the destination is this machine
-        *([Insn(0x61, 2, 9, 28), Insn(0x61, 3, 9, 32), Insn(0x4F, 2, 3), Insn(0x61, 3, 9, 36), Insn(0x4F, 2, 3),
-           Insn(0x61, 3, 9, 40), Insn(0x4F, 2, 3), Insn(0x61, 3, 9, 4), Jump(0x55, "v4addr", 3, imm=socket.AF_INET6),
-           Jump(0x55, "stamp", 2, imm=0), "v4addr"] if v6 else []),
-        Insn(0x61, 2, 9, 24),  # src_ip4
-        Jump(0x55, "stamp", 2, imm=0),
-        Insn(0xBF, 1, 9),
-        Insn(0x85, 0, 0, 0, cb.FUNC_SK_RELEASE),
-        Jump(0x05, "allow"),
-        "stamp",
         Insn(0x62, 10, 0, _OWNED, 0),
         *cb.ld_map_fd(1, stamp_fd),
         Insn(0xBF, 2, 9),
