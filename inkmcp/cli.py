@@ -167,7 +167,7 @@ def run_with_platform(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> 
 
 
 def claude_line(settings: Settings, key: str, url: str | None = None) -> str:
-    from inkmcp.serve import mcp_url
+    from inkmcp.serve_address import mcp_url
 
     url = url or mcp_url(settings)
     return f'claude mcp add --transport http mcpdeploy {url} --header "Authorization: Bearer {key}"'
@@ -179,7 +179,7 @@ def _url_for_keys(settings: Settings, configured: bool) -> tuple[str, str | None
     The server running on this data dir says where it listens (serve.json); without one, the settings this
     command was given; with neither (no INKMCP_PORT/INKMCP_HOST, no --port/--host) the default, said as such,
     since a bare `keys create` printed port 8081 for a server on another port and the user's client failed."""
-    from inkmcp.serve import mcp_url, running_address
+    from inkmcp.serve_address import mcp_url, running_address
 
     running = running_address(settings.data_dir)
     if running is not None:

@@ -32,7 +32,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from inkmcp.serve import ADDRESS_FILE, running_address
+from inkmcp.serve_address import ADDRESS_FILE, running_address
 from tests.support import INKMCP, ServerProc, call, dispose_server, make_server, mcp_session
 
 KEY = re.compile(r"dk_live_[A-Za-z0-9_\-]+")
