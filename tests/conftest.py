@@ -77,6 +77,20 @@ SLOW: tuple[str, ...] = (
     "tests/store/test_tenant_server.py",  # a second embedded Postgres
     "tests/hardening/",  # sshd, iptables and network namespaces per test
     "tests/local/test_sandbox.py",  # tenant users, cgroups and a 4 GiB build cap filled per test
+    # --- suitefast: single tests of 5 s or more on a quiet box (12-56 s in `-m "not slow"` runs at load 6-10) whose
+    # package's core stays in the fast subset through its other tests: CLI subprocess runs, pytester runs, real
+    # bcrypt at the production cost, several processes at once, edge cases of a path tested beside them
+    "tests/coolify/test_doctor.py::test_cli_exit_codes_and_table",  # the in-process doctor tests stay
+    "tests/test_doctor_local.py::test_a_sandbox_that_cannot_make_its_mount_namespace_fails",
+    "tests/test_doctor_local.py::test_a_data_dir_tenants_cannot_reach_fails_first",
+    "tests/test_requirements.py::test_a_bad_switch_value_is_refused_with_what_to_pass",
+    "tests/test_requirements.py::test_require_names_only_some_components",  # require_all's test stays
+    "tests/backup/test_verify.py::test_audit_cli_refuses_an_unknown_account_and_a_bad_since",
+    "tests/local/test_disk_quota_mounts.py::test_concurrent_admissions_from_several_processes_never_promise_more_",
+    "tests/core/test_database_backups.py::test_damaged_dumps_are_refused_and_the_database_is_untouched",
+    "tests/core/test_database_backups.py::test_concurrent_restores_run_one_after_the_other_and_sessions_are_cut",
+    "tests/buildpath/test_render.py::test_htpasswd_lines_verify_and_a_keyed_salt_is_stable_per_user",  # factory wiring
+    # --- end
 )
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from inkmcp.store.embedded import EmbeddedPostgres
 from tests.requirements import is_root, requires
-from tests.support import REPO, free_port, traversable_tmpdir
+from tests.support import REPO, free_port, initdb_template, traversable_tmpdir
 
 pytestmark = requires("root", is_root(), "the local provider's sandbox checks need root")
 
@@ -69,6 +69,8 @@ def doctor(env: dict[str, str], *prefix: str) -> tuple[int, dict[str, tuple[str,
 
 def test_a_fit_machine_passes_and_the_embedded_server_is_stopped_again(data_dir: Path) -> None:
     control = EmbeddedPostgres(data_dir / "pg" / "control")
+    (data_dir / "pg").mkdir(parents=True)  # --- suitefast: the process's initdb template (the product's own initdb)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(initdb_template()), str(control.pgdata)], check=True)
     control.start()  # an installation whose serve is stopped: the doctor starts the server to ask it, then stops it
     control.stop()
     code, rows = doctor(_env(data_dir))

@@ -26,7 +26,7 @@ from inkmcp.errors import InkError
 from inkmcp.settings import Settings
 from inkmcp.store.crypto import KEY_FILE_RELATIVE, ensure_key_file
 from inkmcp.store.embedded import EmbeddedPostgres
-from tests.support import INKMCP, traversable_tmpdir
+from tests.support import INKMCP, initdb_template, traversable_tmpdir
 
 
 @dataclass
@@ -51,6 +51,14 @@ def inst() -> Iterator[Installation]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INKMCP_")}
     i = Installation(base=base, data=data, env=env, set_in=base, set_apart=base, keys_dir=base / "keys")
     try:
+        # --- suitefast: the two clusters are copies of the process's initdb template (the product's own initdb step,
+        # as ServerProc's), not two initdb runs by the CLI: what this module tests is the backup set, not a first start
+        data.mkdir(mode=0o711)
+        (data / "pg").mkdir()
+        for server in ("control", "tenants"):
+            subprocess.run(["cp", "-a", "--reflink=auto", str(initdb_template()), str(data / "pg" / server)],
+                           check=True)
+        # --- end
         made = i.cli("keys", "create", "--account", "alice")
         assert made.returncode == 0, made.stderr
         a = i.cli("backup", "create", "--to", str(base / "sets"))  # the CLI, printing the set's path last

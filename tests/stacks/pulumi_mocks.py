@@ -11,7 +11,9 @@ process-global: call `install()` from an autouse fixture and build components in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,4 +161,32 @@ def run(program: Callable[[], Any]) -> None:
     def _program() -> Any:
         return program()
 
-    _program()
+    with _bcrypt_once_per_input():
+        _program()
+
+
+# --- suitefast: the factory's registry step hashes each registry user's password with bcrypt at the production cost
+# (~0.5 s of CPU each, half of a whole mocked factory build). Its salt is keyed (nodes/registry.htpasswd_line), so
+# the hash of one password and salt is always the same: a program run here computes each once per process, with the
+# real bcrypt. Only inside `run` (tests/buildpath/test_render.py calls htpasswd_line itself, uncached).
+_HASHES: dict[bytes, bytes] = {}
+
+
+@contextlib.contextmanager
+def _bcrypt_once_per_input() -> Iterator[None]:
+    import bcrypt
+
+    real = bcrypt.hashpw
+
+    def hashpw(password: bytes, salt: bytes) -> bytes:
+        key = hashlib.sha256(salt + b"\0" + password).digest()
+        if key not in _HASHES:
+            _HASHES[key] = real(password, salt)
+        return _HASHES[key]
+
+    bcrypt.hashpw = hashpw
+    try:
+        yield
+    finally:
+        bcrypt.hashpw = real
+# --- end
