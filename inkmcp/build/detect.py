@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import platform as _platform
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -370,11 +371,73 @@ def _server_command(files: _Files, app: _AppObject) -> str | None:
     return None
 
 
+# --- newuser3: the Dockerfile's command, for the refusal to name (it said "pass its CMD as start_command", and the
+# agent had to read and translate the exec form itself)
+_DOCKER_INSTRUCTION = re.compile(r"^\s*(CMD|ENTRYPOINT)\s+(.+?)\s*$", re.IGNORECASE)
+
+
+def dockerfile_command(text: str) -> str | None:
+    """The command the Dockerfile's image runs (its last ENTRYPOINT and CMD, exec or shell form), as a shell command
+    line; None when it has none or one this cannot read (a continued line, an ENTRYPOINT script of the image)."""
+    found: dict[str, list[str] | None] = {}
+    for line in text.splitlines():
+        if (m := _DOCKER_INSTRUCTION.match(line)) is None:
+            continue
+        value = m.group(2)
+        if value.endswith("\\"):
+            found[m.group(1).upper()] = None
+            continue
+        if value.startswith("["):
+            try:
+                argv = json.loads(value)
+            except ValueError:
+                argv = None
+            found[m.group(1).upper()] = argv if isinstance(argv, list) and all(isinstance(a, str) for a in argv) \
+                else None  # fmt: skip
+        else:
+            found[m.group(1).upper()] = ["/bin/sh", "-c", value]
+    entry, cmd = found.get("ENTRYPOINT", []), found.get("CMD", [])
+    if entry is None or cmd is None or not (entry or cmd):
+        return None
+    argv = [*entry, *cmd] if entry and entry[:2] != ["/bin/sh", "-c"] else (entry or cmd)
+    line = argv[2] if argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3 else shlex.join(argv)
+    return _ON_PORT.sub(r"\g<flag>$PORT", line)  # the image's fixed port: here the service's own
+
+
+_ON_PORT = re.compile(r"(?P<flag>(?:--port[= ]|(?:--bind|-b)[= ](?:[\w.]*|\[[^\]]*\]):))\d+\b")
+
+
+# --- newuser3: a Streamlit app (streamlit in the dependencies, a script importing it) was refused with "Found:
+# requirements.txt" (streamlit_app.py is no entry point), or run as `python app.py`, which only prints "run it with:
+# streamlit run app.py" and exits
+_STREAMLIT_IMPORT = re.compile(r"^\s*(?:import streamlit\b|from streamlit\b)", re.MULTILINE)
+STREAMLIT_COMMAND = "streamlit run {script} --server.port $PORT --server.address 0.0.0.0 --server.headless true"
+
+
+def _streamlit_script(files: _Files) -> str | None:
+    """The script `streamlit run` serves: streamlit_app.py (Streamlit's own default), an entry point, or the one
+    top-level .py file importing streamlit; None when streamlit is not a dependency or no one script is clear."""
+    if "streamlit" not in files.python_deps:
+        return None
+    try:
+        names = sorted(p.name for p in files.root.glob("*.py") if p.is_file() and not p.is_symlink())[:50]
+    except OSError:
+        return None
+    importing = [n for n in names if _STREAMLIT_IMPORT.search(files.text(n) or "")]
+    for preferred in ("streamlit_app.py", *PYTHON_ENTRYPOINTS):
+        if preferred in importing:
+            return preferred
+    return importing[0] if len(importing) == 1 else None
+# --- end
+
+
 def _detect_python_start(files: _Files) -> str | None:
     if not files.is_python:
         return None
     if files.exists("manage.py"):
         return _django_command(files)
+    if (script := _streamlit_script(files)) is not None:  # --- newuser3
+        return STREAMLIT_COMMAND.format(script=script)
     app = _find_app_object(files)
     if app is not None:
         text = files.text(app.file) or ""
@@ -824,6 +887,8 @@ def _nothing_found(files: _Files, platform: PlatformService, service_name: str) 
                f"{bare_app.attr} --bind 0.0.0.0:$PORT' (or uvicorn's --app-dir), or {fix}")
     if files.exists("Dockerfile"):
         fix += "; InkMCP builds from source and does not run the Dockerfile: pass its CMD as start_command"
+        if (cmd := dockerfile_command(files.text("Dockerfile") or "")) is not None:  # --- newuser3: which CMD
+            fix += f" (start_command={cmd!r}; the app must listen on $PORT, not the port the Dockerfile EXPOSEs)"
     # --- mcpbudget (issue 13): deploy_app's app_dir has no description in tools/list (budget); the hint is here
     if files.root == files.checkout:
         apps = _app_subdirectories(files.root)
