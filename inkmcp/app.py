@@ -172,7 +172,7 @@ async def _compute(
 
     from inkmcp.providers.compute.local.provider import LocalComputeProvider
 
-    return LocalComputeProvider(
+    local = LocalComputeProvider(
         data / "compute",
         proxy_host=settings.proxy_host,
         proxy_port=settings.proxy_port,
@@ -187,7 +187,9 @@ async def _compute(
         max_disk_mb=settings.max_disk_mb,  # --- quota: a filesystem per project (diskquota.py)
         disk_reserve_mb=settings.disk_reserve_mb,  # --- quota
         disk_overcommit=settings.disk_overcommit,  # --- quota
-    ), None
+    )
+    local.mcp_port = settings.port  # --- loopback: closed to tenants (also when set by `serve --port`)
+    return local, None
 
 
 def _redis_provider(stack: AsyncExitStack, data: Path, compute: str,

@@ -222,6 +222,7 @@ class LocalComputeProvider:
         self._bind_grants: dict[int, tuple[int, int]] = {}  # id(run) -> (uid, port), until _stop_run
         # --- end
         self._loop: loopguard.LoopbackGuard | None = None  # --- loopback: opened by start() beside the bind guard
+        self.mcp_port: int | None = None  # --- loopback: the MCP server's port (app.py), refused to tenants
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -883,9 +884,16 @@ class LocalComputeProvider:
             if entry.port and any(ipaddress.ip_address(a) in entry.network for a in ("127.0.0.1", "::1")
                                   if ipaddress.ip_address(a).version == entry.network.version):
                 ports.add(entry.port)
-        with contextlib.suppress(ValueError):  # the MCP server on 80, 443 or 8080: still closed (`_loop_closed`)
-            ports.discard(int(os.environ.get("INKMCP_PORT", "8081")))
+        ports.discard(self._mcp_port())  # the MCP server on 80, 443 or 8080: still closed (`_loop_closed`)
         return ports | {self.proxy.port}
+
+    def _mcp_port(self) -> int:
+        if self.mcp_port:
+            return self.mcp_port
+        try:
+            return int(os.environ.get("INKMCP_PORT", "8081"))
+        except ValueError:
+            return 8081
 
     GUARDS_FILE = "guards.json"
 
@@ -927,9 +935,7 @@ class LocalComputeProvider:
         guard = self._loop
         if guard is None:
             return
-        closed = set()
-        with contextlib.suppress(ValueError):
-            closed.add(int(os.environ.get("INKMCP_PORT", "8081")))
+        closed = {self._mcp_port()}
         slow = getattr(self.proxy, "slow", None)
         if slow is not None and getattr(slow, "port", None):
             closed.add(int(slow.port))
