@@ -70,9 +70,10 @@ def run_local_doctor(settings: Settings) -> DoctorReport:
             check_project_disks(report, settings)
             check_tenant_egress(report, serving=serving is not None)  # --- egress
             check_port_guards(report, settings, serving=serving is not None)  # --- loopback
+            check_ipc_scope(report)  # --- landlock
         else:
             for name in ("cgroups", "tenant sandbox", "disk per project", "tenant egress", "bind guard",
-                         "loopback guard"):  # --- egress, loopback: + their rows
+                         "loopback guard", "tenant IPC scope"):  # --- egress, loopback, landlock: + their rows
                 report.add(name, Status.skipped, "needs root (see root)")
         check_free_disk(report, settings)
     check_local_proxy(report, required=True)
@@ -534,3 +535,22 @@ def check_port_guards(report: DoctorReport, settings: Settings, *, serving: bool
                        "projects' Redis are refused to a tenant's process; the operator's own loopback services are "
                        "not (INKMCP_LOOPBACK_GUARD=strict refuses them too)")
 # --- end loopback
+
+
+# --- landlock: whether tenant processes get the abstract-socket and signal scope (build/process.py step 4b)
+def check_ipc_scope(report: DoctorReport) -> None:
+    """Both start paths (the preexec setup and inkspawn) scope every tenant process when the kernel's Landlock ABI
+    is 6 or more, and skip it otherwise; this says which, from the same query they make."""
+    from inkmcp.build.process import LANDLOCK_SCOPE_ABI, landlock_scope_abi
+
+    name = "tenant IPC scope"
+    abi = landlock_scope_abi()
+    if abi:
+        report.add(name, Status.ok, f"Landlock ABI {abi}: a tenant's process connects only to abstract unix sockets "
+                   "of its own process tree and signals only that tree")
+        return
+    report.add(name, Status.warn, f"no Landlock ABI {LANDLOCK_SCOPE_ABI}+ ({os.uname().release}, or Landlock not "
+               "enabled): a tenant's process can connect to another tenant's abstract unix sockets (@name: no "
+               "owner, no mode) and read what they serve",
+               "run Linux 6.12+ with landlock in its LSMs (CONFIG_SECURITY_LANDLOCK, lsm=...,landlock)")
+# --- end landlock

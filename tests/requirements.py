@@ -25,6 +25,7 @@ import pytest
 Component = Literal[
     "root", "dockerd", "runsc", "sshd", "netns", "cgroups", "npm", "netplan", "redis", "chromium", "rsync",
     "nginx_module",  # --- proxy6: InkMCP's nginx module, built for the installed nginx by `make install`
+    "landlock",  # --- landlock: Landlock ABI 6+ (Linux 6.12+), which scopes tenants' abstract sockets and signals
 ]
 COMPONENTS: Final[tuple[str, ...]] = get_args(Component)
 
@@ -44,6 +45,7 @@ HOW_TO_GET: Final[dict[str, str]] = {
     "redis": "run scripts/system-deps.sh as root (installs Debian's redis-server)",
     "chromium": "run scripts/test-system-deps.sh as root (installs Debian's chromium and chromium-driver)",
     "rsync": "run scripts/test-system-deps.sh as root (installs Debian's rsync)",
+    "landlock": "run Linux 6.12+ with landlock in its LSMs (CONFIG_SECURITY_LANDLOCK, lsm=...,landlock)",  # --- ll
     # --- proxy6: the local provider's proxy runs without it (headers-more config), so only its tests need it
     "nginx_module": "run `make install` as root (scripts/system-deps.sh installs the headers nginx's configure needs; "
     "`python -m inkmcp.providers.compute.local.nginx_module` builds InkMCP's module for the installed nginx)",

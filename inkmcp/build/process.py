@@ -24,6 +24,15 @@ the tenant's:
    sees them, and the kernel frees them when its last process exits (tests/security/test_redteam3_ipc.py);
 4. drops to the tenant (setgroups([]), setresgid, setresuid) and sets PR_SET_NO_NEW_PRIVS, so no setuid or
    file-capability binary can raise its rights again;
+4b. enters a Landlock domain of its own scoped to abstract unix sockets and signals (Linux 6.12+, Landlock
+   ABI 6; `landlock_scope_abi`): abstract socket names (`@name`) have no owner or mode and belong to the network
+   namespace, which every tenant shares with the host, so any tenant's code could connect to another's
+   (`@rt3-alice-admin`) and read what it serves; the loopback guard sees TCP only. In the domain a process
+   connects (or sends a datagram) only to abstract sockets created inside it (its own, its descendants') and
+   signals only its own process tree. Each started process is a domain of its own: two processes of one
+   project started apart (a Procfile's web and worker, two build steps) cannot meet on an abstract socket
+   either (a filesystem unix socket still works). Without ABI 6 (an older kernel, Landlock not enabled) the
+   step is skipped and `inkmcp doctor` says so (tests/security/test_landlock_scope.py);
 5. only then chdirs to the working directory (a tenant-owned path: root never resolves it);
 6. execs.
 
@@ -110,6 +119,24 @@ _MS_NOEXEC = 8
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SLAVE = 1 << 19
+
+# --- landlock: the scope every tenant process gets (step 4b); the syscall numbers are the same on every architecture
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_SCOPE_ABI = 6  # the first ABI with `scoped` (Linux 6.12)
+_LANDLOCK_SCOPE = 1 | 2  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
+
+
+@lru_cache(maxsize=1)
+def landlock_scope_abi() -> int:
+    """The kernel's Landlock ABI version when it can scope abstract unix sockets and signals (>= 6), else 0
+    (an older kernel, Landlock not in the LSMs, or a seccomp profile refusing the syscall)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_long(0),
+                       ctypes.c_long(_LANDLOCK_CREATE_RULESET_VERSION))  # fmt: skip
+    return abi if abi >= LANDLOCK_SCOPE_ABI else 0
+# --- end
 
 
 async def kill_process_group(proc: asyncio.subprocess.Process) -> None:
@@ -328,6 +355,16 @@ class _ChildSetup:
         run_as = sandbox.run_as
         self.ids = (run_as.uid, run_as.gid) if run_as is not None else None
         self.cwd = os.fsencode(cwd)
+        # --- landlock: everything the child's two syscalls take, made here (step 4b)
+        self.scope = self.ids is not None and landlock_scope_abi() > 0
+        if self.scope:
+            self.syscall = ctypes.CDLL(None, use_errno=True).syscall
+            attr = (ctypes.c_uint64 * 3)(0, 0, _LANDLOCK_SCOPE)  # handled_access_fs, handled_access_net, scoped
+            self.scope_args = (ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), attr, ctypes.c_long(ctypes.sizeof(attr)),
+                               ctypes.c_long(0))  # fmt: skip
+            self.restrict = ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF)
+            self.zero_flags = ctypes.c_long(0)
+        # --- end
         self.prefix = b"inkmcp: could not start the process in its sandbox: "
         self.zero = b"0"  # "0" written to cgroup.procs moves the writing process itself
 
@@ -376,6 +413,14 @@ class _ChildSetup:
                 # No setuid-root or file-capability binary can give the tenant's code more than its own rights
                 # (the egress table and the bind guard match the uid; `ping`'s cap_net_raw would be a raw socket).
                 self._check(self.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), b"forbidding new privileges")
+                if self.scope:  # --- landlock: step 4b (needs no_new_privs, just set)
+                    ruleset = self.syscall(*self.scope_args)
+                    if ruleset < 0:
+                        self._fail(b"scoping abstract unix sockets and signals", ctypes.get_errno())
+                    rc = self.syscall(self.restrict, ctypes.c_long(ruleset), self.zero_flags)
+                    self._check(rc, b"scoping abstract unix sockets and signals")
+                    os.close(ruleset)
+                # --- end
             step = b"entering the working directory " + self.cwd
             os.chdir(self.cwd)
         except OSError as e:

@@ -18,6 +18,10 @@
  *      namespace: SysV shm, queues and semaphores and POSIX queues of its own, freed when its last
  *      process exits (why: inkmcp/build/process.py, step 3b);
  *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid, then PR_SET_NO_NEW_PRIVS;
+ *   4b. with --ids (not --kill-all): a Landlock domain of its own scoped to abstract unix sockets and
+ *      signals, when the kernel has Landlock ABI 6 (Linux 6.12+; else skipped): it connects only to abstract
+ *      sockets made inside the domain and signals only its own process tree (why: inkmcp/build/process.py,
+ *      step 4b);
  *   5. chdir (--chdir) as the tenant: root never resolves a tenant-owned path;
  *   6. closes every fd above 2 and execs the command with the tenant's environment, searching the
  *      tenant's PATH.
@@ -184,6 +188,27 @@ static void check(int rc, const char *step) {
     if (rc != 0) fail(step, errno);
 }
 
+/* --- landlock: step 4b. Our own struct and numbers: no dependency on the build host's kernel headers (the
+ * syscall numbers are the same on every architecture). */
+#define LANDLOCK_CREATE_RULESET 444
+#define LANDLOCK_RESTRICT_SELF 446
+#define LANDLOCK_VERSION_FLAG 1UL /* LANDLOCK_CREATE_RULESET_VERSION */
+#define LANDLOCK_SCOPE_ABI 6
+struct scope_attr {
+    unsigned long long handled_access_fs, handled_access_net, scoped;
+};
+
+static void scope(void) {
+    long abi = syscall(LANDLOCK_CREATE_RULESET, NULL, 0UL, LANDLOCK_VERSION_FLAG);
+    if (abi < LANDLOCK_SCOPE_ABI) return; /* an older kernel or Landlock off: continue without (doctor says so) */
+    struct scope_attr attr = {0, 0, 1 | 2}; /* LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL */
+    long fd = syscall(LANDLOCK_CREATE_RULESET, &attr, sizeof attr, 0UL);
+    if (fd < 0) fail("scoping abstract unix sockets and signals", errno);
+    check((int)syscall(LANDLOCK_RESTRICT_SELF, fd, 0UL), "scoping abstract unix sockets and signals");
+    close((int)fd);
+}
+/* --- end */
+
 int main(int argc, char **argv) {
     int env_fd = -1, wait_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0, kill_all = 0;
     unsigned long long fsize = 0;
@@ -268,6 +293,7 @@ int main(int argc, char **argv) {
         check(setresuid(uid, uid, uid), "switching to the project's user");
         /* no setuid-root or file-capability binary gives the tenant more than its own rights */
         check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "forbidding new privileges");
+        if (!kill_all) scope(); /* --- landlock: --kill-all must signal outside any domain */
     }
     if (kill_all) {
         if (kill(-1, SIGKILL) != 0 && errno != ESRCH) fail("killing the user's processes", errno);
