@@ -60,7 +60,7 @@ def repos() -> Path:
 @pytest.mark.asyncio
 async def test_a_long_build_step_is_named_in_the_progress(server: ServerProc, repos: Path) -> None:
     build = f"sleep {STEP_PROGRESS_AFTER + 1.5:g} && echo built > built.txt"
-    repo = git_repo(repos / "slow-build", {"requirements.txt": "", "app.py": APP})
+    repo = git_repo(repos / "slow-build", {"app.py": APP})  # no dependencies: no virtualenv steps
     project = f"nu3-progress-{uuid.uuid4().hex[:6]}"
     progress: list[str] = []
     async with mcp_session(server, server.keys[ACCOUNT]) as s:
