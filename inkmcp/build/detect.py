@@ -1015,6 +1015,10 @@ def derive_plan(
                 for n in sorted(platform.scaled_to_zero & set(procfile.processes))
             ]
         source = "procfile"
+        # --- newuser3: named in the queued event as a detected command is (it said only "queued: commit ...")
+        shown = [(p.name, p.command) for p in processes] + ([("release", release)] if release else [])
+        notes.insert(0, "runs the Procfile's " + ", ".join(
+            f"{name}: `{command if len(command) <= 200 else command[:200] + ' …'}`" for name, command in shown))
     elif platform.source is not None:
         source = platform.source
         if platform.kind == "static":

@@ -5,6 +5,8 @@ start_command (e.g. 'python app.py')"; named app.py it ran as `python app.py`, w
 streamlit run app.py" and exits. It is detected now (`streamlit run <script>` on $PORT, headless); with that command
 the app went live in 48 s on this box (its install is ~100 MB, so the deploy is not repeated here: the plan is).
 
+A Procfile's lines were not named in the queued event, as a detected command is.
+
 A Node app with a Dockerfile (`CMD ["node", "src/index.js"]`, no start script) was refused with "pass its CMD as
 start_command"; the refusal now gives the command, with the image's fixed port turned into $PORT, and that call goes
 live (a real `inkmcp serve`, the session's local server with an account of this file's own, and the official MCP
@@ -51,6 +53,18 @@ def test_a_flask_app_beside_streamlit_in_the_dependencies_is_not_taken_for_it(tm
     files = {"requirements.txt": "flask\ngunicorn\nstreamlit\n",
              "app.py": "from flask import Flask\n\napp = Flask(__name__)\n"}  # fmt: skip
     assert _command(tmp_path, files).startswith("gunicorn app:app")
+
+
+def test_the_procfiles_commands_are_named_as_a_detected_one_is(tmp_path: Path) -> None:
+    """A Django shop with `release`, `web` and `worker` lines: the queued event said only "queued: commit ...",
+    where a detected command is named ("runs `gunicorn ...` (detected; ...)"): which line ran was not said."""
+    (tmp_path / "requirements.txt").write_text("django\ngunicorn\n")
+    (tmp_path / "Procfile").write_text("release: python manage.py migrate\nweb: gunicorn shop.wsgi\n"
+                                       "worker: python manage.py runworker\n")  # fmt: skip
+    plan, _ = derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
+                          port=None)  # fmt: skip
+    assert plan.notes[0] == ("runs the Procfile's web: `gunicorn shop.wsgi`, worker: `python manage.py runworker`, "
+                             "release: `python manage.py migrate`"), plan.notes
 
 
 @pytest.mark.parametrize(("dockerfile", "command"), [

@@ -80,3 +80,5 @@ async def test_a_django_500_without_migrations_names_the_release_line(server: Se
         git_commit(repo, {"Procfile": "release: python manage.py migrate\nweb: python manage.py serve\n"})
         dep = await deploy_live(s, repo_url=str(repo), project_name=project)
         assert via_proxy(server, dep["url"]).text == "0"
+        assert "runs the Procfile's web: `python manage.py serve`, release: `python manage.py migrate`" in \
+            dep["history"][0], dep["history"]
