@@ -14,6 +14,7 @@ client over streamable HTTP)."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def server(local_server: ServerProc) -> ServerProc:
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_the_refusal_names_the_dockerfiles_command_and_it_goes_live(server: ServerProc) -> None:
-    repo = git_repo(traversable_tmpdir("inkmcp-newuser3-docker-") / "docker-node", {
+    repos = traversable_tmpdir("inkmcp-newuser3-docker-")
+    repo = git_repo(repos / "docker-node", {
         "Dockerfile": 'FROM node:20-alpine\nWORKDIR /app\nCOPY . .\nEXPOSE 8080\nCMD ["node", "src/index.js"]\n',
         "package.json": '{"name": "docker-node", "version": "1.0.0"}\n',
         "src/index.js": "require('http').createServer((q, s) => s.end('from the CMD'))"
@@ -100,3 +102,4 @@ async def test_the_refusal_names_the_dockerfiles_command_and_it_goes_live(server
         assert "does not run the Dockerfile: pass its CMD as start_command (start_command='node src/index.js';" in error
         dep = await deploy_live(s, repo_url=str(repo), project_name=project, start_command="node src/index.js")
         assert via_proxy(server, dep["url"]).text == "from the CMD"
+    shutil.rmtree(repos, ignore_errors=True)

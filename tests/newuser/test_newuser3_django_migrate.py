@@ -11,7 +11,9 @@ streamable HTTP."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,8 +58,10 @@ def server(local_server: ServerProc) -> ServerProc:
 
 
 @pytest.fixture(scope="module")
-def repos() -> Path:
-    return traversable_tmpdir("inkmcp-newuser3-django-")
+def repos() -> Iterator[Path]:
+    d = traversable_tmpdir("inkmcp-newuser3-django-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

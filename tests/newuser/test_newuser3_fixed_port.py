@@ -9,8 +9,10 @@ streamable HTTP; the test holds the port itself, as the other service would."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,10 @@ def server(local_server: ServerProc) -> ServerProc:
 
 
 @pytest.fixture(scope="module")
-def repos() -> Path:
-    return traversable_tmpdir("inkmcp-newuser3-port-")
+def repos() -> Iterator[Path]:
+    d = traversable_tmpdir("inkmcp-newuser3-port-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def server_js(listen: str) -> dict[str, str]:

@@ -6,7 +6,9 @@ file's own) and the official MCP client over streamable HTTP."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,10 @@ def server(local_server: ServerProc) -> ServerProc:
 
 
 @pytest.fixture(scope="module")
-def repos() -> Path:
-    return traversable_tmpdir("inkmcp-newuser3-markers-")
+def repos() -> Iterator[Path]:
+    d = traversable_tmpdir("inkmcp-newuser3-markers-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ out; adding psycopg[binary] goes live."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,8 +52,10 @@ def server(local_server: ServerProc) -> ServerProc:
 
 
 @pytest.fixture(scope="module")
-def repos() -> Path:
-    return traversable_tmpdir("inkmcp-newuser3-module-")
+def repos() -> Iterator[Path]:
+    d = traversable_tmpdir("inkmcp-newuser3-module-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ official MCP client over streamable HTTP."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,10 @@ def server(local_server: ServerProc) -> ServerProc:
 
 
 @pytest.fixture(scope="module")
-def repos() -> Path:
-    return traversable_tmpdir("inkmcp-newuser3-monorepo-")
+def repos() -> Iterator[Path]:
+    d = traversable_tmpdir("inkmcp-newuser3-monorepo-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,10 @@ def server(local_server: ServerProc) -> ServerProc:
 
 
 @pytest.fixture(scope="module")
-def repos() -> Path:
-    return traversable_tmpdir("inkmcp-newuser3-progress-")
+def repos() -> Iterator[Path]:
+    d = traversable_tmpdir("inkmcp-newuser3-progress-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow
