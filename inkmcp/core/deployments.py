@@ -2056,10 +2056,14 @@ def _render_view(
         # they printed; anything else (building, releasing, a plan error): the build log.
         after_build = (error or "").split(":", 1)[0] in (Step.starting.value, Step.health_check.value)
         scope = "runtime" if after_build else "build"
+        logs = f"get_logs(project_name='{project_name}', service_name='{service_name}', scope='{scope}')"
+        # A failure at starting may come before any process ran (a fixed port taken, a start refused): the runtime
+        # log is then empty and the error itself names the cause, so the agent is sent to the error first.
         next_step = (
-            f"read get_logs(project_name='{project_name}', service_name='{service_name}', scope='{scope}'), "
-            "fix the cause, then call deploy_app again"
-        )
+            f"do what the error says if it names the cause; otherwise read {logs} (what the processes printed), fix "
+            "the cause, then call deploy_app again" if after_build else
+            f"read {logs}, fix the cause, then call deploy_app again"
+        )  # fmt: skip
     history = [f"{st}: {d}" if d else st for st, d in events][-history_limit:]
     return DeploymentView(
         deployment_id=str(dep_id),
