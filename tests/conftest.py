@@ -167,7 +167,7 @@ FILE_SECONDS: dict[str, float] = {
     "tests/local/test_live_means_live.py": 19,
     "tests/local/test_account_output_settings.py": 18,
     "tests/web/test_web_settings.py": 17,
-    "tests/contract/test_core_contract.py": 15,
+    "tests/contract/test_core_contract.py": 37,  # suitefast: 149 s in a `-m "not slow"` run at load 8.5, quartered
     "tests/hardening/test_render.py": 10,
     "tests/local/test_prepared_start_lifecycle.py": 30,  # CI run 44: a 47.8 s teardown
     "tests/runtime/test_box_sablier.py": 40,  # one test, but the session's box (~20-40 s) if its worker has none yet
@@ -177,6 +177,13 @@ FILE_SECONDS: dict[str, float] = {
     # --- redteam3: measured alone at load ~4 (setup + call + teardown)
     "tests/security/test_redteam3_backup_disk.py": 100,  # a server of its own, 2 x 65 MiB dumped
     "tests/security/test_redteam3_ipc.py": 50,  # three labs deployed
+    # --- end
+    # --- suitefast: a `-m "not slow"` run at load 8.5 (two suites at once), quartered (far from the per-test default)
+    "tests/core/test_database_backups.py": 30,
+    "tests/local/test_provider_lifecycle.py": 21,
+    "tests/github/test_deploy_keys.py": 15,
+    "tests/stacks/test_muscle_stack.py": 15,
+    "tests/billing/test_ledger.py": 13,
     # --- end
 }
 """Seconds per test file (all its tests, set-up and teardown included); see above."""
