@@ -58,6 +58,15 @@ def race(releases, own, target, stop):
             if ("listdir", e.errno) not in reported:
                 reported.add(("listdir", e.errno))
                 log(event="listdir-releases", outcome=attempt(os.listdir, releases)[0])
+        # Mallory's own build step (v2's build_command) tells where it runs: since each tenant process is a
+        # Landlock domain of its own, the app may no longer read a build step's /proc/<pid>/cwd (ptrace rules).
+        try:
+            with open(os.path.join(os.environ["HOME"], "known-releases")) as f:
+                for line in f:
+                    if line.startswith(releases + "/"):
+                        candidates.add(line.strip()[len(releases) + 1:].split("/")[0])
+        except OSError:
+            pass
         for pid in os.listdir("/proc"):  # our own build steps and processes run inside the new release dir
             if pid.isdigit():
                 try:
@@ -203,7 +212,7 @@ async def attack(server: ServerProc, repos: Path) -> dict[str, Any]:
 
     repo = lab_repo(repos, "mrace")
     deploy_args = {"repo_url": str(repo), "start_command": LAB_START, "mode": "persistent",
-                   "env_vars": {"LAB_OWNER": "mallory"}}
+                   "env_vars": {"LAB_OWNER": "mallory"}, "build_command": 'pwd >> "$HOME/known-releases"'}
     arm_args = {
         "release_target": str(release_target),
         "lock_names": [venv_key(REQUIREMENTS)],
