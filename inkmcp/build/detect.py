@@ -681,7 +681,10 @@ def _app_subdirectories(root: Path) -> list[tuple[str, str]]:
             found.append((child.name, marker))
         elif containers < _CONTAINERS_SCANNED:
             containers += 1
-            inner = [d for d in _subdirectories(child, 30) if d.name.lower() not in _NOT_APPS_BELOW]
+            # a Python package (src/api/__init__.py) is imported through its parent (the src layout's own
+            # detection names `uvicorn api.main:app --app-dir src`), not run as an app directory of a monorepo
+            inner = [d for d in _subdirectories(child, 30)
+                     if d.name.lower() not in _NOT_APPS_BELOW and not (d / "__init__.py").is_file()]
             found += [(f"{child.name}/{d.name}", m) for d in inner if (m := _app_marker(d)) is not None]
     return sorted(found)
 
