@@ -141,7 +141,9 @@ def coolify_provider(url: str, token: str, work_dir: Path) -> Any:
 
 
 class BarrierDeployService(DeployService):
-    async def _create_or_reuse(self, *args: Any, **kwargs: Any) -> Any:
+    # deploy_app creates through `_create_with_reads` (8da9180), `_create_or_reuse` only wraps it: the barrier sits
+    # where every create passes
+    async def _create_with_reads(self, *args: Any, **kwargs: Any) -> Any:
         barrier = os.environ.get("REPLICA_BARRIER")
         if barrier and kwargs.get("reuse", True):
             here = Path(barrier)
@@ -150,7 +152,7 @@ class BarrierDeployService(DeployService):
             deadline = time.monotonic() + 30
             while len(list(here.iterdir())) < count and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-        return await super()._create_or_reuse(*args, **kwargs)
+        return await super()._create_with_reads(*args, **kwargs)
 
 
 async def main(args: argparse.Namespace) -> None:
