@@ -79,13 +79,6 @@ def test_the_dockerfiles_command(dockerfile: str, command: str | None) -> None:
     assert dockerfile_command(dockerfile) == command
 
 
-@pytest.fixture(scope="module")
-def server(local_server: ServerProc) -> ServerProc:
-    if ACCOUNT not in local_server.keys:
-        local_server.create_key(ACCOUNT)
-    return local_server
-
-
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_the_refusal_names_the_dockerfiles_command_and_it_goes_live(server: ServerProc) -> None:

@@ -11,15 +11,13 @@ streamable HTTP."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_deploy import deploy_live, via_proxy
-from tests.support import ServerProc, call, git_commit, git_repo, mcp_session, traversable_tmpdir
+from tests.support import ServerProc, call, git_commit, git_repo, mcp_session
 
 ACCOUNT = f"newuser3-{uuid.uuid4().hex[:8]}"
 
@@ -48,20 +46,6 @@ else:
 
     HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 '''
-
-
-@pytest.fixture(scope="module")
-def server(local_server: ServerProc) -> ServerProc:
-    if ACCOUNT not in local_server.keys:
-        local_server.create_key(ACCOUNT)
-    return local_server
-
-
-@pytest.fixture(scope="module")
-def repos() -> Iterator[Path]:
-    d = traversable_tmpdir("inkmcp-newuser3-django-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

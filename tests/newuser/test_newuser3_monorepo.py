@@ -7,9 +7,7 @@ official MCP client over streamable HTTP."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from inkmcp.build.detect import derive_plan
 from inkmcp.errors import BuildPlanError
 from tests.e2e.test_deploy import deploy_live, via_proxy
-from tests.support import ServerProc, call_error, git_repo, mcp_session, traversable_tmpdir
+from tests.support import ServerProc, call_error, git_repo, mcp_session
 
 ACCOUNT = f"newuser3-{uuid.uuid4().hex[:8]}"
 
@@ -28,20 +26,6 @@ MONOREPO = {
     "services/site/index.html": "<h1>the site</h1>\n",
     "docs/guide/index.html": "<h1>docs</h1>\n",  # docs/ is never an app's directory
 }
-
-
-@pytest.fixture(scope="module")
-def server(local_server: ServerProc) -> ServerProc:
-    if ACCOUNT not in local_server.keys:
-        local_server.create_key(ACCOUNT)
-    return local_server
-
-
-@pytest.fixture(scope="module")
-def repos() -> Iterator[Path]:
-    d = traversable_tmpdir("inkmcp-newuser3-monorepo-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

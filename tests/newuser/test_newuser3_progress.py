@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from inkmcp.build.plan import BuildPlan, Stack
 from tests.build.test_buildpack import Log
 from tests.e2e.test_deploy import deploy_live, via_proxy
 from tests.requirements import requires
-from tests.support import ServerProc, git_repo, mcp_session, traversable_tmpdir
+from tests.support import ServerProc, git_repo, mcp_session
 
 ACCOUNT = f"newuser3-{uuid.uuid4().hex[:8]}"
 
@@ -43,20 +42,6 @@ class H(BaseHTTPRequestHandler):
 
 HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 """
-
-
-@pytest.fixture(scope="module")
-def server(local_server: ServerProc) -> ServerProc:
-    if ACCOUNT not in local_server.keys:
-        local_server.create_key(ACCOUNT)
-    return local_server
-
-
-@pytest.fixture(scope="module")
-def repos() -> Iterator[Path]:
-    d = traversable_tmpdir("inkmcp-newuser3-progress-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow
