@@ -52,13 +52,13 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def test_a_daemon_left_by_a_build_step_neither_holds_the_deployment_nor_survives(
-    make_provider, checkouts, project_ids, data_dir
-):
+async def _release_with_daemons(make_provider, checkouts, project_ids, data_dir, **step: str) -> str:
+    """Release an app whose build step or release command (`step`) runs DAEMONS; check what must hold either way
+    (the release is not held, both daemons are gone, the build cgroup is empty) and return the build log."""
     provider = await make_provider(build_timeout=120.0)
     key = key_for(project_ids())
     plan = BuildPlan(
-        stack=Stack.none, source="call", build_command=f"{PY} daemons.py",
+        stack=Stack.none, source="call", **step,
         processes=(ProcessSpec(name="web", command=f"exec {PY} app.py", routed=True),),
     )  # fmt: skip
     request = request_for(key, checkouts({"app.py": WEB_APP, "daemons.py": DAEMONS}), plan)
@@ -74,11 +74,18 @@ async def test_a_daemon_left_by_a_build_step_neither_holds_the_deployment_nor_su
     assert all(_gone(pid) for pid in pids.values()), {n: p for n, p in pids.items() if not _gone(p)}
     build_log = "\n".join(p.read_text() for p in (data_dir / "services" / key.service_id).rglob("*.log"))
     assert "STEP-DONE" in build_log
-    assert "left a process running in the background that still holds the build's output" in build_log
     # The build's cgroup is empty: nothing of the build runs on beside the live release.
     build_group = provider.limits.pids(f"{key.service_id}.build")
     assert build_group == set(), build_group
+    return build_log
 
+
+async def test_a_daemon_left_by_a_build_step_neither_holds_the_deployment_nor_survives(
+    make_provider, checkouts, project_ids, data_dir
+):
+    build_log = await _release_with_daemons(make_provider, checkouts, project_ids, data_dir,
+                                            build_command=f"{PY} daemons.py")  # fmt: skip
+    assert "left a process running in the background that still holds the build's output" in build_log
 
 
 async def test_a_daemon_left_by_the_release_command_does_not_survive_it(
@@ -90,24 +97,6 @@ async def test_a_daemon_left_by_the_release_command_does_not_survive_it(
     release command (a migration tool's "background worker", a forgotten `&`) ran on in the service's
     build cgroup, unowned, for as long as the machine lived.
     """
-    provider = await make_provider(build_timeout=120.0)
-    key = key_for(project_ids())
-    plan = BuildPlan(
-        stack=Stack.none, source="call", release_command=f"{PY} daemons.py",
-        processes=(ProcessSpec(name="web", command=f"exec {PY} app.py", routed=True),),
-    )  # fmt: skip
-    request = request_for(key, checkouts({"app.py": WEB_APP, "daemons.py": DAEMONS}), plan)
-    started = time.monotonic()
-    await provider.release(request, Events(), no_record)
-    took = time.monotonic() - started
-    assert took < 60, f"the release took {took:.1f} s: it waited for the daemon"
-    assert (await get(provider, key)).status_code == 200
-
-    src = data_dir / "services" / key.service_id / "releases" / request.deployment_id / "src"
-    pids = {name: int((src / f"{name}.pid").read_text()) for name in ("holder", "quiet")}
-    assert all(_gone(pid) for pid in pids.values()), {n: p for n, p in pids.items() if not _gone(p)}
-    build_log = "\n".join(p.read_text() for p in (data_dir / "services" / key.service_id).rglob("*.log"))
-    assert "STEP-DONE" in build_log
+    build_log = await _release_with_daemons(make_provider, checkouts, project_ids, data_dir,
+                                            release_command=f"{PY} daemons.py")  # fmt: skip
     assert "left a process running in the background" in build_log
-    build_group = provider.limits.pids(f"{key.service_id}.build")
-    assert build_group == set(), build_group
