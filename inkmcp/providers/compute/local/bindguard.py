@@ -77,6 +77,17 @@ def _key(cookie: int, uid: int, port: int) -> bytes:
     return _KEY.pack(cookie, uid, socket.htons(port) if port else 0)
 
 
+def take_refused_port(refused: cb.HashMap, cookie: int, uid: int) -> int | None:
+    """The port the guard's program last refused `uid` in `refused` (its per-user slot, port 0 of the key), read
+    and cleared: the bind and loopback guards note a refusal the same way."""
+    key = _key(cookie, uid, 0)
+    value = refused.get(key)
+    if value is None:
+        return None
+    refused.delete(key)
+    return socket.ntohs(struct.unpack("<I", value)[0] & 0xFFFF)
+
+
 def program(map_fd: int, refused_fd: int) -> list[Insn]:
     """The bind hook (r1 = struct bpf_sock_addr *): 1 allows, 0 refuses with EPERM. A refusal also records the
     port in `refused` under (netns, uid, 0), so the provider can name it (`take_refused`)."""
@@ -230,14 +241,7 @@ class BindGuard:
 
     def take_refused(self, uid: int) -> int | None:
         """The last port a bind() of `uid` was refused since the previous call, if any (then forgotten)."""
-        if self._refused is None:
-            return None
-        key = _key(self._cookie, uid, 0)
-        value = self._refused.get(key)
-        if value is None:
-            return None
-        self._refused.delete(key)
-        return socket.ntohs(struct.unpack("<I", value)[0] & 0xFFFF)
+        return take_refused_port(self._refused, self._cookie, uid) if self._refused is not None else None
 
     def close(self) -> None:
         """Detach the hook (the process's exit does the same)."""

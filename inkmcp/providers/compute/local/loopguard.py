@@ -63,7 +63,7 @@ import threading
 from collections.abc import Iterable
 
 from inkmcp.providers.compute.local import cgroup_bpf as cb
-from inkmcp.providers.compute.local.bindguard import _KEY, SOCK_STREAM, BindGuard, _key
+from inkmcp.providers.compute.local.bindguard import _KEY, SOCK_STREAM, BindGuard, _key, take_refused_port
 from inkmcp.providers.compute.local.cgroup_bpf import Insn, Jump
 
 log = logging.getLogger(__name__)
@@ -448,12 +448,7 @@ class LoopbackGuard:
 
     def take_refused(self, uid: int) -> int | None:
         """The last port a connect() of `uid` was refused since the previous call, if any (then forgotten)."""
-        key = _key(self._cookie, uid, 0)
-        value = self._refused.get(key)
-        if value is None:
-            return None
-        self._refused.delete(key)
-        return socket.ntohs(struct.unpack("<I", value)[0] & 0xFFFF)
+        return take_refused_port(self._refused, self._cookie, uid)
 
     def close(self) -> None:
         """Detach the hooks (the process's exit does the same)."""
