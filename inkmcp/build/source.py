@@ -47,7 +47,9 @@ Security notes, because repo URLs come from AI agents:
   the tenant's; the host's /proc without hidepid, the host's /tmp), so nothing the tenant wrote may make it run a
   command: hooks are off
   (core.hooksPath=/dev/null), so are core.fsmonitor, core.alternateRefsCommand and core.gitProxy
-  (GIT_PROXY_COMMAND=""; the config's value would win over `-c`), submodules are not fetched, and `git archive`,
+  (GIT_PROXY_COMMAND=""; the config's value would win over `-c`), ssh reads no config file (`-F /dev/null`: it
+  reads ~/.ssh/config from the passwd home, the tenant's, whatever $HOME says; red team 4: a ProxyCommand there
+  ran in the fetch), submodules are not fetched, and `git archive`,
   the one step that applies filter drivers (`.gitattributes` filter=x + the config's filter.x.smudge/process), runs
   against a neutral git dir of InkMCP's with the mirror's objects only (`_neutral_git_dir`). Red team dec2: a
   reference-transaction hook her build put in her mirror ran in InkMCP's next fetch and read alice's token from /proc.
@@ -559,7 +561,11 @@ class _Deadline:
 def _git_env(source: _Source) -> dict[str, str]:
     """A minimal, prompt-free environment: nothing from InkMCP's own environment (it holds secrets)."""
     protocols = "https:http:ssh:git" + (":file" if source.local else "")
-    ssh = "ssh -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=accept-new"
+    # --- redteam4: -F /dev/null: ssh reads ~/.ssh/config from the passwd home (not $HOME), the tenant's own, so a
+    # ProxyCommand / Match exec / LocalCommand there ran in this fetch, outside the tenant's sandbox
+    # (tests/security/test_redteam4_git_ssh.py); no config file is read now, the user's or the system's
+    ssh = "ssh -F /dev/null -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=accept-new"
+    # --- end
     if source.ssh_alias:
         # ssh connects to the checked IP; the key is still checked (and remembered) under the name.
         ssh += f" -o HostKeyAlias={source.ssh_alias} -o CheckHostIP=no"
