@@ -132,6 +132,22 @@ def answers_as_json(body: bytes) -> bool:
     return True
 
 
+def is_batch(body: bytes) -> bool:
+    """Whether a POSTed body is a JSON array: a JSON-RPC batch.
+
+    MCP removed batching in protocol 2025-06-18 and the SDK (2.3.0) answers one with its pydantic validation error of
+    every message type it tried (-32602, a screenful), which tells a client nothing it can act on. Refused before
+    the SDK sees it (`_BATCH_REFUSED`), in one line that says what to send instead; nothing in the batch runs."""
+    return body.lstrip()[:1] == b"["
+
+
+_BATCH_REFUSED = JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+    "code": -32600,  # Invalid Request
+    "message": "JSON-RPC batches are not supported (MCP removed batching in protocol 2025-06-18): send one JSON-RPC "
+               "message per POST (each request may go in its own concurrent POST on the same session); nothing in "
+               "this batch was run."}}, status_code=400)
+
+
 class _AnswerModeTransport(StreamableHTTPServerTransport):
     """The SDK's transport, with `is_json_response_enabled` read per request (a context variable set while one POST
     is handled) instead of once per server. The session's message router runs in its own task, where the variable
@@ -146,7 +162,11 @@ class _AnswerModeTransport(StreamableHTTPServerTransport):
         """The SDK's constructor sets it; the mode is decided per request, so the value is not kept."""
 
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
-        mode = _ANSWER_AS_JSON.set(answers_as_json(await request.body()))  # Request caches the body for the SDK
+        body = await request.body()  # Request caches the body for the SDK
+        if is_batch(body):
+            await _BATCH_REFUSED(scope, receive, send)
+            return
+        mode = _ANSWER_AS_JSON.set(answers_as_json(body))
         try:
             await super()._handle_post_request(scope, request, receive, send)
         finally:

@@ -138,3 +138,26 @@ async def test_the_direct_route_keeps_sessions_host_check_and_401(server: Server
 def test_which_requests_are_answered_as_json(message: Any, as_json: bool) -> None:
     assert answers_as_json(json.dumps(message).encode()) is as_json
     assert answers_as_json(b"{not json") is False
+
+
+async def test_a_json_rpc_batch_is_refused_with_what_to_send_instead(server: ServerProc) -> None:
+    """MCP removed JSON-RPC batching in protocol 2025-06-18; a client that still batches (older SDKs, hand-written
+    agents) must read in one line what to do, not the SDK's validation dump of every union member it tried."""
+    async with httpx.AsyncClient(timeout=30) as c:
+        sid = await session(c, server)
+        batch = [call("list_projects", 1), {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+        r = await c.post(server.mcp_url, headers=headers(server, sid), json=batch)
+        assert r.status_code == 400, r.text
+        answer = r.json()
+        assert answer["jsonrpc"] == "2.0" and answer["id"] is None
+        assert answer["error"]["code"] == -32600  # Invalid Request
+        message = answer["error"]["message"]
+        assert "batch" in message and "one JSON-RPC message per POST" in message, message
+        assert "validation error" not in message.lower() and len(message) < 300, message
+        r = await c.post(server.mcp_url, headers=headers(server), json=[{
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}])
+        assert r.status_code == 400 and "one JSON-RPC message per POST" in r.json()["error"]["message"], r.text
+        # the session still works: the refusal consumed nothing
+        r = await c.post(server.mcp_url, headers=headers(server, sid), json=call("list_projects", 3))
+        assert r.status_code == 200 and r.json()["result"]["isError"] is False
