@@ -376,11 +376,17 @@ class ProjectDisks:
         need = (self.image_mb * 2**20 + promised) / self.overcommit + self.reserve_mb * 2**20
         if free < need:
             over = f", divided by INKMCP_DISK_OVERCOMMIT={self.overcommit:g}" if self.overcommit > 1 else ""
+            # (newuser3: 78 GB free held 18 projects at the default 4 GiB each, and nothing named the setting that
+            # promises more than the disk holds; images are sparse, a project uses only what it writes)
+            thin = (f"raise INKMCP_DISK_OVERCOMMIT above {self.overcommit:g}" if self.overcommit > 1 else
+                    "set INKMCP_DISK_OVERCOMMIT above 1 (thin provisioning: disks are sparse and use only what "
+                    "their projects write)")
             raise ProviderError(
                 f"this server has no disk space left for another {self.what}'s {self.image_mb} MiB "
                 f"({self.setting}): {free // 2**20} MiB free, {promised // 2**20} MiB promised to existing "
                 f"disks{over}, {self.reserve_mb} MiB kept for the control plane (INKMCP_DISK_RESERVE_MB). Delete "
-                f"a project you no longer need, or ask the operator to free disk space or lower {self.setting}"
+                f"a project you no longer need, or ask the operator to free disk space, lower {self.setting}, or "
+                f"{thin}"
             )
 
     # -- bind mounts of a project's home and services --------------------------------------------
