@@ -27,6 +27,7 @@ from inkmcp.core.leases import ReplicaSettings
 from inkmcp.core.limits import LimitDefaults
 from inkmcp.core.platform import Platform
 from inkmcp.core.projects import ProjectService
+from inkmcp.core.retention import Retention
 from inkmcp.errors import InkError, InvalidArgument, register_server_paths, settings_from_env
 from inkmcp.metrics import Metrics
 from inkmcp.providers.compute.base import ComputeProvider
@@ -337,6 +338,7 @@ async def _open(settings: Settings, stack: AsyncExitStack, *, serve: bool) -> Ru
         metrics=metrics,
         max_env_bytes=settings.max_env_bytes,
         replica=replica,  # issue 8 item 7
+        retention=Retention(keep=settings.deployments_kept, days=settings.deployments_kept_days),
     )
     platform = Platform(
         sessions,

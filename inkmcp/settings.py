@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     apps_domain: str = Field(default="localhost", description="services answer at <service>.<project>.<domain>")
     idle_timeout: float = Field(default=300.0, gt=0, description="seconds before an on_demand service sleeps")
     health_timeout: float = Field(default=60.0, gt=0)
+    deployments_kept: int = Field(
+        default=100, ge=1, description="finished deployments kept per service, newest first (older ones are pruned "
+        "once also older than INKMCP_DEPLOYMENTS_KEPT_DAYS; the live one never)",
+    )  # fmt: skip
+    deployments_kept_days: float = Field(
+        default=30.0, ge=0, description="finished deployments beyond INKMCP_DEPLOYMENTS_KEPT are kept this many days",
+    )  # fmt: skip
     build_timeout: float = Field(default=900.0, gt=0)
     tenant_python: str = "/usr/bin/python3"
     pids_max: int = Field(

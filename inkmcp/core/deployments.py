@@ -82,6 +82,7 @@ from inkmcp.core.logs import redact, secret_values
 from inkmcp.core.names import check_name, project_name_from_repo, redact_url
 from inkmcp.core.principal import Principal
 from inkmcp.core.projects import Prechecked, ProjectService, _refuse_more_builds
+from inkmcp.core.retention import Retention
 from inkmcp.core.views import TERMINAL, DeploymentSummary, DeploymentView, ServiceView
 from inkmcp.errors import BuildPlanError, Conflict, InkError, InvalidArgument, NotFound, ProviderError, scrub_paths
 from inkmcp.metrics import Metrics
@@ -632,8 +633,10 @@ class DeployService:
         max_env_bytes: int,
         provider_retry: ProviderRetry | None = None,
         replica: LeaseConfig | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self._sessions = sessions
+        self._retention = retention or Retention()  # finished deployments kept (core/retention.py)
         self._projects = projects
         self._envs = envs
         self._databases = databases
@@ -1295,6 +1298,7 @@ class DeployService:
         """
         cfg = self._leases.config
         next_scan = 0.0
+        next_prune = time.monotonic() + min(60.0, self._retention.every_seconds)  # not in start-up's rush
         while self._held or self._scanning:
             try:
                 held = {dep_id: lease for dep_id, (lease, _) in self._held.items()}
@@ -1309,6 +1313,11 @@ class DeployService:
                 if self._scanning and time.monotonic() >= next_scan:
                     next_scan = time.monotonic() + cfg.scan_seconds
                     await self._take_over(await self._leases.claim_abandoned())
+                if self._scanning and time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self._retention.every_seconds
+                    if pruned := await self._retention.prune(self._sessions):
+                        log.info("old deployments pruned", extra={"deleted": pruned, "kept": self._retention.keep,
+                                                                  "days": self._retention.days})  # fmt: skip
             except Exception:
                 log.exception("lease maintenance failed; retrying")
             await asyncio.sleep(min(cfg.heartbeat_seconds, cfg.scan_seconds))  # a period, not a synchronisation
