@@ -275,7 +275,7 @@ _NEW_DEPLOYMENT_SQL = """
            (SELECT name FROM svc), (SELECT removing_since FROM svc), (SELECT project_name FROM svc),
            (SELECT ok FROM env_fits), (SELECT n FROM env_total), (SELECT b FROM env_total)
 """
-"""_create_or_reuse's third statement: what _reusable_of decides, ProjectService.check_build_quota's count and
+"""_create_with_reads's third statement: what _reusable_of decides, ProjectService.check_build_quota's count and
 limit (the account's own, else the default), and the writes, all on one snapshot taken after the locks. The writes
 happen only when the deployment is inserted (`kind` is empty otherwise): the service's type and mode, and with
 `write` the call's settings (repo URL, ref, settings) and its env vars (pre-encrypted: `EnvService.seal`), so a call
@@ -777,7 +777,7 @@ class DeployService:
             return plan, service_type, resolve_mode(service_type, req.mode, plan)
 
         # Nothing below writes the service's settings or env vars before the deployment is created: they go in
-        # _create_or_reuse's transaction, with it. A call refused on the way leaves them as they were, and takes
+        # _create_with_reads's transaction, with it. A call refused on the way leaves them as they were, and takes
         # back the service (and project) it made for itself (`_undo_refused`).
         try:
             planned: tuple[BuildPlan, ServiceType, Mode] | None = None
@@ -875,7 +875,7 @@ class DeployService:
     ) -> tuple[uuid.UUID, dict[str, SecretStr], dict[str, SecretStr]]:
         """(the service's id, the project-wide env values, the service's own), the service made here (with this
         call's settings, no env) when the project has none of that name; `made` says whether this call made it.
-        An existing service is only read: its settings and env change with the deployment (_create_or_reuse)."""
+        An existing service is only read: its settings and env change with the deployment (_create_with_reads)."""
         found: uuid.UUID | None = None
         shared: dict[str, SecretStr] = {}
         own: dict[str, SecretStr] = {}
@@ -1015,7 +1015,7 @@ class DeployService:
 
     async def _drop_new_service(self, project_id: uuid.UUID, service_id: uuid.UUID) -> bool:
         """Undo a service this call recorded, unless a deployment of it exists meanwhile (another call got further
-        with it). Under the service's lock, as _create_or_reuse takes it: a concurrent call's deployment is either
+        with it). Under the service's lock, as _create_with_reads takes it: a concurrent call's deployment is either
         made first (the service stays) or finds the service gone (`_service_gone`: it says to call again)."""
         async with self._sessions.begin() as s:
             await lock_service(s, service_id)
@@ -1088,7 +1088,7 @@ class DeployService:
         update: bool = True,
     ) -> tuple[uuid.UUID, bool]:
         """`_upsert_service` in the caller's transaction. `update=False`: an existing service is left as it is
-        (deploy_app: its settings change only with the deployment they belong to, `_create_or_reuse`)."""
+        (deploy_app: its settings change only with the deployment they belong to, `_create_with_reads`)."""
         shown_url, url_enc = self._projects.seal_repo_url(req.repo_url)  # credentials only encrypted
         await self._projects.check_service_quota(s, project_id, req.service_name)
         created = (await s.execute(
@@ -1167,7 +1167,7 @@ class DeployService:
     async def _reusable_in(s: AsyncSession, service_id: uuid.UUID, config_hash: str) -> uuid.UUID | None:
         """A deployment of the same commit, settings and env that is live or on its way (keyed hash: the MAC
         key is shared by every replica, so a repeat on another replica finds it too). None for a service being
-        deleted (remove_service's mark): the call goes on to _create_or_reuse, which says so."""
+        deleted (remove_service's mark): the call goes on to _create_with_reads, which says so."""
         row = (await s.execute(_REUSABLE_SQL, {"service": service_id, "hash": config_hash})).first()
         return None if row is None else _reusable_of(*row)
 
@@ -1198,9 +1198,7 @@ class DeployService:
         detail: str | None = None,
         write: ServiceWrite | None = None,
     ) -> tuple[uuid.UUID, Lease | None]:
-        """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
-        deployment claimed by this replica in the same transaction, and its lease; with `write`, the call's
-        settings and env vars written in the same statement as the deployment (nothing when none is made)."""
+        """`_create_with_reads` without the pipeline's first reads (for callers that start no pipeline here)."""
         dep_id, lease, _ = await self._create_with_reads(service_id, commit, config_hash, plan, service_type, mode,
                                                          reuse=reuse, detail=detail, write=write)
         return dep_id, lease
@@ -1219,7 +1217,10 @@ class DeployService:
         write: ServiceWrite | None = None,
         project_id: uuid.UUID | None = None,
     ) -> tuple[uuid.UUID, Lease | None, _Preread | None]:
-        """`_create_or_reuse`; with `project_id` (the service's project), a new deployment's pipeline's first reads
+        """Under the service's advisory lock (every replica): the reusable deployment and no lease, or a new
+        deployment claimed by this replica in the same transaction, and its lease; with `write`, the call's
+        settings and env vars written in the same statement as the deployment (nothing when none is made). With
+        `project_id` (the service's project), a new deployment's pipeline's first reads
         too (--- overhead8, issue 8: `_Preread`), as statements of the same transaction after the writes: no
         round trip (and no three pool connections) between deploy_app's answer and the release."""
         dep_id = uuid.uuid4()
@@ -1903,7 +1904,7 @@ class DeployService:
         """Wait for the service's deployments in progress (on any replica), then remove it.
 
         Under the service's advisory lock (the one creating a deployment takes): the check that no deployment is in
-        progress, and the mark `removing_since`, from which on `_create_or_reuse` refuses deployments of it. The
+        progress, and the mark `removing_since`, from which on `_create_with_reads` refuses deployments of it. The
         removal at the compute platform then runs without the lock: under Coolify it includes the deploy key's
         delete, which waits up to minutes for the applications' queued deletes, and a deploy_app of the service
         used to wait all that time on the lock, holding a statement-pool connection. A removal that fails clears

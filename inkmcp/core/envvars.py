@@ -164,7 +164,8 @@ class EnvService:
 
     def seal(self, env: Mapping[str, str | None]) -> tuple[list[str], list[bytes], list[str]]:
         """(keys set, their values encrypted, keys unset) of a service-scoped change, for a caller that writes it
-        in a statement of its own (deploy_app: with the deployment it belongs to, `DeployService._create_or_reuse`)."""
+        in a statement of its own (deploy_app: with the deployment it belongs to,
+        `DeployService._create_with_reads`)."""
         sets = sorted((k, v) for k, v in env.items() if v is not None)
         return [k for k, _ in sets], [self._box.encrypt(v.encode()) for _, v in sets], \
             sorted(k for k, v in env.items() if v is None)
