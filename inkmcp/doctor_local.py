@@ -502,7 +502,8 @@ def check_port_guards(report: DoctorReport, settings: Settings, *, serving: bool
     attached: set[int] = set()
     if root is not None:
         for attach_type in (cb.ATTACH_INET4_BIND, cb.ATTACH_INET6_BIND, cb.ATTACH_INET4_CONNECT,
-                            cb.ATTACH_INET6_CONNECT, cb.ATTACH_INET4_POST_BIND, cb.ATTACH_INET6_POST_BIND):
+                            cb.ATTACH_INET6_CONNECT, cb.ATTACH_INET4_POST_BIND, cb.ATTACH_INET6_POST_BIND,
+                            cb.ATTACH_UDP4_SENDMSG, cb.ATTACH_UDP6_SENDMSG):  # --- redteam4: UDP sendmsg
             with contextlib.suppress(OSError):
                 attached.update(cb.attached(root, attach_type))
     for name, (key, risk, setting) in rows.items():

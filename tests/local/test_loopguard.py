@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def test_another_tenants_listeners_are_refused_on_every_local_address(guards, se
             assert got[f"{host_} {port}"] == errno.EPERM, (host_, port, got)
         assert listener.seen.read_text() == "", "the victim's listener accepted a connection"
         assert got["own worker"] == 0, got  # its own port-0 listener, from another of its processes
-        assert got["udp"] == 0, got  # datagrams are not checked
+        assert got["udp"] == 0, got  # a datagram to a port no UDP socket holds (UDP: test_..._datagram_listeners_...)
         # the victim reaches its own (app and worker), and a uid no guard marked reaches both (root, nginx, ...)
         for uid in (victim, _free_uid(2)):
             mine = _probe(uid, [("127.0.0.1", app), ("::1", app), ("127.0.0.1", listener.worker)], udp=app)
@@ -251,7 +252,7 @@ def test_the_hooks_go_with_their_guard_and_are_off_when_asked(monkeypatch) -> No
         loop = LoopbackGuard.open(binds)
         ids = set(loop.program_ids)
         types = (cb.ATTACH_INET4_CONNECT, cb.ATTACH_INET6_CONNECT, cb.ATTACH_INET4_POST_BIND,
-                 cb.ATTACH_INET6_POST_BIND)
+                 cb.ATTACH_INET6_POST_BIND, cb.ATTACH_UDP4_SENDMSG, cb.ATTACH_UDP6_SENDMSG)
         assert ids <= {i for t in types for i in cb.attached(root, t)}
         loop.close()
         assert not ids & {i for t in types for i in cb.attached(root, t)}
@@ -322,3 +323,112 @@ def test_doctor_rows_say_whether_the_serving_inkmcps_guards_are_attached(guards,
     state.unlink()  # an older serve, or not the local provider: said, not failed
     assert {s for s, _ in rows().values()} == {Status.warn}
     assert {s for s, _ in rows(serving=False).values()} == {Status.warn}
+
+
+# --- redteam4: UDP. A tenant's datagram listener (its $PORT on [::], and a port-0 one) writes each datagram it gets.
+UDP_LISTENER = r"""
+import socket, sys, threading
+seen = open(sys.argv[2], "a", buffering=1)
+def serve(s, name):
+    while True:
+        data, peer = s.recvfrom(512)
+        seen.write(f"{name} {data.decode(errors='replace')}\n")
+a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+a.bind(("::", int(sys.argv[1])))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+b.bind(("127.0.0.1", 0))
+for s, name in ((a, "app"), (b, "worker")):
+    threading.Thread(target=serve, args=(s, name), daemon=True).start()
+print(b.getsockname()[1], flush=True)
+threading.Event().wait()
+"""
+
+# sendto() each target from an unbound socket, and send() on a socket connect()ed to it: errno each (0: sent).
+UDP_PROBE = r"""
+import json, socket, sys
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+def sendto(host, port):
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"sendto from " + sys.argv[2].encode(), (host, port))
+        return 0
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        s.close()
+
+def connected(host, port):
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    try:
+        s.connect((host, port))
+        s.send(b"send from " + sys.argv[2].encode())
+        return 0
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        s.close()
+
+out = {}
+for host, port in json.loads(sys.argv[1]):
+    out[f"sendto {host} {port}"] = sendto(host, port)
+    out[f"connect {host} {port}"] = connected(host, port)
+print(json.dumps(out))
+"""
+
+
+def _udp_probe(uid: int, targets: list[tuple[str, int]], who: str) -> dict:
+    argv = [*_as(uid), PY, "-c", UDP_PROBE, json.dumps(targets), who]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout)
+
+
+def test_another_tenants_datagram_listeners_are_refused(guards, seen: Path) -> None:
+    """UDP was left open (the guard judged stream sockets only): any tenant's code sent datagrams to another
+    tenant's UDP listener on loopback or the host's addresses (a metrics or syslog collector, a QUIC or game
+    server, anything that trusts 127.0.0.1). Now a datagram to a listener another project bound is refused with
+    EPERM, sent to an address or on a connected socket; its own, root's and the open ports' are not. Read from the
+    victim's side: it got only its own and root's datagrams."""
+    binds, loop = guards
+    victim, attacker = _free_uid(), _free_uid(1)
+    app = free_port()
+    binds.grant(victim, app)
+    binds.grant(attacker, free_port())
+    seen.touch()
+    os.chown(seen, victim, victim)
+    proc = subprocess.Popen([*_as(victim), PY, "-c", UDP_LISTENER, str(app), str(seen)], stdout=subprocess.PIPE,
+                            text=True)
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a root listener on a port open to every tenant
+    mcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # ... and one on a port closed to them
+    try:
+        assert proc.stdout is not None
+        worker = int(proc.stdout.readline())
+        dns.bind(("127.0.0.1", 0))
+        mcp.bind(("127.0.0.1", 0))
+        loop.open_ports([dns.getsockname()[1]])
+        loop.close_ports([mcp.getsockname()[1]])
+        targets = [("127.0.0.1", app), ("::1", app), ("::ffff:127.0.0.1", app), ("127.0.0.1", worker)]
+        targets += [(a, app) for a in _host_addresses()]
+        got = _udp_probe(attacker, targets, "mallory")
+        assert set(got.values()) == {errno.EPERM}, got
+        roots = _udp_probe(attacker, [("127.0.0.1", dns.getsockname()[1]), ("127.0.0.1", mcp.getsockname()[1])],
+                           "mallory")
+        assert list(roots.values()) == [0, 0, errno.EPERM, errno.EPERM], roots
+        assert loop.take_refused(attacker) is not None
+        # its own processes and an unmarked uid (root's, nginx's) still reach it
+        for uid, who in ((victim, "alice"), (_free_uid(2), "root")):
+            mine = _udp_probe(uid, [("127.0.0.1", app), ("127.0.0.1", worker)], who)
+            assert set(mine.values()) == {0}, (who, mine)
+        deadline = time.monotonic() + 10
+        while len(seen.read_text().splitlines()) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = seen.read_text().splitlines()
+        assert not [line for line in lines if "mallory" in line], lines
+        assert len(lines) == 8, lines
+    finally:
+        proc.kill()
+        proc.wait(10)
+        dns.close()
+        mcp.close()
+# --- end

@@ -45,7 +45,12 @@ us, on this machine 0.6-1.4 us (nothing listening / a given root listener / its 
 0.2 us, the stamp at a tenant's bind() 1.6-1.7 us (it allocates the socket's storage); against a loopback
 connect+accept+close of 180-290 us the same-run wall-clock A/B is within noise (0.90-1.02x with the hooks,
 0.92-1.24x for the nftables set). Loading and linking the four programs: 8-37 ms per start.
-Only SOCK_STREAM (TCP, MPTCP) is checked, as the bind guard does: UDP between tenants on loopback is not.
+Stream sockets (TCP, MPTCP) and, since redteam4, datagram sockets (UDP): a UDP socket a project user binds is stamped
+the same way, and a datagram it sends to an address (the UDP sendmsg hooks) or a connect() of a UDP socket is judged
+by the UDP socket that would receive it (`bpf_sk_lookup_udp`): another tenant's UDP listener (a metrics or syslog
+collector, a QUIC or game server, anything that trusts 127.0.0.1) was open to every tenant
+(tests/local/test_loopguard.py::test_another_tenants_datagram_listeners_are_refused). Binding a UDP port is not
+guarded (the bind guard judges stream sockets only): a tenant may hold a UDP port number, it reaches only its own.
 
 Lifetime: as the bind guard's (each LocalComputeProvider holds its own programs and maps through BPF links; they go
 with it). It needs the bind guard (its marks and ports): INKMCP_BIND_GUARD=0 turns both off, INKMCP_LOOPBACK_GUARD=0
@@ -67,6 +72,8 @@ from inkmcp.providers.compute.local.bindguard import _KEY, SOCK_STREAM, BindGuar
 from inkmcp.providers.compute.local.cgroup_bpf import Insn, Jump
 
 log = logging.getLogger(__name__)
+
+SOCK_DGRAM = 2  # --- redteam4: UDP
 
 PROG_STAMP = "inkmcp_own"
 PROG_CONNECT = "inkmcp_conn"
@@ -94,11 +101,14 @@ _OWNER = -80  # u32: its uid
 
 
 def _prologue(bind_fd: int, *, ctx_type_off: int) -> list[Insn | Jump | str]:
-    """r6 = ctx; not a stream socket or not a tenant of this InkMCP here -> allow; r8 = uid, the key at _K."""
+    """r6 = ctx; neither a stream nor a datagram socket, or not a tenant of this InkMCP here -> allow; r8 = uid, the
+    key at _K."""
     return [
         Insn(0xBF, 6, 1),  # r6 = ctx
         Insn(0x61, 2, 6, ctx_type_off),  # r2 = ctx->type
-        Jump(0x55, "allow", 2, imm=SOCK_STREAM),
+        Jump(0x15, "stream_or_dgram", 2, imm=SOCK_STREAM),
+        Jump(0x55, "allow", 2, imm=SOCK_DGRAM),  # --- redteam4: UDP too
+        "stream_or_dgram",
         Insn(0x85, 0, 0, 0, cb.FUNC_GET_CURRENT_UID_GID),
         Insn(0xBC, 8, 0),  # r8 = (u32) uid
         Insn(0x63, 10, 8, _K + 8),  # key.uid
@@ -117,7 +127,7 @@ def _lookup(map_fd: int) -> list[Insn]:
 
 
 def stamp_program(bind_fd: int, stamp_fd: int) -> list[Insn]:
-    """post_bind (r1 = struct bpf_sock *): a marked user's bound stream socket gets its uid in `stamp`."""
+    """post_bind (r1 = struct bpf_sock *): a marked user's bound stream or datagram socket gets its uid in `stamp`."""
     return cb.assemble([
         *_prologue(bind_fd, ctx_type_off=8),
         *cb.ld_map_fd(1, stamp_fd),
@@ -177,7 +187,8 @@ def _v4_lookup(addr_reg: int, p: str, local4_fd: int) -> list[Insn | Jump | str]
 
 def connect_program(bind_fd: int, grants_fd: int, stamp_fd: int, refused_fd: int, local4_fd: int, local6_fd: int,
                     *, v6: bool) -> list[Insn]:
-    """connect (r1 = struct bpf_sock_addr *): 1 allows, 0 refuses with EPERM (module docstring)."""
+    """connect, or a UDP sendmsg to an address (r1 = struct bpf_sock_addr *): 1 allows, 0 refuses with EPERM
+    (module docstring)."""
     items: list[Insn | Jump | str] = [
         *_prologue(bind_fd, ctx_type_off=32),
         Insn(0x61, 7, 6, 24),  # r7 = user_port
@@ -219,7 +230,13 @@ def connect_program(bind_fd: int, grants_fd: int, stamp_fd: int, refused_fd: int
         Insn(0x07, 2, 0, 0, _TUPLE),
         Insn(0xB7, 4, 0, 0, cb.CURRENT_NETNS),
         Insn(0xB7, 5, 0, 0, 0),
+        Insn(0x61, 0, 6, 32),  # r0 = ctx->type  --- redteam4: a datagram goes to the UDP socket that would get it
+        Jump(0x15, "udp", 0, imm=SOCK_DGRAM),
         Insn(0x85, 0, 0, 0, cb.FUNC_SK_LOOKUP_TCP),
+        Jump(0x05, "found"),
+        "udp",
+        Insn(0x85, 0, 0, 0, cb.FUNC_SK_LOOKUP_UDP),
+        "found",
         Jump(0x15, "allow", 0, imm=0),  # nothing listens there on this machine
         Insn(0xBF, 9, 0),  # r9 = the listener (released on every path below)
         Insn(0x62, 10, 0, _OWNED, 0),
@@ -306,7 +323,7 @@ class LoopbackGuard:
         self._local4, self._local6 = local
         self._addresses: set[bytes] = set()
         self._links = links
-        self.program_ids = program_ids  # post_bind 4/6, connect 4/6 (for `inkmcp doctor` and benchmarks)
+        self.program_ids = program_ids  # post_bind 4/6, connect 4/6, UDP sendmsg 4/6 (`inkmcp doctor`, benchmarks)
         self._lock = threading.Lock()
         self._open: set[int] = set()
         self._closed: set[int] = set()
@@ -338,6 +355,9 @@ class LoopbackGuard:
                 (stamp_program(bind_fd, stamp.fd), cb.PROG_TYPE_CGROUP_SOCK, cb.ATTACH_INET6_POST_BIND, "6"),
                 (connect_program(*maps, v6=False), cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_INET4_CONNECT, "4"),
                 (connect_program(*maps, v6=True), cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_INET6_CONNECT, "6"),
+                # --- redteam4: a datagram sent to an address (an unconnected UDP socket's sendto/sendmsg)
+                (connect_program(*maps, v6=False), cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_UDP4_SENDMSG, "u4"),
+                (connect_program(*maps, v6=True), cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_UDP6_SENDMSG, "u6"),
             ]  # the stamps first: a listener bound while the connect hooks go in is already known
             ids: list[int] = []
             for insns, prog_type, attach_type, suffix in programs:
