@@ -4,9 +4,9 @@ Run by path (`python -I -S _gitjail_child.py FD LIMITS_JSON`), never imported: i
 memory is what every start borrows) and it needs nothing but the standard library. See `gitjail.py` for why it
 exists. What it does:
 
-- at start: sets its own resource limits (LIMITS_JSON: {"RLIMIT_DATA": n, ...}), which every child inherits at
-  fork, dies with its parent (PR_SET_PDEATHSIG), ignores SIGXCPU for itself (its children get it back at default:
-  the CPU limit is theirs, not the starter's accumulated time);
+- at start: sets its own resource limits (LIMITS_JSON: {"RLIMIT_DATA": n, ...}) and OOM score adjustment, which
+  every child inherits at fork, dies with its parent (PR_SET_PDEATHSIG), ignores SIGXCPU for itself (its children
+  get it back at default: the CPU limit is theirs, not the starter's accumulated time);
 - reads requests from FD (a SOCK_SEQPACKET socket InkMCP holds the other end of): a JSON message
   {"argv": [...], "env": {...}} with three file descriptors (stdin, stdout, stderr) attached;
 - starts each with posix_spawn (vfork-like: nothing of this process is copied), in a new session, signals at their
@@ -41,6 +41,12 @@ def main() -> None:
     if os.getppid() != parent:  # InkMCP died before the prctl took effect
         os._exit(0)
     signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    try:  # the host OOM killer's choice before InkMCP's own processes, as every tenant process (process.py step 1b:
+        # TENANT_OOM_SCORE_ADJ; git runs what a tenant's repository makes it do), inherited by every git it starts
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass
     for name, value in limits.items():
         which = getattr(resource, name)
         _, hard = resource.getrlimit(which)

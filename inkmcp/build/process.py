@@ -6,6 +6,14 @@ the tenant's:
 
 1. sets RLIMIT_CORE=0 (no core files full of env secrets) and RLIMIT_FSIZE (INKMCP_MAX_FILE_MB, so
    one file cannot fill the disk);
+1b. raises its OOM score adjustment to TENANT_OOM_SCORE_ADJ (inherited by all it forks). Each service's memory is
+   capped by its cgroup, but the caps of all services of all accounts together may exceed the host's memory: when
+   the host itself runs out, the kernel kills the process with the highest score, by default the largest, which
+   may be InkMCP, the control-plane PostgreSQL or the front proxy (every tenant's outage at once). With it, any
+   tenant process is chosen before any of those (their adjustment is 0). Raising needs no privilege; written by
+   root with CAP_SYS_RESOURCE it is also the floor the tenant cannot go back under (the kernel's
+   `oom_score_adj_min`); without that capability (some containers) a tenant can lower its own back to 0, never
+   below (tests/security/test_oom_preference.py);
 2. joins the service's cgroups (memory, cpu, pids, ...): everything it forks stays capped and can be
    killed as a group;
 3. enters a private mount namespace (propagation to the host cut with MS_SLAVE) and mounts the
@@ -66,6 +74,10 @@ from inkmcp.build.plan import RunAs
 
 DEFAULT_MAX_FILE_BYTES = 2 * 1024**3
 DEFAULT_SHM_BYTES = 64 * 1024**2
+TENANT_OOM_SCORE_ADJ = 500
+"""Step 1b's adjustment (of -1000..1000; 0 is every other process's): half the scale, so a tenant process is the host
+OOM killer's choice over InkMCP's own processes unless those hold more than half the memory. Kubernetes gives
+burstable pods 2-999 and its own daemons -999 for the same reason."""
 SANDBOX_EXIT = 126  # the child could not be confined; nothing of the tenant ran
 # The host's shared temp dirs, which the sandbox replaces with the service's own (not used as temp dirs here).
 TMP, VAR_TMP, DEV_SHM = "/tmp", "/var/tmp", "/dev/shm"  # noqa: S108
@@ -292,6 +304,7 @@ class TenantSandbox:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     shm_bytes: int = DEFAULT_SHM_BYTES
     limits: LimitProbe | None = field(default=None, compare=False)
+    oom_score_adj: int = TENANT_OOM_SCORE_ADJ  # step 1b, for processes run as a tenant (`run_as`)
 
     @property
     def enforced(self) -> bool:
@@ -346,6 +359,7 @@ class _ChildSetup:
     def __init__(self, sandbox: TenantSandbox, cwd: Path) -> None:
         self.unshare, self.mount, self.prctl = _libc()
         self.fsize = sandbox.max_file_bytes
+        self.oom_adj = str(sandbox.oom_score_adj).encode() if sandbox.run_as is not None else None  # step 1b
         self.procs = tuple(os.fsencode(p) for p in sandbox.cgroup_procs)
         self.tmp = os.fsencode(sandbox.tmp_dir) if sandbox.tmp_dir is not None else None
         self.var_tmps = tuple(os.fsencode(d) for d in shared_writable_dirs())  # --- quota: /var/tmp, /run/lock...
@@ -382,6 +396,13 @@ class _ChildSetup:
         try:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize, self.fsize))
+            if self.oom_adj is not None:
+                step = b"raising the OOM score"
+                fd = os.open(b"/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, self.oom_adj)
+                finally:
+                    os.close(fd)
             step = b"joining the service's cgroup"
             for path in self.procs:
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)

@@ -9,7 +9,8 @@
  *   0. reads the tenant's environment from --env-fd (a memfd) and closes it: this program itself
  *      runs with an EMPTY environment, so nothing the tenant set (LD_PRELOAD, GLIBC_TUNABLES, ...)
  *      can influence it while it is still root; it is linked statically, so no loader runs anyway;
- *   1. RLIMIT_CORE=0 and RLIMIT_FSIZE (--fsize);
+ *   1. RLIMIT_CORE=0 and RLIMIT_FSIZE (--fsize); with --oom-score-adj N (0-1000), the OOM killer's preference
+ *      for this process raised to N, which its children inherit (why: inkmcp/build/process.py, step 1b);
  *   2. joins the service's cgroups (--cgroup, one per v1 controller): whatever the tenant forks,
  *      even before its first line of code, starts inside them;
  *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), the service's tmp dir
@@ -42,7 +43,7 @@
  * signal, in one pass inside the kernel (kill(-1)), and exits 0; how a project's processes are ended
  * when the project is deleted (users.py), without forking the server for it.
  *
- * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--cgroup PROCS_FILE]... [--tmp DIR
+ * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--oom-score-adj N] [--cgroup PROCS_FILE]... [--tmp DIR
  *        [--var-tmp PATH] [--shm PATH --shm-options OPTS] [--hide-pids]] [--ids UID:GID]
  *        [--chdir DIR] -- COMMAND [ARG]...
  *        inkmcp-spawn [--fsize ...same confinement options...] --wait-fd N
@@ -212,6 +213,7 @@ static void scope(void) {
 int main(int argc, char **argv) {
     int env_fd = -1, wait_fd = -1, hide_pids = 0, have_ids = 0, have_fsize = 0, kill_all = 0;
     unsigned long long fsize = 0;
+    const char *oom_score_adj = NULL;
     const char *cgroups[MAX_CGROUPS];
     int ncgroups = 0;
     const char *var_tmps[MAX_VAR_TMPS];
@@ -230,6 +232,10 @@ int main(int argc, char **argv) {
         if (strcmp(a, "--env-fd") == 0) env_fd = (int)number(v, "--env-fd takes a file descriptor");
         else if (strcmp(a, "--wait-fd") == 0) wait_fd = (int)number(v, "--wait-fd takes a file descriptor");
         else if (strcmp(a, "--fsize") == 0) { fsize = number(v, "--fsize takes bytes"); have_fsize = 1; }
+        else if (strcmp(a, "--oom-score-adj") == 0) {
+            if (number(v, "--oom-score-adj takes 0-1000") > 1000) usage("--oom-score-adj takes 0-1000");
+            oom_score_adj = v;
+        }
         else if (strcmp(a, "--cgroup") == 0) {
             if (ncgroups == MAX_CGROUPS) usage("too many --cgroup");
             cgroups[ncgroups++] = v;
@@ -266,6 +272,13 @@ int main(int argc, char **argv) {
     if (have_fsize) {
         struct rlimit cap = {(rlim_t)fsize, (rlim_t)fsize};
         check(setrlimit(RLIMIT_FSIZE, &cap), "setting resource limits");
+    }
+    if (oom_score_adj != NULL) { /* raising needs no privilege; as root with CAP_SYS_RESOURCE it is also the floor */
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd < 0) fail("raising the OOM score", errno);
+        size_t n = strlen(oom_score_adj);
+        if (write(fd, oom_score_adj, n) != (ssize_t)n) fail("raising the OOM score", errno);
+        close(fd);
     }
     for (int c = 0; c < ncgroups; c++) {
         /* "0" moves the writing process itself */

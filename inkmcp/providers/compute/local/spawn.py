@@ -234,6 +234,8 @@ def wrapper_argv(wrapper: Path, sandbox: TenantSandbox, cwd: Path, env_fd: int |
 def confinement(sandbox: TenantSandbox) -> list[str]:
     """The wrapper's confinement options for `sandbox` (also the key of a prepared start)."""
     argv = ["--fsize", str(sandbox.max_file_bytes)]
+    if sandbox.run_as is not None:
+        argv += ["--oom-score-adj", str(sandbox.oom_score_adj)]
     for procs in sandbox.cgroup_procs:
         argv += ["--cgroup", procs]
     if sandbox.tmp_dir is not None:
