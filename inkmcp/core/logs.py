@@ -17,6 +17,27 @@ MAX_LINE = 1_000
 MIN_SECRET = 4
 REDACTED = "[REDACTED]"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# --- redteam4: every other escape sequence and control character. Only colour sequences (above) were removed, so
+# a tenant's output wrote OSC 52 (the reader's clipboard), titles, a terminal reset, sub-parameter and 8-bit CSI
+# into the terminal of whoever ran `inkmcp logs` (tests/security/test_redteam4_log_escapes.py). Removed: CSI (7- and
+# 8-bit, any parameters), OSC/DCS/SOS/PM/APC strings up to their terminator (or the line's end), two-character
+# escapes; any control character left (but tab) is shown as a visible escape instead (\x08, \x9b).
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"  # CSI
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS, SOS, PM, APC
+    r"|\x1b[ -/]*[0-~]?"  # nF and two-character escapes (ESC c, ESC 7), or a lone ESC
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    return {"\r": "\\r", "\n": "\\n"}.get(match.group(), f"\\x{ord(match.group()):02x}")
+
+
+def _printable(line: str) -> str:
+    """`line` with nothing a terminal acts on: escape sequences removed, other control characters made visible."""
+    return _CONTROL.sub(_visible, _ESCAPES.sub("", line))
+# --- end
 
 
 class LogsView(BaseModel):
@@ -53,7 +74,7 @@ def redact(lines: Iterable[str], secrets: Iterable[str]) -> list[str]:
     pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
     out = []
     for line in lines:
-        line = _ANSI.sub("", line.rstrip("\n"))
+        line = _printable(_ANSI.sub("", line.rstrip("\n")))  # --- redteam4: _printable
         if pattern:
             line = pattern.sub(REDACTED, line)
         out.append(line)

@@ -197,7 +197,10 @@ def tail_lines(path: Path, n: int, *, include_rotated: bool = True) -> list[str]
     candidates = [path.with_name(path.name + ".1"), path] if include_rotated else [path]
     for candidate in candidates:
         try:
-            with candidate.open(encoding="utf-8", errors="replace") as f:
+            # --- redteam4: newline="\n": text mode's universal newlines also ended a line at a tenant's "\r", so
+            # "x\r!! ..." read back as a line of its own without the "web | " prefix or tenant_line's "(app) " mark: a
+            # line passing for InkMCP's (tests/security/test_redteam4_log_escapes.py); core/logs.redact shows the \r
+            with candidate.open(encoding="utf-8", errors="replace", newline="\n") as f:  # --- end
                 for line in f:
                     out.append(line.rstrip("\n"))
         except FileNotFoundError:
