@@ -178,6 +178,11 @@ FILE_SECONDS: dict[str, float] = {
     "tests/security/test_redteam3_backup_disk.py": 100,  # a server of its own, 2 x 65 MiB dumped
     "tests/security/test_redteam3_ipc.py": 50,  # three labs deployed
     # --- end
+    # --- redteam4: alone at load ~2.5, the shared security server's start included (~5 s of it)
+    "tests/security/test_redteam4_git_ssh.py": 15,  # a lab, a failing ssh deploy
+    "tests/security/test_redteam4_socket_memory.py": 15,  # a lab
+    "tests/security/test_redteam4_log_escapes.py": 22,  # a lab with a build step, an `inkmcp logs` process
+    # --- end
     # --- suitefast: a `-m "not slow"` run at load 8.5 (two suites at once), quartered (far from the per-test default)
     "tests/core/test_database_backups.py": 30,
     "tests/local/test_provider_lifecycle.py": 21,
