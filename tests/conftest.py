@@ -129,7 +129,7 @@ SHARED_SERVER_PACKAGES: tuple[str, ...] = ("tests/security/", "tests/web/")
 FILE_SECONDS: dict[str, float] = {
     # rough CI seconds (2 workers on 2 cores): CI run 48's slowest 40 and the set-ups they show, scaled by the file's
     # number of tests; the `-m "not slow"` files from a run at load ~6, halved
-    "tests/runtime/test_coolify_replay_box.py": 480,
+    "tests/runtime/test_coolify_replay_box.py": 220,  # suitecut: three boxes at once (325 s -> 232 s alone at load 6-9)
     "tests/e2e/test_deploy.py": 200,
     "tests/e2e/test_contract.py": 150,
     "tests/e2e/test_lifecycle.py": 150,

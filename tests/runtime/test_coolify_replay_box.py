@@ -17,12 +17,19 @@ as such instead of as a broken replay.
 from __future__ import annotations
 
 import json
+import queue
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
+from inkmcp.nodes import sandbox
 from inkmcp.nodes.replay import load_replay
 from inkmcp.nodes.replay_run import GVISOR_KERNEL, HOST_KERNEL, BoxShell, ReplayResult, run_operation
 
@@ -72,6 +79,84 @@ def shell(run_server_box) -> BoxShell:
     return BoxShell(run_server_box)
 
 
+# --- suitecut: the operations run on BOXES boxes at once (the session's and BOXES - 1 of this module's), each box one
+# operation after another as before. Most of an operation's ~15-25 s is spent waiting on Coolify's own health-check
+# interval (15 s, start period 5 s) or a container's start, so three boxes take ~1/3 of the file's time (CI run 55:
+# 315 s, the parallel part's longest file). Every operation still runs alone on its box, with the box's whole node
+# state (the `coolify` network, ~/.docker/config.json) to itself, so what each test asserts is unchanged.
+BOXES = 3
+
+
+def _selected_ops(request: pytest.FixtureRequest) -> list[str]:
+    """The operations of this module's selected tests (`-k`, a node id: only those run), longest first."""
+    ops = [item.callspec.params["op_id"] for item in request.session.items
+           if item.module is request.module and "op_id" in getattr(getattr(item, "callspec", None), "params", {})]
+    slow_first = ("backup_", "mongodb_", "postgres_", "redis_", "deploy_")
+    return sorted(dict.fromkeys(ops), key=lambda op: next(
+        (i for i, prefix in enumerate(slow_first) if op.startswith(prefix)), len(slow_first)))
+
+
+@pytest.fixture(scope="module")
+def replays(request: pytest.FixtureRequest, shell: BoxShell) -> Iterator[dict[str, Future]]:
+    """{op id: Future of (the box's shell, its ReplayResult)} for the selected operations, run in the background
+    on the session's box and up to BOXES - 1 boxes of this module's (brought up here, down at the module's end)."""
+    ops = _selected_ops(request)
+    futures: dict[str, Future] = {op: Future() for op in ops}
+    extra: list[Path] = []
+    shells = [shell]
+    try:
+        wanted = min(BOXES, max(1, len(ops) // 3)) - 1
+        extra = [Path(tempfile.mkdtemp(prefix="inkbox-replay-")) for _ in range(wanted)]
+        errors: list[BaseException] = []
+
+        def bring_up(box: Path) -> None:
+            try:
+                sandbox.up(box)
+            except BaseException as e:  # reported below, in the fixture's own thread
+                errors.append(e)
+
+        ups = [threading.Thread(target=bring_up, args=(box,)) for box in extra]
+        for t in ups:
+            t.start()
+        for t in ups:
+            t.join()
+        if errors:
+            raise errors[0]
+        shells += [BoxShell(box) for box in extra]
+        todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for op in ops:
+            todo.put(op)
+
+        def worker(box_shell: BoxShell) -> None:
+            while True:
+                try:
+                    op = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    futures[op].set_result((box_shell, run_operation(box_shell, op)))
+                except BaseException as e:  # the test of that operation raises it
+                    futures[op].set_exception(e)
+
+        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in shells]
+        for t in threads:
+            t.start()
+        yield futures
+        for t in threads:
+            t.join()
+    finally:
+        for box in extra:
+            try:
+                sandbox.down(box)
+            finally:
+                from tests.runtime.conftest import _pids_under, _stop
+
+                for pid in _pids_under(box):  # only if down failed: whatever still names the box's directory
+                    _stop(pid, wait=5)
+                shutil.rmtree(box, ignore_errors=True)
+# --- end
+
+
 def _selector(shell: BoxShell) -> str:
     """What the box's selector admits as platform, for failure messages."""
     cfg = json.loads((shell.box / "root/etc/inkmcp/runtime-selector.json").read_text())
@@ -95,8 +180,12 @@ def _report(result: ReplayResult) -> str:
 
 
 @pytest.mark.parametrize("op_id", list(DESIGN))
-def test_operation_runs_as_coolify_expects_with_the_designs_classes(shell: BoxShell, op_id: str) -> None:
-    result = run_operation(shell, op_id)
+def test_operation_runs_as_coolify_expects_with_the_designs_classes(replays: dict[str, Future], shell: BoxShell,
+                                                                    op_id: str) -> None:
+    if op_id in replays:
+        shell, result = replays[op_id].result()
+    else:  # not among the selected ones `replays` saw (a run that selects tests otherwise): on the session's box
+        result = run_operation(shell, op_id)
     report = _report(result)
     print("\n" + report)
     context = f"{report}\n({_selector(shell)})"
