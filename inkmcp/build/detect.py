@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from inkmcp.build.manifest import Manifest, ServiceEntry, load_manifest, read_repo_text
+from inkmcp.build.manifest import MANIFEST, Manifest, ServiceEntry, load_manifest, read_repo_text
 from inkmcp.build.plan import BuildPlan, Mode, ProcessSpec, ServiceType, Stack, check_mode
 from inkmcp.build.platform_files import PlatformService, load_platform_files
 from inkmcp.build.procfile import Procfile, load_procfile
@@ -1103,6 +1103,15 @@ def derive_plan(
     if kind is None:
         kind = ServiceType.webapp if has_route else ServiceType.backend
 
+    # --- newuser4: the health check's path, from inkmcp.yaml, else the platform file that names one; said in the queued
+    # event (only a routed process is asked: a static site's own server and a worker are not)
+    health_path = None
+    if has_route:
+        health_path = (entry.health_path if entry else None) or platform.health_path
+        if health_path:
+            given = f"{MANIFEST} health_path" if entry and entry.health_path else platform.health_from
+            notes.append(f"health check: GET {health_path} ({given})")
+    # --- end
     plan = BuildPlan(
         stack=stack,
         app_dir=str(PurePosixPath(root.relative_to(checkout.resolve()))) or ".",
@@ -1111,6 +1120,7 @@ def derive_plan(
         release_command=release,
         static_dir=the_static_dir,
         port=the_port,
+        health_path=health_path,  # newuser4
         django=stack == Stack.python and files.exists("manage.py"),
         source=source or "detected",
         mode=entry.mode if entry else None,

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from inkmcp.build.plan import Mode, ServiceType
+from inkmcp.build.plan import Mode, ServiceType, check_health_path
 from inkmcp.errors import BuildPlanError
 
 MANIFEST = "inkmcp.yaml"
@@ -75,6 +75,7 @@ class ServiceEntry(BaseModel):
     release: str | None = Field(default=None, description="runs once per deployment before traffic")
     port: int | None = Field(default=None, ge=1, le=65535, description="port the app listens on")
     static_dir: str | None = Field(default=None, description="directory served for webapp_static")
+    health_path: str | None = Field(default=None, description="path the health check GETs (default /); newuser4")
 
     @field_validator("path")
     @classmethod
@@ -85,6 +86,11 @@ class ServiceEntry(BaseModel):
     @classmethod
     def _static_inside(cls, value: str | None) -> str | None:
         return _relative_path(value, "static_dir")
+
+    @field_validator("health_path")
+    @classmethod
+    def _plain_path(cls, value: str | None) -> str | None:
+        return check_health_path(value, "health_path")
 
     @field_validator("build", "start", "release")
     @classmethod

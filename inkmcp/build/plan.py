@@ -6,6 +6,7 @@ Both compute providers consume it: the local provider executes it; the Coolify p
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,26 @@ class Stack(StrEnum):
     none = "none"
 
 
+# --- newuser4: the path the health check GETs (inkmcp.yaml `health_path`, render.yaml `healthCheckPath`, railway
+# `healthcheckPath`, fly.toml `[[http_service.checks]] path`). An app whose `/` answers 5xx (a login wall behind its
+# own proxy, a page needing data) but serves /healthz failed every deploy with no way to say so.
+HEALTH_PATH = re.compile(r"^/[a-zA-Z0-9/\-_.~%,;]*\Z")
+"""A plain URL path: what Coolify's API accepts for `health_check_path` (policy._HEALTH_PATH), so a plan valid here is
+valid on both providers; no query string, host or scheme."""
+
+
+def check_health_path(value: str | None, where: str) -> str | None:
+    """`value` stripped, or ValueError naming `where` and the form it must have."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not HEALTH_PATH.match(value):
+        raise ValueError(f"{where} {value[:80]!r} must be a plain URL path starting with '/' (letters, digits and "
+                         "/-_.~%,; only: no query string, host or spaces), e.g. '/healthz'")
+    return value
+# --- end
+
+
 class ProcessSpec(BaseModel):
     """One long-running process of a service (Procfile conventions: `web` gets the route)."""
 
@@ -56,6 +77,9 @@ class BuildPlan(BaseModel):
     release_command: str | None = Field(default=None, description="runs once per deployment before traffic")
     static_dir: str | None = Field(default=None, description="served directory for static sites")
     port: int | None = Field(default=None, description="port the routed process listens on, if fixed")
+    health_path: str | None = Field(
+        default=None, description="path the health check GETs on the routed process (None: /); newuser4"
+    )
     django: bool = Field(default=False, description="run collectstatic after install")
     source: str = Field(description="where the plan came from: call, manifest, procfile, detected")
     mode: Mode | None = Field(

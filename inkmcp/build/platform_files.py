@@ -63,6 +63,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inkmcp.build.manifest import read_repo_text
+from inkmcp.build.plan import check_health_path
 from inkmcp.core.names import ENV_KEY, RESERVED_ENV
 from inkmcp.errors import BuildPlanError
 
@@ -115,6 +116,10 @@ class PlatformService:
     port: int | None = None
     static_dir: str | None = None
     root_dir: str | None = None
+    health_path: str | None = None
+    """The path the file's health check asks (render healthCheckPath, railway healthcheckPath, fly checks); newuser4"""
+    health_from: str | None = None
+    """The file and key `health_path` came from, for the queued event."""
     env_defaults: dict[str, str] = field(default_factory=dict)
     env_links: dict[str, str] = field(default_factory=dict)
     """App env name → the add-on variable it is a copy of (`CELERY_BROKER_URL` → `REDIS_URL`), from Render's
@@ -222,6 +227,7 @@ class _RenderService(_Loose):
     pre_deploy_command: str | None = Field(default=None, alias="preDeployCommand")
     root_dir: str | None = Field(default=None, alias="rootDir")
     static_publish_path: str | None = Field(default=None, alias="staticPublishPath")
+    health_check_path: str | None = Field(default=None, alias="healthCheckPath")  # newuser4
     env_vars: list[_RenderEnvVar] = Field(default_factory=list, alias="envVars")
 
     @property
@@ -364,6 +370,8 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
     out.build = _take_build(out, RENDER, chosen.build_command)
     out.release = chosen.pre_deploy_command.strip() if chosen.pre_deploy_command else None
     out.kind = chosen.kind
+    if chosen.kind == "web":  # newuser4: the web's check, whichever file gives its command
+        _take_health(out, RENDER, "healthCheckPath", chosen.health_check_path)
     if chosen.kind == "static":
         out.static_dir = _relative(RENDER, "staticPublishPath", chosen.static_publish_path)
         out.source = RENDER
@@ -374,6 +382,19 @@ def _read_render(out: PlatformService, text: str, *, service_name: str, app_dir:
             if worker.start_command and worker.start_command.strip() and worker.the_runtime not in ("docker", "image"):
                 out.workers[worker.name] = worker.start_command.strip()
                 _render_env(out, worker, by_name)
+
+
+def _take_health(out: PlatformService, file: str, key: str, value: str | None) -> None:
+    """The first platform file naming a health check path gives it; one InkMCP cannot use is a note (newuser4)."""
+    if out.health_path is not None or value is None:
+        return
+    try:
+        out.health_path = check_health_path(value, f"{file} {key}")
+    except ValueError as exc:
+        out.notes.append(f"{exc}; the health check asks / instead")
+        return
+    if out.health_path is not None:
+        out.health_from = f"{file} {key}"
 
 
 def _take_build(out: PlatformService, file: str, command: str | None) -> str | None:
@@ -393,6 +414,7 @@ class _RailwayBuild(_Loose):
 class _RailwayDeploy(_Loose):
     start_command: str | None = Field(default=None, alias="startCommand")
     pre_deploy_command: str | list[str] | None = Field(default=None, alias="preDeployCommand")
+    healthcheck_path: str | None = Field(default=None, alias="healthcheckPath")  # newuser4
 
 
 class _Railway(_Loose):
@@ -433,15 +455,22 @@ def _read_railway(out: PlatformService, file: str, text: str) -> dict[str, Any]:
         found["build"] = _take_build(out, file, railway.build.build_command)
     if railway.deploy:
         found["release"] = _railway_release(railway.deploy.pre_deploy_command)
+        found["health"] = ("healthcheckPath", railway.deploy.healthcheck_path)  # newuser4
     return found
 
 
 # --- fly.toml ----------------------------------------------------------------------------------
 
 
+class _FlyCheck(_Loose):
+    path: str | None = None  # an HTTP check's path (a TCP check has none)
+
+
 class _FlyHttp(_Loose):
     internal_port: int | None = Field(default=None, ge=1, le=65535)
     processes: list[str] = Field(default_factory=list)
+    checks: list[_FlyCheck] = Field(default_factory=list)  # [[http_service.checks]]; newuser4
+    http_checks: list[_FlyCheck] = Field(default_factory=list)  # [[services.http_checks]]; newuser4
 
 
 class _FlyDeploy(_Loose):
@@ -497,6 +526,10 @@ def _read_fly(out: PlatformService, text: str, service_name: str) -> dict[str, A
     elif routed_name in usable:
         found["start"] = usable.pop(routed_name)
         found["workers"] = usable
+        if http is not None:  # newuser4
+            path = next((c.path for c in [*http.checks, *http.http_checks] if c.path), None)
+            key = "[[http_service.checks]] path" if http is fly.http_service else "[[services.http_checks]] path"
+            found["health"] = (key, path)
         if http is not None and "PORT" not in found["start"]:
             found["port"] = http.internal_port
     return found
@@ -608,6 +641,8 @@ def load_platform_files(checkout: Path, *, service_name: str, app_dir: str | Non
             out.workers = dict(values.get("workers") or {})
             if values.get("port") is not None:
                 out.port = values["port"]
+        if values.get("health"):  # newuser4
+            _take_health(out, name, *values["health"])
         if out.build is None and values.get("build"):
             out.build = values["build"]
         if out.release is None and values.get("release"):

@@ -350,7 +350,8 @@ def health_fields(spec: AppSpec) -> dict[str, Any]:
     if not spec.process.routed or spec.service_type == ServiceType.backend:
         return {"health_check_enabled": False}
     port = "80" if spec.service_type == ServiceType.webapp_static else str(port_of(spec.plan))
-    return {"health_check_enabled": True, "health_check_path": "/", "health_check_port": port,
+    path = (spec.plan.health_path or "/") if spec.service_type != ServiceType.webapp_static else "/"  # --- newuser4
+    return {"health_check_enabled": True, "health_check_path": path, "health_check_port": port,
             "health_check_interval": HEALTH_INTERVAL, "health_check_timeout": HEALTH_TIMEOUT,
             "health_check_retries": HEALTH_RETRIES_RELEASE if spec.process.release else HEALTH_RETRIES,
             "health_check_start_period": HEALTH_START_PERIOD}

@@ -690,7 +690,8 @@ class LocalComputeProvider:
             try:
                 await _with_heartbeat(
                     run.wait_live(self.health_timeout, window=window, host=self.host_for(svc.key),
-                                  settle=None if protects else self.first_deploy_settle),
+                                  settle=None if protects else self.first_deploy_settle,
+                                  path=plan.health_path),  # newuser4
                     lambda waited: report(Step.health_check, _still_waiting(waited, self.health_timeout, port, run)),
                 )  # fmt: skip
             except HealthFailed as exc:
@@ -699,7 +700,9 @@ class LocalComputeProvider:
                 raise ReleaseFailed(
                     Step.health_check, _tail_text(f"{exc.reason}{self._bind_refusal(svc, port)}; {kept}. {built} "
                                                   f"cause is in the app's runtime output ({RUNTIME_LOGS})"
-                                                  f"{_django_unmigrated(plan, exc.reason)}", run.recent)
+                                                  f"{_django_unmigrated(plan, exc.reason)}"
+                                                  f"{_health_path_hint(svc.key.service_name, plan, exc.reason)}",
+                                                  run.recent)
                 ) from None
             after = run.answered_after
             answered = f"the web answered {after:.2f}s after its start; " if after is not None else ""
@@ -1550,6 +1553,18 @@ def _django_unmigrated(plan: BuildPlan, reason: str) -> str:
             "names one), so its tables may not exist yet: commit a Procfile with the lines `release: python manage.py "
             f"migrate` and `web: {web}`, then deploy again. With DEBUG off Django prints no traceback: a LOGGING "
             "setting with a console handler puts it in get_logs")
+
+
+def _health_path_hint(service: str, plan: BuildPlan, reason: str) -> str:
+    """--- newuser4: an app whose `/` answers 5xx while its health endpoint is elsewhere (a login wall behind its own
+    proxy, a dashboard needing data) failed every deploy, and nothing said the checked path can be named. Said when
+    the check asked `/` (no path named) and saw a 5xx; a Django app without migrations gets its own hint instead."""
+    if plan.health_path or _django_unmigrated(plan, reason) or not re.search(r"answered GET / with HTTP 5\d\d", reason):
+        return ""
+    return (". Hint: the health check asks GET / and needs a status below 500; if the app's health endpoint is another "
+            f"path, name it in the repo (inkmcp.yaml `services: {{{service}: {{health_path: /healthz}}}}`, or "
+            "render.yaml healthCheckPath, railway.json deploy.healthcheckPath, fly.toml [[http_service.checks]] path), "
+            "commit and deploy again")
 
 
 def _build_group(service_id: str) -> str:

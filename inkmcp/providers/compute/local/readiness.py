@@ -265,8 +265,9 @@ class HttpAnswer:
         return self.status is not None and self.status < 500
 
 
-async def probe_http(port: int, host: str | None, timeout: float) -> HttpAnswer:
-    """One `GET /` to 127.0.0.1:`port` with the public Host header, as the proxy will send it.
+async def probe_http(port: int, host: str | None, timeout: float, path: str = "/") -> HttpAnswer:
+    """One `GET <path>` (`/` unless the plan names its health path) to 127.0.0.1:`port` with the public Host header,
+    as the proxy will send it.
 
     Redirects are not followed (a 301 to https is an answer). No proxy from the environment, no TLS.
     """
@@ -277,7 +278,7 @@ async def probe_http(port: int, host: str | None, timeout: float) -> HttpAnswer:
         async with (
             # Plain HTTP to loopback: no TLS happens; verify=False only skips loading CA files (~30 ms).
             httpx.AsyncClient(verify=False, trust_env=False, timeout=timeout, follow_redirects=False) as client,  # noqa: S501
-            client.stream("GET", f"http://127.0.0.1:{port}/", headers=headers) as response,
+            client.stream("GET", f"http://127.0.0.1:{port}{path}", headers=headers) as response,
         ):
             if response.status_code < 500:
                 return HttpAnswer(response.status_code, "")

@@ -38,6 +38,8 @@ from inkmcp.providers.compute.local.tenant_env import tenant_env
 STATIC_PROCESS = "web"
 WRONG_PORT_GRACE = 15.0
 """Seconds a release's processes may listen on other ports (and not on $PORT) before its start fails naming them."""
+UNREACHABLE_GRACE = 2.0
+"""Seconds the app may listen on $PORT only where the proxy cannot reach it (::1) before its start fails (newuser4)."""
 
 
 class ReleaseMeta(BaseModel):
@@ -111,6 +113,7 @@ class ReleaseRun:
         self.port = port
         self._started = 0.0
         self._uptime_needed = 0.0  # what the running wait_live asks of every process (for its error)
+        self._health_path = "/"  # what the running wait_live GETs (plan.health_path); newuser4
         self.answered_after: float | None = None  # seconds from the start to the web's first answer below 500
         self._recent: deque[str] = deque(maxlen=30)
 
@@ -195,20 +198,22 @@ class ReleaseRun:
         `worker_grace` seconds. A request is waiting on it, so nothing more (see `wait_live`)."""
         await self._wait_routed(timeout, worker_grace)
 
-    async def wait_live(self, timeout: float, *, window: float, host: str | None, settle: float | None = None) -> None:
+    async def wait_live(self, timeout: float, *, window: float, host: str | None, settle: float | None = None,
+                        path: str | None = None) -> None:
         """What a release (a deploy or an env restart) waits for before it goes live.
 
-        Every process (web and workers) must still run `window` seconds after it started (`settle`
-        seconds instead, when given: a first deploy, which has no previous version to protect), and
-        the routed process must listen on its port and answer `GET /` (Host: `host`) with a status
-        below 500 (`readiness.probe_http`). An app answering 5xx is asked again (0.1 s apart, doubling
-        to 1 s) until `window` seconds after the start, settle or not (it may be warming up), then
-        fails with the status and the start of the body. A process exiting fails it at once (once its
-        last output is read, so the error can quote it); a web that never listens or never answers
-        fails `timeout` seconds after the start. Raises HealthFailed. Restarts stay off throughout: a
-        crash counts instead of being hidden by a restart.
+        Every process (web and workers) must still run `window` seconds after it started (`settle` seconds
+        instead, when given: a first deploy, which has no previous version to protect), and the routed process
+        must listen on its port and answer `GET /` (`path` when the plan names its health path; Host: `host`)
+        with a status below 500 (`readiness.probe_http`). An app answering 5xx is asked again (0.1 s apart,
+        doubling to 1 s) until `window` seconds after the start, settle or not (it may be warming up), then
+        fails with the status and the start of the body. A process exiting fails it at once (once its last
+        output is read, so the error can quote it); a web that never listens or never answers fails `timeout`
+        seconds after the start. Raises HealthFailed. Restarts stay off throughout: a crash counts instead of
+        being hidden by a restart.
         """
         loop = asyncio.get_running_loop()
+        self._health_path = path or "/"  # newuser4
         self._uptime_needed = window if settle is None else min(settle, window)
         exits = {asyncio.create_task(s.wait_exit(), name=f"exit-{s.name}"): s for s in self.supervisors}
         try:
@@ -230,7 +235,7 @@ class ReleaseRun:
                     assert self.port is not None
                     if now >= deadline:
                         raise HealthFailed(self._no_answer(f"no answer within {timeout:g}s"), timed_out=True)
-                    probe = asyncio.create_task(probe_http(self.port, host, deadline - now))
+                    probe = asyncio.create_task(probe_http(self.port, host, deadline - now, self._health_path))
                     await self._watch(exits, probe)
                     answer = probe.result()
                     answered = answer.healthy
@@ -280,8 +285,8 @@ class ReleaseRun:
 
     def _no_answer(self, detail: str) -> str:
         name = self.routed.name if self.routed is not None else STATIC_PROCESS
-        return (f"process '{name}' listens on $PORT={self.port} but did not answer an HTTP GET / ({detail}); it "
-                "must serve HTTP/1.1 on $PORT")  # fmt: skip
+        return (f"process '{name}' listens on $PORT={self.port} but did not answer an HTTP GET {self._health_path} "
+                f"({detail}); it must serve HTTP/1.1 on $PORT")  # fmt: skip
 
     def _bad_answer(self, answer: HttpAnswer, window: float) -> str:
         if answer.status is None:
@@ -289,7 +294,7 @@ class ReleaseRun:
         name = self.routed.name if self.routed is not None else STATIC_PROCESS
         until = f" for {window:g}s after it started" if window > 0 else ""
         body = f"; the response began: {answer.detail}" if answer.detail else " with an empty body"
-        return f"process '{name}' answered GET / with HTTP {answer.status}{until}{body}"
+        return f"process '{name}' answered GET {self._health_path} with HTTP {answer.status}{until}{body}"
 
     async def _wait_routed(self, timeout: float, worker_grace: float) -> None:
         loop = asyncio.get_running_loop()
@@ -341,7 +346,7 @@ class ReleaseRun:
         assert self.port is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        next_look, elsewhere_since = started + 1.0, None
+        next_look, elsewhere_since, hidden_since = started + 1.0, None, None
         # apps run as a tenant's own uid: only then are other ports named (as InkMCP's uid, its own would be too)
         tenant = self._uid is not None and self._uid != os.getuid()
         while True:
@@ -357,6 +362,14 @@ class ReleaseRun:
                 # Their own sockets only: the project's other services and the version being replaced listen as
                 # the same uid. An app that opens a side port (metrics, admin) first has that long to bind $PORT.
                 next_look = now + 1.0
+                # --- newuser4: listening on $PORT, but only where 127.0.0.1 does not reach (a Node app's
+                # listen(port, '::1'), a server bound to the host's own address): it waited out the whole health timeout
+                # (60 s) and then said "never listened on $PORT ... make sure it binds 0.0.0.0", which it had done
+                hidden = self._unreachable(probe)
+                hidden_since = (now if hidden_since is None else hidden_since) if hidden else None
+                if hidden_since is not None and now - hidden_since >= min(UNREACHABLE_GRACE, timeout):
+                    raise HealthFailed(self._unreachable_reason(hidden), timed_out=True)
+                # --- end
                 ports = self._ports_elsewhere()
                 elsewhere_since = (now if elsewhere_since is None else elsewhere_since) if ports else None
                 if elsewhere_since is not None and now - elsewhere_since >= min(WRONG_PORT_GRACE, timeout):
@@ -367,6 +380,8 @@ class ReleaseRun:
                         timed_out=True,
                     )
             if now >= deadline:
+                if hidden := self._unreachable(probe) if tenant else []:  # newuser4
+                    raise HealthFailed(self._unreachable_reason(hidden), timed_out=True)
                 elsewhere = self._ports_elsewhere() if tenant else []
                 if elsewhere:  # e.g. a gunicorn config that binds 0.0.0.0:8080, the port another platform uses
                     listed = ", ".join(map(str, elsewhere[:5]))
@@ -381,6 +396,22 @@ class ReleaseRun:
                     timed_out=True,
                 )
             await asyncio.sleep(listen_poll_pause(now - started))
+
+    def _unreachable(self, probe: ListenProbe) -> list[str]:
+        """The addresses this release's uid listens on at $PORT when none of them is reachable at 127.0.0.1 (which
+        `ready` already said): `::1`, `127.0.0.2`, the host's own address (newuser4)."""
+        assert self.port is not None
+        try:
+            mine = [x for x in probe.listeners(self.port) if x.uid == self._uid]
+        except OSError:
+            return []
+        return sorted({socket.inet_ntop(x.family, x.address) for x in mine})
+
+    def _unreachable_reason(self, addresses: list[str]) -> str:
+        shown = ", ".join(f"[{a}]" if ":" in a else a for a in addresses[:4])
+        return (f"the app listens on $PORT={self.port} only on {shown}, which the proxy cannot reach (it connects to "
+                f"127.0.0.1:{self.port}): make it bind all addresses, 0.0.0.0 (or :: for IPv4 and IPv6), e.g. Node "
+                "server.listen(process.env.PORT) with no host, uvicorn/gunicorn --host 0.0.0.0 / --bind 0.0.0.0:$PORT")
 
     def _ports_elsewhere(self) -> list[int]:
         """Ports this release's own processes listen on other than $PORT (not the version being replaced nor the
