@@ -282,7 +282,12 @@ async def supervise(server: EmbeddedPostgres, interval: float = 2.0, headroom_ev
                 log.warning("the tenant PostgreSQL server %s is not running; starting it again", server.pgdata)
                 await asyncio.to_thread(server.start)
                 log.warning("the tenant PostgreSQL server %s runs again (pid %s)", server.pgdata, server.pid)
-            elif rounds % headroom_every == 0:
+                continue
+            try:  # --- redteam4
+                await asyncio.to_thread(release_notify_queue, server)
+            except Exception as exc:  # logged; the next round looks again
+                log.warning("could not check the tenant PostgreSQL server's NOTIFY queue: %s", exc)
+            if rounds % headroom_every == 0:
                 await asyncio.to_thread(keep_headroom, server.pgdata)
                 if (path := log_file(server.pgdata)) is not None:
                     limit = log_disk(server.pgdata.parent.parent).size_mb * 2**20 // 2 or 64 * 2**20
@@ -291,6 +296,42 @@ async def supervise(server: EmbeddedPostgres, interval: float = 2.0, headroom_ev
             raise
         except Exception as exc:  # logged; the next round tries again
             log.error("the tenant PostgreSQL server %s could not be started again: %s", server.pgdata, exc)
+
+
+# --- redteam4: the NOTIFY queue. It is the whole server's (every database's notifications, in pgdata/pg_notify on the
+# data dir's filesystem, up to 8 GB), and it is freed only up to the position of the listener furthest behind. A
+# listener that stops reading (LISTEN, then a transaction left open, a long query, or a client that never reads its
+# socket) holds it for everyone: mallory's free-tier role wrote 105 MiB there in 7.5 s (1.3 % of it) with her other
+# connection idle in a transaction (she may SET idle_in_transaction_session_timeout = 0). At 100 % every tenant's
+# NOTIFY fails ("too many notifications in the NOTIFY queue") and 8 GB of the control plane's filesystem are gone.
+# So past NOTIFY_QUEUE_LIMIT of it, every tenant backend that has not been idle for NOTIFY_STALL_S (in a transaction,
+# running, or blocked writing to its client) is ended: one of them holds the queue (PostgreSQL does not say which).
+# tests/security/test_redteam4_notify_queue.py.
+NOTIFY_QUEUE_LIMIT = 0.01  # of the queue's 8 GB: ~80 MiB
+NOTIFY_STALL_S = 10
+
+
+def release_notify_queue(server: EmbeddedPostgres, limit: float = NOTIFY_QUEUE_LIMIT,
+                         stall_s: int = NOTIFY_STALL_S) -> list[int]:
+    """The tenant backends ended because the NOTIFY queue was past `limit` (comment above); [] when it was not."""
+    import psycopg
+
+    url = server.socket_url(driver=None).get_secret_value()
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute("SELECT pg_notification_queue_usage()").fetchone()
+        if row is None or float(row[0]) < limit:
+            return []
+        ended = conn.execute(
+            "SELECT a.pid, a.usename, a.state, a.wait_event, pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'client backend' AND NOT r.rolsuper "
+            "AND a.state_change < now() - make_interval(secs => %s) "
+            "AND (a.state <> 'idle' OR a.wait_event = 'ClientWrite')", (stall_s,)).fetchall()
+    for pid, user, state, wait, _ in ended:
+        log.warning("the tenant PostgreSQL server's NOTIFY queue is %.1f%% full: ended %s's backend %s (%s, %s for "
+                    "over %s s), which may hold it for every tenant", float(row[0]) * 100, user, pid, state, wait,
+                    stall_s)
+    return [pid for pid, _, _, _, done in ended if done]
+# --- end
 
 
 def stop_tenant_server(data_dir: Path) -> str:
