@@ -490,6 +490,12 @@ def _runs_when_executed(text: str) -> bool:
 # --- Node --------------------------------------------------------------------------------------
 
 
+_PROD_SCRIPTS = ("start:prod", "start:production", "prod", "production")
+_WATCHER = re.compile(r"(?:^|[\s;&|(])(?:npx\s+)?(?:nodemon|ts-node-dev|tsnd|nest\s+start|ts-node|tsx\s+watch"
+                      r"|node\s+(?:[^;&|]*\s)?--watch)(?=\s|$)")
+"""A start script that watches files or compiles TypeScript at each start: a development command (newuser4)."""
+
+
 def _detect_node_start(files: _Files) -> str | None:
     """The command that runs the Node app in production, "" for a static site built by its build script,
     or None when package.json says nothing runnable."""
@@ -504,6 +510,12 @@ def _detect_node_start(files: _Files) -> str | None:
             return "npx next start"  # built by `npm run build` (or `next build`) first; reads $PORT
         if "build" in scripts:
             return ""  # a dev server in front of a production build: serve the build instead
+    # --- newuser4: `start` runs a file watcher or compiles at each start (nodemon, nest start, ts-node) and the repo
+    # has a production script beside it (NestJS's start:prod, the Express templates'): nodemon went live watching files
+    prod = next((name for name in _PROD_SCRIPTS if isinstance(scripts.get(name), str)), None)
+    if start is not None and prod is not None and _WATCHER.search(start):
+        return f"npm run {prod}"
+    # --- end
     if start is not None:
         return "npm start"
     if is_next and "build" in scripts:
@@ -589,7 +601,9 @@ def _check_relative(value: str | None, argument: str) -> str | None:
         raise InvalidArgument(
             f"{value!r} is not a relative path inside the repository.",
             argument=argument,
-            fix=f"pass {argument} relative to the app directory without '..', e.g. 'dist'",
+            # --- newuser4: app_dir was told "relative to the app directory ..., e.g. 'dist'" (static_dir's example)
+            fix=f"pass {argument} relative to the repository root without '..', e.g. 'backend' or 'apps/web'"
+            if argument == "app_dir" else f"pass {argument} relative to the app directory without '..', e.g. 'dist'",
         )
     return str(posix)
 

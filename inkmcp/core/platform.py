@@ -80,6 +80,13 @@ class EnvList(BaseModel):
         default_factory=dict,
         description="without service_name: each service's own values (deploy_app's env_vars), which override env "
         "for that service; they read as lost when only the project-wide ones were shown")
+    # --- newuser4: an agent checking "is DATABASE_URL set?" after provision_database / database= saw `env: {}` and
+    # set it by hand from get_database_credentials; the variables every service gets from the add-ons are listed too
+    add_ons: dict[str, str] = Field(
+        default_factory=dict,
+        description="set in every service by the project's database / Redis (DATABASE_URL, PG*, REDIS_URL); a "
+        "variable of the same name in env or services overrides it")
+    # --- end
 
 
 class DatabaseView(BaseModel):
@@ -367,6 +374,7 @@ class Platform:
             _, svc = await self.deploys.get_service(p, project_name, service_name)
             svc_id = svc.id
         env = await self.envs.resolve(project.id, svc_id)
+        injected = await self.databases.env_for(project.id)  # newuser4
         own: dict[str, dict[str, SecretStr]] = {}
         if service_name is None:  # deploy_app stores its env_vars on the service: show them beside the shared ones
             async with self.sessions() as s:
@@ -386,6 +394,7 @@ class Platform:
             env=shown(env),
             masked=not reveal,
             services={name: shown(values) for name, values in sorted(own.items())},
+            add_ons=shown(injected),  # newuser4
         )
 
     # ---------------------------------------------------------------- databases
