@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -407,23 +408,45 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"(their tests were skipped; {REQUIRE_ALL_ENV}=1 makes them fail, as CI does)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_end_joined() -> Iterator[None]:
+    """--- suitecut: set up before the session's shared servers and box, so torn down after all of them: waits for
+    their teardowns, which run together (tests/session_end.py)."""
+    from tests.session_end import join_all
+
+    yield
+    join_all()
+
+
 @pytest.fixture(scope="session")
 def local_server():
     """One real `inkmcp serve` (local provider, accounts alice and bob, tests.support.SHARED_SERVER_LIMITS) per worker
     for the whole session: tests/e2e's `server` (with its Coolify twin) and any test that needs a served server with
-    no setting of its own, using an account of its own (suitetime: a server costs ~20 s of CI time)."""
+    no setting of its own, using an account of its own (suitetime: a server costs ~20 s of CI time). Stopped at the
+    session's end beside the other shared ones (`at_session_end`)."""
+    from tests.session_end import at_session_end
     from tests.support import SHARED_SERVER_LIMITS, running_server
 
-    with running_server("inkmcp-e2e-", ("alice", "bob"), **SHARED_SERVER_LIMITS) as srv:
+    server = running_server("inkmcp-e2e-", ("alice", "bob"), **SHARED_SERVER_LIMITS)
+    srv = server.__enter__()
+    try:
         yield srv
+    except BaseException:
+        server.__exit__(None, None, None)
+        raise
+    at_session_end(lambda: server.__exit__(None, None, None))
 
 
 @pytest.fixture(scope="session")
 def run_server_box():
-    """The session's run-server box (tests/runtime/shared_box.py), brought up on first use, down at the end."""
+    """The session's run-server box (tests/runtime/shared_box.py), brought up on first use, down at the end (beside
+    the session's servers, `at_session_end`)."""
     from tests.runtime import shared_box
+    from tests.session_end import at_session_end
 
     try:
         yield shared_box.box_dir()
-    finally:
+    except BaseException:
         shared_box.teardown()
+        raise
+    at_session_end(shared_box.teardown)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.coolify import coolify_server
+from tests.session_end import at_session_end
 from tests.support import SHARED_SERVER_LIMITS, ServerProc, traversable_tmpdir
 
 PROVIDERS = ["local", "coolify"]
@@ -23,8 +24,14 @@ SHARED_LIMITS = SHARED_SERVER_LIMITS
 
 @pytest.fixture(scope="session")
 def coolify_server_() -> Iterator[ServerProc]:
-    with coolify_server("inkmcp-e2e-c-", ("alice", "bob"), **SHARED_LIMITS) as srv:
+    server = coolify_server("inkmcp-e2e-c-", ("alice", "bob"), **SHARED_LIMITS)
+    srv = server.__enter__()
+    try:
         yield srv
+    except BaseException:
+        server.__exit__(None, None, None)
+        raise
+    at_session_end(lambda: server.__exit__(None, None, None))  # --- suitecut: beside the other shared ones
 
 
 @pytest.fixture(scope="session", params=PROVIDERS)
