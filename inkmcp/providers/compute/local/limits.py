@@ -179,14 +179,22 @@ class Cgroups:
             return [self.root / self.parent / group]
         return [self.root / c / self.parent / group for c in self.controllers]
 
-    def ensure(self, group: str, resources: Resources) -> None:
-        """Create (or update) the group's limits. Must run before anything of the service is spawned."""
+    def ensure(self, group: str, resources: Resources, gid: int | None = None) -> None:
+        """Create (or update) the group's limits. Must run before anything of the service is spawned.
+
+        `gid`: the group's dirs become root:gid 0750 (redteam4): its own project reads its limits and usage, no
+        other tenant does. Their ids are no secret (every service's mount is in /proc/self/mountinfo), and with
+        the kernel's 0755 another tenant read a service's pids (cgroup.procs), memory (memory.stat) and CPU use
+        (tests/security/test_redteam4_cgroup_peek.py)."""
         if not self.available:
             return
         memory = resources.memory_mb * 1024 * 1024
         quota = max(1000, int(resources.cpus * PERIOD_US))
         for d in self._dirs(group):
             d.mkdir(parents=True, exist_ok=True)
+            if gid is not None:  # --- redteam4
+                os.chown(d, 0, gid)
+                os.chmod(d, 0o750)  # noqa: S103 (root:its project group, no other tenant)
         self.applied[group] = resources
         if self.version == 2:
             d = self._dir("memory", group)

@@ -1107,8 +1107,9 @@ class LocalComputeProvider:
             raise ReleaseFailed(Step.building, conflict)
         if not self.limits.available:
             return f"resource limits not enforced: {self.limits.reason}; {self.disks.note()}"  # --- quota: + disk
-        await asyncio.to_thread(self.limits.ensure, request.key.service_id, res)
-        await asyncio.to_thread(self.limits.ensure, _build_group(request.key.service_id), res)
+        gid = _project_gid(request.key.project_id)  # --- redteam4: only its project reads its groups
+        await asyncio.to_thread(self.limits.ensure, request.key.service_id, res, gid)
+        await asyncio.to_thread(self.limits.ensure, _build_group(request.key.service_id), res, gid)
         return (f"limits: {res.memory_mb} MiB memory, {res.cpus:g} CPU, {self.limits.pids_max} processes, "
                 f"{self.disks.note()}")  # --- quota: + disk
 
@@ -1575,6 +1576,16 @@ def _build_group(service_id: str) -> str:
 def _is_root() -> bool:
 
     return os.geteuid() == 0
+
+
+def _project_gid(project_id: str) -> int | None:  # --- redteam4
+    """The project user's group (its cgroups' group), None before the user exists."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(project_user_name(project_id)).pw_gid
+    except KeyError:
+        return None
 
 
 def _route_conflict(host: str) -> str:
