@@ -198,6 +198,7 @@ FILE_SECONDS: dict[str, float] = {
     "tests/security/test_redteam4_socket_memory.py": 15,  # a lab
     "tests/security/test_redteam4_log_escapes.py": 22,  # a lab with a build step, an `inkmcp logs` process
     "tests/security/test_redteam4_notify_queue.py": 50,  # a database, ~100 MiB of NOTIFY, a 10 s stall
+    "tests/security/test_redteam4_cgroup_peek.py": 40,  # two labs
     # --- end
     # --- suitefast: a `-m "not slow"` run at load 8.5 (two suites at once), quartered (far from the per-test default)
     "tests/core/test_database_backups.py": 30,
