@@ -99,61 +99,65 @@ def _selected_ops(request: pytest.FixtureRequest) -> list[str]:
 @pytest.fixture(scope="module")
 def replays(request: pytest.FixtureRequest, shell: BoxShell) -> Iterator[dict[str, Future]]:
     """{op id: Future of (the box's shell, its ReplayResult)} for the selected operations, run in the background
-    on the session's box and up to BOXES - 1 boxes of this module's (brought up here, down at the module's end)."""
+    on the session's box at once and on up to BOXES - 1 boxes of this module's as soon as each is up (brought up
+    here, down at the module's end; a box that failed to come up fails the module's last test at its teardown)."""
     ops = _selected_ops(request)
     futures: dict[str, Future] = {op: Future() for op in ops}
-    extra: list[Path] = []
-    shells = [shell]
-    try:
-        wanted = min(BOXES, max(1, len(ops) // 3)) - 1
-        extra = [Path(tempfile.mkdtemp(prefix="inkbox-replay-")) for _ in range(wanted)]
-        errors: list[BaseException] = []
+    extra = [Path(tempfile.mkdtemp(prefix="inkbox-replay-")) for _ in range(min(BOXES, max(1, len(ops) // 3)) - 1)]
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for op in ops:
+        todo.put(op)
+    errors: list[BaseException] = []
 
-        def bring_up(box: Path) -> None:
+    def worker(box: Path | None) -> None:
+        if box is None:
+            box_shell = shell
+        else:
             try:
                 sandbox.up(box)
-            except BaseException as e:  # reported below, in the fixture's own thread
+                box_shell = BoxShell(box)
+            except BaseException as e:  # raised at the fixture's teardown; the other boxes take its share
                 errors.append(e)
+                return
+        while True:
+            try:
+                op = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                futures[op].set_result((box_shell, run_operation(box_shell, op)))
+            except BaseException as e:  # the test of that operation raises it
+                futures[op].set_exception(e)
 
-        ups = [threading.Thread(target=bring_up, args=(box,)) for box in extra]
-        for t in ups:
-            t.start()
-        for t in ups:
-            t.join()
-        if errors:
-            raise errors[0]
-        shells += [BoxShell(box) for box in extra]
-        todo: queue.SimpleQueue[str] = queue.SimpleQueue()
-        for op in ops:
-            todo.put(op)
-
-        def worker(box_shell: BoxShell) -> None:
-            while True:
-                try:
-                    op = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    futures[op].set_result((box_shell, run_operation(box_shell, op)))
-                except BaseException as e:  # the test of that operation raises it
-                    futures[op].set_exception(e)
-
-        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in shells]
+    threads = [threading.Thread(target=worker, args=(box,), daemon=True) for box in [None, *extra]]
+    try:
         for t in threads:
             t.start()
         yield futures
+    finally:
         for t in threads:
             t.join()
-    finally:
-        for box in extra:
-            try:
-                sandbox.down(box)
-            finally:
-                from tests.runtime.conftest import _pids_under, _stop
+        downs = [threading.Thread(target=_down, args=(box, errors)) for box in extra]  # together, as they came up
+        for t in downs:
+            t.start()
+        for t in downs:
+            t.join()
+    if errors:
+        raise errors[0]
 
-                for pid in _pids_under(box):  # only if down failed: whatever still names the box's directory
-                    _stop(pid, wait=5)
-                shutil.rmtree(box, ignore_errors=True)
+
+def _down(box: Path, errors: list[BaseException]) -> None:
+    """One of `replays`' boxes down; then whatever still names its directory (only if down failed), by PID."""
+    from tests.runtime.conftest import _pids_under, _stop
+
+    try:
+        sandbox.down(box)
+    except BaseException as e:  # raised by `replays` once every box is down
+        errors.append(e)
+    finally:
+        for pid in _pids_under(box):
+            _stop(pid, wait=5)
+        shutil.rmtree(box, ignore_errors=True)
 # --- end
 
 
