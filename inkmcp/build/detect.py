@@ -47,6 +47,7 @@ from inkmcp.build.platform_files import PlatformService, load_platform_files
 from inkmcp.build.procfile import Procfile, load_procfile
 from inkmcp.build.static_output import is_dev_server
 from inkmcp.errors import BuildPlanError, InkError, InvalidArgument
+from inkmcp.safefs import read_beneath
 
 PYTHON_ENTRYPOINTS = ("app.py", "main.py", "server.py")
 # Where an app object may live, most explicit first (wsgi.py exists only to expose it).
@@ -112,6 +113,45 @@ class _Files:
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# --- newuser4: an app keeping its data in a SQLite file (Django's default settings, sqlite:/// URLs, sqlite3 in
+# package.json) writes it in its release directory, which the next deploy replaces: its data went with every deploy,
+# and nothing said so. Said in the queued event; hidden once the project has a Postgres (plan hints skip a note naming
+# "'type': 'postgres'" when DATABASE_URL is set).
+_SQLITE_IN_CODE = re.compile(rb"backends\.sqlite3|sqlite(?:\+\w+)?:///|sqlite3\.connect\(")
+_SQLITE_NODE = ("sqlite3", "better-sqlite3", "sqlite")
+_SQLITE_NOTE = ("the app looks like it keeps data in a SQLite file ({where}): files it writes in its own directory "
+                "are replaced at each deploy (every deploy runs a fresh checkout); keep the file under $HOME, which is "
+                "kept across deploys, or pass database={{'type': 'postgres'}} and read DATABASE_URL")
+_SQLITE_SCAN_FILES = 80
+_SQLITE_SCAN_BYTES = 256 * 1024
+
+
+def _sqlite_use(files: _Files) -> str | None:
+    """Where the app shows it uses SQLite ('settings.py', 'package.json better-sqlite3'), or None. Reads at most
+    _SQLITE_SCAN_FILES Python files of the app directory, two levels down, each up to _SQLITE_SCAN_BYTES (larger ones
+    are skipped), through safefs.read_beneath: no symlink followed, no FIFO opened (the tenant wrote this tree)."""
+    deps = files.node_deps
+    if found := next((name for name in _SQLITE_NODE if name in deps), None):
+        return f"package.json {found}"
+    if not files.is_python:
+        return None
+    checkout = files.checkout.resolve()
+    scanned = 0
+    for pattern in ("*.py", "*/*.py", "*/*/*.py"):
+        for path in sorted(files.root.glob(pattern)):
+            if scanned >= _SQLITE_SCAN_FILES:
+                return None
+            rel = path.relative_to(files.root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue  # .venv, .git
+            scanned += 1
+            head = read_beneath(checkout, str(path.relative_to(checkout)), max_bytes=_SQLITE_SCAN_BYTES)
+            if head is not None and _SQLITE_IN_CODE.search(head):
+                return str(rel)
+    return None
+# --- end
 
 
 def _requirement_names(text: str) -> set[str]:
@@ -1076,6 +1116,8 @@ def derive_plan(
             notes.insert(0, f"runs `{detected}` (detected; start_command overrides)")
     notes += [f"{e.message} (file skipped)" for e in platform.errors]
 
+    if processes and (sqlite := _sqlite_use(files)):  # --- newuser4
+        notes.append(_SQLITE_NOTE.format(where=sqlite))
     is_static = not processes
     command_hint = processes[0].command if processes else None
     stack = _pick_stack(files, command_hint, static_only=is_static)

@@ -77,3 +77,34 @@ def test_a_bad_app_dir_is_told_app_dirs_own_example(tmp_path: Path) -> None:
         derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
                     port=None, static_dir="/abs")  # fmt: skip
     assert "e.g. 'dist'" in str(caught.value)
+
+
+DJANGO_SETTINGS = "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': BASE_DIR / 'db.sqlite3'}}\n"
+
+
+@pytest.mark.parametrize(("files", "where"), [
+    ({"requirements.txt": "django\ngunicorn\n", "manage.py": "", "shop/__init__.py": "", "shop/wsgi.py": "app = 1\n",
+      "shop/settings.py": DJANGO_SETTINGS}, "shop/settings.py"),
+    ({"requirements.txt": "flask\n", "app.py": "import flask\napp = flask.Flask(__name__)\n",
+      "db.py": "import sqlite3\nconn = sqlite3.connect('data.db')\n"}, "db.py"),
+    ({"package.json": '{"name": "x", "scripts": {"start": "node server.js"}, "dependencies": {"better-sqlite3": "*"}}',
+      "server.js": ""}, "package.json better-sqlite3"),
+])  # fmt: skip
+def test_a_sqlite_app_is_told_its_file_goes_with_each_deploy(tmp_path: Path, files: dict[str, str],
+                                                             where: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    plan, _ = derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
+                          port=None)  # fmt: skip
+    said = [n for n in plan.notes if "SQLite" in n]
+    assert said and f"keeps data in a SQLite file ({where})" in said[0], plan.notes
+    assert "keep the file under $HOME" in said[0] and "database={'type': 'postgres'}" in said[0]
+
+
+def test_no_sqlite_note_without_sqlite(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("flask\n")
+    (tmp_path / "app.py").write_text("import flask\napp = flask.Flask(__name__)\n")
+    plan, _ = derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
+                          port=None)  # fmt: skip
+    assert not [n for n in plan.notes if "SQLite" in n], plan.notes
