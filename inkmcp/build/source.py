@@ -566,6 +566,10 @@ def _git_env(source: _Source) -> dict[str, str]:
     # (tests/security/test_redteam4_git_ssh.py); no config file is read now, the user's or the system's
     ssh = "ssh -F /dev/null -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=accept-new"
     # --- end
+    # No key is offered: InkMCP fetches with no ssh key of its own (README: an ssh URL needs a key the server does not
+    # have), and run as InkMCP's own user (the Coolify provider, a non-root server) ssh offered that user's default
+    # keys (~/.ssh/id_*) to any host an account named, which learns them (redteam4, noticed)
+    ssh += " -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
     if source.ssh_alias:
         # ssh connects to the checked IP; the key is still checked (and remembered) under the name.
         ssh += f" -o HostKeyAlias={source.ssh_alias} -o CheckHostIP=no"

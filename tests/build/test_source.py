@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import http.server
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -560,6 +561,22 @@ def test_ssh_and_git_urls_connect_to_the_checked_address() -> None:
     argv = source_mod._git_base(https)
     assert "http.curloptResolve=example.com:443:93.184.215.14" in argv
     assert "http.followRedirects=false" in argv
+
+
+def test_git_ssh_offers_no_key_of_the_user_it_runs_as() -> None:
+    """Run as InkMCP's own user (the Coolify provider, a non-root server), git's ssh offered that user's default
+    keys (~/.ssh/id_*, from the passwd home whatever $HOME says) to any host an account's repo_url named; InkMCP
+    has no ssh key for fetching. The real ssh client resolves the exact command git is given (`ssh -G`: its
+    configuration for that host, as it would connect): no identity file, no agent, only the identities named."""
+    scp = source_mod._pinned(source_mod._parse_remote("git@evil.example:owner/repo.git"), ["203.0.113.9"])
+    command = shlex.split(source_mod._git_env(scp)["GIT_SSH_COMMAND"])
+    resolved = subprocess.run([*command, "-G", "203.0.113.9"], capture_output=True, text=True, timeout=10,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert resolved.returncode == 0, resolved.stderr
+    config = [line.split(" ", 1) for line in resolved.stdout.splitlines()]
+    assert [v for k, v in config if k == "identityfile"] == ["none"], resolved.stdout
+    assert ("identitiesonly", "yes") in [tuple(c) for c in config]
+    assert ("identityagent", "none") in [tuple(c) for c in config]
 
 
 # ------------------------------------------------------- pinning, redirects, credentials (real servers)
