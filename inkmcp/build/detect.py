@@ -1198,7 +1198,8 @@ def _check_manifest_mode(mode: Mode, service_name: str, kind: ServiceType, proce
     """inkmcp.yaml's `mode:` for the service contradicts what it is: the repo's file is wrong, not the call."""
     try:
         check_mode(mode, static_site=kind == ServiceType.webapp_static,
-                   runs=processes[0].command if processes else None)  # fmt: skip
+                   runs=processes[0].command if processes else None,
+                   routed=any(p.routed for p in processes) or not processes)  # fmt: skip  (newuser4)
     except InvalidArgument as e:
         what = "it serves files" if kind == ServiceType.webapp_static else "it runs a process"
         raise BuildPlanError(

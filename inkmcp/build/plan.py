@@ -135,11 +135,24 @@ def default_mode(service_type: ServiceType) -> Mode:
     return Mode.static if service_type == ServiceType.webapp_static else Mode.persistent
 
 
-def check_mode(requested: Mode | None, *, static_site: bool | None, runs: str | None = None) -> None:
+def check_mode(requested: Mode | None, *, static_site: bool | None, runs: str | None = None,
+               routed: bool = True) -> None:
     """Refuse a mode that contradicts what the service is: `static_site` True (files only), False (a process
-    runs: `runs` is its command, if known), None (not known yet: nothing to check)."""
+    runs: `runs` is its command, if known), None (not known yet: nothing to check); `routed` False: no process
+    receives HTTP (a worker), so nothing could wake it from on_demand's sleep."""
     if requested is None or static_site is None:
         return
+    if requested == Mode.on_demand and not static_site and not routed:  # --- newuser4
+        # a worker deployed with mode='on_demand' was accepted and never slept (the idle loop skips services
+        # without a route) while list_services said on_demand; slept, nothing could have woken it
+        shown = f" (`{runs[:80]}`)" if runs else ""
+        raise InvalidArgument(
+            f"mode on_demand sleeps a service when no HTTP request comes and wakes it at the next one, but no "
+            f"process of this service receives HTTP{shown}: nothing would wake it.",
+            argument="mode",
+            fix="omit mode or pass 'persistent' for a worker (it keeps running); on_demand is for a web app "
+            "(a Procfile `web:` line, or a start_command listening on $PORT)",
+        )
     if static_site and requested != Mode.static:
         # A static site has nothing to sleep or keep warm; say so rather than ignore it.
         raise InvalidArgument(
@@ -164,7 +177,8 @@ def resolve_mode(service_type: ServiceType, requested: Mode | None, plan: BuildP
     checked when the plan was made (`detect.derive_plan`)."""
     command = (plan.routed_process or (plan.processes[0] if plan.processes else None))
     check_mode(requested, static_site=service_type == ServiceType.webapp_static,
-               runs=command.command if command else None)  # fmt: skip
+               runs=command.command if command else None,
+               routed=plan.routed_process is not None or not plan.processes)  # fmt: skip
     return requested or plan.mode or default_mode(service_type)
 
 

@@ -7,6 +7,8 @@
   example; app_dir is relative to the repository root).
 - A Node app whose `start` runs nodemon (or `nest start`, ts-node) beside a `start:prod` script went live under
   nodemon, watching its files; the production script now runs.
+- A worker deployed with mode='on_demand' was accepted, shown as on_demand and never slept; it is refused now.
+- A SQLite app lost its data file at every deploy (a fresh checkout) with nothing said; the queued event says so.
 
 list_env_vars through the official MCP client on the session's local server (an account of this file's own); the
 rest read the repo as deploy_app does (`derive_plan`).
@@ -21,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from inkmcp.build.detect import derive_plan
-from inkmcp.errors import InvalidArgument
-from tests.support import ServerProc, call, mcp_session
+from inkmcp.errors import BuildPlanError, InvalidArgument
+from tests.support import ServerProc, call, call_error, git_repo, mcp_session
 
 ACCOUNT = f"newuser4v-{uuid.uuid4().hex[:8]}"
 
@@ -108,3 +110,21 @@ def test_no_sqlite_note_without_sqlite(tmp_path: Path) -> None:
     plan, _ = derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
                           port=None)  # fmt: skip
     assert not [n for n in plan.notes if "SQLite" in n], plan.notes
+
+
+@pytest.mark.asyncio
+async def test_on_demand_for_a_worker_is_refused_with_what_to_pass(server: ServerProc, repos: Path) -> None:
+    """A worker-only Procfile deployed with mode='on_demand' went live, list_services said `on_demand`, and it never
+    slept (the idle loop skips services without a route); had it slept, no request could have woken it."""
+    repo = git_repo(repos / "worker-only", {"Procfile": "worker: python3 worker.py\n",
+                                            "worker.py": "import time\nwhile True:\n    time.sleep(60)\n"})  # fmt: skip
+    project = f"nu4-worker-{uuid.uuid4().hex[:6]}"
+    async with mcp_session(server, server.keys[ACCOUNT]) as s:
+        said = await call_error(s, "deploy_app", repo_url=str(repo), project_name=project, mode="on_demand")
+        assert "Argument 'mode': mode on_demand sleeps a service" in said, said
+        assert "(`python3 worker.py`)" in said and "pass 'persistent' for a worker" in said, said
+        assert project not in json.dumps(await call(s, "list_projects"))  # refused before anything was made
+    (repo / "inkmcp.yaml").write_text("services:\n  web:\n    mode: on_demand\n")
+    with pytest.raises(BuildPlanError) as caught:
+        derive_plan(repo, service_name="web", service_type=None, build_command=None, start_command=None, port=None)
+    assert "inkmcp.yaml service 'web' has `mode: on_demand`" in str(caught.value), caught.value
