@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -41,6 +41,8 @@ _ROWS = f"SELECT {', '.join(_ROW_COLUMNS)} FROM databases WHERE project_id = %s"
 
 
 Requested = Literal["postgres", "byo", "redis"]
+TYPE_ALIASES = {"postgresql": "postgres", "pg": "postgres", "psql": "postgres", "postgre": "postgres",
+                "valkey": "redis"}  # newuser4
 Kind = Literal["postgres", "redis"]
 """The slot a request fills: a project holds at most one add-on of each kind (byo fills the postgres slot)."""
 
@@ -78,6 +80,15 @@ class DatabaseRequest(BaseModel):
     )
     tier: Tier = Tier.free
     url: SecretStr | None = Field(default=None, description="for type=byo: postgresql:// connection string")
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _aliases(cls, value: Any) -> Any:
+        """--- newuser4: `postgresql` (PostgreSQL's own name, the URL scheme), `pg` or `valkey` mean what they say; an
+        agent passing database='postgresql' was refused and had to call again."""
+        if isinstance(value, list):
+            return [TYPE_ALIASES.get(v.lower(), v) if isinstance(v, str) else v for v in value]
+        return TYPE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
 
     def requested(self) -> tuple[Requested, ...]:
         """The kinds asked for, in order; a clear error for an empty list, a repeat, or postgres with byo."""

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from inkmcp.build.detect import derive_plan
+from inkmcp.core.databases import DatabaseRequest
 from inkmcp.errors import BuildPlanError, InvalidArgument
+from inkmcp.mcp.tools import database_shorthand
 from tests.support import ServerProc, call, call_error, git_repo, mcp_session
 
 ACCOUNT = f"newuser4v-{uuid.uuid4().hex[:8]}"
@@ -128,3 +130,12 @@ async def test_on_demand_for_a_worker_is_refused_with_what_to_pass(server: Serve
     with pytest.raises(BuildPlanError) as caught:
         derive_plan(repo, service_name="web", service_type=None, build_command=None, start_command=None, port=None)
     assert "inkmcp.yaml service 'web' has `mode: on_demand`" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize(("given", "kinds"), [
+    ("postgresql", ("postgres",)), ("PostgreSQL", ("postgres",)), ("pg", ("postgres",)),
+    (["postgresql", "redis"], ("postgres", "redis")), ("postgres", ("postgres",)),
+])  # fmt: skip
+def test_postgresql_is_postgres(given: str | list[str], kinds: tuple[str, ...]) -> None:
+    """deploy_app(database='postgresql') was refused ("Input should be 'postgres', 'byo' or 'redis'")."""
+    assert DatabaseRequest.model_validate(database_shorthand(given)).requested() == kinds
