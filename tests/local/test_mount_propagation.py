@@ -122,3 +122,29 @@ def test_release_leaves_a_data_dir_with_mounts_beneath_and_an_operators_own_moun
 def _mount_lines() -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f]
+
+
+def test_release_unbinds_while_a_slave_namespace_holds_mounts_beneath_its_copy(root: Path) -> None:
+    """A namespace made a slave after `share` (a tenant's, or another server's process) with a mount of its own
+    under its copy of the data dir and its cwd there: `release` takes the bind away here, the data dir can be used
+    and removed, and the other namespace keeps what it mounted. (CI run 57 saw the plain unmount fail with EBUSY at
+    a stop, leaving the bind, and `rm -rf` of the data dir failed: `release` now detaches on EBUSY. This set-up does
+    not reproduce that EBUSY; it checks the release around it.)"""
+    propagation.share(root)
+    assert str(root) in mount_points()
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+         f"mount -t tmpfs held {root}/tmp && cd {root}/tmp && echo mounted && exec sleep 60"],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "mounted"
+        propagation.release(root)
+        assert str(root) not in mount_points() and not (root / propagation.MARKER).exists()
+        scratch = root / "gone"
+        scratch.mkdir()
+        os.rmdir(scratch)  # the directory itself works as before
+        inside = Path(f"/proc/{holder.pid}/mountinfo").read_text()
+        assert f"{root}/tmp " in inside  # the other namespace's own mount is untouched
+    finally:
+        holder.kill()
+        holder.wait()
