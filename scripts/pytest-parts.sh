@@ -6,10 +6,7 @@
 # Exit status: non-zero if either part failed; a part that selects no test (pytest's 5) is fine unless both do.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-# 3 workers on CI's 2 cores: the suite mostly waits (servers starting, health checks, Coolify's intervals: the
-# heaviest file used 22 % of a core), so a third worker overlaps waits. CI run 57 (quiet box, 2 cores): the parallel
-# part 22 min 56 s against run 55's 27 min 8 s with 2.
-workers=${PYTEST_WORKERS:-3}
+workers=${PYTEST_WORKERS:-2}  # the Makefile's default (and why not 3 yet)
 pytest=.venv/bin/pytest
 if [ "$workers" = "0" ]; then
   exec "$pytest" -q -ra --durations=40 "$@"

@@ -6,6 +6,7 @@ autouse fixture and builds the component inside the test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
 from collections.abc import Callable, Iterator
@@ -63,6 +64,12 @@ class NetworkMocks(pulumi_mocks.RecordingMocks):
 
 
 def install(monitor_cls: type[RecordingMonitor] = RecordingMonitor) -> RecordingMonitor:
+    """Fresh mocks; a loop set first if none is (as tests/stacks/pulumi_mocks.install: a pytest-asyncio test that
+    ran before on the same worker leaves none, and Pulumi's mocks need one: CI run 58, three workers)."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     mon = monitor_cls(NetworkMocks())
     pulumi.runtime.set_mocks(mon.mocks, project="inkmcp", stack="test", preview=False, monitor=mon)
     return mon
