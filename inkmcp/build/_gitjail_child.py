@@ -1,8 +1,8 @@
 """The git jail's starter: a small process, started once, whose children are every git process InkMCP runs.
 
-Run by path (`python -I -S _gitjail_child.py FD LIMITS_JSON`), never imported: it must not load InkMCP (its
-memory is what every start borrows) and it needs nothing but the standard library. See `gitjail.py` for why it
-exists. What it does:
+Run by path (`python -I -S _gitjail_child.py FD LIMITS_JSON OOM_SCORE_ADJ`), never imported: it must not load
+InkMCP (its memory is what every start borrows) and it needs nothing but the standard library. See `gitjail.py` for
+why it exists. What it does:
 
 - at start: sets its own resource limits (LIMITS_JSON: {"RLIMIT_DATA": n, ...}) and OOM score adjustment, which
   every child inherits at fork, dies with its parent (PR_SET_PDEATHSIG), ignores SIGXCPU for itself (its children
@@ -42,9 +42,10 @@ def main() -> None:
         os._exit(0)
     signal.signal(signal.SIGXCPU, signal.SIG_IGN)
     try:  # the host OOM killer's choice before InkMCP's own processes, as every tenant process (process.py step 1b:
-        # TENANT_OOM_SCORE_ADJ; git runs what a tenant's repository makes it do), inherited by every git it starts
+        # TENANT_OOM_SCORE_ADJ, passed as the third argument; git runs what a tenant's repository makes it do),
+        # inherited by every git it starts
         with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("500")
+            f.write(str(int(sys.argv[3])))
     except OSError:
         pass
     for name, value in limits.items():

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inkmcp.build.process import TENANT_OOM_SCORE_ADJ
 from inkmcp.settings import GitSettings, git_settings
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ class _Starter:
         def run() -> None:
             try:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(CHILD), str(theirs.fileno()), json.dumps(limits.rlimits())],
+                    [sys.executable, "-I", "-S", str(CHILD), str(theirs.fileno()), json.dumps(limits.rlimits()),
+                     str(TENANT_OOM_SCORE_ADJ)],
                     pass_fds=(theirs.fileno(),), env={}, cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
                 # moved into its cgroup before it is asked anything: every child is born there
                 self.cgroup, self.group_dirs = _join_cgroup(self.proc.pid, limits)

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from inkmcp.build import gitjail, source
-from inkmcp.build.process import kill_process_group
+from inkmcp.build.process import TENANT_OOM_SCORE_ADJ, kill_process_group
 from inkmcp.settings import GitSettings, set_git_settings
 from tests.requirements import is_root, require_root
 
@@ -42,7 +42,8 @@ async def run(argv: list[str], data: bytes | None = None) -> tuple[int, str, str
 
 async def test_a_process_gets_the_limits_its_session_and_nothing_else(jail: GitSettings) -> None:
     script = ("cat /proc/self/limits; echo cgroup; cat /proc/self/cgroup; echo ids; ps -o pid=,pgid=,sid= -p $$; "
-              "echo umask $(umask); echo cwd $(pwd); echo fds $(ls /proc/$$/fd | sort -n | tr '\\n' ' '); env")
+              "echo umask $(umask); echo cwd $(pwd); echo oom $(cat /proc/self/oom_score_adj); "
+              "echo fds $(ls /proc/$$/fd | sort -n | tr '\\n' ' '); env")
     rc, out, _ = await run(["/bin/sh", "-c", script])
     assert rc == 0, out
     limits = {line[:26].strip(): line[26:].split() for line in out.split("cgroup")[0].splitlines()[1:]}
@@ -53,6 +54,7 @@ async def test_a_process_gets_the_limits_its_session_and_nothing_else(jail: GitS
     pid, pgid, sid = out.split("ids\n")[1].split()[:3]
     assert pid == pgid == sid, "not in a session of its own"
     assert "umask 0077" in out and "cwd /" in out, out
+    assert f"oom {TENANT_OOM_SCORE_ADJ}\n" in out, out  # the host OOM killer's choice before InkMCP's own processes
     assert out.split("fds ")[1].split("\n")[0].split() == ["0", "1", "2", "3"], out  # 3: $(...)'s own pipe
     env = dict(line.split("=", 1) for line in out.split("fds ")[1].splitlines()[1:] if "=" in line)
     assert env.get("INKMCP_TEST_MARK") == "jailed" and "HOME" not in env and "INKMCP_GIT_JAIL" not in env, env
