@@ -45,6 +45,15 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.01):  # ty
     raise AssertionError("condition not met in time")
 
 
+def alive(process: psutil.Process) -> bool:
+    """Running and not a zombie; a process that exits between psutil's two reads counts as gone (CI saw
+    NoSuchProcess raised from status() right after is_running() said yes)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class App:
     """A stdlib HTTP app on its own port, answering `name` (a process this test starts and stops)."""
 
@@ -117,7 +126,7 @@ async def test_routes_by_host_answers_unknown_hosts_itself_and_stops_what_it_sta
     assert len(family) >= 2 and all("nginx" in p.name() for p in family)
     port = proxy.port
     await proxy.close()
-    assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not [p.pid for p in family if alive(p)]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
@@ -249,7 +258,7 @@ async def test_nginx_stops_when_inkmcp_is_killed(run_dir):
         family = [master, *master.children(recursive=True)]
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-        await until(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE])
+        await until(lambda: not [p for p in family if alive(p)])
         assert not _connects(int(port_text))
     finally:
         if child.poll() is None:
