@@ -13,12 +13,11 @@ serve: $(STAMP)
 
 # -ra lists every skip with its reason. INKMCP_REQUIRE_ALL=1 (set by .ci/run) turns the skips for a missing
 # component into failures; fast subset: make test PYTEST_ARGS='-m "not slow"' (tests/conftest.py).
-# Two workers (pytest-xdist), each running whole test files, so most of the suite's waiting (builds, health checks,
+# Three workers (pytest-xdist), each running whole test files, so most of the suite's waiting (builds, health checks,
 # daemons) overlaps; then the tests that keep time against their own clocks, alone (scripts/pytest-parts.sh).
-# PYTEST_WORKERS=0 runs everything in one process. Three are ~4 minutes faster on CI's 2 cores (CI run 57: parallel
-# part 22 min 56 s against 27 min 8 s) but CI run 58 with three met a load flake (test_core_contract's coolify
-# `step:building` crash case) that two have not: back to two until it is fixed.
-export PYTEST_WORKERS ?= 2
+# PYTEST_WORKERS=0 runs everything in one process. Three are ~4 minutes faster than two on CI's 2 cores (CI run 57:
+# parallel part 22 min 56 s against 27 min 8 s): the suite mostly waits.
+export PYTEST_WORKERS ?= 3
 test: $(STAMP)
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/test-system-deps.sh && bash scripts/test-docker.sh && bash scripts/test-docker-trixie.sh; fi
 	$(VENV)/bin/ruff check .

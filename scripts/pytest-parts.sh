@@ -6,7 +6,7 @@
 # Exit status: non-zero if either part failed; a part that selects no test (pytest's 5) is fine unless both do.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-workers=${PYTEST_WORKERS:-2}  # the Makefile's default (and why not 3 yet)
+workers=${PYTEST_WORKERS:-3}  # the Makefile's default
 pytest=.venv/bin/pytest
 if [ "$workers" = "0" ]; then
   exec "$pytest" -q -ra --durations=40 "$@"

@@ -195,13 +195,41 @@ class Interrupting:
     async def release(self, request: ReleaseRequest, progress: ProgressCallback, record: Record) -> ReleaseResult:
         self.releases += 1
 
-        async def watched(step: Step, detail: str) -> None:
+        def fire(step: Step) -> None:
             if self.armed and step == self.step and not self.fired:
                 self.fired = True
                 raise self.error()
+
+        async def watched(step: Step, detail: str) -> None:
+            fire(step)
             await progress(step, detail)
 
-        return await self.inner.release(request, watched, record)
+        return await self.inner.release(request, watched, self._watching(record, fire))
+
+    @staticmethod
+    def _watching(record: Record, fire: Callable[[Step], None]) -> Record:
+        """`record` with its `many` watched too: where core records refs and steps in one statement, a provider
+        may write a step there instead of through `progress` (the Coolify provider's held `building` step of a
+        build already finished at its first look), and the interruption must happen at that step all the same
+        (before the statement, as a crash before it would)."""
+        many = getattr(record, "many", None)
+        if many is None:
+            return record
+
+        async def watched_record(*args: Any, **kwargs: Any) -> Any:
+            return await record(*args, **kwargs)
+
+        for name, value in vars(record).items():
+            setattr(watched_record, name, value)
+
+        async def watched_many(refs: Any, step: Any = None) -> None:
+            steps = [step] if isinstance(step, tuple) else list(step or [])
+            for status, _ in steps:
+                fire(Step(status))
+            await many(refs, step)
+
+        watched_record.many = watched_many  # type: ignore[attr-defined]
+        return watched_record  # type: ignore[return-value]
 
 
 class Harness:
