@@ -19,7 +19,13 @@ the tenant's:
 3. enters a private mount namespace (propagation to the host cut with MS_SLAVE) and mounts the
    service's own tmp dir on /tmp and /var/tmp and a fresh size-capped tmpfs on /dev/shm, so tenants
    share no temp files with each other or with the host, and its own /proc with hidepid=2, so other
-   users' processes are invisible;
+   users' processes are invisible. First, before /tmp is replaced (a hidden dir may lie under the host's /tmp),
+   an empty read-only tmpfs, mode 000, covers each of the sandbox's `hidden_dirs`: directories the tenant's
+   uid owns but its code must not reach, i.e. the project's git mirrors. git runs as the tenant's uid outside
+   the sandbox (build/source.py) and reads a mirror's own config, so a setting planted there by the tenant's
+   build or app acted in InkMCP's next fetch, in the host's mount namespace (red team 4: `http.cookieFile` and
+   `saveCookies` wrote into the host's /tmp). Covered, the mirrors are written by git only
+   (tests/security/test_mirror_config.py);
 3b. enters a private IPC namespace. SysV shared memory, message queues and semaphore sets, and POSIX
    message queues, belong to the IPC namespace, not to the mount namespace or a cgroup. In the host's, a
    tenant's objects are seen by every other tenant (a key and mode 0666 are all it takes: a channel past
@@ -125,12 +131,16 @@ def shared_writable_dirs() -> tuple[str, ...]:
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
 _PR_SET_NO_NEW_PRIVS = 38
+_MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
 _MS_NOEXEC = 8
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SLAVE = 1 << 19
+# step 3's cover for a hidden dir: empty, read-only, nobody's to enter (mode 000: root's, and root does not go in)
+_HIDE_FLAGS = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+_HIDE_OPTIONS = b"size=4k,nr_inodes=1,mode=000"
 
 # --- landlock: the scope every tenant process gets (step 4b); the syscall numbers are the same on every architecture
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -305,6 +315,7 @@ class TenantSandbox:
     shm_bytes: int = DEFAULT_SHM_BYTES
     limits: LimitProbe | None = field(default=None, compare=False)
     oom_score_adj: int = TENANT_OOM_SCORE_ADJ  # step 1b, for processes run as a tenant (`run_as`)
+    hidden_dirs: tuple[Path, ...] = ()  # step 3, with `tmp_dir`: covered by an empty tmpfs (must exist, root's parent)
 
     @property
     def enforced(self) -> bool:
@@ -366,6 +377,7 @@ class _ChildSetup:
         self.shm = os.fsencode(DEV_SHM) if os.path.isdir(DEV_SHM) else None
         self.shm_options = f"size={sandbox.shm_bytes},mode=1777".encode()
         self.hide_pids = sandbox.run_as is not None and _proc_has_private_options()
+        self.hidden = tuple(os.fsencode(d) for d in sandbox.hidden_dirs)
         run_as = sandbox.run_as
         self.ids = (run_as.uid, run_as.gid) if run_as is not None else None
         self.cwd = os.fsencode(cwd)
@@ -414,6 +426,9 @@ class _ChildSetup:
                 self._check(self.unshare(_CLONE_NEWNS), b"entering a private mount namespace")
                 self._check(self.unshare(_CLONE_NEWIPC), b"entering a private IPC namespace")  # redteam3
                 self._check(self.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), b"making mounts private")
+                for hidden in self.hidden:  # before /tmp is replaced: the path may lie under the host's /tmp
+                    self._check(self.mount(b"tmpfs", hidden, b"tmpfs", _HIDE_FLAGS, _HIDE_OPTIONS),
+                                b"hiding the project's git mirrors")
                 self._check(self.mount(self.tmp, b"/tmp", None, _MS_BIND, None), b"mounting the private /tmp")
                 for var_tmp in self.var_tmps:  # the same dir: /tmp now is it (the source may lie under /tmp)
                     self._check(self.mount(b"/tmp", var_tmp, None, _MS_BIND, None), b"mounting /var/tmp")

@@ -40,12 +40,16 @@ Security notes, because repo URLs come from AI agents:
   readable in /proc only by its uid, the tenant, whose account's token it is.
 - `SourcePolicy.trusted_origins` are hosts the operator configured (INKMCP_GITHUB_URL, e.g. a GitHub Enterprise on
   a private network, or the local GitHub stand-in): their addresses are not checked, as for allow_local.
-- the mirror's own config and hooks are writable by the tenant (it owns the mirror, and its build finds it beside
-  the build caches). Settings planted there (url.insteadOf, http.proxy) act with the tenant's own rights and network
-  reach only, which its deployed code has anyway; the settings we rely on are given on the command line or in the
-  environment, which take precedence. But git runs here OUTSIDE the tenant's sandbox (in the git jail's cgroup, not
-  the tenant's; the host's /proc without hidepid, the host's /tmp), so nothing the tenant wrote may make it run a
-  command: hooks are off
+- the mirror belongs to the tenant's uid, but the tenant's code cannot reach it: every sandboxed process of the
+  project has the mirrors dir covered by an empty tmpfs (build/process.py step 3). It was writable before, and git
+  runs here OUTSIDE the tenant's sandbox (in the git jail's cgroup, not the tenant's; the host's /proc without
+  hidepid, the host's /tmp), reading the mirror's own config: a setting her build planted there acted in InkMCP's
+  next fetch, in the host's mount namespace (red team 4: `[http] cookieFile` + `saveCookies` wrote a file into the
+  host's /tmp and would send cookies read from host files; `url.insteadOf` rewrote the URL). So, besides the cover,
+  a tenant mirror whose config holds anything `git init --bare` did not write (one planted before the cover
+  existed, or by a way in not known yet) is removed and fetched anew (`_ensure_mirror`, `_foreign_settings`), and
+  the settings we rely on are given on the command line or in the environment, which take precedence. Nothing the
+  tenant wrote may make git run a command: hooks are off
   (core.hooksPath=/dev/null), so are core.fsmonitor, core.alternateRefsCommand and core.gitProxy
   (GIT_PROXY_COMMAND=""; the config's value would win over `-c`), ssh reads no config file (`-F /dev/null`: it
   reads ~/.ssh/config from the passwd home, the tenant's, whatever $HOME says; red team 4: a ProxyCommand there
@@ -738,9 +742,16 @@ async def _ensure_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, dea
             return
         if _complete_bare(mirror):
             return
-    rc, out, _ = await _git(["rev-parse", "--is-bare-repository"], source, ws, deadline, git_dir=mirror)
-    if rc == 0 and out.strip() == "true":
+    # --- mirrorcfg: one git process answers both "is it a complete bare repository" (as `rev-parse
+    # --is-bare-repository` did) and "does its config hold only what `git init --bare` writes"
+    rc, out, _ = await _git(["config", "--local", "--list"], source, ws, deadline, git_dir=mirror)
+    foreign = _foreign_settings(out) if rc == 0 else None
+    if foreign == []:
         return
+    if foreign:
+        logging.getLogger(__name__).warning(
+            "the repository cache of %s held settings InkMCP never writes (%s): removed, fetching it anew",
+            source.display, ", ".join(foreign[:8]))
     rm = await _spawn(["rm", "-rf", "--", str(mirror)], ws, {"PATH": "/usr/bin:/bin"})
     await _wait(rm, deadline, "clearing a broken repository cache")
     await _init_mirror(mirror, source, ws, deadline)
@@ -756,6 +767,31 @@ async def _init_mirror(mirror: Path, source: _Source, ws: SourceWorkspace, deadl
 
 
 _BARE_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+# --- mirrorcfg: what `git init --bare` writes in a mirror's config (the values git detects for the filesystem may vary,
+# the two that change how git reads the repository may not); InkMCP's fetches add nothing
+_INIT_SETTINGS: dict[str, str | None] = {
+    "core.repositoryformatversion": "0", "core.bare": "true", "core.filemode": None, "core.symlinks": None,
+    "core.ignorecase": None, "core.precomposeunicode": None, "core.logallrefupdates": None}
+
+
+def _foreign_settings(listing: str) -> list[str] | None:
+    """The names of the settings in `git config --local --list` output that `git init --bare` does not write ([]
+    when there is none), or None when it is not a bare repository's config. Includes are not followed (--local
+    names one file), so an `include.path` is itself a foreign setting."""
+    foreign: list[str] = []
+    bare = False
+    for line in listing.splitlines():
+        name, _, value = line.partition("=")
+        name = name.lower()  # section and key are case-insensitive (a subsection is not, but none is allowed)
+        if name not in _INIT_SETTINGS or (_INIT_SETTINGS[name] is not None and value != _INIT_SETTINGS[name]):
+            foreign.append(_printable(name))
+        bare = bare or (name == "core.bare" and value == "true")
+    return foreign if bare or foreign else None
+
+
+def _printable(name: str) -> str:
+    """A setting's name for the log: a tenant wrote it, so no control character and no more than 80 characters."""
+    return "".join(c if c.isprintable() else "?" for c in name)[:80]
 
 
 def _write_bare(mirror: Path) -> None:

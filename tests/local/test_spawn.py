@@ -31,7 +31,16 @@ from tests.requirements import require, requires
 ROOT = requires("root", os.geteuid() == 0, "confinement (users, cgroups, mounts) is enforced only as root")
 
 PROBE = r"""
-import json, os, resource, sys
+import errno, json, os, resource, sys
+
+def attempt(fn):
+    try:
+        return ["ok", fn()]
+    except OSError as e:
+        return [errno.errorcode.get(e.errno or 0, type(e).__name__), str(e)]
+
+# the project's git mirrors (its uid's; git alone may write them), when the test names them
+MIRRORS = open("mirrors.txt").read().strip() if os.path.exists("mirrors.txt") else None
 
 def report(path):
     mask = os.umask(0); os.umask(mask)
@@ -50,6 +59,11 @@ def report(path):
         "fsize": list(resource.getrlimit(resource.RLIMIT_FSIZE)),
         "env": dict(os.environ), "cwd": os.getcwd(), "mounts": mounts,
         "capeff": [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0],
+        "mirrors": MIRRORS and {
+            "list": attempt(lambda: os.listdir(MIRRORS)),
+            "read": attempt(lambda: open(MIRRORS + "/m/config").read()),
+            "plant": attempt(lambda: os.close(os.open(MIRRORS + "/planted-" + path, os.O_CREAT | os.O_WRONLY, 0o600))),
+        },
     }
     with open(path, "w") as f:
         json.dump(rep, f)
@@ -86,7 +100,8 @@ async def test_every_isolation_property_holds_from_the_first_instruction(
 ):
     """Every start path confines identically: ids without groups, the service's cgroups (for a child forked
     at once too), RLIMIT_CORE 0 + RLIMIT_FSIZE, umask 077, own session, fds 0-2 only, the env built for the
-    tenant and nothing of the server's, private /tmp, /var/tmp, /dev/shm and /proc; the wrapper path
+    tenant and nothing of the server's, private /tmp, /var/tmp, /dev/shm and /proc, the project's git mirrors out of
+    reach (their uid's, but git alone may write them: a config planted there acted in InkMCP's fetch); the wrapper path
     additionally execs the Procfile command directly (the app is the supervised pid, the server its parent).
     "prepared": an on_demand service asleep has its next start confined and waiting; the wake hands it the
     command, and the app it runs is that very process, confined the same."""
@@ -97,7 +112,9 @@ async def test_every_isolation_property_holds_from_the_first_instruction(
     provider = await make_provider(idle_timeout=0.3) if path == "prepared" else await make_provider()
     key = key_for(project_ids())
     mode = {"mode": Mode.on_demand} if path == "prepared" else {}
-    request = request_for(key, checkouts({"probe.py": PROBE}), probe_plan(), env={"APP_SETTING": "v1"}, **mode)
+    mirrors = data_dir / "projects" / key.project_id / "mirrors"
+    request = request_for(key, checkouts({"probe.py": PROBE, "mirrors.txt": str(mirrors)}), probe_plan(),
+                          env={"APP_SETTING": "v1"}, **mode)  # fmt: skip
     await provider.release(request, Events(), no_record)
     src = data_dir / "services" / key.service_id / "releases" / request.deployment_id / "src"
     svc = provider._services[key.service_id]
@@ -111,7 +128,9 @@ async def test_every_isolation_property_holds_from_the_first_instruction(
     app, child = (json.loads((src / f"{n}.json").read_text()) for n in ("app", "child"))
     run_as = svc.run_as
     assert run_as is not None
+    assert os.stat(mirrors).st_uid == run_as.uid  # the tenant's uid owns them: only the sandbox keeps it out
     for rep in (app, child):
+        assert [rep["mirrors"][k][0] for k in ("list", "read", "plant")] == ["EACCES"] * 3, rep["mirrors"]
         assert rep["resuid"] == [run_as.uid] * 3 and rep["resgid"] == [run_as.gid] * 3, rep
         assert rep["groups"] == []
         assert rep["capeff"] == "0000000000000000"
@@ -137,6 +156,7 @@ async def test_every_isolation_property_holds_from_the_first_instruction(
         if "/proc" in rep["mounts"] and spawn_mod._proc_has_private_options():
             assert "hidepid=invisible" in rep["mounts"]["/proc"]["options"] or "hidepid=2" in (
                 rep["mounts"]["/proc"]["options"])
+    assert not list(mirrors.iterdir())  # nothing planted
     assert app["sid"] == app["pgid"] == app["pid"]  # its own session: the group is killable as one
     assert child["sid"] == app["sid"]
     if path != "preexec":

@@ -13,7 +13,9 @@
  *      for this process raised to N, which its children inherit (why: inkmcp/build/process.py, step 1b);
  *   2. joins the service's cgroups (--cgroup, one per v1 controller): whatever the tenant forks,
  *      even before its first line of code, starts inside them;
- *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), the service's tmp dir
+ *   3. with --tmp: a private mount namespace (propagation cut with MS_SLAVE), an empty read-only
+ *      tmpfs (mode 000) over each --hide DIR first (the project's git mirrors, which the tenant's uid
+ *      owns but its code must not reach: why in inkmcp/build/process.py, step 3), the service's tmp dir
  *      on /tmp and on each --var-tmp (/var/tmp, /run/lock: the host's other world-writable dirs),
  *      a size-capped tmpfs on /dev/shm, a proc with hidepid=2 (best effort), and a private IPC
  *      namespace: SysV shm, queues and semaphores and POSIX queues of its own, freed when its last
@@ -43,8 +45,8 @@
  * signal, in one pass inside the kernel (kill(-1)), and exits 0; how a project's processes are ended
  * when the project is deleted (users.py), without forking the server for it.
  *
- * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--oom-score-adj N] [--cgroup PROCS_FILE]... [--tmp DIR
- *        [--var-tmp PATH] [--shm PATH --shm-options OPTS] [--hide-pids]] [--ids UID:GID]
+ * Usage: inkmcp-spawn [--env-fd N] [--fsize BYTES] [--oom-score-adj N] [--cgroup PROCS_FILE]... [--hide DIR]...
+ *        [--tmp DIR [--var-tmp PATH] [--shm PATH --shm-options OPTS] [--hide-pids]] [--ids UID:GID]
  *        [--chdir DIR] -- COMMAND [ARG]...
  *        inkmcp-spawn [--fsize ...same confinement options...] --wait-fd N
  */
@@ -66,6 +68,7 @@
 
 #define SANDBOX_EXIT 126
 #define MAX_CGROUPS 16
+#define MAX_HIDDEN 8
 #define MAX_VAR_TMPS 32 /* --- quota: /var/tmp and the host's other world-writable dirs (/run/lock, ...) */
 #define MAX_ENV_BYTES (16 * 1024 * 1024)
 
@@ -218,6 +221,8 @@ int main(int argc, char **argv) {
     int ncgroups = 0;
     const char *var_tmps[MAX_VAR_TMPS];
     int nvar_tmps = 0;
+    const char *hidden[MAX_HIDDEN];
+    int nhidden = 0;
     const char *tmp = NULL, *shm = NULL, *shm_options = NULL, *cwd = NULL;
     uid_t uid = 0;
     gid_t gid = 0;
@@ -241,6 +246,10 @@ int main(int argc, char **argv) {
             cgroups[ncgroups++] = v;
         }
         else if (strcmp(a, "--tmp") == 0) tmp = v;
+        else if (strcmp(a, "--hide") == 0) {
+            if (nhidden == MAX_HIDDEN) usage("too many --hide");
+            hidden[nhidden++] = v;
+        }
         else if (strcmp(a, "--var-tmp") == 0) {
             if (nvar_tmps == MAX_VAR_TMPS) usage("too many --var-tmp");
             var_tmps[nvar_tmps++] = v;
@@ -258,6 +267,7 @@ int main(int argc, char **argv) {
         }
         else usage("unknown option");
     }
+    if (nhidden > 0 && tmp == NULL) usage("--hide needs --tmp (the mount namespace)");
     if (kill_all && (!have_ids || uid == 0)) usage("--kill-all needs --ids with a uid other than 0");
     if (wait_fd >= 0 && (kill_all || env_fd >= 0 || cwd != NULL || i < argc))
         usage("--wait-fd takes the directory, command and environment from its message");
@@ -291,6 +301,9 @@ int main(int argc, char **argv) {
         check(unshare(CLONE_NEWNS), "entering a private mount namespace");
         check(unshare(CLONE_NEWIPC), "entering a private IPC namespace");
         check(mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL), "making mounts private");
+        for (int k = 0; k < nhidden; k++) /* before /tmp is replaced: the path may lie under the host's /tmp */
+            check(mount("tmpfs", hidden[k], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                        "size=4k,nr_inodes=1,mode=000"), "hiding the project's git mirrors");
         check(mount(tmp, "/tmp", NULL, MS_BIND, NULL), "mounting the private /tmp");
         for (int k = 0; k < nvar_tmps; k++) /* the same dir: /tmp now is it (the source may lie under /tmp) */
             check(mount("/tmp", var_tmps[k], NULL, MS_BIND, NULL), "mounting /var/tmp");

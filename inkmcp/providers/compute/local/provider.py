@@ -1074,10 +1074,19 @@ class LocalComputeProvider:
         release it is about to replace.
         """
         group = _build_group(svc.key.service_id) if build else svc.key.service_id
+        # --- mirrorcfg: the project's git mirrors are its uid's, but only git may write them (process.py step 3). The
+        # dir must exist to be covered (a start fails otherwise), and must not appear later under a running process:
+        # made here if no fetch has made it yet (a fetch always has, so far: this is one stat per call)
+        hidden: tuple[Path, ...] = ()
+        if self._root:
+            project = ProjectLayout(self.data_dir, svc.key.project_id)
+            if not os.path.isdir(project.mirrors):
+                project.prepare(svc.run_as)
+            hidden = (project.mirrors,)
         return TenantSandbox(
             run_as=svc.run_as, cgroup_procs=self.limits.procs_files(group),
             tmp_dir=svc.layout.tmp if self._root else None, max_file_bytes=self.max_file_bytes,
-            limits=self.limits.watch(group),
+            limits=self.limits.watch(group), hidden_dirs=hidden,
         )  # fmt: skip
 
     def _prune(self, svc: _Service, keep: int = 3, keep_logs: int = 20) -> None:

@@ -239,6 +239,8 @@ def confinement(sandbox: TenantSandbox) -> list[str]:
     for procs in sandbox.cgroup_procs:
         argv += ["--cgroup", procs]
     if sandbox.tmp_dir is not None:
+        for hidden in sandbox.hidden_dirs:
+            argv += ["--hide", str(hidden)]
         argv += ["--tmp", str(sandbox.tmp_dir)]
         for shared in shared_writable_dirs():  # --- quota: /var/tmp and the host's other world-writable dirs
             argv += ["--var-tmp", shared]
