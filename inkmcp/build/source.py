@@ -932,6 +932,11 @@ def _fetch_error(source: _Source, stderr: str) -> SourceError:
         hint = "for a private repo pass a URL with a token, e.g. https://<token>@github.com/owner/repo.git"
     elif any(s in lowered for s in ("not found", "does not appear to be a git repository", "does not exist")):
         hint = "check the owner/repository name and that the repository exists"
+        # a git host answers a private repository it was asked for without credentials as "not found" (GitHub,
+        # GitLab: they do not tell that it exists), so a new user's private repo read as a typo (newuser4)
+        if source.display.lower().startswith(("https://", "http://")) and not source.secrets and not source.env:
+            private = source.display.replace("://", "://<token>@", 1)
+            hint += f"; if it is private, pass a URL with a token that can read it, e.g. {private}"
     elif any(s in lowered for s in ("could not resolve host", "refused", "timed out", "unable to access")):
         hint = "check the host name; the repository must be reachable from the InkMCP server"
     else:

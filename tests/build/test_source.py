@@ -751,3 +751,23 @@ def test_mirror_key_ignores_credentials() -> None:
     a = source_mod._Source(fetch_url="https://t1@h/r.git", display="https://h/r.git", local=False)
     b = source_mod._Source(fetch_url="https://t2@h/r.git", display="https://h/r.git", local=False)
     assert source_mod._mirror_key(a) == source_mod._mirror_key(b) == hashlib.sha256(b"https://h/r.git").hexdigest()[:32]
+
+
+async def test_a_repository_the_host_says_is_not_found_is_told_it_may_be_private(ws: SourceWorkspace) -> None:
+    """A git host answers a private repository asked for without credentials as "not found" (GitHub, GitLab): the
+    fix says so, with the URL to pass (newuser4: a private repo read as a typo). With a token in the URL the
+    repository really is not there (or the token cannot read it), and the fix does not suggest adding one."""
+    with http_server("127.0.0.1") as (port, seen):  # serves nothing: every path is a 404
+        with pytest.raises(SourceError) as err:
+            await resolve_commit(f"http://127.0.0.1:{port}/owner/app.git", None, workspace=ws, policy=ALLOW,
+                                 timeout=10)
+        assert seen
+        fix = err.value.fix or ""
+        assert "check the owner/repository name" in fix, fix
+        assert f"if it is private, pass a URL with a token that can read it, e.g. http://<token>@127.0.0.1:{port}/" \
+               "owner/app.git" in fix, fix
+        with pytest.raises(SourceError) as err:
+            await resolve_commit(f"http://x:tok-123@127.0.0.1:{port}/owner/app.git", None, workspace=ws,
+                                 policy=ALLOW, timeout=10)
+        assert "check the owner/repository name" in (err.value.fix or "")
+        assert "if it is private" not in (err.value.fix or "") and "tok-123" not in err.value.render()
