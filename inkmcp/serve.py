@@ -64,14 +64,16 @@ class _Server(uvicorn.Server):
         self.held = []
 
 
-def keys_create_line(settings: Settings) -> str:
+def keys_create_line(settings: Settings, *, address: bool = True) -> str:
     """The exact command that makes a key for this server. A new user restarting `make serve` saw nothing about
     keys once the first start's key scrolled away; and a bare `inkmcp keys create` without this server's data dir
-    makes a key in another installation (the default dir), whose "claude mcp add" line names the default port."""
+    makes a key in another installation (the default dir), whose "claude mcp add" line names the default port.
+    `address=False`: for a server already running on the data dir, whose URL the command reads from serve.json
+    (this process's own port and host may be another's: the stdio refusal printed the stdio process's)."""
     env = [f"INKMCP_{name.upper()}={value}" for name, value, default in (
         ("port", settings.port, Settings.model_fields["port"].default),
         ("host", settings.host, Settings.model_fields["host"].default),
-    ) if value != default]
+    ) if value != default and address]
     exe = sys.argv[0] if sys.argv and sys.argv[0].endswith("inkmcp") else "inkmcp"
     return " ".join([*env, shlex.quote(exe), "keys", "create", "--account", "NAME", "--data-dir",
                      shlex.quote(str(settings.data_dir))])
@@ -153,7 +155,7 @@ def _stdio_refusal(settings: Settings, e: InkError) -> str:
     if running is None:
         return e.render()
     way = (f"connect this client to that server over HTTP instead: {running[1]}, with a key from "
-           f"`{keys_create_line(settings)}`")
+           f"`{keys_create_line(settings, address=False)}`")
     return type(e)(e.message, argument=e.argument, fix=f"{e.fix}; or {way}" if e.fix else way).render()
 
 

@@ -89,6 +89,14 @@ async def test_stdio_beside_a_running_serve_tells_the_client_why(srv: ServerProc
         assert raw.returncode == 1, raw
         answer = json.loads(raw.stdout)
         assert answer["id"] == 1 and "already serving" in answer["error"]["message"] and "result" not in answer, raw
+        # a stdio client configured with another port (its own INKMCP_PORT): the key line still makes a key for the
+        # running server, whose URL `keys create` reads from the data dir; the stdio process's port is not in it
+        other = {**srv.env, "INKMCP_PORT": str(srv.port + 1)}
+        raw = await asyncio.to_thread(subprocess.run, [INKMCP, "serve", "--stdio"], input=json.dumps(init) + "\n",
+                                      env=other, capture_output=True, text=True, timeout=60)  # fmt: skip
+        message = json.loads(raw.stdout)["error"]["message"]
+        assert f"http://localhost:{srv.port}/mcp" in message and "keys create" in message, message
+        assert "INKMCP_PORT" not in message and f"--data-dir {srv.data_dir}" in message, message
         async with mcp_session(srv, srv.create_key("frank")) as s:  # the running server was not disturbed
             assert (await call(s, "list_projects"))["projects"] == []
     finally:
