@@ -53,9 +53,11 @@ class Events:
 
     def __init__(self) -> None:
         self.steps: list[Step] = []
+        self.details: list[str] = []
 
     async def __call__(self, step: Step, detail: str) -> None:
         self.steps.append(step)
+        self.details.append(f"{step.value}: {detail}")
 
 
 async def no_record(scope: RefScope, ref: ProviderRef) -> None:

@@ -59,10 +59,12 @@ async def test_static_site(make_provider, checkouts, project_ids):
     key = key_for(project_ids(), service="site")
     checkout = checkouts({"public/index.html": "<h1>static ok</h1>", "secret.txt": "not served"})
     plan = BuildPlan(stack=Stack.static, static_dir="public", source="call")
+    events = Events()
     result = await provider.release(
-        request_for(key, checkout, plan, mode=Mode.static, service_type=ServiceType.webapp_static), Events(), no_record
+        request_for(key, checkout, plan, mode=Mode.static, service_type=ServiceType.webapp_static), events, no_record
     )
     assert result.url is not None
+    assert "building: serving the static files in 'public'" in events.details, events.details  # said (newuser4)
     resp = await get(provider, key, "/index.html")
     assert resp.status_code == 200 and "static ok" in resp.text
     assert (await get(provider, key, "/secret.txt")).status_code == 404

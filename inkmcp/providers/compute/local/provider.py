@@ -531,6 +531,9 @@ class LocalComputeProvider:
                 wrote = (f"; the build's index.html is in {found!r}: pass static_dir={found!r}, or omit static_dir"
                          if found != missing and static_output.index_mtime(src, there) is not None else "")
                 raise ReleaseFailed(Step.building, f"static_dir {missing!r} does not exist after the build{wrote}")
+            if on_step is not None:  # which directory is served, in the deployment's history (newuser4: not said)
+                where = "the repository's root" if rel == "." else repr(rel)
+                await on_step(f"serving the static files in {where}")
         meta.write(layout.meta(did))
         build_log.write("[inkmcp] build complete")
         return meta
