@@ -286,17 +286,28 @@ async def test_crash_with_grandchild_holding_output_restarts(make_provider, chec
     """A crashed leader whose child still holds stdout is detected at once; the child is killed."""
     provider = await make_provider()
     key = key_for(project_ids(), service="flaky")
-    command = f"{PY} -c 'import time; time.sleep(600)' & sleep 1.2; echo dying; exit 3"
+    # the leader crashes when the test says so (SIGUSR1), not after a fixed sleep: at load 11 a `sleep 1.2` ran out
+    # before the release's health check did, and the release failed instead of going live
+    command = f"{PY} -c 'import time; time.sleep(600)' & trap 'echo dying; exit 3' USR1; wait"
     plan = web_plan(extra=(ProcessSpec(name="worker", command=command, routed=False),))
     await provider.release(request_for(key, checkouts({"app.py": WEB_APP}), plan), Events(), no_record)
     worker = next(s for s in provider._services[key.service_id].live.run.supervisors if s.name == "worker")
-    first_children = psutil.Process(worker.pid).children(recursive=True)
+    leader = worker.pid
+
+    async def trap_set():  # the shell catches SIGUSR1 (SigCgt bit 10), so its background child was forked before
+        with open(f"/proc/{leader}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        return caught & (1 << (signal.SIGUSR1 - 1))
+
+    await wait_for(trap_set, timeout=10)
+    first_children = psutil.Process(leader).children(recursive=True)
     assert first_children
+    os.kill(leader, signal.SIGUSR1)
 
     async def restarted():
         return worker.restarts >= 1 and worker.alive
 
-    await wait_for(restarted, timeout=5)
+    await wait_for(restarted, timeout=10)  # waiting on the pipe the child holds would take its 600 s
 
     def alive(p: psutil.Process) -> bool:
         try:
@@ -307,6 +318,6 @@ async def test_crash_with_grandchild_holding_output_restarts(make_provider, chec
     async def children_gone():  # killed with the crashed leader's group, reaped asynchronously
         return not [c for c in first_children if alive(c)]
 
-    await wait_for(children_gone, timeout=5)
+    await wait_for(children_gone, timeout=10)
     rt = await provider.runtime(key)
     assert rt.restarts >= 1
