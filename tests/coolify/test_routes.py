@@ -300,7 +300,10 @@ async def deployed(clean: Node) -> AsyncIterator[Deployed]:
                          project_name="shop", service_name="sleepy")
         plan = BuildPlan(stack=Stack.python, source="call",
                          processes=(ProcessSpec(name="web", command="python app.py", routed=True),))
-        request = ReleaseRequest(deployment_id=uuid.uuid4().hex, key=key, service_type=ServiceType.backend,
+        # a webapp: Coolify's HTTP health check tells Sablier when the woken app answers. A backend has none, so
+        # Sablier calls it ready once its process runs and Traefik forwards at its next check (0.5 s here, 5 s in
+        # Sablier): an app still importing then was a 502 (CI run 56 at load ~9; a 1 s start delay: 502 every time)
+        request = ReleaseRequest(deployment_id=uuid.uuid4().hex, key=key, service_type=ServiceType.webapp,
                                  mode=Mode.on_demand, plan=plan, commit=commit, resources=Resources(memory_mb=256,
                                  cpus=0.5), repo_url=SecretStr(str(repo)), env={}, checkout_dir=None)  # fmt: skip
         book = RefBook()
@@ -362,7 +365,8 @@ async def test_the_node_proxy_wakes_a_sleeping_app_on_request_and_stops_it_when_
 
     woke = time.monotonic()
     again = await asyncio.to_thread(get, d, d.url)  # the request wakes it and is answered by the app itself
-    assert again.status_code == 200 and again.text.startswith("awake since") and again.text != first.text
+    assert again.status_code == 200 and again.text.startswith("awake since") and again.text != first.text, \
+        (again.status_code, again.text, proxy.events, proxy.errors)
     assert time.monotonic() - woke < 10 and ("start", d.app_uuid) in proxy.events
     assert proxy.errors == []
     assert get(d, "https://nothing-here.run-1.apps.test").status_code == 404
