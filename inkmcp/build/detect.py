@@ -536,6 +536,38 @@ _WATCHER = re.compile(r"(?:^|[\s;&|(])(?:npx\s+)?(?:nodemon|ts-node-dev|tsnd|nes
 """A start script that watches files or compiles TypeScript at each start: a development command (newuser4)."""
 
 
+# --- newuser5: frameworks whose build writes a server and whose package.json has no `start` (Nuxt 3's and SvelteKit's
+# templates: build, dev, preview): they were planned as static sites from 'dist' and failed after the build with
+# "static_dir 'dist' does not exist after the build". A Next app exported to files (`output: 'export'`) went the other
+# way: `next start` refuses that config and exits, so the deploy failed at health_check.
+_NUXT_BUILD = re.compile(r"(?:^|[\s;&|(])(?:npx\s+)?nux[ti]\s+build(?=\s|$)")
+_SVELTE_NODE_OUT = re.compile(r"""adapter\s*\(\s*\{[^}]*?\bout\s*:\s*['"`]([\w./-]+)['"`]""", re.S)
+_NEXT_EXPORT = re.compile(r"""\boutput\s*:\s*['"`]export['"`]""")
+NEXT_CONFIGS = ("next.config.js", "next.config.mjs", "next.config.ts", "next.config.cjs", "next.config.mts")
+
+
+def next_exports_files(files: _Files) -> bool:
+    """next.config sets `output: 'export'`: `next build` writes a static site to out/, `next start` refuses to run."""
+    return "next" in files.node_deps and any(
+        _NEXT_EXPORT.search(files.text(name) or "") for name in NEXT_CONFIGS if files.exists(name))
+
+
+def _framework_server(files: _Files) -> str | None:
+    """`node <the server the build writes>` for a framework whose template has no start script, else None."""
+    scripts = files.scripts
+    deps = files.node_deps
+    if deps.keys() & {"nuxt", "nuxt3"} and _NUXT_BUILD.search(scripts.get("build", "")):
+        return "node .output/server/index.mjs"  # Nitro's node-server preset: reads PORT, listens on every address
+    if "@sveltejs/kit" in deps and "@sveltejs/adapter-node" in deps and "build" in scripts:
+        config = next((files.text(n) or "" for n in ("svelte.config.js", "svelte.config.mjs", "svelte.config.ts")
+                       if files.exists(n)), "")
+        out = _SVELTE_NODE_OUT.search(config)
+        out_dir = out[1].strip("/") if out and ".." not in out[1].split("/") and not out[1].startswith("/") else "build"
+        return f"node {out_dir}"  # adapter-node's server: reads PORT, HOST defaults to 0.0.0.0
+    return None
+# --- end
+
+
 def _detect_node_start(files: _Files) -> str | None:
     """The command that runs the Node app in production, "" for a static site built by its build script,
     or None when package.json says nothing runnable."""
@@ -545,6 +577,13 @@ def _detect_node_start(files: _Files) -> str | None:
     scripts = files.scripts
     is_next = "next" in files.node_deps
     start = scripts.get("start")
+    # --- newuser5
+    if is_next and "build" in scripts and (start is None or is_dev_server(start, package) or re.search(
+            r"\bnext\s+start\b", start)) and next_exports_files(files):
+        return ""  # the site `next build` exports to out/
+    if start is None and (server := _framework_server(files)):
+        return server
+    # --- end
     if start is not None and is_dev_server(start, package):
         if is_next:
             return "npx next start"  # built by `npm run build` (or `next build`) first; reads $PORT
@@ -1104,7 +1143,9 @@ def derive_plan(
             node = _detect_node_start(files)
             if node == "" and kind in (None, ServiceType.webapp_static):
                 kind = ServiceType.webapp_static
-                notes.append("package.json `start` runs a dev server: serving the output of `npm run build` instead")
+                notes.append("next.config sets output: 'export': serving the files `npm run build` writes (out/)"
+                             if next_exports_files(files) else  # newuser5
+                             "package.json `start` runs a dev server: serving the output of `npm run build` instead")
             elif node == "":  # service_type says a process must run: the agent's choice, run its start script
                 node = "npm start"
             detected = node or None
