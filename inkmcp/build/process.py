@@ -38,6 +38,12 @@ the tenant's:
    sees them, and the kernel frees them when its last process exits (tests/security/test_redteam3_ipc.py);
 4. drops to the tenant (setgroups([]), setresgid, setresuid) and sets PR_SET_NO_NEW_PRIVS, so no setuid or
    file-capability binary can raise its rights again;
+4a. joins a session keyring of its own (empty, the tenant's; --- redteam5). Keyrings are not in any namespace the
+   sandbox makes, and the session keyring survives setresuid: an InkMCP started with one (systemd's default
+   KeyringMode=private for a service, pam_keyinit in a login) handed it to every tenant process, which possesses it
+   and so read and wrote root's keys there (possessor rights, whatever the owner) and shared it with every other
+   tenant. Skipped where keyctl is unavailable to everyone (ENOSYS, a seccomp filter's EPERM)
+   (tests/security/test_redteam5_keyrings.py);
 4b. enters a Landlock domain of its own scoped to abstract unix sockets and signals (Linux 6.12+, Landlock
    ABI 6; `landlock_scope_abi`): abstract socket names (`@name`) have no owner or mode and belong to the network
    namespace, which every tenant shares with the host, so any tenant's code could connect to another's
@@ -64,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -141,6 +148,15 @@ _MS_SLAVE = 1 << 19
 # step 3's cover for a hidden dir: empty, read-only, nobody's to enter (mode 000: root's, and root does not go in)
 _HIDE_FLAGS = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
 _HIDE_OPTIONS = b"size=4k,nr_inodes=1,mode=000"
+
+# --- redteam5: step 4a, keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL); keyctl's number by architecture (asm-generic: 219)
+SYS_KEYCTL = {"x86_64": 250, "i686": 288, "i386": 288, "aarch64": 219, "riscv64": 219, "loongarch64": 219,
+               "ppc64le": 311, "ppc64": 311, "s390x": 280, "armv7l": 311}.get(os.uname().machine)
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_CLEAR = 7
+KEY_SPEC_USER_KEYRING = -4
+KEY_SPEC_USER_SESSION_KEYRING = -5
+# --- end
 
 # --- landlock: the scope every tenant process gets (step 4b); the syscall numbers are the same on every architecture
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -381,6 +397,11 @@ class _ChildSetup:
         run_as = sandbox.run_as
         self.ids = (run_as.uid, run_as.gid) if run_as is not None else None
         self.cwd = os.fsencode(cwd)
+        # --- redteam5: step 4a's syscall, made here
+        self.keyctl = ctypes.CDLL(None, use_errno=True).syscall if SYS_KEYCTL is not None else None
+        self.join_args = (ctypes.c_long(SYS_KEYCTL or 0), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                          ctypes.c_void_p(None))  # fmt: skip
+        # --- end
         # --- landlock: everything the child's two syscalls take, made here (step 4b)
         self.scope = self.ids is not None and landlock_scope_abi() > 0
         if self.scope:
@@ -446,6 +467,10 @@ class _ChildSetup:
                 os.setgroups([])
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
+                if self.keyctl is not None and self.keyctl(*self.join_args) < 0:  # --- redteam5: step 4a
+                    err = ctypes.get_errno()
+                    if err not in (errno.ENOSYS, errno.EPERM):
+                        self._fail(b"joining a session keyring of its own", err)
                 # No setuid-root or file-capability binary can give the tenant's code more than its own rights
                 # (the egress table and the bind guard match the uid; `ping`'s cap_net_raw would be a raw socket).
                 self._check(self.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), b"forbidding new privileges")

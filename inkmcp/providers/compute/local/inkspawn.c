@@ -21,6 +21,8 @@
  *      namespace: SysV shm, queues and semaphores and POSIX queues of its own, freed when its last
  *      process exits (why: inkmcp/build/process.py, step 3b);
  *   4. drops to the tenant (--ids UID:GID): setgroups(0), setresgid, setresuid, then PR_SET_NO_NEW_PRIVS;
+ *   4a. with --ids (not --kill-all): a session keyring of its own, empty, the tenant's (why: inkmcp/build/process.py,
+ *      step 4a; --- redteam5);
  *   4b. with --ids (not --kill-all): a Landlock domain of its own scoped to abstract unix sockets and
  *      signals, when the kernel has Landlock ABI 6 (Linux 6.12+; else skipped): it connects only to abstract
  *      sockets made inside the domain and signals only its own process tree (why: inkmcp/build/process.py,
@@ -192,6 +194,17 @@ static void check(int rc, const char *step) {
     if (rc != 0) fail(step, errno);
 }
 
+/* --- redteam5: step 4a. Without it the process kept InkMCP's own session keyring (systemd's KeyringMode=private,
+ * pam_keyinit), which it possesses after the uid change: it read root's keys there and shared the keyring with every
+ * other tenant. ENOSYS (a kernel without keys) or EPERM (a seccomp profile refusing keyctl to everyone): no process
+ * here has keyrings at all, nothing to leave behind. */
+static void own_keyring(void) {
+    if (syscall(SYS_keyctl, 1L /* KEYCTL_JOIN_SESSION_KEYRING */, NULL) >= 0) return;
+    if (errno == ENOSYS || errno == EPERM) return;
+    fail("joining a session keyring of its own", errno);
+}
+/* --- end */
+
 /* --- landlock: step 4b. Our own struct and numbers: no dependency on the build host's kernel headers (the
  * syscall numbers are the same on every architecture). */
 #define LANDLOCK_CREATE_RULESET 444
@@ -317,6 +330,7 @@ int main(int argc, char **argv) {
         check(setgroups(0, NULL), "switching to the project's user");
         check(setresgid(gid, gid, gid), "switching to the project's user");
         check(setresuid(uid, uid, uid), "switching to the project's user");
+        if (!kill_all) own_keyring(); /* --- redteam5: step 4a, as the tenant (the keyring is its own) */
         /* no setuid-root or file-capability binary gives the tenant more than its own rights */
         check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "forbidding new privileges");
         if (!kill_all) scope(); /* --- landlock: --kill-all must signal outside any domain */

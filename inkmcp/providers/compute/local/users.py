@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -26,6 +27,12 @@ from pathlib import Path
 import psutil
 
 from inkmcp.build.plan import RunAs
+from inkmcp.build.process import (  # --- redteam5
+    KEY_SPEC_USER_KEYRING,
+    KEY_SPEC_USER_SESSION_KEYRING,
+    KEYCTL_CLEAR,
+    SYS_KEYCTL,
+)
 from inkmcp.errors import ProviderError
 from inkmcp.providers.compute.local import egress  # --- egress
 from inkmcp.providers.compute.local.diskquota import is_mounted, unmount
@@ -141,6 +148,8 @@ async def ensure_project_user(project_id: str, homes_dir: Path) -> RunAs | None:
                     if code not in (0, 9):
                         raise ProviderError(f"could not create system user {name}: {out or f'exit {code}'}")
                     entry = _lookup(name)
+                    if entry is not None:  # --- redteam5: nothing a former holder of the uid left in its keyrings
+                        await asyncio.to_thread(clear_user_keyrings, entry.pw_uid, entry.pw_gid)
                     if entry is not None:  # --- egress: restricted before any of its code runs (egress.py)
                         try:
                             await asyncio.to_thread(egress.track_uid, entry.pw_uid)
@@ -171,6 +180,7 @@ async def delete_project_user(project_id: str, homes_dir: Path | None = None, *,
         entry = _lookup(name)
         if entry is not None:
             await asyncio.to_thread(kill_user_processes, entry.pw_uid, entry.pw_gid, timeout)
+            await asyncio.to_thread(clear_user_keyrings, entry.pw_uid, entry.pw_gid)  # --- redteam5
             code, out = await _run(_USERDEL, name)
             if code not in (0, 6):  # 6: user does not exist
                 raise ProviderError(f"could not delete system user {name}: {out or f'exit {code}'}")
@@ -193,6 +203,41 @@ def _remove_home(home: Path) -> None:
         pass
     except OSError as e:
         raise ProviderError(f"could not remove the project's home {home}: {e.strerror}") from e
+
+
+# --- redteam5
+def _clear_keyrings_as(uid: int, gid: int) -> Callable[[], None]:
+    """preexec_fn: become the user, then empty its user keyring and user session keyring (KEYCTL_CLEAR)."""
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    calls = [(ctypes.c_long(SYS_KEYCTL or 0), ctypes.c_long(KEYCTL_CLEAR), ctypes.c_long(spec))
+             for spec in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING)]  # fmt: skip
+
+    def run() -> None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        for args in calls:
+            syscall(*args)  # ENOSYS/EPERM: no keys here at all
+
+    return run
+
+
+def clear_user_keyrings(uid: int, gid: int) -> None:
+    """Empty the keyrings the kernel keeps per uid, as that uid (root may not clear them; the user possesses them).
+
+    A tenant's user keyring (`@u`) and user session keyring (`@us`, its `@s` before the sandbox gave each process
+    one of its own) outlive its processes and its `userdel`: the kernel keeps them per uid for as long as the
+    machine runs. So the next project given the same uid (useradd hands freed uids out again) found the keys the
+    last one left there, a secret or a planted value, and inherited its key quota (200 keys, 20,000 bytes). Run
+    when a project's user is deleted (after its processes are killed) and when one is created (a uid freed by an
+    older InkMCP, or by hand). A forked child, like `_kill_all_as` without the wrapper: twice per project.
+    """
+    if SYS_KEYCTL is None:
+        return
+    subprocess.run(["/bin/true"], preexec_fn=_clear_keyrings_as(uid, gid), env={}, cwd="/",
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False, close_fds=True)  # fmt: skip
+# --- end
 
 
 def _processes_of(uid: int) -> list[psutil.Process]:
