@@ -770,8 +770,13 @@ class CoolifyComputeProvider:
             entries = dep.log_lines()
             tail = _tail(entries)
             step = _failed_step([e.output for e in entries if e.type == "stderr"])
-            raise ReleaseFailed(step, f"process '{name}' failed ({dep.status}); the previous version keeps serving"
+            # --- newuser5: a first deploy said "the previous version keeps serving" (there was none; the local
+            # provider says "nothing went live"), and "failed (failed)"
+            kept = "the previous version keeps serving" if service_ref.get("live") else "nothing went live"
+            status = f" ({dep.status})" if dep.status != "failed" else ""
+            raise ReleaseFailed(step, f"process '{name}' failed{status}; {kept}"
                                       f"{note}{_hint(step, bodies.get(name))}\nlast output:\n{tail}")  # fmt: skip
+            # --- end
 
         await node_routes.after_release(self, request, server, apps, specs)  # before the release is recorded live
         routed = next((p for p in processes if p.routed), None)
@@ -2056,8 +2061,11 @@ def _hint(step: Step, body: Mapping[str, Any] | None) -> str:
     if step != Step.health_check or not body or not body.get("health_check_enabled"):
         return ""
     window = mapping.health_window(body)
+    # --- newuser5: the container's own output comes first (an app that exits at start, e.g. on a missing env var,
+    # was told only to listen on 0.0.0.0 at $PORT, and the agent changed its bind address)
     return (f"; its health check failed: Coolify asks GET {body.get('health_check_path', '/')} on the app's port "
-            f"(PORT={body.get('health_check_port')}) for a 2xx/3xx answer within {window:g} s. Make the app listen "
+            f"(PORT={body.get('health_check_port')}) for a 2xx/3xx answer within {window:g} s. If the container's "
+            "logs below show an error or the app exiting, fix that first; else make the app listen "
             "on 0.0.0.0 at the PORT env var and answer that path (service_type='backend' is not health-checked)")
 
 

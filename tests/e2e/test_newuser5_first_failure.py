@@ -1,0 +1,41 @@
+"""A first deploy whose app exits at start, as an agent reads it on each provider (newuser5, 2026-12-02).
+
+On Coolify it read "process 'web' failed (failed); the previous version keeps serving; its health check failed: ...
+Make the app listen on 0.0.0.0 at the PORT env var": there was no previous version (the local provider said
+"nothing went live"), and the agent was sent to change its bind address while the container's logs showed the app
+exiting on a missing setting. Both providers now say nothing went live, and Coolify's hint puts the logs first.
+Lives in tests/e2e (not tests/newuser) to reuse the session's two servers (`server` is parametrized over both).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProc, call, git_repo, mcp_session
+
+CRASH = "import sys\nprint('boom: SECRET_KEY is not set', file=sys.stderr, flush=True)\nsys.exit(3)\n"
+
+
+@pytest.mark.asyncio
+async def test_a_first_deploy_that_crashes_says_nothing_went_live(server: ServerProc, repos: Path) -> None:
+    project = f"nu5-crash-{uuid.uuid4().hex[:6]}"
+    repo = git_repo(repos / project, {"app.py": CRASH})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await call(s, "deploy_app", repo_url=str(repo), project_name=project)
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        error = dep["error"]
+        assert dep["status"] == "failed" and dep["url"] is None, dep
+        head, _, output = error.partition("\nlast output:\n")
+        assert head.startswith("health_check: process 'web' "), error
+        assert "nothing went live" in head and "previous version" not in head, error
+        assert "failed (failed)" not in head, error
+        assert "boom: SECRET_KEY is not set" in output, error  # the app's own words, on both
+        if server.compute == "coolify":
+            assert head.index("logs below show an error or the app exiting") < head.index("listen on 0.0.0.0"), error
+        service = (await call(s, "list_services", project_name=project))["services"][0]
+        assert service["state"] == "not_deployed" and service["url"] is None, service
+        await call(s, "delete", project_name=project, confirm=project)
