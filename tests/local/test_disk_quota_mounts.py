@@ -321,15 +321,37 @@ except ProviderError as e:
 """
 
 
-def test_concurrent_admissions_from_several_processes_never_promise_more_than_fits(data: Path) -> None:
+@pytest.fixture
+def data_on_own_fs(data: Path) -> Iterator[Path]:
+    """A data dir alone on a 1 GiB tmpfs: its free space moves only with what the test does (on the shared disk,
+    other xdist workers' builds and images moved it by more than the test's 128 MiB margins: 0 or 2 admitted)."""
+    fs = data.parent / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", "inkmcp-test-diskq", str(fs)], check=True)
+    own = fs / "compute"
+    for name in ("services", "homes", "projects"):
+        (own / name).mkdir(mode=0o711, parents=True)
+    try:
+        yield own
+    finally:
+        ProjectDisks(own, size_mb=1).unmount_all()
+        images = list((own / "disks").rglob("*.img")) if (own / "disks").is_dir() else []
+        deadline = time.monotonic() + 10  # autoclear loop devices detach asynchronously and hold the tmpfs busy
+        while [i for i in images if _attached(i)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["umount", str(fs)], check=True)
+
+
+def test_concurrent_admissions_from_several_processes_never_promise_more_than_fits(data_on_own_fs: Path) -> None:
     """Four processes (two `serve` replicas' worth of project and tenant-database images, on one host) admit a
     256 MiB image each at the same instant, with room for one past INKMCP_DISK_RESERVE_MB: exactly one is admitted
     (before, each saw the free space without the others' promise and several passed: 4 of 4 here, with the lock
     taken out by RACER_UNLOCKED=1)."""
     import sys
 
+    data = data_on_own_fs
     st = os.statvfs(data)
-    reserve = st.f_bavail * st.f_frsize // 2**20 - 384  # one 256 MiB image fits, two do not (other writers: ±100)
+    reserve = st.f_bavail * st.f_frsize // 2**20 - 384  # one 256 MiB image fits, two do not
     go = data.parent / "go"
     racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(data), kind, name, str(reserve), str(go)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
