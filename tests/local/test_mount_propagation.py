@@ -23,7 +23,7 @@ from inkmcp.build.process import TenantSandbox, kill_process_group, spawn
 from inkmcp.providers.compute.local import propagation
 from inkmcp.providers.compute.local.diskquota import ProjectDisks, mount_points
 from tests.requirements import is_root, requires
-from tests.support import traversable_tmpdir
+from tests.support import traversable_tmpdir, wait_for
 
 pytestmark = requires("root", is_root(), "loop devices, mounts and mount namespaces need root")
 
@@ -68,8 +68,12 @@ async def _tenant_process(root: Path) -> asyncio.subprocess.Process:
     """A long-lived process in a sandbox namespace of its own, as every build step and app runs."""
     sandbox = TenantSandbox(run_as=None, tmp_dir=root / "tmp")
     proc, _ = await spawn(["/bin/sleep", "120"], cwd=Path("/"), env={"PATH": "/usr/bin:/bin"}, sandbox=sandbox)
-    await asyncio.sleep(0.2)  # its namespace exists (and copied the mounts) once the sandbox set-up ran
-    assert os.readlink(f"/proc/{proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+
+
+    async def own_namespace() -> bool:  # it copied the host's mounts at its unshare (a fixed 0.2 s: late at load)
+        return os.readlink(f"/proc/{proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+
+    await wait_for(own_namespace, timeout=10, what="the tenant process's own mount namespace")
     return proc
 
 
