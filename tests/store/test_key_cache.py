@@ -79,7 +79,7 @@ async def test_a_verified_key_is_looked_up_once_and_a_revocation_empties_the_cac
 
         notices = keys.notices
         assert await accounts.revoke_key(key) == 1  # what `inkmcp keys revoke` runs, in another process or here
-        await until(lambda: keys.notices > notices, timeout=2)
+        await until(lambda: keys.notices > notices)
         assert await keys(key) is None
         assert counting.lookups == 4
 
@@ -93,7 +93,7 @@ async def test_a_dashboard_revocation_notifies_too(store: Store) -> None:
         infos = [k for k in await accounts.list_keys(principal.account_name) if k.prefix == principal.actor]
         notices = keys.notices
         await accounts.revoke_account_key(principal.account_id, infos[0].id)
-        await until(lambda: keys.notices > notices, timeout=2)
+        await until(lambda: keys.notices > notices)
         assert await keys(key) is None
 
 
@@ -103,12 +103,17 @@ async def test_a_revocation_written_around_inkmcp_takes_effect_within_the_ttl(st
     keys = VerifiedKeys(Counting(accounts), conninfo(store), ttl=0.5)
     async with listening(keys):
         assert await keys(key) is not None
+        cached_by = time.monotonic()  # the entry's clock starts before this: it expires by cached_by + 0.5
         async with await psycopg.AsyncConnection.connect(conninfo(store), autocommit=True) as admin:
             await admin.execute("UPDATE api_keys SET revoked_at = now() WHERE prefix = %s", (key[:14],))
-        revoked_at = time.monotonic()
-        while await keys(key) is not None:
+        # every lookup that starts past the TTL answers from the database (was: done within 0.1 s past it, which a
+        # database round trip at load can take; the bound is on when the lookup starts, not on its speed)
+        while True:
+            started = time.monotonic()
+            if await keys(key) is None:
+                break
+            assert started < cached_by + 0.5, "a revoked key was served from the cache past the TTL"
             await asyncio.sleep(0.02)
-        assert time.monotonic() - revoked_at <= 0.5 + 0.1
 
 
 async def test_a_lookup_that_raced_a_revocation_does_not_refill_the_cache(store: Store) -> None:
@@ -123,7 +128,7 @@ async def test_a_lookup_that_raced_a_revocation_does_not_refill_the_cache(store:
             counting.before_answer = None
             notices = keys.notices
             await accounts.revoke_key(key)
-            await until(lambda: keys.notices > notices, timeout=2)
+            await until(lambda: keys.notices > notices)
 
         counting.before_answer = revoke_meanwhile
         assert await keys(key) is not None  # read before the revocation
