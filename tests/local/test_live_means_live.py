@@ -527,6 +527,7 @@ async def test_an_app_bound_to_another_port_is_told_which_and_the_port_it_names_
     said = f"it tried to listen on port {fixed}" if provider._binds else f"it listens on {fixed} instead"
     assert said in failed.value.reason and f"pass port={fixed}" in failed.value.reason, failed.value.reason
     plan = web_plan().model_copy(update={"port": fixed})
+    provider.health_timeout = 5.0  # the working deploy gets the usual limit (1.5 s for a start: tight at load)
     await provider.release(request_for(key, checkouts({"app.py": app}), plan, env={"MESSAGE": "v1"}), Events(),
                            no_record)  # fmt: skip
     assert (await get(provider, key)).text == "v1"

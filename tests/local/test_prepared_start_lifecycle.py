@@ -56,7 +56,7 @@ async def settled(svc, provider, count: int = 1) -> list[int]:  # type: ignore[n
 async def test_one_prepared_start_per_sleeping_service_through_env_limits_confinement_and_failed_starts(
     make_provider, checkouts, project_ids, data_dir
 ):
-    provider = await make_provider(idle_timeout=0.3, health_timeout=3.0)
+    provider = await make_provider(idle_timeout=0.3)  # the usual 5 s health timeout: its failures are exits
     key = key_for(project_ids())
     first = request_for(key, checkouts({"app.py": WEB_APP}), web_plan(), mode=Mode.on_demand, env={"MESSAGE": "v1"})
     await provider.release(first, Events(), no_record)
