@@ -233,8 +233,8 @@ class TimedEvents(Events):
 async def test_a_first_deploy_goes_live_after_the_settle_not_the_window(make_provider, checkouts, project_ids):
     """Nothing serves yet, so nothing is protected by waiting: live once the web answers and every process
     (the worker too) has been up for the settle, well before the window ends."""
-    window, settle = 3.0, 0.4
-    provider = await make_provider(stability_window=window, first_deploy_settle=settle)
+    window, settle = 30.0, 0.4  # a long window: a start at load is never mistaken for it (3 s: the bound was 2 s)
+    provider = await make_provider(stability_window=window, first_deploy_settle=settle, health_timeout=60.0)
     key = key_for(project_ids())
     files = {"app.py": APP, "worker.py": STEADY_WORKER}
     # NO_ROOT: an API whose `/` is a 404 works, and must go live.
@@ -281,8 +281,8 @@ async def test_a_redeploy_waits_the_whole_window_while_the_old_version_serves(ma
 
 async def test_a_redeploy_over_a_crash_looping_version_waits_only_the_settle(make_provider, checkouts, project_ids):
     """A live version that crash-loops serves nothing worth protecting: its fix goes live after the settle."""
-    window = 2.5
-    provider = await make_provider(stability_window=window, first_deploy_settle=0.3)
+    window = 30.0  # a long window: a start at load is never mistaken for it (2.5 s: the bound was 2 s)
+    provider = await make_provider(stability_window=window, first_deploy_settle=0.3, health_timeout=60.0)
     key = key_for(project_ids())
     # Crashes 0.8 s after its first start, and at once on every restart (a marker file in its own directory).
     looping = ('import os, sys\nif os.path.exists("crashed-once"):\n    sys.exit("still broken")\n'
