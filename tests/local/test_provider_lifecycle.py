@@ -105,12 +105,12 @@ async def test_on_demand_sleeps_and_wakes(make_provider, checkouts, project_ids)
     async def asleep():
         return (await provider.runtime(key)).state == RuntimeState.sleeping
 
-    await wait_for(asleep, timeout=5)
+    await wait_for(asleep, timeout=15)
 
     async def gone():  # the route goes to sleep first, then the process is stopped (SIGTERM, reaped)
         return not psutil.pid_exists(pid)
 
-    await wait_for(gone, timeout=5)
+    await wait_for(gone, timeout=15)
 
     # Concurrent requests during a wake share one wake: all answered by the same new process.
     responses = await asyncio.gather(*(get(provider, key) for _ in range(5)))
@@ -119,7 +119,7 @@ async def test_on_demand_sleeps_and_wakes(make_provider, checkouts, project_ids)
     assert (await provider.runtime(key)).state == RuntimeState.running
 
     # update_env while asleep is applied at the next wake, without a restart.
-    await wait_for(asleep, timeout=5)
+    await wait_for(asleep, timeout=15)
     change = await provider.update_env(key, {"MESSAGE": SecretStr("after sleep")}, "rev-2", no_record)
     assert change.outcome == EnvOutcome.next_start
     assert (await provider.runtime(key)).env_revision == "rev-2"  # what the next wake starts with
