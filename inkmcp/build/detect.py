@@ -406,8 +406,8 @@ def _server_command(files: _Files, app: _AppObject) -> str | None:
     if "gunicorn" in deps:
         spec = f"'{target}()'" if app.factory else target  # gunicorn calls `module:factory()` itself
         return f"gunicorn {spec} --bind 0.0.0.0:$PORT"
-    if "waitress" in deps and not app.factory:
-        return f"waitress-serve --listen=0.0.0.0:$PORT {target}"
+    if "waitress" in deps:  # newuser5: a factory is called with --call (Flask's own deployment docs)
+        return f"waitress-serve --listen=0.0.0.0:$PORT {'--call ' if app.factory else ''}{target}"
     return None
 
 
@@ -735,16 +735,32 @@ def _packaged_app_command(files: _Files) -> tuple[str, str] | None:
         for package in packages:
             if not (package / "__init__.py").is_file() or package.name in ("src", "tests", "test"):
                 continue
-            for name in _PACKAGE_APP_FILES:
+            for name in (*_PACKAGE_APP_FILES, "__init__.py"):  # newuser5: the package itself (Flask's tutorial)
                 rel = f"{base}{package.name}/{name}"
                 text = files.text(rel) if files.exists(rel) else None
+                module = package.name if name == "__init__.py" else f"{package.name}.{name.removesuffix('.py')}"
                 match = next((m for m in _ASSIGN.finditer(text or "")
                               if m["call"].rsplit(".", 1)[-1] not in _FACTORIES and _interface_of(files, m["call"])),
                              None)
+                # --- newuser5: `def create_app():` in flaskr/__init__.py (the Flask tutorial's layout) was refused
+                # with "e.g. 'python app.py'" (there is no app.py); its command is named now
+                factory = _FACTORY_DEF.search(text or "") if match is None else None
+                if factory is not None and (interface := _framework_interface(files)):
+                    app = _AppObject(rel, module, factory["name"], interface, factory=True)
+                    server = _server_command(files, app) or (
+                        f"flask --app {module}:{app.attr} run --host 0.0.0.0 --port $PORT"
+                        if "flask" in files.python_deps and not base else None)
+                    if server is not None:
+                        found.append((server, f"`def {app.attr}(` in {rel}"))
+                        break
+                # --- end
                 if match is None:
                     continue
-                server = _server_command(files, _AppObject(rel, f"{package.name}.{name.removesuffix('.py')}",
-                                                           match["var"], _interface_of(files, match["call"]) or ""))
+                server = _server_command(files, _AppObject(rel, module, match["var"],
+                                                           _interface_of(files, match["call"]) or ""))
+                if server is None and "flask" in files.python_deps and not base and \
+                        _interface_of(files, match["call"]) == "wsgi":  # newuser5
+                    server = f"flask --app {module}:{match['var']} run --host 0.0.0.0 --port $PORT"
                 if server is None:
                     continue
                 if base:  # the project itself is not installed: the server imports from src/
