@@ -4,6 +4,10 @@ On Coolify it read "process 'web' failed (failed); the previous version keeps se
 Make the app listen on 0.0.0.0 at the PORT env var": there was no previous version (the local provider said
 "nothing went live"), and the agent was sent to change its bind address while the container's logs showed the app
 exiting on a missing setting. Both providers now say nothing went live, and Coolify's hint puts the logs first.
+
+An app with no route for `/` (an API; Flask's tutorial answers only /hello) went live on the local provider (any
+answer below 500) and failed on Coolify (`curl -f`) with the same "make the app listen on 0.0.0.0" advice; Coolify's
+failure now says what the app answered and that inkmcp.yaml's health_path fixes it, which then works on both.
 Lives in tests/e2e (not tests/newuser) to reuse the session's two servers (`server` is parametrized over both).
 """
 
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProc, call, git_repo, mcp_session
+from tests.support import ServerProc, call, git_commit, git_repo, mcp_session
 
 CRASH = "import sys\nprint('boom: SECRET_KEY is not set', file=sys.stderr, flush=True)\nsys.exit(3)\n"
 
@@ -38,4 +42,36 @@ async def test_a_first_deploy_that_crashes_says_nothing_went_live(server: Server
             assert head.index("logs below show an error or the app exiting") < head.index("listen on 0.0.0.0"), error
         service = (await call(s, "list_services", project_name=project))["services"][0]
         assert service["state"] == "not_deployed" and service["url"] is None, service
+        await call(s, "delete", project_name=project, confirm=project)
+
+
+HELLO_ONLY = """import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = 200 if self.path == '/hello' else 404
+        self.send_response(code); self.end_headers(); self.wfile.write(b'Hello' if code == 200 else b'no route')
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"""
+
+
+@pytest.mark.asyncio
+async def test_an_app_without_a_route_for_slash_is_told_what_it_answered(server: ServerProc, repos: Path) -> None:
+    project = f"nu5-hello-{uuid.uuid4().hex[:6]}"
+    repo = git_repo(repos / project, {"app.py": HELLO_ONLY})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await call(s, "deploy_app", repo_url=str(repo), project_name=project)
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        if server.compute == "local":
+            assert dep["status"] == "live", dep  # GET / answered 404: below 500
+        else:
+            assert dep["status"] == "failed", dep
+            head = dep["error"].partition("\nlast output:\n")[0]
+            assert "the app answered GET / with 404" in head and "health_path in inkmcp.yaml" in head, head
+            assert "make the app listen" not in head, head
+        git_commit(repo, {"inkmcp.yaml": "services:\n  web: {health_path: /hello}\n"})
+        dep = await call(s, "deploy_app", repo_url=str(repo), project_name=project)
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "live", dep  # what the error said works, on both
         await call(s, "delete", project_name=project, confirm=project)

@@ -93,11 +93,11 @@ Known limits, left for the next session:
     contract carries no branch); Dockerfile detection is not wired (mapping supports `dockerfile_location`;
     the build plan needs a field for it).
   - health checks differ from the local provider's (a TCP connect): Coolify's published check is `curl -f` on
-    `/`, so a webapp whose `/` answers 4xx/5xx fails on Coolify (the failure says so and names
+    `/`, so a webapp whose `/` answers 4xx/5xx fails on Coolify (the failure says so, with the 4xx the app's
+    access log shows, and names inkmcp.yaml's `health_path`, which goes to `health_check_path`, and
     service_type='backend'); backends (an API or websocket server need not answer 2xx on `/`) and workers get
     none, so a process of theirs that crashes after starting shows in `runtime()` (crashed), not as a failed
-    release. The plan names no health path yet (a `health_path` field in inkmcp.yaml would go to
-    `health_check_path`).
+    release.
   - the release guard's marker lives in the container's writable layer: an operator's "Restart" in Coolify's UI
     makes a new container that still has INKMCP_RELEASE and runs the release again (idempotent migrations are
     the norm); a failing release makes Docker restart the container, so Coolify reports it only when its health
@@ -128,8 +128,9 @@ import contextvars
 import copy
 import inspect
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -774,8 +775,9 @@ class CoolifyComputeProvider:
             # provider says "nothing went live"), and "failed (failed)"
             kept = "the previous version keeps serving" if service_ref.get("live") else "nothing went live"
             status = f" ({dep.status})" if dep.status != "failed" else ""
-            raise ReleaseFailed(step, f"process '{name}' failed{status}; {kept}"
-                                      f"{note}{_hint(step, bodies.get(name))}\nlast output:\n{tail}")  # fmt: skip
+            raise ReleaseFailed(step, f"process '{name}' failed{status}; {kept}{note}"
+                                      f"{_hint(step, bodies.get(name), [e.output for e in entries])}"
+                                      f"\nlast output:\n{tail}")  # fmt: skip
             # --- end
 
         await node_routes.after_release(self, request, server, apps, specs)  # before the release is recorded live
@@ -1811,7 +1813,7 @@ class CoolifyComputeProvider:
         body = (service_ref.get("live_config") or {}).get(name)
         raise ReleaseFailed(step, f"process '{name}' did not start with the new values ({dep.status}): Coolify kept "
                                   "the previous container serving, and the previous values were put back in Coolify"
-                                  f"{_hint(step, body)}\nlast output:\n{_tail(entries)}")
+                                  f"{_hint(step, body, [e.output for e in entries])}\nlast output:\n{_tail(entries)}")
 
     async def _put_env_back(self, apps: Mapping[str, str], previous: Mapping[str, dict[str, str]],
                             service_ref: dict[str, Any], record: Record) -> None:  # fmt: skip
@@ -2054,19 +2056,39 @@ def _tail(entries: list[m.DeploymentLogLine], lines: int = 12) -> str:
     return "\n".join([e.output for e in entries if e.output.strip("-")][-lines:])
 
 
-def _hint(step: Step, body: Mapping[str, Any] | None) -> str:
-    """What the agent should change, for a failed health check (the port and path Coolify asked)."""
+def _hint(step: Step, body: Mapping[str, Any] | None, output: Sequence[str] = ()) -> str:
+    """What the agent should change, for a failed health check (the port and path Coolify asked); `output` is the
+    deployment's log (the container's logs Coolify quotes after a failed health check)."""
     if step == Step.releasing:
         return "; the release command failed in the new container (see its output below)"
     if step != Step.health_check or not body or not body.get("health_check_enabled"):
         return ""
     window = mapping.health_window(body)
-    # --- newuser5: the container's own output comes first (an app that exits at start, e.g. on a missing env var,
-    # was told only to listen on 0.0.0.0 at $PORT, and the agent changed its bind address)
-    return (f"; its health check failed: Coolify asks GET {body.get('health_check_path', '/')} on the app's port "
+    path = str(body.get("health_check_path") or "/")
+    # --- newuser5: an app with no route for `/` (an API, Flask's tutorial: only /hello) answers it 404: live on the
+    # local provider (any answer below 500), failed on Coolify with "make the app listen on 0.0.0.0", which it did
+    answered = _answered(path, output)
+    if answered is not None:
+        return (f"; its health check failed: the app answered GET {path} with {answered}, and Coolify's check "
+                f"(curl -f) needs a 2xx/3xx answer there within {window:g} s (the local provider accepts any answer "
+                f"below 500). Give the app a route that answers {path}, or set health_path in inkmcp.yaml to a path "
+                "it answers with 2xx (services: {web: {health_path: /healthz}}), or pass service_type='backend' "
+                "(not health-checked)")
+    # the container's own output comes first (an app that exits at start, e.g. on a missing env var, was told only to
+    # listen on 0.0.0.0 at $PORT, and the agent changed its bind address)
+    return (f"; its health check failed: Coolify asks GET {path} on the app's port "
             f"(PORT={body.get('health_check_port')}) for a 2xx/3xx answer within {window:g} s. If the container's "
             "logs below show an error or the app exiting, fix that first; else make the app listen "
             "on 0.0.0.0 at the PORT env var and answer that path (service_type='backend' is not health-checked)")
+
+
+def _answered(path: str, output: Sequence[str]) -> str | None:
+    """The 4xx status the app's access log shows for the health check's request (`"GET / HTTP/1.1" 404`: werkzeug,
+    uvicorn, gunicorn's and most Node loggers' format), or None."""
+    request = re.compile(r'"(?:GET|HEAD) ' + re.escape(path) + r'(?:\?[^" ]*)? HTTP/[\d.]+"\s+(4\d\d)\b')
+    found = [m[1] for line in output for m in request.finditer(line)]
+    return found[-1] if found else None
+    # --- end
 
 
 def _update(body: Mapping[str, Any]) -> m.ApplicationUpdate:
