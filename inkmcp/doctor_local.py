@@ -550,8 +550,12 @@ def check_ipc_scope(report: DoctorReport) -> None:
         report.add(name, Status.ok, f"Landlock ABI {abi}: a tenant's process connects only to abstract unix sockets "
                    "of its own process tree and signals only that tree")
         return
+    from inkmcp.build.process import landlock_abi  # --- redteam5
+
+    git = ("" if landlock_abi() >= 2 else "; and no Landlock domain at all (ABI 2+, Linux 5.19+): a tenant's app "
+           "reaches its git processes outside the sandbox through /proc (its hidden mirror, the host's /tmp)")
     report.add(name, Status.warn, f"no Landlock ABI {LANDLOCK_SCOPE_ABI}+ ({os.uname().release}, or Landlock not "
                "enabled): a tenant's process can connect to another tenant's abstract unix sockets (@name: no "
-               "owner, no mode) and read what they serve",
+               f"owner, no mode) and read what they serve{git}",
                "run Linux 6.12+ with landlock in its LSMs (CONFIG_SECURITY_LANDLOCK, lsm=...,landlock)")
 # --- end landlock

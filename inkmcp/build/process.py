@@ -52,7 +52,14 @@ the tenant's:
    signals only its own process tree. Each started process is a domain of its own: two processes of one
    project started apart (a Procfile's web and worker, two build steps) cannot meet on an abstract socket
    either (a filesystem unix socket still works). Without ABI 6 (an older kernel, Landlock not enabled) the
-   step is skipped and `inkmcp doctor` says so (tests/security/test_landlock_scope.py);
+   step is skipped and `inkmcp doctor` says so (tests/security/test_landlock_scope.py).
+   --- redteam5: with ABI 2-5 (Linux 5.19-6.11) the process still enters a domain, one that refuses nothing a
+   tenant could do (it handles making block devices, which needs CAP_MKNOD, and reparenting, granted beneath "/"),
+   for Landlock's ptrace rule: a process in a domain may ptrace, or open /proc/PID/{cwd,root,environ,fd,mem} of, only
+   processes of its own domain. Without one, the app reached every process of its uid outside its sandbox: git runs
+   as the tenant's uid in the host's mount namespace (build/source.py), so /proc/<git>/cwd was the project's git
+   mirror (the hidden dir above), /proc/<git>/root/tmp the host's /tmp, and with ptrace allowed (Yama 0) its code ran
+   in git (tests/security/test_redteam5_ptrace_domain.py);
 5. only then chdirs to the working directory (a tenant-owned path: root never resolves it);
 6. execs.
 
@@ -174,6 +181,27 @@ def landlock_scope_abi() -> int:
     abi = libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_long(0),
                        ctypes.c_long(_LANDLOCK_CREATE_RULESET_VERSION))  # fmt: skip
     return abi if abi >= LANDLOCK_SCOPE_ABI else 0
+
+
+# --- redteam5: ABI 2-5, a domain for Landlock's ptrace rule alone (step 4b)
+_SYS_LANDLOCK_ADD_RULE = 445
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
+_LANDLOCK_ACCESS_FS_REFER = 1 << 13
+_O_PATH = 0o10000000
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 without Landlock (not cached: cheap, and tests fake it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_long(0),
+                       ctypes.c_long(_LANDLOCK_CREATE_RULESET_VERSION))  # fmt: skip
+    return max(abi, 0)
 # --- end
 
 
@@ -404,6 +432,18 @@ class _ChildSetup:
         # --- end
         # --- landlock: everything the child's two syscalls take, made here (step 4b)
         self.scope = self.ids is not None and landlock_scope_abi() > 0
+        # --- redteam5: ABI 2-5, the ptrace domain's ruleset and rule (the rule's fd is opened in the child)
+        self.ptrace_domain = self.ids is not None and not self.scope and 2 <= landlock_abi() < LANDLOCK_SCOPE_ABI
+        if self.ptrace_domain:
+            self.ll_syscall = ctypes.CDLL(None, use_errno=True).syscall
+            handled = ctypes.c_uint64(_LANDLOCK_ACCESS_FS_MAKE_BLOCK | _LANDLOCK_ACCESS_FS_REFER)
+            self.ll_handled = handled
+            self.ll_create = (ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), ctypes.byref(handled),
+                              ctypes.c_long(ctypes.sizeof(handled)), ctypes.c_long(0))  # fmt: skip
+            self.ll_rule = _PathBeneath(_LANDLOCK_ACCESS_FS_REFER, -1)
+            self.ll_add = (ctypes.c_long(_SYS_LANDLOCK_ADD_RULE), ctypes.c_long(_LANDLOCK_RULE_PATH_BENEATH))
+            self.ll_restrict = ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF)
+        # --- end
         if self.scope:
             self.syscall = ctypes.CDLL(None, use_errno=True).syscall
             attr = (ctypes.c_uint64 * 3)(0, 0, _LANDLOCK_SCOPE)  # handled_access_fs, handled_access_net, scoped
@@ -480,6 +520,20 @@ class _ChildSetup:
                         self._fail(b"scoping abstract unix sockets and signals", ctypes.get_errno())
                     rc = self.syscall(self.restrict, ctypes.c_long(ruleset), self.zero_flags)
                     self._check(rc, b"scoping abstract unix sockets and signals")
+                    os.close(ruleset)
+                # --- end
+                if self.ptrace_domain:  # --- redteam5: step 4b with ABI 2-5
+                    step = b"entering a Landlock domain"
+                    ruleset = self.ll_syscall(*self.ll_create)
+                    if ruleset < 0:
+                        self._fail(step, ctypes.get_errno())
+                    root = os.open(b"/", _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    self.ll_rule.parent_fd = root
+                    rc = self.ll_syscall(self.ll_add[0], ctypes.c_long(ruleset), self.ll_add[1],
+                                         ctypes.byref(self.ll_rule), ctypes.c_long(0))  # fmt: skip
+                    self._check(rc, step)
+                    os.close(root)
+                    self._check(self.ll_syscall(self.ll_restrict, ctypes.c_long(ruleset), ctypes.c_long(0)), step)
                     os.close(ruleset)
                 # --- end
             step = b"entering the working directory " + self.cwd

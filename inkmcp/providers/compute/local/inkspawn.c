@@ -26,7 +26,8 @@
  *   4b. with --ids (not --kill-all): a Landlock domain of its own scoped to abstract unix sockets and
  *      signals, when the kernel has Landlock ABI 6 (Linux 6.12+; else skipped): it connects only to abstract
  *      sockets made inside the domain and signals only its own process tree (why: inkmcp/build/process.py,
- *      step 4b);
+ *      step 4b); with ABI 2-5, a domain that refuses nothing a tenant could do, for Landlock's ptrace rule alone
+ *      (--- redteam5);
  *   5. chdir (--chdir) as the tenant: root never resolves a tenant-owned path;
  *   6. closes every fd above 2 and execs the command with the tenant's environment, searching the
  *      tenant's PATH.
@@ -215,8 +216,36 @@ struct scope_attr {
     unsigned long long handled_access_fs, handled_access_net, scoped;
 };
 
+/* --- redteam5: ABI 2-5 (Linux 5.19-6.11): a domain all the same, for its ptrace rule (why: inkmcp/build/process.py,
+ * step 4b). It handles only making block devices (no tenant may anyway: no CAP_MKNOD) and reparenting (REFER, which
+ * any fs-handling ruleset handles implicitly), the latter granted beneath "/" again: nothing a tenant could do before
+ * is refused. */
+#define LANDLOCK_ADD_RULE 445
+#define LANDLOCK_RULE_PATH_BENEATH 1
+#define LANDLOCK_ACCESS_FS_MAKE_BLOCK (1ULL << 11)
+#define LANDLOCK_ACCESS_FS_REFER (1ULL << 13)
+struct path_beneath_attr {
+    unsigned long long allowed_access;
+    int parent_fd;
+} __attribute__((packed));
+
+static void ptrace_domain(void) {
+    unsigned long long handled = LANDLOCK_ACCESS_FS_MAKE_BLOCK | LANDLOCK_ACCESS_FS_REFER; /* handled_access_fs */
+    long fd = syscall(LANDLOCK_CREATE_RULESET, &handled, sizeof handled, 0UL);
+    if (fd < 0) fail("entering a Landlock domain", errno);
+    int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) fail("entering a Landlock domain", errno);
+    struct path_beneath_attr rule = {LANDLOCK_ACCESS_FS_REFER, root};
+    check((int)syscall(LANDLOCK_ADD_RULE, fd, LANDLOCK_RULE_PATH_BENEATH, &rule, 0UL), "entering a Landlock domain");
+    close(root);
+    check((int)syscall(LANDLOCK_RESTRICT_SELF, fd, 0UL), "entering a Landlock domain");
+    close((int)fd);
+}
+/* --- end */
+
 static void scope(void) {
     long abi = syscall(LANDLOCK_CREATE_RULESET, NULL, 0UL, LANDLOCK_VERSION_FLAG);
+    if (abi >= 2 && abi < LANDLOCK_SCOPE_ABI) ptrace_domain(); /* --- redteam5 */
     if (abi < LANDLOCK_SCOPE_ABI) return; /* an older kernel or Landlock off: continue without (doctor says so) */
     struct scope_attr attr = {0, 0, 1 | 2}; /* LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL */
     long fd = syscall(LANDLOCK_CREATE_RULESET, &attr, sizeof attr, 0UL);
