@@ -321,6 +321,38 @@ def _django_command(files: _Files) -> str:
     return "python manage.py runserver 0.0.0.0:$PORT --noreload"
 
 
+# --- newuser5: Django's ALLOWED_HOSTS as startproject writes it (`[]`) answers every request for another host with 400
+# (DisallowedHost; DEBUG allows only localhost names): on Coolify (https://web-x.<domain>) the deploy went live and its
+# URL answered 400, while the same app answered on the local provider's *.localhost URL
+_ALLOWED_HOSTS = re.compile(r"^ALLOWED_HOSTS\s*(?::[^=\n]*)?=\s*(?P<value>\[[^\]]*\]|\([^)]*\))", re.M)
+_LITERAL_HOSTS = re.compile(r"""^[\[(]\s*(?:(?:'[^'\n]*'|"[^"\n]*")\s*,?\s*)*[\])]$""")
+_ALLOWED_HOSTS_NOTE = (
+    "Django's `ALLOWED_HOSTS` in {where} is {value}, not read from the environment: a request for a host it does not "
+    "list gets 400 (DisallowedHost; in debug mode an empty list allows only localhost names), so the service's URL "
+    "may answer 400. Read it from the environment (ALLOWED_HOSTS = os.environ.get('ALLOWED_HOSTS', "
+    "'localhost').split(',')), commit, and pass env_vars={{'ALLOWED_HOSTS': '<the host of the URL deploy_app "
+    "answers>'}}")
+
+
+def _django_allowed_hosts_note(files: _Files) -> str | None:
+    """The note above when the Django settings module manage.py names holds a literal ALLOWED_HOSTS without '*'."""
+    manage = files.text("manage.py") or ""
+    match = re.search(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)['"]""", manage)
+    if match is None:
+        return None
+    where = match[1].replace(".", "/") + ".py"
+    text = files.text(where) if files.exists(where) else None
+    if text is None or "ALLOWED_HOSTS" in text.replace("ALLOWED_HOSTS =", "", 1).replace("ALLOWED_HOSTS=", "", 1):
+        return None  # not this file, or ALLOWED_HOSTS set more than once (appended to, read from env below)
+    found = _ALLOWED_HOSTS.search(text)
+    if found is None or not _LITERAL_HOSTS.match(found["value"].strip()) or "'*'" in found["value"] or \
+            '"*"' in found["value"]:
+        return None
+    value = " ".join(found["value"].split())
+    return _ALLOWED_HOSTS_NOTE.format(where=where, value=value if len(value) <= 80 else value[:80] + " …")
+# --- end
+
+
 @dataclass(frozen=True)
 class _AppObject:
     """Where the app object is: `module:attr` (attr may be a factory call) and which interface it speaks."""
@@ -1175,6 +1207,8 @@ def derive_plan(
 
     if processes and (sqlite := _sqlite_use(files)):  # --- newuser4
         notes.append(_SQLITE_NOTE.format(where=sqlite))
+    if processes and files.exists("manage.py") and (hosts := _django_allowed_hosts_note(files)):  # newuser5
+        notes.append(hosts)
     is_static = not processes
     command_hint = processes[0].command if processes else None
     stack = _pick_stack(files, command_hint, static_only=is_static)
