@@ -30,6 +30,8 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
+KEYCTL = {"x86_64": 250, "i686": 288, "aarch64": 219, "riscv64": 219, "loongarch64": 219, "ppc64le": 311,
+          "s390x": 280}  # --- redteam5: keyctl's syscall number (asm-generic: 219)
 
 
 def main() -> None:
@@ -41,6 +43,13 @@ def main() -> None:
     if os.getppid() != parent:  # InkMCP died before the prctl took effect
         os._exit(0)
     signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    # --- redteam5: a session keyring of the starter's own, empty and with no permission for anyone (not even its
+    # possessors: every git process, run as some tenant's uid, shares it), instead of InkMCP's, which every git
+    # process possessed after setpriv: possessor rights on root's keys, whatever their owner (process.py step 4a)
+    keyctl = KEYCTL.get(os.uname().machine)
+    if keyctl is not None and libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(1), None) >= 0:  # JOIN, anonymous
+        libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(5), ctypes.c_long(-3), ctypes.c_long(0))  # SETPERM @s 0
+    # --- end
     try:  # the host OOM killer's choice before InkMCP's own processes, as every tenant process (process.py step 1b:
         # TENANT_OOM_SCORE_ADJ, passed as the third argument; git runs what a tenant's repository makes it do),
         # inherited by every git it starts

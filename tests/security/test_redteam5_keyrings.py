@@ -11,6 +11,8 @@ setresuid. Two holes, each attacked here as the tenant:
    unlink keys in it, and shared it with every other tenant's processes (a channel past every other wall). Fixed:
    each sandboxed process joins a fresh, empty session keyring of its own, as the tenant (`process.py` step 4a, the
    wrapper's `own_keyring`).
+   git processes (the tenant's uid too, started by the git jail through setpriv, outside the sandbox) had it as
+   well: the jail's starter now joins a keyring of its own, empty, with no permission for anyone.
 2. The per-uid keyrings. A uid's user keyring (`@u`) and user session keyring (`@us`, which was also every tenant
    process's `@s` when InkMCP had no session keyring) outlive the user's processes and its `userdel`: the kernel
    keeps them as long as it runs. useradd hands a freed uid out again, so the next project given mallory's uid
@@ -111,6 +113,31 @@ print(done.stdout)
 """.replace("SECRET", repr(SECRET))
 
 
+# The same root process starts the tenant's code as a git process: through the git jail, with setpriv, as
+# build/source.py runs git (argv: uid, gid, keyctl's number, the tenant's code).
+GIT_HOLDER = r"""
+import asyncio, ctypes, sys
+from inkmcp.build import gitjail
+uid, gid, nr, tenant = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+libc = ctypes.CDLL(None, use_errno=True)
+L = ctypes.c_long
+assert libc.syscall(L(nr), L(1), None) > 0, "KEYCTL_JOIN_SESSION_KEYRING"
+secret = SECRET.encode()
+assert libc.syscall(L(nr - 2), b"user", b"inkmcp-operator", secret, L(len(secret)), L(-3)) > 0
+
+async def main():
+    argv = ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            "/usr/bin/python3", "-I", "-c", tenant, str(nr), "session"]
+    proc = await gitjail.spawn(argv, {"PATH": "/usr/bin:/bin"}, stdout=gitjail.PIPE, stderr=gitjail.PIPE)
+    out, err = await proc.communicate()
+    gitjail.shutdown()
+    assert proc.returncode == 0, err
+    print(out.decode())
+
+asyncio.run(main())
+""".replace("SECRET", repr(SECRET))
+
+
 @pytest.fixture
 async def tenant() -> AsyncIterator[tuple[str, Path, RunAs]]:
     """A real project user (and its home), deleted afterwards."""
@@ -166,3 +193,16 @@ async def test_keys_a_deleted_project_left_are_gone_for_the_next_holder_of_its_u
     await delete_project_user(project_id, homes)
     found = as_tenant(run_as, "find")
     assert found == {"-4": "ENOKEY", "-5": "ENOKEY"}, f"the uid's next holder found the last one's keys: {found}"
+
+
+async def test_a_git_process_does_not_possess_inkmcps_session_keyring(tenant: tuple[str, Path, RunAs]) -> None:
+    """git runs as the tenant's uid (setpriv, in the git jail): before, it possessed InkMCP's session keyring and
+    read root's key there; now the jail's starter has one of its own, empty and closed to everyone."""
+    assert KEYCTL, f"keyctl's syscall number on {os.uname().machine} is not in this test"
+    _, _, run_as = tenant
+    done = subprocess.run([sys.executable, "-c", GIT_HOLDER, str(run_as.uid), str(run_as.gid), str(KEYCTL), TENANT],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["read"] != SECRET, f"a git process read InkMCP's key from its session keyring: {got}"
+    assert got["read"] in ("ENOKEY", "EACCES"), got
