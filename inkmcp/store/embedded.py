@@ -209,14 +209,22 @@ class EmbeddedPostgres:
                 log.info("embedded postgres %s runs with other settings; restarting", self.pgdata)
                 self._pg_ctl_stop()
                 pid = None
+            gated = False  # flakehunt: tenants refused until the headroom is held again
             if pid is None:
                 self._clear_stale_pid_file()
                 # --- tenantdisk2: crash recovery may write more than the tablespaces hold: their headroom is free
                 # while the server starts, and held again once it is ready (store/tenant_disks.py)
                 if self.port is not None:
-                    from inkmcp.store.tenant_disks import release_headroom
+                    from inkmcp.store.tenant_disks import has_headroom, release_headroom
 
                     release_headroom(self.pgdata)
+                    # --- flakehunt: ... and no tenant connects before: between "ready" and keep_headroom (opening
+                    # each database first) one who did wrote into it (CI run 59: mallory's 1 MiB row after the
+                    # crash restart was admitted), and what she keeps there is not there for the next recovery
+                    gated = has_headroom(self.pgdata)
+                    if gated:
+                        self._write_hba(tenants=False)
+                    # --- end flakehunt
                 # --- end tenantdisk2
                 self._pg_ctl_start()
             else:
@@ -229,6 +237,8 @@ class EmbeddedPostgres:
                 if pid is None:
                     open_each_database(self.pgdata, f"host={self.socket_dir} port={self.socket_port} user={SUPERUSER}")
                 keep_headroom(self.pgdata)
+                if gated:  # flakehunt
+                    self._open_to_tenants()
             if self.port is not None and os.geteuid() == 0:  # --- suitefast: held while the postmaster lives too
                 from inkmcp.providers.compute.local.bindguard import hold_port
 
@@ -364,6 +374,39 @@ class EmbeddedPostgres:
                 "upgrade it with pg_upgrade or dump/restore"
             )
 
+    def _write_hba(self, *, tenants: bool = True) -> None:
+        """pg_hba.conf; `tenants=False` (flakehunt): TCP connections refused, the local superuser's still trusted."""
+        hba = (
+            "# Written by InkMCP on every start; edits are overwritten.\n"
+            "# TYPE  DATABASE  USER      ADDRESS  METHOD\n"
+            f"local   all       {SUPERUSER}           trust\n"
+            "local   all       all                scram-sha-256\n"
+        )
+        if self.port is not None:
+            hba += "host    all       all       all      " + ("scram-sha-256\n" if tenants else "reject\n")
+        self._write_file(self.pgdata / "pg_hba.conf", hba)
+
+    # --- flakehunt: tenants wait for the headroom (store/tenant_disks.py)
+    def _open_to_tenants(self) -> None:
+        """pg_hba.conf with the tenants' TCP line again, reloaded, and returns once the postmaster has loaded it
+        (a new session's pg_conf_load_time is the postmaster's last load), so a tenant may connect at once."""
+        import psycopg
+
+        self._write_hba()
+        conninfo = f"host={self.socket_dir} port={self.socket_port} user={SUPERUSER} dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            loaded = conn.execute("SELECT pg_conf_load_time()").fetchone()[0]  # type: ignore[index]
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                if conn.execute("SELECT pg_conf_load_time()").fetchone()[0] > loaded:  # type: ignore[index]
+                    return
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"server in {self.pgdata} did not reload pg_hba.conf{self._log_tail()}")
+            time.sleep(0.01)
+    # --- end flakehunt
+
     def _write_file(self, path: Path, text: str, mode: int = 0o600) -> None:
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -395,15 +438,7 @@ class EmbeddedPostgres:
             conf += server_config()
             # --- end tenantdisk2
         self._write_file(self.pgdata / "inkmcp.conf", conf)
-        hba = (
-            "# Written by InkMCP on every start; edits are overwritten.\n"
-            "# TYPE  DATABASE  USER      ADDRESS  METHOD\n"
-            f"local   all       {SUPERUSER}           trust\n"
-            "local   all       all                scram-sha-256\n"
-        )
-        if self.port is not None:
-            hba += "host    all       all       all      scram-sha-256\n"
-        self._write_file(self.pgdata / "pg_hba.conf", hba)
+        self._write_hba()
         if self.socket_dir != self.pgdata:
             self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._chown(self.socket_dir)

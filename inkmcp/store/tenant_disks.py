@@ -27,8 +27,10 @@ process exit 1, "shutting down due to startup process failure"): every tenant's 
 So each image has HEADROOM on top of the limit that the tenant cannot use: a file of root's (`.headroom`, allocated,
 never written: the image stays sparse) beside `data/`. Before the server starts (`EmbeddedPostgres.start`, whoever
 calls it) it is released; once the server is ready (recovery and its end-of-recovery checkpoint done) it is taken
-back (`keep_headroom`). What replay needs beyond the crash-time files is at most what was written since the last
-checkpoint, so the tenant server's `max_wal_size` is bounded too (`server_config`): headroom = 2 x max_wal_size.
+back (`keep_headroom`); in between the server refuses tenants' TCP connections (pg_hba `reject`, flakehunt), so no
+tenant writes into the released headroom (CI run 59: one row after a crash restart did). What replay needs
+beyond the crash-time files is at most what was written since the last checkpoint, so the tenant server's
+`max_wal_size` is bounded too (`server_config`): headroom = 2 x max_wal_size.
 A backend crash (an OOM kill) makes the postmaster itself re-run recovery with the headroom still held; should
 that fail, the postmaster exits, and `inkmcp serve` starts it again within seconds, headroom released
 (`supervise`, which also takes headroom back that a tenant held while it was released).
@@ -143,6 +145,13 @@ def release_headroom(pgdata: Path) -> None:
             disks.release_headroom(name)
         except OSError as exc:
             log.warning("could not release the headroom of tenant database %s: %s", name, exc)
+
+
+def has_headroom(pgdata: Path) -> bool:
+    """--- flakehunt: whether the server's tenant databases have headroom (then `EmbeddedPostgres.start` refuses
+    tenants' connections from its release until `keep_headroom` took it back)."""
+    disks = server_disks(pgdata)
+    return disks is not None and disks.enforced and disks.headroom_mb > 0 and bool(disks.names())
 
 
 def keep_headroom(pgdata: Path) -> int:
