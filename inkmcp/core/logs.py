@@ -48,6 +48,7 @@ class LogsView(BaseModel):
     lines: list[str] = Field(description="untrusted tenant output, oldest first")
     truncated: bool = False
     untrusted: bool = True
+    note: str | None = None  # newuser5: why runtime logs are empty while a deployment has not run anything yet
 
 
 PLAIN_VALUES = frozenset({

@@ -283,6 +283,19 @@ class Platform:
             raise unavailable(e, "reading the logs") from None
         secrets = await self.deploys.secrets_of(project.id, svc.id)
         lines, truncated = bound(redact([scrub_paths(line) for line in raw], secrets), tail)
+        # --- newuser5: during a first deploy (or after one that failed before starting) an agent calling get_logs()
+        # read `lines: []` (runtime, nothing ran yet) as "no output at all"; the build's lines were one scope away
+        note = None
+        if not lines and scope == LogScope.runtime:
+            async with self.sessions() as s:
+                latest = (await s.execute(select(Deployment.id, Deployment.status)
+                                          .where(Deployment.service_id == svc.id)
+                                          .order_by(Deployment.created_at.desc()).limit(1))).first()  # fmt: skip
+            if latest is not None and latest[1] != "live":
+                note = (f"no runtime output: the latest deployment ({latest[0]}, status {latest[1]!r}) has not run "
+                        f"anything that printed; its build output: get_logs(project_name={project.name!r}, "
+                        f"service_name={svc.name!r}, scope='build')")
+        # --- end
         return LogsView(
             project=project.name,
             service=svc.name,
@@ -290,6 +303,7 @@ class Platform:
             deployment_id=deployment_id,
             lines=lines,
             truncated=truncated or len(raw) > tail,
+            note=note,  # newuser5
         )
 
     # ----------------------------------------------------------------- env vars
