@@ -92,6 +92,12 @@ SLOW: tuple[str, ...] = (
     "tests/core/test_database_backups.py::test_concurrent_restores_run_one_after_the_other_and_sessions_are_cut",
     "tests/buildpath/test_render.py::test_htpasswd_lines_verify_and_a_keyed_salt_is_stable_per_user",  # factory wiring
     # --- end
+    # --- flakehunt: over 5 s alone at load 2-3 (7.5-9 s; the fast subset took 4 min 59 s, its limit is 5 min)
+    "tests/local/test_live_means_live.py::test_an_app_bound_to_another_port_fails_after_the_grace_not_the_health_",
+    "tests/test_doctor_local.py::test_a_fit_machine_passes_and_the_embedded_server_is_stopped_again",
+    "tests/local/test_account_output_budget.py::test_one_accounts_floods_are_paced_together_and_another_accounts_",
+    "tests/local/test_redeploy_retire.py::test_live_does_not_wait_for_the_old_versions_stop_and_the_stop_still_",
+    # --- end
 )
 
 
