@@ -106,6 +106,47 @@ def strict_model(model: type[BaseModel]) -> type[BaseModel]:
     return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid", arbitrary_types_allowed=True)})
 
 
+# --- newuser5: names agents use for an argument from other platforms' APIs and CLIs (`lines` for get_logs' tail,
+# `branch` for ref, `env` for env_vars, `domains`): refused with only the list of valid names, the agent guessed again
+_ALIASES = {
+    "tail": ("lines", "limit", "n", "count", "num_lines", "max_lines", "since_lines"),
+    "ref": ("branch", "tag", "commit", "sha", "revision", "git_ref", "git_branch"),
+    "repo_url": ("repo", "url", "repository", "git_url", "repository_url", "source", "git_repo"),
+    "env_vars": ("env", "envs", "environment", "environment_variables", "variables", "vars", "env_variables"),
+    "start_command": ("command", "cmd", "start", "run_command", "entrypoint"),
+    "build_command": ("build", "build_cmd"),
+    "app_dir": ("root_dir", "root_directory", "rootDir", "base_directory", "directory", "subdirectory", "workdir",
+                "working_dir"),
+    "project_name": ("project", "project_id", "app_name", "app", "name"),
+    "name": ("project_name", "project"),  # ensure_project's
+    "service_name": ("service", "service_id"),
+    "deployment_id": ("deployment", "id", "deploy_id"),
+    "static_dir": ("publish_directory", "output_dir", "dist_dir", "publish_dir"),
+}
+_NOT_HERE = {
+    ("domains", "domain", "custom_domain", "custom_domains", "hostname", "fqdn"):
+        "custom domains are not supported: each service answers at the URL deploy_app returns",
+    ("health_path", "health_check_path", "healthcheck_path", "health_check"):
+        "the health check's path is set in the repo: inkmcp.yaml `services: {web: {health_path: /healthz}}`",
+    ("dockerfile", "docker_image", "image", "dockerfile_path"):
+        "InkMCP builds from source and runs no Dockerfile or image: pass start_command (and build_command)",
+    ("replicas", "instances", "scale", "region"): "each service runs one instance where the server places it",
+}
+
+
+def _meant(name: str, valid: list[str]) -> str | None:
+    """What an unknown argument `name` most likely meant, for a tool taking `valid`, or None."""
+    key = name.lower()
+    for right, wrong in _ALIASES.items():
+        if right in valid and key in {w.lower() for w in wrong}:
+            return f"the argument for that is {right}"
+    for wrong, said in _NOT_HERE.items():
+        if key in wrong and "repo_url" in valid:  # deploy_app's
+            return said
+    return None
+# --- end
+
+
 def explain(e: ValidationError, valid: list[str], schema: dict[str, Any] | None = None) -> str:
     """One line per argument: what was wrong, and a `Fix:` saying what to pass instead, as InkMCP's own errors do.
 
@@ -134,6 +175,8 @@ def explain(e: ValidationError, valid: list[str], schema: dict[str, Any] | None 
                 if inner is not None and inner.get("properties"):  # a key inside an object argument (resources.gpu)
                     keys = ", ".join(inner["properties"])
                     parts.append(f"Argument '{loc}' is not accepted. Fix: use only {keys} in {'.'.join(path[:-1])}.")
+                elif (meant := _meant(loc, valid)) is not None:  # --- newuser5
+                    parts.append(f"Argument '{loc}' is not accepted: {meant}. Fix: use only {', '.join(valid)}.")
                 else:
                     parts.append(f"Argument '{loc}' is not accepted. Fix: use only {', '.join(valid)}.")
             else:
