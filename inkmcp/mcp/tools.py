@@ -261,7 +261,14 @@ def register(server: Any, platform: Platform, metrics: Metrics, *, stdio_princip
                                  tier: Tier = Tier.free,
                                  type: Literal["postgres", "redis"] = "postgres") -> DatabaseView:
         """Add Postgres or Redis to the project."""
-        return await platform.provision_database(principal(ctx), project_name, tier, kind=type)
+        try:
+            return await platform.provision_database(principal(ctx), project_name, tier, kind=type)
+        except InkError as e:  # --- newuser5: named as deploy_app's database.type (not an argument of this tool)
+            if e.argument == "database.type":
+                e.argument, e.fix = "type", "omit type (postgres, the default), or ask the operator to enable Redis " \
+                    "(INKMCP_REDIS_URL)"
+                e.args = (e.render(),)
+            raise
 
     @tool(READ, "Get database credentials")
     async def get_database_credentials(ctx: Context, project_name: Project) -> Credentials:
