@@ -8,6 +8,10 @@ exiting on a missing setting. Both providers now say nothing went live, and Cool
 An app with no route for `/` (an API; Flask's tutorial answers only /hello) went live on the local provider (any
 answer below 500) and failed on Coolify (`curl -f`) with the same "make the app listen on 0.0.0.0" advice; Coolify's
 failure now says what the app answered and that inkmcp.yaml's health_path fixes it, which then works on both.
+
+A dependency that compiles against a missing system library (mysqlclient) was told, on the local provider, which
+library and that PyMySQL installs instead; on Coolify: "process 'web' failed; nothing went live" and a traceback.
+Coolify's build failure now says it the same way (pip's and uv's words for a failed build are read).
 Lives in tests/e2e (not tests/newuser) to reuse the session's two servers (`server` is parametrized over both).
 """
 
@@ -74,4 +78,19 @@ async def test_an_app_without_a_route_for_slash_is_told_what_it_answered(server:
         while not dep["done"]:
             dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
         assert dep["status"] == "live", dep  # what the error said works, on both
+        await call(s, "delete", project_name=project, confirm=project)
+
+
+@pytest.mark.asyncio
+async def test_a_dependency_needing_a_system_library_reads_the_same_on_both(server: ServerProc, repos: Path) -> None:
+    project = f"nu5-mysql-{uuid.uuid4().hex[:6]}"
+    repo = git_repo(repos / project, {"requirements.txt": "mysqlclient==2.2.4\n", "app.py": HELLO_ONLY})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await call(s, "deploy_app", repo_url=str(repo), project_name=project)
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "failed", dep
+        head = dep["error"].partition("\nlast output:\n")[0]
+        assert head.startswith("building: "), head
+        assert "mysqlclient compiles against a system library" in head and "PyMySQL" in head, head
         await call(s, "delete", project_name=project, confirm=project)

@@ -139,6 +139,7 @@ import httpx
 from pydantic import SecretStr
 
 from inkmcp.build.plan import Mode
+from inkmcp.build.python_install import installer_fix
 from inkmcp.build.source import SourceWorkspace
 from inkmcp.coolify import models as m
 from inkmcp.coolify.client import (
@@ -775,8 +776,9 @@ class CoolifyComputeProvider:
             # provider says "nothing went live"), and "failed (failed)"
             kept = "the previous version keeps serving" if service_ref.get("live") else "nothing went live"
             status = f" ({dep.status})" if dep.status != "failed" else ""
+            said = [e.output for e in entries]
             raise ReleaseFailed(step, f"process '{name}' failed{status}; {kept}{note}"
-                                      f"{_hint(step, bodies.get(name), [e.output for e in entries])}"
+                                      f"{_hint(step, bodies.get(name), said)}{_dependency_hint(step, said)}"
                                       f"\nlast output:\n{tail}")  # fmt: skip
             # --- end
 
@@ -2080,6 +2082,27 @@ def _hint(step: Step, body: Mapping[str, Any] | None, output: Sequence[str] = ()
             f"(PORT={body.get('health_check_port')}) for a 2xx/3xx answer within {window:g} s. If the container's "
             "logs below show an error or the app exiting, fix that first; else make the app listen "
             "on 0.0.0.0 at the PORT env var and answer that path (service_type='backend' is not health-checked)")
+
+
+# pip's and uv's words for a dependency that did not build (uv: Failed to build `x==1`; pip 24: ... projects (x))
+_NOT_BUILT = re.compile(r"Failed to build `(?P<uv>[^`]+)`|Failed to build installable wheels for some pyproject\.toml "
+                        r"based projects \((?P<pip>[^)]+)\)|Could not build wheels for (?P<old>[\w.-]+)"
+                        r"|Failed building wheel for (?P<wheel>[\w.-]+)")
+
+
+def _dependency_hint(step: Step, output: Sequence[str]) -> str:
+    """--- newuser5: a dependency that failed to build in Coolify's build, said as the local provider says it (a
+    mysqlclient app was told "process 'web' failed; nothing went live" and a traceback; locally: the system library
+    it compiles against is missing, and PyMySQL installs instead)."""
+    if step != Step.building:
+        return ""
+    for line in reversed(output[-300:]):
+        if m := _NOT_BUILT.search(line):
+            package = next(g for g in m.groups() if g).strip()
+            fix = installer_fix(f"Failed to build `{package}`", "of the build image", output)
+            if fix:
+                return f"; the app's dependencies did not install: {package} failed to build. Fix: {fix}"
+    return ""
 
 
 def _answered(path: str, output: Sequence[str]) -> str | None:
