@@ -30,6 +30,7 @@ because a wrong guess costs an agent a slow failed deploy, while a precise error
 
 from __future__ import annotations
 
+import ast
 import json
 import platform as _platform
 import re
@@ -518,6 +519,13 @@ def _detect_python_start(files: _Files) -> str | None:
         server = None if own_runner else _server_command(files, app)
         if server:
             return server
+        # --- newuser5: Flask's quickstart ends in `if __name__ == '__main__': app.run(debug=True)`, which serves on
+        # 127.0.0.1:5000: `python app.py` failed its first deploy on both providers; the main guard holding only that
+        # call, Flask's own server runs the same app on $PORT
+        if app.interface == "wsgi" and "flask" in files.python_deps and "/" not in app.file and \
+                "flask-socketio" not in files.python_deps and _only_runs_locally(text, app.attr):
+            return f"flask --app {app.module}:{app.attr} run --host 0.0.0.0 --port $PORT"
+        # --- end
         if _MAIN_GUARD.search(text) and "/" not in app.file:
             return f"python {app.file}"
         if app.interface == "wsgi" and "flask" in files.python_deps and "/" not in app.file:
@@ -529,6 +537,25 @@ def _detect_python_start(files: _Files) -> str | None:
         if files.exists(entry) and not idle:
             return f"python {entry}"
     return None
+
+
+def _only_runs_locally(text: str, attr: str) -> bool:
+    """The module's `if __name__ == '__main__':` block does nothing but `<attr>.run(...)` without `host=` (Flask's
+    development server on 127.0.0.1, unreachable from outside whatever port it is given). Parsed, never run."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"):
+            continue
+        calls = [s.value for s in node.body if isinstance(s, ast.Expr)]
+        return bool(calls) and len(calls) == len(node.body) and not node.orelse and all(
+            isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "run"
+            and isinstance(c.func.value, ast.Name) and c.func.value.id == attr and not c.args
+            and all(k.arg not in ("host", None) for k in c.keywords) for c in calls)
+    return False
 
 
 def _detect_bare_python_start(files: _Files) -> str | None:

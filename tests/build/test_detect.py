@@ -401,7 +401,9 @@ if __name__ == "__main__":
         # the case: gunicorn listed, `python main.py` would be Flask's debug server
         ({"requirements.txt": "Flask==3.0\ngunicorn==22.0\n", "main.py": FLASK_MAIN},
          "gunicorn main:app --bind 0.0.0.0:$PORT"),
-        ({"requirements.txt": "Flask\n", "main.py": FLASK_MAIN}, "python main.py"),
+        # newuser5: `python main.py` served on 127.0.0.1:5000 (app.run(debug=True)) and failed the deploy
+        ({"requirements.txt": "Flask\n", "main.py": FLASK_MAIN},
+         "flask --app main:app run --host 0.0.0.0 --port $PORT"),
         ({"requirements.txt": "flask\nflask-socketio\ngunicorn\n", "main.py": FLASK_MAIN}, "python main.py"),
         ({"requirements.txt": "flask\ngunicorn\n",
           "wsgi.py": "from myapp import create_app\n\napp = create_app()\n", "main.py": FLASK_MAIN},
@@ -442,7 +444,7 @@ def test_production_server_preferred(tmp_path: Path, files: dict[str, str], comm
 def test_dev_dependencies_do_not_count(tmp_path: Path) -> None:
     files = {"Pipfile": '[packages]\nflask = "*"\n\n[dev-packages]\ngunicorn = "*"\n', "app.py": FLASK_MAIN}
     plan, _ = plan_for(tmp_path, files)
-    assert plan.processes[0].command == "python app.py"
+    assert plan.processes[0].command == "flask --app app:app run --host 0.0.0.0 --port $PORT"  # newuser5: not gunicorn
 
 
 @pytest.mark.parametrize(

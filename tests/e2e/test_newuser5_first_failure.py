@@ -12,6 +12,9 @@ failure now says what the app answered and that inkmcp.yaml's health_path fixes 
 A dependency that compiles against a missing system library (mysqlclient) was told, on the local provider, which
 library and that PyMySQL installs instead; on Coolify: "process 'web' failed; nothing went live" and a traceback.
 Coolify's build failure now says it the same way (pip's and uv's words for a failed build are read).
+
+Flask's quickstart (`app.run(debug=True)` under the main guard, no gunicorn) ran as `python app.py` and failed its
+first deploy on both (Flask's server on 127.0.0.1:5000); it goes live with one call now.
 Lives in tests/e2e (not tests/newuser) to reuse the session's two servers (`server` is parametrized over both).
 """
 
@@ -20,8 +23,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.e2e.probes import service_host
 from tests.support import ServerProc, call, git_commit, git_repo, mcp_session
 
 CRASH = "import sys\nprint('boom: SECRET_KEY is not set', file=sys.stderr, flush=True)\nsys.exit(3)\n"
@@ -93,4 +98,24 @@ async def test_a_dependency_needing_a_system_library_reads_the_same_on_both(serv
         head = dep["error"].partition("\nlast output:\n")[0]
         assert head.startswith("building: "), head
         assert "mysqlclient compiles against a system library" in head and "PyMySQL" in head, head
+        await call(s, "delete", project_name=project, confirm=project)
+
+
+QUICKSTART = ("from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route('/')\ndef index():\n"
+              "    return 'flask quickstart'\n\n\nif __name__ == '__main__':\n    app.run(debug=True)\n")
+
+
+@pytest.mark.asyncio
+async def test_flasks_quickstart_goes_live_with_one_call(server: ServerProc, repos: Path) -> None:
+    project = f"nu5-flask-{uuid.uuid4().hex[:6]}"
+    repo = git_repo(repos / project, {"requirements.txt": "flask\n", "app.py": QUICKSTART})
+    async with mcp_session(server, server.keys["alice"]) as s:
+        dep = await call(s, "deploy_app", repo_url=str(repo), project_name=project)
+        while not dep["done"]:
+            dep = await call(s, "wait_for_deployment", deployment_id=dep["deployment_id"])
+        assert dep["status"] == "live", dep
+        assert "runs `flask --app app:app run --host 0.0.0.0 --port $PORT`" in dep["history"][0], dep["history"]
+        answer = httpx.get(f"http://127.0.0.1:{server.proxy_port}/", timeout=10,
+                           headers={"Host": service_host(server, "web", project)})  # fmt: skip
+        assert answer.text == "flask quickstart", answer.text
         await call(s, "delete", project_name=project, confirm=project)

@@ -4,6 +4,11 @@
 It was refused with "pass start_command (e.g. 'python app.py' ...)": there is no app.py, and `python -m flaskr` runs
 nothing. The refusal now names the command that serves the package's factory (or its `app = Flask(...)`), with the
 production server the dependencies list (gunicorn, waitress --call, as Flask's deployment docs do), else Flask's own.
+
+Flask's quickstart (`app.py` ending in `if __name__ == '__main__': app.run(debug=True)`, no gunicorn) ran as
+`python app.py`: Flask's server on 127.0.0.1:5000, and the first deploy failed on both providers. A main guard that
+only calls `app.run(...)` without `host=` now runs `flask --app app:app run --host 0.0.0.0 --port $PORT`
+(tests/e2e/test_newuser5_first_failure.py deploys it on both).
 """
 
 from __future__ import annotations
@@ -68,3 +73,23 @@ def test_two_packages_with_a_factory_name_none(tmp_path: Path) -> None:
     error = _refusal(tmp_path, {"requirements.txt": "flask\ngunicorn\n", "one/__init__.py": FLASKR,
                                 "two/__init__.py": FLASKR})
     assert "create_app" not in error.fix  # which one to serve is the agent's choice: not guessed
+
+
+QUICKSTART = ("from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route('/')\ndef index():\n"
+              "    return 'ok'\n\n\n")
+
+
+@pytest.mark.parametrize(("guard", "runs"), [
+    ("if __name__ == '__main__':\n    app.run(debug=True)\n",
+     "flask --app app:app run --host 0.0.0.0 --port $PORT"),
+    ("if __name__ == '__main__':\n    app.run(port=int(os.environ.get('PORT', 5000)))\n",  # still 127.0.0.1
+     "flask --app app:app run --host 0.0.0.0 --port $PORT"),
+    ("if __name__ == '__main__':\n    app.run(host='0.0.0.0', port=int(os.environ['PORT']))\n", "python app.py"),
+    ("if __name__ == '__main__':\n    init_db()\n    app.run()\n", "python app.py"),  # the guard does more
+])  # fmt: skip
+def test_flask_quickstart_main_guard_runs_on_port(tmp_path: Path, guard: str, runs: str) -> None:
+    (tmp_path / "requirements.txt").write_text("flask\n")
+    (tmp_path / "app.py").write_text("import os\n" + QUICKSTART + guard)
+    plan, _ = derive_plan(tmp_path, service_name="web", service_type=None, build_command=None, start_command=None,
+                          port=None)  # fmt: skip
+    assert [p.command for p in plan.processes] == [runs]
