@@ -487,6 +487,25 @@ _STREAMLIT_IMPORT = re.compile(r"^\s*(?:import streamlit\b|from streamlit\b)", r
 STREAMLIT_COMMAND = "streamlit run {script} --server.port $PORT --server.address 0.0.0.0 --server.headless true"
 
 
+# --- newuser5: a Gradio app (`demo.launch()`) serves on 127.0.0.1:7860 unless told otherwise (`python app.py`: its
+# first deploy failed); launch() reads these two variables for the arguments it is not given
+GRADIO_COMMAND = "GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=$PORT python {script}"
+_GRADIO_LAUNCH = re.compile(r"^(?:import gradio|from gradio\b)[\s\S]*\.launch\(", re.M)
+
+
+def _gradio_script(files: _Files) -> str | None:
+    """The entry point (app.py, main.py, server.py) importing gradio and calling `.launch(` without its own
+    server_name/server_port; None when gradio is not a dependency."""
+    if "gradio" not in files.python_deps:
+        return None
+    for entry in PYTHON_ENTRYPOINTS:
+        text = files.text(entry) if files.exists(entry) else None
+        if text and _GRADIO_LAUNCH.search(text) and "server_name" not in text and "server_port" not in text:
+            return entry
+    return None
+# --- end
+
+
 def _streamlit_script(files: _Files) -> str | None:
     """The script `streamlit run` serves: streamlit_app.py (Streamlit's own default), an entry point, or the one
     top-level .py file importing streamlit; None when streamlit is not a dependency or no one script is clear."""
@@ -511,6 +530,8 @@ def _detect_python_start(files: _Files) -> str | None:
         return _django_command(files)
     if (script := _streamlit_script(files)) is not None:  # --- newuser3
         return STREAMLIT_COMMAND.format(script=script)
+    if (script := _gradio_script(files)) is not None:  # --- newuser5
+        return GRADIO_COMMAND.format(script=script)
     app = _find_app_object(files)
     if app is not None:
         text = files.text(app.file) or ""

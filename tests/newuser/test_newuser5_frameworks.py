@@ -7,6 +7,9 @@
 - A Next app with `output: 'export'` in next.config ran `npx next start`, which refuses that configuration and exits
   (the deploy failed at health_check); it is served as the static site `next build` writes to out/.
 
+- A Gradio app (`demo.launch()`) ran as `python app.py`: Gradio's server on 127.0.0.1:7860. It runs with
+  GRADIO_SERVER_NAME=0.0.0.0 and GRADIO_SERVER_PORT=$PORT now, which launch() reads for what it is not given.
+
 Read as deploy_app reads a checkout (`derive_plan`); what the planned command does once built is the framework's.
 """
 
@@ -83,3 +86,17 @@ def test_next_with_output_export_is_the_static_site_it_exports(tmp_path: Path, c
 def test_next_standalone_and_plain_next_still_run_next_start(tmp_path: Path) -> None:
     plan, kind = _plan(tmp_path, {"package.json": NEXT, "next.config.js": "module.exports = {output: 'standalone'}\n"})
     assert kind == ServiceType.webapp and [p.command for p in plan.processes] == ["npm start"]
+
+
+GRADIO = "import gradio as gr\n\ndemo = gr.Interface(fn=lambda name: 'Hello ' + name, inputs='text', outputs='text')\n"
+
+
+@pytest.mark.parametrize(("launch", "runs"), [
+    ("demo.launch()\n", "GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=$PORT python app.py"),
+    ("if __name__ == '__main__':\n    demo.launch(share=False)\n",
+     "GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=$PORT python app.py"),
+    ("demo.launch(server_name='0.0.0.0', server_port=int(os.environ['PORT']))\n", "python app.py"),  # its own
+])  # fmt: skip
+def test_gradio_listens_where_the_route_is(tmp_path: Path, launch: str, runs: str) -> None:
+    plan, kind = _plan(tmp_path, {"requirements.txt": "gradio\n", "app.py": "import os\n" + GRADIO + launch})
+    assert kind == ServiceType.webapp and [p.command for p in plan.processes] == [runs]
