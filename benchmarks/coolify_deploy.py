@@ -67,6 +67,7 @@ import httpx
 import psycopg
 from pydantic import SecretStr
 
+from benchmarks.git_standin_process import GitStandinProcess
 from benchmarks.standin_process import StandinProcess
 from inkmcp.build import source as smod
 from inkmcp.build.source import SourcePolicy
@@ -98,6 +99,11 @@ from tests.replicas.coolify_load import assert_matches_standin, coolified, finis
 from tests.support import git_repo
 
 GIT = ["git", "-c", "user.email=b@example.com", "-c", "user.name=b"]
+
+
+def overhead(sample: dict[str, float]) -> float:
+    """InkMCP's overhead of one timed deploy: end to end minus both stand-ins' own time (Coolify's, the git host's)."""
+    return sample["total"] - sample["asgi"] - sample["git_server"]
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -477,9 +483,14 @@ def new_commit(path: Path, text: str) -> None:
 async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | None = None,
                      origins: bool = False, json_out: str | None = None, steps_wanted: bool = False,
                      build_lag: list[float] | None = None, build_lag_deploys: int = 2,
-                     ab_async_commit: bool = False, ab_overhead9: bool = False, ab_overhead8: bool = False) -> None:
+                     ab_async_commit: bool = False, ab_overhead9: bool = False, ab_overhead8: bool = False,
+                     git_over: str = "https", ab_ca_dir: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a process of its own (clocks at 0)."""
     standin = StandinProcess(root / "nodes", servers=1)
+    githost = GitStandinProcess(root / "githost") if git_over in ("https", "both") else None
+    real_bundle, real_ca_env = smod.CA_BUNDLE, smod._ca_env
+    if githost is not None:  # InkMCP's git trusts the system's authorities and the git stand-in's
+        smod.CA_BUNDLE = str(githost.bundle)
     token = standin.token
     store = await open_store(db_url, pool_size=5, max_overflow=5)
     sessions = store.sessionmaker
@@ -536,6 +547,13 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
 
     accepted: list[float] = []
 
+    def timed_repo(i: int) -> str:
+        """Part 1's repository for deploy i: served by the git stand-in (its own time subtracted, as a git host's in
+        production) or a local path (the git server's side runs here, as InkMCP's child processes)."""
+        if githost is not None and (git_over == "https" or i % 2 == 0):
+            return githost.repo({**APP_FILES, "Procfile": PROCFILE})
+        return str(repo(root))
+
     async def deploy(req: DeployRequest) -> dict[str, Any]:
         t = time.perf_counter()
         view = await platform.deploy_app(p, req, wait_seconds=0)
@@ -549,19 +567,22 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
 
     try:
         # warm-up (imports, connection pools, spec caches), not counted
-        for i in range(3):
-            await deploy(DeployRequest(repo_url=str(repo(root)), project_name=f"warm-{i}"))
+        for i in range(4):
+            await deploy(DeployRequest(repo_url=timed_repo(i), project_name=f"warm-{i}"))
         samples: list[dict[str, float]] = []
         kinds_seen: list[list[str]] = []
         work: list[dict[str, int]] = []
         budget_trips = getattr(budget, "round_trips", 0)
         profiler = cProfile.Profile() if profile else None
         for i in range(deploys_n):
-            r = repo(root)
+            r = timed_repo(i)
             if ab_overhead9:  # odd deploys without overhead9's three changes (A), even ones with them (B)
                 set_overhead9(on=i % 2 == 0)
             if ab_overhead8:  # odd deploys without overhead8's changes (A), even ones with them (B)
                 set_overhead8(on=i % 2 == 0)
+            if ab_ca_dir:  # odd deploys with git reading the CA directory too (libcurl's default), even ones without
+                smod._ca_env = real_ca_env if i % 2 == 0 else (  # type: ignore[method-assign]
+                    lambda: {"GIT_SSL_CAINFO": str(smod.CA_BUNDLE)})
             if ab_async_commit:  # odd deploys with every commit of the control plane asynchronous (no WAL flush)
                 with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
                     admin.execute(f"ALTER SYSTEM SET synchronous_commit = {'off' if i % 2 else 'on'}")
@@ -571,6 +592,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             steps.per.clear()
             steps.started = time.perf_counter()
             before = standin.count()
+            git_before = githost.count() if githost is not None else 0
             if profiler is not None:
                 profiler.enable()
             gc_clock.take()
@@ -584,9 +606,11 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                 profiler.disable()
             steps.take()
             seen = standin.requests_since(before, token)  # after the timed window: the admin route is not timed
+            git_seen = githost.since(git_before) if githost is not None else []
             samples.append({"total": total, "http": http.take(), "sleep": sleeps.take(),
                             "asgi": sum(r.asgi for r in seen), "accept": accepted[-1], "requests": len(seen),
-                            "cpu": cpu, "kernel": kernel, "gc": gc_seconds})
+                            "cpu": cpu, "kernel": kernel, "gc": gc_seconds, "over_http": r.startswith("https://"),
+                            "git_server": sum(g["seconds"] for g in git_seen), "git_requests": len(git_seen)})
             kinds_seen.append([f"{r.method} {r.operation or r.path} {r.status}" for r in seen])
             work.append(counted.take())
             trips = getattr(budget, "round_trips", 0)
@@ -600,7 +624,17 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                   "| p50 ms | A: without | B: with | B - A |\n| --- | ---: | ---: | ---: |")
             for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
                               "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
-                vals = [s["total"] - s["asgi"] if key is None else s[key] for s in samples]
+                vals = [overhead(s) if key is None else s[key] for s in samples]
+                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
+                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+        if ab_ca_dir:
+            smod._ca_env = real_ca_env  # type: ignore[method-assign]
+            print("\n## --ab-ca-dir: A (odd deploys) git reads the CA directory besides the bundle (libcurl's "
+                  "default), B (even deploys) the bundle only (inkmcp.build.source.CA_BUNDLE)\n\n"
+                  "| p50 ms | A: bundle + directory | B: bundle only | B - A |\n| --- | ---: | ---: | ---: |")
+            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
+                              "accept")):  # fmt: skip
+                vals = [overhead(s) if key is None else s[key] for s in samples]
                 b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
                 print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
         if ab_overhead9:
@@ -611,7 +645,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                   "| --- | ---: | ---: | ---: |")
             for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
                               "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
-                vals = [s["total"] - s["asgi"] if key is None else s[key] for s in samples]
+                vals = [overhead(s) if key is None else s[key] for s in samples]
                 b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
                 print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
         if ab_async_commit:
@@ -623,29 +657,48 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                   "could save)\n\n| p50 ms | A: synchronous | B: asynchronous | B - A |\n| --- | ---: | ---: | ---: |")
             for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
                                                                                     "accept")):  # fmt: skip
-                vals = [s["total"] - s["asgi"] if key is None else s[key] for s in samples]
+                vals = [overhead(s) if key is None else s[key] for s in samples]
                 a, b = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
                 print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
-        print(f"\n## 1. InkMCP overhead per deploy over the stand-in ({deploys_n} first deploys, web + worker, "
-              f"stand-in clocks at 0, DbBudget on Postgres)\n")
-        print("| per deploy | p50 ms | p90 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
-        rows = {
-            "end to end (deploy_app → live recorded)": [s["total"] for s in samples],
-            "  of which deploy_app until it answers (resolve commit, plan, record; no Coolify call)":
-                [s["accept"] for s in samples],
-            "the stand-in's own time answering them (its ASGI boundary, in its process)": [s["asgi"] for s in samples],
-            "Coolify HTTP calls as InkMCP saw them (the above + HTTP both ways + httpx)": [s["http"] for s in samples],
-            "poll sleeps (InkMCP waiting to look at Coolify's build again)": [s["sleep"] for s in samples],
-            "**InkMCP overhead** (end to end - the stand-in's own time - simulated build time (0))":
-                [s["total"] - s["asgi"] for s in samples],
-            "overhead without HTTP transport (end to end - HTTP as InkMCP saw it)":
-                [s["total"] - s["http"] for s in samples],
-            "CPU time of InkMCP's process (all threads; not git, not PostgreSQL)": [s["cpu"] for s in samples],
-            "  of which in the kernel (system calls: sockets, fork/exec, files)": [s["kernel"] for s in samples],
-            "Python's garbage collector (wall, inside the deploy)": [s["gc"] for s in samples],
-        }
-        for name, vals in rows.items():
-            print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 90) * 1000:.1f} | {pct(vals, 99) * 1000:.1f} |")
+        groups = [("over http", [s for s in samples if s["over_http"]]), ("local path", [s for s in samples
+                                                                             if not s["over_http"]])]
+        rows: dict[str, list[float]] = {}
+        for _where, group in groups:
+            if not group:
+                continue
+            where = ("the repository fetched over https from the git stand-in (a process of its own, its time "
+                     "subtracted as a git host's)" if group[0]["over_http"] else
+                     "the repository a local path (the git server's side runs here, in InkMCP's column)")
+            print(f"\n## 1. InkMCP overhead per deploy over the stand-ins ({len(group)} first deploys, web + worker, "
+                  f"stand-in clocks at 0, DbBudget on Postgres; {where})\n")
+            print("| per deploy | p50 ms | p90 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
+            table = {
+                "end to end (deploy_app → live recorded)": [s["total"] for s in group],
+                "  of which deploy_app until it answers (resolve commit, plan, record; no Coolify call)":
+                    [s["accept"] for s in group],
+                "the Coolify stand-in's own time answering them (its ASGI boundary, in its process)":
+                    [s["asgi"] for s in group],
+                "the git stand-in's own time answering the fetch (its ASGI boundary, in its process)":
+                    [s["git_server"] for s in group],
+                "Coolify HTTP calls as InkMCP saw them (the above + HTTP both ways + httpx)":
+                    [s["http"] for s in group],
+                "poll sleeps (InkMCP waiting to look at Coolify's build again)": [s["sleep"] for s in group],
+                "**InkMCP overhead** (end to end - both stand-ins' own time - simulated build time (0))":
+                    [overhead(s) for s in group],
+                "overhead without HTTP transport (end to end - Coolify HTTP as InkMCP saw it - git host's time)":
+                    [s["total"] - s["http"] - s["git_server"] for s in group],
+                "CPU time of InkMCP's process (all threads; not git, not PostgreSQL)": [s["cpu"] for s in group],
+                "  of which in the kernel (system calls: sockets, fork/exec, files)": [s["kernel"] for s in group],
+                "Python's garbage collector (wall, inside the deploy)": [s["gc"] for s in group],
+            }
+            if not group[0]["over_http"]:
+                del table["the git stand-in's own time answering the fetch (its ASGI boundary, in its process)"]
+            for name, vals in table.items():
+                print(f"| {name} | {pct(vals, 50) * 1000:.1f} | {pct(vals, 90) * 1000:.1f} | "
+                      f"{pct(vals, 99) * 1000:.1f} |")
+            if group[0]["over_http"]:
+                print(f"\ngit requests per deploy: {sorted({int(s['git_requests']) for s in group})}")
+            rows = rows or table  # the JSON figures: the first group's (over HTTP when it ran)
         print(f"\nrequests per deploy: {sorted({int(s['requests']) for s in samples})}")
         medians_requests = sorted(int(s["requests"]) for s in samples)[len(samples) // 2]
         for kinds in kinds_seen:  # a deploy that sent more or fewer requests than most: which ones
@@ -755,6 +808,9 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
         await postgres.close()
         await store.close()
         standin.stop()
+        if githost is not None:
+            smod.CA_BUNDLE, smod._ca_env = real_bundle, real_ca_env  # type: ignore[method-assign]
+            githost.stop()
 
 
 async def concurrent(pg: EmbeddedPostgres, n: int) -> None:
@@ -845,6 +901,15 @@ def main() -> None:
                         help="part 1: a same-run A/B of overhead9's changes (odd deploys without them, even with)")
     parser.add_argument("--ab-overhead8", action="store_true",
                         help="part 1: a same-run A/B of overhead8's changes (odd deploys without them, even with)")
+    parser.add_argument("--git", choices=("https", "local", "both"), default="https",
+                        help="part 1: the timed deploys' repositories served over git's smart HTTP and TLS by the git "
+                             "stand-in in a process of its own, as a git host serves them in production (default; "
+                             "its own time subtracted like the Coolify stand-in's), as local paths (the server's "
+                             "side of the fetch then runs here: upload-pack and pack-objects in InkMCP's column), or "
+                             "both alternately (a table for each)")
+    parser.add_argument("--ab-ca-dir", action="store_true",
+                        help="part 1: odd deploys' git fetches read the CA directory too (libcurl's default before "
+                             "inkmcp.build.source.CA_BUNDLE), even ones the bundle only: a same-run A/B")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     use_transport(args.transport)
@@ -866,7 +931,8 @@ def main() -> None:
                 lag = [float(x) for x in args.build_lag.split(",") if x] if args.build_lag else []
                 await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag,
                                  ab_async_commit=args.ab_async_commit, ab_overhead9=args.ab_overhead9,
-                                 ab_overhead8=args.ab_overhead8)
+                                 ab_overhead8=args.ab_overhead8, git_over=args.git,
+                                 ab_ca_dir=args.ab_ca_dir)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:
