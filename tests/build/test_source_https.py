@@ -7,6 +7,11 @@ a process of its own: benchmarks/git_standin_process.py) and real git processes 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +20,10 @@ import pytest
 
 from benchmarks.git_standin_process import GitStandinProcess
 from inkmcp.build import source as source_mod
+from inkmcp.build.plan import RunAs
 from inkmcp.build.source import SourcePolicy, SourceWorkspace, fetch_commit
 from inkmcp.errors import SourceError
+from tests.requirements import require, require_root
 
 ALLOW = SourcePolicy(allow_local=True)  # the stand-in listens on 127.0.0.1
 FILES = {"app.py": "print('over https')\n", "Procfile": "web: python app.py\n"}
@@ -73,3 +80,37 @@ async def test_an_https_fetch_still_verifies_the_host(githost: GitStandinProcess
     assert "certificate" in str(e.value).lower(), str(e.value)
     packs = [pack for mirror in ws.mirrors_dir.iterdir() for pack in mirror.glob("objects/pack/*.pack")]
     assert packs == [], packs
+
+
+@pytest.fixture
+def tenant_ws() -> Iterator[SourceWorkspace]:
+    """The local provider's layout: a throwaway project user owns the mirrors (0700), git runs as that user."""
+    require_root("creates a throwaway Unix user to fetch as a tenant")
+    require("root", shutil.which("useradd") is not None, "no useradd on PATH (Debian's passwd package)")
+    name = f"inkt-tls-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    base = Path(tempfile.mkdtemp(prefix="inkmcp-tls-", dir="/tmp"))
+    try:
+        base.chmod(0o711)
+        run_as = RunAs(user=name, uid=int(subprocess.check_output(["id", "-u", name])),
+                       gid=int(subprocess.check_output(["id", "-g", name])), home="/nonexistent")
+        mirrors, locks = base / "mirrors", base / "locks"
+        mirrors.mkdir(mode=0o700)
+        locks.mkdir(mode=0o700)
+        os.chown(mirrors, run_as.uid, run_as.gid)
+        yield SourceWorkspace(mirrors_dir=mirrors, locks_dir=locks, run_as=run_as)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+async def test_a_tenants_https_fetch_reads_the_bundle_as_the_tenant(
+        githost: GitStandinProcess, tenant_ws: SourceWorkspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local provider fetches as the project's user: the bundle is read with that user's rights (the system's
+    is world-readable, as the stand-in's copy here)."""
+    monkeypatch.setattr(source_mod, "CA_BUNDLE", str(githost.bundle))
+    fetched = await fetch_commit(githost.repo(FILES), None, workspace=tenant_ws, policy=ALLOW)
+    assert len(fetched.sha) == 40
+    owners = {p.stat().st_uid for p in fetched.mirror.rglob("*") if p.is_file()}
+    assert tenant_ws.run_as is not None and owners == {tenant_ws.run_as.uid}, owners
