@@ -174,7 +174,10 @@ async def bench_memory(server: ServerProc, repos: Path, n: int = 50) -> list[tup
 
 
 async def main(which: list[str]) -> None:
-    server = make_server("inkmcp-bench-", INKMCP_IDLE_TIMEOUT="1", **product_window())
+    # one account deploys 50 projects, 4 at a time (bench_memory): above the per-account defaults (20 projects, 2
+    # concurrent builds), which only pace this benchmark's own load; everything else is as an operator runs it
+    server = make_server("inkmcp-bench-", INKMCP_IDLE_TIMEOUT="1", INKMCP_MAX_PROJECTS_PER_ACCOUNT="100",
+                         INKMCP_MAX_CONCURRENT_BUILDS_PER_ACCOUNT="4", **product_window())
     repos = traversable_tmpdir("inkmcp-bench-repos-")
     server.create_key("bench")
     server.start()
