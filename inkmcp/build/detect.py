@@ -158,7 +158,8 @@ def _sqlite_use(files: _Files) -> str | None:
 def _requirement_names(text: str) -> set[str]:
     """Distribution names in requirements-style lines (`Django>=4`, `gunicorn[gevent]==21`).
 
-    `fastapi[standard]` / `fastapi[all]` bring uvicorn with them, so they count as uvicorn too.
+    `fastapi[standard]` / `fastapi[all]` bring uvicorn with them, so they count as uvicorn too; so do
+    `litestar[standard]` (also `[full]`, `[cli]`), and `quart` counts as hypercorn, which it requires (newuser6).
     """
     names = set()
     for raw in text.splitlines():
@@ -169,6 +170,15 @@ def _requirement_names(text: str) -> set[str]:
             names.add(name)
             if name == "fastapi" and match[2] and re.search(r"\b(standard|all)\b", match[2]):
                 names.add("uvicorn")
+            # --- newuser6: Litestar's quickstart (`pip install 'litestar[standard]'`) was refused with "add uvicorn to
+            # the dependencies", which that extra installs; Quart's (`app.run()` under the main guard) ran as
+            # `python app.py`, its development server on 127.0.0.1:5000, while hypercorn, which Quart requires, was
+            # installed: both are served by the server their install brings
+            if name == "litestar" and match[2] and re.search(r"\b(standard|full|cli)\b", match[2]):
+                names.add("uvicorn")
+            if name == "quart":
+                names.add("hypercorn")
+            # --- end
     return names
 
 
