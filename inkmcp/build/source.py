@@ -337,6 +337,49 @@ def _parse_remote(url: str) -> _Target:
     return _Target(kind=scheme, host=_host_of(m.group(1), url), port=port, url=url, user=user)
 
 
+# --- newuser6: a git host's web page for a directory, file or commit of a repository (what a browser's address bar
+# shows: https://github.com/owner/repo/tree/main/api) is not the repository's git URL: git asked github.com for a
+# repository at that whole path, and the agent read "not found ... if it is private, pass a URL with a token"
+_WEB_PAGES = {
+    "github.com": re.compile(r"^/(?P<repo>[^/]+/[^/]+?)(?:\.git)?/(?P<kind>tree|blob|commit)/(?P<rest>.+)$"),
+    "gitlab.com": re.compile(
+        r"^/(?P<repo>[^/-][^/]*(?:/[^/-][^/]*)+?)(?:\.git)?/-/(?P<kind>tree|blob|commit)/(?P<rest>.+)$"),
+    "bitbucket.org": re.compile(r"^/(?P<repo>[^/]+/[^/]+?)(?:\.git)?/(?P<kind>src|commits)/(?P<rest>.+)$"),
+}
+_WEB_PAGE_OF = {
+    "tree": "a directory", "src": "a directory", "blob": "a file", "commit": "a commit", "commits": "a commit",
+}  # fmt: skip
+
+
+def _web_page(url: str, target: _Target) -> SourceError | None:
+    """The refusal of a git host's web page of a directory, file or commit (github.com, gitlab.com, bitbucket.org),
+    naming the repo_url, ref and app_dir that deploy it; None for any other URL."""
+    pattern = _WEB_PAGES.get(target.host.removeprefix("www."))
+    if target.kind not in ("http", "https") or pattern is None:
+        return None
+    m = pattern.match(urlsplit(url).path.rstrip("/"))
+    parts = [unquote(p) for p in m["rest"].split("/") if p] if m else []
+    if m is None or not parts:
+        return None
+    kind, ref, below = m["kind"], parts[0], parts[1:]
+    if kind == "blob":
+        below = below[:-1]  # the file's directory
+    elif kind in ("commit", "commits"):
+        below = []
+    host = target.host.removeprefix("www.")
+    repo = f"https://{'<token>@' if target.user else ''}{host}/{m['repo']}.git"
+    args = [f"repo_url={repo!r}", f"ref={ref!r}"] + ([f"app_dir={'/'.join(below)!r}"] if below else [])
+    return SourceError(
+        f"{redact_url(url)!r} is the web page of {_WEB_PAGE_OF[kind]} in a repository on {host}, not the "
+        "repository's git URL (git would ask for a repository at that whole path).",
+        argument="repo_url",
+        fix=f"pass {', '.join(args)}" + ("" if kind in ("commit", "commits") or not below else
+                                         " (if the branch name holds a '/', ref is the path's first parts and "
+                                         "app_dir the rest)"),
+    )
+# --- end
+
+
 def check_repo_url(repo_url: str, policy: SourcePolicy) -> None:
     """Refuse a `repo_url` that can never be fetched here (syntax, local sources when disabled), without I/O.
 
@@ -347,7 +390,9 @@ def check_repo_url(repo_url: str, policy: SourcePolicy) -> None:
     if not url or url.startswith("-") or any(c in url for c in "\n\r\0"):
         raise _bad_url(url, "is not a git repository URL.")
     if _local_path(url, policy) is None:
-        _parse_remote(url)
+        target = _parse_remote(url)
+        if (page := _web_page(url, target)) is not None:  # newuser6
+            raise page
 
 
 def _getaddrinfo(host: str, port: int) -> list[str]:
