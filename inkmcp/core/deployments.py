@@ -2074,6 +2074,12 @@ def _render_view(
             "the cause, then call deploy_app again" if after_build else
             f"read {logs}, fix the cause, then call deploy_app again"
         )  # fmt: skip
+    elif reused and status == "live":
+        # --- newuser6: an agent that edited a local repo's files and called deploy_app again got this live deployment
+        # back (the same commit), read `status: live` and kept reading the old version's answers as its change's
+        next_step = (f"nothing new was deployed: this live deployment already runs commit {(commit or '')[:12]} with "
+                     "these settings and env vars. deploy_app deploys commits, never uncommitted files: commit the "
+                     "change (and push it, for a git URL), then call deploy_app again")
     history = [f"{st}: {d}" if d else st for st, d in events][-history_limit:]
     return DeploymentView(
         deployment_id=str(dep_id),
