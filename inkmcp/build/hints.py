@@ -60,6 +60,11 @@ _DEV_SERVERS = (
 # --- newuser3: an import of a package the dependencies do not list (`import yaml` with only flask in
 # requirements.txt; `require('express')` with no dependencies): the app died quoting the error and nothing said
 # which file to change, nor that the import's name is not always the package's.
+# --- newuser6: `node --env-file=.env` (Node's own loader, in the start scripts of Express starters) exits at once,
+# printing only "node: .env: not found", when the file is not in the commit, as a .env file never is (it holds the
+# secrets; .gitignore lists it): the failure quoted that line and nothing said where the values go instead
+_NODE_ENV_FILE = re.compile(r"^node: (?P<file>[^\s:]+): not found$")
+# --- end
 _PY_NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '(?P<name>[\w.]+)'")
 _NODE_NO_MODULE = re.compile(r"^Error: Cannot find module '(?P<name>[^']+)'")
 _PIP_NAMES = {
@@ -137,6 +142,15 @@ def runtime_hint(recent: Sequence[str], tail: Sequence[str]) -> str | None:
     for text in texts:
         if (m := _NOT_FOUND.search(text)) is not None:
             hints.append(missing_command_fix(m.group("cmd") or m.group("cmd2")))
+            break
+    for text in texts:  # --- newuser6
+        if (m := _NODE_ENV_FILE.match(text)) is not None:
+            env_file = m.group("file")
+            hints.append(f"the start command loads {env_file} with node's --env-file, and {env_file} is not in the "
+                         "deployed commit (a .env file stays out of git): pass its variables as env_vars to deploy_app "
+                         f"(or update_env_vars; the app reads them from process.env), and write --env-file-if-exists="
+                         f"{env_file} instead (or drop it) in the start command (package.json scripts.start), commit "
+                         "and deploy again")
             break
     for text in texts:  # --- newuser3
         if (missing := _missing_module(text)) is not None:
