@@ -974,9 +974,17 @@ class LocalComputeProvider:
         if refused is None:
             return ""
         own = f"$PORT={port}" if port is not None else "no port (it is not the routed process)"
+        # --- newuser6: aiohttp's `web.run_app(app)` binds 8080, the proxy's port on the defaults: "pass port=8080"
+        # sent the agent to a call that failed next ("port 8080 ... is already in use on this machine")
+        holder = "InkMCP's proxy" if refused == self.proxy.port else "InkMCP's MCP server" if \
+            refused == self._mcp_port() else "another service" if not port_is_free(refused, reuse=True) else None
+        way = (f"pass port={refused} to deploy_app, or make it bind the PORT env var" if holder is None else
+               f"port {refused} is held by {holder} on this machine, so port={refused} cannot work either: make the "
+               "app listen on the PORT env var (int(os.environ['PORT']) in Python, e.g. aiohttp's web.run_app(app, "
+               "port=...); process.env.PORT in Node; `--port $PORT` in a start_command)")
         note = (f"; it tried to listen on port {refused}, which is not its own (a tenant's process may bind only its "
-                f"service's port, here {own}, or port 0): pass port={refused} to deploy_app, or make it bind the PORT "
-                "env var")
+                f"service's port, here {own}, or port 0): {way}")
+        # --- end
         svc.log.write(f"web | [inkmcp] bind() of port {refused} refused: a tenant's process may bind only its "
                       f"service's port ({own}) or port 0")
         return note
