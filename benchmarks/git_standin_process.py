@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.standin_process import stop_child
 from inkmcp.build import source
 
 OWNER = "bench"
@@ -159,17 +159,7 @@ class GitStandinProcess:
         return int(r.json()["total"])
 
     def stop(self) -> None:
-        """Close the child's stdin (it stops its server and exits); by its PID if it does not within 10 s."""
-        if getattr(self, "_admin", None) is not None:
-            self._admin.close()
-        if self._proc.poll() is None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self._proc.pid, 9)
-                self._proc.wait(5)
+        stop_child(self._proc, getattr(self, "_admin", None))
         shutil.rmtree(self._tls, ignore_errors=True)
 
 

@@ -160,17 +160,22 @@ class StandinProcess:
         return list(self.snapshot(10**12)["response_violations"])
 
     def stop(self) -> None:
-        """Close the child's stdin (it stops its server and exits); by its PID if it does not within 10 s."""
-        if getattr(self, "_admin", None) is not None:
-            self._admin.close()
-        if self._proc.poll() is None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self._proc.pid, 9)
-                self._proc.wait(5)
+        stop_child(self._proc, getattr(self, "_admin", None))
+
+
+def stop_child(proc: subprocess.Popen[str], admin: Any) -> None:
+    """Close the child's stdin (it stops its server and exits); by its PID if it does not within 10 s. `admin`: the
+    parent's HTTP client of it, if it was made (closed first)."""
+    if admin is not None:
+        admin.close()
+    if proc.poll() is None:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, 9)
+            proc.wait(5)
 
 
 if __name__ == "__main__":
