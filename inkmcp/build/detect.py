@@ -570,6 +570,38 @@ def _detect_python_start(files: _Files) -> str | None:
     return None
 
 
+# --- newuser6: `uvicorn main:app` without --host/--port (a Procfile line copied from FastAPI's `uvicorn main:app
+# --reload`) listens on 127.0.0.1:8000: the bind guard refused it, and "pass port=8000" then went live on the local
+# provider listening on loopback only (a port of the whole machine; on Coolify the container's loopback answers no
+# one). The uvicorn CLI takes what its command line does not say from UVICORN_HOST / UVICORN_PORT.
+_SHELL_OPERATORS = re.compile(r"[;&|\n`]|\$\(")
+
+
+def _uvicorn_told(process: ProcessSpec, notes: list[str]) -> ProcessSpec:
+    """A routed process that is one `uvicorn ...` command naming no address: UVICORN_HOST=0.0.0.0 and UVICORN_PORT=$PORT
+    in front of it for what it does not name (its own flags would win anyway), said in `notes`."""
+    command = process.command
+    if not process.routed or _SHELL_OPERATORS.search(command):
+        return process
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return process
+    if not argv or argv[0] != "uvicorn":
+        return process
+    given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    add = [env for env, flags in (("UVICORN_HOST=0.0.0.0", {"--host", "--uds", "--fd"}),
+                                  ("UVICORN_PORT=$PORT", {"--port", "--uds", "--fd"})) if not given & flags]
+    if not add:
+        return process
+    default = "127.0.0.1:8000" if len(add) == 2 else "host 127.0.0.1" if "HOST" in add[0] else "port 8000"
+    notes.append(f"`{command if len(command) <= 200 else command[:200] + ' …'}` names no "
+                 f"{'address' if len(add) == 2 else 'host' if 'HOST' in add[0] else 'port'}, where uvicorn's default "
+                 f"is {default}: it runs with {' '.join(add)} (what uvicorn reads for a flag it is not given)")
+    return process.model_copy(update={"command": " ".join([*add, command])})
+# --- end
+
+
 def _only_runs_locally(text: str, attr: str) -> bool:
     """The module's `if __name__ == '__main__':` block does nothing but `<attr>.run(...)` without `host=` (Flask's
     development server on 127.0.0.1, unreachable from outside whatever port it is given). Parsed, never run."""
@@ -1263,6 +1295,8 @@ def derive_plan(
             notes.insert(0, f"runs `{detected}` (detected; start_command overrides)")
     notes += [f"{e.message} (file skipped)" for e in platform.errors]
 
+    if processes:  # --- newuser6
+        processes = tuple(_uvicorn_told(p, notes) for p in processes)
     if processes and (sqlite := _sqlite_use(files)):  # --- newuser4
         notes.append(_SQLITE_NOTE.format(where=sqlite))
     if processes and files.exists("manage.py") and (hosts := _django_allowed_hosts_note(files)):  # newuser5
