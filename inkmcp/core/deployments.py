@@ -554,6 +554,7 @@ class EnvApplied:
     restarted: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     next_start: list[str] = field(default_factory=list)
+    rebuild: list[str] = field(default_factory=list)  # newuser6: static sites, which read env only in their build
     failed: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -1879,7 +1880,8 @@ class DeployService:
         for svc in services:
             if svc.live_deployment_id is None:
                 continue
-            env, revision = await self._env_of(project.id, svc.id, await self._plan_of(svc.live_deployment_id))
+            plan = await self._plan_of(svc.live_deployment_id)
+            env, revision = await self._env_of(project.id, svc.id, plan)
             # The ref is read and rewritten under the service's ref-switch lock: a drain's switch (another
             # process) waits for this change and then sees its ref, instead of being overwritten by the old one.
             async with hold_ref_switch(self._sessions, svc.id):
@@ -1896,6 +1898,11 @@ class DeployService:
                 except ProviderUnavailable as e:
                     done.unavailable[svc.name] = e.reason
                     continue
+            if plan is not None and not plan.processes:
+                # --- newuser6: a static site runs nothing to restart: its files hold what its build read (Vite's
+                # VITE_*), and update_env_vars said "restarted web with the new values" while they served the old ones
+                done.rebuild.append(svc.name)
+                continue
             {EnvOutcome.restarted: done.restarted, EnvOutcome.pending: done.pending,
              EnvOutcome.next_start: done.next_start}[change.outcome].append(svc.name)  # fmt: skip
         return done

@@ -331,13 +331,15 @@ class Platform:
                     await s.execute(_RETIRE_NOOP_HASHES, {"services": [t.id for t in targets]})
             restarted: list[str] = []
             pending: list[str] = []
+            rebuild: list[str] = []  # newuser6
             if set_keys or unset_keys:
                 applied = await self.deploys.apply_env(project, targets)
-                restarted, pending = applied.restarted, applied.pending
+                restarted, pending, rebuild = applied.restarted, applied.pending, applied.rebuild
                 if applied.failed or applied.unavailable:
                     # All or nothing: put the old values back, and the old env on what already took the new one.
                     await self.envs.restore(project.id, before)
-                    await self.deploys.apply_env(project, [t for t in targets if t.name in restarted + pending])
+                    await self.deploys.apply_env(project, [t for t in targets
+                                                           if t.name in restarted + pending + rebuild])
                     if applied.failed:
                         name, reason = next(iter(applied.failed.items()))
                         raise DeployFailed(
@@ -357,6 +359,12 @@ class Platform:
         if pending:
             notes.append(f"restart queued for {', '.join(pending)}: they serve the old values until it finishes; "
                          f"list_services(project_name={project.name!r}) shows env='applied' once they run the new ones")
+        if rebuild:  # --- newuser6
+            sites = f"{rebuild[0]} is a static site" if len(rebuild) == 1 else \
+                f"{', '.join(rebuild)} are static sites"
+            notes.append(f"{sites}: nothing runs to restart, and its files were built with the previous values (a "
+                         "build reads env vars, e.g. Vite's VITE_*): call deploy_app again (the same arguments) to "
+                         "rebuild with the new ones")
         if notes:
             note = "; ".join(notes)
         elif not set_keys and not unset_keys:
