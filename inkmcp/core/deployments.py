@@ -32,11 +32,12 @@ import hmac
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -547,6 +548,11 @@ class ProviderRetry:
         return float(min(self.maximum, self.initial * 2**attempt))
 
 
+BUILD_TIME_ENV = re.compile(r"^(?:NEXT_PUBLIC_|VITE_|REACT_APP_|VUE_APP_|GATSBY_|EXPO_PUBLIC_|PUBLIC_)")
+"""newuser6: env names frontend builds inline into the files they write (Next, Vite, Create React App, Vue CLI, Gatsby,
+Expo, SvelteKit/Astro): a restart keeps the built files, so a new value needs a build."""
+
+
 @dataclass
 class EnvApplied:
     """What pushing new env to live services did, per service name (see `EnvOutcome`)."""
@@ -555,6 +561,8 @@ class EnvApplied:
     pending: list[str] = field(default_factory=list)
     next_start: list[str] = field(default_factory=list)
     rebuild: list[str] = field(default_factory=list)  # newuser6: static sites, which read env only in their build
+    # newuser6: restarted services whose build reads a changed frontend variable (NEXT_PUBLIC_*, VITE_*: inlined)
+    built_in: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -1870,8 +1878,9 @@ class DeployService:
             plan = (await s.execute(select(Deployment.plan).where(Deployment.id == deployment_id))).scalar()
         return BuildPlan.model_validate(plan) if plan else None
 
-    async def apply_env(self, project: Project, services: list[Service]) -> EnvApplied:
-        """Push the effective env to each live service and say what happened to each (`EnvApplied`).
+    async def apply_env(self, project: Project, services: list[Service], changed: Iterable[str] = ()) -> EnvApplied:
+        """Push the effective env to each live service and say what happened to each (`EnvApplied`); `changed`: the
+        names set or unset (a frontend build's variable among them puts a service with a build in `built_in`).
 
         A service whose new processes failed their health check keeps running with its previous env
         (`failed`); one the provider could not reach now is in `unavailable` (nothing changed there).
@@ -1905,6 +1914,8 @@ class DeployService:
                 continue
             {EnvOutcome.restarted: done.restarted, EnvOutcome.pending: done.pending,
              EnvOutcome.next_start: done.next_start}[change.outcome].append(svc.name)  # fmt: skip
+            if plan is not None and plan.build_command and any(BUILD_TIME_ENV.match(k) for k in changed):
+                done.built_in.append(svc.name)  # newuser6
         return done
 
     async def remove_service(self, project: Project, svc: Service) -> None:

@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inkmcp.core.accounts import AccountService, LimitOverrides
 from inkmcp.core.audit import AuditLog
 from inkmcp.core.databases import DatabaseInfo, DatabaseRequest, DatabaseService
-from inkmcp.core.deployments import DeployRequest, DeployService, ProcessNotService, ProgressSink, unavailable
+from inkmcp.core.deployments import (
+    BUILD_TIME_ENV,
+    DeployRequest,
+    DeployService,
+    ProcessNotService,
+    ProgressSink,
+    unavailable,
+)
 from inkmcp.core.envvars import PROJECT_SCOPE, EnvService, mask, validate_env_payload
 from inkmcp.core.limits import AccountLimits
 from inkmcp.core.logs import MAX_TAIL, LogsView, bound, redact
@@ -332,9 +339,11 @@ class Platform:
             restarted: list[str] = []
             pending: list[str] = []
             rebuild: list[str] = []  # newuser6
+            built_in: list[str] = []  # newuser6
             if set_keys or unset_keys:
-                applied = await self.deploys.apply_env(project, targets)
+                applied = await self.deploys.apply_env(project, targets, changed=[*set_keys, *unset_keys])
                 restarted, pending, rebuild = applied.restarted, applied.pending, applied.rebuild
+                built_in = applied.built_in  # newuser6
                 if applied.failed or applied.unavailable:
                     # All or nothing: put the old values back, and the old env on what already took the new one.
                     await self.envs.restore(project.id, before)
@@ -365,6 +374,11 @@ class Platform:
             notes.append(f"{sites}: nothing runs to restart, and its files were built with the previous values (a "
                          "build reads env vars, e.g. Vite's VITE_*): call deploy_app again (the same arguments) to "
                          "rebuild with the new ones")
+        if built_in:  # --- newuser6: a Next app's NEXT_PUBLIC_* went on serving its old value after the restart
+            names = [k for k in [*set_keys, *unset_keys] if BUILD_TIME_ENV.match(k)]
+            notes.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by the build of "
+                         f"{', '.join(built_in)} and inlined in the files it writes, which a restart keeps: call "
+                         "deploy_app again (the same arguments) to rebuild with the new values")
         if notes:
             note = "; ".join(notes)
         elif not set_keys and not unset_keys:

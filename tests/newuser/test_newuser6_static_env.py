@@ -47,3 +47,44 @@ async def test_a_static_sites_new_env_is_told_to_rebuild_and_the_rebuild_serves_
         again = await deploy_live(s, **args)
         assert again["reused"] is False and again["deployment_id"] != dep["deployment_id"], again
         assert via_proxy(server, again["url"]).text == "API at http://api-2.example.test"
+
+
+SERVER = """import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = open("built.txt").read().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_frontend_variable_of_a_built_server_app_is_told_to_rebuild(server: ServerProc, repos: Path) -> None:
+    """A Next app inlines NEXT_PUBLIC_* into what `next build` writes and serves it with `next start`: a restart keeps
+    the built files. A server app whose build writes the variable into the file it serves stands in for it."""
+    repo = git_repo(repos / "next-like", {"app.py": SERVER})
+    project = f"nu6-built-env-{uuid.uuid4().hex[:6]}"
+    args = {"repo_url": str(repo), "project_name": project, "start_command": "python app.py",
+            "build_command": "printf '%s' \"$NEXT_PUBLIC_API_URL\" > built.txt"}  # fmt: skip
+    async with mcp_session(server, server.keys[ACCOUNT]) as s:
+        dep = await deploy_live(s, **args, env_vars={"NEXT_PUBLIC_API_URL": "http://api-1.example.test"})
+        assert via_proxy(server, dep["url"]).text == "http://api-1.example.test"
+        update = await call(s, "update_env_vars", project_name=project, env_vars={"LOG_LEVEL": "debug"})
+        assert update["restarted"] == ["web"] and "inlined" not in update["note"], update  # a runtime variable
+        update = await call(s, "update_env_vars", project_name=project,
+                            env_vars={"NEXT_PUBLIC_API_URL": "http://api-2.example.test"})
+        assert update["restarted"] == ["web"], update
+        assert "NEXT_PUBLIC_API_URL is read by the build of web and inlined in the files it writes, which a restart " \
+               "keeps: call deploy_app again (the same arguments) to rebuild with the new values" in update["note"]
+        assert via_proxy(server, dep["url"]).text == "http://api-1.example.test"  # what the note says
+        again = await deploy_live(s, **args)
+        assert via_proxy(server, again["url"]).text == "http://api-2.example.test"
