@@ -50,6 +50,7 @@ from inkmcp.providers.compute.base import (
 from inkmcp.providers.compute.local import (
     bindguard,  # --- svcports: tenants bind only their own ports
     loopguard,  # --- loopback: tenants connect only to their own listeners
+    sockguard,  # --- redteam6: an account holds a bounded share of the ephemeral ports
 )
 from inkmcp.providers.compute.local.diskquota import ProjectDisks  # --- quota: a filesystem per project
 from inkmcp.providers.compute.local.egress import Denied, DeniedWatcher, converge  # --- egress: tenants' connections
@@ -223,6 +224,7 @@ class LocalComputeProvider:
         # --- end
         self._loop: loopguard.LoopbackGuard | None = None  # --- loopback: opened by start() beside the bind guard
         self.mcp_port: int | None = None  # --- loopback: the MCP server's port (app.py), refused to tenants
+        self._socks: sockguard.SocketGuard | None = None  # --- redteam6: opened by start() (sockguard.py)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -253,6 +255,7 @@ class LocalComputeProvider:
             self._binds = await asyncio.to_thread(bindguard.open_guard)
             self._loop = await asyncio.to_thread(loopguard.open_guard, self._binds)  # --- loopback
         await self.proxy.start()
+            self._socks = await asyncio.to_thread(sockguard.open_guard)  # --- redteam6
         if self._loop is not None:  # --- loopback: what every tenant may reach on this machine (the proxy's port known)
             self._loop.open_ports(self._open_loopback_ports())
             self._loop.open_others(loopguard.mode() != "strict")
@@ -324,6 +327,9 @@ class LocalComputeProvider:
         with contextlib.suppress(OSError):  # --- loopback: nothing of this process is attached any more
             (self.data_dir / self.GUARDS_FILE).unlink()
         if self._binds is not None:  # --- svcports: no tenant process is left: the hook goes (bindguard.py)
+        if self._socks is not None:  # --- redteam6: no tenant process is left
+            self._socks.close()
+            self._socks = None
             self._binds.close()
             self._binds = None
             self._bind_grants.clear()
@@ -410,6 +416,8 @@ class LocalComputeProvider:
                 self._services[key.service_id] = svc
         self._loop_give(key.project_id, svc.run_as)  # --- loopback: its Redis, for the build and the release
         if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
+        if self._socks is not None and svc.run_as is not None:  # --- redteam6: its sockets count for its account
+            self._socks.assign(svc.run_as.uid, key.account_id)
             try:  # renamed: the route follows, unless another service holds the new hostname
                 self.proxy.move_route(svc.route, self.host_for(key))
             except RouteConflict as exc:
@@ -1011,6 +1019,18 @@ class LocalComputeProvider:
                                   "process may connect here only to its own project's listeners, its database "
                                   "and Redis, and the proxy (call other apps by their public URL)")
     # --- end
+        socks = self._socks  # --- redteam6: a refused socket() or paced connect(), once
+        for svc in services if socks is not None else ():
+            if socks is not None and svc.run_as is not None and not svc.removed:
+                what = socks.take_refused(svc.run_as.uid)
+                if what == sockguard.REFUSED_SOCKET:
+                    svc.log.write(f"web | [inkmcp] socket() refused: this account's processes hold {socks.cap} open "
+                                  "network sockets, their share of the machine's ephemeral ports (close or pool "
+                                  "connections)")
+                elif what == sockguard.REFUSED_CONNECT:
+                    svc.log.write("web | [inkmcp] connect() refused: this account's processes connect from a port "
+                                  "bound beforehand (bind() to port 0, then connect()) faster than "
+                                  f"{sockguard.BOUND_CONNECTS_PER_S} a second; connect without bind()")
 
     # --- redteam2 (portguard): a crashed routed process restarts on a new port, never on its old one
     def _recover_soon(self, svc: _Service, crashed: ReleaseRun) -> None:
@@ -1456,6 +1476,8 @@ class LocalComputeProvider:
                 if self._loop is not None:  # --- loopback
                     self._loop.forget(uid)
         # --- end
+                if self._socks is not None:  # --- redteam6
+                    self._socks.forget(uid)
         await delete_project_user(project_id, self.data_dir / "homes")
         # --- quota: its filesystem (home, services, mirrors, caches) goes with its image
         await asyncio.to_thread(self.disks.remove_project, project_id,
