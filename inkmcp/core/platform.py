@@ -372,13 +372,12 @@ class Platform:
             sites = f"{rebuild[0]} is a static site" if len(rebuild) == 1 else \
                 f"{', '.join(rebuild)} are static sites"
             notes.append(f"{sites}: nothing runs to restart, and its files were built with the previous values (a "
-                         "build reads env vars, e.g. Vite's VITE_*): call deploy_app again (the same arguments) to "
-                         "rebuild with the new ones")
+                         f"build reads env vars, e.g. Vite's VITE_*): {self._rebuild_how()}")
         if built_in:  # --- newuser6: a Next app's NEXT_PUBLIC_* went on serving its old value after the restart
             names = [k for k in [*set_keys, *unset_keys] if BUILD_TIME_ENV.match(k)]
             notes.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by the build of "
-                         f"{', '.join(built_in)} and inlined in the files it writes, which a restart keeps: call "
-                         "deploy_app again (the same arguments) to rebuild with the new values")
+                         f"{', '.join(built_in)} and inlined in the files it writes, which a restart keeps: "
+                         f"{self._rebuild_how()}")
         if notes:
             note = "; ".join(notes)
         elif not set_keys and not unset_keys:
@@ -400,6 +399,15 @@ class Platform:
             pending=pending,
             note=note,
         )
+
+    def _rebuild_how(self) -> str:
+        """--- newuser6: how a service gets a build with new env values: a deploy of the same commit rebuilds on the
+        local provider; Coolify reuses the image it built for that commit (its /deploy without force), so only a new
+        commit rebuilds there."""
+        if getattr(self.compute, "rebuilds_same_commit", True):
+            return "call deploy_app again (the same arguments) to rebuild with the new values"
+        return ("a deploy of the same commit reuses the image built for it, so commit a change (and push it), then "
+                "call deploy_app to rebuild with the new values")
 
     async def list_env_vars(
         self, p: Principal, project_name: str, service_name: str | None, reveal: bool

@@ -289,6 +289,11 @@ class ComputeProvider(Protocol):
     """True if `release` builds from `checkout_dir` (local). False if the provider fetches the
     source itself from `repo_url` at `commit` (Coolify): core then does not fetch again to resume."""
 
+    rebuilds_same_commit: bool
+    """--- newuser6: True if a new deployment of a commit already built runs its build again (local: with the env it is
+    given, so a build-time variable changes); False if the build of a commit is reused (Coolify's /deploy without
+    force finds the image for the commit and skips the build). Said in update_env_vars' note (core/platform.py)."""
+
     async def start(self) -> None:
         """Begin serving (proxy up, background tasks running)."""
 

@@ -525,6 +525,7 @@ class FakeComputeProvider:
 
     name = "fake"
     needs_checkout = False  # the remote fetches `repo_url` at `commit` itself
+    rebuilds_same_commit = True  # nothing is built: as the local provider says it (newuser6)
 
     def __init__(self, remote: FakeRemote, work_dir: Path, *, poll_interval: float = 0.005,
                  wait_timeout: float = 60.0) -> None:  # fmt: skip

@@ -471,6 +471,7 @@ class CoolifyComputeProvider:
 
     name = "coolify"
     needs_checkout = False  # Coolify fetches `repo_url` at the pinned commit itself (on the build server)
+    rebuilds_same_commit = False  # Coolify reuses the image of a commit it built (newuser6)
 
     crash_error: type[BaseException] = Crash
     """What an injected crash raises (tests set the contract suite's own)."""

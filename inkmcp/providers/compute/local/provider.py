@@ -143,6 +143,7 @@ class LocalComputeProvider:
 
     name = "local"
     needs_checkout = True  # builds from the checkout core fetched with the project's user
+    rebuilds_same_commit = True  # every deployment runs its build (newuser6)
 
     def __init__(
         self,
