@@ -274,3 +274,79 @@ def test_a_tenant_cannot_take_the_whole_ephemeral_range(netns: int) -> None:
                 h.release()
     finally:
         guard.close()
+
+
+# --- the tenant PostgreSQL server's slots (redteam6 #2)
+HOLD_CONNECTIONS = r"""
+import json, socket, sys
+args = json.loads(sys.argv[1])
+held, out = [], {"ok": 0, "errno": 0}
+for _ in range(args["n"]):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", args["port"]))
+    except OSError as e:
+        s.close()
+        out["errno"] = e.errno
+        break
+    held.append(s)
+    out["ok"] += 1
+print(json.dumps(out), flush=True)
+if args.get("wait"):
+    sys.stdin.read()
+"""
+
+
+def _connections(uid: int, port: int, n: int, *, wait: bool = False) -> subprocess.Popen[str] | dict[str, Any]:
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", PY, "-c", HOLD_CONNECTIONS,
+            json.dumps({"port": port, "n": n, "wait": wait})]
+    if not wait:
+        return json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout)
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_an_accounts_connections_to_the_database_server_stop_at_its_share() -> None:
+    """Connections that never log in hold the tenant PostgreSQL server's slots as sessions do: an account's open
+    connections to its port are capped (here 12), other ports are not, and closing them gives the share back."""
+    import socket
+
+    guard = SocketGuard.open(limit=400, conn_cap=12)
+    server, other = socket.socket(), socket.socket()
+    try:
+        for s in (server, other):
+            s.bind(("127.0.0.1", 0))
+            s.listen(512)
+        port, other_port = server.getsockname()[1], other.getsockname()[1]
+        guard.limit_ports({port})
+        first, second, stranger = _free_uid(), _free_uid(1), _free_uid(2)
+        guard.assign(first, "acct-a")
+        guard.assign(second, "acct-a")
+        guard.assign(stranger, "acct-b")
+        holder = _connections(first, port, 8, wait=True)
+        assert isinstance(holder, subprocess.Popen) and holder.stdout is not None
+        try:
+            assert json.loads(holder.stdout.readline())["ok"] == 8
+            assert guard.connections(first) == 8
+            rest = _connections(second, port, 50)
+            assert rest["ok"] == 4 and rest["errno"] == errno.EPERM, rest  # the account's 12 together
+            assert guard.take_refused(second) == sockguard.REFUSED_DATABASE
+            assert _connections(stranger, port, 50)["ok"] == 12  # another account: its own share
+            assert _connections(first, other_port, 50)["ok"] == 50  # not a limited port
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        assert _counted_down_connections(guard, first) == 0
+        again = _connections(first, port, 50)
+        assert again["ok"] == 12, again
+    finally:
+        server.close()
+        other.close()
+        guard.close()
+
+
+def _counted_down_connections(guard: SocketGuard, uid: int) -> int:
+    deadline = time.monotonic() + 5
+    while guard.connections(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return guard.connections(uid)

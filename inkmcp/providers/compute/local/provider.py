@@ -224,8 +224,8 @@ class LocalComputeProvider:
         self._bind_grants: dict[int, tuple[int, int]] = {}  # id(run) -> (uid, port), until _stop_run
         # --- end
         self._loop: loopguard.LoopbackGuard | None = None  # --- loopback: opened by start() beside the bind guard
-        self.mcp_port: int | None = None  # --- loopback: the MCP server's port (app.py), refused to tenants
         self._socks: sockguard.SocketGuard | None = None  # --- redteam6: opened by start() (sockguard.py)
+        self.mcp_port: int | None = None  # --- loopback: the MCP server's port (app.py), refused to tenants
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -255,8 +255,9 @@ class LocalComputeProvider:
         if self._root:  # --- svcports: before any tenant process starts (the leftovers are gone: _reap_stale)
             self._binds = await asyncio.to_thread(bindguard.open_guard)
             self._loop = await asyncio.to_thread(loopguard.open_guard, self._binds)  # --- loopback
-        await self.proxy.start()
             self._socks = await asyncio.to_thread(sockguard.open_guard)  # --- redteam6
+            self._socks_limit()
+        await self.proxy.start()
         if self._loop is not None:  # --- loopback: what every tenant may reach on this machine (the proxy's port known)
             self._loop.open_ports(self._open_loopback_ports())
             self._loop.open_others(loopguard.mode() != "strict")
@@ -327,10 +328,10 @@ class LocalComputeProvider:
             self._loop = None
         with contextlib.suppress(OSError):  # --- loopback: nothing of this process is attached any more
             (self.data_dir / self.GUARDS_FILE).unlink()
-        if self._binds is not None:  # --- svcports: no tenant process is left: the hook goes (bindguard.py)
         if self._socks is not None:  # --- redteam6: no tenant process is left
             self._socks.close()
             self._socks = None
+        if self._binds is not None:  # --- svcports: no tenant process is left: the hook goes (bindguard.py)
             self._binds.close()
             self._binds = None
             self._bind_grants.clear()
@@ -416,9 +417,9 @@ class LocalComputeProvider:
                                                                       OutputBudget.for_account()))  # fmt: skip
                 self._services[key.service_id] = svc
         self._loop_give(key.project_id, svc.run_as)  # --- loopback: its Redis, for the build and the release
-        if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
         if self._socks is not None and svc.run_as is not None:  # --- redteam6: its sockets count for its account
             self._socks.assign(svc.run_as.uid, key.account_id)
+        if self.host_for(svc.key) != self.host_for(key) and svc.route is not None:
             try:  # renamed: the route follows, unless another service holds the new hostname
                 self.proxy.move_route(svc.route, self.host_for(key))
             except RouteConflict as exc:
@@ -972,6 +973,22 @@ class LocalComputeProvider:
         self._loop.give(run_as.uid, [port] if port else [])
         self._loop_closed()  # a Redis instance provisioned since: closed to the others
 
+    def _socks_limit(self) -> None:
+        """--- redteam6: every account's connections to the tenant PostgreSQL server (InkMCP's embedded one, or the
+        operator's INKMCP_TENANT_DATABASE_URL on loopback) are counted, logged in or not (sockguard.py)."""
+        if self._socks is None:
+            return
+        from urllib.parse import urlsplit
+
+        ports: set[int] = set()
+        with contextlib.suppress(OSError, ValueError):
+            ports.add(int((self.data_dir.parent / "pg" / "tenants.port").read_text().strip()))
+        with contextlib.suppress(ValueError):
+            parts = urlsplit(os.environ.get("INKMCP_TENANT_DATABASE_URL", ""))
+            if parts.hostname in ("localhost", "127.0.0.1", "::1") and parts.port:
+                ports.add(parts.port)
+        self._socks.limit_ports(ports)
+
     # --- svcports: a project user binds only its runs' ports from before any of its code runs (bindguard.py)
     def _bind_mark(self, run_as: RunAs | None) -> None:
         if self._binds is not None and run_as is not None:
@@ -1019,7 +1036,6 @@ class LocalComputeProvider:
                     svc.log.write(f"web | [inkmcp] connect() to port {port} on this machine refused: a tenant's "
                                   "process may connect here only to its own project's listeners, its database "
                                   "and Redis, and the proxy (call other apps by their public URL)")
-    # --- end
         socks = self._socks  # --- redteam6: a refused socket() or paced connect(), once
         for svc in services if socks is not None else ():
             if socks is not None and svc.run_as is not None and not svc.removed:
@@ -1028,10 +1044,15 @@ class LocalComputeProvider:
                     svc.log.write(f"web | [inkmcp] socket() refused: this account's processes hold {socks.cap} open "
                                   "network sockets, their share of the machine's ephemeral ports (close or pool "
                                   "connections)")
+                elif what == sockguard.REFUSED_DATABASE:
+                    svc.log.write(f"web | [inkmcp] connect() to the database server refused: this account's "
+                                  f"processes have {socks.database_cap} connections open to it, logged in or not "
+                                  "(close idle ones, or pool them)")
                 elif what == sockguard.REFUSED_CONNECT:
                     svc.log.write("web | [inkmcp] connect() refused: this account's processes connect from a port "
                                   "bound beforehand (bind() to port 0, then connect()) faster than "
                                   f"{sockguard.BOUND_CONNECTS_PER_S} a second; connect without bind()")
+    # --- end
 
     # --- redteam2 (portguard): a crashed routed process restarts on a new port, never on its old one
     def _recover_soon(self, svc: _Service, crashed: ReleaseRun) -> None:
@@ -1243,6 +1264,8 @@ class LocalComputeProvider:
             await asyncio.sleep(interval)
             with contextlib.suppress(OSError):  # --- svcports
                 self._log_bind_refusals()
+            with contextlib.suppress(OSError):  # --- redteam6: the tenant server's port, if it moved
+                self._socks_limit()
             with contextlib.suppress(OSError):  # --- loopback: a Redis instance provisioned since is closed to others
                 await asyncio.to_thread(self._loop_closed)
             now = time.monotonic()
@@ -1476,9 +1499,9 @@ class LocalComputeProvider:
                 self._binds.forget(uid)
                 if self._loop is not None:  # --- loopback
                     self._loop.forget(uid)
-        # --- end
                 if self._socks is not None:  # --- redteam6
                     self._socks.forget(uid)
+        # --- end
         await delete_project_user(project_id, self.data_dir / "homes")
         # --- quota: its filesystem (home, services, mirrors, caches) goes with its image
         await asyncio.to_thread(self.disks.remove_project, project_id,

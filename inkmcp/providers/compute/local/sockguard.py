@@ -26,6 +26,13 @@ InkMCP assigned to a group (`assign`: a project's user to its account):
   holds at most about BOUND_CONNECT_BURST + 60 x BOUND_CONNECTS_PER_S ports that way. Past it: connect() -> EPERM.
   A plain connect() (no bind() first, what every client library does) is never paced: the kernel shares its port with
   connections to every other destination.
+- --- redteam6 #2: connect to a limited port (`limit_ports`: the tenant PostgreSQL server's): the group's open
+  connections there are counted (the socket is stamped; its release counts it down) and refused past
+  INKMCP_TENANT_PG_CONNECTIONS (default 40). PostgreSQL gives a connection one of its max_connections slots (a PGPROC)
+  when its startup packet arrives, before the password exchange, and keeps it for authentication_timeout (60 s): no
+  role's CONNECTION LIMIT counts it yet. One tenant's 200 connections that sent a startup packet and never answered
+  the password request held every slot: every tenant's login and InkMCP's own (provision_database) got "sorry, too
+  many clients already" for as long as she kept reopening them.
 A refusal is noted per uid (`take_refused`) so the provider can say it in the project's log.
 
 The cap (INKMCP_TENANT_SOCKETS, per account: default the smaller of 4096 and an eighth of the range; 0 turns the
@@ -41,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import struct
 import threading
 
@@ -68,7 +76,12 @@ MAX_REFUSED = 8192
 DEFAULT_CAP = 4096
 BOUND_CONNECTS_PER_S = 10
 BOUND_CONNECT_BURST = 256
-REFUSED_SOCKET, REFUSED_CONNECT = 1, 2
+REFUSED_SOCKET, REFUSED_CONNECT, REFUSED_DATABASE = 1, 2, 3
+CONNS_NAME = "inkmcp_sockdb"
+CONN_STAMP_NAME = "inkmcp_sockdbs"
+LIMITED_NAME = "inkmcp_socklim"
+MAX_LIMITED = 64
+DEFAULT_DATABASE_CONNECTIONS = 40
 UID_GROUP = 0x80000000  # a uid with no account given: a group of its own (account groups count from 1)
 
 # Stack layout (offsets from r10)
@@ -76,6 +89,7 @@ _K = -16  # the owners' key: u64 netns cookie, u32 uid, u32 port (0)
 _GROUP = -20  # u32: the group, the counts' and pace's key
 _ZERO = -32  # u64: a new counter
 _WHAT = -36  # u32: what was refused
+_PORT = -40  # u32: the destination port (network order, as user_port holds it): the limited ports' key
 
 
 def _ld64(dst: int, value: int) -> list[Insn]:
@@ -104,8 +118,8 @@ def _owner(owners_fd: int) -> list[Insn | Jump | str]:
     ]
 
 
-def _counter(map_fd: int) -> list[Insn | Jump | str]:
-    """r0 = the group's u64 in `map_fd` (made 0 if missing), or -> deny if the kernel has no memory for it."""
+def _counter(map_fd: int, deny: str = "deny") -> list[Insn | Jump | str]:
+    """r0 = the group's u64 in `map_fd` (made 0 if missing), or -> `deny` if the kernel has no memory for it."""
     return [
         *cb.ld_map_fd(1, map_fd),
         Insn(0xBF, 2, 10),
@@ -124,15 +138,15 @@ def _counter(map_fd: int) -> list[Insn | Jump | str]:
         Insn(0xBF, 2, 10),
         Insn(0x07, 2, 0, 0, _GROUP),
         Insn(0x85, 0, 0, 0, cb.FUNC_MAP_LOOKUP_ELEM),
-        Jump(0x15, "deny", 0, imm=0),
+        Jump(0x15, deny, 0, imm=0),
         f"have{map_fd}",
     ]
 
 
-def _deny(refused_fd: int, what: int) -> list[Insn | Jump | str]:
+def _deny(refused_fd: int, what: int, label: str = "deny") -> list[Insn | Jump | str]:
     """Note the refusal under (netns, uid, 0) (the key is still at _K) and refuse."""
     return [
-        "deny",
+        label,
         Insn(0x62, 10, 0, _WHAT, what),
         *cb.ld_map_fd(1, refused_fd),
         Insn(0xBF, 2, 10),
@@ -143,10 +157,10 @@ def _deny(refused_fd: int, what: int) -> list[Insn | Jump | str]:
         Insn(0x85, 0, 0, 0, cb.FUNC_MAP_UPDATE_ELEM),
         Insn(0xB7, 0, 0, 0, 0),
         Insn(0x95),
-        "allow",
-        Insn(0xB7, 0, 0, 0, 1),
-        Insn(0x95),
     ]
+
+
+_ALLOW: list[Insn | Jump | str] = ["allow", Insn(0xB7, 0, 0, 0, 1), Insn(0x95)]
 
 
 def create_program(owners_fd: int, counts_fd: int, stamp_fd: int, refused_fd: int, cap: int) -> list[Insn]:
@@ -171,49 +185,76 @@ def create_program(owners_fd: int, counts_fd: int, stamp_fd: int, refused_fd: in
         Insn(0xB7, 1, 0, 0, -1),
         Insn(0xDB, 0, 1, 0, ATOMIC_ADD),  # not this one
         *_deny(refused_fd, REFUSED_SOCKET),
+        *_ALLOW,
     ])
 
 
-def release_program(counts_fd: int, stamp_fd: int) -> list[Insn]:
-    """sock_release (r1 = struct bpf_sock *): a socket counted at its creation is counted down, once."""
-    return cb.assemble([
-        Insn(0xBF, 6, 1),
-        *cb.ld_map_fd(1, stamp_fd),
-        Insn(0xBF, 2, 6),
-        Insn(0xB7, 3, 0, 0, 0),
-        Insn(0xB7, 4, 0, 0, 0),
-        Insn(0x85, 0, 0, 0, cb.FUNC_SK_STORAGE_GET),
-        Jump(0x15, "out", 0, imm=0),
-        Insn(0x61, 7, 0, 0),
-        Jump(0x15, "out", 7, imm=0),
-        Insn(0x62, 0, 0, 0, 0),  # stamp = 0
-        Insn(0x63, 10, 7, _GROUP),
-        *cb.ld_map_fd(1, counts_fd),
-        Insn(0xBF, 2, 10),
-        Insn(0x07, 2, 0, 0, _GROUP),
-        Insn(0x85, 0, 0, 0, cb.FUNC_MAP_LOOKUP_ELEM),
-        Jump(0x15, "out", 0, imm=0),
-        Insn(0xB7, 1, 0, 0, -1),
-        Insn(0xDB, 0, 1, 0, ATOMIC_ADD),
-        "out",
-        Insn(0xB7, 0, 0, 0, 1),
-        Insn(0x95),
-    ])
+def release_program(counts_fd: int, stamp_fd: int, conns_fd: int, conn_stamp_fd: int) -> list[Insn]:
+    """sock_release (r1 = struct bpf_sock *): a socket counted at its creation is counted down, once; so is its
+    connection to a limited port."""
+    items: list[Insn | Jump | str] = [Insn(0xBF, 6, 1)]
+    for storage, counter, label in ((stamp_fd, counts_fd, "sockets"), (conn_stamp_fd, conns_fd, "out")):
+        items += [
+            *cb.ld_map_fd(1, storage),
+            Insn(0xBF, 2, 6),
+            Insn(0xB7, 3, 0, 0, 0),
+            Insn(0xB7, 4, 0, 0, 0),
+            Insn(0x85, 0, 0, 0, cb.FUNC_SK_STORAGE_GET),
+            Jump(0x15, label, 0, imm=0),
+            Insn(0x61, 7, 0, 0),
+            Jump(0x15, label, 7, imm=0),
+            Insn(0x62, 0, 0, 0, 0),  # stamp = 0
+            Insn(0x63, 10, 7, _GROUP),
+            *cb.ld_map_fd(1, counter),
+            Insn(0xBF, 2, 10),
+            Insn(0x07, 2, 0, 0, _GROUP),
+            Insn(0x85, 0, 0, 0, cb.FUNC_MAP_LOOKUP_ELEM),
+            Jump(0x15, label, 0, imm=0),
+            Insn(0xB7, 1, 0, 0, -1),
+            Insn(0xDB, 0, 1, 0, ATOMIC_ADD),
+            label,
+        ]
+    return cb.assemble([*items, Insn(0xB7, 0, 0, 0, 1), Insn(0x95)])
 
 
-def connect_program(owners_fd: int, pace_fd: int, refused_fd: int, *, per_s: int, burst: int) -> list[Insn]:
-    """connect (r1 = struct bpf_sock_addr *): a TCP socket that holds a port before it connects is paced per group
-    (GCRA on the group's theoretical arrival time, in ns)."""
+def connect_program(owners_fd: int, pace_fd: int, refused_fd: int, conns_fd: int, conn_stamp_fd: int,
+                    limited_fd: int, *, per_s: int, burst: int, conn_cap: int) -> list[Insn]:
+    """connect (r1 = struct bpf_sock_addr *), for a tenant's TCP socket:
+    - to a limited port (the tenant PostgreSQL server's): the group's open connections there are counted (the socket
+      is stamped; its release counts it down) and refused past `conn_cap`;
+    - from a port it holds before it connects: paced per group (GCRA on the group's theoretical arrival time, ns)."""
     interval = 1_000_000_000 // max(1, per_s)
     tolerance = interval * max(0, burst - 1)
     return cb.assemble([
         Insn(0xBF, 6, 1),
         Insn(0x61, 2, 6, 32),  # ctx->type
         Jump(0x55, "allow", 2, imm=SOCK_STREAM),
+        *_owner(owners_fd),
+        Insn(0x61, 2, 6, 24),  # ctx->user_port
+        Insn(0x63, 10, 2, _PORT),
+        *cb.ld_map_fd(1, limited_fd),
+        Insn(0xBF, 2, 10),
+        Insn(0x07, 2, 0, 0, _PORT),
+        Insn(0x85, 0, 0, 0, cb.FUNC_MAP_LOOKUP_ELEM),
+        Jump(0x15, "pace", 0, imm=0),  # not a limited port
+        *cb.ld_map_fd(1, conn_stamp_fd),
+        Insn(0x79, 2, 6, 64),  # ctx->sk
+        Insn(0xB7, 3, 0, 0, 0),
+        Insn(0xB7, 4, 0, 0, cb.SK_STORAGE_GET_F_CREATE),
+        Insn(0x85, 0, 0, 0, cb.FUNC_SK_STORAGE_GET),
+        Jump(0x15, "full", 0, imm=0),
+        Insn(0xBF, 9, 0),  # r9 = the socket's stamp
+        Insn(0x61, 1, 9, 0),
+        Jump(0x55, "pace", 1, imm=0),  # counted already (a second connect() of the same socket)
+        *_counter(conns_fd, "full"),
+        Insn(0xB7, 1, 0, 0, 1),
+        Insn(0xDB, 0, 1, 0, ATOMIC_FETCH_ADD),  # r1 = open connections, += 1
+        Jump(0x35, "over", 1, imm=conn_cap),
+        Insn(0x63, 9, 7, 0),  # stamp = group
+        "pace",
         Insn(0x79, 2, 6, 64),  # ctx->sk
         Insn(0x61, 3, 2, 44),  # sk->src_port
         Jump(0x15, "allow", 3, imm=0),  # no port yet: connect() picks one it shares
-        *_owner(owners_fd),
         Insn(0x85, 0, 0, 0, FUNC_KTIME_GET_NS),
         Insn(0xBF, 8, 0),  # r8 = now
         *_counter(pace_fd),
@@ -229,7 +270,12 @@ def connect_program(owners_fd: int, pace_fd: int, refused_fd: int, *, per_s: int
         Insn(0x0F, 1, 3),
         Insn(0x7B, 0, 1, 0),  # tat += interval
         Jump(0x05, "allow"),
+        "over",
+        Insn(0xB7, 1, 0, 0, -1),
+        Insn(0xDB, 0, 1, 0, ATOMIC_ADD),  # not this one
+        *_deny(refused_fd, REFUSED_DATABASE, "full"),
         *_deny(refused_fd, REFUSED_CONNECT),
+        *_ALLOW,
     ])
 
 
@@ -250,6 +296,14 @@ def cap() -> int:
     return min(DEFAULT_CAP, port_range() // 8)
 
 
+def database_cap() -> int:
+    """INKMCP_TENANT_PG_CONNECTIONS: open connections one account may have to the tenant PostgreSQL server, logged in
+    or not (default 40: the 25 its five free-tier databases may use, and room for a pool's reconnects)."""
+    with contextlib.suppress(ValueError):
+        return max(1, int(os.environ.get("INKMCP_TENANT_PG_CONNECTIONS", "").strip()))
+    return DEFAULT_DATABASE_CONNECTIONS
+
+
 def available() -> str | None:
     if cap() == 0:
         return "INKMCP_TENANT_SOCKETS=0"
@@ -260,24 +314,27 @@ class SocketGuard:
     """The process's handle on its socket hooks: which group each project user counts against."""
 
     def __init__(self, maps: dict[str, cb.HashMap], links: list[int], program_ids: tuple[int, ...], cookie: int,
-                 limit: int) -> None:
+                 limit: int, conn_cap: int = DEFAULT_DATABASE_CONNECTIONS) -> None:
         self._maps = maps
         self._links = links
         self.program_ids = program_ids
         self._cookie = cookie
         self.cap = limit
+        self.database_cap = conn_cap
+        self._limited: set[int] = set()
         self._lock = threading.Lock()
         self._groups: dict[str, int] = {}
         self._owners: dict[int, int] = {}
 
     @classmethod
     def open(cls, *, limit: int | None = None, per_s: int = BOUND_CONNECTS_PER_S,
-             burst: int = BOUND_CONNECT_BURST) -> SocketGuard:
+             burst: int = BOUND_CONNECT_BURST, conn_cap: int | None = None) -> SocketGuard:
         root = cb.cgroup2_root()
         cookie = cb.netns_cookie()
         if root is None or cookie is None:
             raise cb.BpfError(95, "cgroup BPF socket hooks (no cgroup2 hierarchy or no SO_NETNS_COOKIE)")
         limit = cap() if limit is None else limit
+        conn_cap = database_cap() if conn_cap is None else conn_cap
         maps: dict[str, cb.HashMap] = {}
         links: list[int] = []
         try:
@@ -286,16 +343,21 @@ class SocketGuard:
             maps["pace"] = cb.HashMap.create(PACE_NAME, 4, 8, MAX_GROUPS)
             maps["refused"] = cb.HashMap.create(REFUSED_NAME, _KEY.size, 4, MAX_REFUSED)
             maps["stamp"] = cb.SkStorage.create_storage(STAMP_NAME)
-            owners, counts, pace, refused, stamp = (maps[k].fd for k in ("owners", "counts", "pace", "refused",
-                                                                         "stamp"))
+            maps["conns"] = cb.HashMap.create(CONNS_NAME, 4, 8, MAX_GROUPS)
+            maps["conn_stamp"] = cb.SkStorage.create_storage(CONN_STAMP_NAME)
+            maps["limited"] = cb.HashMap.create(LIMITED_NAME, 4, 4, MAX_LIMITED)
+            owners, counts, pace, refused, stamp, conns, conn_stamp, limited = (
+                maps[k].fd for k in ("owners", "counts", "pace", "refused", "stamp", "conns", "conn_stamp",
+                                     "limited"))
+            connect = connect_program(owners, pace, refused, conns, conn_stamp, limited, per_s=per_s, burst=burst,
+                                      conn_cap=conn_cap)
             programs = [
-                (release_program(counts, stamp), cb.PROG_TYPE_CGROUP_SOCK, ATTACH_INET_SOCK_RELEASE, "rel"),
+                (release_program(counts, stamp, conns, conn_stamp), cb.PROG_TYPE_CGROUP_SOCK,
+                 ATTACH_INET_SOCK_RELEASE, "rel"),
                 (create_program(owners, counts, stamp, refused, limit), cb.PROG_TYPE_CGROUP_SOCK,
                  ATTACH_INET_SOCK_CREATE, "new"),
-                (connect_program(owners, pace, refused, per_s=per_s, burst=burst), cb.PROG_TYPE_CGROUP_SOCK_ADDR,
-                 cb.ATTACH_INET4_CONNECT, "c4"),
-                (connect_program(owners, pace, refused, per_s=per_s, burst=burst), cb.PROG_TYPE_CGROUP_SOCK_ADDR,
-                 cb.ATTACH_INET6_CONNECT, "c6"),
+                (connect, cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_INET4_CONNECT, "c4"),
+                (connect, cb.PROG_TYPE_CGROUP_SOCK_ADDR, cb.ATTACH_INET6_CONNECT, "c6"),
             ]  # the release hook first: no socket is counted up that its close() would not count down
             ids: list[int] = []
             for insns, prog_type, attach_type, suffix in programs:
@@ -312,7 +374,7 @@ class SocketGuard:
             for m in maps.values():
                 m.close()
             raise
-        return cls(maps, links, tuple(ids), cookie, limit)
+        return cls(maps, links, tuple(ids), cookie, limit, conn_cap)
 
     def assign(self, uid: int, account: str | None) -> None:
         """From now on the INET sockets `uid` opens count against `account`'s share (its own, without one)."""
@@ -335,6 +397,23 @@ class SocketGuard:
             for name in ("owners", "refused"):
                 with contextlib.suppress(OSError):
                     self._maps[name].delete(_key(self._cookie, uid, 0))
+
+    def limit_ports(self, ports: set[int]) -> None:
+        """Each account's open connections to these ports (the tenant PostgreSQL server's) count against
+        `database_cap`: its unfinished logins hold the server's slots as well as its sessions do. Replaces the set."""
+        with self._lock:
+            for port in ports - self._limited:
+                self._maps["limited"].put(struct.pack("<I", socket.htons(port)), struct.pack("<I", 1))
+            for port in self._limited - ports:
+                with contextlib.suppress(OSError):
+                    self._maps["limited"].delete(struct.pack("<I", socket.htons(port)))
+            self._limited = set(ports)
+
+    def connections(self, uid: int) -> int:
+        """The open connections of `uid`'s group to the limited ports (for tests)."""
+        group = self._owners.get(uid)
+        value = self._maps["conns"].get(struct.pack("<I", group)) if group is not None else None
+        return struct.unpack("<q", value)[0] if value else 0
 
     def count(self, uid: int) -> int:
         """The open INET sockets of `uid`'s group (for tests and `inkmcp doctor`)."""
