@@ -573,7 +573,8 @@ def _detect_python_start(files: _Files) -> str | None:
 # --- newuser6: `uvicorn main:app` without --host/--port (a Procfile line copied from FastAPI's `uvicorn main:app
 # --reload`) listens on 127.0.0.1:8000: the bind guard refused it, and "pass port=8000" then went live on the local
 # provider listening on loopback only (a port of the whole machine; on Coolify the container's loopback answers no
-# one). The uvicorn CLI takes what its command line does not say from UVICORN_HOST / UVICORN_PORT.
+# one). The uvicorn CLI takes what its command line does not say from UVICORN_HOST / UVICORN_PORT; hypercorn (which
+# reads no env) gets --bind 0.0.0.0:$PORT.
 _SHELL_OPERATORS = re.compile(r"[;&|\n`]|\$\(")
 
 
@@ -587,6 +588,13 @@ def _uvicorn_told(process: ProcessSpec, notes: list[str]) -> ProcessSpec:
         argv = shlex.split(command)
     except ValueError:
         return process
+    if argv and argv[0] == "hypercorn":  # Quart's deployment docs: `hypercorn module:app`; it reads no env
+        if any(a in ("-b", "--bind", "--insecure-bind", "-c", "--config") or a.startswith(("--bind=", "-b", "-c",
+               "--config=", "--insecure-bind=")) for a in argv[1:]):  # fmt: skip
+            return process
+        notes.append(f"`{command if len(command) <= 200 else command[:200] + ' …'}` names no address, where "
+                     "hypercorn's default is 127.0.0.1:8000: it runs with --bind 0.0.0.0:$PORT added")
+        return process.model_copy(update={"command": f"{command} --bind 0.0.0.0:$PORT"})
     if not argv or argv[0] != "uvicorn":
         return process
     given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}

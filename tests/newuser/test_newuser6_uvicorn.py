@@ -6,7 +6,8 @@ failure said "pass port=8000 to deploy_app". With port=8000 it went live on the 
 only: a port of the whole machine (no other project can have it), and on Coolify the container's loopback, which the
 proxy cannot reach. A routed process that is one uvicorn command now runs with UVICORN_HOST=0.0.0.0 and
 UVICORN_PORT=$PORT for what its flags do not say (uvicorn's CLI reads them; its flags win), said in the queued event;
-the same repo goes live with one call.
+the same repo goes live with one call. hypercorn, which Quart's deployment docs run as `hypercorn module:app` and which
+reads no env, gets `--bind 0.0.0.0:$PORT` when it names no bind (nor a config file).
 
 Units read the repo as deploy_app does (`derive_plan`); the end-to-end test is a real `inkmcp serve` (the session's
 local server, an account of this file's own), the official MCP client over streamable HTTP, a real fastapi + uvicorn
@@ -56,11 +57,16 @@ def _plan(root: Path, procfile: str) -> BuildPlan:
     ("web: uvicorn main:app --uds /tmp/app.sock", "uvicorn main:app --uds /tmp/app.sock"),
     ("web: cd . && uvicorn main:app", "cd . && uvicorn main:app"),
     ("web: gunicorn main:app -k uvicorn.workers.UvicornWorker", "gunicorn main:app -k uvicorn.workers.UvicornWorker"),
+    ("web: hypercorn main:app", "hypercorn main:app --bind 0.0.0.0:$PORT"),
+    ("web: hypercorn main:app --workers 2", "hypercorn main:app --workers 2 --bind 0.0.0.0:$PORT"),
+    ("web: hypercorn main:app -b 0.0.0.0:$PORT", "hypercorn main:app -b 0.0.0.0:$PORT"),
+    ("web: hypercorn -c hypercorn.toml main:app", "hypercorn -c hypercorn.toml main:app"),
 ])  # fmt: skip
 def test_a_uvicorn_command_without_an_address_is_told_where_to_listen(tmp_path: Path, line: str, runs: str) -> None:
     plan = _plan(tmp_path / "app", line + "\n")
     assert [p.command for p in plan.processes] == [runs]
-    said = [n for n in plan.notes if "what uvicorn reads for a flag it is not given" in n]
+    said = [n for n in plan.notes if "what uvicorn reads for a flag it is not given" in n or
+            "it runs with --bind 0.0.0.0:$PORT added" in n]
     assert len(said) == (0 if runs == line.removeprefix("web: ") else 1), plan.notes
 
 
@@ -79,4 +85,15 @@ async def test_a_procfile_uvicorn_without_an_address_goes_live_with_one_call(ser
         dep = await deploy_live(s, repo_url=str(repo), project_name=f"nu6-uvicorn-{uuid.uuid4().hex[:6]}")
         assert "where uvicorn's default is 127.0.0.1:8000: it runs with UVICORN_HOST=0.0.0.0 UVICORN_PORT=$PORT" \
             in dep["history"][0], dep["history"]
+        assert via_proxy(server, dep["url"]).json() == {"Hello": "World"}
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_procfile_hypercorn_without_a_bind_goes_live_with_one_call(server: ServerProc, repos: Path) -> None:
+    repo = git_repo(repos / "hypercorn-procfile", {"requirements.txt": "fastapi\nhypercorn\n", "main.py": MAIN,
+                                                    "Procfile": "web: hypercorn main:app\n"})  # fmt: skip
+    async with mcp_session(server, server.keys[ACCOUNT]) as s:
+        dep = await deploy_live(s, repo_url=str(repo), project_name=f"nu6-hypercorn-{uuid.uuid4().hex[:6]}")
+        assert "it runs with --bind 0.0.0.0:$PORT added" in dep["history"][0], dep["history"]
         assert via_proxy(server, dep["url"]).json() == {"Hello": "World"}
