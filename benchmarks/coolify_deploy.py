@@ -484,7 +484,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                      origins: bool = False, json_out: str | None = None, steps_wanted: bool = False,
                      build_lag: list[float] | None = None, build_lag_deploys: int = 2,
                      ab_async_commit: bool = False, ab_overhead9: bool = False, ab_overhead8: bool = False,
-                     git_over: str = "https", ab_ca_dir: bool = False) -> None:
+                     git_over: str = "https", ab_ca_dir: bool = False, ab_fetch: bool = False) -> None:
     """Parts 1 and 2: one DeployService in this process, the stand-in in a process of its own (clocks at 0)."""
     standin = StandinProcess(root / "nodes", servers=1)
     githost = GitStandinProcess(root / "githost") if git_over in ("https", "both") else None
@@ -583,6 +583,8 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             if ab_ca_dir:  # odd deploys with git reading the CA directory too (libcurl's default), even ones without
                 smod._ca_env = real_ca_env if i % 2 == 0 else (  # type: ignore[method-assign]
                     lambda: {"GIT_SSL_CAINFO": str(smod.CA_BUNDLE)})
+            if ab_fetch:  # odd deploys' first fetch by `git fetch` (A), even ones' in InkMCP's process (B)
+                smod.IN_PROCESS_FETCH = i % 2 == 0
             if ab_async_commit:  # odd deploys with every commit of the control plane asynchronous (no WAL flush)
                 with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
                     admin.execute(f"ALTER SYSTEM SET synchronous_commit = {'off' if i % 2 else 'on'}")
@@ -634,6 +636,16 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
                   "| p50 ms | A: bundle + directory | B: bundle only | B - A |\n| --- | ---: | ---: | ---: |")
             for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
                               "accept")):  # fmt: skip
+                vals = [overhead(s) if key is None else s[key] for s in samples]
+                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
+                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+        if ab_fetch:
+            smod.IN_PROCESS_FETCH = True
+            print("\n## --ab-fetch: A (odd deploys) a new mirror's first fetch by `git fetch`, B (even deploys) in "
+                  "InkMCP's process (inkmcp/build/http_fetch.py)\n\n"
+                  "| p50 ms | A: git fetch | B: in process | B - A |\n| --- | ---: | ---: | ---: |")
+            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
+                              "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
                 vals = [overhead(s) if key is None else s[key] for s in samples]
                 b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
                 print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
@@ -910,6 +922,9 @@ def main() -> None:
     parser.add_argument("--ab-ca-dir", action="store_true",
                         help="part 1: odd deploys' git fetches read the CA directory too (libcurl's default before "
                              "inkmcp.build.source.CA_BUNDLE), even ones the bundle only: a same-run A/B")
+    parser.add_argument("--ab-fetch", action="store_true",
+                        help="part 1: odd deploys' first fetch by `git fetch`, even ones' in InkMCP's process "
+                             "(inkmcp.build.source.IN_PROCESS_FETCH): a same-run A/B")
     parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4 or 1,3 (1 and 2 run together)")
     args = parser.parse_args()
     use_transport(args.transport)
@@ -932,7 +947,7 @@ def main() -> None:
                 await in_process(url, base, args.deploys, args.profile, args.origins, args.json, args.steps, lag,
                                  ab_async_commit=args.ab_async_commit, ab_overhead9=args.ab_overhead9,
                                  ab_overhead8=args.ab_overhead8, git_over=args.git,
-                                 ab_ca_dir=args.ab_ca_dir)
+                                 ab_ca_dir=args.ab_ca_dir, ab_fetch=args.ab_fetch)
             if "3" in parts:
                 await concurrent(pg, args.concurrent)
             if "4" in parts and not args.skip_rate:

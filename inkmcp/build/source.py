@@ -87,7 +87,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from inkmcp.build import gitjail
+from inkmcp.build import gitjail, http_fetch
 from inkmcp.build.plan import RunAs
 from inkmcp.build.process import TMP, kill_process_group
 from inkmcp.errors import SourceError
@@ -1081,6 +1081,8 @@ class _BrokenMirror(SourceError):
 
 async def _fetch(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
     """Fetch all branches, tags and the remote HEAD (the default branch) in one round trip."""
+    if await _fetch_in_process(mirror, source, ws, deadline):
+        return
     refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
     args = _fetch_args(source, *refspecs, f"+HEAD:{_HEAD_REF}")
     args.insert(2, "--prune")
@@ -1104,6 +1106,35 @@ async def _fetch(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _
         if _BROKEN.search(err.lower()):  # --- overhead9
             raise _BrokenMirror(error.message, argument=error.argument, fix=error.fix)
         raise error
+
+
+IN_PROCESS_FETCH = True
+"""--- overhead10 (issue 8): a new InkMCP-owned mirror's first fetch over http(s) is spoken by InkMCP's process
+(`build/http_fetch.py`); False: always `git fetch` (the A/B of benchmarks/fetch_inprocess.py, and tests)."""
+
+
+async def _fetch_in_process(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> bool:
+    """--- overhead10: True if `http_fetch` fetched into the new mirror; else the mirror is as new again (git's turn).
+
+    Only for a mirror of InkMCP's own (no tenant uid: the Coolify provider's), still empty (a project's first deploy),
+    from an http(s) URL with no credentials, no auth proxy and no setting but the address pin."""
+    if not IN_PROCESS_FETCH or source.local or source.env or source.grant or not _as_inkmcp(ws) \
+            or not _empty(mirror):
+        return False
+    target = http_fetch.target_of(source.fetch_url, source.config)
+    if target is None:
+        return False
+
+    async def index_pack() -> Any:
+        argv = [*_git_base(source), *_FAST_FETCH[2:], f"--git-dir={mirror}", "index-pack", "--stdin", "--fix-thin"]
+        return await _spawn(argv, ws, _git_env(source), stdin=asyncio.subprocess.PIPE)
+
+    if await http_fetch.first_fetch(target, mirror, index_pack, ca_bundle=CA_BUNDLE, seconds=deadline.left(),
+                                    head_ref=_HEAD_REF):
+        return True
+    shutil.rmtree(mirror, ignore_errors=True)  # whatever the attempt left (a pack without refs): a new mirror
+    await _init_mirror(mirror, source, ws, deadline)
+    return False
 
 
 async def _fetch_anew(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:

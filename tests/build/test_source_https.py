@@ -55,6 +55,7 @@ def curl_trace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 async def test_an_https_fetch_trusts_the_bundle_and_reads_no_ca_directory(
         githost: GitStandinProcess, ws: SourceWorkspace, monkeypatch: pytest.MonkeyPatch, curl_trace: Path) -> None:
     monkeypatch.setattr(source_mod, "CA_BUNDLE", str(githost.bundle))  # the system's authorities and the host's
+    monkeypatch.setattr(source_mod, "IN_PROCESS_FETCH", False)  # git's own https fetch (a redeploy's, a tenant's)
     url = githost.repo(FILES)
     fetched = await fetch_commit(url, None, workspace=ws, policy=ALLOW)
     assert len(fetched.sha) == 40

@@ -138,6 +138,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
+from inkmcp.build import http_fetch
 from inkmcp.build.plan import Mode
 from inkmcp.build.python_install import installer_fix
 from inkmcp.build.source import SourceWorkspace
@@ -550,6 +551,7 @@ class CoolifyComputeProvider:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await http_fetch.close_clients()  # --- overhead10: the first fetches' kept-alive connections to git hosts
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
