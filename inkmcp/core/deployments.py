@@ -1908,8 +1908,8 @@ class DeployService:
                     done.unavailable[svc.name] = e.reason
                     continue
             if plan is not None and not plan.processes:
-                # --- newuser6: a static site runs nothing to restart: its files hold what its build read (Vite's
-                # VITE_*), and update_env_vars said "restarted web with the new values" while they served the old ones
+                # --- newuser6: a static site's restart serves the same files, which hold what its build read (Vite's
+                # VITE_*): update_env_vars said "restarted web with the new values" while they served the old ones
                 done.rebuild.append(svc.name)
                 continue
             {EnvOutcome.restarted: done.restarted, EnvOutcome.pending: done.pending,

@@ -371,8 +371,8 @@ class Platform:
         if rebuild:  # --- newuser6
             sites = f"{rebuild[0]} is a static site" if len(rebuild) == 1 else \
                 f"{', '.join(rebuild)} are static sites"
-            notes.append(f"{sites}: nothing runs to restart, and its files were built with the previous values (a "
-                         f"build reads env vars, e.g. Vite's VITE_*): {self._rebuild_how()}")
+            notes.append(f"{sites}: its files were built with the previous values (a build reads env vars, e.g. "
+                         f"Vite's VITE_*), and a restart serves the same files: {self._rebuild_how()}")
         if built_in:  # --- newuser6: a Next app's NEXT_PUBLIC_* went on serving its old value after the restart
             names = [k for k in [*set_keys, *unset_keys] if BUILD_TIME_ENV.match(k)]
             notes.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by the build of "

@@ -3,7 +3,7 @@
 A Vite site (`import.meta.env.VITE_API_URL`) deployed with env_vars={"VITE_API_URL": ...} had the value built into its
 JavaScript. The agent pointed it at another API with update_env_vars and read `restarted: ["web"]`, "restarted web
 with the new values", and list_services `env: applied`, while the site kept serving the files built with the old
-value: a static site runs nothing to restart, and its files change only with a build. The answer now says so and
+value: a restart serves the same files, which change only with a build. The answer now says so and
 names the call that rebuilds (deploy_app again, which update_env_vars makes a real deploy, not a no-op); that call
 serves the new value.
 
@@ -52,8 +52,8 @@ async def test_a_static_sites_new_env_is_told_to_rebuild_and_the_rebuild_serves_
                             env_vars={"VITE_API_URL": "http://api-2.example.test"})
         assert update["set"] == ["VITE_API_URL"] and update["restarted"] == [] and update["pending"] == [], update
         assert update["note"].startswith(
-            "web is a static site: nothing runs to restart, and its files were built with the previous values (a build "
-            "reads env vars, e.g. Vite's VITE_*): "), update
+            "web is a static site: its files were built with the previous values (a build reads env vars, e.g. Vite's "
+            "VITE_*), and a restart serves the same files: "), update
         assert via_proxy(server, dep["url"]).text == "API at http://api-1.example.test"  # what the note says
         rebuild_as_told(server, repo, update["note"])
         again = await deploy_live(s, **args)
