@@ -303,8 +303,19 @@ def _parse_remote(url: str) -> _Target:
     if "://" not in url:
         m = _SCP_LIKE.match(url)
         if not m or "::" in url:
-            raise SourceError(f"{url!r} is neither a URL nor an absolute path.", argument="repo_url",
-                              fix=_REPO_URL_FIX)
+            # --- newuser6: `github.com/owner/repo` (as people write a repository) was told to pass "a reachable git
+            # URL such as https://github.com/owner/repo.git", not that its own https form is one
+            host = url.split("/", 1)[0]
+            fix = _REPO_URL_FIX
+            if "/" in url and "." in host and _DNS_NAME.match(host):
+                try:
+                    page = _web_page(f"https://{url}", _parse_remote(f"https://{url}"))
+                    fix = f"pass the https URL https://{url}"
+                except SourceError:  # its https form is no URL either
+                    page = None
+                if page is not None:
+                    raise page  # github.com/owner/repo/tree/main/api: what deploys that folder
+            raise SourceError(f"{url!r} is neither a URL nor an absolute path.", argument="repo_url", fix=fix)
         user = m.group("user")
         if user is not None and not _SSH_USER.match(user):
             raise _bad_url(url, "has an invalid ssh user name.")

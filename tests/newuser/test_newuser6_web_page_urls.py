@@ -68,3 +68,18 @@ async def test_the_agent_reads_the_call_that_deploys_the_folder(server: ServerPr
         assert "pass repo_url='https://github.com/owner/monorepo.git', ref='main', app_dir='api'" in said, said
         assert "token" not in said, said
         assert (await call(s, "list_projects"))["projects"] == []
+
+
+@pytest.mark.parametrize(("url", "fix"), [
+    ("github.com/owner/app", "pass the https URL https://github.com/owner/app"),
+    ("gitlab.com/group/sub/app.git", "pass the https URL https://gitlab.com/group/sub/app.git"),
+    ("github.com/owner/monorepo/tree/main/api",
+     "pass repo_url='https://github.com/owner/monorepo.git', ref='main', app_dir='api'"),
+    ("relative/path", "pass a reachable git URL such as https://github.com/owner/repo.git"),
+])
+def test_a_url_without_its_scheme_is_told_its_https_form(url: str, fix: str) -> None:
+    """`github.com/owner/app`, as people write a repository, was told "pass a reachable git URL such as
+    https://github.com/owner/repo.git", not that its own https form is one."""
+    with pytest.raises(SourceError) as err:
+        check_repo_url(url, DENY)
+    assert err.value.argument == "repo_url" and (err.value.fix or "").startswith(fix), err.value.render()
