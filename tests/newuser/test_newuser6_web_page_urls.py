@@ -59,6 +59,7 @@ def test_repository_urls_are_not_taken_for_web_pages(url: str) -> None:
     check_repo_url(url, DENY)
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_the_agent_reads_the_call_that_deploys_the_folder(server: ServerProc) -> None:
     """Through the MCP client: refused before any work (no project named after the URL's last part)."""
