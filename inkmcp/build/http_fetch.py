@@ -20,7 +20,6 @@ is kept: the connection goes to that address, with the host's name for TLS (SNI,
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import os
 import re
@@ -263,14 +262,29 @@ class _PackStream:
         return out
 
 
-def _idx_names(idx: Path) -> list[bytes]:
-    """The object names a version-2 pack index lists (sorted, binary)."""
+def _idx_lacks(idx: Path, oids: set[str]) -> bool:
+    """Whether the version-2 pack index `idx` lacks any of `oids`: a binary search in its sorted names, within the
+    range its fan-out table gives for the first byte."""
     data = idx.read_bytes()
     if data[:8] != b"\xfftOc\x00\x00\x00\x02":
         raise _NotHere("not a version 2 pack index")
-    count = int.from_bytes(data[8 + 255 * 4:8 + 256 * 4], "big")
-    start = 8 + 256 * 4
-    return [data[start + 20 * i:start + 20 * (i + 1)] for i in range(count)]
+    names = 8 + 256 * 4
+
+    def fanout(i: int) -> int:
+        return int.from_bytes(data[8 + 4 * i:12 + 4 * i], "big") if i >= 0 else 0
+
+    for oid in oids:
+        raw = bytes.fromhex(oid)
+        lo, hi = fanout(raw[0] - 1), fanout(raw[0])
+        while lo < hi:
+            mid = (lo + hi) // 2
+            name = data[names + 20 * mid:names + 20 * mid + 20]
+            if name == raw:
+                break
+            lo, hi = (mid + 1, hi) if name < raw else (lo, mid)
+        else:
+            return True
+    return False
 
 
 def _write_refs(mirror: Path, refs: Refs, head_ref: str) -> None:
@@ -296,7 +310,7 @@ IndexPack = Callable[[], Awaitable[Any]]
 async def first_fetch(target: Target, mirror: Path, index_pack: IndexPack, *, ca_bundle: str | None,
                       seconds: float, head_ref: str) -> bool:
     """Fetch every branch, tag and the remote HEAD into the new, empty `mirror`; False where git must do it (the
-    mirror may then hold a partial pack: the caller starts it again)."""
+    mirror is then as empty as it was: its directory stays, for a `git cat-file` already started on it)."""
     try:
         await asyncio.wait_for(_first_fetch(target, mirror, index_pack, ca_bundle, head_ref), max(seconds, 0.01))
         return True
@@ -305,7 +319,24 @@ async def first_fetch(target: Target, mirror: Path, index_pack: IndexPack, *, ca
 
         logging.getLogger(__name__).debug("fetch of %s left to git: %s", target.host_header or target.url,
                                           type(e).__name__ if not isinstance(e, _NotHere) else e)
+        _empty_again(mirror)
         return False
+
+
+def _empty_again(mirror: Path) -> None:
+    """Remove what an attempt may have written (index-pack's pack, index and temporary files; the refs file), so the
+    mirror is the empty one `git fetch` expects."""
+    import shutil
+
+    for leftover in (mirror / "packed-refs", mirror / "packed-refs.inkmcp-tmp"):
+        leftover.unlink(missing_ok=True)
+    objects = mirror / "objects"
+    for entry in objects.iterdir() if objects.is_dir() else ():
+        if entry.name == "pack":
+            for item in entry.iterdir():
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        elif entry.name != "info":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 async def _first_fetch(target: Target, mirror: Path, index_pack: IndexPack, ca_bundle: str | None,
@@ -326,7 +357,7 @@ async def _first_fetch(target: Target, mirror: Path, index_pack: IndexPack, ca_b
             if len(body) > MAX_REFS_BYTES:
                 raise _NotHere("an ls-refs answer over MAX_REFS_BYTES")
     refs = parse_ls_refs(body)
-    wants = sorted(set(refs.tips.values()))
+    wants = sorted({*refs.tips.values(), *([refs.head] if refs.head else [])})  # HEAD: a detached one's too
     proc = await index_pack()
     try:
         assert proc.stdin is not None
@@ -352,12 +383,8 @@ async def _first_fetch(target: Target, mirror: Path, index_pack: IndexPack, ca_b
     name = (out or b"").decode(errors="replace").split()
     if len(name) < 2 or name[0] != "pack" or not _OID.fullmatch(name[1].encode()):
         raise _NotHere("index-pack named no pack")
-    have = _idx_names(mirror / "objects" / "pack" / f"pack-{name[1]}.idx")
-    for oid in {*wants, *refs.peeled.values(), *([refs.head] if refs.head else [])}:
-        raw = bytes.fromhex(oid)
-        at = bisect.bisect_left(have, raw)
-        if at == len(have) or have[at] != raw:
-            raise _NotHere("the pack lacks a tip it was asked for")
+    if _idx_lacks(mirror / "objects" / "pack" / f"pack-{name[1]}.idx", {*wants, *refs.peeled.values()}):
+        raise _NotHere("the pack lacks a tip it was asked for")
     _write_refs(mirror, refs, head_ref)
 
 

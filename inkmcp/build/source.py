@@ -1125,7 +1125,7 @@ IN_PROCESS_FETCH = True
 
 
 async def _fetch_in_process(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> bool:
-    """--- overhead10: True if `http_fetch` fetched into the new mirror; else the mirror is as new again (git's turn).
+    """--- overhead10: True if `http_fetch` fetched into the new mirror; else the mirror is empty again (git's turn).
 
     Only for a mirror of InkMCP's own (no tenant uid: the Coolify provider's), still empty (a project's first deploy),
     from an http(s) URL with no credentials, no auth proxy and no setting but the address pin."""
@@ -1140,12 +1140,8 @@ async def _fetch_in_process(mirror: Path, source: _Source, ws: SourceWorkspace, 
         argv = [*_git_base(source), *_FAST_FETCH[2:], f"--git-dir={mirror}", "index-pack", "--stdin", "--fix-thin"]
         return await _spawn(argv, ws, _git_env(source), stdin=asyncio.subprocess.PIPE)
 
-    if await http_fetch.first_fetch(target, mirror, index_pack, ca_bundle=CA_BUNDLE, seconds=deadline.left(),
-                                    head_ref=_HEAD_REF):
-        return True
-    shutil.rmtree(mirror, ignore_errors=True)  # whatever the attempt left (a pack without refs): a new mirror
-    await _init_mirror(mirror, source, ws, deadline)
-    return False
+    return await http_fetch.first_fetch(target, mirror, index_pack, ca_bundle=CA_BUNDLE, seconds=deadline.left(),
+                                        head_ref=_HEAD_REF)  # False: the mirror is empty again, git fetches
 
 
 async def _fetch_anew(mirror: Path, source: _Source, ws: SourceWorkspace, deadline: _Deadline) -> None:
