@@ -547,7 +547,10 @@ class CoolifyComputeProvider:
     them, as before (benchmarks/coolify_deploy.py --ab-overhead8)."""
 
     async def start(self) -> None:
-        """Nothing to start: Coolify runs the services."""
+        """Nothing to start (Coolify runs the services) but the first fetches' TLS context, made off the deploy path."""
+        from inkmcp.build.source import CA_BUNDLE
+
+        await http_fetch.prepare(CA_BUNDLE)  # --- overhead10
 
     async def close(self) -> None:
         await self.client.aclose()
