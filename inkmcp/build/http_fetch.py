@@ -325,7 +325,8 @@ async def first_fetch(target: Target, mirror: Path, index_pack: IndexPack, *, ca
 
         logging.getLogger(__name__).debug("fetch of %s left to git: %s", target.host_header or target.url,
                                           type(e).__name__ if not isinstance(e, _NotHere) else e)
-        _empty_again(mirror)
+        with contextlib.suppress(OSError):  # git fetches into it either way (a stray pack costs it nothing)
+            _empty_again(mirror)
         return False
 
 
