@@ -58,7 +58,9 @@ async def test_a_taken_fixed_port_is_named(server: ServerProc, repos: Path) -> N
     assert "npm notice" not in quoted, error
     if os.geteuid() == 0:  # the bind guard (bindguard.py): a port not its own is refused before it could be taken
         assert f"it tried to listen on port {port}, which is not its own" in error, error
-        assert f"pass port={port} to deploy_app, or make it bind the PORT env var" in error, error
+        # --- newuser6 (02e293b): the port is held (here by the test, as by another service), so port= cannot help
+        assert f"port {port} is held by another service on this machine, so port={port} cannot work" in error, error
+        assert "listen on the PORT env var" in error and f"pass port={port}" not in error, error
         assert f"Error: listen EPERM :::{port}" in quoted, error
     else:
         assert "already in use on this server" in error and "listen on the PORT env var" in error, error
