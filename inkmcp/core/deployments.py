@@ -1042,6 +1042,12 @@ class DeployService:
         """Undo a project this call created, unless something (another call) attached to it meanwhile. True if it
         went."""
         async with self._sessions.begin() as s:
+            # The project row first, FOR UPDATE: a service another call is inserting holds FOR KEY SHARE on it (its
+            # foreign key) until that call commits, so this waits for it, and the DELETE below (a statement of its
+            # own: a new snapshot) sees its service. Without it the DELETE's NOT EXISTS read its older snapshot, the
+            # delete went on once the insert committed, and the cascade took the other call's new service with it
+            # (that call then said "the account no longer exists": CI run 63, a burst of deploys into two projects).
+            await s.execute(select(Project.id).where(Project.id == project_id).with_for_update())
             gone = (
                 await s.execute(
                     delete(Project)
