@@ -618,48 +618,42 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             trips = getattr(budget, "round_trips", 0)
             work[-1]["request budget round trips"] = trips - budget_trips
             budget_trips = trips
+        def ab_rows(cpu: bool = True, a_odd: bool = True) -> None:
+            """A same-run A/B's rows: p50 of A's deploys (the odd ones, or the even with `a_odd=False`) and of B's,
+            and B - A."""
+            rows = [("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers", "accept")]
+            for name, key in rows + ([("CPU time of InkMCP's process", "cpu")] if cpu else []):
+                vals = [overhead(s) if key is None else s[key] for s in samples]
+                even, odd = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
+                a, b = (odd, even) if a_odd else (even, odd)
+                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+
         if ab_overhead8:
             set_overhead8(on=True)
             print("\n## --ab-overhead8: A (odd deploys) without, B (even deploys) with overhead8's changes (the "
                   "pipeline's first reads in the transaction that creates the deployment, the write-ahead marks "
                   "beside the project read and the env PATCHes)\n\n"
                   "| p50 ms | A: without | B: with | B - A |\n| --- | ---: | ---: | ---: |")
-            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
-                              "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
-                vals = [overhead(s) if key is None else s[key] for s in samples]
-                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
-                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+            ab_rows()
         if ab_ca_dir:
             smod._ca_env = real_ca_env  # type: ignore[method-assign]
             print("\n## --ab-ca-dir: A (odd deploys) git reads the CA directory besides the bundle (libcurl's "
                   "default), B (even deploys) the bundle only (inkmcp.build.source.CA_BUNDLE)\n\n"
                   "| p50 ms | A: bundle + directory | B: bundle only | B - A |\n| --- | ---: | ---: | ---: |")
-            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
-                              "accept")):  # fmt: skip
-                vals = [overhead(s) if key is None else s[key] for s in samples]
-                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
-                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+            ab_rows(cpu=False)
         if ab_fetch:
             smod.IN_PROCESS_FETCH = True
             print("\n## --ab-fetch: A (odd deploys) a new mirror's first fetch by `git fetch`, B (even deploys) in "
                   "InkMCP's process (inkmcp/build/http_fetch.py)\n\n"
                   "| p50 ms | A: git fetch | B: in process | B - A |\n| --- | ---: | ---: | ---: |")
-            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
-                              "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
-                vals = [overhead(s) if key is None else s[key] for s in samples]
-                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
-                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+            ab_rows()
         if ab_overhead9:
             set_overhead9(on=True)
             print("\n## --ab-overhead9: A (odd deploys) without, B (even deploys) with overhead9's changes (a new "
                   "mirror's fetch as one unsynced pack, a first deploy's env PATCHes before its apps' uuids are "
                   "written, a building step held for the next write)\n\n| p50 ms | A: without | B: with | B - A |\n"
                   "| --- | ---: | ---: | ---: |")
-            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
-                              "accept"), ("CPU time of InkMCP's process", "cpu")):  # fmt: skip
-                vals = [overhead(s) if key is None else s[key] for s in samples]
-                b, a = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
-                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+            ab_rows()
         if ab_async_commit:
             with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as admin:
                 admin.execute("ALTER SYSTEM RESET synchronous_commit")
@@ -667,11 +661,7 @@ async def in_process(db_url: str, root: Path, deploys_n: int, profile: str | Non
             print("\n## --ab-async-commit: every commit a WAL flush (A, even deploys) or none (B, odd; "
                   "synchronous_commit = off for the whole control plane, an upper bound of what the marks alone "
                   "could save)\n\n| p50 ms | A: synchronous | B: asynchronous | B - A |\n| --- | ---: | ---: | ---: |")
-            for name, key in (("InkMCP overhead", None), ("end to end", "total"), ("deploy_app until it answers",
-                                                                                    "accept")):  # fmt: skip
-                vals = [overhead(s) if key is None else s[key] for s in samples]
-                a, b = pct(vals[0::2], 50) * 1000, pct(vals[1::2], 50) * 1000
-                print(f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+            ab_rows(cpu=False, a_odd=False)
         groups = [("over http", [s for s in samples if s["over_http"]]), ("local path", [s for s in samples
                                                                              if not s["over_http"]])]
         rows: dict[str, list[float]] = {}
