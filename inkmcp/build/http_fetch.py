@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
+import shutil
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from inkmcp.build.process import kill_process_group
 
 MAX_REFS_BYTES = 8 << 20  # an ls-refs answer larger than this goes to git (it has its own ways with huge repos)
 USER_AGENT = "git/2 (inkmcp)"  # git hosts serve the smart protocol to git/* agents
@@ -160,7 +164,8 @@ def _pkt(line: bytes) -> bytes:
     return b"%04x" % (len(line) + 4) + line
 
 
-_LS_REFS = (_pkt(b"command=ls-refs\n") + _pkt(b"agent=" + USER_AGENT.split(" ")[0].encode() + b"\n") + b"0001"
+_AGENT = _pkt(b"agent=" + USER_AGENT.split(" ")[0].encode() + b"\n")
+_LS_REFS = (_pkt(b"command=ls-refs\n") + _AGENT + b"0001"
             + _pkt(b"peel\n") + _pkt(b"symrefs\n") + _pkt(b"ref-prefix HEAD\n") + _pkt(b"ref-prefix refs/heads/\n")
             + _pkt(b"ref-prefix refs/tags/\n") + b"0000")
 
@@ -225,7 +230,7 @@ def parse_ls_refs(body: bytes) -> Refs:
 
 
 def fetch_request(wants: list[str]) -> bytes:
-    return (_pkt(b"command=fetch\n") + _pkt(b"agent=" + USER_AGENT.split(" ")[0].encode() + b"\n") + b"0001"
+    return (_pkt(b"command=fetch\n") + _AGENT + b"0001"
             + _pkt(b"ofs-delta\n") + _pkt(b"no-progress\n") + b"".join(_pkt(f"want {w}\n".encode()) for w in wants)
             + _pkt(b"done\n") + b"0000")
 
@@ -321,8 +326,6 @@ async def first_fetch(target: Target, mirror: Path, index_pack: IndexPack, *, ca
         await asyncio.wait_for(_first_fetch(target, mirror, index_pack, ca_bundle, head_ref), max(seconds, 0.01))
         return True
     except (_NotHere, httpx.HTTPError, ssl.SSLError, OSError, TimeoutError, ValueError) as e:
-        import logging
-
         logging.getLogger(__name__).debug("fetch of %s left to git: %s", target.host_header or target.url,
                                           type(e).__name__ if not isinstance(e, _NotHere) else e)
         with contextlib.suppress(OSError):  # git fetches into it either way (a stray pack costs it nothing)
@@ -333,8 +336,6 @@ async def first_fetch(target: Target, mirror: Path, index_pack: IndexPack, *, ca
 def _empty_again(mirror: Path) -> None:
     """Remove what an attempt may have written (index-pack's pack, index and temporary files; the refs file), so the
     mirror is the empty one `git fetch` expects."""
-    import shutil
-
     for leftover in (mirror / "packed-refs", mirror / "packed-refs.inkmcp-tmp"):
         leftover.unlink(missing_ok=True)
     objects = mirror / "objects"
@@ -383,8 +384,6 @@ async def _first_fetch(target: Target, mirror: Path, index_pack: IndexPack, ca_b
             raise _NotHere("index-pack refused the pack")
     finally:
         if proc.returncode is None:
-            from inkmcp.build.process import kill_process_group
-
             with contextlib.suppress(ProcessLookupError):
                 await kill_process_group(proc)
     name = (out or b"").decode(errors="replace").split()
