@@ -118,13 +118,7 @@ def program(map_fd: int, refused_fd: int) -> list[Insn]:
         Insn(0x95),  # 25: exit
         Insn(0x62, 10, 0, -4, 0),  # 26: deny: key.port = 0
         Insn(0x63, 10, 7, -20),  # 27: value = user_port
-        *cb.ld_map_fd(1, refused_fd),  # 28-29: r1 = refused
-        Insn(0xBF, 2, 10),  # 30
-        Insn(0x07, 2, 0, 0, -16),  # 31: r2 = &key
-        Insn(0xBF, 3, 10),  # 32
-        Insn(0x07, 3, 0, 0, -20),  # 33: r3 = &value
-        Insn(0xB7, 4, 0, 0, 0),  # 34: r4 = BPF_ANY
-        Insn(0x85, 0, 0, 0, cb.FUNC_MAP_UPDATE_ELEM),  # 35
+        *cb.map_update(refused_fd, -16, -20),  # 28-35: refused[key] = value (BPF_ANY)
         Insn(0xB7, 0, 0, 0, 0),  # 36: r0 = 0
         Insn(0x95),  # 37: exit
     ]

@@ -108,6 +108,13 @@ def ld_map_fd(dst: int, fd: int) -> list[Insn]:
     return [Insn(0x18, dst, 1, 0, fd), Insn(0)]
 
 
+def map_update(map_fd: int, key: int, value: int, flags: int = 0) -> list[Insn]:
+    """`bpf_map_update_elem(map, fp + key, fp + value, flags)`: key and value on the stack at those offsets (8
+    instructions; r0 holds the helper's result)."""
+    return [*ld_map_fd(1, map_fd), Insn(0xBF, 2, 10), Insn(0x07, 2, 0, 0, key), Insn(0xBF, 3, 10),
+            Insn(0x07, 3, 0, 0, value), Insn(0xB7, 4, 0, 0, flags), Insn(0x85, 0, 0, 0, FUNC_MAP_UPDATE_ELEM)]
+
+
 @dataclass(frozen=True)
 class Jump:
     """A jump to a label (`assemble` fills in the offset): `code` is a BPF_JMP opcode (0x05 = goto)."""

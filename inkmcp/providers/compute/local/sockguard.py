@@ -127,13 +127,7 @@ def _counter(map_fd: int, deny: str = "deny") -> list[Insn | Jump | str]:
         Insn(0x85, 0, 0, 0, cb.FUNC_MAP_LOOKUP_ELEM),
         Jump(0x55, f"have{map_fd}", 0, imm=0),
         Insn(0x7A, 10, 0, _ZERO, 0),
-        *cb.ld_map_fd(1, map_fd),
-        Insn(0xBF, 2, 10),
-        Insn(0x07, 2, 0, 0, _GROUP),
-        Insn(0xBF, 3, 10),
-        Insn(0x07, 3, 0, 0, _ZERO),
-        Insn(0xB7, 4, 0, 0, NOEXIST),  # another CPU may have made it meanwhile: then that one is used
-        Insn(0x85, 0, 0, 0, cb.FUNC_MAP_UPDATE_ELEM),
+        *cb.map_update(map_fd, _GROUP, _ZERO, NOEXIST),  # another CPU may have made it meanwhile: that one is used
         *cb.ld_map_fd(1, map_fd),
         Insn(0xBF, 2, 10),
         Insn(0x07, 2, 0, 0, _GROUP),
@@ -148,13 +142,7 @@ def _deny(refused_fd: int, what: int, label: str = "deny") -> list[Insn | Jump |
     return [
         label,
         Insn(0x62, 10, 0, _WHAT, what),
-        *cb.ld_map_fd(1, refused_fd),
-        Insn(0xBF, 2, 10),
-        Insn(0x07, 2, 0, 0, _K),
-        Insn(0xBF, 3, 10),
-        Insn(0x07, 3, 0, 0, _WHAT),
-        Insn(0xB7, 4, 0, 0, 0),
-        Insn(0x85, 0, 0, 0, cb.FUNC_MAP_UPDATE_ELEM),
+        *cb.map_update(refused_fd, _K, _WHAT),
         Insn(0xB7, 0, 0, 0, 0),
         Insn(0x95),
     ]
